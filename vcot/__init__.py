@@ -1,0 +1,3 @@
+"""vcot: fine-tune vision-language models to reason in grounded chains of thought."""
+
+__version__ = "0.1.0"

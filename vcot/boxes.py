@@ -1,0 +1,446 @@
+"""Grounded boxes: the one implementation every stage uses.
+
+The house format names an object and its box inline in reasoning text::
+
+    <ref>red gear</ref><box>[100, 200, 300, 400]</box>
+
+Boxes are ``[x1, y1, x2, y2]`` integers in 0-1000 of the *original* image, (0, 0) top-left.
+Other formats and coordinate conventions are converted to and from it explicitly here, never guessed
+elsewhere. Every function is pure; parsers never raise on arbitrary text.
+
+>>> render_grounded("red gear", (100, 200, 300, 400))
+'<ref>red gear</ref><box>[100, 200, 300, 400]</box>'
+>>> [b.box for b in parse_grounded("a <ref>cat</ref><box>[1,2,3,4]</box> and <box>[5, 6").boxes]
+[(1, 2, 3, 4)]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Box = tuple[float, float, float, float]
+"""``(x1, y1, x2, y2)`` in whatever unit the function says."""
+IntBox = tuple[int, int, int, int]
+
+NORM = 1000
+"""Side of the house coordinate space."""
+
+IOU_EPS = 1e-6
+
+BoxFormat = Literal["house", "obj", "qwen", "json"]
+BOX_FORMATS: tuple[BoxFormat, ...] = ("house", "obj", "qwen", "json")
+
+# Qwen2.5-VL image processor defaults (preprocessor_config.json of the released checkpoints).
+QWEN_PATCH_FACTOR = 28
+QWEN_MIN_PIXELS = 56 * 56
+QWEN_MAX_PIXELS = 28 * 28 * 16384
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing and rendering
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GroundedBox:
+    """One valid box found in text: ``box`` in 0-1000 integers, ``span`` the characters it came from."""
+
+    ref: str | None
+    box: IntBox
+    span: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class InvalidBox:
+    """A complete box tag whose content is not a usable box, with a reason code (see ``validate_box``)."""
+
+    ref: str | None
+    raw: str
+    reason: str
+    span: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ParseResult:
+    boxes: list[GroundedBox]
+    invalid: list[InvalidBox]
+
+    @property
+    def refs(self) -> list[str]:
+        return [b.ref for b in self.boxes if b.ref]
+
+
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_NUMBER_RE = re.compile(_NUMBER)
+
+# Each pattern matches only *complete* tags, so a stream cut mid-tag yields only the finished boxes.
+# The ref is optional: a bare box still counts as a box. ``[^<]`` keeps a match from spanning other tags.
+_PATTERNS: dict[str, re.Pattern[str]] = {
+    "house": re.compile(r"(?:<ref>([^<]*)</ref>\s*)?<box>([^<]*)</box>"),
+    "obj": re.compile(r"(?:<obj>([^<]*)</obj>\s*)?<bbox>([^<]*)</bbox>"),
+    "qwen": re.compile(r"(?:<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>\s*)?<\|box_start\|>([^<]*)<\|box_end\|>"),
+}
+
+
+def validate_box(values: Sequence[float], *, upper: float = NORM) -> str | None:
+    """Return ``None`` for a usable box in ``[0, upper]``, else a reason code.
+
+    Reason codes: ``wrong_arity``, ``not_finite``, ``out_of_range``, ``inverted``, ``zero_area``.
+
+    >>> validate_box([10, 10, 5, 20])
+    'inverted'
+    >>> validate_box([0, 0, 1000, 1000]) is None
+    True
+    """
+    if len(values) != 4:
+        return "wrong_arity"
+    if not all(math.isfinite(v) for v in values):
+        return "not_finite"
+    x1, y1, x2, y2 = values
+    if min(values) < 0 or max(values) > upper:
+        return "out_of_range"
+    if x2 < x1 or y2 < y1:
+        return "inverted"
+    if x2 == x1 or y2 == y1:
+        return "zero_area"
+    return None
+
+
+def _numbers(raw: str) -> list[float]:
+    return [float(m) for m in _NUMBER_RE.findall(raw)]
+
+
+def _to_house_box(values: list[float]) -> tuple[IntBox | None, str | None]:
+    """Round parsed values to house integers and validate them (rounding first, so 999.6 is valid)."""
+    if len(values) != 4:
+        return None, "wrong_arity"
+    if not all(math.isfinite(v) for v in values):
+        return None, "not_finite"
+    box = tuple(int(round(v)) for v in values)
+    reason = validate_box(box)
+    return (box, None) if reason is None else (None, reason)  # type: ignore[return-value]
+
+
+def parse_grounded(text: str, fmt: BoxFormat = "house") -> ParseResult:
+    """Find every complete box in ``text`` written in ``fmt``; values are read as 0-1000 house coordinates.
+
+    Tolerates spacing, float values and missing brackets; a box that is not usable is reported in
+    ``invalid`` with its reason, never repaired. Never raises on arbitrary text.
+
+    >>> parse_grounded("<ref>a</ref> <box>[ 10.4 ,20, 30 ,40 ]</box>").boxes[0].box
+    (10, 20, 30, 40)
+    >>> parse_grounded("<ref>a</ref><box>[30, 20, 10, 40]</box>").invalid[0].reason
+    'inverted'
+    """
+    if not isinstance(text, str):
+        return ParseResult([], [])
+    if fmt == "json":
+        return _parse_json_boxes(text)
+    boxes: list[GroundedBox] = []
+    invalid: list[InvalidBox] = []
+    for match in _PATTERNS[fmt].finditer(text):
+        ref = match.group(1).strip() if match.group(1) is not None else None
+        raw = match.group(2)
+        box, reason = _to_house_box(_numbers(raw))
+        if box is None:
+            invalid.append(InvalidBox(ref or None, raw, reason or "invalid", match.span()))
+        else:
+            boxes.append(GroundedBox(ref or None, box, match.span()))
+    return ParseResult(boxes, invalid)
+
+
+def _parse_json_boxes(text: str) -> ParseResult:
+    """Parse Qwen-style JSON: objects with ``bbox_2d`` (and ``label``), bare or in a list, anywhere in text."""
+    boxes: list[GroundedBox] = []
+    invalid: list[InvalidBox] = []
+    decoder = json.JSONDecoder()
+    pos = 0
+    while True:
+        start = _next_json_start(text, pos)
+        if start < 0:
+            break
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            pos = start + 1
+            continue
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, dict) or "bbox_2d" not in item:
+                continue
+            label = item.get("label")
+            ref = str(label).strip() if label is not None else None
+            raw = item["bbox_2d"]
+            values = raw if isinstance(raw, list) else []
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                invalid.append(InvalidBox(ref or None, json.dumps(raw), "not_numeric", (start, end)))
+                continue
+            box, reason = _to_house_box([float(v) for v in values])
+            if box is None:
+                invalid.append(InvalidBox(ref or None, json.dumps(raw), reason or "invalid", (start, end)))
+            else:
+                boxes.append(GroundedBox(ref or None, box, (start, end)))
+        pos = end
+    return ParseResult(boxes, invalid)
+
+
+def _next_json_start(text: str, pos: int) -> int:
+    candidates = [i for i in (text.find("{", pos), text.find("[", pos)) if i >= 0]
+    return min(candidates) if candidates else -1
+
+
+def format_box(box: Sequence[int]) -> str:
+    """``[x1, y1, x2, y2]`` exactly as the house format prints it."""
+    return "[" + ", ".join(str(int(v)) for v in box) + "]"
+
+
+def render_grounded(ref: str | None, box: Sequence[int], fmt: BoxFormat = "house") -> str:
+    """Render one grounded object in ``fmt``.
+
+    >>> render_grounded("cat", (1, 2, 3, 4), "qwen")
+    '<|object_ref_start|>cat<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>'
+    >>> render_grounded("cat", (1, 2, 3, 4), "json")
+    '{"bbox_2d": [1, 2, 3, 4], "label": "cat"}'
+    """
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if fmt == "house":
+        return (f"<ref>{ref}</ref>" if ref else "") + f"<box>{format_box(box)}</box>"
+    if fmt == "obj":
+        return (f"<obj>{ref}</obj>" if ref else "") + f"<bbox>{format_box(box)}</bbox>"
+    if fmt == "qwen":
+        prefix = f"<|object_ref_start|>{ref}<|object_ref_end|>" if ref else ""
+        return prefix + f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+    if fmt == "json":
+        item: dict[str, object] = {"bbox_2d": [x1, y1, x2, y2]}
+        if ref:
+            item["label"] = ref
+        return json.dumps(item)
+    raise ValueError(f"unknown box format {fmt!r}; use one of {BOX_FORMATS}")
+
+
+def map_boxes(
+    text: str,
+    transform: Callable[[IntBox], Sequence[int]],
+    *,
+    src: BoxFormat = "house",
+    dst: BoxFormat = "house",
+) -> str:
+    """Rewrite every valid box in ``text`` through ``transform`` and re-render it in ``dst``.
+
+    Invalid boxes and all other text are left exactly as they were. This is how tokenize renders the
+    house format in a model family's own coordinates, and how evaluate reads them back.
+
+    >>> map_boxes("see <ref>a</ref><box>[0, 0, 500, 500]</box>.", lambda b: [v * 2 for v in b])
+    'see <ref>a</ref><box>[0, 0, 1000, 1000]</box>.'
+    """
+    parsed = parse_grounded(text, src)
+    out: list[str] = []
+    cursor = 0
+    for found in parsed.boxes:
+        start, end = found.span
+        out.append(text[cursor:start])
+        out.append(render_grounded(found.ref, transform(found.box), dst))
+        cursor = end
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinate conventions
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_size(width: float, height: float) -> None:
+    if not (width > 0 and height > 0):
+        raise ValueError(f"image size must be positive, got width={width} height={height}")
+
+
+def clamp_box(box: Sequence[float], upper: float) -> Box:
+    """Clamp every coordinate into ``[0, upper]``."""
+    return tuple(min(max(float(v), 0.0), upper) for v in box)  # type: ignore[return-value]
+
+
+def pixels_to_norm1000(box: Sequence[float], width: float, height: float) -> IntBox:
+    """Absolute pixels of a ``width`` x ``height`` image to house integers (rounded, clamped to 0-1000).
+
+    >>> pixels_to_norm1000((217, 343, 242, 393), 391, 500)
+    (555, 686, 619, 786)
+    """
+    _check_size(width, height)
+    x1, y1, x2, y2 = box
+    scaled = (x1 / width * NORM, y1 / height * NORM, x2 / width * NORM, y2 / height * NORM)
+    return tuple(int(round(v)) for v in clamp_box(scaled, NORM))  # type: ignore[return-value]
+
+
+def norm1000_to_pixels(box: Sequence[float], width: float, height: float) -> Box:
+    """House coordinates to absolute pixels (floats)."""
+    _check_size(width, height)
+    x1, y1, x2, y2 = box
+    return (x1 * width / NORM, y1 * height / NORM, x2 * width / NORM, y2 * height / NORM)
+
+
+def unit_to_norm1000(box: Sequence[float]) -> IntBox:
+    """0-1 floats to house integers (rounded, clamped)."""
+    return tuple(int(round(v)) for v in clamp_box([v * NORM for v in box], NORM))  # type: ignore[return-value]
+
+
+def norm1000_to_unit(box: Sequence[float]) -> Box:
+    """House integers to 0-1 floats."""
+    return tuple(v / NORM for v in box)  # type: ignore[return-value]
+
+
+def viscot_padding(width: int, height: int) -> tuple[int, int, int]:
+    """VisCOT pads the image to a centered square: return ``(side, x_offset, y_offset)`` in pixels."""
+    _check_size(width, height)
+    side = max(width, height)
+    if width > height:
+        return side, 0, (width - height) // 2
+    return side, (height - width) // 2, 0
+
+
+def viscot_padded_to_pixels(box: Sequence[float], width: int, height: int) -> Box:
+    """VisCOT's normalized string (0-1 of the padded square) to absolute pixels of the original image.
+
+    >>> tuple(round(v) for v in viscot_padded_to_pixels((0.542, 0.686, 0.592, 0.786), 391, 500))
+    (217, 343, 242, 393)
+    """
+    side, dx, dy = viscot_padding(width, height)
+    x1, y1, x2, y2 = box
+    return (x1 * side - dx, y1 * side - dy, x2 * side - dx, y2 * side - dy)
+
+
+def pixels_to_viscot_padded(box: Sequence[float], width: int, height: int, *, decimals: int | None = 3) -> Box:
+    """Absolute pixels to VisCOT's padded-square 0-1 string values (3 decimals, as VisCOT prints them).
+
+    >>> pixels_to_viscot_padded((217, 343, 242, 393), 391, 500)
+    (0.542, 0.686, 0.592, 0.786)
+    """
+    side, dx, dy = viscot_padding(width, height)
+    x1, y1, x2, y2 = box
+    values = ((x1 + dx) / side, (y1 + dy) / side, (x2 + dx) / side, (y2 + dy) / side)
+    if decimals is None:
+        return values
+    return tuple(round(v, decimals) for v in values)  # type: ignore[return-value]
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = QWEN_PATCH_FACTOR,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> tuple[int, int]:
+    """Qwen2-VL/2.5-VL's resize: ``(height, width)`` rounded to multiples of ``factor`` within the pixel budget.
+
+    Same arithmetic as ``transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.smart_resize``
+    (checked against it in the tests), kept here so the CPU stages need no transformers.
+
+    >>> smart_resize(500, 391)
+    (504, 392)
+    """
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got height={height} width={width}")
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(f"aspect ratio must be below 200, got {max(height, width) / min(height, width):.1f}")
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def norm1000_to_qwen25(
+    box: Sequence[float],
+    width: int,
+    height: int,
+    *,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> IntBox:
+    """House coordinates to Qwen2.5-VL's absolute pixels of the ``smart_resize``d image (integers)."""
+    resized_h, resized_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+    x1, y1, x2, y2 = norm1000_to_pixels(box, resized_w, resized_h)
+    return (int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+
+
+def qwen25_to_norm1000(
+    box: Sequence[float],
+    width: int,
+    height: int,
+    *,
+    min_pixels: int = QWEN_MIN_PIXELS,
+    max_pixels: int = QWEN_MAX_PIXELS,
+) -> IntBox:
+    """Qwen2.5-VL absolute pixels of the resized image back to house coordinates of the original image."""
+    resized_h, resized_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
+    return pixels_to_norm1000(box, resized_w, resized_h)
+
+
+# --------------------------------------------------------------------------------------------------
+# Overlap and matching
+# --------------------------------------------------------------------------------------------------
+
+
+def iou(a: Sequence[float], b: Sequence[float], eps: float = IOU_EPS) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes in the same unit.
+
+    >>> round(iou((0, 0, 10, 10), (5, 0, 15, 10)), 4)
+    0.3333
+    """
+    ix1, iy1 = max(a[0], b[0]), max(a[1], b[1])
+    ix2, iy2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, ix2 - ix1) * max(0.0, iy2 - iy1)
+    area_a = max(0.0, a[2] - a[0]) * max(0.0, a[3] - a[1])
+    area_b = max(0.0, b[2] - b[0]) * max(0.0, b[3] - b[1])
+    return inter / (area_a + area_b - inter + eps)
+
+
+def best_match(pred: Sequence[float], truths: Sequence[Sequence[float]]) -> tuple[int, float]:
+    """Index and IoU of the ground-truth box that overlaps ``pred`` most; ``(-1, 0.0)`` when there is none."""
+    best_index, best_iou = -1, 0.0
+    for index, truth in enumerate(truths):
+        value = iou(pred, truth)
+        if value > best_iou or best_index < 0:
+            best_index, best_iou = index, value
+    return best_index, best_iou
+
+
+def match_one_to_one(
+    preds: Sequence[Sequence[float]], truths: Sequence[Sequence[float]], *, min_iou: float = 0.0
+) -> list[tuple[int, int, float]]:
+    """Pair predictions with ground truths, each used at most once: ``(pred_index, truth_index, iou)``.
+
+    Greedy by descending IoU (the COCO convention without scores), ties broken by index so results
+    are deterministic. Pairs with IoU ``<= min_iou`` are not made. Flooding with boxes does not pay:
+    extra predictions stay unmatched.
+
+    >>> [(p, t) for p, t, _ in match_one_to_one([(0, 0, 10, 10), (0, 0, 10, 10)], [(0, 0, 10, 10)])]
+    [(0, 0)]
+    """
+    candidates = sorted(
+        ((iou(p, t), pi, ti) for pi, p in enumerate(preds) for ti, t in enumerate(truths)),
+        key=lambda c: (-c[0], c[1], c[2]),
+    )
+    used_preds: set[int] = set()
+    used_truths: set[int] = set()
+    pairs: list[tuple[int, int, float]] = []
+    for value, pi, ti in candidates:
+        if value <= min_iou:
+            break
+        if pi in used_preds or ti in used_truths:
+            continue
+        used_preds.add(pi)
+        used_truths.add(ti)
+        pairs.append((pi, ti, value))
+    return sorted(pairs)

@@ -1,0 +1,161 @@
+"""Stage configuration: a dataclass filled from command-line flags, with ``VCOT_<FLAG>`` env fallbacks.
+
+Each field becomes ``--kebab-name``; its environment fallback is ``VCOT_UPPER_NAME`` (what a Kubernetes
+ConfigMap sets). Precedence: flag, then environment, then the field default. A value that does not
+parse, or that ``__post_init__`` rejects, exits with code 2 and a message that says what to set::
+
+    @dataclass
+    class ConvertConfig:
+        output: str = option(help="Where to write the records (s3://bucket/prefix or a local path).")
+        num_shards: int = option(1, help="How many pods split the input.")
+
+        def __post_init__(self) -> None:
+            if self.num_shards < 1:
+                raise ValueError("--num-shards must be at least 1")
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+REQUIRED: Any = dataclasses.MISSING
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+def option(
+    default: Any = REQUIRED,
+    *,
+    help: str,  # noqa: A002 - mirrors argparse
+    secret: bool = False,
+    env: str | None = None,
+) -> Any:
+    """A config field with help text. ``secret`` fields are redacted in logs and manifests."""
+    metadata = {"help": help, "secret": secret, "env": env}
+    if isinstance(default, (list, dict, set)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def env_name(field: dataclasses.Field[Any]) -> str:
+    return field.metadata.get("env") or f"VCOT_{field.name.upper()}"
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _convert(raw: str, tp: Any, name: str) -> Any:
+    """Parse one string into the annotated type, raising ``ValueError`` with a helpful message."""
+    inner, optional = _unwrap_optional(tp)
+    if optional and raw.strip().lower() in ("", "none", "null"):
+        return None
+    if get_origin(inner) is Literal:
+        choices = [str(c) for c in get_args(inner)]
+        if raw not in choices:
+            raise ValueError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+        return raw
+    if inner is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}={raw!r} is not a boolean: use true or false")
+    if inner in (int, float):
+        try:
+            return inner(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a valid {inner.__name__}") from None
+    if get_origin(inner) in (list, tuple):
+        item_type = get_args(inner)[0] if get_args(inner) else str
+        return [_convert(part.strip(), item_type, name) for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    module = sys.modules.get(cls.__module__)
+    return typing.get_type_hints(cls, globalns=vars(module) if module else None)
+
+
+def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
+    doc_lines = (cls.__doc__ or "").strip().splitlines()
+    parser = argparse.ArgumentParser(prog=prog, description=description or (doc_lines[0] if doc_lines else None))
+    hints = _type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if not field.init:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        inner, _ = _unwrap_optional(hints[field.name])
+        help_text = f"{field.metadata.get('help', '')} [env: {env_name(field)}]"
+        if field.default is not dataclasses.MISSING:
+            help_text += f" (default: {field.default})"
+        elif field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            help_text += " (required)"
+        if inner is bool:
+            parser.add_argument(flag, dest=field.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            choices = [str(c) for c in get_args(inner)] if get_origin(inner) is Literal else None
+            parser.add_argument(flag, dest=field.name, default=None, choices=choices, help=help_text)
+    return parser
+
+
+def parse_config(
+    cls: type[T],
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> T:
+    """Build ``cls`` from flags, then ``VCOT_*`` variables, then defaults; exit 2 with a clear message if invalid."""
+    environ = dict(os.environ) if environ is None else environ
+    parser = build_parser(cls, prog=prog)
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    hints = _type_hints(cls)
+    values: dict[str, Any] = {}
+    try:
+        for field in dataclasses.fields(cls):
+            if not field.init:
+                continue
+            flag = "--" + field.name.replace("_", "-")
+            given = getattr(args, field.name)
+            if given is not None:
+                values[field.name] = given if isinstance(given, bool) else _convert(given, hints[field.name], flag)
+            elif env_name(field) in environ:
+                values[field.name] = _convert(environ[env_name(field)], hints[field.name], env_name(field))
+            elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                raise ValueError(f"{flag} is required: pass it or set {env_name(field)}")
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits with code 2
+
+
+def is_secret(field: dataclasses.Field[Any]) -> bool:
+    return bool(field.metadata.get("secret")) or any(word in field.name.lower() for word in _SECRET_WORDS)
+
+
+def redacted(config: Any) -> dict[str, Any]:
+    """The config as a plain dict with secrets replaced by ``"***"`` (safe to log and to store in manifests)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if is_secret(field) and value not in (None, ""):
+            value = "***"
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = redacted(value)
+        out[field.name] = value
+    return out

@@ -1,0 +1,13 @@
+"""Errors a user can act on. Anything else is a bug and keeps its traceback."""
+
+
+class VcotError(Exception):
+    """A problem the user can fix; the message says what to set or do. Entrypoints print it on one line."""
+
+
+class StorageError(VcotError):
+    """Storage is unreachable, refuses our credentials, or lacks what we asked for."""
+
+
+class NotCommittedError(VcotError):
+    """An input has no ``_SUCCESS`` manifest: its producer has not finished (or failed)."""

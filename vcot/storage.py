@@ -1,0 +1,354 @@
+"""One way to reach data: every path is a URI (``s3://bucket/key`` or a local path), opened through here.
+
+S3 settings come from the standard environment, so what runs in a pod runs the same against a local server:
+
+- ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or any boto3 credential source),
+- ``AWS_ENDPOINT_URL_S3`` (or ``AWS_ENDPOINT_URL``) for MinIO, SeaweedFS, R2, GCS interop...,
+- ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (default ``us-east-1``),
+- ``VCOT_S3_ADDRESSING_STYLE``: ``path`` (default with a custom endpoint: MinIO wants it), ``virtual`` or ``auto``,
+- ``VCOT_S3_MAX_ATTEMPTS``: attempts per request on transient errors (throttling, 5xx, timeouts), default 5.
+
+Storage problems become a :class:`StorageError` whose one-line message names the endpoint and bucket.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from vcot.errors import StorageError
+
+S3_SCHEME = "s3://"
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint_url: str | None
+    region: str
+    addressing_style: str
+    max_attempts: int
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        style = os.environ.get("VCOT_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
+        if style not in ("path", "virtual", "auto"):
+            raise StorageError(f"VCOT_S3_ADDRESSING_STYLE={style!r} is not valid: set it to path, virtual or auto")
+        attempts = os.environ.get("VCOT_S3_MAX_ATTEMPTS", "5")
+        if not attempts.isdigit() or int(attempts) < 1:
+            raise StorageError(f"VCOT_S3_MAX_ATTEMPTS={attempts!r} is not valid: set it to a positive integer")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(endpoint, region, style, int(attempts))
+
+    @property
+    def endpoint_label(self) -> str:
+        return self.endpoint_url or f"AWS S3 ({self.region})"
+
+
+@functools.lru_cache(maxsize=8)
+def _client_for(settings: S3Settings, credentials_key: tuple[str | None, ...]) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"max_attempts": settings.max_attempts, "mode": "standard"},
+        s3={"addressing_style": settings.addressing_style},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.session.Session().client(
+        "s3", endpoint_url=settings.endpoint_url, region_name=settings.region, config=config
+    )
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client for the current environment (cached; a changed environment gets a new one)."""
+    credentials_key = tuple(
+        os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    )
+    return _client_for(S3Settings.from_env(), credentials_key)
+
+
+# --------------------------------------------------------------------------------------------------
+# URIs
+# --------------------------------------------------------------------------------------------------
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEME)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri!r} names no bucket: write s3://BUCKET/prefix")
+    return bucket, key
+
+
+def local_path(uri: str) -> Path:
+    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with single slashes: ``join("s3://b/run", "train", "x.jsonl")``."""
+    out = base.rstrip("/")
+    for part in parts:
+        part = part.strip("/")
+        if part:
+            out = f"{out}/{part}"
+    return out
+
+
+def relative(uri: str, base: str) -> str:
+    """``uri`` relative to the prefix ``base``."""
+    base = base.rstrip("/") + "/"
+    if not uri.startswith(base):
+        raise ValueError(f"{uri!r} is not under {base!r}")
+    return uri[len(base) :]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+def _describe(uri: str) -> str:
+    if not is_s3(uri):
+        return f"local path {uri}"
+    bucket, key = split_s3(uri)
+    return f"bucket {bucket!r} (key {key!r}) at endpoint {S3Settings.from_env().endpoint_label}"
+
+
+@contextmanager
+def storage_errors(uri: str) -> Iterator[None]:
+    """Turn botocore/OS failures on ``uri`` into one clear :class:`StorageError` line."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as exc:
+        raise StorageError(f"{_describe(uri)} does not exist ({exc.strerror or exc})") from exc
+    except PermissionError as exc:
+        raise StorageError(f"no permission on {_describe(uri)}: {exc}") from exc
+    except Exception as raised:  # botocore raises many types; classify by name and code, re-raise the rest
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        exc = getattr(raised, "backend_error", raised)  # smart_open wraps botocore errors in OSError
+
+        if isinstance(exc, NoCredentialsError):
+            raise StorageError(
+                f"no S3 credentials for {_describe(uri)}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            ) from raised
+        if isinstance(exc, ClientError):
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken"):
+                hint = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket policy"
+            elif code in ("NoSuchBucket",):
+                hint = "create the bucket or fix the URI"
+            elif code in ("NoSuchKey", "404", "NotFound"):
+                hint = "it does not exist"
+            else:
+                hint = str(exc)
+            raise StorageError(f"S3 refused access to {_describe(uri)}: {code}: {hint}") from raised
+        if isinstance(exc, BotoCoreError):
+            raise StorageError(
+                f"cannot reach {_describe(uri)}: {exc}. Check AWS_ENDPOINT_URL_S3 and that the server is up"
+            ) from raised
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading and writing
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def open_uri(uri: str, mode: str = "rb", *, compression: str = "disable") -> Iterator[IO[Any]]:
+    """Open a URI like ``open``. Compression is off unless asked (``"infer_from_extension"``)."""
+    import smart_open
+
+    if not is_s3(uri):
+        path = local_path(uri)
+        if any(flag in mode for flag in "wa"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        uri = str(path)
+        params: dict[str, Any] = {}
+    else:
+        split_s3(uri)
+        params = {"client": s3_client()}
+    with storage_errors(uri):
+        handle = smart_open.open(uri, mode, compression=compression, transport_params=params)
+    with handle:
+        with storage_errors(uri):
+            yield handle
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_uri(uri, "rb") as handle:
+        return handle.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object. Local files are written to a temporary name and renamed, so never half-written."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        with storage_errors(uri):
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = local_path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def read_json(uri: str) -> Any:
+    try:
+        return json.loads(read_bytes(uri))
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{_describe(uri)} is not valid JSON: {exc}") from exc
+
+
+def dumps_json(value: Any) -> str:
+    """The project's one JSON layout for small documents: sorted keys, 2-space indent, trailing newline."""
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_json(uri: str, value: Any) -> None:
+    write_text(uri, dumps_json(value))
+
+
+def exists(uri: str) -> bool:
+    if not is_s3(uri):
+        return local_path(uri).exists()
+    bucket, key = split_s3(uri)
+    from botocore.exceptions import ClientError
+
+    with storage_errors(uri):
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+
+def list_uris(prefix: str, suffix: str = "") -> list[str]:
+    """Every object/file under ``prefix`` (recursive, as a directory), sorted; hidden temp files excluded."""
+    prefix = prefix.rstrip("/")
+    if not is_s3(prefix):
+        root = local_path(prefix)
+        if not root.is_dir():
+            return []
+        found = [
+            str(path) if not prefix.startswith("file://") else "file://" + str(path)
+            for path in root.rglob("*")
+            if path.is_file() and not path.name.startswith(".") and path.name.endswith(suffix)
+        ]
+        return sorted(found)
+    bucket, key = split_s3(prefix)
+    key_prefix = f"{key}/" if key else ""
+    uris: list[str] = []
+    with storage_errors(prefix):
+        paginator = s3_client().get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=key_prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith(suffix) and not item["Key"].endswith("/"):
+                    uris.append(f"{S3_SCHEME}{bucket}/{item['Key']}")
+    return sorted(uris)
+
+
+def delete(uri: str) -> None:
+    """Delete one object/file if it exists."""
+    if not is_s3(uri):
+        local_path(uri).unlink(missing_ok=True)
+        return
+    bucket, key = split_s3(uri)
+    with storage_errors(uri):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
+
+def delete_prefix(prefix: str) -> None:
+    """Delete everything under ``prefix``."""
+    if not is_s3(prefix):
+        shutil.rmtree(local_path(prefix), ignore_errors=True)
+        return
+    bucket, _ = split_s3(prefix)
+    keys = [split_s3(uri)[1] for uri in list_uris(prefix)]
+    with storage_errors(prefix):
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            s3_client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+
+
+def check_access(uri: str) -> None:
+    """Fail fast, with one clear line, when ``uri``'s bucket is unreachable or refuses our credentials."""
+    if not is_s3(uri):
+        return
+    bucket, _ = split_s3(uri)
+    from botocore.exceptions import ClientError
+
+    with storage_errors(uri):
+        try:
+            s3_client().head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
+                raise StorageError(
+                    f"bucket {bucket!r} does not exist at endpoint {S3Settings.from_env().endpoint_label}: "
+                    "create it (make s3-up does locally) or fix the URI"
+                ) from exc
+            raise
+
+
+def download_prefix(prefix: str, dest: Path) -> Path:
+    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if not is_s3(prefix):
+        shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True)
+        return dest
+    for uri in list_uris(prefix):
+        target = dest / relative(uri, prefix)
+        bucket, key = split_s3(uri)
+        with storage_errors(uri):
+            size = s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+            if target.exists() and target.stat().st_size == size:
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3_client().download_file(bucket, key, str(target))
+    return dest
+
+
+def upload_dir(source: Path, prefix: str) -> list[str]:
+    """Copy the local folder ``source`` under ``prefix``; returns the URIs written."""
+    written: list[str] = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        uri = join(prefix, path.relative_to(source).as_posix())
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            with storage_errors(uri):
+                s3_client().upload_file(str(path), bucket, key)
+        else:
+            target = local_path(uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        written.append(uri)
+    return written
