@@ -1,0 +1,9 @@
+"""Thin container entrypoints, one module per stage.
+
+Each is a few lines: ``main()`` hands a config dataclass and one library function to
+:func:`vcot.cli.run_stage`, which configures logging, reads flags/``VCOT_*`` env, logs the resolved
+config (secrets redacted) and turns user-fixable errors into one line and a non-zero exit::
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_stage("convert", ConvertConfig, convert, argv)
+"""
