@@ -43,3 +43,12 @@ def teacher_server() -> Iterator[Callable[..., FakeOpenAI]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """``vcot.cli.run_stage`` binds logging to the stderr of the moment; a test's captured stream dies with it."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()

@@ -144,11 +144,11 @@ class FakeOpenAI:
             digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
             self.attempts[digest] += 1
             fault = self.fault(text, self.attempts[digest]) if self.fault else None
+            self.statuses[fault or "200"] += 1
             if self.latency:
                 await asyncio.sleep(self.latency)
             if fault == "timeout":
                 await asyncio.sleep(self.timeout_sleep)
-            self.statuses[fault or "200"] += 1
             if fault == "429":
                 return _error(429, "Rate limit reached.", {"Retry-After": self.retry_after})
             if fault in ("500", "400", "401"):

@@ -182,14 +182,21 @@ class LiveBackend:
         self.semaphore = asyncio.Semaphore(concurrency)
         self.ledger = ledger
         self._secret = secret
+        self.stopped = False
 
     async def __call__(self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Completion:
         async def attempt() -> Completion:
             async with self.semaphore:
+                if self.stopped:
+                    raise TeacherError("not sent: an earlier request failed fatally")
                 try:
                     response = await self.client.chat.completions.create(model=model, messages=messages, **params)
                 except ValueError as exc:  # a 200 whose body is not JSON
                     raise MalformedResponse(f"response body is not JSON: {exc}") from exc
+                except openai.APIStatusError as exc:
+                    # Decided before the slot is released, so no waiting request goes out after a fatal error.
+                    self.stopped = self.stopped or not is_retryable(exc)
+                    raise
             return Completion.from_api(response)
 
         return await call_with_retries(attempt, self.policy, self.ledger, what=f"model {model!r}", secret=self._secret)
