@@ -1,0 +1,175 @@
+"""The distill stage's pure pieces: validation, request keys, retry timing, cache, ledger, crops, config."""
+
+from __future__ import annotations
+
+import asyncio
+import doctest
+import gzip
+import importlib
+import io
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.distill.distill_helpers import commit_input, fast_config, make_record
+from vcot import manifest, shards, storage
+from vcot.distill import distill, prompts
+from vcot.distill.cache import AnswerCache, request_key
+from vcot.distill.config import DistillConfig
+from vcot.distill.ledger import Ledger
+from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
+from vcot.distill.validate import check_answer
+
+MODULES = ["batch", "cache", "config", "direct", "ledger", "pipeline", "prompts", "teacher", "validate", "zoom"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_doctests(name: str) -> None:
+    module = importlib.import_module(f"vcot.distill.{name}")
+    assert doctest.testmod(module).failed == 0
+
+
+GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
+
+
+@pytest.mark.parametrize(
+    ("text", "record", "problem"),
+    [
+        (GOOD, {"answer": "blue"}, None),
+        (GOOD.replace("Answer: blue", "Answer: The blue one"), {"answer": "blue"}, None),
+        ("", {"answer": "blue"}, "empty_answer"),
+        (GOOD.replace("300", "1300"), {"answer": "blue"}, "invalid_box"),
+        (GOOD.replace("<ref>cup</ref>", "cup "), {"answer": "blue"}, "box_without_ref"),
+        (GOOD.replace("</ref>", ""), {"answer": "blue"}, "box_without_ref"),
+        (GOOD.replace(" is", " and the <ref>plate</ref> are"), {"answer": "blue"}, "malformed_tag"),
+        (GOOD + " <box>[1, 2", {"answer": "blue"}, "malformed_tag"),
+        (GOOD.replace("\nAnswer: blue", " blue."), {"answer": "blue"}, "no_final_answer"),
+        (GOOD, {"answer": "red"}, "wrong_answer"),
+        (GOOD.replace("blue", "not blue"), {"answer": "blue"}, "wrong_answer"),
+        (GOOD.replace("Answer: blue", "Answer: (B)"), {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1}, None),
+        (GOOD.replace("Answer: blue", "Answer: A"), {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1}, "wrong_answer"),
+    ],
+)
+def test_check_answer(text: str, record: dict[str, Any], problem: str | None) -> None:
+    assert check_answer(text, record).problem == problem
+
+
+def _png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_message(data: bytes) -> list[dict[str, Any]]:
+    return prompts.direct_messages({"question": "q", "answer": "a"}, prompts.image_data_url(data), hint_answer=False)
+
+
+def test_request_key_hashes_the_image_bytes() -> None:
+    red, blue = _png((255, 0, 0)), _png((0, 0, 255))
+    params = {"temperature": 0.2, "max_tokens": 10}
+    assert request_key("m", _image_message(red), params) == request_key("m", _image_message(red), params)
+    assert request_key("m", _image_message(red), params) != request_key("m", _image_message(blue), params)
+    assert request_key("m", _image_message(red), params) != request_key("other", _image_message(red), params)
+
+
+def test_retry_timing() -> None:
+    policy = RetryPolicy(max_attempts=8, base=1.0, cap=10.0)
+    rng = random.Random(1)
+    delays = [policy.delay(attempt, None, rng) for attempt in range(1, 8)]
+    assert all(0.5 * min(10, 2 ** (a - 1)) <= d <= 1.5 * min(10, 2 ** (a - 1)) for a, d in zip(range(1, 8), delays))
+    assert max(delays) <= 15.0  # capped, then jittered
+    assert 3.0 <= policy.delay(1, 3.0, rng) <= 3.3  # Retry-After wins over the exponential schedule
+    assert 10.0 <= policy.delay(1, 100.0, rng) <= 11.0  # ...up to the cap
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # a date in the past
+    assert retry_after_seconds({}) is None
+
+
+def test_cache_parts_survive_and_corrupt_parts_are_skipped(tmp_path: Path) -> None:
+    uri = str(tmp_path / "cache")
+
+    async def fill(cache: AnswerCache, keys: range) -> None:
+        for key in keys:
+            await cache.add({"key": f"k{key}", "text": f"t{key}"})
+
+    writer = AnswerCache(uri, "w1", flush_every=3, flush_seconds=3600)
+    asyncio.run(fill(writer, range(7)))
+    assert writer.stored_parts == 2  # 6 answers stored, one still buffered
+    assert AnswerCache(uri, "reader").load() == 6
+    writer.flush()
+    (tmp_path / "cache" / "parts" / "w0-000001.jsonl.gz").write_bytes(gzip.compress(b"{not json")[:10])
+    reader = AnswerCache(uri, "reader")
+    assert reader.load() == 7 and reader.get("k6") == {"key": "k6", "text": "t6"}
+
+
+def test_cache_on_s3(s3_bucket: str) -> None:
+    cache = AnswerCache(f"{s3_bucket}/cache", "w", flush_every=1)
+    asyncio.run(cache.add({"key": "k", "text": "t"}))
+    assert AnswerCache(f"{s3_bucket}/cache", "r").load() == 1
+
+
+def test_identical_requests_in_flight_share_one_call(tmp_path: Path) -> None:
+    calls = []
+
+    async def backend(key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Completion:
+        calls.append(key)
+        await asyncio.sleep(0.01)
+        return Completion("answer", 1, 1)
+
+    async def ask_twice() -> list[Completion]:
+        teacher = Teacher("m", {}, AnswerCache(str(tmp_path), "w"), Ledger("m", "r"), backend)
+        messages = [{"role": "user", "content": "same"}]
+        return await asyncio.gather(*(teacher.ask(messages, record_id="r", purpose="p") for _ in range(3)))
+
+    assert [c.text for c in asyncio.run(ask_twice())] == ["answer"] * 3
+    assert len(calls) == 1
+
+
+def test_ledger_prices() -> None:
+    ledger = Ledger("gpt-4o-2024-08-06", "r")
+    ledger.record(1_000_000, 0)
+    ledger.record(1_000_000, 0, batch=True)
+    assert ledger.estimated_cost_usd() == 2.5 + 1.25
+    custom = Ledger("local-vllm", "r", prices={"local-vllm": (0.0, 0.0)})
+    custom.record(10, 10)
+    assert custom.estimated_cost_usd() == 0.0
+    assert Ledger("mystery", "r").to_dict()["estimated_cost_usd"] is None
+
+
+def test_crop_zoom_upscales_the_box() -> None:
+    image = _png((0, 128, 0), size=(200, 100))
+    crop = Image.open(io.BytesIO(prompts.crop_zoom(image, (0, 0, 100, 100), size=448, margin=0.0)))
+    assert crop.size == (448, 224)  # 20 x 10 pixels, upscaled to a longer side of 448
+
+
+def test_config_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
+    config = DistillConfig(input="s3://b/convert", output="s3://b/runs/distill", num_shards=4)
+    assert config.shard_index == 2
+    assert config.cache_uri == "s3://b/runs/_distill_cache"
+    assert DistillConfig(input="in", output="s3://b", num_shards=4).cache_uri == "s3://b/_distill_cache"
+    for bad in ({"concurrency": 0}, {"num_shards": 2}, {"prices": "[1]"}, {"output": "s3://b/convert"}):
+        with pytest.raises(ValueError):
+            DistillConfig(**{"input": "s3://b/convert", "output": "s3://b/out", **bad})
+
+
+def test_stage_on_s3(s3_bucket: str, api_key: str, teacher_server: Callable[..., Any], tmp_path: Path) -> None:
+    records = []
+    for index in range(4):
+        record = make_record(tmp_path, index)
+        record["image"] = f"{s3_bucket}/images/{index}.png"
+        storage.write_bytes(record["image"], Path(tmp_path / "images" / f"{index}.png").read_bytes())
+        records.append(record)
+    input_uri = commit_input(f"{s3_bucket}/convert", records)
+    server = teacher_server()
+    report = distill(fast_config(input_uri, f"{s3_bucket}/distill", server))
+    assert report["counts"] == {"input": 4, "distilled": 4}
+    assert manifest.read_manifest(f"{s3_bucket}/distill")["records"] == 4
+    assert AnswerCache(f"{s3_bucket}/_distill_cache", "r").load() == 4
+    assert storage.exists(f"{s3_bucket}/distill/quality.json")
+    assert sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "train/") for _ in shards.read_jsonl(uri)) + sum(
+        1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "val/") for _ in shards.read_jsonl(uri)
+    ) == 4
