@@ -58,7 +58,10 @@ def _write_input(root: Path, samples: int) -> str:
             }
         )  # fmt: skip
     uri = str(root / "convert")
-    files = [shards.write_jsonl(uri, f"{s}/00000-of-00001.jsonl.gz", [r for r in records if r["split"] == s]) for s in ("train", "val")]
+    files = [
+        shards.write_jsonl(uri, f"{s}/00000-of-00001.jsonl.gz", [r for r in records if r["split"] == s])
+        for s in ("train", "val")
+    ]
     manifest.commit(uri, stage="convert", files=files, config={})
     return uri
 
@@ -79,7 +82,17 @@ def main() -> None:
 
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "vcot.distill.fake_server", "--port", str(port), "--latency", str(args.latency), "--api-key", API_KEY],
+        [
+            sys.executable,
+            "-m",
+            "vcot.distill.fake_server",
+            "--port",
+            str(port),
+            "--latency",
+            str(args.latency),
+            "--api-key",
+            API_KEY,
+        ],
         cwd=REPO_ROOT,
     )
     try:
@@ -116,7 +129,12 @@ def main() -> None:
             results["first"]["ideal_s"] = ideal
             results["first"]["ratio_to_ideal"] = round(results["first"]["wall_s"] / ideal, 3) if ideal else None
             results["max_in_flight"] = _stats(port)["max_in_flight"]
-            print(json.dumps({"samples": args.samples, "concurrency": args.concurrency, "latency_s": args.latency, **results}, indent=2))
+            print(
+                json.dumps(
+                    {"samples": args.samples, "concurrency": args.concurrency, "latency_s": args.latency, **results},
+                    indent=2,
+                )
+            )
     finally:
         server.terminate()
         server.wait(10)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ API_KEY = "sk-test-SECRET-0123456789abcdef"
 _QUESTION = re.compile(r"Q(\d+):")
 
 
-def make_record(root: Path, index: int, *, objects: list[dict[str, Any]] | None = None, grounded: bool = False) -> dict[str, Any]:
+def make_record(
+    root: Path, index: int, *, objects: list[dict[str, Any]] | None = None, grounded: bool = False
+) -> dict[str, Any]:
     """A canonical record (docs/records.md) whose question is ``Q<i>: ...`` and answer ``answer<i>``."""
     image = root / "images" / f"{index}.png"
     image.parent.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,10 @@ def test_key_never_appears_in_logs_or_outputs(
 
 
 def test_missing_key_is_a_clear_error(
-    input_records: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     from jobs.distill import main
 
@@ -96,8 +99,15 @@ def _kill_mid_run(
     input_uri: str, output: str, server: Any, sig: int, *extra: str
 ) -> tuple[subprocess.CompletedProcess[str] | None, int]:
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "VCOT_LOG_FORMAT": "json"}
-    command = [sys.executable, "-m", "jobs.distill", *_flags(input_uri, output, server.base_url, "--concurrency", "2", *extra)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.distill",
+        *_flags(input_uri, output, server.base_url, "--concurrency", "2", *extra),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 60
     while server.statuses["200"] < 8 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

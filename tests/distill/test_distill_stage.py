@@ -70,7 +70,10 @@ def test_direct_accepts_valid_rejects_invalid_and_passes_grounded_through(
     distilled = accepted["synthetic:train:10"]
     assert distilled["objects"] == [{"ref": "blue square", "box": [100, 150, 600, 700]}]
     assert distilled["provenance"]["distill"] == {
-        "model": "gpt-4o", "strategy": "direct", "corrected": True, "objects_from": "teacher"
+        "model": "gpt-4o",
+        "strategy": "direct",
+        "corrected": True,
+        "objects_from": "teacher",
     }
     # Paid requests: 12 first answers + 3 corrections (the passthrough and the missing image cost nothing).
     assert server.chat_requests == 15
@@ -88,7 +91,9 @@ def test_transient_faults_are_retried_and_nothing_is_lost(
     input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:
     server = teacher_server(fault=_flaky, retry_after="0.3", timeout_sleep=1.5)
-    config = fast_config(input_records(8), str(tmp_path / "out"), server, request_timeout=0.5, backoff_base=0.001, backoff_max=1.0)
+    config = fast_config(
+        input_records(8), str(tmp_path / "out"), server, request_timeout=0.5, backoff_base=0.001, backoff_max=1.0
+    )
     started = time.monotonic()
     report = distill(config)
     assert report["counts"] == {"input": 8, "distilled": 8}
@@ -110,7 +115,11 @@ def test_retries_give_up_with_a_clear_error_and_commit_nothing(
 def test_concurrency_never_exceeds_the_limit(
     input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:
-    server = teacher_server(latency=0.03, fault=lambda text, attempt: "429" if attempt == 1 and question_number(text) % 3 == 0 else None, retry_after="0.01")
+    server = teacher_server(
+        latency=0.03,
+        fault=lambda text, attempt: "429" if attempt == 1 and question_number(text) % 3 == 0 else None,
+        retry_after="0.01",
+    )
     report = distill(fast_config(input_records(30), str(tmp_path / "out"), server, concurrency=3))
     assert report["counts"]["distilled"] == 30
     assert server.max_in_flight == 3  # reached, never exceeded

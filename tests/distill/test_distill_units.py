@@ -50,8 +50,16 @@ GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
         (GOOD.replace("\nAnswer: blue", " blue."), {"answer": "blue"}, "no_final_answer"),
         (GOOD, {"answer": "red"}, "wrong_answer"),
         (GOOD.replace("blue", "not blue"), {"answer": "blue"}, "wrong_answer"),
-        (GOOD.replace("Answer: blue", "Answer: (B)"), {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1}, None),
-        (GOOD.replace("Answer: blue", "Answer: A"), {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1}, "wrong_answer"),
+        (
+            GOOD.replace("Answer: blue", "Answer: (B)"),
+            {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1},
+            None,
+        ),
+        (
+            GOOD.replace("Answer: blue", "Answer: A"),
+            {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1},
+            "wrong_answer",
+        ),
     ],
 )
 def test_check_answer(text: str, record: dict[str, Any], problem: str | None) -> None:
@@ -170,6 +178,8 @@ def test_stage_on_s3(s3_bucket: str, api_key: str, teacher_server: Callable[...,
     assert manifest.read_manifest(f"{s3_bucket}/distill")["records"] == 4
     assert AnswerCache(f"{s3_bucket}/_distill_cache", "r").load() == 4
     assert storage.exists(f"{s3_bucket}/distill/quality.json")
-    assert sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "train/") for _ in shards.read_jsonl(uri)) + sum(
-        1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "val/") for _ in shards.read_jsonl(uri)
-    ) == 4
+    assert (
+        sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "train/") for _ in shards.read_jsonl(uri))
+        + sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "val/") for _ in shards.read_jsonl(uri))
+        == 4
+    )

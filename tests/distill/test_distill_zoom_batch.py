@@ -19,7 +19,7 @@ _FINAL = re.compile(r"Answer: answer(\d+)")
 
 
 def _zoom_teacher(text: str) -> str:
-    """Captions two animals; the merged draft adds a hallucinated unicorn and misnames the dog; the verifier fixes both."""
+    """Captions two animals; the draft adds a hallucinated unicorn and misnames the dog; the verifier fixes both."""
     if "Describe this image in detail" in text:
         return "A <ref>cat</ref><box>[100, 100, 400, 400]</box> and a <ref>dog</ref><box>[500, 500, 900, 900]</box>."
     if "Write no coordinates" in text:
@@ -32,7 +32,8 @@ def _zoom_teacher(text: str) -> str:
         )
     number = question_number(text)
     return (
-        "The <ref>cat</ref><box>[100, 100, 400, 400]</box> sits near a <ref>unicorn</ref><box>[600, 50, 700, 150]</box> "
+        "The <ref>cat</ref><box>[100, 100, 400, 400]</box> sits near a "
+        "<ref>unicorn</ref><box>[600, 50, 700, 150]</box> "
         f"and a <ref>wolf</ref><box>[500, 500, 900, 900]</box>.\nAnswer: answer{number}"
     )
 
@@ -41,7 +42,11 @@ def test_zoom_merges_branch_captions_and_the_verifier_drops_hallucinations(
     tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:
     data = tmp_path / "data"
-    records = [make_record(data, 0), make_record(data, 1), make_record(data, 2, objects=[{"ref": "ball", "box": [10, 10, 200, 200]}])]
+    records = [
+        make_record(data, 0),
+        make_record(data, 1),
+        make_record(data, 2, objects=[{"ref": "ball", "box": [10, 10, 200, 200]}]),
+    ]
     input_uri = commit_input(str(tmp_path / "convert"), records)
     server = teacher_server(answer=_zoom_teacher)
     output = str(tmp_path / "out")
@@ -57,7 +62,12 @@ def test_zoom_merges_branch_captions_and_the_verifier_drops_hallucinations(
     assert server.chat_requests == 3 * 3 + 5  # caption + merge + verify per record, plus one per branch
     branch_prompts = [text for text in server.answered if "Write no coordinates" in text]
     assert sum("where the full image shows: ball" in text for text in branch_prompts) == 1
-    rationales = [r["rationale"] for uri in manifest.committed_files(output, "") if "rejected" not in uri and uri.endswith(".gz") for r in shards.read_jsonl(uri)]
+    rationales = [
+        r["rationale"]
+        for uri in manifest.committed_files(output, "")
+        if "rejected" not in uri and uri.endswith(".gz")
+        for r in shards.read_jsonl(uri)
+    ]
     assert len(rationales) == 3 and not any("unicorn" in r or "wolf" in r for r in rationales)
 
 
@@ -91,7 +101,11 @@ def test_batch_mode_rounds_retry_failures_and_corrections(
 
 
 def test_batch_mode_resumes_a_submitted_batch_after_a_kill(
-    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    api_key: str,
+    teacher_server: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     input_uri = input_records(5)
     server = teacher_server()

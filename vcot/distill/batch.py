@@ -52,8 +52,15 @@ class BatchCollector:
     def __init__(self) -> None:
         self.requests: dict[str, dict[str, Any]] = {}
 
-    async def __call__(self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Completion:
-        self.requests[key] = {"custom_id": key, "method": "POST", "url": ENDPOINT, "body": {"model": model, "messages": messages, **params}}
+    async def __call__(
+        self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> Completion:
+        self.requests[key] = {
+            "custom_id": key,
+            "method": "POST",
+            "url": ENDPOINT,
+            "body": {"model": model, "messages": messages, **params},
+        }
         raise Deferred(key)
 
 
@@ -119,7 +126,7 @@ class BatchRunner:
         return ingested
 
     async def run(self, requests: dict[str, dict[str, Any]], labels: dict[str, tuple[str, str]]) -> int:
-        """Submit ``requests`` (custom_id = request key), wait for them, ingest the answers; returns answers ingested."""
+        """Submit ``requests`` (custom_id = request key), wait, ingest the answers; returns how many were ingested."""
         batch_ids: list[str] = []
         for number, data in enumerate(request_files(list(requests.values())), start=1):
             uploaded = await self._api(
@@ -129,7 +136,9 @@ class BatchRunner:
                 "file upload",
             )
             batch = await self._api(
-                lambda: self.client.batches.create(completion_window="24h", endpoint=ENDPOINT, input_file_id=uploaded.id),
+                lambda file_id=uploaded.id: self.client.batches.create(
+                    completion_window="24h", endpoint=ENDPOINT, input_file_id=file_id
+                ),
                 "batch creation",
             )
             batch_ids.append(batch.id)

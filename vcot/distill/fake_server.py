@@ -48,7 +48,7 @@ def request_text(body: dict[str, Any]) -> str:
 
 
 def echo_answer(text: str) -> str:
-    """A well-behaved teacher: grounded answers (the hinted answer when the prompt gives one), captions, verification."""
+    """A well-behaved teacher: grounded answers (with the hinted answer, if any), captions, verification."""
     if "zoomed-in crops" in text and "Write no coordinates" in text:
         return "A close view of a small round object."
     if "fact checker" in text:
@@ -69,7 +69,11 @@ def _completion(model: str, text: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens},
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -166,11 +170,21 @@ class FakeOpenAI:
         form = await request.post()
         upload = form["file"]
         data = upload.file.read() if hasattr(upload, "file") else str(upload).encode()
-        return web.json_response(self._store_file(data, getattr(upload, "filename", "upload"), str(form.get("purpose", ""))))
+        return web.json_response(
+            self._store_file(data, getattr(upload, "filename", "upload"), str(form.get("purpose", "")))
+        )
 
     def _store_file(self, data: bytes, filename: str, purpose: str) -> dict[str, Any]:
         file_id = f"file-{len(self.files) + 1}"
-        meta = {"id": file_id, "object": "file", "bytes": len(data), "created_at": int(time.time()), "filename": filename, "purpose": purpose, "status": "processed"}
+        meta = {
+            "id": file_id,
+            "object": "file",
+            "bytes": len(data),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+        }
         self.files[file_id] = {"meta": meta, "data": data}
         return meta
 
@@ -223,22 +237,48 @@ class FakeOpenAI:
             self.attempts[digest] += 1
             fault = self.fault(text, self.attempts[digest]) if self.fault else None
             if fault in ("500", "429"):
-                errors.append({"id": f"req-{self.batch_lines}", "custom_id": item["custom_id"], "response": {"status_code": int(fault), "body": {"error": {"message": "injected"}}}, "error": None})
+                errors.append(
+                    {
+                        "id": f"req-{self.batch_lines}",
+                        "custom_id": item["custom_id"],
+                        "response": {"status_code": int(fault), "body": {"error": {"message": "injected"}}},
+                        "error": None,
+                    }
+                )
                 continue
             self.answered.append(text)
-            response = {"status_code": 200, "request_id": f"req-{self.batch_lines}", "body": _completion(item["body"].get("model", ""), self.answer(text))}
-            outputs.append({"id": f"req-{self.batch_lines}", "custom_id": item["custom_id"], "response": response, "error": None})
+            response = {
+                "status_code": 200,
+                "request_id": f"req-{self.batch_lines}",
+                "body": _completion(item["body"].get("model", ""), self.answer(text)),
+            }
+            outputs.append(
+                {"id": f"req-{self.batch_lines}", "custom_id": item["custom_id"], "response": response, "error": None}
+            )
         encode = lambda rows: "".join(json.dumps(row) + "\n" for row in rows).encode()  # noqa: E731
-        batch["output_file_id"] = self._store_file(encode(outputs), "output.jsonl", "batch_output")["id"] if outputs else None
-        batch["error_file_id"] = self._store_file(encode(errors), "errors.jsonl", "batch_output")["id"] if errors else None
-        batch["request_counts"] = {"total": len(outputs) + len(errors), "completed": len(outputs), "failed": len(errors)}
+        batch["output_file_id"] = (
+            self._store_file(encode(outputs), "output.jsonl", "batch_output")["id"] if outputs else None
+        )
+        batch["error_file_id"] = (
+            self._store_file(encode(errors), "errors.jsonl", "batch_output")["id"] if errors else None
+        )
+        batch["request_counts"] = {
+            "total": len(outputs) + len(errors),
+            "completed": len(outputs),
+            "failed": len(errors),
+        }
         batch["status"] = "completed"
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
     def stats(self) -> dict[str, Any]:
-        return {"chat_requests": self.chat_requests, "max_in_flight": self.max_in_flight, "statuses": dict(self.statuses), "batch_lines": self.batch_lines}
+        return {
+            "chat_requests": self.chat_requests,
+            "max_in_flight": self.max_in_flight,
+            "statuses": dict(self.statuses),
+            "batch_lines": self.batch_lines,
+        }
 
     # ------------------------------------------------------------------------------ run in a thread
 

@@ -118,7 +118,9 @@ class Distiller:
             return Result("passed_through", record=record)
         image_uri = str(record.get("image") or "")
         if not image_uri or not await asyncio.to_thread(storage.exists, image_uri):
-            return Result("rejected", rejected=rejected_line(record, position, "image_missing", f"no image at {image_uri!r}"))
+            return Result(
+                "rejected", rejected=rejected_line(record, position, "image_missing", f"no image at {image_uri!r}")
+            )
         try:
             image, image_url = await asyncio.to_thread(_load_image, image_uri)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
@@ -270,7 +272,9 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         return {"skipped": True}
     api_key = os.environ.get("OPENAI_API_KEY", "")
     if not api_key:
-        raise VcotError("OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint")
+        raise VcotError(
+            "OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint"
+        )
     items = list(owned_records(config.input, shard))
     log.info("input", records=len(items), shard=shard.name, strategy=config.strategy, mode=config.mode)
     return asyncio.run(_distill(config, shard, items, api_key))
@@ -284,12 +288,20 @@ async def _distill(
     writer = f"{shard.name}-{run_id}"
     prices = {**DEFAULT_PRICES, **(parse_price_overrides(config.prices) if config.prices else {})}
     ledger = Ledger(config.model, run_id, prices)
-    cache = AnswerCache(config.cache_uri, writer, flush_every=config.cache_flush_every, flush_seconds=config.cache_flush_seconds)
+    cache = AnswerCache(
+        config.cache_uri, writer, flush_every=config.cache_flush_every, flush_seconds=config.cache_flush_seconds
+    )
     await asyncio.to_thread(cache.load)
     cached_before = len(cache.entries)
     policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
     client = make_client(config.base_url, api_key, config.request_timeout)
-    teacher = Teacher(config.model, config.request_params, cache, ledger, backend=LiveBackend(client, policy, config.concurrency, ledger, secret=api_key))
+    teacher = Teacher(
+        config.model,
+        config.request_params,
+        cache,
+        ledger,
+        backend=LiveBackend(client, policy, config.concurrency, ledger, secret=api_key),
+    )
     work = Distiller(config, teacher)
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
@@ -349,5 +361,9 @@ async def _distill(
         stats={k: report[k] for k in ("counts", "accepted", "rejected_reasons", "details")},
         shard=shard,
     )
-    log.info("done", **{k: report[k] for k in ("counts", "rejected_reasons", "elapsed_s")}, cost_usd=ledger.estimated_cost_usd())
+    log.info(
+        "done",
+        **{k: report[k] for k in ("counts", "rejected_reasons", "elapsed_s")},
+        cost_usd=ledger.estimated_cost_usd(),
+    )
     return report

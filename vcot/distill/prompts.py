@@ -126,7 +126,10 @@ def direct_messages(record: dict[str, Any], image_url: str, *, hint_answer: bool
         {"role": "system", "content": SYSTEM_PROMPT},
         {
             "role": "user",
-            "content": [_image_part(image_url), {"type": "text", "text": question_text(record, hint_answer=hint_answer)}],
+            "content": [
+                _image_part(image_url),
+                {"type": "text", "text": question_text(record, hint_answer=hint_answer)},
+            ],
         },
     ]
 
@@ -167,7 +170,12 @@ def branch_messages(crop_url: str, ref: str | None, box: Sequence[int]) -> list[
 
 def evidence_text(caption: str, branches: Sequence[tuple[str | None, Sequence[int], str]]) -> str:
     """The main caption and the branch captions, each labelled with its region."""
-    lines = ["Description of the whole image:", caption.strip(), "", "Zoomed-in views (boxes in 0-1000 of the full image):"]
+    lines = [
+        "Description of the whole image:",
+        caption.strip(),
+        "",
+        "Zoomed-in views (boxes in 0-1000 of the full image):",
+    ]
     for ref, box, text in branches:
         lines.append(f"- {format_box(box)}{f' ({ref})' if ref else ''}: {text.strip()}")
     if not branches:
@@ -175,9 +183,7 @@ def evidence_text(caption: str, branches: Sequence[tuple[str | None, Sequence[in
     return "\n".join(lines)
 
 
-def merge_messages(
-    record: dict[str, Any], image_url: str, evidence: str, *, hint_answer: bool
-) -> list[Message]:
+def merge_messages(record: dict[str, Any], image_url: str, evidence: str, *, hint_answer: bool) -> list[Message]:
     """Zoom step 3: one grounded rationale from the image, the question and the captions."""
     text = (
         f"{question_text(record, hint_answer=hint_answer)}\n\nNotes from a first look and from zoomed-in views:\n"

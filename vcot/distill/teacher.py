@@ -72,7 +72,9 @@ class Completion:
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> Completion:
-        return cls(entry["text"], entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), entry.get("finish_reason"))
+        return cls(
+            entry["text"], entry.get("prompt_tokens", 0), entry.get("completion_tokens", 0), entry.get("finish_reason")
+        )
 
 
 Backend = Callable[[str, str, list[dict[str, Any]], dict[str, Any]], Awaitable[Completion]]
@@ -164,7 +166,9 @@ async def call_with_retries(
         response_headers = getattr(getattr(error, "response", None), "headers", None)
         wait = policy.delay(number, retry_after_seconds(response_headers))
         ledger.retries += 1
-        log.warning("teacher_retry", what=what, attempt=number, wait_s=round(wait, 3), error=_describe(error, secret)[:200])
+        log.warning(
+            "teacher_retry", what=what, attempt=number, wait_s=round(wait, 3), error=_describe(error, secret)[:200]
+        )
         await asyncio.sleep(wait)
     raise TeacherError(
         f"teacher request for {what} still failing after {policy.max_attempts} attempts "
@@ -184,7 +188,9 @@ class LiveBackend:
         self._secret = secret
         self.stopped = False
 
-    async def __call__(self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> Completion:
+    async def __call__(
+        self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
+    ) -> Completion:
         async def attempt() -> Completion:
             async with self.semaphore:
                 if self.stopped:
@@ -213,7 +219,9 @@ class Teacher:
     Identical requests in flight at the same time share one call (duplicate records pay once).
     """
 
-    def __init__(self, model: str, params: dict[str, Any], cache: AnswerCache, ledger: Ledger, backend: Backend) -> None:
+    def __init__(
+        self, model: str, params: dict[str, Any], cache: AnswerCache, ledger: Ledger, backend: Backend
+    ) -> None:
         self.model = model
         self.params = params
         self.cache = cache
@@ -252,7 +260,9 @@ class Teacher:
             del self._in_flight[key]
 
 
-def answer_entry(key: str, model: str, purpose: str, record_id: str, completion: Completion, *, batch: bool = False) -> dict[str, Any]:
+def answer_entry(
+    key: str, model: str, purpose: str, record_id: str, completion: Completion, *, batch: bool = False
+) -> dict[str, Any]:
     """One cache line: the answer and its usage, with what asked for it (for audits)."""
     return {
         "key": key,

@@ -42,7 +42,8 @@ def zoom_regions(record: dict[str, Any], caption: str, limit: int) -> list[tuple
 def object_changes(draft: str, final: str) -> dict[str, int]:
     """Compare grounded objects before and after verification: kept, rewritten (same box, new name), dropped, added.
 
-    >>> object_changes("<ref>a</ref><box>[1,1,9,9]</box> <ref>b</ref><box>[2,2,8,8]</box>", "<ref>c</ref><box>[1,1,9,9]</box>")
+    >>> draft = "<ref>a</ref><box>[1,1,9,9]</box> <ref>b</ref><box>[2,2,8,8]</box>"
+    >>> object_changes(draft, "<ref>c</ref><box>[1,1,9,9]</box>")
     {'claimed': 2, 'kept': 0, 'rewritten': 1, 'dropped': 1, 'added': 0}
     """
     before = [(b.ref, b.box) for b in parse_grounded(draft).boxes]
@@ -90,7 +91,9 @@ async def zoom_rationale(
     record_id = str(record.get("id", ""))
     caption = await teacher.ask(prompts.caption_messages(image_url), record_id=record_id, purpose="caption")
     regions = zoom_regions(record, caption.text, max_branches)
-    crops = await asyncio.gather(*(asyncio.to_thread(prompts.crop_zoom, image, box, size=zoom_size) for _, box in regions))
+    crops = await asyncio.gather(
+        *(asyncio.to_thread(prompts.crop_zoom, image, box, size=zoom_size) for _, box in regions)
+    )
     branch_answers = await _gather_all(
         [
             teacher.ask(
