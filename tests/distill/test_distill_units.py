@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import doctest
 import gzip
 import importlib
@@ -145,6 +146,14 @@ def test_ledger_prices() -> None:
     custom.record(10, 10)
     assert custom.estimated_cost_usd() == 0.0
     assert Ledger("mystery", "r").to_dict()["estimated_cost_usd"] is None
+
+
+def test_large_images_are_shrunk_before_sending() -> None:
+    url = prompts.image_data_url(_png((1, 2, 3), size=(300, 150)), max_side=100)
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (100, 50)
+    small = _png((1, 2, 3), size=(30, 15))
+    assert prompts.image_data_url(small, max_side=100).endswith(base64.b64encode(small).decode())
 
 
 def test_crop_zoom_upscales_the_box() -> None:

@@ -42,6 +42,9 @@ class DistillConfig:
     max_attempts: int = option(8, help="Attempts per request on 429, 5xx and timeouts before the run stops.")
     backoff_base: float = option(1.0, help="First retry delay in seconds; doubles each attempt (with jitter).")
     backoff_max: float = option(60.0, help="Longest retry delay in seconds (Retry-After is honoured up to this).")
+    max_image_side: int = option(
+        2048, help="Images with a longer side are shrunk to it before sending (0: send as stored)."
+    )
     max_branches: int = option(6, help="zoom: most object crops captioned per image.")
     zoom_size: int = option(448, help="zoom: crops are resized so that their longer side has this many pixels.")
     cache: str | None = option(
@@ -76,6 +79,8 @@ class DistillConfig:
             raise ValueError("--max-tokens must be at least 1")
         if self.request_timeout <= 0 or self.backoff_base < 0 or self.backoff_max < 0:
             raise ValueError("--request-timeout must be positive and --backoff-base/--backoff-max not negative")
+        if self.max_image_side < 0:
+            raise ValueError("--max-image-side must be 0 (off) or a positive number of pixels")
         if self.max_branches < 0 or self.zoom_size < 16:
             raise ValueError("--max-branches must be >= 0 and --zoom-size >= 16")
         if self.cache_flush_every < 1 or self.cache_flush_seconds < 0:

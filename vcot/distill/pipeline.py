@@ -98,11 +98,11 @@ def rejected_line(record: dict[str, Any], position: int, reason: str, detail: st
     return line
 
 
-def _load_image(uri: str) -> tuple[bytes, str]:
+def _load_image(uri: str, max_side: int) -> tuple[bytes, str]:
     data = storage.read_bytes(uri)
     with Image.open(io.BytesIO(data)) as image:
         image.verify()
-    return data, prompts.image_data_url(data)
+    return data, prompts.image_data_url(data, max_side=max_side)
 
 
 class Distiller:
@@ -122,8 +122,8 @@ class Distiller:
                 "rejected", rejected=rejected_line(record, position, "image_missing", f"no image at {image_uri!r}")
             )
         try:
-            image, image_url = await asyncio.to_thread(_load_image, image_uri)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            image, image_url = await asyncio.to_thread(_load_image, image_uri, self.config.max_image_side)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             return Result("rejected", rejected=rejected_line(record, position, "image_unreadable", str(exc)))
         config = self.config
         if config.strategy == "zoom":
@@ -152,12 +152,17 @@ class Distiller:
 
 
 async def in_order(
-    work: Callable[[Any], Awaitable[Result]], items: Sequence[Any], window: int
+    work: Callable[[Any], Awaitable[Result]],
+    items: Sequence[Any],
+    window: int,
+    *,
+    on_failure: Callable[[], None] = lambda: None,
 ) -> AsyncIterator[Result]:
     """Run ``work`` on ``items`` with at most ``window`` running, yielding results in input order.
 
-    Ordered output keeps shards deterministic; the first exception of *any* item stops everything at once
-    (a fatal teacher error does not wait for slower records ahead of it).
+    Ordered output keeps shards deterministic. The first exception of *any* item stops the run without
+    waiting for slower records ahead of it: ``on_failure`` (stop sending), then the running items are
+    drained (answers already paid for are cached) and the exception raised.
     """
     failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -177,6 +182,8 @@ async def in_order(
             head = pending[0]
             await asyncio.wait([head, failed], return_when=asyncio.FIRST_COMPLETED)
             if failed.done():
+                on_failure()
+                await asyncio.gather(*pending, return_exceptions=True)
                 failed.result()
             yield await pending.popleft()
     finally:
@@ -295,13 +302,8 @@ async def _distill(
     cached_before = len(cache.entries)
     policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
     client = make_client(config.base_url, api_key, config.request_timeout)
-    teacher = Teacher(
-        config.model,
-        config.request_params,
-        cache,
-        ledger,
-        backend=LiveBackend(client, policy, config.concurrency, ledger, secret=api_key),
-    )
+    live = LiveBackend(client, policy, config.concurrency, ledger, secret=api_key)
+    teacher = Teacher(config.model, config.request_params, cache, ledger, backend=live)
     work = Distiller(config, teacher)
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
@@ -321,7 +323,8 @@ async def _distill(
                 for result in await _batch_results(work, items, teacher, runner):
                     outputs.add(result)
             else:
-                async for result in in_order(work, items, window=max(64, 8 * config.concurrency)):
+                window = max(64, 8 * config.concurrency)
+                async for result in in_order(work, items, window, on_failure=live.stopped.set):
                     outputs.add(result)
         except asyncio.CancelledError:
             outputs.abort()

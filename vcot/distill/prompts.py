@@ -57,17 +57,24 @@ PROBLEM_HINTS = {
 }
 
 
-def image_data_url(data: bytes) -> str:
-    """``data:image/<fmt>;base64,...`` for image bytes; formats the API may not take are re-encoded as PNG.
+def image_data_url(data: bytes, *, max_side: int = 0) -> str:
+    """``data:image/<fmt>;base64,...`` for image bytes.
+
+    Formats the API may not take are re-encoded as PNG; with ``max_side``, a larger image is shrunk to fit
+    (PNG, deterministic), which costs fewer tokens and changes no box: boxes are relative to the image.
 
     >>> image_data_url(_tiny_png())[:22]
     'data:image/png;base64,'
     """
     with Image.open(io.BytesIO(data)) as image:
         fmt = (image.format or "").lower()
-        if fmt not in ("png", "jpeg", "webp", "gif"):
+        too_big = max_side > 0 and max(image.size) > max_side
+        if too_big or fmt not in ("png", "jpeg", "webp", "gif"):
+            converted = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            if too_big:
+                converted.thumbnail((max_side, max_side), Image.LANCZOS)
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
+            converted.save(buffer, format="PNG")
             data, fmt = buffer.getvalue(), "png"
     return f"data:image/{fmt};base64,{base64.b64encode(data).decode('ascii')}"
 

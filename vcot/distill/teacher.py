@@ -7,12 +7,14 @@ The ``openai`` client is built with ``max_retries=0`` so the policy here is the 
   backoff and jitter, honouring ``Retry-After`` / ``retry-after-ms``, up to ``--max-attempts``;
 - 401/403 (credentials), 400/404/422 (a request or model the endpoint refuses) stop the run at once, and so
   does a request that keeps failing: a :class:`TeacherError` (a ``VcotError``: one clear line, exit 1).
-  Every answer already received is in the cache, so a rerun resumes where this one stopped.
+  Nothing more is sent or retried; requests already on the wire finish so their answers reach the cache,
+  and a rerun resumes where this one stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import random
 import time
@@ -143,11 +145,17 @@ def _describe(error: BaseException, secret: str) -> str:
 
 
 async def call_with_retries(
-    attempt: Callable[[], Awaitable[Any]], policy: RetryPolicy, ledger: Ledger, *, what: str, secret: str = ""
+    attempt: Callable[[], Awaitable[Any]],
+    policy: RetryPolicy,
+    ledger: Ledger,
+    *,
+    what: str,
+    secret: str = "",
+    stop: asyncio.Event | None = None,
 ) -> Any:
     """Run ``attempt`` until it succeeds, retrying transient failures; fatal ones raise :class:`TeacherError` at once.
 
-    ``secret`` (the API key) is only used to scrub it from error messages.
+    ``secret`` (the API key) is only used to scrub it from error messages; a set ``stop`` ends a backoff wait.
     """
     for number in range(1, policy.max_attempts + 1):
         try:
@@ -169,7 +177,13 @@ async def call_with_retries(
         log.warning(
             "teacher_retry", what=what, attempt=number, wait_s=round(wait, 3), error=_describe(error, secret)[:200]
         )
-        await asyncio.sleep(wait)
+        if stop is None:
+            await asyncio.sleep(wait)
+            continue
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+        if stop.is_set():
+            raise TeacherError(f"{what}: not retried, the run is stopping after a fatal error")
     raise TeacherError(
         f"teacher request for {what} still failing after {policy.max_attempts} attempts "
         f"({_describe(error, secret)[:300]}); answers so far are cached: rerun to resume, "
@@ -178,7 +192,11 @@ async def call_with_retries(
 
 
 class LiveBackend:
-    """Chat completions now: at most ``concurrency`` in flight (backoff waits release the slot), retried as above."""
+    """Chat completions now: at most ``concurrency`` in flight (backoff waits release the slot), retried as above.
+
+    After a fatal error (``stopped``) nothing more is sent or retried; requests already on the wire finish,
+    so the answers they paid for reach the cache.
+    """
 
     def __init__(self, client: Any, policy: RetryPolicy, concurrency: int, ledger: Ledger, *, secret: str = "") -> None:
         self.client = client
@@ -186,26 +204,33 @@ class LiveBackend:
         self.semaphore = asyncio.Semaphore(concurrency)
         self.ledger = ledger
         self._secret = secret
-        self.stopped = False
+        self.stopped = asyncio.Event()
 
     async def __call__(
         self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> Completion:
         async def attempt() -> Completion:
             async with self.semaphore:
-                if self.stopped:
-                    raise TeacherError("not sent: an earlier request failed fatally")
+                if self.stopped.is_set():
+                    raise TeacherError("not sent: the run is stopping after a fatal error")
                 try:
                     response = await self.client.chat.completions.create(model=model, messages=messages, **params)
                 except ValueError as exc:  # a 200 whose body is not JSON
                     raise MalformedResponse(f"response body is not JSON: {exc}") from exc
                 except openai.APIStatusError as exc:
                     # Decided before the slot is released, so no waiting request goes out after a fatal error.
-                    self.stopped = self.stopped or not is_retryable(exc)
+                    if not is_retryable(exc):
+                        self.stopped.set()
                     raise
             return Completion.from_api(response)
 
-        return await call_with_retries(attempt, self.policy, self.ledger, what=f"model {model!r}", secret=self._secret)
+        try:
+            return await call_with_retries(
+                attempt, self.policy, self.ledger, what=f"model {model!r}", secret=self._secret, stop=self.stopped
+            )
+        except TeacherError:
+            self.stopped.set()
+            raise
 
 
 def make_client(base_url: str | None, api_key: str, timeout: float) -> Any:
