@@ -173,22 +173,37 @@ def test_config_defaults_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
             DistillConfig(**{"input": "s3://b/convert", "output": "s3://b/out", **bad})
 
 
-def test_stage_on_s3(s3_bucket: str, api_key: str, teacher_server: Callable[..., Any], tmp_path: Path) -> None:
+def _stage_on_s3(root: str, teacher_server: Callable[..., Any], tmp_path: Path) -> None:
     records = []
     for index in range(4):
         record = make_record(tmp_path, index)
-        record["image"] = f"{s3_bucket}/images/{index}.png"
+        record["image"] = f"{root}/images/{index}.png"
         storage.write_bytes(record["image"], Path(tmp_path / "images" / f"{index}.png").read_bytes())
         records.append(record)
-    input_uri = commit_input(f"{s3_bucket}/convert", records)
+    input_uri = commit_input(f"{root}/convert", records)
     server = teacher_server()
-    report = distill(fast_config(input_uri, f"{s3_bucket}/distill", server))
+    report = distill(fast_config(input_uri, f"{root}/distill", server))
     assert report["counts"] == {"input": 4, "distilled": 4}
-    assert manifest.read_manifest(f"{s3_bucket}/distill")["records"] == 4
-    assert AnswerCache(f"{s3_bucket}/_distill_cache", "r").load() == 4
-    assert storage.exists(f"{s3_bucket}/distill/quality.json")
-    assert (
-        sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "train/") for _ in shards.read_jsonl(uri))
-        + sum(1 for uri in manifest.committed_files(f"{s3_bucket}/distill", "val/") for _ in shards.read_jsonl(uri))
-        == 4
-    )
+    assert manifest.read_manifest(f"{root}/distill")["records"] == 4
+    assert AnswerCache(f"{root}/_distill_cache", "r").load() == 4
+    assert storage.exists(f"{root}/distill/quality.json")
+    distilled = [
+        r
+        for p in ("train/", "val/")
+        for uri in manifest.committed_files(f"{root}/distill", p)
+        for r in shards.read_jsonl(uri)
+    ]
+    assert sorted(r["id"] for r in distilled) == sorted(r["id"] for r in records)
+    again = distill(fast_config(input_uri, f"{root}/distill", server, overwrite=True))
+    assert again["ledger"]["requests"] == 0 and server.chat_requests == 4
+
+
+def test_stage_on_s3(s3_bucket: str, api_key: str, teacher_server: Callable[..., Any], tmp_path: Path) -> None:
+    _stage_on_s3(s3_bucket, teacher_server, tmp_path)
+
+
+@pytest.mark.integration
+def test_stage_on_the_real_local_s3_server(
+    real_s3: str, api_key: str, teacher_server: Callable[..., Any], tmp_path: Path
+) -> None:
+    _stage_on_s3(real_s3, teacher_server, tmp_path)
