@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import doctest
 import gzip
-import importlib
 import io
 import random
 from collections.abc import Callable
@@ -24,15 +22,6 @@ from vcot.distill.config import DistillConfig
 from vcot.distill.ledger import Ledger
 from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
 from vcot.distill.validate import check_answer
-
-MODULES = ["batch", "cache", "config", "direct", "ledger", "pipeline", "prompts", "teacher", "validate", "zoom"]
-
-
-@pytest.mark.parametrize("name", MODULES)
-def test_doctests(name: str) -> None:
-    module = importlib.import_module(f"vcot.distill.{name}")
-    assert doctest.testmod(module).failed == 0
-
 
 GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
 
