@@ -20,6 +20,7 @@ from vcot.distill import distill, prompts
 from vcot.distill.cache import AnswerCache, request_key
 from vcot.distill.config import DistillConfig
 from vcot.distill.ledger import Ledger
+from vcot.distill.pipeline import in_order
 from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
 from vcot.distill.validate import check_answer
 
@@ -196,3 +197,42 @@ def test_stage_on_the_real_local_s3_server(
     real_s3: str, api_key: str, teacher_server: Callable[..., Any], tmp_path: Path
 ) -> None:
     _stage_on_s3(real_s3, teacher_server, tmp_path)
+
+
+def test_in_order_yields_in_input_order_within_the_window() -> None:
+    running, most = 0, 0
+
+    async def work(delay: float) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(delay)
+        running -= 1
+        return delay
+
+    async def collect() -> list[Any]:
+        return [result async for result in in_order(work, [0.03, 0.01, 0.02, 0.0, 0.01], window=3)]
+
+    assert asyncio.run(collect()) == [0.03, 0.01, 0.02, 0.0, 0.01]
+    assert most == 3
+
+
+def test_in_order_stops_on_the_first_failure_starts_nothing_more_and_drains() -> None:
+    stopped, started, finished = [], [], []
+
+    async def work(item: int) -> Any:
+        started.append(item)
+        if item == 1:
+            raise RuntimeError("boom")
+        await asyncio.sleep(0.05 if item == 0 else 0)
+        finished.append(item)
+        return item
+
+    async def collect() -> list[Any]:
+        return [r async for r in in_order(work, list(range(10)), window=4, on_failure=lambda: stopped.append(1))]
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(collect())
+    assert stopped == [1]
+    assert sorted(started) == [0, 1, 2, 3]  # the window; nothing after the failure
+    assert sorted(finished) == [0, 2, 3]  # running items were drained, not cancelled
