@@ -104,6 +104,21 @@ def test_cache_parts_survive_and_corrupt_parts_are_skipped(tmp_path: Path) -> No
     assert reader.load() == 7 and reader.get("k6") == {"key": "k6", "text": "t6"}
 
 
+def test_cache_stores_answers_that_waited_too_long(tmp_path: Path) -> None:
+    async def quiet_spell() -> AnswerCache:
+        cache = AnswerCache(str(tmp_path), "w", flush_every=100, flush_seconds=0.05)
+        await cache.add({"key": "a", "text": "t"})
+        assert cache.stored_parts == 0
+        await cache.flush_due()  # what the stage's keeper task calls every --cache-flush-seconds
+        assert cache.stored_parts == 0  # not due yet
+        await asyncio.sleep(0.06)
+        await cache.flush_due()
+        return cache
+
+    assert asyncio.run(quiet_spell()).stored_parts == 1
+    assert AnswerCache(str(tmp_path), "r").load() == 1
+
+
 def test_cache_on_s3(s3_bucket: str) -> None:
     cache = AnswerCache(f"{s3_bucket}/cache", "w", flush_every=1)
     asyncio.run(cache.add({"key": "k", "text": "t"}))

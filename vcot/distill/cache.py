@@ -3,7 +3,8 @@
 Layout (``CACHE`` is ``--cache``, by default ``_distill_cache`` beside the output)::
 
     CACHE/parts/<writer>-<seq>.jsonl.gz    answers, one small immutable object per flush
-    CACHE/ledger/<writer>.json             tokens and estimated cost of that run (see ledger.py)
+    CACHE/ledger/<writer>.json             tokens and estimated cost of that run (see ledger.py), rewritten
+                                           every --cache-flush-seconds and at exit
 
 ``<writer>`` is ``<shard>-<run id>``, so pods and restarts never write the same object. Why this layout:
 S3 objects cannot be appended to, and one object per answer costs a PUT (and a GET on every restart) per
@@ -110,30 +111,41 @@ class AnswerCache:
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending.append(entry)
-        due = len(self._pending) >= self.flush_every or time.monotonic() - self._oldest_pending >= self.flush_seconds
-        if due:
-            async with self._lock:
-                batch, self._pending = self._pending, []
-                if batch:
-                    await asyncio.to_thread(self._write_part, batch)
+        await self.flush_due(force=len(self._pending) >= self.flush_every)
+
+    async def flush_due(self, *, force: bool = False) -> None:
+        """Store the buffered answers if the oldest has waited ``flush_seconds`` (or ``force``), off the event loop.
+
+        Called on every ``add`` and by the stage's keeper task, so a quiet spell (long backoffs) flushes too.
+        """
+        if not self._pending or not (force or time.monotonic() - self._oldest_pending >= self.flush_seconds):
+            return
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if batch:
+                await asyncio.to_thread(self._write_part, batch, self._next_part())
 
     def add_now(self, entries: list[dict[str, Any]]) -> None:
         """Store answers at once (batch-API ingest): they are already paid for."""
         for entry in entries:
             self.entries[entry["key"]] = entry
         if entries:
-            self._write_part(entries)
+            self._write_part(entries, self._next_part())
 
     def flush(self) -> None:
         """Store whatever is buffered (called on every exit path, including SIGTERM and fatal errors)."""
         batch, self._pending = self._pending, []
         if batch:
-            self._write_part(batch)
+            self._write_part(batch, self._next_part())
 
-    def _write_part(self, batch: list[dict[str, Any]]) -> None:
+    def _next_part(self) -> str:
+        """The next part's name, taken on the event loop: a write still running in a thread never shares it."""
         self._seq += 1
+        return f"{self.writer}-{self._seq:06d}.jsonl.gz"
+
+    def _write_part(self, batch: list[dict[str, Any]], name: str) -> None:
         data = "".join(dumps_record(entry) + "\n" for entry in batch).encode("utf-8")
-        uri = storage.join(self.parts_uri, f"{self.writer}-{self._seq:06d}.jsonl.gz")
+        uri = storage.join(self.parts_uri, name)
         storage.write_bytes(uri, gzip.compress(data, mtime=0))  # one atomic write: never half an object
         self.stored_parts += 1
 

@@ -271,6 +271,14 @@ def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+async def _keeper(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
+    """Every ``every`` seconds: store answers waiting in memory and the ledger so far (a SIGKILL loses little)."""
+    while True:
+        await asyncio.sleep(every)
+        await cache.flush_due()
+        await asyncio.to_thread(storage.write_json, ledger_uri, ledger.to_dict())
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
     shard = ShardSpec(int(config.shard_index or 0), config.num_shards)
@@ -307,6 +315,7 @@ async def _distill(
     work = Distiller(config, teacher)
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
+    keeper = asyncio.create_task(_keeper(cache, ledger, ledger_uri, max(1.0, config.cache_flush_seconds)))
     with _sigterm_cancels(asyncio.current_task()) as terminated:
         try:
             if config.mode == "batch":
@@ -337,7 +346,9 @@ async def _distill(
             outputs.abort()
             raise
         finally:
-            await asyncio.to_thread(cache.flush)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            cache.flush()
             storage.write_json(ledger_uri, ledger.to_dict())
             await client.close()
     files = outputs.close()
