@@ -132,12 +132,14 @@ def iter_json_array(uri: str, prefix: str = "item") -> Iterator[Any]:
     A syntax error (a truncated download, a file that is not JSON) stops with a :class:`VcotError` naming
     the file: a partial conversion of a broken file must not be committed as if it were complete.
     """
+    import ijson
+
     backend = ijson_backend()
     with storage.open_uri(uri, "rb") as handle:
         stream = Utf8Repair(handle)
         try:
             yield from backend.items(stream, prefix, use_float=True)
-        except backend.JSONError as exc:
+        except ijson.JSONError as exc:
             raise VcotError(
                 f"{uri} is not a valid JSON array ({str(exc).splitlines()[0]}): the file is truncated or corrupt; "
                 "download it again (records converted so far were not committed)"
@@ -146,11 +148,13 @@ def iter_json_array(uri: str, prefix: str = "item") -> Iterator[Any]:
 
 def iter_json_object(uri: str) -> Iterator[tuple[str, Any]]:
     """Stream the ``(key, value)`` pairs of a top-level JSON object (ScienceQA's ``problems.json``)."""
+    import ijson
+
     backend = ijson_backend()
     with storage.open_uri(uri, "rb") as handle:
         try:
             yield from backend.kvitems(Utf8Repair(handle), "", use_float=True)
-        except backend.JSONError as exc:
+        except ijson.JSONError as exc:
             raise VcotError(f"{uri} is not a valid JSON object ({str(exc).splitlines()[0]}): download it again") from exc
 
 

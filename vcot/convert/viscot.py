@@ -153,7 +153,9 @@ def string_box_to_pixels(
 def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int) -> str | None:
     """Why a pixel box cannot be used on a ``width`` x ``height`` image (reason code), or ``None``."""
     x1, y1, x2, y2 = pixels
-    tol_x, tol_y = max(2.0, OUTSIDE_TOLERANCE * width), max(2.0, OUTSIDE_TOLERANCE * height)
+    string_step = 0.001 * max(width, height)  # a 3-decimal padded string is only this precise, in pixels
+    tol_x = max(2.0, OUTSIDE_TOLERANCE * width, string_step)
+    tol_y = max(2.0, OUTSIDE_TOLERANCE * height, string_step)
     if min(x1, x2) < -tol_x or max(x1, x2) > width + tol_x or min(y1, y2) < -tol_y or max(y1, y2) > height + tol_y:
         return "box_outside_image"
     if x2 < x1 or y2 < y1:
