@@ -27,9 +27,7 @@ log = get_logger(__name__)
 
 BoxScale = Literal["unit", "norm1000"]
 
-PROMPT_SUFFIX = re.compile(
-    r"\s*Please provide the bounding box coordinate of the region that can help you answer the question better\.?\s*$"
-)
+PROMPT_SUFFIX = "Please provide the bounding box coordinate of the region that can help you answer the question better."
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 # Subsets whose regions are text on a page or sign: a question rarely names a better label than "text".
@@ -112,6 +110,12 @@ def parse_box_values(text: str) -> list[float] | None:
     >>> parse_box_values("a red car") is None
     True
     """
+    parts = text.strip().strip("[]").split(",")
+    if len(parts) == 4:  # the usual "[x1, y1, x2, y2]": plain float() is several times faster than the regex
+        try:
+            return [float(part) for part in parts]
+        except ValueError:
+            pass
     numbers = _NUMBER.findall(text)
     if len(numbers) != 4:
         return None
@@ -232,6 +236,19 @@ def grounded_rationale(label: str, box: tuple[int, int, int, int] | list[int], a
 # --------------------------------------------------------------------------------------------------
 
 
+def strip_prompt(question: str) -> str:
+    """The question without VisCOT's request for a box.
+
+    >>> strip_prompt("What is it? Please provide the bounding box coordinate of the region that can help you answer the question better.")
+    'What is it?'
+    """
+    if question.endswith(PROMPT_SUFFIX):
+        return question[: -len(PROMPT_SUFFIX)].rstrip()
+    if question.endswith(PROMPT_SUFFIX[:-1]):
+        return question[: -len(PROMPT_SUFFIX) + 1].rstrip()
+    return question
+
+
 def _split_image_field(image: Any) -> tuple[str | None, str | None]:
     """``(path, absolute box text)`` from ``image``: a string or ``[path, "path###[x1, y1, x2, y2]"]``."""
     entries = image if isinstance(image, list) else [image]
@@ -333,7 +350,7 @@ class VisCotConverter:
         if turns is None:
             return reject("bad_conversations", "conversations is not a list of {from, value} turns")
         human, gpt = turns
-        question = PROMPT_SUFFIX.sub("", clean_text(human[0])) if human else ""
+        question = strip_prompt(clean_text(human[0])) if human else ""
         answer = gpt[-1].strip() if len(gpt) >= 2 else ""
         if path is None:
             return reject("missing_image", "the item names no image")
