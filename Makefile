@@ -51,3 +51,9 @@ s3-env: $(STAMP) ## Print the environment for the local S3 server
 clean: ## Remove the virtualenv, caches and local S3 data
 	-@$(PY) -m vcot.local_s3 down >/dev/null 2>&1
 	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
+
+# --- convert ----------------------------------------------------------------------------------------
+SYNTHETIC_URI ?= s3://vcot/local/synthetic
+.PHONY: synthetic-data
+synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, default on the local S3 server: make s3-up)
+	@eval "$$($(PY) -m vcot.local_s3 env)"; $(PY) -m vcot.convert.synthetic $(SYNTHETIC_URI)

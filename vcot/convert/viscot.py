@@ -171,7 +171,8 @@ def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int
 # Reference label and rationale
 # --------------------------------------------------------------------------------------------------
 
-_DETERMINER_PHRASE = re.compile(r"\b(?:the|this|that|these|those)\s+([a-z][a-z\-']*(?:\s+[a-z][a-z\-']*){0,5})")
+_DETERMINER = re.compile(r"\b(?:the|this|that|these|those)\s+")
+_TOKEN = re.compile(r"[a-z][a-z\-']*|\S")
 _STOP_WORDS = frozenset(
     "in on of at to with from for by near behind under above below over beside between into onto inside outside "
     "next and or but is are was were be been being has have had do does did can could will would should shown "
@@ -205,10 +206,11 @@ def ref_label(question: str, subset: str) -> str:
     >>> ref_label("Is it sunny?", "sroie")
     'text'
     """
-    for match in _DETERMINER_PHRASE.finditer(question.lower()):
+    lowered = question.lower()
+    for match in _DETERMINER.finditer(lowered):
         words: list[str] = []
-        for word in match.group(1).split():
-            if word in _STOP_WORDS or (words and word.endswith(("ing", "ed"))):
+        for word in _TOKEN.findall(lowered, match.end(), match.end() + 80):
+            if not word[0].isalpha() or word in _STOP_WORDS or (words and word.endswith(("ing", "ed"))):
                 break
             words.append(word)
         words = words[:_MAX_LABEL_WORDS]
