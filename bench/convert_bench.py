@@ -50,7 +50,11 @@ def generate(folder: Path, records: int, seed: int = 0) -> tuple[Path, Path]:
             x1, y1 = rng.randint(0, width // 2), rng.randint(0, height // 2)
             box = [x1, y1, rng.randint(x1 + 5, width), rng.randint(y1 + 5, height)]
             padded = pixels_to_viscot_padded(box, width, height, decimals=None)
-            string = ("[" + ", ".join(f"{v:.3f}" for v in padded) + "]") if index % 2 else str([round(v * 1000) for v in padded])
+            string = (
+                ("[" + ", ".join(f"{v:.3f}" for v in padded) + "]")
+                if index % 2
+                else str([round(v * 1000) for v in padded])
+            )
             path = f"cot/{subset}/{image}"
             item = {
                 "dataset": subset,
@@ -58,7 +62,10 @@ def generate(folder: Path, records: int, seed: int = 0) -> tuple[Path, Path]:
                 "question_id": index,
                 "image": [path, f"{path}###{box}"] if index % 3 else [path],
                 "conversations": [
-                    {"from": "human", "value": f"<image>\nWhat is the object on the left side of the table number {index}? {PROMPT}"},
+                    {
+                        "from": "human",
+                        "value": f"<image>\nWhat is the object on the left side of the table number {index}? {PROMPT}",
+                    },
                     {"from": "gpt", "value": string},
                     {"from": "human", "value": "<image>"},
                     {"from": "gpt", "value": f"a small wooden chair {index % 97}"},
@@ -66,8 +73,21 @@ def generate(folder: Path, records: int, seed: int = 0) -> tuple[Path, Path]:
             }
             out.write(("" if index == 0 else ",\n") + json.dumps(item))
             if index % 2 == 0:
-                meta.write(json.dumps({"image": image, "dataset": subset, "width": width, "height": height,
-                                       "question": "q", "answer": "a", "bboxs": [box], "split": "train"}) + "\n")
+                meta.write(
+                    json.dumps(
+                        {
+                            "image": image,
+                            "dataset": subset,
+                            "width": width,
+                            "height": height,
+                            "question": "q",
+                            "answer": "a",
+                            "bboxs": [box],
+                            "split": "train",
+                        }
+                    )
+                    + "\n"
+                )
         out.write("\n]\n")
     return data, metadata
 
@@ -101,8 +121,17 @@ def child(mode: str, data: str, output: str) -> None:
             count = len(json.load(handle))
     else:
         shard_index, num_shards = (int(v) for v in mode.split(":")[1].split("/")) if ":" in mode else (0, 1)
-        counts = convert(ConvertConfig(source="viscot", input=data, output=output, read_image_headers=False,
-                                       overwrite=True, shard_index=shard_index, num_shards=num_shards))
+        counts = convert(
+            ConvertConfig(
+                source="viscot",
+                input=data,
+                output=output,
+                read_image_headers=False,
+                overwrite=True,
+                shard_index=shard_index,
+                num_shards=num_shards,
+            )
+        )
         total = report(counts, source="viscot", shards=1)["total"]
         count = total["input"]
         assert total["accepted"] == count, total["reasons"]
@@ -113,7 +142,10 @@ def child(mode: str, data: str, output: str) -> None:
 def measure(mode: str, data: Path, output: Path) -> dict:
     result = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--data", str(data), "--output", str(output)],
-        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -141,7 +173,10 @@ def main() -> int:
         start = time.perf_counter()
         data, _ = generate(folder, args.records)
         size_mb = data.stat().st_size / 1e6
-        print(f"generated {args.records} records, {size_mb:.0f} MB in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        print(
+            f"generated {args.records} records, {size_mb:.0f} MB in {time.perf_counter() - start:.0f} s",
+            file=sys.stderr,
+        )
         results = {mode: measure(mode, data, folder / "out") for mode in args.modes.split(",")}
     raw_rate = args.records / results["raw"]["seconds"] if "raw" in results else float("nan")
     print(f"\n{args.records} records, {size_mb:.0f} MB file, load average {os.getloadavg()[0]:.2f} at the end\n")
@@ -149,7 +184,10 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|")
     for mode, result in results.items():
         rate = args.records / result["seconds"]  # a shard reads the whole file: its wall time is the file's
-        print(f"| {mode} | {result['seconds']:.1f} | {rate:,.0f} | {rate / raw_rate:.0%} | {result['peak_rss_mb']:.0f} MB |")
+        print(
+            f"| {mode} | {result['seconds']:.1f} | {rate:,.0f} | {rate / raw_rate:.0%} "
+            f"| {result['peak_rss_mb']:.0f} MB |"
+        )
     return 0
 
 

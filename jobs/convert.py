@@ -1,6 +1,6 @@
 """``vcot-convert``: source datasets into canonical grounded records (see ``docs/convert.md``).
 
-    vcot-convert --source viscot --input s3://vcot/raw/viscot --output s3://vcot/runs/r1/convert
+vcot-convert --source viscot --input s3://vcot/raw/viscot --output s3://vcot/runs/r1/convert
 """
 
 from __future__ import annotations

@@ -19,7 +19,11 @@ BASE = [item for item, _, _, _ in synthetic_items(8, seed=11)]
 # Integers stay within 64 bits: yajl (ijson's C backend) refuses larger ones, and the stage then stops with a
 # clear error for the whole file (test_convert_pipeline covers that path); real datasets never hold them.
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
     max_leaves=8,
 )
@@ -51,7 +55,9 @@ def mutated_item(draw: st.DrawFn) -> object:
 
 
 def _outputs(output: str) -> tuple[list[dict], list[dict]]:
-    accepted = [r for p in ("train/", "val/") for uri in manifest.committed_files(output, p) for r in shards.read_jsonl(uri)]
+    accepted = [
+        r for p in ("train/", "val/") for uri in manifest.committed_files(output, p) for r in shards.read_jsonl(uri)
+    ]
     rejected = [r for uri in manifest.committed_files(output, "rejected/") for r in shards.read_jsonl(uri)]
     return accepted, rejected
 
@@ -70,8 +76,16 @@ def test_fuzzed_json_array_is_fully_accounted_for(images: str, items: list[objec
         data = Path(tmp) / "viscot.json"
         data.write_text(json.dumps(items))
         output = f"{tmp}/out"
-        convert(ConvertConfig(source="viscot", input=str(data), images=f"{images}/images",
-                              metadata=f"{images}/metadata.jsonl", output=output, read_image_headers=headers))
+        convert(
+            ConvertConfig(
+                source="viscot",
+                input=str(data),
+                images=f"{images}/images",
+                metadata=f"{images}/metadata.jsonl",
+                output=output,
+                read_image_headers=headers,
+            )
+        )
         accepted, rejected = _outputs(output)
         assert len(accepted) + len(rejected) == len(items)
         indexes = [r["provenance"]["source_index"] for r in accepted] + [r["source_index"] for r in rejected]
@@ -80,7 +94,11 @@ def test_fuzzed_json_array_is_fully_accounted_for(images: str, items: list[objec
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(st.lists(st.one_of(mutated_item().map(lambda i: json.dumps(i).encode()), st.binary(max_size=40)), min_size=1, max_size=10))
+@given(
+    st.lists(
+        st.one_of(mutated_item().map(lambda i: json.dumps(i).encode()), st.binary(max_size=40)), min_size=1, max_size=10
+    )
+)
 def test_fuzzed_jsonl_lines_are_fully_accounted_for(images: str, lines: list[bytes]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "viscot.jsonl"
@@ -88,7 +106,14 @@ def test_fuzzed_jsonl_lines_are_fully_accounted_for(images: str, lines: list[byt
         data.write_bytes(raw)
         expected = sum(1 for line in raw.split(b"\n") if line.strip())
         output = f"{tmp}/out"
-        convert(ConvertConfig(source="viscot", input=str(data), images=f"{images}/images",
-                              metadata=f"{images}/metadata.jsonl", output=output))
+        convert(
+            ConvertConfig(
+                source="viscot",
+                input=str(data),
+                images=f"{images}/images",
+                metadata=f"{images}/metadata.jsonl",
+                output=output,
+            )
+        )
         accepted, rejected = _outputs(output)
         assert len(accepted) + len(rejected) == expected

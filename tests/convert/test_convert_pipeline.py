@@ -26,7 +26,9 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _all_records(output: str, prefixes: tuple[str, ...] = ("train/", "val/")) -> list[dict]:
-    return [r for prefix in prefixes for uri in manifest.committed_files(output, prefix) for r in shards.read_jsonl(uri)]
+    return [
+        r for prefix in prefixes for uri in manifest.committed_files(output, prefix) for r in shards.read_jsonl(uri)
+    ]
 
 
 def _file_bytes(root: Path) -> dict[str, bytes]:
@@ -57,11 +59,15 @@ def test_rerun_is_byte_identical_and_a_committed_output_is_skipped(synthetic: di
     config = ConvertConfig(source="viscot", input=synthetic["root"], output=str(output), val_fraction=0.25)
     convert(config)
     first = _file_bytes(output)
-    assert {"_SUCCESS", "quality.json", "train/00000-of-00001.jsonl.gz", "rejected/00000-of-00001.jsonl.gz"} <= set(first)
+    assert {"_SUCCESS", "quality.json", "train/00000-of-00001.jsonl.gz", "rejected/00000-of-00001.jsonl.gz"} <= set(
+        first
+    )
     (output / "train" / "00000-of-00001.jsonl.gz").write_bytes(b"tampered")
     convert(config)  # committed: skipped, nothing rewritten
     assert (output / "train" / "00000-of-00001.jsonl.gz").read_bytes() == b"tampered"
-    convert(ConvertConfig(source="viscot", input=synthetic["root"], output=str(output), val_fraction=0.25, overwrite=True))
+    convert(
+        ConvertConfig(source="viscot", input=synthetic["root"], output=str(output), val_fraction=0.25, overwrite=True)
+    )
     assert _file_bytes(output) == first
 
 
@@ -73,7 +79,9 @@ def test_three_shards_equal_the_unsharded_run(synthetic: dict, tmp_path: Path) -
         assert not manifest.is_committed(sharded)
         with pytest.raises(NotCommittedError):
             manifest.committed_files(sharded)
-        convert(ConvertConfig(source="viscot", input=synthetic["root"], output=sharded, shard_index=index, num_shards=3))
+        convert(
+            ConvertConfig(source="viscot", input=synthetic["root"], output=sharded, shard_index=index, num_shards=3)
+        )
     assert manifest.is_committed(sharded)
 
     def key(records: list[dict]) -> list[str]:
@@ -113,17 +121,32 @@ def test_bad_items_are_rejected_and_every_item_is_accounted_for(synthetic: dict,
     output = str(tmp_path / "out")
     convert(ConvertConfig(source="viscot", input=str(data), images=f"{synthetic['root']}/images", output=output))
     rejected = {r["source_index"]: r["reason"] for r in _all_records(output, ("rejected/",))}
-    assert rejected == {0: "bad_encoding", 1: "bad_conversations", 2: "missing_image", 3: "not_an_object", 4: "missing_box"}
+    assert rejected == {
+        0: "bad_encoding",
+        1: "bad_conversations",
+        2: "missing_image",
+        3: "not_an_object",
+        4: "missing_box",
+    }
     assert [r["provenance"]["source_index"] for r in _all_records(output)] == [5]
 
 
 def test_malformed_jsonl_lines_are_rejected(synthetic: dict, tmp_path: Path) -> None:
     items = json.loads(Path(synthetic["json"]).read_text())[:3]
     data = tmp_path / "viscot.jsonl"
-    data.write_bytes(json.dumps(items[0]).encode() + b"\n{not json\n" + b'"\xff"\n' + json.dumps(items[1]).encode() + b"\n")
+    data.write_bytes(
+        json.dumps(items[0]).encode() + b"\n{not json\n" + b'"\xff"\n' + json.dumps(items[1]).encode() + b"\n"
+    )
     output = str(tmp_path / "out")
-    convert(ConvertConfig(source="viscot", input=str(data), images=f"{synthetic['root']}/images",
-                          metadata=synthetic["metadata"], output=output))
+    convert(
+        ConvertConfig(
+            source="viscot",
+            input=str(data),
+            images=f"{synthetic['root']}/images",
+            metadata=synthetic["metadata"],
+            output=output,
+        )
+    )
     assert sorted(r["reason"] for r in _all_records(output, ("rejected/",))) == ["bad_encoding", "malformed_json"]
     assert len(_all_records(output)) == 2
 
@@ -147,7 +170,9 @@ def test_missing_input_exits_non_zero_with_one_clear_line(tmp_path: Path, capsys
     assert exit_info.value.code == 2
 
 
-def test_unreachable_storage_exits_non_zero(s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_storage_exits_non_zero(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
     monkeypatch.setenv("VCOT_S3_MAX_ATTEMPTS", "1")
     code = main(["--source", "viscot", "--input", f"{s3_bucket}/in", "--output", f"{s3_bucket}/out"])
@@ -171,18 +196,37 @@ def test_entrypoint_against_the_real_local_s3_server(real_s3: str) -> None:
     source = f"{real_s3}/synthetic"
     write_synthetic_viscot(source, num_records=20, seed=5)
     output = f"{real_s3}/convert"
-    command = [sys.executable, "-m", "jobs.convert", "--source", "viscot", "--input", source, "--output", output,
-               "--num-shards", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.convert",
+        "--source",
+        "viscot",
+        "--input",
+        source,
+        "--output",
+        output,
+        "--num-shards",
+        "2",
+    ]
     env = dict(os.environ)
     for index in (0, 1):
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env | {"JOB_COMPLETION_INDEX": str(index)},
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env=env | {"JOB_COMPLETION_INDEX": str(index)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
     assert manifest.is_committed(output)
     assert len(_all_records(output)) == 20
     assert storage.read_json(f"{output}/quality.json")["total"]["input"] == 20
     # A rerun of a committed shard is a no-op that still exits 0.
-    rerun = subprocess.run(command, cwd=REPO_ROOT, env=env | {"JOB_COMPLETION_INDEX": "0"}, capture_output=True, text=True, timeout=120)
+    rerun = subprocess.run(
+        command, cwd=REPO_ROOT, env=env | {"JOB_COMPLETION_INDEX": "0"}, capture_output=True, text=True, timeout=120
+    )
     assert rerun.returncode == 0 and "already committed" in rerun.stderr
     missing_input = [*command[:6], f"{real_s3}/nothing-here", "--output", f"{real_s3}/other"]
     missing = subprocess.run(missing_input, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -26,10 +26,22 @@ def _records(output: str, prefixes: tuple[str, ...] = ("train/", "val/")) -> lis
 
 
 def _problem(question: str, image: str | None, split: str = "train") -> dict:
-    return {"question": question, "choices": ["north", "south"], "answer": 1, "hint": "Look at the map.",
-            "image": image, "task": "closed choice", "grade": "grade3", "subject": "social science",
-            "topic": "geography", "category": "Geography", "skill": "Read a map", "lecture": "Maps.",
-            "solution": "The arrow points down.", "split": split}
+    return {
+        "question": question,
+        "choices": ["north", "south"],
+        "answer": 1,
+        "hint": "Look at the map.",
+        "image": image,
+        "task": "closed choice",
+        "grade": "grade3",
+        "subject": "social science",
+        "topic": "geography",
+        "category": "Geography",
+        "skill": "Read a map",
+        "lecture": "Maps.",
+        "solution": "The arrow points down.",
+        "split": split,
+    }
 
 
 @pytest.fixture
@@ -93,13 +105,34 @@ def aokvqa_input(tmp_path: Path) -> Path:
     (root / "images" / "val2017").mkdir(parents=True)
     (root / "images" / "val2017" / "000000000042.jpg").write_bytes(_png(64, 48))
     items = [
-        {"split": "val", "image_id": 42, "question_id": "q1", "question": "What is the man holding?",
-         "choices": ["bat", "kite", "cup", "phone"], "correct_choice_idx": 1, "direct_answers": ["kite"] * 10,
-         "difficult_direct_answer": False, "rationales": ["It flies.", "It has a string."]},
-        {"split": "val", "image_id": 7, "question_id": "q2", "question": "Missing image?", "choices": ["a", "b"],
-         "correct_choice_idx": 0, "rationales": []},
-        {"split": "test", "image_id": 42, "question_id": "q3", "question": "No answer in test?", "choices": ["a", "b"],
-         "rationales": []},
+        {
+            "split": "val",
+            "image_id": 42,
+            "question_id": "q1",
+            "question": "What is the man holding?",
+            "choices": ["bat", "kite", "cup", "phone"],
+            "correct_choice_idx": 1,
+            "direct_answers": ["kite"] * 10,
+            "difficult_direct_answer": False,
+            "rationales": ["It flies.", "It has a string."],
+        },
+        {
+            "split": "val",
+            "image_id": 7,
+            "question_id": "q2",
+            "question": "Missing image?",
+            "choices": ["a", "b"],
+            "correct_choice_idx": 0,
+            "rationales": [],
+        },
+        {
+            "split": "test",
+            "image_id": 42,
+            "question_id": "q3",
+            "question": "No answer in test?",
+            "choices": ["a", "b"],
+            "rationales": [],
+        },
     ]
     (root / "aokvqa_v1p0_val.json").write_text(json.dumps(items))
     return root
@@ -117,9 +150,15 @@ def test_aokvqa_rationales_in_both_styles(aokvqa_input: Path, tmp_path: Path, st
 
 
 def _llava(item_id: str, image: str, question: str, conclusion: str = "kite") -> dict:
-    answer = (f"<SUMMARY>I will look.</SUMMARY><CAPTION>A man in a park.</CAPTION>"
-              f"<REASONING>The object in the sky is a kite.</REASONING><CONCLUSION>{conclusion}</CONCLUSION>")
-    return {"id": item_id, "image": image, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    answer = (
+        f"<SUMMARY>I will look.</SUMMARY><CAPTION>A man in a park.</CAPTION>"
+        f"<REASONING>The object in the sky is a kite.</REASONING><CONCLUSION>{conclusion}</CONCLUSION>"
+    )
+    return {
+        "id": item_id,
+        "image": image,
+        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+    }
 
 
 def test_llava_cot_is_deduplicated_against_committed_aokvqa_and_scienceqa(
@@ -129,15 +168,25 @@ def test_llava_cot_is_deduplicated_against_committed_aokvqa_and_scienceqa(
     convert(ConvertConfig(source="aokvqa", input=str(aokvqa_input), output=aokvqa_out))
     convert(ConvertConfig(source="scienceqa", input=str(scienceqa_original), output=sqa_out))
     root = tmp_path / "llava"
-    for path, size in (("coco/val2017/000000000042.jpg", (64, 48)), ("sqa/train/1/image.png", (40, 30)), ("ai2d/abc.png", (30, 50))):
+    for path, size in (
+        ("coco/val2017/000000000042.jpg", (64, 48)),
+        ("sqa/train/1/image.png", (40, 30)),
+        ("ai2d/abc.png", (30, 50)),
+    ):
         (root / "images" / path).parent.mkdir(parents=True, exist_ok=True)
         (root / "images" / path).write_bytes(_png(*size))
     items = [
-        _llava("a", "coco/val2017/000000000042.jpg", "What is the man holding?\nOptions: A. bat B. kite"),  # A-OKVQA duplicate
+        _llava(
+            "a", "coco/val2017/000000000042.jpg", "What is the man holding?\nOptions: A. bat B. kite"
+        ),  # A-OKVQA duplicate
         _llava("b", "sqa/train/1/image.png", "<image>\nWhich direction is the arrow?"),  # ScienceQA duplicate
         _llava("c", "ai2d/abc.png", "Which part is the leaf?", "B"),
         _llava("d", "coco/val2017/000000000042.jpg", "What color is the kite?"),  # same image, new question
-        {"id": "e", "image": "ai2d/abc.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "no sections"}]},
+        {
+            "id": "e",
+            "image": "ai2d/abc.png",
+            "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "no sections"}],
+        },
     ]
     data = root / "llava_cot.json"
     data.write_text(json.dumps(items))
@@ -146,7 +195,10 @@ def test_llava_cot_is_deduplicated_against_committed_aokvqa_and_scienceqa(
     records = {r["id"]: r for r in _records(output)}
     assert sorted(records) == ["llava-cot:c", "llava-cot:d"]
     assert records["llava-cot:c"]["rationale"] == "The object in the sky is a kite. Answer: B"
-    assert records["llava-cot:c"]["provenance"]["caption"] == "A man in a park." and records["llava-cot:c"]["subset"] == "ai2d"
+    assert (
+        records["llava-cot:c"]["provenance"]["caption"] == "A man in a park."
+        and records["llava-cot:c"]["subset"] == "ai2d"
+    )
     rejected = {r["id"]: r["reason"] for r in _records(output, ("rejected/",))}
     assert rejected == {"llava-cot:a": "duplicate", "llava-cot:b": "duplicate", "llava-cot:e": "missing_conclusion"}
     # Without --dedup-against nothing is dropped as a duplicate.
@@ -166,4 +218,6 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
 
     for source in ("scienceqa", "aokvqa", "llava-cot"):
         with pytest.raises(VcotError, match="does not exist"):
-            convert(ConvertConfig(source=source, input=str(tmp_path / "none" / "x.json"), output=str(tmp_path / source)))
+            convert(
+                ConvertConfig(source=source, input=str(tmp_path / "none" / "x.json"), output=str(tmp_path / source))
+            )

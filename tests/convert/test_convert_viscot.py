@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from vcot import shards
 from vcot.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
 from vcot.convert import ConvertConfig, convert
-from vcot.convert.viscot import VisCotConverter, box_string_scale, load_sizes, parse_box_values, ref_label
+from vcot.convert.viscot import (
+    PROMPT_SUFFIX,
+    VisCotConverter,
+    box_string_scale,
+    load_sizes,
+    parse_box_values,
+    ref_label,
+)
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "viscot"
 SAMPLE = json.loads((FIXTURES / "benchmark_sample.json").read_text())
@@ -33,8 +40,15 @@ def _convert_sample(tmp_path: Path, items: list[dict], name: str) -> dict[str, d
     data.parent.mkdir(parents=True)
     data.write_text(json.dumps(items))
     output = tmp_path / f"{name}-out"
-    convert(ConvertConfig(source="viscot", input=str(data), output=str(output),
-                          metadata=str(FIXTURES / "benchmark_det_sample.jsonl"), read_image_headers=False))
+    convert(
+        ConvertConfig(
+            source="viscot",
+            input=str(data),
+            output=str(output),
+            metadata=str(FIXTURES / "benchmark_det_sample.jsonl"),
+            read_image_headers=False,
+        )
+    )
     return _records(output)
 
 
@@ -71,9 +85,9 @@ def test_reading_the_string_relative_to_the_original_image_would_be_wrong() -> N
     item = SAMPLE[0]
     values = parse_box_values(item["conversations"][1]["value"])
     naive = [round(v * 1000) for v in values]
-    record = VisCotConverter(images="/x", sizes={"gqa/2316539.jpg": 391 << 32 | 500}, source_file="f", read_headers=False).convert(
-        0, {**item, "image": [item["image"][0]]}
-    )
+    record = VisCotConverter(
+        images="/x", sizes={"gqa/2316539.jpg": 391 << 32 | 500}, source_file="f", read_headers=False
+    ).convert(0, {**item, "image": [item["image"][0]]})
     assert record["objects"][0]["box"] == [555, 686, 619, 786]
     assert naive[0] - record["objects"][0]["box"][0] < -10
 
@@ -105,10 +119,18 @@ def _image_and_box(draw: st.DrawFn) -> tuple[int, int, list[int]]:
 def _item(box_string: str, absolute: list[int] | None = None) -> dict:
     image = ["cot/gqa/x.jpg"] + ([f"cot/gqa/x.jpg###{absolute}"] if absolute else [])
     return {
-        "dataset": "gqa", "split": "train", "question_id": 1, "image": image,
+        "dataset": "gqa",
+        "split": "train",
+        "question_id": 1,
+        "image": image,
         "conversations": [
-            {"from": "human", "value": "<image>\nWhat is the cat on? Please provide the bounding box coordinate of the region that can help you answer the question better."},
-            {"from": "gpt", "value": box_string}, {"from": "human", "value": "<image>"}, {"from": "gpt", "value": "mat"},
+            {
+                "from": "human",
+                "value": f"<image>\nWhat is the cat on? {PROMPT_SUFFIX}",
+            },
+            {"from": "gpt", "value": box_string},
+            {"from": "human", "value": "<image>"},
+            {"from": "gpt", "value": "mat"},
         ],
     }
 
@@ -122,7 +144,9 @@ def test_property_both_string_conventions_recover_the_box(case: tuple[int, int, 
     unit = pixels_to_viscot_padded(pixels, width, height, decimals=None)
     text = "[" + ", ".join(f"{v:.3f}" if convention == "unit" else str(round(v * 1000)) for v in unit) + "]"
     assert box_string_scale(text, parse_box_values(text)) == convention
-    converter = VisCotConverter(images="/none", sizes={"gqa/x.jpg": width << 32 | height}, source_file="f", read_headers=False)
+    converter = VisCotConverter(
+        images="/none", sizes={"gqa/x.jpg": width << 32 | height}, source_file="f", read_headers=False
+    )
     record = converter.convert(0, _item(text))
     if not isinstance(record, dict):  # quantization can collapse a box a few units wide: rejected, never wrong
         assert record.reason in ("zero_area_box", "inverted_box"), record
@@ -147,9 +171,13 @@ def test_property_both_string_conventions_recover_the_box(case: tuple[int, int, 
         ("[0.1, 0.1, 0.2, 0.2]", None, None, "missing_size"),
     ],
 )
-def test_bad_boxes_and_sizes_are_rejected_with_a_reason(string: str, absolute: list[int] | None, size: tuple[int, int] | None, reason: str) -> None:
+def test_bad_boxes_and_sizes_are_rejected_with_a_reason(
+    string: str, absolute: list[int] | None, size: tuple[int, int] | None, reason: str
+) -> None:
     sizes = {"gqa/x.jpg": size[0] << 32 | size[1]} if size else {}
-    result = VisCotConverter(images="/none", sizes=sizes, source_file="f", read_headers=False).convert(3, _item(string, absolute))
+    result = VisCotConverter(images="/none", sizes=sizes, source_file="f", read_headers=False).convert(
+        3, _item(string, absolute)
+    )
     assert not isinstance(result, dict) and result.reason == reason and result.source_index == 3
 
 
@@ -164,5 +192,7 @@ def test_missing_image_is_rejected_when_its_header_is_needed(tmp_path: Path) -> 
 
 def test_ref_labels_are_short_and_deterministic() -> None:
     labels = [ref_label(item["conversations"][0]["value"], item["dataset"]) for item in SAMPLE]
-    assert labels[0] == "tree branches" and labels == [ref_label(i["conversations"][0]["value"], i["dataset"]) for i in SAMPLE]
+    assert labels[0] == "tree branches" and labels == [
+        ref_label(i["conversations"][0]["value"], i["dataset"]) for i in SAMPLE
+    ]
     assert all(0 < len(label.split()) <= 4 for label in labels)

@@ -61,7 +61,11 @@ class AOKVQAConverter:
         if not isinstance(item, dict):
             return Rejection("not_an_object", f"item is {type(item).__name__}", index, subset="aokvqa", raw=item)
         question_id = item.get("question_id")
-        record_id = f"aokvqa:{question_id}" if isinstance(question_id, (str, int)) and str(question_id) else f"aokvqa:item{index}"
+        record_id = (
+            f"aokvqa:{question_id}"
+            if isinstance(question_id, (str, int)) and str(question_id)
+            else f"aokvqa:item{index}"
+        )
 
         def reject(reason: str, detail: str) -> Rejection:
             return Rejection(reason, detail, index, id=record_id, subset="aokvqa", raw=item)

@@ -155,7 +155,9 @@ def iter_json_object(uri: str) -> Iterator[tuple[str, Any]]:
         try:
             yield from backend.kvitems(Utf8Repair(handle), "", use_float=True)
         except ijson.JSONError as exc:
-            raise VcotError(f"{uri} is not a valid JSON object ({str(exc).splitlines()[0]}): download it again") from exc
+            raise VcotError(
+                f"{uri} is not a valid JSON object ({str(exc).splitlines()[0]}): download it again"
+            ) from exc
 
 
 @dataclass

@@ -79,7 +79,9 @@ class LlavaCotConverter:
         if not isinstance(item, dict):
             return Rejection("not_an_object", f"item is {type(item).__name__}", index, subset="llava-cot", raw=item)
         raw_id = item.get("id")
-        record_id = f"llava-cot:{raw_id}" if isinstance(raw_id, (str, int)) and str(raw_id) else f"llava-cot:item{index}"
+        record_id = (
+            f"llava-cot:{raw_id}" if isinstance(raw_id, (str, int)) and str(raw_id) else f"llava-cot:item{index}"
+        )
         image = item.get("image")
         subset = image.split("/", 1)[0].lower() if isinstance(image, str) and "/" in image else "llava-cot"
 

@@ -169,8 +169,14 @@ def route(items: Iterator[Item], outputs: _Outputs, stats: QualityStats, val_fra
         item["split"] = split_for(item["id"], val_fraction)
         problem = quality_problem(item)
         if problem is not None:
-            rejection = Rejection(problem, "failed the quality filter", item["provenance"].get("source_index", -1),
-                                  id=item.get("id"), subset=item.get("subset") or "unknown", raw=item)
+            rejection = Rejection(
+                problem,
+                "failed the quality filter",
+                item["provenance"].get("source_index", -1),
+                id=item.get("id"),
+                subset=item.get("subset") or "unknown",
+                raw=item,
+            )
             outputs.writers["rejected"].write(rejection.to_dict())
             stats.rejected(rejection.subset, problem)
             continue
@@ -212,7 +218,9 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     items = source_items(config, shard.owns)
     outputs = _Outputs(config.output, shard)
     try:
-        progress = tqdm(items, desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty())
+        progress = tqdm(
+            items, desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty()
+        )
         route(progress, outputs, stats, config.val_fraction)
         files = outputs.close()
     except BaseException:
@@ -225,9 +233,15 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     if shard.count > 1:
         _finish_sharded_quality(config)
     total = report(counts, source=config.source, shards=shard.count)["total"]
-    log.info("converted", output=config.output, shard=shard.name, input=total["input"], accepted=total["accepted"],
-             rejected=total["rejected"], reasons=total["reasons"])
+    log.info(
+        "converted",
+        output=config.output,
+        shard=shard.name,
+        input=total["input"],
+        accepted=total["accepted"],
+        rejected=total["rejected"],
+        reasons=total["reasons"],
+    )
     if total["input"] and not total["accepted"]:
         log.warning("no item was accepted: check --source, --images and --metadata", reasons=total["reasons"])
     return counts
-

@@ -12,8 +12,20 @@ from typing import Any
 
 from vcot.records import REQUIRED_FIELDS, grounding_problem
 
-COUNTERS = ("input", "accepted", "rejected", "train", "val", "grounded", "needs_distillation",
-            "with_ref", "boxes", "response_chars", "string_box_checked", "string_box_disagrees")
+COUNTERS = (
+    "input",
+    "accepted",
+    "rejected",
+    "train",
+    "val",
+    "grounded",
+    "needs_distillation",
+    "with_ref",
+    "boxes",
+    "response_chars",
+    "string_box_checked",
+    "string_box_disagrees",
+)
 STRING_BOX_TOLERANCE = 2
 """Units (0-1000) by which the padded-string box may differ from the absolute box before it counts as disagreeing."""
 
@@ -66,7 +78,10 @@ class QualityStats:
         """``{"subsets": {name: {counter: n, "reasons": {code: n}}}}``, sorted, zero counters included."""
         return {
             "subsets": {
-                name: {**{key: self.subsets[name][key] for key in COUNTERS}, "reasons": dict(sorted(self.reasons[name].items()))}
+                name: {
+                    **{key: self.subsets[name][key] for key in COUNTERS},
+                    "reasons": dict(sorted(self.reasons[name].items())),
+                }
                 for name in sorted(self.subsets)
             }
         }
@@ -121,19 +136,26 @@ def render_markdown(quality: dict[str, Any]) -> str:
     lines = [
         f"# Convert quality: {quality['source']}",
         "",
-        f"{total['input']} input items: {total['accepted']} accepted ({total['train']} train, {total['val']} val; "
-        f"{total['grounded']} grounded, {total['needs_distillation']} need distillation), {total['rejected']} rejected.",
+        f"{total['input']} input items: {total['accepted']} accepted "
+        f"({total['train']} train, {total['val']} val; {total['grounded']} grounded, "
+        f"{total['needs_distillation']} need distillation), {total['rejected']} rejected.",
         "",
-        "| subset | input | accepted | rejected | `<ref>` coverage | boxes/response | avg chars | top rejection reasons |",
+        "| subset | input | accepted | rejected | `<ref>` coverage | boxes/response | avg chars | top rejections |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, counts in [*quality["subsets"].items(), ("**total**", total)]:
-        top = ", ".join(f"{code} {n}" for code, n in sorted(counts["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+        top = ", ".join(
+            f"{code} {n}" for code, n in sorted(counts["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        )
         lines.append(
-            f"| {name} | {counts['input']} | {counts['accepted']} | {counts['rejected']} | {counts['ref_coverage']:.1%} | "
-            f"{counts['box_density']:.2f} | {counts['avg_response_chars']:.0f} | {top or '-'} |"
+            f"| {name} | {counts['input']} | {counts['accepted']} | {counts['rejected']} | "
+            f"{counts['ref_coverage']:.1%} | {counts['box_density']:.2f} | {counts['avg_response_chars']:.0f} | "
+            f"{top or '-'} |"
         )
     if total["string_box_checked"]:
-        lines += ["", f"Padded box strings checked against the absolute `###` box: {total['string_box_checked']}, "
-                  f"disagreeing by more than {STRING_BOX_TOLERANCE} units: {total['string_box_disagrees']}."]
+        lines += [
+            "",
+            f"Padded box strings checked against the absolute `###` box: {total['string_box_checked']}, "
+            f"disagreeing by more than {STRING_BOX_TOLERANCE} units: {total['string_box_disagrees']}.",
+        ]
     return "\n".join(lines) + "\n"

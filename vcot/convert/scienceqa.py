@@ -50,7 +50,9 @@ def problem_record(
 ) -> Item:
     """One ScienceQA problem as a record (or a rejection); the image is already located and measured."""
     if not isinstance(problem, dict):
-        return Rejection("not_an_object", f"problem is {type(problem).__name__}", index, id=record_id, subset="scienceqa")
+        return Rejection(
+            "not_an_object", f"problem is {type(problem).__name__}", index, id=record_id, subset="scienceqa"
+        )
     subset = str(problem.get("subject") or "scienceqa")
 
     def reject(reason: str, detail: str) -> Rejection:
@@ -111,8 +113,14 @@ def iter_problems_json(uri: str, *, images: str, owns: Owns) -> Iterator[Item]:
             try:
                 size = size_from_uri(image_uri)
             except ImageProblem as problem_with_image:
-                yield Rejection(problem_with_image.reason, problem_with_image.detail, index, id=record_id,
-                                subset=str(problem.get("subject") or "scienceqa"), raw=problem)
+                yield Rejection(
+                    problem_with_image.reason,
+                    problem_with_image.detail,
+                    index,
+                    id=record_id,
+                    subset=str(problem.get("subject") or "scienceqa"),
+                    raw=problem,
+                )
                 continue
         yield problem_record(
             problem,
@@ -171,8 +179,14 @@ def _parquet_row(problem: dict[str, Any], index: int, split: str, file_uri: str,
         try:
             size = size_from_bytes(data)
         except ImageProblem as bad:
-            return Rejection(bad.reason, bad.detail, index, id=record_id, subset=str(problem.get("subject") or "scienceqa"),
-                             raw=problem)
+            return Rejection(
+                bad.reason,
+                bad.detail,
+                index,
+                id=record_id,
+                subset=str(problem.get("subject") or "scienceqa"),
+                raw=problem,
+            )
         image_uri = store_content_addressed(data, images)
     problem.setdefault("split", split)
     # The HF copy has no problem id: duplicates are matched on the question alone (docs/convert.md).

@@ -26,7 +26,13 @@ from typing import Any
 from vcot import storage
 from vcot.boxes import pixels_to_norm1000, pixels_to_viscot_padded
 
-COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40), "purple": (140, 60, 180)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (140, 60, 180),
+}
 SHAPES = ("square", "circle", "bar")
 PROMPT = "Please provide the bounding box coordinate of the region that can help you answer the question better."
 SUBSET = "synthetic"
@@ -77,7 +83,9 @@ def _box_string(pixels: list[int], width: int, height: int, convention: str) -> 
     return "[" + ", ".join(str(int(round(v * 1000))) for v in unit) + "]"
 
 
-def synthetic_items(num_records: int = 64, seed: int = 0) -> list[tuple[dict[str, Any], dict[str, Any], bytes, dict[str, Any]]]:
+def synthetic_items(
+    num_records: int = 64, seed: int = 0
+) -> list[tuple[dict[str, Any], dict[str, Any], bytes, dict[str, Any]]]:
     """``(llava item, metadata line, png bytes, truth)`` for each record; ``truth`` has the expected house box."""
     rng = random.Random(seed)
     out = []

@@ -19,7 +19,16 @@ from vcot.boxes import (
     validate_box,
     viscot_padded_to_pixels,
 )
-from vcot.convert.common import BadLine, Item, Owns, Rejection, clean_text, has_bad_encoding, iter_json_items, iter_jsonl
+from vcot.convert.common import (
+    BadLine,
+    Item,
+    Owns,
+    Rejection,
+    clean_text,
+    has_bad_encoding,
+    iter_json_items,
+    iter_jsonl,
+)
 from vcot.convert.images import ImageProblem, size_from_uri
 from vcot.log import get_logger
 
@@ -83,7 +92,9 @@ def load_sizes(uri: str) -> dict[str, int]:
 
 
 def _is_size(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1 << 31 and value == int(value)
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1 << 31 and value == int(value)
+    )
 
 
 def _metadata_key(line: dict[str, Any]) -> str | None:
@@ -128,8 +139,10 @@ def box_string_scale(text: str, values: list[float]) -> BoxScale:
     Values written with a decimal point and none above 1.5 are 0-1; anything else (integers, or floats
     above 1.5) is 0-1000. The rule never looks at the image, so it is the same for every record.
 
-    >>> box_string_scale("[0.0, 0.5, 1.0, 1.0]", [0, 0.5, 1, 1]), box_string_scale("[0, 500, 1000, 1000]", [0, 500, 1000, 1000])
-    ('unit', 'norm1000')
+    >>> box_string_scale("[0.0, 0.5, 1.0, 1.0]", [0, 0.5, 1, 1])
+    'unit'
+    >>> box_string_scale("[0, 500, 1000, 1000]", [0, 500, 1000, 1000])
+    'norm1000'
     """
     has_decimals = "." in text or "e" in text.lower()
     return "unit" if has_decimals and max(abs(v) for v in values) <= 1.5 else "norm1000"
@@ -228,9 +241,9 @@ def grounded_rationale(label: str, box: tuple[int, int, int, int] | list[int], a
     """The training target: a short grounded rationale naming the region, ending with the answer.
 
     >>> grounded_rationale("tree branches", (555, 686, 619, 786), "window")
-    'I find the <ref>tree branches</ref><box>[555, 686, 619, 786]</box> in the image and read the answer there. Answer: window'
+    'I find the <ref>tree branches</ref><box>[555, 686, 619, 786]</box> and read the answer there. Answer: window'
     """
-    return f"I find the <ref>{label}</ref><box>{format_box(box)}</box> in the image and read the answer there. Answer: {answer}"
+    return f"I find the <ref>{label}</ref><box>{format_box(box)}</box> and read the answer there. Answer: {answer}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -241,7 +254,7 @@ def grounded_rationale(label: str, box: tuple[int, int, int, int] | list[int], a
 def strip_prompt(question: str) -> str:
     """The question without VisCOT's request for a box.
 
-    >>> strip_prompt("What is it? Please provide the bounding box coordinate of the region that can help you answer the question better.")
+    >>> strip_prompt("What is it? " + PROMPT_SUFFIX)
     'What is it?'
     """
     if question.endswith(PROMPT_SUFFIX):
@@ -376,7 +389,10 @@ class VisCotConverter:
             pixels, box_source = tuple(absolute), "absolute"
         elif string_values is not None:
             scale = box_string_scale(gpt[0], string_values)
-            pixels, box_source = string_box_to_pixels(string_values, scale, width, height, self.frame), f"string_{scale}"
+            pixels, box_source = (
+                string_box_to_pixels(string_values, scale, width, height, self.frame),
+                f"string_{scale}",
+            )
         else:
             return reject("missing_box", "neither a ###[x1, y1, x2, y2] box nor a box string in the first gpt turn")
 
@@ -400,7 +416,9 @@ class VisCotConverter:
         if absolute is not None and string_values is not None:
             # Both present: record how far the padded-string reading is from the absolute box (a data check).
             scale = box_string_scale(gpt[0], string_values)
-            from_string = pixels_to_norm1000(string_box_to_pixels(string_values, scale, width, height, self.frame), width, height)
+            from_string = pixels_to_norm1000(
+                string_box_to_pixels(string_values, scale, width, height, self.frame), width, height
+            )
             provenance["string_box_delta"] = max(abs(a - b) for a, b in zip(from_string, box))
 
         label = ref_label(question, subset)
