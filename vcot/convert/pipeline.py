@@ -210,9 +210,10 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     shard = config.shard
     if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
         log.info("already committed: skipping (pass --overwrite to redo)", output=config.output, shard=shard.name)
-        if shard.count > 1:
-            _finish_sharded_quality(config)
-        return manifest.read_manifest(config.output).get("stats", {})
+        if shard.count == 1:
+            return manifest.read_manifest(config.output).get("stats", {})
+        _finish_sharded_quality(config)
+        return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
 
     stats = QualityStats()
     items = source_items(config, shard.owns)
