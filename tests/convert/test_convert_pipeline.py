@@ -233,3 +233,14 @@ def test_entrypoint_against_the_real_local_s3_server(real_s3: str) -> None:
     missing_input = [*command[:6], f"{real_s3}/nothing-here", "--output", f"{real_s3}/other"]
     missing = subprocess.run(missing_input, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_synthetic_data_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    first = write_synthetic_viscot(str(tmp_path / "a"), num_records=10, seed=7)
+    write_synthetic_viscot(str(tmp_path / "b"), num_records=10, seed=7)
+    assert _file_bytes(tmp_path / "a") == _file_bytes(tmp_path / "b")
+    other = write_synthetic_viscot(str(tmp_path / "c"), num_records=10, seed=8)
+    assert other["truth"] != first["truth"]
+    assert all(t["width"] != t["height"] for t in first["truth"].values())
+    items = json.loads((tmp_path / "a" / "viscot.json").read_text())
+    assert len(items) == 10 and len(list((tmp_path / "a" / "images").rglob("*.png"))) == 10
