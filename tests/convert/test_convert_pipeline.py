@@ -244,3 +244,15 @@ def test_synthetic_data_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert all(t["width"] != t["height"] for t in first["truth"].values())
     items = json.loads((tmp_path / "a" / "viscot.json").read_text())
     assert len(items) == 10 and len(list((tmp_path / "a" / "images").rglob("*.png"))) == 10
+
+
+def test_storage_outage_while_reading_images_stops_the_stage(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = f"{s3_bucket}/synthetic"
+    write_synthetic_viscot(source, num_records=3, seed=2)
+    from vcot.convert.images import size_from_uri
+
+    assert size_from_uri(f"{source}/images/cot/synthetic/00000.png")[0] > 0
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")
+    monkeypatch.setenv("VCOT_S3_MAX_ATTEMPTS", "1")
+    with pytest.raises(StorageError, match="cannot reach"):
+        size_from_uri(f"{source}/images/cot/synthetic/00000.png")

@@ -10,7 +10,10 @@ from vcot.errors import StorageError
 
 
 class ImageProblem(Exception):
-    """An image that cannot be used; ``reason`` is the rejection code (``missing_image``, ``unreadable_image``)."""
+    """An image that cannot be used; ``reason`` is the rejection code (``missing_image``, ``unreadable_image``).
+
+    Storage that cannot be reached is not an image problem: that :class:`StorageError` propagates.
+    """
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -43,12 +46,12 @@ def size_from_uri(uri: str) -> tuple[int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with storage.open_uri(uri, "rb") as handle:
-            with Image.open(handle) as image:  # PIL reads the header through the stream; pixels stay undecoded
-                width, height = image.size
+        with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
+            width, height = image.size  # PIL has read the header through the stream; pixels stay undecoded
     except StorageError as exc:
-        reason = "missing_image" if "does not exist" in str(exc) else "unreadable_image"
-        raise ImageProblem(reason, str(exc)) from exc
+        if "does not exist" not in str(exc):
+            raise  # unreachable storage or refused credentials: stop the stage, do not reject every image
+        raise ImageProblem("missing_image", str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("unreadable_image", f"{uri} is not a readable image: {exc}") from exc
     if width <= 0 or height <= 0:

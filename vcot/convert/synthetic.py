@@ -80,7 +80,7 @@ def _box_string(pixels: list[int], width: int, height: int, convention: str) -> 
     unit = pixels_to_viscot_padded(pixels, width, height, decimals=None)
     if convention == "unit":
         return "[" + ", ".join(f"{v:.3f}" for v in unit) + "]"
-    return "[" + ", ".join(str(int(round(v * 1000))) for v in unit) + "]"
+    return "[" + ", ".join(str(round(v * 1000)) for v in unit) + "]"
 
 
 def synthetic_items(
