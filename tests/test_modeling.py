@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 from vcot import storage
 from vcot.errors import VcotError
-from vcot.modeling import ImageOnlyQwen25VLProcessor, load_model_and_processor, local_model_path
+from vcot.modeling import ImageOnlyQwen25VLProcessor, load_model_and_processor, load_processor_for, local_model_path
 
 
 def test_loads_a_local_folder_in_fp32_for_inference(tiny_model_dir: Path) -> None:
@@ -25,6 +25,9 @@ def test_s3_prefix_is_synced_to_the_cache(
     monkeypatch.setenv("VCOT_MODEL_CACHE", str(tmp_path / "cache"))
     uri = f"{s3_bucket}/models/tiny"
     storage.upload_dir(tiny_model_dir, uri)
+    processor = load_processor_for(uri)  # tokenize fetches no weights
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
     path = Path(local_model_path(uri))
     assert path.parent == tmp_path / "cache"
     assert (path / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()

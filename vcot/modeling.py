@@ -83,9 +83,13 @@ def cache_root() -> Path:
     return Path(os.environ.get("VCOT_MODEL_CACHE") or Path.home() / ".cache" / "vcot" / "models")
 
 
-def local_model_path(uri: str) -> str:
-    """A path ``from_pretrained`` can read: a local folder as is, an ``s3://`` prefix synced into the cache,
-    anything else passed through as a hub id.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def local_model_path(uri: str, *, weights: bool = True) -> str:
+    """A path ``from_pretrained`` can read: a local folder as is, an ``s3://`` prefix synced into the cache
+    (without the weight files when ``weights`` is false: enough for the processor), anything else passed
+    through as a hub id.
 
     >>> local_model_path("Qwen/Qwen2.5-VL-7B-Instruct")
     'Qwen/Qwen2.5-VL-7B-Instruct'
@@ -96,7 +100,7 @@ def local_model_path(uri: str) -> str:
         dest = cache_root() / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
         if not storage.list_uris(prefix):
             raise VcotError(f"no model files under {prefix}: check the URI (it should hold config.json or an adapter)")
-        storage.download_prefix(prefix, dest)
+        storage.download_prefix(prefix, dest, skip_suffixes=() if weights else WEIGHT_SUFFIXES)
         return str(dest)
     path = storage.local_path(uri)
     if path.exists():
@@ -104,6 +108,11 @@ def local_model_path(uri: str) -> str:
     if uri.startswith(("/", ".", "file://")):
         raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.tiny_model DIR) or fix the path")
     return uri  # a hub id; transformers downloads it when the network allows
+
+
+def load_processor_for(model_uri: str) -> Any:
+    """Just the processor of ``model_uri`` (no weights are fetched): what tokenize needs."""
+    return load_processor(local_model_path(model_uri, weights=False))
 
 
 def read_model_card(adapter_uri: str) -> dict[str, Any]:
