@@ -79,3 +79,15 @@ def record_output(tmp_path: Any) -> Callable[..., str]:
 def one_record(tmp_path: Any) -> Callable[[int, int], dict[str, Any]]:
     """Factory: ``one_record(index, seed)`` writes one record's image under tmp_path and returns the record."""
     return lambda index, seed=0: make_record(index, str(tmp_path / "images"), random.Random(seed))
+
+
+@pytest.fixture(scope="session")
+def tokenized_data(tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A committed multimodal tokenize output of 64 synthetic records (tiny model, norm1000)."""
+    from vcot.tokenize import TokenizeConfig, tokenize
+
+    root = tmp_path_factory.mktemp("tokenized")
+    records = write_record_output(str(root / "records"), 64, seed=0)
+    output = str(root / "tokens")
+    tokenize(TokenizeConfig(input=[records], output=output, model=str(tiny_model_dir)))
+    return output

@@ -114,11 +114,12 @@ class SaveOnSigterm(TrainerCallback):
             signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
+        # Only set a flag: a handler that logs could wait forever on the lock of a write it interrupted.
         self.received = True
-        log.warning("sigterm", action="saving a checkpoint at the end of this step, then stopping")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.received:
+            log.warning("sigterm", step=state.global_step, action="saving a checkpoint, then stopping")
             control.should_save = True
             control.should_training_stop = True
 

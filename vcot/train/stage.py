@@ -23,6 +23,7 @@ Output layout (``OUTPUT``)::
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -323,5 +324,6 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     )
     pointer = {"run": config.output, "base_model": config.model, "adapter": storage.join(config.output, "adapter")}
     storage.write_json(config.pointer_uri, pointer)
+    shutil.rmtree(scratch, ignore_errors=True)  # everything is in storage now
     log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
     return committed
