@@ -183,3 +183,10 @@ def test_download_prefix_can_skip_weights(where: str, request: pytest.FixtureReq
         storage.upload_dir(source, prefix)
     dest = storage.download_prefix(prefix, tmp_path / "dst", skip_suffixes=(".safetensors", ".bin"))
     assert sorted(p.name for p in dest.iterdir()) == ["config.json"]
+
+
+def test_s3_client_is_per_process(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = storage.s3_client()
+    assert storage.s3_client() is parent
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked DataLoader worker
+    assert storage.s3_client() is not parent

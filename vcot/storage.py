@@ -69,10 +69,14 @@ def _client_for(settings: S3Settings, credentials_key: tuple[str | None, ...]) -
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client for the current environment (cached; a changed environment gets a new one)."""
+    """A boto3 S3 client for the current environment and process (cached; a changed environment gets a new one).
+
+    Keyed by process id too: a forked worker (e.g. a DataLoader worker loading images) must not share its
+    parent's connection pool.
+    """
     credentials_key = tuple(
         os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-    )
+    ) + (str(os.getpid()),)
     return _client_for(S3Settings.from_env(), credentials_key)
 
 
