@@ -162,7 +162,26 @@ def test_text_mode_trains_without_pixels(
     )
     assert "pixel_values" not in batch
     output = str(tmp_path / "run")
-    config = TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=3,save_steps=10")
+    config = TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=2,save_steps=10")
     assert train(config) is not None
     card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
     assert card["mode"] == "text"
+
+
+def test_merged_model_equals_base_plus_adapter_with_loader_workers(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from vcot.modeling import load_model_and_processor
+
+    output = str(tmp_path / "run")
+    settings = "max_steps=2,save_steps=10,eval_steps=10,merge_adapter=true,dataloader_num_workers=2"
+    assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings))
+    merged = AutoModelForImageTextToText.from_pretrained(str(Path(output) / "merged")).eval()
+    with_adapter, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=f"{output}/adapter")
+    batch = Collator(processor)([TokenizedDataset(tokenized_data, "val")[0]])
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, with_adapter(**batch).logits, atol=1e-4)
+    assert "merged/model.safetensors" in {f["path"] for f in manifest.read_manifest(output)["files"]}
