@@ -88,7 +88,7 @@ class Encoder:
         return prompt, full[len(prompt) :]
 
     def encode(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The Parquet row for ``record`` (see ``docs/tokenize.md`` for the columns)."""
+        """The Parquet row for ``record`` (columns: ``docs/train.md``)."""
         prompt, assistant = self.chat_texts(record)
         # Tokenized apart, as at inference where the model continues the prompt's tokens.
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
