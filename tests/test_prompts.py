@@ -39,7 +39,12 @@ def test_qwen25_absolute_boxes_are_pixels_of_the_resized_image() -> None:
     text = rationale_in_coords(RECORD, "qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
     resized_h, resized_w = smart_resize(480, 640, min_pixels=56 * 56, max_pixels=112 * 112)
     box = parse_grounded(text).boxes[0].box
-    assert box == (round(100 * resized_w / 1000), round(200 * resized_h / 1000), round(300 * resized_w / 1000), round(400 * resized_h / 1000))
+    assert box == (
+        round(100 * resized_w / 1000),
+        round(200 * resized_h / 1000),
+        round(300 * resized_w / 1000),
+        round(400 * resized_h / 1000),
+    )
     assert text.endswith("is red. Answer: red")
 
 
@@ -58,7 +63,7 @@ def test_reading_qwen25_boxes_back_is_within_rounding(width: int, height: int, v
         return
     resized_h, resized_w = smart_resize(height, width)
     tolerance = max(1000 / resized_w, 1000 / resized_h) / 2 + 1
-    for got, want in zip(back.boxes[0].box, (x1, y1, x2, y2)):
+    for got, want in zip(back.boxes[0].box, (x1, y1, x2, y2), strict=True):
         assert abs(got - want) <= tolerance
 
 

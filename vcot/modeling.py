@@ -44,7 +44,9 @@ class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
     class loads back as it (unregistered, ``AutoProcessor`` silently returns a bare tokenizer).
     """
 
-    def __init__(self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any):
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
         self.image_token = "<|image_pad|>"
         self.video_token = "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
@@ -179,8 +181,15 @@ def load_model_and_processor(
     precision = machine_precision()
     base_path = local_model_path(model_uri)
     adapter_path = local_model_path(adapter_uri) if adapter_uri else None
-    log.info("load_model", model=model_uri, adapter=adapter_uri, quantize=quantize, device=precision.device,
-             dtype=str(precision.dtype), unsloth=_use_unsloth(precision))
+    log.info(
+        "load_model",
+        model=model_uri,
+        adapter=adapter_uri,
+        quantize=quantize,
+        device=precision.device,
+        dtype=str(precision.dtype),
+        unsloth=_use_unsloth(precision),
+    )
 
     if _use_unsloth(precision):
         from unsloth import FastVisionModel

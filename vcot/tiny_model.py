@@ -99,9 +99,7 @@ def chat_template() -> str:
     return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text(encoding="utf-8")
 
 
-def build_processor(
-    *, seed: int = 0, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS
-) -> Any:
+def build_processor(*, seed: int = 0, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS) -> Any:
     """Tokenizer + PIL image processor in the image-only processor (no torchvision needed)."""
     from transformers import Qwen2VLImageProcessorPil
 

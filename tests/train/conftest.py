@@ -70,7 +70,9 @@ def record_output(tmp_path: Any) -> Callable[..., str]:
     """Factory: ``record_output(count, seed=0, unusable=0, root=None)`` returns a committed record output URI."""
 
     def factory(count: int, *, seed: int = 0, unusable: int = 0, root: str | None = None) -> str:
-        return write_record_output(root or str(tmp_path / f"records-{seed}-{count}"), count, seed=seed, unusable=unusable)
+        return write_record_output(
+            root or str(tmp_path / f"records-{seed}-{count}"), count, seed=seed, unusable=unusable
+        )
 
     return factory
 

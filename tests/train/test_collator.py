@@ -26,7 +26,9 @@ def test_batch_equals_the_processors_output(processor, one_record: Callable[...,
     batch = Collator(processor)(rows)
     processor.tokenizer.padding_side = "right"
     texts = ["".join(encoder.chat_texts(r)) for r in records]
-    expected = processor(text=texts, images=[load_image(r["image"]) for r in records], padding=True, return_tensors="pt")
+    expected = processor(
+        text=texts, images=[load_image(r["image"]) for r in records], padding=True, return_tensors="pt"
+    )
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
         assert torch.equal(batch[key], expected[key]), key
     assert ((batch["labels"] == -100) | (batch["labels"] == batch["input_ids"])).all()

@@ -28,7 +28,11 @@ def test_default_recipe_is_the_seeds() -> None:
     assert recipe.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     assert not recipe.tune_vision and recipe.quantize == "4bit"
     assert (recipe.learning_rate, recipe.lr_scheduler_type, recipe.warmup_ratio) == (1e-4, "cosine", 0.03)
-    assert (recipe.num_train_epochs, recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (2, 4, 4)
+    assert (recipe.num_train_epochs, recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (
+        2,
+        4,
+        4,
+    )
     assert (recipe.weight_decay, recipe.max_grad_norm, recipe.optim) == (0.01, 0.3, "adamw_8bit")
     assert recipe.neftune_noise_alpha == 5
     assert (recipe.early_stopping_patience, recipe.early_stopping_threshold) == (3, 0.001)
@@ -36,7 +40,9 @@ def test_default_recipe_is_the_seeds() -> None:
 
 
 def test_overrides_and_files(tmp_path: Path) -> None:
-    recipe = load_recipe("tiny-cpu", "lora_r=4, learning_rate=3e-4, quantize=null, lora_target_modules=[q_proj, v_proj]")
+    recipe = load_recipe(
+        "tiny-cpu", "lora_r=4, learning_rate=3e-4, quantize=null, lora_target_modules=[q_proj, v_proj]"
+    )
     assert (recipe.lora_r, recipe.learning_rate, recipe.quantize) == (4, 3e-4, None)
     assert recipe.lora_target_modules == ["q_proj", "v_proj"]
     custom = tmp_path / "mine.yaml"
@@ -79,3 +85,12 @@ def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
     assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     with_vision = lora_target_regex(["gate_proj"], include_vision=True)
     assert re.fullmatch(with_vision, "model.visual.blocks.0.mlp.gate_proj")
+
+
+def test_cli_refuses_a_bad_override_before_loading_anything(tmp_path: Path) -> None:
+    from jobs.train import main
+
+    argv = ["--data", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--set", "lora_rank=8"])
+    assert exit_info.value.code == 2

@@ -63,11 +63,15 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
     assert pointer == {"run": reference_run, "base_model": str(tiny_model_dir), "adapter": f"{reference_run}/adapter"}
     assert set(complete_checkpoints(storage.join(reference_run, "checkpoints"))) <= {10, 20, 30, 40}
     # A committed run is not trained again.
-    again = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=reference_run, recipe="tiny-cpu", set=RUN_SET)
+    again = TrainConfig(
+        data=tokenized_data, model=str(tiny_model_dir), output=reference_run, recipe="tiny-cpu", set=RUN_SET
+    )
     assert train(again) is None
 
 
-def test_training_changes_the_adapter_and_lowers_the_loss(reference_run: str, tokenized_data: str, tiny_model_dir: Path) -> None:
+def test_training_changes_the_adapter_and_lowers_the_loss(
+    reference_run: str, tokenized_data: str, tiny_model_dir: Path
+) -> None:
     from vcot.modeling import load_model_and_processor
 
     weights = load_file(str(Path(reference_run) / "adapter" / "adapter_model.safetensors"))
@@ -92,7 +96,12 @@ def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data:
     model, processor = load_model_and_processor(run["base_model"], adapter_uri=run["adapter"])
     assert isinstance(model, PeftModel)
     row = TokenizedDataset(tokenized_data, "val")[0]
-    record = {"image": row["image"], "width": row["width"], "height": row["height"], "question": "What color is the square?"}
+    record = {
+        "image": row["image"],
+        "width": row["width"],
+        "height": row["height"],
+        "question": "What color is the square?",
+    }
     messages = build_messages(record, mode="multimodal", with_answer=False)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[load_image(row["image"])], return_tensors="pt")
@@ -106,8 +115,12 @@ def _run_until_killed(argv: list[str], kill_at_step: int) -> tuple[int, str]:
     """Start vcot-train in a subprocess, SIGTERM it once it logged ``kill_at_step``; returns (code, stderr)."""
     env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *argv], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "jobs.train", *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     lines = []
     assert process.stderr is not None
@@ -129,7 +142,18 @@ def test_killed_run_resumes_to_the_same_final_loss(
     reference_run: str, tokenized_data: str, tiny_model_dir: Path, s3_bucket: str
 ) -> None:
     output = f"{s3_bucket}/runs/killed"
-    argv = ["--data", tokenized_data, "--model", str(tiny_model_dir), "--output", output, "--recipe", "tiny-cpu", "--set", RUN_SET]
+    argv = [
+        "--data",
+        tokenized_data,
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        output,
+        "--recipe",
+        "tiny-cpu",
+        "--set",
+        RUN_SET,
+    ]
     code, stderr = _run_until_killed(argv, kill_at_step=3)
     assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
     checkpoints = storage.join(output, "checkpoints")
@@ -138,7 +162,9 @@ def test_killed_run_resumes_to_the_same_final_loss(
     # A partial upload (no _COMPLETE marker) from a later step must never be resumed from.
     storage.write_text(storage.join(checkpoints, "checkpoint-39", "trainer_state.json"), "{not json")
 
-    assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET))
+    assert train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET)
+    )
     resumed = storage.read_json(storage.join(output, "metrics.json"))
     reference = json.loads((Path(reference_run) / "metrics.json").read_text())
     resumed_step, resumed_loss = _final_loss(resumed)
@@ -162,7 +188,9 @@ def test_text_mode_trains_without_pixels(
     )
     assert "pixel_values" not in batch
     output = str(tmp_path / "run")
-    config = TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=2,save_steps=10")
+    config = TrainConfig(
+        data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=2,save_steps=10"
+    )
     assert train(config) is not None
     card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
     assert card["mode"] == "text"
@@ -177,7 +205,9 @@ def test_merged_model_equals_base_plus_adapter_with_loader_workers(
 
     output = str(tmp_path / "run")
     settings = "max_steps=2,save_steps=10,eval_steps=10,merge_adapter=true,dataloader_num_workers=2"
-    assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings))
+    assert train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
+    )
     merged = AutoModelForImageTextToText.from_pretrained(str(Path(output) / "merged")).eval()
     with_adapter, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=f"{output}/adapter")
     batch = Collator(processor)([TokenizedDataset(tokenized_data, "val")[0]])

@@ -28,7 +28,9 @@ class VisionSettings:
     merge_size: int = 2
 
     @classmethod
-    def from_processor(cls, processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None) -> VisionSettings:
+    def from_processor(
+        cls, processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> VisionSettings:
         image_processor = processor.image_processor
         return cls(
             min_pixels=min_pixels or int(image_processor.size["shortest_edge"]),
@@ -96,7 +98,9 @@ class Encoder:
         grid: tuple[int, int, int] | None = None
         if self.mode == "multimodal":
             grid = image_grid(int(record["width"]), int(record["height"]), self.vision)
-            prompt_ids = expand_image_tokens(prompt_ids, self.image_pad_id, num_image_tokens(grid, self.vision.merge_size))
+            prompt_ids = expand_image_tokens(
+                prompt_ids, self.image_pad_id, num_image_tokens(grid, self.vision.merge_size)
+            )
         input_ids = prompt_ids + answer_ids
         return {
             "id": record["id"],

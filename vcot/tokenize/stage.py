@@ -45,8 +45,12 @@ class TokenizeConfig:
     input: list[str] = option(help="Committed record outputs (convert/distill), comma-separated URIs.")
     output: str = option(help="Where to write the Parquet shards (s3://bucket/prefix or a local path).")
     model: str = option(help="Model whose processor tokenizes: a folder, an s3:// prefix or a hub id.")
-    mode: str = option("multimodal", help="multimodal (image tokens + pixels at train time) or text (the seed's: no image).")
-    coords: str = option("norm1000", help="Box coordinates in the targets: norm1000 (house format) or qwen2.5-absolute.")
+    mode: str = option(
+        "multimodal", help="multimodal (image tokens + pixels at train time) or text (the seed's: no image)."
+    )
+    coords: str = option(
+        "norm1000", help="Box coordinates in the targets: norm1000 (house format) or qwen2.5-absolute."
+    )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
     max_pixels: int | None = option(None, help="Image processor max_pixels (default: the model processor's).")
@@ -234,4 +238,3 @@ def read_tokenized_config(data_uri: str) -> dict[str, Any]:
     if found.get("stage") != "tokenize":
         raise VcotError(f"{data_uri} was written by stage {found.get('stage')!r}, not tokenize: pass a tokenize output")
     return found["config"]
-

@@ -129,5 +129,8 @@ class LogMetrics(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            log.info("train_log", step=state.global_step, **{k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()})
-
+            log.info(
+                "train_log",
+                step=state.global_step,
+                **{k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()},
+            )

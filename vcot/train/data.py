@@ -77,7 +77,7 @@ class Collator:
         if with_images:
             images = [load_image(row["image"]) for row in with_images]
             pixels = self.image_processor(images=images, return_tensors="pt")
-            for row, grid in zip(with_images, pixels["image_grid_thw"].tolist()):
+            for row, grid in zip(with_images, pixels["image_grid_thw"].tolist(), strict=True):
                 if grid != list(row["image_grid_thw"]):
                     raise VcotError(
                         f"image {row['image']} of {row['id']} gives patch grid {grid} but tokenize counted "

@@ -63,6 +63,10 @@ class TrainConfig:
             raise ValueError("--output must differ from --data")
         if self.pointer and not self.pointer.endswith(".json"):
             raise ValueError("--pointer must name a .json file")
+        try:  # a bad recipe or override fails here, before any model is loaded (exit code 2)
+            load_recipe(self.recipe, self.set)
+        except VcotError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def pointer_uri(self) -> str:
@@ -198,9 +202,12 @@ def _files_of(root: Path, prefix: str) -> list[Any]:
 
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        data = path.read_bytes()
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:  # in blocks: merged weights are several GB
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
         entries.append(
-            ShardFile(f"{prefix}/{path.relative_to(root).as_posix()}", 0, hashlib.sha256(data).hexdigest(), len(data))
+            ShardFile(f"{prefix}/{path.relative_to(root).as_posix()}", 0, digest.hexdigest(), path.stat().st_size)
         )
     return entries
 
@@ -228,8 +235,12 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     recipe = load_recipe(config.recipe, config.set)
     settings = read_data_settings(config.data)
     if settings["model"] != config.model:
-        log.warning("model_differs", tokenized_with=settings["model"], training=config.model,
-                    hint="the tokenizers must be identical")
+        log.warning(
+            "model_differs",
+            tokenized_with=settings["model"],
+            training=config.model,
+            hint="the tokenizers must be identical",
+        )
     log.info("recipe", **recipe.to_dict())
 
     # 2. Model and processor (the processor cuts images exactly as tokenize counted their tokens).
