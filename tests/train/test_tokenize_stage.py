@@ -134,3 +134,21 @@ def test_cli_on_s3_and_bad_flags(tiny_model_dir: Path, record_output: Callable[.
     with pytest.raises(SystemExit) as exit_info:
         tokenize_main([*argv, "--mode", "video"])
     assert exit_info.value.code == 2
+
+
+def test_sharded_pods_split_the_records_and_commit_together(
+    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
+) -> None:
+    records = record_output(20)
+    output = str(tmp_path / "tokens")
+    for index in range(2):
+        config = TokenizeConfig(
+            input=[records], output=output, model=str(tiny_model_dir), shard_index=index, num_shards=2
+        )
+        assert tokenize(config) is not None
+        assert manifest.is_committed(output) == (index == 1)  # _SUCCESS once both shards are in
+    rows = _read_rows(output, "train") + _read_rows(output, "val")
+    assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
+    assert {f["path"] for f in manifest.read_manifest(output)["files"]} == {
+        f"{split}/{shard}-of-00002.parquet" for split in ("train", "val") for shard in ("00000", "00001")
+    }
