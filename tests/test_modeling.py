@@ -63,3 +63,21 @@ def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
     assert getattr(model, "is_loaded_in_4bit", False)
     ids = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vcot.modeling import load_processor
+
+    folder = tmp_path / "stock"
+    shutil.copytree(tiny_model_dir, folder)
+    config = folder / "processor_config.json"  # as the released checkpoints name it: needs the video processor
+    config.write_text(config.read_text().replace("ImageOnlyQwen25VLProcessor", "Qwen2_5_VLProcessor"))
+    processor = load_processor(str(folder))
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    reference = load_processor(str(tiny_model_dir))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
+    assert processor.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(
+        messages, tokenize=False
+    )

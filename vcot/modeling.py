@@ -68,10 +68,15 @@ def load_processor(path: str) -> Any:
         return processor
     from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
+    from vcot.tiny_model import chat_template as qwen25_vl_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template_file = Path(path) / "chat_template.jinja"
+    template = template_file.read_text(encoding="utf-8") if template_file.exists() else None
     return ImageOnlyQwen25VLProcessor(
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
-        tokenizer=AutoTokenizer.from_pretrained(path),
-        chat_template=getattr(processor, "chat_template", None),
+        tokenizer=tokenizer,
+        chat_template=template or getattr(tokenizer, "chat_template", None) or qwen25_vl_chat_template(),
     )
 
 
