@@ -45,10 +45,10 @@ class TokenizeConfig:
     input: list[str] = option(help="Committed record outputs (convert/distill), comma-separated URIs.")
     output: str = option(help="Where to write the Parquet shards (s3://bucket/prefix or a local path).")
     model: str = option(help="Model whose processor tokenizes: a folder, an s3:// prefix or a hub id.")
-    mode: str = option(
+    mode: Mode = option(
         "multimodal", help="multimodal (image tokens + pixels at train time) or text (the seed's: no image)."
     )
-    coords: str = option(
+    coords: Coords = option(
         "norm1000", help="Box coordinates in the targets: norm1000 (house format) or qwen2.5-absolute."
     )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
@@ -163,9 +163,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
 
     processor = load_processor_for(config.model)
     vision = VisionSettings.from_processor(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    mode: Mode = config.mode  # type: ignore[assignment]
-    coords: Coords = config.coords  # type: ignore[assignment]
-    encoder = Encoder(processor, mode=mode, coords=coords, vision=vision)
+    encoder = Encoder(processor, mode=config.mode, coords=config.coords, vision=vision)
 
     skipped: Counter[str] = Counter()
     stats: dict[str, Any] = {}
@@ -198,9 +196,9 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
                     writer.write(row)
                     lengths.append(row["length"])
                     supervised += sum(1 for label in row["labels"] if label != -100)
-                    image_tokens += row["input_ids"].count(encoder.image_pad_id) if mode == "multimodal" else 0
+                    image_tokens += row["input_ids"].count(encoder.image_pad_id) if config.mode == "multimodal" else 0
             progress.close()
-            if writer.records == 0 and split == "train":
+            if writer.records == 0 and split == "train" and shard.count == 1:
                 raise VcotError(
                     f"no usable training records in {', '.join(config.input)} (skipped: {dict(skipped)}): "
                     "check the inputs, or raise --max-length if rows were too long"
