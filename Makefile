@@ -58,7 +58,7 @@ clean: ## Remove the virtualenv, caches and local S3 data
 LOCAL_RUN ?= s3://vcot/local
 LOCAL_RECORDS ?= 256
 TINY_MODEL ?= .cache/tiny-qwen2.5-vl
-.PHONY: tiny-model local-train
+.PHONY: tiny-model local-train bench-train
 
 tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL, default .cache/tiny-qwen2.5-vl)
 	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.tiny_model $(TINY_MODEL)
@@ -90,3 +90,6 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
 	if [ -f jobs/evaluate.py ]; then echo "  evaluation      $(LOCAL_RUN)/eval/tiny"; fi; \
 	echo "  tiny model      $(TINY_MODEL)"
+
+bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
+	PYTHONPATH=. $(PY) bench/train_bench.py
