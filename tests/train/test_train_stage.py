@@ -215,3 +215,30 @@ def test_merged_model_equals_base_plus_adapter_with_loader_workers(
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, with_adapter(**batch).logits, atol=1e-4)
     assert "merged/model.safetensors" in {f["path"] for f in manifest.read_manifest(output)["files"]}
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # With a zero learning rate eval_loss never improves: best at step 2, then patience 2 runs out at step 6.
+    settings = "learning_rate=0,max_steps=40,num_train_epochs=10,eval_steps=2,save_steps=2,early_stopping_patience=2"
+    output = str(tmp_path / "run")
+    committed = train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
+    )
+    assert committed is not None and committed["stats"]["global_step"] == 6
+
+
+def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bitsandbytes
+
+    from vcot.train.stage import resolve_optimizer
+
+    assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_8bit"  # it runs on this CPU
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
+    assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_torch"
+    assert resolve_optimizer("adamw_torch_fused", "cpu") == "adamw_torch_fused"
