@@ -169,3 +169,17 @@ def test_upload_and_download_prefix(s3_bucket: str, tmp_path: Path) -> None:
     assert len(written) == 2
     dest = storage.download_prefix(f"{s3_bucket}/model", tmp_path / "dst")
     assert (dest / "a.txt").read_text() == "a" and (dest / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_download_prefix_can_skip_weights(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    (source / "model.safetensors").write_bytes(b"\x00" * 8)
+    prefix = str(source)
+    if where == "s3":
+        prefix = f"{request.getfixturevalue('s3_bucket')}/model"
+        storage.upload_dir(source, prefix)
+    dest = storage.download_prefix(prefix, tmp_path / "dst", skip_suffixes=(".safetensors", ".bin"))
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json"]

@@ -319,13 +319,20 @@ def check_access(uri: str) -> None:
             raise
 
 
-def download_prefix(prefix: str, dest: Path) -> Path:
-    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size)."""
+def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] = ()) -> Path:
+    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size).
+
+    ``skip_suffixes`` leaves out files by name ending, e.g. ``(".safetensors",)`` to fetch a model's
+    tokenizer and processor without its weights.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     if not is_s3(prefix):
-        shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True)
+        ignore = shutil.ignore_patterns(*(f"*{suffix}" for suffix in skip_suffixes)) if skip_suffixes else None
+        shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True, ignore=ignore)
         return dest
     for uri in list_uris(prefix):
+        if skip_suffixes and uri.endswith(skip_suffixes):
+            continue
         target = dest / relative(uri, prefix)
         bucket, key = split_s3(uri)
         with storage_errors(uri):
