@@ -13,7 +13,7 @@ from typing import Literal
 
 from vcot.boxes import BoxFormat
 from vcot.config import option
-from vcot.evaluate.readback import Coords
+from vcot.prompts import Coords, Mode
 
 DEFAULT_REGRESSION_METRICS = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
 
@@ -54,10 +54,10 @@ class EvaluateConfig:
     box_aware_penalty: bool = option(
         False, help="Model mode: do not penalize coordinate digits inside an open <box> (NOTES: 1.2 hurts coordinates)."
     )
-    prompt_mode: Literal["multimodal", "text"] | None = option(
+    prompt_mode: Mode | None = option(
         None, help="Model mode: prompt with the image (multimodal) or text only. Default: vcot-model.json, else multimodal."
     )
-    quantize: str | None = option(None, help="Model mode: load the base model quantized (e.g. nf4; GPU only).")
+    quantize: Literal["4bit", "8bit"] | None = option(None, help="Model mode: load the base model quantized: 4bit (NF4) or 8bit.")
     max_samples: int | None = option(None, help="Evaluate only the first N records (quick checks).")
     report_samples: int = option(48, help="How many samples the HTML report shows with their images.")
     overwrite: bool = option(False, help="Rewrite a committed output instead of skipping it.")

@@ -12,7 +12,7 @@ There is exactly one interpretation per run: the convention recorded by tokenize
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from vcot.boxes import (
     QWEN_MAX_PIXELS,
@@ -26,9 +26,7 @@ from vcot.boxes import (
     smart_resize,
     validate_box,
 )
-
-Coords = Literal["norm1000", "qwen2.5-absolute"]
-COORDS: tuple[Coords, ...] = ("norm1000", "qwen2.5-absolute")
+from vcot.prompts import COORDS, Coords
 
 
 def read_boxes(
