@@ -44,8 +44,8 @@ th:first-child, td:first-child { text-align: left; }
 .ok { background: #e5f5e5; border: 1px solid #3a3; padding: 8px 12px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); gap: 16px; }
 .sample { display: flex; gap: 12px; border: 1px solid #ddd; padding: 8px; border-radius: 6px; }
-.figure { position: relative; flex: 0 0 320px; line-height: 0; }
-.figure img, .figure .placeholder { width: 100%; height: auto; }
+.figure { position: relative; flex: 0 0 320px; align-self: flex-start; line-height: 0; }
+.figure img, .figure .placeholder { display: block; width: 100%; height: auto; }
 .figure svg.boxes { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
 .placeholder { background: #eee; }
 .text { font-size: 13px; line-height: 1.4; overflow-wrap: anywhere; }
@@ -113,6 +113,11 @@ def history_plot(entries: Sequence[dict[str, Any]], metrics: Sequence[str]) -> s
     for tick in (0.0, 0.5, 1.0):
         y = height - pad - tick * (height - 2 * pad)
         parts.append(f'<text x="{pad - 4}" y="{y + 3:.1f}" font-size="10" text-anchor="end">{tick:.1f}</text>')
+    for position, entry in enumerate(entries):
+        label = str(entry.get("run") or entry.get("output") or position).rstrip("/").rsplit("/", 1)[-1][:14]
+        parts.append(
+            f'<text x="{pad + position * step:.1f}" y="{height - pad + 14}" font-size="9" text-anchor="middle">{html.escape(label)}</text>'
+        )
     for index, name in enumerate(metrics):
         color = HISTORY_COLORS[index % len(HISTORY_COLORS)]
         points = []
