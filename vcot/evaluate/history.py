@@ -34,8 +34,13 @@ class Pointer:
 
 
 def parent(uri: str) -> str:
-    """The prefix that holds ``uri``: ``parent("s3://b/runs/latest.json") == "s3://b/runs"``."""
-    return uri.rstrip("/").rsplit("/", 1)[0]
+    """The prefix that holds ``uri``.
+
+    >>> parent("s3://b/runs/latest.json"), parent("latest.json")
+    ('s3://b/runs', '.')
+    """
+    head, slash, _ = uri.rstrip("/").rpartition("/")
+    return (head or "/") if slash else "."
 
 
 def read_pointer(uri: str) -> Pointer:
