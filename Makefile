@@ -51,3 +51,8 @@ s3-env: $(STAMP) ## Print the environment for the local S3 server
 clean: ## Remove the virtualenv, caches and local S3 data
 	-@$(PY) -m vcot.local_s3 down >/dev/null 2>&1
 	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
+
+# --- evaluate ---------------------------------------------------------------------------------------
+.PHONY: bench-evaluate
+bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)
+	PYTHONPATH=. $(PY) bench/evaluate_bench.py

@@ -45,8 +45,7 @@ class LoadedPredictions:
 def load_predictions(uri: str) -> LoadedPredictions:
     """Read a predictions JSONL(.gz); malformed lines, missing fields and repeated ids are counted and skipped."""
     loaded = LoadedPredictions()
-    compression = "infer_from_extension"
-    with storage.open_uri(uri, "rb", compression=compression) as handle:
+    with storage.open_uri(uri, "rb", compression="infer_from_extension") as handle:
         for line in handle:
             if not line.strip():
                 continue
@@ -63,6 +62,8 @@ def load_predictions(uri: str) -> LoadedPredictions:
                 loaded.skip("duplicate_id")  # the first one counts: never pick the better of two
                 continue
             loaded.by_id[key] = item["prediction"]
+    if loaded.skipped:
+        log.warning("skipped prediction lines", uri=uri, **loaded.skipped)
     return loaded
 
 
