@@ -9,6 +9,7 @@ special tokens) and cut at the end-of-turn token.
 from __future__ import annotations
 
 import io
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,7 +105,6 @@ def generate_responses(
 ) -> tuple[list[str], dict[str, float]]:
     """Responses for every record (in order), batch by batch with a progress bar; plus timing stats."""
     from tqdm.auto import tqdm
-    import sys
 
     responses: list[str] = []
     started = time.perf_counter()
