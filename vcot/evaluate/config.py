@@ -57,6 +57,9 @@ class EvaluateConfig:
     prompt_mode: Mode | None = option(
         None, help="Model mode: prompt with the image (multimodal) or text only. Default: vcot-model.json, else multimodal."
     )
+    threads: int = option(
+        0, help="Model mode on CPU: torch threads (0: torch's default, the node's cores; set the pod's CPU limit on shared nodes)."
+    )
     quantize: Literal["4bit", "8bit"] | None = option(None, help="Model mode: load the base model quantized: 4bit (NF4) or 8bit.")
     max_samples: int | None = option(None, help="Evaluate only the first N records (quick checks).")
     report_samples: int = option(48, help="How many samples the HTML report shows with their images.")
@@ -78,6 +81,8 @@ class EvaluateConfig:
             raise ValueError("--repetition-penalty must be positive (1.0 turns it off)")
         if self.regression_threshold < 0:
             raise ValueError("--regression-threshold must be >= 0")
+        if self.threads < 0:
+            raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("--max-samples must be at least 1")
         self.split = self.split.strip("/")

@@ -93,6 +93,10 @@ def model_responses(
     coords = config.coords or card.get("coords")
     if coords is None:
         raise VcotError(f"no {MODEL_CARD} next to the adapter: pass --coords norm1000 or --coords qwen2.5-absolute")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
     model, processor = load_model_and_processor(str(target.model), adapter_uri=target.adapter, quantize=config.quantize)
     size = processor.image_processor.size
     min_pixels = int(config.min_pixels or card.get("min_pixels") or size.shortest_edge)
