@@ -136,3 +136,30 @@ def test_scheduled_mode_passes_without_regression(
     assert metrics["regression"]["regressions"] == []
     assert 'class="ok" id="regression"' in (output / "report.html").read_text()
     assert len(read_history(str(history))) == 2
+
+
+@pytest.mark.integration
+def test_cronjob_command_exits_3_on_the_real_s3_server(
+    tiny_model_dir: Path, adapter_dir: Path, real_s3: str, tmp_path: Path
+) -> None:
+    """What the CronJob runs, as a process: ``python -m jobs.evaluate --pointer ...`` against the local S3 server."""
+    import os
+    import subprocess
+    import sys
+
+    data = commit_records(real_s3, _records(real_s3, 2))
+    storage.upload_dir(adapter_dir, f"{real_s3}/runs/run-9/adapter")
+    pointer = f"{real_s3}/runs/latest.json"
+    storage.write_json(pointer, {"run": f"{real_s3}/runs/run-9", "base_model": str(tiny_model_dir),
+                                 "adapter": f"{real_s3}/runs/run-9/adapter"})
+    storage.write_text(f"{real_s3}/runs/eval-history.jsonl", json.dumps(_entry(data, "old", 0.9)) + "\n")
+    env = dict(os.environ, VCOT_MODEL_CACHE=str(tmp_path / "cache"), VCOT_LOG_FORMAT="json")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "--pointer", pointer, "--data", data, *FAST],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vcot-evaluate: error:")]
+    assert len(errors) == 1 and "regression: mean_iou" in errors[0] and "report.html" in errors[0]
+    assert manifest.is_committed(f"{real_s3}/runs/evals/run-9")
+    assert len(read_history(f"{real_s3}/runs/eval-history.jsonl")) == 2
