@@ -126,6 +126,32 @@ def write_file(output: str, path: str, text: str) -> ShardFile:
     return ShardFile(path, 0, hashlib.sha256(data).hexdigest(), len(data))
 
 
+def compare_with_history(
+    config: EvaluateConfig, target: Target, metrics: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scheduled mode: this run's history entry, compared with the earlier comparable ones.
+
+    Sets ``metrics["regression"]``; returns the entry (appended once the outputs are written) and the
+    timeline the report plots (earlier comparable entries, then this one).
+    """
+    entry: dict[str, Any] = {
+        "run": target.run,
+        "model": target.model,
+        "adapter": target.adapter,
+        "data": config.data,
+        "split": config.split,
+        "output": target.output,
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
+    }
+    earlier = hist.comparable(hist.read_history(str(target.history)), entry)
+    metrics["regression"] = hist.compare(
+        metrics["overall"], earlier, metrics=config.regression_metrics, threshold=config.regression_threshold
+    )
+    entry["regressions"] = metrics["regression"]["regressions"]
+    return entry, [*earlier, entry]
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
@@ -151,25 +177,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
     metrics.update(join=join, details=details)
 
-    timeline: list[dict[str, Any]] = []
-    entry: dict[str, Any] | None = None
-    if target.history:
-        entry = {
-            "run": target.run,
-            "model": target.model,
-            "adapter": target.adapter,
-            "data": config.data,
-            "split": config.split,
-            "output": target.output,
-            "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "metrics": {k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
-        }
-        earlier = hist.comparable(hist.read_history(target.history), entry)
-        metrics["regression"] = hist.compare(
-            metrics["overall"], earlier, metrics=config.regression_metrics, threshold=config.regression_threshold
-        )
-        entry["regressions"] = metrics["regression"]["regressions"]
-        timeline = [*earlier, entry]
+    entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
 
     records_by_id = {str(record["id"]): record for record in records}
     report = build_report(
@@ -188,7 +196,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         write_file(target.output, REPORT_PATH, report),
     ]
     if target.history and entry is not None:
-        hist.append_history(target.history, entry)
+        hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
     manifest.commit(
         target.output, stage=STAGE, files=files, config=redacted(config), inputs=[config.data], stats=metrics["overall"]
     )
