@@ -71,6 +71,18 @@ def test_model_mode_batched_equals_one_at_a_time(tiny_model_dir: Path, adapter_d
     assert len(_predictions(str(tmp_path / "aware"))) == 5
 
 
+def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    records = _records(str(tmp_path), 3)
+    records[1]["image"] = str(tmp_path / "missing.png")
+    data = commit_records(str(tmp_path), records)
+    out = str(tmp_path / "o")
+    assert main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out, *FAST]) == 0
+    metrics = storage.read_json(f"{out}/metrics.json")
+    assert metrics["overall"]["samples"] == 2 and metrics["join"]["records_without_prediction"] == 1
+    assert metrics["details"]["skipped_samples"] == {"image_unreadable": 1}
+    assert set(_predictions(out)) == {records[0]["id"], records[2]["id"]}
+
+
 def test_coordinate_convention_is_never_guessed(
     tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

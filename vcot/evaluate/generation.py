@@ -76,41 +76,71 @@ def decode_responses(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: set[int
     return texts
 
 
-def generate_batch(model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings) -> list[str]:
-    """Greedy responses for one batch of records."""
-    texts = [prompt_text(processor, record, settings) for record in records]
-    images = [load_image(record["image"]) for record in records] if settings.mode == "multimodal" else None
-    processor.tokenizer.padding_side = "left"
-    inputs = processor(text=texts, images=images, padding=True, return_tensors="pt").to(model.device)
-    penalty = settings.repetition_penalty
+def penalty_processors(settings: GenerationSettings, tokenizer: Any) -> LogitsProcessorList:
+    """The box-aware penalty as a logits processor (built once per run: it scans the vocabulary), else none."""
     processors = LogitsProcessorList()
-    if settings.box_aware_penalty and penalty != 1.0:
-        processors.append(BoxAwareRepetitionPenalty(penalty, processor.tokenizer))
-        penalty = 1.0  # the box-aware processor replaces the standard one
+    if settings.box_aware_penalty and settings.repetition_penalty != 1.0:
+        processors.append(BoxAwareRepetitionPenalty(settings.repetition_penalty, tokenizer))
+    return processors
+
+
+def generate_batch(
+    model: Any,
+    processor: Any,
+    records: Sequence[dict[str, Any]],
+    settings: GenerationSettings,
+    processors: LogitsProcessorList | None = None,
+) -> list[str | None]:
+    """Greedy responses for one batch of records; ``None`` for a record whose image cannot be read."""
+    if processors is None:
+        processors = penalty_processors(settings, processor.tokenizer)
+    images: list[Any] = []
+    usable: list[int] = []  # positions of the records that can be prompted
+    for position, record in enumerate(records):
+        try:
+            images.append(load_image(record["image"]) if settings.mode == "multimodal" else None)
+            usable.append(position)
+        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+            log.warning("image unreadable, sample skipped", id=record.get("id"), image=record.get("image"), error=str(exc))
+    responses: list[str | None] = [None] * len(records)
+    if not usable:
+        return responses
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(
+        text=[prompt_text(processor, records[position], settings) for position in usable],
+        images=images if settings.mode == "multimodal" else None,
+        padding=True,
+        return_tensors="pt",
+    ).to(model.device)
     with torch.inference_mode():
         output = model.generate(
             **inputs,
             do_sample=False,
             num_beams=1,
             max_new_tokens=settings.max_new_tokens,
-            repetition_penalty=penalty,
+            repetition_penalty=1.0 if processors else settings.repetition_penalty,  # box-aware replaces standard
             logits_processor=processors,
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    return decode_responses(processor.tokenizer, new_tokens, _stop_ids(model, processor.tokenizer))
+    texts = decode_responses(processor.tokenizer, new_tokens, _stop_ids(model, processor.tokenizer))
+    for position, text in zip(usable, texts):
+        responses[position] = text
+    return responses
 
 
 def generate_responses(
     model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings
-) -> tuple[list[str], dict[str, float]]:
-    """Responses for every record (in order), batch by batch with a progress bar; plus timing stats."""
+) -> tuple[list[str | None], dict[str, float]]:
+    """Responses for every record (in order; ``None`` where the image was unreadable) and timing stats."""
     from tqdm.auto import tqdm
 
-    responses: list[str] = []
+    processors = penalty_processors(settings, processor.tokenizer)
+    responses: list[str | None] = []
     started = time.perf_counter()
     batches = range(0, len(records), settings.batch_size)
     for start in tqdm(batches, desc="generate", unit="batch", disable=not sys.stderr.isatty()):
-        responses.extend(generate_batch(model, processor, records[start : start + settings.batch_size], settings))
+        batch = records[start : start + settings.batch_size]
+        responses.extend(generate_batch(model, processor, batch, settings, processors))
     seconds = time.perf_counter() - started
     stats = {"seconds": round(seconds, 3), "samples_per_second": round(len(records) / seconds, 3) if seconds else 0.0}
     log.info("generated", samples=len(records), **stats)

@@ -115,8 +115,9 @@ def model_responses(
     )
     texts, timing = generate_responses(model, processor, records, settings)
     readback = Readback(coords=coords, fmt=config.box_format, min_pixels=min_pixels, max_pixels=max_pixels)
-    responses = {str(record["id"]): text for record, text in zip(records, texts)}
-    return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing}
+    responses = {str(record["id"]): text for record, text in zip(records, texts) if text is not None}
+    skipped = {"image_unreadable": len(records) - len(responses)} if len(responses) < len(records) else {}
+    return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing, "skipped_samples": skipped}
 
 
 def write_file(output: str, path: str, text: str) -> ShardFile:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcot import manifest, shards, storage
+from vcot.boxes import validate_box
 from vcot.errors import VcotError
 from vcot.evaluate.answers import extract_answer, is_correct
 from vcot.evaluate.metrics import SampleScore, score_sample
@@ -68,7 +69,18 @@ def load_predictions(uri: str) -> LoadedPredictions:
 
 
 def truth_boxes(record: dict[str, Any]) -> list[tuple[int, int, int, int]]:
-    return [tuple(obj["box"]) for obj in record.get("objects") or []]  # type: ignore[misc]
+    """The record's ground-truth boxes; an object without a usable box is left out (convert never writes one).
+
+    >>> truth_boxes({"objects": [{"box": [1, 2, 3, 4]}, {"box": [5, 5, 1, 1]}, {"ref": "no box"}]})
+    [(1, 2, 3, 4)]
+    """
+    boxes = []
+    for obj in record.get("objects") or []:
+        box = obj.get("box") if isinstance(obj, dict) else None
+        numeric = isinstance(box, list) and all(isinstance(v, (int, float)) for v in box)
+        if numeric and validate_box(box) is None:
+            boxes.append(tuple(int(v) for v in box))
+    return boxes  # type: ignore[return-value]
 
 
 def score_response(record: dict[str, Any], response: str, readback: Readback) -> tuple[dict[str, Any], SampleScore]:
