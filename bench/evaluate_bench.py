@@ -86,7 +86,7 @@ def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: in
     im_start = processor.tokenizer.convert_tokens_to_ids("<|im_start|>")
     loss = torch.tensor(0.0)
     for _ in range(steps):
-        batch = rng.sample(records, batch_size)
+        batch = rng.sample(records, min(batch_size, len(records)))
         texts = [processor.apply_chat_template(build_messages(r, mode="multimodal"), tokenize=False) for r in batch]
         inputs = processor(text=texts, images=[load_image(r["image"]) for r in batch], padding=True, return_tensors="pt")
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
