@@ -153,6 +153,19 @@ def compare_with_history(
     return entry, [*earlier, entry]
 
 
+def report_details(details: dict[str, Any]) -> dict[str, Any]:
+    """The settings line of the report: where things came from and how boxes were generated and read."""
+    shown = {k: v for k, v in details.items() if isinstance(v, (str, int, float)) and v != ""}
+    shown["coords"] = details["readback"]["coords"]
+    shown["box format"] = details["readback"]["fmt"]
+    generation = details.get("generation")
+    if generation:
+        shown["repetition penalty"] = generation["repetition_penalty"]
+        shown["box-aware"] = generation["box_aware_penalty"]
+        shown["samples/s"] = details["timing"]["samples_per_second"]
+    return shown
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
@@ -186,7 +199,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         metrics=metrics,
         rows=rows,
         records=records_by_id,
-        details={k: v for k, v in details.items() if isinstance(v, (str, int, float)) and v != ""},
+        details=report_details(details),
         max_samples=config.report_samples,
         history=timeline,
         regression=metrics.get("regression"),
