@@ -198,3 +198,6 @@ def test_user_errors_are_one_line(known_data: tuple[str, list], tmp_path: Path, 
     with pytest.raises(SystemExit) as info:
         _run(["--predictions", str(predictions), "--model", "m", "--data", data, "--output", "o"])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        _run(["--pointer", "p.json", "--data", data, "--regression-metrics", "mean_iou,mean_iuo"])
+    assert info.value.code == 2 and "unknown mean_iuo" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from typing import Literal
 
 from vcot.boxes import BoxFormat
 from vcot.config import option
+from vcot.evaluate.metrics import RATE_METRICS
 from vcot.prompts import Coords, Mode
 
 DEFAULT_REGRESSION_METRICS = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
@@ -79,6 +80,9 @@ class EvaluateConfig:
             raise ValueError("--batch-size and --max-new-tokens must be at least 1")
         if self.repetition_penalty <= 0:
             raise ValueError("--repetition-penalty must be positive (1.0 turns it off)")
+        unknown = [name for name in self.regression_metrics if name not in RATE_METRICS]
+        if unknown:
+            raise ValueError(f"--regression-metrics: unknown {', '.join(unknown)}; choose from {', '.join(RATE_METRICS)}")
         if self.regression_threshold < 0:
             raise ValueError("--regression-threshold must be >= 0")
         if self.threads < 0:

@@ -30,6 +30,8 @@ from vcot.boxes import best_match, match_one_to_one
 
 SUCCESS_IOU = 0.5
 ACC_THRESHOLDS = (0.5, 0.75)
+RATE_METRICS = ("box_detection_rate", "mean_iou", "iou_success_rate", "acc_at_50", "acc_at_75", "answer_accuracy")
+"""The metrics in [0, 1] where higher is better: the ones a regression check can watch."""
 
 
 @dataclass(frozen=True)
