@@ -142,8 +142,9 @@ def test_scheduled_mode_passes_without_regression(
                                    "adapter": str(adapter_dir)}))
     history = tmp_path / "history.jsonl"
     history.write_text(json.dumps(_entry(data, "old", 0.0)) + "\n")
-    assert main(["--pointer", str(pointer), "--history", str(history), "--data", data, *FAST]) == 0
-    output = tmp_path / "runs" / "evals" / "run-2"
+    evals = tmp_path / "evals"
+    assert main(["--pointer", str(pointer), "--history", str(history), "--data", data, "--output", str(evals), *FAST]) == 0
+    output = evals / "run-2"  # --output is the prefix: every run gets its own folder
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["regression"]["regressions"] == []
     assert 'class="ok" id="regression"' in (output / "report.html").read_text()

@@ -25,7 +25,9 @@ class EvaluateConfig:
 
     data: str = option(help="Committed records to evaluate on (the output of convert or distill).")
     output: str | None = option(
-        None, help="Where to write predictions, metrics.json, report.html. Scheduled mode: default <pointer dir>/evals/<run>."
+        None,
+        help="Where to write predictions, metrics.json, report.html. Scheduled mode: the prefix under which each "
+        "run gets <run name>/ (default <pointer dir>/evals).",
     )
     split: str = option("val", help="Which committed split of --data to evaluate (files under <split>/).")
     predictions: str | None = option(None, help='Score mode: JSONL of {"id": ..., "prediction": "<raw text>"}.')

@@ -8,7 +8,7 @@ Output layout::
     OUTPUT/_SUCCESS                              the manifest, written last
 
 A committed output is skipped on rerun (``--overwrite`` to redo it). Scheduled mode evaluates into
-``<pointer dir>/evals/<run>/``, so a pointer that has not moved is not evaluated twice.
+``<--output or <pointer dir>/evals>/<run>/``, so a pointer that has not moved is not evaluated twice.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def resolve_target(config: EvaluateConfig) -> Target:
     home = hist.parent(config.pointer)
     run_name = pointer.run.rstrip("/").rsplit("/", 1)[-1]
     return Target(
-        output=config.output or storage.join(home, "evals", run_name),
+        output=storage.join(config.output or storage.join(home, "evals"), run_name),  # one output per run
         model=pointer.base_model,
         adapter=pointer.adapter,
         history=config.history or storage.join(home, hist.HISTORY_NAME),
