@@ -104,3 +104,8 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
+
+# --- evaluate ---------------------------------------------------------------------------------------
+.PHONY: bench-evaluate
+bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)
+	PYTHONPATH=. $(PY) bench/evaluate_bench.py

@@ -89,6 +89,14 @@ def test_invalid_boxes_are_reported_not_guessed(content: str, reason: str) -> No
     assert [(i.ref, i.reason) for i in parsed.invalid] == [("x", reason)]
 
 
+def test_upper_widens_the_valid_range_for_absolute_pixels() -> None:
+    text = "<ref>x</ref><box>[10, 20, 1300, 900]</box>"
+    assert boxes.parse_grounded(text).invalid[0].reason == "out_of_range"
+    assert boxes.parse_grounded(text, upper=1400).boxes[0].box == (10, 20, 1300, 900)
+    assert boxes.parse_grounded('{"bbox_2d": [1, 2, 1300, 4]}', "json", upper=1400).boxes[0].box == (1, 2, 1300, 4)
+    assert boxes.parse_grounded(text, upper=1200).invalid[0].reason == "out_of_range"
+
+
 def test_other_formats_parse() -> None:
     assert boxes.parse_grounded("<obj>dog</obj><bbox>[1, 2, 3, 4]</bbox>", "obj").boxes[0].box == (1, 2, 3, 4)
     qwen = "<|object_ref_start|>dog<|object_ref_end|><|box_start|>(10,20),(30,40)<|box_end|>"

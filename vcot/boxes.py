@@ -115,22 +115,24 @@ def _numbers(raw: str) -> list[float]:
     return [float(m) for m in _NUMBER_RE.findall(raw)]
 
 
-def _to_house_box(values: list[float]) -> tuple[IntBox | None, str | None]:
-    """Round parsed values to house integers and validate them (rounding first, so 999.6 is valid)."""
+def _to_house_box(values: list[float], upper: float = NORM) -> tuple[IntBox | None, str | None]:
+    """Round parsed values to integers and validate them in ``[0, upper]`` (rounding first, so 999.6 is valid)."""
     if len(values) != 4:
         return None, "wrong_arity"
     if not all(math.isfinite(v) for v in values):
         return None, "not_finite"
     box = tuple(int(round(v)) for v in values)
-    reason = validate_box(box)
+    reason = validate_box(box, upper=upper)
     return (box, None) if reason is None else (None, reason)  # type: ignore[return-value]
 
 
-def parse_grounded(text: str, fmt: BoxFormat = "house") -> ParseResult:
+def parse_grounded(text: str, fmt: BoxFormat = "house", *, upper: float = NORM) -> ParseResult:
     """Find every complete box in ``text`` written in ``fmt``; values are read as 0-1000 house coordinates.
 
     Tolerates spacing, float values and missing brackets; a box that is not usable is reported in
-    ``invalid`` with its reason, never repaired. Never raises on arbitrary text.
+    ``invalid`` with its reason, never repaired. Never raises on arbitrary text. ``upper`` widens the
+    valid range for text in other coordinates (Qwen2.5-VL's absolute pixels can exceed 1000); the
+    caller converts such boxes to house coordinates itself.
 
     >>> parse_grounded("<ref>a</ref> <box>[ 10.4 ,20, 30 ,40 ]</box>").boxes[0].box
     (10, 20, 30, 40)
@@ -140,13 +142,13 @@ def parse_grounded(text: str, fmt: BoxFormat = "house") -> ParseResult:
     if not isinstance(text, str):
         return ParseResult([], [])
     if fmt == "json":
-        return _parse_json_boxes(text)
+        return _parse_json_boxes(text, upper)
     boxes: list[GroundedBox] = []
     invalid: list[InvalidBox] = []
     for match in _PATTERNS[fmt].finditer(text):
         ref = match.group(1).strip() if match.group(1) is not None else None
         raw = match.group(2)
-        box, reason = _to_house_box(_numbers(raw))
+        box, reason = _to_house_box(_numbers(raw), upper)
         if box is None:
             invalid.append(InvalidBox(ref or None, raw, reason or "invalid", match.span()))
         else:
@@ -154,7 +156,7 @@ def parse_grounded(text: str, fmt: BoxFormat = "house") -> ParseResult:
     return ParseResult(boxes, invalid)
 
 
-def _parse_json_boxes(text: str) -> ParseResult:
+def _parse_json_boxes(text: str, upper: float = NORM) -> ParseResult:
     """Parse Qwen-style JSON: objects with ``bbox_2d`` (and ``label``), bare or in a list, anywhere in text."""
     boxes: list[GroundedBox] = []
     invalid: list[InvalidBox] = []
@@ -180,7 +182,7 @@ def _parse_json_boxes(text: str) -> ParseResult:
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 invalid.append(InvalidBox(ref or None, json.dumps(raw), "not_numeric", (start, end)))
                 continue
-            box, reason = _to_house_box([float(v) for v in values])
+            box, reason = _to_house_box([float(v) for v in values], upper)
             if box is None:
                 invalid.append(InvalidBox(ref or None, json.dumps(raw), reason or "invalid", (start, end)))
             else:

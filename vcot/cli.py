@@ -16,8 +16,8 @@ C = TypeVar("C")
 def run_stage(stage: str, config_cls: type[C], main: Callable[[C], Any], argv: Sequence[str] | None = None) -> int:
     """Parse ``config_cls`` (exit 2 if invalid), log it with secrets redacted, run ``main``.
 
-    A :class:`VcotError` (something the user can fix) prints one line and returns 1; any other exception
-    is a bug: it is logged with its traceback and raised.
+    A :class:`VcotError` (something the user can fix) prints one line and returns its ``exit_code``
+    (1 by default); any other exception is a bug: it is logged with its traceback and raised.
     """
     configure_logging()
     log = get_logger("vcot", stage=stage)
@@ -28,7 +28,7 @@ def run_stage(stage: str, config_cls: type[C], main: Callable[[C], Any], argv: S
     except VcotError as exc:
         log.error("failed", error=str(exc))
         print(f"vcot-{stage}: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except Exception:
         log.exception("crashed")
         raise

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 T = TypeVar("T")
 
 REQUIRED: Any = dataclasses.MISSING
-_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+_SECRET_WORDS = ("key", "keys", "secret", "secrets", "token", "password", "passwd", "credential", "credentials")
 
 
 def option(
@@ -145,7 +145,9 @@ def parse_config(
 
 
 def is_secret(field: dataclasses.Field[Any]) -> bool:
-    return bool(field.metadata.get("secret")) or any(word in field.name.lower() for word in _SECRET_WORDS)
+    """Marked ``secret``, or a name with a secret-sounding word (``api_key``, ``hf_token``; not ``max_new_tokens``)."""
+    words = field.name.lower().split("_")
+    return bool(field.metadata.get("secret")) or any(word in _SECRET_WORDS for word in words)
 
 
 def redacted(config: Any) -> dict[str, Any]:

@@ -2,7 +2,12 @@
 
 
 class VcotError(Exception):
-    """A problem the user can fix; the message says what to set or do. Entrypoints print it on one line."""
+    """A problem the user can fix; the message says what to set or do. Entrypoints print it on one line.
+
+    ``exit_code`` is what the entrypoint returns (1 unless a subclass says otherwise, e.g. a flagged regression).
+    """
+
+    exit_code: int = 1
 
 
 class StorageError(VcotError):

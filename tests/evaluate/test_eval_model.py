@@ -1,0 +1,178 @@
+"""Model mode and scheduled re-evaluation on the tiny offline Qwen2.5-VL (mechanics, not quality)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from evaluate_helpers import commit_records, make_record
+from peft import LoraConfig, get_peft_model
+
+from jobs.evaluate import main
+from vcot import manifest, shards, storage
+from vcot.evaluate.history import read_history
+from vcot.modeling import MODEL_CARD, load_model_and_processor
+
+FAST = ["--max-new-tokens", "12"]
+WATCHED = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
+
+
+def _records(root: str, count: int = 5) -> list[dict[str, Any]]:
+    sizes = [(160, 120), (90, 200), (300, 100), (120, 120), (64, 256)]
+    return [
+        make_record(root, i, ("gqa", "textvqa")[i % 2], [[100 * i, 100, 100 * i + 300, 600]], "red",
+                    width=sizes[i % len(sizes)][0], height=sizes[i % len(sizes)][1])
+        for i in range(count)
+    ]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA adapter on the tiny model with the vcot-model.json train writes."""
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(adapter)
+    size = processor.image_processor.size
+    card = {"base_model": str(tiny_model_dir), "coords": "norm1000", "mode": "multimodal",
+            "min_pixels": size.shortest_edge, "max_pixels": size.longest_edge}
+    (adapter / MODEL_CARD).write_text(json.dumps(card))
+    return adapter
+
+
+def _predictions(output: str) -> dict[str, str]:
+    rows = shards.read_jsonl(manifest.committed_files(output, "predictions/")[0])
+    return {row["id"]: row["prediction"] for row in rows}
+
+
+def test_model_mode_batched_equals_one_at_a_time(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    data = commit_records(str(tmp_path), _records(str(tmp_path)))
+    base = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, *FAST]
+    assert main([*base, "--output", str(tmp_path / "batched"), "--batch-size", "4"]) == 0
+    assert main([*base, "--output", str(tmp_path / "single"), "--batch-size", "1"]) == 0
+    batched, single = _predictions(str(tmp_path / "batched")), _predictions(str(tmp_path / "single"))
+    assert len(batched) == 5 and batched == single
+    assert any(text.strip() for text in batched.values())
+    metrics = storage.read_json(str(tmp_path / "batched" / "metrics.json"))
+    assert metrics["overall"]["samples"] == 5 and set(metrics["subsets"]) == {"gqa", "textvqa"}
+    generation = metrics["details"]["generation"]
+    assert generation["coords"] == "norm1000" and generation["repetition_penalty"] == 1.2  # from the card / the seed
+    assert generation["max_new_tokens"] == 12 and metrics["details"]["timing"]["samples_per_second"] > 0
+    # The box-aware penalty runs too (on this random model it may change the text); --threads sets torch's threads.
+    threads = torch.get_num_threads()
+    try:
+        assert main([*base, "--output", str(tmp_path / "aware"), "--box-aware-penalty", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert len(_predictions(str(tmp_path / "aware"))) == 5
+
+
+def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    records = _records(str(tmp_path), 3)
+    records[1]["image"] = str(tmp_path / "missing.png")
+    data = commit_records(str(tmp_path), records)
+    out = str(tmp_path / "o")
+    assert main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out, *FAST]) == 0
+    metrics = storage.read_json(f"{out}/metrics.json")
+    assert metrics["overall"]["samples"] == 2 and metrics["join"]["records_without_prediction"] == 1
+    assert metrics["details"]["skipped_samples"] == {"image_unreadable": 1}
+    assert set(_predictions(out)) == {records[0]["id"], records[2]["id"]}
+
+
+def test_coordinate_convention_is_never_guessed(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = commit_records(str(tmp_path), _records(str(tmp_path), 1))
+    out = str(tmp_path / "o")
+    assert main(["--model", str(tiny_model_dir), "--data", data, "--output", out, *FAST]) == 1
+    assert "pass --coords" in capsys.readouterr().err
+    args = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out]
+    assert main([*args, "--coords", "qwen2.5-absolute", *FAST]) == 1
+    assert "contradicts the adapter's vcot-model.json" in capsys.readouterr().err
+    assert main(["--model", str(tiny_model_dir), "--coords", "qwen2.5-absolute", "--data", data, "--output", out, *FAST]) == 0
+
+
+def _entry(data: str, output: str, value: float) -> dict[str, Any]:
+    return {"data": data, "split": "val", "output": output, "run": output, "metrics": {name: value for name in WATCHED}}
+
+
+def test_scheduled_mode_flags_a_planted_regression(
+    tiny_model_dir: Path, adapter_dir: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VCOT_MODEL_CACHE", str(tmp_path / "cache"))
+    root = f"{s3_bucket}/project"
+    data = commit_records(root, _records(root, 3))
+    storage.upload_dir(tiny_model_dir, f"{root}/models/tiny")
+    storage.upload_dir(adapter_dir, f"{root}/runs/run-1/adapter")
+    pointer = f"{root}/runs/latest.json"
+    storage.write_json(pointer, {"run": f"{root}/runs/run-1", "base_model": f"{root}/models/tiny",
+                                 "adapter": f"{root}/runs/run-1/adapter"})
+    history = f"{root}/runs/eval-history.jsonl"
+    planted = [_entry(data, "old-0", 0.90), _entry(data, "old-1", 0.95), _entry("other-data", "x", 0.99)]
+    storage.write_text(history, "".join(json.dumps(e) + "\n" for e in planted))
+
+    assert main(["--pointer", pointer, "--data", data, *FAST]) == 3
+    output = f"{root}/runs/evals/run-1"
+    assert manifest.is_committed(output)
+    metrics = storage.read_json(f"{output}/metrics.json")
+    regression = metrics["regression"]
+    assert regression["values"]["mean_iou"]["previous"] == 0.95 and regression["values"]["mean_iou"]["best"] == 0.95
+    assert any(line.startswith("mean_iou") for line in regression["regressions"])
+    entries = read_history(history)
+    assert len(entries) == 4 and entries[-1]["output"] == output and entries[-1]["regressions"]
+    report = storage.read_text(f"{output}/report.html")
+    assert 'class="regression" id="regression"' in report and "below the previous entry" in report
+    assert 'class="history"' in report and report.count('class="series"') == len(WATCHED)
+    # The CronJob's next run finds the pointer unchanged: no new evaluation, the same verdict.
+    assert main(["--pointer", pointer, "--data", data, *FAST]) == 3
+    assert len(read_history(history)) == 4
+
+
+def test_scheduled_mode_passes_without_regression(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    data = commit_records(str(tmp_path), _records(str(tmp_path), 2))
+    pointer = tmp_path / "runs" / "latest.json"
+    pointer.parent.mkdir()
+    pointer.write_text(json.dumps({"run": str(tmp_path / "runs" / "run-2"), "base_model": str(tiny_model_dir),
+                                   "adapter": str(adapter_dir)}))
+    history = tmp_path / "history.jsonl"
+    history.write_text(json.dumps(_entry(data, "old", 0.0)) + "\n")
+    evals = tmp_path / "evals"
+    assert main(["--pointer", str(pointer), "--history", str(history), "--data", data, "--output", str(evals), *FAST]) == 0
+    output = evals / "run-2"  # --output is the prefix: every run gets its own folder
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["regression"]["regressions"] == []
+    assert 'class="ok" id="regression"' in (output / "report.html").read_text()
+    assert len(read_history(str(history))) == 2
+
+
+@pytest.mark.integration
+def test_cronjob_command_exits_3_on_the_real_s3_server(
+    tiny_model_dir: Path, adapter_dir: Path, real_s3: str, tmp_path: Path
+) -> None:
+    """What the CronJob runs, as a process: ``python -m jobs.evaluate --pointer ...`` against the local S3 server."""
+    import os
+    import subprocess
+    import sys
+
+    data = commit_records(real_s3, _records(real_s3, 2))
+    storage.upload_dir(adapter_dir, f"{real_s3}/runs/run-9/adapter")
+    pointer = f"{real_s3}/runs/latest.json"
+    storage.write_json(pointer, {"run": f"{real_s3}/runs/run-9", "base_model": str(tiny_model_dir),
+                                 "adapter": f"{real_s3}/runs/run-9/adapter"})
+    storage.write_text(f"{real_s3}/runs/eval-history.jsonl", json.dumps(_entry(data, "old", 0.9)) + "\n")
+    env = dict(os.environ, VCOT_MODEL_CACHE=str(tmp_path / "cache"), VCOT_LOG_FORMAT="json")
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "--pointer", pointer, "--data", data, *FAST],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vcot-evaluate: error:")]
+    assert len(errors) == 1 and "regression: mean_iou" in errors[0] and "report.html" in errors[0]
+    assert manifest.is_committed(f"{real_s3}/runs/evals/run-9")
+    assert len(read_history(f"{real_s3}/runs/eval-history.jsonl")) == 2

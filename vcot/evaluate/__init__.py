@@ -1,0 +1,15 @@
+"""The evaluate stage: score grounded answers of a model (or of a predictions file) against records.
+
+Modules, in dependency order:
+
+- ``answers``: read the final answer out of a response and judge it (normalized exact match, multiple choice).
+- ``metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
+- ``readback``: boxes of a response in the model's coordinate convention, mapped to the original image.
+- ``scoring``: committed records and predictions files in, joined by id, one scored row per sample out.
+- ``streaming``: the boxes complete so far in a streamed response.
+- ``penalty``: the box-aware repetition penalty (leaves coordinate digits inside ``<box>`` alone).
+- ``generation``: batched greedy inference with left padding (model mode).
+- ``history``: the re-evaluation history in storage, and regression checks against it.
+- ``report``: the self-contained HTML report.
+- ``config`` and ``run``: the stage's configuration and its one entry function ``evaluate``.
+"""

@@ -1,0 +1,80 @@
+"""A repetition penalty that leaves box coordinates alone.
+
+The seed decodes with ``repetition_penalty=1.2``. That also penalizes coordinate digits already emitted
+(in the prompt or in earlier boxes), pushing the model away from the right numbers; on a small trained
+model it lowered held-out IoU from 0.108 to 0.088 (NOTES). This processor applies the same penalty as
+transformers' ``RepetitionPenaltyLogitsProcessor`` everywhere except to *coordinate tokens* (tokens made
+only of digits and the box punctuation ``[ ] , .`` and spaces) while the response is inside an open
+``<box>`` (or ``<|box_start|>``) tag.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+OPEN_TAGS = ("<box>", "<|box_start|>")
+CLOSE_TAGS = ("</box>", "<|box_end|>")
+_COORDINATE_CHARS = set("0123456789[],.() ")
+TAIL_TOKENS = 48
+"""How many recent tokens are decoded to tell whether a box is open (a box is far shorter)."""
+
+
+def is_coordinate_text(text: str) -> bool:
+    """Whether a token's text can only be part of box coordinates.
+
+    >>> is_coordinate_text(" 12"), is_coordinate_text("], "), is_coordinate_text("12a"), is_coordinate_text(" ")
+    (True, True, False, False)
+    """
+    return bool(text.strip()) and set(text) <= _COORDINATE_CHARS
+
+
+def coordinate_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of every token in ``tokenizer``'s vocabulary whose text is coordinate text."""
+    return [
+        index
+        for index in range(len(tokenizer))
+        if is_coordinate_text(tokenizer.decode([index], clean_up_tokenization_spaces=False))
+    ]
+
+
+def inside_open_box(text: str) -> bool:
+    """Whether ``text`` ends inside a box tag that has been opened but not closed.
+
+    >>> inside_open_box("the <ref>cat</ref><box>[12, 3"), inside_open_box("<box>[1, 2, 3, 4]</box> and")
+    (True, False)
+    """
+    last_open = max(text.rfind(tag) for tag in OPEN_TAGS)
+    last_close = max(text.rfind(tag) for tag in CLOSE_TAGS)
+    return last_open > last_close
+
+
+class BoxAwareRepetitionPenalty(LogitsProcessor):
+    """``RepetitionPenaltyLogitsProcessor(penalty)`` that spares coordinate tokens inside an open box."""
+
+    def __init__(self, penalty: float, tokenizer: Any) -> None:
+        if penalty <= 0:
+            raise ValueError(f"penalty must be positive, got {penalty}")
+        self.penalty = penalty
+        self.tokenizer = tokenizer
+        self.coordinate_mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+        self.coordinate_mask[coordinate_token_ids(tokenizer)] = True
+
+    def rows_inside_box(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, -TAIL_TOKENS:], skip_special_tokens=False)
+        return torch.tensor([inside_open_box(text) for text in tails], dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        seen = torch.gather(scores, 1, input_ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        penalized = scores.scatter(1, input_ids, seen)
+        inside = self.rows_inside_box(input_ids).to(scores.device)
+        if not inside.any():
+            return penalized
+        mask = self.coordinate_mask.to(scores.device)
+        if mask.shape[0] < scores.shape[1]:  # the model's vocabulary may be padded beyond the tokenizer's
+            mask = torch.nn.functional.pad(mask, (0, scores.shape[1] - mask.shape[0]))
+        spare = inside[:, None] & mask[None, : scores.shape[1]]
+        return torch.where(spare, scores, penalized)

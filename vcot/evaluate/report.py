@@ -1,0 +1,234 @@
+"""The self-contained HTML report: one file, no external assets, readable offline or as an S3 object.
+
+Metric table (overall and per subset), a histogram of per-box IoU, the history of scheduled
+re-evaluations when there is one, and a grid of samples: the image (an inlined JPEG thumbnail) with
+ground-truth boxes in green and predicted boxes in red (an SVG overlay in 0-1000 coordinates, so boxes
+stay exact at any thumbnail size), beside the question, the answer and the reasoning text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from vcot import storage
+from vcot.boxes import NORM
+from vcot.log import get_logger
+
+log = get_logger(__name__)
+
+THUMBNAIL_SIDE = 320
+HISTOGRAM_BINS = 10
+METRIC_COLUMNS = [
+    ("samples", "samples", "{:d}"),
+    ("box_detection_rate", "box detection", "{:.3f}"),
+    ("mean_iou", "mean IoU", "{:.3f}"),
+    ("iou_success_rate", "IoU > 0.5", "{:.3f}"),
+    ("acc_at_50", "Acc@0.5", "{:.3f}"),
+    ("acc_at_75", "Acc@0.75", "{:.3f}"),
+    ("answer_accuracy", "answer acc.", "{:.3f}"),
+    ("invalid_boxes", "invalid boxes", "{:d}"),
+]
+HISTORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; margin: 12px 0; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.regression { background: #fde2e2; border: 1px solid #c00; padding: 8px 12px; color: #900; }
+.ok { background: #e5f5e5; border: 1px solid #3a3; padding: 8px 12px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(660px, 1fr)); gap: 16px; }
+.sample { display: flex; gap: 12px; border: 1px solid #ddd; padding: 8px; border-radius: 6px; }
+.figure { position: relative; flex: 0 0 320px; align-self: flex-start; line-height: 0; }
+.figure img, .figure .placeholder { display: block; width: 100%; height: auto; }
+.figure svg.boxes { position: absolute; left: 0; top: 0; width: 100%; height: 100%; }
+.placeholder { background: #eee; }
+.text { font-size: 13px; line-height: 1.4; overflow-wrap: anywhere; }
+.reasoning { white-space: pre-wrap; background: #fafafa; padding: 4px; }
+.tag-box { color: #c00; font-weight: 600; }
+.tag-ref { color: #05a; }
+.correct { color: #080; } .wrong { color: #c00; }
+.legend span { margin-right: 16px; }
+"""
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if value is None:
+        return "n/a"
+    return pattern.format(value)
+
+
+def metric_table(metrics: dict[str, Any]) -> str:
+    """An HTML table: one row for overall, one per subset."""
+    header = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in METRIC_COLUMNS)
+    rows = [("overall", metrics["overall"])] + list(metrics.get("subsets", {}).items())
+    body = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{_fmt(values.get(key), pattern)}</td>" for key, _, pattern in METRIC_COLUMNS)
+        + "</tr>"
+        for name, values in rows
+    )
+    return f'<table id="metrics"><thead><tr><th>subset</th>{header}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def iou_histogram(ious: Sequence[float], bins: int = HISTOGRAM_BINS) -> str:
+    """An inline SVG bar chart of IoU values in ``bins`` equal bins over [0, 1]."""
+    counts = [0] * bins
+    for value in ious:
+        counts[min(int(value * bins), bins - 1)] += 1
+    width, height, pad = 420, 180, 24
+    bar = (width - 2 * pad) / bins
+    top = max(counts) or 1
+    parts = [f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}">']
+    for index, count in enumerate(counts):
+        bar_height = (height - 2 * pad) * count / top
+        x = pad + index * bar
+        y = height - pad - bar_height
+        parts.append(
+            f'<rect class="bin" data-count="{count}" x="{x:.1f}" y="{y:.1f}" width="{bar - 2:.1f}" '
+            f'height="{bar_height:.1f}" fill="#4a7bd0"><title>{index / bins:.1f}-{(index + 1) / bins:.1f}: {count}</title></rect>'
+        )
+        if count:
+            parts.append(f'<text x="{x + bar / 2:.1f}" y="{y - 3:.1f}" font-size="10" text-anchor="middle">{count}</text>')
+    for tick in range(0, bins + 1, 2):
+        parts.append(
+            f'<text x="{pad + tick * bar:.1f}" y="{height - 8}" font-size="10" text-anchor="middle">{tick / bins:.1f}</text>'
+        )
+    parts.append(f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#333"/></svg>')
+    return "".join(parts)
+
+
+def history_plot(entries: Sequence[dict[str, Any]], metrics: Sequence[str]) -> str:
+    """An inline SVG line chart of watched metrics over the history entries (oldest left)."""
+    width, height, pad = 640, 220, 32
+    count = len(entries)
+    step = (width - 2 * pad) / max(count - 1, 1)
+    parts = [f'<svg class="history" width="{width}" height="{height + 20 * len(metrics)}" viewBox="0 0 {width} {height + 20 * len(metrics)}">']
+    parts.append(f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>')
+    for tick in (0.0, 0.5, 1.0):
+        y = height - pad - tick * (height - 2 * pad)
+        parts.append(f'<text x="{pad - 4}" y="{y + 3:.1f}" font-size="10" text-anchor="end">{tick:.1f}</text>')
+    for position, entry in enumerate(entries):
+        label = str(entry.get("run") or entry.get("output") or position).rstrip("/").rsplit("/", 1)[-1][:14]
+        parts.append(
+            f'<text x="{pad + position * step:.1f}" y="{height - pad + 14}" font-size="9" text-anchor="middle">{html.escape(label)}</text>'
+        )
+    for index, name in enumerate(metrics):
+        color = HISTORY_COLORS[index % len(HISTORY_COLORS)]
+        points = []
+        for position, entry in enumerate(entries):
+            value = entry.get("metrics", {}).get(name)
+            if value is not None:
+                points.append((pad + position * step, height - pad - float(value) * (height - 2 * pad)))
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        parts.append(f'<polyline class="series" data-metric="{html.escape(name)}" points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in points)
+        parts.append(f'<text x="{pad}" y="{height + 14 + 20 * index}" font-size="12" fill="{color}">&#9632; {html.escape(name)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def thumbnail_data_uri(image_uri: str, side: int = THUMBNAIL_SIDE) -> str | None:
+    """The image as a small inlined JPEG (``data:`` URI), or ``None`` when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(storage.read_bytes(image_uri))) as image:
+            image = image.convert("RGB")
+            image.thumbnail((side, side))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except Exception as exc:  # noqa: BLE001 - a missing image must not sink the report
+        log.warning("thumbnail unavailable", image=image_uri, error=str(exc))
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _box_rects(boxes: Sequence[Sequence[int]], css_class: str, color: str) -> str:
+    return "".join(
+        f'<rect class="{css_class}" x="{x1}" y="{y1}" width="{x2 - x1}" height="{y2 - y1}" fill="none" '
+        f'stroke="{color}" stroke-width="2" vector-effect="non-scaling-stroke"/>'
+        for x1, y1, x2, y2 in boxes
+    )
+
+
+def highlight_tags(text: str) -> str:
+    """Escape ``text`` and colour its ``<ref>`` and ``<box>`` tags."""
+    escaped = html.escape(text)
+    escaped = re.sub(r"&lt;box&gt;(.*?)&lt;/box&gt;", r'<span class="tag-box">&lt;box&gt;\1&lt;/box&gt;</span>', escaped)
+    return re.sub(r"&lt;ref&gt;(.*?)&lt;/ref&gt;", r'<span class="tag-ref">&lt;ref&gt;\1&lt;/ref&gt;</span>', escaped)
+
+
+def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:
+    """One sample: the image with boxes, beside question, answers and reasoning."""
+    width, height = int(record.get("width") or 1), int(record.get("height") or 1)
+    source = thumbnail_data_uri(record["image"]) if record.get("image") else None
+    if source:
+        picture = f'<img src="{source}" alt="{html.escape(str(row["id"]))}">'
+    else:
+        picture = f'<svg class="placeholder" viewBox="0 0 {width} {height}"><text x="10" y="30">image unavailable</text></svg>'
+    overlay = (
+        f'<svg class="boxes" viewBox="0 0 {NORM} {NORM}" preserveAspectRatio="none">'
+        + _box_rects(row["truth_boxes"], "gt", "#00b050")
+        + _box_rects([b["box"] for b in row["boxes"]], "pred", "#e00000")
+        + "</svg>"
+    )
+    verdict = '<span class="correct">correct</span>' if row["answer_correct"] else '<span class="wrong">wrong</span>'
+    ious = ", ".join(f"{value:.2f}" for value in row["best_ious"]) or "no valid box"
+    invalid = f" &middot; {len(row['invalid_boxes'])} invalid box(es)" if row["invalid_boxes"] else ""
+    return (
+        f'<div class="sample" data-id="{html.escape(str(row["id"]))}">'
+        f'<div class="figure">{picture}{overlay}</div>'
+        f'<div class="text"><b>{html.escape(str(row["id"]))}</b> ({html.escape(str(row["subset"]))})<br>'
+        f"<b>Q:</b> {html.escape(str(record.get('question', '')))}<br>"
+        f"<b>Answer:</b> {html.escape(str(record.get('answer', '')))} &middot; <b>predicted:</b> "
+        f"{html.escape(row['predicted_answer'])} ({verdict})<br>"
+        f"<b>IoU per box:</b> {ious}{invalid}"
+        f'<div class="reasoning">{highlight_tags(row["prediction"])}</div></div></div>'
+    )
+
+
+def build_report(
+    *,
+    title: str,
+    metrics: dict[str, Any],
+    rows: Sequence[dict[str, Any]],
+    records: dict[str, dict[str, Any]],
+    details: dict[str, Any],
+    max_samples: int,
+    history: Sequence[dict[str, Any]] = (),
+    regression: dict[str, Any] | None = None,
+) -> str:
+    """The whole report as one HTML string."""
+    sections = [f"<h1>{html.escape(title)}</h1>"]
+    sections.append(
+        "<p>" + " &middot; ".join(f"<b>{html.escape(k)}</b>: {html.escape(str(v))}" for k, v in details.items()) + "</p>"
+    )
+    if regression is not None:
+        if regression["regressions"]:
+            lines = "".join(f"<li>{html.escape(line)}</li>" for line in regression["regressions"])
+            sections.append(f'<div class="regression" id="regression"><b>Regression</b><ul>{lines}</ul></div>')
+        else:
+            sections.append('<div class="ok" id="regression">No regression against the previous and best entries.</div>')
+    sections.append("<h2>Metrics</h2>" + metric_table(metrics))
+    all_ious = [value for row in rows for value in row["best_ious"]]
+    sections.append(f"<h2>IoU of each predicted box with its best match ({len(all_ious)} boxes)</h2>" + iou_histogram(all_ious))
+    if history:
+        watched = regression["metrics"] if regression else ["mean_iou", "iou_success_rate"]
+        sections.append(f"<h2>History ({len(history)} evaluations)</h2>" + history_plot(history, watched))
+    shown = list(rows[:max_samples])
+    sections.append(
+        f"<h2>Samples ({len(shown)} of {len(rows)})</h2>"
+        '<p class="legend"><span style="color:#00b050">&#9632; ground truth</span>'
+        '<span style="color:#e00000">&#9632; predicted</span></p>'
+        '<div class="grid">' + "".join(sample_card(row, records[str(row["id"])]) for row in shown) + "</div>"
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )

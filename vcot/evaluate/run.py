@@ -1,0 +1,226 @@
+"""The evaluate stage, top to bottom: resolve the mode, get responses, score, report, commit.
+
+Output layout::
+
+    OUTPUT/predictions/00000-of-00001.jsonl.gz   one row per scored sample: raw text, parsed boxes, IoUs, answer
+    OUTPUT/metrics.json                          overall and per-subset metrics, join counts, settings
+    OUTPUT/report.html                           the self-contained report
+    OUTPUT/_SUCCESS                              the manifest, written last
+
+A committed output is skipped on rerun (``--overwrite`` to redo it). Scheduled mode evaluates into
+``<--output or <pointer dir>/evals>/<run>/``, so a pointer that has not moved is not evaluated twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+from typing import Any
+
+from vcot import manifest, storage
+from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
+from vcot.config import redacted
+from vcot.errors import VcotError
+from vcot.evaluate import history as hist
+from vcot.evaluate.config import EvaluateConfig
+from vcot.evaluate.metrics import summarize_by_subset
+from vcot.evaluate.readback import Readback
+from vcot.evaluate.report import build_report
+from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
+from vcot.log import get_logger
+from vcot.shards import ShardFile, shard_name, write_jsonl
+
+log = get_logger(__name__)
+
+STAGE = "evaluate"
+PREDICTIONS_PATH = f"predictions/{shard_name(0, 1)}"
+METRICS_PATH = "metrics.json"
+REPORT_PATH = "report.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What this run evaluates and where it writes."""
+
+    output: str
+    model: str | None = None
+    adapter: str | None = None
+    history: str | None = None
+    run: str | None = None
+
+
+def resolve_target(config: EvaluateConfig) -> Target:
+    """Scheduled mode reads the pointer; the other modes take the flags as they are."""
+    if not config.pointer:
+        return Target(output=str(config.output), model=config.model, adapter=config.adapter)
+    pointer = hist.read_pointer(config.pointer)
+    home = hist.parent(config.pointer)
+    run_name = pointer.run.rstrip("/").rsplit("/", 1)[-1]
+    return Target(
+        output=storage.join(config.output or storage.join(home, "evals"), run_name),  # one output per run
+        model=pointer.base_model,
+        adapter=pointer.adapter,
+        history=config.history or storage.join(home, hist.HISTORY_NAME),
+        run=pointer.run,
+    )
+
+
+def score_mode_readback(config: EvaluateConfig) -> Readback:
+    return Readback(
+        coords=config.coords or "norm1000",
+        fmt=config.box_format,
+        min_pixels=config.min_pixels or QWEN_MIN_PIXELS,
+        max_pixels=config.max_pixels or QWEN_MAX_PIXELS,
+    )
+
+
+def model_responses(
+    config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
+) -> tuple[dict[str, str], Readback, dict[str, Any]]:
+    """Load the model, settle its coordinate convention and pixel budget (one interpretation), generate."""
+    from vcot.evaluate.generation import GenerationSettings, generate_responses
+    from vcot.modeling import MODEL_CARD, load_model_and_processor, read_model_card
+
+    card: dict[str, Any] = {}
+    if target.adapter and storage.exists(storage.join(target.adapter, MODEL_CARD)):
+        card = read_model_card(target.adapter)
+    if config.coords and card.get("coords") and config.coords != card["coords"]:
+        raise VcotError(
+            f"--coords {config.coords} contradicts the adapter's {MODEL_CARD} ({card['coords']}): "
+            "drop --coords to use what the model was trained with"
+        )
+    coords = config.coords or card.get("coords")
+    if coords is None:
+        raise VcotError(f"no {MODEL_CARD} next to the adapter: pass --coords norm1000 or --coords qwen2.5-absolute")
+    if config.threads:
+        import torch
+
+        torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
+    model, processor = load_model_and_processor(str(target.model), adapter_uri=target.adapter, quantize=config.quantize)
+    size = processor.image_processor.size
+    min_pixels = int(config.min_pixels or card.get("min_pixels") or size.shortest_edge)
+    max_pixels = int(config.max_pixels or card.get("max_pixels") or size.longest_edge)
+    # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
+    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    settings = GenerationSettings(
+        mode=config.prompt_mode or card.get("mode") or "multimodal",
+        coords=coords,
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        repetition_penalty=config.repetition_penalty,
+        box_aware_penalty=config.box_aware_penalty,
+    )
+    texts, timing = generate_responses(model, processor, records, settings)
+    readback = Readback(coords=coords, fmt=config.box_format, min_pixels=min_pixels, max_pixels=max_pixels)
+    responses = {str(record["id"]): text for record, text in zip(records, texts) if text is not None}
+    skipped = {"image_unreadable": len(records) - len(responses)} if len(responses) < len(records) else {}
+    return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing, "skipped_samples": skipped}
+
+
+def write_file(output: str, path: str, text: str) -> ShardFile:
+    """Write one small text file under ``output`` and describe it for the manifest."""
+    data = text.encode("utf-8")
+    storage.write_bytes(storage.join(output, path), data)
+    return ShardFile(path, 0, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def compare_with_history(
+    config: EvaluateConfig, target: Target, metrics: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scheduled mode: this run's history entry, compared with the earlier comparable ones.
+
+    Sets ``metrics["regression"]``; returns the entry (appended once the outputs are written) and the
+    timeline the report plots (earlier comparable entries, then this one).
+    """
+    entry: dict[str, Any] = {
+        "run": target.run,
+        "model": target.model,
+        "adapter": target.adapter,
+        "data": config.data,
+        "split": config.split,
+        "output": target.output,
+        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "metrics": {k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
+    }
+    earlier = hist.comparable(hist.read_history(str(target.history)), entry)
+    metrics["regression"] = hist.compare(
+        metrics["overall"], earlier, metrics=config.regression_metrics, threshold=config.regression_threshold
+    )
+    entry["regressions"] = metrics["regression"]["regressions"]
+    return entry, [*earlier, entry]
+
+
+def report_details(details: dict[str, Any]) -> dict[str, Any]:
+    """The settings line of the report: where things came from and how boxes were generated and read."""
+    shown = {k: v for k, v in details.items() if isinstance(v, (str, int, float)) and v != ""}
+    shown["coords"] = details["readback"]["coords"]
+    shown["box format"] = details["readback"]["fmt"]
+    generation = details.get("generation")
+    if generation:
+        shown["repetition penalty"] = generation["repetition_penalty"]
+        shown["box-aware"] = generation["box_aware_penalty"]
+        shown["samples/s"] = details["timing"]["samples_per_second"]
+    return shown
+
+
+def evaluate(config: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
+    target = resolve_target(config)
+    if not manifest.prepare_output(target.output, overwrite=config.overwrite):
+        log.info("already committed, skipping (pass --overwrite to redo)", output=target.output)
+        metrics = storage.read_json(storage.join(target.output, METRICS_PATH))
+        _raise_on_regression(metrics.get("regression"), target.output)
+        return metrics
+
+    records = load_records(config.data, config.split, config.max_samples)
+    log.info("records", data=config.data, split=config.split, count=len(records))
+    details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split}
+    if config.predictions:
+        loaded = load_predictions(config.predictions)
+        responses, readback = loaded.by_id, score_mode_readback(config)
+        details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
+    else:
+        responses, readback, generated = model_responses(config, target, records)
+        details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
+    details["readback"] = dataclasses.asdict(readback)
+
+    rows, scores, join = join_and_score(records, responses, readback)
+    metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
+    metrics.update(join=join, details=details)
+
+    entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
+
+    records_by_id = {str(record["id"]): record for record in records}
+    report = build_report(
+        title=f"vcot evaluation: {target.run or target.model or config.predictions}",
+        metrics=metrics,
+        rows=rows,
+        records=records_by_id,
+        details=report_details(details),
+        max_samples=config.report_samples,
+        history=timeline,
+        regression=metrics.get("regression"),
+    )
+    files = [
+        write_jsonl(target.output, PREDICTIONS_PATH, rows),
+        write_file(target.output, METRICS_PATH, storage.dumps_json(metrics)),
+        write_file(target.output, REPORT_PATH, report),
+    ]
+    if target.history and entry is not None:
+        hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
+    manifest.commit(
+        target.output, stage=STAGE, files=files, config=redacted(config), inputs=[config.data], stats=metrics["overall"]
+    )
+    log.info("evaluated", output=target.output, **{k: metrics["overall"][k] for k in ("samples", "mean_iou", "acc_at_50")})
+    _raise_on_regression(metrics.get("regression"), target.output)
+    return metrics
+
+
+def _raise_on_regression(regression: dict[str, Any] | None, output: str) -> None:
+    if regression and regression.get("regressions"):
+        raise hist.RegressionError(
+            "regression: " + "; ".join(regression["regressions"]) + f" (report: {storage.join(output, REPORT_PATH)})"
+        )
