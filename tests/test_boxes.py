@@ -274,3 +274,10 @@ def test_tag_patterns_match_what_the_plain_patterns_match(text: str, fmt: str) -
 
     plain = [(m.span(), m.groups()) for m in re.finditer(_PLAIN_PATTERNS[fmt], text)]
     assert [(m.span(), m.groups()) for m in boxes._PATTERNS[fmt].finditer(text)] == plain
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(list("0123456789.,-[] ") + ["1", "25", "-3.5", ", ", "1e3", "+", "x"]), max_size=20))
+def test_numbers_fast_path_finds_what_the_regex_finds(parts: list) -> None:
+    text = "".join(parts)
+    assert boxes._numbers(text) == [float(m) for m in boxes._NUMBER_RE.findall(text)]

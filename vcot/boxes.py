@@ -116,7 +116,18 @@ def validate_box(values: Sequence[float], *, upper: float = NORM) -> str | None:
     return None
 
 
+_PLAIN_BOX_CHARS = "0123456789.,-[] "
+
+
 def _numbers(raw: str) -> list[float]:
+    """Every number in ``raw``. A plain ``[x1, y1, x2, y2]`` (digits, signs, points, commas, brackets, spaces)
+    is split on commas, several times faster than the regex and the same numbers; anything else uses the regex.
+    """
+    if not raw.strip(_PLAIN_BOX_CHARS):
+        try:
+            return [float(part) for part in raw.strip(" []").split(",")]
+        except ValueError:  # "1 2", "1,,2", "[1, 2], [3": not one number per comma-separated part
+            pass
     return [float(m) for m in _NUMBER_RE.findall(raw)]
 
 
