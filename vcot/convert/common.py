@@ -72,7 +72,10 @@ def truncate_raw(raw: Any) -> Any:
 
 def has_bad_encoding(*values: Any) -> bool:
     """Whether any string holds U+FFFD, which is what undecodable input bytes turn into on reading."""
-    return any(isinstance(v, str) and "\ufffd" in v for v in values)
+    for value in values:  # a loop, not any(<generator>): this runs once per input item
+        if isinstance(value, str) and "\ufffd" in value:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------------

@@ -286,9 +286,10 @@ def _turns(conversations: Any) -> tuple[list[str], list[str]] | None:
     human: list[str] = []
     gpt: list[str] = []
     for turn in conversations:
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        value = turn.get("value") if isinstance(turn, dict) else None
+        if not isinstance(value, str):
             return None
-        (human if turn.get("from") == "human" else gpt).append(turn["value"])
+        (human if turn.get("from") == "human" else gpt).append(value)
     return human, gpt
 
 
@@ -305,7 +306,7 @@ def _record_id(item: dict[str, Any], subset: str, index: int) -> str:
     for key in ("question_id", "id"):
         value = item.get(key)
         if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
-            return ":".join(["viscot", subset, *([split] if split else []), str(value).strip()])
+            return f"viscot:{subset}:{split}:{str(value).strip()}" if split else f"viscot:{subset}:{str(value).strip()}"
     return f"viscot:{subset}:item{index}"
 
 
@@ -384,15 +385,16 @@ class VisCotConverter:
         width, height, size_source = size
 
         string_values = parse_box_values(gpt[0]) if gpt else None
+        from_string: tuple[float, float, float, float] | None = None
+        string_source = ""
+        if string_values is not None:
+            scale = box_string_scale(gpt[0], string_values)
+            from_string, string_source = string_box_to_pixels(string_values, scale, width, height, self.frame), scale
         absolute = parse_box_values(box_text) if box_text is not None else None
         if absolute is not None:
             pixels, box_source = tuple(absolute), "absolute"
-        elif string_values is not None:
-            scale = box_string_scale(gpt[0], string_values)
-            pixels, box_source = (
-                string_box_to_pixels(string_values, scale, width, height, self.frame),
-                f"string_{scale}",
-            )
+        elif from_string is not None:
+            pixels, box_source = from_string, f"string_{string_source}"
         else:
             return reject("missing_box", "neither a ###[x1, y1, x2, y2] box nor a box string in the first gpt turn")
 
@@ -413,13 +415,10 @@ class VisCotConverter:
             "box_source": box_source,
             "size_source": size_source,
         }
-        if absolute is not None and string_values is not None:
+        if absolute is not None and from_string is not None:
             # Both present: record how far the padded-string reading is from the absolute box (a data check).
-            scale = box_string_scale(gpt[0], string_values)
-            from_string = pixels_to_norm1000(
-                string_box_to_pixels(string_values, scale, width, height, self.frame), width, height
-            )
-            provenance["string_box_delta"] = max(abs(a - b) for a, b in zip(from_string, box))
+            x1, y1, x2, y2 = pixels_to_norm1000(from_string, width, height)
+            provenance["string_box_delta"] = max(abs(x1 - box[0]), abs(y1 - box[1]), abs(x2 - box[2]), abs(y2 - box[3]))
 
         label = ref_label(question, subset)
         return {
