@@ -290,11 +290,12 @@ def pixels_to_norm1000(box: Sequence[float], width: float, height: float) -> Int
     """
     _check_size(width, height)
     x1, y1, x2, y2 = box
-    return (
-        round(min(max(x1 / width * NORM, 0.0), NORM)),
-        round(min(max(y1 / height * NORM, 0.0), NORM)),
-        round(min(max(x2 / width * NORM, 0.0), NORM)),
-        round(min(max(y2 / height * NORM, 0.0), NORM)),
+    x1, y1, x2, y2 = x1 / width * NORM, y1 / height * NORM, x2 / width * NORM, y2 / height * NORM
+    return (  # clamp_box + round, written out: this runs for every converted record
+        round(0.0 if x1 < 0.0 else NORM if x1 > NORM else x1),
+        round(0.0 if y1 < 0.0 else NORM if y1 > NORM else y1),
+        round(0.0 if x2 < 0.0 else NORM if x2 > NORM else x2),
+        round(0.0 if y2 < 0.0 else NORM if y2 > NORM else y2),
     )
 
 
