@@ -222,14 +222,16 @@ def ref_label(question: str, subset: str) -> str:
     lowered = question.lower()
     for match in _DETERMINER.finditer(lowered):
         words: list[str] = []
-        for word in _TOKEN.findall(lowered, match.end(), match.end() + 80):
+        for token in _TOKEN.finditer(lowered, match.end(), match.end() + 80):
+            word = token.group()
             if not word[0].isalpha() or word in _STOP_WORDS or (words and word.endswith(("ing", "ed"))):
                 break
             words.append(word)
-        words = words[:_MAX_LABEL_WORDS]
+            if len(words) == _MAX_LABEL_WORDS:
+                break
         if words and not all(w in _GENERIC_NOUNS for w in words):
             return " ".join(words)
-    kind_of = _KIND_OF.search(question.lower())
+    kind_of = _KIND_OF.search(lowered)
     if kind_of and kind_of.group(1) not in _STOP_WORDS | _GENERIC_NOUNS:
         return kind_of.group(1)
     if subset in TEXT_SUBSETS:
