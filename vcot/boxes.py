@@ -213,7 +213,7 @@ def _next_json_start(text: str, pos: int) -> int:
 
 def format_box(box: Sequence[int]) -> str:
     """``[x1, y1, x2, y2]`` exactly as the house format prints it."""
-    return "[" + ", ".join(str(int(v)) for v in box) + "]"
+    return "[" + ", ".join(map(str, map(int, box))) + "]"
 
 
 def render_grounded(ref: str | None, box: Sequence[int], fmt: BoxFormat = "house") -> str:

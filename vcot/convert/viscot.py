@@ -145,7 +145,7 @@ def box_string_scale(text: str, values: list[float]) -> BoxScale:
     'norm1000'
     """
     has_decimals = "." in text or "e" in text.lower()
-    return "unit" if has_decimals and max(abs(v) for v in values) <= 1.5 else "norm1000"
+    return "unit" if has_decimals and max(map(abs, values)) <= 1.5 else "norm1000"
 
 
 def string_box_to_pixels(
