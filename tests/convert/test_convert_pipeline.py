@@ -175,6 +175,18 @@ def test_truncated_json_array_is_a_clear_error_and_commits_nothing(synthetic: di
     assert not manifest.is_committed(output)
 
 
+@pytest.mark.parametrize("number", [2**64, -(2**63)])
+def test_integer_yajl_refuses_stops_the_stage_and_commits_nothing(synthetic: dict, tmp_path: Path, number: int) -> None:
+    items = json.loads(Path(synthetic["json"]).read_text())[:3]
+    items[1]["question_id"] = number
+    data = tmp_path / "viscot.json"
+    data.write_text(json.dumps(items))
+    output = str(tmp_path / "out")
+    with pytest.raises(VcotError, match="integer overflow"):
+        convert(ConvertConfig(source="viscot", input=str(data), images=f"{synthetic['root']}/images", output=output))
+    assert not manifest.is_committed(output)
+
+
 def test_missing_input_exits_non_zero_with_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["--source", "viscot", "--input", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")])
     assert code == 1
