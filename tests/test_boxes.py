@@ -32,9 +32,9 @@ def pixel_boxes(draw: st.DrawFn) -> tuple[float, float, float, float, int, int]:
     return (x1, y1, x2, y2, width, height)
 
 
-labels = st.text(st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
-    lambda s: s.strip() == s and s.strip()
-)
+labels = st.text(
+    st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), min_size=1, max_size=20
+).filter(lambda s: s.strip() == s and s.strip())
 
 
 # ---- parse / render ------------------------------------------------------------------------------
@@ -168,7 +168,11 @@ def test_qwen25_absolute_round_trip_within_one_unit(box: tuple, width: int, heig
 
 
 @settings(max_examples=200)
-@given(st.integers(10, 6000), st.integers(10, 6000), st.sampled_from([(56 * 56, 28 * 28 * 16384), (3136, 200704), (28 * 28 * 4, 28 * 28 * 16)]))
+@given(
+    st.integers(10, 6000),
+    st.integers(10, 6000),
+    st.sampled_from([(56 * 56, 28 * 28 * 16384), (3136, 200704), (28 * 28 * 4, 28 * 28 * 16)]),
+)
 def test_smart_resize_matches_transformers(height: int, width: int, budget: tuple[int, int]) -> None:
     reference = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
     if max(height, width) / min(height, width) > 200:
@@ -225,3 +229,63 @@ def test_one_to_one_matching_does_not_reward_flooding() -> None:
     truth = [(0, 0, 100, 100)]
     flood = [(0, 0, 100, 100)] * 10
     assert len(boxes.match_one_to_one(flood, truth, min_iou=0.5)) == 1
+
+
+# ---- fast paths agree with the plain definitions ---------------------------------------------------
+
+any_values = st.floats(allow_nan=True, allow_infinity=True, width=32) | st.integers(-5, 1005)
+
+
+def _validate_box_by_definition(values: list, upper: float = boxes.NORM) -> str | None:
+    if len(values) != 4:
+        return "wrong_arity"
+    if not all(math.isfinite(v) for v in values):
+        return "not_finite"
+    x1, y1, x2, y2 = values
+    if min(values) < 0 or max(values) > upper:
+        return "out_of_range"
+    if x2 < x1 or y2 < y1:
+        return "inverted"
+    if x2 == x1 or y2 == y1:
+        return "zero_area"
+    return None
+
+
+@settings(max_examples=500)
+@given(st.lists(any_values, min_size=3, max_size=5))
+def test_validate_box_gives_the_reason_of_its_definition(values: list) -> None:
+    assert boxes.validate_box(values) == _validate_box_by_definition(values)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=4, max_size=4), sizes, sizes)
+def test_pixels_to_norm1000_rounds_the_clamped_scaled_box(box: list, width: int, height: int) -> None:
+    scaled = (box[0] / width * 1000, box[1] / height * 1000, box[2] / width * 1000, box[3] / height * 1000)
+    assert boxes.pixels_to_norm1000(box, width, height) == tuple(int(round(v)) for v in boxes.clamp_box(scaled, 1000))
+
+
+_PLAIN_PATTERNS = {  # the patterns as first written: optional ref group first
+    "house": r"(?:<ref>([^<]*)</ref>\s*)?<box>([^<]*)</box>",
+    "obj": r"(?:<obj>([^<]*)</obj>\s*)?<bbox>([^<]*)</bbox>",
+    "qwen": r"(?:<\|object_ref_start\|>([^<]*)<\|object_ref_end\|>\s*)?<\|box_start\|>([^<]*)<\|box_end\|>",
+}
+_FRAGMENTS = st.sampled_from(
+    ["<ref>", "</ref>", "<box>", "</box>", "<obj>", "</obj>", "<bbox>", "</bbox>", "<|object_ref_start|>",
+     "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<", ">", " ", "\n", "cat", "[1, 2, 3, 4]", "(1,2),(3,4)"]
+)  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(st.lists(_FRAGMENTS, max_size=14).map("".join), st.sampled_from(["house", "obj", "qwen"]))
+def test_tag_patterns_match_what_the_plain_patterns_match(text: str, fmt: str) -> None:
+    import re
+
+    plain = [(m.span(), m.groups()) for m in re.finditer(_PLAIN_PATTERNS[fmt], text)]
+    assert [(m.span(), m.groups()) for m in boxes._PATTERNS[fmt].finditer(text)] == plain
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(list("0123456789.,-[] ") + ["1", "25", "-3.5", ", ", "1e3", "+", "x"]), max_size=20))
+def test_numbers_fast_path_finds_what_the_regex_finds(parts: list) -> None:
+    text = "".join(parts)
+    assert boxes._numbers(text) == [float(m) for m in boxes._NUMBER_RE.findall(text)]

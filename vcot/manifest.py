@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -137,10 +137,12 @@ def commit(
     inputs: Sequence[str] = (),
     stats: dict[str, Any] | None = None,
     shard: ShardSpec | None = None,
+    finalize: Finalize | None = None,
 ) -> dict[str, Any]:
     """Write the manifest for ``output`` (call after every data file is closed). Returns it.
 
-    With ``shard``, writes this shard's manifest and, if all shards are now done, the merged ``_SUCCESS``.
+    With ``shard``, writes this shard's manifest and, if all shards are now done, the merged ``_SUCCESS``
+    (see :func:`complete_shard_set` for ``finalize``).
     """
     manifest = build_manifest(stage=stage, files=files, config=config, inputs=inputs, stats=stats, shard=shard)
     if shard is None or shard.count == 1:
@@ -148,10 +150,29 @@ def commit(
         storage.write_json(manifest_uri(output), manifest)
         return manifest
     storage.write_json(shard_manifest_uri(output, shard), manifest)
-    merged = merge_shard_manifests(output)
-    if merged is not None:
-        storage.write_json(manifest_uri(output), merged)
+    complete_shard_set(output, finalize)
     return manifest
+
+
+Finalize = Callable[[list[dict[str, Any]]], Sequence[ShardFile]]
+"""Writes files made from all shard manifests (a merged report) and returns their entries for ``_SUCCESS``."""
+
+
+def complete_shard_set(output: str, finalize: Finalize | None = None) -> dict[str, Any] | None:
+    """If every shard is committed, write the merged ``_SUCCESS`` (and return it); else do nothing (``None``).
+
+    ``finalize`` gets the shard manifests and writes what belongs to the whole output (convert's merged
+    quality report) *before* ``_SUCCESS``, which lists those files too: a reader that sees ``_SUCCESS`` finds
+    them. Whoever notices the complete set does this; every pod writes the same bytes, so a race is harmless.
+    A pod that finds its shard already committed calls this again, so a set whose last pod died before
+    writing ``_SUCCESS`` still gets it.
+    """
+    parts = _shard_manifests(output)
+    if parts is None:
+        return None
+    merged = _merge(parts, list(finalize(parts)) if finalize else [])
+    storage.write_json(manifest_uri(output), merged)
+    return merged
 
 
 def _shard_manifests(output: str) -> list[dict[str, Any]] | None:
@@ -171,10 +192,14 @@ def _shard_manifests(output: str) -> list[dict[str, Any]] | None:
 def merge_shard_manifests(output: str) -> dict[str, Any] | None:
     """The merged manifest of a complete shard set (deterministic), or ``None`` while shards are missing."""
     parts = _shard_manifests(output)
-    if parts is None:
-        return None
+    return None if parts is None else _merge(parts, [])
+
+
+def _merge(parts: list[dict[str, Any]], extra: Sequence[ShardFile]) -> dict[str, Any]:
     first = parts[0]
-    files = sorted((f for part in parts for f in part["files"]), key=lambda f: f["path"])
+    files = sorted(
+        [*(f for part in parts for f in part["files"]), *(f.to_dict() for f in extra)], key=lambda f: f["path"]
+    )
     return {
         "manifest_version": MANIFEST_VERSION,
         "stage": first["stage"],

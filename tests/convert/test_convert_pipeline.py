@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -101,6 +102,18 @@ def test_three_shards_equal_the_unsharded_run(synthetic: dict, tmp_path: Path) -
         for i in range(3)
     ]
     assert sum(map(len, per_shard)) == len(set().union(*per_shard)) == 48
+    # The merged report is written before _SUCCESS and listed in it, like in an unsharded run.
+    listed = {f["path"]: f for f in manifest.read_manifest(sharded)["files"]}
+    for name in ("quality.json", "quality.md"):
+        data = (tmp_path / "sharded" / name).read_bytes()
+        assert listed[name]["sha256"] == hashlib.sha256(data).hexdigest() and listed[name]["bytes"] == len(data)
+    # The pod that completed the set died before _SUCCESS: a retried pod writes the report and _SUCCESS.
+    success = (tmp_path / "sharded" / "_SUCCESS").read_bytes()
+    for name in ("_SUCCESS", "quality.json", "quality.md"):
+        (tmp_path / "sharded" / name).unlink()
+    convert(ConvertConfig(source="viscot", input=synthetic["root"], output=sharded, shard_index=1, num_shards=3))
+    assert (tmp_path / "sharded" / "_SUCCESS").read_bytes() == success
+    assert (tmp_path / "sharded" / "quality.json").exists()
 
 
 def test_shard_index_defaults_to_the_job_completion_index(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,6 +171,18 @@ def test_truncated_json_array_is_a_clear_error_and_commits_nothing(synthetic: di
     data.write_text(Path(synthetic["json"]).read_text()[:5000])
     output = str(tmp_path / "out")
     with pytest.raises(VcotError, match="truncated or corrupt"):
+        convert(ConvertConfig(source="viscot", input=str(data), images=f"{synthetic['root']}/images", output=output))
+    assert not manifest.is_committed(output)
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63)])
+def test_integer_yajl_refuses_stops_the_stage_and_commits_nothing(synthetic: dict, tmp_path: Path, number: int) -> None:
+    items = json.loads(Path(synthetic["json"]).read_text())[:3]
+    items[1]["question_id"] = number
+    data = tmp_path / "viscot.json"
+    data.write_text(json.dumps(items))
+    output = str(tmp_path / "out")
+    with pytest.raises(VcotError, match="integer overflow"):
         convert(ConvertConfig(source="viscot", input=str(data), images=f"{synthetic['root']}/images", output=output))
     assert not manifest.is_committed(output)
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from vcot import storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
@@ -72,7 +74,10 @@ def truncate_raw(raw: Any) -> Any:
 
 def has_bad_encoding(*values: Any) -> bool:
     """Whether any string holds U+FFFD, which is what undecodable input bytes turn into on reading."""
-    return any(isinstance(v, str) and "\ufffd" in v for v in values)
+    for value in values:  # a loop, not any(<generator>): this runs once per input item
+        if isinstance(value, str) and "\ufffd" in value:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,10 +175,21 @@ class BadLine:
 
 
 def iter_jsonl(uri: str) -> Iterator[Any | BadLine]:
-    """Yield each non-blank line of a JSONL file parsed, or a :class:`BadLine` (the reading goes on)."""
+    """Yield each non-blank line of a JSONL file parsed, or a :class:`BadLine` (the reading goes on).
+
+    orjson reads a valid line ~1.5x faster (the metadata index reads one line per image); a line it refuses
+    goes through ``json`` as before, which also takes what orjson does not (NaN, integers beyond 64 bits).
+    """
     with storage.open_uri(uri, "rb", compression="infer_from_extension") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                yield value
                 continue
             try:
                 text = line.decode("utf-8")

@@ -145,7 +145,7 @@ def box_string_scale(text: str, values: list[float]) -> BoxScale:
     'norm1000'
     """
     has_decimals = "." in text or "e" in text.lower()
-    return "unit" if has_decimals and max(abs(v) for v in values) <= 1.5 else "norm1000"
+    return "unit" if has_decimals and max(map(abs, values)) <= 1.5 else "norm1000"
 
 
 def string_box_to_pixels(
@@ -222,14 +222,16 @@ def ref_label(question: str, subset: str) -> str:
     lowered = question.lower()
     for match in _DETERMINER.finditer(lowered):
         words: list[str] = []
-        for word in _TOKEN.findall(lowered, match.end(), match.end() + 80):
+        for token in _TOKEN.finditer(lowered, match.end(), match.end() + 80):
+            word = token.group()
             if not word[0].isalpha() or word in _STOP_WORDS or (words and word.endswith(("ing", "ed"))):
                 break
             words.append(word)
-        words = words[:_MAX_LABEL_WORDS]
+            if len(words) == _MAX_LABEL_WORDS:
+                break
         if words and not all(w in _GENERIC_NOUNS for w in words):
             return " ".join(words)
-    kind_of = _KIND_OF.search(question.lower())
+    kind_of = _KIND_OF.search(lowered)
     if kind_of and kind_of.group(1) not in _STOP_WORDS | _GENERIC_NOUNS:
         return kind_of.group(1)
     if subset in TEXT_SUBSETS:
@@ -286,9 +288,10 @@ def _turns(conversations: Any) -> tuple[list[str], list[str]] | None:
     human: list[str] = []
     gpt: list[str] = []
     for turn in conversations:
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+        value = turn.get("value") if isinstance(turn, dict) else None
+        if not isinstance(value, str):
             return None
-        (human if turn.get("from") == "human" else gpt).append(turn["value"])
+        (human if turn.get("from") == "human" else gpt).append(value)
     return human, gpt
 
 
@@ -305,7 +308,7 @@ def _record_id(item: dict[str, Any], subset: str, index: int) -> str:
     for key in ("question_id", "id"):
         value = item.get(key)
         if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip():
-            return ":".join(["viscot", subset, *([split] if split else []), str(value).strip()])
+            return f"viscot:{subset}:{split}:{str(value).strip()}" if split else f"viscot:{subset}:{str(value).strip()}"
     return f"viscot:{subset}:item{index}"
 
 
@@ -384,15 +387,16 @@ class VisCotConverter:
         width, height, size_source = size
 
         string_values = parse_box_values(gpt[0]) if gpt else None
+        from_string: tuple[float, float, float, float] | None = None
+        string_source = ""
+        if string_values is not None:
+            scale = box_string_scale(gpt[0], string_values)
+            from_string, string_source = string_box_to_pixels(string_values, scale, width, height, self.frame), scale
         absolute = parse_box_values(box_text) if box_text is not None else None
         if absolute is not None:
             pixels, box_source = tuple(absolute), "absolute"
-        elif string_values is not None:
-            scale = box_string_scale(gpt[0], string_values)
-            pixels, box_source = (
-                string_box_to_pixels(string_values, scale, width, height, self.frame),
-                f"string_{scale}",
-            )
+        elif from_string is not None:
+            pixels, box_source = from_string, f"string_{string_source}"
         else:
             return reject("missing_box", "neither a ###[x1, y1, x2, y2] box nor a box string in the first gpt turn")
 
@@ -413,13 +417,10 @@ class VisCotConverter:
             "box_source": box_source,
             "size_source": size_source,
         }
-        if absolute is not None and string_values is not None:
+        if absolute is not None and from_string is not None:
             # Both present: record how far the padded-string reading is from the absolute box (a data check).
-            scale = box_string_scale(gpt[0], string_values)
-            from_string = pixels_to_norm1000(
-                string_box_to_pixels(string_values, scale, width, height, self.frame), width, height
-            )
-            provenance["string_box_delta"] = max(abs(a - b) for a, b in zip(from_string, box))
+            x1, y1, x2, y2 = pixels_to_norm1000(from_string, width, height)
+            provenance["string_box_delta"] = max(abs(x1 - box[0]), abs(y1 - box[1]), abs(x2 - box[2]), abs(y2 - box[3]))
 
         label = ref_label(question, subset)
         return {
