@@ -196,3 +196,11 @@ def test_ref_labels_are_short_and_deterministic() -> None:
         ref_label(i["conversations"][0]["value"], i["dataset"]) for i in SAMPLE
     ]
     assert all(0 < len(label.split()) <= 4 for label in labels)
+
+
+def test_non_finite_box_values_are_rejected_not_crashed() -> None:
+    from vcot.convert.viscot import box_problem
+
+    assert box_problem([0.0, 0.0, float("nan"), 10.0], 100, 100) == "not_finite_box"
+    assert box_problem([0.0, 0.0, float("inf"), 10.0], 100, 100) == "not_finite_box"
+    assert box_problem([0.0, 0.0, 10.0, 10.0], 100, 100) is None

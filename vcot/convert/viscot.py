@@ -8,6 +8,7 @@ Every conversion goes through :mod:`vcot.boxes`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -170,6 +171,8 @@ def string_box_to_pixels(
 def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int) -> str | None:
     """Why a pixel box cannot be used on a ``width`` x ``height`` image (reason code), or ``None``."""
     x1, y1, x2, y2 = pixels
+    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
+        return "not_finite_box"
     string_step = 0.001 * max(width, height)  # a 3-decimal padded string is only this precise, in pixels
     tol_x = max(2.0, OUTSIDE_TOLERANCE * width, string_step)
     tol_y = max(2.0, OUTSIDE_TOLERANCE * height, string_step)
@@ -417,7 +420,7 @@ class VisCotConverter:
             "box_source": box_source,
             "size_source": size_source,
         }
-        if absolute is not None and from_string is not None:
+        if absolute is not None and from_string is not None and box_problem(from_string, width, height) is None:
             # Both present: record how far the padded-string reading is from the absolute box (a data check).
             x1, y1, x2, y2 = pixels_to_norm1000(from_string, width, height)
             provenance["string_box_delta"] = max(abs(x1 - box[0]), abs(y1 - box[1]), abs(x2 - box[2]), abs(y2 - box[3]))
