@@ -1,0 +1,186 @@
+"""The chain controller against a fake API server holding the kubernetes client's own model objects."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from vcot import k8s_chain
+from vcot.errors import VcotError
+from vcot.k8s_chain import ChainConfig, Step, decide, follow_chain, step_from_job
+
+STAGES = ["convert", "distill", "tokenize", "train", "evaluate"]
+
+
+def make_job(stage: str, step: int, *, run: str = "r1", suspend: bool | None = None, condition: str | None = None) -> client.V1Job:
+    conditions = [client.V1JobCondition(type=condition, status="True", reason="BackoffLimitExceeded" if condition == "Failed" else None, message="Job has reached the specified backoff limit" if condition == "Failed" else None)] if condition else None  # fmt: skip
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(
+            name=f"vcot-{stage}-{run}", labels={"vcot.dev/run": run, "vcot.dev/step": str(step)}, annotations={}
+        ),
+        spec=client.V1JobSpec(suspend=suspend, template=client.V1PodTemplateSpec()),
+        status=client.V1JobStatus(conditions=conditions),
+    )
+
+
+def pipeline(run: str = "r1") -> list[client.V1Job]:
+    """A fresh run as `kubectl apply -k` creates it: the first step running, the others suspended."""
+    return [make_job(stage, step, run=run, suspend=step > 1 or None) for step, stage in enumerate(STAGES, start=1)]
+
+
+class FakeCluster:
+    """Stands in for BatchV1Api and CoreV1Api: lists by label selector, applies merge patches, keeps events.
+
+    ``outcomes`` says how each running Job ends when the controller sleeps (default: Complete).
+    """
+
+    def __init__(self, jobs: list[client.V1Job], outcomes: dict[str, str] | None = None) -> None:
+        self.jobs = {job.metadata.name: job for job in jobs}
+        self.outcomes = outcomes or {}
+        self.events: list[client.CoreV1Event] = []
+        self.resumed: list[str] = []
+        self.running_at_once: list[list[str]] = []
+
+    def list_namespaced_job(self, namespace: str, label_selector: str) -> client.V1JobList:
+        assert namespace == "ns"
+        wanted = [term.split("=") for term in label_selector.split(",")]
+        matching = [
+            job
+            for job in self.jobs.values()
+            if all(
+                key in job.metadata.labels and (not value or job.metadata.labels[key] == value[0])
+                for key, *value in wanted
+            )
+        ]
+        return client.V1JobList(items=matching)
+
+    def patch_namespaced_job(self, name: str, namespace: str, body: dict, _content_type: str | None = None) -> None:
+        assert _content_type == "application/merge-patch+json", "a dict body must be sent as a merge patch"
+        job = self.jobs[name]
+        job.metadata.annotations.update(body.get("metadata", {}).get("annotations", {}))
+        if "suspend" in body.get("spec", {}):
+            job.spec.suspend = body["spec"]["suspend"]
+            self.resumed.append(name)
+
+    def create_namespaced_event(self, namespace: str, body: client.CoreV1Event) -> None:
+        self.events.append(body)
+
+    def running(self) -> list[str]:
+        return [
+            name for name, job in self.jobs.items() if not job.spec.suspend and not step_from_job(job).complete
+            and not step_from_job(job).failed
+        ]  # fmt: skip
+
+    def advance(self, _seconds: float) -> None:
+        """Time passes: every running Job finishes with its scripted outcome."""
+        running = self.running()
+        self.running_at_once.append(running)
+        for name in running:
+            condition = self.outcomes.get(name, "Complete")
+            self.jobs[name].status = client.V1JobStatus(
+                conditions=[client.V1JobCondition(type=condition, status="True", reason="BackoffLimitExceeded" if condition == "Failed" else None)]  # fmt: skip
+            )
+
+
+CONFIG = ChainConfig(run="r1", namespace="ns", poll_seconds=1)
+
+
+def test_decide_walks_steps_in_step_order_not_list_order() -> None:
+    done = Step("a", 1, suspended=False, complete=True, failed=False)
+    waiting = Step("b", 2, suspended=True, complete=False, failed=False)
+    later = Step("c", 3, suspended=True, complete=False, failed=False)
+    assert decide([later, waiting, done]) == k8s_chain.Decision("resume", waiting)
+    assert decide([done]).action == "done"
+    running = Step("b", 2, suspended=False, complete=False, failed=False)
+    assert decide([later, running, done]) == k8s_chain.Decision("wait", running)
+    failed = Step("b", 2, suspended=False, complete=False, failed=True, reason="BackoffLimitExceeded")
+    assert decide([done, failed, later]) == k8s_chain.Decision("stop", failed, (later,))
+
+
+def test_step_from_job_reads_labels_suspend_and_conditions() -> None:
+    step = step_from_job(make_job("train", 4, suspend=False, condition="Failed"))
+    assert (step.order, step.suspended, step.complete, step.failed) == (4, False, False, True)
+    assert step.reason == "BackoffLimitExceeded: Job has reached the specified backoff limit"
+    assert step_from_job(make_job("convert", 1, condition="Complete")).complete
+    unlabelled = make_job("convert", 1)
+    unlabelled.metadata.labels.pop("vcot.dev/step")
+    with pytest.raises(VcotError, match="vcot.dev/step"):
+        step_from_job(unlabelled)
+
+
+def test_a_run_resumes_each_stage_only_after_its_predecessor_completed() -> None:
+    cluster = FakeCluster(pipeline() + pipeline(run="other"))
+    assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == 0
+    assert cluster.resumed == [f"vcot-{stage}-r1" for stage in STAGES[1:]]
+    # never two stages at once, never a stage of the other run
+    ours = [[name for name in running if name.endswith("-r1")] for running in cluster.running_at_once]
+    assert ours == [[f"vcot-{stage}-r1"] for stage in STAGES]
+    assert all(cluster.jobs[f"vcot-{stage}-other"].spec.suspend for stage in STAGES[1:])
+    assert [event.reason for event in cluster.events] == ["ChainResumed"] * 4
+    assert cluster.events[0].involved_object.name == "vcot-distill-r1"
+    assert "vcot-convert-r1 completed" in cluster.events[0].message
+
+
+def test_a_failed_stage_stops_the_chain_visibly_and_leaves_later_stages_suspended() -> None:
+    cluster = FakeCluster(pipeline(), outcomes={"vcot-train-r1": "Failed"})
+    assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == k8s_chain.EXIT_STOPPED
+    evaluate = cluster.jobs["vcot-evaluate-r1"]
+    assert evaluate.spec.suspend is True
+    assert evaluate.metadata.annotations["vcot.dev/chain"] == "stopped"
+    assert "vcot-train-r1 failed (BackoffLimitExceeded)" in evaluate.metadata.annotations["vcot.dev/chain-message"]
+    warnings = [(event.involved_object.name, event.reason) for event in cluster.events if event.type == "Warning"]
+    assert warnings == [("vcot-evaluate-r1", "ChainStopped"), ("vcot-train-r1", "ChainStopped")]
+
+
+def test_a_restarted_controller_carries_on_from_the_jobs_state() -> None:
+    jobs = pipeline()
+    for job in jobs[:2]:
+        job.spec.suspend = False
+        job.status = client.V1JobStatus(conditions=[client.V1JobCondition(type="Complete", status="True")])
+    cluster = FakeCluster(jobs)
+    assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == 0
+    assert cluster.resumed == ["vcot-tokenize-r1", "vcot-train-r1", "vcot-evaluate-r1"]
+
+
+def test_once_takes_one_decision() -> None:
+    cluster = FakeCluster(pipeline())
+    once = ChainConfig(run="r1", namespace="ns", poll_seconds=1, once=True)
+    assert follow_chain(once, cluster, cluster, sleep=cluster.advance) == 4
+    assert cluster.resumed == []
+
+
+def test_no_jobs_for_the_run_is_a_clear_error() -> None:
+    cluster = FakeCluster(pipeline(run="other"))
+    with pytest.raises(VcotError, match="no Jobs labelled vcot.dev/run=r1"):
+        follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance)
+
+
+class Flaky(FakeCluster):
+    def __init__(self, jobs: list[client.V1Job], failures: list[Exception]) -> None:
+        super().__init__(jobs)
+        self.failures = failures
+
+    def list_namespaced_job(self, namespace: str, label_selector: str) -> client.V1JobList:
+        if self.failures:
+            raise self.failures.pop(0)
+        return super().list_namespaced_job(namespace, label_selector)
+
+
+def test_transient_api_errors_are_retried_and_refusals_explained() -> None:
+    cluster = Flaky(pipeline(), [ApiException(status=503, reason="Service Unavailable"), ConnectionError("reset")])
+    assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == 0
+
+    forbidden = Flaky(pipeline(), [ApiException(status=403, reason="Forbidden")])
+    with pytest.raises(VcotError, match="vcot-chain Role"):
+        follow_chain(CONFIG, forbidden, forbidden, sleep=lambda _: None)
+
+    down = Flaky(pipeline(), [ConnectionError("refused")] * 3)
+    with pytest.raises(ConnectionError):
+        follow_chain(CONFIG, down, down, sleep=lambda _: None, max_api_errors=3)
+
+
+def test_config_rejects_an_empty_run_id() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        k8s_chain.parse_config(ChainConfig, ["--run", " ", "--namespace", "ns"])
+    assert exit_info.value.code == 2
