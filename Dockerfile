@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # vcot images. Two targets from one file:
-#   cpu  convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
-#   gpu  train and evaluate (on a CUDA PyTorch base)
+#   cpu        convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
+#   cpu-train  cpu + the rest of the train extra: train and evaluate on CPU (dev clusters, tiny model)
+#   gpu        train and evaluate (on a CUDA PyTorch base)
 # Build:  podman build --target cpu -t vcot-cpu:0.1.0 .      (make image-smoke builds it offline)
 #         docker build --target gpu -t vcot-gpu:0.1.0 .
 # The base images are ARGs so the image builds from a local base offline (docs/k8s.md).
@@ -12,6 +13,7 @@ ARG CPU_BASE=python:3.11-slim-bookworm
 ARG GPU_BASE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 
 # ---------------------------------------------------------------------------------------------------
+# checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${CPU_BASE} AS cpu
 ARG TORCH_VERSION=2.13.0
 # Where the CPU build of torch comes from (a local wheel folder can be given with PIP_FIND_LINKS).
@@ -34,16 +36,20 @@ RUN python3 -m venv /opt/vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
 WORKDIR /src
 COPY pyproject.toml README.md ./
-# The CPU torch first (an unpinned torch would pull the CUDA build), then every dependency of the
-# distill, train (tokenize shares its processor code) and k8s extras, read from pyproject.toml.
+# The CPU torch first (an unpinned torch would pull the CUDA build), then the dependencies of the
+# CPU stages, pins read from pyproject.toml: the base ones, the convert, distill and k8s extras, and
+# from the train extra only what tokenize uses (transformers' processor, pyarrow); no trl, peft,
+# bitsandbytes or tensorboard here.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
- && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] + [d for e in ('distill', 'train', 'k8s') for d in p['optional-dependencies'][e]]))" \
+ && python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
+tokenize = [d for d in extras['train'] if re.split('[=<>~!\\[ ]', d)[0] in ('transformers', 'pyarrow')]; \
+print('\n'.join(p['dependencies'] + tokenize + [d for e in ('convert', 'distill', 'k8s') for d in extras.get(e, [])]))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
-COPY vcot ./vcot
-COPY jobs ./jobs
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through.
+COPY . .
 RUN pip install --no-deps . && rm -rf /src/build
 WORKDIR /home/vcot
 USER 10001:10001
@@ -52,6 +58,19 @@ HEALTHCHECK NONE
 CMD ["vcot-convert", "--help"]
 
 # ---------------------------------------------------------------------------------------------------
+FROM cpu AS cpu-train
+USER 0
+WORKDIR /src
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['optional-dependencies']['train']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+WORKDIR /home/vcot
+USER 10001:10001
+CMD ["vcot-train", "--help"]
+
+# ---------------------------------------------------------------------------------------------------
+# checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${GPU_BASE} AS gpu
 ARG TORCH_VERSION=2.13.0
 ARG VCOT_GIT_SHA=
@@ -78,8 +97,8 @@ print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['train
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
-COPY vcot ./vcot
-COPY jobs ./jobs
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through.
+COPY . .
 RUN pip install --no-deps . && rm -rf /src/build
 WORKDIR /home/vcot
 USER 10001:10001

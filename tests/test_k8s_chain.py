@@ -59,6 +59,7 @@ class FakeCluster:
         assert _content_type == "application/merge-patch+json", "a dict body must be sent as a merge patch"
         job = self.jobs[name]
         job.metadata.annotations.update(body.get("metadata", {}).get("annotations", {}))
+        job.metadata.labels.update(body.get("metadata", {}).get("labels", {}))
         if "suspend" in body.get("spec", {}):
             job.spec.suspend = body["spec"]["suspend"]
             self.resumed.append(name)
@@ -73,7 +74,7 @@ class FakeCluster:
         ]  # fmt: skip
 
     def advance(self, _seconds: float) -> None:
-        """Time passes: every running Job finishes with its scripted outcome."""
+        """Time passes: every running Job finishes with its scripted outcome; Kueue admits queued Jobs."""
         running = self.running()
         self.running_at_once.append(running)
         for name in running:
@@ -81,6 +82,9 @@ class FakeCluster:
             self.jobs[name].status = client.V1JobStatus(
                 conditions=[client.V1JobCondition(type=condition, status="True", reason="BackoffLimitExceeded" if condition == "Failed" else None)]  # fmt: skip
             )
+        for job in self.jobs.values():
+            if job.spec.suspend and "kueue.x-k8s.io/queue-name" in job.metadata.labels:
+                job.spec.suspend = False  # admitted
 
 
 CONFIG = ChainConfig(run="r1", namespace="ns", poll_seconds=1)
@@ -131,6 +135,20 @@ def test_a_failed_stage_stops_the_chain_visibly_and_leaves_later_stages_suspende
     assert "vcot-train-r1 failed (BackoffLimitExceeded)" in evaluate.metadata.annotations["vcot.dev/chain-message"]
     warnings = [(event.involved_object.name, event.reason) for event in cluster.events if event.type == "Warning"]
     assert warnings == [("vcot-evaluate-r1", "ChainStopped"), ("vcot-train-r1", "ChainStopped")]
+
+
+def test_under_kueue_a_stage_reaches_its_queue_only_after_its_predecessor() -> None:
+    jobs = pipeline()
+    for job in jobs[1:]:
+        job.metadata.annotations["vcot.dev/queue-name"] = "gpu-queue"
+    cluster = FakeCluster(jobs)
+    assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == 0
+    assert cluster.resumed == []  # the chain never unsuspends a Kueue Job itself
+    ours = [[name for name in running if name.endswith("-r1")] for running in cluster.running_at_once]
+    assert [running for running in ours if running] == [[f"vcot-{stage}-r1"] for stage in STAGES]
+    assert ours[1] == []  # released distill waited one tick in its queue
+    assert cluster.jobs["vcot-train-r1"].metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert len([event for event in cluster.events if event.reason == "ChainResumed"]) == 4
 
 
 def test_a_restarted_controller_carries_on_from_the_jobs_state() -> None:

@@ -13,8 +13,13 @@ Each poll looks at the steps in order and takes one decision (:func:`decide`):
 - the first step not yet complete has ``Failed``: stop the chain visibly, leaving the later steps
   suspended: annotate them (``vcot.dev/chain: stopped``), record a Warning Event on each, log it and
   exit 3 (the chain Job's podFailurePolicy fails it without retry);
-- it is suspended (its predecessors are all complete): resume it;
-- otherwise it is running: wait.
+- it is suspended and not yet released (its predecessors are all complete): release it;
+- otherwise it is running (or queued): wait.
+
+Releasing a Job sets ``spec.suspend: false``. Under Kueue (``k8s/components/kueue``), which admits a
+Job by unsuspending it, a chained Job instead carries its queue in the annotation
+``vcot.dev/queue-name`` and releasing it adds the label ``kueue.x-k8s.io/queue-name``: Kueue then
+queues and starts it, and no stage reaches the queue before its predecessor completed.
 
 ``python -m vcot.k8s_chain --run ID --namespace NS`` (flags or ``VCOT_RUN``, ``VCOT_NAMESPACE``...).
 """
@@ -36,6 +41,8 @@ RUN_LABEL = "vcot.dev/run"
 STEP_LABEL = "vcot.dev/step"
 CHAIN_ANNOTATION = "vcot.dev/chain"
 CHAIN_MESSAGE_ANNOTATION = "vcot.dev/chain-message"
+QUEUE_ANNOTATION = "vcot.dev/queue-name"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 EXIT_DONE = 0
 EXIT_STOPPED = 3  # a stage failed: the chain Job's podFailurePolicy fails it without retry
 # A dict body is sent as a JSON merge patch (the client's default content type is JSON Patch, a list).
@@ -75,6 +82,8 @@ class Step:
     complete: bool
     failed: bool
     reason: str = ""  # why it failed, from the Job's Failed condition
+    released: bool = False  # the chain already let it go (it may still wait in a Kueue queue)
+    queue: str = ""  # Kueue LocalQueue to hand it to on release (annotation vcot.dev/queue-name)
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ def step_from_job(job: Any) -> Step:
         raise VcotError(
             f"Job {job.metadata.name} has no integer {STEP_LABEL} label: every chained Job needs one"
         ) from None
+    annotations = job.metadata.annotations or {}
     failed = _condition_true(job, "Failed")
     reason = f"{failed.reason or 'Failed'}: {failed.message or ''}".rstrip(": ") if failed else ""
     return Step(
@@ -111,6 +121,8 @@ def step_from_job(job: Any) -> Step:
         complete=_condition_true(job, "Complete") is not None,
         failed=failed is not None,
         reason=reason,
+        released=annotations.get(CHAIN_ANNOTATION) == "resumed",
+        queue=annotations.get(QUEUE_ANNOTATION, ""),
     )
 
 
@@ -131,7 +143,7 @@ def decide(steps: Sequence[Step]) -> Decision:
             continue
         if step.failed:
             return Decision("stop", step, tuple(ordered[position + 1 :]))
-        if step.suspended:
+        if step.suspended and not step.released:
             return Decision("resume", step)
         return Decision("wait", step)
     return Decision("done")
@@ -166,18 +178,24 @@ def record_event(core: Any, namespace: str, job_name: str, *, reason: str, messa
     core.create_namespaced_event(namespace, event)
 
 
+def release_patch(step: Step, message: str) -> dict[str, Any]:
+    """The merge patch that lets a Job run: unsuspend it, or hand it to its Kueue queue.
+
+    >>> release_patch(Step("vcot-train", 4, True, False, False), "go")["spec"]
+    {'suspend': False}
+    >>> release_patch(Step("vcot-train", 4, True, False, False, queue="gpu"), "go")["metadata"]["labels"]
+    {'kueue.x-k8s.io/queue-name': 'gpu'}
+    """
+    metadata: dict[str, Any] = {"annotations": {CHAIN_ANNOTATION: "resumed", CHAIN_MESSAGE_ANNOTATION: message}}
+    if step.queue:
+        return {"metadata": {**metadata, "labels": {KUEUE_QUEUE_LABEL: step.queue}}}
+    return {"metadata": metadata, "spec": {"suspend": False}}
+
+
 def resume(batch: Any, core: Any, namespace: str, step: Step, after: str) -> None:
-    """Unsuspend one Job (its pods are created now) and say why."""
+    """Release one Job (its pods are created now, or once Kueue admits it) and say why."""
     message = f"resumed by vcot-chain: {after} completed" if after else "resumed by vcot-chain"
-    batch.patch_namespaced_job(
-        step.name,
-        namespace,
-        {
-            "metadata": {"annotations": {CHAIN_ANNOTATION: "resumed", CHAIN_MESSAGE_ANNOTATION: message}},
-            "spec": {"suspend": False},
-        },
-        _content_type=MERGE_PATCH,
-    )
+    batch.patch_namespaced_job(step.name, namespace, release_patch(step, message), _content_type=MERGE_PATCH)
     record_event(core, namespace, step.name, reason="ChainResumed", message=message, warning=False)
     log.info("resumed", job=step.name, after=after or None)
 
