@@ -169,3 +169,11 @@ def test_upload_and_download_prefix(s3_bucket: str, tmp_path: Path) -> None:
     assert len(written) == 2
     dest = storage.download_prefix(f"{s3_bucket}/model", tmp_path / "dst")
     assert (dest / "a.txt").read_text() == "a" and (dest / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+
+
+def test_lineage_of_raw_source_data_records_only_its_uri(tmp_path: Path) -> None:
+    raw = tmp_path / "viscot.json"
+    raw.write_text("[]")
+    out = str(tmp_path / "out")
+    committed = manifest.commit(out, stage="convert", files=[], config={}, inputs=[str(raw)])
+    assert committed["inputs"] == [{"uri": str(raw), "committed": False}]

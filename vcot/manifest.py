@@ -87,8 +87,14 @@ def _sha256(text: str) -> str:
 
 
 def lineage(input_uri: str) -> dict[str, Any]:
-    """What a downstream manifest records of one committed input: where, what, and its own lineage."""
-    manifest = read_manifest(input_uri)
+    """What a downstream manifest records of one input: where, what, and its own lineage.
+
+    Raw source data (a dataset file, not a stage output) has no manifest: only its URI is recorded.
+    """
+    try:
+        manifest = read_manifest(input_uri)
+    except NotCommittedError:
+        return {"uri": input_uri.rstrip("/"), "committed": False}
     return {
         "uri": input_uri.rstrip("/"),
         "manifest_sha256": _sha256(storage.dumps_json(manifest)),
