@@ -307,7 +307,13 @@ STEP_MODULES = {
 def _missing_modules(stage: str) -> list[str]:
     import importlib.util
 
-    return [module for module in STEP_MODULES[stage] if importlib.util.find_spec(module) is None]
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is missing
+            return False
+
+    return [module for module in STEP_MODULES[stage] if not found(module)]
 
 
 # Local-run settings: the cluster's MinIO endpoint becomes the local server, and the tiny model trains a
