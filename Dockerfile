@@ -14,12 +14,11 @@ ARG GPU_BASE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 
 # ---------------------------------------------------------------------------------------------------
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
-FROM ${CPU_BASE} AS cpu
+FROM ${CPU_BASE} AS cpu-deps
 ARG TORCH_VERSION=2.13.0
 # Where the CPU build of torch comes from (a local wheel folder can be given with PIP_FIND_LINKS).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS=
-ARG VCOT_GIT_SHA=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -29,8 +28,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/vcot \
     XDG_CACHE_HOME=/cache \
     HF_HOME=/cache/huggingface \
-    TMPDIR=/tmp \
-    VCOT_GIT_SHA=${VCOT_GIT_SHA}
+    TMPDIR=/tmp
 RUN python3 -m venv /opt/vcot \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
@@ -48,7 +46,13 @@ print('\n'.join(p['dependencies'] + tokenize + [d for e in ('convert', 'distill'
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
-# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through.
+
+# ---------------------------------------------------------------------------------------------------
+FROM cpu-deps AS cpu
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through. The commit (recorded in
+# every manifest) is set after the dependency layers, so a new commit does not reinstall them.
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
 COPY . .
 RUN pip install --no-deps . && rm -rf /src/build
 WORKDIR /home/vcot
@@ -58,22 +62,24 @@ HEALTHCHECK NONE
 CMD ["vcot-convert", "--help"]
 
 # ---------------------------------------------------------------------------------------------------
-FROM cpu AS cpu-train
-USER 0
-WORKDIR /src
+FROM cpu-deps AS cpu-train
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['optional-dependencies']['train']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
+COPY . .
+RUN pip install --no-deps . && rm -rf /src/build
 WORKDIR /home/vcot
 USER 10001:10001
+HEALTHCHECK NONE
 CMD ["vcot-train", "--help"]
 
 # ---------------------------------------------------------------------------------------------------
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${GPU_BASE} AS gpu
 ARG TORCH_VERSION=2.13.0
-ARG VCOT_GIT_SHA=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -82,8 +88,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     XDG_CACHE_HOME=/cache \
     HF_HOME=/cache/huggingface \
     TRITON_CACHE_DIR=/cache/triton \
-    TMPDIR=/tmp \
-    VCOT_GIT_SHA=${VCOT_GIT_SHA}
+    TMPDIR=/tmp
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
 WORKDIR /src
@@ -97,7 +102,10 @@ print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['train
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
-# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through.
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through. The commit (recorded in
+# every manifest) is set after the dependency layers, so a new commit does not reinstall them.
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
 COPY . .
 RUN pip install --no-deps . && rm -rf /src/build
 WORKDIR /home/vcot

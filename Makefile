@@ -68,7 +68,7 @@ LOCAL_WHEELS := $(or $(PIP_FIND_LINKS),/opt/wheels)
 RUN_ID ?=
 OVERLAY ?= k8s/overlays/gpu
 
-.PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-smoke
+.PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-cpu-train image-smoke
 
 $(CHECKOV_VENV)/bin/checkov: # its own venv: checkov pins boto3 and more
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -108,14 +108,20 @@ $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mi
 
 image-base: $(IMAGE_ROOTFS)/.done ## Build the local base image localhost/debian-py:bookworm
 
-image-cpu: image-base ## Build the CPU image vcot-cpu:$(IMAGE_TAG) with podman, offline-friendly
+# podman build, offline-friendly: the local base, the host's CA bundle (a TLS proxy reaches the registries),
+# and the local torch CPU wheel folder when there is one.
+IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network host \
+	--build-arg CPU_BASE=$(IMAGE_BASE) --build-arg VCOT_GIT_SHA=$$(git rev-parse --short=12 HEAD) \
+	$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro --build-arg TORCH_INDEX_URL=https://pypi.org/simple") \
+	-v $(HOST_CA):$(HOST_CA):ro
+
+image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
 	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
-	time $(PODMAN) build --format docker --isolation chroot --network host --target cpu \
-		--build-arg CPU_BASE=$(IMAGE_BASE) \
-		--build-arg VCOT_GIT_SHA=$$(git rev-parse --short=12 HEAD) \
-		$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro --build-arg TORCH_INDEX_URL=https://pypi.org/simple") \
-		-v $(HOST_CA):$(HOST_CA):ro \
-		-t localhost/vcot-cpu:$(IMAGE_TAG) .
+	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
+
+image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
+	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
+	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
-	$(PY) -m pytest tests/test_image_smoke.py -q -m integration -p no:cacheprovider
+	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
