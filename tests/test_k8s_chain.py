@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -126,3 +128,12 @@ def test_config_rejects_an_empty_run_id() -> None:
     with pytest.raises(SystemExit) as exit_info:
         k8s_chain.parse_config(ChainConfig, ["--run", " ", "--namespace", "ns"])
     assert exit_info.value.code == 2
+
+
+def test_main_outside_a_cluster_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    assert k8s_chain.main(["--run", "r1", "--namespace", "ns"]) == 1
+    assert "no Kubernetes API to talk to" in capsys.readouterr().err

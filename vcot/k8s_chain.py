@@ -285,9 +285,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kubernetes import client, config as kube_config
 
     try:
-        kube_config.load_incluster_config()
-    except kube_config.ConfigException:
-        kube_config.load_kube_config()  # outside a cluster: the current kubectl context
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException:
+            kube_config.load_kube_config()  # outside a cluster: the current kubectl context
+    except (kube_config.ConfigException, OSError) as exc:
+        log.error("failed", error=str(exc))
+        print(f"vcot-chain: error: no Kubernetes API to talk to ({exc}): run it in a pod or with a kubeconfig", file=sys.stderr)
+        return 1
     try:
         return follow_chain(config, client.BatchV1Api(), client.CoreV1Api())
     except VcotError as exc:
