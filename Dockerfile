@@ -91,12 +91,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TMPDIR=/tmp
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
-WORKDIR /src
-COPY pyproject.toml README.md ./
 # The base image's CUDA torch stays when it is the pinned version (else PyPI's default Linux wheel,
 # a CUDA build, replaces it); the train extra's other pins are installed beside it.
 RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
     || pip install "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['train'] if not d.startswith('torch')))" \
     > /tmp/requirements.txt \

@@ -16,7 +16,7 @@ export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_S3 AWS_REGION VC
 prefix="s3://${VCOT_BUCKET}/image-smoke/$(date +%s)-$$"
 
 pod() { # run a command in the image as a pod would
-    "${PODMAN[@]}" run --rm --runtime runc --network host --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+    "${PODMAN[@]}" run --rm --runtime runc --network host --no-healthcheck --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
         --user 10001:10001 --read-only --tmpfs /tmp --tmpfs /cache \
         -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_ENDPOINT_URL_S3 -e AWS_REGION \
         -e VCOT_S3_ADDRESSING_STYLE -e VCOT_LOG_FORMAT=json -e JOB_COMPLETION_INDEX=0 \
