@@ -102,7 +102,7 @@ k8s-run: ## A new run of OVERLAY under its own names: make k8s-run RUN_ID=exp2 [
 $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mirror (NOTES)
 	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap; }
-	rm -rf $(IMAGE_ROOTFS)
+	rm -rf $(IMAGE_ROOTFS) && mkdir -p $(IMAGE_ROOTFS)
 	debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm $(IMAGE_ROOTFS)
 	tar -C $(IMAGE_ROOTFS) -c . | $(PODMAN) import - $(IMAGE_BASE)
 	@touch $@
