@@ -96,7 +96,7 @@ k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1
 
 k8s-run: ## A new run of OVERLAY under its own names: make k8s-run RUN_ID=exp2 [OVERLAY=k8s/overlays/gpu]
 	@test -n "$(RUN_ID)" || { echo "set RUN_ID, e.g. make k8s-run RUN_ID=exp2"; exit 2; }
-	@$(PY) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)"
+	@$(PYTHON) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)" # standard library only: no venv needed
 	kubectl apply -k k8s/runs/$(RUN_ID)
 
 $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mirror (NOTES)
