@@ -126,3 +126,14 @@ image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (trai
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
+
+# --- distill -------------------------------------------------------------------------------------
+.PHONY: bench-distill
+bench-distill: $(STAMP) ## Distill throughput vs the ideal (500 samples, 200 ms teacher, concurrency 10)
+	$(PY) bench/distill_bench.py
+
+# --- convert ----------------------------------------------------------------------------------------
+SYNTHETIC_URI ?= s3://vcot/local/synthetic
+.PHONY: synthetic-data
+synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, default on the local S3 server: make s3-up)
+	@eval "$$($(PY) -m vcot.local_s3 env)"; $(PY) -m vcot.convert.synthetic $(SYNTHETIC_URI)

@@ -14,6 +14,17 @@ from typing import Any
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is *now*: a logger configured while stderr was redirected
+    (pytest's capture, a notebook) keeps working after the redirection ends."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     fmt = (fmt or os.environ.get("VCOT_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
     level_name = (level or os.environ.get("VCOT_LOG_LEVEL") or "INFO").upper()
@@ -35,7 +46,7 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module: keep their warnings, drop their chatter.

@@ -1,0 +1,152 @@
+"""``vcot-distill`` as a user runs it: exit codes, fatal errors, kills and reruns, and the key never leaking."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.distill.distill_helpers import API_KEY, question_number
+from vcot import manifest
+from vcot.distill import distill
+from vcot.distill.cache import AnswerCache
+from vcot.distill.config import DistillConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _flags(input_uri: str, output: str, base_url: str, *extra: str) -> list[str]:
+    return [
+        "--input", input_uri, "--output", output, "--model", "gpt-4o", "--base-url", base_url,
+        "--backoff-base", "0.01", "--backoff-max", "0.2", "--request-timeout", "5", *extra,
+    ]  # fmt: skip
+
+
+def _all_bytes(root: Path) -> bytes:
+    """Every file under ``root``, gzip members decompressed."""
+    blobs = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            blobs.append(gzip.decompress(data) if path.name.endswith(".gz") else data)
+    return b"\n".join(blobs)
+
+
+def test_wrong_key_stops_at_once_with_a_clear_message_and_no_key_in_logs(
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    api_key: str,
+    teacher_server: Callable[..., Any],
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.distill import main
+
+    monkeypatch.setenv("VCOT_LOG_LEVEL", "DEBUG")
+    server = teacher_server(api_key="the-key-the-server-expects", latency=0.02)
+    output = str(tmp_path / "out")
+    rc = main(_flags(input_records(20), output, server.base_url, "--concurrency", "3"))
+    out, err = capfd.readouterr()
+    assert rc == 1
+    assert "HTTP 401" in err and "check OPENAI_API_KEY" in err
+    assert server.statuses["401"] <= 3  # only what was already in flight; no retries
+    assert API_KEY not in out + err
+    assert not manifest.is_committed(output)
+
+
+def test_key_never_appears_in_logs_or_outputs(
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    api_key: str,
+    teacher_server: Callable[..., Any],
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from jobs.distill import main
+
+    monkeypatch.setenv("VCOT_LOG_LEVEL", "DEBUG")
+    server = teacher_server(fault=lambda text, attempt: "429" if attempt == 1 else None, retry_after="0.01")
+    rc = main(_flags(input_records(5), str(tmp_path / "out"), server.base_url))
+    out, err = capfd.readouterr()
+    assert rc == 0
+    assert "teacher_retry" in out + err  # retries were logged...
+    assert API_KEY not in out + err  # ...without the key
+    assert API_KEY.encode() not in _all_bytes(tmp_path)
+
+
+def test_missing_key_is_a_clear_error(
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from jobs.distill import main
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(_flags(input_records(1), str(tmp_path / "out"), "http://127.0.0.1:9/v1")) == 1
+    assert "OPENAI_API_KEY is not set" in capfd.readouterr().err
+
+
+def _kill_mid_run(
+    input_uri: str, output: str, server: Any, sig: int, *extra: str
+) -> tuple[subprocess.CompletedProcess[str] | None, int]:
+    env = {**os.environ, "OPENAI_API_KEY": API_KEY, "VCOT_LOG_FORMAT": "json"}
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.distill",
+        *_flags(input_uri, output, server.base_url, "--concurrency", "2", *extra),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while server.statuses["200"] < 8 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=30)
+    while server.in_flight and time.monotonic() < deadline:  # requests the dead client left on the wire
+        time.sleep(0.01)
+    return err, process.returncode  # type: ignore[return-value]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_kill_mid_run_then_rerun_sends_only_the_missing_requests(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any], sig: int
+) -> None:
+    total = 30
+    input_uri = input_records(total)
+    server = teacher_server(latency=0.1)
+    output = str(tmp_path / "out")
+    # SIGTERM flushes the cache on the way out; SIGKILL gives no chance, so store every answer as it arrives.
+    extra = () if sig == signal.SIGTERM else ("--cache-flush-every", "1")
+    err, returncode = _kill_mid_run(input_uri, output, server, sig, *extra)
+    if sig == signal.SIGTERM:
+        assert returncode == 1 and "stopped by SIGTERM" in err
+    else:
+        assert returncode == -signal.SIGKILL
+    assert not manifest.is_committed(output)
+    cache = AnswerCache(str(tmp_path / "_distill_cache"), "reader")
+    cache.load()
+    cached = {entry["record_id"] for entry in cache.entries.values()}
+    answered_before_kill = server.statuses["200"]
+    # Only answers that were on the wire at the kill can be lost (at most --concurrency of them).
+    assert answered_before_kill - 2 <= len(cached) <= answered_before_kill
+
+    sent_before = len(server.answered)
+    config = DistillConfig(input=input_uri, output=output, model="gpt-4o", base_url=server.base_url, shard_index=0)
+    report = distill(config)
+    rerun = {f"synthetic:train:{question_number(text)}" for text in server.answered[sent_before:]}
+    assert len(server.answered) - sent_before == total - len(cached) == report["ledger"]["requests"]
+    assert rerun.isdisjoint(cached) and rerun | cached == {f"synthetic:train:{i}" for i in range(total)}
+    assert report["counts"] == {"input": total, "distilled": total}

@@ -1,0 +1,186 @@
+"""The distill stage end to end against a local OpenAI-compatible server with scripted answers and faults."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.distill.distill_helpers import (
+    commit_input,
+    fast_config,
+    good_answer,
+    make_record,
+    question_number,
+)
+from vcot import manifest, shards
+from vcot.distill import distill
+from vcot.distill.cache import AnswerCache
+from vcot.distill.teacher import TeacherError
+from vcot.records import grounding_problem
+
+
+def _read(output: str, prefix: str) -> list[dict[str, Any]]:
+    return [record for uri in manifest.committed_files(output, prefix) for record in shards.read_jsonl(uri)]
+
+
+def _answer_with_problems(text: str) -> str:
+    """Q9 never grounds anything, Q10 is fixed by the corrective message, Q11 keeps answering wrong."""
+    number = question_number(text)
+    corrected = "Your answer does not follow the rules" in text
+    if number == 9:
+        return "It is a blue square.\nAnswer: answer9"
+    if number == 10 and not corrected:
+        return "The <ref>square<box>[100, 150, 600, 700]</box> <box>[1, 2\nAnswer: answer10"
+    if number == 11:
+        return "The <ref>square</ref><box>[100, 150, 600, 700]</box> is red.\nAnswer: something else"
+    return good_answer(text)
+
+
+def test_direct_accepts_valid_rejects_invalid_and_passes_grounded_through(
+    tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    data = tmp_path / "data"
+    records = [make_record(data, i) for i in range(12)] + [make_record(data, 12, grounded=True)]
+    missing = make_record(data, 13)
+    missing["image"] = str(data / "images" / "nope.png")
+    records.append(missing)
+    input_uri = commit_input(str(tmp_path / "convert"), records)
+    server = teacher_server(answer=_answer_with_problems)
+    output = str(tmp_path / "distill")
+
+    report = distill(fast_config(input_uri, output, server))
+
+    train, val, rejected = _read(output, "train/"), _read(output, "val/"), _read(output, "rejected/")
+    assert len(train) + len(val) + len(rejected) == len(records) == report["counts"]["input"]
+    assert sorted(r["reason"] for r in rejected) == ["image_missing", "no_boxes", "wrong_answer"]
+    assert {r["id"] for r in rejected} == {"synthetic:train:9", "synthetic:train:11", "synthetic:train:13"}
+    assert report["counts"] == {"input": 14, "distilled": 10, "passed_through": 1, "rejected": 3}
+    assert report["details"]["corrected"] == 3  # Q9, Q10 and Q11 each got one corrective retry
+    accepted = {r["id"]: r for r in train + val}
+    for record in accepted.values():
+        assert grounding_problem(record) is None and record["needs_distillation"] is False
+        assert record["rationale"].endswith(f"Answer: {record['answer']}")
+        assert record["split"] == ("val" if record in val else "train")
+    assert accepted["synthetic:train:12"] == records[12]  # passed through unchanged
+    distilled = accepted["synthetic:train:10"]
+    assert distilled["objects"] == [{"ref": "blue square", "box": [100, 150, 600, 700]}]
+    assert distilled["provenance"]["distill"] == {
+        "model": "gpt-4o",
+        "strategy": "direct",
+        "corrected": True,
+        "objects_from": "teacher",
+    }
+    # Paid requests: 12 first answers + 3 corrections (the passthrough and the missing image cost nothing).
+    assert server.chat_requests == 15
+    assert report["ledger"]["requests"] == 15 and report["ledger"]["estimated_cost_usd"] > 0
+    assert json.loads((tmp_path / "distill" / "quality.json").read_text())["counts"] == report["counts"]
+
+
+def _flaky(text: str, attempt: int) -> str | None:
+    faults = {1: ["429"], 2: ["500", "500"], 3: ["garbage"], 4: ["nochoices"], 5: ["timeout"], 6: ["429", "500"]}
+    script = faults.get(question_number(text), [])
+    return script[attempt - 1] if attempt <= len(script) else None
+
+
+def test_transient_faults_are_retried_and_nothing_is_lost(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    server = teacher_server(fault=_flaky, retry_after="0.3", timeout_sleep=1.5)
+    config = fast_config(
+        input_records(8), str(tmp_path / "out"), server, request_timeout=0.5, backoff_base=0.001, backoff_max=1.0
+    )
+    started = time.monotonic()
+    report = distill(config)
+    assert report["counts"] == {"input": 8, "distilled": 8}
+    assert server.statuses == {"200": 8, "429": 2, "500": 3, "garbage": 1, "nochoices": 1, "timeout": 1}
+    assert report["ledger"]["retries"] == 8 and report["ledger"]["requests"] == 8
+    assert time.monotonic() - started >= 0.3  # Retry-After was honoured (backoff alone would be ~1 ms)
+
+
+def test_retries_give_up_with_a_clear_error_and_commit_nothing(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    server = teacher_server(fault=lambda text, attempt: "500" if question_number(text) == 2 else None)
+    output = str(tmp_path / "out")
+    with pytest.raises(TeacherError, match="still failing after 3 attempts"):
+        distill(fast_config(input_records(6), output, server, max_attempts=3))
+    assert not manifest.is_committed(output)
+
+
+def test_concurrency_never_exceeds_the_limit(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    server = teacher_server(
+        latency=0.03,
+        fault=lambda text, attempt: "429" if attempt == 1 and question_number(text) % 3 == 0 else None,
+        retry_after="0.01",
+    )
+    report = distill(fast_config(input_records(30), str(tmp_path / "out"), server, concurrency=3))
+    assert report["counts"]["distilled"] == 30
+    assert server.max_in_flight == 3  # reached, never exceeded
+
+
+def test_rerun_sends_zero_requests(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    input_uri = input_records(10)
+    server = teacher_server()
+    first = fast_config(input_uri, str(tmp_path / "a"), server)
+    distill(first)
+    sent = server.chat_requests
+    assert sent == 10
+    assert distill(first) == {"skipped": True}  # committed: a no-op
+    # A fresh output (or --overwrite) redoes the work from the cache: the same bytes, no request.
+    second = distill(fast_config(input_uri, str(tmp_path / "b"), server))
+    overwritten = distill(fast_config(input_uri, str(tmp_path / "a"), server, overwrite=True))
+    assert server.chat_requests == sent
+    assert second["ledger"]["requests"] == 0 and second["ledger"]["cache_hits"] == 10
+    assert overwritten["ledger"]["requests"] == 0
+    for split in ("train", "val", "rejected"):
+        name = f"{split}/00000-of-00001.jsonl.gz"
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_fatal_bad_request_stops_at_once(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    server = teacher_server(fault=lambda text, attempt: "400", latency=0.02)
+    output = str(tmp_path / "out")
+    with pytest.raises(TeacherError, match="HTTP 400"):
+        distill(fast_config(input_records(40), output, server, concurrency=2))
+    assert server.chat_requests <= 2  # the requests already in flight, none after the first 400, no retry
+    assert not manifest.is_committed(output)
+
+
+def test_answers_received_before_a_fatal_error_are_kept(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    server = teacher_server(fault=lambda text, attempt: "400" if question_number(text) == 20 else None)
+    input_uri = input_records(30)
+    with pytest.raises(TeacherError):
+        distill(fast_config(input_uri, str(tmp_path / "out"), server, concurrency=2))
+    answered = server.statuses["200"]
+    assert AnswerCache(str(tmp_path / "_distill_cache"), "reader").load() == answered > 0
+    server.fault = None
+    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, concurrency=2))
+    assert report["ledger"]["requests"] == 30 - answered and report["ledger"]["cache_hits"] == answered
+
+
+def test_sharded_runs_split_the_input_and_merge(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    input_uri = input_records(9)
+    server = teacher_server()
+    output = str(tmp_path / "out")
+    reports = [distill(fast_config(input_uri, output, server, shard_index=i, num_shards=3)) for i in range(3)]
+    assert [r["counts"]["input"] for r in reports] == [3, 3, 3]
+    merged = manifest.read_manifest(output)
+    assert merged["shard_count"] == 3 and merged["records"] == 9
+    ids = {r["id"] for r in _read(output, "train/") + _read(output, "val/")}
+    assert ids == {f"synthetic:train:{i}" for i in range(9)}
+    assert (tmp_path / "out" / "quality" / "00002-of-00003.json").exists()

@@ -1,0 +1,243 @@
+"""What every source converter shares: the rejection type, streaming readers and small text helpers.
+
+A converter is a generator of items, one per input item: either a record (a plain dict in the
+schema of ``docs/records.md``) or a :class:`Rejection` saying why the item cannot be used. It never
+raises on bad data, so the pipeline can always account for every input item.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from vcot import storage
+from vcot.errors import VcotError
+from vcot.log import get_logger
+
+log = get_logger(__name__)
+
+Owns = Callable[[int], bool]
+"""Whether this shard converts the item at a given input position (``ShardSpec.owns``)."""
+
+RAW_LIMIT = 2000
+"""How much of a bad input item is kept in ``rejected/`` (enough to debug, never a whole document)."""
+
+
+@dataclass
+class Rejection:
+    """An input item that did not become a record, with a reason code (see ``docs/convert.md``)."""
+
+    reason: str
+    detail: str
+    source_index: int
+    id: str | None = None
+    subset: str = "unknown"
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "id": self.id,
+            "subset": self.subset,
+            "source_index": self.source_index,
+            "raw": truncate_raw(self.raw),
+            **self.extra,
+        }
+
+
+Item = dict[str, Any] | Rejection
+
+
+def truncate_raw(raw: Any) -> Any:
+    """The input item as stored in ``rejected/``: JSON-safe and at most ``RAW_LIMIT`` characters.
+
+    >>> truncate_raw("x" * 3000)[-3:]
+    '...'
+    >>> truncate_raw({"a": 1})
+    {'a': 1}
+    """
+    if raw is None or isinstance(raw, (int, float, bool)):
+        return raw
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    if len(text) > RAW_LIMIT:
+        return text[:RAW_LIMIT] + "..."
+    return raw if not isinstance(raw, bytes) else text
+
+
+def has_bad_encoding(*values: Any) -> bool:
+    """Whether any string holds U+FFFD, which is what undecodable input bytes turn into on reading."""
+    return any(isinstance(v, str) and "\ufffd" in v for v in values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Streaming readers
+# --------------------------------------------------------------------------------------------------
+
+
+def ijson_backend() -> Any:
+    """ijson's C backend (yajl2_c, several times faster) when built, else the best available one."""
+    import ijson
+
+    try:
+        return ijson.get_backend("yajl2_c")
+    except ImportError:  # pragma: no cover - depends on the wheel
+        return ijson
+
+
+class Utf8Repair:
+    """A byte stream re-encoded with undecodable bytes replaced by U+FFFD.
+
+    yajl stops the whole parse at the first invalid UTF-8 byte; behind this wrapper the parse goes on
+    and only the record holding the bad bytes is rejected (``bad_encoding``). Valid UTF-8 passes
+    through unchanged.
+    """
+
+    def __init__(self, source: IO[bytes], chunk_size: int = 1 << 16) -> None:
+        self._source = source
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._chunk_size = chunk_size
+        self._pending = b""
+        self._offset = 0
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return b"".join(iter(lambda: self.read(self._chunk_size), b""))
+        while self._offset >= len(self._pending) and not self._done:
+            chunk = self._source.read(self._chunk_size)
+            self._done = not chunk
+            self._pending = self._decoder.decode(chunk, final=self._done).encode("utf-8")
+            self._offset = 0
+        data = self._pending[self._offset : self._offset + size]
+        self._offset += len(data)
+        return data
+
+
+def require_input(uri: str, what: str) -> None:
+    """Fail with one clear line when an input file is missing (a typo, or an upload that never happened)."""
+    storage.check_access(uri)
+    if not storage.exists(uri):
+        raise VcotError(f"{what} {uri} does not exist: check --input (and that the data was uploaded)")
+
+
+def iter_json_array(uri: str, prefix: str = "item") -> Iterator[Any]:
+    """Stream the items of a (possibly multi-GB) JSON array without loading it: one item in memory at a time.
+
+    A syntax error (a truncated download, a file that is not JSON) stops with a :class:`VcotError` naming
+    the file: a partial conversion of a broken file must not be committed as if it were complete.
+    """
+    import ijson
+
+    backend = ijson_backend()
+    with storage.open_uri(uri, "rb") as handle:
+        stream = Utf8Repair(handle)
+        try:
+            yield from backend.items(stream, prefix, use_float=True)
+        except ijson.JSONError as exc:
+            raise VcotError(
+                f"{uri} is not a valid JSON array ({str(exc).splitlines()[0]}): the file is truncated or corrupt; "
+                "download it again (records converted so far were not committed)"
+            ) from exc
+
+
+def iter_json_object(uri: str) -> Iterator[tuple[str, Any]]:
+    """Stream the ``(key, value)`` pairs of a top-level JSON object (ScienceQA's ``problems.json``)."""
+    import ijson
+
+    backend = ijson_backend()
+    with storage.open_uri(uri, "rb") as handle:
+        try:
+            yield from backend.kvitems(Utf8Repair(handle), "", use_float=True)
+        except ijson.JSONError as exc:
+            raise VcotError(
+                f"{uri} is not a valid JSON object ({str(exc).splitlines()[0]}): download it again"
+            ) from exc
+
+
+@dataclass
+class BadLine:
+    """A JSONL line that could not be read as a JSON value."""
+
+    reason: str
+    detail: str
+    raw: str
+
+
+def iter_jsonl(uri: str) -> Iterator[Any | BadLine]:
+    """Yield each non-blank line of a JSONL file parsed, or a :class:`BadLine` (the reading goes on)."""
+    with storage.open_uri(uri, "rb", compression="infer_from_extension") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadLine("bad_encoding", f"line {line_number}: {exc}", line.decode("utf-8", "replace"))
+                continue
+            try:
+                yield json.loads(text)
+            except (json.JSONDecodeError, RecursionError) as exc:
+                yield BadLine("malformed_json", f"line {line_number}: {exc}", text)
+
+
+def iter_json_items(uri: str) -> Iterator[Any | BadLine]:
+    """Items of a ``.jsonl`` file (line by line) or of a JSON array (streamed), chosen by the file name."""
+    name = uri.rsplit("/", 1)[-1]
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        return iter_jsonl(uri)
+    return iter_json_array(uri)
+
+
+# --------------------------------------------------------------------------------------------------
+# Text helpers
+# --------------------------------------------------------------------------------------------------
+
+_SPACES = re.compile(r"\s+")
+_NOT_WORD = re.compile(r"[^a-z0-9 ]+")
+
+
+def clean_text(value: Any) -> str:
+    """A source string stripped of the ``<image>`` placeholder and outer whitespace ("" for non-strings)."""
+    if not isinstance(value, str):
+        return ""
+    return value.replace("<image>", "").strip()
+
+
+def normalize_question(text: str) -> str:
+    """Question text reduced for duplicate detection: first paragraph, lower case, words only.
+
+    >>> normalize_question("<image>\\nWhat is  the Man holding?\\nOptions: A. bat")
+    'what is the man holding'
+    """
+    text = clean_text(text)
+    for marker in ("\nOptions", "\nChoices", "\nContext", "\nHint", "\n"):
+        text = text.split(marker, 1)[0]
+    return _SPACES.sub(" ", _NOT_WORD.sub(" ", text.lower())).strip()
+
+
+def image_identity(path: str) -> str:
+    """What names an image across datasets: the file stem, or its folder when the stem is generic.
+
+    ScienceQA names every image ``<pid>/image.png``; COCO names carry the image id.
+
+    >>> image_identity("coco/train2017/000000123456.jpg"), image_identity("sqa/train/17/image.png")
+    ('000000123456', '17')
+    """
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    if not parts:
+        return ""
+    stem = parts[-1].rsplit(".", 1)[0]
+    if stem.lower() in ("image", "img", "0") and len(parts) > 1:
+        return parts[-2]
+    return stem
+
+
+def dedup_key(question: str, image_path: str | None) -> str:
+    """The key LLaVA-CoT items are matched on against A-OKVQA/ScienceQA records (``docs/convert.md``)."""
+    return f"{normalize_question(question)}|{image_identity(image_path) if image_path else ''}"

@@ -1,0 +1,85 @@
+"""Image sizes from headers (no pixel decoding) and content-addressed storage of embedded images."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+from vcot import storage
+from vcot.errors import StorageError
+
+
+class ImageProblem(Exception):
+    """An image that cannot be used; ``reason`` is the rejection code (``missing_image``, ``unreadable_image``).
+
+    Storage that cannot be reached is not an image problem: that :class:`StorageError` propagates.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def size_from_bytes(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` of encoded image bytes, read from the header only.
+
+    >>> from PIL import Image
+    >>> buffer = io.BytesIO(); Image.new("RGB", (7, 3)).save(buffer, "PNG")
+    >>> size_from_bytes(buffer.getvalue())
+    (7, 3)
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header, decodes no pixels
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageProblem("unreadable_image", f"not a readable image: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise ImageProblem("unreadable_image", f"image header gives size {width}x{height}")
+    return width, height
+
+
+def size_from_uri(uri: str) -> tuple[int, int]:
+    """``(width, height)`` of the image at ``uri``, reading only its first bytes where the format allows."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
+            width, height = image.size  # PIL has read the header through the stream; pixels stay undecoded
+    except StorageError as exc:
+        if "does not exist" not in str(exc):
+            raise  # unreachable storage or refused credentials: stop the stage, do not reject every image
+        raise ImageProblem("missing_image", str(exc)) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageProblem("unreadable_image", f"{uri} is not a readable image: {exc}") from exc
+    if width <= 0 or height <= 0:
+        raise ImageProblem("unreadable_image", f"{uri}: image header gives size {width}x{height}")
+    return width, height
+
+
+def image_format(data: bytes) -> str:
+    """File extension for encoded image bytes, from their magic number (``bin`` when unknown)."""
+    if data.startswith(b"\x89PNG"):
+        return "png"
+    if data.startswith(b"\xff\xd8"):
+        return "jpg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "bin"
+
+
+def store_content_addressed(data: bytes, root: str) -> str:
+    """Write image bytes once under ``root/<sha[:2]>/<sha256>.<ext>`` and return the URI.
+
+    The same image embedded many times (or converted by a rerun) is stored once, under a name that
+    cannot collide with a different image.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    uri = storage.join(root, digest[:2], f"{digest}.{image_format(data)}")
+    if not storage.exists(uri):
+        storage.write_bytes(uri, data)
+    return uri

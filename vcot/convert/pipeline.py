@@ -1,0 +1,248 @@
+"""The convert stage: one source's items -> quality filter -> deterministic split -> shards + manifest.
+
+Reads top to bottom: the config, where a source's inputs are, the loop that routes every item to
+exactly one of ``train/``, ``val/`` or ``rejected/``, then the commit and the quality report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from vcot import manifest, storage
+from vcot.config import option, redacted
+from vcot.convert import aokvqa, llava_cot, scienceqa, viscot
+from vcot.convert.common import Item, Owns, Rejection, require_input
+from vcot.convert.quality import QualityStats, merge, quality_problem, render_markdown, report
+from vcot.log import get_logger
+from vcot.manifest import ShardSpec
+from vcot.records import split_for
+from vcot.shards import JsonlShardWriter, ShardFile
+
+log = get_logger(__name__)
+
+STAGE = "convert"
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot"]
+OUTPUT_SPLITS = ("train", "val", "rejected")
+
+
+@dataclass
+class ConvertConfig:
+    """Convert a source dataset into canonical grounded records (train/val/rejected shards + quality report)."""
+
+    source: Source = option(help="Which dataset --input holds: viscot, scienceqa, aokvqa or llava-cot.")
+    input: str = option(
+        help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
+        "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
+        "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot: the .json/.jsonl file."
+    )
+    output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
+    images: str | None = option(
+        None,
+        help="Images root URI that the source's image paths are relative to (default: <input folder>/images; "
+        "for ScienceQA Parquet, where embedded images are written: <output>/images).",
+    )
+    metadata: str | None = option(
+        None,
+        help="viscot: JSONL with image width/height (VisCOT metadata or detection format); "
+        "default <input folder>/metadata.jsonl when it exists.",
+    )
+    val_fraction: float = option(0.1, help="Share of records in val/, chosen by a hash of the record id.")
+    shard_index: int | None = option(None, help="This pod's shard (default: JOB_COMPLETION_INDEX, else 0).")
+    num_shards: int = option(1, help="How many pods split the input (each takes every N-th item).")
+    overwrite: bool = option(False, help="Replace a committed output instead of skipping it.")
+    read_image_headers: bool = option(
+        True, help="viscot: read an image's header for its size when the metadata lacks it (else reject missing_size)."
+    )
+    check_images: bool = option(
+        False, help="viscot: open every image (header only) to check it exists and matches the metadata size."
+    )
+    box_string_frame: Literal["padded", "original"] = option(
+        "padded",
+        help="viscot: what a box string without ### box is relative to: padded (VisCOT's padded square) or original.",
+    )
+    rationale_style: Literal["plain", "step-by-step"] = option(
+        "plain", help="aokvqa: rationale text as 'r1 r2 r3 Answer: x' or seed 001's 'Let me think step by step: ...'."
+    )
+    dedup_against: list[str] = option(
+        [], help="llava-cot: comma-separated committed convert outputs (aokvqa, scienceqa) whose items to skip."
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.val_fraction <= 1.0:
+            raise ValueError(f"--val-fraction {self.val_fraction} must be between 0 and 1")
+        if self.shard_index is None:
+            raw = os.environ.get("JOB_COMPLETION_INDEX", "0")
+            if not raw.isdigit():
+                raise ValueError(f"JOB_COMPLETION_INDEX={raw!r} is not a shard index: set --shard-index")
+            self.shard_index = int(raw)
+        if self.num_shards < 1:
+            raise ValueError("--num-shards must be at least 1")
+        ShardSpec(self.shard_index, self.num_shards)  # raises a ValueError that says what to set
+        if self.dedup_against and self.source != "llava-cot":
+            raise ValueError("--dedup-against applies to --source llava-cot only")
+
+    @property
+    def shard(self) -> ShardSpec:
+        return ShardSpec(self.shard_index or 0, self.num_shards)
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------
+
+
+def _folder(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
+
+
+def _is_file(uri: str) -> bool:
+    return uri.endswith((".json", ".jsonl", ".jsonl.gz", ".parquet"))
+
+
+def viscot_inputs(config: ConvertConfig) -> tuple[str, str, str | None]:
+    """``(json file, images root, metadata or None)`` for a VisCOT input file or folder."""
+    data = config.input if _is_file(config.input) else storage.join(config.input, "viscot.json")
+    require_input(data, "VisCOT file")
+    folder = _folder(data)
+    metadata = config.metadata
+    if metadata is None and storage.exists(storage.join(folder, "metadata.jsonl")):
+        metadata = storage.join(folder, "metadata.jsonl")
+    elif metadata is not None:
+        require_input(metadata, "VisCOT metadata")
+    return data, config.images or storage.join(folder, "images"), metadata
+
+
+def source_items(config: ConvertConfig, owns: Owns) -> Iterator[Item]:
+    """Every owned input item of ``config.source`` as a record or a rejection."""
+    if config.source == "viscot":
+        data, images, metadata = viscot_inputs(config)
+        storage.check_access(images)
+        return viscot.iter_items(
+            data,
+            images=images,
+            metadata=metadata,
+            owns=owns,
+            read_headers=config.read_image_headers,
+            check_images=config.check_images,
+            frame=config.box_string_frame,
+        )
+    if config.source == "scienceqa":
+        return scienceqa.iter_items(config.input, images=config.images, output=config.output, owns=owns)
+    if config.source == "aokvqa":
+        return aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
+    return llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+class _Outputs:
+    """The three shard writers of one pod; all closed together, or all aborted."""
+
+    def __init__(self, output: str, shard: ShardSpec) -> None:
+        self.writers = {split: JsonlShardWriter(output, f"{split}/{shard.name}.jsonl.gz") for split in OUTPUT_SPLITS}
+
+    def close(self) -> list[ShardFile]:
+        return [writer.close() for writer in self.writers.values()]
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+
+def route(items: Iterator[Item], outputs: _Outputs, stats: QualityStats, val_fraction: float) -> None:
+    """Send every item to exactly one writer: accepted records to their split, everything else to rejected."""
+    for item in items:
+        if isinstance(item, Rejection):
+            outputs.writers["rejected"].write(item.to_dict())
+            stats.rejected(item.subset, item.reason)
+            continue
+        item["split"] = split_for(item["id"], val_fraction)
+        problem = quality_problem(item)
+        if problem is not None:
+            rejection = Rejection(
+                problem,
+                "failed the quality filter",
+                item["provenance"].get("source_index", -1),
+                id=item.get("id"),
+                subset=item.get("subset") or "unknown",
+                raw=item,
+            )
+            outputs.writers["rejected"].write(rejection.to_dict())
+            stats.rejected(rejection.subset, problem)
+            continue
+        outputs.writers[item["split"]].write(item)
+        stats.accepted(item)
+
+
+def _manifest_config(config: ConvertConfig) -> dict[str, Any]:
+    return {key: value for key, value in redacted(config).items() if key != "overwrite"}
+
+
+def _write_quality(config: ConvertConfig, parts: list[dict[str, Any]]) -> list[ShardFile]:
+    quality = report(merge(parts), source=config.source, shards=config.num_shards)
+    files = []
+    for name, text in (("quality.json", storage.dumps_json(quality)), ("quality.md", render_markdown(quality))):
+        data = text.encode("utf-8")
+        storage.write_bytes(storage.join(config.output, name), data)
+        files.append(ShardFile(name, 0, hashlib.sha256(data).hexdigest(), len(data)))
+    return files
+
+
+def _finish_sharded_quality(config: ConvertConfig) -> None:
+    """Once every shard is committed, whoever notices writes the merged report (same bytes whoever it is)."""
+    merged = manifest.merge_shard_manifests(config.output)
+    if merged is not None:
+        _write_quality(config, merged["stats"]["shards"])
+
+
+def convert(config: ConvertConfig) -> dict[str, Any]:
+    """Run the stage for one shard; returns the shard's quality counts. Skips a committed shard unless --overwrite."""
+    shard = config.shard
+    if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
+        log.info("already committed: skipping (pass --overwrite to redo)", output=config.output, shard=shard.name)
+        if shard.count == 1:
+            return manifest.read_manifest(config.output).get("stats", {})
+        _finish_sharded_quality(config)
+        return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
+
+    stats = QualityStats()
+    items = source_items(config, shard.owns)
+    outputs = _Outputs(config.output, shard)
+    try:
+        progress = tqdm(
+            items, desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty()
+        )
+        route(progress, outputs, stats, config.val_fraction)
+        files = outputs.close()
+    except BaseException:
+        outputs.abort()
+        raise
+    counts = stats.to_dict()
+    if shard.count == 1:
+        files += _write_quality(config, [counts])
+    manifest.commit(config.output, stage=STAGE, files=files, config=_manifest_config(config), stats=counts, shard=shard)
+    if shard.count > 1:
+        _finish_sharded_quality(config)
+    total = report(counts, source=config.source, shards=shard.count)["total"]
+    log.info(
+        "converted",
+        output=config.output,
+        shard=shard.name,
+        input=total["input"],
+        accepted=total["accepted"],
+        rejected=total["rejected"],
+        reasons=total["reasons"],
+    )
+    if total["input"] and not total["accepted"]:
+        log.warning("no item was accepted: check --source, --images and --metadata", reasons=total["reasons"])
+    return counts

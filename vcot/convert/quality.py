@@ -1,0 +1,161 @@
+"""The quality filter (the seed's ``filter_quality``) and the quality report.
+
+A grounded record must pass :func:`vcot.records.grounding_problem` (valid boxes, a rationale that
+grounds them). A record that needs distillation has no boxes yet: it must only carry the fields distill
+needs. Every failure is a reason code; the counts here make "accepted + rejected == input" checkable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from vcot.records import REQUIRED_FIELDS, grounding_problem
+
+COUNTERS = (
+    "input",
+    "accepted",
+    "rejected",
+    "train",
+    "val",
+    "grounded",
+    "needs_distillation",
+    "with_ref",
+    "boxes",
+    "response_chars",
+    "string_box_checked",
+    "string_box_disagrees",
+)
+STRING_BOX_TOLERANCE = 2
+"""Units (0-1000) by which the padded-string box may differ from the absolute box before it counts as disagreeing."""
+
+
+def quality_problem(record: dict[str, Any]) -> str | None:
+    """Why ``record`` is not accepted (a reason code), or ``None``."""
+    if record.get("needs_distillation"):
+        for field in REQUIRED_FIELDS:
+            if record.get(field) in (None, ""):
+                return f"missing_{field}"
+        return None
+    return grounding_problem(record)
+
+
+class QualityStats:
+    """Counts per subset and in total; plain integers so shard stats merge by addition."""
+
+    def __init__(self) -> None:
+        self.subsets: dict[str, Counter[str]] = {}
+        self.reasons: dict[str, Counter[str]] = {}
+
+    def _counter(self, subset: str) -> Counter[str]:
+        if subset not in self.subsets:
+            self.subsets[subset] = Counter()
+            self.reasons[subset] = Counter()
+        return self.subsets[subset]
+
+    def accepted(self, record: dict[str, Any]) -> None:
+        counts = self._counter(record.get("subset") or "unknown")
+        rationale = record.get("rationale") or ""
+        counts["input"] += 1
+        counts["accepted"] += 1
+        counts[record["split"]] += 1
+        counts["needs_distillation" if record.get("needs_distillation") else "grounded"] += 1
+        counts["with_ref"] += "<ref>" in rationale
+        counts["boxes"] += rationale.count("<box>")
+        counts["response_chars"] += len(rationale)
+        delta = (record.get("provenance") or {}).get("string_box_delta")
+        if delta is not None:
+            counts["string_box_checked"] += 1
+            counts["string_box_disagrees"] += delta > STRING_BOX_TOLERANCE
+
+    def rejected(self, subset: str, reason: str) -> None:
+        counts = self._counter(subset or "unknown")
+        counts["input"] += 1
+        counts["rejected"] += 1
+        self.reasons[subset or "unknown"][reason] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"subsets": {name: {counter: n, "reasons": {code: n}}}}``, sorted, zero counters included."""
+        return {
+            "subsets": {
+                name: {
+                    **{key: self.subsets[name][key] for key in COUNTERS},
+                    "reasons": dict(sorted(self.reasons[name].items())),
+                }
+                for name in sorted(self.subsets)
+            }
+        }
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add up the ``to_dict`` counts of several shards."""
+    merged = QualityStats()
+    for part in parts:
+        for name, counts in part.get("subsets", {}).items():
+            target = merged._counter(name)
+            target.update({key: counts.get(key, 0) for key in COUNTERS})
+            merged.reasons[name].update(counts.get("reasons", {}))
+    return merged.to_dict()
+
+
+def _derived(counts: dict[str, Any]) -> dict[str, Any]:
+    accepted = counts["accepted"] or 0
+    return {
+        **counts,
+        "ref_coverage": round(counts["with_ref"] / accepted, 4) if accepted else 0.0,
+        "box_density": round(counts["boxes"] / accepted, 4) if accepted else 0.0,
+        "avg_response_chars": round(counts["response_chars"] / accepted, 1) if accepted else 0.0,
+        "rejection_rate": round(counts["rejected"] / counts["input"], 4) if counts["input"] else 0.0,
+    }
+
+
+def report(stats: dict[str, Any], *, source: str, shards: int) -> dict[str, Any]:
+    """``quality.json``: totals and per-subset counts with the derived ratios.
+
+    ``ref_coverage``: share of accepted rationales naming at least one ``<ref>``; ``box_density``: ``<box>``
+    tags per accepted rationale; ``avg_response_chars``: mean rationale length.
+    """
+    total: dict[str, Any] = {key: 0 for key in COUNTERS}
+    reasons: Counter[str] = Counter()
+    for counts in stats["subsets"].values():
+        for key in COUNTERS:
+            total[key] += counts[key]
+        reasons.update(counts["reasons"])
+    total["reasons"] = dict(sorted(reasons.items()))
+    return {
+        "source": source,
+        "shards": shards,
+        "total": _derived(total),
+        "subsets": {name: _derived(counts) for name, counts in stats["subsets"].items()},
+    }
+
+
+def render_markdown(quality: dict[str, Any]) -> str:
+    """A short readable summary of ``quality.json`` (written beside it as ``quality.md``)."""
+    total = quality["total"]
+    lines = [
+        f"# Convert quality: {quality['source']}",
+        "",
+        f"{total['input']} input items: {total['accepted']} accepted "
+        f"({total['train']} train, {total['val']} val; {total['grounded']} grounded, "
+        f"{total['needs_distillation']} need distillation), {total['rejected']} rejected.",
+        "",
+        "| subset | input | accepted | rejected | `<ref>` coverage | boxes/response | avg chars | top rejections |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, counts in [*quality["subsets"].items(), ("**total**", total)]:
+        top = ", ".join(
+            f"{code} {n}" for code, n in sorted(counts["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        )
+        lines.append(
+            f"| {name} | {counts['input']} | {counts['accepted']} | {counts['rejected']} | "
+            f"{counts['ref_coverage']:.1%} | {counts['box_density']:.2f} | {counts['avg_response_chars']:.0f} | "
+            f"{top or '-'} |"
+        )
+    if total["string_box_checked"]:
+        lines += [
+            "",
+            f"Padded box strings checked against the absolute `###` box: {total['string_box_checked']}, "
+            f"disagreeing by more than {STRING_BOX_TOLERANCE} units: {total['string_box_disagrees']}.",
+        ]
+    return "\n".join(lines) + "\n"

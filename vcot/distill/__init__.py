@@ -1,0 +1,20 @@
+"""The distill stage: an OpenAI-compatible teacher writes grounded rationales (``vcot-distill``).
+
+Modules, one concern each, in the order a request flows:
+
+- ``config``: the stage's knobs (``DistillConfig``);
+- ``prompts``: the house-format system prompt, per-record messages, images as data URLs, zoom crops;
+- ``cache``: request keys and the append-only answer cache (never pay twice);
+- ``ledger``: tokens and estimated cost per run, from an overridable price table;
+- ``teacher``: the ``openai`` async client, concurrency limit and retry policy, cache lookups;
+- ``validate``: is an answer a valid grounded rationale with the right answer; the accepted record;
+- ``direct`` / ``zoom``: the two strategies (seed 000, and seed 003's zoom-in + verifier);
+- ``batch``: Batch API mode (request file, upload, submit, poll, ingest);
+- ``pipeline``: the stage itself (``distill(config)``);
+- ``fake_server``: a local OpenAI-compatible server for tests and benchmarks.
+"""
+
+from vcot.distill.config import DistillConfig
+from vcot.distill.pipeline import distill
+
+__all__ = ["DistillConfig", "distill"]

@@ -1,0 +1,383 @@
+"""The distill stage: committed records in, canonical grounded records out (train/, val/, rejected/, quality).
+
+Input: the ``train/`` and ``val/`` files of a committed output (convert's), in manifest order; this shard owns
+every ``num_shards``-th record. A record is *distilled* when it has ``needs_distillation`` (or is not a
+usable grounded record yet). Records that are already grounded are **passed through unchanged**: distill's
+output is then the complete training set for tokenize, and nobody pays a teacher for a rationale the
+source already has. So ``accepted (distilled + passed through) + rejected == input`` for every shard.
+
+A distilled record keeps every input field and gets ``rationale`` (house format, last line
+``Answer: <answer>``), ``objects`` (its own, else the teacher's boxes), ``needs_distillation = false`` and
+``provenance.distill``. A record whose answer stays invalid after the corrective retry, or whose image is
+missing or unreadable, goes to ``rejected/`` with a reason code.
+
+Stopping is safe at any time: SIGTERM and errors flush the answer cache and the ledger first and commit
+nothing; the rerun asks only for what is not cached, and skips a committed output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import secrets
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vcot import manifest, storage
+from vcot.config import redacted
+from vcot.distill import prompts
+from vcot.distill.batch import BatchCollector, BatchRunner, Deferred
+from vcot.distill.cache import AnswerCache
+from vcot.distill.config import DistillConfig, parse_price_overrides
+from vcot.distill.direct import direct_rationale
+from vcot.distill.ledger import DEFAULT_PRICES, Ledger
+from vcot.distill.teacher import LiveBackend, RetryPolicy, Teacher, TeacherError, make_client
+from vcot.distill.validate import accepted_record
+from vcot.distill.zoom import zoom_and_verify
+from vcot.errors import VcotError
+from vcot.log import get_logger
+from vcot.manifest import ShardSpec
+from vcot.records import grounding_problem
+from vcot.shards import JsonlShardWriter, ShardFile, read_jsonl
+
+log = get_logger("vcot.distill")
+
+STAGE = "distill"
+MAX_BATCH_ROUNDS = 12
+RAW_LIMIT = 2000
+
+
+@dataclass
+class Result:
+    """One input record's fate: ``record`` (accepted) or ``rejected`` (the rejected line), and its counters."""
+
+    kind: str  # distilled | passed_through | rejected
+    record: dict[str, Any] | None = None
+    rejected: dict[str, Any] | None = None
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+def needs_teacher(record: dict[str, Any]) -> bool:
+    """Whether a record must be distilled (else it is passed through as it is).
+
+    >>> needs_teacher({"needs_distillation": True})
+    True
+    """
+    return bool(record.get("needs_distillation")) or grounding_problem(record) is not None
+
+
+def owned_records(input_uri: str, shard: ShardSpec) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(position, record)`` of this shard's records, in the input manifest's order."""
+    position = 0
+    for uri in manifest.committed_files(input_uri, "train/") + manifest.committed_files(input_uri, "val/"):
+        for record in read_jsonl(uri):
+            if shard.owns(position):
+                yield position, record
+            position += 1
+
+
+def rejected_line(record: dict[str, Any], position: int, reason: str, detail: str, answer: str = "") -> dict[str, Any]:
+    """The ``rejected/`` line of docs/records.md, plus the teacher's last answer (truncated) for inspection."""
+    line: dict[str, Any] = {
+        "reason": reason,
+        "detail": detail[:RAW_LIMIT],
+        "id": record.get("id"),
+        "source_index": position,
+        "raw": record,
+    }
+    if answer:
+        line["answer"] = answer[:RAW_LIMIT]
+    return line
+
+
+def _load_image(uri: str, max_side: int) -> tuple[bytes, str]:
+    data = storage.read_bytes(uri)
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    return data, prompts.image_data_url(data, max_side=max_side)
+
+
+class Distiller:
+    """Turns one record into a :class:`Result` with the configured strategy."""
+
+    def __init__(self, config: DistillConfig, teacher: Teacher) -> None:
+        self.config = config
+        self.teacher = teacher
+
+    async def __call__(self, item: tuple[int, dict[str, Any]]) -> Result:
+        position, record = item
+        if not needs_teacher(record):
+            return Result("passed_through", record=record)
+        image_uri = str(record.get("image") or "")
+        if not image_uri or not await asyncio.to_thread(storage.exists, image_uri):
+            return Result(
+                "rejected", rejected=rejected_line(record, position, "image_missing", f"no image at {image_uri!r}")
+            )
+        try:
+            image, image_url = await asyncio.to_thread(_load_image, image_uri, self.config.max_image_side)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+            return Result("rejected", rejected=rejected_line(record, position, "image_unreadable", str(exc)))
+        config = self.config
+        if config.strategy == "zoom":
+            outcome = await zoom_and_verify(
+                self.teacher,
+                record,
+                image,
+                image_url,
+                hint_answer=config.hint_answer,
+                max_branches=config.max_branches,
+                zoom_size=config.zoom_size,
+            )
+        else:
+            outcome = await direct_rationale(self.teacher, record, image_url, hint_answer=config.hint_answer)
+        stats = {**outcome.stats, "corrected": int(outcome.corrected)}
+        if outcome.verdict.problem is not None:
+            line = rejected_line(record, position, outcome.verdict.problem, outcome.verdict.detail, outcome.text)
+            return Result("rejected", rejected=line, stats=stats)
+        info = {"model": config.model, "strategy": config.strategy, "corrected": outcome.corrected}
+        accepted = accepted_record(record, outcome.text, distill_info=info)
+        problem = grounding_problem(accepted)
+        if problem is not None:
+            line = rejected_line(record, position, problem, "the distilled record is not grounded", outcome.text)
+            return Result("rejected", rejected=line, stats=stats)
+        return Result("distilled", record=accepted, stats=stats)
+
+
+async def in_order(
+    work: Callable[[Any], Awaitable[Result]],
+    items: Sequence[Any],
+    window: int,
+    *,
+    on_failure: Callable[[], None] = lambda: None,
+) -> AsyncIterator[Result]:
+    """Run ``work`` on ``items`` with at most ``window`` running, yielding results in input order.
+
+    Ordered output keeps shards deterministic. The first exception of *any* item stops the run without
+    waiting for slower records ahead of it: ``on_failure`` (stop sending), then the running items are
+    drained (answers already paid for are cached) and the exception raised.
+    """
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def watch(task: asyncio.Task[Result]) -> None:
+        if not task.cancelled() and task.exception() is not None and not failed.done():
+            failed.set_exception(task.exception())  # type: ignore[arg-type]
+
+    pending: deque[asyncio.Task[Result]] = deque()
+    position = 0
+    try:
+        while position < len(items) or pending:
+            while position < len(items) and len(pending) < window:
+                task = asyncio.create_task(work(items[position]))
+                task.add_done_callback(watch)
+                pending.append(task)
+                position += 1
+            head = pending[0]
+            await asyncio.wait([head, failed], return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                on_failure()
+                await asyncio.gather(*pending, return_exceptions=True)
+                failed.result()
+            yield await pending.popleft()
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if failed.done() and not failed.cancelled():
+            failed.exception()  # retrieved: no "exception never retrieved" warning
+
+
+async def _batch_results(
+    work: Distiller, items: Sequence[tuple[int, dict[str, Any]]], teacher: Teacher, runner: BatchRunner
+) -> list[Result]:
+    """Rounds of batches until no record waits (see batch.py)."""
+    await runner.resume(teacher.waiting)
+
+    async def step(item: tuple[int, dict[str, Any]]) -> Result | None:
+        try:
+            return await work(item)
+        except Deferred:
+            return None
+
+    for round_number in range(1, MAX_BATCH_ROUNDS + 1):
+        collector = BatchCollector()
+        teacher.backend = collector
+        teacher.waiting.clear()
+        results = await asyncio.gather(*(step(item) for item in items))
+        if not collector.requests:
+            return [result for result in results if result is not None]
+        log.info("batch_round", round=round_number, requests=len(collector.requests), waiting=results.count(None))
+        await runner.run(collector.requests, dict(teacher.waiting))
+    raise TeacherError(f"records still waiting after {MAX_BATCH_ROUNDS} batch rounds; rerun to continue")
+
+
+class _Outputs:
+    """The three record shards of this pod plus the counters of the quality report."""
+
+    def __init__(self, output: str, shard: ShardSpec) -> None:
+        name = f"{shard.name}.jsonl.gz"
+        self.writers = {split: JsonlShardWriter(output, f"{split}/{name}") for split in ("train", "val", "rejected")}
+        self.counts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.details: Counter[str] = Counter()
+
+    def add(self, result: Result) -> None:
+        self.counts["input"] += 1
+        self.counts[result.kind] += 1
+        self.details.update(result.stats)
+        if result.rejected is not None:
+            self.reasons[result.rejected["reason"]] += 1
+            self.writers["rejected"].write(result.rejected)
+        else:
+            assert result.record is not None
+            split = "val" if result.record.get("split") == "val" else "train"
+            self.writers[split].write(result.record)
+
+    def close(self) -> list[ShardFile]:
+        return [writer.close() for writer in self.writers.values()]
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+
+@contextlib.contextmanager
+def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
+    """On SIGTERM (a pod being stopped), cancel ``task`` so cleanup runs; yields ``[terminated]``."""
+    terminated = [False]
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        terminated[0] = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        installed = False
+    try:
+        yield terminated
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _keeper(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
+    """Every ``every`` seconds: store answers waiting in memory and the ledger so far (a SIGKILL loses little)."""
+    while True:
+        await asyncio.sleep(every)
+        await cache.flush_due()
+        await asyncio.to_thread(storage.write_json, ledger_uri, ledger.to_dict())
+
+
+def distill(config: DistillConfig) -> dict[str, Any]:
+    """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
+    shard = ShardSpec(int(config.shard_index or 0), config.num_shards)
+    if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
+        log.info("already_committed", output=config.output, shard=shard.name)
+        return {"skipped": True}
+    api_key = os.environ.get("OPENAI_API_KEY", "")
+    if not api_key:
+        raise VcotError(
+            "OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint"
+        )
+    items = list(owned_records(config.input, shard))
+    log.info("input", records=len(items), shard=shard.name, strategy=config.strategy, mode=config.mode)
+    return asyncio.run(_distill(config, shard, items, api_key))
+
+
+async def _distill(
+    config: DistillConfig, shard: ShardSpec, items: list[tuple[int, dict[str, Any]]], api_key: str
+) -> dict[str, Any]:
+    started = time.monotonic()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    writer = f"{shard.name}-{run_id}"
+    prices = {**DEFAULT_PRICES, **(parse_price_overrides(config.prices) if config.prices else {})}
+    ledger = Ledger(config.model, run_id, prices)
+    cache = AnswerCache(
+        config.cache_uri, writer, flush_every=config.cache_flush_every, flush_seconds=config.cache_flush_seconds
+    )
+    await asyncio.to_thread(cache.load)
+    cached_before = len(cache.entries)
+    policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
+    client = make_client(config.base_url, api_key, config.request_timeout)
+    live = LiveBackend(client, policy, config.concurrency, ledger, secret=api_key)
+    teacher = Teacher(config.model, config.request_params, cache, ledger, backend=live)
+    work = Distiller(config, teacher)
+    outputs = _Outputs(config.output, shard)
+    ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
+    keeper = asyncio.create_task(_keeper(cache, ledger, ledger_uri, max(1.0, config.cache_flush_seconds)))
+    with _sigterm_cancels(asyncio.current_task()) as terminated:
+        try:
+            if config.mode == "batch":
+                runner = BatchRunner(
+                    client,
+                    cache,
+                    ledger,
+                    policy,
+                    state_uri=storage.join(config.cache_uri, "batches", f"{shard.name}.json"),
+                    poll_seconds=config.batch_poll_seconds,
+                    max_hours=config.batch_max_hours,
+                    secret=api_key,
+                )
+                for result in await _batch_results(work, items, teacher, runner):
+                    outputs.add(result)
+            else:
+                window = max(64, 8 * config.concurrency)
+                async for result in in_order(work, items, window, on_failure=live.stopped.set):
+                    outputs.add(result)
+        except asyncio.CancelledError:
+            outputs.abort()
+            if terminated[0]:
+                raise VcotError(
+                    f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume"
+                ) from None
+            raise
+        except BaseException:
+            outputs.abort()
+            raise
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            cache.flush()
+            storage.write_json(ledger_uri, ledger.to_dict())
+            await client.close()
+    files = outputs.close()
+    report = {
+        "stage": STAGE,
+        "shard": shard.name,
+        "counts": dict(outputs.counts),
+        "accepted": outputs.counts["distilled"] + outputs.counts["passed_through"],
+        "rejected_reasons": dict(sorted(outputs.reasons.items())),
+        "details": dict(sorted(outputs.details.items())),
+        "ledger": ledger.to_dict(),
+        "cache": {"uri": config.cache_uri, "answers_before": cached_before, "answers_after": len(cache.entries)},
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+    quality_path = "quality.json" if shard.count == 1 else f"quality/{shard.name}.json"
+    storage.write_json(storage.join(config.output, quality_path), report)
+    stable_config = {k: v for k, v in redacted(config).items() if k not in ("overwrite",)}
+    manifest.commit(
+        config.output,
+        stage=STAGE,
+        files=files,
+        config=stable_config,
+        inputs=[config.input],
+        stats={k: report[k] for k in ("counts", "accepted", "rejected_reasons", "details")},
+        shard=shard,
+    )
+    log.info(
+        "done",
+        **{k: report[k] for k in ("counts", "rejected_reasons", "elapsed_s")},
+        cost_usd=ledger.estimated_cost_usd(),
+    )
+    return report
