@@ -307,11 +307,12 @@ STEP_MODULES = {
 def _missing_modules(stage: str) -> list[str]:
     import importlib.util
 
-    def found(module: str) -> bool:
+    def found(module: str) -> bool:  # in this checkout (the shared venv's editable install may point elsewhere)
         try:
-            return importlib.util.find_spec(module) is not None
+            spec = importlib.util.find_spec(module)
         except ModuleNotFoundError:  # its parent package is missing
             return False
+        return spec is not None and spec.origin is not None and Path(spec.origin).resolve().is_relative_to(REPO_ROOT)
 
     return [module for module in STEP_MODULES[stage] if not found(module)]
 
