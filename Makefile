@@ -137,3 +137,45 @@ SYNTHETIC_URI ?= s3://vcot/local/synthetic
 .PHONY: synthetic-data
 synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, default on the local S3 server: make s3-up)
 	@eval "$$($(PY) -m vcot.local_s3 env)"; $(PY) -m vcot.convert.synthetic $(SYNTHETIC_URI)
+
+# --- train ------------------------------------------------------------------------------------------
+# The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
+# tokenize -> train (-> evaluate). Every stage skips work already committed; LOCAL_RUN=... for a fresh root.
+LOCAL_RUN ?= s3://vcot/local
+LOCAL_RECORDS ?= 256
+TINY_MODEL ?= .cache/tiny-qwen2.5-vl
+.PHONY: tiny-model local-train bench-train
+
+tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL, default .cache/tiny-qwen2.5-vl)
+	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.tiny_model $(TINY_MODEL)
+
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate
+	@set -euo pipefail; \
+	$(PY) -m vcot.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
+	echo "== synthetic data -> $(LOCAL_RUN)/synthetic"; \
+	$(PY) -c "from vcot import storage; import sys; sys.exit(0 if storage.exists('$(LOCAL_RUN)/synthetic/viscot.json') else 1)" \
+		|| $(PY) -m vcot.convert.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
+	echo "== convert -> $(LOCAL_RUN)/records"; \
+	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
+	echo "== tokenize -> $(LOCAL_RUN)/tokens"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL); \
+	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny --recipe tiny-cpu; \
+	if [ -f jobs/evaluate.py ]; then \
+		echo "== evaluate -> $(LOCAL_RUN)/eval/tiny"; \
+		$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter \
+			--data $(LOCAL_RUN)/records --output $(LOCAL_RUN)/eval/tiny --max-new-tokens 64; \
+	fi; \
+	echo; echo "Done. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
+	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
+	echo "  records         $(LOCAL_RUN)/records"; \
+	echo "  tokens          $(LOCAL_RUN)/tokens"; \
+	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
+	if [ -f jobs/evaluate.py ]; then echo "  evaluation      $(LOCAL_RUN)/eval/tiny"; fi; \
+	echo "  tiny model      $(TINY_MODEL)"
+
+bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
+	PYTHONPATH=. $(PY) bench/train_bench.py

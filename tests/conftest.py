@@ -85,3 +85,14 @@ def real_s3(local_s3_server: object, monkeypatch: pytest.MonkeyPatch) -> str:
     server = local_s3_server
     _use_s3(monkeypatch, server.env())  # type: ignore[attr-defined]
     return f"s3://{server.bucket}/tests/{uuid.uuid4().hex[:12]}"  # type: ignore[attr-defined]
+
+
+# --- train: the tiny offline Qwen2.5-VL (vcot.tiny_model), built once per test session -------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A hub-like tiny Qwen2.5-VL folder (tokenizer, processor, config, random weights), seed 0."""
+    from vcot.tiny_model import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"), seed=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +27,9 @@ def test_exports_name_every_variable_storage_reads(tmp_path) -> None:  # type: i
 
 def test_down_without_a_server_is_a_no_op(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert local_s3.down(local_s3.LocalS3(tmp_path, 1, "k", "s", "b")) is False
+
+def test_up_is_idempotent_from_another_folder(local_s3_server: local_s3.LocalS3, tmp_path: Path) -> None:
+    # A server is already up (started from another checkout): `up` from a fresh folder must just say so.
+    elsewhere = dataclasses.replace(local_s3_server, root=tmp_path / "never-created")
+    assert local_s3.up(elsewhere) is False
+    assert (elsewhere.root / "env.sh").read_text() == elsewhere.exports()

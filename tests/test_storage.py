@@ -177,3 +177,23 @@ def test_lineage_of_raw_source_data_records_only_its_uri(tmp_path: Path) -> None
     out = str(tmp_path / "out")
     committed = manifest.commit(out, stage="convert", files=[], config={}, inputs=[str(raw)])
     assert committed["inputs"] == [{"uri": str(raw), "committed": False}]
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_download_prefix_can_skip_weights(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    (source / "model.safetensors").write_bytes(b"\x00" * 8)
+    prefix = str(source)
+    if where == "s3":
+        prefix = f"{request.getfixturevalue('s3_bucket')}/model"
+        storage.upload_dir(source, prefix)
+    dest = storage.download_prefix(prefix, tmp_path / "dst", skip_suffixes=(".safetensors", ".bin"))
+    assert sorted(p.name for p in dest.iterdir()) == ["config.json"]
+
+
+def test_s3_client_is_per_process(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    parent = storage.s3_client()
+    assert storage.s3_client() is parent
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked DataLoader worker
+    assert storage.s3_client() is not parent

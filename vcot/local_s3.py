@@ -154,7 +154,7 @@ def up(server: LocalS3, timeout: float = 90.0) -> bool:
             if time.monotonic() > deadline:
                 raise VcotError(f"cannot create bucket {server.bucket!r} on {server.endpoint}: {exc}") from exc
             time.sleep(0.5)
-    server.root.mkdir(parents=True, exist_ok=True)
+    server.root.mkdir(parents=True, exist_ok=True)  # also when a server started from another folder is up
     (server.root / "env.sh").write_text(server.exports())
     return started
 

@@ -69,10 +69,14 @@ def _client_for(settings: S3Settings, credentials_key: tuple[str | None, ...]) -
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client for the current environment (cached; a changed environment gets a new one)."""
+    """A boto3 S3 client for the current environment and process (cached; a changed environment gets a new one).
+
+    Keyed by process id too: a forked worker (e.g. a DataLoader worker loading images) must not share its
+    parent's connection pool.
+    """
     credentials_key = tuple(
         os.environ.get(name) for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-    )
+    ) + (str(os.getpid()),)
     return _client_for(S3Settings.from_env(), credentials_key)
 
 
@@ -319,13 +323,20 @@ def check_access(uri: str) -> None:
             raise
 
 
-def download_prefix(prefix: str, dest: Path) -> Path:
-    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size)."""
+def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] = ()) -> Path:
+    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size).
+
+    ``skip_suffixes`` leaves out files by name ending, e.g. ``(".safetensors",)`` to fetch a model's
+    tokenizer and processor without its weights.
+    """
     dest.mkdir(parents=True, exist_ok=True)
     if not is_s3(prefix):
-        shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True)
+        ignore = shutil.ignore_patterns(*(f"*{suffix}" for suffix in skip_suffixes)) if skip_suffixes else None
+        shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True, ignore=ignore)
         return dest
     for uri in list_uris(prefix):
+        if skip_suffixes and uri.endswith(skip_suffixes):
+            continue
         target = dest / relative(uri, prefix)
         bucket, key = split_s3(uri)
         with storage_errors(uri):

@@ -1,0 +1,16 @@
+"""``vcot-train``: LoRA SFT on a tokenize output, resumable from checkpoints in storage (``vcot/train/stage.py``)."""
+
+from __future__ import annotations
+
+import sys
+
+from vcot.cli import run_stage
+from vcot.train import TrainConfig, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("train", TrainConfig, train, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Loading a base model (+ adapter) and its processor from a folder, S3, or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from vcot import storage
+from vcot.errors import VcotError
+from vcot.modeling import ImageOnlyQwen25VLProcessor, load_model_and_processor, load_processor_for, local_model_path
+
+
+def test_loads_a_local_folder_in_fp32_for_inference(tiny_model_dir: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    assert model.dtype == torch.float32 and not model.training
+
+
+def test_s3_prefix_is_synced_to_the_cache(
+    tiny_model_dir: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VCOT_MODEL_CACHE", str(tmp_path / "cache"))
+    uri = f"{s3_bucket}/models/tiny"
+    storage.upload_dir(tiny_model_dir, uri)
+    processor = load_processor_for(uri)  # tokenize fetches no weights
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    path = Path(local_model_path(uri))
+    assert path.parent == tmp_path / "cache"
+    assert (path / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
+    model, _ = load_model_and_processor(uri)
+    assert model.config.model_type == "qwen2_5_vl"
+
+
+def test_hub_ids_pass_through_and_missing_folders_are_refused(tmp_path: Path) -> None:
+    assert local_model_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    with pytest.raises(VcotError, match="does not exist"):
+        local_model_path(str(tmp_path / "nope"))
+
+
+def test_adapter_is_applied_and_its_processor_preferred(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 84 * 84}
+    processor.save_pretrained(adapter)
+
+    loaded, loaded_processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter))
+    assert type(loaded).__name__ == "PeftModel" and not loaded.training
+    assert loaded_processor.image_processor.size.longest_edge == 84 * 84
+    lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
+    assert lora and not any(p.requires_grad for p in lora)
+    trainable, _ = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter), for_training=True)
+    assert all(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+
+
+def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
+    model, _ = load_model_and_processor(str(tiny_model_dir), quantize="4bit")
+    assert getattr(model, "is_loaded_in_4bit", False)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from vcot.modeling import load_processor
+
+    folder = tmp_path / "stock"
+    shutil.copytree(tiny_model_dir, folder)
+    config = folder / "processor_config.json"  # as the released checkpoints name it: needs the video processor
+    config.write_text(config.read_text().replace("ImageOnlyQwen25VLProcessor", "Qwen2_5_VLProcessor"))
+    processor = load_processor(str(folder))
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    reference = load_processor(str(tiny_model_dir))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
+    assert processor.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(
+        messages, tokenize=False
+    )

@@ -1,0 +1,95 @@
+"""Fixtures for the tokenize and train tests: a committed record output with real images, written here."""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from vcot import manifest, shards, storage
+from vcot.boxes import pixels_to_norm1000
+from vcot.records import split_for
+
+COLORS = ("red", "green", "blue", "yellow")
+SIZES = ((112, 112), (160, 120), (90, 200), (300, 100), (64, 64))
+
+
+def make_record(index: int, image_root: str, rng: random.Random) -> dict[str, Any]:
+    """A synthetic grounded record: one colored square on a gray image; the question asks its color."""
+    width, height = SIZES[index % len(SIZES)]
+    color = COLORS[rng.randrange(len(COLORS))]
+    side = max(8, min(width, height) // 3)
+    x1, y1 = rng.randrange(0, width - side), rng.randrange(0, height - side)
+    image = Image.new("RGB", (width, height), "gray")
+    ImageDraw.Draw(image).rectangle((x1, y1, x1 + side, y1 + side), fill=color)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    uri = storage.join(image_root, f"{index:04d}.png")
+    storage.write_bytes(uri, buffer.getvalue())
+    box = list(pixels_to_norm1000((x1, y1, x1 + side, y1 + side), width, height))
+    record_id = f"synthetic:shapes:{index}"
+    return {
+        "id": record_id,
+        "source": "synthetic",
+        "subset": "shapes",
+        "split": split_for(record_id, 0.25),
+        "image": uri,
+        "width": width,
+        "height": height,
+        "question": "What color is the square?",
+        "answer": color,
+        "choices": list(COLORS),
+        "answer_index": COLORS.index(color),
+        "objects": [{"ref": f"{color} square", "box": box}],
+        "rationale": f"I find the <ref>{color} square</ref><box>[{', '.join(map(str, box))}]</box>. Answer: {color}",
+        "needs_distillation": False,
+        "provenance": {"dataset": "test"},
+    }
+
+
+def write_record_output(root: str, count: int, *, seed: int = 0, unusable: int = 0) -> str:
+    """Write and commit ``root/{train,val}/...jsonl.gz`` like convert does; ``unusable`` records lack a rationale."""
+    rng = random.Random(seed)
+    records = [make_record(i, storage.join(root, "images"), rng) for i in range(count)]
+    for record in records[:unusable]:
+        record["rationale"] = ""
+    files = []
+    for split in ("train", "val"):
+        chosen = [r for r in records if r["split"] == split]
+        files.append(shards.write_jsonl(root, f"{split}/00000-of-00001.jsonl.gz", chosen))
+    manifest.commit(root, stage="convert", files=files, config={"source": "test"})
+    return root
+
+
+@pytest.fixture
+def record_output(tmp_path: Any) -> Callable[..., str]:
+    """Factory: ``record_output(count, seed=0, unusable=0, root=None)`` returns a committed record output URI."""
+
+    def factory(count: int, *, seed: int = 0, unusable: int = 0, root: str | None = None) -> str:
+        return write_record_output(
+            root or str(tmp_path / f"records-{seed}-{count}"), count, seed=seed, unusable=unusable
+        )
+
+    return factory
+
+
+@pytest.fixture
+def one_record(tmp_path: Any) -> Callable[[int, int], dict[str, Any]]:
+    """Factory: ``one_record(index, seed)`` writes one record's image under tmp_path and returns the record."""
+    return lambda index, seed=0: make_record(index, str(tmp_path / "images"), random.Random(seed))
+
+
+@pytest.fixture(scope="session")
+def tokenized_data(tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A committed multimodal tokenize output of 64 synthetic records (tiny model, norm1000)."""
+    from vcot.tokenize import TokenizeConfig, tokenize
+
+    root = tmp_path_factory.mktemp("tokenized")
+    records = write_record_output(str(root / "records"), 64, seed=0)
+    output = str(root / "tokens")
+    tokenize(TokenizeConfig(input=[records], output=output, model=str(tiny_model_dir)))
+    return output

@@ -1,0 +1,24 @@
+"""The examples in the tokenize/train/prompt docstrings are checked, not just shown."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "vcot.prompts",
+    "vcot.modeling",
+    "vcot.tokenize.encode",
+    "vcot.tokenize.stage",
+    "vcot.train.recipe",
+    "vcot.train.stage",
+    "vcot.train.checkpoints",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

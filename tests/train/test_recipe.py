@@ -1,0 +1,96 @@
+"""Recipes: every shipped preset loads, the default is the seed's, overrides and typos are handled."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from vcot.errors import VcotError
+from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex, recipe_names
+
+
+def test_every_shipped_recipe_loads_and_documents_every_knob() -> None:
+    names = recipe_names()
+    assert {"qwen2.5-vl-7b-qlora", "tiny-cpu"} <= set(names)
+    knobs = {name for name in Recipe.__dataclass_fields__}
+    for name in names:
+        recipe = load_recipe(name)
+        assert isinstance(recipe, Recipe)
+        text = (Path(__file__).parents[2] / "vcot" / "train" / "recipes" / f"{name}.yaml").read_text()
+        assert {m for m in re.findall(r"^([a-z_]+):", text, flags=re.M)} == knobs, name
+
+
+def test_default_recipe_is_the_seeds() -> None:
+    recipe = load_recipe(DEFAULT_RECIPE)
+    assert (recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout) == (64, 128, 0.05)
+    assert recipe.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert not recipe.tune_vision and recipe.quantize == "4bit"
+    assert (recipe.learning_rate, recipe.lr_scheduler_type, recipe.warmup_ratio) == (1e-4, "cosine", 0.03)
+    assert (recipe.num_train_epochs, recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (
+        2,
+        4,
+        4,
+    )
+    assert (recipe.weight_decay, recipe.max_grad_norm, recipe.optim) == (0.01, 0.3, "adamw_8bit")
+    assert recipe.neftune_noise_alpha == 5
+    assert (recipe.early_stopping_patience, recipe.early_stopping_threshold) == (3, 0.001)
+    assert recipe.logging_steps == 50 and recipe.gradient_checkpointing
+
+
+def test_overrides_and_files(tmp_path: Path) -> None:
+    recipe = load_recipe(
+        "tiny-cpu", "lora_r=4, learning_rate=3e-4, quantize=null, lora_target_modules=[q_proj, v_proj]"
+    )
+    assert (recipe.lora_r, recipe.learning_rate, recipe.quantize) == (4, 3e-4, None)
+    assert recipe.lora_target_modules == ["q_proj", "v_proj"]
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("lora_r: 2\nnum_train_epochs: 1\n")
+    from_file = load_recipe(str(custom))
+    assert from_file.lora_r == 2 and from_file.learning_rate == Recipe().learning_rate  # the rest: the seed's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("lora_rank=8", "unknown recipe keys"),
+        ("lora_r=eight", "not a valid int"),
+        ("quantize=3bit", "quantize"),
+        ("save_steps=15,eval_steps=10", "multiple of eval_steps"),
+        ("lora_r", "not key=value"),
+    ],
+)
+def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
+    with pytest.raises(VcotError, match=message):
+        load_recipe("tiny-cpu", overrides)
+
+
+def test_unknown_recipe_names_list_the_presets() -> None:
+    with pytest.raises(VcotError, match="neither a preset.*tiny-cpu"):
+        load_recipe("no-such-recipe")
+
+
+def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
+    from vcot.modeling import load_model_and_processor
+    from vcot.train.stage import add_lora
+
+    model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
+    names = {name for name, _ in model.named_modules()}
+    assert any(".visual." in n and n.endswith("mlp.gate_proj") for n in names)  # the trap exists
+    wrapped = add_lora(model, load_recipe("tiny-cpu"))
+    lora = [name for name, _ in wrapped.named_modules() if name.endswith("lora_A")]
+    assert lora and not any("visual" in name for name in lora)
+    suffixes = {name.rsplit(".", 2)[-2] for name in lora}
+    assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    with_vision = lora_target_regex(["gate_proj"], include_vision=True)
+    assert re.fullmatch(with_vision, "model.visual.blocks.0.mlp.gate_proj")
+
+
+def test_cli_refuses_a_bad_override_before_loading_anything(tmp_path: Path) -> None:
+    from jobs.train import main
+
+    argv = ["--data", str(tmp_path / "d"), "--model", str(tmp_path / "m"), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--set", "lora_rank=8"])
+    assert exit_info.value.code == 2

@@ -1,0 +1,154 @@
+"""Tokenize: exact image token counts, assistant-only labels, Parquet shards and their manifest."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from transformers import AutoProcessor
+
+from jobs.tokenize import main as tokenize_main
+from vcot import manifest, storage
+from vcot.boxes import parse_grounded, smart_resize
+from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, VisionSettings, image_grid, num_image_tokens, tokenize
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    return AutoProcessor.from_pretrained(tiny_model_dir)
+
+
+@pytest.mark.parametrize("pixels", [(56 * 56, 112 * 112), (28 * 28, 28 * 28 * 40), (56 * 56, 28 * 28 * 1280)])
+def test_image_token_count_equals_the_processors(processor, pixels: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
+    min_pixels, max_pixels = pixels
+    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    vision = VisionSettings.from_processor(processor)
+    rng = random.Random(0)
+    sizes = [(1, 1), (28, 28), (640, 480), (31, 1000), (1000, 31), (113, 57)] + [
+        (rng.randint(10, 1200), rng.randint(10, 1200)) for _ in range(10)
+    ]
+    for width, height in sizes:
+        out = processor(text=["<|image_pad|>"], images=[Image.new("RGB", (width, height))], return_tensors="pt")
+        grid = image_grid(width, height, vision)
+        assert list(out["image_grid_thw"][0]) == list(grid), (width, height)
+        assert int((out["input_ids"] == processor.image_token_id).sum()) == num_image_tokens(grid)
+
+
+def test_prompt_ids_equal_the_processors_and_labels_cover_exactly_the_assistant_turn(
+    tiny_model_dir: Path, one_record: Callable[..., dict]
+) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    encoder = Encoder(processor, mode="multimodal", coords="norm1000", vision=VisionSettings.from_processor(processor))
+    record = one_record(3, 1)
+    row = encoder.encode(record)
+
+    prompt, assistant = encoder.chat_texts(record)
+    with storage.open_uri(record["image"], "rb") as handle:
+        image = Image.open(handle).convert("RGB")
+    expected = processor(text=[prompt], images=[image], return_tensors="pt")
+    prompt_length = expected["input_ids"].shape[1]
+    assert row["input_ids"][:prompt_length] == expected["input_ids"][0].tolist()
+    assert row["image_grid_thw"] == expected["image_grid_thw"][0].tolist()
+
+    labels = row["labels"]
+    assert labels[:prompt_length] == [IGNORE_INDEX] * prompt_length
+    assert IGNORE_INDEX not in labels[prompt_length:] and len(labels) == len(row["input_ids"])
+    assert labels[prompt_length:] == row["input_ids"][prompt_length:]
+    assert processor.tokenizer.decode(labels[prompt_length:]) == record["rationale"] + "<|im_end|>\n"
+    assert assistant == record["rationale"] + "<|im_end|>\n"
+
+
+def test_qwen25_absolute_targets_and_text_mode(tiny_model_dir: Path, one_record: Callable[..., dict]) -> None:
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    vision = VisionSettings.from_processor(processor)
+    record = one_record(2, 2)  # 90 x 200 px
+
+    row = Encoder(processor, mode="multimodal", coords="qwen2.5-absolute", vision=vision).encode(record)
+    target = processor.tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
+    resized_h, resized_w = smart_resize(200, 90, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels)
+    x1, y1, x2, y2 = record["objects"][0]["box"]
+    assert parse_grounded(target).boxes[0].box == tuple(
+        round(v) for v in (x1 * resized_w / 1000, y1 * resized_h / 1000, x2 * resized_w / 1000, y2 * resized_h / 1000)
+    )
+
+    text_row = Encoder(processor, mode="text", coords="norm1000", vision=vision).encode(record)
+    assert text_row["image"] is None and text_row["image_grid_thw"] is None
+    assert processor.image_token_id not in text_row["input_ids"]
+    assert "<|vision_start|>" not in processor.tokenizer.decode(text_row["input_ids"])
+
+
+def _read_rows(output: str, split: str) -> list[dict]:
+    rows: list[dict] = []
+    for uri in manifest.committed_files(output, f"{split}/"):
+        with storage.open_uri(uri, "rb") as handle:
+            rows.extend(pq.read_table(handle).to_pylist())
+    return rows
+
+
+def test_stage_writes_shards_stats_and_skips_reruns(
+    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
+) -> None:
+    records = record_output(24, unusable=2)
+    output = str(tmp_path / "tokens")
+    config = TokenizeConfig(input=[records], output=output, model=str(tiny_model_dir), max_length=4096)
+    committed = tokenize(config)
+    assert committed is not None
+    rows = _read_rows(output, "train") + _read_rows(output, "val")
+    assert len(rows) == 22 and committed["stats"]["skipped"] == {"no_rationale": 2}
+    assert all(r["image"].startswith(records) and len(r["image_grid_thw"]) == 3 for r in rows)
+    stats = committed["stats"]["train"]
+    assert sum(stats["length_histogram"].values()) == stats["rows"] == len(_read_rows(output, "train"))
+    settings = manifest.read_manifest(output)["config"]
+    assert {k: settings[k] for k in ("mode", "coords", "min_pixels", "max_pixels", "model")} == {
+        "mode": "multimodal",
+        "coords": "norm1000",
+        "min_pixels": 56 * 56,
+        "max_pixels": 112 * 112,
+        "model": str(tiny_model_dir),
+    }
+    assert manifest.read_manifest(output)["inputs"][0]["uri"] == records
+
+    assert tokenize(config) is None  # committed: a rerun is a no-op
+    # Over-long rows are dropped and counted, never truncated.
+    shortest = min(r["length"] for r in rows)
+    config.max_length, config.overwrite = shortest, True
+    redone = tokenize(config)
+    assert redone is not None
+    kept = _read_rows(output, "train") + _read_rows(output, "val")
+    assert kept and all(r["length"] == shortest for r in kept)
+    assert redone["stats"]["skipped"]["too_long"] == 22 - len(kept)
+
+
+def test_cli_on_s3_and_bad_flags(tiny_model_dir: Path, record_output: Callable[..., str], s3_bucket: str) -> None:
+    records = record_output(8, root=f"{s3_bucket}/records")
+    output = f"{s3_bucket}/tokens"
+    argv = ["--input", records, "--output", output, "--model", str(tiny_model_dir), "--mode", "text"]
+    assert tokenize_main(argv) == 0
+    rows = _read_rows(output, "train")
+    assert rows and all(r["image"] is None for r in rows)
+    assert manifest.read_manifest(output)["config"]["mode"] == "text"
+    with pytest.raises(SystemExit) as exit_info:
+        tokenize_main([*argv, "--mode", "video"])
+    assert exit_info.value.code == 2
+
+
+def test_sharded_pods_split_the_records_and_commit_together(
+    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
+) -> None:
+    records = record_output(20)
+    output = str(tmp_path / "tokens")
+    for index in range(2):
+        config = TokenizeConfig(
+            input=[records], output=output, model=str(tiny_model_dir), shard_index=index, num_shards=2
+        )
+        assert tokenize(config) is not None
+        assert manifest.is_committed(output) == (index == 1)  # _SUCCESS once both shards are in
+    rows = _read_rows(output, "train") + _read_rows(output, "val")
+    assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
+    assert {f["path"] for f in manifest.read_manifest(output)["files"]} == {
+        f"{split}/{shard}-of-00002.parquet" for split in ("train", "val") for shard in ("00000", "00001")
+    }

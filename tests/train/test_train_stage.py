@@ -1,0 +1,244 @@
+"""Train on the tiny model: outputs per contract, learning, reload + generate, kill/resume, text mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from vcot import manifest, storage
+from vcot.prompts import build_messages
+from vcot.train import TrainConfig, train
+from vcot.train.checkpoints import complete_checkpoints
+from vcot.train.data import Collator, TokenizedDataset, load_image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Deterministic, short, and long enough to be killed part-way: 40 steps, a checkpoint and eval every 10.
+RUN_SET = "max_steps=40,num_train_epochs=10,logging_steps=1,save_steps=10,eval_steps=10"
+
+
+def _final_loss(metrics: dict[str, Any]) -> tuple[int, float]:
+    last = [entry for entry in metrics["log_history"] if "loss" in entry][-1]
+    return last["step"], last["loss"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One uninterrupted run with RUN_SET; several tests read its outputs."""
+    output = str(tmp_path_factory.mktemp("runs") / "reference")
+    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET)
+    assert train(config) is not None
+    return output
+
+
+def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, tiny_model_dir: Path) -> None:
+    adapter = Path(reference_run) / "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "processor_config.json", "tokenizer.json"):
+        assert (adapter / name).exists(), name
+    assert json.loads((adapter / "vcot-model.json").read_text()) == {
+        "base_model": str(tiny_model_dir),
+        "coords": "norm1000",
+        "mode": "multimodal",
+        "min_pixels": 56 * 56,
+        "max_pixels": 112 * 112,
+    }
+    assert list((Path(reference_run) / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((Path(reference_run) / "metrics.json").read_text())
+    assert metrics["global_step"] == 40 and "eval_loss" in metrics["eval"]
+    committed = manifest.read_manifest(reference_run)
+    assert committed["stage"] == "train" and committed["inputs"][0]["uri"] == tokenized_data
+    assert committed["inputs"][0]["inputs"][0]["stage"] == "convert"  # lineage reaches the records
+    assert {f["path"] for f in committed["files"]} >= {"adapter/adapter_model.safetensors", "adapter/vcot-model.json"}
+    pointer = json.loads((Path(reference_run).parent / "latest.json").read_text())
+    assert pointer == {"run": reference_run, "base_model": str(tiny_model_dir), "adapter": f"{reference_run}/adapter"}
+    assert set(complete_checkpoints(storage.join(reference_run, "checkpoints"))) <= {10, 20, 30, 40}
+    # A committed run is not trained again.
+    again = TrainConfig(
+        data=tokenized_data, model=str(tiny_model_dir), output=reference_run, recipe="tiny-cpu", set=RUN_SET
+    )
+    assert train(again) is None
+
+
+def test_training_changes_the_adapter_and_lowers_the_loss(
+    reference_run: str, tokenized_data: str, tiny_model_dir: Path
+) -> None:
+    from vcot.modeling import load_model_and_processor
+
+    weights = load_file(str(Path(reference_run) / "adapter" / "adapter_model.safetensors"))
+    lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero
+    assert not any("visual" in name for name in weights)
+
+    base, processor = load_model_and_processor(str(tiny_model_dir))
+    val = TokenizedDataset(tokenized_data, "val")
+    batch = Collator(processor)([val[i] for i in range(len(val))])
+    with torch.no_grad():
+        before = base(**batch).loss.item()
+        tuned = PeftModel.from_pretrained(base, str(Path(reference_run) / "adapter")).eval()
+        after = tuned(**batch).loss.item()
+    assert after < before - 0.05, (before, after)
+
+
+def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data: str) -> None:
+    from vcot.modeling import load_model_and_processor
+
+    run = json.loads((Path(reference_run).parent / "latest.json").read_text())
+    model, processor = load_model_and_processor(run["base_model"], adapter_uri=run["adapter"])
+    assert isinstance(model, PeftModel)
+    row = TokenizedDataset(tokenized_data, "val")[0]
+    record = {
+        "image": row["image"],
+        "width": row["width"],
+        "height": row["height"],
+        "question": "What color is the square?",
+    }
+    messages = build_messages(record, mode="multimodal", with_answer=False)
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=[load_image(row["image"])], return_tensors="pt")
+    output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    new_tokens = output[0, inputs["input_ids"].shape[1] :]
+    assert len(new_tokens) > 0
+    assert isinstance(processor.decode(new_tokens, skip_special_tokens=True), str)
+
+
+def _run_until_killed(argv: list[str], kill_at_step: int) -> tuple[int, str]:
+    """Start vcot-train in a subprocess, SIGTERM it once it logged ``kill_at_step``; returns (code, stderr)."""
+    env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", *argv],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        lines.append(line)
+        if line.startswith("{") and '"train_log"' in line and json.loads(line).get("step", 0) >= kill_at_step:
+            process.send_signal(signal.SIGTERM)
+            break
+    try:
+        _, rest = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("vcot-train did not stop within 120 s of SIGTERM:\n" + "".join(lines)[-3000:]) from None
+    return process.returncode, "".join(lines) + rest
+
+
+@pytest.mark.integration
+def test_killed_run_resumes_to_the_same_final_loss(
+    reference_run: str, tokenized_data: str, tiny_model_dir: Path, s3_bucket: str
+) -> None:
+    output = f"{s3_bucket}/runs/killed"
+    argv = [
+        "--data",
+        tokenized_data,
+        "--model",
+        str(tiny_model_dir),
+        "--output",
+        output,
+        "--recipe",
+        "tiny-cpu",
+        "--set",
+        RUN_SET,
+    ]
+    code, stderr = _run_until_killed(argv, kill_at_step=3)
+    assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
+    checkpoints = storage.join(output, "checkpoints")
+    saved = complete_checkpoints(checkpoints)
+    assert saved and max(saved) < 40 and not manifest.is_committed(output)
+    # A partial upload (no _COMPLETE marker) from a later step must never be resumed from.
+    storage.write_text(storage.join(checkpoints, "checkpoint-39", "trainer_state.json"), "{not json")
+
+    assert train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET)
+    )
+    resumed = storage.read_json(storage.join(output, "metrics.json"))
+    reference = json.loads((Path(reference_run) / "metrics.json").read_text())
+    resumed_step, resumed_loss = _final_loss(resumed)
+    reference_step, reference_loss = _final_loss(reference)
+    assert resumed_step == reference_step == 40
+    assert abs(resumed_loss - reference_loss) < 1e-4, (resumed_loss, reference_loss)
+    assert abs(resumed["eval"]["eval_loss"] - reference["eval"]["eval_loss"]) < 1e-4
+    first_logged = min(e["step"] for e in resumed["log_history"] if "loss" in e)
+    assert first_logged == 1  # the history spans the killed session too (restored from the checkpoint)
+
+
+def test_text_mode_trains_without_pixels(
+    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
+) -> None:
+    from vcot.tokenize import TokenizeConfig, tokenize
+
+    tokens = str(tmp_path / "tokens")
+    tokenize(TokenizeConfig(input=[record_output(16)], output=tokens, model=str(tiny_model_dir), mode="text"))
+    batch = Collator(__import__("vcot.modeling", fromlist=["load_processor"]).load_processor(str(tiny_model_dir)))(
+        [TokenizedDataset(tokens, "train")[0]]
+    )
+    assert "pixel_values" not in batch
+    output = str(tmp_path / "run")
+    config = TrainConfig(
+        data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=2,save_steps=10"
+    )
+    assert train(config) is not None
+    card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
+    assert card["mode"] == "text"
+
+
+def test_merged_model_equals_base_plus_adapter_with_loader_workers(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from vcot.modeling import load_model_and_processor
+
+    output = str(tmp_path / "run")
+    settings = "max_steps=2,save_steps=10,eval_steps=10,merge_adapter=true,dataloader_num_workers=2"
+    assert train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
+    )
+    merged = AutoModelForImageTextToText.from_pretrained(str(Path(output) / "merged")).eval()
+    with_adapter, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=f"{output}/adapter")
+    batch = Collator(processor)([TokenizedDataset(tokenized_data, "val")[0]])
+    batch.pop("labels")
+    with torch.no_grad():
+        assert torch.allclose(merged(**batch).logits, with_adapter(**batch).logits, atol=1e-4)
+    assert "merged/model.safetensors" in {f["path"] for f in manifest.read_manifest(output)["files"]}
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # With a zero learning rate eval_loss never improves: best at step 2, then patience 2 runs out at step 6.
+    settings = "learning_rate=0,max_steps=40,num_train_epochs=10,eval_steps=2,save_steps=2,early_stopping_patience=2"
+    output = str(tmp_path / "run")
+    committed = train(
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
+    )
+    assert committed is not None and committed["stats"]["global_step"] == 6
+
+
+def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bitsandbytes
+
+    from vcot.train.stage import resolve_optimizer
+
+    assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_8bit"  # it runs on this CPU
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no kernel for this device")
+
+    monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
+    assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_torch"
+    assert resolve_optimizer("adamw_torch_fused", "cpu") == "adamw_torch_fused"

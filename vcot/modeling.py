@@ -1,0 +1,233 @@
+"""Load a base model (+ optional adapter) and its processor, the same way in train and evaluate.
+
+Where the model comes from: a local folder, an ``s3://`` prefix (synced once into a local cache), or a hub
+id when the network allows. How it is loaded depends on the machine:
+
+- CUDA with Unsloth installed: Unsloth's ``FastVisionModel`` (its fused kernels, 4-bit when asked);
+- CUDA otherwise: transformers, with bitsandbytes NF4 + double quantization when ``quantize="4bit"``,
+  compute in bf16 where the GPU supports it, else fp16;
+- CPU: fp32 and no quantization unless asked (bf16 on CPU is several times slower, NOTES).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import AutoProcessor, Qwen2_5_VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+from vcot import storage
+from vcot.errors import VcotError
+from vcot.log import get_logger
+
+Quantize = Literal["4bit", "8bit"]
+MODEL_CARD = "vcot-model.json"
+"""Written next to an adapter: base model, coordinates, mode and pixel budget it was trained with."""
+
+log = get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# The image-only processor
+# --------------------------------------------------------------------------------------------------
+
+
+class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision, absent on CPU machines).
+
+    Registered with ``AutoProcessor`` below, so a saved folder whose ``processor_config.json`` names this
+    class loads back as it (unregistered, ``AutoProcessor`` silently returns a bare tokenizer).
+    """
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        self.image_token = "<|image_pad|>"
+        self.video_token = "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+AutoProcessor.register("vcot_image_only_qwen2_5_vl", ImageOnlyQwen25VLProcessor, exist_ok=True)
+
+
+def load_processor(path: str) -> Any:
+    """The processor saved at ``path``; a real Qwen checkpoint on a machine without torchvision gets the image-only one."""
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, OSError) as exc:  # the video processor needs torchvision
+        log.info("processor_fallback", path=path, reason=str(exc).splitlines()[0][:200])
+        processor = None
+    if isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None:
+        return processor
+    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+
+    from vcot.tiny_model import chat_template as qwen25_vl_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template_file = Path(path) / "chat_template.jinja"
+    template = template_file.read_text(encoding="utf-8") if template_file.exists() else None
+    return ImageOnlyQwen25VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=tokenizer,
+        chat_template=template or getattr(tokenizer, "chat_template", None) or qwen25_vl_chat_template(),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the weights are
+# --------------------------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Local cache for models synced from S3 (``VCOT_MODEL_CACHE``, default ``~/.cache/vcot/models``)."""
+    return Path(os.environ.get("VCOT_MODEL_CACHE") or Path.home() / ".cache" / "vcot" / "models")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def local_model_path(uri: str, *, weights: bool = True) -> str:
+    """A path ``from_pretrained`` can read: a local folder as is, an ``s3://`` prefix synced into the cache
+    (without the weight files when ``weights`` is false: enough for the processor), anything else passed
+    through as a hub id.
+
+    >>> local_model_path("Qwen/Qwen2.5-VL-7B-Instruct")
+    'Qwen/Qwen2.5-VL-7B-Instruct'
+    """
+    if storage.is_s3(uri):
+        prefix = uri.rstrip("/")
+        name = prefix.rsplit("/", 1)[-1] or "model"
+        dest = cache_root() / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+        if not storage.list_uris(prefix):
+            raise VcotError(f"no model files under {prefix}: check the URI (it should hold config.json or an adapter)")
+        storage.download_prefix(prefix, dest, skip_suffixes=() if weights else WEIGHT_SUFFIXES)
+        return str(dest)
+    path = storage.local_path(uri)
+    if path.exists():
+        return str(path)
+    if uri.startswith(("/", ".", "file://")):
+        raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.tiny_model DIR) or fix the path")
+    return uri  # a hub id; transformers downloads it when the network allows
+
+
+def load_processor_for(model_uri: str) -> Any:
+    """Just the processor of ``model_uri`` (no weights are fetched): what tokenize needs."""
+    return load_processor(local_model_path(model_uri, weights=False))
+
+
+def read_model_card(adapter_uri: str) -> dict[str, Any]:
+    """The ``vcot-model.json`` next to an adapter (base model, coords, mode, min/max pixels)."""
+    return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute dtype for this machine and whether we are on a GPU."""
+
+    device: str
+    dtype: Any
+
+
+def machine_precision() -> Precision:
+    """bf16 on GPUs that support it, else fp16; fp32 on CPU (bf16 there is 5x slower, NOTES)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return Precision("cpu", torch.float32)
+
+
+def _quantization_config(quantize: Quantize | None, dtype: Any) -> Any:
+    if quantize is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise VcotError(f"quantize={quantize!r} is not supported: use 4bit, 8bit or leave it unset")
+
+
+def _use_unsloth(precision: Precision) -> bool:
+    return precision.device == "cuda" and importlib.util.find_spec("unsloth") is not None
+
+
+def load_model_and_processor(
+    model_uri: str,
+    *,
+    adapter_uri: str | None = None,
+    quantize: Quantize | None = None,
+    for_training: bool = False,
+) -> tuple[Any, Any]:
+    """Load the base model (quantized when asked), apply ``adapter_uri`` if given, and load the processor.
+
+    The processor comes from the adapter folder when it holds one (it records the pixel budget the adapter
+    was trained with), else from the base model. With ``for_training`` the adapter stays trainable and a
+    quantized base is prepared for k-bit training.
+    """
+    precision = machine_precision()
+    base_path = local_model_path(model_uri)
+    adapter_path = local_model_path(adapter_uri) if adapter_uri else None
+    log.info(
+        "load_model",
+        model=model_uri,
+        adapter=adapter_uri,
+        quantize=quantize,
+        device=precision.device,
+        dtype=str(precision.dtype),
+        unsloth=_use_unsloth(precision),
+    )
+
+    if _use_unsloth(precision):
+        from unsloth import FastVisionModel
+
+        model, _ = FastVisionModel.from_pretrained(
+            base_path,
+            load_in_4bit=quantize == "4bit",
+            load_in_8bit=quantize == "8bit",
+            dtype=precision.dtype,
+            use_gradient_checkpointing="unsloth" if for_training else False,
+        )
+    else:
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(
+            base_path,
+            dtype=precision.dtype,
+            quantization_config=_quantization_config(quantize, precision.dtype),
+            device_map={"": 0} if precision.device == "cuda" else None,
+        )
+    if for_training:
+        model.config.use_cache = False
+        if quantize is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+    if not for_training:
+        model.eval()
+
+    has_processor = adapter_path is not None and (Path(adapter_path) / "processor_config.json").exists()
+    processor = load_processor(adapter_path if has_processor else base_path)
+    return model, processor

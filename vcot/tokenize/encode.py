@@ -1,0 +1,127 @@
+"""One record -> one training row: token ids, labels on the assistant turn only, and the image's grid.
+
+Pre-tokenizing keeps training cheap and stable (the seed's trick); in multimodal mode the row also keeps
+the image URI, and the image placeholder is expanded here to exactly as many image tokens as the
+processor will produce for that image, so the collator only has to load pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vcot.boxes import smart_resize
+from vcot.prompts import Coords, Mode, build_messages
+
+IGNORE_INDEX = -100
+"""Label of tokens that carry no loss (everything but the assistant turn)."""
+IMAGE_PAD = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class VisionSettings:
+    """How the processor cuts an image into tokens (Qwen2-VL/2.5-VL image processor fields)."""
+
+    min_pixels: int
+    max_pixels: int
+    patch_size: int = 14
+    merge_size: int = 2
+
+    @classmethod
+    def from_processor(
+        cls, processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None
+    ) -> VisionSettings:
+        image_processor = processor.image_processor
+        return cls(
+            min_pixels=min_pixels or int(image_processor.size["shortest_edge"]),
+            max_pixels=max_pixels or int(image_processor.size["longest_edge"]),
+            patch_size=int(image_processor.patch_size),
+            merge_size=int(image_processor.merge_size),
+        )
+
+
+def image_grid(width: int, height: int, vision: VisionSettings) -> tuple[int, int, int]:
+    """``(t, h, w)`` patch grid of one image, as the processor's ``image_grid_thw`` reports it.
+
+    >>> image_grid(640, 480, VisionSettings(min_pixels=56 * 56, max_pixels=112 * 112))
+    (1, 6, 8)
+    """
+    factor = vision.patch_size * vision.merge_size
+    resized_h, resized_w = smart_resize(
+        height, width, factor=factor, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels
+    )
+    return 1, resized_h // vision.patch_size, resized_w // vision.patch_size
+
+
+def num_image_tokens(grid: tuple[int, int, int], merge_size: int = 2) -> int:
+    """Image tokens in the language model's input: patches merged ``merge_size`` x ``merge_size``.
+
+    >>> num_image_tokens((1, 6, 8))
+    12
+    """
+    t, h, w = grid
+    return t * h * w // (merge_size * merge_size)
+
+
+class Encoder:
+    """Turns canonical records into token rows with one processor's chat template and tokenizer."""
+
+    def __init__(self, processor: Any, *, mode: Mode, coords: Coords, vision: VisionSettings) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.mode = mode
+        self.coords = coords
+        self.vision = vision
+        self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+
+    def chat_texts(self, record: dict[str, Any]) -> tuple[str, str]:
+        """``(prompt, assistant)``: the rendered chat up to the assistant cue, and the assistant turn after it."""
+        messages = build_messages(
+            record,
+            mode=self.mode,
+            coords=self.coords,
+            min_pixels=self.vision.min_pixels,
+            max_pixels=self.vision.max_pixels,
+        )
+        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        full = self.processor.apply_chat_template(messages, tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template does not render the prompt as a prefix of the full chat")
+        return prompt, full[len(prompt) :]
+
+    def encode(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The Parquet row for ``record`` (columns: ``docs/train.md``)."""
+        prompt, assistant = self.chat_texts(record)
+        # Tokenized apart, as at inference where the model continues the prompt's tokens.
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = self.tokenizer(assistant, add_special_tokens=False)["input_ids"]
+        grid: tuple[int, int, int] | None = None
+        if self.mode == "multimodal":
+            grid = image_grid(int(record["width"]), int(record["height"]), self.vision)
+            prompt_ids = expand_image_tokens(
+                prompt_ids, self.image_pad_id, num_image_tokens(grid, self.vision.merge_size)
+            )
+        input_ids = prompt_ids + answer_ids
+        return {
+            "id": record["id"],
+            "image": record["image"] if grid else None,
+            "width": int(record["width"]),
+            "height": int(record["height"]),
+            "image_grid_thw": list(grid) if grid else None,
+            "input_ids": input_ids,
+            "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+            "length": len(input_ids),
+        }
+
+
+def expand_image_tokens(ids: list[int], image_pad_id: int, count: int) -> list[int]:
+    """Replace the one image placeholder with ``count`` copies (exactly one placeholder is expected).
+
+    >>> expand_image_tokens([1, 9, 2], 9, 3)
+    [1, 9, 9, 9, 2]
+    """
+    positions = [i for i, token in enumerate(ids) if token == image_pad_id]
+    if len(positions) != 1:
+        raise ValueError(f"expected one image placeholder in the prompt, found {len(positions)}")
+    at = positions[0]
+    return ids[:at] + [image_pad_id] * count + ids[at + 1 :]

@@ -1,0 +1,136 @@
+"""Checkpoints that survive the pod: synced to storage, marked complete, resumed from automatically.
+
+The Trainer writes ``checkpoint-<step>/`` into a local folder. After each save the folder is uploaded to
+``OUTPUT/checkpoints/checkpoint-<step>/`` and only then a ``_COMPLETE`` marker is written into it, so a pod
+killed mid-upload leaves a checkpoint nobody resumes from. Remote checkpoints mirror the local ones the
+Trainer keeps (its rotation keeps the newest and the best); a marker is deleted before its files.
+
+On SIGTERM (preemption, eviction: ~30 s on GKE to ~120 s on AWS) the current optimizer step finishes,
+a checkpoint is saved and synced, and training stops; the restarted job resumes from it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vcot import storage
+from vcot.log import get_logger
+
+COMPLETE = "_COMPLETE"
+_STEP_RE = re.compile(r"checkpoint-(\d+)$")
+
+log = get_logger(__name__)
+
+
+def checkpoint_step(name: str) -> int | None:
+    """
+    >>> checkpoint_step("checkpoint-120"), checkpoint_step("runs")
+    (120, None)
+    """
+    match = _STEP_RE.search(name.rstrip("/"))
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(remote: str) -> dict[int, str]:
+    """``{step: uri}`` of the checkpoints under ``remote`` that carry a ``_COMPLETE`` marker."""
+    found: dict[int, str] = {}
+    for uri in storage.list_uris(remote, suffix=COMPLETE):
+        folder = uri[: -len(COMPLETE)].rstrip("/")
+        step = checkpoint_step(folder)
+        if step is not None:
+            found[step] = folder
+    return dict(sorted(found.items()))
+
+
+def upload_checkpoint(local: Path, remote: str) -> str:
+    """Upload one checkpoint folder, then its marker; returns its URI."""
+    target = storage.join(remote, local.name)
+    storage.upload_dir(local, target)
+    storage.write_text(storage.join(target, COMPLETE), f"{checkpoint_step(local.name)}\n")
+    return target
+
+
+def delete_checkpoint(uri: str) -> None:
+    storage.delete(storage.join(uri, COMPLETE))  # first: from here on nobody resumes from it
+    storage.delete_prefix(uri)
+
+
+def restore_checkpoints(remote: str, local_dir: Path) -> Path | None:
+    """Replace ``local_dir``'s checkpoints by the complete remote ones; return the newest, or ``None``."""
+    for stale in local_dir.glob("checkpoint-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    complete = complete_checkpoints(remote)
+    for uri in complete.values():  # oldest first: the Trainer's rotation orders checkpoints by mtime
+        local = storage.download_prefix(uri, local_dir / uri.rsplit("/", 1)[-1])
+        (local / COMPLETE).unlink(missing_ok=True)
+    if not complete:
+        return None
+    newest = local_dir / f"checkpoint-{max(complete)}"
+    log.info("resume_from", checkpoint=complete[max(complete)], kept=list(complete))
+    return newest
+
+
+class CheckpointSync(TrainerCallback):
+    """After every save: upload the new checkpoint (+ TensorBoard events), drop remote ones rotated out locally."""
+
+    def __init__(self, local_dir: Path, remote: str, tensorboard_dir: Path, tensorboard_remote: str) -> None:
+        self.local_dir = local_dir
+        self.remote = remote
+        self.tensorboard_dir = tensorboard_dir
+        self.tensorboard_remote = tensorboard_remote
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        local = self.local_dir / f"checkpoint-{state.global_step}"
+        uri = upload_checkpoint(local, self.remote)
+        kept = {p.name for p in self.local_dir.glob("checkpoint-*")}
+        for step, remote_uri in complete_checkpoints(self.remote).items():
+            if f"checkpoint-{step}" not in kept:
+                delete_checkpoint(remote_uri)
+        if self.tensorboard_dir.exists():
+            storage.upload_dir(self.tensorboard_dir, self.tensorboard_remote)
+        log.info("checkpoint_synced", step=state.global_step, uri=uri)
+
+
+class SaveOnSigterm(TrainerCallback):
+    """Turn SIGTERM into "finish this step, save a checkpoint, stop" (the save is synced by CheckpointSync)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def uninstall(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        # Only set a flag: a handler that logs could wait forever on the lock of a write it interrupted.
+        self.received = True
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.received:
+            log.warning("sigterm", step=state.global_step, action="saving a checkpoint, then stopping")
+            control.should_save = True
+            control.should_training_stop = True
+
+
+class LogMetrics(TrainerCallback):
+    """Trainer logs as structured log lines (instead of printed dicts): one ``train_log`` event per report."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if state.is_world_process_zero and logs:
+            log.info(
+                "train_log",
+                step=state.global_step,
+                **{k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()},
+            )

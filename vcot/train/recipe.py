@@ -1,0 +1,185 @@
+"""Training recipes: every knob of a run in one documented dataclass, presets as YAML files.
+
+A recipe is resolved in three layers, later ones win:
+
+1. the defaults below: the seed's recipe (QLoRA on Qwen2.5-VL-7B);
+2. a YAML file: a shipped preset by name (``vcot/train/recipes/<name>.yaml``) or any file path/URI;
+3. ``--set key=value`` overrides (values parsed as YAML: ``--set lora_r=16,quantize=null``).
+
+Unknown keys are refused with the list of valid ones, so a typo never trains with a silent default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vcot import storage
+from vcot.errors import VcotError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class Recipe:
+    """One training run's knobs. The defaults are the seed's recipe; see the YAML presets for their meaning."""
+
+    # Model
+    quantize: str | None = "4bit"
+    gradient_checkpointing: bool = True
+    # LoRA
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    tune_vision: bool = False
+    # Optimization
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    num_train_epochs: float = 2.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    per_device_eval_batch_size: int = 4
+    gradient_accumulation_steps: int = 4
+    weight_decay: float = 0.01
+    max_grad_norm: float = 0.3
+    optim: str = "adamw_8bit"
+    neftune_noise_alpha: float | None = 5.0
+    seed: int = 42
+    # Evaluation, early stopping, checkpoints, logging
+    eval_steps: int = 100
+    save_steps: int = 100
+    save_total_limit: int = 2
+    early_stopping_patience: int = 3
+    early_stopping_threshold: float = 0.001
+    logging_steps: int = 50
+    # Outputs
+    merge_adapter: bool = False
+    dataloader_num_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.quantize not in (None, "4bit", "8bit"):
+            raise VcotError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
+        if not 0 <= self.warmup_ratio < 1:
+            raise VcotError(f"recipe warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.lora_r < 1 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise VcotError("recipe lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.save_steps < 1 or self.eval_steps < 1 or self.logging_steps < 1:
+            raise VcotError("recipe save_steps, eval_steps and logging_steps must be >= 1")
+        if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps:
+            raise VcotError(
+                "recipe save_steps must be a multiple of eval_steps when early stopping is on "
+                f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def recipe_names() -> list[str]:
+    """The shipped presets."""
+    return sorted(path.stem for path in RECIPES_DIR.glob("*.yaml"))
+
+
+def _read_recipe_file(name_or_path: str) -> dict[str, Any]:
+    preset = RECIPES_DIR / f"{name_or_path}.yaml"
+    if preset.exists():
+        text = preset.read_text(encoding="utf-8")
+    elif storage.is_s3(name_or_path) or storage.local_path(name_or_path).exists():
+        text = storage.read_text(name_or_path)
+    else:
+        raise VcotError(
+            f"recipe {name_or_path!r} is neither a preset ({', '.join(recipe_names())}) nor an existing file"
+        )
+    values = yaml.safe_load(text) or {}
+    if not isinstance(values, dict):
+        raise VcotError(f"recipe {name_or_path!r} must be a YAML mapping of knob: value")
+    return values
+
+
+def _split_overrides(text: str) -> list[str]:
+    """Split ``a=1,b=[x, y];c=2`` at commas/semicolons outside brackets.
+
+    >>> _split_overrides("a=1,b=[x, y];c=2")
+    ['a=1', 'b=[x, y]', 'c=2']
+    """
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char in ",;" and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``key=value`` pairs with YAML values.
+
+    >>> parse_overrides("lora_r=8, quantize=null, lora_target_modules=[q_proj, v_proj]")
+    {'lora_r': 8, 'quantize': None, 'lora_target_modules': ['q_proj', 'v_proj']}
+    """
+    values: dict[str, Any] = {}
+    for part in _split_overrides(text):
+        key, sep, raw = part.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
+            raise VcotError(f"recipe override {part!r} is not key=value")
+        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return values
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """YAML reads ``1e-4`` as a string and ``2`` as an int: bring values to the field's type."""
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+    except (TypeError, ValueError):
+        raise VcotError(f"recipe {name}={value!r} is not a valid {type(default).__name__}") from None
+    return value
+
+
+def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: str | dict[str, Any] = "") -> Recipe:
+    """Defaults, then the preset/file, then the overrides."""
+    values = _read_recipe_file(name_or_path)
+    values.update(parse_overrides(overrides) if isinstance(overrides, str) else overrides)
+    defaults = Recipe()
+    known = {f.name for f in dataclasses.fields(Recipe)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise VcotError(f"unknown recipe keys {unknown}: valid keys are {', '.join(sorted(known))}")
+    return Recipe(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
+
+
+def lora_target_regex(modules: list[str], *, include_vision: bool) -> str:
+    """The PEFT ``target_modules`` pattern: the named projections, in the language model only unless asked.
+
+    The names q/k/v/o/gate/up/down_proj also occur in Qwen2.5-VL's vision tower (``visual.blocks.N.mlp``).
+
+    >>> pattern = lora_target_regex(["q_proj", "down_proj"], include_vision=False)
+    >>> [bool(re.fullmatch(pattern, n)) for n in ("model.language_model.layers.0.self_attn.q_proj",
+    ...                                           "model.visual.blocks.0.mlp.down_proj")]
+    [True, False]
+    """
+    names = "|".join(re.escape(m) for m in modules)
+    return rf".*\.(?:{names})" if include_vision else rf"(?!.*\bvisual\b).*\.(?:{names})"
