@@ -52,6 +52,81 @@ clean: ## Remove the virtualenv, caches and local S3 data
 	-@$(PY) -m vcot.local_s3 down >/dev/null 2>&1
 	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
 
+# --- Kubernetes manifests and container images (docs/k8s.md) -------------------------------------
+K8S_OVERLAYS := k8s/base k8s/overlays/gpu k8s/overlays/cpu-dev
+K8S_VERSIONS := 1.30 1.31 1.32 1.33
+K8S_RENDERED := build/k8s
+CHECKOV_VENV := .venv-checkov
+CHECKOV_VERSION := 3.3.30
+IMAGE_TAG ?= 0.1.0
+# podman without a daemon, as CI and this machine allow: chroot isolation, vfs storage, host network.
+PODMAN := podman --storage-driver vfs
+IMAGE_BASE := localhost/debian-py:bookworm
+IMAGE_ROOTFS := build/debian-rootfs
+HOST_CA := /etc/ssl/certs/ca-certificates.crt
+LOCAL_WHEELS := $(or $(PIP_FIND_LINKS),/opt/wheels)
+RUN_ID ?=
+OVERLAY ?= k8s/overlays/gpu
+
+.PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-cpu-train image-smoke
+
+$(CHECKOV_VENV)/bin/checkov: # its own venv: checkov pins boto3 and more
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
+
+k8s-render: ## Render every overlay into build/k8s/<name>.yaml
+	@mkdir -p $(K8S_RENDERED)
+	@for dir in $(K8S_OVERLAYS); do \
+		kubectl kustomize $$dir > $(K8S_RENDERED)/$$(basename $$dir).yaml || exit 1; \
+		echo "rendered $$dir -> $(K8S_RENDERED)/$$(basename $$dir).yaml"; \
+	done
+
+k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1.33, strict), checkov and hadolint
+	@for file in $(K8S_RENDERED)/*.yaml; do for version in $(K8S_VERSIONS); do \
+		$(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version $$version $$file || exit 1; \
+	done; echo "schemas ok: $$file (Kubernetes $(K8S_VERSIONS))"; done
+	@# Policies on what gets applied: the overlays (the base has no namespace by design and is part of
+	@# each). Skipped checks are justified in .checkov.yaml or in an annotation beside the object.
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
+		--framework kustomize $(addprefix -d ,$(filter k8s/overlays/%,$(K8S_OVERLAYS)))
+	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
+		--framework dockerfile -f Dockerfile
+	$(VENV)/bin/hadolint Dockerfile
+	@echo "k8s-validate: all clean"
+
+k8s-run: ## A new run of OVERLAY under its own names: make k8s-run RUN_ID=exp2 [OVERLAY=k8s/overlays/gpu]
+	@test -n "$(RUN_ID)" || { echo "set RUN_ID, e.g. make k8s-run RUN_ID=exp2"; exit 2; }
+	@$(PYTHON) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)" # standard library only: no venv needed
+	kubectl apply -k k8s/runs/$(RUN_ID)
+
+$(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mirror (NOTES)
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && command -v runc >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc debootstrap; }
+	rm -rf $(IMAGE_ROOTFS) && mkdir -p $(IMAGE_ROOTFS)
+	debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm $(IMAGE_ROOTFS)
+	tar -C $(IMAGE_ROOTFS) -c . | $(PODMAN) import - $(IMAGE_BASE)
+	@touch $@
+
+image-base: $(IMAGE_ROOTFS)/.done ## Build the local base image localhost/debian-py:bookworm
+
+# podman build, offline-friendly: the local base, the host's CA bundle (a TLS proxy reaches the registries),
+# and the local torch CPU wheel folder when there is one.
+IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network host \
+	--build-arg CPU_BASE=$(IMAGE_BASE) --build-arg VCOT_GIT_SHA=$$(git rev-parse --short=12 HEAD) \
+	$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro --build-arg TORCH_INDEX_URL=https://pypi.org/simple") \
+	-v $(HOST_CA):$(HOST_CA):ro
+
+image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
+	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
+	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
+
+image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
+	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
+	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
+
+image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
+	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
+
 # --- distill -------------------------------------------------------------------------------------
 .PHONY: bench-distill
 bench-distill: $(STAMP) ## Distill throughput vs the ideal (500 samples, 200 ms teacher, concurrency 10)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# make image-smoke: run one real stage from the CPU image against the local S3 server, the way a pod
+# runs it (non-root, read-only root filesystem, /tmp and /cache as scratch), and check its output.
+# Usage: .ci/image-smoke.sh IMAGE   (PY = the host's Python with vcot installed, default .venv/bin/python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE=${1:?usage: .ci/image-smoke.sh IMAGE}
+PY=${PY:-.venv/bin/python}
+PODMAN=(podman --storage-driver vfs)
+
+started=0
+if ! "$PY" -m vcot.local_s3 status >/dev/null 2>&1; then "$PY" -m vcot.local_s3 up >/dev/null && started=1; fi
+trap '[ $started = 1 ] && "$PY" -m vcot.local_s3 down >/dev/null' EXIT
+eval "$("$PY" -m vcot.local_s3 env)"
+export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_S3 AWS_REGION VCOT_S3_ADDRESSING_STYLE
+prefix="s3://${VCOT_BUCKET}/image-smoke/$(date +%s)-$$"
+
+pod() { # run a command in the image as a pod would
+    "${PODMAN[@]}" run --rm --runtime runc --network host --no-healthcheck --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+        --user 10001:10001 --read-only --tmpfs /tmp --tmpfs /cache \
+        -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -e AWS_ENDPOINT_URL_S3 -e AWS_REGION \
+        -e VCOT_S3_ADDRESSING_STYLE -e VCOT_LOG_FORMAT=json -e JOB_COMPLETION_INDEX=0 \
+        "$IMAGE" "$@"
+}
+
+if [ -f jobs/convert.py ]; then
+    "$PY" -m vcot.convert.synthetic "$prefix/synthetic" --num-records 16
+    time pod vcot-convert --source viscot --input "$prefix/synthetic" --output "$prefix/records"
+    "$PY" - "$prefix/records" <<'PYTHON'
+import sys
+from vcot import manifest
+found = manifest.read_manifest(sys.argv[1])
+assert found["stage"] == "convert" and found["records"] == 16, found
+print(f"image-smoke: vcot-convert in the image committed {found['records']} records to {sys.argv[1]}")
+PYTHON
+else
+    # MERGE GATE (remove at merge): convert is not on this branch yet. Check the entrypoints resolve and
+    # storage works from the image (a write in the image read back here).
+    time pod python -c "
+import sys
+from vcot import storage
+from vcot.k8s_chain import main
+storage.write_json('$prefix/probe.json', {'from': 'image', 'user': __import__('os').getuid()})
+"
+    "$PY" -c "
+from vcot import storage
+found = storage.read_json('$prefix/probe.json')
+assert found == {'from': 'image', 'user': 10001}, found
+print('image-smoke: storage round trip from the image ok (convert not merged yet)')
+"
+fi

@@ -1,0 +1,114 @@
+# syntax=docker/dockerfile:1
+# vcot images. Two targets from one file:
+#   cpu        convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
+#   cpu-train  cpu + the rest of the train extra: train and evaluate on CPU (dev clusters, tiny model)
+#   gpu        train and evaluate (on a CUDA PyTorch base)
+# Build:  podman build --target cpu -t vcot-cpu:0.1.0 .      (make image-smoke builds it offline)
+#         docker build --target gpu -t vcot-gpu:0.1.0 .
+# The base images are ARGs so the image builds from a local base offline (docs/k8s.md).
+# Dependencies are installed before the source is copied: editing code rebuilds only the last layers.
+
+ARG CPU_BASE=python:3.11-slim-bookworm
+# A CUDA PyTorch runtime image; pick the tag that matches TORCH_VERSION (the build checks it).
+ARG GPU_BASE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+
+# ---------------------------------------------------------------------------------------------------
+# checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
+FROM ${CPU_BASE} AS cpu-deps
+ARG TORCH_VERSION=2.13.0
+# Where the CPU build of torch comes from (a local wheel folder can be given with PIP_FIND_LINKS).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG PIP_FIND_LINKS=
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/vcot \
+    PATH=/opt/vcot/bin:$PATH \
+    HOME=/home/vcot \
+    XDG_CACHE_HOME=/cache \
+    HF_HOME=/cache/huggingface \
+    TMPDIR=/tmp
+RUN python3 -m venv /opt/vcot \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
+ && mkdir -p /cache && chown vcot:vcot /cache
+WORKDIR /src
+COPY pyproject.toml README.md ./
+# The CPU torch first (an unpinned torch would pull the CUDA build), then the dependencies of the
+# CPU stages, pins read from pyproject.toml: the base ones, the convert, distill and k8s extras, and
+# from the train extra only what tokenize uses (transformers' processor, pyarrow); no trl, peft,
+# bitsandbytes or tensorboard here.
+RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+ && python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
+tokenize = [d for d in extras['train'] if re.split('[=<>~!\\[ ]', d)[0] in ('transformers', 'pyarrow')]; \
+print('\n'.join(p['dependencies'] + tokenize + [d for e in ('convert', 'distill', 'k8s') for d in extras.get(e, [])]))" \
+    > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+
+# ---------------------------------------------------------------------------------------------------
+FROM cpu-deps AS cpu
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through. The commit (recorded in
+# every manifest) is set after the dependency layers, so a new commit does not reinstall them.
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
+COPY . .
+RUN pip install --no-deps . && rm -rf /src/build
+WORKDIR /home/vcot
+USER 10001:10001
+HEALTHCHECK NONE
+# No default stage: each Job names its console script (vcot-convert, vcot-distill, vcot-tokenize).
+CMD ["vcot-convert", "--help"]
+
+# ---------------------------------------------------------------------------------------------------
+FROM cpu-deps AS cpu-train
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['optional-dependencies']['train']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
+COPY . .
+RUN pip install --no-deps . && rm -rf /src/build
+WORKDIR /home/vcot
+USER 10001:10001
+HEALTHCHECK NONE
+CMD ["vcot-train", "--help"]
+
+# ---------------------------------------------------------------------------------------------------
+# checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
+FROM ${GPU_BASE} AS gpu
+ARG TORCH_VERSION=2.13.0
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HOME=/home/vcot \
+    XDG_CACHE_HOME=/cache \
+    HF_HOME=/cache/huggingface \
+    TRITON_CACHE_DIR=/cache/triton \
+    TMPDIR=/tmp
+RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
+ && mkdir -p /cache && chown vcot:vcot /cache
+# The base image's CUDA torch stays when it is the pinned version (else PyPI's default Linux wheel,
+# a CUDA build, replaces it); the train extra's other pins are installed beside it.
+RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
+    || pip install "torch==${TORCH_VERSION}"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['train'] if not d.startswith('torch')))" \
+    > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
+# .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through. The commit (recorded in
+# every manifest) is set after the dependency layers, so a new commit does not reinstall them.
+ARG VCOT_GIT_SHA=
+ENV VCOT_GIT_SHA=${VCOT_GIT_SHA}
+COPY . .
+RUN pip install --no-deps . && rm -rf /src/build
+WORKDIR /home/vcot
+USER 10001:10001
+HEALTHCHECK NONE
+CMD ["vcot-train", "--help"]
