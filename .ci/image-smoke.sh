@@ -23,29 +23,12 @@ pod() { # run a command in the image as a pod would
         "$IMAGE" "$@"
 }
 
-if [ -f jobs/convert.py ]; then
-    "$PY" -m vcot.convert.synthetic "$prefix/synthetic" --num-records 16
-    time pod vcot-convert --source viscot --input "$prefix/synthetic" --output "$prefix/records"
-    "$PY" - "$prefix/records" <<'PYTHON'
+"$PY" -m vcot.convert.synthetic "$prefix/synthetic" --num-records 16
+time pod vcot-convert --source viscot --input "$prefix/synthetic" --output "$prefix/records"
+"$PY" - "$prefix/records" <<'PYTHON'
 import sys
 from vcot import manifest
 found = manifest.read_manifest(sys.argv[1])
 assert found["stage"] == "convert" and found["records"] == 16, found
 print(f"image-smoke: vcot-convert in the image committed {found['records']} records to {sys.argv[1]}")
 PYTHON
-else
-    # MERGE GATE (remove at merge): convert is not on this branch yet. Check the entrypoints resolve and
-    # storage works from the image (a write in the image read back here).
-    time pod python -c "
-import sys
-from vcot import storage
-from vcot.k8s_chain import main
-storage.write_json('$prefix/probe.json', {'from': 'image', 'user': __import__('os').getuid()})
-"
-    "$PY" -c "
-from vcot import storage
-found = storage.read_json('$prefix/probe.json')
-assert found == {'from': 'image', 'user': 10001}, found
-print('image-smoke: storage round trip from the image ok (convert not merged yet)')
-"
-fi

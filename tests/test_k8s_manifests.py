@@ -290,33 +290,6 @@ def run_pod(name: str, command: list[str], env: dict[str, str], tmp_path: Path) 
     )
 
 
-# MERGE GATE (remove at merge): the stage entrypoints live on the convert/distill/train/evaluate
-# branches. Until they are merged, this run covers only the steps whose modules exist here, and skips
-# when the first step's do not. At merge, delete this block and the `missing` check below: the whole
-# chain (seed, convert x2, distill, tokenize, train, evaluate) and the CronJob's command must run.
-STEP_MODULES = {
-    "dev-seed": ["vcot.convert.synthetic", "vcot.tiny_model"],
-    "convert": ["jobs.convert", "vcot.convert"],
-    "distill": ["jobs.distill", "vcot.distill"],
-    "tokenize": ["jobs.tokenize", "vcot.tokenize"],
-    "train": ["jobs.train", "vcot.train"],
-    "evaluate": ["jobs.evaluate", "vcot.evaluate"],
-}
-
-
-def _missing_modules(stage: str) -> list[str]:
-    import importlib.util
-
-    def found(module: str) -> bool:  # in this checkout (the shared venv's editable install may point elsewhere)
-        try:
-            spec = importlib.util.find_spec(module)
-        except ModuleNotFoundError:  # its parent package is missing
-            return False
-        return spec is not None and spec.origin is not None and Path(spec.origin).resolve().is_relative_to(REPO_ROOT)
-
-    return [module for module in STEP_MODULES[stage] if not found(module)]
-
-
 # Local-run settings: the cluster's MinIO endpoint becomes the local server, and the tiny model trains a
 # few steps and generates short answers so the whole chain stays well under two minutes on 2 cores.
 FAST = {
@@ -357,12 +330,7 @@ def test_local_run_of_the_rendered_chain(real_s3: str, tmp_path: Path) -> None:
     pods = [(job["metadata"]["labels"]["app.kubernetes.io/component"], job["spec"]) for job in steps]
     pods.append(("reevaluate", cron["spec"]["jobTemplate"]["spec"]))
     ran: list[str] = []
-    gated = ""  # MERGE GATE
     for stage, job_spec in pods:
-        missing = _missing_modules("evaluate" if stage == "reevaluate" else stage)  # MERGE GATE
-        if missing:  # MERGE GATE
-            gated = f"MERGE GATE: {stage} is not on this branch yet ({', '.join(missing)}); ran {ran}"
-            break
         template = job_spec["template"]
         indexes = range(job_spec.get("completions", 1)) if job_spec.get("completionMode") == "Indexed" else [None]
         for index in indexes:
@@ -379,12 +347,8 @@ def test_local_run_of_the_rendered_chain(real_s3: str, tmp_path: Path) -> None:
 
     run = f"{run_root}/default"
     expected = {"records": "convert", "distilled": "distill", "tokenized": "tokenize", "train": "train", "eval": "evaluate"}
-    for folder, stage in expected.items():
-        if stage in ran:
-            assert manifest.read_manifest(f"{run}/{folder}")["stage"] == stage
-    if "train" in ran:
-        pointer = storage.read_json(f"{run_root}/latest.json")
-        assert pointer["run"].rstrip("/") == f"{run}/train"
-    if gated:  # MERGE GATE
-        pytest.skip(gated)
     assert ran == [stage for stage, _ in pods]
+    for folder, stage in expected.items():
+        assert manifest.read_manifest(f"{run}/{folder}")["stage"] == stage
+    pointer = storage.read_json(f"{run_root}/latest.json")
+    assert pointer["run"].rstrip("/") == f"{run}/train"
