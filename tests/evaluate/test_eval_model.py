@@ -151,6 +151,31 @@ def test_scheduled_mode_passes_without_regression(
     assert len(read_history(str(history))) == 2
 
 
+def test_scheduled_mode_evaluates_each_new_run_even_when_runs_share_a_folder_name(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """k8s runs all train into RUN_ROOT/<run id>/train: the second night's model must be evaluated too."""
+    data = commit_records(str(tmp_path), _records(str(tmp_path), 2))
+    root = tmp_path / "runs"
+    root.mkdir()
+    pointer = root / "latest.json"
+    outputs = []
+    for run_id in ("exp1", "exp2"):  # train moves the pointer to the newest run
+        pointer.write_text(json.dumps({"run": str(root / run_id / "train"), "base_model": str(tiny_model_dir),
+                                       "adapter": str(adapter_dir)}))
+        assert main(["--pointer", str(pointer), "--data", data, *FAST]) == 0
+        outputs.append(root / "evals" / run_id / "train")
+        assert manifest.is_committed(str(outputs[-1]))
+    entries = read_history(str(root / "eval-history.jsonl"))
+    assert [e["output"] for e in entries] == [str(o) for o in outputs]
+    assert [e["run"] for e in entries] == [str(root / "exp1" / "train"), str(root / "exp2" / "train")]
+    first = json.loads((outputs[0] / "metrics.json").read_text())
+    second = json.loads((outputs[1] / "metrics.json").read_text())
+    assert "regression" not in first or first["regression"]["values"]["mean_iou"]["previous"] is None
+    assert second["regression"]["values"]["mean_iou"]["previous"] == first["overall"]["mean_iou"]
+    assert second["regression"]["regressions"] == []  # the same adapter twice: no change
+
+
 @pytest.mark.integration
 def test_cronjob_command_exits_3_on_the_real_s3_server(
     tiny_model_dir: Path, adapter_dir: Path, real_s3: str, tmp_path: Path

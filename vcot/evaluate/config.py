@@ -27,7 +27,7 @@ class EvaluateConfig:
     output: str | None = option(
         None,
         help="Where to write predictions, metrics.json, report.html. Scheduled mode: the prefix under which each "
-        "run gets <run name>/ (default <pointer dir>/evals).",
+        "run gets <run path under the pointer dir>/ (default <pointer dir>/evals).",
     )
     split: str = option("val", help="Which committed split of --data to evaluate (files under <split>/).")
     predictions: str | None = option(None, help='Score mode: JSONL of {"id": ..., "prediction": "<raw text>"}.')

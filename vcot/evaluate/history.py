@@ -7,6 +7,7 @@ numbers on different samples are not comparable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,25 @@ def parent(uri: str) -> str:
     """
     head, slash, _ = uri.rstrip("/").rpartition("/")
     return (head or "/") if slash else "."
+
+
+def run_folder(run: str, home: str) -> str:
+    """The evaluation folder of ``run``: its path under the pointer's folder ``home``, else a short hash.
+
+    Every k8s run trains into ``RUN_ROOT/<run id>/train``: the last path segment alone would give every
+    run the same folder (and after the first night the committed output would skip every new model).
+
+    >>> run_folder("s3://b/runs/exp1/train", "s3://b/runs"), run_folder("s3://b/runs/exp2/train/", "s3://b/runs")
+    ('exp1/train', 'exp2/train')
+    >>> run_folder("s3://other/exp1/train", "s3://b/runs")
+    'train-3db335cdaf7c'
+    """
+    run = run.rstrip("/")
+    try:
+        return storage.relative(run, home)
+    except ValueError:
+        digest = hashlib.sha256(run.encode("utf-8")).hexdigest()[:12]
+        return f"{run.rsplit('/', 1)[-1]}-{digest}"
 
 
 def read_pointer(uri: str) -> Pointer:

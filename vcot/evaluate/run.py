@@ -8,7 +8,8 @@ Output layout::
     OUTPUT/_SUCCESS                              the manifest, written last
 
 A committed output is skipped on rerun (``--overwrite`` to redo it). Scheduled mode evaluates into
-``<--output or <pointer dir>/evals>/<run>/``, so a pointer that has not moved is not evaluated twice.
+``<--output or <pointer dir>/evals>/<run path under the pointer dir>/`` (a short hash for a run outside
+it), so every run gets its own output and a pointer that has not moved is not evaluated twice.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ def resolve_target(config: EvaluateConfig) -> Target:
         return Target(output=str(config.output), model=config.model, adapter=config.adapter)
     pointer = hist.read_pointer(config.pointer)
     home = hist.parent(config.pointer)
-    run_name = pointer.run.rstrip("/").rsplit("/", 1)[-1]
     return Target(
-        output=storage.join(config.output or storage.join(home, "evals"), run_name),  # one output per run
+        output=storage.join(config.output or storage.join(home, "evals"), hist.run_folder(pointer.run, home)),
         model=pointer.base_model,
         adapter=pointer.adapter,
         history=config.history or storage.join(home, hist.HISTORY_NAME),
