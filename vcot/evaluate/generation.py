@@ -8,7 +8,6 @@ special tokens) and cut at the end-of-turn token.
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from collections.abc import Sequence
@@ -18,8 +17,8 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
-from vcot import storage
 from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
+from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.prompts import Coords, Mode, build_messages
 
@@ -38,13 +37,6 @@ class GenerationSettings:
     batch_size: int = 16
     repetition_penalty: float = 1.2
     box_aware_penalty: bool = False
-
-
-def load_image(uri: str) -> Any:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-        return image.convert("RGB")
 
 
 def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSettings) -> str:
@@ -98,7 +90,7 @@ def generate_batch(
     usable: list[int] = []  # positions of the records that can be prompted
     for position, record in enumerate(records):
         try:
-            images.append(load_image(record["image"]) if settings.mode == "multimodal" else None)
+            images.append(load_rgb(record["image"]) if settings.mode == "multimodal" else None)
             usable.append(position)
         except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
             log.warning("image unreadable, sample skipped", id=record.get("id"), image=record.get("image"), error=str(exc))
