@@ -83,6 +83,28 @@ def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter
     assert set(_predictions(out)) == {records[0]["id"], records[2]["id"]}
 
 
+def test_records_whose_size_disagrees_with_their_image_are_skipped_for_absolute_boxes(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """qwen2.5-absolute boxes are read back with the record's size: a size giving another patch grid is skipped."""
+    records = _records(str(tmp_path), 3)
+    records[1]["width"], records[1]["height"] = records[1]["height"], records[1]["width"]  # 90x200 image, says 200x90
+    records[2]["width"], records[2]["height"] = 600, 200  # a 300x100 image: same aspect, same grid, scored
+    data = commit_records(str(tmp_path), records)
+    absolute = str(tmp_path / "absolute")
+    args = ["--model", str(tiny_model_dir), "--data", data, *FAST]
+    assert main([*args, "--coords", "qwen2.5-absolute", "--output", absolute]) == 0
+    metrics = storage.read_json(f"{absolute}/metrics.json")
+    assert metrics["details"]["skipped_samples"] == {"grid_mismatch": 1}
+    assert metrics["overall"]["samples"] == 2 and metrics["join"]["records_without_prediction"] == 1
+    assert set(_predictions(absolute)) == {records[0]["id"], records[2]["id"]}
+    # norm1000 boxes are relative to the image whatever its size: nothing to skip.
+    relative = str(tmp_path / "relative")
+    assert main([*args, "--adapter", str(adapter_dir), "--output", relative]) == 0
+    assert storage.read_json(f"{relative}/metrics.json")["details"]["skipped_samples"] == {}
+    assert len(_predictions(relative)) == 3
+
+
 def test_coordinate_convention_is_never_guessed(
     tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -21,6 +21,7 @@ from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.prompts import Coords, Mode, build_messages
+from vcot.tokenize.encode import VisionSettings, image_grid
 
 log = get_logger(__name__)
 
@@ -76,34 +77,71 @@ def penalty_processors(settings: GenerationSettings, tokenizer: Any) -> LogitsPr
     return processors
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A record that gets no response, and why: ``image_unreadable`` or ``grid_mismatch`` (counted in metrics)."""
+
+    reason: str
+
+
+def expected_grid(record: dict[str, Any], processor: Any, settings: GenerationSettings) -> list[int]:
+    """The patch grid the record's metadata size gives: what ``qwen2.5-absolute`` read-back assumes."""
+    vision = VisionSettings.from_processor(processor, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
+    return list(image_grid(int(record["width"]), int(record["height"]), vision))
+
+
 def generate_batch(
     model: Any,
     processor: Any,
     records: Sequence[dict[str, Any]],
     settings: GenerationSettings,
     processors: LogitsProcessorList | None = None,
-) -> list[str | None]:
-    """Greedy responses for one batch of records; ``None`` for a record whose image cannot be read."""
+) -> list[str | Skipped]:
+    """Greedy responses for one batch of records; :class:`Skipped` for a record that cannot be scored honestly.
+
+    With ``qwen2.5-absolute`` boxes the model answers in pixels of the image as the processor resized it,
+    and they are read back with the resize of the record's ``width``/``height``: a record whose image gives
+    another patch grid than its metadata would be mis-scored, so it is skipped (``grid_mismatch``), as
+    train refuses it.
+    """
     if processors is None:
         processors = penalty_processors(settings, processor.tokenizer)
-    images: list[Any] = []
-    usable: list[int] = []  # positions of the records that can be prompted
+    multimodal = settings.mode == "multimodal"
+    responses: list[str | Skipped] = [Skipped("image_unreadable")] * len(records)
+    images: dict[int, Any] = {}  # position of each record that can be prompted -> its image (None in text mode)
     for position, record in enumerate(records):
         try:
-            images.append(load_rgb(record["image"]) if settings.mode == "multimodal" else None)
-            usable.append(position)
+            images[position] = load_rgb(record["image"]) if multimodal else None
         except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
-            log.warning("image unreadable, sample skipped", id=record.get("id"), image=record.get("image"), error=str(exc))
-    responses: list[str | None] = [None] * len(records)
-    if not usable:
-        return responses
+            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+
+    def encode(positions: list[int]) -> Any:
+        return processor(
+            text=[prompt_text(processor, records[position], settings) for position in positions],
+            images=[images[position] for position in positions] if multimodal else None,
+            padding=True,
+            return_tensors="pt",
+        )
+
+    usable = list(images)
     processor.tokenizer.padding_side = "left"
-    inputs = processor(
-        text=[prompt_text(processor, records[position], settings) for position in usable],
-        images=images if settings.mode == "multimodal" else None,
-        padding=True,
-        return_tensors="pt",
-    ).to(model.device)
+    inputs = encode(usable) if usable else None
+    if inputs is not None and multimodal and settings.coords == "qwen2.5-absolute":
+        grids = inputs["image_grid_thw"].tolist()
+        mismatched = {p for p, grid in zip(usable, grids, strict=True) if grid != expected_grid(records[p], processor, settings)}
+        for position, grid in zip(usable, grids, strict=True):
+            if position in mismatched:
+                record = records[position]
+                log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
+                            width=record.get("width"), height=record.get("height"),
+                            hint="the record's width/height do not match its image: fix the data (convert)")
+                responses[position] = Skipped("grid_mismatch")
+        if mismatched:  # grids are per image: encoding the rest again cannot mismatch
+            usable = [p for p in usable if p not in mismatched]
+            inputs = encode(usable) if usable else None
+    if inputs is None:
+        return responses
+    inputs = inputs.to(model.device)
     with torch.inference_mode():
         output = model.generate(
             **inputs,
@@ -115,19 +153,19 @@ def generate_batch(
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     texts = decode_responses(processor.tokenizer, new_tokens, _stop_ids(model, processor.tokenizer))
-    for position, text in zip(usable, texts):
+    for position, text in zip(usable, texts, strict=True):
         responses[position] = text
     return responses
 
 
 def generate_responses(
     model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings
-) -> tuple[list[str | None], dict[str, float]]:
-    """Responses for every record (in order; ``None`` where the image was unreadable) and timing stats."""
+) -> tuple[list[str | Skipped], dict[str, float]]:
+    """Responses for every record (in order; :class:`Skipped` where none could be made) and timing stats."""
     from tqdm.auto import tqdm
 
     processors = penalty_processors(settings, processor.tokenizer)
-    responses: list[str | None] = []
+    responses: list[str | Skipped] = []
     started = time.perf_counter()
     batches = range(0, len(records), settings.batch_size)
     for start in tqdm(batches, desc="generate", unit="batch", disable=not sys.stderr.isatty()):

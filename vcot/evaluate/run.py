@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+from collections import Counter
 from typing import Any
 
 from vcot import manifest, storage
@@ -79,7 +80,7 @@ def model_responses(
     config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
 ) -> tuple[dict[str, str], Readback, dict[str, Any]]:
     """Load the model, settle its coordinate convention and pixel budget (one interpretation), generate."""
-    from vcot.evaluate.generation import GenerationSettings, generate_responses
+    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
     from vcot.modeling import MODEL_CARD, load_model_and_processor, read_model_card
 
     card: dict[str, Any] = {}
@@ -115,8 +116,8 @@ def model_responses(
     )
     texts, timing = generate_responses(model, processor, records, settings)
     readback = Readback(coords=coords, fmt=config.box_format, min_pixels=min_pixels, max_pixels=max_pixels)
-    responses = {str(record["id"]): text for record, text in zip(records, texts) if text is not None}
-    skipped = {"image_unreadable": len(records) - len(responses)} if len(responses) < len(records) else {}
+    responses = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
+    skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
     return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing, "skipped_samples": skipped}
 
 
