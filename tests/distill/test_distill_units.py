@@ -51,6 +51,12 @@ GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
             {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1},
             "wrong_answer",
         ),
+        (  # the wrong letter with the right text is not an answer (the letter once read as the article "a")
+            GOOD.replace("Answer: blue", "Answer: (A) blue"),
+            {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1},
+            "wrong_answer",
+        ),
+        (GOOD.replace("Answer: blue", "Answer: 2apples"), {"answer": "2 apples"}, "wrong_answer"),  # as evaluate scores
     ],
 )
 def test_check_answer(text: str, record: dict[str, Any], problem: str | None) -> None:

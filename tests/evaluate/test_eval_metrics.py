@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot.evaluate.answers import choice_index, extract_answer, is_correct, normalize_answer
 from vcot.evaluate.metrics import score_sample, summarize, summarize_by_subset
 
 
@@ -130,27 +129,3 @@ def test_samples_without_ground_truth_count_only_for_answers() -> None:
     assert metrics["overall"]["answer_accuracy"] == 0.5
     assert metrics["subsets"]["a"]["answer_accuracy"] == 1.0 and metrics["subsets"]["b"]["box_detection_rate"] == 0.0
     assert summarize([])["mean_iou"] == 0.0
-
-
-@pytest.mark.parametrize(
-    ("response", "record", "correct"),
-    [
-        ("The <ref>sign</ref><box>[1, 2, 3, 4]</box> says stop. Answer: Stop.", {"answer": "stop"}, True),
-        ("answer: the window", {"answer": "Window"}, True),
-        ("Answer: door", {"answer": "window"}, False),
-        ("Blue", {"answer": "blue"}, True),
-        ("", {"answer": "blue"}, False),
-        ("Answer: (B)", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}, True),
-        ("Answer: dog", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}, True),
-        ("Answer: A", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}, False),
-        ("Answer: C", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}, False),
-    ],
-)
-def test_answer_judging(response: str, record: dict, correct: bool) -> None:
-    assert is_correct(response, record) is correct
-
-
-def test_answer_helpers() -> None:
-    assert extract_answer("x Answer: a\nAnswer: b") == "b"
-    assert normalize_answer("<ref>The</ref> Cat!") == "cat"
-    assert choice_index("e", ["a", "b"]) is None

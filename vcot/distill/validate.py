@@ -8,15 +8,13 @@ Reason codes (see ``prompts.PROBLEM_HINTS`` for what the corrective message says
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from typing import Any
 
+from vcot import answers
 from vcot.boxes import parse_grounded
 
 _FINAL_ANSWER = re.compile(r"^\s*\**\s*answer\s*\**\s*:\s*(.+?)\s*$", re.IGNORECASE)
-_CHOICE_LETTER = re.compile(r"^\(?([a-z])\)?[.:)]?(?:\s+(.*))?$", re.IGNORECASE)
-_ARTICLES = {"a", "an", "the"}
 
 
 @dataclass(frozen=True)
@@ -28,54 +26,28 @@ class Verdict:
     final: str = ""
 
 
-def normalize_answer(text: str) -> str:
-    """Lowercase, with punctuation, articles and spaces removed.
-
-    >>> normalize_answer("  The Red-Car. ")
-    'redcar'
-    """
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return "".join(word for word in text.split() if word not in _ARTICLES)
-
-
-def _words(text: str) -> list[str]:
-    text = text.lower().translate(str.maketrans(string.punctuation, " " * len(string.punctuation)))
-    return [word for word in text.split() if word not in _ARTICLES]
-
-
 def answer_matches(final: str, record: dict[str, Any]) -> bool:
-    """Whether ``final`` gives the record's known answer.
+    """Whether ``final`` gives the record's known answer, judged by :mod:`vcot.answers` (as evaluate scores).
 
-    Accepted: the same text after normalization; for multiple choice the option's letter or text; or a short
-    answer that contains the truth as whole words (``"it is red"`` for ``red``, at most 3 extra words).
+    Accepted: what evaluate scores correct (normalized exact match; for multiple choice the option's letter,
+    letter and text, or text); or, for an open question, a short answer that contains the truth as whole
+    words (``"it is red"`` for ``red``, at most 3 extra words, no negation): the answer line is rewritten
+    to the truth afterwards (:func:`accepted_record`).
 
     >>> answer_matches("(B) blue", {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1})
     True
-    >>> answer_matches("It is red.", {"answer": "red"})
-    True
+    >>> answer_matches("It is red.", {"answer": "red"}), answer_matches("2apples", {"answer": "2 apples"})
+    (True, False)
     >>> answer_matches("not red", {"answer": "red"})
     False
     """
     truth = str(record.get("answer") or "")
     if not truth:
         return True  # nothing known to compare against
-    if normalize_answer(final) == normalize_answer(truth):
+    if answers.answer_matches(final, record):
         return True
-    choices = record.get("choices") or []
-    index = record.get("answer_index")
-    letter = _CHOICE_LETTER.match(final.strip())
-    if choices and isinstance(index, int) and letter:
-        position = ord(letter.group(1).lower()) - ord("a")
-        rest = letter.group(2)
-        if position == index and (rest is None or normalize_answer(rest) == normalize_answer(choices[index])):
-            return True
-    final_words, truth_words = _words(final), _words(truth)
-    if not truth_words or "not" in final_words or "no" in final_words and "no" not in truth_words:
-        return False
-    if len(final_words) > len(truth_words) + 3:
-        return False
-    size = len(truth_words)
-    return any(final_words[i : i + size] == truth_words for i in range(len(final_words) - size + 1))
+    multiple_choice = record.get("choices") and record.get("answer_index") is not None
+    return not multiple_choice and answers.contains_answer(final, truth)
 
 
 def check_answer(text: str, record: dict[str, Any]) -> Verdict:

@@ -1,8 +1,9 @@
 """The evaluate stage: score grounded answers of a model (or of a predictions file) against records.
 
+Answers are judged by the shared ``vcot.answers`` (the rule distill accepts teacher answers by).
+
 Modules, in dependency order:
 
-- ``answers``: read the final answer out of a response and judge it (normalized exact match, multiple choice).
 - ``metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
 - ``readback``: boxes of a response in the model's coordinate convention, mapped to the original image.
 - ``scoring``: committed records and predictions files in, joined by id, one scored row per sample out.

@@ -10,7 +10,7 @@ from typing import Any
 from vcot import manifest, shards, storage
 from vcot.boxes import validate_box
 from vcot.errors import VcotError
-from vcot.evaluate.answers import extract_answer, is_correct
+from vcot.answers import extract_answer, is_correct
 from vcot.evaluate.metrics import SampleScore, score_sample
 from vcot.evaluate.readback import Readback
 from vcot.log import get_logger
