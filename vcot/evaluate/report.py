@@ -15,8 +15,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from vcot import storage
 from vcot.boxes import NORM
+from vcot.images import load_rgb
 from vcot.log import get_logger
 
 log = get_logger(__name__)
@@ -135,16 +135,13 @@ def history_plot(entries: Sequence[dict[str, Any]], metrics: Sequence[str]) -> s
 
 def thumbnail_data_uri(image_uri: str, side: int = THUMBNAIL_SIDE) -> str | None:
     """The image as a small inlined JPEG (``data:`` URI), or ``None`` when it cannot be read."""
-    from PIL import Image
-
     try:
-        with Image.open(io.BytesIO(storage.read_bytes(image_uri))) as image:
-            image = image.convert("RGB")
-            image.thumbnail((side, side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
+        image = load_rgb(image_uri)
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
     except Exception as exc:  # noqa: BLE001 - a missing image must not sink the report
-        log.warning("thumbnail unavailable", image=image_uri, error=str(exc))
+        log.warning("thumbnail_unavailable", image=image_uri, error=str(exc))
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 

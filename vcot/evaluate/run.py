@@ -171,13 +171,13 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
     if not manifest.prepare_output(target.output, overwrite=config.overwrite):
-        log.info("already committed, skipping (pass --overwrite to redo)", output=target.output)
+        log.info("already_committed", output=target.output, hint="pass --overwrite to redo it")
         metrics = storage.read_json(storage.join(target.output, METRICS_PATH))
         _raise_on_regression(metrics.get("regression"), target.output)
         return metrics
 
     records = load_records(config.data, config.split, config.max_samples)
-    log.info("records", data=config.data, split=config.split, count=len(records))
+    log.info("records_loaded", data=config.data, split=config.split, count=len(records))
     details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split}
     if config.predictions:
         loaded = load_predictions(config.predictions)

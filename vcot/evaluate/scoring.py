@@ -64,7 +64,7 @@ def load_predictions(uri: str) -> LoadedPredictions:
                 continue
             loaded.by_id[key] = item["prediction"]
     if loaded.skipped:
-        log.warning("skipped prediction lines", uri=uri, **loaded.skipped)
+        log.warning("prediction_lines_skipped", uri=uri, **loaded.skipped)
     return loaded
 
 
@@ -130,7 +130,7 @@ def join_and_score(
         scores.append(score)
     join = {"scored": len(rows), "records_without_prediction": missing, "predictions_without_record": len(set(responses) - seen)}
     if missing or join["predictions_without_record"]:
-        log.warning("partial join", **join)
+        log.warning("partial_join", **join)
     if not rows:
         raise VcotError(
             "no prediction matches a record id: check that --predictions and --data/--split describe the same samples"
