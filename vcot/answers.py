@@ -61,7 +61,8 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
 
     ``None`` if it names none, or a letter with another choice's text.
 
-    >>> choice_index("(B)", ["cat", "dog"]), choice_index("B. dog", ["cat", "dog"]), choice_index("a dog", ["cat", "dog"])
+    >>> choices = ["cat", "dog"]
+    >>> choice_index("(B)", choices), choice_index("B. dog", choices), choice_index("a dog", choices)
     (1, 1, 1)
     >>> choice_index("bird", ["cat", "dog"]) is None, choice_index("(A) dog", ["cat", "dog"]) is None
     (True, True)

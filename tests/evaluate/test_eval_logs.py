@@ -33,5 +33,6 @@ def test_events_are_snake_case_names(known_data: tuple[str, list], tmp_path: Pat
     events = {entry["event"]: entry for entry in [*first, *rerun]}
     assert {"prediction_lines_skipped", "partial_join", "thumbnail_unavailable", "already_committed"} <= set(events)
     assert [name for name in events if not EVENT_NAME.match(name)] == []
-    assert events["already_committed"]["output"] == str(tmp_path / "eval") and "--overwrite" in events["already_committed"]["hint"]
+    committed = events["already_committed"]
+    assert committed["output"] == str(tmp_path / "eval") and "--overwrite" in committed["hint"]
     assert events["thumbnail_unavailable"]["image"] == records[0]["image"]

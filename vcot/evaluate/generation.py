@@ -127,15 +127,15 @@ def generate_batch(
     processor.tokenizer.padding_side = "left"
     inputs = encode(usable) if usable else None
     if inputs is not None and multimodal and settings.coords == "qwen2.5-absolute":
-        grids = inputs["image_grid_thw"].tolist()
-        mismatched = {p for p, grid in zip(usable, grids, strict=True) if grid != expected_grid(records[p], processor, settings)}
-        for position, grid in zip(usable, grids, strict=True):
-            if position in mismatched:
-                record = records[position]
+        mismatched = set()
+        for position, grid in zip(usable, inputs["image_grid_thw"].tolist(), strict=True):
+            record = records[position]
+            if grid != expected_grid(record, processor, settings):
+                mismatched.add(position)
+                responses[position] = Skipped("grid_mismatch")
                 log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
                             width=record.get("width"), height=record.get("height"),
                             hint="the record's width/height do not match its image: fix the data (convert)")
-                responses[position] = Skipped("grid_mismatch")
         if mismatched:  # grids are per image: encoding the rest again cannot mismatch
             usable = [p for p in usable if p not in mismatched]
             inputs = encode(usable) if usable else None
