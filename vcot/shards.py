@@ -205,8 +205,9 @@ def write_file(root: str, path: str, data: bytes, *, records: int = 0) -> ShardF
     """Write a small file (a report, a config) to ``root/path`` and return its manifest entry.
 
     >>> import tempfile
-    >>> write_file(tempfile.mkdtemp(), "quality.json", b"{}")
-    ShardFile(path='quality.json', records=0, sha256='44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a', bytes=2)
+    >>> entry = write_file(tempfile.mkdtemp(), "quality.json", b"{}")
+    >>> entry.path, entry.bytes, entry.sha256[:12]
+    ('quality.json', 2, '44136fa355b3')
     """
     storage.write_bytes(storage.join(root, path), data)
     return ShardFile(path, records, hashlib.sha256(data).hexdigest(), len(data))
