@@ -9,7 +9,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcot import shards
+from vcot import shards, storage
 
 _JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
 _JSON_VALUES = st.recursive(
@@ -53,3 +53,32 @@ def test_writer_compresslevel_changes_bytes_not_content(tmp_path: Path) -> None:
     default = shards.write_jsonl(str(tmp_path), "default.jsonl.gz", records)
     assert fast.result is not None and fast.result.sha256 != default.sha256
     assert list(shards.read_jsonl(str(tmp_path / "fast.jsonl.gz"))) == records
+
+
+def test_split_writers_route_by_split_and_abort_commits_nothing(tmp_path: Path) -> None:
+    outputs = shards.SplitWriters(str(tmp_path), "00001-of-00002", compresslevel=1)
+    outputs.write("train", {"id": "t"})
+    outputs.write("rejected", {"id": "r"})
+    files = {f.path: f.records for f in outputs.close()}
+    assert files == {
+        "train/00001-of-00002.jsonl.gz": 1,
+        "val/00001-of-00002.jsonl.gz": 0,
+        "rejected/00001-of-00002.jsonl.gz": 1,
+    }
+    assert [r["id"] for r in shards.read_jsonl(str(tmp_path / "rejected/00001-of-00002.jsonl.gz"))] == ["r"]
+    aborted = shards.SplitWriters(str(tmp_path / "b"), "00000-of-00001", splits=("train",))
+    aborted.write("train", {"id": "x"})
+    aborted.abort()
+    assert aborted.writers["train"].result is None
+
+
+def test_write_file_and_file_entry_describe_the_stored_bytes(s3_bucket: str, tmp_path: Path) -> None:
+    import hashlib
+
+    data = b'{"a": 1}\n'
+    entry = shards.write_file(f"{s3_bucket}/run", "reports/quality.json", data)
+    stored = storage.read_bytes(f"{s3_bucket}/run/reports/quality.json")
+    assert stored == data and entry.sha256 == hashlib.sha256(stored).hexdigest() and entry.bytes == len(data)
+    (tmp_path / "local.bin").write_bytes(data)
+    assert shards.file_entry(tmp_path / "local.bin", "reports/quality.json") == entry
+    assert shards.file_entry(tmp_path / "local.bin", "x.parquet", records=3).records == 3

@@ -158,6 +158,10 @@ def test_join_and_relative() -> None:
     assert storage.join("s3://b/run/", "/train/", "x.jsonl") == "s3://b/run/train/x.jsonl"
     assert storage.relative("s3://b/run/train/x", "s3://b/run") == "train/x"
     assert storage.split_s3("s3://bucket/a/b") == ("bucket", "a/b")
+    assert storage.parent("s3://b/run/x.json") == storage.parent("s3://b/run/sub/") == "s3://b/run"
+    assert storage.parent("x.json") == "." and storage.parent("/data/x") == "/data"
+    with pytest.raises(ValueError, match="bucket root"):
+        storage.parent("s3://b/")
 
 
 def test_upload_and_download_prefix(s3_bucket: str, tmp_path: Path) -> None:

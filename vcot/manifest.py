@@ -17,7 +17,7 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,11 +25,15 @@ from typing import Any
 
 from vcot import __version__, storage
 from vcot.errors import NotCommittedError
-from vcot.shards import ShardFile
+from vcot.shards import ShardFile, read_jsonl
 
 SUCCESS = "_SUCCESS"
 SHARDS_DIR = "_shards"
 MANIFEST_VERSION = 1
+JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
+"""Set by Kubernetes in every pod of an Indexed Job: the default shard index of every sharded stage."""
+NOT_CONFIG = ("overwrite",)
+"""Options that say how to run, not what is made: left out of the manifest so a rerun with them gives the same bytes."""
 _SHARD_RE = re.compile(r"(\d{5})-of-(\d{5})\.json$")
 
 
@@ -53,6 +57,22 @@ class ShardSpec:
     def owns(self, position: int) -> bool:
         """Round-robin ownership of the ``position``-th input item."""
         return position % self.count == self.index
+
+    @classmethod
+    def resolve(cls, index: int | None, count: int) -> ShardSpec:
+        """This pod's shard: ``index``, else ``$JOB_COMPLETION_INDEX`` (a Kubernetes Indexed Job), else 0.
+
+        Raises ``ValueError`` saying what to set when the index is not a valid one.
+
+        >>> ShardSpec.resolve(2, 4).name
+        '00002-of-00004'
+        """
+        if index is None:
+            raw = os.environ.get(JOB_INDEX_ENV, "0").strip()
+            if not raw.isdigit():
+                raise ValueError(f"{JOB_INDEX_ENV}={raw!r} is not a shard index: set --shard-index")
+            index = int(raw)
+        return cls(index, count)
 
 
 @lru_cache(maxsize=1)
@@ -117,7 +137,7 @@ def build_manifest(
         "manifest_version": MANIFEST_VERSION,
         "stage": stage,
         "code_version": code_version(),
-        "config": config,
+        "config": {key: value for key, value in config.items() if key not in NOT_CONFIG},
         "inputs": [lineage(uri) for uri in inputs],
         "files": sorted((f.to_dict() for f in files), key=lambda f: f["path"]),
         "records": sum(f.records for f in files),
@@ -150,7 +170,7 @@ def commit(
         storage.write_json(manifest_uri(output), manifest)
         return manifest
     storage.write_json(shard_manifest_uri(output, shard), manifest)
-    complete_shard_set(output, finalize)
+    complete_shard_set(output, finalize, count=shard.count)
     return manifest
 
 
@@ -158,16 +178,19 @@ Finalize = Callable[[list[dict[str, Any]]], Sequence[ShardFile]]
 """Writes files made from all shard manifests (a merged report) and returns their entries for ``_SUCCESS``."""
 
 
-def complete_shard_set(output: str, finalize: Finalize | None = None) -> dict[str, Any] | None:
+def complete_shard_set(
+    output: str, finalize: Finalize | None = None, *, count: int | None = None
+) -> dict[str, Any] | None:
     """If every shard is committed, write the merged ``_SUCCESS`` (and return it); else do nothing (``None``).
 
     ``finalize`` gets the shard manifests and writes what belongs to the whole output (convert's merged
     quality report) *before* ``_SUCCESS``, which lists those files too: a reader that sees ``_SUCCESS`` finds
     them. Whoever notices the complete set does this; every pod writes the same bytes, so a race is harmless.
     A pod that finds its shard already committed calls this again, so a set whose last pod died before
-    writing ``_SUCCESS`` still gets it.
+    writing ``_SUCCESS`` still gets it. A pod passes its own shard ``count``: only a complete set of *that*
+    many shards is merged, never a leftover set of another run's count.
     """
-    parts = _shard_manifests(output)
+    parts = _shard_manifests(output, count)
     if parts is None:
         return None
     merged = _merge(parts, list(finalize(parts)) if finalize else [])
@@ -175,23 +198,30 @@ def complete_shard_set(output: str, finalize: Finalize | None = None) -> dict[st
     return merged
 
 
-def _shard_manifests(output: str) -> list[dict[str, Any]] | None:
-    """All shard manifests if the set is complete, else ``None``."""
-    uris = storage.list_uris(storage.join(output, SHARDS_DIR), suffix=".json")
+def _shard_manifest_uris(output: str) -> dict[int, dict[int, str]]:
+    """``{count: {index: uri}}`` of the shard manifests under ``output``."""
     by_count: dict[int, dict[int, str]] = {}
-    for uri in uris:
+    for uri in storage.list_uris(storage.join(output, SHARDS_DIR), suffix=".json"):
         match = _SHARD_RE.search(uri)
         if match:
             by_count.setdefault(int(match.group(2)), {})[int(match.group(1))] = uri
-    for count, found in sorted(by_count.items()):
-        if len(found) == count and set(found) == set(range(count)):
-            return [storage.read_json(found[index]) for index in range(count)]
+    return by_count
+
+
+def _shard_manifests(output: str, count: int | None = None) -> list[dict[str, Any]] | None:
+    """All shard manifests of a complete set (of ``count`` shards, else the smallest complete count), else ``None``."""
+    by_count = _shard_manifest_uris(output)
+    counts = [count] if count is not None else sorted(by_count)
+    for candidate in counts:
+        found = by_count.get(candidate, {})
+        if len(found) == candidate and set(found) == set(range(candidate)):
+            return [storage.read_json(found[index]) for index in range(candidate)]
     return None
 
 
-def merge_shard_manifests(output: str) -> dict[str, Any] | None:
+def merge_shard_manifests(output: str, count: int | None = None) -> dict[str, Any] | None:
     """The merged manifest of a complete shard set (deterministic), or ``None`` while shards are missing."""
-    parts = _shard_manifests(output)
+    parts = _shard_manifests(output, count)
     return None if parts is None else _merge(parts, [])
 
 
@@ -240,14 +270,37 @@ def committed_files(output: str, prefix: str = "") -> list[str]:
     return [storage.join(output, f["path"]) for f in manifest["files"] if f["path"].startswith(prefix)]
 
 
+def committed_records(output: str, prefixes: Sequence[str] = ("train/", "val/")) -> Iterator[dict[str, Any]]:
+    """The records of a committed output's files under each of ``prefixes`` in turn, in manifest order.
+
+    The manifest is read once, before the first record; positions in this stream are stable across runs,
+    so round-robin sharding over it (``ShardSpec.owns``) is deterministic.
+    """
+    uris = [uri for prefix in prefixes for uri in committed_files(output, prefix)]
+    for uri in uris:
+        yield from read_jsonl(uri)
+
+
 def prepare_output(output: str, *, overwrite: bool, shard: ShardSpec | None = None) -> bool:
     """Decide whether to run: ``False`` means already committed, skip (the rerun no-op).
 
     An uncommitted output (a first run, or one killed half-way) is simply written again: its leftovers
     are listed in no manifest and get overwritten. With ``overwrite`` a committed output's manifest is
     removed *first* (so no reader trusts it while we rewrite), then its data.
+
+    A sharded pod with ``overwrite`` also removes ``_SUCCESS`` and the shard manifests of *another* shard
+    count (a previous run split differently), even when its own shard was never committed: else the old
+    set stays complete and is what readers (and the merge) see. It never removes a manifest of its own
+    count but another index: the other pods of the new run start at once, and one of them may already
+    have committed.
     """
     storage.check_access(output)
+    if overwrite and shard is not None and shard.count > 1:
+        storage.delete(manifest_uri(output))
+        for count, found in _shard_manifest_uris(output).items():
+            if count != shard.count:
+                for uri in found.values():
+                    storage.delete(uri)
     if not is_committed(output, shard):
         return True
     if not overwrite:

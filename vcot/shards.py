@@ -12,8 +12,9 @@ import gzip
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -165,6 +166,60 @@ def write_jsonl(root: str, path: str, records: Iterable[dict[str, Any]]) -> Shar
         for record in records:
             writer.write(record)
     return writer.close()
+
+
+class SplitWriters:
+    """One record shard per split (``train/``, ``val/``, ``rejected/``) of one pod: closed together, or aborted.
+
+    >>> import tempfile
+    >>> outputs = SplitWriters(tempfile.mkdtemp(), "00000-of-00001")
+    >>> outputs.write("val", {"id": "a"})
+    >>> [(f.path, f.records) for f in outputs.close()]
+    [('train/00000-of-00001.jsonl.gz', 0), ('val/00000-of-00001.jsonl.gz', 1), ('rejected/00000-of-00001.jsonl.gz', 0)]
+    """
+
+    def __init__(
+        self,
+        root: str,
+        name: str,
+        splits: Sequence[str] = ("train", "val", "rejected"),
+        *,
+        compresslevel: int = DEFAULT_COMPRESSLEVEL,
+    ) -> None:
+        self.writers = {
+            split: JsonlShardWriter(root, f"{split}/{name}.jsonl.gz", compresslevel=compresslevel) for split in splits
+        }
+
+    def write(self, split: str, record: dict[str, Any]) -> None:
+        self.writers[split].write(record)
+
+    def close(self) -> list[ShardFile]:
+        return [writer.close() for writer in self.writers.values()]
+
+    def abort(self) -> None:
+        for writer in self.writers.values():
+            writer.abort()
+
+
+def write_file(root: str, path: str, data: bytes, *, records: int = 0) -> ShardFile:
+    """Write a small file (a report, a config) to ``root/path`` and return its manifest entry.
+
+    >>> import tempfile
+    >>> entry = write_file(tempfile.mkdtemp(), "quality.json", b"{}")
+    >>> entry.path, entry.bytes, entry.sha256[:12]
+    ('quality.json', 2, '44136fa355b3')
+    """
+    storage.write_bytes(storage.join(root, path), data)
+    return ShardFile(path, records, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def file_entry(local: Path, path: str, *, records: int = 0) -> ShardFile:
+    """The manifest entry (as ``path``) of a local file, hashed in blocks: for files written elsewhere first."""
+    digest = hashlib.sha256()
+    with open(local, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return ShardFile(path, records, digest.hexdigest(), local.stat().st_size)
 
 
 def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:

@@ -113,6 +113,30 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def parent(uri: str) -> str:
+    """The folder that holds ``uri`` (a file or a folder; a trailing slash is ignored).
+
+    >>> parent("s3://bucket/run/viscot.json")
+    's3://bucket/run'
+    >>> parent("s3://bucket/run/")
+    's3://bucket'
+    >>> parent("data/viscot.json"), parent("viscot.json"), parent("/viscot.json")
+    ('data', '.', '/')
+    >>> parent("s3://bucket")
+    Traceback (most recent call last):
+    ...
+    ValueError: 's3://bucket' is a bucket root: it has no parent folder
+    """
+    trimmed = uri.rstrip("/") or uri
+    if is_s3(trimmed):
+        if "/" not in trimmed[len(S3_SCHEME) :]:
+            raise ValueError(f"{uri!r} is a bucket root: it has no parent folder")
+        return trimmed.rsplit("/", 1)[0]
+    if "/" not in trimmed:
+        return "."
+    return trimmed.rsplit("/", 1)[0] or "/"
+
+
 def relative(uri: str, base: str) -> str:
     """``uri`` relative to the prefix ``base``."""
     base = base.rstrip("/") + "/"

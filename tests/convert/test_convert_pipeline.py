@@ -254,7 +254,7 @@ def test_entrypoint_against_the_real_local_s3_server(real_s3: str) -> None:
     rerun = subprocess.run(
         command, cwd=REPO_ROOT, env=env | {"JOB_COMPLETION_INDEX": "0"}, capture_output=True, text=True, timeout=120
     )
-    assert rerun.returncode == 0 and "already committed" in rerun.stderr
+    assert rerun.returncode == 0 and "already_committed" in rerun.stderr
     missing_input = [*command[:6], f"{real_s3}/nothing-here", "--output", f"{real_s3}/other"]
     missing = subprocess.run(missing_input, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "does not exist" in missing.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -79,6 +80,14 @@ def test_direct_accepts_valid_rejects_invalid_and_passes_grounded_through(
     assert server.chat_requests == 15
     assert report["ledger"]["requests"] == 15 and report["ledger"]["estimated_cost_usd"] > 0
     assert json.loads((tmp_path / "distill" / "quality.json").read_text())["counts"] == report["counts"]
+    _assert_listed(str(tmp_path / "distill"), "quality.json")
+
+
+def _assert_listed(output: str, path: str) -> None:
+    """``path`` is in the output's manifest, with the sha256 and size of the bytes stored."""
+    entry = next(f for f in manifest.read_manifest(output)["files"] if f["path"] == path)
+    data = (Path(output) / path).read_bytes()
+    assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
 
 
 def _flaky(text: str, attempt: int) -> str | None:
@@ -183,4 +192,10 @@ def test_sharded_runs_split_the_input_and_merge(
     assert merged["shard_count"] == 3 and merged["records"] == 9
     ids = {r["id"] for r in _read(output, "train/") + _read(output, "val/")}
     assert ids == {f"synthetic:train:{i}" for i in range(9)}
-    assert (tmp_path / "out" / "quality" / "00002-of-00003.json").exists()
+    for index in range(3):
+        _assert_listed(output, f"quality/{index:05d}-of-00003.json")
+    _assert_listed(output, "quality.json")  # the whole run's report, written before the merged _SUCCESS
+    quality = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert quality["counts"]["input"] == 9 and quality["accepted"] == sum(r["accepted"] for r in reports)
+    assert quality["ledger"]["requests"] == sum(r["ledger"]["requests"] for r in reports)
+    assert quality["shards"] == [f"{index:05d}-of-00003" for index in range(3)]

@@ -136,15 +136,24 @@ def test_cli_on_s3_and_bad_flags(tiny_model_dir: Path, record_output: Callable[.
     assert exit_info.value.code == 2
 
 
+def test_shard_index_defaults_to_the_indexed_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
+    assert TokenizeConfig(input=["in"], output="out", model="m", num_shards=4).shard == manifest.ShardSpec(3, 4)
+    assert TokenizeConfig(input=["in"], output="out", model="m", shard_index=1, num_shards=4).shard_index == 1
+    with pytest.raises(ValueError, match="--shard-index"):
+        TokenizeConfig(input=["in"], output="out", model="m", num_shards=2)  # index 3 of 2
+    monkeypatch.delenv("JOB_COMPLETION_INDEX")
+    assert TokenizeConfig(input=["in"], output="out", model="m").shard_index == 0
+
+
 def test_sharded_pods_split_the_records_and_commit_together(
-    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
+    tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     records = record_output(20)
     output = str(tmp_path / "tokens")
     for index in range(2):
-        config = TokenizeConfig(
-            input=[records], output=output, model=str(tiny_model_dir), shard_index=index, num_shards=2
-        )
+        monkeypatch.setenv("JOB_COMPLETION_INDEX", str(index))  # each pod of an Indexed Job
+        config = TokenizeConfig(input=[records], output=output, model=str(tiny_model_dir), num_shards=2)
         assert tokenize(config) is not None
         assert manifest.is_committed(output) == (index == 1)  # _SUCCESS once both shards are in
     rows = _read_rows(output, "train") + _read_rows(output, "val")

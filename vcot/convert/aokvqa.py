@@ -123,7 +123,7 @@ class AOKVQAConverter:
 
 def iter_items(input_uri: str, *, images: str | None, owns: Owns, style: RationaleStyle = "plain") -> Iterator[Item]:
     files = input_files(input_uri)
-    folder = input_uri if not input_uri.endswith((".json", ".jsonl")) else input_uri.rsplit("/", 1)[0]
+    folder = input_uri if not input_uri.endswith((".json", ".jsonl")) else storage.parent(input_uri)
     converter = AOKVQAConverter(images=images or storage.join(folder, "images"), style=style)
     index = -1
     for file_uri in files:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vcot import manifest, shards, storage
+from vcot import manifest, storage
 from vcot.convert.common import (
     BadLine,
     Item,
@@ -55,13 +55,11 @@ def load_dedup_keys(outputs: Iterable[str]) -> set[str]:
     """Every ``provenance.dedup_key`` of the accepted records of committed convert outputs."""
     keys: set[str] = set()
     for output in outputs:
-        uris = manifest.committed_files(output, "train/") + manifest.committed_files(output, "val/")
-        for uri in uris:
-            for record in shards.read_jsonl(uri):
-                key = (record.get("provenance") or {}).get("dedup_key")
-                if key:
-                    keys.add(key)
-    log.info("dedup keys", outputs=list(outputs), keys=len(keys))
+        for record in manifest.committed_records(output):
+            key = (record.get("provenance") or {}).get("dedup_key")
+            if key:
+                keys.add(key)
+    log.info("dedup_keys", outputs=list(outputs), keys=len(keys))
     return keys
 
 
@@ -146,8 +144,7 @@ class LlavaCotConverter:
 def iter_items(input_uri: str, *, images: str | None, owns: Owns, dedup_against: list[str]) -> Iterator[Item]:
     require_input(input_uri, "LLaVA-CoT file")
     known = load_dedup_keys(dedup_against)
-    folder = input_uri.rsplit("/", 1)[0] if "/" in input_uri else "."
-    converter = LlavaCotConverter(images=images or storage.join(folder, "images"), known=known)
+    converter = LlavaCotConverter(images=images or storage.join(storage.parent(input_uri), "images"), known=known)
     source_file = input_uri.rsplit("/", 1)[-1]
     for index, item in enumerate(iter_json_items(input_uri)):
         if not owns(index):

@@ -6,8 +6,6 @@ exactly one of ``train/``, ``val/`` or ``rejected/``, then the commit and the qu
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ from vcot.convert.quality import QualityStats, merge, quality_problem, render_ma
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import split_for
-from vcot.shards import JsonlShardWriter, ShardFile
+from vcot.shards import ShardFile, SplitWriters, write_file
 
 log = get_logger(__name__)
 
@@ -79,29 +77,20 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction} must be between 0 and 1")
-        if self.shard_index is None:
-            raw = os.environ.get("JOB_COMPLETION_INDEX", "0")
-            if not raw.isdigit():
-                raise ValueError(f"JOB_COMPLETION_INDEX={raw!r} is not a shard index: set --shard-index")
-            self.shard_index = int(raw)
         if self.num_shards < 1:
             raise ValueError("--num-shards must be at least 1")
-        ShardSpec(self.shard_index, self.num_shards)  # raises a ValueError that says what to set
+        self.shard_index = ShardSpec.resolve(self.shard_index, self.num_shards).index  # raises saying what to set
         if self.dedup_against and self.source != "llava-cot":
             raise ValueError("--dedup-against applies to --source llava-cot only")
 
     @property
     def shard(self) -> ShardSpec:
-        return ShardSpec(self.shard_index or 0, self.num_shards)
+        return ShardSpec.resolve(self.shard_index, self.num_shards)
 
 
 # --------------------------------------------------------------------------------------------------
 # Sources
 # --------------------------------------------------------------------------------------------------
-
-
-def _folder(uri: str) -> str:
-    return uri.rsplit("/", 1)[0] if "/" in uri.rstrip("/") else "."
 
 
 def _is_file(uri: str) -> bool:
@@ -112,7 +101,7 @@ def viscot_inputs(config: ConvertConfig) -> tuple[str, str, str | None]:
     """``(json file, images root, metadata or None)`` for a VisCOT input file or folder."""
     data = config.input if _is_file(config.input) else storage.join(config.input, "viscot.json")
     require_input(data, "VisCOT file")
-    folder = _folder(data)
+    folder = storage.parent(data)
     metadata = config.metadata
     if metadata is None and storage.exists(storage.join(folder, "metadata.jsonl")):
         metadata = storage.join(folder, "metadata.jsonl")
@@ -147,28 +136,11 @@ def source_items(config: ConvertConfig, owns: Owns) -> Iterator[Item]:
 # --------------------------------------------------------------------------------------------------
 
 
-class _Outputs:
-    """The three shard writers of one pod; all closed together, or all aborted."""
-
-    def __init__(self, output: str, shard: ShardSpec) -> None:
-        self.writers = {
-            split: JsonlShardWriter(output, f"{split}/{shard.name}.jsonl.gz", compresslevel=SHARD_COMPRESSLEVEL)
-            for split in OUTPUT_SPLITS
-        }
-
-    def close(self) -> list[ShardFile]:
-        return [writer.close() for writer in self.writers.values()]
-
-    def abort(self) -> None:
-        for writer in self.writers.values():
-            writer.abort()
-
-
-def route(items: Iterator[Item], outputs: _Outputs, stats: QualityStats, val_fraction: float) -> None:
+def route(items: Iterator[Item], outputs: SplitWriters, stats: QualityStats, val_fraction: float) -> None:
     """Send every item to exactly one writer: accepted records to their split, everything else to rejected."""
     for item in items:
         if isinstance(item, Rejection):
-            outputs.writers["rejected"].write(item.to_dict())
+            outputs.write("rejected", item.to_dict())
             stats.rejected(item.subset, item.reason)
             continue
         item["split"] = split_for(item["id"], val_fraction)
@@ -182,26 +154,20 @@ def route(items: Iterator[Item], outputs: _Outputs, stats: QualityStats, val_fra
                 subset=item.get("subset") or "unknown",
                 raw=item,
             )
-            outputs.writers["rejected"].write(rejection.to_dict())
+            outputs.write("rejected", rejection.to_dict())
             stats.rejected(rejection.subset, problem)
             continue
-        outputs.writers[item["split"]].write(item)
+        outputs.write(item["split"], item)
         stats.accepted(item)
-
-
-def _manifest_config(config: ConvertConfig) -> dict[str, Any]:
-    return {key: value for key, value in redacted(config).items() if key != "overwrite"}
 
 
 def _write_quality(config: ConvertConfig, parts: list[dict[str, Any]]) -> list[ShardFile]:
     """Write ``quality.json`` and ``quality.md`` for the counts of ``parts`` (one per shard); their manifest entries."""
     quality = report(merge(parts), source=config.source, shards=config.num_shards)
-    files = []
-    for name, text in (("quality.json", storage.dumps_json(quality)), ("quality.md", render_markdown(quality))):
-        data = text.encode("utf-8")
-        storage.write_bytes(storage.join(config.output, name), data)
-        files.append(ShardFile(name, 0, hashlib.sha256(data).hexdigest(), len(data)))
-    return files
+    return [
+        write_file(config.output, name, text.encode("utf-8"))
+        for name, text in (("quality.json", storage.dumps_json(quality)), ("quality.md", render_markdown(quality)))
+    ]
 
 
 def _merged_quality(config: ConvertConfig) -> manifest.Finalize:
@@ -213,16 +179,16 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     """Run the stage for one shard; returns the shard's quality counts. Skips a committed shard unless --overwrite."""
     shard = config.shard
     if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
-        log.info("already committed: skipping (pass --overwrite to redo)", output=config.output, shard=shard.name)
+        log.info("already_committed", output=config.output, shard=shard.name, hint="pass --overwrite to redo it")
         if shard.count == 1:
             return manifest.read_manifest(config.output).get("stats", {})
         if not manifest.is_committed(config.output):  # the pod that completed the set died before _SUCCESS
-            manifest.complete_shard_set(config.output, _merged_quality(config))
+            manifest.complete_shard_set(config.output, _merged_quality(config), count=shard.count)
         return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
 
     stats = QualityStats()
     items = source_items(config, shard.owns)
-    outputs = _Outputs(config.output, shard)
+    outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
         progress = tqdm(
             items, desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty()
@@ -239,7 +205,7 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
         config.output,
         stage=STAGE,
         files=files,
-        config=_manifest_config(config),
+        config=redacted(config),
         stats=counts,
         shard=shard,
         finalize=_merged_quality(config),
@@ -255,5 +221,5 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
         reasons=total["reasons"],
     )
     if total["input"] and not total["accepted"]:
-        log.warning("no item was accepted: check --source, --images and --metadata", reasons=total["reasons"])
+        log.warning("nothing_accepted", hint="check --source, --images and --metadata", reasons=total["reasons"])
     return counts

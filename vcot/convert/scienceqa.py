@@ -206,8 +206,8 @@ def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns) -
     problems = input_uri if input_uri.endswith(".json") else storage.join(input_uri, "problems.json")
     storage.check_access(input_uri)
     if storage.exists(problems):
-        folder = problems.rsplit("/", 1)[0] if "/" in problems else "."
-        yield from iter_problems_json(problems, images=images or storage.join(folder, "images"), owns=owns)
+        images = images or storage.join(storage.parent(problems), "images")
+        yield from iter_problems_json(problems, images=images, owns=owns)
         return
     files = parquet_files(input_uri)
     if not files:

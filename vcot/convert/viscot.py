@@ -88,7 +88,7 @@ def load_sizes(uri: str) -> dict[str, int]:
             bad += 1
             continue
         sizes[key] = _pack(int(width), int(height))  # type: ignore[arg-type]
-    log.info("metadata sizes", uri=uri, images=len(sizes), skipped_lines=bad)
+    log.info("metadata_sizes", uri=uri, images=len(sizes), skipped_lines=bad)
     return sizes
 
 

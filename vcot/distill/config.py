@@ -7,12 +7,12 @@ Secret in the cluster), so it never reaches the logged config, the manifest or a
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Literal
 
 from vcot import storage
 from vcot.config import option
+from vcot.manifest import ShardSpec
 
 Strategy = Literal["direct", "zoom"]
 Mode = Literal["live", "batch"]
@@ -64,13 +64,7 @@ class DistillConfig:
     overwrite: bool = option(False, help="Rewrite a committed output (the cache is kept: nothing is paid twice).")
 
     def __post_init__(self) -> None:
-        if self.shard_index is None:
-            raw = os.environ.get("JOB_COMPLETION_INDEX", "0")
-            if not raw.isdigit():
-                raise ValueError(f"JOB_COMPLETION_INDEX={raw!r} is not an integer: set --shard-index")
-            self.shard_index = int(raw)
-        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
-            raise ValueError(f"--shard-index {self.shard_index} must be in [0, --num-shards {self.num_shards})")
+        self.shard_index = ShardSpec.resolve(self.shard_index, self.num_shards).index  # raises saying what to set
         if self.concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
         if self.max_attempts < 1:
@@ -98,8 +92,7 @@ class DistillConfig:
         output = self.output.rstrip("/")
         if storage.is_s3(output) and not storage.split_s3(output)[1]:
             return storage.join(output, "_distill_cache")  # a bucket root has no parent
-        parent = output.rsplit("/", 1)[0] if "/" in output else "."
-        return storage.join(parent, "_distill_cache")
+        return storage.join(storage.parent(output), "_distill_cache")
 
     @property
     def request_params(self) -> dict[str, float | int]:

@@ -46,11 +46,12 @@ from vcot.errors import VcotError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import grounding_problem
-from vcot.shards import JsonlShardWriter, ShardFile, read_jsonl
+from vcot.shards import ShardFile, SplitWriters, write_file
 
 log = get_logger("vcot.distill")
 
 STAGE = "distill"
+QUALITY = "quality.json"
 MAX_BATCH_ROUNDS = 12
 RAW_LIMIT = 2000
 
@@ -76,12 +77,9 @@ def needs_teacher(record: dict[str, Any]) -> bool:
 
 def owned_records(input_uri: str, shard: ShardSpec) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, record)`` of this shard's records, in the input manifest's order."""
-    position = 0
-    for uri in manifest.committed_files(input_uri, "train/") + manifest.committed_files(input_uri, "val/"):
-        for record in read_jsonl(uri):
-            if shard.owns(position):
-                yield position, record
-            position += 1
+    for position, record in enumerate(manifest.committed_records(input_uri)):
+        if shard.owns(position):
+            yield position, record
 
 
 def rejected_line(record: dict[str, Any], position: int, reason: str, detail: str, answer: str = "") -> dict[str, Any]:
@@ -222,8 +220,7 @@ class _Outputs:
     """The three record shards of this pod plus the counters of the quality report."""
 
     def __init__(self, output: str, shard: ShardSpec) -> None:
-        name = f"{shard.name}.jsonl.gz"
-        self.writers = {split: JsonlShardWriter(output, f"{split}/{name}") for split in ("train", "val", "rejected")}
+        self.shards = SplitWriters(output, shard.name)
         self.counts: Counter[str] = Counter()
         self.reasons: Counter[str] = Counter()
         self.details: Counter[str] = Counter()
@@ -234,18 +231,17 @@ class _Outputs:
         self.details.update(result.stats)
         if result.rejected is not None:
             self.reasons[result.rejected["reason"]] += 1
-            self.writers["rejected"].write(result.rejected)
+            self.shards.write("rejected", result.rejected)
         else:
             assert result.record is not None
             split = "val" if result.record.get("split") == "val" else "train"
-            self.writers[split].write(result.record)
+            self.shards.write(split, result.record)
 
     def close(self) -> list[ShardFile]:
-        return [writer.close() for writer in self.writers.values()]
+        return self.shards.close()
 
     def abort(self) -> None:
-        for writer in self.writers.values():
-            writer.abort()
+        self.shards.abort()
 
 
 @contextlib.contextmanager
@@ -279,9 +275,60 @@ async def _keeper(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: fl
         await asyncio.to_thread(storage.write_json, ledger_uri, ledger.to_dict())
 
 
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One quality report for a sharded run: counters summed, the slowest shard's time, the total cost.
+
+    >>> a = {"shard": "00000-of-00002", "counts": {"input": 2, "distilled": 2}, "accepted": 2, "rejected_reasons": {},
+    ...      "details": {}, "ledger": {"model": "m", "run": "r0", "requests": 2, "estimated_cost_usd": 0.5},
+    ...      "elapsed_s": 3.0}
+    >>> b = {**a, "shard": "00001-of-00002", "counts": {"input": 1, "rejected": 1}, "accepted": 0,
+    ...      "rejected_reasons": {"missing_image": 1}, "ledger": {**a["ledger"], "run": "r1", "requests": 0}}
+    >>> merged = merge_reports([a, b])
+    >>> merged["counts"], merged["rejected_reasons"]
+    ({'distilled': 2, 'input': 3, 'rejected': 1}, {'missing_image': 1})
+    >>> merged["ledger"]["runs"], merged["ledger"]["requests"], merged["ledger"]["estimated_cost_usd"]
+    (['r0', 'r1'], 2, 1.0)
+    """
+
+    def summed(key: str) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for report in reports:
+            total.update(report.get(key, {}))
+        return dict(sorted(total.items()))
+
+    ledgers = [report.get("ledger", {}) for report in reports]
+    ledger: dict[str, Any] = {"model": ledgers[0].get("model") if ledgers else None}
+    ledger["runs"] = [entry.get("run") for entry in ledgers]
+    for key in sorted({k for entry in ledgers for k, v in entry.items() if type(v) is int}):
+        ledger[key] = sum(int(entry.get(key, 0)) for entry in ledgers)
+    costs = [entry.get("estimated_cost_usd") for entry in ledgers]
+    ledger["estimated_cost_usd"] = None if None in costs else round(sum(costs), 6)
+    return {
+        "stage": STAGE,
+        "shards": [report.get("shard") for report in reports],
+        "counts": summed("counts"),
+        "accepted": sum(int(report.get("accepted", 0)) for report in reports),
+        "rejected_reasons": summed("rejected_reasons"),
+        "details": summed("details"),
+        "ledger": ledger,
+        "elapsed_s": max((float(report.get("elapsed_s", 0.0)) for report in reports), default=0.0),
+    }
+
+
+def _write_merged_quality(output: str, shard_manifests: list[dict[str, Any]]) -> ShardFile:
+    """``quality.json`` of the whole output from every shard's ``quality/<shard>.json``, before the merged manifest."""
+    reports = [
+        storage.read_json(storage.join(output, entry["path"]))
+        for part in shard_manifests
+        for entry in part["files"]
+        if entry["path"].startswith("quality/")
+    ]
+    return write_file(output, QUALITY, storage.dumps_json(merge_reports(reports)).encode("utf-8"))
+
+
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
-    shard = ShardSpec(int(config.shard_index or 0), config.num_shards)
+    shard = ShardSpec.resolve(config.shard_index, config.num_shards)
     if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
         log.info("already_committed", output=config.output, shard=shard.name)
         return {"skipped": True}
@@ -363,17 +410,17 @@ async def _distill(
         "cache": {"uri": config.cache_uri, "answers_before": cached_before, "answers_after": len(cache.entries)},
         "elapsed_s": round(time.monotonic() - started, 3),
     }
-    quality_path = "quality.json" if shard.count == 1 else f"quality/{shard.name}.json"
-    storage.write_json(storage.join(config.output, quality_path), report)
-    stable_config = {k: v for k, v in redacted(config).items() if k not in ("overwrite",)}
+    quality_path = QUALITY if shard.count == 1 else f"quality/{shard.name}.json"
+    files.append(write_file(config.output, quality_path, storage.dumps_json(report).encode("utf-8")))
     manifest.commit(
         config.output,
         stage=STAGE,
         files=files,
-        config=stable_config,
+        config=redacted(config),
         inputs=[config.input],
         stats={k: report[k] for k in ("counts", "accepted", "rejected_reasons", "details")},
         shard=shard,
+        finalize=lambda parts: [_write_merged_quality(config.output, parts)],
     )
     log.info(
         "done",

@@ -13,7 +13,6 @@ never truncated (a cut through the image tokens would no longer match the pixels
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from vcot.errors import VcotError
 from vcot.log import get_logger
 from vcot.prompts import COORDS, MODES, Coords, Mode
 from vcot.records import grounding_problem
-from vcot.shards import ShardFile, read_jsonl
+from vcot.shards import ShardFile, file_entry
 from vcot.tokenize.encode import Encoder, VisionSettings
 
 SPLITS = ("train", "val")
@@ -54,7 +53,9 @@ class TokenizeConfig:
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
     max_pixels: int | None = option(None, help="Image processor max_pixels (default: the model processor's).")
-    shard_index: int = option(0, help="This pod's part of the work, in [0, num-shards).")
+    shard_index: int | None = option(
+        None, help="This pod's part of the work, in [0, num-shards) (default: JOB_COMPLETION_INDEX, else 0)."
+    )
     num_shards: int = option(1, help="How many pods split the records (round-robin).")
     overwrite: bool = option(False, help="Rewrite an output that is already committed.")
 
@@ -75,7 +76,11 @@ class TokenizeConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 784 (one 28x28 patch group)")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError("--min-pixels must not exceed --max-pixels")
-        manifest.ShardSpec(self.shard_index, self.num_shards)  # validates the pair
+        self.shard_index = self.shard.index  # JOB_COMPLETION_INDEX when not given; raises saying what to set
+
+    @property
+    def shard(self) -> manifest.ShardSpec:
+        return manifest.ShardSpec.resolve(self.shard_index, self.num_shards)
 
 
 def length_histogram(lengths: list[int]) -> dict[str, int]:
@@ -135,17 +140,10 @@ class ParquetShardWriter:
     def close(self) -> ShardFile:
         self._flush()
         self._writer.close()
-        digest = hashlib.sha256()
-        with open(self.local, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        entry = file_entry(self.local, self.path, records=self.records)
         with open(self.local, "rb") as source, storage.open_uri(storage.join(self.root, self.path), "wb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
-        return ShardFile(self.path, self.records, digest.hexdigest(), self.local.stat().st_size)
-
-
-def _input_files(inputs: list[str], split: str) -> list[str]:
-    return [uri for input_uri in inputs for uri in manifest.committed_files(input_uri, f"{split}/")]
+        return entry
 
 
 def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
@@ -154,7 +152,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
 
     from vcot.modeling import load_processor_for
 
-    shard = manifest.ShardSpec(config.shard_index, config.num_shards)
+    shard = config.shard
     if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
         return None
@@ -174,8 +172,8 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
             lengths: list[int] = []
             supervised = image_tokens = position = 0
             progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
-            for uri in _input_files(config.input, split):
-                for record in read_jsonl(uri):
+            for input_uri in config.input:
+                for record in manifest.committed_records(input_uri, (f"{split}/",)):
                     position += 1
                     if not shard.owns(position - 1):
                         continue
@@ -221,8 +219,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         patch_size=vision.patch_size,
         merge_size=vision.merge_size,
     )
-    for key in ("overwrite", "shard_index"):
-        settings.pop(key, None)
+    settings.pop("shard_index", None)
     committed = manifest.commit(
         config.output, stage="tokenize", files=files, config=settings, inputs=config.input, stats=stats, shard=shard
     )
