@@ -34,16 +34,6 @@ class Pointer:
     adapter: str | None
 
 
-def parent(uri: str) -> str:
-    """The prefix that holds ``uri``.
-
-    >>> parent("s3://b/runs/latest.json"), parent("latest.json")
-    ('s3://b/runs', '.')
-    """
-    head, slash, _ = uri.rstrip("/").rpartition("/")
-    return (head or "/") if slash else "."
-
-
 def run_folder(run: str, home: str) -> str:
     """The evaluation folder of ``run``: its path under the pointer's folder ``home``, else a short hash.
 

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 from collections import Counter
 from typing import Any
 
-from vcot import manifest, storage
+from vcot import manifest, shards, storage
 from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from vcot.config import redacted
 from vcot.errors import VcotError
@@ -31,12 +30,11 @@ from vcot.evaluate.readback import Readback
 from vcot.evaluate.report import build_report
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.log import get_logger
-from vcot.shards import ShardFile, shard_name, write_jsonl
 
 log = get_logger(__name__)
 
 STAGE = "evaluate"
-PREDICTIONS_PATH = f"predictions/{shard_name(0, 1)}"
+PREDICTIONS_PATH = f"predictions/{shards.shard_name(0, 1)}"
 METRICS_PATH = "metrics.json"
 REPORT_PATH = "report.html"
 
@@ -57,7 +55,7 @@ def resolve_target(config: EvaluateConfig) -> Target:
     if not config.pointer:
         return Target(output=str(config.output), model=config.model, adapter=config.adapter)
     pointer = hist.read_pointer(config.pointer)
-    home = hist.parent(config.pointer)
+    home = storage.parent(config.pointer)
     return Target(
         output=storage.join(config.output or storage.join(home, "evals"), hist.run_folder(pointer.run, home)),
         model=pointer.base_model,
@@ -119,13 +117,6 @@ def model_responses(
     responses = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
     skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
     return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing, "skipped_samples": skipped}
-
-
-def write_file(output: str, path: str, text: str) -> ShardFile:
-    """Write one small text file under ``output`` and describe it for the manifest."""
-    data = text.encode("utf-8")
-    storage.write_bytes(storage.join(output, path), data)
-    return ShardFile(path, 0, hashlib.sha256(data).hexdigest(), len(data))
 
 
 def compare_with_history(
@@ -206,9 +197,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         regression=metrics.get("regression"),
     )
     files = [
-        write_jsonl(target.output, PREDICTIONS_PATH, rows),
-        write_file(target.output, METRICS_PATH, storage.dumps_json(metrics)),
-        write_file(target.output, REPORT_PATH, report),
+        shards.write_jsonl(target.output, PREDICTIONS_PATH, rows),
+        shards.write_file(target.output, METRICS_PATH, storage.dumps_json(metrics).encode("utf-8")),
+        shards.write_file(target.output, REPORT_PATH, report.encode("utf-8")),
     ]
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
