@@ -29,7 +29,8 @@ def loss_line(metrics: dict[str, Any]) -> str:
     parts = []
     if logged:
         first, last = logged[0], logged[-1]
-        parts.append(f"train loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} (step {last['step']})")
+        start, end = f"{first['loss']:.3f} (step {first['step']})", f"{last['loss']:.3f} (step {last['step']})"
+        parts.append(f"train loss {start} -> {end}")
     if "eval_loss" in metrics.get("eval", {}):
         parts.append(f"eval loss {metrics['eval']['eval_loss']:.3f}")
     return "; ".join(parts) or "no losses logged"
