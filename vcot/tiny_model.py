@@ -5,7 +5,9 @@ random weights), so every stage loads it through the same code path as the real 
 downloaded: the tokenizer is a small byte-level BPE trained here with Qwen's own pre-tokenizer and
 special tokens (grounding tokens included), and the chat template is the official one TRL ships.
 
-Build one with ``python -m vcot.tiny_model DEST`` (or :func:`build_tiny_qwen25vl`).
+Build one with ``python -m vcot.tiny_model DEST [--size test|local]`` (or :func:`build_tiny_qwen25vl`). Sizes
+(:data:`TINY_SIZES`): ``test``, the default, keeps the tests fast; ``local`` (``make local-train``) is large
+enough to learn the grounded output format from random weights in a few CPU minutes (docs/bench-train.md).
 """
 
 from __future__ import annotations
