@@ -140,17 +140,22 @@ synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, d
 
 # --- train ------------------------------------------------------------------------------------------
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
-# tokenize -> train (-> evaluate). Every stage skips work already committed; LOCAL_RUN=... for a fresh root.
+# tokenize -> train (-> evaluate), then a summary: losses, box detection rate, IoU, the HTML report.
+# Every stage skips work already committed; LOCAL_RUN=... for a fresh root. Timings: docs/bench-train.md.
 LOCAL_RUN ?= s3://vcot/local
-LOCAL_RECORDS ?= 256
-TINY_MODEL ?= .cache/tiny-qwen2.5-vl
+LOCAL_RECORDS ?= 512
+LOCAL_THREADS ?= 1
+TINY_SIZE ?= local
+TINY_MODEL ?= .cache/tiny-qwen2.5-vl-$(TINY_SIZE)
+LOCAL_REPORT ?= .cache/local-train/report.html
 .PHONY: tiny-model local-train bench-train
 
-tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL, default .cache/tiny-qwen2.5-vl)
-	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.tiny_model $(TINY_MODEL)
+tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL; TINY_SIZE=local or test)
+	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.tiny_model $(TINY_MODEL) --size $(TINY_SIZE)
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate (~2-4 min)
 	@set -euo pipefail; \
+	start=$$(date +%s); \
 	$(PY) -m vcot.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
@@ -162,20 +167,25 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo "== tokenize -> $(LOCAL_RUN)/tokens"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL); \
 	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
-	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny --recipe tiny-cpu; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny \
+		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
+	evaluation=; \
 	if [ -f jobs/evaluate.py ]; then \
-		echo "== evaluate -> $(LOCAL_RUN)/eval/tiny"; \
-		$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter \
-			--data $(LOCAL_RUN)/records --output $(LOCAL_RUN)/eval/tiny --max-new-tokens 64; \
+		evaluation=$(LOCAL_RUN)/eval/tiny; \
+		echo "== evaluate -> $$evaluation"; \
+		$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter --data $(LOCAL_RUN)/records \
+			--output $$evaluation --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
 	fi; \
-	echo; echo "Done. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
+	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
 	echo "  tokens          $(LOCAL_RUN)/tokens"; \
 	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
-	if [ -f jobs/evaluate.py ]; then echo "  evaluation      $(LOCAL_RUN)/eval/tiny"; fi; \
-	echo "  tiny model      $(TINY_MODEL)"
+	if [ -n "$$evaluation" ]; then echo "  evaluation      $$evaluation  (predictions/, metrics.json, report.html)"; fi; \
+	echo "  tiny model      $(TINY_MODEL)"; \
+	echo; \
+	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny $${evaluation:+--evaluation $$evaluation --report-to $(LOCAL_REPORT)}
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py

@@ -33,6 +33,7 @@ from vcot.records import split_for
 from vcot.tiny_model import build_tiny_qwen25vl
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
+from vcot.train.recipe import load_recipe
 
 COLORS = ("red", "green", "blue", "yellow")
 
@@ -97,7 +98,8 @@ def summarize(
     rows = train_stats["rows"] + stats["val"]["rows"]
     wall = min(w for w, _ in runs)  # the least disturbed of the interleaved repeats
     cpu = min(c for _, c in runs)
-    samples = steps * 4  # tiny-cpu: batch 4, no accumulation
+    recipe = load_recipe("tiny-cpu")
+    samples = steps * recipe.per_device_train_batch_size * recipe.gradient_accumulation_steps
     mean_tokens = train_stats["tokens"] / train_stats["rows"]
     supervised = train_stats["supervised_tokens"] / train_stats["rows"]
     return {

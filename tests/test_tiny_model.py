@@ -55,3 +55,36 @@ def test_model_runs_on_an_image_and_generates(tiny_model_dir: Path) -> None:
 
 def test_tokenizer_is_deterministic_for_a_seed() -> None:
     assert build_tokenizer(seed=0).get_vocab() == build_tokenizer(seed=0).get_vocab()
+
+
+def test_sizes_keep_the_structure_and_the_local_one_is_larger() -> None:
+    from vcot.tiny_model import TINY_SIZES, build_processor, tiny_config
+
+    processor = build_processor(seed=0)
+    counts = {}
+    for name, size in TINY_SIZES.items():
+        config = tiny_config(processor.tokenizer, size)
+        head_dim = size.hidden // size.heads
+        assert sum(config.text_config.rope_parameters["mrope_section"]) == head_dim // 2
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
+        counts[name] = sum(p.numel() for p in model.parameters())
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What?"}]}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text=[text], images=[Image.new("RGB", (150, 100), "blue")], return_tensors="pt")
+        assert torch.isfinite(model(**inputs, labels=inputs["input_ids"]).loss)
+    assert counts["test"] < 500_000 < 2_000_000 < counts["local"]
+
+
+def test_unknown_size_is_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from vcot.tiny_model import build_tiny_qwen25vl
+
+    with pytest.raises(ValueError, match="local"):
+        build_tiny_qwen25vl(tmp_path / "model", size="huge")
+
+
+def test_prompt_words_are_whole_tokens(tiny_model_dir: Path) -> None:
+    tokenizer = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    for word in ("coordinates", " integers", " region", " answer", " read", " circle", " square"):
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word

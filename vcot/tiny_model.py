@@ -5,7 +5,9 @@ random weights), so every stage loads it through the same code path as the real 
 downloaded: the tokenizer is a small byte-level BPE trained here with Qwen's own pre-tokenizer and
 special tokens (grounding tokens included), and the chat template is the official one TRL ships.
 
-Build one with ``python -m vcot.tiny_model DEST`` (or :func:`build_tiny_qwen25vl`).
+Build one with ``python -m vcot.tiny_model DEST [--size test|local]`` (or :func:`build_tiny_qwen25vl`). Sizes
+(:data:`TINY_SIZES`): ``test``, the default, keeps the tests fast; ``local`` (``make local-train``) is large
+enough to learn the grounded output format from random weights in a few CPU minutes (docs/bench-train.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import random
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,28 @@ from typing import Any
 TINY_MIN_PIXELS = 56 * 56
 TINY_MAX_PIXELS = 112 * 112
 TINY_VOCAB_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TinySize:
+    """The shape of a tiny model; every size keeps the 7B's structure (mrope, windowed vision attention, 2x2 merge)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vision_hidden: int = 32
+    vision_depth: int = 2
+
+
+TINY_SIZES = {
+    # ~0.27M parameters: the tests' model, a training step in milliseconds. Too small to learn the format.
+    "test": TinySize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
+    # ~4M parameters: `make local-train`'s model, learns the grounded output format in a few CPU minutes.
+    "local": TinySize(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, vision_hidden=64),
+}
+DEFAULT_SIZE = "test"
 
 # Qwen2.5-VL's special tokens in the released order; `<|endoftext|>` comes first, as in Qwen.
 QWEN_SPECIAL_TOKENS = (
@@ -45,20 +70,26 @@ _WORDS = (
     "the a an of in on at to is are was what which where how many color left right top bottom "
     "first then find look see region object answer question image picture shows there it this that "
     "red green blue yellow black white gray orange purple brown gear cat dog car tree sign window "
-    "person man woman table chair book cup bottle text number square circle triangle shape small large "
-    "because so therefore near above below inside next behind front box ref choose option options"
+    "person man woman table chair book cup bottle text number square circle triangle bar shape small large "
+    "because so therefore near above below inside next behind front box ref choose option options read and"
 ).split()
 
 
 def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
-    """Sentences shaped like our prompts and grounded rationales, so their common pieces get merged."""
+    """Sentences shaped like our prompts and grounded rationales, so their common pieces get merged.
+
+    The instruction every prompt carries (``vcot.prompts``) is in the corpus, so it tokenizes into whole words.
+    """
+    from vcot.prompts import COORDS, instruction
+
     rng = random.Random(seed)
-    for _ in range(lines):
+    for index in range(lines):
         words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 12)))
         ref = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
         x1, y1, x2, y2 = (rng.randint(0, 1000) for _ in range(4))
         yield (
-            f"{words.capitalize()}? First I find the <ref>{ref}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box>. "
+            f"{words.capitalize()}? What color is the {rng.choice(_WORDS)}?\n{instruction(COORDS[index % 2])}\n"
+            f"First I find the <ref>{ref}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box> and read the answer there. "
             f"Answer: {rng.choice(_WORDS)}\nOptions: (A) {rng.choice(_WORDS)} (B) {rng.choice(_WORDS)}"
         )
 
@@ -111,38 +142,52 @@ def build_processor(*, seed: int = 0, min_pixels: int = TINY_MIN_PIXELS, max_pix
     )
 
 
-def tiny_config(tokenizer: Any) -> Any:
+def mrope_section(head_dim: int) -> list[int]:
+    """Rotary sections (time, height, width) in the 7B's proportions (16, 24, 24 of 64); they add up to head_dim / 2.
+
+    >>> mrope_section(16), mrope_section(64), mrope_section(128)
+    ([2, 3, 3], [8, 12, 12], [16, 24, 24])
+    """
+    if head_dim % 16:
+        raise ValueError(f"head_dim={head_dim} must be a multiple of 16")
+    return [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
+
+
+def tiny_config(tokenizer: Any, size: TinySize = TINY_SIZES[DEFAULT_SIZE]) -> Any:
     """A Qwen2.5-VL config with every structural feature of the 7B (mrope, windowed vision attention, 2x2 merge)."""
     from transformers import Qwen2_5_VLConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    hidden, heads = 64, 4  # head_dim 16: mrope sections (t, h, w) must add up to head_dim / 2
     return Qwen2_5_VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
-            "hidden_size": hidden,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": heads,
-            "num_key_value_heads": 2,
+            "hidden_size": size.hidden,
+            "intermediate_size": size.intermediate,
+            "num_hidden_layers": size.layers,
+            "num_attention_heads": size.heads,
+            "num_key_value_heads": size.kv_heads,
             "max_position_embeddings": 4096,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": mrope_section(size.hidden // size.heads),
+            },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
             "tie_word_embeddings": False,
         },
         vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
+            "depth": size.vision_depth,
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": 2 * size.vision_hidden,
             "num_heads": 2,
-            "out_hidden_size": hidden,
+            "out_hidden_size": size.hidden,
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
             "window_size": 112,
-            "fullatt_block_indexes": [1],
+            "fullatt_block_indexes": [size.vision_depth - 1],
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
@@ -152,14 +197,19 @@ def tiny_config(tokenizer: Any) -> Any:
     )
 
 
-def build_tiny_qwen25vl(dest: Path, *, seed: int = 0) -> Path:
-    """Write a hub-like tiny Qwen2.5-VL folder at ``dest`` (deterministic for a seed) and return it."""
+def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
+    """Write a hub-like tiny Qwen2.5-VL folder at ``dest`` (deterministic for a seed and size) and return it.
+
+    ``size`` names one of :data:`TINY_SIZES`: ``test`` (the default, fast tests) or ``local`` (``make local-train``).
+    """
+    if size not in TINY_SIZES:
+        raise ValueError(f"size={size!r} is not one of {', '.join(TINY_SIZES)}")
     import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     dest = Path(dest)
     processor = build_processor(seed=seed)
-    config = tiny_config(processor.tokenizer)
+    config = tiny_config(processor.tokenizer, TINY_SIZES[size])
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
@@ -178,8 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcot.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="folder to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
+    parser.add_argument(
+        "--size", choices=sorted(TINY_SIZES), default=DEFAULT_SIZE, help="test: fast tests; local: make local-train"
+    )
     args = parser.parse_args(argv)
-    path = build_tiny_qwen25vl(args.dest, seed=args.seed)
+    path = build_tiny_qwen25vl(args.dest, seed=args.seed, size=args.size)
     print(path)
     return 0
 

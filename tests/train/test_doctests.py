@@ -15,6 +15,8 @@ MODULES = [
     "vcot.train.recipe",
     "vcot.train.stage",
     "vcot.train.checkpoints",
+    "vcot.train.summary",
+    "vcot.tiny_model",
 ]
 
 

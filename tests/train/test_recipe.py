@@ -26,7 +26,7 @@ def test_default_recipe_is_the_seeds() -> None:
     recipe = load_recipe(DEFAULT_RECIPE)
     assert (recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout) == (64, 128, 0.05)
     assert recipe.lora_target_modules == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    assert not recipe.tune_vision and recipe.quantize == "4bit"
+    assert not recipe.tune_vision and recipe.quantize == "4bit" and recipe.modules_to_save == []
     assert (recipe.learning_rate, recipe.lr_scheduler_type, recipe.warmup_ratio) == (1e-4, "cosine", 0.03)
     assert (recipe.num_train_epochs, recipe.per_device_train_batch_size, recipe.gradient_accumulation_steps) == (
         2,

@@ -78,6 +78,8 @@ def test_training_changes_the_adapter_and_lowers_the_loss(
     lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
     assert lora_b and all(t.abs().sum() > 0 for t in lora_b)  # LoRA B starts at zero
     assert not any("visual" in name for name in weights)
+    # tiny-cpu trains the random embeddings and output head in full (modules_to_save) and saves them too.
+    assert any("embed_tokens" in name for name in weights) and any("lm_head" in name for name in weights)
 
     base, processor = load_model_and_processor(str(tiny_model_dir))
     val = TokenizedDataset(tokenized_data, "val")
@@ -189,7 +191,11 @@ def test_text_mode_trains_without_pixels(
     assert "pixel_values" not in batch
     output = str(tmp_path / "run")
     config = TrainConfig(
-        data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set="max_steps=2,save_steps=10"
+        data=tokens,
+        model=str(tiny_model_dir),
+        output=output,
+        recipe="tiny-cpu",
+        set="max_steps=2,save_steps=10,eval_steps=10",
     )
     assert train(config) is not None
     card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
@@ -227,6 +233,11 @@ def test_early_stopping_ends_a_run_that_stopped_improving(
         TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
     )
     assert committed is not None and committed["stats"]["global_step"] == 6
+
+
+def test_threads_must_not_be_negative(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--threads"):
+        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(tmp_path / "run"), threads=-1)
 
 
 def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ class Recipe:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     tune_vision: bool = False
+    modules_to_save: list[str] = field(default_factory=list)
     # Optimization
     learning_rate: float = 1e-4
     lr_scheduler_type: str = "cosine"

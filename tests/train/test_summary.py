@@ -1,0 +1,41 @@
+"""The summary make local-train prints: losses, the evaluation's key metrics, a response, the report copied."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vcot import shards, storage
+from vcot.train.summary import main, summary
+
+
+def _write_outputs(root: Path) -> tuple[str, str]:
+    run, evaluation = str(root / "run"), str(root / "eval")
+    history = [{"loss": 6.5, "step": 1}, {"eval_loss": 2.0, "step": 50}, {"loss": 0.9, "step": 120}]
+    storage.write_json(f"{run}/metrics.json", {"log_history": history, "eval": {"eval_loss": 0.85}})
+    overall = {"samples": 10, "box_detection_rate": 0.9, "mean_iou": 0.25, "acc_at_50": 0.1, "answer_accuracy": None}
+    storage.write_json(f"{evaluation}/metrics.json", {"overall": overall, "subsets": {}})
+    response = "I find the <ref>bar</ref><box>[1, 2, 3, 4]</box>. Answer: red"
+    shards.write_jsonl(evaluation, "predictions/00000-of-00001.jsonl.gz", [{"id": "a", "prediction": response}])
+    storage.write_text(f"{evaluation}/report.html", "<html>report</html>")
+    return run, evaluation
+
+
+def test_summary_shows_losses_metrics_a_response_and_copies_the_report(tmp_path: Path) -> None:
+    run, evaluation = _write_outputs(tmp_path)
+    lines = summary(run, evaluation, tmp_path / "out" / "report.html")
+    text = "\n".join(lines)
+    assert "train loss 6.500 (step 1) -> 0.900 (step 120); eval loss 0.850" in text
+    assert "box detection rate 0.900; mean IoU 0.250; Acc@0.5 0.100" in text
+    assert "answer accuracy" not in text  # not computed for these records: not shown as a number
+    assert "<box>[1, 2, 3, 4]</box>" in text
+    assert (tmp_path / "out" / "report.html").read_text() == "<html>report</html>"
+    assert (tmp_path / "out" / "report.html").resolve().as_uri() in lines[-1]
+
+
+def test_without_an_evaluation_only_the_losses(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    run, _ = _write_outputs(tmp_path)
+    assert main(["--run", run]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "eval loss 0.850" in out[0]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["eval_loss"] == 0.85

@@ -1,0 +1,89 @@
+"""What ``make local-train`` prints at the end: the losses, the evaluation's key metrics, one response, the report.
+
+A new user should see in a few lines that the model learned something: the train loss from its first to its
+last logged step, the eval loss, how many responses carry a valid ``<ref>..</ref><box>[..]</box>``, and where
+the HTML report is (copied to a local file so a browser opens it directly).
+
+    python -m vcot.train.summary --run s3://vcot/local/runs/tiny --evaluation s3://vcot/local/eval/tiny \\
+        --report-to .cache/local-train/report.html
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from vcot import storage
+from vcot.shards import read_jsonl
+
+
+def loss_line(metrics: dict[str, Any]) -> str:
+    """Train loss first -> last logged step, and the final eval loss, from a train run's ``metrics.json``.
+
+    >>> loss_line({"log_history": [{"loss": 6.7, "step": 1}, {"loss": 0.7, "step": 170}], "eval": {"eval_loss": 0.68}})
+    'train loss 6.700 (step 1) -> 0.700 (step 170); eval loss 0.680'
+    """
+    logged = [entry for entry in metrics.get("log_history", []) if "loss" in entry]
+    parts = []
+    if logged:
+        first, last = logged[0], logged[-1]
+        start, end = f"{first['loss']:.3f} (step {first['step']})", f"{last['loss']:.3f} (step {last['step']})"
+        parts.append(f"train loss {start} -> {end}")
+    if "eval_loss" in metrics.get("eval", {}):
+        parts.append(f"eval loss {metrics['eval']['eval_loss']:.3f}")
+    return "; ".join(parts) or "no losses logged"
+
+
+def metrics_line(overall: dict[str, Any]) -> str:
+    """The evaluation's key numbers, from ``metrics.json``'s ``overall``.
+
+    >>> metrics_line({"samples": 50, "box_detection_rate": 1.0, "mean_iou": 0.1, "acc_at_50": 0.02,
+    ...               "answer_accuracy": 0.2})
+    'samples 50; box detection rate 1.000; mean IoU 0.100; Acc@0.5 0.020; answer accuracy 0.200'
+    """
+    names = (
+        ("box_detection_rate", "box detection rate"),
+        ("mean_iou", "mean IoU"),
+        ("acc_at_50", "Acc@0.5"),
+        ("answer_accuracy", "answer accuracy"),
+    )
+    parts = [f"samples {overall.get('samples', 0)}"]
+    parts += [f"{label} {overall[key]:.3f}" for key, label in names if overall.get(key) is not None]
+    return "; ".join(parts)
+
+
+def summary(run: str, evaluation: str | None = None, report_to: Path | None = None) -> list[str]:
+    """The lines to print; copies the evaluation's ``report.html`` to ``report_to`` when given."""
+    lines = [f"train        {loss_line(storage.read_json(storage.join(run, 'metrics.json')))}"]
+    if not evaluation:
+        return lines
+    metrics = storage.read_json(storage.join(evaluation, "metrics.json"))
+    lines.append(f"evaluation   {metrics_line(metrics.get('overall', {}))}")
+    predictions = storage.list_uris(storage.join(evaluation, "predictions"), ".jsonl.gz")
+    first = next(iter(read_jsonl(predictions[0])), None) if predictions else None
+    if first is not None:
+        lines.append(f"a response   {str(first.get('prediction', ''))[:200]!r}")
+    report = storage.join(evaluation, "report.html")
+    if report_to is not None:
+        report_to.parent.mkdir(parents=True, exist_ok=True)
+        report_to.write_bytes(storage.read_bytes(report))
+        lines.append(f"report       {report_to.resolve().as_uri()}  (also {report})")
+    else:
+        lines.append(f"report       {report}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vcot.train.summary", description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="A committed train output (metrics.json).")
+    parser.add_argument("--evaluation", default=None, help="A committed evaluate output (metrics.json, report.html).")
+    parser.add_argument("--report-to", type=Path, default=None, help="Local file to copy the HTML report to.")
+    args = parser.parse_args(argv)
+    print("\n".join(summary(args.run, args.evaluation, args.report_to)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
