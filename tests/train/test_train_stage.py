@@ -17,10 +17,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from vcot import manifest, storage
+from vcot.images import load_rgb
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
-from vcot.train.data import Collator, TokenizedDataset, load_image
+from vcot.train.data import Collator, TokenizedDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Deterministic, short, and long enough to be killed part-way: 40 steps, a checkpoint and eval every 10.
@@ -106,7 +107,7 @@ def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data:
     }
     messages = build_messages(record, mode="multimodal", with_answer=False)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=[load_image(row["image"])], return_tensors="pt")
+    inputs = processor(text=[text], images=[load_rgb(row["image"])], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     assert len(new_tokens) > 0
