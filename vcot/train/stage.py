@@ -83,8 +83,7 @@ def default_pointer(output: str) -> str:
     >>> default_pointer("s3://bucket/runs/run-7/")
     's3://bucket/runs/latest.json'
     """
-    parent = output.rstrip("/").rsplit("/", 1)[0] if "/" in output.rstrip("/") else "."
-    return storage.join(parent, "latest.json")
+    return storage.join(storage.parent(output), "latest.json")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,18 +206,12 @@ def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
 
 def _files_of(root: Path, prefix: str) -> list[Any]:
     """Manifest entries (path, sha256, size) for every file under ``root``, listed as ``prefix/...``."""
-    from vcot.shards import ShardFile
+    from vcot.shards import file_entry
 
-    entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:  # in blocks: merged weights are several GB
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        entries.append(
-            ShardFile(f"{prefix}/{path.relative_to(root).as_posix()}", 0, digest.hexdigest(), path.stat().st_size)
-        )
-    return entries
+    return [
+        file_entry(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
