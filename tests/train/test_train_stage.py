@@ -254,3 +254,25 @@ def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest
     monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
     assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_torch"
     assert resolve_optimizer("adamw_torch_fused", "cpu") == "adamw_torch_fused"
+
+
+@pytest.mark.parametrize("left_behind", [None, {"run": "elsewhere"}, "not json"])
+def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
+    tmp_path: Path, left_behind: dict[str, str] | str | None
+) -> None:
+    """A pod killed between _SUCCESS and the pointer write: its retry skips training and writes the pointer."""
+    output = str(tmp_path / "runs" / "run-1")
+    manifest.commit(output, stage="train", files=[], config={"model": "s3://models/tiny", "data": "s3://d"})
+    pointer = tmp_path / "runs" / "latest.json"
+    if isinstance(left_behind, dict):
+        pointer.write_text(json.dumps(left_behind))
+    elif isinstance(left_behind, str):
+        pointer.write_text(left_behind)
+    # The retry names the data and model as the pod did; nothing is loaded on the skip path.
+    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=output, recipe="tiny-cpu")
+    assert train(again) is None
+    assert json.loads(pointer.read_text()) == {
+        "run": output,
+        "base_model": "s3://models/tiny",
+        "adapter": f"{output}/adapter",
+    }
