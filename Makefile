@@ -169,23 +169,19 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny \
 		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
-	evaluation=; \
-	if [ -f jobs/evaluate.py ]; then \
-		evaluation=$(LOCAL_RUN)/eval/tiny; \
-		echo "== evaluate -> $$evaluation"; \
-		$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter --data $(LOCAL_RUN)/records \
-			--output $$evaluation --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
-	fi; \
+	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RUN)/eval/tiny --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
 	echo "  tokens          $(LOCAL_RUN)/tokens"; \
 	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
-	if [ -n "$$evaluation" ]; then echo "  evaluation      $$evaluation  (predictions/, metrics.json, report.html)"; fi; \
+	echo "  evaluation      $(LOCAL_RUN)/eval/tiny  (predictions/, metrics.json, report.html)"; \
 	echo "  tiny model      $(TINY_MODEL)"; \
 	echo; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny $${evaluation:+--evaluation $$evaluation --report-to $(LOCAL_REPORT)}
+	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py

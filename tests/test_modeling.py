@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from vcot import storage
+from vcot import manifest, storage
 from vcot.errors import VcotError
 from vcot.modeling import ImageOnlyQwen25VLProcessor, load_model_and_processor, load_processor_for, local_model_path
 
@@ -81,3 +81,67 @@ def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_mod
     assert processor.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(
         messages, tokenize=False
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# A wrong --model is a one-line error through the entrypoints, not a traceback
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub: what a pod without network sees, at once instead of after the hub client's retries."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def _error_line(err: str, stage: str) -> str:
+    """The one line besides the JSON log events: no traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith(f"vcot-{stage}: error: "), err
+    return lines[0]
+
+
+def _tokenize_with(model: str, root: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from jobs.tokenize import main
+
+    records = storage.join(root, "records")
+    manifest.commit(records, stage="convert", files=[], config={})
+    code = main(["--input", records, "--output", storage.join(root, "tokens"), "--model", model])
+    return code, _error_line(capsys.readouterr().err, "tokenize")
+
+
+def test_tokenize_refuses_a_relative_model_folder_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # models/qwen does not exist here, so it is taken for a hub id
+    code, line = _tokenize_with("models/qwen", str(tmp_path), capsys)
+    assert code == 1
+    assert "cannot load model models/qwen: " in line and "holding config.json and the tokenizer" in line
+
+
+def test_tokenize_refuses_s3_prefixes_without_a_model(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, line = _tokenize_with(f"{s3_bucket}/models/empty", f"{s3_bucket}/a", capsys)
+    assert code == 1 and f"no model files under {s3_bucket}/models/empty" in line
+    storage.write_json(f"{s3_bucket}/models/config-only/config.json", {"model_type": "qwen2_5_vl"})
+    code, line = _tokenize_with(f"{s3_bucket}/models/config-only", f"{s3_bucket}/b", capsys)
+    assert code == 1 and f"cannot load model {s3_bucket}/models/config-only: " in line
+
+
+def test_train_refuses_a_model_it_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.train import main
+
+    monkeypatch.chdir(tmp_path)
+    tokens = str(tmp_path / "tokens")
+    settings = {"mode": "text", "coords": "norm1000", "min_pixels": 3136, "max_pixels": 12544, "model": "models/qwen"}
+    manifest.commit(tokens, stage="tokenize", files=[], config=settings)
+    output = str(tmp_path / "runs" / "r")
+    code = main(["--data", tokens, "--model", "models/qwen", "--output", output, "--recipe", "tiny-cpu"])
+    assert code == 1
+    assert "cannot load model models/qwen: " in _error_line(capsys.readouterr().err, "train")
+
+
+def test_a_missing_adapter_is_named_as_such(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(VcotError, match="cannot load adapter .*adapter/ folder"):
+        load_model_and_processor(str(tiny_model_dir), adapter_uri=str(tiny_model_dir))

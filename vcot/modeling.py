@@ -1,7 +1,8 @@
 """Load a base model (+ optional adapter) and its processor, the same way in train and evaluate.
 
 Where the model comes from: a local folder, an ``s3://`` prefix (synced once into a local cache), or a hub
-id when the network allows. How it is loaded depends on the machine:
+id when the network allows; one that cannot be loaded from there is a one-line :class:`VcotError`. How it
+is loaded depends on the machine:
 
 - CUDA with Unsloth installed: Unsloth's ``FastVisionModel`` (its fused kernels, 4-bit when asked);
 - CUDA otherwise: transformers, with bitsandbytes NF4 + double quantization when ``quantize="4bit"``,
@@ -14,10 +15,13 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoProcessor, Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
@@ -117,9 +121,30 @@ def local_model_path(uri: str, *, weights: bool = True) -> str:
     return uri  # a hub id; transformers downloads it when the network allows
 
 
+LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError)
+"""What ``from_pretrained`` raises for a wrong model: missing files, no network for a hub id (OSError,
+huggingface_hub's HTTP and offline errors included), an invalid hub id or config (ValueError)."""
+
+
+@contextmanager
+def load_errors(uri: str, *, what: str = "model") -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` of ``uri`` into a one-line :class:`VcotError` that says what to pass."""
+    try:
+        yield
+    except LOAD_ERRORS as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if what == "adapter":
+            hint = "pass the adapter/ folder (or s3:// prefix) of a committed train run"
+        else:
+            hint = "pass a folder or s3:// prefix holding config.json and the tokenizer"
+        raise VcotError(f"cannot load {what} {uri}: {reason}; {hint}") from exc
+
+
 def load_processor_for(model_uri: str) -> Any:
     """Just the processor of ``model_uri`` (no weights are fetched): what tokenize needs."""
-    return load_processor(local_model_path(model_uri, weights=False))
+    path = local_model_path(model_uri, weights=False)
+    with load_errors(model_uri):
+        return load_processor(path)
 
 
 def read_model_card(adapter_uri: str) -> dict[str, Any]:
@@ -196,25 +221,27 @@ def load_model_and_processor(
         unsloth=_use_unsloth(precision),
     )
 
-    if _use_unsloth(precision):
-        from unsloth import FastVisionModel
+    quantization_config = _quantization_config(quantize, precision.dtype)
+    with load_errors(model_uri):
+        if _use_unsloth(precision):
+            from unsloth import FastVisionModel
 
-        model, _ = FastVisionModel.from_pretrained(
-            base_path,
-            load_in_4bit=quantize == "4bit",
-            load_in_8bit=quantize == "8bit",
-            dtype=precision.dtype,
-            use_gradient_checkpointing="unsloth" if for_training else False,
-        )
-    else:
-        from transformers import AutoModelForImageTextToText
+            model, _ = FastVisionModel.from_pretrained(
+                base_path,
+                load_in_4bit=quantize == "4bit",
+                load_in_8bit=quantize == "8bit",
+                dtype=precision.dtype,
+                use_gradient_checkpointing="unsloth" if for_training else False,
+            )
+        else:
+            from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(
-            base_path,
-            dtype=precision.dtype,
-            quantization_config=_quantization_config(quantize, precision.dtype),
-            device_map={"": 0} if precision.device == "cuda" else None,
-        )
+            model = AutoModelForImageTextToText.from_pretrained(
+                base_path,
+                dtype=precision.dtype,
+                quantization_config=quantization_config,
+                device_map={"": 0} if precision.device == "cuda" else None,
+            )
     if for_training:
         model.config.use_cache = False
         if quantize is not None:
@@ -224,10 +251,12 @@ def load_model_and_processor(
     if adapter_path is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+        with load_errors(str(adapter_uri), what="adapter"):
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
     if not for_training:
         model.eval()
 
     has_processor = adapter_path is not None and (Path(adapter_path) / "processor_config.json").exists()
-    processor = load_processor(adapter_path if has_processor else base_path)
+    with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
+        processor = load_processor(adapter_path if has_processor else base_path)
     return model, processor

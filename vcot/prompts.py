@@ -7,7 +7,8 @@ record's grounded rationale with its boxes rendered in the model's coordinates:
 - ``qwen2.5-absolute``: absolute pixels of the image as Qwen2.5-VL's processor resizes it (``smart_resize``
   within the processor's min/max pixels), which is how Qwen2.5-VL was pretrained to ground.
 
-:func:`rationale_to_house` reads a model's text back into house coordinates, the exact inverse.
+:func:`vcot.evaluate.readback.read_boxes` is the one inverse: it reads a model's text back into house
+coordinates (a Qwen2.5 box beyond the resized image is ``out_of_range`` there, not clamped).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import string
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, map_boxes, norm1000_to_qwen25, qwen25_to_norm1000
+from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS, map_boxes, norm1000_to_qwen25
 
 Mode = Literal["multimodal", "text"]
 Coords = Literal["norm1000", "qwen2.5-absolute"]
@@ -79,28 +80,6 @@ def rationale_in_coords(
     width, height = int(record["width"]), int(record["height"])
     return map_boxes(
         text, lambda box: norm1000_to_qwen25(box, width, height, min_pixels=min_pixels, max_pixels=max_pixels)
-    )
-
-
-def rationale_to_house(
-    text: str,
-    width: int,
-    height: int,
-    coords: Coords,
-    *,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = QWEN_MAX_PIXELS,
-) -> str:
-    """A model's text with its boxes (written in ``coords``) rewritten in house coordinates, for scoring.
-
-    Qwen2.5 boxes beyond the resized image are first clamped to it, as the model cannot mean more.
-    """
-    _check_coords(coords)
-    if coords == "norm1000":
-        return text
-    return map_boxes(
-        text,
-        lambda box: qwen25_to_norm1000(box, width, height, min_pixels=min_pixels, max_pixels=max_pixels),
     )
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from evaluate_helpers import KNOWN_RECORDS, commit_records, make_record
+
+from tests.evaluate.evaluate_helpers import KNOWN_RECORDS, commit_records, make_record
 
 
 @pytest.fixture

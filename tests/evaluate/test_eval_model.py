@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import torch
-from evaluate_helpers import commit_records, make_record
 from peft import LoraConfig, get_peft_model
 
 from jobs.evaluate import main
+from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
 from vcot.evaluate.history import read_history
 from vcot.modeling import MODEL_CARD, load_model_and_processor

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from jobs.evaluate import main
+from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
 from vcot.evaluate.scoring import load_records
-
-from evaluate_helpers import commit_records, make_record
 
 KNOWN_PREDICTIONS = [
     json.dumps({"id": "test:gqa:0", "prediction": "The <ref>gear</ref><box>[100, 100, 300, 300]</box> is red. Answer: red"}),

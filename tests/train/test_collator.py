@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from vcot.errors import VcotError
+from vcot.images import load_rgb
 from vcot.modeling import load_processor
 from vcot.tokenize import Encoder, VisionSettings
-from vcot.train.data import Collator, load_image
+from vcot.train.data import Collator
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_batch_equals_the_processors_output(processor, one_record: Callable[...,
     processor.tokenizer.padding_side = "right"
     texts = ["".join(encoder.chat_texts(r)) for r in records]
     expected = processor(
-        text=texts, images=[load_image(r["image"]) for r in records], padding=True, return_tensors="pt"
+        text=texts, images=[load_rgb(r["image"]) for r in records], padding=True, return_tensors="pt"
     )
     for key in ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"):
         assert torch.equal(batch[key], expected[key]), key

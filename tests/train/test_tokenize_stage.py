@@ -14,6 +14,7 @@ from transformers import AutoProcessor
 from jobs.tokenize import main as tokenize_main
 from vcot import manifest, storage
 from vcot.boxes import parse_grounded, smart_resize
+from vcot.config import parse_config
 from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, VisionSettings, image_grid, num_image_tokens, tokenize
 
 
@@ -134,6 +135,14 @@ def test_cli_on_s3_and_bad_flags(tiny_model_dir: Path, record_output: Callable[.
     with pytest.raises(SystemExit) as exit_info:
         tokenize_main([*argv, "--mode", "video"])
     assert exit_info.value.code == 2
+
+
+def test_comma_separated_inputs_arrive_as_a_list() -> None:
+    """vcot.config splits ``list[str]`` options on commas, from a flag and from the environment alike."""
+    flags = ["--input", "s3://b/a, s3://b/c", "--output", "o", "--model", "m"]
+    assert parse_config(TokenizeConfig, flags, environ={}).input == ["s3://b/a", "s3://b/c"]
+    from_env = parse_config(TokenizeConfig, ["--output", "o", "--model", "m"], environ={"VCOT_INPUT": "x,y"})
+    assert from_env.input == ["x", "y"]
 
 
 def test_shard_index_defaults_to_the_indexed_job(monkeypatch: pytest.MonkeyPatch) -> None:

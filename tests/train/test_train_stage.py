@@ -17,10 +17,11 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from vcot import manifest, storage
+from vcot.images import load_rgb
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
-from vcot.train.data import Collator, TokenizedDataset, load_image
+from vcot.train.data import Collator, TokenizedDataset
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Deterministic, short, and long enough to be killed part-way: 40 steps, a checkpoint and eval every 10.
@@ -106,7 +107,7 @@ def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data:
     }
     messages = build_messages(record, mode="multimodal", with_answer=False)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    inputs = processor(text=[text], images=[load_image(row["image"])], return_tensors="pt")
+    inputs = processor(text=[text], images=[load_rgb(row["image"])], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     new_tokens = output[0, inputs["input_ids"].shape[1] :]
     assert len(new_tokens) > 0
@@ -253,3 +254,25 @@ def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest
     monkeypatch.setattr(bitsandbytes.optim, "AdamW8bit", broken)
     assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_torch"
     assert resolve_optimizer("adamw_torch_fused", "cpu") == "adamw_torch_fused"
+
+
+@pytest.mark.parametrize("left_behind", [None, {"run": "elsewhere"}, "not json"])
+def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
+    tmp_path: Path, left_behind: dict[str, str] | str | None
+) -> None:
+    """A pod killed between _SUCCESS and the pointer write: its retry skips training and writes the pointer."""
+    output = str(tmp_path / "runs" / "run-1")
+    manifest.commit(output, stage="train", files=[], config={"model": "s3://models/tiny", "data": "s3://d"})
+    pointer = tmp_path / "runs" / "latest.json"
+    if isinstance(left_behind, dict):
+        pointer.write_text(json.dumps(left_behind))
+    elif isinstance(left_behind, str):
+        pointer.write_text(left_behind)
+    # The retry names the data and model as the pod did; nothing is loaded on the skip path.
+    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=output, recipe="tiny-cpu")
+    assert train(again) is None
+    assert json.loads(pointer.read_text()) == {
+        "run": output,
+        "base_model": "s3://models/tiny",
+        "adapter": f"{output}/adapter",
+    }

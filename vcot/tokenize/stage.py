@@ -60,8 +60,6 @@ class TokenizeConfig:
     overwrite: bool = option(False, help="Rewrite an output that is already committed.")
 
     def __post_init__(self) -> None:
-        if isinstance(self.input, str):
-            self.input = [part.strip() for part in self.input.split(",") if part.strip()]
         if not self.input:
             raise ValueError("--input needs at least one committed record output URI")
         if self.mode not in MODES:

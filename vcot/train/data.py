@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from vcot import manifest, storage
 from vcot.errors import VcotError
+from vcot.images import load_rgb
 from vcot.tokenize.encode import IGNORE_INDEX
 
 
@@ -44,15 +45,6 @@ class TokenizedDataset(Dataset):
         return {name: self.table.column(name)[index].as_py() for name in self.table.column_names}
 
 
-def load_image(uri: str) -> Any:
-    """An RGB PIL image from any URI."""
-    from PIL import Image
-
-    with storage.open_uri(uri, "rb") as handle:
-        image = Image.open(io.BytesIO(handle.read()))
-        return image.convert("RGB")
-
-
 class Collator:
     """Pad rows into a batch; in multimodal mode add ``pixel_values`` and ``image_grid_thw`` from the images."""
 
@@ -75,7 +67,7 @@ class Collator:
 
         with_images = [row for row in rows if row.get("image")]
         if with_images:
-            images = [load_image(row["image"]) for row in with_images]
+            images = [load_rgb(row["image"]) for row in with_images]
             pixels = self.image_processor(images=images, return_tensors="pt")
             for row, grid in zip(with_images, pixels["image_grid_thw"].tolist(), strict=True):
                 if grid != list(row["image_grid_thw"]):

@@ -2,7 +2,8 @@
 
 Reads top to bottom in the order things happen:
 
-1. skip a committed output; resolve the recipe; read what tokenize recorded (mode, coords, pixel budget);
+1. skip a committed output (writing its pointer if a killed pod never did); resolve the recipe; read what
+   tokenize recorded (mode, coords, pixel budget);
 2. load the base model (4-bit on GPU per the recipe) and its processor, set to tokenize's pixel budget;
 3. wrap the language model's projections in LoRA (the vision tower only when asked);
 4. datasets and the collator that loads pixels; TrainingArguments from the recipe and the machine;
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from vcot import manifest, storage
 from vcot.config import option, redacted
-from vcot.errors import VcotError
+from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 
@@ -83,8 +84,7 @@ def default_pointer(output: str) -> str:
     >>> default_pointer("s3://bucket/runs/run-7/")
     's3://bucket/runs/latest.json'
     """
-    parent = output.rstrip("/").rsplit("/", 1)[0] if "/" in output.rstrip("/") else "."
-    return storage.join(parent, "latest.json")
+    return storage.join(storage.parent(output), "latest.json")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -207,18 +207,39 @@ def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
 
 def _files_of(root: Path, prefix: str) -> list[Any]:
     """Manifest entries (path, sha256, size) for every file under ``root``, listed as ``prefix/...``."""
-    from vcot.shards import ShardFile
+    from vcot.shards import file_entry
 
-    entries = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:  # in blocks: merged weights are several GB
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        entries.append(
-            ShardFile(f"{prefix}/{path.relative_to(root).as_posix()}", 0, digest.hexdigest(), path.stat().st_size)
-        )
-    return entries
+    return [
+        file_entry(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    ]
+
+
+def run_pointer(output: str, base_model: str) -> dict[str, str]:
+    """The pointer JSON scheduled evaluation follows to the newest run.
+
+    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen")["adapter"]
+    's3://b/runs/r1/adapter'
+    """
+    return {"run": output, "base_model": base_model, "adapter": storage.join(output, "adapter")}
+
+
+def ensure_pointer(config: TrainConfig) -> None:
+    """On the rerun of a committed output, write its pointer if it is missing or points elsewhere.
+
+    A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
+    never sees; the retried pod skips training and repairs the pointer here. The base model is the one the
+    committed run recorded.
+    """
+    recorded = manifest.read_manifest(config.output).get("config", {})
+    expected = run_pointer(config.output, recorded.get("model") or config.model)
+    try:
+        current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
+    except StorageError:
+        current = None  # unreadable: rewrite it
+    if current != expected:
+        storage.write_json(config.pointer_uri, expected)
+        log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +261,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     # 1. What to do.
     if not manifest.prepare_output(config.output, overwrite=config.overwrite):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
+        ensure_pointer(config)
         return None
     recipe = load_recipe(config.recipe, config.set)
     settings = read_data_settings(config.data)
@@ -344,8 +366,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
             "best_eval_loss": metrics.get("best_eval_loss"),
         },
     )
-    pointer = {"run": config.output, "base_model": config.model, "adapter": storage.join(config.output, "adapter")}
-    storage.write_json(config.pointer_uri, pointer)
+    storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
     shutil.rmtree(scratch, ignore_errors=True)  # everything is in storage now
     log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
     return committed
