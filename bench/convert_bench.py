@@ -8,11 +8,15 @@ with the image sizes (no images needed), then runs, each in its own process so p
 
 - ``raw``: ijson (yajl2_c) streaming every item of the file as Python objects: the practical limit;
 - ``raw-python``: the same with ijson's pure-Python backend (what a machine without the C extension gets);
-- ``convert``: the convert stage (``vcot.convert.convert``) writing gzipped shards and the manifest;
+- ``raw-chunks``: the stage's own reader in one process (``vcot.convert.array_chunks``: cut, count, orjson);
+- ``convert``: the convert stage (``vcot.convert.convert``) writing gzipped shards and the manifest, with
+  its default worker processes (one per available CPU); ``convert@W``: with ``--workers W``;
 - ``convert:0/4``: shard 0 of 4 alone (it parses the whole file, converts a quarter): the wall time of
-  a 4-pod Indexed Job;
+  a 4-pod Indexed Job (``convert:0/4@1``: with one process);
 - ``json.load``: the naive approach, the whole file at once.
 
+CPU time and peak RSS include the worker processes: CPU is the parent's plus its children's; RSS is the
+parent's peak plus, per worker, the largest worker's peak (an upper bound: forked workers share pages).
 Prints a Markdown table (records/s, seconds, peak RSS) for ``docs/bench-convert.md``.
 """
 
@@ -22,6 +26,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -109,13 +114,27 @@ def child(mode: str, data: str, output: str) -> None:
     from vcot.convert.common import ijson_backend
     from vcot.convert.quality import report
     from vcot.manifest import code_version
+    from vcot.parallel import resolve_workers
 
     code_version()  # one git call, not per-record work
-    start, cpu_start = time.perf_counter(), time.process_time()
+    workers = 0
+    if "@" in mode:
+        mode, workers_text = mode.split("@")
+        workers = int(workers_text)
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     if mode in ("raw", "raw-python"):
         backend = ijson_backend() if mode == "raw" else ijson.get_backend("python")
         with open(data, "rb") as handle:
             count = sum(1 for _ in backend.items(handle, "item", use_float=True))
+    elif mode == "raw-chunks":
+        from vcot.convert.array_chunks import iter_array_chunks, parse_chunk
+        from vcot.convert.common import paused_gc
+
+        count = 0
+        with open(data, "rb") as handle:
+            for chunk in iter_array_chunks(handle):
+                with paused_gc():
+                    count += len(parse_chunk(chunk))  # type: ignore[arg-type]
     elif mode == "json.load":
         with open(data, "rb") as handle:
             count = len(json.load(handle))
@@ -130,12 +149,16 @@ def child(mode: str, data: str, output: str) -> None:
                 overwrite=True,
                 shard_index=shard_index,
                 num_shards=num_shards,
+                workers=workers,
             )
         )
         total = report(counts, source="viscot", shards=1)["total"]
         count = total["input"]
         assert total["accepted"] == count, total["reasons"]
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    worker_count = resolve_workers(workers) if mode.startswith("convert") else 0
+    worker_rss = children.ru_maxrss / 1024 if children.ru_maxrss else 0.0
     print(
         json.dumps(
             {
@@ -143,10 +166,19 @@ def child(mode: str, data: str, output: str) -> None:
                 "seconds": seconds,
                 "cpu_seconds": cpu_seconds,
                 "records": count,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": _peak_rss_mb() + (worker_count * worker_rss if worker_rss else 0.0),
+                "parent_rss_mb": _peak_rss_mb(),
+                "worker_rss_mb": worker_rss,
+                "workers": worker_count if worker_rss else 1,
             }
         )
     )
+
+
+def _cpu_seconds() -> float:
+    """User + system time of this process and of its finished children (the worker processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def measure(mode: str, data: Path, output: Path) -> dict:
@@ -166,9 +198,10 @@ def main() -> int:
     parser.add_argument("--workdir", default=None, help="Where to generate (default: a temporary folder, removed).")
     parser.add_argument(
         "--modes",
-        default="raw,raw-python,convert,convert:0/4,json.load",
-        help="Runs, comma-separated: raw (ijson C backend), raw-python (ijson pure-Python backend), convert, "
-        "convert:I/N (shard I of N alone: the wall time when N pods run in parallel), json.load.",
+        default="raw,raw-chunks,convert,convert@1,json.load",
+        help="Runs, comma-separated: raw (ijson C backend), raw-python (ijson pure-Python backend), raw-chunks "
+        "(the stage's chunked reader), convert, convert@W (W worker processes), convert:I/N (shard I of N alone: "
+        "the wall time when N pods run in parallel), json.load.",
     )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -192,12 +225,16 @@ def main() -> int:
     # CPU-time rates are less skewed than wall-time rates when other work shares the cores.
     raw = results.get("raw", {"seconds": float("nan"), "cpu_seconds": float("nan")})
     print(f"\n{args.records} records, {size_mb:.0f} MB file, load average {os.getloadavg()[0]:.2f} at the end\n")
-    print("| run | wall s | records/s (wall) | vs raw C (wall) | CPU s | records/s (CPU) | vs raw C (CPU) | peak RSS |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| run | processes | wall s | records/s (wall) | vs raw C (wall) | CPU s | records/s (CPU) | vs raw C (CPU) "
+        "| peak RSS |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, result in results.items():
         wall, cpu = args.records / result["seconds"], args.records / result["cpu_seconds"]
+        processes = 1 + result["workers"] if result["workers"] > 1 else 1
         print(
-            f"| {mode} | {result['seconds']:.1f} | {wall:,.0f} | {raw['seconds'] / result['seconds']:.0%} "
+            f"| {mode} | {processes} | {result['seconds']:.1f} | {wall:,.0f} | {raw['seconds'] / result['seconds']:.0%} "
             f"| {result['cpu_seconds']:.1f} | {cpu:,.0f} | {raw['cpu_seconds'] / result['cpu_seconds']:.0%} "
             f"| {result['peak_rss_mb']:.0f} MB |"
         )

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from vcot.records import grounding_problem, split_for
+from vcot.boxes import parse_grounded, validate_box
+from vcot.records import box_tags_match_objects, grounding_problem, split_for
 
 GOOD = {
     "id": "synthetic:0",
@@ -40,3 +41,38 @@ def test_grounding_problem_reasons() -> None:
     assert grounding_problem({**GOOD, "objects": [{"ref": "x", "box": [5, 5, 5, 9]}]}) == "invalid_object_box"
     assert grounding_problem({**GOOD, "rationale": "Answer: circle"}) == "rationale_without_box"
     assert grounding_problem({**GOOD, "rationale": "<box>[9, 9, 1, 1]</box>"}) == "rationale_invalid_box"
+
+
+def _full_parse_problem(record: dict) -> str | None:
+    """grounding_problem with the shortcut turned off: what the parse alone decides."""
+    parsed = parse_grounded(record["rationale"])
+    return "rationale_invalid_box" if parsed.invalid else None if parsed.boxes else "rationale_without_box"
+
+
+boxes = st.lists(st.integers(-5, 1005), min_size=4, max_size=4)
+pieces = st.one_of(
+    st.text(alphabet="ab <>/[],0123456789", max_size=12),
+    boxes.map(lambda b: f"<box>[{b[0]}, {b[1]}, {b[2]}, {b[3]}]</box>"),
+    boxes.map(lambda b: f"<ref>x</ref><box>[{b[0]},{b[1]},{b[2]},{b[3]}]</box>"),
+    st.sampled_from(["<box>", "</box>", "<ref>", "<box>[1, 2, 3, 4]", "<box>[1, 2, 3, 4]</box>"]),
+)
+
+
+sides = st.lists(st.integers(0, 1000), min_size=2, max_size=2, unique=True).map(sorted)
+valid_boxes = st.builds(lambda xs, ys: [xs[0], ys[0], xs[1], ys[1]], sides, sides)
+
+
+@settings(max_examples=300)
+@given(st.lists(valid_boxes | boxes, min_size=1, max_size=3), st.data())
+def test_the_box_tag_shortcut_only_accepts_what_the_parse_accepts(object_boxes: list, data: st.DataObject) -> None:
+    objects = [{"ref": "x", "box": box} for box in object_boxes]
+    own_tags = st.sampled_from([f"<box>[{b[0]}, {b[1]}, {b[2]}, {b[3]}]</box>" for b in object_boxes])
+    rationale = "".join(data.draw(st.lists(own_tags | pieces, max_size=4)))
+    if all(validate_box(box) is None for box in object_boxes) and box_tags_match_objects(rationale, objects):
+        assert _full_parse_problem({"rationale": rationale}) is None
+        event("shortcut taken")
+
+
+def test_the_box_tag_shortcut_takes_converted_records() -> None:
+    assert box_tags_match_objects(GOOD["rationale"], GOOD["objects"])
+    assert not box_tags_match_objects(GOOD["rationale"], [{"ref": "c", "box": [10.0, 20, 300, 400]}])

@@ -82,3 +82,15 @@ def test_write_file_and_file_entry_describe_the_stored_bytes(s3_bucket: str, tmp
     (tmp_path / "local.bin").write_bytes(data)
     assert shards.file_entry(tmp_path / "local.bin", "reports/quality.json") == entry
     assert shards.file_entry(tmp_path / "local.bin", "x.parquet", records=3).records == 3
+
+
+def test_blocks_and_records_interleave_in_order_and_an_empty_shard_is_valid_gzip(tmp_path: Path) -> None:
+    with shards.JsonlShardWriter(str(tmp_path), "mixed.jsonl.gz", compresslevel=3) as writer:
+        writer.write({"n": 0})
+        writer.write_block(shards.pack_lines(b'{"n":1}\n{"n":2}\n', 3), 2)
+        writer.write({"n": 3})
+    assert writer.result is not None and writer.result.records == 4
+    assert [json.loads(line)["n"] for line in gzip.open(tmp_path / "mixed.jsonl.gz")] == [0, 1, 2, 3]
+    with shards.JsonlShardWriter(str(tmp_path), "empty.jsonl.gz") as empty:
+        pass
+    assert gzip.decompress((tmp_path / "empty.jsonl.gz").read_bytes()) == b"" and empty.close().records == 0

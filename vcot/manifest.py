@@ -32,7 +32,7 @@ SHARDS_DIR = "_shards"
 MANIFEST_VERSION = 1
 JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"
 """Set by Kubernetes in every pod of an Indexed Job: the default shard index of every sharded stage."""
-NOT_CONFIG = ("overwrite",)
+NOT_CONFIG = ("overwrite", "workers")
 """Options that say how to run, not what is made: left out of the manifest so a rerun with them gives the same bytes."""
 _SHARD_RE = re.compile(r"(\d{5})-of-(\d{5})\.json$")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, TypedDict
 
-from vcot.boxes import parse_grounded, validate_box
+from vcot.boxes import format_box, parse_grounded, validate_box
 
 
 class GroundedObject(TypedDict):
@@ -49,6 +49,28 @@ def split_for(record_id: str, val_fraction: float) -> str:
     return "val" if bucket < val_fraction else "train"
 
 
+def box_tags_match_objects(rationale: str, objects: list[dict[str, Any]]) -> bool:
+    """Whether every ``<box>`` in ``rationale`` is one of the (valid) object boxes exactly as the house format prints it.
+
+    A shortcut for :func:`grounding_problem`, exact and ~5x cheaper than parsing: when it holds, the parse
+    finds only those valid boxes, at least one. It is how converted records look; anything else (other
+    spacing, other boxes) goes to the full parse.
+
+    >>> box_tags_match_objects("<ref>a</ref><box>[1, 2, 3, 4]</box>", [{"box": [1, 2, 3, 4]}])
+    True
+    >>> box_tags_match_objects("<box>[1, 2, 3, 4]</box><box>[9, 9, 9]</box>", [{"box": [1, 2, 3, 4]}])
+    False
+    """
+    tags = set()
+    for obj in objects:
+        box = obj["box"]
+        if not all(type(value) is int for value in box):  # 10.7 prints as 10: only integer boxes print exactly
+            return False
+        tags.add(f"<box>{format_box(box)}</box>")
+    boxes = rationale.count("<box>")
+    return boxes > 0 and sum(rationale.count(tag) for tag in tags) == boxes
+
+
 def grounding_problem(record: dict[str, Any]) -> str | None:
     """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
 
@@ -68,6 +90,8 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
     rationale = record.get("rationale") or ""
     if not rationale.strip():
         return "no_rationale"
+    if box_tags_match_objects(rationale, objects):
+        return None
     parsed = parse_grounded(rationale)
     if parsed.invalid:
         return "rationale_invalid_box"

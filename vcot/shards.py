@@ -86,6 +86,20 @@ def encode_record(record: dict[str, Any]) -> bytes:
         return (json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
+def pack_lines(lines: bytes, compresslevel: int | None) -> bytes:
+    """Encoded lines as they go into a shard file: one deterministic gzip member (no name, mtime 0), or as is.
+
+    A ``.jsonl.gz`` shard is a series of such members, which every gzip reader reads as one stream. Packing
+    a block is independent of what comes before it, so worker processes can compress their own blocks
+    and the file is the same whichever process packed which block.
+
+    >>> import gzip
+    >>> gzip.decompress(pack_lines(b'{"a":1}\\n', 3) + pack_lines(b'{"a":2}\\n', 3))
+    b'{"a":1}\\n{"a":2}\\n'
+    """
+    return gzip.compress(lines, compresslevel, mtime=0) if compresslevel is not None else lines
+
+
 def dumps_record(record: dict[str, Any]) -> str:
     """:func:`encode_record` as text, without the newline."""
     return encode_record(record)[:-1].decode("utf-8")
@@ -106,19 +120,16 @@ class JsonlShardWriter:
         self.root = root
         self.path = path
         self.uri = storage.join(root, path)
+        self.compresslevel: int | None = compresslevel if path.endswith(".gz") else None
         self._raw_cm = storage.open_uri(self.uri, "wb")
         self._raw = self._raw_cm.__enter__()
         self._hasher = _HashingWriter(self._raw)
         self._buffered = io.BufferedWriter(self._hasher, buffer_size=1 << 20)
-        self._stream: IO[bytes] = (
-            gzip.GzipFile(fileobj=self._buffered, mode="wb", mtime=0, filename="", compresslevel=compresslevel)
-            if path.endswith(".gz")
-            else self._buffered
-        )
         self.records = 0
         self.result: ShardFile | None = None
         self._batch: list[bytes] = []
         self._batch_bytes = 0
+        self._packed_any = False
 
     def write(self, record: dict[str, Any]) -> None:
         line = encode_record(record)
@@ -128,16 +139,25 @@ class JsonlShardWriter:
         if self._batch_bytes >= WRITE_BATCH_BYTES:
             self._flush_batch()
 
+    def write_block(self, block: bytes, records: int) -> None:
+        """Append ``records`` lines already packed by :func:`pack_lines` (with this file's ``compresslevel``)."""
+        self._flush_batch()
+        self._buffered.write(block)
+        self._packed_any = True
+        self.records += records
+
     def _flush_batch(self) -> None:
-        self._stream.write(b"".join(self._batch))
-        self._batch.clear()
-        self._batch_bytes = 0
+        if self._batch:
+            self._buffered.write(pack_lines(b"".join(self._batch), self.compresslevel))
+            self._packed_any = True
+            self._batch.clear()
+            self._batch_bytes = 0
 
     def close(self) -> ShardFile:
         if self.result is None:
             self._flush_batch()
-            if self._stream is not self._buffered:
-                self._stream.close()
+            if self.compresslevel is not None and not self._packed_any:
+                self._buffered.write(pack_lines(b"", self.compresslevel))  # an empty file is still valid gzip
             self._buffered.flush()
             self._raw_cm.__exit__(None, None, None)
             self.result = ShardFile(self.path, self.records, self._hasher.sha256.hexdigest(), self._hasher.size)
@@ -192,6 +212,9 @@ class SplitWriters:
 
     def write(self, split: str, record: dict[str, Any]) -> None:
         self.writers[split].write(record)
+
+    def write_block(self, split: str, block: bytes, records: int) -> None:
+        self.writers[split].write_block(block, records)
 
     def close(self) -> list[ShardFile]:
         return [writer.close() for writer in self.writers.values()]

@@ -8,9 +8,11 @@ raises on bad data, so the pipeline can always account for every input item.
 from __future__ import annotations
 
 import codecs
+import gc
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -131,17 +133,35 @@ def require_input(uri: str, what: str) -> None:
         raise VcotError(f"{what} {uri} does not exist: check --input (and that the data was uploaded)")
 
 
-def iter_json_array(uri: str, prefix: str = "item") -> Iterator[Any]:
+class _Prefixed:
+    """A byte stream that reads ``prefix`` first, then ``source`` (an array resumed mid-file: ``b"["`` + the rest)."""
+
+    def __init__(self, prefix: bytes, source: IO[bytes]) -> None:
+        self._prefix = prefix
+        self._source = source
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._prefix:
+            return self._source.read(size)
+        data, self._prefix = self._prefix, b""
+        return data + self._source.read(size - len(data) if size > 0 else size)
+
+
+def iter_json_array(uri: str, prefix: str = "item", *, start: int = 0) -> Iterator[Any]:
     """Stream the items of a (possibly multi-GB) JSON array without loading it: one item in memory at a time.
 
-    A syntax error (a truncated download, a file that is not JSON) stops with a :class:`VcotError` naming
-    the file: a partial conversion of a broken file must not be committed as if it were complete.
+    ``start``: the byte offset of an element to resume from (what :mod:`vcot.convert.array_chunks` found);
+    the items before it are not read. A syntax error (a truncated download, a file that is not JSON)
+    stops with a :class:`VcotError` naming the file: a partial conversion of a broken file must not be
+    committed as if it were complete.
     """
     import ijson
 
     backend = ijson_backend()
     with storage.open_uri(uri, "rb") as handle:
-        stream = Utf8Repair(handle)
+        if start:
+            handle.seek(start)
+        stream = Utf8Repair(_Prefixed(b"[", handle) if start else handle)
         try:
             yield from backend.items(stream, prefix, use_float=True)
         except ijson.JSONError as exc:
@@ -149,6 +169,23 @@ def iter_json_array(uri: str, prefix: str = "item") -> Iterator[Any]:
                 f"{uri} is not a valid JSON array ({str(exc).splitlines()[0]}): the file is truncated or corrupt; "
                 "download it again (records converted so far were not committed)"
             ) from exc
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside the block: for parsing and converting a batch of records.
+
+    Tens of thousands of freshly parsed dicts trigger collection after collection, each walking
+    every live container, for no gain (records hold no reference cycles; reference counting frees
+    them): measured at ~1.9 us of a ~3.6 us parse per VisCOT item. Collection resumes after the block.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def iter_json_object(uri: str) -> Iterator[tuple[str, Any]]:

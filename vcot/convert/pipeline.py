@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Literal
 
 from tqdm import tqdm
@@ -16,18 +17,18 @@ from tqdm import tqdm
 from vcot import manifest, storage
 from vcot.config import option, redacted
 from vcot.convert import aokvqa, llava_cot, scienceqa, viscot
-from vcot.convert.common import Item, Owns, Rejection, require_input
-from vcot.convert.quality import QualityStats, merge, quality_problem, render_markdown, report
+from vcot.convert.common import Item, Owns, require_input
+from vcot.convert.quality import QualityStats, merge, render_markdown, report
+from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_block
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
-from vcot.records import split_for
+from vcot.parallel import resolve_workers
 from vcot.shards import ShardFile, SplitWriters, write_file
 
 log = get_logger(__name__)
 
 STAGE = "convert"
 Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot"]
-OUTPUT_SPLITS = ("train", "val", "rejected")
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -57,6 +58,11 @@ class ConvertConfig:
     shard_index: int | None = option(None, help="This pod's shard (default: JOB_COMPLETION_INDEX, else 0).")
     num_shards: int = option(1, help="How many pods split the input (each takes every N-th item).")
     overwrite: bool = option(False, help="Replace a committed output instead of skipping it.")
+    workers: int = option(
+        0,
+        help="viscot: processes converting a JSON array in parallel; 0 = the CPUs this pod may use (its cgroup "
+        "limit), 1 = none. The output is the same for any value.",
+    )
     read_image_headers: bool = option(
         True, help="viscot: read an image's header for its size when the metadata lacks it (else reject missing_size)."
     )
@@ -77,6 +83,8 @@ class ConvertConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction} must be between 0 and 1")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers} must be 0 (one per available CPU) or more")
         if self.num_shards < 1:
             raise ValueError("--num-shards must be at least 1")
         self.shard_index = ShardSpec.resolve(self.shard_index, self.num_shards).index  # raises saying what to set
@@ -110,55 +118,44 @@ def viscot_inputs(config: ConvertConfig) -> tuple[str, str, str | None]:
     return data, config.images or storage.join(folder, "images"), metadata
 
 
-def source_items(config: ConvertConfig, owns: Owns) -> Iterator[Item]:
-    """Every owned input item of ``config.source`` as a record or a rejection."""
+def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
+    """Every owned input item of ``config.source``, converted and routed, in input order, in blocks."""
     if config.source == "viscot":
         data, images, metadata = viscot_inputs(config)
         storage.check_access(images)
-        return viscot.iter_items(
+        return viscot.iter_blocks(
             data,
             images=images,
             metadata=metadata,
             owns=owns,
+            val_fraction=config.val_fraction,
+            compresslevel=SHARD_COMPRESSLEVEL,
+            workers=resolve_workers(config.workers),
             read_headers=config.read_image_headers,
             check_images=config.check_images,
             frame=config.box_string_frame,
         )
+    items: Iterator[Item]
     if config.source == "scienceqa":
-        return scienceqa.iter_items(config.input, images=config.images, output=config.output, owns=owns)
-    if config.source == "aokvqa":
-        return aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
-    return llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
+        items = scienceqa.iter_items(config.input, images=config.images, output=config.output, owns=owns)
+    elif config.source == "aokvqa":
+        items = aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
+    else:
+        items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
+    return _blocks(items, config.val_fraction)
+
+
+def _blocks(items: Iterator[Item], val_fraction: float, size: int = 4096) -> Iterator[RoutedBlock]:
+    while True:
+        block = route_block(islice(items, size), val_fraction, SHARD_COMPRESSLEVEL)
+        if not block.items:
+            return
+        yield block
 
 
 # --------------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------------
-
-
-def route(items: Iterator[Item], outputs: SplitWriters, stats: QualityStats, val_fraction: float) -> None:
-    """Send every item to exactly one writer: accepted records to their split, everything else to rejected."""
-    for item in items:
-        if isinstance(item, Rejection):
-            outputs.write("rejected", item.to_dict())
-            stats.rejected(item.subset, item.reason)
-            continue
-        item["split"] = split_for(item["id"], val_fraction)
-        problem = quality_problem(item)
-        if problem is not None:
-            rejection = Rejection(
-                problem,
-                "failed the quality filter",
-                item["provenance"].get("source_index", -1),
-                id=item.get("id"),
-                subset=item.get("subset") or "unknown",
-                raw=item,
-            )
-            outputs.write("rejected", rejection.to_dict())
-            stats.rejected(rejection.subset, problem)
-            continue
-        outputs.write(item["split"], item)
-        stats.accepted(item)
 
 
 def _write_quality(config: ConvertConfig, parts: list[dict[str, Any]]) -> list[ShardFile]:
@@ -187,13 +184,16 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
         return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
 
     stats = QualityStats()
-    items = source_items(config, shard.owns)
+    blocks = source_blocks(config, shard.owns)
     outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
-        progress = tqdm(
-            items, desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty()
-        )
-        route(progress, outputs, stats, config.val_fraction)
+        progress = tqdm(desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty())
+        for block in blocks:
+            for split, (data, records) in block.blocks.items():
+                outputs.write_block(split, data, records)
+            stats.add(block.stats)
+            progress.update(block.items)
+        progress.close()
         files = outputs.close()
     except BaseException:
         outputs.abort()

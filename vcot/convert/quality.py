@@ -74,6 +74,12 @@ class QualityStats:
         counts["rejected"] += 1
         self.reasons[subset or "unknown"][reason] += 1
 
+    def add(self, part: dict[str, Any]) -> None:
+        """Add the :meth:`to_dict` counts of another run (a block, a shard)."""
+        for name, counts in part.get("subsets", {}).items():
+            self._counter(name).update({key: counts.get(key, 0) for key in COUNTERS})
+            self.reasons[name].update(counts.get("reasons", {}))
+
     def to_dict(self) -> dict[str, Any]:
         """``{"subsets": {name: {counter: n, "reasons": {code: n}}}}``, sorted, zero counters included."""
         return {
@@ -91,10 +97,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up the ``to_dict`` counts of several shards."""
     merged = QualityStats()
     for part in parts:
-        for name, counts in part.get("subsets", {}).items():
-            target = merged._counter(name)
-            target.update({key: counts.get(key, 0) for key in COUNTERS})
-            merged.reasons[name].update(counts.get("reasons", {}))
+        merged.add(part)
     return merged.to_dict()
 
 
