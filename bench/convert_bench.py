@@ -15,8 +15,11 @@ with the image sizes (no images needed), then runs, each in its own process so p
   a 4-pod Indexed Job (``convert:0/4@1``: with one process);
 - ``json.load``: the naive approach, the whole file at once.
 
-CPU time and peak RSS include the worker processes: CPU is the parent's plus its children's; RSS is the
-parent's peak plus, per worker, the largest worker's peak (an upper bound: forked workers share pages).
+CPU time and memory include the worker processes: CPU is the parent's plus its children's. "Peak RSS (bound)"
+is the parent's peak plus, per worker, the largest worker's peak: an upper bound, since forked workers share
+pages; "peak PSS (sampled)" is the largest sum of the processes' PSS seen every 0.2 s (shared pages split between
+the processes that share them: what the pod uses), or the peak RSS for a run with one process (the sampler
+cannot see inside a C call that holds the GIL, such as ``json.load``).
 Prints a Markdown table (records/s, seconds, peak RSS) for ``docs/bench-convert.md``.
 """
 
@@ -30,6 +33,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -121,6 +125,7 @@ def child(mode: str, data: str, output: str) -> None:
     if "@" in mode:
         mode, workers_text = mode.split("@")
         workers = int(workers_text)
+    sampler = PssSampler().__enter__()
     start, cpu_start = time.perf_counter(), _cpu_seconds()
     if mode in ("raw", "raw-python"):
         backend = ijson_backend() if mode == "raw" else ijson.get_backend("python")
@@ -156,9 +161,10 @@ def child(mode: str, data: str, output: str) -> None:
         count = total["input"]
         assert total["accepted"] == count, total["reasons"]
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler.__exit__()
+    # Several processes only for a convert run whose workers resolve to more than one (the file has many chunks).
     worker_count = resolve_workers(workers) if mode.startswith("convert") else 0
-    worker_rss = children.ru_maxrss / 1024 if children.ru_maxrss else 0.0
+    worker_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if worker_count > 1 else 0.0
     print(
         json.dumps(
             {
@@ -167,12 +173,58 @@ def child(mode: str, data: str, output: str) -> None:
                 "cpu_seconds": cpu_seconds,
                 "records": count,
                 "peak_rss_mb": _peak_rss_mb() + (worker_count * worker_rss if worker_rss else 0.0),
+                "peak_pss_mb": sampler.peak_mb if worker_rss else _peak_rss_mb(),
                 "parent_rss_mb": _peak_rss_mb(),
                 "worker_rss_mb": worker_rss,
                 "workers": worker_count if worker_rss else 1,
             }
         )
     )
+
+
+class PssSampler:
+    """Peak of the summed PSS of this process and its children, sampled every 0.2 s.
+
+    PSS splits pages shared after fork (the image-size index) between the processes sharing them, so the
+    sum is the memory the pod really uses; adding up each process's RSS would count shared pages per worker.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, sum(_pss_kb(pid) for pid in _process_tree(os.getpid())) / 1024)
+            if self._stop.wait(0.2):
+                return
+
+
+def _process_tree(pid: int) -> list[int]:
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid] + [p for child in children for p in _process_tree(int(child))]
+
+
+def _pss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _cpu_seconds() -> float:
@@ -227,16 +279,16 @@ def main() -> int:
     print(f"\n{args.records} records, {size_mb:.0f} MB file, load average {os.getloadavg()[0]:.2f} at the end\n")
     print(
         "| run | processes | wall s | records/s (wall) | vs raw C (wall) | CPU s | records/s (CPU) | vs raw C (CPU) "
-        "| peak RSS |"
+        "| peak RSS (bound) | peak PSS (sampled) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, result in results.items():
         wall, cpu = args.records / result["seconds"], args.records / result["cpu_seconds"]
         processes = 1 + result["workers"] if result["workers"] > 1 else 1
         print(
             f"| {mode} | {processes} | {result['seconds']:.1f} | {wall:,.0f} | {raw['seconds'] / result['seconds']:.0%} "
             f"| {result['cpu_seconds']:.1f} | {cpu:,.0f} | {raw['cpu_seconds'] / result['cpu_seconds']:.0%} "
-            f"| {result['peak_rss_mb']:.0f} MB |"
+            f"| {result['peak_rss_mb']:.0f} MB | {result['peak_pss_mb']:.0f} MB |"
         )
     return 0
 
