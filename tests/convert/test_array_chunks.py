@@ -107,6 +107,8 @@ def test_a_nested_object_with_the_first_key_is_a_miss_not_a_wrong_count() -> Non
         (b'{"a": 1}', "does not start with a JSON array"),
         (b'[{"a": 1}, {"a": 2}', "does not end with ']'"),
         (b"[{}]", "no key"),
+        (b"[] x", "follows the empty array"),  # yajl calls that trailing garbage
+        (b'\xef\xbb\xbf[{"a": 1}]', "does not start with a JSON array"),  # yajl refuses a byte-order mark too
     ],
 )
 def test_what_cannot_be_chunked_says_why(data: bytes, why: str) -> None:
@@ -115,7 +117,7 @@ def test_what_cannot_be_chunked_says_why(data: bytes, why: str) -> None:
 
 
 def test_an_empty_array_has_no_chunks() -> None:
-    assert list(iter_array_chunks(io.BytesIO(b" [ \n ] "))) == []
+    assert list(iter_array_chunks(io.BytesIO(b" [ \n ] \n"))) == []
 
 
 @pytest.mark.parametrize(

@@ -50,20 +50,21 @@ def test_output_bytes_do_not_depend_on_workers(
     assert sum(len(lines) for lines in _lines(runs[1]).values()) == 120
 
 
-def test_a_chunk_the_fast_parser_refuses_falls_back_mid_file_to_the_same_records(
+def test_a_chunk_orjson_refuses_is_read_by_yajl_and_a_wrong_cut_streams_the_rest_with_the_same_records(
     synthetic: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items = json.loads(Path(synthetic["json"]).read_text())
-    items[70]["conversations"][3]["value"] += " 1234567890123456789012"  # 19+ digits: that chunk goes to yajl
+    items[40]["conversations"][3]["value"] += " 1234567890123456789012"  # 19+ digits: yajl reads that chunk
+    items[70] = {"conversations": items[70].pop("conversations"), **items[70]}  # another first key: a miscount
     data = tmp_path / "viscot.json"
     data.write_text(json.dumps(items, indent=1))
-    streamed = _run(synthetic, data, tmp_path / "streamed", workers=1)  # one chunk: whole file through ijson
+    streamed = _run(synthetic, data, tmp_path / "streamed", workers=1)  # one chunk: read whole by yajl
     monkeypatch.setattr(viscot, "CHUNK_BYTES", 2048)
     events = []
     monkeypatch.setattr(viscot.log, "info", lambda event, **kw: events.append((event, kw)))
     chunked = _run(synthetic, data, tmp_path / "chunked", workers=2)
     fallback = [kw for event, kw in events if event == "streaming_fallback"]
-    assert len(fallback) == 1 and 0 < fallback[0]["from_item"] <= 70 and "19+ digit" in fallback[0]["why"]
+    assert len(fallback) == 1 and 40 < fallback[0]["from_item"] <= 70 and "whole elements" in fallback[0]["why"]
     assert _lines(chunked) == _lines(streamed)
     assert any("1234567890123456789012" in line for lines in _lines(chunked).values() for line in lines)
 

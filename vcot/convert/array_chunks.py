@@ -12,16 +12,18 @@ cuts it without parsing, then proves every cut with the parse that has to happen
 3. Whoever parses the chunk checks it (:func:`parse_chunk`): ``b"[" + chunk + b"]"`` must be valid
    JSON (a valid completion by one ``]`` means the cut fell right after a complete top-level
    element, given the chunk started at one) and hold exactly ``count`` elements (so the global item
-   indices of every later chunk are right). Either check failing means the heuristic missed, never
-   a wrong result: the caller falls back to the streaming parser from that chunk's byte offset
-   (:func:`vcot.convert.common.iter_json_array` with ``start=``).
+   indices of every later chunk are right). A chunk orjson refuses (invalid UTF-8, a lone surrogate,
+   a 19-digit number) is read by yajl instead (:func:`stream_chunk`), under the same two checks.
+   A check failing means the heuristic missed, never a wrong result: the caller then streams the rest
+   of the file from that chunk's byte offset (:func:`vcot.convert.common.iter_json_array` with ``start=``).
 
-Heterogeneous arrays, elements that are not objects, invalid UTF-8, numbers orjson refuses and
-syntax errors all take that fallback, which reads them exactly as before (``docs/convert.md``).
+Heterogeneous arrays, elements that are not objects and syntax errors take that fallback, which reads
+them exactly as before (``docs/convert.md``).
 """
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -74,7 +76,7 @@ def iter_array_chunks(handle: IO[bytes], chunk_bytes: int = DEFAULT_CHUNK_BYTES)
     """
     buffer = handle.read(chunk_bytes)
     start = buffer.find(b"[")  # only a BOM or whitespace may come before it; a parser will say if not
-    if start < 0 or buffer[:start].strip(_WHITESPACE + b"\xef\xbb\xbf"):
+    if start < 0 or buffer[:start].strip(_WHITESPACE):  # like yajl, no byte-order mark
         yield Unchunkable(0, 0, "the file does not start with a JSON array")
         return
     offset = start + 1  # file offset of buffer[0]
@@ -90,8 +92,10 @@ def iter_array_chunks(handle: IO[bytes], chunk_bytes: int = DEFAULT_CHUNK_BYTES)
         buffer += more
     offset += len(buffer) - len(stripped)
     buffer = stripped
-    if buffer.startswith(b"]"):
-        return  # an empty array
+    if buffer.startswith(b"]"):  # an empty array: nothing but whitespace may follow
+        if (buffer[1:] + handle.read()).strip(_WHITESPACE):
+            yield Unchunkable(0, 0, "something follows the empty array")
+        return
     if first_key is None:
         why = "the elements are not JSON objects" if buffer[:1] != b"{" else "the first element has no key"
         yield Unchunkable(offset, 0, why)
@@ -169,3 +173,25 @@ def parse_chunk(chunk: ArrayChunk) -> list[Any] | Unchunkable:
             chunk.offset, chunk.base, f"the chunk at byte {chunk.offset} is not {chunk.count} whole elements"
         )
     return items
+
+
+def stream_chunk(chunk: ArrayChunk, refused: Unchunkable) -> list[Any] | Unchunkable:
+    """A chunk orjson refused, read by the streaming parser (yajl, undecodable bytes replaced) instead.
+
+    A long digit string in a text, a lone surrogate or one bad byte then costs this chunk's speed, not the rest
+    of the file's. The same two checks prove the cut (yajl must read ``[chunk]`` whole, with ``count`` items);
+    if they fail, the cut or the file is wrong and ``refused`` sends the rest of the file to the streaming parser,
+    which raises on a real syntax error.
+
+    >>> stream_chunk(ArrayChunk(0, 0, 1, b'{"a": "\\xff"}'), Unchunkable(0, 0, "refused")).pop()["a"]
+    '\\ufffd'
+    """
+    import ijson
+
+    from vcot.convert.common import Utf8Repair, ijson_backend
+
+    try:
+        items = list(ijson_backend().items(Utf8Repair(io.BytesIO(b"[" + chunk.data + b"]")), "item", use_float=True))
+    except ijson.JSONError:
+        return refused
+    return items if len(items) == chunk.count else refused

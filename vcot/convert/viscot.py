@@ -8,6 +8,7 @@ Every conversion goes through :mod:`vcot.boxes`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -21,7 +22,14 @@ from vcot.boxes import (
     validate_box,
     viscot_padded_to_pixels,
 )
-from vcot.convert.array_chunks import DEFAULT_CHUNK_BYTES, ArrayChunk, Unchunkable, iter_array_chunks, parse_chunk
+from vcot.convert.array_chunks import (
+    DEFAULT_CHUNK_BYTES,
+    ArrayChunk,
+    Unchunkable,
+    iter_array_chunks,
+    parse_chunk,
+    stream_chunk,
+)
 from vcot.convert.common import (
     BadLine,
     Item,
@@ -177,7 +185,7 @@ def string_box_to_pixels(
 def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int) -> str | None:
     """Why a pixel box cannot be used on a ``width`` x ``height`` image (reason code), or ``None``."""
     x1, y1, x2, y2 = pixels
-    if (x1 + y1 + x2 + y2) * 0.0 != 0.0:  # NaN or an infinity in any of the four (one test: this runs per item)
+    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
         return "not_finite_box"
     string_step = 0.001 * (width if width > height else height)  # a 3-decimal padded string's precision, in px
     tol_x = max(2.0, OUTSIDE_TOLERANCE * width, string_step)
@@ -257,7 +265,9 @@ def grounded_rationale(label: str, box: tuple[int, int, int, int] | list[int], a
     'I find the <ref>tree branches</ref><box>[555, 686, 619, 786]</box> and read the answer there. Answer: window'
     """
     x1, y1, x2, y2 = box  # format_box, written out
-    return f"I find the <ref>{label}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box> and read the answer there. Answer: {answer}"
+    return (
+        f"I find the <ref>{label}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box> and read the answer there. Answer: {answer}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -526,11 +536,11 @@ def _route_chunk(job: ChunkJob, chunk: ArrayChunk | Unchunkable) -> RoutedBlock 
         return chunk
     with paused_gc():
         items = parse_chunk(chunk)
-        if isinstance(items, Unchunkable):
-            return items
-        return route_block(
-            _convert(job, enumerate(items, start=chunk.base)), job.val_fraction, job.compresslevel
-        )
+        if isinstance(items, Unchunkable):  # orjson refused it: yajl decides, for this chunk only if it can
+            items = stream_chunk(chunk, refused=items)
+            if isinstance(items, Unchunkable):
+                return items
+        return route_block(_convert(job, enumerate(items, start=chunk.base)), job.val_fraction, job.compresslevel)
 
 
 CHUNK_BYTES = DEFAULT_CHUNK_BYTES
