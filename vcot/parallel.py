@@ -1,4 +1,4 @@
-"""Worker processes for CPU-bound record work: results in input order, bounded memory, and a CPU count that obeys the pod.
+"""Worker processes for CPU-bound record work: results in input order, bounded memory, a CPU count that obeys the pod.
 
 One function does it (:func:`ordered_map`) rather than a framework: a stage hands it a module-level
 function, a shared read-only state and an iterator of tasks, and gets the results back in task order,

@@ -32,7 +32,7 @@ from typing import IO, Any
 import orjson
 
 DEFAULT_CHUNK_BYTES = 1 << 19
-"""Target size of one chunk (512 KiB, ~1,000 VisCOT items): enough work per hand-over (~30 ms), little memory per worker."""
+"""Target chunk size (512 KiB, ~1,000 VisCOT items): enough work per hand-over (~30 ms), little memory per worker."""
 MAX_CHUNK_BYTES = 1 << 26
 """A chunk that finds no cut in 64 MiB (one giant element) stops the chunking: the streaming parser takes over."""
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal
 
 from tqdm import tqdm
@@ -19,7 +18,7 @@ from vcot.config import option, redacted
 from vcot.convert import aokvqa, llava_cot, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import QualityStats, merge, render_markdown, report
-from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_block
+from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.parallel import resolve_workers
@@ -142,15 +141,7 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
     else:
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
-    return _blocks(items, config.val_fraction)
-
-
-def _blocks(items: Iterator[Item], val_fraction: float, size: int = 4096) -> Iterator[RoutedBlock]:
-    while True:
-        block = route_block(islice(items, size), val_fraction, SHARD_COMPRESSLEVEL)
-        if not block.items:
-            return
-        yield block
+    return route_blocks(items, config.val_fraction, SHARD_COMPRESSLEVEL)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,33 +1,43 @@
 """Route converted items to ``train/``, ``val/`` or ``rejected/``: one item to exactly one place, counted.
 
-:func:`route` writes through open shard writers (the sequential path); :func:`route_block` does the same
-work into a :class:`RoutedBlock` of packed lines and counts, which a worker process hands back for the
-stage to append in input order (:meth:`vcot.shards.SplitWriters.write_block`). Both give the same lines.
+:func:`route_block` routes a run of items into a :class:`RoutedBlock` of packed lines and counts, which
+the stage appends in input order (:meth:`vcot.shards.SplitWriters.write_block`), whether a worker process
+or the stage itself made it. :func:`route_blocks` cuts a stream of items into such blocks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import islice
+from typing import Any
 
-from vcot.convert.common import Item, Rejection
+from vcot.convert.common import Item, Rejection, paused_gc
 from vcot.convert.quality import QualityStats, quality_problem
 from vcot.records import split_for
 from vcot.shards import encode_record, pack_lines
 
 OUTPUT_SPLITS = ("train", "val", "rejected")
+BLOCK_ITEMS = 4096
+"""Items per block when routing a stream (about one chunk's worth of VisCOT items)."""
 
 
-class RecordSink(Protocol):
-    def write(self, split: str, record: dict[str, Any]) -> None: ...
+@dataclass
+class RoutedBlock:
+    """The routed output of a run of items: per split, packed lines and their count; the quality counts."""
+
+    blocks: dict[str, tuple[bytes, int]]
+    stats: dict[str, Any]
+    items: int
 
 
-def route(items: Iterable[Item], outputs: RecordSink, stats: QualityStats, val_fraction: float) -> None:
-    """Send every item to exactly one split: accepted records to train/val by id hash, everything else to rejected."""
+def route_block(items: Iterable[Item], val_fraction: float, compresslevel: int | None) -> RoutedBlock:
+    """Accepted records to train/val by id hash, everything else to rejected; one gzip member per non-empty split."""
+    lines: dict[str, list[bytes]] = {split: [] for split in OUTPUT_SPLITS}
+    stats = QualityStats()
     for item in items:
         if isinstance(item, Rejection):
-            outputs.write("rejected", item.to_dict())
+            lines["rejected"].append(encode_record(item.to_dict()))
             stats.rejected(item.subset, item.reason)
             continue
         item["split"] = split_for(item["id"], val_fraction)
@@ -41,39 +51,27 @@ def route(items: Iterable[Item], outputs: RecordSink, stats: QualityStats, val_f
                 subset=item.get("subset") or "unknown",
                 raw=item,
             )
-            outputs.write("rejected", rejection.to_dict())
+            lines["rejected"].append(encode_record(rejection.to_dict()))
             stats.rejected(rejection.subset, problem)
             continue
-        outputs.write(item["split"], item)
+        lines[item["split"]].append(encode_record(item))
         stats.accepted(item)
-
-
-@dataclass
-class RoutedBlock:
-    """The routed output of a run of items: per split, packed lines and their count; the quality counts."""
-
-    blocks: dict[str, tuple[bytes, int]]
-    stats: dict[str, Any]
-    items: int
-
-
-class _LineCollector:
-    def __init__(self) -> None:
-        self.lines: dict[str, list[bytes]] = {split: [] for split in OUTPUT_SPLITS}
-
-    def write(self, split: str, record: dict[str, Any]) -> None:
-        self.lines[split].append(encode_record(record))
-
-
-def route_block(items: Iterable[Item], val_fraction: float, compresslevel: int | None) -> RoutedBlock:
-    """:func:`route` into packed blocks (one gzip member per non-empty split) instead of open files."""
-    collector = _LineCollector()
-    stats = QualityStats()
-    route(items, collector, stats, val_fraction)
     blocks = {
-        split: (pack_lines(b"".join(lines), compresslevel), len(lines))
-        for split, lines in collector.lines.items()
-        if lines
+        split: (pack_lines(b"".join(split_lines), compresslevel), len(split_lines))
+        for split, split_lines in lines.items()
+        if split_lines
     }
-    counts = stats.to_dict()
-    return RoutedBlock(blocks, counts, sum(len(lines) for lines in collector.lines.values()))
+    return RoutedBlock(blocks, stats.to_dict(), sum(len(split_lines) for split_lines in lines.values()))
+
+
+def route_blocks(
+    items: Iterable[Item], val_fraction: float, compresslevel: int | None, size: int = BLOCK_ITEMS
+) -> Iterator[RoutedBlock]:
+    """:func:`route_block` over a stream, ``size`` items at a time (garbage collection paused per block)."""
+    iterator = iter(items)
+    while True:
+        with paused_gc():
+            block = route_block(islice(iterator, size), val_fraction, compresslevel)
+        if not block.items:
+            return
+        yield block

@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any, Literal
 
 from vcot import storage
@@ -42,7 +41,7 @@ from vcot.convert.common import (
     paused_gc,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
-from vcot.convert.routing import RoutedBlock, route_block
+from vcot.convert.routing import RoutedBlock, route_block, route_blocks
 from vcot.log import get_logger
 from vcot.parallel import ordered_map
 
@@ -502,7 +501,7 @@ def iter_blocks(
         compresslevel,
     )
     if input_uri.endswith((".jsonl", ".jsonl.gz")):
-        yield from _stream_blocks(job, enumerate(iter_jsonl(input_uri)))
+        yield from route_blocks(_convert(job, enumerate(iter_jsonl(input_uri))), val_fraction, compresslevel)
         return
     fallback: Unchunkable | None = None
     with storage.open_uri(input_uri, "rb") as handle:
@@ -517,7 +516,7 @@ def iter_blocks(
     if fallback is not None:
         log.info("streaming_fallback", uri=input_uri, from_item=fallback.base, byte=fallback.offset, why=fallback.why)
         items = iter_json_array(input_uri, start=fallback.offset)
-        yield from _stream_blocks(job, enumerate(items, start=fallback.base))
+        yield from route_blocks(_convert(job, enumerate(items, start=fallback.base)), val_fraction, compresslevel)
 
 
 @dataclass(frozen=True)
@@ -545,18 +544,6 @@ def _route_chunk(job: ChunkJob, chunk: ArrayChunk | Unchunkable) -> RoutedBlock 
 
 CHUNK_BYTES = DEFAULT_CHUNK_BYTES
 """Bytes of the JSON array per chunk handed to a worker (tests make it small to exercise many chunks)."""
-STREAM_BLOCK_ITEMS = 4096
-"""Items per routed block on the streaming path (about one chunk's worth)."""
-
-
-def _stream_blocks(job: ChunkJob, indexed_items: Iterator[tuple[int, Any]]) -> Iterator[RoutedBlock]:
-    converted = _convert(job, indexed_items)
-    while True:
-        with paused_gc():
-            block = route_block(islice(converted, STREAM_BLOCK_ITEMS), job.val_fraction, job.compresslevel)
-        if not block.items:
-            return
-        yield block
 
 
 def _convert(job: ChunkJob, indexed_items: Iterable[tuple[int, Any]]) -> Iterator[Item]:
