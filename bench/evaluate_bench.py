@@ -27,13 +27,15 @@ from PIL import Image, ImageDraw
 
 from vcot.evaluate.generation import GenerationSettings, generate_batch, generate_responses
 from vcot.evaluate.metrics import summarize
-from vcot.evaluate.readback import Readback
 from vcot.evaluate.scoring import score_response
 from vcot.modeling import load_model_and_processor
+from vcot.model_format import ModelFormat
 from vcot.prompts import build_messages
 from vcot.tiny_model import build_tiny_qwen25vl
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
+
+TINY_FORMAT = ModelFormat.for_family(min_pixels=56 * 56, max_pixels=112 * 112)
 
 
 def make_records(folder: Path, count: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -87,7 +89,7 @@ def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: in
     loss = torch.tensor(0.0)
     for _ in range(steps):
         batch = rng.sample(records, min(batch_size, len(records)))
-        texts = [processor.apply_chat_template(build_messages(r, mode="multimodal"), tokenize=False) for r in batch]
+        texts = [processor.apply_chat_template(build_messages(r), tokenize=False) for r in batch]
         inputs = processor(text=texts, images=[load_image(r["image"]) for r in batch], padding=True, return_tensors="pt")
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         for row in labels:  # learn the assistant turn only: mask up to the last <|im_start|>
@@ -116,7 +118,7 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     hits = {name: {"coordinates": 0, "other": 0} for name in penalties}
     totals = {"coordinates": 0, "other": 0}
     for record in records:
-        text = processor.apply_chat_template(build_messages(record, mode="multimodal"), tokenize=False)
+        text = processor.apply_chat_template(build_messages(record), tokenize=False)
         inputs = processor(text=[text], images=[load_image(record["image"])], return_tensors="pt")
         with torch.inference_mode():
             logits = model(**inputs).logits[0]
@@ -159,7 +161,7 @@ def main() -> None:
         (folder / "images").mkdir()
         records = make_records(folder / "images", args.samples)
         model, processor = load_model_and_processor(str(build_tiny_qwen25vl(folder / "model", seed=0)))
-        base = GenerationSettings(max_new_tokens=args.max_new_tokens, min_pixels=56 * 56, max_pixels=112 * 112)
+        base = GenerationSettings(max_new_tokens=args.max_new_tokens, fmt=TINY_FORMAT)
 
         # 1. Batched vs one-at-a-time (random weights: responses run to max_new_tokens or an early stop).
         generate_batch(model, processor, records[:2], base)  # warm-up
@@ -200,13 +202,12 @@ def main() -> None:
             },
         )
         print(json.dumps(results["teacher_forced_greedy_accuracy"]), flush=True)
-        readback = Readback(min_pixels=56 * 56, max_pixels=112 * 112)
         penalties = {"none (1.0)": (1.0, False), "standard 1.2": (1.2, False), "box-aware 1.2": (1.2, True)}
         results["penalty"] = {}
         for name, (penalty, aware) in penalties.items():
             settings = GenerationSettings(**{**base.__dict__, "batch_size": args.batch_size, "repetition_penalty": penalty, "box_aware_penalty": aware})
             texts, seconds = timed_generation(model, processor, records, settings, args.repeats)
-            metrics = summarize(score_response(r, t, readback)[1] for r, t in zip(records, texts))
+            metrics = summarize(score_response(r, t, TINY_FORMAT)[1] for r, t in zip(records, texts))
             results["penalty"][name] = {
                 "samples_per_s": round(len(records) / seconds, 2),
                 **{k: round(metrics[k], 4) for k in ("box_detection_rate", "mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy")},

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from vcot.boxes import parse_grounded, smart_resize
-from vcot.prompts import build_messages, rationale_in_coords
+from vcot.model_format import HOUSE, ModelFormat
+from vcot.prompts import build_messages
 
 RECORD = {
     "id": "t:1",
@@ -20,7 +21,7 @@ RECORD = {
 
 
 def test_multimodal_chat_has_image_question_choices_and_rationale() -> None:
-    user, assistant = build_messages(RECORD, mode="multimodal")
+    user, assistant = build_messages(RECORD)
     assert user["content"][0] == {"type": "image", "image": "s3://bucket/img.png"}
     text = user["content"][1]["text"]
     assert text.startswith("What color is the gear?\nOptions:\n(A) red\n(B) blue\n")
@@ -28,13 +29,14 @@ def test_multimodal_chat_has_image_question_choices_and_rationale() -> None:
 
 
 def test_text_mode_has_no_image_and_evaluate_gets_no_answer() -> None:
-    messages = build_messages(RECORD, mode="text", with_answer=False)
+    messages = build_messages(RECORD, ModelFormat.for_family(mode="text"), with_answer=False)
     assert len(messages) == 1
     assert [c["type"] for c in messages[0]["content"]] == ["text"]
 
 
 def test_qwen25_absolute_boxes_are_pixels_of_the_resized_image() -> None:
-    text = rationale_in_coords(RECORD, "qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
+    fmt = ModelFormat.for_family(coords="qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
+    text = build_messages(RECORD, fmt)[1]["content"][0]["text"]
     resized_h, resized_w = smart_resize(480, 640, min_pixels=56 * 56, max_pixels=112 * 112)
     box = parse_grounded(text).boxes[0].box
     assert box == (
@@ -46,8 +48,9 @@ def test_qwen25_absolute_boxes_are_pixels_of_the_resized_image() -> None:
     assert text.endswith("is red. Answer: red")
 
 
-def test_unknown_mode_or_coords_is_refused() -> None:
-    with pytest.raises(ValueError, match="mode"):
-        build_messages(RECORD, mode="video")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="coords"):
-        build_messages(RECORD, mode="text", coords="pixels")  # type: ignore[arg-type]
+def test_the_instruction_names_the_formats_frame_and_syntax() -> None:
+    assert "integers 0-1000" in build_messages(RECORD)[0]["content"][1]["text"]
+    native = ModelFormat.for_family("qwen3-vl", box_syntax="json", coords="qwen2.5-absolute")
+    text = build_messages(RECORD, native)[0]["content"][1]["text"]
+    assert '{"bbox_2d": [x1, y1, x2, y2], "label": "label"}' in text and "absolute pixels" in text
+    assert HOUSE.instruction() in build_messages(RECORD)[0]["content"][1]["text"]

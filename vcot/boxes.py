@@ -384,33 +384,6 @@ def smart_resize(
     return h_bar, w_bar
 
 
-def norm1000_to_qwen25(
-    box: Sequence[float],
-    width: int,
-    height: int,
-    *,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = QWEN_MAX_PIXELS,
-) -> IntBox:
-    """House coordinates to Qwen2.5-VL's absolute pixels of the ``smart_resize``d image (integers)."""
-    resized_h, resized_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    x1, y1, x2, y2 = norm1000_to_pixels(box, resized_w, resized_h)
-    return (int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
-
-
-def qwen25_to_norm1000(
-    box: Sequence[float],
-    width: int,
-    height: int,
-    *,
-    min_pixels: int = QWEN_MIN_PIXELS,
-    max_pixels: int = QWEN_MAX_PIXELS,
-) -> IntBox:
-    """Qwen2.5-VL absolute pixels of the resized image back to house coordinates of the original image."""
-    resized_h, resized_w = smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels)
-    return pixels_to_norm1000(box, resized_w, resized_h)
-
-
 # --------------------------------------------------------------------------------------------------
 # Overlap and matching
 # --------------------------------------------------------------------------------------------------

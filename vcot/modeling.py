@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,10 +29,11 @@ from transformers.processing_utils import ProcessorMixin
 from vcot import storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
+from vcot.model_format import Family, ModelFormat, family_of_model_type
 
 Quantize = Literal["4bit", "8bit"]
 MODEL_CARD = "vcot-model.json"
-"""Written next to an adapter: base model, coordinates, mode and pixel budget it was trained with."""
+"""Written next to an adapter: the base model and the :class:`~vcot.model_format.ModelFormat` it was trained with."""
 
 log = get_logger(__name__)
 
@@ -147,9 +149,35 @@ def load_processor_for(model_uri: str) -> Any:
         return load_processor(path)
 
 
+def model_family(model_uri: str) -> Family:
+    """The family of ``model_uri`` from its ``config.json`` ``model_type`` (never from a name the user typed)."""
+    path = Path(local_model_path(model_uri, weights=False))
+    config_file = path / "config.json"
+    if not config_file.exists():
+        with load_errors(model_uri):
+            from transformers import AutoConfig
+
+            return family_of_model_type(AutoConfig.from_pretrained(str(path)).model_type)
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    try:
+        return family_of_model_type(model_type)
+    except ValueError as exc:
+        raise VcotError(f"{model_uri}: {exc}") from exc
+
+
 def read_model_card(adapter_uri: str) -> dict[str, Any]:
-    """The ``vcot-model.json`` next to an adapter (base model, coords, mode, min/max pixels)."""
+    """The ``vcot-model.json`` next to an adapter: ``base_model`` and ``model_format`` (``vcot.model_format``)."""
     return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
+
+
+def adapter_format(adapter_uri: str) -> ModelFormat | None:
+    """The model format recorded next to an adapter (any layout vcot wrote), or ``None`` when there is no card."""
+    if not storage.exists(storage.join(adapter_uri, MODEL_CARD)):
+        return None
+    try:
+        return ModelFormat.from_dict(read_model_card(adapter_uri))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VcotError(f"{adapter_uri}/{MODEL_CARD} is not a model card vcot can read ({exc}): re-run train") from exc
 
 
 # --------------------------------------------------------------------------------------------------

@@ -78,9 +78,9 @@ _WORDS = (
 def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
     """Sentences shaped like our prompts and grounded rationales, so their common pieces get merged.
 
-    The instruction every prompt carries (``vcot.prompts``) is in the corpus, so it tokenizes into whole words.
+    The instruction every prompt carries (``vcot.model_format``) is in the corpus, so it tokenizes into whole words.
     """
-    from vcot.prompts import COORDS, instruction
+    from vcot.model_format import COORDS, ModelFormat
 
     rng = random.Random(seed)
     for index in range(lines):
@@ -88,7 +88,7 @@ def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
         ref = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
         x1, y1, x2, y2 = (rng.randint(0, 1000) for _ in range(4))
         yield (
-            f"{words.capitalize()}? What color is the {rng.choice(_WORDS)}?\n{instruction(COORDS[index % 2])}\n"
+            f"{words.capitalize()}? What color is the {rng.choice(_WORDS)}?\n{ModelFormat.for_family(coords=COORDS[index % 2]).instruction()}\n"
             f"First I find the <ref>{ref}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box> and read the answer there. "
             f"Answer: {rng.choice(_WORDS)}\nOptions: (A) {rng.choice(_WORDS)} (B) {rng.choice(_WORDS)}"
         )

@@ -31,7 +31,7 @@ def _records(root: str, count: int = 5) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter on the tiny model with the vcot-model.json train writes."""
+    """A LoRA adapter on the tiny model with a vcot-model.json in the flat layout earlier versions wrote."""
     model, processor = load_model_and_processor(str(tiny_model_dir))
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter = tmp_path_factory.mktemp("adapter")
@@ -59,7 +59,8 @@ def test_model_mode_batched_equals_one_at_a_time(tiny_model_dir: Path, adapter_d
     metrics = storage.read_json(str(tmp_path / "batched" / "metrics.json"))
     assert metrics["overall"]["samples"] == 5 and set(metrics["subsets"]) == {"gqa", "textvqa"}
     generation = metrics["details"]["generation"]
-    assert generation["coords"] == "norm1000" and generation["repetition_penalty"] == 1.2  # from the card / the seed
+    assert metrics["details"]["model_format"]["coords"] == "norm1000"  # from the card (the flat layout of 0.1)
+    assert generation["repetition_penalty"] == 1.2  # the seed's
     assert generation["max_new_tokens"] == 12 and metrics["details"]["timing"]["samples_per_second"] > 0
     # The box-aware penalty runs too (on this random model it may change the text); --threads sets torch's threads.
     threads = torch.get_num_threads()

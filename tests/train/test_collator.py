@@ -11,7 +11,8 @@ import torch
 from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.modeling import load_processor
-from vcot.tokenize import Encoder, VisionSettings
+from vcot.model_format import ModelFormat
+from vcot.tokenize import Encoder
 from vcot.train.data import Collator
 
 
@@ -21,7 +22,7 @@ def processor(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 
 
 def test_batch_equals_the_processors_output(processor, one_record: Callable[..., dict]) -> None:  # type: ignore[no-untyped-def]
-    encoder = Encoder(processor, mode="multimodal", coords="norm1000", vision=VisionSettings.from_processor(processor))
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
     records = [one_record(i, seed=i) for i in range(3)]  # different image sizes
     rows = [encoder.encode(r) for r in records]
     batch = Collator(processor)(rows)
@@ -37,7 +38,7 @@ def test_batch_equals_the_processors_output(processor, one_record: Callable[...,
 
 
 def test_a_row_whose_image_no_longer_matches_is_refused(processor, one_record: Callable[..., dict]) -> None:  # type: ignore[no-untyped-def]
-    encoder = Encoder(processor, mode="multimodal", coords="norm1000", vision=VisionSettings.from_processor(processor))
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
     row = encoder.encode(one_record(0))
     row["image_grid_thw"] = [1, 2, 2]
     with pytest.raises(VcotError, match="re-run tokenize"):

@@ -15,7 +15,8 @@ from jobs.tokenize import main as tokenize_main
 from vcot import manifest, storage
 from vcot.boxes import parse_grounded, smart_resize
 from vcot.config import parse_config
-from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, VisionSettings, image_grid, num_image_tokens, tokenize
+from vcot.model_format import ModelFormat
+from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -27,23 +28,22 @@ def processor(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
 def test_image_token_count_equals_the_processors(processor, pixels: tuple[int, int]) -> None:  # type: ignore[no-untyped-def]
     min_pixels, max_pixels = pixels
     processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    vision = VisionSettings.from_processor(processor)
+    vision = ModelFormat.for_processor(processor, "qwen2.5-vl").vision
     rng = random.Random(0)
     sizes = [(1, 1), (28, 28), (640, 480), (31, 1000), (1000, 31), (113, 57)] + [
         (rng.randint(10, 1200), rng.randint(10, 1200)) for _ in range(10)
     ]
     for width, height in sizes:
         out = processor(text=["<|image_pad|>"], images=[Image.new("RGB", (width, height))], return_tensors="pt")
-        grid = image_grid(width, height, vision)
-        assert list(out["image_grid_thw"][0]) == list(grid), (width, height)
-        assert int((out["input_ids"] == processor.image_token_id).sum()) == num_image_tokens(grid)
+        assert list(out["image_grid_thw"][0]) == list(vision.grid(width, height)), (width, height)
+        assert int((out["input_ids"] == processor.image_token_id).sum()) == vision.image_tokens(width, height)
 
 
 def test_prompt_ids_equal_the_processors_and_labels_cover_exactly_the_assistant_turn(
     tiny_model_dir: Path, one_record: Callable[..., dict]
 ) -> None:
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    encoder = Encoder(processor, mode="multimodal", coords="norm1000", vision=VisionSettings.from_processor(processor))
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
     record = one_record(3, 1)
     row = encoder.encode(record)
 
@@ -65,10 +65,11 @@ def test_prompt_ids_equal_the_processors_and_labels_cover_exactly_the_assistant_
 
 def test_qwen25_absolute_targets_and_text_mode(tiny_model_dir: Path, one_record: Callable[..., dict]) -> None:
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
-    vision = VisionSettings.from_processor(processor)
+    fmt = ModelFormat.for_processor(processor, "qwen2.5-vl", coords="qwen2.5-absolute")
+    vision = fmt.vision
     record = one_record(2, 2)  # 90 x 200 px
 
-    row = Encoder(processor, mode="multimodal", coords="qwen2.5-absolute", vision=vision).encode(record)
+    row = Encoder(processor, fmt).encode(record)
     target = processor.tokenizer.decode([t for t in row["labels"] if t != IGNORE_INDEX])
     resized_h, resized_w = smart_resize(200, 90, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels)
     x1, y1, x2, y2 = record["objects"][0]["box"]
@@ -76,7 +77,7 @@ def test_qwen25_absolute_targets_and_text_mode(tiny_model_dir: Path, one_record:
         round(v) for v in (x1 * resized_w / 1000, y1 * resized_h / 1000, x2 * resized_w / 1000, y2 * resized_h / 1000)
     )
 
-    text_row = Encoder(processor, mode="text", coords="norm1000", vision=vision).encode(record)
+    text_row = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl", mode="text")).encode(record)
     assert text_row["image"] is None and text_row["image_grid_thw"] is None
     assert processor.image_token_id not in text_row["input_ids"]
     assert "<|vision_start|>" not in processor.tokenizer.decode(text_row["input_ids"])
@@ -104,13 +105,10 @@ def test_stage_writes_shards_stats_and_skips_reruns(
     stats = committed["stats"]["train"]
     assert sum(stats["length_histogram"].values()) == stats["rows"] == len(_read_rows(output, "train"))
     settings = manifest.read_manifest(output)["config"]
-    assert {k: settings[k] for k in ("mode", "coords", "min_pixels", "max_pixels", "model")} == {
-        "mode": "multimodal",
-        "coords": "norm1000",
-        "min_pixels": 56 * 56,
-        "max_pixels": 112 * 112,
-        "model": str(tiny_model_dir),
-    }
+    assert settings["model"] == str(tiny_model_dir)
+    assert ModelFormat.from_dict(settings) == ModelFormat.for_family(
+        "qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112
+    )
     assert manifest.read_manifest(output)["inputs"][0]["uri"] == records
 
     assert tokenize(config) is None  # committed: a rerun is a no-op

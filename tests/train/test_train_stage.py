@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from vcot import manifest, storage
 from vcot.images import load_rgb
+from vcot.model_format import ModelFormat
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -46,12 +47,10 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
     adapter = Path(reference_run) / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (adapter / name).exists(), name
-    assert json.loads((adapter / "vcot-model.json").read_text()) == {
+    card = json.loads((adapter / "vcot-model.json").read_text())
+    assert card == {
         "base_model": str(tiny_model_dir),
-        "coords": "norm1000",
-        "mode": "multimodal",
-        "min_pixels": 56 * 56,
-        "max_pixels": 112 * 112,
+        "model_format": ModelFormat.for_family("qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112).to_dict(),
     }
     assert list((Path(reference_run) / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((Path(reference_run) / "metrics.json").read_text())
@@ -105,7 +104,7 @@ def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data:
         "height": row["height"],
         "question": "What color is the square?",
     }
-    messages = build_messages(record, mode="multimodal", with_answer=False)
+    messages = build_messages(record, with_answer=False)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     inputs = processor(text=[text], images=[load_rgb(row["image"])], return_tensors="pt")
     output = model.generate(**inputs, max_new_tokens=8, do_sample=False)
@@ -200,7 +199,7 @@ def test_text_mode_trains_without_pixels(
     )
     assert train(config) is not None
     card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
-    assert card["mode"] == "text"
+    assert card["model_format"]["mode"] == "text"
 
 
 def test_merged_model_equals_base_plus_adapter_with_loader_workers(

@@ -5,7 +5,7 @@ Answers are judged by the shared ``vcot.answers`` (the rule distill accepts teac
 Modules, in dependency order:
 
 - ``metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
-- ``readback``: boxes of a response in the model's coordinate convention, mapped to the original image.
+- boxes are read back through the run's ``vcot.model_format.ModelFormat`` (the adapter's card).
 - ``scoring``: committed records and predictions files in, joined by id, one scored row per sample out.
 - ``streaming``: the boxes complete so far in a streamed response.
 - ``penalty``: the box-aware repetition penalty (leaves coordinate digits inside ``<box>`` alone).

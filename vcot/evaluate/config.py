@@ -14,7 +14,7 @@ from typing import Literal
 from vcot.boxes import BoxFormat
 from vcot.config import option
 from vcot.evaluate.metrics import RATE_METRICS
-from vcot.prompts import Coords, Mode
+from vcot.model_format import FAMILIES, Coords, Family, Mode
 
 DEFAULT_REGRESSION_METRICS = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
 
@@ -45,12 +45,17 @@ class EvaluateConfig:
     )
     coords: Coords | None = option(
         None,
-        help="Coordinate convention of the responses' boxes: norm1000 (house) or qwen2.5-absolute. "
-        "Default: the adapter's vcot-model.json; norm1000 in score mode.",
+        help="Frame of the responses' boxes: norm1000 (house) or qwen2.5-absolute. Default: the adapter's "
+        "vcot-model.json (a different value is refused); norm1000 in score mode.",
     )
-    box_format: BoxFormat = option("house", help="How responses write boxes: house, obj, qwen or json.")
-    min_pixels: int | None = option(None, help="Image min pixels for qwen2.5-absolute boxes (default: vcot-model.json, else Qwen's).")
-    max_pixels: int | None = option(None, help="Image max pixels for qwen2.5-absolute boxes (default: vcot-model.json, else Qwen's).")
+    box_format: BoxFormat | None = option(
+        None, help="How responses write boxes: house, obj, qwen or json. Default: vcot-model.json, else house."
+    )
+    family: Family = option(
+        "qwen2.5-vl", help=f"Score mode: the model family whose image geometry qwen2.5-absolute boxes assume ({', '.join(FAMILIES)})."
+    )
+    min_pixels: int | None = option(None, help="Image min pixels (default: vcot-model.json, else the processor's / family's).")
+    max_pixels: int | None = option(None, help="Image max pixels (default: vcot-model.json, else the processor's / family's).")
     max_new_tokens: int = option(512, help="Model mode: the most tokens generated per response.")
     batch_size: int = option(16, help="Model mode: responses generated together (left padded).")
     repetition_penalty: float = option(1.2, help="Model mode: repetition penalty (the seed's 1.2; 1.0 turns it off).")
@@ -91,6 +96,8 @@ class EvaluateConfig:
             raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
         if self.max_samples is not None and self.max_samples < 1:
             raise ValueError("--max-samples must be at least 1")
+        if self.family not in FAMILIES:
+            raise ValueError(f"--family {self.family!r} is not one of {', '.join(FAMILIES)}")
         self.split = self.split.strip("/")
 
     @property

@@ -20,8 +20,8 @@ from transformers import LogitsProcessorList
 from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
 from vcot.images import load_rgb
 from vcot.log import get_logger
-from vcot.prompts import Coords, Mode, build_messages
-from vcot.tokenize.encode import VisionSettings, image_grid
+from vcot.model_format import HOUSE, ModelFormat
+from vcot.prompts import build_messages
 
 log = get_logger(__name__)
 
@@ -30,10 +30,7 @@ log = get_logger(__name__)
 class GenerationSettings:
     """How responses are generated: the same for every sample of a run."""
 
-    mode: Mode = "multimodal"
-    coords: Coords = "norm1000"
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 16384
+    fmt: ModelFormat = HOUSE
     max_new_tokens: int = 512
     batch_size: int = 16
     repetition_penalty: float = 1.2
@@ -42,14 +39,7 @@ class GenerationSettings:
 
 def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSettings) -> str:
     """The chat-templated prompt for one record, ending with the assistant's generation prompt."""
-    messages = build_messages(
-        record,
-        mode=settings.mode,
-        coords=settings.coords,
-        min_pixels=settings.min_pixels,
-        max_pixels=settings.max_pixels,
-        with_answer=False,
-    )
+    messages = build_messages(record, settings.fmt, with_answer=False)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -84,12 +74,6 @@ class Skipped:
     reason: str
 
 
-def expected_grid(record: dict[str, Any], processor: Any, settings: GenerationSettings) -> list[int]:
-    """The patch grid the record's metadata size gives: what ``qwen2.5-absolute`` read-back assumes."""
-    vision = VisionSettings.from_processor(processor, min_pixels=settings.min_pixels, max_pixels=settings.max_pixels)
-    return list(image_grid(int(record["width"]), int(record["height"]), vision))
-
-
 def generate_batch(
     model: Any,
     processor: Any,
@@ -106,7 +90,7 @@ def generate_batch(
     """
     if processors is None:
         processors = penalty_processors(settings, processor.tokenizer)
-    multimodal = settings.mode == "multimodal"
+    multimodal = settings.fmt.mode == "multimodal"
     responses: list[str | Skipped] = [Skipped("image_unreadable")] * len(records)
     images: dict[int, Any] = {}  # position of each record that can be prompted -> its image (None in text mode)
     for position, record in enumerate(records):
@@ -126,11 +110,11 @@ def generate_batch(
     usable = list(images)
     processor.tokenizer.padding_side = "left"
     inputs = encode(usable) if usable else None
-    if inputs is not None and multimodal and settings.coords == "qwen2.5-absolute":
+    if inputs is not None and multimodal and settings.fmt.coords == "qwen2.5-absolute":
         mismatched = set()
         for position, grid in zip(usable, inputs["image_grid_thw"].tolist(), strict=True):
             record = records[position]
-            if grid != expected_grid(record, processor, settings):
+            if grid != list(settings.fmt.vision.grid(int(record["width"]), int(record["height"]))):
                 mismatched.add(position)
                 responses[position] = Skipped("grid_mismatch")
                 log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,

@@ -20,16 +20,15 @@ from collections import Counter
 from typing import Any
 
 from vcot import manifest, shards, storage
-from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from vcot.config import redacted
 from vcot.errors import VcotError
 from vcot.evaluate import history as hist
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.metrics import summarize_by_subset
-from vcot.evaluate.readback import Readback
 from vcot.evaluate.report import build_report
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.log import get_logger
+from vcot.model_format import ModelFormat
 
 log = get_logger(__name__)
 
@@ -65,58 +64,80 @@ def resolve_target(config: EvaluateConfig) -> Target:
     )
 
 
-def score_mode_readback(config: EvaluateConfig) -> Readback:
-    return Readback(
-        coords=config.coords or "norm1000",
-        fmt=config.box_format,
-        min_pixels=config.min_pixels or QWEN_MIN_PIXELS,
-        max_pixels=config.max_pixels or QWEN_MAX_PIXELS,
-    )
+def flag_overrides(config: EvaluateConfig) -> dict[str, Any]:
+    """The model-format fields the flags set (``None`` = not given)."""
+    given = {
+        "coords": config.coords,
+        "box_syntax": config.box_format,
+        "mode": config.prompt_mode,
+        "min_pixels": config.min_pixels,
+        "max_pixels": config.max_pixels,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def score_mode_format(config: EvaluateConfig) -> ModelFormat:
+    """Score mode has no model card: the family's geometry (``--family``) with the flags."""
+    return ModelFormat.for_family(config.family, **flag_overrides(config))
+
+
+def with_overrides(fmt: ModelFormat, config: EvaluateConfig, *, source: str) -> ModelFormat:
+    """``fmt`` with the flags applied. A frame other than the trained one is refused (its boxes would be read in
+    the wrong place); other fields (pixel budget, prompt mode, box syntax) may be changed, with a warning."""
+    overrides = flag_overrides(config)
+    if "coords" in overrides and overrides["coords"] != fmt.coords:
+        raise VcotError(
+            f"--coords {overrides['coords']} contradicts {source} ({fmt.coords}): "
+            "drop --coords to read boxes as the model was trained to write them"
+        )
+    pixels = {key: overrides.pop(key) for key in ("min_pixels", "max_pixels") if key in overrides}
+    changed = dataclasses.replace(fmt, **overrides, vision=dataclasses.replace(fmt.vision, **pixels))
+    differences = fmt.differences(changed)
+    if differences:
+        log.warning("model_format_overridden", source=source, **{k: f"{a} -> {b}" for k, (a, b) in differences.items()})
+    return changed
+
+
+def model_format_for(config: EvaluateConfig, target: Target, processor: Any) -> ModelFormat:
+    """The format the adapter's card records (any layout vcot wrote), else the base model's processor with the flags."""
+    from vcot.modeling import MODEL_CARD, adapter_format, model_family
+
+    recorded = adapter_format(target.adapter) if target.adapter else None
+    if recorded is not None:
+        return with_overrides(recorded, config, source=f"the adapter's {MODEL_CARD}")
+    if config.coords is None:  # never guessed
+        where = f"no {MODEL_CARD} next to the adapter" if target.adapter else "a base model records no frame"
+        raise VcotError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
+    return ModelFormat.for_processor(processor, model_family(str(target.model)), **flag_overrides(config))
 
 
 def model_responses(
     config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
-) -> tuple[dict[str, str], Readback, dict[str, Any]]:
-    """Load the model, settle its coordinate convention and pixel budget (one interpretation), generate."""
+) -> tuple[dict[str, str], ModelFormat, dict[str, Any]]:
+    """Load the model, settle its format (one interpretation of its boxes), generate."""
     from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
-    from vcot.modeling import MODEL_CARD, load_model_and_processor, read_model_card
+    from vcot.modeling import load_model_and_processor
 
-    card: dict[str, Any] = {}
-    if target.adapter and storage.exists(storage.join(target.adapter, MODEL_CARD)):
-        card = read_model_card(target.adapter)
-    if config.coords and card.get("coords") and config.coords != card["coords"]:
-        raise VcotError(
-            f"--coords {config.coords} contradicts the adapter's {MODEL_CARD} ({card['coords']}): "
-            "drop --coords to use what the model was trained with"
-        )
-    coords = config.coords or card.get("coords")
-    if coords is None:
-        raise VcotError(f"no {MODEL_CARD} next to the adapter: pass --coords norm1000 or --coords qwen2.5-absolute")
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
     model, processor = load_model_and_processor(str(target.model), adapter_uri=target.adapter, quantize=config.quantize)
-    size = processor.image_processor.size
-    min_pixels = int(config.min_pixels or card.get("min_pixels") or size.shortest_edge)
-    max_pixels = int(config.max_pixels or card.get("max_pixels") or size.longest_edge)
+    fmt = model_format_for(config, target, processor)
     # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
-    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
     settings = GenerationSettings(
-        mode=config.prompt_mode or card.get("mode") or "multimodal",
-        coords=coords,
-        min_pixels=min_pixels,
-        max_pixels=max_pixels,
+        fmt=fmt,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
         repetition_penalty=config.repetition_penalty,
         box_aware_penalty=config.box_aware_penalty,
     )
     texts, timing = generate_responses(model, processor, records, settings)
-    readback = Readback(coords=coords, fmt=config.box_format, min_pixels=min_pixels, max_pixels=max_pixels)
     responses = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
     skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
-    return responses, readback, {"generation": dataclasses.asdict(settings), "timing": timing, "skipped_samples": skipped}
+    generation = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fmt"}
+    return responses, fmt, {"generation": generation, "timing": timing, "skipped_samples": skipped}
 
 
 def compare_with_history(
@@ -148,8 +169,10 @@ def compare_with_history(
 def report_details(details: dict[str, Any]) -> dict[str, Any]:
     """The settings line of the report: where things came from and how boxes were generated and read."""
     shown = {k: v for k, v in details.items() if isinstance(v, (str, int, float)) and v != ""}
-    shown["coords"] = details["readback"]["coords"]
-    shown["box format"] = details["readback"]["fmt"]
+    fmt = details["model_format"]
+    shown["coords"] = fmt["coords"]
+    shown["box format"] = fmt["box_syntax"]
+    shown["family"] = fmt["family"]
     generation = details.get("generation")
     if generation:
         shown["repetition penalty"] = generation["repetition_penalty"]
@@ -172,14 +195,14 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split}
     if config.predictions:
         loaded = load_predictions(config.predictions)
-        responses, readback = loaded.by_id, score_mode_readback(config)
+        responses, fmt = loaded.by_id, score_mode_format(config)
         details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
     else:
-        responses, readback, generated = model_responses(config, target, records)
+        responses, fmt, generated = model_responses(config, target, records)
         details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
-    details["readback"] = dataclasses.asdict(readback)
+    details["model_format"] = fmt.to_dict()
 
-    rows, scores, join = join_and_score(records, responses, readback)
+    rows, scores, join = join_and_score(records, responses, fmt)
     metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
     metrics.update(join=join, details=details)
 

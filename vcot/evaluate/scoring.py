@@ -12,7 +12,7 @@ from vcot.boxes import validate_box
 from vcot.errors import VcotError
 from vcot.answers import extract_answer, is_correct
 from vcot.evaluate.metrics import SampleScore, score_sample
-from vcot.evaluate.readback import Readback
+from vcot.model_format import ModelFormat
 from vcot.log import get_logger
 
 log = get_logger(__name__)
@@ -83,9 +83,9 @@ def truth_boxes(record: dict[str, Any]) -> list[tuple[int, int, int, int]]:
     return boxes  # type: ignore[return-value]
 
 
-def score_response(record: dict[str, Any], response: str, readback: Readback) -> tuple[dict[str, Any], SampleScore]:
-    """One output row (raw text, parsed boxes, per-box IoU, answer) and its score."""
-    parsed = readback.read(response, record)
+def score_response(record: dict[str, Any], response: str, fmt: ModelFormat) -> tuple[dict[str, Any], SampleScore]:
+    """One output row (raw text, parsed boxes in house coordinates, per-box IoU, answer) and its score."""
+    parsed = fmt.read(response, int(record.get("width") or 0), int(record.get("height") or 0))
     truth = truth_boxes(record)
     correct = is_correct(response, record)
     score = score_sample(
@@ -112,7 +112,7 @@ def score_response(record: dict[str, Any], response: str, readback: Readback) ->
 
 
 def join_and_score(
-    records: Iterable[dict[str, Any]], responses: dict[str, str], readback: Readback
+    records: Iterable[dict[str, Any]], responses: dict[str, str], fmt: ModelFormat
 ) -> tuple[list[dict[str, Any]], list[SampleScore], dict[str, int]]:
     """Score every record that has a response; count records without one and responses without a record."""
     rows: list[dict[str, Any]] = []
@@ -125,7 +125,7 @@ def join_and_score(
             missing += 1
             continue
         seen.add(key)
-        row, score = score_response(record, responses[key], readback)
+        row, score = score_response(record, responses[key], fmt)
         rows.append(row)
         scores.append(score)
     join = {"scored": len(rows), "records_without_prediction": missing, "predictions_without_record": len(set(responses) - seen)}

@@ -10,79 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vcot.boxes import smart_resize
-from vcot.prompts import Coords, Mode, build_messages
+from vcot.model_format import ModelFormat
+from vcot.prompts import build_messages
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (everything but the assistant turn)."""
 IMAGE_PAD = "<|image_pad|>"
 
 
-@dataclass(frozen=True)
-class VisionSettings:
-    """How the processor cuts an image into tokens (Qwen2-VL/2.5-VL image processor fields)."""
-
-    min_pixels: int
-    max_pixels: int
-    patch_size: int = 14
-    merge_size: int = 2
-
-    @classmethod
-    def from_processor(
-        cls, processor: Any, *, min_pixels: int | None = None, max_pixels: int | None = None
-    ) -> VisionSettings:
-        image_processor = processor.image_processor
-        return cls(
-            min_pixels=min_pixels or int(image_processor.size["shortest_edge"]),
-            max_pixels=max_pixels or int(image_processor.size["longest_edge"]),
-            patch_size=int(image_processor.patch_size),
-            merge_size=int(image_processor.merge_size),
-        )
-
-
-def image_grid(width: int, height: int, vision: VisionSettings) -> tuple[int, int, int]:
-    """``(t, h, w)`` patch grid of one image, as the processor's ``image_grid_thw`` reports it.
-
-    >>> image_grid(640, 480, VisionSettings(min_pixels=56 * 56, max_pixels=112 * 112))
-    (1, 6, 8)
-    """
-    factor = vision.patch_size * vision.merge_size
-    resized_h, resized_w = smart_resize(
-        height, width, factor=factor, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels
-    )
-    return 1, resized_h // vision.patch_size, resized_w // vision.patch_size
-
-
-def num_image_tokens(grid: tuple[int, int, int], merge_size: int = 2) -> int:
-    """Image tokens in the language model's input: patches merged ``merge_size`` x ``merge_size``.
-
-    >>> num_image_tokens((1, 6, 8))
-    12
-    """
-    t, h, w = grid
-    return t * h * w // (merge_size * merge_size)
-
-
 class Encoder:
     """Turns canonical records into token rows with one processor's chat template and tokenizer."""
 
-    def __init__(self, processor: Any, *, mode: Mode, coords: Coords, vision: VisionSettings) -> None:
+    def __init__(self, processor: Any, fmt: ModelFormat) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.mode = mode
-        self.coords = coords
-        self.vision = vision
+        self.fmt = fmt
         self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def chat_texts(self, record: dict[str, Any]) -> tuple[str, str]:
         """``(prompt, assistant)``: the rendered chat up to the assistant cue, and the assistant turn after it."""
-        messages = build_messages(
-            record,
-            mode=self.mode,
-            coords=self.coords,
-            min_pixels=self.vision.min_pixels,
-            max_pixels=self.vision.max_pixels,
-        )
+        messages = build_messages(record, self.fmt)
         prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
@@ -96,11 +43,10 @@ class Encoder:
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         answer_ids = self.tokenizer(assistant, add_special_tokens=False)["input_ids"]
         grid: tuple[int, int, int] | None = None
-        if self.mode == "multimodal":
-            grid = image_grid(int(record["width"]), int(record["height"]), self.vision)
-            prompt_ids = expand_image_tokens(
-                prompt_ids, self.image_pad_id, num_image_tokens(grid, self.vision.merge_size)
-            )
+        if self.fmt.mode == "multimodal":
+            width, height = int(record["width"]), int(record["height"])
+            grid = self.fmt.vision.grid(width, height)
+            prompt_ids = expand_image_tokens(prompt_ids, self.image_pad_id, self.fmt.vision.image_tokens(width, height))
         input_ids = prompt_ids + answer_ids
         return {
             "id": record["id"],

@@ -4,7 +4,7 @@ Output layout::
 
     OUTPUT/train/<shard>.parquet   rows of the inputs' train/ records
     OUTPUT/val/<shard>.parquet     rows of the inputs' val/ records (train's eval_loss, early stopping)
-    OUTPUT/_SUCCESS                files, counts, config (mode, coords, min/max pixels, model), stats, lineage
+    OUTPUT/_SUCCESS                files, counts, config (model, model_format: vcot.model_format), stats, lineage
 
 Only records usable as grounded training examples (``vcot.records.grounding_problem`` is ``None``) are
 tokenized; the others are counted by reason. A row longer than ``--max-length`` is dropped and counted,
@@ -25,10 +25,11 @@ from vcot import manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import VcotError
 from vcot.log import get_logger
-from vcot.prompts import COORDS, MODES, Coords, Mode
+from vcot.boxes import BOX_FORMATS, BoxFormat
+from vcot.model_format import COORDS, MODES, Coords, Mode, ModelFormat
 from vcot.records import grounding_problem
 from vcot.shards import ShardFile, file_entry
-from vcot.tokenize.encode import Encoder, VisionSettings
+from vcot.tokenize.encode import Encoder
 
 SPLITS = ("train", "val")
 LENGTH_BINS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -48,7 +49,12 @@ class TokenizeConfig:
         "multimodal", help="multimodal (image tokens + pixels at train time) or text (the seed's: no image)."
     )
     coords: Coords = option(
-        "norm1000", help="Box coordinates in the targets: norm1000 (house format) or qwen2.5-absolute."
+        "norm1000",
+        help="Frame of the targets' boxes: norm1000 (house: 0-1000 of the original image; Qwen3-VL's native frame) "
+        "or qwen2.5-absolute (pixels of the resized image, Qwen2.5-VL's native frame).",
+    )
+    box_syntax: BoxFormat = option(
+        "house", help="How boxes are written: house (<ref>/<box>), json (Qwen's native bbox_2d), qwen or obj."
     )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
@@ -66,6 +72,8 @@ class TokenizeConfig:
             raise ValueError(f"--mode {self.mode!r} is not valid: use {' or '.join(MODES)}")
         if self.coords not in COORDS:
             raise ValueError(f"--coords {self.coords!r} is not valid: use {' or '.join(COORDS)}")
+        if self.box_syntax not in BOX_FORMATS:
+            raise ValueError(f"--box-syntax {self.box_syntax!r} is not valid: use {', '.join(BOX_FORMATS)}")
         if self.max_length < 16:
             raise ValueError("--max-length must be at least 16 tokens")
         for name in ("min_pixels", "max_pixels"):
@@ -148,7 +156,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     from tqdm import tqdm
 
-    from vcot.modeling import load_processor_for
+    from vcot.modeling import load_processor_for, model_family
 
     shard = config.shard
     if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
@@ -158,8 +166,17 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         manifest.read_manifest(input_uri)  # refuses an uncommitted input with a clear message
 
     processor = load_processor_for(config.model)
-    vision = VisionSettings.from_processor(processor, min_pixels=config.min_pixels, max_pixels=config.max_pixels)
-    encoder = Encoder(processor, mode=config.mode, coords=config.coords, vision=vision)
+    fmt = ModelFormat.for_processor(
+        processor,
+        model_family(config.model),
+        coords=config.coords,
+        box_syntax=config.box_syntax,
+        mode=config.mode,
+        min_pixels=config.min_pixels,
+        max_pixels=config.max_pixels,
+    )
+    log.info("model_format", **fmt.to_dict())
+    encoder = Encoder(processor, fmt)
 
     skipped: Counter[str] = Counter()
     stats: dict[str, Any] = {}
@@ -192,7 +209,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
                     writer.write(row)
                     lengths.append(row["length"])
                     supervised += sum(1 for label in row["labels"] if label != -100)
-                    image_tokens += row["input_ids"].count(encoder.image_pad_id) if config.mode == "multimodal" else 0
+                    image_tokens += row["input_ids"].count(encoder.image_pad_id) if fmt.mode == "multimodal" else 0
             progress.close()
             if writer.records == 0 and split == "train" and shard.count == 1:
                 raise VcotError(
@@ -211,23 +228,10 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
             }
     stats["skipped"] = dict(sorted(skipped.items()))
     settings = redacted(config)
-    settings.update(
-        min_pixels=vision.min_pixels,
-        max_pixels=vision.max_pixels,
-        patch_size=vision.patch_size,
-        merge_size=vision.merge_size,
-    )
+    settings["model_format"] = fmt.to_dict()
     settings.pop("shard_index", None)
     committed = manifest.commit(
         config.output, stage="tokenize", files=files, config=settings, inputs=config.input, stats=stats, shard=shard
     )
     log.info("committed", output=config.output, rows={s: stats[s]["rows"] for s in SPLITS}, skipped=stats["skipped"])
     return committed
-
-
-def read_tokenized_config(data_uri: str) -> dict[str, Any]:
-    """The config a committed tokenize output was made with (mode, coords, min/max pixels, model...)."""
-    found = manifest.read_manifest(data_uri)
-    if found.get("stage") != "tokenize":
-        raise VcotError(f"{data_uri} was written by stage {found.get('stage')!r}, not tokenize: pass a tokenize output")
-    return found["config"]

@@ -2,8 +2,8 @@
 
 Reads top to bottom in the order things happen:
 
-1. skip a committed output (writing its pointer if a killed pod never did); resolve the recipe; read what
-   tokenize recorded (mode, coords, pixel budget);
+1. skip a committed output (writing its pointer if a killed pod never did); resolve the recipe; read the
+   model format tokenize recorded (``vcot.model_format``: frame, syntax, pixel budget, mode);
 2. load the base model (4-bit on GPU per the recipe) and its processor, set to tokenize's pixel budget;
 3. wrap the language model's projections in LoRA (the vision tower only when asked);
 4. datasets and the collator that loads pixels; TrainingArguments from the recipe and the machine;
@@ -13,7 +13,7 @@ Reads top to bottom in the order things happen:
 
 Output layout (``OUTPUT``)::
 
-    adapter/        PEFT adapter, processor files, vcot-model.json
+    adapter/        PEFT adapter, processor files, vcot-model.json (base model + model format)
     merged/         optional: the base with the adapter merged in
     checkpoints/    checkpoint-<step>/ (+ _COMPLETE marker once fully uploaded)
     tensorboard/    event files
@@ -35,6 +35,7 @@ from vcot import manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
+from vcot.model_format import ModelFormat
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 
 if TYPE_CHECKING:
@@ -92,15 +93,26 @@ def default_pointer(output: str) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_data_settings(data_uri: str) -> dict[str, Any]:
-    """What tokenize recorded: mode, coords, min/max pixels and the model whose tokenizer it used."""
-    from vcot.tokenize import read_tokenized_config
+def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
+    """What tokenize recorded: the model format (any layout vcot wrote) and the model whose tokenizer it used."""
+    found = manifest.read_manifest(data_uri)
+    if found.get("stage") != "tokenize":
+        raise VcotError(f"{data_uri} was written by stage {found.get('stage')!r}, not tokenize: pass a tokenize output")
+    settings = found.get("config", {})
+    try:
+        return ModelFormat.from_dict(settings), str(settings["model"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VcotError(f"{data_uri} manifest has no usable model format ({exc}): re-run tokenize") from exc
 
-    settings = read_tokenized_config(data_uri)
-    missing = [k for k in ("mode", "coords", "min_pixels", "max_pixels", "model") if k not in settings]
-    if missing:
-        raise VcotError(f"{data_uri} manifest config lacks {missing}: re-run tokenize with this version")
-    return settings
+
+def check_processor(processor: Any, fmt: ModelFormat) -> None:
+    """Refuse a processor that would cut images differently from what tokenize counted (and the card says)."""
+    found = ModelFormat.for_processor(processor, fmt.family).vision
+    if found != fmt.vision:
+        raise VcotError(
+            f"the processor's image geometry {found} differs from the data's {fmt.vision}: "
+            "tokenize with the same --model, or re-run tokenize"
+        )
 
 
 def add_lora(model: Any, recipe: Recipe) -> Any:
@@ -185,15 +197,9 @@ def training_arguments(recipe: Recipe, local_dir: Path, *, precision: Precision,
     )
 
 
-def model_card(config: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
+def model_card(config: TrainConfig, fmt: ModelFormat) -> dict[str, Any]:
     """``vcot-model.json``: what evaluate needs to prompt the adapter and read its boxes back."""
-    return {
-        "base_model": config.model,
-        "coords": settings["coords"],
-        "mode": settings["mode"],
-        "min_pixels": int(settings["min_pixels"]),
-        "max_pixels": int(settings["max_pixels"]),
-    }
+    return {"base_model": config.model, "model_format": fmt.to_dict()}
 
 
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
@@ -254,7 +260,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.modeling import MODEL_CARD, load_model_and_processor, machine_precision
+    from vcot.modeling import MODEL_CARD, load_model_and_processor, load_processor, machine_precision
     from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, restore_checkpoints
     from vcot.train.data import Collator, TokenizedDataset, local_scratch
 
@@ -264,11 +270,11 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         ensure_pointer(config)
         return None
     recipe = load_recipe(config.recipe, config.set)
-    settings = read_data_settings(config.data)
-    if settings["model"] != config.model:
+    fmt, tokenized_with = read_data_settings(config.data)
+    if tokenized_with != config.model:
         log.warning(
             "model_differs",
-            tokenized_with=settings["model"],
+            tokenized_with=tokenized_with,
             training=config.model,
             hint="the tokenizers must be identical",
         )
@@ -278,7 +284,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
 
     # 2. Model and processor (the processor cuts images exactly as tokenize counted their tokens).
     model, processor = load_model_and_processor(config.model, quantize=recipe.quantize, for_training=True)
-    processor.image_processor.size = {"shortest_edge": settings["min_pixels"], "longest_edge": settings["max_pixels"]}
+    processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
+    check_processor(processor, fmt)
     precision = machine_precision()
 
     # 3. LoRA.
@@ -343,7 +350,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         adapter_dir = out / "adapter"
         trainer.model.save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
-        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, settings)), encoding="utf-8")
+        check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, fmt)), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
@@ -357,7 +365,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         config.output,
         stage="train",
         files=files,
-        config={**redacted(config), "recipe_values": recipe.to_dict(), "data_settings": settings},
+        config={**redacted(config), "recipe_values": recipe.to_dict(), "model_format": fmt.to_dict()},
         inputs=[config.data],
         stats={
             "global_step": trainer.state.global_step,
