@@ -49,9 +49,9 @@ class TinySize:
 
 
 TINY_SIZES = {
-    # ~0.27M parameters: the tests' model, a training step in milliseconds. Too small to learn the format.
+    # ~0.26M parameters (Qwen3-VL: 0.33M): the tests' model, a training step in milliseconds. Too small to learn.
     "test": TinySize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
-    # ~4M parameters: `make local-train`'s model, learns the grounded output format in a few CPU minutes.
+    # ~3.8M parameters (Qwen3-VL: 4.2M): `make local-train`'s, learns the grounded output format in CPU minutes.
     "local": TinySize(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, vision_hidden=64),
 }
 DEFAULT_SIZE = "test"
