@@ -87,7 +87,7 @@ def real_s3(local_s3_server: object, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"s3://{server.bucket}/tests/{uuid.uuid4().hex[:12]}"  # type: ignore[attr-defined]
 
 
-# --- train: the tiny offline Qwen2.5-VL (vcot.tiny_model), built once per test session -------------------
+# --- train: the tiny offline models (vcot.tiny_model), built once per test session --------------------
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +96,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vcot.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the second family: a hub-like tiny Qwen3-VL folder, seed 0."""
+    from vcot.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3vl"), family="qwen3-vl", seed=0)

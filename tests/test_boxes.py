@@ -159,15 +159,17 @@ def test_viscot_padding_matches_the_documented_example() -> None:
 @given(
     st.integers(10, 6000),
     st.integers(10, 6000),
-    st.sampled_from([(56 * 56, 28 * 28 * 16384), (3136, 200704), (28 * 28 * 4, 28 * 28 * 16)]),
+    st.sampled_from([(56 * 56, 28 * 28 * 16384), (3136, 200704), (28 * 28 * 4, 28 * 28 * 16), (65536, 16777216)]),
+    st.sampled_from([28, 32]),  # Qwen2.5-VL: 14 px patches merged 2x2; Qwen3-VL: 16 px
 )
-def test_smart_resize_matches_transformers(height: int, width: int, budget: tuple[int, int]) -> None:
+def test_smart_resize_matches_transformers(height: int, width: int, budget: tuple[int, int], factor: int) -> None:
     reference = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
     if max(height, width) / min(height, width) > 200:
         return
     min_pixels, max_pixels = budget
-    expected = reference.smart_resize(height, width, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
-    assert boxes.smart_resize(height, width, min_pixels=min_pixels, max_pixels=max_pixels) == tuple(expected)
+    expected = reference.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    ours = boxes.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
+    assert ours == tuple(expected)
 
 
 # ---- IoU and matching ----------------------------------------------------------------------------

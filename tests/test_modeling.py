@@ -10,7 +10,15 @@ from peft import LoraConfig, get_peft_model
 
 from vcot import manifest, storage
 from vcot.errors import VcotError
-from vcot.modeling import ImageOnlyQwen25VLProcessor, load_model_and_processor, load_processor_for, local_model_path
+from vcot.modeling import (
+    ImageOnlyQwen3VLProcessor,
+    ImageOnlyQwen25VLProcessor,
+    load_model_and_processor,
+    load_processor,
+    load_processor_for,
+    local_model_path,
+    official_chat_template,
+)
 
 
 def test_loads_a_local_folder_in_fp32_for_inference(tiny_model_dir: Path) -> None:
@@ -65,22 +73,55 @@ def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
     assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
-def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+def _stock_copy(folder: Path, dest: Path, *, keep_template: bool = True) -> Path:
+    """``folder`` as a released checkpoint names its processor: the stock class, which needs the video processor."""
     import shutil
 
-    from vcot.modeling import load_processor
+    shutil.copytree(folder, dest)
+    config = dest / "processor_config.json"
+    config.write_text(config.read_text().replace('"ImageOnlyQwen', '"Qwen'))
+    if not keep_template:
+        (dest / "chat_template.jinja").unlink()
+    return dest
 
-    folder = tmp_path / "stock"
-    shutil.copytree(tiny_model_dir, folder)
-    config = folder / "processor_config.json"  # as the released checkpoints name it: needs the video processor
-    config.write_text(config.read_text().replace("ImageOnlyQwen25VLProcessor", "Qwen2_5_VLProcessor"))
-    processor = load_processor(str(folder))
+
+def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    processor = load_processor(str(_stock_copy(tiny_model_dir, tmp_path / "stock")))
     assert isinstance(processor, ImageOnlyQwen25VLProcessor)
     reference = load_processor(str(tiny_model_dir))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
     assert processor.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(
         messages, tokenize=False
     )
+
+
+def test_loads_a_tiny_qwen3vl_folder_by_its_saved_config(tiny_qwen3vl_dir: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_qwen3vl_dir))
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration" and not model.training
+    assert isinstance(processor, ImageOnlyQwen3VLProcessor) and processor.image_processor.patch_size == 16
+
+
+def test_a_stock_qwen3vl_folder_falls_back_to_its_image_only_processor_and_official_template(
+    tiny_qwen3vl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vcot.tiny_model", None)  # the fallback needs no development tool
+    folder = _stock_copy(tiny_qwen3vl_dir, tmp_path / "stock", keep_template=False)
+    processor = load_processor(str(folder))
+    assert isinstance(processor, ImageOnlyQwen3VLProcessor)
+    assert processor.image_processor.patch_size == 16
+    assert processor.chat_template == official_chat_template("qwen3_vl")
+    assert processor.chat_template == load_processor(str(tiny_qwen3vl_dir)).chat_template
+
+
+def test_the_fallback_refuses_a_model_type_it_has_no_processor_for(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    folder = _stock_copy(tiny_model_dir, tmp_path / "stock")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(VcotError, match="holds a llava model.*qwen2_5_vl, qwen3_vl"):
+        load_processor(str(folder))
 
 
 # --------------------------------------------------------------------------------------------------

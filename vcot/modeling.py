@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huggingface_hub.errors import EntryNotFoundError
-from transformers import AutoProcessor, Qwen2_5_VLProcessor
+from transformers import AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from vcot import storage
@@ -43,6 +43,17 @@ log = get_logger(__name__)
 # --------------------------------------------------------------------------------------------------
 
 
+def _image_only_init(
+    processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None
+) -> None:
+    """What the Qwen processors' ``__init__`` sets up, without the video processor (it needs torchvision)."""
+    processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+    processor.vision_start_token, processor.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+    for name in ("image_token", "video_token", "vision_start_token", "vision_end_token"):
+        setattr(processor, f"{name}_id", tokenizer.convert_tokens_to_ids(getattr(processor, name)))
+    ProcessorMixin.__init__(processor, image_processor, tokenizer, chat_template=chat_template)
+
+
 class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
     """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision, absent on CPU machines).
 
@@ -53,18 +64,44 @@ class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
     def __init__(
         self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
     ):
-        self.image_token = "<|image_pad|>"
-        self.video_token = "<|video_pad|>"
-        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+        _image_only_init(self, image_processor, tokenizer, chat_template)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """``Qwen3VLProcessor`` without the video processor, for the same reason and registered the same way."""
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        _image_only_init(self, image_processor, tokenizer, chat_template)
 
 
 AutoProcessor.register("vcot_image_only_qwen2_5_vl", ImageOnlyQwen25VLProcessor, exist_ok=True)
+AutoProcessor.register("vcot_image_only_qwen3_vl", ImageOnlyQwen3VLProcessor, exist_ok=True)
+
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    "qwen2_5_vl": ImageOnlyQwen25VLProcessor,
+    "qwen3_vl": ImageOnlyQwen3VLProcessor,
+}
+"""The model types (``config.json``) vcot can build a processor for without torchvision."""
+
+
+def official_chat_template(model_type: str) -> str:
+    """The official chat template of a model type, from the copy TRL ships (no hub, and TRL is not imported).
+
+    TRL names its copies by model type (``trl/chat_templates/qwen3_vl.jinja``) and checks them against the hub.
+    """
+    spec = importlib.util.find_spec("trl")
+    if spec is None or spec.origin is None:
+        raise VcotError("trl is not installed: install vcot[train] (its chat templates are the official ones)")
+    return (Path(spec.origin).parent / "chat_templates" / f"{model_type}.jinja").read_text(encoding="utf-8")
 
 
 def load_processor(path: str) -> Any:
-    """The processor saved at ``path``; a real Qwen checkpoint on a machine without torchvision gets the image-only one."""
+    """The processor saved at ``path``; a real Qwen checkpoint on a machine without torchvision gets the image-only one.
+
+    Which one is read from the saved ``config.json`` (its ``model_type``), never guessed.
+    """
     try:
         processor = AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, OSError) as exc:  # the video processor needs torchvision
@@ -72,17 +109,21 @@ def load_processor(path: str) -> Any:
         processor = None
     if isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None:
         return processor
-    from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
+    from transformers import AutoConfig, AutoTokenizer, Qwen2VLImageProcessorPil
 
-    from vcot.tiny_model import chat_template as qwen25_vl_chat_template
-
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in IMAGE_ONLY_PROCESSORS:
+        raise VcotError(
+            f"{path} holds a {model_type} model, which vcot cannot load a processor for: "
+            f"use one of the model types {', '.join(IMAGE_ONLY_PROCESSORS)}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
     template_file = Path(path) / "chat_template.jinja"
     template = template_file.read_text(encoding="utf-8") if template_file.exists() else None
-    return ImageOnlyQwen25VLProcessor(
+    return IMAGE_ONLY_PROCESSORS[model_type](
         image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
         tokenizer=tokenizer,
-        chat_template=template or getattr(tokenizer, "chat_template", None) or qwen25_vl_chat_template(),
+        chat_template=template or getattr(tokenizer, "chat_template", None) or official_chat_template(model_type),
     )
 
 

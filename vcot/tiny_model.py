@@ -1,13 +1,16 @@
-"""A tiny Qwen2.5-VL built offline in seconds: the model the tests and the local pipeline run on.
+"""A tiny Qwen2.5-VL or Qwen3-VL built offline in seconds: the model the tests and the local pipeline run on.
 
 It is saved exactly like a hub checkpoint (config, tokenizer, image processor, processor, chat template,
-random weights), so every stage loads it through the same code path as the real 7B model. Nothing is
+random weights), so every stage loads it through the same code path as the real model. Nothing is
 downloaded: the tokenizer is a small byte-level BPE trained here with Qwen's own pre-tokenizer and
-special tokens (grounding tokens included), and the chat template is the official one TRL ships.
+special tokens (grounding tokens included), the same for both families, and the chat template is the
+family's official one, as TRL ships it.
 
-Build one with ``python -m vcot.tiny_model DEST [--size test|local]`` (or :func:`build_tiny_qwen25vl`). Sizes
-(:data:`TINY_SIZES`): ``test``, the default, keeps the tests fast; ``local`` (``make local-train``) is large
-enough to learn the grounded output format from random weights in a few CPU minutes (docs/bench-train.md).
+Build one with ``python -m vcot.tiny_model DEST [--family qwen2.5-vl|qwen3-vl] [--size test|local]`` (or
+:func:`build_tiny_model`). Families (:data:`MODEL_TYPES`): ``qwen2.5-vl``, the default, and ``qwen3-vl``
+(16 px patches, DeepStack, interleaved mrope). Sizes (:data:`TINY_SIZES`): ``test``, the default, keeps the
+tests fast; ``local`` (``make local-train``) is large enough to learn the grounded output format from random
+weights in a few CPU minutes (docs/bench-train.md).
 """
 
 from __future__ import annotations
@@ -21,15 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Small images keep CPU training fast: 112x112 px is 8x8 patches of 14 px, merged 2x2 into 16 image tokens.
-TINY_MIN_PIXELS = 56 * 56
-TINY_MAX_PIXELS = 112 * 112
+MODEL_TYPES = {"qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}
+"""The tiny model families and the transformers model type each is saved as (what loading goes by)."""
+DEFAULT_FAMILY = "qwen2.5-vl"
+
+# Small images keep CPU training fast: the largest is 8x8 patches merged 2x2 into 16 image tokens
+# (112 px at Qwen2.5-VL's 14 px patches, 128 px at Qwen3-VL's 16 px).
+TINY_PIXELS = {"qwen2.5-vl": (56 * 56, 112 * 112), "qwen3-vl": (64 * 64, 128 * 128)}
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = TINY_PIXELS["qwen2.5-vl"]
 TINY_VOCAB_SIZE = 1024
 
 
 @dataclass(frozen=True)
 class TinySize:
-    """The shape of a tiny model; every size keeps the 7B's structure (mrope, windowed vision attention, 2x2 merge)."""
+    """The shape of a tiny model; every size keeps the real model's structure (mrope, 2x2 merge, ...)."""
 
     hidden: int
     intermediate: int
@@ -41,14 +49,15 @@ class TinySize:
 
 
 TINY_SIZES = {
-    # ~0.27M parameters: the tests' model, a training step in milliseconds. Too small to learn the format.
+    # ~0.26M parameters (Qwen3-VL: 0.33M): the tests' model, a training step in milliseconds. Too small to learn.
     "test": TinySize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
-    # ~4M parameters: `make local-train`'s model, learns the grounded output format in a few CPU minutes.
+    # ~3.8M parameters (Qwen3-VL: 4.2M): `make local-train`'s, learns the grounded output format in CPU minutes.
     "local": TinySize(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, vision_hidden=64),
 }
 DEFAULT_SIZE = "test"
 
-# Qwen2.5-VL's special tokens in the released order; `<|endoftext|>` comes first, as in Qwen.
+# Qwen2.5-VL's special tokens in the released order; `<|endoftext|>` comes first, as in Qwen. Qwen3-VL has the
+# same ones (its config's default image/video/vision ids are Qwen2.5-VL's).
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -123,22 +132,45 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     return tokenizer
 
 
-def chat_template() -> str:
-    """The official Qwen2.5-VL chat template, as shipped by TRL (no hub needed)."""
-    import trl
-
-    return (Path(trl.__file__).parent / "chat_templates" / "qwen2_5_vl.jinja").read_text(encoding="utf-8")
+def _check_family(family: str) -> None:
+    if family not in MODEL_TYPES:
+        raise ValueError(f"family={family!r} is not one of {', '.join(MODEL_TYPES)}")
 
 
-def build_processor(*, seed: int = 0, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS) -> Any:
-    """Tokenizer + PIL image processor in the image-only processor (no torchvision needed)."""
+def chat_template(family: str = DEFAULT_FAMILY) -> str:
+    """The family's official chat template, as shipped by TRL (no hub needed)."""
+    from vcot.modeling import official_chat_template
+
+    _check_family(family)
+    return official_chat_template(MODEL_TYPES[family])
+
+
+def build_image_processor(family: str, min_pixels: int, max_pixels: int) -> Any:
+    """The PIL image processor both families use, with the released checkpoint's patch size and normalization."""
     from transformers import Qwen2VLImageProcessorPil
 
-    from vcot.modeling import ImageOnlyQwen25VLProcessor
+    _check_family(family)
+    if family == "qwen3-vl":  # Qwen3-VL's preprocessor_config.json: 16 px patches, mean and std 0.5
+        return Qwen2VLImageProcessorPil(
+            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
 
-    image_processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
-    return ImageOnlyQwen25VLProcessor(
-        image_processor=image_processor, tokenizer=build_tokenizer(seed=seed), chat_template=chat_template()
+
+def build_processor(
+    *, seed: int = 0, family: str = DEFAULT_FAMILY, min_pixels: int | None = None, max_pixels: int | None = None
+) -> Any:
+    """Tokenizer + PIL image processor in the family's image-only processor (no torchvision needed).
+
+    The pixel budget defaults to the family's tiny one (:data:`TINY_PIXELS`).
+    """
+    from vcot.modeling import IMAGE_ONLY_PROCESSORS
+
+    _check_family(family)
+    default_min, default_max = TINY_PIXELS[family]
+    image_processor = build_image_processor(family, min_pixels or default_min, max_pixels or default_max)
+    return IMAGE_ONLY_PROCESSORS[MODEL_TYPES[family]](
+        image_processor=image_processor, tokenizer=build_tokenizer(seed=seed), chat_template=chat_template(family)
     )
 
 
@@ -153,14 +185,35 @@ def mrope_section(head_dim: int) -> list[int]:
     return [head_dim // 8, 3 * head_dim // 16, 3 * head_dim // 16]
 
 
-def tiny_config(tokenizer: Any, size: TinySize = TINY_SIZES[DEFAULT_SIZE]) -> Any:
-    """A Qwen2.5-VL config with every structural feature of the 7B (mrope, windowed vision attention, 2x2 merge)."""
+def interleaved_mrope_section(head_dim: int) -> list[int]:
+    """Qwen3-VL's rotary sections (time, height, width) in its proportions (24, 20, 20 of 64), for its interleaved
+    layout (t h w t h w ...: height and width each need fewer than a third of the head_dim / 2 frequencies).
+
+    >>> interleaved_mrope_section(16), interleaved_mrope_section(64), interleaved_mrope_section(128)
+    ([4, 2, 2], [12, 10, 10], [24, 20, 20])
+    """
+    if head_dim % 16:
+        raise ValueError(f"head_dim={head_dim} must be a multiple of 16")
+    spatial = 5 * head_dim // 32
+    return [head_dim // 2 - 2 * spatial, spatial, spatial]
+
+
+def tiny_config(tokenizer: Any, size: TinySize = TINY_SIZES[DEFAULT_SIZE], family: str = DEFAULT_FAMILY) -> Any:
+    """The family's config at ``size``, with every structural feature of the real models."""
+    _check_family(family)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
+    if family == "qwen3-vl":
+        return _qwen3vl_config(len(tokenizer), ids, size)
+    return _qwen25vl_config(len(tokenizer), ids, size)
+
+
+def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any:
+    """Qwen2.5-VL as the 7B: mrope, windowed vision attention with one full-attention block, 2x2 merge."""
     from transformers import Qwen2_5_VLConfig
 
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
+            "vocab_size": vocab_size,
             "hidden_size": size.hidden,
             "intermediate_size": size.intermediate,
             "num_hidden_layers": size.layers,
@@ -197,21 +250,72 @@ def tiny_config(tokenizer: Any, size: TinySize = TINY_SIZES[DEFAULT_SIZE]) -> An
     )
 
 
-def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
-    """Write a hub-like tiny Qwen2.5-VL folder at ``dest`` (deterministic for a seed and size) and return it.
+def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any:
+    """Qwen3-VL as the 2B-8B: interleaved mrope, q/k norms, 16 px patches with learned (interpolated) position
+    embeddings, full vision attention, 2x2 merge, and DeepStack: intermediate vision layers' features added to
+    the first language layers' hidden states (the 8B taps 3 of 27; here every vision layer but the last, so the
+    tower has one layer more than Qwen2.5-VL's tiny one)."""
+    from transformers import Qwen3VLConfig
 
-    ``size`` names one of :data:`TINY_SIZES`: ``test`` (the default, fast tests) or ``local`` (``make local-train``).
+    head_dim = size.hidden // size.heads
+    return Qwen3VLConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": size.hidden,
+            "intermediate_size": size.intermediate,
+            "num_hidden_layers": size.layers,
+            "num_attention_heads": size.heads,
+            "num_key_value_heads": size.kv_heads,
+            "head_dim": head_dim,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5000000.0,
+                "mrope_section": interleaved_mrope_section(head_dim),
+                "mrope_interleaved": True,
+            },
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+            "tie_word_embeddings": False,
+        },
+        vision_config={
+            "depth": size.vision_depth + 1,
+            "hidden_size": size.vision_hidden,
+            "intermediate_size": 2 * size.vision_hidden,
+            "num_heads": 2,
+            "out_hidden_size": size.hidden,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,  # an 8x8 grid: the largest tiny image's patches (the real: 48x48)
+            "deepstack_visual_indexes": list(range(size.vision_depth)),
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+
+
+def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
+    """Write a hub-like tiny model folder at ``dest`` (deterministic for a family, seed and size) and return it.
+
+    ``family`` names one of :data:`MODEL_TYPES`; ``size`` one of :data:`TINY_SIZES`: ``test`` (the default, fast
+    tests) or ``local`` (``make local-train``).
     """
+    _check_family(family)
     if size not in TINY_SIZES:
         raise ValueError(f"size={size!r} is not one of {', '.join(TINY_SIZES)}")
     import torch
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoModelForImageTextToText, GenerationConfig
 
     dest = Path(dest)
-    processor = build_processor(seed=seed)
-    config = tiny_config(processor.tokenizer, TINY_SIZES[size])
+    processor = build_processor(seed=seed, family=family)
+    config = tiny_config(processor.tokenizer, TINY_SIZES[size], family)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
         bos_token_id=config.text_config.bos_token_id,
         eos_token_id=[config.text_config.eos_token_id, config.text_config.bos_token_id],
@@ -224,15 +328,23 @@ def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) 
     return dest
 
 
+def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
+    """The tiny Qwen2.5-VL: the tests' and the benchmarks' default model."""
+    return build_tiny_model(dest, family="qwen2.5-vl", seed=seed, size=size)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vcot.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="folder to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
     parser.add_argument(
+        "--family", choices=list(MODEL_TYPES), default=DEFAULT_FAMILY, help="which model family to build"
+    )
+    parser.add_argument(
         "--size", choices=sorted(TINY_SIZES), default=DEFAULT_SIZE, help="test: fast tests; local: make local-train"
     )
     args = parser.parse_args(argv)
-    path = build_tiny_qwen25vl(args.dest, seed=args.seed, size=args.size)
+    path = build_tiny_model(args.dest, family=args.family, seed=args.seed, size=args.size)
     print(path)
     return 0
 

@@ -1,4 +1,5 @@
-"""The collator builds exactly the batch the processor would, and refuses rows whose image changed."""
+"""The collator builds exactly the batch the processor would (for both model families), and refuses rows whose
+image changed; the Qwen3-VL model trains on its batch as the Qwen2.5-VL one does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from vcot.errors import VcotError
 from vcot.images import load_rgb
-from vcot.modeling import load_processor
+from vcot.modeling import load_processor, model_family
 from vcot.model_format import ModelFormat
 from vcot.tokenize import Encoder
 from vcot.train.data import Collator
@@ -21,8 +22,15 @@ def processor(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
     return load_processor(str(tiny_model_dir))
 
 
-def test_batch_equals_the_processors_output(processor, one_record: Callable[..., dict]) -> None:  # type: ignore[no-untyped-def]
-    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
+@pytest.fixture(scope="module", params=["tiny_model_dir", "tiny_qwen3vl_dir"])
+def model_dir(request: pytest.FixtureRequest) -> Path:
+    """Each family's tiny model folder."""
+    return request.getfixturevalue(request.param)
+
+
+def test_batch_equals_the_processors_output(model_dir: Path, one_record: Callable[..., dict]) -> None:
+    processor = load_processor(str(model_dir))
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, model_family(str(model_dir))))
     records = [one_record(i, seed=i) for i in range(3)]  # different image sizes
     rows = [encoder.encode(r) for r in records]
     batch = Collator(processor)(rows)
@@ -43,3 +51,27 @@ def test_a_row_whose_image_no_longer_matches_is_refused(processor, one_record: C
     row["image_grid_thw"] = [1, 2, 2]
     with pytest.raises(VcotError, match="re-run tokenize"):
         Collator(processor)([row])
+
+
+def test_qwen3vl_trains_on_the_collators_batch(tiny_qwen3vl_dir: Path, one_record: Callable[..., dict]) -> None:
+    """The train stage's Trainer passes the collator's batch as is: the model must take it and learn from it."""
+    from vcot.modeling import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(tiny_qwen3vl_dir), for_training=True)
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen3-vl"))
+    batch = Collator(processor)([encoder.encode(one_record(i, seed=i)) for i in range(3)])
+    grids = batch["image_grid_thw"]
+    assert batch["pixel_values"].dtype == torch.float32 and grids.dtype == torch.int64
+    assert batch["pixel_values"].shape == (int(grids.prod(dim=1).sum()), 3 * 2 * 16 * 16)  # 16 px patches, 2 frames
+    assert int(batch["mm_token_type_ids"].sum()) == int(grids.prod(dim=1).sum()) // 4
+
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = model(**batch).loss
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 1.0, losses

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from transformers import AutoProcessor
 
@@ -37,6 +39,50 @@ def test_image_token_count_equals_the_processors(processor, pixels: tuple[int, i
         out = processor(text=["<|image_pad|>"], images=[Image.new("RGB", (width, height))], return_tensors="pt")
         assert list(out["image_grid_thw"][0]) == list(vision.grid(width, height)), (width, height)
         assert int((out["input_ids"] == processor.image_token_id).sum()) == vision.image_tokens(width, height)
+
+
+@pytest.fixture(scope="module")
+def family_processors() -> dict:
+    from vcot.tiny_model import build_processor
+
+    return {family: build_processor(family=family) for family in ("qwen2.5-vl", "qwen3-vl")}
+
+
+# Per family: the tiny budget, the released checkpoint's default (preprocessor_config.json) and one in between.
+BUDGETS = {
+    "qwen2.5-vl": [(56 * 56, 112 * 112), (3136, 12845056), (28 * 28 * 4, 28 * 28 * 256)],
+    "qwen3-vl": [(64 * 64, 128 * 128), (65536, 16777216), (32 * 32 * 4, 32 * 32 * 256)],
+}
+
+
+def formula_image_tokens(width: int, height: int, patch: int, min_pixels: int, max_pixels: int) -> int:
+    """Image tokens by the pure formula: smart_resize to multiples of 2 * patch, then (h / patch) * (w / patch) / 4."""
+    resized_h, resized_w = smart_resize(height, width, factor=2 * patch, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (resized_h // patch) * (resized_w // patch) // 4
+
+
+@settings(max_examples=100)
+@given(
+    family=st.sampled_from(["qwen2.5-vl", "qwen3-vl"]),
+    width=st.integers(1, 1200),
+    height=st.integers(1, 1200),
+    budget=st.integers(0, 2),
+)
+def test_image_token_count_is_the_formula_for_both_families(
+    family_processors: dict, family: str, width: int, height: int, budget: int
+) -> None:
+    assume(max(width, height) / min(width, height) <= 200)
+    processor = family_processors[family]
+    min_pixels, max_pixels = BUDGETS[family][budget]
+    processor.image_processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    patch = {"qwen2.5-vl": 14, "qwen3-vl": 16}[family]
+    expected = formula_image_tokens(width, height, patch, min_pixels, max_pixels)
+
+    out = processor(text=["<|image_pad|>"], images=[Image.new("RGB", (width, height))], return_tensors="pt")
+    assert int((out["input_ids"] == processor.image_token_id).sum()) == expected
+    vision = ModelFormat.for_processor(processor, family).vision  # what tokenize counts
+    assert list(out["image_grid_thw"][0]) == list(vision.grid(width, height))
+    assert vision.image_tokens(width, height) == expected
 
 
 def test_prompt_ids_equal_the_processors_and_labels_cover_exactly_the_assistant_turn(
