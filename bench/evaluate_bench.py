@@ -29,6 +29,7 @@ from vcot.evaluate.generation import GenerationSettings, generate_batch, generat
 from vcot.evaluate.metrics import summarize
 from vcot.evaluate.readback import Readback
 from vcot.evaluate.scoring import score_response
+from vcot.images import load_rgb
 from vcot.modeling import load_model_and_processor
 from vcot.prompts import build_messages
 from vcot.tiny_model import build_tiny_qwen25vl
@@ -77,8 +78,6 @@ def timed_generation(
 
 def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: int, batch_size: int = 8) -> float:
     """A few hundred steps of full fine-tuning on the records' own chats (loss on the assistant turn)."""
-    from vcot.evaluate.generation import load_image
-
     processor.tokenizer.padding_side = "right"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -88,7 +87,7 @@ def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: in
     for _ in range(steps):
         batch = rng.sample(records, min(batch_size, len(records)))
         texts = [processor.apply_chat_template(build_messages(r, mode="multimodal"), tokenize=False) for r in batch]
-        inputs = processor(text=texts, images=[load_image(r["image"]) for r in batch], padding=True, return_tensors="pt")
+        inputs = processor(text=texts, images=[load_rgb(r["image"]) for r in batch], padding=True, return_tensors="pt")
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         for row in labels:  # learn the assistant turn only: mask up to the last <|im_start|>
             starts = (row == im_start).nonzero()
@@ -107,7 +106,6 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     Split by where the step is: the gold token is a coordinate token inside an open box, or anything else.
     This isolates what a penalty does to coordinates from everything that follows a first wrong token.
     """
-    from vcot.evaluate.generation import load_image
     from vcot.evaluate.penalty import coordinate_token_ids, inside_open_box
 
     tokenizer = processor.tokenizer
@@ -117,7 +115,7 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     totals = {"coordinates": 0, "other": 0}
     for record in records:
         text = processor.apply_chat_template(build_messages(record, mode="multimodal"), tokenize=False)
-        inputs = processor(text=[text], images=[load_image(record["image"])], return_tensors="pt")
+        inputs = processor(text=[text], images=[load_rgb(record["image"])], return_tensors="pt")
         with torch.inference_mode():
             logits = model(**inputs).logits[0]
         ids = inputs["input_ids"]
