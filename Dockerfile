@@ -16,8 +16,10 @@ ARG GPU_BASE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${CPU_BASE} AS cpu-deps
 ARG TORCH_VERSION=2.13.0
-# Where the CPU build of torch comes from (a local wheel folder can be given with PIP_FIND_LINKS).
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Where the CPU build of torch comes from: empty = pip's index as configured, which on Linux may only offer the
+# large CUDA build; set it to the package index PyTorch publishes for its CPU-only wheels (its install page names
+# it), or give a folder holding the CPU wheel with PIP_FIND_LINKS. Used for torch alone.
+ARG TORCH_INDEX_URL=
 ARG PIP_FIND_LINKS=
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -38,7 +40,9 @@ COPY pyproject.toml README.md ./
 # CPU stages, pins read from pyproject.toml: the base ones, the convert, distill and k8s extras, and
 # from the train extra only what tokenize uses (transformers' processor, pyarrow); no trl, peft,
 # bitsandbytes or tensorboard here.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+# torch is pinned: hadolint reads the optional --index-url below as an unpinned package.
+# hadolint ignore=DL3013
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_INDEX_URL:+--index-url "${TORCH_INDEX_URL}"} \
  && python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']; \
 tokenize = [d for d in extras['train'] if re.split('[=<>~!\\[ ]', d)[0] in ('transformers', 'pyarrow')]; \

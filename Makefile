@@ -7,8 +7,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION := 2.13.0
-# Where a CPU-only machine gets torch when no local wheel is on pip's find-links (never the CUDA build).
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch comes from pip as configured (its index, PIP_INDEX_URL, PIP_FIND_LINKS). On a CPU-only machine whose
+# configured index offers only the CUDA build (several GB), set TORCH_CPU_INDEX to the package index PyTorch
+# publishes for its CPU-only wheels (its install page names it); it is used for torch alone. Also an image build arg.
+TORCH_CPU_INDEX ?=
 PYTEST_ARGS ?=
 
 .PHONY: help install test test-fast s3-up s3-down s3-env clean
@@ -18,12 +20,12 @@ help: ## Show this help
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# torch first, chosen for this machine: CUDA build only where a GPU is, else the CPU build.
+	@# torch first, pinned (an unpinned one pulls the newest CUDA build); from TORCH_CPU_INDEX only without a GPU.
 	@if $(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null; then :; \
-	elif command -v nvidia-smi >/dev/null 2>&1 || ls $${PIP_FIND_LINKS:-/nonexistent}/torch-$(TORCH_VERSION)+cpu-* >/dev/null 2>&1; then \
+	elif [ -z "$(TORCH_CPU_INDEX)" ] || command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch==$(TORCH_VERSION); \
 	else \
-		$(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); \
+		$(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url "$(TORCH_CPU_INDEX)"; \
 	fi
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
@@ -110,10 +112,11 @@ $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mi
 image-base: $(IMAGE_ROOTFS)/.done ## Build the local base image localhost/debian-py:bookworm
 
 # podman build, offline-friendly: the local base, the host's CA bundle (a TLS proxy reaches the registries),
-# and the local torch CPU wheel folder when there is one.
+# the local torch CPU wheel folder when there is one, and TORCH_CPU_INDEX when set.
 IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network host \
 	--build-arg CPU_BASE=$(IMAGE_BASE) --build-arg VCOT_GIT_SHA=$$(git rev-parse --short=12 HEAD) \
-	$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro --build-arg TORCH_INDEX_URL=https://pypi.org/simple") \
+	--build-arg TORCH_INDEX_URL=$(TORCH_CPU_INDEX) \
+	$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro") \
 	-v $(HOST_CA):$(HOST_CA):ro
 
 image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)

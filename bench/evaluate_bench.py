@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from vcot.evaluate.generation import GenerationSettings, generate_batch, generate_responses
 from vcot.evaluate.metrics import summarize
 from vcot.evaluate.scoring import score_response
+from vcot.images import load_rgb
 from vcot.modeling import load_model_and_processor
 from vcot.model_format import ModelFormat
 from vcot.prompts import build_messages
@@ -79,8 +80,6 @@ def timed_generation(
 
 def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: int, batch_size: int = 8) -> float:
     """A few hundred steps of full fine-tuning on the records' own chats (loss on the assistant turn)."""
-    from vcot.evaluate.generation import load_image
-
     processor.tokenizer.padding_side = "right"
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -90,7 +89,7 @@ def overfit(model: Any, processor: Any, records: list[dict[str, Any]], steps: in
     for _ in range(steps):
         batch = rng.sample(records, min(batch_size, len(records)))
         texts = [processor.apply_chat_template(build_messages(r), tokenize=False) for r in batch]
-        inputs = processor(text=texts, images=[load_image(r["image"]) for r in batch], padding=True, return_tensors="pt")
+        inputs = processor(text=texts, images=[load_rgb(r["image"]) for r in batch], padding=True, return_tensors="pt")
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         for row in labels:  # learn the assistant turn only: mask up to the last <|im_start|>
             starts = (row == im_start).nonzero()
@@ -109,7 +108,6 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     Split by where the step is: the gold token is a coordinate token inside an open box, or anything else.
     This isolates what a penalty does to coordinates from everything that follows a first wrong token.
     """
-    from vcot.evaluate.generation import load_image
     from vcot.evaluate.penalty import coordinate_token_ids, inside_open_box
 
     tokenizer = processor.tokenizer
@@ -119,7 +117,7 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     totals = {"coordinates": 0, "other": 0}
     for record in records:
         text = processor.apply_chat_template(build_messages(record), tokenize=False)
-        inputs = processor(text=[text], images=[load_image(record["image"])], return_tensors="pt")
+        inputs = processor(text=[text], images=[load_rgb(record["image"])], return_tensors="pt")
         with torch.inference_mode():
             logits = model(**inputs).logits[0]
         ids = inputs["input_ids"]

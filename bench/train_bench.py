@@ -7,7 +7,8 @@ tokenize records/s, train samples/s and tokens/s (all tokens and supervised ones
 It measures mechanics on a ~250k-parameter model, not what a 7B costs on a GPU. On a shared machine wall
 times swing with the load: the fastest of interleaved repeats is reported, with CPU seconds beside it.
 
-    PYTHONPATH=. .venv/bin/python bench/train_bench.py [--records 256] [--steps 60] [--repeats 3] [--output results.json]
+    PYTHONPATH=. .venv/bin/python bench/train_bench.py [--records 256] [--steps 60] [--repeats 3] [--warmup-steps 3]
+        [--output results.json]
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=3, help="training runs per mode, interleaved; the fastest counts"
     )
+    parser.add_argument(
+        "--warmup-steps", type=int, default=3, help="untimed training steps first (0: no warm-up, for a smoke run)"
+    )
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     modes = ("text", "multimodal")
@@ -133,8 +137,9 @@ def main() -> None:
         records = write_records(work / "records", args.records)
         # Warm-up, untimed: imports, first loads, template compilation, the 8-bit optimizer's first step.
         load_processor_for(str(model))
-        warm_tokens, _, _ = tokenize_mode("multimodal", records, model, work / "warm-up")
-        train_seconds(warm_tokens, model, work / "warm-up" / "run", 3)
+        if args.warmup_steps > 0:
+            warm_tokens, _, _ = tokenize_mode("multimodal", records, model, work / "warm-up")
+            train_seconds(warm_tokens, model, work / "warm-up" / "run", args.warmup_steps)
         load_before = os.getloadavg()
         tokenized = {mode: tokenize_mode(mode, records, model, work) for mode in modes}
         runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}

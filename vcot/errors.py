@@ -16,3 +16,9 @@ class StorageError(VcotError):
 
 class NotCommittedError(VcotError):
     """An input has no ``_SUCCESS`` manifest: its producer has not finished (or failed)."""
+
+
+class ConfigError(VcotError):
+    """A setting or an input the user chose is wrong (a usage mistake, like an invalid option): exit 2."""
+
+    exit_code = 2

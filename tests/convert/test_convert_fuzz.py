@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from vcot import manifest, shards
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.synthetic import synthetic_items, write_synthetic_viscot
+from vcot.errors import ConfigError
 
 BASE = [item for item, _, _, _ in synthetic_items(8, seed=11)]
 # Integers stay within 64 bits: yajl (ijson's C backend) refuses larger ones, and -2**63 too (its overflow check, with
@@ -107,14 +108,18 @@ def test_fuzzed_jsonl_lines_are_fully_accounted_for(images: str, lines: list[byt
         data.write_bytes(raw)
         expected = sum(1 for line in raw.split(b"\n") if line.strip())
         output = f"{tmp}/out"
-        convert(
-            ConvertConfig(
-                source="viscot",
-                input=str(data),
-                images=f"{images}/images",
-                metadata=f"{images}/metadata.jsonl",
-                output=output,
-            )
+        config = ConvertConfig(
+            source="viscot",
+            input=str(data),
+            images=f"{images}/images",
+            metadata=f"{images}/metadata.jsonl",
+            output=output,
         )
+        if not expected:  # only blank lines: no item at all is refused, nothing committed
+            with pytest.raises(ConfigError, match="holds no viscot items"):
+                convert(config)
+            assert not manifest.is_committed(output)
+            return
+        convert(config)
         accepted, rejected = _outputs(output)
         assert len(accepted) + len(rejected) == expected

@@ -15,7 +15,7 @@ from jobs.convert import main
 from vcot import manifest, shards, storage
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.synthetic import write_synthetic_viscot
-from vcot.errors import NotCommittedError, StorageError, VcotError
+from vcot.errors import ConfigError, NotCommittedError, StorageError, VcotError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,6 +195,48 @@ def test_missing_input_exits_non_zero_with_one_clear_line(tmp_path: Path, capsys
     with pytest.raises(SystemExit) as exit_info:
         main(["--source", "viscot", "--input", "x", "--output", "y", "--val-fraction", "2"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "content"),
+    [
+        ("viscot", '{"data": [{"dataset": "gqa", "image": "cot/gqa/1.jpg"}]}'),  # the array wrapped in an object
+        ("viscot", "[]"),
+        ("viscot", ""),  # JSONL without a line
+        ("scienceqa", '[{"question": "a VisCOT array given the wrong --source"}]'),
+        ("aokvqa", '{"1": {"question": "a ScienceQA problems.json given the wrong --source"}}'),
+        ("llava-cot", "[]"),
+    ],
+)
+def test_input_without_items_exits_2_and_commits_nothing(
+    source: str, content: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / ("data.jsonl" if not content else "data.json")
+    data.write_text(content)
+    output = tmp_path / "out"
+    code = main(["--source", source, "--input", str(data), "--output", str(output)])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-convert: error:")]
+    assert len(errors) == 1 and f"error: {data} holds no {source} items: expected" in errors[0]
+    assert not manifest.is_committed(str(output))  # so the rerun with the right input is not skipped
+
+
+def test_a_shard_owning_none_of_a_small_input_commits_but_an_empty_input_is_refused(
+    synthetic: dict, tmp_path: Path
+) -> None:
+    one_item = tmp_path / "one.json"
+    one_item.write_text(json.dumps(json.loads(Path(synthetic["json"]).read_text())[:1]))
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    images = f"{synthetic['root']}/images"
+    output, refused = str(tmp_path / "out"), str(tmp_path / "refused")
+    for index in (0, 1):  # shard 1 owns nothing of the one item: a legitimate, empty shard
+        convert(ConvertConfig("viscot", str(one_item), output, images=images, shard_index=index, num_shards=2))
+    assert manifest.is_committed(output) and len(_all_records(output)) == 1
+    for index in (0, 1):
+        with pytest.raises(ConfigError, match="holds no viscot items"):
+            convert(ConvertConfig("viscot", str(empty), refused, images=images, shard_index=index, num_shards=2))
+    assert not manifest.is_committed(refused)
 
 
 def test_unreachable_storage_exits_non_zero(

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.distill.distill_helpers import API_KEY, question_number
+from tests.distill.distill_helpers import API_KEY, commit_input, make_record, question_number
 from vcot import manifest
 from vcot.distill import distill
 from vcot.distill.cache import AnswerCache
 from vcot.distill.config import DistillConfig
+from vcot.manifest import ShardSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,29 @@ def test_missing_key_is_a_clear_error(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     assert main(_flags(input_records(1), str(tmp_path / "out"), "http://127.0.0.1:9/v1")) == 1
     assert "OPENAI_API_KEY is not set" in capfd.readouterr().err
+
+
+def test_input_without_records_exits_2_and_commits_nothing(
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    api_key: str,
+    teacher_server: Callable[..., Any],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from jobs.distill import main
+
+    server = teacher_server()
+    empty = input_records(0)  # a committed convert output whose train/ and val/ hold nothing
+    for shard in ("0", "1"):
+        output = str(tmp_path / "out")
+        rc = main(_flags(empty, output, server.base_url, "--num-shards", "2", "--shard-index", shard))
+        errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("vcot-distill: error:")]
+        assert rc == 2 and len(errors) == 1 and f"{empty} holds no records: expected a committed convert" in errors[0]
+        assert not manifest.is_committed(output) and server.chat_requests == 0
+    # A shard that owns none of a small input is fine: shard 1 of 2 over one record commits its empty part.
+    one = commit_input(str(tmp_path / "one"), [make_record(tmp_path / "data", 0)])
+    assert main(_flags(one, str(tmp_path / "small"), server.base_url, "--num-shards", "2", "--shard-index", "1")) == 0
+    assert manifest.is_committed(str(tmp_path / "small"), ShardSpec(1, 2))
 
 
 def _kill_mid_run(

@@ -96,6 +96,22 @@ def _flaky(text: str, attempt: int) -> str | None:
     return script[attempt - 1] if attempt <= len(script) else None
 
 
+def test_answers_given_inline_on_the_last_line_are_accepted_without_a_correction(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    def inline(text: str) -> str:  # the form convert writes: "... Answer: x" ending the last sentence
+        return good_answer(text).replace("\nAnswer:", " Answer:")
+
+    server = teacher_server(answer=inline)
+    output = str(tmp_path / "out")
+    report = distill(fast_config(input_records(6), output, server))
+    assert report["counts"] == {"input": 6, "distilled": 6}
+    assert report["details"].get("corrected", 0) == 0 and server.chat_requests == 6
+    for record in _read(output, "train/") + _read(output, "val/"):
+        assert grounding_problem(record) is None
+        assert record["rationale"].endswith(f"shows it.\nAnswer: {record['answer']}")
+
+
 def test_transient_faults_are_retried_and_nothing_is_lost(
     input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:

@@ -22,7 +22,7 @@ from vcot.distill.config import DistillConfig
 from vcot.distill.ledger import Ledger
 from vcot.distill.pipeline import in_order
 from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
-from vcot.distill.validate import check_answer
+from vcot.distill.validate import accepted_record, check_answer
 
 GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
 
@@ -39,6 +39,10 @@ GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
         (GOOD.replace(" is", " and the <ref>plate</ref> are"), {"answer": "blue"}, "malformed_tag"),
         (GOOD + " <box>[1, 2", {"answer": "blue"}, "malformed_tag"),
         (GOOD.replace("\nAnswer: blue", " blue."), {"answer": "blue"}, "no_final_answer"),
+        (GOOD.replace("\nAnswer: blue", " It is clearly blue. Answer: blue"), {"answer": "blue"}, None),  # inline
+        (GOOD.replace("\nAnswer: blue", " **Answer:** blue"), {"answer": "blue"}, None),
+        (GOOD.replace("\nAnswer: blue", " Answer: red"), {"answer": "blue"}, "wrong_answer"),
+        (GOOD.replace("\nAnswer: blue", "\nAnswer:"), {"answer": "blue"}, "no_final_answer"),
         (GOOD, {"answer": "red"}, "wrong_answer"),
         (GOOD.replace("blue", "not blue"), {"answer": "blue"}, "wrong_answer"),
         (
@@ -61,6 +65,18 @@ GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
 )
 def test_check_answer(text: str, record: dict[str, Any], problem: str | None) -> None:
     assert check_answer(text, record).problem == problem
+
+
+def test_an_inline_answer_is_accepted_onto_its_own_line_and_a_missing_one_shows_the_end() -> None:
+    inline = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is clearly blue. Answer: Blue"
+    record = {"answer": "blue", "objects": []}
+    assert check_answer(inline, record).problem is None
+    accepted = accepted_record(record, inline, distill_info={})
+    assert accepted["rationale"] == "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is clearly blue.\nAnswer: blue"
+    assert accepted["objects"] == [{"ref": "cup", "box": [10, 20, 300, 400]}]
+    rambling = GOOD.replace("\nAnswer: blue", " " + "and so on " * 20 + "so the colour is blue")
+    verdict = check_answer(rambling, record)
+    assert verdict.problem == "no_final_answer" and verdict.detail.endswith("so the colour is blue'")
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from tqdm import tqdm
@@ -19,6 +19,7 @@ from vcot.convert import aokvqa, llava_cot, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import QualityStats, merge, render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
+from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.parallel import resolve_workers
@@ -144,6 +145,47 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
     return route_blocks(items, config.val_fraction, SHARD_COMPRESSLEVEL)
 
 
+EXPECTED = {
+    "viscot": "a JSON array of llava-format VisCOT items as the top level (not inside an object), or JSONL",
+    "scienceqa": "problems.json (a JSON object of problems keyed by id) or Hugging Face Parquet files",
+    "aokvqa": "aokvqa_v1p0_*.json files, each a JSON array of questions",
+    "llava-cot": "a JSON array (or JSONL) of LLaVA-CoT items",
+}
+"""What each source's input must hold, for the error on an input that parses but holds no items."""
+
+
+class _HoldsItems(Exception):
+    """Raised by the probe's ``owns`` when it is asked about the first input item."""
+
+
+def _stop_at_first(index: int) -> bool:
+    raise _HoldsItems
+
+
+def input_holds_items(config: ConvertConfig) -> bool:
+    """Whether the input holds any item, read up to the first one only (a shard may own none of a small input).
+
+    One shard owns every item, so for it owning none already means an empty input.
+    """
+    if config.num_shards == 1:
+        return False
+    try:  # in this process (workers=1), so the probe's exception reaches here; owns() comes before any conversion
+        for _ in source_blocks(replace(config, workers=1), _stop_at_first):
+            pass
+    except _HoldsItems:
+        return True
+    return False
+
+
+def refuse_empty_input(config: ConvertConfig) -> None:
+    """Fail before anything is committed when the input parses but holds no items (a wrong file or --source)."""
+    if not input_holds_items(config):
+        raise ConfigError(
+            f"{config.input} holds no {config.source} items: expected {EXPECTED[config.source]}; "
+            "check --input and --source (nothing was committed)"
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # The stage
 # --------------------------------------------------------------------------------------------------
@@ -185,6 +227,8 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
             stats.add(block.stats)
             progress.update(block.items)
         progress.close()
+        if not stats.subsets:  # this shard owned no item
+            refuse_empty_input(config)
         files = outputs.close()
     except BaseException:
         outputs.abort()

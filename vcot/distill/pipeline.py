@@ -42,7 +42,7 @@ from vcot.distill.ledger import DEFAULT_PRICES, Ledger
 from vcot.distill.teacher import LiveBackend, RetryPolicy, Teacher, TeacherError, make_client
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import grounding_problem
@@ -338,6 +338,11 @@ def distill(config: DistillConfig) -> dict[str, Any]:
             "OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint"
         )
     items = list(owned_records(config.input, shard))
+    if not items and next(manifest.committed_records(config.input), None) is None:
+        raise ConfigError(
+            f"{config.input} holds no records: expected a committed convert output with records in train/ or val/; "
+            "check --input (nothing was committed)"
+        )
     log.info("input", records=len(items), shard=shard.name, strategy=config.strategy, mode=config.mode)
     return asyncio.run(_distill(config, shard, items, api_key))
 

@@ -52,7 +52,7 @@ PROBLEM_HINTS = {
     "invalid_box": "a box is not four integers 0-1000 with x1 < x2 and y1 < y2",
     "box_without_ref": "a <box> is not preceded by its <ref>name</ref>",
     "malformed_tag": "a <ref> or <box> tag is unclosed or misplaced",
-    "no_final_answer": "the last line is not 'Answer: <short answer>'",
+    "no_final_answer": "it does not end with 'Answer: <short answer>'",
     "wrong_answer": "the final answer is not correct; look at the image again",
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 from vcot import answers
 from vcot.boxes import parse_grounded
 
-_FINAL_ANSWER = re.compile(r"^\s*\**\s*answer\s*\**\s*:\s*(.+?)\s*$", re.IGNORECASE)
+_ANSWER_MARKER = re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,40 @@ class Verdict:
     problem: str | None
     detail: str = ""
     final: str = ""
+
+
+def split_final_answer(text: str) -> tuple[str, str] | None:
+    """``(reasoning, final answer)`` from the last ``Answer:`` on the last line, or ``None`` without one.
+
+    The marker may end the reasoning inline (``... it is clearly red. Answer: red``, the form convert writes and
+    evaluate reads) or start a line of its own; markdown bold around it is dropped.
+
+    >>> split_final_answer("The <ref>car</ref><box>[1, 2, 3, 4]</box> is clearly red. Answer: red")
+    ('The <ref>car</ref><box>[1, 2, 3, 4]</box> is clearly red.', 'red')
+    >>> split_final_answer("It is blue.\\n**Answer:** blue")
+    ('It is blue.', 'blue')
+    >>> split_final_answer("It is blue.") is None
+    True
+    """
+    lines = text.strip().splitlines()
+    last_line = lines[-1] if lines else ""
+    markers = list(_ANSWER_MARKER.finditer(last_line))
+    if not markers:
+        return None
+    final = last_line[markers[-1].end() :].strip().strip("*").strip()
+    if not final:
+        return None
+    inline = last_line[: markers[-1].start()].rstrip().rstrip("*").rstrip()
+    return "\n".join([*lines[:-1], inline] if inline else lines[:-1]), final
+
+
+def tail(text: str, limit: int = 80) -> str:
+    """The end of ``text`` (where a final answer would be), marked when cut.
+
+    >>> tail("x" * 100 + " Answer", limit=12)
+    '...xx Answer'
+    """
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
 
 
 def answer_matches(final: str, record: dict[str, Any]) -> bool:
@@ -73,11 +107,10 @@ def check_answer(text: str, record: dict[str, Any]) -> Verdict:
     tags = {tag: text.count(tag) for tag in ("<ref>", "</ref>", "<box>", "</box>")}
     if len(set(tags.values())) != 1 or tags["<box>"] != len(parsed.boxes):
         return Verdict("malformed_tag", f"tag counts {tags} for {len(parsed.boxes)} grounded objects")
-    last_line = text.splitlines()[-1]
-    match = _FINAL_ANSWER.match(last_line)
-    if not match:
-        return Verdict("no_final_answer", f"last line is {last_line[:80]!r}")
-    final = match.group(1).strip().strip("*").strip()
+    split = split_final_answer(text)
+    if split is None:
+        return Verdict("no_final_answer", f"no 'Answer: ...' at the end; the text ends {tail(text)!r}")
+    final = split[1]
     if not answer_matches(final, record):
         return Verdict("wrong_answer", f"answered {final[:80]!r}, expected {str(record.get('answer'))[:80]!r}", final)
     return Verdict(None, "", final)
@@ -86,14 +119,12 @@ def check_answer(text: str, record: dict[str, Any]) -> Verdict:
 def accepted_record(record: dict[str, Any], text: str, *, distill_info: dict[str, Any]) -> dict[str, Any]:
     """The canonical grounded record for a valid answer.
 
-    The last line is rewritten to the record's own answer (``Answer: <answer>``) so every training target ends
-    the same way; records without ground-truth objects take the teacher's boxes as their objects.
+    The answer goes on a last line of its own, rewritten to the record's answer (``Answer: <answer>``), so every
+    training target ends the same way; records without ground-truth objects take the teacher's boxes as their objects.
     """
-    lines = text.strip().splitlines()
-    truth = str(record.get("answer") or "")
-    if truth:
-        lines[-1] = f"Answer: {truth}"
-    rationale = "\n".join(lines)
+    reasoning, final = split_final_answer(text) or (text.strip(), "")
+    truth = str(record.get("answer") or "") or final
+    rationale = f"{reasoning}\nAnswer: {truth}" if reasoning else f"Answer: {truth}"
     out = dict(record)
     out["rationale"] = rationale
     out["needs_distillation"] = False

@@ -1,0 +1,65 @@
+"""Every benchmark script runs, at its smallest sizes: a benchmark nobody runs rots unseen (an import that moved).
+
+Each script in ``bench/`` needs an entry in ``SMOKE``: its smallest flags and the part of its result that must be
+there when it finishes. The numbers are not judged here; they mean nothing at these sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH = REPO_ROOT / "bench"
+
+SMOKE: dict[str, tuple[list[str], str]] = {
+    "convert_bench.py": (["--records", "40", "--modes", "raw,raw-chunks,convert@1"], "rows"),
+    "distill_bench.py": (["--samples", "4", "--concurrency", "2", "--latency", "0.01"], "first"),
+    "evaluate_bench.py": ([
+        "--samples", "2", "--batch-size", "2", "--max-new-tokens", "4", "--train-steps", "1", "--repeats", "1",
+        "--threads", "1", "--output", "{output}",
+    ], "penalty"),  # fmt: skip
+    "train_bench.py": (
+        ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
+        "modes",
+    ),
+}
+
+
+def _result(script: str, stdout: str, output: Path) -> dict[str, Any]:
+    """What the script reports at the end (its table's last row, or its JSON result)."""
+    if script == "convert_bench.py":
+        return {"rows": [line for line in stdout.splitlines() if line.startswith("| convert@1 |")]}
+    if script == "distill_bench.py":
+        return json.loads(stdout[stdout.index("{") :])
+    return json.loads(output.read_text())
+
+
+def test_every_benchmark_has_a_smoke_run() -> None:
+    assert sorted(path.name for path in BENCH.glob("*.py")) == sorted(SMOKE)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_benchmark_runs_at_its_smallest_sizes(script: str, tmp_path: Path) -> None:
+    output = tmp_path / "results.json"
+    flags, key = SMOKE[script]
+    args = [flag.format(output=output) for flag in flags]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, str(BENCH / script), *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _result(script, result.stdout, output)[key], result.stdout[-3000:]
