@@ -85,6 +85,9 @@ class Mentions:
 def read_mentions(text: str, width: Any = None, height: Any = None, model_format: Any = None) -> Mentions:
     """Every box tag in ``text``, in the house frame (``model_format=None``) or mapped from the model's frame.
 
+    ``model_format.read_mentions`` is expected to answer like :func:`vcot.boxes.parse_grounded` (a ``ParseResult``
+    with house-frame boxes and the invalid tags) and to raise ``ValueError`` for a size it cannot map.
+
     >>> read_mentions("<ref>a</ref><box>[1, 2, 3, 4]</box> <box>[9, 9, 1, 1]</box> <box>[5, 6")
     Mentions(boxes=[(1, 2, 3, 4)], refs=['a'], unparsable=2)
     """
