@@ -155,6 +155,7 @@ def test_bad_records_are_none_and_every_problem_is_counted() -> None:
     assert metrics["problems/bbox_reward/bad_record"] == 0.5
     assert accuracy_reward(completions, **columns) == [0.0, 1.0, None, None]
     assert metrics["problems/accuracy_reward/bad_record"] == 0.5
+    assert "problems/accuracy_reward/unparsable_box" not in metrics  # boxes are not its business
     assert format_reward(completions, **columns) == [0.0, 0.0, 1.0, 0.0]
     assert metrics["problems/format_reward/unparsable_box"] == 0.25
 
@@ -175,6 +176,8 @@ def test_missing_columns_are_a_one_line_error() -> None:
         bbox_reward(["x"])
     with pytest.raises(VcotError, match="'answer' column"):
         accuracy_reward(["x"], objects=[OBJECTS])
+    with pytest.raises(VcotError, match="'width' column"):
+        format_reward(["x"], model_format=object())
 
 
 def test_reward_weights_from_the_recipe() -> None:

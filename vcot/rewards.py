@@ -114,11 +114,20 @@ def _require(column: Any, name: str, reward: str) -> None:
         raise VcotError(f"{reward} needs the records' {name!r} column: keep it in the GRPO dataset")
 
 
-def _report(reward: str, counts: Counter[str], total: int, log_metric: LogMetric | None) -> None:
+def _require_size(width: Any, height: Any, model_format: Any, reward: str) -> None:
+    """A model's own frame is mapped with the record's size: both columns must be there."""
+    if model_format is not None:
+        _require(width, "width", reward)
+        _require(height, "height", reward)
+
+
+def _report(
+    reward: str, counts: Counter[str], total: int, log_metric: LogMetric | None, kinds: Sequence[str] = PROBLEM_KINDS
+) -> None:
     """Log each problem kind's share of the batch (every kind, every batch, so TRL's averages stay unbiased)."""
     if log_metric is None or total == 0:
         return
-    for kind in PROBLEM_KINDS:
+    for kind in kinds:
         log_metric(f"problems/{reward}/{kind}", counts[kind] / total)
 
 
@@ -143,6 +152,7 @@ def format_reward(
     >>> format_reward(["The <ref>cat</ref><box>[1, 2, 30, 40]</box> sits.\\nAnswer: cat", "Answer: cat"])
     [1.0, 0.0]
     """
+    _require_size(width, height, model_format, "format_reward")
     counts: Counter[str] = Counter()
     rewards: list[float | None] = []
     for i, completion in enumerate(completions):
@@ -192,7 +202,7 @@ def accuracy_reward(
             continue
         final = answers.final_answer(text)
         rewards.append(1.0 if final is not None and answers.answer_matches(final, record) else 0.0)
-    _report("accuracy_reward", counts, len(rewards), log_metric)
+    _report("accuracy_reward", counts, len(rewards), log_metric, kinds=("empty", "bad_record"))
     return rewards
 
 
@@ -250,9 +260,7 @@ def _box_rewards(
     log_metric: LogMetric | None,
 ) -> list[float | None]:
     _require(objects, "objects", name)
-    if model_format is not None:
-        _require(width, "width", name)
-        _require(height, "height", name)
+    _require_size(width, height, model_format, name)
     counts: Counter[str] = Counter()
     rewards: list[float | None] = []
     for i, completion in enumerate(completions):
