@@ -33,11 +33,21 @@ def extract_answer(response: str) -> str:
     >>> extract_answer("Looking closely.\\nBlue")
     'Blue'
     """
-    markers = list(_ANSWER_MARKER.finditer(response))
-    if markers:
-        return response[markers[-1].end() :].strip()
+    marked = final_answer(response)
+    if marked is not None:
+        return marked
     lines = [line.strip() for line in response.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def final_answer(response: str) -> str | None:
+    """The text after the last ``Answer:`` (stripped), ``None`` when there is no such marker.
+
+    >>> final_answer("I see it. Answer: Blue "), final_answer("Blue") is None
+    ('Blue', True)
+    """
+    markers = list(_ANSWER_MARKER.finditer(response))
+    return response[markers[-1].end() :].strip() if markers else None
 
 
 def normalize_answer(text: str) -> str:

@@ -441,3 +441,55 @@ def match_one_to_one(
         used_truths.add(ti)
         pairs.append((pi, ti, value))
     return sorted(pairs)
+
+
+def match_optimal(preds: Sequence[Sequence[float]], truths: Sequence[Sequence[float]]) -> list[tuple[int, int, float]]:
+    """Pair predictions with ground truths one-to-one so the *total* IoU is the largest possible.
+
+    Unlike :func:`match_one_to_one` (greedy), this is the optimal assignment (the Hungarian method), which a
+    reward needs: greedy can pair the first box with the truth it overlaps most and leave a worse total.
+    Returns ``(pred_index, truth_index, iou)`` for every pair, zero-IoU pairs included, sorted by prediction.
+
+    >>> preds, truths = [(250, 0, 350, 100), (150, 0, 250, 100)], [(150, 0, 350, 100), (250, 0, 450, 100)]
+    >>> [(p, t) for p, t, _ in match_one_to_one(preds, truths)], [(p, t) for p, t, _ in match_optimal(preds, truths)]
+    ([(0, 0)], [(0, 1), (1, 0)])
+    """
+    if not preds or not truths:
+        return []
+    flip = len(preds) > len(truths)  # the solver wants no more rows than columns
+    rows, cols = (truths, preds) if flip else (preds, truths)
+    gains = [[iou(r, c) for c in cols] for r in rows]
+    pairs = [(c, r) if flip else (r, c) for r, c in _assign(gains).items()]
+    return sorted((p, t, gains[t][p] if flip else gains[p][t]) for p, t in pairs)
+
+
+def _assign(gains: list[list[float]]) -> dict[int, int]:
+    """Row -> column maximizing the summed gain, every row assigned (rows <= columns): the O(n^2 m)
+    shortest-augmenting-path Hungarian method with potentials ``u`` (rows) and ``v`` (columns), 1-based inside."""
+    n, m = len(gains), len(gains[0])
+    u, v = [0.0] * (n + 1), [0.0] * (m + 1)
+    owner, way = [0] * (m + 1), [0] * (m + 1)  # owner[j]: the row holding column j (0: free)
+    for row in range(1, n + 1):
+        owner[0], col = row, 0
+        slack, used = [math.inf] * (m + 1), [False] * (m + 1)
+        while owner[col]:  # grow the alternating tree until it reaches a free column
+            used[col] = True
+            i, delta, nxt = owner[col], math.inf, 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    reduced = -gains[i - 1][j - 1] - u[i] - v[j]
+                    if reduced < slack[j]:
+                        slack[j], way[j] = reduced, col
+                    if slack[j] < delta:
+                        delta, nxt = slack[j], j
+            for j in range(m + 1):
+                if used[j]:
+                    u[owner[j]] += delta
+                    v[j] -= delta
+                else:
+                    slack[j] -= delta
+            col = nxt
+        while col:  # flip the augmenting path
+            owner[col] = owner[way[col]]
+            col = way[col]
+    return {owner[j] - 1: j - 1 for j in range(1, m + 1) if owner[j]}

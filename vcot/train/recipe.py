@@ -21,6 +21,7 @@ import yaml
 
 from vcot import storage
 from vcot.errors import VcotError
+from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
@@ -65,8 +66,13 @@ class Recipe:
     # Outputs
     merge_adapter: bool = False
     dataloader_num_workers: int = 2
+    # GRPO: weight per reward of vcot.rewards (format, accuracy, bbox, dual_iou); 0 computes and logs it only
+    reward_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
 
     def __post_init__(self) -> None:
+        if not isinstance(self.reward_weights, dict):
+            raise VcotError(f"recipe reward_weights={self.reward_weights!r} must be a mapping of reward: weight")
+        check_weights(self.reward_weights)
         if self.quantize not in (None, "4bit", "8bit"):
             raise VcotError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
         if not 0 <= self.warmup_ratio < 1:
