@@ -189,3 +189,20 @@ def test_reward_weights_from_the_recipe() -> None:
     for bad, message in (("{iou: 1}", "unknown rewards"), ("{bbox: 0}", "non-zero"), ("{bbox: x}", "finite number")):
         with pytest.raises(VcotError, match=message):
             load_recipe("tiny-cpu", f"reward_weights={bad}")
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_boxes_in_the_models_frame_score_as_their_house_boxes(family: str) -> None:
+    """A completion written in the run's frame (pixels of the resized image, Qwen's JSON) is read back through the
+    model format before scoring: the same numbers as the house completion; read as house boxes they would score 0."""
+    from vcot.model_format import ModelFormat
+
+    fmt = ModelFormat.for_family(family, coords="qwen2.5-absolute", box_syntax="json")  # type: ignore[arg-type]
+    house = f"I find the {RIGHT}.\nAnswer: blue"
+    native = fmt.render(house, 640, 480)
+    assert native != house and '"bbox_2d"' in native
+    columns = _columns(1)
+    for reward in (bbox_reward, dual_iou_reward):
+        in_frame = reward([native], model_format=fmt, **columns)[0]
+        assert in_frame == pytest.approx(reward([house], **columns)[0], abs=0.02) and in_frame > 0.95
+        assert reward([native], **columns)[0] == 0.0  # the wrong frame never matches: no box at all

@@ -12,9 +12,9 @@ frame) and ``width`` / ``height``, and ignore the rest (``prompts``, ``completio
   repeated and extra boxes cost; a box tag that does not parse is a prediction with IoU 0.
 - :func:`dual_iou_reward`: TreeVGR's (mean best IoU per truth + mean best IoU per prediction) / 2.
 
-Boxes are read in the house frame (0-1000 of the original image), or, given ``model_format``, through its
-``read_mentions(text, width, height)``, which maps the model's own frame (e.g. Qwen2.5-VL's resized-image
-pixels) to the house frame before scoring.
+Boxes are read in the house frame (0-1000 of the original image), or, given the run's ``model_format``
+(:class:`vcot.model_format.ModelFormat`), through its one inverse ``read(text, width, height)``, which maps the
+model's own frame and syntax (e.g. Qwen2.5-VL's resized-image pixels) to the house frame before scoring.
 
 Bad input never raises. A completion that is empty, or whose boxes do not parse, is the policy's fault and
 scores 0. A record without usable ground truth (no answer, no or broken objects, a bad size) makes that
@@ -38,6 +38,7 @@ from typing import Any
 from vcot import answers
 from vcot.boxes import IntBox, ParseResult, best_match, match_optimal, parse_grounded, validate_box
 from vcot.errors import VcotError
+from vcot.model_format import ModelFormat
 
 Completion = str | list[dict[str, Any]]
 RewardFunc = Callable[..., list[float | None]]
@@ -82,11 +83,12 @@ class Mentions:
         return len(self.boxes) + self.unparsable
 
 
-def read_mentions(text: str, width: Any = None, height: Any = None, model_format: Any = None) -> Mentions:
+def read_mentions(
+    text: str, width: Any = None, height: Any = None, model_format: ModelFormat | None = None
+) -> Mentions:
     """Every box tag in ``text``, in the house frame (``model_format=None``) or mapped from the model's frame.
 
-    ``model_format.read_mentions`` is expected to answer like :func:`vcot.boxes.parse_grounded` (a ``ParseResult``
-    with house-frame boxes and the invalid tags) and to raise ``ValueError`` for a size it cannot map.
+    ``ModelFormat.read`` raises ``ValueError``/``TypeError`` for a size it cannot map (the caller's ``bad_record``).
 
     >>> read_mentions("<ref>a</ref><box>[1, 2, 3, 4]</box> <box>[9, 9, 1, 1]</box> <box>[5, 6")
     Mentions(boxes=[(1, 2, 3, 4)], refs=['a'], unparsable=2)
@@ -94,7 +96,7 @@ def read_mentions(text: str, width: Any = None, height: Any = None, model_format
     if model_format is None:
         parsed = parse_grounded(text)
     else:
-        parsed = model_format.read_mentions(text, width, height)  # the one ModelFormat call
+        parsed = model_format.read(text, int(width), int(height))  # the one inverse
     return _mentions(parsed, unclosed=max(0, text.count("<box>") - len(parsed.boxes) - len(parsed.invalid)))
 
 
@@ -114,7 +116,7 @@ def _require(column: Any, name: str, reward: str) -> None:
         raise VcotError(f"{reward} needs the records' {name!r} column: keep it in the GRPO dataset")
 
 
-def _require_size(width: Any, height: Any, model_format: Any, reward: str) -> None:
+def _require_size(width: Any, height: Any, model_format: ModelFormat | None, reward: str) -> None:
     """A model's own frame is mapped with the record's size: both columns must be there."""
     if model_format is not None:
         _require(width, "width", reward)
@@ -143,7 +145,7 @@ def format_reward(
     *,
     width: Sequence[Any] | None = None,
     height: Sequence[Any] | None = None,
-    model_format: Any = None,
+    model_format: ModelFormat | None = None,
     log_metric: LogMetric | None = None,
     **_: Any,
 ) -> list[float | None]:
@@ -160,7 +162,7 @@ def format_reward(
         counts["empty"] += not text.strip()
         try:
             found = read_mentions(text, _at(width, i), _at(height, i), model_format)
-        except ValueError:  # the record's size does not fit the model's frame
+        except (ValueError, TypeError):  # the record's size does not fit the model's frame
             counts["bad_record"] += 1
             rewards.append(None)
             continue
@@ -256,7 +258,7 @@ def _box_rewards(
     objects: Sequence[Any] | None,
     width: Sequence[Any] | None,
     height: Sequence[Any] | None,
-    model_format: Any,
+    model_format: ModelFormat | None,
     log_metric: LogMetric | None,
 ) -> list[float | None]:
     _require(objects, "objects", name)
@@ -269,7 +271,7 @@ def _box_rewards(
         truths = _truth_boxes(_at(objects, i))
         try:
             found = read_mentions(text, _at(width, i), _at(height, i), model_format) if truths else None
-        except ValueError:  # the record's size does not fit the model's frame
+        except (ValueError, TypeError):  # the record's size does not fit the model's frame
             found = None
         if truths is None or found is None:
             counts["bad_record"] += 1
@@ -287,7 +289,7 @@ def bbox_reward(
     objects: Sequence[Any] | None = None,
     width: Sequence[Any] | None = None,
     height: Sequence[Any] | None = None,
-    model_format: Any = None,
+    model_format: ModelFormat | None = None,
     log_metric: LogMetric | None = None,
     **_: Any,
 ) -> list[float | None]:
@@ -308,7 +310,7 @@ def dual_iou_reward(
     objects: Sequence[Any] | None = None,
     width: Sequence[Any] | None = None,
     height: Sequence[Any] | None = None,
-    model_format: Any = None,
+    model_format: ModelFormat | None = None,
     log_metric: LogMetric | None = None,
     **_: Any,
 ) -> list[float | None]:
@@ -336,7 +338,7 @@ DEFAULT_WEIGHTS: dict[str, float] = {"format": 0.5, "accuracy": 1.0, "bbox": 1.0
 computed and logged for comparison only."""
 
 
-def guarded(reward: RewardFunc, *, model_format: Any = None) -> RewardFunc:
+def guarded(reward: RewardFunc, *, model_format: ModelFormat | None = None) -> RewardFunc:
     """``reward`` bound to ``model_format``, with NaN/inf values turned into ``None`` and counted
     (``problems/<reward>/not_finite``); keeps the name TRL logs it under."""
 
@@ -353,7 +355,7 @@ def guarded(reward: RewardFunc, *, model_format: Any = None) -> RewardFunc:
     return wrapper
 
 
-def reward_setup(weights: Mapping[str, float], *, model_format: Any = None) -> tuple[list[RewardFunc], list[float]]:
+def reward_setup(weights: Mapping[str, float], *, model_format: ModelFormat | None = None) -> tuple[list[RewardFunc], list[float]]:
     """TRL's ``reward_funcs`` and ``GRPOConfig.reward_weights`` from a recipe's ``reward_weights``.
 
     A weight of 0 still computes and logs that reward (a cheap view of, say, dual IoU) without optimizing it.
