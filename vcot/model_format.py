@@ -50,6 +50,10 @@ COORDS: tuple[Coords, ...] = ("norm1000", "qwen2.5-absolute")
 MODES: tuple[Mode, ...] = ("multimodal", "text")
 MODEL_TYPES: dict[str, Family] = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}
 """``config.json`` ``model_type`` -> family."""
+IMAGE_PAD = "<|image_pad|>"
+"""The image placeholder token of both families: tokenize expands it to the image's token count."""
+IGNORE_INDEX = -100
+"""Label of tokens that carry no loss (everything but the assistant turn): tokenize writes it, train pads with it."""
 
 
 @dataclass(frozen=True)

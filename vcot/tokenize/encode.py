@@ -10,12 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vcot.model_format import ModelFormat
+from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, ModelFormat
 from vcot.prompts import build_messages
-
-IGNORE_INDEX = -100
-"""Label of tokens that carry no loss (everything but the assistant turn)."""
-IMAGE_PAD = "<|image_pad|>"
 
 
 class Encoder:

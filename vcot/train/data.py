@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from vcot import manifest, storage
 from vcot.errors import VcotError
 from vcot.images import load_rgb
-from vcot.tokenize.encode import IGNORE_INDEX
+from vcot.model_format import IGNORE_INDEX, IMAGE_PAD
 
 
 class TokenizedDataset(Dataset):
@@ -51,7 +51,7 @@ class Collator:
     def __init__(self, processor: Any) -> None:
         self.image_processor = processor.image_processor
         self.pad_id = processor.tokenizer.pad_token_id
-        self.image_token_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
