@@ -16,3 +16,12 @@ class StorageError(VcotError):
 
 class NotCommittedError(VcotError):
     """An input has no ``_SUCCESS`` manifest: its producer has not finished (or failed)."""
+
+
+class ConfigError(VcotError):
+    """Settings that can never work together (an output inside an input, the wrong stage's output as input).
+
+    Exit code 2, like an invalid flag: retrying the same command cannot help (a Job fails at once).
+    """
+
+    exit_code = 2

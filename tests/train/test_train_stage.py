@@ -276,3 +276,32 @@ def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
         "base_model": "s3://models/tiny",
         "adapter": f"{output}/adapter",
     }
+
+
+def test_data_that_is_not_a_tokenize_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.train import main
+
+    records = str(tmp_path / "records")
+    manifest.commit(records, stage="convert", files=[], config={})
+    argv = ["--data", records, "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "run")]
+    argv += ["--recipe", "tiny-cpu"]
+    assert main(argv) == 2
+    assert f"{records} is a convert output; expected a tokenize output" in capsys.readouterr().err
+
+
+def test_a_token_shard_replaced_after_commit_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vcot.errors import StorageError
+    from vcot.shards import file_entry
+
+    tokens = tmp_path / "tokens"
+    shard = tokens / "train" / "00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"], "length": [3, 4]}), shard)
+    manifest.commit(str(tokens), stage="tokenize", files=[file_entry(shard, "train/00000-of-00001.parquet")], config={})
+    assert len(TokenizedDataset(str(tokens), "train")) == 2
+    pq.write_table(pa.table({"id": ["c"], "length": [5]}), shard)  # valid Parquet, but not the committed rows
+    with pytest.raises(StorageError, match="00000-of-00001.parquet is not the file its manifest lists"):
+        TokenizedDataset(str(tokens), "train")

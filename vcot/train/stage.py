@@ -259,7 +259,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     from vcot.train.data import Collator, TokenizedDataset, local_scratch
 
     # 1. What to do.
-    if not manifest.prepare_output(config.output, overwrite=config.overwrite):
+    inputs = [config.data, config.model]
+    if not manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
         ensure_pointer(config)
         return None
