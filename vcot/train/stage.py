@@ -225,11 +225,13 @@ def run_pointer(output: str, base_model: str) -> dict[str, str]:
 
 
 def ensure_pointer(config: TrainConfig) -> None:
-    """On the rerun of a committed output, write its pointer if it is missing or points elsewhere.
+    """On the rerun of a committed output, write its pointer if it is missing, unreadable or names this run.
 
     A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
-    never sees; the retried pod skips training and repairs the pointer here. The base model is the one the
-    committed run recorded.
+    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
+    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
+    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
+    the committed run recorded.
     """
     recorded = manifest.read_manifest(config.output).get("config", {})
     expected = run_pointer(config.output, recorded.get("model") or config.model)
@@ -237,9 +239,15 @@ def ensure_pointer(config: TrainConfig) -> None:
         current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
     except StorageError:
         current = None  # unreadable: rewrite it
-    if current != expected:
-        storage.write_json(config.pointer_uri, expected)
-        log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
+    if not isinstance(current, dict):
+        current = None  # not a pointer: rewrite it
+    if current == expected:
+        return
+    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
+        return
+    storage.write_json(config.pointer_uri, expected)
+    log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
 
 
 # --------------------------------------------------------------------------------------------------
