@@ -123,7 +123,7 @@ def test_overwrite_with_the_same_shard_count_never_merges_another_runs_shards(re
     _run_shard(root, manifest.ShardSpec(0, 3, run="new"), tag="new", overwrite=True)
     assert not manifest.is_committed(root)
     with pytest.raises(manifest.NotCommittedError):
-        manifest.read_manifest(root)  # {new 0, old 1, old 2} is no complete set, for readers either
+        manifest.read_manifest(root)  # the old shards were dropped: {new 0} is no complete set
     assert not manifest.is_committed(root, manifest.ShardSpec(1, 3, run="new"))  # old shard 1 is not the new run's
 
     for index in (1, 2):
@@ -134,15 +134,25 @@ def test_overwrite_with_the_same_shard_count_never_merges_another_runs_shards(re
     assert {part["shard"]["run"] for part in parts} == {"new"}
 
 
-def test_a_retried_pod_of_a_run_skips_its_shard_and_another_run_redoes_it(tmp_path: Path) -> None:
+def test_a_resumed_run_adopts_committed_shards_and_an_overwrite_run_drops_them(tmp_path: Path) -> None:
     root = str(tmp_path / "out")
-    assert _run_shard(root, manifest.ShardSpec(0, 2, run="a"), tag="a", overwrite=False)
-    assert not _run_shard(root, manifest.ShardSpec(0, 2, run="a"), tag="a", overwrite=False)  # the retry: done
-    assert _run_shard(root, manifest.ShardSpec(0, 2, run="b"), tag="b", overwrite=False)  # a new Job: not its shard
-    assert _run_shard(root, manifest.ShardSpec(1, 2, run="b"), tag="b", overwrite=False)
-    assert manifest.read_manifest(root)["config"] == {"tag": "b"}
-    # Committed: any later run, whatever its id, skips without --overwrite.
-    assert not _run_shard(root, manifest.ShardSpec(1, 2, run="c"), tag="c", overwrite=False)
+    assert _run_shard(root, manifest.ShardSpec(0, 3, run="a"), tag="a", overwrite=False)
+    assert _run_shard(root, manifest.ShardSpec(1, 3, run="a"), tag="a", overwrite=False)
+    assert not _run_shard(root, manifest.ShardSpec(0, 3, run="a"), tag="a", overwrite=False)  # a retried pod
+    # Run a failed at shard 2; its Job is deleted and applied again (a new uid): shards 0 and 1 are adopted.
+    assert not _run_shard(root, manifest.ShardSpec(1, 3, run="b"), tag="b", overwrite=False)
+    assert manifest.is_committed(root, manifest.ShardSpec(1, 3, run="b"))
+    assert not manifest.is_committed(root)
+    assert _run_shard(root, manifest.ShardSpec(2, 3, run="b"), tag="b", overwrite=False)
+    assert not manifest.is_committed(root)  # shard 0 is still only run a's
+    assert not _run_shard(root, manifest.ShardSpec(0, 3, run="b"), tag="b", overwrite=False)
+    assert manifest.is_committed(root)  # the pod that adopted the last shard merged the set
+    assert manifest.read_manifest(root)["shard_count"] == 3
+    # Committed: any later run skips without --overwrite. The first pod of an --overwrite run drops every
+    # shard manifest of another run, so that no later run adopts (or merges) the old shards.
+    assert not _run_shard(root, manifest.ShardSpec(1, 3, run="c"), tag="c", overwrite=False)
+    assert _run_shard(root, manifest.ShardSpec(1, 3, run="d"), tag="d", overwrite=True)
+    assert storage.list_uris(f"{root}/_shards") == [manifest.shard_manifest_uri(root, manifest.ShardSpec(1, 3))]
 
 
 def test_the_default_run_id_follows_what_the_run_makes() -> None:

@@ -8,7 +8,8 @@ Sharded outputs (N pods writing disjoint parts) commit per shard under ``_shards
 sees all N shard manifests merges them into ``_SUCCESS``. Readers also accept a complete set of shard
 manifests, so the next stage can tell when all N are done even if no merge happened yet. Shard manifests
 carry the run id of the pods that wrote them (:class:`ShardSpec`): only the shards of one run are merged,
-so an ``--overwrite`` rerun never publishes a mix of its shards and an older run's.
+so an ``--overwrite`` rerun never publishes a mix of its shards and an older run's (a rerun without it
+adopts the shards already committed: see :func:`prepare_output`).
 
 Every stage starts with :func:`prepare_output`, which refuses an output that overlaps one of its inputs or
 that another stage committed; every reader names the stage(s) it expects (``expect_stage``) and checks the
@@ -305,8 +306,8 @@ def _merge(parts: list[dict[str, Any]], extra: Sequence[ShardFile]) -> dict[str,
 def is_committed(output: str, shard: ShardSpec | None = None) -> bool:
     """Whether ``output`` has its ``_SUCCESS``; with a ``shard`` of several, whether its run committed that shard."""
     if shard is not None and shard.count > 1:
-        uri = shard_manifest_uri(output, shard)
-        return storage.exists(uri) and _run_of(storage.read_json(uri)) == shard.run
+        part = _read_if_there(shard_manifest_uri(output, shard))
+        return part is not None and _run_of(part) == shard.run
     return storage.exists(manifest_uri(output))
 
 
@@ -419,6 +420,7 @@ def prepare_output(
     inputs: Sequence[str | None],
     overwrite: bool,
     shard: ShardSpec | None = None,
+    finalize: Finalize | None = None,
 ) -> bool:
     """Decide whether to run: ``False`` means already committed, skip (the rerun no-op).
 
@@ -426,25 +428,62 @@ def prepare_output(
     again: its leftovers are listed in no manifest and get overwritten. With ``overwrite`` a committed
     output's manifest is removed *first* (so no reader trusts it while we rewrite), then its data.
 
-    A pod skips when the output is committed (``_SUCCESS``, or a complete set of one run's shards) or, when
-    sharded, when its own run committed its shard. With ``overwrite`` it removes ``_SUCCESS``, its own shard's
-    manifest and those of *another* shard count (a previous run split differently), even when its own shard
-    was never committed: else the old set stays complete and is what readers (and the merge) see. It never
-    removes a manifest of its own count but another index: the other pods of the new run start at once, and
-    one of them may already have committed (the old run's manifests left there never merge with the new run's).
+    Sharded pods (see :func:`_prepare_shard`) skip a committed output too, and a shard already committed; a
+    pod that skips its shard completes the set (``finalize`` as in :func:`commit`) if it is now complete
+    without ``_SUCCESS`` (the pod that completed it died first, or it completed by adopting shards).
     """
     storage.check_access(output)
     check_output(output, stage=stage, inputs=inputs)
-    sharded = shard is not None and shard.count > 1
+    if shard is not None and shard.count > 1:
+        if _prepare_shard(output, shard, overwrite=overwrite):
+            return True
+        if not is_committed(output):
+            complete_shard_set(output, finalize, shard=shard)
+        return False
     if not overwrite:
-        done = is_committed(output) or _shard_manifests(output) is not None
-        return not (done or (sharded and is_committed(output, shard)))
+        return not (is_committed(output) or _shard_manifests(output) is not None)
     storage.delete(manifest_uri(output))
-    if shard is None or shard.count == 1:
-        storage.delete_prefix(output)
-        return True
+    storage.delete_prefix(output)
+    return True
+
+
+def _prepare_shard(output: str, shard: ShardSpec, *, overwrite: bool) -> bool:
+    """:func:`prepare_output` for one pod of a sharded run.
+
+    Without ``overwrite`` it skips a committed output (``_SUCCESS``, or a complete set of one run's shards)
+    and its shard if some run committed it: a shard of another run (a Job deleted and applied again) is
+    *adopted*, its manifest relabelled with this run, so that the resumed run's set can complete.
+
+    With ``overwrite`` it removes ``_SUCCESS``, its own shard's manifest and every manifest of *another* run or
+    shard count, even when its own shard was never committed: else the old set stays complete and is what
+    readers (and the merge) see, and a later run could adopt old shards. It never removes a manifest of its
+    own run: the other pods of the new run start at once, and one of them may already have committed.
+    """
+    if not overwrite:
+        if is_committed(output) or _shard_manifests(output) is not None:
+            return False
+        own = shard_manifest_uri(output, shard)
+        part = _read_if_there(own)
+        if part is None:
+            return True
+        if _run_of(part) != shard.run:
+            storage.write_json(own, {**part, "shard": {**part.get("shard", {}), "run": shard.run}})
+        return False
+    storage.delete(manifest_uri(output))
     for count, found in _shard_manifest_uris(output).items():
         for index, uri in found.items():
             if count != shard.count or index == shard.index:
                 storage.delete(uri)
+                continue
+            part = _read_if_there(uri)
+            if part is not None and _run_of(part) != shard.run:
+                storage.delete(uri)
     return True
+
+
+def _read_if_there(uri: str) -> dict[str, Any] | None:
+    """A small JSON document, or ``None`` when it does not exist (or was just deleted by another pod)."""
+    try:
+        return storage.read_json(uri) if storage.exists(uri) else None
+    except StorageError:
+        return None

@@ -175,15 +175,18 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     """Run the stage for one shard; returns the shard's quality counts. Skips a committed shard unless --overwrite."""
     shard = config.shard
     ready = manifest.prepare_output(
-        config.output, stage=STAGE, inputs=config.inputs, overwrite=config.overwrite, shard=shard
+        config.output,
+        stage=STAGE,
+        inputs=config.inputs,
+        overwrite=config.overwrite,
+        shard=shard,
+        finalize=_merged_quality(config),
     )
     if not ready:
         log.info("already_committed", output=config.output, shard=shard.name, hint="pass --overwrite to redo it")
-        if shard.count == 1 or not manifest.is_committed(config.output, shard):
-            return manifest.read_manifest(config.output).get("stats", {})
-        if not manifest.is_committed(config.output):  # the pod that completed the set died before _SUCCESS
-            manifest.complete_shard_set(config.output, _merged_quality(config), shard=shard)
-        return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
+        if shard.count > 1 and manifest.is_committed(config.output, shard):
+            return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
+        return manifest.read_manifest(config.output).get("stats", {})
 
     stats = QualityStats()
     blocks = source_blocks(config, shard.owns)

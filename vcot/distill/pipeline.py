@@ -331,7 +331,12 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
     shard = manifest.shard_of(config)
     ready = manifest.prepare_output(
-        config.output, stage=STAGE, inputs=[config.input], overwrite=config.overwrite, shard=shard
+        config.output,
+        stage=STAGE,
+        inputs=[config.input],
+        overwrite=config.overwrite,
+        shard=shard,
+        finalize=lambda parts: [_write_merged_quality(config.output, parts)],
     )
     if not ready:
         log.info("already_committed", output=config.output, shard=shard.name)
