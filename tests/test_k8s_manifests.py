@@ -31,6 +31,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERLAYS = ["k8s/base", "k8s/overlays/gpu", "k8s/overlays/cpu-dev"]
 STAGE_ORDER = ["convert", "distill", "tokenize", "train", "evaluate"]
 GPU_STAGES = {"vcot-train", "vcot-evaluate", "vcot-reevaluate"}
+JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
+"""Set by the Job controller on every pod of a Job (Kubernetes 1.27+): the run id of sharded stages."""
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
@@ -206,6 +208,19 @@ def test_shard_counts_drive_pods_and_flags(rendered: dict[str, list[dict[str, An
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_pods_of_a_sharded_job_share_its_uid_as_run_id(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    """Only one Job's shards are merged: an --overwrite rerun is a new Job, a retried pod keeps the id (item 4)."""
+    jobs = by_kind(rendered[overlay], "Job").values()
+    indexed = [job for job in jobs if job["spec"].get("completionMode") == "Indexed"]
+    assert {job["metadata"]["name"] for job in indexed} == {"vcot-convert", "vcot-distill"}
+    for job in indexed:
+        env = {entry["name"]: entry for entry in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["VCOT_RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{JOB_UID_LABEL}']"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_variable_in_args_is_defined(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     """Kubernetes leaves an undefined $(VAR) as literal text: a typo would reach the stage as a path."""
     docs = rendered[overlay]
@@ -328,7 +343,8 @@ def container_env(
         if "fieldRef" in ref:
             path = ref["fieldRef"]["fieldPath"]
             label = re.fullmatch(r"metadata\.labels\['(.+)'\]", path)
-            env[entry["name"]] = template["metadata"]["labels"][label.group(1)] if label else namespace
+            labels = {**template["metadata"]["labels"], JOB_UID_LABEL: "job-uid-1"}  # the Job controller adds it
+            env[entry["name"]] = labels[label.group(1)] if label else namespace
         elif "secretKeyRef" in ref:
             secret = re.sub(r"-[a-z0-9]{10}$", "", ref["secretKeyRef"]["name"])
             env[entry["name"]] = secrets[secret][ref["secretKeyRef"]["key"]]

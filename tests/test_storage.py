@@ -16,7 +16,7 @@ RECORDS = [{"id": f"r{i}", "text": "ünïcode ✓", "n": i} for i in range(25)]
 
 
 def _round_trip(root: str) -> None:
-    assert manifest.prepare_output(root, overwrite=False) is True
+    assert manifest.prepare_output(root, stage="test", inputs=[], overwrite=False) is True
     files = [
         shards.write_jsonl(root, "train/00000-of-00001.jsonl.gz", RECORDS[:20]),
         shards.write_jsonl(root, "val/00000-of-00001.jsonl", RECORDS[20:]),
@@ -39,8 +39,8 @@ def _round_trip(root: str) -> None:
         data = storage.read_bytes(storage.join(root, entry["path"]))
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
     # A committed output is a no-op to rerun, unless overwritten (which removes the old commit first).
-    assert manifest.prepare_output(root, overwrite=False) is False
-    assert manifest.prepare_output(root, overwrite=True) is True
+    assert manifest.prepare_output(root, stage="test", inputs=[], overwrite=False) is False
+    assert manifest.prepare_output(root, stage="test", inputs=[], overwrite=True) is True
     assert not manifest.is_committed(root) and storage.list_uris(root) == []
 
 
@@ -120,7 +120,7 @@ def test_writer_killed_mid_output_leaves_nothing_readable(real_s3: str) -> None:
     with pytest.raises(NotCommittedError):
         manifest.committed_files(real_s3)
     # A rerun of an uncommitted output simply runs again.
-    assert manifest.prepare_output(real_s3, overwrite=False) is True
+    assert manifest.prepare_output(real_s3, stage="test", inputs=[], overwrite=False) is True
 
 
 @pytest.mark.integration

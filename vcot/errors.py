@@ -19,6 +19,9 @@ class NotCommittedError(VcotError):
 
 
 class ConfigError(VcotError):
-    """A setting or an input the user chose is wrong (a usage mistake, like an invalid option): exit 2."""
+    """A setting or an input the user chose is wrong and retrying cannot help: an invalid option, settings that can
+    never work together (an output inside an input, the wrong stage's output as input). Exit code 2, like an
+    invalid flag, which the Jobs' podFailurePolicy fails at once.
+    """
 
     exit_code = 2

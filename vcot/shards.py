@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import io
 import json
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -245,13 +246,62 @@ def file_entry(local: Path, path: str, *, records: int = 0) -> ShardFile:
     return ShardFile(path, records, digest.hexdigest(), local.stat().st_size)
 
 
-def read_jsonl(uri: str) -> Iterator[dict[str, Any]]:
-    """Yield the records of one JSONL(.gz) file; a malformed line raises with its line number."""
-    with storage.open_uri(uri, "rb", compression="infer_from_extension") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise storage.StorageError(f"{uri} line {line_number} is not valid JSON: {exc}") from exc
+class _HashingReader(io.RawIOBase):
+    """A read-only stream that hashes and counts the bytes it passes on from ``source``."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self._source = source
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+def check_file(uri: str, expected: ShardFile, sha256: str, size: int) -> None:
+    """Refuse a file whose bytes are not the ones its manifest lists (changed, truncated or corrupted after commit)."""
+    if (sha256, size) != (expected.sha256, expected.bytes):
+        raise storage.StorageError(
+            f"{uri} is not the file its manifest lists (sha256 {sha256[:12]}, {size} bytes; listed "
+            f"{expected.sha256[:12]}, {expected.bytes} bytes): it changed after commit; rerun the stage that wrote it"
+        )
+
+
+def read_verified(uri: str, expected: ShardFile) -> bytes:
+    """The whole file at ``uri``, checked against its manifest entry."""
+    data = storage.read_bytes(uri)
+    check_file(uri, expected, hashlib.sha256(data).hexdigest(), len(data))
+    return data
+
+
+def read_jsonl(uri: str, expected: ShardFile | None = None) -> Iterator[dict[str, Any]]:
+    """Yield the records of one JSONL(.gz) file; a malformed line raises with its line number.
+
+    With ``expected`` (its manifest entry) the bytes are hashed on the way and checked once the file is read
+    to its end: a reader that stops early has not checked it.
+    """
+    with storage.open_uri(uri, "rb") as raw:
+        hashing = _HashingReader(raw)
+        stream = io.BufferedReader(hashing, 1 << 20)
+        try:
+            lines = gzip.GzipFile(fileobj=stream) if uri.endswith(".gz") else stream
+            for line_number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise storage.StorageError(f"{uri} line {line_number} is not valid JSON: {exc}") from exc
+            while stream.read(1 << 20):  # whatever gzip left unread is hashed too
+                pass
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise storage.StorageError(f"{uri} is not readable gzip ({exc}): rerun the stage that wrote it") from exc
+    if expected is not None:
+        check_file(uri, expected, hashing.sha256.hexdigest(), hashing.size)

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from vcot.errors import StorageError
@@ -135,6 +135,26 @@ def parent(uri: str) -> str:
     if "/" not in trimmed:
         return "."
     return trimmed.rsplit("/", 1)[0] or "/"
+
+
+def _place(uri: str) -> tuple[str, PurePosixPath]:
+    """Where ``uri`` is: its bucket (or the local file system) and an absolute path (symlinks resolved)."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return S3_SCHEME + bucket, PurePosixPath("/", key)
+    return "file", PurePosixPath(os.path.realpath(local_path(uri)))
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b`` are the same place or one holds the other (deleting one deletes part of the other).
+
+    >>> overlaps("s3://b/d1", "s3://b/d1/data/"), overlaps("s3://b/d1/data", "s3://b/d1")
+    (True, True)
+    >>> overlaps("s3://b/d1", "s3://b/d10"), overlaps("s3://b/d1", "s3://c/d1"), overlaps("/tmp/x", "s3://b/tmp/x")
+    (False, False, False)
+    """
+    (where_a, path_a), (where_b, path_b) = _place(a), _place(b)
+    return where_a == where_b and (path_a.is_relative_to(path_b) or path_b.is_relative_to(path_a))
 
 
 def relative(uri: str, base: str) -> str:

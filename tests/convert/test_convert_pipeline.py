@@ -13,6 +13,7 @@ import pytest
 
 from jobs.convert import main
 from vcot import manifest, shards, storage
+from vcot.config import parse_config
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.synthetic import write_synthetic_viscot
 from vcot.errors import ConfigError, NotCommittedError, StorageError, VcotError
@@ -323,3 +324,57 @@ def test_storage_outage_while_reading_images_stops_the_stage(s3_bucket: str, mon
     monkeypatch.setenv("VCOT_S3_MAX_ATTEMPTS", "1")
     with pytest.raises(StorageError, match="cannot reach"):
         size_from_uri(f"{source}/images/cot/synthetic/00000.png")
+
+
+# --- outputs that would destroy the input or another stage's output; reruns of sharded runs -----------------
+
+
+@pytest.mark.parametrize("where", ["local", "real_s3"])
+def test_an_output_that_holds_the_input_is_refused_and_the_input_kept(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """vcot-convert --input <d1>/data --output <d1> [--overwrite]: exit 2 before anything is read or deleted."""
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("real_s3")
+    data = f"{root}/d1/data"
+    write_synthetic_viscot(data, num_records=4, seed=2)
+    before = storage.list_uris(data)
+    for extra in ([], ["--overwrite"]):
+        assert main(["--source", "viscot", "--input", data, "--output", f"{root}/d1", *extra]) == 2
+        assert "same place or one holds the other" in capsys.readouterr().err
+    assert storage.list_uris(data) == before and not manifest.is_committed(f"{root}/d1")
+
+
+def test_another_stages_output_is_not_replaced_nor_taken_as_done(
+    synthetic: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = str(tmp_path / "tokens")
+    manifest.commit(tokens, stage="tokenize", files=[shards.write_file(tokens, "train/x.parquet", b"PAR1")], config={})
+    for extra in ([], ["--overwrite"]):
+        assert main(["--source", "viscot", "--input", synthetic["root"], "--output", tokens, *extra]) == 2
+        assert f"--output {tokens} holds a committed tokenize output" in capsys.readouterr().err
+    assert manifest.read_manifest(tokens)["stage"] == "tokenize"
+    assert (tmp_path / "tokens" / "train" / "x.parquet").exists()
+
+
+def _sharded_run(synthetic: dict, output: str, *flags: str, environ: dict[str, str]) -> list[bool]:
+    """Both pods of a 2-shard run, one after the other; whether the output was committed after each."""
+    committed = []
+    for index in range(2):
+        argv = ["--source", "viscot", "--input", synthetic["root"], "--output", output, "--num-shards", "2", *flags]
+        convert(parse_config(ConvertConfig, [*argv, "--shard-index", str(index)], environ=environ))
+        committed.append(manifest.is_committed(output))
+    return committed
+
+
+def test_an_overwrite_rerun_with_the_same_shard_count_never_mixes_the_runs(synthetic: dict, tmp_path: Path) -> None:
+    output = str(tmp_path / "out")
+    assert _sharded_run(synthetic, output, "--val-fraction", "0.25", environ={"VCOT_RUN_ID": "job-1"}) == [False, True]
+    # The same settings under a new Job (VCOT_RUN_ID from its uid): pod 0's shard and old shard 1 are no set.
+    rerun = _sharded_run(synthetic, output, "--val-fraction", "0.25", "--overwrite", environ={"VCOT_RUN_ID": "job-2"})
+    assert rerun == [False, True]
+    # Local pods without a run id: a changed setting is another run, so again only the new shards are merged.
+    assert _sharded_run(synthetic, output, "--val-fraction", "0.5", "--overwrite", environ={}) == [False, True]
+    assert manifest.read_manifest(output)["config"]["val_fraction"] == 0.5
+    records = _all_records(output)
+    assert len(records) == 48 and {r["id"] for r in records} == set(synthetic["truth"])
+    assert storage.read_json(f"{output}/quality.json")["total"]["input"] == 48

@@ -174,3 +174,40 @@ def test_kill_mid_run_then_rerun_sends_only_the_missing_requests(
     assert len(server.answered) - sent_before == total - len(cached) == report["ledger"]["requests"]
     assert rerun.isdisjoint(cached) and rerun | cached == {f"synthetic:train:{i}" for i in range(total)}
     assert report["counts"] == {"input": total, "distilled": total}
+
+
+def _tokenize_output(root: Path) -> str:
+    """A committed tokenize output (Parquet rows): what distill must not read as records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vcot import shards
+
+    local = root / "rows.parquet"
+    pq.write_table(pa.table({"id": ["a"], "input_ids": [[1, 2, 3]]}), local)
+    tokens = str(root / "tokens")
+    files = [shards.write_file(tokens, "train/00000-of-00001.parquet", local.read_bytes())]
+    manifest.commit(tokens, stage="tokenize", files=files, config={})
+    return tokens
+
+
+def test_a_tokenize_output_as_input_is_refused_in_one_line(
+    tmp_path: Path, api_key: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.distill import main
+
+    tokens = _tokenize_output(tmp_path)
+    assert main(_flags(tokens, str(tmp_path / "out"), "http://127.0.0.1:9/v1")) == 2
+    assert f"vcot-distill: error: {tokens} is a tokenize output; expected records" in capfd.readouterr().err
+    assert not manifest.is_committed(str(tmp_path / "out"))
+
+
+def test_an_output_that_holds_the_input_is_refused(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.distill import main
+
+    records = input_records(1)  # tmp_path/convert
+    assert main(_flags(records, str(tmp_path), "http://127.0.0.1:9/v1", "--overwrite")) == 2
+    assert "same place or one holds the other" in capfd.readouterr().err
+    assert manifest.is_committed(records)

@@ -191,7 +191,7 @@ def test_comma_separated_inputs_arrive_as_a_list() -> None:
 
 def test_shard_index_defaults_to_the_indexed_job(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "3")
-    assert TokenizeConfig(input=["in"], output="out", model="m", num_shards=4).shard == manifest.ShardSpec(3, 4)
+    assert TokenizeConfig(input=["in"], output="out", model="m", num_shards=4).shard.name == "00003-of-00004"
     assert TokenizeConfig(input=["in"], output="out", model="m", shard_index=1, num_shards=4).shard_index == 1
     with pytest.raises(ValueError, match="--shard-index"):
         TokenizeConfig(input=["in"], output="out", model="m", num_shards=2)  # index 3 of 2
@@ -214,3 +214,21 @@ def test_sharded_pods_split_the_records_and_commit_together(
     assert {f["path"] for f in manifest.read_manifest(output)["files"]} == {
         f"{split}/{shard}-of-00002.parquet" for split in ("train", "val") for shard in ("00000", "00001")
     }
+
+
+def test_inputs_and_outputs_of_the_wrong_stage_are_refused_before_any_work(
+    record_output: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenize output as input: one line naming it (not a decode error); a convert output as output:
+    never taken as already done (exit 0 having done nothing) nor replaced."""
+    records = record_output(4)
+    tokens = str(tmp_path / "tokens")
+    manifest.commit(tokens, stage="tokenize", files=[], config={})
+    model = str(tmp_path / "no-model")  # never loaded: the refusals come first
+    assert tokenize_main(["--input", tokens, "--output", str(tmp_path / "out"), "--model", model]) == 2
+    assert f"{tokens} is a tokenize output; expected records (a convert or distill output)" in capsys.readouterr().err
+    other = record_output(4, seed=1)
+    for extra in ([], ["--overwrite"]):
+        assert tokenize_main(["--input", records, "--output", other, "--model", model, *extra]) == 2
+        assert f"--output {other} holds a committed convert output" in capsys.readouterr().err
+    assert manifest.read_manifest(other)["stage"] == "convert" and len(list(manifest.committed_records(other))) == 4

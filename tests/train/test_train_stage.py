@@ -255,12 +255,14 @@ def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest
     assert resolve_optimizer("adamw_torch_fused", "cpu") == "adamw_torch_fused"
 
 
-@pytest.mark.parametrize("left_behind", [None, {"run": "elsewhere"}, "not json"])
+@pytest.mark.parametrize("left_behind", [None, "not json", '["a list"]', "stale"])
 def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
     tmp_path: Path, left_behind: dict[str, str] | str | None
 ) -> None:
     """A pod killed between _SUCCESS and the pointer write: its retry skips training and writes the pointer."""
     output = str(tmp_path / "runs" / "run-1")
+    if left_behind == "stale":  # names this run, with another base model: rewritten
+        left_behind = {"run": f"{output}/", "base_model": "s3://models/old", "adapter": f"{output}/adapter"}
     manifest.commit(output, stage="train", files=[], config={"model": "s3://models/tiny", "data": "s3://d"})
     pointer = tmp_path / "runs" / "latest.json"
     if isinstance(left_behind, dict):
@@ -275,3 +277,45 @@ def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
         "base_model": "s3://models/tiny",
         "adapter": f"{output}/adapter",
     }
+
+
+def test_rerun_of_an_older_run_never_moves_the_pointer_back(tmp_path: Path) -> None:
+    """run-2 is the newest model; retrying (or rerunning) the committed run-1 leaves latest.json on run-2."""
+    runs = tmp_path / "runs"
+    for name in ("run-1", "run-2"):
+        config = {"model": "s3://models/tiny", "data": "s3://d"}
+        manifest.commit(str(runs / name), stage="train", files=[], config=config)
+    newest = {"run": str(runs / "run-2"), "base_model": "s3://models/tiny", "adapter": str(runs / "run-2" / "adapter")}
+    (runs / "latest.json").write_text(json.dumps(newest))
+    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=str(runs / "run-1"), recipe="tiny-cpu")
+    assert train(again) is None
+    assert json.loads((runs / "latest.json").read_text()) == newest
+
+
+def test_data_that_is_not_a_tokenize_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jobs.train import main
+
+    records = str(tmp_path / "records")
+    manifest.commit(records, stage="convert", files=[], config={})
+    argv = ["--data", records, "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "run")]
+    argv += ["--recipe", "tiny-cpu"]
+    assert main(argv) == 2
+    assert f"{records} is a convert output; expected a tokenize output" in capsys.readouterr().err
+
+
+def test_a_token_shard_replaced_after_commit_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vcot.errors import StorageError
+    from vcot.shards import file_entry
+
+    tokens = tmp_path / "tokens"
+    shard = tokens / "train" / "00000-of-00001.parquet"
+    shard.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a", "b"], "length": [3, 4]}), shard)
+    manifest.commit(str(tokens), stage="tokenize", files=[file_entry(shard, "train/00000-of-00001.parquet")], config={})
+    assert len(TokenizedDataset(str(tokens), "train")) == 2
+    pq.write_table(pa.table({"id": ["c"], "length": [5]}), shard)  # valid Parquet, but not the committed rows
+    with pytest.raises(StorageError, match="00000-of-00001.parquet is not the file its manifest lists"):
+        TokenizedDataset(str(tokens), "train")

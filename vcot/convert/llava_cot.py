@@ -55,7 +55,7 @@ def load_dedup_keys(outputs: Iterable[str]) -> set[str]:
     """Every ``provenance.dedup_key`` of the accepted records of committed convert outputs."""
     keys: set[str] = set()
     for output in outputs:
-        for record in manifest.committed_records(output):
+        for record in manifest.committed_records(output, expect_stage=manifest.RECORD_STAGES):
             key = (record.get("provenance") or {}).get("dedup_key")
             if key:
                 keys.add(key)

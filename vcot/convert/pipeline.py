@@ -57,6 +57,7 @@ class ConvertConfig:
     val_fraction: float = option(0.1, help="Share of records in val/, chosen by a hash of the record id.")
     shard_index: int | None = option(None, help="This pod's shard (default: JOB_COMPLETION_INDEX, else 0).")
     num_shards: int = option(1, help="How many pods split the input (each takes every N-th item).")
+    run_id: str | None = option(None, help=manifest.RUN_ID_HELP)
     overwrite: bool = option(False, help="Replace a committed output instead of skipping it.")
     workers: int = option(
         0,
@@ -93,7 +94,14 @@ class ConvertConfig:
 
     @property
     def shard(self) -> ShardSpec:
-        return ShardSpec.resolve(self.shard_index, self.num_shards)
+        return manifest.shard_of(self)
+
+    @property
+    def inputs(self) -> list[str | None]:
+        """What the stage reads (so the output must not overlap it). ScienceQA's --images may be where its
+        Parquet layout writes images, so it is not counted."""
+        images = None if self.source == "scienceqa" else self.images
+        return [self.input, self.metadata, images, *self.dedup_against]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,13 +216,19 @@ def _merged_quality(config: ConvertConfig) -> manifest.Finalize:
 def convert(config: ConvertConfig) -> dict[str, Any]:
     """Run the stage for one shard; returns the shard's quality counts. Skips a committed shard unless --overwrite."""
     shard = config.shard
-    if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
+    ready = manifest.prepare_output(
+        config.output,
+        stage=STAGE,
+        inputs=config.inputs,
+        overwrite=config.overwrite,
+        shard=shard,
+        finalize=_merged_quality(config),
+    )
+    if not ready:
         log.info("already_committed", output=config.output, shard=shard.name, hint="pass --overwrite to redo it")
-        if shard.count == 1:
-            return manifest.read_manifest(config.output).get("stats", {})
-        if not manifest.is_committed(config.output):  # the pod that completed the set died before _SUCCESS
-            manifest.complete_shard_set(config.output, _merged_quality(config), count=shard.count)
-        return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
+        if shard.count > 1 and manifest.is_committed(config.output, shard):
+            return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
+        return manifest.read_manifest(config.output).get("stats", {})
 
     stats = QualityStats()
     blocks = source_blocks(config, shard.owns)

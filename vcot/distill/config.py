@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from vcot import storage
+from vcot import manifest, storage
 from vcot.config import option
 from vcot.manifest import ShardSpec
 
@@ -61,6 +61,7 @@ class DistillConfig:
     batch_max_hours: float = option(26.0, help="batch: give up waiting on one batch after this many hours.")
     shard_index: int | None = option(None, help="Which shard this pod writes; default: $JOB_COMPLETION_INDEX or 0.")
     num_shards: int = option(1, help="How many pods split the input (an Indexed Job's completions).")
+    run_id: str | None = option(None, help=manifest.RUN_ID_HELP)
     overwrite: bool = option(False, help="Rewrite a committed output (the cache is kept: nothing is paid twice).")
 
     def __post_init__(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import secrets
 import signal
@@ -46,7 +47,7 @@ from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import grounding_problem
-from vcot.shards import ShardFile, SplitWriters, write_file
+from vcot.shards import ShardFile, SplitWriters, read_verified, write_file
 
 log = get_logger("vcot.distill")
 
@@ -77,7 +78,7 @@ def needs_teacher(record: dict[str, Any]) -> bool:
 
 def owned_records(input_uri: str, shard: ShardSpec) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(position, record)`` of this shard's records, in the input manifest's order."""
-    for position, record in enumerate(manifest.committed_records(input_uri)):
+    for position, record in enumerate(manifest.committed_records(input_uri, expect_stage=manifest.RECORD_STAGES)):
         if shard.owns(position):
             yield position, record
 
@@ -318,7 +319,7 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def _write_merged_quality(output: str, shard_manifests: list[dict[str, Any]]) -> ShardFile:
     """``quality.json`` of the whole output from every shard's ``quality/<shard>.json``, before the merged manifest."""
     reports = [
-        storage.read_json(storage.join(output, entry["path"]))
+        json.loads(read_verified(storage.join(output, entry["path"]), ShardFile(**entry)))
         for part in shard_manifests
         for entry in part["files"]
         if entry["path"].startswith("quality/")
@@ -328,8 +329,16 @@ def _write_merged_quality(output: str, shard_manifests: list[dict[str, Any]]) ->
 
 def distill(config: DistillConfig) -> dict[str, Any]:
     """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
-    shard = ShardSpec.resolve(config.shard_index, config.num_shards)
-    if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
+    shard = manifest.shard_of(config)
+    ready = manifest.prepare_output(
+        config.output,
+        stage=STAGE,
+        inputs=[config.input],
+        overwrite=config.overwrite,
+        shard=shard,
+        finalize=lambda parts: [_write_merged_quality(config.output, parts)],
+    )
+    if not ready:
         log.info("already_committed", output=config.output, shard=shard.name)
         return {"skipped": True}
     api_key = os.environ.get("OPENAI_API_KEY", "")

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections import Counter
 from typing import Any
 
 from vcot import manifest, shards, storage
 from vcot.config import redacted
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.evaluate import history as hist
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.metrics import summarize_by_subset
@@ -181,14 +182,27 @@ def report_details(details: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def check_adapter(adapter: str) -> None:
+    """Refuse an adapter that is not a train output's ``adapter/`` folder but another stage's committed output."""
+    stage = manifest.committed_stage(adapter)
+    if stage is not None:
+        raise ConfigError(f"{adapter} is a {stage} output; expected the adapter/ folder of a train output")
+    run = storage.parent(adapter)
+    if manifest.committed_stage(run) not in (None, "train"):
+        manifest.read_manifest(run, expect_stage="train")  # raises, saying which stage wrote it
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
-    if not manifest.prepare_output(target.output, overwrite=config.overwrite):
+    inputs = [config.data, config.predictions, target.model, target.adapter]
+    if not manifest.prepare_output(target.output, stage=STAGE, inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=target.output, hint="pass --overwrite to redo it")
-        metrics = storage.read_json(storage.join(target.output, METRICS_PATH))
+        metrics = json.loads(manifest.read_listed(target.output, METRICS_PATH))
         _raise_on_regression(metrics.get("regression"), target.output)
         return metrics
+    if target.adapter:
+        check_adapter(target.adapter)
 
     records = load_records(config.data, config.split, config.max_samples)
     log.info("records_loaded", data=config.data, split=config.split, count=len(records))

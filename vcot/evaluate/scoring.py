@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcot import manifest, shards, storage
+from vcot import manifest, storage
 from vcot.boxes import validate_box
 from vcot.errors import VcotError
 from vcot.answers import extract_answer, is_correct
@@ -20,16 +21,9 @@ log = get_logger(__name__)
 
 def load_records(data: str, split: str = "val", max_samples: int | None = None) -> list[dict[str, Any]]:
     """The committed records of ``data`` under ``<split>/`` (in manifest order), at most ``max_samples``."""
-    files = manifest.committed_files(data, f"{split}/")
-    if not files:
+    if not manifest.committed_files(data, f"{split}/", expect_stage=manifest.RECORD_STAGES):
         raise VcotError(f"{data} lists no files under {split}/: choose another --split or check the data stage")
-    records: list[dict[str, Any]] = []
-    for uri in files:
-        for record in shards.read_jsonl(uri):
-            records.append(record)
-            if max_samples is not None and len(records) >= max_samples:
-                return records
-    return records
+    return list(itertools.islice(manifest.committed_records(data, (f"{split}/",)), max_samples))
 
 
 @dataclass

@@ -63,6 +63,7 @@ class TokenizeConfig:
         None, help="This pod's part of the work, in [0, num-shards) (default: JOB_COMPLETION_INDEX, else 0)."
     )
     num_shards: int = option(1, help="How many pods split the records (round-robin).")
+    run_id: str | None = option(None, help=manifest.RUN_ID_HELP)
     overwrite: bool = option(False, help="Rewrite an output that is already committed.")
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class TokenizeConfig:
 
     @property
     def shard(self) -> manifest.ShardSpec:
-        return manifest.ShardSpec.resolve(self.shard_index, self.num_shards)
+        return manifest.shard_of(self)
 
 
 def length_histogram(lengths: list[int]) -> dict[str, int]:
@@ -159,11 +160,15 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     from vcot.modeling import load_processor_for, model_family
 
     shard = config.shard
-    if not manifest.prepare_output(config.output, overwrite=config.overwrite, shard=shard):
+    inputs = [*config.input, config.model]
+    ready = manifest.prepare_output(
+        config.output, stage="tokenize", inputs=inputs, overwrite=config.overwrite, shard=shard
+    )
+    if not ready:
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
         return None
-    for input_uri in config.input:
-        manifest.read_manifest(input_uri)  # refuses an uncommitted input with a clear message
+    for input_uri in config.input:  # refuses an uncommitted input, or another stage's, with a clear message
+        manifest.read_manifest(input_uri, expect_stage=manifest.RECORD_STAGES)
 
     processor = load_processor_for(config.model)
     fmt = ModelFormat.for_processor(
@@ -188,7 +193,8 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
             supervised = image_tokens = position = 0
             progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
             for input_uri in config.input:
-                for record in manifest.committed_records(input_uri, (f"{split}/",)):
+                records = manifest.committed_records(input_uri, (f"{split}/",), expect_stage=manifest.RECORD_STAGES)
+                for record in records:
                     position += 1
                     if not shard.owns(position - 1):
                         continue

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vcot import manifest, storage
+from vcot import manifest
 from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.model_format import IGNORE_INDEX, IMAGE_PAD
@@ -31,9 +31,8 @@ class TokenizedDataset(Dataset):
         import pyarrow.parquet as pq
 
         tables = []
-        for uri in manifest.committed_files(data_uri, f"{split}/"):
-            with storage.open_uri(uri, "rb") as handle:
-                tables.append(pq.read_table(io.BytesIO(handle.read())))
+        for _, data in manifest.read_committed(data_uri, f"{split}/", expect_stage="tokenize"):
+            tables.append(pq.read_table(io.BytesIO(data)))
         self.table = pa.concat_tables(tables) if tables else None
         self.split = split
 

@@ -95,10 +95,7 @@ def default_pointer(output: str) -> str:
 
 def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
     """What tokenize recorded: the model format (any layout vcot wrote) and the model whose tokenizer it used."""
-    found = manifest.read_manifest(data_uri)
-    if found.get("stage") != "tokenize":
-        raise VcotError(f"{data_uri} was written by stage {found.get('stage')!r}, not tokenize: pass a tokenize output")
-    settings = found.get("config", {})
+    settings = manifest.read_manifest(data_uri, expect_stage="tokenize").get("config", {})
     try:
         return ModelFormat.from_dict(settings), str(settings["model"])
     except (ValueError, TypeError, KeyError) as exc:
@@ -231,11 +228,13 @@ def run_pointer(output: str, base_model: str) -> dict[str, str]:
 
 
 def ensure_pointer(config: TrainConfig) -> None:
-    """On the rerun of a committed output, write its pointer if it is missing or points elsewhere.
+    """On the rerun of a committed output, write its pointer if it is missing, unreadable or names this run.
 
     A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
-    never sees; the retried pod skips training and repairs the pointer here. The base model is the one the
-    committed run recorded.
+    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
+    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
+    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
+    the committed run recorded.
     """
     recorded = manifest.read_manifest(config.output).get("config", {})
     expected = run_pointer(config.output, recorded.get("model") or config.model)
@@ -243,9 +242,15 @@ def ensure_pointer(config: TrainConfig) -> None:
         current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
     except StorageError:
         current = None  # unreadable: rewrite it
-    if current != expected:
-        storage.write_json(config.pointer_uri, expected)
-        log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
+    if not isinstance(current, dict):
+        current = None  # not a pointer: rewrite it
+    if current == expected:
+        return
+    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
+        return
+    storage.write_json(config.pointer_uri, expected)
+    log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,7 +270,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
     from vcot.train.data import Collator, TokenizedDataset, local_scratch
 
     # 1. What to do.
-    if not manifest.prepare_output(config.output, overwrite=config.overwrite):
+    inputs = [config.data, config.model]
+    if not manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
         ensure_pointer(config)
         return None
