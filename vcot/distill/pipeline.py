@@ -42,7 +42,7 @@ from vcot.distill.ledger import DEFAULT_PRICES, Ledger
 from vcot.distill.teacher import LiveBackend, RetryPolicy, Teacher, TeacherError, make_client
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import grounding_problem
@@ -334,7 +334,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         return {"skipped": True}
     api_key = os.environ.get("OPENAI_API_KEY", "")
     if not api_key:
-        raise VcotError(
+        raise ConfigError(
             "OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint"
         )
     items = list(owned_records(config.input, shard))
