@@ -15,9 +15,11 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from vcot import manifest, storage
 from vcot.images import load_rgb
+from vcot.modeling import architecture
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -46,8 +48,12 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
     adapter = Path(reference_run) / "adapter"
     for name in ("adapter_config.json", "adapter_model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (adapter / name).exists(), name
-    assert json.loads((adapter / "vcot-model.json").read_text()) == {
+    card = json.loads((adapter / "vcot-model.json").read_text())
+    assert card["base_architecture"]["text_config.hidden_size"] == 64  # evaluate refuses another base with it
+    assert card["base_architecture"] == architecture(AutoConfig.from_pretrained(tiny_model_dir).to_dict())
+    assert card == {
         "base_model": str(tiny_model_dir),
+        "base_architecture": card["base_architecture"],
         "coords": "norm1000",
         "mode": "multimodal",
         "min_pixels": 56 * 56,

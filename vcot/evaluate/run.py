@@ -22,7 +22,7 @@ from typing import Any
 from vcot import manifest, shards, storage
 from vcot.boxes import QWEN_MAX_PIXELS, QWEN_MIN_PIXELS
 from vcot.config import redacted
-from vcot.errors import VcotError
+from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.metrics import summarize_by_subset
@@ -79,19 +79,20 @@ def model_responses(
 ) -> tuple[dict[str, str], Readback, dict[str, Any]]:
     """Load the model, settle its coordinate convention and pixel budget (one interpretation), generate."""
     from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
-    from vcot.modeling import MODEL_CARD, load_model_and_processor, read_model_card
+    from vcot.modeling import MODEL_CARD, check_base_model, load_model_and_processor, read_model_card
 
     card: dict[str, Any] = {}
     if target.adapter and storage.exists(storage.join(target.adapter, MODEL_CARD)):
         card = read_model_card(target.adapter)
+        check_base_model(card, str(target.model))  # before minutes of loading weights that cannot fit
     if config.coords and card.get("coords") and config.coords != card["coords"]:
-        raise VcotError(
+        raise ConfigError(
             f"--coords {config.coords} contradicts the adapter's {MODEL_CARD} ({card['coords']}): "
             "drop --coords to use what the model was trained with"
         )
     coords = config.coords or card.get("coords")
     if coords is None:
-        raise VcotError(f"no {MODEL_CARD} next to the adapter: pass --coords norm1000 or --coords qwen2.5-absolute")
+        raise ConfigError(f"no {MODEL_CARD} next to the adapter: pass --coords norm1000 or --coords qwen2.5-absolute")
     if config.threads:
         import torch
 

@@ -69,10 +69,7 @@ class TrainConfig:
             raise ValueError("--pointer must name a .json file")
         if self.threads < 0:
             raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
-        try:  # a bad recipe or override fails here, before any model is loaded (exit code 2)
-            load_recipe(self.recipe, self.set)
-        except VcotError as exc:
-            raise ValueError(str(exc)) from None
+        load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model is loaded (exit 2)
 
     @property
     def pointer_uri(self) -> str:
@@ -185,10 +182,13 @@ def training_arguments(recipe: Recipe, local_dir: Path, *, precision: Precision,
     )
 
 
-def model_card(config: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """``vcot-model.json``: what evaluate needs to prompt the adapter and read its boxes back."""
+def model_card(config: TrainConfig, settings: dict[str, Any], base_config: dict[str, Any]) -> dict[str, Any]:
+    """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back."""
+    from vcot.modeling import architecture
+
     return {
         "base_model": config.model,
+        "base_architecture": architecture(base_config),
         "coords": settings["coords"],
         "mode": settings["mode"],
         "min_pixels": int(settings["min_pixels"]),
@@ -278,6 +278,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
 
     # 2. Model and processor (the processor cuts images exactly as tokenize counted their tokens).
     model, processor = load_model_and_processor(config.model, quantize=recipe.quantize, for_training=True)
+    base_config = model.config.to_dict()
     processor.image_processor.size = {"shortest_edge": settings["min_pixels"], "longest_edge": settings["max_pixels"]}
     precision = machine_precision()
 
@@ -343,7 +344,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         adapter_dir = out / "adapter"
         trainer.model.save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
-        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, settings)), encoding="utf-8")
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, settings, base_config)), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
