@@ -81,15 +81,17 @@ def test_stopped_convert_leaves_no_worker_behind(tmp_path: Path, sig: int) -> No
             assert _wait_until(lambda: _children(process.pid), 30), "no worker process started"
             workers = _children(process.pid)
             process.send_signal(sig)
-            _, err = process.communicate(timeout=60)
+            process.wait(timeout=60)
         finally:
             os.close(fd)
-        assert _wait_until(lambda: all(_stat(pid) is None for pid in workers), 10), "workers outlived convert"
+        workers_gone = _wait_until(lambda: all(_stat(pid) is None for pid in workers), 10)
     finally:
         process.kill()
-        for pid in workers:  # what the unfixed code leaves blocked forever
+        for pid in workers:  # what the unfixed code left blocked forever (holding convert's stderr open)
             if _stat(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
+    err = process.communicate(timeout=60)[1]
+    assert workers_gone, f"workers {workers} outlived convert"
     if sig == signal.SIGTERM:
         assert process.returncode == 1, err[-3000:]
         events = [json.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
