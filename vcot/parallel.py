@@ -62,16 +62,17 @@ PARENT_CHECK_SECONDS = 0.5
 
 
 def _init_worker(state: Any, parent: int) -> None:
-    """Keep the shared state, leave SIGTERM to the parent, and exit when the parent is gone.
+    """Keep the shared state, die on SIGTERM, and exit when the parent is gone.
 
-    A SIGTERM sent to every process (``pkill``) is the parent's to handle: it shuts the pool down as it
-    unwinds. A parent killed outright (SIGKILL, out of memory) leaves its workers waiting forever on a
-    queue nobody writes to; in a container they die with PID 1, on a workstation they would not. So a
-    thread watches for the worker being reparented, and ends it.
+    SIGTERM gets its default action back: the parent's handler (it unwinds the stage) is inherited
+    through fork, and the pool terminates the other workers with SIGTERM when one dies. A parent killed
+    outright (SIGKILL, out of memory) leaves its workers waiting forever on a queue nobody writes to; in
+    a container they die with PID 1, on a workstation they would not. So a thread watches for the worker
+    being reparented, and ends it.
     """
     global _STATE
     _STATE = state
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="vcot-parent-watch", daemon=True).start()
 
 
