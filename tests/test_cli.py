@@ -50,5 +50,6 @@ def test_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys) -> None:  # ty
     assert run_stage("echo", EchoConfig, boom, ["--output", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     crashed = [json.loads(line) for line in err.splitlines() if '"crashed"' in line]
-    assert len(crashed) == 1 and "Traceback" in crashed[0]["exception"] and "RuntimeError: a bug" in crashed[0]["exception"]
+    assert len(crashed) == 1 and "Traceback" in crashed[0]["exception"]
+    assert "RuntimeError: a bug" in crashed[0]["exception"]
     assert all(line.startswith("{") for line in err.splitlines() if line)  # logged once, inside the JSON line

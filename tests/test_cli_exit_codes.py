@@ -105,4 +105,5 @@ def test_a_malformed_endpoint_url_is_one_line_without_secrets(fmt: str, tmp_path
     assert result.returncode == 2, result.stderr[-3000:]
     assert secret not in result.stdout + result.stderr and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("vcot-convert: error:")]
-    assert errors == ["vcot-convert: error: AWS_ENDPOINT_URL_S3='not a url' is not a URL: set it to http(s)://host[:port]"]
+    expected = "vcot-convert: error: AWS_ENDPOINT_URL_S3='not a url' is not a URL: set it to http(s)://host[:port]"
+    assert errors == [expected]

@@ -46,6 +46,7 @@ def test_secret_environment_values_and_url_credentials_are_masked(monkeypatch: p
     monkeypatch.setattr(sys, "stderr", stream)
     for fmt in ("console", "json"):
         configure_logging(fmt)
-        get_logger("t").warning("oops", error="refused wJalrXUtnFEMI/K7MDENG", url="https://me:pw@llm.example/v1", n=51200000)
+        log = get_logger("t")
+        log.warning("oops", error="refused wJalrXUtnFEMI/K7MDENG", url="https://me:pw@llm.example/v1", n=51200000)
     assert "wJalrXUtnFEMI" not in stream.getvalue() and ":pw@" not in stream.getvalue()
     assert stream.getvalue().count("https://***@llm.example/v1") == 2 and stream.getvalue().count("51200000") == 2

@@ -159,7 +159,7 @@ def parse_config(
 
 
 def is_secret_name(name: str) -> bool:
-    """A name with a secret-sounding word: ``api_key``, ``AWS_SECRET_ACCESS_KEY``, ``hf_token``; not ``max_new_tokens``."""
+    """A name with a secret-sounding word: ``api_key``, ``AWS_SECRET_ACCESS_KEY``, ``hf_token``; not ``max_tokens``."""
     return any(word in _SECRET_WORDS for word in re.split(r"[_.-]", name.lower()))
 
 

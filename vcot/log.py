@@ -70,7 +70,9 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"
         # rich's or better-exceptions' tracebacks (the default when installed) print every frame's locals
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback)
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[

@@ -116,7 +116,8 @@ def ordered_map(
     context = multiprocessing.get_context("fork")  # the state is inherited, not pickled
     limit = window or 2 * workers
     pending: deque[Future[Result]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(state, os.getpid())) as pool:
+    initargs = (state, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         try:
             for task in _chain(first, second, iterator):
                 pending.append(pool.submit(_call, function, task))

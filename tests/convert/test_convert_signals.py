@@ -71,7 +71,9 @@ def test_stopped_convert_leaves_no_worker_behind(tmp_path: Path, sig: int) -> No
                "--images", synthetic["images"], "--metadata", synthetic["metadata"],
                "--output", str(tmp_path / "out"), "--workers", "2"]  # fmt: skip
     env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     workers: list[int] = []
     try:
         fd = _open_for_writing(fifo, process)

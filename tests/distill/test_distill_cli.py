@@ -109,7 +109,9 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize("fmt", ["console", "json"])
-def test_a_crash_logs_its_traceback_once_and_no_secret(input_records: Callable[..., str], tmp_path: Path, fmt: str) -> None:
+def test_a_crash_logs_its_traceback_once_and_no_secret(
+    input_records: Callable[..., str], tmp_path: Path, fmt: str
+) -> None:
     """Console logs (a terminal, make local-train) used to print every frame's locals: the key among them."""
     aws_secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
     env = {**os.environ, "OPENAI_API_KEY": API_KEY, "AWS_SECRET_ACCESS_KEY": aws_secret, "VCOT_LOG_FORMAT": fmt}

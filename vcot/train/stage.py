@@ -344,7 +344,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         adapter_dir = out / "adapter"
         trainer.model.save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
-        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, settings, base_config)), encoding="utf-8")
+        card = model_card(config, settings, base_config)
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
