@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-import pytest
-
 from vcot import storage
 from vcot.cli import run_stage
 from vcot.config import option
@@ -44,9 +42,14 @@ def test_unreachable_storage_is_one_line_and_exit_1(s3_bucket, monkeypatch, caps
     assert "http://127.0.0.1:9" in err_lines[0] and s3_bucket.removeprefix("s3://") in err_lines[0]
 
 
-def test_bugs_keep_their_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     def boom(config: EchoConfig) -> None:
         raise RuntimeError("a bug")
 
-    with pytest.raises(RuntimeError, match="a bug"):
-        run_stage("echo", EchoConfig, boom, ["--output", str(tmp_path)])
+    monkeypatch.setenv("VCOT_LOG_FORMAT", "json")
+    assert run_stage("echo", EchoConfig, boom, ["--output", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    crashed = [json.loads(line) for line in err.splitlines() if '"crashed"' in line]
+    assert len(crashed) == 1 and "Traceback" in crashed[0]["exception"]
+    assert "RuntimeError: a bug" in crashed[0]["exception"]
+    assert all(line.startswith("{") for line in err.splitlines() if line)  # logged once, inside the JSON line

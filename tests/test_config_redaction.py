@@ -30,3 +30,17 @@ def test_redaction_by_word_not_substring() -> None:
         "tokenizer": "t",
         "empty_secret": "",
     }
+
+
+@dataclass
+class _WithUrls:
+    base_url: str = option("https://user:pa55word@llm.example/v1?api-key=k-123&model=m", help="An endpoint.")
+    mirrors: list = option(["http://u:p@a.example/x", "s3://bucket/no-credentials"], help="More endpoints.")
+
+
+def test_credentials_written_into_urls_are_masked() -> None:
+    """What distill logs and stores in its manifest for ``--base-url https://user:password@host/v1``."""
+    assert redacted(_WithUrls()) == {
+        "base_url": "https://***@llm.example/v1?api-key=***&model=m",
+        "mirrors": ["http://***@a.example/x", "s3://bucket/no-credentials"],
+    }

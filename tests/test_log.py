@@ -19,3 +19,34 @@ def test_logs_follow_the_current_stderr(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(sys, "stderr", second)
     get_logger("t").info("hello", n=1)
     assert '"event": "hello"' in second.getvalue()
+
+
+def _crash_with_a_secret_local() -> None:
+    password = "hunter2-only-in-a-local"  # noqa: F841 - what rich's tracebacks used to print
+    raise RuntimeError("deep bug")
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_tracebacks_show_no_local_variables(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(fmt)
+    try:
+        _crash_with_a_secret_local()
+    except RuntimeError:
+        get_logger("t").exception("crashed")
+    assert "RuntimeError: deep bug" in stream.getvalue() and "_crash_with_a_secret_local" in stream.getvalue()
+    assert "hunter2" not in stream.getvalue()
+
+
+def test_secret_environment_values_and_url_credentials_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
+    monkeypatch.setenv("VCOT_MAX_NEW_TOKENS", "51200000")  # not a secret: "tokens" is not "token"
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    for fmt in ("console", "json"):
+        configure_logging(fmt)
+        log = get_logger("t")
+        log.warning("oops", error="refused wJalrXUtnFEMI/K7MDENG", url="https://me:pw@llm.example/v1", n=51200000)
+    assert "wJalrXUtnFEMI" not in stream.getvalue() and ":pw@" not in stream.getvalue()
+    assert stream.getvalue().count("https://***@llm.example/v1") == 2 and stream.getvalue().count("51200000") == 2

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
@@ -35,6 +38,21 @@ def test_a_failing_task_raises_in_order_after_the_results_before_it() -> None:
         for value, _ in ordered_map(_scaled, {"factor": 1, "fail_on": 7}, range(50), workers=2):
             seen.append(value)
     assert seen == list(range(7))
+
+
+def _slow_pid(state: None, task: int) -> int:
+    time.sleep(0.005)
+    return os.getpid()
+
+
+def test_workers_die_on_sigterm_even_inside_a_stage() -> None:
+    """The pool stops its workers with SIGTERM when one breaks: they must die on it, not ignore it nor raise
+    the stage's own SIGTERM exception (inherited through fork)."""
+    from vcot.cli import _sigterm_unwinds
+
+    with _sigterm_unwinds(), pytest.raises(BrokenProcessPool):
+        for pid in ordered_map(_slow_pid, None, range(2000), workers=2):
+            os.kill(pid, signal.SIGTERM)
 
 
 def test_stopping_early_reads_no_further_than_the_window() -> None:

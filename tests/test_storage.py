@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vcot import manifest, shards, storage
-from vcot.errors import NotCommittedError, StorageError
+from vcot.errors import ConfigError, NotCommittedError, StorageError
 
 RECORDS = [{"id": f"r{i}", "text": "ünïcode ✓", "n": i} for i in range(25)]
 
@@ -150,8 +150,16 @@ def test_missing_bucket_and_missing_key(s3_bucket: str) -> None:
 
 def test_invalid_addressing_style_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VCOT_S3_ADDRESSING_STYLE", "sideways")
-    with pytest.raises(StorageError, match="set it to path, virtual or auto"):
+    with pytest.raises(ConfigError, match="set it to path, virtual or auto"):
         storage.S3Settings.from_env()
+
+
+def test_a_malformed_endpoint_is_a_setting_to_fix_and_hides_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:pw@minio:port/")
+    with pytest.raises(ConfigError, match=r"^AWS_ENDPOINT_URL='http://\*\*\*@minio:port/' is not a URL") as info:
+        storage.s3_client()  # botocore's own check would raise a bare ValueError, only here
+    assert "pw" not in str(info.value)
 
 
 def test_join_and_relative() -> None:

@@ -2,7 +2,8 @@
 
 Each field becomes ``--kebab-name``; its environment fallback is ``VCOT_UPPER_NAME`` (what a Kubernetes
 ConfigMap sets). Precedence: flag, then environment, then the field default. A value that does not
-parse, or that ``__post_init__`` rejects, exits with code 2 and a message that says what to set::
+parse, or that ``__post_init__`` rejects (``ValueError`` or :class:`~vcot.errors.ConfigError`), exits with
+code 2 and one line that says what to set::
 
     @dataclass
     class ConvertConfig:
@@ -19,16 +20,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
 from collections.abc import Sequence
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, NoReturn, TypeVar, Union, get_args, get_origin
+
+from vcot.errors import ConfigError
 
 T = TypeVar("T")
 
 REQUIRED: Any = dataclasses.MISSING
-_SECRET_WORDS = ("key", "keys", "secret", "secrets", "token", "password", "passwd", "credential", "credentials")
+_SECRET_WORDS = (
+    "key", "keys", "secret", "secrets", "token", "password", "passwd", "credential", "credentials", "sig", "signature"
+)
+_URL_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]+@")
+_URL_QUERY_VALUE = re.compile(r"([?&]([\w.-]+)=)([^&#\s'\"]+)")
 
 
 def option(
@@ -91,9 +99,16 @@ def _type_hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, globalns=vars(module) if module else None)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """An invalid flag or value is one line on stderr and exit code 2 (no usage dump in a pod's log)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (--help lists every flag)\n")
+
+
 def build_parser(cls: type, prog: str | None = None, description: str | None = None) -> argparse.ArgumentParser:
     doc_lines = (cls.__doc__ or "").strip().splitlines()
-    parser = argparse.ArgumentParser(prog=prog, description=description or (doc_lines[0] if doc_lines else None))
+    parser = _OneLineErrors(prog=prog, description=description or (doc_lines[0] if doc_lines else None))
     hints = _type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init:
@@ -139,15 +154,28 @@ def parse_config(
             elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:  # type: ignore[misc]
                 raise ValueError(f"{flag} is required: pass it or set {env_name(field)}")
         return cls(**values)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ConfigError) as exc:
         parser.error(str(exc))
-        raise  # unreachable: parser.error exits with code 2
+
+
+def is_secret_name(name: str) -> bool:
+    """A name with a secret-sounding word: ``api_key``, ``AWS_SECRET_ACCESS_KEY``, ``hf_token``; not ``max_tokens``."""
+    return any(word in _SECRET_WORDS for word in re.split(r"[_.-]", name.lower()))
 
 
 def is_secret(field: dataclasses.Field[Any]) -> bool:
-    """Marked ``secret``, or a name with a secret-sounding word (``api_key``, ``hf_token``; not ``max_new_tokens``)."""
-    words = field.name.lower().split("_")
-    return bool(field.metadata.get("secret")) or any(word in _SECRET_WORDS for word in words)
+    """Marked ``secret``, or a secret-sounding name (:func:`is_secret_name`)."""
+    return bool(field.metadata.get("secret")) or is_secret_name(field.name)
+
+
+def mask_url_credentials(text: str) -> str:
+    """Credentials written into URLs (user:password, secret query parameters) replaced by ``***``.
+
+    >>> mask_url_credentials("base https://me:s3cr3t@llm.example/v1?api-key=abc&model=x")
+    'base https://***@llm.example/v1?api-key=***&model=x'
+    """
+    text = _URL_USERINFO.sub("***@", text)
+    return _URL_QUERY_VALUE.sub(lambda m: m.group(1) + "***" if is_secret_name(m.group(2)) else m.group(0), text)
 
 
 def redacted(config: Any) -> dict[str, Any]:
@@ -159,5 +187,9 @@ def redacted(config: Any) -> dict[str, Any]:
             value = "***"
         elif dataclasses.is_dataclass(value) and not isinstance(value, type):
             value = redacted(value)
+        elif isinstance(value, str):
+            value = mask_url_credentials(value)
+        elif isinstance(value, list):
+            value = [mask_url_credentials(item) if isinstance(item, str) else item for item in value]
         out[field.name] = value
     return out

@@ -10,6 +10,13 @@ class VcotError(Exception):
     exit_code: int = 1
 
 
+class ConfigError(VcotError):
+    """Invalid settings (a flag, an environment variable, a recipe): a retry cannot help, so exit code 2,
+    which the Jobs' ``podFailurePolicy`` fails at once instead of retrying the pod."""
+
+    exit_code = 2
+
+
 class StorageError(VcotError):
     """Storage is unreachable, refuses our credentials, or lacks what we asked for."""
 

@@ -2,16 +2,51 @@
 
 JSON lines in a cluster (stdout is not a terminal, or ``VCOT_LOG_FORMAT=json``), readable console
 output on a developer's terminal (``VCOT_LOG_FORMAT=console`` forces it). ``VCOT_LOG_LEVEL`` sets the level.
+
+No secret reaches a log in either format: tracebacks are plain (never a frame's local variables, where
+API keys and S3 credentials live), and every rendered line, library warnings included, has the values of
+secret-named environment variables (``AWS_SECRET_ACCESS_KEY``, ``OPENAI_API_KEY``...) and credentials
+written into URLs replaced by ``***``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+
+from vcot.config import is_secret_name, mask_url_credentials
+
+MIN_SECRET_LENGTH = 8
+"""Shorter values of secret-named variables are not masked (``true``, a test's ``testing``): they would mask
+ordinary words everywhere and are no secret worth the name."""
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with secret environment values and URL credentials replaced by ``***``."""
+    values = {value for name, value in os.environ.items() if len(value) >= MIN_SECRET_LENGTH and is_secret_name(name)}
+    for value in sorted(values, key=len, reverse=True):
+        text = text.replace(value, "***").replace(json.dumps(value)[1:-1], "***")  # also as a JSON string escapes it
+    return mask_url_credentials(text)
+
+
+def _masked(renderer: Callable[..., str]) -> Callable[..., str]:
+    def render(logger: Any, method: str, event_dict: Any) -> str:
+        return mask_secrets(renderer(logger, method, event_dict))
+
+    return render
+
+
+class _MaskingFormatter(logging.Formatter):
+    """The standard logging module's lines (libraries' warnings) masked the same way."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
 
 
 class _CurrentStderr:
@@ -34,7 +69,10 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # rich's or better-exceptions' tracebacks (the default when installed) print every frame's locals
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[
@@ -43,14 +81,16 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info if fmt == "json" else structlog.dev.set_exc_info,
-            renderer,
+            _masked(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module: keep their warnings, drop their chatter.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
+    handler.setFormatter(_MaskingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def get_logger(name: str | None = None, **context: Any) -> Any:

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huggingface_hub.errors import EntryNotFoundError
-from transformers import AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
+from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
 from vcot import storage
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.model_format import Family, ModelFormat, family_of_model_type
 
@@ -207,7 +207,7 @@ def model_family(model_uri: str) -> Family:
 
 
 def read_model_card(adapter_uri: str) -> dict[str, Any]:
-    """The ``vcot-model.json`` next to an adapter: ``base_model`` and ``model_format`` (``vcot.model_format``)."""
+    """The ``vcot-model.json`` next to an adapter: ``base_model``, its ``base_architecture`` and ``model_format``."""
     return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
 
 
@@ -219,6 +219,63 @@ def adapter_format(adapter_uri: str) -> ModelFormat | None:
         return ModelFormat.from_dict(read_model_card(adapter_uri))
     except (ValueError, TypeError, KeyError) as exc:
         raise VcotError(f"{adapter_uri}/{MODEL_CARD} is not a model card vcot can read ({exc}): re-run train") from exc
+ARCHITECTURE_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "depth", "num_heads", "out_hidden_size", "in_channels", "patch_size",
+    "spatial_merge_size", "temporal_patch_size",
+)  # fmt: skip
+
+
+def architecture(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The fields of a model config that fix its weights' shapes, nested configs flattened: an adapter
+    loads onto a base model only where they agree (the model card records the base's).
+
+    >>> architecture({"model_type": "m", "dtype": "bfloat16", "text_config": {"hidden_size": 64}})
+    {'model_type': 'm', 'text_config.hidden_size': 64}
+    """
+    found: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found.update(architecture(value, f"{prefix}{key}."))
+        elif key in ARCHITECTURE_KEYS:
+            found[prefix + key] = value
+    return found
+
+
+def check_base_model(card: dict[str, Any], model_uri: str) -> None:
+    """Refuse, in one line (exit code 2), a base model other than the one the adapter was trained on.
+
+    The card's ``base_model`` may name the same model by another URI (a local copy of an s3:// prefix), so
+    the architecture is compared, read from ``model_uri``'s config alone (no weights are fetched). A card
+    without one (an older train) is checked when the adapter loads: see :func:`load_model_and_processor`.
+    """
+    expected = card.get("base_architecture") or {}
+    if not expected:
+        return
+    path = local_model_path(model_uri, weights=False)
+    with load_errors(model_uri):
+        found = architecture(AutoConfig.from_pretrained(path).to_dict())
+    differing = [key for key in expected if key in found and found[key] != expected[key]]
+    if differing:
+        shown = "; ".join(f"{key}: {found[key]}, not {expected[key]}" for key in differing[:3])
+        raise ConfigError(
+            f"--model {model_uri} is not the base model the adapter was trained on ({shown}): "
+            f"pass --model {card.get('base_model')} or the adapter trained on this model"
+        )
+
+
+@contextmanager
+def _adapter_fits(adapter_uri: str, model_uri: str) -> Iterator[None]:
+    """PEFT's size mismatch (thousands of lines, one per tensor) as one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise ConfigError(
+            f"adapter {adapter_uri} does not fit the base model {model_uri} (other weight shapes): pass the "
+            f"--model it was trained on (base_model in its {MODEL_CARD})"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +314,7 @@ def _quantization_config(quantize: Quantize | None, dtype: Any) -> Any:
         )
     if quantize == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    raise VcotError(f"quantize={quantize!r} is not supported: use 4bit, 8bit or leave it unset")
+    raise ConfigError(f"quantize={quantize!r} is not supported: use 4bit, 8bit or leave it unset")
 
 
 def _use_unsloth(precision: Precision) -> bool:
@@ -320,7 +377,7 @@ def load_model_and_processor(
     if adapter_path is not None:
         from peft import PeftModel
 
-        with load_errors(str(adapter_uri), what="adapter"):
+        with load_errors(str(adapter_uri), what="adapter"), _adapter_fits(str(adapter_uri), model_uri):
             model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
     if not for_training:
         model.eval()

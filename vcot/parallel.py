@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,9 +57,29 @@ def resolve_workers(workers: int) -> int:
     return workers if workers > 0 else available_cpus()
 
 
-def _init_worker(state: Any) -> None:
+PARENT_CHECK_SECONDS = 0.5
+"""How often a worker checks that the process that started it is still there."""
+
+
+def _init_worker(state: Any, parent: int) -> None:
+    """Keep the shared state, die on SIGTERM, and exit when the parent is gone.
+
+    SIGTERM gets its default action back: the parent's handler (it unwinds the stage) is inherited
+    through fork, and the pool terminates the other workers with SIGTERM when one dies. A parent killed
+    outright (SIGKILL, out of memory) leaves its workers waiting forever on a queue nobody writes to; in
+    a container they die with PID 1, on a workstation they would not. So a thread watches for the worker
+    being reparented, and ends it.
+    """
     global _STATE
     _STATE = state
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="vcot-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)  # nobody is left to read what this worker would return
 
 
 def _call(function: Callable[[Any, Any], Any], task: Any) -> Any:
@@ -78,7 +101,7 @@ def ordered_map(
     ``2 * workers``) are in flight, so a multi-GB input is never read ahead. One task, or
     ``workers <= 1``, runs here without starting processes. Closing the iterator early (a caller that
     stops reading) cancels what is queued. A failing task raises here, in order; a worker killed by the
-    OS (out of memory) raises ``BrokenProcessPool``.
+    OS (out of memory) raises ``BrokenProcessPool``. Workers exit when this process does, however it ends.
 
     >>> list(ordered_map(pow, 2, [1, 2, 3], workers=1))
     [2, 4, 8]
@@ -93,7 +116,8 @@ def ordered_map(
     context = multiprocessing.get_context("fork")  # the state is inherited, not pickled
     limit = window or 2 * workers
     pending: deque[Future[Result]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(state,)) as pool:
+    initargs = (state, os.getpid())
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=initargs) as pool:
         try:
             for task in _chain(first, second, iterator):
                 pending.append(pool.submit(_call, function, task))

@@ -37,7 +37,7 @@ from typing import Any
 
 from vcot import answers
 from vcot.boxes import IntBox, ParseResult, best_match, match_optimal, parse_grounded, validate_box
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.model_format import ModelFormat
 
 Completion = str | list[dict[str, Any]]
@@ -373,9 +373,9 @@ def check_weights(weights: Mapping[str, Any]) -> None:
     """Refuse unknown reward names, non-numbers, and a set of weights that optimizes nothing."""
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
-        raise VcotError(f"unknown rewards {unknown} in reward_weights: use {', '.join(REWARDS)}")
+        raise ConfigError(f"unknown rewards {unknown} in reward_weights: use {', '.join(REWARDS)}")
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-            raise VcotError(f"reward_weights {name}={weight!r} must be a finite number")
+            raise ConfigError(f"reward_weights {name}={weight!r} must be a finite number")
     if not any(weights.values()):
-        raise VcotError("reward_weights must give at least one reward a non-zero weight")
+        raise ConfigError("reward_weights must give at least one reward a non-zero weight")

@@ -8,7 +8,8 @@ S3 settings come from the standard environment, so what runs in a pod runs the s
 - ``VCOT_S3_ADDRESSING_STYLE``: ``path`` (default with a custom endpoint: MinIO wants it), ``virtual`` or ``auto``,
 - ``VCOT_S3_MAX_ATTEMPTS``: attempts per request on transient errors (throttling, 5xx, timeouts), default 5.
 
-Storage problems become a :class:`StorageError` whose one-line message names the endpoint and bucket.
+Storage problems become a :class:`StorageError` whose one-line message names the endpoint and bucket;
+invalid settings (a malformed endpoint URL, a bad ``VCOT_S3_*`` value) a :class:`ConfigError` (exit code 2).
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import functools
 import json
 import os
 import shutil
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from vcot.errors import StorageError
+from vcot.config import mask_url_credentials
+from vcot.errors import ConfigError, StorageError
 
 S3_SCHEME = "s3://"
 
@@ -37,19 +40,43 @@ class S3Settings:
 
     @classmethod
     def from_env(cls) -> S3Settings:
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        """The settings of this environment; an invalid one is a :class:`ConfigError` (exit code 2)."""
+        endpoint = None
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(name):
+                endpoint = _checked_endpoint(name, os.environ[name])
+                break
         style = os.environ.get("VCOT_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
         if style not in ("path", "virtual", "auto"):
-            raise StorageError(f"VCOT_S3_ADDRESSING_STYLE={style!r} is not valid: set it to path, virtual or auto")
+            raise ConfigError(f"VCOT_S3_ADDRESSING_STYLE={style!r} is not valid: set it to path, virtual or auto")
         attempts = os.environ.get("VCOT_S3_MAX_ATTEMPTS", "5")
         if not attempts.isdigit() or int(attempts) < 1:
-            raise StorageError(f"VCOT_S3_MAX_ATTEMPTS={attempts!r} is not valid: set it to a positive integer")
+            raise ConfigError(f"VCOT_S3_MAX_ATTEMPTS={attempts!r} is not valid: set it to a positive integer")
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         return cls(endpoint, region, style, int(attempts))
 
     @property
     def endpoint_label(self) -> str:
-        return self.endpoint_url or f"AWS S3 ({self.region})"
+        return mask_url_credentials(self.endpoint_url) if self.endpoint_url else f"AWS S3 ({self.region})"
+
+
+def _checked_endpoint(name: str, url: str) -> str:
+    """``url`` if it is an http(s) URL with a host (boto3 would fail deep in botocore, and only later).
+
+    >>> _checked_endpoint("AWS_ENDPOINT_URL_S3", "not a url")
+    Traceback (most recent call last):
+    ...
+    vcot.errors.ConfigError: AWS_ENDPOINT_URL_S3='not a url' is not a URL: set it to http(s)://host[:port]
+    """
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        valid = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+        parsed.port  # noqa: B018 - raises ValueError when the port is not a number
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(f"{name}={mask_url_credentials(url)!r} is not a URL: set it to http(s)://host[:port]")
+    return url
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,7 +122,7 @@ def split_s3(uri: str) -> tuple[str, str]:
         raise ValueError(f"not an s3:// URI: {uri!r}")
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
-        raise StorageError(f"{uri!r} names no bucket: write s3://BUCKET/prefix")
+        raise ConfigError(f"{uri!r} names no bucket: write s3://BUCKET/prefix")
     return bucket, key
 
 

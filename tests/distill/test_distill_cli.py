@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.distill.distill_helpers import API_KEY, commit_input, make_record, question_number
-from vcot import manifest
+from vcot import manifest, storage
 from vcot.distill import distill
 from vcot.distill.cache import AnswerCache
 from vcot.distill.config import DistillConfig
@@ -92,7 +92,7 @@ def test_missing_key_is_a_clear_error(
     from jobs.distill import main
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    assert main(_flags(input_records(1), str(tmp_path / "out"), "http://127.0.0.1:9/v1")) == 1
+    assert main(_flags(input_records(1), str(tmp_path / "out"), "http://127.0.0.1:9/v1")) == 2  # a setting: no retry
     assert "OPENAI_API_KEY is not set" in capfd.readouterr().err
 
 
@@ -116,7 +116,40 @@ def test_input_without_records_exits_2_and_commits_nothing(
     # A shard that owns none of a small input is fine: shard 1 of 2 over one record commits its empty part.
     one = commit_input(str(tmp_path / "one"), [make_record(tmp_path / "data", 0)])
     assert main(_flags(one, str(tmp_path / "small"), server.base_url, "--num-shards", "2", "--shard-index", "1")) == 0
-    assert manifest.is_committed(str(tmp_path / "small"), ShardSpec(1, 2))
+    assert storage.exists(manifest.shard_manifest_uri(str(tmp_path / "small"), ShardSpec(1, 2)))
+
+
+_CRASHING_DISTILL = """
+import sys
+import vcot.distill.pipeline as pipeline
+
+def unreadable(*args):  # a bug deep in the stage, called where the API key is a local variable
+    raise RuntimeError("planted bug")
+
+pipeline.owned_records = unreadable
+from jobs.distill import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_a_crash_logs_its_traceback_once_and_no_secret(
+    input_records: Callable[..., str], tmp_path: Path, fmt: str
+) -> None:
+    """Console logs (a terminal, make local-train) used to print every frame's locals: the key among them."""
+    aws_secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY"
+    env = {**os.environ, "OPENAI_API_KEY": API_KEY, "AWS_SECRET_ACCESS_KEY": aws_secret, "VCOT_LOG_FORMAT": fmt}
+    base_url = "http://teacher:pw-SECRET-in-url@127.0.0.1:9/v1"  # credentials in --base-url are masked too
+    command = [sys.executable, "-c", _CRASHING_DISTILL, *_flags(input_records(1), str(tmp_path / "out"), base_url)]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    logs = result.stdout + result.stderr
+    assert result.returncode == 1, logs[-3000:]
+    assert logs.count("RuntimeError: planted bug") == 1 and "unreadable" in logs  # the traceback, once
+    for secret in (API_KEY, aws_secret, "pw-SECRET-in-url"):
+        assert secret not in logs
+    assert "http://***@127.0.0.1:9/v1" in logs  # the logged config still says which endpoint
+    if fmt == "json":
+        assert all(line.startswith("{") for line in result.stderr.splitlines() if line), result.stderr[-3000:]
 
 
 def _kill_mid_run(

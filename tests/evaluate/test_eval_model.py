@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
 from vcot.evaluate.history import read_history
-from vcot.modeling import MODEL_CARD, load_model_and_processor
+from vcot.modeling import MODEL_CARD, architecture, load_model_and_processor
 
 FAST = ["--max-new-tokens", "12"]
 WATCHED = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
@@ -111,12 +113,56 @@ def test_coordinate_convention_is_never_guessed(
 ) -> None:
     data = commit_records(str(tmp_path), _records(str(tmp_path), 1))
     out = str(tmp_path / "o")
-    assert main(["--model", str(tiny_model_dir), "--data", data, "--output", out, *FAST]) == 1
+    assert main(["--model", str(tiny_model_dir), "--data", data, "--output", out, *FAST]) == 2  # settings: exit 2
     assert "pass --coords" in capsys.readouterr().err
     args = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out]
-    assert main([*args, "--coords", "qwen2.5-absolute", *FAST]) == 1
+    assert main([*args, "--coords", "qwen2.5-absolute", *FAST]) == 2
     assert "contradicts the adapter's vcot-model.json" in capsys.readouterr().err
     assert main(["--model", str(tiny_model_dir), "--coords", "qwen2.5-absolute", "--data", data, "--output", out, *FAST]) == 0
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A base model of another size than the one ``adapter_dir`` was trained on."""
+    from vcot.tiny_model import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-local"), size="local")
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("vcot-evaluate: error:")]
+
+
+def test_an_adapter_on_another_base_model_is_refused_in_one_line(
+    tiny_model_dir: Path, adapter_dir: Path, other_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to crash with a size-mismatch traceback of thousands of lines, after loading the model."""
+    data = commit_records(str(tmp_path), _records(str(tmp_path), 1))
+    card = json.loads((adapter_dir / MODEL_CARD).read_text())
+    recorded = tmp_path / "recorded"  # what train writes: the base's architecture, compared before loading
+    shutil.copytree(adapter_dir, recorded)
+    card["base_architecture"] = architecture(AutoConfig.from_pretrained(tiny_model_dir).to_dict())
+    (recorded / MODEL_CARD).write_text(json.dumps(card))
+    older = tmp_path / "older"  # a card without it: refused when the adapter's weights do not fit
+    shutil.copytree(adapter_dir, older)
+
+    refusals = {
+        recorded: ["is not the base model the adapter was trained on (text_config.hidden_size: 256, not 64;",
+                   f"pass --model {tiny_model_dir} or"],
+        older: [f"adapter {older} does not fit the base model {other_base}"],
+    }  # fmt: skip
+    for adapter, fragments in refusals.items():
+        argv = ["--model", str(other_base), "--adapter", str(adapter), "--data", data, "--output", str(tmp_path / "o")]
+        assert main([*argv, *FAST]) == 2
+        err = capsys.readouterr().err
+        errors = _error_lines(err)
+        assert len(errors) == 1 and all(f in errors[0] for f in fragments) and "Traceback" not in err, err[-3000:]
+        assert ('"load_model"' in err) == (adapter == older)  # the card's architecture refuses before any weight loads
+    # The same base under another name (a copy) is accepted: the architecture is compared, not the URI.
+    copy = tmp_path / "copy-of-base"
+    shutil.copytree(tiny_model_dir, copy)
+    argv = ["--model", str(copy), "--adapter", str(recorded), "--data", data, "--output", str(tmp_path / "ok")]
+    assert main([*argv, *FAST]) == 0
 
 
 def _entry(data: str, output: str, value: float) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -200,3 +201,16 @@ def test_user_errors_are_one_line(known_data: tuple[str, list], tmp_path: Path, 
     with pytest.raises(SystemExit) as info:
         _run(["--pointer", "p.json", "--data", data, "--regression-metrics", "mean_iou,mean_iuo"])
     assert info.value.code == 2 and "unknown mean_iuo" in capsys.readouterr().err
+
+
+def test_a_line_that_is_not_utf8_is_counted_as_malformed(known_data: tuple[str, list], tmp_path: Path) -> None:
+    data, _ = known_data
+    predictions = tmp_path / "p.jsonl.gz"  # compressed too: the bytes reach the JSON parser as they are
+    good = json.dumps({"id": "test:gqa:0", "prediction": "<box>[100, 100, 300, 300]</box> Answer: red"}).encode()
+    latin1 = '{"id": "test:gqa:1", "prediction": "caf\u00e9 Answer: blue"}'.encode("latin-1")  # \xe9: not UTF-8
+    storage.write_bytes(str(predictions), gzip.compress(good + b"\n" + latin1 + b"\n"))
+    output = str(tmp_path / "o")
+    assert _run(["--predictions", str(predictions), "--data", data, "--output", output]) == 0
+    metrics = storage.read_json(f"{output}/metrics.json")
+    assert metrics["details"]["skipped_predictions"] == {"malformed_json": 1}
+    assert metrics["join"]["scored"] == 1 and metrics["overall"]["mean_iou"] == pytest.approx(1.0)

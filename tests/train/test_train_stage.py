@@ -15,10 +15,12 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import AutoConfig
 
 from vcot import manifest, storage
 from vcot.images import load_rgb
 from vcot.model_format import ModelFormat
+from vcot.modeling import architecture
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -48,8 +50,11 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
     for name in ("adapter_config.json", "adapter_model.safetensors", "processor_config.json", "tokenizer.json"):
         assert (adapter / name).exists(), name
     card = json.loads((adapter / "vcot-model.json").read_text())
+    assert card["base_architecture"]["text_config.hidden_size"] == 64  # evaluate refuses another base with it
+    assert card["base_architecture"] == architecture(AutoConfig.from_pretrained(tiny_model_dir).to_dict())
     assert card == {
         "base_model": str(tiny_model_dir),
+        "base_architecture": card["base_architecture"],
         "model_format": ModelFormat.for_family("qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112).to_dict(),
     }
     assert list((Path(reference_run) / "tensorboard").glob("events.out.tfevents.*"))

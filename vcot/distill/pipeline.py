@@ -343,7 +343,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
         return {"skipped": True}
     api_key = os.environ.get("OPENAI_API_KEY", "")
     if not api_key:
-        raise VcotError(
+        raise ConfigError(
             "OPENAI_API_KEY is not set: export it (in a cluster, from a Secret); any value for a keyless endpoint"
         )
     items = list(owned_records(config.input, shard))

@@ -22,7 +22,7 @@ from typing import Any
 
 from vcot import manifest, shards, storage
 from vcot.config import redacted
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.metrics import summarize_by_subset
@@ -87,7 +87,7 @@ def with_overrides(fmt: ModelFormat, config: EvaluateConfig, *, source: str) -> 
     the wrong place); other fields (pixel budget, prompt mode, box syntax) may be changed, with a warning."""
     overrides = flag_overrides(config)
     if "coords" in overrides and overrides["coords"] != fmt.coords:
-        raise VcotError(
+        raise ConfigError(
             f"--coords {overrides['coords']} contradicts {source} ({fmt.coords}): "
             "drop --coords to read boxes as the model was trained to write them"
         )
@@ -99,17 +99,18 @@ def with_overrides(fmt: ModelFormat, config: EvaluateConfig, *, source: str) -> 
     return changed
 
 
-def model_format_for(config: EvaluateConfig, target: Target, processor: Any) -> ModelFormat:
-    """The format the adapter's card records (any layout vcot wrote), else the base model's processor with the flags."""
-    from vcot.modeling import MODEL_CARD, adapter_format, model_family
+def recorded_format(config: EvaluateConfig, target: Target) -> ModelFormat | None:
+    """The adapter card's format with the flags applied, or ``None`` when the flags must say it (``--coords``);
+    checked before any weight is loaded."""
+    from vcot.modeling import MODEL_CARD, adapter_format
 
     recorded = adapter_format(target.adapter) if target.adapter else None
     if recorded is not None:
         return with_overrides(recorded, config, source=f"the adapter's {MODEL_CARD}")
     if config.coords is None:  # never guessed
         where = f"no {MODEL_CARD} next to the adapter" if target.adapter else "a base model records no frame"
-        raise VcotError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
-    return ModelFormat.for_processor(processor, model_family(str(target.model)), **flag_overrides(config))
+        raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
+    return None
 
 
 def model_responses(
@@ -117,14 +118,17 @@ def model_responses(
 ) -> tuple[dict[str, str], ModelFormat, dict[str, Any]]:
     """Load the model, settle its format (one interpretation of its boxes), generate."""
     from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
-    from vcot.modeling import load_model_and_processor
+    from vcot.modeling import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
 
+    recorded = recorded_format(config, target)
+    if target.adapter and storage.exists(storage.join(target.adapter, MODEL_CARD)):
+        check_base_model(read_model_card(target.adapter), str(target.model))  # before minutes of loading weights
     if config.threads:
         import torch
 
         torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
     model, processor = load_model_and_processor(str(target.model), adapter_uri=target.adapter, quantize=config.quantize)
-    fmt = model_format_for(config, target, processor)
+    fmt = recorded or ModelFormat.for_processor(processor, model_family(str(target.model)), **flag_overrides(config))
     # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
     settings = GenerationSettings(

@@ -46,7 +46,7 @@ def load_predictions(uri: str) -> LoadedPredictions:
                 continue
             try:
                 item = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # not JSON, or not UTF-8 (UnicodeDecodeError)
                 loaded.skip("malformed_json")
                 continue
             if not isinstance(item, dict) or "id" not in item or not isinstance(item.get("prediction"), str):

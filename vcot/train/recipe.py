@@ -6,7 +6,8 @@ A recipe is resolved in three layers, later ones win:
 2. a YAML file: a shipped preset by name (``vcot/train/recipes/<name>.yaml``) or any file path/URI;
 3. ``--set key=value`` overrides (values parsed as YAML: ``--set lora_r=16,quantize=null``).
 
-Unknown keys are refused with the list of valid ones, so a typo never trains with a silent default.
+Unknown keys are refused with the list of valid ones, so a typo never trains with a silent default. Every
+problem with a recipe is a one-line :class:`ConfigError` (exit code 2).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from vcot import storage
-from vcot.errors import VcotError
+from vcot.errors import ConfigError
 from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -71,18 +72,18 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if not isinstance(self.reward_weights, dict):
-            raise VcotError(f"recipe reward_weights={self.reward_weights!r} must be a mapping of reward: weight")
+            raise ConfigError(f"recipe reward_weights={self.reward_weights!r} must be a mapping of reward: weight")
         check_weights(self.reward_weights)
         if self.quantize not in (None, "4bit", "8bit"):
-            raise VcotError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
+            raise ConfigError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
         if not 0 <= self.warmup_ratio < 1:
-            raise VcotError(f"recipe warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+            raise ConfigError(f"recipe warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.lora_r < 1 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise VcotError("recipe lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+            raise ConfigError("recipe lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
         if self.save_steps < 1 or self.eval_steps < 1 or self.logging_steps < 1:
-            raise VcotError("recipe save_steps, eval_steps and logging_steps must be >= 1")
+            raise ConfigError("recipe save_steps, eval_steps and logging_steps must be >= 1")
         if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps:
-            raise VcotError(
+            raise ConfigError(
                 "recipe save_steps must be a multiple of eval_steps when early stopping is on "
                 f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
@@ -103,12 +104,12 @@ def _read_recipe_file(name_or_path: str) -> dict[str, Any]:
     elif storage.is_s3(name_or_path) or storage.local_path(name_or_path).exists():
         text = storage.read_text(name_or_path)
     else:
-        raise VcotError(
+        raise ConfigError(
             f"recipe {name_or_path!r} is neither a preset ({', '.join(recipe_names())}) nor an existing file"
         )
-    values = yaml.safe_load(text) or {}
+    values = _yaml(text, f"recipe {name_or_path!r}") or {}
     if not isinstance(values, dict):
-        raise VcotError(f"recipe {name_or_path!r} must be a YAML mapping of knob: value")
+        raise ConfigError(f"recipe {name_or_path!r} must be a YAML mapping of knob: value")
     return values
 
 
@@ -141,9 +142,20 @@ def parse_overrides(text: str) -> dict[str, Any]:
     for part in _split_overrides(text):
         key, sep, raw = part.partition("=")
         if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
-            raise VcotError(f"recipe override {part!r} is not key=value")
-        values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            raise ConfigError(f"recipe override {part!r} is not key=value")
+        values[key.strip()] = _yaml(raw, f"recipe override {part!r}") if raw.strip() else None
     return values
+
+
+def _yaml(text: str, what: str) -> Any:
+    """``text`` parsed as YAML; a syntax error is one line saying where (not the scanner's traceback)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{what} is not valid YAML ({problem}{where}): fix its syntax") from None
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -162,7 +174,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
                 raise ValueError
             return int(value)
     except (TypeError, ValueError):
-        raise VcotError(f"recipe {name}={value!r} is not a valid {type(default).__name__}") from None
+        raise ConfigError(f"recipe {name}={value!r} is not a valid {type(default).__name__}") from None
     return value
 
 
@@ -174,7 +186,7 @@ def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: str | dict[str, A
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise VcotError(f"unknown recipe keys {unknown}: valid keys are {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown recipe keys {unknown}: valid keys are {', '.join(sorted(known))}")
     return Recipe(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()})
 
 

@@ -70,10 +70,7 @@ class TrainConfig:
             raise ValueError("--pointer must name a .json file")
         if self.threads < 0:
             raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
-        try:  # a bad recipe or override fails here, before any model is loaded (exit code 2)
-            load_recipe(self.recipe, self.set)
-        except VcotError as exc:
-            raise ValueError(str(exc)) from None
+        load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model is loaded (exit 2)
 
     @property
     def pointer_uri(self) -> str:
@@ -194,9 +191,11 @@ def training_arguments(recipe: Recipe, local_dir: Path, *, precision: Precision,
     )
 
 
-def model_card(config: TrainConfig, fmt: ModelFormat) -> dict[str, Any]:
-    """``vcot-model.json``: what evaluate needs to prompt the adapter and read its boxes back."""
-    return {"base_model": config.model, "model_format": fmt.to_dict()}
+def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
+    """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back."""
+    from vcot.modeling import architecture
+
+    return {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
 
 
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
@@ -290,6 +289,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
 
     # 2. Model and processor (the processor cuts images exactly as tokenize counted their tokens).
     model, processor = load_model_and_processor(config.model, quantize=recipe.quantize, for_training=True)
+    base_config = model.config.to_dict()
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
     check_processor(processor, fmt)
     precision = machine_precision()
@@ -357,7 +357,8 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         trainer.model.save_pretrained(adapter_dir)
         processor.save_pretrained(adapter_dir)
         check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
-        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, fmt)), encoding="utf-8")
+        card = model_card(config, fmt, base_config)
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
