@@ -85,7 +85,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "vcot.distill.fake_server",
+            "vcot.llm.fake_server",
             "--port",
             str(port),
             "--latency",

@@ -17,8 +17,8 @@ import pytest
 from tests.distill.distill_helpers import API_KEY, commit_input, make_record, question_number
 from vcot import manifest, storage
 from vcot.distill import distill
-from vcot.distill.cache import AnswerCache
 from vcot.distill.config import DistillConfig
+from vcot.llm.cache import AnswerCache
 from vcot.manifest import ShardSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ from tests.distill.distill_helpers import (
 )
 from vcot import manifest, shards
 from vcot.distill import distill
-from vcot.distill.cache import AnswerCache
-from vcot.distill.teacher import TeacherError
+from vcot.llm.cache import AnswerCache
+from vcot.llm.chat import LLMError
 from vcot.records import grounding_problem
 
 
@@ -132,7 +132,7 @@ def test_retries_give_up_with_a_clear_error_and_commit_nothing(
 ) -> None:
     server = teacher_server(fault=lambda text, attempt: "500" if question_number(text) == 2 else None)
     output = str(tmp_path / "out")
-    with pytest.raises(TeacherError, match="still failing after 3 attempts"):
+    with pytest.raises(LLMError, match="still failing after 3 attempts"):
         distill(fast_config(input_records(6), output, server, max_attempts=3))
     assert not manifest.is_committed(output)
 
@@ -176,7 +176,7 @@ def test_fatal_bad_request_stops_at_once(
 ) -> None:
     server = teacher_server(fault=lambda text, attempt: "400", latency=0.02)
     output = str(tmp_path / "out")
-    with pytest.raises(TeacherError, match="HTTP 400"):
+    with pytest.raises(LLMError, match="HTTP 400"):
         distill(fast_config(input_records(40), output, server, concurrency=2))
     assert server.chat_requests <= 2  # the requests already in flight, none after the first 400, no retry
     assert not manifest.is_committed(output)
@@ -187,7 +187,7 @@ def test_answers_received_before_a_fatal_error_are_kept(
 ) -> None:
     server = teacher_server(fault=lambda text, attempt: "400" if question_number(text) == 20 else None)
     input_uri = input_records(30)
-    with pytest.raises(TeacherError):
+    with pytest.raises(LLMError):
         distill(fast_config(input_uri, str(tmp_path / "out"), server, concurrency=2))
     answered = server.statuses["200"]
     assert AnswerCache(str(tmp_path / "_distill_cache"), "reader").load() == answered > 0

@@ -17,12 +17,12 @@ from PIL import Image
 from tests.distill.distill_helpers import commit_input, fast_config, make_record
 from vcot import manifest, shards, storage
 from vcot.distill import distill, prompts
-from vcot.distill.cache import AnswerCache, request_key
 from vcot.distill.config import DistillConfig
-from vcot.distill.ledger import Ledger
 from vcot.distill.pipeline import in_order
-from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
 from vcot.distill.validate import accepted_record, check_answer
+from vcot.llm.cache import AnswerCache, request_key
+from vcot.llm.chat import CachedChat, Completion, RetryPolicy, retry_after_seconds
+from vcot.llm.ledger import Ledger
 
 GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
 
@@ -156,7 +156,7 @@ def test_identical_requests_in_flight_share_one_call(tmp_path: Path) -> None:
         return Completion("answer", 1, 1)
 
     async def ask_twice() -> list[Completion]:
-        teacher = Teacher("m", {}, AnswerCache(str(tmp_path), "w"), Ledger("m", "r"), backend)
+        teacher = CachedChat("m", {}, AnswerCache(str(tmp_path), "w"), Ledger("m", "r"), backend)
         messages = [{"role": "user", "content": "same"}]
         return await asyncio.gather(*(teacher.ask(messages, record_id="r", purpose="p") for _ in range(3)))
 

@@ -13,7 +13,7 @@ from tests.distill.distill_helpers import commit_input, fast_config, good_answer
 from vcot import manifest, shards
 from vcot.distill import distill
 from vcot.distill.batch import BatchRunner
-from vcot.distill.teacher import TeacherError
+from vcot.llm.chat import LLMError
 
 _FINAL = re.compile(r"Answer: answer(\d+)")
 
@@ -112,10 +112,10 @@ def test_batch_mode_resumes_a_submitted_batch_after_a_kill(
     real_wait = BatchRunner._wait_and_ingest
 
     async def killed(self: BatchRunner, batch_id: str, labels: dict[str, tuple[str, str]]) -> int:
-        raise TeacherError("pod killed while polling")
+        raise LLMError("pod killed while polling")
 
     monkeypatch.setattr(BatchRunner, "_wait_and_ingest", killed)
-    with pytest.raises(TeacherError, match="killed"):
+    with pytest.raises(LLMError, match="killed"):
         distill(fast_config(input_uri, str(tmp_path / "out"), server, mode="batch"))
     assert len(server.batches) == 1 and (tmp_path / "_distill_cache" / "batches" / "00000-of-00001.json").exists()
 

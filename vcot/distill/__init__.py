@@ -4,14 +4,14 @@ Modules, one concern each, in the order a request flows:
 
 - ``config``: the stage's knobs (``DistillConfig``);
 - ``prompts``: the house-format system prompt, per-record messages, images as data URLs, zoom crops;
-- ``cache``: request keys and the append-only answer cache (never pay twice);
-- ``ledger``: tokens and estimated cost per run, from an overridable price table;
-- ``teacher``: the ``openai`` async client, concurrency limit and retry policy, cache lookups;
+- ``vcot.llm`` (shared with evaluate's judge): the ``openai`` async client, concurrency limit and retry
+  policy, the answer cache (never pay twice) and the token/cost ledger;
 - ``validate``: is an answer a valid grounded rationale with the right answer; the accepted record;
 - ``direct`` / ``zoom``: the two strategies (seed 000, and seed 003's zoom-in + verifier);
 - ``batch``: Batch API mode (request file, upload, submit, poll, ingest);
-- ``pipeline``: the stage itself (``distill(config)``);
-- ``fake_server``: a local OpenAI-compatible server for tests and benchmarks.
+- ``pipeline``: the stage itself (``distill(config)``).
+
+Tests and benchmarks run it against ``vcot.llm.fake_server``, a local OpenAI-compatible server.
 """
 
 from vcot.distill.config import DistillConfig

@@ -22,16 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from vcot import storage
-from vcot.distill.cache import AnswerCache
-from vcot.distill.ledger import Ledger
-from vcot.distill.teacher import (
+from vcot.llm.cache import AnswerCache
+from vcot.llm.chat import (
     Completion,
+    LLMError,
     MalformedResponse,
     RetryPolicy,
-    TeacherError,
     answer_entry,
     call_with_retries,
 )
+from vcot.llm.ledger import Ledger
 from vcot.log import get_logger
 
 log = get_logger("vcot.distill.batch")
@@ -158,7 +158,7 @@ class BatchRunner:
             if batch.status not in ACTIVE:
                 break
             if time.monotonic() > deadline:
-                raise TeacherError(
+                raise LLMError(
                     f"batch {batch_id} still {batch.status} after {self.max_hours} h; rerun later to pick it up "
                     "(its id is stored, nothing is submitted twice)"
                 )
@@ -171,7 +171,7 @@ class BatchRunner:
                 ingested += self.ingest(content.content, labels)
         if batch.status == "failed" and not batch.output_file_id:
             errors = getattr(batch, "errors", None)
-            raise TeacherError(f"batch {batch_id} failed: {str(errors)[:300]}")
+            raise LLMError(f"batch {batch_id} failed: {str(errors)[:300]}")
         return ingested
 
     def ingest(self, data: bytes, labels: dict[str, tuple[str, str]]) -> int:
@@ -197,6 +197,6 @@ class BatchRunner:
                 entries.append(answer_entry(key, model, purpose, record_id, completion, batch=True))
                 self.ledger.record(completion.prompt_tokens, completion.completion_tokens, batch=True)
             elif 400 <= status < 500 and status not in (408, 409, 429):
-                raise TeacherError(f"batch request {key[:12]} was refused with HTTP {status}: {str(item)[:300]}")
+                raise LLMError(f"batch request {key[:12]} was refused with HTTP {status}: {str(item)[:300]}")
         self.cache.add_now(entries)
         return len(entries)

@@ -55,7 +55,7 @@ class DistillConfig:
     cache_flush_seconds: float = option(10.0, help="Longest time an answer waits in memory before being stored.")
     prices: str = option(
         "",
-        help='Override USD prices per million tokens as JSON: {"model": [input, output]} (see vcot/distill/ledger.py).',
+        help='Override USD prices per million tokens as JSON: {"model": [input, output]} (see vcot/llm/ledger.py).',
     )
     batch_poll_seconds: float = option(60.0, help="batch: seconds between status checks of a submitted batch.")
     batch_max_hours: float = option(26.0, help="batch: give up waiting on one batch after this many hours.")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcot.distill import prompts
-from vcot.distill.teacher import Teacher
+from vcot.llm.chat import CachedChat
 from vcot.distill.validate import Verdict, check_answer
 
 
@@ -21,7 +21,7 @@ class Outcome:
 
 
 async def ask_valid(
-    teacher: Teacher, messages: list[dict[str, Any]], record: dict[str, Any], *, purpose: str
+    teacher: CachedChat, messages: list[dict[str, Any]], record: dict[str, Any], *, purpose: str
 ) -> Outcome:
     """Ask, validate, and if invalid ask once more with a message naming the problem."""
     record_id = str(record.get("id", ""))
@@ -34,6 +34,6 @@ async def ask_valid(
     return Outcome(second.text, check_answer(second.text, record), corrected=True)
 
 
-async def direct_rationale(teacher: Teacher, record: dict[str, Any], image_url: str, *, hint_answer: bool) -> Outcome:
+async def direct_rationale(teacher: CachedChat, record: dict[str, Any], image_url: str, *, hint_answer: bool) -> Outcome:
     messages = prompts.direct_messages(record, image_url, hint_answer=hint_answer)
     return await ask_valid(teacher, messages, record, purpose="answer")

@@ -36,14 +36,14 @@ from vcot import manifest, storage
 from vcot.config import redacted
 from vcot.distill import prompts
 from vcot.distill.batch import BatchCollector, BatchRunner, Deferred
-from vcot.distill.cache import AnswerCache
 from vcot.distill.config import DistillConfig, parse_price_overrides
 from vcot.distill.direct import direct_rationale
-from vcot.distill.ledger import DEFAULT_PRICES, Ledger
-from vcot.distill.teacher import LiveBackend, RetryPolicy, Teacher, TeacherError, make_client
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
 from vcot.errors import ConfigError, VcotError
+from vcot.llm.cache import AnswerCache, keep_stored
+from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
+from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
 from vcot.records import grounding_problem
@@ -107,7 +107,7 @@ def _load_image(uri: str, max_side: int) -> tuple[bytes, str]:
 class Distiller:
     """Turns one record into a :class:`Result` with the configured strategy."""
 
-    def __init__(self, config: DistillConfig, teacher: Teacher) -> None:
+    def __init__(self, config: DistillConfig, teacher: CachedChat) -> None:
         self.config = config
         self.teacher = teacher
 
@@ -194,7 +194,7 @@ async def in_order(
 
 
 async def _batch_results(
-    work: Distiller, items: Sequence[tuple[int, dict[str, Any]]], teacher: Teacher, runner: BatchRunner
+    work: Distiller, items: Sequence[tuple[int, dict[str, Any]]], teacher: CachedChat, runner: BatchRunner
 ) -> list[Result]:
     """Rounds of batches until no record waits (see batch.py)."""
     await runner.resume(teacher.waiting)
@@ -214,7 +214,7 @@ async def _batch_results(
             return [result for result in results if result is not None]
         log.info("batch_round", round=round_number, requests=len(collector.requests), waiting=results.count(None))
         await runner.run(collector.requests, dict(teacher.waiting))
-    raise TeacherError(f"records still waiting after {MAX_BATCH_ROUNDS} batch rounds; rerun to continue")
+    raise LLMError(f"records still waiting after {MAX_BATCH_ROUNDS} batch rounds; rerun to continue")
 
 
 class _Outputs:
@@ -266,14 +266,6 @@ def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
     finally:
         if installed:
             loop.remove_signal_handler(signal.SIGTERM)
-
-
-async def _keeper(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
-    """Every ``every`` seconds: store answers waiting in memory and the ledger so far (a SIGKILL loses little)."""
-    while True:
-        await asyncio.sleep(every)
-        await cache.flush_due()
-        await asyncio.to_thread(storage.write_json, ledger_uri, ledger.to_dict())
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -372,11 +364,11 @@ async def _distill(
     policy = RetryPolicy(config.max_attempts, config.backoff_base, config.backoff_max)
     client = make_client(config.base_url, api_key, config.request_timeout)
     live = LiveBackend(client, policy, config.concurrency, ledger, secret=api_key)
-    teacher = Teacher(config.model, config.request_params, cache, ledger, backend=live)
+    teacher = CachedChat(config.model, config.request_params, cache, ledger, backend=live)
     work = Distiller(config, teacher)
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
-    keeper = asyncio.create_task(_keeper(cache, ledger, ledger_uri, max(1.0, config.cache_flush_seconds)))
+    keeper = asyncio.create_task(keep_stored(cache, ledger, ledger_uri, max(1.0, config.cache_flush_seconds)))
     with _sigterm_cancels(asyncio.current_task()) as terminated:
         try:
             if config.mode == "batch":

@@ -21,7 +21,7 @@ from typing import Any
 from vcot.boxes import parse_grounded
 from vcot.distill import prompts
 from vcot.distill.direct import Outcome, ask_valid
-from vcot.distill.teacher import Teacher
+from vcot.llm.chat import CachedChat
 
 
 def zoom_regions(record: dict[str, Any], caption: str, limit: int) -> list[tuple[str | None, list[int]]]:
@@ -78,7 +78,7 @@ async def _gather_all(tasks: Sequence[Any]) -> list[Any]:
 
 
 async def zoom_rationale(
-    teacher: Teacher,
+    teacher: CachedChat,
     record: dict[str, Any],
     image: bytes,
     image_url: str,
@@ -112,7 +112,7 @@ async def zoom_rationale(
 
 
 async def zoom_and_verify(
-    teacher: Teacher,
+    teacher: CachedChat,
     record: dict[str, Any],
     image: bytes,
     image_url: str,

@@ -1,14 +1,15 @@
 """Never pay twice: request keys, and an append-only answer cache in object storage.
 
-Layout (``CACHE`` is ``--cache``, by default ``_distill_cache`` beside the output)::
+Layout (``CACHE`` is distill's ``--cache``, by default ``_distill_cache`` beside the output, or evaluate's
+``--judge-cache``, by default ``_judge_cache`` beside it)::
 
     CACHE/parts/<writer>-<seq>.jsonl.gz    answers, one small immutable object per flush
     CACHE/ledger/<writer>.json             tokens and estimated cost of that run (see ledger.py), rewritten
-                                           every --cache-flush-seconds and at exit
+                                           every flush interval (:func:`keep_stored`) and at exit
 
 ``<writer>`` is ``<shard>-<run id>``, so pods and restarts never write the same object. Why this layout:
 S3 objects cannot be appended to, and one object per answer costs a PUT (and a GET on every restart) per
-answer. Batches of ``--cache-flush-every`` answers (or whatever arrived within ``--cache-flush-seconds``)
+answer. Batches of ``flush_every`` answers (or whatever arrived within ``flush_seconds``)
 written as new whole objects are cheap, each write is atomic (a killed pod never leaves half an object),
 and a ``SIGKILL`` loses at most one unflushed batch (SIGTERM and errors flush first). On start every part
 is read into a dict, so a rerun sends no request whose answer was stored, whatever shard asked for it.
@@ -27,10 +28,11 @@ from typing import Any
 
 from vcot import storage
 from vcot.errors import StorageError
+from vcot.llm.ledger import Ledger
 from vcot.log import get_logger
 from vcot.shards import dumps_record
 
-log = get_logger("vcot.distill.cache")
+log = get_logger("vcot.llm.cache")
 
 _DATA_URL_PREFIX = "data:"
 
@@ -155,3 +157,15 @@ def _read_part(uri: str) -> list[dict[str, Any]] | None:
         return [json.loads(line) for line in gzip.decompress(storage.read_bytes(uri)).splitlines() if line.strip()]
     except (OSError, EOFError, ValueError, StorageError):
         return None
+
+
+async def keep_stored(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
+    """Every ``every`` seconds: store answers waiting in memory and the ledger so far (a SIGKILL loses little).
+
+    Run it as a task beside the requests and cancel it when they are done (then ``cache.flush()`` and write
+    the ledger once more).
+    """
+    while True:
+        await asyncio.sleep(every)
+        await cache.flush_due()
+        await asyncio.to_thread(storage.write_json, ledger_uri, ledger.to_dict())

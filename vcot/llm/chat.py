@@ -1,12 +1,13 @@
-"""The teacher: cached, deduplicated chat completions against an OpenAI-compatible endpoint, with our retry policy.
+"""Cached, deduplicated chat completions against an OpenAI-compatible endpoint, with our retry policy.
 
+Shared by distill (the teacher) and evaluate (the judge); ``role`` names the caller in messages and logs.
 The ``openai`` client is built with ``max_retries=0`` so the policy here is the one in force (and testable):
 
-- at most ``--concurrency`` requests in flight (an ``asyncio.Semaphore``; backoff waits outside it);
+- at most ``concurrency`` requests in flight (an ``asyncio.Semaphore``; backoff waits outside it);
 - 429, 408, 409, 5xx, timeouts, connection errors and malformed responses are retried with exponential
-  backoff and jitter, honouring ``Retry-After`` / ``retry-after-ms``, up to ``--max-attempts``;
+  backoff and jitter, honouring ``Retry-After`` / ``retry-after-ms``, up to ``max_attempts``;
 - 401/403 (credentials), 400/404/422 (a request or model the endpoint refuses) stop the run at once, and so
-  does a request that keeps failing: a :class:`TeacherError` (a ``VcotError``: one clear line, exit 1).
+  does a request that keeps failing: an :class:`LLMError` (a ``VcotError``: one clear line, exit 1).
   Nothing more is sent or retried; requests already on the wire finish so their answers reach the cache,
   and a rerun resumes where this one stopped.
 """
@@ -24,12 +25,12 @@ from typing import Any
 
 import openai
 
-from vcot.distill.cache import AnswerCache, request_key
-from vcot.distill.ledger import Ledger
+from vcot.llm.cache import AnswerCache, request_key
+from vcot.llm.ledger import Ledger
 from vcot.errors import VcotError
 from vcot.log import get_logger
 
-log = get_logger("vcot.distill.teacher")
+log = get_logger("vcot.llm.chat")
 
 FATAL_STATUS_HINTS = {
     400: "the endpoint rejected the request as invalid (does this model take images? check --model)",
@@ -41,8 +42,8 @@ FATAL_STATUS_HINTS = {
 RETRYABLE_STATUS = {408, 409, 429}
 
 
-class TeacherError(VcotError):
-    """The teacher refused us or kept failing: the run stops; answers received so far are cached."""
+class LLMError(VcotError):
+    """The endpoint refused us or kept failing: the run stops; answers received so far are cached."""
 
 
 class MalformedResponse(Exception):
@@ -152,10 +153,14 @@ async def call_with_retries(
     what: str,
     secret: str = "",
     stop: asyncio.Event | None = None,
+    role: str = "teacher",
+    flags: str = "--max-attempts / lower --concurrency",
 ) -> Any:
-    """Run ``attempt`` until it succeeds, retrying transient failures; fatal ones raise :class:`TeacherError` at once.
+    """Run ``attempt`` until it succeeds, retrying transient failures; fatal ones raise :class:`LLMError` at once.
 
-    ``secret`` (the API key) is only used to scrub it from error messages; a set ``stop`` ends a backoff wait.
+    ``secret`` (the API key) is only used to scrub it from error messages; a set ``stop`` ends a backoff wait;
+    ``role`` (``teacher``, ``judge``) names the caller in messages and in the ``<role>_retry`` log event, and
+    ``flags`` the caller's settings a user can change.
     """
     for number in range(1, policy.max_attempts + 1):
         try:
@@ -164,18 +169,18 @@ async def call_with_retries(
             error: BaseException = raised
         if isinstance(error, openai.APIStatusError) and not is_retryable(error):
             hint = FATAL_STATUS_HINTS.get(error.status_code, "the endpoint refused the request")
-            raise TeacherError(
-                f"teacher returned HTTP {error.status_code} for {what}: {hint} ({_describe(error, secret)[:300]})"
+            raise LLMError(
+                f"{role} returned HTTP {error.status_code} for {what}: {hint} ({_describe(error, secret)[:300]})"
             ) from None
         if not is_retryable(error):
-            raise TeacherError(f"teacher request for {what} failed: {_describe(error, secret)[:300]}") from None
+            raise LLMError(f"{role} request for {what} failed: {_describe(error, secret)[:300]}") from None
         if number == policy.max_attempts:
             break
         response_headers = getattr(getattr(error, "response", None), "headers", None)
         wait = policy.delay(number, retry_after_seconds(response_headers))
         ledger.retries += 1
         log.warning(
-            "teacher_retry", what=what, attempt=number, wait_s=round(wait, 3), error=_describe(error, secret)[:200]
+            f"{role}_retry", what=what, attempt=number, wait_s=round(wait, 3), error=_describe(error, secret)[:200]
         )
         if stop is None:
             await asyncio.sleep(wait)
@@ -183,11 +188,10 @@ async def call_with_retries(
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
         if stop.is_set():
-            raise TeacherError(f"{what}: not retried, the run is stopping after a fatal error")
-    raise TeacherError(
-        f"teacher request for {what} still failing after {policy.max_attempts} attempts "
-        f"({_describe(error, secret)[:300]}); answers so far are cached: rerun to resume, "
-        "or raise --max-attempts / lower --concurrency"
+            raise LLMError(f"{what}: not retried, the run is stopping after a fatal error")
+    raise LLMError(
+        f"{role} request for {what} still failing after {policy.max_attempts} attempts "
+        f"({_describe(error, secret)[:300]}); answers so far are cached: rerun to resume, or raise {flags}"
     )
 
 
@@ -198,12 +202,24 @@ class LiveBackend:
     so the answers they paid for reach the cache.
     """
 
-    def __init__(self, client: Any, policy: RetryPolicy, concurrency: int, ledger: Ledger, *, secret: str = "") -> None:
+    def __init__(
+        self,
+        client: Any,
+        policy: RetryPolicy,
+        concurrency: int,
+        ledger: Ledger,
+        *,
+        secret: str = "",
+        role: str = "teacher",
+        flags: str = "--max-attempts / lower --concurrency",
+    ) -> None:
         self.client = client
         self.policy = policy
         self.semaphore = asyncio.Semaphore(concurrency)
         self.ledger = ledger
         self._secret = secret
+        self.role = role
+        self.flags = flags
         self.stopped = asyncio.Event()
 
     async def __call__(
@@ -212,7 +228,7 @@ class LiveBackend:
         async def attempt() -> Completion:
             async with self.semaphore:
                 if self.stopped.is_set():
-                    raise TeacherError("not sent: the run is stopping after a fatal error")
+                    raise LLMError("not sent: the run is stopping after a fatal error")
                 try:
                     response = await self.client.chat.completions.create(model=model, messages=messages, **params)
                 except ValueError as exc:  # a 200 whose body is not JSON
@@ -226,9 +242,16 @@ class LiveBackend:
 
         try:
             return await call_with_retries(
-                attempt, self.policy, self.ledger, what=f"model {model!r}", secret=self._secret, stop=self.stopped
+                attempt,
+                self.policy,
+                self.ledger,
+                what=f"model {model!r}",
+                secret=self._secret,
+                stop=self.stopped,
+                role=self.role,
+                flags=self.flags,
             )
-        except TeacherError:
+        except LLMError:
             self.stopped.set()
             raise
 
@@ -238,8 +261,8 @@ def make_client(base_url: str | None, api_key: str, timeout: float) -> Any:
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
-class Teacher:
-    """Ask the teacher: from the cache when the key is known, else from the backend, then store the answer.
+class CachedChat:
+    """Ask the model: from the cache when the key is known, else from the backend, then store the answer.
 
     Identical requests in flight at the same time share one call (duplicate records pay once).
     """

@@ -1,0 +1,12 @@
+"""Calling OpenAI-compatible models from a stage: distill's teacher and evaluate's judge share it.
+
+- ``chat``: the async ``openai`` client, bounded concurrency, retries with backoff honouring Retry-After,
+  and :class:`~vcot.llm.chat.CachedChat` (cache lookups, identical requests in flight sent once);
+- ``cache``: request keys and the append-only answer cache in storage (a rerun never pays twice);
+- ``ledger``: requests, retries, tokens and the estimated cost of a run;
+- ``fake_server``: a local OpenAI-protocol server for tests and benchmarks (needs ``aiohttp``; never used by
+  a stage).
+
+The API key is never a flag or a config field: callers read ``OPENAI_API_KEY`` and pass it in, and it is
+scrubbed from every error message.
+"""
