@@ -25,6 +25,7 @@ from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.config import EvaluateConfig
+from vcot.evaluate.field import add_field_metrics
 from vcot.evaluate.metrics import summarize_by_subset
 from vcot.evaluate.report import build_report
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
@@ -222,6 +223,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
 
     rows, scores, join = join_and_score(records, responses, fmt)
     metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
+    add_field_metrics(metrics, rows)
     metrics.update(join=join, details=details)
 
     entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])

@@ -12,6 +12,7 @@ from vcot import manifest, storage
 from vcot.boxes import validate_box
 from vcot.errors import VcotError
 from vcot.answers import extract_answer, is_correct
+from vcot.evaluate.field import field_scores
 from vcot.evaluate.metrics import SampleScore, score_sample
 from vcot.model_format import ModelFormat
 from vcot.log import get_logger
@@ -101,6 +102,7 @@ def score_response(record: dict[str, Any], response: str, fmt: ModelFormat) -> t
         "answer": record.get("answer"),
         "predicted_answer": extract_answer(response),
         "answer_correct": correct,
+        **field_scores([b.box for b in parsed.boxes], truth, correct),
     }
     return row, score
 
