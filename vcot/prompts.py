@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from vcot.model_format import HOUSE, ModelFormat
+
+PromptStyle = Literal["cot", "direct"]
+PROMPT_STYLES: tuple[PromptStyle, ...] = ("cot", "direct")
+DIRECT_INSTRUCTION = "Answer with the answer alone (a word, a number or a short phrase): no reasoning and no boxes."
+"""Evaluate's ``--prompt-style direct``: the answer alone, to measure what the grounded reasoning costs or adds."""
 
 
 def format_choices(choices: Sequence[str]) -> str:
@@ -22,20 +27,26 @@ def format_choices(choices: Sequence[str]) -> str:
     return "\n".join(f"({string.ascii_uppercase[i]}) {choice}" for i, choice in enumerate(choices))
 
 
-def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE) -> str:
-    """The question, its choices when it has some, and the instruction."""
+def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: PromptStyle = "cot") -> str:
+    """The question, its choices when it has some, and the instruction (grounded reasoning, or the answer alone).
+
+    >>> question_text({"question": "Color?"}, style="direct").endswith("no reasoning and no boxes.")
+    True
+    """
     parts = [str(record["question"]).strip()]
     if record.get("choices"):
         parts.append("Options:\n" + format_choices(record["choices"]))
-    parts.append(fmt.instruction())
+    parts.append(fmt.instruction() if style == "cot" else DIRECT_INSTRUCTION)
     return "\n".join(parts)
 
 
-def build_messages(record: dict[str, Any], fmt: ModelFormat = HOUSE, *, with_answer: bool = True) -> list[dict[str, Any]]:
+def build_messages(
+    record: dict[str, Any], fmt: ModelFormat = HOUSE, *, with_answer: bool = True, style: PromptStyle = "cot"
+) -> list[dict[str, Any]]:
     """The chat for ``record``: a user turn (image + question) and, ``with_answer``, the assistant's rationale.
 
     ``text`` mode is the seed's: no image at all in the chat. Evaluate calls this with ``with_answer=False``
-    and the chat template's generation prompt.
+    and the chat template's generation prompt (and ``style="direct"`` to ask for the answer alone).
 
     >>> rec = {"image": "s3://b/x.png", "width": 10, "height": 10, "question": "Q?", "rationale": "R"}
     >>> [m["role"] for m in build_messages(rec)]
@@ -46,7 +57,7 @@ def build_messages(record: dict[str, Any], fmt: ModelFormat = HOUSE, *, with_ans
     user: list[dict[str, Any]] = []
     if fmt.mode == "multimodal":
         user.append({"type": "image", "image": record["image"]})
-    user.append({"type": "text", "text": question_text(record, fmt)})
+    user.append({"type": "text", "text": question_text(record, fmt, style)})
     messages: list[dict[str, Any]] = [{"role": "user", "content": user}]
     if with_answer:
         rationale = str(record.get("rationale") or "")

@@ -4,6 +4,10 @@
 - model mode, ``--model URI [--adapter URI]``: generate responses with batched greedy decoding, then score;
 - scheduled mode, ``--pointer URI``: evaluate the model the newest-model pointer names, append the result to
   a history and flag a regression (exit code 3). What the CronJob runs.
+
+Across modes: ``--judge-model`` scores answers with an LLM judge besides exact match, ``--benchmark viscot``
+adds the per-subset table of the VisCoT benchmark, and (model and scheduled mode) ``--prompt-style`` asks for
+grounded reasoning, the answer alone, or both side by side.
 """
 
 from __future__ import annotations
@@ -13,8 +17,11 @@ from typing import Literal
 
 from vcot.boxes import BoxFormat
 from vcot.config import option
+from vcot.evaluate.field import FIELD_RATE_METRICS
 from vcot.evaluate.metrics import RATE_METRICS
 from vcot.model_format import FAMILIES, Coords, Family, Mode
+
+WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")
 
 DEFAULT_REGRESSION_METRICS = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
 
@@ -29,7 +36,10 @@ class EvaluateConfig:
         help="Where to write predictions, metrics.json, report.html. Scheduled mode: the prefix under which each "
         "run gets <run path under the pointer dir>/ (default <pointer dir>/evals).",
     )
-    split: str = option("val", help="Which committed split of --data to evaluate (files under <split>/).")
+    split: str | None = option(
+        None, help="Which committed split of --data to evaluate (files under <split>/; all: train/ and val/). "
+        "Default: val; with --benchmark, all."
+    )
     predictions: str | None = option(None, help='Score mode: JSONL of {"id": ..., "prediction": "<raw text>"}.')
     model: str | None = option(None, help="Model mode: the base model (local folder or s3:// prefix).")
     adapter: str | None = option(None, help="Model mode: a PEFT adapter folder with vcot-model.json (from train).")
@@ -70,6 +80,35 @@ class EvaluateConfig:
     )
     quantize: Literal["4bit", "8bit"] | None = option(None, help="Model mode: load the base model quantized: 4bit (NF4) or 8bit.")
     max_samples: int | None = option(None, help="Evaluate only the first N records (quick checks).")
+    max_per_subset: int | None = option(
+        None, help="Evaluate only the first N records of each subset (150: the slice Ground-R1's scripts take)."
+    )
+    benchmark: Literal["viscot"] | None = option(
+        None,
+        help="viscot: the records are the converted VisCoT benchmark; add its per-subset table (answer score, "
+        "detection Acc@0.5 of the reasoning's first box, mean IoU) to metrics.json, the report and benchmark.csv.",
+    )
+    prompt_style: Literal["cot", "direct", "both"] = option(
+        "cot",
+        help="Model mode: cot asks for grounded reasoning, direct for the answer alone (no rationale, no boxes), "
+        "both runs the two on the same samples and reports the answer accuracy side by side.",
+    )
+    judge_model: str | None = option(
+        None,
+        help="Also score answers with this OpenAI-compatible model, VisCoT's judge protocol (gpt-4o-mini: "
+        "Ground-R1's choice); exact match is still reported. The key comes from OPENAI_API_KEY only.",
+    )
+    judge_base_url: str | None = option(
+        None, help="The judge's OpenAI-compatible endpoint (e.g. http://vllm:8000/v1); default: OpenAI (or OPENAI_BASE_URL)."
+    )
+    judge_cache: str | None = option(
+        None, help="Where judge answers are kept so a rerun never pays twice; default: _judge_cache beside --output."
+    )
+    judge_concurrency: int = option(8, help="Most judge requests in flight at once.")
+    judge_max_attempts: int = option(6, help="Attempts per judge request on 429, 5xx and timeouts before the run stops.")
+    judge_timeout: float = option(60.0, help="Seconds before one judge request counts as timed out.")
+    judge_backoff_base: float = option(1.0, help="First judge retry delay in seconds; doubles each attempt (with jitter).")
+    judge_backoff_max: float = option(30.0, help="Longest judge retry delay in seconds (Retry-After is honoured up to this).")
     report_samples: int = option(48, help="How many samples the HTML report shows with their images.")
     overwrite: bool = option(False, help="Rewrite a committed output instead of skipping it.")
 
@@ -87,9 +126,9 @@ class EvaluateConfig:
             raise ValueError("--batch-size and --max-new-tokens must be at least 1")
         if self.repetition_penalty <= 0:
             raise ValueError("--repetition-penalty must be positive (1.0 turns it off)")
-        unknown = [name for name in self.regression_metrics if name not in RATE_METRICS]
+        unknown = [name for name in self.regression_metrics if name not in WATCHABLE_METRICS]
         if unknown:
-            raise ValueError(f"--regression-metrics: unknown {', '.join(unknown)}; choose from {', '.join(RATE_METRICS)}")
+            raise ValueError(f"--regression-metrics: unknown {', '.join(unknown)}; choose from {', '.join(WATCHABLE_METRICS)}")
         if self.regression_threshold < 0:
             raise ValueError("--regression-threshold must be >= 0")
         if self.threads < 0:
@@ -98,8 +137,21 @@ class EvaluateConfig:
             raise ValueError("--max-samples must be at least 1")
         if self.family not in FAMILIES:
             raise ValueError(f"--family {self.family!r} is not one of {', '.join(FAMILIES)}")
-        self.split = self.split.strip("/")
+        if self.max_per_subset is not None and self.max_per_subset < 1:
+            raise ValueError("--max-per-subset must be at least 1")
+        if self.prompt_style != "cot" and self.predictions:
+            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (score mode scores as given)")
+        if self.judge_concurrency < 1 or self.judge_max_attempts < 1 or self.judge_timeout <= 0:
+            raise ValueError("--judge-concurrency and --judge-max-attempts must be at least 1, --judge-timeout positive")
+        if self.judge_backoff_base < 0 or self.judge_backoff_max < 0:
+            raise ValueError("--judge-backoff-base and --judge-backoff-max must not be negative")
+        self.split = (self.split or ("all" if self.benchmark else "val")).strip("/")
 
     @property
     def mode(self) -> str:
         return "score" if self.predictions else "model" if self.model else "scheduled"
+
+    @property
+    def prompt_styles(self) -> list[str]:
+        """The styles to generate with, the first one primary (its rows are ``predictions/``)."""
+        return ["cot", "direct"] if self.prompt_style == "both" else [self.prompt_style]

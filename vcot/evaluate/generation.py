@@ -21,7 +21,7 @@ from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import HOUSE, ModelFormat
-from vcot.prompts import build_messages
+from vcot.prompts import PromptStyle, build_messages
 
 log = get_logger(__name__)
 
@@ -35,11 +35,12 @@ class GenerationSettings:
     batch_size: int = 16
     repetition_penalty: float = 1.2
     box_aware_penalty: bool = False
+    prompt_style: PromptStyle = "cot"
 
 
 def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSettings) -> str:
     """The chat-templated prompt for one record, ending with the assistant's generation prompt."""
-    messages = build_messages(record, settings.fmt, with_answer=False)
+    messages = build_messages(record, settings.fmt, with_answer=False, style=settings.prompt_style)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

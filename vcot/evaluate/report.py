@@ -33,6 +33,7 @@ METRIC_COLUMNS = [
     ("answer_accuracy", "answer acc.", "{:.3f}"),
     ("invalid_boxes", "invalid boxes", "{:d}"),
 ]
+FIELD_KEYS = ("truth_mean_iou", "dual_iou", "union_iou", "first_box_acc_at_50", "consistency")
 HISTORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
 _STYLE = """
@@ -74,6 +75,87 @@ def metric_table(metrics: dict[str, Any]) -> str:
         for name, values in rows
     )
     return f'<table id="metrics"><thead><tr><th>subset</th>{header}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _table(table_id: str, header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """An HTML table; cells are already escaped and formatted."""
+    head = "".join(f"<th>{html.escape(label)}</th>" for label in header)
+    rows = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in body)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def field_table(metrics: dict[str, Any]) -> str:
+    """The field's grounding metrics (``vcot.evaluate.field``), overall and per subset."""
+    header = ["subset", "mIoU (TreeBench)", "dual IoU", "union IoU (GRIT)", "first-box Acc@0.5", "consistency",
+              "CR", "CM", "WR", "WW"]
+    body = []
+    for name, values in [("overall", metrics["overall"]), *metrics.get("subsets", {}).items()]:
+        counts = values.get("consistency_counts", {})
+        cells = [_fmt(values.get(key), "{:.3f}") for key in FIELD_KEYS]
+        body.append([html.escape(name), *cells, *(str(counts.get(case, 0)) for case in ("CR", "CM", "WR", "WW"))])
+    return _table("field-metrics", header, body)
+
+
+def judge_table(metrics: dict[str, Any]) -> str:
+    """The judge's score beside exact match, overall and per subset, with its failures and what it cost."""
+    judge = metrics["details"]["judge"]
+    ledger = judge["ledger"]
+    cost = ledger.get("estimated_cost_usd")
+    line = (
+        f"<p>Judge <b>{html.escape(judge['model'])}</b> (VisCoT's protocol): {ledger['requests']} requests, "
+        f"{ledger['cache_hits']} from the cache, {ledger['retries']} retries, "
+        f"{ledger['prompt_tokens'] + ledger['completion_tokens']} tokens"
+        + (f", about ${cost:.4f}" if cost is not None else "") + ".</p>"
+    )
+    body = []
+    for name, values in [("overall", metrics["overall"]), *metrics.get("subsets", {}).items()]:
+        failures = ", ".join(f"{k}: {v}" for k, v in values.get("judge_failures", {}).items()) or "none"
+        body.append([html.escape(name), _fmt(values.get("judge_score"), "{:.3f}"), str(values.get("judge_scored", 0)),
+                     _fmt(values.get("answer_accuracy"), "{:.3f}"), html.escape(failures)])
+    return line + _table("judge", ["subset", "judge score", "judged", "exact match", "judge failures"], body)
+
+
+def benchmark_section(table: dict[str, Any]) -> str:
+    """The benchmark's per-subset table, as the paper names the subsets (``vcot.evaluate.benchmark``)."""
+    score = "answer score (judge)" if table["answer_score"] == "judge" else "answer score (exact match)"
+    header = ["subset", "questions", score, "detection Acc@0.5 (first box)", "mean IoU"]
+    body = [
+        [html.escape(row["name"]) + ("" if row["in_average"] else " *"), str(row["questions"]),
+         *(_fmt(row[key], "{:.3f}") for key in ("answer_score", "detection_acc_at_50", "mean_iou"))]
+        for row in [*table["subsets"], table["average"]]
+    ]
+    note = "<p>* not in VisCoT's average (its scripts average 11 subsets). Also in benchmark.csv.</p>"
+    return "<h2>VisCoT benchmark</h2>" + _table("benchmark", header, body) + note
+
+
+def styles_section(comparison: dict[str, Any]) -> str:
+    """Chain-of-thought against direct answers on the same samples, per subset (``vcot.evaluate.styles``)."""
+    styles = comparison["styles"]
+    metrics = [name for name in ("answer_accuracy", "judge_score") if name in comparison["rows"][0]]
+    header = ["subset", "samples"]
+    for name in metrics:
+        label = "answer acc." if name == "answer_accuracy" else "judge score"
+        header += [f"{label} {style}" for style in styles] + [f"{label} cot - direct"]
+    body = []
+    for row in comparison["rows"]:
+        cells = [html.escape(row["subset"]), str(row["samples"][styles[0]])]
+        for name in metrics:
+            cells += [_fmt(row[name][style], "{:.3f}") for style in styles]
+            cells.append(_fmt(row.get(f"{name}_difference"), "{:+.3f}"))
+        body.append(cells)
+    return "<h2>Chain of thought vs direct answers</h2>" + _table("prompt-styles", header, body)
+
+
+def field_sections(metrics: dict[str, Any]) -> list[str]:
+    """The report's sections beyond the seed's metric table: the field's metrics, the judge, benchmark, styles."""
+    sections = ["<h2>Grounding metrics of the field</h2>" + field_table(metrics)]
+    if metrics["details"].get("judge"):
+        sections.append("<h2>LLM judge</h2>" + judge_table(metrics))
+    if metrics.get("benchmark"):
+        sections.append(benchmark_section(metrics["benchmark"]))
+    if metrics.get("prompt_styles"):
+        sections.append(styles_section(metrics["prompt_styles"]))
+    return sections
 
 
 def iou_histogram(ious: Sequence[float], bins: int = HISTOGRAM_BINS) -> str:
@@ -185,9 +267,16 @@ def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:
         f"<b>Q:</b> {html.escape(str(record.get('question', '')))}<br>"
         f"<b>Answer:</b> {html.escape(str(record.get('answer', '')))} &middot; <b>predicted:</b> "
         f"{html.escape(row['predicted_answer'])} ({verdict})<br>"
-        f"<b>IoU per box:</b> {ious}{invalid}"
+        f"<b>IoU per box:</b> {ious}{invalid}{_judged(row)}"
         f'<div class="reasoning">{highlight_tags(row["prediction"])}</div></div></div>'
     )
+
+
+def _judged(row: dict[str, Any]) -> str:
+    if "judge_score" not in row:
+        return ""
+    verdict = _fmt(row["judge_score"], "{:.2f}") if row["judge_score"] is not None else html.escape(str(row["judge_failure"]))
+    return f" &middot; <b>judge:</b> {verdict}"
 
 
 def build_report(
@@ -200,8 +289,9 @@ def build_report(
     max_samples: int,
     history: Sequence[dict[str, Any]] = (),
     regression: dict[str, Any] | None = None,
+    extra_sections: Sequence[str] = (),
 ) -> str:
-    """The whole report as one HTML string."""
+    """The whole report as one HTML string; ``extra_sections`` (HTML) follow the metric table."""
     sections = [f"<h1>{html.escape(title)}</h1>"]
     sections.append(
         "<p>" + " &middot; ".join(f"<b>{html.escape(k)}</b>: {html.escape(str(v))}" for k, v in details.items()) + "</p>"
@@ -213,6 +303,7 @@ def build_report(
         else:
             sections.append('<div class="ok" id="regression">No regression against the previous and best entries.</div>')
     sections.append("<h2>Metrics</h2>" + metric_table(metrics))
+    sections.extend(extra_sections)
     all_ious = [value for row in rows for value in row["best_ious"]]
     sections.append(f"<h2>IoU of each predicted box with its best match ({len(all_ious)} boxes)</h2>" + iou_histogram(all_ious))
     if history:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 from collections import Counter
 from typing import Any
 
@@ -24,11 +25,14 @@ from vcot import manifest, shards, storage
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
+from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.field import add_field_metrics
+from vcot.evaluate.judge import JudgeSettings, add_judge_metrics, default_cache, judge_rows
 from vcot.evaluate.metrics import summarize_by_subset
-from vcot.evaluate.report import build_report
+from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
+from vcot.evaluate.styles import compare_styles
 from vcot.log import get_logger
 from vcot.model_format import ModelFormat
 
@@ -38,6 +42,7 @@ STAGE = "evaluate"
 PREDICTIONS_PATH = f"predictions/{shards.shard_name(0, 1)}"
 METRICS_PATH = "metrics.json"
 REPORT_PATH = "report.html"
+BENCHMARK_PATH = "benchmark.csv"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +88,10 @@ def score_mode_format(config: EvaluateConfig) -> ModelFormat:
     return ModelFormat.for_family(config.family, **flag_overrides(config))
 
 
-def with_overrides(fmt: ModelFormat, config: EvaluateConfig, *, source: str) -> ModelFormat:
+def with_overrides(fmt: ModelFormat, overrides: dict[str, Any], *, source: str) -> ModelFormat:
     """``fmt`` with the flags applied. A frame other than the trained one is refused (its boxes would be read in
     the wrong place); other fields (pixel budget, prompt mode, box syntax) may be changed, with a warning."""
-    overrides = flag_overrides(config)
+    overrides = dict(overrides)
     if "coords" in overrides and overrides["coords"] != fmt.coords:
         raise ConfigError(
             f"--coords {overrides['coords']} contradicts {source} ({fmt.coords}): "
@@ -100,50 +105,74 @@ def with_overrides(fmt: ModelFormat, config: EvaluateConfig, *, source: str) -> 
     return changed
 
 
-def recorded_format(config: EvaluateConfig, target: Target) -> ModelFormat | None:
+def recorded_format(adapter: str | None, overrides: dict[str, Any]) -> ModelFormat | None:
     """The adapter card's format with the flags applied, or ``None`` when the flags must say it (``--coords``);
     checked before any weight is loaded."""
     from vcot.modeling import MODEL_CARD, adapter_format
 
-    recorded = adapter_format(target.adapter) if target.adapter else None
+    recorded = adapter_format(adapter) if adapter else None
     if recorded is not None:
-        return with_overrides(recorded, config, source=f"the adapter's {MODEL_CARD}")
-    if config.coords is None:  # never guessed
-        where = f"no {MODEL_CARD} next to the adapter" if target.adapter else "a base model records no frame"
+        return with_overrides(recorded, overrides, source=f"the adapter's {MODEL_CARD}")
+    if overrides.get("coords") is None:  # never guessed
+        where = f"no {MODEL_CARD} next to the adapter" if adapter else "a base model records no frame"
         raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
     return None
 
 
-def model_responses(
-    config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
-) -> tuple[dict[str, str], ModelFormat, dict[str, Any]]:
-    """Load the model, settle its format (one interpretation of its boxes), generate."""
-    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
+def load_generator(
+    model_uri: str, adapter: str | None, overrides: dict[str, Any], *, quantize: str | None = None, threads: int = 0
+) -> tuple[Any, Any, ModelFormat]:
+    """Load the model and its processor and settle its format (one interpretation of its boxes).
+
+    Also what the lmms-eval plugin (``vcot.evaluate.lmms``) loads a model with.
+    """
     from vcot.modeling import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
 
-    recorded = recorded_format(config, target)
-    if target.adapter and storage.exists(storage.join(target.adapter, MODEL_CARD)):
-        check_base_model(read_model_card(target.adapter), str(target.model))  # before minutes of loading weights
-    if config.threads:
+    recorded = recorded_format(adapter, overrides)
+    if adapter and storage.exists(storage.join(adapter, MODEL_CARD)):
+        check_base_model(read_model_card(adapter), model_uri)  # before minutes of loading weights
+    if threads:
         import torch
 
-        torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
-    model, processor = load_model_and_processor(str(target.model), adapter_uri=target.adapter, quantize=config.quantize)
-    fmt = recorded or ModelFormat.for_processor(processor, model_family(str(target.model)), **flag_overrides(config))
+        torch.set_num_threads(threads)  # torch defaults to the node's cores, not the pod's CPU limit
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter, quantize=quantize)  # type: ignore[arg-type]
+    fmt = recorded or ModelFormat.for_processor(processor, model_family(model_uri), **overrides)
     # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
-    settings = GenerationSettings(
-        fmt=fmt,
-        max_new_tokens=config.max_new_tokens,
-        batch_size=config.batch_size,
-        repetition_penalty=config.repetition_penalty,
-        box_aware_penalty=config.box_aware_penalty,
+    return model, processor, fmt
+
+
+def model_responses(
+    config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
+) -> tuple[dict[str, dict[str, str]], ModelFormat, dict[str, Any]]:
+    """Load the model once and generate with each prompt style: ``{style: {id: response}}``, the format, details."""
+    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
+
+    overrides = flag_overrides(config)
+    model, processor, fmt = load_generator(
+        str(target.model), target.adapter, overrides, quantize=config.quantize, threads=config.threads
     )
-    texts, timing = generate_responses(model, processor, records, settings)
-    responses = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
-    skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
-    generation = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fmt"}
-    return responses, fmt, {"generation": generation, "timing": timing, "skipped_samples": skipped}
+    responses: dict[str, dict[str, str]] = {}
+    details: dict[str, Any] = {}
+    for style in config.prompt_styles:
+        settings = GenerationSettings(
+            fmt=fmt,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.batch_size,
+            repetition_penalty=config.repetition_penalty,
+            box_aware_penalty=config.box_aware_penalty,
+            prompt_style=style,  # type: ignore[arg-type]
+        )
+        texts, timing = generate_responses(model, processor, records, settings)
+        responses[style] = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
+        skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
+        generation = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fmt"}
+        found = {"generation": generation, "timing": timing, "skipped_samples": skipped}
+        if not details:
+            details = found
+        else:
+            details.setdefault("other_prompt_styles", {})[style] = found
+    return responses, fmt, details
 
 
 def compare_with_history(
@@ -162,7 +191,8 @@ def compare_with_history(
         "split": config.split,
         "output": target.output,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "metrics": {k: v for k, v in metrics["overall"].items() if isinstance(v, (int, float))},
+        "metrics": _numbers(metrics["overall"]),
+        "subsets": {name: _numbers(values) for name, values in metrics["subsets"].items()},
     }
     earlier = hist.comparable(hist.read_history(str(target.history)), entry)
     metrics["regression"] = hist.compare(
@@ -170,6 +200,10 @@ def compare_with_history(
     )
     entry["regressions"] = metrics["regression"]["regressions"]
     return entry, [*earlier, entry]
+
+
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def report_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -197,6 +231,37 @@ def check_adapter(adapter: str) -> None:
         manifest.read_manifest(run, expect_stage="train")  # raises, saying which stage wrote it
 
 
+def judge_settings(config: EvaluateConfig, output: str) -> tuple[JudgeSettings, str] | None:
+    """The judge's settings and key when ``--judge-model`` is on (checked before any model loads), else ``None``."""
+    if not config.judge_model:
+        return None
+    api_key = os.environ.get("OPENAI_API_KEY", "")
+    if not api_key:
+        raise ConfigError(
+            "--judge-model needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a keyless endpoint"
+        )
+    settings = JudgeSettings(
+        model=config.judge_model,
+        cache=(config.judge_cache or default_cache(output)).rstrip("/"),
+        base_url=config.judge_base_url,
+        concurrency=config.judge_concurrency,
+        max_attempts=config.judge_max_attempts,
+        timeout=config.judge_timeout,
+        backoff_base=config.judge_backoff_base,
+        backoff_max=config.judge_backoff_max,
+    )
+    return settings, api_key
+
+
+def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) -> dict[str, Any]:
+    """Overall and per-subset metrics of one set of scored rows: the seed's, the field's, the judge's."""
+    metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
+    add_field_metrics(metrics, rows)
+    if judged:
+        add_judge_metrics(metrics, rows)
+    return metrics
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
@@ -208,27 +273,40 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         return metrics
     if target.adapter:
         check_adapter(target.adapter)
+    judge = judge_settings(config, target.output)
 
-    records = load_records(config.data, config.split, config.max_samples)
+    records = load_records(config.data, config.split, config.max_samples, config.max_per_subset)
+    if config.benchmark:
+        check_records(records, config.benchmark)
     log.info("records_loaded", data=config.data, split=config.split, count=len(records))
     details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split}
     if config.predictions:
         loaded = load_predictions(config.predictions)
-        responses, fmt = loaded.by_id, score_mode_format(config)
+        by_style, fmt = {"cot": loaded.by_id}, score_mode_format(config)
         details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
     else:
-        responses, fmt, generated = model_responses(config, target, records)
+        by_style, fmt, generated = model_responses(config, target, records)
         details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
     details["model_format"] = fmt.to_dict()
 
-    rows, scores, join = join_and_score(records, responses, fmt)
-    metrics = summarize_by_subset(scores, [row["subset"] for row in rows])
-    add_field_metrics(metrics, rows)
+    scored = {style: join_and_score(records, responses, fmt) for style, responses in by_style.items()}
+    records_by_id = {str(record["id"]): record for record in records}
+    if judge is not None:
+        details["judge"] = judge_rows([row for rows, _, _ in scored.values() for row in rows], records_by_id, *judge)
+    styles = list(scored)
+    rows, scores, join = scored[styles[0]]
+    metrics = set_metrics(rows, scores, judged=judge is not None)
     metrics.update(join=join, details=details)
+    if len(styles) > 1:
+        by_metrics = {styles[0]: metrics} | {
+            style: set_metrics(scored[style][0], scored[style][1], judged=judge is not None) for style in styles[1:]
+        }
+        metrics["prompt_styles"] = compare_styles(by_metrics)
+    if config.benchmark:
+        metrics["benchmark"] = benchmark_table(metrics, judged=judge is not None)
 
     entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
 
-    records_by_id = {str(record["id"]): record for record in records}
     report = build_report(
         title=f"vcot evaluation: {target.run or target.model or config.predictions}",
         metrics=metrics,
@@ -238,12 +316,17 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         max_samples=config.report_samples,
         history=timeline,
         regression=metrics.get("regression"),
+        extra_sections=field_sections(metrics),
     )
     files = [
         shards.write_jsonl(target.output, PREDICTIONS_PATH, rows),
         shards.write_file(target.output, METRICS_PATH, storage.dumps_json(metrics).encode("utf-8")),
         shards.write_file(target.output, REPORT_PATH, report.encode("utf-8")),
     ]
+    for style in styles[1:]:
+        files.append(shards.write_jsonl(target.output, f"predictions-{style}/{shards.shard_name(0, 1)}", scored[style][0]))
+    if config.benchmark:
+        files.append(shards.write_file(target.output, BENCHMARK_PATH, benchmark_csv(metrics["benchmark"]).encode("utf-8")))
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
     manifest.commit(

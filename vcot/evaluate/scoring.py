@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +21,32 @@ from vcot.log import get_logger
 log = get_logger(__name__)
 
 
-def load_records(data: str, split: str = "val", max_samples: int | None = None) -> list[dict[str, Any]]:
-    """The committed records of ``data`` under ``<split>/`` (in manifest order), at most ``max_samples``."""
-    if not manifest.committed_files(data, f"{split}/", expect_stage=manifest.RECORD_STAGES):
-        raise VcotError(f"{data} lists no files under {split}/: choose another --split or check the data stage")
-    return list(itertools.islice(manifest.committed_records(data, (f"{split}/",)), max_samples))
+def load_records(
+    data: str, split: str = "val", max_samples: int | None = None, max_per_subset: int | None = None
+) -> list[dict[str, Any]]:
+    """The committed records of ``data`` under ``<split>/`` (``all``: train/ then val/) in manifest order: the first
+    ``max_per_subset`` of each subset, at most ``max_samples`` in all."""
+    prefixes = ("train/", "val/") if split == "all" else (f"{split}/",)
+    if not any(manifest.committed_files(data, prefix, expect_stage=manifest.RECORD_STAGES) for prefix in prefixes):
+        raise VcotError(f"{data} lists no files under {' or '.join(prefixes)}: choose another --split or check the data stage")
+    records: Iterable[dict[str, Any]] = manifest.committed_records(data, prefixes)
+    if max_per_subset is not None:
+        records = first_per_subset(records, max_per_subset)
+    return list(itertools.islice(records, max_samples))
+
+
+def first_per_subset(records: Iterable[dict[str, Any]], limit: int) -> Iterator[dict[str, Any]]:
+    """The first ``limit`` records of each subset, in order.
+
+    >>> [r["id"] for r in first_per_subset([{"id": i, "subset": "ab"[i % 2]} for i in range(6)], 2)]
+    [0, 1, 2, 3]
+    """
+    seen: Counter[str] = Counter()
+    for record in records:
+        subset = str(record.get("subset", ""))
+        if seen[subset] < limit:
+            seen[subset] += 1
+            yield record
 
 
 @dataclass

@@ -1,0 +1,185 @@
+"""An LLM judge for free-form answers, as VisCoT's benchmark scores them (and Ground-R1 after it).
+
+VisCoT's protocol (``llava/eval/eval_cot_score.py`` of its repository): a text-only chat with an
+OpenAI-compatible model that gets the question, the standard answer and the model's answer, and replies
+``score: <score>``, 0 to 1, the closer the meaning the higher. We send the *final answer* of a response
+(``vcot.answers.extract_answer``: what follows ``Answer:``), as VisCoT sends its model's answer turn.
+
+Unlike VisCoT's script, a reply we cannot read is never a 0: it is a per-sample failure, counted by
+reason (``malformed_reply``: no single ``score: x`` with x in [0, 1]; ``empty_reply``: no text), and
+left out of the judge's mean. Every request goes through ``vcot.llm`` (the teacher's machinery): at most
+``--judge-concurrency`` in flight, retries with backoff honouring Retry-After, the answer cache (a rerun
+sends no request it has an answer for) and the token/cost ledger. A request that keeps failing, or one
+the endpoint refuses (401, 404...), stops the run (exit 1); the answers so far are cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vcot import storage
+from vcot.log import get_logger
+
+log = get_logger(__name__)
+
+SYSTEM_PROMPT = (
+    "You proofread answers: score the model's answer against the standard answer to the question. "
+    "The full score is 1 and the lowest 0; the closer the model's answer is to the standard answer, "
+    'the higher the score. Reply in the form "score: <score>".'
+)
+USER_TEMPLATE = "question: {question}\nstandard answer: {reference}\nmodel's answer: {prediction}\n"
+_SCORE = re.compile(r"score\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+))", re.IGNORECASE)
+FAILURES = ("empty_reply", "malformed_reply")
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """Where and how to ask the judge (the API key is passed separately: it is never a setting)."""
+
+    model: str
+    cache: str
+    base_url: str | None = None
+    concurrency: int = 8
+    max_attempts: int = 6
+    timeout: float = 60.0
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+    max_tokens: int = 32
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        """Sent with every request (part of the cache key): greedy, a short reply."""
+        return {"temperature": 0.0, "max_tokens": self.max_tokens}
+
+
+def judge_messages(question: str, reference: str, prediction: str) -> list[dict[str, Any]]:
+    """The judge's chat for one answer (text only, as VisCoT's)."""
+    text = USER_TEMPLATE.format(question=question.strip(), reference=reference.strip(), prediction=prediction.strip())
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+
+
+def parse_score(reply: str) -> float | None:
+    """The score of a judge's reply: one ``score: x`` (repeats of the same x allowed) with x in [0, 1], else ``None``.
+
+    >>> parse_score("score: 0.8"), parse_score("Score: 1"), parse_score("The answer is close.\\nscore: .5")
+    (0.8, 1.0, 0.5)
+    >>> parse_score("score: 7"), parse_score("score: 0.2 or score: 0.9"), parse_score("good")
+    (None, None, None)
+    """
+    values = {float(value) for value in _SCORE.findall(reply)}
+    if len(values) != 1:
+        return None
+    value = values.pop()
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def verdict(reply: str) -> tuple[float | None, str | None]:
+    """``(score, None)`` or ``(None, failure reason)`` for one reply."""
+    if not reply.strip():
+        return None, "empty_reply"
+    score = parse_score(reply)
+    return (score, None) if score is not None else (None, "malformed_reply")
+
+
+def judge_rows(
+    rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], settings: JudgeSettings, api_key: str
+) -> dict[str, Any]:
+    """Ask the judge about every row (``judge_score``, ``judge_failure``, ``judge_reply`` are set on it).
+
+    Returns what the run spent (the ledger) and what the cache held, for ``metrics.json``.
+    """
+    return asyncio.run(_judge(rows, records, settings, api_key))
+
+
+async def _judge(
+    rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], settings: JudgeSettings, api_key: str
+) -> dict[str, Any]:
+    from vcot.llm.cache import AnswerCache, keep_stored
+    from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
+    from vcot.llm.ledger import Ledger
+
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+    writer = f"evaluate-{run_id}"
+    ledger = Ledger(settings.model, run_id)
+    cache = AnswerCache(settings.cache, writer)
+    await asyncio.to_thread(cache.load)
+    cached_before = len(cache.entries)
+    client = make_client(settings.base_url, api_key, settings.timeout)
+    backend = LiveBackend(
+        client,
+        RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
+        settings.concurrency,
+        ledger,
+        secret=api_key,
+        role="judge",
+        flags="--judge-max-attempts / lower --judge-concurrency",
+    )
+    chat = CachedChat(settings.model, settings.params, cache, ledger, backend)
+    ledger_uri = storage.join(settings.cache, "ledger", f"{writer}.json")
+    keeper = asyncio.create_task(keep_stored(cache, ledger, ledger_uri, cache.flush_seconds))
+
+    async def ask(row: dict[str, Any]) -> None:
+        record = records[str(row["id"])]
+        messages = judge_messages(str(record.get("question", "")), str(record.get("answer", "")), row["predicted_answer"])
+        completion = await chat.ask(messages, record_id=str(row["id"]), purpose="judge")
+        row["judge_score"], row["judge_failure"] = verdict(completion.text)
+        row["judge_reply"] = completion.text[:200]
+
+    try:
+        outcomes = await asyncio.gather(*(ask(row) for row in rows), return_exceptions=True)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        cache.flush()
+        storage.write_json(ledger_uri, ledger.to_dict())
+        await client.close()
+    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
+        raise sorted(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))[0]
+    spent = {"model": settings.model, "cache": settings.cache, "ledger": ledger.to_dict()}
+    spent["cache_answers"] = {"before": cached_before, "after": len(cache.entries)}
+    log.info("judged", samples=len(rows), requests=ledger.requests, cache_hits=ledger.cache_hits,
+             cost_usd=ledger.estimated_cost_usd())
+    return spent
+
+
+def summarize_judge(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The judge's mean score over the samples it scored, how many it scored, and its failures by reason.
+
+    >>> summarize_judge([{"judge_score": 1.0}, {"judge_score": 0.5}, {"judge_score": None, "judge_failure": "empty_reply"}])
+    {'judge_score': 0.75, 'judge_scored': 2, 'judge_failures': {'empty_reply': 1}}
+    """
+    rows = list(rows)
+    scores = [row["judge_score"] for row in rows if row.get("judge_score") is not None]
+    failures = Counter(row["judge_failure"] for row in rows if row.get("judge_failure"))
+    return {
+        "judge_score": sum(scores) / len(scores) if scores else 0.0,
+        "judge_scored": len(scores),
+        "judge_failures": dict(sorted(failures.items())),
+    }
+
+
+def add_judge_metrics(metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:
+    """Add the judge's numbers to ``metrics["overall"]`` and to each ``metrics["subsets"][name]``."""
+    metrics["overall"].update(summarize_judge(rows))
+    for name, values in metrics["subsets"].items():
+        values.update(summarize_judge(row for row in rows if row["subset"] == name))
+
+
+def default_cache(output: str) -> str:
+    """``_judge_cache`` beside the output (so ``--overwrite`` never deletes paid answers).
+
+    >>> default_cache("s3://b/runs/eval1"), default_cache("s3://b")
+    ('s3://b/runs/_judge_cache', 's3://b/_judge_cache')
+    """
+    output = output.rstrip("/")
+    if storage.is_s3(output) and not storage.split_s3(output)[1]:
+        return storage.join(output, "_judge_cache")  # a bucket root has no parent
+    return storage.join(storage.parent(output), "_judge_cache")
