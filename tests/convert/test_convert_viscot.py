@@ -204,3 +204,28 @@ def test_non_finite_box_values_are_rejected_not_crashed() -> None:
     assert box_problem([0.0, 0.0, float("nan"), 10.0], 100, 100) == "not_finite_box"
     assert box_problem([0.0, 0.0, float("inf"), 10.0], 100, 100) == "not_finite_box"
     assert box_problem([0.0, 0.0, 10.0, 10.0], 100, 100) is None
+
+
+def test_v7w_sizes_are_found_under_the_detection_files_visual7w_name(tmp_path: Path) -> None:
+    """VisCOT's benchmark JSON says cot/v7w/..., its detection JSONL cot/visual7w/...: without images, every v7w
+    question used to be rejected as missing_size."""
+    items, det_lines = [], []
+    for n, (item, det) in enumerate(zip(SAMPLE[:6], DET[:6])):
+        name = f"v7w_{2385 + n}.jpg"
+        box = item["image"][1].split("###")[1]
+        items.append({**item, "dataset": "v7w", "image": [f"cot/v7w/images/{name}", f"cot/v7w/images/{name}###{box}"]})
+        det_lines.append({**det, "img_path": f"cot/visual7w/{name}"})
+    data, metadata = tmp_path / "bench" / "viscot.json", tmp_path / "benchmark_det.jsonl"
+    data.parent.mkdir()
+    data.write_text(json.dumps(items))
+    metadata.write_text("".join(json.dumps(line) + "\n" for line in det_lines))
+    output = tmp_path / "out"
+    convert(ConvertConfig(source="viscot", input=str(data), output=str(output), metadata=str(metadata),
+                          read_image_headers=False, val_fraction=1.0))
+    records = _records(output)
+    rejected = [r for path in (output / "rejected").glob("*.jsonl.gz") for r in shards.read_jsonl(str(path))]
+    assert len(records) == 6 and rejected == []
+    for item, det in zip(items, det_lines):
+        record = records[f"viscot:v7w:val:{item['question_id']}"]
+        assert (record["width"], record["height"]) == (det["width"], det["height"])
+        assert record["subset"] == "v7w" and record["image"].endswith(item["image"][0])

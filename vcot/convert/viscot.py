@@ -79,6 +79,27 @@ def size_key(path: str) -> str:
     return path[4:] if path.startswith("cot/") else path
 
 
+FOLDER_ALIASES = {"v7w": "visual7w"}
+"""Folder names VisCOT's own files disagree on: the benchmark JSON's images are ``cot/v7w/...``, its detection
+JSONL (the natural source of sizes) says ``cot/visual7w/...``. Sizes are matched across an alias by the image's
+file name within the subset (:func:`alias_key`)."""
+_ALIASED = frozenset(FOLDER_ALIASES) | frozenset(FOLDER_ALIASES.values())
+
+
+def alias_key(key: str) -> str | None:
+    """The key an image of an aliased folder is also indexed by: the canonical folder and the file name.
+
+    >>> alias_key("v7w/images/v7w_2385.jpg") == alias_key("visual7w/v7w_2385.jpg") == "visual7w#v7w_2385.jpg"
+    True
+    >>> alias_key("gqa/2316539.jpg") is None
+    True
+    """
+    folder, _, rest = key.partition("/")
+    if folder not in _ALIASED or not rest:
+        return None
+    return f"{FOLDER_ALIASES.get(folder, folder)}#{rest.rsplit('/', 1)[-1]}"
+
+
 def _pack(width: int, height: int) -> int:
     return width << 32 | height
 
@@ -101,6 +122,9 @@ def load_sizes(uri: str) -> dict[str, int]:
                 bad += 1
                 continue
             sizes[key] = _pack(int(width), int(height))  # type: ignore[arg-type]
+            alias = alias_key(key)
+            if alias is not None:
+                sizes[alias] = sizes[key]
     log.info("metadata_sizes", uri=uri, images=len(sizes), skipped_lines=bad)
     return sizes
 
@@ -362,6 +386,8 @@ class VisCotConverter:
         packed = self.sizes.get(key)
         if packed is None and "/" in key:  # metadata filed under the item's dataset (textcap under textvqa)
             packed = self.sizes.get(f"{subset}/{key.split('/', 1)[1]}")
+        if packed is None:  # metadata filed under the folder's other name (v7w / visual7w)
+            packed = self.sizes.get(alias_key(key) or "")
         if packed is not None and not self.check_images:
             return packed >> 32, packed & 0xFFFFFFFF, "metadata"
         if not (self.read_headers or self.check_images):
