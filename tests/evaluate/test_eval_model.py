@@ -217,7 +217,12 @@ def test_scheduled_mode_passes_without_regression(
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["regression"]["regressions"] == []
     assert 'class="ok" id="regression"' in (output / "report.html").read_text()
-    assert len(read_history(str(history))) == 2
+    entries = read_history(str(history))
+    assert len(entries) == 2
+    # the field's metrics are in the history too, overall and per subset
+    for name in ("truth_mean_iou", "dual_iou", "union_iou", "first_box_acc_at_50", "consistency"):
+        assert entries[-1]["metrics"][name] == metrics["overall"][name]
+        assert entries[-1]["subsets"]["gqa"][name] == metrics["subsets"]["gqa"][name]
 
 
 def test_scheduled_mode_evaluates_each_new_run_even_when_runs_share_a_folder_name(
