@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_VERSION := 2.13.0
+LMMS_EVAL_VERSION := 0.7.3
 # torch comes from pip as configured (its index, PIP_INDEX_URL, PIP_FIND_LINKS). On a CPU-only machine whose
 # configured index offers only the CUDA build (several GB), set TORCH_CPU_INDEX to the package index PyTorch
 # publishes for its CPU-only wheels (its install page names it); it is used for torch alone. Also an image build arg.
@@ -28,6 +29,8 @@ $(STAMP): pyproject.toml
 		$(PY) -m pip install -q torch==$(TORCH_VERSION) --index-url "$(TORCH_CPU_INDEX)"; \
 	fi
 	$(PY) -m pip install -q -e '.[test]'
+	@# lmms-eval (the plugin test) without its dependencies: its torchvision would replace the CPU torch (pyproject.toml)
+	$(PY) -m pip install -q --no-deps "lmms-eval==$(LMMS_EVAL_VERSION)"
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install vcot with every extra and the test tools

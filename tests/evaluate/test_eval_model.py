@@ -9,14 +9,13 @@ from typing import Any
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
 from vcot.evaluate.history import read_history
-from vcot.modeling import MODEL_CARD, architecture, load_model_and_processor
+from vcot.modeling import MODEL_CARD, architecture
 
 FAST = ["--max-new-tokens", "12"]
 WATCHED = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]
@@ -29,20 +28,6 @@ def _records(root: str, count: int = 5) -> list[dict[str, Any]]:
                     width=sizes[i % len(sizes)][0], height=sizes[i % len(sizes)][1])
         for i in range(count)
     ]
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA adapter on the tiny model with a vcot-model.json in the flat layout earlier versions wrote."""
-    model, processor = load_model_and_processor(str(tiny_model_dir))
-    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    adapter = tmp_path_factory.mktemp("adapter")
-    peft_model.save_pretrained(adapter)
-    size = processor.image_processor.size
-    card = {"base_model": str(tiny_model_dir), "coords": "norm1000", "mode": "multimodal",
-            "min_pixels": size.shortest_edge, "max_pixels": size.longest_edge}
-    (adapter / MODEL_CARD).write_text(json.dumps(card))
-    return adapter
 
 
 def _predictions(output: str) -> dict[str, str]:

@@ -1,0 +1,124 @@
+"""The lmms-eval plugin: lmms-eval finds ``--model vcot`` through the entry point and runs one small offline task
+(its data built here) on the tiny model with an adapter; nothing is downloaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import REPO_ROOT
+from vcot.evaluate.lmms import MODEL_ID, read_back
+from vcot.model_format import HOUSE, ModelFormat
+
+TASK = "vcot_tiny_vqa"
+QUESTIONS = [("What color is the square?", "red", (200, 0, 0)), ("What color is the square?", "blue", (0, 0, 200)),
+             ("Is there a square?", "yes", (0, 160, 0))]
+
+TASK_YAML = f"""task: {TASK}
+dataset_path: {{dataset}}
+dataset_kwargs:
+  load_from_disk: true
+test_split: test
+output_type: generate_until
+doc_to_visual: !function vcot_tiny_utils.doc_to_visual
+doc_to_text: !function vcot_tiny_utils.doc_to_text
+doc_to_target: answer
+generation_kwargs:
+  max_new_tokens: 6
+  until: []
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+    ignore_punctuation: true
+metadata:
+  version: 0.0
+"""
+TASK_UTILS = '''def doc_to_visual(doc):
+    return [doc["image"].convert("RGB")]
+
+
+def doc_to_text(doc):
+    return doc["question"]
+'''
+
+
+def _task_dir(root: Path) -> Path:
+    """A one-split image QA dataset saved with ``datasets`` and a task folder naming it, as lmms-eval's tasks are."""
+    import datasets
+
+    images = []
+    for _, _, color in QUESTIONS:
+        image = Image.new("RGB", (96, 64), (235, 235, 235))
+        ImageDraw.Draw(image).rectangle([20, 10, 60, 50], fill=color)
+        images.append(image)
+    features = datasets.Features({"question": datasets.Value("string"), "answer": datasets.Value("string"),
+                                  "image": datasets.Image()})
+    table = {"question": [q for q, _, _ in QUESTIONS], "answer": [a for _, a, _ in QUESTIONS], "image": images}
+    dataset = datasets.DatasetDict({"test": datasets.Dataset.from_dict(table, features=features)})
+    dataset.save_to_disk(str(root / "dataset"))
+    tasks = root / "tasks"
+    tasks.mkdir()
+    (tasks / f"{TASK}.yaml").write_text(TASK_YAML.format(dataset=root / "dataset"))
+    (tasks / "vcot_tiny_utils.py").write_text(TASK_UTILS)
+    return tasks
+
+
+def _entry_point_dist(root: Path) -> Path:
+    """The entry point pyproject.toml declares, as installed metadata (an editable install made before it existed
+    does not have it yet): what lmms-eval's registry reads."""
+    declared = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["lmms_eval.models"]
+    dist = root / "site" / "vcot_lmms_plugin-0.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vcot-lmms-plugin\nVersion: 0.0\n")
+    (dist / "entry_points.txt").write_text("[lmms_eval.models]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
+    return dist.parent
+
+
+@pytest.mark.integration
+def test_lmms_eval_runs_a_task_on_a_vcot_adapter(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    tasks, site = _task_dir(tmp_path), _entry_point_dist(tmp_path)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(site), os.environ.get("PYTHONPATH", "")]),
+        "HF_HOME": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [
+        sys.executable, "-m", "lmms_eval", "--model", MODEL_ID,
+        "--model_args", f"pretrained={tiny_model_dir},adapter={adapter_dir},max_new_tokens=6",
+        "--tasks", TASK, "--include_path", str(tasks), "--batch_size", "2",
+        "--output_path", str(tmp_path / "results"), "--log_samples",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs[-4000:]
+    found = {path.name: path for path in (tmp_path / "results").rglob("*.json*")}
+    results = json.loads(next(p for name, p in found.items() if name.endswith("results.json")).read_text())
+    assert TASK in results["results"] and "exact_match,none" in results["results"][TASK]
+    assert results["config"]["model"] == MODEL_ID
+    samples_file = next(p for name, p in found.items() if name.endswith(f"{TASK}.jsonl"))
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    assert len(samples) == len(QUESTIONS)
+    assert all(isinstance(sample["filtered_resps"][0], str) for sample in samples)
+
+
+def test_read_back_gives_the_answer_or_house_boxes_of_the_task_image() -> None:
+    absolute = ModelFormat.for_family(coords="qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
+    text = "The <ref>square</ref><box>[0, 0, 70, 28]</box> is red.\nAnswer: red"
+    assert read_back(text, absolute, 200, 100) == "red"
+    assert read_back(text, absolute, 200, 100, "response") == (
+        "The <ref>square</ref><box>[0, 0, 500, 500]</box> is red.\nAnswer: red"
+    )
+    assert read_back("<box>[0, 0, 999, 999]</box> beyond the resized image", absolute, 200, 100, "response") == (
+        "<box>[0, 0, 999, 999]</box> beyond the resized image"  # an invalid box is left as written, not repaired
+    )
+    assert read_back("no marker\nblue", HOUSE, 10, 10) == "blue"

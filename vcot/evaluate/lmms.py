@@ -1,0 +1,155 @@
+"""An lmms-eval model plugin: any lmms-eval task on a vcot adapter, with vcot's prompt and box read-back.
+
+    pip install 'vcot[lmms]'
+    lmms-eval --model vcot --model_args pretrained=BASE,adapter=ADAPTER --tasks TASK
+
+lmms-eval finds the plugin through the ``lmms_eval.models`` entry point (``pyproject.toml``). The model and its
+format are loaded as ``vcot-evaluate`` loads them (:func:`vcot.evaluate.run.load_generator`: the adapter's
+``vcot-model.json`` settles the frame, ``coords=`` is required without one); each question is prompted as
+``vcot.prompts`` prompts a record (the task's text is the question, the first image its image) and generated
+with the same batched greedy decoding. What goes back to the task (``output=``):
+
+- ``answer`` (default): the final answer (``vcot.answers.extract_answer``), what VQA-style tasks score;
+- ``response``: the whole response with every valid box read back through ``ModelFormat.read`` and written
+  as a house box (``<ref>..</ref><box>[x1, y1, x2, y2]</box>``, 0-1000 of the task's image), for grounding tasks.
+
+Other model args: ``prompt_style`` (cot or direct), ``box_format``, ``max_new_tokens`` (512, or the task's),
+``batch_size``, ``repetition_penalty`` (1.2). The class is built on first use, so this module imports without
+lmms-eval installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vcot.answers import extract_answer
+from vcot.boxes import render_grounded
+from vcot.log import get_logger
+from vcot.model_format import ModelFormat
+
+log = get_logger(__name__)
+
+MODEL_ID = "vcot"
+CLASS_PATH = "vcot.evaluate.lmms.VcotLMM"
+OUTPUTS = ("answer", "response")
+
+
+def manifest() -> Any:
+    """The entry point's payload: lmms-eval's registry entry for ``--model vcot``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id=MODEL_ID, simple_class_path=CLASS_PATH)
+
+
+def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str = "answer") -> str:
+    """What the plugin returns for one response: its final answer, or the response with house boxes.
+
+    >>> from vcot.model_format import ModelFormat
+    >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="qwen", min_pixels=56 * 56, max_pixels=112 * 112)
+    >>> text = "See <|object_ref_start|>cup<|object_ref_end|><|box_start|>(0,0),(70,28)<|box_end|>. Answer: a cup"
+    >>> read_back(text, fmt, 200, 100, "response"), read_back(text, fmt, 200, 100)
+    ('See <ref>cup</ref><box>[0, 0, 500, 500]</box>. Answer: a cup', 'a cup')
+    """
+    if output == "answer":
+        return extract_answer(text)
+    parsed = fmt.read(text, width, height)
+    parts, cursor = [], 0
+    for found in parsed.boxes:
+        start, end = found.span
+        parts += [text[cursor:start], render_grounded(found.ref, found.box)]
+        cursor = end
+    return "".join(parts) + text[cursor:]
+
+
+def _cut(text: str, until: Any) -> str:
+    """The text before the first of the task's stop strings."""
+    for stop in [until] if isinstance(until, str) else list(until or []):
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text
+
+
+def _build_class() -> type:
+    from lmms_eval.api.model import lmms
+
+    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_batch
+    from vcot.evaluate.run import load_generator
+
+    class VcotLMM(lmms):  # type: ignore[misc, valid-type]
+        """``--model vcot``: a base model and a vcot adapter, prompted and read back as vcot-evaluate does."""
+
+        is_simple = True
+
+        def __init__(
+            self,
+            pretrained: str,
+            adapter: str | None = None,
+            coords: str | None = None,
+            box_format: str | None = None,
+            prompt_style: str = "cot",
+            output: str = "answer",
+            max_new_tokens: int = 512,
+            batch_size: int | str = 1,
+            repetition_penalty: float = 1.2,
+            **_: Any,  # lmms-eval's device, max_batch_size...
+        ) -> None:
+            super().__init__()
+            if output not in OUTPUTS or prompt_style not in ("cot", "direct"):
+                raise ValueError(f"vcot: output must be one of {OUTPUTS} and prompt_style cot or direct")
+            overrides = {k: v for k, v in {"coords": coords, "box_syntax": box_format}.items() if v}
+            self.model, self.processor, fmt = load_generator(str(pretrained), str(adapter) if adapter else None, overrides)
+            self.settings = GenerationSettings(
+                fmt=fmt,
+                max_new_tokens=int(max_new_tokens),
+                batch_size=max(1, int(batch_size or 1)),
+                repetition_penalty=float(repetition_penalty),
+                prompt_style=prompt_style,  # type: ignore[arg-type]
+            )
+            self.output = output
+
+        def _record(self, request: Any) -> dict[str, Any]:
+            context, _, doc_to_visual, doc_id, task, split = request.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+            image = (visuals if isinstance(visuals, list) else [visuals])[0] if visuals else None
+            width, height = image.size if image is not None else (1, 1)
+            return {"id": f"{task}/{split}/{doc_id}", "image": image, "width": width, "height": height,
+                    "question": context}
+
+        def generate_until(self, requests: list[Any]) -> list[str]:
+            answers: list[str] = []
+            size = self.settings.batch_size
+            for start in range(0, len(requests), size):
+                batch = requests[start : start + size]
+                records = [self._record(request) for request in batch]
+                settings = self.settings
+                if any(record["image"] is None for record in records):  # a question without an image: text mode
+                    settings = dataclasses.replace(settings, fmt=dataclasses.replace(settings.fmt, mode="text"))
+                gen_kwargs = batch[0].args[1] or {}
+                if gen_kwargs.get("max_new_tokens"):
+                    settings = dataclasses.replace(settings, max_new_tokens=int(gen_kwargs["max_new_tokens"]))
+                for request, record, text in zip(batch, records, generate_batch(self.model, self.processor, records, settings)):
+                    if isinstance(text, Skipped):
+                        log.warning("lmms_sample_skipped", id=record["id"], reason=text.reason)
+                        answers.append("")
+                        continue
+                    text = _cut(text, (request.args[1] or {}).get("until"))
+                    answers.append(read_back(text, settings.fmt, record["width"], record["height"], self.output))
+            return answers
+
+        def loglikelihood(self, requests: list[Any]) -> list[tuple[float, bool]]:
+            raise NotImplementedError("vcot generates answers: choose a generate_until task")
+
+        def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
+            raise NotImplementedError("vcot answers in one round: choose a single-round generate_until task")
+
+    return VcotLMM
+
+
+def __getattr__(name: str) -> Any:
+    """``VcotLMM`` is built on first access (it subclasses lmms-eval's model class)."""
+    if name == "VcotLMM":
+        cls = _build_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
