@@ -90,6 +90,7 @@ def test_benchmark_refuses_records_of_another_source(known_data: tuple[str, list
     data, records = known_data
     predictions = tmp_path / "predictions.jsonl"
     predictions.write_text(json.dumps({"id": records[0]["id"], "prediction": "Answer: red"}) + "\n")
-    argv = ["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "eval"), "--benchmark", "viscot"]
+    argv = ["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "eval"),
+            "--benchmark", "viscot"]
     assert main(argv) == 1
     assert "are not viscot records" in capfd.readouterr().err

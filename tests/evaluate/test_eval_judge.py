@@ -113,7 +113,8 @@ def test_scores_are_parsed_beside_exact_match(
     judge = metrics["details"]["judge"]
     assert judge["ledger"]["requests"] == 6 and judge["ledger"]["estimated_cost_usd"] is not None
     assert judge["cache"] == str(tmp_path / "_judge_cache")
-    rows = {row["id"]: row for row in shards.read_jsonl(manifest.committed_files(str(tmp_path / "eval"), "predictions/")[0])}
+    files = manifest.committed_files(str(tmp_path / "eval"), "predictions/")
+    rows = {row["id"]: row for row in shards.read_jsonl(files[0])}
     assert rows["test:gqa:1"]["judge_score"] == 0.5 and rows["test:gqa:1"]["answer_correct"] is False
     assert rows["test:docvqa:4"]["judge_score"] is None and rows["test:docvqa:4"]["judge_failure"] == "malformed_reply"
     # the judge saw the question, the reference and the final answer only (not the boxes of the reasoning)
@@ -142,7 +143,8 @@ def test_faults_are_retried_and_a_rerun_sends_no_request(
     assert main([*_argv(data, tmp_path, server), "--overwrite"]) == 0
     again = _metrics(tmp_path)
     assert server.chat_requests == sent  # every answer came from the cache
-    assert again["details"]["judge"]["ledger"]["cache_hits"] == 6 and again["details"]["judge"]["ledger"]["requests"] == 0
+    ledger = again["details"]["judge"]["ledger"]
+    assert ledger["cache_hits"] == 6 and ledger["requests"] == 0
     for name in ("judge_score", "judge_scored", "judge_failures"):
         assert again["overall"][name] == first["overall"][name]
 

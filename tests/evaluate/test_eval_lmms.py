@@ -79,7 +79,8 @@ def _entry_point_dist(root: Path) -> Path:
     dist = root / "site" / "vcot_lmms_plugin-0.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vcot-lmms-plugin\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text("[lmms_eval.models]\n" + "".join(f"{k} = {v}\n" for k, v in declared.items()))
+    lines = "".join(f"{name} = {target}\n" for name, target in declared.items())
+    (dist / "entry_points.txt").write_text("[lmms_eval.models]\n" + lines)
     return dist.parent
 
 

@@ -68,7 +68,8 @@ def test_prompt_style_needs_a_model(known_data: tuple[str, list], tmp_path: Path
     data, records = known_data
     predictions = tmp_path / "p.jsonl"
     predictions.write_text(json.dumps({"id": records[0]["id"], "prediction": "red"}) + "\n")
-    argv = ["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o"), "--prompt-style", "both"]
+    argv = ["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o"),
+            "--prompt-style", "both"]
     with pytest.raises(SystemExit) as exited:
         main(argv)
     assert exited.value.code == 2 and "--prompt-style changes the prompt" in capsys.readouterr().err

@@ -34,6 +34,8 @@ async def ask_valid(
     return Outcome(second.text, check_answer(second.text, record), corrected=True)
 
 
-async def direct_rationale(teacher: CachedChat, record: dict[str, Any], image_url: str, *, hint_answer: bool) -> Outcome:
+async def direct_rationale(
+    teacher: CachedChat, record: dict[str, Any], image_url: str, *, hint_answer: bool
+) -> Outcome:
     messages = prompts.direct_messages(record, image_url, hint_answer=hint_answer)
     return await ask_valid(teacher, messages, record, purpose="answer")

@@ -74,7 +74,8 @@ def benchmark_table(metrics: dict[str, Any], *, judged: bool) -> dict[str, Any]:
             "in_average": subset in VISCOT_AVERAGED,
         })
     averaged = [row for row in rows if row["in_average"]]
-    average: dict[str, Any] = {"subset": "average", "name": "Average", "questions": sum(r["questions"] for r in averaged)}
+    average: dict[str, Any] = {"subset": "average", "name": "Average"}
+    average["questions"] = sum(row["questions"] for row in averaged)
     for key in ("answer_score", "exact_match", "judge_score", "detection_acc_at_50", "mean_iou"):
         values = [row[key] for row in averaged if row[key] is not None]
         average[key] = sum(values) / len(values) if values else None

@@ -99,16 +99,17 @@ class EvaluateConfig:
         "Ground-R1's choice); exact match is still reported. The key comes from OPENAI_API_KEY only.",
     )
     judge_base_url: str | None = option(
-        None, help="The judge's OpenAI-compatible endpoint (e.g. http://vllm:8000/v1); default: OpenAI (or OPENAI_BASE_URL)."
+        None,
+        help="The judge's OpenAI-compatible endpoint (e.g. http://vllm:8000/v1); default: OpenAI (or OPENAI_BASE_URL).",
     )
     judge_cache: str | None = option(
         None, help="Where judge answers are kept so a rerun never pays twice; default: _judge_cache beside --output."
     )
     judge_concurrency: int = option(8, help="Most judge requests in flight at once.")
-    judge_max_attempts: int = option(6, help="Attempts per judge request on 429, 5xx and timeouts before the run stops.")
+    judge_max_attempts: int = option(6, help="Attempts per judge request on 429, 5xx, timeouts before the run stops.")
     judge_timeout: float = option(60.0, help="Seconds before one judge request counts as timed out.")
-    judge_backoff_base: float = option(1.0, help="First judge retry delay in seconds; doubles each attempt (with jitter).")
-    judge_backoff_max: float = option(30.0, help="Longest judge retry delay in seconds (Retry-After is honoured up to this).")
+    judge_backoff_base: float = option(1.0, help="First judge retry delay in seconds; doubles each attempt (jitter).")
+    judge_backoff_max: float = option(30.0, help="Longest judge retry delay in seconds (Retry-After honoured up to it).")
     report_samples: int = option(48, help="How many samples the HTML report shows with their images.")
     overwrite: bool = option(False, help="Rewrite a committed output instead of skipping it.")
 
@@ -128,7 +129,8 @@ class EvaluateConfig:
             raise ValueError("--repetition-penalty must be positive (1.0 turns it off)")
         unknown = [name for name in self.regression_metrics if name not in WATCHABLE_METRICS]
         if unknown:
-            raise ValueError(f"--regression-metrics: unknown {', '.join(unknown)}; choose from {', '.join(WATCHABLE_METRICS)}")
+            choose = ", ".join(WATCHABLE_METRICS)
+            raise ValueError(f"--regression-metrics: unknown {', '.join(unknown)}; choose from {choose}")
         if self.regression_threshold < 0:
             raise ValueError("--regression-threshold must be >= 0")
         if self.threads < 0:
@@ -140,9 +142,9 @@ class EvaluateConfig:
         if self.max_per_subset is not None and self.max_per_subset < 1:
             raise ValueError("--max-per-subset must be at least 1")
         if self.prompt_style != "cot" and self.predictions:
-            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (score mode scores as given)")
+            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (score mode scores as is)")
         if self.judge_concurrency < 1 or self.judge_max_attempts < 1 or self.judge_timeout <= 0:
-            raise ValueError("--judge-concurrency and --judge-max-attempts must be at least 1, --judge-timeout positive")
+            raise ValueError("--judge-concurrency, --judge-max-attempts must be at least 1, --judge-timeout positive")
         if self.judge_backoff_base < 0 or self.judge_backoff_max < 0:
             raise ValueError("--judge-backoff-base and --judge-backoff-max must not be negative")
         self.split = (self.split or ("all" if self.benchmark else "val")).strip("/")

@@ -127,7 +127,8 @@ async def _judge(
 
     async def ask(row: dict[str, Any]) -> None:
         record = records[str(row["id"])]
-        messages = judge_messages(str(record.get("question", "")), str(record.get("answer", "")), row["predicted_answer"])
+        question, reference = str(record.get("question", "")), str(record.get("answer", ""))
+        messages = judge_messages(question, reference, row["predicted_answer"])
         completion = await chat.ask(messages, record_id=str(row["id"]), purpose="judge")
         row["judge_score"], row["judge_failure"] = verdict(completion.text)
         row["judge_reply"] = completion.text[:200]
@@ -153,7 +154,8 @@ async def _judge(
 def summarize_judge(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """The judge's mean score over the samples it scored, how many it scored, and its failures by reason.
 
-    >>> summarize_judge([{"judge_score": 1.0}, {"judge_score": 0.5}, {"judge_score": None, "judge_failure": "empty_reply"}])
+    >>> summarize_judge([{"judge_score": 1.0}, {"judge_score": 0.5},
+    ...                  {"judge_score": None, "judge_failure": "empty_reply"}])
     {'judge_score': 0.75, 'judge_scored': 2, 'judge_failures': {'empty_reply': 1}}
     """
     rows = list(rows)

@@ -46,7 +46,8 @@ def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str 
     """What the plugin returns for one response: its final answer, or the response with house boxes.
 
     >>> from vcot.model_format import ModelFormat
-    >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="qwen", min_pixels=56 * 56, max_pixels=112 * 112)
+    >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="qwen",
+    ...                              min_pixels=56 * 56, max_pixels=112 * 112)
     >>> text = "See <|object_ref_start|>cup<|object_ref_end|><|box_start|>(0,0),(70,28)<|box_end|>. Answer: a cup"
     >>> read_back(text, fmt, 200, 100, "response"), read_back(text, fmt, 200, 100)
     ('See <ref>cup</ref><box>[0, 0, 500, 500]</box>. Answer: a cup', 'a cup')
@@ -98,7 +99,8 @@ def _build_class() -> type:
             if output not in OUTPUTS or prompt_style not in ("cot", "direct"):
                 raise ValueError(f"vcot: output must be one of {OUTPUTS} and prompt_style cot or direct")
             overrides = {k: v for k, v in {"coords": coords, "box_syntax": box_format}.items() if v}
-            self.model, self.processor, fmt = load_generator(str(pretrained), str(adapter) if adapter else None, overrides)
+            adapter = str(adapter) if adapter else None
+            self.model, self.processor, fmt = load_generator(str(pretrained), adapter, overrides)
             self.settings = GenerationSettings(
                 fmt=fmt,
                 max_new_tokens=int(max_new_tokens),
@@ -128,7 +130,8 @@ def _build_class() -> type:
                 gen_kwargs = batch[0].args[1] or {}
                 if gen_kwargs.get("max_new_tokens"):
                     settings = dataclasses.replace(settings, max_new_tokens=int(gen_kwargs["max_new_tokens"]))
-                for request, record, text in zip(batch, records, generate_batch(self.model, self.processor, records, settings)):
+                texts = generate_batch(self.model, self.processor, records, settings)
+                for request, record, text in zip(batch, records, texts):
                     if isinstance(text, Skipped):
                         log.warning("lmms_sample_skipped", id=record["id"], reason=text.reason)
                         answers.append("")

@@ -275,7 +275,8 @@ def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:
 def _judged(row: dict[str, Any]) -> str:
     if "judge_score" not in row:
         return ""
-    verdict = _fmt(row["judge_score"], "{:.2f}") if row["judge_score"] is not None else html.escape(str(row["judge_failure"]))
+    score = row["judge_score"]
+    verdict = _fmt(score, "{:.2f}") if score is not None else html.escape(str(row["judge_failure"]))
     return f" &middot; <b>judge:</b> {verdict}"
 
 

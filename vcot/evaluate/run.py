@@ -19,7 +19,7 @@ import datetime
 import json
 import os
 from collections import Counter
-from typing import Any
+from typing import Any, Literal
 
 from vcot import manifest, shards, storage
 from vcot.config import redacted
@@ -120,7 +120,12 @@ def recorded_format(adapter: str | None, overrides: dict[str, Any]) -> ModelForm
 
 
 def load_generator(
-    model_uri: str, adapter: str | None, overrides: dict[str, Any], *, quantize: str | None = None, threads: int = 0
+    model_uri: str,
+    adapter: str | None,
+    overrides: dict[str, Any],
+    *,
+    quantize: Literal["4bit", "8bit"] | None = None,
+    threads: int = 0,
 ) -> tuple[Any, Any, ModelFormat]:
     """Load the model and its processor and settle its format (one interpretation of its boxes).
 
@@ -135,7 +140,7 @@ def load_generator(
         import torch
 
         torch.set_num_threads(threads)  # torch defaults to the node's cores, not the pod's CPU limit
-    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter, quantize=quantize)  # type: ignore[arg-type]
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter, quantize=quantize)
     fmt = recorded or ModelFormat.for_processor(processor, model_family(model_uri), **overrides)
     # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
@@ -238,7 +243,8 @@ def judge_settings(config: EvaluateConfig, output: str) -> tuple[JudgeSettings, 
     api_key = os.environ.get("OPENAI_API_KEY", "")
     if not api_key:
         raise ConfigError(
-            "--judge-model needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a keyless endpoint"
+            "--judge-model needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a keyless "
+            "endpoint"
         )
     settings = JudgeSettings(
         model=config.judge_model,
@@ -324,9 +330,11 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         shards.write_file(target.output, REPORT_PATH, report.encode("utf-8")),
     ]
     for style in styles[1:]:
-        files.append(shards.write_jsonl(target.output, f"predictions-{style}/{shards.shard_name(0, 1)}", scored[style][0]))
+        path = f"predictions-{style}/{shards.shard_name(0, 1)}"
+        files.append(shards.write_jsonl(target.output, path, scored[style][0]))
     if config.benchmark:
-        files.append(shards.write_file(target.output, BENCHMARK_PATH, benchmark_csv(metrics["benchmark"]).encode("utf-8")))
+        table = benchmark_csv(metrics["benchmark"]).encode("utf-8")
+        files.append(shards.write_file(target.output, BENCHMARK_PATH, table))
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
     manifest.commit(

@@ -28,7 +28,8 @@ def load_records(
     ``max_per_subset`` of each subset, at most ``max_samples`` in all."""
     prefixes = ("train/", "val/") if split == "all" else (f"{split}/",)
     if not any(manifest.committed_files(data, prefix, expect_stage=manifest.RECORD_STAGES) for prefix in prefixes):
-        raise VcotError(f"{data} lists no files under {' or '.join(prefixes)}: choose another --split or check the data stage")
+        where = " or ".join(prefixes)
+        raise VcotError(f"{data} lists no files under {where}: choose another --split or check the data stage")
     records: Iterable[dict[str, Any]] = manifest.committed_records(data, prefixes)
     if max_per_subset is not None:
         records = first_per_subset(records, max_per_subset)

@@ -16,8 +16,10 @@ ANSWER_METRICS = ("answer_accuracy", "judge_score")
 def compare_styles(by_style: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``by_style``: style -> its metrics (``overall`` and ``subsets``), the first style first.
 
-    >>> cot = {"overall": {"samples": 2, "answer_accuracy": 0.5}, "subsets": {"a": {"samples": 2, "answer_accuracy": 0.5}}}
-    >>> direct = {"overall": {"samples": 2, "answer_accuracy": 1.0}, "subsets": {"a": {"samples": 2, "answer_accuracy": 1.0}}}
+    >>> def metrics(accuracy):
+    ...     values = {"samples": 2, "answer_accuracy": accuracy}
+    ...     return {"overall": values, "subsets": {"a": values}}
+    >>> cot, direct = metrics(0.5), metrics(1.0)
     >>> table = compare_styles({"cot": cot, "direct": direct})
     >>> table["rows"][0]["answer_accuracy"], table["rows"][0]["answer_accuracy_difference"]
     ({'cot': 0.5, 'direct': 1.0}, -0.5)
@@ -40,5 +42,7 @@ def compare_styles(by_style: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "styles": styles,
         "rows": rows,
-        "metrics": {style: {"overall": m["overall"], "subsets": m["subsets"]} for style, m in list(by_style.items())[1:]},
+        "metrics": {
+            style: {"overall": m["overall"], "subsets": m["subsets"]} for style, m in list(by_style.items())[1:]
+        },
     }
