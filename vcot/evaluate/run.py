@@ -3,7 +3,9 @@
 Output layout::
 
     OUTPUT/predictions/00000-of-00001.jsonl.gz   one row per scored sample: raw text, parsed boxes, IoUs, answer
+    OUTPUT/predictions-direct/...                --prompt-style both: the direct answers' rows
     OUTPUT/metrics.json                          overall and per-subset metrics, join counts, settings
+    OUTPUT/benchmark.csv                         --benchmark: the per-subset table
     OUTPUT/report.html                           the self-contained report
     OUTPUT/_SUCCESS                              the manifest, written last
 
