@@ -51,7 +51,7 @@ class JudgeSettings:
     timeout: float = 60.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
-    max_tokens: int = 32
+    max_tokens: int = 64
 
     @property
     def params(self) -> dict[str, float | int]:
