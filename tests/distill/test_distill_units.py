@@ -20,7 +20,7 @@ from vcot.distill import distill, prompts
 from vcot.distill.cache import AnswerCache, request_key
 from vcot.distill.config import DistillConfig
 from vcot.distill.ledger import Ledger
-from vcot.distill.pipeline import in_order
+from vcot.distill.stage import in_order
 from vcot.distill.teacher import Completion, RetryPolicy, Teacher, retry_after_seconds
 from vcot.distill.validate import accepted_record, check_answer
 
@@ -277,7 +277,7 @@ def test_in_order_stops_on_the_first_failure_starts_nothing_more_and_drains() ->
 
 def test_rejected_lines_follow_the_one_record_output_contract() -> None:
     """distill writes the rejected/ line convert writes (docs/records.md): subset included, the raw record cut."""
-    from vcot.distill.pipeline import rejected_line
+    from vcot.distill.stage import rejected_line
     from vcot.records import RAW_LIMIT, Rejection
 
     record = {"id": "viscot:gqa:val:7", "subset": "gqa", "question": "q" * 5000}

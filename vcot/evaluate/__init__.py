@@ -12,5 +12,5 @@ Modules, in dependency order:
 - ``generation``: batched greedy inference with left padding (model mode).
 - ``history``: the re-evaluation history in storage, and regression checks against it.
 - ``report``: the self-contained HTML report.
-- ``config`` and ``run``: the stage's configuration and its one entry function ``evaluate``.
+- ``config`` and ``stage``: the stage's configuration and its one entry function ``evaluate``.
 """
