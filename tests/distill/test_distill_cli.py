@@ -121,7 +121,7 @@ def test_input_without_records_exits_2_and_commits_nothing(
 
 _CRASHING_DISTILL = """
 import sys
-import vcot.distill.stage as pipeline
+import vcot.distill.stage as stage_module
 
 def unreadable(*args):  # a bug deep in the stage, called where the API key is a local variable
     raise RuntimeError("planted bug")
