@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
-from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
+from vcot.penalty import BoxAwareRepetitionPenalty
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import HOUSE, ModelFormat
