@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from jobs.demo import main as demo_main
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.demo.app import answer
 from vcot.demo.engine import DemoModel, Options, load_demo_model
@@ -119,3 +120,11 @@ def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapt
         load_demo_model(str(tiny_model_dir), str(trained_adapter.path), coords="norm1000")
     card = json.loads((trained_adapter.path / MODEL_CARD).read_text())
     assert card["model_format"]["coords"] == "qwen2.5-absolute"
+
+
+def test_the_command_refuses_before_serving_with_one_line(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert demo_main(["--model", str(tiny_model_dir)]) == 1
+    assert "vcot-demo: error: a base model records no box frame: pass --coords" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--model", str(tiny_model_dir), "--port", "70000"])
+    assert exited.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err

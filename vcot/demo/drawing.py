@@ -53,11 +53,11 @@ def draw_boxes(image: Image.Image, boxes: Sequence[GroundedBox]) -> Image.Image:
     """A copy of ``image`` with every box outlined in its colour and labelled (above the box when there is room)."""
     out = image.copy()
     draw = ImageDraw.Draw(out)
-    width = max(2, round(max(out.size) / 250))
+    width = max(2, round(max(out.size) / 200))
     font = ImageFont.load_default(size=max(12, width * 6))
     for index, found in enumerate(boxes):
-        x1, y1, x2, y2 = norm1000_to_pixels(found.box, out.width, out.height)
-        x2, y2 = min(x2, out.width - 1), min(y2, out.height - 1)
+        x1, y1, x2, y2 = (round(v) for v in norm1000_to_pixels(found.box, out.width, out.height))
+        x2, y2 = min(x2, out.width - 1), min(y2, out.height - 1)  # the outline's outer edge on the box's edge
         fill = colour(index)
         draw.rectangle((x1, y1, x2, y2), outline=fill, width=width)
         text = label(index, found)
