@@ -110,6 +110,8 @@ def test_an_adapter_from_another_base_model_is_refused_with_what_to_pass(
 
 
 def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path) -> None:
+    with pytest.raises(VcotError, match="no adapter at .*missing .no adapter_config.json.: pass the adapter/ folder"):
+        load_demo_model(str(tiny_model_dir), str(tmp_path / "missing"))
     bare = shutil.copytree(trained_adapter.path, tmp_path / "bare")
     (bare / MODEL_CARD).unlink()
     with pytest.raises(VcotError, match="no vcot-model.json next to adapter .*: pass --coords"):

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from vcot import storage
 from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.log import get_logger
@@ -194,6 +195,8 @@ def cut_at_stop(chunk: str, stop_texts: tuple[str, ...]) -> tuple[str, bool]:
 
 def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coords | None = None) -> DemoModel:
     """Load the model and settle its format; an adapter from another base model is a :class:`VcotError`."""
+    if adapter_uri and not storage.exists(storage.join(adapter_uri, "adapter_config.json")):
+        raise VcotError(f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run")
     recorded = adapter_format(adapter_uri) if adapter_uri else None
     if recorded is None and coords is None:  # never guessed
         where = f"no {MODEL_CARD} next to adapter {adapter_uri}" if adapter_uri else "a base model records no box frame"
