@@ -65,8 +65,11 @@ def test_no_image_no_question_and_bad_settings_are_one_line_each(engine: DemoMod
 def test_corrupt_and_oversized_files_are_refused_readably(engine: DemoModel, tmp_path: Path) -> None:
     corrupt = tmp_path / "photo.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
-    with pytest.raises(VcotError, match="photo.png is not an image this demo can read.*upload a PNG"):
+    with pytest.raises(VcotError, match=r"photo.png is not an image this demo can read \(OSError: .*\): upload a PNG"):
         engine.prepare(str(corrupt))
+    (tmp_path / "notes.jpg").write_text("just text")
+    with pytest.raises(VcotError, match=r"notes.jpg is not an image this demo can read \(not a format it knows\)"):
+        engine.prepare(str(tmp_path / "notes.jpg"))
     bomb = tmp_path / "bomb.png"
     Image.new("1", (20_000, 10_000)).save(bomb)  # 200 M pixels, a few kB on disk
     with pytest.raises(VcotError, match="bomb.png is too large to open safely"):

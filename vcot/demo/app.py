@@ -70,10 +70,10 @@ def summary(stream: GroundedStream, seconds: float) -> str:
 def answer(engine: DemoModel, path: str | None, question: str, *settings: Any) -> Iterator[tuple[Any, ...]]:
     """Outputs (image, reasoning, answer, status) as the answer streams in: a redrawn image only when a box is new."""
     try:
+        prepared = engine.prepare(path)
         if not (question or "").strip():
             raise VcotError("no question: type one, e.g. 'What color is the circle?'")
         options = Options(*settings)
-        prepared = engine.prepare(path)
     except VcotError as exc:
         yield gr.skip(), gr.skip(), gr.skip(), problem(exc)
         return

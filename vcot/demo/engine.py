@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from vcot import storage
@@ -99,9 +99,8 @@ class DemoModel:
         except Image.DecompressionBombError as exc:
             raise VcotError(f"{name} is too large to open safely ({exc}): downscale it and upload it again") from exc
         except Exception as exc:  # noqa: BLE001 - any decoding failure of an upload is the file's: PIL raises many kinds
-            raise VcotError(
-                f"{name} is not an image this demo can read ({type(exc).__name__}: {exc}): upload a PNG, JPEG or WebP"
-            ) from exc
+            why = "not a format it knows" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+            raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
         width, height = image.size
         vision = self.fmt.vision
         model_w, model_h = vision.resized(width, height)
