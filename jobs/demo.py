@@ -1,7 +1,7 @@
 """``vcot-demo``: serve a grounded model on a web page; its boxes appear on the image as it writes them.
 
-Exit codes: 1 a problem to fix before serving (one line on stderr: a model or adapter that cannot be loaded,
-an adapter from another base model, a frame to give with --coords), 2 invalid flags.
+Exit codes (one line on stderr): 2 invalid flags or a wrong choice of model (an adapter from another base model,
+a frame to give with --coords), 1 another problem to fix before serving (a model that cannot be loaded).
 """
 
 from __future__ import annotations

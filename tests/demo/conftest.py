@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers import AutoConfig
 
 from vcot.demo.examples import EXAMPLES, draw
 from vcot.model_format import ModelFormat
-from vcot.modeling import MODEL_CARD, load_model_and_processor
+from vcot.modeling import MODEL_CARD, architecture, load_model_and_processor
 from vcot.prompts import build_messages
 
 EXAMPLE = EXAMPLES[0]  # a red circle and a blue square, "What color is the circle?"
@@ -78,7 +79,8 @@ def trained_adapter(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     assert loss.item() < TARGET_LOSS, f"the test adapter did not learn its answer (loss {loss.item():.3f})"
     adapter = folder / "adapter"
     peft_model.save_pretrained(adapter)
-    card = {"base_model": str(tiny_model_dir), "model_format": fmt.to_dict()}
+    base_architecture = architecture(AutoConfig.from_pretrained(tiny_model_dir).to_dict())
+    card = {"base_model": str(tiny_model_dir), "base_architecture": base_architecture, "model_format": fmt.to_dict()}
     (adapter / MODEL_CARD).write_text(json.dumps(card), encoding="utf-8")
     response = fmt.render(RATIONALE, image.width, image.height)
     return TrainedAdapter(path=adapter, image=image_path, fmt=fmt, response=response)

@@ -15,7 +15,7 @@ from jobs.demo import main as demo_main
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.demo.app import answer
 from vcot.demo.engine import DemoModel, Options, load_demo_model
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.modeling import MODEL_CARD
 from vcot.tiny_model import TINY_SIZES, TinySize, build_tiny_model
 
@@ -102,14 +102,22 @@ def test_an_adapter_from_another_base_model_is_refused_with_what_to_pass(
     tiny_model_dir: Path, tiny_qwen3vl_dir: Path, trained_adapter: TrainedAdapter,
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Another family: its weights would even load (same module names), so the card is what tells.
-    with pytest.raises(VcotError, match=f"trained on a qwen2.5-vl model, but .* is a qwen3-vl model: pass --model {tiny_model_dir}"):
-        load_demo_model(str(tiny_qwen3vl_dir), str(trained_adapter.path))
-    # The same family at another size: the weights do not fit.
     monkeypatch.setitem(TINY_SIZES, "test", TinySize(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1))
-    smaller = build_tiny_model(tmp_path / "smaller")
-    with pytest.raises(VcotError, match=r"does not fit base model .*size mismatch.*pass the base model it was trained on"):
-        load_demo_model(str(smaller), str(trained_adapter.path))
+    smaller = build_tiny_model(tmp_path / "smaller")  # the same family at another size
+    # The card records the base's architecture (as train writes it): refused before any weight loads.
+    for other in (tiny_qwen3vl_dir, smaller):
+        with pytest.raises(ConfigError, match=f"is not the base model the adapter was trained on .*pass --model {tiny_model_dir}"):
+            load_demo_model(str(other), str(trained_adapter.path))
+    # An older card without it: another family is told by the card's format (its weights would even load)...
+    older = shutil.copytree(trained_adapter.path, tmp_path / "older")
+    card = json.loads((older / MODEL_CARD).read_text())
+    del card["base_architecture"]
+    (older / MODEL_CARD).write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=f"trained on a qwen2.5-vl model, but .* is a qwen3-vl model: pass --model {tiny_model_dir}"):
+        load_demo_model(str(tiny_qwen3vl_dir), str(older))
+    # ...and other shapes by the weights that do not fit.
+    with pytest.raises(ConfigError, match=f"adapter {older} does not fit the base model {smaller}"):
+        load_demo_model(str(smaller), str(older))
 
 
 def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path) -> None:
@@ -128,7 +136,7 @@ def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapt
 
 
 def test_the_command_refuses_before_serving_with_one_line(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo_main(["--model", str(tiny_model_dir)]) == 1
+    assert demo_main(["--model", str(tiny_model_dir)]) == 2
     assert "vcot-demo: error: a base model records no box frame: pass --coords" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:
         demo_main(["--model", str(tiny_model_dir), "--port", "70000"])

@@ -18,13 +18,14 @@ from PIL import Image, UnidentifiedImageError
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from vcot import storage
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import Coords, ModelFormat
 from vcot.modeling import (
     MODEL_CARD,
     adapter_format,
+    check_base_model,
     load_model_and_processor,
     model_family,
     read_model_card,
@@ -193,23 +194,26 @@ def cut_at_stop(chunk: str, stop_texts: tuple[str, ...]) -> tuple[str, bool]:
 
 
 def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coords | None = None) -> DemoModel:
-    """Load the model and settle its format; an adapter from another base model is a :class:`VcotError`."""
+    """Load the model and settle its format, as evaluate does: the card's format, checked against the flags and
+    the base model before any weight loads; an adapter from another base model is a one-line :class:`ConfigError`."""
     if adapter_uri and not storage.exists(storage.join(adapter_uri, "adapter_config.json")):
-        raise VcotError(f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run")
+        raise ConfigError(f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run")
     recorded = adapter_format(adapter_uri) if adapter_uri else None
     if recorded is None and coords is None:  # never guessed
         where = f"no {MODEL_CARD} next to adapter {adapter_uri}" if adapter_uri else "a base model records no box frame"
-        raise VcotError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
+        raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
     if recorded is not None and coords is not None and coords != recorded.coords:
-        raise VcotError(f"--coords {coords} contradicts the adapter's {MODEL_CARD} ({recorded.coords}): drop --coords")
+        raise ConfigError(f"--coords {coords} contradicts the adapter's {MODEL_CARD} ({recorded.coords}): drop --coords")
     family = model_family(model_uri)
-    if recorded is not None and recorded.family != family:
-        base = read_model_card(str(adapter_uri)).get("base_model") or "its base model"
-        raise VcotError(
-            f"adapter {adapter_uri} was trained on a {recorded.family} model, but {model_uri} is a {family} model: "
-            f"pass --model {base}"
-        )
-    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)
+    if recorded is not None:
+        card = read_model_card(str(adapter_uri))
+        check_base_model(card, model_uri)  # the base's architecture, when train recorded it
+        if recorded.family != family:  # an older card: another family's weights may even load without an error
+            raise ConfigError(
+                f"adapter {adapter_uri} was trained on a {recorded.family} model, but {model_uri} is a {family} model: "
+                f"pass --model {card.get('base_model') or 'its base model'}"
+            )
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)  # other shapes: ConfigError
     fmt = recorded or ModelFormat.for_processor(processor, family, coords=coords or "norm1000")
     log.info("demo_model", model=model_uri, adapter=adapter_uri, **{k: v for k, v in fmt.to_dict().items() if k != "vision"})
     return DemoModel(model, processor, fmt, model_uri=model_uri, adapter_uri=adapter_uri)
