@@ -102,7 +102,8 @@ RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$
     || pip install "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; extras = p['optional-dependencies']; \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = p['optional-dependencies']; \
 print('\n'.join(d for d in p['dependencies'] + extras['train'] + extras['demo'] if not d.startswith('torch')))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \

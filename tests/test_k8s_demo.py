@@ -68,7 +68,8 @@ def test_the_demo_serves_a_trained_adapter_on_the_gpu_pool(docs: list[dict[str, 
     train_args = by_kind(docs, "Job")["vcot-train"]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--output=$(RUN_ROOT)/$(RUN_ID)/train" in train_args
     assert config.model == config_map["data"]["BASE_MODEL"] and config.host == "0.0.0.0"
-    assert {probe["httpGet"]["port"] for probe in (container[p] for p in ("startupProbe", "readinessProbe", "livenessProbe"))} == {"http"}
+    probes = [container[name] for name in ("startupProbe", "readinessProbe", "livenessProbe")]
+    assert {probe["httpGet"]["port"] for probe in probes} == {"http"}
     assert container["ports"] == [{"name": "http", "containerPort": config.port}]
 
 
@@ -81,7 +82,7 @@ def test_the_page_is_reachable_through_its_service_and_network_policy(docs: list
     allow = policies["vcot-demo-ingress"]["spec"]
     assert selects(allow["podSelector"], labels)  # ...but for its page port
     assert allow["ingress"] == [{"ports": [{"port": 7860, "protocol": "TCP"}]}]
-    opened = [name for name, template in pod_templates(docs) if selects(allow["podSelector"], template["metadata"]["labels"])]
+    opened = [name for name, pod in pod_templates(docs) if selects(allow["podSelector"], pod["metadata"]["labels"])]
     assert opened == ["vcot-demo"], "only the demo pod accepts connections"
 
 

@@ -64,8 +64,8 @@ def demo_url(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Pa
     log = tmp_path / "vcot-demo.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost"}
-    command = [sys.executable, "-m", "jobs.demo", "--model", str(tiny_model_dir), "--adapter", str(trained_adapter.path),
-               "--port", str(port), "--threads", "1"]
+    command = [sys.executable, "-m", "jobs.demo", "--model", str(tiny_model_dir),
+               "--adapter", str(trained_adapter.path), "--port", str(port), "--threads", "1"]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -137,6 +137,7 @@ def test_boxes_appear_on_the_page_as_the_model_writes_them(
     x1, y1, x2, y2 = (v / 1000 * side for v, side in zip(box.box, [shown.width, shown.height] * 2))
     first = tuple(int(PALETTE[0][i : i + 2], 16) for i in (1, 3, 5))
     on_edges = [(x1, (y1 + y2) / 2), (x2, (y1 + y2) / 2), ((x1 + x2) / 2, y2)]
-    assert [shown.getpixel((min(round(x), shown.width - 1), min(round(y), shown.height - 1))) for x, y in on_edges] == [first] * 3
+    pixels = [shown.getpixel((min(round(x), shown.width - 1), min(round(y), shown.height - 1))) for x, y in on_edges]
+    assert pixels == [first] * 3
     assert shown.getpixel((round((x1 + x2) / 2), round((y1 + y2) / 2))) != first  # an outline, the circle inside
     assert outside == []  # no web fonts, no telemetry: the page works offline

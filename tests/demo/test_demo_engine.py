@@ -29,7 +29,9 @@ def engine(tiny_model_dir: Path, trained_adapter: TrainedAdapter) -> DemoModel:
     return load_demo_model(str(tiny_model_dir), str(trained_adapter.path))
 
 
-def test_the_format_comes_from_the_card_and_the_answer_streams(engine: DemoModel, trained_adapter: TrainedAdapter) -> None:
+def test_the_format_comes_from_the_card_and_the_answer_streams(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
     assert engine.fmt == trained_adapter.fmt  # qwen2.5-absolute, as recorded, not the processor's default frame
     assert "qwen2.5-absolute" in engine.describe()
     chunks = list(engine.stream(engine.prepare(str(trained_adapter.image)), EXAMPLE.question, DEFAULTS))
@@ -51,7 +53,9 @@ def test_the_page_handler_draws_the_box_the_model_wrote(engine: DemoModel, train
     assert 0 < drawn_at < len(updates) - 1  # drawn while the text was still streaming, not only at the end
 
 
-def test_no_image_no_question_and_bad_settings_are_one_line_each(engine: DemoModel, trained_adapter: TrainedAdapter) -> None:
+def test_no_image_no_question_and_bad_settings_are_one_line_each(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
     cases = [
         (None, EXAMPLE.question, SETTINGS, "no image"),
         (str(trained_adapter.image), "  ", SETTINGS, "no question"),
@@ -106,21 +110,25 @@ def test_an_adapter_from_another_base_model_is_refused_with_what_to_pass(
     smaller = build_tiny_model(tmp_path / "smaller")  # the same family at another size
     # The card records the base's architecture (as train writes it): refused before any weight loads.
     for other in (tiny_qwen3vl_dir, smaller):
-        with pytest.raises(ConfigError, match=f"is not the base model the adapter was trained on .*pass --model {tiny_model_dir}"):
+        refused = f"is not the base model the adapter was trained on .*pass --model {tiny_model_dir}"
+        with pytest.raises(ConfigError, match=refused):
             load_demo_model(str(other), str(trained_adapter.path))
     # An older card without it: another family is told by the card's format (its weights would even load)...
     older = shutil.copytree(trained_adapter.path, tmp_path / "older")
     card = json.loads((older / MODEL_CARD).read_text())
     del card["base_architecture"]
     (older / MODEL_CARD).write_text(json.dumps(card))
-    with pytest.raises(ConfigError, match=f"trained on a qwen2.5-vl model, but .* is a qwen3-vl model: pass --model {tiny_model_dir}"):
+    refused = f"trained on a qwen2.5-vl model, but .* is a qwen3-vl model: pass --model {tiny_model_dir}"
+    with pytest.raises(ConfigError, match=refused):
         load_demo_model(str(tiny_qwen3vl_dir), str(older))
     # ...and other shapes by the weights that do not fit.
     with pytest.raises(ConfigError, match=f"adapter {older} does not fit the base model {smaller}"):
         load_demo_model(str(smaller), str(older))
 
 
-def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path) -> None:
+def test_a_model_without_a_card_needs_coords(
+    tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path
+) -> None:
     with pytest.raises(VcotError, match="no adapter at .*missing .no adapter_config.json.: pass the adapter/ folder"):
         load_demo_model(str(tiny_model_dir), str(tmp_path / "missing"))
     bare = shutil.copytree(trained_adapter.path, tmp_path / "bare")
@@ -135,7 +143,9 @@ def test_a_model_without_a_card_needs_coords(tiny_model_dir: Path, trained_adapt
     assert card["model_format"]["coords"] == "qwen2.5-absolute"
 
 
-def test_the_command_refuses_before_serving_with_one_line(tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_command_refuses_before_serving_with_one_line(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert demo_main(["--model", str(tiny_model_dir)]) == 2
     assert "vcot-demo: error: a base model records no box frame: pass --coords" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:

@@ -45,14 +45,16 @@ def test_the_absolute_frame_is_not_the_house_frame() -> None:
 
 def test_labels_sit_above_a_box_or_inside_one_at_the_top() -> None:
     shown = Image.new("RGB", (512, 512), "white")
-    top, low = parse_grounded("<ref>a</ref><box>[100, 0, 300, 200]</box><ref>b</ref><box>[500, 500, 900, 900]</box>").boxes
+    text = "<ref>a</ref><box>[100, 0, 300, 200]</box><ref>b</ref><box>[500, 500, 900, 900]</box>"
+    top, low = parse_grounded(text).boxes
     drawn = draw_boxes(shown, [top, low])
     assert drawn.getpixel((53, 3)) == _rgb(PALETTE[0])  # no room above: the tag is inside, at the top
     assert drawn.getpixel((258, 250)) == _rgb(PALETTE[1])  # room above: the tag sits on the box's top edge
 
 
 def test_the_text_marks_each_mention_in_its_box_colour_and_json_lists_share_one_span() -> None:
-    text = 'See [{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8], "label": "b"}] and {"bbox_2d": [9, 9, 1, 1]}'
+    text = ('See [{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [5, 6, 7, 8], "label": "b"}] '
+            'and {"bbox_2d": [9, 9, 1, 1]}')
     parsed = dataclasses.replace(HOUSE, box_syntax="json").read(text, WIDTH, HEIGHT)
     segments, colours = highlighted(text, parsed.boxes, parsed.invalid)
     assert "".join(part for part, _ in segments) == text

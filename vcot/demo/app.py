@@ -95,11 +95,12 @@ def answer(engine: DemoModel, path: str | None, question: str, *settings: Any) -
         return
     final = final_answer(stream.text)
     shown_answer = final if final is not None else "(no 'Answer:' line in the response)"
-    yield draw_boxes(shown, stream.boxes), rationale(stream), shown_answer, summary(stream, time.perf_counter() - started)
+    done = summary(stream, time.perf_counter() - started)
+    yield draw_boxes(shown, stream.boxes), rationale(stream), shown_answer, done
 
 
 def build_app(engine: DemoModel, examples: list[tuple[str, str]], max_new_tokens: int = 256) -> gr.Blocks:
-    """The page: inputs and generation settings on the left, the image with its boxes and the streamed text on the right."""
+    """The page: the inputs and generation settings on the left; the image, its boxes and the text on the right."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read by every Blocks (gr.Examples builds its own) and at launch
     defaults = Options(max_new_tokens=max_new_tokens)
     with gr.Blocks(title="vcot: grounded reasoning, live", analytics_enabled=False) as app:
@@ -112,8 +113,10 @@ def build_app(engine: DemoModel, examples: list[tuple[str, str]], max_new_tokens
                 with gr.Accordion("Generation settings", open=False):
                     settings = [
                         gr.Slider(1, 2048, value=defaults.max_new_tokens, step=1, label="Max new tokens"),
-                        gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05, label="Repetition penalty (1 = off)"),
-                        gr.Checkbox(value=defaults.box_aware_penalty, label="Box-aware: spare coordinates inside an open box"),
+                        gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05,
+                                  label="Repetition penalty (1 = off)"),
+                        gr.Checkbox(value=defaults.box_aware_penalty,
+                                    label="Box-aware: spare coordinates inside an open box"),
                         gr.Checkbox(value=defaults.sample, label="Sample (greedy when off)"),
                         gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature (sampling)"),
                         gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.05, label="Top-p (sampling)"),
@@ -123,7 +126,8 @@ def build_app(engine: DemoModel, examples: list[tuple[str, str]], max_new_tokens
                 picture = gr.Image(label="Boxes, as the model writes them", type="pil", format="png",
                                    interactive=False, elem_id="picture")
                 status = gr.Markdown(elem_id="status")
-                reasoning = gr.HighlightedText(label="Reasoning (streamed)", combine_adjacent=False, elem_id="reasoning")
+                reasoning = gr.HighlightedText(label="Reasoning (streamed)", combine_adjacent=False,
+                                               elem_id="reasoning")
                 final = gr.Textbox(label="Answer", interactive=False, elem_id="answer")
         upload.change(lambda path: show_upload(engine, path), inputs=upload, outputs=[picture, status])
         inputs = [upload, question, *settings]

@@ -13,10 +13,13 @@ class DemoConfig:
     """Serve a grounded model on a web page: upload an image, ask, watch its boxes appear as it reasons."""
 
     model: str = option(help="The base model: a local folder, an s3:// prefix or a hub id.")
-    adapter: str | None = option(None, help="A PEFT adapter from train (folder or s3:// prefix, with its vcot-model.json).")
+    adapter: str | None = option(
+        None, help="A PEFT adapter from train (folder or s3:// prefix, with its vcot-model.json)."
+    )
     coords: Coords | None = option(
         None,
-        help="Frame of the model's boxes when no adapter card records it: norm1000 or qwen2.5-absolute (never guessed).",
+        help="Frame of the model's boxes when no adapter card records it: norm1000 or qwen2.5-absolute "
+        "(never guessed).",
     )
     host: str = option("127.0.0.1", help="Address to serve on (0.0.0.0 in a container behind a Service).")
     port: int = option(7860, help="Port to serve on.")

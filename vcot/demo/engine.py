@@ -99,13 +99,14 @@ class DemoModel:
             image = load_rgb(path)
         except Image.DecompressionBombError as exc:
             raise VcotError(f"{name} is too large to open safely ({exc}): downscale it and upload it again") from exc
-        except Exception as exc:  # noqa: BLE001 - any decoding failure of an upload is the file's: PIL raises many kinds
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the upload's: PIL raises many kinds
             why = "not a format it knows" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
             raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
         width, height = image.size
         vision = self.fmt.vision
         model_w, model_h = vision.resized(width, height)
-        note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({vision.image_tokens(width, height)} image tokens)"
+        tokens = vision.image_tokens(width, height)
+        note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({tokens} image tokens)"
         if width * height > vision.max_pixels:
             note += f", downscaled to fit its pixel budget of {vision.max_pixels:,} pixels"
         elif width * height < vision.min_pixels:
@@ -161,7 +162,8 @@ class DemoModel:
         if options.sample:
             kwargs.update(temperature=options.temperature, top_p=options.top_p)
         if options.box_aware_penalty and options.repetition_penalty != 1.0:
-            kwargs.update(repetition_penalty=1.0, logits_processor=LogitsProcessorList([self._box_aware(options.repetition_penalty)]))
+            box_aware = self._box_aware(options.repetition_penalty)  # replaces the standard penalty
+            kwargs.update(repetition_penalty=1.0, logits_processor=LogitsProcessorList([box_aware]))
         else:
             kwargs["repetition_penalty"] = options.repetition_penalty
         return kwargs
@@ -197,13 +199,17 @@ def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coor
     """Load the model and settle its format, as evaluate does: the card's format, checked against the flags and
     the base model before any weight loads; an adapter from another base model is a one-line :class:`ConfigError`."""
     if adapter_uri and not storage.exists(storage.join(adapter_uri, "adapter_config.json")):
-        raise ConfigError(f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run")
+        raise ConfigError(
+            f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run"
+        )
     recorded = adapter_format(adapter_uri) if adapter_uri else None
     if recorded is None and coords is None:  # never guessed
         where = f"no {MODEL_CARD} next to adapter {adapter_uri}" if adapter_uri else "a base model records no box frame"
         raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
     if recorded is not None and coords is not None and coords != recorded.coords:
-        raise ConfigError(f"--coords {coords} contradicts the adapter's {MODEL_CARD} ({recorded.coords}): drop --coords")
+        raise ConfigError(
+            f"--coords {coords} contradicts the adapter's {MODEL_CARD} ({recorded.coords}): drop --coords"
+        )
     family = model_family(model_uri)
     if recorded is not None:
         card = read_model_card(str(adapter_uri))
@@ -215,5 +221,6 @@ def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coor
             )
     model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)  # other shapes: ConfigError
     fmt = recorded or ModelFormat.for_processor(processor, family, coords=coords or "norm1000")
-    log.info("demo_model", model=model_uri, adapter=adapter_uri, **{k: v for k, v in fmt.to_dict().items() if k != "vision"})
+    described = {key: value for key, value in fmt.to_dict().items() if key != "vision"}
+    log.info("demo_model", model=model_uri, adapter=adapter_uri, **described)
     return DemoModel(model, processor, fmt, model_uri=model_uri, adapter_uri=adapter_uri)
