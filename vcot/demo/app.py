@@ -136,26 +136,27 @@ def build_app(engine: DemoModel, examples: list[tuple[str, str]], max_new_tokens
         def respond(path: str | None, text: str, *values: Any) -> Iterator[tuple[Any, ...]]:
             yield from answer(engine, path, text, *values)
 
-        run.click(respond, inputs=inputs, outputs=outputs)
-        question.submit(respond, inputs=inputs, outputs=outputs)
+        # One queue for both triggers: one model answers one request at a time.
+        run.click(respond, inputs=inputs, outputs=outputs, concurrency_id="model", concurrency_limit=1)
+        question.submit(respond, inputs=inputs, outputs=outputs, concurrency_id="model", concurrency_limit=1)
     return app
 
 
 def serve(config: DemoConfig) -> None:
-    """Load the model, then serve the page until interrupted (one request at a time: one model)."""
+    """Load the model, then serve the page until interrupted."""
     if config.threads:
         torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
     engine = load_demo_model(config.model, config.adapter, config.coords)
-    folder = Path(tempfile.mkdtemp(prefix="vcot-demo-examples-"))
-    app = build_app(engine, write_examples(folder), config.max_new_tokens)
-    log.info("serving", url=f"http://{config.host}:{config.port}")
-    app.queue(default_concurrency_limit=1).launch(
-        server_name=config.host,
-        server_port=config.port,
-        theme=THEME,
-        show_error=False,
-        max_file_size=MAX_UPLOAD,
-        allowed_paths=[str(folder)],
-        footer_links=[],
-        quiet=True,
-    )
+    with tempfile.TemporaryDirectory(prefix="vcot-demo-examples-") as folder:
+        app = build_app(engine, write_examples(Path(folder)), config.max_new_tokens)
+        log.info("serving", url=f"http://{config.host}:{config.port}")
+        app.queue(default_concurrency_limit=1).launch(
+            server_name=config.host,
+            server_port=config.port,
+            theme=THEME,
+            show_error=False,
+            max_file_size=MAX_UPLOAD,
+            allowed_paths=[folder],
+            footer_links=[],
+            quiet=True,
+        )
