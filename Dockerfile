@@ -2,7 +2,7 @@
 # vcot images. Two targets from one file:
 #   cpu        convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
 #   cpu-train  cpu + the rest of the train extra: train and evaluate on CPU (dev clusters, tiny model)
-#   gpu        train and evaluate (on a CUDA PyTorch base)
+#   gpu        train, evaluate and the live demo (on a CUDA PyTorch base)
 # Build:  podman build --target cpu -t vcot-cpu:0.1.0 .      (make image-smoke builds it offline)
 #         docker build --target gpu -t vcot-gpu:0.1.0 .
 # The base images are ARGs so the image builds from a local base offline (docs/k8s.md).
@@ -96,13 +96,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
 # The base image's CUDA torch stays when it is the pinned version (else PyPI's default Linux wheel,
-# a CUDA build, replaces it); the train extra's other pins are installed beside it.
+# a CUDA build, replaces it); the train extra's other pins are installed beside it, and the demo extra (gradio:
+# vcot-demo, k8s/components/demo).
 RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
     || pip install "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(d for d in p['dependencies'] + p['optional-dependencies']['train'] if not d.startswith('torch')))" \
+extras = p['optional-dependencies']; \
+print('\n'.join(d for d in p['dependencies'] + extras['train'] + extras['demo'] if not d.startswith('torch')))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

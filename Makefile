@@ -192,6 +192,17 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
 
+# --- demo -------------------------------------------------------------------------------------------
+# The live demo (docs/demo.md) on the tiny model `make local-train` trained; any model: DEMO_MODEL, DEMO_ADAPTER.
+DEMO_MODEL ?= $(TINY_MODEL)
+DEMO_ADAPTER ?= $(LOCAL_RUN)/runs/tiny/adapter
+DEMO_PORT ?= 7860
+.PHONY: demo
+demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make local-train trained (DEMO_MODEL, DEMO_ADAPTER)
+	@$(PY) -m vcot.local_s3 up >/dev/null; eval "$$($(PY) -m vcot.local_s3 env)"; \
+	echo "vcot-demo on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it); no adapter yet? run make local-train first"; \
+	$(PY) -m jobs.demo --model $(DEMO_MODEL) --adapter $(DEMO_ADAPTER) --port $(DEMO_PORT)
+
 # --- evaluate ---------------------------------------------------------------------------------------
 .PHONY: bench-evaluate
 bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)

@@ -108,7 +108,7 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     Split by where the step is: the gold token is a coordinate token inside an open box, or anything else.
     This isolates what a penalty does to coordinates from everything that follows a first wrong token.
     """
-    from vcot.evaluate.penalty import coordinate_token_ids, inside_open_box
+    from vcot.penalty import coordinate_token_ids, inside_open_box
 
     tokenizer = processor.tokenizer
     coordinate_ids = set(coordinate_token_ids(tokenizer))
@@ -187,7 +187,7 @@ def main() -> None:
         print(json.dumps(results["overfit"]), flush=True)
         from transformers import RepetitionPenaltyLogitsProcessor
 
-        from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
+        from vcot.penalty import BoxAwareRepetitionPenalty
 
         results["teacher_forced_greedy_accuracy"] = teacher_forced(
             model,

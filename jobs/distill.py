@@ -3,7 +3,7 @@
     vcot-distill --input s3://bucket/convert --output s3://bucket/distill --model gpt-4o \
         [--base-url URL] [--concurrency 10] [--strategy direct|zoom] [--mode live|batch]
 
-The key comes from ``OPENAI_API_KEY`` only and is never logged. See ``vcot/distill/pipeline.py``.
+The key comes from ``OPENAI_API_KEY`` only and is never logged. See ``vcot/distill/stage.py``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vcot.cli import run_stage
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.run import evaluate
+from vcot.evaluate.stage import evaluate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,11 +158,47 @@ def parse_grounded(text: str, fmt: BoxFormat = "house", *, upper: float = NORM) 
     """
     if not isinstance(text, str):
         return ParseResult([], [])
+    return scan_grounded(text, fmt, upper=upper).result
+
+
+@dataclass(frozen=True)
+class Scan:
+    """The mentions :func:`scan_grounded` read, and where to scan again once the text has grown."""
+
+    result: ParseResult
+    resume: int
+
+
+# The opening tags of a mention, with and without its ref, and how many ``<`` a whole mention holds at most:
+# a mention that more text could still complete starts at one of the text's last few ``<``.
+_OPENING_TAGS: dict[str, tuple[str, ...]] = {
+    "house": ("<ref>", "<box>"),
+    "obj": ("<obj>", "<bbox>"),
+    "qwen": ("<|object_ref_start|>", "<|box_start|>"),
+}
+_TAGS_PER_MENTION = 4
+_TOKEN_TAIL = re.compile(r"[-+.\w]*")
+
+
+def scan_grounded(
+    text: str, fmt: BoxFormat = "house", *, upper: float = NORM, start: int = 0, final: bool = True
+) -> Scan:
+    """:func:`parse_grounded` from ``start`` on, for text that may still grow (a stream) when ``final`` is false.
+
+    Then only mentions that no appended text can change are reported, and ``resume`` is where the first one
+    that more text could still complete begins (``len(text)`` when there is none): scanning the grown text
+    from there finds exactly what :func:`parse_grounded` finds in it after the mentions already reported.
+
+    >>> scan = scan_grounded("<box>[1, 2, 3, 4]</box> then <ref>b</ref><bo", final=False)
+    >>> [b.box for b in scan.result.boxes], scan.resume
+    ([(1, 2, 3, 4)], 29)
+    """
     if fmt == "json":
-        return _parse_json_boxes(text, upper)
+        return _scan_json(text, upper, start, final)
     boxes: list[GroundedBox] = []
     invalid: list[InvalidBox] = []
-    for match in _PATTERNS[fmt].finditer(text):
+    end = start
+    for match in _PATTERNS[fmt].finditer(text, start):
         ref = match.group(1).strip() if match.group(1) is not None else None
         raw = match.group(2)
         box, reason = _to_house_box(_numbers(raw), upper)
@@ -170,42 +206,84 @@ def parse_grounded(text: str, fmt: BoxFormat = "house", *, upper: float = NORM) 
             invalid.append(InvalidBox(ref or None, raw, reason or "invalid", match.span()))
         else:
             boxes.append(GroundedBox(ref or None, box, match.span()))
-    return ParseResult(boxes, invalid)
+        end = match.end()
+    return Scan(ParseResult(boxes, invalid), len(text) if final else _open_mention(text, fmt, end))
 
 
-def _parse_json_boxes(text: str, upper: float = NORM) -> ParseResult:
+def _open_mention(text: str, fmt: BoxFormat, start: int) -> int:
+    """Where a mention that more text could complete begins after ``start``: the earliest of the last
+    :data:`_TAGS_PER_MENTION` ``<`` that begins (or is cut inside) an opening tag; ``len(text)`` if none."""
+    tags = _OPENING_TAGS[fmt]
+    longest = max(map(len, tags))
+    candidates: list[int] = []
+    pos = len(text)
+    while len(candidates) < _TAGS_PER_MENTION:
+        pos = text.rfind("<", start, pos)
+        if pos < 0:
+            break
+        candidates.append(pos)
+    for pos in reversed(candidates):
+        head = text[pos : pos + longest]
+        if any(tag.startswith(head) or head.startswith(tag) for tag in tags):
+            return pos
+    return len(text)
+
+
+def _scan_json(text: str, upper: float, start: int, final: bool) -> Scan:
     """Parse Qwen-style JSON: objects with ``bbox_2d`` (and ``label``), bare or in a list, anywhere in text."""
     boxes: list[GroundedBox] = []
     invalid: list[InvalidBox] = []
     decoder = json.JSONDecoder()
-    pos = 0
+    pos = start
     while True:
-        start = _next_json_start(text, pos)
-        if start < 0:
+        begin = _next_json_start(text, pos)
+        if begin < 0:
             break
         try:
-            value, end = decoder.raw_decode(text, start)
-        except (ValueError, RecursionError):
-            pos = start + 1
+            value, end = decoder.raw_decode(text, begin)
+        except json.JSONDecodeError as exc:
+            if not final and _more_text_could_fix(text, exc):
+                return Scan(ParseResult(boxes, invalid), begin)
+            pos = begin + 1
             continue
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if not isinstance(item, dict) or "bbox_2d" not in item:
-                continue
-            label = item.get("label")
-            ref = str(label).strip() if label is not None else None
-            raw = item["bbox_2d"]
-            values = raw if isinstance(raw, list) else []
-            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                invalid.append(InvalidBox(ref or None, json.dumps(raw), "not_numeric", (start, end)))
-                continue
-            box, reason = _to_house_box([float(v) for v in values], upper)
-            if box is None:
-                invalid.append(InvalidBox(ref or None, json.dumps(raw), reason or "invalid", (start, end)))
-            else:
-                boxes.append(GroundedBox(ref or None, box, (start, end)))
+        except (ValueError, RecursionError):
+            pos = begin + 1
+            continue
+        _json_items(value, (begin, end), upper, boxes, invalid)
         pos = end
-    return ParseResult(boxes, invalid)
+    return Scan(ParseResult(boxes, invalid), len(text))
+
+
+def _more_text_could_fix(text: str, error: json.JSONDecodeError) -> bool:
+    """Whether a failed decode may succeed once text is appended: it failed at the end of the text, in an
+    unterminated string or ``\\u`` escape, or in a number or literal that runs to the end (``[1.``, ``[tr``)."""
+    if error.msg.startswith("Unterminated string"):
+        return True
+    if error.msg.startswith("Invalid \\uXXXX") and len(text) - error.pos < 6:
+        return True
+    return _TOKEN_TAIL.fullmatch(text, error.pos) is not None
+
+
+def _json_items(
+    value: object, span: tuple[int, int], upper: float, boxes: list[GroundedBox], invalid: list[InvalidBox]
+) -> None:
+    """The ``bbox_2d`` objects of one decoded JSON value, bare or in a list, as boxes or invalid boxes."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, dict) or "bbox_2d" not in item:
+            continue
+        label = item.get("label")
+        ref = str(label).strip() if label is not None else None
+        raw = item["bbox_2d"]
+        values = raw if isinstance(raw, list) else []
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            invalid.append(InvalidBox(ref or None, json.dumps(raw), "not_numeric", span))
+            continue
+        box, reason = _to_house_box([float(v) for v in values], upper)
+        if box is None:
+            invalid.append(InvalidBox(ref or None, json.dumps(raw), reason or "invalid", span))
+        else:
+            boxes.append(GroundedBox(ref or None, box, span))
 
 
 def _next_json_start(text: str, pos: int) -> int:

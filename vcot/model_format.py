@@ -31,6 +31,7 @@ from vcot.boxes import (
     BOX_FORMATS,
     BoxFormat,
     GroundedBox,
+    NORM,
     InvalidBox,
     IntBox,
     ParseResult,
@@ -270,10 +271,19 @@ class ModelFormat:
         >>> ModelFormat.for_family(coords="qwen2.5-absolute").read("<box>[217, 343, 242, 393]</box>", 391, 500).boxes[0].box
         (554, 681, 617, 780)
         """
+        parsed = parse_grounded(text, self.box_syntax, upper=self.read_upper(width, height))
+        return self.to_house(parsed, text, width, height)
+
+    def read_upper(self, width: int, height: int) -> int:
+        """The largest coordinate this model writes for a ``width`` x ``height`` image: parse its text with it."""
+        return NORM if self.coords == "norm1000" else max(self.vision.resized(width, height))
+
+    def to_house(self, parsed: ParseResult, text: str, width: int, height: int) -> ParseResult:
+        """Boxes parsed from this model's ``text`` (with :meth:`read_upper`) in house coordinates: the second
+        half of :meth:`read`, for a reader that parses by itself (a stream, ``vcot.streaming``)."""
         if self.coords == "norm1000":
-            return parse_grounded(text, self.box_syntax)
+            return parsed
         resized_w, resized_h = self.vision.resized(width, height)
-        parsed = parse_grounded(text, self.box_syntax, upper=max(resized_w, resized_h))
         boxes: list[GroundedBox] = []
         invalid = list(parsed.invalid)
         for found in parsed.boxes:

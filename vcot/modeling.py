@@ -283,6 +283,14 @@ def _adapter_fits(adapter_uri: str, model_uri: str) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a response: the generation config's end-of-turn ids, the tokenizer's eos and pad."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.update(i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None)
+    return ids
+
+
 @dataclass(frozen=True)
 class Precision:
     """The compute dtype for this machine and whether we are on a GPU."""

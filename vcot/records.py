@@ -1,37 +1,17 @@
 """The canonical grounded record: what convert and distill write, and tokenize and evaluate read.
 
-The schema is documented in ``docs/records.md``. Helpers here are pure and shared by every stage.
+The schema is documented in ``docs/records.md``. Helpers here are pure and shared by every stage; the
+``rejected/`` line (:class:`Rejection`) is the one both record-producing stages (convert, distill) write.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, TypedDict
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 from vcot.boxes import format_box, parse_grounded, validate_box
-
-
-class GroundedObject(TypedDict):
-    ref: str
-    box: list[int]  # [x1, y1, x2, y2], integers 0-1000 of the original image
-
-
-class Record(TypedDict, total=False):
-    id: str
-    source: str
-    subset: str
-    split: str
-    image: str
-    width: int
-    height: int
-    question: str
-    answer: str
-    choices: list[str] | None
-    answer_index: int | None
-    objects: list[GroundedObject]
-    rationale: str
-    needs_distillation: bool
-    provenance: dict[str, Any]
 
 
 REQUIRED_FIELDS = ("id", "source", "subset", "split", "image", "width", "height", "question", "answer")
@@ -98,3 +78,48 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
     if not parsed.boxes:
         return "rationale_without_box"
     return None
+
+
+RAW_LIMIT = 2000
+"""How much of a bad input item is kept in ``rejected/`` (enough to debug, never a whole document)."""
+
+
+@dataclass
+class Rejection:
+    """An input item that did not become a record, with a reason code: one line of ``rejected/``
+    (``docs/records.md``; reason codes in ``docs/convert.md`` and ``docs/distill.md``)."""
+
+    reason: str
+    detail: str
+    source_index: int
+    id: str | None = None
+    subset: str = "unknown"
+    raw: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "detail": self.detail,
+            "id": self.id,
+            "subset": self.subset,
+            "source_index": self.source_index,
+            "raw": truncate_raw(self.raw),
+            **self.extra,
+        }
+
+
+def truncate_raw(raw: Any) -> Any:
+    """The input item as stored in ``rejected/``: JSON-safe and at most ``RAW_LIMIT`` characters.
+
+    >>> truncate_raw("x" * 3000)[-3:]
+    '...'
+    >>> truncate_raw({"a": 1})
+    {'a': 1}
+    """
+    if raw is None or isinstance(raw, (int, float, bool)):
+        return raw
+    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    if len(text) > RAW_LIMIT:
+        return text[:RAW_LIMIT] + "..."
+    return raw if not isinstance(raw, bytes) else text

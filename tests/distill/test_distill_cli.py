@@ -121,12 +121,12 @@ def test_input_without_records_exits_2_and_commits_nothing(
 
 _CRASHING_DISTILL = """
 import sys
-import vcot.distill.pipeline as pipeline
+import vcot.distill.stage as stage_module
 
 def unreadable(*args):  # a bug deep in the stage, called where the API key is a local variable
     raise RuntimeError("planted bug")
 
-pipeline.owned_records = unreadable
+stage_module.owned_records = unreadable
 from jobs.distill import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -18,7 +18,7 @@ from tests.distill.distill_helpers import commit_input, fast_config, make_record
 from vcot import manifest, shards, storage
 from vcot.distill import distill, prompts
 from vcot.distill.config import DistillConfig
-from vcot.distill.pipeline import in_order
+from vcot.distill.stage import in_order
 from vcot.distill.validate import accepted_record, check_answer
 from vcot.llm.cache import AnswerCache, request_key
 from vcot.llm.chat import CachedChat, Completion, RetryPolicy, retry_after_seconds
@@ -273,3 +273,16 @@ def test_in_order_stops_on_the_first_failure_starts_nothing_more_and_drains() ->
     assert stopped == [1]
     assert sorted(started) == [0, 1, 2, 3]  # the window; nothing after the failure
     assert sorted(finished) == [0, 2, 3]  # running items were drained, not cancelled
+
+
+def test_rejected_lines_follow_the_one_record_output_contract() -> None:
+    """distill writes the rejected/ line convert writes (docs/records.md): subset included, the raw record cut."""
+    from vcot.distill.stage import rejected_line
+    from vcot.records import RAW_LIMIT, Rejection
+
+    record = {"id": "viscot:gqa:val:7", "subset": "gqa", "question": "q" * 5000}
+    line = rejected_line(record, 7, "no_final_answer", "d" * 5000, answer="a" * 5000)
+    convert_line = Rejection("no_final_answer", "x", 7, id=record["id"], subset="gqa", raw=record).to_dict()
+    assert set(line) == set(convert_line) | {"answer"} and line["subset"] == "gqa"
+    assert len(line["raw"]) == RAW_LIMIT + 3 and line["raw"].endswith("...")
+    assert len(line["detail"]) == RAW_LIMIT and len(line["answer"]) == RAW_LIMIT + 3

@@ -10,7 +10,7 @@ from pathlib import Path
 from structlog.testing import capture_logs
 
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.run import evaluate
+from vcot.evaluate.stage import evaluate
 
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
 

@@ -1,10 +1,10 @@
 """The convert stage: VisCOT, ScienceQA, A-OKVQA and LLaVA-CoT into canonical grounded records.
 
 One module per source (``viscot``, ``scienceqa``, ``aokvqa``, ``llava_cot``) turns input items into
-records or rejections; ``pipeline`` filters, splits, writes shards and commits; ``quality`` holds the
+records or rejections; ``stage`` filters, splits, writes shards and commits; ``quality`` holds the
 filter and the report; ``synthetic`` writes small VisCOT-format data for local runs and tests.
 """
 
-from vcot.convert.pipeline import ConvertConfig, convert
+from vcot.convert.stage import ConvertConfig, convert
 
 __all__ = ["ConvertConfig", "convert"]

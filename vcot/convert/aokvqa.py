@@ -18,6 +18,7 @@ from vcot.convert.common import (
     BadLine,
     Item,
     Owns,
+    owned,
     Rejection,
     clean_text,
     dedup_key,
@@ -125,13 +126,9 @@ def iter_items(input_uri: str, *, images: str | None, owns: Owns, style: Rationa
     files = input_files(input_uri)
     folder = input_uri if not input_uri.endswith((".json", ".jsonl")) else storage.parent(input_uri)
     converter = AOKVQAConverter(images=images or storage.join(folder, "images"), style=style)
-    index = -1
-    for file_uri in files:
-        for item in iter_json_items(file_uri):
-            index += 1
-            if not owns(index):
-                continue
-            if isinstance(item, BadLine):
-                yield Rejection(item.reason, item.detail, index, subset="aokvqa", raw=item.raw)
-            else:
-                yield converter.convert(index, item, file_uri.rsplit("/", 1)[-1])
+    items = ((file_uri, item) for file_uri in files for item in iter_json_items(file_uri))
+    for index, (file_uri, item) in owned(items, owns):
+        if isinstance(item, BadLine):
+            yield Rejection(item.reason, item.detail, index, subset="aokvqa", raw=item.raw)
+        else:
+            yield converter.convert(index, item, file_uri.rsplit("/", 1)[-1])

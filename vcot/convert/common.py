@@ -1,4 +1,4 @@
-"""What every source converter shares: the rejection type, streaming readers and small text helpers.
+"""What every source converter shares: the owned-item loop, streaming readers and small text helpers.
 
 A converter is a generator of items, one per input item: either a record (a plain dict in the
 schema of ``docs/records.md``) or a :class:`Rejection` saying why the item cannot be used. It never
@@ -11,67 +11,37 @@ import codecs
 import gc
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
 
 import orjson
 
 from vcot import storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
+from vcot.records import RAW_LIMIT, Rejection, truncate_raw
 
 log = get_logger(__name__)
 
 Owns = Callable[[int], bool]
 """Whether this shard converts the item at a given input position (``ShardSpec.owns``)."""
 
-RAW_LIMIT = 2000
-"""How much of a bad input item is kept in ``rejected/`` (enough to debug, never a whole document)."""
+T = TypeVar("T")
 
 
-@dataclass
-class Rejection:
-    """An input item that did not become a record, with a reason code (see ``docs/convert.md``)."""
+def owned(items: Iterable[T], owns: Owns) -> Iterator[tuple[int, T]]:
+    """``(input position, item)`` of the items this shard converts: the one loop every source shares.
 
-    reason: str
-    detail: str
-    source_index: int
-    id: str | None = None
-    subset: str = "unknown"
-    raw: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "detail": self.detail,
-            "id": self.id,
-            "subset": self.subset,
-            "source_index": self.source_index,
-            "raw": truncate_raw(self.raw),
-            **self.extra,
-        }
-
+    >>> list(owned("abcde", lambda position: position % 2 == 1))
+    [(1, 'b'), (3, 'd')]
+    """
+    for position, item in enumerate(items):
+        if owns(position):
+            yield position, item
 
 Item = dict[str, Any] | Rejection
-
-
-def truncate_raw(raw: Any) -> Any:
-    """The input item as stored in ``rejected/``: JSON-safe and at most ``RAW_LIMIT`` characters.
-
-    >>> truncate_raw("x" * 3000)[-3:]
-    '...'
-    >>> truncate_raw({"a": 1})
-    {'a': 1}
-    """
-    if raw is None or isinstance(raw, (int, float, bool)):
-        return raw
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
-    if len(text) > RAW_LIMIT:
-        return text[:RAW_LIMIT] + "..."
-    return raw if not isinstance(raw, bytes) else text
 
 
 def has_bad_encoding(*values: Any) -> bool:

@@ -21,6 +21,7 @@ from vcot.convert.common import (
     BadLine,
     Item,
     Owns,
+    owned,
     Rejection,
     clean_text,
     dedup_key,
@@ -146,9 +147,7 @@ def iter_items(input_uri: str, *, images: str | None, owns: Owns, dedup_against:
     known = load_dedup_keys(dedup_against)
     converter = LlavaCotConverter(images=images or storage.join(storage.parent(input_uri), "images"), known=known)
     source_file = input_uri.rsplit("/", 1)[-1]
-    for index, item in enumerate(iter_json_items(input_uri)):
-        if not owns(index):
-            continue
+    for index, item in owned(iter_json_items(input_uri), owns):
         if isinstance(item, BadLine):
             yield Rejection(item.reason, item.detail, index, subset="llava-cot", raw=item.raw)
         else:

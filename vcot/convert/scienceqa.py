@@ -19,6 +19,7 @@ from vcot import storage
 from vcot.convert.common import (
     Item,
     Owns,
+    owned,
     Rejection,
     clean_text,
     dedup_key,
@@ -101,9 +102,7 @@ def problem_record(
 
 def iter_problems_json(uri: str, *, images: str, owns: Owns) -> Iterator[Item]:
     """The original layout: ``problems.json`` streamed, images read for their size (header only)."""
-    for index, (pid, problem) in enumerate(iter_json_object(uri)):
-        if not owns(index):
-            continue
+    for index, (pid, problem) in owned(iter_json_object(uri), owns):
         record_id = f"scienceqa:{pid}"
         image_uri = size = None
         relative_path = None
@@ -155,19 +154,17 @@ def iter_parquet(files: list[str], *, images: str, owns: Owns, batch_size: int =
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise VcotError("reading ScienceQA Parquet needs pyarrow: pip install 'vcot[convert]'") from exc
 
-    index = -1
-    for file_uri in files:
-        split = _split_of(file_uri)
-        with storage.open_uri(file_uri, "rb") as handle:
-            try:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-                    for problem in batch.to_pylist():
-                        index += 1
-                        if not owns(index):
-                            continue
-                        yield _parquet_row(problem, index, split, file_uri, images)
-            except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
-                raise VcotError(f"{file_uri} is not a readable Parquet file ({exc}): download it again") from exc
+    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+        for file_uri in files:
+            with storage.open_uri(file_uri, "rb") as handle:
+                try:
+                    for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
+                        yield from ((file_uri, problem) for problem in batch.to_pylist())
+                except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
+                    raise VcotError(f"{file_uri} is not a readable Parquet file ({exc}): download it again") from exc
+
+    for index, (file_uri, problem) in owned(rows(), owns):
+        yield _parquet_row(problem, index, _split_of(file_uri), file_uri, images)
 
 
 def _parquet_row(problem: dict[str, Any], index: int, split: str, file_uri: str, images: str) -> Item:

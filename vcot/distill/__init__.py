@@ -9,12 +9,12 @@ Modules, one concern each, in the order a request flows:
 - ``validate``: is an answer a valid grounded rationale with the right answer; the accepted record;
 - ``direct`` / ``zoom``: the two strategies (seed 000, and seed 003's zoom-in + verifier);
 - ``batch``: Batch API mode (request file, upload, submit, poll, ingest);
-- ``pipeline``: the stage itself (``distill(config)``).
+- ``stage``: the stage itself (``distill(config)``).
 
 Tests and benchmarks run it against ``vcot.llm.fake_server``, a local OpenAI-compatible server.
 """
 
 from vcot.distill.config import DistillConfig
-from vcot.distill.pipeline import distill
+from vcot.distill.stage import distill
 
 __all__ = ["DistillConfig", "distill"]

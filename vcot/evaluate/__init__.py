@@ -16,5 +16,5 @@ Modules, in dependency order:
 - ``benchmark``: the VisCoT benchmark's per-subset table; ``styles``: chain of thought vs direct answers.
 - ``report``: the self-contained HTML report.
 - ``lmms``: the lmms-eval model plugin (``lmms-eval --model vcot``).
-- ``config`` and ``run``: the stage's configuration and its one entry function ``evaluate``.
+- ``config`` and ``stage``: the stage's configuration and its one entry function ``evaluate``.
 """

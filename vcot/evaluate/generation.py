@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from transformers import LogitsProcessorList
 
-from vcot.evaluate.penalty import BoxAwareRepetitionPenalty
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import HOUSE, ModelFormat
+from vcot.modeling import stop_token_ids
+from vcot.penalty import BoxAwareRepetitionPenalty
 from vcot.prompts import PromptStyle, build_messages
 
 log = get_logger(__name__)
@@ -42,13 +43,6 @@ def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSett
     """The chat-templated prompt for one record, ending with the assistant's generation prompt."""
     messages = build_messages(record, settings.fmt, with_answer=False, style=settings.prompt_style)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    ids.update(i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None)
-    return ids
 
 
 def decode_responses(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: set[int]) -> list[str]:
@@ -137,7 +131,7 @@ def generate_batch(
             logits_processor=processors,
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
-    texts = decode_responses(processor.tokenizer, new_tokens, _stop_ids(model, processor.tokenizer))
+    texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
     for position, text in zip(usable, texts, strict=True):
         responses[position] = text
     return responses

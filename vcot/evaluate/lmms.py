@@ -4,7 +4,7 @@
     lmms-eval --model vcot --model_args pretrained=BASE,adapter=ADAPTER --tasks TASK
 
 lmms-eval finds the plugin through the ``lmms_eval.models`` entry point (``pyproject.toml``). The model and its
-format are loaded as ``vcot-evaluate`` loads them (:func:`vcot.evaluate.run.load_generator`: the adapter's
+format are loaded as ``vcot-evaluate`` loads them (:func:`vcot.evaluate.stage.load_generator`: the adapter's
 ``vcot-model.json`` settles the frame, ``coords=`` is required without one); each question is prompted as
 ``vcot.prompts`` prompts a record (the task's text is the question, the first image its image) and generated
 with the same batched greedy decoding. What goes back to the task (``output=``):
@@ -75,7 +75,7 @@ def _build_class() -> type:
     from lmms_eval.api.model import lmms
 
     from vcot.evaluate.generation import GenerationSettings, Skipped, generate_batch
-    from vcot.evaluate.run import load_generator
+    from vcot.evaluate.stage import load_generator
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]
         """``--model vcot``: a base model and a vcot adapter, prompted and read back as vcot-evaluate does."""

@@ -46,7 +46,7 @@ from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_c
 from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
-from vcot.records import grounding_problem
+from vcot.records import RAW_LIMIT, Rejection, grounding_problem, truncate_raw
 from vcot.shards import ShardFile, SplitWriters, read_verified, write_file
 
 log = get_logger("vcot.distill")
@@ -54,7 +54,6 @@ log = get_logger("vcot.distill")
 STAGE = "distill"
 QUALITY = "quality.json"
 MAX_BATCH_ROUNDS = 12
-RAW_LIMIT = 2000
 
 
 @dataclass
@@ -84,17 +83,13 @@ def owned_records(input_uri: str, shard: ShardSpec) -> Iterator[tuple[int, dict[
 
 
 def rejected_line(record: dict[str, Any], position: int, reason: str, detail: str, answer: str = "") -> dict[str, Any]:
-    """The ``rejected/`` line of docs/records.md, plus the teacher's last answer (truncated) for inspection."""
-    line: dict[str, Any] = {
-        "reason": reason,
-        "detail": detail[:RAW_LIMIT],
-        "id": record.get("id"),
-        "source_index": position,
-        "raw": record,
-    }
-    if answer:
-        line["answer"] = answer[:RAW_LIMIT]
-    return line
+    """The ``rejected/`` line of docs/records.md (as convert writes it), plus the teacher's last answer."""
+    extra = {"answer": truncate_raw(answer)} if answer else {}
+    rejection = Rejection(
+        reason, detail[:RAW_LIMIT], position, id=record.get("id"), subset=record.get("subset") or "unknown", raw=record,
+        extra=extra,
+    )
+    return rejection.to_dict()
 
 
 def _load_image(uri: str, max_side: int) -> tuple[bytes, str]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
-from vcot.evaluate.penalty import BoxAwareRepetitionPenalty, coordinate_token_ids, is_coordinate_text
+from vcot.penalty import BoxAwareRepetitionPenalty, coordinate_token_ids, is_coordinate_text
 
 
 @pytest.fixture(scope="module")

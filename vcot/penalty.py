@@ -1,4 +1,4 @@
-"""A repetition penalty that leaves box coordinates alone.
+"""A repetition penalty that leaves box coordinates alone (evaluate and the demo decode with it).
 
 The seed decodes with ``repetition_penalty=1.2``. That also penalizes coordinate digits already emitted
 (in the prompt or in earlier boxes), pushing the model away from the right numbers; on a small trained

@@ -1,0 +1,153 @@
+"""The demo's model side on the tiny model: its format from the card, streamed answers, readable refusals of bad
+input (no image, a corrupt or oversized file, an adapter from another base model), errors that leave it serving."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from jobs.demo import main as demo_main
+from tests.demo.conftest import EXAMPLE, TrainedAdapter
+from vcot.demo.app import answer
+from vcot.demo.engine import DemoModel, Options, load_demo_model
+from vcot.errors import ConfigError, VcotError
+from vcot.modeling import MODEL_CARD
+from vcot.tiny_model import TINY_SIZES, TinySize, build_tiny_model
+
+DEFAULTS = Options()
+SETTINGS = [DEFAULTS.max_new_tokens, DEFAULTS.repetition_penalty, DEFAULTS.box_aware_penalty, DEFAULTS.sample,
+            DEFAULTS.temperature, DEFAULTS.top_p]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, trained_adapter: TrainedAdapter) -> DemoModel:
+    return load_demo_model(str(tiny_model_dir), str(trained_adapter.path))
+
+
+def test_the_format_comes_from_the_card_and_the_answer_streams(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
+    assert engine.fmt == trained_adapter.fmt  # qwen2.5-absolute, as recorded, not the processor's default frame
+    assert "qwen2.5-absolute" in engine.describe()
+    chunks = list(engine.stream(engine.prepare(str(trained_adapter.image)), EXAMPLE.question, DEFAULTS))
+    assert len(chunks) > 1  # token by token, not one blob at the end
+    assert "".join(chunks) == trained_adapter.response  # cut at the end-of-turn token
+
+
+def test_the_page_handler_draws_the_box_the_model_wrote(engine: DemoModel, trained_adapter: TrainedAdapter) -> None:
+    updates = list(answer(engine, str(trained_adapter.image), EXAMPLE.question, *SETTINGS))
+    picture, reasoning, final, status = updates[-1]
+    assert final == "red" and status.startswith("Done") and "1 box drawn" in status
+    box = trained_adapter.fmt.read(trained_adapter.response, *Image.open(trained_adapter.image).size).boxes[0]
+    x1, y1, _, y2 = (v / 1000 * side for v, side in zip(box.box, [*picture.size] * 2))
+    assert picture.getpixel((round(x1), round((y1 + y2) / 2)))[:3] == (0xE6, 0x19, 0x4B)  # the first colour
+    labels = [item["class_or_confidence"] for item in reasoning.value if item["class_or_confidence"]]
+    assert labels == ["1 circle"]
+    images = [update[0] for update in updates]
+    drawn_at = next(i for i, image in enumerate(images) if i > 0 and isinstance(image, Image.Image))
+    assert 0 < drawn_at < len(updates) - 1  # drawn while the text was still streaming, not only at the end
+
+
+def test_no_image_no_question_and_bad_settings_are_one_line_each(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
+    cases = [
+        (None, EXAMPLE.question, SETTINGS, "no image"),
+        (str(trained_adapter.image), "  ", SETTINGS, "no question"),
+        (str(trained_adapter.image), EXAMPLE.question, [*SETTINGS[:3], True, 0.0, 0.9], "temperature above 0"),
+    ]
+    for path, question, settings, expected in cases:
+        updates = list(answer(engine, path, question, *settings))
+        assert len(updates) == 1 and expected in updates[0][-1] and updates[0][-1].startswith("⚠️")
+
+
+def test_corrupt_and_oversized_files_are_refused_readably(engine: DemoModel, tmp_path: Path) -> None:
+    corrupt = tmp_path / "photo.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    with pytest.raises(VcotError, match=r"photo.png is not an image this demo can read \(OSError: .*\): upload a PNG"):
+        engine.prepare(str(corrupt))
+    (tmp_path / "notes.jpg").write_text("just text")
+    with pytest.raises(VcotError, match=r"notes.jpg is not an image this demo can read \(not a format it knows\)"):
+        engine.prepare(str(tmp_path / "notes.jpg"))
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 10_000)).save(bomb)  # 200 M pixels, a few kB on disk
+    with pytest.raises(VcotError, match="bomb.png is too large to open safely"):
+        engine.prepare(str(bomb))
+
+
+def test_a_huge_image_is_downscaled_to_the_budget_and_the_page_says_so(engine: DemoModel, tmp_path: Path) -> None:
+    huge = tmp_path / "huge.png"
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(huge)
+    prepared = engine.prepare(str(huge))
+    assert prepared.model_size == engine.fmt.vision.resized(4000, 3000)
+    assert prepared.model_size[0] * prepared.model_size[1] <= engine.fmt.vision.max_pixels
+    assert "4000×3000 image" in prepared.note and "downscaled to fit its pixel budget" in prepared.note
+
+
+def test_a_generation_error_is_reported_and_the_next_request_works(
+    engine: DemoModel, trained_adapter: TrainedAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(**kwargs: Any) -> None:
+        raise RuntimeError("CUDA out of memory")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.model, "generate", out_of_memory)
+        updates = list(answer(engine, str(trained_adapter.image), EXAMPLE.question, *SETTINGS))
+    assert "generation failed (RuntimeError: CUDA out of memory)" in updates[-1][-1]
+    assert list(answer(engine, str(trained_adapter.image), EXAMPLE.question, *SETTINGS))[-1][2] == "red"
+
+
+def test_an_adapter_from_another_base_model_is_refused_with_what_to_pass(
+    tiny_model_dir: Path, tiny_qwen3vl_dir: Path, trained_adapter: TrainedAdapter,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(TINY_SIZES, "test", TinySize(hidden=32, intermediate=64, layers=1, heads=2, kv_heads=1))
+    smaller = build_tiny_model(tmp_path / "smaller")  # the same family at another size
+    # The card records the base's architecture (as train writes it): refused before any weight loads.
+    for other in (tiny_qwen3vl_dir, smaller):
+        refused = f"is not the base model the adapter was trained on .*pass --model {tiny_model_dir}"
+        with pytest.raises(ConfigError, match=refused):
+            load_demo_model(str(other), str(trained_adapter.path))
+    # An older card without it: another family is told by the card's format (its weights would even load)...
+    older = shutil.copytree(trained_adapter.path, tmp_path / "older")
+    card = json.loads((older / MODEL_CARD).read_text())
+    del card["base_architecture"]
+    (older / MODEL_CARD).write_text(json.dumps(card))
+    refused = f"trained on a qwen2.5-vl model, but .* is a qwen3-vl model: pass --model {tiny_model_dir}"
+    with pytest.raises(ConfigError, match=refused):
+        load_demo_model(str(tiny_qwen3vl_dir), str(older))
+    # ...and other shapes by the weights that do not fit.
+    with pytest.raises(ConfigError, match=f"adapter {older} does not fit the base model {smaller}"):
+        load_demo_model(str(smaller), str(older))
+
+
+def test_a_model_without_a_card_needs_coords(
+    tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path
+) -> None:
+    with pytest.raises(VcotError, match="no adapter at .*missing .no adapter_config.json.: pass the adapter/ folder"):
+        load_demo_model(str(tiny_model_dir), str(tmp_path / "missing"))
+    bare = shutil.copytree(trained_adapter.path, tmp_path / "bare")
+    (bare / MODEL_CARD).unlink()
+    with pytest.raises(VcotError, match="no vcot-model.json next to adapter .*: pass --coords"):
+        load_demo_model(str(tiny_model_dir), str(bare))
+    with pytest.raises(VcotError, match="base model records no box frame: pass --coords"):
+        load_demo_model(str(tiny_model_dir))
+    with pytest.raises(VcotError, match="--coords norm1000 contradicts the adapter's vcot-model.json"):
+        load_demo_model(str(tiny_model_dir), str(trained_adapter.path), coords="norm1000")
+    card = json.loads((trained_adapter.path / MODEL_CARD).read_text())
+    assert card["model_format"]["coords"] == "qwen2.5-absolute"
+
+
+def test_the_command_refuses_before_serving_with_one_line(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert demo_main(["--model", str(tiny_model_dir)]) == 2
+    assert "vcot-demo: error: a base model records no box frame: pass --coords" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        demo_main(["--model", str(tiny_model_dir), "--port", "70000"])
+    assert exited.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err

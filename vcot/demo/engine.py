@@ -1,0 +1,226 @@
+"""The model behind the demo: loaded once, its format settled from the adapter's card, each answer streamed.
+
+Generation runs in a thread and hands its text to transformers' ``TextIteratorStreamer``; the page reads the
+chunks as they come. The format (box frame, syntax, pixel budget) is the one the adapter's ``vcot-model.json``
+records, or the ``--coords`` the user gives for a model without one: never guessed, as in evaluate.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+from vcot import storage
+from vcot.errors import ConfigError, VcotError
+from vcot.images import load_rgb
+from vcot.log import get_logger
+from vcot.model_format import Coords, ModelFormat
+from vcot.modeling import (
+    MODEL_CARD,
+    adapter_format,
+    check_base_model,
+    load_model_and_processor,
+    model_family,
+    read_model_card,
+    stop_token_ids,
+)
+from vcot.penalty import BoxAwareRepetitionPenalty
+from vcot.prompts import build_messages
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How one answer is generated: the settings in the page's accordion."""
+
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.2
+    box_aware_penalty: bool = True
+    sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise VcotError("max new tokens must be at least 1")
+        if self.repetition_penalty <= 0:
+            raise VcotError("the repetition penalty must be above 0 (1.0 turns it off)")
+        if self.sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise VcotError("sampling needs a temperature above 0 and a top-p in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An uploaded image, decoded, and what the page says about how the model sees it."""
+
+    image: Image.Image
+    model_size: tuple[int, int]
+    note: str
+
+
+class DemoModel:
+    """One model and its format, shared by every visitor (the page runs one request at a time)."""
+
+    def __init__(self, model: Any, processor: Any, fmt: ModelFormat, *, model_uri: str, adapter_uri: str | None = None):
+        self.model = model
+        self.processor = processor
+        self.fmt = fmt
+        self.model_uri = model_uri
+        self.adapter_uri = adapter_uri
+        # The processor resizes images exactly as the boxes are read back (qwen2.5-absolute depends on it).
+        processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
+        tokenizer = processor.tokenizer
+        self.stop_texts = tuple(tokenizer.convert_ids_to_tokens(sorted(stop_token_ids(model, tokenizer))))
+        self._penalties: dict[float, Any] = {}
+
+    def describe(self) -> str:
+        """What is loaded and how its boxes are read, for the page."""
+        vision = self.fmt.vision
+        return (
+            f"**Model** `{self.model_uri}`" + (f" + adapter `{self.adapter_uri}`" if self.adapter_uri else "")
+            + f" · family {self.fmt.family} · boxes as `{self.fmt.box_syntax}` in `{self.fmt.coords}`"
+            + f" · images {vision.min_pixels:,}-{vision.max_pixels:,} pixels · {self.fmt.mode} prompts"
+        )
+
+    def prepare(self, path: str | None) -> Prepared:
+        """Decode an upload; a missing, corrupt or oversized file is a :class:`VcotError` that says what to do."""
+        if not path:
+            raise VcotError("no image: upload one (PNG, JPEG, WebP) or pick an example below")
+        name = Path(path).name
+        try:
+            image = load_rgb(path)
+        except Image.DecompressionBombError as exc:
+            raise VcotError(f"{name} is too large to open safely ({exc}): downscale it and upload it again") from exc
+        except Exception as exc:  # noqa: BLE001 - any decoding failure is the upload's: PIL raises many kinds
+            why = "not a format it knows" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+            raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
+        width, height = image.size
+        vision = self.fmt.vision
+        model_w, model_h = vision.resized(width, height)
+        tokens = vision.image_tokens(width, height)
+        note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({tokens} image tokens)"
+        if width * height > vision.max_pixels:
+            note += f", downscaled to fit its pixel budget of {vision.max_pixels:,} pixels"
+        elif width * height < vision.min_pixels:
+            note += f", enlarged to its minimum of {vision.min_pixels:,} pixels"
+        return Prepared(image=image, model_size=(model_w, model_h), note=note + ".")
+
+    def stream(self, prepared: Prepared, question: str, options: Options) -> Iterator[str]:
+        """The answer's text as it is generated, up to the end-of-turn token.
+
+        Closing the iterator early (the visitor left or pressed stop) stops generation at the next token.
+        An error in generation is raised here, in the caller's thread.
+        """
+        inputs = self._inputs(prepared, question)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
+        stop = threading.Event()
+        failures: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    self.model.generate(
+                        **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                        **self._generation_kwargs(options),
+                    )
+            except Exception as exc:  # noqa: BLE001 - re-raised in the reading thread below
+                failures.append(exc)
+                streamer.end()  # else the reader waits forever
+
+        thread = threading.Thread(target=generate, name="vcot-demo-generate", daemon=True)
+        thread.start()
+        try:
+            for chunk in streamer:
+                head, ended = cut_at_stop(chunk, self.stop_texts)
+                if head:
+                    yield head
+                if ended:
+                    break
+        finally:
+            stop.set()
+            thread.join()
+        if failures:
+            raise failures[0]
+
+    def _inputs(self, prepared: Prepared, question: str) -> Any:
+        record = {"image": "upload", "question": question}
+        messages = build_messages(record, self.fmt, with_answer=False)
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        images = [prepared.image] if self.fmt.mode == "multimodal" else None
+        return self.processor(text=[text], images=images, return_tensors="pt").to(self.model.device)
+
+    def _generation_kwargs(self, options: Options) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"max_new_tokens": options.max_new_tokens, "do_sample": options.sample, "num_beams": 1}
+        if options.sample:
+            kwargs.update(temperature=options.temperature, top_p=options.top_p)
+        if options.box_aware_penalty and options.repetition_penalty != 1.0:
+            box_aware = self._box_aware(options.repetition_penalty)  # replaces the standard penalty
+            kwargs.update(repetition_penalty=1.0, logits_processor=LogitsProcessorList([box_aware]))
+        else:
+            kwargs["repetition_penalty"] = options.repetition_penalty
+        return kwargs
+
+    def _box_aware(self, penalty: float) -> Any:
+        """The box-aware penalty, built once per value (it scans the vocabulary)."""
+        if penalty not in self._penalties:
+            self._penalties[penalty] = BoxAwareRepetitionPenalty(penalty, self.processor.tokenizer)
+        return self._penalties[penalty]
+
+
+class _StopWhenSet(StoppingCriteria):
+    """Every row stops once ``event`` is set: the reader has gone."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def cut_at_stop(chunk: str, stop_texts: tuple[str, ...]) -> tuple[str, bool]:
+    """``chunk`` up to the first end-of-turn token's text, and whether one was there.
+
+    >>> cut_at_stop("Answer: red<|im_end|>", ("<|im_end|>",)), cut_at_stop("red", ("<|im_end|>",))
+    (('Answer: red', True), ('red', False))
+    """
+    cuts = [chunk.index(stop) for stop in stop_texts if stop in chunk]
+    return (chunk[: min(cuts)], True) if cuts else (chunk, False)
+
+
+def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coords | None = None) -> DemoModel:
+    """Load the model and settle its format, as evaluate does: the card's format, checked against the flags and
+    the base model before any weight loads; an adapter from another base model is a one-line :class:`ConfigError`."""
+    if adapter_uri and not storage.exists(storage.join(adapter_uri, "adapter_config.json")):
+        raise ConfigError(
+            f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run"
+        )
+    recorded = adapter_format(adapter_uri) if adapter_uri else None
+    if recorded is None and coords is None:  # never guessed
+        where = f"no {MODEL_CARD} next to adapter {adapter_uri}" if adapter_uri else "a base model records no box frame"
+        raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
+    if recorded is not None and coords is not None and coords != recorded.coords:
+        raise ConfigError(
+            f"--coords {coords} contradicts the adapter's {MODEL_CARD} ({recorded.coords}): drop --coords"
+        )
+    family = model_family(model_uri)
+    if recorded is not None:
+        card = read_model_card(str(adapter_uri))
+        check_base_model(card, model_uri)  # the base's architecture, when train recorded it
+        if recorded.family != family:  # an older card: another family's weights may even load without an error
+            raise ConfigError(
+                f"adapter {adapter_uri} was trained on a {recorded.family} model, but {model_uri} is a {family} model: "
+                f"pass --model {card.get('base_model') or 'its base model'}"
+            )
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)  # other shapes: ConfigError
+    fmt = recorded or ModelFormat.for_processor(processor, family, coords=coords or "norm1000")
+    described = {key: value for key, value in fmt.to_dict().items() if key != "vision"}
+    log.info("demo_model", model=model_uri, adapter=adapter_uri, **described)
+    return DemoModel(model, processor, fmt, model_uri=model_uri, adapter_uri=adapter_uri)
