@@ -14,6 +14,7 @@ from jobs.evaluate import main
 from tests.conftest import SHARED_DATA
 from vcot import manifest
 from vcot.convert import ConvertConfig, convert
+from vcot.evaluate.benchmark import benchmark_csv, benchmark_table
 
 SAMPLES = SHARED_DATA / "viscot-sample"
 PER_SUBSET = 4
@@ -94,3 +95,20 @@ def test_benchmark_refuses_records_of_another_source(known_data: tuple[str, list
             "--benchmark", "viscot"]
     assert main(argv) == 1
     assert "are not viscot records" in capfd.readouterr().err
+
+
+def test_the_judges_score_is_the_answer_score_when_the_judge_is_on() -> None:
+    def subset(samples: int, exact: float, judge: float) -> dict[str, Any]:
+        return {"samples": samples, "answer_accuracy": exact, "judge_score": judge, "first_box_acc_at_50": 0.5,
+                "truth_mean_iou": 0.4}
+
+    metrics = {"subsets": {"v7w": subset(3, 0.0, 0.9), "gqa": subset(2, 0.5, 0.75), "docvqa": subset(4, 0.25, 0.5)}}
+    table = benchmark_table(metrics, judged=True)
+    assert [row["name"] for row in table["subsets"]] == ["DocVQA", "GQA", "Visual7W"]  # the paper's order
+    assert [row["answer_score"] for row in table["subsets"]] == [0.5, 0.75, 0.9]
+    assert table["averaged_subsets"] == ["docvqa", "gqa"]  # Visual7W is not in VisCoT's average
+    assert table["average"]["answer_score"] == pytest.approx(0.625)
+    assert table["average"]["exact_match"] == pytest.approx(0.375) and table["average"]["questions"] == 6
+    lines = benchmark_csv(table).splitlines()
+    assert lines[0].startswith("subset,name,questions,answer_score,exact_match,judge_score")
+    assert lines[-1].startswith("average,Average,6,0.625,0.375,0.625")

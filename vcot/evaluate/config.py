@@ -109,7 +109,7 @@ class EvaluateConfig:
     judge_max_attempts: int = option(6, help="Attempts per judge request on 429, 5xx, timeouts before the run stops.")
     judge_timeout: float = option(60.0, help="Seconds before one judge request counts as timed out.")
     judge_backoff_base: float = option(1.0, help="First judge retry delay in seconds; doubles each attempt (jitter).")
-    judge_backoff_max: float = option(30.0, help="Longest judge retry delay in seconds (Retry-After honoured up to it).")
+    judge_backoff_max: float = option(30.0, help="Longest judge retry delay in seconds (Retry-After honoured to it).")
     report_samples: int = option(48, help="How many samples the HTML report shows with their images.")
     overwrite: bool = option(False, help="Rewrite a committed output instead of skipping it.")
 
@@ -142,7 +142,7 @@ class EvaluateConfig:
         if self.max_per_subset is not None and self.max_per_subset < 1:
             raise ValueError("--max-per-subset must be at least 1")
         if self.prompt_style != "cot" and self.predictions:
-            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (score mode scores as is)")
+            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (not --predictions)")
         if self.judge_concurrency < 1 or self.judge_max_attempts < 1 or self.judge_timeout <= 0:
             raise ValueError("--judge-concurrency, --judge-max-attempts must be at least 1, --judge-timeout positive")
         if self.judge_backoff_base < 0 or self.judge_backoff_max < 0:
