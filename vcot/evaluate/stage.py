@@ -270,6 +270,37 @@ def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) 
     return metrics
 
 
+def all_metrics(
+    config: EvaluateConfig, scored: dict[str, Any], details: dict[str, Any], *, judged: bool
+) -> dict[str, Any]:
+    """``metrics.json``: the first prompt style's metrics, the styles side by side, the benchmark table."""
+    styles = list(scored)
+    rows, scores, join = scored[styles[0]]
+    metrics = set_metrics(rows, scores, judged=judged)
+    metrics.update(join=join, details=details)
+    if len(styles) > 1:
+        others = {style: set_metrics(*scored[style][:2], judged=judged) for style in styles[1:]}
+        metrics["prompt_styles"] = compare_styles({styles[0]: metrics, **others})
+    if config.benchmark:
+        metrics["benchmark"] = benchmark_table(metrics, judged=judged)
+    return metrics
+
+
+def write_outputs(output: str, metrics: dict[str, Any], scored: dict[str, Any], report: str) -> list[Any]:
+    """The files the manifest lists: predictions of each prompt style, metrics, report, the benchmark's CSV."""
+    styles = list(scored)
+    files = [
+        shards.write_jsonl(output, PREDICTIONS_PATH, scored[styles[0]][0]),
+        shards.write_file(output, METRICS_PATH, storage.dumps_json(metrics).encode("utf-8")),
+        shards.write_file(output, REPORT_PATH, report.encode("utf-8")),
+    ]
+    for style in styles[1:]:
+        files.append(shards.write_jsonl(output, f"predictions-{style}/{shards.shard_name(0, 1)}", scored[style][0]))
+    if metrics.get("benchmark"):
+        files.append(shards.write_file(output, BENCHMARK_PATH, benchmark_csv(metrics["benchmark"]).encode("utf-8")))
+    return files
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
     target = resolve_target(config)
@@ -301,17 +332,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     records_by_id = {str(record["id"]): record for record in records}
     if judge is not None:
         details["judge"] = judge_rows([row for rows, _, _ in scored.values() for row in rows], records_by_id, *judge)
-    styles = list(scored)
-    rows, scores, join = scored[styles[0]]
-    metrics = set_metrics(rows, scores, judged=judge is not None)
-    metrics.update(join=join, details=details)
-    if len(styles) > 1:
-        by_metrics = {styles[0]: metrics} | {
-            style: set_metrics(scored[style][0], scored[style][1], judged=judge is not None) for style in styles[1:]
-        }
-        metrics["prompt_styles"] = compare_styles(by_metrics)
-    if config.benchmark:
-        metrics["benchmark"] = benchmark_table(metrics, judged=judge is not None)
+    metrics = all_metrics(config, scored, details, judged=judge is not None)
+    rows = scored[next(iter(scored))][0]
 
     entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
 
@@ -326,17 +348,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
         regression=metrics.get("regression"),
         extra_sections=field_sections(metrics),
     )
-    files = [
-        shards.write_jsonl(target.output, PREDICTIONS_PATH, rows),
-        shards.write_file(target.output, METRICS_PATH, storage.dumps_json(metrics).encode("utf-8")),
-        shards.write_file(target.output, REPORT_PATH, report.encode("utf-8")),
-    ]
-    for style in styles[1:]:
-        path = f"predictions-{style}/{shards.shard_name(0, 1)}"
-        files.append(shards.write_jsonl(target.output, path, scored[style][0]))
-    if config.benchmark:
-        table = benchmark_csv(metrics["benchmark"]).encode("utf-8")
-        files.append(shards.write_file(target.output, BENCHMARK_PATH, table))
+    files = write_outputs(target.output, metrics, scored, report)
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
     manifest.commit(
