@@ -1,15 +1,21 @@
-"""The train stage: SFT of a LoRA adapter on tokenized grounded rationales, resumable on S3.
+"""The train stage: a LoRA adapter trained by one of two methods on one machinery, resumable on S3.
 
-Reads top to bottom in the order things happen:
+The recipe's ``method`` picks the method; each reads top to bottom in its own module:
 
-1. skip a committed output (writing its pointer if a killed pod never did); resolve the recipe; read the
-   model format tokenize recorded (``vcot.model_format``: frame, syntax, pixel budget, mode);
-2. load the base model (4-bit on GPU per the recipe) and its processor, set to tokenize's pixel budget;
-3. wrap the language model's projections in LoRA (the vision tower only when asked);
-4. datasets and the collator that loads pixels; TrainingArguments from the recipe and the machine;
-5. restore the newest complete checkpoint from storage, train (checkpoints synced, SIGTERM saves one);
-6. save the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics and
-   TensorBoard events; commit ``_SUCCESS``; point ``latest.json`` at this run.
+- ``sft`` (:mod:`vcot.train.sft`): supervised fine-tuning on a tokenize output (grounded rationales);
+- ``grpo`` (:mod:`vcot.train.grpo`): reward-driven fine-tuning on committed records with TRL's GRPOTrainer,
+  from a committed SFT run's adapter (``--init-adapter``) or a new LoRA.
+
+Both use the machinery here, in the order a run uses it:
+
+1. skip a committed output (writing its pointer if a killed pod never did); resolve the recipe;
+2. :func:`load_policy`: the base model (4-bit on GPU per the recipe) and its processor, set to the run's pixel
+   budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
+3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
+4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
+   SIGTERM saves one), TensorBoard events and structured log lines;
+5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics
+   and TensorBoard events; commit ``_SUCCESS``; point ``latest.json`` at this run.
 
 Output layout (``OUTPUT``)::
 
@@ -17,7 +23,7 @@ Output layout (``OUTPUT``)::
     merged/         optional: the base with the adapter merged in
     checkpoints/    checkpoint-<step>/ (+ _COMPLETE marker once fully uploaded)
     tensorboard/    event files
-    metrics.json    final train/eval metrics and the log history
+    metrics.json    final metrics and the log history
     _SUCCESS        manifest: files, config (recipe included), lineage of the data
 """
 
@@ -35,7 +41,7 @@ from vcot import manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
-from vcot.model_format import ModelFormat
+from vcot.model_format import COORDS, ModelFormat
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 
 if TYPE_CHECKING:
@@ -50,13 +56,28 @@ class TrainingInterrupted(VcotError):
 
 @dataclass
 class TrainConfig:
-    """Fine-tune a LoRA adapter on a tokenize output (SFT), resumable from checkpoints in storage."""
+    """Train a LoRA adapter (SFT or GRPO, by the recipe's method), resumable from checkpoints in storage."""
 
-    data: str = option(help="Committed tokenize output (s3://bucket/prefix or a local path).")
+    data: str = option(
+        help="sft: a committed tokenize output; grpo: committed records (convert or distill output). s3:// or a path."
+    )
     model: str = option(help="Base model: a folder, an s3:// prefix (synced to a local cache) or a hub id.")
     output: str = option(help="Run folder to write (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS).")
-    recipe: str = option(DEFAULT_RECIPE, help="Recipe preset name (qwen2.5-vl-7b-qlora, tiny-cpu) or a YAML file/URI.")
+    recipe: str = option(
+        DEFAULT_RECIPE,
+        help="Recipe preset (qwen2.5-vl-7b-qlora, tiny-cpu, qwen2.5-vl-7b-grpo, tiny-cpu-grpo) or a YAML file/URI.",
+    )
     set: str = option("", help="Recipe overrides, key=value pairs with YAML values: 'lora_r=16,max_steps=100'.")
+    init_adapter: str = option(
+        "",
+        help="grpo: continue this committed run's adapter (its vcot-model.json gives the model format); "
+        "empty: a new LoRA on --model.",
+    )
+    coords: str = option(
+        "",
+        help="grpo without --init-adapter: the box frame to prompt and score (norm1000 or qwen2.5-absolute; "
+        "default norm1000). With --init-adapter it must match the adapter's.",
+    )
     pointer: str = option("", help="Newest-model pointer JSON to update (default: <parent of --output>/latest.json).")
     overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
     threads: int = option(
@@ -70,10 +91,16 @@ class TrainConfig:
             raise ValueError("--pointer must name a .json file")
         if self.threads < 0:
             raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
+        if self.coords and self.coords not in COORDS:
+            raise ValueError(f"--coords {self.coords!r} is not one of {', '.join(COORDS)}")
         try:  # a bad recipe or override fails here, before any model is loaded (exit code 2)
-            load_recipe(self.recipe, self.set)
+            recipe = load_recipe(self.recipe, self.set)
         except VcotError as exc:
             raise ValueError(str(exc)) from None
+        if recipe.method == "sft" and (self.init_adapter or self.coords):
+            raise ValueError(
+                "--init-adapter and --coords are for method grpo; sft reads its model format from the tokenize output"
+            )
 
     @property
     def pointer_uri(self) -> str:
@@ -89,20 +116,8 @@ def default_pointer(output: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# The pieces, in the order train() uses them
+# The machinery, in the order a method uses it
 # --------------------------------------------------------------------------------------------------
-
-
-def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
-    """What tokenize recorded: the model format (any layout vcot wrote) and the model whose tokenizer it used."""
-    found = manifest.read_manifest(data_uri)
-    if found.get("stage") != "tokenize":
-        raise VcotError(f"{data_uri} was written by stage {found.get('stage')!r}, not tokenize: pass a tokenize output")
-    settings = found.get("config", {})
-    try:
-        return ModelFormat.from_dict(settings), str(settings["model"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise VcotError(f"{data_uri} manifest has no usable model format ({exc}): re-run tokenize") from exc
 
 
 def check_processor(processor: Any, fmt: ModelFormat) -> None:
@@ -134,6 +149,29 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
     return get_peft_model(model, lora)
 
 
+def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapter: str = "") -> tuple[Any, Any]:
+    """The base model with a trainable LoRA on its language model, and a processor that cuts images as ``fmt`` says.
+
+    ``init_adapter`` continues a committed run's adapter (its own LoRA settings and processor); otherwise a new
+    LoRA is made from the recipe.
+    """
+    import torch
+
+    from vcot.modeling import load_model_and_processor
+
+    model, processor = load_model_and_processor(
+        model_uri, adapter_uri=init_adapter or None, quantize=recipe.quantize, for_training=True
+    )
+    processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
+    check_processor(processor, fmt)
+    if not init_adapter:
+        torch.manual_seed(recipe.seed)
+        model = add_lora(model, recipe)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("lora", trainable=trainable, total=total, continued=init_adapter or None)
+    return model, processor
+
+
 def resolve_optimizer(name: str, device: str) -> str:
     """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here."""
     if "8bit" not in name:
@@ -152,49 +190,110 @@ def resolve_optimizer(name: str, device: str) -> str:
         return "adamw_torch"
 
 
-def training_arguments(recipe: Recipe, local_dir: Path, *, precision: Precision, has_eval: bool) -> Any:
-    """The recipe as ``TrainingArguments`` for this machine: bf16/fp16 on GPU, fp32 on CPU; the optimizer."""
+@dataclass(frozen=True)
+class RunFolders:
+    """Where a run writes: a local scratch folder that is the same path on every restart (so paths in the trainer
+    state stay valid), and the storage folders its checkpoints and TensorBoard events are synced to."""
+
+    scratch: Path
+    output: str
+
+    @classmethod
+    def for_output(cls, output: str) -> RunFolders:
+        from vcot.train.data import local_scratch
+
+        return cls(local_scratch(hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]), output)
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.scratch / "trainer"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.scratch / "tensorboard"
+
+    @property
+    def remote_checkpoints(self) -> str:
+        return storage.join(self.output, "checkpoints")
+
+    @property
+    def remote_tensorboard(self) -> str:
+        return storage.join(self.output, "tensorboard")
+
+
+def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) -> dict[str, Any]:
+    """The trainer arguments both methods share: the recipe's optimization knobs for this machine (bf16/fp16 on
+    GPU, fp32 on CPU), checkpoints every ``save_steps``, logging, no reporting integration (TensorBoard is ours)."""
     import torch
-    from transformers import TrainingArguments
 
     device = precision.device
-    return TrainingArguments(
-        output_dir=str(local_dir),
-        num_train_epochs=recipe.num_train_epochs,
-        max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
-        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
-        learning_rate=recipe.learning_rate,
-        lr_scheduler_type=recipe.lr_scheduler_type,
-        warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
-        weight_decay=recipe.weight_decay,
-        max_grad_norm=recipe.max_grad_norm,
-        optim=resolve_optimizer(recipe.optim, device),
-        neftune_noise_alpha=recipe.neftune_noise_alpha,
-        seed=recipe.seed,
-        bf16=device == "cuda" and precision.dtype == torch.bfloat16,
-        fp16=device == "cuda" and precision.dtype == torch.float16,
-        use_cpu=device == "cpu",
-        activation_checkpointing=recipe.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
-        activation_checkpointing_kwargs={"use_reentrant": False} if recipe.gradient_checkpointing else None,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=recipe.eval_steps,
-        save_strategy="steps",
-        save_steps=recipe.save_steps,
-        save_total_limit=recipe.save_total_limit,
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        restore_callback_states_from_checkpoint=True,  # early stopping's patience survives a resume
-        logging_steps=recipe.logging_steps,
-        logging_first_step=True,
-        report_to="none",  # TensorBoard is added explicitly, writing where we sync from
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataloader_num_workers=recipe.dataloader_num_workers,
-        disable_tqdm=not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
-    )
+    return {
+        "output_dir": str(folders.trainer_dir),
+        "num_train_epochs": recipe.num_train_epochs,
+        "max_steps": recipe.max_steps,
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "learning_rate": recipe.learning_rate,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "warmup_steps": recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        "weight_decay": recipe.weight_decay,
+        "max_grad_norm": recipe.max_grad_norm,
+        "optim": resolve_optimizer(recipe.optim, device),
+        "seed": recipe.seed,
+        "bf16": device == "cuda" and precision.dtype == torch.bfloat16,
+        "fp16": device == "cuda" and precision.dtype == torch.float16,
+        "use_cpu": device == "cpu",
+        "activation_checkpointing": recipe.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        "save_strategy": "steps",
+        "save_steps": recipe.save_steps,
+        "save_total_limit": recipe.save_total_limit,
+        "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
+        "logging_steps": recipe.logging_steps,
+        "logging_first_step": True,
+        "report_to": "none",  # TensorBoard is added by run_training, writing where we sync from
+        "remove_unused_columns": False,
+        "dataloader_num_workers": recipe.dataloader_num_workers,
+        "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
+    }
+
+
+def run_training(trainer: Any, folders: RunFolders) -> Any:
+    """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
+
+    Checkpoints and TensorBoard events are synced to storage after every save; SIGTERM finishes the step, saves
+    a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, restore_checkpoints
+
+    sigterm = SaveOnSigterm()
+    trainer.remove_callback(PrinterCallback)
+    for callback in (
+        TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir))),
+        CheckpointSync(folders.trainer_dir, folders.remote_checkpoints, folders.tensorboard_dir, folders.remote_tensorboard),
+        sigterm,
+        LogMetrics(),
+    ):
+        trainer.add_callback(callback)
+
+    resume_from = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
+    if resume_from is not None and storage.list_uris(folders.remote_tensorboard):
+        storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
+    sigterm.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        sigterm.uninstall()
+    if sigterm.received:
+        raise TrainingInterrupted(
+            f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is in "
+            f"{folders.remote_checkpoints}. Run the same command again to resume from it"
+        )
+    return result
 
 
 def model_card(config: TrainConfig, fmt: ModelFormat) -> dict[str, Any]:
@@ -219,6 +318,52 @@ def _files_of(root: Path, prefix: str) -> list[Any]:
         file_entry(path, f"{prefix}/{path.relative_to(root).as_posix()}")
         for path in sorted(p for p in root.rglob("*") if p.is_file())
     ]
+
+
+def commit_run(
+    config: TrainConfig,
+    recipe: Recipe,
+    fmt: ModelFormat,
+    trainer: Any,
+    processor: Any,
+    folders: RunFolders,
+    *,
+    metrics: dict[str, Any],
+    inputs: list[str],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then the pointer."""
+    from vcot.modeling import MODEL_CARD, load_processor
+
+    with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
+        out = Path(tmp)
+        adapter_dir = out / "adapter"
+        # Only the trained adapter: TRL's GRPO adds a frozen "ref" copy of a continued one for its KL term.
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+        processor.save_pretrained(adapter_dir)
+        check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, fmt)), encoding="utf-8")
+        storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
+        files = _files_of(adapter_dir, "adapter")
+        if recipe.merge_adapter:
+            merge_adapter(config, adapter_dir, out / "merged")
+            storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
+            files += _files_of(out / "merged", "merged")
+    storage.write_json(storage.join(config.output, "metrics.json"), metrics)
+    storage.upload_dir(folders.tensorboard_dir, folders.remote_tensorboard)
+
+    committed = manifest.commit(
+        config.output,
+        stage="train",
+        files=files,
+        config={**redacted(config), "recipe_values": recipe.to_dict(), "model_format": fmt.to_dict()},
+        inputs=inputs,
+        stats=stats,
+    )
+    storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
+    shutil.rmtree(folders.scratch, ignore_errors=True)  # everything is in storage now
+    log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
+    return committed
 
 
 def run_pointer(output: str, base_model: str) -> dict[str, str]:
@@ -255,126 +400,20 @@ def ensure_pointer(config: TrainConfig) -> None:
 
 def train(config: TrainConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
-    from transformers.integrations import TensorBoardCallback
-
-    from vcot.modeling import MODEL_CARD, load_model_and_processor, load_processor, machine_precision
-    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, restore_checkpoints
-    from vcot.train.data import Collator, TokenizedDataset, local_scratch
-
-    # 1. What to do.
     if not manifest.prepare_output(config.output, overwrite=config.overwrite):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
         ensure_pointer(config)
         return None
     recipe = load_recipe(config.recipe, config.set)
-    fmt, tokenized_with = read_data_settings(config.data)
-    if tokenized_with != config.model:
-        log.warning(
-            "model_differs",
-            tokenized_with=tokenized_with,
-            training=config.model,
-            hint="the tokenizers must be identical",
-        )
     log.info("recipe", **recipe.to_dict())
     if config.threads:
+        import torch
+
         torch.set_num_threads(config.threads)  # torch sizes its pool from the node's cores, not the pod's CPU limit
+    if recipe.method == "grpo":
+        from vcot.train.grpo import grpo
 
-    # 2. Model and processor (the processor cuts images exactly as tokenize counted their tokens).
-    model, processor = load_model_and_processor(config.model, quantize=recipe.quantize, for_training=True)
-    processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
-    check_processor(processor, fmt)
-    precision = machine_precision()
+        return grpo(config, recipe)
+    from vcot.train.sft import sft
 
-    # 3. LoRA.
-    torch.manual_seed(recipe.seed)
-    model = add_lora(model, recipe)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("lora", trainable=trainable, total=total)
-
-    # 4. Data and arguments.
-    train_set = TokenizedDataset(config.data, "train")
-    eval_set = TokenizedDataset(config.data, "val")
-    if len(train_set) == 0:
-        raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
-    scratch = local_scratch(hashlib.sha256(config.output.rstrip("/").encode()).hexdigest()[:16])
-    local_dir, tensorboard_dir = scratch / "trainer", scratch / "tensorboard"
-    args = training_arguments(recipe, local_dir, precision=precision, has_eval=len(eval_set) > 0)
-    remote_checkpoints = storage.join(config.output, "checkpoints")
-    remote_tensorboard = storage.join(config.output, "tensorboard")
-    sigterm = SaveOnSigterm()
-    callbacks: list[Any] = [
-        TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir))),
-        CheckpointSync(local_dir, remote_checkpoints, tensorboard_dir, remote_tensorboard),
-        sigterm,
-    ]
-    if args.load_best_model_at_end and recipe.early_stopping_patience > 0:
-        callbacks.append(EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=Collator(processor),
-        processing_class=processor,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(LogMetrics())
-
-    # 5. Resume and train.
-    resume_from = restore_checkpoints(remote_checkpoints, local_dir)
-    if resume_from is not None and storage.list_uris(remote_tensorboard):
-        storage.download_prefix(remote_tensorboard, tensorboard_dir)
-    sigterm.install()
-    try:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    finally:
-        sigterm.uninstall()
-    if sigterm.received:
-        raise TrainingInterrupted(
-            f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is in {remote_checkpoints}. "
-            "Run the same command again to resume from it"
-        )
-
-    # 6. Outputs.
-    metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
-    if trainer.eval_dataset is not None:
-        metrics["eval"] = trainer.evaluate()
-        metrics["best_eval_loss"] = trainer.state.best_metric
-    metrics["log_history"] = trainer.state.log_history
-    with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
-        out = Path(tmp)
-        adapter_dir = out / "adapter"
-        trainer.model.save_pretrained(adapter_dir)
-        processor.save_pretrained(adapter_dir)
-        check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
-        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(model_card(config, fmt)), encoding="utf-8")
-        storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
-        files = _files_of(adapter_dir, "adapter")
-        if recipe.merge_adapter:
-            merge_adapter(config, adapter_dir, out / "merged")
-            storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
-            files += _files_of(out / "merged", "merged")
-    storage.write_json(storage.join(config.output, "metrics.json"), metrics)
-    storage.upload_dir(tensorboard_dir, remote_tensorboard)
-
-    committed = manifest.commit(
-        config.output,
-        stage="train",
-        files=files,
-        config={**redacted(config), "recipe_values": recipe.to_dict(), "model_format": fmt.to_dict()},
-        inputs=[config.data],
-        stats={
-            "global_step": trainer.state.global_step,
-            "train_loss": result.metrics.get("train_loss"),
-            "eval_loss": metrics.get("eval", {}).get("eval_loss"),
-            "best_eval_loss": metrics.get("best_eval_loss"),
-        },
-    )
-    storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
-    shutil.rmtree(scratch, ignore_errors=True)  # everything is in storage now
-    log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
-    return committed
+    return sft(config, recipe)
