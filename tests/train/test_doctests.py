@@ -14,6 +14,7 @@ MODULES = [
     "vcot.tokenize.stage",
     "vcot.train.recipe",
     "vcot.train.stage",
+    "vcot.train.grpo",
     "vcot.train.checkpoints",
     "vcot.train.summary",
     "vcot.tiny_model",
