@@ -280,3 +280,13 @@ def test_prompt_transform_in_text_mode_has_no_image() -> None:
     out = PromptTransform(dataclasses.replace(HOUSE, mode="text"))({key: [value] for key, value in row.items()})
     assert "image" not in out  # nothing is loaded, and TRL sees a text-only prompt
     assert [block["type"] for block in out["prompt"][0][0]["content"]] == ["text"]
+
+
+def test_the_coords_variable_of_tokenize_and_evaluate_does_not_reach_training() -> None:
+    """VCOT_COORDS (tokenize's, evaluate's) set in a shell or a ConfigMap must not make SFT refuse to run."""
+    from vcot.config import parse_config
+
+    argv = ["--data", "d", "--model", "m", "--output", "o", "--recipe", "tiny-cpu"]
+    assert parse_config(TrainConfig, argv, environ={"VCOT_COORDS": "qwen2.5-absolute"}).coords == ""
+    grpo = parse_config(TrainConfig, [*argv[:-1], "tiny-cpu-grpo"], environ={"VCOT_GRPO_COORDS": "qwen2.5-absolute"})
+    assert grpo.coords == "qwen2.5-absolute"

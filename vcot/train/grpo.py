@@ -29,7 +29,15 @@ from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import ModelFormat
-from vcot.modeling import MODEL_CARD, Precision, adapter_format, load_processor_for, machine_precision, model_family
+from vcot.modeling import (
+    MODEL_CARD,
+    Precision,
+    adapter_format,
+    load_processor_for,
+    machine_precision,
+    model_family,
+    read_model_card,
+)
 from vcot.prompts import build_messages
 from vcot.rewards import RewardFunc, completion_text, reward_setup
 from vcot.train.recipe import Recipe
@@ -60,6 +68,9 @@ def grpo_format(config: TrainConfig) -> ModelFormat:
     fmt = adapter_format(config.init_adapter)
     if fmt is None:
         raise VcotError(f"{config.init_adapter} has no {MODEL_CARD}: pass the adapter/ folder of a committed train run")
+    trained_on = read_model_card(config.init_adapter).get("base_model")
+    if trained_on != config.model:
+        log.warning("model_differs", adapter_base=trained_on, training=config.model, hint="the adapter needs its base")
     if config.coords and config.coords != fmt.coords:
         raise VcotError(
             f"--coords {config.coords} contradicts {config.init_adapter}/{MODEL_CARD} ({fmt.coords}): "

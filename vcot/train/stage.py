@@ -77,6 +77,7 @@ class TrainConfig:
         "",
         help="grpo without --init-adapter: the box frame to prompt and score (norm1000 or qwen2.5-absolute; "
         "default norm1000). With --init-adapter it must match the adapter's.",
+        env="VCOT_GRPO_COORDS",  # not VCOT_COORDS: tokenize and evaluate read that one, and SFT refuses --coords
     )
     pointer: str = option("", help="Newest-model pointer JSON to update (default: <parent of --output>/latest.json).")
     overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
