@@ -203,6 +203,42 @@ demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make 
 	echo "vcot-demo on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it); no adapter yet? run make local-train first"; \
 	$(PY) -m jobs.demo --model $(DEMO_MODEL) --adapter $(DEMO_ADAPTER) --port $(DEMO_PORT)
 
+# --- GRPO -------------------------------------------------------------------------------------------
+# After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
+# on the local S3 server, evaluates the GRPO adapter, and prints each reward's mean at the start and the end of the
+# run (then the SFT run's evaluation, to compare). LOCAL_GRPO_SET=key=value,... overrides recipe knobs.
+LOCAL_GRPO_SET ?=
+LOCAL_GRPO_REPORT ?= .cache/local-grpo/report.html
+.PHONY: local-grpo bench-grpo
+
+local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, prints the reward curves (~2-3 min)
+	@set -euo pipefail; \
+	start=$$(date +%s); \
+	$(PY) -m vcot.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
+	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/runs/tiny') else 1)" \
+		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/runs/tiny: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== GRPO (recipe tiny-cpu-grpo) from $(LOCAL_RUN)/runs/tiny/adapter -> $(LOCAL_RUN)/runs/tiny-grpo"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny/adapter \
+		--output $(LOCAL_RUN)/runs/tiny-grpo --recipe tiny-cpu-grpo --threads $(LOCAL_THREADS) \
+		$(if $(LOCAL_GRPO_SET),--set "$(LOCAL_GRPO_SET)"); \
+	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny-grpo"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny-grpo/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RUN)/eval/tiny-grpo --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
+	echo "  GRPO run        $(LOCAL_RUN)/runs/tiny-grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  pointer         $(LOCAL_RUN)/runs/latest.json (now the GRPO adapter)"; \
+	echo "  evaluation      $(LOCAL_RUN)/eval/tiny-grpo"; \
+	echo; \
+	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny-grpo --evaluation $(LOCAL_RUN)/eval/tiny-grpo \
+		--report-to $(LOCAL_GRPO_REPORT); \
+	echo "before GRPO (the SFT run, make local-train):"; \
+	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny | grep -E '^(train|evaluation) '
+
+bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
+	PYTHONPATH=. $(PY) bench/grpo_bench.py
+
 # --- evaluate ---------------------------------------------------------------------------------------
 .PHONY: bench-evaluate
 bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)

@@ -1,4 +1,5 @@
-"""``vcot-train``: LoRA SFT on a tokenize output, resumable from checkpoints in storage (``vcot/train/stage.py``)."""
+"""``vcot-train``: a LoRA adapter by SFT (tokenize output) or GRPO (records), resumable from checkpoints in storage
+(``vcot/train/stage.py``; the recipe's ``method`` picks)."""
 
 from __future__ import annotations
 

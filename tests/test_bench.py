@@ -25,6 +25,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         "--samples", "2", "--batch-size", "2", "--max-new-tokens", "4", "--train-steps", "1", "--repeats", "1",
         "--threads", "1", "--output", "{output}",
     ], "penalty"),  # fmt: skip
+    "grpo_bench.py": (
+        ["--size", "test", "--records", "8", "--sft-steps", "1", "--steps", "2", "--betas", "0.04", "--output", "{output}"],
+        "runs",
+    ),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
         "modes",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from vcot.boxes import parse_grounded, smart_resize
 from vcot.model_format import HOUSE, ModelFormat

@@ -10,13 +10,6 @@ class VcotError(Exception):
     exit_code: int = 1
 
 
-class ConfigError(VcotError):
-    """Invalid settings (a flag, an environment variable, a recipe): a retry cannot help, so exit code 2,
-    which the Jobs' ``podFailurePolicy`` fails at once instead of retrying the pod."""
-
-    exit_code = 2
-
-
 class StorageError(VcotError):
     """Storage is unreachable, refuses our credentials, or lacks what we asked for."""
 
@@ -26,9 +19,9 @@ class NotCommittedError(VcotError):
 
 
 class ConfigError(VcotError):
-    """A setting or an input the user chose is wrong and retrying cannot help: an invalid option, settings that can
-    never work together (an output inside an input, the wrong stage's output as input). Exit code 2, like an
-    invalid flag, which the Jobs' podFailurePolicy fails at once.
+    """A setting or an input the user chose is wrong and retrying cannot help: an invalid flag, environment variable
+    or recipe, settings that can never work together (an output inside an input, the wrong stage's output as
+    input). Exit code 2, which the Jobs' ``podFailurePolicy`` fails at once instead of retrying the pod.
     """
 
     exit_code = 2

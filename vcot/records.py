@@ -57,9 +57,9 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
     Reason codes: ``missing_<field>``, ``no_objects``, ``invalid_object_box``, ``no_rationale``,
     ``rationale_without_box``, ``rationale_invalid_box``.
     """
-    for field in REQUIRED_FIELDS:
-        if record.get(field) in (None, ""):
-            return f"missing_{field}"
+    for name in REQUIRED_FIELDS:
+        if record.get(name) in (None, ""):
+            return f"missing_{name}"
     objects = record.get("objects") or []
     if not objects:
         return "no_objects"

@@ -84,12 +84,16 @@ def one_record(tmp_path: Any) -> Callable[[int, int], dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def tokenized_data(tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A committed multimodal tokenize output of 64 synthetic records (tiny model, norm1000)."""
+def record_data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A committed record output of 64 synthetic records (seed 0): what tokenized_data tokenizes and GRPO prompts with."""
+    return write_record_output(str(tmp_path_factory.mktemp("records") / "records"), 64, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tokenized_data(record_data: str, tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A committed multimodal tokenize output of ``record_data`` (tiny model, norm1000)."""
     from vcot.tokenize import TokenizeConfig, tokenize
 
-    root = tmp_path_factory.mktemp("tokenized")
-    records = write_record_output(str(root / "records"), 64, seed=0)
-    output = str(root / "tokens")
-    tokenize(TokenizeConfig(input=[records], output=output, model=str(tiny_model_dir)))
+    output = str(tmp_path_factory.mktemp("tokenized") / "tokens")
+    tokenize(TokenizeConfig(input=[record_data], output=output, model=str(tiny_model_dir)))
     return output

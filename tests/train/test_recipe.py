@@ -73,7 +73,7 @@ def test_unknown_recipe_names_list_the_presets() -> None:
 
 def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
     from vcot.modeling import load_model_and_processor
-    from vcot.train.stage import add_lora
+    from vcot.train.common import add_lora
 
     model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
     names = {name for name, _ in model.named_modules()}
@@ -94,3 +94,33 @@ def test_cli_refuses_a_bad_override_before_loading_anything(tmp_path: Path) -> N
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--set", "lora_rank=8"])
     assert exit_info.value.code == 2
+
+
+def test_grpo_recipes_say_why_for_every_knob() -> None:
+    for name in ("qwen2.5-vl-7b-grpo", "tiny-cpu-grpo"):
+        recipe = load_recipe(name)
+        assert recipe.method == "grpo" and recipe.early_stopping_patience == 0 and recipe.neftune_noise_alpha is None
+        text = (Path(__file__).parents[2] / "vcot" / "train" / "recipes" / f"{name}.yaml").read_text()
+        bare = [line for line in text.splitlines() if re.match(r"^[a-z_]+:", line) and "#" not in line]
+        assert not bare, (name, bare)
+    seven_b = load_recipe("qwen2.5-vl-7b-grpo")
+    assert seven_b.quantize is None and seven_b.use_vllm  # vLLM's rollout copy takes merged bf16 LoRA weights
+    assert seven_b.per_device_train_batch_size * seven_b.gradient_accumulation_steps % seven_b.num_generations == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("method=rl", "method='rl' is not valid"),
+        ("num_generations=1", "num_generations must be >= 2"),
+        ("num_generations=3", "multiple of num_generations=3"),
+        ("temperature=0", "temperature > 0"),
+        ("loss_type=ppo", "loss_type='ppo'"),
+        ("records_without_objects=drop", "records_without_objects='drop'"),
+        ("neftune_noise_alpha=5", "SFT-only"),
+        ("early_stopping_patience=2,eval_steps=20", "SFT-only"),
+    ],
+)
+def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
+    with pytest.raises(VcotError, match=re.escape(message)):
+        load_recipe("tiny-cpu-grpo", overrides)

@@ -39,3 +39,16 @@ def test_without_an_evaluation_only_the_losses(tmp_path: Path, capsys) -> None: 
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "eval loss 0.850" in out[0]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["eval_loss"] == 0.85
+
+
+def test_a_grpo_run_shows_each_reward_at_the_start_and_the_end(tmp_path: Path) -> None:
+    run = str(tmp_path / "grpo")
+    history = [
+        {"loss": 0.01, "rewards/format_reward/mean": 0.1 * step, "rewards/bbox_reward/mean": None, "step": step}
+        for step in range(1, 11)
+    ]
+    history[-1]["rewards/bbox_reward/mean"] = 0.25  # a reward None in most steps (not applicable) still shows
+    storage.write_json(f"{run}/metrics.json", {"log_history": history})
+    lines = summary(run)
+    assert "reward       format_reward 0.300 (steps 1-5) -> 0.800 (steps 6-10)" in lines
+    assert "reward       bbox_reward 0.250 (steps 10-10) -> 0.250 (steps 10-10)" in lines

@@ -248,7 +248,7 @@ def test_threads_must_not_be_negative(tokenized_data: str, tiny_model_dir: Path,
 def test_8bit_adamw_falls_back_where_bitsandbytes_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
     import bitsandbytes
 
-    from vcot.train.stage import resolve_optimizer
+    from vcot.train.common import resolve_optimizer
 
     assert resolve_optimizer("adamw_8bit", "cpu") == "adamw_8bit"  # it runs on this CPU
 

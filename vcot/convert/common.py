@@ -21,7 +21,7 @@ import orjson
 from vcot import storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
-from vcot.records import RAW_LIMIT, Rejection, truncate_raw
+from vcot.records import Rejection
 
 log = get_logger(__name__)
 

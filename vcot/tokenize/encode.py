@@ -7,7 +7,6 @@ processor will produce for that image, so the collator only has to load pixels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, ModelFormat

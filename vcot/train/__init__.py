@@ -1,4 +1,4 @@
-"""Train: SFT of a LoRA adapter on tokenized grounded rationales (recipes, data, checkpoints, the stage)."""
+"""Train: a LoRA adapter by SFT on tokenized rationales or GRPO on records (recipes, data, checkpoints, the stage)."""
 
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, recipe_names
 from vcot.train.stage import TrainConfig, train

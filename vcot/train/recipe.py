@@ -27,12 +27,17 @@ from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+METHODS = ("sft", "grpo")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+"""TRL's GRPO loss formulations offered here (token-level aggregation variants of the clipped objective)."""
+WITHOUT_OBJECTS = ("skip", "format_accuracy")
 
 
 @dataclass
 class Recipe:
     """One training run's knobs. The defaults are the seed's recipe; see the YAML presets for their meaning."""
 
+    method: str = "sft"
     # Model
     quantize: str | None = "4bit"
     gradient_checkpointing: bool = True
@@ -69,8 +74,19 @@ class Recipe:
     dataloader_num_workers: int = 2
     # GRPO: weight per reward of vcot.rewards (format, accuracy, bbox, dual_iou); 0 computes and logs it only
     reward_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    num_generations: int = 8
+    max_completion_length: int = 512
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.04
+    loss_type: str = "dapo"
+    use_vllm: bool = False
+    vllm_gpu_memory_utilization: float = 0.3
+    records_without_objects: str = "skip"
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"recipe method={self.method!r} is not valid: use {' or '.join(METHODS)}")
         if not isinstance(self.reward_weights, dict):
             raise ConfigError(f"recipe reward_weights={self.reward_weights!r} must be a mapping of reward: weight")
         check_weights(self.reward_weights)
@@ -86,6 +102,32 @@ class Recipe:
             raise ConfigError(
                 "recipe save_steps must be a multiple of eval_steps when early stopping is on "
                 f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
+            )
+        if self.method == "grpo":
+            self._check_grpo()
+
+    def _check_grpo(self) -> None:
+        """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
+        if self.num_generations < 2:
+            raise ConfigError("recipe num_generations must be >= 2: GRPO compares completions within a group")
+        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+            raise ConfigError(
+                "recipe per_device_train_batch_size x gradient_accumulation_steps must be a multiple of "
+                f"num_generations={self.num_generations}: each step generates whole groups"
+            )
+        if self.max_completion_length < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.beta < 0:
+            raise ConfigError("recipe max_completion_length >= 1, temperature > 0, top_p in (0, 1] and beta >= 0")
+        if self.loss_type not in LOSS_TYPES:
+            raise ConfigError(f"recipe loss_type={self.loss_type!r} is not valid: use one of {', '.join(LOSS_TYPES)}")
+        if self.records_without_objects not in WITHOUT_OBJECTS:
+            raise ConfigError(
+                f"recipe records_without_objects={self.records_without_objects!r} is not valid: "
+                f"use {' or '.join(WITHOUT_OBJECTS)}"
+            )
+        if self.neftune_noise_alpha is not None or self.early_stopping_patience > 0:
+            raise ConfigError(
+                "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (GRPO has no eval_loss): "
+                "set neftune_noise_alpha=null and early_stopping_patience=0 for method grpo"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,385 @@
+"""What both training methods share, in the order a run uses it (the stage and the methods: :mod:`vcot.train.stage`).
+
+1. :class:`TrainConfig`; :func:`ensure_pointer` for the rerun of a committed output;
+2. :func:`load_policy`: the base model (4-bit on GPU per the recipe) and its processor, set to the run's pixel
+   budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
+3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
+4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
+   SIGTERM saves one), TensorBoard events and structured log lines;
+5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics
+   and TensorBoard events; commit ``_SUCCESS``; point ``latest.json`` at this run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vcot import manifest, storage
+from vcot.config import option, redacted
+from vcot.errors import StorageError, VcotError
+from vcot.log import get_logger
+from vcot.model_format import COORDS, ModelFormat
+from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
+
+if TYPE_CHECKING:
+    from vcot.modeling import Precision
+
+log = get_logger(__name__)
+
+
+class TrainingInterrupted(VcotError):
+    """SIGTERM stopped training after a checkpoint was saved; rerunning resumes from it."""
+
+
+@dataclass
+class TrainConfig:
+    """Train a LoRA adapter (SFT or GRPO, by the recipe's method), resumable from checkpoints in storage."""
+
+    data: str = option(
+        help="sft: a committed tokenize output; grpo: committed records (convert or distill output). s3:// or a path."
+    )
+    model: str = option(help="Base model: a folder, an s3:// prefix (synced to a local cache) or a hub id.")
+    output: str = option(help="Run folder to write (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS).")
+    recipe: str = option(
+        DEFAULT_RECIPE,
+        help="Recipe preset (qwen2.5-vl-7b-qlora, tiny-cpu, qwen2.5-vl-7b-grpo, tiny-cpu-grpo) or a YAML file/URI.",
+    )
+    set: str = option("", help="Recipe overrides, key=value pairs with YAML values: 'lora_r=16,max_steps=100'.")
+    init_adapter: str = option(
+        "",
+        help="grpo: continue this committed run's adapter (its vcot-model.json gives the model format); "
+        "empty: a new LoRA on --model.",
+    )
+    coords: str = option(
+        "",
+        help="grpo without --init-adapter: the box frame to prompt and score (norm1000 or qwen2.5-absolute; "
+        "default norm1000). With --init-adapter it must match the adapter's.",
+        env="VCOT_GRPO_COORDS",  # not VCOT_COORDS: tokenize and evaluate read that one, and SFT refuses --coords
+    )
+    pointer: str = option("", help="Newest-model pointer JSON to update (default: <parent of --output>/latest.json).")
+    overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
+    threads: int = option(
+        0, help="On CPU: torch threads (0: torch's default, the node's cores; 1 is fastest on a busy shared CPU)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.output.rstrip("/") == self.data.rstrip("/"):
+            raise ValueError("--output must differ from --data")
+        if self.pointer and not self.pointer.endswith(".json"):
+            raise ValueError("--pointer must name a .json file")
+        if self.threads < 0:
+            raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
+        if self.coords and self.coords not in COORDS:
+            raise ValueError(f"--coords {self.coords!r} is not one of {', '.join(COORDS)}")
+        recipe = load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model loads (exit 2)
+        if recipe.method == "sft" and (self.init_adapter or self.coords):
+            raise ValueError(
+                "--init-adapter and --coords are for method grpo; sft reads its model format from the tokenize output"
+            )
+
+    @property
+    def pointer_uri(self) -> str:
+        return self.pointer or default_pointer(self.output)
+
+
+def default_pointer(output: str) -> str:
+    """
+    >>> default_pointer("s3://bucket/runs/run-7/")
+    's3://bucket/runs/latest.json'
+    """
+    return storage.join(storage.parent(output), "latest.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# The machinery, in the order a method uses it
+# --------------------------------------------------------------------------------------------------
+
+
+def check_processor(processor: Any, fmt: ModelFormat) -> None:
+    """Refuse a processor that would cut images differently from what tokenize counted (and the card says)."""
+    found = ModelFormat.for_processor(processor, fmt.family).vision
+    if found != fmt.vision:
+        raise VcotError(
+            f"the processor's image geometry {found} differs from the data's {fmt.vision}: "
+            "tokenize with the same --model, or re-run tokenize"
+        )
+
+
+def add_lora(model: Any, recipe: Recipe) -> Any:
+    """Wrap the targeted projections in LoRA adapters (language model only unless ``tune_vision``).
+
+    ``modules_to_save`` modules (e.g. ``embed_tokens``, ``lm_head``) are trained in full and saved with the adapter.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=lora_target_regex(recipe.lora_target_modules, include_vision=recipe.tune_vision),
+        bias="none",
+        task_type="CAUSAL_LM",
+        modules_to_save=list(recipe.modules_to_save or []) or None,
+    )
+    return get_peft_model(model, lora)
+
+
+def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapter: str = "") -> tuple[Any, Any]:
+    """The base model with a trainable LoRA on its language model, and a processor that cuts images as ``fmt`` says.
+
+    ``init_adapter`` continues a committed run's adapter (its own LoRA settings and processor); otherwise a new
+    LoRA is made from the recipe.
+    """
+    import torch
+
+    from vcot.modeling import load_model_and_processor
+
+    model, processor = load_model_and_processor(
+        model_uri, adapter_uri=init_adapter or None, quantize=recipe.quantize, for_training=True
+    )
+    processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
+    check_processor(processor, fmt)
+    if not init_adapter:
+        torch.manual_seed(recipe.seed)
+        model = add_lora(model, recipe)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("lora", trainable=trainable, total=total, continued=init_adapter or None)
+    return model, processor
+
+
+def resolve_optimizer(name: str, device: str) -> str:
+    """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here."""
+    if "8bit" not in name:
+        return name
+    try:
+        import bitsandbytes as bnb
+        import torch
+
+        param = torch.nn.Parameter(torch.ones(4096, device=device))
+        optimizer = bnb.optim.AdamW8bit([param])
+        param.grad = torch.ones_like(param)
+        optimizer.step()
+        return name
+    except Exception as exc:  # noqa: BLE001 - any failure means: not usable on this machine
+        log.warning("optimizer_fallback", wanted=name, using="adamw_torch", reason=str(exc).splitlines()[0][:200])
+        return "adamw_torch"
+
+
+@dataclass(frozen=True)
+class RunFolders:
+    """Where a run writes: a local scratch folder that is the same path on every restart (so paths in the trainer
+    state stay valid), and the storage folders its checkpoints and TensorBoard events are synced to."""
+
+    scratch: Path
+    output: str
+
+    @classmethod
+    def for_output(cls, output: str) -> RunFolders:
+        from vcot.train.data import local_scratch
+
+        return cls(local_scratch(hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]), output)
+
+    @property
+    def trainer_dir(self) -> Path:
+        return self.scratch / "trainer"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.scratch / "tensorboard"
+
+    @property
+    def remote_checkpoints(self) -> str:
+        return storage.join(self.output, "checkpoints")
+
+    @property
+    def remote_tensorboard(self) -> str:
+        return storage.join(self.output, "tensorboard")
+
+
+def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) -> dict[str, Any]:
+    """The trainer arguments both methods share: the recipe's optimization knobs for this machine (bf16/fp16 on
+    GPU, fp32 on CPU), checkpoints every ``save_steps``, logging, no reporting integration (TensorBoard is ours)."""
+    import torch
+
+    device = precision.device
+    return {
+        "output_dir": str(folders.trainer_dir),
+        "num_train_epochs": recipe.num_train_epochs,
+        "max_steps": recipe.max_steps,
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "learning_rate": recipe.learning_rate,
+        "lr_scheduler_type": recipe.lr_scheduler_type,
+        "warmup_steps": recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
+        "weight_decay": recipe.weight_decay,
+        "max_grad_norm": recipe.max_grad_norm,
+        "optim": resolve_optimizer(recipe.optim, device),
+        "seed": recipe.seed,
+        "bf16": device == "cuda" and precision.dtype == torch.bfloat16,
+        "fp16": device == "cuda" and precision.dtype == torch.float16,
+        "use_cpu": device == "cpu",
+        "activation_checkpointing": recipe.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        "activation_checkpointing_kwargs": {"use_reentrant": False} if recipe.gradient_checkpointing else None,
+        "save_strategy": "steps",
+        "save_steps": recipe.save_steps,
+        "save_total_limit": recipe.save_total_limit,
+        "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
+        "logging_steps": recipe.logging_steps,
+        "logging_first_step": True,
+        "report_to": "none",  # TensorBoard is added by run_training, writing where we sync from
+        "remove_unused_columns": False,
+        "dataloader_num_workers": recipe.dataloader_num_workers,
+        "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
+    }
+
+
+def run_training(trainer: Any, folders: RunFolders) -> Any:
+    """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
+
+    Checkpoints and TensorBoard events are synced to storage after every save; SIGTERM finishes the step, saves
+    a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import PrinterCallback
+    from transformers.integrations import TensorBoardCallback
+
+    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, restore_checkpoints
+
+    sigterm = SaveOnSigterm()
+    trainer.remove_callback(PrinterCallback)
+    for callback in (
+        TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir))),
+        CheckpointSync(folders.trainer_dir, folders.remote_checkpoints, folders.tensorboard_dir, folders.remote_tensorboard),
+        sigterm,
+        LogMetrics(),
+    ):
+        trainer.add_callback(callback)
+
+    resume_from = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
+    if resume_from is not None and storage.list_uris(folders.remote_tensorboard):
+        storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
+    sigterm.install()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        sigterm.uninstall()
+    if sigterm.received:
+        raise TrainingInterrupted(
+            f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is in "
+            f"{folders.remote_checkpoints}. Run the same command again to resume from it"
+        )
+    return result
+
+
+def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
+    """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back."""
+    from vcot.modeling import architecture
+
+    return {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
+
+
+def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
+    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model."""
+    from vcot.modeling import load_model_and_processor
+
+    model, processor = load_model_and_processor(config.model, adapter_uri=str(adapter_dir))
+    model.merge_and_unload().save_pretrained(dest)
+    processor.save_pretrained(dest)
+
+
+def _files_of(root: Path, prefix: str) -> list[Any]:
+    """Manifest entries (path, sha256, size) for every file under ``root``, listed as ``prefix/...``."""
+    from vcot.shards import file_entry
+
+    return [
+        file_entry(path, f"{prefix}/{path.relative_to(root).as_posix()}")
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+    ]
+
+
+def commit_run(
+    config: TrainConfig,
+    recipe: Recipe,
+    fmt: ModelFormat,
+    trainer: Any,
+    processor: Any,
+    folders: RunFolders,
+    *,
+    metrics: dict[str, Any],
+    inputs: list[str],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then the pointer."""
+    from vcot.modeling import MODEL_CARD, load_processor
+
+    with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
+        out = Path(tmp)
+        adapter_dir = out / "adapter"
+        # Only the trained adapter: TRL's GRPO adds a frozen "ref" copy of a continued one for its KL term.
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+        processor.save_pretrained(adapter_dir)
+        check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
+        card = model_card(config, fmt, trainer.model.config.to_dict())  # a PeftModel's config is its base's
+        (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
+        storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
+        files = _files_of(adapter_dir, "adapter")
+        if recipe.merge_adapter:
+            merge_adapter(config, adapter_dir, out / "merged")
+            storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
+            files += _files_of(out / "merged", "merged")
+    storage.write_json(storage.join(config.output, "metrics.json"), metrics)
+    storage.upload_dir(folders.tensorboard_dir, folders.remote_tensorboard)
+
+    committed = manifest.commit(
+        config.output,
+        stage="train",
+        files=files,
+        config={**redacted(config), "recipe_values": recipe.to_dict(), "model_format": fmt.to_dict()},
+        inputs=inputs,
+        stats=stats,
+    )
+    storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
+    shutil.rmtree(folders.scratch, ignore_errors=True)  # everything is in storage now
+    log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
+    return committed
+
+
+def run_pointer(output: str, base_model: str) -> dict[str, str]:
+    """The pointer JSON scheduled evaluation follows to the newest run.
+
+    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen")["adapter"]
+    's3://b/runs/r1/adapter'
+    """
+    return {"run": output, "base_model": base_model, "adapter": storage.join(output, "adapter")}
+
+
+def ensure_pointer(config: TrainConfig) -> None:
+    """On the rerun of a committed output, write its pointer if it is missing, unreadable or names this run.
+
+    A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
+    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
+    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
+    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
+    the committed run recorded.
+    """
+    recorded = manifest.read_manifest(config.output).get("config", {})
+    expected = run_pointer(config.output, recorded.get("model") or config.model)
+    try:
+        current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
+    except StorageError:
+        current = None  # unreadable: rewrite it
+    if not isinstance(current, dict):
+        current = None  # not a pointer: rewrite it
+    if current == expected:
+        return
+    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
+        return
+    storage.write_json(config.pointer_uri, expected)
+    log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)

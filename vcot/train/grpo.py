@@ -1,0 +1,340 @@
+"""GRPO: reward-driven fine-tuning of a LoRA adapter on committed records, with TRL's ``GRPOTrainer``.
+
+Reads top to bottom: the run's model format (the continued adapter's card, else the base model's family and
+processor with ``--coords``); the prompts (the train split of a convert or distill output, as the same user turn
+SFT trains on, :func:`vcot.prompts.build_messages`; records without ground-truth boxes skipped and counted, or
+scored on format and accuracy only); the policy (the SFT adapter continued, or a new LoRA); the rewards of
+:mod:`vcot.rewards` read through the model format; TRL's trainer; then the run is trained and committed by the
+shared machinery (:mod:`vcot.train.common`), exactly as SFT is.
+
+What TRL does not log and this module adds: box tags per completion (``completions/boxes_mean``), the share of
+records whose image could not be used as stored (``problems/image/{size_mismatch,unreadable}``), and a
+``zero_advantage`` warning when every group of a logged step scored the same (no learning signal).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vcot import manifest, storage
+from vcot.boxes import parse_grounded, validate_box
+from vcot.errors import VcotError
+from vcot.images import load_rgb
+from vcot.log import get_logger
+from vcot.model_format import ModelFormat
+from vcot.modeling import (
+    MODEL_CARD,
+    Precision,
+    adapter_format,
+    load_processor_for,
+    machine_precision,
+    model_family,
+    read_model_card,
+)
+from vcot.prompts import build_messages
+from vcot.rewards import RewardFunc, completion_text, reward_setup
+from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.recipe import Recipe
+from vcot.train.summary import reward_curves
+
+log = get_logger(__name__)
+
+IMAGE_PROBLEMS = ("size_mismatch", "unreadable")
+
+
+# --------------------------------------------------------------------------------------------------
+# The model format
+# --------------------------------------------------------------------------------------------------
+
+
+def grpo_format(config: TrainConfig) -> ModelFormat:
+    """The frame, syntax, pixel budget and mode the run prompts and scores in.
+
+    A continued adapter brings its own (``vcot-model.json``; ``--coords`` may only repeat it). A new LoRA gets the
+    base model's family (its ``config.json``), its processor's pixel budget, ``--coords`` (default ``norm1000``),
+    the house box syntax and multimodal prompts.
+    """
+    if not config.init_adapter:
+        processor = load_processor_for(config.model)
+        return ModelFormat.for_processor(processor, model_family(config.model), coords=config.coords or "norm1000")  # type: ignore[arg-type]
+    fmt = adapter_format(config.init_adapter)
+    if fmt is None:
+        raise VcotError(f"{config.init_adapter} has no {MODEL_CARD}: pass the adapter/ folder of a committed train run")
+    trained_on = read_model_card(config.init_adapter).get("base_model")
+    if trained_on != config.model:
+        log.warning("model_differs", adapter_base=trained_on, training=config.model, hint="the adapter needs its base")
+    if config.coords and config.coords != fmt.coords:
+        raise VcotError(
+            f"--coords {config.coords} contradicts {config.init_adapter}/{MODEL_CARD} ({fmt.coords}): "
+            "drop --coords, the adapter was trained in its own frame"
+        )
+    return fmt
+
+
+# --------------------------------------------------------------------------------------------------
+# The prompts
+# --------------------------------------------------------------------------------------------------
+
+
+def record_problem(record: dict[str, Any], *, need_objects: bool) -> str | None:
+    """Why a record cannot be a GRPO prompt, or ``None``. No rationale is needed: the policy writes its own.
+
+    >>> record_problem({"image": "x.png", "width": 9, "height": 9, "question": "Q?", "answer": "a"}, need_objects=True)
+    'no_objects'
+    """
+    for field in ("image", "width", "height", "question", "answer"):
+        if record.get(field) in (None, ""):
+            return f"missing_{field}"
+    if not all(isinstance(record[side], int) and record[side] > 0 for side in ("width", "height")):
+        return "bad_size"
+    objects = record.get("objects") or []
+    if not objects:
+        return "no_objects" if need_objects else None
+    for item in objects:
+        box = item.get("box") if isinstance(item, dict) else None
+        if not isinstance(box, list) or validate_box(box) is not None:
+            return "invalid_object_box"
+    return None
+
+
+def prompt_row(record: dict[str, Any]) -> dict[str, Any]:
+    """The fields the prompt and the rewards read, typed for an Arrow table (the image URI as ``image_uri``)."""
+    objects = [{"ref": str(o.get("ref") or ""), "box": [int(round(v)) for v in o["box"]]} for o in record.get("objects") or []]
+    choices = record.get("choices")
+    return {
+        "id": str(record.get("id", "")),
+        "image_uri": str(record["image"]),
+        "width": int(record["width"]),
+        "height": int(record["height"]),
+        "question": str(record["question"]),
+        "choices": [str(c) for c in choices] if isinstance(choices, list) and choices else None,
+        "answer": str(record["answer"]),
+        "answer_index": record.get("answer_index") if isinstance(record.get("answer_index"), int) else None,
+        "objects": objects,
+    }
+
+
+def read_prompts(data_uri: str, *, need_objects: bool) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The usable train records of a committed convert or distill output, and the others counted by reason."""
+    rows: list[dict[str, Any]] = []
+    skipped: Counter[str] = Counter()
+    for record in manifest.committed_records(data_uri, ("train/",), expect_stage=manifest.RECORD_STAGES):
+        problem = record_problem(record, need_objects=need_objects)
+        if problem is None:
+            rows.append(prompt_row(record))
+        else:
+            skipped[problem] += 1
+    log.info("grpo_prompts", data=data_uri, used=len(rows), skipped=dict(skipped))
+    if not rows:
+        raise VcotError(
+            f"{data_uri} has no train record usable for GRPO (skipped: {dict(skipped)}): records need an image, "
+            "a question, an answer and (unless records_without_objects=format_accuracy) ground-truth objects"
+        )
+    return rows, skipped
+
+
+class PromptTransform:
+    """Stored rows -> TRL's inputs, at read time (so images are loaded per batch, never all at once).
+
+    ``prompt`` is SFT's user turn with an image placeholder TRL fills from ``image``. A record whose image cannot
+    be used as stored is handled, not fatal: one whose patch grid disagrees with its recorded size (boxes would be
+    mapped in the wrong frame) loses ``width``/``height``, so the frame-dependent rewards are not applicable to it;
+    an unreadable one gets a blank image and loses its truth, so every reward is not applicable and TRL gives it
+    advantage 0. ``image_problem`` says which, for the metrics.
+    """
+
+    def __init__(self, fmt: ModelFormat) -> None:
+        self.fmt = fmt
+        self._warned: set[str] = set()
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        out = {key: list(values) for key, values in batch.items()}
+        rows = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        out["prompt"] = [self.prompt(row) for row in rows]
+        out["image_problem"] = [None] * len(rows)
+        if self.fmt.mode == "multimodal":
+            out["image"] = [self.image(row, out, i) for i, row in enumerate(rows)]
+        return out
+
+    def prompt(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        messages = build_messages({**row, "image": row["image_uri"]}, self.fmt, with_answer=False)
+        for message in messages:
+            message["content"] = [{"type": "image"} if b["type"] == "image" else b for b in message["content"]]
+        return messages
+
+    def image(self, row: dict[str, Any], out: dict[str, list[Any]], i: int) -> Any:
+        from PIL import Image
+
+        try:
+            image = load_rgb(row["image_uri"])
+        except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
+            self._problem(out, i, "unreadable", row, reason=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            for column in ("answer", "objects", "width", "height", "choices", "answer_index"):
+                out[column][i] = None
+            return Image.new("RGB", (row["width"], row["height"]), "gray")
+        if self.fmt.vision.grid(*image.size) != self.fmt.vision.grid(row["width"], row["height"]):
+            self._problem(out, i, "size_mismatch", row, image_size=list(image.size))
+            out["width"][i] = out["height"][i] = None
+        return image
+
+    def _problem(self, out: dict[str, list[Any]], i: int, kind: str, row: dict[str, Any], **details: Any) -> None:
+        out["image_problem"][i] = kind
+        if row["id"] not in self._warned:  # once per record and process: TRL reads each prompt num_generations times
+            self._warned.add(row["id"])
+            log.warning(
+                f"image_{kind}", record=row["id"], image=row["image_uri"], size=[row["width"], row["height"]], **details
+            )
+
+
+def prompt_dataset(rows: list[dict[str, Any]], fmt: ModelFormat) -> Any:
+    """A ``datasets.Dataset`` of the rows, turned into TRL's inputs as it is read."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows).with_transform(PromptTransform(fmt))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rewards and what TRL does not log
+# --------------------------------------------------------------------------------------------------
+
+
+def box_mentions(text: str, fmt: ModelFormat) -> int:
+    """Box mentions in a completion, usable or not (a flooding policy shows here first).
+
+    >>> box_mentions("<ref>a</ref><box>[1, 2, 3, 4]</box> <box>[9, 9, 1, 1]</box>", ModelFormat.for_family())
+    2
+    """
+    parsed = parse_grounded(text, fmt.box_syntax, upper=math.inf)
+    return len(parsed.boxes) + len(parsed.invalid)
+
+
+def with_completion_metrics(reward: RewardFunc, fmt: ModelFormat) -> RewardFunc:
+    """``reward`` (TRL calls it once per generation batch) also logging box mentions per completion and the share
+    of completions whose record's image could not be used as stored. Keeps the name TRL logs the reward under."""
+
+    @functools.wraps(reward)
+    def wrapper(completions: Sequence[Any], **columns: Any) -> list[float | None]:
+        log_metric = columns.get("log_metric")
+        if log_metric is not None and completions:
+            counts = [box_mentions(completion_text(c), fmt) for c in completions]
+            log_metric("completions/boxes_mean", sum(counts) / len(counts))
+            problems = columns.get("image_problem") or []
+            for kind in IMAGE_PROBLEMS:
+                log_metric(f"problems/image/{kind}", sum(p == kind for p in problems) / len(completions))
+        return reward(completions, **columns)
+
+    return wrapper
+
+
+class ZeroAdvantageWarning(TrainerCallback):
+    """A warning line for every logged step in which every group's completions scored the same.
+
+    GRPO learns from differences within a group: identical rewards give every completion advantage 0, so such steps
+    move nothing (only the KL term acts). TRL logs the share as ``frac_reward_zero_std``; this says it out loud.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        share = (logs or {}).get("frac_reward_zero_std")
+        if isinstance(share, float) and share >= 1.0 - 1e-9 and state.is_world_process_zero:
+            self.count += 1
+            log.warning(
+                "zero_advantage",
+                step=state.global_step,
+                reward=(logs or {}).get("reward"),
+                hint="every group scored the same: no learning signal. Check the rewards' problems/* metrics, "
+                "raise temperature or num_generations, or start from an adapter that gets some prompts right",
+            )
+
+
+def use_vllm(recipe: Recipe, precision: Precision) -> bool:
+    """vLLM rollouts when the recipe asks for them and they can run here (a GPU and vLLM installed)."""
+    if not recipe.use_vllm:
+        return False
+    if precision.device == "cuda" and importlib.util.find_spec("vllm") is not None:
+        return True
+    log.warning("vllm_unavailable", device=precision.device, using="transformers generate", hint="pip install vllm on a GPU")
+    return False
+
+
+def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) -> Any:
+    """The shared arguments plus GRPO's: groups, sampling, KL, loss, reward weights, rollout engine."""
+    from trl import GRPOConfig
+
+    precision = machine_precision()
+    return GRPOConfig(
+        **common_arguments(recipe, folders, precision),
+        num_generations=recipe.num_generations,
+        max_completion_length=recipe.max_completion_length,
+        temperature=recipe.temperature,
+        top_p=recipe.top_p,
+        beta=recipe.beta,
+        loss_type=recipe.loss_type,
+        reward_weights=weights,
+        use_vllm=use_vllm(recipe, precision),
+        vllm_mode="colocate",  # rollouts on the training GPU: one pod, no vLLM server to run
+        vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
+        disable_dropout=True,  # the rollout, the reference and the update must score the same policy
+        eval_strategy="no",  # vcot-evaluate scores the result
+        log_completions=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------------------
+
+
+def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
+    """Train and commit a GRPO run; returns its manifest."""
+    from trl import GRPOTrainer
+
+    # 1. The model format: frame, syntax, pixel budget, mode.
+    fmt = grpo_format(config)
+    log.info("model_format", **fmt.to_dict(), source=config.init_adapter or config.model)
+
+    # 2. Prompts: SFT's user turn for each usable train record.
+    rows, skipped = read_prompts(config.data, need_objects=recipe.records_without_objects == "skip")
+
+    # 3. The policy: the SFT adapter continued, or a new LoRA on the base.
+    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
+
+    # 4. Rewards read through the model format; the trainer.
+    reward_funcs, weights = reward_setup(recipe.reward_weights, model_format=fmt)
+    reward_funcs[0] = with_completion_metrics(reward_funcs[0], fmt)
+    folders = RunFolders.for_output(config.output)
+    zero_advantage = ZeroAdvantageWarning()
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=grpo_arguments(recipe, folders, weights),
+        train_dataset=prompt_dataset(rows, fmt),
+        processing_class=processor,
+        callbacks=[zero_advantage],
+    )
+
+    # 5. Train (resuming from storage).
+    result = run_training(trainer, folders)
+
+    # 6. Commit.
+    history = trainer.state.log_history
+    records = {"used": len(rows), "skipped": dict(skipped)}
+    metrics = {
+        "train": result.metrics,
+        "global_step": trainer.state.global_step,
+        "records": records,
+        "zero_advantage_logs": zero_advantage.count,
+        "log_history": history,
+    }
+    stats = {"global_step": trainer.state.global_step, "records": records, "rewards": reward_curves(history)}
+    inputs = [config.data] + ([storage.parent(config.init_adapter)] if config.init_adapter else [])
+    return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=inputs, stats=stats)

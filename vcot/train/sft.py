@@ -1,0 +1,103 @@
+"""SFT: supervised fine-tuning of a LoRA adapter on a tokenize output (grounded rationales).
+
+Reads top to bottom: the model format tokenize recorded; the policy (base + LoRA) with a processor cut to that
+format; the tokenized rows and the collator that loads their pixels; the transformers ``Trainer`` with early
+stopping on the val split's ``eval_loss``; then the run is trained and committed by the shared machinery
+(:mod:`vcot.train.common`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vcot import manifest
+from vcot.errors import VcotError
+from vcot.log import get_logger
+from vcot.model_format import ModelFormat
+from vcot.modeling import machine_precision
+from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.recipe import Recipe
+
+log = get_logger(__name__)
+
+
+def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
+    """What tokenize recorded: the model format (any layout vcot wrote) and the model whose tokenizer it used."""
+    settings = manifest.read_manifest(data_uri, expect_stage="tokenize").get("config", {})
+    try:
+        return ModelFormat.from_dict(settings), str(settings["model"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VcotError(f"{data_uri} manifest has no usable model format ({exc}): re-run tokenize") from exc
+
+
+def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any:
+    """The shared arguments plus SFT's own: eval_loss on the val split, the best checkpoint kept, NEFTune."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        **common_arguments(recipe, folders, machine_precision()),
+        per_device_eval_batch_size=recipe.per_device_eval_batch_size,
+        neftune_noise_alpha=recipe.neftune_noise_alpha,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=recipe.eval_steps,
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        label_names=["labels"],
+    )
+
+
+def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
+    """Train and commit an SFT run; returns its manifest."""
+    from transformers import EarlyStoppingCallback, Trainer
+
+    from vcot.train.data import Collator, TokenizedDataset
+
+    # 1. The model format tokenize recorded (frame, syntax, pixel budget, mode).
+    fmt, tokenized_with = read_data_settings(config.data)
+    if tokenized_with != config.model:
+        log.warning(
+            "model_differs", tokenized_with=tokenized_with, training=config.model, hint="the tokenizers must be identical"
+        )
+
+    # 2. Base + a new LoRA; the processor cuts images exactly as tokenize counted their tokens.
+    model, processor = load_policy(config.model, recipe, fmt)
+
+    # 3. Data, arguments, the trainer.
+    train_set = TokenizedDataset(config.data, "train")
+    eval_set = TokenizedDataset(config.data, "val")
+    if len(train_set) == 0:
+        raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
+    folders = RunFolders.for_output(config.output)
+    args = sft_arguments(recipe, folders, has_eval=len(eval_set) > 0)
+    early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=eval_set if len(eval_set) else None,
+        data_collator=Collator(processor),
+        processing_class=processor,
+        callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold)]
+        if early_stopping
+        else None,
+    )
+
+    # 4. Train (resuming from storage), then the final evaluation.
+    result = run_training(trainer, folders)
+    metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
+    if trainer.eval_dataset is not None:
+        metrics["eval"] = trainer.evaluate()
+        metrics["best_eval_loss"] = trainer.state.best_metric
+    metrics["log_history"] = trainer.state.log_history
+
+    # 5. Commit.
+    stats = {
+        "global_step": trainer.state.global_step,
+        "train_loss": result.metrics.get("train_loss"),
+        "eval_loss": metrics.get("eval", {}).get("eval_loss"),
+        "best_eval_loss": metrics.get("best_eval_loss"),
+    }
+    return commit_run(
+        config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=[config.data], stats=stats
+    )
