@@ -7,7 +7,7 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from vcot.convert.array_chunks import ArrayChunk, Unchunkable, iter_array_chunks, parse_chunk
@@ -79,6 +79,7 @@ plain_values = st.recursive(  # integers under 19 digits: longer ones go to the 
 
 
 @given(st.lists(st.builds(lambda v: {"id": 1, "v": v}, plain_values), max_size=30), layouts, st.integers(8, 400))
+@example([{"id": 1, "v": 0.00017185172903924284}], {}, 8)  # a fraction's 19+ digits are no 64-bit integer
 def test_a_homogeneous_array_never_misses(items: list, layout: dict, chunk_bytes: int) -> None:
     """Whatever the strings hold, elements that all start with the same key are cut, counted and parsed exactly."""
     assert _read(json.dumps(items, **layout).encode("utf-8"), chunk_bytes) == (items, None)
