@@ -207,6 +207,7 @@ def test_missing_input_exits_non_zero_with_one_clear_line(tmp_path: Path, capsys
         ("scienceqa", '[{"question": "a VisCOT array given the wrong --source"}]'),
         ("aokvqa", '{"1": {"question": "a ScienceQA problems.json given the wrong --source"}}'),
         ("llava-cot", "[]"),
+        ("records", "[]"),
     ],
 )
 def test_input_without_items_exits_2_and_commits_nothing(

@@ -12,6 +12,7 @@ MODULES = [
     "vcot.modeling",
     "vcot.tokenize.encode",
     "vcot.tokenize.stage",
+    "vcot.tokenize.mixture",
     "vcot.train.recipe",
     "vcot.train.common",
     "vcot.train.grpo",

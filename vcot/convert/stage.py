@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vcot import manifest, storage
 from vcot.config import option, redacted
-from vcot.convert import aokvqa, llava_cot, scienceqa, viscot
+from vcot.convert import aokvqa, llava_cot, own_records, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import QualityStats, merge, render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
@@ -28,7 +28,7 @@ from vcot.shards import ShardFile, SplitWriters, write_file
 log = get_logger(__name__)
 
 STAGE = "convert"
-Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot"]
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -37,17 +37,20 @@ SHARD_COMPRESSLEVEL = 3
 class ConvertConfig:
     """Convert a source dataset into canonical grounded records (train/val/rejected shards + quality report)."""
 
-    source: Source = option(help="Which dataset --input holds: viscot, scienceqa, aokvqa or llava-cot.")
+    source: Source = option(
+        help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, or records (your own data)."
+    )
     input: str = option(
         help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
         "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
-        "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot: the .json/.jsonl file."
+        "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot: the .json/.jsonl file; "
+        "records: a .jsonl/.json/.parquet file or a folder of them (docs/convert.md, your own data)."
     )
     output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
     images: str | None = option(
         None,
-        help="Images root URI that the source's image paths are relative to (default: <input folder>/images; "
-        "for ScienceQA Parquet, where embedded images are written: <output>/images).",
+        help="Images root URI that the source's image paths are relative to (default: <input folder>/images, "
+        "for records the input's folder; for ScienceQA Parquet, where embedded images are written: <output>/images).",
     )
     metadata: str | None = option(
         None,
@@ -80,6 +83,12 @@ class ConvertConfig:
     dedup_against: list[str] = option(
         [], help="llava-cot: comma-separated committed convert outputs (aokvqa, scienceqa) whose items to skip."
     )
+    bbox_2d_frame: own_records.Bbox2dFrame | None = option(
+        None,
+        help="records: the frame of Qwen bbox_2d boxes in chat-style records: norm1000 (Qwen3-VL, Qwen2-VL), pixels "
+        "(of the original image) or qwen2.5-resized (Qwen2.5-VL's output: pixels of its resized image). Required "
+        "when such records occur: the JSON does not say it.",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction <= 1.0:
@@ -91,6 +100,8 @@ class ConvertConfig:
         self.shard_index = ShardSpec.resolve(self.shard_index, self.num_shards).index  # raises saying what to set
         if self.dedup_against and self.source != "llava-cot":
             raise ValueError("--dedup-against applies to --source llava-cot only")
+        if self.bbox_2d_frame is not None and self.source != "records":
+            raise ValueError("--bbox-2d-frame applies to --source records only")
 
     @property
     def shard(self) -> ShardSpec:
@@ -148,8 +159,12 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = scienceqa.iter_items(config.input, images=config.images, output=config.output, owns=owns)
     elif config.source == "aokvqa":
         items = aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
-    else:
+    elif config.source == "llava-cot":
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
+    else:
+        items = own_records.iter_items(
+            config.input, images=config.images, output=config.output, owns=owns, bbox_2d_frame=config.bbox_2d_frame
+        )
     return route_blocks(items, config.val_fraction, SHARD_COMPRESSLEVEL)
 
 
@@ -158,6 +173,7 @@ EXPECTED = {
     "scienceqa": "problems.json (a JSON object of problems keyed by id) or Hugging Face Parquet files",
     "aokvqa": "aokvqa_v1p0_*.json files, each a JSON array of questions",
     "llava-cot": "a JSON array (or JSONL) of LLaVA-CoT items",
+    "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
 """What each source's input must hold, for the error on an input that parses but holds no items."""
 

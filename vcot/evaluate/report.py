@@ -8,20 +8,14 @@ stay exact at any thumbnail size), beside the question, the answer and the reaso
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from vcot.boxes import NORM
-from vcot.images import load_rgb
-from vcot.log import get_logger
+from vcot.pages import box_rects as _box_rects
+from vcot.pages import highlight_tags, thumbnail_data_uri
 
-log = get_logger(__name__)
-
-THUMBNAIL_SIDE = 320
 HISTOGRAM_BINS = 10
 METRIC_COLUMNS = [
     ("samples", "samples", "{:d}"),
@@ -213,34 +207,6 @@ def history_plot(entries: Sequence[dict[str, Any]], metrics: Sequence[str]) -> s
         parts.append(f'<text x="{pad}" y="{height + 14 + 20 * index}" font-size="12" fill="{color}">&#9632; {html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
-
-
-def thumbnail_data_uri(image_uri: str, side: int = THUMBNAIL_SIDE) -> str | None:
-    """The image as a small inlined JPEG (``data:`` URI), or ``None`` when it cannot be read."""
-    try:
-        image = load_rgb(image_uri)
-        image.thumbnail((side, side))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
-    except Exception as exc:  # noqa: BLE001 - a missing image must not sink the report
-        log.warning("thumbnail_unavailable", image=image_uri, error=str(exc))
-        return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _box_rects(boxes: Sequence[Sequence[int]], css_class: str, color: str) -> str:
-    return "".join(
-        f'<rect class="{css_class}" x="{x1}" y="{y1}" width="{x2 - x1}" height="{y2 - y1}" fill="none" '
-        f'stroke="{color}" stroke-width="2" vector-effect="non-scaling-stroke"/>'
-        for x1, y1, x2, y2 in boxes
-    )
-
-
-def highlight_tags(text: str) -> str:
-    """Escape ``text`` and colour its ``<ref>`` and ``<box>`` tags."""
-    escaped = html.escape(text)
-    escaped = re.sub(r"&lt;box&gt;(.*?)&lt;/box&gt;", r'<span class="tag-box">&lt;box&gt;\1&lt;/box&gt;</span>', escaped)
-    return re.sub(r"&lt;ref&gt;(.*?)&lt;/ref&gt;", r'<span class="tag-ref">&lt;ref&gt;\1&lt;/ref&gt;</span>', escaped)
 
 
 def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:

@@ -9,6 +9,9 @@ Output layout::
 Only records usable as grounded training examples (``vcot.records.grounding_problem`` is ``None``) are
 tokenized; the others are counted by reason. A row longer than ``--max-length`` is dropped and counted,
 never truncated (a cut through the image tokens would no longer match the pixels).
+
+``--mixture`` reads several record outputs with a weight or a sample count each, and optionally their own
+pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is the one-source mixture.
 """
 
 from __future__ import annotations
@@ -17,19 +20,21 @@ import shutil
 import sys
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vcot import manifest, storage
 from vcot.config import option, redacted
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.boxes import BOX_FORMATS, BoxFormat
 from vcot.model_format import COORDS, MODES, Coords, Mode, ModelFormat
 from vcot.records import grounding_problem
 from vcot.shards import ShardFile, file_entry
 from vcot.tokenize.encode import Encoder
+from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
 
 SPLITS = ("train", "val")
 LENGTH_BINS = (128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
@@ -42,9 +47,14 @@ log = get_logger(__name__)
 class TokenizeConfig:
     """Pre-tokenize grounded records into Parquet shards for training."""
 
-    input: list[str] = option(help="Committed record outputs (convert/distill), comma-separated URIs.")
     output: str = option(help="Where to write the Parquet shards (s3://bucket/prefix or a local path).")
     model: str = option(help="Model whose processor tokenizes: a folder, an s3:// prefix or a hub id.")
+    input: list[str] = option([], help="Committed record outputs (convert/distill), comma-separated URIs.")
+    mixture: str | None = option(
+        None,
+        help="Mixture YAML file or URI: record outputs with a weight or sample count each, optionally their own "
+        "min/max pixels and max length (docs/train.md). With --input, its 'input' source stands for --input's records.",
+    )
     mode: Mode = option(
         "multimodal", help="multimodal (image tokens + pixels at train time) or text (the seed's: no image)."
     )
@@ -67,8 +77,8 @@ class TokenizeConfig:
     overwrite: bool = option(False, help="Rewrite an output that is already committed.")
 
     def __post_init__(self) -> None:
-        if not self.input:
-            raise ValueError("--input needs at least one committed record output URI")
+        if not self.input and not self.mixture:
+            raise ValueError("--input (committed record output URIs) or --mixture (a mixture file) is required")
         if self.mode not in MODES:
             raise ValueError(f"--mode {self.mode!r} is not valid: use {' or '.join(MODES)}")
         if self.coords not in COORDS:
@@ -122,6 +132,8 @@ class ParquetShardWriter:
                 ("input_ids", pa.list_(pa.int32())),
                 ("labels", pa.list_(pa.int32())),
                 ("length", pa.int32()),
+                ("min_pixels", pa.int32()),  # null: the model format's budget; set: the row's source has its own
+                ("max_pixels", pa.int32()),
             ]
         )
         self._rows: list[dict[str, Any]] = []
@@ -153,6 +165,50 @@ class ParquetShardWriter:
         return entry
 
 
+def resolve_mixture(config: TokenizeConfig) -> Mixture:
+    """The mixture to tokenize: ``--mixture``'s file (checked), else ``--input`` as one source."""
+    return load_mixture(config.mixture, config.input) if config.mixture else of_inputs(config.input)
+
+
+def source_format(fmt: ModelFormat, source: MixtureSource) -> ModelFormat:
+    """The format a source's rows are encoded with: the run's, with the source's own pixel budget if it has one."""
+    if source.min_pixels is None and source.max_pixels is None:
+        return fmt
+    try:
+        vision = replace(
+            fmt.vision,
+            min_pixels=source.min_pixels or fmt.vision.min_pixels,
+            max_pixels=source.max_pixels or fmt.vision.max_pixels,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"mixture source {source.name!r}: {exc}") from None
+    return replace(fmt, vision=vision)
+
+
+def planned(source: MixtureSource, split: str, seed: int) -> Iterator[tuple[dict[str, Any], str | None, int]]:
+    """``(record, why it is unusable or None, rows it gives)`` for every record of ``split`` of ``source``, in order.
+
+    Train records follow the source's weight or sample count (a first pass counts the usable ones, unless every
+    record is taken once); val records are taken once each. An unusable record counts as one (skipped) row.
+    """
+
+    def records() -> Iterator[dict[str, Any]]:
+        for uri in source.data:
+            yield from manifest.committed_records(uri, (f"{split}/",), expect_stage=manifest.RECORD_STAGES)
+
+    base, extra = 1, set()
+    if split == "train" and not source.takes_all_once:
+        base, extra = source.copies(sum(1 for r in records() if grounding_problem(r) is None), seed)
+    usable = 0
+    for record in records():
+        problem = grounding_problem(record)
+        if problem is not None:
+            yield record, problem, 1
+            continue
+        yield record, None, base + (usable in extra)
+        usable += 1
+
+
 def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     from tqdm import tqdm
@@ -160,14 +216,15 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     from vcot.modeling import load_processor_for, model_family
 
     shard = config.shard
-    inputs = [*config.input, config.model]
+    mixture = resolve_mixture(config)
+    inputs = [*mixture.data, config.model, config.mixture]
     ready = manifest.prepare_output(
         config.output, stage="tokenize", inputs=inputs, overwrite=config.overwrite, shard=shard
     )
     if not ready:
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
         return None
-    for input_uri in config.input:  # refuses an uncommitted input, or another stage's, with a clear message
+    for input_uri in mixture.data:  # refuses an uncommitted input, or another stage's, with a clear message
         manifest.read_manifest(input_uri, expect_stage=manifest.RECORD_STAGES)
 
     processor = load_processor_for(config.model)
@@ -181,10 +238,11 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         max_pixels=config.max_pixels,
     )
     log.info("model_format", **fmt.to_dict())
-    encoder = Encoder(processor, fmt)
+    encoders = {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
+    image_pad_id = encoders[mixture.sources[0].name].image_pad_id
 
     skipped: Counter[str] = Counter()
-    stats: dict[str, Any] = {}
+    stats: dict[str, Any] = {"mixture": {source.name: {} for source in mixture.sources}}
     files: list[ShardFile] = []
     with tempfile.TemporaryDirectory(prefix="vcot-tokenize-") as workdir:
         for split in SPLITS:
@@ -192,34 +250,48 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
             lengths: list[int] = []
             supervised = image_tokens = position = 0
             progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
-            for input_uri in config.input:
-                records = manifest.committed_records(input_uri, (f"{split}/",), expect_stage=manifest.RECORD_STAGES)
-                for record in records:
-                    position += 1
-                    if not shard.owns(position - 1):
+            for source in mixture.sources:
+                encoder = encoders[source.name]
+                budget = (encoder.fmt.vision.min_pixels, encoder.fmt.vision.max_pixels) if encoder.fmt != fmt else None
+                max_length = source.max_length or config.max_length
+                counts = {"usable": 0, "selected": 0, "rows": 0}
+                reasons: Counter[str] = Counter()
+                for record, problem, copies in planned(source, split, mixture.seed):
+                    owned = sum(1 for copy in range(copies) if shard.owns(position + copy))
+                    position += copies
+                    counts["usable"] += problem is None
+                    counts["selected"] += copies if problem is None else 0
+                    if not owned:
                         continue
-                    progress.update()
-                    problem = grounding_problem(record)
+                    progress.update(owned)
                     if problem is not None:
-                        skipped[problem] += 1
+                        reasons[problem] += owned
                         continue
                     try:
                         row = encoder.encode(record)
                     except (ValueError, KeyError, TypeError) as exc:
-                        skipped["encode_error"] += 1
+                        reasons["encode_error"] += owned
                         log.warning("encode_error", id=record.get("id"), error=str(exc))
                         continue
-                    if row["length"] > config.max_length:
-                        skipped["too_long"] += 1
+                    if row["length"] > max_length:
+                        reasons["too_long"] += owned
                         continue
-                    writer.write(row)
-                    lengths.append(row["length"])
-                    supervised += sum(1 for label in row["labels"] if label != -100)
-                    image_tokens += row["input_ids"].count(encoder.image_pad_id) if fmt.mode == "multimodal" else 0
+                    row["min_pixels"], row["max_pixels"] = budget or (None, None)
+                    for _ in range(owned):
+                        writer.write(row)
+                    counts["rows"] += owned
+                    lengths += [row["length"]] * owned
+                    supervised += owned * sum(1 for label in row["labels"] if label != -100)
+                    if fmt.mode == "multimodal":
+                        image_tokens += owned * row["input_ids"].count(image_pad_id)
+                skipped.update(reasons)
+                stats["mixture"][source.name][split] = {**counts, "skipped": dict(sorted(reasons.items()))}
+                if split == "train" and source.samples and not counts["usable"]:
+                    log.warning("mixture_source_empty", source=source.name, data=list(source.data))
             progress.close()
             if writer.records == 0 and split == "train" and shard.count == 1:
                 raise VcotError(
-                    f"no usable training records in {', '.join(config.input)} (skipped: {dict(skipped)}): "
+                    f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
                     "check the inputs, or raise --max-length if rows were too long"
                 )
             files.append(writer.close())
@@ -235,9 +307,16 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     stats["skipped"] = dict(sorted(skipped.items()))
     settings = redacted(config)
     settings["model_format"] = fmt.to_dict()
+    settings["mixture"] = mixture.to_dict()
     settings.pop("shard_index", None)
     committed = manifest.commit(
-        config.output, stage="tokenize", files=files, config=settings, inputs=config.input, stats=stats, shard=shard
+        config.output, stage="tokenize", files=files, config=settings, inputs=mixture.data, stats=stats, shard=shard
     )
-    log.info("committed", output=config.output, rows={s: stats[s]["rows"] for s in SPLITS}, skipped=stats["skipped"])
+    log.info(
+        "committed",
+        output=config.output,
+        rows={s: stats[s]["rows"] for s in SPLITS},
+        skipped=stats["skipped"],
+        sources={name: parts["train"]["rows"] for name, parts in stats["mixture"].items()},
+    )
     return committed

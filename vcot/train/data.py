@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import tempfile
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,7 @@ class Collator:
 
         with_images = [row for row in rows if row.get("image")]
         if with_images:
-            images = [load_rgb(row["image"]) for row in with_images]
-            pixels = self.image_processor(images=images, return_tensors="pt")
+            pixels = self.pixels(with_images)
             for row, grid in zip(with_images, pixels["image_grid_thw"].tolist(), strict=True):
                 if grid != list(row["image_grid_thw"]):
                     raise VcotError(
@@ -79,6 +79,18 @@ class Collator:
             # Marks image tokens (1) vs text (0): the model needs it to lay out 3D rope positions.
             batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
         return batch
+
+
+    def pixels(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Preprocessed images of ``rows``, in order: a row whose mixture source had its own pixel budget
+        (``min_pixels``/``max_pixels`` columns, ``vcot.tokenize.mixture``) is resized with it, others with the
+        processor's (the model format's) budget. One processor call per run of rows with the same budget."""
+        parts = []
+        for budget, group in groupby(rows, key=lambda row: (row.get("min_pixels"), row.get("max_pixels"))):
+            size = {} if budget == (None, None) else {"size": {"shortest_edge": budget[0], "longest_edge": budget[1]}}
+            images = [load_rgb(row["image"]) for row in group]
+            parts.append(self.image_processor(images=images, return_tensors="pt", **size))
+        return {key: torch.cat([part[key] for part in parts]) for key in ("pixel_values", "image_grid_thw")}
 
 
 def local_scratch(name: str) -> Path:

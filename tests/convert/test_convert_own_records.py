@@ -1,0 +1,132 @@
+"""Your own data (--source records): the docs' ten lines in all three layouts, the bbox_2d frame flag, bad items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from jobs.convert import main as convert_main
+from tests.convert.own_data import IMAGES, docs_example, png, write_own_data
+from vcot import manifest, shards, storage
+from vcot.convert import ConvertConfig, convert
+from vcot.errors import ConfigError
+
+
+def _records(output: str, prefixes: tuple[str, ...] = ("train/", "val/")) -> list[dict]:
+    return [r for p in prefixes for uri in manifest.committed_files(output, p) for r in shards.read_jsonl(uri)]
+
+
+def _write(tmp_path: Path, items: list, name: str = "own.jsonl") -> str:
+    for path, size in IMAGES.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_bytes(png(size))
+    lines = [item if isinstance(item, str) else json.dumps(item) for item in items]
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return str(tmp_path / name)
+
+
+@pytest.mark.integration
+def test_the_docs_example_converts_in_all_three_layouts(real_s3: str) -> None:
+    data = write_own_data(f"{real_s3}/own", street=f"{real_s3}/elsewhere/street.png")
+    output = f"{real_s3}/records"
+    convert(ConvertConfig(source="records", input=data, output=output, bbox_2d_frame="norm1000", val_fraction=0.0))
+
+    records = sorted(_records(output), key=lambda r: r["provenance"]["source_index"])
+    assert len(records) == len(docs_example()) == 10 and _records(output, ("rejected/",)) == []
+    assert [r["provenance"]["layout"] for r in records] == ["vcot"] * 4 + ["swift"] * 3 + ["chat"] * 3
+    assert records[3]["image"] == f"{real_s3}/elsewhere/street.png"  # an absolute URI stays as it is
+    assert records[0]["image"] == f"{real_s3}/own/photos/shop.png"
+    assert (records[0]["width"], records[0]["height"]) == (640, 480)
+    assert records[1]["choices"] == ["left", "right"] and records[1]["answer_index"] == 1
+    assert {r["subset"] for r in records} == {"own-data"} and records[0]["id"] == "records:shop-1"
+    # what the docs say the fifth line becomes
+    cat = records[4]
+    assert (cat["question"], cat["answer"]) == ("Find the cat.", "cat")
+    assert cat["objects"] == [{"ref": "cat", "box": [100, 200, 800, 900]}]
+    assert cat["rationale"] == "<ref>cat</ref><box>[100, 200, 800, 900]</box> Answer: cat"
+    assert records[5]["rationale"] == (
+        "A <ref>laptop</ref><box>[300, 200, 800, 700]</box> and a <ref>mug</ref><box>[100, 400, 220, 600]</box>. "
+        "Answer: a laptop and a mug"
+    )
+    assert records[6]["objects"] == [{"ref": "door", "box": [700, 100, 950, 990]}]  # norm1
+    assert records[7]["rationale"] == "The cat is here: <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: orange"
+    assert records[8]["rationale"] == "<ref>mug</ref><box>[100, 400, 220, 600]</box>\nOne mug. Answer: 1"
+    assert records[8]["question"] == "How many mugs are there?"
+    assert records[9]["rationale"] == "<ref>red sign</ref><box>[188, 167, 641, 542]</box> says OPEN. Answer: yes"
+    assert records[9]["image"] == f"{real_s3}/own/photos/shop.png" and records[9]["answer"] == "yes"
+    quality = storage.read_json(f"{output}/quality.json")
+    assert quality["source"] == "records" and quality["total"]["accepted"] == 10 and quality["total"]["grounded"] == 10
+
+
+def test_chat_boxes_without_their_frame_stop_the_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = _write(tmp_path, docs_example()[7:8])
+    output = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match="--bbox-2d-frame"):
+        convert(ConvertConfig(source="records", input=data, output=output))
+    assert not manifest.is_committed(output)
+    assert convert_main(["--source", "records", "--input", data, "--output", output]) == 2
+    assert "pass --bbox-2d-frame norm1000" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("frame", "box"),
+    [("norm1000", [250, 250, 500, 500]), ("pixels", [50, 25, 100, 50]), ("qwen2.5-resized", [49, 28, 98, 56])],
+)
+def test_each_bbox_2d_frame_reads_its_own_numbers(tmp_path: Path, frame: str, box: list[int]) -> None:
+    """The same region of a 200x100 image written in each frame (Qwen2.5-VL resizes it to 196x112)."""
+    (tmp_path / "wide.png").write_bytes(png((200, 100)))
+    answer = json.dumps({"bbox_2d": box, "label": "square"}) + " Answer: red"
+    item = {"messages": [{"role": "user", "content": "<image>Color?"}, {"role": "assistant", "content": answer}],
+            "images": ["wide.png"]}
+    output = str(tmp_path / "out")
+    convert(ConvertConfig(source="records", input=_write(tmp_path, [item]), output=output, bbox_2d_frame=frame))
+    [record] = _records(output)
+    assert record["objects"] == [{"ref": "square", "box": [250, 250, 500, 500]}]
+    assert record["rationale"] == "<ref>square</ref><box>[250, 250, 500, 500]</box> Answer: red"
+
+
+def test_bad_items_are_rejected_with_a_reason_each(tmp_path: Path) -> None:
+    swift = json.loads(docs_example()[4])
+    two_turns = {**swift, "messages": swift["messages"] * 2}
+    too_many = {**swift, "messages": [{"role": "user", "content": "<image><ref-object> and <ref-object>"},
+                                      {"role": "assistant", "content": "<bbox>"}]}
+    outside = {**swift, "objects": {"ref": ["cat"], "bbox": [[30, 60, 240, 400]]}}  # the image is 300 high
+    bad_type = {**swift, "objects": {**swift["objects"], "bbox_type": "percent"}}
+    two_images = {**swift, "images": ["photos/cat.png", "photos/desk.png"]}
+    missing = {**swift, "images": ["photos/dog.png"]}
+    wrong_size = {**json.loads(docs_example()[2]), "width": 401}
+    items = ["[1, 2]", "{not json", {"question": "no layout"}, two_turns, too_many, outside, bad_type, two_images,
+             missing, wrong_size, swift]
+    output = str(tmp_path / "out")
+    convert(ConvertConfig(source="records", input=_write(tmp_path, items), output=output))
+    rejected = {r["reason"] for r in _records(output, ("rejected/",))}
+    assert rejected == {
+        "not_an_object", "malformed_json", "unknown_layout", "multi_turn", "placeholder_mismatch",
+        "box_outside_image", "bad_bbox_type", "multiple_images", "missing_image", "size_mismatch",
+    }
+    assert [r["id"] for r in _records(output)] == ["records:own:10"]
+    assert storage.read_json(f"{output}/quality.json")["total"]["input"] == len(items)
+
+
+def test_parquet_rows_with_embedded_images(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "messages": [{"role": "user", "content": "<image>Find the <ref-object>."},
+                         {"role": "assistant", "content": "<bbox>"}],
+            "images": [{"bytes": png((300, 300)), "path": "cat.png"}],
+            "objects": json.dumps({"ref": ["cat"], "bbox": [[0.1, 0.2, 0.8, 0.9]], "bbox_type": "norm1"}),
+        }
+    ]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in" / "train-00000-of-00001.parquet")
+    output = str(tmp_path / "out")
+    convert(ConvertConfig(source="records", input=str(tmp_path / "in"), output=output))
+    [record] = _records(output)
+    assert record["image"].startswith(f"{output}/images/") and storage.exists(record["image"])
+    assert record["rationale"] == "<ref>cat</ref><box>[100, 200, 800, 900]</box> Answer: cat"
+    assert record["subset"] == "train-00000-of-00001" and record["id"] == "records:train-00000-of-00001:0"

@@ -1,0 +1,452 @@
+"""Your own grounded data (``--source records``): JSONL, a JSON array or Parquet, in one of three layouts.
+
+Each item's layout is read from its keys (a fact of the item, not a guess about its numbers):
+
+- ``vcot`` (it has ``rationale``): our record schema (``docs/records.md``), boxes 0-1000 of the original image;
+- ``swift`` (its ``objects`` holds ``bbox``): ms-swift's grounding layout, ``messages`` with ``<ref-object>`` and
+  ``<bbox>`` placeholders filled in order from ``objects: {ref, bbox, bbox_type}``; ``bbox_type`` says the frame
+  (``real``: pixels of the original image, ms-swift's default; ``norm1``: 0-1; ``norm1000``: 0-1000);
+- ``chat`` (``messages`` or ``conversations`` and no such ``objects``): one user and one assistant turn, the
+  assistant's boxes written as Qwen's JSON ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}``. That JSON does not say
+  its frame (Qwen2.5-VL writes pixels, Qwen3-VL 0-1000), so ``--bbox-2d-frame`` must: the stage stops at the first
+  chat item without it.
+
+Image paths are relative to ``--images`` (default: the input's folder) unless they are absolute (``s3://``,
+``/``); Parquet's embedded images (``{"bytes": ...}``) are written content-addressed under ``<output>/images``.
+Every box becomes house text (``<ref>label</ref><box>[...]</box>``) and every item then goes through the same
+quality filter, split and report as any other source (``vcot.convert.routing``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from vcot import storage
+from vcot.boxes import IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
+from vcot.convert.common import (
+    BadLine,
+    Item,
+    Owns,
+    Rejection,
+    clean_text,
+    has_bad_encoding,
+    iter_json_items,
+    owned,
+    require_input,
+)
+from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
+from vcot.convert.viscot import box_problem
+from vcot.errors import ConfigError, VcotError
+from vcot.model_format import ModelFormat
+
+Bbox2dFrame = Literal["norm1000", "pixels", "qwen2.5-resized"]
+BBOX_2D_FRAMES: tuple[Bbox2dFrame, ...] = ("norm1000", "pixels", "qwen2.5-resized")
+SWIFT_BBOX_TYPES = {"real": "pixels", "norm1": "norm1", "norm1000": "norm1000"}
+"""ms-swift's ``bbox_type`` -> the frame its values are read in (ms-swift itself knows ``real`` and ``norm1``)."""
+QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
+"""The image geometry Qwen2.5-VL's released processor resizes with: the frame of ``qwen2.5-resized`` boxes."""
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+_MENTION = r"(?:<ref>[^<]*</ref>)?<box>[^<]*</box>"
+_FENCE = re.compile(rf"```(?:json)?\s*({_MENTION}(?:\s*{_MENTION})*)\s*```")
+"""A code fence left holding only house mentions (where Qwen's JSON was): the fence goes, the mentions stay."""
+
+
+class Unusable(Exception):
+    """An item that cannot become a record; ``reason`` is its rejection code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the input
+# --------------------------------------------------------------------------------------------------
+
+
+def input_files(uri: str) -> list[str]:
+    """``uri`` itself when it is a file, else the JSONL, JSON and Parquet files under it (sorted)."""
+    if uri.endswith(FILE_SUFFIXES):
+        require_input(uri, "records file")
+        return [uri]
+    storage.check_access(uri)
+    files = sorted(u for u in storage.list_uris(uri) if u.endswith(FILE_SUFFIXES))
+    if not files:
+        raise VcotError(f"{uri} holds no .jsonl, .json or .parquet file: check --input (and that the data is there)")
+    return files
+
+
+def _parquet_rows(uri: str, batch_size: int = 64) -> Iterator[Any]:
+    import pyarrow.parquet as pq
+
+    with storage.open_uri(uri, "rb") as handle:
+        try:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
+            raise VcotError(f"{uri} is not a readable Parquet file ({exc}): write it again") from exc
+
+
+def iter_raw(files: list[str]) -> Iterator[tuple[str, int, Any]]:
+    """``(file, position in the file, item or BadLine)`` of every input item, file by file."""
+    for file_uri in files:
+        items = _parquet_rows(file_uri) if file_uri.endswith(".parquet") else iter_json_items(file_uri)
+        for position, item in enumerate(items):
+            yield file_uri, position, item
+
+
+def file_stem(uri: str) -> str:
+    """
+    >>> file_stem("s3://b/own/receipts.jsonl.gz"), file_stem("charts.parquet")
+    ('receipts', 'charts')
+    """
+    name = uri.rsplit("/", 1)[-1]
+    for suffix in FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# Boxes
+# --------------------------------------------------------------------------------------------------
+
+
+def to_house(values: Any, frame: str, width: int, height: int) -> IntBox:
+    """One box read in ``frame`` (``pixels``, ``qwen2.5-resized``, ``norm1``, ``norm1000``) as a house box.
+
+    Values a little outside the image are clamped, more is ``box_outside_image`` (as for VisCOT).
+
+    >>> to_house([50, 25, 100, 50], "pixels", 200, 100), to_house([0.25, 0.25, 0.5, 0.5], "norm1", 200, 100)
+    ((250, 250, 500, 500), (250, 250, 500, 500))
+    >>> to_house([56, 28, 112, 56], "qwen2.5-resized", 200, 100)  # Qwen2.5-VL resizes 200x100 to 196x112
+    (286, 250, 571, 500)
+    """
+    if not isinstance(values, (list, tuple)) or len(values) != 4:
+        raise Unusable("bad_box", f"a box must be 4 numbers, got {values!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise Unusable("bad_box", f"a box must be 4 numbers, got {values!r}")
+    if frame == "pixels":
+        frame_w, frame_h = width, height
+    elif frame == "qwen2.5-resized":
+        frame_w, frame_h = QWEN25_VISION.resized(width, height)
+    else:
+        values = [v * 1000 for v in values] if frame == "norm1" else list(values)
+        frame_w = frame_h = 1000
+    problem = box_problem([float(v) for v in values], frame_w, frame_h)
+    if problem is not None:
+        raise Unusable(problem, f"box {list(values)} ({frame}) does not fit the {frame_w}x{frame_h} frame")
+    box = pixels_to_norm1000(values, frame_w, frame_h)
+    reason = validate_box(box)
+    if reason is not None:
+        raise Unusable(f"{reason}_box", f"box {list(values)} ({frame}) is {box} in 0-1000: {reason}")
+    return box
+
+
+# --------------------------------------------------------------------------------------------------
+# Chat turns (swift and chat layouts)
+# --------------------------------------------------------------------------------------------------
+
+
+def layout_of(item: dict[str, Any]) -> str | None:
+    """``vcot``, ``swift``, ``chat`` or ``None``, from the item's keys (module docstring).
+
+    >>> layout_of({"rationale": "..."}), layout_of({"messages": [], "objects": {"bbox": []}})
+    ('vcot', 'swift')
+    >>> layout_of({"messages": []}), layout_of({"question": "?"})
+    ('chat', None)
+    """
+    if "rationale" in item:
+        return "vcot"
+    objects = _maybe_json(item.get("objects"))
+    if isinstance(objects, dict) and "bbox" in objects:
+        return "swift"
+    if "messages" in item or "conversations" in item:
+        return "chat"
+    return None
+
+
+def _maybe_json(value: Any) -> Any:
+    """A value Parquet writers often store as a JSON string (``objects``, ``messages``), parsed; else as is."""
+    if isinstance(value, str) and value.lstrip().startswith(("{", "[")):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+_ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+def _content(content: Any, images: list[Any]) -> str:
+    """A turn's text; image parts (``{"type": "image", "image": ...}``) are appended to ``images``."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise Unusable("bad_conversations", "a turn's content is neither text nor a list of parts")
+    texts = []
+    for part in content:
+        if not isinstance(part, dict):
+            raise Unusable("bad_conversations", "a content part is not an object")
+        if part.get("type") == "text":
+            texts.append(str(part.get("text") or ""))
+        elif part.get("type") == "image":
+            images.append(part.get("image") or part.get("url") or part.get("path"))
+    return "".join(texts)
+
+
+def chat_turns(item: dict[str, Any]) -> tuple[str, str, list[Any]]:
+    """``(user text, assistant text, image parts of the turns)`` of a single-turn chat (system turns are dropped)."""
+    turns = _maybe_json(item.get("messages") if "messages" in item else item.get("conversations"))
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        raise Unusable("bad_conversations", "messages/conversations is not a list of turns")
+    images: list[Any] = []
+    said: list[tuple[str, str]] = []
+    for turn in turns:
+        role = _ROLES.get(str(turn.get("role") or turn.get("from") or "").lower())
+        if role is None:
+            raise Unusable("bad_conversations", f"unknown role {turn.get('role') or turn.get('from')!r}")
+        text = _content(turn["content"] if "content" in turn else turn.get("value"), images)
+        if role != "system":
+            said.append((role, text))
+    if [role for role, _ in said] != ["user", "assistant"]:
+        raise Unusable("multi_turn", f"expected one user turn then one assistant turn, got {[r for r, _ in said]}")
+    return said[0][1], said[1][1], images
+
+
+def answer_and_target(item: dict[str, Any], text: str, refs: list[str]) -> tuple[str, str]:
+    """``(answer, rationale ending with 'Answer: ...')``: the item's ``answer`` field, else the assistant's own
+    ``Answer:`` line, else the grounded refs (a pure grounding item's answer is what it located).
+
+    >>> answer_and_target({}, "<ref>a</ref><box>[1, 2, 3, 4]</box>", ["a"])
+    ('a', '<ref>a</ref><box>[1, 2, 3, 4]</box> Answer: a')
+    >>> answer_and_target({}, "It is red. Answer: red", [])
+    ('red', 'It is red. Answer: red')
+    """
+    text = text.strip()
+    _, found, after = text.rpartition("Answer:")
+    given = item.get("answer")
+    if isinstance(given, (str, int, float)) and not isinstance(given, bool) and str(given).strip():
+        answer = str(given).strip()
+    elif found:
+        answer = after.strip()
+    else:
+        answer = ", ".join(dict.fromkeys(refs))
+    if not answer:
+        raise Unusable("missing_answer", "no answer field, no 'Answer:' line and no named box")
+    return answer, text if found else f"{text} Answer: {answer}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The three layouts: each returns the record's fields that depend on the layout
+# --------------------------------------------------------------------------------------------------
+
+
+def vcot_fields(item: dict[str, Any]) -> dict[str, Any]:
+    """Our record schema: taken as it is (the quality filter checks its boxes and rationale)."""
+    objects = item.get("objects") or []
+    if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
+        raise Unusable("bad_objects", "objects is not a list of {ref, box}")
+    answer = item.get("answer")
+    return {
+        "question": clean_text(item.get("question")),
+        "answer": str(answer).strip() if answer is not None else "",
+        "objects": [{"ref": str(o.get("ref") or ""), "box": o.get("box")} for o in objects],
+        "rationale": str(item.get("rationale") or ""),
+        "needs_distillation": bool(item.get("needs_distillation")),
+    }
+
+
+def swift_fields(item: dict[str, Any], user: str, assistant: str, width: int, height: int) -> dict[str, Any]:
+    """ms-swift's grounding layout: placeholders filled in order, ``<ref-object><bbox>`` as one house mention."""
+    objects = _maybe_json(item.get("objects"))
+    refs, boxes = objects.get("ref") or [], objects.get("bbox") or []
+    bbox_type, image_ids = objects.get("bbox_type") or "real", objects.get("image_id") or []
+    if not all(isinstance(v, list) for v in (refs, boxes, image_ids)) or not all(isinstance(r, str) for r in refs):
+        raise Unusable("bad_objects", "objects.ref must be a list of strings and objects.bbox a list of boxes")
+    if bbox_type not in SWIFT_BBOX_TYPES:
+        raise Unusable("bad_bbox_type", f"bbox_type {bbox_type!r} is not one of {', '.join(SWIFT_BBOX_TYPES)}")
+    if any(image_id not in (0, None) for image_id in image_ids):
+        raise Unusable("multiple_images", "objects refer to a second image: one image per record")
+    house = [to_house(box, SWIFT_BBOX_TYPES[bbox_type], width, height) for box in boxes]
+    next_ref, next_box = itertools.count(), itertools.count()
+
+    def ref_at(position: int) -> str:
+        if position >= len(refs):
+            raise Unusable("placeholder_mismatch", f"more <ref-object> placeholders than the {len(refs)} refs")
+        return refs[position]
+
+    def fill(match: re.Match[str]) -> str:
+        if match.group(0) == "<ref-object>":
+            return ref_at(next(next_ref))
+        position = next(next_box)
+        if position >= len(house):
+            raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
+        ref = ref_at(next(next_ref)) if match.group(1) else (refs[position] if position < len(refs) else None)
+        mentions.append(ref or "")
+        return render_grounded(ref or None, house[position])
+
+    mentions: list[str] = []
+    question = re.sub(r"<ref-object>", fill, clean_text(user))
+    text = re.sub(r"(<ref-object>)?<bbox>|<ref-object>", fill, assistant)
+    answer, rationale = answer_and_target(item, text, [m for m in mentions if m])
+    objects_out = [{"ref": refs[i] if i < len(refs) else "", "box": list(box)} for i, box in enumerate(house)]
+    return {"question": question, "answer": answer, "objects": objects_out, "rationale": rationale}
+
+
+def chat_fields(
+    item: dict[str, Any], user: str, assistant: str, width: int, height: int, frame: Bbox2dFrame
+) -> dict[str, Any]:
+    """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions."""
+    parsed = parse_grounded(assistant, "json", upper=float("inf"))
+    if parsed.invalid:
+        bad = parsed.invalid[0]
+        reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
+        raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
+    spans: dict[tuple[int, int], list[str]] = {}
+    objects = []
+    for found in parsed.boxes:  # the parse rounded values to integers: read the raw numbers again from the span
+        values = _raw_bbox_2d(assistant[found.span[0] : found.span[1]], len(spans.get(found.span, [])))
+        box = to_house(values, frame, width, height)
+        spans.setdefault(found.span, []).append(render_grounded(found.ref, box))
+        objects.append({"ref": found.ref or "", "box": list(box)})
+    out, cursor = [], 0
+    for (start, end), mentions in sorted(spans.items()):
+        out += [assistant[cursor:start], " ".join(mentions)]
+        cursor = end
+    text = _FENCE.sub(r"\1", "".join(out) + assistant[cursor:])
+    answer, rationale = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]])
+    return {"question": clean_text(user), "answer": answer, "objects": objects, "rationale": rationale}
+
+
+def _raw_bbox_2d(json_text: str, which: int) -> list[Any]:
+    """The ``which``-th ``bbox_2d`` of one JSON value (a box object or a list of them), unrounded."""
+    value = json.loads(json_text)
+    items = value if isinstance(value, list) else [value]
+    return [item["bbox_2d"] for item in items if isinstance(item, dict) and "bbox_2d" in item][which]
+
+
+# --------------------------------------------------------------------------------------------------
+# One item -> one record
+# --------------------------------------------------------------------------------------------------
+
+
+class OwnRecordConverter:
+    def __init__(self, *, images: str, embedded: str, bbox_2d_frame: Bbox2dFrame | None) -> None:
+        self.images = images
+        self.embedded = embedded
+        self.bbox_2d_frame = bbox_2d_frame
+
+    def image(self, value: Any) -> tuple[str, tuple[int, int]]:
+        """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
+        if isinstance(value, dict) and value.get("bytes"):
+            data = bytes(value["bytes"])
+            size = size_from_bytes(data)
+            return store_content_addressed(data, self.embedded), size
+        if isinstance(value, dict):
+            value = value.get("path") or value.get("url")
+        if not isinstance(value, str) or not value.strip():
+            raise ImageProblem("missing_image", "the item names no image")
+        uri = value if "://" in value or value.startswith("/") else storage.join(self.images, value)
+        return uri, size_from_uri(uri)
+
+    def convert(self, index: int, item: Any, source_file: str, position: int) -> Item:
+        stem = file_stem(source_file)
+        if not isinstance(item, dict):
+            return Rejection("not_an_object", f"item is {type(item).__name__}", index, subset=stem, raw=item)
+        subset = str(item.get("subset") or stem)
+        raw_id = item.get("id")
+        has_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id)
+        record_id = f"records:{raw_id}" if has_id else f"records:{stem}:{position}"
+        try:
+            record = self._record(item, record_id, subset)
+        except (Unusable, ImageProblem) as problem:
+            return Rejection(problem.reason, problem.detail, index, id=record_id, subset=subset, raw=item)
+        record["provenance"] = {
+            **(item.get("provenance") if isinstance(item.get("provenance"), dict) else {}),
+            "dataset": "records",
+            "layout": record.pop("layout"),
+            "source_file": source_file.rsplit("/", 1)[-1],
+            "source_index": index,
+            "source_id": raw_id if has_id else None,
+            "source_split": item.get("split"),
+        }
+        return record
+
+    def _record(self, item: dict[str, Any], record_id: str, subset: str) -> dict[str, Any]:
+        layout = layout_of(item)
+        if layout is None:
+            raise Unusable("unknown_layout", "no rationale (our schema), objects.bbox (ms-swift) or messages (chat)")
+        if layout == "chat" and self.bbox_2d_frame is None:
+            raise ConfigError(
+                "the records hold chat turns with Qwen bbox_2d boxes, whose frame the file does not say: pass "
+                "--bbox-2d-frame norm1000 (Qwen3-VL, Qwen2-VL: 0-1000), pixels (of the original image) or "
+                "qwen2.5-resized (Qwen2.5-VL's own output: pixels of its resized image) (nothing was committed)"
+            )
+        user = assistant = ""
+        parts: list[Any] = []
+        if layout != "vcot":
+            user, assistant, parts = chat_turns(item)
+        image, (width, height) = self.image(_one_image(item, parts))
+        given = (item.get("width"), item.get("height"))
+        if given != (None, None) and given != (width, height):
+            raise Unusable("size_mismatch", f"width/height {given} but the image is {width}x{height}")
+        if layout == "vcot":
+            fields = vcot_fields(item)
+        elif layout == "swift":
+            fields = swift_fields(item, user, assistant, width, height)
+        else:
+            fields = chat_fields(item, user, assistant, width, height, self.bbox_2d_frame)
+        if has_bad_encoding(fields["question"], fields["answer"], fields["rationale"]):
+            raise Unusable("bad_encoding", "the item holds bytes that are not valid UTF-8")
+        choices = item.get("choices")
+        choices_ok = isinstance(choices, list) and bool(choices) and all(isinstance(c, str) for c in choices)
+        answer_index = item.get("answer_index")
+        index_ok = choices_ok and isinstance(answer_index, int) and 0 <= answer_index < len(choices or [])
+        return {
+            "id": record_id,
+            "source": "records",
+            "subset": subset,
+            "image": image,
+            "width": width,
+            "height": height,
+            "choices": list(choices) if choices_ok else None,
+            "answer_index": answer_index if index_ok else None,
+            "needs_distillation": False,
+            **fields,
+            "layout": layout,
+        }
+
+
+def _one_image(item: dict[str, Any], parts: list[Any]) -> Any:
+    """The item's one image: ``images`` (a list), ``image``, or an image part of the turns."""
+    images = _maybe_json(item.get("images"))
+    found = [*(images if isinstance(images, list) else [images] if images else []), *parts]
+    if item.get("image") is not None:
+        found.append(item["image"])
+    if len(found) > 1:
+        raise Unusable("multiple_images", f"{len(found)} images: one image per record")
+    if not found:
+        raise ImageProblem("missing_image", "the item names no image")
+    return found[0]
+
+
+def iter_items(
+    input_uri: str, *, images: str | None, output: str, owns: Owns, bbox_2d_frame: Bbox2dFrame | None
+) -> Iterator[Item]:
+    files = input_files(input_uri)
+    folder = storage.parent(input_uri) if input_uri.endswith(FILE_SUFFIXES) else input_uri
+    converter = OwnRecordConverter(
+        images=images or folder, embedded=storage.join(output, "images"), bbox_2d_frame=bbox_2d_frame
+    )
+    for index, (file_uri, position, item) in owned(iter_raw(files), owns):
+        if isinstance(item, BadLine):
+            yield Rejection(item.reason, item.detail, index, subset=file_stem(file_uri), raw=item.raw)
+        else:
+            yield converter.convert(index, item, file_uri, position)
