@@ -37,24 +37,24 @@ install: $(STAMP) ## Create .venv and install vcot with every extra and the test
 
 test: $(STAMP) ## Run the whole test suite (starts the local S3 server if needed, stops it after)
 	@started=0; \
-	if ! $(PY) -m vcot.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.local_s3 up >/dev/null && started=1; fi; \
-	trap '[ $$started = 1 ] && $(PY) -m vcot.local_s3 down >/dev/null' EXIT; \
+	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
+	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run only the fast tests (no integration marker)
 	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 s3-up: $(STAMP) ## Start the local S3 server (MinIO if installed, else SeaweedFS) and print its env
-	@$(PY) -m vcot.local_s3 up
+	@$(PY) -m vcot.dev.local_s3 up
 
 s3-down: $(STAMP) ## Stop the local S3 server
-	@$(PY) -m vcot.local_s3 down
+	@$(PY) -m vcot.dev.local_s3 down
 
 s3-env: $(STAMP) ## Print the environment for the local S3 server
-	@$(PY) -m vcot.local_s3 env
+	@$(PY) -m vcot.dev.local_s3 env
 
 clean: ## Remove the virtualenv, caches and local S3 data
-	-@$(PY) -m vcot.local_s3 down >/dev/null 2>&1
+	-@$(PY) -m vcot.dev.local_s3 down >/dev/null 2>&1
 	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
 
 # --- Kubernetes manifests and container images (docs/k8s.md) -------------------------------------
@@ -142,7 +142,7 @@ bench-distill: $(STAMP) ## Distill throughput vs the ideal (500 samples, 200 ms 
 SYNTHETIC_URI ?= s3://vcot/local/synthetic
 .PHONY: synthetic-data
 synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, default on the local S3 server: make s3-up)
-	@eval "$$($(PY) -m vcot.local_s3 env)"; $(PY) -m vcot.convert.synthetic $(SYNTHETIC_URI)
+	@eval "$$($(PY) -m vcot.dev.local_s3 env)"; $(PY) -m vcot.dev.synthetic $(SYNTHETIC_URI)
 
 # --- train ------------------------------------------------------------------------------------------
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
@@ -157,17 +157,17 @@ LOCAL_REPORT ?= .cache/local-train/report.html
 .PHONY: tiny-model local-train bench-train
 
 tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL; TINY_SIZE=local or test)
-	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.tiny_model $(TINY_MODEL) --size $(TINY_SIZE)
+	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --size $(TINY_SIZE)
 
 local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate (~2-4 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
-	$(PY) -m vcot.local_s3 up >/dev/null; \
-	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
 	echo "== synthetic data -> $(LOCAL_RUN)/synthetic"; \
 	$(PY) -c "from vcot import storage; import sys; sys.exit(0 if storage.exists('$(LOCAL_RUN)/synthetic/viscot.json') else 1)" \
-		|| $(PY) -m vcot.convert.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
+		|| $(PY) -m vcot.dev.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
 	echo "== convert -> $(LOCAL_RUN)/records"; \
 	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
 	echo "== tokenize -> $(LOCAL_RUN)/tokens"; \
@@ -187,7 +187,7 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo "  evaluation      $(LOCAL_RUN)/eval/tiny  (predictions/, metrics.json, report.html)"; \
 	echo "  tiny model      $(TINY_MODEL)"; \
 	echo; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
@@ -199,7 +199,7 @@ DEMO_ADAPTER ?= $(LOCAL_RUN)/runs/tiny/adapter
 DEMO_PORT ?= 7860
 .PHONY: demo
 demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make local-train trained (DEMO_MODEL, DEMO_ADAPTER)
-	@$(PY) -m vcot.local_s3 up >/dev/null; eval "$$($(PY) -m vcot.local_s3 env)"; \
+	@$(PY) -m vcot.dev.local_s3 up >/dev/null; eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	echo "vcot-demo on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it); no adapter yet? run make local-train first"; \
 	$(PY) -m jobs.demo --model $(DEMO_MODEL) --adapter $(DEMO_ADAPTER) --port $(DEMO_PORT)
 
@@ -214,8 +214,8 @@ LOCAL_GRPO_REPORT ?= .cache/local-grpo/report.html
 local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, prints the reward curves (~2-3 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
-	$(PY) -m vcot.local_s3 up >/dev/null; \
-	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
 	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/runs/tiny') else 1)" \
 		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/runs/tiny: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
@@ -231,10 +231,10 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json (now the GRPO adapter)"; \
 	echo "  evaluation      $(LOCAL_RUN)/eval/tiny-grpo"; \
 	echo; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny-grpo --evaluation $(LOCAL_RUN)/eval/tiny-grpo \
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny-grpo --evaluation $(LOCAL_RUN)/eval/tiny-grpo \
 		--report-to $(LOCAL_GRPO_REPORT); \
 	echo "before GRPO (the SFT run, make local-train):"; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny | grep -E '^(train|evaluation) '
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny | grep -E '^(train|evaluation) '
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py

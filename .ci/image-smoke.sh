@@ -9,9 +9,9 @@ PY=${PY:-.venv/bin/python}
 PODMAN=(podman --storage-driver vfs)
 
 started=0
-if ! "$PY" -m vcot.local_s3 status >/dev/null 2>&1; then "$PY" -m vcot.local_s3 up >/dev/null && started=1; fi
-trap '[ $started = 1 ] && "$PY" -m vcot.local_s3 down >/dev/null' EXIT
-eval "$("$PY" -m vcot.local_s3 env)"
+if ! "$PY" -m vcot.dev.local_s3 status >/dev/null 2>&1; then "$PY" -m vcot.dev.local_s3 up >/dev/null && started=1; fi
+trap '[ $started = 1 ] && "$PY" -m vcot.dev.local_s3 down >/dev/null' EXIT
+eval "$("$PY" -m vcot.dev.local_s3 env)"
 export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT_URL_S3 AWS_REGION VCOT_S3_ADDRESSING_STYLE
 prefix="s3://${VCOT_BUCKET}/image-smoke/$(date +%s)-$$"
 
@@ -23,7 +23,7 @@ pod() { # run a command in the image as a pod would
         "$IMAGE" "$@"
 }
 
-"$PY" -m vcot.convert.synthetic "$prefix/synthetic" --num-records 16
+"$PY" -m vcot.dev.synthetic "$prefix/synthetic" --num-records 16
 time pod vcot-convert --source viscot --input "$prefix/synthetic" --output "$prefix/records"
 "$PY" - "$prefix/records" <<'PYTHON'
 import sys

@@ -85,7 +85,7 @@ def main() -> None:
         [
             sys.executable,
             "-m",
-            "vcot.llm.fake_server",
+            "vcot.dev.fake_openai",
             "--port",
             str(port),
             "--latency",

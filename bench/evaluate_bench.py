@@ -32,7 +32,7 @@ from vcot.images import load_rgb
 from vcot.modeling import load_model_and_processor
 from vcot.model_format import ModelFormat
 from vcot.prompts import build_messages
-from vcot.tiny_model import build_tiny_qwen25vl
+from vcot.dev.tiny_model import build_tiny_qwen25vl
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
 

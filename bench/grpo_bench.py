@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from vcot.tiny_model import build_tiny_qwen25vl
+from vcot.dev.tiny_model import build_tiny_qwen25vl
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
 from vcot.train.recipe import load_recipe
@@ -145,7 +145,7 @@ def grpo_run(records: str, model: Path, adapter: str, output: Path, *, steps: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="local", choices=("test", "local"), help="tiny model size (vcot.tiny_model)")
+    parser.add_argument("--size", default="local", choices=("test", "local"), help="tiny model size (vcot.dev.tiny_model)")
     parser.add_argument("--records", type=int, default=64, help="synthetic records (about 9 in 10 land in train)")
     parser.add_argument("--sft-steps", type=int, default=100, help="SFT steps before GRPO (its adapter is the start)")
     parser.add_argument("--steps", type=int, default=20, help="timed GRPO steps per run")

@@ -31,7 +31,7 @@ from vcot import manifest, shards, storage
 from vcot.boxes import pixels_to_norm1000
 from vcot.modeling import load_processor_for
 from vcot.records import split_for
-from vcot.tiny_model import build_tiny_qwen25vl
+from vcot.dev.tiny_model import build_tiny_qwen25vl
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
 from vcot.train.recipe import load_recipe

@@ -68,7 +68,7 @@ def s3_bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 @pytest.fixture(scope="session")
 def local_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The real local S3 server (SeaweedFS or MinIO), started unless `make test` already did."""
-    from vcot import local_s3
+    from vcot.dev import local_s3
 
     server = local_s3.LocalS3.from_env()
     if not os.environ.get("VCOT_LOCAL_S3_DIR"):  # the repo's folder, wherever pytest was started from
@@ -87,13 +87,13 @@ def real_s3(local_s3_server: object, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"s3://{server.bucket}/tests/{uuid.uuid4().hex[:12]}"  # type: ignore[attr-defined]
 
 
-# --- train: the tiny offline models (vcot.tiny_model), built once per test session --------------------
+# --- train: the tiny offline models (vcot.dev.tiny_model), built once per test session --------------------
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A hub-like tiny Qwen2.5-VL folder (tokenizer, processor, config, random weights), seed 0."""
-    from vcot.tiny_model import build_tiny_qwen25vl
+    from vcot.dev.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-qwen25vl"), seed=0)
 
@@ -101,6 +101,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen3vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same for the second family: a hub-like tiny Qwen3-VL folder, seed 0."""
-    from vcot.tiny_model import build_tiny_model
+    from vcot.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3vl"), family="qwen3-vl", seed=0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vcot import local_s3
+from vcot.dev import local_s3
 
 
 @pytest.mark.integration

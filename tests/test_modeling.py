@@ -106,7 +106,7 @@ def test_a_stock_qwen3vl_folder_falls_back_to_its_image_only_processor_and_offic
 ) -> None:
     import sys
 
-    monkeypatch.setitem(sys.modules, "vcot.tiny_model", None)  # the fallback needs no development tool
+    monkeypatch.setitem(sys.modules, "vcot.dev.tiny_model", None)  # the fallback needs no development tool
     folder = _stock_copy(tiny_qwen3vl_dir, tmp_path / "stock", keep_template=False)
     processor = load_processor(str(folder))
     assert isinstance(processor, ImageOnlyQwen3VLProcessor)

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from vcot.modeling import ImageOnlyQwen3VLProcessor, ImageOnlyQwen25VLProcessor
-from vcot.tiny_model import QWEN_SPECIAL_TOKENS, TINY_MAX_PIXELS, TINY_SIZES, build_tokenizer
+from vcot.dev.tiny_model import QWEN_SPECIAL_TOKENS, TINY_MAX_PIXELS, TINY_SIZES, build_tokenizer
 
 
 def test_auto_processor_returns_the_image_only_processor(tiny_model_dir: Path) -> None:
@@ -65,7 +65,7 @@ def test_tokenizer_is_deterministic_for_a_seed() -> None:
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
 def test_sizes_keep_the_structure_and_the_local_one_is_larger(family: str) -> None:
-    from vcot.tiny_model import build_processor, tiny_config
+    from vcot.dev.tiny_model import build_processor, tiny_config
 
     processor = build_processor(seed=0, family=family)
     counts = {}
@@ -83,7 +83,7 @@ def test_sizes_keep_the_structure_and_the_local_one_is_larger(family: str) -> No
 
 
 def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:
-    from vcot.tiny_model import build_tiny_model
+    from vcot.dev.tiny_model import build_tiny_model
 
     with pytest.raises(ValueError, match="local"):
         build_tiny_model(tmp_path / "model", size="huge")
@@ -151,7 +151,7 @@ def test_qwen3vl_runs_on_an_image_and_generates(tiny_qwen3vl_dir: Path) -> None:
 def test_cli_builds_the_chosen_family(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    from vcot.tiny_model import main
+    from vcot.dev.tiny_model import main
 
     assert main([str(tmp_path / "m"), "--family", "qwen3-vl"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "m")

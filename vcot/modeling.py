@@ -160,7 +160,7 @@ def local_model_path(uri: str, *, weights: bool = True) -> str:
     if path.exists():
         return str(path)
     if uri.startswith(("/", ".", "file://")):
-        raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.tiny_model DIR) or fix the path")
+        raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.dev.tiny_model DIR) or fix the path")
     return uri  # a hub id; transformers downloads it when the network allows
 
 

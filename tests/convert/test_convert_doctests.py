@@ -7,7 +7,7 @@ import importlib
 
 import pytest
 
-MODULES = ["common", "images", "viscot", "scienceqa", "aokvqa", "llava_cot", "own_records", "quality", "stage", "synthetic"]
+MODULES = ["common", "images", "viscot", "scienceqa", "aokvqa", "llava_cot", "own_records", "quality", "stage"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from vcot import manifest, shards
 from vcot.convert import ConvertConfig, convert
-from vcot.convert.synthetic import synthetic_items, write_synthetic_viscot
+from vcot.dev.synthetic import synthetic_items, write_synthetic_viscot
 from vcot.errors import ConfigError
 
 BASE = [item for item, _, _, _ in synthetic_items(8, seed=11)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vcot.convert import ConvertConfig, convert, viscot
-from vcot.convert.synthetic import write_synthetic_viscot
+from vcot.dev.synthetic import write_synthetic_viscot
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from jobs.convert import main
 from vcot import manifest, shards, storage
 from vcot.config import parse_config
 from vcot.convert import ConvertConfig, convert
-from vcot.convert.synthetic import write_synthetic_viscot
+from vcot.dev.synthetic import write_synthetic_viscot
 from vcot.errors import ConfigError, NotCommittedError, StorageError, VcotError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

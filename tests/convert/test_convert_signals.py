@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vcot.convert.synthetic import write_synthetic_viscot
+from vcot.dev.synthetic import write_synthetic_viscot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")

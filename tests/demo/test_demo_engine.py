@@ -17,7 +17,7 @@ from vcot.demo.app import answer
 from vcot.demo.engine import DemoModel, Options, load_demo_model
 from vcot.errors import ConfigError, VcotError
 from vcot.modeling import MODEL_CARD
-from vcot.tiny_model import TINY_SIZES, TinySize, build_tiny_model
+from vcot.dev.tiny_model import TINY_SIZES, TinySize, build_tiny_model
 
 DEFAULTS = Options()
 SETTINGS = [DEFAULTS.max_new_tokens, DEFAULTS.repetition_penalty, DEFAULTS.box_aware_penalty, DEFAULTS.sample,

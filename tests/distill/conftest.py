@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests.distill.distill_helpers import API_KEY, commit_input, good_answer, make_record
-from vcot.llm.fake_server import FakeOpenAI
+from vcot.dev.fake_openai import FakeOpenAI
 
 
 @pytest.fixture

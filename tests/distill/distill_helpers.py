@@ -10,7 +10,7 @@ from PIL import Image
 
 from vcot import manifest, shards
 from vcot.distill.config import DistillConfig
-from vcot.llm.fake_server import FakeOpenAI
+from vcot.dev.fake_openai import FakeOpenAI
 from vcot.records import split_for
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"
@@ -65,7 +65,7 @@ def question_number(text: str) -> int:
 
 def good_answer(text: str) -> str:
     """A valid grounded answer to ``Q<i>``; captions and verification like ``echo_answer``."""
-    from vcot.llm.fake_server import echo_answer
+    from vcot.dev.fake_openai import echo_answer
 
     index = question_number(text)
     if index < 0:

@@ -15,7 +15,7 @@ from jobs.evaluate import main
 from vcot import manifest, shards
 from vcot.answers import normalize_answer
 from vcot.evaluate.judge import judge_messages, parse_score, verdict
-from vcot.llm.fake_server import FakeOpenAI
+from vcot.dev.fake_openai import FakeOpenAI
 
 API_KEY = "sk-judge-SECRET-0123456789abcdef"
 _FIELDS = re.compile(r"question: (.*)\nstandard answer: (.*)\nmodel's answer: (.*)\n")

@@ -109,7 +109,7 @@ def test_coordinate_convention_is_never_guessed(
 @pytest.fixture(scope="module")
 def other_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A base model of another size than the one ``adapter_dir`` was trained on."""
-    from vcot.tiny_model import build_tiny_qwen25vl
+    from vcot.dev.tiny_model import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(tmp_path_factory.mktemp("tiny-local"), size="local")
 

@@ -17,8 +17,8 @@ MODULES = [
     "vcot.train.common",
     "vcot.train.grpo",
     "vcot.train.checkpoints",
-    "vcot.train.summary",
-    "vcot.tiny_model",
+    "vcot.dev.summary",
+    "vcot.dev.tiny_model",
 ]
 
 

@@ -38,7 +38,7 @@ def train_toy(output_dir: Path, learning_rate: float) -> list[dict[str, Any]]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from vcot.tiny_model import build_tokenizer
+    from vcot.dev.tiny_model import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from vcot import shards, storage
-from vcot.train.summary import main, summary
+from vcot.dev.summary import main, summary
 
 
 def _write_outputs(root: Path) -> tuple[str, str]:

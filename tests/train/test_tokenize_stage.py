@@ -43,7 +43,7 @@ def test_image_token_count_equals_the_processors(processor, pixels: tuple[int, i
 
 @pytest.fixture(scope="module")
 def family_processors() -> dict:
-    from vcot.tiny_model import build_processor
+    from vcot.dev.tiny_model import build_processor
 
     return {family: build_processor(family=family) for family in ("qwen2.5-vl", "qwen3-vl")}
 

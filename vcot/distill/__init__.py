@@ -11,7 +11,7 @@ Modules, one concern each, in the order a request flows:
 - ``batch``: Batch API mode (request file, upload, submit, poll, ingest);
 - ``stage``: the stage itself (``distill(config)``).
 
-Tests and benchmarks run it against ``vcot.llm.fake_server``, a local OpenAI-compatible server.
+Tests and benchmarks run it against ``vcot.dev.fake_openai``, a local OpenAI-compatible server.
 """
 
 from vcot.distill.config import DistillConfig

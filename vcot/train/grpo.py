@@ -40,9 +40,15 @@ from vcot.modeling import (
 )
 from vcot.prompts import build_messages
 from vcot.rewards import RewardFunc, completion_text, reward_setup
-from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.common import (
+    RunFolders,
+    TrainConfig,
+    commit_run,
+    common_arguments,
+    load_policy,
+    run_training,
+)
 from vcot.train.recipe import Recipe
-from vcot.train.summary import reward_curves
 
 log = get_logger(__name__)
 
@@ -292,6 +298,37 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
 # --------------------------------------------------------------------------------------------------
 # The method
 # --------------------------------------------------------------------------------------------------
+
+
+REWARD_PREFIX = "rewards/"
+CURVE_WINDOW = 5
+"""Logged steps averaged at each end of a reward curve: one GRPO step's mean reward is noisy."""
+
+
+def reward_curves(log_history: list[dict[str, Any]], window: int = CURVE_WINDOW) -> dict[str, dict[str, Any]]:
+    """Each reward's mean over its first and last ``window`` logged values (fewer when the run logged fewer than
+    twice that: the two ends never overlap), and the steps they span (GRPO runs).
+
+    >>> history = [{"rewards/bbox_reward/mean": v, "step": s} for s, v in ((1, 0.1), (2, 0.2), (3, 0.3), (4, 0.6))]
+    >>> reward_curves(history, window=2)
+    {'bbox_reward': {'start': 0.15, 'end': 0.45, 'start_steps': [1, 2], 'end_steps': [3, 4]}}
+    """
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if key.startswith(REWARD_PREFIX) and key.endswith("/mean") and isinstance(value, (int, float)):
+                curves.setdefault(key[len(REWARD_PREFIX) : -len("/mean")], []).append((entry.get("step", 0), value))
+    found = {}
+    for name, points in curves.items():
+        size = max(1, min(window, len(points) // 2))
+        start, end = points[:size], points[-size:]
+        found[name] = {
+            "start": round(sum(v for _, v in start) / len(start), 6),
+            "end": round(sum(v for _, v in end) / len(end), 6),
+            "start_steps": [start[0][0], start[-1][0]],
+            "end_steps": [end[0][0], end[-1][0]],
+        }
+    return found
 
 
 def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:

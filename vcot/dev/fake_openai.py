@@ -9,7 +9,7 @@ It counts requests and the most in flight at once, and checks the bearer key lik
     with FakeOpenAI(latency=0.2) as server:   # server.base_url -> http://127.0.0.1:PORT/v1
         ...
 
-``python -m vcot.llm.fake_server --port 8000 --latency 0.2`` runs one standalone (GET /stats for counters).
+``python -m vcot.dev.fake_openai --port 8000 --latency 0.2`` runs one standalone (GET /stats for counters).
 Needs ``aiohttp`` (a test dependency, not one of the stage's).
 """
 

@@ -6,7 +6,7 @@ last logged step, the eval loss, for a GRPO run each reward's mean at the start 
 responses carry a valid ``<ref>..</ref><box>[..]</box>``, and where the HTML report is (copied to a local file so
 a browser opens it directly).
 
-    python -m vcot.train.summary --run s3://vcot/local/runs/tiny --evaluation s3://vcot/local/eval/tiny \\
+    python -m vcot.dev.summary --run s3://vcot/local/runs/tiny --evaluation s3://vcot/local/eval/tiny \\
         --report-to .cache/local-train/report.html
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 
 from vcot import storage
 from vcot.shards import read_jsonl
+from vcot.train.grpo import reward_curves
 
 
 def loss_line(metrics: dict[str, Any]) -> str:
@@ -38,44 +39,13 @@ def loss_line(metrics: dict[str, Any]) -> str:
     return "; ".join(parts) or "no losses logged"
 
 
-REWARD_PREFIX = "rewards/"
-CURVE_WINDOW = 5
-"""Logged steps averaged at each end of a reward curve: one GRPO step's mean reward is noisy."""
-
-
-def reward_curves(log_history: list[dict[str, Any]], window: int = CURVE_WINDOW) -> dict[str, dict[str, Any]]:
-    """Each reward's mean over its first and last ``window`` logged values (fewer when the run logged fewer than
-    twice that: the two ends never overlap), and the steps they span (GRPO runs).
-
-    >>> history = [{"rewards/bbox_reward/mean": v, "step": s} for s, v in ((1, 0.1), (2, 0.2), (3, 0.3), (4, 0.6))]
-    >>> reward_curves(history, window=2)
-    {'bbox_reward': {'start': 0.15, 'end': 0.45, 'start_steps': [1, 2], 'end_steps': [3, 4]}}
-    """
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for entry in log_history:
-        for key, value in entry.items():
-            if key.startswith(REWARD_PREFIX) and key.endswith("/mean") and isinstance(value, (int, float)):
-                curves.setdefault(key[len(REWARD_PREFIX) : -len("/mean")], []).append((entry.get("step", 0), value))
-    found = {}
-    for name, points in curves.items():
-        size = max(1, min(window, len(points) // 2))
-        start, end = points[:size], points[-size:]
-        found[name] = {
-            "start": round(sum(v for _, v in start) / len(start), 6),
-            "end": round(sum(v for _, v in end) / len(end), 6),
-            "start_steps": [start[0][0], start[-1][0]],
-            "end_steps": [end[0][0], end[-1][0]],
-        }
-    return found
-
-
 def reward_lines(metrics: dict[str, Any]) -> list[str]:
     """One line per reward of a GRPO run's ``metrics.json``: its mean at the start and at the end of the run.
 
     >>> reward_lines({"log_history": [{"rewards/format_reward/mean": 0.1, "step": 1}, {"rewards/format_reward/mean": 0.5, "step": 9}]})
     ['reward       format_reward 0.100 (steps 1-1) -> 0.500 (steps 9-9)']
     """
-    curves = reward_curves(metrics.get("log_history", []), window=CURVE_WINDOW)
+    curves = reward_curves(metrics.get("log_history", []))
     return [
         f"reward       {name} {c['start']:.3f} (steps {c['start_steps'][0]}-{c['start_steps'][1]}) -> "
         f"{c['end']:.3f} (steps {c['end_steps'][0]}-{c['end_steps'][1]})"
@@ -124,7 +94,7 @@ def summary(run: str, evaluation: str | None = None, report_to: Path | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vcot.train.summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m vcot.dev.summary", description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True, help="A committed train output, SFT or GRPO (metrics.json).")
     parser.add_argument("--evaluation", default=None, help="A committed evaluate output (metrics.json, report.html).")
     parser.add_argument("--report-to", type=Path, default=None, help="Local file to copy the HTML report to.")
