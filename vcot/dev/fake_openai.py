@@ -28,11 +28,23 @@ from typing import Any
 
 from aiohttp import web
 
+from vcot.distill import prompts
+
 Answer = Callable[[str], str]
 Fault = Callable[[str, int], "str | None"]
 
-_HINT = re.compile(r"The correct answer is: (.+?)\. Explain")
-_DRAFT = re.compile(r"Draft rationale:\n(.*?)\n\nCheck every", re.DOTALL)
+_HINT = re.compile(re.escape(prompts.ANSWER_HINT).replace(re.escape("{answer}"), "(.+?)"))
+
+
+def _draft_pattern() -> re.Pattern[str]:
+    """Where the draft sits in distill's verify message, read from the message itself (never retyped here)."""
+    text = prompts.verify_messages("\x00", "\x01")[1]["content"]
+    draft = text.index("\x00")
+    before, after = text[text.index("\x01") + 1 : draft], text[draft + 1 :][:12]
+    return re.compile(re.escape(before) + "(.*?)" + re.escape(after), re.DOTALL)
+
+
+_DRAFT = _draft_pattern()
 
 
 def request_text(body: dict[str, Any]) -> str:
@@ -49,12 +61,12 @@ def request_text(body: dict[str, Any]) -> str:
 
 def echo_answer(text: str) -> str:
     """A well-behaved teacher: grounded answers (with the hinted answer, if any), captions, verification."""
-    if "zoomed-in crops" in text and "Write no coordinates" in text:
+    if prompts.BRANCH_SYSTEM_PROMPT in text:
         return "A close view of a small round object."
-    if "fact checker" in text:
+    if prompts.VERIFY_SYSTEM_PROMPT in text:
         match = _DRAFT.search(text)
         return match.group(1) if match else ""
-    if "Describe this image in detail" in text:
+    if prompts.CAPTION_PROMPT in text:
         return "The scene shows a <ref>object</ref><box>[100, 100, 400, 400]</box> on a plain background."
     match = _HINT.search(text)
     answer = match.group(1) if match else "unknown"

@@ -42,6 +42,9 @@ text, and how they are arranged."""
 BRANCH_SYSTEM_PROMPT = """\
 You describe zoomed-in crops of images precisely. Say only what is visible; never guess."""
 
+ANSWER_HINT = "The correct answer is: {answer}. Explain how the image shows it."
+"""The hint of ``--hint-answer``: the teacher explains a known answer instead of guessing one."""
+
 VERIFY_SYSTEM_PROMPT = """\
 You are a strict fact checker of grounded visual rationales. You only remove or rename objects that the \
 evidence does not support; you never invent new ones."""
@@ -123,7 +126,7 @@ def question_text(record: dict[str, Any], *, hint_answer: bool) -> str:
     if choices:
         lines.append("Options: " + " ".join(f"({chr(65 + i)}) {choice}" for i, choice in enumerate(choices)))
     if hint_answer and record.get("answer"):
-        lines.append(f"The correct answer is: {record['answer']}. Explain how the image shows it.")
+        lines.append(ANSWER_HINT.format(answer=record["answer"]))
     return "\n".join(lines)
 
 
