@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,20 @@ def test_upload_and_download_prefix(s3_bucket: str, tmp_path: Path) -> None:
     assert len(written) == 2
     dest = storage.download_prefix(f"{s3_bucket}/model", tmp_path / "dst")
     assert (dest / "a.txt").read_text() == "a" and (dest / "sub" / "b.bin").read_bytes() == b"\x00\x01"
+
+
+@pytest.mark.integration
+def test_a_file_replaced_at_the_same_uri_is_fetched_again(real_s3: str, tmp_path: Path) -> None:
+    """An adapter retrained at the same URI (same file sizes) must not be served stale from the model cache."""
+    storage.write_text(f"{real_s3}/adapter/weights.bin", "old!")
+    dest = storage.download_prefix(f"{real_s3}/adapter", tmp_path / "cache")
+    assert (dest / "weights.bin").read_text() == "old!"
+    time.sleep(1.1)  # S3 modification times have one-second resolution
+    storage.write_text(f"{real_s3}/adapter/weights.bin", "new!")
+    assert (storage.download_prefix(f"{real_s3}/adapter", dest) / "weights.bin").read_text() == "new!"
+    before = (dest / "weights.bin").stat().st_mtime_ns
+    storage.download_prefix(f"{real_s3}/adapter", dest)  # unchanged: not fetched again
+    assert (dest / "weights.bin").stat().st_mtime_ns == before
 
 
 def test_lineage_of_raw_source_data_records_only_its_uri(tmp_path: Path) -> None:

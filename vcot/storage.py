@@ -395,7 +395,9 @@ def check_access(uri: str) -> None:
 
 
 def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] = ()) -> Path:
-    """Copy everything under ``prefix`` into the local folder ``dest`` (skipping files already there, same size).
+    """Copy everything under ``prefix`` into the local folder ``dest``, skipping files already there unchanged
+    (same size and the object's modification time, which a download stamps on the file): an adapter retrained
+    at the same URI is fetched again, not served stale from the cache.
 
     ``skip_suffixes`` leaves out files by name ending, e.g. ``(".safetensors",)`` to fetch a model's
     tokenizer and processor without its weights.
@@ -411,11 +413,13 @@ def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] =
         target = dest / relative(uri, prefix)
         bucket, key = split_s3(uri)
         with storage_errors(uri):
-            size = s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"]
-            if target.exists() and target.stat().st_size == size:
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+            stamp = head["LastModified"].timestamp()
+            if target.exists() and target.stat().st_size == head["ContentLength"] and target.stat().st_mtime == stamp:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             s3_client().download_file(bucket, key, str(target))
+            os.utime(target, (stamp, stamp))
     return dest
 
 
