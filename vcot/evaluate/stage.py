@@ -23,7 +23,7 @@ import os
 from collections import Counter
 from typing import Any, Literal
 
-from vcot import manifest, shards, storage
+from vcot import layout, manifest, shards, storage
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
@@ -65,7 +65,7 @@ def resolve_target(config: EvaluateConfig) -> Target:
     pointer = hist.read_pointer(config.pointer)
     home = storage.parent(config.pointer)
     return Target(
-        output=storage.join(config.output or storage.join(home, "evals"), hist.run_folder(pointer.run, home)),
+        output=storage.join(config.output or storage.join(home, layout.SCHEDULED_EVALS), hist.run_folder(pointer.run, home)),
         model=pointer.base_model,
         adapter=pointer.adapter,
         history=config.history or storage.join(home, hist.HISTORY_NAME),

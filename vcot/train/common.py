@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vcot import manifest, storage
+from vcot import layout, manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
@@ -93,7 +93,7 @@ def default_pointer(output: str) -> str:
     >>> default_pointer("s3://bucket/runs/run-7/")
     's3://bucket/runs/latest.json'
     """
-    return storage.join(storage.parent(output), "latest.json")
+    return storage.join(storage.parent(output), layout.POINTER)
 
 
 # --------------------------------------------------------------------------------------------------
