@@ -11,8 +11,8 @@ import torch
 
 from vcot.errors import VcotError
 from vcot.images import load_rgb
-from vcot.modeling import load_processor, model_family
 from vcot.model_format import ModelFormat
+from vcot.modeling import load_processor, model_family
 from vcot.tokenize import Encoder
 from vcot.train.data import Collator
 

@@ -7,10 +7,6 @@ format, so the GRPO runs continue a short SFT run's adapter, as ``make local-grp
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +15,7 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+from tests.train.train_helpers import run_until_killed
 from vcot import manifest, storage
 from vcot.errors import VcotError
 from vcot.model_format import ModelFormat
@@ -122,28 +119,6 @@ def test_grpo_adapter_loads_as_evaluate_loads_it(grpo_run: str) -> None:
     assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
 
 
-def _run_until_killed(argv: list[str], kill_at_step: int) -> tuple[int, str]:
-    """vcot-train in a subprocess, SIGTERM once it logged ``kill_at_step``; returns (exit code, stderr)."""
-    env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *argv], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert process.stderr is not None
-    lines = []
-    for line in process.stderr:
-        lines.append(line)
-        if line.startswith("{") and '"train_log"' in line and json.loads(line).get("step", 0) >= kill_at_step:
-            process.send_signal(signal.SIGTERM)
-            break
-    try:
-        _, rest = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise AssertionError("vcot-train did not stop within 120 s of SIGTERM:\n" + "".join(lines)[-3000:]) from None
-    return process.returncode, "".join(lines) + rest
-
-
 @pytest.mark.integration
 def test_killed_grpo_run_resumes_to_the_same_adapter(
     grpo_run: str, record_data: str, tiny_model_dir: Path, sft_adapter: str, real_s3: str
@@ -151,7 +126,7 @@ def test_killed_grpo_run_resumes_to_the_same_adapter(
     output = f"{real_s3}/runs/grpo-killed"
     argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", output, "--recipe", "tiny-cpu-grpo",
             "--set", RUN_SET, "--init-adapter", sft_adapter, "--threads", "1"]  # fmt: skip
-    code, stderr = _run_until_killed(argv, kill_at_step=2)
+    code, stderr = run_until_killed(argv, kill_at_step=2)
     assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
     saved = complete_checkpoints(storage.join(output, "checkpoints"))
     assert saved and max(saved) < 4 and not manifest.is_committed(output)

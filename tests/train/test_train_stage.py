@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +13,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
+from tests.train.train_helpers import run_until_killed
 from vcot import manifest, storage
 from vcot.images import load_rgb
 from vcot.model_format import ModelFormat
@@ -118,32 +115,6 @@ def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data:
     assert isinstance(processor.decode(new_tokens, skip_special_tokens=True), str)
 
 
-def _run_until_killed(argv: list[str], kill_at_step: int) -> tuple[int, str]:
-    """Start vcot-train in a subprocess, SIGTERM it once it logged ``kill_at_step``; returns (code, stderr)."""
-    env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "jobs.train", *argv],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        lines.append(line)
-        if line.startswith("{") and '"train_log"' in line and json.loads(line).get("step", 0) >= kill_at_step:
-            process.send_signal(signal.SIGTERM)
-            break
-    try:
-        _, rest = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise AssertionError("vcot-train did not stop within 120 s of SIGTERM:\n" + "".join(lines)[-3000:]) from None
-    return process.returncode, "".join(lines) + rest
-
-
 @pytest.mark.integration
 def test_killed_run_resumes_to_the_same_final_loss(
     reference_run: str, tokenized_data: str, tiny_model_dir: Path, s3_bucket: str
@@ -161,7 +132,7 @@ def test_killed_run_resumes_to_the_same_final_loss(
         "--set",
         RUN_SET,
     ]
-    code, stderr = _run_until_killed(argv, kill_at_step=3)
+    code, stderr = run_until_killed(argv, kill_at_step=3)
     assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
     checkpoints = storage.join(output, "checkpoints")
     saved = complete_checkpoints(checkpoints)
