@@ -23,7 +23,10 @@ def test_interpolation_is_exact_on_a_linear_reward() -> None:
     length, every = 23, 8
     anchors = gfn.reward_anchors(length, every)
     assert anchors == [0, 8, 16, 23]
-    line = lambda k: -3.0 + 0.25 * k  # noqa: E731
+
+    def line(k: int) -> float:
+        return -3.0 + 0.25 * k
+
     rewards = gfn.interpolate_log_rewards(anchors, [line(k) for k in anchors], length)
     assert rewards.tolist() == pytest.approx([line(k) for k in range(length + 1)])
 

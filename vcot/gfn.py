@@ -16,6 +16,7 @@ No model here: the train stage (``vcot/train/rgfn.py``) computes these tensors, 
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import torch
@@ -61,7 +62,7 @@ def interpolate_log_rewards(anchors: list[int], values: list[float], length: int
         raise ValueError("anchors must start at 0, end at length and match values one to one")
     states = torch.arange(length + 1, dtype=torch.float64)
     out = torch.empty(length + 1, dtype=torch.float64)
-    for (left, right), (v_left, v_right) in zip(zip(anchors, anchors[1:]), zip(values, values[1:])):
+    for (left, right), (v_left, v_right) in zip(itertools.pairwise(anchors), itertools.pairwise(values), strict=True):
         span = states[left : right + 1]
         out[left : right + 1] = v_left + (v_right - v_left) * (span - left) / (right - left)
     out[1 : min(min_length, length)] = MIN_LENGTH_LOG_REWARD  # the terminal state keeps its own (a short reference)
