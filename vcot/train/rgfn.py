@@ -77,7 +77,6 @@ class RGFNTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.recipe, self.fmt = recipe, fmt
         self.end_id = int(self.processing_class.tokenizer.eos_token_id)
-        self.rng = random.Random(recipe.seed)
         self.logged: dict[str, list[float]] = defaultdict(list)
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -115,8 +114,10 @@ class RGFNTrainer(Trainer):
 
     # -- 1. sampling -------------------------------------------------------------------------------
     def sample(self, model: Any, prompt: Prompt) -> list[list[int]]:
-        """``explore_nums`` rationales from the policy (KV cache), cut before their end-of-turn token."""
+        """``explore_nums`` rationales from the policy (KV cache), cut before their end-of-turn token. The
+        temperatures come from the seed and the step (a resumed run draws the same; torch's RNG the trainer restores)."""
         recipe, samples = self.recipe, []
+        rng = random.Random(recipe.seed * 1_000_003 + self.state.global_step)
         x_len = prompt.inputs["input_ids"].shape[1]
         while len(samples) < recipe.explore_nums:
             chunk = min(recipe.explore_min_bs, recipe.explore_nums - len(samples))
@@ -124,7 +125,7 @@ class RGFNTrainer(Trainer):
             was_training = model.training
             model.eval()  # sampling: no dropout, and the KV cache even when training checkpoints activations
             with torch.no_grad():
-                out = model.generate(**batch, do_sample=True, temperature=gfn.sampling_temperature(self.rng),
+                out = model.generate(**batch, do_sample=True, temperature=gfn.sampling_temperature(rng),
                                      top_k=0, top_p=1.0, min_new_tokens=recipe.rat_min_len,
                                      max_new_tokens=recipe.rat_max_len, eos_token_id=self.end_id,
                                      pad_token_id=self.processing_class.tokenizer.pad_token_id, use_cache=True)
