@@ -83,6 +83,21 @@ def split_rationale(text: str, record: dict[str, Any]) -> tuple[str, str]:
     return (head if marker else text).strip(), answer if answer is not None else str(record.get("answer") or "")
 
 
+def answer_cue(processor: Any, messages: list[dict[str, Any]]) -> str:
+    """``rationale_turn``: the text between a rationale and its answer (the end of the ``Analyzer`` turn and the
+    assistant's cue), rendered by the chat template; ``messages`` is the user turn."""
+    first, second = "\u2063vcot-a\u2063", "\u2063vcot-b\u2063"
+    text = processor.apply_chat_template(
+        [
+            *messages,
+            {"role": RATIONALE_ROLE, "content": [{"type": "text", "text": first}]},
+            {"role": "assistant", "content": [{"type": "text", "text": second}]},
+        ],
+        tokenize=False,
+    )
+    return text[text.index(first) + len(first) : text.index(second)]
+
+
 def turn_prefix(processor: Any, messages: list[dict[str, Any]], role: str) -> str:
     """The chat rendered up to where a new ``role`` turn's text begins: a generation prompt for any role
     (the chat template's own ``add_generation_prompt`` only cues the assistant)."""

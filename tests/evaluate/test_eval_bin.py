@@ -77,3 +77,35 @@ def test_bin_needs_a_model_and_two_samples(tmp_path: Path, capsys: pytest.Captur
         with pytest.raises(SystemExit) as exited:
             main([*common, *given])
         assert exited.value.code == 2 and "--bin N needs N >= 2" in capsys.readouterr().err
+
+
+def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """Greedy and BiN on an adapter whose card says rationale_turn: two generations, the answer turn after the
+    Analyzer turn; the prompt cues the Analyzer."""
+    import dataclasses
+    import json
+    import shutil
+
+    from vcot.modeling import MODEL_CARD
+
+    adapter = tmp_path / "analyzer-adapter"
+    shutil.copytree(adapter_dir, adapter)
+    _, processor = load_model_and_processor(str(tiny_model_dir))
+    fmt = dataclasses.replace(_fmt(processor, tiny_model_dir), layout="rationale_turn")
+    size = processor.image_processor.size
+    fmt = dataclasses.replace(fmt, vision=dataclasses.replace(fmt.vision, min_pixels=size.shortest_edge,
+                                                              max_pixels=size.longest_edge))
+    (adapter / MODEL_CARD).write_text(json.dumps({"base_model": str(tiny_model_dir), "model_format": fmt.to_dict()}))
+    record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
+    assert prompt_text(processor, record, GenerationSettings(fmt=fmt)).endswith("<|im_start|>Analyzer\n")
+    data = commit_records(str(tmp_path), [record])
+    out = str(tmp_path / "o")
+    args = ["--model", str(tiny_model_dir), "--adapter", str(adapter), "--data", data, "--output", out]
+    assert main([*args, "--max-new-tokens", "6", "--bin", "2"]) == 0
+    metrics = storage.read_json(f"{out}/metrics.json")
+    assert metrics["details"]["model_format"]["layout"] == "rationale_turn"
+    for style in ("predictions/", "predictions-bin/"):
+        rows = list(shards.read_jsonl(manifest.committed_files(out, style)[0]))
+        assert len(rows) == 1 and "<|im_start|>" not in rows[0]["prediction"]

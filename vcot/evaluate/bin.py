@@ -8,6 +8,9 @@ rationale: the answer the rationales agree explain best, not the one a single lu
 Best-of-N returns the response whose answer tokens have the highest mean log-probability after their own
 rationale (the diagonal), so the report can compare the two with greedy decoding.
 
+For a ``rationale_turn`` model (LaCoT's layout) Z is the sampled ``Analyzer`` turn and the SFT model answers in
+the assistant turn after it; S scores Z, the turn boundary and the answer turn the same way.
+
 The scorer is the SFT model (the paper's); ``--bin-scorer policy`` scores with the adapter on (the released
 code's). Without an adapter the policy and the SFT model are the same network.
 """
@@ -22,10 +25,11 @@ from typing import Any, Literal
 import torch
 
 from vcot import gfn
-from vcot.evaluate.generation import GenerationSettings, Skipped, prompt_text
+from vcot.evaluate.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.modeling import stop_token_ids
+from vcot.prompts import answer_cue, build_messages
 
 log = get_logger(__name__)
 
@@ -53,12 +57,15 @@ class BinChoice:
     scores: list[list[float]]
 
 
-def rationale_of(response: str) -> str:
-    """The rationale Z of a sampled response: everything before its last ``Answer:`` (the whole text without one).
+def rationale_of(response: str, *, own_turn: bool = False) -> str:
+    """The rationale Z of a sampled response: everything before its last ``Answer:`` (the whole text without one,
+    or when the rationale is a turn of its own).
 
     >>> rationale_of("The <ref>cup</ref> is red. Answer: red")
     'The <ref>cup</ref> is red. '
     """
+    if own_turn:
+        return response
     head, marker, _ = response.rpartition(ANSWER_MARKER)
     return head if marker else response.rstrip() + " "
 
@@ -92,14 +99,14 @@ def _generate(model: Any, processor: Any, texts: list[str], image: Any, **kwargs
 
 
 def sequence_scores(
-    model: Any, processor: Any, prompt: str, pieces: Sequence[tuple[str, str]], image: Any
+    model: Any, processor: Any, prompt: str, pieces: Sequence[tuple[str, str]], image: Any, joiner: str = ANSWER_MARKER
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each (rationale, answer): the mean log-probability of every token after the prompt (rationale,
-    answer, end of turn) and of the answer's tokens alone."""
-    texts = [prompt + z + ANSWER_MARKER + y + processor.tokenizer.eos_token for z, y in pieces]
+    ``joiner``, answer, end of turn) and of the answer's tokens alone."""
+    texts = [prompt + z + joiner + y + processor.tokenizer.eos_token for z, y in pieces]
     inputs = _encode(processor, texts, image, padding_side="right").to(model.device)
     prompt_len = len(_encode(processor, [prompt], image, padding_side="right")["input_ids"][0])
-    answer_starts = [len(_encode(processor, [prompt + z + ANSWER_MARKER], image, padding_side="right")["input_ids"][0])
+    answer_starts = [len(_encode(processor, [prompt + z + joiner], image, padding_side="right")["input_ids"][0])
                      for z, _ in pieces]
     with torch.inference_mode():
         logits = model(**inputs).logits.float()
@@ -127,18 +134,20 @@ def bin_record(
     n = bin_settings.samples
     sampled = _generate(model, processor, [prompt] * n, image, do_sample=True,
                         temperature=bin_settings.temperature, max_new_tokens=settings.max_new_tokens)
-    rationales = [rationale_of(text) for text in sampled]
+    own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
+    joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)[:1]) if own_turn else ANSWER_MARKER
+    rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
     with adapter_disabled(model):
-        answers = _generate(model, processor, [prompt + z + ANSWER_MARKER for z in rationales], image,
+        answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,
                             do_sample=False, max_new_tokens=ANSWER_TOKENS)
     pairs = [(rationales[i], answers[j]) for j in range(n) for i in range(n)]  # row j: answer j after each Z_i
     scoring = adapter_disabled(model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
     with scoring:
-        joint, answer_only = sequence_scores(model, processor, prompt, pairs, image)
+        joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)
     chosen = gfn.bin_select(scores)
     best = gfn.best_of_n(answer_only.view(n, n).diagonal())
-    respond = lambda k: rationales[k] + ANSWER_MARKER + answers[k]
+    respond = lambda k: f"{rationales[k].strip()} {answers[k].strip()}" if own_turn else rationales[k] + ANSWER_MARKER + answers[k]
     return BinChoice(respond(chosen), respond(best), scores.tolist())
 
 
