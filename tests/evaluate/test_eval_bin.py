@@ -11,7 +11,7 @@ import torch
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import gfn, manifest, shards, storage
-from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, rationale_of, sequence_scores
+from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
 from vcot.evaluate.generation import GenerationSettings, prompt_text
 from vcot.images import load_rgb
 from vcot.model_format import ModelFormat
@@ -67,6 +67,8 @@ def test_evaluate_bin_adds_bin_and_best_of_n_beside_greedy(tiny_model_dir: Path,
     for style in ("bin", "best_of_n"):
         rows = list(shards.read_jsonl(manifest.committed_files(out, f"predictions-{style}/")[0]))
         assert len(rows) == 2
+    lines = comparison_lines(metrics)
+    assert lines[0].split()[-3:] == ["greedy", "BiN", "best-of-N"] and lines[1].startswith("overall")
     report = storage.read_text(f"{out}/report.html")
     assert "Answers side by side" in report and "cot - direct" not in report
 
@@ -109,3 +111,13 @@ def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
     for style in ("predictions/", "predictions-bin/"):
         rows = list(shards.read_jsonl(manifest.committed_files(out, style)[0]))
         assert len(rows) == 1 and "<|im_start|>" not in rows[0]["prediction"]
+
+
+def test_vision_placeholders_are_never_sampled(tiny_model_dir: Path) -> None:
+    """A sampled rationale is prompted again with the image: an image-pad token in it would break the forward."""
+    from vcot.modeling import vision_token_ids
+
+    _, processor = load_model_and_processor(str(tiny_model_dir))
+    tokenizer = processor.tokenizer
+    ids = vision_token_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) == 4

@@ -28,7 +28,7 @@ from vcot import gfn
 from vcot.evaluate.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.images import load_rgb
 from vcot.log import get_logger
-from vcot.modeling import stop_token_ids
+from vcot.modeling import stop_token_ids, vision_token_ids
 from vcot.prompts import answer_cue, build_messages
 
 log = get_logger(__name__)
@@ -89,7 +89,7 @@ def _encode(processor: Any, texts: list[str], image: Any, *, padding_side: str) 
 def _generate(model: Any, processor: Any, texts: list[str], image: Any, **kwargs: Any) -> list[str]:
     inputs = _encode(processor, texts, image, padding_side="left").to(model.device)
     with torch.inference_mode():
-        output = model.generate(**inputs, num_beams=1, **kwargs)
+        output = model.generate(**inputs, num_beams=1, suppress_tokens=vision_token_ids(processor.tokenizer), **kwargs)
     stops = stop_token_ids(model, processor.tokenizer)
     texts_out = []
     for row in output[:, inputs["input_ids"].shape[1] :].tolist():
@@ -171,3 +171,41 @@ def bin_responses(
                "scorer": bin_settings.scorer, "seed": bin_settings.seed, "skipped_samples": skipped}
     log.info("bin_done", records=len(records), **{k: v for k, v in details.items() if k != "skipped_samples"})
     return by_bin, by_best, details
+
+
+def comparison_lines(metrics: dict[str, Any]) -> list[str]:
+    """Greedy vs BiN vs best-of-N answer accuracy, overall and per subset, from an evaluate ``metrics.json``.
+
+    >>> rows = [{"subset": "overall", "samples": {"cot": 4}, "answer_accuracy": {"cot": 0.25, "bin": 0.5, "best_of_n": 0.25}}]
+    >>> print("\\n".join(comparison_lines({"prompt_styles": {"styles": ["cot", "bin", "best_of_n"], "rows": rows}})))
+    answer accuracy   samples   greedy      BiN best-of-N
+    overall                 4    0.250    0.500    0.250
+    """
+    table = metrics.get("prompt_styles") or {}
+    styles = [s for s in ("cot", "bin", "best_of_n") if s in table.get("styles", [])]
+    if "bin" not in styles:
+        return ["no BiN here: evaluate with --bin N"]
+    names = {"cot": "greedy", "bin": "BiN", "best_of_n": "best-of-N"}
+    lines = [f"{'answer accuracy':<15} {'samples':>9}" + "".join(f" {names[s]:>8}" for s in styles)]
+    for row in table["rows"]:
+        accuracy = row.get("answer_accuracy", {})
+        cells = "".join(f" {accuracy.get(s, float('nan')):>8.3f}" for s in styles)
+        lines.append(f"{row['subset']:<15} {row['samples'][styles[0]]:>9}{cells}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vcot.evaluate.bin --metrics URI``: print the comparison (what ``make local-rgfn`` shows)."""
+    import argparse
+
+    from vcot import storage
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--metrics", required=True, help="an evaluate output's metrics.json (file or s3:// URI)")
+    args = parser.parse_args(argv)
+    print("\n".join(comparison_lines(storage.read_json(args.metrics))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

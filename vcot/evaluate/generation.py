@@ -20,7 +20,7 @@ from transformers import LogitsProcessorList
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
-from vcot.modeling import stop_token_ids
+from vcot.modeling import stop_token_ids, vision_token_ids
 from vcot.penalty import BoxAwareRepetitionPenalty
 from vcot.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
 
@@ -134,9 +134,12 @@ def generate_batch(
     if inputs is None:
         return responses
     inputs = inputs.to(model.device)
+    # The rationale of a two-phase model is prompted again with the image: it must not hold vision placeholders.
+    suppress = {"suppress_tokens": vision_token_ids(processor.tokenizer)} if two_phase(settings) else {}
     with torch.inference_mode():
         output = model.generate(
             **inputs,
+            **suppress,
             do_sample=False,
             num_beams=1,
             max_new_tokens=settings.max_new_tokens,

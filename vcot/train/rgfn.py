@@ -33,7 +33,7 @@ from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import RATIONALE_ROLE, ModelFormat
-from vcot.modeling import machine_precision
+from vcot.modeling import machine_precision, vision_token_ids
 from vcot.prompts import build_messages, split_rationale, turn_prefix
 from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
 from vcot.train.grpo import grpo_format, record_problem
@@ -128,7 +128,8 @@ class RGFNTrainer(Trainer):
                 out = model.generate(**batch, do_sample=True, temperature=gfn.sampling_temperature(rng),
                                      top_k=0, top_p=1.0, min_new_tokens=recipe.rat_min_len,
                                      max_new_tokens=recipe.rat_max_len, eos_token_id=self.end_id,
-                                     pad_token_id=self.processing_class.tokenizer.pad_token_id, use_cache=True)
+                                     pad_token_id=self.processing_class.tokenizer.pad_token_id, use_cache=True,
+                                     suppress_tokens=vision_token_ids(self.processing_class.tokenizer))
             model.train(was_training)
             for row in out[:, x_len:].tolist():
                 samples.append(row[: row.index(self.end_id)] if self.end_id in row else row)
