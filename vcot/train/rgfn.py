@@ -34,7 +34,7 @@ from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.modeling import machine_precision, vision_token_ids
-from vcot.prompts import build_messages, split_rationale, turn_prefix
+from vcot.prompts import build_messages, turn_prefix
 from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.recipe import Recipe
