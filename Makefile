@@ -250,8 +250,8 @@ LOCAL_RGFN_SET ?=
 local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn layout, RGFN, evaluate with BiN (greedy vs BiN vs best-of-N)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
-	$(PY) -m vcot.local_s3 up >/dev/null; \
-	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
 	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/records') else 1)" \
 		|| { echo "local-rgfn: no committed records at $(LOCAL_RUN)/records: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
