@@ -239,6 +239,42 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py
 
+# --- RGFN -------------------------------------------------------------------------------------------
+# After `make local-train` (same LOCAL_RUN): its records tokenized in LaCoT's three-turn layout (--layout
+# rationale_turn), an SFT adapter on them (recipe tiny-cpu), RGFN from it (recipe tiny-cpu-rgfn), then
+# vcot-evaluate --bin 3 on the RGFN adapter, printing greedy vs BiN vs best-of-N. Mechanics, not quality.
+# LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs.
+LOCAL_RGFN_SET ?=
+.PHONY: local-rgfn
+
+local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn layout, RGFN, evaluate with BiN (greedy vs BiN vs best-of-N)
+	@set -euo pipefail; \
+	start=$$(date +%s); \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
+	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
+	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/records') else 1)" \
+		|| { echo "local-rgfn: no committed records at $(LOCAL_RUN)/records: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RUN)/tokens-analyzer"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) \
+		--layout rationale_turn; \
+	echo "== SFT (recipe tiny-cpu, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-analyzer \
+		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
+	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RUN)/runs/tiny-rgfn"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny-analyzer/adapter \
+		--output $(LOCAL_RUN)/runs/tiny-rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \
+		$(if $(LOCAL_RGFN_SET),--set "$(LOCAL_RGFN_SET)"); \
+	echo "== evaluate --bin 3 -> $(LOCAL_RUN)/eval/tiny-rgfn"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny-rgfn/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RUN)/eval/tiny-rgfn --max-new-tokens 96 --max-samples 32 --bin 3 --threads $(LOCAL_THREADS); \
+	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
+	echo "  SFT run (three-turn)  $(LOCAL_RUN)/runs/tiny-analyzer"; \
+	echo "  RGFN run              $(LOCAL_RUN)/runs/tiny-rgfn  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  evaluation            $(LOCAL_RUN)/eval/tiny-rgfn  (predictions/, predictions-bin/, predictions-best_of_n/)"; \
+	echo; \
+	$(PY) -m vcot.evaluate.bin --metrics $(LOCAL_RUN)/eval/tiny-rgfn/metrics.json
+
 # --- evaluate ---------------------------------------------------------------------------------------
 .PHONY: bench-evaluate
 bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)

@@ -8,6 +8,7 @@ pointer and the scheduled re-evaluations sit beside the runs, in ``<root>/``::
     <root>/<run id>/tokenized   tokenize's Parquet rows
     <root>/<run id>/train       the SFT run (adapter/, checkpoints/, ...)
     <root>/<run id>/grpo        the GRPO run (components/grpo, make local-grpo)
+    <root>/<run id>/rgfn        the RGFN run (components/rgfn)
     <root>/<run id>/eval        evaluate's predictions, metrics and report
     <root>/latest.json          the newest model (train writes it, the CronJob follows it)
     <root>/evals/               scheduled re-evaluations
@@ -21,7 +22,8 @@ from __future__ import annotations
 from vcot import storage
 
 RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL = "records", "distilled", "tokenized", "train", "grpo", "eval"
-RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL)
+RGFN = "rgfn"
+RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL)
 POINTER = "latest.json"
 SCHEDULED_EVALS = "evals"
 

@@ -49,6 +49,11 @@ Mode = Literal["multimodal", "text"]
 FAMILIES: tuple[Family, ...] = ("qwen2.5-vl", "qwen3-vl")
 COORDS: tuple[Coords, ...] = ("norm1000", "qwen2.5-absolute")
 MODES: tuple[Mode, ...] = ("multimodal", "text")
+Layout = Literal["two_turn", "rationale_turn"]
+LAYOUTS: tuple[Layout, ...] = ("two_turn", "rationale_turn")
+"""two_turn: the assistant turn holds the rationale and ``Answer: ...``; rationale_turn (LaCoT's, for RGFN): the
+rationale is a turn of its own (role :data:`RATIONALE_ROLE`) and the assistant turn holds ``Answer: ...`` alone."""
+RATIONALE_ROLE = "Analyzer"
 MODEL_TYPES: dict[str, Family] = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}
 """``config.json`` ``model_type`` -> family."""
 IMAGE_PAD = "<|image_pad|>"
@@ -160,9 +165,11 @@ class ModelFormat:
     box_syntax: BoxFormat
     mode: Mode
     vision: VisionGeometry
+    layout: Layout = "two_turn"
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
+            ("layout", self.layout, LAYOUTS),
             ("family", self.family, FAMILIES),
             ("coords", self.coords, COORDS),
             ("box_syntax", self.box_syntax, BOX_FORMATS),
@@ -323,6 +330,7 @@ class ModelFormat:
                 box_syntax=data.get("box_syntax", "house"),
                 mode=data["mode"],
                 vision=VisionGeometry(**data["vision"]),
+                layout=data.get("layout", "two_turn"),  # stored before layouts existed: two turns
             )
         missing = [key for key in ("mode", "coords", "min_pixels", "max_pixels") if key not in data]
         if missing:

@@ -283,6 +283,16 @@ def _adapter_fits(adapter_uri: str, model_uri: str) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the vision placeholders a sampled text must never hold: decoded and encoded again with the
+    image, one would be taken for an image token ("image features and image tokens do not match")."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS]
+    return sorted({i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id})
+
+
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """The tokens that end a response: the generation config's end-of-turn ids, the tokenizer's eos and pad."""
     eos = model.generation_config.eos_token_id

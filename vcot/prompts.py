@@ -11,7 +11,8 @@ import string
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from vcot.model_format import HOUSE, ModelFormat
+from vcot.answers import final_answer
+from vcot.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
 
 PromptStyle = Literal["cot", "direct"]
 PROMPT_STYLES: tuple[PromptStyle, ...] = ("cot", "direct")
@@ -43,7 +44,8 @@ def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: Promp
 def build_messages(
     record: dict[str, Any], fmt: ModelFormat = HOUSE, *, with_answer: bool = True, style: PromptStyle = "cot"
 ) -> list[dict[str, Any]]:
-    """The chat for ``record``: a user turn (image + question) and, ``with_answer``, the assistant's rationale.
+    """The chat for ``record``: a user turn (image + question) and, ``with_answer``, the assistant's rationale
+    (in the ``rationale_turn`` layout: an ``Analyzer`` turn with the rationale, then the assistant's answer).
 
     ``text`` mode is the seed's: no image at all in the chat. Evaluate calls this with ``with_answer=False``
     and the chat template's generation prompt (and ``style="direct"`` to ask for the answer alone).
@@ -62,5 +64,45 @@ def build_messages(
     if with_answer:
         rationale = str(record.get("rationale") or "")
         target = fmt.render(rationale, int(record["width"]), int(record["height"]))
+        if fmt.layout == "rationale_turn":
+            reasoning, answer = split_rationale(target, record)
+            messages.append({"role": RATIONALE_ROLE, "content": [{"type": "text", "text": reasoning}]})
+            target = f"Answer: {answer}"
         messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
     return messages
+
+
+def split_rationale(text: str, record: dict[str, Any]) -> tuple[str, str]:
+    """A rationale's reasoning (before its last ``Answer:``) and answer (after it, else the record's ``answer``).
+
+    >>> split_rationale("The <ref>cup</ref> is red. Answer: red", {})
+    ('The <ref>cup</ref> is red.', 'red')
+    """
+    head, marker, _ = text.rpartition("Answer:")
+    answer = final_answer(text) if marker else None
+    return (head if marker else text).strip(), answer if answer is not None else str(record.get("answer") or "")
+
+
+def answer_cue(processor: Any, messages: list[dict[str, Any]]) -> str:
+    """``rationale_turn``: the text between a rationale and its answer (the end of the ``Analyzer`` turn and the
+    assistant's cue), rendered by the chat template; ``messages`` is the user turn."""
+    first, second = "\u2063vcot-a\u2063", "\u2063vcot-b\u2063"
+    text = processor.apply_chat_template(
+        [
+            *messages,
+            {"role": RATIONALE_ROLE, "content": [{"type": "text", "text": first}]},
+            {"role": "assistant", "content": [{"type": "text", "text": second}]},
+        ],
+        tokenize=False,
+    )
+    return text[text.index(first) + len(first) : text.index(second)]
+
+
+def turn_prefix(processor: Any, messages: list[dict[str, Any]], role: str) -> str:
+    """The chat rendered up to where a new ``role`` turn's text begins: a generation prompt for any role
+    (the chat template's own ``add_generation_prompt`` only cues the assistant)."""
+    cue = "\u2063vcot-turn\u2063"
+    text = processor.apply_chat_template(
+        [*messages, {"role": role, "content": [{"type": "text", "text": cue}]}], tokenize=False
+    )
+    return text[: text.index(cue)]

@@ -221,3 +221,52 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
             convert(
                 ConvertConfig(source=source, input=str(tmp_path / "none" / "x.json"), output=str(tmp_path / source))
             )
+
+
+def _lacot(item_id: str, image: str, reasoning: str, answer: str, reason_role: str = "reason") -> dict:
+    return {
+        "id": item_id,
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is the man holding?"},
+            {"from": reason_role, "value": reasoning},
+            {"from": "gpt", "value": answer},
+        ],
+    }
+
+
+def test_lacot_keeps_rationale_and_answer_apart_and_splits_back_into_two_turns(tmp_path: Path) -> None:
+    from vcot.prompts import build_messages
+
+    root = tmp_path / "lacot"
+    (root / "images" / "coco").mkdir(parents=True)
+    (root / "images" / "coco" / "1.png").write_bytes(_png(64, 48))
+    items = [
+        _lacot("a", "coco/1.png", "The man raises a bat over his shoulder.", "bat"),
+        _lacot("b", "coco/1.png", "", "bat"),  # no reasoning
+        {"id": "c", "image": "coco/1.png", "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "x"}]},
+    ]
+    data = root / "lacot_rl_3k.json"
+    data.write_text(json.dumps(items))
+    output = str(tmp_path / "out")
+    convert(ConvertConfig(source="lacot", input=str(data), output=output))
+    records = {r["id"]: r for r in _records(output)}
+    assert list(records) == ["lacot:a"]
+    record = records["lacot:a"]
+    assert (record["question"], record["answer"], record["width"], record["height"]) == ("What is the man holding?", "bat", 64, 48)
+    assert record["rationale"] == "The man raises a bat over his shoulder. Answer: bat"
+    assert record["provenance"]["reason_role"] == "reason" and record["needs_distillation"]
+    rejected = {r["id"]: r["reason"] for r in _records(output, ("rejected/",))}
+    assert rejected == {"lacot:b": "missing_rationale", "lacot:c": "bad_conversations"}
+    turns = build_messages(record, _analyzer_format())
+    assert [m["role"] for m in turns] == ["user", "Analyzer", "assistant"]
+    assert turns[1]["content"][0]["text"] == "The man raises a bat over his shoulder."
+    assert turns[2]["content"][0]["text"] == "Answer: bat"
+
+
+def _analyzer_format():  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from vcot.model_format import ModelFormat
+
+    return dataclasses.replace(ModelFormat.for_family(), layout="rationale_turn")

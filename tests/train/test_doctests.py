@@ -19,6 +19,8 @@ MODULES = [
     "vcot.train.checkpoints",
     "vcot.dev.summary",
     "vcot.dev.tiny_model",
+    "vcot.gfn",
+    "vcot.evaluate.bin",
 ]
 
 

@@ -124,3 +124,32 @@ def test_grpo_recipes_say_why_for_every_knob() -> None:
 def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
     with pytest.raises(VcotError, match=re.escape(message)):
         load_recipe("tiny-cpu-grpo", overrides)
+
+
+def test_rgfn_recipes_say_why_for_every_knob() -> None:
+    for name in ("qwen2.5-vl-7b-rgfn", "tiny-cpu-rgfn"):
+        recipe = load_recipe(name)
+        assert recipe.method == "gfn" and recipe.early_stopping_patience == 0 and recipe.neftune_noise_alpha is None
+        text = (Path(__file__).parents[2] / "vcot" / "train" / "recipes" / f"{name}.yaml").read_text()
+        bare = [line for line in text.splitlines() if re.match(r"^[a-z_]+:", line) and "#" not in line]
+        assert not bare, (name, bare)
+    paper = load_recipe("qwen2.5-vl-7b-rgfn")
+    assert (paper.lora_r, paper.lora_alpha, paper.learning_rate, paper.weight_decay) == (64, 128, 1e-5, 0.05)
+    assert (paper.rat_min_len, paper.rat_max_len, paper.explore_nums, paper.reward_every) == (64, 700, 6, 8)
+    assert (paper.reward_tolerance_start, paper.reward_tolerance_end) == (1.5, 1.0)
+    assert (paper.reward_temp_start, paper.reward_temp_end) == (1.0, 0.7)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("explore_nums=0", "explore_nums"),
+        ("rat_min_len=10,rat_max_len=5", "rat_min_len <= rat_max_len"),
+        ("reward_temp_end=0", "must be positive"),
+        ("subtb_lambda=0", "subtb_lambda"),
+        ("neftune_noise_alpha=5", "SFT-only"),
+    ],
+)
+def test_bad_rgfn_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
+    with pytest.raises(VcotError, match=re.escape(message)):
+        load_recipe("tiny-cpu-rgfn", overrides)

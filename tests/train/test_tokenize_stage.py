@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from collections.abc import Callable
 from pathlib import Path
 
@@ -232,3 +233,24 @@ def test_inputs_and_outputs_of_the_wrong_stage_are_refused_before_any_work(
         assert tokenize_main(["--input", records, "--output", other, "--model", model, *extra]) == 2
         assert f"--output {other} holds a committed convert output" in capsys.readouterr().err
     assert manifest.read_manifest(other)["stage"] == "convert" and len(list(manifest.committed_records(other))) == 4
+
+
+def test_rationale_turn_layout_trains_the_analyzer_turn_and_the_answer_turn(
+    tiny_model_dir: Path, one_record: Callable[..., dict]
+) -> None:
+    """LaCoT's layout (what RGFN starts from): the rationale in an Analyzer turn of its own, the answer after it."""
+    processor = AutoProcessor.from_pretrained(tiny_model_dir)
+    fmt = replace(ModelFormat.for_processor(processor, "qwen2.5-vl"), layout="rationale_turn")
+    record = one_record(3, 1)
+    prompt, turns = Encoder(processor, fmt).chat_texts(record)
+    reasoning, _, answer = record["rationale"].rpartition("Answer:")
+    assert prompt.endswith("<|im_start|>user\n" + prompt.split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+                           + "<|im_end|>\n<|im_start|>Analyzer\n")
+    assert turns == f"{reasoning.strip()}<|im_end|>\n<|im_start|>assistant\nAnswer: {answer.strip()}<|im_end|>\n"
+    row = Encoder(processor, fmt).encode(record)
+    labelled = [t for t in row["labels"] if t != IGNORE_INDEX]
+    assert processor.tokenizer.decode(labelled) == turns
+    assert ModelFormat.from_dict(fmt.to_dict()).layout == "rationale_turn"
+    stored = fmt.to_dict()
+    del stored["layout"]  # a format stored before layouts existed reads as two turns
+    assert ModelFormat.from_dict(stored).layout == "two_turn"

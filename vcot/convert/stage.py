@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from vcot import manifest, storage
 from vcot.config import option, redacted
-from vcot.convert import aokvqa, llava_cot, own_records, scienceqa, viscot
+from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import QualityStats, merge, render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
@@ -28,7 +28,7 @@ from vcot.shards import ShardFile, SplitWriters, write_file
 log = get_logger(__name__)
 
 STAGE = "convert"
-Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "records"]
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -38,12 +38,13 @@ class ConvertConfig:
     """Convert a source dataset into canonical grounded records (train/val/rejected shards + quality report)."""
 
     source: Source = option(
-        help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, or records (your own data)."
+        help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, lacot (LaCoT's SFT or RL file), "
+        "or records (your own data)."
     )
     input: str = option(
         help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
         "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
-        "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot: the .json/.jsonl file; "
+        "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot, lacot: the .json/.jsonl file; "
         "records: a .jsonl/.json/.parquet file or a folder of them (docs/convert.md, your own data)."
     )
     output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
@@ -161,6 +162,8 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = aokvqa.iter_items(config.input, images=config.images, owns=owns, style=config.rationale_style)
     elif config.source == "llava-cot":
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
+    elif config.source == "lacot":
+        items = lacot.iter_items(config.input, images=config.images, owns=owns)
     else:
         items = own_records.iter_items(
             config.input, images=config.images, output=config.output, owns=owns, bbox_2d_frame=config.bbox_2d_frame
@@ -173,6 +176,7 @@ EXPECTED = {
     "scienceqa": "problems.json (a JSON object of problems keyed by id) or Hugging Face Parquet files",
     "aokvqa": "aokvqa_v1p0_*.json files, each a JSON array of questions",
     "llava-cot": "a JSON array (or JSONL) of LLaVA-CoT items",
+    "lacot": "a JSON array (or JSONL) of LaCoT items ({image, conversations: [human, reason, gpt]})",
     "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
 """What each source's input must hold, for the error on an input that parses but holds no items."""

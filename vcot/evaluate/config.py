@@ -93,6 +93,16 @@ class EvaluateConfig:
         help="Model mode: cot asks for grounded reasoning, direct for the answer alone (no rationale, no boxes), "
         "both runs the two on the same samples and reports the answer accuracy side by side.",
     )
+    bin: int = option(
+        0,
+        help="Model mode: also answer by BiN (LaCoT): sample N rationales from the policy, let the SFT model "
+        "(adapter off) answer each, keep the answer most likely across all of them; adds bin and best_of_n "
+        "predictions beside greedy ones (0: off; 5 in the paper).",
+    )
+    bin_scorer: Literal["sft", "policy"] = option(
+        "sft", help="BiN: who scores answers after rationales: sft (adapter off, the paper's) or policy (the released code's)."
+    )
+    bin_temperature: float = option(0.7, help="BiN: the temperature the policy samples rationales at.")
     judge_model: str | None = option(
         None,
         help="Also score answers with this OpenAI-compatible model, VisCoT's judge protocol (gpt-4o-mini: "
@@ -147,6 +157,10 @@ class EvaluateConfig:
             raise ValueError("--judge-concurrency, --judge-max-attempts must be at least 1, --judge-timeout positive")
         if self.judge_backoff_base < 0 or self.judge_backoff_max < 0:
             raise ValueError("--judge-backoff-base and --judge-backoff-max must not be negative")
+        if self.bin and (self.predictions or self.bin < 2):
+            raise ValueError("--bin N needs N >= 2 and a model (--model or --pointer), not --predictions")
+        if self.bin_temperature <= 0:
+            raise ValueError("--bin-temperature must be positive")
         self.split = (self.split or ("all" if self.benchmark else "val")).strip("/")
 
     @property

@@ -19,10 +19,10 @@ from transformers import LogitsProcessorList
 
 from vcot.images import load_rgb
 from vcot.log import get_logger
-from vcot.model_format import HOUSE, ModelFormat
-from vcot.modeling import stop_token_ids
+from vcot.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
+from vcot.modeling import stop_token_ids, vision_token_ids
 from vcot.penalty import BoxAwareRepetitionPenalty
-from vcot.prompts import PromptStyle, build_messages
+from vcot.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
 
 log = get_logger(__name__)
 
@@ -39,9 +39,20 @@ class GenerationSettings:
     prompt_style: PromptStyle = "cot"
 
 
+ANSWER_TOKENS = 32  # the answer turn of the rationale_turn layout: a word or a short phrase after "Answer:"
+
+
+def two_phase(settings: GenerationSettings) -> bool:
+    """A rationale_turn model reasons in an Analyzer turn, then answers in the assistant turn: two generations."""
+    return settings.fmt.layout == "rationale_turn" and settings.prompt_style == "cot"
+
+
 def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSettings) -> str:
-    """The chat-templated prompt for one record, ending with the assistant's generation prompt."""
+    """The chat-templated prompt for one record, ending with the assistant's generation prompt (the Analyzer's
+    for a rationale_turn model asked to reason)."""
     messages = build_messages(record, settings.fmt, with_answer=False, style=settings.prompt_style)
+    if two_phase(settings):
+        return turn_prefix(processor, messages, RATIONALE_ROLE)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -94,9 +105,11 @@ def generate_batch(
         except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
             log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
 
-    def encode(positions: list[int]) -> Any:
+    prompts = {position: prompt_text(processor, records[position], settings) for position in images}
+
+    def encode(positions: list[int], after: dict[int, str] | None = None) -> Any:
         return processor(
-            text=[prompt_text(processor, records[position], settings) for position in positions],
+            text=[prompts[position] + (after or {}).get(position, "") for position in positions],
             images=[images[position] for position in positions] if multimodal else None,
             padding=True,
             return_tensors="pt",
@@ -121,9 +134,12 @@ def generate_batch(
     if inputs is None:
         return responses
     inputs = inputs.to(model.device)
+    # The rationale of a two-phase model is prompted again with the image: it must not hold vision placeholders.
+    suppress = {"suppress_tokens": vision_token_ids(processor.tokenizer)} if two_phase(settings) else {}
     with torch.inference_mode():
         output = model.generate(
             **inputs,
+            **suppress,
             do_sample=False,
             num_beams=1,
             max_new_tokens=settings.max_new_tokens,
@@ -132,6 +148,14 @@ def generate_batch(
         )
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
+    if two_phase(settings):  # the answer turn after each rationale turn, greedy
+        cue = answer_cue(processor, build_messages(records[usable[0]], settings.fmt, with_answer=False)[:1])
+        inputs = encode(usable, {p: text + cue for p, text in zip(usable, texts, strict=True)}).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
+        answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
+                                   stop_token_ids(model, processor.tokenizer))
+        texts = [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]
     for position, text in zip(usable, texts, strict=True):
         responses[position] = text
     return responses

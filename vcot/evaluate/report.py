@@ -126,18 +126,20 @@ def styles_section(comparison: dict[str, Any]) -> str:
     """Chain-of-thought against direct answers on the same samples, per subset (``vcot.evaluate.styles``)."""
     styles = comparison["styles"]
     metrics = [name for name in ("answer_accuracy", "judge_score") if name in comparison["rows"][0]]
+    paired = {"cot", "direct"} <= set(styles)
     header = ["subset", "samples"]
     for name in metrics:
         label = "answer acc." if name == "answer_accuracy" else "judge score"
-        header += [f"{label} {style}" for style in styles] + [f"{label} cot - direct"]
+        header += [f"{label} {style}" for style in styles] + ([f"{label} cot - direct"] if paired else [])
     body = []
     for row in comparison["rows"]:
         cells = [html.escape(row["subset"]), str(row["samples"][styles[0]])]
         for name in metrics:
             cells += [_fmt(row[name][style], "{:.3f}") for style in styles]
-            cells.append(_fmt(row.get(f"{name}_difference"), "{:+.3f}"))
+            cells += [_fmt(row.get(f"{name}_difference"), "{:+.3f}")] if paired else []
         body.append(cells)
-    return "<h2>Chain of thought vs direct answers</h2>" + _table("prompt-styles", header, body)
+    title = "Chain of thought vs direct answers" if paired else "Answers side by side (greedy, BiN, best-of-N)"
+    return f"<h2>{title}</h2>" + _table("prompt-styles", header, body)
 
 
 def field_sections(metrics: dict[str, Any]) -> list[str]:

@@ -179,7 +179,21 @@ def model_responses(
             details = found
         else:
             details.setdefault("other_prompt_styles", {})[style] = found
+    if config.bin:
+        responses["bin"], responses["best_of_n"], details["bin"] = bin_answers(config, model, processor, fmt, records)
     return responses, fmt, details
+
+
+def bin_answers(
+    config: EvaluateConfig, model: Any, processor: Any, fmt: ModelFormat, records: list[dict[str, Any]]
+) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """BiN's and best-of-N's responses (``--bin N``), scored beside greedy decoding's as two more styles."""
+    from vcot.evaluate.bin import BinSettings, bin_responses
+    from vcot.evaluate.generation import GenerationSettings
+
+    settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
+    choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer)
+    return bin_responses(model, processor, records, settings, choice)
 
 
 def compare_with_history(

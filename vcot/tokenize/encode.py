@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, ModelFormat
-from vcot.prompts import build_messages
+from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, RATIONALE_ROLE, ModelFormat
+from vcot.prompts import build_messages, turn_prefix
 
 
 class Encoder:
@@ -23,9 +23,13 @@ class Encoder:
         self.image_pad_id = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
 
     def chat_texts(self, record: dict[str, Any]) -> tuple[str, str]:
-        """``(prompt, assistant)``: the rendered chat up to the assistant cue, and the assistant turn after it."""
+        """``(prompt, assistant)``: the rendered chat up to the assistant cue, and the assistant turn after it
+        (``rationale_turn``: up to the ``Analyzer`` cue, and both turns after it)."""
         messages = build_messages(record, self.fmt)
-        prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+        if self.fmt.layout == "rationale_turn":
+            prompt = turn_prefix(self.processor, messages[:1], RATIONALE_ROLE)
+        else:
+            prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template does not render the prompt as a prefix of the full chat")

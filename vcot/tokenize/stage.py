@@ -30,7 +30,7 @@ from vcot.config import option, redacted
 from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
 from vcot.boxes import BOX_FORMATS, BoxFormat
-from vcot.model_format import COORDS, MODES, Coords, Mode, ModelFormat
+from vcot.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
 from vcot.records import grounding_problem
 from vcot.shards import ShardFile, file_entry
 from vcot.tokenize.encode import Encoder
@@ -66,6 +66,11 @@ class TokenizeConfig:
     box_syntax: BoxFormat = option(
         "house", help="How boxes are written: house (<ref>/<box>), json (Qwen's native bbox_2d), qwen or obj."
     )
+    layout: Layout = option(
+        "two_turn",
+        help="two_turn: rationale and answer in the assistant turn; rationale_turn: LaCoT's layout, the rationale "
+        "in an Analyzer turn of its own, then the answer (what method gfn starts from).",
+    )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
     max_pixels: int | None = option(None, help="Image processor max_pixels (default: the model processor's).")
@@ -85,6 +90,8 @@ class TokenizeConfig:
             raise ValueError(f"--coords {self.coords!r} is not valid: use {' or '.join(COORDS)}")
         if self.box_syntax not in BOX_FORMATS:
             raise ValueError(f"--box-syntax {self.box_syntax!r} is not valid: use {', '.join(BOX_FORMATS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"--layout {self.layout!r} is not valid: use {', '.join(LAYOUTS)}")
         if self.max_length < 16:
             raise ValueError("--max-length must be at least 16 tokens")
         for name in ("min_pixels", "max_pixels"):
@@ -237,6 +244,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
     )
+    fmt = replace(fmt, layout=config.layout)
     log.info("model_format", **fmt.to_dict())
     encoders = {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
     image_pad_id = encoders[mixture.sources[0].name].image_pad_id

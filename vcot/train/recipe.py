@@ -27,7 +27,7 @@ from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-METHODS = ("sft", "grpo")
+METHODS = ("sft", "grpo", "gfn")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 """TRL's GRPO loss formulations offered here (token-level aggregation variants of the clipped objective)."""
 WITHOUT_OBJECTS = ("skip", "format_accuracy")
@@ -83,6 +83,19 @@ class Recipe:
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = 0.3
     records_without_objects: str = "skip"
+    # GFN (RGFN, LaCoT): rationales sampled per prompt beside the reference, their lengths, the reward schedule
+    explore_nums: int = 6
+    explore_min_bs: int = 2
+    rat_min_len: int = 64
+    rat_max_len: int = 700
+    reward_every: int = 8
+    reward_temp_start: float = 1.0
+    reward_temp_end: float = 0.7
+    reward_temp_horizon: int = 150
+    reward_tolerance_start: float = 1.5
+    reward_tolerance_end: float = 1.0
+    reward_tolerance_horizon: int = 150
+    subtb_lambda: float = 1.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -105,6 +118,8 @@ class Recipe:
             )
         if self.method == "grpo":
             self._check_grpo()
+        if self.method == "gfn":
+            self._check_gfn()
 
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
@@ -128,6 +143,22 @@ class Recipe:
             raise ConfigError(
                 "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (GRPO has no eval_loss): "
                 "set neftune_noise_alpha=null and early_stopping_patience=0 for method grpo"
+            )
+
+    def _check_gfn(self) -> None:
+        """RGFN's knobs, refused before any model is loaded."""
+        if self.explore_nums < 1 or self.explore_min_bs < 1 or self.reward_every < 1:
+            raise ConfigError("recipe explore_nums, explore_min_bs and reward_every must be >= 1")
+        if not 0 <= self.rat_min_len <= self.rat_max_len or self.rat_max_len < 1:
+            raise ConfigError("recipe rat_min_len and rat_max_len need 0 <= rat_min_len <= rat_max_len, rat_max_len >= 1")
+        if min(self.reward_temp_start, self.reward_temp_end, self.reward_tolerance_start, self.reward_tolerance_end) <= 0:
+            raise ConfigError("recipe reward_temp_* and reward_tolerance_* must be positive")
+        if self.reward_temp_horizon < 0 or self.reward_tolerance_horizon < 0 or self.subtb_lambda <= 0:
+            raise ConfigError("recipe reward_*_horizon must be >= 0 and subtb_lambda positive")
+        if self.neftune_noise_alpha is not None or self.early_stopping_patience > 0:
+            raise ConfigError(
+                "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (RGFN has no eval_loss): "
+                "set neftune_noise_alpha=null and early_stopping_patience=0 for method gfn"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""The train stage: a LoRA adapter trained by one of two methods on one machinery, resumable on S3.
+"""The train stage: a LoRA adapter trained by one of three methods on one machinery, resumable on S3.
 
 The recipe's ``method`` picks the method; each reads top to bottom in its own module:
 
 - ``sft`` (:mod:`vcot.train.sft`): supervised fine-tuning on a tokenize output (grounded rationales);
 - ``grpo`` (:mod:`vcot.train.grpo`): reward-driven fine-tuning on committed records with TRL's GRPOTrainer,
-  from a committed SFT run's adapter (``--init-adapter``) or a new LoRA.
+  from a committed SFT run's adapter (``--init-adapter``) or a new LoRA;
+- ``gfn`` (:mod:`vcot.train.rgfn`): LaCoT's GFlowNet fine-tuning of the rationale turn (RGFN) on committed
+  records with their reference rationales, from an SFT run trained in the ``rationale_turn`` layout.
 
 Both use the shared machinery of :mod:`vcot.train.common`. Output layout (``OUTPUT``)::
 
@@ -25,6 +27,7 @@ from vcot.log import get_logger
 from vcot.train.common import TrainConfig, ensure_pointer
 from vcot.train.grpo import grpo
 from vcot.train.recipe import load_recipe
+from vcot.train.rgfn import rgfn
 from vcot.train.sft import sft
 
 log = get_logger(__name__)
@@ -43,5 +46,5 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         import torch
 
         torch.set_num_threads(config.threads)  # torch sizes its pool from the node's cores, not the pod's CPU limit
-    method = grpo if recipe.method == "grpo" else sft
+    method = {"grpo": grpo, "gfn": rgfn}.get(recipe.method, sft)
     return method(config, recipe)

@@ -1,0 +1,123 @@
+"""BiN (``vcot-evaluate --bin N``) on the tiny offline Qwen2.5-VL: mechanics, and that the SFT scorer is the
+network with the adapter switched off (the selection rule itself is tested exactly in tests/test_gfn.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from jobs.evaluate import main
+from tests.evaluate.evaluate_helpers import commit_records, make_record
+from vcot import gfn, manifest, shards, storage
+from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
+from vcot.evaluate.generation import GenerationSettings, prompt_text
+from vcot.images import load_rgb
+from vcot.model_format import ModelFormat
+from vcot.modeling import load_model_and_processor, model_family
+
+
+def _fmt(processor: object, model_dir: Path) -> ModelFormat:
+    return ModelFormat.for_processor(processor, model_family(str(model_dir)), coords="norm1000")
+
+
+def test_sft_scorer_is_the_model_without_its_adapter(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    base, _ = load_model_and_processor(str(tiny_model_dir))
+    prompt = prompt_text(processor, record, GenerationSettings(fmt=_fmt(processor, tiny_model_dir)))
+    image = load_rgb(record["image"])
+    pairs = [("The <ref>cup</ref> is left. ", " red"), ("It is ", " blue car")]
+    with adapter_disabled(policy):
+        sft_joint, sft_answer = sequence_scores(policy, processor, prompt, pairs, image)
+    base_joint, base_answer = sequence_scores(base, processor, prompt, pairs, image)
+    policy_joint, _ = sequence_scores(policy, processor, prompt, pairs, image)
+    assert torch.allclose(sft_joint, base_joint, atol=1e-5) and torch.allclose(sft_answer, base_answer, atol=1e-5)
+    assert not torch.allclose(policy_joint, base_joint, atol=1e-3)  # the adapter (random, non-zero) counts
+    assert (sft_answer != sft_joint).all()  # the answer-only mean reads fewer tokens
+
+
+def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    record = make_record(str(tmp_path), 1, "gqa", [[100, 100, 400, 500]], "red")
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    settings = GenerationSettings(fmt=_fmt(processor, tiny_model_dir), max_new_tokens=10)
+    torch.manual_seed(0)
+    choice = bin_record(policy, processor, record, settings, BinSettings(samples=3))
+    scores = torch.tensor(choice.scores)
+    assert scores.shape == (3, 3) and torch.isfinite(scores).all() and (scores <= 0).all()
+    assert "Answer:" in choice.bin_response and "Answer:" in choice.best_response
+    assert gfn.bin_select(scores) == int(scores.mean(1).argmax())
+
+
+def test_rationale_is_cut_at_the_last_answer_marker() -> None:
+    assert rationale_of("a Answer: b. Answer: c") == "a Answer: b. "
+    assert rationale_of("no marker  ") == "no marker "
+
+
+def test_evaluate_bin_adds_bin_and_best_of_n_beside_greedy(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    records = [make_record(str(tmp_path), i, "gqa", [[100, 100, 400, 500]], "red") for i in range(2)]
+    data = commit_records(str(tmp_path), records)
+    out = str(tmp_path / "o")
+    args = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out]
+    assert main([*args, "--max-new-tokens", "8", "--bin", "2", "--bin-scorer", "policy"]) == 0
+    metrics = storage.read_json(f"{out}/metrics.json")
+    assert metrics["prompt_styles"]["styles"] == ["cot", "bin", "best_of_n"]
+    assert metrics["details"]["bin"]["scorer"] == "policy" and metrics["details"]["bin"]["samples"] == 2
+    for style in ("bin", "best_of_n"):
+        rows = list(shards.read_jsonl(manifest.committed_files(out, f"predictions-{style}/")[0]))
+        assert len(rows) == 2
+    lines = comparison_lines(metrics)
+    assert lines[0].split()[-3:] == ["greedy", "BiN", "best-of-N"] and lines[1].startswith("overall")
+    report = storage.read_text(f"{out}/report.html")
+    assert "Answers side by side" in report and "cot - direct" not in report
+
+
+def test_bin_needs_a_model_and_two_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--data", str(tmp_path), "--output", str(tmp_path)]
+    for given in (["--predictions", str(tmp_path / "p.jsonl"), "--bin", "3"], ["--model", str(tmp_path), "--bin", "1"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*common, *given])
+        assert exited.value.code == 2 and "--bin N needs N >= 2" in capsys.readouterr().err
+
+
+def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """Greedy and BiN on an adapter whose card says rationale_turn: two generations, the answer turn after the
+    Analyzer turn; the prompt cues the Analyzer."""
+    import dataclasses
+    import json
+    import shutil
+
+    from vcot.modeling import MODEL_CARD
+
+    adapter = tmp_path / "analyzer-adapter"
+    shutil.copytree(adapter_dir, adapter)
+    _, processor = load_model_and_processor(str(tiny_model_dir))
+    fmt = dataclasses.replace(_fmt(processor, tiny_model_dir), layout="rationale_turn")
+    size = processor.image_processor.size
+    fmt = dataclasses.replace(fmt, vision=dataclasses.replace(fmt.vision, min_pixels=size.shortest_edge,
+                                                              max_pixels=size.longest_edge))
+    (adapter / MODEL_CARD).write_text(json.dumps({"base_model": str(tiny_model_dir), "model_format": fmt.to_dict()}))
+    record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
+    assert prompt_text(processor, record, GenerationSettings(fmt=fmt)).endswith("<|im_start|>Analyzer\n")
+    data = commit_records(str(tmp_path), [record])
+    out = str(tmp_path / "o")
+    args = ["--model", str(tiny_model_dir), "--adapter", str(adapter), "--data", data, "--output", out]
+    assert main([*args, "--max-new-tokens", "6", "--bin", "2"]) == 0
+    metrics = storage.read_json(f"{out}/metrics.json")
+    assert metrics["details"]["model_format"]["layout"] == "rationale_turn"
+    for style in ("predictions/", "predictions-bin/"):
+        rows = list(shards.read_jsonl(manifest.committed_files(out, style)[0]))
+        assert len(rows) == 1 and "<|im_start|>" not in rows[0]["prediction"]
+
+
+def test_vision_placeholders_are_never_sampled(tiny_model_dir: Path) -> None:
+    """A sampled rationale is prompted again with the image: an image-pad token in it would break the forward."""
+    from vcot.modeling import vision_token_ids
+
+    _, processor = load_model_and_processor(str(tiny_model_dir))
+    tokenizer = processor.tokenizer
+    ids = vision_token_ids(tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) == 4

@@ -1,0 +1,81 @@
+"""RGFN (method gfn) on the tiny model: a few steps from an SFT adapter trained in the rationale_turn layout change
+the adapter and log RGFN's curves; a killed run resumes to the same adapter. Mechanics, not quality: the objective
+itself is proven in tests/test_gfn.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load, load_file
+
+from tests.train.test_grpo_stage import _run_until_killed
+from vcot import manifest, storage
+from vcot.modeling import read_model_card
+from vcot.train import TrainConfig, train
+from vcot.train.checkpoints import complete_checkpoints
+
+SFT_SET = "max_steps=30,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=30,eval_steps=30"
+RUN_SET = "max_steps=4,save_steps=3"
+CURVES = ("rgfn/kept_fraction", "rgfn/reward_reference", "rgfn/reward_samples", "rgfn/length_samples")
+
+
+@pytest.fixture(scope="module")
+def analyzer_adapter(record_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A short SFT run in LaCoT's layout (the rationale in an Analyzer turn): what RGFN starts from."""
+    from vcot.tokenize import TokenizeConfig, tokenize
+
+    root = tmp_path_factory.mktemp("analyzer")
+    tokens = str(root / "tokens")
+    tokenize(TokenizeConfig(input=[record_data], output=tokens, model=str(tiny_model_dir), layout="rationale_turn"))
+    output = str(root / "sft")
+    assert train(TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=SFT_SET, threads=1))
+    return f"{output}/adapter"
+
+
+def rgfn_config(record_data: str, model: Path, output: str, adapter: str) -> TrainConfig:
+    return TrainConfig(data=record_data, model=str(model), output=output, recipe="tiny-cpu-rgfn", set=RUN_SET,
+                       init_adapter=adapter, threads=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def rgfn_run(record_data: str, tiny_model_dir: Path, analyzer_adapter: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    output = str(tmp_path_factory.mktemp("rgfn") / "run")
+    assert train(rgfn_config(record_data, tiny_model_dir, output, analyzer_adapter))
+    return output
+
+
+@pytest.mark.integration
+def test_rgfn_steps_change_the_adapter_and_log_the_curves(rgfn_run: str, analyzer_adapter: str) -> None:
+    before = load_file(f"{analyzer_adapter}/adapter_model.safetensors")
+    after = load_file(f"{rgfn_run}/adapter/adapter_model.safetensors")
+    assert set(before) == set(after)
+    assert any((before[name] - after[name]).abs().max() > 1e-6 for name in before)
+    assert read_model_card(f"{rgfn_run}/adapter")["model_format"]["layout"] == "rationale_turn"
+    history = json.loads((Path(rgfn_run) / "metrics.json").read_text())["log_history"]
+    logged = [entry for entry in history if "loss" in entry]
+    assert len(logged) == 4 and all(entry["loss"] >= 0 for entry in logged)
+    for name in CURVES:
+        assert all(name in entry for entry in logged), name
+    assert all(0 <= entry["rgfn/kept_fraction"] <= 1 for entry in logged)
+    assert manifest.read_manifest(rgfn_run, expect_stage="train")["config"]["recipe_values"]["method"] == "gfn"
+
+
+@pytest.mark.integration
+def test_killed_rgfn_run_resumes_to_the_same_adapter(
+    rgfn_run: str, record_data: str, tiny_model_dir: Path, analyzer_adapter: str, real_s3: str
+) -> None:
+    output = f"{real_s3}/runs/rgfn-killed"
+    argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", output, "--recipe", "tiny-cpu-rgfn",
+            "--set", RUN_SET, "--init-adapter", analyzer_adapter, "--threads", "1"]  # fmt: skip
+    code, stderr = _run_until_killed(argv, kill_at_step=1)
+    assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
+    saved = complete_checkpoints(storage.join(output, "checkpoints"))
+    assert saved and max(saved) < 3 and not manifest.is_committed(output)
+
+    assert train(rgfn_config(record_data, tiny_model_dir, output, analyzer_adapter))
+    with storage.open_uri(f"{output}/adapter/adapter_model.safetensors") as handle:
+        resumed = load(handle.read())
+    reference = load_file(f"{rgfn_run}/adapter/adapter_model.safetensors")
+    assert max((resumed[name] - reference[name]).abs().max().item() for name in reference) < 1e-5

@@ -1,0 +1,211 @@
+"""BiN (``--bin N``): LaCoT's Bayesian inference over N sampled rationales, with a best-of-N baseline.
+
+Per record: the policy (the adapter on) samples N responses at temperature 0.7; each is cut at its last
+``Answer:`` into a rationale Z_i; the SFT model (the adapter disabled) continues ``Z_i Answer:`` greedily into
+an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
+X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.gfn.bin_select`) with its own
+rationale: the answer the rationales agree explain best, not the one a single lucky rationale favours.
+Best-of-N returns the response whose answer tokens have the highest mean log-probability after their own
+rationale (the diagonal), so the report can compare the two with greedy decoding.
+
+For a ``rationale_turn`` model (LaCoT's layout) Z is the sampled ``Analyzer`` turn and the SFT model answers in
+the assistant turn after it; S scores Z, the turn boundary and the answer turn the same way.
+
+The scorer is the SFT model (the paper's); ``--bin-scorer policy`` scores with the adapter on (the released
+code's). Without an adapter the policy and the SFT model are the same network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from vcot import gfn
+from vcot.evaluate.generation import GenerationSettings, Skipped, prompt_text, two_phase
+from vcot.images import load_rgb
+from vcot.log import get_logger
+from vcot.modeling import stop_token_ids, vision_token_ids
+from vcot.prompts import answer_cue, build_messages
+
+log = get_logger(__name__)
+
+ANSWER_MARKER = "Answer:"
+ANSWER_TOKENS = 32  # answers are a word or a short phrase
+Scorer = Literal["sft", "policy"]
+
+
+@dataclass(frozen=True)
+class BinSettings:
+    """How BiN samples and scores: the same for every record of a run."""
+
+    samples: int = 5
+    temperature: float = 0.7
+    scorer: Scorer = "sft"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BinChoice:
+    """One record's outcome: the BiN response, the best-of-N response, and the score matrix behind them."""
+
+    bin_response: str
+    best_response: str
+    scores: list[list[float]]
+
+
+def rationale_of(response: str, *, own_turn: bool = False) -> str:
+    """The rationale Z of a sampled response: everything before its last ``Answer:`` (the whole text without one,
+    or when the rationale is a turn of its own).
+
+    >>> rationale_of("The <ref>cup</ref> is red. Answer: red")
+    'The <ref>cup</ref> is red. '
+    """
+    if own_turn:
+        return response
+    head, marker, _ = response.rpartition(ANSWER_MARKER)
+    return head if marker else response.rstrip() + " "
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: Any) -> Iterator[None]:
+    """The SFT model: PEFT's adapter switched off for the block (a model without an adapter is already it)."""
+    if hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield
+    else:
+        yield
+
+
+def _encode(processor: Any, texts: list[str], image: Any, *, padding_side: str) -> Any:
+    processor.tokenizer.padding_side = padding_side
+    images = [image] * len(texts) if image is not None else None
+    return processor(text=texts, images=images, padding=True, return_tensors="pt")
+
+
+def _generate(model: Any, processor: Any, texts: list[str], image: Any, **kwargs: Any) -> list[str]:
+    inputs = _encode(processor, texts, image, padding_side="left").to(model.device)
+    with torch.inference_mode():
+        output = model.generate(**inputs, num_beams=1, suppress_tokens=vision_token_ids(processor.tokenizer), **kwargs)
+    stops = stop_token_ids(model, processor.tokenizer)
+    texts_out = []
+    for row in output[:, inputs["input_ids"].shape[1] :].tolist():
+        end = next((i for i, token in enumerate(row) if token in stops), len(row))
+        texts_out.append(processor.tokenizer.decode(row[:end], skip_special_tokens=False))
+    return texts_out
+
+
+def sequence_scores(
+    model: Any, processor: Any, prompt: str, pieces: Sequence[tuple[str, str]], image: Any, joiner: str = ANSWER_MARKER
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each (rationale, answer): the mean log-probability of every token after the prompt (rationale,
+    ``joiner``, answer, end of turn) and of the answer's tokens alone."""
+    texts = [prompt + z + joiner + y + processor.tokenizer.eos_token for z, y in pieces]
+    inputs = _encode(processor, texts, image, padding_side="right").to(model.device)
+    prompt_len = len(_encode(processor, [prompt], image, padding_side="right")["input_ids"][0])
+    answer_starts = [len(_encode(processor, [prompt + z + joiner], image, padding_side="right")["input_ids"][0])
+                     for z, _ in pieces]
+    with torch.inference_mode():
+        logits = model(**inputs).logits.float()
+    ids = inputs["input_ids"]
+    token_logp = logits[:, :-1].log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # token t+1 given <= t
+    positions = torch.arange(1, ids.shape[1], device=ids.device).view(1, -1)
+    real = inputs["attention_mask"][:, 1:].bool()
+    after_prompt = real & (positions >= prompt_len)
+    starts = torch.tensor(answer_starts, device=ids.device).view(-1, 1)
+    answer = real & (positions >= starts)
+    mean = lambda mask: (token_logp * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return mean(after_prompt).cpu(), mean(answer).cpu()
+
+
+def bin_record(
+    model: Any, processor: Any, record: dict[str, Any], settings: GenerationSettings, bin_settings: BinSettings
+) -> BinChoice | Skipped:
+    """BiN and best-of-N for one record (see the module docstring)."""
+    try:
+        image = load_rgb(record["image"]) if settings.fmt.mode == "multimodal" else None
+    except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+        log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+        return Skipped("image_unreadable")
+    prompt = prompt_text(processor, record, settings)
+    n = bin_settings.samples
+    sampled = _generate(model, processor, [prompt] * n, image, do_sample=True,
+                        temperature=bin_settings.temperature, max_new_tokens=settings.max_new_tokens)
+    own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
+    joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)[:1]) if own_turn else ANSWER_MARKER
+    rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
+    with adapter_disabled(model):
+        answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,
+                            do_sample=False, max_new_tokens=ANSWER_TOKENS)
+    pairs = [(rationales[i], answers[j]) for j in range(n) for i in range(n)]  # row j: answer j after each Z_i
+    scoring = adapter_disabled(model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
+    with scoring:
+        joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
+    scores = joint.view(n, n)
+    chosen = gfn.bin_select(scores)
+    best = gfn.best_of_n(answer_only.view(n, n).diagonal())
+    respond = lambda k: f"{rationales[k].strip()} {answers[k].strip()}" if own_turn else rationales[k] + ANSWER_MARKER + answers[k]
+    return BinChoice(respond(chosen), respond(best), scores.tolist())
+
+
+def bin_responses(
+    model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings,
+    bin_settings: BinSettings,
+) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
+    """BiN's and best-of-N's response per record id, and what to record in the details."""
+    torch.manual_seed(bin_settings.seed)
+    by_bin: dict[str, str] = {}
+    by_best: dict[str, str] = {}
+    skipped: dict[str, int] = {}
+    for record in records:
+        choice = bin_record(model, processor, record, settings, bin_settings)
+        if isinstance(choice, Skipped):
+            skipped[choice.reason] = skipped.get(choice.reason, 0) + 1
+            continue
+        by_bin[str(record["id"])] = choice.bin_response
+        by_best[str(record["id"])] = choice.best_response
+    details = {"samples": bin_settings.samples, "temperature": bin_settings.temperature,
+               "scorer": bin_settings.scorer, "seed": bin_settings.seed, "skipped_samples": skipped}
+    log.info("bin_done", records=len(records), **{k: v for k, v in details.items() if k != "skipped_samples"})
+    return by_bin, by_best, details
+
+
+def comparison_lines(metrics: dict[str, Any]) -> list[str]:
+    """Greedy vs BiN vs best-of-N answer accuracy, overall and per subset, from an evaluate ``metrics.json``.
+
+    >>> rows = [{"subset": "overall", "samples": {"cot": 4}, "answer_accuracy": {"cot": 0.25, "bin": 0.5, "best_of_n": 0.25}}]
+    >>> print("\\n".join(comparison_lines({"prompt_styles": {"styles": ["cot", "bin", "best_of_n"], "rows": rows}})))
+    answer accuracy   samples   greedy      BiN best-of-N
+    overall                 4    0.250    0.500    0.250
+    """
+    table = metrics.get("prompt_styles") or {}
+    styles = [s for s in ("cot", "bin", "best_of_n") if s in table.get("styles", [])]
+    if "bin" not in styles:
+        return ["no BiN here: evaluate with --bin N"]
+    names = {"cot": "greedy", "bin": "BiN", "best_of_n": "best-of-N"}
+    lines = [f"{'answer accuracy':<15} {'samples':>9}" + "".join(f" {names[s]:>8}" for s in styles)]
+    for row in table["rows"]:
+        accuracy = row.get("answer_accuracy", {})
+        cells = "".join(f" {accuracy.get(s, float('nan')):>8.3f}" for s in styles)
+        lines.append(f"{row['subset']:<15} {row['samples'][styles[0]]:>9}{cells}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vcot.evaluate.bin --metrics URI``: print the comparison (what ``make local-rgfn`` shows)."""
+    import argparse
+
+    from vcot import storage
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--metrics", required=True, help="an evaluate output's metrics.json (file or s3:// URI)")
+    args = parser.parse_args(argv)
+    print("\n".join(comparison_lines(storage.read_json(args.metrics))))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
