@@ -249,6 +249,7 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "save_strategy": "steps",
         "save_steps": recipe.save_steps,
         "save_total_limit": recipe.save_total_limit,
+        "ddp_find_unused_parameters": False,  # every trainable (LoRA) parameter is used in each forward pass
         "save_on_each_node": True,  # each node's scratch holds the checkpoints its ranks reload (best model)
         "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
         "logging_steps": recipe.logging_steps,
