@@ -118,6 +118,7 @@ def measure(data: str, mode: str, reads: int) -> dict[str, Any]:
             "mode": mode,
             "rows": len(dataset),
             "open_s": round(opened, 1),
+            "peak_rss_mb_after_open": round(after_open["peak_rss_mb"]),
             "anon_mb_after_open": round(after_open["anon_mb"]),
             **{key: round(value) for key, value in memory().items()},
             "rows_per_s": round(reads / elapsed),

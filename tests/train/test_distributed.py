@@ -35,11 +35,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def torchrun(launch: list[str], data: str, model: Path, output: str, run_set: str) -> subprocess.Popen[str]:
+def torchrun(
+    launch: list[str], data: str, model: Path, output: str, run_set: str, *, recipe: str = "tiny-cpu"
+) -> subprocess.Popen[str]:
     """Start ``torchrun LAUNCH -m jobs.train ...`` with JSON log lines on its stdout (both ranks' and its own)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_LOG_FORMAT": "json"}
     argv = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "jobs.train", "--data", data]
-    argv += ["--model", str(model), "--output", output, "--recipe", "tiny-cpu", "--threads", "1", "--set", run_set]
+    argv += ["--model", str(model), "--output", output, "--recipe", recipe, "--threads", "1", "--set", run_set]
     return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -159,3 +161,14 @@ def test_sigterm_on_one_rank_stops_all_ranks_at_one_checkpoint(
     assert len(stopped) == 2 and stopped[0]["step"] == stopped[1]["step"]  # both ranks, at the same step
     assert max(complete_checkpoints(storage.join(output, "checkpoints"))) == stopped[0]["step"]
     assert len(events(lines, "failed")) == 2  # each rank: "stopped by SIGTERM ... run the same command again"
+
+
+def test_grpo_under_torchrun_commits_once(record_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = str(tmp_path / "grpo")
+    process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
+                       output, "max_steps=4,save_steps=2,per_device_train_batch_size=4", recipe="tiny-cpu-grpo")
+    lines: list[str] = []
+    assert finish(process, lines) == 0, "".join(lines[-40:])
+    assert len(events(lines, "committed")) == 1
+    stats = manifest.read_manifest(output)["stats"]
+    assert (stats["world_size"], stats["global_batch_size"]) == (2, 8)
