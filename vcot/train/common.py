@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vcot import manifest, storage
-from vcot.train import distributed
 from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
 from vcot.model_format import COORDS, ModelFormat
+from vcot.train import distributed
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 
 if TYPE_CHECKING:

@@ -16,7 +16,14 @@ from vcot.log import get_logger
 from vcot.model_format import ModelFormat
 from vcot.modeling import machine_precision
 from vcot.train import distributed
-from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.common import (
+    RunFolders,
+    TrainConfig,
+    commit_run,
+    common_arguments,
+    load_policy,
+    run_training,
+)
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
