@@ -67,7 +67,8 @@ def write_tokens(root: Path, rows: int, tokens: int) -> None:
 def memory() -> dict[str, float]:
     """Peak RSS and the process's own (anonymous) memory now, in MB."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    return {name: int(fields[key].split()[0]) / 1024 for name, key in (("peak_rss_mb", "VmHWM"), ("anon_mb", "RssAnon"))}
+    kinds = (("peak_rss_mb", "VmHWM"), ("anon_mb", "RssAnon"))
+    return {name: int(fields[key].split()[0]) / 1024 for name, key in kinds}
 
 
 class InMemory:
@@ -106,7 +107,10 @@ def measure(data: str, mode: str, reads: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        dataset: Any = TokenizedDataset(data, "train", cache=Path(cache), vocab_size=VOCAB) if mode == "mmap" else InMemory(data)
+        if mode == "mmap":
+            dataset: Any = TokenizedDataset(data, "train", cache=Path(cache), vocab_size=VOCAB)
+        else:
+            dataset = InMemory(data)
         opened = time.perf_counter() - start
         after_open = memory()
         order = np.random.default_rng(1).permutation(len(dataset))[:reads].tolist()

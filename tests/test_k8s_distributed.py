@@ -77,7 +77,8 @@ def test_multi_gpu_runs_torchrun_with_one_process_per_requested_gpu(multi_gpu: l
     command = [expand(part, env) for part in container["command"]]
     assert command[0] == "torchrun" and "--standalone" in command and command[-2:] == ["--no-python", "vcot-train"]
     assert "--nproc-per-node=8" in command
-    assert container["resources"]["requests"]["nvidia.com/gpu"] == container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+    resources = container["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "8"
     assert train_container(multi_gpu, "vcot-evaluate")["resources"]["limits"]["nvidia.com/gpu"] == "1"
     timeout = int(next(part for part in command if part.startswith("--shutdown-timeout=")).split("=")[1])
     pod = by_kind(multi_gpu, "Job")["vcot-train"]["spec"]["template"]["spec"]
