@@ -101,8 +101,9 @@ def test_two_ranks_match_one_process_and_commit_once(
     for (step, loss), (step_one, loss_one) in zip(losses(two), losses(one), strict=True):
         assert step == step_one and abs(loss - loss_one) < LOSS_TOLERANCE, (step, loss, loss_one)
     assert len(events(lines, "committed")) == 1  # only rank 0 wrote the adapter and committed
-    # Each rank read only its share of the memory-mapped rows: 10 steps x 2 rows of the 44.
-    assert sorted((e["rank"], e["rows"], e["of"]) for e in events(lines, "rows_read")) == [(0, 20, 44), (1, 20, 44)]
+    # Each rank read only its share of the memory-mapped rows: 10 steps x 2 rows of the 44, plus the one batch
+    # the data loader fetches ahead (accelerate's loader looks one batch ahead to know the last one).
+    assert sorted((e["rank"], e["rows"], e["of"]) for e in events(lines, "rows_read")) == [(0, 22, 44), (1, 22, 44)]
     assert len(events(lines, "checkpoint_synced")) == 2  # steps 5 and 10, once each
     stats = manifest.read_manifest(two)["stats"]
     assert (stats["world_size"], stats["global_batch_size"], stats["gradient_accumulation_steps"]) == (2, 4, 1)
