@@ -203,6 +203,25 @@ demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make 
 	echo "vcot-demo on http://127.0.0.1:$(DEMO_PORT) (Ctrl-C stops it); no adapter yet? run make local-train first"; \
 	$(PY) -m jobs.demo --model $(DEMO_MODEL) --adapter $(DEMO_ADAPTER) --port $(DEMO_PORT)
 
+# --- distributed ------------------------------------------------------------------------------------
+# After `make local-train` (same LOCAL_RUN): the same tiny SFT step under torchrun, LOCAL_NPROC processes (gloo on
+# CPU), one thread each, the global batch of tiny-cpu (8) kept by global_batch_size (docs/train.md "Distributed runs").
+LOCAL_NPROC ?= 2
+.PHONY: local-train-ddp
+
+local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step with torchrun, LOCAL_NPROC=2 processes (gloo), on local S3
+	@set -euo pipefail; \
+	$(PY) -m vcot.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
+	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokens') else 1)" \
+		|| { echo "local-train-ddp: no committed tokens at $(LOCAL_RUN)/tokens: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) -> $(LOCAL_RUN)/runs/tiny-ddp"; \
+	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
+		-m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-ddp \
+		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json --set per_device_train_batch_size=4,global_batch_size=8; \
+	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny-ddp
+
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
 # on the local S3 server, evaluates the GRPO adapter, and prints each reward's mean at the start and the end of the

@@ -29,6 +29,7 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["--size", "test", "--records", "8", "--sft-steps", "1", "--steps", "2", "--betas", "0.04", "--output", "{output}"],
         "runs",
     ),
+    "train_data_bench.py": (["--rows", "200", "--tokens", "16", "--reads", "20", "--output", "{output}"], "runs"),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
         "modes",

@@ -23,6 +23,8 @@ RUNS_DIR = Path("k8s/runs")
 # A label value and a name suffix; short, so that Job and pod names stay under 63 characters.
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}
+PER_RUN = "vcot.dev/per-run"
+"""A label on an object of a shared kind that each run needs its own of (multi-node's headless Service)."""
 
 
 def check_run_id(run_id: str) -> str:
@@ -43,7 +45,7 @@ def check_run_id(run_id: str) -> str:
 def run_kustomization(run_id: str, overlay_from_run_dir: str) -> str:
     """The kustomization.yaml text of one run (``overlay_from_run_dir``: the overlay, relative to it)."""
     deletes = "".join(
-        f"  - target: {{kind: {kind}}}\n"
+        f"  - target: {{kind: {kind}, labelSelector: '{PER_RUN}!=true'}}\n"
         f"    patch: |-\n"
         f"      $patch: delete\n"
         f"      apiVersion: {api_version}\n"

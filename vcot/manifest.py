@@ -348,6 +348,13 @@ def committed_files(output: str, prefix: str = "", *, expect_stage: str | Sequen
     return [uri for uri, _ in _listed(read_manifest(output, expect_stage), output, prefix)]
 
 
+def committed_entries(
+    output: str, prefix: str = "", *, expect_stage: str | Sequence[str] | None = None
+) -> list[tuple[str, ShardFile]]:
+    """``(uri, entry)`` of each file a committed output lists under ``prefix`` (entries: sha256 and size)."""
+    return _listed(read_manifest(output, expect_stage), output, prefix)
+
+
 def read_committed(
     output: str, prefix: str = "", *, expect_stage: str | Sequence[str] | None = None
 ) -> Iterator[tuple[str, bytes]]:

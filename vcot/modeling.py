@@ -384,7 +384,8 @@ def load_model_and_processor(
                 base_path,
                 dtype=precision.dtype,
                 quantization_config=quantization_config,
-                device_map={"": 0} if precision.device == "cuda" else None,
+                # This process's GPU: torchrun's LOCAL_RANK (0 without torchrun); every rank holds a whole copy.
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if precision.device == "cuda" else None,
             )
     if for_training:
         model.config.use_cache = False

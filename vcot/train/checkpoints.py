@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 
 from vcot import storage
 from vcot.log import get_logger
+from vcot.train import distributed
 
 COMPLETE = "_COMPLETE"
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")
@@ -86,6 +87,7 @@ class CheckpointSync(TrainerCallback):
         self.tensorboard_remote = tensorboard_remote
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        distributed.barrier()  # every rank has written its part (its RNG state) before rank 0 uploads
         if not state.is_world_process_zero:
             return
         local = self.local_dir / f"checkpoint-{state.global_step}"
@@ -100,7 +102,9 @@ class CheckpointSync(TrainerCallback):
 
 
 class SaveOnSigterm(TrainerCallback):
-    """Turn SIGTERM into "finish this step, save a checkpoint, stop" (the save is synced by CheckpointSync)."""
+    """Turn SIGTERM into "finish this step, save a checkpoint, stop" (the save is synced by CheckpointSync).
+
+    Under torchrun the ranks agree after every step: SIGTERM on any rank stops them all at the same step."""
 
     def __init__(self) -> None:
         self.received = False
@@ -118,6 +122,7 @@ class SaveOnSigterm(TrainerCallback):
         self.received = True
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.received = distributed.any_rank(self.received, args.device)
         if self.received:
             log.warning("sigterm", step=state.global_step, action="saving a checkpoint, then stopping")
             control.should_save = True

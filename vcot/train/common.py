@@ -25,6 +25,7 @@ from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
 from vcot.model_format import COORDS, ModelFormat
+from vcot.train import distributed
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 
 if TYPE_CHECKING:
@@ -181,9 +182,13 @@ class RunFolders:
 
     @classmethod
     def for_output(cls, output: str) -> RunFolders:
+        """One scratch folder per node under torchrun (the ranks of a node share it, as the Trainer expects)."""
         from vcot.train.data import local_scratch
 
-        return cls(local_scratch(hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]), output)
+        name = hashlib.sha256(output.rstrip("/").encode()).hexdigest()[:16]
+        if distributed.world_size() > 1:
+            name += f"-node{distributed.node_rank()}"  # two "nodes" on one machine must not share one
+        return cls(local_scratch(name), output)
 
     @property
     def trainer_dir(self) -> Path:
@@ -202,18 +207,33 @@ class RunFolders:
         return storage.join(self.output, "tensorboard")
 
 
+def batch_sizes(recipe: Recipe) -> dict[str, int]:
+    """The batch on this world: per device, accumulation (derived when the recipe sets ``global_batch_size``),
+    world size and the global batch per optimizer step; logged and recorded in the manifest's stats."""
+    world = distributed.world_size()
+    accumulation = recipe.accumulation_for(world)
+    return {
+        "per_device_train_batch_size": recipe.per_device_train_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "world_size": world,
+        "global_batch_size": recipe.per_device_train_batch_size * accumulation * world,
+    }
+
+
 def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) -> dict[str, Any]:
     """The trainer arguments both methods share: the recipe's optimization knobs for this machine (bf16/fp16 on
     GPU, fp32 on CPU), checkpoints every ``save_steps``, logging, no reporting integration (TensorBoard is ours)."""
     import torch
 
     device = precision.device
+    batch = batch_sizes(recipe)
+    log.info("batch", **batch)
     return {
         "output_dir": str(folders.trainer_dir),
         "num_train_epochs": recipe.num_train_epochs,
         "max_steps": recipe.max_steps,
         "per_device_train_batch_size": recipe.per_device_train_batch_size,
-        "gradient_accumulation_steps": recipe.gradient_accumulation_steps,
+        "gradient_accumulation_steps": batch["gradient_accumulation_steps"],
         "learning_rate": recipe.learning_rate,
         "lr_scheduler_type": recipe.lr_scheduler_type,
         "warmup_steps": recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio of the total steps
@@ -229,6 +249,8 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "save_strategy": "steps",
         "save_steps": recipe.save_steps,
         "save_total_limit": recipe.save_total_limit,
+        "ddp_find_unused_parameters": False,  # every trainable (LoRA) parameter is used in each forward pass
+        "save_on_each_node": True,  # each node's scratch holds the checkpoints its ranks reload (best model)
         "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
         "logging_steps": recipe.logging_steps,
         "logging_first_step": True,
@@ -249,7 +271,7 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, restore_checkpoints
+    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)
@@ -261,9 +283,7 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     ):
         trainer.add_callback(callback)
 
-    resume_from = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
-    if resume_from is not None and storage.list_uris(folders.remote_tensorboard):
-        storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
+    resume_from = restore(folders)
     sigterm.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -275,6 +295,21 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
             f"{folders.remote_checkpoints}. Run the same command again to resume from it"
         )
     return result
+
+
+def restore(folders: RunFolders) -> Path | None:
+    """The newest complete checkpoint in storage, in this node's scratch; every rank resumes from rank 0's
+    choice (each node's first rank downloads, the others wait)."""
+    from vcot.train.checkpoints import restore_checkpoints
+
+    newest = None
+    if distributed.local_rank() == 0:
+        newest = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
+        if newest is not None and storage.list_uris(folders.remote_tensorboard):
+            storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
+    distributed.barrier()
+    name = distributed.from_main(newest.name if newest else None)
+    return folders.trainer_dir / name if name else None
 
 
 def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +350,28 @@ def commit_run(
     inputs: list[str],
     stats: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then the pointer."""
+    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then the pointer: on rank 0
+    only; the other ranks wait for it and return its manifest."""
+    stats = {**stats, **batch_sizes(recipe)}
+    committed = None
+    if distributed.is_main():
+        committed = _commit(config, recipe, fmt, trainer, processor, folders, metrics, inputs, stats)
+    committed = distributed.from_main(committed)
+    shutil.rmtree(folders.scratch, ignore_errors=True)  # everything is in storage now
+    return committed
+
+
+def _commit(
+    config: TrainConfig,
+    recipe: Recipe,
+    fmt: ModelFormat,
+    trainer: Any,
+    processor: Any,
+    folders: RunFolders,
+    metrics: dict[str, Any],
+    inputs: list[str],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
     from vcot.modeling import MODEL_CARD, load_processor
 
     with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
@@ -345,7 +401,6 @@ def commit_run(
         stats=stats,
     )
     storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
-    shutil.rmtree(folders.scratch, ignore_errors=True)  # everything is in storage now
     log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
     return committed
 

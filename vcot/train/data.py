@@ -9,8 +9,9 @@ silently misaligned batch).
 
 from __future__ import annotations
 
-import io
+import shutil
 import tempfile
+import weakref
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -22,27 +23,88 @@ from vcot import manifest
 from vcot.errors import VcotError
 from vcot.images import load_rgb
 from vcot.model_format import IGNORE_INDEX, IMAGE_PAD
+from vcot.shards import read_verified
+from vcot.train import distributed
 
 
 class TokenizedDataset(Dataset):
-    """The rows of one split (``train`` or ``val``) of a committed tokenize output, held as an Arrow table."""
+    """The rows of one split (``train`` or ``val``) of a committed tokenize output, memory-mapped from local Arrow
+    files: the process holds only the rows it reads, and the ranks of a node share one copy (the page cache).
 
-    def __init__(self, data_uri: str, split: str) -> None:
+    The committed Parquet shards are downloaded one at a time (checked against the manifest), converted to
+    uncompressed Arrow files in ``cache`` with token ids in the narrowest integer type that holds ``vocab_size``
+    (a node's first rank converts, the others wait), then mapped. ``cache`` of ``None``: a private folder removed
+    with the dataset.
+    """
+
+    def __init__(self, data_uri: str, split: str, *, cache: Path | None = None, vocab_size: int | None = None) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        tables = []
-        for _, data in manifest.read_committed(data_uri, f"{split}/", expect_stage="tokenize"):
-            tables.append(pq.read_table(io.BytesIO(data)))
-        self.table = pa.concat_tables(tables) if tables else None
         self.split = split
+        shared = cache is not None
+        if cache is None:
+            cache = Path(tempfile.mkdtemp(prefix="vcot-rows-"))
+            weakref.finalize(self, shutil.rmtree, cache, True)
+        folder = cache / split
+        if not shared or distributed.local_rank() == 0:
+            convert_split(data_uri, split, folder, vocab_size)
+        if shared:
+            distributed.barrier()
+        tables = [pa.ipc.open_file(pa.memory_map(str(path))).read_all() for path in sorted(folder.glob("*.arrow"))]
+        self.table = pa.concat_tables(tables) if tables else None
+        self.reads = 0
 
     def __len__(self) -> int:
         return 0 if self.table is None else self.table.num_rows
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         assert self.table is not None
-        return {name: self.table.column(name)[index].as_py() for name in self.table.column_names}
+        self.reads += 1
+        return self.table.slice(index, 1).to_pylist()[0]
+
+
+def token_type(vocab_size: int | None, *, signed: bool) -> Any:
+    """The narrowest Arrow integer type for token ids below ``vocab_size`` (labels also hold -100: signed).
+
+    >>> str(token_type(151_665, signed=False)), str(token_type(600, signed=True)), str(token_type(None, signed=True))
+    ('uint32', 'int16', 'int32')
+    """
+    import pyarrow as pa
+
+    if vocab_size is None:
+        return pa.int32()
+    if signed:
+        return pa.int16() if vocab_size <= 2**15 else pa.int32()
+    return pa.uint16() if vocab_size <= 2**16 else pa.uint32()
+
+
+def convert_split(data_uri: str, split: str, folder: Path, vocab_size: int | None) -> None:
+    """The split's committed shards as Arrow files in ``folder`` (kept when ``_DONE`` names the same shards)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listed = manifest.committed_entries(data_uri, f"{split}/", expect_stage="tokenize")
+    done = folder / "_DONE"
+    signature = "\n".join(f"{entry.path} {entry.sha256} {vocab_size}" for _, entry in listed)
+    if done.exists() and done.read_text(encoding="utf-8") == signature:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    narrow = {
+        "input_ids": pa.list_(token_type(vocab_size, signed=False)),
+        "labels": pa.list_(token_type(vocab_size, signed=True)),
+    }
+    for index, (uri, entry) in enumerate(listed):
+        local = folder / "shard.parquet"
+        local.write_bytes(read_verified(uri, entry))
+        parquet = pq.ParquetFile(local)
+        schema = pa.schema([pa.field(f.name, narrow.get(f.name, f.type)) for f in parquet.schema_arrow])
+        with pa.OSFile(str(folder / f"{index:05d}.arrow"), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in parquet.iter_batches(batch_size=65_536):  # few, large chunks: a row is found fast
+                writer.write_batch(batch.cast(schema))
+        local.unlink()
+    done.write_text(signature, encoding="utf-8")
+    pa.default_memory_pool().release_unused()  # the conversion's buffers: not kept for the whole run
 
 
 class Collator:

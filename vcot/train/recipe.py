@@ -57,6 +57,9 @@ class Recipe:
     per_device_train_batch_size: int = 4
     per_device_eval_batch_size: int = 4
     gradient_accumulation_steps: int = 4
+    # 0: per_device_train_batch_size x gradient_accumulation_steps x world size; N: keep N whatever the world size
+    # (the accumulation is derived: N / (per_device_train_batch_size x world size), which must divide)
+    global_batch_size: int = 0
     weight_decay: float = 0.01
     max_grad_norm: float = 0.3
     optim: str = "adamw_8bit"
@@ -109,6 +112,11 @@ class Recipe:
             raise ConfigError(f"recipe warmup_ratio={self.warmup_ratio} must be in [0, 1)")
         if self.lora_r < 1 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ConfigError("recipe lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
+        if self.global_batch_size < 0 or self.global_batch_size % self.per_device_train_batch_size:
+            raise ConfigError(
+                f"recipe global_batch_size={self.global_batch_size} must be 0 or a multiple of "
+                f"per_device_train_batch_size={self.per_device_train_batch_size}"
+            )
         if self.save_steps < 1 or self.eval_steps < 1 or self.logging_steps < 1:
             raise ConfigError("recipe save_steps, eval_steps and logging_steps must be >= 1")
         if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps:
@@ -128,6 +136,11 @@ class Recipe:
         if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
             raise ConfigError(
                 "recipe per_device_train_batch_size x gradient_accumulation_steps must be a multiple of "
+                f"num_generations={self.num_generations}: each step generates whole groups"
+            )
+        if self.global_batch_size % self.num_generations:
+            raise ConfigError(
+                f"recipe global_batch_size={self.global_batch_size} must be a multiple of "
                 f"num_generations={self.num_generations}: each step generates whole groups"
             )
         if self.max_completion_length < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.beta < 0:
@@ -160,6 +173,23 @@ class Recipe:
                 "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (RGFN has no eval_loss): "
                 "set neftune_noise_alpha=null and early_stopping_patience=0 for method gfn"
             )
+
+    def accumulation_for(self, world_size: int) -> int:
+        """The gradient accumulation steps on ``world_size`` ranks: the recipe's, or derived to keep
+        ``global_batch_size``.
+
+        >>> Recipe(per_device_train_batch_size=4, global_batch_size=16).accumulation_for(2)
+        2
+        """
+        if not self.global_batch_size:
+            return self.gradient_accumulation_steps
+        per_step = self.per_device_train_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError(
+                f"recipe global_batch_size={self.global_batch_size} is not a multiple of "
+                f"per_device_train_batch_size x world size = {per_step}: change one of them"
+            )
+        return self.global_batch_size // per_step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,7 +15,15 @@ from vcot.errors import VcotError
 from vcot.log import get_logger
 from vcot.model_format import ModelFormat
 from vcot.modeling import machine_precision
-from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train import distributed
+from vcot.train.common import (
+    RunFolders,
+    TrainConfig,
+    commit_run,
+    common_arguments,
+    load_policy,
+    run_training,
+)
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -64,11 +72,13 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     model, processor = load_policy(config.model, recipe, fmt)
 
     # 3. Data, arguments, the trainer.
-    train_set = TokenizedDataset(config.data, "train")
-    eval_set = TokenizedDataset(config.data, "val")
+    # Memory-mapped from this node's scratch (converted once per node); each rank reads only the rows it is dealt.
+    folders = RunFolders.for_output(config.output)
+    vocab_size = len(processor.tokenizer)
+    train_set = TokenizedDataset(config.data, "train", cache=folders.scratch / "rows", vocab_size=vocab_size)
+    eval_set = TokenizedDataset(config.data, "val", cache=folders.scratch / "rows", vocab_size=vocab_size)
     if len(train_set) == 0:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
-    folders = RunFolders.for_output(config.output)
     args = sft_arguments(recipe, folders, has_eval=len(eval_set) > 0)
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
     trainer = Trainer(
@@ -90,6 +100,8 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         metrics["eval"] = trainer.evaluate()
         metrics["best_eval_loss"] = trainer.state.best_metric
     metrics["log_history"] = trainer.state.log_history
+    # Rows this process read (with dataloader workers, they read them: 0 here).
+    log.info("rows_read", rank=distributed.rank(), rows=train_set.reads, of=len(train_set))
 
     # 5. Commit.
     stats = {

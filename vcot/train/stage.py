@@ -24,6 +24,7 @@ from typing import Any
 
 from vcot import manifest
 from vcot.log import get_logger
+from vcot.train import distributed
 from vcot.train.common import TrainConfig, ensure_pointer
 from vcot.train.grpo import grpo
 from vcot.train.recipe import load_recipe
@@ -36,9 +37,14 @@ log = get_logger(__name__)
 def train(config: TrainConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     inputs = [config.data, config.model, *([config.init_adapter] if config.init_adapter else [])]
-    if not manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite):
+    distributed.init()  # under torchrun: rank 0 alone prepares (and may delete) the output, the others follow
+    todo = None
+    if distributed.is_main():
+        todo = manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite)
+    if not distributed.from_main(todo):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
-        ensure_pointer(config)
+        if distributed.is_main():
+            ensure_pointer(config)
         return None
     recipe = load_recipe(config.recipe, config.set)
     log.info("recipe", **recipe.to_dict())

@@ -1,0 +1,175 @@
+"""vcot-train under torchrun (gloo on CPU): two processes match one (each reading only its share of the rows),
+two "nodes" train together, a dead rank fails the job and the rerun resumes, SIGTERM on one rank stops all at
+one checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vcot import manifest, storage
+from vcot.train import TrainConfig, train
+from vcot.train.checkpoints import complete_checkpoints
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Global batch 4: 2 ranks x 2 rows, or 1 process x 4 rows; 44 train rows, so every step of the first epoch is full.
+DDP_SET = "num_train_epochs=10,logging_steps=1,save_steps=5,eval_steps=5,per_device_train_batch_size=2"
+LOSS_TOLERANCE = 0.01
+"""Per logged step, |loss(2 ranks) - loss(1 process)|: the same rows per step; only float summation order differs
+(seen: < 3e-4 after 10 steps)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def torchrun(
+    launch: list[str], data: str, model: Path, output: str, run_set: str, *, recipe: str = "tiny-cpu"
+) -> subprocess.Popen[str]:
+    """Start ``torchrun LAUNCH -m jobs.train ...`` with JSON log lines on its stdout (both ranks' and its own)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_LOG_FORMAT": "json"}
+    argv = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "jobs.train", "--data", data]
+    argv += ["--model", str(model), "--output", output, "--recipe", recipe, "--threads", "1", "--set", run_set]
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def events(lines: list[str], name: str) -> list[dict[str, Any]]:
+    found = [json.loads(line) for line in lines if line.startswith("{") and f'"{name}"' in line]
+    return [event for event in found if event.get("event") == name]
+
+
+def read_until_step(process: subprocess.Popen[str], step: int) -> list[str]:
+    """Lines of ``process`` until rank 0 logged a training step >= ``step``."""
+    assert process.stdout is not None
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if any(event.get("step", 0) >= step and "loss" in event for event in events([line], "train_log")):
+            return lines
+    raise AssertionError("training ended before step " + str(step) + ":\n" + "".join(lines[-30:]))
+
+
+def finish(process: subprocess.Popen[str], lines: list[str]) -> int:
+    """Wait for ``process`` (a hang fails the test instead of blocking it), collecting the rest of its lines."""
+    rest, _ = process.communicate(timeout=300)
+    lines.extend(rest.splitlines(keepends=True))
+    return process.returncode
+
+
+def rank_pids(torchrun_pid: int) -> dict[int, int]:
+    """``{rank: pid}`` of the worker processes torchrun started (their RANK environment variable)."""
+    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
+    pids = {}
+    for pid in map(int, children):
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
+        if "RANK" in env:
+            pids[int(env["RANK"])] = pid
+    return pids
+
+
+def losses(output: str) -> list[tuple[int, float]]:
+    history = storage.read_json(storage.join(output, "metrics.json"))["log_history"]
+    return [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+
+
+def test_two_ranks_match_one_process_and_commit_once(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    run_set = DDP_SET + ",max_steps=10"
+    one = str(tmp_path / "one")
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=one, recipe="tiny-cpu",
+                      set=run_set + ",per_device_train_batch_size=4"))
+    two = str(tmp_path / "two")
+    process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], tokenized_data, tiny_model_dir,
+                       two, run_set)
+    lines: list[str] = []
+    assert finish(process, lines) == 0, "".join(lines[-40:])
+
+    assert len(losses(two)) == 10
+    for (step, loss), (step_one, loss_one) in zip(losses(two), losses(one), strict=True):
+        assert step == step_one and abs(loss - loss_one) < LOSS_TOLERANCE, (step, loss, loss_one)
+    assert len(events(lines, "committed")) == 1  # only rank 0 wrote the adapter and committed
+    # Each rank read only its share of the memory-mapped rows: 10 steps x 2 rows of the 44, plus the one batch
+    # the data loader fetches ahead (accelerate's loader looks one batch ahead to know the last one).
+    assert sorted((e["rank"], e["rows"], e["of"]) for e in events(lines, "rows_read")) == [(0, 22, 44), (1, 22, 44)]
+    assert len(events(lines, "checkpoint_synced")) == 2  # steps 5 and 10, once each
+    stats = manifest.read_manifest(two)["stats"]
+    assert (stats["world_size"], stats["global_batch_size"], stats["gradient_accumulation_steps"]) == (2, 4, 1)
+    assert manifest.read_manifest(one)["stats"]["world_size"] == 1
+    assert (Path(two) / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_two_nodes_train_together(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = str(tmp_path / "nodes")
+    port = free_port()
+    nodes = [
+        torchrun(["--nnodes", "2", "--node-rank", str(index), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vcot-test"],
+                 tokenized_data, tiny_model_dir, output, DDP_SET + ",max_steps=5")
+        for index in (0, 1)
+    ]
+    outputs: list[list[str]] = [[], []]
+    codes = [finish(node, lines) for node, lines in zip(nodes, outputs, strict=True)]
+    assert codes == [0, 0], "".join(outputs[0][-30:] + outputs[1][-30:])
+    assert manifest.read_manifest(output)["stats"]["world_size"] == 2
+    assert [len(events(lines, "committed")) for lines in outputs] == [1, 0]  # rank 0 is on the first node
+    assert len(events(outputs[1], "train_log")) == 0  # the second node's rank trained without writing
+
+
+def test_a_dead_rank_fails_the_job_and_the_rerun_resumes(
+    tokenized_data: str, tiny_model_dir: Path, real_s3: str
+) -> None:
+    output = storage.join(real_s3, "run")
+    run_set = DDP_SET + ",max_steps=30"
+    launch = ["--nproc-per-node", "2", "--master-port", str(free_port())]
+    process = torchrun(launch, tokenized_data, tiny_model_dir, output, run_set)
+    lines = read_until_step(process, 7)
+    ranks = rank_pids(process.pid)
+    os.kill(ranks[1], signal.SIGKILL)
+    assert finish(process, lines) != 0
+    assert not Path(f"/proc/{ranks[0]}").exists()  # rank 0 did not hang on its dead peer: it is gone too
+    newest = max(complete_checkpoints(storage.join(output, "checkpoints")))  # 5 (10 on a very slow machine)
+
+    rerun = torchrun(launch[:2] + ["--master-port", str(free_port())], tokenized_data, tiny_model_dir, output, run_set)
+    again: list[str] = []
+    assert finish(rerun, again) == 0, "".join(again[-40:])
+    assert [event["checkpoint"].rsplit("/", 1)[-1] for event in events(again, "resume_from")] == [f"checkpoint-{newest}"]
+    assert manifest.read_manifest(output)["stats"]["global_step"] == 30
+
+
+def test_sigterm_on_one_rank_stops_all_ranks_at_one_checkpoint(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    output = str(tmp_path / "term")
+    process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], tokenized_data, tiny_model_dir,
+                       output, DDP_SET + ",max_steps=30")
+    lines = read_until_step(process, 7)
+    os.kill(rank_pids(process.pid)[1], signal.SIGTERM)  # e.g. one container of a pod stopped
+    assert finish(process, lines) == 1
+    stopped = events(lines, "sigterm")
+    assert len(stopped) == 2 and stopped[0]["step"] == stopped[1]["step"]  # both ranks, at the same step
+    assert max(complete_checkpoints(storage.join(output, "checkpoints"))) == stopped[0]["step"]
+    assert len(events(lines, "failed")) == 2  # each rank: "stopped by SIGTERM ... run the same command again"
+
+
+def test_grpo_under_torchrun_commits_once(record_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    output = str(tmp_path / "grpo")
+    process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
+                       output, "max_steps=4,save_steps=2,per_device_train_batch_size=4", recipe="tiny-cpu-grpo")
+    lines: list[str] = []
+    assert finish(process, lines) == 0, "".join(lines[-40:])
+    assert len(events(lines, "committed")) == 1
+    stats = manifest.read_manifest(output)["stats"]
+    assert (stats["world_size"], stats["global_batch_size"]) == (2, 8)
