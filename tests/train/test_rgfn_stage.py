@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load, load_file
 
-from tests.train.test_grpo_stage import _run_until_killed
+from tests.train.train_helpers import run_until_killed
 from vcot import manifest, storage
 from vcot.modeling import read_model_card
 from vcot.train import TrainConfig, train
@@ -69,7 +69,7 @@ def test_killed_rgfn_run_resumes_to_the_same_adapter(
     output = f"{real_s3}/runs/rgfn-killed"
     argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", output, "--recipe", "tiny-cpu-rgfn",
             "--set", RUN_SET, "--init-adapter", analyzer_adapter, "--threads", "1"]  # fmt: skip
-    code, stderr = _run_until_killed(argv, kill_at_step=1)
+    code, stderr = run_until_killed(argv, kill_at_step=1)
     assert code == 1 and "stopped by SIGTERM" in stderr, stderr[-3000:]
     saved = complete_checkpoints(storage.join(output, "checkpoints"))
     assert saved and max(saved) < 3 and not manifest.is_committed(output)
