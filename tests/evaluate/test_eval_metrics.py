@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot.evaluate.metrics import score_sample, summarize, summarize_by_subset
+from vcot.evaluate.metrics import best_constant_box, first_box_metrics, score_sample, summarize, summarize_by_subset
 
 
 @st.composite
@@ -129,3 +129,68 @@ def test_samples_without_ground_truth_count_only_for_answers() -> None:
     assert metrics["overall"]["answer_accuracy"] == 0.5
     assert metrics["subsets"]["a"]["answer_accuracy"] == 1.0 and metrics["subsets"]["b"]["box_detection_rate"] == 0.0
     assert summarize([])["mean_iou"] == 0.0
+
+
+# --- first box and the best constant box -------------------------------------------------------------------------
+
+
+def brute_force_constant_box(truths: list[tuple[int, int, int, int]], upper: int) -> float:
+    """The best mean IoU of any one box on the integer grid [0, upper]: every box tried."""
+    sides = [(a, b) for a in range(upper + 1) for b in range(a + 1, upper + 1)]
+    boxes = np.array([(x1, y1, x2, y2) for x1, x2 in sides for y1, y2 in sides])
+    return float(numpy_iou(boxes, np.array(truths)).mean(axis=1).max())
+
+
+@st.composite
+def small_grid_sets(draw: st.DrawFn) -> tuple[int, list[tuple[int, int, int, int]]]:
+    upper = draw(st.integers(4, 10))
+    side = st.tuples(st.integers(0, upper - 1), st.integers(1, upper)).filter(lambda s: s[0] < s[1])
+    pairs = draw(st.lists(st.tuples(side, side), min_size=1, max_size=6))
+    return upper, [(x1, y1, x2, y2) for (x1, x2), (y1, y2) in pairs]
+
+
+@given(small_grid_sets())
+def test_constant_box_equals_brute_force_on_small_grids(case: tuple[int, list]) -> None:
+    upper, truths = case
+    box, value = best_constant_box(truths, upper=upper)
+    assert value == pytest.approx(brute_force_constant_box(truths, upper), abs=1e-9)
+    assert box is not None and 0 <= box[0] < box[2] <= upper and 0 <= box[1] < box[3] <= upper
+    assert value == pytest.approx(float(numpy_iou(np.array([box]), np.array(truths)).mean()), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_constant_box_is_near_brute_force_on_larger_sets(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    upper = 12
+    x = np.sort(rng.integers(0, upper + 1, size=(40, 2)), axis=1)
+    y = np.sort(rng.integers(0, upper + 1, size=(40, 2)), axis=1)
+    keep = (x[:, 0] < x[:, 1]) & (y[:, 0] < y[:, 1])
+    truths = [tuple(int(v) for v in (a[0], b[0], a[1], b[1])) for a, b in zip(x[keep], y[keep])]
+    _, value = best_constant_box(truths, upper=upper)
+    assert brute_force_constant_box(truths, upper) - 0.002 <= value <= brute_force_constant_box(truths, upper) + 1e-9
+
+
+@given(small_grid_sets(), st.data())
+def test_a_model_that_ignores_the_image_never_beats_the_constant_box(case: tuple[int, list], data: st.DataObject) -> None:
+    upper, truths = case
+    x1, y1 = data.draw(st.integers(0, upper - 1)), data.draw(st.integers(0, upper - 1))
+    same = (x1, y1, data.draw(st.integers(x1 + 1, upper)), data.draw(st.integers(y1 + 1, upper)))
+    grounded = [score_sample([same], [truth]) for truth in truths]
+    found = first_box_metrics(grounded)  # searched on 0-1000, a superset of this grid
+    assert found["first_box_iou"] <= found["constant_box_iou"] + 1e-9
+
+
+def test_first_box_metrics_by_hand() -> None:
+    gt, other = (0, 0, 100, 100), (500, 500, 600, 600)
+    scores = [
+        score_sample([gt, other], [gt, other]),  # first box right: IoU 1
+        score_sample([(0, 0, 100, 50)], [gt]),  # IoU 0.5: not above 0.5
+        score_sample([other, gt], [gt]),  # a right box, but not first: IoU 0
+        score_sample([], [gt], invalid_reasons=["out_of_range"]),  # no valid box: IoU 0
+        score_sample([gt], []),  # nothing to point at: not counted
+    ]
+    metrics = summarize(scores)
+    assert metrics["first_box_iou"] == pytest.approx(1.5 / 4, abs=1e-6)
+    assert metrics["first_box_acc_at_50"] == 0.25
+    assert metrics["constant_box"] == [0, 0, 100, 100] and metrics["constant_box_iou"] == pytest.approx(1.0, abs=1e-6)
+    assert summarize([score_sample([], [])])["constant_box"] is None

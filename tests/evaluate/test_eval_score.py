@@ -13,6 +13,7 @@ import pytest
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
+from vcot.evaluate.metrics import best_constant_box
 from vcot.evaluate.scoring import load_records
 
 KNOWN_PREDICTIONS = [
@@ -37,7 +38,7 @@ class _ReportParser(HTMLParser):
         super().__init__()
         self.table_rows: list[list[str]] = []
         self.images: list[str] = []
-        self.rects: dict[str, int] = {"gt": 0, "pred": 0}
+        self.rects: dict[str, int] = {"gt": 0, "pred": 0, "constant": 0}
         self.bins: list[int] = []
         self.external: list[str] = []
         self.ids_with_regression: list[str] = []
@@ -109,6 +110,15 @@ def test_known_predictions_give_known_numbers(known_data: tuple[str, list], tmp_
     assert overall["answer_accuracy"] == pytest.approx(3 / 5)
     assert overall["invalid_boxes"] == 2 and overall["invalid_reasons"] == {"inverted": 1, "wrong_arity": 1}
     assert overall["samples_with_invalid_boxes"] == 1
+    # First box against the first object: r0 1, r1 0.5, r2 1 (its first box is the first object), r3 0, r4 0.
+    assert overall["first_box_iou"] == pytest.approx(2.5 / 5, abs=1e-5)
+    assert overall["first_box_acc_at_50"] == pytest.approx(2 / 5)
+    # The best constant box for these first objects: (100, 100, 300, 300) alone reaches (1 + 1 + 0.16 + 1/7 + 0) / 5.
+    first_truths = [r["objects"][0]["box"] for r in records[:5]]
+    assert overall["constant_box_iou"] == pytest.approx(best_constant_box(first_truths)[1])
+    assert overall["constant_box_iou"] >= (2 + 0.16 + 1 / 7) / 5 - 1e-5
+    gqa_constant = metrics["subsets"]["gqa"]["constant_box_iou"]  # per subset, on that subset's objects
+    assert gqa_constant == pytest.approx(best_constant_box(first_truths[:3])[1]) and gqa_constant >= 2.16 / 3 - 1e-5
     gqa, docvqa = metrics["subsets"]["gqa"], metrics["subsets"]["docvqa"]
     assert gqa["samples"] == 3 and gqa["box_detection_rate"] == 1.0 and gqa["acc_at_50"] == pytest.approx(0.5)
     assert gqa["answer_accuracy"] == pytest.approx(2 / 3)
@@ -140,7 +150,10 @@ def test_known_predictions_give_known_numbers(known_data: tuple[str, list], tmp_
     assert [row[0] for row in report.table_rows] == ["subset", "overall", "docvqa", "gqa"]
     assert report.table_rows[1][1] == "5"
     assert len(report.images) == 5 and all(src.startswith("data:image/jpeg;base64,") for src in report.images)
-    assert report.rects == {"gt": 6, "pred": 4}
+    assert report.rects == {"gt": 6, "pred": 4, "constant": 5}  # the set's constant box, dashed, on every sample
+    header = report.table_rows[0]
+    assert "first-box IoU" in header and "constant box IoU" in header and "first-box Acc@0.5" in header
+    assert "no model that ignores the image can beat it" in (tmp_path / "eval" / "report.html").read_text()
     assert sum(report.bins) == 4 and report.bins[-1] == 3  # three boxes with IoU ~1
     assert report.external == [] and report.ids_with_regression == []
 

@@ -13,10 +13,25 @@ def _write_outputs(root: Path) -> tuple[str, str]:
     run, evaluation = str(root / "run"), str(root / "eval")
     history = [{"loss": 6.5, "step": 1}, {"eval_loss": 2.0, "step": 50}, {"loss": 0.9, "step": 120}]
     storage.write_json(f"{run}/metrics.json", {"log_history": history, "eval": {"eval_loss": 0.85}})
-    overall = {"samples": 10, "box_detection_rate": 0.9, "mean_iou": 0.25, "acc_at_50": 0.1, "answer_accuracy": None}
+    overall = {
+        "samples": 10,
+        "box_detection_rate": 0.9,
+        "mean_iou": 0.25,
+        "acc_at_50": 0.1,
+        "answer_accuracy": None,
+        "first_box_iou": 0.4,
+        "first_box_acc_at_50": 0.35,
+        "constant_box_iou": 0.16,
+        "constant_box": [200, 150, 700, 800],
+    }
     storage.write_json(f"{evaluation}/metrics.json", {"overall": overall, "subsets": {}})
     response = "I find the <ref>bar</ref><box>[1, 2, 3, 4]</box>. Answer: red"
-    shards.write_jsonl(evaluation, "predictions/00000-of-00001.jsonl.gz", [{"id": "a", "prediction": response}])
+    other = "I find the <ref>bar</ref><box>[500, 20, 900, 80]</box>. Answer: blue"
+    rows = [
+        {"id": "a", "prediction": response, "truth_boxes": [[1, 2, 3, 5]]},
+        {"id": "b", "prediction": other, "truth_boxes": [[510, 20, 880, 90]]},
+    ]
+    shards.write_jsonl(evaluation, "predictions/00000-of-00001.jsonl.gz", rows)
     storage.write_text(f"{evaluation}/report.html", "<html>report</html>")
     return run, evaluation
 
@@ -28,7 +43,12 @@ def test_summary_shows_losses_metrics_a_response_and_copies_the_report(tmp_path:
     assert "train loss 6.500 (step 1) -> 0.900 (step 120); eval loss 0.850" in text
     assert "box detection rate 0.900; mean IoU 0.250; Acc@0.5 0.100" in text
     assert "answer accuracy" not in text  # not computed for these records: not shown as a number
-    assert "<box>[1, 2, 3, 4]</box>" in text
+    assert "<box>[1, 2, 3, 4]</box>" in text and "(truth [1, 2, 3, 5])" in text
+    assert "<box>[500, 20, 900, 80]</box>" in text and "(truth [510, 20, 880, 90])" in text  # more than one response
+    assert (
+        "first-box IoU 0.400 vs 0.160 for the best constant box [200, 150, 700, 800] (2.5x); first-box Acc@0.5 0.350"
+        in text
+    )
     assert (tmp_path / "out" / "report.html").read_text() == "<html>report</html>"
     assert (tmp_path / "out" / "report.html").resolve().as_uri() in lines[-1]
 

@@ -1,10 +1,11 @@
 """What ``make local-train`` and ``make local-grpo`` print at the end: losses or reward curves, the evaluation's key
-metrics, one response, the report.
+metrics, responses, the report.
 
 A new user should see in a few lines that the model learned something: the train loss from its first to its
 last logged step, the eval loss, for a GRPO run each reward's mean at the start and the end of the run, how many
-responses carry a valid ``<ref>..</ref><box>[..]</box>``, and where the HTML report is (copied to a local file so
-a browser opens it directly).
+responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model points (its first-box IoU beside the
+best constant box, the most a model that ignores the image can reach), a few responses with their true boxes, and
+where the HTML report is (copied to a local file so a browser opens it directly).
 
     python -m vcot.dev.summary --run s3://vcot/local/runs/tiny --evaluation s3://vcot/local/eval/tiny \\
         --report-to .cache/local-train/report.html
@@ -13,6 +14,7 @@ a browser opens it directly).
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,25 @@ def metrics_line(overall: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
-def summary(run: str, evaluation: str | None = None, report_to: Path | None = None) -> list[str]:
+def pointing_line(overall: dict[str, Any]) -> str:
+    """First-box IoU against the constant-box baseline, first-box Acc@0.5 and answer accuracy.
+
+    >>> pointing_line({"first_box_iou": 0.42, "constant_box_iou": 0.15, "constant_box": [200, 180, 700, 760],
+    ...                "first_box_acc_at_50": 0.38, "answer_accuracy": 0.9})
+    'first-box IoU 0.420 vs 0.150 for the best constant box [200, 180, 700, 760] (2.8x); first-box Acc@0.5 0.380; answer accuracy 0.900'
+    """
+    if overall.get("first_box_iou") is None:
+        return "no first-box metrics (evaluated before they existed)"
+    first, constant = overall["first_box_iou"], overall.get("constant_box_iou") or 0.0
+    ratio = f" ({first / constant:.1f}x)" if constant else ""
+    parts = [f"first-box IoU {first:.3f} vs {constant:.3f} for the best constant box {overall.get('constant_box')}{ratio}"]
+    parts.append(f"first-box Acc@0.5 {overall.get('first_box_acc_at_50', 0.0):.3f}")
+    if overall.get("answer_accuracy") is not None:
+        parts.append(f"answer accuracy {overall['answer_accuracy']:.3f}")
+    return "; ".join(parts)
+
+
+def summary(run: str, evaluation: str | None = None, report_to: Path | None = None, responses: int = 3) -> list[str]:
     """The lines to print; copies the evaluation's ``report.html`` to ``report_to`` when given."""
     run_metrics = storage.read_json(storage.join(run, "metrics.json"))
     lines = [f"train        {loss_line(run_metrics)}", *reward_lines(run_metrics)]
@@ -79,10 +99,12 @@ def summary(run: str, evaluation: str | None = None, report_to: Path | None = No
         return lines
     metrics = storage.read_json(storage.join(evaluation, "metrics.json"))
     lines.append(f"evaluation   {metrics_line(metrics.get('overall', {}))}")
+    lines.append(f"pointing     {pointing_line(metrics.get('overall', {}))}")
     predictions = storage.list_uris(storage.join(evaluation, "predictions"), ".jsonl.gz")
-    first = next(iter(read_jsonl(predictions[0])), None) if predictions else None
-    if first is not None:
-        lines.append(f"a response   {str(first.get('prediction', ''))[:200]!r}")
+    rows = list(itertools.islice(read_jsonl(predictions[0]), responses)) if predictions else []
+    for row in rows:
+        truth = f"  (truth {row['truth_boxes'][0]})" if row.get("truth_boxes") else ""
+        lines.append(f"a response   {str(row.get('prediction', ''))[:200]!r}{truth}")
     report = storage.join(evaluation, "report.html")
     if report_to is not None:
         report_to.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,9 @@ METRIC_COLUMNS = [
     ("iou_success_rate", "IoU > 0.5", "{:.3f}"),
     ("acc_at_50", "Acc@0.5", "{:.3f}"),
     ("acc_at_75", "Acc@0.75", "{:.3f}"),
+    ("first_box_iou", "first-box IoU", "{:.3f}"),
+    ("constant_box_iou", "constant box IoU", "{:.3f}"),
+    ("first_box_acc_at_50", "first-box Acc@0.5", "{:.3f}"),
     ("answer_accuracy", "answer acc.", "{:.3f}"),
     ("invalid_boxes", "invalid boxes", "{:d}"),
 ]
@@ -154,6 +157,21 @@ def field_sections(metrics: dict[str, Any]) -> list[str]:
     return sections
 
 
+def constant_box_note(overall: dict[str, Any]) -> str:
+    """What the constant-box column means, with this set's box: the bar for a model that looks at the image."""
+    box = overall.get("constant_box")
+    if not box:
+        return ""
+    first, constant = overall.get("first_box_iou") or 0.0, overall.get("constant_box_iou") or 0.0
+    ratio = f"{first / constant:.1f}x" if constant else "n/a"
+    return (
+        f'<p id="constant-box">First-box IoU: the first predicted box against the first ground-truth object. '
+        f"Constant box: the one box {html.escape(str(box))} that, answered for every sample, scores best on this set "
+        f"(IoU {constant:.3f}; dashed grey in the samples): no model that ignores the image can beat it. "
+        f"This model: {first:.3f} ({ratio} the constant box).</p>"
+    )
+
+
 def iou_histogram(ious: Sequence[float], bins: int = HISTOGRAM_BINS) -> str:
     """An inline SVG bar chart of IoU values in ``bins`` equal bins over [0, 1]."""
     counts = [0] * bins
@@ -211,8 +229,8 @@ def history_plot(entries: Sequence[dict[str, Any]], metrics: Sequence[str]) -> s
     return "".join(parts)
 
 
-def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:
-    """One sample: the image with boxes, beside question, answers and reasoning."""
+def sample_card(row: dict[str, Any], record: dict[str, Any], constant_box: Sequence[int] | None = None) -> str:
+    """One sample: the image with boxes (and the set's constant box, dashed), beside question, answers and reasoning."""
     width, height = int(record.get("width") or 1), int(record.get("height") or 1)
     source = thumbnail_data_uri(record["image"]) if record.get("image") else None
     if source:
@@ -221,6 +239,7 @@ def sample_card(row: dict[str, Any], record: dict[str, Any]) -> str:
         picture = f'<svg class="placeholder" viewBox="0 0 {width} {height}"><text x="10" y="30">image unavailable</text></svg>'
     overlay = (
         f'<svg class="boxes" viewBox="0 0 {NORM} {NORM}" preserveAspectRatio="none">'
+        + (_box_rects([constant_box], "constant", "#999999", dashed=True) if constant_box else "")
         + _box_rects(row["truth_boxes"], "gt", "#00b050")
         + _box_rects([b["box"] for b in row["boxes"]], "pred", "#e00000")
         + "</svg>"
@@ -271,7 +290,7 @@ def build_report(
             sections.append(f'<div class="regression" id="regression"><b>Regression</b><ul>{lines}</ul></div>')
         else:
             sections.append('<div class="ok" id="regression">No regression against the previous and best entries.</div>')
-    sections.append("<h2>Metrics</h2>" + metric_table(metrics))
+    sections.append("<h2>Metrics</h2>" + metric_table(metrics) + constant_box_note(metrics["overall"]))
     sections.extend(extra_sections)
     all_ious = [value for row in rows for value in row["best_ious"]]
     sections.append(f"<h2>IoU of each predicted box with its best match ({len(all_ious)} boxes)</h2>" + iou_histogram(all_ious))
@@ -282,8 +301,10 @@ def build_report(
     sections.append(
         f"<h2>Samples ({len(shown)} of {len(rows)})</h2>"
         '<p class="legend"><span style="color:#00b050">&#9632; ground truth</span>'
-        '<span style="color:#e00000">&#9632; predicted</span></p>'
-        '<div class="grid">' + "".join(sample_card(row, records[str(row["id"])]) for row in shown) + "</div>"
+        '<span style="color:#e00000">&#9632; predicted</span><span style="color:#999999">&#9633; constant box</span></p>'
+        '<div class="grid">'
+        + "".join(sample_card(row, records[str(row["id"])], metrics["overall"].get("constant_box")) for row in shown)
+        + "</div>"
     )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
