@@ -50,3 +50,25 @@ def test_secret_environment_values_and_url_credentials_are_masked(monkeypatch: p
         log.warning("oops", error="refused wJalrXUtnFEMI/K7MDENG", url="https://me:pw@llm.example/v1", n=51200000)
     assert "wJalrXUtnFEMI" not in stream.getvalue() and ":pw@" not in stream.getvalue()
     assert stream.getvalue().count("https://***@llm.example/v1") == 2 and stream.getvalue().count("51200000") == 2
+
+
+class _RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_each_line_is_one_write(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun's ranks share one stdout pipe: a line written as text then newline in two writes interleaves
+    with another rank's (``{...}{...}\\n\\n``), and the JSON lines a log collector reads no longer parse."""
+    stream = _RecordingStream()
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(fmt)
+    get_logger("t").info("hello", n=1)
+    get_logger("t").warning("again")
+    assert len(stream.writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in stream.writes)

@@ -84,7 +84,8 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
             _masked(renderer),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
+        # one write per line (PrintLogger writes the newline separately): torchrun's ranks share a pipe
+        logger_factory=structlog.WriteLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # Libraries that use the standard logging module: keep their warnings, drop their chatter.
