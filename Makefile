@@ -146,20 +146,23 @@ synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, d
 
 # --- train ------------------------------------------------------------------------------------------
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
-# tokenize -> train (-> evaluate), then a summary: losses, box detection rate, IoU, the HTML report.
-# Every stage skips work already committed; LOCAL_RUN=... for a fresh root. Timings: docs/bench-train.md.
-LOCAL_RUN ?= s3://vcot/local
-LOCAL_RECORDS ?= 512
+# tokenize -> train -> evaluate, then a summary: losses, the first-box IoU beside the best constant box,
+# Acc@0.5, answer accuracy, the HTML report. Every stage skips work already committed; each family and frame
+# has its own root (LOCAL_RUN=... for a fresh one). Timings and what the model learns: docs/bench-train.md.
+TINY_FAMILY ?= qwen2.5-vl
+LOCAL_COORDS ?= norm1000
+LOCAL_RUN ?= s3://vcot/local/$(TINY_FAMILY)-$(LOCAL_COORDS)
+LOCAL_RECORDS ?= 2250
 LOCAL_THREADS ?= 1
 TINY_SIZE ?= local
-TINY_MODEL ?= .cache/tiny-qwen2.5-vl-$(TINY_SIZE)
+TINY_MODEL ?= .cache/tiny-$(TINY_FAMILY)-$(TINY_SIZE)
 LOCAL_REPORT ?= .cache/local-train/report.html
 .PHONY: tiny-model local-train bench-train
 
-tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL; TINY_SIZE=local or test)
-	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --size $(TINY_SIZE)
+tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
+	@$(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --family $(TINY_FAMILY) --size $(TINY_SIZE) --keep-current
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate (~2-4 min)
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (~10 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
@@ -170,8 +173,9 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 		|| $(PY) -m vcot.dev.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
 	echo "== convert -> $(LOCAL_RUN)/records"; \
 	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
-	echo "== tokenize -> $(LOCAL_RUN)/tokens"; \
-	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL); \
+	echo "== tokenize ($(LOCAL_COORDS) boxes) -> $(LOCAL_RUN)/tokens"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL) \
+		--coords $(LOCAL_COORDS); \
 	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny \
 		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
@@ -181,11 +185,11 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
-	echo "  tokens          $(LOCAL_RUN)/tokens"; \
+	echo "  tokens          $(LOCAL_RUN)/tokens  ($(LOCAL_COORDS) boxes)"; \
 	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
 	echo "  evaluation      $(LOCAL_RUN)/eval/tiny  (predictions/, metrics.json, report.html)"; \
-	echo "  tiny model      $(TINY_MODEL)"; \
+	echo "  tiny model      $(TINY_MODEL)  ($(TINY_FAMILY))"; \
 	echo; \
 	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
 
