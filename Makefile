@@ -162,7 +162,7 @@ LOCAL_REPORT ?= .cache/local-train/report.html
 tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
 	@$(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --family $(TINY_FAMILY) --size $(TINY_SIZE) --keep-current
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (~10 min)
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (~7 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
@@ -215,16 +215,17 @@ LOCAL_NPROC ?= 2
 
 local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step with torchrun, LOCAL_NPROC=2 processes (gloo), on local S3
 	@set -euo pipefail; \
-	$(PY) -m vcot.local_s3 up >/dev/null; \
-	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
 	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokens') else 1)" \
 		|| { echo "local-train-ddp: no committed tokens at $(LOCAL_RUN)/tokens: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) -> $(LOCAL_RUN)/runs/tiny-ddp"; \
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
 		-m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-ddp \
-		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json --set per_device_train_batch_size=4,global_batch_size=8; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny-ddp
+		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json \
+		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny-ddp
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
@@ -281,9 +282,9 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn
 	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RUN)/tokens-analyzer"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) \
 		--layout rationale_turn; \
-	echo "== SFT (recipe tiny-cpu, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
+	echo "== SFT (recipe tiny-cpu, one epoch: mechanics, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-analyzer \
-		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
+		--recipe tiny-cpu --set num_train_epochs=1 --threads $(LOCAL_THREADS); \
 	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RUN)/runs/tiny-rgfn"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny-analyzer/adapter \
 		--output $(LOCAL_RUN)/runs/tiny-rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \
