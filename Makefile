@@ -146,20 +146,23 @@ synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, d
 
 # --- train ------------------------------------------------------------------------------------------
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
-# tokenize -> train (-> evaluate), then a summary: losses, box detection rate, IoU, the HTML report.
-# Every stage skips work already committed; LOCAL_RUN=... for a fresh root. Timings: docs/bench-train.md.
-LOCAL_RUN ?= s3://vcot/local
-LOCAL_RECORDS ?= 512
+# tokenize -> train -> evaluate, then a summary: losses, the first-box IoU beside the best constant box,
+# Acc@0.5, answer accuracy, the HTML report. Every stage skips work already committed; each family and frame
+# has its own root (LOCAL_RUN=... for a fresh one). Timings and what the model learns: docs/bench-train.md.
+TINY_FAMILY ?= qwen2.5-vl
+LOCAL_COORDS ?= norm1000
+LOCAL_RUN ?= s3://vcot/local/$(TINY_FAMILY)-$(LOCAL_COORDS)
+LOCAL_RECORDS ?= 2250
 LOCAL_THREADS ?= 1
 TINY_SIZE ?= local
-TINY_MODEL ?= .cache/tiny-qwen2.5-vl-$(TINY_SIZE)
+TINY_MODEL ?= .cache/tiny-$(TINY_FAMILY)-$(TINY_SIZE)
 LOCAL_REPORT ?= .cache/local-train/report.html
 .PHONY: tiny-model local-train bench-train
 
-tiny-model: $(STAMP) ## Build the tiny offline Qwen2.5-VL (TINY_MODEL; TINY_SIZE=local or test)
-	@test -f $(TINY_MODEL)/config.json || $(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --size $(TINY_SIZE)
+tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
+	@$(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --family $(TINY_FAMILY) --size $(TINY_SIZE) --keep-current
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic data -> convert -> tokenize -> train -> evaluate (~2-4 min)
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (~7 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
@@ -170,8 +173,9 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 		|| $(PY) -m vcot.dev.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
 	echo "== convert -> $(LOCAL_RUN)/records"; \
 	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
-	echo "== tokenize -> $(LOCAL_RUN)/tokens"; \
-	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL); \
+	echo "== tokenize ($(LOCAL_COORDS) boxes) -> $(LOCAL_RUN)/tokens"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL) \
+		--coords $(LOCAL_COORDS); \
 	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny \
 		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
@@ -181,11 +185,11 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3: synthetic d
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
-	echo "  tokens          $(LOCAL_RUN)/tokens"; \
+	echo "  tokens          $(LOCAL_RUN)/tokens  ($(LOCAL_COORDS) boxes)"; \
 	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
 	echo "  evaluation      $(LOCAL_RUN)/eval/tiny  (predictions/, metrics.json, report.html)"; \
-	echo "  tiny model      $(TINY_MODEL)"; \
+	echo "  tiny model      $(TINY_MODEL)  ($(TINY_FAMILY))"; \
 	echo; \
 	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
 
@@ -211,16 +215,17 @@ LOCAL_NPROC ?= 2
 
 local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step with torchrun, LOCAL_NPROC=2 processes (gloo), on local S3
 	@set -euo pipefail; \
-	$(PY) -m vcot.local_s3 up >/dev/null; \
-	eval "$$($(PY) -m vcot.local_s3 env)"; \
+	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
+	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
 	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokens') else 1)" \
 		|| { echo "local-train-ddp: no committed tokens at $(LOCAL_RUN)/tokens: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) -> $(LOCAL_RUN)/runs/tiny-ddp"; \
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
 		-m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-ddp \
-		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json --set per_device_train_batch_size=4,global_batch_size=8; \
-	$(PY) -m vcot.train.summary --run $(LOCAL_RUN)/runs/tiny-ddp
+		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json \
+		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny-ddp
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
@@ -277,9 +282,9 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn
 	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RUN)/tokens-analyzer"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) \
 		--layout rationale_turn; \
-	echo "== SFT (recipe tiny-cpu, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
+	echo "== SFT (recipe tiny-cpu, one epoch: mechanics, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-analyzer \
-		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
+		--recipe tiny-cpu --set num_train_epochs=1 --threads $(LOCAL_THREADS); \
 	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RUN)/runs/tiny-rgfn"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny-analyzer/adapter \
 		--output $(LOCAL_RUN)/runs/tiny-rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \

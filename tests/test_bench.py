@@ -30,6 +30,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         "runs",
     ),
     "train_data_bench.py": (["--rows", "200", "--tokens", "16", "--reads", "20", "--output", "{output}"], "runs"),
+    "grounding_probe.py": (
+        ["--size", "test", "--records", "4", "--val", "2", "--epochs", "1", "--eval-every", "1", "--output", "{output}"],
+        "constant_box",
+    ),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
         "modes",

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot.evaluate.metrics import best_constant_box, first_box_metrics, score_sample, summarize, summarize_by_subset
+from vcot.evaluate.metrics import best_constant_box, first_object_metrics, score_sample, summarize, summarize_by_subset
 
 
 @st.composite
@@ -176,21 +176,22 @@ def test_a_model_that_ignores_the_image_never_beats_the_constant_box(case: tuple
     x1, y1 = data.draw(st.integers(0, upper - 1)), data.draw(st.integers(0, upper - 1))
     same = (x1, y1, data.draw(st.integers(x1 + 1, upper)), data.draw(st.integers(y1 + 1, upper)))
     grounded = [score_sample([same], [truth]) for truth in truths]
-    found = first_box_metrics(grounded)  # searched on 0-1000, a superset of this grid
-    assert found["first_box_iou"] <= found["constant_box_iou"] + 1e-9
+    found = first_object_metrics(grounded)  # searched on 0-1000, a superset of this grid
+    assert found["first_object_iou"] <= found["constant_box_iou"] + 1e-9
 
 
-def test_first_box_metrics_by_hand() -> None:
+def test_first_object_metrics_by_hand() -> None:
     gt, other = (0, 0, 100, 100), (500, 500, 600, 600)
     scores = [
         score_sample([gt, other], [gt, other]),  # first box right: IoU 1
         score_sample([(0, 0, 100, 50)], [gt]),  # IoU 0.5: not above 0.5
         score_sample([other, gt], [gt]),  # a right box, but not first: IoU 0
+        score_sample([other], [gt, other]),  # the first box finds the second object, not the first: IoU 0
         score_sample([], [gt], invalid_reasons=["out_of_range"]),  # no valid box: IoU 0
         score_sample([gt], []),  # nothing to point at: not counted
     ]
     metrics = summarize(scores)
-    assert metrics["first_box_iou"] == pytest.approx(1.5 / 4, abs=1e-6)
-    assert metrics["first_box_acc_at_50"] == 0.25
+    assert metrics["first_object_iou"] == pytest.approx(1.5 / 5, abs=1e-6)
+    assert metrics["first_object_acc_at_50"] == 0.2
     assert metrics["constant_box"] == [0, 0, 100, 100] and metrics["constant_box_iou"] == pytest.approx(1.0, abs=1e-6)
     assert summarize([score_sample([], [])])["constant_box"] is None

@@ -129,10 +129,11 @@ def test_an_adapter_on_another_base_model_is_refused_in_one_line(
     card["base_architecture"] = architecture(AutoConfig.from_pretrained(tiny_model_dir).to_dict())
     (recorded / MODEL_CARD).write_text(json.dumps(card))
     older = tmp_path / "older"  # a card without it: refused when the adapter's weights do not fit
+    other_hidden = AutoConfig.from_pretrained(other_base).text_config.hidden_size
     shutil.copytree(adapter_dir, older)
 
     refusals = {
-        recorded: ["is not the base model the adapter was trained on (text_config.hidden_size: 256, not 64;",
+        recorded: [f"is not the base model the adapter was trained on (text_config.hidden_size: {other_hidden}, not 64;",
                    f"pass --model {tiny_model_dir} or"],
         older: [f"adapter {older} does not fit the base model {other_base}"],
     }  # fmt: skip

@@ -111,8 +111,8 @@ def test_known_predictions_give_known_numbers(known_data: tuple[str, list], tmp_
     assert overall["invalid_boxes"] == 2 and overall["invalid_reasons"] == {"inverted": 1, "wrong_arity": 1}
     assert overall["samples_with_invalid_boxes"] == 1
     # First box against the first object: r0 1, r1 0.5, r2 1 (its first box is the first object), r3 0, r4 0.
-    assert overall["first_box_iou"] == pytest.approx(2.5 / 5, abs=1e-5)
-    assert overall["first_box_acc_at_50"] == pytest.approx(2 / 5)
+    assert overall["first_object_iou"] == pytest.approx(2.5 / 5, abs=1e-5)
+    assert overall["first_object_acc_at_50"] == pytest.approx(2 / 5)
     # The best constant box for these first objects: (100, 100, 300, 300) alone reaches (1 + 1 + 0.16 + 1/7 + 0) / 5.
     first_truths = [r["objects"][0]["box"] for r in records[:5]]
     assert overall["constant_box_iou"] == pytest.approx(best_constant_box(first_truths)[1])
@@ -152,7 +152,7 @@ def test_known_predictions_give_known_numbers(known_data: tuple[str, list], tmp_
     assert len(report.images) == 5 and all(src.startswith("data:image/jpeg;base64,") for src in report.images)
     assert report.rects == {"gt": 6, "pred": 4, "constant": 5}  # the set's constant box, dashed, on every sample
     header = report.table_rows[0]
-    assert "first-box IoU" in header and "constant box IoU" in header and "first-box Acc@0.5" in header
+    assert "first-object IoU" in header and "constant box IoU" in header and "first-object Acc@0.5" in header
     assert "no model that ignores the image can beat it" in (tmp_path / "eval" / "report.html").read_text()
     assert sum(report.bins) == 4 and report.bins[-1] == 3  # three boxes with IoU ~1
     assert report.external == [] and report.ids_with_regression == []

@@ -78,13 +78,32 @@ def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
     model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
     names = {name for name, _ in model.named_modules()}
     assert any(".visual." in n and n.endswith("mlp.gate_proj") for n in names)  # the trap exists
-    wrapped = add_lora(model, load_recipe("tiny-cpu"))
+    wrapped = add_lora(model, load_recipe("qwen2.5-vl-7b-qlora"))
     lora = [name for name, _ in wrapped.named_modules() if name.endswith("lora_A")]
     assert lora and not any("visual" in name for name in lora)
     suffixes = {name.rsplit(".", 2)[-2] for name in lora}
     assert suffixes == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     with_vision = lora_target_regex(["gate_proj"], include_vision=True)
     assert re.fullmatch(with_vision, "model.visual.blocks.0.mlp.gate_proj")
+
+
+def test_tiny_cpu_trains_the_language_model_in_full_and_the_vision_tower_not(tiny_model_dir: Path) -> None:
+    """make local-train's recipe: random weights have nothing low-rank to adapt (docs/train.md)."""
+    from vcot.modeling import load_model_and_processor
+    from vcot.train.common import add_lora
+
+    model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
+    wrapped = add_lora(model, load_recipe("tiny-cpu"))
+    trainable = [name for name, param in wrapped.named_parameters() if param.requires_grad]
+    layers = model.config.text_config.num_hidden_layers
+    for index in range(layers):  # every weight of every decoder layer
+        prefix = f"language_model.layers.{index}.modules_to_save.default."
+        assert any(prefix + "self_attn.q_proj" in name for name in trainable)
+        assert any(prefix + "mlp.down_proj" in name for name in trainable)
+    assert any("lm_head.modules_to_save" in name for name in trainable)
+    assert any("visual.merger.modules_to_save" in name for name in trainable)
+    assert any("embed_tokens.lora_embedding_A" in name for name in trainable)
+    assert not any("visual.blocks" in name or "patch_embed" in name for name in trainable)  # the tower stays frozen
 
 
 def test_cli_refuses_a_bad_override_before_loading_anything(tmp_path: Path) -> None:

@@ -19,8 +19,8 @@ def _write_outputs(root: Path) -> tuple[str, str]:
         "mean_iou": 0.25,
         "acc_at_50": 0.1,
         "answer_accuracy": None,
-        "first_box_iou": 0.4,
-        "first_box_acc_at_50": 0.35,
+        "first_object_iou": 0.4,
+        "first_object_acc_at_50": 0.35,
         "constant_box_iou": 0.16,
         "constant_box": [200, 150, 700, 800],
     }
@@ -28,8 +28,9 @@ def _write_outputs(root: Path) -> tuple[str, str]:
     response = "I find the <ref>bar</ref><box>[1, 2, 3, 4]</box>. Answer: red"
     other = "I find the <ref>bar</ref><box>[500, 20, 900, 80]</box>. Answer: blue"
     rows = [
-        {"id": "a", "prediction": response, "truth_boxes": [[1, 2, 3, 5]]},
-        {"id": "b", "prediction": other, "truth_boxes": [[510, 20, 880, 90]]},
+        {"id": "a", "prediction": response, "boxes": [{"ref": "bar", "box": [1, 2, 3, 4]}], "truth_boxes": [[1, 2, 3, 5]]},
+        {"id": "b", "prediction": other, "boxes": [{"ref": "bar", "box": [500, 20, 900, 80]}],
+         "truth_boxes": [[510, 20, 880, 90]]},
     ]
     shards.write_jsonl(evaluation, "predictions/00000-of-00001.jsonl.gz", rows)
     storage.write_text(f"{evaluation}/report.html", "<html>report</html>")
@@ -43,10 +44,10 @@ def test_summary_shows_losses_metrics_a_response_and_copies_the_report(tmp_path:
     assert "train loss 6.500 (step 1) -> 0.900 (step 120); eval loss 0.850" in text
     assert "box detection rate 0.900; mean IoU 0.250; Acc@0.5 0.100" in text
     assert "answer accuracy" not in text  # not computed for these records: not shown as a number
-    assert "<box>[1, 2, 3, 4]</box>" in text and "(truth [1, 2, 3, 5])" in text
-    assert "<box>[500, 20, 900, 80]</box>" in text and "(truth [510, 20, 880, 90])" in text  # more than one response
+    assert "<box>[1, 2, 3, 4]</box>" in text and "(read as [1, 2, 3, 4]; truth [1, 2, 3, 5])" in text
+    assert "(read as [500, 20, 900, 80]; truth [510, 20, 880, 90])" in text  # more than one response
     assert (
-        "first-box IoU 0.400 vs 0.160 for the best constant box [200, 150, 700, 800] (2.5x); first-box Acc@0.5 0.350"
+        "first-object IoU 0.400 vs 0.160 for the best constant box [200, 150, 700, 800] (2.5x); first-object Acc@0.5 0.350"
         in text
     )
     assert (tmp_path / "out" / "report.html").read_text() == "<html>report</html>"

@@ -3,7 +3,7 @@ metrics, responses, the report.
 
 A new user should see in a few lines that the model learned something: the train loss from its first to its
 last logged step, the eval loss, for a GRPO run each reward's mean at the start and the end of the run, how many
-responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model points (its first-box IoU beside the
+responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model points (its first-object IoU beside the
 best constant box, the most a model that ignores the image can reach), a few responses with their true boxes, and
 where the HTML report is (copied to a local file so a browser opens it directly).
 
@@ -74,21 +74,33 @@ def metrics_line(overall: dict[str, Any]) -> str:
 
 
 def pointing_line(overall: dict[str, Any]) -> str:
-    """First-box IoU against the constant-box baseline, first-box Acc@0.5 and answer accuracy.
+    """First-object IoU against the constant-box baseline, first-object Acc@0.5 and answer accuracy.
 
-    >>> pointing_line({"first_box_iou": 0.42, "constant_box_iou": 0.15, "constant_box": [200, 180, 700, 760],
-    ...                "first_box_acc_at_50": 0.38, "answer_accuracy": 0.9})
-    'first-box IoU 0.420 vs 0.150 for the best constant box [200, 180, 700, 760] (2.8x); first-box Acc@0.5 0.380; answer accuracy 0.900'
+    >>> pointing_line({"first_object_iou": 0.42, "constant_box_iou": 0.15, "constant_box": [200, 180, 700, 760],
+    ...                "first_object_acc_at_50": 0.38, "answer_accuracy": 0.9})
+    'first-object IoU 0.420 vs 0.150 for the best constant box [200, 180, 700, 760] (2.8x); first-object Acc@0.5 0.380; answer accuracy 0.900'
     """
-    if overall.get("first_box_iou") is None:
-        return "no first-box metrics (evaluated before they existed)"
-    first, constant = overall["first_box_iou"], overall.get("constant_box_iou") or 0.0
+    if overall.get("first_object_iou") is None:
+        return "no first-object metrics (evaluated before they existed)"
+    first, constant = overall["first_object_iou"], overall.get("constant_box_iou") or 0.0
     ratio = f" ({first / constant:.1f}x)" if constant else ""
-    parts = [f"first-box IoU {first:.3f} vs {constant:.3f} for the best constant box {overall.get('constant_box')}{ratio}"]
-    parts.append(f"first-box Acc@0.5 {overall.get('first_box_acc_at_50', 0.0):.3f}")
+    parts = [f"first-object IoU {first:.3f} vs {constant:.3f} for the best constant box {overall.get('constant_box')}{ratio}"]
+    parts.append(f"first-object Acc@0.5 {overall.get('first_object_acc_at_50', 0.0):.3f}")
     if overall.get("answer_accuracy") is not None:
         parts.append(f"answer accuracy {overall['answer_accuracy']:.3f}")
     return "; ".join(parts)
+
+
+def _boxes_note(row: dict[str, Any]) -> str:
+    """The first box read back in house coordinates (what was scored: it differs from the text in an absolute
+    frame) beside the true one.
+
+    >>> _boxes_note({"boxes": [{"ref": "a", "box": [1, 2, 3, 4]}], "truth_boxes": [[1, 2, 3, 5]]})
+    '  (read as [1, 2, 3, 4]; truth [1, 2, 3, 5])'
+    """
+    parts = [f"read as {row['boxes'][0]['box']}"] if row.get("boxes") else []
+    parts += [f"truth {row['truth_boxes'][0]}"] if row.get("truth_boxes") else []
+    return f"  ({'; '.join(parts)})" if parts else ""
 
 
 def summary(run: str, evaluation: str | None = None, report_to: Path | None = None, responses: int = 3) -> list[str]:
@@ -103,8 +115,7 @@ def summary(run: str, evaluation: str | None = None, report_to: Path | None = No
     predictions = storage.list_uris(storage.join(evaluation, "predictions"), ".jsonl.gz")
     rows = list(itertools.islice(read_jsonl(predictions[0]), responses)) if predictions else []
     for row in rows:
-        truth = f"  (truth {row['truth_boxes'][0]})" if row.get("truth_boxes") else ""
-        lines.append(f"a response   {str(row.get('prediction', ''))[:200]!r}{truth}")
+        lines.append(f"a response   {str(row.get('prediction', ''))[:200]!r}{_boxes_note(row)}")
     report = storage.join(evaluation, "report.html")
     if report_to is not None:
         report_to.parent.mkdir(parents=True, exist_ok=True)

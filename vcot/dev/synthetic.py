@@ -5,7 +5,8 @@
 - ``output/viscot.json``: a llava-format JSON array like VisCOT's (question turn, box-string turn,
   ``<image>`` turn, answer turn);
 - ``output/metadata.jsonl``: VisCOT metadata lines (``image``, ``width``, ``height``, ``bboxs``, ...);
-- ``output/images/cot/synthetic/<n>.png``: images (``W != H``) with coloured shapes drawn at known boxes.
+- ``output/images/cot/synthetic/<n>.png``: images (``W != H``, 96-256 px, aspect up to 1.6) with coloured
+  shapes at random positions and sizes, drawn at known boxes inside a dark frame (:class:`Scene`).
 
 Box strings alternate between VisCOT's two conventions (0-1 floats of the padded square, 3 decimals;
 0-1000 integers of the padded square); every third item also carries the absolute ``###`` box, so both
@@ -21,6 +22,7 @@ import argparse
 import io
 import json
 import random
+from dataclasses import dataclass
 from typing import Any
 
 from vcot import storage
@@ -46,11 +48,34 @@ def _image_size(rng: random.Random) -> tuple[int, int]:
             return width, height
 
 
-def _draw(width: int, height: int, objects: list[dict[str, Any]]) -> bytes:
+@dataclass(frozen=True)
+class Scene:
+    """What each image holds. The defaults are what a from-scratch tiny model learns to point at in CPU minutes
+    (``make local-train``, docs/train.md): one shape, at least ``min_size`` of the image width, and a dark frame.
+
+    The frame is the one concession to a model without pretraining: Qwen2.5-VL's vision tower has no absolute
+    position at all (rotary attention sees only offsets between patches), so on a plain background nothing in an
+    image token says where it is. A frame gives every patch a landmark at a known offset: the image's own edges.
+    """
+
+    max_objects: int = 1
+    min_size: float = 0.2
+    frame: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_objects <= len(SHAPES):
+            raise ValueError(f"max_objects={self.max_objects} must be between 1 and {len(SHAPES)}")
+        if not 0 < self.min_size <= 0.5:
+            raise ValueError(f"min_size={self.min_size} must be in (0, 0.5]: a share of the image width")
+
+
+def _draw(width: int, height: int, objects: list[dict[str, Any]], frame: bool) -> bytes:
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (width, height), (235, 235, 235))
     draw = ImageDraw.Draw(image)
+    if frame:
+        draw.rectangle((0, 0, width - 1, height - 1), outline=(30, 30, 30), width=max(3, width // 24))
     for obj in objects:
         x1, y1, x2, y2 = obj["pixels"]
         fill = COLORS[obj["color"]]
@@ -63,12 +88,12 @@ def _draw(width: int, height: int, objects: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def _objects(rng: random.Random, width: int, height: int) -> list[dict[str, Any]]:
-    """One to three shapes, each a different shape name so the question's label is unambiguous."""
-    shapes = rng.sample(SHAPES, rng.randint(1, 3))
+def _objects(rng: random.Random, width: int, height: int, scene: Scene) -> list[dict[str, Any]]:
+    """One to ``scene.max_objects`` shapes, each a different shape name so the question's label is unambiguous."""
+    shapes = rng.sample(SHAPES, rng.randint(1, scene.max_objects))
     objects = []
     for shape in shapes:
-        w = rng.randint(max(8, width // 8), width // 2)
+        w = rng.randint(max(8, int(width * scene.min_size)), width // 2)
         h = w if shape in ("square", "circle") else rng.randint(max(6, height // 12), max(7, height // 5))
         h = min(h, height - 2)
         x1, y1 = rng.randint(0, width - w), rng.randint(0, height - h)
@@ -84,14 +109,14 @@ def _box_string(pixels: list[int], width: int, height: int, convention: str) -> 
 
 
 def synthetic_items(
-    num_records: int = 64, seed: int = 0
+    num_records: int = 64, seed: int = 0, scene: Scene = Scene()
 ) -> list[tuple[dict[str, Any], dict[str, Any], bytes, dict[str, Any]]]:
     """``(llava item, metadata line, png bytes, truth)`` for each record; ``truth`` has the expected house box."""
     rng = random.Random(seed)
     out = []
     for index in range(num_records):
         width, height = _image_size(rng)
-        objects = _objects(rng, width, height)
+        objects = _objects(rng, width, height, scene)
         target = rng.choice(objects)
         path = f"cot/{SUBSET}/{index:05d}.png"
         convention = "unit" if index % 2 == 0 else "norm1000"
@@ -132,13 +157,13 @@ def synthetic_items(
             "convention": convention,
             "absolute": index % 3 == 0,
         }
-        out.append((item, metadata, _draw(width, height, objects), truth))
+        out.append((item, metadata, _draw(width, height, objects, scene.frame), truth))
     return out
 
 
-def write_synthetic_viscot(output: str, *, num_records: int = 64, seed: int = 0) -> dict[str, Any]:
+def write_synthetic_viscot(output: str, *, num_records: int = 64, seed: int = 0, scene: Scene = Scene()) -> dict[str, Any]:
     """Write synthetic VisCOT-format data under ``output``; returns the URIs and the expected record per id."""
-    items = synthetic_items(num_records, seed)
+    items = synthetic_items(num_records, seed, scene)
     images = storage.join(output, "images")
     for item, _, png, _ in items:
         storage.write_bytes(storage.join(images, item["image"][0]), png)
@@ -159,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="Where to write (s3://bucket/prefix or a local folder).")
     parser.add_argument("--num-records", type=int, default=64, help="How many records (default 64).")
     parser.add_argument("--seed", type=int, default=0, help="Random seed (default 0).")
+    parser.add_argument("--max-objects", type=int, default=Scene.max_objects, help="Shapes per image, at most (1-3).")
+    parser.add_argument("--min-size", type=float, default=Scene.min_size, help="Smallest shape, share of the width.")
+    parser.add_argument("--no-frame", action="store_true", help="No dark frame around the image.")
     args = parser.parse_args(argv)
-    result = write_synthetic_viscot(args.output, num_records=args.num_records, seed=args.seed)
+    scene = Scene(max_objects=args.max_objects, min_size=args.min_size, frame=not args.no_frame)
+    result = write_synthetic_viscot(args.output, num_records=args.num_records, seed=args.seed, scene=scene)
     print(f"wrote {result['records']} synthetic VisCOT records to {args.output}")
     print(f"convert with: vcot-convert --source viscot --input {args.output} --output <URI>")
     return 0

@@ -46,13 +46,19 @@ class TinySize:
     kv_heads: int
     vision_hidden: int = 32
     vision_depth: int = 2
+    qwen25_rope_theta: float = 1000000.0
+    """Qwen2.5-VL's language-model rope base (the released 1e6 by default). Its mrope gives the width position the
+    lowest frequencies of a head: at 1e6 and these head sizes an image token's column turns its rotation by under
+    a thousandth of a radian, so the language model cannot tell image columns apart (docs/train.md)."""
 
 
 TINY_SIZES = {
     # ~0.26M parameters (Qwen3-VL: 0.33M): the tests' model, a training step in milliseconds. Too small to learn.
     "test": TinySize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
-    # ~3.8M parameters (Qwen3-VL: 4.2M): `make local-train`'s, learns the grounded output format in CPU minutes.
-    "local": TinySize(hidden=256, intermediate=768, layers=4, heads=4, kv_heads=2, vision_hidden=64),
+    # ~1.3M parameters (Qwen3-VL: 1.5M): `make local-train`'s, learns to point in CPU minutes (docs/train.md).
+    "local": TinySize(
+        hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, vision_hidden=64, qwen25_rope_theta=10.0
+    ),
 }
 DEFAULT_SIZE = "test"
 
@@ -97,6 +103,7 @@ def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
         ref = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 3)))
         x1, y1, x2, y2 = (rng.randint(0, 1000) for _ in range(4))
         yield (
+            f"system\nYou are a helpful assistant.\nuser\nassistant\n"  # the chat template's own words
             f"{words.capitalize()}? What color is the {rng.choice(_WORDS)}?\n{ModelFormat.for_family(coords=COORDS[index % 2]).instruction()}\n"
             f"First I find the <ref>{ref}</ref><box>[{x1}, {y1}, {x2}, {y2}]</box> and read the answer there. "
             f"Answer: {rng.choice(_WORDS)}\nOptions: (A) {rng.choice(_WORDS)} (B) {rng.choice(_WORDS)}"
@@ -222,7 +229,7 @@ def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> An
             "max_position_embeddings": 4096,
             "rope_parameters": {
                 "rope_type": "default",
-                "rope_theta": 1000000.0,
+                "rope_theta": size.qwen25_rope_theta,
                 "mrope_section": mrope_section(size.hidden // size.heads),
             },
             "bos_token_id": ids["<|endoftext|>"],
@@ -325,7 +332,29 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
+    (dest / BUILD_CARD).write_text(json.dumps(build_card(family, size, seed)) + "\n", encoding="utf-8")
     return dest
+
+
+BUILD_CARD = "vcot-tiny.json"
+"""Written beside the model: what built it (family, size, seed, a hash of this module), so a stale build is seen."""
+
+
+def build_card(family: str, size: str, seed: int) -> dict[str, Any]:
+    """What a build of ``family``/``size``/``seed`` by this version of the module records."""
+    import hashlib
+
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    return {"family": family, "size": size, "seed": seed, "builder": source}
+
+
+def is_current(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = DEFAULT_SIZE) -> bool:
+    """Whether ``dest`` holds exactly what :func:`build_tiny_model` would build now (``make tiny-model`` skips it)."""
+    card = Path(dest) / BUILD_CARD
+    try:
+        return json.loads(card.read_text(encoding="utf-8")) == build_card(family, size, seed)
+    except (OSError, ValueError):
+        return False
 
 
 def build_tiny_qwen25vl(dest: Path, *, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
@@ -343,7 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--size", choices=sorted(TINY_SIZES), default=DEFAULT_SIZE, help="test: fast tests; local: make local-train"
     )
+    parser.add_argument(
+        "--keep-current", action="store_true", help="do nothing when DEST already holds this build (same family, "
+        "size, seed and builder version); rebuild a stale one"
+    )
     args = parser.parse_args(argv)
+    if args.keep_current and is_current(args.dest, family=args.family, seed=args.seed, size=args.size):
+        return 0
     path = build_tiny_model(args.dest, family=args.family, seed=args.seed, size=args.size)
     print(path)
     return 0

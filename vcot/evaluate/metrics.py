@@ -16,11 +16,13 @@ add the field's stricter number:
 
 And the question "does the model look at the image?", answered against what no model can beat without it:
 
-- **first-box IoU / first-box Acc@0.5**: per sample, the IoU of the first valid predicted box with the record's
-  first object (0 when no box was predicted), averaged over samples; the share of samples where it is > 0.5;
-- **constant-box IoU**: the same first-box IoU for the best single box answered for every sample of the set
+- **first-object IoU / first-object Acc@0.5**: per sample, the IoU of the first valid predicted box with the
+  record's *first object* (0 when no box was predicted), averaged over samples; the share of samples where it is
+  > 0.5. (``vcot.evaluate.field``'s ``first_box_*`` score the first box against its best-matching object instead:
+  the same with one object per record);
+- **constant-box IoU**: the same first-object IoU for the best single box answered for every sample of the set
   (:func:`best_constant_box`, with the box itself as ``constant_box``): the best any model that ignores the
-  image can reach. A first-box IoU well above it (twice, say) shows a model that points.
+  image can reach. A first-object IoU well above it (twice, say) shows a model that points.
 
 Grounding metrics count only samples that have ground-truth boxes; answer accuracy counts every sample.
 Invalid boxes (out of range, inverted, ...) are never repaired: they are counted as parse failures,
@@ -44,8 +46,8 @@ RATE_METRICS = (
     "iou_success_rate",
     "acc_at_50",
     "acc_at_75",
-    "first_box_iou",
-    "first_box_acc_at_50",
+    "first_object_iou",
+    "first_object_acc_at_50",
     "answer_accuracy",
 )
 """The metrics in [0, 1] where higher is better: the ones a regression check can watch."""
@@ -131,23 +133,23 @@ def summarize(scores: Iterable[SampleScore]) -> dict[str, Any]:
     }
     for threshold in ACC_THRESHOLDS:
         metrics[f"acc_at_{round(threshold * 100)}"] = _rate(sum(s.accuracy_at(threshold) for s in grounded), len(grounded))
-    metrics.update(first_box_metrics(grounded))
+    metrics.update(first_object_metrics(grounded))
     return metrics
 
 
-def first_box_metrics(grounded: Sequence[SampleScore]) -> dict[str, Any]:
-    """First-box IoU and Acc@0.5 of samples with truths, beside the best constant box's IoU on the same truths.
+def first_object_metrics(grounded: Sequence[SampleScore]) -> dict[str, Any]:
+    """First-object IoU and Acc@0.5 of samples with truths, beside the best constant box's IoU on the same truths.
 
-    >>> m = first_box_metrics([score_sample([(0, 0, 500, 500)], [(0, 0, 500, 500)]), score_sample([], [(500, 500, 1000, 1000)])])
-    >>> round(m["first_box_iou"], 3), m["first_box_acc_at_50"], round(m["constant_box_iou"], 3)
+    >>> m = first_object_metrics([score_sample([(0, 0, 500, 500)], [(0, 0, 500, 500)]), score_sample([], [(500, 500, 1000, 1000)])])
+    >>> round(m["first_object_iou"], 3), m["first_object_acc_at_50"], round(m["constant_box_iou"], 3)
     (0.5, 0.5, 0.5)
     """
     truths = [s.first_truth for s in grounded if s.first_truth is not None]
     ious = [s.first_iou or 0.0 for s in grounded if s.first_truth is not None]
     box, constant = best_constant_box(truths)
     return {
-        "first_box_iou": _rate(sum(ious), len(ious)),
-        "first_box_acc_at_50": _rate(sum(value > SUCCESS_IOU for value in ious), len(ious)),
+        "first_object_iou": _rate(sum(ious), len(ious)),
+        "first_object_acc_at_50": _rate(sum(value > SUCCESS_IOU for value in ious), len(ious)),
         "constant_box_iou": constant,
         "constant_box": list(box) if box else None,
     }
@@ -219,7 +221,7 @@ def best_constant_box(truths: Sequence[Sequence[float]], *, upper: int = NORM) -
     """The one integer box in ``[0, upper]`` that maximizes the mean IoU with ``truths``, and that mean.
 
     Every model that ignores the image answers each sample with the same box, so this is the bar a model's
-    first-box IoU must clear to show it looks at the image. Mean IoU over a box's four integers has local
+    first-object IoU must clear to show it looks at the image. Mean IoU over a box's four integers has local
     optima, so the search starts from the coordinate-wise median box and a spread of truth boxes, and climbs
     with joint moves of a side pair over the truths' coordinate quantiles and single-coordinate moves over
     every integer. It equals a brute force over all boxes on small grids (tests) and comes within 0.001 of

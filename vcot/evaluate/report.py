@@ -24,9 +24,9 @@ METRIC_COLUMNS = [
     ("iou_success_rate", "IoU > 0.5", "{:.3f}"),
     ("acc_at_50", "Acc@0.5", "{:.3f}"),
     ("acc_at_75", "Acc@0.75", "{:.3f}"),
-    ("first_box_iou", "first-box IoU", "{:.3f}"),
+    ("first_object_iou", "first-object IoU", "{:.3f}"),
     ("constant_box_iou", "constant box IoU", "{:.3f}"),
-    ("first_box_acc_at_50", "first-box Acc@0.5", "{:.3f}"),
+    ("first_object_acc_at_50", "first-object Acc@0.5", "{:.3f}"),
     ("answer_accuracy", "answer acc.", "{:.3f}"),
     ("invalid_boxes", "invalid boxes", "{:d}"),
 ]
@@ -162,10 +162,10 @@ def constant_box_note(overall: dict[str, Any]) -> str:
     box = overall.get("constant_box")
     if not box:
         return ""
-    first, constant = overall.get("first_box_iou") or 0.0, overall.get("constant_box_iou") or 0.0
+    first, constant = overall.get("first_object_iou") or 0.0, overall.get("constant_box_iou") or 0.0
     ratio = f"{first / constant:.1f}x" if constant else "n/a"
     return (
-        f'<p id="constant-box">First-box IoU: the first predicted box against the first ground-truth object. '
+        f'<p id="constant-box">First-object IoU: the first predicted box against the first ground-truth object of the record. '
         f"Constant box: the one box {html.escape(str(box))} that, answered for every sample, scores best on this set "
         f"(IoU {constant:.3f}; dashed grey in the samples): no model that ignores the image can beat it. "
         f"This model: {first:.3f} ({ratio} the constant box).</p>"

@@ -119,9 +119,9 @@ class Recipe:
             )
         if self.save_steps < 1 or self.eval_steps < 1 or self.logging_steps < 1:
             raise ConfigError("recipe save_steps, eval_steps and logging_steps must be >= 1")
-        if self.early_stopping_patience > 0 and self.save_steps % self.eval_steps:
+        if self.method == "sft" and self.save_steps % self.eval_steps:  # SFT keeps its best-eval_loss checkpoint
             raise ConfigError(
-                "recipe save_steps must be a multiple of eval_steps when early stopping is on "
+                "recipe save_steps must be a multiple of eval_steps: SFT keeps the checkpoint with the best eval loss "
                 f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
         if self.method == "grpo":
