@@ -72,6 +72,10 @@ HOST_CA := /etc/ssl/certs/ca-certificates.crt
 LOCAL_WHEELS := $(or $(PIP_FIND_LINKS),/opt/wheels)
 RUN_ID ?=
 OVERLAY ?= k8s/overlays/gpu
+STAGES ?=
+FROM ?=
+SET ?=
+UPDATE_POINTER ?=
 
 .PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-cpu-train image-smoke
 
@@ -99,9 +103,14 @@ k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1
 	$(VENV)/bin/hadolint Dockerfile
 	@echo "k8s-validate: all clean"
 
-k8s-run: ## A new run of OVERLAY under its own names: make k8s-run RUN_ID=exp2 [OVERLAY=k8s/overlays/gpu]
+# make k8s-run RUN_ID=exp2 [OVERLAY=...] [STAGES=train,evaluate FROM=exp1] [SET='KEY=VALUE ...'] [UPDATE_POINTER=true]
+# STAGES: the stages this run does; FROM: the run (or folder=run pairs) the others' outputs come from; SET: run.env
+# settings for this run alone; UPDATE_POINTER=true: this run becomes the model the re-evaluation CronJob follows.
+# vcot.k8s_runs needs the standard library only: no venv.
+k8s-run: ## A new run of OVERLAY under its own names (one-stage reruns: STAGES, FROM; docs/k8s.md)
 	@test -n "$(RUN_ID)" || { echo "set RUN_ID, e.g. make k8s-run RUN_ID=exp2"; exit 2; }
-	@$(PYTHON) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)" # standard library only: no venv needed
+	@$(PYTHON) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)" --stages "$(STAGES)" --from "$(FROM)" \
+		$(foreach setting,$(SET),--set "$(setting)") $(if $(filter true 1 yes,$(UPDATE_POINTER)),--update-pointer)
 	kubectl apply -k k8s/runs/$(RUN_ID)
 
 $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mirror (NOTES)
@@ -148,7 +157,10 @@ synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, d
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
 # tokenize -> train -> evaluate, then a summary: losses, the first-box IoU beside the best constant box,
 # Acc@0.5, answer accuracy, the HTML report. Every stage skips work already committed; each family and frame
-# has its own root (LOCAL_RUN=... for a fresh one). Timings and what the model learns: docs/bench-train.md.
+# is its own run (LOCAL_RUN=... for a fresh one), in the folders of vcot/layout.py (records, tokenized, train,
+# eval); the later targets (local-grpo, local-rgfn, local-train-ddp) are runs beside it that read its outputs.
+# Only local-train (and local-grpo after it) move the newest-model pointer, LOCAL_POINTER.
+# Timings and what the model learns: docs/bench-train.md.
 TINY_FAMILY ?= qwen2.5-vl
 LOCAL_COORDS ?= norm1000
 LOCAL_RUN ?= s3://vcot/local/$(TINY_FAMILY)-$(LOCAL_COORDS)
@@ -157,6 +169,7 @@ LOCAL_THREADS ?= 1
 TINY_SIZE ?= local
 TINY_MODEL ?= .cache/tiny-$(TINY_FAMILY)-$(TINY_SIZE)
 LOCAL_REPORT ?= .cache/local-train/report.html
+LOCAL_POINTER ?= $(LOCAL_RUN)/latest.json
 .PHONY: tiny-model local-train bench-train
 
 tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
@@ -173,25 +186,25 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 		|| $(PY) -m vcot.dev.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
 	echo "== convert -> $(LOCAL_RUN)/records"; \
 	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
-	echo "== tokenize ($(LOCAL_COORDS) boxes) -> $(LOCAL_RUN)/tokens"; \
-	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens --model $(TINY_MODEL) \
+	echo "== tokenize ($(LOCAL_COORDS) boxes) -> $(LOCAL_RUN)/tokenized"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) \
 		--coords $(LOCAL_COORDS); \
-	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/runs/tiny"; \
-	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny \
-		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
-	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny"; \
-	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval/tiny --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+	echo "== train (recipe tiny-cpu) -> $(LOCAL_RUN)/train"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_RUN)/train \
+		--recipe tiny-cpu --threads $(LOCAL_THREADS) --pointer $(LOCAL_POINTER) --update-pointer; \
+	echo "== evaluate -> $(LOCAL_RUN)/eval"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/train/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RUN)/eval --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
-	echo "  tokens          $(LOCAL_RUN)/tokens  ($(LOCAL_COORDS) boxes)"; \
-	echo "  run             $(LOCAL_RUN)/runs/tiny  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
-	echo "  pointer         $(LOCAL_RUN)/runs/latest.json"; \
-	echo "  evaluation      $(LOCAL_RUN)/eval/tiny  (predictions/, metrics.json, report.html)"; \
+	echo "  tokenized       $(LOCAL_RUN)/tokenized  ($(LOCAL_COORDS) boxes)"; \
+	echo "  train           $(LOCAL_RUN)/train  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  pointer         $(LOCAL_POINTER)"; \
+	echo "  evaluation      $(LOCAL_RUN)/eval  (predictions/, metrics.json, report.html)"; \
 	echo "  tiny model      $(TINY_MODEL)  ($(TINY_FAMILY))"; \
 	echo; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny --report-to $(LOCAL_REPORT)
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_REPORT)
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
@@ -199,7 +212,7 @@ bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs m
 # --- demo -------------------------------------------------------------------------------------------
 # The live demo (docs/demo.md) on the tiny model `make local-train` trained; any model: DEMO_MODEL, DEMO_ADAPTER.
 DEMO_MODEL ?= $(TINY_MODEL)
-DEMO_ADAPTER ?= $(LOCAL_RUN)/runs/tiny/adapter
+DEMO_ADAPTER ?= $(LOCAL_RUN)/train/adapter
 DEMO_PORT ?= 7860
 .PHONY: demo
 demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make local-train trained (DEMO_MODEL, DEMO_ADAPTER)
@@ -209,8 +222,10 @@ demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make 
 
 # --- distributed ------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): the same tiny SFT step under torchrun, LOCAL_NPROC processes (gloo on
-# CPU), one thread each, the global batch of tiny-cpu (8) kept by global_batch_size (docs/train.md "Distributed runs").
+# CPU), one thread each, the global batch of tiny-cpu (8) kept by global_batch_size (docs/train.md "Distributed runs"),
+# as its own run LOCAL_DDP_RUN reading LOCAL_RUN's tokenized data; it leaves the pointer alone.
 LOCAL_NPROC ?= 2
+LOCAL_DDP_RUN ?= $(LOCAL_RUN)-ddp
 .PHONY: local-train-ddp
 
 local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step with torchrun, LOCAL_NPROC=2 processes (gloo), on local S3
@@ -218,21 +233,23 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
-	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokens') else 1)" \
-		|| { echo "local-train-ddp: no committed tokens at $(LOCAL_RUN)/tokens: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
-	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) -> $(LOCAL_RUN)/runs/tiny-ddp"; \
+	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokenized') else 1)" \
+		|| { echo "local-train-ddp: no committed tokenized data at $(LOCAL_RUN)/tokenized: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) on $(LOCAL_RUN)/tokenized -> $(LOCAL_DDP_RUN)/train"; \
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
-		-m jobs.train --data $(LOCAL_RUN)/tokens --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-ddp \
-		--recipe tiny-cpu --threads 1 --pointer $(LOCAL_RUN)/runs/latest-ddp.json \
+		-m jobs.train --data $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_DDP_RUN)/train \
+		--recipe tiny-cpu --threads 1 \
 		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny-ddp
+	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
 # on the local S3 server, evaluates the GRPO adapter, and prints each reward's mean at the start and the end of the
-# run (then the SFT run's evaluation, to compare). LOCAL_GRPO_SET=key=value,... overrides recipe knobs.
+# run (then the SFT run's evaluation, to compare). LOCAL_GRPO_SET=key=value,... overrides recipe knobs. Its own run,
+# LOCAL_GRPO_RUN (grpo/, eval/), reads LOCAL_RUN's records and train/adapter, and moves LOCAL_POINTER to its adapter.
 LOCAL_GRPO_SET ?=
 LOCAL_GRPO_REPORT ?= .cache/local-grpo/report.html
+LOCAL_GRPO_RUN ?= $(LOCAL_RUN)-grpo
 .PHONY: local-grpo bench-grpo
 
 local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, prints the reward curves (~2-3 min)
@@ -241,24 +258,24 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
-	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/runs/tiny') else 1)" \
-		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/runs/tiny: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
-	echo "== GRPO (recipe tiny-cpu-grpo) from $(LOCAL_RUN)/runs/tiny/adapter -> $(LOCAL_RUN)/runs/tiny-grpo"; \
-	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny/adapter \
-		--output $(LOCAL_RUN)/runs/tiny-grpo --recipe tiny-cpu-grpo --threads $(LOCAL_THREADS) \
-		$(if $(LOCAL_GRPO_SET),--set "$(LOCAL_GRPO_SET)"); \
-	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny-grpo"; \
-	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny-grpo/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval/tiny-grpo --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/train') else 1)" \
+		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/train: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== GRPO (recipe tiny-cpu-grpo) from $(LOCAL_RUN)/train/adapter -> $(LOCAL_GRPO_RUN)/grpo"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/train/adapter \
+		--output $(LOCAL_GRPO_RUN)/grpo --recipe tiny-cpu-grpo --threads $(LOCAL_THREADS) \
+		--pointer $(LOCAL_POINTER) --update-pointer $(if $(LOCAL_GRPO_SET),--set "$(LOCAL_GRPO_SET)"); \
+	echo "== evaluate -> $(LOCAL_GRPO_RUN)/eval"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_GRPO_RUN)/grpo/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_GRPO_RUN)/eval --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
-	echo "  GRPO run        $(LOCAL_RUN)/runs/tiny-grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
-	echo "  pointer         $(LOCAL_RUN)/runs/latest.json (now the GRPO adapter)"; \
-	echo "  evaluation      $(LOCAL_RUN)/eval/tiny-grpo"; \
+	echo "  GRPO run        $(LOCAL_GRPO_RUN)/grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  pointer         $(LOCAL_POINTER) (now the GRPO adapter)"; \
+	echo "  evaluation      $(LOCAL_GRPO_RUN)/eval"; \
 	echo; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny-grpo --evaluation $(LOCAL_RUN)/eval/tiny-grpo \
+	$(PY) -m vcot.dev.summary --run $(LOCAL_GRPO_RUN)/grpo --evaluation $(LOCAL_GRPO_RUN)/eval \
 		--report-to $(LOCAL_GRPO_REPORT); \
 	echo "before GRPO (the SFT run, make local-train):"; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/runs/tiny --evaluation $(LOCAL_RUN)/eval/tiny | grep -E '^(train|evaluation) '
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval | grep -E '^(train|evaluation) '
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py
@@ -267,8 +284,10 @@ bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, comple
 # After `make local-train` (same LOCAL_RUN): its records tokenized in LaCoT's three-turn layout (--layout
 # rationale_turn), an SFT adapter on them (recipe tiny-cpu), RGFN from it (recipe tiny-cpu-rgfn), then
 # vcot-evaluate --bin 3 on the RGFN adapter, printing greedy vs BiN vs best-of-N. Mechanics, not quality.
-# LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs.
+# LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs. Its own run, LOCAL_RGFN_RUN (tokenized/, train/, rgfn/,
+# eval/), reads LOCAL_RUN's records; it leaves the pointer alone.
 LOCAL_RGFN_SET ?=
+LOCAL_RGFN_RUN ?= $(LOCAL_RUN)-rgfn
 .PHONY: local-rgfn
 
 local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn layout, RGFN, evaluate with BiN (greedy vs BiN vs best-of-N)
@@ -279,25 +298,25 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
 	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/records') else 1)" \
 		|| { echo "local-rgfn: no committed records at $(LOCAL_RUN)/records: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
-	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RUN)/tokens-analyzer"; \
-	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) \
+	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RGFN_RUN)/tokenized"; \
+	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) \
 		--layout rationale_turn; \
-	echo "== SFT (recipe tiny-cpu, one epoch: mechanics, three-turn layout) -> $(LOCAL_RUN)/runs/tiny-analyzer"; \
-	$(PY) -m jobs.train --data $(LOCAL_RUN)/tokens-analyzer --model $(TINY_MODEL) --output $(LOCAL_RUN)/runs/tiny-analyzer \
+	echo "== SFT (recipe tiny-cpu, one epoch: mechanics, three-turn layout) -> $(LOCAL_RGFN_RUN)/train"; \
+	$(PY) -m jobs.train --data $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_RGFN_RUN)/train \
 		--recipe tiny-cpu --set num_train_epochs=1 --threads $(LOCAL_THREADS); \
-	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RUN)/runs/tiny-rgfn"; \
-	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/runs/tiny-analyzer/adapter \
-		--output $(LOCAL_RUN)/runs/tiny-rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \
+	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RGFN_RUN)/rgfn"; \
+	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RGFN_RUN)/train/adapter \
+		--output $(LOCAL_RGFN_RUN)/rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \
 		$(if $(LOCAL_RGFN_SET),--set "$(LOCAL_RGFN_SET)"); \
-	echo "== evaluate --bin 3 -> $(LOCAL_RUN)/eval/tiny-rgfn"; \
-	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny-rgfn/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval/tiny-rgfn --max-new-tokens 96 --max-samples 32 --bin 3 --threads $(LOCAL_THREADS); \
+	echo "== evaluate --bin 3 -> $(LOCAL_RGFN_RUN)/eval"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RGFN_RUN)/rgfn/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RGFN_RUN)/eval --max-new-tokens 96 --max-samples 32 --bin 3 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
-	echo "  SFT run (three-turn)  $(LOCAL_RUN)/runs/tiny-analyzer"; \
-	echo "  RGFN run              $(LOCAL_RUN)/runs/tiny-rgfn  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
-	echo "  evaluation            $(LOCAL_RUN)/eval/tiny-rgfn  (predictions/, predictions-bin/, predictions-best_of_n/)"; \
+	echo "  SFT run (three-turn)  $(LOCAL_RGFN_RUN)/train"; \
+	echo "  RGFN run              $(LOCAL_RGFN_RUN)/rgfn  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
+	echo "  evaluation            $(LOCAL_RGFN_RUN)/eval  (predictions/, predictions-bin/, predictions-best_of_n/)"; \
 	echo; \
-	$(PY) -m vcot.evaluate.bin --metrics $(LOCAL_RUN)/eval/tiny-rgfn/metrics.json
+	$(PY) -m vcot.evaluate.bin --metrics $(LOCAL_RGFN_RUN)/eval/metrics.json
 
 # --- evaluate ---------------------------------------------------------------------------------------
 .PHONY: bench-evaluate

@@ -21,7 +21,7 @@ from kubernetes import client
 
 import tests.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
 from tests.k8s_helpers import FakeCluster
-from tests.test_k8s_manifests import by_kind, chain_jobs, expand, render
+from tests.test_k8s_manifests import by_kind, chain_jobs, container_env, expand, render
 from vcot.k8s_chain import ChainConfig, follow_chain
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +51,11 @@ def test_grpo_runs_after_train_and_evaluate_scores_its_adapter(gpu_grpo: list[di
     grpo = by_kind(gpu_grpo, "Job")["vcot-grpo"]
     container = grpo["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["vcot-train"]
-    assert "--init-adapter=$(RUN_ROOT)/$(RUN_ID)/train/adapter" in container["args"]
+    assert "--init-adapter=$(RUN_ROOT)/$(TRAIN_RUN)/train/adapter" in container["args"]
     assert "--pointer=$(RUN_ROOT)/latest.json" in container["args"], "the re-evaluation follows the newest model"
     evaluate = by_kind(gpu_grpo, "Job")["vcot-evaluate"]["spec"]["template"]["spec"]["containers"][0]
-    assert "--adapter=$(RUN_ROOT)/$(RUN_ID)/grpo/adapter" in evaluate["args"]
+    assert "--adapter=$(RUN_ROOT)/$(GRPO_RUN)/grpo/adapter" in evaluate["args"]
+    assert {"name": "GRPO_RUN", "value": "$(RUN_ID)"} in evaluate["env"]
     # The chain controller releases them one at a time, GRPO after train.
     released = [client.V1Job.from_dict(job) for job in jobs]
     for job in released:
@@ -85,11 +86,12 @@ def test_grpo_job_command_line_is_what_vcot_train_takes(gpu_grpo: list[dict[str,
     from vcot.train.recipe import load_recipe
 
     (config_map,) = by_kind(gpu_grpo, "ConfigMap").values()
-    env = {**config_map["data"], "RUN_ID": "default"}
-    container = by_kind(gpu_grpo, "Job")["vcot-grpo"]["spec"]["template"]["spec"]["containers"][0]
-    config = parse_config(TrainConfig, [expand(arg, env) for arg in container["args"]], environ={})
+    template = by_kind(gpu_grpo, "Job")["vcot-grpo"]["spec"]["template"]
+    env = container_env(template, config_map["data"], {"vcot-s3": {}}, namespace="vcot")
+    config = parse_config(TrainConfig, [expand(arg, env) for arg in template["spec"]["containers"][0]["args"]], environ=env)
     assert load_recipe(config.recipe, config.set).method == "grpo"
     assert config.data.endswith("/default/distilled") and config.init_adapter.endswith("/default/train/adapter")
+    assert config.update_pointer, "the overlay's own run moves the pointer to its GRPO adapter"
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)

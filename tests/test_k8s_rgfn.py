@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import tests.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
-from tests.test_k8s_manifests import by_kind, chain_jobs, expand, render
+from tests.test_k8s_manifests import by_kind, chain_jobs, container_env, expand, render
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OFF, ON = "  # - ../../components/rgfn\n", "  - ../../components/rgfn\n"
@@ -49,9 +49,10 @@ def test_rgfn_runs_after_train_on_the_three_turn_layout_and_evaluate_uses_bin(gp
     stages = [job["metadata"]["labels"]["app.kubernetes.io/component"] for job in chain_jobs(gpu_rgfn)]
     assert stages == ["convert", "distill", "tokenize", "train", "rgfn", "evaluate"]
     (config_map,) = by_kind(gpu_rgfn, "ConfigMap").values()
-    env = {**config_map["data"], "RUN_ID": "default"}
 
     def parsed(cls: type, job: str) -> Any:
+        template = by_kind(gpu_rgfn, "Job")[job]["spec"]["template"]
+        env = container_env(template, config_map["data"], {"vcot-s3": {}, "vcot-teacher": {}}, namespace="vcot")
         return parse_config(cls, [expand(arg, env) for arg in _container(gpu_rgfn, job)["args"]], environ={})
 
     assert parsed(TokenizeConfig, "vcot-tokenize").layout == "rationale_turn"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vcot.layout import POINTER, RUN_FOLDERS, SCHEDULED_EVALS
+from vcot.layout import POINTER, RUN_FOLDERS, SCHEDULED_EVALS, TEACHER_CACHE
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,6 +17,6 @@ def test_every_job_and_component_writes_into_the_layouts_folders() -> None:
             continue  # make k8s-run's generated copies
         text = path.read_text(encoding="utf-8")
         found.update(re.findall(r"\$\(RUN_ROOT\)/\$\([A-Z_]+\)/([a-z-]+)", text))
-        for name in re.findall(r"\$\(RUN_ROOT\)/([a-z][a-z.-]*)", text):
-            assert name in (POINTER, SCHEDULED_EVALS), f"{path}: $(RUN_ROOT)/{name} is not in vcot/layout.py"
+        for name in re.findall(r"\$\(RUN_ROOT\)/([a-z_][a-z._-]*)", text):
+            assert name in (POINTER, SCHEDULED_EVALS, TEACHER_CACHE), f"{path}: $(RUN_ROOT)/{name} is not in vcot/layout.py"
     assert found and found <= set(RUN_FOLDERS), f"folders outside vcot.layout.RUN_FOLDERS: {found - set(RUN_FOLDERS)}"

@@ -10,8 +10,11 @@ pointer and the scheduled re-evaluations sit beside the runs, in ``<root>/``::
     <root>/<run id>/grpo        the GRPO run (components/grpo, make local-grpo)
     <root>/<run id>/rgfn        the RGFN run (components/rgfn)
     <root>/<run id>/eval        evaluate's predictions, metrics and report
-    <root>/latest.json          the newest model (train writes it, the CronJob follows it)
+    <root>/latest.json          the newest model (a run that says so moves it, the CronJob follows it)
     <root>/evals/               scheduled re-evaluations
+    <root>/_teacher_cache/      the teacher's answers, shared by every run: no run pays twice for one request
+
+A run may read another run's folders instead of making them (``make k8s-run ... FROM=exp1``, docs/k8s.md).
 
 The names are spelled out in the Kubernetes manifests and the Makefile (neither can import Python);
 tests/test_layout.py keeps those copies equal to :data:`RUN_FOLDERS`.
@@ -26,6 +29,7 @@ RGFN = "rgfn"
 RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL)
 POINTER = "latest.json"
 SCHEDULED_EVALS = "evals"
+TEACHER_CACHE = "_teacher_cache"  # "_": never a run id (vcot.k8s_runs), so no run can collide with it
 
 
 def stage_output(root: str, run_id: str, folder: str) -> str:

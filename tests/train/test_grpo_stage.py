@@ -53,6 +53,7 @@ def grpo_config(record_data: str, model: Path, output: str, adapter: str) -> Tra
     return TrainConfig(
         data=record_data, model=str(model), output=output, recipe="tiny-cpu-grpo", set=RUN_SET, init_adapter=adapter,
         threads=1,  # one torch thread: fastest on a busy shared CPU (docs/bench-train.md)
+        update_pointer=True,
     )  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +38,9 @@ def _final_loss(metrics: dict[str, Any]) -> tuple[int, float]:
 def reference_run(tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """One uninterrupted run with RUN_SET; several tests read its outputs."""
     output = str(tmp_path_factory.mktemp("runs") / "reference")
-    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET)
+    config = TrainConfig(
+        data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=RUN_SET, update_pointer=True
+    )
     assert train(config) is not None
     return output
 
@@ -248,7 +251,7 @@ def test_rerun_of_a_committed_run_writes_a_missing_or_stale_pointer(
     elif isinstance(left_behind, str):
         pointer.write_text(left_behind)
     # The retry names the data and model as the pod did; nothing is loaded on the skip path.
-    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=output, recipe="tiny-cpu")
+    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=output, recipe="tiny-cpu", update_pointer=True)
     assert train(again) is None
     assert json.loads(pointer.read_text()) == {
         "run": output,
@@ -265,9 +268,31 @@ def test_rerun_of_an_older_run_never_moves_the_pointer_back(tmp_path: Path) -> N
         manifest.commit(str(runs / name), stage="train", files=[], config=config)
     newest = {"run": str(runs / "run-2"), "base_model": "s3://models/tiny", "adapter": str(runs / "run-2" / "adapter")}
     (runs / "latest.json").write_text(json.dumps(newest))
-    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=str(runs / "run-1"), recipe="tiny-cpu")
+    again = TrainConfig(
+        data="s3://d", model="s3://models/tiny", output=str(runs / "run-1"), recipe="tiny-cpu", update_pointer=True
+    )
     assert train(again) is None
     assert json.loads((runs / "latest.json").read_text()) == newest
+
+
+def test_only_a_run_that_says_so_moves_the_pointer(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A trial (a sweep, a one-stage rerun) must not replace the model scheduled re-evaluation follows."""
+    runs = tmp_path / "runs"
+    production = {"run": str(runs / "prod"), "base_model": "s3://models/tiny", "adapter": str(runs / "prod" / "adapter")}
+    runs.mkdir()
+    (runs / "latest.json").write_text(json.dumps(production))
+    trial = str(runs / "trial")
+    settings = "max_steps=2,eval_steps=2,save_steps=2,logging_steps=1"
+    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=trial, recipe="tiny-cpu", set=settings)
+    assert train(config) is not None  # trained and committed, without --update-pointer
+    assert manifest.is_committed(trial)
+    assert json.loads((runs / "latest.json").read_text()) == production
+    # Its rerun (a retried pod) leaves it alone too; the same run with --update-pointer moves it.
+    assert train(config) is None
+    assert json.loads((runs / "latest.json").read_text()) == production
+    (runs / "latest.json").unlink()
+    assert train(dataclasses.replace(config, update_pointer=True)) is None
+    assert json.loads((runs / "latest.json").read_text())["run"] == trial
 
 
 def test_data_that_is_not_a_tokenize_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

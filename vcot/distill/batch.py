@@ -9,7 +9,7 @@ the same parsing as live answers. The next round sees those answers and moves ev
 record queues anything.
 
 Never paying twice holds across kills too: the ids of submitted batches are stored in
-``CACHE/batches/<shard>.json`` before polling, and a rerun finishes (polls and ingests) those batches
+``CACHE/batches/<output hash>-<shard>.json`` before polling, and a rerun finishes (polls and ingests) those batches
 before it submits anything new.
 """
 

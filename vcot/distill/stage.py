@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -343,6 +344,19 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     return asyncio.run(_distill(config, shard, items, api_key))
 
 
+def batch_state_uri(cache: str, output: str, shard: ShardSpec) -> str:
+    """Where one shard of one output keeps its submitted batch ids: in the cache (``--overwrite`` keeps it), under
+    the output's hash, so runs sharing a cache never resume, or overwrite, each other's batches.
+
+    >>> shard = ShardSpec(0, 1)
+    >>> a, b = (batch_state_uri("s3://b/_teacher_cache", f"s3://b/runs/{run}/distilled", shard) for run in ("r1", "r2"))
+    >>> a.startswith("s3://b/_teacher_cache/batches/") and a.endswith("-00000-of-00001.json") and a != b
+    True
+    """
+    digest = hashlib.sha256(output.rstrip("/").encode("utf-8")).hexdigest()[:12]
+    return storage.join(cache, "batches", f"{digest}-{shard.name}.json")
+
+
 async def _distill(
     config: DistillConfig, shard: ShardSpec, items: list[tuple[int, dict[str, Any]]], api_key: str
 ) -> dict[str, Any]:
@@ -372,7 +386,7 @@ async def _distill(
                     cache,
                     ledger,
                     policy,
-                    state_uri=storage.join(config.cache_uri, "batches", f"{shard.name}.json"),
+                    state_uri=batch_state_uri(config.cache_uri, config.output, shard),
                     poll_seconds=config.batch_poll_seconds,
                     max_hours=config.batch_max_hours,
                     secret=api_key,

@@ -7,7 +7,7 @@
 4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
    SIGTERM saves one), TensorBoard events and structured log lines;
 5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics
-   and TensorBoard events; commit ``_SUCCESS``; point ``latest.json`` at this run.
+   and TensorBoard events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
 """
 
 from __future__ import annotations
@@ -63,7 +63,12 @@ class TrainConfig:
         "default norm1000). With --init-adapter it must match the adapter's.",
         env="VCOT_GRPO_COORDS",  # not VCOT_COORDS: tokenize and evaluate read that one, and SFT refuses --coords
     )
-    pointer: str = option("", help="Newest-model pointer JSON to update (default: <parent of --output>/latest.json).")
+    pointer: str = option("", help="Newest-model pointer JSON (default: <parent of --output>/latest.json).")
+    update_pointer: bool = option(
+        False,
+        help="Move the pointer to this run once it is committed (scheduled re-evaluation follows it). Off by "
+        "default: a trial or a sweep never replaces the production model.",
+    )
     overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
     threads: int = option(
         0, help="On CPU: torch threads (0: torch's default, the node's cores; 1 is fastest on a busy shared CPU)."
@@ -350,8 +355,8 @@ def commit_run(
     inputs: list[str],
     stats: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then the pointer: on rank 0
-    only; the other ranks wait for it and return its manifest."""
+    """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then (``--update-pointer``) the
+    pointer: on rank 0 only; the other ranks wait for it and return its manifest."""
     stats = {**stats, **batch_sizes(recipe)}
     committed = None
     if distributed.is_main():
@@ -400,8 +405,10 @@ def _commit(
         inputs=inputs,
         stats=stats,
     )
-    storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
-    log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
+    if config.update_pointer:
+        storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
+    pointer = config.pointer_uri if config.update_pointer else None
+    log.info("committed", output=config.output, pointer=pointer, global_step=trainer.state.global_step)
     return committed
 
 
@@ -415,7 +422,8 @@ def run_pointer(output: str, base_model: str) -> dict[str, str]:
 
 
 def ensure_pointer(config: TrainConfig) -> None:
-    """On the rerun of a committed output, write its pointer if it is missing, unreadable or names this run.
+    """On the rerun of a committed output with ``--update-pointer``: write its pointer if it is missing, unreadable
+    or names this run.
 
     A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
     may never see; the retried pod skips training and writes the pointer here. A pointer that names another

@@ -43,7 +43,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         todo = manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite)
     if not distributed.from_main(todo):
         log.info("already_committed", output=config.output, hint="pass --overwrite to retrain")
-        if distributed.is_main():
+        if distributed.is_main() and config.update_pointer:
             ensure_pointer(config)
         return None
     recipe = load_recipe(config.recipe, config.set)
