@@ -20,3 +20,11 @@ def test_every_job_and_component_writes_into_the_layouts_folders() -> None:
         for name in re.findall(r"\$\(RUN_ROOT\)/([a-z_][a-z._-]*)", text):
             assert name in (POINTER, SCHEDULED_EVALS, TEACHER_CACHE), f"{path}: $(RUN_ROOT)/{name} is not in vcot/layout.py"
     assert found and found <= set(RUN_FOLDERS), f"folders outside vcot.layout.RUN_FOLDERS: {found - set(RUN_FOLDERS)}"
+
+
+def test_the_makefiles_local_runs_use_the_layouts_folders() -> None:
+    """make local-train and the targets after it write runs in the same folders as the Jobs (records, tokenized, ...)."""
+    text = (REPO_ROOT / "Makefile").read_text(encoding="utf-8")
+    found = set(re.findall(r"\$\(LOCAL_[A-Z_]*RUN\)/([a-z][a-z.-]*)", text))
+    assert "train" in found and "tokenized" in found
+    assert found - {"synthetic", POINTER} <= set(RUN_FOLDERS), f"not in vcot.layout: {found - {'synthetic', POINTER} - set(RUN_FOLDERS)}"

@@ -27,6 +27,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vcot import layout
 from vcot.errors import VcotError
@@ -60,7 +61,7 @@ READS = {
 """The run folders each stage's Job reads (``$(RUN_ROOT)/$(<FOLDER>_RUN)/<folder>`` in its args)."""
 INPUT_FOLDERS = (layout.RECORDS, layout.DISTILLED, layout.TOKENIZED, layout.TRAIN, layout.GRPO, layout.RGFN)
 BUILD_TIME_SETTINGS = ("CONVERT_SHARDS", "DISTILL_SHARDS", "GPUS_PER_NODE", "TRAIN_NODES")
-"""run.env keys the overlay's components copy into the Jobs' specs when the overlay is built: a run cannot change them."""
+"""run.env keys the overlay's components copy into the Jobs' specs when it is built: a run cannot change them."""
 
 
 def input_variable(folder: str) -> str:
@@ -91,10 +92,10 @@ def parse_stages(text: str) -> tuple[str, ...]:
 
     >>> parse_stages("evaluate, train")
     ('train', 'evaluate')
-    >>> parse_stages("train,eval")
+    >>> parse_stages("train,eval")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    vcot.errors.VcotError: STAGES names 'eval', not a stage: use some of convert, distill, tokenize, train, grpo, rgfn, evaluate
+    vcot.errors.VcotError: STAGES names 'eval', not a stage: use some of convert, distill, tokenize, train, ...
     """
     names = [name.strip() for name in text.split(",") if name.strip()]
     for name in names:
@@ -195,30 +196,19 @@ def run_kustomization(
     update_pointer: bool = False,
 ) -> str:
     """The kustomization.yaml text of one run (``overlay_from_run_dir``: the overlay, relative to it)."""
-    deletes = "".join(
-        f"  - target: {{kind: {kind}, labelSelector: '{PER_RUN}!=true'}}\n"
-        f"    patch: |-\n"
-        f"      $patch: delete\n"
-        f"      apiVersion: {api_version}\n"
-        f"      kind: {kind}\n"
-        f"      metadata: {{name: any}}\n"
-        for kind, api_version in SHARED_KINDS.items()
-    )
+    patches = ["  # Shared by every run: created by the overlay's own apply, left out here."]
+    for kind, api_version in SHARED_KINDS.items():
+        patches.append(_patch(f"kind: {kind}, labelSelector: '{PER_RUN}!=true'", _deleted(kind, api_version)))
     if stages:  # the stages done elsewhere: their Jobs are left out; the chain starts with the first one left
-        deletes += (
-            "  # The stages this run does not do (STAGES): their Jobs are left out.\n"
-            f"  - target: {{kind: Job, labelSelector: 'vcot.dev/step,app.kubernetes.io/component notin ({','.join(stages)})'}}\n"
-            "    patch: |-\n      $patch: delete\n      apiVersion: batch/v1\n      kind: Job\n      metadata: {name: any}\n"
-        )
-    for stage, reads in (inputs or {}).items():  # folders read from other runs (FROM): RUN_ROOT/<run>/<folder>
-        env = "".join(f"                  - {{name: {input_variable(folder)}, value: {run}}}\n" for folder, run in reads.items())
-        deletes += (
-            f"  # {stage}: {', '.join(f'{input_variable(folder)}={run}' for folder, run in reads.items())} (FROM)\n"
-            f"  - target: {{kind: Job, labelSelector: 'vcot.dev/step,app.kubernetes.io/component={stage}'}}\n"
-            "    patch: |-\n      apiVersion: batch/v1\n      kind: Job\n      metadata: {name: any}\n"
-            "      spec:\n        template:\n          spec:\n            containers:\n"
-            f"              - name: main\n                env:\n{env}"
-        )
+        patches.append("  # The stages this run does not do (STAGES).")
+        selector = f"vcot.dev/step,app.kubernetes.io/component notin ({','.join(stages)})"
+        patches.append(_patch(f"kind: Job, labelSelector: '{selector}'", _deleted("Job", "batch/v1")))
+    for stage, reads in (inputs or {}).items():  # the folders it reads from other runs (FROM)
+        env = [{"name": input_variable(folder), "value": run} for folder, run in reads.items()]
+        pod = {"containers": [{"name": "main", "env": env}]}
+        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "any"}, "spec": {"template": {"spec": pod}}}
+        patches.append(f"  # {stage} reads " + ", ".join(f"{run}/{folder}" for folder, run in reads.items()) + " (FROM).")
+        patches.append(_patch(f"kind: Job, labelSelector: 'vcot.dev/step,app.kubernetes.io/component={stage}'", body))
     literals = {"UPDATE_POINTER": "true" if update_pointer else "false", **(settings or {})}
     return (
         f"# Run {run_id} of {overlay_from_run_dir}, written by `make k8s-run RUN_ID={run_id}` (vcot/k8s_runs.py).\n"
@@ -235,15 +225,19 @@ def run_kustomization(
         "  - name: vcot-run\n"
         "    behavior: merge\n"
         "    literals:\n"
-        + "".join(f"      - {_yaml_string(f'{key}={value}')}\n" for key, value in literals.items())
-        + "# Shared by every run: created by the overlay's own apply, left out here.\n"
-        f"patches:\n{deletes}"
+        + "".join(f"      - {json.dumps(f'{key}={value}')}\n" for key, value in literals.items())
+        + "patches:\n"
+        + "".join(f"{line}\n" for line in patches)
     )
 
 
-def _yaml_string(text: str) -> str:
-    """A double-quoted YAML scalar (JSON's escaping is valid YAML)."""
-    return json.dumps(text)
+def _deleted(kind: str, api_version: str) -> dict[str, Any]:
+    return {"$patch": "delete", "apiVersion": api_version, "kind": kind, "metadata": {"name": "any"}}
+
+
+def _patch(target: str, body: dict[str, Any]) -> str:
+    """One ``patches:`` entry; the body (a strategic merge patch) as JSON, which is YAML too."""
+    return f"  - target: {{{target}}}\n    patch: '{json.dumps(body)}'"
 
 
 def write_run(

@@ -7,8 +7,8 @@ responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model poin
 best constant box, the most a model that ignores the image can reach), a few responses with their true boxes, and
 where the HTML report is (copied to a local file so a browser opens it directly).
 
-    python -m vcot.dev.summary --run s3://vcot/local/runs/tiny --evaluation s3://vcot/local/eval/tiny \\
-        --report-to .cache/local-train/report.html
+    python -m vcot.dev.summary --run s3://vcot/local/qwen2.5-vl-norm1000/train \\
+        --evaluation s3://vcot/local/qwen2.5-vl-norm1000/eval --report-to .cache/local-train/report.html
 """
 
 from __future__ import annotations
