@@ -145,7 +145,7 @@ def child(mode: str, data: str, output: str) -> None:
             count = len(json.load(handle))
     else:
         shard_index, num_shards = (int(v) for v in mode.split(":")[1].split("/")) if ":" in mode else (0, 1)
-        counts = convert(
+        committed = convert(
             ConvertConfig(
                 source="viscot",
                 input=data,
@@ -157,7 +157,8 @@ def child(mode: str, data: str, output: str) -> None:
                 workers=workers,
             )
         )
-        total = report(counts, source="viscot", shards=1)["total"]
+        assert committed is not None  # --overwrite: never skipped
+        total = report(committed["stats"], source="viscot", shards=1)["total"]
         count = total["input"]
         assert total["accepted"] == count, total["reasons"]
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start

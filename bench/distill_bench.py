@@ -117,7 +117,7 @@ def main() -> None:
                 )  # fmt: skip
                 before = _stats(port)["chat_requests"]
                 started = time.perf_counter()
-                report = distill(config)
+                report = distill(config)["stats"]
                 wall = time.perf_counter() - started
                 stats = _stats(port)
                 results[run] = {

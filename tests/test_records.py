@@ -1,4 +1,4 @@
-"""Record helpers: a deterministic split and the grounded-training-example check."""
+"""Record helpers: a deterministic split, the grounded-training-example check, the one quality merge."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from vcot.boxes import parse_grounded, validate_box
-from vcot.records import box_tags_match_objects, grounding_problem, split_for
+from vcot.records import box_tags_match_objects, grounding_problem, merge_counts, split_for
 
 GOOD = {
     "id": "synthetic:0",
@@ -76,3 +76,33 @@ def test_the_box_tag_shortcut_only_accepts_what_the_parse_accepts(object_boxes: 
 def test_the_box_tag_shortcut_takes_converted_records() -> None:
     assert box_tags_match_objects(GOOD["rationale"], GOOD["objects"])
     assert not box_tags_match_objects(GOOD["rationale"], [{"ref": "c", "box": [10.0, 20, 300, 400]}])
+
+
+def test_one_merge_adds_up_convert_and_distill_shard_reports() -> None:
+    """convert's per-subset counts and distill's reports are added up by the same function (issue 13)."""
+    from vcot.convert.quality import QualityStats
+    from vcot.distill.stage import merge_reports
+
+    shards = []
+    for subsets in (["gqa", "gqa", "docvqa"], ["gqa"]):
+        stats = QualityStats()
+        for subset in subsets:
+            stats.rejected(subset, "no_objects")
+        shards.append(stats.to_dict())
+    merged = merge_counts(shards)["subsets"]
+    assert merged["gqa"]["input"] == 3 and merged["gqa"]["reasons"] == {"no_objects": 3}
+    assert merged["docvqa"]["rejected"] == 1 and merged["docvqa"]["accepted"] == 0  # zero counters kept
+
+    reports = [
+        {"counts": {"input": 2, "distilled": 1}, "accepted": 1, "details": {"retry": 1}, "elapsed_s": 2.0, "flag": True},
+        {"counts": {"input": 1, "rejected": 1}, "accepted": 0, "rejected_reasons": {"no_box": 1}, "elapsed_s": 5.0},
+    ]
+    summed = merge_counts(reports)
+    assert summed == {
+        "accepted": 1,
+        "counts": {"distilled": 1, "input": 3, "rejected": 1},
+        "details": {"retry": 1},
+        "rejected_reasons": {"no_box": 1},
+    }  # floats and booleans are the caller's to combine
+    distilled = merge_reports(reports)
+    assert {key: distilled[key] for key in summed} == summed and distilled["elapsed_s"] == 5.0

@@ -1,13 +1,15 @@
 """The canonical grounded record: what convert and distill write, and tokenize and evaluate read.
 
 The schema is documented in ``docs/records.md``. Helpers here are pure and shared by every stage; the
-``rejected/`` line (:class:`Rejection`) is the one both record-producing stages (convert, distill) write.
+``rejected/`` line (:class:`Rejection`) is the one both record-producing stages (convert, distill) write, and
+:func:`merge_counts` the one way both add up their shards' quality reports.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,3 +125,20 @@ def truncate_raw(raw: Any) -> Any:
     if len(text) > RAW_LIMIT:
         return text[:RAW_LIMIT] + "..."
     return raw if not isinstance(raw, bytes) else text
+
+
+def merge_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Quality reports of several shards (or blocks) as one: the integers at the same place added up, nested
+    mappings merged, keys sorted. Anything else (a name, a time, a list) is left out: the caller says how it adds up.
+
+    >>> merge_counts([{"counts": {"input": 2, "distilled": 2}, "model": "m"}, {"counts": {"input": 1, "rejected": 1}}])
+    {'counts': {'distilled': 2, 'input': 3, 'rejected': 1}}
+    """
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, Mapping):
+                merged[key] = merge_counts([merged.get(key, {}), value])
+            elif type(value) is int:  # not a bool
+                merged[key] = merged.get(key, 0) + value
+    return dict(sorted(merged.items()))

@@ -59,13 +59,14 @@ def test_synthetic_data_converts_to_its_known_boxes(synthetic: dict, tmp_path: P
 def test_rerun_is_byte_identical_and_a_committed_output_is_skipped(synthetic: dict, tmp_path: Path) -> None:
     output = tmp_path / "out"
     config = ConvertConfig(source="viscot", input=synthetic["root"], output=str(output), val_fraction=0.25)
-    convert(config)
+    committed = convert(config)  # like every stage: its manifest, or None when already committed
+    assert committed == manifest.read_manifest(str(output)) and committed["stats"]["subsets"]
     first = _file_bytes(output)
     assert {"_SUCCESS", "quality.json", "train/00000-of-00001.jsonl.gz", "rejected/00000-of-00001.jsonl.gz"} <= set(
         first
     )
     (output / "train" / "00000-of-00001.jsonl.gz").write_bytes(b"tampered")
-    convert(config)  # committed: skipped, nothing rewritten
+    assert convert(config) is None  # committed: skipped, nothing rewritten
     assert (output / "train" / "00000-of-00001.jsonl.gz").read_bytes() == b"tampered"
     convert(
         ConvertConfig(source="viscot", input=synthetic["root"], output=str(output), val_fraction=0.25, overwrite=True)
@@ -84,8 +85,8 @@ def test_three_shards_equal_the_unsharded_run(synthetic: dict, tmp_path: Path) -
         config = ConvertConfig(
             source="viscot", input=synthetic["root"], output=sharded, shard_index=index, num_shards=3
         )
-        counts = convert(config)
-        assert convert(config) == counts  # a retried pod skips its committed shard, even before the others finish
+        assert convert(config)["shard"]["index"] == index  # the shard's own manifest
+        assert convert(config) is None  # a retried pod skips its committed shard, even before the others finish
     assert manifest.is_committed(sharded)
 
     def key(records: list[dict]) -> list[str]:

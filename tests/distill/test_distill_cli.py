@@ -202,7 +202,7 @@ def test_kill_mid_run_then_rerun_sends_only_the_missing_requests(
 
     sent_before = len(server.answered)
     config = DistillConfig(input=input_uri, output=output, model="gpt-4o", base_url=server.base_url, shard_index=0)
-    report = distill(config)
+    report = distill(config)["stats"]
     rerun = {f"synthetic:train:{question_number(text)}" for text in server.answered[sent_before:]}
     assert len(server.answered) - sent_before == total - len(cached) == report["ledger"]["requests"]
     assert rerun.isdisjoint(cached) and rerun | cached == {f"synthetic:train:{i}" for i in range(total)}

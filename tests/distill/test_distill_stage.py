@@ -54,7 +54,7 @@ def test_direct_accepts_valid_rejects_invalid_and_passes_grounded_through(
     server = teacher_server(answer=_answer_with_problems)
     output = str(tmp_path / "distill")
 
-    report = distill(fast_config(input_uri, output, server))
+    report = distill(fast_config(input_uri, output, server))["stats"]
 
     train, val, rejected = _read(output, "train/"), _read(output, "val/"), _read(output, "rejected/")
     assert len(train) + len(val) + len(rejected) == len(records) == report["counts"]["input"]
@@ -104,7 +104,7 @@ def test_answers_given_inline_on_the_last_line_are_accepted_without_a_correction
 
     server = teacher_server(answer=inline)
     output = str(tmp_path / "out")
-    report = distill(fast_config(input_records(6), output, server))
+    report = distill(fast_config(input_records(6), output, server))["stats"]
     assert report["counts"] == {"input": 6, "distilled": 6}
     assert report["details"].get("corrected", 0) == 0 and server.chat_requests == 6
     for record in _read(output, "train/") + _read(output, "val/"):
@@ -120,7 +120,7 @@ def test_transient_faults_are_retried_and_nothing_is_lost(
         input_records(8), str(tmp_path / "out"), server, request_timeout=0.5, backoff_base=0.001, backoff_max=1.0
     )
     started = time.monotonic()
-    report = distill(config)
+    report = distill(config)["stats"]
     assert report["counts"] == {"input": 8, "distilled": 8}
     assert server.statuses == {"200": 8, "429": 2, "500": 3, "garbage": 1, "nochoices": 1, "timeout": 1}
     assert report["ledger"]["retries"] == 8 and report["ledger"]["requests"] == 8
@@ -145,7 +145,7 @@ def test_concurrency_never_exceeds_the_limit(
         fault=lambda text, attempt: "429" if attempt == 1 and question_number(text) % 3 == 0 else None,
         retry_after="0.01",
     )
-    report = distill(fast_config(input_records(30), str(tmp_path / "out"), server, concurrency=3))
+    report = distill(fast_config(input_records(30), str(tmp_path / "out"), server, concurrency=3))["stats"]
     assert report["counts"]["distilled"] == 30
     assert server.max_in_flight == 3  # reached, never exceeded
 
@@ -156,13 +156,14 @@ def test_rerun_sends_zero_requests(
     input_uri = input_records(10)
     server = teacher_server()
     first = fast_config(input_uri, str(tmp_path / "a"), server)
-    distill(first)
+    committed = distill(first)  # its manifest: the report (ledger, cache) in stats
+    assert committed["stage"] == "distill" and committed["stats"]["ledger"]["requests"] == 10
     sent = server.chat_requests
     assert sent == 10
-    assert distill(first) == {"skipped": True}  # committed: a no-op
+    assert distill(first) is None  # committed: a no-op, like every stage
     # A fresh output (or --overwrite) redoes the work from the cache: the same bytes, no request.
-    second = distill(fast_config(input_uri, str(tmp_path / "b"), server))
-    overwritten = distill(fast_config(input_uri, str(tmp_path / "a"), server, overwrite=True))
+    second = distill(fast_config(input_uri, str(tmp_path / "b"), server))["stats"]
+    overwritten = distill(fast_config(input_uri, str(tmp_path / "a"), server, overwrite=True))["stats"]
     assert server.chat_requests == sent
     assert second["ledger"]["requests"] == 0 and second["ledger"]["cache_hits"] == 10
     assert overwritten["ledger"]["requests"] == 0
@@ -192,7 +193,7 @@ def test_answers_received_before_a_fatal_error_are_kept(
     answered = server.statuses["200"]
     assert AnswerCache(str(tmp_path / "_distill_cache"), "reader").load() == answered > 0
     server.fault = None
-    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, concurrency=2))
+    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, concurrency=2))["stats"]
     assert report["ledger"]["requests"] == 30 - answered and report["ledger"]["cache_hits"] == answered
 
 
@@ -202,7 +203,7 @@ def test_sharded_runs_split_the_input_and_merge(
     input_uri = input_records(9)
     server = teacher_server()
     output = str(tmp_path / "out")
-    reports = [distill(fast_config(input_uri, output, server, shard_index=i, num_shards=3)) for i in range(3)]
+    reports = [distill(fast_config(input_uri, output, server, shard_index=i, num_shards=3))["stats"] for i in range(3)]
     assert [r["counts"]["input"] for r in reports] == [3, 3, 3]
     merged = manifest.read_manifest(output)
     assert merged["shard_count"] == 3 and merged["records"] == 9

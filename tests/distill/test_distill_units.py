@@ -209,7 +209,7 @@ def _stage_on_s3(root: str, teacher_server: Callable[..., Any], tmp_path: Path) 
         records.append(record)
     input_uri = commit_input(f"{root}/convert", records)
     server = teacher_server()
-    report = distill(fast_config(input_uri, f"{root}/distill", server))
+    report = distill(fast_config(input_uri, f"{root}/distill", server))["stats"]
     assert report["counts"] == {"input": 4, "distilled": 4}
     assert manifest.read_manifest(f"{root}/distill")["records"] == 4
     assert AnswerCache(f"{root}/_distill_cache", "r").load() == 4
@@ -221,7 +221,7 @@ def _stage_on_s3(root: str, teacher_server: Callable[..., Any], tmp_path: Path) 
         for r in shards.read_jsonl(uri)
     ]
     assert sorted(r["id"] for r in distilled) == sorted(r["id"] for r in records)
-    again = distill(fast_config(input_uri, f"{root}/distill", server, overwrite=True))
+    again = distill(fast_config(input_uri, f"{root}/distill", server, overwrite=True))["stats"]
     assert again["ledger"]["requests"] == 0 and server.chat_requests == 4
 
 

@@ -13,7 +13,9 @@ from tests.distill.distill_helpers import commit_input, fast_config, good_answer
 from vcot import manifest, shards
 from vcot.distill import distill
 from vcot.distill.batch import BatchRunner
+from vcot.distill.stage import batch_state_uri
 from vcot.llm.chat import LLMError
+from vcot.manifest import ShardSpec
 
 _FINAL = re.compile(r"Answer: answer(\d+)")
 
@@ -51,7 +53,7 @@ def test_zoom_merges_branch_captions_and_the_verifier_drops_hallucinations(
     server = teacher_server(answer=_zoom_teacher)
     output = str(tmp_path / "out")
 
-    report = distill(fast_config(input_uri, output, server, strategy="zoom"))
+    report = distill(fast_config(input_uri, output, server, strategy="zoom"))["stats"]
 
     assert report["counts"] == {"input": 3, "distilled": 3}
     details = report["details"]
@@ -86,7 +88,7 @@ def test_batch_mode_rounds_retry_failures_and_corrections(
 ) -> None:
     input_uri = input_records(6)
     server = teacher_server(answer=_boxless_first, fault=_batch_faults)
-    report = distill(fast_config(input_uri, str(tmp_path / "a"), server, mode="batch"))
+    report = distill(fast_config(input_uri, str(tmp_path / "a"), server, mode="batch"))["stats"]
 
     assert report["counts"] == {"input": 6, "distilled": 6}
     assert server.chat_requests == 0
@@ -95,7 +97,7 @@ def test_batch_mode_rounds_retry_failures_and_corrections(
     assert report["ledger"]["batch_requests"] == 7 and report["ledger"]["requests"] == 0
     assert report["ledger"]["estimated_cost_usd"] > 0
 
-    again = distill(fast_config(input_uri, str(tmp_path / "b"), server, mode="batch"))
+    again = distill(fast_config(input_uri, str(tmp_path / "b"), server, mode="batch"))["stats"]
     assert len(server.batches) == 2 and server.batch_lines == 8  # nothing submitted again
     assert again["ledger"]["cache_hits"] == 7 and again["ledger"]["batch_requests"] == 0
 
@@ -117,13 +119,14 @@ def test_batch_mode_resumes_a_submitted_batch_after_a_kill(
     monkeypatch.setattr(BatchRunner, "_wait_and_ingest", killed)
     with pytest.raises(LLMError, match="killed"):
         distill(fast_config(input_uri, str(tmp_path / "out"), server, mode="batch"))
-    assert len(server.batches) == 1 and (tmp_path / "_distill_cache" / "batches" / "00000-of-00001.json").exists()
+    state = Path(batch_state_uri(str(tmp_path / "_distill_cache"), str(tmp_path / "out"), ShardSpec(0, 1)))
+    assert len(server.batches) == 1 and state.exists()
 
     monkeypatch.setattr(BatchRunner, "_wait_and_ingest", real_wait)
-    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, mode="batch"))
+    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, mode="batch"))["stats"]
     assert report["counts"] == {"input": 5, "distilled": 5}
     assert len(server.batches) == 1 and server.batch_lines == 5  # the stored batch was picked up, not paid again
-    assert not (tmp_path / "_distill_cache" / "batches" / "00000-of-00001.json").exists()
+    assert not state.exists()
 
 
 def test_zoom_in_batch_mode_takes_one_round_per_step(
@@ -132,7 +135,7 @@ def test_zoom_in_batch_mode_takes_one_round_per_step(
     records = [make_record(tmp_path / "data", i) for i in range(2)]
     input_uri = commit_input(str(tmp_path / "convert"), records)
     server = teacher_server(answer=_zoom_teacher)
-    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, strategy="zoom", mode="batch"))
+    report = distill(fast_config(input_uri, str(tmp_path / "out"), server, strategy="zoom", mode="batch"))["stats"]
     assert report["counts"] == {"input": 2, "distilled": 2}
     assert len(server.batches) == 4  # caption, branches, merge, verify
     assert server.batch_lines == 2 * 5 and server.chat_requests == 0

@@ -227,3 +227,20 @@ def test_a_line_that_is_not_utf8_is_counted_as_malformed(known_data: tuple[str, 
     metrics = storage.read_json(f"{output}/metrics.json")
     assert metrics["details"]["skipped_predictions"] == {"malformed_json": 1}
     assert metrics["join"]["scored"] == 1 and metrics["overall"]["mean_iou"] == pytest.approx(1.0)
+
+
+def test_evaluate_returns_its_manifest_or_none_when_already_committed(
+    known_data: tuple[str, list], tmp_path: Path
+) -> None:
+    """As every stage: the manifest it committed, or None for an output that was already committed."""
+    from vcot.evaluate.config import EvaluateConfig
+    from vcot.evaluate.stage import evaluate
+
+    data, _ = known_data
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text("\n".join(KNOWN_PREDICTIONS) + "\n")
+    config = EvaluateConfig(predictions=str(predictions), data=data, output=str(tmp_path / "eval"))
+    committed = evaluate(config)
+    assert committed == manifest.read_manifest(str(tmp_path / "eval"))
+    assert committed["stage"] == "evaluate" and committed["stats"]["samples"] == 5  # the records with a prediction
+    assert evaluate(config) is None

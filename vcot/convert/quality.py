@@ -41,7 +41,7 @@ def quality_problem(record: dict[str, Any]) -> str | None:
 
 
 class QualityStats:
-    """Counts per subset and in total; plain integers so shard stats merge by addition."""
+    """Counts per subset; plain integers, so the counts of blocks and shards add up (:func:`vcot.records.merge_counts`)."""
 
     def __init__(self) -> None:
         self.subsets: dict[str, Counter[str]] = {}
@@ -74,12 +74,6 @@ class QualityStats:
         counts["rejected"] += 1
         self.reasons[subset or "unknown"][reason] += 1
 
-    def add(self, part: dict[str, Any]) -> None:
-        """Add the :meth:`to_dict` counts of another run (a block, a shard)."""
-        for name, counts in part.get("subsets", {}).items():
-            self._counter(name).update({key: counts.get(key, 0) for key in COUNTERS})
-            self.reasons[name].update(counts.get("reasons", {}))
-
     def to_dict(self) -> dict[str, Any]:
         """``{"subsets": {name: {counter: n, "reasons": {code: n}}}}``, sorted, zero counters included."""
         return {
@@ -91,14 +85,6 @@ class QualityStats:
                 for name in sorted(self.subsets)
             }
         }
-
-
-def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the ``to_dict`` counts of several shards."""
-    merged = QualityStats()
-    for part in parts:
-        merged.add(part)
-    return merged.to_dict()
 
 
 def _derived(counts: dict[str, Any]) -> dict[str, Any]:

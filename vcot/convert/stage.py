@@ -17,11 +17,12 @@ from vcot import manifest, storage
 from vcot.config import option, redacted
 from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
-from vcot.convert.quality import QualityStats, merge, render_markdown, report
+from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
 from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
+from vcot.records import merge_counts
 from vcot.parallel import resolve_workers
 from vcot.shards import ShardFile, SplitWriters, write_file
 
@@ -221,7 +222,7 @@ def refuse_empty_input(config: ConvertConfig) -> None:
 
 def _write_quality(config: ConvertConfig, parts: list[dict[str, Any]]) -> list[ShardFile]:
     """Write ``quality.json`` and ``quality.md`` for the counts of ``parts`` (one per shard); their manifest entries."""
-    quality = report(merge(parts), source=config.source, shards=config.num_shards)
+    quality = report(merge_counts(parts), source=config.source, shards=config.num_shards)
     return [
         write_file(config.output, name, text.encode("utf-8"))
         for name, text in (("quality.json", storage.dumps_json(quality)), ("quality.md", render_markdown(quality)))
@@ -233,8 +234,9 @@ def _merged_quality(config: ConvertConfig) -> manifest.Finalize:
     return lambda shard_manifests: _write_quality(config, [part.get("stats", {}) for part in shard_manifests])
 
 
-def convert(config: ConvertConfig) -> dict[str, Any]:
-    """Run the stage for one shard; returns the shard's quality counts. Skips a committed shard unless --overwrite."""
+def convert(config: ConvertConfig) -> dict[str, Any] | None:
+    """Run the stage for one shard; returns its manifest (quality counts in ``stats``), or ``None`` when the shard
+    was already committed (skipped unless --overwrite)."""
     shard = config.shard
     ready = manifest.prepare_output(
         config.output,
@@ -246,11 +248,9 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     )
     if not ready:
         log.info("already_committed", output=config.output, shard=shard.name, hint="pass --overwrite to redo it")
-        if shard.count > 1 and manifest.is_committed(config.output, shard):
-            return storage.read_json(manifest.shard_manifest_uri(config.output, shard)).get("stats", {})
-        return manifest.read_manifest(config.output).get("stats", {})
+        return None
 
-    stats = QualityStats()
+    counts: dict[str, Any] = {}
     blocks = source_blocks(config, shard.owns)
     outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
@@ -258,19 +258,18 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
         for block in blocks:
             for split, (data, records) in block.blocks.items():
                 outputs.write_block(split, data, records)
-            stats.add(block.stats)
+            counts = merge_counts([counts, block.stats])
             progress.update(block.items)
         progress.close()
-        if not stats.subsets:  # this shard owned no item
+        if not counts.get("subsets"):  # this shard owned no item
             refuse_empty_input(config)
         files = outputs.close()
     except BaseException:
         outputs.abort()
         raise
-    counts = stats.to_dict()
     if shard.count == 1:
         files += _write_quality(config, [counts])
-    manifest.commit(
+    committed = manifest.commit(
         config.output,
         stage=STAGE,
         files=files,
@@ -291,4 +290,4 @@ def convert(config: ConvertConfig) -> dict[str, Any]:
     )
     if total["input"] and not total["accepted"]:
         log.warning("nothing_accepted", hint="check --source, --images and --metadata", reasons=total["reasons"])
-    return counts
+    return committed

@@ -47,7 +47,7 @@ from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_c
 from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
 from vcot.manifest import ShardSpec
-from vcot.records import RAW_LIMIT, Rejection, grounding_problem, truncate_raw
+from vcot.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
 from vcot.shards import ShardFile, SplitWriters, read_verified, write_file
 
 log = get_logger("vcot.distill")
@@ -265,7 +265,8 @@ def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One quality report for a sharded run: counters summed, the slowest shard's time, the total cost.
+    """One quality report for a sharded run: counters summed (:func:`vcot.records.merge_counts`, as convert's), the
+    slowest shard's time, the total cost.
 
     >>> a = {"shard": "00000-of-00002", "counts": {"input": 2, "distilled": 2}, "accepted": 2, "rejected_reasons": {},
     ...      "details": {}, "ledger": {"model": "m", "run": "r0", "requests": 2, "estimated_cost_usd": 0.5},
@@ -278,27 +279,20 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     >>> merged["ledger"]["runs"], merged["ledger"]["requests"], merged["ledger"]["estimated_cost_usd"]
     (['r0', 'r1'], 2, 1.0)
     """
-
-    def summed(key: str) -> dict[str, int]:
-        total: Counter[str] = Counter()
-        for report in reports:
-            total.update(report.get(key, {}))
-        return dict(sorted(total.items()))
-
+    summed = merge_counts(reports)
     ledgers = [report.get("ledger", {}) for report in reports]
-    ledger: dict[str, Any] = {"model": ledgers[0].get("model") if ledgers else None}
-    ledger["runs"] = [entry.get("run") for entry in ledgers]
-    for key in sorted({k for entry in ledgers for k, v in entry.items() if type(v) is int}):
-        ledger[key] = sum(int(entry.get(key, 0)) for entry in ledgers)
     costs = [entry.get("estimated_cost_usd") for entry in ledgers]
-    ledger["estimated_cost_usd"] = None if None in costs else round(sum(costs), 6)
+    ledger: dict[str, Any] = {
+        "model": ledgers[0].get("model") if ledgers else None,
+        "runs": [entry.get("run") for entry in ledgers],
+        **summed.get("ledger", {}),
+        "estimated_cost_usd": None if None in costs else round(sum(costs), 6),
+    }
     return {
         "stage": STAGE,
         "shards": [report.get("shard") for report in reports],
-        "counts": summed("counts"),
-        "accepted": sum(int(report.get("accepted", 0)) for report in reports),
-        "rejected_reasons": summed("rejected_reasons"),
-        "details": summed("details"),
+        **{key: summed.get(key, {}) for key in ("counts", "rejected_reasons", "details")},
+        "accepted": summed.get("accepted", 0),
         "ledger": ledger,
         "elapsed_s": max((float(report.get("elapsed_s", 0.0)) for report in reports), default=0.0),
     }
@@ -315,8 +309,9 @@ def _write_merged_quality(output: str, shard_manifests: list[dict[str, Any]]) ->
     return write_file(output, QUALITY, storage.dumps_json(merge_reports(reports)).encode("utf-8"))
 
 
-def distill(config: DistillConfig) -> dict[str, Any]:
-    """Run the stage for this shard; returns the quality report (or ``{"skipped": True}`` when already committed)."""
+def distill(config: DistillConfig) -> dict[str, Any] | None:
+    """Run the stage for this shard; returns its manifest (the quality report, ledger and cache counts in ``stats``),
+    or ``None`` when it was already committed."""
     shard = manifest.shard_of(config)
     ready = manifest.prepare_output(
         config.output,
@@ -328,7 +323,7 @@ def distill(config: DistillConfig) -> dict[str, Any]:
     )
     if not ready:
         log.info("already_committed", output=config.output, shard=shard.name)
-        return {"skipped": True}
+        return None
     api_key = os.environ.get("OPENAI_API_KEY", "")
     if not api_key:
         raise ConfigError(
@@ -427,13 +422,13 @@ async def _distill(
     }
     quality_path = QUALITY if shard.count == 1 else f"quality/{shard.name}.json"
     files.append(write_file(config.output, quality_path, storage.dumps_json(report).encode("utf-8")))
-    manifest.commit(
+    committed = manifest.commit(
         config.output,
         stage=STAGE,
         files=files,
         config=redacted(config),
         inputs=[config.input],
-        stats={k: report[k] for k in ("counts", "accepted", "rejected_reasons", "details")},
+        stats={k: v for k, v in report.items() if k not in ("stage", "shard")},
         shard=shard,
         finalize=lambda parts: [_write_merged_quality(config.output, parts)],
     )
@@ -442,4 +437,4 @@ async def _distill(
         **{k: report[k] for k in ("counts", "rejected_reasons", "elapsed_s")},
         cost_usd=ledger.estimated_cost_usd(),
     )
-    return report
+    return committed

@@ -315,15 +315,16 @@ def write_outputs(output: str, metrics: dict[str, Any], scored: dict[str, Any], 
     return files
 
 
-def evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Evaluate per ``config``; returns the metrics. Raises :class:`RegressionError` (exit 3) on a regression."""
+def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
+    """Evaluate per ``config``; returns the manifest (overall metrics in ``stats``), or ``None`` when the output was
+    already committed. Raises :class:`RegressionError` (exit 3) on a regression, also then."""
     target = resolve_target(config)
     inputs = [config.data, config.predictions, target.model, target.adapter]
     if not manifest.prepare_output(target.output, stage=STAGE, inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=target.output, hint="pass --overwrite to redo it")
         metrics = json.loads(manifest.read_listed(target.output, METRICS_PATH))
         _raise_on_regression(metrics.get("regression"), target.output)
-        return metrics
+        return None
     if target.adapter:
         check_adapter(target.adapter)
     judge = judge_settings(config, target.output)
@@ -365,12 +366,12 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any]:
     files = write_outputs(target.output, metrics, scored, report)
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
-    manifest.commit(
+    committed = manifest.commit(
         target.output, stage=STAGE, files=files, config=redacted(config), inputs=[config.data], stats=metrics["overall"]
     )
     log.info("evaluated", output=target.output, **{k: metrics["overall"][k] for k in ("samples", "mean_iou", "acc_at_50")})
     _raise_on_regression(metrics.get("regression"), target.output)
-    return metrics
+    return committed
 
 
 def _raise_on_regression(regression: dict[str, Any] | None, output: str) -> None:
