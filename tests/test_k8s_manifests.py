@@ -385,13 +385,35 @@ FAST = {
 }
 
 
+def run_rendered_pods(
+    docs: list[dict[str, Any]], overrides: dict[str, str], secrets: dict[str, dict[str, str]], tmp_path: Path
+) -> list[str]:
+    """Run every chained Job's pods in chain order (then the CronJob's, if any) as Kubernetes would; their stages."""
+    (config_map_doc,) = by_kind(docs, "ConfigMap").values()
+    config_map = {**config_map_doc["data"], **overrides}
+    pods = [(job["metadata"]["labels"]["app.kubernetes.io/component"], job["spec"]) for job in chain_jobs(docs)]
+    pods += [("reevaluate", cron["spec"]["jobTemplate"]["spec"]) for cron in by_kind(docs, "CronJob").values()]
+    ran: list[str] = []
+    for stage, job_spec in pods:
+        template = job_spec["template"]
+        indexes = range(job_spec.get("completions", 1)) if job_spec.get("completionMode") == "Indexed" else [None]
+        for index in indexes:
+            env = container_env(template, config_map, secrets, namespace="vcot-dev")
+            env.update(FAST.get(stage, {}))
+            if index is not None:
+                env["JOB_COMPLETION_INDEX"] = str(index)
+            command = local_command(template["spec"]["containers"][0], env)
+            result = run_pod(f"{stage}-{index}", command, env, tmp_path)
+            assert result.returncode == 0, f"{stage} (index {index}) failed:\n{' '.join(command[3:])}\n{result.stderr[-4000:]}"
+        ran.append(stage)
+    return ran
+
+
 @pytest.mark.integration
 def test_local_run_of_the_rendered_chain(real_s3: str, tmp_path: Path) -> None:
-    docs = render("k8s/overlays/cpu-dev")
-    (config_map_doc,) = by_kind(docs, "ConfigMap").values()
+    """The cpu-dev overlay's chain, the re-evaluation, then a train-only run (make k8s-run) on its tokenized data."""
     run_root = f"{real_s3}/runs"
-    config_map = {
-        **config_map_doc["data"],
+    overrides = {
         "AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"],
         "RUN_ROOT": run_root,
         "SOURCE_INPUT": f"{real_s3}/datasets/synthetic",
@@ -410,31 +432,29 @@ def test_local_run_of_the_rendered_chain(real_s3: str, tmp_path: Path) -> None:
         "vcot-s3": {k: secret_values[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
         "vcot-teacher": {"OPENAI_API_KEY": secret_values["OPENAI_API_KEY"]},
     }
-
-    steps = chain_jobs(docs)
-    cron = by_kind(docs, "CronJob")["vcot-reevaluate"]
-    pods = [(job["metadata"]["labels"]["app.kubernetes.io/component"], job["spec"]) for job in steps]
-    pods.append(("reevaluate", cron["spec"]["jobTemplate"]["spec"]))
-    ran: list[str] = []
-    for stage, job_spec in pods:
-        template = job_spec["template"]
-        indexes = range(job_spec.get("completions", 1)) if job_spec.get("completionMode") == "Indexed" else [None]
-        for index in indexes:
-            env = container_env(template, config_map, secrets, namespace="vcot-dev")
-            env.update(FAST.get(stage, {}))
-            if index is not None:
-                env["JOB_COMPLETION_INDEX"] = str(index)
-            command = local_command(template["spec"]["containers"][0], env)
-            result = run_pod(f"{stage}-{index}", command, env, tmp_path)
-            assert result.returncode == 0, f"{stage} (index {index}) failed:\n{' '.join(command[3:])}\n{result.stderr[-4000:]}"
-        ran.append(stage)
+    ran = run_rendered_pods(render("k8s/overlays/cpu-dev"), overrides, secrets, tmp_path)
 
     from vcot import manifest, storage
 
     run = f"{run_root}/default"
     expected = {"records": "convert", "distilled": "distill", "tokenized": "tokenize", "train": "train", "eval": "evaluate"}
-    assert ran == [stage for stage, _ in pods]
+    assert ran == ["dev-seed", *STAGE_ORDER, "reevaluate"]
     for folder, stage in expected.items():
         assert manifest.read_manifest(f"{run}/{folder}")["stage"] == stage
     pointer = storage.read_json(f"{run_root}/latest.json")
     assert pointer["run"].rstrip("/") == f"{run}/train"
+    assert storage.list_uris(f"{run_root}/_teacher_cache/ledger"), "distill keeps its ledger in the shared cache"
+
+    # One-stage rerun: a train-only run of the same overlay on the default run's tokenized data and records.
+    folder = k8s_runs.write_run(
+        "t-rerun", REPO_ROOT / "k8s/overlays/cpu-dev", tmp_path / "runs", stages="train,evaluate", sources="default"
+    )
+    run_secrets = {f"{name}-t-rerun": values for name, values in secrets.items()}  # cpu-dev generates them per run
+    assert run_rendered_pods(render(folder), overrides, run_secrets, tmp_path) == ["train", "evaluate"]
+    trained = manifest.read_manifest(f"{run_root}/t-rerun/train")
+    assert trained["inputs"][0]["uri"] == f"{run}/tokenized"  # read, not tokenized again
+    evaluated = manifest.read_manifest(f"{run_root}/t-rerun/eval")
+    assert evaluated["config"]["adapter"] == f"{run_root}/t-rerun/train/adapter"
+    assert evaluated["inputs"][0]["uri"] == f"{run}/distilled"
+    assert not storage.exists(f"{run_root}/t-rerun/tokenized")
+    assert storage.read_json(f"{run_root}/latest.json") == pointer, "a trial run leaves the production model's pointer"
