@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import sys
 
 import pytest
@@ -72,3 +73,10 @@ def test_each_line_is_one_write(fmt: str, monkeypatch: pytest.MonkeyPatch) -> No
     get_logger("t").info("hello", n=1)
     get_logger("t").warning("again")
     assert len(stream.writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in stream.writes)
+
+
+def test_a_missing_optional_cpu_kernel_is_not_reported_as_a_failure() -> None:
+    configure_logging("console")
+    assert not logging.getLogger("bitsandbytes.backends.cpu.ops").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("bitsandbytes").isEnabledFor(logging.WARNING)  # only that one
+    assert logging.getLogger("peft").isEnabledFor(logging.WARNING)

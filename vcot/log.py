@@ -35,6 +35,11 @@ def mask_secrets(text: str) -> str:
     return mask_url_credentials(text)
 
 
+QUIET_LOGGERS = {"bitsandbytes.backends.cpu.ops": logging.ERROR}
+"""Library warnings that only alarm: bitsandbytes warns on every CPU import that an optional kernels package for
+4-bit matmuls on CPU is missing, and nothing here quantizes on a CPU (``make local-train`` printed it twice)."""
+
+
 def _masked(renderer: Callable[..., str]) -> Callable[..., str]:
     def render(logger: Any, method: str, event_dict: Any) -> str:
         return mask_secrets(renderer(logger, method, event_dict))
@@ -92,6 +97,8 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     handler = logging.StreamHandler(_CurrentStderr())  # type: ignore[arg-type]
     handler.setFormatter(_MaskingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    for name, quiet_level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(quiet_level)
 
 
 def get_logger(name: str | None = None, **context: Any) -> Any:

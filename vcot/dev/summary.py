@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from vcot import storage
+from vcot.log import configure_logging
 from vcot.shards import read_jsonl
-from vcot.train.grpo import reward_curves
 
 
 def loss_line(metrics: dict[str, Any]) -> str:
@@ -47,6 +47,8 @@ def reward_lines(metrics: dict[str, Any]) -> list[str]:
     >>> reward_lines({"log_history": [{"rewards/format_reward/mean": 0.1, "step": 1}, {"rewards/format_reward/mean": 0.5, "step": 9}]})
     ['reward       format_reward 0.100 (steps 1-1) -> 0.500 (steps 9-9)']
     """
+    from vcot.train.grpo import reward_curves  # torch, TRL, bitsandbytes: after main configured logging
+
     curves = reward_curves(metrics.get("log_history", []))
     return [
         f"reward       {name} {c['start']:.3f} (steps {c['start_steps'][0]}-{c['start_steps'][1]}) -> "
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation", default=None, help="A committed evaluate output (metrics.json, report.html).")
     parser.add_argument("--report-to", type=Path, default=None, help="Local file to copy the HTML report to.")
     args = parser.parse_args(argv)
+    configure_logging("console")
     print("\n".join(summary(args.run, args.evaluation, args.report_to)))
     return 0
 
