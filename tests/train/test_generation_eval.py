@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, Trainer
 
+from vcot.errors import ConfigError
 from vcot.train import TrainConfig, train
 from vcot.train.common import RunFolders
 from vcot.train.generation_eval import GenerationEval
@@ -50,9 +51,9 @@ def _toy_trainer(tmp_path: Path, settings: str) -> Trainer:
 
 
 SELECT_BY_IOU = (
-    "metric_for_best_model=eval_gen_first_object_iou,generation_eval_samples=4,eval_steps=2,save_steps=2,"
-    "logging_steps=1,per_device_train_batch_size=2,learning_rate=0.05,warmup_ratio=0,lr_scheduler_type=constant,"
-    "save_total_limit=1,optim=adamw_torch"
+    "metric_for_best_model=eval_gen_first_object_iou,generation_eval_samples=4,generation_eval_steps=0,eval_steps=2,"
+    "save_steps=2,logging_steps=1,per_device_train_batch_size=2,learning_rate=0.05,warmup_ratio=0,"
+    "lr_scheduler_type=constant,save_total_limit=1,optim=adamw_torch"
 )
 
 
@@ -85,6 +86,22 @@ def test_generation_eval_runs_only_at_its_steps(tmp_path: Path) -> None:
     assert logged == [4, 8]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("metric_for_best_model=eval_iou", "metric_for_best_model='eval_iou' is not valid"),
+        ("metric_for_best_model=eval_gen_acc_at_50", "needs the generation evaluation at every evaluation"),
+        ("metric_for_best_model=eval_gen_acc_at_50,generation_eval_steps=500", "needs the generation evaluation"),
+        ("generation_eval_samples=-1", "must be >= 0"),
+    ],
+)
+def test_bad_selection_settings_are_refused_with_a_hint(overrides: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_recipe("tiny-cpu", overrides)
+    with pytest.raises(ConfigError, match="SFT-only"):
+        load_recipe("tiny-cpu-grpo", "generation_eval_samples=4")
+
+
 @pytest.mark.integration
 def test_tiny_model_logs_generation_metrics_and_keeps_the_best_by_one(
     tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
@@ -92,7 +109,7 @@ def test_tiny_model_logs_generation_metrics_and_keeps_the_best_by_one(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     settings = (
-        "max_steps=4,eval_steps=2,save_steps=2,logging_steps=1,generation_eval_samples=4,"
+        "max_steps=4,eval_steps=2,save_steps=2,logging_steps=1,generation_eval_samples=4,generation_eval_steps=0,"
         "generation_eval_max_new_tokens=24,metric_for_best_model=eval_gen_first_object_iou"
     )
     output = tmp_path / "run"

@@ -1,6 +1,6 @@
 """SFT's generation evaluation: checkpoints chosen by what the model answers, not only by its loss.
 
-At an evaluation (every ``generation_eval_steps``, or every one), the model answers the first
+At an evaluation (every one, or those that pass a multiple of ``generation_eval_steps``), the model answers the first
 ``generation_eval_samples`` usable val records greedily, and the answers are scored exactly as the evaluate
 stage scores them (``vcot.generation``, boxes read back through ``ModelFormat.read`` by ``vcot.scoring``,
 ``vcot.metrics.summarize``). The rate metrics join the evaluation's metrics as ``eval_gen_<metric>``
@@ -74,8 +74,8 @@ def generation_metrics(
 class GenerationEval(TrainerCallback):
     """Add the generation metrics to an evaluation's metrics (in place) and log them.
 
-    ``measure(model)`` returns the metrics; ``log`` is the trainer's ``log`` (history, TensorBoard, trackers);
-    ``every``: only at evaluations whose step is a multiple (0: at every evaluation).
+    ``measure(model)`` returns the metrics; ``log_metrics`` is the trainer's ``log`` (history, TensorBoard,
+    trackers); ``every``: at the evaluations that pass a multiple of ``every`` steps (0: at every evaluation).
     """
 
     def __init__(
@@ -85,10 +85,19 @@ class GenerationEval(TrainerCallback):
         self.log_metrics = log_metrics
         self.every = every
 
+    def due(self, step: int, eval_steps: int) -> bool:
+        """Whether the evaluation at ``step`` generates: a multiple of ``every`` lies since the previous evaluation
+        (from the step alone, so a resumed run generates where an uninterrupted one does).
+
+        >>> [step for step in (2, 4, 6, 8, 10) if GenerationEval(dict, print, every=5).due(step, 2)]
+        [6, 10]
+        """
+        return not self.every or step // self.every != max(step - eval_steps, 0) // self.every
+
     def on_evaluate(
         self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, model: Any = None, **kwargs: Any
     ) -> None:
-        if metrics is None or (self.every and state.global_step % self.every):
+        if metrics is None or not self.due(state.global_step, int(args.eval_steps)):
             return
         values = self.measure(model) if state.is_world_process_zero else None
         values = distributed.from_main(values)

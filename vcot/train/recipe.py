@@ -80,7 +80,7 @@ class Recipe:
     logging_steps: int = 50
     # SFT: greedy answers to the first N val records every M steps, scored as evaluate scores them (0: off)
     generation_eval_samples: int = 0
-    generation_eval_steps: int = 0  # 0: at every evaluation; else a multiple of eval_steps
+    generation_eval_steps: int = 0  # 0: at every evaluation; N: at the evaluations passing a multiple of N steps
     generation_eval_max_new_tokens: int = 512
     metric_for_best_model: str = "eval_loss"  # or one of GENERATION_METRICS (higher is better)
     # Tracking: tensorboard (synced to OUTPUT/tensorboard/ at every log), wandb, mlflow
@@ -151,20 +151,15 @@ class Recipe:
                 "recipe generation_eval_samples and generation_eval_steps must be >= 0 (0: off / at every evaluation), "
                 "generation_eval_max_new_tokens >= 1"
             )
-        if self.generation_eval_steps % self.eval_steps:
-            raise ConfigError(
-                f"recipe generation_eval_steps={self.generation_eval_steps} must be 0 or a multiple of "
-                f"eval_steps={self.eval_steps}: it runs inside an evaluation"
-            )
         if self.metric_for_best_model not in ("eval_loss", *GENERATION_METRICS):
             raise ConfigError(
                 f"recipe metric_for_best_model={self.metric_for_best_model!r} is not valid: use eval_loss or one of "
                 f"{', '.join(GENERATION_METRICS)}"
             )
-        if self.metric_for_best_model != "eval_loss" and not (gen and self.generation_eval_steps in (0, self.eval_steps)):
+        if self.metric_for_best_model != "eval_loss" and not (gen and self.generation_eval_steps <= self.eval_steps):
             raise ConfigError(
                 f"recipe metric_for_best_model={self.metric_for_best_model} needs the generation evaluation at every "
-                "evaluation: set generation_eval_samples > 0 and generation_eval_steps to 0 (or eval_steps)"
+                "evaluation: set generation_eval_samples > 0 and generation_eval_steps to 0 (or at most eval_steps)"
             )
         if self.method != "sft" and (gen or self.metric_for_best_model != "eval_loss"):
             raise ConfigError(
