@@ -103,7 +103,8 @@ class GenerationEval(TrainerCallback):
         values = distributed.from_main(values)
         metrics.update(values)
         self.log_metrics(dict(values))  # the trainer adds the epoch to what it logs
-        log.info("generation_eval", step=state.global_step, **{k: round(v, 4) for k, v in values.items()})
+        if state.is_world_process_zero:
+            log.info("generation_eval", step=state.global_step, **{k: round(v, 4) for k, v in values.items()})
 
 
 def generation_eval(trainer: Any, processor: Any, fmt: ModelFormat, recipe: Recipe, data: str) -> GenerationEval:
