@@ -114,7 +114,8 @@ class TensorBoardSync(TrainerCallback):
         for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
             stamp = (path.stat().st_size, path.stat().st_mtime_ns)
             if self.sent.get(path) != stamp:
-                storage.write_bytes(storage.join(self.remote, path.relative_to(self.local_dir).as_posix()), path.read_bytes())
+                target = storage.join(self.remote, path.relative_to(self.local_dir).as_posix())
+                storage.write_bytes(target, path.read_bytes())
                 self.sent[path] = stamp
 
 

@@ -254,7 +254,7 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
         "logging_steps": recipe.logging_steps,
         "logging_first_step": True,
-        "report_to": list(recipe.report_to),  # run_training replaces TensorBoard's callback with ours (synced to storage)
+        "report_to": list(recipe.report_to),  # run_training puts our TensorBoard callback in (synced to storage)
         "remove_unused_columns": False,
         "dataloader_num_workers": recipe.dataloader_num_workers,
         "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
@@ -264,14 +264,19 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
 def run_training(trainer: Any, folders: RunFolders) -> Any:
     """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
 
-    Checkpoints are synced to storage after every save, TensorBoard events after every log; SIGTERM finishes the step, saves
-    a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    Checkpoints are synced to storage after every save, TensorBoard events after every log; SIGTERM finishes the
+    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm, TensorBoardSync
+    from vcot.train.checkpoints import (
+        CheckpointSync,
+        LogMetrics,
+        SaveOnSigterm,
+        TensorBoardSync,
+    )
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)

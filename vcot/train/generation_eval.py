@@ -79,7 +79,10 @@ class GenerationEval(TrainerCallback):
     """
 
     def __init__(
-        self, measure: Callable[[Any], dict[str, float]], log_metrics: Callable[[dict[str, float]], None], every: int = 0
+        self,
+        measure: Callable[[Any], dict[str, float]],
+        log_metrics: Callable[[dict[str, float]], None],
+        every: int = 0,
     ) -> None:
         self.measure = measure
         self.log_metrics = log_metrics
@@ -95,7 +98,13 @@ class GenerationEval(TrainerCallback):
         return not self.every or step // self.every != max(step - eval_steps, 0) // self.every
 
     def on_evaluate(
-        self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None, model: Any = None, **kwargs: Any
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        **kwargs: Any,
     ) -> None:
         if metrics is None or not self.due(state.global_step, int(args.eval_steps)):
             return

@@ -167,7 +167,9 @@ class Recipe:
                 f"and metric_for_best_model=eval_loss for method {self.method}"
             )
         if not isinstance(self.report_to, list) or set(self.report_to) - set(TRACKERS):
-            raise ConfigError(f"recipe report_to={self.report_to!r} is not valid: a list of {', '.join(TRACKERS)}, or []")
+            raise ConfigError(
+                f"recipe report_to={self.report_to!r} is not valid: a list of {', '.join(TRACKERS)}, or [] for none"
+            )
         missing = [name for name in self.report_to if importlib.util.find_spec(TRACKERS[name]) is None]
         if missing:
             raise ConfigError(
