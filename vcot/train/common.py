@@ -282,8 +282,9 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(TensorBoardCallback)  # the recipe's report_to added one writing into the trainer's folder
     if "tensorboard" in trainer.args.report_to:  # ours, in a folder uploaded after every flush (each log)
-        writer = SummaryWriter(log_dir=str(folders.tensorboard_dir))
-        trainer.add_callback(TensorBoardCallback(writer))
+        tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir)))
+        tensorboard.logging_dir = str(folders.tensorboard_dir)  # where it reopens one after training (final eval)
+        trainer.add_callback(tensorboard)
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics()):
         trainer.add_callback(callback)
