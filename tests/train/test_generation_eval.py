@@ -109,13 +109,16 @@ def test_tiny_model_logs_generation_metrics_and_keeps_the_best_by_one(
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     settings = (
-        "max_steps=4,eval_steps=2,save_steps=2,logging_steps=1,generation_eval_samples=4,generation_eval_steps=0,"
-        "generation_eval_max_new_tokens=24,metric_for_best_model=eval_gen_first_object_iou"
+        "max_steps=20,eval_steps=2,save_steps=2,logging_steps=1,generation_eval_samples=4,generation_eval_steps=0,"
+        "generation_eval_max_new_tokens=24,metric_for_best_model=eval_gen_first_object_iou,early_stopping_patience=1"
     )
     output = tmp_path / "run"
     config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output), recipe="tiny-cpu", set=settings)
     committed = train(config)
     assert committed is not None
+    # A model this young draws no box: no IoU improvement at step 4, and patience 1 stops the run there (early
+    # stopping sees the generation metric: the callback runs before it).
+    assert committed["stats"]["global_step"] == 4
     metrics = json.loads((output / "metrics.json").read_text())
     logged = [e for e in metrics["log_history"] if "eval_gen_first_object_iou" in e]
     assert [e["step"] for e in logged] == [2, 4, 4]  # two evaluations in training, then the final one (the best's)
