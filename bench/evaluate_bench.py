@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from vcot.evaluate.generation import GenerationSettings, generate_batch, generate_responses
-from vcot.evaluate.metrics import summarize
-from vcot.evaluate.scoring import score_response
+from vcot.generation import GenerationSettings, generate_batch, generate_responses
+from vcot.metrics import summarize
+from vcot.scoring import score_response
 from vcot.images import load_rgb
 from vcot.modeling import load_model_and_processor
 from vcot.model_format import ModelFormat

@@ -12,7 +12,7 @@ from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import gfn, manifest, shards, storage
 from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
-from vcot.evaluate.generation import GenerationSettings, prompt_text
+from vcot.generation import GenerationSettings, prompt_text
 from vcot.images import load_rgb
 from vcot.model_format import ModelFormat
 from vcot.modeling import load_model_and_processor, model_family

@@ -11,7 +11,7 @@ import pytest
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot import manifest, shards, storage
-from vcot.evaluate.generation import GenerationSettings, prompt_text
+from vcot.generation import GenerationSettings, prompt_text
 from vcot.model_format import HOUSE
 from vcot.modeling import load_processor
 from vcot.prompts import DIRECT_INSTRUCTION

@@ -173,3 +173,21 @@ def test_grpo_under_torchrun_commits_once(record_data: str, tiny_model_dir: Path
     assert len(events(lines, "committed")) == 1
     stats = manifest.read_manifest(output)["stats"]
     assert (stats["world_size"], stats["global_batch_size"]) == (2, 8)
+
+
+def test_generation_evaluation_under_torchrun_keeps_one_best_checkpoint_on_every_rank(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Rank 0 generates and broadcasts: both ranks see the metric that picks the checkpoint (no hang, one decision).
+    run_set = DDP_SET + (
+        ",max_steps=4,eval_steps=2,save_steps=2,generation_eval_samples=4,generation_eval_steps=0,"
+        "generation_eval_max_new_tokens=16,metric_for_best_model=eval_gen_answer_accuracy"
+    )
+    output = str(tmp_path / "gen")
+    process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], tokenized_data, tiny_model_dir,
+                       output, run_set)
+    lines: list[str] = []
+    assert finish(process, lines) == 0, "".join(lines[-40:])
+    assert [event["step"] for event in events(lines, "generation_eval")] == [2, 4, 4]  # rank 0's; the last: final
+    best = manifest.read_manifest(output)["stats"]["best_metric"]
+    assert best["name"] == "eval_gen_answer_accuracy" and best["step"] in (2, 4)

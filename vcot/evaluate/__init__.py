@@ -2,15 +2,18 @@
 
 Answers are judged by the shared ``vcot.answers`` (the rule distill accepts teacher answers by).
 
-Modules, in dependency order:
+Shared with train's generation evaluation (top-level modules, since no stage imports another's package):
 
-- ``metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
-- ``field``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT; pure).
-- boxes are read back through the run's ``vcot.model_format.ModelFormat`` (the adapter's card).
+- ``vcot.metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
+- ``vcot.field_metrics``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT).
+- ``vcot.scoring``: one response scored against its record, boxes read back through the run's
+  ``vcot.model_format.ModelFormat`` (the adapter's card).
+- ``vcot.generation``: batched greedy inference with left padding (model mode), with ``vcot.penalty``'s box-aware
+  repetition penalty (leaves coordinate digits inside ``<box>`` alone).
+
+This package's modules, in dependency order:
+
 - ``scoring``: committed records and predictions files in, joined by id, one scored row per sample out.
-- ``streaming``: the boxes complete so far in a streamed response.
-- ``penalty``: the box-aware repetition penalty (leaves coordinate digits inside ``<box>`` alone).
-- ``generation``: batched greedy inference with left padding (model mode).
 - ``history``: the re-evaluation history in storage, and regression checks against it.
 - ``judge``: an LLM judge for free-form answers (VisCoT's protocol) on ``vcot.llm``.
 - ``benchmark``: the VisCoT benchmark's per-subset table; ``styles``: chain of thought vs direct answers.

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import torch
 
 from vcot import gfn
-from vcot.evaluate.generation import GenerationSettings, Skipped, prompt_text, two_phase
+from vcot.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.modeling import stop_token_ids, vision_token_ids

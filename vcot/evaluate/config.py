@@ -17,8 +17,8 @@ from typing import Literal
 
 from vcot.boxes import BoxFormat
 from vcot.config import option
-from vcot.evaluate.field import FIELD_RATE_METRICS
-from vcot.evaluate.metrics import RATE_METRICS
+from vcot.field_metrics import FIELD_RATE_METRICS
+from vcot.metrics import RATE_METRICS
 from vcot.model_format import FAMILIES, Coords, Family, Mode
 
 WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")

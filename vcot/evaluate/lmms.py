@@ -74,7 +74,7 @@ def _cut(text: str, until: Any) -> str:
 def _build_class() -> type:
     from lmms_eval.api.model import lmms
 
-    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_batch
+    from vcot.generation import GenerationSettings, Skipped, generate_batch
     from vcot.evaluate.stage import load_generator
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]

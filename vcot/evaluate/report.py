@@ -82,7 +82,7 @@ def _table(table_id: str, header: Sequence[str], body: Sequence[Sequence[str]]) 
 
 
 def field_table(metrics: dict[str, Any]) -> str:
-    """The field's grounding metrics (``vcot.evaluate.field``), overall and per subset."""
+    """The field's grounding metrics (``vcot.field_metrics``), overall and per subset."""
     header = ["subset", "mIoU (TreeBench)", "dual IoU", "union IoU (GRIT)", "first-box Acc@0.5", "consistency",
               "CR", "CM", "WR", "WW"]
     body = []

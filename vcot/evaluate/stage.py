@@ -29,9 +29,9 @@ from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.field import add_field_metrics
+from vcot.field_metrics import add_field_metrics
 from vcot.evaluate.judge import JudgeSettings, add_judge_metrics, default_cache, judge_rows
-from vcot.evaluate.metrics import summarize_by_subset
+from vcot.metrics import summarize_by_subset
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.evaluate.styles import compare_styles
@@ -153,7 +153,7 @@ def model_responses(
     config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
 ) -> tuple[dict[str, dict[str, str]], ModelFormat, dict[str, Any]]:
     """Load the model once and generate with each prompt style: ``{style: {id: response}}``, the format, details."""
-    from vcot.evaluate.generation import GenerationSettings, Skipped, generate_responses
+    from vcot.generation import GenerationSettings, Skipped, generate_responses
 
     overrides = flag_overrides(config)
     model, processor, fmt = load_generator(
@@ -189,7 +189,7 @@ def bin_answers(
 ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
     """BiN's and best-of-N's responses (``--bin N``), scored beside greedy decoding's as two more styles."""
     from vcot.evaluate.bin import BinSettings, bin_responses
-    from vcot.evaluate.generation import GenerationSettings
+    from vcot.generation import GenerationSettings
 
     settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
     choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer)

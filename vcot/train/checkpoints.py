@@ -7,6 +7,8 @@ Trainer keeps (its rotation keeps the newest and the best); a marker is deleted 
 
 On SIGTERM (preemption, eviction: ~30 s on GKE to ~120 s on AWS) the current optimizer step finishes,
 a checkpoint is saved and synced, and training stops; the restarted job resumes from it.
+
+TensorBoard event files are uploaded to ``OUTPUT/tensorboard/`` after every log step (``TensorBoardSync``).
 """
 
 from __future__ import annotations
@@ -78,13 +80,11 @@ def restore_checkpoints(remote: str, local_dir: Path) -> Path | None:
 
 
 class CheckpointSync(TrainerCallback):
-    """After every save: upload the new checkpoint (+ TensorBoard events), drop remote ones rotated out locally."""
+    """After every save: upload the new checkpoint, drop remote ones rotated out locally."""
 
-    def __init__(self, local_dir: Path, remote: str, tensorboard_dir: Path, tensorboard_remote: str) -> None:
+    def __init__(self, local_dir: Path, remote: str) -> None:
         self.local_dir = local_dir
         self.remote = remote
-        self.tensorboard_dir = tensorboard_dir
-        self.tensorboard_remote = tensorboard_remote
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         distributed.barrier()  # every rank has written its part (its RNG state) before rank 0 uploads
@@ -96,9 +96,27 @@ class CheckpointSync(TrainerCallback):
         for step, remote_uri in complete_checkpoints(self.remote).items():
             if f"checkpoint-{step}" not in kept:
                 delete_checkpoint(remote_uri)
-        if self.tensorboard_dir.exists():
-            storage.upload_dir(self.tensorboard_dir, self.tensorboard_remote)
         log.info("checkpoint_synced", step=state.global_step, uri=uri)
+
+
+class TensorBoardSync(TrainerCallback):
+    """After every log (TensorBoard's callback, added before this one, has flushed its writer): upload the event
+    files that changed, so a run's curves are in storage as it trains, not only at checkpoints."""
+
+    def __init__(self, local_dir: Path, remote: str) -> None:
+        self.local_dir = local_dir
+        self.remote = remote
+        self.sent: dict[Path, tuple[int, int]] = {}  # file -> (size, mtime) when last uploaded
+
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not state.is_world_process_zero:
+            return
+        for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
+            stamp = (path.stat().st_size, path.stat().st_mtime_ns)
+            if self.sent.get(path) != stamp:
+                target = storage.join(self.remote, path.relative_to(self.local_dir).as_posix())
+                storage.write_bytes(target, path.read_bytes())
+                self.sent[path] = stamp
 
 
 class SaveOnSigterm(TrainerCallback):

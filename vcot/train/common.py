@@ -259,7 +259,7 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "restore_callback_states_from_checkpoint": True,  # e.g. early stopping's patience survives a resume
         "logging_steps": recipe.logging_steps,
         "logging_first_step": True,
-        "report_to": "none",  # TensorBoard is added by run_training, writing where we sync from
+        "report_to": list(recipe.report_to),  # run_training puts our TensorBoard callback in (synced to storage)
         "remove_unused_columns": False,
         "dataloader_num_workers": recipe.dataloader_num_workers,
         "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
@@ -269,23 +269,29 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
 def run_training(trainer: Any, folders: RunFolders) -> Any:
     """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
 
-    Checkpoints and TensorBoard events are synced to storage after every save; SIGTERM finishes the step, saves
-    a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    Checkpoints are synced to storage after every save, TensorBoard events after every log; SIGTERM finishes the
+    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.train.checkpoints import CheckpointSync, LogMetrics, SaveOnSigterm
+    from vcot.train.checkpoints import (
+        CheckpointSync,
+        LogMetrics,
+        SaveOnSigterm,
+        TensorBoardSync,
+    )
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)
-    for callback in (
-        TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir))),
-        CheckpointSync(folders.trainer_dir, folders.remote_checkpoints, folders.tensorboard_dir, folders.remote_tensorboard),
-        sigterm,
-        LogMetrics(),
-    ):
+    trainer.remove_callback(TensorBoardCallback)  # the recipe's report_to added one writing into the trainer's folder
+    if "tensorboard" in trainer.args.report_to:  # ours, in a folder uploaded after every flush (each log)
+        tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir)))
+        tensorboard.logging_dir = str(folders.tensorboard_dir)  # where it reopens one after training (final eval)
+        trainer.add_callback(tensorboard)
+        trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
+    for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics()):
         trainer.add_callback(callback)
 
     resume_from = restore(folders)

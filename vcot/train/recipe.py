@@ -13,6 +13,7 @@ problem with a recipe is a one-line :class:`ConfigError` (exit code 2).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 
 from vcot import storage
 from vcot.errors import ConfigError
+from vcot.metrics import RATE_METRICS
 from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
@@ -31,6 +33,10 @@ METHODS = ("sft", "grpo", "gfn")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 """TRL's GRPO loss formulations offered here (token-level aggregation variants of the clipped objective)."""
 WITHOUT_OBJECTS = ("skip", "format_accuracy")
+GENERATION_METRICS = tuple(f"eval_gen_{name}" for name in RATE_METRICS)
+"""What SFT's generation evaluation logs (``vcot.train.generation_eval``): evaluate's metrics on a val slice."""
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+"""``report_to`` names and the package each needs (W&B and MLflow read their own environment variables)."""
 
 
 @dataclass
@@ -72,6 +78,13 @@ class Recipe:
     early_stopping_patience: int = 3
     early_stopping_threshold: float = 0.001
     logging_steps: int = 50
+    # SFT: greedy answers to the first N val records every M steps, scored as evaluate scores them (0: off)
+    generation_eval_samples: int = 0
+    generation_eval_steps: int = 0  # 0: at every evaluation; N: at the evaluations passing a multiple of N steps
+    generation_eval_max_new_tokens: int = 512
+    metric_for_best_model: str = "eval_loss"  # or one of GENERATION_METRICS (higher is better)
+    # Tracking: tensorboard (synced to OUTPUT/tensorboard/ at every log), wandb, mlflow
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Outputs
     merge_adapter: bool = False
     dataloader_num_workers: int = 2
@@ -124,10 +137,45 @@ class Recipe:
                 "recipe save_steps must be a multiple of eval_steps: SFT keeps the checkpoint with the best eval loss "
                 f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
+        self._check_selection_and_tracking()
         if self.method == "grpo":
             self._check_grpo()
         if self.method == "gfn":
             self._check_gfn()
+
+    def _check_selection_and_tracking(self) -> None:
+        """The generation evaluation, the metric that picks the best checkpoint, the trackers."""
+        gen = self.generation_eval_samples
+        if gen < 0 or self.generation_eval_steps < 0 or self.generation_eval_max_new_tokens < 1:
+            raise ConfigError(
+                "recipe generation_eval_samples and generation_eval_steps must be >= 0 (0: off / at every evaluation), "
+                "generation_eval_max_new_tokens >= 1"
+            )
+        if self.metric_for_best_model not in ("eval_loss", *GENERATION_METRICS):
+            raise ConfigError(
+                f"recipe metric_for_best_model={self.metric_for_best_model!r} is not valid: use eval_loss or one of "
+                f"{', '.join(GENERATION_METRICS)}"
+            )
+        if self.metric_for_best_model != "eval_loss" and not (gen and self.generation_eval_steps <= self.eval_steps):
+            raise ConfigError(
+                f"recipe metric_for_best_model={self.metric_for_best_model} needs the generation evaluation at every "
+                "evaluation: set generation_eval_samples > 0 and generation_eval_steps to 0 (or at most eval_steps)"
+            )
+        if self.method != "sft" and (gen or self.metric_for_best_model != "eval_loss"):
+            raise ConfigError(
+                "recipe generation_eval_samples and metric_for_best_model are SFT-only: set generation_eval_samples=0 "
+                f"and metric_for_best_model=eval_loss for method {self.method}"
+            )
+        if not isinstance(self.report_to, list) or set(self.report_to) - set(TRACKERS):
+            raise ConfigError(
+                f"recipe report_to={self.report_to!r} is not valid: a list of {', '.join(TRACKERS)}, or [] for none"
+            )
+        missing = [name for name in self.report_to if importlib.util.find_spec(TRACKERS[name]) is None]
+        if missing:
+            raise ConfigError(
+                f"recipe report_to names {', '.join(missing)}, which is not installed here: install it in the image "
+                "or remove it from report_to"
+            )
 
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""

@@ -1,9 +1,10 @@
 """SFT: supervised fine-tuning of a LoRA adapter on a tokenize output (grounded rationales).
 
 Reads top to bottom: the model format tokenize recorded; the policy (base + LoRA) with a processor cut to that
-format; the tokenized rows and the collator that loads their pixels; the transformers ``Trainer`` with early
-stopping on the val split's ``eval_loss``; then the run is trained and committed by the shared machinery
-(:mod:`vcot.train.common`).
+format; the tokenized rows and the collator that loads their pixels; the transformers ``Trainer`` with the best
+checkpoint and early stopping by the val split's ``eval_loss`` or, with the generation evaluation
+(:mod:`vcot.train.generation_eval`), by a grounding metric of the model's answers; then the run is trained and
+committed by the shared machinery (:mod:`vcot.train.common`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
 
 
 def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any:
-    """The shared arguments plus SFT's own: eval_loss on the val split, the best checkpoint kept, NEFTune."""
+    """The shared arguments plus SFT's own: eval_loss on the val split, the best checkpoint (by the recipe's metric)
+    kept, NEFTune."""
     from transformers import TrainingArguments
 
     return TrainingArguments(
@@ -49,8 +51,8 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
         eval_strategy="steps" if has_eval else "no",
         eval_steps=recipe.eval_steps,
         load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        metric_for_best_model=recipe.metric_for_best_model,
+        greater_is_better=recipe.metric_for_best_model != "eval_loss",  # the generation metrics: higher is better
         label_names=["labels"],
     )
 
@@ -60,6 +62,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, Trainer
 
     from vcot.train.data import Collator, TokenizedDataset
+    from vcot.train.generation_eval import generation_eval
 
     # 1. The model format tokenize recorded (frame, syntax, pixel budget, mode).
     fmt, tokenized_with = read_data_settings(config.data)
@@ -88,17 +91,19 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         eval_dataset=eval_set if len(eval_set) else None,
         data_collator=Collator(processor),
         processing_class=processor,
-        callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold)]
-        if early_stopping
-        else None,
     )
+    if args.eval_strategy != "no" and recipe.generation_eval_samples:  # before early stopping: it reads its metrics
+        trainer.add_callback(generation_eval(trainer, processor, fmt, recipe, config.data))
+    if early_stopping:
+        trainer.add_callback(EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold))
 
     # 4. Train (resuming from storage), then the final evaluation.
     result = run_training(trainer, folders)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
         metrics["eval"] = trainer.evaluate()
-        metrics["best_eval_loss"] = trainer.state.best_metric
+        metrics["best_metric"] = {"name": recipe.metric_for_best_model, "value": trainer.state.best_metric,
+                                  "step": trainer.state.best_global_step}
     metrics["log_history"] = trainer.state.log_history
     # Rows this process read (with dataloader workers, they read them: 0 here).
     log.info("rows_read", rank=distributed.rank(), rows=train_set.reads, of=len(train_set))
@@ -108,7 +113,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "train_loss": result.metrics.get("train_loss"),
         "eval_loss": metrics.get("eval", {}).get("eval_loss"),
-        "best_eval_loss": metrics.get("best_eval_loss"),
+        "best_metric": metrics.get("best_metric"),
     }
     return commit_run(
         config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=[config.data], stats=stats

@@ -18,7 +18,7 @@ And the question "does the model look at the image?", answered against what no m
 
 - **first-object IoU / first-object Acc@0.5**: per sample, the IoU of the first valid predicted box with the
   record's *first object* (0 when no box was predicted), averaged over samples; the share of samples where it is
-  > 0.5. (``vcot.evaluate.field``'s ``first_box_*`` score the first box against its best-matching object instead:
+  > 0.5. (``vcot.field_metrics``'s ``first_box_*`` score the first box against its best-matching object instead:
   the same with one object per record);
 - **constant-box IoU**: the same first-object IoU for the best single box answered for every sample of the set
   (:func:`best_constant_box`, with the box itself as ``constant_box``): the best any model that ignores the

@@ -1,0 +1,138 @@
+"""SFT's generation evaluation: checkpoints chosen by what the model answers, not only by its loss.
+
+At an evaluation (every one, or those that pass a multiple of ``generation_eval_steps``), the model answers the first
+``generation_eval_samples`` usable val records greedily, and the answers are scored exactly as the evaluate
+stage scores them (``vcot.generation``, boxes read back through ``ModelFormat.read`` by ``vcot.scoring``,
+``vcot.metrics.summarize``). The rate metrics join the evaluation's metrics as ``eval_gen_<metric>``
+(``eval_gen_first_object_iou``, ``eval_gen_acc_at_50``, ...): logged to the trainer's log history and
+TensorBoard like ``eval_loss``, and seen by ``metric_for_best_model`` and early stopping, which read the same
+metrics dict after this callback ran (it must be added before ``EarlyStoppingCallback``).
+
+Under torchrun rank 0 generates with the unwrapped model and broadcasts the metrics, so every rank takes the
+same best-checkpoint and early-stopping decisions.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vcot import manifest
+from vcot.errors import VcotError
+from vcot.generation import GenerationSettings, Skipped, generate_responses
+from vcot.log import get_logger
+from vcot.metrics import RATE_METRICS, SampleScore, summarize
+from vcot.model_format import ModelFormat
+from vcot.records import grounding_problem
+from vcot.scoring import score_response
+from vcot.train import distributed
+from vcot.train.recipe import Recipe
+
+log = get_logger(__name__)
+
+PREFIX = "eval_gen_"
+
+
+def val_slice(record_outputs: Sequence[str], samples: int) -> list[dict[str, Any]]:
+    """The first ``samples`` val records usable as grounded examples (as tokenize selects them), taken in turn from
+    each record output: the same slice at every evaluation and on every restart."""
+
+    def usable(uri: str) -> Iterator[dict[str, Any]]:
+        records = manifest.committed_records(uri, ("val/",), expect_stage=manifest.RECORD_STAGES)
+        return (record for record in records if grounding_problem(record) is None)
+
+    streams = [usable(uri) for uri in record_outputs]
+    interleaved = (r for group in itertools.zip_longest(*streams) for r in group if r is not None)
+    return list(itertools.islice(interleaved, samples))
+
+
+def generation_metrics(
+    model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings
+) -> dict[str, float]:
+    """Greedy answers to ``records``, scored as evaluate scores them: ``{eval_gen_<metric>: value}``.
+
+    A record that got no answer (unreadable image) scores as an answer without boxes."""
+    tokenizer = processor.tokenizer
+    padding_side, was_training = tokenizer.padding_side, model.training
+    model.eval()
+    try:
+        responses, _ = generate_responses(model, processor, records, settings)
+    finally:
+        tokenizer.padding_side = padding_side  # generation pads left; the processor is saved with the adapter
+        model.train(was_training)
+    scores: list[SampleScore] = [
+        score_response(record, "" if isinstance(response, Skipped) else response, settings.fmt)[1]
+        for record, response in zip(records, responses, strict=True)
+    ]
+    summary = summarize(scores)
+    return {f"{PREFIX}{name}": float(summary[name]) for name in (*RATE_METRICS, "constant_box_iou")}
+
+
+class GenerationEval(TrainerCallback):
+    """Add the generation metrics to an evaluation's metrics (in place) and log them.
+
+    ``measure(model)`` returns the metrics; ``log_metrics`` is the trainer's ``log`` (history, TensorBoard,
+    trackers); ``every``: at the evaluations that pass a multiple of ``every`` steps (0: at every evaluation).
+    """
+
+    def __init__(
+        self,
+        measure: Callable[[Any], dict[str, float]],
+        log_metrics: Callable[[dict[str, float]], None],
+        every: int = 0,
+    ) -> None:
+        self.measure = measure
+        self.log_metrics = log_metrics
+        self.every = every
+
+    def due(self, step: int, eval_steps: int) -> bool:
+        """Whether the evaluation at ``step`` generates: a multiple of ``every`` lies since the previous evaluation
+        (from the step alone, so a resumed run generates where an uninterrupted one does).
+
+        >>> [step for step in (2, 4, 6, 8, 10) if GenerationEval(dict, print, every=5).due(step, 2)]
+        [6, 10]
+        """
+        return not self.every or step // self.every != max(step - eval_steps, 0) // self.every
+
+    def on_evaluate(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        metrics: dict[str, float] | None = None,
+        model: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics is None or not self.due(state.global_step, int(args.eval_steps)):
+            return
+        values = self.measure(model) if state.is_world_process_zero else None
+        values = distributed.from_main(values)
+        metrics.update(values)
+        self.log_metrics(dict(values))  # the trainer adds the epoch to what it logs
+        if state.is_world_process_zero:
+            log.info("generation_eval", step=state.global_step, **{k: round(v, 4) for k, v in values.items()})
+
+
+def generation_eval(trainer: Any, processor: Any, fmt: ModelFormat, recipe: Recipe, data: str) -> GenerationEval:
+    """The callback for an SFT trainer on the tokenize output ``data``: the val slice of the record outputs it was
+    tokenized from, answered greedily with the box-aware 1.2 repetition penalty (it leaves coordinates alone)."""
+    inputs = manifest.read_manifest(data).get("inputs", [])
+    record_outputs = [i["uri"] for i in inputs if i.get("stage") in manifest.RECORD_STAGES]
+    records = val_slice(record_outputs, recipe.generation_eval_samples)
+    if not records:
+        raise VcotError(
+            f"generation_eval_samples={recipe.generation_eval_samples} but the records {data} was tokenized from "
+            "have no usable val records: set generation_eval_samples=0"
+        )
+    settings = GenerationSettings(
+        fmt=fmt,
+        max_new_tokens=recipe.generation_eval_max_new_tokens,
+        batch_size=recipe.per_device_eval_batch_size,
+        box_aware_penalty=True,
+    )
+    every = recipe.generation_eval_steps
+    log.info("generation_eval_slice", samples=len(records), every=every or "every evaluation")
+    return GenerationEval(lambda model: generation_metrics(model, processor, records, settings), trainer.log, every)
