@@ -24,6 +24,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -42,7 +43,7 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
     """The shared arguments plus SFT's own: eval_loss on the val split, the best checkpoint kept, NEFTune."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    arguments = dict(
         **common_arguments(recipe, folders, machine_precision()),
         per_device_eval_batch_size=recipe.per_device_eval_batch_size,
         neftune_noise_alpha=recipe.neftune_noise_alpha,
@@ -53,11 +54,29 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
         greater_is_better=False,
         label_names=["labels"],
     )
+    return TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
+
+
+def length_grouped_trainer() -> type:
+    """The ``Trainer`` with ``group_by_length`` batches grouped by the rows' ``length`` column: transformers would
+    read every row through the dataset to measure it (it only takes lengths from a ``datasets.Dataset``)."""
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class SFTTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "lengths"):
+                return super()._get_train_sampler(train_dataset)
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(batch, lengths=dataset.lengths())
+
+    return SFTTrainer
 
 
 def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     """Train and commit an SFT run; returns its manifest."""
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     from vcot.train.data import Collator, TokenizedDataset
 
@@ -81,7 +100,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
     args = sft_arguments(recipe, folders, has_eval=len(eval_set) > 0)
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
-    trainer = Trainer(
+    trainer = length_grouped_trainer()(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -94,6 +113,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     )
 
     # 4. Train (resuming from storage), then the final evaluation.
+    use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
