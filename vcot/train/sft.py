@@ -59,17 +59,29 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
 
 def length_grouped_trainer() -> type:
     """The ``Trainer`` with ``group_by_length`` batches grouped by the rows' ``length`` column: transformers would
-    read every row through the dataset to measure it (it only takes lengths from a ``datasets.Dataset``)."""
+    read every row to measure it (it takes lengths only from a ``datasets.Dataset``), and would look for them under
+    the processor's first input name (``pixel_values``)."""
+    import torch
     from transformers import Trainer
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
+    def grouped(trainer: Trainer, dataset: Any) -> bool:
+        return trainer.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths")
+
     class SFTTrainer(Trainer):
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if self.args.train_sampling_strategy != "group_by_length" or not hasattr(dataset, "lengths"):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if not grouped(self, dataset):
                 return super()._get_train_sampler(train_dataset)
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return LengthGroupedSampler(batch, lengths=dataset.lengths())
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths()
+            )
+
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            if not grouped(self, eval_dataset):
+                return super()._get_eval_sampler(eval_dataset)
+            seeded = torch.Generator().manual_seed(self.args.seed)  # the same eval batches at every evaluation
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths(), generator=seeded)
 
     return SFTTrainer
 
