@@ -28,7 +28,7 @@ from vcot.model_format import COORDS, ModelFormat
 from vcot.train import distributed
 from vcot.train.options import prepare_full
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
-from vcot.train.throughput import TOKEN_COUNTING, Throughput, throughput_of
+from vcot.train.throughput import Throughput, throughput_of
 
 if TYPE_CHECKING:
     from vcot.modeling import Precision
@@ -270,7 +270,6 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "dataloader_num_workers": recipe.dataloader_num_workers,
         # Batches of similar lengths (less padding); the rows' length column, never a pass over the data.
         "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
-        **TOKEN_COUNTING,  # tokens/s in the run's throughput
         "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
     }
 

@@ -26,6 +26,7 @@ from vcot.train.common import (
 )
 from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
+from vcot.train.throughput import TOKEN_COUNTING
 
 log = get_logger(__name__)
 
@@ -53,6 +54,7 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         label_names=["labels"],
+        **TOKEN_COUNTING,  # tokens/s in the run's throughput (TRL's GRPO counts its own)
     )
     return TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
 

@@ -2,9 +2,10 @@
 
 :class:`Throughput` is a trainer callback that times this session's training loop (a resumed run counts the
 steps it trained itself, not the restored ones); :func:`throughput_of` reads its numbers back for the run's
-``metrics.json`` (``throughput``), the manifest's stats and the local summary. Tokens are the non-padding input
-tokens the Trainer counted over all ranks (``include_num_input_tokens_seen``); samples are optimizer steps times
-the global batch. Peak memory is this rank's: the GPU's ``torch.cuda.max_memory_allocated``, else the process's
+``metrics.json`` (``throughput``), the manifest's stats and the local summary. Tokens are what the trainer
+counted over all ranks: SFT's non-padding input tokens (``include_num_input_tokens_seen``), GRPO's prompt and
+completion tokens (TRL counts them itself); RGFN counts none (0). Samples are optimizer steps times the global
+batch. Peak memory is this rank's: the GPU's ``torch.cuda.max_memory_allocated``, else the process's
 CPU max RSS (model loading included).
 """
 
