@@ -230,9 +230,17 @@ def test_full_finetune_trains_the_model_and_evaluate_loads_it(
     assert ModelFormat.from_dict(storage.read_json(f"{out}/metrics.json")["details"]["model_format"]) == ModelFormat.from_dict(card)
 
 
-@pytest.mark.parametrize("overrides", ["finetune=full,quantize=4bit", "finetune=full,merge_adapter=true", "finetune=partial"])
-def test_full_finetune_refuses_what_it_cannot_do(overrides: str) -> None:
-    with pytest.raises(ConfigError, match="finetune"):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("finetune=full,quantize=4bit", "finetune=full trains the weights themselves: it needs .*quantize=null"),
+        ("finetune=full,merge_adapter=true", "finetune=full trains the weights themselves: it needs .*merge_adapter=false"),
+        ("finetune=partial", "finetune='partial' is not valid: use lora or full"),
+        ("finetune=full,peft.use_dora=true", "finetune=full trains without one"),
+    ],
+)
+def test_full_finetune_refuses_what_it_cannot_do(overrides: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
         load_recipe("tiny-cpu", overrides)
 
 
