@@ -247,3 +247,14 @@ def test_full_finetune_refuses_what_it_cannot_do(overrides: str, message: str) -
 def test_full_finetune_is_sft_only() -> None:
     with pytest.raises(ConfigError, match="needs method sft"):
         load_recipe("tiny-cpu-grpo", "finetune=full")
+
+
+def test_rerun_of_a_committed_full_finetune_writes_its_model_pointer(tmp_path: Path) -> None:
+    """A pod killed between _SUCCESS and the pointer write of a full fine-tune: the retry points at its model/."""
+    output = str(tmp_path / "runs" / "run-1")
+    config = {"model": "s3://models/tiny", "data": "s3://d", "recipe_values": {"finetune": "full"}}
+    manifest.commit(output, stage="train", files=[], config=config)
+    again = TrainConfig(data="s3://d", model="s3://models/tiny", output=output, recipe="tiny-cpu", set="finetune=full")
+    assert train(again) is None
+    pointer = json.loads((tmp_path / "runs" / "latest.json").read_text())
+    assert pointer == {"run": output, "base_model": f"{output}/model", "adapter": None}
