@@ -6,8 +6,9 @@
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
 4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
    SIGTERM saves one), TensorBoard events and structured log lines;
-5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics
-   and TensorBoard events; commit ``_SUCCESS``; point ``latest.json`` at this run.
+5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model; with
+   ``finetune: full`` the whole model in ``model/`` instead), metrics with the run's throughput and TensorBoard
+   events; commit ``_SUCCESS``; point ``latest.json`` at this run.
 """
 
 from __future__ import annotations
@@ -391,7 +392,7 @@ def _commit(
 
     with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
         if recipe.finetune == "full":
-            files = _save_full_model(config, fmt, trainer, processor, Path(tmp) / layout_folder(recipe))
+            files = _save_full_model(config, fmt, trainer, processor, Path(tmp) / "model")
             return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
         out = Path(tmp)
         adapter_dir = out / "adapter"
@@ -449,11 +450,6 @@ def _finish(
     storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=recipe.finetune))
     log.info("committed", output=config.output, pointer=config.pointer_uri, global_step=trainer.state.global_step)
     return committed
-
-
-def layout_folder(recipe: Recipe) -> str:
-    """Where a run's trained weights are: ``adapter`` (LoRA), or ``model`` (``finetune: full``, a whole model)."""
-    return "model" if recipe.finetune == "full" else "adapter"
 
 
 def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict[str, str | None]:
