@@ -180,7 +180,7 @@ class ModelFormat:
 
     def __post_init__(self) -> None:
         if not isinstance(self.system_prompt, str) or not isinstance(self.instruction_text, str):
-            raise ValueError("system_prompt and instruction_text must be strings")
+            raise TypeError("system_prompt and instruction_text must be strings")
         for name, value, allowed in (
             ("layout", self.layout, LAYOUTS),
             ("family", self.family, FAMILIES),

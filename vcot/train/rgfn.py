@@ -36,8 +36,8 @@ from vcot.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.modeling import machine_precision, vision_token_ids
 from vcot.prompts import build_messages, prompt_turns, turn_prefix
 from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
-from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.grpo import grpo_format, record_problem
+from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
