@@ -34,29 +34,20 @@ INSTRUCTION = "Reason with boxes written as {box_pattern}; {coords_hint}. Finish
 
 def test_trainer_section_reaches_the_training_arguments(tmp_path: Path) -> None:
     recipe_file = tmp_path / "mine.yaml"
-    recipe_file.write_text(
-        "trainer: {label_smoothing_factor: 0.1, lr_scheduler_kwargs: {min_lr: 1.0e-6}}\n"
-    )
-    recipe = load_recipe(
-        str(recipe_file), "trainer.adam_beta2=0.95"
-    )  # --set adds to the file's section
+    recipe_file.write_text("trainer: {label_smoothing_factor: 0.1, lr_scheduler_kwargs: {min_lr: 1.0e-6}}\n")
+    recipe = load_recipe(str(recipe_file), "trainer.adam_beta2=0.95")  # --set adds to the file's section
     assert recipe.trainer == {
         "label_smoothing_factor": 0.1,
         "lr_scheduler_kwargs": {"min_lr": 1e-6},
         "adam_beta2": 0.95,
     }
-    args = sft_arguments(
-        recipe, RunFolders(tmp_path / "scratch", str(tmp_path / "out")), has_eval=True
-    )
+    args = sft_arguments(recipe, RunFolders(tmp_path / "scratch", str(tmp_path / "out")), has_eval=True)
     assert (args.label_smoothing_factor, args.adam_beta2, args.lr_scheduler_kwargs) == (
         0.1,
         0.95,
         {"min_lr": 1e-6},
     )
-    assert (
-        args.learning_rate == recipe.learning_rate
-        and args.metric_for_best_model == "eval_loss"
-    )  # the rest kept
+    assert args.learning_rate == recipe.learning_rate and args.metric_for_best_model == "eval_loss"  # the rest kept
 
 
 @pytest.mark.parametrize(
@@ -89,9 +80,7 @@ def test_trainer_section_reaches_the_training_arguments(tmp_path: Path) -> None:
         ("tiny-cpu", "epochs.x=1", r"only trainer and peft take section.field=value"),
     ],
 )
-def test_a_typo_in_a_section_is_one_line_naming_the_closest_field(
-    recipe: str, overrides: str, message: str
-) -> None:
+def test_a_typo_in_a_section_is_one_line_naming_the_closest_field(recipe: str, overrides: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as caught:
         load_recipe(recipe, overrides)
     assert "\n" not in str(caught.value)
@@ -103,27 +92,17 @@ def test_peft_extras_reach_the_lora_config(tiny_model_dir: Path) -> None:
     model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
     lora = add_lora(model, recipe)
     config = lora.peft_config["default"]
-    assert (
-        config.use_dora
-        and config.use_rslora
-        and set(config.target_modules) == {"q_proj", "gate_proj"}
-    )
+    assert config.use_dora and config.use_rslora and set(config.target_modules) == {"q_proj", "gate_proj"}
     names = [name for name, _ in lora.named_parameters()]
-    assert any(
-        "lora_magnitude_vector" in name for name in names
-    )  # DoRA's magnitudes exist
-    assert any(
-        "visual" in name and "lora_A" in name for name in names
-    )  # raw PEFT targets: the vision tower too
+    assert any("lora_magnitude_vector" in name for name in names)  # DoRA's magnitudes exist
+    assert any("visual" in name and "lora_A" in name for name in names)  # raw PEFT targets: the vision tower too
     assert not any("k_proj.lora_A" in name for name in names)
 
 
 # --- the vision learning rate -------------------------------------------------------------------------
 
 
-def _sft_trainer(
-    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str
-) -> Any:
+def _sft_trainer(tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str) -> Any:
     from vcot.train.data import Collator, TokenizedDataset
     from vcot.train.sft import read_data_settings
 
@@ -142,25 +121,19 @@ def _sft_trainer(
 def test_vision_learning_rate_puts_the_vision_parameters_in_groups_of_their_own(
     tiny_model_dir: Path, tokenized_data: str, tmp_path: Path
 ) -> None:
-    trainer, recipe = _sft_trainer(
-        tiny_model_dir, tokenized_data, tmp_path, "vision_learning_rate=1.0e-5"
-    )
+    trainer, recipe = _sft_trainer(tiny_model_dir, tokenized_data, tmp_path, "vision_learning_rate=1.0e-5")
     use_vision_learning_rate(trainer, recipe)
     optimizer = trainer.create_optimizer()
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     rates: dict[float, set[bool]] = {}
     for group in optimizer.param_groups:
-        rates.setdefault(group["lr"], set()).update(
-            is_vision(names[id(p)]) for p in group["params"]
-        )
+        rates.setdefault(group["lr"], set()).update(is_vision(names[id(p)]) for p in group["params"])
     assert rates == {
         1e-5: {True},
         recipe.learning_rate: {False},
     }  # two rates, the merger alone at the vision one
     trained = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
-    assert trained == sum(
-        p.numel() for p in trainer.model.parameters() if p.requires_grad
-    )  # nothing left out
+    assert trained == sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)  # nothing left out
 
 
 def test_vision_learning_rate_without_a_trainable_vision_parameter_is_refused(
@@ -184,17 +157,11 @@ def test_group_by_length_reads_lengths_from_the_length_column(
 ) -> None:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    trainer, _ = _sft_trainer(
-        tiny_model_dir, tokenized_data, tmp_path, "group_by_length=true"
-    )
+    trainer, _ = _sft_trainer(tiny_model_dir, tokenized_data, tmp_path, "group_by_length=true")
     sampler = trainer._get_train_sampler()
     dataset = trainer.train_dataset
-    assert (
-        isinstance(sampler, LengthGroupedSampler) and dataset.reads == 0
-    )  # no row read to measure it
-    assert sampler.lengths == [
-        len(dataset[i]["input_ids"]) for i in range(len(dataset))
-    ]
+    assert isinstance(sampler, LengthGroupedSampler) and dataset.reads == 0  # no row read to measure it
+    assert sampler.lengths == [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
     assert sorted(sampler) == list(range(len(dataset)))
     with pytest.raises(ConfigError, match="group_by_length is SFT-only"):
         load_recipe("tiny-cpu-grpo", "group_by_length=true")
@@ -204,9 +171,7 @@ def test_group_by_length_reads_lengths_from_the_length_column(
 
 
 @pytest.fixture(scope="module")
-def worded_tokens(
-    record_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> str:
+def worded_tokens(record_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     from vcot.tokenize import TokenizeConfig, tokenize
 
     output = str(tmp_path_factory.mktemp("worded") / "tokens")
@@ -226,39 +191,25 @@ def test_wording_is_recorded_and_evaluate_prompts_with_it(
     fmt = ModelFormat.from_dict(manifest.read_manifest(worded_tokens)["config"])
     assert (fmt.system_prompt, fmt.instruction_text) == (SYSTEM, INSTRUCTION)
     _, processor = load_model_and_processor(str(tiny_model_dir))
-    trained_on = processor.tokenizer.decode(
-        TokenizedDataset(worded_tokens, "train")[0]["input_ids"]
-    )
+    trained_on = processor.tokenizer.decode(TokenizedDataset(worded_tokens, "train")[0]["input_ids"])
     asked = "Reason with boxes written as <ref>label</ref><box>[x1, y1, x2, y2]</box>; coordinates are integers 0-1000"
-    assert (
-        SYSTEM in trained_on
-        and asked in trained_on
-        and "Think step by step" not in trained_on
-    )
+    assert SYSTEM in trained_on and asked in trained_on and "Think step by step" not in trained_on
 
     run = str(tmp_path / "runs" / "worded")
     committed = train(TrainConfig(data=worded_tokens, model=str(tiny_model_dir), output=run, recipe="tiny-cpu",
                                   set=f"{STEPS},group_by_length=true"))  # fmt: skip
     card = json.loads((Path(run) / "adapter" / MODEL_CARD).read_text())
     assert ModelFormat.from_dict(card) == fmt
-    _, eval_processor, eval_fmt = load_generator(
-        str(tiny_model_dir), f"{run}/adapter", {}
-    )
-    record = next(
-        shards.read_jsonl(storage.list_uris(f"{record_data}/val", ".jsonl.gz")[0])
-    )
+    _, eval_processor, eval_fmt = load_generator(str(tiny_model_dir), f"{run}/adapter", {})
+    record = next(shards.read_jsonl(storage.list_uris(f"{record_data}/val", ".jsonl.gz")[0]))
     prompt = prompt_text(eval_processor, record, GenerationSettings(fmt=eval_fmt))
-    assert (
-        prompt == Encoder(processor, fmt).chat_texts(record)[0]
-    )  # evaluate asks exactly what training asked
+    assert prompt == Encoder(processor, fmt).chat_texts(record)[0]  # evaluate asks exactly what training asked
     assert SYSTEM in prompt and asked in prompt
 
     # Every run records what it cost: in metrics.json and the manifest's stats.
     throughput = storage.read_json(f"{run}/metrics.json")["throughput"]
     assert committed is not None and committed["stats"]["throughput"] == throughput
-    assert (
-        throughput["steps"] == 2 and throughput["samples"] == 2 * 8
-    )  # tiny-cpu: batch 8, one process
+    assert throughput["steps"] == 2 and throughput["samples"] == 2 * 8  # tiny-cpu: batch 8, one process
     for key in (
         "wall_seconds",
         "samples_per_second",
@@ -267,23 +218,13 @@ def test_wording_is_recorded_and_evaluate_prompts_with_it(
         "peak_memory_gib",
     ):
         assert throughput[key] > 0, key
-    assert throughput["peak_memory_kind"] == (
-        "gpu_max_allocated" if torch.cuda.is_available() else "cpu_max_rss"
-    )
-    assert (
-        throughput["gpu_hours"] == 0.0
-        if not torch.cuda.is_available()
-        else throughput["gpu_hours"] > 0
-    )
+    assert throughput["peak_memory_kind"] == ("gpu_max_allocated" if torch.cuda.is_available() else "cpu_max_rss")
+    assert throughput["gpu_hours"] == 0.0 if not torch.cuda.is_available() else throughput["gpu_hours"] > 0
 
 
 def test_a_card_without_wording_loads_with_todays_prompt() -> None:
     fmt = ModelFormat.for_family()
-    old = {
-        k: v
-        for k, v in fmt.to_dict().items()
-        if k not in ("system_prompt", "instruction_text")
-    }
+    old = {k: v for k, v in fmt.to_dict().items() if k not in ("system_prompt", "instruction_text")}
     assert ModelFormat.from_dict(old) == fmt
     record = {"image": "x.png", "width": 10, "height": 10, "question": "Q?"}
     messages = build_messages(record, ModelFormat.from_dict(old), with_answer=False)
@@ -319,16 +260,10 @@ def test_full_finetune_trains_the_model_and_evaluate_loads_it(
         load_file(str(tiny_model_dir / "model.safetensors")),
     )
     changed = {name for name in trained if not torch.equal(trained[name], base[name])}
-    assert any(".layers.0." in n for n in changed) and any(
-        "visual.merger" in n for n in changed
-    )
-    assert not any(
-        "visual.blocks" in n or "patch_embed" in n for n in changed
-    )  # the vision tower stays frozen
+    assert any(".layers.0." in n for n in changed) and any("visual.merger" in n for n in changed)
+    assert not any("visual.blocks" in n or "patch_embed" in n for n in changed)  # the vision tower stays frozen
 
-    out = str(
-        tmp_path / "eval"
-    )  # the card inside model/ gives the format: no --coords needed
+    out = str(tmp_path / "eval")  # the card inside model/ gives the format: no --coords needed
     args = [
         "--model",
         f"{run}/model",

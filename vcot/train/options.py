@@ -63,21 +63,13 @@ def check_section(section: str, values: dict[str, Any], cls: type, recipe: Any) 
         own = RECIPE_ALIASES.get(key) or (key if key in knobs else None)
         if own is not None:
             where = own if own.startswith("(") else f"the recipe's top-level {own}"
-            raise ConfigError(
-                f"recipe {section}.{key}: set {where} instead, not {section}.{key}"
-            )
+            raise ConfigError(f"recipe {section}.{key}: set {where} instead, not {section}.{key}")
         if key in RESERVED:
             raise ConfigError(f"recipe {section}.{key} cannot be set: {RESERVED[key]}")
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
-            hint = (
-                f"did you mean {section}.{close[0]}?"
-                if close
-                else f"see the fields of {cls.__name__}"
-            )
-            raise ConfigError(
-                f"recipe {section}.{key} is not a field of {cls.__name__}: {hint}"
-            )
+            hint = f"did you mean {section}.{close[0]}?" if close else f"see the fields of {cls.__name__}"
+            raise ConfigError(f"recipe {section}.{key} is not a field of {cls.__name__}: {hint}")
 
 
 def trainer_class(method: str) -> type:
@@ -101,9 +93,7 @@ def check_peft(recipe: Any) -> None:
     """``peft:`` against ``LoraConfig`` (imported only when the section is used)."""
     if recipe.peft:
         if recipe.finetune == "full":
-            raise ConfigError(
-                "recipe peft: configures adapters, and finetune=full trains without one: drop one"
-            )
+            raise ConfigError("recipe peft: configures adapters, and finetune=full trains without one: drop one")
         from peft import LoraConfig
 
         check_section("peft", recipe.peft, LoraConfig, recipe)
@@ -129,9 +119,7 @@ def prepare_full(model: Any, recipe: Any) -> Any:
     """``finetune: full``: every weight trains except the vision tower's own (unless ``tune_vision``); the merger
     that feeds the language model trains either way."""
     for name, param in model.named_parameters():
-        param.requires_grad = (
-            recipe.tune_vision or not is_vision(name) or "merger" in name
-        )
+        param.requires_grad = recipe.tune_vision or not is_vision(name) or "merger" in name
     return model
 
 
@@ -164,9 +152,5 @@ def use_vision_learning_rate(trainer: Any, recipe: Any) -> None:
     ]  # fmt: skip
     optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.args, model)
     trainer.optimizer_cls_and_kwargs = (optimizer_cls, {**kwargs, "params": params})
-    vision = sum(
-        p.numel() for (is_v, _), found in groups.items() if is_v for p in found
-    )
-    log.info(
-        "vision_learning_rate", lr=recipe.vision_learning_rate, vision_parameters=vision
-    )
+    vision = sum(p.numel() for (is_v, _), found in groups.items() if is_v for p in found)
+    log.info("vision_learning_rate", lr=recipe.vision_learning_rate, vision_parameters=vision)

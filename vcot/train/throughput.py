@@ -33,9 +33,7 @@ class Throughput(TrainerCallback):
         self.first_step = self.first_tokens = 0
         self.numbers: dict[str, Any] = {}
 
-    def on_train_begin(
-        self, args: Any, state: Any, control: Any, **kwargs: Any
-    ) -> None:
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.start = time.monotonic()
         self.first_step, self.first_tokens = (
             state.global_step,
@@ -62,9 +60,7 @@ def measure(seconds: float, steps: int, samples: int, tokens: int) -> dict[str, 
     if gpus:
         peak, kind = torch.cuda.max_memory_allocated(), "gpu_max_allocated"
     else:  # ru_maxrss: KiB on Linux, bytes on macOS
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
-            1 if sys.platform == "darwin" else 1024
-        )
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
         kind = "cpu_max_rss"
     return {
         "wall_seconds": round(seconds, 3),
