@@ -149,7 +149,7 @@ def generate_batch(
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
     if two_phase(settings):  # the answer turn after each rationale turn, greedy
-        cue = answer_cue(processor, build_messages(records[usable[0]], settings.fmt, with_answer=False)[:1])
+        cue = answer_cue(processor, build_messages(records[usable[0]], settings.fmt, with_answer=False))
         inputs = encode(usable, {p: text + cue for p, text in zip(usable, texts, strict=True)}).to(model.device)
         with torch.inference_mode():
             output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)

@@ -13,7 +13,10 @@ back by every later stage:
   ``{"bbox_2d": [...], "label": ...}`` where asked);
 - ``vision``: the image geometry (patch size, merge size, pixel budget), which decides both the image-token
   count of a prompt and the resized frame of ``qwen2.5-absolute``;
-- ``mode``: prompt with the image (``multimodal``) or the question alone (``text``).
+- ``mode``: prompt with the image (``multimodal``) or the question alone (``text``);
+- ``system_prompt`` and ``instruction_text``: the prompt's wording (a system turn; the instruction after the
+  question), set at tokenize (``--system-prompt``, ``--instruction``) so evaluate asks exactly as training did.
+  Empty: no system turn (the chat template's own default) and :data:`DEFAULT_INSTRUCTION`.
 
 :meth:`ModelFormat.render` turns a house rationale into the model's text and :meth:`ModelFormat.read` is the
 one inverse. Adding a family means adding one :data:`FAMILY_DEFAULTS` entry and its ``model_type`` names
@@ -133,6 +136,12 @@ _COORD_HINTS: dict[Coords, str] = {
     "norm1000": "coordinates are integers 0-1000 of the image width and height",
     "qwen2.5-absolute": "coordinates are absolute pixels of the image",
 }
+DEFAULT_INSTRUCTION = (
+    "Think step by step. Name each region you rely on as {box_pattern} ({coords_hint}), "
+    "then end with 'Answer: <answer>'."
+)
+"""The instruction after the question. ``{box_pattern}`` and ``{coords_hint}`` are filled in from the format (a
+custom ``instruction_text`` may use them too; other braces are left alone)."""
 _MENTION_PATTERNS: dict[BoxFormat, str] = {
     "house": "<ref>label</ref><box>[x1, y1, x2, y2]</box>",
     "obj": "<obj>label</obj><bbox>[x1, y1, x2, y2]</bbox>",
@@ -166,8 +175,12 @@ class ModelFormat:
     mode: Mode
     vision: VisionGeometry
     layout: Layout = "two_turn"
+    system_prompt: str = ""
+    instruction_text: str = ""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.system_prompt, str) or not isinstance(self.instruction_text, str):
+            raise TypeError("system_prompt and instruction_text must be strings")
         for name, value, allowed in (
             ("layout", self.layout, LAYOUTS),
             ("family", self.family, FAMILIES),
@@ -238,10 +251,15 @@ class ModelFormat:
     # --- the prompt ---------------------------------------------------------------------------------
 
     def instruction(self) -> str:
-        """What we ask for: grounded reasoning in this format's syntax and frame, ending with the answer."""
-        return (
-            f"Think step by step. Name each region you rely on as {_MENTION_PATTERNS[self.box_syntax]} "
-            f"({_COORD_HINTS[self.coords]}), then end with 'Answer: <answer>'."
+        """What we ask for: grounded reasoning in this format's syntax and frame, ending with the answer (the
+        format's own ``instruction_text`` when it has one).
+
+        >>> ModelFormat.for_family(box_syntax="json").instruction().startswith('Think step by step. Name each region you rely on as {"bbox_2d"')
+        True
+        """
+        text = self.instruction_text or DEFAULT_INSTRUCTION
+        return text.replace("{box_pattern}", _MENTION_PATTERNS[self.box_syntax]).replace(
+            "{coords_hint}", _COORD_HINTS[self.coords]
         )
 
     # --- boxes: house -> model -> house -------------------------------------------------------------
@@ -331,6 +349,8 @@ class ModelFormat:
                 mode=data["mode"],
                 vision=VisionGeometry(**data["vision"]),
                 layout=data.get("layout", "two_turn"),  # stored before layouts existed: two turns
+                system_prompt=data.get("system_prompt", ""),  # stored before the wording was: today's default
+                instruction_text=data.get("instruction_text", ""),
             )
         missing = [key for key in ("mode", "coords", "min_pixels", "max_pixels") if key not in data]
         if missing:

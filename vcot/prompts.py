@@ -1,7 +1,7 @@
 """The one place a record becomes a chat: tokenize trains on it, evaluate prompts with it.
 
-The user turn is the image (multimodal mode) and the question with its choices and the instruction; the
-assistant turn is the record's grounded rationale rendered by the run's :class:`~vcot.model_format.ModelFormat`
+An optional system turn (the format's ``system_prompt``), then the user turn: the image (multimodal mode) and
+the question with its choices and the instruction (the format's wording); the assistant turn is the record's grounded rationale rendered by the run's :class:`~vcot.model_format.ModelFormat`
 (its frame and box syntax). ``ModelFormat.read`` is the one inverse.
 """
 
@@ -44,8 +44,9 @@ def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: Promp
 def build_messages(
     record: dict[str, Any], fmt: ModelFormat = HOUSE, *, with_answer: bool = True, style: PromptStyle = "cot"
 ) -> list[dict[str, Any]]:
-    """The chat for ``record``: a user turn (image + question) and, ``with_answer``, the assistant's rationale
-    (in the ``rationale_turn`` layout: an ``Analyzer`` turn with the rationale, then the assistant's answer).
+    """The chat for ``record``: a system turn when the format has a ``system_prompt``, a user turn (image +
+    question) and, ``with_answer``, the assistant's rationale (in the ``rationale_turn`` layout: an ``Analyzer``
+    turn with the rationale, then the assistant's answer). :func:`prompt_turns` is the part before the answer.
 
     ``text`` mode is the seed's: no image at all in the chat. Evaluate calls this with ``with_answer=False``
     and the chat template's generation prompt (and ``style="direct"`` to ask for the answer alone).
@@ -61,6 +62,8 @@ def build_messages(
         user.append({"type": "image", "image": record["image"]})
     user.append({"type": "text", "text": question_text(record, fmt, style)})
     messages: list[dict[str, Any]] = [{"role": "user", "content": user}]
+    if fmt.system_prompt:
+        messages.insert(0, {"role": "system", "content": [{"type": "text", "text": fmt.system_prompt}]})
     if with_answer:
         rationale = str(record.get("rationale") or "")
         target = fmt.render(rationale, int(record["width"]), int(record["height"]))
@@ -70,6 +73,18 @@ def build_messages(
             target = f"Answer: {answer}"
         messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
     return messages
+
+
+def prompt_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The leading system and user turns of a chat from :func:`build_messages`: what the model is prompted with.
+
+    >>> [m["role"] for m in prompt_turns([{"role": "system"}, {"role": "user"}, {"role": "assistant"}])]
+    ['system', 'user']
+    """
+    count = 0
+    while count < len(messages) and messages[count]["role"] in ("system", "user"):
+        count += 1
+    return messages[:count]
 
 
 def split_rationale(text: str, record: dict[str, Any]) -> tuple[str, str]:

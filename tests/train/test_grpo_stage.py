@@ -99,6 +99,8 @@ def test_grpo_steps_change_the_adapter_and_log_every_reward(
     assert [item["uri"] for item in committed["inputs"]] == [record_data, str(Path(sft_adapter).parent)]
     assert committed["inputs"][1]["stage"] == "train"
     assert committed["stats"]["records"]["used"] > 0 and set(committed["stats"]["rewards"]) == set(REWARDS)
+    throughput = committed["stats"]["throughput"]  # what the run cost; tokens: TRL's prompt + completion count
+    assert throughput["steps"] > 0 and throughput["tokens"] > 0 and throughput["samples_per_second"] > 0
     pointer = json.loads((Path(grpo_run).parent / "latest.json").read_text())
     assert pointer == {"run": grpo_run, "base_model": str(tiny_model_dir), "adapter": f"{grpo_run}/adapter"}
 

@@ -54,11 +54,12 @@ def test_summary_shows_losses_metrics_a_response_and_copies_the_report(tmp_path:
     assert (tmp_path / "out" / "report.html").resolve().as_uri() in lines[-1]
 
 
-def test_without_an_evaluation_only_the_losses(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_without_an_evaluation_only_the_losses_and_the_cost(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     run, _ = _write_outputs(tmp_path)
     assert main(["--run", run]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "eval loss 0.850" in out[0]
+    assert len(out) == 2 and "eval loss 0.850" in out[0]
+    assert out[1].startswith("cost") and "no throughput recorded" in out[1]  # a run trained before it was
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["eval"]["eval_loss"] == 0.85
 
 

@@ -202,7 +202,8 @@ def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coor
         raise ConfigError(
             f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run"
         )
-    recorded = adapter_format(adapter_uri) if adapter_uri else None
+    card_home = adapter_uri or model_uri  # a full fine-tune's model/ carries its own card
+    recorded = adapter_format(card_home)
     if recorded is None and coords is None:  # never guessed
         where = f"no {MODEL_CARD} next to adapter {adapter_uri}" if adapter_uri else "a base model records no box frame"
         raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
@@ -212,7 +213,7 @@ def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coor
         )
     family = model_family(model_uri)
     if recorded is not None:
-        card = read_model_card(str(adapter_uri))
+        card = read_model_card(card_home)
         check_base_model(card, model_uri)  # the base's architecture, when train recorded it
         if recorded.family != family:  # an older card: another family's weights may even load without an error
             raise ConfigError(

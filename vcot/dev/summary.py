@@ -1,8 +1,9 @@
 """What ``make local-train`` and ``make local-grpo`` print at the end: losses or reward curves, the evaluation's key
 metrics, responses, the report.
 
-A new user should see in a few lines that the model learned something: the train loss from its first to its
-last logged step, the eval loss, for a GRPO run each reward's mean at the start and the end of the run, how many
+A new user should see in a few lines that the model learned something and what it cost: the train loss from its
+first to its last logged step, the eval loss, the run's throughput (samples and tokens per second, peak memory,
+wall time, GPU-hours), for a GRPO run each reward's mean at the start and the end of the run, how many
 responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model points (its first-object IoU beside the
 best constant box, the most a model that ignores the image can reach), a few responses with their true boxes, and
 where the HTML report is (copied to a local file so a browser opens it directly).
@@ -39,6 +40,23 @@ def loss_line(metrics: dict[str, Any]) -> str:
     if "eval_loss" in metrics.get("eval", {}):
         parts.append(f"eval loss {metrics['eval']['eval_loss']:.3f}")
     return "; ".join(parts) or "no losses logged"
+
+
+def throughput_line(metrics: dict[str, Any]) -> str:
+    """What the run cost, from a train run's ``metrics.json`` (``throughput``, :mod:`vcot.train.throughput`).
+
+    >>> throughput_line({"throughput": {"wall_seconds": 93.5, "steps": 40, "samples_per_second": 3.42,
+    ...     "tokens_per_second": 512.1, "peak_memory_gib": 1.25, "peak_memory_kind": "cpu_max_rss", "gpu_hours": 0.0}})
+    '40 steps in 93.5 s; 3.42 samples/s; 512 tokens/s; peak memory 1.25 GiB (cpu_max_rss); 0.0000 GPU-hours'
+    """
+    t = metrics.get("throughput") or {}
+    if not t:
+        return "no throughput recorded (trained before it was)"
+    return (
+        f"{t['steps']} steps in {t['wall_seconds']:.1f} s; {t['samples_per_second']:.2f} samples/s; "
+        f"{t['tokens_per_second']:.0f} tokens/s; peak memory {t['peak_memory_gib']:.2f} GiB ({t['peak_memory_kind']}); "
+        f"{t['gpu_hours']:.4f} GPU-hours"
+    )
 
 
 def reward_lines(metrics: dict[str, Any]) -> list[str]:
@@ -108,7 +126,8 @@ def _boxes_note(row: dict[str, Any]) -> str:
 def summary(run: str, evaluation: str | None = None, report_to: Path | None = None, responses: int = 3) -> list[str]:
     """The lines to print; copies the evaluation's ``report.html`` to ``report_to`` when given."""
     run_metrics = storage.read_json(storage.join(run, "metrics.json"))
-    lines = [f"train        {loss_line(run_metrics)}", *reward_lines(run_metrics)]
+    lines = [f"train        {loss_line(run_metrics)}", f"cost         {throughput_line(run_metrics)}"]
+    lines += reward_lines(run_metrics)
     if not evaluation:
         return lines
     metrics = storage.read_json(storage.join(evaluation, "metrics.json"))

@@ -135,7 +135,7 @@ def bin_record(
     sampled = _generate(model, processor, [prompt] * n, image, do_sample=True,
                         temperature=bin_settings.temperature, max_new_tokens=settings.max_new_tokens)
     own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
-    joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)[:1]) if own_turn else ANSWER_MARKER
+    joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)) if own_turn else ANSWER_MARKER
     rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
     with adapter_disabled(model):
         answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,

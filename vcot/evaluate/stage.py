@@ -107,14 +107,16 @@ def with_overrides(fmt: ModelFormat, overrides: dict[str, Any], *, source: str) 
     return changed
 
 
-def recorded_format(adapter: str | None, overrides: dict[str, Any]) -> ModelFormat | None:
-    """The adapter card's format with the flags applied, or ``None`` when the flags must say it (``--coords``);
-    checked before any weight is loaded."""
+def recorded_format(adapter: str | None, overrides: dict[str, Any], model: str | None = None) -> ModelFormat | None:
+    """The card's format with the flags applied, or ``None`` when the flags must say it (``--coords``); checked
+    before any weight is loaded. The card is the adapter's, or without one the model's own (a full fine-tune's
+    ``model/`` has one)."""
     from vcot.modeling import MODEL_CARD, adapter_format
 
-    recorded = adapter_format(adapter) if adapter else None
+    home = adapter or model
+    recorded = adapter_format(home) if home else None
     if recorded is not None:
-        return with_overrides(recorded, overrides, source=f"the adapter's {MODEL_CARD}")
+        return with_overrides(recorded, overrides, source=f"the {'adapter' if adapter else 'model'}'s {MODEL_CARD}")
     if overrides.get("coords") is None:  # never guessed
         where = f"no {MODEL_CARD} next to the adapter" if adapter else "a base model records no frame"
         raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
@@ -135,7 +137,7 @@ def load_generator(
     """
     from vcot.modeling import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
 
-    recorded = recorded_format(adapter, overrides)
+    recorded = recorded_format(adapter, overrides, model_uri)
     if adapter and storage.exists(storage.join(adapter, MODEL_CARD)):
         check_base_model(read_model_card(adapter), model_uri)  # before minutes of loading weights
     if threads:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, RATIONALE_ROLE, ModelFormat
-from vcot.prompts import build_messages, turn_prefix
+from vcot.prompts import build_messages, prompt_turns, turn_prefix
 
 
 class Encoder:
@@ -27,9 +27,9 @@ class Encoder:
         (``rationale_turn``: up to the ``Analyzer`` cue, and both turns after it)."""
         messages = build_messages(record, self.fmt)
         if self.fmt.layout == "rationale_turn":
-            prompt = turn_prefix(self.processor, messages[:1], RATIONALE_ROLE)
+            prompt = turn_prefix(self.processor, prompt_turns(messages), RATIONALE_ROLE)
         else:
-            prompt = self.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+            prompt = self.processor.apply_chat_template(prompt_turns(messages), tokenize=False, add_generation_prompt=True)
         full = self.processor.apply_chat_template(messages, tokenize=False)
         if not full.startswith(prompt):
             raise ValueError("the chat template does not render the prompt as a prefix of the full chat")

@@ -71,6 +71,15 @@ class TokenizeConfig:
         help="two_turn: rationale and answer in the assistant turn; rationale_turn: LaCoT's layout, the rationale "
         "in an Analyzer turn of its own, then the answer (what method gfn starts from).",
     )
+    system_prompt: str = option(
+        "", help="A system turn before every prompt (empty: none, the chat template's default); recorded in the "
+        "model format, so evaluate prompts the trained model with it."
+    )
+    instruction: str = option(
+        "",
+        help="The instruction after each question (empty: vcot's default, docs/train.md); {box_pattern} and "
+        "{coords_hint} are filled in from --box-syntax and --coords. Recorded in the model format, like --system-prompt.",
+    )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
     max_pixels: int | None = option(None, help="Image processor max_pixels (default: the model processor's).")
@@ -244,7 +253,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         min_pixels=config.min_pixels,
         max_pixels=config.max_pixels,
     )
-    fmt = replace(fmt, layout=config.layout)
+    fmt = replace(fmt, layout=config.layout, system_prompt=config.system_prompt, instruction_text=config.instruction)
     log.info("model_format", **fmt.to_dict())
     encoders = {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
     image_pad_id = encoders[mixture.sources[0].name].image_pad_id

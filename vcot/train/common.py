@@ -6,8 +6,9 @@
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
 4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
    SIGTERM saves one), TensorBoard events and structured log lines;
-5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model), metrics
-   and TensorBoard events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
+5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model; with
+   ``finetune: full`` the whole model in ``model/`` instead), metrics with the run's throughput and TensorBoard
+   events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
 from vcot.model_format import COORDS, ModelFormat
 from vcot.train import distributed
+from vcot.train.options import prepare_full
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
+from vcot.train.throughput import Throughput, throughput_of
 
 if TYPE_CHECKING:
     from vcot.modeling import Precision
@@ -125,13 +128,16 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=lora_target_regex(recipe.lora_target_modules, include_vision=recipe.tune_vision),
-        bias="none",
-        task_type="CAUSAL_LM",
-        modules_to_save=list(recipe.modules_to_save or []) or None,
+        **{
+            "r": recipe.lora_r,
+            "lora_alpha": recipe.lora_alpha,
+            "lora_dropout": recipe.lora_dropout,
+            "target_modules": lora_target_regex(recipe.lora_target_modules, include_vision=recipe.tune_vision),
+            "bias": "none",
+            "task_type": "CAUSAL_LM",
+            "modules_to_save": list(recipe.modules_to_save or []) or None,
+            **recipe.peft,  # the recipe's peft: extras (use_dora, use_rslora, target_modules, ...), checked by name
+        }
     )
     return get_peft_model(model, lora)
 
@@ -140,7 +146,7 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     """The base model with a trainable LoRA on its language model, and a processor that cuts images as ``fmt`` says.
 
     ``init_adapter`` continues a committed run's adapter (its own LoRA settings and processor); otherwise a new
-    LoRA is made from the recipe.
+    LoRA is made from the recipe, or none with ``finetune: full`` (the weights themselves train).
     """
     import torch
 
@@ -151,11 +157,17 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     )
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
     check_processor(processor, fmt)
-    if not init_adapter:
+    if recipe.finetune == "full":
+        model = prepare_full(model, recipe)
+    elif not init_adapter:
         torch.manual_seed(recipe.seed)
         model = add_lora(model, recipe)
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("lora", trainable=trainable, total=total, continued=init_adapter or None)
+    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT's count knows 4-bit packing
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+    log.info("trainable", finetune=recipe.finetune, trainable=trainable, total=total, continued=init_adapter or None)
     return model, processor
 
 
@@ -262,6 +274,8 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "report_to": list(recipe.report_to),  # run_training puts our TensorBoard callback in (synced to storage)
         "remove_unused_columns": False,
         "dataloader_num_workers": recipe.dataloader_num_workers,
+        # Batches of similar lengths (less padding); the rows' length column, never a pass over the data.
+        "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
         "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
     }
 
@@ -291,7 +305,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         tensorboard.logging_dir = str(folders.tensorboard_dir)  # where it reopens one after training (final eval)
         trainer.add_callback(tensorboard)
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
-    for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics()):
+    batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
+    for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics(), Throughput(batch)):
         trainer.add_callback(callback)
 
     resume_from = restore(folders)
@@ -363,7 +378,8 @@ def commit_run(
 ) -> dict[str, Any]:
     """Write the adapter, card, metrics and TensorBoard events, commit ``_SUCCESS``, then (``--update-pointer``) the
     pointer: on rank 0 only; the other ranks wait for it and return its manifest."""
-    stats = {**stats, **batch_sizes(recipe)}
+    stats = {**stats, **batch_sizes(recipe), "throughput": throughput_of(trainer)}
+    metrics = {**metrics, "throughput": stats["throughput"]}
     committed = None
     if distributed.is_main():
         committed = _commit(config, recipe, fmt, trainer, processor, folders, metrics, inputs, stats)
@@ -386,6 +402,9 @@ def _commit(
     from vcot.modeling import MODEL_CARD, load_processor
 
     with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
+        if recipe.finetune == "full":
+            files = _save_full_model(config, fmt, trainer, processor, Path(tmp) / "model")
+            return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
         out = Path(tmp)
         adapter_dir = out / "adapter"
         # Only the trained adapter: TRL's GRPO adds a frozen "ref" copy of a continued one for its KL term.
@@ -400,6 +419,34 @@ def _commit(
             merge_adapter(config, adapter_dir, out / "merged")
             storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
             files += _files_of(out / "merged", "merged")
+    return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
+
+
+def _save_full_model(config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path) -> list[Any]:
+    """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
+    from vcot.modeling import MODEL_CARD, load_processor
+
+    trainer.model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    check_processor(load_processor(str(model_dir)), fmt)
+    card = model_card(config, fmt, trainer.model.config.to_dict())
+    (model_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
+    storage.upload_dir(model_dir, storage.join(config.output, model_dir.name))
+    return _files_of(model_dir, model_dir.name)
+
+
+def _finish(
+    config: TrainConfig,
+    recipe: Recipe,
+    fmt: ModelFormat,
+    trainer: Any,
+    folders: RunFolders,
+    metrics: dict[str, Any],
+    inputs: list[str],
+    stats: dict[str, Any],
+    files: list[Any],
+) -> dict[str, Any]:
+    """Metrics and TensorBoard events, then ``_SUCCESS``, then the pointer."""
     storage.write_json(storage.join(config.output, "metrics.json"), metrics)
     storage.upload_dir(folders.tensorboard_dir, folders.remote_tensorboard)
 
@@ -412,18 +459,23 @@ def _commit(
         stats=stats,
     )
     if config.update_pointer:
-        storage.write_json(config.pointer_uri, run_pointer(config.output, config.model))
+        storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=recipe.finetune))
     pointer = config.pointer_uri if config.update_pointer else None
     log.info("committed", output=config.output, pointer=pointer, global_step=trainer.state.global_step)
     return committed
 
 
-def run_pointer(output: str, base_model: str) -> dict[str, str]:
-    """The pointer JSON scheduled evaluation follows to the newest run.
+def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict[str, str | None]:
+    """The pointer JSON scheduled evaluation follows to the newest run: its base model and adapter, or, for a
+    full fine-tune, the run's ``model/`` as the model and no adapter.
 
     >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen")["adapter"]
     's3://b/runs/r1/adapter'
+    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen", finetune="full")
+    {'run': 's3://b/runs/r1', 'base_model': 's3://b/runs/r1/model', 'adapter': None}
     """
+    if finetune == "full":
+        return {"run": output, "base_model": storage.join(output, "model"), "adapter": None}
     return {"run": output, "base_model": base_model, "adapter": storage.join(output, "adapter")}
 
 
@@ -438,7 +490,8 @@ def ensure_pointer(config: TrainConfig) -> None:
     the committed run recorded.
     """
     recorded = manifest.read_manifest(config.output).get("config", {})
-    expected = run_pointer(config.output, recorded.get("model") or config.model)
+    finetune = (recorded.get("recipe_values") or {}).get("finetune", "lora")
+    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=finetune)
     try:
         current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
     except StorageError:

@@ -57,6 +57,17 @@ class TokenizedDataset(Dataset):
     def __len__(self) -> int:
         return 0 if self.table is None else self.table.num_rows
 
+    def lengths(self) -> list[int]:
+        """Every row's token count, from the ``length`` column tokenize writes (no row is read): what
+        ``group_by_length`` batches by."""
+        import pyarrow.compute as pc
+
+        if self.table is None:
+            return []
+        if "length" in self.table.column_names:
+            return self.table.column("length").to_pylist()
+        return pc.list_value_length(self.table.column("input_ids")).to_pylist()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         assert self.table is not None
         self.reads += 1

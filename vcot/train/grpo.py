@@ -48,6 +48,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -277,7 +278,7 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
     from trl import GRPOConfig
 
     precision = machine_precision()
-    return GRPOConfig(
+    arguments = dict(
         **common_arguments(recipe, folders, precision),
         num_generations=recipe.num_generations,
         max_completion_length=recipe.max_completion_length,
@@ -293,6 +294,7 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
         eval_strategy="no",  # vcot-evaluate scores the result
         log_completions=False,
     )
+    return GRPOConfig(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,6 +362,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     )
 
     # 5. Train (resuming from storage).
+    use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
 
     # 6. Commit.

@@ -26,6 +26,8 @@ from vcot.errors import ConfigError
 from vcot.metrics import RATE_METRICS
 from vcot.rewards import DEFAULT_WEIGHTS, check_weights
 
+SECTIONS = ("trainer", "peft")
+"""Recipe keys that are mappings passed through to a library's config (``--set trainer.field=value`` adds one)."""
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -37,6 +39,8 @@ GENERATION_METRICS = tuple(f"eval_gen_{name}" for name in RATE_METRICS)
 """What SFT's generation evaluation logs (``vcot.train.generation_eval``): evaluate's metrics on a val slice."""
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """``report_to`` names and the package each needs (W&B and MLflow read their own environment variables)."""
+FINETUNES = ("lora", "full")
+"""lora: adapters on a frozen base (with quantize 4bit: QLoRA); full: the weights themselves, no adapter."""
 
 
 @dataclass
@@ -112,6 +116,13 @@ class Recipe:
     reward_tolerance_end: float = 1.0
     reward_tolerance_horizon: int = 150
     subtb_lambda: float = 1.0
+    # The open end (vcot/train/options.py): what is trained, a vision learning rate, length-grouped batches, and
+    # anything else of TrainingArguments/TRL's config (trainer:) and of PEFT's LoraConfig (peft:), checked by name
+    finetune: str = "lora"
+    vision_learning_rate: float | None = None
+    group_by_length: bool = False
+    peft: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -138,6 +149,7 @@ class Recipe:
                 f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
         self._check_selection_and_tracking()
+        self._check_open()
         if self.method == "grpo":
             self._check_grpo()
         if self.method == "gfn":
@@ -176,6 +188,32 @@ class Recipe:
                 f"recipe report_to names {', '.join(missing)}, which is not installed here: install it in the image "
                 "or remove it from report_to"
             )
+
+    def _check_open(self) -> None:
+        """``finetune``, ``vision_learning_rate``, ``group_by_length``; ``peft:`` and ``trainer:`` by their fields."""
+        from vcot.train import options
+
+        if self.finetune not in FINETUNES:
+            raise ConfigError(f"recipe finetune={self.finetune!r} is not valid: use {' or '.join(FINETUNES)}")
+        if self.finetune == "full" and (self.quantize or self.merge_adapter or self.method != "sft"):
+            raise ConfigError(
+                "recipe finetune=full trains the weights themselves: it needs method sft, quantize=null and "
+                "merge_adapter=false (the output's model/ is already a standalone model)"
+            )
+        if self.vision_learning_rate is not None:
+            try:
+                self.vision_learning_rate = float(self.vision_learning_rate)
+            except (TypeError, ValueError):
+                raise ConfigError(f"recipe vision_learning_rate={self.vision_learning_rate!r} is not a number") from None
+            if self.vision_learning_rate < 0:
+                raise ConfigError("recipe vision_learning_rate must be >= 0 (null: the same as learning_rate)")
+        if self.group_by_length and self.method != "sft":
+            raise ConfigError("recipe group_by_length is SFT-only (GRPO and RGFN sample prompts, not tokenized rows)")
+        for name in ("peft", "trainer"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"recipe {name} must be a mapping of field: value (got {getattr(self, name)!r})")
+        options.check_peft(self)
+        options.check_trainer(self)
 
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
@@ -288,13 +326,22 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
     >>> parse_overrides("lora_r=8, quantize=null, lora_target_modules=[q_proj, v_proj]")
     {'lora_r': 8, 'quantize': None, 'lora_target_modules': ['q_proj', 'v_proj']}
+    >>> parse_overrides("peft.use_dora=true,trainer.label_smoothing_factor=0.1")
+    {'peft': {'use_dora': True}, 'trainer': {'label_smoothing_factor': 0.1}}
     """
     values: dict[str, Any] = {}
     for part in _split_overrides(text):
         key, sep, raw = part.partition("=")
-        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*", key.strip()):
+        if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", key.strip()):
             raise ConfigError(f"recipe override {part!r} is not key=value")
-        values[key.strip()] = _yaml(raw, f"recipe override {part!r}") if raw.strip() else None
+        value = _yaml(raw, f"recipe override {part!r}") if raw.strip() else None
+        section, dot, name = key.strip().partition(".")
+        if dot and section not in SECTIONS:
+            raise ConfigError(f"recipe override {part!r}: only {' and '.join(SECTIONS)} take section.field=value")
+        if dot:
+            values.setdefault(section, {})[name] = value
+        else:
+            values[section] = value
     return values
 
 
@@ -332,7 +379,10 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: str | dict[str, Any] = "") -> Recipe:
     """Defaults, then the preset/file, then the overrides."""
     values = _read_recipe_file(name_or_path)
-    values.update(parse_overrides(overrides) if isinstance(overrides, str) else overrides)
+    for key, value in (parse_overrides(overrides) if isinstance(overrides, str) else overrides).items():
+        if key in SECTIONS and isinstance(value, dict) and isinstance(values.get(key), dict):
+            value = {**values[key], **value}  # --set trainer.x=1 adds to the file's trainer: section
+        values[key] = value
     defaults = Recipe()
     known = {f.name for f in dataclasses.fields(Recipe)}
     unknown = sorted(set(values) - known)

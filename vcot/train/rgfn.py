@@ -34,9 +34,10 @@ from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.modeling import machine_precision, vision_token_ids
-from vcot.prompts import build_messages, turn_prefix
+from vcot.prompts import build_messages, prompt_turns, turn_prefix
 from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
 from vcot.train.grpo import grpo_format, record_problem
+from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -82,13 +83,14 @@ class RGFNTrainer(Trainer):
     # -- inputs ------------------------------------------------------------------------------------
     def prompt(self, record: dict[str, Any]) -> Prompt:
         processor = self.processing_class
-        messages = build_messages(record, self.fmt)  # user, Analyzer, assistant (the rationale_turn layout)
-        x_text = turn_prefix(processor, messages[:1], RATIONALE_ROLE)
+        messages = build_messages(record, self.fmt)  # (system,) user, Analyzer, assistant: the rationale_turn layout
+        prompt = prompt_turns(messages)
+        x_text = turn_prefix(processor, prompt, RATIONALE_ROLE)
         image = load_rgb(record["image"]) if self.fmt.mode == "multimodal" else None
         inputs = processor(text=[x_text], images=[image] if image is not None else None, return_tensors="pt")
-        reasoning = messages[1]["content"][0]["text"]
-        full = processor.apply_chat_template([messages[0], {"role": RATIONALE_ROLE, "content": [
-            {"type": "text", "text": CUE}]}, messages[2]], tokenize=False)
+        reasoning = messages[len(prompt)]["content"][0]["text"]
+        full = processor.apply_chat_template([*prompt, {"role": RATIONALE_ROLE, "content": [
+            {"type": "text", "text": CUE}]}, messages[-1]], tokenize=False)
         tokenizer = processor.tokenizer
         reference = tokenizer(reasoning, add_special_tokens=False)["input_ids"][: self.recipe.rat_max_len]
         tail = tokenizer(full.split(CUE, 1)[1].rstrip("\n"), add_special_tokens=False)["input_ids"]
@@ -262,13 +264,15 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
 
     # 4. The trainer: RGFN's loss on the shared arguments.
     folders = RunFolders.for_output(config.output)
-    args = TrainingArguments(**common_arguments(recipe, folders, machine_precision()), eval_strategy="no")
+    arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
+    args = TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
     trainer = RGFNTrainer(
         model=model, args=args, train_dataset=Records(rows), data_collator=collate, processing_class=processor,
         recipe=recipe, fmt=fmt,
     )
 
     # 5. Train (resuming from storage); 6. commit.
+    use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     history = trainer.state.log_history
     records = {"used": len(rows), "skipped": dict(skipped)}

@@ -25,7 +25,9 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
+from vcot.train.throughput import TOKEN_COUNTING
 
 log = get_logger(__name__)
 
@@ -44,7 +46,7 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
     kept, NEFTune."""
     from transformers import TrainingArguments
 
-    return TrainingArguments(
+    arguments = dict(
         **common_arguments(recipe, folders, machine_precision()),
         per_device_eval_batch_size=recipe.per_device_eval_batch_size,
         neftune_noise_alpha=recipe.neftune_noise_alpha,
@@ -54,12 +56,43 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
         metric_for_best_model=recipe.metric_for_best_model,
         greater_is_better=recipe.metric_for_best_model != "eval_loss",  # the generation metrics: higher is better
         label_names=["labels"],
+        **TOKEN_COUNTING,  # tokens/s in the run's throughput (TRL's GRPO counts its own)
     )
+    return TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
+
+
+def length_grouped_trainer() -> type:
+    """The ``Trainer`` with ``group_by_length`` batches grouped by the rows' ``length`` column: transformers would
+    read every row to measure it (it takes lengths only from a ``datasets.Dataset``), and would look for them under
+    the processor's first input name (``pixel_values``)."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    def grouped(trainer: Trainer, dataset: Any) -> bool:
+        return trainer.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths")
+
+    class SFTTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if not grouped(self, dataset):
+                return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths()
+            )
+
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            if not grouped(self, eval_dataset):
+                return super()._get_eval_sampler(eval_dataset)
+            seeded = torch.Generator().manual_seed(self.args.seed)  # the same eval batches at every evaluation
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths(), generator=seeded)
+
+    return SFTTrainer
 
 
 def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     """Train and commit an SFT run; returns its manifest."""
-    from transformers import EarlyStoppingCallback, Trainer
+    from transformers import EarlyStoppingCallback
 
     from vcot.train.data import Collator, TokenizedDataset
     from vcot.train.generation_eval import generation_eval
@@ -84,7 +117,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
     args = sft_arguments(recipe, folders, has_eval=len(eval_set) > 0)
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
-    trainer = Trainer(
+    trainer = length_grouped_trainer()(
         model=model,
         args=args,
         train_dataset=train_set,
@@ -98,6 +131,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         trainer.add_callback(EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold))
 
     # 4. Train (resuming from storage), then the final evaluation.
+    use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:

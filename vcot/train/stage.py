@@ -12,9 +12,10 @@ Both use the shared machinery of :mod:`vcot.train.common`. Output layout (``OUTP
 
     adapter/        PEFT adapter, processor files, vcot-model.json (base model + model format)
     merged/         optional: the base with the adapter merged in
+    model/          instead of adapter/ with the recipe's finetune: full: the trained model, processor, card
     checkpoints/    checkpoint-<step>/ (+ _COMPLETE marker once fully uploaded)
     tensorboard/    event files
-    metrics.json    final metrics and the log history
+    metrics.json    final metrics, the log history and the run's throughput (vcot.train.throughput)
     _SUCCESS        manifest: files, config (recipe included), lineage of the data
 """
 
