@@ -405,3 +405,45 @@ def load_model_and_processor(
     with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
         processor = load_processor(adapter_path if has_processor else base_path)
     return model, processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving for serving
+# --------------------------------------------------------------------------------------------------
+
+
+SERVING_DTYPES = ("bfloat16", "float16")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def save_processor_for_serving(processor: Any, dest: Path) -> None:
+    """Save ``processor`` in the layout plain transformers and vLLM read: the family's own processor class.
+
+    Our image-only subclass (saved under its own name) is unknown outside vcot, so ``processor_config.json``
+    names the class it derives from (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is
+    also written as the legacy ``preprocessor_config.json``, which older transformers (and their video
+    processor) read. vcot's :func:`load_processor` still loads it on a machine without torchvision.
+    """
+    processor.save_pretrained(dest)
+    official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
+    config_file = dest / "processor_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+    config["processor_class"] = official
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    image_processor = {**processor.image_processor.to_dict(), "processor_class": official}
+    (dest / PREPROCESSOR_CONFIG).write_text(json.dumps(image_processor, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str = "bfloat16") -> Any:
+    """The base in 16-bit (never a quantized one) with the adapter merged in, saved with its processor for
+    serving (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision,
+    then cast to ``dtype``."""
+    import torch
+
+    if dtype not in SERVING_DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(SERVING_DTYPES)}")
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)
+    merged = model.merge_and_unload().to(getattr(torch, dtype))
+    merged.save_pretrained(dest)
+    save_processor_for_serving(processor, dest)
+    return processor

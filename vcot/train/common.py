@@ -149,6 +149,8 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     if not init_adapter:
         torch.manual_seed(recipe.seed)
         model = add_lora(model, recipe)
+    # PEFT records the folder it loaded from (a local cache of an s3:// model): the adapter names the user's model.
+    model.peft_config["default"].base_model_name_or_path = model_uri
     trainable, total = model.get_nb_trainable_parameters()
     log.info("lora", trainable=trainable, total=total, continued=init_adapter or None)
     return model, processor
