@@ -419,19 +419,28 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 def save_processor_for_serving(processor: Any, dest: Path) -> None:
     """Save ``processor`` in the layout plain transformers and vLLM read: the family's own processor class.
 
-    Our image-only subclass (saved under its own name) is unknown outside vcot, so ``processor_config.json``
-    names the class it derives from (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is
-    also written as the legacy ``preprocessor_config.json``, which older transformers (and their video
-    processor) read. vcot's :func:`load_processor` still loads it on a machine without torchvision.
+    Our image-only subclass is unknown outside vcot, so every saved config names the class it derives from
+    (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is also written as the legacy
+    ``preprocessor_config.json`` with ``min_pixels``/``max_pixels`` (what older transformers, and the video
+    processor, read). vcot's :func:`load_processor` still loads the folder on a machine without torchvision.
     """
     processor.save_pretrained(dest)
     official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
-    config_file = dest / "processor_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
-    config["processor_class"] = official
-    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    image_processor = {**processor.image_processor.to_dict(), "processor_class": official}
-    (dest / PREPROCESSOR_CONFIG).write_text(json.dumps(image_processor, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    size = processor.image_processor.size
+    legacy = {
+        **processor.image_processor.to_dict(),
+        "min_pixels": int(size["shortest_edge"]),
+        "max_pixels": int(size["longest_edge"]),
+    }
+    _write_json(dest / PREPROCESSOR_CONFIG, legacy)
+    for name in ("processor_config.json", "tokenizer_config.json", PREPROCESSOR_CONFIG):
+        path = dest / name
+        if path.exists():
+            _write_json(path, {**json.loads(path.read_text(encoding="utf-8")), "processor_class": official})
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str = "bfloat16") -> Any:

@@ -55,7 +55,11 @@ def test_export_loads_with_plain_transformers_and_generates(s3_run: str, real_s3
 
     # The layout vLLM and the hub read: the family's own classes, 16-bit weights.
     assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
-    assert json.loads((folder / "preprocessor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        assert json.loads((folder / name).read_text())["processor_class"] == "Qwen2_5_VLProcessor", name
+    budget = json.loads((folder / "vcot-model.json").read_text())["model_format"]["vision"]
+    legacy = json.loads((folder / "preprocessor_config.json").read_text())
+    assert (legacy["min_pixels"], legacy["max_pixels"]) == (budget["min_pixels"], budget["max_pixels"])
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
     with safe_open(str(folder / "model.safetensors"), "pt") as weights:
         assert {weights.get_tensor(name).dtype for name in weights.keys()} == {torch.bfloat16}
@@ -74,6 +78,11 @@ def test_export_loads_with_plain_transformers_and_generates(s3_run: str, real_s3
     inputs = tokenizer([text.replace("<|image_pad|>", "<|image_pad|>" * count)], return_tensors="pt")
     generated = model.generate(**inputs, **pixels, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+    # vcot itself (vcot-evaluate --model, the demo) loads it too, at the trained pixel budget.
+    from vcot.modeling import load_processor
+
+    assert load_processor(str(folder)).image_processor.size["longest_edge"] == fmt.vision.max_pixels
 
     # The card: base model, the coordinate convention, the exact instruction, lineage down to the records.
     readme = (folder / "README.md").read_text()

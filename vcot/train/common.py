@@ -322,12 +322,13 @@ def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any
 
 
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
-    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model."""
-    from vcot.modeling import load_model_and_processor
+    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model, its processor saved
+    for serving (vcot-export writes the same folder with a model card, from any committed run)."""
+    from vcot.modeling import load_model_and_processor, save_processor_for_serving
 
     model, processor = load_model_and_processor(config.model, adapter_uri=str(adapter_dir))
     model.merge_and_unload().save_pretrained(dest)
-    processor.save_pretrained(dest)
+    save_processor_for_serving(processor, dest)
 
 
 def _files_of(root: Path, prefix: str) -> list[Any]:
