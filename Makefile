@@ -181,7 +181,7 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
 	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny"; \
 	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval/tiny --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+		--output $(LOCAL_RUN)/eval/tiny --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
@@ -249,7 +249,7 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 		$(if $(LOCAL_GRPO_SET),--set "$(LOCAL_GRPO_SET)"); \
 	echo "== evaluate -> $(LOCAL_RUN)/eval/tiny-grpo"; \
 	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/runs/tiny-grpo/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval/tiny-grpo --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+		--output $(LOCAL_RUN)/eval/tiny-grpo --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
 	echo "  GRPO run        $(LOCAL_RUN)/runs/tiny-grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_RUN)/runs/latest.json (now the GRPO adapter)"; \
