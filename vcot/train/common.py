@@ -209,6 +209,20 @@ class RunFolders:
         return storage.join(self.output, "tensorboard")
 
 
+def check_scratch(folders: RunFolders, recipe: Recipe, model: Any, *, rows_bytes: int = 0) -> int:
+    """Log what the run will write to its scratch disk (:meth:`Recipe.scratch_bytes` plus the rows' local copy)
+    and warn, before the first step, where the disk has less room: on Kubernetes the pod's ``/tmp`` volume must be
+    sized for the recipe (docs/k8s.md, "Scratch space"). Returns the bytes needed."""
+    trainable, total = model.get_nb_trainable_parameters()
+    needed = recipe.scratch_bytes(trainable, total) + rows_bytes
+    free = shutil.disk_usage(folders.scratch).free
+    gib = {"needed_gib": round(needed / 2**30, 2), "free_gib": round(free / 2**30, 2), "path": str(folders.scratch)}
+    log.info("scratch", **gib)
+    if free < needed:
+        log.warning("scratch_too_small", **gib, hint="give TMPDIR more room (Kubernetes: the /tmp volume's sizeLimit)")
+    return needed
+
+
 def batch_sizes(recipe: Recipe) -> dict[str, int]:
     """The batch on this world: per device, accumulation (derived when the recipe sets ``global_batch_size``),
     world size and the global batch per optimizer step; logged and recorded in the manifest's stats."""

@@ -35,7 +35,15 @@ from vcot.log import get_logger
 from vcot.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.modeling import machine_precision, vision_token_ids
 from vcot.prompts import build_messages, turn_prefix
-from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.common import (
+    RunFolders,
+    TrainConfig,
+    check_scratch,
+    commit_run,
+    common_arguments,
+    load_policy,
+    run_training,
+)
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.recipe import Recipe
 
@@ -262,6 +270,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
 
     # 4. The trainer: RGFN's loss on the shared arguments.
     folders = RunFolders.for_output(config.output)
+    check_scratch(folders, recipe, model)
     args = TrainingArguments(**common_arguments(recipe, folders, machine_precision()), eval_strategy="no")
     trainer = RGFNTrainer(
         model=model, args=args, train_dataset=Records(rows), data_collator=collate, processing_class=processor,
