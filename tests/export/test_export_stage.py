@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
 from vcot import manifest, storage
 from vcot.boxes import norm1000_to_pixels
@@ -41,16 +42,25 @@ def test_adapter_names_the_base_model_the_user_gave(s3_run: str, real_s3: str) -
 
 
 @pytest.mark.integration
-def test_export_loads_with_plain_transformers_and_generates(s3_run: str, real_s3: str, tmp_path: Path) -> None:
+def test_export_loads_with_plain_transformers_and_generates(
+    s3_run: str, real_s3: str, record_data: str, tmp_path: Path
+) -> None:
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
+    # The run's evaluation, where the chain writes it (beside train/): its metrics go in the card.
+    evaluation = f"{real_s3}/runs/r1/eval"
+    flags = ["--max-samples", "3", "--max-new-tokens", "8", "--threads", "1"]
+    assert evaluate_main(["--model", f"{real_s3}/models/tiny", "--adapter", f"{s3_run}/adapter", "--data", record_data,
+                          "--output", evaluation, *flags]) == 0  # fmt: skip
     output = f"{real_s3}/models/r1-merged"
     assert export_main(["--run", s3_run, "--output", output]) == 0
     committed = manifest.read_manifest(output, expect_stage="export")
     assert {"config.json", "model.safetensors", "README.md", "vcot-model.json", "chat_template.jinja"} <= {
         f["path"] for f in committed["files"]
     }
-    assert committed["inputs"][0]["uri"] == s3_run
+    assert [i["uri"] for i in committed["inputs"]] == [s3_run, evaluation]
+    assert export_main(["--run", s3_run, "--output", output]) == 0  # committed: the rerun is a no-op
+    assert manifest.read_manifest(output) == committed
     folder = storage.download_prefix(output, tmp_path / "export")
 
     # The layout vLLM and the hub read: the family's own classes, 16-bit weights.
@@ -90,6 +100,8 @@ def test_export_loads_with_plain_transformers_and_generates(s3_run: str, real_s3
     assert "## Coordinate convention" in readme and "**norm1000**" in readme and "*original* image" in readme
     assert fmt.instruction() in readme
     assert "- tokenize: " in readme and "- convert: " in readme
+    samples = storage.read_json(f"{evaluation}/metrics.json")["overall"]["samples"]
+    assert f"| evaluate: samples | {samples} |" in readme and "| evaluate: mean_iou |" in readme
 
 
 @pytest.mark.parametrize("coords", ["norm1000", "qwen2.5-absolute"])
@@ -106,3 +118,12 @@ def test_the_cards_read_back_code_reads_boxes_as_vcot_does(coords: str) -> None:
     assert len(found) == 2
     for got, want in zip(found, expected):
         assert got == pytest.approx(want, abs=max(width, height) / 100)  # the model frame rounds to its integers
+
+
+def test_only_a_committed_train_run_is_exported(
+    tokenized_data: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert export_main(["--run", tokenized_data, "--output", str(tmp_path / "model")]) != 0
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("vcot-export: error:") and "tokenize" in error
+    assert not (tmp_path / "model").exists()
