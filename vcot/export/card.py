@@ -119,7 +119,7 @@ def metrics_table(train: dict[str, Any], evaluation: dict[str, Any] | None) -> l
 
 def model_card(
     *,
-    model_card: dict[str, Any],
+    card: dict[str, Any],
     run: str,
     run_manifest: dict[str, Any],
     train_metrics: dict[str, Any],
@@ -129,8 +129,8 @@ def model_card(
     dtype: str,
 ) -> str:
     """README.md of the exported model (front matter the hub reads, then the sections a user needs)."""
-    fmt = ModelFormat.from_dict(model_card)
-    base = str(model_card.get("base_model") or "")
+    fmt = ModelFormat.from_dict(card)
+    base = str(card.get("base_model") or "")
     vision = fmt.vision
     geometry = {"factor": vision.factor, "min_pixels": vision.min_pixels, "max_pixels": vision.max_pixels}
     front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags: [vcot, grounding, visual-cot]"]

@@ -93,7 +93,7 @@ def export(config: ExportConfig) -> dict[str, Any] | None:
         exported = {**card, "base_model": model_uri, "merged_from": config.adapter, "dtype": config.dtype}
         (folder / MODEL_CARD).write_text(storage.dumps_json(exported), encoding="utf-8")
         readme = model_card(
-            model_card=exported,
+            card=exported,
             run=config.run,
             run_manifest=run_manifest,
             train_metrics=_read_json_or_empty(storage.join(config.run, "metrics.json")),
