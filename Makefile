@@ -194,7 +194,7 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 		--recipe tiny-cpu --threads $(LOCAL_THREADS) --pointer $(LOCAL_POINTER) --update-pointer; \
 	echo "== evaluate -> $(LOCAL_RUN)/eval"; \
 	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RUN)/train/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RUN)/eval --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+		--output $(LOCAL_RUN)/eval --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. Everything is on the local S3 server ($$AWS_ENDPOINT_URL_S3, 'make s3-env' for the variables):"; \
 	echo "  synthetic data  $(LOCAL_RUN)/synthetic"; \
 	echo "  records         $(LOCAL_RUN)/records"; \
@@ -266,7 +266,7 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 		--pointer $(LOCAL_POINTER) --update-pointer $(if $(LOCAL_GRPO_SET),--set "$(LOCAL_GRPO_SET)"); \
 	echo "== evaluate -> $(LOCAL_GRPO_RUN)/eval"; \
 	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_GRPO_RUN)/grpo/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_GRPO_RUN)/eval --max-new-tokens 96 --box-aware-penalty --threads $(LOCAL_THREADS); \
+		--output $(LOCAL_GRPO_RUN)/eval --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
 	echo "  GRPO run        $(LOCAL_GRPO_RUN)/grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  pointer         $(LOCAL_POINTER) (now the GRPO adapter)"; \

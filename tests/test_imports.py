@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("convert", "distill", "tokenize", "train", "evaluate")
+STAGES = ("convert", "distill", "tokenize", "train", "evaluate", "export")
 DEV_TOOLS = ("vcot.dev",)
 """Development tools (tiny models, the local S3 server, synthetic data, the local-run summary, the fake OpenAI
 server): tests, benchmarks and the Makefile use them; nothing a stage runs in a container may."""

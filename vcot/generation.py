@@ -21,7 +21,7 @@ from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
 from vcot.modeling import stop_token_ids, vision_token_ids
-from vcot.penalty import BoxAwareRepetitionPenalty
+from vcot.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
 from vcot.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
 
 log = get_logger(__name__)
@@ -34,8 +34,8 @@ class GenerationSettings:
     fmt: ModelFormat = HOUSE
     max_new_tokens: int = 512
     batch_size: int = 16
-    repetition_penalty: float = 1.2
-    box_aware_penalty: bool = False
+    repetition_penalty: float = REPETITION_PENALTY
+    box_aware_penalty: bool = BOX_AWARE
     prompt_style: PromptStyle = "cot"
 
 

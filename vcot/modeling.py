@@ -405,3 +405,54 @@ def load_model_and_processor(
     with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
         processor = load_processor(adapter_path if has_processor else base_path)
     return model, processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving for serving
+# --------------------------------------------------------------------------------------------------
+
+
+SERVING_DTYPES = ("bfloat16", "float16")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def save_processor_for_serving(processor: Any, dest: Path) -> None:
+    """Save ``processor`` in the layout plain transformers and vLLM read: the family's own processor class.
+
+    Our image-only subclass is unknown outside vcot, so every saved config names the class it derives from
+    (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is also written as the legacy
+    ``preprocessor_config.json`` with ``min_pixels``/``max_pixels`` (what older transformers, and the video
+    processor, read). vcot's :func:`load_processor` still loads the folder on a machine without torchvision.
+    """
+    processor.save_pretrained(dest)
+    official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
+    size = processor.image_processor.size
+    legacy = {
+        **processor.image_processor.to_dict(),
+        "min_pixels": int(size["shortest_edge"]),
+        "max_pixels": int(size["longest_edge"]),
+    }
+    _write_json(dest / PREPROCESSOR_CONFIG, legacy)
+    for name in ("processor_config.json", "tokenizer_config.json", PREPROCESSOR_CONFIG):
+        path = dest / name
+        if path.exists():
+            _write_json(path, {**json.loads(path.read_text(encoding="utf-8")), "processor_class": official})
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str = "bfloat16") -> Any:
+    """The base in 16-bit (never a quantized one) with the adapter merged in, saved with its processor for
+    serving (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision,
+    then cast to ``dtype``."""
+    import torch
+
+    if dtype not in SERVING_DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(SERVING_DTYPES)}")
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)
+    merged = model.merge_and_unload().to(getattr(torch, dtype))
+    merged.save_pretrained(dest)
+    save_processor_for_serving(processor, dest)
+    return processor

@@ -18,6 +18,12 @@ from transformers import LogitsProcessor
 OPEN_TAGS = ("<box>", "<|box_start|>")
 CLOSE_TAGS = ("</box>", "<|box_end|>")
 _COORDINATE_CHARS = set("0123456789[],.() ")
+REPETITION_PENALTY = 1.2
+"""The seed's repetition penalty: the default of evaluate (all its modes, the CronJob's), the lmms-eval plugin and
+the demo."""
+BOX_AWARE = True
+"""Whether the penalty spares coordinates inside a box, by default, everywhere it is applied: the plain penalty
+lowered held-out IoU (NOTES, docs/bench-evaluate.md). ``--no-box-aware-penalty`` brings the plain one back."""
 TAIL_TOKENS = 48
 """How many recent tokens are decoded to tell whether a box is open (a box is far shorter)."""
 

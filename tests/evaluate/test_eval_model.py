@@ -47,16 +47,16 @@ def test_model_mode_batched_equals_one_at_a_time(tiny_model_dir: Path, adapter_d
     assert metrics["overall"]["samples"] == 5 and set(metrics["subsets"]) == {"gqa", "textvqa"}
     generation = metrics["details"]["generation"]
     assert metrics["details"]["model_format"]["coords"] == "norm1000"  # from the card (the flat layout of 0.1)
-    assert generation["repetition_penalty"] == 1.2  # the seed's
+    assert generation["repetition_penalty"] == 1.2 and generation["box_aware_penalty"] is True  # one default
     assert generation["max_new_tokens"] == 12 and metrics["details"]["timing"]["samples_per_second"] > 0
-    # The box-aware penalty runs too (on this random model it may change the text); --threads sets torch's threads.
+    # The plain penalty runs too (on this random model it may change the text); --threads sets torch's threads.
     threads = torch.get_num_threads()
     try:
-        assert main([*base, "--output", str(tmp_path / "aware"), "--box-aware-penalty", "--threads", "1"]) == 0
+        assert main([*base, "--output", str(tmp_path / "plain"), "--no-box-aware-penalty", "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
-    assert len(_predictions(str(tmp_path / "aware"))) == 5
+    assert len(_predictions(str(tmp_path / "plain"))) == 5
 
 
 def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from vcot.modeling import (
     read_model_card,
     stop_token_ids,
 )
-from vcot.penalty import BoxAwareRepetitionPenalty
+from vcot.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
 from vcot.prompts import build_messages
 
 log = get_logger(__name__)
@@ -42,8 +42,8 @@ class Options:
     """How one answer is generated: the settings in the page's accordion."""
 
     max_new_tokens: int = 256
-    repetition_penalty: float = 1.2
-    box_aware_penalty: bool = True
+    repetition_penalty: float = REPETITION_PENALTY
+    box_aware_penalty: bool = BOX_AWARE
     sample: bool = False
     temperature: float = 0.7
     top_p: float = 0.9

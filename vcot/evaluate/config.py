@@ -20,6 +20,7 @@ from vcot.config import option
 from vcot.field_metrics import FIELD_RATE_METRICS
 from vcot.metrics import RATE_METRICS
 from vcot.model_format import FAMILIES, Coords, Family, Mode
+from vcot.penalty import BOX_AWARE, REPETITION_PENALTY
 
 WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")
 
@@ -68,9 +69,13 @@ class EvaluateConfig:
     max_pixels: int | None = option(None, help="Image max pixels (default: vcot-model.json, else the processor's / family's).")
     max_new_tokens: int = option(512, help="Model mode: the most tokens generated per response.")
     batch_size: int = option(16, help="Model mode: responses generated together (left padded).")
-    repetition_penalty: float = option(1.2, help="Model mode: repetition penalty (the seed's 1.2; 1.0 turns it off).")
+    repetition_penalty: float = option(
+        REPETITION_PENALTY, help="Model mode: repetition penalty (the seed's 1.2; 1.0 turns it off)."
+    )
     box_aware_penalty: bool = option(
-        False, help="Model mode: do not penalize coordinate digits inside an open <box> (NOTES: 1.2 hurts coordinates)."
+        BOX_AWARE,
+        help="Model mode: do not penalize coordinate digits inside an open <box> (the plain penalty hurts "
+        "coordinates: docs/bench-evaluate.md); --no-box-aware-penalty applies the plain one.",
     )
     prompt_mode: Mode | None = option(
         None, help="Model mode: prompt with the image (multimodal) or text only. Default: vcot-model.json, else multimodal."

@@ -14,7 +14,7 @@ with the same batched greedy decoding. What goes back to the task (``output=``):
   as a house box (``<ref>..</ref><box>[x1, y1, x2, y2]</box>``, 0-1000 of the task's image), for grounding tasks.
 
 Other model args: ``prompt_style`` (cot or direct), ``box_format``, ``max_new_tokens`` (512, or the task's),
-``batch_size``, ``repetition_penalty`` (1.2). The class is built on first use, so this module imports without
+``batch_size``, ``repetition_penalty`` (1.2), ``box_aware_penalty`` (true: coordinates inside a box are spared). The class is built on first use, so this module imports without
 lmms-eval installed.
 """
 
@@ -76,6 +76,7 @@ def _build_class() -> type:
 
     from vcot.generation import GenerationSettings, Skipped, generate_batch
     from vcot.evaluate.stage import load_generator
+    from vcot.penalty import BOX_AWARE, REPETITION_PENALTY
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]
         """``--model vcot``: a base model and a vcot adapter, prompted and read back as vcot-evaluate does."""
@@ -92,7 +93,8 @@ def _build_class() -> type:
             output: str = "answer",
             max_new_tokens: int = 512,
             batch_size: int | str = 1,
-            repetition_penalty: float = 1.2,
+            repetition_penalty: float = REPETITION_PENALTY,
+            box_aware_penalty: bool | str = BOX_AWARE,
             **_: Any,  # lmms-eval's device, max_batch_size...
         ) -> None:
             super().__init__()
@@ -106,6 +108,7 @@ def _build_class() -> type:
                 max_new_tokens=int(max_new_tokens),
                 batch_size=max(1, int(batch_size or 1)),
                 repetition_penalty=float(repetition_penalty),
+                box_aware_penalty=str(box_aware_penalty).lower() in ("1", "true", "yes", "on"),
                 prompt_style=prompt_style,  # type: ignore[arg-type]
             )
             self.output = output

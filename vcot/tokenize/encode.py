@@ -7,6 +7,7 @@ processor will produce for that image, so the collator only has to load pixels.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, RATIONALE_ROLE, ModelFormat
@@ -57,6 +58,32 @@ class Encoder:
             "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
             "length": len(input_ids),
         }
+
+
+    def fit(self, record: dict[str, Any], length: int, max_length: int) -> dict[str, Any] | None:
+        """The row of ``record`` (``length`` tokens at this encoder's budget) with the image's pixel budget
+        lowered until the row fits ``max_length`` tokens (``--fit-to-budget``), its budget in the row's
+        ``min_pixels``/``max_pixels``; ``None`` when not even the smallest image leaves room for the text.
+
+        The image-token count of a budget is the vision geometry's; the row is encoded again at the new
+        budget (a ``qwen2.5-absolute`` target's numbers are pixels of the resized image, so they change too).
+        """
+        vision = self.fmt.vision
+        if self.fmt.mode != "multimodal":
+            return None
+        width, height = int(record["width"]), int(record["height"])
+        room = max_length - (length - vision.image_tokens(width, height))
+        step = vision.factor**2
+        max_pixels = min(room * step, vision.max_pixels)
+        while max_pixels >= step and room > 0:
+            fitted = replace(vision, min_pixels=min(vision.min_pixels, max_pixels), max_pixels=max_pixels)
+            if fitted.image_tokens(width, height) <= room:
+                row = Encoder(self.processor, replace(self.fmt, vision=fitted)).encode(record)
+                if row["length"] <= max_length:
+                    return {**row, "min_pixels": fitted.min_pixels, "max_pixels": fitted.max_pixels}
+                room -= row["length"] - max_length  # the target's text grew at this frame: shrink further
+            max_pixels -= step
+        return None
 
 
 def expand_image_tokens(ids: list[int], image_pad_id: int, count: int) -> list[int]:

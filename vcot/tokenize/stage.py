@@ -8,7 +8,8 @@ Output layout::
 
 Only records usable as grounded training examples (``vcot.records.grounding_problem`` is ``None``) are
 tokenized; the others are counted by reason. A row longer than ``--max-length`` is dropped and counted,
-never truncated (a cut through the image tokens would no longer match the pixels).
+never truncated (a cut through the image tokens would no longer match the pixels); a warning per subset says
+how many, and ``--fit-to-budget`` shrinks such a row's image until it fits instead (counted as ``fitted``).
 
 ``--mixture`` reads several record outputs with a weight or a sample count each, and optionally their own
 pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is the one-source mixture.
@@ -81,6 +82,11 @@ class TokenizeConfig:
         "{coords_hint} are filled in from --box-syntax and --coords. Recorded in the model format, like --system-prompt.",
     )
     max_length: int = option(2048, help="Rows longer than this many tokens are dropped (counted), never truncated.")
+    fit_to_budget: bool = option(
+        False,
+        help="multimodal: a row too long for --max-length gets a smaller image (its own lower max_pixels, recorded "
+        "in the row) so that it fits, instead of being dropped; dropped only if not even the smallest image fits.",
+    )
     min_pixels: int | None = option(None, help="Image processor min_pixels (default: the model processor's).")
     max_pixels: int | None = option(None, help="Image processor max_pixels (default: the model processor's).")
     shard_index: int | None = option(
@@ -107,6 +113,8 @@ class TokenizeConfig:
             value = getattr(self, name)
             if value is not None and value < 28 * 28:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 784 (one 28x28 patch group)")
+        if self.fit_to_budget and self.mode != "multimodal":
+            raise ValueError("--fit-to-budget shrinks images: it needs --mode multimodal")
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise ValueError("--min-pixels must not exceed --max-pixels")
         self.shard_index = self.shard.index  # JOB_COMPLETION_INDEX when not given; raises saying what to set
@@ -179,6 +187,24 @@ class ParquetShardWriter:
         with open(self.local, "rb") as source, storage.open_uri(storage.join(self.root, self.path), "wb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
         return entry
+
+
+def report_lengths(split: str, by_subset: dict[str, Counter[str]], config: TokenizeConfig) -> None:
+    """A warning per subset that lost rows to ``--max-length`` (large document pages at the default pixel
+    budget), and one per subset whose images ``--fit-to-budget`` shrank."""
+    for name, counts in sorted(by_subset.items()):
+        if counts["too_long"]:
+            hint = "" if config.fit_to_budget else "pass --fit-to-budget to shrink their images, or "
+            log.warning(
+                "too_long_dropped",
+                split=split,
+                subset=name,
+                dropped=counts["too_long"],
+                of=counts["records"],
+                hint=f"{hint}raise --max-length or lower --max-pixels",
+            )
+        if counts["fitted"]:
+            log.warning("image_budget_lowered", split=split, subset=name, fitted=counts["fitted"], of=counts["records"])
 
 
 def resolve_mixture(config: TokenizeConfig) -> Mixture:
@@ -266,6 +292,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
             writer = ParquetShardWriter(config.output, f"{split}/{shard.name}.parquet", Path(workdir))
             lengths: list[int] = []
             supervised = image_tokens = position = 0
+            by_subset: dict[str, Counter[str]] = {}
             progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
             for source in mixture.sources:
                 encoder = encoders[source.name]
@@ -284,16 +311,22 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
                     if problem is not None:
                         reasons[problem] += owned
                         continue
+                    subset = by_subset.setdefault(str(record.get("subset") or "unknown"), Counter())
+                    subset["records"] += owned
                     try:
                         row = encoder.encode(record)
+                        row["min_pixels"], row["max_pixels"] = budget or (None, None)
+                        if row["length"] > max_length and config.fit_to_budget:
+                            row = encoder.fit(record, row["length"], max_length) or row
+                            subset["fitted"] += owned * (row["length"] <= max_length)
                     except (ValueError, KeyError, TypeError) as exc:
                         reasons["encode_error"] += owned
                         log.warning("encode_error", id=record.get("id"), error=str(exc))
                         continue
                     if row["length"] > max_length:
                         reasons["too_long"] += owned
+                        subset["too_long"] += owned
                         continue
-                    row["min_pixels"], row["max_pixels"] = budget or (None, None)
                     for _ in range(owned):
                         writer.write(row)
                     counts["rows"] += owned
@@ -306,6 +339,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
                 if split == "train" and source.samples and not counts["usable"]:
                     log.warning("mixture_source_empty", source=source.name, data=list(source.data))
             progress.close()
+            report_lengths(split, by_subset, config)
             if writer.records == 0 and split == "train" and shard.count == 1:
                 raise VcotError(
                     f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
@@ -320,6 +354,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
                 "max_length": max(lengths, default=0),
                 "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
                 "length_histogram": length_histogram(lengths),
+                "subsets": {name: dict(sorted(counts.items())) for name, counts in sorted(by_subset.items())},
             }
     stats["skipped"] = dict(sorted(skipped.items()))
     settings = redacted(config)

@@ -162,6 +162,8 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     elif not init_adapter:
         torch.manual_seed(recipe.seed)
         model = add_lora(model, recipe)
+    if hasattr(model, "peft_config"):  # PEFT records the folder it loaded from (a local cache of an s3:// model)
+        model.peft_config["default"].base_model_name_or_path = model_uri  # the adapter names the user's model
     if hasattr(model, "get_nb_trainable_parameters"):  # PEFT's count knows 4-bit packing
         trainable, total = model.get_nb_trainable_parameters()
     else:
@@ -222,6 +224,20 @@ class RunFolders:
     @property
     def remote_tensorboard(self) -> str:
         return storage.join(self.output, "tensorboard")
+
+
+def check_scratch(folders: RunFolders, recipe: Recipe, model: Any, *, rows_bytes: int = 0) -> int:
+    """Log what the run will write to its scratch disk (:meth:`Recipe.scratch_bytes` plus the rows' local copy)
+    and warn, before the first step, where the disk has less room: on Kubernetes the pod's ``/tmp`` volume must be
+    sized for the recipe (docs/k8s.md, "Scratch space"). Returns the bytes needed."""
+    trainable, total = model.get_nb_trainable_parameters()
+    needed = recipe.scratch_bytes(trainable, total) + rows_bytes
+    free = shutil.disk_usage(folders.scratch).free
+    gib = {"needed_gib": round(needed / 2**30, 2), "free_gib": round(free / 2**30, 2), "path": str(folders.scratch)}
+    log.info("scratch", **gib)
+    if free < needed:
+        log.warning("scratch_too_small", **gib, hint="give TMPDIR more room (Kubernetes: the /tmp volume's sizeLimit)")
+    return needed
 
 
 def batch_sizes(recipe: Recipe) -> dict[str, int]:
@@ -346,12 +362,13 @@ def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any
 
 
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
-    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model."""
-    from vcot.modeling import load_model_and_processor
+    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model, its processor saved
+    for serving (vcot-export writes the same folder with a model card, from any committed run)."""
+    from vcot.modeling import load_model_and_processor, save_processor_for_serving
 
     model, processor = load_model_and_processor(config.model, adapter_uri=str(adapter_dir))
     model.merge_and_unload().save_pretrained(dest)
-    processor.save_pretrained(dest)
+    save_processor_for_serving(processor, dest)
 
 
 def _files_of(root: Path, prefix: str) -> list[Any]:

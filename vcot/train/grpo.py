@@ -43,6 +43,7 @@ from vcot.rewards import RewardFunc, completion_text, reward_setup
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
+    check_scratch,
     commit_run,
     common_arguments,
     load_policy,
@@ -351,6 +352,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     reward_funcs, weights = reward_setup(recipe.reward_weights, model_format=fmt)
     reward_funcs[0] = with_completion_metrics(reward_funcs[0], fmt)
     folders = RunFolders.for_output(config.output)
+    check_scratch(folders, recipe, model)
     zero_advantage = ZeroAdvantageWarning()
     trainer = GRPOTrainer(
         model=model,

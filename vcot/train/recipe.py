@@ -215,6 +215,20 @@ class Recipe:
         options.check_peft(self)
         options.check_trainer(self)
 
+    def scratch_bytes(self, trainable: int, total: int) -> int:
+        """The most local disk (``TMPDIR``) a run of this recipe writes, for a model of ``total`` parameters of
+        which ``trainable`` train: the checkpoints on disk at once (``save_total_limit``, the best one, the one
+        being written), each the trainable weights in fp32 and their optimizer state (2 bytes a parameter for
+        8-bit AdamW, 8 for 32-bit); the adapter saved at the end; with ``merge_adapter`` the merged 16-bit model.
+        The training rows' local copy comes on top (its size is the data's: train adds it).
+
+        >>> Recipe(save_total_limit=2, optim="adamw_torch", merge_adapter=True).scratch_bytes(trainable=10, total=100)
+        720
+        """
+        optimizer = 2 if "8bit" in self.optim else 8
+        checkpoints = (self.save_total_limit + 2) * trainable * (4 + optimizer)
+        return checkpoints + trainable * 4 + (2 * total if self.merge_adapter else 0)
+
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
         if self.num_generations < 2:

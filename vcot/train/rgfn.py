@@ -35,7 +35,15 @@ from vcot.log import get_logger
 from vcot.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.modeling import machine_precision, vision_token_ids
 from vcot.prompts import build_messages, prompt_turns, turn_prefix
-from vcot.train.common import RunFolders, TrainConfig, commit_run, common_arguments, load_policy, run_training
+from vcot.train.common import (
+    RunFolders,
+    TrainConfig,
+    check_scratch,
+    commit_run,
+    common_arguments,
+    load_policy,
+    run_training,
+)
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.options import use_vision_learning_rate, with_trainer
 from vcot.train.recipe import Recipe
@@ -264,6 +272,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
 
     # 4. The trainer: RGFN's loss on the shared arguments.
     folders = RunFolders.for_output(config.output)
+    check_scratch(folders, recipe, model)
     arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
     args = TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
     trainer = RGFNTrainer(

@@ -20,6 +20,7 @@ from vcot.train import distributed
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
+    check_scratch,
     commit_run,
     common_arguments,
     load_policy,
@@ -111,6 +112,9 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # Memory-mapped from this node's scratch (converted once per node); each rank reads only the rows it is dealt.
     folders = RunFolders.for_output(config.output)
     vocab_size = len(processor.tokenizer)
+    tokens = manifest.read_manifest(config.data).get("stats", {})
+    rows_bytes = 8 * sum(int((tokens.get(split) or {}).get("tokens", 0)) for split in ("train", "val"))  # ids + labels
+    check_scratch(folders, recipe, model, rows_bytes=rows_bytes)
     train_set = TokenizedDataset(config.data, "train", cache=folders.scratch / "rows", vocab_size=vocab_size)
     eval_set = TokenizedDataset(config.data, "val", cache=folders.scratch / "rows", vocab_size=vocab_size)
     if len(train_set) == 0:
