@@ -32,7 +32,9 @@ class _Terminated(BaseException):
 def _sigterm_unwinds() -> Iterator[None]:
     """SIGTERM (a pod being stopped, ``kill``) unwinds the stage: ``finally`` blocks and context managers run,
     so worker pools shut down and partial uploads are aborted. Distill and train install their own handler
-    while they run (they save their progress first)."""
+    while they run (they save their progress first). Python runs the handler in the main thread: when the
+    signal lands on another thread while the main one waits in a read, it runs once that read returns (a file
+    at once, an S3 stream within its read timeout)."""
 
     def handle(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not interrupt the cleanup

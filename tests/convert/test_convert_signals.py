@@ -59,6 +59,25 @@ def _open_for_writing(fifo: Path, process: subprocess.Popen[str]) -> int:
     raise AssertionError(f"convert exited before reading its input: {process.communicate()[1][-3000:]}")
 
 
+def _wait_feeding(process: subprocess.Popen[str], fd: int, element: bytes, seconds: float = 60) -> None:
+    """Wait for ``process`` to exit while a trickle of input keeps coming, as it does from any real input.
+
+    Python runs a signal's handler in the main thread. When the kernel hands SIGTERM to another thread (the
+    worker pool's, under load) while the main thread is blocked reading this endless pipe, the handler runs
+    once that read returns: a real file or S3 stream returns within its timeout, a silent pipe never does
+    (and a buffered read of a chunk returns only once the whole chunk came: hence blocks of elements).
+    """
+    os.set_blocking(fd, False)
+    deadline = time.monotonic() + seconds
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            os.write(fd, element)
+        except (BlockingIOError, BrokenPipeError):
+            pass
+        time.sleep(0.2)
+    process.wait(timeout=1)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_stopped_convert_leaves_no_worker_behind(tmp_path: Path, sig: int) -> None:
@@ -83,7 +102,7 @@ def test_stopped_convert_leaves_no_worker_behind(tmp_path: Path, sig: int) -> No
             assert _wait_until(lambda: _children(process.pid), 30), "no worker process started"
             workers = _children(process.pid)
             process.send_signal(sig)
-            process.wait(timeout=60)
+            _wait_feeding(process, fd, (json.dumps(items[0]) + ",").encode() * 200)
         finally:
             os.close(fd)
         workers_gone = _wait_until(lambda: all(_stat(pid) is None for pid in workers), 10)
