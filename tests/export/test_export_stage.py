@@ -127,3 +127,14 @@ def test_only_a_committed_train_run_is_exported(
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("vcot-export: error:") and "tokenize" in error
     assert not (tmp_path / "model").exists()
+
+
+def test_a_full_fine_tune_is_pointed_at_its_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "train"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "vcot-model.json").write_text("{}")
+    manifest.commit(str(run), stage="train", files=[], config={"recipe_values": {"finetune": "full"}})
+    assert export_main(["--run", str(run), "--output", str(tmp_path / "exported")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "full fine-tune" in error and f"{run}/model" in error
+    assert not (tmp_path / "exported").exists()

@@ -183,7 +183,7 @@ def worded_tokens(record_data: str, tiny_model_dir: Path, tmp_path_factory: pyte
 def test_wording_is_recorded_and_evaluate_prompts_with_it(
     worded_tokens: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from vcot.evaluate.generation import GenerationSettings, prompt_text
+    from vcot.generation import GenerationSettings, prompt_text
     from vcot.evaluate.stage import load_generator
     from vcot.tokenize.encode import Encoder
     from vcot.train.data import TokenizedDataset
@@ -245,7 +245,7 @@ def test_full_finetune_trains_the_model_and_evaluate_loads_it(
 
     run = str(tmp_path / "runs" / "full")
     assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=run, recipe="tiny-cpu",
-                             set=f"{STEPS},finetune=full"))  # fmt: skip
+                             set=f"{STEPS},finetune=full", update_pointer=True))  # fmt: skip
     model_dir = Path(run) / "model"
     assert not (Path(run) / "adapter").exists() and (model_dir / "config.json").exists()
     card = json.loads((model_dir / MODEL_CARD).read_text())
@@ -322,6 +322,7 @@ def test_rerun_of_a_committed_full_finetune_writes_its_model_pointer(
         output=output,
         recipe="tiny-cpu",
         set="finetune=full",
+        update_pointer=True,
     )
     assert train(again) is None
     pointer = json.loads((tmp_path / "runs" / "latest.json").read_text())

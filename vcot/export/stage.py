@@ -74,6 +74,11 @@ def export(config: ExportConfig) -> dict[str, Any] | None:
     from vcot.shards import file_entry
 
     run_manifest = manifest.read_manifest(config.run, expect_stage="train")
+    if storage.exists(storage.join(config.run, "model", MODEL_CARD)):
+        raise VcotError(
+            f"{config.run} is a full fine-tune: its model/ is already a standalone model with its processor and "
+            f"card; serve or upload {storage.join(config.run, 'model')} as it is"
+        )
     if not storage.exists(storage.join(config.adapter, MODEL_CARD)):
         raise VcotError(f"{config.adapter} has no {MODEL_CARD}: export a run that vcot-train committed")
     card = read_model_card(config.adapter)

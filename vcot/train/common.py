@@ -164,11 +164,7 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
         model = add_lora(model, recipe)
     if hasattr(model, "peft_config"):  # PEFT records the folder it loaded from (a local cache of an s3:// model)
         model.peft_config["default"].base_model_name_or_path = model_uri  # the adapter names the user's model
-    if hasattr(model, "get_nb_trainable_parameters"):  # PEFT's count knows 4-bit packing
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
+    trainable, total = parameter_counts(model)
     log.info("trainable", finetune=recipe.finetune, trainable=trainable, total=total, continued=init_adapter or None)
     return model, processor
 
@@ -226,11 +222,18 @@ class RunFolders:
         return storage.join(self.output, "tensorboard")
 
 
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """``(trainable, total)`` parameters: PEFT's count (it knows 4-bit packing) or, for a full fine-tune, torch's."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
+
+
 def check_scratch(folders: RunFolders, recipe: Recipe, model: Any, *, rows_bytes: int = 0) -> int:
     """Log what the run will write to its scratch disk (:meth:`Recipe.scratch_bytes` plus the rows' local copy)
     and warn, before the first step, where the disk has less room: on Kubernetes the pod's ``/tmp`` volume must be
     sized for the recipe (docs/k8s.md, "Scratch space"). Returns the bytes needed."""
-    trainable, total = model.get_nb_trainable_parameters()
+    trainable, total = parameter_counts(model)
     needed = recipe.scratch_bytes(trainable, total) + rows_bytes
     free = shutil.disk_usage(folders.scratch).free
     gib = {"needed_gib": round(needed / 2**30, 2), "free_gib": round(free / 2**30, 2), "path": str(folders.scratch)}
