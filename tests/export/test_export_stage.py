@@ -4,6 +4,7 @@ names the base model the user gave, not a local cache folder."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
 from vcot import manifest, storage
+from vcot.dev.tiny_model import build_tiny_model
 from vcot.boxes import norm1000_to_pixels
 from vcot.export.card import read_back
 from vcot.model_format import ModelFormat
@@ -102,6 +104,13 @@ def test_export_loads_with_plain_transformers_and_generates(
     assert "- tokenize: " in readme and "- convert: " in readme
     samples = storage.read_json(f"{evaluation}/metrics.json")["overall"]["samples"]
     assert f"| evaluate: samples | {samples} |" in readme and "| evaluate: mean_iou |" in readme
+    best = storage.read_json(f"{s3_run}/metrics.json")["best_metric"]
+    assert f"| best {best['name']} (step {best['step']}) |" in readme and "| final eval_loss |" in readme
+
+    # A wrong --model is refused before --overwrite deletes anything: the committed export stays.
+    other = build_tiny_model(tmp_path / "qwen3", family="qwen3-vl")
+    assert export_main(["--run", s3_run, "--output", output, "--model", str(other), "--overwrite"]) == 2
+    assert manifest.read_manifest(output) == committed
 
 
 @pytest.mark.parametrize("coords", ["norm1000", "qwen2.5-absolute"])
@@ -138,3 +147,14 @@ def test_a_full_fine_tune_is_pointed_at_its_model_folder(tmp_path: Path, capsys:
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "full fine-tune" in error and f"{run}/model" in error
     assert not (tmp_path / "exported").exists()
+
+
+@pytest.mark.parametrize(("layout", "cue"), [("two_turn", "<|im_start|>assistant\n"), ("rationale_turn", "<|im_start|>Analyzer\n")])
+def test_the_cards_prompt_is_cued_where_the_model_writes(tiny_model_dir: Path, layout: str, cue: str) -> None:
+    """An RGFN (rationale_turn) model writes its rationale in its own turn: the card cues that turn, not the assistant's."""
+    from vcot.export.card import exact_prompt, turns_note
+    from vcot.modeling import load_processor
+
+    fmt = dataclasses.replace(ModelFormat.for_family(), layout=layout)
+    assert exact_prompt(load_processor(str(tiny_model_dir)), fmt).endswith(cue)
+    assert ("Generate twice" in turns_note(fmt)) == (layout == "rationale_turn")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vcot.model_format import ModelFormat
-from vcot.prompts import build_messages
+from vcot.model_format import RATIONALE_ROLE, ModelFormat
+from vcot.prompts import build_messages, prompt_turns, turn_prefix
 
 EXAMPLE = {"image": "image.png", "width": 640, "height": 480, "question": "What color is the car on the left?"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -99,9 +99,25 @@ def lineage_lines(inputs: list[dict[str, Any]], depth: int = 0) -> list[str]:
 
 
 def exact_prompt(processor: Any, fmt: ModelFormat) -> str:
-    """The text the chat template makes of an example question (the image's tokens collapsed to one)."""
+    """The text the chat template makes of an example question (the image's tokens collapsed to one), cued where
+    the model starts writing: the assistant turn, or for a ``rationale_turn`` model its own reasoning turn."""
     messages = build_messages(EXAMPLE, fmt, with_answer=False)
+    if fmt.layout == "rationale_turn":
+        return turn_prefix(processor, prompt_turns(messages), RATIONALE_ROLE)
     return str(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def turns_note(fmt: ModelFormat) -> str:
+    """How a generation goes: one assistant turn, or (``rationale_turn``, LaCoT's layout) two calls."""
+    if fmt.layout != "rationale_turn":
+        return "Through this folder's chat template, with the generation prompt (the image's tokens are expanded by the processor):"
+    return (
+        f"This model reasons in a turn of its own, role `{RATIONALE_ROLE}`, then answers in the assistant turn. "
+        f"Generate twice: from the prompt below (cued at the `{RATIONALE_ROLE}` turn) until its end-of-turn token, "
+        "then append that turn and the chat template's generation prompt and generate `Answer: ...`. A chat endpoint "
+        "cannot cue a custom role: use transformers, or a completions endpoint with this text (the image's tokens "
+        "are expanded by the processor):"
+    )
 
 
 def _number(value: Any) -> str:
@@ -109,7 +125,18 @@ def _number(value: Any) -> str:
 
 
 def metrics_table(train: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
-    rows = [("training steps", train.get("global_step")), ("best eval_loss", train.get("best_eval_loss"))]
+    """The run's steps, the metric that chose its checkpoint (``best_metric``) and its final eval loss, then the
+    evaluation's key numbers.
+
+    >>> metrics_table({"global_step": 9, "best_metric": {"name": "eval_gen_first_object_iou", "value": 0.5, "step": 8},
+    ...                "eval": {"eval_loss": 0.25}}, None)[2:]
+    ['| training steps | 9 |', '| best eval_gen_first_object_iou (step 8) | 0.5000 |', '| final eval_loss | 0.2500 |']
+    """
+    best = train.get("best_metric") or {}
+    rows = [("training steps", train.get("global_step"))]
+    if best.get("name"):
+        rows.append((f"best {best['name']} (step {best.get('step')})", best.get("value")))
+    rows.append(("final eval_loss", (train.get("eval") or {}).get("eval_loss")))
     overall = (evaluation or {}).get("overall") or {}
     for name in ("samples", "box_detection_rate", "mean_iou", "acc_at_50", "answer_accuracy"):
         if name in overall:
@@ -166,8 +193,7 @@ def model_card(
         "",
         f"    {fmt.instruction()}",
         "",
-        "Through this folder's chat template, with the generation prompt (the image's tokens are expanded by "
-        "the processor):",
+        turns_note(fmt),
         "",
         "```text",
         exact_prompt(processor, fmt).rstrip("\n"),

@@ -85,12 +85,12 @@ def export(config: ExportConfig) -> dict[str, Any] | None:
     model_uri = config.model or str(card["base_model"])
     evaluation = find_evaluation(config)
     inputs = [config.run, *([evaluation] if evaluation else [])]
+    check_base_model(card, model_uri)  # before prepare_output: --overwrite must not delete an export for a wrong --model
     if not manifest.prepare_output(
         config.output, stage=STAGE, inputs=[*inputs, model_uri], overwrite=config.overwrite
     ):
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
         return None
-    check_base_model(card, model_uri)
 
     with tempfile.TemporaryDirectory(prefix="vcot-export-") as tmp:
         folder = Path(tmp) / "model"
