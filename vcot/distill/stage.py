@@ -42,7 +42,7 @@ from vcot.distill.direct import direct_rationale
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
 from vcot.errors import ConfigError, VcotError
-from vcot.llm.cache import AnswerCache, keep_stored
+from vcot.llm.cache import AnswerCache, stored_while_running
 from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
 from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
@@ -372,42 +372,37 @@ async def _distill(
     work = Distiller(config, teacher)
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
-    keeper = asyncio.create_task(keep_stored(cache, ledger, ledger_uri, max(1.0, config.cache_flush_seconds)))
+    every = max(1.0, config.cache_flush_seconds)
     with _sigterm_cancels(asyncio.current_task()) as terminated:
-        try:
-            if config.mode == "batch":
-                runner = BatchRunner(
-                    client,
-                    cache,
-                    ledger,
-                    policy,
-                    state_uri=batch_state_uri(config.cache_uri, config.output, shard),
-                    poll_seconds=config.batch_poll_seconds,
-                    max_hours=config.batch_max_hours,
-                    secret=api_key,
-                )
-                for result in await _batch_results(work, items, teacher, runner):
-                    outputs.add(result)
-            else:
-                window = max(64, 8 * config.concurrency)
-                async for result in in_order(work, items, window, on_failure=live.stopped.set):
-                    outputs.add(result)
-        except asyncio.CancelledError:
-            outputs.abort()
-            if terminated[0]:
-                raise VcotError(
-                    f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume"
-                ) from None
-            raise
-        except BaseException:
-            outputs.abort()
-            raise
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
-            cache.flush()
-            storage.write_json(ledger_uri, ledger.to_dict())
-            await client.close()
+        async with stored_while_running(cache, ledger, ledger_uri, client, every=every):
+            try:
+                if config.mode == "batch":
+                    runner = BatchRunner(
+                        client,
+                        cache,
+                        ledger,
+                        policy,
+                        state_uri=batch_state_uri(config.cache_uri, config.output, shard),
+                        poll_seconds=config.batch_poll_seconds,
+                        max_hours=config.batch_max_hours,
+                        secret=api_key,
+                    )
+                    for result in await _batch_results(work, items, teacher, runner):
+                        outputs.add(result)
+                else:
+                    window = max(64, 8 * config.concurrency)
+                    async for result in in_order(work, items, window, on_failure=live.stopped.set):
+                        outputs.add(result)
+            except asyncio.CancelledError:
+                outputs.abort()
+                if terminated[0]:
+                    raise VcotError(
+                        f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume"
+                    ) from None
+                raise
+            except BaseException:
+                outputs.abort()
+                raise
     files = outputs.close()
     report = {
         "stage": STAGE,

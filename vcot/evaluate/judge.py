@@ -101,7 +101,7 @@ def judge_rows(
 async def _judge(
     rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], settings: JudgeSettings, api_key: str
 ) -> dict[str, Any]:
-    from vcot.llm.cache import AnswerCache, keep_stored
+    from vcot.llm.cache import AnswerCache, stored_while_running
     from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
     from vcot.llm.ledger import Ledger
 
@@ -123,7 +123,6 @@ async def _judge(
     )
     chat = CachedChat(settings.model, settings.params, cache, ledger, backend)
     ledger_uri = storage.join(settings.cache, "ledger", f"{writer}.json")
-    keeper = asyncio.create_task(keep_stored(cache, ledger, ledger_uri, cache.flush_seconds))
 
     async def ask(row: dict[str, Any]) -> None:
         record = records[str(row["id"])]
@@ -133,14 +132,8 @@ async def _judge(
         row["judge_score"], row["judge_failure"] = verdict(completion.text)
         row["judge_reply"] = completion.text[:200]
 
-    try:
+    async with stored_while_running(cache, ledger, ledger_uri, client, every=cache.flush_seconds):
         outcomes = await asyncio.gather(*(ask(row) for row in rows), return_exceptions=True)
-    finally:
-        keeper.cancel()
-        await asyncio.gather(keeper, return_exceptions=True)
-        cache.flush()
-        storage.write_json(ledger_uri, ledger.to_dict())
-        await client.close()
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
         raise sorted(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))[0]

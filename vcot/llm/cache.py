@@ -5,7 +5,7 @@ Layout (``CACHE`` is distill's ``--cache``, by default ``_distill_cache`` beside
 
     CACHE/parts/<writer>-<seq>.jsonl.gz    answers, one small immutable object per flush
     CACHE/ledger/<writer>.json             tokens and estimated cost of that run (see ledger.py), rewritten
-                                           every flush interval (:func:`keep_stored`) and at exit
+                                           every flush interval (:func:`stored_while_running`) and at exit
 
 ``<writer>`` is ``<shard>-<run id>``, so pods and restarts never write the same object. Why this layout:
 S3 objects cannot be appended to, and one object per answer costs a PUT (and a GET on every restart) per
@@ -23,7 +23,9 @@ import gzip
 import hashlib
 import json
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any
 
 from vcot import storage
@@ -159,12 +161,25 @@ def _read_part(uri: str) -> list[dict[str, Any]] | None:
         return None
 
 
-async def keep_stored(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
-    """Every ``every`` seconds: store answers waiting in memory and the ledger so far (a SIGKILL loses little).
+@asynccontextmanager
+async def stored_while_running(
+    cache: AnswerCache, ledger: Ledger, ledger_uri: str, client: Any, *, every: float
+) -> AsyncIterator[None]:
+    """Keep the answers and the ledger on storage while requests run (every ``every`` seconds: a SIGKILL loses
+    little) and once more when they end, however they end; then close the client. Distill and the judge run
+    their requests inside it."""
+    keeper = asyncio.create_task(_keep_stored(cache, ledger, ledger_uri, every))
+    try:
+        yield
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        cache.flush()
+        storage.write_json(ledger_uri, ledger.to_dict())
+        await client.close()
 
-    Run it as a task beside the requests and cancel it when they are done (then ``cache.flush()`` and write
-    the ledger once more).
-    """
+
+async def _keep_stored(cache: AnswerCache, ledger: Ledger, ledger_uri: str, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         await cache.flush_due()
