@@ -211,6 +211,14 @@ def read_model_card(adapter_uri: str) -> dict[str, Any]:
     return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
 
 
+def refuse_full_finetune(adapter_uri: str, *, flag: str) -> None:
+    """A full fine-tune's run has ``model/`` and no ``adapter/``: say to pass that model, not that a card is missing."""
+    run = storage.parent(adapter_uri)
+    if storage.exists(storage.join(adapter_uri, MODEL_CARD)) or not storage.exists(storage.join(run, "model", MODEL_CARD)):
+        return
+    raise ConfigError(f"{run} is a full fine-tune: pass --model {storage.join(run, 'model')} without {flag}")
+
+
 def adapter_format(adapter_uri: str) -> ModelFormat | None:
     """The model format recorded next to an adapter (any layout vcot wrote), or ``None`` when there is no card."""
     if not storage.exists(storage.join(adapter_uri, MODEL_CARD)):
@@ -443,16 +451,18 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str = "bfloat16") -> Any:
-    """The base in 16-bit (never a quantized one) with the adapter merged in, saved with its processor for
-    serving (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision,
-    then cast to ``dtype``."""
+def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str | None = "bfloat16") -> Any:
+    """The base (never a quantized one) with the adapter merged in, saved with its processor for serving
+    (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision, then cast to
+    ``dtype`` (``None``: kept at that precision)."""
     import torch
 
-    if dtype not in SERVING_DTYPES:
+    if dtype is not None and dtype not in SERVING_DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(SERVING_DTYPES)}")
     model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)
-    merged = model.merge_and_unload().to(getattr(torch, dtype))
+    merged = model.merge_and_unload()
+    if dtype is not None:
+        merged = merged.to(getattr(torch, dtype))
     merged.save_pretrained(dest)
     save_processor_for_serving(processor, dest)
     return processor

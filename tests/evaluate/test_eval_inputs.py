@@ -56,3 +56,17 @@ def test_an_adapter_that_is_another_stages_output_is_refused(
     assert f"{tokens} is a tokenize output; expected the adapter/ folder of a train output" in capsys.readouterr().err
     assert main([*argv, "--adapter", f"{tokens}/adapter"]) == 2
     assert f"{tokens} is a tokenize output; expected a train output" in capsys.readouterr().err
+
+
+def test_the_adapter_of_a_full_finetune_is_refused_with_the_model_to_pass(
+    known_data: tuple[str, list[dict[str, Any]]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, _ = known_data
+    run = tmp_path / "run" / "train"  # a full fine-tune's output: model/ with its card, no adapter/
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "vcot-model.json").write_text(json.dumps({"base_model": "m", "coords": "norm1000"}))
+    manifest.commit(str(run), stage="train", files=[], config={"recipe_values": {"finetune": "full"}})
+    argv = ["--model", str(tmp_path / "no-model"), "--adapter", f"{run}/adapter", "--data", data]
+    assert main([*argv, "--output", str(tmp_path / "e")]) == 2  # refused before any model is loaded
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"vcot-evaluate: error: {run} is a full fine-tune: pass --model {run}/model without --adapter"

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.train.train_helpers import run_until_killed
 from vcot import manifest, storage
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.model_format import ModelFormat
 from vcot.rewards import reward_setup
 from vcot.train import TrainConfig, train
@@ -210,6 +210,26 @@ def test_model_format_from_the_adapter_card_or_the_base_model(tiny_model_dir: Pa
     assert grpo_format(config(coords="qwen2.5-absolute")).coords == "qwen2.5-absolute"
     with pytest.raises(ValueError, match="for method grpo"):
         TrainConfig(data="d", model="m", output="o", recipe="tiny-cpu", init_adapter=str(adapter))
+
+
+def test_model_format_from_the_card_of_a_full_finetune(tmp_path: Path) -> None:
+    """A full fine-tune's model/ (or a merged model) carries its format: --coords may repeat it, not contradict it;
+    the run's adapter/ (there is none) is refused with the model to pass instead."""
+    model = tmp_path / "train" / "model"
+    model.mkdir(parents=True)
+    absolute = ModelFormat.for_family("qwen2.5-vl", coords="qwen2.5-absolute", min_pixels=3136, max_pixels=12544)
+    (model / "vcot-model.json").write_text(json.dumps({"base_model": "m", "model_format": absolute.to_dict()}))
+
+    def config(**kwargs: str) -> TrainConfig:
+        return TrainConfig(data="d", model=str(model), output="o", recipe="tiny-cpu-grpo", **kwargs)
+
+    assert grpo_format(config()) == absolute
+    assert grpo_format(config(coords="qwen2.5-absolute")) == absolute
+    with pytest.raises(ConfigError, match=f"^--coords norm1000 contradicts {model}/vcot-model.json"):
+        grpo_format(config(coords="norm1000"))
+    run = tmp_path / "train"
+    with pytest.raises(ConfigError, match=f"^{run} is a full fine-tune: pass --model {model} without --init-adapter$"):
+        grpo_format(config(init_adapter=f"{run}/adapter"))
 
 
 def test_images_that_disagree_with_the_record_or_do_not_load_are_handled(

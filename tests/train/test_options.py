@@ -239,7 +239,7 @@ def test_a_card_without_wording_loads_with_todays_prompt() -> None:
 
 
 def test_full_finetune_trains_the_model_and_evaluate_loads_it(
-    tokenized_data: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
+    tokenized_data: str, record_data: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from safetensors.torch import load_file
 
@@ -250,6 +250,8 @@ def test_full_finetune_trains_the_model_and_evaluate_loads_it(
     assert not (Path(run) / "adapter").exists() and (model_dir / "config.json").exists()
     card = json.loads((model_dir / MODEL_CARD).read_text())
     assert card["base_model"] == str(tiny_model_dir)
+    for name in ("processor_config.json", "preprocessor_config.json"):  # saved for serving: the family's own class
+        assert json.loads((model_dir / name).read_text())["processor_class"] == "Qwen2_5_VLProcessor", name
     files = {f["path"] for f in manifest.read_manifest(run)["files"]}
     assert {"model/model.safetensors", f"model/{MODEL_CARD}"} <= files
     pointer = json.loads((Path(run).parent / "latest.json").read_text())
@@ -278,6 +280,9 @@ def test_full_finetune_trains_the_model_and_evaluate_loads_it(
     assert ModelFormat.from_dict(
         storage.read_json(f"{out}/metrics.json")["details"]["model_format"]
     ) == ModelFormat.from_dict(card)
+    # What the cluster chain passes (train/adapter) is refused with the folder to pass instead.
+    assert evaluate_main([*args, "--adapter", f"{run}/adapter", "--output", f"{out}-adapter"]) == 2
+    assert f"{run} is a full fine-tune: pass --model {run}/model without --adapter" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig
 
+from jobs.evaluate import main as evaluate_main
 from tests.train.train_helpers import run_until_killed
 from vcot import manifest, storage
 from vcot.images import load_rgb
@@ -184,7 +185,7 @@ def test_text_mode_trains_without_pixels(
 
 
 def test_merged_model_equals_base_plus_adapter_with_loader_workers(
-    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+    tokenized_data: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from transformers import AutoModelForImageTextToText
 
@@ -201,7 +202,17 @@ def test_merged_model_equals_base_plus_adapter_with_loader_workers(
     batch.pop("labels")
     with torch.no_grad():
         assert torch.allclose(merged(**batch).logits, with_adapter(**batch).logits, atol=1e-4)
-    assert "merged/model.safetensors" in {f["path"] for f in manifest.read_manifest(output)["files"]}
+    files = {f["path"] for f in manifest.read_manifest(output)["files"]}
+    assert {"merged/model.safetensors", "merged/vcot-model.json"} <= files
+    card = json.loads((Path(output) / "merged" / "vcot-model.json").read_text())
+    adapter_card = json.loads((Path(output) / "adapter" / "vcot-model.json").read_text())
+    assert card == {**adapter_card, "merged_from": f"{output}/adapter"}
+    # Evaluate reads the model format from the merged model's card: no --coords, the prompt as trained.
+    out = str(tmp_path / "eval")
+    args = ["--model", f"{output}/merged", "--data", record_data, "--output", out, "--max-samples", "2"]
+    assert evaluate_main([*args, "--max-new-tokens", "4", "--batch-size", "2"]) == 0
+    details = storage.read_json(f"{out}/metrics.json")["details"]
+    assert ModelFormat.from_dict(details["model_format"]) == ModelFormat.from_dict(card)
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(

@@ -111,8 +111,10 @@ def recorded_format(adapter: str | None, overrides: dict[str, Any], model: str |
     """The card's format with the flags applied, or ``None`` when the flags must say it (``--coords``); checked
     before any weight is loaded. The card is the adapter's, or without one the model's own (a full fine-tune's
     ``model/`` has one)."""
-    from vcot.modeling import MODEL_CARD, adapter_format
+    from vcot.modeling import MODEL_CARD, adapter_format, refuse_full_finetune
 
+    if adapter:
+        refuse_full_finetune(adapter, flag="--adapter")
     home = adapter or model
     recorded = adapter_format(home) if home else None
     if recorded is not None:

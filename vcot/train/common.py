@@ -364,14 +364,14 @@ def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any
     return {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
 
 
-def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path) -> None:
-    """The base in 16-bit (never the 4-bit one) with the adapter merged in: a standalone model, its processor saved
-    for serving (vcot-export writes the same folder with a model card, from any committed run)."""
-    from vcot.modeling import load_model_and_processor, save_processor_for_serving
+def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path, card: dict[str, Any]) -> None:
+    """The base (never the 4-bit one) with the adapter merged in: a standalone model, its processor saved for
+    serving and the adapter's card (evaluate reads the model format from it), as vcot-export writes it."""
+    from vcot.modeling import MODEL_CARD, save_merged
 
-    model, processor = load_model_and_processor(config.model, adapter_uri=str(adapter_dir))
-    model.merge_and_unload().save_pretrained(dest)
-    save_processor_for_serving(processor, dest)
+    save_merged(config.model, str(adapter_dir), dest, dtype=None)  # the precision it trained at
+    merged_card = {**card, "merged_from": storage.join(config.output, "adapter")}
+    (dest / MODEL_CARD).write_text(storage.dumps_json(merged_card), encoding="utf-8")
 
 
 def _files_of(root: Path, prefix: str) -> list[Any]:
@@ -436,7 +436,7 @@ def _commit(
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
-            merge_adapter(config, adapter_dir, out / "merged")
+            merge_adapter(config, adapter_dir, out / "merged", card)
             storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
             files += _files_of(out / "merged", "merged")
     return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
@@ -444,10 +444,10 @@ def _commit(
 
 def _save_full_model(config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path) -> list[Any]:
     """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
-    from vcot.modeling import MODEL_CARD, load_processor
+    from vcot.modeling import MODEL_CARD, load_processor, save_processor_for_serving
 
     trainer.model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM
     check_processor(load_processor(str(model_dir)), fmt)
     card = model_card(config, fmt, trainer.model.config.to_dict())
     (model_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")

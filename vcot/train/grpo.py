@@ -1,7 +1,7 @@
 """GRPO: reward-driven fine-tuning of a LoRA adapter on committed records, with TRL's ``GRPOTrainer``.
 
-Reads top to bottom: the run's model format (the continued adapter's card, else the base model's family and
-processor with ``--coords``); the prompts (the train split of a convert or distill output, as the same user turn
+Reads top to bottom: the run's model format (the continued adapter's card, else the card of a ``--model`` vcot
+wrote, else the base model's family and processor with ``--coords``); the prompts (the train split of a convert or distill output, as the same user turn
 SFT trains on, :func:`vcot.prompts.build_messages`; records without ground-truth boxes skipped and counted, or
 scored on format and accuracy only); the policy (the SFT adapter continued, or a new LoRA); the rewards of
 :mod:`vcot.rewards` read through the model format; TRL's trainer; then the run is trained and committed by the
@@ -25,7 +25,7 @@ from transformers import TrainerCallback
 
 from vcot import manifest, storage
 from vcot.boxes import parse_grounded, validate_box
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.images import load_rgb
 from vcot.log import get_logger
 from vcot.model_format import ModelFormat
@@ -37,6 +37,7 @@ from vcot.modeling import (
     machine_precision,
     model_family,
     read_model_card,
+    refuse_full_finetune,
 )
 from vcot.prompts import build_messages
 from vcot.rewards import RewardFunc, completion_text, reward_setup
@@ -65,23 +66,33 @@ IMAGE_PROBLEMS = ("size_mismatch", "unreadable")
 def grpo_format(config: TrainConfig) -> ModelFormat:
     """The frame, syntax, pixel budget and mode the run prompts and scores in.
 
-    A continued adapter brings its own (``vcot-model.json``; ``--coords`` may only repeat it). A new LoRA gets the
-    base model's family (its ``config.json``), its processor's pixel budget, ``--coords`` (default ``norm1000``),
-    the house box syntax and multimodal prompts.
+    A continued adapter brings its own (``vcot-model.json``), and so does a ``--model`` that vcot wrote (a full
+    fine-tune's ``model/``, a merged model); ``--coords`` may only repeat it. A new LoRA on a base model gets its
+    family (its ``config.json``), its processor's pixel budget, ``--coords`` (default ``norm1000``), the house box
+    syntax and multimodal prompts.
     """
     if not config.init_adapter:
+        recorded = adapter_format(config.model)
+        if recorded is not None:
+            return _coords_repeat(config, recorded, config.model)
         processor = load_processor_for(config.model)
         return ModelFormat.for_processor(processor, model_family(config.model), coords=config.coords or "norm1000")  # type: ignore[arg-type]
+    refuse_full_finetune(config.init_adapter, flag="--init-adapter")
     fmt = adapter_format(config.init_adapter)
     if fmt is None:
         raise VcotError(f"{config.init_adapter} has no {MODEL_CARD}: pass the adapter/ folder of a committed train run")
     trained_on = read_model_card(config.init_adapter).get("base_model")
     if trained_on != config.model:
         log.warning("model_differs", adapter_base=trained_on, training=config.model, hint="the adapter needs its base")
+    return _coords_repeat(config, fmt, config.init_adapter)
+
+
+def _coords_repeat(config: TrainConfig, fmt: ModelFormat, home: str) -> ModelFormat:
+    """``fmt``, read from ``home``'s card: ``--coords`` may repeat its frame, never contradict it."""
     if config.coords and config.coords != fmt.coords:
-        raise VcotError(
-            f"--coords {config.coords} contradicts {config.init_adapter}/{MODEL_CARD} ({fmt.coords}): "
-            "drop --coords, the adapter was trained in its own frame"
+        raise ConfigError(
+            f"--coords {config.coords} contradicts {home}/{MODEL_CARD} ({fmt.coords}): "
+            "drop --coords, the model was trained in its own frame"
         )
     return fmt
 

@@ -250,7 +250,8 @@ def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def rgfn_format(config: TrainConfig) -> ModelFormat:
-    """GRPO's format rules (the continued adapter's card, else the base's), in the rationale_turn layout."""
+    """GRPO's format rules (the continued adapter's card, else the card of a --model vcot wrote, else the base's), in
+    the rationale_turn layout."""
     fmt = grpo_format(config)
     if fmt.layout != "rationale_turn":
         log.warning("layout_differs", adapter=config.init_adapter or None, layout=fmt.layout,
