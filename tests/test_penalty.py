@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
-from vcot.boxes import BOX_FORMATS, render_grounded
+from vcot.boxes import BOX_FORMATS, BoxFormat, render_grounded
 from vcot.generation import GenerationSettings, penalty_processors
 from vcot.model_format import ModelFormat
 from vcot.penalty import BoxAwareRepetitionPenalty, coordinate_token_ids, is_coordinate_text
@@ -66,13 +67,13 @@ def test_rows_are_judged_separately(tokenizer) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.parametrize("box_syntax", BOX_FORMATS)
-def test_digits_inside_an_open_box_of_each_syntax_are_spared(tokenizer, box_syntax) -> None:  # type: ignore[no-untyped-def]
+def test_digits_inside_an_open_box_of_each_syntax_are_spared(tokenizer: Any, box_syntax: BoxFormat) -> None:
     """The processor evaluate builds from the run's format knows that format's box: ``<bbox>``, ``"bbox_2d": [``..."""
-    box = render_grounded("dog", (12, 34, 56, 78), box_syntax)  # type: ignore[arg-type]
-    first = "The " + render_grounded("cat", (12, 34, 56, 78), box_syntax) + " and the "  # type: ignore[arg-type]
+    box = render_grounded("dog", (12, 34, 56, 78), box_syntax)
+    first = "The " + render_grounded("cat", (12, 34, 56, 78), box_syntax) + " and the "
     opened = _ids(tokenizer, first + box[: box.index("34")])
     closed = _ids(tokenizer, first + box + " is near")
-    settings = GenerationSettings(fmt=ModelFormat.for_family(box_syntax=box_syntax))  # type: ignore[arg-type]
+    settings = GenerationSettings(fmt=ModelFormat.for_family(box_syntax=box_syntax))
     (penalty,) = penalty_processors(settings, tokenizer)
     scores = torch.full((1, len(tokenizer)), 2.0)
     digits = [i for i in set(opened[0].tolist()) if tokenizer.decode([i]).strip().isdigit()]

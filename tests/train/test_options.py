@@ -189,7 +189,8 @@ def test_vision_learning_rate_where_the_recipe_trains_no_vision_is_refused_befor
 
 def test_vision_learning_rate_of_a_new_grpo_lora_is_refused_early_and_of_a_continued_adapter_late() -> None:
     """GRPO (RGFN) continues an adapter, whose own settings decide what trains: only a new LoRA is refused early."""
-    config = {"data": "d", "model": "m", "output": "o", "recipe": "qwen2.5-vl-7b-grpo", "set": "vision_learning_rate=1e-5"}
+    config = {"data": "d", "model": "m", "output": "o", "recipe": "qwen2.5-vl-7b-grpo"}
+    config["set"] = "vision_learning_rate=1e-5"
     assert load_recipe(config["recipe"], config["set"]).vision_learning_rate == 1e-5
     with pytest.raises(ConfigError, match=re.escape(NO_VISION_TRAINS)):
         TrainConfig(**config)
