@@ -6,6 +6,9 @@ are expanded with the environment Kubernetes would give it (the run's ConfigMap,
 
 from __future__ import annotations
 
+import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +115,40 @@ def test_a_run_that_cannot_work_is_refused_before_anything_is_written(
     with pytest.raises(VcotError, match=message):
         k8s_runs.write_run("t-x", GPU, tmp_path, **options)
     assert not (tmp_path / "t-x").exists()
+
+
+@pytest.fixture(params=["grpo", "rgfn"])
+def scoring_overlay(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
+    """The gpu overlay with its commented-out grpo (rgfn) line turned on (a copy under the git-ignored k8s/runs/,
+    at the same depth so that its ../../ paths hold), and that component's name."""
+    component = request.param
+    folder = REPO_ROOT / "k8s" / "runs" / f"test-{component}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(GPU, folder)
+    try:
+        text = (folder / "kustomization.yaml").read_text()
+        off = f"  # - ../../components/{component}\n"
+        assert off in text
+        (folder / "kustomization.yaml").write_text(text.replace(off, f"  - ../../components/{component}\n"))
+        yield folder, component
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_retrain_does_not_score_another_runs_grpo_adapter(scoring_overlay: tuple[Path, str], tmp_path: Path) -> None:
+    """With components/grpo (rgfn) evaluate scores that adapter: a run that trains a new SFT adapter but not it
+    must not score FROM's, so a bare FROM is refused; the stage in STAGES, or the run named, is what it scores."""
+    overlay, component = scoring_overlay
+    with pytest.raises(VcotError, match=f"add {component} to STAGES .*or name the run to score .*{component}=<run id>"):
+        k8s_runs.write_run("t-x", overlay, tmp_path, stages="train,evaluate", sources="exp1")
+    assert not (tmp_path / "t-x").exists()
+
+    cases = {
+        ("train,evaluate", f"exp1,{component}=exp2"): "exp2",  # named: the run asked for
+        (f"train,{component},evaluate", "exp1"): "t-x",  # this run's own, continued from its new SFT adapter
+        ("evaluate", "exp1"): "exp1",  # nothing trained here: FROM's adapter
+    }
+    for (stages, sources), scored in cases.items():
+        docs = render(k8s_runs.write_run("t-x", overlay, tmp_path / stages, stages=stages, sources=sources))
+        args, _ = commands(docs)["evaluate"]
+        assert f"--adapter=s3://vcot/runs/{scored}/{component}/adapter" in args, (stages, sources)
+        assert "--data=s3://vcot/runs/exp1/distilled" in args

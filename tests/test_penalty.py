@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
+from vcot.boxes import BOX_FORMATS, BoxFormat, render_grounded
+from vcot.generation import GenerationSettings, penalty_processors
+from vcot.model_format import ModelFormat
 from vcot.penalty import BoxAwareRepetitionPenalty, coordinate_token_ids, is_coordinate_text
 
 
@@ -60,3 +64,20 @@ def test_rows_are_judged_separately(tokenizer) -> None:  # type: ignore[no-untyp
     width = max(len(a), len(b))
     batch = torch.tensor([[pad] * (width - len(a)) + a, [pad] * (width - len(b)) + b])  # left padded
     assert penalty.rows_inside_box(batch).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("box_syntax", BOX_FORMATS)
+def test_digits_inside_an_open_box_of_each_syntax_are_spared(tokenizer: Any, box_syntax: BoxFormat) -> None:
+    """The processor evaluate builds from the run's format knows that format's box: ``<bbox>``, ``"bbox_2d": [``..."""
+    box = render_grounded("dog", (12, 34, 56, 78), box_syntax)
+    first = "The " + render_grounded("cat", (12, 34, 56, 78), box_syntax) + " and the "
+    opened = _ids(tokenizer, first + box[: box.index("34")])
+    closed = _ids(tokenizer, first + box + " is near")
+    settings = GenerationSettings(fmt=ModelFormat.for_family(box_syntax=box_syntax))
+    (penalty,) = penalty_processors(settings, tokenizer)
+    scores = torch.full((1, len(tokenizer)), 2.0)
+    digits = [i for i in set(opened[0].tolist()) if tokenizer.decode([i]).strip().isdigit()]
+    assert digits
+    inside, outside = penalty(opened, scores.clone())[0], penalty(closed, scores.clone())[0]
+    assert all(inside[i] == 2.0 for i in digits)  # spared inside the open box
+    assert all(outside[i] == pytest.approx(2.0 / 1.2) for i in digits)  # penalized once it is closed

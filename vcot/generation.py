@@ -69,7 +69,7 @@ def penalty_processors(settings: GenerationSettings, tokenizer: Any) -> LogitsPr
     """The box-aware penalty as a logits processor (built once per run: it scans the vocabulary), else none."""
     processors = LogitsProcessorList()
     if settings.box_aware_penalty and settings.repetition_penalty != 1.0:
-        processors.append(BoxAwareRepetitionPenalty(settings.repetition_penalty, tokenizer))
+        processors.append(BoxAwareRepetitionPenalty(settings.repetition_penalty, tokenizer, settings.fmt.box_syntax))
     return processors
 
 

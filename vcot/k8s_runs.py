@@ -25,7 +25,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,10 @@ READS = {
     "evaluate": (layout.DISTILLED, layout.TRAIN),  # with components/grpo or rgfn: their folder, not train's
 }
 """The run folders each stage's Job reads (``$(RUN_ROOT)/$(<FOLDER>_RUN)/<folder>`` in its args)."""
+SCORED = (layout.GRPO, layout.RGFN)
+"""The stages whose component (``k8s/components/<stage>``) makes evaluate score their adapter instead of train's."""
+COMPONENTS_DIR = BASE_RUN_ENV.parent.parent / "components"
+_LISTS = ("resources", "components")
 INPUT_FOLDERS = (layout.RECORDS, layout.DISTILLED, layout.TOKENIZED, layout.TRAIN, layout.GRPO, layout.RGFN)
 BUILD_TIME_SETTINGS = ("CONVERT_SHARDS", "DISTILL_SHARDS", "GPUS_PER_NODE", "TRAIN_NODES")
 """run.env keys the overlay's components copy into the Jobs' specs when it is built: a run cannot change them."""
@@ -121,13 +125,34 @@ def parse_from(text: str) -> dict[str, str]:
     return sources
 
 
-def resolve_inputs(run_id: str, stages: Sequence[str], sources: dict[str, str]) -> dict[str, dict[str, str]]:
+def stage_reads(stage: str, components: Collection[str] = ()) -> tuple[str, ...]:
+    """The run folders ``stage`` reads in an overlay with ``components``.
+
+    >>> stage_reads("evaluate"), stage_reads("evaluate", {"grpo", "gpu-count"})
+    (('distilled', 'train'), ('distilled', 'grpo'))
+    """
+    scored = [folder for folder in SCORED if folder in components]
+    if stage == "evaluate" and scored:  # components/grpo or rgfn: evaluate scores their adapter instead of train's
+        return (layout.DISTILLED, scored[0])
+    return READS.get(stage, ())
+
+
+def resolve_inputs(
+    run_id: str, stages: Sequence[str], sources: dict[str, str], components: Collection[str] = ()
+) -> dict[str, dict[str, str]]:
     """For each stage of this run, the folders it reads but this run does not make, and the run they come from.
 
+    ``components``: the overlay's (:func:`overlay_components`). A run that trains a new SFT adapter but not the
+    GRPO (RGFN) one evaluate scores must name that run itself: a bare ``FROM`` would score another run's adapter.
+
     >>> resolve_inputs("exp3", ("train", "evaluate"), {"": "exp1"})
-    {'train': {'tokenized': 'exp1'}, 'evaluate': {'distilled': 'exp1', 'grpo': 'exp1', 'rgfn': 'exp1'}}
+    {'train': {'tokenized': 'exp1'}, 'evaluate': {'distilled': 'exp1'}}
     >>> resolve_inputs("exp4", ("evaluate",), {"distilled": "exp1", "train": "exp2"})
     {'evaluate': {'distilled': 'exp1', 'train': 'exp2'}}
+    >>> resolve_inputs("exp5", ("train", "evaluate"), {"": "exp1"}, {"grpo"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vcot.errors.VcotError: evaluate scores the grpo adapter ... (STAGES=train,grpo,evaluate) or ... (FROM=exp1,grpo=<run id>)
     """
     if sources and not stages:
         raise VcotError("FROM needs STAGES: name the stages this run does (e.g. STAGES=train,evaluate)")
@@ -139,19 +164,68 @@ def resolve_inputs(run_id: str, stages: Sequence[str], sources: dict[str, str]) 
             raise VcotError(f"FROM names {folder}, which this run makes itself ({', '.join(stages)}): drop it from FROM")
     inputs: dict[str, dict[str, str]] = {}
     for stage in stages:
-        reads = {folder: sources.get(folder) or sources.get("") for folder in READS.get(stage, ()) if folder not in made}
-        for folder, run in reads.items():
+        reads = {}
+        for folder in stage_reads(stage, components):
+            if folder in made:
+                continue
+            if folder in SCORED and layout.TRAIN in made and folder not in sources:
+                with_it = ",".join(name for name in WRITES if name in (*stages, folder))
+                given = ",".join(f"{key}={run}" if key else run for key, run in sources.items())
+                raise VcotError(
+                    f"{stage} scores the {folder} adapter (components/{folder}), which this run does not make although "
+                    f"it trains a new SFT adapter: add {folder} to STAGES (STAGES={with_it}) or name the run to score "
+                    f"(FROM={given + ',' if given else ''}{folder}=<run id>)"
+                )
+            run = sources.get(folder) or sources.get("")
             if not run:
                 raise VcotError(
                     f"{stage} reads {folder}/, which this run does not make: add FROM=<run id> "
                     f"(or FROM={folder}=<run id>)"
                 )
-        if stage == "evaluate":  # after components/grpo or rgfn it scores their adapter instead of train's
-            maybe = {folder: sources.get(folder) or sources.get("") for folder in (layout.GRPO, layout.RGFN)}
-            reads.update({folder: run for folder, run in maybe.items() if run and folder not in made})
+            reads[folder] = run
         if reads:
-            inputs[stage] = {folder: str(run) for folder, run in reads.items()}
+            inputs[stage] = reads
     return inputs
+
+
+def overlay_components(overlay: Path) -> set[str]:
+    """The names of the ``k8s/components/`` an overlay includes, itself or through the overlays it builds on."""
+    found: set[str] = set()
+    seen: set[Path] = set()
+    folders = [overlay.resolve()]
+    while folders:
+        folder = folders.pop()
+        if folder in seen or not (folder / "kustomization.yaml").is_file():
+            continue  # a file resource (a Job's YAML) or a remote one: no kustomization to follow
+        seen.add(folder)
+        if folder.parent == COMPONENTS_DIR.resolve():
+            found.add(folder.name)
+        text = (folder / "kustomization.yaml").read_text(encoding="utf-8")
+        folders += [(folder / entry).resolve() for entry in _listed(text, _LISTS)]
+    return found
+
+
+def _listed(text: str, keys: Sequence[str]) -> list[str]:
+    r"""The entries of the top-level YAML lists ``keys`` (block or ``[a, b]`` style; comments dropped): enough of
+    YAML for a kustomization's paths, so that this module needs the standard library only.
+
+    >>> _listed("resources: [../../base]\ncomponents:\n  # - ../c/grpo\n  - ../c/gpu  # on\npatches:\n  - x", _LISTS)
+    ['../../base', '../c/gpu']
+    """
+    entries: list[str] = []
+    key = None
+    for raw in text.splitlines():
+        line = raw.split(" #", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line:
+            continue
+        if not line[0].isspace() and not line.startswith("-"):
+            key, _, rest = line.partition(":")
+            rest = rest.strip()
+            if key in keys and rest.startswith("["):
+                entries += [item.strip().strip("'\"") for item in rest.strip("[]").split(",") if item.strip()]
+        elif key in keys and line.lstrip().startswith("- "):
+            entries.append(line.lstrip()[2:].strip().strip("'\""))
+    return entries
 
 
 def known_settings(overlay: Path) -> set[str]:
@@ -260,7 +334,7 @@ def write_run(
     if not (overlay / "kustomization.yaml").is_file():
         raise VcotError(f"{overlay} has no kustomization.yaml: give an overlay folder, e.g. k8s/overlays/gpu")
     chosen = parse_stages(stages)
-    inputs = resolve_inputs(run_id, chosen, parse_from(sources))
+    inputs = resolve_inputs(run_id, chosen, parse_from(sources), overlay_components(overlay))
     overrides = parse_settings(settings, known_settings(overlay))
     folder = runs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ tokenize to evaluate, length-grouped batches and the throughput numbers of every
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from vcot.modeling import MODEL_CARD, load_model_and_processor
 from vcot.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.common import RunFolders, add_lora, load_policy
-from vcot.train.options import is_vision, use_vision_learning_rate
+from vcot.train.options import NO_VISION_TRAINS, is_vision, use_vision_learning_rate
 from vcot.train.recipe import load_recipe
 from vcot.train.sft import length_grouped_trainer, sft_arguments
 
@@ -65,6 +66,7 @@ def test_trainer_section_reaches_the_training_arguments(tmp_path: Path) -> None:
             r"set the recipe's top-level learning_rate instead",
         ),
         ("tiny-cpu", "trainer.warmup_steps=10", r"top-level warmup_ratio"),
+        ("tiny-cpu", "trainer.report_to=[wandb]", r"set the recipe's top-level report_to instead"),
         (
             "tiny-cpu",
             "trainer.output_dir=/tmp/x",
@@ -84,6 +86,16 @@ def test_a_typo_in_a_section_is_one_line_naming_the_closest_field(recipe: str, o
     with pytest.raises(ConfigError, match=message) as caught:
         load_recipe(recipe, overrides)
     assert "\n" not in str(caught.value)
+
+
+def test_no_reserved_field_is_a_recipe_knob() -> None:
+    """A knob is refused with the knob's name before RESERVED is read: a reserved entry for one is a stale reason."""
+    import dataclasses
+
+    from vcot.train.options import RESERVED
+    from vcot.train.recipe import Recipe
+
+    assert not set(RESERVED) & {f.name for f in dataclasses.fields(Recipe)}
 
 
 def test_peft_extras_reach_the_lora_config(tiny_model_dir: Path) -> None:
@@ -139,14 +151,50 @@ def test_vision_learning_rate_puts_the_vision_parameters_in_groups_of_their_own(
 def test_vision_learning_rate_without_a_trainable_vision_parameter_is_refused(
     tiny_model_dir: Path, tokenized_data: str, tmp_path: Path
 ) -> None:
+    """What the recipe cannot decide (raw peft targets, here q_proj: the language model's alone) is refused once the
+    model is loaded."""
     trainer, recipe = _sft_trainer(
         tiny_model_dir,
         tokenized_data,
         tmp_path,
-        "vision_learning_rate=1.0e-5,modules_to_save=[lm_head]",
+        "vision_learning_rate=1.0e-5,modules_to_save=[lm_head],peft={target_modules: [q_proj]}",
     )
     with pytest.raises(VcotError, match="no vision parameter trains"):
         use_vision_learning_rate(trainer, recipe)
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "refused"),
+    [
+        ("qwen2.5-vl-7b-qlora", "", True),  # the seed's: a LoRA on the language model only
+        ("qwen2.5-vl-7b-qlora", "modules_to_save=[embed_tokens, lm_head]", True),
+        ("qwen2.5-vl-7b-qlora", "modules_to_save=[merger]", False),
+        ("qwen2.5-vl-7b-qlora", "tune_vision=true", False),
+        ("qwen2.5-vl-7b-qlora", "finetune=full,quantize=null", False),
+        ("qwen2.5-vl-7b-qlora", "peft.target_modules=all-linear", False),  # decided on the loaded model
+        ("qwen2.5-vl-7b-qlora", "modules_to_save=[mlp]", False),  # PEFT matches names' ends: vision's mlp too
+    ],
+)
+def test_vision_learning_rate_where_the_recipe_trains_no_vision_is_refused_before_any_model_loads(
+    recipe: str, overrides: str, refused: bool
+) -> None:
+    settings = ",".join(filter(None, ["vision_learning_rate=1.0e-5", overrides]))
+    config = {"data": "d", "model": "no-such-model", "output": "o", "recipe": recipe, "set": settings}
+    if refused:
+        with pytest.raises(ConfigError, match=re.escape(NO_VISION_TRAINS)):
+            TrainConfig(**config)  # the recipe is read here: no model is loaded (there is none)
+    else:
+        assert TrainConfig(**config).recipe == recipe
+
+
+def test_vision_learning_rate_of_a_new_grpo_lora_is_refused_early_and_of_a_continued_adapter_late() -> None:
+    """GRPO (RGFN) continues an adapter, whose own settings decide what trains: only a new LoRA is refused early."""
+    config = {"data": "d", "model": "m", "output": "o", "recipe": "qwen2.5-vl-7b-grpo"}
+    config["set"] = "vision_learning_rate=1e-5"
+    assert load_recipe(config["recipe"], config["set"]).vision_learning_rate == 1e-5
+    with pytest.raises(ConfigError, match=re.escape(NO_VISION_TRAINS)):
+        TrainConfig(**config)
+    assert TrainConfig(**config, init_adapter="s3://vcot/runs/exp1/train/adapter").init_adapter
 
 
 # --- length-grouped batches ---------------------------------------------------------------------------

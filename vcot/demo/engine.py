@@ -171,7 +171,7 @@ class DemoModel:
     def _box_aware(self, penalty: float) -> Any:
         """The box-aware penalty, built once per value (it scans the vocabulary)."""
         if penalty not in self._penalties:
-            self._penalties[penalty] = BoxAwareRepetitionPenalty(penalty, self.processor.tokenizer)
+            self._penalties[penalty] = BoxAwareRepetitionPenalty(penalty, self.processor.tokenizer, self.fmt.box_syntax)
         return self._penalties[penalty]
 
 

@@ -27,7 +27,7 @@ from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
 from vcot.model_format import COORDS, ModelFormat
 from vcot.train import distributed
-from vcot.train.options import prepare_full
+from vcot.train.options import check_vision_learning_rate, prepare_full
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 from vcot.train.throughput import Throughput, throughput_of
 
@@ -91,6 +91,8 @@ class TrainConfig:
             raise ValueError(
                 "--init-adapter and --coords are for method grpo; sft reads its model format from the tokenize output"
             )
+        if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
+            check_vision_learning_rate(recipe)
 
     @property
     def pointer_uri(self) -> str:

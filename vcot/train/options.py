@@ -36,7 +36,6 @@ RECIPE_ALIASES = {
 RESERVED = {
     "output_dir": "vcot writes checkpoints to a scratch folder synced to OUTPUT/checkpoints",
     "logging_dir": "TensorBoard events go to OUTPUT/tensorboard",
-    "report_to": "TensorBoard is always on (OUTPUT/tensorboard)",
     "remove_unused_columns": "the collator needs every column",
     "label_names": "vcot's batches carry labels",
     "save_on_each_node": "each node reloads its own checkpoints",
@@ -123,6 +122,28 @@ def prepare_full(model: Any, recipe: Any) -> Any:
     return model
 
 
+NO_VISION_TRAINS = (
+    "recipe vision_learning_rate is set but no vision parameter trains: add merger to modules_to_save, "
+    "set tune_vision=true, or use finetune=full"
+)
+LANGUAGE_ONLY = ("lm_head", "embed_tokens")
+"""``modules_to_save`` names that match no vision module (PEFT matches a name's end: ``mlp`` or ``norm`` would)."""
+
+
+def check_vision_learning_rate(recipe: Any) -> None:
+    """Refuse, before any model loads, a ``vision_learning_rate`` for a new model of ``recipe`` in which no vision
+    parameter can train: a LoRA on the language model only, and nothing of the vision tower trained in full.
+
+    Only what the recipe decides is refused here; raw ``peft:`` targets, ``modules_to_save`` names that may match
+    vision modules, or a continued adapter are left to :func:`use_vision_learning_rate`, on the loaded model.
+    """
+    if recipe.vision_learning_rate is None or recipe.finetune == "full" or recipe.tune_vision:
+        return
+    undecided = {"target_modules", "target_parameters"} & set(recipe.peft)
+    if not undecided and set(recipe.modules_to_save or []) <= set(LANGUAGE_ONLY):
+        raise ConfigError(NO_VISION_TRAINS)
+
+
 def use_vision_learning_rate(trainer: Any, recipe: Any) -> None:
     """``vision_learning_rate``: the trainable vision parameters get their own optimizer param groups at that
     rate (weight decay as the Trainer applies it); the scheduler scales each group from its own rate.
@@ -141,10 +162,7 @@ def use_vision_learning_rate(trainer: Any, recipe: Any) -> None:
         if param.requires_grad:
             groups.setdefault((is_vision(name), name in decay), []).append(param)
     if not any(vision for vision, _ in groups):
-        raise VcotError(
-            "recipe vision_learning_rate is set but no vision parameter trains: add merger to modules_to_save, "
-            "set tune_vision=true, or use finetune=full"
-        )
+        raise VcotError(NO_VISION_TRAINS)
     params = [
         {"params": found, "weight_decay": trainer.args.weight_decay if decays else 0.0,
          **({"lr": recipe.vision_learning_rate} if vision else {})}

@@ -214,6 +214,8 @@ class Recipe:
                 raise ConfigError(f"recipe {name} must be a mapping of field: value (got {getattr(self, name)!r})")
         options.check_peft(self)
         options.check_trainer(self)
+        if self.method == "sft":  # GRPO and RGFN may continue an adapter, which decides what trains (TrainConfig)
+            options.check_vision_learning_rate(self)
 
     def scratch_bytes(self, trainable: int, total: int) -> int:
         """The most local disk (``TMPDIR``) a run of this recipe writes, for a model of ``total`` parameters of
