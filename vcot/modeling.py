@@ -211,12 +211,20 @@ def read_model_card(adapter_uri: str) -> dict[str, Any]:
     return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
 
 
+def full_finetune_model(adapter_uri: str) -> str | None:
+    """The ``model/`` of a full fine-tune's run when ``adapter_uri`` is where that run's adapter would be (the run
+    has ``model/`` with a card and no ``adapter/``), else ``None``."""
+    model = storage.join(storage.parent(adapter_uri), "model")
+    if storage.exists(storage.join(adapter_uri, MODEL_CARD)) or not storage.exists(storage.join(model, MODEL_CARD)):
+        return None
+    return model
+
+
 def refuse_full_finetune(adapter_uri: str, *, flag: str) -> None:
     """A full fine-tune's run has ``model/`` and no ``adapter/``: say to pass that model, not that a card is missing."""
-    run = storage.parent(adapter_uri)
-    if storage.exists(storage.join(adapter_uri, MODEL_CARD)) or not storage.exists(storage.join(run, "model", MODEL_CARD)):
-        return
-    raise ConfigError(f"{run} is a full fine-tune: pass --model {storage.join(run, 'model')} without {flag}")
+    model = full_finetune_model(adapter_uri)
+    if model is not None:
+        raise ConfigError(f"{storage.parent(model)} is a full fine-tune: pass --model {model} without {flag}")
 
 
 def adapter_format(adapter_uri: str) -> ModelFormat | None:
@@ -227,6 +235,8 @@ def adapter_format(adapter_uri: str) -> ModelFormat | None:
         return ModelFormat.from_dict(read_model_card(adapter_uri))
     except (ValueError, TypeError, KeyError) as exc:
         raise VcotError(f"{adapter_uri}/{MODEL_CARD} is not a model card vcot can read ({exc}): re-run train") from exc
+
+
 ARCHITECTURE_KEYS = (
     "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "depth", "num_heads", "out_hidden_size", "in_channels", "patch_size",

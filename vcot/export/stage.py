@@ -70,14 +70,15 @@ def find_evaluation(config: ExportConfig) -> str | None:
 
 def export(config: ExportConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    from vcot.modeling import MODEL_CARD, check_base_model, read_model_card, save_merged
+    from vcot.modeling import MODEL_CARD, check_base_model, full_finetune_model, read_model_card, save_merged
     from vcot.shards import file_entry
 
     run_manifest = manifest.read_manifest(config.run, expect_stage="train")
-    if storage.exists(storage.join(config.run, "model", MODEL_CARD)):
+    full_model = full_finetune_model(config.adapter)
+    if full_model is not None:
         raise VcotError(
             f"{config.run} is a full fine-tune: its model/ is already a standalone model with its processor and "
-            f"card; serve or upload {storage.join(config.run, 'model')} as it is"
+            f"card; serve or upload {full_model} as it is"
         )
     if not storage.exists(storage.join(config.adapter, MODEL_CARD)):
         raise VcotError(f"{config.adapter} has no {MODEL_CARD}: export a run that vcot-train committed")
