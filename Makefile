@@ -106,10 +106,10 @@ k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1
 # make k8s-run RUN_ID=exp2 [OVERLAY=...] [STAGES=train,evaluate FROM=exp1] [SET='KEY=VALUE ...'] [UPDATE_POINTER=true]
 # STAGES: the stages this run does; FROM: the run (or folder=run pairs) the others' outputs come from; SET: run.env
 # settings for this run alone; UPDATE_POINTER=true: this run becomes the model the re-evaluation CronJob follows.
-# vcot.k8s_runs needs the standard library only: no venv.
+# vcot.cluster.runs needs the standard library only: no venv.
 k8s-run: ## A new run of OVERLAY under its own names (one-stage reruns: STAGES, FROM; docs/k8s.md)
 	@test -n "$(RUN_ID)" || { echo "set RUN_ID, e.g. make k8s-run RUN_ID=exp2"; exit 2; }
-	@$(PYTHON) -m vcot.k8s_runs "$(RUN_ID)" "$(OVERLAY)" --stages "$(STAGES)" --from "$(FROM)" \
+	@$(PYTHON) -m vcot.cluster.runs "$(RUN_ID)" "$(OVERLAY)" --stages "$(STAGES)" --from "$(FROM)" \
 		$(foreach setting,$(SET),--set "$(setting)") $(if $(filter true 1 yes,$(UPDATE_POINTER)),--update-pointer)
 	kubectl apply -k k8s/runs/$(RUN_ID)
 
@@ -157,7 +157,7 @@ synthetic-data: $(STAMP) ## Write synthetic VisCOT-format data (SYNTHETIC_URI, d
 # The whole pipeline on the tiny offline model, on the local S3 server: synthetic VisCOT data -> convert ->
 # tokenize -> train -> evaluate, then a summary: losses, the first-box IoU beside the best constant box,
 # Acc@0.5, answer accuracy, the HTML report. Every stage skips work already committed; each family and frame
-# is its own run (LOCAL_RUN=... for a fresh one), in the folders of vcot/layout.py (records, tokenized, train,
+# is its own run (LOCAL_RUN=... for a fresh one), in the folders of vcot/io/layout.py (records, tokenized, train,
 # eval); the later targets (local-grpo, local-rgfn, local-train-ddp) are runs beside it that read its outputs.
 # Only local-train (and local-grpo after it) move the newest-model pointer, LOCAL_POINTER.
 # Timings and what the model learns: docs/bench-train.md.

@@ -27,7 +27,7 @@ pod() { # run a command in the image as a pod would
 time pod vcot-convert --source viscot --input "$prefix/synthetic" --output "$prefix/records"
 "$PY" - "$prefix/records" <<'PYTHON'
 import sys
-from vcot import manifest
+from vcot.io import manifest
 found = manifest.read_manifest(sys.argv[1])
 assert found["stage"] == "convert" and found["records"] == 16, found
 print(f"image-smoke: vcot-convert in the image committed {found['records']} records to {sys.argv[1]}")

@@ -45,7 +45,7 @@ PROMPT = "Please provide the bounding box coordinate of the region that can help
 def generate(folder: Path, records: int, seed: int = 0) -> tuple[Path, Path]:
     """Write ``viscot.json`` and ``metadata.jsonl`` (one image for every two questions) under ``folder``."""
     sys.path.insert(0, str(REPO_ROOT))
-    from vcot.boxes import pixels_to_viscot_padded
+    from vcot.grounding.boxes import pixels_to_viscot_padded
 
     rng = random.Random(seed)
     data, metadata = folder / "viscot.json", folder / "metadata.jsonl"
@@ -117,8 +117,8 @@ def child(mode: str, data: str, output: str) -> None:
     from vcot.convert import ConvertConfig, convert
     from vcot.convert.common import ijson_backend
     from vcot.convert.quality import report
-    from vcot.manifest import code_version
-    from vcot.parallel import resolve_workers
+    from vcot.io.manifest import code_version
+    from vcot.io.parallel import resolve_workers
 
     code_version()  # one git call, not per-record work
     workers = 0

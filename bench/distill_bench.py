@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from vcot import manifest, shards  # noqa: E402
 from vcot.distill import DistillConfig, distill  # noqa: E402
 from vcot.log import configure_logging  # noqa: E402
-from vcot.records import split_for  # noqa: E402
+from vcot.grounding.records import split_for  # noqa: E402
 
 API_KEY = "bench-key"
 

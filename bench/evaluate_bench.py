@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from vcot.generation import GenerationSettings, generate_batch, generate_responses
-from vcot.metrics import summarize
-from vcot.scoring import score_response
-from vcot.images import load_rgb
-from vcot.modeling import load_model_and_processor
-from vcot.model_format import ModelFormat
-from vcot.prompts import build_messages
+from vcot.models.generation import GenerationSettings, generate_batch, generate_responses
+from vcot.scoring.metrics import summarize
+from vcot.scoring.response import score_response
+from vcot.io.images import load_rgb
+from vcot.models.loading import load_model_and_processor
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import build_messages
 from vcot.dev.tiny_model import build_tiny_qwen25vl
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
@@ -108,7 +108,7 @@ def teacher_forced(model: Any, processor: Any, records: list[dict[str, Any]], pe
     Split by where the step is: the gold token is a coordinate token inside an open box, or anything else.
     This isolates what a penalty does to coordinates from everything that follows a first wrong token.
     """
-    from vcot.penalty import coordinate_token_ids, inside_open_box
+    from vcot.models.penalty import coordinate_token_ids, inside_open_box
 
     tokenizer = processor.tokenizer
     coordinate_ids = set(coordinate_token_ids(tokenizer))
@@ -188,7 +188,7 @@ def main() -> None:
         print(json.dumps(results["overfit"]), flush=True)
         from transformers import RepetitionPenaltyLogitsProcessor
 
-        from vcot.penalty import BoxAwareRepetitionPenalty
+        from vcot.models.penalty import BoxAwareRepetitionPenalty
 
         results["teacher_forced_greedy_accuracy"] = teacher_forced(
             model,

@@ -120,7 +120,7 @@ def optimizer_for(model: Any, args: argparse.Namespace, recipe: Any) -> tuple[An
 def teacher_forced(model: Any, collate: Any, rows: list[dict[str, Any]], records: list[dict[str, Any]],
                    processor: Any, fmt: Any) -> dict[str, Any]:
     """Held-out numbers without generation: every assistant token predicted from the true ones before it."""
-    from vcot.scoring import score_response
+    from vcot.scoring.response import score_response
 
     was_training = model.training
     model.eval()
@@ -207,9 +207,9 @@ def train(model: Any, optimizer: Any, rows: list[dict[str, Any]], collate: Any, 
 
 def generated(model: Any, processor: Any, records: list[dict[str, Any]], fmt: Any) -> dict[str, Any]:
     """What the pipeline's evaluation would report on ``records``: greedy responses, scored."""
-    from vcot.generation import GenerationSettings, generate_responses
-    from vcot.metrics import summarize
-    from vcot.scoring import score_response
+    from vcot.models.generation import GenerationSettings, generate_responses
+    from vcot.scoring.metrics import summarize
+    from vcot.scoring.response import score_response
 
     model.eval()
     settings = GenerationSettings(fmt=fmt, max_new_tokens=48, batch_size=25, repetition_penalty=1.0)
@@ -250,7 +250,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from vcot.model_format import ModelFormat
+    from vcot.grounding.model_format import ModelFormat
     from vcot.tokenize.encode import Encoder
     from vcot.train.data import Collator
     from vcot.train.recipe import load_recipe

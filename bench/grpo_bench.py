@@ -5,11 +5,11 @@ The stage runs as it ships (``vcot.train.train`` with the ``tiny-cpu-grpo`` reci
 adapter, as ``make local-grpo`` does), with timers wrapped around the phases of a step by patching methods of
 TRL's ``GRPOTrainer`` and of the prompt transform in this process only:
 
-- ``prompts``: the dataset transform (image read and decode, the chat built by ``vcot.prompts``);
+- ``prompts``: the dataset transform (image read and decode, the chat built by ``vcot.grounding.prompts``);
 - ``rollout.processor``: chat template + image processor (pixels, image tokens) for the generation batch;
 - ``rollout.generate``: ``generate`` sampling ``num_generations`` completions per prompt (vision tower in the
   prefill, then one forward per new token);
-- ``rewards``: the reward functions (``vcot.rewards``) on every completion;
+- ``rewards``: the reward functions (``vcot.scoring.rewards``) on every completion;
 - ``reference``: the no-grad log-probs of the reference policy (only with ``beta > 0``: the KL term);
 - ``update``: the policy's forward + backward on prompt + completion (the loss), inside ``training_step``;
 - ``other``: the rest of the train loop (optimizer step, logging, the trainer's own work).

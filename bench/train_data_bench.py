@@ -38,8 +38,8 @@ ROWS_PER_SHARD = 50_000
 
 def write_tokens(root: Path, rows: int, tokens: int) -> None:
     """A committed tokenize output (train split only) of ``rows`` synthetic rows, written shard by shard."""
-    from vcot import manifest
-    from vcot.shards import file_entry
+    from vcot.io import manifest
+    from vcot.io.shards import file_entry
 
     rng = np.random.default_rng(0)
     files = []
@@ -75,8 +75,7 @@ class InMemory:
     """The train stage's previous dataset: every shard read into one Arrow table."""
 
     def __init__(self, data: str) -> None:
-        from vcot import manifest
-
+        from vcot.io import manifest
         tables = [pq.read_table(pa.BufferReader(raw)) for _, raw in manifest.read_committed(data, "train/")]
         self.table = pa.concat_tables(tables)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from vcot import storage
+from vcot.io import storage
 from vcot.cli import run_stage
 from vcot.config import option
 

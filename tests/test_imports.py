@@ -1,5 +1,16 @@
-"""The package's import rules, read from the source: no stage imports another stage, no stage or library module
-imports a development tool, and no import cycle in vcot/ (function-level imports included)."""
+"""The package's import rules, read from the source (function-level imports included).
+
+vcot/ is layered, and imports only run down:
+
+- the entrypoint frame at the root (``cli``, ``config``, ``errors``, ``log``) imports only itself;
+- concept packages (``io``, ``grounding``, ``scoring``, ``models``, ``pages``, ``cluster``, ``llm``) import the frame
+  and the concept packages :data:`CONCEPTS` lists for them, never a stage;
+- stages (and the demo) import the frame and any concept package, never another stage's insides;
+- the development tools (``vcot.dev``) may import anything, and nothing but tests, benchmarks and the Makefile
+  imports them.
+
+No import cycle anywhere in vcot/.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,19 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("convert", "distill", "tokenize", "train", "evaluate", "export")
+FRAME = ("cli", "config", "errors", "log")
+"""The root modules every entrypoint runs in: logging, config, a clean error line, an exit code."""
+CONCEPTS: dict[str, tuple[str, ...]] = {
+    "io": (),
+    "grounding": (),
+    "llm": ("io",),
+    "cluster": ("io",),
+    "scoring": ("grounding",),
+    "models": ("grounding", "io"),
+    "pages": ("grounding", "io"),
+}
+"""Each concept package and the other concept packages it may import (the frame it may always import)."""
+STAGES = ("convert", "distill", "tokenize", "train", "evaluate", "export", "demo")
 DEV_TOOLS = ("vcot.dev",)
 """Development tools (tiny models, the local S3 server, synthetic data, the local-run summary, the fake OpenAI
 server): tests, benchmarks and the Makefile use them; nothing a stage runs in a container may."""
@@ -39,19 +62,63 @@ def import_graph() -> dict[str, set[str]]:
     return {name: {t for t in targets if t in modules and t != name} for name, targets in graph.items()}
 
 
-def _stage(module: str) -> str | None:
+def _home(module: str) -> str:
+    """The layer a module lives in: ``frame``, a concept package's name, a stage's name or ``dev``.
+
+    >>> _home("vcot.log"), _home("vcot.io.storage"), _home("vcot.train.grpo"), _home("vcot")
+    ('frame', 'io', 'train', 'frame')
+    """
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in STAGES else None
+    if len(parts) == 1 or parts[1] in FRAME:
+        return "frame"
+    return parts[1]
 
 
-def test_no_stage_imports_another_stage() -> None:
-    crossings = [
-        f"{module} -> {target}"
-        for module, targets in import_graph().items()
-        for target in targets
-        if _stage(module) and _stage(target) and _stage(module) != _stage(target)
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Every import in ``graph`` that runs against the layering above, as ``"module -> target (why)"``."""
+    found = []
+    for module, targets in sorted(graph.items()):
+        home = _home(module)
+        for target in sorted(targets):
+            there = _home(target)
+            if there in (home, "frame"):
+                continue
+            if home == "frame":
+                why = "the frame imports only itself"
+            elif home in CONCEPTS and there in STAGES:
+                why = "a concept package never imports a stage"
+            elif home in CONCEPTS:
+                why = "" if there in CONCEPTS[home] else f"{home} may import {list(CONCEPTS[home]) or 'no concept package'}"
+            elif home in STAGES:
+                why = "" if there in CONCEPTS else "a stage imports concept packages, never another stage or a tool"
+            elif home == "dev":
+                why = ""
+            else:
+                why = f"vcot.{home} is in no layer: add it to CONCEPTS or STAGES"
+            if why:
+                found.append(f"{module} -> {target} ({why})")
+    return found
+
+
+def test_imports_run_down_the_layers() -> None:
+    assert layer_violations(import_graph()) == []
+
+
+def test_a_planted_stage_import_in_a_concept_package_is_caught() -> None:
+    graph = import_graph()
+    graph["vcot.grounding.boxes"] = {*graph["vcot.grounding.boxes"], "vcot.train.sft"}
+    graph["vcot.io.storage"] = {*graph["vcot.io.storage"], "vcot.grounding.boxes"}
+    graph["vcot.log"] = {*graph["vcot.log"], "vcot.io.storage"}
+    assert layer_violations(graph) == [
+        "vcot.grounding.boxes -> vcot.train.sft (a concept package never imports a stage)",
+        "vcot.io.storage -> vcot.grounding.boxes (io may import no concept package)",
+        "vcot.log -> vcot.io.storage (the frame imports only itself)",
     ]
-    assert crossings == []
+
+
+def test_every_package_of_vcot_has_a_layer() -> None:
+    packages = {path.parent.name for path in (REPO_ROOT / "vcot").glob("*/__init__.py")}
+    assert packages == {*CONCEPTS, *STAGES, "dev"}
 
 
 def test_nothing_outside_the_dev_tools_imports_them() -> None:

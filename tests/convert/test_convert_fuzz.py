@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vcot import manifest, shards
+from vcot.io import manifest, shards
 from vcot.convert import ConvertConfig, convert
 from vcot.dev.synthetic import synthetic_items, write_synthetic_viscot
 from vcot.errors import ConfigError

@@ -9,7 +9,7 @@ import pytest
 
 from jobs.convert import main as convert_main
 from tests.convert.own_data import IMAGES, docs_example, png, write_own_data
-from vcot import manifest, shards, storage
+from vcot.io import manifest, shards, storage
 from vcot.convert import ConvertConfig, convert
 from vcot.errors import ConfigError
 

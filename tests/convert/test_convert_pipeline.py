@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jobs.convert import main
-from vcot import manifest, shards, storage
+from vcot.io import manifest, shards, storage
 from vcot.config import parse_config
 from vcot.convert import ConvertConfig, convert
 from vcot.dev.synthetic import write_synthetic_viscot

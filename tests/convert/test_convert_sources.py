@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vcot import manifest, shards
+from vcot.io import manifest, shards
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.common import dedup_key
 
@@ -236,7 +236,7 @@ def _lacot(item_id: str, image: str, reasoning: str, answer: str, reason_role: s
 
 
 def test_lacot_keeps_rationale_and_answer_apart_and_splits_back_into_two_turns(tmp_path: Path) -> None:
-    from vcot.prompts import build_messages
+    from vcot.grounding.prompts import build_messages
 
     root = tmp_path / "lacot"
     (root / "images" / "coco").mkdir(parents=True)
@@ -267,6 +267,6 @@ def test_lacot_keeps_rationale_and_answer_apart_and_splits_back_into_two_turns(t
 def _analyzer_format():  # type: ignore[no-untyped-def]
     import dataclasses
 
-    from vcot.model_format import ModelFormat
+    from vcot.grounding.model_format import ModelFormat
 
     return dataclasses.replace(ModelFormat.for_family(), layout="rationale_turn")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot import shards
-from vcot.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
+from vcot.io import shards
+from vcot.grounding.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.viscot import (
     PROMPT_SUFFIX,

@@ -16,7 +16,7 @@ from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.demo.app import answer
 from vcot.demo.engine import DemoModel, Options, load_demo_model
 from vcot.errors import ConfigError, VcotError
-from vcot.modeling import MODEL_CARD
+from vcot.models.loading import MODEL_CARD
 from vcot.dev.tiny_model import TINY_SIZES, TinySize, build_tiny_model
 
 DEFAULTS = Options()

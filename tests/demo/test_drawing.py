@@ -7,9 +7,9 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from vcot.boxes import parse_grounded
+from vcot.grounding.boxes import parse_grounded
 from vcot.demo.drawing import PALETTE, display_copy, draw_boxes, highlighted
-from vcot.model_format import HOUSE, ModelFormat
+from vcot.grounding.model_format import HOUSE, ModelFormat
 
 WIDTH, HEIGHT = 400, 200
 HOUSE_TEXT = "The <ref>sign</ref><box>[250, 250, 750, 750]</box> and <ref>door</ref><box>[50, 100, 150, 900]</box>."

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from tests.distill.distill_helpers import API_KEY, commit_input, make_record, question_number
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.distill import distill
 from vcot.distill.config import DistillConfig
 from vcot.llm.cache import AnswerCache
-from vcot.manifest import ShardSpec
+from vcot.io.manifest import ShardSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,8 +214,7 @@ def _tokenize_output(root: Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from vcot import shards
-
+    from vcot.io import shards
     local = root / "rows.parquet"
     pq.write_table(pa.table({"id": ["a"], "input_ids": [[1, 2, 3]]}), local)
     tokens = str(root / "tokens")

@@ -18,11 +18,11 @@ from tests.distill.distill_helpers import (
     make_record,
     question_number,
 )
-from vcot import manifest, shards
+from vcot.io import manifest, shards
 from vcot.distill import distill
 from vcot.llm.cache import AnswerCache
 from vcot.llm.chat import LLMError
-from vcot.records import grounding_problem
+from vcot.grounding.records import grounding_problem
 
 
 def _read(output: str, prefix: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.distill.distill_helpers import commit_input, fast_config, make_record
-from vcot import manifest, shards, storage
+from vcot.io import manifest, shards, storage
 from vcot.distill import distill, prompts
 from vcot.distill.config import DistillConfig
 from vcot.distill.stage import in_order
@@ -278,7 +278,7 @@ def test_in_order_stops_on_the_first_failure_starts_nothing_more_and_drains() ->
 def test_rejected_lines_follow_the_one_record_output_contract() -> None:
     """distill writes the rejected/ line convert writes (docs/records.md): subset included, the raw record cut."""
     from vcot.distill.stage import rejected_line
-    from vcot.records import RAW_LIMIT, Rejection
+    from vcot.grounding.records import RAW_LIMIT, Rejection
 
     record = {"id": "viscot:gqa:val:7", "subset": "gqa", "question": "q" * 5000}
     line = rejected_line(record, 7, "no_final_answer", "d" * 5000, answer="a" * 5000)

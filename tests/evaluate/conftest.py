@@ -23,7 +23,7 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     """A LoRA adapter on the tiny model with a vcot-model.json in the flat layout earlier versions wrote."""
     from peft import LoraConfig, get_peft_model
 
-    from vcot.modeling import MODEL_CARD, load_model_and_processor
+    from vcot.models.loading import MODEL_CARD, load_model_and_processor
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))

@@ -12,7 +12,7 @@ import pytest
 
 from jobs.evaluate import main
 from tests.conftest import SHARED_DATA
-from vcot import manifest
+from vcot.io import manifest
 from vcot.convert import ConvertConfig, convert
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table
 

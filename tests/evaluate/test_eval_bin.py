@@ -1,5 +1,5 @@
 """BiN (``vcot-evaluate --bin N``) on the tiny offline Qwen2.5-VL: mechanics, and that the SFT scorer is the
-network with the adapter switched off (the selection rule itself is tested exactly in tests/test_gfn.py)."""
+network with the adapter switched off (the selection rule itself is tested exactly in tests/scoring/test_gfn.py)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import torch
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot import gfn, manifest, shards, storage
+from vcot.io import manifest, shards, storage
+from vcot.scoring import gfn
 from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
-from vcot.generation import GenerationSettings, prompt_text
-from vcot.images import load_rgb
-from vcot.model_format import ModelFormat
-from vcot.modeling import load_model_and_processor, model_family
+from vcot.models.generation import GenerationSettings, prompt_text
+from vcot.io.images import load_rgb
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.loading import load_model_and_processor, model_family
 
 
 def _fmt(processor: object, model_dir: Path) -> ModelFormat:
@@ -90,7 +91,7 @@ def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
     import json
     import shutil
 
-    from vcot.modeling import MODEL_CARD
+    from vcot.models.loading import MODEL_CARD
 
     adapter = tmp_path / "analyzer-adapter"
     shutil.copytree(adapter_dir, adapter)
@@ -115,7 +116,7 @@ def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
 
 def test_vision_placeholders_are_never_sampled(tiny_model_dir: Path) -> None:
     """A sampled rationale is prompted again with the image: an image-pad token in it would break the forward."""
-    from vcot.modeling import vision_token_ids
+    from vcot.models.loading import vision_token_ids
 
     _, processor = load_model_and_processor(str(tiny_model_dir))
     tokenizer = processor.tokenizer

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot.field_metrics import dual_iou, field_scores, summarize_field, truth_mean_iou, union_iou
+from vcot.scoring.field_metrics import dual_iou, field_scores, summarize_field, truth_mean_iou, union_iou
 
 SIDE = 40  # boxes on a small grid, so every metric can be recomputed by counting pixels
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from jobs.evaluate import main
-from vcot import manifest, shards
-from vcot.answers import normalize_answer
+from vcot.io import manifest, shards
+from vcot.grounding.answers import normalize_answer
 from vcot.evaluate.judge import judge_messages, parse_score, verdict
 from vcot.dev.fake_openai import FakeOpenAI
 

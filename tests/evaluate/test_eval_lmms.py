@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from tests.conftest import REPO_ROOT
 from vcot.evaluate.lmms import MODEL_ID, read_back
-from vcot.model_format import HOUSE, ModelFormat
+from vcot.grounding.model_format import HOUSE, ModelFormat
 
 TASK = "vcot_tiny_vqa"
 QUESTIONS = [("What color is the square?", "red", (200, 0, 0)), ("What color is the square?", "blue", (0, 0, 200)),

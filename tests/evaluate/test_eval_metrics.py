@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot.metrics import best_constant_box, first_object_metrics, score_sample, summarize, summarize_by_subset
+from vcot.scoring.metrics import best_constant_box, first_object_metrics, score_sample, summarize, summarize_by_subset
 
 
 @st.composite

@@ -13,9 +13,9 @@ from transformers import AutoConfig
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot import manifest, shards, storage
+from vcot.io import manifest, shards, storage
 from vcot.evaluate.history import read_history
-from vcot.modeling import MODEL_CARD, architecture
+from vcot.models.loading import MODEL_CARD, architecture
 
 FAST = ["--max-new-tokens", "12"]
 WATCHED = ["mean_iou", "iou_success_rate", "acc_at_50", "answer_accuracy"]

@@ -12,8 +12,8 @@ import pytest
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot import manifest, shards, storage
-from vcot.metrics import best_constant_box
+from vcot.io import manifest, shards, storage
+from vcot.scoring.metrics import best_constant_box
 from vcot.evaluate.scoring import load_records
 
 KNOWN_PREDICTIONS = [

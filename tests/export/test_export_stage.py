@@ -15,12 +15,12 @@ from safetensors import safe_open
 
 from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.dev.tiny_model import build_tiny_model
-from vcot.boxes import norm1000_to_pixels
+from vcot.grounding.boxes import norm1000_to_pixels
 from vcot.export.card import read_back
-from vcot.model_format import ModelFormat
-from vcot.prompts import build_messages
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import build_messages
 from vcot.train import TrainConfig, train
 
 SETTINGS = "max_steps=2,save_steps=10,eval_steps=10"
@@ -92,7 +92,7 @@ def test_export_loads_with_plain_transformers_and_generates(
     assert generated.shape[1] > inputs["input_ids"].shape[1]
 
     # vcot itself (vcot-evaluate --model, the demo) loads it too, at the trained pixel budget.
-    from vcot.modeling import load_processor
+    from vcot.models.loading import load_processor
 
     assert load_processor(str(folder)).image_processor.size["longest_edge"] == fmt.vision.max_pixels
 
@@ -153,7 +153,7 @@ def test_a_full_fine_tune_is_pointed_at_its_model_folder(tmp_path: Path, capsys:
 def test_the_cards_prompt_is_cued_where_the_model_writes(tiny_model_dir: Path, layout: str, cue: str) -> None:
     """An RGFN (rationale_turn) model writes its rationale in its own turn: the card cues that turn, not the assistant's."""
     from vcot.export.card import exact_prompt, turns_note
-    from vcot.modeling import load_processor
+    from vcot.models.loading import load_processor
 
     fmt = dataclasses.replace(ModelFormat.for_family(), layout=layout)
     assert exact_prompt(load_processor(str(tiny_model_dir)), fmt).endswith(cue)

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from vcot import manifest, shards, storage
-from vcot.boxes import pixels_to_norm1000
-from vcot.records import split_for
+from vcot.io import manifest, shards, storage
+from vcot.grounding.boxes import pixels_to_norm1000
+from vcot.grounding.records import split_for
 
 COLORS = ("red", "green", "blue", "yellow")
 SIZES = ((112, 112), (160, 120), (90, 200), (300, 100), (64, 64))

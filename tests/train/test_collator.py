@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from vcot.errors import VcotError
-from vcot.images import load_rgb
-from vcot.model_format import ModelFormat
-from vcot.modeling import load_processor, model_family
+from vcot.io.images import load_rgb
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.loading import load_processor, model_family
 from vcot.tokenize import Encoder
 from vcot.train.data import Collator
 
@@ -55,7 +55,7 @@ def test_a_row_whose_image_no_longer_matches_is_refused(processor, one_record: C
 
 def test_qwen3vl_trains_on_the_collators_batch(tiny_qwen3vl_dir: Path, one_record: Callable[..., dict]) -> None:
     """The train stage's Trainer passes the collator's batch as is: the model must take it and learn from it."""
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(str(tiny_qwen3vl_dir), for_training=True)
     encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen3-vl"))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vcot import manifest
-from vcot.shards import file_entry
+from vcot.io import manifest
+from vcot.io.shards import file_entry
 from vcot.train.data import TokenizedDataset
 
 ROWS, TOKENS = 2000, 300

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 

@@ -8,8 +8,8 @@ import importlib
 import pytest
 
 MODULES = [
-    "vcot.prompts",
-    "vcot.modeling",
+    "vcot.grounding.prompts",
+    "vcot.models.loading",
     "vcot.tokenize.encode",
     "vcot.tokenize.stage",
     "vcot.tokenize.mixture",
@@ -19,7 +19,7 @@ MODULES = [
     "vcot.train.checkpoints",
     "vcot.dev.summary",
     "vcot.dev.tiny_model",
-    "vcot.gfn",
+    "vcot.scoring.gfn",
     "vcot.evaluate.bin",
 ]
 

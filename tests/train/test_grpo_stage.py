@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.train.train_helpers import run_until_killed
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.errors import ConfigError, VcotError
-from vcot.model_format import ModelFormat
-from vcot.rewards import reward_setup
+from vcot.grounding.model_format import ModelFormat
+from vcot.scoring.rewards import reward_setup
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.grpo import (
@@ -109,9 +109,9 @@ def test_grpo_steps_change_the_adapter_and_log_every_reward(
 def test_grpo_adapter_loads_as_evaluate_loads_it(grpo_run: str) -> None:
     from peft import PeftModel
 
-    from vcot.images import load_rgb
-    from vcot.modeling import adapter_format, load_model_and_processor
-    from vcot.prompts import build_messages
+    from vcot.io.images import load_rgb
+    from vcot.models.loading import adapter_format, load_model_and_processor
+    from vcot.grounding.prompts import build_messages
 
     pointer = json.loads((Path(grpo_run).parent / "latest.json").read_text())
     model, processor = load_model_and_processor(pointer["base_model"], adapter_uri=pointer["adapter"])
@@ -153,8 +153,7 @@ def test_killed_grpo_run_resumes_to_the_same_adapter(
 
 def _records_with(root: Path, record_output: Callable[..., str], edit: Callable[[list[dict[str, Any]]], None]) -> str:
     """A committed record output of 12 records, ``edit``ed in place before it is rewritten and committed."""
-    from vcot import shards
-
+    from vcot.io import shards
     source = record_output(12, root=str(root / "source"))
     records = list(manifest.committed_records(source, ("train/",)))
     edit(records)

@@ -3,7 +3,7 @@
 The policy is a randomly initialized 2-layer Qwen2 (~0.2M parameters) over the tiny model's tokenizer; the reward
 is the share of vowels in the completion's text: dense from the first step (random tokens score ~0.3) and
 learnable by shifting the output distribution alone. A second reward returns NaN for every other completion,
-through :func:`vcot.rewards.guarded` as the pipeline's rewards are: TRL must keep going, and the count must show.
+through :func:`vcot.scoring.rewards.guarded` as the pipeline's rewards are: TRL must keep going, and the count must show.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from vcot.rewards import guarded
+from vcot.scoring.rewards import guarded
 
 STEPS = 30
 WINDOW = 5  # steps averaged at each end of the curve

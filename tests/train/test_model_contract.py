@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import main as evaluate_main
-from vcot import manifest, storage
-from vcot.model_format import ModelFormat
-from vcot.modeling import MODEL_CARD
+from vcot.io import manifest, storage
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.loading import MODEL_CARD
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
 

@@ -72,7 +72,7 @@ def test_unknown_recipe_names_list_the_presets() -> None:
 
 
 def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
     from vcot.train.common import add_lora
 
     model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)
@@ -89,7 +89,7 @@ def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
 
 def test_tiny_cpu_trains_the_language_model_in_full_and_the_vision_tower_not(tiny_model_dir: Path) -> None:
     """make local-train's recipe: random weights have nothing low-rank to adapt (docs/train.md)."""
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
     from vcot.train.common import add_lora
 
     model, _ = load_model_and_processor(str(tiny_model_dir), for_training=True)

@@ -1,6 +1,6 @@
 """RGFN (method gfn) on the tiny model: a few steps from an SFT adapter trained in the rationale_turn layout change
 the adapter and log RGFN's curves; a killed run resumes to the same adapter. Mechanics, not quality: the objective
-itself is proven in tests/test_gfn.py."""
+itself is proven in tests/scoring/test_gfn.py."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from safetensors.torch import load, load_file
 
 from tests.train.train_helpers import run_until_killed
-from vcot import manifest, storage
-from vcot.modeling import read_model_card
+from vcot.io import manifest, storage
+from vcot.models.loading import read_model_card
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 

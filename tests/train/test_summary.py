@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vcot import shards, storage
+from vcot.io import shards, storage
 from vcot.dev.summary import main, summary
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 from structlog.testing import capture_logs
 
 from tests.train.conftest import make_record
-from vcot import manifest, shards, storage
-from vcot.modeling import load_processor
+from vcot.io import manifest, shards, storage
+from vcot.models.loading import load_processor
 from vcot.tokenize import TokenizeConfig, tokenize
 
 PAGE = (560, 784)  # a document page: 64 image tokens at the budget below, 4 for the small images

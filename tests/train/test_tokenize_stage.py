@@ -15,10 +15,10 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from jobs.tokenize import main as tokenize_main
-from vcot import manifest, storage
-from vcot.boxes import parse_grounded, smart_resize
+from vcot.io import manifest, storage
+from vcot.grounding.boxes import parse_grounded, smart_resize
 from vcot.config import parse_config
-from vcot.model_format import ModelFormat
+from vcot.grounding.model_format import ModelFormat
 from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, tokenize
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import ConfigError
 from vcot.train.recipe import load_recipe
 

@@ -16,11 +16,11 @@ from transformers import AutoConfig
 
 from jobs.evaluate import main as evaluate_main
 from tests.train.train_helpers import run_until_killed
-from vcot import manifest, storage
-from vcot.images import load_rgb
-from vcot.model_format import ModelFormat
-from vcot.modeling import architecture
-from vcot.prompts import build_messages
+from vcot.io import manifest, storage
+from vcot.io.images import load_rgb
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.loading import architecture
+from vcot.grounding.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.data import Collator, TokenizedDataset
@@ -78,7 +78,7 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
 def test_training_changes_the_adapter_and_lowers_the_loss(
     reference_run: str, tokenized_data: str, tiny_model_dir: Path
 ) -> None:
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
 
     weights = load_file(str(Path(reference_run) / "adapter" / "adapter_model.safetensors"))
     lora = [tensor for name, tensor in weights.items() if "lora_embedding_A" in name]
@@ -100,7 +100,7 @@ def test_training_changes_the_adapter_and_lowers_the_loss(
 
 
 def test_saved_adapter_reloads_and_generates(reference_run: str, tokenized_data: str) -> None:
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
 
     run = json.loads((Path(reference_run).parent / "latest.json").read_text())
     model, processor = load_model_and_processor(run["base_model"], adapter_uri=run["adapter"])
@@ -167,7 +167,7 @@ def test_text_mode_trains_without_pixels(
 
     tokens = str(tmp_path / "tokens")
     tokenize(TokenizeConfig(input=[record_output(16)], output=tokens, model=str(tiny_model_dir), mode="text"))
-    batch = Collator(__import__("vcot.modeling", fromlist=["load_processor"]).load_processor(str(tiny_model_dir)))(
+    batch = Collator(__import__("vcot.models.loading", fromlist=["load_processor"]).load_processor(str(tiny_model_dir)))(
         [TokenizedDataset(tokens, "train")[0]]
     )
     assert "pixel_values" not in batch
@@ -189,7 +189,7 @@ def test_merged_model_equals_base_plus_adapter_with_loader_workers(
 ) -> None:
     from transformers import AutoModelForImageTextToText
 
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
 
     output = str(tmp_path / "run")
     settings = "max_steps=2,save_steps=10,eval_steps=10,merge_adapter=true,dataloader_num_workers=2"
@@ -322,7 +322,7 @@ def test_a_token_shard_replaced_after_commit_is_refused(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     from vcot.errors import StorageError
-    from vcot.shards import file_entry
+    from vcot.io.shards import file_entry
 
     tokens = tmp_path / "tokens"
     shard = tokens / "train" / "00000-of-00001.parquet"

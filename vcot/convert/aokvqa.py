@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from vcot import storage
+from vcot.io import storage
 from vcot.convert.common import (
     BadLine,
     Item,

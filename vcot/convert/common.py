@@ -18,10 +18,10 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
-from vcot.records import Rejection
+from vcot.grounding.records import Rejection
 
 log = get_logger(__name__)
 

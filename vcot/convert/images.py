@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import StorageError
 
 

@@ -3,7 +3,7 @@
 Each item is llava-style ``{"id"?, "image", "conversations": [human, reason, gpt]}``: the question (with the
 ``<image>`` placeholder), the rationale in a turn of its own (LaCoT trains it as the ``Analyzer`` turn), and the
 answer. The record's ``answer`` is the gpt turn; its ``rationale`` is the reasoning followed by ``Answer: <answer>``
-(the record convention, docs/records.md), which ``vcot.prompts.split_rationale`` splits back into the two turns of
+(the record convention, docs/records.md), which ``vcot.grounding.prompts.split_rationale`` splits back into the two turns of
 the ``rationale_turn`` layout. LaCoT's rationales are plain text without boxes: the records say
 ``needs_distillation`` so distill can ground them; RGFN can also train on them as they are.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.convert.common import (
     BadLine,
     Item,

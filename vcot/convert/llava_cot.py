@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.convert.common import (
     BadLine,
     Item,

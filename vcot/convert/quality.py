@@ -1,6 +1,6 @@
 """The quality filter (the seed's ``filter_quality``) and the quality report.
 
-A grounded record must pass :func:`vcot.records.grounding_problem` (valid boxes, a rationale that
+A grounded record must pass :func:`vcot.grounding.records.grounding_problem` (valid boxes, a rationale that
 grounds them). A record that needs distillation has no boxes yet: it must only carry the fields distill
 needs. Every failure is a reason code; the counts here make "accepted + rejected == input" checkable.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vcot.records import REQUIRED_FIELDS, grounding_problem
+from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem
 
 COUNTERS = (
     "input",
@@ -41,7 +41,7 @@ def quality_problem(record: dict[str, Any]) -> str | None:
 
 
 class QualityStats:
-    """Counts per subset; plain integers, so the counts of blocks and shards add up (:func:`vcot.records.merge_counts`)."""
+    """Counts per subset; plain integers, so the counts of blocks and shards add up (:func:`vcot.grounding.records.merge_counts`)."""
 
     def __init__(self) -> None:
         self.subsets: dict[str, Counter[str]] = {}

@@ -1,7 +1,7 @@
 """Route converted items to ``train/``, ``val/`` or ``rejected/``: one item to exactly one place, counted.
 
 :func:`route_block` routes a run of items into a :class:`RoutedBlock` of packed lines and counts, which
-the stage appends in input order (:meth:`vcot.shards.SplitWriters.write_block`), whether a worker process
+the stage appends in input order (:meth:`vcot.io.shards.SplitWriters.write_block`), whether a worker process
 or the stage itself made it. :func:`route_blocks` cuts a stream of items into such blocks.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 from vcot.convert.common import Item, Rejection, paused_gc
 from vcot.convert.quality import QualityStats, quality_problem
-from vcot.records import split_for
-from vcot.shards import encode_record, pack_lines
+from vcot.grounding.records import split_for
+from vcot.io.shards import encode_record, pack_lines
 
 OUTPUT_SPLITS = ("train", "val", "rejected")
 BLOCK_ITEMS = 4096

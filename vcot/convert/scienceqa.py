@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.convert.common import (
     Item,
     Owns,

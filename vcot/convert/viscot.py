@@ -3,7 +3,7 @@
 Boxes come from the absolute ``###`` box when the record has one, otherwise from the normalized box
 string un-padded with the image size (VisCOT normalizes to the image padded to a centered square:
 ``docs/convert.md`` and NOTES). The image size comes from the metadata, else from the image header.
-Every conversion goes through :mod:`vcot.boxes`.
+Every conversion goes through :mod:`vcot.grounding.boxes`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vcot import storage
-from vcot.boxes import (
+from vcot.io import storage
+from vcot.grounding.boxes import (
     pixels_to_norm1000,
     validate_box,
     viscot_padded_to_pixels,
@@ -43,7 +43,7 @@ from vcot.convert.common import (
 from vcot.convert.images import ImageProblem, size_from_uri
 from vcot.convert.routing import RoutedBlock, route_block, route_blocks
 from vcot.log import get_logger
-from vcot.parallel import ordered_map
+from vcot.io.parallel import ordered_map
 
 log = get_logger(__name__)
 

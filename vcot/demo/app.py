@@ -1,6 +1,6 @@
 """The demo's page and server: upload an image, ask, and watch the boxes appear as the model writes them.
 
-Every chunk of the streamed answer goes through :class:`~vcot.streaming.GroundedStream`; each mention it
+Every chunk of the streamed answer goes through :class:`~vcot.grounding.streaming.GroundedStream`; each mention it
 completes is drawn at once (a mention still being written is not), and the text shows each mention in its
 box's colour. Whatever goes wrong with an upload or a generation is one readable line on the page; the
 server keeps serving. Gradio is told not to phone home (no telemetry, no version check, no web fonts).
@@ -19,14 +19,14 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from vcot.answers import final_answer
+from vcot.grounding.answers import final_answer
 from vcot.demo.config import DemoConfig
 from vcot.demo.drawing import display_copy, draw_boxes, highlighted
 from vcot.demo.engine import DemoModel, Options, load_demo_model
 from vcot.demo.examples import write_examples
 from vcot.errors import VcotError
 from vcot.log import get_logger
-from vcot.streaming import GroundedStream
+from vcot.grounding.streaming import GroundedStream
 
 log = get_logger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vcot.config import option
-from vcot.model_format import Coords
+from vcot.grounding.model_format import Coords
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from vcot.boxes import GroundedBox, InvalidBox, norm1000_to_pixels
+from vcot.grounding.boxes import GroundedBox, InvalidBox, norm1000_to_pixels
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0fa5b8", "#f032e6", "#9a6324")
 """Distinct, legible colours, cycled over the mentions in the order they are written."""

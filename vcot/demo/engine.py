@@ -17,12 +17,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import ConfigError, VcotError
-from vcot.images import load_rgb
+from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.model_format import Coords, ModelFormat
-from vcot.modeling import (
+from vcot.grounding.model_format import Coords, ModelFormat
+from vcot.models.loading import (
     MODEL_CARD,
     adapter_format,
     check_base_model,
@@ -31,8 +31,8 @@ from vcot.modeling import (
     read_model_card,
     stop_token_ids,
 )
-from vcot.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
-from vcot.prompts import build_messages
+from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
+from vcot.grounding.prompts import build_messages
 
 log = get_logger(__name__)
 

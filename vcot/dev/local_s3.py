@@ -55,7 +55,7 @@ class LocalS3:
         return self.root / "server.log"
 
     def env(self) -> dict[str, str]:
-        """What a process needs to use this server through :mod:`vcot.storage`."""
+        """What a process needs to use this server through :mod:`vcot.io.storage`."""
         return {
             "AWS_ACCESS_KEY_ID": self.access_key,
             "AWS_SECRET_ACCESS_KEY": self.secret_key,

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.log import configure_logging
-from vcot.shards import read_jsonl
+from vcot.io.shards import read_jsonl
 
 
 def loss_line(metrics: dict[str, Any]) -> str:

@@ -93,9 +93,9 @@ _WORDS = (
 def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
     """Sentences shaped like our prompts and grounded rationales, so their common pieces get merged.
 
-    The instruction every prompt carries (``vcot.model_format``) is in the corpus, so it tokenizes into whole words.
+    The instruction every prompt carries (``vcot.grounding.model_format``) is in the corpus, so it tokenizes into whole words.
     """
-    from vcot.model_format import COORDS, ModelFormat
+    from vcot.grounding.model_format import COORDS, ModelFormat
 
     rng = random.Random(seed)
     for index in range(lines):
@@ -146,7 +146,7 @@ def _check_family(family: str) -> None:
 
 def chat_template(family: str = DEFAULT_FAMILY) -> str:
     """The family's official chat template, as shipped by TRL (no hub needed)."""
-    from vcot.modeling import official_chat_template
+    from vcot.models.loading import official_chat_template
 
     _check_family(family)
     return official_chat_template(MODEL_TYPES[family])
@@ -171,7 +171,7 @@ def build_processor(
 
     The pixel budget defaults to the family's tiny one (:data:`TINY_PIXELS`).
     """
-    from vcot.modeling import IMAGE_ONLY_PROCESSORS
+    from vcot.models.loading import IMAGE_ONLY_PROCESSORS
 
     _check_family(family)
     default_min, default_max = TINY_PIXELS[family]

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.llm.cache import AnswerCache
 from vcot.llm.chat import (
     Completion,

@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.config import option
-from vcot.manifest import ShardSpec
+from vcot.io.manifest import ShardSpec
 
 Strategy = Literal["direct", "zoom"]
 Mode = Literal["live", "batch"]

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from vcot.boxes import format_box, norm1000_to_pixels
+from vcot.grounding.boxes import format_box, norm1000_to_pixels
 
 Message = dict[str, Any]
 

@@ -33,7 +33,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.config import redacted
 from vcot.distill import prompts
 from vcot.distill.batch import BatchCollector, BatchRunner, Deferred
@@ -46,9 +46,9 @@ from vcot.llm.cache import AnswerCache, stored_while_running
 from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
 from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
-from vcot.manifest import ShardSpec
-from vcot.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
-from vcot.shards import ShardFile, SplitWriters, read_verified, write_file
+from vcot.io.manifest import ShardSpec
+from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
+from vcot.io.shards import ShardFile, SplitWriters, read_verified, write_file
 
 log = get_logger("vcot.distill")
 
@@ -265,7 +265,7 @@ def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
 
 
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One quality report for a sharded run: counters summed (:func:`vcot.records.merge_counts`, as convert's), the
+    """One quality report for a sharded run: counters summed (:func:`vcot.grounding.records.merge_counts`, as convert's), the
     slowest shard's time, the total cost.
 
     >>> a = {"shard": "00000-of-00002", "counts": {"input": 2, "distilled": 2}, "accepted": 2, "rejected_reasons": {},

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from vcot import answers
-from vcot.boxes import parse_grounded
+from vcot.grounding import answers
+from vcot.grounding.boxes import parse_grounded
 
 _ANSWER_MARKER = re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE)
 
@@ -61,7 +61,7 @@ def tail(text: str, limit: int = 80) -> str:
 
 
 def answer_matches(final: str, record: dict[str, Any]) -> bool:
-    """Whether ``final`` gives the record's known answer, judged by :mod:`vcot.answers` (as evaluate scores).
+    """Whether ``final`` gives the record's known answer, judged by :mod:`vcot.grounding.answers` (as evaluate scores).
 
     Accepted: what evaluate scores correct (normalized exact match; for multiple choice the option's letter,
     letter and text, or text); or, for an open question, a short answer that contains the truth as whole

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from vcot.boxes import parse_grounded
+from vcot.grounding.boxes import parse_grounded
 from vcot.distill import prompts
 from vcot.distill.direct import Outcome, ask_valid
 from vcot.llm.chat import CachedChat

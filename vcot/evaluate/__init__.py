@@ -1,14 +1,14 @@
 """The evaluate stage: score grounded answers of a model (or of a predictions file) against records.
 
-Answers are judged by the shared ``vcot.answers`` (the rule distill accepts teacher answers by).
+Answers are judged by the shared ``vcot.grounding.answers`` (the rule distill accepts teacher answers by).
 
 Shared with train's generation evaluation (top-level modules, since no stage imports another's package):
 
-- ``vcot.metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
-- ``vcot.field_metrics``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT).
-- ``vcot.scoring``: one response scored against its record, boxes read back through the run's
-  ``vcot.model_format.ModelFormat`` (the adapter's card).
-- ``vcot.generation``: batched greedy inference with left padding (model mode), with ``vcot.penalty``'s box-aware
+- ``vcot.scoring.metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
+- ``vcot.scoring.field_metrics``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT).
+- ``vcot.scoring.response``: one response scored against its record, boxes read back through the run's
+  ``vcot.grounding.model_format.ModelFormat`` (the adapter's card).
+- ``vcot.models.generation``: batched greedy inference with left padding (model mode), with ``vcot.models.penalty``'s box-aware
   repetition penalty (leaves coordinate digits inside ``<box>`` alone).
 
 This package's modules, in dependency order:

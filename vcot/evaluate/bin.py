@@ -3,7 +3,7 @@
 Per record: the policy (the adapter on) samples N responses at temperature 0.7; each is cut at its last
 ``Answer:`` into a rationale Z_i; the SFT model (the adapter disabled) continues ``Z_i Answer:`` greedily into
 an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
-X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.gfn.bin_select`) with its own
+X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`) with its own
 rationale: the answer the rationales agree explain best, not the one a single lucky rationale favours.
 Best-of-N returns the response whose answer tokens have the highest mean log-probability after their own
 rationale (the diagonal), so the report can compare the two with greedy decoding.
@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 import torch
 
-from vcot import gfn
-from vcot.generation import GenerationSettings, Skipped, prompt_text, two_phase
-from vcot.images import load_rgb
+from vcot.scoring import gfn
+from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
+from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.modeling import stop_token_ids, vision_token_ids
-from vcot.prompts import answer_cue, build_messages
+from vcot.models.loading import stop_token_ids, vision_token_ids
+from vcot.grounding.prompts import answer_cue, build_messages
 
 log = get_logger(__name__)
 
@@ -198,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m vcot.evaluate.bin --metrics URI``: print the comparison (what ``make local-rgfn`` shows)."""
     import argparse
 
-    from vcot import storage
-
+    from vcot.io import storage
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--metrics", required=True, help="an evaluate output's metrics.json (file or s3:// URI)")
     args = parser.parse_args(argv)

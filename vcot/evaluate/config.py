@@ -15,12 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vcot.boxes import BoxFormat
+from vcot.grounding.boxes import BoxFormat
 from vcot.config import option
-from vcot.field_metrics import FIELD_RATE_METRICS
-from vcot.metrics import RATE_METRICS
-from vcot.model_format import FAMILIES, Coords, Family, Mode
-from vcot.penalty import BOX_AWARE, REPETITION_PENALTY
+from vcot.scoring.field_metrics import FIELD_RATE_METRICS
+from vcot.scoring.metrics import RATE_METRICS
+from vcot.grounding.model_format import FAMILIES, Coords, Family, Mode
+from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
 WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import VcotError
 
 HISTORY_NAME = "eval-history.jsonl"

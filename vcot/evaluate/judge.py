@@ -3,7 +3,7 @@
 VisCoT's protocol (``llava/eval/eval_cot_score.py`` of its repository): a text-only chat with an
 OpenAI-compatible model that gets the question, the standard answer and the model's answer, and replies
 ``score: <score>``, 0 to 1, the closer the meaning the higher. We send the *final answer* of a response
-(``vcot.answers.extract_answer``: what follows ``Answer:``), as VisCoT sends its model's answer turn.
+(``vcot.grounding.answers.extract_answer``: what follows ``Answer:``), as VisCoT sends its model's answer turn.
 
 Unlike VisCoT's script, a reply we cannot read is never a 0: it is a per-sample failure, counted by
 reason (``malformed_reply``: no single ``score: x`` with x in [0, 1]; ``empty_reply``: no text), and
@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.log import get_logger
 
 log = get_logger(__name__)

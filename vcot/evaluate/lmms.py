@@ -6,10 +6,10 @@
 lmms-eval finds the plugin through the ``lmms_eval.models`` entry point (``pyproject.toml``). The model and its
 format are loaded as ``vcot-evaluate`` loads them (:func:`vcot.evaluate.stage.load_generator`: the adapter's
 ``vcot-model.json`` settles the frame, ``coords=`` is required without one); each question is prompted as
-``vcot.prompts`` prompts a record (the task's text is the question, the first image its image) and generated
+``vcot.grounding.prompts`` prompts a record (the task's text is the question, the first image its image) and generated
 with the same batched greedy decoding. What goes back to the task (``output=``):
 
-- ``answer`` (default): the final answer (``vcot.answers.extract_answer``), what VQA-style tasks score;
+- ``answer`` (default): the final answer (``vcot.grounding.answers.extract_answer``), what VQA-style tasks score;
 - ``response``: the whole response with every valid box read back through ``ModelFormat.read`` and written
   as a house box (``<ref>..</ref><box>[x1, y1, x2, y2]</box>``, 0-1000 of the task's image), for grounding tasks.
 
@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from vcot.answers import extract_answer
-from vcot.boxes import render_grounded
+from vcot.grounding.answers import extract_answer
+from vcot.grounding.boxes import render_grounded
 from vcot.log import get_logger
-from vcot.model_format import ModelFormat
+from vcot.grounding.model_format import ModelFormat
 
 log = get_logger(__name__)
 
@@ -45,7 +45,7 @@ def manifest() -> Any:
 def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str = "answer") -> str:
     """What the plugin returns for one response: its final answer, or the response with house boxes.
 
-    >>> from vcot.model_format import ModelFormat
+    >>> from vcot.grounding.model_format import ModelFormat
     >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="qwen",
     ...                              min_pixels=56 * 56, max_pixels=112 * 112)
     >>> text = "See <|object_ref_start|>cup<|object_ref_end|><|box_start|>(0,0),(70,28)<|box_end|>. Answer: a cup"
@@ -74,9 +74,9 @@ def _cut(text: str, until: Any) -> str:
 def _build_class() -> type:
     from lmms_eval.api.model import lmms
 
-    from vcot.generation import GenerationSettings, Skipped, generate_batch
+    from vcot.models.generation import GenerationSettings, Skipped, generate_batch
     from vcot.evaluate.stage import load_generator
-    from vcot.penalty import BOX_AWARE, REPETITION_PENALTY
+    from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]
         """``--model vcot``: a base model and a vcot adapter, prompted and read back as vcot-evaluate does."""

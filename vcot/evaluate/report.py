@@ -12,9 +12,9 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from vcot.boxes import NORM
-from vcot.pages import box_rects as _box_rects
-from vcot.pages import highlight_tags, thumbnail_data_uri
+from vcot.grounding.boxes import NORM
+from vcot.pages.html import box_rects as _box_rects
+from vcot.pages.html import highlight_tags, thumbnail_data_uri
 
 HISTOGRAM_BINS = 10
 METRIC_COLUMNS = [
@@ -82,7 +82,7 @@ def _table(table_id: str, header: Sequence[str], body: Sequence[Sequence[str]]) 
 
 
 def field_table(metrics: dict[str, Any]) -> str:
-    """The field's grounding metrics (``vcot.field_metrics``), overall and per subset."""
+    """The field's grounding metrics (``vcot.scoring.field_metrics``), overall and per subset."""
     header = ["subset", "mIoU (TreeBench)", "dual IoU", "union IoU (GRIT)", "first-box Acc@0.5", "consistency",
               "CR", "CM", "WR", "WW"]
     body = []

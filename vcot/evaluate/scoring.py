@@ -9,12 +9,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.errors import VcotError
 from vcot.log import get_logger
-from vcot.metrics import SampleScore
-from vcot.model_format import ModelFormat
-from vcot.scoring import score_response
+from vcot.scoring.metrics import SampleScore
+from vcot.grounding.model_format import ModelFormat
+from vcot.scoring.response import score_response
 
 log = get_logger(__name__)
 

@@ -23,20 +23,20 @@ import os
 from collections import Counter
 from typing import Any, Literal
 
-from vcot import layout, manifest, shards, storage
+from vcot.io import layout, manifest, shards, storage
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
-from vcot.field_metrics import add_field_metrics
+from vcot.scoring.field_metrics import add_field_metrics
 from vcot.evaluate.judge import JudgeSettings, add_judge_metrics, default_cache, judge_rows
-from vcot.metrics import summarize_by_subset
+from vcot.scoring.metrics import summarize_by_subset
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.evaluate.styles import compare_styles
 from vcot.log import get_logger
-from vcot.model_format import ModelFormat
+from vcot.grounding.model_format import ModelFormat
 
 log = get_logger(__name__)
 
@@ -111,7 +111,7 @@ def recorded_format(adapter: str | None, overrides: dict[str, Any], model: str |
     """The card's format with the flags applied, or ``None`` when the flags must say it (``--coords``); checked
     before any weight is loaded. The card is the adapter's, or without one the model's own (a full fine-tune's
     ``model/`` has one)."""
-    from vcot.modeling import MODEL_CARD, adapter_format, refuse_full_finetune
+    from vcot.models.loading import MODEL_CARD, adapter_format, refuse_full_finetune
 
     if adapter:
         refuse_full_finetune(adapter, flag="--adapter")
@@ -137,7 +137,7 @@ def load_generator(
 
     Also what the lmms-eval plugin (``vcot.evaluate.lmms``) loads a model with.
     """
-    from vcot.modeling import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
+    from vcot.models.loading import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
 
     recorded = recorded_format(adapter, overrides, model_uri)
     if adapter and storage.exists(storage.join(adapter, MODEL_CARD)):
@@ -157,7 +157,7 @@ def model_responses(
     config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
 ) -> tuple[dict[str, dict[str, str]], ModelFormat, dict[str, Any]]:
     """Load the model once and generate with each prompt style: ``{style: {id: response}}``, the format, details."""
-    from vcot.generation import GenerationSettings, Skipped, generate_responses
+    from vcot.models.generation import GenerationSettings, Skipped, generate_responses
 
     overrides = flag_overrides(config)
     model, processor, fmt = load_generator(
@@ -193,7 +193,7 @@ def bin_answers(
 ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
     """BiN's and best-of-N's responses (``--bin N``), scored beside greedy decoding's as two more styles."""
     from vcot.evaluate.bin import BinSettings, bin_responses
-    from vcot.generation import GenerationSettings
+    from vcot.models.generation import GenerationSettings
 
     settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
     choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer)

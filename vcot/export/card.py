@@ -1,7 +1,7 @@
 """The exported model's README.md: what a user of the model (vLLM, transformers, the hub) must know to get boxes
 right. Built from what the run recorded, never typed by hand: the base model and model format from
 ``vcot-model.json``, the lineage from the run's ``_SUCCESS``, the metrics from its ``metrics.json`` (and the
-evaluate output beside the run when there is one), the prompt from :func:`vcot.prompts.build_messages`.
+evaluate output beside the run when there is one), the prompt from :func:`vcot.grounding.prompts.build_messages`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from vcot.model_format import RATIONALE_ROLE, ModelFormat
-from vcot.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
+from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 
 EXAMPLE = {"image": "image.png", "width": 640, "height": 480, "question": "What color is the car on the left?"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

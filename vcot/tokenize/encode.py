@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from vcot.model_format import IGNORE_INDEX, IMAGE_PAD, RATIONALE_ROLE, ModelFormat
-from vcot.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.grounding.model_format import IGNORE_INDEX, IMAGE_PAD, RATIONALE_ROLE, ModelFormat
+from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 
 
 class Encoder:

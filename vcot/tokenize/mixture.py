@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import ConfigError
 
 INPUT = "input"

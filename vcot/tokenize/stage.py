@@ -4,9 +4,9 @@ Output layout::
 
     OUTPUT/train/<shard>.parquet   rows of the inputs' train/ records
     OUTPUT/val/<shard>.parquet     rows of the inputs' val/ records (train's eval_loss, early stopping)
-    OUTPUT/_SUCCESS                files, counts, config (model, model_format: vcot.model_format), stats, lineage
+    OUTPUT/_SUCCESS                files, counts, config (model, model_format: vcot.grounding.model_format), stats, lineage
 
-Only records usable as grounded training examples (``vcot.records.grounding_problem`` is ``None``) are
+Only records usable as grounded training examples (``vcot.grounding.records.grounding_problem`` is ``None``) are
 tokenized; the others are counted by reason. A row longer than ``--max-length`` is dropped and counted,
 never truncated (a cut through the image tokens would no longer match the pixels); a warning per subset says
 how many, and ``--fit-to-budget`` shrinks such a row's image until it fits instead (counted as ``fitted``).
@@ -26,14 +26,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from vcot import manifest, storage
+from vcot.io import manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
-from vcot.boxes import BOX_FORMATS, BoxFormat
-from vcot.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
-from vcot.records import grounding_problem
-from vcot.shards import ShardFile, file_entry
+from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
+from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
+from vcot.grounding.records import grounding_problem
+from vcot.io.shards import ShardFile, file_entry
 from vcot.tokenize.encode import Encoder
 from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
 
@@ -255,7 +255,7 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     from tqdm import tqdm
 
-    from vcot.modeling import load_processor_for, model_family
+    from vcot.models.loading import load_processor_for, model_family
 
     shard = config.shard
     mixture = resolve_mixture(config)

@@ -21,7 +21,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot import storage
+from vcot.io import storage
 from vcot.log import get_logger
 from vcot.train import distributed
 

@@ -21,18 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vcot import layout, manifest, storage
+from vcot.io import layout, manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
-from vcot.model_format import COORDS, ModelFormat
+from vcot.grounding.model_format import COORDS, ModelFormat
 from vcot.train import distributed
 from vcot.train.options import check_vision_learning_rate, prepare_full
 from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
 from vcot.train.throughput import Throughput, throughput_of
 
 if TYPE_CHECKING:
-    from vcot.modeling import Precision
+    from vcot.models.loading import Precision
 
 log = get_logger(__name__)
 
@@ -152,7 +152,7 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     """
     import torch
 
-    from vcot.modeling import load_model_and_processor
+    from vcot.models.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(
         model_uri, adapter_uri=init_adapter or None, quantize=recipe.quantize, for_training=True
@@ -361,7 +361,7 @@ def restore(folders: RunFolders) -> Path | None:
 
 def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
     """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back."""
-    from vcot.modeling import architecture
+    from vcot.models.loading import architecture
 
     return {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
 
@@ -369,7 +369,7 @@ def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path, card: dict[str, Any]) -> None:
     """The base (never the 4-bit one) with the adapter merged in: a standalone model, its processor saved for
     serving and the adapter's card (evaluate reads the model format from it), as vcot-export writes it."""
-    from vcot.modeling import MODEL_CARD, save_merged
+    from vcot.models.loading import MODEL_CARD, save_merged
 
     save_merged(config.model, str(adapter_dir), dest, dtype=None)  # the precision it trained at
     merged_card = {**card, "merged_from": storage.join(config.output, "adapter")}
@@ -378,7 +378,7 @@ def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path, card: dict
 
 def _files_of(root: Path, prefix: str) -> list[Any]:
     """Manifest entries (path, sha256, size) for every file under ``root``, listed as ``prefix/...``."""
-    from vcot.shards import file_entry
+    from vcot.io.shards import file_entry
 
     return [
         file_entry(path, f"{prefix}/{path.relative_to(root).as_posix()}")
@@ -421,7 +421,7 @@ def _commit(
     inputs: list[str],
     stats: dict[str, Any],
 ) -> dict[str, Any]:
-    from vcot.modeling import MODEL_CARD, load_processor
+    from vcot.models.loading import MODEL_CARD, load_processor
 
     with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
         if recipe.finetune == "full":
@@ -446,7 +446,7 @@ def _commit(
 
 def _save_full_model(config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path) -> list[Any]:
     """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
-    from vcot.modeling import MODEL_CARD, load_processor, save_processor_for_serving
+    from vcot.models.loading import MODEL_CARD, load_processor, save_processor_for_serving
 
     trainer.model.save_pretrained(model_dir)
     save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM

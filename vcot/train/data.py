@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vcot import manifest
+from vcot.io import manifest
 from vcot.errors import VcotError
-from vcot.images import load_rgb
-from vcot.model_format import IGNORE_INDEX, IMAGE_PAD
-from vcot.shards import read_verified
+from vcot.io.images import load_rgb
+from vcot.grounding.model_format import IGNORE_INDEX, IMAGE_PAD
+from vcot.io.shards import read_verified
 from vcot.train import distributed
 
 

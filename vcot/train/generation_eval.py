@@ -2,8 +2,8 @@
 
 At an evaluation (every one, or those that pass a multiple of ``generation_eval_steps``), the model answers the first
 ``generation_eval_samples`` usable val records greedily, and the answers are scored exactly as the evaluate
-stage scores them (``vcot.generation``, boxes read back through ``ModelFormat.read`` by ``vcot.scoring``,
-``vcot.metrics.summarize``). The rate metrics join the evaluation's metrics as ``eval_gen_<metric>``
+stage scores them (``vcot.models.generation``, boxes read back through ``ModelFormat.read`` by ``vcot.scoring.response``,
+``vcot.scoring.metrics.summarize``). The rate metrics join the evaluation's metrics as ``eval_gen_<metric>``
 (``eval_gen_first_object_iou``, ``eval_gen_acc_at_50``, ...): logged to the trainer's log history and
 TensorBoard like ``eval_loss``, and seen by ``metric_for_best_model`` and early stopping, which read the same
 metrics dict after this callback ran (it must be added before ``EarlyStoppingCallback``).
@@ -20,14 +20,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot import manifest
+from vcot.io import manifest
 from vcot.errors import VcotError
-from vcot.generation import GenerationSettings, Skipped, generate_responses
+from vcot.models.generation import GenerationSettings, Skipped, generate_responses
 from vcot.log import get_logger
-from vcot.metrics import RATE_METRICS, SampleScore, summarize
-from vcot.model_format import ModelFormat
-from vcot.records import grounding_problem
-from vcot.scoring import score_response
+from vcot.scoring.metrics import RATE_METRICS, SampleScore, summarize
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.records import grounding_problem
+from vcot.scoring.response import score_response
 from vcot.train import distributed
 from vcot.train.recipe import Recipe
 

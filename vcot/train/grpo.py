@@ -2,9 +2,9 @@
 
 Reads top to bottom: the run's model format (the continued adapter's card, else the card of a ``--model`` vcot
 wrote, else the base model's family and processor with ``--coords``); the prompts (the train split of a convert or distill output, as the same user turn
-SFT trains on, :func:`vcot.prompts.build_messages`; records without ground-truth boxes skipped and counted, or
+SFT trains on, :func:`vcot.grounding.prompts.build_messages`; records without ground-truth boxes skipped and counted, or
 scored on format and accuracy only); the policy (the SFT adapter continued, or a new LoRA); the rewards of
-:mod:`vcot.rewards` read through the model format; TRL's trainer; then the run is trained and committed by the
+:mod:`vcot.scoring.rewards` read through the model format; TRL's trainer; then the run is trained and committed by the
 shared machinery (:mod:`vcot.train.common`), exactly as SFT is.
 
 What TRL does not log and this module adds: box tags per completion (``completions/boxes_mean``), the share of
@@ -23,13 +23,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot import manifest, storage
-from vcot.boxes import parse_grounded, validate_box
+from vcot.io import manifest, storage
+from vcot.grounding.boxes import parse_grounded, validate_box
 from vcot.errors import ConfigError, VcotError
-from vcot.images import load_rgb
+from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.model_format import ModelFormat
-from vcot.modeling import (
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.loading import (
     MODEL_CARD,
     Precision,
     adapter_format,
@@ -39,8 +39,8 @@ from vcot.modeling import (
     read_model_card,
     refuse_full_finetune,
 )
-from vcot.prompts import build_messages
-from vcot.rewards import RewardFunc, completion_text, reward_setup
+from vcot.grounding.prompts import build_messages
+from vcot.scoring.rewards import RewardFunc, completion_text, reward_setup
 from vcot.train.common import (
     RunFolders,
     TrainConfig,

@@ -21,10 +21,10 @@ from typing import Any
 
 import yaml
 
-from vcot import storage
+from vcot.io import storage
 from vcot.errors import ConfigError
-from vcot.metrics import RATE_METRICS
-from vcot.rewards import DEFAULT_WEIGHTS, check_weights
+from vcot.scoring.metrics import RATE_METRICS
+from vcot.scoring.rewards import DEFAULT_WEIGHTS, check_weights
 
 SECTIONS = ("trainer", "peft")
 """Recipe keys that are mappings passed through to a library's config (``--set trainer.field=value`` adds one)."""
@@ -92,7 +92,7 @@ class Recipe:
     # Outputs
     merge_adapter: bool = False
     dataloader_num_workers: int = 2
-    # GRPO: weight per reward of vcot.rewards (format, accuracy, bbox, dual_iou); 0 computes and logs it only
+    # GRPO: weight per reward of vcot.scoring.rewards (format, accuracy, bbox, dual_iou); 0 computes and logs it only
     reward_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     num_generations: int = 8
     max_completion_length: int = 512

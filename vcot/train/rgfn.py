@@ -9,11 +9,11 @@ so ending the rationale is one token, the end of turn. Per prompt X, every step:
 2. the policy's untempered log-probabilities of each token (PF) and of the end of turn (PT) at every state;
 3. the reward, from the same network with the adapter disabled (the SFT model, no gradient):
    log R(s_k) = log π(z_<k, end of turn, answer turn | X) / T_s, exact every ``reward_every`` tokens and at the
-   end, linearly interpolated between (:mod:`vcot.gfn`);
+   end, linearly interpolated between (:mod:`vcot.scoring.gfn`);
 4. the reference-guided filter (r_j >= δ_s · r_ref, the reference always kept) and the modified sub-trajectory
    balance loss over the kept trajectories.
 
-The objective, the schedules and the filter are pure functions in :mod:`vcot.gfn` (tested there, including a
+The objective, the schedules and the filter are pure functions in :mod:`vcot.scoring.gfn` (tested there, including a
 convergence test); this module only computes their inputs with the model. Storage, checkpoints, SIGTERM, resume,
 the pointer and the manifest are the shared machinery's (:mod:`vcot.train.common`), as for SFT and GRPO.
 """
@@ -28,13 +28,15 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot import gfn, manifest, storage
+from vcot.io import manifest, storage
+
+from vcot.scoring import gfn
 from vcot.errors import VcotError
-from vcot.images import load_rgb
+from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.model_format import RATIONALE_ROLE, ModelFormat
-from vcot.modeling import machine_precision, vision_token_ids
-from vcot.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
+from vcot.models.loading import machine_precision, vision_token_ids
+from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 from vcot.train.common import (
     RunFolders,
     TrainConfig,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcot import manifest
+from vcot.io import manifest
 from vcot.log import get_logger
 from vcot.train import distributed
 from vcot.train.common import TrainConfig, ensure_pointer

@@ -1,0 +1,188 @@
+"""Loading a base model (+ adapter) and its processor from a folder, S3, or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from vcot.io import manifest, storage
+from vcot.errors import VcotError
+from vcot.models.loading import (
+    ImageOnlyQwen3VLProcessor,
+    ImageOnlyQwen25VLProcessor,
+    load_model_and_processor,
+    load_processor,
+    load_processor_for,
+    local_model_path,
+    official_chat_template,
+)
+
+
+def test_loads_a_local_folder_in_fp32_for_inference(tiny_model_dir: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    assert model.dtype == torch.float32 and not model.training
+
+
+def test_s3_prefix_is_synced_to_the_cache(
+    tiny_model_dir: Path, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VCOT_MODEL_CACHE", str(tmp_path / "cache"))
+    uri = f"{s3_bucket}/models/tiny"
+    storage.upload_dir(tiny_model_dir, uri)
+    processor = load_processor_for(uri)  # tokenize fetches no weights
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
+    path = Path(local_model_path(uri))
+    assert path.parent == tmp_path / "cache"
+    assert (path / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
+    model, _ = load_model_and_processor(uri)
+    assert model.config.model_type == "qwen2_5_vl"
+
+
+def test_hub_ids_pass_through_and_missing_folders_are_refused(tmp_path: Path) -> None:
+    assert local_model_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    with pytest.raises(VcotError, match="does not exist"):
+        local_model_path(str(tmp_path / "nope"))
+
+
+def test_adapter_is_applied_and_its_processor_preferred(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 84 * 84}
+    processor.save_pretrained(adapter)
+
+    loaded, loaded_processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter))
+    assert type(loaded).__name__ == "PeftModel" and not loaded.training
+    assert loaded_processor.image_processor.size.longest_edge == 84 * 84
+    lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
+    assert lora and not any(p.requires_grad for p in lora)
+    trainable, _ = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter), for_training=True)
+    assert all(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+
+
+def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
+    model, _ = load_model_and_processor(str(tiny_model_dir), quantize="4bit")
+    assert getattr(model, "is_loaded_in_4bit", False)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def _stock_copy(folder: Path, dest: Path, *, keep_template: bool = True) -> Path:
+    """``folder`` as a released checkpoint names its processor: the stock class, which needs the video processor."""
+    import shutil
+
+    shutil.copytree(folder, dest)
+    config = dest / "processor_config.json"
+    config.write_text(config.read_text().replace('"ImageOnlyQwen', '"Qwen'))
+    if not keep_template:
+        (dest / "chat_template.jinja").unlink()
+    return dest
+
+
+def test_a_stock_qwen_processor_folder_falls_back_to_the_image_only_one(tiny_model_dir: Path, tmp_path: Path) -> None:
+    processor = load_processor(str(_stock_copy(tiny_model_dir, tmp_path / "stock")))
+    assert isinstance(processor, ImageOnlyQwen25VLProcessor)
+    reference = load_processor(str(tiny_model_dir))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q"}]}]
+    assert processor.apply_chat_template(messages, tokenize=False) == reference.apply_chat_template(
+        messages, tokenize=False
+    )
+
+
+def test_loads_a_tiny_qwen3vl_folder_by_its_saved_config(tiny_qwen3vl_dir: Path) -> None:
+    model, processor = load_model_and_processor(str(tiny_qwen3vl_dir))
+    assert type(model).__name__ == "Qwen3VLForConditionalGeneration" and not model.training
+    assert isinstance(processor, ImageOnlyQwen3VLProcessor) and processor.image_processor.patch_size == 16
+
+
+def test_a_stock_qwen3vl_folder_falls_back_to_its_image_only_processor_and_official_template(
+    tiny_qwen3vl_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "vcot.dev.tiny_model", None)  # the fallback needs no development tool
+    folder = _stock_copy(tiny_qwen3vl_dir, tmp_path / "stock", keep_template=False)
+    processor = load_processor(str(folder))
+    assert isinstance(processor, ImageOnlyQwen3VLProcessor)
+    assert processor.image_processor.patch_size == 16
+    assert processor.chat_template == official_chat_template("qwen3_vl")
+    assert processor.chat_template == load_processor(str(tiny_qwen3vl_dir)).chat_template
+
+
+def test_the_fallback_refuses_a_model_type_it_has_no_processor_for(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+
+    folder = _stock_copy(tiny_model_dir, tmp_path / "stock")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    with pytest.raises(VcotError, match="holds a llava model.*qwen2_5_vl, qwen3_vl"):
+        load_processor(str(folder))
+
+
+# --------------------------------------------------------------------------------------------------
+# A wrong --model is a one-line error through the entrypoints, not a traceback
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hub: what a pod without network sees, at once instead of after the hub client's retries."""
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+
+
+def _error_line(err: str, stage: str) -> str:
+    """The one line besides the JSON log events: no traceback."""
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith(f"vcot-{stage}: error: "), err
+    return lines[0]
+
+
+def _tokenize_with(model: str, root: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    from jobs.tokenize import main
+
+    records = storage.join(root, "records")
+    manifest.commit(records, stage="convert", files=[], config={})
+    code = main(["--input", records, "--output", storage.join(root, "tokens"), "--model", model])
+    return code, _error_line(capsys.readouterr().err, "tokenize")
+
+
+def test_tokenize_refuses_a_relative_model_folder_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # models/qwen does not exist here, so it is taken for a hub id
+    code, line = _tokenize_with("models/qwen", str(tmp_path), capsys)
+    assert code == 1
+    assert "cannot load model models/qwen: " in line and "holding config.json and the tokenizer" in line
+
+
+def test_tokenize_refuses_s3_prefixes_without_a_model(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, line = _tokenize_with(f"{s3_bucket}/models/empty", f"{s3_bucket}/a", capsys)
+    assert code == 1 and f"no model files under {s3_bucket}/models/empty" in line
+    storage.write_json(f"{s3_bucket}/models/config-only/config.json", {"model_type": "qwen2_5_vl"})
+    code, line = _tokenize_with(f"{s3_bucket}/models/config-only", f"{s3_bucket}/b", capsys)
+    assert code == 1 and f"cannot load model {s3_bucket}/models/config-only: " in line
+
+
+def test_train_refuses_a_model_it_cannot_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.train import main
+
+    monkeypatch.chdir(tmp_path)
+    tokens = str(tmp_path / "tokens")
+    settings = {"mode": "text", "coords": "norm1000", "min_pixels": 3136, "max_pixels": 12544, "model": "models/qwen"}
+    manifest.commit(tokens, stage="tokenize", files=[], config=settings)
+    output = str(tmp_path / "runs" / "r")
+    code = main(["--data", tokens, "--model", "models/qwen", "--output", output, "--recipe", "tiny-cpu"])
+    assert code == 1
+    assert "cannot load model models/qwen: " in _error_line(capsys.readouterr().err, "train")
+
+
+def test_a_missing_adapter_is_named_as_such(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(VcotError, match="cannot load adapter .*adapter/ folder"):
+        load_model_and_processor(str(tiny_model_dir), adapter_uri=str(tiny_model_dir))

@@ -1,0 +1,9 @@
+"""Models: loading a base model (+ adapter) and its processor, and generating from it.
+
+- ``loading``: a base model from a folder, ``s3://`` prefix or hub id, with or without a LoRA adapter or 4-bit
+  quantization, the same way in train, evaluate, export and the demo; the adapter's card (``vcot-model.json``);
+- ``generation``: batched greedy generation with left padding (evaluate, train's evaluation between steps);
+- ``penalty``: the repetition penalty that leaves box coordinates alone.
+
+May import: ``vcot.grounding``, ``vcot.io`` and the entrypoint frame.
+"""

@@ -1,0 +1,180 @@
+"""Batched greedy generation (model mode): prompts built by ``vcot.grounding.prompts``, left padded, decoded raw.
+
+Greedy decoding with the seed's repetition penalty (1.2 by default; optionally box-aware), many samples
+per forward pass. Left padding keeps every prompt's last token at the end of the batch, where generation
+continues. Responses are decoded with special tokens kept (Qwen's native ``<|box_start|>`` tags are
+special tokens) and cut at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import LogitsProcessorList
+
+from vcot.io.images import load_rgb
+from vcot.log import get_logger
+from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
+from vcot.models.loading import stop_token_ids, vision_token_ids
+from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
+from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How responses are generated: the same for every sample of a run."""
+
+    fmt: ModelFormat = HOUSE
+    max_new_tokens: int = 512
+    batch_size: int = 16
+    repetition_penalty: float = REPETITION_PENALTY
+    box_aware_penalty: bool = BOX_AWARE
+    prompt_style: PromptStyle = "cot"
+
+
+ANSWER_TOKENS = 32  # the answer turn of the rationale_turn layout: a word or a short phrase after "Answer:"
+
+
+def two_phase(settings: GenerationSettings) -> bool:
+    """A rationale_turn model reasons in an Analyzer turn, then answers in the assistant turn: two generations."""
+    return settings.fmt.layout == "rationale_turn" and settings.prompt_style == "cot"
+
+
+def prompt_text(processor: Any, record: dict[str, Any], settings: GenerationSettings) -> str:
+    """The chat-templated prompt for one record, ending with the assistant's generation prompt (the Analyzer's
+    for a rationale_turn model asked to reason)."""
+    messages = build_messages(record, settings.fmt, with_answer=False, style=settings.prompt_style)
+    if two_phase(settings):
+        return turn_prefix(processor, messages, RATIONALE_ROLE)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def decode_responses(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: set[int]) -> list[str]:
+    """Decode each row up to its first stop token, keeping special tokens such as ``<|box_start|>``."""
+    texts = []
+    for row in new_tokens.tolist():
+        end = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
+        texts.append(tokenizer.decode(row[:end], skip_special_tokens=False))
+    return texts
+
+
+def penalty_processors(settings: GenerationSettings, tokenizer: Any) -> LogitsProcessorList:
+    """The box-aware penalty as a logits processor (built once per run: it scans the vocabulary), else none."""
+    processors = LogitsProcessorList()
+    if settings.box_aware_penalty and settings.repetition_penalty != 1.0:
+        processors.append(BoxAwareRepetitionPenalty(settings.repetition_penalty, tokenizer, settings.fmt.box_syntax))
+    return processors
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A record that gets no response, and why: ``image_unreadable`` or ``grid_mismatch`` (counted in metrics)."""
+
+    reason: str
+
+
+def generate_batch(
+    model: Any,
+    processor: Any,
+    records: Sequence[dict[str, Any]],
+    settings: GenerationSettings,
+    processors: LogitsProcessorList | None = None,
+) -> list[str | Skipped]:
+    """Greedy responses for one batch of records; :class:`Skipped` for a record that cannot be scored honestly.
+
+    With ``qwen2.5-absolute`` boxes the model answers in pixels of the image as the processor resized it,
+    and they are read back with the resize of the record's ``width``/``height``: a record whose image gives
+    another patch grid than its metadata would be mis-scored, so it is skipped (``grid_mismatch``), as
+    train refuses it.
+    """
+    if processors is None:
+        processors = penalty_processors(settings, processor.tokenizer)
+    multimodal = settings.fmt.mode == "multimodal"
+    responses: list[str | Skipped] = [Skipped("image_unreadable")] * len(records)
+    images: dict[int, Any] = {}  # position of each record that can be prompted -> its image (None in text mode)
+    for position, record in enumerate(records):
+        try:
+            images[position] = load_rgb(record["image"]) if multimodal else None
+        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+
+    prompts = {position: prompt_text(processor, records[position], settings) for position in images}
+
+    def encode(positions: list[int], after: dict[int, str] | None = None) -> Any:
+        return processor(
+            text=[prompts[position] + (after or {}).get(position, "") for position in positions],
+            images=[images[position] for position in positions] if multimodal else None,
+            padding=True,
+            return_tensors="pt",
+        )
+
+    usable = list(images)
+    processor.tokenizer.padding_side = "left"
+    inputs = encode(usable) if usable else None
+    if inputs is not None and multimodal and settings.fmt.coords == "qwen2.5-absolute":
+        mismatched = set()
+        for position, grid in zip(usable, inputs["image_grid_thw"].tolist(), strict=True):
+            record = records[position]
+            if grid != list(settings.fmt.vision.grid(int(record["width"]), int(record["height"]))):
+                mismatched.add(position)
+                responses[position] = Skipped("grid_mismatch")
+                log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
+                            width=record.get("width"), height=record.get("height"),
+                            hint="the record's width/height do not match its image: fix the data (convert)")
+        if mismatched:  # grids are per image: encoding the rest again cannot mismatch
+            usable = [p for p in usable if p not in mismatched]
+            inputs = encode(usable) if usable else None
+    if inputs is None:
+        return responses
+    inputs = inputs.to(model.device)
+    # The rationale of a two-phase model is prompted again with the image: it must not hold vision placeholders.
+    suppress = {"suppress_tokens": vision_token_ids(processor.tokenizer)} if two_phase(settings) else {}
+    with torch.inference_mode():
+        output = model.generate(
+            **inputs,
+            **suppress,
+            do_sample=False,
+            num_beams=1,
+            max_new_tokens=settings.max_new_tokens,
+            repetition_penalty=1.0 if processors else settings.repetition_penalty,  # box-aware replaces standard
+            logits_processor=processors,
+        )
+    new_tokens = output[:, inputs["input_ids"].shape[1] :]
+    texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
+    if two_phase(settings):  # the answer turn after each rationale turn, greedy
+        cue = answer_cue(processor, build_messages(records[usable[0]], settings.fmt, with_answer=False))
+        inputs = encode(usable, {p: text + cue for p, text in zip(usable, texts, strict=True)}).to(model.device)
+        with torch.inference_mode():
+            output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
+        answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
+                                   stop_token_ids(model, processor.tokenizer))
+        texts = [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]
+    for position, text in zip(usable, texts, strict=True):
+        responses[position] = text
+    return responses
+
+
+def generate_responses(
+    model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings
+) -> tuple[list[str | Skipped], dict[str, float]]:
+    """Responses for every record (in order; :class:`Skipped` where none could be made) and timing stats."""
+    from tqdm.auto import tqdm
+
+    processors = penalty_processors(settings, processor.tokenizer)
+    responses: list[str | Skipped] = []
+    started = time.perf_counter()
+    batches = range(0, len(records), settings.batch_size)
+    for start in tqdm(batches, desc="generate", unit="batch", disable=not sys.stderr.isatty()):
+        batch = records[start : start + settings.batch_size]
+        responses.extend(generate_batch(model, processor, batch, settings, processors))
+    seconds = time.perf_counter() - started
+    stats = {"seconds": round(seconds, 3), "samples_per_second": round(len(records) / seconds, 3) if seconds else 0.0}
+    log.info("generated", samples=len(records), **stats)
+    return responses, stats

@@ -1,0 +1,478 @@
+"""Load a base model (+ optional adapter) and its processor, the same way in train and evaluate.
+
+Where the model comes from: a local folder, an ``s3://`` prefix (synced once into a local cache), or a hub
+id when the network allows; one that cannot be loaded from there is a one-line :class:`VcotError`. How it
+is loaded depends on the machine:
+
+- CUDA with Unsloth installed: Unsloth's ``FastVisionModel`` (its fused kernels, 4-bit when asked);
+- CUDA otherwise: transformers, with bitsandbytes NF4 + double quantization when ``quantize="4bit"``,
+  compute in bf16 where the GPU supports it, else fp16;
+- CPU: fp32 and no quantization unless asked (bf16 on CPU is several times slower, NOTES).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from huggingface_hub.errors import EntryNotFoundError
+from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
+from transformers.processing_utils import ProcessorMixin
+
+from vcot.io import storage
+from vcot.errors import ConfigError, VcotError
+from vcot.log import get_logger
+from vcot.grounding.model_format import Family, ModelFormat, family_of_model_type
+
+Quantize = Literal["4bit", "8bit"]
+MODEL_CARD = "vcot-model.json"
+"""Written next to an adapter: the base model and the :class:`~vcot.grounding.model_format.ModelFormat` it was trained with."""
+
+log = get_logger(__name__)
+
+
+# --------------------------------------------------------------------------------------------------
+# The image-only processor
+# --------------------------------------------------------------------------------------------------
+
+
+def _image_only_init(
+    processor: ProcessorMixin, image_processor: Any, tokenizer: Any, chat_template: str | None
+) -> None:
+    """What the Qwen processors' ``__init__`` sets up, without the video processor (it needs torchvision)."""
+    processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+    processor.vision_start_token, processor.vision_end_token = "<|vision_start|>", "<|vision_end|>"
+    for name in ("image_token", "video_token", "vision_start_token", "vision_end_token"):
+        setattr(processor, f"{name}_id", tokenizer.convert_tokens_to_ids(getattr(processor, name)))
+    ProcessorMixin.__init__(processor, image_processor, tokenizer, chat_template=chat_template)
+
+
+class ImageOnlyQwen25VLProcessor(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without the video processor (which needs torchvision, absent on CPU machines).
+
+    Registered with ``AutoProcessor`` below, so a saved folder whose ``processor_config.json`` names this
+    class loads back as it (unregistered, ``AutoProcessor`` silently returns a bare tokenizer).
+    """
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        _image_only_init(self, image_processor, tokenizer, chat_template)
+
+
+class ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):
+    """``Qwen3VLProcessor`` without the video processor, for the same reason and registered the same way."""
+
+    def __init__(
+        self, image_processor: Any = None, tokenizer: Any = None, chat_template: str | None = None, **kwargs: Any
+    ):
+        _image_only_init(self, image_processor, tokenizer, chat_template)
+
+
+AutoProcessor.register("vcot_image_only_qwen2_5_vl", ImageOnlyQwen25VLProcessor, exist_ok=True)
+AutoProcessor.register("vcot_image_only_qwen3_vl", ImageOnlyQwen3VLProcessor, exist_ok=True)
+
+IMAGE_ONLY_PROCESSORS: dict[str, type[ProcessorMixin]] = {
+    "qwen2_5_vl": ImageOnlyQwen25VLProcessor,
+    "qwen3_vl": ImageOnlyQwen3VLProcessor,
+}
+"""The model types (``config.json``) vcot can build a processor for without torchvision."""
+
+
+def official_chat_template(model_type: str) -> str:
+    """The official chat template of a model type, from the copy TRL ships (no hub, and TRL is not imported).
+
+    TRL names its copies by model type (``trl/chat_templates/qwen3_vl.jinja``) and checks them against the hub.
+    """
+    spec = importlib.util.find_spec("trl")
+    if spec is None or spec.origin is None:
+        raise VcotError("trl is not installed: install vcot[train] (its chat templates are the official ones)")
+    return (Path(spec.origin).parent / "chat_templates" / f"{model_type}.jinja").read_text(encoding="utf-8")
+
+
+def load_processor(path: str) -> Any:
+    """The processor saved at ``path``; a real Qwen checkpoint on a machine without torchvision gets the image-only one.
+
+    Which one is read from the saved ``config.json`` (its ``model_type``), never guessed.
+    """
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except (ImportError, ValueError, OSError) as exc:  # the video processor needs torchvision
+        log.info("processor_fallback", path=path, reason=str(exc).splitlines()[0][:200])
+        processor = None
+    if isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None:
+        return processor
+    from transformers import AutoConfig, AutoTokenizer, Qwen2VLImageProcessorPil
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in IMAGE_ONLY_PROCESSORS:
+        raise VcotError(
+            f"{path} holds a {model_type} model, which vcot cannot load a processor for: "
+            f"use one of the model types {', '.join(IMAGE_ONLY_PROCESSORS)}"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    template_file = Path(path) / "chat_template.jinja"
+    template = template_file.read_text(encoding="utf-8") if template_file.exists() else None
+    return IMAGE_ONLY_PROCESSORS[model_type](
+        image_processor=Qwen2VLImageProcessorPil.from_pretrained(path),
+        tokenizer=tokenizer,
+        chat_template=template or getattr(tokenizer, "chat_template", None) or official_chat_template(model_type),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Where the weights are
+# --------------------------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Local cache for models synced from S3 (``VCOT_MODEL_CACHE``, default ``~/.cache/vcot/models``)."""
+    return Path(os.environ.get("VCOT_MODEL_CACHE") or Path.home() / ".cache" / "vcot" / "models")
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def local_model_path(uri: str, *, weights: bool = True) -> str:
+    """A path ``from_pretrained`` can read: a local folder as is, an ``s3://`` prefix synced into the cache
+    (without the weight files when ``weights`` is false: enough for the processor), anything else passed
+    through as a hub id.
+
+    >>> local_model_path("Qwen/Qwen2.5-VL-7B-Instruct")
+    'Qwen/Qwen2.5-VL-7B-Instruct'
+    """
+    if storage.is_s3(uri):
+        prefix = uri.rstrip("/")
+        name = prefix.rsplit("/", 1)[-1] or "model"
+        dest = cache_root() / f"{name}-{hashlib.sha256(prefix.encode()).hexdigest()[:12]}"
+        if not storage.list_uris(prefix):
+            raise VcotError(f"no model files under {prefix}: check the URI (it should hold config.json or an adapter)")
+        storage.download_prefix(prefix, dest, skip_suffixes=() if weights else WEIGHT_SUFFIXES)
+        return str(dest)
+    path = storage.local_path(uri)
+    if path.exists():
+        return str(path)
+    if uri.startswith(("/", ".", "file://")):
+        raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.dev.tiny_model DIR) or fix the path")
+    return uri  # a hub id; transformers downloads it when the network allows
+
+
+LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError)
+"""What ``from_pretrained`` raises for a wrong model: missing files, no network for a hub id (OSError,
+huggingface_hub's HTTP and offline errors included), an invalid hub id or config (ValueError)."""
+
+
+@contextmanager
+def load_errors(uri: str, *, what: str = "model") -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` of ``uri`` into a one-line :class:`VcotError` that says what to pass."""
+    try:
+        yield
+    except LOAD_ERRORS as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        if what == "adapter":
+            hint = "pass the adapter/ folder (or s3:// prefix) of a committed train run"
+        else:
+            hint = "pass a folder or s3:// prefix holding config.json and the tokenizer"
+        raise VcotError(f"cannot load {what} {uri}: {reason}; {hint}") from exc
+
+
+def load_processor_for(model_uri: str) -> Any:
+    """Just the processor of ``model_uri`` (no weights are fetched): what tokenize needs."""
+    path = local_model_path(model_uri, weights=False)
+    with load_errors(model_uri):
+        return load_processor(path)
+
+
+def model_family(model_uri: str) -> Family:
+    """The family of ``model_uri`` from its ``config.json`` ``model_type`` (never from a name the user typed)."""
+    path = Path(local_model_path(model_uri, weights=False))
+    config_file = path / "config.json"
+    if not config_file.exists():
+        with load_errors(model_uri):
+            from transformers import AutoConfig
+
+            return family_of_model_type(AutoConfig.from_pretrained(str(path)).model_type)
+    model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type", "")
+    try:
+        return family_of_model_type(model_type)
+    except ValueError as exc:
+        raise VcotError(f"{model_uri}: {exc}") from exc
+
+
+def read_model_card(adapter_uri: str) -> dict[str, Any]:
+    """The ``vcot-model.json`` next to an adapter: ``base_model``, its ``base_architecture`` and ``model_format``."""
+    return storage.read_json(storage.join(adapter_uri, MODEL_CARD))
+
+
+def full_finetune_model(adapter_uri: str) -> str | None:
+    """The ``model/`` of a full fine-tune's run when ``adapter_uri`` is where that run's adapter would be (the run
+    has ``model/`` with a card and no ``adapter/``), else ``None``."""
+    model = storage.join(storage.parent(adapter_uri), "model")
+    if storage.exists(storage.join(adapter_uri, MODEL_CARD)) or not storage.exists(storage.join(model, MODEL_CARD)):
+        return None
+    return model
+
+
+def refuse_full_finetune(adapter_uri: str, *, flag: str) -> None:
+    """A full fine-tune's run has ``model/`` and no ``adapter/``: say to pass that model, not that a card is missing."""
+    model = full_finetune_model(adapter_uri)
+    if model is not None:
+        raise ConfigError(f"{storage.parent(model)} is a full fine-tune: pass --model {model} without {flag}")
+
+
+def adapter_format(adapter_uri: str) -> ModelFormat | None:
+    """The model format recorded next to an adapter (any layout vcot wrote), or ``None`` when there is no card."""
+    if not storage.exists(storage.join(adapter_uri, MODEL_CARD)):
+        return None
+    try:
+        return ModelFormat.from_dict(read_model_card(adapter_uri))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VcotError(f"{adapter_uri}/{MODEL_CARD} is not a model card vcot can read ({exc}): re-run train") from exc
+
+
+ARCHITECTURE_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "depth", "num_heads", "out_hidden_size", "in_channels", "patch_size",
+    "spatial_merge_size", "temporal_patch_size",
+)  # fmt: skip
+
+
+def architecture(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The fields of a model config that fix its weights' shapes, nested configs flattened: an adapter
+    loads onto a base model only where they agree (the model card records the base's).
+
+    >>> architecture({"model_type": "m", "dtype": "bfloat16", "text_config": {"hidden_size": 64}})
+    {'model_type': 'm', 'text_config.hidden_size': 64}
+    """
+    found: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found.update(architecture(value, f"{prefix}{key}."))
+        elif key in ARCHITECTURE_KEYS:
+            found[prefix + key] = value
+    return found
+
+
+def check_base_model(card: dict[str, Any], model_uri: str) -> None:
+    """Refuse, in one line (exit code 2), a base model other than the one the adapter was trained on.
+
+    The card's ``base_model`` may name the same model by another URI (a local copy of an s3:// prefix), so
+    the architecture is compared, read from ``model_uri``'s config alone (no weights are fetched). A card
+    without one (an older train) is checked when the adapter loads: see :func:`load_model_and_processor`.
+    """
+    expected = card.get("base_architecture") or {}
+    if not expected:
+        return
+    path = local_model_path(model_uri, weights=False)
+    with load_errors(model_uri):
+        found = architecture(AutoConfig.from_pretrained(path).to_dict())
+    differing = [key for key in expected if key in found and found[key] != expected[key]]
+    if differing:
+        shown = "; ".join(f"{key}: {found[key]}, not {expected[key]}" for key in differing[:3])
+        raise ConfigError(
+            f"--model {model_uri} is not the base model the adapter was trained on ({shown}): "
+            f"pass --model {card.get('base_model')} or the adapter trained on this model"
+        )
+
+
+@contextmanager
+def _adapter_fits(adapter_uri: str, model_uri: str) -> Iterator[None]:
+    """PEFT's size mismatch (thousands of lines, one per tensor) as one line."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "size mismatch" not in str(exc):
+            raise
+        raise ConfigError(
+            f"adapter {adapter_uri} does not fit the base model {model_uri} (other weight shapes): pass the "
+            f"--model it was trained on (base_model in its {MODEL_CARD})"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def vision_token_ids(tokenizer: Any) -> list[int]:
+    """The ids of the vision placeholders a sampled text must never hold: decoded and encoded again with the
+    image, one would be taken for an image token ("image features and image tokens do not match")."""
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in VISION_TOKENS]
+    return sorted({i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id})
+
+
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end a response: the generation config's end-of-turn ids, the tokenizer's eos and pad."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids.update(i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None)
+    return ids
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The compute dtype for this machine and whether we are on a GPU."""
+
+    device: str
+    dtype: Any
+
+
+def machine_precision() -> Precision:
+    """bf16 on GPUs that support it, else fp16; fp32 on CPU (bf16 there is 5x slower, NOTES)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return Precision("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return Precision("cpu", torch.float32)
+
+
+def _quantization_config(quantize: Quantize | None, dtype: Any) -> Any:
+    if quantize is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(f"quantize={quantize!r} is not supported: use 4bit, 8bit or leave it unset")
+
+
+def _use_unsloth(precision: Precision) -> bool:
+    return precision.device == "cuda" and importlib.util.find_spec("unsloth") is not None
+
+
+def load_model_and_processor(
+    model_uri: str,
+    *,
+    adapter_uri: str | None = None,
+    quantize: Quantize | None = None,
+    for_training: bool = False,
+) -> tuple[Any, Any]:
+    """Load the base model (quantized when asked), apply ``adapter_uri`` if given, and load the processor.
+
+    The processor comes from the adapter folder when it holds one (it records the pixel budget the adapter
+    was trained with), else from the base model. With ``for_training`` the adapter stays trainable and a
+    quantized base is prepared for k-bit training.
+    """
+    precision = machine_precision()
+    base_path = local_model_path(model_uri)
+    adapter_path = local_model_path(adapter_uri) if adapter_uri else None
+    log.info(
+        "load_model",
+        model=model_uri,
+        adapter=adapter_uri,
+        quantize=quantize,
+        device=precision.device,
+        dtype=str(precision.dtype),
+        unsloth=_use_unsloth(precision),
+    )
+
+    quantization_config = _quantization_config(quantize, precision.dtype)
+    with load_errors(model_uri):
+        if _use_unsloth(precision):
+            from unsloth import FastVisionModel
+
+            model, _ = FastVisionModel.from_pretrained(
+                base_path,
+                load_in_4bit=quantize == "4bit",
+                load_in_8bit=quantize == "8bit",
+                dtype=precision.dtype,
+                use_gradient_checkpointing="unsloth" if for_training else False,
+            )
+        else:
+            from transformers import AutoModelForImageTextToText
+
+            model = AutoModelForImageTextToText.from_pretrained(
+                base_path,
+                dtype=precision.dtype,
+                quantization_config=quantization_config,
+                # This process's GPU: torchrun's LOCAL_RANK (0 without torchrun); every rank holds a whole copy.
+                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if precision.device == "cuda" else None,
+            )
+    if for_training:
+        model.config.use_cache = False
+        if quantize is not None:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        with load_errors(str(adapter_uri), what="adapter"), _adapter_fits(str(adapter_uri), model_uri):
+            model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+    if not for_training:
+        model.eval()
+
+    has_processor = adapter_path is not None and (Path(adapter_path) / "processor_config.json").exists()
+    with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
+        processor = load_processor(adapter_path if has_processor else base_path)
+    return model, processor
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving for serving
+# --------------------------------------------------------------------------------------------------
+
+
+SERVING_DTYPES = ("bfloat16", "float16")
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+
+
+def save_processor_for_serving(processor: Any, dest: Path) -> None:
+    """Save ``processor`` in the layout plain transformers and vLLM read: the family's own processor class.
+
+    Our image-only subclass is unknown outside vcot, so every saved config names the class it derives from
+    (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is also written as the legacy
+    ``preprocessor_config.json`` with ``min_pixels``/``max_pixels`` (what older transformers, and the video
+    processor, read). vcot's :func:`load_processor` still loads the folder on a machine without torchvision.
+    """
+    processor.save_pretrained(dest)
+    official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
+    size = processor.image_processor.size
+    legacy = {
+        **processor.image_processor.to_dict(),
+        "min_pixels": int(size["shortest_edge"]),
+        "max_pixels": int(size["longest_edge"]),
+    }
+    _write_json(dest / PREPROCESSOR_CONFIG, legacy)
+    for name in ("processor_config.json", "tokenizer_config.json", PREPROCESSOR_CONFIG):
+        path = dest / name
+        if path.exists():
+            _write_json(path, {**json.loads(path.read_text(encoding="utf-8")), "processor_class": official})
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str | None = "bfloat16") -> Any:
+    """The base (never a quantized one) with the adapter merged in, saved with its processor for serving
+    (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision, then cast to
+    ``dtype`` (``None``: kept at that precision)."""
+    import torch
+
+    if dtype is not None and dtype not in SERVING_DTYPES:
+        raise ConfigError(f"dtype {dtype!r} is not one of {', '.join(SERVING_DTYPES)}")
+    model, processor = load_model_and_processor(model_uri, adapter_uri=adapter_uri)
+    merged = model.merge_and_unload()
+    if dtype is not None:
+        merged = merged.to(getattr(torch, dtype))
+    merged.save_pretrained(dest)
+    save_processor_for_serving(processor, dest)
+    return processor

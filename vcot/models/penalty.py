@@ -1,0 +1,102 @@
+"""A repetition penalty that leaves box coordinates alone (evaluate and the demo decode with it).
+
+The seed decodes with ``repetition_penalty=1.2``. That also penalizes coordinate digits already emitted
+(in the prompt or in earlier boxes), pushing the model away from the right numbers; on a small trained
+model it lowered held-out IoU from 0.108 to 0.088 (NOTES). This processor applies the same penalty as
+transformers' ``RepetitionPenaltyLogitsProcessor`` everywhere except to *coordinate tokens* (tokens made
+only of digits and the box punctuation ``[ ] , .`` and spaces) while the response is inside an open box of
+the run's box syntax (``<box>`` or ``<|box_start|>``, ``<bbox>``, or a JSON ``"bbox_2d"`` up to its ``]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from vcot.grounding.boxes import BoxFormat
+
+_TAGS = (("<box>", "<|box_start|>"), ("</box>", "<|box_end|>"))
+BOX_MARKERS: dict[BoxFormat, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "house": _TAGS,
+    "qwen": _TAGS,
+    "obj": (("<bbox>",), ("</bbox>",)),
+    "json": (('"bbox_2d"',), ("]",)),
+}
+"""What opens and what closes a box, per box syntax (``vcot.grounding.model_format``): house and qwen models are
+spared inside either tag pair, as before syntaxes were told apart."""
+_COORDINATE_CHARS = set("0123456789[],.() ")
+REPETITION_PENALTY = 1.2
+"""The seed's repetition penalty: the default of evaluate (all its modes, the CronJob's), the lmms-eval plugin and
+the demo."""
+BOX_AWARE = True
+"""Whether the penalty spares coordinates inside a box, by default, everywhere it is applied: the plain penalty
+lowered held-out IoU (NOTES, docs/bench-evaluate.md). ``--no-box-aware-penalty`` brings the plain one back."""
+TAIL_TOKENS = 48
+"""How many recent tokens are decoded to tell whether a box is open (a box is far shorter)."""
+
+
+def is_coordinate_text(text: str) -> bool:
+    """Whether a token's text can only be part of box coordinates.
+
+    >>> is_coordinate_text(" 12"), is_coordinate_text("], "), is_coordinate_text("12a"), is_coordinate_text(" ")
+    (True, True, False, False)
+    """
+    return bool(text.strip()) and set(text) <= _COORDINATE_CHARS
+
+
+def coordinate_token_ids(tokenizer: Any) -> list[int]:
+    """Ids of every token in ``tokenizer``'s vocabulary whose text is coordinate text."""
+    return [
+        index
+        for index in range(len(tokenizer))
+        if is_coordinate_text(tokenizer.decode([index], clean_up_tokenization_spaces=False))
+    ]
+
+
+def inside_open_box(text: str, box_syntax: BoxFormat = "house") -> bool:
+    """Whether ``text`` ends inside a box of ``box_syntax`` that has been opened but not closed.
+
+    >>> inside_open_box("the <ref>cat</ref><box>[12, 3"), inside_open_box("<box>[1, 2, 3, 4]</box> and")
+    (True, False)
+    >>> inside_open_box('{"bbox_2d": [12, 3', "json"), inside_open_box('{"bbox_2d": [1, 2, 3, 4], "label"', "json")
+    (True, False)
+    """
+    opens, closes = BOX_MARKERS[box_syntax]
+    last_open = max(text.rfind(tag) for tag in opens)
+    last_close = max(text.rfind(tag) for tag in closes)
+    return last_open > last_close
+
+
+class BoxAwareRepetitionPenalty(LogitsProcessor):
+    """``RepetitionPenaltyLogitsProcessor(penalty)`` that spares coordinate tokens inside an open box of
+    ``box_syntax`` (the run's ``ModelFormat.box_syntax``)."""
+
+    def __init__(self, penalty: float, tokenizer: Any, box_syntax: BoxFormat = "house") -> None:
+        if penalty <= 0:
+            raise ValueError(f"penalty must be positive, got {penalty}")
+        if box_syntax not in BOX_MARKERS:
+            raise ValueError(f"box_syntax must be one of {sorted(BOX_MARKERS)}, got {box_syntax!r}")
+        self.penalty = penalty
+        self.tokenizer = tokenizer
+        self.box_syntax = box_syntax
+        self.coordinate_mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+        self.coordinate_mask[coordinate_token_ids(tokenizer)] = True
+
+    def rows_inside_box(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, -TAIL_TOKENS:], skip_special_tokens=False)
+        return torch.tensor([inside_open_box(text, self.box_syntax) for text in tails], dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        seen = torch.gather(scores, 1, input_ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        penalized = scores.scatter(1, input_ids, seen)
+        inside = self.rows_inside_box(input_ids).to(scores.device)
+        if not inside.any():
+            return penalized
+        mask = self.coordinate_mask.to(scores.device)
+        if mask.shape[0] < scores.shape[1]:  # the model's vocabulary may be padded beyond the tokenizer's
+            mask = torch.nn.functional.pad(mask, (0, scores.shape[1] - mask.shape[0]))
+        spare = inside[:, None] & mask[None, : scores.shape[1]]
+        return torch.where(spare, scores, penalized)
