@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import tests.test_k8s_manifests as rules
+import tests.k8s.test_k8s_manifests as rules
 from tests.k8s.test_k8s_manifests import REPO_ROOT, by_kind, expand, pod_templates, render, selects
 from vcot.config import parse_config
 from vcot.demo.config import DemoConfig

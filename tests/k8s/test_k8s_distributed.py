@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import tests.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
+import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
 from tests.k8s.test_k8s_manifests import by_kind, expand, render, selects
 from vcot.cluster import runs
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-import tests.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
+import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
 from tests.k8s.k8s_helpers import FakeCluster
 from tests.k8s.test_k8s_manifests import by_kind, chain_jobs, container_env, expand, render
 from vcot.cluster.chain import ChainConfig, follow_chain
