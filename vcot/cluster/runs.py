@@ -33,7 +33,7 @@ from vcot.io import layout
 from vcot.errors import VcotError
 
 RUNS_DIR = Path("k8s/runs")
-BASE_RUN_ENV = Path(__file__).resolve().parent.parent / "k8s" / "base" / "run.env"
+BASE_RUN_ENV = Path(__file__).resolve().parents[2] / "k8s" / "base" / "run.env"
 # A label value and a name suffix; short, so that Job and pod names stay under 63 characters.
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}

@@ -2,7 +2,7 @@
 
 Answers are judged by the shared ``vcot.grounding.answers`` (the rule distill accepts teacher answers by).
 
-Shared with train's generation evaluation (top-level modules, since no stage imports another's package):
+Shared with train's generation evaluation (concept packages, since no stage imports another's package):
 
 - ``vcot.scoring.metrics``: the grounding and answer metrics of one sample and of a set of samples (pure).
 - ``vcot.scoring.field_metrics``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT).

@@ -3,10 +3,12 @@
 - ``chat``: the async ``openai`` client, bounded concurrency, retries with backoff honouring Retry-After,
   and :class:`~vcot.llm.chat.CachedChat` (cache lookups, identical requests in flight sent once);
 - ``cache``: request keys and the append-only answer cache in storage (a rerun never pays twice);
-- ``ledger``: requests, retries, tokens and the estimated cost of a run;
-- ``fake_server``: a local OpenAI-protocol server for tests and benchmarks (needs ``aiohttp``; never used by
-  a stage).
+- ``ledger``: requests, retries, tokens and the estimated cost of a run.
+
+Its tests and benchmarks talk to ``vcot.dev.fake_openai``, a local OpenAI-protocol server with injectable faults.
 
 The API key is never a flag or a config field: callers read ``OPENAI_API_KEY`` and pass it in, and it is
 scrubbed from every error message.
+
+May import: ``vcot.io`` and the entrypoint frame.
 """
