@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from vcot.grounding.boxes import BOX_TAGS, JSON_BOX_KEY, BoxFormat
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 
@@ -55,12 +56,23 @@ def smart_resize(height, width, factor={factor}, min_pixels={min_pixels}, max_pi
 '''
 
 _XYXY = r"\[\s*(\d+),\s*(\d+),\s*(\d+),\s*(\d+)\s*\]"
-BOX_PATTERNS = {
-    "house": rf"<box>\s*{_XYXY}\s*</box>",
-    "obj": rf"<bbox>\s*{_XYXY}\s*</bbox>",
-    "json": rf'"bbox_2d"\s*:\s*{_XYXY}',
-    "qwen": r"<\|box_start\|>\((\d+),\s*(\d+)\),\s*\((\d+),\s*(\d+)\)<\|box_end\|>",
-}
+_PAIRS = r"\((\d+),\s*(\d+)\),\s*\((\d+),\s*(\d+)\)"
+
+
+def box_pattern(box_syntax: BoxFormat) -> str:
+    """The regex the card's snippet finds a box with (groups x1, y1, x2, y2), from the one tag table.
+
+    >>> [re.search(box_pattern(s), text).groups() for s, text in [("house", "<box>[1, 2, 3, 4]</box>"),
+    ...     ("qwen", "<|box_start|>(1,2),(3,4)<|box_end|>"), ("json", '{"bbox_2d": [1, 2, 3, 4]}')]]
+    [('1', '2', '3', '4'), ('1', '2', '3', '4'), ('1', '2', '3', '4')]
+    """
+    if box_syntax == "json":
+        return rf'"{JSON_BOX_KEY}"\s*:\s*{_XYXY}'
+    tags = BOX_TAGS[box_syntax]
+    if box_syntax == "qwen":
+        return re.escape(tags.box_open) + _PAIRS + re.escape(tags.box_close)
+    return rf"{re.escape(tags.box_open)}\s*{_XYXY}\s*{re.escape(tags.box_close)}"
+
 
 SCALES = {
     "norm1000": "sx, sy = width / 1000, height / 1000",
@@ -73,7 +85,7 @@ def read_back(fmt: ModelFormat) -> str:
     vision = fmt.vision
     resize = SMART_RESIZE.format(factor=vision.factor, min_pixels=vision.min_pixels, max_pixels=vision.max_pixels)
     return READ_BACK.format(
-        pattern=BOX_PATTERNS[fmt.box_syntax],
+        pattern=box_pattern(fmt.box_syntax),
         resize=resize if fmt.coords == "qwen2.5-absolute" else "",
         scale=SCALES[fmt.coords],
     )

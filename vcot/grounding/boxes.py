@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -78,16 +79,51 @@ class ParseResult:
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _NUMBER_RE = re.compile(_NUMBER)
 
-# Each pattern matches only *complete* tags, so a stream cut mid-tag yields only the finished boxes.
-# The ref is optional: a bare box still counts as a box. ``[^<]`` keeps a match from spanning other tags.
-# Each starts with the literal ``<`` outside the optional ref group (``<(?:ref>...</ref>\s*<)?box>`` is
-# ``(?:<ref>...</ref>\s*)?<box>``), so the regex engine skips to the next ``<`` instead of trying every
-# position: 3-4x faster on rationale text, same matches.
-_PATTERNS: dict[str, re.Pattern[str]] = {
-    "house": re.compile(r"<(?:ref>([^<]*)</ref>\s*<)?box>([^<]*)</box>"),
-    "obj": re.compile(r"<(?:obj>([^<]*)</obj>\s*<)?bbox>([^<]*)</bbox>"),
-    "qwen": re.compile(r"<\|(?:object_ref_start\|>([^<]*)<\|object_ref_end\|>\s*<\|)?box_start\|>([^<]*)<\|box_end\|>"),
+
+@dataclass(frozen=True)
+class MentionTags:
+    """How a tag syntax writes one mention: ``{ref_open}label{ref_close}{box_open}coordinates{box_close}``."""
+
+    ref_open: str
+    ref_close: str
+    box_open: str
+    box_close: str
+    coordinates: str = "[{x1}, {y1}, {x2}, {y2}]"
+    """How the four integers are printed between the box tags."""
+
+
+BOX_TAGS: dict[BoxFormat, MentionTags] = {
+    "house": MentionTags("<ref>", "</ref>", "<box>", "</box>"),
+    "obj": MentionTags("<obj>", "</obj>", "<bbox>", "</bbox>"),
+    "qwen": MentionTags(
+        "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "({x1},{y1}),({x2},{y2})"
+    ),
 }
+"""The tag syntaxes, spelled out once: parsing, rendering, streaming and the box-aware penalty read this table.
+``json`` has no tags: its box is the value of the :data:`JSON_BOX_KEY` key of an object."""
+JSON_BOX_KEY = "bbox_2d"
+
+
+def _mention_pattern(tags: MentionTags) -> re.Pattern[str]:
+    """The regex of one complete mention of ``tags``: optional ref, then the box; groups (ref, box content).
+
+    Only *complete* tags match, so a stream cut mid-tag yields only the finished boxes; ``[^<]`` keeps a match
+    from spanning other tags. The characters both opening tags begin with stand outside the optional ref group
+    (``<(?:ref>...</ref>\\s*<)?box>``), so the regex engine skips to the next ``<`` instead of trying every
+    position: 3-4x faster on rationale text, same matches.
+
+    >>> _mention_pattern(BOX_TAGS["house"]).pattern
+    '<(?:ref>([^<]*)</ref>\\\\s*<)?box>([^<]*)</box>'
+    """
+    shared = os.path.commonprefix([tags.ref_open, tags.box_open])
+    ref_rest, box_rest = tags.ref_open[len(shared) :], tags.box_open[len(shared) :]
+    return re.compile(
+        f"{re.escape(shared)}(?:{re.escape(ref_rest)}([^<]*){re.escape(tags.ref_close)}\\s*{re.escape(shared)})?"
+        f"{re.escape(box_rest)}([^<]*){re.escape(tags.box_close)}"
+    )
+
+
+_PATTERNS: dict[BoxFormat, re.Pattern[str]] = {fmt: _mention_pattern(tags) for fmt, tags in BOX_TAGS.items()}
 
 
 def validate_box(values: Sequence[float], *, upper: float = NORM) -> str | None:
@@ -169,13 +205,8 @@ class Scan:
     resume: int
 
 
-# The opening tags of a mention, with and without its ref, and how many ``<`` a whole mention holds at most:
-# a mention that more text could still complete starts at one of the text's last few ``<``.
-_OPENING_TAGS: dict[str, tuple[str, ...]] = {
-    "house": ("<ref>", "<box>"),
-    "obj": ("<obj>", "<bbox>"),
-    "qwen": ("<|object_ref_start|>", "<|box_start|>"),
-}
+# A whole mention holds at most this many ``<``: one that more text could still complete starts at one of the
+# text's last few ``<``.
 _TAGS_PER_MENTION = 4
 _TOKEN_TAIL = re.compile(r"[-+.\w]*")
 
@@ -213,7 +244,7 @@ def scan_grounded(
 def _open_mention(text: str, fmt: BoxFormat, start: int) -> int:
     """Where a mention that more text could complete begins after ``start``: the earliest of the last
     :data:`_TAGS_PER_MENTION` ``<`` that begins (or is cut inside) an opening tag; ``len(text)`` if none."""
-    tags = _OPENING_TAGS[fmt]
+    tags = (BOX_TAGS[fmt].ref_open, BOX_TAGS[fmt].box_open)
     longest = max(map(len, tags))
     candidates: list[int] = []
     pos = len(text)
@@ -270,11 +301,11 @@ def _json_items(
     """The ``bbox_2d`` objects of one decoded JSON value, bare or in a list, as boxes or invalid boxes."""
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if not isinstance(item, dict) or "bbox_2d" not in item:
+        if not isinstance(item, dict) or JSON_BOX_KEY not in item:
             continue
         label = item.get("label")
         ref = str(label).strip() if label is not None else None
-        raw = item["bbox_2d"]
+        raw = item[JSON_BOX_KEY]
         values = raw if isinstance(raw, list) else []
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             invalid.append(InvalidBox(ref or None, json.dumps(raw), "not_numeric", span))
@@ -305,19 +336,16 @@ def render_grounded(ref: str | None, box: Sequence[int], fmt: BoxFormat = "house
     '{"bbox_2d": [1, 2, 3, 4], "label": "cat"}'
     """
     x1, y1, x2, y2 = (int(v) for v in box)
-    if fmt == "house":
-        return (f"<ref>{ref}</ref>" if ref else "") + f"<box>{format_box(box)}</box>"
-    if fmt == "obj":
-        return (f"<obj>{ref}</obj>" if ref else "") + f"<bbox>{format_box(box)}</bbox>"
-    if fmt == "qwen":
-        prefix = f"<|object_ref_start|>{ref}<|object_ref_end|>" if ref else ""
-        return prefix + f"<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
     if fmt == "json":
-        item: dict[str, object] = {"bbox_2d": [x1, y1, x2, y2]}
+        item: dict[str, object] = {JSON_BOX_KEY: [x1, y1, x2, y2]}
         if ref:
             item["label"] = ref
         return json.dumps(item)
-    raise ValueError(f"unknown box format {fmt!r}; use one of {BOX_FORMATS}")
+    if fmt not in BOX_TAGS:
+        raise ValueError(f"unknown box format {fmt!r}; use one of {BOX_FORMATS}")
+    tags = BOX_TAGS[fmt]
+    coordinates = tags.coordinates.format(x1=x1, y1=y1, x2=x2, y2=y2)
+    return (f"{tags.ref_open}{ref}{tags.ref_close}" if ref else "") + f"{tags.box_open}{coordinates}{tags.box_close}"
 
 
 def map_boxes(

@@ -15,17 +15,19 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
-from vcot.grounding.boxes import BoxFormat
+from vcot.grounding.boxes import BOX_TAGS, JSON_BOX_KEY, BoxFormat
 
-_TAGS = (("<box>", "<|box_start|>"), ("</box>", "<|box_end|>"))
+_HOUSE, _QWEN = BOX_TAGS["house"], BOX_TAGS["qwen"]
+_EITHER_PAIR = ((_HOUSE.box_open, _QWEN.box_open), (_HOUSE.box_close, _QWEN.box_close))
 BOX_MARKERS: dict[BoxFormat, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "house": _TAGS,
-    "qwen": _TAGS,
-    "obj": (("<bbox>",), ("</bbox>",)),
-    "json": (('"bbox_2d"',), ("]",)),
+    "house": _EITHER_PAIR,
+    "qwen": _EITHER_PAIR,
+    "obj": ((BOX_TAGS["obj"].box_open,), (BOX_TAGS["obj"].box_close,)),
+    "json": ((f'"{JSON_BOX_KEY}"',), ("]",)),
 }
-"""What opens and what closes a box, per box syntax (``vcot.grounding.model_format``): house and qwen models are
-spared inside either tag pair, as before syntaxes were told apart."""
+"""What opens and what closes a box, per box syntax, from :data:`vcot.grounding.boxes.BOX_TAGS`: house and qwen
+models are spared inside either tag pair, as before syntaxes were told apart; a JSON box runs from its key to
+the ``]`` that ends its list."""
 _COORDINATE_CHARS = set("0123456789[],.() ")
 REPETITION_PENALTY = 1.2
 """The seed's repetition penalty: the default of evaluate (all its modes, the CronJob's), the lmms-eval plugin and
