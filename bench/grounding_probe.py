@@ -28,6 +28,7 @@ import torch
 
 from vcot.convert.viscot import grounded_rationale
 from vcot.dev.synthetic import Scene, synthetic_items
+from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES
 
 PARTS = ("lm", "merger", "patch", "vision")
 """Parameter groups for ``--rates``: the language model, the mergers, the patch embedding, the rest of the tower."""
@@ -222,7 +223,7 @@ def generated(model: Any, processor: Any, records: list[dict[str, Any]], fmt: An
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", default="qwen2.5-vl", help="qwen2.5-vl or qwen3-vl")
+    parser.add_argument("--family", default=DEFAULT_FAMILY, help=" or ".join(FAMILIES))
     parser.add_argument("--coords", default="norm1000", help="norm1000 or qwen2.5-absolute")
     parser.add_argument("--size", default="local", help="a TINY_SIZES name")
     parser.add_argument("--shape", default="", help="TinySize fields as JSON over --size: '{\"hidden\": 128}'")

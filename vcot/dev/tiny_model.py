@@ -7,8 +7,9 @@ special tokens (grounding tokens included), the same for both families, and the 
 family's official one, as TRL ships it.
 
 Build one with ``python -m vcot.dev.tiny_model DEST [--family qwen2.5-vl|qwen3-vl] [--size test|local]`` (or
-:func:`build_tiny_model`). Families (:data:`MODEL_TYPES`): ``qwen2.5-vl``, the default, and ``qwen3-vl``
-(16 px patches, DeepStack, interleaved mrope). Sizes (:data:`TINY_SIZES`): ``test``, the default, keeps the
+:func:`build_tiny_model`). Families (:data:`TINY_CONFIGS`): ``qwen2.5-vl``, the default, and ``qwen3-vl``
+(16 px patches, DeepStack, interleaved mrope); their processors' facts (patch size, normalization, model type) come
+from :data:`vcot.grounding.families.FAMILIES`. Sizes (:data:`TINY_SIZES`): ``test``, the default, keeps the
 tests fast; ``local`` (``make local-train``) is large enough to learn the grounded output format from random
 weights in a few CPU minutes (docs/bench-train.md).
 """
@@ -19,19 +20,26 @@ import argparse
 import json
 import random
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MODEL_TYPES = {"qwen2.5-vl": "qwen2_5_vl", "qwen3-vl": "qwen3_vl"}
-"""The tiny model families and the transformers model type each is saved as (what loading goes by)."""
-DEFAULT_FAMILY = "qwen2.5-vl"
+from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, ModelFamily
 
-# Small images keep CPU training fast: the largest is 8x8 patches merged 2x2 into 16 image tokens
-# (112 px at Qwen2.5-VL's 14 px patches, 128 px at Qwen3-VL's 16 px).
-TINY_PIXELS = {"qwen2.5-vl": (56 * 56, 112 * 112), "qwen3-vl": (64 * 64, 128 * 128)}
-TINY_MIN_PIXELS, TINY_MAX_PIXELS = TINY_PIXELS["qwen2.5-vl"]
+
+def tiny_pixels(family: str) -> tuple[int, int]:
+    """The tiny pixel budget: small images keep CPU training fast. The largest is 8x8 patches merged 2x2 into 16
+    image tokens (112 px at Qwen2.5-VL's 14 px patches, 128 px at Qwen3-VL's 16 px), the smallest 4x4 patches.
+
+    >>> tiny_pixels("qwen2.5-vl"), tiny_pixels("qwen3-vl")
+    ((3136, 12544), (4096, 16384))
+    """
+    patch = FAMILIES[family].patch_size
+    return (4 * patch) ** 2, (8 * patch) ** 2
+
+
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY)
 TINY_VOCAB_SIZE = 1024
 
 
@@ -140,8 +148,8 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
 
 
 def _check_family(family: str) -> None:
-    if family not in MODEL_TYPES:
-        raise ValueError(f"family={family!r} is not one of {', '.join(MODEL_TYPES)}")
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"family={family!r} is not one of {', '.join(TINY_CONFIGS)}")
 
 
 def chat_template(family: str = DEFAULT_FAMILY) -> str:
@@ -149,19 +157,24 @@ def chat_template(family: str = DEFAULT_FAMILY) -> str:
     from vcot.models.loading import official_chat_template
 
     _check_family(family)
-    return official_chat_template(MODEL_TYPES[family])
+    return official_chat_template(FAMILIES[family].model_type)
 
 
 def build_image_processor(family: str, min_pixels: int, max_pixels: int) -> Any:
-    """The PIL image processor both families use, with the released checkpoint's patch size and normalization."""
+    """The PIL image processor both families use, with the released checkpoint's patch and merge sizes and
+    normalization (the family's row of :data:`~vcot.grounding.families.FAMILIES`)."""
     from transformers import Qwen2VLImageProcessorPil
 
     _check_family(family)
-    if family == "qwen3-vl":  # Qwen3-VL's preprocessor_config.json: 16 px patches, mean and std 0.5
-        return Qwen2VLImageProcessorPil(
-            min_pixels=min_pixels, max_pixels=max_pixels, patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3
-        )
-    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    row = FAMILIES[family]
+    return Qwen2VLImageProcessorPil(
+        min_pixels=min_pixels,
+        max_pixels=max_pixels,
+        patch_size=row.patch_size,
+        merge_size=row.merge_size,
+        image_mean=list(row.image_mean),
+        image_std=list(row.image_std),
+    )
 
 
 def build_processor(
@@ -169,14 +182,14 @@ def build_processor(
 ) -> Any:
     """Tokenizer + PIL image processor in the family's image-only processor (no torchvision needed).
 
-    The pixel budget defaults to the family's tiny one (:data:`TINY_PIXELS`).
+    The pixel budget defaults to the family's tiny one (:func:`tiny_pixels`).
     """
     from vcot.models.loading import IMAGE_ONLY_PROCESSORS
 
     _check_family(family)
-    default_min, default_max = TINY_PIXELS[family]
+    default_min, default_max = tiny_pixels(family)
     image_processor = build_image_processor(family, min_pixels or default_min, max_pixels or default_max)
-    return IMAGE_ONLY_PROCESSORS[MODEL_TYPES[family]](
+    return IMAGE_ONLY_PROCESSORS[FAMILIES[family].model_type](
         image_processor=image_processor, tokenizer=build_tokenizer(seed=seed), chat_template=chat_template(family)
     )
 
@@ -209,12 +222,10 @@ def tiny_config(tokenizer: Any, size: TinySize = TINY_SIZES[DEFAULT_SIZE], famil
     """The family's config at ``size``, with every structural feature of the real models."""
     _check_family(family)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
-    if family == "qwen3-vl":
-        return _qwen3vl_config(len(tokenizer), ids, size)
-    return _qwen25vl_config(len(tokenizer), ids, size)
+    return TINY_CONFIGS[family](len(tokenizer), ids, size, FAMILIES[family])
 
 
-def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any:
+def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize, row: ModelFamily) -> Any:
     """Qwen2.5-VL as the 7B: mrope, windowed vision attention with one full-attention block, 2x2 merge."""
     from transformers import Qwen2_5_VLConfig
 
@@ -243,8 +254,8 @@ def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> An
             "intermediate_size": 2 * size.vision_hidden,
             "num_heads": 2,
             "out_hidden_size": size.hidden,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
+            "patch_size": row.patch_size,
+            "spatial_merge_size": row.merge_size,
             "temporal_patch_size": 2,
             "window_size": 112,
             "fullatt_block_indexes": [size.vision_depth - 1],
@@ -257,7 +268,7 @@ def _qwen25vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> An
     )
 
 
-def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any:
+def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize, row: ModelFamily) -> Any:
     """Qwen3-VL as the 2B-8B: interleaved mrope, q/k norms, 16 px patches with learned (interpolated) position
     embeddings, full vision attention, 2x2 merge, and DeepStack: intermediate vision layers' features added to
     the first language layers' hidden states (the 8B taps 3 of 27; here every vision layer but the last, so the
@@ -292,8 +303,8 @@ def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any
             "intermediate_size": 2 * size.vision_hidden,
             "num_heads": 2,
             "out_hidden_size": size.hidden,
-            "patch_size": 16,
-            "spatial_merge_size": 2,
+            "patch_size": row.patch_size,
+            "spatial_merge_size": row.merge_size,
             "temporal_patch_size": 2,
             "num_position_embeddings": 64,  # an 8x8 grid: the largest tiny image's patches (the real: 48x48)
             "deepstack_visual_indexes": list(range(size.vision_depth)),
@@ -306,10 +317,18 @@ def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize) -> Any
     )
 
 
+TINY_CONFIGS: dict[str, Callable[[int, dict[str, int], TinySize, ModelFamily], Any]] = {
+    "qwen2.5-vl": _qwen25vl_config,
+    "qwen3-vl": _qwen3vl_config,
+}
+"""The families a tiny model can be built of, each with its config builder: the one family-specific part (its
+transformers config class and structure); everything else is read from the family's row of ``FAMILIES``."""
+
+
 def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:
     """Write a hub-like tiny model folder at ``dest`` (deterministic for a family, seed and size) and return it.
 
-    ``family`` names one of :data:`MODEL_TYPES`; ``size`` one of :data:`TINY_SIZES`: ``test`` (the default, fast
+    ``family`` names one of :data:`TINY_CONFIGS`; ``size`` one of :data:`TINY_SIZES`: ``test`` (the default, fast
     tests) or ``local`` (``make local-train``).
     """
     _check_family(family)
@@ -367,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="folder to write the model into")
     parser.add_argument("--seed", type=int, default=0, help="seed for the tokenizer corpus and the weights")
     parser.add_argument(
-        "--family", choices=list(MODEL_TYPES), default=DEFAULT_FAMILY, help="which model family to build"
+        "--family", choices=list(TINY_CONFIGS), default=DEFAULT_FAMILY, help="which model family to build"
     )
     parser.add_argument(
         "--size", choices=sorted(TINY_SIZES), default=DEFAULT_SIZE, help="test: fast tests; local: make local-train"

@@ -19,7 +19,8 @@ from vcot.grounding.boxes import BoxFormat
 from vcot.config import option
 from vcot.scoring.field_metrics import FIELD_RATE_METRICS
 from vcot.scoring.metrics import RATE_METRICS
-from vcot.grounding.model_format import FAMILIES, Coords, Family, Mode
+from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, Family
+from vcot.grounding.model_format import Coords, Mode
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
 WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")
@@ -63,7 +64,7 @@ class EvaluateConfig:
         None, help="How responses write boxes: house, obj, qwen or json. Default: vcot-model.json, else house."
     )
     family: Family = option(
-        "qwen2.5-vl", help=f"Score mode: the model family whose image geometry qwen2.5-absolute boxes assume ({', '.join(FAMILIES)})."
+        DEFAULT_FAMILY, help=f"Score mode: the model family whose image geometry qwen2.5-absolute boxes assume ({', '.join(FAMILIES)})."
     )
     min_pixels: int | None = option(None, help="Image min pixels (default: vcot-model.json, else the processor's / family's).")
     max_pixels: int | None = option(None, help="Image max pixels (default: vcot-model.json, else the processor's / family's).")

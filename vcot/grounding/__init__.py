@@ -4,8 +4,10 @@
   the other box syntaxes and coordinate frames, parsing, rendering and conversion (the one tag table);
 - ``records``: the canonical grounded record that convert and distill write and every later stage reads;
 - ``answers``: final answers read out of a response and judged against a record;
+- ``families``: the per-family facts (``model_type`` names, released image geometry, native frame and syntax),
+  one row per family in one table;
 - ``model_format``: the model contract (family, coordinate frame, box syntax, image geometry, prompt wording),
-  its per-family facts in one table;
+  reading its per-family facts from ``families``;
 - ``prompts``: the one place a record becomes a chat (tokenize trains on it, evaluate prompts with it);
 - ``streaming``: the boxes of a response as it streams in (the live demo).
 

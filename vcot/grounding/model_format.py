@@ -5,7 +5,8 @@ scores boxes in the wrong place while every loss curve looks fine. So it lives h
 written once by tokenize (its manifest), copied next to the adapter by train (``vcot-model.json``) and read
 back by every later stage:
 
-- ``family``: ``qwen2.5-vl`` or ``qwen3-vl`` (from the model's ``config.json``, never typed by hand);
+- ``family``: a key of :data:`~vcot.grounding.families.FAMILIES` (``qwen2.5-vl``, ``qwen3-vl``), found from the
+  model's ``config.json`` ``model_type``, never typed by hand;
 - ``coords``: the frame of the assistant's boxes. ``norm1000`` is the house frame (integers 0-1000 of the
   original image), which is also Qwen3-VL's native frame; ``qwen2.5-absolute`` is absolute pixels of the image
   as the processor resizes it (``smart_resize``), how Qwen2.5-VL was pretrained to ground;
@@ -19,8 +20,9 @@ back by every later stage:
   Empty: no system turn (the chat template's own default) and :data:`DEFAULT_INSTRUCTION`.
 
 :meth:`ModelFormat.render` turns a house rationale into the model's text and :meth:`ModelFormat.read` is the
-one inverse. Adding a family means adding one :data:`FAMILY_DEFAULTS` entry and its ``model_type`` names
-(docs/models.md).
+one inverse. Nothing here knows a family by name: what differs between families (``model_type`` names, released
+image geometry) is read from the one table, :data:`vcot.grounding.families.FAMILIES`, so adding a family is one
+row there (docs/models.md, "Adding a model family").
 """
 
 from __future__ import annotations
@@ -45,11 +47,10 @@ from vcot.grounding.boxes import (
     smart_resize,
     validate_box,
 )
+from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, Family
 
-Family = Literal["qwen2.5-vl", "qwen3-vl"]
 Coords = Literal["norm1000", "qwen2.5-absolute"]
 Mode = Literal["multimodal", "text"]
-FAMILIES: tuple[Family, ...] = ("qwen2.5-vl", "qwen3-vl")
 COORDS: tuple[Coords, ...] = ("norm1000", "qwen2.5-absolute")
 MODES: tuple[Mode, ...] = ("multimodal", "text")
 Layout = Literal["two_turn", "rationale_turn"]
@@ -57,8 +58,6 @@ LAYOUTS: tuple[Layout, ...] = ("two_turn", "rationale_turn")
 """two_turn: the assistant turn holds the rationale and ``Answer: ...``; rationale_turn (LaCoT's, for RGFN): the
 rationale is a turn of its own (role :data:`RATIONALE_ROLE`) and the assistant turn holds ``Answer: ...`` alone."""
 RATIONALE_ROLE = "Analyzer"
-MODEL_TYPES: dict[str, Family] = {"qwen2_5_vl": "qwen2.5-vl", "qwen3_vl": "qwen3-vl", "qwen3_vl_moe": "qwen3-vl"}
-"""``config.json`` ``model_type`` -> family."""
 IMAGE_PAD = "<|image_pad|>"
 """The image placeholder token of both families: tokenize expands it to the image's token count."""
 IGNORE_INDEX = -100
@@ -115,23 +114,6 @@ class VisionGeometry:
         return t * h * w // (self.merge_size * self.merge_size)
 
 
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """What a family's released checkpoints ship: used when a processor or an old record does not say."""
-
-    patch_size: int
-    merge_size: int
-    min_pixels: int
-    max_pixels: int
-
-
-FAMILY_DEFAULTS: dict[Family, FamilyDefaults] = {
-    # preprocessor_config.json of the released Qwen2.5-VL checkpoints
-    "qwen2.5-vl": FamilyDefaults(patch_size=14, merge_size=2, min_pixels=56 * 56, max_pixels=28 * 28 * 16384),
-    # preprocessor_config.json of the released Qwen3-VL checkpoints
-    "qwen3-vl": FamilyDefaults(patch_size=16, merge_size=2, min_pixels=65536, max_pixels=16777216),
-}
-
 _COORD_HINTS: dict[Coords, str] = {
     "norm1000": "coordinates are integers 0-1000 of the image width and height",
     "qwen2.5-absolute": "coordinates are absolute pixels of the image",
@@ -153,16 +135,16 @@ _MENTION_PATTERNS: dict[BoxFormat, str] = {
 def family_of_model_type(model_type: str) -> Family:
     """The family of a model from its ``config.json`` ``model_type``; refuses one vcot does not know.
 
-    >>> family_of_model_type("qwen3_vl")
+    >>> family_of_model_type("qwen3_vl_moe")
     'qwen3-vl'
     """
-    try:
-        return MODEL_TYPES[model_type]
-    except KeyError:
-        raise ValueError(
-            f"model_type {model_type!r} is not a supported family ({', '.join(sorted(MODEL_TYPES))}): "
-            "see docs/models.md for adding one"
-        ) from None
+    for name, row in FAMILIES.items():
+        if model_type in row.model_types:
+            return name
+    known = sorted(known_type for row in FAMILIES.values() for known_type in row.model_types)
+    raise ValueError(
+        f"model_type {model_type!r} is not a supported family ({', '.join(known)}): see docs/models.md for adding one"
+    )
 
 
 @dataclass(frozen=True)
@@ -194,7 +176,7 @@ class ModelFormat:
     @classmethod
     def for_family(
         cls,
-        family: Family = "qwen2.5-vl",
+        family: Family = DEFAULT_FAMILY,
         *,
         coords: Coords = "norm1000",
         box_syntax: BoxFormat = "house",
@@ -209,9 +191,9 @@ class ModelFormat:
         >>> ModelFormat.for_family("qwen3-vl").vision.factor
         32
         """
-        if family not in FAMILY_DEFAULTS:
+        if family not in FAMILIES:
             raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
-        base = FAMILY_DEFAULTS[family]
+        base = FAMILIES[family]
         vision = VisionGeometry(
             patch_size=patch_size or base.patch_size,
             merge_size=merge_size or base.merge_size,
@@ -356,7 +338,7 @@ class ModelFormat:
         if missing:
             raise ValueError(f"no model format here (lacks {', '.join(missing)}): re-run tokenize with this version")
         return cls.for_family(
-            "qwen2.5-vl",
+            "qwen2.5-vl",  # the only family of those versions, whatever the default is now
             coords=data["coords"],
             mode=data["mode"],
             min_pixels=int(data["min_pixels"]),

@@ -29,7 +29,8 @@ from transformers.processing_utils import ProcessorMixin
 from vcot.io import storage
 from vcot.errors import ConfigError, VcotError
 from vcot.log import get_logger
-from vcot.grounding.model_format import Family, ModelFormat, family_of_model_type
+from vcot.grounding.families import Family
+from vcot.grounding.model_format import ModelFormat, family_of_model_type
 
 Quantize = Literal["4bit", "8bit"]
 MODEL_CARD = "vcot-model.json"
