@@ -222,6 +222,28 @@ def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int
     return None
 
 
+def _pixel_box(
+    box_string: str, box_text: str | None, width: int, height: int, frame: Literal["padded", "original"]
+) -> tuple[tuple[float, ...], str, tuple[float, float, float, float] | None] | None:
+    """``(pixels, box_source, the box string's pixels)`` of an item; ``None`` when it has no box at all.
+
+    The absolute ``###`` box wins when there is one; the first gpt turn's box string (``box_string``) is still
+    read, for the data check in provenance (``string_box_delta``).
+    """
+    string_values = parse_box_values(box_string)
+    from_string: tuple[float, float, float, float] | None = None
+    string_source = ""
+    if string_values is not None:
+        scale = box_string_scale(box_string, string_values)
+        from_string, string_source = string_box_to_pixels(string_values, scale, width, height, frame), scale
+    absolute = parse_box_values(box_text) if box_text is not None else None
+    if absolute is not None:
+        return tuple(absolute), "absolute", from_string
+    if from_string is not None:
+        return from_string, f"string_{string_source}", from_string
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # Reference label and rationale
 # --------------------------------------------------------------------------------------------------
@@ -404,7 +426,22 @@ class VisCotConverter:
             )
         return width, height, "header"
 
+    def _provenance(
+        self, item: dict[str, Any], index: int, subset: str, box_source: str, size_source: str
+    ) -> dict[str, Any]:
+        """Where a record came from (file, index, ids) and how its box and size were read, for audits."""
+        return {
+            "dataset": subset,
+            "source_file": self.source_file,
+            "source_index": index,
+            "source_split": item.get("split"),
+            "question_id": item.get("question_id"),
+            "box_source": box_source,
+            "size_source": size_source,
+        }
+
     def convert(self, index: int, item: Any) -> Item:
+        """The item's record, or a rejection with the first reason it gives none."""
         if not isinstance(item, dict):
             return Rejection("not_an_object", f"item is {type(item).__name__}, not an object", index, raw=item)
         path, box_text = _split_image_field(item.get("image"))
@@ -436,19 +473,10 @@ class VisCotConverter:
             return reject("missing_size", f"no width/height for {path} in the metadata, and image headers are off")
         width, height, size_source = size
 
-        string_values = parse_box_values(gpt[0]) if gpt else None
-        from_string: tuple[float, float, float, float] | None = None
-        string_source = ""
-        if string_values is not None:
-            scale = box_string_scale(gpt[0], string_values)
-            from_string, string_source = string_box_to_pixels(string_values, scale, width, height, self.frame), scale
-        absolute = parse_box_values(box_text) if box_text is not None else None
-        if absolute is not None:
-            pixels, box_source = tuple(absolute), "absolute"
-        elif from_string is not None:
-            pixels, box_source = from_string, f"string_{string_source}"
-        else:
+        found = _pixel_box(gpt[0], box_text, width, height, self.frame)  # gpt has 2+ turns: answer is not empty
+        if found is None:
             return reject("missing_box", "neither a ###[x1, y1, x2, y2] box nor a box string in the first gpt turn")
+        pixels, box_source, from_string = found
 
         problem = box_problem(pixels, width, height)
         if problem is not None:
@@ -458,16 +486,8 @@ class VisCotConverter:
         if problem is not None:
             return reject(f"{problem}_box", f"box {list(box)} (0-1000) from pixels {[round(v, 1) for v in pixels]}")
 
-        provenance: dict[str, Any] = {
-            "dataset": subset,
-            "source_file": self.source_file,
-            "source_index": index,
-            "source_split": item.get("split"),
-            "question_id": item.get("question_id"),
-            "box_source": box_source,
-            "size_source": size_source,
-        }
-        if absolute is not None and from_string is not None and box_problem(from_string, width, height) is None:
+        provenance = self._provenance(item, index, subset, box_source, size_source)
+        if box_source == "absolute" and from_string is not None and box_problem(from_string, width, height) is None:
             # Both present: record how far the padded-string reading is from the absolute box (a data check).
             x1, y1, x2, y2 = pixels_to_norm1000(from_string, width, height)
             provenance["string_box_delta"] = max(abs(x1 - box[0]), abs(y1 - box[1]), abs(x2 - box[2]), abs(y2 - box[3]))

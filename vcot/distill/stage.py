@@ -355,6 +355,8 @@ def batch_state_uri(cache: str, output: str, shard: ShardSpec) -> str:
 async def _distill(
     config: DistillConfig, shard: ShardSpec, items: list[tuple[int, dict[str, Any]]], api_key: str
 ) -> dict[str, Any]:
+    """The shard's run in one event loop: answers are cached and the ledger stored while it runs, so a stop
+    (SIGTERM, an error) loses nothing paid for and commits nothing."""
     started = time.monotonic()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
     writer = f"{shard.name}-{run_id}"
@@ -404,7 +406,22 @@ async def _distill(
                 outputs.abort()
                 raise
     files = outputs.close()
-    report = {
+    report = _shard_report(config, shard, outputs, ledger, cache, cached_before, started)
+    return _commit_shard(config, shard, files, report, ledger)
+
+
+def _shard_report(
+    config: DistillConfig,
+    shard: ShardSpec,
+    outputs: _Outputs,
+    ledger: Ledger,
+    cache: AnswerCache,
+    cached_before: int,
+    started: float,
+) -> dict[str, Any]:
+    """The shard's quality report (what was accepted, why the rest was rejected, what it cost, what the cache
+    saved): its ``quality.json`` and the manifest's stats."""
+    return {
         "stage": STAGE,
         "shard": shard.name,
         "counts": dict(outputs.counts),
@@ -415,6 +432,13 @@ async def _distill(
         "cache": {"uri": config.cache_uri, "answers_before": cached_before, "answers_after": len(cache.entries)},
         "elapsed_s": round(time.monotonic() - started, 3),
     }
+
+
+def _commit_shard(
+    config: DistillConfig, shard: ShardSpec, files: list[ShardFile], report: dict[str, Any], ledger: Ledger
+) -> dict[str, Any]:
+    """Write the report beside the records and commit them; the last shard of a sharded run to commit merges
+    every shard's report into ``quality.json``."""
     quality_path = QUALITY if shard.count == 1 else f"quality/{shard.name}.json"
     files.append(write_file(config.output, quality_path, storage.dumps_json(report).encode("utf-8")))
     committed = manifest.commit(

@@ -72,6 +72,7 @@ def _cut(text: str, until: Any) -> str:
 
 
 def _build_class() -> type:
+    # Not split: its length is the class body (short methods), built here so the module imports without lmms-eval.
     from lmms_eval.api.model import lmms
 
     from vcot.models.generation import GenerationSettings, Skipped, generate_batch

@@ -168,6 +168,7 @@ def model_card(
     dtype: str,
 ) -> str:
     """README.md of the exported model (front matter the hub reads, then the sections a user needs)."""
+    # Not split: its length is the card's text, one list of lines in the order a reader sees them.
     fmt = ModelFormat.from_dict(card)
     base = str(card.get("base_model") or "")
     vision = fmt.vision

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,54 @@ class Skipped:
     reason: str
 
 
+def _readable_images(records: Sequence[dict[str, Any]], multimodal: bool) -> dict[int, Any]:
+    """Position of each record that can be prompted -> its image (``None`` in text mode): a bad image skips its
+    record instead of failing the batch."""
+    images: dict[int, Any] = {}
+    for position, record in enumerate(records):
+        try:
+            images[position] = load_rgb(record["image"]) if multimodal else None
+        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+    return images
+
+
+def _grid_mismatches(
+    records: Sequence[dict[str, Any]], positions: list[int], grids: list[list[int]], fmt: ModelFormat
+) -> set[int]:
+    """The positions whose image gives another patch grid than the record's ``width``/``height``: their
+    ``qwen2.5-absolute`` boxes would be read back with the wrong resize, so they are not scored."""
+    mismatched: set[int] = set()
+    for position, grid in zip(positions, grids, strict=True):
+        record = records[position]
+        if grid != list(fmt.vision.grid(int(record["width"]), int(record["height"]))):
+            mismatched.add(position)
+            log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
+                        width=record.get("width"), height=record.get("height"),
+                        hint="the record's width/height do not match its image: fix the data (convert)")
+    return mismatched
+
+
+def _with_answers(
+    model: Any,
+    processor: Any,
+    record: dict[str, Any],
+    fmt: ModelFormat,
+    encode: Callable[[list[int], dict[int, str]], Any],
+    positions: list[int],
+    texts: list[str],
+) -> list[str]:
+    """Each rationale followed by the answer turn a two-phase model gives after it (greedy), as one response;
+    ``record``: any record of the batch (the answer cue is the same for all)."""
+    cue = answer_cue(processor, build_messages(record, fmt, with_answer=False))
+    inputs = encode(positions, {p: text + cue for p, text in zip(positions, texts, strict=True)}).to(model.device)
+    with torch.inference_mode():
+        output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
+    answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
+                               stop_token_ids(model, processor.tokenizer))
+    return [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]
+
+
 def generate_batch(
     model: Any,
     processor: Any,
@@ -98,13 +146,7 @@ def generate_batch(
         processors = penalty_processors(settings, processor.tokenizer)
     multimodal = settings.fmt.mode == "multimodal"
     responses: list[str | Skipped] = [Skipped("image_unreadable")] * len(records)
-    images: dict[int, Any] = {}  # position of each record that can be prompted -> its image (None in text mode)
-    for position, record in enumerate(records):
-        try:
-            images[position] = load_rgb(record["image"]) if multimodal else None
-        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
-            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
-
+    images = _readable_images(records, multimodal)
     prompts = {position: prompt_text(processor, records[position], settings) for position in images}
 
     def encode(positions: list[int], after: dict[int, str] | None = None) -> Any:
@@ -119,15 +161,9 @@ def generate_batch(
     processor.tokenizer.padding_side = "left"
     inputs = encode(usable) if usable else None
     if inputs is not None and multimodal and settings.fmt.coords == "qwen2.5-absolute":
-        mismatched = set()
-        for position, grid in zip(usable, inputs["image_grid_thw"].tolist(), strict=True):
-            record = records[position]
-            if grid != list(settings.fmt.vision.grid(int(record["width"]), int(record["height"]))):
-                mismatched.add(position)
-                responses[position] = Skipped("grid_mismatch")
-                log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
-                            width=record.get("width"), height=record.get("height"),
-                            hint="the record's width/height do not match its image: fix the data (convert)")
+        mismatched = _grid_mismatches(records, usable, inputs["image_grid_thw"].tolist(), settings.fmt)
+        for position in mismatched:
+            responses[position] = Skipped("grid_mismatch")
         if mismatched:  # grids are per image: encoding the rest again cannot mismatch
             usable = [p for p in usable if p not in mismatched]
             inputs = encode(usable) if usable else None
@@ -149,13 +185,7 @@ def generate_batch(
     new_tokens = output[:, inputs["input_ids"].shape[1] :]
     texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
     if two_phase(settings):  # the answer turn after each rationale turn, greedy
-        cue = answer_cue(processor, build_messages(records[usable[0]], settings.fmt, with_answer=False))
-        inputs = encode(usable, {p: text + cue for p, text in zip(usable, texts, strict=True)}).to(model.device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
-        answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
-                                   stop_token_ids(model, processor.tokenizer))
-        texts = [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]
+        texts = _with_answers(model, processor, records[usable[0]], settings.fmt, encode, usable, texts)
     for position, text in zip(usable, texts, strict=True):
         responses[position] = text
     return responses

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -251,23 +251,25 @@ def planned(source: MixtureSource, split: str, seed: int) -> Iterator[tuple[dict
         usable += 1
 
 
-def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
-    """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    from tqdm import tqdm
-
-    from vcot.models.loading import load_processor_for, model_family
-
-    shard = config.shard
-    mixture = resolve_mixture(config)
+def _claim_output(config: TokenizeConfig, mixture: Mixture, shard: manifest.ShardSpec) -> bool:
+    """Claim the output before any work (``False``: already committed), and refuse inputs that are not committed
+    record outputs before the model is loaded."""
     inputs = [*mixture.data, config.model, config.mixture]
     ready = manifest.prepare_output(
         config.output, stage="tokenize", inputs=inputs, overwrite=config.overwrite, shard=shard
     )
     if not ready:
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
-        return None
+        return False
     for input_uri in mixture.data:  # refuses an uncommitted input, or another stage's, with a clear message
         manifest.read_manifest(input_uri, expect_stage=manifest.RECORD_STAGES)
+    return True
+
+
+def _model_format(config: TokenizeConfig, mixture: Mixture) -> tuple[ModelFormat, dict[str, Encoder]]:
+    """The run's model format (what train and evaluate read back from the manifest) and an encoder per source,
+    each with the source's own pixel budget."""
+    from vcot.models.loading import load_processor_for, model_family
 
     processor = load_processor_for(config.model)
     fmt = ModelFormat.for_processor(
@@ -281,88 +283,176 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     )
     fmt = replace(fmt, layout=config.layout, system_prompt=config.system_prompt, instruction_text=config.instruction)
     log.info("model_format", **fmt.to_dict())
-    encoders = {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
-    image_pad_id = encoders[mixture.sources[0].name].image_pad_id
+    return fmt, {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
 
-    skipped: Counter[str] = Counter()
-    stats: dict[str, Any] = {"mixture": {source.name: {} for source in mixture.sources}}
-    files: list[ShardFile] = []
-    with tempfile.TemporaryDirectory(prefix="vcot-tokenize-") as workdir:
-        for split in SPLITS:
-            writer = ParquetShardWriter(config.output, f"{split}/{shard.name}.parquet", Path(workdir))
-            lengths: list[int] = []
-            supervised = image_tokens = position = 0
-            by_subset: dict[str, Counter[str]] = {}
-            progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
-            for source in mixture.sources:
-                encoder = encoders[source.name]
-                budget = (encoder.fmt.vision.min_pixels, encoder.fmt.vision.max_pixels) if encoder.fmt != fmt else None
-                max_length = source.max_length or config.max_length
-                counts = {"usable": 0, "selected": 0, "rows": 0}
-                reasons: Counter[str] = Counter()
-                for record, problem, copies in planned(source, split, mixture.seed):
-                    owned = sum(1 for copy in range(copies) if shard.owns(position + copy))
-                    position += copies
-                    counts["usable"] += problem is None
-                    counts["selected"] += copies if problem is None else 0
-                    if not owned:
-                        continue
-                    progress.update(owned)
-                    if problem is not None:
-                        reasons[problem] += owned
-                        continue
-                    subset = by_subset.setdefault(str(record.get("subset") or "unknown"), Counter())
-                    subset["records"] += owned
-                    try:
-                        row = encoder.encode(record)
-                        row["min_pixels"], row["max_pixels"] = budget or (None, None)
-                        if row["length"] > max_length and config.fit_to_budget:
-                            row = encoder.fit(record, row["length"], max_length) or row
-                            subset["fitted"] += owned * (row["length"] <= max_length)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        reasons["encode_error"] += owned
-                        log.warning("encode_error", id=record.get("id"), error=str(exc))
-                        continue
-                    if row["length"] > max_length:
-                        reasons["too_long"] += owned
-                        subset["too_long"] += owned
-                        continue
-                    for _ in range(owned):
-                        writer.write(row)
-                    counts["rows"] += owned
-                    lengths += [row["length"]] * owned
-                    supervised += owned * sum(1 for label in row["labels"] if label != -100)
-                    if fmt.mode == "multimodal":
-                        image_tokens += owned * row["input_ids"].count(image_pad_id)
-                skipped.update(reasons)
-                stats["mixture"][source.name][split] = {**counts, "skipped": dict(sorted(reasons.items()))}
-                if split == "train" and source.samples and not counts["usable"]:
-                    log.warning("mixture_source_empty", source=source.name, data=list(source.data))
-            progress.close()
-            report_lengths(split, by_subset, config)
-            if writer.records == 0 and split == "train" and shard.count == 1:
-                raise VcotError(
-                    f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
-                    "check the inputs, or raise --max-length if rows were too long"
-                )
-            files.append(writer.close())
-            stats[split] = {
-                "rows": writer.records,
-                "tokens": sum(lengths),
-                "supervised_tokens": supervised,
-                "image_tokens": image_tokens,
-                "max_length": max(lengths, default=0),
-                "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
-                "length_histogram": length_histogram(lengths),
-                "subsets": {name: dict(sorted(counts.items())) for name, counts in sorted(by_subset.items())},
-            }
-    stats["skipped"] = dict(sorted(skipped.items()))
+
+@dataclass
+class _SplitTally:
+    """What one split's rows add up to across its sources (its ``stats``), and the round-robin position that
+    says which rows are this shard's."""
+
+    position: int = 0
+    lengths: list[int] = field(default_factory=list)
+    supervised: int = 0
+    image_tokens: int = 0
+    by_subset: dict[str, Counter[str]] = field(default_factory=dict)
+
+
+def _encode_row(
+    encoder: Encoder, record: dict[str, Any], budget: tuple[int, int] | None, max_length: int, fit_to_budget: bool
+) -> tuple[dict[str, Any] | str, bool | None]:
+    """``(row or why the record gives none, fitted)``: a row too long is dropped, never truncated (a cut through
+    the image tokens would no longer match the pixels). ``fitted``: ``None`` unless ``--fit-to-budget`` tried."""
+    fitted = None
+    try:
+        row = encoder.encode(record)
+        row["min_pixels"], row["max_pixels"] = budget or (None, None)
+        if row["length"] > max_length and fit_to_budget:
+            row = encoder.fit(record, row["length"], max_length) or row
+            fitted = row["length"] <= max_length
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("encode_error", id=record.get("id"), error=str(exc))
+        return "encode_error", None
+    if row["length"] > max_length:
+        return "too_long", fitted
+    return row, fitted
+
+
+def _write_source(
+    source: MixtureSource,
+    split: str,
+    *,
+    config: TokenizeConfig,
+    fmt: ModelFormat,
+    encoder: Encoder,
+    image_pad_id: int,
+    seed: int,
+    shard: manifest.ShardSpec,
+    writer: ParquetShardWriter,
+    tally: _SplitTally,
+    progress: Any,
+) -> tuple[dict[str, int], Counter[str]]:
+    """Write this shard's rows of one source's split; returns the source's counts and why records gave no row
+    (the manifest's per-source stats)."""
+    budget = (encoder.fmt.vision.min_pixels, encoder.fmt.vision.max_pixels) if encoder.fmt != fmt else None
+    max_length = source.max_length or config.max_length
+    counts = {"usable": 0, "selected": 0, "rows": 0}
+    reasons: Counter[str] = Counter()
+    for record, problem, copies in planned(source, split, seed):
+        owned = sum(1 for copy in range(copies) if shard.owns(tally.position + copy))
+        tally.position += copies
+        counts["usable"] += problem is None
+        counts["selected"] += copies if problem is None else 0
+        if not owned:
+            continue
+        progress.update(owned)
+        if problem is not None:
+            reasons[problem] += owned
+            continue
+        subset = tally.by_subset.setdefault(str(record.get("subset") or "unknown"), Counter())
+        subset["records"] += owned
+        row, fitted = _encode_row(encoder, record, budget, max_length, config.fit_to_budget)
+        if fitted is not None:
+            subset["fitted"] += owned * fitted
+        if isinstance(row, str):
+            reasons[row] += owned
+            if row == "too_long":
+                subset["too_long"] += owned
+            continue
+        for _ in range(owned):
+            writer.write(row)
+        counts["rows"] += owned
+        tally.lengths += [row["length"]] * owned
+        tally.supervised += owned * sum(1 for label in row["labels"] if label != -100)
+        if fmt.mode == "multimodal":
+            tally.image_tokens += owned * row["input_ids"].count(image_pad_id)
+    return counts, reasons
+
+
+def _split_stats(rows: int, tally: _SplitTally) -> dict[str, Any]:
+    """A split's entry in the manifest's stats: row and token counts, lengths, and per-subset counts."""
+    lengths = tally.lengths
+    return {
+        "rows": rows,
+        "tokens": sum(lengths),
+        "supervised_tokens": tally.supervised,
+        "image_tokens": tally.image_tokens,
+        "max_length": max(lengths, default=0),
+        "mean_length": round(sum(lengths) / len(lengths), 1) if lengths else 0.0,
+        "length_histogram": length_histogram(lengths),
+        "subsets": {name: dict(sorted(counts.items())) for name, counts in sorted(tally.by_subset.items())},
+    }
+
+
+def _write_split(
+    split: str,
+    *,
+    config: TokenizeConfig,
+    mixture: Mixture,
+    fmt: ModelFormat,
+    encoders: dict[str, Encoder],
+    shard: manifest.ShardSpec,
+    workdir: Path,
+    skipped: Counter[str],
+    mixture_stats: dict[str, dict[str, Any]],
+) -> tuple[ShardFile, dict[str, Any]]:
+    """One split's Parquet shard (every source in mixture order) and its stats; adds to ``skipped`` and to each
+    source's entry of ``mixture_stats``. Refuses a single-pod run without a training row."""
+    from tqdm import tqdm
+
+    image_pad_id = encoders[mixture.sources[0].name].image_pad_id
+    writer = ParquetShardWriter(config.output, f"{split}/{shard.name}.parquet", workdir)
+    tally = _SplitTally()
+    progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
+    for source in mixture.sources:
+        counts, reasons = _write_source(
+            source,
+            split,
+            config=config,
+            fmt=fmt,
+            encoder=encoders[source.name],
+            image_pad_id=image_pad_id,
+            seed=mixture.seed,
+            shard=shard,
+            writer=writer,
+            tally=tally,
+            progress=progress,
+        )
+        skipped.update(reasons)
+        mixture_stats[source.name][split] = {**counts, "skipped": dict(sorted(reasons.items()))}
+        if split == "train" and source.samples and not counts["usable"]:
+            log.warning("mixture_source_empty", source=source.name, data=list(source.data))
+    progress.close()
+    report_lengths(split, tally.by_subset, config)
+    if writer.records == 0 and split == "train" and shard.count == 1:
+        raise VcotError(
+            f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
+            "check the inputs, or raise --max-length if rows were too long"
+        )
+    return writer.close(), _split_stats(writer.records, tally)
+
+
+def _commit(
+    config: TokenizeConfig,
+    fmt: ModelFormat,
+    mixture: Mixture,
+    files: list[ShardFile],
+    stats: dict[str, Any],
+    shard: manifest.ShardSpec,
+) -> dict[str, Any]:
+    """Commit the shards with the settings train needs to read them back (the model format, the mixture)."""
     settings = redacted(config)
     settings["model_format"] = fmt.to_dict()
     settings["mixture"] = mixture.to_dict()
     settings.pop("shard_index", None)
     committed = manifest.commit(
-        config.output, stage="tokenize", files=files, config=settings, inputs=mixture.data, stats=stats, shard=shard
+        config.output,
+        stage="tokenize",
+        files=files,
+        config=settings,
+        inputs=mixture.data,
+        stats=stats,
+        shard=shard,
     )
     log.info(
         "committed",
@@ -372,3 +462,31 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
         sources={name: parts["train"]["rows"] for name, parts in stats["mixture"].items()},
     )
     return committed
+
+
+def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
+    """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
+    shard = config.shard
+    mixture = resolve_mixture(config)
+    if not _claim_output(config, mixture, shard):
+        return None
+    fmt, encoders = _model_format(config, mixture)
+    skipped: Counter[str] = Counter()
+    stats: dict[str, Any] = {"mixture": {source.name: {} for source in mixture.sources}}
+    files: list[ShardFile] = []
+    with tempfile.TemporaryDirectory(prefix="vcot-tokenize-") as workdir:
+        for split in SPLITS:
+            shard_file, stats[split] = _write_split(
+                split,
+                config=config,
+                mixture=mixture,
+                fmt=fmt,
+                encoders=encoders,
+                shard=shard,
+                workdir=Path(workdir),
+                skipped=skipped,
+                mixture_stats=stats["mixture"],
+            )
+            files.append(shard_file)
+    stats["skipped"] = dict(sorted(skipped.items()))
+    return _commit(config, fmt, mixture, files, stats, shard)
