@@ -348,6 +348,21 @@ def render_grounded(ref: str | None, box: Sequence[int], fmt: BoxFormat = "house
     return (f"{tags.ref_open}{ref}{tags.ref_close}" if ref else "") + f"{tags.box_open}{coordinates}{tags.box_close}"
 
 
+def mention_example(fmt: BoxFormat) -> str:
+    """One mention of ``fmt`` with placeholders for the label and coordinates: how an instruction shows it.
+
+    >>> mention_example("house")
+    '<ref>label</ref><box>[x1, y1, x2, y2]</box>'
+    >>> mention_example("json")
+    '{"bbox_2d": [x1, y1, x2, y2], "label": "label"}'
+    """
+    if fmt == "json":
+        return f'{{"{JSON_BOX_KEY}": [x1, y1, x2, y2], "label": "label"}}'
+    tags = BOX_TAGS[fmt]
+    coordinates = tags.coordinates.format(x1="x1", y1="y1", x2="x2", y2="y2")
+    return f"{tags.ref_open}label{tags.ref_close}{tags.box_open}{coordinates}{tags.box_close}"
+
+
 def map_boxes(
     text: str,
     transform: Callable[[IntBox], Sequence[int]],

@@ -41,6 +41,7 @@ from vcot.grounding.boxes import (
     IntBox,
     ParseResult,
     map_boxes,
+    mention_example,
     norm1000_to_pixels,
     parse_grounded,
     pixels_to_norm1000,
@@ -124,12 +125,6 @@ DEFAULT_INSTRUCTION = (
 )
 """The instruction after the question. ``{box_pattern}`` and ``{coords_hint}`` are filled in from the format (a
 custom ``instruction_text`` may use them too; other braces are left alone)."""
-_MENTION_PATTERNS: dict[BoxFormat, str] = {
-    "house": "<ref>label</ref><box>[x1, y1, x2, y2]</box>",
-    "obj": "<obj>label</obj><bbox>[x1, y1, x2, y2]</bbox>",
-    "qwen": "<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>",
-    "json": '{"bbox_2d": [x1, y1, x2, y2], "label": "label"}',
-}
 
 
 def family_of_model_type(model_type: str) -> Family:
@@ -240,7 +235,7 @@ class ModelFormat:
         True
         """
         text = self.instruction_text or DEFAULT_INSTRUCTION
-        return text.replace("{box_pattern}", _MENTION_PATTERNS[self.box_syntax]).replace(
+        return text.replace("{box_pattern}", mention_example(self.box_syntax)).replace(
             "{coords_hint}", _COORD_HINTS[self.coords]
         )
 
