@@ -182,7 +182,7 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
 	echo "== synthetic data -> $(LOCAL_RUN)/synthetic"; \
-	$(PY) -c "from vcot import storage; import sys; sys.exit(0 if storage.exists('$(LOCAL_RUN)/synthetic/viscot.json') else 1)" \
+	$(PY) -c "from vcot.io import storage; import sys; sys.exit(0 if storage.exists('$(LOCAL_RUN)/synthetic/viscot.json') else 1)" \
 		|| $(PY) -m vcot.dev.synthetic $(LOCAL_RUN)/synthetic --num-records $(LOCAL_RECORDS); \
 	echo "== convert -> $(LOCAL_RUN)/records"; \
 	$(PY) -m jobs.convert --source viscot --input $(LOCAL_RUN)/synthetic --output $(LOCAL_RUN)/records; \
@@ -233,7 +233,7 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
-	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokenized') else 1)" \
+	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokenized') else 1)" \
 		|| { echo "local-train-ddp: no committed tokenized data at $(LOCAL_RUN)/tokenized: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) on $(LOCAL_RUN)/tokenized -> $(LOCAL_DDP_RUN)/train"; \
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
@@ -258,7 +258,7 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
-	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/train') else 1)" \
+	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/train') else 1)" \
 		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/train: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== GRPO (recipe tiny-cpu-grpo) from $(LOCAL_RUN)/train/adapter -> $(LOCAL_GRPO_RUN)/grpo"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/train/adapter \
@@ -296,7 +296,7 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
-	$(PY) -c "from vcot import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/records') else 1)" \
+	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/records') else 1)" \
 		|| { echo "local-rgfn: no committed records at $(LOCAL_RUN)/records: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RGFN_RUN)/tokenized"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) \
