@@ -8,39 +8,35 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
-from tests.k8s.test_k8s_manifests import by_kind, expand, render, selects
+from tests.k8s.test_k8s_manifests import by_kind, expand, listed_components, overlay_copy, render, selects
 from vcot.cluster import runs
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.30", "1.33")
 SETTINGS = {"GPUS_PER_NODE": "8", "TRAIN_NODES": "3"}
 
 
-def gpu_overlay_with(component: str, *, run_id: str = "") -> list[dict[str, Any]]:
-    """The gpu overlay with ``component``'s commented-out line turned on and SETTINGS in its run.env (a copy under the
-    git-ignored k8s/runs/); with ``run_id``, rendered as `make k8s-run` names a run."""
-    folder = REPO_ROOT / "k8s" / "runs" / f"test-{component}-{uuid.uuid4().hex[:8]}"  # same depth: ../../ paths hold
-    shutil.copytree(REPO_ROOT / "k8s" / "overlays" / "gpu", folder)
-    run_folder = None
-    try:
-        text = (folder / "kustomization.yaml").read_text()
-        off = f"  # - ../../components/{component}\n"
-        assert off in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {component} on"
-        (folder / "kustomization.yaml").write_text(text.replace(off, off.replace("# ", "")))
-        with (folder / "run.env").open("a") as env:
-            env.write("".join(f"{key}={value}\n" for key, value in SETTINGS.items()))
-        if run_id:
-            run_folder = runs.write_run(run_id, folder, REPO_ROOT / "k8s" / "runs")
-        return render(run_folder or folder)
-    finally:
-        shutil.rmtree(folder)
-        if run_folder:
+def gpu_overlay_with(component: str, *, run_id: str = "", also: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The gpu overlay with ``component``'s commented-out line turned on (and the ``also`` ones), SETTINGS in its
+    settings/run.env (a copy under the git-ignored k8s/runs/); with ``run_id``, rendered as `make k8s-run` names a
+    run."""
+    text = (REPO_ROOT / "k8s" / "overlays" / "gpu" / "kustomization.yaml").read_text()
+    for name in (component, *also):
+        assert f"  # - ../../components/{name}\n" in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {name} on"
+    shipped = listed_components("k8s/overlays/gpu")
+    chosen = [f"../../components/{name}" for name in (*also, component)]
+    with overlay_copy("k8s/overlays/gpu", components=[shipped[0], *chosen, *shipped[1:]], settings=SETTINGS) as folder:
+        if not run_id:
+            return render(folder)
+        run_folder = runs.write_run(run_id, folder, REPO_ROOT / "k8s" / "runs")
+        try:
+            return render(run_folder)
+        finally:
             shutil.rmtree(run_folder)
 
 

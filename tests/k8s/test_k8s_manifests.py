@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +38,42 @@ JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def render(overlay: str | Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
+def render(overlay: str | Path, kubectl: str | None = None) -> list[dict[str, Any]]:
+    """``kubectl kustomize overlay`` parsed; ``kubectl``: another binary than the one on PATH (an older version)."""
+    kubectl = kubectl or shutil.which("kubectl")
     assert kubectl, "kubectl (with kustomize) is needed to render the manifests: install it (NOTES: it is on every machine)"
     out = subprocess.run([kubectl, "kustomize", str(overlay)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def listed_components(overlay: str | Path) -> list[str]:
+    """The components an overlay turns on, in order, as written in its kustomization.yaml."""
+    return runs._listed((REPO_ROOT / overlay / "kustomization.yaml").read_text(), ["components"])
+
+
+@contextmanager
+def overlay_copy(
+    overlay: str | Path, *, components: Sequence[str] | None = None, settings: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """A copy of ``overlay`` under the git-ignored k8s/runs/ (same depth: its ``../../`` paths hold) with its
+    ``components:`` list replaced by ``components`` (in that order) and ``settings`` set in its settings/run.env:
+    an overlay as a user edits it."""
+    folder = REPO_ROOT / "k8s" / "runs" / f"test-{Path(overlay).name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(REPO_ROOT / overlay, folder)
+    try:
+        if components is not None:
+            text = (folder / "kustomization.yaml").read_text()
+            head, found, _ = text.partition("\ncomponents:\n")
+            assert found, f"{overlay}/kustomization.yaml should end with its components"
+            (folder / "kustomization.yaml").write_text(head + found + "".join(f"  - {c}\n" for c in components))
+        if settings:
+            env_file = folder / runs.SETTINGS if (folder / runs.SETTINGS).exists() else folder / "run.env"
+            kept = [line for line in env_file.read_text().splitlines() if line.split("=", 1)[0] not in settings]
+            env_file.write_text("".join(f"{line}\n" for line in kept + [f"{k}={v}" for k, v in settings.items()]))
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")
