@@ -147,3 +147,22 @@ def test_components_validate_strictly(
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("method", ["grpo", "rgfn"])
+@pytest.mark.parametrize("component", ["multi-gpu", "multi-node"])
+def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> None:
+    """A pod that requests N GPUs runs N processes (torchrun --nproc-per-node=N), else N-1 GPUs sit idle all run.
+    GRPO and RGFN run one process (RGFN's loop is single-process; GRPO under torchrun is TRL's, untested here):
+    they request one GPU whatever GPUS_PER_NODE says, beside a multi-GPU or multi-node train (docs/k8s.md)."""
+    docs = gpu_overlay_with(component, also=(method,))
+    env = env_of(docs)
+    for name, job in by_kind(docs, "Job").items():
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        gpus = int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+        command = [expand(part, env) for part in container["command"]]
+        processes = next((int(p.split("=")[1]) for p in command if p.startswith("--nproc-per-node=")), 1)
+        assert gpus in (0, processes), (name, gpus, command)
+    method_job = train_container(docs, f"vcot-{method}")
+    assert method_job["resources"]["limits"]["nvidia.com/gpu"] == "1" and method_job["command"] == ["vcot-train"]
+    assert train_container(docs)["resources"]["limits"]["nvidia.com/gpu"] == SETTINGS["GPUS_PER_NODE"]
