@@ -27,7 +27,8 @@ def gpu_overlay_with(component: str, *, run_id: str = "", also: tuple[str, ...] 
     run."""
     text = (REPO_ROOT / "k8s" / "overlays" / "gpu" / "kustomization.yaml").read_text()
     for name in (component, *also):
-        assert f"  # - ../../components/{name}\n" in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {name} on"
+        off = f"  # - ../../components/{name}\n"
+        assert off in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {name} on"
     shipped = listed_components("k8s/overlays/gpu")
     chosen = [f"../../components/{name}" for name in (*also, component)]
     with overlay_copy("k8s/overlays/gpu", components=[shipped[0], *chosen, *shipped[1:]], settings=SETTINGS) as folder:
@@ -166,3 +167,16 @@ def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> 
     method_job = train_container(docs, f"vcot-{method}")
     assert method_job["resources"]["limits"]["nvidia.com/gpu"] == "1" and method_job["command"] == ["vcot-train"]
     assert train_container(docs)["resources"]["limits"]["nvidia.com/gpu"] == SETTINGS["GPUS_PER_NODE"]
+
+
+def test_each_runs_headless_service_selects_its_own_train_pods_only(multi_node: list[dict[str, Any]]) -> None:
+    """Two runs' train Jobs live in one namespace: a Service selecting every run's train pods would publish the other
+    run's pods under this run's rendezvous name (and the other way round), mixing two trainings' ranks."""
+    other = gpu_overlay_with("multi-node", run_id="t-exp2")
+    _, service, _ = rendezvous(multi_node)
+    job, run_service, _ = rendezvous(other)
+    pods = {"default": by_kind(multi_node, "Job")["vcot-train"]["spec"]["template"]["metadata"]["labels"],
+            "t-exp2": job["spec"]["template"]["metadata"]["labels"]}
+    assert pods["default"]["vcot.dev/run"] == "default" and pods["t-exp2"]["vcot.dev/run"] == "t-exp2"
+    for run, selector in (("default", service["spec"]["selector"]), ("t-exp2", run_service["spec"]["selector"])):
+        assert [name for name, labels in pods.items() if selects({"matchLabels": selector}, labels)] == [run]

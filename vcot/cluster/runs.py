@@ -42,6 +42,7 @@ _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}
 PER_RUN = "vcot.dev/per-run"
 """A label on an object of a shared kind that each run needs its own of (multi-node's headless Service)."""
+RUN_LABEL = "vcot.dev/run"
 
 WRITES = {
     "convert": layout.RECORDS,
@@ -276,6 +277,10 @@ def run_kustomization(
     patches = ["  # Shared by every run: created by the overlay's own apply, left out here."]
     for kind, api_version in SHARED_KINDS.items():
         patches.append(_patch(f"kind: {kind}, labelSelector: '{PER_RUN}!=true'", _deleted(kind, api_version)))
+    # A per-run Service selects this run's pods only (the labels transformer below leaves selectors alone).
+    selector = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "any"},
+                "spec": {"selector": {RUN_LABEL: run_id}}}
+    patches.append(_patch(f"kind: Service, labelSelector: '{PER_RUN}=true'", selector))
     if stages:  # the stages done elsewhere: their Jobs are left out; the chain starts with the first one left
         patches.append("  # The stages this run does not do (STAGES).")
         selector = f"vcot.dev/step,app.kubernetes.io/component notin ({','.join(stages)})"
