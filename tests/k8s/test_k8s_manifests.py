@@ -33,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["k8s/base", "k8s/overlays/gpu", "k8s/overlays/cpu-dev"]
 STAGE_ORDER = ["convert", "distill", "tokenize", "train", "evaluate"]
 GPU_STAGES = {"vcot-train", "vcot-evaluate", "vcot-reevaluate"}
+DEMO_CLIENT_LABEL = "vcot.dev/demo-client"
+"""The label of the pods the demo's NetworkPolicy admits (k8s/components/demo): the user's, never the pipeline's."""
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 """Set by the Job controller on every pod of a Job (Kubernetes 1.27+): the run id of sharded stages."""
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
@@ -285,7 +287,8 @@ def test_selectors_match_the_pods_they_are_meant_for(rendered: dict[str, list[di
         assert all(labels.get("app.kubernetes.io/name") == app for labels in selected.values()), (name, selected)
         peers = [peer for rule in doc["spec"].get("ingress", []) for peer in rule.get("from", [])]
         for peer in peers:
-            if "podSelector" in peer and "namespaceSelector" not in peer:
+            client = DEMO_CLIENT_LABEL in (peer.get("podSelector") or {}).get("matchLabels", {})
+            if "podSelector" in peer and "namespaceSelector" not in peer and not client:  # a client is the user's
                 assert any(selects(peer["podSelector"], labels) for labels in pods.values()), (name, peer)
 
 
