@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # vcot images. Two targets from one file:
 #   cpu        convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
-#   cpu-train  cpu + the rest of the train extra: train and evaluate on CPU (dev clusters, tiny model)
+#   cpu-train  cpu + the rest of the train extra and the demo extra: train, evaluate and the demo on CPU (dev
+#              clusters, tiny model)
 #   gpu        train, evaluate and the live demo (on a CUDA PyTorch base)
 # Build:  podman build --target cpu -t vcot-cpu:0.1.0 .      (make image-smoke builds it offline)
 #         docker build --target gpu -t vcot-gpu:0.1.0 .
@@ -66,9 +67,10 @@ HEALTHCHECK NONE
 CMD ["vcot-convert", "--help"]
 
 # ---------------------------------------------------------------------------------------------------
+# + the demo extra (gradio): vcot-demo on a dev cluster's CPU (k8s/overlays/cpu-dev with components/demo)
 FROM cpu-deps AS cpu-train
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['optional-dependencies']['train']))" > /tmp/requirements.txt \
+print('\n'.join(p['optional-dependencies']['train'] + p['optional-dependencies']['demo']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 ARG VCOT_GIT_SHA=

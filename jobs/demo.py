@@ -1,7 +1,8 @@
 """``vcot-demo``: serve a grounded model on a web page; its boxes appear on the image as it writes them.
 
-Exit codes (one line on stderr): 2 invalid flags or a wrong choice of model (an adapter from another base model,
-a frame to give with --coords), 1 another problem to fix before serving (a model that cannot be loaded).
+Exit codes (one line on stderr): 2 invalid flags or a wrong choice of model (an adapter from another base model or
+with a corrupt weights file, a frame to give with --coords, a --host not of this machine), 1 another problem to fix
+before serving (the port in use, a model that cannot be loaded).
 """
 
 from __future__ import annotations

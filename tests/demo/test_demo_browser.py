@@ -79,6 +79,8 @@ def demo_url(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Pa
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+    # SIGTERM unwinds the server: its files (uploads, shown images) go with it
+    assert not list((tmp_path / "gradio").glob("vcot-demo-files-*")), "the demo left its files behind"
 
 
 def _shown_image(page: object, url: str) -> Image.Image:
@@ -115,6 +117,9 @@ def test_boxes_appear_on_the_page_as_the_model_writes_them(
             page.goto(demo_url)
             page.set_input_files("#upload input[type=file]", str(trained_adapter.image))
             expect(page.locator("#status")).to_contain_text("the model sees it at 112×84")
+            (files,) = (tmp_path / "gradio").glob("vcot-demo-files-*")  # the server's own folder under GRADIO_TEMP_DIR
+            assert list(files.rglob(trained_adapter.image.name)), "the upload lies in the server's folder"
+            expect(page.locator("#question")).to_contain_text("Up to 2,000 characters and 512 tokens.")
             page.locator("#question textarea").fill(EXAMPLE.question)
             page.locator("#run").click()
             expect(page.locator("#status")).to_contain_text("Done", timeout=STREAM_LIMIT_MS)

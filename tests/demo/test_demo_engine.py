@@ -4,7 +4,10 @@ input (no image, a corrupt or oversized file, an adapter from another base model
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +16,10 @@ from PIL import Image
 
 from jobs.demo import main as demo_main
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
-from vcot.demo.app import answer
-from vcot.demo.engine import DemoModel, Options, load_demo_model
+from vcot.config import parse_config
+from vcot.demo.app import answer, build_app, serve
+from vcot.demo.config import DemoConfig
+from vcot.demo.engine import DemoModel, Options, QuestionLimits, load_demo_model
 from vcot.errors import ConfigError, VcotError
 from vcot.models.loading import MODEL_CARD
 from vcot.dev.tiny_model import TINY_SIZES, TinySize, build_tiny_model
@@ -151,3 +156,124 @@ def test_the_command_refuses_before_serving_with_one_line(
     with pytest.raises(SystemExit) as exited:
         demo_main(["--model", str(tiny_model_dir), "--port", "70000"])
     assert exited.value.code == 2 and "--port 70000 is not a TCP port" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# What one visitor may hold of the one model: the question, a generation nobody reads (hardening items 13, 18)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_question_over_the_limits_is_refused_before_any_work(
+    engine: DemoModel, trained_adapter: TrainedAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("nothing is decoded, tokenized with the image or generated for a refused question")
+
+    monkeypatch.setattr(engine.model, "generate", no_work)
+    monkeypatch.setattr(engine, "prepare", no_work)
+    image = str(trained_adapter.image)
+    huge = "What color is the circle? " * 40_000  # about 1 MB
+    (update,) = list(answer(engine, image, huge, *SETTINGS))
+    assert update[-1] == f"⚠️ the question has {len(huge.strip()):,} characters: ask in at most 2,000"
+    wordy = "red blue green " * 20  # 300 characters, far more than 8 tokens
+    (update,) = list(answer(engine, image, wordy, *SETTINGS, limits=QuestionLimits(chars=2000, tokens=8)))
+    assert update[-1].startswith("⚠️ the question has ") and update[-1].endswith(" tokens: ask in at most 8")
+
+
+def test_the_page_states_the_limits_and_stops_the_generation_of_a_visitor_who_left(engine: DemoModel) -> None:
+    limits = QuestionLimits(chars=300, tokens=50)
+    app = build_app(engine, [], limits=limits, files_minutes=5)
+    (question,) = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "question"]
+    assert question.max_length == 300 and question.info == "Up to 300 characters and 50 tokens."
+    assert app.delete_cache == (60, 300)  # gradio deletes the page's files after 5 minutes
+    unload = [fn for fn in app.fns.values() if any(target[1] == "unload" for target in fn.targets)]
+    assert len(unload) == 1, "leaving the page must reach the generation (Sessions.left)"
+
+
+def decoder_and_vision_layers(engine: DemoModel) -> list[Any]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [module for module in engine.model.modules() if isinstance(module, GradientCheckpointingLayer)]
+
+
+def test_a_visitor_who_left_stops_the_prompt_pass_at_its_next_layer(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
+    """A stopping criterion is only asked after a whole token; the prompt's forward pass (minutes for a long one)
+    must stop too. The visitor leaves while the first layer is about to run: no layer runs at all."""
+    cancel = threading.Event()
+    layers = decoder_and_vision_layers(engine)
+    finished: list[Any] = []
+    handles = [layers[0].register_forward_pre_hook(lambda module, args: cancel.set())]
+    handles += [layer.register_forward_hook(lambda module, args, out: finished.append(module)) for layer in layers]
+    prepared = engine.prepare(str(trained_adapter.image))
+    try:
+        chunks = list(engine.stream(prepared, EXAMPLE.question, DEFAULTS, cancel))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert chunks == [] and finished == []
+    # Gone before it started: nothing runs; the next visitor is served in full (no hook is left behind).
+    assert list(engine.stream(prepared, EXAMPLE.question, DEFAULTS, cancel)) == []
+    assert "".join(engine.stream(prepared, EXAMPLE.question, DEFAULTS, threading.Event())) == trained_adapter.response
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(
+    tiny_model_dir: Path, trained_adapter: TrainedAdapter, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def not_loaded(*args: Any) -> None:
+        raise AssertionError("the model must not load (minutes for a 7B) when the port is taken")
+
+    monkeypatch.setattr("vcot.demo.app.load_demo_model", not_loaded)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert demo_main(["--model", str(tiny_model_dir), "--adapter", str(trained_adapter.path),
+                          "--port", str(port)]) == 1  # another process may free it: a rerun can succeed
+    err = capsys.readouterr().err
+    assert f"vcot-demo: error: port {port} on 127.0.0.1 is in use (another vcot-demo?)" in err
+    assert "Traceback" not in err and "crashed" not in err
+    assert demo_main(["--model", str(tiny_model_dir), "--host", "192.0.2.1", "--port", str(port)]) == 2
+    assert "--host 192.0.2.1 is not an address of this machine" in capsys.readouterr().err
+
+
+def test_a_corrupt_adapter_is_one_line_and_exit_2(
+    tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = shutil.copytree(trained_adapter.path, tmp_path / "broken")
+    weights = broken / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a copy cut short
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert demo_main(["--model", str(tiny_model_dir), "--adapter", str(broken), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"vcot-demo: error: adapter {broken} has a corrupt weights file (" in err
+    assert "Traceback" not in err and "crashed" not in err
+
+
+def test_the_server_keeps_its_files_in_a_folder_of_its_own_and_deletes_it_at_exit(
+    engine: DemoModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gradio keeps every upload and shown image under GRADIO_TEMP_DIR while it runs (/tmp/gradio by default: a
+    pod's 4 GiB /tmp); the server gives it a folder of its own there, with delete_cache set, and removes it."""
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    monkeypatch.setattr("vcot.demo.app.load_demo_model", lambda *args: engine)
+    seen: dict[str, Any] = {}
+
+    def launch(app: Any, **kwargs: Any) -> None:
+        folder = Path(os.environ["GRADIO_TEMP_DIR"])
+        seen.update(folder=folder, exists=folder.is_dir(), delete_cache=app.delete_cache,
+                    cache=[block.GRADIO_CACHE for block in app.blocks.values()][:1])
+
+    monkeypatch.setattr("gradio.Blocks.launch", launch)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    serve(parse_config(DemoConfig, ["--model", "m", "--port", str(port), "--files-minutes", "10"]))
+    folder = seen["folder"]
+    assert folder.parent == tmp_path and folder.name.startswith("vcot-demo-files-") and seen["exists"]
+    assert seen["cache"] == [str(folder)] and seen["delete_cache"] == (60, 600)
+    assert not folder.exists(), "the page's files go with the server"

@@ -22,10 +22,10 @@ from vcot.demo.config import DemoConfig
 VARIANT = "gpu+demo"
 
 
-def overlay_with_demo(folder: Path) -> Path:
-    """A copy of k8s/overlays/gpu with the demo component added last: what docs/demo.md tells users to do."""
-    overlay = folder / "gpu-demo"
-    shutil.copytree(REPO_ROOT / "k8s/overlays/gpu", overlay)
+def overlay_with_demo(folder: Path, overlay_name: str = "gpu") -> Path:
+    """A copy of k8s/overlays/<overlay_name> with the demo component added last: what docs/demo.md tells users to do."""
+    overlay = folder / f"{overlay_name}-demo"
+    shutil.copytree(REPO_ROOT / "k8s/overlays" / overlay_name, overlay)
     k8s = os.path.relpath(REPO_ROOT / "k8s", overlay)
     text = (overlay / "kustomization.yaml").read_text().replace("../../", f"{k8s}/")
     assert text.rstrip().splitlines()[-1].lstrip().startswith("- "), "the gpu overlay should end with its components"
@@ -80,8 +80,12 @@ def test_the_page_is_reachable_through_its_service_and_network_policy(docs: list
     policies = by_kind(docs, "NetworkPolicy")
     assert selects(policies["vcot-deny-ingress"]["spec"]["podSelector"], labels)  # denied by the base...
     allow = policies["vcot-demo-ingress"]["spec"]
-    assert selects(allow["podSelector"], labels)  # ...but for its page port
-    assert allow["ingress"] == [{"ports": [{"port": 7860, "protocol": "TCP"}]}]
+    assert selects(allow["podSelector"], labels)  # ...but for its page port, from a labelled client of its namespace
+    assert allow["ingress"] == [{"from": [{"podSelector": {"matchLabels": {rules.DEMO_CLIENT_LABEL: "true"}}}],
+                                 "ports": [{"port": 7860, "protocol": "TCP"}]}]
+    clients = [name for name, pod in pod_templates(docs) if rules.DEMO_CLIENT_LABEL in pod["metadata"]["labels"]]
+    assert clients == [], "no pod of the pipeline is a client of the demo"
+    assert f"{rules.DEMO_CLIENT_LABEL}=true" in (REPO_ROOT / "docs" / "demo.md").read_text()
     opened = [name for name, pod in pod_templates(docs) if selects(allow["podSelector"], pod["metadata"]["labels"])]
     assert opened == ["vcot-demo"], "only the demo pod accepts connections"
 
@@ -96,3 +100,23 @@ def test_the_demo_validates_against_strict_schemas(docs: list[dict[str, Any]], t
         result = subprocess.run([str(validator), "--strict", "--quiet", "--kubernetes-version", version, str(rendered)],
                                 capture_output=True, text=True, check=False)
         assert result.returncode == 0, (version, result.stdout + result.stderr)
+
+
+def test_on_the_cpu_dev_overlay_the_demo_runs_on_cpu(tmp_path: Path) -> None:
+    """A laptop cluster has no GPU: there the demo serves the tiny model on CPU, sized like the dev pods, from the
+    locally loaded cpu-train image (which carries the demo extra), never pulled."""
+    docs = render(overlay_with_demo(tmp_path, "cpu-dev"))
+    rendered = {"k8s/overlays/cpu-dev": docs}
+    rules.test_every_pod_is_hardened_and_bounded(rendered, "k8s/overlays/cpu-dev")
+    rules.test_selectors_match_the_pods_they_are_meant_for(rendered, "k8s/overlays/cpu-dev")
+    rules.test_dev_pods_fit_a_laptop_node_and_never_pull_local_images(rendered)
+    spec = by_kind(docs, "Deployment")["vcot-demo"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    for bound in ("requests", "limits"):
+        assert "nvidia.com/gpu" not in container["resources"][bound], container["resources"]
+    assert "nodeSelector" not in spec and not spec.get("tolerations")
+    assert container["image"].startswith("localhost/vcot-cpu-train:")
+    env = {entry["name"]: entry.get("value") for entry in container.get("env", [])}
+    assert env["VCOT_THREADS"] == container["resources"]["limits"]["cpu"]  # torch would take the node's cores
+    stage = (REPO_ROOT / "Dockerfile").read_text().split("AS cpu-train", 1)[1].split("\nFROM ", 1)[0]
+    assert "['demo']" in stage, "the cpu-train image must carry gradio for vcot-demo"

@@ -8,39 +8,36 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
-from tests.k8s.test_k8s_manifests import by_kind, expand, render, selects
+from tests.k8s.test_k8s_manifests import by_kind, expand, listed_components, overlay_copy, render, selects
 from vcot.cluster import runs
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.30", "1.33")
 SETTINGS = {"GPUS_PER_NODE": "8", "TRAIN_NODES": "3"}
 
 
-def gpu_overlay_with(component: str, *, run_id: str = "") -> list[dict[str, Any]]:
-    """The gpu overlay with ``component``'s commented-out line turned on and SETTINGS in its run.env (a copy under the
-    git-ignored k8s/runs/); with ``run_id``, rendered as `make k8s-run` names a run."""
-    folder = REPO_ROOT / "k8s" / "runs" / f"test-{component}-{uuid.uuid4().hex[:8]}"  # same depth: ../../ paths hold
-    shutil.copytree(REPO_ROOT / "k8s" / "overlays" / "gpu", folder)
-    run_folder = None
-    try:
-        text = (folder / "kustomization.yaml").read_text()
-        off = f"  # - ../../components/{component}\n"
-        assert off in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {component} on"
-        (folder / "kustomization.yaml").write_text(text.replace(off, off.replace("# ", "")))
-        with (folder / "run.env").open("a") as env:
-            env.write("".join(f"{key}={value}\n" for key, value in SETTINGS.items()))
-        if run_id:
-            run_folder = runs.write_run(run_id, folder, REPO_ROOT / "k8s" / "runs")
-        return render(run_folder or folder)
-    finally:
-        shutil.rmtree(folder)
-        if run_folder:
+def gpu_overlay_with(component: str, *, run_id: str = "", also: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The gpu overlay with ``component``'s commented-out line turned on (and the ``also`` ones), SETTINGS in its
+    settings/run.env (a copy under the git-ignored k8s/runs/); with ``run_id``, rendered as `make k8s-run` names a
+    run."""
+    text = (REPO_ROOT / "k8s" / "overlays" / "gpu" / "kustomization.yaml").read_text()
+    for name in (component, *also):
+        off = f"  # - ../../components/{name}\n"
+        assert off in text, f"k8s/overlays/gpu/kustomization.yaml must show how to turn {name} on"
+    shipped = listed_components("k8s/overlays/gpu")
+    chosen = [f"../../components/{name}" for name in (*also, component)]
+    with overlay_copy("k8s/overlays/gpu", components=[shipped[0], *chosen, *shipped[1:]], settings=SETTINGS) as folder:
+        if not run_id:
+            return render(folder)
+        run_folder = runs.write_run(run_id, folder, REPO_ROOT / "k8s" / "runs")
+        try:
+            return render(run_folder)
+        finally:
             shutil.rmtree(run_folder)
 
 
@@ -151,3 +148,35 @@ def test_components_validate_strictly(
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("method", ["grpo", "rgfn"])
+@pytest.mark.parametrize("component", ["multi-gpu", "multi-node"])
+def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> None:
+    """A pod that requests N GPUs runs N processes (torchrun --nproc-per-node=N), else N-1 GPUs sit idle all run.
+    GRPO and RGFN run one process (RGFN's loop is single-process; GRPO under torchrun is TRL's, untested here):
+    they request one GPU whatever GPUS_PER_NODE says, beside a multi-GPU or multi-node train (docs/k8s.md)."""
+    docs = gpu_overlay_with(component, also=(method,))
+    env = env_of(docs)
+    for name, job in by_kind(docs, "Job").items():
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        gpus = int(container["resources"].get("limits", {}).get("nvidia.com/gpu", 0))
+        command = [expand(part, env) for part in container["command"]]
+        processes = next((int(p.split("=")[1]) for p in command if p.startswith("--nproc-per-node=")), 1)
+        assert gpus in (0, processes), (name, gpus, command)
+    method_job = train_container(docs, f"vcot-{method}")
+    assert method_job["resources"]["limits"]["nvidia.com/gpu"] == "1" and method_job["command"] == ["vcot-train"]
+    assert train_container(docs)["resources"]["limits"]["nvidia.com/gpu"] == SETTINGS["GPUS_PER_NODE"]
+
+
+def test_each_runs_headless_service_selects_its_own_train_pods_only(multi_node: list[dict[str, Any]]) -> None:
+    """Two runs' train Jobs live in one namespace: a Service selecting every run's train pods would publish the other
+    run's pods under this run's rendezvous name (and the other way round), mixing two trainings' ranks."""
+    other = gpu_overlay_with("multi-node", run_id="t-exp2")
+    _, service, _ = rendezvous(multi_node)
+    job, run_service, _ = rendezvous(other)
+    pods = {"default": by_kind(multi_node, "Job")["vcot-train"]["spec"]["template"]["metadata"]["labels"],
+            "t-exp2": job["spec"]["template"]["metadata"]["labels"]}
+    assert pods["default"]["vcot.dev/run"] == "default" and pods["t-exp2"]["vcot.dev/run"] == "t-exp2"
+    for run, selector in (("default", service["spec"]["selector"]), ("t-exp2", run_service["spec"]["selector"])):
+        assert [name for name, labels in pods.items() if selects({"matchLabels": selector}, labels)] == [run]

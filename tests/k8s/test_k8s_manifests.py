@@ -15,7 +15,9 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,49 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ["k8s/base", "k8s/overlays/gpu", "k8s/overlays/cpu-dev"]
 STAGE_ORDER = ["convert", "distill", "tokenize", "train", "evaluate"]
 GPU_STAGES = {"vcot-train", "vcot-evaluate", "vcot-reevaluate"}
+DEMO_CLIENT_LABEL = "vcot.dev/demo-client"
+"""The label of the pods the demo's NetworkPolicy admits (k8s/components/demo): the user's, never the pipeline's."""
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"
 """Set by the Job controller on every pod of a Job (Kubernetes 1.27+): the run id of sharded stages."""
 _VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
 
 
-def render(overlay: str | Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
+def render(overlay: str | Path, kubectl: str | None = None) -> list[dict[str, Any]]:
+    """``kubectl kustomize overlay`` parsed; ``kubectl``: another binary than the one on PATH (an older version)."""
+    kubectl = kubectl or shutil.which("kubectl")
     assert kubectl, "kubectl (with kustomize) is needed to render the manifests: install it (NOTES: it is on every machine)"
     out = subprocess.run([kubectl, "kustomize", str(overlay)], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def listed_components(overlay: str | Path) -> list[str]:
+    """The components an overlay turns on, in order, as written in its kustomization.yaml."""
+    return runs._listed((REPO_ROOT / overlay / "kustomization.yaml").read_text(), ["components"])
+
+
+@contextmanager
+def overlay_copy(
+    overlay: str | Path, *, components: Sequence[str] | None = None, settings: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """A copy of ``overlay`` under the git-ignored k8s/runs/ (same depth: its ``../../`` paths hold) with its
+    ``components:`` list replaced by ``components`` (in that order) and ``settings`` set in its settings/run.env:
+    an overlay as a user edits it."""
+    folder = REPO_ROOT / "k8s" / "runs" / f"test-{Path(overlay).name}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(REPO_ROOT / overlay, folder)
+    try:
+        if components is not None:
+            text = (folder / "kustomization.yaml").read_text()
+            head, found, _ = text.partition("\ncomponents:\n")
+            assert found, f"{overlay}/kustomization.yaml should end with its components"
+            (folder / "kustomization.yaml").write_text(head + found + "".join(f"  - {c}\n" for c in components))
+        if settings:
+            env_file = folder / runs.SETTINGS if (folder / runs.SETTINGS).exists() else folder / "run.env"
+            kept = [line for line in env_file.read_text().splitlines() if line.split("=", 1)[0] not in settings]
+            env_file.write_text("".join(f"{line}\n" for line in kept + [f"{k}={v}" for k, v in settings.items()]))
+        yield folder
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +287,8 @@ def test_selectors_match_the_pods_they_are_meant_for(rendered: dict[str, list[di
         assert all(labels.get("app.kubernetes.io/name") == app for labels in selected.values()), (name, selected)
         peers = [peer for rule in doc["spec"].get("ingress", []) for peer in rule.get("from", [])]
         for peer in peers:
-            if "podSelector" in peer and "namespaceSelector" not in peer:
+            client = DEMO_CLIENT_LABEL in (peer.get("podSelector") or {}).get("matchLabels", {})
+            if "podSelector" in peer and "namespaceSelector" not in peer and not client:  # a client is the user's
                 assert any(selects(peer["podSelector"], labels) for labels in pods.values()), (name, peer)
 
 

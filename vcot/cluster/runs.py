@@ -33,12 +33,16 @@ from vcot.io import layout
 from vcot.errors import VcotError
 
 RUNS_DIR = Path("k8s/runs")
-BASE_RUN_ENV = Path(__file__).resolve().parents[2] / "k8s" / "base" / "run.env"
+K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"
+BASE_RUN_ENV = K8S_DIR / "base" / "settings" / "run.env"
+SETTINGS = Path("settings") / "run.env"
+"""Where an overlay keeps its run.env: in its settings component, listed first (k8s/base/settings/kustomization.yaml)."""
 # A label value and a name suffix; short, so that Job and pod names stay under 63 characters.
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}
 PER_RUN = "vcot.dev/per-run"
 """A label on an object of a shared kind that each run needs its own of (multi-node's headless Service)."""
+RUN_LABEL = "vcot.dev/run"
 
 WRITES = {
     "convert": layout.RECORDS,
@@ -61,7 +65,7 @@ READS = {
 """The run folders each stage's Job reads (``$(RUN_ROOT)/$(<FOLDER>_RUN)/<folder>`` in its args)."""
 SCORED = (layout.GRPO, layout.RGFN)
 """The stages whose component (``k8s/components/<stage>``) makes evaluate score their adapter instead of train's."""
-COMPONENTS_DIR = BASE_RUN_ENV.parent.parent / "components"
+COMPONENTS_DIR = K8S_DIR / "components"
 _LISTS = ("resources", "components")
 INPUT_FOLDERS = (layout.RECORDS, layout.DISTILLED, layout.TOKENIZED, layout.TRAIN, layout.GRPO, layout.RGFN)
 BUILD_TIME_SETTINGS = ("CONVERT_SHARDS", "DISTILL_SHARDS", "GPUS_PER_NODE", "TRAIN_NODES")
@@ -231,7 +235,7 @@ def _listed(text: str, keys: Sequence[str]) -> list[str]:
 def known_settings(overlay: Path) -> set[str]:
     """The run.env keys of the base and of the overlay (a key the Jobs never read would be set for nothing)."""
     keys: set[str] = set()
-    for env_file in (BASE_RUN_ENV, overlay / "run.env"):
+    for env_file in (BASE_RUN_ENV, overlay / SETTINGS, overlay / "run.env"):
         if env_file.is_file():
             lines = env_file.read_text(encoding="utf-8").splitlines()
             keys |= {line.split("=", 1)[0].strip() for line in lines if "=" in line and not line.lstrip().startswith("#")}
@@ -251,11 +255,11 @@ def parse_settings(items: Sequence[str], known: set[str]) -> dict[str, str]:
         if not sep or not key:
             raise VcotError(f"SET item {item!r} is not KEY=VALUE: e.g. SET='TRAIN_RECIPE=s3://vcot/recipes/lr2.yaml'")
         if key in BUILD_TIME_SETTINGS:
-            raise VcotError(f"{key} is read when the overlay is built: change it in the overlay's run.env")
+            raise VcotError(f"{key} is read when the overlay is built: change it in the overlay's settings/run.env")
         if key == "UPDATE_POINTER":
             raise VcotError("set UPDATE_POINTER=true (make) or --update-pointer, not through SET")
         if known and key not in known:
-            raise VcotError(f"SET names {key}, which is not in run.env (k8s/base/run.env lists every setting)")
+            raise VcotError(f"SET names {key}, which is not in run.env (k8s/base/settings/run.env lists every setting)")
         settings[key] = value
     return settings
 
@@ -273,6 +277,10 @@ def run_kustomization(
     patches = ["  # Shared by every run: created by the overlay's own apply, left out here."]
     for kind, api_version in SHARED_KINDS.items():
         patches.append(_patch(f"kind: {kind}, labelSelector: '{PER_RUN}!=true'", _deleted(kind, api_version)))
+    # A per-run Service selects this run's pods only (the labels transformer below leaves selectors alone).
+    selector = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "any"},
+                "spec": {"selector": {RUN_LABEL: run_id}}}
+    patches.append(_patch(f"kind: Service, labelSelector: '{PER_RUN}=true'", selector))
     if stages:  # the stages done elsewhere: their Jobs are left out; the chain starts with the first one left
         patches.append("  # The stages this run does not do (STAGES).")
         selector = f"vcot.dev/step,app.kubernetes.io/component notin ({','.join(stages)})"

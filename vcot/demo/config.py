@@ -25,6 +25,14 @@ class DemoConfig:
     port: int = option(7860, help="Port to serve on.")
     max_new_tokens: int = option(256, help="The page's default for the most tokens generated per answer.")
     threads: int = option(0, help="On CPU: torch threads (0: torch's default, the node's cores).")
+    max_question_chars: int = option(
+        2000, help="The longest question taken, in characters (the page says so; one model serves visitors in turn)."
+    )
+    max_question_tokens: int = option(512, help="The longest question taken, in the model's tokens.")
+    max_files_mb: int = option(
+        1024, help="Disk for the page's files (uploads, shown images); the oldest go first (a pod's /tmp is 4 GiB)."
+    )
+    files_minutes: int = option(30, help="Minutes the page's files are kept at most (gradio's delete_cache).")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -33,3 +41,6 @@ class DemoConfig:
             raise ValueError("--max-new-tokens must be at least 1")
         if self.threads < 0:
             raise ValueError("--threads must be 0 (torch's default) or more")
+        for name in ("max_question_chars", "max_question_tokens", "max_files_mb", "files_minutes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

@@ -1,14 +1,17 @@
 """The model behind the demo: loaded once, its format settled from the adapter's card, each answer streamed.
 
 Generation runs in a thread and hands its text to transformers' ``TextIteratorStreamer``; the page reads the
-chunks as they come. The format (box frame, syntax, pixel budget) is the one the adapter's ``vcot-model.json``
+chunks as they come. A question is bounded (:class:`QuestionLimits`: characters, then tokens) before anything is
+tokenized with the image, and generation stops at the next layer once the reader is gone or the visitor left (the
+``cancel`` event), the prompt's forward pass (the prefill) included: one model serves every visitor in turn.
+The format (box frame, syntax, pixel budget) is the one the adapter's ``vcot-model.json``
 records, or the ``--coords`` the user gives for a model without one: never guessed, as in evaluate.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from vcot.io import storage
 from vcot.errors import ConfigError, VcotError
@@ -55,6 +59,23 @@ class Options:
             raise VcotError("the repetition penalty must be above 0 (1.0 turns it off)")
         if self.sample and not (self.temperature > 0 and 0 < self.top_p <= 1):
             raise VcotError("sampling needs a temperature above 0 and a top-p in (0, 1]")
+
+
+@dataclass(frozen=True)
+class QuestionLimits:
+    """The longest question the page takes: its prompt's forward pass runs before generation can be stopped, and
+    a long one holds the one model (every other visitor waits) for as long as it takes."""
+
+    chars: int = 2000
+    tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if self.chars < 1 or self.tokens < 1:
+            raise ConfigError("the question limits must be at least 1 character and 1 token")
+
+    def describe(self) -> str:
+        """What the page says under the question box."""
+        return f"Up to {self.chars:,} characters and {self.tokens:,} tokens."
 
 
 @dataclass(frozen=True)
@@ -113,24 +134,48 @@ class DemoModel:
             note += f", enlarged to its minimum of {vision.min_pixels:,} pixels"
         return Prepared(image=image, model_size=(model_w, model_h), note=note + ".")
 
-    def stream(self, prepared: Prepared, question: str, options: Options) -> Iterator[str]:
+    def check_question(self, question: str | None, limits: QuestionLimits) -> str:
+        """The question, stripped, or a :class:`VcotError` when it is empty or over ``limits`` (characters first:
+        counting them costs nothing, tokenizing a megabyte does)."""
+        text = (question or "").strip()
+        if not text:
+            raise VcotError("no question: type one, e.g. 'What color is the circle?'")
+        if len(text) > limits.chars:
+            raise VcotError(f"the question has {len(text):,} characters: ask in at most {limits.chars:,}")
+        tokens = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if tokens > limits.tokens:
+            raise VcotError(f"the question has {tokens:,} tokens: ask in at most {limits.tokens:,}")
+        return text
+
+    def stream(
+        self, prepared: Prepared, question: str, options: Options, cancel: threading.Event | None = None
+    ) -> Iterator[str]:
         """The answer's text as it is generated, up to the end-of-turn token.
 
-        Closing the iterator early (the visitor left or pressed stop) stops generation at the next token.
-        An error in generation is raised here, in the caller's thread.
+        Closing the iterator early (the reader is gone) or setting ``cancel`` (the visitor left: the page's unload
+        event, from any thread) stops generation at its next layer, in the prompt's forward pass too; nothing starts
+        once ``cancel`` is set. An error in generation is raised here, in the caller's thread.
         """
+        stop = threading.Event()
+        gone = cancel if cancel is not None else threading.Event()
+        if gone.is_set():
+            return
         inputs = self._inputs(prepared, question)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
-        stop = threading.Event()
         failures: list[BaseException] = []
+        hooks = _stop_between_layers(self.model, lambda: stop.is_set() or gone.is_set())
 
         def generate() -> None:
             try:
                 with torch.inference_mode():
                     self.model.generate(
-                        **inputs, streamer=streamer, stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop)]),
+                        **inputs, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop), _StopWhenSet(gone)]),
                         **self._generation_kwargs(options),
                     )
+            except _Stopped:
+                log.info("generation_stopped", reason="visitor left" if gone.is_set() else "reader closed")
+                streamer.end()
             except Exception as exc:  # noqa: BLE001 - re-raised in the reading thread below
                 failures.append(exc)
                 streamer.end()  # else the reader waits forever
@@ -147,6 +192,8 @@ class DemoModel:
         finally:
             stop.set()
             thread.join()
+            for hook in hooks:
+                hook.remove()
         if failures:
             raise failures[0]
 
@@ -173,6 +220,22 @@ class DemoModel:
         if penalty not in self._penalties:
             self._penalties[penalty] = BoxAwareRepetitionPenalty(penalty, self.processor.tokenizer, self.fmt.box_syntax)
         return self._penalties[penalty]
+
+
+class _Stopped(Exception):
+    """Raised between two layers of a forward pass whose reader is gone."""
+
+
+def _stop_between_layers(model: Any, stopped: Callable[[], bool]) -> list[Any]:
+    """Hooks that end a forward pass before its next layer (decoder layers, vision blocks) once ``stopped()``:
+    a stopping criterion is only asked after a whole token, and the prompt's forward pass can take minutes."""
+
+    def check(module: Any, args: Any) -> None:
+        if stopped():
+            raise _Stopped
+
+    layers = [module for module in model.modules() if isinstance(module, GradientCheckpointingLayer)]
+    return [layer.register_forward_pre_hook(check) for layer in layers]
 
 
 class _StopWhenSet(StoppingCriteria):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from huggingface_hub.errors import EntryNotFoundError
+from safetensors import SafetensorError
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
@@ -172,9 +173,16 @@ huggingface_hub's HTTP and offline errors included), an invalid hub id or config
 
 @contextmanager
 def load_errors(uri: str, *, what: str = "model") -> Iterator[None]:
-    """Turn a failed ``from_pretrained`` of ``uri`` into a one-line :class:`VcotError` that says what to pass."""
+    """Turn a failed ``from_pretrained`` of ``uri`` into a one-line :class:`VcotError` that says what to pass (a
+    :class:`ConfigError`, exit 2, for a corrupt weights file: no retry reads it otherwise)."""
     try:
         yield
+    except SafetensorError as exc:  # a truncated or overwritten weights file: loading it again gives the same
+        reason = (str(exc).strip().splitlines() or ["unreadable"])[0][:300]
+        raise ConfigError(
+            f"{what} {uri} has a corrupt weights file ({reason}): write it again (the run that made it), or pass "
+            f"another {what}"
+        ) from None
     except LOAD_ERRORS as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         if what == "adapter":
