@@ -14,7 +14,7 @@ LMMS_EVAL_VERSION := 0.7.3
 TORCH_CPU_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast s3-up s3-down s3-env clean
+.PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,7 +35,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install vcot with every extra and the test tools
 
-test: $(STAMP) ## Run the whole test suite (starts the local S3 server if needed, stops it after)
+# The browser tests (the demo, vcot-preview's page) drive Debian's chromium through Playwright, which cannot download
+# its own browsers here: installed with apt-get when missing, as image-smoke installs podman. CHROMIUM: the command.
+CHROMIUM ?= chromium
+chromium: ## Install Debian's chromium for the browser tests when it is missing (apt-get, as root)
+	@command -v $(CHROMIUM) >/dev/null || { \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (the browser tests drive it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make: no $(CHROMIUM) and it cannot be installed here (needs root and apt-get): install Debian's chromium (sudo apt-get install chromium), else the two browser tests fail"; \
+	fi; }
+
+test: $(STAMP) chromium ## Run the whole test suite (installs chromium, starts the local S3 server if needed, stops it after)
 	@started=0; \
 	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
 	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
