@@ -16,8 +16,11 @@ PYTEST_ARGS ?=
 
 .PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 
+# The variables a help text names, shown with their values (IMAGE_TAG=1.2 make help shows 1.2).
+HELP_VARIABLES := IMAGE_TAG
 help: ## Show this help
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' \
+		| sed $(foreach name,$(HELP_VARIABLES),-e 's|$$($(name))|$($(name))|g')
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -216,7 +219,8 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 	echo "  evaluation      $(LOCAL_RUN)/eval  (predictions/, metrics.json, report.html)"; \
 	echo "  tiny model      $(TINY_MODEL)  ($(TINY_FAMILY))"; \
 	echo; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_REPORT)
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_REPORT) \
+		--local-s3
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
@@ -252,7 +256,7 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 		-m jobs.train --data $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_DDP_RUN)/train \
 		--recipe tiny-cpu --threads 1 \
 		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train
+	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train --local-s3
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
@@ -287,7 +291,8 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 	$(PY) -m vcot.dev.summary --run $(LOCAL_GRPO_RUN)/grpo --evaluation $(LOCAL_GRPO_RUN)/eval \
 		--report-to $(LOCAL_GRPO_REPORT); \
 	echo "before GRPO (the SFT run, make local-train):"; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval | grep -E '^(train|evaluation) '
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --local-s3 \
+		| grep -E '^(train|evaluation|local S3) '
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py

@@ -18,7 +18,9 @@ def serve(config: DemoConfig) -> None:
     except ModuleNotFoundError as exc:
         if exc.name != "gradio":
             raise
-        raise VcotError("gradio is not installed: pip install -e '.[train,demo]' from the repository root") from None
+        raise VcotError(
+            "gradio is not installed: make install, or pip install -e '.[train,demo]' from the repository root"
+        ) from None
     run(config)
 
 

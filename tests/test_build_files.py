@@ -1,9 +1,11 @@
-"""The repository's build files and docs: package clients are used as configured, no index is hard-wired."""
+"""The repository's build files and docs: package clients are used as configured (no index hard-wired), `make test`
+does its own set-up, every file a test reads is in the repository, and the docs' commands run as written from a clone."""
 
 from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -97,10 +99,11 @@ def test_no_test_reads_a_path_outside_the_repository() -> None:
 def test_an_escaping_path_is_caught() -> None:
     """The check finds what it is for: the shared-data folder beside the checkout, and a ``parents[n]`` too far up."""
     conftest = REPO_ROOT / "tests" / "conftest.py"
-    source = 'ROOT = Path(__file__).resolve().parent.parent\nDATA = ROOT.parent / "shared" / "data"\nOK = ROOT / "tests"\n'
+    source = 'ROOT = Path(__file__).resolve().parent.parent\nDATA = ROOT.parent / "shared" / "data"\nOK = ROOT / "x"\n'
     assert paths_outside_the_repo(source, conftest) == ["2: ../shared/data"]
     nested = REPO_ROOT / "tests" / "evaluate" / "test_x.py"
-    assert paths_outside_the_repo("A = Path(__file__).parents[3] / 'x'\nB = Path(__file__).parents[2]\n", nested) == ["1: ../x"]
+    source = "A = Path(__file__).parents[3] / 'x'\nB = Path(__file__).parents[2]\n"
+    assert paths_outside_the_repo(source, nested) == ["1: ../x"]
 
 
 def test_fixtures_are_small_files_in_the_repository() -> None:
@@ -153,3 +156,33 @@ def test_ci_runs_only_make_targets() -> None:
     commands = [line for line in lines if line and not line.startswith("#")]
     assert [c for c in commands if not c.startswith(("make ", "set ", "cd "))] == []
     assert "make test" in commands
+
+
+def test_make_help_shows_values_not_variable_names() -> None:
+    shown = subprocess.run(["make", "-s", "help", "IMAGE_TAG=9.9.9"], cwd=REPO_ROOT, capture_output=True, text=True,
+                           check=True).stdout
+    assert "$(" not in shown
+    assert "localhost/vcot-cpu:9.9.9" in shown and "localhost/vcot-cpu-train:9.9.9" in shown
+
+
+# --- the docs' commands run as written from a clone ----------------------------------------------------------------
+
+
+def test_installs_are_from_the_clone_not_from_the_package_index() -> None:
+    """vcot is not on the package index: ``pip install 'vcot[demo]'`` fails; ``pip install -e '.[demo]'`` from the
+    repository root (or ``make install``) works. Docs, docstrings and error messages alike."""
+    sources = [REPO_ROOT / "README.md", *(REPO_ROOT / "docs").glob("*.md"), *(REPO_ROOT / "vcot").rglob("*.py"),
+               *(REPO_ROOT / "jobs").glob("*.py")]
+    wrong = re.compile(r"install\s+['\"]?vcot\[")
+    hits = [f"{path.relative_to(REPO_ROOT)}:{number}" for path in sources
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if wrong.search(line)]
+    assert hits == []
+
+
+def test_the_virtualenv_is_activated_before_the_first_vcot_command() -> None:
+    """The console scripts are in .venv/bin: a doc says so before its first ``vcot-...`` command line."""
+    for doc in ("README.md", "docs/first-week.md"):
+        text = (REPO_ROOT / doc).read_text(encoding="utf-8")
+        first = re.search(r"^vcot-[a-z]+ ", text, re.MULTILINE)
+        assert first is not None, doc
+        assert "source .venv/bin/activate" in text[: first.start()], doc
