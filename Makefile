@@ -14,10 +14,13 @@ LMMS_EVAL_VERSION := 0.7.3
 TORCH_CPU_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-fast s3-up s3-down s3-env clean
+.PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 
+# The variables a help text names, shown with their values (IMAGE_TAG=1.2 make help shows 1.2).
+HELP_VARIABLES := IMAGE_TAG
 help: ## Show this help
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}' \
+		| sed $(foreach name,$(HELP_VARIABLES),-e 's|$$($(name))|$($(name))|g')
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +38,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install vcot with every extra and the test tools
 
-test: $(STAMP) ## Run the whole test suite (starts the local S3 server if needed, stops it after)
+# The browser tests (the demo, vcot-preview's page) drive Debian's chromium through Playwright, which cannot download
+# its own browsers here: installed with apt-get when missing, as image-smoke installs podman. CHROMIUM: the command.
+CHROMIUM ?= chromium
+chromium: ## Install Debian's chromium for the browser tests when it is missing (apt-get, as root)
+	@command -v $(CHROMIUM) >/dev/null || { \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium (the browser tests drive it)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "make: no $(CHROMIUM) and it cannot be installed here (needs root and apt-get): install Debian's chromium (sudo apt-get install chromium), else the two browser tests fail"; \
+	fi; }
+
+test: $(STAMP) chromium ## Run the whole test suite (installs chromium, starts the local S3 server if needed, stops it after)
 	@started=0; \
 	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
 	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
@@ -204,7 +219,8 @@ local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to p
 	echo "  evaluation      $(LOCAL_RUN)/eval  (predictions/, metrics.json, report.html)"; \
 	echo "  tiny model      $(TINY_MODEL)  ($(TINY_FAMILY))"; \
 	echo; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_REPORT)
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_REPORT) \
+		--local-s3
 
 bench-train: $(STAMP) ## Benchmark tokenize + train on the tiny model, text vs multimodal (docs/bench-train.md)
 	PYTHONPATH=. $(PY) bench/train_bench.py
@@ -240,7 +256,7 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 		-m jobs.train --data $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_DDP_RUN)/train \
 		--recipe tiny-cpu --threads 1 \
 		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train
+	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train --local-s3
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
@@ -275,7 +291,8 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 	$(PY) -m vcot.dev.summary --run $(LOCAL_GRPO_RUN)/grpo --evaluation $(LOCAL_GRPO_RUN)/eval \
 		--report-to $(LOCAL_GRPO_REPORT); \
 	echo "before GRPO (the SFT run, make local-train):"; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval | grep -E '^(train|evaluation) '
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --local-s3 \
+		| grep -E '^(train|evaluation|local S3) '
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py

@@ -188,7 +188,7 @@ def main() -> None:
         print(json.dumps(results["overfit"]), flush=True)
         from transformers import RepetitionPenaltyLogitsProcessor
 
-        from vcot.models.penalty import BoxAwareRepetitionPenalty
+        from vcot.models.generation import BoxAwareRepetitionPenalty
 
         results["teacher_forced_greedy_accuracy"] = teacher_forced(
             model,

@@ -6,4 +6,7 @@ config (secrets redacted) and turns user-fixable errors into one line and a non-
 
     def main(argv: list[str] | None = None) -> int:
         return run_stage("convert", ConvertConfig, convert, argv)
+
+At module level an entrypoint imports its config and nothing heavy: torch, transformers, TRL and gradio load when the
+stage runs, never for ``--help`` (``tests/test_entrypoints.py`` checks it).
 """

@@ -2,25 +2,30 @@
 
 Exit codes (one line on stderr): 2 invalid flags or a wrong choice of model (an adapter from another base model or
 with a corrupt weights file, a frame to give with --coords, a --host not of this machine), 1 another problem to fix
-before serving (the port in use, a model that cannot be loaded).
+before serving (the port in use, a model that cannot be loaded, no gradio).
 """
 
 from __future__ import annotations
 
-import sys
-
 from vcot.cli import run_stage
 from vcot.demo.config import DemoConfig
+from vcot.errors import VcotError
 
 
-def main(argv: list[str] | None = None) -> int:
+def serve(config: DemoConfig) -> None:
+    """The demo, imported once the flags are parsed: gradio, torch and transformers stay out of ``--help``."""
     try:
-        from vcot.demo.app import serve
+        from vcot.demo.app import serve as run
     except ModuleNotFoundError as exc:
         if exc.name != "gradio":
             raise
-        print("vcot-demo: error: gradio is not installed: pip install 'vcot[demo]'", file=sys.stderr)
-        return 1
+        raise VcotError(
+            "gradio is not installed: make install, or pip install -e '.[train,demo]' from the repository root"
+        ) from None
+    run(config)
+
+
+def main(argv: list[str] | None = None) -> int:
     return run_stage("demo", DemoConfig, serve, argv)
 
 

@@ -1,5 +1,6 @@
-"""``vcot-train``: a LoRA adapter by SFT (tokenize output) or GRPO (records), resumable from checkpoints in storage
-(``vcot/train/stage.py``; the recipe's ``method`` picks)."""
+"""``vcot-train``: a LoRA adapter by SFT (tokenize output), GRPO or RGFN (records), resumable from checkpoints in
+storage (``vcot/train/stage.py``; the recipe's ``method`` picks). ``vcot.train.train`` imports torch, transformers and
+TRL when it runs, so ``--help`` answers at once."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,8 @@ settings.register_profile("vcot", deadline=None, print_blob=True)
 settings.load_profile("vcot")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+"""Every file a test reads lives in the repository (tests/test_build_files.py checks it): small samples here."""
 
 
 def _free_port() -> int:
@@ -85,6 +87,14 @@ def real_s3(local_s3_server: object, monkeypatch: pytest.MonkeyPatch) -> str:
     server = local_s3_server
     _use_s3(monkeypatch, server.env())  # type: ignore[attr-defined]
     return f"s3://{server.bucket}/tests/{uuid.uuid4().hex[:12]}"  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, for the browser tests (`make test` installs it; Playwright's own browsers are not used)."""
+    found = shutil.which("chromium")
+    assert found, "no chromium on PATH: run make test as root (it installs Debian's chromium), or apt-get install chromium"
+    return found
 
 
 # --- train: the tiny offline models (vcot.dev.tiny_model), built once per test session --------------------

@@ -44,10 +44,10 @@ def option(
     *,
     help: str,  # noqa: A002 - mirrors argparse
     secret: bool = False,
-    env: str | None = None,
 ) -> Any:
-    """A config field with help text. ``secret`` fields are redacted in logs and manifests."""
-    metadata = {"help": help, "secret": secret, "env": env}
+    """A config field with help text. ``secret`` fields are redacted in logs and manifests. Its variable is always
+    ``VCOT_<FIELD>`` (:func:`env_name`): a field that must not share another stage's variable gets its own name."""
+    metadata = {"help": help, "secret": secret}
     if isinstance(default, (list, dict, set)):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata)
@@ -55,7 +55,8 @@ def option(
 
 
 def env_name(field: dataclasses.Field[Any]) -> str:
-    return field.metadata.get("env") or f"VCOT_{field.name.upper()}"
+    """``--some-flag``'s variable, ``VCOT_SOME_FLAG``."""
+    return f"VCOT_{field.name.upper()}"
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:

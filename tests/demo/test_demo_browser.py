@@ -30,7 +30,6 @@ from vcot.demo.drawing import PALETTE
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_LIMIT_S = 90
@@ -99,15 +98,14 @@ def _keep(screenshot: Path) -> None:
 
 
 def test_boxes_appear_on_the_page_as_the_model_writes_them(
-    demo_url: str, trained_adapter: TrainedAdapter, tmp_path: Path
+    demo_url: str, trained_adapter: TrainedAdapter, chromium: str, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert Path(CHROMIUM).exists(), "no /usr/bin/chromium: apt-get install chromium (.ci/run does)"
     outside: list[str] = []
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            str(tmp_path / "chromium-profile"), executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
             viewport={"width": 1280, "height": 960},
         )
         try:

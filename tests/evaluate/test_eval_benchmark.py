@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from jobs.evaluate import main
-from tests.conftest import SHARED_DATA
+from tests.conftest import FIXTURES
 from vcot.io import manifest
 from vcot.convert import ConvertConfig, convert
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table
 
-SAMPLES = SHARED_DATA / "viscot-sample"
+SAMPLES = FIXTURES / "viscot"
 PER_SUBSET = 4
 
 

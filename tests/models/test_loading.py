@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +27,8 @@ from vcot.models.loading import (
     local_model_path,
     official_chat_template,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_loads_a_local_folder_in_fp32_for_inference(tiny_model_dir: Path) -> None:
@@ -43,10 +53,108 @@ def test_s3_prefix_is_synced_to_the_cache(
     assert model.config.model_type == "qwen2_5_vl"
 
 
-def test_hub_ids_pass_through_and_missing_folders_are_refused(tmp_path: Path) -> None:
-    assert local_model_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+def test_missing_folders_are_refused(tmp_path: Path) -> None:
     with pytest.raises(VcotError, match="does not exist"):
         local_model_path(str(tmp_path / "nope"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub ids: passed through when the hub answers, else the local hub cache, else one line at once
+# --------------------------------------------------------------------------------------------------
+
+HUB_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def hub_down(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A hub endpoint nothing listens on: a machine without network, whatever network this one has."""
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
+    return endpoint
+
+
+@pytest.fixture
+def hub_up(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A local server standing in for the hub's front door (it answers 404 to anything); yields the paths asked."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+            asked.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    yield asked
+    server.shutdown()
+
+
+def _hub_cache_with(model: Path, repo_id: str, cache: Path) -> Path:
+    """``model`` laid out as huggingface_hub caches ``repo_id``'s main revision in ``cache``; returns the snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    return Path(shutil.copytree(model, repo / "snapshots" / revision))
+
+
+def test_a_hub_id_passes_through_when_the_hub_answers(hub_up: list[str]) -> None:
+    assert local_model_path(HUB_ID) == HUB_ID
+    assert hub_up == ["/"]  # one request, to the front door
+
+
+def test_an_unreachable_hub_fails_at_once_with_what_to_pass(hub_down: str) -> None:
+    with pytest.raises(VcotError) as raised:
+        load_processor_for(HUB_ID)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot load model {HUB_ID}: no such folder here, and the hub cannot be reached ")
+    assert f"({hub_down} does not answer; no copy in the local hub cache)" in message
+    assert f"hf download {HUB_ID} --local-dir DIR" in message and "an s3:// copy" in message
+
+
+def test_an_unreachable_hub_uses_the_local_hub_cache(
+    hub_down: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    snapshot = _hub_cache_with(tiny_model_dir, "my-org/tiny", tmp_path / "hub")
+    assert local_model_path("my-org/tiny") == str(snapshot)
+    assert isinstance(load_processor_for("my-org/tiny"), ImageOnlyQwen25VLProcessor)
+
+
+def test_hf_hub_offline_asks_the_hub_nothing(hub_up: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(VcotError, match=r"cannot be reached \(HF_HUB_OFFLINE is set; no copy in the local hub cache\)"):
+        local_model_path(HUB_ID)
+    assert hub_up == []
+
+
+def test_a_stage_given_an_unreachable_hub_id_says_so_in_one_line(tmp_path: Path) -> None:
+    """``vcot-tokenize --model <hub id>`` in its own process with no hub (HF_ENDPOINT on a closed port): exit 1 and
+    the one line, without huggingface_hub's retries (about 3 minutes before)."""
+    records = str(tmp_path / "records")
+    manifest.commit(records, stage="convert", files=[], config={})
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}", "VCOT_LOG_FORMAT": "json",
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env.pop("HF_HUB_OFFLINE", None)
+    command = [sys.executable, "-m", "jobs.tokenize", "--input", records, "--output", str(tmp_path / "tokens"),
+               "--model", HUB_ID]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 1
+    line = _error_line(result.stderr, "tokenize")
+    assert f"cannot load model {HUB_ID}: no such folder here, and the hub cannot be reached" in line
+    assert "Retrying" not in result.stderr
 
 
 def test_adapter_is_applied_and_its_processor_preferred(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat, render_grounded
-from vcot.models.generation import GenerationSettings, penalty_processors
+from vcot.models.generation import BoxAwareRepetitionPenalty, GenerationSettings, penalty_processors
 from vcot.grounding.model_format import ModelFormat
-from vcot.models.penalty import BoxAwareRepetitionPenalty, coordinate_token_ids, is_coordinate_text
+from vcot.models.penalty import coordinate_token_ids, is_coordinate_text
 
 
 @pytest.fixture(scope="module")

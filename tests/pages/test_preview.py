@@ -20,7 +20,6 @@ from vcot.convert import ConvertConfig, convert
 from vcot.pages.preview import OBJECT_COLOR, RATIONALE_COLOR, PreviewConfig, preview
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 _CARD_ID = re.compile(r'<div class="record" data-id="([^"]+)"')
@@ -64,10 +63,11 @@ def _near(pixel: tuple[int, ...], color: tuple[int, int, int], tolerance: int = 
 
 
 @pytest.mark.integration
-def test_the_page_draws_every_box_where_the_record_says_in_chromium(real_s3: str, tmp_path: Path) -> None:
+def test_the_page_draws_every_box_where_the_record_says_in_chromium(
+    real_s3: str, chromium: str, tmp_path: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).exists(), "no /usr/bin/chromium: apt-get install chromium (.ci/run does)"
     data = write_own_data(f"{real_s3}/own", street=f"{real_s3}/elsewhere/street.png")
     records_uri = f"{real_s3}/records"
     convert(ConvertConfig(source="records", input=data, output=records_uri, bbox_2d_frame="norm1000", val_fraction=0.0))
@@ -81,7 +81,7 @@ def test_the_page_draws_every_box_where_the_record_says_in_chromium(real_s3: str
     outside: list[str] = []
     with sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            str(tmp_path / "chromium-profile"), executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
             viewport={"width": 1400, "height": 1000},
         )
         try:

@@ -199,20 +199,20 @@ def test_model_format_from_the_adapter_card_or_the_base_model(tiny_model_dir: Pa
         return TrainConfig(data="d", model=str(tiny_model_dir), output="o", recipe="tiny-cpu-grpo", **kwargs)
 
     assert grpo_format(config(init_adapter=str(adapter))) == absolute
-    assert grpo_format(config(init_adapter=str(adapter), coords="qwen2.5-absolute")) == absolute
+    assert grpo_format(config(init_adapter=str(adapter), grpo_coords="qwen2.5-absolute")) == absolute
     with pytest.raises(VcotError, match="contradicts"):
-        grpo_format(config(init_adapter=str(adapter), coords="norm1000"))
+        grpo_format(config(init_adapter=str(adapter), grpo_coords="norm1000"))
     with pytest.raises(VcotError, match="no vcot-model.json"):
         grpo_format(config(init_adapter=str(tmp_path)))
-    # No adapter: the family from config.json, the pixel budget from the base model's processor, --coords.
+    # No adapter: the family from config.json, the pixel budget from the base model's processor, --grpo-coords.
     assert grpo_format(config()) == HOUSE
-    assert grpo_format(config(coords="qwen2.5-absolute")).coords == "qwen2.5-absolute"
-    with pytest.raises(ValueError, match="for method grpo"):
+    assert grpo_format(config(grpo_coords="qwen2.5-absolute")).coords == "qwen2.5-absolute"
+    with pytest.raises(ValueError, match="for methods grpo and gfn"):
         TrainConfig(data="d", model="m", output="o", recipe="tiny-cpu", init_adapter=str(adapter))
 
 
 def test_model_format_from_the_card_of_a_full_finetune(tmp_path: Path) -> None:
-    """A full fine-tune's model/ (or a merged model) carries its format: --coords may repeat it, not contradict it;
+    """A full fine-tune's model/ (or a merged model) carries its format: --grpo-coords may repeat it, not contradict it;
     the run's adapter/ (there is none) is refused with the model to pass instead."""
     model = tmp_path / "train" / "model"
     model.mkdir(parents=True)
@@ -223,9 +223,9 @@ def test_model_format_from_the_card_of_a_full_finetune(tmp_path: Path) -> None:
         return TrainConfig(data="d", model=str(model), output="o", recipe="tiny-cpu-grpo", **kwargs)
 
     assert grpo_format(config()) == absolute
-    assert grpo_format(config(coords="qwen2.5-absolute")) == absolute
-    with pytest.raises(ConfigError, match=f"^--coords norm1000 contradicts {model}/vcot-model.json"):
-        grpo_format(config(coords="norm1000"))
+    assert grpo_format(config(grpo_coords="qwen2.5-absolute")) == absolute
+    with pytest.raises(ConfigError, match=f"^--grpo-coords norm1000 contradicts {model}/vcot-model.json"):
+        grpo_format(config(grpo_coords="norm1000"))
     run = tmp_path / "train"
     with pytest.raises(ConfigError, match=f"^{run} is a full fine-tune: pass --model {model} without --init-adapter$"):
         grpo_format(config(init_adapter=f"{run}/adapter"))
@@ -281,10 +281,13 @@ def test_prompt_transform_in_text_mode_has_no_image() -> None:
 
 
 def test_the_coords_variable_of_tokenize_and_evaluate_does_not_reach_training() -> None:
-    """VCOT_COORDS (tokenize's, evaluate's) set in a shell or a ConfigMap must not make SFT refuse to run."""
+    """VCOT_COORDS (tokenize's, evaluate's) set in a shell or a ConfigMap must not make SFT refuse to run; GRPO's
+    frame is its own flag, --grpo-coords, with the variable every flag has (VCOT_GRPO_COORDS)."""
     from vcot.config import parse_config
 
     argv = ["--data", "d", "--model", "m", "--output", "o", "--recipe", "tiny-cpu"]
-    assert parse_config(TrainConfig, argv, environ={"VCOT_COORDS": "qwen2.5-absolute"}).coords == ""
-    grpo = parse_config(TrainConfig, [*argv[:-1], "tiny-cpu-grpo"], environ={"VCOT_GRPO_COORDS": "qwen2.5-absolute"})
-    assert grpo.coords == "qwen2.5-absolute"
+    assert parse_config(TrainConfig, argv, environ={"VCOT_COORDS": "qwen2.5-absolute"}).grpo_coords == ""
+    grpo_argv = [*argv[:-1], "tiny-cpu-grpo"]
+    grpo = parse_config(TrainConfig, grpo_argv, environ={"VCOT_GRPO_COORDS": "qwen2.5-absolute"})
+    assert grpo.grpo_coords == "qwen2.5-absolute"
+    assert parse_config(TrainConfig, [*grpo_argv, "--grpo-coords", "qwen2.5-absolute"], environ={}) == grpo

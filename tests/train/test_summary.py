@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import _free_port
+from vcot.dev.local_s3 import LocalS3
 from vcot.io import shards, storage
 from vcot.dev.summary import main, summary
 
@@ -74,3 +79,24 @@ def test_a_grpo_run_shows_each_reward_at_the_start_and_the_end(tmp_path: Path) -
     lines = summary(run)
     assert "reward       format_reward 0.300 (steps 1-5) -> 0.800 (steps 6-10)" in lines
     assert "reward       bbox_reward 0.250 (steps 10-10) -> 0.250 (steps 10-10)" in lines
+
+
+@pytest.mark.integration
+def test_the_last_line_says_the_local_s3_server_still_runs_and_how_to_stop_it(
+    local_s3_server: LocalS3, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``make local-train`` leaves its server up for the next run and ``make demo``: the summary says where, and how
+    to stop it."""
+    run, evaluation = _write_outputs(tmp_path)
+    lines = summary(run, evaluation, local_s3=local_s3_server)
+    assert lines[-1] == (f"local S3     still running on {local_s3_server.endpoint} "
+                         f"(data in {local_s3_server.root / 'data'}): make s3-down stops it")
+    assert lines[-2].startswith("report ")
+
+    monkeypatch.setenv("VCOT_LOCAL_S3_DIR", str(local_s3_server.root))
+    monkeypatch.setenv("VCOT_LOCAL_S3_PORT", str(local_s3_server.port))
+    assert main(["--run", run, "--local-s3"]) == 0  # as the Makefile asks for it
+    assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
+
+    stopped = dataclasses.replace(local_s3_server, port=_free_port())  # a server that is not running
+    assert summary(run, local_s3=stopped)[-1].startswith("cost ")

@@ -152,7 +152,7 @@ def iter_parquet(files: list[str], *, images: str, owns: Owns, batch_size: int =
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise VcotError("reading ScienceQA Parquet needs pyarrow: pip install 'vcot[convert]'") from exc
+        raise VcotError("reading ScienceQA Parquet needs pyarrow: make install, or pip install -e '.[convert]' from the repository root") from exc
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
         for file_uri in files:

@@ -35,7 +35,8 @@ from vcot.models.loading import (
     read_model_card,
     stop_token_ids,
 )
-from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
+from vcot.models.generation import BoxAwareRepetitionPenalty
+from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 from vcot.grounding.prompts import build_messages
 
 log = get_logger(__name__)

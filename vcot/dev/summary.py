@@ -6,7 +6,8 @@ first to its last logged step, the eval loss, the run's throughput (samples and 
 wall time, GPU-hours), for a GRPO run each reward's mean at the start and the end of the run, how many
 responses carry a valid ``<ref>..</ref><box>[..]</box>``, whether the model points (its first-object IoU beside the
 best constant box, the most a model that ignores the image can reach), a few responses with their true boxes, and
-where the HTML report is (copied to a local file so a browser opens it directly).
+where the HTML report is (copied to a local file so a browser opens it directly). With ``--local-s3`` (the
+Makefile's local targets), a last line says that the local S3 server they started is still running, and how to stop it.
 
     python -m vcot.dev.summary --run s3://vcot/local/qwen2.5-vl-norm1000/train \\
         --evaluation s3://vcot/local/qwen2.5-vl-norm1000/eval --report-to .cache/local-train/report.html
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vcot.dev.local_s3 import LocalS3, is_up
 from vcot.io import storage
 from vcot.log import configure_logging
 from vcot.io.shards import read_jsonl
@@ -123,8 +125,28 @@ def _boxes_note(row: dict[str, Any]) -> str:
     return f"  ({'; '.join(parts)})" if parts else ""
 
 
-def summary(run: str, evaluation: str | None = None, report_to: Path | None = None, responses: int = 3) -> list[str]:
-    """The lines to print; copies the evaluation's ``report.html`` to ``report_to`` when given."""
+def server_line(server: LocalS3) -> list[str]:
+    """The local S3 server a local run started keeps running (the next run and ``make demo`` read from it): say so,
+    and how to stop it; nothing when it is not running."""
+    if not is_up(server):
+        return []
+    return [f"local S3     still running on {server.endpoint} (data in {server.root / 'data'}): make s3-down stops it"]
+
+
+def summary(
+    run: str,
+    evaluation: str | None = None,
+    report_to: Path | None = None,
+    responses: int = 3,
+    local_s3: LocalS3 | None = None,
+) -> list[str]:
+    """The lines to print; copies the evaluation's ``report.html`` to ``report_to`` when given; ends with
+    :func:`server_line` when given the ``local_s3`` server the run is on."""
+    lines = _run_lines(run, evaluation, report_to, responses)
+    return lines + (server_line(local_s3) if local_s3 is not None else [])
+
+
+def _run_lines(run: str, evaluation: str | None, report_to: Path | None, responses: int) -> list[str]:
     run_metrics = storage.read_json(storage.join(run, "metrics.json"))
     lines = [f"train        {loss_line(run_metrics)}", f"cost         {throughput_line(run_metrics)}"]
     lines += reward_lines(run_metrics)
@@ -152,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="A committed train output, SFT or GRPO (metrics.json).")
     parser.add_argument("--evaluation", default=None, help="A committed evaluate output (metrics.json, report.html).")
     parser.add_argument("--report-to", type=Path, default=None, help="Local file to copy the HTML report to.")
+    parser.add_argument("--local-s3", action="store_true",
+                        help="The run is on the local S3 server (VCOT_LOCAL_S3_*): end by saying it still runs.")
     args = parser.parse_args(argv)
     configure_logging("console")
-    print("\n".join(summary(args.run, args.evaluation, args.report_to)))
+    server = LocalS3.from_env() if args.local_s3 else None
+    print("\n".join(summary(args.run, args.evaluation, args.report_to, local_s3=server)))
     return 0
 
 

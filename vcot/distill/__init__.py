@@ -14,7 +14,18 @@ Modules, one concern each, in the order a request flows:
 Tests and benchmarks run it against ``vcot.dev.fake_openai``, a local OpenAI-compatible server.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from vcot.distill.config import DistillConfig
-from vcot.distill.stage import distill
 
 __all__ = ["DistillConfig", "distill"]
+
+
+def distill(config: DistillConfig) -> dict[str, Any] | None:
+    """The stage (:func:`vcot.distill.stage.distill`), imported when called: ``vcot-distill --help`` and a bad flag
+    answer without loading the ``openai`` client."""
+    from vcot.distill.stage import distill as run
+
+    return run(config)

@@ -8,8 +8,8 @@ Shared with train's generation evaluation (concept packages, since no stage impo
 - ``vcot.scoring.field_metrics``: the grounding metrics of the 2025-26 papers (TreeBench, TreeVGR, GRIT, VisCoT, MM-GCoT).
 - ``vcot.scoring.response``: one response scored against its record, boxes read back through the run's
   ``vcot.grounding.model_format.ModelFormat`` (the adapter's card).
-- ``vcot.models.generation``: batched greedy inference with left padding (model mode), with ``vcot.models.penalty``'s box-aware
-  repetition penalty (leaves coordinate digits inside ``<box>`` alone).
+- ``vcot.models.generation``: batched greedy inference with left padding (model mode), with its box-aware
+  repetition penalty (leaves coordinate digits inside ``<box>`` alone; defaults in ``vcot.models.penalty``).
 
 This package's modules, in dependency order:
 

@@ -1,6 +1,6 @@
 """An lmms-eval model plugin: any lmms-eval task on a vcot adapter, with vcot's prompt and box read-back.
 
-    pip install 'vcot[lmms]'
+    pip install -e '.[lmms]'    # from the repository root (make install puts lmms-eval in without its dependencies)
     lmms-eval --model vcot --model_args pretrained=BASE,adapter=ADAPTER --tasks TASK
 
 lmms-eval finds the plugin through the ``lmms_eval.models`` entry point (``pyproject.toml``). The model and its

@@ -3,7 +3,9 @@
 Metric table (overall and per subset), a histogram of per-box IoU, the history of scheduled
 re-evaluations when there is one, and a grid of samples: the image (an inlined JPEG thumbnail) with
 ground-truth boxes in green and predicted boxes in red (an SVG overlay in 0-1000 coordinates, so boxes
-stay exact at any thumbnail size), beside the question, the answer and the reasoning text.
+stay exact at any thumbnail size), beside the question, the answer and the reasoning text. Each table and the
+samples have a legend that says what every column, id and box means: the page is read by people who have not
+read the code.
 """
 
 from __future__ import annotations
@@ -30,6 +32,51 @@ METRIC_COLUMNS = [
     ("answer_accuracy", "answer acc.", "{:.3f}"),
     ("invalid_boxes", "invalid boxes", "{:d}"),
 ]
+METRIC_MEANINGS = {
+    "subset": "overall: every sample scored; then one row per subset (the records' subset, e.g. the source "
+    "dataset). Boxes are scored on the samples with ground-truth boxes; n/a: not computed for these records.",
+    "samples": "records scored (with a prediction).",
+    "box detection": "share of responses with at least one valid box.",
+    "mean IoU": "mean, over every predicted box, of its IoU (overlap: intersection / union of the two boxes) with "
+    "its best-matching ground-truth box; 0 when no box was predicted.",
+    "IoU > 0.5": "share of predicted boxes whose best match has an IoU above 0.5.",
+    "Acc@0.5": "per sample, predicted boxes paired one-to-one with ground-truth boxes at IoU >= 0.5, divided by the "
+    "larger of the two counts, averaged over samples: extra boxes lower it.",
+    "Acc@0.75": "the same at IoU >= 0.75.",
+    "first-object IoU": "the IoU of the first valid predicted box with the record's first object (0 without a box), "
+    "averaged over samples.",
+    "constant box IoU": "the same for the one box that, answered for every sample, scores best on this set: the most "
+    "a model that ignores the image can reach.",
+    "first-object Acc@0.5": "share of samples whose first-object IoU is above 0.5.",
+    "answer acc.": "share of samples whose answer (the text after 'Answer:') matches the record's answer.",
+    "invalid boxes": "boxes written that cannot be read (out of range, inverted, wrong number of coordinates): "
+    "counted, never repaired, not scored.",
+}
+"""What each column of the metric table means, shown under it (``vcot.scoring.metrics`` defines them)."""
+FIELD_MEANINGS = {
+    "subset": "as in the Metrics table; samples with ground-truth boxes only.",
+    "mIoU (TreeBench)": "mean, over ground-truth boxes, of the best IoU among the predicted boxes (extra predicted "
+    "boxes cost nothing).",
+    "dual IoU": "half that (recall) plus half the mean, over predicted boxes, of the best IoU among the ground truth "
+    "(precision): flooding with boxes lowers it (TreeVGR).",
+    "union IoU (GRIT)": "the IoU of the area all predicted boxes cover with the area all ground-truth boxes cover.",
+    "first-box Acc@0.5": "share of samples whose reasoning's first box has an IoU above 0.5 with a ground-truth box "
+    "(VisCoT's detection).",
+    "consistency": "answer-grounding consistency, CR / (CR + CM + WR) (MM-GCoT).",
+    "CR, CM, WR, WW": "samples counted by answer and grounding (mIoU above 0.5): right and grounded, right but not "
+    "grounded, wrong but grounded, wrong and not grounded.",
+}
+"""What each column of the field's table means (``vcot.scoring.field_metrics`` defines them)."""
+SAMPLE_MEANINGS = [
+    ('<span style="color:#00b050">&#9632; ground truth</span>', "the record's boxes."),
+    ('<span style="color:#e00000">&#9632; predicted</span>', "the boxes the model wrote, read back into the image."),
+    ('<span style="color:#999999">&#9633; constant box</span>', "dashed: the set's constant box (Metrics, above)."),
+    ("<b>id</b> (subset)", "the record's id, as in the records and the predictions files, and its subset."),
+    ("<b>Answer</b>, <b>predicted</b>", "the record's answer; the model's (after 'Answer:'), correct or wrong."),
+    ("<b>IoU per box</b>", "each valid predicted box's IoU with its best-matching ground-truth box."),
+    ("reasoning", "the response as written: <ref> (blue) names an object, <box> (red) its box."),
+]
+"""The samples' legend: the coloured boxes and each line of a card (terms are HTML, meanings plain text)."""
 FIELD_KEYS = ("truth_mean_iou", "dual_iou", "union_iou", "first_box_acc_at_50", "consistency")
 HISTORY_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
 
@@ -52,6 +99,8 @@ th:first-child, td:first-child { text-align: left; }
 .tag-ref { color: #05a; }
 .correct { color: #080; } .wrong { color: #c00; }
 .legend span { margin-right: 16px; }
+dl.legend { display: grid; grid-template-columns: max-content 1fr; gap: 2px 12px; font-size: 13px; max-width: 1100px; }
+dl.legend dt { font-weight: 600; } dl.legend dd { margin: 0; color: #444; }
 """
 
 
@@ -59,6 +108,12 @@ def _fmt(value: Any, pattern: str) -> str:
     if value is None:
         return "n/a"
     return pattern.format(value)
+
+
+def legend(legend_id: str, entries: Sequence[tuple[str, str]]) -> str:
+    """A definition list under a table: each term (HTML) and what it means (plain text)."""
+    items = "".join(f"<dt>{term}</dt><dd>{html.escape(meaning)}</dd>" for term, meaning in entries)
+    return f'<dl class="legend" id="{legend_id}">{items}</dl>'
 
 
 def metric_table(metrics: dict[str, Any]) -> str:
@@ -90,7 +145,8 @@ def field_table(metrics: dict[str, Any]) -> str:
         counts = values.get("consistency_counts", {})
         cells = [_fmt(values.get(key), "{:.3f}") for key in FIELD_KEYS]
         body.append([html.escape(name), *cells, *(str(counts.get(case, 0)) for case in ("CR", "CM", "WR", "WW"))])
-    return _table("field-metrics", header, body)
+    explained = [(html.escape(term), meaning) for term, meaning in FIELD_MEANINGS.items()]
+    return _table("field-metrics", header, body) + legend("field-legend", explained)
 
 
 def judge_table(metrics: dict[str, Any]) -> str:
@@ -109,7 +165,14 @@ def judge_table(metrics: dict[str, Any]) -> str:
         failures = ", ".join(f"{k}: {v}" for k, v in values.get("judge_failures", {}).items()) or "none"
         body.append([html.escape(name), _fmt(values.get("judge_score"), "{:.3f}"), str(values.get("judge_scored", 0)),
                      _fmt(values.get("answer_accuracy"), "{:.3f}"), html.escape(failures)])
-    return line + _table("judge", ["subset", "judge score", "judged", "exact match", "judge failures"], body)
+    explained = [
+        ("judge score", "the judge's mean score (0-1) of the answers it scored."),
+        ("judged", "how many answers it scored."),
+        ("exact match", "answer acc. of the Metrics table, for comparison."),
+        ("judge failures", "answers it could not score, by reason (not counted in its score)."),
+    ]
+    return (line + _table("judge", ["subset", "judge score", "judged", "exact match", "judge failures"], body)
+            + legend("judge-legend", explained))
 
 
 def benchmark_section(table: dict[str, Any]) -> str:
@@ -122,7 +185,14 @@ def benchmark_section(table: dict[str, Any]) -> str:
         for row in [*table["subsets"], table["average"]]
     ]
     note = "<p>* not in VisCoT's average (its scripts average 11 subsets). Also in benchmark.csv.</p>"
-    return "<h2>VisCoT benchmark</h2>" + _table("benchmark", header, body) + note
+    explained = [
+        ("questions", "the subset's questions scored."),
+        ("answer score", "exact match, or the judge's mean score when a judge ran."),
+        ("detection Acc@0.5 (first box)", "share of questions whose first box has an IoU above 0.5 with a "
+         "ground-truth box."),
+        ("mean IoU", "as in the Metrics table."),
+    ]
+    return "<h2>VisCoT benchmark</h2>" + _table("benchmark", header, body) + legend("benchmark-legend", explained) + note
 
 
 def styles_section(comparison: dict[str, Any]) -> str:
@@ -290,7 +360,9 @@ def build_report(
             sections.append(f'<div class="regression" id="regression"><b>Regression</b><ul>{lines}</ul></div>')
         else:
             sections.append('<div class="ok" id="regression">No regression against the previous and best entries.</div>')
-    sections.append("<h2>Metrics</h2>" + metric_table(metrics) + constant_box_note(metrics["overall"]))
+    explained = [(html.escape(term), meaning) for term, meaning in METRIC_MEANINGS.items()]
+    sections.append("<h2>Metrics</h2>" + metric_table(metrics) + legend("metric-legend", explained)
+                    + constant_box_note(metrics["overall"]))
     sections.extend(extra_sections)
     all_ious = [value for row in rows for value in row["best_ious"]]
     sections.append(f"<h2>IoU of each predicted box with its best match ({len(all_ious)} boxes)</h2>" + iou_histogram(all_ious))
@@ -300,9 +372,8 @@ def build_report(
     shown = list(rows[:max_samples])
     sections.append(
         f"<h2>Samples ({len(shown)} of {len(rows)})</h2>"
-        '<p class="legend"><span style="color:#00b050">&#9632; ground truth</span>'
-        '<span style="color:#e00000">&#9632; predicted</span><span style="color:#999999">&#9633; constant box</span></p>'
-        '<div class="grid">'
+        + legend("sample-legend", SAMPLE_MEANINGS)
+        + '<div class="grid">'
         + "".join(sample_card(row, records[str(row["id"])], metrics["overall"].get("constant_box")) for row in shown)
         + "</div>"
     )

@@ -1,6 +1,7 @@
 """Batched greedy generation (model mode): prompts built by ``vcot.grounding.prompts``, left padded, decoded raw.
 
-Greedy decoding with the seed's repetition penalty (1.2 by default; optionally box-aware), many samples
+Greedy decoding with the seed's repetition penalty (1.2 by default; optionally box-aware:
+:class:`BoxAwareRepetitionPenalty`, what it spares defined in :mod:`vcot.models.penalty`), many samples
 per forward pass. Left padding keeps every prompt's last token at the end of the batch, where generation
 continues. Responses are decoded with special tokens kept (Qwen's native ``<|box_start|>`` tags are
 special tokens) and cut at the end-of-turn token.
@@ -15,13 +16,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
+from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
 from vcot.models.loading import stop_token_ids, vision_token_ids
-from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY, BoxAwareRepetitionPenalty
+from vcot.models.penalty import (
+    BOX_AWARE,
+    BOX_MARKERS,
+    REPETITION_PENALTY,
+    TAIL_TOKENS,
+    coordinate_token_ids,
+    inside_open_box,
+)
 from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
 
 log = get_logger(__name__)
@@ -63,6 +72,39 @@ def decode_responses(tokenizer: Any, new_tokens: torch.Tensor, stop_ids: set[int
         end = next((i for i, token in enumerate(row) if token in stop_ids), len(row))
         texts.append(tokenizer.decode(row[:end], skip_special_tokens=False))
     return texts
+
+
+class BoxAwareRepetitionPenalty(LogitsProcessor):
+    """``RepetitionPenaltyLogitsProcessor(penalty)`` that spares coordinate tokens inside an open box of
+    ``box_syntax`` (the run's ``ModelFormat.box_syntax``)."""
+
+    def __init__(self, penalty: float, tokenizer: Any, box_syntax: BoxFormat = "house") -> None:
+        if penalty <= 0:
+            raise ValueError(f"penalty must be positive, got {penalty}")
+        if box_syntax not in BOX_MARKERS:
+            raise ValueError(f"box_syntax must be one of {sorted(BOX_MARKERS)}, got {box_syntax!r}")
+        self.penalty = penalty
+        self.tokenizer = tokenizer
+        self.box_syntax = box_syntax
+        self.coordinate_mask = torch.zeros(len(tokenizer), dtype=torch.bool)
+        self.coordinate_mask[coordinate_token_ids(tokenizer)] = True
+
+    def rows_inside_box(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, -TAIL_TOKENS:], skip_special_tokens=False)
+        return torch.tensor([inside_open_box(text, self.box_syntax) for text in tails], dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        seen = torch.gather(scores, 1, input_ids)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        penalized = scores.scatter(1, input_ids, seen)
+        inside = self.rows_inside_box(input_ids).to(scores.device)
+        if not inside.any():
+            return penalized
+        mask = self.coordinate_mask.to(scores.device)
+        if mask.shape[0] < scores.shape[1]:  # the model's vocabulary may be padded beyond the tokenizer's
+            mask = torch.nn.functional.pad(mask, (0, scores.shape[1] - mask.shape[0]))
+        spare = inside[:, None] & mask[None, : scores.shape[1]]
+        return torch.where(spare, scores, penalized)
 
 
 def penalty_processors(settings: GenerationSettings, tokenizer: Any) -> LogitsProcessorList:

@@ -1,7 +1,8 @@
 """Load a base model (+ optional adapter) and its processor, the same way in train and evaluate.
 
 Where the model comes from: a local folder, an ``s3://`` prefix (synced once into a local cache), or a hub
-id when the network allows; one that cannot be loaded from there is a one-line :class:`VcotError`. How it
+id when the hub answers (else its copy in the local hub cache, else a one-line error in seconds); one that cannot
+be loaded from there is a one-line :class:`VcotError`. How it
 is loaded depends on the machine:
 
 - CUDA with Unsloth installed: Unsloth's ``FastVisionModel`` (its fused kernels, 4-bit when asked);
@@ -12,6 +13,7 @@ is loaded depends on the machine:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -22,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import get_session, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
@@ -95,7 +99,10 @@ def official_chat_template(model_type: str) -> str:
     """
     spec = importlib.util.find_spec("trl")
     if spec is None or spec.origin is None:
-        raise VcotError("trl is not installed: install vcot[train] (its chat templates are the official ones)")
+        raise VcotError(
+            "trl is not installed (its chat templates are the official ones): make install, "
+            "or pip install -e '.[train]' from the repository root"
+        )
     return (Path(spec.origin).parent / "chat_templates" / f"{model_type}.jinja").read_text(encoding="utf-8")
 
 
@@ -144,12 +151,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 def local_model_path(uri: str, *, weights: bool = True) -> str:
     """A path ``from_pretrained`` can read: a local folder as is, an ``s3://`` prefix synced into the cache
-    (without the weight files when ``weights`` is false: enough for the processor), anything else passed
-    through as a hub id.
-
-    >>> local_model_path("Qwen/Qwen2.5-VL-7B-Instruct")
-    'Qwen/Qwen2.5-VL-7B-Instruct'
-    """
+    (without the weight files when ``weights`` is false: enough for the processor), anything else a hub id
+    (:func:`hub_model_path`: refused at once when the hub cannot be reached and the model is not cached)."""
     if storage.is_s3(uri):
         prefix = uri.rstrip("/")
         name = prefix.rsplit("/", 1)[-1] or "model"
@@ -163,7 +166,42 @@ def local_model_path(uri: str, *, weights: bool = True) -> str:
         return str(path)
     if uri.startswith(("/", ".", "file://")):
         raise VcotError(f"model folder {uri} does not exist: build one (python -m vcot.dev.tiny_model DIR) or fix the path")
-    return uri  # a hub id; transformers downloads it when the network allows
+    return hub_model_path(uri)
+
+
+HUB_PROBE_TIMEOUT_S = 5.0
+"""How long the one request that tells whether the hub answers may take (a hub that answers does so in well under a
+second; huggingface_hub's own retries take about 3 minutes to give up on a hub it cannot reach)."""
+
+
+@functools.cache
+def hub_reachable(endpoint: str) -> bool:
+    """Whether the hub at ``endpoint`` answers at all (any HTTP status), through the proxies the environment sets.
+    Asked once per process and endpoint."""
+    import httpx2  # huggingface_hub's HTTP client
+
+    try:
+        get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT_S)
+    except (httpx2.TransportError, OfflineModeIsEnabled):
+        return False
+    return True
+
+
+def hub_model_path(repo_id: str) -> str:
+    """A hub id as ``from_pretrained`` should get it: the id when the hub answers, else (or with ``HF_HUB_OFFLINE=1``)
+    the copy in the local hub cache, else a one-line :class:`VcotError` at once instead of minutes of retries."""
+    if not hf_constants.is_offline_mode() and hub_reachable(hf_constants.ENDPOINT):
+        return repo_id
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError):  # not cached; or not a valid hub id
+        endpoint = hf_constants.ENDPOINT
+        reason = "HF_HUB_OFFLINE is set" if hf_constants.is_offline_mode() else f"{endpoint} does not answer"
+        raise VcotError(
+            f"cannot load model {repo_id}: no such folder here, and the hub cannot be reached ({reason}; no copy in "
+            "the local hub cache): pass a folder holding config.json and the tokenizer "
+            f"(hf download {repo_id} --local-dir DIR, where there is network) or an s3:// copy of one"
+        ) from None
 
 
 LOAD_ERRORS = (OSError, ValueError, EntryNotFoundError)

@@ -6,14 +6,15 @@ model it lowered held-out IoU from 0.108 to 0.088 (NOTES). This processor applie
 transformers' ``RepetitionPenaltyLogitsProcessor`` everywhere except to *coordinate tokens* (tokens made
 only of digits and the box punctuation ``[ ] , .`` and spaces) while the response is inside an open box of
 the run's box syntax (``<box>`` or ``<|box_start|>``, ``<bbox>``, or a JSON ``"bbox_2d"`` up to its ``]``).
+
+This module holds the defaults and what is spared, without torch (evaluate's and the demo's configs read the
+defaults, and ``--help`` must not load torch); the processor itself, ``BoxAwareRepetitionPenalty``, is in
+:mod:`vcot.models.generation`.
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-import torch
-from transformers import LogitsProcessor
 
 from vcot.grounding.boxes import BOX_TAGS, JSON_BOX_KEY, BoxFormat
 
@@ -69,36 +70,3 @@ def inside_open_box(text: str, box_syntax: BoxFormat = "house") -> bool:
     last_open = max(text.rfind(tag) for tag in opens)
     last_close = max(text.rfind(tag) for tag in closes)
     return last_open > last_close
-
-
-class BoxAwareRepetitionPenalty(LogitsProcessor):
-    """``RepetitionPenaltyLogitsProcessor(penalty)`` that spares coordinate tokens inside an open box of
-    ``box_syntax`` (the run's ``ModelFormat.box_syntax``)."""
-
-    def __init__(self, penalty: float, tokenizer: Any, box_syntax: BoxFormat = "house") -> None:
-        if penalty <= 0:
-            raise ValueError(f"penalty must be positive, got {penalty}")
-        if box_syntax not in BOX_MARKERS:
-            raise ValueError(f"box_syntax must be one of {sorted(BOX_MARKERS)}, got {box_syntax!r}")
-        self.penalty = penalty
-        self.tokenizer = tokenizer
-        self.box_syntax = box_syntax
-        self.coordinate_mask = torch.zeros(len(tokenizer), dtype=torch.bool)
-        self.coordinate_mask[coordinate_token_ids(tokenizer)] = True
-
-    def rows_inside_box(self, input_ids: torch.LongTensor) -> torch.Tensor:
-        tails = self.tokenizer.batch_decode(input_ids[:, -TAIL_TOKENS:], skip_special_tokens=False)
-        return torch.tensor([inside_open_box(text, self.box_syntax) for text in tails], dtype=torch.bool)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        seen = torch.gather(scores, 1, input_ids)
-        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
-        penalized = scores.scatter(1, input_ids, seen)
-        inside = self.rows_inside_box(input_ids).to(scores.device)
-        if not inside.any():
-            return penalized
-        mask = self.coordinate_mask.to(scores.device)
-        if mask.shape[0] < scores.shape[1]:  # the model's vocabulary may be padded beyond the tokenizer's
-            mask = torch.nn.functional.pad(mask, (0, scores.shape[1] - mask.shape[0]))
-        spare = inside[:, None] & mask[None, : scores.shape[1]]
-        return torch.where(spare, scores, penalized)

@@ -1,6 +1,6 @@
 """What both training methods share, in the order a run uses it (the stage and the methods: :mod:`vcot.train.stage`).
 
-1. :class:`TrainConfig`; :func:`ensure_pointer` for the rerun of a committed output;
+1. :class:`TrainConfig` (:mod:`vcot.train.config`); :func:`ensure_pointer` for the rerun of a committed output;
 2. :func:`load_policy`: the base model (4-bit on GPU per the recipe) and its processor, set to the run's pixel
    budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vcot.io import layout, manifest, storage
-from vcot.config import option, redacted
+from vcot.io import manifest, storage
+from vcot.config import redacted
 from vcot.errors import StorageError, VcotError
 from vcot.log import get_logger
-from vcot.grounding.model_format import COORDS, ModelFormat
+from vcot.grounding.model_format import ModelFormat
 from vcot.train import distributed
-from vcot.train.options import check_vision_learning_rate, prepare_full
-from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex
+from vcot.train.config import TrainConfig
+from vcot.train.options import prepare_full
+from vcot.train.recipe import Recipe, lora_target_regex
 from vcot.train.throughput import Throughput, throughput_of
 
 if TYPE_CHECKING:
@@ -39,72 +40,6 @@ log = get_logger(__name__)
 
 class TrainingInterrupted(VcotError):
     """SIGTERM stopped training after a checkpoint was saved; rerunning resumes from it."""
-
-
-@dataclass
-class TrainConfig:
-    """Train a LoRA adapter (SFT or GRPO, by the recipe's method), resumable from checkpoints in storage."""
-
-    data: str = option(
-        help="sft: a committed tokenize output; grpo: committed records (convert or distill output). s3:// or a path."
-    )
-    model: str = option(help="Base model: a folder, an s3:// prefix (synced to a local cache) or a hub id.")
-    output: str = option(help="Run folder to write (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS).")
-    recipe: str = option(
-        DEFAULT_RECIPE,
-        help="Recipe preset (qwen2.5-vl-7b-qlora, tiny-cpu, qwen2.5-vl-7b-grpo, tiny-cpu-grpo) or a YAML file/URI.",
-    )
-    set: str = option("", help="Recipe overrides, key=value pairs with YAML values: 'lora_r=16,max_steps=100'.")
-    init_adapter: str = option(
-        "",
-        help="grpo: continue this committed run's adapter (its vcot-model.json gives the model format); "
-        "empty: a new LoRA on --model.",
-    )
-    coords: str = option(
-        "",
-        help="grpo without --init-adapter: the box frame to prompt and score (norm1000 or qwen2.5-absolute; "
-        "default norm1000). With --init-adapter it must match the adapter's.",
-        env="VCOT_GRPO_COORDS",  # not VCOT_COORDS: tokenize and evaluate read that one, and SFT refuses --coords
-    )
-    pointer: str = option("", help="Newest-model pointer JSON (default: <parent of --output>/latest.json).")
-    update_pointer: bool = option(
-        False,
-        help="Move the pointer to this run once it is committed (scheduled re-evaluation follows it). Off by "
-        "default: a trial or a sweep never replaces the production model.",
-    )
-    overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
-    threads: int = option(
-        0, help="On CPU: torch threads (0: torch's default, the node's cores; 1 is fastest on a busy shared CPU)."
-    )
-
-    def __post_init__(self) -> None:
-        if self.output.rstrip("/") == self.data.rstrip("/"):
-            raise ValueError("--output must differ from --data")
-        if self.pointer and not self.pointer.endswith(".json"):
-            raise ValueError("--pointer must name a .json file")
-        if self.threads < 0:
-            raise ValueError("--threads must be >= 0 (0 keeps torch's default)")
-        if self.coords and self.coords not in COORDS:
-            raise ValueError(f"--coords {self.coords!r} is not one of {', '.join(COORDS)}")
-        recipe = load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model loads (exit 2)
-        if recipe.method == "sft" and (self.init_adapter or self.coords):
-            raise ValueError(
-                "--init-adapter and --coords are for method grpo; sft reads its model format from the tokenize output"
-            )
-        if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
-            check_vision_learning_rate(recipe)
-
-    @property
-    def pointer_uri(self) -> str:
-        return self.pointer or default_pointer(self.output)
-
-
-def default_pointer(output: str) -> str:
-    """
-    >>> default_pointer("s3://bucket/runs/run-7/")
-    's3://bucket/runs/latest.json'
-    """
-    return storage.join(storage.parent(output), layout.POINTER)
 
 
 # --------------------------------------------------------------------------------------------------

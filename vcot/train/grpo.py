@@ -1,7 +1,7 @@
 """GRPO: reward-driven fine-tuning of a LoRA adapter on committed records, with TRL's ``GRPOTrainer``.
 
 Reads top to bottom: the run's model format (the continued adapter's card, else the card of a ``--model`` vcot
-wrote, else the base model's family and processor with ``--coords``); the prompts (the train split of a convert or distill output, as the same user turn
+wrote, else the base model's family and processor with ``--grpo-coords``); the prompts (the train split of a convert or distill output, as the same user turn
 SFT trains on, :func:`vcot.grounding.prompts.build_messages`; records without ground-truth boxes skipped and counted, or
 scored on format and accuracy only); the policy (the SFT adapter continued, or a new LoRA); the rewards of
 :mod:`vcot.scoring.rewards` read through the model format; TRL's trainer; then the run is trained and committed by the
@@ -67,8 +67,8 @@ def grpo_format(config: TrainConfig) -> ModelFormat:
     """The frame, syntax, pixel budget and mode the run prompts and scores in.
 
     A continued adapter brings its own (``vcot-model.json``), and so does a ``--model`` that vcot wrote (a full
-    fine-tune's ``model/``, a merged model); ``--coords`` may only repeat it. A new LoRA on a base model gets its
-    family (its ``config.json``), its processor's pixel budget, ``--coords`` (default ``norm1000``), the house box
+    fine-tune's ``model/``, a merged model); ``--grpo-coords`` may only repeat it. A new LoRA on a base model gets
+    its family (its ``config.json``), its processor's pixel budget, ``--grpo-coords`` (default ``norm1000``), the house box
     syntax and multimodal prompts.
     """
     if not config.init_adapter:
@@ -76,7 +76,7 @@ def grpo_format(config: TrainConfig) -> ModelFormat:
         if recorded is not None:
             return _coords_repeat(config, recorded, config.model)
         processor = load_processor_for(config.model)
-        return ModelFormat.for_processor(processor, model_family(config.model), coords=config.coords or "norm1000")  # type: ignore[arg-type]
+        return ModelFormat.for_processor(processor, model_family(config.model), coords=config.grpo_coords or "norm1000")  # type: ignore[arg-type]
     refuse_full_finetune(config.init_adapter, flag="--init-adapter")
     fmt = adapter_format(config.init_adapter)
     if fmt is None:
@@ -88,11 +88,11 @@ def grpo_format(config: TrainConfig) -> ModelFormat:
 
 
 def _coords_repeat(config: TrainConfig, fmt: ModelFormat, home: str) -> ModelFormat:
-    """``fmt``, read from ``home``'s card: ``--coords`` may repeat its frame, never contradict it."""
-    if config.coords and config.coords != fmt.coords:
+    """``fmt``, read from ``home``'s card: ``--grpo-coords`` may repeat its frame, never contradict it."""
+    if config.grpo_coords and config.grpo_coords != fmt.coords:
         raise ConfigError(
-            f"--coords {config.coords} contradicts {home}/{MODEL_CARD} ({fmt.coords}): "
-            "drop --coords, the model was trained in its own frame"
+            f"--grpo-coords {config.grpo_coords} contradicts {home}/{MODEL_CARD} ({fmt.coords}): "
+            "drop --grpo-coords, the model was trained in its own frame"
         )
     return fmt
 
