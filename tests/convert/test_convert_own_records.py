@@ -130,3 +130,81 @@ def test_parquet_rows_with_embedded_images(tmp_path: Path) -> None:
     assert record["image"].startswith(f"{output}/images/") and storage.exists(record["image"])
     assert record["rationale"] == "<ref>cat</ref><box>[100, 200, 800, 900]</box> Answer: cat"
     assert record["subset"] == "train-00000-of-00001" and record["id"] == "records:train-00000-of-00001:0"
+
+
+def _bad_rows() -> dict[str, tuple[dict, str | None]]:
+    """Rows a hand-written export gets wrong, each with the reason it must be rejected for (``None``: accepted)."""
+    vcot, swift = json.loads(docs_example()[0]), json.loads(docs_example()[4])
+    objects = swift["objects"]
+    return {
+        "box_none": ({**vcot, "objects": [{"ref": "red sign", "box": [None, None, None, None]}]}, "invalid_object_box"),
+        "box_strings": ({**vcot, "objects": [{"ref": "red sign", "box": ["188", "167", "641", "542"]}]},
+                        "invalid_object_box"),
+        "box_one_none": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, None, 542]}]}, "invalid_object_box"),
+        "box_not_a_list": ({**vcot, "objects": [{"ref": "red sign", "box": "188,167,641,542"}]}, "invalid_object_box"),
+        "box_out_of_range": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, 1641, 542]}]},
+                             "invalid_object_box"),
+        "question_none": ({**vcot, "question": None}, "missing_question"),
+        "width_text": ({**vcot, "width": "640", "height": "480"}, "size_mismatch"),
+        "swift_bbox_type_list": ({**swift, "objects": {**objects, "bbox_type": ["real"]}}, "bad_bbox_type"),
+        "swift_box_none": ({**swift, "objects": {**objects, "bbox": [[None, 60, 240, 270]]}}, "bad_box"),
+        "swift_bbox_not_a_list": ({**swift, "objects": {**objects, "bbox": "30,60,240,270"}}, "bad_objects"),
+        "swift_box_outside": ({**swift, "objects": {**objects, "bbox": [[30, 60, 240, 900]]}}, "box_outside_image"),
+        "image_one_slash": ({**vcot, "image": "s3:/my-bucket/shop.png"}, "bad_image_path"),
+        "image_no_bucket": ({**vcot, "image": "s3://"}, "bad_image_path"),
+        "image_elsewhere": ({**vcot, "image": "gs://my-bucket/shop.png"}, "bad_image_path"),
+        "image_missing": ({**vcot, "image": "photos/dog.png"}, "missing_image"),
+        "image_none": ({**vcot, "image": None}, "missing_image"),
+        "image_a_folder": ({**vcot, "image": "photos"}, "unreadable_image"),
+        "embedded_not_an_image": ({**swift, "images": [{"bytes": b"not a png", "path": "cat.png"}]}, "unreadable_image"),
+        "embedded_a_number": ({**swift, "images": [{"bytes": 10**12, "path": "cat.png"}]}, "unreadable_image"),
+        "provenance_bytes": ({**vcot, "provenance": {"note": b"exported"}}, None),
+        "good": (vcot, None),
+    }
+
+
+def _json_can_hold(row: dict) -> bool:
+    try:
+        json.dumps(row)
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("layout", ["parquet", "jsonl"])
+def test_bad_rows_are_rejected_with_a_reason_each_never_a_traceback(tmp_path: Path, layout: str) -> None:
+    """Parquet (one file per row: their columns' types differ) and JSONL (the rows JSON can hold): every bad row
+    is rejected with its reason and counted; the good ones are converted; nothing stops the stage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])  # the images
+    rows = _bad_rows()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if layout == "parquet":
+        for name, (row, _) in rows.items():
+            pq.write_table(pa.Table.from_pylist([row]), folder / f"{name}.parquet")
+    else:
+        rows = {name: case for name, case in rows.items() if _json_can_hold(case[0])}
+        lines = [json.dumps({**row, "subset": name}) for name, (row, _) in rows.items()]
+        (folder / "own.jsonl").write_text("\n".join(lines) + "\n")
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")  # not inside --images
+    convert(ConvertConfig(source="records", input=str(folder), output=output, images=str(tmp_path), val_fraction=0.0))
+
+    found = {r["subset"]: r["reason"] for r in _records(output, ("rejected/",))}
+    found.update({r["subset"]: None for r in _records(output)})
+    assert found == {name: reason for name, (_, reason) in rows.items()}
+    total = storage.read_json(f"{output}/quality.json")["total"]
+    assert (total["input"], total["rejected"]) == (len(rows), sum(reason is not None for _, reason in rows.values()))
+
+
+def test_parquet_chat_rows_without_their_bbox_2d_frame_stop_the_stage(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])
+    pq.write_table(pa.Table.from_pylist([json.loads(docs_example()[7])]), tmp_path / "chat.parquet")
+    output = str(tmp_path / "out")
+    assert convert_main(["--source", "records", "--input", str(tmp_path / "chat.parquet"), "--output", output]) == 2
+    assert not manifest.is_committed(output)
