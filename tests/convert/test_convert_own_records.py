@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.convert import main as convert_main
-from tests.convert.own_data import IMAGES, docs_example, png, write_own_data
+from tests.convert.own_data import IMAGES, bomb_png, docs_example, png, write_own_data
 from vcot.io import manifest, shards, storage
 from vcot.convert import ConvertConfig, convert
 from vcot.errors import ConfigError
@@ -208,3 +208,26 @@ def test_parquet_chat_rows_without_their_bbox_2d_frame_stop_the_stage(tmp_path: 
     output = str(tmp_path / "out")
     assert convert_main(["--source", "records", "--input", str(tmp_path / "chat.parquet"), "--output", output]) == 2
     assert not manifest.is_committed(output)
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_rejected_and_counted(tmp_path: Path) -> None:
+    """A 20000x20000 PNG (a few KB) as a file and embedded in Parquet: rejected as image_too_large, not exit 1."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])
+    (tmp_path / "photos" / "huge.png").write_bytes(bomb_png())
+    vcot, swift = json.loads(docs_example()[0]), json.loads(docs_example()[4])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = [{**vcot, "id": "huge-file", "image": "photos/huge.png"}, vcot]
+    (folder / "own.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    embedded = {**swift, "images": [{"bytes": bomb_png(), "path": "huge.png"}]}
+    pq.write_table(pa.Table.from_pylist([embedded]), folder / "embedded.parquet")
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")
+    assert convert_main(["--source", "records", "--input", str(folder), "--images", str(tmp_path), "--output", output]) == 0
+
+    rejected = {r["id"]: r["reason"] for r in _records(output, ("rejected/",))}
+    assert rejected == {"records:huge-file": "image_too_large", "records:embedded:0": "image_too_large"}
+    total = storage.read_json(f"{output}/quality.json")["total"]
+    assert (total["accepted"], total["rejected"], total["reasons"]) == (1, 2, {"image_too_large": 2})

@@ -254,3 +254,29 @@ def test_rationale_turn_layout_trains_the_analyzer_turn_and_the_answer_turn(
     stored = fmt.to_dict()
     del stored["layout"]  # a format stored before layouts existed reads as two turns
     assert ModelFormat.from_dict(stored).layout == "two_turn"
+
+
+def test_a_record_whose_image_is_over_the_decompression_bomb_limit_gives_no_row(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Its size came from metadata (a convert older than the image_too_large check, or another tool): train's
+    collator could never load it, so tokenize skips it and counts why. Text mode has no image to load."""
+    from tests.convert.own_data import bomb_png
+    from tests.train.conftest import make_record
+    from vcot.io import shards
+
+    rng = random.Random(0)
+    records = [make_record(i, str(tmp_path / "images"), rng) for i in range(6)]
+    (tmp_path / "images" / "huge.png").write_bytes(bomb_png())
+    records[0].update(image=str(tmp_path / "images" / "huge.png"), width=20_000, height=20_000, split="train")
+    data = str(tmp_path / "records")
+    manifest.commit(data, stage="convert", config={}, files=[
+        shards.write_jsonl(data, f"{split}/00000-of-00001.jsonl.gz", [r for r in records if r["split"] == split])
+        for split in ("train", "val")
+    ])
+    committed = tokenize(TokenizeConfig(input=[data], output=str(tmp_path / "tokens"), model=str(tiny_model_dir)))
+    assert committed is not None and committed["stats"]["skipped"] == {"image_too_large": 1}
+    rows = _read_rows(str(tmp_path / "tokens"), "train") + _read_rows(str(tmp_path / "tokens"), "val")
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records[1:])
+    text = tokenize(TokenizeConfig(input=[data], output=str(tmp_path / "text"), model=str(tiny_model_dir), mode="text"))
+    assert text is not None and text["stats"]["skipped"] == {}
