@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,7 +141,8 @@ def _bad_rows() -> dict[str, tuple[dict, str | None]]:
         "box_none": ({**vcot, "objects": [{"ref": "red sign", "box": [None, None, None, None]}]}, "invalid_object_box"),
         "box_strings": ({**vcot, "objects": [{"ref": "red sign", "box": ["188", "167", "641", "542"]}]},
                         "invalid_object_box"),
-        "box_one_none": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, None, 542]}]}, "invalid_object_box"),
+        "box_one_none": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, None, 542]}]},
+                         "invalid_object_box"),
         "box_not_a_list": ({**vcot, "objects": [{"ref": "red sign", "box": "188,167,641,542"}]}, "invalid_object_box"),
         "box_out_of_range": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, 1641, 542]}]},
                              "invalid_object_box"),
@@ -156,7 +158,8 @@ def _bad_rows() -> dict[str, tuple[dict, str | None]]:
         "image_missing": ({**vcot, "image": "photos/dog.png"}, "missing_image"),
         "image_none": ({**vcot, "image": None}, "missing_image"),
         "image_a_folder": ({**vcot, "image": "photos"}, "unreadable_image"),
-        "embedded_not_an_image": ({**swift, "images": [{"bytes": b"not a png", "path": "cat.png"}]}, "unreadable_image"),
+        "embedded_not_an_image": ({**swift, "images": [{"bytes": b"not a png", "path": "cat.png"}]},
+                                  "unreadable_image"),
         "embedded_a_number": ({**swift, "images": [{"bytes": 10**12, "path": "cat.png"}]}, "unreadable_image"),
         "provenance_bytes": ({**vcot, "provenance": {"note": b"exported"}}, None),
         "good": (vcot, None),
@@ -225,9 +228,47 @@ def test_an_image_over_the_decompression_bomb_limit_is_rejected_and_counted(tmp_
     embedded = {**swift, "images": [{"bytes": bomb_png(), "path": "huge.png"}]}
     pq.write_table(pa.Table.from_pylist([embedded]), folder / "embedded.parquet")
     output = str(tmp_path.parent / f"{tmp_path.name}-out")
-    assert convert_main(["--source", "records", "--input", str(folder), "--images", str(tmp_path), "--output", output]) == 0
+    argv = ["--source", "records", "--input", str(folder), "--images", str(tmp_path), "--output", output]
+    assert convert_main(argv) == 0
 
     rejected = {r["id"]: r["reason"] for r in _records(output, ("rejected/",))}
     assert rejected == {"records:huge-file": "image_too_large", "records:embedded:0": "image_too_large"}
     total = storage.read_json(f"{output}/quality.json")["total"]
     assert (total["accepted"], total["rejected"], total["reasons"]) == (1, 2, {"image_too_large": 2})
+
+
+def test_an_input_of_which_nothing_is_accepted_is_never_committed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong image root rejects every item: exit 2 with the top reasons, nothing committed, so the rerun with the
+    right --images is not skipped as already done (it used to commit an empty output with exit 0)."""
+    data = _write(tmp_path, docs_example()[:3] + docs_example()[4:6])
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")
+    argv = ["--source", "records", "--input", data, "--output", output]
+    assert convert_main([*argv, "--images", str(tmp_path / "elsewhere")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-convert: error:")]
+    assert len(errors) == 1 and "none of the 5 items of" in errors[0]
+    assert "was accepted as --source records: missing_image 5 (first: missing_image:" in errors[0]
+    assert "check that --source records is this data's layout and that --images is the folder" in errors[0]
+    assert not manifest.is_committed(output)
+    assert convert_main(argv) == 0 and len(_records(output)) == 5
+
+
+def test_a_shard_that_accepts_none_of_its_items_is_refused_one_that_owns_none_commits(tmp_path: Path) -> None:
+    """Items are dealt round-robin: shard 0 of 2 gets items 0 and 2 (both bad), shard 1 items 1 and 3 (good).
+    Of a one-item input, shard 1 owns nothing: it commits its empty part so that the set completes."""
+    good = json.loads(docs_example()[0])
+    bad = {**good, "image": "photos/dog.png"}
+    data = _write(tmp_path, [bad, good, bad, good])
+    output = str(tmp_path.parent / f"{tmp_path.name}-sharded")
+    config = ConvertConfig(source="records", input=data, output=output, num_shards=2, shard_index=0)
+    refusal = r"none of the 2 items of .* \(shard 0 of 2\) was accepted as --source records: missing_image 2"
+    with pytest.raises(ConfigError, match=refusal):
+        convert(config)
+    assert convert(replace(config, shard_index=1)) is not None and not manifest.is_committed(output)
+
+    one = _write(tmp_path, [good], name="one.jsonl")
+    small = str(tmp_path.parent / f"{tmp_path.name}-small")
+    for index in (1, 0):
+        convert(ConvertConfig(source="records", input=one, output=small, num_shards=2, shard_index=index))
+    assert manifest.is_committed(small) and len(_records(small)) == 1

@@ -8,9 +8,10 @@ Output layout::
 
 Only records usable as grounded training examples (``vcot.grounding.records.grounding_problem`` is ``None``) are
 tokenized; the others are counted by reason, as is (multimodal) a record whose image is larger than PIL decodes
-(``image_too_large``, by its recorded size: train's collator could never load it). A row longer than ``--max-length`` is dropped and counted,
-never truncated (a cut through the image tokens would no longer match the pixels); a warning per subset says
-how many, and ``--fit-to-budget`` shrinks such a row's image until it fits instead (counted as ``fitted``).
+(``image_too_large``, by its recorded size: train's collator could never load it). A row longer than
+``--max-length`` is dropped and counted, never truncated (a cut through the image tokens would no longer match
+the pixels); a warning per subset says how many, and ``--fit-to-budget`` shrinks such a row's image until it fits
+instead (counted as ``fitted``).
 
 ``--mixture`` reads several record outputs with a weight or a sample count each, and optionally their own
 pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is the one-source mixture.
