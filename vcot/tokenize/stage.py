@@ -30,7 +30,7 @@ from typing import Any
 
 from vcot.io import manifest, storage
 from vcot.config import option, redacted
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
 from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
@@ -314,6 +314,7 @@ class _SplitTally:
     says which rows are this shard's."""
 
     position: int = 0
+    owned: int = 0
     lengths: list[int] = field(default_factory=list)
     supervised: int = 0
     image_tokens: int = 0
@@ -364,6 +365,7 @@ def _write_source(
     for record, problem, copies in planned(source, split, seed, max_pixels):
         owned = sum(1 for copy in range(copies) if shard.owns(tally.position + copy))
         tally.position += copies
+        tally.owned += owned
         counts["usable"] += problem is None
         counts["selected"] += copies if problem is None else 0
         if not owned:
@@ -447,12 +449,23 @@ def _write_split(
             log.warning("mixture_source_empty", source=source.name, data=list(source.data))
     progress.close()
     report_lengths(split, tally.by_subset, config)
-    if writer.records == 0 and split == "train" and shard.count == 1:
-        raise VcotError(
-            f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
-            "check the inputs, or raise --max-length if rows were too long"
-        )
+    if split == "train" and writer.records == 0 and (shard.count == 1 or tally.owned):
+        refuse_no_rows(mixture, shard, tally.owned, skipped)
     return writer.close(), _split_stats(writer.records, tally)
+
+
+def refuse_no_rows(mixture: Mixture, shard: manifest.ShardSpec, owned: int, skipped: Counter[str]) -> None:
+    """Fail before anything is written when no training row came out (committed, train would fail on it later).
+
+    A pod of several that was dealt no record at all (fewer records than pods) commits its empty part instead.
+    """
+    top = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    where = "" if shard.count == 1 else f" (shard {shard.index} of {shard.count})"
+    raise ConfigError(
+        f"no usable training row in {', '.join(mixture.data)}{where}, of {owned} train records: "
+        f"{top or 'the train splits are empty'}; check the inputs (convert's quality report: records need a "
+        "grounded rationale), or raise --max-length if rows were too long; nothing was committed"
+    )
 
 
 def _commit(
