@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from jobs.convert import main as convert_main
-from tests.convert.own_data import IMAGES, docs_example, png, write_own_data
+from tests.convert.own_data import IMAGES, bomb_png, docs_example, png, write_own_data
 from vcot.io import manifest, shards, storage
 from vcot.convert import ConvertConfig, convert
 from vcot.errors import ConfigError
@@ -130,3 +131,144 @@ def test_parquet_rows_with_embedded_images(tmp_path: Path) -> None:
     assert record["image"].startswith(f"{output}/images/") and storage.exists(record["image"])
     assert record["rationale"] == "<ref>cat</ref><box>[100, 200, 800, 900]</box> Answer: cat"
     assert record["subset"] == "train-00000-of-00001" and record["id"] == "records:train-00000-of-00001:0"
+
+
+def _bad_rows() -> dict[str, tuple[dict, str | None]]:
+    """Rows a hand-written export gets wrong, each with the reason it must be rejected for (``None``: accepted)."""
+    vcot, swift = json.loads(docs_example()[0]), json.loads(docs_example()[4])
+    objects = swift["objects"]
+    return {
+        "box_none": ({**vcot, "objects": [{"ref": "red sign", "box": [None, None, None, None]}]}, "invalid_object_box"),
+        "box_strings": ({**vcot, "objects": [{"ref": "red sign", "box": ["188", "167", "641", "542"]}]},
+                        "invalid_object_box"),
+        "box_one_none": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, None, 542]}]},
+                         "invalid_object_box"),
+        "box_not_a_list": ({**vcot, "objects": [{"ref": "red sign", "box": "188,167,641,542"}]}, "invalid_object_box"),
+        "box_out_of_range": ({**vcot, "objects": [{"ref": "red sign", "box": [188, 167, 1641, 542]}]},
+                             "invalid_object_box"),
+        "question_none": ({**vcot, "question": None}, "missing_question"),
+        "width_text": ({**vcot, "width": "640", "height": "480"}, "size_mismatch"),
+        "swift_bbox_type_list": ({**swift, "objects": {**objects, "bbox_type": ["real"]}}, "bad_bbox_type"),
+        "swift_box_none": ({**swift, "objects": {**objects, "bbox": [[None, 60, 240, 270]]}}, "bad_box"),
+        "swift_bbox_not_a_list": ({**swift, "objects": {**objects, "bbox": "30,60,240,270"}}, "bad_objects"),
+        "swift_box_outside": ({**swift, "objects": {**objects, "bbox": [[30, 60, 240, 900]]}}, "box_outside_image"),
+        "image_one_slash": ({**vcot, "image": "s3:/my-bucket/shop.png"}, "bad_image_path"),
+        "image_no_bucket": ({**vcot, "image": "s3://"}, "bad_image_path"),
+        "image_elsewhere": ({**vcot, "image": "gs://my-bucket/shop.png"}, "bad_image_path"),
+        "image_missing": ({**vcot, "image": "photos/dog.png"}, "missing_image"),
+        "image_none": ({**vcot, "image": None}, "missing_image"),
+        "image_a_folder": ({**vcot, "image": "photos"}, "unreadable_image"),
+        "embedded_not_an_image": ({**swift, "images": [{"bytes": b"not a png", "path": "cat.png"}]},
+                                  "unreadable_image"),
+        "embedded_a_number": ({**swift, "images": [{"bytes": 10**12, "path": "cat.png"}]}, "unreadable_image"),
+        "provenance_bytes": ({**vcot, "provenance": {"note": b"exported"}}, None),
+        "good": (vcot, None),
+    }
+
+
+def _json_can_hold(row: dict) -> bool:
+    try:
+        json.dumps(row)
+    except TypeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("layout", ["parquet", "jsonl"])
+def test_bad_rows_are_rejected_with_a_reason_each_never_a_traceback(tmp_path: Path, layout: str) -> None:
+    """Parquet (one file per row: their columns' types differ) and JSONL (the rows JSON can hold): every bad row
+    is rejected with its reason and counted; the good ones are converted; nothing stops the stage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])  # the images
+    rows = _bad_rows()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if layout == "parquet":
+        for name, (row, _) in rows.items():
+            pq.write_table(pa.Table.from_pylist([row]), folder / f"{name}.parquet")
+    else:
+        rows = {name: case for name, case in rows.items() if _json_can_hold(case[0])}
+        lines = [json.dumps({**row, "subset": name}) for name, (row, _) in rows.items()]
+        (folder / "own.jsonl").write_text("\n".join(lines) + "\n")
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")  # not inside --images
+    convert(ConvertConfig(source="records", input=str(folder), output=output, images=str(tmp_path), val_fraction=0.0))
+
+    found = {r["subset"]: r["reason"] for r in _records(output, ("rejected/",))}
+    found.update({r["subset"]: None for r in _records(output)})
+    assert found == {name: reason for name, (_, reason) in rows.items()}
+    total = storage.read_json(f"{output}/quality.json")["total"]
+    assert (total["input"], total["rejected"]) == (len(rows), sum(reason is not None for _, reason in rows.values()))
+
+
+def test_parquet_chat_rows_without_their_bbox_2d_frame_stop_the_stage(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])
+    pq.write_table(pa.Table.from_pylist([json.loads(docs_example()[7])]), tmp_path / "chat.parquet")
+    output = str(tmp_path / "out")
+    assert convert_main(["--source", "records", "--input", str(tmp_path / "chat.parquet"), "--output", output]) == 2
+    assert not manifest.is_committed(output)
+
+
+def test_an_image_over_the_decompression_bomb_limit_is_rejected_and_counted(tmp_path: Path) -> None:
+    """A 20000x20000 PNG (a few KB) as a file and embedded in Parquet: rejected as image_too_large, not exit 1."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _write(tmp_path, [])
+    (tmp_path / "photos" / "huge.png").write_bytes(bomb_png())
+    vcot, swift = json.loads(docs_example()[0]), json.loads(docs_example()[4])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    lines = [{**vcot, "id": "huge-file", "image": "photos/huge.png"}, vcot]
+    (folder / "own.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    embedded = {**swift, "images": [{"bytes": bomb_png(), "path": "huge.png"}]}
+    pq.write_table(pa.Table.from_pylist([embedded]), folder / "embedded.parquet")
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")
+    argv = ["--source", "records", "--input", str(folder), "--images", str(tmp_path), "--output", output]
+    assert convert_main(argv) == 0
+
+    rejected = {r["id"]: r["reason"] for r in _records(output, ("rejected/",))}
+    assert rejected == {"records:huge-file": "image_too_large", "records:embedded:0": "image_too_large"}
+    total = storage.read_json(f"{output}/quality.json")["total"]
+    assert (total["accepted"], total["rejected"], total["reasons"]) == (1, 2, {"image_too_large": 2})
+
+
+def test_an_input_of_which_nothing_is_accepted_is_never_committed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong image root rejects every item: exit 2 with the top reasons, nothing committed, so the rerun with the
+    right --images is not skipped as already done (it used to commit an empty output with exit 0)."""
+    data = _write(tmp_path, docs_example()[:3] + docs_example()[4:6])
+    output = str(tmp_path.parent / f"{tmp_path.name}-out")
+    argv = ["--source", "records", "--input", data, "--output", output]
+    assert convert_main([*argv, "--images", str(tmp_path / "elsewhere")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-convert: error:")]
+    assert len(errors) == 1 and "none of the 5 items of" in errors[0]
+    assert "was accepted as --source records: missing_image 5 (first: missing_image:" in errors[0]
+    assert "check that --source records is this data's layout and that --images is the folder" in errors[0]
+    assert not manifest.is_committed(output)
+    assert convert_main(argv) == 0 and len(_records(output)) == 5
+
+
+def test_a_shard_that_accepts_none_of_its_items_is_refused_one_that_owns_none_commits(tmp_path: Path) -> None:
+    """Items are dealt round-robin: shard 0 of 2 gets items 0 and 2 (both bad), shard 1 items 1 and 3 (good).
+    Of a one-item input, shard 1 owns nothing: it commits its empty part so that the set completes."""
+    good = json.loads(docs_example()[0])
+    bad = {**good, "image": "photos/dog.png"}
+    data = _write(tmp_path, [bad, good, bad, good])
+    output = str(tmp_path.parent / f"{tmp_path.name}-sharded")
+    config = ConvertConfig(source="records", input=data, output=output, num_shards=2, shard_index=0)
+    refusal = r"none of the 2 items of .* \(shard 0 of 2\) was accepted as --source records: missing_image 2"
+    with pytest.raises(ConfigError, match=refusal):
+        convert(config)
+    assert convert(replace(config, shard_index=1)) is not None and not manifest.is_committed(output)
+
+    one = _write(tmp_path, [good], name="one.jsonl")
+    small = str(tmp_path.parent / f"{tmp_path.name}-small")
+    for index in (1, 0):
+        convert(ConvertConfig(source="records", input=one, output=small, num_shards=2, shard_index=index))
+    assert manifest.is_committed(small) and len(_records(small)) == 1

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vcot.io import shards
+from tests.convert.own_data import bomb_png, png
+from vcot.io import shards, storage
 from vcot.grounding.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.viscot import (
@@ -229,3 +230,31 @@ def test_v7w_sizes_are_found_under_the_detection_files_visual7w_name(tmp_path: P
         record = records[f"viscot:v7w:val:{item['question_id']}"]
         assert (record["width"], record["height"]) == (det["width"], det["height"])
         assert record["subset"] == "v7w" and record["image"].endswith(item["image"][0])
+
+
+@pytest.mark.parametrize("check_images", [False, True])
+def test_an_image_over_the_decompression_bomb_limit_is_rejected_and_counted(tmp_path: Path, check_images: bool) -> None:
+    """Its size from the metadata (train could never load it), from its header, or checked (--check-images)."""
+    folder = tmp_path / "in"
+    (folder / "images" / "cot" / "gqa").mkdir(parents=True)
+    for name in ("huge-listed", "huge-unlisted"):
+        (folder / "images" / "cot" / "gqa" / f"{name}.png").write_bytes(bomb_png())
+    (folder / "images" / "cot" / "gqa" / "fine.png").write_bytes(png((400, 300)))
+    items = []
+    for n, name in enumerate(("huge-listed", "huge-unlisted", "fine")):
+        item = _item("[0.1, 0.3, 0.2, 0.4]")  # inside the 400x300 image once un-padded
+        items.append({**item, "question_id": n, "image": [f"cot/gqa/{name}.png"]})
+    (folder / "viscot.json").write_text(json.dumps(items))
+    sizes = [{"img_path": "cot/gqa/huge-listed.png", "width": 20_000, "height": 20_000},
+             {"img_path": "cot/gqa/fine.png", "width": 400, "height": 300}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in sizes))
+    output = tmp_path / "out"
+    convert(ConvertConfig(source="viscot", input=str(folder), output=str(output), check_images=check_images))
+
+    rejected = [r for path in (output / "rejected").glob("*.jsonl.gz") for r in shards.read_jsonl(str(path))]
+    assert sorted((r["id"], r["reason"]) for r in rejected) == [
+        ("viscot:gqa:train:0", "image_too_large"), ("viscot:gqa:train:1", "image_too_large")
+    ]
+    assert list(_records(output)) == ["viscot:gqa:train:2"]
+    total = storage.read_json(str(output / "quality.json"))["total"]
+    assert total["reasons"] == {"image_too_large": 2} and total["accepted"] == 1

@@ -20,6 +20,7 @@ from tests.distill.distill_helpers import (
 )
 from vcot.io import manifest, shards
 from vcot.distill import distill
+from vcot.errors import ConfigError
 from vcot.llm.cache import AnswerCache
 from vcot.llm.chat import LLMError
 from vcot.grounding.records import grounding_problem
@@ -216,3 +217,50 @@ def test_sharded_runs_split_the_input_and_merge(
     assert quality["counts"]["input"] == 9 and quality["accepted"] == sum(r["accepted"] for r in reports)
     assert quality["ledger"]["requests"] == sum(r["ledger"]["requests"] for r in reports)
     assert quality["shards"] == [f"{index:05d}-of-00003" for index in range(3)]
+
+
+def test_a_run_that_accepts_no_record_is_never_committed(
+    tmp_path: Path, api_key: str, teacher_server: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A teacher whose answers never ground anything: exit 2 with the reasons, nothing committed (it used to commit an
+    empty output that every rerun skipped); the answers stay cached, so the rerun asks the teacher nothing again."""
+    from jobs.distill import main as distill_main
+
+    input_uri = commit_input(str(tmp_path / "convert"), [make_record(tmp_path / "data", i) for i in range(3)])
+    server = teacher_server(answer=lambda text: "A square.\nAnswer: no idea")
+    output = str(tmp_path / "distill")
+    config = fast_config(input_uri, output, server)
+    argv = ["--input", input_uri, "--output", output, "--model", "gpt-4o", "--base-url", server.base_url,
+            "--backoff-base", "0.01"]
+    assert distill_main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-distill: error:")]
+    assert len(errors) == 1 and f"none of the 3 records of {input_uri} was accepted: " in errors[0]
+    assert "check the teacher (--model gpt-4o, --base-url)" in errors[0] and "nothing was committed" in errors[0]
+    assert not manifest.is_committed(output)
+    requests = server.chat_requests
+    with pytest.raises(ConfigError, match="was accepted: no_boxes 3"):
+        distill(config)
+    assert server.chat_requests == requests
+
+
+def test_a_shard_that_accepts_none_of_its_records_is_refused_one_dealt_none_commits(
+    tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    """Round-robin: shard 0 of 2 gets records 0 and 2 (images missing), shard 1 records 1 and 3. Of a one-record
+    input, shard 1 is dealt nothing: it commits its empty part so that the set completes."""
+    records = [make_record(tmp_path / "data", i) for i in range(4)]
+    for record in records[::2]:
+        record["image"] = str(tmp_path / "data" / "images" / "gone.png")
+    input_uri = commit_input(str(tmp_path / "convert"), records)
+    server = teacher_server()
+    output = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"\(shard 0 of 2\) was accepted: image_missing 2"):
+        distill(fast_config(input_uri, output, server, shard_index=0, num_shards=2))
+    assert distill(fast_config(input_uri, output, server, shard_index=1, num_shards=2)) is not None
+    assert not manifest.is_committed(output)
+
+    one = commit_input(str(tmp_path / "one"), records[1:2])
+    small = str(tmp_path / "small")
+    for index in (1, 0):
+        distill(fast_config(one, small, server, shard_index=index, num_shards=2))
+    assert manifest.is_committed(small) and len(_read(small, "train/") + _read(small, "val/")) == 1

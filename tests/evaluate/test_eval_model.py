@@ -71,6 +71,25 @@ def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter
     assert set(_predictions(out)) == {records[0]["id"], records[2]["id"]}
 
 
+def test_a_model_that_could_answer_no_record_commits_nothing(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every image unreadable: exit 2 with the skip reasons (it was exit 1 saying no *prediction* matched)."""
+    records = _records(str(tmp_path), 2)
+    for record in records:
+        record["image"] = str(tmp_path / "missing.png")
+    data = commit_records(str(tmp_path), records)
+    out = str(tmp_path / "o")
+    argv = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out, *FAST]
+    assert main(argv) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-evaluate: error:")]
+    assert errors == [
+        "vcot-evaluate: error: the model answered none of the 2 records: image_unreadable 2; check that the records' "
+        "images can be read from here (and are the ones the data stage sized); nothing was committed"
+    ]
+    assert not manifest.is_committed(out)
+
+
 def test_records_whose_size_disagrees_with_their_image_are_skipped_for_absolute_boxes(
     tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
 ) -> None:

@@ -201,13 +201,28 @@ def test_split_flag_and_s3(s3_bucket: str, tmp_path: Path) -> None:
     assert "data:image/jpeg;base64," in storage.read_text(f"{output}/report.html")
 
 
+def test_an_empty_split_commits_nothing(tmp_path: Path, capsys: Any) -> None:
+    """A val split whose file holds no record (convert with --val-fraction 0): exit 2 naming --split, nothing committed
+    (it used to fail as if no prediction matched, exit 1)."""
+    train = dict(make_record(str(tmp_path), 0, "gqa", [[0, 0, 500, 500]], "a"), split="train")
+    data = commit_records(str(tmp_path), [], [train])
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text(json.dumps({"id": "test:gqa:0", "prediction": "x"}) + "\n")
+    output = str(tmp_path / "o")
+    assert _run(["--predictions", str(predictions), "--data", data, "--output", output]) == 2
+    assert f"{data} holds no record under val/ (its files are empty): choose another --split" in capsys.readouterr().err
+    assert not manifest.is_committed(output)
+    assert _run(["--predictions", str(predictions), "--data", data, "--output", output, "--split", "all"]) == 0
+
+
 def test_user_errors_are_one_line(known_data: tuple[str, list], tmp_path: Path, capsys: Any) -> None:
     data, _ = known_data
     predictions = tmp_path / "p.jsonl"
     predictions.write_text(json.dumps({"id": "other", "prediction": "x"}) + "\n")
-    assert _run(["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o")]) == 1
-    assert "no prediction matches a record id" in capsys.readouterr().err
-    assert _run(["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o"), "--split", "test"]) == 1
+    assert _run(["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o")]) == 2
+    assert "no prediction matches a record id (6 records, 1 responses)" in capsys.readouterr().err
+    assert _run(["--predictions", str(predictions), "--data", data, "--output", str(tmp_path / "o"), "--split", "test"]) == 2
+    assert not manifest.is_committed(str(tmp_path / "o"))
     with pytest.raises(SystemExit) as info:
         _run(["--predictions", str(predictions), "--model", "m", "--data", data, "--output", "o"])
     assert info.value.code == 2

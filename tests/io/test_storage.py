@@ -224,3 +224,49 @@ def test_s3_client_is_per_process(s3_bucket: str, monkeypatch: pytest.MonkeyPatc
     assert storage.s3_client() is parent
     monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a forked DataLoader worker
     assert storage.s3_client() is not parent
+
+
+def test_an_upper_case_scheme_is_s3_not_a_local_folder(
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 3986: schemes are case-insensitive. ``S3://`` reaches the bucket, and what storage builds says ``s3://``."""
+    monkeypatch.chdir(tmp_path)
+    upper = "S3://" + s3_bucket[len("s3://") :]
+    _round_trip(f"{upper}/run/out")
+    storage.write_text(f"{upper}/run/a.txt", "a")
+    assert storage.read_text(f"{s3_bucket}/run/a.txt") == "a" and storage.exists(f"{upper}/run/a.txt")
+    assert storage.list_uris(f"{upper}/run") == [f"{s3_bucket}/run/a.txt"]
+    assert storage.join(upper, "run") == storage.parent(f"{upper}/run/a.txt") == f"{s3_bucket}/run"
+    assert storage.relative(f"{s3_bucket}/run/a.txt", f"{upper}/run") == "a.txt"
+    assert storage.overlaps(f"{upper}/run", f"{s3_bucket}/run/a.txt")
+    assert (storage.download_prefix(f"{upper}/run", tmp_path / "dst") / "a.txt").read_text() == "a"
+    assert not (tmp_path / "S3:").exists()
+
+
+@pytest.mark.parametrize(
+    ("uri", "says"),
+    [
+        ("s3:/bucket/key", "write s3://bucket/key"),
+        ("S3:bucket/key", "write s3://bucket/key"),
+        ("s3://", "names no bucket"),
+        ("s3:///key", "names no bucket"),
+        ("gs://bucket/key", "gs:// is not supported"),
+        ("s3a://bucket/key", "s3a:// is not supported"),
+    ],
+)
+def test_odd_uri_forms_are_one_clear_line_not_a_local_folder(
+    uri: str, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.convert import main as convert_main
+
+    monkeypatch.chdir(tmp_path)
+    for call in (lambda: storage.write_text(f"{uri}/x.txt", "x"), lambda: storage.exists(uri),
+                 lambda: storage.list_uris(uri), lambda: storage.check_access(uri)):
+        with pytest.raises(ConfigError, match=says):
+            call()
+    (tmp_path / "in.jsonl").write_text("{}\n")
+    assert convert_main(["--source", "records", "--input", str(tmp_path / "in.jsonl"), "--output", uri]) == 2
+    err = capsys.readouterr().err
+    [line] = [line for line in err.splitlines() if line and not line.startswith("{")]  # log lines aside
+    assert line.startswith("vcot-convert: error: ") and says in line and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no folder named s3: (or gs:) was made

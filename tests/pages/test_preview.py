@@ -54,6 +54,27 @@ def test_the_command_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     assert result.returncode != 0 and "vcot-preview: error:" in result.stderr and not (tmp_path / "p.html").exists()
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_page_inside_a_committed_output_is_refused(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The page would sit in a folder whose manifest does not list it, and convert --overwrite would delete it."""
+    from jobs.preview import main as preview_main
+    from vcot.errors import ConfigError
+
+    root = str(tmp_path) if where == "local" else request.getfixturevalue("s3_bucket")
+    data = write_record_output(f"{root}/runs/r1/records", 6)
+    before = storage.list_uris(data)
+    for inside in (f"{data}/preview.html", f"{data}/train/deeper/preview.html"):
+        with pytest.raises(ConfigError, match=f"inside the committed convert output {re.escape(data)}"):
+            preview(PreviewConfig(data=data, output=inside))
+        assert preview_main(["--data", data, "--output", inside]) == 2
+        assert "vcot-preview: error: --output" in capsys.readouterr().err
+    assert storage.list_uris(data) == before and manifest.read_manifest(data)["stage"] == "convert"
+    beside = f"{root}/runs/r1/preview.html"  # next to the output, not in it: fine
+    assert preview(PreviewConfig(data=data, output=beside)) == beside and storage.exists(beside)
+
+
 def _rgb(color: str) -> tuple[int, int, int]:
     return tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 

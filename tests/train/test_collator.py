@@ -75,3 +75,32 @@ def test_qwen3vl_trains_on_the_collators_batch(tiny_qwen3vl_dir: Path, one_recor
         optimizer.step()
         optimizer.zero_grad()
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 1.0, losses
+
+
+def test_an_image_that_cannot_be_decoded_trains_nothing_and_never_stops_the_batch(
+    tiny_model_dir: Path, one_record: Callable[..., dict], tmp_path: Path
+) -> None:
+    """Replaced after tokenize by a 20000x20000 PNG (over PIL's decompression-bomb limit), or by bytes that are no
+    image: a blank image of the counted grid stands in and the row has no label; the other rows are untouched."""
+    from tests.convert.own_data import bomb_png
+    from vcot.models.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(tiny_model_dir), for_training=True)
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
+    rows = [encoder.encode(one_record(i, seed=i)) for i in range(3)]
+    alone = Collator(processor)([rows[1]])
+    (tmp_path / "huge.png").write_bytes(bomb_png())
+    (tmp_path / "broken.png").write_bytes(b"no image")
+    rows[0]["image"], rows[2]["image"] = str(tmp_path / "huge.png"), str(tmp_path / "broken.png")
+    collator = Collator(processor)
+    batch = collator(rows)
+
+    assert collator.unloadable == 2
+    assert batch["image_grid_thw"].tolist() == [row["image_grid_thw"] for row in rows]
+    assert (batch["labels"][0] == -100).all() and (batch["labels"][2] == -100).all()
+    length = len(rows[1]["input_ids"])
+    assert torch.equal(batch["labels"][1, :length], alone["labels"][0])
+    first = int(rows[0]["image_grid_thw"][1] * rows[0]["image_grid_thw"][2])
+    patches = int(rows[1]["image_grid_thw"][1] * rows[1]["image_grid_thw"][2])
+    assert torch.equal(batch["pixel_values"][first : first + patches], alone["pixel_values"])
+    assert torch.isfinite(model(**batch).loss)

@@ -19,6 +19,7 @@ from vcot.io import manifest, storage
 from vcot.grounding.boxes import parse_grounded, smart_resize
 from vcot.config import parse_config
 from vcot.grounding.model_format import ModelFormat
+from vcot.errors import ConfigError
 from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, tokenize
 
 
@@ -254,3 +255,77 @@ def test_rationale_turn_layout_trains_the_analyzer_turn_and_the_answer_turn(
     stored = fmt.to_dict()
     del stored["layout"]  # a format stored before layouts existed reads as two turns
     assert ModelFormat.from_dict(stored).layout == "two_turn"
+
+
+def test_a_record_whose_image_is_over_the_decompression_bomb_limit_gives_no_row(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Its size came from metadata (a convert older than the image_too_large check, or another tool): train's
+    collator could never load it, so tokenize skips it and counts why. Text mode has no image to load."""
+    from tests.convert.own_data import bomb_png
+    from tests.train.conftest import make_record
+    from vcot.io import shards
+
+    rng = random.Random(0)
+    records = [make_record(i, str(tmp_path / "images"), rng) for i in range(6)]
+    (tmp_path / "images" / "huge.png").write_bytes(bomb_png())
+    records[0].update(image=str(tmp_path / "images" / "huge.png"), width=20_000, height=20_000, split="train")
+    data = str(tmp_path / "records")
+    manifest.commit(data, stage="convert", config={}, files=[
+        shards.write_jsonl(data, f"{split}/00000-of-00001.jsonl.gz", [r for r in records if r["split"] == split])
+        for split in ("train", "val")
+    ])
+    committed = tokenize(TokenizeConfig(input=[data], output=str(tmp_path / "tokens"), model=str(tiny_model_dir)))
+    assert committed is not None and committed["stats"]["skipped"] == {"image_too_large": 1}
+    rows = _read_rows(str(tmp_path / "tokens"), "train") + _read_rows(str(tmp_path / "tokens"), "val")
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in records[1:])
+    text = tokenize(TokenizeConfig(input=[data], output=str(tmp_path / "text"), model=str(tiny_model_dir), mode="text"))
+    assert text is not None and text["stats"]["skipped"] == {}
+
+
+def _train_records(root: Path, usable: list[bool]) -> str:
+    """A committed record output whose train split holds one record per entry of ``usable``, in that order."""
+    from tests.train.conftest import make_record
+    from vcot.io import shards
+
+    rng = random.Random(0)
+    records = [make_record(i, str(root / "images"), rng) for i in range(len(usable))]
+    for record, ok in zip(records, usable):
+        record.update(split="train", rationale=record["rationale"] if ok else "")
+    data = str(root / "records")
+    manifest.commit(data, stage="convert", config={}, files=[
+        shards.write_jsonl(data, "train/00000-of-00001.jsonl.gz", records),
+        shards.write_jsonl(data, "val/00000-of-00001.jsonl.gz", []),
+    ])
+    return data
+
+
+def test_no_usable_training_row_is_never_committed(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 in one line with the skip reasons (it was exit 1, which the Job retried for nothing)."""
+    data = _train_records(tmp_path, [False] * 3)
+    output = str(tmp_path / "tokens")
+    assert tokenize_main(["--input", data, "--output", output, "--model", str(tiny_model_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-tokenize: error:")]
+    assert len(errors) == 1 and f"no usable training row in {data}, of 3 train records: no_rationale 3" in errors[0]
+    assert not manifest.is_committed(output) and not storage.list_uris(output)
+
+
+def test_a_shard_without_a_row_is_refused_one_dealt_no_record_commits(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Round-robin: of [unusable, usable], shard 0 of 2 gets the unusable record (refused), shard 1 the usable one.
+    Of a single record, shard 1 is dealt nothing: it commits its empty part so that the set completes."""
+    data = _train_records(tmp_path / "two", [False, True])
+    output = str(tmp_path / "tokens")
+    config = TokenizeConfig(input=[data], output=output, model=str(tiny_model_dir), num_shards=2, shard_index=0)
+    with pytest.raises(ConfigError, match=r"\(shard 0 of 2\), of 1 train records: no_rationale 1"):
+        tokenize(config)
+    assert tokenize(replace(config, shard_index=1)) is not None and not manifest.is_committed(output)
+
+    one = _train_records(tmp_path / "one", [True])
+    small = str(tmp_path / "small")
+    for index in (1, 0):
+        tokenize(TokenizeConfig(input=[one], output=small, model=str(tiny_model_dir), num_shards=2, shard_index=index))
+    assert manifest.is_committed(small) and len(_read_rows(small, "train")) == 1

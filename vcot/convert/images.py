@@ -7,10 +7,12 @@ import io
 
 from vcot.io import storage
 from vcot.errors import StorageError
+from vcot.io.images import TOO_LARGE, too_large
 
 
 class ImageProblem(Exception):
-    """An image that cannot be used; ``reason`` is the rejection code (``missing_image``, ``unreadable_image``).
+    """An image that cannot be used; ``reason`` is the rejection code (``missing_image``, ``unreadable_image``,
+    ``image_too_large``: more pixels than PIL decodes, :func:`vcot.io.images.too_large`).
 
     Storage that cannot be reached is not an image problem: that :class:`StorageError` propagates.
     """
@@ -34,11 +36,11 @@ def size_from_bytes(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header, decodes no pixels
             width, height = image.size
+    except Image.DecompressionBombError as exc:  # an Exception, not an OSError: it would stop the stage
+        raise ImageProblem(TOO_LARGE, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("unreadable_image", f"not a readable image: {exc}") from exc
-    if width <= 0 or height <= 0:
-        raise ImageProblem("unreadable_image", f"image header gives size {width}x{height}")
-    return width, height
+    return checked_size(width, height, "image")
 
 
 def size_from_uri(uri: str) -> tuple[int, int]:
@@ -52,10 +54,27 @@ def size_from_uri(uri: str) -> tuple[int, int]:
         if "does not exist" not in str(exc):
             raise  # unreachable storage or refused credentials: stop the stage, do not reject every image
         raise ImageProblem("missing_image", str(exc)) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageProblem(TOO_LARGE, f"{uri}: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("unreadable_image", f"{uri} is not a readable image: {exc}") from exc
+    return checked_size(width, height, uri)
+
+
+def checked_size(width: int, height: int, what: str, limit: int | None = None) -> tuple[int, int]:
+    """``(width, height)`` of a usable image; an :class:`ImageProblem` for an empty one or one too large to decode
+    (a header PIL opened with only a warning, or a size from metadata: ``limit`` as in :func:`too_large`).
+
+    >>> checked_size(20_000, 20_000, "big.png")
+    Traceback (most recent call last):
+    ...
+    vcot.convert.images.ImageProblem: big.png: image is 20000x20000 = 400,000,000 pixels, more than the 178,956,970 PIL decodes (a decompression-bomb guard)
+    """
     if width <= 0 or height <= 0:
-        raise ImageProblem("unreadable_image", f"{uri}: image header gives size {width}x{height}")
+        raise ImageProblem("unreadable_image", f"{what}: image header gives size {width}x{height}")
+    problem = too_large(width, height, limit)
+    if problem is not None:
+        raise ImageProblem(TOO_LARGE, f"{what}: {problem}")
     return width, height
 
 

@@ -270,7 +270,7 @@ def swift_fields(item: dict[str, Any], user: str, assistant: str, width: int, he
     bbox_type, image_ids = objects.get("bbox_type") or "real", objects.get("image_id") or []
     if not all(isinstance(v, list) for v in (refs, boxes, image_ids)) or not all(isinstance(r, str) for r in refs):
         raise Unusable("bad_objects", "objects.ref must be a list of strings and objects.bbox a list of boxes")
-    if bbox_type not in SWIFT_BBOX_TYPES:
+    if not isinstance(bbox_type, str) or bbox_type not in SWIFT_BBOX_TYPES:
         raise Unusable("bad_bbox_type", f"bbox_type {bbox_type!r} is not one of {', '.join(SWIFT_BBOX_TYPES)}")
     if any(image_id not in (0, None) for image_id in image_ids):
         raise Unusable("multiple_images", "objects refer to a second image: one image per record")
@@ -346,6 +346,8 @@ class OwnRecordConverter:
     def image(self, value: Any) -> tuple[str, tuple[int, int]]:
         """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
         if isinstance(value, dict) and value.get("bytes"):
+            if not isinstance(value["bytes"], (bytes, bytearray, memoryview)):  # bytes(5) would be five zero bytes
+                raise ImageProblem("unreadable_image", f"embedded image bytes are a {type(value['bytes']).__name__}")
             data = bytes(value["bytes"])
             size = size_from_bytes(data)
             return store_content_addressed(data, self.embedded), size
@@ -353,7 +355,10 @@ class OwnRecordConverter:
             value = value.get("path") or value.get("url")
         if not isinstance(value, str) or not value.strip():
             raise ImageProblem("missing_image", "the item names no image")
-        uri = value if "://" in value or value.startswith("/") else storage.join(self.images, value)
+        problem = storage.uri_problem(value)
+        if problem is not None:  # s3:/bucket/x.png, s3://, gs://...: this item's path, not the stage's settings
+            raise ImageProblem("bad_image_path", problem)
+        uri = storage.canonical(value) if "://" in value or value.startswith("/") else storage.join(self.images, value)
         return uri, size_from_uri(uri)
 
     def convert(self, index: int, item: Any, source_file: str, position: int) -> Item:
@@ -368,7 +373,7 @@ class OwnRecordConverter:
             record = self._record(item, record_id, subset)
         except (Unusable, ImageProblem) as problem:
             return Rejection(problem.reason, problem.detail, index, id=record_id, subset=subset, raw=item)
-        record["provenance"] = {
+        record["provenance"] = json_safe({
             **(item.get("provenance") if isinstance(item.get("provenance"), dict) else {}),
             "dataset": "records",
             "layout": record.pop("layout"),
@@ -376,7 +381,7 @@ class OwnRecordConverter:
             "source_index": index,
             "source_id": raw_id if has_id else None,
             "source_split": item.get("split"),
-        }
+        })
         return record
 
     def _record(self, item: dict[str, Any], record_id: str, subset: str) -> dict[str, Any]:
@@ -422,6 +427,19 @@ class OwnRecordConverter:
             **fields,
             "layout": layout,
         }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as is when JSON can write it, else with what it cannot (a Parquet row's bytes) as their ``str()``.
+
+    >>> json_safe({"split": "train"}), json_safe({"note": b"raw"})
+    ({'split': 'train'}, {'note': "b'raw'"})
+    """
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return json.loads(json.dumps(value, default=str))
+    return value
 
 
 def _one_image(item: dict[str, Any], parts: list[Any]) -> Any:

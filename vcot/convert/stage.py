@@ -206,6 +206,34 @@ def input_holds_items(config: ConvertConfig) -> bool:
     return False
 
 
+def refuse_nothing_accepted(config: ConvertConfig, total: dict[str, Any], example: str) -> None:
+    """Fail before anything is committed when this shard had input items and accepted none: committed, the empty
+    output would be skipped by every rerun and fail tokenize later. One line: the top reasons and what to check.
+
+    Items are dealt round-robin, so each shard of a run sees a sample of the whole input: a shard that accepts
+    none of its items almost always means settings that fit no item (docs/records.md, "Nothing accepted").
+    """
+    reasons = sorted(total["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    top = ", ".join(f"{reason} {count}" for reason, count in reasons[:3])
+    where = "" if config.num_shards == 1 else f" (shard {config.shard_index} of {config.num_shards})"
+    raise ConfigError(
+        f"none of the {total['input']} items of {config.input}{where} was accepted as --source {config.source}: {top}"
+        f"{f' (first: {example})' if example else ''}; check that --source {config.source} is this data's layout "
+        "and that --images is the folder its image paths are relative to (docs/convert.md, rejection reasons); "
+        "nothing was committed"
+    )
+
+
+def _first_detail(block: bytes) -> str:
+    """The reason and detail of the first line of a packed ``rejected/`` block (for the refusal's example)."""
+    import gzip
+    import json
+
+    first = (gzip.decompress(block) if block[:2] == b"\x1f\x8b" else block).split(b"\n", 1)[0]
+    line = json.loads(first)
+    return f"{line.get('reason')}: {str(line.get('detail'))[:200]}"
+
+
 def refuse_empty_input(config: ConvertConfig) -> None:
     """Fail before anything is committed when the input parses but holds no items (a wrong file or --source)."""
     if not input_holds_items(config):
@@ -251,6 +279,7 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         return None
 
     counts: dict[str, Any] = {}
+    example = ""
     blocks = source_blocks(config, shard.owns)
     outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
@@ -258,11 +287,17 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         for block in blocks:
             for split, (data, records) in block.blocks.items():
                 outputs.write_block(split, data, records)
+            if not example and "rejected" in block.blocks:
+                example = _first_detail(block.blocks["rejected"][0])
             counts = merge_counts([counts, block.stats])
             progress.update(block.items)
         progress.close()
-        if not counts.get("subsets"):  # this shard owned no item
+        if not counts.get("subsets"):  # this shard owned no item: an empty input, or a small one (commits empty)
             refuse_empty_input(config)
+            counts = {"subsets": {}}
+        total = report(counts, source=config.source, shards=shard.count)["total"]
+        if total["input"] and not total["accepted"]:
+            refuse_nothing_accepted(config, total, example)
         files = outputs.close()
     except BaseException:
         outputs.abort()
@@ -278,7 +313,6 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         shard=shard,
         finalize=_merged_quality(config),
     )
-    total = report(counts, source=config.source, shards=shard.count)["total"]
     log.info(
         "converted",
         output=config.output,
@@ -288,6 +322,4 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         rejected=total["rejected"],
         reasons=total["reasons"],
     )
-    if total["input"] and not total["accepted"]:
-        log.warning("nothing_accepted", hint="check --source, --images and --metadata", reasons=total["reasons"])
     return committed

@@ -41,6 +41,7 @@ from vcot.convert.common import (
     paused_gc,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
+from vcot.io.images import TOO_LARGE, decodable_pixels, too_large
 from vcot.convert.routing import RoutedBlock, route_block, route_blocks
 from vcot.log import get_logger
 from vcot.io.parallel import ordered_map
@@ -401,6 +402,7 @@ class VisCotConverter:
         self.read_headers = read_headers
         self.check_images = check_images
         self.frame = frame
+        self.max_pixels = decodable_pixels()
 
     def image_size(self, path: str, subset: str) -> tuple[int, int, str] | Rejection | None:
         """``(width, height, where from)``; ``None`` when unknown; a rejection when the image is bad."""
@@ -411,7 +413,10 @@ class VisCotConverter:
         if packed is None:  # metadata filed under the folder's other name (v7w / visual7w)
             packed = self.sizes.get(alias_key(key) or "")
         if packed is not None and not self.check_images:
-            return packed >> 32, packed & 0xFFFFFFFF, "metadata"
+            width, height = packed >> 32, packed & 0xFFFFFFFF
+            if self.max_pixels is not None and width * height > self.max_pixels:  # train could never load it
+                return Rejection(TOO_LARGE, f"metadata: {too_large(width, height, self.max_pixels)}", -1)
+            return width, height, "metadata"
         if not (self.read_headers or self.check_images):
             return None
         try:

@@ -405,9 +405,26 @@ async def _distill(
             except BaseException:
                 outputs.abort()
                 raise
+    if outputs.counts["input"] and not outputs.counts["distilled"] + outputs.counts["passed_through"]:
+        outputs.abort()
+        refuse_nothing_accepted(config, shard, outputs)
     files = outputs.close()
     report = _shard_report(config, shard, outputs, ledger, cache, cached_before, started)
     return _commit_shard(config, shard, files, report, ledger)
+
+
+def refuse_nothing_accepted(config: DistillConfig, shard: ShardSpec, outputs: _Outputs) -> None:
+    """Fail, committing nothing, when this shard had records and accepted none: committed, the empty output would be
+    skipped by every rerun and fail tokenize later. The answers paid for stay cached, so a rerun with the same
+    settings costs nothing; a shard dealt no record at all commits its empty part (docs/records.md)."""
+    top = ", ".join(f"{reason} {n}" for reason, n in sorted(outputs.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    where = "" if shard.count == 1 else f" (shard {shard.index} of {shard.count})"
+    raise ConfigError(
+        f"none of the {outputs.counts['input']} records of {config.input}{where} was accepted: {top}; check the "
+        f"teacher (--model {config.model}, --base-url) for answer problems, that the records' images can be read "
+        "from here for image_missing/image_unreadable, and the rejected reasons in docs/distill.md; nothing was "
+        "committed (the answers are cached)"
+    )
 
 
 def _shard_report(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcot.io import manifest, storage
-from vcot.errors import VcotError
+from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.scoring.metrics import SampleScore
 from vcot.grounding.model_format import ModelFormat
@@ -25,13 +25,19 @@ def load_records(
     """The committed records of ``data`` under ``<split>/`` (``all``: train/ then val/) in manifest order: the first
     ``max_per_subset`` of each subset, at most ``max_samples`` in all."""
     prefixes = ("train/", "val/") if split == "all" else (f"{split}/",)
+    where = " or ".join(prefixes)
     if not any(manifest.committed_files(data, prefix, expect_stage=manifest.RECORD_STAGES) for prefix in prefixes):
-        where = " or ".join(prefixes)
-        raise VcotError(f"{data} lists no files under {where}: choose another --split or check the data stage")
+        raise ConfigError(f"{data} lists no files under {where}: choose another --split or check the data stage")
     records: Iterable[dict[str, Any]] = manifest.committed_records(data, prefixes)
     if max_per_subset is not None:
         records = first_per_subset(records, max_per_subset)
-    return list(itertools.islice(records, max_samples))
+    loaded = list(itertools.islice(records, max_samples))
+    if not loaded:
+        raise ConfigError(
+            f"{data} holds no record under {where} (its files are empty): choose another --split (all, train) or "
+            "check the data stage's quality report; nothing was committed"
+        )
+    return loaded
 
 
 def first_per_subset(records: Iterable[dict[str, Any]], limit: int) -> Iterator[dict[str, Any]]:
@@ -105,7 +111,8 @@ def join_and_score(
     if missing or join["predictions_without_record"]:
         log.warning("partial_join", **join)
     if not rows:
-        raise VcotError(
-            "no prediction matches a record id: check that --predictions and --data/--split describe the same samples"
+        raise ConfigError(
+            f"no prediction matches a record id ({missing} records, {len(responses)} responses): check that "
+            "--predictions and --data/--split describe the same samples; nothing was committed"
         )
     return rows, scores, join

@@ -319,6 +319,21 @@ def write_outputs(output: str, metrics: dict[str, Any], scored: dict[str, Any], 
     return files
 
 
+def refuse_nothing_answered(
+    records: list[dict[str, Any]], by_style: dict[str, dict[str, str]], details: dict[str, Any]
+) -> None:
+    """Fail, committing nothing, when the model answered none of the records (its every image unreadable, say): a
+    report of zero samples would be committed as if it measured something. (Predictions that match no record are
+    :func:`vcot.evaluate.scoring.join_and_score`'s refusal.)"""
+    if "skipped_samples" not in details or all(by_style.values()):
+        return
+    skipped = ", ".join(f"{reason} {n}" for reason, n in details["skipped_samples"].items()) or "no response"
+    raise ConfigError(
+        f"the model answered none of the {len(records)} records: {skipped}; check that the records' images can be "
+        "read from here (and are the ones the data stage sized); nothing was committed"
+    )
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     """Evaluate per ``config``; returns the manifest (overall metrics in ``stats``), or ``None`` when the output was
     already committed. Raises :class:`RegressionError` (exit 3) on a regression, also then."""
@@ -347,6 +362,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
         details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
     details["model_format"] = fmt.to_dict()
 
+    refuse_nothing_answered(records, by_style, details)
     scored = {style: join_and_score(records, responses, fmt) for style, responses in by_style.items()}
     records_by_id = {str(record["id"]): record for record in records}
     if judge is not None:

@@ -129,20 +129,26 @@ _PATTERNS: dict[BoxFormat, re.Pattern[str]] = {fmt: _mention_pattern(tags) for f
 def validate_box(values: Sequence[float], *, upper: float = NORM) -> str | None:
     """Return ``None`` for a usable box in ``[0, upper]``, else a reason code.
 
-    Reason codes: ``wrong_arity``, ``not_finite``, ``out_of_range``, ``inverted``, ``zero_area``.
+    Reason codes: ``wrong_arity``, ``not_a_number`` (a value that is text, ``None``, a list...: data written by
+    hand), ``not_finite``, ``out_of_range``, ``inverted``, ``zero_area``.
 
     >>> validate_box([10, 10, 5, 20])
     'inverted'
     >>> validate_box([0, 0, 1000, 1000]) is None
     True
+    >>> validate_box([None, 0, "10", 10]), validate_box(5)
+    ('not_a_number', 'wrong_arity')
     """
-    if len(values) != 4:
+    if not hasattr(values, "__len__") or len(values) != 4:
         return "wrong_arity"
     x1, y1, x2, y2 = values
-    if 0 <= x1 < x2 <= upper and 0 <= y1 < y2 <= upper:  # the usual case, one comparison chain (NaN fails it)
-        return None
-    if not all(math.isfinite(v) for v in values):
-        return "not_finite"
+    try:
+        if 0 <= x1 < x2 <= upper and 0 <= y1 < y2 <= upper:  # the usual case, one comparison chain (NaN fails it)
+            return None
+        if not all(math.isfinite(v) for v in values):
+            return "not_finite"
+    except TypeError:  # free in the usual case: a non-number only costs when it is there
+        return "not_a_number"
     if min(values) < 0 or max(values) > upper:
         return "out_of_range"
     if x2 < x1 or y2 < y1:

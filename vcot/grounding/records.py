@@ -70,7 +70,7 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
         if not isinstance(box, list) or validate_box(box) is not None:
             return "invalid_object_box"
     rationale = record.get("rationale") or ""
-    if not rationale.strip():
+    if not isinstance(rationale, str) or not rationale.strip():
         return "no_rationale"
     if box_tags_match_objects(rationale, objects):
         return None
@@ -116,15 +116,20 @@ def truncate_raw(raw: Any) -> Any:
 
     >>> truncate_raw("x" * 3000)[-3:]
     '...'
-    >>> truncate_raw({"a": 1})
-    {'a': 1}
+    >>> truncate_raw({"a": 1}), truncate_raw({"image": {"bytes": b"PNG"}})
+    ({'a': 1}, {'image': {'bytes': "b'PNG'"}})
     """
     if raw is None or isinstance(raw, (int, float, bool)):
         return raw
-    text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False, default=str)
+    native = True
+    try:
+        text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+    except (TypeError, ValueError):  # bytes (a Parquet row's embedded image), sets...: written as their str()
+        native = False
+        text = json.dumps(raw, ensure_ascii=False, default=str)
     if len(text) > RAW_LIMIT:
         return text[:RAW_LIMIT] + "..."
-    return raw if not isinstance(raw, bytes) else text
+    return raw if native else json.loads(text)
 
 
 def merge_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

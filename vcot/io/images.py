@@ -1,4 +1,5 @@
-"""Images by URI: the one loader for every stage that hands pixels to a model (evaluate, train)."""
+"""Images by URI: the one loader for every stage that hands pixels to a model (evaluate, train), and the one
+size rule every stage applies before it (:func:`too_large`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,43 @@ from vcot.io import storage
 if TYPE_CHECKING:
     from PIL import Image
 
+TOO_LARGE = "image_too_large"
+"""The rejection reason (convert) and skip reason (tokenize) of an image PIL refuses to decode."""
+
+
+def decodable_pixels() -> int | None:
+    """The most pixels PIL decodes: ``Image.open`` refuses more than twice ``Image.MAX_IMAGE_PIXELS`` (178,956,970 by
+    default) as a decompression bomb, and only warns below; ``None`` when that limit is off."""
+    from PIL import Image
+
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def too_large(width: int, height: int, limit: int | None = None) -> str | None:
+    """Why an image of ``width`` x ``height`` can never be loaded (PIL's decompression-bomb limit), else ``None``.
+
+    ``limit``: :func:`decodable_pixels`, passed by callers that check every record.
+
+    >>> too_large(20_000, 20_000)
+    'image is 20000x20000 = 400,000,000 pixels, more than the 178,956,970 PIL decodes (a decompression-bomb guard)'
+    >>> too_large(4000, 3000) is None
+    True
+    """
+    limit = decodable_pixels() if limit is None else limit
+    if limit is None or width * height <= limit:
+        return None
+    return (
+        f"image is {width}x{height} = {width * height:,} pixels, more than the {limit:,} PIL decodes "
+        "(a decompression-bomb guard)"
+    )
+
 
 def load_rgb(uri: str | Image.Image) -> Image.Image:
     """The image at ``uri`` (local path or ``s3://``) decoded as RGB; an image already decoded, as RGB.
 
     Whole-object read then decode: S3 streams are not seekable, and PIL needs to seek. Palette, grey and
     RGBA images come back as RGB, as the Qwen image processor expects. (The lmms-eval plugin hands in the
-    images its tasks decoded.)
+    images its tasks decoded.) An image over PIL's limit (:func:`too_large`) raises ``Image.DecompressionBombError``.
     """
     from PIL import Image
 

@@ -422,6 +422,39 @@ def check_output(output: str, *, stage: str, inputs: Sequence[str | None]) -> No
         )
 
 
+def committed_holder(uri: str) -> tuple[str, str] | None:
+    """``(output, stage)`` of the committed output that is ``uri`` or holds it (its nearest such folder), else ``None``.
+
+    Walks up from ``uri`` to the bucket root (or ``/``): one manifest lookup per level.
+    """
+    place = storage.canonical(uri).rstrip("/") or "/"
+    if not storage.is_s3(place):
+        place = os.path.realpath(storage.local_path(place))
+    while True:
+        stage = committed_stage(place)
+        if stage is not None:
+            return place, stage
+        try:
+            above = storage.parent(place)
+        except ValueError:  # a bucket root: nothing above it
+            return None
+        if above == place:
+            return None
+        place = above
+
+
+def check_not_inside_committed(uri: str, *, flag: str = "--output") -> None:
+    """Refuse to write a file (a tool's page, not a stage output) inside a committed stage output: its manifest does
+    not list the file, and that stage's ``--overwrite`` deletes it (:class:`ConfigError`, exit 2)."""
+    found = committed_holder(uri)
+    if found is not None:
+        output, stage = found
+        raise ConfigError(
+            f"{flag} {uri} lies inside the committed {stage} output {output}: its manifest does not list it and "
+            f"{stage} --overwrite would delete it; write it outside that folder"
+        )
+
+
 def prepare_output(
     output: str,
     *,

@@ -10,6 +10,11 @@ S3 settings come from the standard environment, so what runs in a pod runs the s
 
 Storage problems become a :class:`StorageError` whose one-line message names the endpoint and bucket;
 invalid settings (a malformed endpoint URL, a bad ``VCOT_S3_*`` value) a :class:`ConfigError` (exit code 2).
+
+Schemes are case-insensitive (RFC 3986): ``S3://bucket/key`` is ``s3://bucket/key``, and the URIs built here
+(:func:`join`, :func:`parent`, :func:`canonical`) are written with ``s3://``. A form that is neither (``s3:/bucket``,
+``s3:bucket``, ``s3://`` without a bucket, ``gs://...``, ``s3a://...``) is a :class:`ConfigError` naming what to
+write, never a local folder called ``s3:``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shutil
 import urllib.parse
 from collections.abc import Iterator
@@ -29,6 +35,9 @@ from vcot.config import mask_url_credentials
 from vcot.errors import ConfigError, StorageError
 
 S3_SCHEME = "s3://"
+FILE_SCHEME = "file://"
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
+"""A URI scheme at the start of a string (two characters or more: ``C:`` is a drive, not a scheme)."""
 
 
 @dataclass(frozen=True)
@@ -113,26 +122,83 @@ def s3_client() -> Any:
 
 
 def is_s3(uri: str) -> bool:
-    return uri.startswith(S3_SCHEME)
+    """Whether ``uri`` is an S3 URI, whatever the case of its scheme.
+
+    >>> is_s3("s3://b/k"), is_s3("S3://b/k"), is_s3("data/s3://b")
+    (True, True, False)
+    """
+    return uri[: len(S3_SCHEME)].lower() == S3_SCHEME
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is neither an ``s3://bucket/...`` URI nor a local path (one line saying what to write), or ``None``.
+
+    >>> uri_problem("S3://bucket/key") is None, uri_problem("runs/a:b") is None, uri_problem("C:/data") is None
+    (True, True, True)
+    >>> uri_problem("s3:/bucket/key")
+    "'s3:/bucket/key' is not an S3 URI: write s3://bucket/key"
+    >>> uri_problem("s3://")
+    "'s3://' names no bucket: write s3://BUCKET/prefix"
+    >>> uri_problem("gs://bucket/key")
+    "'gs://bucket/key': gs:// is not supported: use an s3:// URI (any S3-compatible endpoint) or a local path"
+    """
+    if is_s3(uri):
+        bucket = uri[len(S3_SCHEME) :].partition("/")[0]
+        return None if bucket else f"{uri!r} names no bucket: write s3://BUCKET/prefix"
+    scheme = _SCHEME.match(uri)
+    if scheme is None or uri[: len(FILE_SCHEME)].lower() == FILE_SCHEME:
+        return None
+    name = scheme.group(0)[:-1]
+    if name.lower() == "s3":
+        return f"{uri!r} is not an S3 URI: write s3://{uri[len(name) + 1 :].lstrip('/') or 'BUCKET/prefix'}"
+    if uri[len(name) + 1 :].startswith("//"):
+        return f"{uri!r}: {name}:// is not supported: use an s3:// URI (any S3-compatible endpoint) or a local path"
+    return None
+
+
+def check_uri(uri: str) -> str:
+    """``uri`` itself, or a :class:`ConfigError` when it is no URI storage can reach (:func:`uri_problem`)."""
+    problem = uri_problem(uri)
+    if problem is not None:
+        raise ConfigError(problem)
+    return uri
+
+
+def canonical(uri: str) -> str:
+    """``uri`` with an S3 scheme written ``s3://`` (checked: :func:`check_uri`).
+
+    >>> canonical("S3://bucket/Key"), canonical("data/x.json")
+    ('s3://bucket/Key', 'data/x.json')
+    """
+    return _s3_lowered(check_uri(uri))
+
+
+def _s3_lowered(uri: str) -> str:
+    """``uri`` with ``S3://`` written ``s3://``, unchecked (cheap enough for a call per record)."""
+    if uri.startswith(S3_SCHEME) or not is_s3(uri):
+        return uri
+    return S3_SCHEME + uri[len(S3_SCHEME) :]
 
 
 def split_s3(uri: str) -> tuple[str, str]:
     """``s3://bucket/some/key`` -> ``("bucket", "some/key")``."""
     if not is_s3(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
+    check_uri(uri)
     bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
-    if not bucket:
-        raise ConfigError(f"{uri!r} names no bucket: write s3://BUCKET/prefix")
     return bucket, key
 
 
 def local_path(uri: str) -> Path:
-    return Path(uri[len("file://") :] if uri.startswith("file://") else uri)
+    """The local path of ``uri`` (a path or ``file://``); a :class:`ConfigError` for what only looks like one
+    (``s3:/bucket``, ``gs://...``: :func:`uri_problem`), which would otherwise become a folder named ``s3:``."""
+    check_uri(uri)
+    return Path(uri[len(FILE_SCHEME) :] if uri[: len(FILE_SCHEME)].lower() == FILE_SCHEME else uri)
 
 
 def join(base: str, *parts: str) -> str:
     """Join URI parts with single slashes: ``join("s3://b/run", "train", "x.jsonl")``."""
-    out = base.rstrip("/")
+    out = _s3_lowered(base).rstrip("/")
     for part in parts:
         part = part.strip("/")
         if part:
@@ -154,7 +220,7 @@ def parent(uri: str) -> str:
     ...
     ValueError: 's3://bucket' is a bucket root: it has no parent folder
     """
-    trimmed = uri.rstrip("/") or uri
+    trimmed = canonical(uri).rstrip("/") or uri
     if is_s3(trimmed):
         if "/" not in trimmed[len(S3_SCHEME) :]:
             raise ValueError(f"{uri!r} is a bucket root: it has no parent folder")
@@ -186,7 +252,7 @@ def overlaps(a: str, b: str) -> bool:
 
 def relative(uri: str, base: str) -> str:
     """``uri`` relative to the prefix ``base``."""
-    base = base.rstrip("/") + "/"
+    uri, base = canonical(uri), canonical(base).rstrip("/") + "/"
     if not uri.startswith(base):
         raise ValueError(f"{uri!r} is not under {base!r}")
     return uri[len(base) :]
@@ -329,13 +395,13 @@ def exists(uri: str) -> bool:
 
 def list_uris(prefix: str, suffix: str = "") -> list[str]:
     """Every object/file under ``prefix`` (recursive, as a directory), sorted; hidden temp files excluded."""
-    prefix = prefix.rstrip("/")
+    prefix = canonical(prefix).rstrip("/")
     if not is_s3(prefix):
         root = local_path(prefix)
         if not root.is_dir():
             return []
         found = [
-            str(path) if not prefix.startswith("file://") else "file://" + str(path)
+            str(path) if not prefix.startswith(FILE_SCHEME) else FILE_SCHEME + str(path)
             for path in root.rglob("*")
             if path.is_file() and not path.name.startswith(".") and path.name.endswith(suffix)
         ]
@@ -376,8 +442,10 @@ def delete_prefix(prefix: str) -> None:
 
 
 def check_access(uri: str) -> None:
-    """Fail fast, with one clear line, when ``uri``'s bucket is unreachable or refuses our credentials."""
+    """Fail fast, with one clear line, when ``uri``'s bucket is unreachable or refuses our credentials (or ``uri``
+    is no URI storage can reach: :func:`uri_problem`)."""
     if not is_s3(uri):
+        check_uri(uri)
         return
     bucket, _ = split_s3(uri)
     from botocore.exceptions import ClientError

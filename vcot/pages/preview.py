@@ -143,7 +143,8 @@ def build_page(data: str, split: str, records: list[dict[str, Any]], subsets: Co
 
 
 def preview(config: PreviewConfig) -> str:
-    """Write the page; returns its URI."""
+    """Write the page; returns its URI. Refuses, before reading anything, a page inside a committed stage output."""
+    manifest.check_not_inside_committed(config.output)
     records, subsets = sample_records(config.data, config.split, config.max, config.seed)
     storage.write_text(config.output, build_page(config.data, config.split, records, subsets))
     log.info("preview_written", output=config.output, shown=len(records), records=sum(subsets.values()))

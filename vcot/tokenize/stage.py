@@ -7,9 +7,11 @@ Output layout::
     OUTPUT/_SUCCESS                files, counts, config (model, model_format: vcot.grounding.model_format), stats, lineage
 
 Only records usable as grounded training examples (``vcot.grounding.records.grounding_problem`` is ``None``) are
-tokenized; the others are counted by reason. A row longer than ``--max-length`` is dropped and counted,
-never truncated (a cut through the image tokens would no longer match the pixels); a warning per subset says
-how many, and ``--fit-to-budget`` shrinks such a row's image until it fits instead (counted as ``fitted``).
+tokenized; the others are counted by reason, as is (multimodal) a record whose image is larger than PIL decodes
+(``image_too_large``, by its recorded size: train's collator could never load it). A row longer than
+``--max-length`` is dropped and counted, never truncated (a cut through the image tokens would no longer match
+the pixels); a warning per subset says how many, and ``--fit-to-budget`` shrinks such a row's image until it fits
+instead (counted as ``fitted``).
 
 ``--mixture`` reads several record outputs with a weight or a sample count each, and optionally their own
 pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is the one-source mixture.
@@ -28,11 +30,12 @@ from typing import Any
 
 from vcot.io import manifest, storage
 from vcot.config import option, redacted
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
 from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
 from vcot.grounding.records import grounding_problem
+from vcot.io.images import TOO_LARGE, decodable_pixels
 from vcot.io.shards import ShardFile, file_entry
 from vcot.tokenize.encode import Encoder
 from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
@@ -227,11 +230,30 @@ def source_format(fmt: ModelFormat, source: MixtureSource) -> ModelFormat:
     return replace(fmt, vision=vision)
 
 
-def planned(source: MixtureSource, split: str, seed: int) -> Iterator[tuple[dict[str, Any], str | None, int]]:
+def record_problem(record: dict[str, Any], max_pixels: int | None) -> str | None:
+    """Why ``record`` gives no row: :func:`grounding_problem`, or (multimodal: ``max_pixels`` is
+    :func:`vcot.io.images.decodable_pixels`) an image PIL would refuse to decode at train time, by its recorded size.
+
+    >>> record_problem({"width": 20_000, "height": 20_000}, 178_956_970)
+    'image_too_large'
+    """
+    if max_pixels is not None:
+        try:
+            if int(record["width"]) * int(record["height"]) > max_pixels:
+                return TOO_LARGE
+        except (KeyError, TypeError, ValueError):
+            pass  # no usable size: the grounding check or the encoder says why
+    return grounding_problem(record)
+
+
+def planned(
+    source: MixtureSource, split: str, seed: int, max_pixels: int | None = None
+) -> Iterator[tuple[dict[str, Any], str | None, int]]:
     """``(record, why it is unusable or None, rows it gives)`` for every record of ``split`` of ``source``, in order.
 
     Train records follow the source's weight or sample count (a first pass counts the usable ones, unless every
     record is taken once); val records are taken once each. An unusable record counts as one (skipped) row.
+    ``max_pixels``: as in :func:`record_problem`.
     """
 
     def records() -> Iterator[dict[str, Any]]:
@@ -240,10 +262,10 @@ def planned(source: MixtureSource, split: str, seed: int) -> Iterator[tuple[dict
 
     base, extra = 1, set()
     if split == "train" and not source.takes_all_once:
-        base, extra = source.copies(sum(1 for r in records() if grounding_problem(r) is None), seed)
+        base, extra = source.copies(sum(1 for r in records() if record_problem(r, max_pixels) is None), seed)
     usable = 0
     for record in records():
-        problem = grounding_problem(record)
+        problem = record_problem(record, max_pixels)
         if problem is not None:
             yield record, problem, 1
             continue
@@ -292,6 +314,7 @@ class _SplitTally:
     says which rows are this shard's."""
 
     position: int = 0
+    owned: int = 0
     lengths: list[int] = field(default_factory=list)
     supervised: int = 0
     image_tokens: int = 0
@@ -338,9 +361,11 @@ def _write_source(
     max_length = source.max_length or config.max_length
     counts = {"usable": 0, "selected": 0, "rows": 0}
     reasons: Counter[str] = Counter()
-    for record, problem, copies in planned(source, split, seed):
+    max_pixels = decodable_pixels() if fmt.mode == "multimodal" else None
+    for record, problem, copies in planned(source, split, seed, max_pixels):
         owned = sum(1 for copy in range(copies) if shard.owns(tally.position + copy))
         tally.position += copies
+        tally.owned += owned
         counts["usable"] += problem is None
         counts["selected"] += copies if problem is None else 0
         if not owned:
@@ -424,12 +449,23 @@ def _write_split(
             log.warning("mixture_source_empty", source=source.name, data=list(source.data))
     progress.close()
     report_lengths(split, tally.by_subset, config)
-    if writer.records == 0 and split == "train" and shard.count == 1:
-        raise VcotError(
-            f"no usable training records in {', '.join(mixture.data)} (skipped: {dict(skipped)}): "
-            "check the inputs, or raise --max-length if rows were too long"
-        )
+    if split == "train" and writer.records == 0 and (shard.count == 1 or tally.owned):
+        refuse_no_rows(mixture, shard, tally.owned, skipped)
     return writer.close(), _split_stats(writer.records, tally)
+
+
+def refuse_no_rows(mixture: Mixture, shard: manifest.ShardSpec, owned: int, skipped: Counter[str]) -> None:
+    """Fail before anything is written when no training row came out (committed, train would fail on it later).
+
+    A pod of several that was dealt no record at all (fewer records than pods) commits its empty part instead.
+    """
+    top = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    where = "" if shard.count == 1 else f" (shard {shard.index} of {shard.count})"
+    raise ConfigError(
+        f"no usable training row in {', '.join(mixture.data)}{where}, of {owned} train records: "
+        f"{top or 'the train splits are empty'}; check the inputs (convert's quality report: records need a "
+        "grounded rationale), or raise --max-length if rows were too long; nothing was committed"
+    )
 
 
 def _commit(

@@ -5,6 +5,11 @@ multimodal mode, the image URI and its patch grid. The collator pads the ids, lo
 image with the model's own image processor, and checks the grid it gets against the one tokenize counted
 image tokens for (a mismatch means the image changed or the pixel budget differs: a clear error, not a
 silently misaligned batch).
+
+One bad image never stops a run: tokenize already skips records whose recorded size PIL would refuse to decode
+(``image_too_large``); an image that still cannot be decoded here (its file changed, or is gone, after tokenize)
+gives its row a blank image of the grid tokenize counted and no label at all, so the row trains nothing; each such
+row is logged (``image_unloadable``) with a running count.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ import torch
 from torch.utils.data import Dataset
 
 from vcot.io import manifest
-from vcot.errors import VcotError
+from vcot.errors import StorageError, VcotError
 from vcot.io.images import load_rgb
 from vcot.grounding.model_format import IGNORE_INDEX, IMAGE_PAD
 from vcot.io.shards import read_verified
+from vcot.log import get_logger
 from vcot.train import distributed
+
+log = get_logger(__name__)
 
 
 class TokenizedDataset(Dataset):
@@ -125,6 +133,8 @@ class Collator:
         self.image_processor = processor.image_processor
         self.pad_id = processor.tokenizer.pad_token_id
         self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.unloadable = 0
+        """Rows whose image could not be decoded, in this process (a dataloader worker counts its own)."""
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         width = max(len(row["input_ids"]) for row in rows)
@@ -140,7 +150,10 @@ class Collator:
 
         with_images = [row for row in rows if row.get("image")]
         if with_images:
-            pixels = self.pixels(with_images)
+            pixels, unloadable = self.pixels(with_images)
+            for i, row in enumerate(rows):
+                if id(row) in unloadable:  # a blank image stands in: the row must teach nothing about it
+                    labels[i] = IGNORE_INDEX
             for row, grid in zip(with_images, pixels["image_grid_thw"].tolist(), strict=True):
                 if grid != list(row["image_grid_thw"]):
                     raise VcotError(
@@ -154,16 +167,42 @@ class Collator:
         return batch
 
 
-    def pixels(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Preprocessed images of ``rows``, in order: a row whose mixture source had its own pixel budget
-        (``min_pixels``/``max_pixels`` columns, ``vcot.tokenize.mixture``) is resized with it, others with the
-        processor's (the model format's) budget. One processor call per run of rows with the same budget."""
+    def pixels(self, rows: list[dict[str, Any]]) -> tuple[dict[str, torch.Tensor], set[int]]:
+        """Preprocessed images of ``rows``, in order, and the ``id()`` of the rows whose image could not be decoded
+        (:meth:`image`). A row whose mixture source had its own pixel budget (``min_pixels``/``max_pixels`` columns,
+        ``vcot.tokenize.mixture``) is resized with it, others with the processor's (the model format's) budget. One
+        processor call per run of rows with the same budget."""
         parts = []
+        unloadable: set[int] = set()
         for budget, group in groupby(rows, key=lambda row: (row.get("min_pixels"), row.get("max_pixels"))):
             size = {} if budget == (None, None) else {"size": {"shortest_edge": budget[0], "longest_edge": budget[1]}}
-            images = [load_rgb(row["image"]) for row in group]
+            images = [self.image(row, unloadable) for row in group]
             parts.append(self.image_processor(images=images, return_tensors="pt", **size))
-        return {key: torch.cat([part[key] for part in parts]) for key in ("pixel_values", "image_grid_thw")}
+        return {key: torch.cat([part[key] for part in parts]) for key in ("pixel_values", "image_grid_thw")}, unloadable
+
+    def image(self, row: dict[str, Any], unloadable: set[int]) -> Any:
+        """The row's image; one that cannot be decoded (over PIL's decompression-bomb limit, corrupt, gone) is
+        replaced by a blank image of exactly the grid tokenize counted, and the row is added to ``unloadable``.
+        Storage that cannot be reached is not a bad image: it stops the run."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            return load_rgb(row["image"])
+        except StorageError as exc:
+            if "does not exist" not in str(exc):
+                raise
+            error: Exception = exc
+        except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            error = exc
+        self.unloadable += 1
+        unloadable.add(id(row))
+        log.warning(
+            "image_unloadable", id=row["id"], image=row["image"], error=str(error)[:300], rows_so_far=self.unloadable,
+            hint="the row trains nothing; fix the image, or re-run convert and tokenize",
+        )
+        _, grid_h, grid_w = (int(v) for v in row["image_grid_thw"])
+        patch = int(self.image_processor.patch_size)
+        return Image.new("RGB", (grid_w * patch, grid_h * patch))
 
 
 def local_scratch(name: str) -> Path:
