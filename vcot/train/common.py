@@ -5,7 +5,8 @@
    budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
 4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
-   SIGTERM saves one), TensorBoard events and structured log lines;
+   SIGTERM saves one, a non-finite loss or weights stop it: vcot.train.divergence), TensorBoard events and
+   structured log lines;
 5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model; with
    ``finetune: full`` the whole model in ``model/`` instead), metrics with the run's throughput and TensorBoard
    events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
@@ -305,7 +306,9 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
 
     Checkpoints are synced to storage after every save, TensorBoard events after every log; SIGTERM finishes the
-    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes). A loss or weights
+    that become non-finite stop the run at that step with :class:`~vcot.train.divergence.TrainingDiverged` (exit 2):
+    nothing is saved after it, nothing committed.
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
@@ -317,6 +320,7 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         SaveOnSigterm,
         TensorBoardSync,
     )
+    from vcot.train.divergence import StopOnDivergence, diverged_crash
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)
@@ -327,13 +331,19 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         trainer.add_callback(tensorboard)
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
-    for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics(), Throughput(batch)):
+    callbacks = (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics(), Throughput(batch))
+    for callback in (*callbacks, StopOnDivergence()):  # last: a non-finite log is logged, then stops the run
         trainer.add_callback(callback)
 
     resume_from = restore(folders)
     sigterm.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except (RuntimeError, ValueError) as exc:
+        cause = diverged_crash(exc, trainer)
+        if cause is None:
+            raise
+        raise cause from exc
     finally:
         sigterm.uninstall()
     if sigterm.received:
