@@ -18,6 +18,7 @@ MODULES = [
     "vcot.train.grpo",
     "vcot.train.checkpoints",
     "vcot.train.divergence",
+    "vcot.train.options",
     "vcot.dev.summary",
     "vcot.dev.tiny_model",
     "vcot.scoring.gfn",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any
 
 from vcot.errors import ConfigError, VcotError
@@ -69,6 +70,23 @@ def check_section(section: str, values: dict[str, Any], cls: type, recipe: Any) 
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
             hint = f"did you mean {section}.{close[0]}?" if close else f"see the fields of {cls.__name__}"
             raise ConfigError(f"recipe {section}.{key} is not a field of {cls.__name__}: {hint}")
+        if not is_finite(values[key]):
+            raise ConfigError(f"recipe {section}.{key}={values[key]!r} holds a number that is not finite: give a finite one")
+
+
+def is_finite(value: Any) -> bool:
+    """No ``nan`` or ``inf`` anywhere in ``value`` (a number, or a list or mapping of them).
+
+    >>> is_finite({"min_lr": 1e-6, "betas": [0.9, float("nan")]}), is_finite("cosine")
+    (False, True)
+    """
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_finite(v) for v in value)
+    return True
 
 
 def trainer_class(method: str) -> type:
