@@ -74,6 +74,36 @@ def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> No
         load_recipe("tiny-cpu", overrides)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rate: 1.0e-4\nlora_r: 8\nlearning_rate: 1.0e-3\n", "has the key 'learning_rate' twice in one mapping (line 3)"),
+        ("reward_weights:\n  bbox: 1.0\n  accuracy: 1.0\n  bbox: 0.0\n", "has the key 'bbox' twice"),
+        ("trainer: {adam_beta2: 0.95, adam_beta2: 0.9}\n", "has the key 'adam_beta2' twice"),
+    ],
+)
+def test_a_recipe_file_with_a_duplicated_key_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    """PyYAML keeps the last of two equal keys: a recipe would silently train with the second value."""
+    (tmp_path / "mine.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(str(tmp_path / "mine.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("lora_r=8,lora_r=16", "recipe overrides set lora_r twice"),
+        ("trainer.adam_beta2=0.9;trainer.adam_beta2=0.95", "recipe overrides set trainer.adam_beta2 twice"),
+        ("trainer.adam_beta2=0.9,trainer={adam_beta1: 0.8}", "recipe overrides set trainer twice"),
+        ("trainer={adam_beta1: 0.8},trainer.adam_beta2=0.9", "recipe overrides set trainer.adam_beta2 twice"),
+        ("reward_weights={bbox: 1, bbox: 0}", "has the key 'bbox' twice"),
+    ],
+)
+def test_an_override_given_twice_is_refused(overrides: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe("tiny-cpu", overrides)
+
+
 def test_unknown_recipe_names_list_the_presets() -> None:
     with pytest.raises(VcotError, match="neither a preset.*tiny-cpu"):
         load_recipe("no-such-recipe")

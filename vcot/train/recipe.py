@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vcot.io import storage
+from vcot.config import load_yaml
 from vcot.errors import ConfigError
 from vcot.scoring.metrics import RATE_METRICS
 from vcot.scoring.rewards import DEFAULT_WEIGHTS, check_weights
@@ -338,7 +337,7 @@ def _read_recipe_file(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(
             f"recipe {name_or_path!r} is neither a preset ({', '.join(recipe_names())}) nor an existing file"
         )
-    values = _yaml(text, f"recipe {name_or_path!r}") or {}
+    values = load_yaml(text, f"recipe {name_or_path!r}") or {}
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {name_or_path!r} must be a YAML mapping of knob: value")
     return values
@@ -372,12 +371,17 @@ def parse_overrides(text: str) -> dict[str, Any]:
     {'peft': {'use_dora': True}, 'trainer': {'label_smoothing_factor': 0.1}}
     """
     values: dict[str, Any] = {}
+    given: set[str] = set()
     for part in _split_overrides(text):
         key, sep, raw = part.partition("=")
         if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", key.strip()):
             raise ConfigError(f"recipe override {part!r} is not key=value")
-        value = _yaml(raw, f"recipe override {part!r}") if raw.strip() else None
-        section, dot, name = key.strip().partition(".")
+        key = key.strip()
+        if key in given or key.partition(".")[0] in given or any(g.startswith(f"{key}.") for g in given):
+            raise ConfigError(f"recipe overrides set {key} twice: keep one (the last would silently win)")
+        given.add(key)
+        value = load_yaml(raw, f"recipe override {part!r}") if raw.strip() else None
+        section, dot, name = key.partition(".")
         if dot and section not in SECTIONS:
             raise ConfigError(f"recipe override {part!r}: only {' and '.join(SECTIONS)} take section.field=value")
         if dot:
@@ -385,17 +389,6 @@ def parse_overrides(text: str) -> dict[str, Any]:
         else:
             values[section] = value
     return values
-
-
-def _yaml(text: str, what: str) -> Any:
-    """``text`` parsed as YAML; a syntax error is one line saying where (not the scanner's traceback)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{what} is not valid YAML ({problem}{where}): fix its syntax") from None
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
