@@ -157,7 +157,7 @@ def check_sources(sources: tuple[MixtureSource, ...], uri: str | None = None) ->
         for data in source.data:
             first = owner.setdefault(data.rstrip("/"), source.name)
             if first != source.name or source.data.count(data) > 1:
-                who = f"sources {first!r} and {source.name!r} both read" if first != source.name else f"source {first!r} reads"
+                who = f"source {first!r} reads" if first == source.name else f"sources {first!r} and {source.name!r} both read"
                 raise ConfigError(
                     f"{label}: {who} {data}, so its val records would count twice: name each record output once "
                     "(one source, with the weight or samples you want; --input's records are the 'input' source)"

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vcot.io import layout, manifest, storage
 from vcot.config import option, redacted
-from vcot.errors import StorageError, VcotError
+from vcot.errors import ConfigError, StorageError, VcotError
 from vcot.log import get_logger
 from vcot.grounding.model_format import COORDS, ModelFormat
 from vcot.train import distributed
@@ -173,7 +173,15 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
 
 
 def resolve_optimizer(name: str, device: str) -> str:
-    """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here."""
+    """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here. A name
+    transformers does not know is the recipe's mistake (exit 2), never replaced by the fallback."""
+    from transformers.training_args import OptimizerNames
+
+    known = [option.value for option in OptimizerNames]
+    if name not in known:
+        raise ConfigError(
+            f"recipe optim={name!r} is not an optimizer transformers knows: use one of {', '.join(known)}"
+        )
     if "8bit" not in name:
         return name
     try:
@@ -331,8 +339,9 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         trainer.add_callback(tensorboard)
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
-    callbacks = (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics(), Throughput(batch))
-    for callback in (*callbacks, StopOnDivergence()):  # last: a non-finite log is logged, then stops the run
+    sync = CheckpointSync(folders.trainer_dir, folders.remote_checkpoints)
+    # StopOnDivergence last: a non-finite value is logged (LogMetrics) before it stops the run.
+    for callback in (sync, sigterm, LogMetrics(), Throughput(batch), StopOnDivergence()):
         trainer.add_callback(callback)
 
     resume_from = restore(folders)

@@ -363,7 +363,8 @@ def _split_overrides(text: str) -> list[str]:
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """``key=value`` pairs with YAML values.
+    """``key=value`` pairs with YAML values (a key given again overrides, as a repeated flag does: a script may append
+    to a base string); a value's YAML refuses a key twice in one mapping (``reward_weights={bbox: 1, bbox: 0}``).
 
     >>> parse_overrides("lora_r=8, quantize=null, lora_target_modules=[q_proj, v_proj]")
     {'lora_r': 8, 'quantize': None, 'lora_target_modules': ['q_proj', 'v_proj']}
@@ -371,15 +372,11 @@ def parse_overrides(text: str) -> dict[str, Any]:
     {'peft': {'use_dora': True}, 'trainer': {'label_smoothing_factor': 0.1}}
     """
     values: dict[str, Any] = {}
-    given: set[str] = set()
     for part in _split_overrides(text):
         key, sep, raw = part.partition("=")
         if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", key.strip()):
             raise ConfigError(f"recipe override {part!r} is not key=value")
         key = key.strip()
-        if key in given or key.partition(".")[0] in given or any(g.startswith(f"{key}.") for g in given):
-            raise ConfigError(f"recipe overrides set {key} twice: keep one (the last would silently win)")
-        given.add(key)
         value = load_yaml(raw, f"recipe override {part!r}") if raw.strip() else None
         section, dot, name = key.partition(".")
         if dot and section not in SECTIONS:
