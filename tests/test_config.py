@@ -68,3 +68,32 @@ def test_secrets_are_redacted() -> None:
     config = parse_config(DemoConfig, ["--output", "o", "--api-key", "sk-123"], environ={})
     assert config.api_key == "sk-123"
     assert redacted(config)["api_key"] == "***" and redacted(config)["output"] == "o"
+
+
+def test_every_yaml_reader_uses_the_one_loader_that_refuses_duplicated_keys() -> None:
+    """Recipes, --set values, mixtures: one loader (vcot.config.load_yaml), so no reader keeps the last of two keys."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "vcot"
+    readers = [
+        str(path.relative_to(root.parent))
+        for path in sorted(root.rglob("*.py"))
+        if re.search(r"yaml\.(safe_)?load\b|yaml\.(full_|unsafe_)?load\(|import yaml", path.read_text(encoding="utf-8"))
+    ]
+    assert readers == ["vcot/config.py"]
+
+
+def test_load_yaml_refuses_duplicated_keys_at_any_depth_and_keeps_merge_keys() -> None:
+    import pytest
+
+    from vcot.config import load_yaml
+    from vcot.errors import ConfigError
+
+    assert load_yaml("base: &b {x: 1, y: 2}\nrun:\n  <<: *b\n  x: 3\n", "recipe r")["run"] == {"x": 3, "y": 2}
+    for text, where in (("a: 1\na: 2\n", "line 2"), ("a:\n  - {b: 1, b: 2}\n", "line 2"), ("1: a\n1.0: b\n", "line 2")):
+        with pytest.raises(ConfigError, match=f"twice in one mapping \\({where}\\): remove or rename one$"):
+            load_yaml(text, "mixture m.yaml")
+    with pytest.raises(ConfigError, match=r"^recipe r is not valid YAML \(.* at line 2, column \d+\): fix its syntax$"):
+        load_yaml("a: [1, 2\n", "recipe r")
+

@@ -4,7 +4,7 @@ Exit codes (the Jobs' ``podFailurePolicy`` fails a Job at once on 2, and the Cro
 
 - 0: done (or already committed);
 - 1: a problem at run time that a rerun may get past (storage, a missing input, a crash, a stop by SIGTERM);
-- 2: invalid settings (a flag, an environment variable, a recipe): a retry cannot help;
+- 2: invalid settings (a flag, an environment variable, a recipe) or a training run that diverged: a retry cannot help;
 - 3: evaluate flagged a regression.
 """
 

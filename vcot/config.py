@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -194,3 +195,62 @@ def redacted(config: Any) -> dict[str, Any]:
             value = [mask_url_credentials(item) if isinstance(item, str) else item for item in value]
         out[field.name] = value
     return out
+
+
+def load_yaml(text: str, what: str) -> Any:
+    r"""``text`` parsed as YAML (safe types only), for every YAML file or value vcot reads (recipes, ``--set``
+    values, mixtures). A syntax error or a key given twice in one mapping is one :class:`ConfigError` line saying
+    where: PyYAML keeps the last of two equal keys, so a duplicated source or knob would silently replace the first.
+
+    >>> load_yaml("a: 1\nb: {c: 2}", "recipe x")
+    {'a': 1, 'b': {'c': 2}}
+    >>> load_yaml("sources:\n  a: {weight: 1}\n  a: {weight: 2}", "mixture m.yaml")
+    Traceback (most recent call last):
+    ...
+    vcot.errors.ConfigError: mixture m.yaml has the key 'a' twice in one mapping (line 3): remove or rename one
+    """
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_unique_keys_loader())  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as dup:
+        raise ConfigError(
+            f"{what} has the key {dup.key!r} twice in one mapping (line {dup.line}): remove or rename one"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{what} is not valid YAML ({problem}{where}): fix its syntax") from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        self.key, self.line = key, line
+
+
+@functools.cache
+def _unique_keys_loader() -> type:
+    """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` may still be
+    overridden: that is what they are for)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        duplicate = key in seen
+                        seen.add(key)
+                    except TypeError:  # an unhashable key: PyYAML's own error says so
+                        continue
+                    if duplicate:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vcot.grounding.boxes import iou
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.scoring.rewards import (
     accuracy_reward,
     bbox_reward,
@@ -189,6 +189,13 @@ def test_reward_weights_from_the_recipe() -> None:
     for bad, message in (("{iou: 1}", "unknown rewards"), ("{bbox: 0}", "non-zero"), ("{bbox: x}", "finite number")):
         with pytest.raises(VcotError, match=message):
             load_recipe("tiny-cpu", f"reward_weights={bad}")
+
+
+@pytest.mark.parametrize("weights", ["{bbox: 1, format: -0.5}", "{accuracy: -1}", "{bbox: -.inf}", "{bbox: .nan}"])
+def test_negative_or_non_finite_reward_weights_are_refused(weights: str) -> None:
+    """A negative weight would train the policy away from the reward: refused (exit 2), never silently used."""
+    with pytest.raises(ConfigError, match=r"is negative, which would train against that reward|finite number"):
+        load_recipe("tiny-cpu-grpo", f"reward_weights={weights}")
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])

@@ -17,6 +17,8 @@ MODULES = [
     "vcot.train.common",
     "vcot.train.grpo",
     "vcot.train.checkpoints",
+    "vcot.train.divergence",
+    "vcot.train.options",
     "vcot.dev.summary",
     "vcot.dev.tiny_model",
     "vcot.scoring.gfn",

@@ -80,6 +80,9 @@ def test_trainer_section_reaches_the_training_arguments(tmp_path: Path) -> None:
         ("tiny-cpu", "peft.r=8", r"top-level lora_r"),
         ("tiny-cpu", "trainer=[1, 2]", r"must be a mapping"),
         ("tiny-cpu", "epochs.x=1", r"only trainer and peft take section.field=value"),
+        ("tiny-cpu", "trainer.adam_beta1=.nan", r"trainer.adam_beta1=nan holds a number that is not finite"),
+        ("tiny-cpu-grpo", "trainer.epsilon_high=.inf", r"trainer.epsilon_high=inf holds a number that is not finite"),
+        ("tiny-cpu", "trainer.lr_scheduler_kwargs={min_lr: .nan}", r"lr_scheduler_kwargs=\{'min_lr': nan\} holds"),
     ],
 )
 def test_a_typo_in_a_section_is_one_line_naming_the_closest_field(recipe: str, overrides: str, message: str) -> None:

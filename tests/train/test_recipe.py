@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from vcot.errors import VcotError
-from vcot.train.recipe import DEFAULT_RECIPE, Recipe, load_recipe, lora_target_regex, recipe_names
+from vcot.errors import ConfigError, VcotError
+from vcot.train.recipe import (
+    DEFAULT_RECIPE,
+    NUMBER_RULES,
+    Recipe,
+    load_recipe,
+    lora_target_regex,
+    recipe_names,
+)
 
 
 def test_every_shipped_recipe_loads_and_documents_every_knob() -> None:
@@ -66,6 +74,28 @@ def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> No
         load_recipe("tiny-cpu", overrides)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rate: 1.0e-4\nlora_r: 8\nlearning_rate: 1.0e-3\n", "has the key 'learning_rate' twice in one mapping (line 3)"),
+        ("reward_weights:\n  bbox: 1.0\n  accuracy: 1.0\n  bbox: 0.0\n", "has the key 'bbox' twice"),
+        ("trainer: {adam_beta2: 0.95, adam_beta2: 0.9}\n", "has the key 'adam_beta2' twice"),
+    ],
+)
+def test_a_recipe_file_with_a_duplicated_key_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    """PyYAML keeps the last of two equal keys: a recipe would silently train with the second value."""
+    (tmp_path / "mine.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(str(tmp_path / "mine.yaml"))
+
+
+def test_a_duplicated_key_inside_an_override_value_is_refused_and_a_repeated_override_wins() -> None:
+    with pytest.raises(ConfigError, match=re.escape("has the key 'bbox' twice")):
+        load_recipe("tiny-cpu", "reward_weights={bbox: 1, bbox: 0}")
+    # key=value pairs are flags, not one YAML mapping: a later one overrides (scripts append to a base string)
+    assert load_recipe("tiny-cpu", "lora_r=8,lora_r=16").lora_r == 16
+
+
 def test_unknown_recipe_names_list_the_presets() -> None:
     with pytest.raises(VcotError, match="neither a preset.*tiny-cpu"):
         load_recipe("no-such-recipe")
@@ -115,6 +145,65 @@ def test_cli_refuses_a_bad_override_before_loading_anything(tmp_path: Path) -> N
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "message"),
+    [
+        ("tiny-cpu-grpo", "learning_rate=.inf", "learning_rate=inf is not a finite number: learning_rate must be > 0"),
+        ("tiny-cpu", "learning_rate=.nan", "learning_rate=nan is not a finite number"),
+        ("tiny-cpu", "learning_rate=0", "learning_rate must be > 0"),
+        ("tiny-cpu", "learning_rate=-1e-4", "learning_rate must be > 0"),
+        ("tiny-cpu", "learning_rate=null", "learning_rate=None must be a number > 0"),
+        ("tiny-cpu", "num_train_epochs=.inf", "num_train_epochs=inf is not a finite number"),
+        ("tiny-cpu", "lora_dropout=.nan", "lora_dropout=nan is not a finite number"),
+        ("tiny-cpu", "lora_dropout=1", "lora_dropout must be in [0, 1)"),
+        ("tiny-cpu", "warmup_ratio=.nan", "warmup_ratio=nan is not a finite number"),
+        ("tiny-cpu", "weight_decay=-0.1", "weight_decay must be >= 0"),
+        ("tiny-cpu", "max_grad_norm=.nan", "max_grad_norm=nan is not a finite number"),
+        ("tiny-cpu", "early_stopping_threshold=.inf", "early_stopping_threshold=inf is not a finite number"),
+        ("tiny-cpu", "neftune_noise_alpha=.inf", "neftune_noise_alpha=inf is not a finite number"),
+        ("tiny-cpu", "vision_learning_rate=.nan", "vision_learning_rate=nan is not a finite number"),
+        ("tiny-cpu", "vision_learning_rate=-1e-5", "vision_learning_rate must be >= 0"),
+        ("tiny-cpu", "max_steps=0", "max_steps must be -1 (num_train_epochs decides) or >= 1"),
+        ("tiny-cpu", "seed=-1", "seed must be in [0, 2**32)"),
+        ("tiny-cpu", "save_total_limit=0", "save_total_limit must be >= 1"),
+        ("tiny-cpu", "per_device_eval_batch_size=0", "per_device_eval_batch_size must be >= 1"),
+        ("tiny-cpu", "dataloader_num_workers=-1", "dataloader_num_workers must be >= 0"),
+        ("tiny-cpu", "lora_r=true", "lora_r=True is not a valid int"),
+        ("tiny-cpu-grpo", "top_p=1.5", "top_p must be in (0, 1]"),
+        ("tiny-cpu-grpo", "temperature=.inf", "temperature=inf is not a finite number"),
+        ("tiny-cpu-grpo", "beta=.nan", "beta=nan is not a finite number"),
+        ("tiny-cpu-grpo", "vllm_gpu_memory_utilization=0", "vllm_gpu_memory_utilization must be in (0, 1]"),
+        ("tiny-cpu-rgfn", "reward_tolerance_end=.inf", "reward_tolerance_end=inf is not a finite number"),
+        ("tiny-cpu-rgfn", "subtb_lambda=.nan", "subtb_lambda=nan is not a finite number"),
+    ],
+)
+def test_every_numeric_knob_must_be_finite_and_in_range(recipe: str, overrides: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_recipe(recipe, overrides)
+
+
+def test_every_numeric_knob_has_a_range() -> None:
+    """A new numeric knob cannot slip past the checks: it needs its entry in NUMBER_RULES."""
+    numeric = {f.name for f in dataclasses.fields(Recipe) if str(f.type).split(" ")[0] in ("int", "float")}
+    assert numeric == set(NUMBER_RULES)
+    for name in recipe_names():  # and every shipped value is in its range
+        load_recipe(name)
+
+
+def test_cli_refuses_an_infinite_grpo_learning_rate_before_loading_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The issue's run: GRPO at learning_rate .inf crashed with a traceback after its first step."""
+    from jobs.train import main
+
+    argv = ["--data", str(tmp_path / "d"), "--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--recipe", "tiny-cpu-grpo", "--set", "learning_rate=.inf"])
+    assert exit_info.value.code == 2
+    assert "learning_rate=inf is not a finite number" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_grpo_recipes_say_why_for_every_knob() -> None:
     for name in ("qwen2.5-vl-7b-grpo", "tiny-cpu-grpo"):
         recipe = load_recipe(name)
@@ -133,7 +222,7 @@ def test_grpo_recipes_say_why_for_every_knob() -> None:
         ("method=rl", "method='rl' is not valid"),
         ("num_generations=1", "num_generations must be >= 2"),
         ("num_generations=3", "multiple of num_generations=3"),
-        ("temperature=0", "temperature > 0"),
+        ("temperature=0", "temperature must be > 0"),
         ("loss_type=ppo", "loss_type='ppo'"),
         ("records_without_objects=drop", "records_without_objects='drop'"),
         ("neftune_noise_alpha=5", "SFT-only"),
@@ -164,7 +253,7 @@ def test_rgfn_recipes_say_why_for_every_knob() -> None:
     [
         ("explore_nums=0", "explore_nums"),
         ("rat_min_len=10,rat_max_len=5", "rat_min_len <= rat_max_len"),
-        ("reward_temp_end=0", "must be positive"),
+        ("reward_temp_end=0", "reward_temp_end must be > 0"),
         ("subtb_lambda=0", "subtb_lambda"),
         ("neftune_noise_alpha=5", "SFT-only"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -79,9 +80,10 @@ def test_a_source_s_own_pixel_budget_and_length_limit(
 ) -> None:
     small = record_output(12, seed=0, root=str(tmp_path / "small"))
     large = record_output(12, seed=1, root=str(tmp_path / "large"))
+    other = record_output(12, seed=2, root=str(tmp_path / "other"))  # a record output is named once per mixture
     (tmp_path / "mix.yaml").write_text(
         f"sources:\n  small: {{data: {small}}}\n  large: {{data: {large}, max_pixels: 50176}}\n"
-        f"  short: {{data: {small}, max_length: 16}}\n"
+        f"  short: {{data: {other}, max_length: 16}}\n"
     )
     found = _tokenize(tmp_path / "mix.yaml", tmp_path / "tokens", tiny_model_dir)
     assert found["config"]["model_format"]["vision"]["max_pixels"] == 112 * 112  # the format keeps the model's budget
@@ -113,11 +115,65 @@ def test_a_source_s_own_pixel_budget_and_length_limit(
         ("sources: {a: {data: s3://b/a}}", ["s3://b/run/distilled"], "add 'input: {weight: 1}'"),
         ("sources: [a, b]", [], "needs a 'sources:' mapping"),
         ("sources: {a: {weight: 1}}", [], "data must be a committed record output"),
+        ("sources: {a: {data: s3://b/a, weight: .nan}}", [], "weight=nan is not a finite number"),
+        ("sources: {a: {data: s3://b/a, weight: .inf}}", [], "weight=inf is not a finite number"),
+        ("sources: {a: {data: s3://b/a, weight: -.inf}}", [], "weight=-inf is not a finite number"),
+        ("sources:\n  a: {data: s3://b/a}\n  a: {data: s3://b/c}\n", [], "has the key 'a' twice in one mapping (line 3)"),
+        ("sources: {a: {data: s3://b/a, weight: 1, weight: 2}}", [], "has the key 'weight' twice"),
+        ("seed: 1\nseed: 2\nsources: {a: {data: s3://b/a}}", [], "has the key 'seed' twice"),
+        ("sources: {a: {data: s3://b/a}, b: {data: s3://b/a/, weight: 2}}", [], "sources 'a' and 'b' both read s3://b/a/"),
+        ("sources: {a: {data: [s3://b/a, s3://b/a]}}", [], "source 'a' reads s3://b/a, so its val records"),
+        ("sources: {input: {}, a: {data: s3://b/r/d}}", ["s3://b/r/d"], "sources 'input' and 'a' both read"),
+        ("sources: {a: {data: s3://b/a, weight: 0}, b: {data: s3://b/b, samples: 0}}", [], "selects nothing"),
     ],
 )
 def test_a_mixture_file_that_is_wrong_says_what_to_write(text: str, inputs: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
         parse_mixture(text, inputs)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("sources", "message"),
+    [
+        ("  a: {data: A, weight: .inf}\n", "weight=inf is not a finite number"),
+        ("  a: {data: A, weight: .nan}\n", "weight=nan is not a finite number"),
+        ("  a: {data: A, weight: 0}\n  b: {data: B, samples: 0}\n", "selects nothing"),
+        ("  a: {data: A}\n  b: {data: A, weight: 2}\n", "sources 'a' and 'b' both read"),
+        ("  a: {data: A}\n  a: {data: B, weight: 2}\n", "has the key 'a' twice"),
+    ],
+)
+def test_a_wrong_mixture_exits_2_before_anything_is_read_or_written(
+    sources: str, message: str, record_output: Callable[..., str], tiny_model_dir: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's cases on real records: an infinite weight crashed after reading them (exit 1), all-zero weights
+    read everything and failed with "no usable records" (exit 1), the same data twice doubled the val split and a
+    duplicated source silently dropped one (both committed, exit 0)."""
+    a, b = record_output(12, seed=0, root=str(tmp_path / "a")), record_output(12, seed=1, root=str(tmp_path / "b"))
+    (tmp_path / "mix.yaml").write_text("sources:\n" + sources.replace("A", a).replace("B", b))
+    output = tmp_path / "out"
+    argv = ["--mixture", str(tmp_path / "mix.yaml"), "--output", str(output), "--model", str(tiny_model_dir)]
+    assert tokenize_main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vcot-tokenize: error:")]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not output.exists()
+
+
+def test_a_source_budget_the_processor_cannot_take_fails_before_overwrite_deletes_anything(
+    record_output: Callable[..., str], tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in a source's max_pixels (below the processor's min_pixels) is only seen with the processor: it must
+    fail before the output is claimed, so --overwrite of a committed output does not delete it first."""
+    a = record_output(12, seed=0, root=str(tmp_path / "a"))
+    output = tmp_path / "tokens"
+    (tmp_path / "good.yaml").write_text(f"sources:\n  a: {{data: {a}}}\n")
+    committed = _tokenize(tmp_path / "good.yaml", output, tiny_model_dir)
+    (tmp_path / "typo.yaml").write_text(f"sources:\n  a: {{data: {a}, max_pixels: 1000}}\n")  # meant 10000
+    argv = ["--mixture", str(tmp_path / "typo.yaml"), "--output", str(output), "--model", str(tiny_model_dir)]
+    assert tokenize_main([*argv, "--overwrite"]) == 2
+    assert "mixture source 'a'" in capsys.readouterr().err
+    assert manifest.read_manifest(str(output)) == committed  # still there, untouched
 
 
 def test_the_input_source_takes_tokenize_s_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

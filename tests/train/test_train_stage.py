@@ -218,8 +218,10 @@ def test_merged_model_equals_base_plus_adapter_with_loader_workers(
 def test_early_stopping_ends_a_run_that_stopped_improving(
     tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    # With a zero learning rate eval_loss never improves: best at step 2, then patience 2 runs out at step 6.
-    settings = "learning_rate=0,max_steps=40,num_train_epochs=10,eval_steps=2,save_steps=2,early_stopping_patience=2"
+    # At a negligible learning rate (0 is refused) eval_loss never improves by the threshold: best at step 2, then
+    # patience 2 runs out at step 6.
+    settings = "learning_rate=1e-12,max_steps=40,num_train_epochs=10,eval_steps=2,save_steps=2,"
+    settings += "early_stopping_patience=2"
     output = str(tmp_path / "run")
     committed = train(
         TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
@@ -333,3 +335,29 @@ def test_a_token_shard_replaced_after_commit_is_refused(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": ["c"], "length": [5]}), shard)  # valid Parquet, but not the committed rows
     with pytest.raises(StorageError, match="00000-of-00001.parquet is not the file its manifest lists"):
         TokenizedDataset(str(tokens), "train")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "message"),
+    [
+        ("tiny-cpu", "lr_scheduler_type=cosin", "recipe refused by TrainingArguments: cosin is not a valid SchedulerType"),
+        ("tiny-cpu", "optim=adamw_8bitt", "recipe optim='adamw_8bitt' is not an optimizer transformers knows"),
+        ("tiny-cpu-grpo", "lr_scheduler_type=cosin", "recipe refused by GRPOConfig: cosin is not a valid SchedulerType"),
+        ("tiny-cpu-rgfn", "optim=sgdd", "recipe optim='sgdd' is not an optimizer transformers knows"),
+    ],
+)
+def test_a_recipe_the_trainer_refuses_fails_before_any_model_loads(
+    recipe: str, overrides: str, message: str, tokenized_data: str, record_data: str, tiny_model_dir: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A typo only transformers or TRL can see was a crash (or, for an 8-bit optimizer's name on a CPU, a silent
+    fallback) after the model had loaded: now one line and exit 2 before it loads, and nothing is written."""
+    from jobs.train import main
+
+    data = tokenized_data if recipe == "tiny-cpu" else record_data
+    output = tmp_path / "run"
+    argv = ["--data", data, "--model", str(tiny_model_dir), "--output", str(output), "--recipe", recipe]
+    assert main([*argv, "--set", overrides, "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and '"trainable"' not in err and "trainable=" not in err  # load_policy logs it once loaded
+    assert not manifest.is_committed(str(output))

@@ -370,12 +370,21 @@ def reward_setup(weights: Mapping[str, float], *, model_format: ModelFormat | No
 
 
 def check_weights(weights: Mapping[str, Any]) -> None:
-    """Refuse unknown reward names, non-numbers, and a set of weights that optimizes nothing."""
+    """Refuse unknown reward names, non-numbers, negative weights and a set of weights that optimizes nothing.
+
+    A negative weight would train the policy *away* from what the reward measures (worse boxes, wrong answers): no
+    use of it is meant here, so it is refused rather than given a meaning. 0 logs a reward without optimizing it.
+    """
     unknown = sorted(set(weights) - set(REWARDS))
     if unknown:
         raise ConfigError(f"unknown rewards {unknown} in reward_weights: use {', '.join(REWARDS)}")
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ConfigError(f"reward_weights {name}={weight!r} must be a finite number")
+        if weight < 0:
+            raise ConfigError(
+                f"reward_weights {name}={weight!r} is negative, which would train against that reward: use a weight "
+                ">= 0 (0 computes and logs the reward without optimizing it)"
+            )
     if not any(weights.values()):
         raise ConfigError("reward_weights must give at least one reward a non-zero weight")

@@ -17,12 +17,14 @@ the source's name and its records, so the same mixture gives the same rows. Val 
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from vcot.io import storage
+from vcot.config import load_yaml
 from vcot.errors import ConfigError
 
 INPUT = "input"
@@ -105,6 +107,8 @@ def _number(name: str, key: str, value: Any, kind: type, minimum: float) -> Any:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ConfigError(f"mixture source {name!r}: {key} must be a{'n integer' if kind is int else ' number'}")
+    if not math.isfinite(value):
+        raise ConfigError(f"mixture source {name!r}: {key}={value} is not a finite number")
     if value < minimum:
         raise ConfigError(f"mixture source {name!r}: {key} must be at least {minimum}")
     return kind(value)
@@ -144,18 +148,33 @@ def parse_source(name: str, spec: Any, inputs: list[str]) -> MixtureSource:
     return source
 
 
+def check_sources(sources: tuple[MixtureSource, ...], uri: str | None = None) -> None:
+    """What no single source shows: a record output read twice (its val records would count twice in
+    ``eval_loss``, its train records get two weights), and a mixture that selects no train row at all."""
+    label = f"mixture {uri}" if uri else "the mixture"
+    owner: dict[str, str] = {}
+    for source in sources:
+        for data in source.data:
+            first = owner.setdefault(data.rstrip("/"), source.name)
+            if first != source.name or source.data.count(data) > 1:
+                who = f"source {first!r} reads" if first == source.name else f"sources {first!r} and {source.name!r} both read"
+                raise ConfigError(
+                    f"{label}: {who} {data}, so its val records would count twice: name each record output once "
+                    "(one source, with the weight or samples you want; --input's records are the 'input' source)"
+                )
+    if all(source.samples == 0 or source.weight == 0 for source in sources):
+        raise ConfigError(
+            f"{label} selects nothing: every source has weight 0 or samples 0; give one a positive weight or samples"
+        )
+
+
 def parse_mixture(text: str, inputs: list[str], uri: str | None = None) -> Mixture:
     """A mixture file's text, checked. ``inputs``: tokenize's ``--input``, which only an ``input`` source may take.
 
     >>> parse_mixture("sources: {a: {data: s3://b/a, samples: 5}}", []).sources[0].samples
     5
     """
-    import yaml
-
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"mixture {uri or ''} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    document = load_yaml(text, f"mixture {uri or ''}".rstrip())
     if not isinstance(document, Mapping) or not isinstance(document.get("sources"), Mapping) or not document["sources"]:
         raise ConfigError(f"mixture {uri or ''} needs a 'sources:' mapping of name -> {{data, weight or samples}}")
     unknown = sorted(set(document) - {"seed", "sources"})
@@ -165,6 +184,7 @@ def parse_mixture(text: str, inputs: list[str], uri: str | None = None) -> Mixtu
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"mixture {uri or ''}: seed must be an integer")
     sources = tuple(parse_source(str(name), spec, inputs) for name, spec in document["sources"].items())
+    check_sources(sources, uri)
     if inputs and INPUT not in {source.name for source in sources}:
         raise ConfigError(
             "--input was given but the mixture has no 'input' source: add 'input: {weight: 1}' under sources "

@@ -273,19 +273,26 @@ def planned(
         usable += 1
 
 
+def _check_inputs(config: TokenizeConfig, mixture: Mixture) -> None:
+    """Refuse, before any work, an output that overlaps an input or is another stage's, and inputs that are not
+    committed record outputs (reads manifests only)."""
+    manifest.check_output(config.output, stage="tokenize", inputs=[*mixture.data, config.model, config.mixture])
+    if manifest.is_committed(config.output) and not config.overwrite:
+        return  # the rerun no-op: its inputs were checked when it ran
+    for input_uri in mixture.data:  # refuses an uncommitted input, or another stage's, with a clear message
+        manifest.read_manifest(input_uri, expect_stage=manifest.RECORD_STAGES)
+
+
 def _claim_output(config: TokenizeConfig, mixture: Mixture, shard: manifest.ShardSpec) -> bool:
-    """Claim the output before any work (``False``: already committed), and refuse inputs that are not committed
-    record outputs before the model is loaded."""
+    """Claim the output (``False``: already committed); with ``--overwrite`` this deletes a committed one, so
+    everything that can be checked is checked before (:func:`_check_inputs`, the mixture, its budgets)."""
     inputs = [*mixture.data, config.model, config.mixture]
     ready = manifest.prepare_output(
         config.output, stage="tokenize", inputs=inputs, overwrite=config.overwrite, shard=shard
     )
     if not ready:
         log.info("already_committed", output=config.output, hint="pass --overwrite to redo it")
-        return False
-    for input_uri in mixture.data:  # refuses an uncommitted input, or another stage's, with a clear message
-        manifest.read_manifest(input_uri, expect_stage=manifest.RECORD_STAGES)
-    return True
+    return ready
 
 
 def _model_format(config: TokenizeConfig, mixture: Mixture) -> tuple[ModelFormat, dict[str, Encoder]]:
@@ -504,9 +511,12 @@ def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     shard = config.shard
     mixture = resolve_mixture(config)
+    _check_inputs(config, mixture)
+    # The processor (no weights) before the output is claimed: a source budget it cannot take fails before
+    # --overwrite deletes anything or a record is read.
+    fmt, encoders = _model_format(config, mixture)
     if not _claim_output(config, mixture, shard):
         return None
-    fmt, encoders = _model_format(config, mixture)
     skipped: Counter[str] = Counter()
     stats: dict[str, Any] = {"mixture": {source.name: {} for source in mixture.sources}}
     files: list[ShardFile] = []

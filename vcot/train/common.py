@@ -5,7 +5,8 @@
    budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
 4. :func:`run_training`: restore the newest complete checkpoint from storage, train (checkpoints synced,
-   SIGTERM saves one), TensorBoard events and structured log lines;
+   SIGTERM saves one, a non-finite loss or weights stop it: vcot.train.divergence), TensorBoard events and
+   structured log lines;
 5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model; with
    ``finetune: full`` the whole model in ``model/`` instead), metrics with the run's throughput and TensorBoard
    events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vcot.io import manifest, storage
 from vcot.config import redacted
-from vcot.errors import StorageError, VcotError
+from vcot.errors import ConfigError, StorageError, VcotError
 from vcot.log import get_logger
 from vcot.grounding.model_format import ModelFormat
 from vcot.train import distributed
@@ -107,7 +108,15 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
 
 
 def resolve_optimizer(name: str, device: str) -> str:
-    """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here."""
+    """The recipe's optimizer, or ``adamw_torch`` (with a warning) when bitsandbytes cannot run it here. A name
+    transformers does not know is the recipe's mistake (exit 2), never replaced by the fallback."""
+    from transformers.training_args import OptimizerNames
+
+    known = [option.value for option in OptimizerNames]
+    if name not in known:
+        raise ConfigError(
+            f"recipe optim={name!r} is not an optimizer transformers knows: use one of {', '.join(known)}"
+        )
     if "8bit" not in name:
         return name
     try:
@@ -240,7 +249,9 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     """Train from the newest complete checkpoint in storage (if any); returns the trainer's ``TrainOutput``.
 
     Checkpoints are synced to storage after every save, TensorBoard events after every log; SIGTERM finishes the
-    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes).
+    step, saves a checkpoint and raises :class:`TrainingInterrupted` (exit 1: the rerun resumes). A loss or weights
+    that become non-finite stop the run at that step with :class:`~vcot.train.divergence.TrainingDiverged` (exit 2):
+    nothing is saved after it, nothing committed.
     """
     from torch.utils.tensorboard import SummaryWriter
     from transformers import PrinterCallback
@@ -252,6 +263,7 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         SaveOnSigterm,
         TensorBoardSync,
     )
+    from vcot.train.divergence import StopOnDivergence, diverged_crash
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)
@@ -262,13 +274,20 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         trainer.add_callback(tensorboard)
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
-    for callback in (CheckpointSync(folders.trainer_dir, folders.remote_checkpoints), sigterm, LogMetrics(), Throughput(batch)):
+    sync = CheckpointSync(folders.trainer_dir, folders.remote_checkpoints)
+    # StopOnDivergence last: a non-finite value is logged (LogMetrics) before it stops the run.
+    for callback in (sync, sigterm, LogMetrics(), Throughput(batch), StopOnDivergence()):
         trainer.add_callback(callback)
 
     resume_from = restore(folders)
     sigterm.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except (RuntimeError, ValueError) as exc:
+        cause = diverged_crash(exc, trainer)
+        if cause is None:
+            raise
+        raise cause from exc
     finally:
         sigterm.uninstall()
     if sigterm.received:

@@ -50,7 +50,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
-from vcot.train.options import use_vision_learning_rate, with_trainer
+from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -306,7 +306,7 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
         eval_strategy="no",  # vcot-evaluate scores the result
         log_completions=False,
     )
-    return GRPOConfig(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
+    return build_arguments(GRPOConfig, arguments, recipe)  # the recipe's trainer: values last
 
 
 # --------------------------------------------------------------------------------------------------
@@ -356,19 +356,20 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # 2. Prompts: SFT's user turn for each usable train record.
     rows, skipped = read_prompts(config.data, need_objects=recipe.records_without_objects == "skip")
 
-    # 3. The policy: the SFT adapter continued, or a new LoRA on the base.
-    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
-
-    # 4. Rewards read through the model format; the trainer.
+    # 3. Rewards read through the model format; the trainer's arguments, checked by TRL before any model loads.
     reward_funcs, weights = reward_setup(recipe.reward_weights, model_format=fmt)
     reward_funcs[0] = with_completion_metrics(reward_funcs[0], fmt)
     folders = RunFolders.for_output(config.output)
+    args = grpo_arguments(recipe, folders, weights)
+
+    # 4. The policy (the SFT adapter continued, or a new LoRA on the base); the trainer.
+    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     check_scratch(folders, recipe, model)
     zero_advantage = ZeroAdvantageWarning()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
-        args=grpo_arguments(recipe, folders, weights),
+        args=args,
         train_dataset=prompt_dataset(rows, fmt),
         processing_class=processor,
         callbacks=[zero_advantage],

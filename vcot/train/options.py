@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any
 
 from vcot.errors import ConfigError, VcotError
@@ -69,6 +70,25 @@ def check_section(section: str, values: dict[str, Any], cls: type, recipe: Any) 
             close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
             hint = f"did you mean {section}.{close[0]}?" if close else f"see the fields of {cls.__name__}"
             raise ConfigError(f"recipe {section}.{key} is not a field of {cls.__name__}: {hint}")
+        if not is_finite(values[key]):
+            raise ConfigError(
+                f"recipe {section}.{key}={values[key]!r} holds a number that is not finite: give a finite one"
+            )
+
+
+def is_finite(value: Any) -> bool:
+    """No ``nan`` or ``inf`` anywhere in ``value`` (a number, or a list or mapping of them).
+
+    >>> is_finite({"min_lr": 1e-6, "betas": [0.9, float("nan")]}), is_finite("cosine")
+    (False, True)
+    """
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(is_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_finite(v) for v in value)
+    return True
 
 
 def trainer_class(method: str) -> type:
@@ -103,6 +123,19 @@ def with_trainer(arguments: dict[str, Any], recipe: Any) -> dict[str, Any]:
     if recipe.trainer:
         log.info("trainer_passthrough", **recipe.trainer)
     return {**arguments, **recipe.trainer}
+
+
+def build_arguments(cls: type, arguments: dict[str, Any], recipe: Any) -> Any:
+    """``cls`` (``TrainingArguments``, ``GRPOConfig``) from a method's arguments with ``trainer:`` applied last.
+    Each method builds it before its model loads: a value the library refuses (``lr_scheduler_type: cosin``, a
+    ``trainer:`` value of the wrong kind) is the recipe's mistake, one line and exit 2, not a crash after loading."""
+    try:
+        return cls(**with_trainer(arguments, recipe))
+    except (TypeError, ValueError) as exc:
+        problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"recipe refused by {cls.__name__}: {problem}: fix the recipe or its trainer: section"
+        ) from None
 
 
 def is_vision(name: str) -> bool:

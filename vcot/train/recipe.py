@@ -15,13 +15,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import re
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from vcot.io import storage
+from vcot.config import load_yaml
 from vcot.errors import ConfigError
 from vcot.scoring.metrics import RATE_METRICS
 from vcot.scoring.rewards import DEFAULT_WEIGHTS, check_weights
@@ -41,6 +42,37 @@ TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """``report_to`` names and the package each needs (W&B and MLflow read their own environment variables)."""
 FINETUNES = ("lora", "full")
 """lora: adapters on a frozen base (with quantize 4bit: QLoRA); full: the weights themselves, no adapter."""
+
+Rule = tuple[str, Callable[[float], bool]]
+AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
+NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
+POSITIVE: Rule = ("> 0", lambda v: v > 0)
+NUMBER_RULES: dict[str, Rule] = {
+    **dict.fromkeys(
+        ("lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
+         "gradient_accumulation_steps", "eval_steps", "save_steps", "save_total_limit", "logging_steps",
+         "generation_eval_max_new_tokens", "max_completion_length", "explore_nums", "explore_min_bs", "reward_every",
+         "rat_max_len"),
+        AT_LEAST_ONE,
+    ),
+    **dict.fromkeys(
+        ("global_batch_size", "weight_decay", "max_grad_norm", "neftune_noise_alpha", "early_stopping_patience",
+         "early_stopping_threshold", "generation_eval_samples", "generation_eval_steps", "dataloader_num_workers",
+         "beta", "rat_min_len", "reward_temp_horizon", "reward_tolerance_horizon", "vision_learning_rate"),
+        NON_NEGATIVE,
+    ),
+    **dict.fromkeys(
+        ("learning_rate", "num_train_epochs", "temperature", "reward_temp_start", "reward_temp_end",
+         "reward_tolerance_start", "reward_tolerance_end", "subtb_lambda"),
+        POSITIVE,
+    ),
+    **dict.fromkeys(("lora_dropout", "warmup_ratio"), ("in [0, 1)", lambda v: 0 <= v < 1)),
+    **dict.fromkeys(("top_p", "vllm_gpu_memory_utilization"), ("in (0, 1]", lambda v: 0 < v <= 1)),
+    "max_steps": ("-1 (num_train_epochs decides) or >= 1", lambda v: v == -1 or v >= 1),
+    "num_generations": (">= 2 (GRPO compares completions within a group)", lambda v: v >= 2),
+    "seed": ("in [0, 2**32)", lambda v: 0 <= v < 2**32),
+}  # fmt: skip
+"""Every numeric knob's range (whatever the method: a value a method ignores is still refused if absurd)."""
 
 
 @dataclass
@@ -132,17 +164,12 @@ class Recipe:
         check_weights(self.reward_weights)
         if self.quantize not in (None, "4bit", "8bit"):
             raise ConfigError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"recipe warmup_ratio={self.warmup_ratio} must be in [0, 1)")
-        if self.lora_r < 1 or self.per_device_train_batch_size < 1 or self.gradient_accumulation_steps < 1:
-            raise ConfigError("recipe lora_r, per_device_train_batch_size and gradient_accumulation_steps must be >= 1")
-        if self.global_batch_size < 0 or self.global_batch_size % self.per_device_train_batch_size:
+        self._check_numbers()
+        if self.global_batch_size % self.per_device_train_batch_size:
             raise ConfigError(
                 f"recipe global_batch_size={self.global_batch_size} must be 0 or a multiple of "
                 f"per_device_train_batch_size={self.per_device_train_batch_size}"
             )
-        if self.save_steps < 1 or self.eval_steps < 1 or self.logging_steps < 1:
-            raise ConfigError("recipe save_steps, eval_steps and logging_steps must be >= 1")
         if self.method == "sft" and self.save_steps % self.eval_steps:  # SFT keeps its best-eval_loss checkpoint
             raise ConfigError(
                 "recipe save_steps must be a multiple of eval_steps: SFT keeps the checkpoint with the best eval loss "
@@ -155,14 +182,29 @@ class Recipe:
         if self.method == "gfn":
             self._check_gfn()
 
+    def _check_numbers(self) -> None:
+        """Every numeric knob a number of its type, finite and in its range (:data:`NUMBER_RULES`), before anything
+        loads: ``learning_rate: .inf`` or ``lora_dropout: .nan`` would otherwise train, crash or diverge later."""
+        for f in dataclasses.fields(self):
+            if f.name not in NUMBER_RULES:
+                continue
+            value, (rule, holds) = getattr(self, f.name), NUMBER_RULES[f.name]
+            if value is None and "None" in str(f.type):
+                continue
+            if isinstance(value, str) and "float" in str(f.type):  # YAML reads 2e-5 (no dot) as a string
+                value = _coerce(f.name, value, 0.0)
+                setattr(self, f.name, value)
+            kind = "an integer" if str(f.type).startswith("int") else "a number"
+            if isinstance(value, bool) or not isinstance(value, int if kind == "an integer" else (int, float)):
+                raise ConfigError(f"recipe {f.name}={value!r} must be {kind} {rule}")
+            if not math.isfinite(value):
+                raise ConfigError(f"recipe {f.name}={value!r} is not a finite number: {f.name} must be {rule}")
+            if not holds(value):
+                raise ConfigError(f"recipe {f.name}={value!r} is out of range: {f.name} must be {rule}")
+
     def _check_selection_and_tracking(self) -> None:
         """The generation evaluation, the metric that picks the best checkpoint, the trackers."""
         gen = self.generation_eval_samples
-        if gen < 0 or self.generation_eval_steps < 0 or self.generation_eval_max_new_tokens < 1:
-            raise ConfigError(
-                "recipe generation_eval_samples and generation_eval_steps must be >= 0 (0: off / at every evaluation), "
-                "generation_eval_max_new_tokens >= 1"
-            )
         if self.metric_for_best_model not in ("eval_loss", *GENERATION_METRICS):
             raise ConfigError(
                 f"recipe metric_for_best_model={self.metric_for_best_model!r} is not valid: use eval_loss or one of "
@@ -200,13 +242,6 @@ class Recipe:
                 "recipe finetune=full trains the weights themselves: it needs method sft, quantize=null and "
                 "merge_adapter=false (the output's model/ is already a standalone model)"
             )
-        if self.vision_learning_rate is not None:
-            try:
-                self.vision_learning_rate = float(self.vision_learning_rate)
-            except (TypeError, ValueError):
-                raise ConfigError(f"recipe vision_learning_rate={self.vision_learning_rate!r} is not a number") from None
-            if self.vision_learning_rate < 0:
-                raise ConfigError("recipe vision_learning_rate must be >= 0 (null: the same as learning_rate)")
         if self.group_by_length and self.method != "sft":
             raise ConfigError("recipe group_by_length is SFT-only (GRPO and RGFN sample prompts, not tokenized rows)")
         for name in ("peft", "trainer"):
@@ -233,8 +268,6 @@ class Recipe:
 
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
-        if self.num_generations < 2:
-            raise ConfigError("recipe num_generations must be >= 2: GRPO compares completions within a group")
         if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
             raise ConfigError(
                 "recipe per_device_train_batch_size x gradient_accumulation_steps must be a multiple of "
@@ -245,8 +278,6 @@ class Recipe:
                 f"recipe global_batch_size={self.global_batch_size} must be a multiple of "
                 f"num_generations={self.num_generations}: each step generates whole groups"
             )
-        if self.max_completion_length < 1 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.beta < 0:
-            raise ConfigError("recipe max_completion_length >= 1, temperature > 0, top_p in (0, 1] and beta >= 0")
         if self.loss_type not in LOSS_TYPES:
             raise ConfigError(f"recipe loss_type={self.loss_type!r} is not valid: use one of {', '.join(LOSS_TYPES)}")
         if self.records_without_objects not in WITHOUT_OBJECTS:
@@ -262,14 +293,8 @@ class Recipe:
 
     def _check_gfn(self) -> None:
         """RGFN's knobs, refused before any model is loaded."""
-        if self.explore_nums < 1 or self.explore_min_bs < 1 or self.reward_every < 1:
-            raise ConfigError("recipe explore_nums, explore_min_bs and reward_every must be >= 1")
-        if not 0 <= self.rat_min_len <= self.rat_max_len or self.rat_max_len < 1:
-            raise ConfigError("recipe rat_min_len and rat_max_len need 0 <= rat_min_len <= rat_max_len, rat_max_len >= 1")
-        if min(self.reward_temp_start, self.reward_temp_end, self.reward_tolerance_start, self.reward_tolerance_end) <= 0:
-            raise ConfigError("recipe reward_temp_* and reward_tolerance_* must be positive")
-        if self.reward_temp_horizon < 0 or self.reward_tolerance_horizon < 0 or self.subtb_lambda <= 0:
-            raise ConfigError("recipe reward_*_horizon must be >= 0 and subtb_lambda positive")
+        if self.rat_min_len > self.rat_max_len:
+            raise ConfigError("recipe rat_min_len and rat_max_len need rat_min_len <= rat_max_len")
         if self.neftune_noise_alpha is not None or self.early_stopping_patience > 0:
             raise ConfigError(
                 "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (RGFN has no eval_loss): "
@@ -312,7 +337,7 @@ def _read_recipe_file(name_or_path: str) -> dict[str, Any]:
         raise ConfigError(
             f"recipe {name_or_path!r} is neither a preset ({', '.join(recipe_names())}) nor an existing file"
         )
-    values = _yaml(text, f"recipe {name_or_path!r}") or {}
+    values = load_yaml(text, f"recipe {name_or_path!r}") or {}
     if not isinstance(values, dict):
         raise ConfigError(f"recipe {name_or_path!r} must be a YAML mapping of knob: value")
     return values
@@ -338,7 +363,8 @@ def _split_overrides(text: str) -> list[str]:
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """``key=value`` pairs with YAML values.
+    """``key=value`` pairs with YAML values (a key given again overrides, as a repeated flag does: a script may append
+    to a base string); a value's YAML refuses a key twice in one mapping (``reward_weights={bbox: 1, bbox: 0}``).
 
     >>> parse_overrides("lora_r=8, quantize=null, lora_target_modules=[q_proj, v_proj]")
     {'lora_r': 8, 'quantize': None, 'lora_target_modules': ['q_proj', 'v_proj']}
@@ -350,8 +376,9 @@ def parse_overrides(text: str) -> dict[str, Any]:
         key, sep, raw = part.partition("=")
         if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?", key.strip()):
             raise ConfigError(f"recipe override {part!r} is not key=value")
-        value = _yaml(raw, f"recipe override {part!r}") if raw.strip() else None
-        section, dot, name = key.strip().partition(".")
+        key = key.strip()
+        value = load_yaml(raw, f"recipe override {part!r}") if raw.strip() else None
+        section, dot, name = key.partition(".")
         if dot and section not in SECTIONS:
             raise ConfigError(f"recipe override {part!r}: only {' and '.join(SECTIONS)} take section.field=value")
         if dot:
@@ -361,25 +388,14 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return values
 
 
-def _yaml(text: str, what: str) -> Any:
-    """``text`` parsed as YAML; a syntax error is one line saying where (not the scanner's traceback)."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError(f"{what} is not valid YAML ({problem}{where}): fix its syntax") from None
-
-
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """YAML reads ``1e-4`` as a string and ``2`` as an int: bring values to the field's type."""
     if value is None or default is None:
         return value
     try:
+        if isinstance(default, bool) != isinstance(value, bool):  # true is no number, 1 no boolean
+            raise ValueError
         if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise ValueError
             return value
         if isinstance(default, float):
             return float(value)

@@ -47,7 +47,7 @@ from vcot.train.common import (
     run_training,
 )
 from vcot.train.grpo import grpo_format, record_problem
-from vcot.train.options import use_vision_learning_rate, with_trainer
+from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 
 log = get_logger(__name__)
@@ -269,15 +269,16 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     fmt = rgfn_format(config)
     log.info("model_format", **fmt.to_dict(), source=config.init_adapter or config.model)
 
-    # 2. Records with their reference rationales; 3. the policy (the SFT adapter continued, or a new LoRA).
+    # 2. Records with their reference rationales; the shared arguments, checked by transformers before any model
+    # loads (the recipe's trainer: values last); 3. the policy (the SFT adapter continued, or a new LoRA).
     rows, skipped = read_records(config.data)
+    folders = RunFolders.for_output(config.output)
+    arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
+    args = build_arguments(TrainingArguments, arguments, recipe)
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
 
-    # 4. The trainer: RGFN's loss on the shared arguments.
-    folders = RunFolders.for_output(config.output)
+    # 4. The trainer: RGFN's loss.
     check_scratch(folders, recipe, model)
-    arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
-    args = TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
     trainer = RGFNTrainer(
         model=model, args=args, train_dataset=Records(rows), data_collator=collate, processing_class=processor,
         recipe=recipe, fmt=fmt,

@@ -26,7 +26,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
-from vcot.train.options import use_vision_learning_rate, with_trainer
+from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 from vcot.train.throughput import TOKEN_COUNTING
 
@@ -40,6 +40,12 @@ def read_data_settings(data_uri: str) -> tuple[ModelFormat, str]:
         return ModelFormat.from_dict(settings), str(settings["model"])
     except (ValueError, TypeError, KeyError) as exc:
         raise VcotError(f"{data_uri} manifest has no usable model format ({exc}): re-run tokenize") from exc
+
+
+def has_val_rows(data_uri: str) -> bool:
+    """Whether the tokenize output has val rows, from its manifest's counts (no row is read)."""
+    files = manifest.read_manifest(data_uri).get("files", [])
+    return any(entry.get("records") for entry in files if str(entry.get("path", "")).startswith("val/"))
 
 
 def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any:
@@ -59,7 +65,7 @@ def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any
         label_names=["labels"],
         **TOKEN_COUNTING,  # tokens/s in the run's throughput (TRL's GRPO counts its own)
     )
-    return TrainingArguments(**with_trainer(arguments, recipe))  # the recipe's trainer: values last
+    return build_arguments(TrainingArguments, arguments, recipe)  # the recipe's trainer: values last
 
 
 def length_grouped_trainer() -> type:
@@ -105,12 +111,14 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
             "model_differs", tokenized_with=tokenized_with, training=config.model, hint="the tokenizers must be identical"
         )
 
-    # 2. Base + a new LoRA; the processor cuts images exactly as tokenize counted their tokens.
+    # 2. The trainer's arguments, checked by transformers before any model loads; base + a new LoRA, the processor
+    # cutting images exactly as tokenize counted their tokens.
+    folders = RunFolders.for_output(config.output)
+    args = sft_arguments(recipe, folders, has_eval=has_val_rows(config.data))
     model, processor = load_policy(config.model, recipe, fmt)
 
-    # 3. Data, arguments, the trainer.
+    # 3. Data, the trainer.
     # Memory-mapped from this node's scratch (converted once per node); each rank reads only the rows it is dealt.
-    folders = RunFolders.for_output(config.output)
     vocab_size = len(processor.tokenizer)
     tokens = manifest.read_manifest(config.data).get("stats", {})
     rows_bytes = 8 * sum(int((tokens.get(split) or {}).get("tokens", 0)) for split in ("train", "val"))  # ids + labels
@@ -119,7 +127,6 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     eval_set = TokenizedDataset(config.data, "val", cache=folders.scratch / "rows", vocab_size=vocab_size)
     if len(train_set) == 0:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
-    args = sft_arguments(recipe, folders, has_eval=len(eval_set) > 0)
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
     trainer = length_grouped_trainer()(
         model=model,
