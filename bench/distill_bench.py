@@ -27,10 +27,10 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from vcot.io import manifest, shards  # noqa: E402
 from vcot.distill import DistillConfig, distill  # noqa: E402
-from vcot.log import configure_logging  # noqa: E402
 from vcot.grounding.records import split_for  # noqa: E402
+from vcot.io import manifest, shards  # noqa: E402
+from vcot.log import configure_logging  # noqa: E402
 
 API_KEY = "bench-key"
 

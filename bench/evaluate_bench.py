@@ -25,14 +25,14 @@ from typing import Any
 import torch
 from PIL import Image, ImageDraw
 
-from vcot.models.generation import GenerationSettings, generate_batch, generate_responses
-from vcot.scoring.metrics import summarize
-from vcot.scoring.response import score_response
-from vcot.io.images import load_rgb
-from vcot.models.loading import load_model_and_processor
+from vcot.dev.tiny_model import build_tiny_qwen25vl
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
-from vcot.dev.tiny_model import build_tiny_qwen25vl
+from vcot.io.images import load_rgb
+from vcot.models.generation import GenerationSettings, generate_batch, generate_responses
+from vcot.models.loading import load_model_and_processor
+from vcot.scoring.metrics import summarize
+from vcot.scoring.response import score_response
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 160, 60)}
 

@@ -27,11 +27,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from vcot.io import manifest, shards, storage
-from vcot.grounding.boxes import pixels_to_norm1000
-from vcot.models.loading import load_processor_for
-from vcot.grounding.records import split_for
 from vcot.dev.tiny_model import build_tiny_qwen25vl
+from vcot.grounding.boxes import pixels_to_norm1000
+from vcot.grounding.records import split_for
+from vcot.io import manifest, shards, storage
+from vcot.models.loading import load_processor_for
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
 from vcot.train.recipe import load_recipe

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from vcot.io import storage
 from vcot.cli import run_stage
 from vcot.config import option
+from vcot.io import storage
 
 
 @dataclass

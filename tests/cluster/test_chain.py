@@ -10,8 +10,8 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.k8s.k8s_helpers import STAGES, FakeCluster, make_job, pipeline
 from vcot.cluster import chain
-from vcot.errors import VcotError
 from vcot.cluster.chain import ChainConfig, Step, decide, follow_chain, step_from_job
+from vcot.errors import VcotError
 
 CONFIG = ChainConfig(run="r1", namespace="ns", poll_seconds=1)
 

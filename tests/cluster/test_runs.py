@@ -18,8 +18,8 @@ from kubernetes import client
 from tests.k8s.k8s_helpers import FakeCluster
 from tests.k8s.test_k8s_manifests import by_kind, chain_jobs, container_env, expand, render
 from vcot.cluster import runs
-from vcot.errors import VcotError
 from vcot.cluster.chain import ChainConfig, follow_chain
+from vcot.errors import VcotError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GPU = REPO_ROOT / "k8s/overlays/gpu"

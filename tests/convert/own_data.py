@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from vcot.io import storage
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_STREET = "s3://my-bucket/images/street.png"
 IMAGES = {"photos/shop.png": (640, 480), "photos/desk.png": (400, 300), "photos/cat.png": (300, 300)}

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vcot.io import manifest, shards
 from vcot.convert import ConvertConfig, convert
 from vcot.dev.synthetic import synthetic_items, write_synthetic_viscot
 from vcot.errors import ConfigError
+from vcot.io import manifest, shards
 
 BASE = [item for item, _, _, _ in synthetic_items(8, seed=11)]
 # Integers stay within 64 bits: yajl (ijson's C backend) refuses larger ones, and -2**63 too (its overflow check, with

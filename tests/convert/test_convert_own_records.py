@@ -10,9 +10,9 @@ import pytest
 
 from jobs.convert import main as convert_main
 from tests.convert.own_data import IMAGES, bomb_png, docs_example, png, write_own_data
-from vcot.io import manifest, shards, storage
 from vcot.convert import ConvertConfig, convert
 from vcot.errors import ConfigError
+from vcot.io import manifest, shards, storage
 
 
 def _records(output: str, prefixes: tuple[str, ...] = ("train/", "val/")) -> list[dict]:

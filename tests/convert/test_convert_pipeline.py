@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from jobs.convert import main
-from vcot.io import manifest, shards, storage
 from vcot.config import parse_config
 from vcot.convert import ConvertConfig, convert
 from vcot.dev.synthetic import write_synthetic_viscot
 from vcot.errors import ConfigError, NotCommittedError, StorageError, VcotError
+from vcot.io import manifest, shards, storage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

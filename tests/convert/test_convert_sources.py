@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vcot.io import manifest, shards
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.common import dedup_key
+from vcot.io import manifest, shards
 
 
 def _png(width: int, height: int, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:

@@ -10,8 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.convert.own_data import bomb_png, png
-from vcot.io import shards, storage
-from vcot.grounding.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
 from vcot.convert import ConvertConfig, convert
 from vcot.convert.viscot import (
     PROMPT_SUFFIX,
@@ -21,6 +19,8 @@ from vcot.convert.viscot import (
     parse_box_values,
     ref_label,
 )
+from vcot.grounding.boxes import pixels_to_norm1000, pixels_to_viscot_padded, validate_box, viscot_padding
+from vcot.io import shards, storage
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "viscot"
 SAMPLE = json.loads((FIXTURES / "benchmark_sample.json").read_text())

@@ -19,8 +19,8 @@ from transformers import AutoConfig
 
 from vcot.demo.examples import EXAMPLES, draw
 from vcot.grounding.model_format import ModelFormat
-from vcot.models.loading import MODEL_CARD, architecture, load_model_and_processor
 from vcot.grounding.prompts import build_messages
+from vcot.models.loading import MODEL_CARD, architecture, load_model_and_processor
 
 EXAMPLE = EXAMPLES[0]  # a red circle and a blue square, "What color is the circle?"
 HOUSE_BOX = (125, 250, 458, 750)

@@ -20,9 +20,9 @@ from vcot.config import parse_config
 from vcot.demo.app import answer, build_app, serve
 from vcot.demo.config import DemoConfig
 from vcot.demo.engine import DemoModel, Options, QuestionLimits, load_demo_model
+from vcot.dev.tiny_model import TINY_SIZES, TinySize, build_tiny_model
 from vcot.errors import ConfigError, VcotError
 from vcot.models.loading import MODEL_CARD
-from vcot.dev.tiny_model import TINY_SIZES, TinySize, build_tiny_model
 
 DEFAULTS = Options()
 SETTINGS = [DEFAULTS.max_new_tokens, DEFAULTS.repetition_penalty, DEFAULTS.box_aware_penalty, DEFAULTS.sample,

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from PIL import Image
 
-from vcot.grounding.boxes import parse_grounded
 from vcot.demo.drawing import PALETTE, display_copy, draw_boxes, highlighted
+from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import HOUSE, ModelFormat
 
 WIDTH, HEIGHT = 400, 200

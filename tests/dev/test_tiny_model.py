@@ -14,8 +14,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
 )
 
-from vcot.models.loading import ImageOnlyQwen3VLProcessor, ImageOnlyQwen25VLProcessor
 from vcot.dev.tiny_model import QWEN_SPECIAL_TOKENS, TINY_MAX_PIXELS, TINY_SIZES, build_tokenizer
+from vcot.models.loading import ImageOnlyQwen3VLProcessor, ImageOnlyQwen25VLProcessor
 
 
 def test_auto_processor_returns_the_image_only_processor(tiny_model_dir: Path) -> None:

@@ -8,10 +8,10 @@ from typing import Any
 
 from PIL import Image
 
-from vcot.io import manifest, shards
-from vcot.distill.config import DistillConfig
 from vcot.dev.fake_openai import FakeOpenAI
+from vcot.distill.config import DistillConfig
 from vcot.grounding.records import split_for
+from vcot.io import manifest, shards
 
 API_KEY = "sk-test-SECRET-0123456789abcdef"
 _QUESTION = re.compile(r"Q(\d+):")

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from tests.distill.distill_helpers import API_KEY, commit_input, make_record, question_number
-from vcot.io import manifest, storage
 from vcot.distill import distill
 from vcot.distill.config import DistillConfig
-from vcot.llm.cache import AnswerCache
+from vcot.io import manifest, storage
 from vcot.io.manifest import ShardSpec
+from vcot.llm.cache import AnswerCache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,12 +18,12 @@ from tests.distill.distill_helpers import (
     make_record,
     question_number,
 )
-from vcot.io import manifest, shards
 from vcot.distill import distill
 from vcot.errors import ConfigError
+from vcot.grounding.records import grounding_problem
+from vcot.io import manifest, shards
 from vcot.llm.cache import AnswerCache
 from vcot.llm.chat import LLMError
-from vcot.grounding.records import grounding_problem
 
 
 def _read(output: str, prefix: str) -> list[dict[str, Any]]:

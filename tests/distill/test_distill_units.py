@@ -15,11 +15,11 @@ import pytest
 from PIL import Image
 
 from tests.distill.distill_helpers import commit_input, fast_config, make_record
-from vcot.io import manifest, shards, storage
 from vcot.distill import distill, prompts
 from vcot.distill.config import DistillConfig
 from vcot.distill.stage import in_order
 from vcot.distill.validate import accepted_record, check_answer
+from vcot.io import manifest, shards, storage
 from vcot.llm.cache import AnswerCache, request_key
 from vcot.llm.chat import CachedChat, Completion, RetryPolicy, retry_after_seconds
 from vcot.llm.ledger import Ledger

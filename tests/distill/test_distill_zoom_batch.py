@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from tests.distill.distill_helpers import commit_input, fast_config, good_answer, make_record, question_number
-from vcot.io import manifest, shards
 from vcot.distill import distill
 from vcot.distill.batch import BatchRunner
 from vcot.distill.stage import batch_state_uri
-from vcot.llm.chat import LLMError
+from vcot.io import manifest, shards
 from vcot.io.manifest import ShardSpec
+from vcot.llm.chat import LLMError
 
 _FINAL = re.compile(r"Answer: answer(\d+)")
 

@@ -8,6 +8,8 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from vcot.io import manifest, shards, storage
+
+
 def draw_image(width: int, height: int, boxes: list[list[int]], color: tuple[int, int, int]) -> bytes:
     """A PNG with a filled rectangle at each house box."""
     image = Image.new("RGB", (width, height), (235, 235, 235))

@@ -12,9 +12,9 @@ import pytest
 
 from jobs.evaluate import main
 from tests.conftest import FIXTURES
-from vcot.io import manifest
 from vcot.convert import ConvertConfig, convert
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table
+from vcot.io import manifest
 
 SAMPLES = FIXTURES / "viscot"
 PER_SUBSET = 4

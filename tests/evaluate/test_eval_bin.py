@@ -10,13 +10,13 @@ import torch
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot.io import manifest, shards, storage
-from vcot.scoring import gfn
 from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
-from vcot.models.generation import GenerationSettings, prompt_text
-from vcot.io.images import load_rgb
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, shards, storage
+from vcot.io.images import load_rgb
+from vcot.models.generation import GenerationSettings, prompt_text
 from vcot.models.loading import load_model_and_processor, model_family
+from vcot.scoring import gfn
 
 
 def _fmt(processor: object, model_dir: Path) -> ModelFormat:

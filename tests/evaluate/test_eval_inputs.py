@@ -10,6 +10,8 @@ import pytest
 
 from jobs.evaluate import main
 from vcot.io import manifest, shards
+
+
 def _predictions(tmp_path: Path, records: list[dict[str, Any]]) -> str:
     path = tmp_path / "predictions.jsonl"
     path.write_text("".join(json.dumps({"id": r["id"], "prediction": "Answer: x"}) + "\n" for r in records))

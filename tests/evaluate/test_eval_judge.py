@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from jobs.evaluate import main
-from vcot.io import manifest, shards
-from vcot.grounding.answers import normalize_answer
-from vcot.evaluate.judge import judge_messages, parse_score, verdict
 from vcot.dev.fake_openai import FakeOpenAI
+from vcot.evaluate.judge import judge_messages, parse_score, verdict
+from vcot.grounding.answers import normalize_answer
+from vcot.io import manifest, shards
 
 API_KEY = "sk-judge-SECRET-0123456789abcdef"
 _FIELDS = re.compile(r"question: (.*)\nstandard answer: (.*)\nmodel's answer: (.*)\n")

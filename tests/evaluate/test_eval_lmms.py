@@ -7,10 +7,10 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from PIL import Image, ImageDraw
 
 from tests.conftest import REPO_ROOT

@@ -13,8 +13,8 @@ from transformers import AutoConfig
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot.io import manifest, shards, storage
 from vcot.evaluate.history import read_history
+from vcot.io import manifest, shards, storage
 from vcot.models.loading import MODEL_CARD, architecture
 
 FAST = ["--max-new-tokens", "12"]

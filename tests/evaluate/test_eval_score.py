@@ -12,9 +12,9 @@ import pytest
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
+from vcot.evaluate.scoring import load_records
 from vcot.io import manifest, shards, storage
 from vcot.scoring.metrics import best_constant_box
-from vcot.evaluate.scoring import load_records
 
 KNOWN_PREDICTIONS = [
     json.dumps({"id": "test:gqa:0", "prediction": "The <ref>gear</ref><box>[100, 100, 300, 300]</box> is red. Answer: red"}),

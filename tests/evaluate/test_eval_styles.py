@@ -10,11 +10,11 @@ import pytest
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
+from vcot.grounding.model_format import HOUSE
+from vcot.grounding.prompts import DIRECT_INSTRUCTION
 from vcot.io import manifest, shards, storage
 from vcot.models.generation import GenerationSettings, prompt_text
-from vcot.grounding.model_format import HOUSE
 from vcot.models.loading import load_processor
-from vcot.grounding.prompts import DIRECT_INSTRUCTION
 
 
 def _rows(output: str, folder: str) -> list[dict[str, Any]]:

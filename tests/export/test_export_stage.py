@@ -15,12 +15,12 @@ from safetensors import safe_open
 
 from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
-from vcot.io import manifest, storage
 from vcot.dev.tiny_model import build_tiny_model
-from vcot.grounding.boxes import norm1000_to_pixels
 from vcot.export.card import read_back
+from vcot.grounding.boxes import norm1000_to_pixels
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
+from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 
 SETTINGS = "max_steps=2,save_steps=10,eval_steps=10"

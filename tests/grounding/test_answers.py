@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from vcot.grounding.answers import answer_matches, choice_index, contains_answer, extract_answer, is_correct, normalize_answer
 from vcot.distill.validate import check_answer
+from vcot.grounding.answers import (
+    answer_matches,
+    choice_index,
+    contains_answer,
+    extract_answer,
+    is_correct,
+    normalize_answer,
+)
 
 GROUNDED = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is on the table.\nAnswer: {}"
 

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vcot.grounding import boxes
+
 sizes = st.integers(min_value=1, max_value=8000)
 
 

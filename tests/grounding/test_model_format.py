@@ -3,7 +3,6 @@ layout loads (image-token counts against the real processors: tests/train/test_t
 
 from __future__ import annotations
 
-
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st

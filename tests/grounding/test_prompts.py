@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from vcot.grounding.boxes import parse_grounded, smart_resize
 from vcot.grounding.model_format import HOUSE, ModelFormat
 from vcot.grounding.prompts import build_messages

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from vcot.io import storage
 from vcot.errors import StorageError
+from vcot.io import storage
 from vcot.io.images import load_rgb
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vcot.io import manifest, shards, storage
 from vcot.errors import ConfigError, StorageError
+from vcot.io import manifest, shards, storage
 
 RECORDS = [{"id": f"r{i}", "n": i} for i in range(24)]
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vcot.io import shards, storage
+
 _JSON_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=20)
 _JSON_VALUES = st.recursive(
     _JSON_SCALARS,

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from vcot.io import manifest, shards, storage
 from vcot.errors import ConfigError, NotCommittedError, StorageError
+from vcot.io import manifest, shards, storage
 
 RECORDS = [{"id": f"r{i}", "text": "ünïcode ✓", "n": i} for i in range(25)]
 

@@ -8,11 +8,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 import tests.k8s.test_k8s_manifests as rules
 from tests.k8s.test_k8s_manifests import REPO_ROOT, by_kind, expand, pod_templates, render, selects

@@ -16,6 +16,7 @@ import pytest
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
 from tests.k8s.test_k8s_manifests import by_kind, expand, listed_components, overlay_copy, render, selects
 from vcot.cluster import runs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_VERSIONS = ("1.30", "1.33")
 SETTINGS = {"GPUS_PER_NODE": "8", "TRAIN_NODES": "3"}

@@ -16,8 +16,8 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from vcot.io import manifest, storage
 from vcot.errors import VcotError
+from vcot.io import manifest, storage
 from vcot.models.loading import (
     ImageOnlyQwen3VLProcessor,
     ImageOnlyQwen25VLProcessor,

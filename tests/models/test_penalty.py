@@ -10,8 +10,8 @@ import torch
 from transformers import AutoTokenizer, RepetitionPenaltyLogitsProcessor
 
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat, render_grounded
-from vcot.models.generation import BoxAwareRepetitionPenalty, GenerationSettings, penalty_processors
 from vcot.grounding.model_format import ModelFormat
+from vcot.models.generation import BoxAwareRepetitionPenalty, GenerationSettings, penalty_processors
 from vcot.models.penalty import coordinate_token_ids, is_coordinate_text
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 from tests.convert.own_data import write_own_data
 from tests.train.conftest import write_record_output
-from vcot.io import manifest, storage
 from vcot.convert import ConvertConfig, convert
+from vcot.io import manifest, storage
 from vcot.pages.preview import OBJECT_COLOR, RATIONALE_COLOR, PreviewConfig, preview
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

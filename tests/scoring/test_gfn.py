@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from vcot.scoring import gfn
+
 torch.set_num_threads(1)
 
 

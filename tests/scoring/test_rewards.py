@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vcot.grounding.boxes import iou
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.boxes import iou
 from vcot.scoring.rewards import (
     accuracy_reward,
     bbox_reward,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from PIL import Image, ImageDraw
 
-from vcot.io import manifest, shards, storage
 from vcot.grounding.boxes import pixels_to_norm1000
 from vcot.grounding.records import split_for
+from vcot.io import manifest, shards, storage
 
 COLORS = ("red", "green", "blue", "yellow")
 SIZES = ((112, 112), (160, 120), (90, 200), (300, 100), (64, 64))

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from vcot.errors import VcotError
-from vcot.io.images import load_rgb
 from vcot.grounding.model_format import ModelFormat
+from vcot.io.images import load_rgb
 from vcot.models.loading import load_processor, model_family
 from vcot.tokenize import Encoder
 from vcot.train.data import Collator

@@ -16,9 +16,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.train.train_helpers import run_until_killed
-from vcot.io import manifest, storage
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, storage
 from vcot.scoring.rewards import reward_setup
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -109,9 +109,9 @@ def test_grpo_steps_change_the_adapter_and_log_every_reward(
 def test_grpo_adapter_loads_as_evaluate_loads_it(grpo_run: str) -> None:
     from peft import PeftModel
 
+    from vcot.grounding.prompts import build_messages
     from vcot.io.images import load_rgb
     from vcot.models.loading import adapter_format, load_model_and_processor
-    from vcot.grounding.prompts import build_messages
 
     pointer = json.loads((Path(grpo_run).parent / "latest.json").read_text())
     model, processor = load_model_and_processor(pointer["base_model"], adapter_uri=pointer["adapter"])

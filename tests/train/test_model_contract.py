@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from jobs.evaluate import main as evaluate_main
-from vcot.io import manifest, storage
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, storage
 from vcot.models.loading import MODEL_CARD
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train

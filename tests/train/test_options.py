@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from jobs.evaluate import main as evaluate_main
-from vcot.io import manifest, shards, storage
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
-from vcot.models.loading import MODEL_CARD, load_model_and_processor
 from vcot.grounding.prompts import build_messages
+from vcot.io import manifest, shards, storage
+from vcot.models.loading import MODEL_CARD, load_model_and_processor
 from vcot.train import TrainConfig, train
 from vcot.train.common import RunFolders, add_lora, load_policy
 from vcot.train.options import NO_VISION_TRAINS, is_vision, use_vision_learning_rate
@@ -234,8 +234,8 @@ def worded_tokens(record_data: str, tiny_model_dir: Path, tmp_path_factory: pyte
 def test_wording_is_recorded_and_evaluate_prompts_with_it(
     worded_tokens: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from vcot.models.generation import GenerationSettings, prompt_text
     from vcot.evaluate.stage import load_generator
+    from vcot.models.generation import GenerationSettings, prompt_text
     from vcot.tokenize.encode import Encoder
     from vcot.train.data import TokenizedDataset
 

@@ -11,8 +11,8 @@ import pytest
 
 from tests.convert.own_data import write_own_data
 from tests.train.test_tokenize_mixture import _train_rows
-from vcot.io import manifest
 from vcot.convert import ConvertConfig, convert
+from vcot.io import manifest
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.train import TrainConfig, train
 

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import _free_port
 from vcot.dev.local_s3 import LocalS3
-from vcot.io import shards, storage
 from vcot.dev.summary import main, summary
+from vcot.io import shards, storage
 
 
 def _write_outputs(root: Path) -> tuple[str, str]:

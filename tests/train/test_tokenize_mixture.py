@@ -14,10 +14,10 @@ from transformers import AutoProcessor
 
 from jobs.tokenize import main as tokenize_main
 from tests.k8s.test_k8s_manifests import by_kind, render
-from vcot.io import manifest
 from vcot.config import parse_config
 from vcot.errors import ConfigError
 from vcot.grounding.records import grounding_problem
+from vcot.io import manifest
 from vcot.tokenize import TokenizeConfig, tokenize
 from vcot.tokenize.mixture import parse_mixture
 from vcot.train.data import Collator

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,11 +15,11 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from jobs.tokenize import main as tokenize_main
-from vcot.io import manifest, storage
-from vcot.grounding.boxes import parse_grounded, smart_resize
 from vcot.config import parse_config
-from vcot.grounding.model_format import ModelFormat
 from vcot.errors import ConfigError
+from vcot.grounding.boxes import parse_grounded, smart_resize
+from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, storage
 from vcot.tokenize import IGNORE_INDEX, Encoder, TokenizeConfig, tokenize
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vcot.io import storage
 from vcot.errors import ConfigError
+from vcot.io import storage
 from vcot.train.recipe import load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -16,11 +16,11 @@ from transformers import AutoConfig
 
 from jobs.evaluate import main as evaluate_main
 from tests.train.train_helpers import run_until_killed
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import build_messages
 from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
-from vcot.grounding.model_format import ModelFormat
 from vcot.models.loading import architecture
-from vcot.grounding.prompts import build_messages
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.data import Collator, TokenizedDataset

@@ -282,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging()
     config = parse_config(ChainConfig, argv, prog="python -m vcot.cluster.chain")
     log.info("config", **redacted(config))
-    from kubernetes import client, config as kube_config
+    from kubernetes import client
+    from kubernetes import config as kube_config
 
     try:
         try:

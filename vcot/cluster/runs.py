@@ -29,8 +29,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from vcot.io import layout
 from vcot.errors import VcotError
+from vcot.io import layout
 
 RUNS_DIR = Path("k8s/runs")
 K8S_DIR = Path(__file__).resolve().parents[2] / "k8s"

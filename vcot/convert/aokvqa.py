@@ -13,20 +13,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from vcot.io import storage
 from vcot.convert.common import (
     BadLine,
     Item,
     Owns,
-    owned,
     Rejection,
     clean_text,
     dedup_key,
     has_bad_encoding,
     iter_json_items,
+    owned,
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
+from vcot.io import storage
 
 RationaleStyle = Literal["plain", "step-by-step"]
 

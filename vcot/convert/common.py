@@ -18,10 +18,10 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from vcot.io import storage
 from vcot.errors import VcotError
-from vcot.log import get_logger
 from vcot.grounding.records import Rejection
+from vcot.io import storage
+from vcot.log import get_logger
 
 log = get_logger(__name__)
 

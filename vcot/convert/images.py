@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 
-from vcot.io import storage
 from vcot.errors import StorageError
+from vcot.io import storage
 from vcot.io.images import TOO_LARGE, too_large
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vcot.io import storage
 from vcot.convert.common import (
     BadLine,
     Item,
@@ -27,6 +26,7 @@ from vcot.convert.common import (
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
+from vcot.io import storage
 
 
 class LacotConverter:

@@ -16,20 +16,20 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from vcot.io import manifest, storage
 from vcot.convert.common import (
     BadLine,
     Item,
     Owns,
-    owned,
     Rejection,
     clean_text,
     dedup_key,
     has_bad_encoding,
     iter_json_items,
+    owned,
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
+from vcot.io import manifest, storage
 from vcot.log import get_logger
 
 log = get_logger(__name__)

@@ -25,8 +25,6 @@ import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from vcot.io import storage
-from vcot.grounding.boxes import IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
 from vcot.convert.common import (
     BadLine,
     Item,
@@ -41,7 +39,9 @@ from vcot.convert.common import (
 from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.boxes import IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import storage
 
 Bbox2dFrame = Literal["norm1000", "pixels", "qwen2.5-resized"]
 BBOX_2D_FRAMES: tuple[Bbox2dFrame, ...] = ("norm1000", "pixels", "qwen2.5-resized")

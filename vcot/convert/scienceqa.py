@@ -15,20 +15,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from vcot.io import storage
 from vcot.convert.common import (
     Item,
     Owns,
-    owned,
     Rejection,
     clean_text,
     dedup_key,
     has_bad_encoding,
     iter_json_object,
+    owned,
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
 from vcot.errors import VcotError
+from vcot.io import storage
 
 HF_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test", "minival": "minival"}
 

@@ -13,18 +13,18 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from vcot.io import manifest, storage
 from vcot.config import option, redacted
 from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
 from vcot.errors import ConfigError
-from vcot.log import get_logger
-from vcot.io.manifest import ShardSpec
 from vcot.grounding.records import merge_counts
+from vcot.io import manifest, storage
+from vcot.io.manifest import ShardSpec
 from vcot.io.parallel import resolve_workers
 from vcot.io.shards import ShardFile, SplitWriters, write_file
+from vcot.log import get_logger
 
 log = get_logger(__name__)
 

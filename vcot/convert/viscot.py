@@ -15,12 +15,6 @@ from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vcot.io import storage
-from vcot.grounding.boxes import (
-    pixels_to_norm1000,
-    validate_box,
-    viscot_padded_to_pixels,
-)
 from vcot.convert.array_chunks import (
     DEFAULT_CHUNK_BYTES,
     ArrayChunk,
@@ -41,10 +35,16 @@ from vcot.convert.common import (
     paused_gc,
 )
 from vcot.convert.images import ImageProblem, size_from_uri
-from vcot.io.images import TOO_LARGE, decodable_pixels, too_large
 from vcot.convert.routing import RoutedBlock, route_block, route_blocks
-from vcot.log import get_logger
+from vcot.grounding.boxes import (
+    pixels_to_norm1000,
+    validate_box,
+    viscot_padded_to_pixels,
+)
+from vcot.io import storage
+from vcot.io.images import TOO_LARGE, decodable_pixels, too_large
 from vcot.io.parallel import ordered_map
+from vcot.log import get_logger
 
 log = get_logger(__name__)
 

@@ -27,15 +27,15 @@ import gradio as gr
 import torch
 from PIL import Image
 
-from vcot.grounding.answers import final_answer
 from vcot.demo.config import DemoConfig
 from vcot.demo.drawing import display_copy, draw_boxes, highlighted
 from vcot.demo.engine import DemoModel, Options, QuestionLimits, load_demo_model
 from vcot.demo.examples import write_examples
 from vcot.demo.sessions import Sessions
 from vcot.errors import ConfigError, VcotError
-from vcot.log import get_logger
+from vcot.grounding.answers import final_answer
 from vcot.grounding.streaming import GroundedStream
+from vcot.log import get_logger
 
 log = get_logger(__name__)
 

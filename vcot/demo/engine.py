@@ -21,11 +21,13 @@ from PIL import Image, UnidentifiedImageError
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from vcot.io import storage
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.model_format import Coords, ModelFormat
+from vcot.grounding.prompts import build_messages
+from vcot.io import storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.grounding.model_format import Coords, ModelFormat
+from vcot.models.generation import BoxAwareRepetitionPenalty
 from vcot.models.loading import (
     MODEL_CARD,
     adapter_format,
@@ -35,9 +37,7 @@ from vcot.models.loading import (
     read_model_card,
     stop_token_ids,
 )
-from vcot.models.generation import BoxAwareRepetitionPenalty
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
-from vcot.grounding.prompts import build_messages
 
 log = get_logger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from vcot.dev.local_s3 import LocalS3, is_up
 from vcot.io import storage
-from vcot.log import configure_logging
 from vcot.io.shards import read_jsonl
+from vcot.log import configure_logging
 
 
 def loss_line(metrics: dict[str, Any]) -> str:

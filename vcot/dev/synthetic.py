@@ -25,8 +25,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from vcot.io import storage
 from vcot.grounding.boxes import pixels_to_norm1000, pixels_to_viscot_padded
+from vcot.io import storage
 
 COLORS = {
     "red": (220, 40, 40),

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from vcot.io import manifest, storage
 from vcot.config import option
+from vcot.io import manifest, storage
 from vcot.io.manifest import ShardSpec
 
 Strategy = Literal["direct", "zoom"]

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vcot.distill import prompts
-from vcot.llm.chat import CachedChat
 from vcot.distill.validate import Verdict, check_answer
+from vcot.llm.chat import CachedChat
 
 
 @dataclass

@@ -33,7 +33,6 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from vcot.io import manifest, storage
 from vcot.config import redacted
 from vcot.distill import prompts
 from vcot.distill.batch import BatchCollector, BatchRunner, Deferred
@@ -42,13 +41,14 @@ from vcot.distill.direct import direct_rationale
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
+from vcot.io import manifest, storage
+from vcot.io.manifest import ShardSpec
+from vcot.io.shards import ShardFile, SplitWriters, read_verified, write_file
 from vcot.llm.cache import AnswerCache, stored_while_running
 from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
 from vcot.llm.ledger import DEFAULT_PRICES, Ledger
 from vcot.log import get_logger
-from vcot.io.manifest import ShardSpec
-from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
-from vcot.io.shards import ShardFile, SplitWriters, read_verified, write_file
 
 log = get_logger("vcot.distill")
 

@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from vcot.grounding.boxes import parse_grounded
 from vcot.distill import prompts
 from vcot.distill.direct import Outcome, ask_valid
+from vcot.grounding.boxes import parse_grounded
 from vcot.llm.chat import CachedChat
 
 

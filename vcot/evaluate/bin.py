@@ -24,12 +24,12 @@ from typing import Any, Literal
 
 import torch
 
-from vcot.scoring import gfn
-from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
+from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
+from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
-from vcot.grounding.prompts import answer_cue, build_messages
+from vcot.scoring import gfn
 
 log = get_logger(__name__)
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vcot.grounding.boxes import BoxFormat
 from vcot.config import option
-from vcot.scoring.field_metrics import FIELD_RATE_METRICS
-from vcot.scoring.metrics import RATE_METRICS
+from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, Family
 from vcot.grounding.model_format import Coords, Mode
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
+from vcot.scoring.field_metrics import FIELD_RATE_METRICS
+from vcot.scoring.metrics import RATE_METRICS
 
 WATCHABLE_METRICS = (*RATE_METRICS, *FIELD_RATE_METRICS, "judge_score")
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vcot.io import storage
 from vcot.errors import VcotError
+from vcot.io import storage
 
 HISTORY_NAME = "eval-history.jsonl"
 

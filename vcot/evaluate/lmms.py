@@ -25,8 +25,8 @@ from typing import Any
 
 from vcot.grounding.answers import extract_answer
 from vcot.grounding.boxes import render_grounded
-from vcot.log import get_logger
 from vcot.grounding.model_format import ModelFormat
+from vcot.log import get_logger
 
 log = get_logger(__name__)
 
@@ -75,8 +75,8 @@ def _build_class() -> type:
     # Not split: its length is the class body (short methods), built here so the module imports without lmms-eval.
     from lmms_eval.api.model import lmms
 
-    from vcot.models.generation import GenerationSettings, Skipped, generate_batch
     from vcot.evaluate.stage import load_generator
+    from vcot.models.generation import GenerationSettings, Skipped, generate_batch
     from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]

@@ -9,11 +9,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcot.io import manifest, storage
 from vcot.errors import ConfigError
+from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.scoring.metrics import SampleScore
-from vcot.grounding.model_format import ModelFormat
 from vcot.scoring.response import score_response
 
 log = get_logger(__name__)

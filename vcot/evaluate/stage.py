@@ -23,20 +23,20 @@ import os
 from collections import Counter
 from typing import Any, Literal
 
-from vcot.io import layout, manifest, shards, storage
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
-from vcot.scoring.field_metrics import add_field_metrics
 from vcot.evaluate.judge import JudgeSettings, add_judge_metrics, default_cache, judge_rows
-from vcot.scoring.metrics import summarize_by_subset
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.evaluate.styles import compare_styles
-from vcot.log import get_logger
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import layout, manifest, shards, storage
+from vcot.log import get_logger
+from vcot.scoring.field_metrics import add_field_metrics
+from vcot.scoring.metrics import summarize_by_subset
 
 log = get_logger(__name__)
 
@@ -137,7 +137,13 @@ def load_generator(
 
     Also what the lmms-eval plugin (``vcot.evaluate.lmms``) loads a model with.
     """
-    from vcot.models.loading import MODEL_CARD, check_base_model, load_model_and_processor, model_family, read_model_card
+    from vcot.models.loading import (
+        MODEL_CARD,
+        check_base_model,
+        load_model_and_processor,
+        model_family,
+        read_model_card,
+    )
 
     recorded = recorded_format(adapter, overrides, model_uri)
     if adapter and storage.exists(storage.join(adapter, MODEL_CARD)):

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from vcot.io import layout, manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import VcotError
 from vcot.export.card import model_card
+from vcot.io import layout, manifest, storage
 from vcot.log import get_logger
 
 STAGE = "export"
@@ -70,8 +70,8 @@ def find_evaluation(config: ExportConfig) -> str | None:
 
 def export(config: ExportConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    from vcot.models.loading import MODEL_CARD, check_base_model, full_finetune_model, read_model_card, save_merged
     from vcot.io.shards import file_entry
+    from vcot.models.loading import MODEL_CARD, check_base_model, full_finetune_model, read_model_card, save_merged
 
     run_manifest = manifest.read_manifest(config.run, expect_stage="train")
     full_model = full_finetune_model(config.adapter)

@@ -34,11 +34,11 @@ from typing import Any, Literal
 
 from vcot.grounding.boxes import (
     BOX_FORMATS,
+    NORM,
     BoxFormat,
     GroundedBox,
-    NORM,
-    InvalidBox,
     IntBox,
+    InvalidBox,
     ParseResult,
     map_boxes,
     mention_example,

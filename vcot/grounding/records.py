@@ -15,7 +15,6 @@ from typing import Any
 
 from vcot.grounding.boxes import format_box, parse_grounded, validate_box
 
-
 REQUIRED_FIELDS = ("id", "source", "subset", "split", "image", "width", "height", "question", "answer")
 
 

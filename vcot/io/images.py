@@ -7,6 +7,7 @@ import io
 from typing import TYPE_CHECKING
 
 from vcot.io import storage
+
 if TYPE_CHECKING:
     from PIL import Image
 

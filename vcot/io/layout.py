@@ -23,6 +23,7 @@ tests/io/test_layout.py keeps those copies equal to :data:`RUN_FOLDERS`.
 from __future__ import annotations
 
 from vcot.io import storage
+
 RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL = "records", "distilled", "tokenized", "train", "grpo", "eval"
 RGFN = "rgfn"
 RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL)

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vcot import __version__
-
-from vcot.io import storage
 from vcot.errors import ConfigError, NotCommittedError, StorageError
+from vcot.io import storage
 from vcot.io.shards import ShardFile, read_jsonl, read_verified
 
 SUCCESS = "_SUCCESS"

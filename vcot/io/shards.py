@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 
 from vcot.io import storage
+
 DEFAULT_COMPRESSLEVEL = 6
 """gzip level of ``.jsonl.gz`` shards unless a stage picks another (convert uses 3: ``docs/bench-convert.md``)."""
 WRITE_BATCH_BYTES = 1 << 18

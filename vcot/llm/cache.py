@@ -28,11 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from vcot.io import storage
 from vcot.errors import StorageError
+from vcot.io import storage
+from vcot.io.shards import dumps_record
 from vcot.llm.ledger import Ledger
 from vcot.log import get_logger
-from vcot.io.shards import dumps_record
 
 log = get_logger("vcot.llm.cache")
 

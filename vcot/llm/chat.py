@@ -25,9 +25,9 @@ from typing import Any
 
 import openai
 
+from vcot.errors import VcotError
 from vcot.llm.cache import AnswerCache, request_key
 from vcot.llm.ledger import Ledger
-from vcot.errors import VcotError
 from vcot.log import get_logger
 
 log = get_logger("vcot.llm.chat")

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from vcot.io.images import load_rgb
-from vcot.log import get_logger
 from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
+from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
+from vcot.io.images import load_rgb
+from vcot.log import get_logger
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.models.penalty import (
     BOX_AWARE,
@@ -31,7 +32,6 @@ from vcot.models.penalty import (
     coordinate_token_ids,
     inside_open_box,
 )
-from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
 
 log = get_logger(__name__)
 

@@ -31,11 +31,11 @@ from safetensors import SafetensorError
 from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLProcessor, Qwen3VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from vcot.io import storage
 from vcot.errors import ConfigError, VcotError
-from vcot.log import get_logger
 from vcot.grounding.families import Family
 from vcot.grounding.model_format import ModelFormat, family_of_model_type
+from vcot.io import storage
+from vcot.log import get_logger
 
 Quantize = Literal["4bit", "8bit"]
 MODEL_CARD = "vcot-model.json"

@@ -15,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from vcot.io import manifest, storage
-from vcot.grounding.boxes import parse_grounded
 from vcot.config import option
+from vcot.grounding.boxes import parse_grounded
+from vcot.grounding.records import grounding_problem
+from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.pages.html import box_rects, highlight_tags, thumbnail_data_uri
-from vcot.grounding.records import grounding_problem
 
 log = get_logger(__name__)
 

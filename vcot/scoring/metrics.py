@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from vcot.grounding.boxes import NORM, IOU_EPS, IntBox, best_match, iou, match_one_to_one
+from vcot.grounding.boxes import IOU_EPS, NORM, IntBox, best_match, iou, match_one_to_one
 
 SUCCESS_IOU = 0.5
 ACC_THRESHOLDS = (0.5, 0.75)

@@ -10,9 +10,9 @@ from typing import Any
 
 from vcot.grounding.answers import extract_answer, is_correct
 from vcot.grounding.boxes import validate_box
+from vcot.grounding.model_format import ModelFormat
 from vcot.scoring.field_metrics import field_scores
 from vcot.scoring.metrics import SampleScore, score_sample
-from vcot.grounding.model_format import ModelFormat
 
 
 def truth_boxes(record: dict[str, Any]) -> list[tuple[int, int, int, int]]:

@@ -35,9 +35,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding import answers
 from vcot.grounding.boxes import IntBox, ParseResult, best_match, match_optimal, parse_grounded, validate_box
-from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
 
 Completion = str | list[dict[str, Any]]

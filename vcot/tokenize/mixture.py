@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from vcot.io import storage
 from vcot.config import load_yaml
 from vcot.errors import ConfigError
+from vcot.io import storage
 
 INPUT = "input"
 """The source name that stands for tokenize's ``--input`` records."""

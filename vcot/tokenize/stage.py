@@ -28,15 +28,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vcot.io import manifest, storage
 from vcot.config import option, redacted
 from vcot.errors import ConfigError
-from vcot.log import get_logger
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
 from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
 from vcot.grounding.records import grounding_problem
+from vcot.io import manifest, storage
 from vcot.io.images import TOO_LARGE, decodable_pixels
 from vcot.io.shards import ShardFile, file_entry
+from vcot.log import get_logger
 from vcot.tokenize.encode import Encoder
 from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vcot.io import manifest, storage
 from vcot.config import redacted
 from vcot.errors import ConfigError, StorageError, VcotError
-from vcot.log import get_logger
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest, storage
+from vcot.log import get_logger
 from vcot.train import distributed
 from vcot.train.config import TrainConfig
 from vcot.train.options import prepare_full

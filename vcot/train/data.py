@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vcot.io import manifest
 from vcot.errors import StorageError, VcotError
-from vcot.io.images import load_rgb
 from vcot.grounding.model_format import IGNORE_INDEX, IMAGE_PAD
+from vcot.io import manifest
+from vcot.io.images import load_rgb
 from vcot.io.shards import read_verified
 from vcot.log import get_logger
 from vcot.train import distributed

@@ -20,13 +20,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.io import manifest
 from vcot.errors import VcotError
-from vcot.models.generation import GenerationSettings, Skipped, generate_responses
-from vcot.log import get_logger
-from vcot.scoring.metrics import RATE_METRICS, SampleScore, summarize
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.records import grounding_problem
+from vcot.io import manifest
+from vcot.log import get_logger
+from vcot.models.generation import GenerationSettings, Skipped, generate_responses
+from vcot.scoring.metrics import RATE_METRICS, SampleScore, summarize
 from vcot.scoring.response import score_response
 from vcot.train import distributed
 from vcot.train.recipe import Recipe

@@ -23,12 +23,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.io import manifest, storage
-from vcot.grounding.boxes import parse_grounded, validate_box
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.boxes import parse_grounded, validate_box
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import build_messages
+from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.grounding.model_format import ModelFormat
 from vcot.models.loading import (
     MODEL_CARD,
     Precision,
@@ -39,7 +40,6 @@ from vcot.models.loading import (
     read_model_card,
     refuse_full_finetune,
 )
-from vcot.grounding.prompts import build_messages
 from vcot.scoring.rewards import RewardFunc, completion_text, reward_setup
 from vcot.train.common import (
     RunFolders,

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import re
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vcot.io import storage
 from vcot.config import load_yaml
 from vcot.errors import ConfigError
+from vcot.io import storage
 from vcot.scoring.metrics import RATE_METRICS
 from vcot.scoring.rewards import DEFAULT_WEIGHTS, check_weights
 

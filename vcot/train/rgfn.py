@@ -28,15 +28,14 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot.io import manifest, storage
-
-from vcot.scoring import gfn
 from vcot.errors import VcotError
+from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
+from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.models.loading import machine_precision, vision_token_ids
-from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.scoring import gfn
 from vcot.train.common import (
     RunFolders,
     TrainConfig,

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcot.io import manifest
 from vcot.errors import VcotError
-from vcot.log import get_logger
 from vcot.grounding.model_format import ModelFormat
+from vcot.io import manifest
+from vcot.log import get_logger
 from vcot.models.loading import machine_precision
 from vcot.train import distributed
 from vcot.train.common import (
