@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem
+from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem, top_reasons
 
 COUNTERS = (
     "input",
@@ -133,9 +133,7 @@ def render_markdown(quality: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, counts in [*quality["subsets"].items(), ("**total**", total)]:
-        top = ", ".join(
-            f"{code} {n}" for code, n in sorted(counts["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
-        )
+        top = top_reasons(counts["reasons"])
         lines.append(
             f"| {name} | {counts['input']} | {counts['accepted']} | {counts['rejected']} | "
             f"{counts['ref_coverage']:.1%} | {counts['box_density']:.2f} | {counts['avg_response_chars']:.0f} | "

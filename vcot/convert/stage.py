@@ -19,7 +19,7 @@ from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
 from vcot.errors import ConfigError
-from vcot.grounding.records import merge_counts
+from vcot.grounding.records import merge_counts, top_reasons
 from vcot.io import manifest, storage
 from vcot.io.manifest import ShardSpec
 from vcot.io.parallel import resolve_workers
@@ -213,8 +213,7 @@ def refuse_nothing_accepted(config: ConvertConfig, total: dict[str, Any], exampl
     Items are dealt round-robin, so each shard of a run sees a sample of the whole input: a shard that accepts
     none of its items almost always means settings that fit no item (docs/records.md, "Nothing accepted").
     """
-    reasons = sorted(total["reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
-    top = ", ".join(f"{reason} {count}" for reason, count in reasons[:3])
+    top = top_reasons(total["reasons"])
     where = "" if config.num_shards == 1 else f" (shard {config.shard_index} of {config.num_shards})"
     raise ConfigError(
         f"none of the {total['input']} items of {config.input}{where} was accepted as --source {config.source}: {top}"

@@ -41,7 +41,7 @@ from vcot.distill.direct import direct_rationale
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
 from vcot.errors import ConfigError, VcotError
-from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, truncate_raw
+from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, top_reasons, truncate_raw
 from vcot.io import manifest, storage
 from vcot.io.manifest import ShardSpec
 from vcot.io.shards import ShardFile, SplitWriters, read_verified, write_file
@@ -417,7 +417,7 @@ def refuse_nothing_accepted(config: DistillConfig, shard: ShardSpec, outputs: _O
     """Fail, committing nothing, when this shard had records and accepted none: committed, the empty output would be
     skipped by every rerun and fail tokenize later. The answers paid for stay cached, so a rerun with the same
     settings costs nothing; a shard dealt no record at all commits its empty part (docs/records.md)."""
-    top = ", ".join(f"{reason} {n}" for reason, n in sorted(outputs.reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    top = top_reasons(outputs.reasons)
     where = "" if shard.count == 1 else f" (shard {shard.index} of {shard.count})"
     raise ConfigError(
         f"none of the {outputs.counts['input']} records of {config.input}{where} was accepted: {top}; check the "

@@ -131,6 +131,16 @@ def truncate_raw(raw: Any) -> Any:
     return raw if native else json.loads(text)
 
 
+def top_reasons(counts: Mapping[str, int], n: int = 3) -> str:
+    """The ``n`` most frequent reasons of a rejection or skip count, as one phrase for a report or an error line.
+
+    >>> top_reasons({"no_box": 2, "bad_image": 5, "missing_answer": 2, "too_long": 1})
+    'bad_image 5, missing_answer 2, no_box 2'
+    """
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{reason} {count}" for reason, count in ranked)
+
+
 def merge_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Quality reports of several shards (or blocks) as one: the integers at the same place added up, nested
     mappings merged, keys sorted. Anything else (a name, a time, a list) is left out: the caller says how it adds up.

@@ -32,7 +32,7 @@ from vcot.config import option, redacted
 from vcot.errors import ConfigError
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
 from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
-from vcot.grounding.records import grounding_problem
+from vcot.grounding.records import grounding_problem, top_reasons
 from vcot.io import manifest, storage
 from vcot.io.images import TOO_LARGE, decodable_pixels
 from vcot.io.shards import ShardFile, file_entry
@@ -466,7 +466,7 @@ def refuse_no_rows(mixture: Mixture, shard: manifest.ShardSpec, owned: int, skip
 
     A pod of several that was dealt no record at all (fewer records than pods) commits its empty part instead.
     """
-    top = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:3])
+    top = top_reasons(skipped)
     where = "" if shard.count == 1 else f" (shard {shard.index} of {shard.count})"
     raise ConfigError(
         f"no usable training row in {', '.join(mixture.data)}{where}, of {owned} train records: "
