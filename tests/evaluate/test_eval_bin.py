@@ -1,5 +1,6 @@
-"""BiN (``vcot-evaluate --bin N``) on the tiny offline Qwen2.5-VL: mechanics, and that the SFT scorer is the
-network with the adapter switched off (the selection rule itself is tested exactly in tests/scoring/test_gfn.py)."""
+"""BiN (``vcot-evaluate --bin N``) on the tiny offline Qwen2.5-VL: mechanics, and that the SFT scorer is the adapter
+the evaluated one continued, else the network with the adapter switched off (the selection rule itself is tested
+exactly in tests/scoring/test_gfn.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import torch
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot.evaluate.bin import BinSettings, adapter_disabled, bin_record, comparison_lines, rationale_of, sequence_scores
+from vcot.evaluate.bin import (
+    BinSettings,
+    bin_record,
+    comparison_lines,
+    load_sft_adapter,
+    rationale_of,
+    sequence_scores,
+    sft_model,
+)
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, shards, storage
 from vcot.io.images import load_rgb
@@ -30,13 +39,45 @@ def test_sft_scorer_is_the_model_without_its_adapter(tiny_model_dir: Path, adapt
     prompt = prompt_text(processor, record, GenerationSettings(fmt=_fmt(processor, tiny_model_dir)))
     image = load_rgb(record["image"])
     pairs = [("The <ref>cup</ref> is left. ", " red"), ("It is ", " blue car")]
-    with adapter_disabled(policy):
+    with sft_model(policy):
         sft_joint, sft_answer = sequence_scores(policy, processor, prompt, pairs, image)
     base_joint, base_answer = sequence_scores(base, processor, prompt, pairs, image)
     policy_joint, _ = sequence_scores(policy, processor, prompt, pairs, image)
     assert torch.allclose(sft_joint, base_joint, atol=1e-5) and torch.allclose(sft_answer, base_answer, atol=1e-5)
     assert not torch.allclose(policy_joint, base_joint, atol=1e-3)  # the adapter (random, non-zero) counts
     assert (sft_answer != sft_joint).all()  # the answer-only mean reads fewer tokens
+
+
+def test_sft_scorer_of_a_continued_adapter_is_the_adapter_it_continued(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """An RGFN adapter continues the SFT adapter: BiN's SFT model is that adapter (its card's continued_from),
+    never the bare base that switching the adapter off would give."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    continued = tmp_path / "continued"
+    shutil.copytree(adapter_dir, continued)
+    weights = load_file(continued / "adapter_model.safetensors")
+    save_file({k: v + 0.5 for k, v in weights.items()}, continued / "adapter_model.safetensors")
+    card = json.loads((continued / "vcot-model.json").read_text())
+    (continued / "vcot-model.json").write_text(json.dumps({**card, "continued_from": str(adapter_dir)}))
+
+    record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(continued))
+    sft, _ = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    base, _ = load_model_and_processor(str(tiny_model_dir))
+    prompt = prompt_text(processor, record, GenerationSettings(fmt=_fmt(processor, tiny_model_dir)))
+    image, pairs = load_rgb(record["image"]), [("The <ref>cup</ref> is left. ", " red")]
+    assert load_sft_adapter(policy, str(continued)) == str(adapter_dir)
+    with sft_model(policy):
+        scored, _ = sequence_scores(policy, processor, prompt, pairs, image)
+    expected, _ = sequence_scores(sft, processor, prompt, pairs, image)
+    assert torch.allclose(scored, expected, atol=1e-5)
+    assert not torch.allclose(scored, sequence_scores(base, processor, prompt, pairs, image)[0], atol=1e-3)
+    assert not torch.allclose(scored, sequence_scores(policy, processor, prompt, pairs, image)[0], atol=1e-3)
 
 
 def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:

@@ -85,6 +85,8 @@ def test_grpo_steps_change_the_adapter_and_log_every_reward(
     for entry in steps:
         assert all(isinstance(entry.get(key), float) for key in wanted), entry
     assert any(entry["frac_reward_zero_std"] < 1 for entry in steps), "no step had a learning signal"
+    # The KL reference is the SFT adapter as GRPO found it (embedding LoRA included): no distance before any update.
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-6), steps[0]["kl"]
     (events,) = (Path(grpo_run) / "tensorboard").glob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
@@ -208,7 +210,7 @@ def test_model_format_from_the_adapter_card_or_the_base_model(tiny_model_dir: Pa
     assert grpo_format(config()) == HOUSE
     assert grpo_format(config(grpo_coords="qwen2.5-absolute")).coords == "qwen2.5-absolute"
     with pytest.raises(ValueError, match="for methods grpo and gfn"):
-        TrainConfig(data="d", model="m", output="o", recipe="tiny-cpu", init_adapter=str(adapter))
+        TrainConfig(data="d", model="m", output="o", recipe="tiny-cpu", grpo_coords="norm1000")
 
 
 def test_model_format_from_the_card_of_a_full_finetune(tmp_path: Path) -> None:

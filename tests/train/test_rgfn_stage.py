@@ -79,3 +79,50 @@ def test_killed_rgfn_run_resumes_to_the_same_adapter(
         resumed = load(handle.read())
     reference = load_file(f"{rgfn_run}/adapter/adapter_model.safetensors")
     assert max((resumed[name] - reference[name]).abs().max().item() for name in reference) < 1e-5
+
+
+@pytest.mark.integration
+def test_rgfn_scores_rationales_as_the_model_reads_them(
+    analyzer_adapter: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The policy's log-probabilities of a rationale are the model's given the processor's own inputs (the image on
+    its 3-D positions, not laid out as text), and the reward is scored by the adapter RGFN started from (not the
+    bare base model), which at the start is the policy itself."""
+    import torch
+    from transformers import TrainingArguments
+
+    from vcot.models.adapters import reference_adapter
+    from vcot.train.common import load_policy
+    from vcot.train.recipe import load_recipe
+    from vcot.train.rgfn import Records, RGFNTrainer, collate, read_records, rgfn_format
+
+    config = rgfn_config(record_data, tiny_model_dir, str(tmp_path / "run"), analyzer_adapter)
+    recipe, fmt = load_recipe(config.recipe, config.set), rgfn_format(config)
+    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
+    reference_adapter(model)
+    rows, _ = read_records(record_data)
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
+    trainer = RGFNTrainer(model=model, args=args, train_dataset=Records(rows), data_collator=collate,
+                          processing_class=processor, recipe=recipe, fmt=fmt)  # fmt: skip
+    model.eval()
+    prompt = trainer.prompt(rows[0])
+    z = prompt.reference
+    with torch.no_grad():
+        log_pf, _ = trainer.policy_terms(model, prompt, [z])
+        x = prompt.inputs
+        ids = torch.cat([x["input_ids"], torch.tensor([z])], dim=1)
+        types = torch.cat([x["mm_token_type_ids"], torch.zeros(1, len(z), dtype=torch.long)], dim=1)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=x["pixel_values"],
+                       image_grid_thw=x["image_grid_thw"], mm_token_type_ids=types).logits.float()  # fmt: skip
+        x_len = x["input_ids"].shape[1]
+        expected = logits[0, x_len - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(z).view(-1, 1)).squeeze(-1)
+        assert torch.allclose(log_pf[0], expected, atol=1e-4), (log_pf[0] - expected).abs().max()
+
+        continuation = z + prompt.tail
+        reward = trainer.joint_log_probs(model, prompt, [continuation])
+        ids = torch.cat([x["input_ids"], torch.tensor([continuation])], dim=1)
+        types = torch.cat([x["mm_token_type_ids"], torch.zeros(1, len(continuation), dtype=torch.long)], dim=1)
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=x["pixel_values"],
+                       image_grid_thw=x["image_grid_thw"], mm_token_type_ids=types).logits.float()  # fmt: skip
+        policy = logits[0, x_len - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(continuation).view(-1, 1)).sum()
+        assert reward.item() == pytest.approx(policy.item(), abs=1e-3)

@@ -1,7 +1,8 @@
 """BiN (``--bin N``): LaCoT's Bayesian inference over N sampled rationales, with a best-of-N baseline.
 
 Per record: the policy (the adapter on) samples N responses at temperature 0.7; each is cut at its last
-``Answer:`` into a rationale Z_i; the SFT model (the adapter disabled) continues ``Z_i Answer:`` greedily into
+``Answer:`` into a rationale Z_i; the SFT model (:func:`sft_model`: the adapter an RGFN adapter continued, else the
+adapter disabled) continues ``Z_i Answer:`` greedily into
 an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
 X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`) with its own
 rationale: the answer the rationales agree explain best, not the one a single lucky rationale favours.
@@ -27,6 +28,7 @@ import torch
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
+from vcot.models.adapters import active, load_named_adapter
 from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.scoring import gfn
@@ -70,11 +72,32 @@ def rationale_of(response: str, *, own_turn: bool = False) -> str:
     return head if marker else response.rstrip() + " "
 
 
+SFT_ADAPTER = "sft"
+"""The name the SFT adapter an RGFN adapter continued is loaded under (:func:`load_sft_adapter`)."""
+
+
+def load_sft_adapter(model: Any, adapter_uri: str | None) -> str | None:
+    """Load the SFT adapter the evaluated adapter continued (its card's ``continued_from``) beside it; returns its
+    URI, ``None`` when there is none (a new LoRA on an SFT model: switching it off gives that model)."""
+    from vcot.models.loading import local_model_path, read_model_card
+
+    sft = read_model_card(adapter_uri).get("continued_from") if adapter_uri else None
+    if sft:
+        load_named_adapter(model, local_model_path(sft), SFT_ADAPTER)
+        log.info("bin_sft_model", adapter=sft)
+    return sft or None
+
+
 @contextlib.contextmanager
-def adapter_disabled(model: Any) -> Iterator[None]:
-    """The SFT model: PEFT's adapter switched off for the block (a model without an adapter is already it)."""
-    if hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
+def sft_model(model: Any) -> Iterator[None]:
+    """The SFT model for the block: the adapter the evaluated one continued when it is loaded (RGFN continues the
+    SFT adapter, so switching adapters off would give the bare base), else every adapter switched off (a model
+    without an adapter is already it)."""
+    if SFT_ADAPTER in getattr(model, "peft_config", {}):
+        with active(model, SFT_ADAPTER):
+            yield
+    elif hasattr(model, "disable_adapter"):
+        with active(model, None):
             yield
     else:
         yield
@@ -137,11 +160,11 @@ def bin_record(
     own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
     joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)) if own_turn else ANSWER_MARKER
     rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
-    with adapter_disabled(model):
+    with sft_model(model):
         answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,
                             do_sample=False, max_new_tokens=ANSWER_TOKENS)
     pairs = [(rationales[i], answers[j]) for j in range(n) for i in range(n)]  # row j: answer j after each Z_i
-    scoring = adapter_disabled(model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
+    scoring = sft_model(model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
     with scoring:
         joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)

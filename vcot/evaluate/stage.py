@@ -190,20 +190,26 @@ def model_responses(
         else:
             details.setdefault("other_prompt_styles", {})[style] = found
     if config.bin:
-        responses["bin"], responses["best_of_n"], details["bin"] = bin_answers(config, model, processor, fmt, records)
+        responses["bin"], responses["best_of_n"], details["bin"] = bin_answers(
+            config, model, processor, fmt, records, adapter=target.adapter
+        )
     return responses, fmt, details
 
 
 def bin_answers(
-    config: EvaluateConfig, model: Any, processor: Any, fmt: ModelFormat, records: list[dict[str, Any]]
+    config: EvaluateConfig, model: Any, processor: Any, fmt: ModelFormat, records: list[dict[str, Any]],
+    *, adapter: str | None,
 ) -> tuple[dict[str, str], dict[str, str], dict[str, Any]]:
-    """BiN's and best-of-N's responses (``--bin N``), scored beside greedy decoding's as two more styles."""
-    from vcot.evaluate.bin import BinSettings, bin_responses
+    """BiN's and best-of-N's responses (``--bin N``), scored beside greedy decoding's as two more styles; the SFT
+    model is the adapter ``adapter`` continued, when its card names one."""
+    from vcot.evaluate.bin import BinSettings, bin_responses, load_sft_adapter
     from vcot.models.generation import GenerationSettings
 
+    sft = load_sft_adapter(model, adapter)
     settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
     choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer)
-    return bin_responses(model, processor, records, settings, choice)
+    by_bin, by_best, details = bin_responses(model, processor, records, settings, choice)
+    return by_bin, by_best, {**details, "sft_model": sft or "the adapter switched off"}
 
 
 def compare_with_history(

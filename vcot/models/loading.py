@@ -358,6 +358,15 @@ def vision_token_ids(tokenizer: Any) -> list[int]:
     return sorted({i for i in ids if isinstance(i, int) and i != tokenizer.unk_token_id})
 
 
+def image_token_types(input_ids: Any, tokenizer: Any) -> Any:
+    """``mm_token_type_ids`` for hand-built batches: 1 at image tokens, 0 elsewhere. Without it Qwen-VL models
+    (transformers 5) lay the image out on 1-D text positions instead of its 3-D grid, silently: every log-probability
+    and every generated token then comes from a model that cannot see where things are."""
+    from vcot.grounding.model_format import IMAGE_PAD
+
+    return (input_ids == tokenizer.convert_tokens_to_ids(IMAGE_PAD)).long()
+
+
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """The tokens that end a response: the generation config's end-of-turn ids, the tokenizer's eos and pad."""
     eos = model.generation_config.eos_token_id

@@ -314,10 +314,12 @@ def restore(folders: RunFolders) -> Path | None:
 
 
 def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
-    """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back."""
+    """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back;
+    for a continued adapter, the one it continued (``continued_from``: BiN answers with that SFT model)."""
     from vcot.models.loading import architecture
 
-    return {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
+    card = {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
+    return card | ({"continued_from": config.init_adapter} if config.init_adapter else {})
 
 
 def merge_adapter(config: TrainConfig, adapter_dir: Path, dest: Path, card: dict[str, Any]) -> None:

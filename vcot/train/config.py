@@ -32,8 +32,8 @@ class TrainConfig:
     set: str = option("", help="Recipe overrides, key=value pairs with YAML values: 'lora_r=16,max_steps=100'.")
     init_adapter: str = option(
         "",
-        help="grpo, gfn: continue this committed run's adapter (its vcot-model.json gives the model format); "
-        "empty: a new LoRA on --model.",
+        help="Continue this committed run's adapter (its own LoRA settings; its vcot-model.json gives the model "
+        "format, which for sft must be the tokenize output's); empty: a new LoRA on --model.",
     )
     grpo_coords: str = option(
         "",
@@ -62,17 +62,19 @@ class TrainConfig:
         if self.grpo_coords and self.grpo_coords not in COORDS:
             raise ValueError(f"--grpo-coords {self.grpo_coords!r} is not one of {', '.join(COORDS)}")
         recipe = load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model loads (exit 2)
-        if recipe.method == "sft" and (self.init_adapter or self.grpo_coords):
-            raise ValueError(
-                "--init-adapter and --grpo-coords are for methods grpo and gfn; "
-                "sft reads its model format from the tokenize output"
-            )
+        if recipe.method == "sft" and self.grpo_coords:
+            raise ValueError("--grpo-coords is for methods grpo and gfn; sft reads its model format from the tokenize output")
         if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
             check_vision_learning_rate(recipe)
 
     @property
     def pointer_uri(self) -> str:
         return self.pointer or default_pointer(self.output)
+
+    @property
+    def input_runs(self) -> list[str]:
+        """What the manifest records as the run's inputs: the data, and the run whose adapter it continues."""
+        return [self.data] + ([storage.parent(self.init_adapter)] if self.init_adapter else [])
 
 
 def default_pointer(output: str) -> str:

@@ -25,11 +25,12 @@ import torch
 from torch.utils.data import Dataset
 
 from vcot.errors import StorageError, VcotError
-from vcot.grounding.model_format import IGNORE_INDEX, IMAGE_PAD
+from vcot.grounding.model_format import IGNORE_INDEX
 from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.io.shards import read_verified
 from vcot.log import get_logger
+from vcot.models.loading import image_token_types
 from vcot.train import distributed
 
 log = get_logger(__name__)
@@ -132,7 +133,7 @@ class Collator:
     def __init__(self, processor: Any) -> None:
         self.image_processor = processor.image_processor
         self.pad_id = processor.tokenizer.pad_token_id
-        self.image_token_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+        self.tokenizer = processor.tokenizer
         self.unloadable = 0
         """Rows whose image could not be decoded, in this process (a dataloader worker counts its own)."""
 
@@ -162,8 +163,7 @@ class Collator:
                     )
             batch["pixel_values"] = pixels["pixel_values"]
             batch["image_grid_thw"] = pixels["image_grid_thw"]
-            # Marks image tokens (1) vs text (0): the model needs it to lay out 3D rope positions.
-            batch["mm_token_type_ids"] = (input_ids == self.image_token_id).long()
+            batch["mm_token_type_ids"] = image_token_types(input_ids, self.tokenizer)  # the image's 3-D positions
         return batch
 
 

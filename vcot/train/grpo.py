@@ -27,9 +27,10 @@ from vcot.errors import ConfigError, VcotError
 from vcot.grounding.boxes import parse_grounded, validate_box
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
-from vcot.io import manifest, storage
+from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
+from vcot.models.adapters import reference_adapter
 from vcot.models.loading import (
     MODEL_CARD,
     Precision,
@@ -374,6 +375,8 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         processing_class=processor,
         callbacks=[zero_advantage],
     )
+    if recipe.beta > 0:  # the KL reference: the policy as RL found it (TRL's own copy misses embedding LoRA)
+        reference_adapter(trainer.model)
 
     # 5. Train (resuming from storage).
     use_vision_learning_rate(trainer, recipe)
@@ -390,5 +393,4 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "log_history": history,
     }
     stats = {"global_step": trainer.state.global_step, "records": records, "rewards": reward_curves(history)}
-    inputs = [config.data] + ([storage.parent(config.init_adapter)] if config.init_adapter else [])
-    return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=inputs, stats=stats)
+    return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats)

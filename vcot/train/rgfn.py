@@ -7,7 +7,8 @@ so ending the rationale is one token, the end of turn. Per prompt X, every step:
    cache, in chunks of ``explore_min_bs`` (temperature 1, or with probability 1/4 uniform in [0.5, 1]; the end of
    turn banned before ``rat_min_len`` tokens; at most ``rat_max_len``);
 2. the policy's untempered log-probabilities of each token (PF) and of the end of turn (PT) at every state;
-3. the reward, from the same network with the adapter disabled (the SFT model, no gradient):
+3. the reward, from the same network with a frozen copy of the starting adapter active (the SFT model, no
+   gradient; :mod:`vcot.models.adapters`):
    log R(s_k) = log π(z_<k, end of turn, answer turn | X) / T_s, exact every ``reward_every`` tokens and at the
    end, linearly interpolated between (:mod:`vcot.scoring.gfn`);
 4. the reference-guided filter (r_j >= δ_s · r_ref, the reference always kept) and the modified sub-trajectory
@@ -31,10 +32,11 @@ from transformers import Trainer
 from vcot.errors import VcotError
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
-from vcot.io import manifest, storage
+from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.models.loading import machine_precision, vision_token_ids
+from vcot.models.adapters import REFERENCE, active, reference_adapter
+from vcot.models.loading import image_token_types, machine_precision, vision_token_ids
 from vcot.scoring import gfn
 from vcot.train.common import (
     RunFolders,
@@ -121,6 +123,7 @@ class RGFNTrainer(Trainer):
         if "pixel_values" in prompt.inputs:
             batch["pixel_values"] = prompt.inputs["pixel_values"].repeat(len(continuations), 1)
             batch["image_grid_thw"] = prompt.inputs["image_grid_thw"].repeat(len(continuations), 1)
+            batch["mm_token_type_ids"] = image_token_types(batch["input_ids"], self.processing_class.tokenizer)
         return batch
 
     # -- 1. sampling -------------------------------------------------------------------------------
@@ -181,7 +184,7 @@ class RGFNTrainer(Trainer):
         """log π(continuation | X) under the SFT model (the adapter disabled), in chunks."""
         x_len = prompt.inputs["input_ids"].shape[1]
         chunk, values = max(1, self.recipe.per_device_eval_batch_size), []
-        with torch.no_grad(), model.disable_adapter():
+        with torch.no_grad(), active(model, REFERENCE):
             for start in range(0, len(continuations), chunk):
                 part = continuations[start : start + chunk]
                 batch = self.batch_inputs(prompt, part)
@@ -208,7 +211,7 @@ class RGFNTrainer(Trainer):
             rewards = gfn.length_normalized(log_r, lengths)
             keep = gfn.reference_filter(rewards, 0, tolerance)
             log_pf, log_pt = self.policy_terms(model, prompt, [z for z, k in zip(rationales, keep, strict=True) if k])
-            kept_r = log_r[keep].to(log_pf.device, log_pf.dtype)
+            kept_r = log_r[keep][:, : log_pt.shape[1]].to(log_pf.device, log_pf.dtype)  # as wide as the kept rows
             losses.append(gfn.subtb_loss(log_pf, log_pt, kept_r, lengths[keep].to(log_pf.device), recipe.subtb_lambda))
             self.note(keep, rewards, lengths, temperature, tolerance)
         loss = torch.stack(losses).mean()
@@ -275,6 +278,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
     args = build_arguments(TrainingArguments, arguments, recipe)
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
+    reference_adapter(model)  # the reward's model: the policy as RL found it (the SFT adapter, not the bare base)
 
     # 4. The trainer: RGFN's loss.
     check_scratch(folders, recipe, model)
@@ -291,5 +295,4 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
                "log_history": history}
     stats = {"global_step": trainer.state.global_step, "records": records, "train_loss": result.metrics.get("train_loss")}
-    inputs = [config.data] + ([storage.parent(config.init_adapter)] if config.init_adapter else [])
-    return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=inputs, stats=stats)
+    return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats)

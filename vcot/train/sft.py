@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest
 from vcot.log import get_logger
-from vcot.models.loading import machine_precision
+from vcot.models.loading import MODEL_CARD, adapter_format, machine_precision, refuse_full_finetune
 from vcot.train import distributed
 from vcot.train.common import (
     RunFolders,
@@ -46,6 +46,19 @@ def has_val_rows(data_uri: str) -> bool:
     """Whether the tokenize output has val rows, from its manifest's counts (no row is read)."""
     files = manifest.read_manifest(data_uri).get("files", [])
     return any(entry.get("records") for entry in files if str(entry.get("path", "")).startswith("val/"))
+
+
+def check_continued_format(adapter: str, fmt: ModelFormat) -> None:
+    """A continued adapter must have been trained in the tokenize output's frame, syntax, pixel budget and layout."""
+    refuse_full_finetune(adapter, flag="--init-adapter")
+    found = adapter_format(adapter)
+    if found is None:
+        raise VcotError(f"{adapter} has no {MODEL_CARD}: pass the adapter/ folder of a committed train run")
+    if found != fmt:
+        raise ConfigError(
+            f"--init-adapter {adapter} was trained as {found.to_dict()}, the data is tokenized as {fmt.to_dict()}: "
+            "tokenize with the adapter's settings (its vcot-model.json), or train a new adapter"
+        )
 
 
 def sft_arguments(recipe: Recipe, folders: RunFolders, *, has_eval: bool) -> Any:
@@ -115,7 +128,9 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # cutting images exactly as tokenize counted their tokens.
     folders = RunFolders.for_output(config.output)
     args = sft_arguments(recipe, folders, has_eval=has_val_rows(config.data))
-    model, processor = load_policy(config.model, recipe, fmt)
+    if config.init_adapter:
+        check_continued_format(config.init_adapter, fmt)
+    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
 
     # 3. Data, the trainer.
     # Memory-mapped from this node's scratch (converted once per node); each rank reads only the rows it is dealt.
@@ -161,5 +176,5 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "best_metric": metrics.get("best_metric"),
     }
     return commit_run(
-        config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=[config.data], stats=stats
+        config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats
     )
