@@ -91,6 +91,12 @@ class ConvertConfig:
         "(of the original image) or qwen2.5-resized (Qwen2.5-VL's output: pixels of its resized image). Required "
         "when such records occur: the JSON does not say it.",
     )
+    missing_answer: own_records.MissingAnswer = option(
+        "refs",
+        help="records: an ms-swift or chat item with no answer field and no 'Answer:' line: refs answers with the "
+        "names of the objects it locates (pure grounding data; counted as answers_from_refs in the quality report), "
+        "reject rejects it as no_answer.",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction <= 1.0:
@@ -104,6 +110,8 @@ class ConvertConfig:
             raise ValueError("--dedup-against applies to --source llava-cot only")
         if self.bbox_2d_frame is not None and self.source != "records":
             raise ValueError("--bbox-2d-frame applies to --source records only")
+        if self.missing_answer != "refs" and self.source != "records":
+            raise ValueError("--missing-answer applies to --source records only")
 
     @property
     def shard(self) -> ShardSpec:
@@ -167,7 +175,12 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = lacot.iter_items(config.input, images=config.images, owns=owns)
     else:
         items = own_records.iter_items(
-            config.input, images=config.images, output=config.output, owns=owns, bbox_2d_frame=config.bbox_2d_frame
+            config.input,
+            images=config.images,
+            output=config.output,
+            owns=owns,
+            bbox_2d_frame=config.bbox_2d_frame,
+            missing_answer=config.missing_answer,
         )
     return route_blocks(items, config.val_fraction, SHARD_COMPRESSLEVEL)
 
@@ -321,4 +334,12 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         rejected=total["rejected"],
         reasons=total["reasons"],
     )
+    if total["answers_from_refs"]:
+        log.warning(
+            "answers_from_refs",
+            records=total["answers_from_refs"],
+            of=total["accepted"],
+            meaning="no answer of their own: their answer is the names of the objects they locate",
+            hint="--missing-answer reject rejects them instead (docs/convert.md)",
+        )
     return committed
