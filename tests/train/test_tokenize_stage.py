@@ -257,6 +257,20 @@ def test_rationale_turn_layout_trains_the_analyzer_turn_and_the_answer_turn(
     assert ModelFormat.from_dict(stored).layout == "two_turn"
 
 
+def test_rationale_turn_on_a_template_without_the_analyzer_turn_is_one_line(
+    tiny_qwen3vl_dir: Path, record_output: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Qwen3-VL's official template drops an Analyzer turn: said at once (exit 2, nothing written), not as one
+    encode_error per record and "no usable training row"."""
+    records = record_output(4)
+    output = tmp_path / "tokens"
+    argv = ["--input", records, "--output", str(output), "--model", str(tiny_qwen3vl_dir), "--layout", "rationale_turn"]
+    assert tokenize_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--layout rationale_turn needs a model whose chat template renders an Analyzer turn" in err
+    assert "encode_error" not in err and not output.exists()
+
+
 def test_a_record_whose_image_is_over_the_decompression_bomb_limit_gives_no_row(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

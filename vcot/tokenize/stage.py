@@ -31,7 +31,8 @@ from typing import Any
 from vcot.config import option, redacted
 from vcot.errors import ConfigError
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
-from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
+from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, RATIONALE_ROLE, Coords, Layout, Mode, ModelFormat
+from vcot.grounding.prompts import rationale_turn_problem
 from vcot.grounding.records import grounding_problem, top_reasons
 from vcot.io import manifest, storage
 from vcot.io.images import TOO_LARGE, decodable_pixels
@@ -311,6 +312,13 @@ def _model_format(config: TokenizeConfig, mixture: Mixture) -> tuple[ModelFormat
         max_pixels=config.max_pixels,
     )
     fmt = replace(fmt, layout=config.layout, system_prompt=config.system_prompt, instruction_text=config.instruction)
+    problem = rationale_turn_problem(processor) if fmt.layout == "rationale_turn" else None
+    if problem is not None:
+        raise ConfigError(
+            f"--layout rationale_turn needs a model whose chat template renders an {RATIONALE_ROLE} turn, and "
+            f"{config.model} ({fmt.family}) cannot: {problem}. Use --layout two_turn, or a Qwen2.5-VL model for "
+            "RGFN (docs/train.md, RGFN); nothing was written"
+        )
     log.info("model_format", **fmt.to_dict())
     return fmt, {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
 
