@@ -6,12 +6,9 @@ exactly one of ``train/``, ``val/`` or ``rejected/``, then the commit and the qu
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
-
-from tqdm import tqdm
 
 from vcot.config import option, redacted
 from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
@@ -25,6 +22,7 @@ from vcot.io.manifest import ShardSpec
 from vcot.io.parallel import resolve_workers
 from vcot.io.shards import ShardFile, SplitWriters, write_file
 from vcot.log import get_logger
+from vcot.progress import Progress
 
 log = get_logger(__name__)
 
@@ -295,7 +293,7 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
     blocks = source_blocks(config, shard.owns)
     outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
-        progress = tqdm(desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty())
+        progress = Progress("convert_progress", unit="item", source=config.source, shard=shard.name)
         for block in blocks:
             for split, (data, records) in block.blocks.items():
                 outputs.write_block(split, data, records)

@@ -29,6 +29,7 @@ from vcot.io.images import load_rgb
 from vcot.log import get_logger
 from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
+from vcot.progress import track
 from vcot.scoring import gfn
 
 log = get_logger(__name__)
@@ -160,7 +161,7 @@ def bin_responses(
     by_bin: dict[str, str] = {}
     by_best: dict[str, str] = {}
     skipped: dict[str, int] = {}
-    for record in records:
+    for record in track(records, "bin_progress", unit="record", samples=bin_settings.samples):
         choice = bin_record(model, processor, record, settings, bin_settings)
         if isinstance(choice, Skipped):
             skipped[choice.reason] = skipped.get(choice.reason, 0) + 1

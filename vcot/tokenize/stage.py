@@ -20,7 +20,6 @@ pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is 
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +37,7 @@ from vcot.io import manifest, storage
 from vcot.io.images import TOO_LARGE, decodable_pixels
 from vcot.io.shards import ShardFile, file_entry
 from vcot.log import get_logger
+from vcot.progress import Progress
 from vcot.tokenize.encode import Encoder
 from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
 
@@ -368,16 +368,17 @@ def _write_source(
     shard: manifest.ShardSpec,
     writer: ParquetShardWriter,
     tally: _SplitTally,
-    progress: Any,
+    progress: Progress,
 ) -> tuple[dict[str, int], Counter[str]]:
     """Write this shard's rows of one source's split; returns the source's counts and why records gave no row
-    (the manifest's per-source stats)."""
+    (the manifest's per-source stats). ``progress`` counts the records read (every shard reads them all)."""
     budget = (encoder.fmt.vision.min_pixels, encoder.fmt.vision.max_pixels) if encoder.fmt != fmt else None
     max_length = source.max_length or config.max_length
     counts = {"usable": 0, "selected": 0, "rows": 0}
     reasons: Counter[str] = Counter()
     max_pixels = decodable_pixels() if fmt.mode == "multimodal" else None
     for record, problem, copies in planned(source, split, seed, max_pixels):
+        progress.update()
         owned = sum(1 for copy in range(copies) if shard.owns(tally.position + copy))
         tally.position += copies
         tally.owned += owned
@@ -385,7 +386,6 @@ def _write_source(
         counts["selected"] += copies if problem is None else 0
         if not owned:
             continue
-        progress.update(owned)
         if problem is not None:
             reasons[problem] += owned
             continue
@@ -424,6 +424,16 @@ def _split_stats(rows: int, tally: _SplitTally) -> dict[str, Any]:
     }
 
 
+def split_records(mixture: Mixture, split: str) -> int:
+    """How many records of ``split`` the mixture's sources hold, from their manifests (no record is read)."""
+    return sum(
+        int(entry.get("records") or 0)
+        for uri in mixture.data
+        for entry in manifest.read_manifest(uri).get("files", [])
+        if str(entry.get("path", "")).startswith(f"{split}/")
+    )
+
+
 def _write_split(
     split: str,
     *,
@@ -438,12 +448,10 @@ def _write_split(
 ) -> tuple[ShardFile, dict[str, Any]]:
     """One split's Parquet shard (every source in mixture order) and its stats; adds to ``skipped`` and to each
     source's entry of ``mixture_stats``. Refuses a single-pod run without a training row."""
-    from tqdm import tqdm
-
     image_pad_id = encoders[mixture.sources[0].name].image_pad_id
     writer = ParquetShardWriter(config.output, f"{split}/{shard.name}.parquet", workdir)
     tally = _SplitTally()
-    progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
+    progress = Progress("tokenize_progress", split_records(mixture, split), unit="record", split=split)
     for source in mixture.sources:
         counts, reasons = _write_source(
             source,
