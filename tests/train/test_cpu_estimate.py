@@ -73,6 +73,16 @@ def test_the_estimate_matches_the_tiny_models_measured_speed(capsys: pytest.Capt
     assert line["level"] == "info"  # a tiny model on a CPU is what tiny-cpu is for: a note, not a warning
 
 
+def test_the_estimate_is_advice_never_the_reason_a_run_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("json")
+    (tmp_path / "config.json").write_text('{"model_type": "not_a_model_type"}')
+    assert announce_cpu_run(str(tmp_path), load_recipe("tiny-cpu", ""), "tiny-cpu", Workload(1, 1, 1.0)) is None
+    [line] = LogMode.lines(capsys.readouterr().err, "cpu_run")
+    assert line["estimate"] is None and "could not count its parameters" in line["reason"]
+
+
 def test_a_gpu_recipe_on_a_cpu_says_so_before_loading_and_loading_reports_its_progress(
     log_mode: LogMode, tokenized_data: str, tiny_model_dir: Path, real_s3: str, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

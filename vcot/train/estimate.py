@@ -133,7 +133,13 @@ def announce_cpu_run(
         return None
     from vcot.models.loading import parameter_count
 
-    parameters = parameter_count(model_uri) if parameters is None else parameters
+    if parameters is None:
+        try:
+            parameters = parameter_count(model_uri)
+        except Exception as exc:  # noqa: BLE001 - the estimate is advice, never the reason a run fails
+            log.info("cpu_run", model=model_uri, recipe=recipe_name, estimate=None,
+                     reason=f"could not count its parameters: {str(exc).splitlines()[0][:200]}")  # fmt: skip
+            return None
     threads = torch.get_num_threads()
     per_token = seconds_per_token(parameters, threads)
     estimate = workload.tokens * per_token
