@@ -34,11 +34,13 @@ class TrainProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.set(state.global_step)
 
-    def on_prediction_step(self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_prediction_step(
+        self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         if self.evaluation is None:
-            total = len(eval_dataloader) if eval_dataloader is not None and hasattr(eval_dataloader, "__len__") else None
+            total = len(eval_dataloader) if hasattr(eval_dataloader, "__len__") else None
             self.evaluation = Progress("train_eval_progress", total, unit="batch", at_step=state.global_step)
         self.evaluation.update()
 
