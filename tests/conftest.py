@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -95,6 +96,41 @@ def chromium() -> str:
     found = shutil.which("chromium")
     assert found, "no chromium on PATH: run make test as root (it installs Debian's chromium), or apt-get install chromium"
     return found
+
+
+# --- logs and progress: the two formats a stage writes in -------------------------------------------------
+
+
+@dataclasses.dataclass
+class LogMode:
+    """The log format a test runs a stage in (``main()`` reads ``VCOT_LOG_FORMAT``), with readers for what it wrote."""
+
+    fmt: str
+
+    @staticmethod
+    def lines(err: str, event: str) -> list[dict]:
+        """JSON mode: the log lines of ``event``."""
+        import json
+
+        found = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        return [line for line in found if line.get("event") == event]
+
+    @staticmethod
+    def bars(err: str, event: str) -> list[str]:
+        """Console mode: every state the bar of ``event`` was drawn in (tqdm redraws a line with carriage returns)."""
+        return [part.strip() for part in re.split(r"[\r\n]", err) if part.strip().startswith(f"{event}:")]
+
+
+@pytest.fixture(params=["console", "json"])
+def log_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[LogMode]:
+    """Each format in turn for a stage run with ``main()``; every JSON progress update logged
+    (``VCOT_PROGRESS_SECONDS=0``). Afterwards logging is JSON again, as ``main()`` configures it under pytest."""
+    from vcot.log import configure_logging
+
+    monkeypatch.setenv("VCOT_LOG_FORMAT", request.param)
+    monkeypatch.setenv("VCOT_PROGRESS_SECONDS", "0")
+    yield LogMode(request.param)
+    configure_logging("json")
 
 
 # --- train: the tiny offline models (vcot.dev.tiny_model), built once per test session --------------------

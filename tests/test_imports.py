@@ -2,7 +2,7 @@
 
 vcot/ is layered, and imports only run down:
 
-- the entrypoint frame at the root (``cli``, ``config``, ``errors``, ``log``) imports only itself;
+- the entrypoint frame at the root (``cli``, ``config``, ``errors``, ``log``, ``progress``) imports only itself;
 - concept packages (``io``, ``grounding``, ``scoring``, ``models``, ``pages``, ``cluster``, ``llm``) import the frame
   and the concept packages :data:`CONCEPTS` lists for them, never a stage;
 - stages (and the demo) import the frame and any concept package, never another stage's insides;
@@ -18,7 +18,7 @@ import ast
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FRAME = ("cli", "config", "errors", "log")
+FRAME = ("cli", "config", "errors", "log", "progress")
 """The root modules every entrypoint runs in: logging, config, a clean error line, an exit code."""
 CONCEPTS: dict[str, tuple[str, ...]] = {
     "io": (),

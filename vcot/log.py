@@ -56,17 +56,40 @@ class _MaskingFormatter(logging.Formatter):
 
 class _CurrentStderr:
     """Writes to whatever ``sys.stderr`` is *now*: a logger configured while stderr was redirected
-    (pytest's capture, a notebook) keeps working after the redirection ends."""
+    (pytest's capture, a notebook) keeps working after the redirection ends. A console line written while a
+    progress bar (:mod:`vcot.progress`) is shown goes above the bar instead of through it."""
 
     def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        if getattr(tqdm, "_instances", None):
+            with tqdm.external_write_mode(file=sys.stderr):
+                return sys.stderr.write(text)
         return sys.stderr.write(text)
 
     def flush(self) -> None:
         sys.stderr.flush()
 
 
+_FORMAT: str | None = None
+"""The format :func:`configure_logging` chose (``None`` before it ran)."""
+LIBRARY_BARS_OFF = ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+"""The Hugging Face libraries' own progress bars, turned off in JSON mode: in a pod's log they are lines of
+carriage returns (vcot reports the long parts itself, :mod:`vcot.progress`)."""
+
+
+def log_format() -> str:
+    """``"json"`` or ``"console"``: what :func:`configure_logging` chose, else what it would choose now."""
+    return _FORMAT or (os.environ.get("VCOT_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
+    global _FORMAT
     fmt = (fmt or os.environ.get("VCOT_LOG_FORMAT") or ("console" if sys.stderr.isatty() else "json")).lower()
+    _FORMAT = "json" if fmt == "json" else "console"
+    if fmt == "json":
+        for name in LIBRARY_BARS_OFF:
+            os.environ.setdefault(name, "1")
     level_name = (level or os.environ.get("VCOT_LOG_LEVEL") or "INFO").upper()
     numeric_level = logging.getLevelName(level_name)
     if not isinstance(numeric_level, int):

@@ -88,6 +88,36 @@ def test_each_bbox_2d_frame_reads_its_own_numbers(tmp_path: Path, frame: str, bo
     assert record["rationale"] == "<ref>square</ref><box>[250, 250, 500, 500]</box> Answer: red"
 
 
+def test_an_answer_made_from_the_object_names_is_a_visible_choice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The docs' fifth line ("Find the cat" -> a box) has no answer of its own: by default (--missing-answer refs) it
+    answers with what it locates, marked, counted in the quality report and warned about; reject rejects it."""
+    lines = docs_example()[4:]  # ms-swift and chat items: only the first of them lacks an answer
+    data = _write(tmp_path, lines)
+    kept = str(tmp_path / "kept")
+    assert convert_main(["--source", "records", "--input", data, "--output", kept, "--bbox-2d-frame", "norm1000",
+                         "--val-fraction", "0"]) == 0
+    by_answer = {r["answer"]: r for r in _records(kept)}
+    assert by_answer["cat"]["provenance"]["answer_from"] == "refs"
+    assert [r for r in by_answer.values() if "answer_from" in r["provenance"]] == [by_answer["cat"]]
+    quality = storage.read_json(f"{kept}/quality.json")
+    assert quality["total"]["answers_from_refs"] == 1 and quality["subsets"]["own"]["answers_from_refs"] == 1
+    assert "Answers made from the object names" in (tmp_path / "kept" / "quality.md").read_text()
+    warning = [json.loads(line) for line in capsys.readouterr().err.splitlines() if "answers_from_refs" in line]
+    assert [(w["event"], w["records"], w["of"]) for w in warning] == [("answers_from_refs", 1, len(lines))]
+
+    refused = str(tmp_path / "refused")
+    convert(ConvertConfig(source="records", input=data, output=refused, bbox_2d_frame="norm1000",
+                          missing_answer="reject"))
+    assert [(r["reason"], r["raw"]["objects"]["ref"]) for r in _records(refused, ("rejected/",))] == [
+        ("no_answer", ["cat"])
+    ]
+    assert storage.read_json(f"{refused}/quality.json")["total"]["answers_from_refs"] == 0
+    with pytest.raises(ValueError, match="--missing-answer applies to --source records only"):
+        ConvertConfig(source="viscot", input=data, output=refused, missing_answer="reject")
+
+
 def test_bad_items_are_rejected_with_a_reason_each(tmp_path: Path) -> None:
     swift = json.loads(docs_example()[4])
     two_turns = {**swift, "messages": swift["messages"] * 2}

@@ -115,6 +115,21 @@ def test_evaluate_bin_adds_bin_and_best_of_n_beside_greedy(tiny_model_dir: Path,
     assert "Answers side by side" in report and "cot - direct" not in report
 
 
+def test_comparison_keeps_the_direct_answers_beside_bin() -> None:
+    """``--prompt-style direct --bin N`` (or ``both``): the greedy answers to the direct prompt are a column of the
+    comparison too, not dropped because BiN's own rationales come from the reasoning prompt."""
+    accuracy = {"cot": 1.0, "direct": 0.75, "bin": 0.5, "best_of_n": 0.25}
+    row = {"subset": "overall", "samples": dict.fromkeys(accuracy, 4), "answer_accuracy": accuracy}
+    expected = {
+        ("direct", "bin", "best_of_n"): (["direct", "BiN", "best-of-N"], ["0.750", "0.500", "0.250"]),
+        ("cot", "direct", "bin", "best_of_n"): (["greedy", "direct", "BiN", "best-of-N"],
+                                                ["1.000", "0.750", "0.500", "0.250"]),
+    }
+    for styles, (names, values) in expected.items():
+        header, overall = comparison_lines({"prompt_styles": {"styles": list(styles), "rows": [row]}})
+        assert header.split()[3:] == names and overall.split()[2:] == values
+
+
 def test_bin_needs_a_model_and_two_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--data", str(tmp_path), "--output", str(tmp_path)]
     for given in (["--predictions", str(tmp_path / "p.jsonl"), "--bin", "3"], ["--model", str(tmp_path), "--bin", "1"]):

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.train.train_helpers import run_until_killed
+from tests.conftest import LogMode
+from tests.train.train_helpers import assert_train_progress, run_until_killed
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
@@ -163,6 +164,19 @@ def _records_with(root: Path, record_output: Callable[..., str], edit: Callable[
     files = [shards.write_jsonl(out, "train/00000-of-00001.jsonl.gz", records)]
     manifest.commit(out, stage="distill", files=files, config={})
     return out
+
+
+@pytest.mark.integration
+def test_grpo_shows_its_progress_in_both_log_formats(
+    log_mode: LogMode, record_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jobs.train import main
+
+    argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"), "--recipe",
+            "tiny-cpu-grpo", "--set", "max_steps=2,save_steps=2", "--init-adapter", sft_adapter, "--threads", "1"]
+    assert main(argv) == 0
+    assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)
 
 
 def test_records_without_objects_are_skipped_and_counted_or_kept(record_output: Callable[..., str], tmp_path: Path) -> None:

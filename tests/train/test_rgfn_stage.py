@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load, load_file
 
-from tests.train.train_helpers import run_until_killed
+from tests.conftest import LogMode
+from tests.train.train_helpers import assert_train_progress, run_until_killed
 from vcot.io import manifest, storage
 from vcot.models.loading import read_model_card
 from vcot.train import TrainConfig, train
@@ -126,3 +127,16 @@ def test_rgfn_scores_rationales_as_the_model_reads_them(
                        image_grid_thw=x["image_grid_thw"], mm_token_type_ids=types).logits.float()  # fmt: skip
         policy = logits[0, x_len - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(continuation).view(-1, 1)).sum()
         assert reward.item() == pytest.approx(policy.item(), abs=1e-3)
+
+
+@pytest.mark.integration
+def test_rgfn_shows_its_progress_in_both_log_formats(
+    log_mode: LogMode, record_data: str, tiny_model_dir: Path, analyzer_adapter: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from jobs.train import main
+
+    argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"), "--recipe",
+            "tiny-cpu-rgfn", "--set", "max_steps=2,save_steps=2", "--init-adapter", analyzer_adapter, "--threads", "1"]
+    assert main(argv) == 0
+    assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from jobs.tokenize import main as tokenize_main
+from tests.conftest import LogMode
 from vcot.config import parse_config
 from vcot.errors import ConfigError
 from vcot.grounding.boxes import parse_grounded, smart_resize
@@ -255,6 +257,43 @@ def test_rationale_turn_layout_trains_the_analyzer_turn_and_the_answer_turn(
     stored = fmt.to_dict()
     del stored["layout"]  # a format stored before layouts existed reads as two turns
     assert ModelFormat.from_dict(stored).layout == "two_turn"
+
+
+def test_tokenize_shows_its_progress_in_both_log_formats(
+    log_mode: LogMode, tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Records read per split against the count its input manifests hold: a bar with the rate and the time left on a
+    console, lines with step, total and eta_s in JSON."""
+    records = record_output(12)
+    counts = {split: len(list(manifest.committed_records(records, (f"{split}/",)))) for split in ("train", "val")}
+    argv = ["--input", records, "--output", str(tmp_path / "tokens"), "--model", str(tiny_model_dir)]
+    assert tokenize_main(argv) == 0
+    err = capsys.readouterr().err
+    if log_mode.fmt == "console":
+        for split, count in counts.items():
+            done = rf"{count}/{count} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(record/s|s/record)\]"
+            assert any(re.search(done, bar) for bar in LogMode.bars(err, "tokenize_progress")), (split, err[-1500:])
+        return
+    lines = LogMode.lines(err, "tokenize_progress")
+    for split, count in counts.items():
+        mine = [line for line in lines if line["split"] == split and not line.get("done")]
+        assert [line["step"] for line in mine] == list(range(1, count + 1))
+        assert all(line["total"] == count and line["eta_s"] is not None for line in mine) and mine[-1]["eta_s"] == 0
+
+
+def test_rationale_turn_on_a_template_without_the_analyzer_turn_is_one_line(
+    tiny_qwen3vl_dir: Path, record_output: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Qwen3-VL's official template drops an Analyzer turn: said at once (exit 2, nothing written), not as one
+    encode_error per record and "no usable training row"."""
+    records = record_output(4)
+    output = tmp_path / "tokens"
+    argv = ["--input", records, "--output", str(output), "--model", str(tiny_qwen3vl_dir), "--layout", "rationale_turn"]
+    assert tokenize_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--layout rationale_turn needs a model whose chat template renders an Analyzer turn" in err
+    assert "encode_error" not in err and not output.exists()
 
 
 def test_a_record_whose_image_is_over_the_decompression_bomb_limit_gives_no_row(

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from transformers import AutoConfig
 
 from jobs.evaluate import main as evaluate_main
-from tests.train.train_helpers import run_until_killed
+from tests.conftest import LogMode
+from tests.train.train_helpers import assert_train_progress, run_until_killed
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.io import manifest, storage
@@ -306,6 +307,18 @@ def test_only_a_run_that_says_so_moves_the_pointer(tokenized_data: str, tiny_mod
     (runs / "latest.json").unlink()
     assert train(dataclasses.replace(config, update_pointer=True)) is None
     assert json.loads((runs / "latest.json").read_text())["run"] == trial
+
+
+@pytest.mark.integration
+def test_training_shows_its_progress_in_both_log_formats(
+    log_mode: LogMode, tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobs.train import main
+
+    argv = ["--data", tokenized_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"),
+            "--recipe", "tiny-cpu", "--set", "max_steps=3,eval_steps=3,save_steps=3,logging_steps=1", "--threads", "1"]
+    assert main(argv) == 0
+    assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=3)
 
 
 def test_data_that_is_not_a_tokenize_output_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

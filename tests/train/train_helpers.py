@@ -36,3 +36,26 @@ def run_until_killed(argv: list[str], kill_at_step: int) -> tuple[int, str]:
         process.kill()
         raise AssertionError("vcot-train did not stop within 120 s of SIGTERM:\n" + "".join(lines)[-3000:]) from None
     return process.returncode, "".join(lines) + rest
+
+
+def assert_train_progress(err: str, fmt: str, total: int) -> None:
+    """What a training run of ``total`` optimizer steps wrote about its progress (SFT, GRPO and RGFN alike): a bar of
+    steps with the rate and the time left on a console, ``train_progress`` lines in JSON; ``train_log`` lines carry
+    ``step``, ``total`` and ``eta_s`` in both. Never transformers' own bar or its printed log dicts."""
+    import re
+
+    from tests.conftest import LogMode
+
+    assert "{'loss'" not in err and "{'train_runtime'" not in err, "transformers' own printer or bar is back"
+    if fmt == "console":
+        bars = LogMode.bars(err, "train_progress")
+        done = rf"{total}/{total} \[\d\d:\d\d<\d\d:\d\d, +[\d.]+(step/s|s/step)\]"
+        assert bars and re.search(done, bars[-1]), bars[-3:]
+        assert re.search(rf"train_log .*eta_s=[\d.]+ .*total={total}", err), err[-2000:]
+        return
+    lines = LogMode.lines(err, "train_progress")
+    assert [line["step"] for line in lines if not line.get("done")] == list(range(1, total + 1)), lines
+    assert all(line["total"] == total and line["unit"] == "step" for line in lines)
+    assert lines[-1]["eta_s"] == 0 and all(isinstance(line["eta_s"], float) for line in lines)
+    logs = [line for line in LogMode.lines(err, "train_log") if "loss" in line]
+    assert logs and all(line["total"] == total and line["eta_s"] is not None for line in logs)

@@ -45,6 +45,11 @@ from vcot.io import storage
 
 Bbox2dFrame = Literal["norm1000", "pixels", "qwen2.5-resized"]
 BBOX_2D_FRAMES: tuple[Bbox2dFrame, ...] = ("norm1000", "pixels", "qwen2.5-resized")
+MissingAnswer = Literal["refs", "reject"]
+MISSING_ANSWERS: tuple[MissingAnswer, ...] = ("refs", "reject")
+"""What an ms-swift or chat item with no answer of its own becomes: ``refs`` answers with the names of the objects
+it locates (a pure grounding item, "Find the cat" -> a box, answers ``cat``), counted as ``answers_from_refs`` in the
+quality report; ``reject`` rejects it as ``no_answer``."""
 SWIFT_BBOX_TYPES = {"real": "pixels", "norm1": "norm1", "norm1000": "norm1000"}
 """ms-swift's ``bbox_type`` -> the frame its values are read in (ms-swift itself knows ``real`` and ``norm1``)."""
 QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
@@ -220,27 +225,35 @@ def chat_turns(item: dict[str, Any]) -> tuple[str, str, list[Any]]:
     return said[0][1], said[1][1], images
 
 
-def answer_and_target(item: dict[str, Any], text: str, refs: list[str]) -> tuple[str, str]:
-    """``(answer, rationale ending with 'Answer: ...')``: the item's ``answer`` field, else the assistant's own
-    ``Answer:`` line, else the grounded refs (a pure grounding item's answer is what it located).
+def answer_and_target(
+    item: dict[str, Any], text: str, refs: list[str], missing: MissingAnswer = "refs"
+) -> tuple[str, str, bool]:
+    """``(answer, rationale ending with 'Answer: ...', answered from the refs)``: the item's ``answer`` field, else the
+    assistant's own ``Answer:`` line, else (``missing="refs"``) the grounded refs: a pure grounding item's answer is
+    what it located. That last one is a choice (``--missing-answer``), so it is reported, never silent.
 
     >>> answer_and_target({}, "<ref>a</ref><box>[1, 2, 3, 4]</box>", ["a"])
-    ('a', '<ref>a</ref><box>[1, 2, 3, 4]</box> Answer: a')
+    ('a', '<ref>a</ref><box>[1, 2, 3, 4]</box> Answer: a', True)
     >>> answer_and_target({}, "It is red. Answer: red", [])
-    ('red', 'It is red. Answer: red')
+    ('red', 'It is red. Answer: red', False)
     """
     text = text.strip()
     _, found, after = text.rpartition("Answer:")
     given = item.get("answer")
+    from_refs = False
     if isinstance(given, (str, int, float)) and not isinstance(given, bool) and str(given).strip():
         answer = str(given).strip()
     elif found:
         answer = after.strip()
+    elif missing == "reject":
+        raise Unusable(
+            "no_answer", "no answer field and no 'Answer:' line (--missing-answer refs answers with the object names)"
+        )
     else:
-        answer = ", ".join(dict.fromkeys(refs))
+        answer, from_refs = ", ".join(dict.fromkeys(refs)), True
     if not answer:
         raise Unusable("missing_answer", "no answer field, no 'Answer:' line and no named box")
-    return answer, text if found else f"{text} Answer: {answer}"
+    return answer, text if found else f"{text} Answer: {answer}", from_refs
 
 
 # --------------------------------------------------------------------------------------------------
@@ -263,7 +276,9 @@ def vcot_fields(item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def swift_fields(item: dict[str, Any], user: str, assistant: str, width: int, height: int) -> dict[str, Any]:
+def swift_fields(
+    item: dict[str, Any], user: str, assistant: str, width: int, height: int, missing: MissingAnswer = "refs"
+) -> dict[str, Any]:
     """ms-swift's grounding layout: placeholders filled in order, ``<ref-object><bbox>`` as one house mention."""
     objects = _maybe_json(item.get("objects"))
     refs, boxes = objects.get("ref") or [], objects.get("bbox") or []
@@ -295,13 +310,20 @@ def swift_fields(item: dict[str, Any], user: str, assistant: str, width: int, he
     mentions: list[str] = []
     question = re.sub(r"<ref-object>", fill, clean_text(user))
     text = re.sub(r"(<ref-object>)?<bbox>|<ref-object>", fill, assistant)
-    answer, rationale = answer_and_target(item, text, [m for m in mentions if m])
+    answer, rationale, from_refs = answer_and_target(item, text, [m for m in mentions if m], missing)
     objects_out = [{"ref": refs[i] if i < len(refs) else "", "box": list(box)} for i, box in enumerate(house)]
-    return {"question": question, "answer": answer, "objects": objects_out, "rationale": rationale}
+    return {"question": question, "answer": answer, "objects": objects_out, "rationale": rationale,
+            "answer_from_refs": from_refs}
 
 
 def chat_fields(
-    item: dict[str, Any], user: str, assistant: str, width: int, height: int, frame: Bbox2dFrame
+    item: dict[str, Any],
+    user: str,
+    assistant: str,
+    width: int,
+    height: int,
+    frame: Bbox2dFrame,
+    missing: MissingAnswer = "refs",
 ) -> dict[str, Any]:
     """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions."""
     parsed = parse_grounded(assistant, "json", upper=float("inf"))
@@ -321,8 +343,9 @@ def chat_fields(
         out += [assistant[cursor:start], " ".join(mentions)]
         cursor = end
     text = _FENCE.sub(r"\1", "".join(out) + assistant[cursor:])
-    answer, rationale = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]])
-    return {"question": clean_text(user), "answer": answer, "objects": objects, "rationale": rationale}
+    answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]], missing)
+    return {"question": clean_text(user), "answer": answer, "objects": objects, "rationale": rationale,
+            "answer_from_refs": from_refs}
 
 
 def _raw_bbox_2d(json_text: str, which: int) -> list[Any]:
@@ -338,10 +361,13 @@ def _raw_bbox_2d(json_text: str, which: int) -> list[Any]:
 
 
 class OwnRecordConverter:
-    def __init__(self, *, images: str, embedded: str, bbox_2d_frame: Bbox2dFrame | None) -> None:
+    def __init__(
+        self, *, images: str, embedded: str, bbox_2d_frame: Bbox2dFrame | None, missing_answer: MissingAnswer = "refs"
+    ) -> None:
         self.images = images
         self.embedded = embedded
         self.bbox_2d_frame = bbox_2d_frame
+        self.missing_answer = missing_answer
 
     def image(self, value: Any) -> tuple[str, tuple[int, int]]:
         """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
@@ -377,6 +403,7 @@ class OwnRecordConverter:
             **(item.get("provenance") if isinstance(item.get("provenance"), dict) else {}),
             "dataset": "records",
             "layout": record.pop("layout"),
+            **({"answer_from": "refs"} if record.pop("answer_from_refs", False) else {}),
             "source_file": source_file.rsplit("/", 1)[-1],
             "source_index": index,
             "source_id": raw_id if has_id else None,
@@ -405,9 +432,9 @@ class OwnRecordConverter:
         if layout == "vcot":
             fields = vcot_fields(item)
         elif layout == "swift":
-            fields = swift_fields(item, user, assistant, width, height)
+            fields = swift_fields(item, user, assistant, width, height, self.missing_answer)
         else:
-            fields = chat_fields(item, user, assistant, width, height, self.bbox_2d_frame)
+            fields = chat_fields(item, user, assistant, width, height, self.bbox_2d_frame, self.missing_answer)
         if has_bad_encoding(fields["question"], fields["answer"], fields["rationale"]):
             raise Unusable("bad_encoding", "the item holds bytes that are not valid UTF-8")
         choices = item.get("choices")
@@ -456,12 +483,21 @@ def _one_image(item: dict[str, Any], parts: list[Any]) -> Any:
 
 
 def iter_items(
-    input_uri: str, *, images: str | None, output: str, owns: Owns, bbox_2d_frame: Bbox2dFrame | None
+    input_uri: str,
+    *,
+    images: str | None,
+    output: str,
+    owns: Owns,
+    bbox_2d_frame: Bbox2dFrame | None,
+    missing_answer: MissingAnswer = "refs",
 ) -> Iterator[Item]:
     files = input_files(input_uri)
     folder = storage.parent(input_uri) if input_uri.endswith(FILE_SUFFIXES) else input_uri
     converter = OwnRecordConverter(
-        images=images or folder, embedded=storage.join(output, "images"), bbox_2d_frame=bbox_2d_frame
+        images=images or folder,
+        embedded=storage.join(output, "images"),
+        bbox_2d_frame=bbox_2d_frame,
+        missing_answer=missing_answer,
     )
     for index, (file_uri, position, item) in owned(iter_raw(files), owns):
         if isinstance(item, BadLine):

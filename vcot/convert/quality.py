@@ -25,6 +25,7 @@ COUNTERS = (
     "response_chars",
     "string_box_checked",
     "string_box_disagrees",
+    "answers_from_refs",
 )
 STRING_BOX_TOLERANCE = 2
 """Units (0-1000) by which the padded-string box may differ from the absolute box before it counts as disagreeing."""
@@ -63,7 +64,9 @@ class QualityStats:
         counts["with_ref"] += "<ref>" in rationale
         counts["boxes"] += rationale.count("<box>")
         counts["response_chars"] += len(rationale)
-        delta = (record.get("provenance") or {}).get("string_box_delta")
+        provenance = record.get("provenance") or {}
+        counts["answers_from_refs"] += provenance.get("answer_from") == "refs"
+        delta = provenance.get("string_box_delta")
         if delta is not None:
             counts["string_box_checked"] += 1
             counts["string_box_disagrees"] += delta > STRING_BOX_TOLERANCE
@@ -106,7 +109,9 @@ def report(stats: dict[str, Any], *, source: str, shards: int) -> dict[str, Any]
     """
     total: dict[str, Any] = {key: 0 for key in COUNTERS}
     reasons: Counter[str] = Counter()
-    for counts in stats["subsets"].values():
+    subsets = {name: {key: counts.get(key, 0) for key in COUNTERS} | {"reasons": counts.get("reasons", {})}
+               for name, counts in stats["subsets"].items()}  # a shard's counts from before a counter existed: 0
+    for counts in subsets.values():
         for key in COUNTERS:
             total[key] += counts[key]
         reasons.update(counts["reasons"])
@@ -115,7 +120,7 @@ def report(stats: dict[str, Any], *, source: str, shards: int) -> dict[str, Any]
         "source": source,
         "shards": shards,
         "total": _derived(total),
-        "subsets": {name: _derived(counts) for name, counts in stats["subsets"].items()},
+        "subsets": {name: _derived(counts) for name, counts in subsets.items()},
     }
 
 
@@ -144,5 +149,11 @@ def render_markdown(quality: dict[str, Any]) -> str:
             "",
             f"Padded box strings checked against the absolute `###` box: {total['string_box_checked']}, "
             f"disagreeing by more than {STRING_BOX_TOLERANCE} units: {total['string_box_disagrees']}.",
+        ]
+    if total["answers_from_refs"]:
+        lines += [
+            "",
+            f"Answers made from the object names (items with no answer of their own, `--missing-answer refs`): "
+            f"{total['answers_from_refs']} of {total['accepted']} accepted.",
         ]
     return "\n".join(lines) + "\n"

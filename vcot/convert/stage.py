@@ -6,12 +6,9 @@ exactly one of ``train/``, ``val/`` or ``rejected/``, then the commit and the qu
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal
-
-from tqdm import tqdm
 
 from vcot.config import option, redacted
 from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
@@ -25,6 +22,7 @@ from vcot.io.manifest import ShardSpec
 from vcot.io.parallel import resolve_workers
 from vcot.io.shards import ShardFile, SplitWriters, write_file
 from vcot.log import get_logger
+from vcot.progress import Progress
 
 log = get_logger(__name__)
 
@@ -91,6 +89,12 @@ class ConvertConfig:
         "(of the original image) or qwen2.5-resized (Qwen2.5-VL's output: pixels of its resized image). Required "
         "when such records occur: the JSON does not say it.",
     )
+    missing_answer: own_records.MissingAnswer = option(
+        "refs",
+        help="records: an ms-swift or chat item with no answer field and no 'Answer:' line: refs answers with the "
+        "names of the objects it locates (pure grounding data; counted as answers_from_refs in the quality report), "
+        "reject rejects it as no_answer.",
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction <= 1.0:
@@ -104,6 +108,8 @@ class ConvertConfig:
             raise ValueError("--dedup-against applies to --source llava-cot only")
         if self.bbox_2d_frame is not None and self.source != "records":
             raise ValueError("--bbox-2d-frame applies to --source records only")
+        if self.missing_answer != "refs" and self.source != "records":
+            raise ValueError("--missing-answer applies to --source records only")
 
     @property
     def shard(self) -> ShardSpec:
@@ -167,7 +173,12 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = lacot.iter_items(config.input, images=config.images, owns=owns)
     else:
         items = own_records.iter_items(
-            config.input, images=config.images, output=config.output, owns=owns, bbox_2d_frame=config.bbox_2d_frame
+            config.input,
+            images=config.images,
+            output=config.output,
+            owns=owns,
+            bbox_2d_frame=config.bbox_2d_frame,
+            missing_answer=config.missing_answer,
         )
     return route_blocks(items, config.val_fraction, SHARD_COMPRESSLEVEL)
 
@@ -282,7 +293,7 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
     blocks = source_blocks(config, shard.owns)
     outputs = SplitWriters(config.output, shard.name, OUTPUT_SPLITS, compresslevel=SHARD_COMPRESSLEVEL)
     try:
-        progress = tqdm(desc=f"convert {config.source} {shard.name}", unit=" items", disable=not sys.stderr.isatty())
+        progress = Progress("convert_progress", unit="item", source=config.source, shard=shard.name)
         for block in blocks:
             for split, (data, records) in block.blocks.items():
                 outputs.write_block(split, data, records)
@@ -321,4 +332,12 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         rejected=total["rejected"],
         reasons=total["reasons"],
     )
+    if total["answers_from_refs"]:
+        log.warning(
+            "answers_from_refs",
+            records=total["answers_from_refs"],
+            of=total["accepted"],
+            meaning="no answer of their own: their answer is the names of the objects they locate",
+            hint="--missing-answer reject rejects them instead (docs/convert.md)",
+        )
     return committed

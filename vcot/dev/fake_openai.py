@@ -9,7 +9,8 @@ It counts requests and the most in flight at once, and checks the bearer key lik
     with FakeOpenAI(latency=0.2) as server:   # server.base_url -> http://127.0.0.1:PORT/v1
         ...
 
-``python -m vcot.dev.fake_openai --port 8000 --latency 0.2`` runs one standalone (GET /stats for counters).
+``python -m vcot.dev.fake_openai --port 8000 --latency 0.2`` runs one standalone (GET /stats for counters);
+``--served-model-name NAME --api-key ''`` makes it answer as ``vllm serve`` does: for that model name only, no key.
 Needs ``aiohttp`` (a test dependency, not one of the stage's).
 """
 
@@ -105,6 +106,7 @@ class FakeOpenAI:
         retry_after: str = "0.05",
         timeout_sleep: float = 2.0,
         port: int = 0,
+        served_models: tuple[str, ...] = (),
     ) -> None:
         self.answer = answer
         self.fault = fault
@@ -113,6 +115,7 @@ class FakeOpenAI:
         self.retry_after = retry_after
         self.timeout_sleep = timeout_sleep
         self.port = port
+        self.served_models = served_models  # as vLLM: chat for another model name is a 404 (empty: any name)
         self.chat_requests = 0
         self.answered: list[str] = []  # request texts answered with a 200 completion
         self.statuses: Counter[str] = Counter()
@@ -145,7 +148,11 @@ class FakeOpenAI:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        if request.path.startswith("/v1/") and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+        if (
+            self.api_key  # vLLM's default: no key checked
+            and request.path.startswith("/v1/")
+            and request.headers.get("Authorization") != f"Bearer {self.api_key}"
+        ):
             self.statuses["401"] += 1
             return _error(401, "Incorrect API key provided.")
         return await handler(request)
@@ -156,6 +163,9 @@ class FakeOpenAI:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             body = await request.json()
+            if self.served_models and body.get("model") not in self.served_models:
+                self.statuses["404"] += 1
+                return _error(404, f"The model `{body.get('model')}` does not exist.")
             text = request_text(body)
             digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
             self.attempts[digest] += 1
@@ -336,9 +346,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A local OpenAI-compatible server that answers in the house format.")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each chat answer")
-    parser.add_argument("--api-key", default="test-key")
+    parser.add_argument("--api-key", default="test-key", help="the bearer key it checks ('': none, as vLLM)")
+    parser.add_argument(
+        "--served-model-name", action="append", default=[], help="answer only for this model (repeatable; as vLLM)"
+    )
     args = parser.parse_args(argv)
-    server = FakeOpenAI(latency=args.latency, api_key=args.api_key, port=args.port)
+    server = FakeOpenAI(
+        latency=args.latency, api_key=args.api_key, port=args.port, served_models=tuple(args.served_model_name)
+    )
     web.run_app(server.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
 
 

@@ -31,6 +31,7 @@ from vcot.log import get_logger
 from vcot.models.adapters import active, load_named_adapter
 from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
+from vcot.progress import track
 from vcot.scoring import gfn
 
 log = get_logger(__name__)
@@ -183,7 +184,7 @@ def bin_responses(
     by_bin: dict[str, str] = {}
     by_best: dict[str, str] = {}
     skipped: dict[str, int] = {}
-    for record in records:
+    for record in track(records, "bin_progress", unit="record", samples=bin_settings.samples):
         choice = bin_record(model, processor, record, settings, bin_settings)
         if isinstance(choice, Skipped):
             skipped[choice.reason] = skipped.get(choice.reason, 0) + 1
@@ -197,7 +198,8 @@ def bin_responses(
 
 
 def comparison_lines(metrics: dict[str, Any]) -> list[str]:
-    """Greedy vs BiN vs best-of-N answer accuracy, overall and per subset, from an evaluate ``metrics.json``.
+    """Greedy vs BiN vs best-of-N answer accuracy, overall and per subset, from an evaluate ``metrics.json``; with
+``--prompt-style direct`` or ``both`` the greedy answers to the direct prompt too (BiN always samples rationales).
 
     >>> rows = [{"subset": "overall", "samples": {"cot": 4}, "answer_accuracy": {"cot": 0.25, "bin": 0.5, "best_of_n": 0.25}}]
     >>> print("\\n".join(comparison_lines({"prompt_styles": {"styles": ["cot", "bin", "best_of_n"], "rows": rows}})))
@@ -205,10 +207,10 @@ def comparison_lines(metrics: dict[str, Any]) -> list[str]:
     overall                 4    0.250    0.500    0.250
     """
     table = metrics.get("prompt_styles") or {}
-    styles = [s for s in ("cot", "bin", "best_of_n") if s in table.get("styles", [])]
+    styles = [s for s in ("cot", "direct", "bin", "best_of_n") if s in table.get("styles", [])]
     if "bin" not in styles:
         return ["no BiN here: evaluate with --bin N"]
-    names = {"cot": "greedy", "bin": "BiN", "best_of_n": "best-of-N"}
+    names = {"cot": "greedy", "direct": "direct", "bin": "BiN", "best_of_n": "best-of-N"}
     lines = [f"{'answer accuracy':<15} {'samples':>9}" + "".join(f" {names[s]:>8}" for s in styles)]
     for row in table["rows"]:
         accuracy = row.get("answer_accuracy", {})

@@ -26,6 +26,7 @@ from typing import Any
 
 from vcot.io import storage
 from vcot.log import get_logger
+from vcot.progress import Progress
 
 log = get_logger(__name__)
 
@@ -124,6 +125,8 @@ async def _judge(
     chat = CachedChat(settings.model, settings.params, cache, ledger, backend)
     ledger_uri = storage.join(settings.cache, "ledger", f"{writer}.json")
 
+    progress = Progress("judge_progress", len(rows), unit="answer")
+
     async def ask(row: dict[str, Any]) -> None:
         record = records[str(row["id"])]
         question, reference = str(record.get("question", "")), str(record.get("answer", ""))
@@ -131,9 +134,11 @@ async def _judge(
         completion = await chat.ask(messages, record_id=str(row["id"]), purpose="judge")
         row["judge_score"], row["judge_failure"] = verdict(completion.text)
         row["judge_reply"] = completion.text[:200]
+        progress.update()
 
-    async with stored_while_running(cache, ledger, ledger_uri, client, every=cache.flush_seconds):
-        outcomes = await asyncio.gather(*(ask(row) for row in rows), return_exceptions=True)
+    with progress:
+        async with stored_while_running(cache, ledger, ledger_uri, client, every=cache.flush_seconds):
+            outcomes = await asyncio.gather(*(ask(row) for row in rows), return_exceptions=True)
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
         raise sorted(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))[0]

@@ -113,6 +113,17 @@ def answer_cue(processor: Any, messages: list[dict[str, Any]]) -> str:
     return text[text.index(first) + len(first) : text.index(second)]
 
 
+def rationale_turn_problem(processor: Any) -> str | None:
+    """Why ``processor``'s chat template cannot hold the ``rationale_turn`` layout, or ``None`` when it can.
+    Qwen3-VL's official template renders only system, user, assistant and tool turns: an ``Analyzer`` turn vanishes
+    from the text, so no record could be encoded (each failed alone, as an ``encode_error``)."""
+    try:
+        answer_cue(processor, [{"role": "user", "content": [{"type": "text", "text": "?"}]}])
+    except ValueError:
+        return f"its chat template drops turns of the {RATIONALE_ROLE} role (it renders only its own roles)"
+    return None
+
+
 def turn_prefix(processor: Any, messages: list[dict[str, Any]], role: str) -> str:
     """The chat rendered up to where a new ``role`` turn's text begins: a generation prompt for any role
     (the chat template's own ``add_generation_prompt`` only cues the assistant)."""

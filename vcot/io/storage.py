@@ -33,6 +33,10 @@ from typing import IO, Any
 
 from vcot.config import mask_url_credentials
 from vcot.errors import ConfigError, StorageError
+from vcot.log import get_logger
+from vcot.progress import Progress
+
+log = get_logger(__name__)
 
 S3_SCHEME = "s3://"
 FILE_SCHEME = "file://"
@@ -475,6 +479,8 @@ def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] =
         ignore = shutil.ignore_patterns(*(f"*{suffix}" for suffix in skip_suffixes)) if skip_suffixes else None
         shutil.copytree(local_path(prefix), dest, dirs_exist_ok=True, ignore=ignore)
         return dest
+    todo: list[tuple[str, Path, int, float]] = []  # (uri, target, size, stamp)
+    cached = 0
     for uri in list_uris(prefix):
         if skip_suffixes and uri.endswith(skip_suffixes):
             continue
@@ -482,12 +488,22 @@ def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] =
         bucket, key = split_s3(uri)
         with storage_errors(uri):
             head = s3_client().head_object(Bucket=bucket, Key=key)
-            stamp = head["LastModified"].timestamp()
-            if target.exists() and target.stat().st_size == head["ContentLength"] and target.stat().st_mtime == stamp:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3_client().download_file(bucket, key, str(target))
-            os.utime(target, (stamp, stamp))
+        stamp, size = head["LastModified"].timestamp(), int(head["ContentLength"])
+        if target.exists() and target.stat().st_size == size and target.stat().st_mtime == stamp:
+            cached += 1
+        else:
+            todo.append((uri, target, size, stamp))
+    if todo:  # one line up front (a 7B model is ~16 GB), then the bytes as they arrive (vcot.progress)
+        size = sum(item[2] for item in todo)
+        log.info("sync", source=prefix, dest=str(dest), files=len(todo), bytes=size, gib=round(size / 2**30, 2),
+                 cached_files=cached)  # fmt: skip
+        with Progress("sync_progress", size, unit="B", unit_scale=True, source=prefix) as progress:
+            for uri, target, _, stamp in todo:
+                bucket, key = split_s3(uri)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with storage_errors(uri):
+                    s3_client().download_file(bucket, key, str(target), Callback=progress.update)
+                os.utime(target, (stamp, stamp))
     return dest
 
 

@@ -9,7 +9,6 @@ special tokens) and cut at the end-of-turn token.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from vcot.models.penalty import (
     coordinate_token_ids,
     inside_open_box,
 )
+from vcot.progress import Progress
 
 log = get_logger(__name__)
 
@@ -237,15 +237,14 @@ def generate_responses(
     model: Any, processor: Any, records: Sequence[dict[str, Any]], settings: GenerationSettings
 ) -> tuple[list[str | Skipped], dict[str, float]]:
     """Responses for every record (in order; :class:`Skipped` where none could be made) and timing stats."""
-    from tqdm.auto import tqdm
-
     processors = penalty_processors(settings, processor.tokenizer)
     responses: list[str | Skipped] = []
     started = time.perf_counter()
-    batches = range(0, len(records), settings.batch_size)
-    for start in tqdm(batches, desc="generate", unit="batch", disable=not sys.stderr.isatty()):
-        batch = records[start : start + settings.batch_size]
-        responses.extend(generate_batch(model, processor, batch, settings, processors))
+    with Progress("generate_progress", len(records), unit="sample", prompt_style=settings.prompt_style) as progress:
+        for start in range(0, len(records), settings.batch_size):
+            batch = records[start : start + settings.batch_size]
+            responses.extend(generate_batch(model, processor, batch, settings, processors))
+            progress.update(len(batch))
     seconds = time.perf_counter() - started
     stats = {"seconds": round(seconds, 3), "samples_per_second": round(len(records) / seconds, 3) if seconds else 0.0}
     log.info("generated", samples=len(records), **stats)

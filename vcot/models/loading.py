@@ -36,6 +36,7 @@ from vcot.grounding.families import Family
 from vcot.grounding.model_format import ModelFormat, family_of_model_type
 from vcot.io import storage
 from vcot.log import get_logger
+from vcot.progress import track
 
 Quantize = Literal["4bit", "8bit"]
 MODEL_CARD = "vcot-model.json"
@@ -348,6 +349,47 @@ def _adapter_fits(adapter_uri: str, model_uri: str) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------
 
 
+def parameter_count(model_uri: str) -> int:
+    """The base model's parameters, from its ``config.json`` alone: the model built on torch's meta device (no
+    weights fetched, no memory; ~3 s for a 7B), so a run can say what it is about to load before it does."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    path = local_model_path(model_uri, weights=False)
+    with load_errors(model_uri), torch.device("meta"):
+        model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(path))
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def weight_files(path: str) -> list[Path]:
+    """The weight shards of a local model folder (what loading reads), sorted."""
+    folder = Path(path)
+    return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) if folder.is_dir() else []
+
+
+@contextmanager
+def weights_progress(model_uri: str) -> Iterator[None]:
+    """transformers 5 loads (casts, quantizes) every tensor of every shard in one loop with a tqdm bar of its own
+    ("Loading weights"): minutes for a 7B on a CPU. That loop reports through :mod:`vcot.progress` instead: the bar
+    in console mode, ``load_weights_progress`` lines with ``eta_s`` in a pod's JSON log. A transformers that loads
+    another way keeps its own bar."""
+    from transformers import core_model_loading
+
+    original = getattr(core_model_loading, "tqdm", None)
+    if original is None:
+        yield
+        return
+
+    def reported(iterable: Any, *args: Any, **kwargs: Any) -> Any:
+        return track(iterable, "load_weights_progress", unit="tensor", model=model_uri)
+
+    core_model_loading.tqdm = reported
+    try:
+        yield
+    finally:
+        core_model_loading.tqdm = original
+
+
 VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
 
 
@@ -429,6 +471,7 @@ def load_model_and_processor(
     precision = machine_precision()
     base_path = local_model_path(model_uri)
     adapter_path = local_model_path(adapter_uri) if adapter_uri else None
+    shards = weight_files(base_path)
     log.info(
         "load_model",
         model=model_uri,
@@ -437,6 +480,8 @@ def load_model_and_processor(
         device=precision.device,
         dtype=str(precision.dtype),
         unsloth=_use_unsloth(precision),
+        weight_files=len(shards),
+        weights_gib=round(sum(p.stat().st_size for p in shards) / 2**30, 3),
     )
 
     quantization_config = _quantization_config(quantize, precision.dtype)
@@ -454,13 +499,14 @@ def load_model_and_processor(
         else:
             from transformers import AutoModelForImageTextToText
 
-            model = AutoModelForImageTextToText.from_pretrained(
-                base_path,
-                dtype=precision.dtype,
-                quantization_config=quantization_config,
-                # This process's GPU: torchrun's LOCAL_RANK (0 without torchrun); every rank holds a whole copy.
-                device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if precision.device == "cuda" else None,
-            )
+            with weights_progress(model_uri):
+                model = AutoModelForImageTextToText.from_pretrained(
+                    base_path,
+                    dtype=precision.dtype,
+                    quantization_config=quantization_config,
+                    # This process's GPU: torchrun's LOCAL_RANK (0 without torchrun); every rank holds a whole copy.
+                    device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if precision.device == "cuda" else None,
+                )
     if for_training:
         model.config.use_cache = False
         if quantize is not None:

@@ -20,7 +20,6 @@ pixel budget and length limit (``vcot.tokenize.mixture``); plain ``--input`` is 
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -31,12 +30,14 @@ from typing import Any
 from vcot.config import option, redacted
 from vcot.errors import ConfigError
 from vcot.grounding.boxes import BOX_FORMATS, BoxFormat
-from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, Coords, Layout, Mode, ModelFormat
+from vcot.grounding.model_format import COORDS, LAYOUTS, MODES, RATIONALE_ROLE, Coords, Layout, Mode, ModelFormat
+from vcot.grounding.prompts import rationale_turn_problem
 from vcot.grounding.records import grounding_problem, top_reasons
 from vcot.io import manifest, storage
 from vcot.io.images import TOO_LARGE, decodable_pixels
 from vcot.io.shards import ShardFile, file_entry
 from vcot.log import get_logger
+from vcot.progress import Progress
 from vcot.tokenize.encode import Encoder
 from vcot.tokenize.mixture import Mixture, MixtureSource, load_mixture, of_inputs
 
@@ -311,6 +312,13 @@ def _model_format(config: TokenizeConfig, mixture: Mixture) -> tuple[ModelFormat
         max_pixels=config.max_pixels,
     )
     fmt = replace(fmt, layout=config.layout, system_prompt=config.system_prompt, instruction_text=config.instruction)
+    problem = rationale_turn_problem(processor) if fmt.layout == "rationale_turn" else None
+    if problem is not None:
+        raise ConfigError(
+            f"--layout rationale_turn needs a model whose chat template renders an {RATIONALE_ROLE} turn, and "
+            f"{config.model} ({fmt.family}) cannot: {problem}. Use --layout two_turn, or a Qwen2.5-VL model for "
+            "RGFN (docs/train.md, RGFN); nothing was written"
+        )
     log.info("model_format", **fmt.to_dict())
     return fmt, {source.name: Encoder(processor, source_format(fmt, source)) for source in mixture.sources}
 
@@ -360,16 +368,17 @@ def _write_source(
     shard: manifest.ShardSpec,
     writer: ParquetShardWriter,
     tally: _SplitTally,
-    progress: Any,
+    progress: Progress,
 ) -> tuple[dict[str, int], Counter[str]]:
     """Write this shard's rows of one source's split; returns the source's counts and why records gave no row
-    (the manifest's per-source stats)."""
+    (the manifest's per-source stats). ``progress`` counts the records read (every shard reads them all)."""
     budget = (encoder.fmt.vision.min_pixels, encoder.fmt.vision.max_pixels) if encoder.fmt != fmt else None
     max_length = source.max_length or config.max_length
     counts = {"usable": 0, "selected": 0, "rows": 0}
     reasons: Counter[str] = Counter()
     max_pixels = decodable_pixels() if fmt.mode == "multimodal" else None
     for record, problem, copies in planned(source, split, seed, max_pixels):
+        progress.update()
         owned = sum(1 for copy in range(copies) if shard.owns(tally.position + copy))
         tally.position += copies
         tally.owned += owned
@@ -377,7 +386,6 @@ def _write_source(
         counts["selected"] += copies if problem is None else 0
         if not owned:
             continue
-        progress.update(owned)
         if problem is not None:
             reasons[problem] += owned
             continue
@@ -416,6 +424,16 @@ def _split_stats(rows: int, tally: _SplitTally) -> dict[str, Any]:
     }
 
 
+def split_records(mixture: Mixture, split: str) -> int:
+    """How many records of ``split`` the mixture's sources hold, from their manifests (no record is read)."""
+    return sum(
+        int(entry.get("records") or 0)
+        for uri in mixture.data
+        for entry in manifest.read_manifest(uri).get("files", [])
+        if str(entry.get("path", "")).startswith(f"{split}/")
+    )
+
+
 def _write_split(
     split: str,
     *,
@@ -430,12 +448,10 @@ def _write_split(
 ) -> tuple[ShardFile, dict[str, Any]]:
     """One split's Parquet shard (every source in mixture order) and its stats; adds to ``skipped`` and to each
     source's entry of ``mixture_stats``. Refuses a single-pod run without a training row."""
-    from tqdm import tqdm
-
     image_pad_id = encoders[mixture.sources[0].name].image_pad_id
     writer = ParquetShardWriter(config.output, f"{split}/{shard.name}.parquet", workdir)
     tally = _SplitTally()
-    progress = tqdm(desc=f"tokenize {split}", unit="rec", disable=not sys.stderr.isatty())
+    progress = Progress("tokenize_progress", split_records(mixture, split), unit="record", split=split)
     for source in mixture.sources:
         counts, reasons = _write_source(
             source,

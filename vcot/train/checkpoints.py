@@ -145,15 +145,3 @@ class SaveOnSigterm(TrainerCallback):
             log.warning("sigterm", step=state.global_step, action="saving a checkpoint, then stopping")
             control.should_save = True
             control.should_training_stop = True
-
-
-class LogMetrics(TrainerCallback):
-    """Trainer logs as structured log lines (instead of printed dicts): one ``train_log`` event per report."""
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if state.is_world_process_zero and logs:
-            log.info(
-                "train_log",
-                step=state.global_step,
-                **{k: round(v, 6) if isinstance(v, float) else v for k, v in logs.items()},
-            )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +240,7 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         "dataloader_num_workers": recipe.dataloader_num_workers,
         # Batches of similar lengths (less padding); the rows' length column, never a pass over the data.
         "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
-        "disable_tqdm": not sys.stderr.isatty(),  # a progress bar on a terminal; structured log lines in a pod
+        "disable_tqdm": True,  # our TrainProgress shows the bar (console) or logs step, total, eta_s (JSON)
     }
 
 
@@ -254,19 +253,16 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     nothing is saved after it, nothing committed.
     """
     from torch.utils.tensorboard import SummaryWriter
-    from transformers import PrinterCallback
+    from transformers import PrinterCallback, ProgressCallback
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.train.checkpoints import (
-        CheckpointSync,
-        LogMetrics,
-        SaveOnSigterm,
-        TensorBoardSync,
-    )
+    from vcot.train.checkpoints import CheckpointSync, SaveOnSigterm, TensorBoardSync
     from vcot.train.divergence import StopOnDivergence, diverged_crash
+    from vcot.train.progress import TrainProgress
 
     sigterm = SaveOnSigterm()
     trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)  # a recipe's trainer: {disable_tqdm: false} would add it back
     trainer.remove_callback(TensorBoardCallback)  # the recipe's report_to added one writing into the trainer's folder
     if "tensorboard" in trainer.args.report_to:  # ours, in a folder uploaded after every flush (each log)
         tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir)))
@@ -275,8 +271,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
     sync = CheckpointSync(folders.trainer_dir, folders.remote_checkpoints)
-    # StopOnDivergence last: a non-finite value is logged (LogMetrics) before it stops the run.
-    for callback in (sync, sigterm, LogMetrics(), Throughput(batch), StopOnDivergence()):
+    # StopOnDivergence last: a non-finite value is logged (TrainProgress) before it stops the run.
+    for callback in (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence()):
         trainer.add_callback(callback)
 
     resume_from = restore(folders)

@@ -51,6 +51,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.estimate import announce_cpu_run, grpo_workload
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 
@@ -364,6 +365,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     args = grpo_arguments(recipe, folders, weights)
 
     # 4. The policy (the SFT adapter continued, or a new LoRA on the base); the trainer.
+    announce_cpu_run(config.model, recipe, config.recipe, grpo_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     check_scratch(folders, recipe, model)
     zero_advantage = ZeroAdvantageWarning()

@@ -47,6 +47,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.estimate import announce_cpu_run, rgfn_workload
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
@@ -277,6 +278,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     folders = RunFolders.for_output(config.output)
     arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
     args = build_arguments(TrainingArguments, arguments, recipe)
+    announce_cpu_run(config.model, recipe, config.recipe, rgfn_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     reference_adapter(model)  # the reward's model: the policy as RL found it (the SFT adapter, not the bare base)
 

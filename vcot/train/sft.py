@@ -26,6 +26,7 @@ from vcot.train.common import (
     load_policy,
     run_training,
 )
+from vcot.train.estimate import announce_cpu_run, sft_workload
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 from vcot.train.throughput import TOKEN_COUNTING
@@ -130,12 +131,13 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     args = sft_arguments(recipe, folders, has_eval=has_val_rows(config.data))
     if config.init_adapter:
         check_continued_format(config.init_adapter, fmt)
+    tokens = manifest.read_manifest(config.data).get("stats", {})
+    announce_cpu_run(config.model, recipe, config.recipe, sft_workload(recipe, tokens))  # on a CPU: before loading
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
 
     # 3. Data, the trainer.
     # Memory-mapped from this node's scratch (converted once per node); each rank reads only the rows it is dealt.
     vocab_size = len(processor.tokenizer)
-    tokens = manifest.read_manifest(config.data).get("stats", {})
     rows_bytes = 8 * sum(int((tokens.get(split) or {}).get("tokens", 0)) for split in ("train", "val"))  # ids + labels
     check_scratch(folders, recipe, model, rows_bytes=rows_bytes)
     train_set = TokenizedDataset(config.data, "train", cache=folders.scratch / "rows", vocab_size=vocab_size)
