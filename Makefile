@@ -260,22 +260,24 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)
-# on the local S3 server, evaluates the GRPO adapter, and prints each reward's mean at the start and the end of the
-# run (then the SFT run's evaluation, to compare). LOCAL_GRPO_SET=key=value,... overrides recipe knobs. Its own run,
-# LOCAL_GRPO_RUN (grpo/, eval/), reads LOCAL_RUN's records and train/adapter, and moves LOCAL_POINTER to its adapter.
+# on the local S3 server, watching held-out answers as it trains (the checkpoint kept by their first-object IoU),
+# evaluates the kept adapter exactly as make local-train evaluated the SFT adapter, and prints both side by side with
+# each reward's mean at the start and the end. LOCAL_GRPO_SET=key=value,... overrides recipe knobs. Its own run,
+# LOCAL_GRPO_RUN (grpo/, eval/), reads LOCAL_RUN's records and train/adapter; it moves LOCAL_POINTER to its adapter
+# only when that scores at least as well on the held-out slice as the SFT adapter did (docs/train.md).
 LOCAL_GRPO_SET ?=
 LOCAL_GRPO_REPORT ?= .cache/local-grpo/report.html
 LOCAL_GRPO_RUN ?= $(LOCAL_RUN)-grpo
 .PHONY: local-grpo bench-grpo
 
-local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, prints the reward curves (~2-3 min)
+local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, SFT vs GRPO on held-out records (~10 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console}; \
-	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/train') else 1)" \
-		|| { echo "local-grpo: no committed SFT run at $(LOCAL_RUN)/train: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/eval') else 1)" \
+		|| { echo "local-grpo: no committed SFT evaluation at $(LOCAL_RUN)/eval: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
 	echo "== GRPO (recipe tiny-cpu-grpo) from $(LOCAL_RUN)/train/adapter -> $(LOCAL_GRPO_RUN)/grpo"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RUN)/train/adapter \
 		--output $(LOCAL_GRPO_RUN)/grpo --recipe tiny-cpu-grpo --threads $(LOCAL_THREADS) \
@@ -285,29 +287,28 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 		--output $(LOCAL_GRPO_RUN)/eval --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
 	echo "  GRPO run        $(LOCAL_GRPO_RUN)/grpo  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
-	echo "  pointer         $(LOCAL_POINTER) (now the GRPO adapter)"; \
-	echo "  evaluation      $(LOCAL_GRPO_RUN)/eval"; \
+	echo "  evaluation      $(LOCAL_GRPO_RUN)/eval  (the SFT adapter's: $(LOCAL_RUN)/eval)"; \
 	echo; \
 	$(PY) -m vcot.dev.summary --run $(LOCAL_GRPO_RUN)/grpo --evaluation $(LOCAL_GRPO_RUN)/eval \
-		--report-to $(LOCAL_GRPO_REPORT); \
-	echo "before GRPO (the SFT run, make local-train):"; \
-	$(PY) -m vcot.dev.summary --run $(LOCAL_RUN)/train --evaluation $(LOCAL_RUN)/eval --local-s3 \
-		| grep -E '^(train|evaluation|local S3) '
+		--start-evaluation $(LOCAL_RUN)/eval --report-to $(LOCAL_GRPO_REPORT) --local-s3
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py
 
 # --- RGFN -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): its records tokenized in LaCoT's three-turn layout (--layout
-# rationale_turn), an SFT adapter on them (recipe tiny-cpu), RGFN from it (recipe tiny-cpu-rgfn), then
-# vcot-evaluate --bin 3 on the RGFN adapter, printing greedy vs BiN vs best-of-N. Mechanics, not quality.
-# LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs. Its own run, LOCAL_RGFN_RUN (tokenized/, train/, rgfn/,
-# eval/), reads LOCAL_RUN's records; it leaves the pointer alone.
+# rationale_turn), an SFT adapter on them trained as make local-train trains (recipe tiny-cpu) and evaluated on the
+# full val split, RGFN from it (recipe tiny-cpu-rgfn, its checkpoint kept by held-out answers), then vcot-evaluate
+# --bin LOCAL_BIN on the RGFN adapter: the SFT start beside RGFN greedy, BiN and best-of-N (docs/train.md, "RGFN").
+# LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs. Its own run, LOCAL_RGFN_RUN (tokenized/, train/,
+# eval-sft/, rgfn/, eval/), reads LOCAL_RUN's records and leaves the pointer alone; each step skips work already
+# committed, so a rerun after a kill goes on where it stopped.
 LOCAL_RGFN_SET ?=
 LOCAL_RGFN_RUN ?= $(LOCAL_RUN)-rgfn
+LOCAL_BIN ?= 5
 .PHONY: local-rgfn
 
-local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn layout, RGFN, evaluate with BiN (greedy vs BiN vs best-of-N)
+local-rgfn: $(STAMP) tiny-model ## After make local-train: three-turn SFT, RGFN, the SFT start vs greedy vs BiN vs best-of-N (~25 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
@@ -318,21 +319,26 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: SFT in the three-turn
 	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RGFN_RUN)/tokenized"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) \
 		--layout rationale_turn; \
-	echo "== SFT (recipe tiny-cpu, one epoch: mechanics, three-turn layout) -> $(LOCAL_RGFN_RUN)/train"; \
+	echo "== SFT (recipe tiny-cpu, three-turn layout) -> $(LOCAL_RGFN_RUN)/train"; \
 	$(PY) -m jobs.train --data $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_RGFN_RUN)/train \
-		--recipe tiny-cpu --set num_train_epochs=1 --threads $(LOCAL_THREADS); \
+		--recipe tiny-cpu --threads $(LOCAL_THREADS); \
+	echo "== evaluate the SFT start -> $(LOCAL_RGFN_RUN)/eval-sft"; \
+	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RGFN_RUN)/train/adapter --data $(LOCAL_RUN)/records \
+		--output $(LOCAL_RGFN_RUN)/eval-sft --max-new-tokens 96 --threads $(LOCAL_THREADS); \
 	echo "== RGFN (recipe tiny-cpu-rgfn) -> $(LOCAL_RGFN_RUN)/rgfn"; \
 	$(PY) -m jobs.train --data $(LOCAL_RUN)/records --model $(TINY_MODEL) --init-adapter $(LOCAL_RGFN_RUN)/train/adapter \
 		--output $(LOCAL_RGFN_RUN)/rgfn --recipe tiny-cpu-rgfn --threads $(LOCAL_THREADS) \
 		$(if $(LOCAL_RGFN_SET),--set "$(LOCAL_RGFN_SET)"); \
-	echo "== evaluate --bin 3 -> $(LOCAL_RGFN_RUN)/eval"; \
+	echo "== evaluate --bin $(LOCAL_BIN) -> $(LOCAL_RGFN_RUN)/eval"; \
 	$(PY) -m jobs.evaluate --model $(TINY_MODEL) --adapter $(LOCAL_RGFN_RUN)/rgfn/adapter --data $(LOCAL_RUN)/records \
-		--output $(LOCAL_RGFN_RUN)/eval --max-new-tokens 96 --max-samples 32 --bin 3 --threads $(LOCAL_THREADS); \
+		--output $(LOCAL_RGFN_RUN)/eval --max-new-tokens 96 --bin $(LOCAL_BIN) --threads $(LOCAL_THREADS); \
 	echo; echo "Done in $$(( $$(date +%s) - start )) s. On the local S3 server ('make s3-env' for the variables):"; \
-	echo "  SFT run (three-turn)  $(LOCAL_RGFN_RUN)/train"; \
+	echo "  SFT run (three-turn)  $(LOCAL_RGFN_RUN)/train  (evaluated: $(LOCAL_RGFN_RUN)/eval-sft)"; \
 	echo "  RGFN run              $(LOCAL_RGFN_RUN)/rgfn  (adapter/, checkpoints/, tensorboard/, metrics.json, _SUCCESS)"; \
 	echo "  evaluation            $(LOCAL_RGFN_RUN)/eval  (predictions/, predictions-bin/, predictions-best_of_n/)"; \
 	echo; \
+	$(PY) -m vcot.dev.summary --run $(LOCAL_RGFN_RUN)/rgfn --evaluation $(LOCAL_RGFN_RUN)/eval \
+		--start-evaluation $(LOCAL_RGFN_RUN)/eval-sft --local-s3; \
 	$(PY) -m vcot.evaluate.bin --metrics $(LOCAL_RGFN_RUN)/eval/metrics.json
 
 # --- evaluate ---------------------------------------------------------------------------------------

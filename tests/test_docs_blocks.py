@@ -380,7 +380,7 @@ def preconditions(walk: Walk, tiny_model: Path) -> None:
     from tests.convert.own_data import write_own_data
     from tests.train.conftest import write_record_output
     from vcot.io import manifest, storage
-    from vcot.train.common import run_pointer
+    from vcot.train.pointer import run_pointer
 
     root = walk.root
     if walk.doc == "README.md":

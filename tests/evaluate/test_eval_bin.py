@@ -39,7 +39,7 @@ def test_sft_scorer_is_the_model_without_its_adapter(tiny_model_dir: Path, adapt
     prompt = prompt_text(processor, record, GenerationSettings(fmt=_fmt(processor, tiny_model_dir)))
     image = load_rgb(record["image"])
     pairs = [("The <ref>cup</ref> is left. ", " red"), ("It is ", " blue car")]
-    with sft_model(policy):
+    with sft_model(policy, "base"):
         sft_joint, sft_answer = sequence_scores(policy, processor, prompt, pairs, image)
     base_joint, base_answer = sequence_scores(base, processor, prompt, pairs, image)
     policy_joint, _ = sequence_scores(policy, processor, prompt, pairs, image)
@@ -71,8 +71,8 @@ def test_sft_scorer_of_a_continued_adapter_is_the_adapter_it_continued(
     base, _ = load_model_and_processor(str(tiny_model_dir))
     prompt = prompt_text(processor, record, GenerationSettings(fmt=_fmt(processor, tiny_model_dir)))
     image, pairs = load_rgb(record["image"]), [("The <ref>cup</ref> is left. ", " red")]
-    assert load_sft_adapter(policy, str(continued)) == str(adapter_dir)
-    with sft_model(policy):
+    assert load_sft_adapter(policy, str(continued)) == "continued"
+    with sft_model(policy, "continued"):
         scored, _ = sequence_scores(policy, processor, prompt, pairs, image)
     expected, _ = sequence_scores(sft, processor, prompt, pairs, image)
     assert torch.allclose(scored, expected, atol=1e-5)

@@ -18,10 +18,11 @@ COLORS = ("red", "green", "blue", "yellow")
 SIZES = ((112, 112), (160, 120), (90, 200), (300, 100), (64, 64))
 
 
-def make_record(index: int, image_root: str, rng: random.Random) -> dict[str, Any]:
-    """A synthetic grounded record: one colored square on a gray image; the question asks its color."""
+def make_record(index: int, image_root: str, rng: random.Random, colors: tuple[str, ...] = COLORS) -> dict[str, Any]:
+    """A synthetic grounded record: one colored square (one of ``colors``) on a gray image; the question asks its
+    color among :data:`COLORS`."""
     width, height = SIZES[index % len(SIZES)]
-    color = COLORS[rng.randrange(len(COLORS))]
+    color = colors[rng.randrange(len(colors))]
     side = max(8, min(width, height) // 3)
     x1, y1 = rng.randrange(0, width - side), rng.randrange(0, height - side)
     image = Image.new("RGB", (width, height), "gray")
@@ -51,10 +52,12 @@ def make_record(index: int, image_root: str, rng: random.Random) -> dict[str, An
     }
 
 
-def write_record_output(root: str, count: int, *, seed: int = 0, unusable: int = 0) -> str:
+def write_record_output(
+    root: str, count: int, *, seed: int = 0, unusable: int = 0, colors: tuple[str, ...] = COLORS
+) -> str:
     """Write and commit ``root/{train,val}/...jsonl.gz`` like convert does; ``unusable`` records lack a rationale."""
     rng = random.Random(seed)
-    records = [make_record(i, storage.join(root, "images"), rng) for i in range(count)]
+    records = [make_record(i, storage.join(root, "images"), rng, colors) for i in range(count)]
     for record in records[:unusable]:
         record["rationale"] = ""
     files = []
@@ -97,3 +100,35 @@ def tokenized_data(record_data: str, tiny_model_dir: Any, tmp_path_factory: pyte
     output = str(tmp_path_factory.mktemp("tokenized") / "tokens")
     tokenize(TokenizeConfig(input=[record_data], output=output, model=str(tiny_model_dir)))
     return output
+
+
+SFT_FOR_RL = "max_steps=60,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=60,eval_steps=60"
+"""60 SFT steps at a high rate: the tiny model then writes the format and answers right sometimes, so rewards differ
+within a group and a held-out score has something to lose."""
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tokenized_data: str, tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The adapter of a short SFT run on ``tokenized_data``: what the GRPO tests continue."""
+    from vcot.train import TrainConfig, train
+
+    output = str(tmp_path_factory.mktemp("sft") / "run")
+    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu",
+                         set=SFT_FOR_RL, threads=1)  # fmt: skip
+    assert train(config)
+    return f"{output}/adapter"
+
+
+@pytest.fixture(scope="session")
+def analyzer_adapter(record_data: str, tiny_model_dir: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A short SFT run in LaCoT's layout (the rationale in an Analyzer turn): what the RGFN tests start from."""
+    from vcot.tokenize import TokenizeConfig, tokenize
+    from vcot.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("analyzer")
+    tokens = str(root / "tokens")
+    tokenize(TokenizeConfig(input=[record_data], output=tokens, model=str(tiny_model_dir), layout="rationale_turn"))
+    output = str(root / "sft")
+    short = "max_steps=30,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=30,eval_steps=30"
+    assert train(TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=short, threads=1))
+    return f"{output}/adapter"

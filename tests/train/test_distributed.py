@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.train.train_helpers import WATCH
 from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -167,7 +168,8 @@ def test_sigterm_on_one_rank_stops_all_ranks_at_one_checkpoint(
 def test_grpo_under_torchrun_commits_once(record_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     output = str(tmp_path / "grpo")
     process = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
-                       output, "max_steps=4,save_steps=2,per_device_train_batch_size=4", recipe="tiny-cpu-grpo")
+                       output, f"max_steps=4,save_steps=2,eval_steps=2,per_device_train_batch_size=4,num_generations=4,"
+                       f"{WATCH}", recipe="tiny-cpu-grpo")
     lines: list[str] = []
     assert finish(process, lines) == 0, "".join(lines[-40:])
     assert len(events(lines, "committed")) == 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jobs.train import main
+from tests.train.train_helpers import WATCH
 from vcot.io import manifest, storage
 from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.divergence import nonfinite_tensors
@@ -19,7 +20,10 @@ PRODUCTION = {"run": "s3://b/runs/prod", "base_model": "s3://b/models/tiny", "ad
 # The issue's run: learning_rate 1e8; a checkpoint every 2 steps, so one is saved before the weights break.
 SFT_SET = "learning_rate=1e8,max_steps=6,logging_steps=1,eval_steps=2,save_steps=2,generation_eval_samples=0"
 # GRPO and RGFN from a new LoRA: at 1e8 with some weight decay the weights overflow within a few steps.
-RL_SET = "learning_rate=1e8,weight_decay=0.1,max_steps=8,save_steps=1"
+RL_SET = (
+    "learning_rate=1e8,weight_decay=0.1,max_steps=8,save_steps=1,eval_steps=1,per_device_train_batch_size=8,"
+    f"{WATCH}"
+)
 
 
 def diverge(argv: list[str], runs: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -14,7 +14,7 @@ MODULES = [
     "vcot.tokenize.stage",
     "vcot.tokenize.mixture",
     "vcot.train.recipe",
-    "vcot.train.common",
+    "vcot.train.pointer",
     "vcot.train.grpo",
     "vcot.train.checkpoints",
     "vcot.train.divergence",

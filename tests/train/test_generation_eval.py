@@ -98,8 +98,10 @@ def test_generation_eval_runs_only_at_its_steps(tmp_path: Path) -> None:
 def test_bad_selection_settings_are_refused_with_a_hint(overrides: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_recipe("tiny-cpu", overrides)
-    with pytest.raises(ConfigError, match="SFT-only"):
-        load_recipe("tiny-cpu-grpo", "generation_eval_samples=4")
+    with pytest.raises(ConfigError, match="has no eval loss"):  # GRPO and RGFN keep a checkpoint by its answers
+        load_recipe("tiny-cpu-grpo", "generation_eval_samples=4,metric_for_best_model=eval_loss")
+    with pytest.raises(ConfigError, match="save_steps must be a multiple of eval_steps"):
+        load_recipe("tiny-cpu-rgfn", "save_steps=3,eval_steps=2")
 
 
 @pytest.mark.integration

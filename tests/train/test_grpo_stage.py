@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from tests.conftest import LogMode
-from tests.train.train_helpers import assert_train_progress, run_until_killed
+from tests.train.train_helpers import UNWATCHED, WATCH, assert_train_progress, run_until_killed
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
@@ -33,21 +33,10 @@ from vcot.train.grpo import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# 60 SFT steps at a high rate: the tiny model then answers right sometimes, so rewards differ within a group.
-SFT_SET = "max_steps=60,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=60,eval_steps=60"
 # A few steps, a checkpoint part-way; save_steps > the kill step so the killed run's checkpoint is SIGTERM's own.
-RUN_SET = "max_steps=6,save_steps=4"
+RUN_SET = f"max_steps=6,save_steps=4,eval_steps=2,per_device_train_batch_size=8,{WATCH}"
 REWARDS = ("format_reward", "accuracy_reward", "bbox_reward", "dual_iou_reward")
 HOUSE = ModelFormat.for_family("qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112)
-
-
-@pytest.fixture(scope="module")
-def sft_adapter(tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The adapter of a short SFT run: the tiny model then writes the format often enough for rewards to differ."""
-    output = str(tmp_path_factory.mktemp("sft") / "run")
-    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=SFT_SET, threads=1)
-    assert train(config)
-    return f"{output}/adapter"
 
 
 def grpo_config(record_data: str, model: Path, output: str, adapter: str) -> TrainConfig:
@@ -55,6 +44,7 @@ def grpo_config(record_data: str, model: Path, output: str, adapter: str) -> Tra
         data=record_data, model=str(model), output=output, recipe="tiny-cpu-grpo", set=RUN_SET, init_adapter=adapter,
         threads=1,  # one torch thread: fastest on a busy shared CPU (docs/bench-train.md)
         update_pointer=True,
+        force_pointer=True,  # the pointer rule itself: tests/train/test_pointer.py
     )  # fmt: skip
 
 
@@ -174,7 +164,7 @@ def test_grpo_shows_its_progress_in_both_log_formats(
     from jobs.train import main
 
     argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"), "--recipe",
-            "tiny-cpu-grpo", "--set", "max_steps=2,save_steps=2", "--init-adapter", sft_adapter, "--threads", "1"]
+            "tiny-cpu-grpo", "--set", f"max_steps=2,save_steps=2,per_device_train_batch_size=8,{UNWATCHED}", "--init-adapter", sft_adapter, "--threads", "1"]
     assert main(argv) == 0
     assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)
 

@@ -11,28 +11,14 @@ import pytest
 from safetensors.torch import load, load_file
 
 from tests.conftest import LogMode
-from tests.train.train_helpers import assert_train_progress, run_until_killed
+from tests.train.train_helpers import UNWATCHED, WATCH, assert_train_progress, rgfn_trainer, run_until_killed
 from vcot.io import manifest, storage
 from vcot.models.loading import read_model_card
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
 
-SFT_SET = "max_steps=30,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=30,eval_steps=30"
-RUN_SET = "max_steps=4,save_steps=3"
+RUN_SET = f"max_steps=4,save_steps=2,eval_steps=2,{WATCH}"
 CURVES = ("rgfn/kept_fraction", "rgfn/reward_reference", "rgfn/reward_samples", "rgfn/length_samples")
-
-
-@pytest.fixture(scope="module")
-def analyzer_adapter(record_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A short SFT run in LaCoT's layout (the rationale in an Analyzer turn): what RGFN starts from."""
-    from vcot.tokenize import TokenizeConfig, tokenize
-
-    root = tmp_path_factory.mktemp("analyzer")
-    tokens = str(root / "tokens")
-    tokenize(TokenizeConfig(input=[record_data], output=tokens, model=str(tiny_model_dir), layout="rationale_turn"))
-    output = str(root / "sft")
-    assert train(TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=SFT_SET, threads=1))
-    return f"{output}/adapter"
 
 
 def rgfn_config(record_data: str, model: Path, output: str, adapter: str) -> TrainConfig:
@@ -90,21 +76,10 @@ def test_rgfn_scores_rationales_as_the_model_reads_them(
     its 3-D positions, not laid out as text), and the reward is scored by the adapter RGFN started from (not the
     bare base model), which at the start is the policy itself."""
     import torch
-    from transformers import TrainingArguments
-
-    from vcot.models.adapters import reference_adapter
-    from vcot.train.common import load_policy
-    from vcot.train.recipe import load_recipe
-    from vcot.train.rgfn import Records, RGFNTrainer, collate, read_records, rgfn_format
 
     config = rgfn_config(record_data, tiny_model_dir, str(tmp_path / "run"), analyzer_adapter)
-    recipe, fmt = load_recipe(config.recipe, config.set), rgfn_format(config)
-    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
-    reference_adapter(model)
-    rows, _ = read_records(record_data)
-    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, report_to=[])
-    trainer = RGFNTrainer(model=model, args=args, train_dataset=Records(rows), data_collator=collate,
-                          processing_class=processor, recipe=recipe, fmt=fmt)  # fmt: skip
+    trainer = rgfn_trainer(config, tmp_path / "trainer")
+    model, rows = trainer.model, trainer.train_dataset.rows
     model.eval()
     prompt = trainer.prompt(rows[0])
     z = prompt.reference
@@ -137,6 +112,6 @@ def test_rgfn_shows_its_progress_in_both_log_formats(
     from jobs.train import main
 
     argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"), "--recipe",
-            "tiny-cpu-rgfn", "--set", "max_steps=2,save_steps=2", "--init-adapter", analyzer_adapter, "--threads", "1"]
+            "tiny-cpu-rgfn", "--set", f"max_steps=2,save_steps=2,{UNWATCHED}", "--init-adapter", analyzer_adapter, "--threads", "1"]
     assert main(argv) == 0
     assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)

@@ -58,6 +58,7 @@ def test_outputs_follow_the_contract(reference_run: str, tokenized_data: str, ti
         "base_model": str(tiny_model_dir),
         "base_architecture": card["base_architecture"],
         "model_format": ModelFormat.for_family("qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112).to_dict(),
+        "method": "sft",  # BiN reads it: an SFT adapter is its own SFT model
     }
     assert list((Path(reference_run) / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((Path(reference_run) / "metrics.json").read_text())

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +60,29 @@ def assert_train_progress(err: str, fmt: str, total: int) -> None:
     assert lines[-1]["eta_s"] == 0 and all(isinstance(line["eta_s"], float) for line in lines)
     logs = [line for line in LogMode.lines(err, "train_log") if "loss" in line]
     assert logs and all(line["total"] == total and line["eta_s"] is not None for line in logs)
+
+
+def rgfn_trainer(config: Any, output_dir: Path, rows: list[dict[str, Any]] | None = None, **arguments: Any) -> Any:
+    """An ``RGFNTrainer`` built as ``vcot.train.rgfn.rgfn`` builds it (the continued adapter, its frozen reference),
+    on ``rows`` (default: the train records of ``config.data``), with ``arguments`` for ``TrainingArguments``."""
+    from transformers import TrainingArguments
+
+    from vcot.models.adapters import reference_adapter
+    from vcot.train.common import load_policy
+    from vcot.train.recipe import load_recipe
+    from vcot.train.rgfn import Records, RGFNTrainer, collate, read_records, rgfn_format
+
+    recipe, fmt = load_recipe(config.recipe, config.set), rgfn_format(config)
+    model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
+    reference_adapter(model)
+    rows = rows if rows is not None else read_records(config.data)[0]
+    args = TrainingArguments(output_dir=str(output_dir), use_cpu=True, report_to=[], disable_tqdm=True,
+                             remove_unused_columns=False, **arguments)  # the collator hands records on whole
+    return RGFNTrainer(model=model, args=args, train_dataset=Records(rows), data_collator=collate,
+                       processing_class=processor, recipe=recipe, fmt=fmt)  # fmt: skip
+
+
+WATCH = "generation_eval_samples=4,generation_eval_max_new_tokens=48"
+"""GRPO/RGFN test runs' held-out evaluation: a 4-record slice (add eval_steps dividing save_steps)."""
+UNWATCHED = "generation_eval_samples=0,metric_for_best_model=eval_loss"
+"""GRPO/RGFN test runs that do not exercise the held-out evaluation (and never move a pointer)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vcot.dev.local_s3 import LocalS3, is_up
-from vcot.io import storage
+from vcot.io import manifest, storage
 from vcot.io.shards import read_jsonl
 from vcot.log import configure_logging
 
@@ -75,6 +75,39 @@ def reward_lines(metrics: dict[str, Any]) -> list[str]:
         f"{c['end']:.3f} (steps {c['end_steps'][0]}-{c['end_steps'][1]})"
         for name, c in curves.items()
     ]
+
+
+def held_out_lines(metrics: dict[str, Any], pointer: dict[str, Any] | None) -> list[str]:
+    """An RL run's held-out score at its start and at the checkpoint it kept, and what became of the pointer.
+
+    >>> held = {"held_out": {"metric": "eval_gen_first_object_iou", "start": 0.52, "end": 0.5, "pointed": None}}
+    >>> for line in held_out_lines(held, {"move": False, "reason": "below the start"}):
+    ...     print(line)
+    held-out     eval_gen_first_object_iou 0.5200 at the start -> 0.5000 kept
+    pointer      not moved: below the start
+    """
+    held = metrics.get("held_out") or {}
+    lines = []
+    if held.get("start") is not None and held.get("end") is not None:
+        lines.append(f"held-out     {held['metric']} {held['start']:.4f} at the start -> {held['end']:.4f} kept")
+    if pointer:
+        lines.append(f"pointer      {'moved' if pointer.get('move') else 'not moved'}: {pointer.get('reason')}")
+    return lines
+
+
+def comparison_lines(before: dict[str, Any], after: dict[str, Any], names: tuple[str, str]) -> list[str]:
+    """Two evaluations' key metrics side by side (the same evaluation of a run's start and of the run).
+
+    >>> comparison_lines({"first_object_iou": 0.5, "acc_at_50": 0.6, "answer_accuracy": 0.99},
+    ...                  {"first_object_iou": 0.52, "acc_at_50": 0.61, "answer_accuracy": 0.99}, ("SFT", "GRPO"))[1]
+    'first-object IoU             0.500     0.520    +0.020'
+    """
+    lines = [f"{'held-out (full val)':24s} {names[0]:>9s} {names[1]:>9s} {'change':>9s}"]
+    for key, label in (("first_object_iou", "first-object IoU"), ("acc_at_50", "Acc@0.5"),
+                       ("answer_accuracy", "answer accuracy")):  # fmt: skip
+        if before.get(key) is not None and after.get(key) is not None:
+            lines.append(f"{label:24s} {before[key]:9.3f} {after[key]:9.3f} {after[key] - before[key]:+9.3f}")
+    return lines
 
 
 def metrics_line(overall: dict[str, Any]) -> str:
@@ -150,6 +183,8 @@ def _run_lines(run: str, evaluation: str | None, report_to: Path | None, respons
     run_metrics = storage.read_json(storage.join(run, "metrics.json"))
     lines = [f"train        {loss_line(run_metrics)}", f"cost         {throughput_line(run_metrics)}"]
     lines += reward_lines(run_metrics)
+    committed = manifest.read_manifest(run) if manifest.is_committed(run) else {}
+    lines += held_out_lines(run_metrics, (committed.get("stats") or {}).get("pointer"))
     if not evaluation:
         return lines
     metrics = storage.read_json(storage.join(evaluation, "metrics.json"))
@@ -174,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", required=True, help="A committed train output, SFT or GRPO (metrics.json).")
     parser.add_argument("--evaluation", default=None, help="A committed evaluate output (metrics.json, report.html).")
     parser.add_argument("--report-to", type=Path, default=None, help="Local file to copy the HTML report to.")
+    parser.add_argument("--start-evaluation", default=None,
+                        help="The same evaluation of the model the run started from: printed beside --evaluation.")
     parser.add_argument("--local-s3", action="store_true",
                         help="The run is on the local S3 server (VCOT_LOCAL_S3_*): end by saying it still runs.")
     args = parser.parse_args(argv)
     configure_logging("console")
     server = LocalS3.from_env() if args.local_s3 else None
-    print("\n".join(summary(args.run, args.evaluation, args.report_to, local_s3=server)))
+    lines = summary(args.run, args.evaluation, args.report_to, local_s3=server)
+    if args.start_evaluation and args.evaluation:
+        overall = lambda uri: storage.read_json(storage.join(uri, "metrics.json")).get("overall", {})  # noqa: E731
+        lines += comparison_lines(overall(args.start_evaluation), overall(args.evaluation), ("start", "this run"))
+    print("\n".join(lines))
     return 0
 
 

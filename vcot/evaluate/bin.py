@@ -1,8 +1,8 @@
 """BiN (``--bin N``): LaCoT's Bayesian inference over N sampled rationales, with a best-of-N baseline.
 
 Per record: the policy (the adapter on) samples N responses at temperature 0.7; each is cut at its last
-``Answer:`` into a rationale Z_i; the SFT model (:func:`sft_model`: the adapter an RGFN adapter continued, else the
-adapter disabled) continues ``Z_i Answer:`` greedily into
+``Answer:`` into a rationale Z_i; the SFT model (:func:`load_sft_adapter`: the adapter an RGFN adapter continued, an
+SFT adapter itself, else the adapter disabled) continues ``Z_i Answer:`` greedily into
 an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
 X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`) with its own
 rationale: the answer the rationales agree explain best, not the one a single lucky rationale favours.
@@ -26,6 +26,7 @@ from typing import Any, Literal
 import torch
 
 from vcot.grounding.prompts import answer_cue, build_messages
+from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
 from vcot.models.adapters import active, load_named_adapter
@@ -39,6 +40,9 @@ log = get_logger(__name__)
 ANSWER_MARKER = "Answer:"
 ANSWER_TOKENS = 32  # answers are a word or a short phrase
 Scorer = Literal["sft", "policy"]
+SftModel = Literal["continued", "policy", "base"]
+"""Where BiN's SFT model is: the adapter the evaluated one continued (loaded beside it as :data:`SFT_ADAPTER`), the
+evaluated model itself, or the base with every adapter switched off."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class BinSettings:
     temperature: float = 0.7
     scorer: Scorer = "sft"
     seed: int = 0
+    sft_model: SftModel = "base"
 
 
 @dataclass(frozen=True)
@@ -77,27 +82,43 @@ SFT_ADAPTER = "sft"
 """The name the SFT adapter an RGFN adapter continued is loaded under (:func:`load_sft_adapter`)."""
 
 
-def load_sft_adapter(model: Any, adapter_uri: str | None) -> str | None:
-    """Load the SFT adapter the evaluated adapter continued (its card's ``continued_from``) beside it; returns its
-    URI, ``None`` when there is none (a new LoRA on an SFT model: switching it off gives that model)."""
+def load_sft_adapter(model: Any, adapter_uri: str | None) -> SftModel:
+    """Make the SFT model reachable beside the evaluated adapter, as its card says:
+
+    - an adapter that continued another (``continued_from``: RGFN on the SFT adapter): that one, loaded beside it;
+    - an SFT adapter (``method: sft``), or no adapter: the evaluated model itself;
+    - otherwise (a new RGFN LoRA on an SFT model, or an adapter written before cards said): the adapter switched off.
+    """
     from vcot.models.loading import local_model_path, read_model_card
 
-    sft = read_model_card(adapter_uri).get("continued_from") if adapter_uri else None
-    if sft:
-        load_named_adapter(model, local_model_path(sft), SFT_ADAPTER)
-        log.info("bin_sft_model", adapter=sft)
-    return sft or None
+    card = read_model_card(adapter_uri) if adapter_uri else {}
+    where: SftModel
+    if card.get("continued_from"):
+        load_named_adapter(model, local_model_path(card["continued_from"]), SFT_ADAPTER)
+        where = "continued"
+    else:
+        where = "policy" if not adapter_uri or trained_by(adapter_uri, card) == "sft" else "base"
+    log.info("bin_sft_model", sft_model=where, adapter=card.get("continued_from"))
+    return where
+
+
+def trained_by(adapter_uri: str, card: dict[str, Any]) -> str | None:
+    """The method that trained an adapter: its card's, else its committed run's recipe (cards before they said)."""
+    if card.get("method"):
+        return str(card["method"])
+    run = storage.parent(adapter_uri)
+    if not manifest.is_committed(run):
+        return None
+    return (manifest.read_manifest(run).get("config", {}).get("recipe_values") or {}).get("method")
 
 
 @contextlib.contextmanager
-def sft_model(model: Any) -> Iterator[None]:
-    """The SFT model for the block: the adapter the evaluated one continued when it is loaded (RGFN continues the
-    SFT adapter, so switching adapters off would give the bare base), else every adapter switched off (a model
-    without an adapter is already it)."""
-    if SFT_ADAPTER in getattr(model, "peft_config", {}):
+def sft_model(model: Any, where: SftModel) -> Iterator[None]:
+    """The SFT model for the block (:func:`load_sft_adapter` says where it is)."""
+    if where == "continued":
         with active(model, SFT_ADAPTER):
             yield
-    elif hasattr(model, "disable_adapter"):
+    elif where == "base" and hasattr(model, "disable_adapter"):
         with active(model, None):
             yield
     else:
@@ -161,11 +182,11 @@ def bin_record(
     own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
     joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)) if own_turn else ANSWER_MARKER
     rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
-    with sft_model(model):
+    with sft_model(model, bin_settings.sft_model):
         answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,
                             do_sample=False, max_new_tokens=ANSWER_TOKENS)
     pairs = [(rationales[i], answers[j]) for j in range(n) for i in range(n)]  # row j: answer j after each Z_i
-    scoring = sft_model(model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
+    scoring = sft_model(model, bin_settings.sft_model) if bin_settings.scorer == "sft" else contextlib.nullcontext()
     with scoring:
         joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)
@@ -192,7 +213,8 @@ def bin_responses(
         by_bin[str(record["id"])] = choice.bin_response
         by_best[str(record["id"])] = choice.best_response
     details = {"samples": bin_settings.samples, "temperature": bin_settings.temperature,
-               "scorer": bin_settings.scorer, "seed": bin_settings.seed, "skipped_samples": skipped}
+               "scorer": bin_settings.scorer, "sft_model": bin_settings.sft_model, "seed": bin_settings.seed,
+               "skipped_samples": skipped}
     log.info("bin_done", records=len(records), **{k: v for k, v in details.items() if k != "skipped_samples"})
     return by_bin, by_best, details
 

@@ -205,11 +205,10 @@ def bin_answers(
     from vcot.evaluate.bin import BinSettings, bin_responses, load_sft_adapter
     from vcot.models.generation import GenerationSettings
 
-    sft = load_sft_adapter(model, adapter)
     settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
-    choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer)
-    by_bin, by_best, details = bin_responses(model, processor, records, settings, choice)
-    return by_bin, by_best, {**details, "sft_model": sft or "the adapter switched off"}
+    choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer,
+                         sft_model=load_sft_adapter(model, adapter))  # fmt: skip
+    return bin_responses(model, processor, records, settings, choice)
 
 
 def compare_with_history(

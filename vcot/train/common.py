@@ -1,6 +1,6 @@
 """What both training methods share, in the order a run uses it (the stage and the methods: :mod:`vcot.train.stage`).
 
-1. :class:`TrainConfig` (:mod:`vcot.train.config`); :func:`ensure_pointer` for the rerun of a committed output;
+1. :class:`TrainConfig` (:mod:`vcot.train.config`);
 2. :func:`load_policy`: the base model (4-bit on GPU per the recipe) and its processor, set to the run's pixel
    budget, with a trainable LoRA on the language model (a committed adapter continued, or a new one);
 3. :class:`RunFolders` and :func:`common_arguments`: where the trainer writes, the recipe as trainer arguments;
@@ -9,7 +9,8 @@
    structured log lines;
 5. :func:`commit_run`: the adapter + processor + ``vcot-model.json`` (and optionally a merged model; with
    ``finetune: full`` the whole model in ``model/`` instead), metrics with the run's throughput and TensorBoard
-   events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run.
+   events; commit ``_SUCCESS``; with ``--update-pointer``, point ``latest.json`` at this run when
+   :mod:`vcot.train.pointer` allows it (an RL run that scores below its start does not move it).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vcot.config import redacted
-from vcot.errors import ConfigError, StorageError, VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
 from vcot.log import get_logger
-from vcot.train import distributed
+from vcot.train import distributed, pointer
 from vcot.train.config import TrainConfig
 from vcot.train.options import prepare_full
 from vcot.train.recipe import Recipe, lora_target_regex
@@ -309,12 +310,15 @@ def restore(folders: RunFolders) -> Path | None:
     return folders.trainer_dir / name if name else None
 
 
-def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any]) -> dict[str, Any]:
+def model_card(config: TrainConfig, fmt: ModelFormat, base_config: dict[str, Any], method: str) -> dict[str, Any]:
     """``vcot-model.json``: what evaluate needs to check its base model, prompt the adapter and read its boxes back;
-    for a continued adapter, the one it continued (``continued_from``: BiN answers with that SFT model)."""
+    the method that trained it and, for a continued adapter, the one it continued (``continued_from``): BiN answers
+    with the SFT model, which is that adapter, the adapter itself (SFT) or the base (a new RGFN LoRA on an SFT
+    model)."""
     from vcot.models.loading import architecture
 
-    card = {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict()}
+    card = {"base_model": config.model, "base_architecture": architecture(base_config), "model_format": fmt.to_dict(),
+            "method": method}  # fmt: skip
     return card | ({"continued_from": config.init_adapter} if config.init_adapter else {})
 
 
@@ -385,7 +389,7 @@ def _commit(
         trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
         processor.save_pretrained(adapter_dir)
         check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
-        card = model_card(config, fmt, trainer.model.config.to_dict())  # a PeftModel's config is its base's
+        card = model_card(config, fmt, trainer.model.config.to_dict(), recipe.method)  # a PeftModel's: its base's
         (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
         files = _files_of(adapter_dir, "adapter")
@@ -403,7 +407,7 @@ def _save_full_model(config: TrainConfig, fmt: ModelFormat, trainer: Any, proces
     trainer.model.save_pretrained(model_dir)
     save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM
     check_processor(load_processor(str(model_dir)), fmt)
-    card = model_card(config, fmt, trainer.model.config.to_dict())
+    card = model_card(config, fmt, trainer.model.config.to_dict(), "sft")  # full fine-tuning is SFT-only
     (model_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
     storage.upload_dir(model_dir, storage.join(config.output, model_dir.name))
     return _files_of(model_dir, model_dir.name)
@@ -420,62 +424,20 @@ def _finish(
     stats: dict[str, Any],
     files: list[Any],
 ) -> dict[str, Any]:
-    """Metrics and TensorBoard events, then ``_SUCCESS``, then the pointer."""
+    """Metrics and TensorBoard events, then ``_SUCCESS``, then the pointer (:mod:`vcot.train.pointer`)."""
     storage.write_json(storage.join(config.output, "metrics.json"), metrics)
     storage.upload_dir(folders.tensorboard_dir, folders.remote_tensorboard)
 
+    decision = pointer.decide(config, recipe.method, metrics) if config.update_pointer else None
     committed = manifest.commit(
         config.output,
         stage="train",
         files=files,
         config={**redacted(config), "recipe_values": recipe.to_dict(), "model_format": fmt.to_dict()},
         inputs=inputs,
-        stats=stats,
+        stats={**stats, **({"pointer": decision.to_dict()} if decision else {})},
     )
-    if config.update_pointer:
-        storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=recipe.finetune))
-    pointer = config.pointer_uri if config.update_pointer else None
-    log.info("committed", output=config.output, pointer=pointer, global_step=trainer.state.global_step)
+    log.info("committed", output=config.output, global_step=trainer.state.global_step)
+    if decision is not None:
+        pointer.publish(config, decision, recipe.finetune)
     return committed
-
-
-def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict[str, str | None]:
-    """The pointer JSON scheduled evaluation follows to the newest run: its base model and adapter, or, for a
-    full fine-tune, the run's ``model/`` as the model and no adapter.
-
-    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen")["adapter"]
-    's3://b/runs/r1/adapter'
-    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen", finetune="full")
-    {'run': 's3://b/runs/r1', 'base_model': 's3://b/runs/r1/model', 'adapter': None}
-    """
-    if finetune == "full":
-        return {"run": output, "base_model": storage.join(output, "model"), "adapter": None}
-    return {"run": output, "base_model": base_model, "adapter": storage.join(output, "adapter")}
-
-
-def ensure_pointer(config: TrainConfig) -> None:
-    """On the rerun of a committed output with ``--update-pointer``: write its pointer if it is missing, unreadable
-    or names this run.
-
-    A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
-    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
-    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
-    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
-    the committed run recorded.
-    """
-    recorded = manifest.read_manifest(config.output).get("config", {})
-    finetune = (recorded.get("recipe_values") or {}).get("finetune", "lora")
-    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=finetune)
-    try:
-        current = storage.read_json(config.pointer_uri) if storage.exists(config.pointer_uri) else None
-    except StorageError:
-        current = None  # unreadable: rewrite it
-    if not isinstance(current, dict):
-        current = None  # not a pointer: rewrite it
-    if current == expected:
-        return
-    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
-        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
-        return
-    storage.write_json(config.pointer_uri, expected)
-    log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)

@@ -47,6 +47,11 @@ class TrainConfig:
         help="Move the pointer to this run once it is committed (scheduled re-evaluation follows it). Off by "
         "default: a trial or a sweep never replaces the production model.",
     )
+    force_pointer: bool = option(
+        False,
+        help="grpo, gfn: move the pointer (with --update-pointer) even when the run's held-out score ends below the "
+        "adapter it started from or the model the pointer names.",
+    )
     overwrite: bool = option(False, help="Retrain an output that is already committed (deletes it first).")
     threads: int = option(
         0, help="On CPU: torch threads (0: torch's default, the node's cores; 1 is fastest on a busy shared CPU)."
@@ -66,6 +71,11 @@ class TrainConfig:
             raise ValueError("--grpo-coords is for methods grpo and gfn; sft reads its model format from the tokenize output")
         if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
             check_vision_learning_rate(recipe)
+        if recipe.method != "sft" and self.update_pointer and not recipe.generation_eval_samples and not self.force_pointer:
+            raise ValueError(
+                f"--update-pointer with method {recipe.method} compares the run's held-out score with its start: set "
+                "generation_eval_samples > 0 in the recipe, or pass --force-pointer to move it unchecked"
+            )
 
     @property
     def pointer_uri(self) -> str:

@@ -1,4 +1,4 @@
-"""SFT's generation evaluation: checkpoints chosen by what the model answers, not only by its loss.
+"""Generation evaluation: checkpoints chosen by what the model answers, not by a loss alone (SFT, GRPO, RGFN).
 
 At an evaluation (every one, or those that pass a multiple of ``generation_eval_steps``), the model answers the first
 ``generation_eval_samples`` usable val records greedily, and the answers are scored exactly as the evaluate
@@ -8,6 +8,10 @@ stage scores them (``vcot.models.generation``, boxes read back through ``ModelFo
 TensorBoard like ``eval_loss``, and seen by ``metric_for_best_model`` and early stopping, which read the same
 metrics dict after this callback ran (it must be added before ``EarlyStoppingCallback``).
 
+GRPO and RGFN have no held-out loss: :func:`watch_held_out` makes this evaluation their only one, run at the start
+too (``eval_on_start``: the score of the adapter they continue, which :mod:`vcot.train.pointer` compares the run's
+best checkpoint with before publishing it) and every ``eval_steps`` (:func:`held_out_arguments`).
+
 Under torchrun rank 0 generates with the unwrapped model and broadcasts the metrics, so every rank takes the
 same best-checkpoint and early-stopping decisions.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import TrainerCallback
@@ -95,7 +100,7 @@ class GenerationEval(TrainerCallback):
         >>> [step for step in (2, 4, 6, 8, 10) if GenerationEval(dict, print, every=5).due(step, 2)]
         [6, 10]
         """
-        return not self.every or step // self.every != max(step - eval_steps, 0) // self.every
+        return not self.every or step == 0 or step // self.every != max(step - eval_steps, 0) // self.every
 
     def on_evaluate(
         self,
@@ -116,16 +121,28 @@ class GenerationEval(TrainerCallback):
             log.info("generation_eval", step=state.global_step, **{k: round(v, 4) for k, v in values.items()})
 
 
-def generation_eval(trainer: Any, processor: Any, fmt: ModelFormat, recipe: Recipe, data: str) -> GenerationEval:
-    """The callback for an SFT trainer on the tokenize output ``data``: the val slice of the record outputs it was
-    tokenized from, answered greedily with the box-aware 1.2 repetition penalty (it leaves coordinates alone)."""
-    inputs = manifest.read_manifest(data).get("inputs", [])
-    record_outputs = [i["uri"] for i in inputs if i.get("stage") in manifest.RECORD_STAGES]
+def record_outputs_of(tokenized: str) -> list[str]:
+    """The record outputs (convert, distill) a tokenize output was made from: where its val records are."""
+    inputs = manifest.read_manifest(tokenized).get("inputs", [])
+    return [i["uri"] for i in inputs if i.get("stage") in manifest.RECORD_STAGES]
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The val slice a run is scored on, and ``measure(model) -> {eval_gen_<metric>: value}`` on it."""
+
+    records: list[dict[str, Any]]
+    measure: Callable[[Any], dict[str, float]]
+
+
+def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: Sequence[str]) -> HeldOut:
+    """The first ``generation_eval_samples`` usable val records of ``record_outputs``, answered greedily with the
+    box-aware 1.2 repetition penalty (it leaves coordinates alone)."""
     records = val_slice(record_outputs, recipe.generation_eval_samples)
     if not records:
         raise VcotError(
-            f"generation_eval_samples={recipe.generation_eval_samples} but the records {data} was tokenized from "
-            "have no usable val records: set generation_eval_samples=0"
+            f"generation_eval_samples={recipe.generation_eval_samples} but {', '.join(record_outputs)} have no "
+            "usable val records: set generation_eval_samples=0"
         )
     settings = GenerationSettings(
         fmt=fmt,
@@ -133,6 +150,54 @@ def generation_eval(trainer: Any, processor: Any, fmt: ModelFormat, recipe: Reci
         batch_size=recipe.per_device_eval_batch_size,
         box_aware_penalty=True,
     )
-    every = recipe.generation_eval_steps
-    log.info("generation_eval_slice", samples=len(records), every=every or "every evaluation")
-    return GenerationEval(lambda model: generation_metrics(model, processor, records, settings), trainer.log, every)
+    log.info("generation_eval_slice", samples=len(records), every=recipe.generation_eval_steps or "every evaluation")
+    return HeldOut(records, lambda model: generation_metrics(model, processor, records, settings))
+
+
+def generation_eval(
+    trainer: Any, processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: Sequence[str]
+) -> GenerationEval:
+    """The callback for a trainer: :func:`held_out` measured at its evaluations."""
+    measure = held_out(processor, fmt, recipe, record_outputs).measure
+    return GenerationEval(measure, trainer.log, recipe.generation_eval_steps)
+
+
+def held_out_arguments(recipe: Recipe) -> dict[str, Any]:
+    """GRPO's and RGFN's evaluation arguments: off, or the generation evaluation at the start and every
+    ``eval_steps``, the checkpoint kept by ``metric_for_best_model`` (higher is better)."""
+    if not recipe.generation_eval_samples:
+        return {"eval_strategy": "no"}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": recipe.eval_steps,
+        "eval_on_start": True,  # the continued adapter's own score: what the run is compared with
+        "load_best_model_at_end": True,
+        "metric_for_best_model": recipe.metric_for_best_model,
+        "greater_is_better": True,
+    }
+
+
+def watch_held_out(trainer: Any, slice_: HeldOut, recipe: Recipe) -> None:
+    """Make the held-out slice's measurement the trainer's whole evaluation (GRPO, RGFN: their own evaluation loop
+    would score a loss that means nothing on held-out prompts)."""
+    trainer.add_callback(GenerationEval(slice_.measure, trainer.log, recipe.generation_eval_steps))
+
+    def evaluate(eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
+        metrics: dict[str, float] = {}
+        trainer.control = trainer.callback_handler.on_evaluate(trainer.args, trainer.state, trainer.control, metrics)
+        return metrics
+
+    trainer.evaluate = evaluate
+
+
+def held_out_scores(log_history: Sequence[dict[str, Any]], metric: str) -> tuple[float | None, float | None]:
+    """``metric`` at the start (step 0) and the best after it, from a run's log history (``None``: not evaluated).
+
+    >>> held_out_scores([{"step": 0, "eval_gen_iou": 0.5}, {"step": 20, "eval_gen_iou": 0.6},
+    ...                  {"step": 40, "eval_gen_iou": 0.55}], "eval_gen_iou")
+    (0.5, 0.6)
+    """
+    values = [(entry.get("step", 0), entry[metric]) for entry in log_history if isinstance(entry.get(metric), float)]
+    start = next((value for step, value in values if step == 0), None)
+    later = [value for step, value in values if step > 0]
+    return start, max(later) if later else None

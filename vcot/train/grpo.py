@@ -42,6 +42,7 @@ from vcot.models.loading import (
     refuse_full_finetune,
 )
 from vcot.scoring.rewards import RewardFunc, completion_text, reward_setup
+from vcot.train import pointer
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
@@ -52,6 +53,7 @@ from vcot.train.common import (
     run_training,
 )
 from vcot.train.estimate import announce_cpu_run, grpo_workload
+from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 
@@ -305,7 +307,7 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
         vllm_mode="colocate",  # rollouts on the training GPU: one pod, no vLLM server to run
         vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
         disable_dropout=True,  # the rollout, the reference and the update must score the same policy
-        eval_strategy="no",  # vcot-evaluate scores the result
+        **held_out_arguments(recipe),  # greedy answers to held-out records, the checkpoint kept by their score
         log_completions=False,
     )
     return build_arguments(GRPOConfig, arguments, recipe)  # the recipe's trainer: values last
@@ -364,21 +366,27 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     folders = RunFolders.for_output(config.output)
     args = grpo_arguments(recipe, folders, weights)
 
-    # 4. The policy (the SFT adapter continued, or a new LoRA on the base); the trainer.
+    # 4. The policy (the SFT adapter continued, or a new LoRA on the base); the held-out slice it is watched on and
+    # the score of the model the pointer names (vcot.train.pointer); the trainer.
     announce_cpu_run(config.model, recipe, config.recipe, grpo_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     check_scratch(folders, recipe, model)
+    watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
+    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
     zero_advantage = ZeroAdvantageWarning()
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=prompt_dataset(rows, fmt),
+        eval_dataset=watched.records if watched else None,
         processing_class=processor,
         callbacks=[zero_advantage],
     )
     if recipe.beta > 0:  # the KL reference: the policy as RL found it (TRL's own copy misses embedding LoRA)
         reference_adapter(trainer.model)
+    if watched:
+        watch_held_out(trainer, watched, recipe)
 
     # 5. Train (resuming from storage).
     use_vision_learning_rate(trainer, recipe)
@@ -392,6 +400,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "records": records,
         "zero_advantage_logs": zero_advantage.count,
+        "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
         "log_history": history,
     }
     stats = {"global_step": trainer.state.global_step, "records": records, "rewards": reward_curves(history)}

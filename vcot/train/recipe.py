@@ -37,7 +37,8 @@ LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 """TRL's GRPO loss formulations offered here (token-level aggregation variants of the clipped objective)."""
 WITHOUT_OBJECTS = ("skip", "format_accuracy")
 GENERATION_METRICS = tuple(f"eval_gen_{name}" for name in RATE_METRICS)
-"""What SFT's generation evaluation logs (``vcot.train.generation_eval``): evaluate's metrics on a val slice."""
+"""What the generation evaluation logs (``vcot.train.generation_eval``; SFT, GRPO, RGFN): evaluate's metrics on a
+val slice."""
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """``report_to`` names and the package each needs (W&B and MLflow read their own environment variables)."""
 FINETUNES = ("lora", "full")
@@ -170,10 +171,11 @@ class Recipe:
                 f"recipe global_batch_size={self.global_batch_size} must be 0 or a multiple of "
                 f"per_device_train_batch_size={self.per_device_train_batch_size}"
             )
-        if self.method == "sft" and self.save_steps % self.eval_steps:  # SFT keeps its best-eval_loss checkpoint
+        keeps_best = self.method == "sft" or self.generation_eval_samples > 0  # GRPO, RGFN: by the held-out score
+        if keeps_best and self.save_steps % self.eval_steps:
             raise ConfigError(
-                "recipe save_steps must be a multiple of eval_steps: SFT keeps the checkpoint with the best eval loss "
-                f"(got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
+                "recipe save_steps must be a multiple of eval_steps: the run keeps the checkpoint with the best "
+                f"evaluation (got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
         self._check_selection_and_tracking()
         self._check_open()
@@ -215,10 +217,11 @@ class Recipe:
                 f"recipe metric_for_best_model={self.metric_for_best_model} needs the generation evaluation at every "
                 "evaluation: set generation_eval_samples > 0 and generation_eval_steps to 0 (or at most eval_steps)"
             )
-        if self.method != "sft" and (gen or self.metric_for_best_model != "eval_loss"):
+        if self.method != "sft" and gen and self.metric_for_best_model == "eval_loss":
             raise ConfigError(
-                "recipe generation_eval_samples and metric_for_best_model are SFT-only: set generation_eval_samples=0 "
-                f"and metric_for_best_model=eval_loss for method {self.method}"
+                f"recipe metric_for_best_model=eval_loss: method {self.method} has no eval loss; its held-out "
+                f"evaluation keeps the checkpoint by one of {', '.join(GENERATION_METRICS)} "
+                "(eval_gen_first_object_iou, say), or set generation_eval_samples=0 to turn it off"
             )
         if not isinstance(self.report_to, list) or set(self.report_to) - set(TRACKERS):
             raise ConfigError(

@@ -38,6 +38,7 @@ from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
 from vcot.models.loading import image_token_types, machine_precision, vision_token_ids
 from vcot.scoring import gfn
+from vcot.train import pointer
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
@@ -48,6 +49,7 @@ from vcot.train.common import (
     run_training,
 )
 from vcot.train.estimate import announce_cpu_run, rgfn_workload
+from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
@@ -224,6 +226,11 @@ class RGFNTrainer(Trainer):
             ("rgfn/kept_fraction", keep[1:].float().mean().item()),
             ("rgfn/reward_reference", rewards[0].item()),
             ("rgfn/reward_samples", rewards[1:].mean().item()),
+            # Untempered (log pi_SFT(Z, Y | X) per token): comparable across steps while T_s anneals. The reference's
+            # is the frozen SFT model's and moves only with the prompts; the samples' falling below it means the
+            # policy drifts to rationales that explain the answer worse.
+            ("rgfn/sft_logp_reference", rewards[0].item() * temp),
+            ("rgfn/sft_logp_samples", rewards[1:].mean().item() * temp),
             ("rgfn/length_reference", float(lengths[0])),
             ("rgfn/length_samples", lengths[1:].float().mean().item()),
             ("rgfn/reward_temperature", temp),
@@ -276,18 +283,23 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # loads (the recipe's trainer: values last); 3. the policy (the SFT adapter continued, or a new LoRA).
     rows, skipped = read_records(config.data)
     folders = RunFolders.for_output(config.output)
-    arguments = {**common_arguments(recipe, folders, machine_precision()), "eval_strategy": "no"}
+    arguments = {**common_arguments(recipe, folders, machine_precision()), **held_out_arguments(recipe)}
     args = build_arguments(TrainingArguments, arguments, recipe)
     announce_cpu_run(config.model, recipe, config.recipe, rgfn_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     reference_adapter(model)  # the reward's model: the policy as RL found it (the SFT adapter, not the bare base)
 
-    # 4. The trainer: RGFN's loss.
+    # 4. The held-out slice it is watched on and the score of the model the pointer names (vcot.train.pointer);
+    # the trainer: RGFN's loss.
     check_scratch(folders, recipe, model)
+    watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
+    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
     trainer = RGFNTrainer(
-        model=model, args=args, train_dataset=Records(rows), data_collator=collate, processing_class=processor,
-        recipe=recipe, fmt=fmt,
+        model=model, args=args, train_dataset=Records(rows), eval_dataset=watched.records if watched else None,
+        data_collator=collate, processing_class=processor, recipe=recipe, fmt=fmt,
     )
+    if watched:
+        watch_held_out(trainer, watched, recipe)
 
     # 5. Train (resuming from storage); 6. commit.
     use_vision_learning_rate(trainer, recipe)
@@ -295,6 +307,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     history = trainer.state.log_history
     records = {"used": len(rows), "skipped": dict(skipped)}
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
+               "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
                "log_history": history}
     stats = {"global_step": trainer.state.global_step, "records": records, "train_loss": result.metrics.get("train_loss")}
     return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats)

@@ -116,7 +116,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback
 
     from vcot.train.data import Collator, TokenizedDataset
-    from vcot.train.generation_eval import generation_eval
+    from vcot.train.generation_eval import generation_eval, record_outputs_of
 
     # 1. The model format tokenize recorded (frame, syntax, pixel budget, mode).
     fmt, tokenized_with = read_data_settings(config.data)
@@ -154,7 +154,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         processing_class=processor,
     )
     if args.eval_strategy != "no" and recipe.generation_eval_samples:  # before early stopping: it reads its metrics
-        trainer.add_callback(generation_eval(trainer, processor, fmt, recipe, config.data))
+        trainer.add_callback(generation_eval(trainer, processor, fmt, recipe, record_outputs_of(config.data)))
     if early_stopping:
         trainer.add_callback(EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold))
 

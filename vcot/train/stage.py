@@ -26,8 +26,9 @@ from typing import Any
 from vcot.io import manifest
 from vcot.log import get_logger
 from vcot.train import distributed
-from vcot.train.common import TrainConfig, ensure_pointer
+from vcot.train.common import TrainConfig
 from vcot.train.grpo import grpo
+from vcot.train.pointer import ensure_pointer
 from vcot.train.recipe import load_recipe
 from vcot.train.rgfn import rgfn
 from vcot.train.sft import sft

@@ -1,0 +1,96 @@
+"""The pointer rule (vcot.train.pointer): an RL run that ends below its start, or below the model the pointer names,
+is committed but does not move the pointer; --force-pointer moves it; a rerun never moves a pointer it was refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vcot.io import manifest, storage
+from vcot.log import configure_logging
+from vcot.train import TrainConfig, train
+from vcot.train.pointer import decide, ensure_pointer, publish, rl_decision, run_pointer
+
+METRIC = "eval_gen_first_object_iou"
+
+
+def config(tmp_path: Path, **kwargs: object) -> TrainConfig:
+    values = dict(data="s3://d", model="m", output=str(tmp_path / "runs" / "grpo"), recipe="tiny-cpu-grpo",
+                  init_adapter=str(tmp_path / "runs" / "sft" / "adapter"), update_pointer=True)  # fmt: skip
+    return TrainConfig(**{**values, **kwargs})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "pointed", "moves"),
+    [(0.50, 0.53, None, True), (0.50, 0.50, None, True), (0.50, 0.49, None, False), (0.50, 0.53, 0.55, False),
+     (0.50, None, None, False)],
+)  # fmt: skip
+def test_an_rl_run_moves_the_pointer_only_when_it_is_no_worse(start, end, pointed, moves) -> None:  # noqa: ANN001
+    assert rl_decision(METRIC, start, end, pointed, force=False).move is moves
+    assert rl_decision(METRIC, start, end, pointed, force=True).move  # --force-pointer: always, and says why
+
+
+def test_a_refused_run_leaves_the_pointer_and_says_so_with_both_scores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("console")
+    pointer_uri = str(tmp_path / "runs" / "latest.json")
+    before = run_pointer(str(tmp_path / "runs" / "sft"), "m")
+    storage.write_json(pointer_uri, before)
+    held_out = {"held_out": {"metric": METRIC, "start": 0.52, "end": 0.47, "pointed": None}}
+    decision = decide(config(tmp_path), "grpo", held_out)
+    publish(config(tmp_path), decision, "lora")
+    assert storage.read_json(pointer_uri) == before
+    line = next(line for line in capsys.readouterr().err.splitlines() if "pointer not moved" in line)
+    assert "0.4700" in line and "0.5200" in line and "--force-pointer" in line
+
+    forced = decide(config(tmp_path, force_pointer=True), "grpo", held_out)
+    publish(config(tmp_path, force_pointer=True), forced, "lora")
+    assert storage.read_json(pointer_uri)["run"] == str(tmp_path / "runs" / "grpo")
+    assert decide(config(tmp_path, recipe="tiny-cpu", init_adapter=""), "sft", {}).move  # SFT: as asked
+
+
+def test_a_rerun_never_moves_a_pointer_the_run_was_refused(tmp_path: Path) -> None:
+    run = config(tmp_path)
+    pointer_uri = run.pointer_uri
+    refused = rl_decision(METRIC, 0.5, 0.4, None, force=False)
+    manifest.commit(run.output, stage="train", files=[], config={"model": "m"}, stats={"pointer": refused.to_dict()})
+    ensure_pointer(run)
+    assert not storage.exists(pointer_uri)
+    ensure_pointer(config(tmp_path, force_pointer=True))
+    assert storage.read_json(pointer_uri)["run"] == run.output
+
+
+def test_update_pointer_on_an_rl_run_needs_its_held_out_evaluation(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="generation_eval_samples > 0"):
+        config(tmp_path, set="generation_eval_samples=0,metric_for_best_model=eval_loss")
+    config(tmp_path, set="generation_eval_samples=0,metric_for_best_model=eval_loss", force_pointer=True)
+
+
+@pytest.mark.integration
+def test_a_grpo_run_that_ends_worse_than_its_start_is_committed_but_not_published(
+    record_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path
+) -> None:
+    """A destructive learning rate: the run's best held-out checkpoint scores below the SFT adapter it continued
+    (measured at step 0 the same way); the run commits, the pointer stays on the SFT run."""
+    runs = tmp_path / "runs"
+    sft_run = str(Path(sft_adapter).parent)
+    storage.write_json(str(runs / "latest.json"), run_pointer(sft_run, str(tiny_model_dir)))
+    destructive = (
+        "max_steps=4,save_steps=2,eval_steps=2,learning_rate=0.5,generation_eval_samples=16,"
+        "generation_eval_max_new_tokens=96,metric_for_best_model=eval_gen_answer_accuracy"
+    )
+    run = TrainConfig(data=record_data, model=str(tiny_model_dir), output=str(runs / "grpo"), recipe="tiny-cpu-grpo",
+                      set=destructive, init_adapter=sft_adapter, threads=1, update_pointer=True)  # fmt: skip
+    committed = train(run)
+    assert committed and manifest.is_committed(run.output)
+    decision = committed["stats"]["pointer"]
+    metrics = json.loads((runs / "grpo" / "metrics.json").read_text())
+    assert metrics["held_out"]["start"] > 0, "the SFT start must answer some held-out records right"
+    assert metrics["held_out"]["start"] > metrics["held_out"]["end"], metrics["held_out"]
+    assert decision["move"] is False and decision["start"] == metrics["held_out"]["start"]
+    assert storage.read_json(str(runs / "latest.json"))["run"] == sft_run
+    steps = [e["step"] for e in metrics["log_history"] if "eval_gen_answer_accuracy" in e]
+    assert steps[0] == 0 and 2 in steps and 4 in steps  # the start, then every eval_steps

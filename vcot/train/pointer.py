@@ -1,0 +1,186 @@
+"""The newest-model pointer (``latest.json``) scheduled re-evaluation follows, and when a run may move it.
+
+An SFT run moves it when asked (``--update-pointer``). A GRPO or RGFN run continues an adapter, and RL can make a
+model worse while its training rewards rise: such a run moves the pointer only when the checkpoint it kept scores
+at least as well on its held-out slice (:mod:`vcot.train.generation_eval`) as the adapter it started from (scored
+the same way at step 0) and as the model the pointer names now, when that is another adapter on the same base.
+Otherwise it commits, leaves the pointer where it is and says so in one line with the scores; ``--force-pointer``
+moves it anyway. The decision is recorded in the run's ``_SUCCESS`` (``stats.pointer``), so a rerun of the
+committed output (:func:`ensure_pointer`) never moves a pointer the run was refused. The cluster chain runs the same
+``vcot-train``, so the CronJob re-evaluation keeps scoring the better model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vcot.errors import StorageError
+from vcot.io import manifest, storage
+from vcot.log import get_logger
+from vcot.train.config import TrainConfig
+
+log = get_logger(__name__)
+
+RL_METHODS = ("grpo", "gfn")
+POINTER_ADAPTER = "pointer"
+"""The name the adapter the pointer names is loaded under while it is scored beside the run's own."""
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Whether the run moves the pointer, why, and the held-out scores behind it (``None``: not measured)."""
+
+    move: bool
+    reason: str
+    metric: str | None = None
+    start: float | None = None
+    end: float | None = None
+    pointed: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def rl_decision(metric: str, start: float | None, end: float | None, pointed: float | None, *, force: bool) -> Publish:
+    """An RL run's move: its kept checkpoint's score ``end`` against its start's and the pointed model's.
+
+    >>> rl_decision("eval_gen_first_object_iou", 0.52, 0.55, None, force=False).move
+    True
+    >>> decision = rl_decision("eval_gen_first_object_iou", 0.52, 0.50, None, force=False)
+    >>> decision.move, decision.reason
+    (False, 'eval_gen_first_object_iou 0.5000 is below the start (0.5200)')
+    >>> rl_decision("eval_gen_first_object_iou", 0.52, 0.50, None, force=True).move
+    True
+    """
+    scores = {"metric": metric, "start": start, "end": end, "pointed": pointed}
+    if end is None or start is None:
+        worse = "the run has no held-out score to compare with its start"
+    elif end < start:
+        worse = f"{metric} {end:.4f} is below the start ({start:.4f})"
+    elif pointed is not None and end < pointed:
+        worse = f"{metric} {end:.4f} is below the model the pointer names ({pointed:.4f})"
+    else:
+        return Publish(True, f"{metric} {end:.4f} >= the start ({start:.4f})", **scores)
+    if force:
+        return Publish(True, f"--force-pointer: {worse}", **scores)
+    return Publish(False, worse, **scores)
+
+
+def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict[str, str | None]:
+    """The pointer JSON scheduled evaluation follows to the newest run: its base model and adapter, or, for a
+    full fine-tune, the run's ``model/`` as the model and no adapter.
+
+    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen")["adapter"]
+    's3://b/runs/r1/adapter'
+    >>> run_pointer("s3://b/runs/r1", "s3://b/models/qwen", finetune="full")
+    {'run': 's3://b/runs/r1', 'base_model': 's3://b/runs/r1/model', 'adapter': None}
+    """
+    if finetune == "full":
+        return {"run": output, "base_model": storage.join(output, "model"), "adapter": None}
+    return {"run": output, "base_model": base_model, "adapter": storage.join(output, "adapter")}
+
+
+def read_pointer(uri: str) -> dict[str, Any] | None:
+    """The pointer at ``uri``; ``None`` when there is none or it is not a pointer (unreadable, not a mapping)."""
+    try:
+        current = storage.read_json(uri) if storage.exists(uri) else None
+    except StorageError:
+        return None
+    return current if isinstance(current, dict) else None
+
+
+def comparable_pointer(config: TrainConfig) -> str | None:
+    """The adapter the pointer names when an RL run must also beat it: another adapter on the run's base model
+    (the adapter the run continues is its start, scored anyway). ``None`` otherwise, said once when not comparable."""
+    current = read_pointer(config.pointer_uri)
+    adapter = (current or {}).get("adapter")
+    if not adapter or str(adapter).rstrip("/") == config.init_adapter.rstrip("/"):
+        return None
+    if current.get("base_model") != config.model:
+        log.warning("pointer_not_compared", pointer=config.pointer_uri, names=current.get("run"),
+                    hint="it names a model on another base: only the run's start is compared")  # fmt: skip
+        return None
+    return str(adapter)
+
+
+def score_pointed(model: Any, measure: Any, adapter: str) -> float | None:
+    """The held-out metrics of ``adapter`` (the pointed model), loaded beside the policy for the measurement."""
+    from vcot.models.adapters import active, load_named_adapter
+    from vcot.models.loading import local_model_path
+
+    load_named_adapter(model, local_model_path(adapter), POINTER_ADAPTER)
+    try:
+        with active(model, POINTER_ADAPTER):
+            return measure(model)
+    finally:
+        model.delete_adapter(POINTER_ADAPTER)
+
+
+def decide(config: TrainConfig, method: str, metrics: dict[str, Any]) -> Publish:
+    """Whether this run moves the pointer (only asked with ``--update-pointer``)."""
+    if method not in RL_METHODS:
+        return Publish(True, "sft run")
+    held_out = metrics.get("held_out") or {}
+    return rl_decision(held_out.get("metric"), held_out.get("start"), held_out.get("end"), held_out.get("pointed"),
+                       force=config.force_pointer)  # fmt: skip
+
+
+def publish(config: TrainConfig, decision: Publish, finetune: str) -> None:
+    """Move the pointer as decided, or say in one line why it stays."""
+    if decision.move:
+        storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=finetune))
+        log.info("pointer_moved", pointer=config.pointer_uri, run=config.output, why=decision.reason)
+        return
+    log.warning(f"pointer not moved: {decision.reason}; the run is committed at {config.output}, "
+                f"--force-pointer moves it anyway", pointer=config.pointer_uri, **decision.to_dict())  # fmt: skip
+
+
+def ensure_pointer(config: TrainConfig) -> None:
+    """On the rerun of a committed output with ``--update-pointer``: write its pointer if it is missing, unreadable
+    or names this run, unless the committed run was refused it (``stats.pointer.move`` false).
+
+    A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
+    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
+    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
+    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
+    the committed run recorded.
+    """
+    committed = manifest.read_manifest(config.output)
+    recorded = committed.get("config", {})
+    refused = (committed.get("stats") or {}).get("pointer") or {}
+    if refused.get("move") is False and not config.force_pointer:
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, why=refused.get("reason"))
+        return
+    finetune = (recorded.get("recipe_values") or {}).get("finetune", "lora")
+    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=finetune)
+    current = read_pointer(config.pointer_uri)
+    if current == expected:
+        return
+    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
+        return
+    storage.write_json(config.pointer_uri, expected)
+    log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
+
+
+def pointed_score(config: TrainConfig, model: Any, watched: Any, metric: str) -> float | None:
+    """``metric`` of the model the pointer names when the run must also beat it (:func:`comparable_pointer`), on the
+    run's held-out slice (``watched``, :class:`vcot.train.generation_eval.HeldOut`); ``None`` when not needed."""
+    if watched is None or not config.update_pointer:
+        return None
+    adapter = comparable_pointer(config)
+    if adapter is None:
+        return None
+    score = score_pointed(model, watched.measure, adapter)[metric]
+    log.info("pointer_scored", adapter=adapter, **{metric: round(score, 4)})
+    return score
+
+
+def held_out_summary(log_history: list[dict[str, Any]], metric: str, pointed: float | None) -> dict[str, Any]:
+    """What :func:`decide` reads from an RL run's metrics: the held-out ``metric`` at the start, at the kept
+    checkpoint, and of the model the pointer named."""
+    from vcot.train.generation_eval import held_out_scores
+
+    start, end = held_out_scores(log_history, metric)
+    return {"metric": metric, "start": start, "end": end, "pointed": pointed}
