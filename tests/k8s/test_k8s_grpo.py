@@ -92,6 +92,9 @@ def test_grpo_job_command_line_is_what_vcot_train_takes(gpu_grpo: list[dict[str,
     assert load_recipe(config.recipe, config.set).method == "grpo"
     assert config.data.endswith("/default/distilled") and config.init_adapter.endswith("/default/train/adapter")
     assert config.update_pointer, "the overlay's own run moves the pointer to its GRPO adapter"
+    # ... only when the GRPO adapter scores at least its SFT start on held-out answers (vcot.train.pointer): the
+    # recipe watches them and nothing forces the move, so the CronJob re-evaluation keeps scoring the better model.
+    assert not config.force_pointer and load_recipe(config.recipe, config.set).generation_eval_samples > 0
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
