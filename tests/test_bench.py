@@ -34,6 +34,13 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["--size", "test", "--records", "4", "--val", "2", "--epochs", "1", "--eval-every", "1", "--output", "{output}"],
         "constant_box",
     ),
+    "rl_bench.py": (
+        ["--prepare", "16", "--size", "test", "--model", "tiny", "--run", "run", "--rgfn-run", "rgfn", "--output", "out",
+         "--seeds", "1", "--bin", "2", "--max-new-tokens", "16", "--json", "{output}", "--logs", "logs",
+         "--set", "max_steps=2,save_steps=2,eval_steps=2,per_device_train_batch_size=8,generation_eval_samples=2,"
+                  "generation_eval_max_new_tokens=16"],
+        "seeds",
+    ),  # fmt: skip
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
         "modes",
