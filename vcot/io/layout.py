@@ -10,6 +10,7 @@ pointer and the scheduled re-evaluations sit beside the runs, in ``<root>/``::
     <root>/<run id>/grpo        the GRPO run (components/grpo, make local-grpo)
     <root>/<run id>/rgfn        the RGFN run (components/rgfn)
     <root>/<run id>/eval        evaluate's predictions, metrics and report
+    <root>/<run id>/eval-sft    the SFT start's evaluation, beside an RL run's own (make local-rgfn)
     <root>/latest.json          the newest model (a run that says so moves it, the CronJob follows it)
     <root>/evals/               scheduled re-evaluations
     <root>/_teacher_cache/      the teacher's answers, shared by every run: no run pays twice for one request
@@ -25,8 +26,8 @@ from __future__ import annotations
 from vcot.io import storage
 
 RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL = "records", "distilled", "tokenized", "train", "grpo", "eval"
-RGFN = "rgfn"
-RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL)
+RGFN, EVAL_SFT = "rgfn", "eval-sft"
+RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL, EVAL_SFT)
 POINTER = "latest.json"
 SCHEDULED_EVALS = "evals"
 TEACHER_CACHE = "_teacher_cache"  # "_": never a run id (vcot.cluster.runs), so no run can collide with it
