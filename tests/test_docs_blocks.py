@@ -142,6 +142,8 @@ SKIPPED: dict[tuple[str, str], str] = {
     "suite: the same chain runs at test size in docs/first-week.md's blocks",
     ("README.md", "vcot-train --recipe qwen2.5-vl-7b-rgfn"): "RGFN continues an SFT run in the three-turn layout (r2), "
     "which no block makes; tests/train/test_rgfn_stage.py runs that chain",
+    ("docs/benchmarks.md", "PYTHONPATH=. .venv/bin/python bench/rl_bench.py"): "GRPO, SFT and RGFN runs on three "
+    "seeds after make local-train and make local-rgfn (about an hour); tests/test_bench.py runs it at test size",
     ("docs/bench-convert.md", ".venv/bin/python bench/convert_bench.py"): "a benchmark of 300,000 to 1,000,000 "
     "records (minutes); tests/test_bench.py runs each benchmark at test size",
     ("docs/bench-distill.md", ".venv/bin/python bench/distill_bench.py"): "a benchmark (500 samples at 200 ms); "

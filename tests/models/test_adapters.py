@@ -39,6 +39,7 @@ def test_the_reference_scores_exactly_as_the_continued_adapter(continued: torch.
     copied = reference_adapter(continued)
     with active(continued, REFERENCE):
         reference = logits(continued)
+        assert not any(p.requires_grad for n, p in continued.named_parameters() if f".{REFERENCE}" in n)
     assert torch.equal(policy, reference)
     # Every kind of adapter parameter was copied: LoRA matrices, the embedding's LoRA, the modules saved in full.
     names = [n for n, _ in continued.named_parameters() if f".{REFERENCE}" in n]

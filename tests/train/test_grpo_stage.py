@@ -34,7 +34,7 @@ from vcot.train.grpo import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A few steps, a checkpoint part-way; save_steps > the kill step so the killed run's checkpoint is SIGTERM's own.
-RUN_SET = f"max_steps=6,save_steps=4,eval_steps=2,per_device_train_batch_size=8,{WATCH}"
+RUN_SET = f"max_steps=6,save_steps=4,eval_steps=4,per_device_train_batch_size=8,{WATCH}"
 REWARDS = ("format_reward", "accuracy_reward", "bbox_reward", "dual_iou_reward")
 HOUSE = ModelFormat.for_family("qwen2.5-vl", min_pixels=56 * 56, max_pixels=112 * 112)
 

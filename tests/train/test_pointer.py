@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
 from vcot.log import configure_logging
+from vcot.models.loading import MODEL_CARD
 from vcot.train import TrainConfig, train
-from vcot.train.pointer import decide, ensure_pointer, publish, rl_decision, run_pointer
+from vcot.train.pointer import comparable_pointer, decide, ensure_pointer, publish, rl_decision, run_pointer
 
 METRIC = "eval_gen_first_object_iou"
 
@@ -25,7 +27,7 @@ def config(tmp_path: Path, **kwargs: object) -> TrainConfig:
 @pytest.mark.parametrize(
     ("start", "end", "pointed", "moves"),
     [(0.50, 0.53, None, True), (0.50, 0.50, None, True), (0.50, 0.49, None, False), (0.50, 0.53, 0.55, False),
-     (0.50, None, None, False)],
+     (0.50, None, None, False), (0.50, float("nan"), None, False)],
 )  # fmt: skip
 def test_an_rl_run_moves_the_pointer_only_when_it_is_no_worse(start, end, pointed, moves) -> None:  # noqa: ANN001
     assert rl_decision(METRIC, start, end, pointed, force=False).move is moves
@@ -59,8 +61,40 @@ def test_a_rerun_never_moves_a_pointer_the_run_was_refused(tmp_path: Path) -> No
     manifest.commit(run.output, stage="train", files=[], config={"model": "m"}, stats={"pointer": refused.to_dict()})
     ensure_pointer(run)
     assert not storage.exists(pointer_uri)
-    ensure_pointer(config(tmp_path, force_pointer=True))
+    storage.write_json(pointer_uri, run_pointer(str(tmp_path / "runs" / "sft"), "m"))
+    ensure_pointer(run)
+    assert storage.read_json(pointer_uri)["run"] == str(tmp_path / "runs" / "sft")
+    ensure_pointer(config(tmp_path, force_pointer=True))  # what the refusal line says to do: it moves it
     assert storage.read_json(pointer_uri)["run"] == run.output
+
+
+def test_a_rerun_of_an_rl_run_committed_without_a_decision_keeps_the_pointer(tmp_path: Path) -> None:
+    """Committed without --update-pointer, the run's held-out check was never made: a rerun with it cannot publish."""
+    run = config(tmp_path)
+    manifest.commit(run.output, stage="train", files=[], config={"model": "m", "recipe_values": {"method": "grpo"}})
+    ensure_pointer(run)
+    assert not storage.exists(run.pointer_uri)
+    ensure_pointer(config(tmp_path, force_pointer=True))
+    assert storage.read_json(run.pointer_uri)["run"] == run.output
+
+
+def test_only_another_adapter_of_the_same_base_and_format_is_compared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("console")
+    run, house = config(tmp_path), ModelFormat.for_family("qwen2.5-vl")
+    other = str(tmp_path / "runs" / "other")
+    storage.write_json(f"{other}/adapter/{MODEL_CARD}", house.to_dict())
+    storage.write_json(run.pointer_uri, run_pointer(other, "m"))
+    assert comparable_pointer(run, house) == f"{other}/adapter"
+    assert comparable_pointer(run, ModelFormat.for_family("qwen2.5-vl", coords="qwen2.5-absolute")) is None
+    assert "another model format" in capsys.readouterr().err
+    storage.write_json(run.pointer_uri, run_pointer(other, "another-base"))
+    assert comparable_pointer(run, house) is None
+    storage.write_json(run.pointer_uri, run_pointer(run.output, "m"))  # this output's own run (--overwrite)
+    assert comparable_pointer(run, house) is None
+    storage.write_json(run.pointer_uri, run_pointer(str(tmp_path / "runs" / "sft"), "m"))  # the start: scored anyway
+    assert comparable_pointer(run, house) is None
 
 
 def test_update_pointer_on_an_rl_run_needs_its_held_out_evaluation(tmp_path: Path) -> None:

@@ -227,6 +227,7 @@ def test_grpo_recipes_say_why_for_every_knob() -> None:
         ("records_without_objects=drop", "records_without_objects='drop'"),
         ("neftune_noise_alpha=5", "SFT-only"),
         ("early_stopping_patience=2,eval_steps=20", "SFT-only"),
+        ("save_steps=40", "save_steps=40 must equal eval_steps=20 for grpo"),
     ],
 )
 def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:

@@ -1,8 +1,9 @@
 """GRPO and RGFN learn in the direction they should, through vcot's own code, and a planted sign error is caught.
 
 Each test trains the tiny model a few steps on a task whose direction is known and measures the result
-independently of the training loss; then it plants the sign error a bug would make (the reward negated, the loss
-negated) and requires the same measurement to say so. A test that passed both ways would prove nothing.
+independently of the training loss; then it plants the sign error a bug would make (GRPO's reward negated, RGFN's
+loss negated) and requires the same measurement to say so. A test that passed both ways would prove nothing.
+(RGFN's reward is measured by the same code the loss uses, so a negated RGFN reward is not what this one catches.)
 """
 
 from __future__ import annotations

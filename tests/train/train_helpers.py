@@ -83,6 +83,6 @@ def rgfn_trainer(config: Any, output_dir: Path, rows: list[dict[str, Any]] | Non
 
 
 WATCH = "generation_eval_samples=4,generation_eval_max_new_tokens=48"
-"""GRPO/RGFN test runs' held-out evaluation: a 4-record slice (add eval_steps dividing save_steps)."""
+"""GRPO/RGFN test runs' held-out evaluation: a 4-record slice (add eval_steps equal to save_steps)."""
 UNWATCHED = "generation_eval_samples=0,metric_for_best_model=eval_loss"
 """GRPO/RGFN test runs that do not exercise the held-out evaluation (and never move a pointer)."""

@@ -85,19 +85,21 @@ SFT_ADAPTER = "sft"
 def load_sft_adapter(model: Any, adapter_uri: str | None) -> SftModel:
     """Make the SFT model reachable beside the evaluated adapter, as its card says:
 
-    - an adapter that continued another (``continued_from``: RGFN on the SFT adapter): that one, loaded beside it;
-    - an SFT adapter (``method: sft``), or no adapter: the evaluated model itself;
+    - an SFT adapter (``method: sft``, continued SFT included), or no adapter: the evaluated model itself;
+    - an RL adapter that continued another (``continued_from``: RGFN on the SFT adapter): that one, loaded beside it;
     - otherwise (a new RGFN LoRA on an SFT model, or an adapter written before cards said): the adapter switched off.
     """
     from vcot.models.loading import local_model_path, read_model_card
 
     card = read_model_card(adapter_uri) if adapter_uri else {}
     where: SftModel
-    if card.get("continued_from"):
+    if not adapter_uri or trained_by(adapter_uri, card) == "sft":
+        where = "policy"
+    elif card.get("continued_from"):
         load_named_adapter(model, local_model_path(card["continued_from"]), SFT_ADAPTER)
         where = "continued"
     else:
-        where = "policy" if not adapter_uri or trained_by(adapter_uri, card) == "sft" else "base"
+        where = "base"
     log.info("bin_sft_model", sft_model=where, adapter=card.get("continued_from"))
     return where
 

@@ -84,7 +84,7 @@ def active(model: Any, name: str | None) -> Iterator[None]:
         with model.disable_adapter():
             yield
         return
-    model.set_adapter(name)
+    model.set_adapter(name, inference_mode=True)  # frozen while active: only the policy ever trains
     try:
         yield
     finally:

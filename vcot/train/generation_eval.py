@@ -129,10 +129,12 @@ def record_outputs_of(tokenized: str) -> list[str]:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The val slice a run is scored on, and ``measure(model) -> {eval_gen_<metric>: value}`` on it."""
+    """The val slice a run is scored on, ``measure(model) -> {eval_gen_<metric>: value}`` on it, and the model
+    format its answers are read in."""
 
     records: list[dict[str, Any]]
     measure: Callable[[Any], dict[str, float]]
+    fmt: ModelFormat
 
 
 def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: Sequence[str]) -> HeldOut:
@@ -151,7 +153,7 @@ def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: S
         box_aware_penalty=True,
     )
     log.info("generation_eval_slice", samples=len(records), every=recipe.generation_eval_steps or "every evaluation")
-    return HeldOut(records, lambda model: generation_metrics(model, processor, records, settings))
+    return HeldOut(records, lambda model: generation_metrics(model, processor, records, settings), fmt)
 
 
 def generation_eval(

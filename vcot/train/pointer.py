@@ -12,13 +12,19 @@ committed output (:func:`ensure_pointer`) never moves a pointer the run was refu
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vcot.errors import StorageError
 from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from vcot.grounding.model_format import ModelFormat
+    from vcot.train.generation_eval import HeldOut
 
 log = get_logger(__name__)
 
@@ -52,9 +58,11 @@ def rl_decision(metric: str, start: float | None, end: float | None, pointed: fl
     (False, 'eval_gen_first_object_iou 0.5000 is below the start (0.5200)')
     >>> rl_decision("eval_gen_first_object_iou", 0.52, 0.50, None, force=True).move
     True
+    >>> rl_decision("eval_gen_first_object_iou", 0.52, float("nan"), None, force=False).move
+    False
     """
     scores = {"metric": metric, "start": start, "end": end, "pointed": pointed}
-    if end is None or start is None:
+    if end is None or start is None or not (math.isfinite(end) and math.isfinite(start)):
         worse = "the run has no held-out score to compare with its start"
     elif end < start:
         worse = f"{metric} {end:.4f} is below the start ({start:.4f})"
@@ -90,21 +98,30 @@ def read_pointer(uri: str) -> dict[str, Any] | None:
     return current if isinstance(current, dict) else None
 
 
-def comparable_pointer(config: TrainConfig) -> str | None:
+def comparable_pointer(config: TrainConfig, fmt: ModelFormat) -> str | None:
     """The adapter the pointer names when an RL run must also beat it: another adapter on the run's base model
-    (the adapter the run continues is its start, scored anyway). ``None`` otherwise, said once when not comparable."""
+    that writes boxes in the run's format ``fmt`` (the adapter the run continues is its start, scored anyway).
+    ``None`` otherwise, said once when not comparable."""
+    from vcot.models.loading import adapter_format
+
     current = read_pointer(config.pointer_uri)
-    adapter = (current or {}).get("adapter")
-    if not adapter or str(adapter).rstrip("/") == config.init_adapter.rstrip("/"):
+    if current is None or str(current.get("run", "")).rstrip("/") == config.output.rstrip("/"):
+        return None  # no pointer, or this output's own earlier run (--overwrite deleted it)
+    adapter = current.get("adapter")
+    if adapter and str(adapter).rstrip("/") == config.init_adapter.rstrip("/"):
         return None
-    if current.get("base_model") != config.model:
-        log.warning("pointer_not_compared", pointer=config.pointer_uri, names=current.get("run"),
-                    hint="it names a model on another base: only the run's start is compared")  # fmt: skip
-        return None
-    return str(adapter)
+    if not adapter or current.get("base_model") != config.model:
+        why = "it names a model on another base" if adapter else "it names a full fine-tune"
+    elif adapter_format(str(adapter)) != fmt:
+        why = "its adapter writes boxes in another model format"
+    else:
+        return str(adapter)
+    log.warning("pointer_not_compared", pointer=config.pointer_uri, names=current.get("run"),
+                hint=f"{why}: only the run's start is compared")  # fmt: skip
+    return None
 
 
-def score_pointed(model: Any, measure: Any, adapter: str) -> float | None:
+def score_pointed(model: Any, measure: Callable[[Any], dict[str, float]], adapter: str) -> dict[str, float]:
     """The held-out metrics of ``adapter`` (the pointed model), loaded beside the policy for the measurement."""
     from vcot.models.adapters import active, load_named_adapter
     from vcot.models.loading import local_model_path
@@ -138,7 +155,9 @@ def publish(config: TrainConfig, decision: Publish, finetune: str) -> None:
 
 def ensure_pointer(config: TrainConfig) -> None:
     """On the rerun of a committed output with ``--update-pointer``: write its pointer if it is missing, unreadable
-    or names this run, unless the committed run was refused it (``stats.pointer.move`` false).
+    or names this run, unless the committed run was refused it (``stats.pointer.move`` false) or is an RL run
+    committed without a decision (no ``--update-pointer`` then: its held-out check was never made).
+    ``--force-pointer`` writes it in every case.
 
     A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
     may never see; the retried pod skips training and writes the pointer here. A pointer that names another
@@ -148,28 +167,30 @@ def ensure_pointer(config: TrainConfig) -> None:
     """
     committed = manifest.read_manifest(config.output)
     recorded = committed.get("config", {})
-    refused = (committed.get("stats") or {}).get("pointer") or {}
-    if refused.get("move") is False and not config.force_pointer:
-        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, why=refused.get("reason"))
+    values = recorded.get("recipe_values") or {}
+    decided = (committed.get("stats") or {}).get("pointer") or {}
+    if not config.force_pointer and (decided.get("move") is False or (values.get("method") in RL_METHODS and not decided)):
+        why = decided.get("reason") or "committed without --update-pointer: its held-out check was not recorded"
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, why=why, hint="--force-pointer moves it")
         return
-    finetune = (recorded.get("recipe_values") or {}).get("finetune", "lora")
-    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=finetune)
+    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=values.get("finetune", "lora"))
     current = read_pointer(config.pointer_uri)
     if current == expected:
         return
-    if current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/"):
+    names_another = current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/")
+    if names_another and not config.force_pointer:
         log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
         return
     storage.write_json(config.pointer_uri, expected)
     log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
 
 
-def pointed_score(config: TrainConfig, model: Any, watched: Any, metric: str) -> float | None:
+def pointed_score(config: TrainConfig, model: Any, watched: HeldOut | None, metric: str) -> float | None:
     """``metric`` of the model the pointer names when the run must also beat it (:func:`comparable_pointer`), on the
     run's held-out slice (``watched``, :class:`vcot.train.generation_eval.HeldOut`); ``None`` when not needed."""
     if watched is None or not config.update_pointer:
         return None
-    adapter = comparable_pointer(config)
+    adapter = comparable_pointer(config, watched.fmt)
     if adapter is None:
         return None
     score = score_pointed(model, watched.measure, adapter)[metric]

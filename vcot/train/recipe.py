@@ -177,6 +177,12 @@ class Recipe:
                 "recipe save_steps must be a multiple of eval_steps: the run keeps the checkpoint with the best "
                 f"evaluation (got save_steps={self.save_steps}, eval_steps={self.eval_steps})"
             )
+        if self.method != "sft" and self.generation_eval_samples > 0 and self.save_steps != self.eval_steps:
+            raise ConfigError(
+                f"recipe save_steps={self.save_steps} must equal eval_steps={self.eval_steps} for {self.method} with "
+                "the held-out evaluation: a best score at a step with no checkpoint would be reported for weights "
+                "that were not kept, and decide the pointer (or set generation_eval_samples=0)"
+            )
         self._check_selection_and_tracking()
         self._check_open()
         if self.method == "grpo":

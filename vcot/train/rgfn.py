@@ -184,7 +184,8 @@ class RGFNTrainer(Trainer):
         return out
 
     def joint_log_probs(self, model: Any, prompt: Prompt, continuations: list[list[int]]) -> torch.Tensor:
-        """log π(continuation | X) under the SFT model (the adapter disabled), in chunks."""
+        """log π(continuation | X) under the SFT model (the frozen reference copy of the adapter RGFN continued), in
+        chunks."""
         x_len = prompt.inputs["input_ids"].shape[1]
         chunk, values = max(1, self.recipe.per_device_eval_batch_size), []
         with torch.no_grad(), active(model, REFERENCE):
