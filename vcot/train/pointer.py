@@ -34,7 +34,7 @@ POINTER_ADAPTER = "pointer"
 
 
 @dataclass(frozen=True)
-class Publish:
+class PointerDecision:
     """Whether the run moves the pointer, why, and the held-out scores behind it (``None``: not measured)."""
 
     move: bool
@@ -48,7 +48,9 @@ class Publish:
         return asdict(self)
 
 
-def rl_decision(metric: str, start: float | None, end: float | None, pointed: float | None, *, force: bool) -> Publish:
+def rl_decision(
+    metric: str, start: float | None, end: float | None, pointed: float | None, *, force: bool
+) -> PointerDecision:
     """An RL run's move: its kept checkpoint's score ``end`` against its start's and the pointed model's.
 
     >>> rl_decision("eval_gen_first_object_iou", 0.52, 0.55, None, force=False).move
@@ -69,10 +71,10 @@ def rl_decision(metric: str, start: float | None, end: float | None, pointed: fl
     elif pointed is not None and end < pointed:
         worse = f"{metric} {end:.4f} is below the model the pointer names ({pointed:.4f})"
     else:
-        return Publish(True, f"{metric} {end:.4f} >= the start ({start:.4f})", **scores)
+        return PointerDecision(True, f"{metric} {end:.4f} >= the start ({start:.4f})", **scores)
     if force:
-        return Publish(True, f"--force-pointer: {worse}", **scores)
-    return Publish(False, worse, **scores)
+        return PointerDecision(True, f"--force-pointer: {worse}", **scores)
+    return PointerDecision(False, worse, **scores)
 
 
 def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict[str, str | None]:
@@ -121,7 +123,7 @@ def comparable_pointer(config: TrainConfig, fmt: ModelFormat) -> str | None:
     return None
 
 
-def score_pointed(model: Any, measure: Callable[[Any], dict[str, float]], adapter: str) -> dict[str, float]:
+def pointed_metrics(model: Any, measure: Callable[[Any], dict[str, float]], adapter: str) -> dict[str, float]:
     """The held-out metrics of ``adapter`` (the pointed model), loaded beside the policy for the measurement."""
     from vcot.models.adapters import active, load_named_adapter
     from vcot.models.loading import local_model_path
@@ -134,16 +136,16 @@ def score_pointed(model: Any, measure: Callable[[Any], dict[str, float]], adapte
         model.delete_adapter(POINTER_ADAPTER)
 
 
-def decide(config: TrainConfig, method: str, metrics: dict[str, Any]) -> Publish:
+def decide(config: TrainConfig, method: str, metrics: dict[str, Any]) -> PointerDecision:
     """Whether this run moves the pointer (only asked with ``--update-pointer``)."""
     if method not in RL_METHODS:
-        return Publish(True, "sft run")
+        return PointerDecision(True, "sft run")
     held_out = metrics.get("held_out") or {}
     return rl_decision(held_out.get("metric"), held_out.get("start"), held_out.get("end"), held_out.get("pointed"),
                        force=config.force_pointer)  # fmt: skip
 
 
-def publish(config: TrainConfig, decision: Publish, finetune: str) -> None:
+def publish(config: TrainConfig, decision: PointerDecision, finetune: str) -> None:
     """Move the pointer as decided, or say in one line why it stays."""
     if decision.move:
         storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=finetune))
@@ -193,7 +195,7 @@ def pointed_score(config: TrainConfig, model: Any, watched: HeldOut | None, metr
     adapter = comparable_pointer(config, watched.fmt)
     if adapter is None:
         return None
-    score = score_pointed(model, watched.measure, adapter)[metric]
+    score = pointed_metrics(model, watched.measure, adapter)[metric]
     log.info("pointer_scored", adapter=adapter, **{metric: round(score, 4)})
     return score
 
