@@ -63,7 +63,8 @@ def test_sft_scorer_of_a_continued_adapter_is_the_adapter_it_continued(
     weights = load_file(continued / "adapter_model.safetensors")
     save_file({k: v + 0.5 for k, v in weights.items()}, continued / "adapter_model.safetensors")
     card = json.loads((continued / "vcot-model.json").read_text())
-    (continued / "vcot-model.json").write_text(json.dumps({**card, "continued_from": str(adapter_dir), "method": "gfn"}))
+    rgfn_card = {**card, "continued_from": str(adapter_dir), "method": "gfn"}
+    (continued / "vcot-model.json").write_text(json.dumps(rgfn_card))
 
     record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
     policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(continued))
@@ -80,7 +81,7 @@ def test_sft_scorer_of_a_continued_adapter_is_the_adapter_it_continued(
     assert not torch.allclose(scored, sequence_scores(policy, processor, prompt, pairs, image)[0], atol=1e-3)
 
     # SFT continued from another SFT adapter (vcot-train sft --init-adapter) is itself the SFT model
-    (continued / "vcot-model.json").write_text(json.dumps({**card, "continued_from": str(adapter_dir), "method": "sft"}))
+    (continued / "vcot-model.json").write_text(json.dumps({**rgfn_card, "method": "sft"}))
     assert load_sft_adapter(policy, str(continued)) == "policy"
 
 

@@ -171,11 +171,14 @@ def ensure_pointer(config: TrainConfig) -> None:
     recorded = committed.get("config", {})
     values = recorded.get("recipe_values") or {}
     decided = (committed.get("stats") or {}).get("pointer") or {}
-    if not config.force_pointer and (decided.get("move") is False or (values.get("method") in RL_METHODS and not decided)):
+    unchecked = values.get("method") in RL_METHODS and not decided
+    if not config.force_pointer and (decided.get("move") is False or unchecked):
         why = decided.get("reason") or "committed without --update-pointer: its held-out check was not recorded"
-        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, why=why, hint="--force-pointer moves it")
+        log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, why=why,
+                 hint="--force-pointer moves it")  # fmt: skip
         return
-    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=values.get("finetune", "lora"))
+    finetune = values.get("finetune", "lora")
+    expected = run_pointer(config.output, recorded.get("model") or config.model, finetune=finetune)
     current = read_pointer(config.pointer_uri)
     if current == expected:
         return
