@@ -138,7 +138,7 @@ RUN: dict[str, list[str]] = {
 """The blocks run, per document in the order they are run, each named by how its first command starts."""
 
 SKIPPED: dict[tuple[str, str], str] = {
-    ("README.md", "make local-train"): "make local-train trains for 7-10 minutes on 2 cores, and make test is this "
+    ("README.md", "make local-train"): "make local-train trains for 7-20 minutes on 2 cores, and make test is this "
     "suite: the same chain runs at test size in docs/first-week.md's blocks",
     ("README.md", "vcot-train --recipe qwen2.5-vl-7b-rgfn"): "RGFN continues an SFT run in the three-turn layout (r2), "
     "which no block makes; tests/train/test_rgfn_stage.py runs that chain",
@@ -154,8 +154,13 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("docs/bench-evaluate.md", "PYTHONPATH=. .venv/bin/python bench/evaluate_bench.py --samples 64 --max-new-tokens "
      "64 --train-steps 300"): "a benchmark that trains 300 steps first (minutes); tests/test_bench.py runs it at "
     "test size",
-    ("docs/bench-train.md", "/usr/bin/time"): "make local-train three times (10 minutes each): the runs the page "
+    ("docs/bench-train.md", "/usr/bin/time -f \"WALL %e s CPU %U+%S s\" make local-train LOCAL_RUN="): "make local-train three times (10 minutes each): the runs the page "
     "reports",
+    ("docs/bench-train.md", "/usr/bin/time -f \"WALL %e s CPU %U+%S s\" make local-train LOCAL_COORDS="): "make "
+    "local-train twice (about 20 minutes each on a busy machine): the runs the page reports",
+    ("docs/bench-train.md", "vcot-train --data s3://vcot/local/qwen2.5-vl-norm1000/tokenized"): "an SFT run of "
+    "make local-train's size with another seed (5-18 minutes); tests/train/test_train_stage.py trains with a seed at "
+    "test size",
     ("docs/bench-train.md", "make bench-train"): "a benchmark (repeated runs); tests/test_bench.py runs it at test "
     "size",
     ("docs/train.md", "PYTHONPATH=. .venv/bin/python bench/grounding_probe.py"): "a 6-minute training probe "

@@ -375,3 +375,23 @@ def test_a_recipe_the_trainer_refuses_fails_before_any_model_loads(
     err = capsys.readouterr().err
     assert message in err and '"trainable"' not in err and "trainable=" not in err  # load_policy logs it once loaded
     assert not manifest.is_committed(str(output))
+
+
+@pytest.mark.integration
+def test_sft_is_the_same_run_for_a_seed_and_another_run_for_another(
+    tokenized_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path
+) -> None:
+    """The figures make local-train prints repeat exactly on a rerun (one thread, fixed seeds; the same on two machines
+    of this kind, docs/bench-train.md); another seed is another run, and that spread is what the docs report."""
+    from tests.train.conftest import SFT_FOR_RL
+
+    def adapter(name: str, seed: int) -> dict[str, torch.Tensor]:
+        output = str(tmp_path / name)
+        assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu",
+                                 set=f"{SFT_FOR_RL},seed={seed}", threads=1))  # fmt: skip
+        return load_file(f"{output}/adapter/adapter_model.safetensors")
+
+    first = load_file(f"{sft_adapter}/adapter_model.safetensors")  # the same settings, seed 42 (the recipe's)
+    again, other = adapter("again", 42), adapter("other", 1)
+    assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.allclose(first[k], other[k]) for k in first)
