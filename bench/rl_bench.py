@@ -13,12 +13,18 @@ they are missing, the way those targets do, on N synthetic records. Per seed:
   steps per second of ``RUN/train``'s own throughput), evaluated the same way;
 - RGFN: ``tiny-cpu-rgfn`` with ``seed=S`` from ``RGFN_RUN/train/adapter``, evaluated with ``--bin N``.
 
+With ``--ood N``, the SFT start and each seed's GRPO and extra-SFT adapters are also evaluated on N records the
+local task never shows (``vcot.dev.synthetic --max-objects 2``: about half the images hold a second shape, a
+distractor the question does not name; every record, ``--split all``), since better generalization is why the
+field uses RL for grounding.
+
 Outputs go under ``--output`` (a folder per seed and method); reruns skip what is committed. Prints a markdown table
-and writes ``results.json`` there, with the machine and its load. ``--set`` adds recipe overrides to every run
-(the smoke test's tiny sizes).
+(and the out-of-distribution one) and writes ``results.json`` there, with the machine and its load. ``--set`` adds
+recipe overrides to every run (the smoke test's tiny sizes).
 
     PYTHONPATH=. .venv/bin/python bench/rl_bench.py --seeds 42,1,2 [--run s3://vcot/local/qwen2.5-vl-norm1000]
         [--rgfn-run s3://vcot/local/qwen2.5-vl-norm1000-rgfn] [--output s3://vcot/bench/rl] [--bin 5] [--prepare 2250]
+        [--ood 300]
 """
 
 from __future__ import annotations
@@ -62,13 +68,43 @@ def trained(args: argparse.Namespace, argv: list[str], output: str, log: str) ->
     return float(storage.read_json(storage.join(output, "metrics.json"))["throughput"]["wall_seconds"])
 
 
-def evaluated(args: argparse.Namespace, adapter: str, output: str, log: str, bin_n: int = 0) -> dict[str, Any]:
-    """The evaluation ``make local-train`` runs, of ``adapter``; with ``bin_n`` BiN and best-of-N beside greedy."""
+def evaluated(
+    args: argparse.Namespace, adapter: str, output: str, log: str, bin_n: int = 0, data: str = ""
+) -> dict[str, Any]:
+    """The evaluation ``make local-train`` runs, of ``adapter``; with ``bin_n`` BiN and best-of-N beside greedy; with
+    ``data``, every record of those records instead of the run's val split."""
     if not manifest.is_committed(output):
-        argv = ["jobs.evaluate", "--model", args.model, "--adapter", adapter, "--data", f"{args.run}/records",
+        argv = ["jobs.evaluate", "--model", args.model, "--adapter", adapter, "--data", data or f"{args.run}/records",
                 "--output", output, "--max-new-tokens", str(args.max_new_tokens), "--threads", "1"]
-        run(argv + (["--bin", str(bin_n)] if bin_n else []), log)
+        run(argv + (["--bin", str(bin_n)] if bin_n else []) + (["--split", "all"] if data else []), log)
     return storage.read_json(storage.join(output, "metrics.json"))
+
+
+def ood_records(args: argparse.Namespace) -> str:
+    """``--ood`` records, made once: the local task's images with up to two shapes (it trains on one)."""
+    records = f"{args.output}/ood/records"
+    if not manifest.is_committed(records):
+        synthetic = f"{args.output}/ood/synthetic"
+        run(["vcot.dev.synthetic", synthetic, "--num-records", str(args.ood), "--max-objects", "2", "--seed", "7"],
+            f"{args.logs}/ood-synthetic.log")  # fmt: skip
+        run(["jobs.convert", "--source", "viscot", "--input", synthetic, "--output", records],
+            f"{args.logs}/ood-convert.log")
+    return records
+
+
+def ood_results(args: argparse.Namespace, seeds: list[int]) -> tuple[dict[str, Any], dict[int, Any]]:
+    """The SFT start's and each seed's GRPO and extra-SFT adapters' scores on the ``--ood`` records."""
+    records, logs = ood_records(args), args.logs
+    sft = f"{args.run}/train/adapter"
+    start = evaluated(args, sft, f"{args.output}/ood/sft-eval", f"{logs}/ood-sft.log", data=records)
+    per_seed = {}
+    for seed in seeds:
+        out = f"{args.output}/seed-{seed}"
+        grpo = evaluated(args, f"{out}/grpo/adapter", f"{out}/grpo-ood", f"{logs}/ood-grpo-{seed}.log", data=records)
+        extra = evaluated(args, f"{out}/sft-extra/adapter", f"{out}/sft-extra-ood", f"{logs}/ood-sft-extra-{seed}.log",
+                          data=records)  # fmt: skip
+        per_seed[seed] = {"GRPO": scores(grpo), "SFT, same extra time": scores(extra)}
+    return {"SFT (make local-train)": scores(start)}, per_seed
 
 
 def scores(metrics: dict[str, Any], style: str | None = None) -> dict[str, float]:
@@ -163,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", default="", help="recipe overrides added to every run (key=value,...)")
     parser.add_argument("--logs", default=".cache/rl-bench", help="local folder for each command's log")
     parser.add_argument("--json", default="", help="also write the results to this local file")
+    parser.add_argument("--ood", type=int, default=0, help="also score on N out-of-distribution records (0: no)")
     args = parser.parse_args(argv)
     if any(storage.is_s3(uri) for uri in (args.run, args.rgfn_run, args.output) if uri):
         os.environ.update(LocalS3.from_env().env())  # the local S3 server's endpoint and keys (make s3-up)
@@ -173,14 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     start = {"SFT (make local-train)": scores(storage.read_json(f"{args.run}/eval/metrics.json"))}
     if args.rgfn_run:
         start["three-turn SFT (make local-rgfn)"] = scores(storage.read_json(f"{args.rgfn_run}/eval-sft/metrics.json"))
-    per_seed = {int(s): seed_results(args, int(s)) for s in args.seeds.split(",")}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    per_seed = {seed: seed_results(args, seed) for seed in seeds}
+    ood = ood_results(args, seeds) if args.ood else None
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg(),
                "wall_seconds": round(time.monotonic() - started)}  # fmt: skip
     results = {"start": start, "seeds": per_seed, "machine": machine, "args": vars(args)}
+    if ood:
+        results["ood"] = {"start": ood[0], "seeds": ood[1]}
     storage.write_json(f"{args.output}/results.json", results)
     if args.json:
         storage.write_json(args.json, results)
     print("\n".join(table(start, per_seed)))
+    if ood:
+        print(f"\nOut of distribution ({args.ood} records, up to two shapes):")
+        print("\n".join(table(*ood)))
     print(machine)
     return 0
 

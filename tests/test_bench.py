@@ -36,7 +36,7 @@ SMOKE: dict[str, tuple[list[str], str]] = {
     ),
     "rl_bench.py": (
         ["--prepare", "16", "--size", "test", "--model", "tiny", "--run", "run", "--rgfn-run", "rgfn", "--output", "out",
-         "--seeds", "1", "--bin", "2", "--max-new-tokens", "16", "--json", "{output}", "--logs", "logs",
+         "--seeds", "1", "--bin", "2", "--max-new-tokens", "16", "--json", "{output}", "--logs", "logs", "--ood", "4",
          "--set", "max_steps=2,save_steps=2,eval_steps=2,per_device_train_batch_size=8,generation_eval_samples=2,"
                   "generation_eval_max_new_tokens=16"],
         "seeds",
