@@ -120,7 +120,8 @@ class PhaseTimer:
 def grpo_run(records: str, model: Path, adapter: str, output: Path, *, steps: int, beta: float, threads: int) -> dict[str, Any]:
     """One timed GRPO run of ``steps`` steps; its throughput and phase breakdown."""
     # Throughput only: no held-out watch (its generation would be timed as "other").
-    settings = f"max_steps={steps},save_steps={steps},beta={beta},generation_eval_samples=0,metric_for_best_model=eval_loss"
+    unwatched = "generation_eval_samples=0,metric_for_best_model=eval_loss"
+    settings = f"max_steps={steps},save_steps={steps},beta={beta},{unwatched}"
     timer = PhaseTimer()
     with timer.installed():
         train(TrainConfig(data=records, model=str(model), output=str(output), recipe="tiny-cpu-grpo", set=settings,

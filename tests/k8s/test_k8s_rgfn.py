@@ -60,7 +60,8 @@ def test_rgfn_runs_after_train_on_the_three_turn_layout_and_evaluate_uses_bin(gp
     assert load_recipe(rgfn.recipe, rgfn.set).method == "gfn"
     assert rgfn.data.endswith("/default/distilled") and rgfn.init_adapter.endswith("/default/train/adapter")
     # The pointer follows RGFN only when its held-out answers are no worse than its SFT start (vcot.train.pointer).
-    assert not rgfn.force_pointer and (not rgfn.update_pointer or load_recipe(rgfn.recipe, rgfn.set).generation_eval_samples)
+    watched = load_recipe(rgfn.recipe, rgfn.set).generation_eval_samples
+    assert not rgfn.force_pointer and (not rgfn.update_pointer or watched)
     evaluate = parsed(EvaluateConfig, "vcot-evaluate")
     assert evaluate.adapter.endswith("/default/rgfn/adapter") and evaluate.bin == 5
 

@@ -102,7 +102,9 @@ def tokenized_data(record_data: str, tiny_model_dir: Any, tmp_path_factory: pyte
     return output
 
 
-SFT_FOR_RL = "max_steps=60,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=60,eval_steps=60"
+SFT_FOR_RL = (
+    "max_steps=60,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=60,eval_steps=60"
+)
 """60 SFT steps at a high rate: the tiny model then writes the format and answers right sometimes, so rewards differ
 within a group and a held-out score has something to lose."""
 
@@ -130,5 +132,6 @@ def analyzer_adapter(record_data: str, tiny_model_dir: Any, tmp_path_factory: py
     tokenize(TokenizeConfig(input=[record_data], output=tokens, model=str(tiny_model_dir), layout="rationale_turn"))
     output = str(root / "sft")
     short = "max_steps=30,learning_rate=5e-3,num_train_epochs=100,early_stopping_patience=0,save_steps=30,eval_steps=30"
-    assert train(TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=short, threads=1))
+    config = TrainConfig(data=tokens, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=short, threads=1)
+    assert train(config)
     return f"{output}/adapter"

@@ -112,6 +112,7 @@ def test_rgfn_shows_its_progress_in_both_log_formats(
     from jobs.train import main
 
     argv = ["--data", record_data, "--model", str(tiny_model_dir), "--output", str(tmp_path / "run"), "--recipe",
-            "tiny-cpu-rgfn", "--set", f"max_steps=2,save_steps=2,{UNWATCHED}", "--init-adapter", analyzer_adapter, "--threads", "1"]
+            "tiny-cpu-rgfn", "--set", f"max_steps=2,save_steps=2,{UNWATCHED}", "--init-adapter", analyzer_adapter,
+            "--threads", "1"]
     assert main(argv) == 0
     assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)

@@ -71,7 +71,8 @@ class TrainConfig:
             raise ValueError("--grpo-coords is for methods grpo and gfn; sft reads its model format from the tokenize output")
         if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
             check_vision_learning_rate(recipe)
-        if recipe.method != "sft" and self.update_pointer and not recipe.generation_eval_samples and not self.force_pointer:
+        unchecked = not recipe.generation_eval_samples and not self.force_pointer
+        if recipe.method != "sft" and self.update_pointer and unchecked:
             raise ValueError(
                 f"--update-pointer with method {recipe.method} compares the run's held-out score with its start: set "
                 "generation_eval_samples > 0 in the recipe, or pass --force-pointer to move it unchecked"
