@@ -73,7 +73,7 @@ clean: ## Remove the virtualenv, caches and local S3 data
 	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
 
 # --- Kubernetes manifests and container images (docs/k8s.md) -------------------------------------
-K8S_OVERLAYS := k8s/base k8s/overlays/gpu k8s/overlays/cpu-dev
+K8S_OVERLAYS := k8s/base k8s/overlays/gpu k8s/overlays/cpu-dev k8s/overlays/gpu-72b
 K8S_VERSIONS := 1.30 1.31 1.32 1.33
 K8S_RENDERED := build/k8s
 CHECKOV_VENV := .venv-checkov
@@ -110,9 +110,13 @@ k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1
 		$(VENV)/bin/kubernetes-validate --strict --quiet --kubernetes-version $$version $$file || exit 1; \
 	done; echo "schemas ok: $$file (Kubernetes $(K8S_VERSIONS))"; done
 	@# Policies on what gets applied: the overlays (the base has no namespace by design and is part of
-	@# each). Skipped checks are justified in .checkov.yaml or in an annotation beside the object.
-	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
-		--framework kustomize $(addprefix -d ,$(filter k8s/overlays/%,$(K8S_OVERLAYS)))
+	@# each). Skipped checks are justified in .checkov.yaml or in an annotation beside the object. One overlay per
+	@# run: checkov's kustomize runner breaks when an overlay and one built on it (gpu, gpu-72b) share a run.
+	@for dir in $(filter k8s/overlays/%,$(K8S_OVERLAYS)); do \
+		echo "checkov: $$dir"; \
+		$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
+			--framework kustomize -d $$dir || exit 1; \
+	done
 	$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
 		--framework dockerfile -f Dockerfile
 	$(VENV)/bin/hadolint Dockerfile
@@ -242,6 +246,7 @@ demo: $(STAMP) ## The live demo on 127.0.0.1:7860 (DEMO_PORT) on the model make 
 # as its own run LOCAL_DDP_RUN reading LOCAL_RUN's tokenized data; it leaves the pointer alone.
 LOCAL_NPROC ?= 2
 LOCAL_DDP_RUN ?= $(LOCAL_RUN)-ddp
+LOCAL_DDP_SET ?= per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1
 .PHONY: local-train-ddp
 
 local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step with torchrun, LOCAL_NPROC=2 processes (gloo), on local S3
@@ -250,13 +255,25 @@ local-train-ddp: $(STAMP) tiny-model ## After make local-train: its train step w
 	eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
 	export VCOT_LOG_FORMAT=$${VCOT_LOG_FORMAT:-console} OMP_NUM_THREADS=1; \
 	$(PY) -c "from vcot.io import manifest; import sys; sys.exit(0 if manifest.is_committed('$(LOCAL_RUN)/tokenized') else 1)" \
-		|| { echo "local-train-ddp: no committed tokenized data at $(LOCAL_RUN)/tokenized: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
-	echo "== train (recipe tiny-cpu, torchrun x $(LOCAL_NPROC)) on $(LOCAL_RUN)/tokenized -> $(LOCAL_DDP_RUN)/train"; \
+		|| { echo "$@: no committed tokenized data at $(LOCAL_RUN)/tokenized: run 'make local-train' first (same LOCAL_RUN)"; exit 2; }; \
+	echo "== train (recipe tiny-cpu --set $(LOCAL_DDP_SET), torchrun x $(LOCAL_NPROC)) on $(LOCAL_RUN)/tokenized -> $(LOCAL_DDP_RUN)/train"; \
 	$(PY) -m torch.distributed.run --standalone --nproc-per-node $(LOCAL_NPROC) \
 		-m jobs.train --data $(LOCAL_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_DDP_RUN)/train \
 		--recipe tiny-cpu --threads 1 \
-		--set per_device_train_batch_size=4,global_batch_size=8,num_train_epochs=1; \
+		--set $(LOCAL_DDP_SET); \
 	$(PY) -m vcot.dev.summary --run $(LOCAL_DDP_RUN)/train --local-s3
+
+# After `make local-train` (same LOCAL_RUN): the same train step sharded (sharding=fsdp2: each rank holds 1/LOCAL_NPROC
+# of the model and its optimizer state; docs/train.md "Sharded training"), as its own run LOCAL_FSDP_RUN.
+LOCAL_FSDP_RUN ?= $(LOCAL_RUN)-fsdp
+.PHONY: local-train-fsdp
+
+local-train-fsdp: $(STAMP) tiny-model ## After make local-train: its train step sharded with FSDP2 over LOCAL_NPROC=2 torchrun processes (gloo)
+	@$(MAKE) --no-print-directory local-train-ddp LOCAL_DDP_RUN=$(LOCAL_FSDP_RUN) \
+		LOCAL_DDP_SET=$(LOCAL_DDP_SET),sharding=fsdp2,optim=adamw_torch,generation_eval_samples=0
+	@eval "$$($(PY) -m vcot.dev.local_s3 env)"; \
+	$(PY) -c "from vcot.io import manifest; m = manifest.read_manifest('$(LOCAL_FSDP_RUN)/train'); \
+		print('committed: world_size', m['stats']['world_size'], 'sharding', m['config']['recipe_values']['sharding'])"
 
 # --- GRPO -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): GRPO continues its SFT adapter on the same records (recipe tiny-cpu-grpo)

@@ -41,6 +41,11 @@ SMOKE: dict[str, tuple[list[str], str]] = {
                   "generation_eval_max_new_tokens=16"],
         "seeds",
     ),  # fmt: skip
+    "plan_bench.py": (
+        ["--cases", "tiny-cpu@tiny,qwen2.5-vl-7b-qlora@tiny", "--batches", "1", "--image-side", "112", "--output", "{output}"],
+        "runs",
+    ),
+    "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
         "modes",

@@ -35,7 +35,6 @@ import random
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from vcot.train.distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", *sorted(f"docs/{path.name}" for path in (REPO_ROOT / "docs").glob("*.md")))
@@ -133,7 +134,7 @@ RUN: dict[str, list[str]] = {
         "python predict.py s3://my-bucket/runs/own/records ./exp1",
     ],
     "docs/convert.md": ["vcot-convert --source records --input s3://my-bucket/own/own-data.jsonl"],
-    "docs/train.md": ["vcot-tokenize --mixture s3://my-bucket/mixtures/m1.yaml"],
+    "docs/train.md": ["vcot-tokenize --mixture s3://my-bucket/mixtures/m1.yaml", "vcot-plan --recipe qwen2.5-vl-7b-grpo"],
 }
 """The blocks run, per document in the order they are run, each named by how its first command starts."""
 
@@ -426,12 +427,6 @@ def clone_layout(workdir: Path) -> None:
         if not entry.name.startswith("."):
             (workdir / entry.name).symlink_to(entry)
     (workdir / ".venv").symlink_to(Path(sys.prefix))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def standins(folder: Path) -> Path:

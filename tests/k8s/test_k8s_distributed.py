@@ -15,6 +15,7 @@ import pytest
 
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
 from tests.k8s.test_k8s_manifests import by_kind, expand, listed_components, overlay_copy, render, selects
+from tests.train.test_distributed import RESTARTABLE
 from vcot.cluster import runs
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -181,3 +182,12 @@ def test_each_runs_headless_service_selects_its_own_train_pods_only(multi_node: 
     assert pods["default"]["vcot.dev/run"] == "default" and pods["t-exp2"]["vcot.dev/run"] == "t-exp2"
     for run, selector in (("default", service["spec"]["selector"]), ("t-exp2", run_service["spec"]["selector"])):
         assert [name for name, labels in pods.items() if selects({"matchLabels": selector}, labels)] == [run]
+
+
+def test_multi_node_restarts_every_rank_together_and_a_restart_cannot_hang(multi_node: list[dict[str, Any]]) -> None:
+    """torchrun's restarts, as tests/train/test_distributed.py runs them (a rank killed on one node: every rank
+    restarts and resumes together), with the setting without which a restart could wait forever."""
+    container = train_container(multi_node)
+    assert "--max-restarts=3" in container["command"]
+    name, value = RESTARTABLE
+    assert {"name": name, "value": value} in container["env"]

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -294,3 +294,40 @@ def test_train_refuses_a_model_it_cannot_load(
 def test_a_missing_adapter_is_named_as_such(tiny_model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(VcotError, match="cannot load adapter .*adapter/ folder"):
         load_model_and_processor(str(tiny_model_dir), adapter_uri=str(tiny_model_dir))
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_an_empty_model_has_the_parameters_of_the_loaded_one(
+    tiny_model_dir: Path, tmp_path: Path, tied: bool
+) -> None:
+    """What a sharded run's other ranks build instead of loading (rank 0's weights are sent into it): the same
+    parameter names and shapes, a tied output layer tied (Qwen2.5-VL-3B's: untied, FSDP2 wrapping fails), and the
+    rotary frequencies computed, not left unwritten."""
+    import json
+
+    from transformers import AutoModelForImageTextToText
+
+    from vcot.models.loading import empty_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    if tied:  # saved as transformers saves a tied model: the output layer is the embedding, stored once
+        config = json.loads((folder / "config.json").read_text())
+        config["tie_word_embeddings"] = config["text_config"]["tie_word_embeddings"] = True
+        (folder / "config.json").write_text(json.dumps(config))
+        model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+        model.tie_weights()
+        model.save_pretrained(folder)
+    loaded = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    assert (loaded.lm_head.weight is loaded.get_input_embeddings().weight) is tied
+    empty = empty_model(str(folder), torch.float32)
+
+    def layout(tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, tuple[torch.Size, torch.dtype]]:
+        return {name: (tensor.shape, tensor.dtype) for name, tensor in tensors}
+
+    assert layout(empty.named_parameters()) == layout(loaded.named_parameters())
+    assert layout(empty.named_buffers()) == layout(loaded.named_buffers())
+    assert (empty.lm_head.weight is empty.get_input_embeddings().weight) is tied
+    frequencies = dict(loaded.named_buffers())
+    for name, buffer in empty.named_buffers():
+        assert torch.equal(buffer, frequencies[name]), name

@@ -12,30 +12,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Qwen2_5_VLConfig
 
 from tests.conftest import LogMode
-from tests.k8s.test_k8s_defaults import QWEN25_VL_7B
 from vcot.io import storage
 from vcot.log import configure_logging
 from vcot.models.loading import parameter_count
+from vcot.models.published import published_config
 from vcot.train.estimate import LARGE_ON_CPU, Workload, announce_cpu_run, seconds_per_token, sft_workload
+from vcot.train.plan import ModelShape
 from vcot.train.recipe import load_recipe
 
 pytestmark = pytest.mark.integration
+SEVEN_B_PARAMETERS = ModelShape.from_config(published_config("qwen2.5-vl-7b")).parameters()
 
 
 def qwen25_vl_7b_config(folder: Path) -> Path:
-    """Qwen2.5-VL-7B-Instruct's shapes (NOTES, "Qwen2.5-VL-7B's shape"): a config.json and nothing else."""
-    Qwen2_5_VLConfig(
-        text_config={"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28,
-                     "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
-                     "tie_word_embeddings": False},
-        vision_config={"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
-                       "out_hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
-                       "window_size": 112, "fullatt_block_indexes": [7, 15, 23, 31]},
-        tie_word_embeddings=False,
-    ).save_pretrained(folder)  # fmt: skip
+    """Qwen2.5-VL-7B-Instruct's published config.json and nothing else."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(published_config("qwen2.5-vl-7b")))
     return folder
 
 
@@ -44,7 +38,7 @@ def test_the_7b_recipe_on_a_cpu_warns_with_a_rough_estimate_in_days(
 ) -> None:
     configure_logging("json")
     model = qwen25_vl_7b_config(tmp_path / "qwen2.5-vl-7b")
-    assert parameter_count(str(model)) == QWEN25_VL_7B["parameters"]  # the hub model's count, from its config alone
+    assert parameter_count(str(model)) == SEVEN_B_PARAMETERS  # the hub model's count, from its config alone
     recipe = load_recipe("qwen2.5-vl-7b-qlora", "")
     stats = {"train": {"rows": 20_000, "mean_length": 1_000.0}}  # a first week's mixture
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
@@ -53,7 +47,7 @@ def test_the_7b_recipe_on_a_cpu_warns_with_a_rough_estimate_in_days(
     [line] = LogMode.lines(capsys.readouterr().err, "cpu_run")
     assert line["level"] == "warning" and "GPU" in line["hint"] and "tiny-cpu" in line["hint"]
     assert line["steps"] == 2 * 1250 and line["samples_per_step"] == 16  # two epochs of 20,000 rows, batch 16
-    days = 2500 * 16 * 1000 * seconds_per_token(QWEN25_VL_7B["parameters"], 2) / 86400
+    days = 2500 * 16 * 1000 * seconds_per_token(SEVEN_B_PARAMETERS, 2) / 86400
     assert line["estimate_s"] == pytest.approx(days * 86400, rel=1e-6) and 90 < days < 100
     message = r"8\.3B parameters, 4bit weights\) on a CPU .* rough estimate \d+\.\d (days|years)"
     assert re.search(message, line["message"])

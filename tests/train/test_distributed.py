@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +20,32 @@ from tests.train.train_helpers import WATCH
 from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
+from vcot.dev.torchrun_workers import rank_pids
+from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Global batch 4: 2 ranks x 2 rows, or 1 process x 4 rows; 44 train rows, so every step of the first epoch is full.
 DDP_SET = "num_train_epochs=10,logging_steps=1,save_steps=5,eval_steps=5,per_device_train_batch_size=2"
+RESTARTABLE = ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+"""What k8s/components/multi-node sets so torchrun's restarts (``--max-restarts``) cannot hang: with the agents'
+shared store, a worker's store prefix counts its agent's failures, and an agent that restarted for a failure and
+one that restarted for a new member put their workers under different prefixes, where they wait for each other
+forever (seen: 2 hangs in 10 runs of the test below). With it off, every round's rank 0 hosts a new store for
+that round alone."""
 LOSS_TOLERANCE = 0.01
 """Per logged step, |loss(2 ranks) - loss(1 process)|: the same rows per step; only float summation order differs
 (seen: < 3e-4 after 10 steps)."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def torchrun(
-    launch: list[str], data: str, model: Path, output: str, run_set: str, *, recipe: str = "tiny-cpu"
-) -> subprocess.Popen[str]:
-    """Start ``torchrun LAUNCH -m jobs.train ...`` with JSON log lines on its stdout (both ranks' and its own)."""
+    launch: list[str], data: str, model: Path, output: str, run_set: str, *, recipe: str = "tiny-cpu",
+    entry: str = "jobs.train",
+) -> subprocess.Popen[str]:  # fmt: skip
+    """Start ``torchrun LAUNCH -m ENTRY ...`` with JSON log lines on its stdout (both ranks' and its own)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_LOG_FORMAT": "json"}
-    argv = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "jobs.train", "--data", data]
+    argv = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", entry, "--data", data]
     argv += ["--model", str(model), "--output", output, "--recipe", recipe, "--threads", "1", "--set", run_set]
     return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -63,21 +67,57 @@ def read_until_step(process: subprocess.Popen[str], step: int) -> list[str]:
 
 
 def finish(process: subprocess.Popen[str], lines: list[str]) -> int:
-    """Wait for ``process`` (a hang fails the test instead of blocking it), collecting the rest of its lines."""
-    rest, _ = process.communicate(timeout=300)
+    """Wait for ``process``, collecting the rest of its lines; a hang fails the test with the lines it wrote (torchrun
+    is stopped with SIGTERM, which it passes on to its ranks)."""
+    try:
+        rest, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        rest, _ = process.communicate(timeout=60)
+        lines.extend(rest.splitlines(keepends=True))
+        pytest.fail("the run hung for 300 s; its last lines:\n" + "".join(lines[-40:]))
     lines.extend(rest.splitlines(keepends=True))
     return process.returncode
 
 
-def rank_pids(torchrun_pid: int) -> dict[int, int]:
-    """``{rank: pid}`` of the worker processes torchrun started (their RANK environment variable)."""
-    children = Path(f"/proc/{torchrun_pid}/task/{torchrun_pid}/children").read_text().split()
-    pids = {}
-    for pid in map(int, children):
-        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
-        if "RANK" in env:
-            pids[int(env["RANK"])] = pid
-    return pids
+def read_all(processes: list[subprocess.Popen[str]]) -> tuple[list[list[str]], list[threading.Thread]]:
+    """Read the "nodes" of one job side by side, each into its own list (a node blocked writing to a full pipe would
+    hold the others in their collectives)."""
+    outputs: list[list[str]] = [[] for _ in processes]
+    readers = [threading.Thread(target=lambda p=p, o=o: o.extend(p.stdout), daemon=True)  # type: ignore[misc]
+               for p, o in zip(processes, outputs, strict=True)]  # fmt: skip
+    for reader in readers:
+        reader.start()
+    return outputs, readers
+
+
+def finish_all(processes: list[subprocess.Popen[str]], outputs: list[list[str]], readers: list[threading.Thread]
+               ) -> list[int]:  # fmt: skip
+    """:func:`finish` for the nodes :func:`read_all` reads: a hang stops every node and fails with their last lines."""
+    try:
+        codes = [process.wait(timeout=300) for process in processes]
+    except subprocess.TimeoutExpired:
+        for process in processes:
+            process.terminate()
+        for reader in readers:
+            reader.join(timeout=60)
+        pytest.fail("the job hung for 300 s; its nodes' last lines:\n" + "\n".join("".join(o[-30:]) for o in outputs))
+    for reader in readers:
+        reader.join()
+    return codes
+
+
+def wait_for_step(outputs: list[list[str]], step: int) -> None:
+    """Until rank 0, on whichever node, logged a training step >= ``step``."""
+    deadline = time.monotonic() + 300
+    while not any(event["step"] >= step for lines in outputs for event in events(list(lines), "train_log")):
+        assert time.monotonic() < deadline, f"no step {step} in 300 s"
+        time.sleep(0.5)
+
+
+def resumed_from(lines: list[str]) -> list[str]:
+    """The checkpoint names a (re)run's ``resume_from`` events name: ``["checkpoint-5"]``."""
+    return [event["checkpoint"].rsplit("/", 1)[-1] for event in events(lines, "resume_from")]
 
 
 def losses(output: str) -> list[tuple[int, float]]:
@@ -112,21 +152,51 @@ def test_two_ranks_match_one_process_and_commit_once(
     assert (Path(two) / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_two_nodes_train_together(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharding", ["", ",sharding=fsdp2,optim=adamw_torch,generation_eval_samples=0"])
+def test_two_nodes_train_together(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, sharding: str) -> None:
+    """Sharded too: each node uploads its rank's shard, and the second node reloads the best checkpoint (step 5)
+    from its own folder with the index only the first node wrote."""
     output = str(tmp_path / "nodes")
     port = free_port()
     nodes = [
         torchrun(["--nnodes", "2", "--node-rank", str(index), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                   "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vcot-test"],
-                 tokenized_data, tiny_model_dir, output, DDP_SET + ",max_steps=5")
+                 tokenized_data, tiny_model_dir, output, DDP_SET + ",max_steps=5" + sharding)
         for index in (0, 1)
     ]
-    outputs: list[list[str]] = [[], []]
-    codes = [finish(node, lines) for node, lines in zip(nodes, outputs, strict=True)]
+    outputs, readers = read_all(nodes)
+    codes = finish_all(nodes, outputs, readers)
     assert codes == [0, 0], "".join(outputs[0][-30:] + outputs[1][-30:])
     assert manifest.read_manifest(output)["stats"]["world_size"] == 2
     assert [len(events(lines, "committed")) for lines in outputs] == [1, 0]  # rank 0 is on the first node
     assert len(events(outputs[1], "train_log")) == 0  # the second node's rank trained without writing
+
+
+def test_with_restarts_a_dead_rank_on_one_node_restarts_every_rank_and_they_resume_together(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What components/multi-node runs (``--max-restarts``): a rank killed on one node makes its agent restart its
+    workers, the other node's agent sees the new rendezvous round and restarts its own, and all ranks resume from
+    the newest complete checkpoint, in the same pods (no Job retry, no wait for a collective's timeout)."""
+    output = str(tmp_path / "restarted")
+    monkeypatch.setenv(*RESTARTABLE)
+    port = free_port()
+    nodes = [
+        torchrun(["--nnodes", "2", "--node-rank", str(index), "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "vcot-restart", "--max-restarts", "3"],
+                 tokenized_data, tiny_model_dir, output, DDP_SET + ",max_steps=20")
+        for index in (0, 1)
+    ]
+    outputs, readers = read_all(nodes)
+    wait_for_step(outputs, 7)
+    (killed,) = rank_pids(nodes[1].pid).values()
+    os.kill(killed, signal.SIGKILL)  # the second node's only rank: an OOM kill
+    codes = finish_all(nodes, outputs, readers)
+    assert codes == [0, 0], "".join(outputs[0][-30:] + outputs[1][-30:])
+    resumed = [resumed_from(lines) for lines in outputs]
+    assert all(resumed) and resumed[0][-1] == resumed[1][-1], resumed  # both ranks restarted, from one checkpoint
+    stats = manifest.read_manifest(output)["stats"]
+    assert (stats["world_size"], stats["global_step"]) == (2, 20)
 
 
 def test_a_dead_rank_fails_the_job_and_the_rerun_resumes(
@@ -146,7 +216,7 @@ def test_a_dead_rank_fails_the_job_and_the_rerun_resumes(
     rerun = torchrun(launch[:2] + ["--master-port", str(free_port())], tokenized_data, tiny_model_dir, output, run_set)
     again: list[str] = []
     assert finish(rerun, again) == 0, "".join(again[-40:])
-    assert [event["checkpoint"].rsplit("/", 1)[-1] for event in events(again, "resume_from")] == [f"checkpoint-{newest}"]
+    assert resumed_from(again) == [f"checkpoint-{newest}"]
     assert manifest.read_manifest(output)["stats"]["global_step"] == 30
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from jobs.train import main
 from tests.train.train_helpers import WATCH
 from vcot.io import manifest, storage
 from vcot.train.checkpoints import complete_checkpoints
-from vcot.train.divergence import nonfinite_tensors
+from vcot.train.divergence import TrainingDiverged, diverged_crash, nonfinite_tensors
 
 PRODUCTION = {"run": "s3://b/runs/prod", "base_model": "s3://b/models/tiny", "adapter": "s3://b/runs/prod/adapter"}
 # The run: learning_rate 1e8; a checkpoint every 2 steps, so one is saved before the weights break.
@@ -74,3 +75,16 @@ def test_nonfinite_tensors_counts_only_trainable_weights() -> None:
     assert nonfinite_tensors(model) == (2, 4)
     model[1].bias.requires_grad = False  # frozen (a quantized base's weights): not the run's to break
     assert nonfinite_tensors(model) == (1, 3)
+
+
+def test_a_crash_is_blamed_on_divergence_only_after_an_update_broke_the_weights() -> None:
+    model = torch.nn.Linear(3, 3)
+    with torch.no_grad():
+        model.weight[0, 0] = math.nan  # before any update: as loaded (a sharded rank's weights not yet received)
+
+    def trainer_at(step: int) -> SimpleNamespace:
+        state, args = SimpleNamespace(global_step=step), SimpleNamespace(learning_rate=1.0)
+        return SimpleNamespace(model=model, state=state, args=args)
+
+    assert diverged_crash(RuntimeError("boom"), trainer_at(0)) is None
+    assert isinstance(diverged_crash(RuntimeError("boom"), trainer_at(3)), TrainingDiverged)

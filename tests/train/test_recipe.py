@@ -27,7 +27,7 @@ def test_every_shipped_recipe_loads_and_documents_every_knob() -> None:
         recipe = load_recipe(name)
         assert isinstance(recipe, Recipe)
         text = (Path(__file__).parents[2] / "vcot" / "train" / "recipes" / f"{name}.yaml").read_text()
-        assert {m for m in re.findall(r"^([a-z_]+):", text, flags=re.M)} == knobs, name
+        assert {m for m in re.findall(r"^([a-z_]+):", text, flags=re.MULTILINE)} == knobs, name
 
 
 def test_default_recipe_is_the_seeds() -> None:
@@ -72,6 +72,31 @@ def test_overrides_and_files(tmp_path: Path) -> None:
 def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
     with pytest.raises(VcotError, match=message):
         load_recipe("tiny-cpu", overrides)
+
+
+SHARDED = "sharding=fsdp2,generation_eval_samples=0,optim=adamw_torch"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "overrides", "message"),
+    [
+        ("tiny-cpu", SHARDED + ",quantize=4bit", "a 4bit base is not sharded: set quantize=null, or sharding=null"),
+        ("tiny-cpu", SHARDED + ",optim=adamw_8bit", "use optim=adamw_torch with sharding, or sharding=null"),
+        ("tiny-cpu-grpo", SHARDED, "method grpo trains data-parallel: set sharding=null"),
+        ("tiny-cpu", SHARDED + ",generation_eval_samples=4", "set generation_eval_samples=0 with sharding"),
+        ("tiny-cpu", "cpu_offload=true", "apply to sharding=fsdp2 only"),
+        ("tiny-cpu", "reshard_after_forward=false", "apply to sharding=fsdp2 only"),
+        ("tiny-cpu", "sharding=fsdp1", "sharding='fsdp1' is not valid: use fsdp2 or null"),
+    ],
+)
+def test_what_sharding_cannot_do_is_refused_with_the_way_that_can(recipe: str, overrides: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipe, overrides)
+
+
+def test_sharding_takes_lora_and_full_finetunes() -> None:
+    assert load_recipe("tiny-cpu", SHARDED).sharding == "fsdp2"
+    assert load_recipe("tiny-cpu", SHARDED + ",finetune=full").finetune == "full"
 
 
 @pytest.mark.parametrize(

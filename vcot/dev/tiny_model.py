@@ -118,10 +118,9 @@ def _training_corpus(seed: int, lines: int = 4000) -> Iterator[str]:
         )
 
 
-def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
-    """A ``Qwen2Tokenizer`` over a byte-level BPE trained on a synthetic corpus with Qwen's pre-tokenizer."""
+def train_bpe(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE trained on a synthetic corpus with Qwen's pre-tokenizer: its vocabulary and merges."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     bpe = Tokenizer(models.BPE())
@@ -136,8 +135,16 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     )
     bpe.train_from_iterator(_training_corpus(seed), trainer=trainer)
     merges = [tuple(pair) for pair in json.loads(bpe.to_str())["model"]["merges"]]
+    return bpe.get_vocab(), merges
+
+
+def qwen_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
+    """A ``Qwen2Tokenizer`` over ``vocab`` and ``merges`` with Qwen's special tokens (appended after ``vocab``'s ids
+    unless ``vocab`` already places them) and the Instruct checkpoints' end of turn and padding."""
+    from transformers import Qwen2Tokenizer
+
     tokenizer = Qwen2Tokenizer(
-        vocab=bpe.get_vocab(),
+        vocab=vocab,
         merges=merges,
         eos_token="<|im_end|>",  # as in the Instruct checkpoints: generation stops at the end of the turn
         pad_token="<|endoftext|>",
@@ -145,6 +152,11 @@ def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     )
     tokenizer.add_special_tokens({"additional_special_tokens": list(QWEN_SPECIAL_TOKENS)})
     return tokenizer
+
+
+def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
+    """A ``Qwen2Tokenizer`` over a byte-level BPE trained on a synthetic corpus with Qwen's pre-tokenizer."""
+    return qwen_tokenizer(*train_bpe(seed=seed, vocab_size=vocab_size))
 
 
 def _check_family(family: str) -> None:
@@ -178,11 +190,17 @@ def build_image_processor(family: str, min_pixels: int, max_pixels: int) -> Any:
 
 
 def build_processor(
-    *, seed: int = 0, family: str = DEFAULT_FAMILY, min_pixels: int | None = None, max_pixels: int | None = None
+    *,
+    seed: int = 0,
+    family: str = DEFAULT_FAMILY,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    tokenizer: Any = None,
 ) -> Any:
     """Tokenizer + PIL image processor in the family's image-only processor (no torchvision needed).
 
-    The pixel budget defaults to the family's tiny one (:func:`tiny_pixels`).
+    The pixel budget defaults to the family's tiny one (:func:`tiny_pixels`); the tokenizer to the tiny one of
+    ``seed`` (:func:`build_tokenizer`).
     """
     from vcot.models.loading import IMAGE_ONLY_PROCESSORS
 
@@ -190,7 +208,9 @@ def build_processor(
     default_min, default_max = tiny_pixels(family)
     image_processor = build_image_processor(family, min_pixels or default_min, max_pixels or default_max)
     return IMAGE_ONLY_PROCESSORS[FAMILIES[family].model_type](
-        image_processor=image_processor, tokenizer=build_tokenizer(seed=seed), chat_template=chat_template(family)
+        image_processor=image_processor,
+        tokenizer=tokenizer if tokenizer is not None else build_tokenizer(seed=seed),
+        chat_template=chat_template(family),
     )
 
 

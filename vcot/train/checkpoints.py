@@ -1,8 +1,9 @@
 """Checkpoints that survive the pod: synced to storage, marked complete, resumed from automatically.
 
-The Trainer writes ``checkpoint-<step>/`` into a local folder. After each save the folder is uploaded to
-``OUTPUT/checkpoints/checkpoint-<step>/`` and only then a ``_COMPLETE`` marker is written into it, so a pod
-killed mid-upload leaves a checkpoint nobody resumes from. Remote checkpoints mirror the local ones the
+The Trainer writes ``checkpoint-<step>/`` into each node's local folder. After each save every node uploads
+what its ranks wrote (their RNG states; a sharded run's shards: :mod:`vcot.train.sharding`) to
+``OUTPUT/checkpoints/checkpoint-<step>/``, and only when all have a ``_COMPLETE`` marker is written into it, so a
+pod killed mid-upload leaves a checkpoint nobody resumes from. Remote checkpoints mirror the local ones the
 Trainer keeps (its rotation keeps the newest and the best); a marker is deleted before its files.
 
 On SIGTERM (preemption, eviction: ~30 s on GKE to ~120 s on AWS) the current optimizer step finishes,
@@ -26,6 +27,8 @@ from vcot.log import get_logger
 from vcot.train import distributed
 
 COMPLETE = "_COMPLETE"
+DCP_INDEX = ".metadata"
+"""The index of a ``torch.distributed.checkpoint`` folder (which rank's file holds which slice)."""
 _STEP_RE = re.compile(r"checkpoint-(\d+)$")
 
 log = get_logger(__name__)
@@ -51,12 +54,17 @@ def complete_checkpoints(remote: str) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
-def upload_checkpoint(local: Path, remote: str) -> str:
-    """Upload one checkpoint folder, then its marker; returns its URI."""
-    target = storage.join(remote, local.name)
-    storage.upload_dir(local, target)
-    storage.write_text(storage.join(target, COMPLETE), f"{checkpoint_step(local.name)}\n")
-    return target
+def mark_complete(uri: str) -> None:
+    storage.write_text(storage.join(uri, COMPLETE), f"{checkpoint_step(uri)}\n")
+
+
+def fetch_indexes(uri: str, local: Path) -> None:
+    """Copy the sharded checkpoint indexes (``.metadata``, written by rank 0 alone) that ``local`` lacks: another
+    node reloads its own shards from its own folder (the best checkpoint at the end) and needs the index beside them."""
+    for folder in (path for path in local.iterdir() if path.is_dir()):
+        index = storage.join(uri, folder.name, DCP_INDEX)
+        if not (folder / DCP_INDEX).exists() and storage.exists(index):
+            (folder / DCP_INDEX).write_bytes(storage.read_bytes(index))
 
 
 def delete_checkpoint(uri: str) -> None:
@@ -87,11 +95,17 @@ class CheckpointSync(TrainerCallback):
         self.remote = remote
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        distributed.barrier()  # every rank has written its part (its RNG state) before rank 0 uploads
+        local = self.local_dir / f"checkpoint-{state.global_step}"
+        uri = storage.join(self.remote, local.name)
+        distributed.barrier()  # every rank has written its part (its RNG state, its shards)
+        if distributed.local_rank() == 0:  # each node uploads what its ranks wrote
+            storage.upload_dir(local, uri)
+        distributed.barrier()
+        if distributed.node_rank() > 0 and distributed.local_rank() == 0:
+            fetch_indexes(uri, local)
         if not state.is_world_process_zero:
             return
-        local = self.local_dir / f"checkpoint-{state.global_step}"
-        uri = upload_checkpoint(local, self.remote)
+        mark_complete(uri)
         kept = {p.name for p in self.local_dir.glob("checkpoint-*")}
         for step, remote_uri in complete_checkpoints(self.remote).items():
             if f"checkpoint-{step}" not in kept:

@@ -31,6 +31,7 @@ from vcot.train import distributed, pointer
 from vcot.train.config import TrainConfig
 from vcot.train.options import prepare_full
 from vcot.train.recipe import Recipe, lora_target_regex
+from vcot.train.sharding import ShardReport, fsdp_arguments, gathered_state_dict, is_sharded
 from vcot.train.throughput import Throughput, throughput_of
 
 if TYPE_CHECKING:
@@ -91,8 +92,9 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     from vcot.models.loading import load_model_and_processor
 
     model, processor = load_model_and_processor(
-        model_uri, adapter_uri=init_adapter or None, quantize=recipe.quantize, for_training=True
-    )
+        model_uri, adapter_uri=init_adapter or None, quantize=recipe.quantize, for_training=True,
+        sharded=recipe.sharding is not None,
+    )  # fmt: skip
     processor.image_processor.size = {"shortest_edge": fmt.vision.min_pixels, "longest_edge": fmt.vision.max_pixels}
     check_processor(processor, fmt)
     if recipe.finetune == "full":
@@ -242,6 +244,7 @@ def common_arguments(recipe: Recipe, folders: RunFolders, precision: Precision) 
         # Batches of similar lengths (less padding); the rows' length column, never a pass over the data.
         "train_sampling_strategy": "group_by_length" if recipe.group_by_length else "random",
         "disable_tqdm": True,  # our TrainProgress shows the bar (console) or logs step, total, eta_s (JSON)
+        **fsdp_arguments(recipe),  # sharding: fsdp2 (vcot.train.sharding)
     }
 
 
@@ -275,6 +278,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     # StopOnDivergence last: a non-finite value is logged (TrainProgress) before it stops the run.
     for callback in (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence()):
         trainer.add_callback(callback)
+    if is_sharded(trainer):
+        trainer.add_callback(ShardReport())
 
     resume_from = restore(folders)
     sigterm.install()
@@ -358,9 +363,10 @@ def commit_run(
     pointer: on rank 0 only; the other ranks wait for it and return its manifest."""
     stats = {**stats, **batch_sizes(recipe), "throughput": throughput_of(trainer)}
     metrics = {**metrics, "throughput": stats["throughput"]}
+    weights = gathered_state_dict(trainer)  # sharded: every rank sends its shards of what is saved to rank 0
     committed = None
     if distributed.is_main():
-        committed = _commit(config, recipe, fmt, trainer, processor, folders, metrics, inputs, stats)
+        committed = _commit(config, recipe, fmt, trainer, processor, folders, metrics, inputs, stats, weights)
     committed = distributed.from_main(committed)
     shutil.rmtree(folders.scratch, ignore_errors=True)  # everything is in storage now
     return committed
@@ -376,17 +382,19 @@ def _commit(
     metrics: dict[str, Any],
     inputs: list[str],
     stats: dict[str, Any],
+    weights: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """``weights``: a sharded run's gathered state dict (``None``: the model's own, whole on every rank)."""
     from vcot.models.loading import MODEL_CARD, load_processor
 
     with tempfile.TemporaryDirectory(prefix="vcot-train-out-") as tmp:
         if recipe.finetune == "full":
-            files = _save_full_model(config, fmt, trainer, processor, Path(tmp) / "model")
+            files = _save_full_model(config, fmt, trainer, processor, Path(tmp) / "model", weights)
             return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
         out = Path(tmp)
         adapter_dir = out / "adapter"
         # Only the trained adapter: TRL's GRPO adds a frozen "ref" copy of a continued one for its KL term.
-        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"])
+        trainer.model.save_pretrained(adapter_dir, selected_adapters=["default"], **_state_dict(weights))
         processor.save_pretrained(adapter_dir)
         check_processor(load_processor(str(adapter_dir)), fmt)  # what evaluate will load cuts images as trained
         card = model_card(config, fmt, trainer.model.config.to_dict(), recipe.method)  # a PeftModel's: its base's
@@ -400,11 +408,17 @@ def _commit(
     return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
 
 
-def _save_full_model(config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path) -> list[Any]:
+def _state_dict(weights: dict[str, Any] | None) -> dict[str, Any]:
+    return {} if weights is None else {"state_dict": weights}
+
+
+def _save_full_model(
+    config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path, weights: dict[str, Any] | None
+) -> list[Any]:
     """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
     from vcot.models.loading import MODEL_CARD, load_processor, save_processor_for_serving
 
-    trainer.model.save_pretrained(model_dir)
+    trainer.model.save_pretrained(model_dir, **_state_dict(weights))
     save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM
     check_processor(load_processor(str(model_dir)), fmt)
     card = model_card(config, fmt, trainer.model.config.to_dict(), "sft")  # full fine-tuning is SFT-only

@@ -36,17 +36,29 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
+def init(*, group_of_one: bool = False) -> None:
     """Join the process group now (nccl on GPUs, gloo on CPU) so the stage can agree before the Trainer starts
-    (the Trainer then uses this group). Nothing to do in a world of 1."""
+    (the Trainer then uses this group). Nothing to do in a world of 1, unless ``group_of_one``: a process outside
+    torchrun then forms a group of its own (sharded training needs one, whatever the world size)."""
     import torch
     import torch.distributed as dist
 
-    if world_size() == 1 or dist.is_initialized():
+    if dist.is_initialized() or (world_size() == 1 and not group_of_one):
         return
+    if "MASTER_ADDR" not in os.environ:  # not under torchrun: this process is the whole world
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0",
+                          WORLD_SIZE="1", GROUP_RANK="0")  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def barrier() -> None:

@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from vcot.errors import ConfigError
 from vcot.log import get_logger
 from vcot.train import distributed
+from vcot.train.sharding import local_part
 
 log = get_logger(__name__)
 
@@ -47,7 +48,9 @@ def nonfinite_tensors(model: Any) -> tuple[int, int]:
     import torch
     from torch.nn.utils import get_total_norm
 
-    params = [p.detach() for p in model.parameters() if p.requires_grad]
+    # A sharded run's parameters are DTensors: each rank checks the shard it holds (StopOnDivergence agrees over
+    # the ranks), with no collective of its own that one rank could reach without the others.
+    params = [local_part(p).detach() for p in model.parameters() if p.requires_grad]
     if not params or bool(torch.isfinite(get_total_norm(params, norm_type=math.inf))):
         return 0, len(params)
     bad = sum(not bool(torch.isfinite(get_total_norm([p], norm_type=math.inf))) for p in params)
@@ -112,6 +115,8 @@ def diverged_crash(exc: BaseException, trainer: Any) -> TrainingDiverged | None:
     step, rate = trainer.state.global_step, trainer.args.learning_rate
     if NONFINITE_SAMPLING in str(exc):
         return diverged(step + 1, "sampling met non-finite probabilities (the logits overflowed)", rate)
+    if step == 0:  # no update yet: the weights are as loaded (a sharded rank's may not even be written yet)
+        return None
     bad, total = nonfinite_tensors(trainer.model)
     if bad:
         return diverged(step, f"{bad} of {total} trainable tensors hold nan or inf", rate)

@@ -41,6 +41,8 @@ GENERATION_METRICS = tuple(f"eval_gen_{name}" for name in RATE_METRICS)
 val slice."""
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 """``report_to`` names and the package each needs (W&B and MLflow read their own environment variables)."""
+SHARDINGS = ("fsdp2",)
+"""How a recipe spreads one model over its GPUs beyond data parallelism (``sharding``; null: each GPU a whole copy)."""
 FINETUNES = ("lora", "full")
 """lora: adapters on a frozen base (with quantize 4bit: QLoRA); full: the weights themselves, no adapter."""
 
@@ -53,7 +55,7 @@ NUMBER_RULES: dict[str, Rule] = {
         ("lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
          "gradient_accumulation_steps", "eval_steps", "save_steps", "save_total_limit", "logging_steps",
          "generation_eval_max_new_tokens", "max_completion_length", "explore_nums", "explore_min_bs", "reward_every",
-         "rat_max_len"),
+         "rat_max_len", "gpus"),
         AT_LEAST_ONE,
     ),
     **dict.fromkeys(
@@ -63,7 +65,7 @@ NUMBER_RULES: dict[str, Rule] = {
         NON_NEGATIVE,
     ),
     **dict.fromkeys(
-        ("learning_rate", "num_train_epochs", "temperature", "reward_temp_start", "reward_temp_end",
+        ("learning_rate", "num_train_epochs", "temperature", "gpu_memory_gib", "reward_temp_start", "reward_temp_end",
          "reward_tolerance_start", "reward_tolerance_end", "subtb_lambda"),
         POSITIVE,
     ),
@@ -81,6 +83,12 @@ class Recipe:
     """One training run's knobs. The defaults are the seed's recipe; see the YAML presets for their meaning."""
 
     method: str = "sft"
+    # What the recipe was planned for: its GPUs and their memory (vcot-plan's defaults), and the sharding it needs
+    gpus: int = 1
+    gpu_memory_gib: float = 80.0
+    sharding: str | None = None
+    reshard_after_forward: bool = True  # fsdp2: free each layer's gathered weights after its forward (less memory)
+    cpu_offload: bool = False  # fsdp2: keep the shards and their optimizer state in CPU memory (slower, for GPUs too small)
     # Model
     quantize: str | None = "4bit"
     gradient_checkpointing: bool = True
@@ -165,7 +173,10 @@ class Recipe:
         check_weights(self.reward_weights)
         if self.quantize not in (None, "4bit", "8bit"):
             raise ConfigError(f"recipe quantize={self.quantize!r} is not valid: use 4bit, 8bit or null")
+        if self.sharding not in (None, *SHARDINGS):
+            raise ConfigError(f"recipe sharding={self.sharding!r} is not valid: use {', '.join(SHARDINGS)} or null")
         self._check_numbers()
+        self._check_sharding()
         if self.global_batch_size % self.per_device_train_batch_size:
             raise ConfigError(
                 f"recipe global_batch_size={self.global_batch_size} must be 0 or a multiple of "
@@ -209,6 +220,34 @@ class Recipe:
                 raise ConfigError(f"recipe {f.name}={value!r} is not a finite number: {f.name} must be {rule}")
             if not holds(value):
                 raise ConfigError(f"recipe {f.name}={value!r} is out of range: {f.name} must be {rule}")
+
+    def _check_sharding(self) -> None:
+        """What FSDP2 cannot shard, refused before any model loads, with the data-parallel way named."""
+        if not self.sharding:
+            if not self.reshard_after_forward or self.cpu_offload:
+                raise ConfigError("recipe reshard_after_forward and cpu_offload apply to sharding=fsdp2 only")
+            return
+        if self.quantize:
+            raise ConfigError(
+                f"recipe sharding={self.sharding} shards 16-bit weights; a {self.quantize} base is not sharded: set "
+                "quantize=null, or sharding=null to train it data-parallel (a whole quantized copy per GPU)"
+            )
+        if "8bit" in self.optim:
+            raise ConfigError(
+                f"recipe optim={self.optim} keeps bitsandbytes' own state, which {self.sharding} does not shard: "
+                "use optim=adamw_torch with sharding, or sharding=null"
+            )
+        if self.method != "sft":
+            raise ConfigError(
+                f"recipe sharding={self.sharding} runs SFT for now; method {self.method} trains data-parallel: set "
+                "sharding=null (vcot-plan says whether a whole copy per GPU fits)"
+            )
+        if self.generation_eval_samples:
+            raise ConfigError(
+                f"recipe generation_eval_samples={self.generation_eval_samples}: the generation evaluation runs on "
+                f"rank 0 alone, which does not hold a sharded model: set generation_eval_samples=0 with sharding "
+                "(eval_loss still picks the best checkpoint)"
+            )
 
     def _check_selection_and_tracking(self) -> None:
         """The generation evaluation, the metric that picks the best checkpoint, the trackers."""
@@ -261,6 +300,15 @@ class Recipe:
         if self.method == "sft":  # GRPO and RGFN may continue an adapter, which decides what trains (TrainConfig)
             options.check_vision_learning_rate(self)
 
+    @property
+    def optimizer_state_bytes(self) -> int:
+        """AdamW's two moments per fp32 trainable parameter: a byte each with an 8-bit optimizer, four otherwise.
+
+        >>> Recipe(optim="adamw_8bit").optimizer_state_bytes, Recipe(optim="adamw_torch").optimizer_state_bytes
+        (2, 8)
+        """
+        return 2 if "8bit" in self.optim else 8
+
     def scratch_bytes(self, trainable: int, total: int) -> int:
         """The most local disk (``TMPDIR``) a run of this recipe writes, for a model of ``total`` parameters of
         which ``trainable`` train: the checkpoints on disk at once (``save_total_limit``, the best one, the one
@@ -271,8 +319,7 @@ class Recipe:
         >>> Recipe(save_total_limit=2, optim="adamw_torch", merge_adapter=True).scratch_bytes(trainable=10, total=100)
         720
         """
-        optimizer = 2 if "8bit" in self.optim else 8
-        checkpoints = (self.save_total_limit + 2) * trainable * (4 + optimizer)
+        checkpoints = (self.save_total_limit + 2) * trainable * (4 + self.optimizer_state_bytes)
         return checkpoints + trainable * 4 + (2 * total if self.merge_adapter else 0)
 
     def _check_grpo(self) -> None:

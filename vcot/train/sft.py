@@ -29,6 +29,7 @@ from vcot.train.common import (
 from vcot.train.estimate import announce_cpu_run, sft_workload
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
+from vcot.train.sharding import sharded_trainer
 from vcot.train.throughput import TOKEN_COUNTING
 
 log = get_logger(__name__)
@@ -145,7 +146,8 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     if len(train_set) == 0:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
-    trainer = length_grouped_trainer()(
+    trainer_class = sharded_trainer(length_grouped_trainer()) if recipe.sharding else length_grouped_trainer()
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_set,

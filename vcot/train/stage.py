@@ -28,6 +28,7 @@ from vcot.log import get_logger
 from vcot.train import distributed
 from vcot.train.common import TrainConfig
 from vcot.train.grpo import grpo
+from vcot.train.plan import log_plan
 from vcot.train.pointer import ensure_pointer
 from vcot.train.recipe import load_recipe
 from vcot.train.rgfn import rgfn
@@ -39,7 +40,10 @@ log = get_logger(__name__)
 def train(config: TrainConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
     inputs = [config.data, config.model, *([config.init_adapter] if config.init_adapter else [])]
-    distributed.init()  # under torchrun: rank 0 alone prepares (and may delete) the output, the others follow
+    recipe = load_recipe(config.recipe, config.set)
+    # Under torchrun: rank 0 alone prepares (and may delete) the output, the others follow. A sharded recipe joins a
+    # group of one outside torchrun: its checkpoints are sharded ones, which any world size resumes.
+    distributed.init(group_of_one=recipe.sharding is not None)
     todo = None
     if distributed.is_main():
         todo = manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite)
@@ -48,8 +52,9 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         if distributed.is_main() and config.update_pointer:
             ensure_pointer(config)
         return None
-    recipe = load_recipe(config.recipe, config.set)
     log.info("recipe", **recipe.to_dict())
+    if distributed.is_main():
+        log_plan(config.model, recipe, world_size=distributed.world_size())
     if config.threads:
         import torch
 

@@ -1,0 +1,251 @@
+"""Every large recipe, unchanged, on a true-width slice of its model (issue 29): the real widths, heads,
+vocabulary, vision tower and processor, only the depth cut (:mod:`vcot.dev.model_slice`), on the CPU.
+
+Only what makes a run short differs from the shipped recipe: steps, lengths, batch sizes, evaluation cadence and
+the data loader's workers. The quantization, optimizer, LoRA targets, gradient checkpointing, learning rates and
+every method knob are the recipe's. What a tiny model cannot show is checked here: NF4 with double quantization on
+every linear layer but the output one, 8-bit AdamW's states, LoRA's trainable count from the shape's formula, finite
+losses for 3 optimizer steps, the adapter loaded with plain peft, the merge for export, evaluate answering.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.train.conftest import write_record_output
+from vcot.dev.model_slice import cached_slice
+from vcot.io import shards
+from vcot.models.published import published_config
+from vcot.train.plan import ModelShape, recipe_lora_parameters
+from vcot.train.recipe import load_recipe, recipe_names
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHORT = (
+    "max_steps=3,logging_steps=1,dataloader_num_workers=0,report_to=[],per_device_train_batch_size={batch},"
+    "gradient_accumulation_steps=1,global_batch_size=0,eval_steps=3,save_steps=3,generation_eval_samples=0"
+)
+"""What makes a run short (the rest is the recipe's)."""
+SFT_SHORT = SHORT.format(batch=1) + ",per_device_eval_batch_size=2"
+GRPO_SHORT = SHORT.format(batch=2) + ",num_generations=2,max_completion_length=12,metric_for_best_model=eval_loss"
+RGFN_SHORT = (SHORT.format(batch=1) + ",explore_nums=2,explore_min_bs=2,rat_min_len=4,rat_max_len=12,reward_every=4,"
+              "metric_for_best_model=eval_loss")  # fmt: skip
+
+MODEL_OF = {
+    "qwen2.5-vl-3b-qlora": "qwen2.5-vl-3b",
+    "qwen2.5-vl-7b-qlora": "qwen2.5-vl-7b",
+    "qwen2.5-vl-7b-grpo": "qwen2.5-vl-7b",
+    "qwen2.5-vl-7b-rgfn": "qwen2.5-vl-7b",
+    "qwen3-vl-8b-qlora": "qwen3-vl-8b",
+    "qwen3-vl-8b-grpo": "qwen3-vl-8b",
+    "qwen2.5-vl-32b-lora": "qwen2.5-vl-32b",
+    "qwen2.5-vl-72b-lora": "qwen2.5-vl-72b",
+}
+"""Every shipped non-tiny recipe and the published model it was written for."""
+SFT_OF = {"qwen2.5-vl-7b-grpo": "qwen2.5-vl-7b-qlora", "qwen3-vl-8b-grpo": "qwen3-vl-8b-qlora"}
+"""GRPO recipes continue their family's SFT adapter, as documented."""
+
+
+def test_every_large_recipe_is_covered_here() -> None:
+    assert sorted(MODEL_OF) == [name for name in recipe_names() if not name.startswith("tiny-")]
+
+
+def slice_for(recipe_name: str, root: str) -> Path:
+    """The slice of ``recipe_name``'s model: under ``VCOT_SLICE_CACHE`` when set (kept between runs, 8 GB for the
+    three), else in this module's folder, removed with it (CI builds the container image next, on the same disk)."""
+    cache = os.environ.get("VCOT_SLICE_CACHE")
+    return cached_slice(MODEL_OF[recipe_name], Path(cache) if cache else Path(root) / "slices")
+
+
+@functools.cache
+def records(root: str) -> str:
+    return write_record_output(str(Path(root) / "records"), 10, seed=0)
+
+
+def log_losses(run: Path, key: str = "loss") -> list[float]:
+    history = json.loads((run / "metrics.json").read_text())["log_history"]
+    return [entry[key] for entry in history if key in entry and "eval_loss" not in entry]
+
+
+def adapter_parameters(run: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(run / "adapter" / "adapter_model.safetensors"), "pt") as weights:
+        shapes = [weights.get_slice(key).get_shape() for key in weights.keys()]
+    return sum(rows * columns for rows, columns in shapes)
+
+
+def assert_8bit_adamw(run: Path) -> None:
+    """Every LoRA matrix's optimizer state is bitsandbytes' 8-bit one (not the 32-bit fallback)."""
+    state = torch.load(next((run / "checkpoints").glob("checkpoint-*")) / "optimizer.pt", weights_only=False)["state"]
+    assert state and all("__bnb_optimizer_quant_state__" in entry for entry in state.values())
+    quantized = next(iter(state.values()))["__bnb_optimizer_quant_state__"]
+    assert quantized["state1"].dtype == torch.uint8 and quantized["state2"].dtype == torch.uint8
+
+
+def assert_ran(run: Path, recipe_name: str, model: Path) -> None:
+    """3 optimizer steps with finite losses, LoRA's count from the formula, the recipe's optimizer."""
+    losses = log_losses(run)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
+    shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
+    assert adapter_parameters(run) == recipe_lora_parameters(shape, load_recipe(recipe_name))
+    if load_recipe(recipe_name).optim == "adamw_8bit":
+        assert_8bit_adamw(run)
+
+
+def job(stage: str, *args: str) -> None:
+    """``vcot-<stage> ARGS`` as a user runs it, in its own process: each run's memory is returned when it ends
+    (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
+    done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+@functools.cache
+def sft_run(recipe_name: str, root: str) -> Path:
+    model = slice_for(recipe_name, root)
+    tokens, run = f"{root}/{recipe_name}/tokens", Path(root) / recipe_name / "run"
+    job("tokenize", "--input", records(root), "--output", tokens, "--model", str(model))
+    job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
+        "--set", SFT_SHORT, "--threads", "2")  # fmt: skip
+    return run
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """This module's folder: slices, runs and exports, about 12 GB at its peak, removed at the end."""
+    folder = tmp_path_factory.mktemp("real-shapes")
+    yield str(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-7b-qlora", "qwen2.5-vl-3b-qlora", "qwen3-vl-8b-qlora"])
+def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: str, root: str) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
+
+    model = slice_for(recipe_name, root)
+    run = sft_run(recipe_name, root)
+    assert_ran(run, recipe_name, model)
+    assert load_recipe(recipe_name).quantize == "4bit" and load_recipe(recipe_name).gradient_checkpointing
+
+    # NF4 with double quantization on every linear layer but the output one; the adapter through plain peft.
+    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
+    base = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32, quantization_config=nf4)
+    packed = [module for module in base.modules() if type(module).__name__ == "Linear4bit"]
+    shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
+    assert len(packed) == shape.quantized_modules()
+    assert all(module.weight.quant_state.nested for module in packed)  # double quantization: the scales quantized
+    tuned = PeftModel.from_pretrained(base, run / "adapter")
+    assert sum(p.numel() for name, p in tuned.named_parameters() if "lora_" in name) == adapter_parameters(run)
+    del base, tuned, packed
+    gc.collect()
+
+    # The merge for export: the 16-bit base plus B @ A x alpha / r, weight for weight.
+    merged = Path(root) / recipe_name / "merged"
+    job("export", "--run", str(run), "--output", str(merged))
+    assert_merged(model, run / "adapter", merged)
+    shutil.rmtree(merged)  # a whole 16-bit model (3-4 GB); the adapter and run stay for the GRPO tests
+
+    # evaluate answers a batch with the adapter on the 4-bit base, as the recipe trained it.
+    scored = Path(root) / recipe_name / "eval"
+    job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"), "--output",
+        str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8", "--quantize", "4bit",
+        "--threads", "2")  # fmt: skip
+    predictions = list(shards.read_jsonl(str(next(scored.glob("predictions/*.jsonl.gz")))))
+    assert len(predictions) == 2 and all(isinstance(row["prediction"], str) for row in predictions), predictions[:1]
+
+
+def assert_merged(model: Path, adapter: Path, merged: Path) -> None:
+    """One targeted weight of the merged model is the base's plus the adapter's scaled product (to bf16 rounding)."""
+    from safetensors import safe_open
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    read = lambda folder, suffix: _tensor(folder, suffix, safe_open)  # noqa: E731
+    a, b = read(adapter, "layers.1.mlp.down_proj.lora_A.weight"), read(adapter, "layers.1.mlp.down_proj.lora_B.weight")
+    base = read(model, "layers.1.mlp.down_proj.weight").float()
+    expected = base + scale * (b.float() @ a.float())
+    got = read(merged, "layers.1.mlp.down_proj.weight").float()
+    assert got.dtype == torch.float32 and got.shape == base.shape
+    assert (b.abs().sum() > 0) and not torch.equal(got, base)  # the adapter moved and the merge applied it
+    assert torch.allclose(got, expected, atol=2e-2, rtol=1e-2)
+
+
+def _tensor(folder: Path, suffix: str, safe_open: Any) -> torch.Tensor:
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), "pt") as weights:
+            for key in weights.keys():
+                if key.endswith(suffix) and "visual" not in key:
+                    return weights.get_tensor(key)
+    raise AssertionError(f"no tensor ending in {suffix} in {folder}")
+
+
+@pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-7b-grpo", "qwen3-vl-8b-grpo"])
+def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, root: str) -> None:
+    model = slice_for(recipe_name, root)
+    sft = sft_run(SFT_OF[recipe_name], root)
+    run = Path(root) / recipe_name / "run"
+    assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
+    job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", recipe_name,
+        "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"), "--threads", "2")  # fmt: skip
+    assert_ran(run, recipe_name, model)
+
+
+def test_rgfn_recipe_trains_on_its_slice(root: str) -> None:
+    model = slice_for("qwen2.5-vl-7b-rgfn", root)
+    run = Path(root) / "rgfn" / "run"
+    job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", "qwen2.5-vl-7b-rgfn",
+        "--set", RGFN_SHORT, "--threads", "2")  # fmt: skip
+    assert_ran(run, "qwen2.5-vl-7b-rgfn", model)
+    grad_norms = log_losses(run, "grad_norm")
+    assert grad_norms and all(math.isfinite(norm) and norm > 0 for norm in grad_norms)
+
+
+@pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-32b-lora", "qwen2.5-vl-72b-lora"])
+def test_sharded_recipes_are_accepted_and_their_4bit_form_refused(recipe_name: str, tmp_path: Path) -> None:
+    """The 32B and 72B recipes shard (tests/train/test_sharding.py runs sharded training); sharding a 4-bit base is
+    refused before any model loads, naming the data-parallel way."""
+    from vcot.errors import ConfigError
+    from vcot.train import TrainConfig
+
+    recipe = load_recipe(recipe_name)
+    assert recipe.sharding == "fsdp2" and recipe.gpus > 1 and recipe.quantize is None
+    folders = {"data": str(tmp_path / "d"), "model": str(tmp_path / "m"), "output": str(tmp_path / "o")}
+    TrainConfig(**folders, recipe=recipe_name)
+    with pytest.raises(ConfigError, match="a 4bit base is not sharded: set quantize=null, or sharding=null"):
+        TrainConfig(**folders, recipe=recipe_name, set="quantize=4bit")
+
+
+@pytest.mark.parametrize("name", sorted(set(MODEL_OF.values())))
+def test_the_shape_counts_every_parameter_of_the_published_model(name: str, tmp_path: Path) -> None:
+    """The plan's parameter counts, exact against transformers' own model of the full published configuration
+    (on the meta device: nothing allocated)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    (tmp_path / "config.json").write_text(json.dumps(published_config(name)))
+    with torch.device("meta"):
+        full = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(tmp_path))
+    shape = ModelShape.from_config(published_config(name))
+    assert sum(p.numel() for p in full.parameters()) == shape.parameters()
+    linear = [m for n, m in full.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    assert len(linear) == shape.quantized_modules()
+    assert sum(m.weight.numel() for m in linear) == shape.quantized_parameters()  # what NF4 packs

@@ -1,0 +1,205 @@
+"""Sharded training (``sharding: fsdp2``, :mod:`vcot.train.sharding`) under torchrun with gloo ranks on the CPU:
+the same losses as one whole-model process on the same global batch, each rank holding half of the model and of
+the optimizer state, outputs people load as they load a data-parallel run's, sharded checkpoints that resume on
+another world size, and a rank killed mid-run that the rerun recovers from."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.train.test_distributed import (
+    DDP_SET,
+    REPO_ROOT,
+    events,
+    finish,
+    losses,
+    read_until_step,
+    resumed_from,
+    torchrun,
+)
+from vcot.io import manifest, storage
+from vcot.train import TrainConfig, train
+from vcot.train.checkpoints import complete_checkpoints
+from vcot.train.distributed import free_port
+
+pytestmark = pytest.mark.integration
+
+SHARDED = "sharding=fsdp2,optim=adamw_torch,generation_eval_samples=0"
+"""tiny-cpu sharded: its base is fp32 already; bitsandbytes' 8-bit AdamW and the generation evaluation (rank 0
+alone) are not for sharded runs (the recipe refuses them)."""
+LOSS_TOLERANCE = 0.01
+"""Per logged step, |loss(sharded, 2 ranks) - loss(whole model, 1 process)| on the same rows: only the order of
+float sums differs (the gradients are reduce-scattered instead of all-reduced)."""
+WEIGHT_TOLERANCE = 0.01
+"""Per saved tensor after those 10 steps, ||sharded - whole|| / ||whole|| (seen: < 0.003)."""
+RESUME_TOLERANCE = 1e-4
+"""Per logged step after a resume on the same world size: the same computation from the same saved state."""
+
+
+RUN_SET = DDP_SET + ",max_steps=10," + SHARDED
+"""Global batch 4 (2 ranks x 2 rows), checkpoints at steps 5 and 10."""
+
+
+def sharded_events(lines: list[str]) -> dict[int, dict[str, int]]:
+    return {event["rank"]: event for event in events(lines, "sharded")}
+
+
+def two_ranks(data: str, model: Path, output: str, run_set: str = RUN_SET, *, entry: str = "jobs.train"
+              ) -> subprocess.Popen[str]:  # fmt: skip
+    return torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], data, model, output, run_set,
+                    entry=entry)  # fmt: skip
+
+
+def one_process(data: str, model: Path, output: str, run_set: str = RUN_SET) -> subprocess.Popen[str]:
+    """``vcot-train`` outside torchrun (a sharded recipe forms a group of one), 4 rows per step: the same batch."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_LOG_FORMAT": "json"}
+    argv = [sys.executable, "-m", "jobs.train", "--data", data, "--model", str(model), "--output", output,
+            "--recipe", "tiny-cpu", "--threads", "1", "--set", run_set + ",per_device_train_batch_size=4"]  # fmt: skip
+    return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+    """An uninterrupted sharded run on 2 ranks, rank 1 looking for checkpoint folders late (``late_rank``: the
+    ranks still agree on the best checkpoint and finish): its output and its log lines."""
+    output = str(tmp_path_factory.mktemp("sharded") / "reference")
+    lines: list[str] = []
+    run = two_ranks(tokenized_data, tiny_model_dir, output, entry="tests.train.late_rank")
+    assert finish(run, lines) == 0, "".join(lines[-40:])
+    return output, lines
+
+
+def assert_continues(resumed: str, reference: str, after: int, tolerance: float) -> None:
+    """The resumed run's losses after step ``after`` are the uninterrupted run's, to ``tolerance``."""
+    expected = dict(losses(reference))
+    later = [(step, loss) for step, loss in losses(resumed) if step > after]
+    assert [step for step, _ in later] == [step for step in expected if step > after]
+    for step, loss in later:
+        assert abs(loss - expected[step]) < tolerance, (step, loss, expected[step])
+
+
+def test_two_sharded_ranks_match_one_whole_process_and_each_holds_half(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, reference: tuple[str, list[str]]
+) -> None:
+    one = str(tmp_path / "one")
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=one, recipe="tiny-cpu",
+                      set=DDP_SET + ",max_steps=10,optim=adamw_torch,per_device_train_batch_size=4"))  # fmt: skip
+    two, lines = reference
+
+    assert len(losses(two)) == 10
+    for (step, loss), (step_one, loss_one) in zip(losses(two), losses(one), strict=True):
+        assert step == step_one and abs(loss - loss_one) < LOSS_TOLERANCE, (step, loss, loss_one)
+    # Each rank holds half of the parameters and of the optimizer state (dim-0 shards: within a row per tensor).
+    held = sharded_events(lines)
+    assert sorted(held) == [0, 1]
+    for key in ("parameters", "optimizer_state"):
+        total = held[0][f"{key}_total"]
+        assert held[0][f"{key}_total"] == held[1][f"{key}_total"] > 0
+        assert held[0][key] + held[1][key] == total, (key, held)
+        assert abs(held[0][key] - total / 2) < 0.02 * total, (key, held)
+    # Only rank 0 read the weights; rank 1's came from it when the model was sharded (the losses above say they did).
+    assert sorted(event["weights"] for event in events(lines, "load_model")) == ["rank 0's, at sharding", "read"]
+    stats = manifest.read_manifest(two)["stats"]
+    assert (stats["world_size"], stats["global_batch_size"]) == (2, 4)
+    assert manifest.read_manifest(two)["config"]["recipe_values"]["sharding"] == "fsdp2"
+
+    # The outputs are a data-parallel run's: the same adapter files and tensors, loadable by plain peft.
+    from safetensors.torch import load_file
+
+    sharded = load_file(Path(two) / "adapter" / "adapter_model.safetensors")
+    whole = load_file(Path(one) / "adapter" / "adapter_model.safetensors")
+    assert sharded.keys() == whole.keys() and all(sharded[k].shape == whole[k].shape for k in whole)
+    for key in whole:  # the gathered weights are the trained ones: the whole-model run's, to float-sum order
+        drift = ((sharded[key] - whole[key]).norm() / whole[key].norm()).item()
+        assert drift < WEIGHT_TOLERANCE, (key, drift)
+
+
+def test_a_sharded_checkpoint_resumes_on_the_same_world_within_1e_4(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, reference: tuple[str, list[str]]
+) -> None:
+    output = str(tmp_path / "again")
+    process = two_ranks(tokenized_data, tiny_model_dir, output)
+    lines = read_until_step(process, 6)
+    os.kill(rank_pids(process.pid)[1], signal.SIGTERM)  # a preemption: finish the step, save, stop
+    assert finish(process, lines) == 1, "".join(lines[-40:])
+    stopped = events(lines, "sigterm")[0]["step"]
+    assert max(complete_checkpoints(storage.join(output, "checkpoints"))) == stopped
+    listed = storage.list_uris(storage.join(output, "checkpoints", f"checkpoint-{stopped}"))
+    assert {Path(uri).name for uri in listed} >= {"__0_0.distcp", "__1_0.distcp"}  # each rank wrote its shard
+
+    rerun: list[str] = []
+    assert finish(two_ranks(tokenized_data, tiny_model_dir, output), rerun) == 0, "".join(rerun[-40:])
+    assert resumed_from(rerun) == [f"checkpoint-{stopped}"]
+    assert_continues(output, reference[0], stopped, RESUME_TOLERANCE)
+
+
+def test_a_rank_killed_mid_run_then_one_process_resumes_its_sharded_checkpoint(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, reference: tuple[str, list[str]]
+) -> None:
+    output = str(tmp_path / "killed")
+    process = two_ranks(tokenized_data, tiny_model_dir, output)
+    lines = read_until_step(process, 7)
+    ranks = rank_pids(process.pid)
+    os.kill(ranks[1], signal.SIGKILL)  # an OOM kill, a lost node: no checkpoint of its own
+    assert finish(process, lines) != 0
+    assert not Path(f"/proc/{ranks[0]}").exists()  # rank 0 did not hang on its dead peer
+    newest = max(complete_checkpoints(storage.join(output, "checkpoints")))  # 5 (10 on a very slow machine)
+
+    rerun: list[str] = []  # the restart, on 1 rank: the 2 ranks' shards resharded into one
+    assert finish(one_process(tokenized_data, tiny_model_dir, output), rerun) == 0, "".join(rerun[-40:])
+    assert resumed_from(rerun) == [f"checkpoint-{newest}"]
+    assert_continues(output, reference[0], newest, LOSS_TOLERANCE)
+    stats = manifest.read_manifest(output)["stats"]
+    assert (stats["world_size"], stats["global_batch_size"], stats["global_step"]) == (1, 4, 10)
+
+
+def test_one_process_checkpoint_resumes_on_two_sharded_ranks(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, reference: tuple[str, list[str]]
+) -> None:
+    output = str(tmp_path / "grown")
+    process = one_process(tokenized_data, tiny_model_dir, output)
+    lines = read_until_step(process, 6)
+    process.send_signal(signal.SIGTERM)
+    assert finish(process, lines) == 1, "".join(lines[-40:])
+    stopped = events(lines, "sigterm")[0]["step"]
+
+    rerun: list[str] = []
+    assert finish(two_ranks(tokenized_data, tiny_model_dir, output), rerun) == 0, "".join(rerun[-40:])
+    assert resumed_from(rerun) == [f"checkpoint-{stopped}"]
+    assert_continues(output, reference[0], stopped, LOSS_TOLERANCE)
+    assert manifest.read_manifest(output)["stats"]["world_size"] == 2
+
+
+
+def test_a_sharded_full_finetune_matches_one_whole_process(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Also with what must keep working under sharding: gradient checkpointing, a vision learning rate."""
+    full = ",finetune=full,gradient_checkpointing=true,vision_learning_rate=1.0e-4"
+    one = str(tmp_path / "one")
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=one, recipe="tiny-cpu",
+                      set=DDP_SET + ",max_steps=10,optim=adamw_torch,per_device_train_batch_size=4" + full))  # fmt: skip
+    two, lines = str(tmp_path / "two"), []
+    run = two_ranks(tokenized_data, tiny_model_dir, two, RUN_SET + full, entry="tests.train.late_rank")
+    assert finish(run, lines) == 0, "".join(lines[-40:])
+
+    for (step, loss), (step_one, loss_one) in zip(losses(two), losses(one), strict=True):
+        assert step == step_one and abs(loss - loss_one) < LOSS_TOLERANCE, (step, loss, loss_one)
+    assert {event["lr"] for event in events(lines, "vision_learning_rate")} == {1e-4}
+    held = sharded_events(lines)
+    assert abs(held[0]["parameters"] - held[0]["parameters_total"] / 2) < 0.02 * held[0]["parameters_total"]
+    # The whole model, gathered from the shards, in the files a one-process full fine-tune writes.
+    from safetensors.torch import load_file
+
+    sharded = load_file(Path(two) / "model" / "model.safetensors")
+    whole = load_file(Path(one) / "model" / "model.safetensors")
+    assert sharded.keys() == whole.keys()
+    for key in whole:
+        drift = ((sharded[key] - whole[key]).norm() / whole[key].norm().clamp_min(1e-12)).item()
+        assert drift < WEIGHT_TOLERANCE, (key, drift)

@@ -1,0 +1,145 @@
+"""Sharded training (recipe ``sharding: fsdp2``): one model spread over the ranks of a torchrun job by PyTorch FSDP2.
+
+Each decoder layer and vision block (the model's ``_no_split_modules``) is its own FSDP2 unit: its parameters,
+gradients and optimizer state live 1/N on each of the N ranks and are gathered for its forward and backward only.
+The Trainer's own FSDP2 integration (accelerate) does the work, so what users know of it holds: checkpoints are
+``torch.distributed.checkpoint`` folders, one file per rank (``pytorch_model_fsdp_0/``, ``optimizer_0/``) that
+resume on another world size; mixed precision is the Trainer's (bf16 on GPUs, fp32 on a CPU).
+
+What vcot adds:
+
+- :func:`fsdp_arguments`: the recipe's knobs (``reshard_after_forward``, ``cpu_offload``) as trainer arguments.
+  Gradient checkpointing stays the Trainer's (``activation_checkpointing``), not FSDP's own: FSDP's checkpoint
+  wrapper hides the LoRA weights from PEFT's state dict, and a checkpoint would silently hold no adapter.
+- :func:`sharded_trainer`: accelerate turns FSDP on for GPU backends only; on a CPU (gloo: the tests,
+  ``make local-train-fsdp``) it is turned on the same way, so the code path the tests run is the GPUs' one. And
+  the Trainer's ranks could disagree on the best checkpoint under FSDP (a race on its folder) and hang at the
+  end; they agree here.
+- :func:`gathered_state_dict`: the trained weights in one piece on rank 0 at the end (only the trainable ones for
+  an adapter), so the outputs are the ones a data-parallel run writes and nothing downstream changes.
+- :class:`ShardReport`: what each rank holds, measured after the first step (parameters and optimizer state).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import TrainerCallback
+
+from vcot.log import get_logger
+from vcot.train import distributed
+from vcot.train.recipe import Recipe
+
+log = get_logger(__name__)
+
+
+def fsdp_arguments(recipe: Recipe) -> dict[str, Any]:
+    """The trainer arguments of the recipe's sharding (none for data parallel).
+
+    >>> fsdp_arguments(Recipe(sharding=None))
+    {}
+    >>> fsdp_arguments(Recipe(sharding="fsdp2", quantize=None, optim="adamw_torch"))["fsdp_config"]["version"]
+    2
+    """
+    if not recipe.sharding:
+        return {}
+    return {
+        "fsdp": True,
+        "fsdp_config": {
+            "version": 2,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",  # the model's _no_split_modules: layers, vision blocks
+            "reshard_after_forward": recipe.reshard_after_forward,
+            "cpu_offload": recipe.cpu_offload,
+            "state_dict_type": "SHARDED_STATE_DICT",  # each rank writes its shard; resumable on another world size
+            "cpu_ram_efficient_loading": True,  # rank 0's weights sent to the others (models.loading.empty_model)
+            "activation_checkpointing": False,  # the Trainer's gradient checkpointing instead (see the module)
+        },
+    }
+
+
+def sharded_trainer(trainer_class: type) -> type:
+    """``trainer_class`` whose FSDP2 also runs on gloo (CPU ranks), where accelerate would silently fall back to
+    data parallel: the same plugin, set on the accelerator's state before anything is prepared; and whose ranks
+    agree on the best checkpoint whatever their timing (see ``save_model``)."""
+
+    class Sharded(trainer_class):  # type: ignore[misc, valid-type]
+        def create_accelerator_and_postprocess(self) -> None:
+            super().create_accelerator_and_postprocess()
+            from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+            state = self.accelerator.state
+            if self.args.fsdp_plugin_args and getattr(state, "fsdp_plugin", None) is None:
+                state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+                state.distributed_type = DistributedType.FSDP
+                self.is_fsdp_enabled = True
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            # The Trainer picks the best checkpoint by whether its folder exists, right after this call and a
+            # barrier; a sharded save writes the folder only later (with the optimizer), so a rank that looks late
+            # would see it and one that looks early would not, and at the end one would load it while the other
+            # waited forever. Every rank makes the folder first: all see the same.
+            os.makedirs(output_dir or self.args.output_dir, exist_ok=True)
+            super().save_model(output_dir, _internal_call)
+
+    Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_class.__name__}"
+    return Sharded
+
+
+def is_sharded(trainer: Any) -> bool:
+    return bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """What the run saves, whole, on rank 0's CPU (an empty dict on the other ranks), or ``None`` when the run is
+    not sharded (its model is whole already). Every rank must call it: each sends its shards.
+
+    An adapter needs only the trainable weights (a 72B base is never gathered), unless PEFT also saves the base
+    embeddings beside it (an adapter on ``embed_tokens`` or ``lm_head``): then everything, as PEFT picks from it."""
+    if not is_sharded(trainer):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    trainable_only = hasattr(trainer.model, "peft_config") and not adapts_embeddings(trainer.model)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    return get_model_state_dict(trainer.model, options=options)
+
+
+def adapts_embeddings(model: Any) -> bool:
+    """Whether PEFT saves the base embedding layers with this model's adapter (its ``save_embedding_layers="auto"``:
+    an embedding layer among the LoRA targets)."""
+    from peft.utils.other import EMBEDDING_LAYER_NAMES, match_target_against_key
+
+    targets = model.peft_config["default"].target_modules
+    embeddings = [name for name, _ in model.named_modules() if name.rsplit(".", 1)[-1] in EMBEDDING_LAYER_NAMES]
+    return any(match_target_against_key(targets, name) for name in embeddings)
+
+
+def local_part(tensor: Any) -> Any:
+    """What this rank holds of ``tensor``: a DTensor's shard, or all of a plain tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+class ShardReport(TrainerCallback):
+    """Log ``sharded`` once, after the first optimizer step: the parameters and optimizer state this rank holds and
+    the whole model's, so how a model spreads over the ranks is measured, not assumed."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
+                    **kwargs: Any) -> None:  # fmt: skip
+        if self.done or model is None:
+            return
+        self.done = True
+        parameters = list(model.parameters())
+        moments = [value for entry in getattr(optimizer, "state", {}).values() for value in entry.values()
+                   if hasattr(value, "numel") and value.dim() > 0]  # fmt: skip
+        log.info(
+            "sharded",
+            rank=distributed.rank(),
+            parameters=sum(local_part(p).numel() for p in parameters),
+            parameters_total=sum(p.numel() for p in parameters),
+            optimizer_state=sum(local_part(m).numel() for m in moments),
+            optimizer_state_total=sum(m.numel() for m in moments),
+        )
