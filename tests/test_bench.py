@@ -42,7 +42,8 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         "seeds",
     ),  # fmt: skip
     "plan_bench.py": (
-        ["--cases", "tiny-cpu@tiny,qwen2.5-vl-7b-qlora@tiny", "--batches", "1", "--image-side", "112", "--output", "{output}"],
+        ["--cases", "tiny-cpu@tiny,qwen2.5-vl-7b-qlora@tiny", "--batches", "1", "--image-side", "112",
+         "--output", "{output}"],
         "runs",
     ),
     "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),

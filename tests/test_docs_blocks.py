@@ -134,7 +134,10 @@ RUN: dict[str, list[str]] = {
         "python predict.py s3://my-bucket/runs/own/records ./exp1",
     ],
     "docs/convert.md": ["vcot-convert --source records --input s3://my-bucket/own/own-data.jsonl"],
-    "docs/train.md": ["vcot-tokenize --mixture s3://my-bucket/mixtures/m1.yaml", "vcot-plan --recipe qwen2.5-vl-7b-grpo"],
+    "docs/train.md": [
+        "vcot-tokenize --mixture s3://my-bucket/mixtures/m1.yaml",
+        "vcot-plan --recipe qwen2.5-vl-7b-grpo",
+    ],
 }
 """The blocks run, per document in the order they are run, each named by how its first command starts."""
 

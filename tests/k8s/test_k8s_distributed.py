@@ -73,7 +73,7 @@ def test_multi_gpu_runs_torchrun_with_one_process_per_requested_gpu(multi_gpu: l
     container = train_container(multi_gpu)
     env = env_of(multi_gpu)
     command = [expand(part, env) for part in container["command"]]
-    assert command[0] == "torchrun" and "--standalone" in command and command[-2:] == ["--no-python", "vcot-train"]
+    assert command[0] == "vcot-torchrun" and "--standalone" in command and command[-2:] == ["--no-python", "vcot-train"]
     assert "--nproc-per-node=8" in command
     resources = container["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "8"

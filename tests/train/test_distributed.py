@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 
 from tests.train.train_helpers import WATCH
+from vcot.dev.torchrun_workers import rank_pids
 from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
-from vcot.dev.torchrun_workers import rank_pids
 from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,13 @@ LOSS_TOLERANCE = 0.01
 
 def torchrun(
     launch: list[str], data: str, model: Path, output: str, run_set: str, *, recipe: str = "tiny-cpu",
-    entry: str = "jobs.train",
+    entry: str = "jobs.train", init_adapter: str = "",
 ) -> subprocess.Popen[str]:  # fmt: skip
     """Start ``torchrun LAUNCH -m ENTRY ...`` with JSON log lines on its stdout (both ranks' and its own)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_LOG_FORMAT": "json"}
     argv = [sys.executable, "-m", "torch.distributed.run", *launch, "-m", entry, "--data", data]
     argv += ["--model", str(model), "--output", output, "--recipe", recipe, "--threads", "1", "--set", run_set]
+    argv += ["--init-adapter", init_adapter] if init_adapter else []
     return subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -197,6 +198,21 @@ def test_with_restarts_a_dead_rank_on_one_node_restarts_every_rank_and_they_resu
     assert all(resumed) and resumed[0][-1] == resumed[1][-1], resumed  # both ranks restarted, from one checkpoint
     stats = manifest.read_manifest(output)["stats"]
     assert (stats["world_size"], stats["global_step"]) == (2, 20)
+
+
+@pytest.mark.parametrize(("launcher", "code"), [("torch.distributed.run", 1), ("jobs.torchrun", 2)])
+def test_vcot_torchrun_keeps_the_exit_code_of_invalid_settings(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, launcher: str, code: int
+) -> None:
+    """The pods' launcher (components/multi-gpu, multi-node): a setting no rank accepts exits 2 through it, after
+    torchrun's restarts, so the Job's pod failure policy fails the run instead of retrying it; torchrun says 1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", launcher, "--nproc-per-node", "2", "--master-port", str(free_port()),
+            "--max-restarts", "1", "-m", "jobs.train", "--data", tokenized_data, "--model", str(tiny_model_dir),
+            "--output", str(tmp_path / "run"), "--recipe", "tiny-cpu", "--set", "learning_rate=fast"]  # fmt: skip
+    done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "learning_rate" in done.stderr  # the ranks' own line says what to fix
 
 
 def test_a_dead_rank_fails_the_job_and_the_rerun_resumes(

@@ -23,6 +23,7 @@ from tests.train.test_distributed import (
     resumed_from,
     torchrun,
 )
+from vcot.dev.torchrun_workers import rank_pids
 from vcot.io import manifest, storage
 from vcot.train import TrainConfig, train
 from vcot.train.checkpoints import complete_checkpoints
@@ -65,7 +66,9 @@ def one_process(data: str, model: Path, output: str, run_set: str = RUN_SET) -> 
 
 
 @pytest.fixture(scope="module")
-def reference(tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[str]]:
+def reference(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[str]]:
     """An uninterrupted sharded run on 2 ranks, rank 1 looking for checkpoint folders late (``late_rank``: the
     ranks still agree on the best checkpoint and finish): its output and its log lines."""
     output = str(tmp_path_factory.mktemp("sharded") / "reference")
@@ -183,8 +186,8 @@ def test_a_sharded_full_finetune_matches_one_whole_process(
     """Also with what must keep working under sharding: gradient checkpointing, a vision learning rate."""
     full = ",finetune=full,gradient_checkpointing=true,vision_learning_rate=1.0e-4"
     one = str(tmp_path / "one")
-    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=one, recipe="tiny-cpu",
-                      set=DDP_SET + ",max_steps=10,optim=adamw_torch,per_device_train_batch_size=4" + full))  # fmt: skip
+    whole_set = DDP_SET + ",max_steps=10,optim=adamw_torch,per_device_train_batch_size=4" + full
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=one, recipe="tiny-cpu", set=whole_set))
     two, lines = str(tmp_path / "two"), []
     run = two_ranks(tokenized_data, tiny_model_dir, two, RUN_SET + full, entry="tests.train.late_rank")
     assert finish(run, lines) == 0, "".join(lines[-40:])
@@ -203,3 +206,65 @@ def test_a_sharded_full_finetune_matches_one_whole_process(
     for key in whole:
         drift = ((sharded[key] - whole[key]).norm() / whole[key].norm().clamp_min(1e-12)).item()
         assert drift < WEIGHT_TOLERANCE, (key, drift)
+
+
+def test_sharded_grpo_matches_data_parallel_grpo_with_its_reference_sharded_too(
+    record_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path
+) -> None:
+    """GRPO from an SFT adapter (rewards differ within a group: real advantages, real gradients), 2 ranks, data
+    parallel vs sharded, same seed: every rank samples the same completions from the same (gathered) weights, so the
+    steps agree to float-sum order: losses, gradient norms, rewards and the KL to the reference adapter, which lives
+    in the same sharded model."""
+    run_set = ("max_steps=4,save_steps=2,eval_steps=2,per_device_train_batch_size=4,num_generations=4,"
+               "generation_eval_samples=0,metric_for_best_model=eval_loss,optim=adamw_torch")  # fmt: skip
+    histories, outputs = {}, {}
+    for mode, sharding in (("ddp", ""), ("fsdp2", ",sharding=fsdp2")):
+        outputs[mode] = output = str(tmp_path / mode)
+        run = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
+                       output, run_set + sharding, recipe="tiny-cpu-grpo", init_adapter=sft_adapter)  # fmt: skip
+        lines: list[str] = []
+        assert finish(run, lines) == 0, "".join(lines[-40:])
+        histories[mode] = [e for e in storage.read_json(storage.join(output, "metrics.json"))["log_history"]
+                           if "loss" in e]  # fmt: skip
+        if sharding:
+            held = sharded_events(lines)
+            assert held[0]["parameters"] + held[1]["parameters"] == held[0]["parameters_total"] > 0
+            assert abs(held[0]["parameters"] - held[1]["parameters"]) < 0.02 * held[0]["parameters_total"]
+    assert len(histories["ddp"]) == len(histories["fsdp2"]) == 4
+    assert any(abs(entry["loss"]) > 1e-3 for entry in histories["ddp"])  # advantages were not all zero
+    for whole, sharded in zip(histories["ddp"], histories["fsdp2"], strict=True):
+        for key in ("loss", "grad_norm", "reward", "kl", "completions/mean_length"):
+            assert abs(whole[key] - sharded[key]) < LOSS_TOLERANCE, (whole["step"], key, whole[key], sharded[key])
+    from safetensors.torch import load_file
+
+    sharded = load_file(Path(outputs["fsdp2"]) / "adapter" / "adapter_model.safetensors")
+    whole = load_file(Path(outputs["ddp"]) / "adapter" / "adapter_model.safetensors")
+    assert sharded.keys() == whole.keys()
+    for key in whole:
+        assert ((sharded[key] - whole[key]).norm() / whole[key].norm()).item() < WEIGHT_TOLERANCE, key
+
+
+def resident_mib() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_a_receiving_rank_upcasts_its_trainable_weights_without_writing_them() -> None:
+    """Accelerate's fp32 upcast copies what trains; on a rank that holds unwritten weights (rank 0's arrive later)
+    the copy would write a whole fp32 model into host memory. ``upcast_unwritten`` first: nothing is written."""
+    import torch
+
+    from vcot.train.sharding import upcast_unwritten
+
+    def unwritten_bf16() -> torch.nn.Parameter:  # 512 MiB, as empty_model leaves a layer's weights
+        return torch.nn.Parameter(torch.empty(2**28, dtype=torch.bfloat16))
+
+    copied, skipped = unwritten_bf16(), unwritten_bf16()
+    before = resident_mib()
+    copied.data = copied.data.to(torch.float32)  # accelerate's upcast: 1 GiB written
+    after_copy = resident_mib()
+    module = torch.nn.Module()
+    module.weight = skipped
+    assert upcast_unwritten(module) == 1 and skipped.dtype == torch.float32
+    after_upcast = resident_mib()
+    assert after_copy - before > 900, (before, after_copy)  # the measure sees a write
+    assert after_upcast - after_copy < 64, (after_copy, after_upcast)

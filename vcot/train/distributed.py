@@ -9,6 +9,7 @@ storage; every rank restores the same checkpoint (:mod:`vcot.train.common`).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -89,3 +90,21 @@ def any_rank(flag: bool, device: Any) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def torchrun(argv: list[str]) -> int:
+    """``torchrun`` with these arguments, whose exit code keeps the ranks' meaning: 2 when a rank exited 2 (invalid
+    settings, a diverged run: a retry cannot help), 1 on any other failure. Plain torchrun exits 1 for all, and a
+    Job's pod failure policy could not tell "fix the settings" from "retry"."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from vcot.errors import ConfigError
+
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as failed:
+        codes = sorted({failure.exitcode for failure in failed.failures.values()})
+        print(f"vcot-torchrun: ranks failed with exit codes {codes}", file=sys.stderr)
+        return ConfigError.exit_code if ConfigError.exit_code in codes else 1
+    return 0

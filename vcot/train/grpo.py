@@ -56,6 +56,7 @@ from vcot.train.estimate import announce_cpu_run, grpo_workload
 from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
+from vcot.train.sharding import sharded_trainer
 
 log = get_logger(__name__)
 
@@ -374,7 +375,8 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
     zero_advantage = ZeroAdvantageWarning()
-    trainer = GRPOTrainer(
+    trainer_class = sharded_trainer(GRPOTrainer) if recipe.sharding else GRPOTrainer
+    trainer = trainer_class(
         model=model,
         reward_funcs=reward_funcs,
         args=args,

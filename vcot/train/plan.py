@@ -234,7 +234,9 @@ def image_tokens(shape: ModelShape, max_pixels: int) -> tuple[int, int]:
     return patches // shape.vision.merge**2, patches - patches % shape.vision.merge**2
 
 
-def workload(shape: ModelShape, recipe: Recipe, *, max_pixels: int = PLAN_PIXELS, seq_len: int | None = None) -> Workload:
+def workload(
+    shape: ModelShape, recipe: Recipe, *, max_pixels: int = PLAN_PIXELS, seq_len: int | None = None
+) -> Workload:
     """The recipe's micro-batch at a pixel budget: SFT rows of ``seq_len`` tokens (tokenize's ``max_length``,
     2048, by default: the longest row a batch can hold), GRPO's prompt and completion, RGFN's prompt and rationale."""
     image, patches = image_tokens(shape, max_pixels)
@@ -269,8 +271,9 @@ class Plan:
         return self.total <= self.gpu_memory_gib * GIB
 
     def to_dict(self) -> dict[str, Any]:
-        return {"parts_gib": {k: round(v / GIB, 3) for k, v in self.parts.items()}, "total_gib": round(self.total / GIB, 2),
-                "gpu_memory_gib": self.gpu_memory_gib, "gpus": self.gpus, "fits": self.fits}  # fmt: skip
+        parts = {k: round(v / GIB, 3) for k, v in self.parts.items()}
+        return {"parts_gib": parts, "total_gib": round(self.total / GIB, 2), "gpu_memory_gib": self.gpu_memory_gib,
+                "gpus": self.gpus, "fits": self.fits}  # fmt: skip
 
 
 def weight_bytes(shape: ModelShape, recipe: Recipe, dtype_bytes: int, gpus: int) -> float:
@@ -424,8 +427,10 @@ def smallest_fix(shape: ModelShape, recipe: Recipe, **plan_args: Any) -> str | N
     while batch > 1 and batch % 2 == 0:
         batch, accumulation = batch // 2, accumulation * 2
         if recipe.global_batch_size:  # the accumulation follows from the global batch on any GPU count
-            candidates.append((f"per_device_train_batch_size={batch} (global_batch_size={recipe.global_batch_size} kept "
-                               "by accumulation)", {"per_device_train_batch_size": batch}, {}))  # fmt: skip
+            kept = f"(global_batch_size={recipe.global_batch_size} kept by accumulation)"
+            candidates.append(
+                (f"per_device_train_batch_size={batch} {kept}", {"per_device_train_batch_size": batch}, {})
+            )
         else:
             candidates.append((f"per_device_train_batch_size={batch},gradient_accumulation_steps={accumulation} (the "
                                "same global batch)", {"per_device_train_batch_size": batch,
@@ -474,14 +479,17 @@ class PlanConfig:
     """Will a training run fit? Peak memory per GPU of a recipe on a model, part by part."""
 
     model: str = option(
-        help="The model: a published name (qwen2.5-vl-7b ...), a folder or s3:// prefix with its config.json, or the file."
+        help="The model: a published name (qwen2.5-vl-7b ...), a folder or s3:// prefix with its config.json, or "
+        "the file."
     )
     recipe: str = option(DEFAULT_RECIPE, help="Recipe preset or YAML file/URI (as vcot-train's --recipe).")
     set: str = option("", help="Recipe overrides, as vcot-train's --set: 'per_device_train_batch_size=2'.")
     gpus: int = option(0, help="GPUs (0: the recipe's planned gpus).")
     gpu_memory_gib: float = option(0.0, help="Memory of each GPU in GiB (0: the recipe's planned gpu_memory_gib).")
     max_pixels: int = option(PLAN_PIXELS, help="Pixel budget of an image (tokenize's --max-pixels).")
-    seq_len: int = option(0, help="Tokens per sequence (0: SFT 2048, tokenize's max_length; GRPO/RGFN: prompt + completion).")
+    seq_len: int = option(
+        0, help="Tokens per sequence (0: SFT 2048, tokenize's max_length; GRPO/RGFN: prompt + completion)."
+    )
     json: bool = option(False, help="Print the plan as one JSON object (for scripts).")
 
     def __post_init__(self) -> None:
@@ -502,12 +510,13 @@ def plan_command(config: PlanConfig) -> dict[str, Any]:
     result = plan(shape, recipe, **args)
     out = {"recipe": config.recipe, "model": config.model, "parameters": shape.parameters(),
            "trainable": trainable_parameters(shape, recipe), **result.to_dict(),
-           "fix": None if result.fits else smallest_fix(shape, recipe, **{k: v for k, v in args.items() if v})}  # fmt: skip
+           "fix": None if result.fits else smallest_fix(shape, recipe, **{k: v for k, v in args.items() if v})
+           }  # fmt: skip
     if config.json:
         print(json_module.dumps(out))
         return out
-    print(f"{config.recipe} on {config.model}: {out['parameters'] / 1e9:.2f}B parameters, {out['trainable'] / 1e6:.1f}M "
-          f"trainable; per GPU ({result.gpus} x {result.gpu_memory_gib:g} GiB):")  # fmt: skip
+    size = f"{out['parameters'] / 1e9:.2f}B parameters, {out['trainable'] / 1e6:.1f}M trainable"
+    print(f"{config.recipe} on {config.model}: {size}; per GPU ({result.gpus} x {result.gpu_memory_gib:g} GiB):")
     for part, gib in out["parts_gib"].items():
         print(f"  {part:<28} {gib:8.2f} GiB")
     verdict = "fits" if result.fits else f"does NOT fit; smallest change that fits: {out['fix'] or 'none found'}"

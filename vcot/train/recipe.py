@@ -88,7 +88,7 @@ class Recipe:
     gpu_memory_gib: float = 80.0
     sharding: str | None = None
     reshard_after_forward: bool = True  # fsdp2: free each layer's gathered weights after its forward (less memory)
-    cpu_offload: bool = False  # fsdp2: keep the shards and their optimizer state in CPU memory (slower, for GPUs too small)
+    cpu_offload: bool = False  # fsdp2: shards and their optimizer state in CPU memory (slower; for GPUs too small)
     # Model
     quantize: str | None = "4bit"
     gradient_checkpointing: bool = True
@@ -237,10 +237,10 @@ class Recipe:
                 f"recipe optim={self.optim} keeps bitsandbytes' own state, which {self.sharding} does not shard: "
                 "use optim=adamw_torch with sharding, or sharding=null"
             )
-        if self.method != "sft":
+        if self.method == "gfn":
             raise ConfigError(
-                f"recipe sharding={self.sharding} runs SFT for now; method {self.method} trains data-parallel: set "
-                "sharding=null (vcot-plan says whether a whole copy per GPU fits)"
+                f"recipe sharding={self.sharding} runs SFT and GRPO; method gfn (RGFN's own loop) trains one process: "
+                "set sharding=null (vcot-plan says whether a whole copy per GPU fits)"
             )
         if self.generation_eval_samples:
             raise ConfigError(

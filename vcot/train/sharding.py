@@ -66,13 +66,21 @@ def sharded_trainer(trainer_class: type) -> type:
     class Sharded(trainer_class):  # type: ignore[misc, valid-type]
         def create_accelerator_and_postprocess(self) -> None:
             super().create_accelerator_and_postprocess()
+            from accelerate.state import PartialState
             from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
             state = self.accelerator.state
             if self.args.fsdp_plugin_args and getattr(state, "fsdp_plugin", None) is None:
                 state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
-                state.distributed_type = DistributedType.FSDP
+                # As accelerate records it on GPUs: in the process-wide state too, or the next AcceleratorState()
+                # (TRL's GRPO makes one) copies the process-wide type back and the model is prepared with DDP.
+                state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
                 self.is_fsdp_enabled = True
+
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            if distributed.rank() > 0 and self.accelerator.mixed_precision != "no":
+                upcast_unwritten(self.model)
+            return super().train(*args, **kwargs)
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
             # The Trainer picks the best checkpoint by whether its folder exists, right after this call and a
@@ -84,6 +92,33 @@ def sharded_trainer(trainer_class: type) -> type:
 
     Sharded.__name__ = Sharded.__qualname__ = f"Sharded{trainer_class.__name__}"
     return Sharded
+
+
+def upcast_unwritten(model: Any) -> int:
+    """Make this rank's trainable 16-bit parameters fp32 without writing them, and return how many.
+
+    Under 16-bit mixed precision accelerate upcasts what trains to fp32 before sharding (fp32 master weights) by
+    copying it, on every rank. A rank whose weights come from rank 0 holds unwritten memory until then
+    (:func:`vcot.models.loading.empty_model`), and the copy would write a whole fp32 model into its host memory
+    for a full fine-tune (a 7B: 31 GiB per rank, eight per node). Made fp32 here first, the copy finds nothing to
+    do and the memory stays unwritten until rank 0's values arrive. Rank 0 keeps accelerate's copy: its values
+    are real.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2, dtype=torch.bfloat16)
+    >>> layer.bias.requires_grad_(False)  # doctest: +ELLIPSIS
+    Parameter containing:...
+    >>> upcast_unwritten(layer), layer.weight.dtype, layer.bias.dtype
+    (1, torch.float32, torch.bfloat16)
+    """
+    import torch
+
+    upcast = 0
+    for param in model.parameters():  # each parameter once, tied ones included
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+            upcast += 1
+    return upcast
 
 
 def is_sharded(trainer: Any) -> bool:
