@@ -175,10 +175,18 @@ def test_adapter_is_applied_and_its_processor_preferred(tiny_model_dir: Path, tm
 
 
 def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
+    """Also as evaluation runs it (no gradients), where bitsandbytes would repack the tiny widths for its
+    AVX512-BF16 kernel on CPUs that have one, and crash (``one_cpu_4bit_kernel``)."""
+    import bitsandbytes as bnb
+
     model, _ = load_model_and_processor(str(tiny_model_dir), quantize="4bit")
     assert getattr(model, "is_loaded_in_4bit", False)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
     ids = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
 def _stock_copy(folder: Path, dest: Path, *, keep_template: bool = True) -> Path:

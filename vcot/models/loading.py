@@ -517,6 +517,8 @@ def load_model_and_processor(
                     if precision.device == "cuda" and not sharded
                     else None,
                 )
+    if quantize == "4bit" and precision.device == "cpu":
+        one_cpu_4bit_kernel(model)
     if for_training:
         model.config.use_cache = False
         if quantize is not None:
@@ -535,6 +537,22 @@ def load_model_and_processor(
     with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
         processor = load_processor(adapter_path if has_processor else base_path)
     return model, processor
+
+
+def one_cpu_4bit_kernel(model: Any) -> int:
+    """Make every NF4 layer of ``model`` compute on a CPU the way it trains, and return how many were switched.
+
+    bitsandbytes 0.50 repacks a 4-bit layer's weights for an AVX512-BF16 kernel the first time it runs without
+    gradients on a CPU that has the instructions (AMD EPYC, recent Xeons), and the repacking fails unless the
+    layer's input width is a multiple of 64 and its output width of 32: Qwen2.5-VL's vision MLP (3,420 wide) and
+    the tiny model's layers crash evaluation there. Switched off, every CPU runs one kernel, and a model answers
+    the same on every machine."""
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    return switched
 
 
 def _rank() -> int:
