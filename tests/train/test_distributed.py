@@ -200,14 +200,19 @@ def test_with_restarts_a_dead_rank_on_one_node_restarts_every_rank_and_they_resu
     assert (stats["world_size"], stats["global_step"]) == (2, 20)
 
 
-@pytest.mark.parametrize(("launcher", "code"), [("torch.distributed.run", 1), ("jobs.torchrun", 2)])
+VCOT_TORCHRUN = ["-c", "import sys; from vcot.train.distributed import torchrun; sys.exit(torchrun())"]
+"""The ``vcot-torchrun`` console script, with this checkout's code."""
+
+
+@pytest.mark.parametrize(("launcher", "code"), [(["-m", "torch.distributed.run"], 1), (VCOT_TORCHRUN, 2)],
+                         ids=["torchrun", "vcot-torchrun"])  # fmt: skip
 def test_vcot_torchrun_keeps_the_exit_code_of_invalid_settings(
-    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, launcher: str, code: int
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, launcher: list[str], code: int
 ) -> None:
     """The pods' launcher (components/multi-gpu, multi-node): a setting no rank accepts exits 2 through it, after
     torchrun's restarts, so the Job's pod failure policy fails the run instead of retrying it; torchrun says 1."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", launcher, "--nproc-per-node", "2", "--master-port", str(free_port()),
+    argv = [sys.executable, *launcher, "--nproc-per-node", "2", "--master-port", str(free_port()),
             "--max-restarts", "1", "-m", "jobs.train", "--data", tokenized_data, "--model", str(tiny_model_dir),
             "--output", str(tmp_path / "run"), "--recipe", "tiny-cpu", "--set", "learning_rate=fast"]  # fmt: skip
     done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)

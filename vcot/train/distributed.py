@@ -92,17 +92,18 @@ def any_rank(flag: bool, device: Any) -> bool:
     return bool(value.item())
 
 
-def torchrun(argv: list[str]) -> int:
-    """``torchrun`` with these arguments, whose exit code keeps the ranks' meaning: 2 when a rank exited 2 (invalid
-    settings, a diverged run: a retry cannot help), 1 on any other failure. Plain torchrun exits 1 for all, and a
-    Job's pod failure policy could not tell "fix the settings" from "retry"."""
+def torchrun(argv: list[str] | None = None) -> int:
+    """``vcot-torchrun``: ``torchrun`` with these arguments (the command line's by default), whose exit code keeps
+    the ranks' meaning: 2 when a rank exited 2 (invalid settings, a diverged run: a retry cannot help), 1 on any
+    other failure. Plain torchrun exits 1 for all, and a Job's pod failure policy (``FailJob`` on 2) could not tell
+    "fix the settings" from "retry" (``components/multi-gpu``, ``multi-node``)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
     from vcot.errors import ConfigError
 
     try:
-        run(parse_args(argv))
+        run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as failed:
         codes = sorted({failure.exitcode for failure in failed.failures.values()})
         print(f"vcot-torchrun: ranks failed with exit codes {codes}", file=sys.stderr)
