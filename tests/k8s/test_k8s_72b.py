@@ -42,6 +42,7 @@ def test_16_ranks_on_2_nodes_train_the_72b_recipe_sharded_and_fit_80_gb(docs: li
     spec, container = job["spec"], train_container(docs)
     assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 2
     command = [expand(part, env) for part in container["command"]]
+    assert command[0] == "vcot-torchrun" and command[-1] == "vcot-train"  # exit 2 survives the launcher
     assert {"--nnodes=2", "--nproc-per-node=8", "--max-restarts=3"} <= set(command)
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
     assert "72B" in env["BASE_MODEL"] and env["TRAIN_RECIPE"] == "qwen2.5-vl-72b-lora"

@@ -156,7 +156,7 @@ def test_components_validate_strictly(
 @pytest.mark.parametrize("component", ["multi-gpu", "multi-node"])
 def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> None:
     """A pod that requests N GPUs runs N processes (torchrun --nproc-per-node=N), else N-1 GPUs sit idle all run.
-    GRPO and RGFN run one process (RGFN's loop is single-process; GRPO under torchrun is TRL's, untested here):
+    GRPO and RGFN run one process (RGFN's loop is single-process; the GRPO Job runs no torchrun):
     they request one GPU whatever GPUS_PER_NODE says, beside a multi-GPU or multi-node train (docs/k8s.md)."""
     docs = gpu_overlay_with(component, also=(method,))
     env = env_of(docs)

@@ -82,6 +82,7 @@ SHARDED = "sharding=fsdp2,generation_eval_samples=0,optim=adamw_torch"
     [
         ("tiny-cpu", SHARDED + ",quantize=4bit", "a 4bit base is not sharded: set quantize=null, or sharding=null"),
         ("tiny-cpu", SHARDED + ",optim=adamw_8bit", "use optim=adamw_torch with sharding, or sharding=null"),
+        ("qwen2.5-vl-7b-grpo", SHARDED + ",quantize=null", "set use_vllm=false"),
         ("tiny-cpu-rgfn", SHARDED, "method gfn \\(RGFN's own loop\\) trains one process: set sharding=null"),
         ("tiny-cpu", SHARDED + ",generation_eval_samples=4", "set generation_eval_samples=0 with sharding"),
         ("tiny-cpu", "cpu_offload=true", "apply to sharding=fsdp2 only"),

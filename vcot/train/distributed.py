@@ -106,6 +106,6 @@ def torchrun(argv: list[str] | None = None) -> int:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as failed:
         codes = sorted({failure.exitcode for failure in failed.failures.values()})
-        print(f"vcot-torchrun: ranks failed with exit codes {codes}", file=sys.stderr)
+        print(f"{failed}\nvcot-torchrun: ranks failed with exit codes {codes}", file=sys.stderr)
         return ConfigError.exit_code if ConfigError.exit_code in codes else 1
     return 0

@@ -237,6 +237,11 @@ class Recipe:
                 f"recipe optim={self.optim} keeps bitsandbytes' own state, which {self.sharding} does not shard: "
                 "use optim=adamw_torch with sharding, or sharding=null"
             )
+        if self.use_vllm:
+            raise ConfigError(
+                f"recipe use_vllm=true with sharding={self.sharding}: vLLM's colocated rollouts hold a whole model "
+                "per GPU and have not been run sharded: set use_vllm=false (rollouts by the sharded policy itself)"
+            )
         if self.method == "gfn":
             raise ConfigError(
                 f"recipe sharding={self.sharding} runs SFT and GRPO; method gfn (RGFN's own loop) trains one process: "

@@ -113,6 +113,8 @@ def upcast_unwritten(model: Any) -> int:
     """
     import torch
 
+    if any(type(param).__name__ == "Params4bit" for param in model.parameters()):
+        return 0  # accelerate upcasts no 4-bit model (and sends it no weights): as it does
     upcast = 0
     for param in model.parameters():  # each parameter once, tied ones included
         if param.requires_grad and param.dtype != torch.float32:
