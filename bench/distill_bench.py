@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,14 +30,9 @@ from vcot.distill import DistillConfig, distill  # noqa: E402
 from vcot.grounding.records import split_for  # noqa: E402
 from vcot.io import manifest, shards  # noqa: E402
 from vcot.log import configure_logging  # noqa: E402
+from vcot.train.distributed import free_port  # noqa: E402
 
 API_KEY = "bench-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _write_input(root: Path, samples: int) -> str:
@@ -80,7 +74,7 @@ def main() -> None:
     configure_logging("json", "WARNING")
     os.environ["OPENAI_API_KEY"] = API_KEY
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,

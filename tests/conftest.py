@@ -6,13 +6,14 @@ import dataclasses
 import os
 import re
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from vcot.train.distributed import free_port
 
 # Shared CI machines have noisy timing: judge properties, not per-example speed.
 settings.register_profile("vcot", deadline=None, print_blob=True)
@@ -23,17 +24,11 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 """Every file a test reads lives in the repository (tests/test_build_files.py checks it): small samples here."""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     yield f"http://127.0.0.1:{port}"

@@ -13,7 +13,6 @@ import base64
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.demo.drawing import PALETTE
+from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +34,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 STARTUP_LIMIT_S = 90
 STREAM_LIMIT_MS = 60_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -59,7 +53,7 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -
 @pytest.fixture
 def demo_url(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path) -> Iterator[str]:
     """``vcot-demo`` in its own process, as a user starts it, on a free port of 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "vcot-demo.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from vcot.models.loading import (
     local_model_path,
     official_chat_template,
 )
+from vcot.train.distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,16 +65,10 @@ def test_missing_folders_are_refused(tmp_path: Path) -> None:
 HUB_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def hub_down(monkeypatch: pytest.MonkeyPatch) -> str:
     """A hub endpoint nothing listens on: a machine without network, whatever network this one has."""
-    endpoint = f"http://127.0.0.1:{_free_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", endpoint)
     return endpoint
 
@@ -145,7 +139,7 @@ def test_a_stage_given_an_unreachable_hub_id_says_so_in_one_line(tmp_path: Path)
     the one line, without huggingface_hub's retries (about 3 minutes before)."""
     records = str(tmp_path / "records")
     manifest.commit(records, stage="convert", files=[], config={})
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{_free_port()}", "VCOT_LOG_FORMAT": "json",
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "VCOT_LOG_FORMAT": "json",
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     env.pop("HF_HUB_OFFLINE", None)
     command = [sys.executable, "-m", "jobs.tokenize", "--input", records, "--output", str(tmp_path / "tokens"),

@@ -55,6 +55,7 @@ def init(*, group_of_one: bool = False) -> None:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now: a process group's, or a local server's (the tests, the benchmarks)."""
     import socket
 
     with socket.socket() as sock:
