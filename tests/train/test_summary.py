@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _free_port
 from vcot.dev.local_s3 import LocalS3
 from vcot.dev.summary import main, summary
 from vcot.io import shards, storage
+from vcot.train.distributed import free_port
 
 
 def _write_outputs(root: Path) -> tuple[str, str]:
@@ -98,5 +98,5 @@ def test_the_last_line_says_the_local_s3_server_still_runs_and_how_to_stop_it(
     assert main(["--run", run, "--local-s3"]) == 0  # as the Makefile asks for it
     assert capsys.readouterr().out.strip().splitlines()[-1] == lines[-1]
 
-    stopped = dataclasses.replace(local_s3_server, port=_free_port())  # a server that is not running
+    stopped = dataclasses.replace(local_s3_server, port=free_port())  # a server that is not running
     assert summary(run, local_s3=stopped)[-1].startswith("cost ")
