@@ -74,7 +74,7 @@ def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> No
         load_recipe("tiny-cpu", overrides)
 
 
-SHARDED = "sharding=fsdp2,generation_eval_samples=0,optim=adamw_torch"
+SHARDED = "sharding=fsdp2,optim=adamw_torch"
 
 
 @pytest.mark.parametrize(
@@ -83,8 +83,6 @@ SHARDED = "sharding=fsdp2,generation_eval_samples=0,optim=adamw_torch"
         ("tiny-cpu", SHARDED + ",quantize=4bit", "a 4bit base is not sharded: set quantize=null, or sharding=null"),
         ("tiny-cpu", SHARDED + ",optim=adamw_8bit", "use optim=adamw_torch with sharding, or sharding=null"),
         ("qwen2.5-vl-7b-grpo", SHARDED + ",quantize=null", "set use_vllm=false"),
-        ("tiny-cpu-rgfn", SHARDED, "method gfn \\(RGFN's own loop\\) trains one process: set sharding=null"),
-        ("tiny-cpu", SHARDED + ",generation_eval_samples=4", "set generation_eval_samples=0 with sharding"),
         ("tiny-cpu", "cpu_offload=true", "apply to sharding=fsdp2 only"),
         ("tiny-cpu", "reshard_after_forward=false", "apply to sharding=fsdp2 only"),
         ("tiny-cpu", "sharding=fsdp1", "sharding='fsdp1' is not valid: use fsdp2 or null"),
@@ -95,9 +93,12 @@ def test_what_sharding_cannot_do_is_refused_with_the_way_that_can(recipe: str, o
         load_recipe(recipe, overrides)
 
 
-def test_sharding_takes_lora_and_full_finetunes() -> None:
+def test_sharding_takes_lora_full_finetunes_every_method_and_the_generation_evaluation() -> None:
     assert load_recipe("tiny-cpu", SHARDED).sharding == "fsdp2"
     assert load_recipe("tiny-cpu", SHARDED + ",finetune=full").finetune == "full"
+    assert load_recipe("tiny-cpu-grpo", SHARDED).method == "grpo"
+    assert load_recipe("tiny-cpu-rgfn", SHARDED).method == "gfn"
+    assert load_recipe("tiny-cpu", SHARDED + ",generation_eval_samples=4").generation_eval_samples == 4
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ another world size, and a rank killed mid-run that the rerun recovers from."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,8 +34,8 @@ from vcot.train.distributed import free_port
 pytestmark = pytest.mark.integration
 
 SHARDED = "sharding=fsdp2,optim=adamw_torch,generation_eval_samples=0"
-"""tiny-cpu sharded: its base is fp32 already; bitsandbytes' 8-bit AdamW and the generation evaluation (rank 0
-alone) are not for sharded runs (the recipe refuses them)."""
+"""tiny-cpu sharded: its base is fp32 already; bitsandbytes' 8-bit AdamW is not for sharded runs (the recipe refuses
+it); the generation evaluation is off to keep these runs short (GRPO's test below runs it sharded)."""
 LOSS_TOLERANCE = 0.01
 """Per logged step, |loss(sharded, 2 ranks) - loss(whole model, 1 process)| on the same rows: only the order of
 float sums differs (the gradients are reduce-scattered instead of all-reduced)."""
@@ -208,30 +210,53 @@ def test_a_sharded_full_finetune_matches_one_whole_process(
         assert drift < WEIGHT_TOLERANCE, (key, drift)
 
 
+def test_generate_with_a_sharded_model_steps_every_rank_until_all_ended(tiny_model_dir: Path) -> None:
+    """Rank 0 generates 3 tokens, rank 1 8, from the tiny model sharded over both: each gets the whole model's
+    answer (rank 0 keeps stepping with rank 1, as transformers does for the modules ``fully_shard`` marks). What
+    GRPO's rollouts, RGFN's samples and the held-out evaluation rely on when a sharded run generates."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+            "-m", "tests.train.lockstep_generation", str(tiny_model_dir)]  # fmt: skip
+    run = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    printed = re.findall(r'\{"rank": [^}]*\}', run.stdout)  # the ranks' lines may run together
+    answers = sorted((json.loads(answer) for answer in printed), key=lambda answer: answer["rank"])
+    assert answers == [{"rank": 0, "tokens": 3, "same": True}, {"rank": 1, "tokens": 8, "same": True}]
+
+
 def test_sharded_grpo_matches_data_parallel_grpo_with_its_reference_sharded_too(
     record_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path
 ) -> None:
     """GRPO from an SFT adapter (rewards differ within a group: real advantages, real gradients), 2 ranks, data
     parallel vs sharded, same seed: every rank samples the same completions from the same (gathered) weights, so the
     steps agree to float-sum order: losses, gradient norms, rewards and the KL to the reference adapter, which lives
-    in the same sharded model."""
+    in the same sharded model. The held-out evaluation runs sharded too (every rank answering in lockstep, with
+    gradients off but not in inference mode, which FSDP2's gathered buffers refuse) and scores as data parallel
+    does; this short SFT start's greedy answers hold no box yet, so the scores agree at 0 (the lockstep generation
+    itself is compared token for token in the test above)."""
     run_set = ("max_steps=4,save_steps=2,eval_steps=2,per_device_train_batch_size=4,num_generations=4,"
-               "generation_eval_samples=0,metric_for_best_model=eval_loss,optim=adamw_torch")  # fmt: skip
-    histories, outputs = {}, {}
+               "generation_eval_samples=4,generation_eval_max_new_tokens=32,optim=adamw_torch")  # fmt: skip
+    histories, held_out, outputs = {}, {}, {}
     for mode, sharding in (("ddp", ""), ("fsdp2", ",sharding=fsdp2")):
         outputs[mode] = output = str(tmp_path / mode)
         run = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
                        output, run_set + sharding, recipe="tiny-cpu-grpo", init_adapter=sft_adapter)  # fmt: skip
         lines: list[str] = []
         assert finish(run, lines) == 0, "".join(lines[-40:])
-        histories[mode] = [e for e in storage.read_json(storage.join(output, "metrics.json"))["log_history"]
-                           if "loss" in e]  # fmt: skip
+        history = storage.read_json(storage.join(output, "metrics.json"))["log_history"]
+        histories[mode] = [e for e in history if "loss" in e]
+        held_out[mode] = [e for e in history if "eval_gen_first_object_iou" in e]
         if sharding:
             held = sharded_events(lines)
             assert held[0]["parameters"] + held[1]["parameters"] == held[0]["parameters_total"] > 0
             assert abs(held[0]["parameters"] - held[1]["parameters"]) < 0.02 * held[0]["parameters_total"]
     assert len(histories["ddp"]) == len(histories["fsdp2"]) == 4
     assert any(abs(entry["loss"]) > 1e-3 for entry in histories["ddp"])  # advantages were not all zero
+    assert [e["step"] for e in held_out["ddp"]] == [e["step"] for e in held_out["fsdp2"]] == [0, 2, 4]
+    assert held_out["ddp"][0] == {**held_out["fsdp2"][0], "epoch": held_out["ddp"][0]["epoch"]}  # the same start
+    for whole, sharded in zip(held_out["ddp"], held_out["fsdp2"], strict=True):
+        for key in ("eval_gen_first_object_iou", "eval_gen_answer_accuracy", "eval_gen_box_detection_rate"):
+            assert abs(whole[key] - sharded[key]) < LOSS_TOLERANCE, (whole["step"], key, whole[key], sharded[key])
     for whole, sharded in zip(histories["ddp"], histories["fsdp2"], strict=True):
         for key in ("loss", "grad_norm", "reward", "kl", "completions/mean_length"):
             assert abs(whole[key] - sharded[key]) < LOSS_TOLERANCE, (whole["step"], key, whole[key], sharded[key])
@@ -268,3 +293,30 @@ def test_a_receiving_rank_upcasts_its_trainable_weights_without_writing_them() -
     after_upcast = resident_mib()
     assert after_copy - before > 900, (before, after_copy)  # the measure sees a write
     assert after_upcast - after_copy < 64, (after_copy, after_upcast)
+
+
+def test_sharded_rgfn_matches_data_parallel_rgfn(
+    record_data: str, tiny_model_dir: Path, analyzer_adapter: str, tmp_path: Path
+) -> None:
+    """RGFN (its own sampling, reward scoring with the reference adapter and balance loss) from an Analyzer-turn SFT
+    adapter, 2 ranks, data parallel vs sharded, same seed. Every rank scores its rationales' rewards at every token
+    (``reward_every=1``), one sequence per forward pass (``per_device_eval_batch_size=1``): the ranks' reference
+    rationales differ in length, so they have different numbers of passes to make (seen: 139 and 140 at step 2),
+    and sharded they must still meet at every gathered layer (without the lockstep gloo fails: "Received data size
+    doesn't match expected size"). The steps agree to float-sum order, as GRPO's."""
+    run_set = ("max_steps=3,save_steps=3,eval_steps=3,per_device_eval_batch_size=1,reward_every=1,"
+               "generation_eval_samples=0,metric_for_best_model=eval_loss")  # fmt: skip
+    histories = {}
+    for mode, sharding in (("ddp", ""), ("fsdp2", ",sharding=fsdp2")):
+        output = str(tmp_path / mode)
+        run = torchrun(["--nproc-per-node", "2", "--master-port", str(free_port())], record_data, tiny_model_dir,
+                       output, run_set + sharding, recipe="tiny-cpu-rgfn", init_adapter=analyzer_adapter)  # fmt: skip
+        lines: list[str] = []
+        assert finish(run, lines) == 0, "".join(lines[-40:])
+        histories[mode] = [e for e in storage.read_json(storage.join(output, "metrics.json"))["log_history"]
+                           if "loss" in e]  # fmt: skip
+    assert len(histories["ddp"]) == len(histories["fsdp2"]) == 3
+    for whole, sharded in zip(histories["ddp"], histories["fsdp2"], strict=True):
+        for key in ("loss", "grad_norm", "rgfn/reward_reference", "rgfn/length_samples", "rgfn/kept_fraction"):
+            tolerance = LOSS_TOLERANCE * max(1.0, abs(whole[key]))  # relative: RGFN's loss is in the hundreds
+            assert abs(whole[key] - sharded[key]) < tolerance, (whole["step"], key, whole[key], sharded[key])

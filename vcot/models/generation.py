@@ -163,7 +163,7 @@ def _with_answers(
     ``record``: any record of the batch (the answer cue is the same for all)."""
     cue = answer_cue(processor, build_messages(record, fmt, with_answer=False))
     inputs = encode(positions, {p: text + cue for p, text in zip(positions, texts, strict=True)}).to(model.device)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode (see generate_batch)
         output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
     answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
                                stop_token_ids(model, processor.tokenizer))
@@ -214,7 +214,9 @@ def generate_batch(
     inputs = inputs.to(model.device)
     # The rationale of a two-phase model is prompted again with the image: it must not hold vision placeholders.
     suppress = {"suppress_tokens": vision_token_ids(processor.tokenizer)} if two_phase(settings) else {}
-    with torch.inference_mode():
+    # no_grad, not inference_mode: a sharded model (the held-out evaluation of an FSDP2 run) gathers its layers into
+    # buffers it reuses when training, which inference tensors would forbid
+    with torch.no_grad():
         output = model.generate(
             **inputs,
             **suppress,

@@ -93,6 +93,19 @@ def any_rank(flag: bool, device: Any) -> bool:
     return bool(value.item())
 
 
+def most_over_ranks(count: int, device: Any) -> int:
+    """The largest ``count`` over the ranks (``count`` outside torchrun): how many forward passes every rank of a
+    sharded model runs when each has its own number to do (each pass gathers every layer from all ranks)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return count
+    value = torch.tensor([count], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item())
+
+
 def torchrun(argv: list[str] | None = None) -> int:
     """``vcot-torchrun``: ``torchrun`` with these arguments (the command line's by default), whose exit code keeps
     the ranks' meaning: 2 when a rank exited 2 (invalid settings, a diverged run: a retry cannot help), 1 on any

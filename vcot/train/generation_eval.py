@@ -13,7 +13,9 @@ too (``eval_on_start``: the score of the adapter they continue, which :mod:`vcot
 best checkpoint with before publishing it) and every ``eval_steps`` (:func:`held_out_arguments`).
 
 Under torchrun rank 0 generates with the unwrapped model and broadcasts the metrics, so every rank takes the
-same best-checkpoint and early-stopping decisions.
+same best-checkpoint and early-stopping decisions. A sharded model (``sharding: fsdp2``) is whole on no rank: every
+rank answers the same slice in lockstep (each forward pass gathers the layers from all of them) and rank 0's
+metrics are broadcast, in the time rank 0 alone takes in a data-parallel run.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ class GenerationEval(TrainerCallback):
     """Add the generation metrics to an evaluation's metrics (in place) and log them.
 
     ``measure(model)`` returns the metrics; ``log_metrics`` is the trainer's ``log`` (history, TensorBoard,
-    trackers); ``every``: at the evaluations that pass a multiple of ``every`` steps (0: at every evaluation).
+    trackers); ``every``: at the evaluations that pass a multiple of ``every`` steps (0: at every evaluation);
+    ``every_rank``: every rank measures (a sharded model), not rank 0 alone.
     """
 
     def __init__(
@@ -88,10 +91,12 @@ class GenerationEval(TrainerCallback):
         measure: Callable[[Any], dict[str, float]],
         log_metrics: Callable[[dict[str, float]], None],
         every: int = 0,
+        every_rank: bool = False,
     ) -> None:
         self.measure = measure
         self.log_metrics = log_metrics
         self.every = every
+        self.every_rank = every_rank
 
     def due(self, step: int, eval_steps: int) -> bool:
         """Whether the evaluation at ``step`` generates: a multiple of ``every`` lies since the previous evaluation
@@ -113,7 +118,7 @@ class GenerationEval(TrainerCallback):
     ) -> None:
         if metrics is None or not self.due(state.global_step, int(args.eval_steps)):
             return
-        values = self.measure(model) if state.is_world_process_zero else None
+        values = self.measure(model) if state.is_world_process_zero or self.every_rank else None
         values = distributed.from_main(values)
         metrics.update(values)
         self.log_metrics(dict(values))  # the trainer adds the epoch to what it logs
@@ -161,7 +166,7 @@ def generation_eval(
 ) -> GenerationEval:
     """The callback for a trainer: :func:`held_out` measured at its evaluations."""
     measure = held_out(processor, fmt, recipe, record_outputs).measure
-    return GenerationEval(measure, trainer.log, recipe.generation_eval_steps)
+    return GenerationEval(measure, trainer.log, recipe.generation_eval_steps, every_rank=bool(recipe.sharding))
 
 
 def held_out_arguments(recipe: Recipe) -> dict[str, Any]:
@@ -182,7 +187,8 @@ def held_out_arguments(recipe: Recipe) -> dict[str, Any]:
 def watch_held_out(trainer: Any, slice_: HeldOut, recipe: Recipe) -> None:
     """Make the held-out slice's measurement the trainer's whole evaluation (GRPO, RGFN: their own evaluation loop
     would score a loss that means nothing on held-out prompts)."""
-    trainer.add_callback(GenerationEval(slice_.measure, trainer.log, recipe.generation_eval_steps))
+    trainer.add_callback(GenerationEval(slice_.measure, trainer.log, recipe.generation_eval_steps,
+                                        every_rank=bool(recipe.sharding)))  # fmt: skip
 
     def evaluate(eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
         metrics: dict[str, float] = {}

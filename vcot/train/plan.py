@@ -442,8 +442,7 @@ def smallest_fix(shape: ModelShape, recipe: Recipe, **plan_args: Any) -> str | N
     if recipe.quantize is None and recipe.finetune == "lora":
         candidates.append(("sharding=null,quantize=4bit,optim=adamw_8bit (QLoRA, a whole copy per GPU)",
                            {"sharding": None, "quantize": "4bit", "optim": "adamw_8bit"}, {}))  # fmt: skip
-    sharded = {"sharding": "fsdp2", "quantize": None, "optim": "adamw_torch", "generation_eval_samples": 0,
-               "metric_for_best_model": "eval_loss", "use_vllm": False}  # what sharding needs (recipe.py)
+    sharded = {"sharding": "fsdp2", "quantize": None, "optim": "adamw_torch", "use_vllm": False}  # (recipe.py)
     sharded_text = ",".join(f"{key}={'null' if v is None else str(v).lower()}" for key, v in sharded.items())
     for gpus in (2, 4, 8, 16):
         if gpus > (plan_args.get("gpus") or recipe.gpus):

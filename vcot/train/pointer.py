@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from vcot.errors import StorageError
 from vcot.io import manifest, storage
 from vcot.log import get_logger
+from vcot.train import distributed
 from vcot.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -198,7 +199,10 @@ def pointed_score(config: TrainConfig, model: Any, watched: HeldOut | None, metr
     adapter = comparable_pointer(config, watched.fmt)
     if adapter is None:
         return None
-    score = pointed_metrics(model, watched.measure, adapter)[metric]
+    # Rank 0 alone (the others wait for its score): before training it is the one rank that holds a sharded run's
+    # weights (vcot.models.loading.empty_model), and data-parallel ranks would all compute the same score.
+    score = pointed_metrics(model, watched.measure, adapter)[metric] if distributed.is_main() else math.nan
+    score = distributed.from_main(score)
     log.info("pointer_scored", adapter=adapter, **{metric: round(score, 4)})
     return score
 

@@ -242,17 +242,6 @@ class Recipe:
                 f"recipe use_vllm=true with sharding={self.sharding}: vLLM's colocated rollouts hold a whole model "
                 "per GPU and have not been run sharded: set use_vllm=false (rollouts by the sharded policy itself)"
             )
-        if self.method == "gfn":
-            raise ConfigError(
-                f"recipe sharding={self.sharding} runs SFT and GRPO; method gfn (RGFN's own loop) trains one process: "
-                "set sharding=null (vcot-plan says whether a whole copy per GPU fits)"
-            )
-        if self.generation_eval_samples:
-            raise ConfigError(
-                f"recipe generation_eval_samples={self.generation_eval_samples}: the generation evaluation runs on "
-                f"rank 0 alone, which does not hold a sharded model: set generation_eval_samples=0 with sharding "
-                "(eval_loss still picks the best checkpoint)"
-            )
 
     def _check_selection_and_tracking(self) -> None:
         """The generation evaluation, the metric that picks the best checkpoint, the trackers."""

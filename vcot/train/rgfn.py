@@ -38,7 +38,7 @@ from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
 from vcot.models.loading import image_token_types, machine_precision, vision_token_ids
 from vcot.scoring import gfn
-from vcot.train import pointer
+from vcot.train import distributed, pointer
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
@@ -53,6 +53,7 @@ from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_
 from vcot.train.grpo import grpo_format, record_problem
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
+from vcot.train.sharding import is_sharded, sharded_trainer
 
 log = get_logger(__name__)
 
@@ -185,11 +186,15 @@ class RGFNTrainer(Trainer):
 
     def joint_log_probs(self, model: Any, prompt: Prompt, continuations: list[list[int]]) -> torch.Tensor:
         """log π(continuation | X) under the SFT model (the frozen reference copy of the adapter RGFN continued), in
-        chunks."""
+        chunks. Sharded, every rank runs as many chunks as the rank with the most (the last one again, its values
+        dropped): each forward pass gathers every layer from all ranks."""
         x_len = prompt.inputs["input_ids"].shape[1]
         chunk, values = max(1, self.recipe.per_device_eval_batch_size), []
+        starts = list(range(0, len(continuations), chunk))
+        if is_sharded(self):
+            starts += starts[-1:] * (distributed.most_over_ranks(len(starts), self.model.device) - len(starts))
         with torch.no_grad(), active(model, REFERENCE):
-            for start in range(0, len(continuations), chunk):
+            for start in starts:
                 part = continuations[start : start + chunk]
                 batch = self.batch_inputs(prompt, part)
                 kept = batch["input_ids"].shape[1] - x_len + 1  # the positions that predict the continuation
@@ -197,7 +202,7 @@ class RGFNTrainer(Trainer):
                 targets = batch["input_ids"][:, x_len:]
                 token_logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
                 values.append((token_logp * batch["attention_mask"][:, x_len:]).sum(1).double().cpu())
-        return torch.cat(values)
+        return torch.cat(values)[: len(continuations)]
 
     # -- 4. the loss -------------------------------------------------------------------------------
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, **_: Any) -> Any:
@@ -207,11 +212,14 @@ class RGFNTrainer(Trainer):
             step, recipe.reward_tolerance_start, recipe.reward_tolerance_end, recipe.reward_tolerance_horizon
         )
         losses = []
+        # Sampling and the rewards (no gradient) use the model itself: a data-parallel wrapper has no generate and no
+        # adapters. The policy's forward goes through ``model``, whose wrapper reduces the gradients.
+        policy = self.accelerator.unwrap_model(model)
         for record in inputs["records"]:
             prompt = self.prompt(record)
-            rationales = [prompt.reference, *self.sample(model, prompt)]  # row 0: the reference
+            rationales = [prompt.reference, *self.sample(policy, prompt)]  # row 0: the reference
             lengths = torch.tensor([len(z) for z in rationales])
-            log_r = self.log_rewards(model, prompt, rationales, temperature)
+            log_r = self.log_rewards(policy, prompt, rationales, temperature)
             rewards = gfn.length_normalized(log_r, lengths)
             keep = gfn.reference_filter(rewards, 0, tolerance)
             log_pf, log_pt = self.policy_terms(model, prompt, [z for z, k in zip(rationales, keep, strict=True) if k])
@@ -295,7 +303,8 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
-    trainer = RGFNTrainer(
+    trainer_class = sharded_trainer(RGFNTrainer) if recipe.sharding else RGFNTrainer
+    trainer = trainer_class(
         model=model, args=args, train_dataset=Records(rows), eval_dataset=watched.records if watched else None,
         data_collator=collate, processing_class=processor, recipe=recipe, fmt=fmt,
     )
