@@ -156,8 +156,8 @@ def test_components_validate_strictly(
 @pytest.mark.parametrize("component", ["multi-gpu", "multi-node"])
 def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> None:
     """A pod that requests N GPUs runs N processes (torchrun --nproc-per-node=N), else N-1 GPUs sit idle all run.
-    GRPO and RGFN run one process (RGFN's loop is single-process; the GRPO Job runs no torchrun):
-    they request one GPU whatever GPUS_PER_NODE says, beside a multi-GPU or multi-node train (docs/k8s.md)."""
+    GRPO and RGFN run data-parallel under torchrun in one pod, GPUS_PER_NODE processes, also beside a multi-node train
+    (their Jobs stay one pod: not Indexed, no rendezvous across pods); docs/k8s.md."""
     docs = gpu_overlay_with(component, also=(method,))
     env = env_of(docs)
     for name, job in by_kind(docs, "Job").items():
@@ -166,9 +166,24 @@ def test_every_gpu_a_pod_requests_has_a_process(component: str, method: str) -> 
         command = [expand(part, env) for part in container["command"]]
         processes = next((int(p.split("=")[1]) for p in command if p.startswith("--nproc-per-node=")), 1)
         assert gpus in (0, processes), (name, gpus, command)
-    method_job = train_container(docs, f"vcot-{method}")
-    assert method_job["resources"]["limits"]["nvidia.com/gpu"] == "1" and method_job["command"] == ["vcot-train"]
+    job = by_kind(docs, "Job")[f"vcot-{method}"]
+    command = [expand(part, env) for part in job["spec"]["template"]["spec"]["containers"][0]["command"]]
+    assert command[0] == "vcot-torchrun" and "--standalone" in command and command[-2:] == ["--no-python", "vcot-train"]
+    assert f"--nproc-per-node={SETTINGS['GPUS_PER_NODE']}" in command
+    assert "completionMode" not in job["spec"] and job["spec"].get("parallelism", 1) == 1
+    timeout = int(next(part for part in command if part.startswith("--shutdown-timeout=")).split("=")[1])
+    assert timeout < job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert train_container(docs)["resources"]["limits"]["nvidia.com/gpu"] == SETTINGS["GPUS_PER_NODE"]
+    manifest_checks.test_every_pod_is_hardened_and_bounded({component: docs}, component)
+    manifest_checks.test_every_variable_in_args_is_defined({component: docs}, component)
+
+
+def test_without_a_distributed_component_grpo_runs_one_process_on_one_gpu() -> None:
+    shipped = listed_components("k8s/overlays/gpu")
+    with overlay_copy("k8s/overlays/gpu", components=[shipped[0], "../../components/grpo", *shipped[1:]]) as folder:
+        docs = render(folder)  # the shipped settings: GPUS_PER_NODE=1
+    grpo = train_container(docs, "vcot-grpo")
+    assert grpo["command"] == ["vcot-train"] and grpo["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
 def test_each_runs_headless_service_selects_its_own_train_pods_only(multi_node: list[dict[str, Any]]) -> None:
