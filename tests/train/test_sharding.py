@@ -320,3 +320,19 @@ def test_sharded_rgfn_matches_data_parallel_rgfn(
         for key in ("loss", "grad_norm", "rgfn/reward_reference", "rgfn/length_samples", "rgfn/kept_fraction"):
             tolerance = LOSS_TOLERANCE * max(1.0, abs(whole[key]))  # relative: RGFN's loss is in the hundreds
             assert abs(whole[key] - sharded[key]) < tolerance, (whole["step"], key, whole[key], sharded[key])
+
+
+def test_a_sharded_rank_with_no_readable_image_keeps_generating_with_the_others(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Rank 1 cannot read its batch's only image (a storage error on one node) while rank 0 answers its own: rank 1
+    must still step through rank 0's generation, whose every forward pass gathers rank 1's shards. Before, it
+    returned at once and both ranks waited on each other until the process group's timeout (1 minute here)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "VCOT_COLLECTIVE_TIMEOUT_MINUTES": "1"}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+            "-m", "tests.train.idle_rank_generation", str(tiny_model_dir), str(tmp_path)]  # fmt: skip
+    run = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    printed = re.findall(r'\{"rank": [^}]*\}', run.stdout)
+    answers = sorted((json.loads(answer) for answer in printed), key=lambda answer: answer["rank"])
+    assert [(answer["rank"], answer["skipped"]) for answer in answers] == [(0, False), (1, True)], answers

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from vcot.grounding.boxes import BoxFormat
@@ -170,6 +171,19 @@ def _with_answers(
     return [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]
 
 
+STAND_IN_SIDE = 56
+"""Side of the gray image a rank of a sharded model answers when it has nothing readable (two patches of 28)."""
+
+
+def generates_in_lockstep(model: Any) -> bool:
+    """Whether every rank must run the same ``generate`` calls: a model sharded by FSDP over several ranks (each
+    forward pass gathers every rank's shards), as transformers decides it for ``synced_gpus``."""
+    import torch.distributed as dist
+
+    sharded = any(getattr(module, "_is_fsdp_managed_module", False) for module in model.modules())  # fully_shard's
+    return sharded and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def generate_batch(
     model: Any,
     processor: Any,
@@ -182,7 +196,8 @@ def generate_batch(
     With ``qwen2.5-absolute`` boxes the model answers in pixels of the image as the processor resized it,
     and they are read back with the resize of the record's ``width``/``height``: a record whose image gives
     another patch grid than its metadata would be mis-scored, so it is skipped (``grid_mismatch``), as
-    train refuses it.
+    train refuses it. On a model sharded over several ranks a rank with nothing to answer still makes the
+    generation passes, on a gray image, answered by no one: the others' passes gather its shards.
     """
     if processors is None:
         processors = penalty_processors(settings, processor.tokenizer)
@@ -209,6 +224,11 @@ def generate_batch(
         if mismatched:  # grids are per image: encoding the rest again cannot mismatch
             usable = [p for p in usable if p not in mismatched]
             inputs = encode(usable) if usable else None
+    stand_in = inputs is None and generates_in_lockstep(model)
+    if stand_in:  # the other ranks' passes gather this rank's shards: it makes the same ones, on a gray image
+        images, usable = {0: Image.new("RGB", (STAND_IN_SIDE, STAND_IN_SIDE), "gray") if multimodal else None}, [0]
+        prompts[0] = prompt_text(processor, records[0], settings)
+        inputs = encode(usable)
     if inputs is None:
         return responses
     inputs = inputs.to(model.device)
@@ -230,6 +250,8 @@ def generate_batch(
     texts = decode_responses(processor.tokenizer, new_tokens, stop_token_ids(model, processor.tokenizer))
     if two_phase(settings):  # the answer turn after each rationale turn, greedy
         texts = _with_answers(model, processor, records[usable[0]], settings.fmt, encode, usable, texts)
+    if stand_in:
+        return responses  # its answer to the gray image is nobody's
     for position, text in zip(usable, texts, strict=True):
         responses[position] = text
     return responses

@@ -14,6 +14,11 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+COLLECTIVE_TIMEOUT_MINUTES = 120
+"""How long a rank waits in a collective for the others before the run fails. Torch's NCCL default is 10 minutes,
+and vcot's ranks wait on rank 0's long single-rank work: uploading a checkpoint or a 145 GB merged 72B, syncing
+checkpoints down at a restart, a data-parallel generation evaluation. ``VCOT_COLLECTIVE_TIMEOUT_MINUTES`` sets it."""
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,7 +56,18 @@ def init(*, group_of_one: bool = False) -> None:
                           WORLD_SIZE="1", GROUP_RANK="0")  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=collective_timeout())
+
+
+def collective_timeout() -> Any:
+    """:data:`COLLECTIVE_TIMEOUT_MINUTES`, or ``VCOT_COLLECTIVE_TIMEOUT_MINUTES`` when set.
+
+    >>> collective_timeout()
+    datetime.timedelta(seconds=7200)
+    """
+    from datetime import timedelta
+
+    return timedelta(minutes=float(os.environ.get("VCOT_COLLECTIVE_TIMEOUT_MINUTES") or COLLECTIVE_TIMEOUT_MINUTES))
 
 
 def free_port() -> int:
