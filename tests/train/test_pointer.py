@@ -97,6 +97,25 @@ def test_only_another_adapter_of_the_same_base_and_format_is_compared(
     assert comparable_pointer(run, house) is None
 
 
+def test_a_sharded_run_of_several_ranks_does_not_score_the_pointed_model_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before sharding only rank 0 holds the weights: it would generate alone with the whole model on its CPU."""
+    from vcot.train.generation_eval import HeldOut
+    from vcot.train.pointer import pointed_score
+
+    configure_logging("console")
+    run, house = config(tmp_path), ModelFormat.for_family("qwen2.5-vl")
+    other = str(tmp_path / "runs" / "other")
+    storage.write_json(f"{other}/adapter/{MODEL_CARD}", house.to_dict())
+    storage.write_json(run.pointer_uri, run_pointer(other, "m"))
+    scored: list[object] = []
+    watched = HeldOut(records=[], measure=lambda model: scored.append(model) or {}, fmt=house)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert pointed_score(run, object(), watched, METRIC, sharded=True) is None
+    assert scored == [] and "a sharded run does not score the pointed model" in capsys.readouterr().err
+
+
 def test_update_pointer_on_an_rl_run_needs_its_held_out_evaluation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="generation_eval_samples > 0"):
         config(tmp_path, set="generation_eval_samples=0,metric_for_best_model=eval_loss")

@@ -373,7 +373,8 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
-    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
+    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
+                                   sharded=bool(recipe.sharding))
     zero_advantage = ZeroAdvantageWarning()
     trainer_class = sharded_trainer(GRPOTrainer) if recipe.sharding else GRPOTrainer
     trainer = trainer_class(

@@ -191,16 +191,24 @@ def ensure_pointer(config: TrainConfig) -> None:
     log.info("pointer_written", pointer=config.pointer_uri, run=config.output, previous=current)
 
 
-def pointed_score(config: TrainConfig, model: Any, watched: HeldOut | None, metric: str) -> float | None:
+def pointed_score(
+    config: TrainConfig, model: Any, watched: HeldOut | None, metric: str, *, sharded: bool = False
+) -> float | None:
     """``metric`` of the model the pointer names when the run must also beat it (:func:`comparable_pointer`), on the
-    run's held-out slice (``watched``, :class:`vcot.train.generation_eval.HeldOut`); ``None`` when not needed."""
+    run's held-out slice (``watched``, :class:`vcot.train.generation_eval.HeldOut`); ``None`` when not needed.
+
+    Not for a ``sharded`` run of several ranks: before sharding only rank 0 holds weights, and it would generate
+    alone with the whole model in CPU memory (hours for a 32B) while the others wait; only its start is compared."""
     if watched is None or not config.update_pointer:
         return None
     adapter = comparable_pointer(config, watched.fmt)
     if adapter is None:
         return None
-    # Rank 0 alone (the others wait for its score): before training it is the one rank that holds a sharded run's
-    # weights (vcot.models.loading.empty_model), and data-parallel ranks would all compute the same score.
+    if sharded and distributed.world_size() > 1:
+        log.warning("pointer_not_compared", pointer=config.pointer_uri, names=adapter,
+                    hint="a sharded run does not score the pointed model: only the run's start is compared")  # fmt: skip
+        return None
+    # Rank 0 alone (the others wait for its score): data-parallel ranks would all compute the same score.
     score = pointed_metrics(model, watched.measure, adapter)[metric] if distributed.is_main() else math.nan
     score = distributed.from_main(score)
     log.info("pointer_scored", adapter=adapter, **{metric: round(score, 4)})

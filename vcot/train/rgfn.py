@@ -302,7 +302,8 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # the trainer: RGFN's loss.
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
-    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model)
+    pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
+                                   sharded=bool(recipe.sharding))
     trainer_class = sharded_trainer(RGFNTrainer) if recipe.sharding else RGFNTrainer
     trainer = trainer_class(
         model=model, args=args, train_dataset=Records(rows), eval_dataset=watched.records if watched else None,
