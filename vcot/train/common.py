@@ -292,7 +292,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         raise cause from exc
     finally:
         sigterm.uninstall()
-    if sigterm.received:
+    # After the last step the ranks no longer agree at each step: a SIGTERM during the final save reached some only.
+    if distributed.any_rank(sigterm.received, trainer.args.device):
         raise TrainingInterrupted(
             f"stopped by SIGTERM at step {trainer.state.global_step}; the checkpoint is in "
             f"{folders.remote_checkpoints}. Run the same command again to resume from it"

@@ -111,7 +111,7 @@ class RGFNTrainer(Trainer):
         tail = tokenizer(full.split(CUE, 1)[1].rstrip("\n"), add_special_tokens=False)["input_ids"]
         if not tail or tail[0] != self.end_id:
             raise VcotError("the chat template does not end the rationale turn with the end-of-turn token")
-        return Prompt({k: v.to(self.model.device) for k, v in inputs.items()}, reference, tail)
+        return Prompt({k: v.to(self.args.device) for k, v in inputs.items()}, reference, tail)
 
     def batch_inputs(self, prompt: Prompt, continuations: list[list[int]]) -> dict[str, torch.Tensor]:
         """X followed by each continuation, right padded, with X's image repeated per row."""
@@ -123,7 +123,7 @@ class RGFNTrainer(Trainer):
         for row, continuation in enumerate(continuations):
             ids[row, : len(x) + len(continuation)] = torch.tensor(x + continuation)
             mask[row, : len(x) + len(continuation)] = 1
-        batch = {"input_ids": ids.to(self.model.device), "attention_mask": mask.to(self.model.device)}
+        batch = {"input_ids": ids.to(self.args.device), "attention_mask": mask.to(self.args.device)}
         if "pixel_values" in prompt.inputs:
             batch["pixel_values"] = prompt.inputs["pixel_values"].repeat(len(continuations), 1)
             batch["image_grid_thw"] = prompt.inputs["image_grid_thw"].repeat(len(continuations), 1)
@@ -192,7 +192,7 @@ class RGFNTrainer(Trainer):
         chunk, values = max(1, self.recipe.per_device_eval_batch_size), []
         starts = list(range(0, len(continuations), chunk))
         if is_sharded(self):
-            starts += starts[-1:] * (distributed.most_over_ranks(len(starts), self.model.device) - len(starts))
+            starts += starts[-1:] * (distributed.most_over_ranks(len(starts), self.args.device) - len(starts))
         with torch.no_grad(), active(model, REFERENCE):
             for start in starts:
                 part = continuations[start : start + chunk]
