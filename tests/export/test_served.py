@@ -6,60 +6,122 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from jobs.export import main as export_main
 from vcot.dev.vllm_server import VllmServer, vllm_venv, vllm_venv_ready
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import question_text
 from vcot.io import manifest, storage
-from vcot.models.generation import GenerationSettings, generate_batch
-from vcot.models.loading import load_model_and_processor
+from vcot.models.generation import GenerationSettings, decode_responses, generate_batch
+from vcot.models.loading import load_model_and_processor, stop_token_ids
 from vcot.train import TrainConfig, train
 from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
 
 ANSWER_TOKENS = 24
+ADAPTER_SCALE = 0.05
 UNTRAINED = "max_steps=1,learning_rate=1e-9,save_steps=1,eval_steps=1"
 """A run that leaves the random model as it is: its answers follow each image's pixels and grid (a trained tiny model
 answers every record alike), so the served and in-process image paths must agree for the answers to."""
+REAL_LORA = "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj],modules_to_save=[],lora_r=16"
+"""The large recipes' adapter (tiny-cpu's trains whole layers, which vLLM's LoRA cannot serve)."""
+RUN_PIXELS = 6272
+"""The run's image budget, half the base processor's: served on the base, an adapter must bring its own."""
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A short run of a family's tiny model: its base, the run's adapter, and the run merged and exported."""
+
+    base: Path
+    adapter: Path
+    export: Path
 
 
 @pytest.fixture(scope="module", params=["qwen2.5-vl", "qwen3-vl"])
-def export_folder(request: pytest.FixtureRequest, record_data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A short run of the family's tiny model, merged and exported as users serve it. The ``local`` size: vLLM's CPU
-    attention needs heads of 32 and more (the tests' size has 16)."""
+def trained(request: pytest.FixtureRequest, record_data: str, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    """The ``local`` size: vLLM's CPU attention needs heads of 32 and more (the tests' size has 16)."""
     from vcot.dev.tiny_model import build_tiny_model
     from vcot.tokenize import TokenizeConfig, tokenize
 
     root = tmp_path_factory.mktemp("served")
     model = build_tiny_model(root / "base", family=request.param, size="local")
-    tokenize(TokenizeConfig(input=[record_data], output=str(root / "tokens"), model=str(model)))
+    tokenize(TokenizeConfig(input=[record_data], output=str(root / "tokens"), model=str(model), max_pixels=RUN_PIXELS))
     run = str(root / "run")
     assert train(TrainConfig(data=str(root / "tokens"), model=str(model), output=run, recipe="tiny-cpu",
-                             set=UNTRAINED, threads=1))  # fmt: skip
+                             set=f"{UNTRAINED},{REAL_LORA}", threads=1))  # fmt: skip
     assert export_main(["--run", run, "--output", str(root / "export")]) == 0
-    return root / "export"
+    return Trained(base=model, adapter=root / "run" / "adapter", export=root / "export")
 
 
-@pytest.fixture(scope="module")
-def served(export_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+def served_by(model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
     venv = vllm_venv()
     if not vllm_venv_ready(venv):
         pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
-    server = VllmServer(model=export_folder, port=free_port(), venv=venv, root=tmp_path_factory.mktemp("vllm"))
+    server = VllmServer(model=model, adapters=adapters, port=free_port(), venv=venv,
+                        root=tmp_path_factory.mktemp("vllm"))  # fmt: skip
     server.up()
     yield server
     server.down()
 
 
-def served_answer(server: VllmServer, record: dict[str, Any], fmt: ModelFormat) -> str:
-    """docs/export.md's request: the image, the card's exact prompt (and system turn), greedy."""
+@pytest.fixture(scope="module")
+def served(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """The export, served as docs/export.md serves it."""
+    yield from served_by(trained.export, {}, tmp_path_factory)
+
+
+def random_adapter(source: Path, target: Path, seed: int) -> Path:
+    """``source`` with random LoRA B matrices: a trained adapter's B starts at zero (this run's has barely moved), and
+    an adapter that changes nothing would not show whether the server applies it."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(target / "adapter_model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    for name, weight in weights.items():
+        if "lora_B" in name:
+            weights[name] = torch.randn(weight.shape, generator=generator) * ADAPTER_SCALE
+    save_file(weights, target / "adapter_model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+@pytest.fixture(scope="module")
+def adapters(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two adapters of the run, told apart by their weights, to serve on one base."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {name: random_adapter(trained.adapter, root / name, seed) for seed, name in enumerate(("left", "right"))}
+
+
+@pytest.fixture(scope="module")
+def served_with_adapters(
+    trained: Trained, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[VllmServer]:
+    """The base, served with both adapters (``--enable-lora``), as docs/export.md serves an adapter."""
+    yield from served_by(trained.base, adapters, tmp_path_factory)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A served answer: its text, and its tokens decoded as vcot decodes its own (special tokens kept, cut at the
+    first stop token)."""
+
+    text: str
+    decoded: str
+
+
+def served_answer(server: VllmServer, record: dict[str, Any], fmt: ModelFormat, vcot: Any, model: str = "") -> Served:
+    """docs/export.md's request: the image, the card's exact prompt (and system turn), greedy; ``vcot``: the same
+    model in process, whose tokenizer decodes the served tokens."""
     from openai import OpenAI
 
     image = base64.b64encode(storage.read_bytes(record["image"])).decode()
@@ -68,22 +130,71 @@ def served_answer(server: VllmServer, record: dict[str, Any], fmt: ModelFormat) 
     system = [{"role": "system", "content": fmt.system_prompt}] if fmt.system_prompt else []
     client = OpenAI(base_url=server.url, api_key="none")
     reply = client.chat.completions.create(
-        model=server.served_name, messages=[*system, {"role": "user", "content": content}], temperature=0,
-        max_tokens=ANSWER_TOKENS, extra_body={"skip_special_tokens": False, "repetition_penalty": 1.0},
+        model=model or server.served_name, messages=[*system, {"role": "user", "content": content}], temperature=0,
+        max_tokens=ANSWER_TOKENS,
+        extra_body={"skip_special_tokens": False, "repetition_penalty": 1.0, "return_token_ids": True},
     )  # fmt: skip
-    return reply.choices[0].message.content or ""
+    choice = reply.choices[0]
+    tokenizer = vcot.processor.tokenizer
+    (decoded,) = decode_responses(tokenizer, torch.tensor([choice.token_ids]), stop_token_ids(vcot.model, tokenizer))
+    return Served(text=choice.message.content or "", decoded=decoded)
+
+
+def held_out(record_data: str) -> list[dict[str, Any]]:
+    return list(manifest.committed_records(record_data, ("val/",), expect_stage=manifest.RECORD_STAGES))[:4]
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """The same model loaded by vcot."""
+
+    model: Any
+    processor: Any
+
+    @classmethod
+    def load(cls, folder: Path, adapter: Path | None = None) -> InProcess:
+        return cls(*load_model_and_processor(str(folder), adapter_uri=str(adapter) if adapter else None))
+
+    def answers(self, records: list[dict[str, Any]], fmt: ModelFormat) -> list[str]:
+        """vcot's greedy answers, decoded as the served ones are (no repetition penalty, no box-aware penalty)."""
+        settings = GenerationSettings(fmt=fmt, max_new_tokens=ANSWER_TOKENS, repetition_penalty=1.0,
+                                      box_aware_penalty=False)  # fmt: skip
+        return generate_batch(self.model, self.processor, records, settings)
+
+
+def assert_same_answers(served: list[Served], in_process: list[str]) -> None:
+    """Token for token. The served text is the decoded one, but for the last character when the answer was cut
+    within it (at max_tokens): vLLM's detokenizer withholds an unfinished UTF-8 character, vcot's decodes it as U+FFFD."""
+    assert [answer.decoded for answer in served] == in_process
+    for answer in served:
+        assert answer.decoded.startswith(answer.text) and set(answer.decoded[len(answer.text) :]) <= {"\ufffd"}
+    assert all(in_process) and len(set(in_process)) > 1, in_process  # something to compare: not all the same
 
 
 def test_the_served_export_answers_as_vcot_does_in_process(
-    served: VllmServer, export_folder: Path, record_data: str
+    served: VllmServer, trained: Trained, record_data: str
 ) -> None:
-    fmt = ModelFormat.from_dict(json.loads((export_folder / "vcot-model.json").read_text()))
-    records = list(manifest.committed_records(record_data, ("val/",), expect_stage=manifest.RECORD_STAGES))[:4]
-    model, processor = load_model_and_processor(str(export_folder))
-    settings = GenerationSettings(fmt=fmt, max_new_tokens=ANSWER_TOKENS, repetition_penalty=1.0,
-                                  box_aware_penalty=False)  # fmt: skip
-    in_process = generate_batch(model, processor, records, settings)
-    answers = [served_answer(served, record, fmt) for record in records]
-    print(json.dumps(answers))
-    assert answers == in_process
-    assert all(answers) and len(set(answers)) > 1, answers  # something to compare: answers, not all the same
+    fmt = ModelFormat.from_dict(json.loads((trained.export / "vcot-model.json").read_text()))
+    records = held_out(record_data)
+    vcot = InProcess.load(trained.export)
+    answers = [served_answer(served, record, fmt, vcot) for record in records]
+    print(json.dumps([answer.decoded for answer in answers]))
+    assert_same_answers(answers, vcot.answers(records, fmt))
+
+
+def test_served_adapters_answer_as_vcot_does_with_each_adapter(
+    served_with_adapters: VllmServer, trained: Trained, adapters: dict[str, Path], record_data: str
+) -> None:
+    fmt = ModelFormat.from_dict(json.loads((trained.adapter / "vcot-model.json").read_text()))
+    records = held_out(record_data)
+    decoded = {}
+    for name, folder in adapters.items():
+        vcot = InProcess.load(trained.base, folder)
+        answers = [served_answer(served_with_adapters, record, fmt, vcot, model=name) for record in records]
+        assert_same_answers(answers, vcot.answers(records, fmt))
+        decoded[name] = [answer.decoded for answer in answers]
+    base = InProcess.load(trained.base)
+    decoded["base"] = [served_answer(served_with_adapters, record, fmt, base).decoded for record in records]
+    print(json.dumps(decoded))
+    assert decoded["left"] != decoded["base"] and decoded["right"] != decoded["base"], "an adapter changed nothing"
+    assert decoded["left"] != decoded["right"]

