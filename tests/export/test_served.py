@@ -21,7 +21,7 @@ from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import question_text
 from vcot.io import manifest, storage
 from vcot.models.generation import GenerationSettings, decode_responses, generate_batch
-from vcot.models.loading import load_model_and_processor, stop_token_ids
+from vcot.models.loading import load_model_and_processor, load_processor, save_processor_for_serving, stop_token_ids
 from vcot.train import TrainConfig, train
 from vcot.train.distributed import free_port
 
@@ -107,7 +107,15 @@ def served_with_adapters(
     trained: Trained, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[VllmServer]:
     """The base, served with both adapters (``--enable-lora``), as docs/export.md serves an adapter."""
-    yield from served_by(trained.base, adapters, tmp_path_factory)
+    yield from served_by(as_on_the_hub(trained.base, tmp_path_factory.mktemp("hub")), adapters, tmp_path_factory)
+
+
+def as_on_the_hub(base: Path, folder: Path) -> Path:
+    """A copy of the tiny base with its processor saved as a hub model's is (the family's own classes): vcot's tiny
+    model names its image-only processor, so that it loads without torchvision, and vLLM's transformers knows none."""
+    shutil.copytree(base, folder, dirs_exist_ok=True)
+    save_processor_for_serving(load_processor(str(base)), folder)
+    return folder
 
 
 @dataclass(frozen=True)

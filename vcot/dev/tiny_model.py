@@ -357,8 +357,6 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
-    from vcot.models.loading import save_processor_for_serving
-
     dest = Path(dest)
     processor = build_processor(seed=seed, family=family)
     config = tiny_config(processor.tokenizer, TINY_SIZES[size], family)
@@ -372,7 +370,7 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     )
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
-    save_processor_for_serving(processor, dest)  # as a hub model's folder: vLLM serves it as a base too
+    processor.save_pretrained(dest)
     (dest / BUILD_CARD).write_text(json.dumps(build_card(family, size, seed)) + "\n", encoding="utf-8")
     return dest
 
