@@ -174,7 +174,8 @@ $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mi
 	tar -C $(IMAGE_ROOTFS) -c . | $(PODMAN) import - $(IMAGE_BASE)
 	@touch $@
 
-image-base: $(IMAGE_ROOTFS)/.done ## Build the local base image localhost/debian-py:bookworm
+image-base: ## Build the local base image localhost/debian-py:bookworm, once (kept; podman rmi it to rebuild)
+	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) --no-print-directory $(IMAGE_ROOTFS)/.done; }
 
 # podman build, offline-friendly: the local base, the host's CA bundle (a TLS proxy reaches the registries),
 # the local torch CPU wheel folder when there is one, and TORCH_CPU_INDEX when set.
@@ -185,12 +186,10 @@ IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network 
 	-v $(HOST_CA):$(HOST_CA):ro
 
 image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
-	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
 	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
 	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
 
 image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
-	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) image-base; }
 	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
 	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
 

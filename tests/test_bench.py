@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "bench"
 
@@ -46,6 +48,9 @@ SMOKE: dict[str, tuple[list[str], str]] = {
          "--output", "{output}"],
         "runs",
     ),
+    "served_bench.py": (
+        ["--records", "2", "--generations", "2", "--max-tokens", "4", "--repeats", "1", "--output", "{output}"], "runs"
+    ),
     "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
@@ -70,6 +75,8 @@ def test_every_benchmark_has_a_smoke_run() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_benchmark_runs_at_its_smallest_sizes(script: str, tmp_path: Path) -> None:
+    if script == "served_bench.py" and not vllm_venv_ready(vllm_venv()):
+        pytest.skip(f"NO vLLM ENVIRONMENT at {vllm_venv()}: `make vllm-env` builds it (make test tries first)")
     output = tmp_path / "results.json"
     flags, key = SMOKE[script]
     args = [flag.format(output=output) for flag in flags]
