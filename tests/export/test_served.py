@@ -172,7 +172,8 @@ class InProcess:
 
 def assert_same_answers(served: list[Served], in_process: list[str]) -> None:
     """Token for token. The served text is the decoded one, but for the last character when the answer was cut
-    within it (at max_tokens): vLLM's detokenizer withholds an unfinished UTF-8 character, vcot's decodes it as U+FFFD."""
+    within it (at max_tokens): vLLM's detokenizer withholds an unfinished UTF-8 character, vcot's decodes it as
+    U+FFFD."""
     assert [answer.decoded for answer in served] == in_process
     for answer in served:
         assert answer.decoded.startswith(answer.text) and set(answer.decoded[len(answer.text) :]) <= {"\ufffd"}

@@ -55,7 +55,8 @@ MODEL_OF = {
 }
 """Every shipped non-tiny recipe and the published model it was written for."""
 EXPORTED = ("qwen2.5-vl-7b-qlora", "qwen3-vl-8b-qlora")
-"""The QLoRA recipes also merged for export and evaluated here: one per family (CI's time; the 3B's differ in widths)."""
+"""The QLoRA recipes also merged for export and evaluated here: one per family (CI's time; the 3B's differs from the
+7B's in widths only)."""
 SFT_OF = {"qwen2.5-vl-7b-grpo": "qwen2.5-vl-7b-qlora", "qwen3-vl-8b-grpo": "qwen3-vl-8b-qlora"}
 """GRPO recipes continue their family's SFT adapter, as documented."""
 

