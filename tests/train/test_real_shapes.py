@@ -164,7 +164,6 @@ def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: 
     if recipe_name not in EXPORTED:
         return  # the merge and evaluate of its family run on the 7B's slice: the same code at other widths
 
-
     # The merge for export: the 16-bit base plus B @ A x alpha / r, weight for weight.
     merged = Path(root) / recipe_name / "merged"
     job("export", "--run", str(run), "--output", str(merged))
