@@ -160,12 +160,12 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     if early_stopping:
         trainer.add_callback(EarlyStoppingCallback(recipe.early_stopping_patience, recipe.early_stopping_threshold))
 
-    # 4. Train (resuming from storage), then the final evaluation.
+    # 4. Train (resuming from storage), then the final evaluation (the kept model's, when it was evaluated).
     use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     metrics: dict[str, Any] = {"train": result.metrics, "global_step": trainer.state.global_step}
     if trainer.eval_dataset is not None:
-        metrics["eval"] = trainer.evaluate()
+        metrics["eval"] = kept_model_evaluation(trainer.state, args.load_best_model_at_end) or trainer.evaluate()
         metrics["best_metric"] = {"name": recipe.metric_for_best_model, "value": trainer.state.best_metric,
                                   "step": trainer.state.best_global_step}
     metrics["log_history"] = trainer.state.log_history
@@ -182,3 +182,21 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     return commit_run(
         config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats
     )
+
+
+def kept_model_evaluation(state: Any, load_best: bool) -> dict[str, Any]:
+    """The evaluation logged for the model the run keeps (the best checkpoint's when the best is loaded at the end,
+    else the last step's); empty when that step was not evaluated. Evaluating it again would only repeat it, the
+    generation evaluation included (minutes on a real val slice).
+
+    >>> from types import SimpleNamespace as State
+    >>> history = [{"step": 2, "eval_loss": 0.5, "epoch": 1.0}, {"step": 2, "eval_gen_iou": 0.3}, {"step": 3, "loss": 0.9}]
+    >>> kept_model_evaluation(State(log_history=history, global_step=3, best_global_step=2), load_best=True)
+    {'eval_loss': 0.5, 'eval_gen_iou': 0.3}
+    >>> kept_model_evaluation(State(log_history=history, global_step=3, best_global_step=2), load_best=False)
+    {}
+    """
+    step = state.best_global_step if load_best and state.best_global_step else state.global_step
+    logged = [entry for entry in state.log_history if entry.get("step") == step]
+    return {key: value for entry in logged for key, value in entry.items() if key.startswith("eval_")}
+
