@@ -113,8 +113,10 @@ K8S_RENDERED := build/k8s
 CHECKOV_VENV := .venv-checkov
 CHECKOV_VERSION := 3.3.30
 IMAGE_TAG ?= 0.1.0
-# podman without a daemon, as CI and this machine allow: chroot isolation, vfs storage, host network.
-PODMAN := podman --storage-driver vfs
+# podman without a daemon, as CI and this machine allow: chroot isolation, host network, the store's own driver
+# (overlay where the kernel has it; PODMAN="podman --storage-driver vfs" where it does not: every layer a full copy).
+PODMAN ?= podman
+export PODMAN
 IMAGE_BASE := localhost/debian-py:bookworm
 IMAGE_ROOTFS := build/debian-rootfs
 HOST_CA := /etc/ssl/certs/ca-certificates.crt
@@ -188,11 +190,11 @@ IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network 
 
 image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
 	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
+	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
 
 image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
 	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # vfs keeps every layer whole: drop the ones this build replaced
+	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)

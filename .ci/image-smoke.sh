@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${1:?usage: .ci/image-smoke.sh IMAGE}
 PY=${PY:-.venv/bin/python}
-PODMAN=(podman --storage-driver vfs)
+read -ra PODMAN <<< "${PODMAN:-podman}"  # the Makefile's PODMAN (its storage driver)
 
 started=0
 if ! "$PY" -m vcot.dev.local_s3 status >/dev/null 2>&1; then "$PY" -m vcot.dev.local_s3 up >/dev/null && started=1; fi
