@@ -16,6 +16,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,11 +67,9 @@ def test_every_large_recipe_is_covered_here() -> None:
     assert sorted(MODEL_OF) == [name for name in recipe_names() if not name.startswith("tiny-")]
 
 
-def slice_for(recipe_name: str, root: str) -> Path:
-    """The slice of ``recipe_name``'s model: under ``VCOT_SLICE_CACHE`` when set (kept between runs, 8 GB for the
-    three), else in this module's folder, removed with it (CI builds the container image next, on the same disk)."""
-    cache = os.environ.get("VCOT_SLICE_CACHE")
-    return cached_slice(MODEL_OF[recipe_name], Path(cache) if cache else Path(root) / "slices")
+def slice_for(recipe_name: str) -> Path:
+    """The slice of ``recipe_name``'s model, kept between runs in the slice cache (``VCOT_SLICE_CACHE``)."""
+    return cached_slice(MODEL_OF[recipe_name])
 
 
 @functools.cache
@@ -111,10 +111,6 @@ def assert_ran(run: Path, recipe_name: str, model: Path) -> None:
 def job(stage: str, *args: str) -> None:
     """``vcot-<stage> ARGS`` as a user runs it, in its own process: each run's memory is returned when it ends
     (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine)."""
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
     done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=False)  # fmt: skip
@@ -123,7 +119,7 @@ def job(stage: str, *args: str) -> None:
 
 @functools.cache
 def sft_run(recipe_name: str, root: str) -> Path:
-    model = slice_for(recipe_name, root)
+    model = slice_for(recipe_name)
     tokens, run = f"{root}/{recipe_name}/tokens", Path(root) / recipe_name / "run"
     job("tokenize", "--input", records(root), "--output", tokens, "--model", str(model))
     job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
@@ -133,7 +129,7 @@ def sft_run(recipe_name: str, root: str) -> Path:
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """This module's folder: slices, runs and exports, about 12 GB at its peak, removed at the end."""
+    """This module's folder: runs and exports, about 4 GB at its peak, removed at the end."""
     folder = tmp_path_factory.mktemp("real-shapes")
     yield str(folder)
     shutil.rmtree(folder, ignore_errors=True)
@@ -144,7 +140,7 @@ def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: 
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
 
-    model = slice_for(recipe_name, root)
+    model = slice_for(recipe_name)
     run = sft_run(recipe_name, root)
     assert_ran(run, recipe_name, model)
     assert load_recipe(recipe_name).quantize == "4bit" and load_recipe(recipe_name).gradient_checkpointing
@@ -206,7 +202,7 @@ def _tensor(folder: Path, suffix: str, safe_open: Any) -> torch.Tensor:
 
 @pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-7b-grpo", "qwen3-vl-8b-grpo"])
 def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, root: str) -> None:
-    model = slice_for(recipe_name, root)
+    model = slice_for(recipe_name)
     sft = sft_run(SFT_OF[recipe_name], root)
     run = Path(root) / recipe_name / "run"
     assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
@@ -216,7 +212,7 @@ def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, ro
 
 
 def test_rgfn_recipe_trains_on_its_slice(root: str) -> None:
-    model = slice_for("qwen2.5-vl-7b-rgfn", root)
+    model = slice_for("qwen2.5-vl-7b-rgfn")
     run = Path(root) / "rgfn" / "run"
     job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", "qwen2.5-vl-7b-rgfn",
         "--set", RGFN_SHORT, "--threads", "2")  # fmt: skip
