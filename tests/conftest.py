@@ -24,6 +24,15 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 """Every file a test reads lives in the repository (tests/test_build_files.py checks it): small samples here."""
 
 
+def live_process_stat(pid: int) -> list[str] | None:
+    """``[state, ppid, ...]`` of a live process from /proc, ``None`` once it is gone (a zombie counts as gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     from moto.server import ThreadedMotoServer

@@ -12,26 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import live_process_stat
 from vcot.dev.synthetic import write_synthetic_viscot
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
 
 
-def _stat(pid: int) -> list[str] | None:
-    """``[state, ppid, ...]`` of a live process, ``None`` once it is gone (a zombie counts as gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields
-
-
 def _children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = live_process_stat(int(entry.name))
             if fields is not None and int(fields[1]) == pid:
                 found.append(int(entry.name))
     return found
@@ -105,11 +97,11 @@ def test_stopped_convert_leaves_no_worker_behind(tmp_path: Path, sig: int) -> No
             _wait_feeding(process, fd, (json.dumps(items[0]) + ",").encode() * 200)
         finally:
             os.close(fd)
-        workers_gone = _wait_until(lambda: all(_stat(pid) is None for pid in workers), 10)
+        workers_gone = _wait_until(lambda: all(live_process_stat(pid) is None for pid in workers), 10)
     finally:
         process.kill()
         for pid in workers:  # what the unfixed code left blocked forever (holding convert's stderr open)
-            if _stat(pid) is not None:
+            if live_process_stat(pid) is not None:
                 os.kill(pid, signal.SIGKILL)
     err = process.communicate(timeout=60)[1]
     assert workers_gone, f"workers {workers} outlived convert"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import live_process_stat
 from vcot.dev.vllm_server import VLLM_VERSION, VllmServer, adapters_pixel_budget, requirements, vllm_venv_ready
 from vcot.errors import VcotError
 
@@ -88,18 +88,8 @@ def test_down_stops_the_whole_process_group_even_what_ignores_sigterm(tmp_path: 
     (tmp_path / "server.pid").write_text(str(server.pid))
     VllmServer(model=tmp_path, venv=tmp_path, root=tmp_path).down()
     assert not (tmp_path / "server.pid").exists()
-    assert not alive(server.pid)
+    assert live_process_stat(server.pid) is None
     deadline = time.monotonic() + 10  # SIGKILL is delivered, not waited for
-    while alive(child) and time.monotonic() < deadline:
+    while live_process_stat(child) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive(child)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, killed and waiting for its parent to read it, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    assert live_process_stat(child) is None

@@ -17,6 +17,7 @@ from vcot.io import manifest
 from vcot.log import get_logger
 from vcot.models.loading import MODEL_CARD, adapter_format, machine_precision, refuse_full_finetune
 from vcot.train import distributed
+from vcot.train.checkpoints import checkpoint_step
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
@@ -199,7 +200,7 @@ def kept_model_evaluation(state: Any, load_best: bool) -> dict[str, Any]:
     >>> kept_model_evaluation(State(log_history=history, global_step=5, best_model_checkpoint=None), False)
     {}
     """
-    kept = state.best_model_checkpoint if load_best else None
-    step = int(str(kept).rstrip("/").rsplit("-", 1)[-1]) if kept else state.global_step
+    kept = checkpoint_step(state.best_model_checkpoint or "") if load_best else None
+    step = state.global_step if kept is None else kept
     logged = [entry for entry in state.log_history if entry.get("step") == step]
     return {key: value for entry in logged for key, value in entry.items() if key.startswith("eval_")}
