@@ -13,6 +13,10 @@ LMMS_EVAL_VERSION := 0.7.3
 # publishes for its CPU-only wheels (its install page names it); it is used for torch alone. Also an image build arg.
 TORCH_CPU_INDEX ?=
 PYTEST_ARGS ?=
+# make test runs the tests on TEST_WORKERS processes (pytest-xdist): many wait on a subprocess, a server or a single
+# torch thread, so two share this 2-core machine's cores. Tests that must not overlap share an xdist_group.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 
@@ -54,10 +58,10 @@ test: $(STAMP) chromium vllm-try ## Run the whole test suite (installs chromium 
 	@started=0; \
 	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
 	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run only the fast tests (no integration marker)
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 s3-up: $(STAMP) ## Start the local S3 server (MinIO if installed, else SeaweedFS) and print its env
 	@$(PY) -m vcot.dev.local_s3 up
