@@ -14,9 +14,10 @@ LMMS_EVAL_VERSION := 0.7.3
 TORCH_CPU_INDEX ?=
 PYTEST_ARGS ?=
 # make test runs the tests on TEST_WORKERS processes (pytest-xdist): many wait on a subprocess, a server or a single
-# torch thread, so two share this 2-core machine's cores. Tests that must not overlap share an xdist_group.
+# torch thread, so two share this 2-core machine's cores. A test file runs on one worker (loadfile): its module
+# fixtures are built once, and the real-shape slices' runs (several GiB each) never overlap.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadgroup
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 

@@ -32,9 +32,7 @@ from vcot.models.published import published_config
 from vcot.train.plan import ModelShape, recipe_lora_parameters
 from vcot.train.recipe import load_recipe, recipe_names
 
-pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("real-shapes")]
-"""One worker runs this module's tests in turn under ``pytest -n`` (make test): a slice's run holds several GiB, and
-the slice cache is built by one process."""
+pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = (
