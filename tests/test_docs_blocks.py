@@ -15,12 +15,12 @@ The only differences from the docs' text, all here:
   docs keep the 7B base model (``models/base``, ``models/Qwen2.5-VL-7B-Instruct``), record outputs where they read an
   earlier run's (``runs/r1/distilled``: distill needs an OpenAI teacher), the own data of docs/convert.md's example,
   a teacher's ``preds.jsonl``, the pointer a ``--update-pointer`` run writes, and the files the docs show to save
-  (``mix.yaml``, ``predict.py``, ``mixtures/m1.yaml``);
+  (``mix.yaml``, ``mixtures/m1.yaml``);
 - :data:`TEST_SIZE`: the shipped GPU recipes at test size (their own YAML, a few knobs changed: 2 steps of 2
   samples), a mixture's ``samples: 20000`` as 40, and in the environment ``VCOT_MAX_NEW_TOKENS`` and
   ``VCOT_THREADS`` (every flag is also a variable; a flag written in the docs still wins);
 - stand-ins first on PATH for ``aws s3 sync`` and ``vllm serve`` (tests/doc_standins.py says what each checks), and
-  predict.py's server address pointed at the stand-in's port.
+  the served model's address (``vcot-evaluate --server``) pointed at the stand-in's port.
 
 Budget: the run blocks take about 2.5 minutes on a busy 2-core machine (each command is a new process that imports
 torch and loads the tiny model: that dominates).
@@ -123,7 +123,7 @@ RUN: dict[str, list[str]] = {
     "docs/export.md": [
         "vcot-export --run s3://vcot/runs/r1/train",
         "aws s3 sync s3://vcot/models/r1 ./r1",
-        "python predict.py s3://vcot/runs/r1/distilled ./r1",
+        "vcot-evaluate --server http://localhost:8000/v1 --model-card ./r1",
     ],
     "docs/first-week.md": [
         "vcot-convert --source records --input s3://my-bucket/own/receipts.jsonl",
@@ -131,7 +131,7 @@ RUN: dict[str, list[str]] = {
         "vcot-train --data s3://my-bucket/runs/exp1/tokenized",
         "vcot-evaluate --model s3://my-bucket/models/Qwen2.5-VL-7B-Instruct",
         "vcot-export --run s3://my-bucket/runs/exp1/train",
-        "python predict.py s3://my-bucket/runs/own/records ./exp1",
+        "vcot-evaluate --server http://localhost:8000/v1 --model-card ./exp1",
     ],
     "docs/convert.md": ["vcot-convert --source records --input s3://my-bucket/own/own-data.jsonl"],
     "docs/train.md": [
@@ -307,8 +307,8 @@ ENVIRONMENT = {"VCOT_MAX_NEW_TOKENS": "24", "VCOT_THREADS": "1", "VCOT_LOG_FORMA
 """Evaluate's answers at test length and one torch thread per process (a busy 2-core machine), as variables."""
 SAMPLES = ("samples: 20000", "samples: 40")
 """A mixture's sample count at test size."""
-PREDICT_URL = "http://localhost:8000/v1"
-"""Where predict.py asks vLLM (pointed at the stand-in's port)."""
+SERVER_URL = "http://localhost:8000/v1"
+"""Where the docs ask vLLM (pointed at the stand-in's port)."""
 
 
 @dataclass
@@ -323,7 +323,7 @@ class Walk:
     port: int
 
     def substitute(self, text: str) -> str:
-        text = BUCKETS.sub(self.root, text)
+        text = BUCKETS.sub(self.root, text).replace(SERVER_URL, f"http://localhost:{self.port}/v1")
         shipped = re.compile(r"--recipe (qwen2\.5-vl-7b-[a-z]+)\b")
         return shipped.sub(lambda match: f"--recipe {self.recipes}/{match.group(1)}.yaml", text)
 
@@ -359,13 +359,6 @@ def tiny_recipes(folder: Path) -> Path:
 def doc_block(doc: str, lang: str, first_line: str) -> str:
     """The text of ``doc``'s first ``lang`` block whose first line starts with ``first_line``."""
     return next(b.text for b in fenced_blocks(doc) if b.lang == lang and b.text.lstrip().startswith(first_line))
-
-
-def write_predict(walk: Walk) -> None:
-    """predict.py as docs/export.md shows it, asking the stand-in server."""
-    text = doc_block("docs/export.md", "python", "# predict.py")
-    assert PREDICT_URL in text
-    (walk.workdir / "predict.py").write_text(text.replace(PREDICT_URL, f"http://localhost:{walk.port}/v1") + "\n")
 
 
 def own_data(root: str, count: int) -> None:
@@ -404,8 +397,6 @@ def preconditions(walk: Walk, tiny_model: Path) -> None:
         val = [r for r in manifest.committed_records(records, ("val/",))]
         teacher = [{"id": r["id"], "prediction": r["rationale"]} for r in val]  # a teacher that answers right
         (walk.workdir / "preds.jsonl").write_text("".join(json.dumps(line) + "\n" for line in teacher))
-    elif walk.doc == "docs/export.md":
-        write_predict(walk)
     elif walk.doc == "docs/first-week.md":
         storage.upload_dir(tiny_model, f"{root}/models/Qwen2.5-VL-7B-Instruct")
         write_record_output(f"{root}/runs/r1/distilled", 32, seed=2)
@@ -413,7 +404,6 @@ def preconditions(walk: Walk, tiny_model: Path) -> None:
         mix = doc_block(walk.doc, "yaml", "# mix.yaml")
         assert SAMPLES[0] in mix
         (walk.workdir / "mix.yaml").write_text(walk.substitute(mix).replace(*SAMPLES) + "\n")
-        write_predict(walk)
     elif walk.doc == "docs/convert.md":
         write_own_data(f"{root}/own", street=f"{root}/images/street.png")
     elif walk.doc == "docs/train.md":
@@ -525,10 +515,9 @@ def test_the_docs_blocks_run_as_written(walks: Callable[[str], Walk]) -> None:
     export = walks("docs/export.md")
     err = run_walk(export)
     assert "serving" in err and (export.workdir / "r1" / "config.json").exists()
-    predictions = (export.workdir / "predictions.jsonl").read_text().splitlines()
-    assert predictions and all(json.loads(line)["prediction"] for line in predictions)
-    scored = storage.read_json(f"{readme.root}/runs/r1/eval-served/metrics.json")["overall"]["samples"]
-    assert scored == len(predictions)
+    served = storage.read_json(f"{readme.root}/runs/r1/eval-served/metrics.json")
+    val = list(manifest.committed_records(f"{readme.root}/runs/r1/distilled", ("val/",)))
+    assert served["details"]["mode"] == "served" and served["overall"]["samples"] == len(val) > 0
     stop_standin_servers(Path(export.env["VLLM_STANDIN_DIR"]))
 
     week = walks("docs/first-week.md")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import re
 import sys
@@ -90,6 +91,14 @@ def _convert(raw: str, tp: Any, name: str) -> Any:
             return inner(raw)
         except ValueError:
             raise ValueError(f"{name}={raw!r} is not a valid {inner.__name__}") from None
+    if get_origin(inner) is dict:
+        try:
+            parsed = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}={raw!r} is not a JSON object ({exc.msg})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"{name}={raw!r} is not a JSON object: write it as {{\"key\": value}}")
+        return parsed
     if get_origin(inner) in (list, tuple):
         item_type = get_args(inner)[0] if get_args(inner) else str
         return [_convert(part.strip(), item_type, name) for part in raw.split(",") if part.strip()]

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import torch
 
+from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
 from vcot.dev.vllm_server import VllmServer, vllm_venv, vllm_venv_ready
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import question_text
-from vcot.io import manifest, storage
+from vcot.io import manifest, shards, storage
 from vcot.models.generation import GenerationSettings, decode_responses, generate_batch
 from vcot.models.loading import load_model_and_processor, load_processor, save_processor_for_serving, stop_token_ids
 from vcot.train import TrainConfig, train
@@ -190,6 +191,27 @@ def test_the_served_export_answers_as_vcot_does_in_process(
     answers = [served_answer(served, record, fmt, vcot) for record in records]
     print(json.dumps([answer.decoded for answer in answers]))
     assert_same_answers(answers, vcot.answers(records, fmt))
+
+
+def test_vcot_evaluate_scores_the_served_export_as_it_scores_it_in_process(
+    served: VllmServer, trained: Trained, record_data: str, tmp_path: Path
+) -> None:
+    """``vcot-evaluate --server`` (the card's frame and prompt, greedy, vLLM's penalty off and special tokens kept,
+    as in process) gives model mode's predictions and metrics for the same export."""
+    common = ["--data", record_data, "--max-samples", "4", "--max-new-tokens", str(ANSWER_TOKENS)]
+    server_params = json.dumps({"repetition_penalty": 1.0, "skip_special_tokens": False})
+    assert evaluate_main(["--server", served.url, "--model-card", str(trained.export), "--server-params", server_params,
+                          "--output", str(tmp_path / "served"), *common]) == 0  # fmt: skip
+    assert evaluate_main(["--model", str(trained.export), "--repetition-penalty", "1.0", "--no-box-aware-penalty",
+                          "--output", str(tmp_path / "in-process"), *common]) == 0  # fmt: skip
+    rows = {name: list(shards.read_jsonl(str(tmp_path / name / "predictions" / "00000-of-00001.jsonl.gz")))
+            for name in ("served", "in-process")}  # fmt: skip
+    texts = {name: [row["prediction"] for row in found] for name, found in rows.items()}
+    assert len(texts["served"]) == 4 and len(set(texts["served"])) > 1, texts
+    for served_text, in_process in zip(texts["served"], texts["in-process"], strict=True):
+        assert in_process.startswith(served_text) and set(in_process[len(served_text) :]) <= {"\ufffd"}, texts
+    metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text())["overall"] for name in rows}
+    assert metrics["served"] == metrics["in-process"]
 
 
 def test_served_adapters_answer_as_vcot_does_with_each_adapter(

@@ -118,6 +118,7 @@ class FakeOpenAI:
         self.served_models = served_models  # as vLLM: chat for another model name is a 404 (empty: any name)
         self.chat_requests = 0
         self.answered: list[str] = []  # request texts answered with a 200 completion
+        self.last_request: dict[str, Any] = {}  # the body of the last chat request
         self.statuses: Counter[str] = Counter()
         self.in_flight = 0
         self.max_in_flight = 0
@@ -138,6 +139,7 @@ class FakeOpenAI:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024**3, middlewares=[self._auth])
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/files", self._upload)
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_get("/v1/files/{file_id}", self._file)
@@ -163,6 +165,7 @@ class FakeOpenAI:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             body = await request.json()
+            self.last_request = body
             if self.served_models and body.get("model") not in self.served_models:
                 self.statuses["404"] += 1
                 return _error(404, f"The model `{body.get('model')}` does not exist.")
@@ -187,6 +190,12 @@ class FakeOpenAI:
             return web.json_response(_completion(body.get("model", ""), self.answer(text)))
         finally:
             self.in_flight -= 1
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """The served models, as vLLM lists them (``fake-model`` when any name is answered)."""
+        names = self.served_models or ("fake-model",)
+        return web.json_response({"object": "list", "data": [{"id": name, "object": "model", "owned_by": "vcot"}
+                                                             for name in names]})  # fmt: skip
 
     async def _upload(self, request: web.Request) -> web.Response:
         form = await request.post()

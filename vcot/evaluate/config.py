@@ -1,7 +1,8 @@
-"""Configuration of ``vcot-evaluate``: one of three modes, chosen by which input is given.
+"""Configuration of ``vcot-evaluate``: one of four modes, chosen by which input is given.
 
 - score mode, ``--predictions FILE``: score existing responses (a teacher's, an API model's) without a model;
 - model mode, ``--model URI [--adapter URI]``: generate responses with batched greedy decoding, then score;
+- served mode, ``--server URL``: ask a model an OpenAI-compatible endpoint serves (vLLM, ...), then score;
 - scheduled mode, ``--pointer URI``: evaluate the model the newest-model pointer names, append the result to
   a history and flag a regression (exit code 3). What the CronJob runs.
 
@@ -13,7 +14,7 @@ grounded reasoning, the answer alone, or both side by side.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from vcot.config import option
 from vcot.grounding.boxes import BoxFormat
@@ -46,6 +47,28 @@ class EvaluateConfig:
     model: str | None = option(None, help="Model mode: the base model (local folder or s3:// prefix).")
     adapter: str | None = option(None, help="Model mode: a PEFT adapter folder with vcot-model.json (from train).")
     pointer: str | None = option(None, help="Scheduled mode: the newest-model pointer JSON written by train.")
+    server: str | None = option(
+        None, help="Served mode: the OpenAI-compatible endpoint serving the model (http://host:8000/v1: vLLM, SGLang, "
+        "TGI, a hosted API). The key, if it needs one: OPENAI_API_KEY."
+    )
+    served_model: str | None = option(
+        None, help="Served mode: the model name to ask for (a LoRA's --lora-modules name); default: the only one the "
+        "server lists."
+    )
+    model_card: str | None = option(
+        None, help="Served mode: the folder of the served model's vcot-model.json (its export, or the run's adapter/): "
+        "frame, prompt, pixel budget. Without it, --coords (and --family) must say the frame."
+    )
+    server_params: dict[str, Any] = option(
+        {}, help='Served mode: more request parameters, a JSON object (vLLM: {"repetition_penalty": 1.0} turns off '
+        "the penalty a served generation_config.json sets); recorded with the results."
+    )
+    server_concurrency: int = option(8, help="Served mode: most requests in flight at once.")
+    server_max_attempts: int = option(6, help="Served mode: attempts per request on 429, 5xx, timeouts before the run stops.")
+    server_timeout: float = option(300.0, help="Served mode: seconds before one request counts as timed out.")
+    server_cache: str | None = option(
+        None, help="Served mode: where answers are kept so a rerun never asks twice; default: _served_cache beside --output."
+    )
     history: str | None = option(
         None, help="Scheduled mode: the history JSONL to append to (default: eval-history.jsonl beside --pointer)."
     )
@@ -130,9 +153,18 @@ class EvaluateConfig:
     overwrite: bool = option(False, help="Rewrite a committed output instead of skipping it.")
 
     def __post_init__(self) -> None:
-        modes = [name for name in ("predictions", "model", "pointer") if getattr(self, name)]
+        modes = [name for name in ("predictions", "model", "pointer", "server") if getattr(self, name)]
         if len(modes) != 1:
-            raise ValueError("give exactly one of --predictions (score mode), --model (model mode) or --pointer (scheduled)")
+            raise ValueError("give exactly one of --predictions (score mode), --model (model mode), --server (served "
+                             "mode) or --pointer (scheduled)")  # fmt: skip
+        served_only = [flag for flag, value in (("--served-model", self.served_model), ("--model-card", self.model_card),
+                                                ("--server-params", self.server_params)) if value]  # fmt: skip
+        if served_only and not self.server:
+            raise ValueError(f"{', '.join(served_only)}: only with --server (served mode)")
+        if self.server and (self.bin or self.quantize):
+            raise ValueError("--bin and --quantize need the weights in process (--model), not --server")
+        if self.server_concurrency < 1 or self.server_max_attempts < 1 or self.server_timeout <= 0:
+            raise ValueError("--server-concurrency, --server-max-attempts must be at least 1, --server-timeout positive")
         if self.output is None and not self.pointer:
             raise ValueError("--output is required: where to write predictions, metrics.json and report.html")
         if self.adapter and not self.model:
@@ -158,7 +190,7 @@ class EvaluateConfig:
         if self.max_per_subset is not None and self.max_per_subset < 1:
             raise ValueError("--max-per-subset must be at least 1")
         if self.prompt_style != "cot" and self.predictions:
-            raise ValueError("--prompt-style changes the prompt: it needs --model or --pointer (not --predictions)")
+            raise ValueError("--prompt-style changes the prompt: it needs --model, --server or --pointer (not --predictions)")
         if self.judge_concurrency < 1 or self.judge_max_attempts < 1 or self.judge_timeout <= 0:
             raise ValueError("--judge-concurrency, --judge-max-attempts must be at least 1, --judge-timeout positive")
         if self.judge_backoff_base < 0 or self.judge_backoff_max < 0:
@@ -171,7 +203,7 @@ class EvaluateConfig:
 
     @property
     def mode(self) -> str:
-        return "score" if self.predictions else "model" if self.model else "scheduled"
+        return "score" if self.predictions else "model" if self.model else "served" if self.server else "scheduled"
 
     @property
     def prompt_styles(self) -> list[str]:

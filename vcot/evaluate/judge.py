@@ -15,20 +15,12 @@ the endpoint refuses (401, 404...), stops the run (exit 1); the answers so far a
 
 from __future__ import annotations
 
-import asyncio
 import re
-import secrets
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from vcot.io import storage
-from vcot.log import get_logger
-from vcot.progress import Progress
-
-log = get_logger(__name__)
+from vcot.llm.ask import Endpoint, ask_all
 
 SYSTEM_PROMPT = (
     "You proofread answers: score the model's answer against the standard answer to the question. "
@@ -40,24 +32,8 @@ _SCORE = re.compile(r"score\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+))", re.IGNORECASE)
 FAILURES = ("empty_reply", "malformed_reply")
 
 
-@dataclass(frozen=True)
-class JudgeSettings:
-    """Where and how to ask the judge (the API key is passed separately: it is never a setting)."""
-
-    model: str
-    cache: str
-    base_url: str | None = None
-    concurrency: int = 8
-    max_attempts: int = 6
-    timeout: float = 60.0
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-    max_tokens: int = 64
-
-    @property
-    def params(self) -> dict[str, float | int]:
-        """Sent with every request (part of the cache key): greedy, a short reply."""
-        return {"temperature": 0.0, "max_tokens": self.max_tokens}
+JUDGE_PARAMS = {"temperature": 0.0, "max_tokens": 64}
+"""Sent with every judge request (part of the cache key): greedy, a short reply."""
 
 
 def judge_messages(question: str, reference: str, prediction: str) -> list[dict[str, Any]]:
@@ -90,63 +66,22 @@ def verdict(reply: str) -> tuple[float | None, str | None]:
 
 
 def judge_rows(
-    rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], settings: JudgeSettings, api_key: str
+    rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], endpoint: Endpoint, api_key: str
 ) -> dict[str, Any]:
     """Ask the judge about every row (``judge_score``, ``judge_failure``, ``judge_reply`` are set on it).
 
     Returns what the run spent (the ledger) and what the cache held, for ``metrics.json``.
     """
-    return asyncio.run(_judge(rows, records, settings, api_key))
-
-
-async def _judge(
-    rows: Sequence[dict[str, Any]], records: dict[str, dict[str, Any]], settings: JudgeSettings, api_key: str
-) -> dict[str, Any]:
-    from vcot.llm.cache import AnswerCache, stored_while_running
-    from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
-    from vcot.llm.ledger import Ledger
-
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
-    writer = f"evaluate-{run_id}"
-    ledger = Ledger(settings.model, run_id)
-    cache = AnswerCache(settings.cache, writer)
-    await asyncio.to_thread(cache.load)
-    cached_before = len(cache.entries)
-    client = make_client(settings.base_url, api_key, settings.timeout)
-    backend = LiveBackend(
-        client,
-        RetryPolicy(settings.max_attempts, settings.backoff_base, settings.backoff_max),
-        settings.concurrency,
-        ledger,
-        secret=api_key,
-        role="judge",
-        flags="--judge-max-attempts / lower --judge-concurrency",
-    )
-    chat = CachedChat(settings.model, settings.params, cache, ledger, backend)
-    ledger_uri = storage.join(settings.cache, "ledger", f"{writer}.json")
-
-    progress = Progress("judge_progress", len(rows), unit="answer")
-
-    async def ask(row: dict[str, Any]) -> None:
+    requests = []
+    for row in rows:
         record = records[str(row["id"])]
         question, reference = str(record.get("question", "")), str(record.get("answer", ""))
-        messages = judge_messages(question, reference, row["predicted_answer"])
-        completion = await chat.ask(messages, record_id=str(row["id"]), purpose="judge")
+        requests.append((str(row["id"]), judge_messages(question, reference, row["predicted_answer"])))
+    asked = ask_all(endpoint, api_key, requests, role="judge", flags="--judge-max-attempts / lower --judge-concurrency")
+    for row, completion in zip(rows, asked.completions):
         row["judge_score"], row["judge_failure"] = verdict(completion.text)
         row["judge_reply"] = completion.text[:200]
-        progress.update()
-
-    with progress:
-        async with stored_while_running(cache, ledger, ledger_uri, client, every=cache.flush_seconds):
-            outcomes = await asyncio.gather(*(ask(row) for row in rows), return_exceptions=True)
-    errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-    if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
-        raise sorted(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))[0]
-    spent = {"model": settings.model, "cache": settings.cache, "ledger": ledger.to_dict()}
-    spent["cache_answers"] = {"before": cached_before, "after": len(cache.entries)}
-    log.info("judged", samples=len(rows), requests=ledger.requests, cache_hits=ledger.cache_hits,
-             cost_usd=ledger.estimated_cost_usd())
-    return spent
+    return asked.spent
 
 
 def summarize_judge(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -171,15 +106,3 @@ def add_judge_metrics(metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -
     metrics["overall"].update(summarize_judge(rows))
     for name, values in metrics["subsets"].items():
         values.update(summarize_judge(row for row in rows if row["subset"] == name))
-
-
-def default_cache(output: str) -> str:
-    """``_judge_cache`` beside the output (so ``--overwrite`` never deletes paid answers).
-
-    >>> default_cache("s3://b/runs/eval1"), default_cache("s3://b")
-    ('s3://b/runs/_judge_cache', 's3://b/_judge_cache')
-    """
-    output = output.rstrip("/")
-    if storage.is_s3(output) and not storage.split_s3(output)[1]:
-        return storage.join(output, "_judge_cache")  # a bucket root has no parent
-    return storage.join(storage.parent(output), "_judge_cache")

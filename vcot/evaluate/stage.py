@@ -28,12 +28,14 @@ from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.judge import JudgeSettings, add_judge_metrics, default_cache, judge_rows
+from vcot.evaluate.judge import JUDGE_PARAMS, add_judge_metrics, judge_rows
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
+from vcot.evaluate.served import served_responses
 from vcot.evaluate.styles import compare_styles
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import layout, manifest, shards, storage
+from vcot.llm.ask import Endpoint, default_cache
 from vcot.log import get_logger
 from vcot.scoring.field_metrics import add_field_metrics
 from vcot.scoring.metrics import summarize_by_subset
@@ -123,6 +125,20 @@ def recorded_format(adapter: str | None, overrides: dict[str, Any], model: str |
         where = f"no {MODEL_CARD} next to the adapter" if adapter else "a base model records no frame"
         raise ConfigError(f"{where}: pass --coords norm1000 or --coords qwen2.5-absolute")
     return None
+
+
+def served_format(config: EvaluateConfig) -> ModelFormat:
+    """Served mode: the served model's card (``--model-card``) with the flags, else the flags, ``--coords`` among them
+    (a frame is never guessed)."""
+    overrides = flag_overrides(config)
+    card = config.model_card
+    if card and card.rstrip("/").endswith(".json"):  # the card's own path: its folder
+        card = storage.parent(card)
+    if not card and "coords" not in overrides:
+        raise ConfigError("served mode reads boxes in the served model's frame: pass --model-card (the folder of its "
+                          "vcot-model.json: the export, or the run's adapter/), or --coords (and --family)")  # fmt: skip
+    recorded = recorded_format(None, overrides, card) if card else None
+    return recorded or ModelFormat.for_family(config.family, **overrides)
 
 
 def load_generator(
@@ -250,9 +266,10 @@ def report_details(details: dict[str, Any]) -> dict[str, Any]:
     shown["box format"] = fmt["box_syntax"]
     shown["family"] = fmt["family"]
     generation = details.get("generation")
-    if generation:
+    if generation and "repetition_penalty" in generation:
         shown["repetition penalty"] = generation["repetition_penalty"]
         shown["box-aware"] = generation["box_aware_penalty"]
+    if generation:
         shown["samples/s"] = details["timing"]["samples_per_second"]
     return shown
 
@@ -267,19 +284,23 @@ def check_adapter(adapter: str) -> None:
         manifest.read_manifest(run, expect_stage="train")  # raises, saying which stage wrote it
 
 
-def judge_settings(config: EvaluateConfig, output: str) -> tuple[JudgeSettings, str] | None:
-    """The judge's settings and key when ``--judge-model`` is on (checked before any model loads), else ``None``."""
+def api_key_for(flag: str) -> str:
+    """``OPENAI_API_KEY``, which ``flag`` needs (never a flag or a config field: it would land in the manifest)."""
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise ConfigError(f"{flag} needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a "
+                          "keyless endpoint")  # fmt: skip
+    return key
+
+
+def judge_endpoint(config: EvaluateConfig, output: str) -> tuple[Endpoint, str] | None:
+    """The judge and its key when ``--judge-model`` is on (checked before any model loads), else ``None``."""
     if not config.judge_model:
         return None
-    api_key = os.environ.get("OPENAI_API_KEY", "")
-    if not api_key:
-        raise ConfigError(
-            "--judge-model needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a keyless "
-            "endpoint"
-        )
-    settings = JudgeSettings(
+    endpoint = Endpoint(
         model=config.judge_model,
-        cache=(config.judge_cache or default_cache(output)).rstrip("/"),
+        cache=(config.judge_cache or default_cache(output, "_judge_cache")).rstrip("/"),
+        params=JUDGE_PARAMS,
         base_url=config.judge_base_url,
         concurrency=config.judge_concurrency,
         max_attempts=config.judge_max_attempts,
@@ -287,7 +308,7 @@ def judge_settings(config: EvaluateConfig, output: str) -> tuple[JudgeSettings, 
         backoff_base=config.judge_backoff_base,
         backoff_max=config.judge_backoff_max,
     )
-    return settings, api_key
+    return endpoint, api_key_for("--judge-model")
 
 
 def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) -> dict[str, Any]:
@@ -349,7 +370,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     """Evaluate per ``config``; returns the manifest (overall metrics in ``stats``), or ``None`` when the output was
     already committed. Raises :class:`RegressionError` (exit 3) on a regression, also then."""
     target = resolve_target(config)
-    inputs = [config.data, config.predictions, target.model, target.adapter]
+    inputs = [config.data, config.predictions, target.model, target.adapter, config.model_card]
     if not manifest.prepare_output(target.output, stage=STAGE, inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=target.output, hint="pass --overwrite to redo it")
         metrics = json.loads(manifest.read_listed(target.output, METRICS_PATH))
@@ -357,7 +378,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
         return None
     if target.adapter:
         check_adapter(target.adapter)
-    judge = judge_settings(config, target.output)
+    judge = judge_endpoint(config, target.output)
 
     records = load_records(config.data, config.split, config.max_samples, config.max_per_subset)
     if config.benchmark:
@@ -368,6 +389,10 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
         loaded = load_predictions(config.predictions)
         by_style, fmt = {"cot": loaded.by_id}, score_mode_format(config)
         details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
+    elif config.server:
+        fmt = served_format(config)
+        by_style, generated = served_responses(config, records, fmt, target.output)
+        details.update(generated)
     else:
         by_style, fmt, generated = model_responses(config, target, records)
         details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
@@ -384,7 +409,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
 
     report = build_report(
-        title=f"vcot evaluation: {target.run or target.model or config.predictions}",
+        title=f"vcot evaluation: {target.run or target.model or config.server or config.predictions}",
         metrics=metrics,
         rows=rows,
         records=records_by_id,

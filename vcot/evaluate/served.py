@@ -1,0 +1,152 @@
+"""Served mode of ``vcot-evaluate`` (``--server URL``): the answers of a model that an OpenAI-compatible endpoint
+serves (vLLM, SGLang, TGI, a hosted API), scored exactly as model mode scores its own.
+
+Each record is asked as the model was trained (:func:`vcot.grounding.prompts.build_messages`: the card's system turn,
+the image, the question and instruction), the image inline as a PNG data URL of the pixels model mode decodes, greedy
+(``temperature`` 0) with ``--max-new-tokens``, plus ``--server-params`` (vLLM: ``{"repetition_penalty": 1.0}``).
+Every answer goes through :mod:`vcot.llm` as the judge's do: ``--server-concurrency`` requests in flight, retries
+with backoff, and the answer cache (``--server-cache``, by default ``_served_cache`` beside the output), so a rerun,
+or a run resumed after a kill, asks only for what is missing. The box frame is the served model's card
+(``--model-card``) or ``--coords``: never guessed.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from collections import Counter
+from typing import Any
+
+from vcot.errors import ConfigError
+from vcot.evaluate.config import EvaluateConfig
+from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import build_messages
+from vcot.llm.ask import Endpoint, ask_all, default_cache
+from vcot.log import get_logger
+
+log = get_logger(__name__)
+
+NO_KEY = "EMPTY"
+"""Sent when ``OPENAI_API_KEY`` is unset: a server started without a key (vLLM's default) takes any."""
+
+
+def image_url(uri: str) -> str:
+    """The image at ``uri`` as model mode sees it (decoded to RGB), as a lossless PNG data URL."""
+    from vcot.io.images import load_rgb
+
+    buffer = io.BytesIO()
+    load_rgb(uri).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def served_messages(record: dict[str, Any], fmt: ModelFormat, style: str = "cot") -> list[dict[str, Any]]:
+    """The chat model mode prompts ``record`` with, in the OpenAI protocol: the image as an ``image_url`` part, a
+    system turn as plain text.
+
+    >>> fmt = ModelFormat.for_family("qwen2.5-vl", mode="text")
+    >>> [(m["role"], [part["type"] for part in m["content"]]) for m in served_messages({"question": "Q?"}, fmt)]
+    [('user', ['text'])]
+    """
+    messages = []
+    for message in build_messages(record, fmt, with_answer=False, style=style):  # type: ignore[arg-type]
+        parts = [
+            {"type": "image_url", "image_url": {"url": image_url(part["image"])}} if part["type"] == "image" else part
+            for part in message["content"]
+        ]
+        if message["role"] == "system":
+            parts = "\n".join(part["text"] for part in parts)  # type: ignore[assignment]
+        messages.append({"role": message["role"], "content": parts})
+    return messages
+
+
+def api_key() -> str:
+    return os.environ.get("OPENAI_API_KEY") or NO_KEY
+
+
+def served_model_name(config: EvaluateConfig) -> str:
+    """``--served-model``, or the one model the server lists (``GET /v1/models``); several are refused by name."""
+    if config.served_model:
+        return config.served_model
+    import openai
+
+    client = openai.OpenAI(base_url=config.server, api_key=api_key(), timeout=config.server_timeout, max_retries=2)
+    try:
+        names = [model.id for model in client.models.list()]
+    except openai.OpenAIError as exc:
+        raise ConfigError(f"cannot list the models of {config.server} ({exc}): is the server up? Or pass "
+                          "--served-model NAME") from exc  # fmt: skip
+    if len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise ConfigError(f"{config.server} serves {len(names)} models ({listed}): pass --served-model NAME")
+    return names[0]
+
+
+def served_endpoint(config: EvaluateConfig, output: str) -> Endpoint:
+    params: dict[str, Any] = {"temperature": 0.0, "max_tokens": config.max_new_tokens}
+    if config.server_params:
+        params["extra_body"] = config.server_params  # the openai client sends them as they are
+    return Endpoint(
+        model=served_model_name(config),
+        cache=(config.server_cache or default_cache(output, "_served_cache")).rstrip("/"),
+        params=params,
+        base_url=config.server,
+        concurrency=config.server_concurrency,
+        max_attempts=config.server_max_attempts,
+        timeout=config.server_timeout,
+    )
+
+
+def served_responses(
+    config: EvaluateConfig, records: list[dict[str, Any]], fmt: ModelFormat, output: str
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
+    """Ask the server with each prompt style: ``{style: {id: response}}`` and the details for metrics.json.
+
+    A record whose image cannot be read gets no response (``skipped_samples``), as in model mode.
+    """
+    if fmt.layout != "two_turn":
+        raise ConfigError(f"the model answers in the {fmt.layout} layout (a rationale turn, then the answer): "
+                          "served mode asks for one answer turn; evaluate it in process with --model")  # fmt: skip
+    if fmt.box_syntax == "qwen" and config.server_params.get("skip_special_tokens") is not False:
+        log.warning("special_tokens_dropped", box_syntax=fmt.box_syntax, hint='the qwen box syntax is written in '
+                    'special tokens a server drops by default: on vLLM pass --server-params \'{"skip_special_tokens": '
+                    'false}\'')  # fmt: skip
+    endpoint = served_endpoint(config, output)
+    started = time.perf_counter()
+    responses: dict[str, dict[str, str]] = {}
+    skipped: Counter[str] = Counter()
+    requests: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {style: [] for style in config.prompt_styles}
+    for record in records:
+        try:
+            chats = {style: served_messages(record, fmt, style) for style in config.prompt_styles}
+        except (OSError, ValueError) as exc:  # an unreadable image (PIL raises both)
+            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc)[:200])
+            skipped["image_unreadable"] += 1
+            continue
+        for style, messages in chats.items():
+            requests[style].append((str(record["id"]), messages))
+    spent = {}
+    for style, asked_for in requests.items():
+        asked = ask_all(endpoint, api_key(), asked_for, role="served",
+                        flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
+        responses[style] = {
+            record_id: completion.text for (record_id, _), completion in zip(asked_for, asked.completions)
+        }
+        spent[style] = asked.spent
+    seconds = time.perf_counter() - started
+    answered = sum(len(by_id) for by_id in responses.values())
+    generation = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "samples": 1,
+                  "server_params": config.server_params}  # fmt: skip
+    details = {
+        "server": config.server,
+        "served_model": endpoint.model,
+        "generation": generation,
+        "timing": {
+            "seconds": round(seconds, 3),
+            "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
+        },
+        "skipped_samples": dict(sorted(skipped.items())),
+        "served": spent,
+    }
+    return responses, details
