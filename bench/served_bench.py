@@ -14,8 +14,13 @@ counts are equal and completions/s compare:
 
 Each engine runs ``--repeats`` times after one warm-up; the fastest is reported, with the ratio vllm/hf.
 
+Evaluation (issue 32), with ``--evaluate-records N``: ``vcot-evaluate`` on N records of the same model, greedy,
+``--evaluate-tokens`` new tokens, as samples/s of the whole stage call (images read, answers scored, outputs written):
+model mode in this process (``--batch-size 16``), and served mode against the same server at each
+``--concurrency`` (a fresh answer cache each, so every answer is asked for).
+
     PYTHONPATH=. .venv/bin/python bench/served_bench.py [--family qwen2.5-vl] [--records 8] [--generations 8]
-        [--max-tokens 128] [--repeats 2] [--output results.json]
+        [--max-tokens 128] [--repeats 2] [--evaluate-records 64] [--concurrency 1,8,32] [--output results.json]
 """
 
 from __future__ import annotations
@@ -106,6 +111,18 @@ def fastest(run: Any, batches: list[list[dict[str, Any]]]) -> float:
     return min(run(batch) for batch in batches[1:])
 
 
+def evaluate_seconds(data: str, output: Path, samples: int, tokens: int, **mode: Any) -> float:
+    """Wall seconds of one ``vcot-evaluate`` call on ``samples`` records (model or served ``mode``)."""
+    from vcot.evaluate.config import EvaluateConfig
+    from vcot.evaluate.stage import evaluate
+
+    config = EvaluateConfig(data=data, output=str(output), split="train", max_samples=samples, max_new_tokens=tokens,
+                            coords="norm1000", report_samples=0, **mode)  # fmt: skip
+    started = time.perf_counter()
+    evaluate(config)
+    return time.perf_counter() - started
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="qwen2.5-vl", choices=["qwen2.5-vl", "qwen3-vl"])
@@ -113,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--evaluate-records", type=int, default=0, help="also time vcot-evaluate on N records (0: no)")
+    parser.add_argument("--evaluate-tokens", type=int, default=64, help="new tokens per evaluated answer")
+    parser.add_argument("--concurrency", default="1,8,32", help="served evaluation's request concurrencies")
     parser.add_argument("--output", type=Path, default=Path("served_bench.json"))
     args = parser.parse_args(argv)
     if not vllm_venv_ready(vllm_venv()):
@@ -126,12 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     fmt = ModelFormat.for_processor(load_processor(str(folder)), args.family)
     completions = args.records * args.generations
     hf = hf_seconds(folder, batches, fmt, args.generations, args.max_tokens)
+    data, samples, tokens = str(scratch / "records"), min(args.evaluate_records, count), args.evaluate_tokens
+    evaluations: dict[str, float] = {}
+    if samples:  # in process, before the server takes the cores; greedy with no penalty, as the server decodes
+        evaluations["model, batch 16"] = evaluate_seconds(data, scratch / "eval-model", samples, tokens, model=str(folder),
+                                                          repetition_penalty=1.0, box_aware_penalty=False)  # fmt: skip
     server = VllmServer(model=folder, port=free_port(), venv=vllm_venv(), root=scratch / "vllm")
     started = time.perf_counter()
     server.up()
     start_seconds = time.perf_counter() - started
     try:
         served = fastest(lambda batch: time_vllm(server, batch, fmt, args.generations, args.max_tokens), batches)
+        for concurrency in [int(value) for value in args.concurrency.split(",")] if samples else []:
+            evaluations[f"served, concurrency {concurrency}"] = evaluate_seconds(
+                data, scratch / f"eval-served-{concurrency}", samples, tokens, server=server.url,
+                server_concurrency=concurrency, server_cache=str(scratch / f"cache-{concurrency}"),
+                server_params={"repetition_penalty": 1.0},
+            )  # fmt: skip
     finally:
         server.down()
     runs = {name: {"seconds": round(seconds, 3), "completions_per_s": round(completions / seconds, 2),
@@ -140,12 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     result = {"when": datetime.now().isoformat(timespec="seconds"), "machine": f"{platform.machine()}, "
               f"{os.cpu_count()} cores", "family": args.family, "records": args.records,
               "generations": args.generations, "max_tokens": args.max_tokens, "runs": runs,
-              "vllm_over_hf": round(hf / served, 2), "vllm_start_s": round(start_seconds, 1)}  # fmt: skip
+              "vllm_over_hf": round(hf / served, 2), "vllm_start_s": round(start_seconds, 1),
+              "evaluation": {name: {"seconds": round(seconds, 2), "samples_per_s": round(samples / seconds, 2)}
+                             for name, seconds in evaluations.items()},
+              "evaluate_records": samples, "evaluate_tokens": tokens}  # fmt: skip
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print("| engine | completions/s | tokens/s | seconds |\n|---|---|---|---|")
     for name, run in runs.items():
         print(f"| {name} | {run['completions_per_s']} | {run['tokens_per_s']} | {run['seconds']} |")
     print(f"vLLM / HF: {result['vllm_over_hf']}x (vLLM's start: {result['vllm_start_s']} s, not counted)")
+    if evaluations:
+        print(f"\n| vcot-evaluate, {samples} records, {tokens} tokens | samples/s | seconds |\n|---|---|---|")
+        for name, run in result["evaluation"].items():
+            print(f"| {name} | {run['samples_per_s']} | {run['seconds']} |")
     return 0
 
 

@@ -49,7 +49,9 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         "runs",
     ),
     "served_bench.py": (
-        ["--records", "2", "--generations", "2", "--max-tokens", "4", "--repeats", "1", "--output", "{output}"], "runs"
+        ["--records", "2", "--generations", "2", "--max-tokens", "4", "--repeats", "1", "--evaluate-records", "2",
+         "--evaluate-tokens", "4", "--concurrency", "2", "--output", "{output}"],
+        "evaluation",
     ),
     "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "train_bench.py": (

@@ -16,6 +16,7 @@ This package's modules, in dependency order:
 - ``scoring``: committed records and predictions files in, joined by id, one scored row per sample out.
 - ``history``: the re-evaluation history in storage, and regression checks against it.
 - ``judge``: an LLM judge for free-form answers (VisCoT's protocol) on ``vcot.llm``.
+- ``served``: served mode's answers, a model an OpenAI-compatible endpoint serves, asked on ``vcot.llm``.
 - ``benchmark``: the VisCoT benchmark's per-subset table; ``styles``: chain of thought vs direct answers.
 - ``report``: the self-contained HTML report.
 - ``lmms``: the lmms-eval model plugin (``lmms-eval --model vcot``).
