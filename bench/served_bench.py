@@ -141,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = build_tiny_model(scratch / "model", family=args.family, size="local")  # vLLM: heads of 32 and more
     save_processor_for_serving(load_processor(str(folder)), folder)  # as a hub model's: vLLM's transformers reads it
     count = args.records * (args.repeats + 1)
-    records = prompts(write_records(str(scratch / "records"), count, 224), count)
+    records = prompts(write_records(str(scratch / "records"), max(count, args.evaluate_records), 224), count)
     batches = [records[index : index + args.records] for index in range(0, count, args.records)]
     fmt = ModelFormat.for_processor(load_processor(str(folder)), args.family)
     completions = args.records * args.generations
     hf = hf_seconds(folder, batches, fmt, args.generations, args.max_tokens)
-    data, samples, tokens = str(scratch / "records"), min(args.evaluate_records, count), args.evaluate_tokens
+    data, samples, tokens = str(scratch / "records"), args.evaluate_records, args.evaluate_tokens
     evaluations: dict[str, float] = {}
     if samples:  # in process, before the server takes the cores; greedy with no penalty, as the server decodes
         evaluations["model, batch 16"] = evaluate_seconds(data, scratch / "eval-model", samples, tokens, model=str(folder),
