@@ -170,3 +170,14 @@ def test_served_flags_are_checked_before_anything_runs(
     with pytest.raises(SystemExit) as stopped:
         main(["--data", str(tmp_path), "--output", str(tmp_path / "o"), *flags])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_record_whose_image_cannot_be_read_is_skipped_and_counted(
+    server: FakeOpenAI, known_data: Any, tmp_path: Path
+) -> None:
+    data, records = known_data
+    Path(records[5]["image"]).write_bytes(b"not an image")
+    assert served(server, data, tmp_path / "eval") == 0
+    details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
+    assert details["skipped_samples"] == {"image_unreadable": 1}
+    assert server.chat_requests == len(records) - 1 and "picture 5" not in "".join(server.answered)

@@ -76,9 +76,11 @@ def judge_rows(
     for row in rows:
         record = records[str(row["id"])]
         question, reference = str(record.get("question", "")), str(record.get("answer", ""))
-        requests.append((str(row["id"]), judge_messages(question, reference, row["predicted_answer"])))
+        messages = judge_messages(question, reference, row["predicted_answer"])
+        requests.append((str(row["id"]), lambda messages=messages: messages))
     asked = ask_all(endpoint, api_key, requests, role="judge", flags="--judge-max-attempts / lower --judge-concurrency")
-    for row, completion in zip(rows, asked.completions):
+    for row, completion in zip(rows, asked.completions, strict=True):
+        assert completion is not None  # every judge request is asked
         row["judge_score"], row["judge_failure"] = verdict(completion.text)
         row["judge_reply"] = completion.text[:200]
     return asked.spent

@@ -13,12 +13,13 @@ or a run resumed after a kill, asks only for what is missing. The box frame is t
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
 import time
-from collections import Counter
 from typing import Any
 
+from vcot.config import mask_url_credentials
 from vcot.errors import ConfigError
 from vcot.evaluate.config import EvaluateConfig
 from vcot.grounding.model_format import ModelFormat
@@ -59,6 +60,19 @@ def served_messages(record: dict[str, Any], fmt: ModelFormat, style: str = "cot"
             parts = "\n".join(part["text"] for part in parts)  # type: ignore[assignment]
         messages.append({"role": message["role"], "content": parts})
     return messages
+
+
+def _messages_or_none(
+    record: dict[str, Any], fmt: ModelFormat, style: str, unreadable: set[str]
+) -> list[dict[str, Any]] | None:
+    """:func:`served_messages`, or ``None`` (the record's id added to ``unreadable``) when its image cannot be read."""
+    try:
+        return served_messages(record, fmt, style)
+    except (OSError, ValueError) as exc:  # PIL raises both
+        if str(record["id"]) not in unreadable:
+            log.warning("image_unreadable", id=record["id"], image=record.get("image"), error=str(exc)[:200])
+        unreadable.add(str(record["id"]))
+        return None
 
 
 def api_key() -> str:
@@ -103,7 +117,8 @@ def served_responses(
 ) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
     """Ask the server with each prompt style: ``{style: {id: response}}`` and the details for metrics.json.
 
-    A record whose image cannot be read gets no response (``skipped_samples``), as in model mode.
+    A record whose image cannot be read gets no response (``skipped_samples``), as in model mode. Images are read
+    and encoded as their requests' turns come, a few at a time.
     """
     if fmt.layout != "two_turn":
         raise ConfigError(f"the model answers in the {fmt.layout} layout (a rationale turn, then the answer): "
@@ -115,38 +130,29 @@ def served_responses(
     endpoint = served_endpoint(config, output)
     started = time.perf_counter()
     responses: dict[str, dict[str, str]] = {}
-    skipped: Counter[str] = Counter()
-    requests: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {style: [] for style in config.prompt_styles}
-    for record in records:
-        try:
-            chats = {style: served_messages(record, fmt, style) for style in config.prompt_styles}
-        except (OSError, ValueError) as exc:  # an unreadable image (PIL raises both)
-            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc)[:200])
-            skipped["image_unreadable"] += 1
-            continue
-        for style, messages in chats.items():
-            requests[style].append((str(record["id"]), messages))
+    unreadable: set[str] = set()
     spent = {}
-    for style, asked_for in requests.items():
-        asked = ask_all(endpoint, api_key(), asked_for, role="served",
+    for style in config.prompt_styles:
+        requests = [(str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
+                    for record in records]  # fmt: skip
+        asked = ask_all(endpoint, api_key(), requests, role="served",
                         flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
-        responses[style] = {
-            record_id: completion.text for (record_id, _), completion in zip(asked_for, asked.completions)
-        }
+        answers = zip(requests, asked.completions, strict=True)
+        responses[style] = {record_id: answer.text for (record_id, _), answer in answers if answer is not None}
         spent[style] = asked.spent
     seconds = time.perf_counter() - started
     answered = sum(len(by_id) for by_id in responses.values())
     generation = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "samples": 1,
                   "server_params": config.server_params}  # fmt: skip
     details = {
-        "server": config.server,
+        "server": mask_url_credentials(str(config.server)),
         "served_model": endpoint.model,
         "generation": generation,
         "timing": {
             "seconds": round(seconds, 3),
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
-        "skipped_samples": dict(sorted(skipped.items())),
+        "skipped_samples": {"image_unreadable": len(unreadable)} if unreadable else {},
         "served": spent,
     }
     return responses, details

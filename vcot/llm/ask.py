@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,8 +23,9 @@ from vcot.progress import Progress
 
 log = get_logger(__name__)
 
-Request = tuple[str, list[dict[str, Any]]]
-"""``(record id, messages)``: one question, and the record it is about (kept in the cache for audits)."""
+Request = tuple[str, Callable[[], "list[dict[str, Any]] | None"]]
+"""``(record id, build)``: the record a question is about (kept in the cache for audits) and what builds its messages
+when its turn comes (``None``: nothing to ask), so that a split's images are not all held at once."""
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,10 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Asked:
-    """What :func:`ask_all` got: the completions in the order asked, and what the run spent (for metrics.json)."""
+    """What :func:`ask_all` got: the completions in the order asked (``None`` where nothing was asked), and what the
+    run spent (for metrics.json)."""
 
-    completions: list[Completion]
+    completions: list[Completion | None]
     spent: dict[str, Any]
 
 
@@ -86,9 +88,12 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
     chat = CachedChat(endpoint.model, endpoint.params, cache, ledger, backend)
     ledger_uri = storage.join(endpoint.cache, "ledger", f"{writer}.json")
     progress = Progress(f"{role}_progress", len(requests), unit="answer")
+    window = asyncio.Semaphore(2 * endpoint.concurrency)  # requests whose messages (images) are held at once
 
-    async def ask(record_id: str, messages: list[dict[str, Any]]) -> Completion:
-        completion = await chat.ask(messages, record_id=record_id, purpose=role)
+    async def ask(record_id: str, build: Callable[[], list[dict[str, Any]] | None]) -> Completion | None:
+        async with window:
+            messages = await asyncio.to_thread(build)
+            completion = None if messages is None else await chat.ask(messages, record_id=record_id, purpose=role)
         progress.update()
         return completion
 
@@ -102,4 +107,4 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
              "cache_answers": {"before": cached_before, "after": len(cache.entries)}}  # fmt: skip
     log.info(f"{role}_done", answers=len(requests), requests=ledger.requests, cache_hits=ledger.cache_hits,
              cost_usd=ledger.estimated_cost_usd())  # fmt: skip
-    return Asked([outcome for outcome in outcomes if isinstance(outcome, Completion)], spent)
+    return Asked(outcomes, spent)  # type: ignore[arg-type]  # no exception is left among them
