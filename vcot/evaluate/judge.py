@@ -15,12 +15,15 @@ the endpoint refuses (401, 404...), stops the run (exit 1); the answers so far a
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from vcot.llm.ask import Endpoint, ask_all
+from vcot.errors import ConfigError
+from vcot.evaluate.config import EvaluateConfig
+from vcot.llm.ask import Endpoint, ask_all, default_cache
 
 SYSTEM_PROMPT = (
     "You proofread answers: score the model's answer against the standard answer to the question. "
@@ -63,6 +66,33 @@ def verdict(reply: str) -> tuple[float | None, str | None]:
         return None, "empty_reply"
     score = parse_score(reply)
     return (score, None) if score is not None else (None, "malformed_reply")
+
+
+def api_key_for(flag: str) -> str:
+    """``OPENAI_API_KEY``, which ``flag`` needs (never a flag or a config field: it would land in the manifest)."""
+    key = os.environ.get("OPENAI_API_KEY", "")
+    if not key:
+        raise ConfigError(f"{flag} needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a "
+                          "keyless endpoint")  # fmt: skip
+    return key
+
+
+def judge_endpoint(config: EvaluateConfig, output: str) -> tuple[Endpoint, str] | None:
+    """The judge and its key when ``--judge-model`` is on (checked before any model loads), else ``None``."""
+    if not config.judge_model:
+        return None
+    endpoint = Endpoint(
+        model=config.judge_model,
+        cache=(config.judge_cache or default_cache(output, "_judge_cache")).rstrip("/"),
+        params=JUDGE_PARAMS,
+        base_url=config.judge_base_url,
+        concurrency=config.judge_concurrency,
+        max_attempts=config.judge_max_attempts,
+        timeout=config.judge_timeout,
+        backoff_base=config.judge_backoff_base,
+        backoff_max=config.judge_backoff_max,
+    )
+    return endpoint, api_key_for("--judge-model")
 
 
 def judge_rows(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import os
 from collections import Counter
 from typing import Any, Literal
 
@@ -28,14 +27,13 @@ from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.judge import JUDGE_PARAMS, add_judge_metrics, judge_rows
+from vcot.evaluate.judge import add_judge_metrics, judge_endpoint, judge_rows
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.evaluate.served import served_responses
 from vcot.evaluate.styles import compare_styles
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import layout, manifest, shards, storage
-from vcot.llm.ask import Endpoint, default_cache
 from vcot.log import get_logger
 from vcot.scoring.field_metrics import add_field_metrics
 from vcot.scoring.metrics import summarize_by_subset
@@ -135,8 +133,8 @@ def served_format(config: EvaluateConfig) -> ModelFormat:
     if card and card.rstrip("/").endswith(".json"):  # the card's own path: its folder
         card = storage.parent(card)
     if not card and "coords" not in overrides:
-        raise ConfigError("served mode reads boxes in the served model's frame: pass --model-card (the folder of its "
-                          "vcot-model.json: the export, or the run's adapter/), or --coords (and --family)")  # fmt: skip
+        raise ConfigError("served mode reads boxes in the served model's frame: pass --model-card (the folder of "
+                          "its vcot-model.json: the export, or the run's adapter/), or --coords (and --family)")  # fmt: skip
     recorded = recorded_format(None, overrides, card) if card else None
     return recorded or ModelFormat.for_family(config.family, **overrides)
 
@@ -282,33 +280,6 @@ def check_adapter(adapter: str) -> None:
     run = storage.parent(adapter)
     if manifest.committed_stage(run) not in (None, "train"):
         manifest.read_manifest(run, expect_stage="train")  # raises, saying which stage wrote it
-
-
-def api_key_for(flag: str) -> str:
-    """``OPENAI_API_KEY``, which ``flag`` needs (never a flag or a config field: it would land in the manifest)."""
-    key = os.environ.get("OPENAI_API_KEY", "")
-    if not key:
-        raise ConfigError(f"{flag} needs OPENAI_API_KEY: export it (in a cluster, from a Secret); any value for a "
-                          "keyless endpoint")  # fmt: skip
-    return key
-
-
-def judge_endpoint(config: EvaluateConfig, output: str) -> tuple[Endpoint, str] | None:
-    """The judge and its key when ``--judge-model`` is on (checked before any model loads), else ``None``."""
-    if not config.judge_model:
-        return None
-    endpoint = Endpoint(
-        model=config.judge_model,
-        cache=(config.judge_cache or default_cache(output, "_judge_cache")).rstrip("/"),
-        params=JUDGE_PARAMS,
-        base_url=config.judge_base_url,
-        concurrency=config.judge_concurrency,
-        max_attempts=config.judge_max_attempts,
-        timeout=config.judge_timeout,
-        backoff_base=config.judge_backoff_base,
-        backoff_max=config.judge_backoff_max,
-    )
-    return endpoint, api_key_for("--judge-model")
 
 
 def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) -> dict[str, Any]:
