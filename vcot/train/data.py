@@ -148,13 +148,19 @@ class Collator:
             labels[i, :length] = torch.tensor(row["labels"])
             attention_mask[i, :length] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return self.with_images(batch, rows, [(i, 0, len(row["input_ids"])) for i, row in enumerate(rows)])
 
+    def with_images(
+        self, batch: dict[str, torch.Tensor], rows: list[dict[str, Any]], spans: list[tuple[int, int, int]]
+    ) -> dict[str, torch.Tensor]:
+        """``batch`` with the rows' images (in order); ``spans[k]``: where ``rows[k]`` lies in it (batch row, start,
+        end), so that a row whose image cannot be decoded has its labels masked, and only its own."""
         with_images = [row for row in rows if row.get("image")]
         if with_images:
             pixels, unloadable = self.pixels(with_images)
-            for i, row in enumerate(rows):
+            for row, (i, start, end) in zip(rows, spans, strict=True):
                 if id(row) in unloadable:  # a blank image stands in: the row must teach nothing about it
-                    labels[i] = IGNORE_INDEX
+                    batch["labels"][i, start:end] = IGNORE_INDEX
             for row, grid in zip(with_images, pixels["image_grid_thw"].tolist(), strict=True):
                 if grid != list(row["image_grid_thw"]):
                     raise VcotError(
@@ -163,7 +169,7 @@ class Collator:
                     )
             batch["pixel_values"] = pixels["pixel_values"]
             batch["image_grid_thw"] = pixels["image_grid_thw"]
-            batch["mm_token_type_ids"] = image_token_types(input_ids, self.tokenizer)  # the image's 3-D positions
+            batch["mm_token_type_ids"] = image_token_types(batch["input_ids"], self.tokenizer)  # the images' 3-D layout
         return batch
 
 

@@ -61,7 +61,7 @@ NUMBER_RULES: dict[str, Rule] = {
     **dict.fromkeys(
         ("global_batch_size", "weight_decay", "max_grad_norm", "neftune_noise_alpha", "early_stopping_patience",
          "early_stopping_threshold", "generation_eval_samples", "generation_eval_steps", "dataloader_num_workers",
-         "beta", "rat_min_len", "reward_temp_horizon", "reward_tolerance_horizon", "vision_learning_rate"),
+         "beta", "rat_min_len", "reward_temp_horizon", "reward_tolerance_horizon", "vision_learning_rate", "packing"),
         NON_NEGATIVE,
     ),
     **dict.fromkeys(
@@ -162,6 +162,7 @@ class Recipe:
     finetune: str = "lora"
     vision_learning_rate: float | None = None
     group_by_length: bool = False
+    packing: int = 0
     peft: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
 
@@ -274,7 +275,8 @@ class Recipe:
             )
 
     def _check_open(self) -> None:
-        """``finetune``, ``vision_learning_rate``, ``group_by_length``; ``peft:`` and ``trainer:`` by their fields."""
+        """``finetune``, ``vision_learning_rate``, ``group_by_length``, ``packing``; ``peft:`` and ``trainer:`` by their
+        fields."""
         from vcot.train import options
 
         if self.finetune not in FINETUNES:
@@ -286,6 +288,9 @@ class Recipe:
             )
         if self.group_by_length and self.method != "sft":
             raise ConfigError("recipe group_by_length is SFT-only (GRPO and RGFN sample prompts, not tokenized rows)")
+        if self.packing and self.method != "sft":
+            raise ConfigError("recipe packing is SFT-only (GRPO and RGFN sample prompts, not tokenized rows): set "
+                              "packing=0")  # fmt: skip
         for name in ("peft", "trainer"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"recipe {name} must be a mapping of field: value (got {getattr(self, name)!r})")

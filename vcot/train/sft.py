@@ -119,6 +119,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
 
     from vcot.train.data import Collator, TokenizedDataset
     from vcot.train.generation_eval import generation_eval, record_outputs_of
+    from vcot.train.packing import PackedCollator, PackedDataset, use_packed_positions
 
     # 1. The model format tokenize recorded (frame, syntax, pixel budget, mode).
     fmt, tokenized_with = read_data_settings(config.data)
@@ -146,6 +147,11 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     eval_set = TokenizedDataset(config.data, "val", cache=folders.scratch / "rows", vocab_size=vocab_size)
     if len(train_set) == 0:
         raise VcotError(f"{config.data} has no train rows: check the tokenize stats in its _SUCCESS")
+    collator: Any = Collator(processor)
+    if recipe.packing:  # training rows packed, no padding; evaluation's rows as they are (vcot.train.packing)
+        train_set, collator = PackedDataset(train_set, recipe.packing), PackedCollator(processor)
+        use_packed_positions(model)
+        log.info("packed", rows=len(train_set.rows), packed_rows=len(train_set), tokens_per_row=recipe.packing)
     early_stopping = args.load_best_model_at_end and recipe.early_stopping_patience > 0
     trainer_class = sharded_trainer(length_grouped_trainer()) if recipe.sharding else length_grouped_trainer()
     trainer = trainer_class(
@@ -153,7 +159,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         args=args,
         train_dataset=train_set,
         eval_dataset=eval_set if len(eval_set) else None,
-        data_collator=Collator(processor),
+        data_collator=collator,
         processing_class=processor,
     )
     if args.eval_strategy != "no" and recipe.generation_eval_samples:  # before early stopping: it reads its metrics
@@ -171,7 +177,8 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
                                   "step": trainer.state.best_global_step}
     metrics["log_history"] = trainer.state.log_history
     # Rows this process read (with dataloader workers, they read them: 0 here).
-    log.info("rows_read", rank=distributed.rank(), rows=train_set.reads, of=len(train_set))
+    rows = train_set.rows if recipe.packing else train_set
+    log.info("rows_read", rank=distributed.rank(), rows=rows.reads, of=len(rows))
 
     # 5. Commit.
     stats = {
