@@ -64,7 +64,8 @@ def mixed_records(root: Path, count: int, seed: int = 0) -> str:
             "rationale": f"{reasoning}I find the <ref>red square</ref><box>[{box}]</box>. Answer: red",
         })  # fmt: skip
     by_split = {split: [r for r in records if r["split"] == split] for split in ("train", "val")}
-    files = [shards.write_jsonl(str(root), f"{split}/{shards.shard_name(0, 1)}", rows) for split, rows in by_split.items()]
+    name = shards.shard_name(0, 1)
+    files = [shards.write_jsonl(str(root), f"{split}/{name}", rows) for split, rows in by_split.items()]
     manifest.commit(str(root), stage="convert", files=files, config={"source": "bench"})
     return str(root)
 
