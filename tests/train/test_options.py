@@ -271,6 +271,7 @@ def test_wording_is_recorded_and_evaluate_prompts_with_it(
         assert throughput[key] > 0, key
     assert throughput["peak_memory_kind"] == ("gpu_max_allocated" if torch.cuda.is_available() else "cpu_max_rss")
     assert throughput["gpu_hours"] == 0.0 if not torch.cuda.is_available() else throughput["gpu_hours"] > 0
+    assert 0 < throughput["padding_share"] < 0.5  # rows of unequal lengths padded in a batch (grouped: little)
 
 
 def test_a_card_without_wording_loads_with_todays_prompt() -> None:

@@ -117,7 +117,8 @@ def test_sft_trains_on_packed_rows(tokenized_data: str, tiny_model_dir: Path, tm
 
     rows = TokenizedDataset(tokenized_data, "train")
     capacity = 4 * max(rows.lengths())
-    settings = f"packing={capacity},max_steps=12,num_train_epochs=20,logging_steps=1,save_steps=12,eval_steps=12"
+    settings = (f"packing={capacity},per_device_train_batch_size=1,max_steps=12,num_train_epochs=20,logging_steps=1,"
+                "save_steps=12,eval_steps=12")  # fmt: skip
     output = tmp_path / "packed"
     assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output), recipe="tiny-cpu",
                              set=settings, threads=1))  # fmt: skip
@@ -125,5 +126,6 @@ def test_sft_trains_on_packed_rows(tokenized_data: str, tiny_model_dir: Path, tm
     losses = [entry["loss"] for entry in metrics["log_history"] if "loss" in entry]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.5, losses
     assert "eval_loss" in metrics["eval"]
+    assert metrics["throughput"]["padding_share"] == 0.0  # one packed row a step: nothing computed on padding
     packs = PackedDataset(rows, capacity)
     assert len(packs) < len(rows) / 3  # about four rows a packed row

@@ -25,12 +25,15 @@ TOKEN_COUNTING = {"include_num_input_tokens_seen": "non_padding"}
 
 
 class Throughput(TrainerCallback):
-    """Times the training loop of this session; ``global_batch`` is samples per optimizer step."""
+    """Times the training loop of this session; ``global_batch`` is samples per optimizer step. Also counts the
+    positions this rank's training forwards computed and how many were padding (``padding_share``: what padded
+    batches cost, and what packing saves)."""
 
     def __init__(self, global_batch: int) -> None:
         self.global_batch = global_batch
         self.start = 0.0
         self.first_step = self.first_tokens = 0
+        self.computed = self.padding = 0
         self.numbers: dict[str, Any] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -39,12 +42,36 @@ class Throughput(TrainerCallback):
             state.global_step,
             state.num_input_tokens_seen or 0,
         )
+        processing = kwargs.get("processing_class")
+        pad_id = getattr(getattr(processing, "tokenizer", processing), "pad_token_id", None)
+        if kwargs.get("model") is not None:
+            kwargs["model"].register_forward_pre_hook(self._count(pad_id), with_kwargs=True)
+
+    def _count(self, pad_id: int | None) -> Any:
+        """A forward pre-hook counting the positions of training forwards (with gradients: not generation or
+        scoring) and the padding among them: the attention mask's zeros, or without a mask the pad tokens."""
+        import torch
+
+        def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            input_ids = kwargs.get("input_ids")
+            if not (module.training and torch.is_grad_enabled()) or input_ids is None:
+                return
+            mask = kwargs.get("attention_mask")
+            if mask is not None:
+                real = int(mask.sum())
+            else:
+                real = int((input_ids != pad_id).sum()) if pad_id is not None else input_ids.numel()
+            self.computed += input_ids.numel()
+            self.padding += input_ids.numel() - real
+
+        return hook
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         seconds = max(time.monotonic() - self.start, 1e-9)
         steps = state.global_step - self.first_step
         tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
         self.numbers = measure(seconds, steps, steps * self.global_batch, tokens)
+        self.numbers["padding_share"] = round(self.padding / self.computed, 4) if self.computed else 0.0
 
 
 def measure(seconds: float, steps: int, samples: int, tokens: int) -> dict[str, Any]:
