@@ -39,12 +39,17 @@ from vcot.train.recipe import load_recipe
 COLORS = ("red", "green", "blue", "yellow")
 
 
-def write_records(root: Path, count: int, seed: int = 0) -> str:
-    """A committed record output: one coloured square per image (96-256 px), grounded in the rationale."""
+LONG_SENTENCE = "I look over the picture from left to right and note each object and where it stands. "
+"""What a long rationale repeats (8-24 times) before its box: LLaVA-CoT-like lengths (``long_share``)."""
+
+
+def write_records(root: Path, count: int, seed: int = 0, *, max_side: int = 256, long_share: float = 0.0) -> str:
+    """A committed record output: one coloured square per image (96-``max_side`` px), grounded in the rationale;
+    ``long_share`` of the rationales reason at length before the box."""
     rng = random.Random(seed)
     records = []
     for index in range(count):
-        width, height = rng.randint(96, 256), rng.randint(96, 256)
+        width, height = rng.randint(96, max_side), rng.randint(96, max_side)
         side = min(width, height) // 3
         x1, y1 = rng.randrange(width - side), rng.randrange(height - side)
         color = rng.choice(COLORS)
@@ -55,6 +60,7 @@ def write_records(root: Path, count: int, seed: int = 0) -> str:
         uri = str(root / "images" / f"{index:05d}.png")
         storage.write_bytes(uri, buffer.getvalue())
         box = list(pixels_to_norm1000((x1, y1, x1 + side, y1 + side), width, height))
+        reasoning = LONG_SENTENCE * rng.randint(8, 24) if long_share and rng.random() < long_share else ""
         record_id = f"bench:{index}"
         records.append(
             {
@@ -62,7 +68,8 @@ def write_records(root: Path, count: int, seed: int = 0) -> str:
                 "image": uri, "width": width, "height": height, "question": "What color is the square?",
                 "answer": color, "choices": None, "answer_index": None,
                 "objects": [{"ref": f"{color} square", "box": box}],
-                "rationale": f"I find the <ref>{color} square</ref><box>[{', '.join(map(str, box))}]</box>. Answer: {color}",
+                "rationale": f"{reasoning}I find the <ref>{color} square</ref><box>[{', '.join(map(str, box))}]</box>. "
+                             f"Answer: {color}",
             }
         )  # fmt: skip
     files = [
