@@ -23,8 +23,11 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
     return request.getfixturevalue(request.param)
 
 
-def rows_and_model(model_dir: Path, one_record: Callable[..., dict], count: int = 3) -> tuple[list[dict], Any, Any]:
+def rows_and_model(
+    model_dir: Path, one_record: Callable[..., dict], count: int = 3, attention: str = "sdpa"
+) -> tuple[list[dict], Any, Any]:
     model, processor = load_model_and_processor(str(model_dir), for_training=True)
+    model.set_attn_implementation(attention)
     model.eval()  # no dropout: the same logits twice
     encoder = Encoder(processor, ModelFormat.for_processor(processor, model_family(str(model_dir))))
     return [encoder.encode(one_record(i, seed=i)) for i in range(count)], model, processor
@@ -36,10 +39,11 @@ def sample_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted, ignore_index=-100, reduction="none")
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_a_packed_row_gives_each_sample_its_unpacked_logits_and_loss(
-    model_dir: Path, one_record: Callable[..., dict]
+    model_dir: Path, one_record: Callable[..., dict], attention: str
 ) -> None:
-    rows, model, processor = rows_and_model(model_dir, one_record)
+    rows, model, processor = rows_and_model(model_dir, one_record, attention=attention)
     assert len({tuple(row["image_grid_thw"]) for row in rows}) > 1  # images of different sizes in one row
     unpacked = Collator(processor)(rows)
     packed = PackedCollator(processor)([rows])
