@@ -4,13 +4,13 @@ The records are a mix like a VisCoT + LLaVA-CoT mixture (``bench.train_bench.wri
 answers (one box and the answer, as VisCoT's) and 30% long rationales (8-24 sentences before the box, as
 LLaVA-CoT's), on images of 96-448 px (so image tokens differ too). Each mode trains ``tiny-cpu`` for ``--steps``
 steps on the same tokenized rows and seed, with about the same tokens a step: ``--batch`` rows padded to the longest
-(``padded``), the same with ``group_by_length`` (``grouped``), and one packed row of ``--batch`` x the mean row
-length (``packed``). Reports the trainer's tokens/s (non-padding input tokens, as every run's throughput counts
-them), each run's ``padding_share``, the final eval loss of each mode (the same task: where the loss ends), and the
-fastest of ``--repeats`` interleaved runs.
+(``padded``), the same with ``group_by_length`` (``grouped``), and ``packed, R x N``: R packed rows of N = ``--batch``
+x the mean row length / R tokens, for each R of ``--pack-rows``. Reports the trainer's tokens/s (non-padding input
+tokens, as every run's throughput counts them), each run's ``padding_share``, the final eval loss of each mode (the
+same task: where the loss ends), and the fastest of ``--repeats`` interleaved runs.
 
     PYTHONPATH=. .venv/bin/python bench/packing_bench.py [--records 400] [--steps 40] [--batch 8] [--repeats 2]
-        [--output results.json]
+        [--pack-rows 1,2,3] [--output results.json]
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--pack-rows", default="1,2,3", help="packed rows a step (each of batch x mean / rows tokens)")
     parser.add_argument("--output", type=Path, default=Path("packing_bench.json"))
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="packing-bench-"))
@@ -62,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     modes = {
         "padded": f"per_device_train_batch_size={args.batch}",
         "grouped": f"per_device_train_batch_size={args.batch},group_by_length=true",
-        "packed": f"per_device_train_batch_size=1,packing={capacity}",
-    }
+        **{f"packed, {rows} x {capacity // rows}": f"per_device_train_batch_size={rows},packing={capacity // rows}"
+           for rows in (int(value) for value in args.pack_rows.split(","))},
+    }  # fmt: skip
     runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):  # interleaved: a load change on the shared machine hits every mode
         for mode, settings in modes.items():
@@ -75,16 +77,19 @@ def main(argv: list[str] | None = None) -> int:
         "records": args.records, "steps": args.steps, "batch": args.batch, "packing": capacity,
         "row_tokens": {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1), "max": max(lengths)},
         "runs": runs, "best": best,
-        "packed_over_padded": round(best["packed"]["tokens_per_second"] / best["padded"]["tokens_per_second"], 2),
-        "packed_over_grouped": round(best["packed"]["tokens_per_second"] / best["grouped"]["tokens_per_second"], 2),
+        "over_padded": {mode: round(found["tokens_per_second"] / best["padded"]["tokens_per_second"], 2)
+                        for mode, found in best.items()},
+        "over_grouped": {mode: round(found["tokens_per_second"] / best["grouped"]["tokens_per_second"], 2)
+                         for mode, found in best.items()},
     }  # fmt: skip
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"rows of {result['row_tokens']} tokens\n")
-    print("| mode | tokens/s | padding share | eval loss | seconds |\n|---|---|---|---|---|")
+    print("| mode | tokens/s | vs padded | vs grouped | padding share | eval loss | seconds |")
+    print("|---|---|---|---|---|---|---|")
     for mode, found in best.items():
-        print(f"| {mode} | {found['tokens_per_second']} | {found['padding_share']} | {found['eval_loss']} | "
+        ratios = f"{result['over_padded'][mode]}x | {result['over_grouped'][mode]}x"
+        print(f"| {mode} | {found['tokens_per_second']} | {ratios} | {found['padding_share']} | {found['eval_loss']} | "
               f"{found['seconds']} |")  # fmt: skip
-    print(f"packed / padded {result['packed_over_padded']}x, packed / grouped {result['packed_over_grouped']}x")
     return 0
 
 

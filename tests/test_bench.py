@@ -43,8 +43,10 @@ SMOKE: dict[str, tuple[list[str], str]] = {
                   "generation_eval_max_new_tokens=16"],
         "seeds",
     ),  # fmt: skip
-    "packing_bench.py": (["--records", "40", "--steps", "2", "--batch", "2", "--repeats", "1", "--output", "{output}"],
-                         "best"),
+    "packing_bench.py": (
+        ["--records", "40", "--steps", "2", "--batch", "2", "--repeats", "1", "--pack-rows", "1", "--output", "{output}"],
+        "best",
+    ),
     "plan_bench.py": (
         ["--cases", "tiny-cpu@tiny,qwen2.5-vl-7b-qlora@tiny", "--batches", "1", "--image-side", "112",
          "--output", "{output}"],
