@@ -6,7 +6,8 @@ steps it trained itself, not the restored ones); :func:`throughput_of` reads its
 counted over all ranks: SFT's non-padding input tokens (``include_num_input_tokens_seen``), GRPO's prompt and
 completion tokens (TRL counts them itself); RGFN counts none (0). Samples are optimizer steps times the global
 batch. Peak memory is this rank's: the GPU's ``torch.cuda.max_memory_allocated``, else the process's
-CPU max RSS (model loading included).
+CPU max RSS (model loading included). ``padding_share``: of the positions this rank's training forwards computed,
+the share that was padding.
 """
 
 from __future__ import annotations
@@ -57,12 +58,11 @@ class Throughput(TrainerCallback):
             if not (module.training and torch.is_grad_enabled()) or input_ids is None:
                 return
             mask = kwargs.get("attention_mask")
-            if mask is not None:
-                real = int(mask.sum())
-            else:
-                real = int((input_ids != pad_id).sum()) if pad_id is not None else input_ids.numel()
+            if mask is None and pad_id is not None:
+                mask = input_ids != pad_id
             self.computed += input_ids.numel()
-            self.padding += input_ids.numel() - real
+            if mask is not None:  # summed where it lies: no device sync a step
+                self.padding = self.padding + (input_ids.numel() - mask.sum())
 
         return hook
 
@@ -71,7 +71,7 @@ class Throughput(TrainerCallback):
         steps = state.global_step - self.first_step
         tokens = (state.num_input_tokens_seen or 0) - self.first_tokens
         self.numbers = measure(seconds, steps, steps * self.global_batch, tokens)
-        self.numbers["padding_share"] = round(self.padding / self.computed, 4) if self.computed else 0.0
+        self.numbers["padding_share"] = round(float(self.padding) / self.computed, 4) if self.computed else 0.0
 
 
 def measure(seconds: float, steps: int, samples: int, tokens: int) -> dict[str, Any]:
