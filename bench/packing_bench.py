@@ -32,15 +32,17 @@ from vcot.train.data import TokenizedDataset
 
 
 def run(tokens: str, model: Path, output: Path, steps: int, settings: str) -> dict[str, Any]:
-    """One SFT run; its throughput and final eval loss."""
-    common = f"max_steps={steps},num_train_epochs=1000,logging_steps={steps},save_steps={steps},eval_steps={steps}"
+    """One SFT run; its throughput, its training loss curve (8 points: the mean since the last) and final eval loss."""
+    every = max(1, steps // 8)
+    common = f"max_steps={steps},num_train_epochs=1000,logging_steps={every},save_steps={steps},eval_steps={steps}"
     train(TrainConfig(data=tokens, model=str(model), output=str(output), recipe="tiny-cpu", set=f"{common},{settings}",
                       threads=1))  # fmt: skip
     metrics = json.loads((output / "metrics.json").read_text())
     throughput = metrics["throughput"]
+    curve = {entry["step"]: round(entry["loss"], 3) for entry in metrics["log_history"] if "loss" in entry}
     return {"tokens_per_second": throughput["tokens_per_second"], "tokens": throughput["tokens"],
             "padding_share": throughput["padding_share"], "seconds": throughput["wall_seconds"],
-            "eval_loss": round(metrics["eval"]["eval_loss"], 4)}  # fmt: skip
+            "eval_loss": round(metrics["eval"]["eval_loss"], 4), "loss_curve": curve}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         ratios = f"{result['over_padded'][mode]}x | {result['over_grouped'][mode]}x"
         print(f"| {mode} | {found['tokens_per_second']} | {ratios} | {found['padding_share']} | {found['eval_loss']} | "
               f"{found['seconds']} |")  # fmt: skip
+    steps = list(next(iter(best.values()))["loss_curve"])
+    print(f"\ntraining loss (mean since the last point) at steps {steps}:")
+    for mode, found in best.items():
+        print(f"  {mode}: {list(found['loss_curve'].values())}")
     return 0
 
 
