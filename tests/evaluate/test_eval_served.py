@@ -181,3 +181,12 @@ def test_a_record_whose_image_cannot_be_read_is_skipped_and_counted(
     details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
     assert details["skipped_samples"] == {"image_unreadable": 1}
     assert server.chat_requests == len(records) - 1 and "picture 5" not in "".join(server.answered)
+
+
+def test_both_prompt_styles_are_asked_in_one_run(server: FakeOpenAI, known_data: Any, tmp_path: Path) -> None:
+    data, records = known_data
+    assert served(server, data, tmp_path / "eval", "--prompt-style", "both") == 0
+    assert server.chat_requests == 2 * len(records)  # each record asked for reasoning and for the answer alone
+    details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
+    assert details["served"]["cache_answers"] == {"before": 0, "after": 2 * len(records)}
+    assert (tmp_path / "eval" / "predictions-direct").is_dir()

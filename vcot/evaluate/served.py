@@ -86,14 +86,15 @@ def served_model_name(config: EvaluateConfig) -> str:
     import openai
 
     client = openai.OpenAI(base_url=config.server, api_key=api_key(), timeout=config.server_timeout, max_retries=2)
+    server = mask_url_credentials(str(config.server))  # what an error may name
     try:
         names = [model.id for model in client.models.list()]
     except openai.OpenAIError as exc:
-        raise ConfigError(f"cannot list the models of {config.server} ({exc}): is the server up? Or pass "
+        raise ConfigError(f"cannot list the models of {server} ({exc}): is the server up? Or pass "
                           "--served-model NAME") from exc  # fmt: skip
     if len(names) != 1:
         listed = ", ".join(names) or "none"
-        raise ConfigError(f"{config.server} serves {len(names)} models ({listed}): pass --served-model NAME")
+        raise ConfigError(f"{server} serves {len(names)} models ({listed}): pass --served-model NAME")
     return names[0]
 
 
@@ -129,17 +130,16 @@ def served_responses(
                     'false}\'')  # fmt: skip
     endpoint = served_endpoint(config, output)
     started = time.perf_counter()
-    responses: dict[str, dict[str, str]] = {}
     unreadable: set[str] = set()
-    spent = {}
-    for style in config.prompt_styles:
-        requests = [(str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
-                    for record in records]  # fmt: skip
-        asked = ask_all(endpoint, api_key(), requests, role="served",
-                        flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
-        answers = zip(requests, asked.completions, strict=True)
-        responses[style] = {record_id: answer.text for (record_id, _), answer in answers if answer is not None}
-        spent[style] = asked.spent
+    asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
+              for style in config.prompt_styles for record in records]  # fmt: skip
+    # Every prompt style in one run: the answer cache is read once, one ledger counts them all.
+    asked = ask_all(endpoint, api_key(), [(record_id, build) for _, record_id, build in asking], role="served",
+                    flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
+    responses: dict[str, dict[str, str]] = {style: {} for style in config.prompt_styles}
+    for (style, record_id, _), answer in zip(asking, asked.completions, strict=True):
+        if answer is not None:
+            responses[style][record_id] = answer.text
     seconds = time.perf_counter() - started
     answered = sum(len(by_id) for by_id in responses.values())
     generation = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "samples": 1,
@@ -153,6 +153,6 @@ def served_responses(
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
         "skipped_samples": {"image_unreadable": len(unreadable)} if unreadable else {},
-        "served": spent,
+        "served": asked.spent,
     }
     return responses, details
