@@ -416,12 +416,32 @@ def preconditions(walk: Walk, tiny_model: Path) -> None:
 
 
 def clone_layout(workdir: Path) -> None:
-    """A folder laid out as a fresh clone with its .venv (links to this checkout's files and its environment)."""
+    """A folder laid out as a fresh clone with its .venv (links to this checkout's files and its environment).
+
+    The .venv is a folder of links with its own, fresh install stamp: make never reinstalls from a test (a reinstall
+    through a link to the real environment rewrote its scripts' first lines to this temporary folder).
+    """
     workdir.mkdir(parents=True)
     for entry in REPO_ROOT.iterdir():
         if not entry.name.startswith("."):
             (workdir / entry.name).symlink_to(entry)
-    (workdir / ".venv").symlink_to(Path(sys.prefix))
+    venv = workdir / ".venv"
+    venv.mkdir()
+    for entry in Path(sys.prefix).iterdir():
+        if entry.name != ".installed-stamp":
+            (venv / entry.name).symlink_to(entry)
+    (venv / ".installed-stamp").touch()
+
+
+def test_a_clone_never_reinstalls_the_environment(tmp_path: Path) -> None:
+    """make in a walk's clone finds its environment installed, and its install stamp is not the real environment's
+    (a stale real stamp made make reinstall through the link and break the checkout's scripts)."""
+    clone_layout(tmp_path / "clone")
+    stamp = tmp_path / "clone" / ".venv" / ".installed-stamp"
+    assert stamp.resolve() != (Path(sys.prefix) / ".installed-stamp").resolve()
+    done = subprocess.run(["make", "-q", ".venv/.installed-stamp"], cwd=tmp_path / "clone", capture_output=True,
+                          check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def standins(folder: Path) -> Path:
@@ -469,7 +489,6 @@ def walks(
         "VCOT_LOCAL_S3_BUCKET": server.bucket,
         "VCOT_MODEL_CACHE": str(tmp_path / "model-cache"),
         "VLLM_STANDIN_DIR": str(servers),
-        "MAKEFLAGS": "-o .venv/.installed-stamp",  # make never reinstalls the environment from a test
     })  # fmt: skip
 
     def walk(doc: str) -> Walk:
