@@ -8,9 +8,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.k8s.k8s_helpers import STAGES, FakeCluster, make_job, pipeline
+from tests.k8s.k8s_helpers import STAGES, FakeCluster, make_job, make_trainjob, pipeline
 from vcot.cluster import chain
-from vcot.cluster.chain import ChainConfig, Step, decide, follow_chain, step_from_job
+from vcot.cluster.chain import ChainConfig, Step, decide, follow_chain, step_from_job, step_from_trainjob
 from vcot.errors import VcotError
 
 CONFIG = ChainConfig(run="r1", namespace="ns", poll_seconds=1)
@@ -137,3 +137,96 @@ def test_main_outside_a_cluster_says_what_is_missing(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     assert chain.main(["--run", "r1", "--namespace", "ns"]) == 1
     assert "no Kubernetes API to talk to" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# TrainJobs (k8s/components/kubeflow-trainer): train and GRPO as Kubeflow Trainer TrainJobs
+# --------------------------------------------------------------------------------------------------
+
+TRAINJOBS = ChainConfig(run="r1", namespace="ns", poll_seconds=1, trainjobs=True)
+
+
+def trainer_pipeline(run: str = "r1") -> tuple[list[client.V1Job], list[dict]]:
+    """convert, distill, tokenize as Jobs; train and grpo as TrainJobs; evaluate a Job (components/grpo + trainer)."""
+    jobs = [make_job(stage, step, run=run, suspend=step > 1 or None) for step, stage in enumerate(STAGES[:3], 1)]
+    jobs.append(make_job("evaluate", 6, run=run, suspend=True))
+    return jobs, [make_trainjob("train", 4, run=run), make_trainjob("grpo", 5, run=run)]
+
+
+def test_step_from_trainjob_reads_labels_suspend_and_conditions() -> None:
+    trainjob = make_trainjob("train", 4)
+    trainjob["status"] = {"conditions": [
+        {"type": "Suspended", "status": "False", "reason": "Resumed"},
+        {"type": "Failed", "status": "True", "reason": "JobSetFailed", "message": "jobset failed"}]}  # fmt: skip
+    step = step_from_trainjob(trainjob)
+    assert (step.kind, step.order, step.suspended, step.complete, step.failed) == ("TrainJob", 4, True, False, True)
+    assert step.reason == "JobSetFailed: jobset failed"
+    trainjob["metadata"]["labels"].pop("vcot.dev/step")
+    with pytest.raises(VcotError, match="TrainJob vcot-train-r1 has no integer vcot.dev/step"):
+        step_from_trainjob(trainjob)
+
+
+def test_trainjobs_are_resumed_in_order_between_the_jobs() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    other_jobs, other_trainjobs = trainer_pipeline("other")
+    cluster = FakeCluster(jobs + other_jobs, trainjobs=trainjobs + other_trainjobs)
+    assert follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance) == 0
+    order = ["vcot-distill-r1", "vcot-tokenize-r1", "vcot-train-r1", "vcot-grpo-r1", "vcot-evaluate-r1"]
+    assert cluster.resumed == order
+    ours = [[name for name in running if name.endswith("-r1")] for running in cluster.running_at_once]
+    assert ours == [["vcot-convert-r1"]] + [[name] for name in order]
+    assert cluster.trainjobs["vcot-train-other"]["spec"]["suspend"] is True
+    events = {event.involved_object.name: event.involved_object for event in cluster.events}
+    train = events["vcot-train-r1"]
+    assert (train.kind, train.api_version) == ("TrainJob", "trainer.kubeflow.org/v1alpha1")
+    assert (events["vcot-evaluate-r1"].kind, events["vcot-evaluate-r1"].api_version) == ("Job", "batch/v1")
+
+
+def test_a_failed_trainjob_stops_the_chain_and_marks_what_is_left() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    cluster = FakeCluster(jobs, outcomes={"vcot-train-r1": "Failed"}, trainjobs=trainjobs)
+    assert follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance) == chain.EXIT_STOPPED
+    grpo, evaluate = cluster.trainjobs["vcot-grpo-r1"], cluster.jobs["vcot-evaluate-r1"]
+    assert grpo["spec"]["suspend"] is True and evaluate.spec.suspend is True
+    assert grpo["metadata"]["annotations"]["vcot.dev/chain"] == "stopped"
+    message = grpo["metadata"]["annotations"]["vcot.dev/chain-message"]
+    assert "vcot-train-r1 failed (JobSetFailed: jobset failed)" in message
+    assert evaluate.metadata.annotations["vcot.dev/chain"] == "stopped"
+    warnings = [(event.involved_object.name, event.reason) for event in cluster.events if event.type == "Warning"]
+    assert warnings == [("vcot-grpo-r1", "ChainStopped"), ("vcot-evaluate-r1", "ChainStopped"),
+                        ("vcot-train-r1", "ChainStopped")]
+
+
+def test_under_kueue_a_trainjob_reaches_its_queue_only_after_its_predecessor() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    for trainjob in trainjobs:
+        trainjob["metadata"]["annotations"]["vcot.dev/queue-name"] = "gpu"
+    cluster = FakeCluster(jobs, trainjobs=trainjobs)
+    assert follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance) == 0
+    assert "vcot-train-r1" not in cluster.resumed and "vcot-grpo-r1" not in cluster.resumed  # Kueue unsuspends them
+    assert cluster.trainjobs["vcot-train-r1"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu"
+    ours = [[name for name in running if name.endswith("-r1")] for running in cluster.running_at_once]
+    assert [running for running in ours if running] == [[name] for name in (
+        "vcot-convert-r1", "vcot-distill-r1", "vcot-tokenize-r1", "vcot-train-r1", "vcot-grpo-r1", "vcot-evaluate-r1")]
+
+
+def test_trainjobs_are_only_followed_when_asked() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    cluster = FakeCluster(jobs, trainjobs=trainjobs)
+    # Without --trainjobs the TrainJobs are not seen: evaluate would start right after tokenize.
+    assert follow_chain(CONFIG, cluster, cluster, cluster, sleep=cluster.advance) == 0
+    assert cluster.resumed[-1] == "vcot-evaluate-r1" and "vcot-train-r1" not in cluster.resumed
+    with pytest.raises(VcotError, match="needs the custom objects API"):
+        follow_chain(TRAINJOBS, cluster, cluster, sleep=cluster.advance)
+
+
+class NoTrainer(FakeCluster):
+    def list_namespaced_custom_object(self, *args: object, **kwargs: object) -> dict:
+        raise ApiException(status=404, reason="Not Found")
+
+
+def test_a_cluster_without_the_trainer_is_a_clear_error() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    cluster = NoTrainer(jobs, trainjobs=trainjobs)
+    with pytest.raises(VcotError, match="install Kubeflow Trainer v2.2 or later"):
+        follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance)

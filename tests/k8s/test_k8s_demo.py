@@ -28,7 +28,8 @@ def overlay_with_demo(folder: Path, overlay_name: str = "gpu") -> Path:
     shutil.copytree(REPO_ROOT / "k8s/overlays" / overlay_name, overlay)
     k8s = os.path.relpath(REPO_ROOT / "k8s", overlay)
     text = (overlay / "kustomization.yaml").read_text().replace("../../", f"{k8s}/")
-    assert text.rstrip().splitlines()[-1].lstrip().startswith("- "), "the gpu overlay should end with its components"
+    last = text.rstrip().splitlines()[-1].lstrip()
+    assert last.startswith(("- ", "# - ")), "the gpu overlay should end with its components"
     (overlay / "kustomization.yaml").write_text(text.rstrip() + f"\n  - {k8s}/components/demo\n")
     return overlay
 

@@ -114,7 +114,7 @@ def test_gpu_overlay_with_grpo_validates_strictly(gpu_grpo: list[dict[str, Any]]
 
 def test_components_that_place_gpu_stages_include_grpo() -> None:
     """Spot and Kueue must treat the GRPO Job as they treat train: a GPU stage."""
-    for path in ("k8s/overlays/gpu/kustomization.yaml", "k8s/components/spot/kustomization.yaml",
+    for path in ("k8s/overlays/gpu/placement/kustomization.yaml", "k8s/components/spot/kustomization.yaml",
                  "k8s/components/kueue/kustomization.yaml"):  # fmt: skip
         targets = re.findall(r"name: (vcot-\([a-z|]+\))", (REPO_ROOT / path).read_text())
         assert targets and all("grpo" in target for target in targets), (path, targets)

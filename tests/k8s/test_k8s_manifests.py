@@ -398,7 +398,7 @@ def local_command(container: dict[str, Any], env: dict[str, str]) -> list[str]:
         return [sys.executable, *command[1:], *args]
     assert command[0] in scripts, f"{command[0]} is not a console script in pyproject.toml"
     module, function = scripts[command[0]].split(":")
-    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())", *args]
+    return [sys.executable, "-c", f"import sys; from {module} import {function}; sys.exit({function}())", *command[1:], *args]
 
 
 def run_pod(name: str, command: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:

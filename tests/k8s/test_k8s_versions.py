@@ -27,7 +27,7 @@ MINIMUM = "1.27"
 """The oldest kubectl whose kustomize builds every overlay (docs/k8s.md states it)."""
 SETTINGS = {"CONVERT_SHARDS": "3", "DISTILL_SHARDS": "5", "GPUS_PER_NODE": "4", "TRAIN_NODES": "2"}
 """Values an overlay sets for the components to read: none of them the base's."""
-OPTIONAL = ["grpo", "rgfn", "multi-gpu", "multi-node", "spot", "kueue", "demo"]
+OPTIONAL = ["grpo", "rgfn", "multi-gpu", "multi-node", "spot", "kueue", "kueue-topology", "demo"]
 
 
 def old_kubectl() -> str:
@@ -75,6 +75,12 @@ def variants() -> Iterator[tuple[str, list[str]]]:
             readers = [i for i, entry in enumerate(shipped) if entry.endswith(("gpu-count", "shard-count"))]
             at = readers[0] if readers else len(shipped)
             yield overlay, [*shipped[:at], component, *shipped[at:]]
+    # Kubeflow Trainer: always last (it turns the placed training Jobs into TrainJobs), alone and with what it changes.
+    shipped = listed_components("k8s/overlays/gpu")
+    at = shipped.index("../../components/gpu-count")
+    for extra in ([], ["grpo", "multi-node", "kueue"], ["rgfn", "spot"]):
+        added = [f"../../components/{name}" for name in extra]
+        yield "k8s/overlays/gpu", [*shipped[:at], *added, *shipped[at:], "../../components/kubeflow-trainer"]
 
 
 @pytest.mark.parametrize(("overlay", "components"), list(variants()), ids=lambda v: v if isinstance(v, str) else
@@ -110,3 +116,17 @@ def test_the_base_and_a_run_build_the_same_with_kustomize_5_0(kubectl_old: str, 
 def test_the_docs_state_the_minimum_kubectl() -> None:
     text = (REPO_ROOT / "docs" / "k8s.md").read_text()
     assert f"kubectl {MINIMUM}" in text and "kustomize v5.0" in text
+
+
+def test_a_run_of_the_trainer_overlay_builds_the_same_with_kustomize_5_0(kubectl_old: str) -> None:
+    shipped = listed_components("k8s/overlays/gpu")
+    with overlay_copy("k8s/overlays/gpu", components=[*shipped, "../../components/kubeflow-trainer"]) as overlay:
+        folder = runs.write_run("t-old-kt", overlay, REPO_ROOT / "k8s" / "runs", stages="train,evaluate", sources="r1")
+        try:
+            old, new = render(folder, kubectl_old), render(folder)
+        finally:
+            shutil.rmtree(folder)
+    assert by_name(old) == by_name(new)
+    train = by_name(new)[("TrainJob", "vcot-train-t-old-kt")]
+    assert train["spec"]["runtimeRef"]["name"] == "vcot-torch-t-old-kt"
+    assert {"name": "TOKENIZED_RUN", "value": "r1"} in train["spec"]["trainer"]["env"]

@@ -21,6 +21,10 @@ Job by unsuspending it, a chained Job instead carries its queue in the annotatio
 ``vcot.dev/queue-name`` and releasing it adds the label ``kueue.x-k8s.io/queue-name``: Kueue then
 queues and starts it, and no stage reaches the queue before its predecessor completed.
 
+With ``--trainjobs`` (``k8s/components/kubeflow-trainer``) the training steps are Kubeflow Trainer TrainJobs: the
+same labels, ``spec.suspend`` and ``Complete``/``Failed`` conditions, read and patched through the custom objects
+API; the chain treats them as it treats Jobs.
+
 ``python -m vcot.cluster.chain --run ID --namespace NS`` (flags or ``VCOT_RUN``, ``VCOT_NAMESPACE``...).
 """
 
@@ -45,6 +49,7 @@ QUEUE_ANNOTATION = "vcot.dev/queue-name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 EXIT_DONE = 0
 EXIT_STOPPED = 3  # a stage failed: the chain Job's podFailurePolicy fails it without retry
+TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 # A dict body is sent as a JSON merge patch (the client's default content type is JSON Patch, a list).
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -59,6 +64,9 @@ class ChainConfig:
     namespace: str = option(help="Namespace of the run's Jobs (in a pod: the downward API's metadata.namespace).")
     poll_seconds: float = option(30.0, help="Seconds between two looks at the Jobs.")
     once: bool = option(False, help="Take one decision and exit (for debugging); 0 done, 3 stopped, 4 waiting.")
+    trainjobs: bool = option(
+        False, help="Also follow the run's Kubeflow Trainer TrainJobs (k8s/components/kubeflow-trainer sets it)."
+    )
 
     def __post_init__(self) -> None:
         if not self.run.strip():
@@ -84,6 +92,7 @@ class Step:
     reason: str = ""  # why it failed, from the Job's Failed condition
     released: bool = False  # the chain already let it go (it may still wait in a Kueue queue)
     queue: str = ""  # Kueue LocalQueue to hand it to on release (annotation vcot.dev/queue-name)
+    kind: str = "Job"  # or "TrainJob" (Kubeflow Trainer)
 
 
 @dataclass(frozen=True)
@@ -95,35 +104,53 @@ class Decision:
     later: tuple[Step, ...] = ()  # for ``stop``: the steps that will not run
 
 
-def _condition_true(job: Any, kind: str) -> Any:
-    for condition in (job.status.conditions if job.status else None) or []:
-        if condition.type == kind and condition.status == "True":
-            return condition
-    return None
+def _step(
+    kind: str, name: str, labels: dict[str, str], annotations: dict[str, str], suspended: bool,
+    conditions: Sequence[tuple[str, str, str | None, str | None]],
+) -> Step:
+    """A :class:`Step` from what Jobs and TrainJobs share; ``conditions``: (type, status, reason, message)."""
+    try:
+        order = int(labels[STEP_LABEL])
+    except (KeyError, ValueError):
+        raise VcotError(f"{kind} {name} has no integer {STEP_LABEL} label: every chained {kind} needs one") from None
+    true = {kind_: (reason, message) for kind_, status, reason, message in conditions if status == "True"}
+    reason, message = true.get("Failed", (None, None))
+    return Step(
+        name=name,
+        order=order,
+        suspended=suspended,
+        complete="Complete" in true,
+        failed="Failed" in true,
+        reason=f"{reason or 'Failed'}: {message or ''}".rstrip(": ") if "Failed" in true else "",
+        released=annotations.get(CHAIN_ANNOTATION) == "resumed",
+        queue=annotations.get(QUEUE_ANNOTATION, ""),
+        kind=kind,
+    )
 
 
 def step_from_job(job: Any) -> Step:
     """Read a ``V1Job`` (the kubernetes client's model) into a :class:`Step`."""
-    labels = job.metadata.labels or {}
-    try:
-        order = int(labels[STEP_LABEL])
-    except (KeyError, ValueError):
-        raise VcotError(
-            f"Job {job.metadata.name} has no integer {STEP_LABEL} label: every chained Job needs one"
-        ) from None
-    annotations = job.metadata.annotations or {}
-    failed = _condition_true(job, "Failed")
-    reason = f"{failed.reason or 'Failed'}: {failed.message or ''}".rstrip(": ") if failed else ""
-    return Step(
-        name=job.metadata.name,
-        order=order,
-        suspended=bool(job.spec.suspend),
-        complete=_condition_true(job, "Complete") is not None,
-        failed=failed is not None,
-        reason=reason,
-        released=annotations.get(CHAIN_ANNOTATION) == "resumed",
-        queue=annotations.get(QUEUE_ANNOTATION, ""),
-    )
+    conditions = (job.status.conditions if job.status else None) or []
+    return _step(
+        "Job", job.metadata.name, job.metadata.labels or {}, job.metadata.annotations or {}, bool(job.spec.suspend),
+        [(c.type, c.status, c.reason, c.message) for c in conditions],
+    )  # fmt: skip
+
+
+def step_from_trainjob(trainjob: dict[str, Any]) -> Step:
+    """Read a TrainJob (a dict, as the custom objects API returns it) into a :class:`Step`.
+
+    >>> trainjob = {"metadata": {"name": "vcot-train", "labels": {"vcot.dev/step": "4"}}, "spec": {"suspend": True}}
+    >>> step = step_from_trainjob(trainjob)
+    >>> step.kind, step.order, step.suspended, step.complete
+    ('TrainJob', 4, True, False)
+    """
+    metadata, status = trainjob["metadata"], trainjob.get("status") or {}
+    return _step(
+        "TrainJob", metadata["name"], metadata.get("labels") or {}, metadata.get("annotations") or {},
+        bool((trainjob.get("spec") or {}).get("suspend")),
+        [(c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in status.get("conditions") or []],
+    )  # fmt: skip
 
 
 def decide(steps: Sequence[Step]) -> Decision:
@@ -158,14 +185,17 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def record_event(core: Any, namespace: str, job_name: str, *, reason: str, message: str, warning: bool) -> None:
-    """An Event on a Job: what ``kubectl describe job`` and ``kubectl get events`` show."""
+def record_event(core: Any, namespace: str, step: Step, *, reason: str, message: str, warning: bool) -> None:
+    """An Event on a step's Job or TrainJob: what ``kubectl describe`` and ``kubectl get events`` show."""
     from kubernetes import client
 
     now = _now()
+    api_version = "batch/v1" if step.kind == "Job" else f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}"
     event = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(generate_name=f"{job_name}.", namespace=namespace),
-        involved_object=client.V1ObjectReference(api_version="batch/v1", kind="Job", name=job_name, namespace=namespace),
+        metadata=client.V1ObjectMeta(generate_name=f"{step.name}.", namespace=namespace),
+        involved_object=client.V1ObjectReference(
+            api_version=api_version, kind=step.kind, name=step.name, namespace=namespace
+        ),
         reason=reason,
         message=message,
         type="Warning" if warning else "Normal",
@@ -176,6 +206,16 @@ def record_event(core: Any, namespace: str, job_name: str, *, reason: str, messa
         count=1,
     )
     core.create_namespaced_event(namespace, event)
+
+
+def patch_step(batch: Any, custom: Any, namespace: str, step: Step, body: dict[str, Any]) -> None:
+    """A merge patch on a step's Job, or on its TrainJob through the custom objects API."""
+    if step.kind == "TrainJob":
+        custom.patch_namespaced_custom_object(
+            TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL, step.name, body, _content_type=MERGE_PATCH
+        )
+    else:
+        batch.patch_namespaced_job(step.name, namespace, body, _content_type=MERGE_PATCH)
 
 
 def release_patch(step: Step, message: str) -> dict[str, Any]:
@@ -192,68 +232,90 @@ def release_patch(step: Step, message: str) -> dict[str, Any]:
     return {"metadata": metadata, "spec": {"suspend": False}}
 
 
-def resume(batch: Any, core: Any, namespace: str, step: Step, after: str) -> None:
-    """Release one Job (its pods are created now, or once Kueue admits it) and say why."""
+def resume(batch: Any, core: Any, custom: Any, namespace: str, step: Step, after: str) -> None:
+    """Release one Job or TrainJob (its pods are created now, or once Kueue admits it) and say why."""
     message = f"resumed by vcot-chain: {after} completed" if after else "resumed by vcot-chain"
-    batch.patch_namespaced_job(step.name, namespace, release_patch(step, message), _content_type=MERGE_PATCH)
-    record_event(core, namespace, step.name, reason="ChainResumed", message=message, warning=False)
-    log.info("resumed", job=step.name, after=after or None)
+    patch_step(batch, custom, namespace, step, release_patch(step, message))
+    record_event(core, namespace, step, reason="ChainResumed", message=message, warning=False)
+    log.info("resumed", job=step.name, kind=step.kind, after=after or None)
 
 
-def stop(batch: Any, core: Any, namespace: str, failed: Step, later: Sequence[Step]) -> None:
-    """Leave the later steps suspended and mark them, so the failure is visible on every Job of the run."""
+def stop(batch: Any, core: Any, custom: Any, namespace: str, failed: Step, later: Sequence[Step]) -> None:
+    """Leave the later steps suspended and mark them, so the failure is visible on every step of the run."""
     message = f"not started: {failed.name} failed ({failed.reason or 'Failed'}); fix it and start a new run"
     for step in later:
-        batch.patch_namespaced_job(
-            step.name,
-            namespace,
-            {"metadata": {"annotations": {CHAIN_ANNOTATION: "stopped", CHAIN_MESSAGE_ANNOTATION: message}}},
-            _content_type=MERGE_PATCH,
-        )
-        record_event(core, namespace, step.name, reason="ChainStopped", message=message, warning=True)
+        body = {"metadata": {"annotations": {CHAIN_ANNOTATION: "stopped", CHAIN_MESSAGE_ANNOTATION: message}}}
+        patch_step(batch, custom, namespace, step, body)
+        record_event(core, namespace, step, reason="ChainStopped", message=message, warning=True)
     record_event(
-        core, namespace, failed.name, reason="ChainStopped",
+        core, namespace, failed, reason="ChainStopped",
         message=f"vcot-chain stopped the run: {failed.reason or 'Failed'}", warning=True,
     )  # fmt: skip
     log.error("chain stopped", failed=failed.name, reason=failed.reason, not_started=[step.name for step in later])
 
 
-def list_steps(batch: Any, namespace: str, run: str) -> list[Step]:
-    jobs = batch.list_namespaced_job(namespace, label_selector=f"{RUN_LABEL}={run},{STEP_LABEL}").items
-    if not jobs:
+def list_steps(batch: Any, namespace: str, run: str, custom: Any = None) -> list[Step]:
+    """The run's Jobs, and with ``custom`` (a CustomObjectsApi) its TrainJobs, in chain order."""
+    selector = f"{RUN_LABEL}={run},{STEP_LABEL}"
+    steps = [step_from_job(job) for job in batch.list_namespaced_job(namespace, label_selector=selector).items]
+    if custom is not None:
+        steps += [step_from_trainjob(trainjob) for trainjob in list_trainjobs(custom, namespace, selector)]
+    if not steps:
         raise VcotError(
             f"no Jobs labelled {RUN_LABEL}={run} with a {STEP_LABEL} label in namespace {namespace}: "
             "check the run id, the namespace and that the run's Jobs were applied"
         )
-    return sorted((step_from_job(job) for job in jobs), key=lambda step: step.order)
+    return sorted(steps, key=lambda step: step.order)
+
+
+def list_trainjobs(custom: Any, namespace: str, selector: str) -> list[dict[str, Any]]:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        listed = custom.list_namespaced_custom_object(
+            TRAINJOB_GROUP, TRAINJOB_VERSION, namespace, TRAINJOB_PLURAL, label_selector=selector
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            raise VcotError(
+                f"the cluster serves no TrainJobs ({TRAINJOB_GROUP}/{TRAINJOB_VERSION}): install Kubeflow Trainer "
+                "v2.2 or later, or build the overlay without components/kubeflow-trainer"
+            ) from exc
+        raise
+    return list(listed.get("items") or [])
 
 
 def follow_chain(
     config: ChainConfig,
     batch: Any,
     core: Any,
+    custom: Any = None,
     *,
     sleep: Callable[[float], None] = time.sleep,
     max_api_errors: int = 10,
 ) -> int:
-    """Poll the run's Jobs and act until the chain is done (0) or stopped (3); ``--once`` may return 4."""
+    """Poll the run's Jobs (and TrainJobs: ``custom``, a CustomObjectsApi, needed with ``--trainjobs``) and act until
+    the chain is done (0) or stopped (3); ``--once`` may return 4."""
+    if config.trainjobs and custom is None:
+        raise VcotError("--trainjobs needs the custom objects API: pass a CustomObjectsApi")
+    custom = custom if config.trainjobs else None
     api_errors = 0
     previous: Step | None = None
     while True:
         try:
-            steps = list_steps(batch, config.namespace, config.run)
+            steps = list_steps(batch, config.namespace, config.run, custom)
             decision = decide(steps)
             if decision.action == "done":
                 log.info("chain complete", run=config.run, steps=[step.name for step in steps])
                 return EXIT_DONE
             if decision.action == "stop":
                 assert decision.step is not None
-                stop(batch, core, config.namespace, decision.step, decision.later)
+                stop(batch, core, custom, config.namespace, decision.step, decision.later)
                 return EXIT_STOPPED
             if decision.action == "resume":
                 assert decision.step is not None
                 done = [step for step in steps if step.complete and step.order < decision.step.order]
-                resume(batch, core, config.namespace, decision.step, done[-1].name if done else "")
+                resume(batch, core, custom, config.namespace, decision.step, done[-1].name if done else "")
                 continue  # look again at once: the next decision is usually "wait"
             if decision.step != previous:
                 log.info("waiting", job=decision.step.name if decision.step else None)
@@ -267,7 +329,8 @@ def follow_chain(
             if isinstance(exc, ApiException) and exc.status in (401, 403):
                 raise VcotError(
                     f"the API server refused the chain controller ({exc.status} {exc.reason}): "
-                    "check the vcot-chain Role and RoleBinding (k8s/base/rbac.yaml)"
+                    "check the vcot-chain Role and RoleBinding (k8s/base/rbac.yaml; TrainJobs: "
+                    "components/kubeflow-trainer)"
                 ) from exc
             api_errors += 1
             log.warning("api error, retrying", error=str(exc).splitlines()[0], attempt=api_errors)
@@ -295,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vcot-chain: error: no Kubernetes API to talk to ({exc}): run it in a pod or with a kubeconfig", file=sys.stderr)
         return 1
     try:
-        return follow_chain(config, client.BatchV1Api(), client.CoreV1Api())
+        return follow_chain(config, client.BatchV1Api(), client.CoreV1Api(), client.CustomObjectsApi())
     except VcotError as exc:
         log.error("failed", error=str(exc))
         print(f"vcot-chain: error: {exc}", file=sys.stderr)

@@ -39,10 +39,21 @@ SETTINGS = Path("settings") / "run.env"
 """Where an overlay keeps its run.env: in its settings component, listed first (k8s/base/settings/kustomization.yaml)."""
 # A label value and a name suffix; short, so that Job and pod names stay under 63 characters.
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
+TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}
 PER_RUN = "vcot.dev/per-run"
 """A label on an object of a shared kind that each run needs its own of (multi-node's headless Service)."""
 RUN_LABEL = "vcot.dev/run"
+TRAINER = "kubeflow-trainer"
+"""The component that turns the training Jobs into Kubeflow Trainer TrainJobs (k8s/components/kubeflow-trainer)."""
+TRAINJOB_STAGES = ("train", "grpo", "rgfn")
+"""The stages that run as TrainJobs when the overlay includes :data:`TRAINER`."""
+TRAINER_REFERENCES = K8S_DIR / "components" / TRAINER / "references.yaml"
+"""Where names and labels sit inside the Trainer's kinds: a run's kustomization needs it too (a component's
+``configurations`` do not reach the kustomizations built on it), as a copy beside it (kustomize loads no file from
+outside a kustomization's folder)."""
+INPUT_ANNOTATION = "vcot.dev/input-"
+"""``vcot.dev/input-<folder>: <run>`` on a TrainJob: the run a folder is read from (FROM), copied into its env."""
 
 WRITES = {
     "convert": layout.RECORDS,
@@ -272,8 +283,10 @@ def run_kustomization(
     inputs: dict[str, dict[str, str]] | None = None,
     settings: dict[str, str] | None = None,
     update_pointer: bool = False,
+    trainer: bool = False,
 ) -> str:
-    """The kustomization.yaml text of one run (``overlay_from_run_dir``: the overlay, relative to it)."""
+    """The kustomization.yaml text of one run (``overlay_from_run_dir``: the overlay, relative to it; ``trainer``:
+    it includes :data:`TRAINER`, whose TrainJobs need their own patches and, beside it, :data:`TRAINER_REFERENCES`)."""
     patches = ["  # Shared by every run: created by the overlay's own apply, left out here."]
     for kind, api_version in SHARED_KINDS.items():
         patches.append(_patch(f"kind: {kind}, labelSelector: '{PER_RUN}!=true'", _deleted(kind, api_version)))
@@ -285,11 +298,18 @@ def run_kustomization(
         patches.append("  # The stages this run does not do (STAGES).")
         selector = f"vcot.dev/step,app.kubernetes.io/component notin ({','.join(stages)})"
         patches.append(_patch(f"kind: Job, labelSelector: '{selector}'", _deleted("Job", "batch/v1")))
+        if trainer:
+            patches.append(_patch(f"kind: TrainJob, labelSelector: '{selector}'", _deleted("TrainJob", TRAINJOB_API)))
+    replacements: list[str] = []
     for stage, reads in (inputs or {}).items():  # the folders it reads from other runs (FROM)
+        patches.append(f"  # {stage} reads " + ", ".join(f"{run}/{folder}" for folder, run in reads.items()) + " (FROM).")
+        if trainer and stage in TRAINJOB_STAGES:
+            patches.append(_patch(f"kind: TrainJob, name: vcot-{stage}", _input_annotations(reads)))
+            replacements += [_input_replacement(stage, folder) for folder in reads]
+            continue
         env = [{"name": input_variable(folder), "value": run} for folder, run in reads.items()]
         pod = {"containers": [{"name": "main", "env": env}]}
         body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "any"}, "spec": {"template": {"spec": pod}}}
-        patches.append(f"  # {stage} reads " + ", ".join(f"{run}/{folder}" for folder, run in reads.items()) + " (FROM).")
         patches.append(_patch(f"kind: Job, labelSelector: 'vcot.dev/step,app.kubernetes.io/component={stage}'", body))
     literals = {"UPDATE_POINTER": "true" if update_pointer else "false", **(settings or {})}
     return (
@@ -308,8 +328,28 @@ def run_kustomization(
         "    behavior: merge\n"
         "    literals:\n"
         + "".join(f"      - {json.dumps(f'{key}={value}')}\n" for key, value in literals.items())
+        + (f"configurations: [{TRAINER_REFERENCES.name}] # names and labels in the TrainJobs\n" if trainer else "")
         + "patches:\n"
         + "".join(f"{line}\n" for line in patches)
+        + ("replacements: # the runs a TrainJob reads from (FROM), from its annotations\n" if replacements else "")
+        + "".join(replacements)
+    )
+
+
+def _input_annotations(reads: dict[str, str]) -> dict[str, Any]:
+    """A TrainJob's FROM, as annotations (a strategic merge patch cannot merge a TrainJob's env: kustomize does not
+    know its schema and would replace the whole list)."""
+    annotations = {f"{INPUT_ANNOTATION}{folder}": run for folder, run in reads.items()}
+    return {"apiVersion": TRAINJOB_API, "kind": "TrainJob", "metadata": {"name": "any", "annotations": annotations}}
+
+
+def _input_replacement(stage: str, folder: str) -> str:
+    """A replacement setting one ``<FOLDER>_RUN`` of a TrainJob's env from its :func:`_input_annotations`."""
+    source = f"metadata.annotations.[{INPUT_ANNOTATION}{folder}]"
+    target = f"spec.trainer.env.[name={input_variable(folder)}].value"
+    return (
+        f"  - source: {{kind: TrainJob, name: vcot-{stage}, fieldPath: '{source}'}}\n"
+        f"    targets: [{{select: {{kind: TrainJob, name: vcot-{stage}}}, fieldPaths: ['{target}']}}]\n"
     )
 
 
@@ -342,14 +382,19 @@ def write_run(
     if not (overlay / "kustomization.yaml").is_file():
         raise VcotError(f"{overlay} has no kustomization.yaml: give an overlay folder, e.g. k8s/overlays/gpu")
     chosen = parse_stages(stages)
-    inputs = resolve_inputs(run_id, chosen, parse_from(sources), overlay_components(overlay))
+    components = overlay_components(overlay)
+    inputs = resolve_inputs(run_id, chosen, parse_from(sources), components)
     overrides = parse_settings(settings, known_settings(overlay))
     folder = runs_dir / run_id
     folder.mkdir(parents=True, exist_ok=True)
     relative = os.path.relpath(overlay.resolve(), folder.resolve())
+    trainer = TRAINER in components
     text = run_kustomization(
-        run_id, relative, stages=chosen, inputs=inputs, settings=overrides, update_pointer=update_pointer
-    )
+        run_id, relative, stages=chosen, inputs=inputs, settings=overrides, update_pointer=update_pointer,
+        trainer=trainer,
+    )  # fmt: skip
+    if trainer:
+        (folder / TRAINER_REFERENCES.name).write_text(TRAINER_REFERENCES.read_text(encoding="utf-8"))
     (folder / "kustomization.yaml").write_text(text)
     return folder
 
