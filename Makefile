@@ -158,11 +158,13 @@ k8s-validate: $(STAMP) $(CHECKOV_VENV)/bin/checkov k8s-render ## Schemas (1.30-1
 		$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
 			--framework kustomize -d $$dir || exit 1; \
 	done
-	@# The gpu overlay with GRPO and Kubeflow Trainer on (a copy): the Role, NetworkPolicy and Jobs those change.
-	@echo "checkov: k8s/overlays/gpu with components grpo and kubeflow-trainer"
+	@# The gpu overlay with GRPO, vLLM (and its teacher use) and Kubeflow Trainer on (a copy): what those add and change.
+	@echo "checkov: k8s/overlays/gpu with components grpo, vllm, vllm-teacher and kubeflow-trainer"
 	@rm -rf k8s/runs/validate-trainer && mkdir -p k8s/runs && cp -r k8s/overlays/gpu k8s/runs/validate-trainer && \
 		sed -i -e 's|# - ../../components/grpo$$|- ../../components/grpo|' \
 			-e 's|# - ../../components/kubeflow-trainer$$|- ../../components/kubeflow-trainer|' \
+			-e 's|# - ../../components/vllm$$|- ../../components/vllm|' \
+			-e 's|# - ../../components/vllm-teacher$$|- ../../components/vllm-teacher|' \
 			k8s/runs/validate-trainer/kustomization.yaml && \
 		$(CHECKOV_VENV)/bin/checkov --config-file .checkov.yaml --quiet --compact --skip-download \
 			--framework kustomize -d k8s/runs/validate-trainer; status=$$?; rm -rf k8s/runs/validate-trainer; exit $$status

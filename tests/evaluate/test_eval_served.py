@@ -190,3 +190,31 @@ def test_both_prompt_styles_are_asked_in_one_run(server: FakeOpenAI, known_data:
     details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
     assert details["served"]["cache_answers"] == {"before": 0, "after": 2 * len(records)}
     assert (tmp_path / "eval" / "predictions-direct").is_dir()
+
+
+def test_a_scheduled_served_evaluation_keeps_a_history_and_flags_a_regression(
+    known_data: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``--history`` in served mode (the served re-evaluation CronJob, k8s/components/vllm): each served model's
+    entry is compared with the earlier ones on the same data; a worse one exits 3."""
+    data, _ = known_data
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    history = tmp_path / "eval-history.jsonl"
+    with FakeOpenAI(answer=planted, served_models=("r1",)) as server:
+        assert served(server, data, tmp_path / "r1", "--history", str(history)) == 0
+    worse = {**PLANTED, 0: "I cannot see it. Answer: blue", 1: "Answer: blue"}
+    with FakeOpenAI(answer=lambda text: worse[int(re.search(r"picture (\d+)", text).group(1))],
+                    served_models=("r2",)) as server:  # fmt: skip
+        assert served(server, data, tmp_path / "r2", "--history", str(history)) == 3
+    entries = [json.loads(line) for line in history.read_text().splitlines()]
+    assert [entry["model"] for entry in entries] == ["r1", "r2"] and entries[1]["server"] == server.base_url
+    assert entries[1]["regressions"] and not entries[0]["regressions"]
+    regression = json.loads((tmp_path / "r2" / "metrics.json").read_text())["regression"]
+    assert regression["regressions"] == entries[1]["regressions"]
+
+
+def test_history_needs_a_schedule_or_a_server(known_data: Any, tmp_path: Path, capsys: Any) -> None:
+    data, _ = known_data
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "m", "--data", data, "--output", str(tmp_path / "o"), "--history", str(tmp_path / "h.jsonl")])
+    assert exit_info.value.code == 2 and "--history is only used with --pointer or --server" in capsys.readouterr().err

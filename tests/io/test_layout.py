@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vcot.io.layout import POINTER, RUN_FOLDERS, SCHEDULED_EVALS, TEACHER_CACHE
+from vcot.io.layout import HISTORY, POINTER, RUN_FOLDERS, SCHEDULED_EVALS, TEACHER_CACHE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,9 @@ def test_every_job_and_component_writes_into_the_layouts_folders() -> None:
         text = path.read_text(encoding="utf-8")
         found.update(re.findall(r"\$\(RUN_ROOT\)/\$\([A-Z_]+\)/([a-z-]+)", text))
         for name in re.findall(r"\$\(RUN_ROOT\)/([a-z_][a-z._-]*)", text):
-            assert name in (POINTER, SCHEDULED_EVALS, TEACHER_CACHE), f"{path}: $(RUN_ROOT)/{name} is not in vcot/io/layout.py"
+            assert name in (POINTER, SCHEDULED_EVALS, TEACHER_CACHE, HISTORY), (
+                f"{path}: $(RUN_ROOT)/{name} is not in vcot/io/layout.py"
+            )
     assert found and found <= set(RUN_FOLDERS), f"folders outside vcot.io.layout.RUN_FOLDERS: {found - set(RUN_FOLDERS)}"
 
 

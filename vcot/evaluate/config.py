@@ -70,7 +70,8 @@ class EvaluateConfig:
         None, help="Served mode: where answers are kept so a rerun never asks twice; default: _served_cache beside --output."
     )
     history: str | None = option(
-        None, help="Scheduled mode: the history JSONL to append to (default: eval-history.jsonl beside --pointer)."
+        None, help="Scheduled mode: the history JSONL to append to (default: eval-history.jsonl beside --pointer); "
+        "served mode: append to this history too (none by default)."
     )
     regression_threshold: float = option(
         0.02, help="Flag a regression when a watched metric drops more than this (absolute) below the previous or best entry."
@@ -169,8 +170,8 @@ class EvaluateConfig:
             raise ValueError("--output is required: where to write predictions, metrics.json and report.html")
         if self.adapter and not self.model:
             raise ValueError("--adapter needs --model (the base model it was trained on)")
-        if self.history and not self.pointer:
-            raise ValueError("--history is only used with --pointer (scheduled re-evaluation)")
+        if self.history and not (self.pointer or self.server):
+            raise ValueError("--history is only used with --pointer or --server (a scheduled re-evaluation)")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError("--batch-size and --max-new-tokens must be at least 1")
         if self.repetition_penalty <= 0:

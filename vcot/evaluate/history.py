@@ -16,8 +16,6 @@ from typing import Any
 from vcot.errors import VcotError
 from vcot.io import storage
 
-HISTORY_NAME = "eval-history.jsonl"
-
 
 class RegressionError(VcotError):
     """A watched metric dropped beyond the threshold: the entrypoint exits with code 3."""

@@ -61,14 +61,15 @@ class Target:
 def resolve_target(config: EvaluateConfig) -> Target:
     """Scheduled mode reads the pointer; the other modes take the flags as they are."""
     if not config.pointer:
-        return Target(output=str(config.output), model=config.model, adapter=config.adapter)
+        history = config.history if config.server else None  # a served model re-evaluated on a schedule
+        return Target(output=str(config.output), model=config.model, adapter=config.adapter, history=history)
     pointer = hist.read_pointer(config.pointer)
     home = storage.parent(config.pointer)
     return Target(
         output=storage.join(config.output or storage.join(home, layout.SCHEDULED_EVALS), hist.run_folder(pointer.run, home)),
         model=pointer.base_model,
         adapter=pointer.adapter,
-        history=config.history or storage.join(home, hist.HISTORY_NAME),
+        history=config.history or storage.join(home, layout.HISTORY),
         run=pointer.run,
     )
 
@@ -226,17 +227,19 @@ def bin_answers(
 
 
 def compare_with_history(
-    config: EvaluateConfig, target: Target, metrics: dict[str, Any]
+    config: EvaluateConfig, target: Target, metrics: dict[str, Any], details: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Scheduled mode: this run's history entry, compared with the earlier comparable ones.
+    """Scheduled mode (or served mode with ``--history``): this run's history entry, compared with the earlier
+    comparable ones (the same data and split: a served model's entries and a pointed model's compare).
 
     Sets ``metrics["regression"]``; returns the entry (appended once the outputs are written) and the
     timeline the report plots (earlier comparable entries, then this one).
     """
     entry: dict[str, Any] = {
         "run": target.run,
-        "model": target.model,
+        "model": target.model or details.get("served_model"),
         "adapter": target.adapter,
+        **({"server": details["server"], "model_card": config.model_card} if config.server else {}),
         "data": config.data,
         "split": config.split,
         "output": target.output,
@@ -377,7 +380,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     metrics = all_metrics(config, scored, details, judged=judge is not None)
     rows = scored[next(iter(scored))][0]
 
-    entry, timeline = compare_with_history(config, target, metrics) if target.history else (None, [])
+    entry, timeline = compare_with_history(config, target, metrics, details) if target.history else (None, [])
 
     report = build_report(
         title=f"vcot evaluation: {target.run or target.model or config.server or config.predictions}",

@@ -12,7 +12,8 @@ pointer and the scheduled re-evaluations sit beside the runs, in ``<root>/``::
     <root>/<run id>/eval        evaluate's predictions, metrics and report
     <root>/<run id>/eval-sft    the SFT start's evaluation, beside an RL run's own (make local-rgfn)
     <root>/latest.json          the newest model (a run that says so moves it, the CronJob follows it)
-    <root>/evals/               scheduled re-evaluations
+    <root>/evals/               scheduled re-evaluations (evals/served/<name>: of a served model)
+    <root>/eval-history.jsonl   their history, each entry compared with the earlier ones on the same data
     <root>/_teacher_cache/      the teacher's answers, shared by every run: no run pays twice for one request
 
 A run may read another run's folders instead of making them (``make k8s-run ... FROM=exp1``, docs/k8s.md).
@@ -28,8 +29,12 @@ from vcot.io import storage
 RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL = "records", "distilled", "tokenized", "train", "grpo", "eval"
 RGFN, EVAL_SFT = "rgfn", "eval-sft"
 RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL, EVAL_SFT)
+MODEL_CARD = "vcot-model.json"
+"""Written next to an adapter and into an export: the base model and the
+:class:`~vcot.grounding.model_format.ModelFormat` it was trained with."""
 POINTER = "latest.json"
 SCHEDULED_EVALS = "evals"
+HISTORY = "eval-history.jsonl"
 TEACHER_CACHE = "_teacher_cache"  # "_": never a run id (vcot.cluster.runs), so no run can collide with it
 
 

@@ -35,12 +35,11 @@ from vcot.errors import ConfigError, VcotError
 from vcot.grounding.families import Family
 from vcot.grounding.model_format import ModelFormat, family_of_model_type
 from vcot.io import storage
+from vcot.io.layout import MODEL_CARD
 from vcot.log import get_logger
 from vcot.progress import track
 
 Quantize = Literal["4bit", "8bit"]
-MODEL_CARD = "vcot-model.json"
-"""Written next to an adapter: the base model and the :class:`~vcot.grounding.model_format.ModelFormat` it was trained with."""
 
 log = get_logger(__name__)
 

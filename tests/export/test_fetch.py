@@ -1,0 +1,46 @@
+"""``python -m vcot.export.fetch``: what the vLLM pod's init container serves, and what it refuses to."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vcot.export.fetch import main
+from vcot.io import manifest
+
+
+def folder(root: Path, *names: str) -> Path:
+    root.mkdir(parents=True)
+    for name in names:
+        (root / name).write_text("{}")
+    return root
+
+
+def test_a_committed_export_and_a_plain_model_folder_are_fetched(tmp_path: Path) -> None:
+    export = folder(tmp_path / "export", "config.json", "vcot-model.json", "model.safetensors")
+    manifest.commit(str(export), stage="export", files=[], config={})
+    assert main([str(export), str(tmp_path / "served")]) == 0
+    assert json.loads((tmp_path / "served" / "vcot-model.json").read_text()) == {}
+    hub_model = folder(tmp_path / "teacher", "config.json", "model.safetensors")  # no vcot files at all
+    assert main([str(hub_model), str(tmp_path / "teacher-served")]) == 0
+    assert (tmp_path / "teacher-served" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("names", "stage", "refusal"),
+    [
+        (("config.json", "vcot-model.json"), None, "never committed"),  # vcot-export stopped half way
+        (("config.json", "adapter_config.json"), "train", "is a train output"),
+        ((), None, "holds no model"),
+    ],
+)
+def test_what_must_not_be_served_is_refused(
+    names: tuple[str, ...], stage: str | None, refusal: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = folder(tmp_path / "source", *names)
+    if stage:
+        manifest.commit(str(source), stage=stage, files=[], config={})
+    assert main([str(source), str(tmp_path / "served")]) == 2
+    assert refusal in capsys.readouterr().err and not (tmp_path / "served").exists()
