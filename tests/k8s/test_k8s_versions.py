@@ -27,7 +27,7 @@ MINIMUM = "1.27"
 """The oldest kubectl whose kustomize builds every overlay (docs/k8s.md states it)."""
 SETTINGS = {"CONVERT_SHARDS": "3", "DISTILL_SHARDS": "5", "GPUS_PER_NODE": "4", "TRAIN_NODES": "2"}
 """Values an overlay sets for the components to read: none of them the base's."""
-OPTIONAL = ["grpo", "rgfn", "multi-gpu", "multi-node", "spot", "kueue", "kueue-topology", "demo"]
+OPTIONAL = ["grpo", "rgfn", "multi-gpu", "multi-node", "spot", "kueue", "kueue-topology", "demo", "vllm", "vllm-teacher"]
 
 
 def old_kubectl() -> str:
