@@ -1,4 +1,5 @@
-"""``vcot-demo``: serve a grounded model on a web page; its boxes appear on the image as it writes them.
+"""``vcot-demo``: serve a grounded model on a web page; its boxes appear on the image as it writes them. The model is
+loaded here (``--model``, ``--adapter``) or asked where a server serves it (``--server URL --model-card EXPORT``).
 
 Exit codes (one line on stderr): 2 invalid flags or a wrong choice of model (an adapter from another base model or
 with a corrupt weights file, a frame to give with --coords, a --host not of this machine), 1 another problem to fix

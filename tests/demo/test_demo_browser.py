@@ -1,5 +1,7 @@
 """End to end in a real browser: ``vcot-demo`` served on 127.0.0.1 with the tiny model, driven by headless Chromium
-(Debian's ``chromium`` through Playwright): upload, ask, wait for the stream to end, check the page.
+(Debian's ``chromium`` through Playwright): upload, ask, wait for the stream to end, check the page. The same with
+``--server``: the adapter's answer streamed by a server speaking the OpenAI protocol (tests/export/test_served.py
+streams a real vLLM's).
 
 The adapter (tests/demo/conftest.py) writes its box in Qwen2.5-VL's absolute pixels of the resized image; the
 test finds the box drawn where the house box says, on the image the page serves. The page must not reach
@@ -25,6 +27,7 @@ from PIL import Image
 
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.demo.drawing import PALETTE
+from vcot.dev.fake_openai import FakeOpenAI
 from vcot.train.distributed import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,15 +53,25 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -
     pytest.fail(f"vcot-demo did not serve {url} within {STARTUP_LIMIT_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def demo_url(tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path) -> Iterator[str]:
-    """``vcot-demo`` in its own process, as a user starts it, on a free port of 127.0.0.1."""
+@pytest.fixture(params=["model", "server"])
+def demo_url(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path
+) -> Iterator[str]:
+    """``vcot-demo`` in its own process, as a user starts it, on a free port of 127.0.0.1: the adapter loaded in
+    process, or (``--server``) the same answer streamed by a server speaking the OpenAI protocol, with the adapter's
+    card."""
     port = free_port()
     log = tmp_path / "vcot-demo.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
            "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "NO_PROXY": "127.0.0.1,localhost"}
-    command = [sys.executable, "-m", "jobs.demo", "--model", str(tiny_model_dir),
-               "--adapter", str(trained_adapter.path), "--port", str(port), "--threads", "1"]
+    if request.param == "model":
+        command = [sys.executable, "-m", "jobs.demo", "--model", str(tiny_model_dir),
+                   "--adapter", str(trained_adapter.path), "--port", str(port), "--threads", "1"]
+    else:
+        server = FakeOpenAI(answer=lambda _: trained_adapter.response, api_key="", latency=0.02).start()
+        request.addfinalizer(server.stop)
+        command = [sys.executable, "-m", "jobs.demo", "--server", server.base_url, "--model-card",
+                   str(trained_adapter.path), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -214,6 +214,27 @@ def test_vcot_evaluate_scores_the_served_export_as_it_scores_it_in_process(
     assert metrics["served"] == metrics["in-process"]
 
 
+def test_the_demo_streams_the_served_export_as_it_streams_it_in_process(
+    served: VllmServer, trained: Trained, record_data: str
+) -> None:
+    """``vcot-demo --server``'s engine (the served stream) and the demo's in-process engine write the same text for
+    the same upload, question and settings (greedy, penalties off), so the same boxes appear on the page."""
+    from vcot.demo.engine import Options, load_demo_model
+    from vcot.demo.served import connect_served
+
+    options = Options(max_new_tokens=ANSWER_TOKENS, repetition_penalty=1.0, box_aware_penalty=False)
+    in_process = load_demo_model(str(trained.export))
+    over_http = connect_served(served.url, str(trained.export), params={"skip_special_tokens": False})
+    texts = []
+    for record in held_out(record_data):
+        local = "".join(in_process.stream(in_process.prepare(record["image"]), record["question"], options))
+        remote = "".join(over_http.stream(over_http.prepare(record["image"]), record["question"], options))
+        assert local.startswith(remote) and set(local[len(remote) :]) <= {"\ufffd"}, (local, remote)
+        texts.append(local)
+    print(json.dumps(texts))
+    assert all(texts) and len(set(texts)) > 1, texts  # something to compare
+
+
 def test_served_adapters_answer_as_vcot_does_with_each_adapter(
     served_with_adapters: VllmServer, trained: Trained, adapters: dict[str, Path], record_data: str
 ) -> None:

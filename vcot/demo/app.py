@@ -31,6 +31,7 @@ from vcot.demo.config import DemoConfig
 from vcot.demo.drawing import display_copy, draw_boxes, highlighted
 from vcot.demo.engine import DemoModel, Options, QuestionLimits, load_demo_model
 from vcot.demo.examples import write_examples
+from vcot.demo.served import ServedModel, connect_served
 from vcot.demo.sessions import Sessions
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.answers import final_answer
@@ -44,6 +45,8 @@ THEME = gr.themes.Default(
     font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
 )
 MAX_UPLOAD = "64mb"
+Engine = DemoModel | ServedModel
+"""What answers: the model loaded here, or one a server serves (``--server``)."""
 
 
 def problem(message: object) -> str:
@@ -51,7 +54,7 @@ def problem(message: object) -> str:
     return f"⚠️ {message}"
 
 
-def show_upload(engine: DemoModel, path: str | None) -> tuple[Image.Image | None, str]:
+def show_upload(engine: Engine, path: str | None) -> tuple[Image.Image | None, str]:
     """An upload is shown at once, with how the model will see it, or why it cannot be used."""
     if not path:
         return None, ""
@@ -77,7 +80,7 @@ def summary(stream: GroundedStream, seconds: float) -> str:
 
 
 def answer(
-    engine: DemoModel, path: str | None, question: str, *settings: Any,
+    engine: Engine, path: str | None, question: str, *settings: Any,
     limits: QuestionLimits = QuestionLimits(), cancel: threading.Event | None = None,
 ) -> Iterator[tuple[Any, ...]]:
     """Outputs (image, reasoning, answer, status) as the answer streams in: a redrawn image only when a box is new.
@@ -116,7 +119,7 @@ def answer(
 
 
 def build_app(
-    engine: DemoModel, examples: list[tuple[str, str]], max_new_tokens: int = 256, *,
+    engine: Engine, examples: list[tuple[str, str]], max_new_tokens: int = 256, *,
     limits: QuestionLimits = QuestionLimits(), sessions: Sessions | None = None, files_minutes: int = 30,
 ) -> gr.Blocks:
     """The page: the inputs and generation settings on the left; the image, its boxes and the text on the right.
@@ -223,7 +226,12 @@ def serve(config: DemoConfig) -> None:
     check_address(config.host, config.port)
     if config.threads:
         torch.set_num_threads(config.threads)  # torch defaults to the node's cores, not the pod's CPU limit
-    engine = load_demo_model(config.model, config.adapter, config.coords)
+    engine: Engine
+    if config.server:
+        engine = connect_served(config.server, config.model_card, served_model=config.served_model,
+                                params=config.server_params)  # fmt: skip
+    else:
+        engine = load_demo_model(str(config.model), config.adapter, config.coords)
     limits = QuestionLimits(chars=config.max_question_chars, tokens=config.max_question_tokens)
     files = files_folder()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vcot.config import option
 from vcot.grounding.model_format import Coords
@@ -12,7 +13,7 @@ from vcot.grounding.model_format import Coords
 class DemoConfig:
     """Serve a grounded model on a web page: upload an image, ask, watch its boxes appear as it reasons."""
 
-    model: str = option(help="The base model: a local folder, an s3:// prefix or a hub id.")
+    model: str | None = option(None, help="The base model: a local folder, an s3:// prefix or a hub id (or --server).")
     adapter: str | None = option(
         None, help="A PEFT adapter from train (folder or s3:// prefix, with its vcot-model.json)."
     )
@@ -20,6 +21,16 @@ class DemoConfig:
         None,
         help="Frame of the model's boxes when no adapter card records it: norm1000 or qwen2.5-absolute "
         "(never guessed).",
+    )
+    server: str | None = option(
+        None, help="An OpenAI-compatible endpoint serving the model (vLLM: http://HOST:8000/v1) instead of --model."
+    )
+    served_model: str | None = option(None, help="With --server: the model name to ask (default: the one it lists).")
+    model_card: str | None = option(
+        None, help="With --server: the served model's vcot-model.json or its folder (the export): its prompt and frame."
+    )
+    server_params: dict[str, Any] = option(
+        {}, help='With --server: more request parameters, a JSON object (vLLM: {"skip_special_tokens": false}).'
     )
     host: str = option("127.0.0.1", help="Address to serve on (0.0.0.0 in a container behind a Service).")
     port: int = option(7860, help="Port to serve on.")
@@ -35,6 +46,17 @@ class DemoConfig:
     files_minutes: int = option(30, help="Minutes the page's files are kept at most (gradio's delete_cache).")
 
     def __post_init__(self) -> None:
+        if bool(self.model) == bool(self.server):
+            raise ValueError("pass --model (the model, loaded here) or --server (a model an endpoint serves), not both")
+        in_process = [flag for flag, value in (("--adapter", self.adapter), ("--coords", self.coords)) if value]
+        if self.server and in_process:
+            raise ValueError(f"{', '.join(in_process)}: only with --model; with --server the card says (--model-card)")
+        served_only = [flag for flag, value in (("--served-model", self.served_model), ("--model-card",
+                       self.model_card), ("--server-params", self.server_params)) if value]  # fmt: skip
+        if served_only and not self.server:
+            raise ValueError(f"{', '.join(served_only)}: only with --server")
+        if self.server and not self.model_card:
+            raise ValueError("--server needs --model-card: the served model's vcot-model.json (its box frame)")
         if not 0 < self.port < 65536:
             raise ValueError(f"--port {self.port} is not a TCP port: use 1-65535")
         if self.max_new_tokens < 1:

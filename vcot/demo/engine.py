@@ -88,6 +88,41 @@ class Prepared:
     note: str
 
 
+def prepare_upload(path: str | None, fmt: ModelFormat) -> Prepared:
+    """Decode an upload and say how a model of format ``fmt`` sees it; a missing, corrupt or oversized file is a
+    :class:`VcotError` that says what to do."""
+    if not path:
+        raise VcotError("no image: upload one (PNG, JPEG, WebP) or pick an example below")
+    name = Path(path).name
+    try:
+        image = load_rgb(path)
+    except Image.DecompressionBombError as exc:
+        raise VcotError(f"{name} is too large to open safely ({exc}): downscale it and upload it again") from exc
+    except Exception as exc:  # noqa: BLE001 - any decoding failure is the upload's: PIL raises many kinds
+        why = "not a format it knows" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
+        raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
+    width, height = image.size
+    vision = fmt.vision
+    model_w, model_h = vision.resized(width, height)
+    tokens = vision.image_tokens(width, height)
+    note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({tokens} image tokens)"
+    if width * height > vision.max_pixels:
+        note += f", downscaled to fit its pixel budget of {vision.max_pixels:,} pixels"
+    elif width * height < vision.min_pixels:
+        note += f", enlarged to its minimum of {vision.min_pixels:,} pixels"
+    return Prepared(image=image, model_size=(model_w, model_h), note=note + ".")
+
+
+def check_length(question: str | None, limits: QuestionLimits) -> str:
+    """The question, stripped, or a :class:`VcotError` when it is empty or has more characters than ``limits``."""
+    text = (question or "").strip()
+    if not text:
+        raise VcotError("no question: type one, e.g. 'What color is the circle?'")
+    if len(text) > limits.chars:
+        raise VcotError(f"the question has {len(text):,} characters: ask in at most {limits.chars:,}")
+    return text
+
+
 class DemoModel:
     """One model and its format, shared by every visitor (the page runs one request at a time)."""
 
@@ -114,35 +149,12 @@ class DemoModel:
 
     def prepare(self, path: str | None) -> Prepared:
         """Decode an upload; a missing, corrupt or oversized file is a :class:`VcotError` that says what to do."""
-        if not path:
-            raise VcotError("no image: upload one (PNG, JPEG, WebP) or pick an example below")
-        name = Path(path).name
-        try:
-            image = load_rgb(path)
-        except Image.DecompressionBombError as exc:
-            raise VcotError(f"{name} is too large to open safely ({exc}): downscale it and upload it again") from exc
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the upload's: PIL raises many kinds
-            why = "not a format it knows" if isinstance(exc, UnidentifiedImageError) else f"{type(exc).__name__}: {exc}"
-            raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
-        width, height = image.size
-        vision = self.fmt.vision
-        model_w, model_h = vision.resized(width, height)
-        tokens = vision.image_tokens(width, height)
-        note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({tokens} image tokens)"
-        if width * height > vision.max_pixels:
-            note += f", downscaled to fit its pixel budget of {vision.max_pixels:,} pixels"
-        elif width * height < vision.min_pixels:
-            note += f", enlarged to its minimum of {vision.min_pixels:,} pixels"
-        return Prepared(image=image, model_size=(model_w, model_h), note=note + ".")
+        return prepare_upload(path, self.fmt)
 
     def check_question(self, question: str | None, limits: QuestionLimits) -> str:
         """The question, stripped, or a :class:`VcotError` when it is empty or over ``limits`` (characters first:
         counting them costs nothing, tokenizing a megabyte does)."""
-        text = (question or "").strip()
-        if not text:
-            raise VcotError("no question: type one, e.g. 'What color is the circle?'")
-        if len(text) > limits.chars:
-            raise VcotError(f"the question has {len(text):,} characters: ask in at most {limits.chars:,}")
+        text = check_length(question, limits)
         tokens = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         if tokens > limits.tokens:
             raise VcotError(f"the question has {tokens:,} tokens: ask in at most {limits.tokens:,}")

@@ -107,6 +107,7 @@ class FakeOpenAI:
         timeout_sleep: float = 2.0,
         port: int = 0,
         served_models: tuple[str, ...] = (),
+        stream_chunk: int = 4,
     ) -> None:
         self.answer = answer
         self.fault = fault
@@ -116,6 +117,9 @@ class FakeOpenAI:
         self.timeout_sleep = timeout_sleep
         self.port = port
         self.served_models = served_models  # as vLLM: chat for another model name is a 404 (empty: any name)
+        self.stream_chunk = stream_chunk  # characters per streamed chunk (``"stream": true``)
+        self.streamed_chunks = 0
+        self.stream_disconnects = 0
         self.chat_requests = 0
         self.answered: list[str] = []  # request texts answered with a 200 completion
         self.last_request: dict[str, Any] = {}  # the body of the last chat request
@@ -187,9 +191,32 @@ class FakeOpenAI:
             if fault == "nochoices":
                 return web.json_response({"id": "x", "object": "chat.completion"})
             self.answered.append(text)
+            if body.get("stream"):
+                return await self._stream(request, body.get("model", ""), self.answer(text))
             return web.json_response(_completion(body.get("model", ""), self.answer(text)))
         finally:
             self.in_flight -= 1
+
+    async def _stream(self, request: web.Request, model: str, text: str) -> web.StreamResponse:
+        """The answer as server-sent events, a few characters a chunk (``stream_chunk``, every ``latency`` s), then
+        ``[DONE]``, as vLLM streams; stops when the client goes (``stream_disconnects`` counts it)."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        pieces = [text[i : i + self.stream_chunk] for i in range(0, len(text), self.stream_chunk)]
+        try:
+            for piece in pieces:
+                choice = {"index": 0, "delta": {"role": "assistant", "content": piece}, "finish_reason": None}
+                await response.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode())
+                self.streamed_chunks += 1
+                if self.latency:
+                    await asyncio.sleep(self.latency)
+            end = {"index": 0, "delta": {}, "finish_reason": "stop"}
+            await response.write(f"data: {json.dumps({**base, 'choices': [end]})}\n\ndata: [DONE]\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.stream_disconnects += 1
+            raise
+        return response
 
     async def _models(self, request: web.Request) -> web.Response:
         """The served models, as vLLM lists them (``fake-model`` when any name is answered)."""

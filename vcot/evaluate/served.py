@@ -12,10 +12,7 @@ or a run resumed after a kill, asks only for what is missing. The box frame is t
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
-import os
 import time
 from typing import Any
 
@@ -26,20 +23,16 @@ from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.llm.ask import Endpoint, ask_all, default_cache
 from vcot.log import get_logger
+from vcot.models.served import api_key, image_data_url, openai_messages, served_model_name
 
 log = get_logger(__name__)
-
-NO_KEY = "EMPTY"
-"""Sent when ``OPENAI_API_KEY`` is unset: a server started without a key (vLLM's default) takes any."""
 
 
 def image_url(uri: str) -> str:
     """The image at ``uri`` as model mode sees it (decoded to RGB), as a lossless PNG data URL."""
     from vcot.io.images import load_rgb
 
-    buffer = io.BytesIO()
-    load_rgb(uri).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return image_data_url(load_rgb(uri))
 
 
 def served_messages(record: dict[str, Any], fmt: ModelFormat, style: str = "cot") -> list[dict[str, Any]]:
@@ -50,16 +43,7 @@ def served_messages(record: dict[str, Any], fmt: ModelFormat, style: str = "cot"
     >>> [(m["role"], [part["type"] for part in m["content"]]) for m in served_messages({"question": "Q?"}, fmt)]
     [('user', ['text'])]
     """
-    messages = []
-    for message in build_messages(record, fmt, with_answer=False, style=style):  # type: ignore[arg-type]
-        parts = [
-            {"type": "image_url", "image_url": {"url": image_url(part["image"])}} if part["type"] == "image" else part
-            for part in message["content"]
-        ]
-        if message["role"] == "system":
-            parts = "\n".join(part["text"] for part in parts)  # type: ignore[assignment]
-        messages.append({"role": message["role"], "content": parts})
-    return messages
+    return openai_messages(build_messages(record, fmt, with_answer=False, style=style), image_url)  # type: ignore[arg-type]
 
 
 def _messages_or_none(
@@ -75,35 +59,12 @@ def _messages_or_none(
         return None
 
 
-def api_key() -> str:
-    return os.environ.get("OPENAI_API_KEY") or NO_KEY
-
-
-def served_model_name(config: EvaluateConfig) -> str:
-    """``--served-model``, or the one model the server lists (``GET /v1/models``); several are refused by name."""
-    if config.served_model:
-        return config.served_model
-    import openai
-
-    client = openai.OpenAI(base_url=config.server, api_key=api_key(), timeout=config.server_timeout, max_retries=2)
-    server = mask_url_credentials(str(config.server))  # what an error may name
-    try:
-        names = [model.id for model in client.models.list()]
-    except openai.OpenAIError as exc:
-        raise ConfigError(f"cannot list the models of {server} ({exc}): is the server up? Or pass "
-                          "--served-model NAME") from exc  # fmt: skip
-    if len(names) != 1:
-        listed = ", ".join(names) or "none"
-        raise ConfigError(f"{server} serves {len(names)} models ({listed}): pass --served-model NAME")
-    return names[0]
-
-
 def served_endpoint(config: EvaluateConfig, output: str) -> Endpoint:
     params: dict[str, Any] = {"temperature": 0.0, "max_tokens": config.max_new_tokens}
     if config.server_params:
         params["extra_body"] = config.server_params  # the openai client sends them as they are
     return Endpoint(
-        model=served_model_name(config),
+        model=config.served_model or served_model_name(str(config.server), timeout=config.server_timeout),
         cache=(config.server_cache or default_cache(output, "_served_cache")).rstrip("/"),
         params=params,
         base_url=config.server,

@@ -1,0 +1,77 @@
+"""A model behind an OpenAI-compatible server (vLLM, SGLang, TGI, a hosted API), asked as vcot asks its own.
+
+Evaluate's served mode and the demo's ``--server`` share it: the prompt vcot builds
+(:func:`vcot.grounding.prompts.build_messages`: the card's system turn, the image, the question and instruction) in the
+protocol's shape, the image as a lossless PNG data URL of the pixels vcot decodes, and the served model's name.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from vcot.config import mask_url_credentials
+from vcot.errors import ConfigError
+
+NO_KEY = "EMPTY"
+"""Sent when ``OPENAI_API_KEY`` is unset: a server started without a key (vLLM's default) takes any."""
+
+
+def api_key() -> str:
+    """``OPENAI_API_KEY``, or :data:`NO_KEY` (never a flag: it would land in a manifest)."""
+    return os.environ.get("OPENAI_API_KEY") or NO_KEY
+
+
+def image_data_url(image: Image.Image) -> str:
+    """``image`` as a lossless PNG data URL: the server sees the pixels vcot would.
+
+    >>> image_data_url(Image.new("RGB", (1, 1))).startswith("data:image/png;base64,")
+    True
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def openai_messages(messages: list[dict[str, Any]], image_url: Callable[[Any], str]) -> list[dict[str, Any]]:
+    """vcot's chat (``build_messages``) in the OpenAI protocol: each image part an ``image_url`` part (``image_url``
+    maps the part's image to its URL), a system turn as plain text.
+
+    >>> chat = [{"role": "system", "content": [{"type": "text", "text": "S"}]},
+    ...         {"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Q?"}]}]
+    >>> [m["content"] if m["role"] == "system" else [p["type"] for p in m["content"]]
+    ...  for m in openai_messages(chat, lambda image: "data:,")]
+    ['S', ['image_url', 'text']]
+    """
+    converted = []
+    for message in messages:
+        parts = [
+            {"type": "image_url", "image_url": {"url": image_url(part["image"])}} if part["type"] == "image" else part
+            for part in message["content"]
+        ]
+        content: Any = "\n".join(part["text"] for part in parts) if message["role"] == "system" else parts
+        converted.append({"role": message["role"], "content": content})
+    return converted
+
+
+def served_model_name(base_url: str, *, timeout: float) -> str:
+    """The one model the server lists (``GET /v1/models``); none reachable, or several, is a :class:`ConfigError`
+    that says to pass ``--served-model``."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key(), timeout=timeout, max_retries=2)
+    server = mask_url_credentials(base_url)  # what an error may name
+    try:
+        names = [model.id for model in client.models.list()]
+    except openai.OpenAIError as exc:
+        raise ConfigError(f"cannot list the models of {server} ({exc}): is the server up? Or pass "
+                          "--served-model NAME") from exc  # fmt: skip
+    if len(names) != 1:
+        listed = ", ".join(names) or "none"
+        raise ConfigError(f"{server} serves {len(names)} models ({listed}): pass --served-model NAME")
+    return names[0]
