@@ -181,6 +181,9 @@ k8s-run: ## A new run of OVERLAY under its own names (one-stage reruns: STAGES, 
 	@test -n "$(RUN_ID)" || { echo "set RUN_ID, e.g. make k8s-run RUN_ID=exp2"; exit 2; }
 	@$(PYTHON) -m vcot.cluster.runs "$(RUN_ID)" "$(OVERLAY)" --stages "$(STAGES)" --from "$(FROM)" \
 		$(foreach setting,$(SET),--set "$(setting)") $(if $(filter true 1 yes,$(UPDATE_POINTER)),--update-pointer)
+	@# Two steps: everything but the TrainJobs (components/kubeflow-trainer), then all: the Trainer refuses a TrainJob
+	@# whose TrainingRuntime does not exist yet (without the Trainer the second apply changes nothing).
+	kubectl apply -k k8s/runs/$(RUN_ID) -l 'vcot.dev/trainjob!=true'
 	kubectl apply -k k8s/runs/$(RUN_ID)
 
 $(IMAGE_ROOTFS)/.done: # a Debian + Python base built offline from the Debian mirror (NOTES)

@@ -190,7 +190,10 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("docs/k8s.md", "docker build --target cpu"): "builds container images (make image-smoke builds and runs one "
     "with podman)",
     ("docs/k8s.md", "kubectl create namespace vcot"): "needs a Kubernetes cluster",
-    ("docs/k8s.md", "kubectl apply -k k8s/overlays/gpu"): "needs a Kubernetes cluster; tests/k8s renders the overlays",
+    ("docs/k8s.md", "kubectl apply -k k8s/overlays/gpu          #"): "needs a Kubernetes cluster; tests/k8s renders "
+    "the overlays",
+    ("docs/k8s.md", "kubectl apply -k k8s/overlays/gpu -l"): "needs a Kubernetes cluster with Kubeflow Trainer; "
+    "tests/k8s/test_k8s_trainer.py renders the overlay with it and checks what the label leaves out",
     ("docs/k8s.md", "make k8s-run RUN_ID=exp2"): "kubectl apply needs a cluster; tests/cluster/test_runs.py renders "
     "the run",
     ("docs/k8s.md", "make k8s-run RUN_ID=lr2"): "kubectl apply needs a cluster; tests/cluster/test_runs.py renders "

@@ -230,3 +230,32 @@ def test_a_cluster_without_the_trainer_is_a_clear_error() -> None:
     cluster = NoTrainer(jobs, trainjobs=trainjobs)
     with pytest.raises(VcotError, match="install Kubeflow Trainer v2.2 or later"):
         follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance)
+
+
+class LateTrainJobs(FakeCluster):
+    """TrainJobs that are applied a few polls after the Jobs (after their runtime exists)."""
+
+    def __init__(self, jobs: list[client.V1Job], trainjobs: list[dict], after_lists: int) -> None:
+        super().__init__(jobs)
+        self.later, self.after_lists, self.lists = trainjobs, after_lists, 0
+
+    def list_namespaced_custom_object(self, *args: object, **kwargs: object) -> dict:
+        self.lists += 1
+        if self.lists > self.after_lists:
+            self.trainjobs.update({tj["metadata"]["name"]: tj for tj in self.later})
+        return super().list_namespaced_custom_object(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_nothing_is_released_before_the_trainjobs_exist() -> None:
+    jobs, trainjobs = trainer_pipeline()
+    cluster = LateTrainJobs(jobs, trainjobs, after_lists=3)
+    assert follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance) == 0
+    assert cluster.resumed == ["vcot-distill-r1", "vcot-tokenize-r1", "vcot-train-r1", "vcot-grpo-r1",
+                               "vcot-evaluate-r1"]  # fmt: skip
+    assert cluster.lists > 3  # it waited, releasing nothing, then went on in order
+
+    never = LateTrainJobs(*trainer_pipeline(), after_lists=10**6)
+    waiting = ChainConfig(run="r1", namespace="ns", poll_seconds=30, trainjobs=True, trainjob_wait_seconds=90)
+    with pytest.raises(VcotError, match="no TrainJobs of run r1 in namespace ns after 90 s: apply them"):
+        follow_chain(waiting, never, never, never, sleep=never.advance)
+    assert never.resumed == [], "evaluate was not released in training's place"

@@ -32,6 +32,7 @@ def test_a_committed_export_and_a_plain_model_folder_are_fetched(tmp_path: Path)
     ("names", "stage", "refusal"),
     [
         (("config.json", "vcot-model.json"), None, "never committed"),  # vcot-export stopped half way
+        (("adapter_config.json", "vcot-model.json"), None, "is an adapter"),  # a run's adapter/
         (("config.json", "adapter_config.json"), "train", "is a train output"),
         ((), None, "holds no model"),
     ],

@@ -205,7 +205,9 @@ def test_each_trainjob_runs_the_pod_its_job_would_have_run(variant: str) -> None
     assert set(trainjobs) == {name for name in jobs if re.fullmatch(r"vcot-(train|grpo|rgfn)", name)}
     for name, trainjob in trainjobs.items():
         job, pod = jobs[name], trainer_pod(trainjob, docs)
-        assert trainjob["metadata"]["labels"] == job["metadata"]["labels"]  # the step label and run id
+        labels = dict(trainjob["metadata"]["labels"])
+        assert labels.pop("vcot.dev/trainjob") == "true"  # what the first of the two applies leaves out
+        assert labels == job["metadata"]["labels"]  # the step label and run id
         assert trainjob["metadata"].get("annotations") == job["metadata"].get("annotations")  # the Kueue queue
         assert trainjob["spec"]["suspend"] is True
         expected, actual = copy.deepcopy(job["spec"]["template"]), copy.deepcopy(pod)
@@ -298,6 +300,28 @@ def test_kueue_topology_reaches_the_pods_of_jobs_and_trainjobs() -> None:
 # --------------------------------------------------------------------------------------------------
 # make k8s-run: a run's names, run id and inputs reach the TrainJobs
 # --------------------------------------------------------------------------------------------------
+
+
+def test_only_the_trainjobs_wait_for_the_second_apply() -> None:
+    """`kubectl apply -k ... -l 'vcot.dev/trainjob!=true'` first (the runtime, the namespace, the Jobs, the chain),
+    then all: the Trainer refuses a TrainJob whose runtime does not exist yet (docs/k8s.md, make k8s-run)."""
+    docs = rendered("grpo-spot-kueue-multi-node")
+    marked = {(doc["kind"], doc["metadata"]["name"]) for doc in docs if "vcot.dev/trainjob" in doc["metadata"].get(
+        "labels", {})}  # fmt: skip
+    assert marked == {("TrainJob", "vcot-train"), ("TrainJob", "vcot-grpo")}
+    makefile = (manifest_checks.REPO_ROOT / "Makefile").read_text()
+    two_steps = "kubectl apply -k k8s/runs/$(RUN_ID) -l 'vcot.dev/trainjob!=true'\n\tkubectl apply -k k8s/runs/$(RUN_ID)\n"
+    assert two_steps in makefile
+
+
+def test_a_run_without_training_follows_its_jobs_alone(tmp_path: Path) -> None:
+    with overlay_copy("k8s/overlays/gpu", components=with_trainer([])) as overlay:
+        docs = render(runs.write_run("ev1", overlay, tmp_path, stages="evaluate", sources="exp1"))
+    chain = by_kind(docs, "Job")["vcot-chain-ev1"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--trainjobs" not in chain["args"] and not by_kind(docs, "TrainJob")
+    with overlay_copy("k8s/overlays/gpu", components=with_trainer([])) as overlay:
+        docs = render(runs.write_run("tr1", overlay, tmp_path, stages="train", sources="exp1"))
+    assert "--trainjobs" in by_kind(docs, "Job")["vcot-chain-tr1"]["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_a_run_renames_the_runtime_and_reads_other_runs(tmp_path: Path) -> None:

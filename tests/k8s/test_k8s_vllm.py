@@ -34,9 +34,15 @@ ON = ["../../components/vllm", "../../components/vllm-teacher"]
 SERVER = "http://vcot-vllm:8000/v1"
 
 
+SETTINGS = {"SERVE_MODEL": "s3://bucket/models/r7", "SERVE_NAME": "r7"}
+"""What a user sets in the overlay's settings/run.env."""
+
+
 @cache
-def rendered() -> list[dict[str, Any]]:
-    with overlay_copy("k8s/overlays/gpu", components=[*listed_components("k8s/overlays/gpu"), *ON]) as folder:
+def rendered(teacher: bool = False) -> list[dict[str, Any]]:
+    """The gpu overlay with components/vllm (and vllm-teacher) on, and :data:`SETTINGS` in its run.env."""
+    components = [*listed_components("k8s/overlays/gpu"), *(ON if teacher else ON[:1])]
+    with overlay_copy("k8s/overlays/gpu", components=components, settings=SETTINGS) as folder:
         return render(folder)
 
 
@@ -50,12 +56,17 @@ def test_the_overlay_shows_how_to_turn_them_on() -> None:
     assert all(f"  # - {component}\n" in text for component in ON)
 
 
-def test_the_overlay_rules_hold() -> None:
-    docs = {"vllm": rendered()}
+def test_the_overlays_settings_reach_the_server() -> None:
+    assert {key: config_map(rendered())[key] for key in SETTINGS} == SETTINGS
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_the_overlay_rules_hold(teacher: bool) -> None:
+    docs = {"vllm": rendered(teacher)}
     manifest_checks.test_every_pod_is_hardened_and_bounded(docs, "vllm")
     manifest_checks.test_every_variable_in_args_is_defined(docs, "vllm")
     manifest_checks.test_selectors_match_the_pods_they_are_meant_for(docs, "vllm")
-    server = by_kind(rendered(), "Deployment")["vcot-vllm"]["spec"]["template"]["spec"]
+    server = by_kind(rendered(teacher), "Deployment")["vcot-vllm"]["spec"]["template"]["spec"]
     (fetch,) = server["initContainers"]
     used = {var for arg in fetch["args"] for var in manifest_checks._VAR.findall(arg)}
     assert used <= set(config_map(rendered())), "the init container's $(VARS) come from the ConfigMap"
@@ -65,7 +76,7 @@ def test_the_overlay_rules_hold() -> None:
 @pytest.mark.parametrize("version", ["1.30", "1.33"])
 def test_it_validates_strictly(version: str, tmp_path: Path) -> None:
     path = tmp_path / "rendered.yaml"
-    path.write_text(yaml.safe_dump_all(rendered()))
+    path.write_text(yaml.safe_dump_all(rendered() + rendered(teacher=True)))
     validate = Path(sys.executable).parent / "kubernetes-validate"
     out = subprocess.run([str(validate), "--strict", "--quiet", "--kubernetes-version", version, str(path)],
                          capture_output=True, text=True, check=False)  # fmt: skip
@@ -96,9 +107,11 @@ def test_the_served_reevaluation_and_the_teacher_parse_as_vcot_reads_them() -> N
     assert (config.mode, config.server, config.served_model) == ("served", SERVER, settings["SERVE_NAME"])
     assert config.model_card == settings["SERVE_MODEL"]
     assert config.server_params == {"repetition_penalty": 1.0}  # as docs/export.md asks: not the export's penalty
-    assert config.history == f"{settings['RUN_ROOT']}/eval-history.jsonl"
+    assert config.history == f"{settings['RUN_ROOT']}/evals/served/eval-history.jsonl"  # the served models' own
 
-    distill = by_kind(docs, "Job")["vcot-distill"]["spec"]["template"]
+    teaching = rendered(teacher=True)
+    assert "vcot-reevaluate-served" not in by_kind(teaching, "CronJob"), "a teacher is no export: nothing to score"
+    distill = by_kind(teaching, "Job")["vcot-distill"]["spec"]["template"]
     secrets = {"vcot-s3": {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"},
                "vcot-teacher": {"OPENAI_API_KEY": "a"}}  # fmt: skip
     env = manifest_checks.container_env(distill, settings, secrets, "vcot")
@@ -213,6 +226,6 @@ def test_the_served_export_is_reevaluated_as_the_cronjob_runs_it(
     metrics = storage.read_json(f"{output}/metrics.json")
     assert committed["stage"] == "evaluate" and metrics["details"]["mode"] == "served"
     assert metrics["details"]["served_model"] == "r1" and metrics["overall"]["samples"] > 0
-    history = storage.read_text(f"{settings['RUN_ROOT']}/eval-history.jsonl")
+    history = storage.read_text(f"{settings['RUN_ROOT']}/evals/served/eval-history.jsonl")
     (entry,) = [json.loads(line) for line in history.splitlines() if line]
     assert (entry["model"], entry["model_card"], entry["output"]) == ("r1", settings["SERVE_MODEL"], output)

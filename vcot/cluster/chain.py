@@ -23,7 +23,8 @@ queues and starts it, and no stage reaches the queue before its predecessor comp
 
 With ``--trainjobs`` (``k8s/components/kubeflow-trainer``) the training steps are Kubeflow Trainer TrainJobs: the
 same labels, ``spec.suspend`` and ``Complete``/``Failed`` conditions, read and patched through the custom objects
-API; the chain treats them as it treats Jobs.
+API; the chain treats them as it treats Jobs. They are applied after their TrainingRuntime (the Trainer refuses them
+before it), so the chain releases nothing until the run has one (``--trainjob-wait-seconds``).
 
 ``python -m vcot.cluster.chain --run ID --namespace NS`` (flags or ``VCOT_RUN``, ``VCOT_NAMESPACE``...).
 """
@@ -67,12 +68,18 @@ class ChainConfig:
     trainjobs: bool = option(
         False, help="Also follow the run's Kubeflow Trainer TrainJobs (k8s/components/kubeflow-trainer sets it)."
     )
+    trainjob_wait_seconds: float = option(
+        900.0, help="With --trainjobs: how long to wait for the run's TrainJobs to exist (they are applied after their "
+        "runtime) before giving up; no step is released meanwhile.",
+    )
 
     def __post_init__(self) -> None:
         if not self.run.strip():
             raise ValueError("--run is empty: set it to the run's vcot.dev/run label")
         if self.poll_seconds <= 0:
             raise ValueError("--poll-seconds must be positive")
+        if self.trainjob_wait_seconds < 0:
+            raise ValueError("--trainjob-wait-seconds must not be negative")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,10 +307,25 @@ def follow_chain(
         raise VcotError("--trainjobs needs the custom objects API: pass a CustomObjectsApi")
     custom = custom if config.trainjobs else None
     api_errors = 0
+    waited = 0.0  # for the TrainJobs to exist
     previous: Step | None = None
     while True:
         try:
             steps = list_steps(batch, config.namespace, config.run, custom)
+            if custom is not None and not any(step.kind == "TrainJob" for step in steps):
+                # Applied after their runtime (the Trainer refuses them before it): a step released now could be
+                # the one after training.
+                if waited >= config.trainjob_wait_seconds:
+                    raise VcotError(
+                        f"no TrainJobs of run {config.run} in namespace {config.namespace} after {waited:.0f} s: apply "
+                        "them (kubectl apply -k <overlay>, after its TrainingRuntime exists: docs/k8s.md \"Kubeflow "
+                        "Trainer\"), or build the run without components/kubeflow-trainer"
+                    )
+                if waited == 0:
+                    log.info("waiting for the run's TrainJobs", run=config.run)
+                waited += config.poll_seconds
+                sleep(config.poll_seconds)
+                continue
             decision = decide(steps)
             if decision.action == "done":
                 log.info("chain complete", run=config.run, steps=[step.name for step in steps])

@@ -300,9 +300,13 @@ def run_kustomization(
         patches.append(_patch(f"kind: Job, labelSelector: '{selector}'", _deleted("Job", "batch/v1")))
         if trainer:
             patches.append(_patch(f"kind: TrainJob, labelSelector: '{selector}'", _deleted("TrainJob", TRAINJOB_API)))
+        if trainer and not set(stages) & set(TRAINJOB_STAGES):  # no TrainJob to wait for: follow the Jobs alone
+            patches.append("  # No TrainJob in this run: the chain controller follows its Jobs alone.")
+            patches.append(f"  - target: {{kind: Job, name: vcot-chain}}\n    patch: '{json.dumps(_NO_TRAINJOBS)}'")
     replacements: list[str] = []
     for stage, reads in (inputs or {}).items():  # the folders it reads from other runs (FROM)
-        patches.append(f"  # {stage} reads " + ", ".join(f"{run}/{folder}" for folder, run in reads.items()) + " (FROM).")
+        read = ", ".join(f"{run}/{folder}" for folder, run in reads.items())
+        patches.append(f"  # {stage} reads {read} (FROM).")
         if trainer and stage in TRAINJOB_STAGES:
             patches.append(_patch(f"kind: TrainJob, name: vcot-{stage}", _input_annotations(reads)))
             replacements += [_input_replacement(stage, folder) for folder in reads]
@@ -334,6 +338,13 @@ def run_kustomization(
         + ("replacements: # the runs a TrainJob reads from (FROM), from its annotations\n" if replacements else "")
         + "".join(replacements)
     )
+
+
+_NO_TRAINJOBS = [
+    {"op": "test", "path": "/spec/template/spec/containers/0/args/3", "value": "--trainjobs"},
+    {"op": "remove", "path": "/spec/template/spec/containers/0/args/3"},
+]
+"""A JSON patch dropping the chain controller's ``--trainjobs`` (components/kubeflow-trainer adds it fourth)."""
 
 
 def _input_annotations(reads: dict[str, str]) -> dict[str, Any]:

@@ -29,6 +29,8 @@ def servable_problem(source: str) -> str | None:
     stage = manifest.committed_stage(source)
     if stage is not None:
         return None if stage == "export" else f"{source} is a {stage} output: serve the output of vcot-export"
+    if storage.exists(storage.join(source, "adapter_config.json")):
+        return f"{source} is an adapter: merge it into a model folder with vcot-export, then serve that"
     if storage.exists(storage.join(source, MODEL_CARD)):
         return f"{source} is an export that was never committed (no _SUCCESS): run vcot-export again"
     if not storage.exists(storage.join(source, "config.json")):
