@@ -120,7 +120,7 @@ def _step(
         order = int(labels[STEP_LABEL])
     except (KeyError, ValueError):
         raise VcotError(f"{kind} {name} has no integer {STEP_LABEL} label: every chained {kind} needs one") from None
-    true = {kind_: (reason, message) for kind_, status, reason, message in conditions if status == "True"}
+    true = {type_: (reason, message) for type_, status, reason, message in conditions if status == "True"}
     reason, message = true.get("Failed", (None, None))
     return Step(
         name=name,
@@ -323,6 +323,8 @@ def follow_chain(
                     )
                 if waited == 0:
                     log.info("waiting for the run's TrainJobs", run=config.run)
+                if config.once:
+                    return 4
                 waited += config.poll_seconds
                 sleep(config.poll_seconds)
                 continue
