@@ -5,3 +5,7 @@
 
 May import: ``vcot.io`` and the entrypoint frame.
 """
+
+TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+TRAINJOB_API = f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}"
+"""Kubeflow Trainer's TrainJob (k8s/components/kubeflow-trainer): what the chain follows and a run's patches target."""

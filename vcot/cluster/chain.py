@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vcot.cluster import TRAINJOB_API, TRAINJOB_GROUP, TRAINJOB_PLURAL, TRAINJOB_VERSION
 from vcot.config import option, parse_config, redacted
 from vcot.errors import VcotError
 from vcot.log import configure_logging, get_logger
@@ -50,7 +51,6 @@ QUEUE_ANNOTATION = "vcot.dev/queue-name"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 EXIT_DONE = 0
 EXIT_STOPPED = 3  # a stage failed: the chain Job's podFailurePolicy fails it without retry
-TRAINJOB_GROUP, TRAINJOB_VERSION, TRAINJOB_PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 # A dict body is sent as a JSON merge patch (the client's default content type is JSON Patch, a list).
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -197,7 +197,7 @@ def record_event(core: Any, namespace: str, step: Step, *, reason: str, message:
     from kubernetes import client
 
     now = _now()
-    api_version = "batch/v1" if step.kind == "Job" else f"{TRAINJOB_GROUP}/{TRAINJOB_VERSION}"
+    api_version = "batch/v1" if step.kind == "Job" else TRAINJOB_API
     event = client.CoreV1Event(
         metadata=client.V1ObjectMeta(generate_name=f"{step.name}.", namespace=namespace),
         involved_object=client.V1ObjectReference(

@@ -29,6 +29,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from vcot.cluster import TRAINJOB_API
 from vcot.errors import VcotError
 from vcot.io import layout
 
@@ -39,7 +40,6 @@ SETTINGS = Path("settings") / "run.env"
 """Where an overlay keeps its run.env: in its settings component, listed first (k8s/base/settings/kustomization.yaml)."""
 # A label value and a name suffix; short, so that Job and pod names stay under 63 characters.
 _RUN_ID = re.compile(r"^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$")
-TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"
 SHARED_KINDS = {"Namespace": "v1", "CronJob": "batch/v1", "Deployment": "apps/v1", "Service": "v1"}
 PER_RUN = "vcot.dev/per-run"
 """A label on an object of a shared kind that each run needs its own of (multi-node's headless Service)."""

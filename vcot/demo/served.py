@@ -20,7 +20,7 @@ from vcot.errors import ConfigError
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.log import get_logger
-from vcot.models.served import api_key, image_data_url, openai_messages, served_model_name
+from vcot.models.served import api_key, card_folder, image_data_url, openai_messages, served_model_name
 
 log = get_logger(__name__)
 
@@ -100,13 +100,12 @@ def connect_served(
     timeout: float = 300.0,
 ) -> ServedModel:
     """The served model and its format, from its card (the export's folder, or its ``vcot-model.json``)."""
-    from vcot.io import storage
     from vcot.models.loading import MODEL_CARD, adapter_format
 
     if not card:
         raise ConfigError("--server reads boxes in the served model's frame: pass --model-card (the folder of its "
                           f"{MODEL_CARD}: the export, or the run's adapter/)")  # fmt: skip
-    home = storage.parent(card) if card.rstrip("/").endswith(".json") else card
+    home = card_folder(card)
     fmt = adapter_format(home)
     if fmt is None:
         raise ConfigError(f"no {MODEL_CARD} at {home}: pass the export's folder (vcot-export writes one)")

@@ -35,6 +35,7 @@ from vcot.evaluate.styles import compare_styles
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import layout, manifest, shards, storage
 from vcot.log import get_logger
+from vcot.models.served import card_folder
 from vcot.scoring.field_metrics import add_field_metrics
 from vcot.scoring.metrics import summarize_by_subset
 
@@ -130,9 +131,7 @@ def served_format(config: EvaluateConfig) -> ModelFormat:
     """Served mode: the served model's card (``--model-card``) with the flags, else the flags, ``--coords`` among them
     (a frame is never guessed)."""
     overrides = flag_overrides(config)
-    card = config.model_card
-    if card and card.rstrip("/").endswith(".json"):  # the card's own path: its folder
-        card = storage.parent(card)
+    card = card_folder(config.model_card) if config.model_card else None  # given as the folder or its file
     if not card and "coords" not in overrides:
         raise ConfigError("served mode reads boxes in the served model's frame: pass --model-card (the folder of "
                           "its vcot-model.json: the export, or the run's adapter/), or --coords (and --family)")  # fmt: skip
@@ -230,7 +229,7 @@ def compare_with_history(
     config: EvaluateConfig, target: Target, metrics: dict[str, Any], details: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Scheduled mode (or served mode with ``--history``): this run's history entry, compared with the earlier
-    comparable ones (the same data and split: a served model's entries and a pointed model's compare).
+    comparable ones (the same data and split).
 
     Sets ``metrics["regression"]``; returns the entry (appended once the outputs are written) and the
     timeline the report plots (earlier comparable entries, then this one).

@@ -27,6 +27,17 @@ def api_key() -> str:
     return os.environ.get("OPENAI_API_KEY") or NO_KEY
 
 
+def card_folder(card: str) -> str:
+    """The folder of a served model's card, given as that folder (the export) or its ``vcot-model.json``.
+
+    >>> card_folder("s3://b/models/r1/vcot-model.json"), card_folder("s3://b/models/r1/")
+    ('s3://b/models/r1', 's3://b/models/r1/')
+    """
+    from vcot.io import storage
+
+    return storage.parent(card) if card.rstrip("/").endswith(".json") else card
+
+
 def image_data_url(image: Image.Image) -> str:
     """``image`` as a lossless PNG data URL: the server sees the pixels vcot would.
 
