@@ -181,6 +181,13 @@ SKIPPED: dict[tuple[str, str], str] = {
     ("docs/demo.md", "kubectl -n vcot run demo-check"): "needs a Kubernetes cluster",
     ("docs/evaluate.md", "vcot-convert --source viscot --input s3://vcot/raw/viscot/viscot_benchmark.json"): "the "
     "VisCoT benchmark files are not here; tests/evaluate/test_eval_benchmark.py converts and scores a sample",
+    ("docs/evaluate.md", "vcot-evaluate --server http://vllm:8000/v1 --model-card s3://vcot/exports/r1"): "the "
+    "published benchmark files and an exported 7B served by vLLM are not here; tests/evaluate/test_eval_protocol.py "
+    "and test_leaderboard.py run the same flags on samples in the benchmarks' layout",
+    ("docs/evaluate.md", "vcot-leaderboard --evals s3://vcot/evals/"): "reads the evaluations of the block above; "
+    "tests/evaluate/test_leaderboard.py builds one and looks at it in a browser",
+    ("docs/convert.md", "vcot-convert --source vlmevalkit --input s3://vcot/raw/TreeBench.tsv"): "the published "
+    "TSV files are not here; tests/convert/test_convert_vlmevalkit.py converts samples written in their layout",
     ("docs/evaluate.md", "lmms-eval --model vcot"): "downloads the textvqa task's data from the hub; "
     "tests/evaluate/test_eval_lmms.py runs the plugin on a local task",
     ("docs/first-week.md", "aws s3 sync s3://my-bucket/runs/exp1/train/tensorboard ./tb"): "tensorboard serves until "

@@ -280,3 +280,24 @@ def test_cronjob_command_exits_3_on_the_real_s3_server(
     assert len(errors) == 1 and "regression: mean_iou" in errors[0] and "report.html" in errors[0]
     assert manifest.is_committed(f"{real_s3}/runs/evals/run-9")
     assert len(read_history(f"{real_s3}/runs/eval-history.jsonl")) == 2
+
+
+def test_sampled_answers_in_process_are_seeded_and_averaged(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:
+    """Model mode's Avg@k: answer j is sampled with seed + j, so the same flags draw the same answers."""
+    data = commit_records(str(tmp_path), _records(str(tmp_path), 3))
+    base = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, *FAST,
+            "--samples", "3", "--temperature", "1.5", "--seed", "4"]  # fmt: skip
+    assert main([*base, "--output", str(tmp_path / "a")]) == 0
+    assert main([*base, "--output", str(tmp_path / "b")]) == 0
+
+    def samples(output: str) -> list[tuple[str, int, str]]:
+        rows = shards.read_jsonl(manifest.committed_files(output, "predictions-samples/")[0])
+        return [(row["id"], row["sample"], row["prediction"]) for row in rows]
+
+    first = samples(str(tmp_path / "a"))
+    assert first == samples(str(tmp_path / "b")) and len(first) == 6
+    assert _predictions(str(tmp_path / "a")) == _predictions(str(tmp_path / "b"))
+    texts = {(sample, text) for _, sample, text in first} | {(0, t) for t in _predictions(str(tmp_path / "a")).values()}
+    assert len({text for _, text in texts}) > 3  # sampled at 1.5: the answers differ
+    metrics = storage.read_json(str(tmp_path / "a" / "metrics.json"))
+    assert metrics["avg_at_k"]["k"] == 3 and metrics["details"]["generation"]["temperature"] == 1.5

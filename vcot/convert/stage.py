@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from vcot.config import option, redacted
-from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot
+from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot, vlmevalkit
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
@@ -27,7 +27,7 @@ from vcot.progress import Progress
 log = get_logger(__name__)
 
 STAGE = "convert"
-Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "records"]
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -38,19 +38,22 @@ class ConvertConfig:
 
     source: Source = option(
         help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, lacot (LaCoT's SFT or RL file), "
+        "vlmevalkit (a benchmark in VLMEvalKit's TSV layout: TreeBench, V* Bench, HR-Bench, MME-RealWorld-Lite), "
         "or records (your own data)."
     )
     input: str = option(
         help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
         "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
         "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot, lacot: the .json/.jsonl file; "
+        "vlmevalkit: a .tsv file or a folder of them; "
         "records: a .jsonl/.json/.parquet file or a folder of them (docs/convert.md, your own data)."
     )
     output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
     images: str | None = option(
         None,
         help="Images root URI that the source's image paths are relative to (default: <input folder>/images, "
-        "for records the input's folder; for ScienceQA Parquet, where embedded images are written: <output>/images).",
+        "for records the input's folder; for ScienceQA Parquet and vlmevalkit, where embedded images are written: "
+        "<output>/images).",
     )
     metadata: str | None = option(
         None,
@@ -89,6 +92,10 @@ class ConvertConfig:
         "(of the original image) or qwen2.5-resized (Qwen2.5-VL's output: pixels of its resized image). Required "
         "when such records occur: the JSON does not say it.",
     )
+    benchmark_name: str | None = option(
+        None, help="vlmevalkit: the benchmark's name in the records (provenance.benchmark) and the leaderboard; "
+        "default: the file's name without .tsv (TreeBench, hr_bench_4k, ...)."
+    )
     missing_answer: own_records.MissingAnswer = option(
         "refs",
         help="records: an ms-swift or chat item with no answer field and no 'Answer:' line: refs answers with the "
@@ -108,6 +115,8 @@ class ConvertConfig:
             raise ValueError("--dedup-against applies to --source llava-cot only")
         if self.bbox_2d_frame is not None and self.source != "records":
             raise ValueError("--bbox-2d-frame applies to --source records only")
+        if self.benchmark_name is not None and self.source != "vlmevalkit":
+            raise ValueError("--benchmark-name applies to --source vlmevalkit only")
         if self.missing_answer != "refs" and self.source != "records":
             raise ValueError("--missing-answer applies to --source records only")
 
@@ -117,9 +126,9 @@ class ConvertConfig:
 
     @property
     def inputs(self) -> list[str | None]:
-        """What the stage reads (so the output must not overlap it). ScienceQA's --images may be where its
-        Parquet layout writes images, so it is not counted."""
-        images = None if self.source == "scienceqa" else self.images
+        """What the stage reads (so the output must not overlap it). ScienceQA's (Parquet) and vlmevalkit's --images
+        are where their embedded images are written, so they are not counted."""
+        images = None if self.source in ("scienceqa", "vlmevalkit") else self.images
         return [self.input, self.metadata, images, *self.dedup_against]
 
 
@@ -171,6 +180,9 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
     elif config.source == "lacot":
         items = lacot.iter_items(config.input, images=config.images, owns=owns)
+    elif config.source == "vlmevalkit":
+        items = vlmevalkit.iter_items(config.input, images=config.images, output=config.output, owns=owns,
+                                      name=config.benchmark_name)  # fmt: skip
     else:
         items = own_records.iter_items(
             config.input,
@@ -189,6 +201,7 @@ EXPECTED = {
     "aokvqa": "aokvqa_v1p0_*.json files, each a JSON array of questions",
     "llava-cot": "a JSON array (or JSONL) of LLaVA-CoT items",
     "lacot": "a JSON array (or JSONL) of LaCoT items ({image, conversations: [human, reason, gpt]})",
+    "vlmevalkit": "TSV files with a header row (index, image, question, A, B, ..., answer, category)",
     "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
 """What each source's input must hold, for the error on an input that parses but holds no items."""

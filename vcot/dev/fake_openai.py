@@ -1,6 +1,7 @@
 """A local OpenAI-compatible server for tests and benchmarks: chat completions, files and batches.
 
-Answers are scripted (``answer(text) -> str`` from the request's text) and faults injected per request
+Answers are scripted (``answer(text) -> str`` from the request's text; a request with a ``seed``, a sampled one,
+by ``sampled(text, seed) -> str`` when given) and faults injected per request
 (``fault(text, attempt) -> name | None``, ``attempt`` counting identical requests from 1):
 ``"429"`` (with Retry-After), ``"500"``, ``"timeout"`` (answers after ``timeout_sleep``), ``"garbage"``
 (a 200 whose body is not JSON), ``"nochoices"`` (a 200 without choices), ``"400"``, ``"401"``.
@@ -32,6 +33,7 @@ from aiohttp import web
 from vcot.distill import prompts
 
 Answer = Callable[[str], str]
+Sampled = Callable[[str, int], str]
 Fault = Callable[[str, int], "str | None"]
 
 _HINT = re.compile(re.escape(prompts.ANSWER_HINT).replace(re.escape("{answer}"), "(.+?)"))
@@ -100,6 +102,7 @@ class FakeOpenAI:
         self,
         *,
         answer: Answer = echo_answer,
+        sampled: Sampled | None = None,
         fault: Fault | None = None,
         latency: float = 0.0,
         api_key: str = "test-key",
@@ -110,6 +113,8 @@ class FakeOpenAI:
         stream_chunk: int = 4,
     ) -> None:
         self.answer = answer
+        self.sampled = sampled
+        self.seeds: Counter[int | None] = Counter()  # chat requests by their seed (None: none sent)
         self.fault = fault
         self.latency = latency
         self.api_key = api_key
@@ -191,9 +196,12 @@ class FakeOpenAI:
             if fault == "nochoices":
                 return web.json_response({"id": "x", "object": "chat.completion"})
             self.answered.append(text)
+            seed = body.get("seed")
+            self.seeds[seed] += 1
+            answer = self.sampled(text, seed) if self.sampled and seed is not None else self.answer(text)
             if body.get("stream"):
-                return await self._stream(request, body.get("model", ""), self.answer(text))
-            return web.json_response(_completion(body.get("model", ""), self.answer(text)))
+                return await self._stream(request, body.get("model", ""), answer)
+            return web.json_response(_completion(body.get("model", ""), answer))
         finally:
             self.in_flight -= 1
 

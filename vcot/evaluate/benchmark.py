@@ -41,6 +41,20 @@ CSV_COLUMNS = ("subset", "name", "questions", "answer_score", "exact_match", "ju
 BENCHMARKS = ("viscot",)
 
 
+def benchmark_name(records: list[dict[str, Any]], data: str) -> str:
+    """What the leaderboard calls the evaluated data: the benchmark its records share (``provenance.benchmark``, as
+    ``vcot-convert --source vlmevalkit`` writes it), else the last part of ``--data``.
+
+    >>> benchmark_name([{"provenance": {"benchmark": "TreeBench"}}], "s3://b/bench/tree")
+    'TreeBench'
+    >>> benchmark_name([{"provenance": {}}, {"provenance": {"benchmark": "x"}}], "s3://b/bench/mixed/")
+    'mixed'
+    """
+    names = {(record.get("provenance") or {}).get("benchmark") for record in records}
+    shared = names.pop() if len(names) == 1 else None
+    return str(shared) if shared else data.rstrip("/").rsplit("/", 1)[-1]
+
+
 def check_records(records: list[dict[str, Any]], benchmark: str) -> None:
     """Refuse records that are not the benchmark's (a table of other data would be mislabelled)."""
     others = [r for r in records if r.get("source") != benchmark]

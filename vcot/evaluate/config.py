@@ -8,7 +8,8 @@
 
 Across modes: ``--judge-model`` scores answers with an LLM judge besides exact match, ``--benchmark viscot``
 adds the per-subset table of the VisCoT benchmark, and (model and scheduled mode) ``--prompt-style`` asks for
-grounded reasoning, the answer alone, or both side by side.
+grounded reasoning, the answer alone, or both side by side. Except in score mode, ``--samples``, ``--temperature``
+and ``--shuffle-options`` state the protocol (Avg@k, shuffled options: :mod:`vcot.evaluate.protocol`).
 """
 
 from __future__ import annotations
@@ -133,6 +134,21 @@ class EvaluateConfig:
         "sft", help="BiN: who scores answers after rationales: sft (adapter off, the paper's) or policy (the released code's)."
     )
     bin_temperature: float = option(0.7, help="BiN: the temperature the policy samples rationales at.")
+    samples: int = option(
+        1, help="Answer every question this many times and report each metric's mean over them (Avg@k, with its range) "
+        "beside the first answer's: sampled at --temperature, or greedy over --shuffle-options orders."
+    )
+    temperature: float = option(0.0, help="Model and served mode: sampling temperature (0: greedy, the default).")
+    top_p: float = option(1.0, help="Model and served mode: nucleus sampling's top-p (with --temperature above 0).")
+    seed: int = option(
+        0, help="Sampling seed: answer j of a question is drawn with seed + j (served: the request's seed, which vLLM "
+        "honours), so a rerun draws the same answers."
+    )
+    shuffle_options: int | None = option(
+        None, help="Show each multiple-choice question's options in an order drawn from this seed, the question and the "
+        "answer (the same for every model and rerun), so no model gains from where the right option sits; "
+        "the order is kept in each prediction row."
+    )
     judge_model: str | None = option(
         None,
         help="Also score answers with this OpenAI-compatible model, VisCoT's judge protocol (gpt-4o-mini: "
@@ -200,7 +216,23 @@ class EvaluateConfig:
             raise ValueError("--bin N needs N >= 2 and a model (--model or --pointer), not --predictions")
         if self.bin_temperature <= 0:
             raise ValueError("--bin-temperature must be positive")
+        self._check_protocol()
         self.split = (self.split or ("all" if self.benchmark else "val")).strip("/")
+
+    def _check_protocol(self) -> None:
+        """Avg@k, sampling and option shuffling (:mod:`vcot.evaluate.protocol`): what combines with what."""
+        if self.samples < 1:
+            raise ValueError("--samples must be at least 1")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError("--temperature must be >= 0 and --top-p in (0, 1]")
+        if self.predictions and (self.samples > 1 or self.temperature or self.shuffle_options is not None):
+            raise ValueError("--samples, --temperature and --shuffle-options change how questions are asked: they need "
+                             "--model, --server or --pointer (predictions were already answered)")  # fmt: skip
+        if self.samples > 1 and not self.temperature and self.shuffle_options is None:
+            raise ValueError(f"--samples {self.samples} greedy answers to the same prompt are one answer: set "
+                             "--temperature (1.0, say) or --shuffle-options SEED")  # fmt: skip
+        if self.samples > 1 and (self.prompt_style == "both" or self.bin):
+            raise ValueError("--samples > 1 takes one --prompt-style (cot or direct) and no --bin")
 
     @property
     def mode(self) -> str:

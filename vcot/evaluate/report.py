@@ -224,7 +224,40 @@ def field_sections(metrics: dict[str, Any]) -> list[str]:
         sections.append(benchmark_section(metrics["benchmark"]))
     if metrics.get("prompt_styles"):
         sections.append(styles_section(metrics["prompt_styles"]))
+    sections.append(protocol_section(metrics))
     return sections
+
+
+AVG_COLUMNS = (("answer_accuracy", "answer acc."), ("first_box_acc_at_50", "first-box Acc@0.5"),
+               ("truth_mean_iou", "mIoU (TreeBench)"), ("box_missing_or_invalid", "boxes missing or invalid"))  # fmt: skip
+
+
+def protocol_section(metrics: dict[str, Any]) -> str:
+    """How the questions were asked (Avg@k, decoding, option order), the Avg@k table, and the first box's Acc@0.5
+    read once beside the best-of-two reading (``vcot.evaluate.protocol``, ``vcot.scoring.field_metrics``)."""
+    protocol = metrics["details"].get("protocol") or {}
+    said = ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in protocol.items() if value is not None)
+    parts = [f'<h2>Protocol</h2><p id="protocol">{html.escape(said or "as given")}.</p>']
+    avg = metrics.get("avg_at_k")
+    if avg:
+        k = avg["k"]
+        header = ["subset", *(f"{label} Avg@{k}" for _, label in AVG_COLUMNS), f"answer acc. range over {k}"]
+        spread = avg["range"].get("answer_accuracy", [None, None])
+        body = [["overall", *(_fmt(avg["overall"].get(key), "{:.3f}") for key, _ in AVG_COLUMNS),
+                 f"{_fmt(spread[0], '{:.3f}')} - {_fmt(spread[1], '{:.3f}')}"]]  # fmt: skip
+        body += [[html.escape(name), *(_fmt(values.get(key), "{:.3f}") for key, _ in AVG_COLUMNS), ""]
+                 for name, values in avg["subsets"].items()]  # fmt: skip
+        parts.append(f"<p>Each question answered {k} times; Avg@{k} is each score's mean over the {k} answers (the "
+                     "tables above score the first).</p>" + _table("avg-at-k", header, body))  # fmt: skip
+    overall = metrics["overall"]
+    if "best_of_two_acc_at_50" in overall:
+        parts.append(
+            f'<p id="best-of-two">First-box Acc@0.5 read once, in the model\'s own frame: '
+            f"{overall['single_reading_acc_at_50']:.3f}. Read both ways (0-1000 and pixels) keeping the better, as "
+            f"some harnesses score RefCOCO (best-of-two): {overall['best_of_two_acc_at_50']:.3f} "
+            f"({overall['best_of_two_inflation']:+.3f}, not a score of the model).</p>"
+        )
+    return "".join(parts)
 
 
 def constant_box_note(overall: dict[str, Any]) -> str:

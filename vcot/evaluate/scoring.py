@@ -104,7 +104,7 @@ def join_and_score(
             missing += 1
             continue
         seen.add(key)
-        row, score = score_response(record, responses[key], fmt)
+        row, score = score_response(record, responses[key], fmt, best_of_two=True)
         rows.append(row)
         scores.append(score)
     join = {"scored": len(rows), "records_without_prediction": missing, "predictions_without_record": len(set(responses) - seen)}

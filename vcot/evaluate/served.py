@@ -3,7 +3,8 @@ serves (vLLM, SGLang, TGI, a hosted API), scored exactly as model mode scores it
 
 Each record is asked as the model was trained (:func:`vcot.grounding.prompts.build_messages`: the card's system turn,
 the image, the question and instruction), the image inline as a PNG data URL of the pixels model mode decodes, greedy
-(``temperature`` 0) with ``--max-new-tokens``, plus ``--server-params`` (vLLM: ``{"repetition_penalty": 1.0}``).
+(``temperature`` 0, or ``--temperature`` with a seed per sample) with ``--max-new-tokens``, plus ``--server-params``
+(vLLM: ``{"repetition_penalty": 1.0}``).
 Every answer goes through :mod:`vcot.llm` as the judge's do: ``--server-concurrency`` requests in flight, retries
 with backoff, and the answer cache (``--server-cache``, by default ``_served_cache`` beside the output), so a rerun,
 or a run resumed after a kill, asks only for what is missing. The box frame is the served model's card
@@ -59,12 +60,16 @@ def _messages_or_none(
         return None
 
 
-def served_endpoint(config: EvaluateConfig, output: str) -> Endpoint:
-    params: dict[str, Any] = {"temperature": 0.0, "max_tokens": config.max_new_tokens}
+def served_endpoint(config: EvaluateConfig, output: str, model: str, sample: int = 0) -> Endpoint:
+    """The endpoint answer ``sample`` of each question is asked through: sampled answers carry their seed (so a
+    rerun draws, and the cache keeps, each one apart)."""
+    params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
+    if config.temperature:
+        params.update(top_p=config.top_p, seed=config.seed + sample)
     if config.server_params:
         params["extra_body"] = config.server_params  # the openai client sends them as they are
     return Endpoint(
-        model=config.served_model or served_model_name(str(config.server), timeout=config.server_timeout),
+        model=model,
         cache=(config.server_cache or default_cache(output, "_served_cache")).rstrip("/"),
         params=params,
         base_url=config.server,
@@ -75,9 +80,10 @@ def served_endpoint(config: EvaluateConfig, output: str) -> Endpoint:
 
 
 def served_responses(
-    config: EvaluateConfig, records: list[dict[str, Any]], fmt: ModelFormat, output: str
-) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
-    """Ask the server with each prompt style: ``{style: {id: response}}`` and the details for metrics.json.
+    config: EvaluateConfig, asked: list[list[dict[str, Any]]], fmt: ModelFormat, output: str
+) -> tuple[list[dict[str, dict[str, str]]], dict[str, Any]]:
+    """Ask the server with each prompt style, once per sample (``asked``: the records as each sample asks them):
+    ``[{style: {id: response}}]`` per sample and the details for metrics.json.
 
     A record whose image cannot be read gets no response (``skipped_samples``), as in model mode. Images are read
     and encoded as their requests' turns come, a few at a time.
@@ -89,31 +95,37 @@ def served_responses(
         log.warning("special_tokens_dropped", box_syntax=fmt.box_syntax, hint='the qwen box syntax is written in '
                     'special tokens a server drops by default: on vLLM pass --server-params \'{"skip_special_tokens": '
                     'false}\'')  # fmt: skip
-    endpoint = served_endpoint(config, output)
+    model = config.served_model or served_model_name(str(config.server), timeout=config.server_timeout)
     started = time.perf_counter()
     unreadable: set[str] = set()
-    asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
-              for style in config.prompt_styles for record in records]  # fmt: skip
-    # Every prompt style in one run: the answer cache is read once, one ledger counts them all.
-    asked = ask_all(endpoint, api_key(), [(record_id, build) for _, record_id, build in asking], role="served",
-                    flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
-    responses: dict[str, dict[str, str]] = {style: {} for style in config.prompt_styles}
-    for (style, record_id, _), answer in zip(asking, asked.completions, strict=True):
-        if answer is not None:
-            responses[style][record_id] = answer.text
+    answers: list[dict[str, dict[str, str]]] = []
+    spent: list[dict[str, Any]] = []
+    for sample, records in enumerate(asked):
+        endpoint = served_endpoint(config, output, model, sample)
+        asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
+                  for style in config.prompt_styles for record in records]  # fmt: skip
+        # Every prompt style in one run: the answer cache is read once, one ledger counts them all.
+        got = ask_all(endpoint, api_key(), [(record_id, build) for _, record_id, build in asking], role="served",
+                      flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
+        responses: dict[str, dict[str, str]] = {style: {} for style in config.prompt_styles}
+        for (style, record_id, _), answer in zip(asking, got.completions, strict=True):
+            if answer is not None:
+                responses[style][record_id] = answer.text
+        answers.append(responses)
+        spent.append(got.spent)
     seconds = time.perf_counter() - started
-    answered = sum(len(by_id) for by_id in responses.values())
-    generation = {"temperature": 0.0, "max_new_tokens": config.max_new_tokens, "samples": 1,
-                  "server_params": config.server_params}  # fmt: skip
+    answered = sum(len(by_id) for responses in answers for by_id in responses.values())
+    generation = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
+                  "samples": config.samples, "server_params": config.server_params}  # fmt: skip
     details = {
         "server": mask_url_credentials(str(config.server)),
-        "served_model": endpoint.model,
+        "served_model": model,
         "generation": generation,
         "timing": {
             "seconds": round(seconds, 3),
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
         "skipped_samples": {"image_unreadable": len(unreadable)} if unreadable else {},
-        "served": asked.spent,
+        "served": spent[0] if len(spent) == 1 else {"samples": spent},
     }
-    return responses, details
+    return answers, details

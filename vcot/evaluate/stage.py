@@ -20,14 +20,16 @@ import dataclasses
 import datetime
 import json
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
-from vcot.evaluate.benchmark import benchmark_csv, benchmark_table, check_records
+from vcot.evaluate.benchmark import benchmark_csv, benchmark_name, benchmark_table, check_records
 from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.judge import add_judge_metrics, judge_endpoint, judge_rows
+from vcot.evaluate.protocol import average_at_k, sample_records
 from vcot.evaluate.report import build_report, field_sections
 from vcot.evaluate.scoring import join_and_score, load_predictions, load_records
 from vcot.evaluate.served import served_responses
@@ -46,6 +48,7 @@ PREDICTIONS_PATH = f"predictions/{shards.shard_name(0, 1)}"
 METRICS_PATH = "metrics.json"
 REPORT_PATH = "report.html"
 BENCHMARK_PATH = "benchmark.csv"
+SAMPLES_PATH = f"predictions-samples/{shards.shard_name(0, 1)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,16 +177,19 @@ def load_generator(
 
 
 def model_responses(
-    config: EvaluateConfig, target: Target, records: list[dict[str, Any]]
-) -> tuple[dict[str, dict[str, str]], ModelFormat, dict[str, Any]]:
-    """Load the model once and generate with each prompt style: ``{style: {id: response}}``, the format, details."""
+    config: EvaluateConfig, target: Target, asked: list[list[dict[str, Any]]]
+) -> tuple[list[dict[str, dict[str, str]]], ModelFormat, dict[str, Any]]:
+    """Load the model once and generate with each prompt style, once per sample (``asked``: the records as each
+    sample asks them): ``[{style: {id: response}}]`` per sample, the format, details (of the first sample)."""
+    import torch
+
     from vcot.models.generation import GenerationSettings, Skipped, generate_responses
 
     overrides = flag_overrides(config)
     model, processor, fmt = load_generator(
         str(target.model), target.adapter, overrides, quantize=config.quantize, threads=config.threads
     )
-    responses: dict[str, dict[str, str]] = {}
+    answers: list[dict[str, dict[str, str]]] = [{} for _ in asked]
     details: dict[str, Any] = {}
     for style in config.prompt_styles:
         settings = GenerationSettings(
@@ -193,21 +199,29 @@ def model_responses(
             repetition_penalty=config.repetition_penalty,
             box_aware_penalty=config.box_aware_penalty,
             prompt_style=style,  # type: ignore[arg-type]
+            temperature=config.temperature,
+            top_p=config.top_p,
         )
-        texts, timing = generate_responses(model, processor, records, settings)
-        responses[style] = {str(record["id"]): text for record, text in zip(records, texts) if isinstance(text, str)}
-        skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
-        generation = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fmt"}
-        found = {"generation": generation, "timing": timing, "skipped_samples": skipped}
-        if not details:
-            details = found
-        else:
-            details.setdefault("other_prompt_styles", {})[style] = found
+        for sample, records in enumerate(asked):
+            if config.temperature:
+                torch.manual_seed(config.seed + sample)  # answer j is drawn with seed + j, as a server's seed does
+            texts, timing = generate_responses(model, processor, records, settings)
+            answers[sample][style] = {str(r["id"]): text for r, text in zip(records, texts, strict=True)
+                                      if isinstance(text, str)}  # fmt: skip
+            if sample:
+                continue
+            skipped = dict(sorted(Counter(text.reason for text in texts if isinstance(text, Skipped)).items()))
+            generation = {k: v for k, v in dataclasses.asdict(settings).items() if k != "fmt"}
+            found = {"generation": generation, "timing": timing, "skipped_samples": skipped}
+            if not details:
+                details = found
+            else:
+                details.setdefault("other_prompt_styles", {})[style] = found
     if config.bin:
-        responses["bin"], responses["best_of_n"], details["bin"] = bin_answers(
-            config, model, processor, fmt, records, adapter=target.adapter
+        answers[0]["bin"], answers[0]["best_of_n"], details["bin"] = bin_answers(
+            config, model, processor, fmt, asked[0], adapter=target.adapter
         )
-    return responses, fmt, details
+    return answers, fmt, details
 
 
 def bin_answers(
@@ -294,9 +308,11 @@ def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) 
 
 
 def all_metrics(
-    config: EvaluateConfig, scored: dict[str, Any], details: dict[str, Any], *, judged: bool
+    config: EvaluateConfig, scored: dict[str, Any], details: dict[str, Any], *, judged: bool,
+    more_samples: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """``metrics.json``: the first prompt style's metrics, the styles side by side, the benchmark table."""
+    """``metrics.json``: the first prompt style's metrics, the styles side by side, Avg@k over the first answers
+    and ``more_samples`` (the other answers' scored rows), the benchmark table."""
     styles = list(scored)
     rows, scores, join = scored[styles[0]]
     metrics = set_metrics(rows, scores, judged=judged)
@@ -304,15 +320,24 @@ def all_metrics(
     if len(styles) > 1:
         others = {style: set_metrics(*scored[style][:2], judged=judged) for style in styles[1:]}
         metrics["prompt_styles"] = compare_styles({styles[0]: metrics, **others})
+    if more_samples:
+        metrics["avg_at_k"] = average_at_k([metrics, *(set_metrics(*more[:2], judged=False) for more in more_samples)])
     if config.benchmark:
         metrics["benchmark"] = benchmark_table(metrics, judged=judged)
     return metrics
 
 
-def write_outputs(output: str, metrics: dict[str, Any], scored: dict[str, Any], report: str) -> list[Any]:
-    """The files the manifest lists: predictions of each prompt style, metrics, report, the benchmark's CSV."""
+def write_outputs(
+    output: str, metrics: dict[str, Any], scored: dict[str, Any], report: str, more_samples: Sequence[Any] = ()
+) -> list[Any]:
+    """The files the manifest lists: predictions of each prompt style (and of the other samples, each row with its
+    ``sample``), metrics, report, the benchmark's CSV."""
     styles = list(scored)
-    files = [
+    files = []
+    if more_samples:
+        rows = [{**row, "sample": sample} for sample, more in enumerate(more_samples, 1) for row in more[0]]
+        files.append(shards.write_jsonl(output, SAMPLES_PATH, rows))
+    files += [
         shards.write_jsonl(output, PREDICTIONS_PATH, scored[styles[0]][0]),
         shards.write_file(output, METRICS_PATH, storage.dumps_json(metrics).encode("utf-8")),
         shards.write_file(output, REPORT_PATH, report.encode("utf-8")),
@@ -322,6 +347,21 @@ def write_outputs(output: str, metrics: dict[str, Any], scored: dict[str, Any], 
     if metrics.get("benchmark"):
         files.append(shards.write_file(output, BENCHMARK_PATH, benchmark_csv(metrics["benchmark"]).encode("utf-8")))
     return files
+
+
+def protocol_details(config: EvaluateConfig) -> dict[str, Any]:
+    """How the questions were asked (metrics.json and the leaderboard's header): Avg@k, decoding, option order.
+
+    >>> from vcot.evaluate.config import EvaluateConfig
+    >>> protocol_details(EvaluateConfig(data="d", server="http://s/v1", output="o", samples=4, temperature=1.0))
+    {'split': 'val', 'max_per_subset': None, 'max_samples': None, 'prompt_style': 'cot', 'samples': 4, 'temperature': 1.0, 'top_p': 1.0, 'seed': 0, 'shuffle_options': None, 'max_new_tokens': 512}
+    """
+    questions = {"split": config.split, "max_per_subset": config.max_per_subset, "max_samples": config.max_samples}
+    if config.predictions:
+        return {**questions, "samples": 1, "shuffle_options": None}
+    return {**questions, "prompt_style": config.prompt_style, "samples": config.samples,
+            "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
+            "shuffle_options": config.shuffle_options, "max_new_tokens": config.max_new_tokens}  # fmt: skip
 
 
 def refuse_nothing_answered(
@@ -357,26 +397,32 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     if config.benchmark:
         check_records(records, config.benchmark)
     log.info("records_loaded", data=config.data, split=config.split, count=len(records))
-    details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split}
+    details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split,
+                               "benchmark_name": benchmark_name(records, config.data),
+                               "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                               "protocol": protocol_details(config)}  # fmt: skip
+    asked = sample_records(records, config.samples, config.shuffle_options)
     if config.predictions:
         loaded = load_predictions(config.predictions)
-        by_style, fmt = {"cot": loaded.by_id}, score_mode_format(config)
+        answers, fmt = [{"cot": loaded.by_id}], score_mode_format(config)
         details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
     elif config.server:
         fmt = served_format(config)
-        by_style, generated = served_responses(config, records, fmt, target.output)
+        answers, generated = served_responses(config, asked, fmt, target.output)
         details.update(generated)
     else:
-        by_style, fmt, generated = model_responses(config, target, records)
+        answers, fmt, generated = model_responses(config, target, asked)
         details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
     details["model_format"] = fmt.to_dict()
 
+    by_style = answers[0]
     refuse_nothing_answered(records, by_style, details)
-    scored = {style: join_and_score(records, responses, fmt) for style, responses in by_style.items()}
-    records_by_id = {str(record["id"]): record for record in records}
+    scored = {style: join_and_score(asked[0], responses, fmt) for style, responses in by_style.items()}
+    more_samples = [join_and_score(asked[j], answers[j][config.prompt_style], fmt) for j in range(1, len(asked))]
+    records_by_id = {str(record["id"]): record for record in asked[0]}
     if judge is not None:
         details["judge"] = judge_rows([row for rows, _, _ in scored.values() for row in rows], records_by_id, *judge)
-    metrics = all_metrics(config, scored, details, judged=judge is not None)
+    metrics = all_metrics(config, scored, details, judged=judge is not None, more_samples=more_samples)
     rows = scored[next(iter(scored))][0]
 
     entry, timeline = compare_with_history(config, target, metrics, details) if target.history else (None, [])
@@ -392,7 +438,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
         regression=metrics.get("regression"),
         extra_sections=field_sections(metrics),
     )
-    files = write_outputs(target.output, metrics, scored, report)
+    files = write_outputs(target.output, metrics, scored, report, more_samples)
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
     committed = manifest.commit(

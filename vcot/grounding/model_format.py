@@ -299,6 +299,15 @@ class ModelFormat:
         invalid.sort(key=lambda item: item.span)
         return ParseResult(boxes, invalid)
 
+    def other_frame(self) -> ModelFormat:
+        """This format reading boxes in the other frame (0-1000 <-> pixels of the resized image): what a harness that
+        reads a box both ways and keeps the better one (lmms-eval's RefCOCO) would also have counted.
+
+        >>> ModelFormat.for_family().other_frame().coords
+        'qwen2.5-absolute'
+        """
+        return dataclasses.replace(self, coords=COORDS[1 - COORDS.index(self.coords)])
+
     # --- storage ------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -47,9 +47,23 @@ class GenerationSettings:
     repetition_penalty: float = REPETITION_PENALTY
     box_aware_penalty: bool = BOX_AWARE
     prompt_style: PromptStyle = "cot"
+    temperature: float = 0.0
+    """0: greedy (the default); above 0: sampled, with ``top_p`` (seed torch first for reproducible samples)."""
+    top_p: float = 1.0
 
 
 ANSWER_TOKENS = 32  # the answer turn of the rationale_turn layout: a word or a short phrase after "Answer:"
+
+
+def sampling(settings: GenerationSettings) -> dict[str, Any]:
+    """``generate``'s sampling arguments: greedy at temperature 0.
+
+    >>> sampling(GenerationSettings()), sampling(GenerationSettings(temperature=0.7, top_p=0.9))
+    ({'do_sample': False}, {'do_sample': True, 'temperature': 0.7, 'top_p': 0.9})
+    """
+    if settings.temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
 
 
 def two_phase(settings: GenerationSettings) -> bool:
@@ -240,7 +254,7 @@ def generate_batch(
         output = model.generate(
             **inputs,
             **suppress,
-            do_sample=False,
+            **sampling(settings),
             num_beams=1,
             max_new_tokens=settings.max_new_tokens,
             repetition_penalty=1.0 if processors else settings.repetition_penalty,  # box-aware replaces standard

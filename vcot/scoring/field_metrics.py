@@ -10,6 +10,12 @@ Per sample (:func:`field_scores`, from its valid predicted boxes and its ground-
   covered by all ground-truth boxes (exact areas of unions of rectangles). One box each: plain IoU.
 - **first_box_iou** (VisCoT's detection): the best IoU of the reasoning's *first* box with a ground-truth box;
   ``first_box_acc_at_50`` is the share of samples where it is above 0.5.
+- **box_missing_or_invalid**: the share of samples whose response names no valid box or writes an invalid one
+  (out of range, inverted, ...): what a grounded answer may not do, and plain-text CoT always does.
+- **best_of_two_acc_at_50**: the first box's Acc@0.5 when the box is also read in the other frame (0-1000 and pixels)
+  and the better reading kept, as some harnesses score RefCOCO; beside ``first_box_acc_at_50`` (one reading, the
+  model's own frame) it shows how much that protocol inflates. Only when evaluate asked for it (rows with
+  ``other_frame_first_box_iou``).
 - **grounding_correct**: ``truth_mean_iou > 0.5`` (with one box each, the box's IoU > 0.5), the grounding
   half of MM-GCoT's **answer-grounding consistency** ``CR / (CR + CM + WR)`` (CR: answer right and grounded,
   CM: right but not grounded, WR: wrong but grounded, WW: neither).
@@ -107,6 +113,15 @@ def union_iou(predicted: Boxes, truth: Boxes) -> float:
     return inter / (area_p + area_t - inter + IOU_EPS)
 
 
+def first_box_iou(predicted: Boxes, truth: Boxes) -> float:
+    """The best IoU of the first predicted box with a ground-truth box (0 without a prediction).
+
+    >>> first_box_iou([(0, 0, 10, 10), (50, 50, 60, 60)], [(50, 50, 60, 60)]), first_box_iou([], [(0, 0, 1, 1)])
+    (0.0, 0.0)
+    """
+    return _best(predicted[0], truth) if predicted else 0.0
+
+
 def consistency_case(answer_correct: bool, grounded: bool) -> str:
     """MM-GCoT's table cell: CR, CM, WR or WW.
 
@@ -131,7 +146,7 @@ def field_scores(predicted: Boxes, truth: Boxes, answer_correct: bool) -> dict[s
         "truth_mean_iou": recall,
         "dual_iou": dual_iou(predicted, truth),
         "union_iou": union_iou(predicted, truth),
-        "first_box_iou": _best(predicted[0], truth) if predicted else 0.0,
+        "first_box_iou": first_box_iou(predicted, truth),
         "grounding_correct": grounded,
         "consistency_case": consistency_case(answer_correct, grounded),
     }
@@ -158,7 +173,27 @@ def summarize_field(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "first_box_mean_iou": _mean([row["first_box_iou"] for row in grounded]),
         "consistency": counts["CR"] / decided if decided else 0.0,
         "consistency_counts": {case: counts[case] for case in CONSISTENCY_CASES},
+        "box_missing_or_invalid": _mean([float(not row.get("boxes") or bool(row.get("invalid_boxes")))
+                                         for row in grounded]),  # fmt: skip
+        **best_of_two(grounded),
     }
+
+
+def best_of_two(grounded: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """The first box's Acc@0.5 read once (the model's frame) and read both ways keeping the better reading, and the
+    difference: empty unless the rows were scored with ``best_of_two``.
+
+    >>> best_of_two([{"first_box_iou": 0.1, "other_frame_first_box_iou": 0.9}, {"first_box_iou": 0.8,
+    ...              "other_frame_first_box_iou": 0.0}])
+    {'single_reading_acc_at_50': 0.5, 'best_of_two_acc_at_50': 1.0, 'best_of_two_inflation': 0.5}
+    """
+    read = [row for row in grounded if row.get("other_frame_first_box_iou") is not None]
+    if not read:
+        return {}
+    single = _mean([float(row["first_box_iou"] > GROUNDED_IOU) for row in read])
+    both = [max(row["first_box_iou"], row["other_frame_first_box_iou"]) for row in read]
+    better = _mean([float(value > GROUNDED_IOU) for value in both])
+    return {"single_reading_acc_at_50": single, "best_of_two_acc_at_50": better, "best_of_two_inflation": better - single}
 
 
 def add_field_metrics(metrics: dict[str, Any], rows: Sequence[dict[str, Any]]) -> None:

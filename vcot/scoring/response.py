@@ -11,7 +11,7 @@ from typing import Any
 from vcot.grounding.answers import extract_answer, is_correct
 from vcot.grounding.boxes import validate_box
 from vcot.grounding.model_format import ModelFormat
-from vcot.scoring.field_metrics import field_scores
+from vcot.scoring.field_metrics import field_scores, first_box_iou
 from vcot.scoring.metrics import SampleScore, score_sample
 
 
@@ -30,8 +30,14 @@ def truth_boxes(record: dict[str, Any]) -> list[tuple[int, int, int, int]]:
     return boxes  # type: ignore[return-value]
 
 
-def score_response(record: dict[str, Any], response: str, fmt: ModelFormat) -> tuple[dict[str, Any], SampleScore]:
-    """One output row (raw text, parsed boxes in house coordinates, per-box IoU, answer) and its score."""
+def score_response(
+    record: dict[str, Any], response: str, fmt: ModelFormat, *, best_of_two: bool = False
+) -> tuple[dict[str, Any], SampleScore]:
+    """One output row (raw text, parsed boxes in house coordinates, per-box IoU, answer) and its score.
+
+    ``best_of_two``: the row also holds ``other_frame_first_box_iou``, the first box read in the other frame
+    (:meth:`ModelFormat.other_frame`), so that the best-of-two reading some harnesses score can be shown beside ours.
+    """
     parsed = fmt.read(response, int(record.get("width") or 0), int(record.get("height") or 0))
     truth = truth_boxes(record)
     correct = is_correct(response, record)
@@ -56,4 +62,10 @@ def score_response(record: dict[str, Any], response: str, fmt: ModelFormat) -> t
         "answer_correct": correct,
         **field_scores([b.box for b in parsed.boxes], truth, correct),
     }
+    if "options_order" in record:  # --shuffle-options: the order the options were shown in
+        row["options_order"] = record["options_order"]
+    if best_of_two and truth:
+        width, height = int(record.get("width") or 0), int(record.get("height") or 0)
+        other = fmt.other_frame().read(response, width, height)
+        row["other_frame_first_box_iou"] = first_box_iou([b.box for b in other.boxes], truth)
     return row, score
