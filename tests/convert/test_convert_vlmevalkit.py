@@ -128,6 +128,30 @@ def test_an_image_named_by_a_later_row_or_another_shard_is_found(tmp_path: Path,
     assert reasons == {"bench:6": "image_reference_unresolved"}
 
 
+def test_cells_pandas_wrote_as_nan_are_empty_and_a_broken_option_list_is_one_rejection(tmp_path: Path) -> None:
+    header = ["index", "image", "question", "hint", "multi-choice options", "A", "B", "answer", "category",
+              "target_instances"]  # fmt: skip
+    source = write_tsv(tmp_path / "bench.tsv", header, [
+        {"index": 0, "image": png64(40, 40), "question": "Q0?", "hint": "nan", "multi-choice options": "nan",
+         "A": "yes", "B": "no", "answer": "A", "category": "nan", "target_instances": "nan"},
+        {"index": 1, "image": "0", "question": "Q1?", "hint": "", "multi-choice options": "['(A) yes', ",
+         "A": "nan", "B": "nan", "answer": "A", "category": "c", "target_instances": ""},
+    ])  # fmt: skip
+    run(source, tmp_path / "out", val_fraction=1.0)
+    record = records(tmp_path / "out")["bench:0"]
+    assert (record["question"], record["subset"], record["objects"], record["choices"]) == ("Q0?", "bench", [], ["yes", "no"])
+    assert rejected(tmp_path / "out") == {"bench:1": "unreadable_options"}
+
+
+def test_one_benchmark_name_for_several_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    for name in ("a", "b"):
+        write_tsv(tmp_path / "raw" / f"{name}.tsv", ["index", "image", "question", "A", "answer"],
+                  [{"index": 0, "image": png64(8, 8), "question": "Q?", "A": "x", "answer": "A"}])  # fmt: skip
+    with pytest.raises(Exception, match="convert each file to its own output"):
+        run(tmp_path / "raw", tmp_path / "out", benchmark_name="both")
+
+
 def test_a_file_that_is_not_the_layout_is_refused(tmp_path: Path) -> None:
     source = write_tsv(tmp_path / "other.tsv", ["id", "text"], [{"id": 1, "text": "hello"}])
     with pytest.raises(Exception, match="none of the 1 items"):

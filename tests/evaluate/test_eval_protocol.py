@@ -65,6 +65,8 @@ def test_an_option_order_depends_only_on_seed_question_and_sample() -> None:
     assert shown["choices"][shown["answer_index"]] == "blue" and sorted(shown["choices"]) == sorted(CHOICES)
     assert record["choices"] == CHOICES and record["answer_index"] == 2  # the original is left alone
     assert shuffle_options({"id": "open", "question": "?"}, seed=5) == {"id": "open", "question": "?"}
+    by_letter = {"id": "q2", "choices": CHOICES, "answer_index": None, "answer": "B"}  # the answer is a letter
+    assert shuffle_options(by_letter, seed=5) == by_letter
 
 
 def test_shuffling_spreads_the_right_answer_over_every_position() -> None:
@@ -134,6 +136,7 @@ def test_greedy_answers_over_shuffled_orders_are_an_avg_at_k(tmp_path: Path) -> 
         (["--samples", "3"], "--temperature"),
         (["--samples", "2", "--temperature", "1", "--prompt-style", "both"], "one --prompt-style"),
         (["--temperature", "-1"], "--temperature must be"),
+        (["--samples", "2", "--temperature", "1", "--judge-model", "j"], "no --judge-model"),
     ],
 )
 def test_protocol_flags_that_cannot_work_are_refused(tmp_path: Path, capsys: Any, flags: list[str], says: str) -> None:
@@ -169,3 +172,20 @@ def test_best_of_two_reading_is_shown_beside_the_single_reading_it_inflates(tmp_
     assert overall["single_reading_acc_at_50"] == overall["first_box_acc_at_50"] == 0.5
     assert overall["best_of_two_acc_at_50"] == 1.0 and overall["best_of_two_inflation"] == 0.5
     assert "best-of-two" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_a_history_compares_a_run_only_with_runs_asked_the_same_way(tmp_path: Path) -> None:
+    data, _ = choice_records(str(tmp_path), 20)
+    history = tmp_path / "eval-history.jsonl"
+    with FakeOpenAI(answer=always_a) as server:
+        assert served(server, data, tmp_path / "greedy", "--history", str(history)) == 0  # accuracy 1.0
+        shuffled = ("--shuffle-options", "4", "--history", str(history), "--server-cache", str(tmp_path / "c"))
+        assert served(server, data, tmp_path / "shuffled", *shuffled) == 0  # far lower, but asked otherwise
+        assert served(server, data, tmp_path / "shuffled-again", *shuffled) == 0
+    entries = [json.loads(line) for line in history.read_text().splitlines()]
+    assert "protocol" not in entries[0] and entries[1]["protocol"]["shuffle_options"] == 4
+    assert not metrics(tmp_path / "shuffled")["regression"]["regressions"]  # not compared with the greedy 1.0
+    accuracy = metrics(tmp_path / "shuffled")["overall"]["answer_accuracy"]
+    assert accuracy < 0.6
+    again = metrics(tmp_path / "shuffled-again")["regression"]["values"]["answer_accuracy"]
+    assert again["previous"] == again["best"] == accuracy  # compared with the shuffled run only

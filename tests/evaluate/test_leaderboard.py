@@ -125,7 +125,7 @@ def test_a_rerun_replaces_the_older_evaluation_of_the_same_model_and_protocol(bu
         argv = ["--server", server.base_url, "--data", str(tmp_path / "bench" / "hr"), "--split", "all",
                 "--output", str(copy / "good-7b-hr"), "--coords", "norm1000"]  # fmt: skip
         assert evaluate_main(argv) == 0
-    assert leaderboard_main(["--evals", f"{tmp_path / 'evals'},{copy}", "--output", str(board)]) == 0
+    assert leaderboard_main(["--evals", f"{copy},{tmp_path / 'evals'}", "--output", str(board)]) == 0  # newest first
     table = json.loads((board / "leaderboard.json").read_text())
     hr = next(c["id"] for c in table["columns"] if c["benchmark"] == "hr")
     good = next(r for r in table["rows"] if r["model"] == "good-7b")

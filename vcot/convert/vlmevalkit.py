@@ -34,6 +34,7 @@ from collections.abc import Iterator
 
 from vcot.convert.common import Item, Owns, Rejection, clean_text, require_input
 from vcot.convert.images import ImageProblem, size_from_bytes, store_content_addressed
+from vcot.errors import ConfigError
 from vcot.grounding.boxes import format_box, pixels_to_norm1000, validate_box
 from vcot.io import storage
 
@@ -65,25 +66,41 @@ def rows(file_uri: str) -> Iterator[dict[str, str]]:
         yield from csv.DictReader(io.TextIOWrapper(raw, encoding="utf-8", newline=""), delimiter="\t")
 
 
-def options(row: dict[str, str]) -> list[str]:
-    """The options, in letter order: the ``A``, ``B``, ... columns, else the ``multi-choice options`` list.
+def text(row: dict[str, str], column: str) -> str:
+    """A cell's text, stripped; ``""`` for a missing cell and for ``nan`` (what pandas writes for an empty one).
+
+    >>> text({"hint": " nan "}, "hint"), text({"hint": "Look left."}, "hint"), text({}, "hint")
+    ('', 'Look left.', '')
+    """
+    value = (row.get(column) or "").strip()
+    return "" if value.lower() == "nan" else value
+
+
+def options(row: dict[str, str]) -> list[str] | None:
+    """The options, in letter order: the ``A``, ``B``, ... columns, else the ``multi-choice options`` list (each
+    ``"(A) text"``); ``None`` when that list cannot be read.
 
     >>> options({"A": "cat", "B": "dog", "C": ""}), options({"multi-choice options": "['(A) red', '(B) blue']"})
     (['cat', 'dog'], ['red', 'blue'])
+    >>> options({"multi-choice options": "['(A) red', "}) is None
+    True
     """
     columns = []
     for letter in string.ascii_uppercase:
-        value = (row.get(letter) or "").strip()
-        if not value or value.lower() == "nan":
+        if not text(row, letter):
             break
-        columns.append(value)
+        columns.append(text(row, letter))
     if columns:
         return columns
-    listed = (row.get("multi-choice options") or "").strip()
-    if listed.startswith("["):
-        listed = "\n".join(str(item) for item in ast.literal_eval(listed))
-    found = [_LISTED_OPTION.match(line.strip()) for line in listed.splitlines()]
-    return [match.group(2).strip() for match in found if match]
+    listed = text(row, "multi-choice options")
+    if not listed.startswith("["):
+        items = [_LISTED_OPTION.match(line.strip()) for line in listed.splitlines()]
+        return [match.group(2).strip() for match in items if match]
+    try:
+        items = [_LISTED_OPTION.match(str(item).strip()) for item in ast.literal_eval(listed)]
+    except (ValueError, SyntaxError):
+        return None
+    return [match.group(2).strip() for match in items if match]
 
 
 def evidence_boxes(cell: str, width: int, height: int) -> list[list[int]] | str:
@@ -117,7 +134,7 @@ def answer_of(row: dict[str, str], choices: list[str]) -> tuple[str, int | None]
     >>> answer_of({"answer": "B"}, ["cat", "dog"]), answer_of({"answer": "42"}, []), answer_of({"answer": "E"}, ["a"])
     (('dog', 1), ('42', None), None)
     """
-    given = (row.get("answer") or "").strip()
+    given = text(row, "answer")
     if not choices:
         return given, None
     index = string.ascii_uppercase.find(given.strip("()").upper()) if len(given.strip("()")) == 1 else -1
@@ -151,28 +168,28 @@ class ImageStore:
 def row_record(row: dict[str, str], position: int, image: tuple[str, tuple[int, int]], *, benchmark: str,
                file_uri: str) -> Item:  # fmt: skip
     """One question as a record (or a rejection); its image already written."""
-    index = (row.get("index") or str(position)).strip()
+    index = text(row, "index") or str(position)
     record_id = f"{benchmark}:{index}"
-    subset = (row.get("category") or "").strip() or benchmark
+    subset = text(row, "category") or benchmark
 
     def reject(reason: str, detail: str) -> Rejection:
         return Rejection(reason, detail, position, id=record_id, subset=subset, raw=without_image(row))
 
-    question = clean_text(row.get("question"))
+    question = clean_text(text(row, "question"))
     if not question:
         return reject("missing_question", "no question text")
     choices = options(row)
+    if choices is None:
+        return reject("unreadable_options", f"multi-choice options {text(row, 'multi-choice options')[:200]!r}")
     answer = answer_of(row, choices)
     if answer is None or not answer[0]:
         return reject("bad_answer", f"answer {row.get('answer')!r} names none of {len(choices)} options")
     (uri, (width, height)) = image
-    boxes = evidence_boxes(row.get("target_instances") or "", width, height)
+    boxes = evidence_boxes(text(row, "target_instances"), width, height)
     if isinstance(boxes, str):
         found = str(row.get("target_instances"))[:200]
         return reject(boxes, f"target_instances {found!r} for a {width}x{height} image")
-    hint = clean_text(row.get("hint"))
-    if hint.lower() == "nan":
-        hint = ""
+    hint = clean_text(text(row, "hint"))
     objects = [{"ref": EVIDENCE_REF, "box": box} for box in boxes]
     rationale = " ".join(f"<ref>{EVIDENCE_REF}</ref><box>{format_box(box)}</box>" for box in boxes)
     kept = {k: v for k, v in row.items() if k in ("l2-category", "cycle_category", "category")}
@@ -203,16 +220,16 @@ def file_items(file_uri: str, *, images: ImageStore, owns: Owns, benchmark: str)
     for position, row in enumerate(rows(file_uri)):
         if not owns(position):
             continue
-        cell = (row.get("image") or "").strip()
+        cell = text(row, "image")
         if 0 < len(cell) <= REFERENCE_CHARS and cell not in images.by_index:
             waiting.append((position, row))
             continue
         yield _converted(row, position, images, benchmark=benchmark, file_uri=file_uri)
     if not waiting:
         return
-    named = {(row.get("image") or "").strip() for _, row in waiting}
+    named = {text(row, "image") for _, row in waiting}
     for row in rows(file_uri):
-        index, cell = (row.get("index") or "").strip(), (row.get("image") or "").strip()
+        index, cell = text(row, "index"), text(row, "image")
         if index in named and len(cell) > REFERENCE_CHARS and index not in images.by_index:
             try:
                 images.store(index, cell)
@@ -223,9 +240,9 @@ def file_items(file_uri: str, *, images: ImageStore, owns: Owns, benchmark: str)
 
 
 def _converted(row: dict[str, str], position: int, images: ImageStore, *, benchmark: str, file_uri: str) -> Item:
-    index = (row.get("index") or str(position)).strip()
-    cell = (row.get("image") or "").strip()
-    subset = (row.get("category") or "").strip() or benchmark
+    index = text(row, "index") or str(position)
+    cell = text(row, "image")
+    subset = text(row, "category") or benchmark
     try:
         if not cell:
             raise ImageProblem("no_image", "the image cell is empty")
@@ -245,6 +262,9 @@ def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns, n
     """Every owned row of every TSV file of ``input_uri``, file by file (a shard owns the same positions in each)."""
     storage.check_access(input_uri)
     files = tsv_files(input_uri)
+    if name and len(files) > 1:
+        raise ConfigError(f"--benchmark-name {name} names one benchmark, but {input_uri} holds {len(files)} TSV files: "
+                          "convert each file to its own output (each is one benchmark, named by its file)")  # fmt: skip
     if not files:
         expected = input_uri if input_uri.endswith(".tsv") else storage.join(input_uri, "<name>.tsv")
         require_input(expected, "VLMEvalKit TSV")

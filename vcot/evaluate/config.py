@@ -145,8 +145,8 @@ class EvaluateConfig:
         "honours), so a rerun draws the same answers."
     )
     shuffle_options: int | None = option(
-        None, help="Show each multiple-choice question's options in an order drawn from this seed, the question and the "
-        "answer (the same for every model and rerun), so no model gains from where the right option sits; "
+        None, help="Show each multiple-choice question's options in an order drawn from this seed, the question's id "
+        "and the sample (the same for every model and rerun), so no model gains from where the right option sits; "
         "the order is kept in each prediction row."
     )
     judge_model: str | None = option(
@@ -231,8 +231,9 @@ class EvaluateConfig:
         if self.samples > 1 and not self.temperature and self.shuffle_options is None:
             raise ValueError(f"--samples {self.samples} greedy answers to the same prompt are one answer: set "
                              "--temperature (1.0, say) or --shuffle-options SEED")  # fmt: skip
-        if self.samples > 1 and (self.prompt_style == "both" or self.bin):
-            raise ValueError("--samples > 1 takes one --prompt-style (cot or direct) and no --bin")
+        if self.samples > 1 and (self.prompt_style == "both" or self.bin or self.judge_model):
+            raise ValueError("--samples > 1 takes one --prompt-style (cot or direct), no --bin and no --judge-model "
+                             "(the judge would score the first answer only)")  # fmt: skip
 
     @property
     def mode(self) -> str:

@@ -80,11 +80,13 @@ def append_history(uri: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def comparable(entries: Sequence[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Earlier entries on the same data and split as ``entry`` (other outputs only)."""
+    """Earlier entries on the same data and split, asked the same way (``protocol``; entries written before it was
+    recorded count as the default greedy protocol), as ``entry`` (other outputs only)."""
     return [
         e
         for e in entries
-        if e.get("data") == entry.get("data") and e.get("split") == entry.get("split") and e.get("output") != entry.get("output")
+        if e.get("data") == entry.get("data") and e.get("split") == entry.get("split")
+        and e.get("protocol") == entry.get("protocol") and e.get("output") != entry.get("output")
     ]
 
 

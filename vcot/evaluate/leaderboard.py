@@ -132,7 +132,7 @@ def evaluation_entry(output: str) -> dict[str, Any]:
     return {
         "model": model_name(details),
         "benchmark": benchmark,
-        "protocol": protocol_label(protocol),
+        "protocol": protocol_label(protocol) + (", judge score" if "judge" in details else ""),
         "output": output,
         "evaluated_at": details.get("evaluated_at") or "",
         "mode": details.get("mode"),

@@ -5,7 +5,8 @@ mean over 32 sampled ones (Mini-o3's Avg@32), and a multiple-choice benchmark wh
 option A rewards a model that likes A. ``vcot-evaluate`` makes both explicit:
 
 - ``--shuffle-options SEED``: each multiple-choice question's options in an order drawn from (seed, question id,
-  sample), the same on every rerun and for every model, so a table of models sees the same questions;
+  sample), the same on every rerun and for every model, so a table of models sees the same questions (records whose
+  right option is given by ``answer_index``);
 - ``--samples K``: every question answered K times (sample j drawn with seed ``--seed`` + j, or greedy over K
   option orders); each metric is reported for the first answer and as its mean over the K (Avg@K), with its range.
 
@@ -39,14 +40,15 @@ def option_order(seed: int, record_id: str, sample: int, size: int) -> list[int]
 
 def shuffle_options(record: dict[str, Any], seed: int, sample: int = 0) -> dict[str, Any]:
     """``record`` with its options in :func:`option_order`'s order and ``answer_index`` following its answer;
-    ``options_order`` lists the original index of each option shown. A record without options is returned as is.
+    ``options_order`` lists the original index of each option shown. A record without options, or whose right
+    option is not given by its index (its answer might be a letter), is returned as is.
 
     >>> r = shuffle_options({"id": "q", "choices": ["a", "b", "c"], "answer_index": 0, "answer": "a"}, seed=1)
     >>> r["choices"][r["answer_index"]], [["a", "b", "c"][i] for i in r["options_order"]] == r["choices"]
     ('a', True)
     """
     choices = record.get("choices")
-    if not choices:
+    if not choices or not isinstance(record.get("answer_index"), int):  # no index: the answer may be a letter
         return record
     order = option_order(seed, str(record["id"]), sample, len(choices))
     shuffled = {**record, "choices": [choices[i] for i in order], "options_order": order}

@@ -255,6 +255,7 @@ def compare_with_history(
         **({"server": details["server"], "model_card": config.model_card} if config.server else {}),
         "data": config.data,
         "split": config.split,
+        **({"protocol": details["protocol"]} if protocol_differs(config) else {}),  # greedy: as entries before it
         "output": target.output,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": _numbers(metrics["overall"]),
@@ -364,6 +365,12 @@ def protocol_details(config: EvaluateConfig) -> dict[str, Any]:
             "shuffle_options": config.shuffle_options, "max_new_tokens": config.max_new_tokens}  # fmt: skip
 
 
+def protocol_differs(config: EvaluateConfig) -> bool:
+    """Whether the questions are asked otherwise than one greedy answer in the given option order (the history then
+    compares this run only with runs asked the same way)."""
+    return config.samples > 1 or bool(config.temperature) or config.shuffle_options is not None
+
+
 def refuse_nothing_answered(
     records: list[dict[str, Any]], by_style: dict[str, dict[str, str]], details: dict[str, Any]
 ) -> None:
@@ -399,7 +406,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     log.info("records_loaded", data=config.data, split=config.split, count=len(records))
     details: dict[str, Any] = {"mode": config.mode, "data": config.data, "split": config.split,
                                "benchmark_name": benchmark_name(records, config.data),
-                               "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                               "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                "protocol": protocol_details(config)}  # fmt: skip
     asked = sample_records(records, config.samples, config.shuffle_options)
     if config.predictions:
