@@ -225,6 +225,21 @@ _SPACES = re.compile(r"\s+")
 _NOT_WORD = re.compile(r"[^a-z0-9 ]+")
 
 
+def iter_parquet_rows(uri: str, batch_size: int = 64) -> Iterator[dict[str, Any]]:
+    """The rows of one Parquet file as dicts, read a few at a time (embedded images stay out of memory)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise VcotError("reading Parquet needs pyarrow: make install, or pip install -e '.[convert]' from the "
+                        "repository root") from exc  # fmt: skip
+    with storage.open_uri(uri, "rb") as handle:
+        try:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
+            raise VcotError(f"{uri} is not a readable Parquet file ({exc}): download or write it again") from exc
+
+
 def clean_text(value: Any) -> str:
     """A source string stripped of the ``<image>`` placeholder and outer whitespace ("" for non-strings)."""
     if not isinstance(value, str):

@@ -33,6 +33,7 @@ from vcot.convert.common import (
     clean_text,
     has_bad_encoding,
     iter_json_items,
+    iter_parquet_rows,
     owned,
     require_input,
 )
@@ -86,21 +87,10 @@ def input_files(uri: str) -> list[str]:
     return files
 
 
-def _parquet_rows(uri: str, batch_size: int = 64) -> Iterator[Any]:
-    import pyarrow.parquet as pq
-
-    with storage.open_uri(uri, "rb") as handle:
-        try:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-                yield from batch.to_pylist()
-        except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
-            raise VcotError(f"{uri} is not a readable Parquet file ({exc}): write it again") from exc
-
-
 def iter_raw(files: list[str]) -> Iterator[tuple[str, int, Any]]:
     """``(file, position in the file, item or BadLine)`` of every input item, file by file."""
     for file_uri in files:
-        items = _parquet_rows(file_uri) if file_uri.endswith(".parquet") else iter_json_items(file_uri)
+        items = iter_parquet_rows(file_uri) if file_uri.endswith(".parquet") else iter_json_items(file_uri)
         for position, item in enumerate(items):
             yield file_uri, position, item
 

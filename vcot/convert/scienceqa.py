@@ -23,11 +23,11 @@ from vcot.convert.common import (
     dedup_key,
     has_bad_encoding,
     iter_json_object,
+    iter_parquet_rows,
     owned,
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
-from vcot.errors import VcotError
 from vcot.io import storage
 
 HF_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test", "minival": "minival"}
@@ -149,19 +149,10 @@ def _split_of(file_uri: str) -> str:
 
 def iter_parquet(files: list[str], *, images: str, owns: Owns, batch_size: int = 64) -> Iterator[Item]:
     """The Hugging Face layout: rows read in small batches, embedded images written content-addressed."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise VcotError("reading ScienceQA Parquet needs pyarrow: make install, or pip install -e '.[convert]' from the repository root") from exc
 
     def rows() -> Iterator[tuple[str, dict[str, Any]]]:
         for file_uri in files:
-            with storage.open_uri(file_uri, "rb") as handle:
-                try:
-                    for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-                        yield from ((file_uri, problem) for problem in batch.to_pylist())
-                except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
-                    raise VcotError(f"{file_uri} is not a readable Parquet file ({exc}): download it again") from exc
+            yield from ((file_uri, problem) for problem in iter_parquet_rows(file_uri, batch_size))
 
     for index, (file_uri, problem) in owned(rows(), owns):
         yield _parquet_row(problem, index, _split_of(file_uri), file_uri, images)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from vcot.config import option, redacted
-from vcot.convert import aokvqa, lacot, llava_cot, own_records, scienceqa, viscot, vlmevalkit
+from vcot.convert import aokvqa, lacot, llava_cot, own_records, refcoco, scienceqa, viscot, vlmevalkit
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
@@ -27,7 +27,7 @@ from vcot.progress import Progress
 log = get_logger(__name__)
 
 STAGE = "convert"
-Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "records"]
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "refcoco", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -39,20 +39,20 @@ class ConvertConfig:
     source: Source = option(
         help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, lacot (LaCoT's SFT or RL file), "
         "vlmevalkit (a benchmark in VLMEvalKit's TSV layout: TreeBench, V* Bench, HR-Bench, MME-RealWorld-Lite), "
-        "or records (your own data)."
+        "refcoco (RefCOCO, RefCOCO+ or RefCOCOg in lmms-eval's Parquet layout), or records (your own data)."
     )
     input: str = option(
         help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
         "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
         "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot, lacot: the .json/.jsonl file; "
-        "vlmevalkit: a .tsv file or a folder of them; "
+        "vlmevalkit: a .tsv file or a folder of them; refcoco: a .parquet file or a folder of them (the dataset's data/); "
         "records: a .jsonl/.json/.parquet file or a folder of them (docs/convert.md, your own data)."
     )
     output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
     images: str | None = option(
         None,
         help="Images root URI that the source's image paths are relative to (default: <input folder>/images, "
-        "for records the input's folder; for ScienceQA Parquet and vlmevalkit, where embedded images are written: "
+        "for records the input's folder; for ScienceQA Parquet, vlmevalkit and refcoco, where embedded images are written: "
         "<output>/images).",
     )
     metadata: str | None = option(
@@ -93,8 +93,8 @@ class ConvertConfig:
         "when such records occur: the JSON does not say it.",
     )
     benchmark_name: str | None = option(
-        None, help="vlmevalkit: the benchmark's name in the records (provenance.benchmark) and the leaderboard; "
-        "default: the file's name without .tsv (TreeBench, hr_bench_4k, ...)."
+        None, help="vlmevalkit, refcoco: the benchmark's name in the records (provenance.benchmark) and the leaderboard; "
+        "default: the file's name without .tsv (TreeBench, hr_bench_4k, ...); refcoco: the dataset's folder (RefCOCO)."
     )
     missing_answer: own_records.MissingAnswer = option(
         "refs",
@@ -115,8 +115,8 @@ class ConvertConfig:
             raise ValueError("--dedup-against applies to --source llava-cot only")
         if self.bbox_2d_frame is not None and self.source != "records":
             raise ValueError("--bbox-2d-frame applies to --source records only")
-        if self.benchmark_name is not None and self.source != "vlmevalkit":
-            raise ValueError("--benchmark-name applies to --source vlmevalkit only")
+        if self.benchmark_name is not None and self.source not in ("vlmevalkit", "refcoco"):
+            raise ValueError("--benchmark-name applies to --source vlmevalkit and refcoco only")
         if self.missing_answer != "refs" and self.source != "records":
             raise ValueError("--missing-answer applies to --source records only")
 
@@ -128,7 +128,7 @@ class ConvertConfig:
     def inputs(self) -> list[str | None]:
         """What the stage reads (so the output must not overlap it). ScienceQA's (Parquet) and vlmevalkit's --images
         are where their embedded images are written, so they are not counted."""
-        images = None if self.source in ("scienceqa", "vlmevalkit") else self.images
+        images = None if self.source in ("scienceqa", "vlmevalkit", "refcoco") else self.images
         return [self.input, self.metadata, images, *self.dedup_against]
 
 
@@ -180,6 +180,9 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
     elif config.source == "lacot":
         items = lacot.iter_items(config.input, images=config.images, owns=owns)
+    elif config.source == "refcoco":
+        items = refcoco.iter_items(config.input, images=config.images, output=config.output, owns=owns,
+                                   name=config.benchmark_name)  # fmt: skip
     elif config.source == "vlmevalkit":
         items = vlmevalkit.iter_items(config.input, images=config.images, output=config.output, owns=owns,
                                       name=config.benchmark_name)  # fmt: skip
@@ -201,6 +204,7 @@ EXPECTED = {
     "aokvqa": "aokvqa_v1p0_*.json files, each a JSON array of questions",
     "llava-cot": "a JSON array (or JSONL) of LLaVA-CoT items",
     "lacot": "a JSON array (or JSONL) of LaCoT items ({image, conversations: [human, reason, gpt]})",
+    "refcoco": "Parquet files named by split (val-*, testA-*, ...) with question_id, image, answer, bbox",
     "vlmevalkit": "TSV files with a header row (index, image, question, A, B, ..., answer, category)",
     "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
