@@ -251,3 +251,47 @@ def test_served_adapters_answer_as_vcot_does_with_each_adapter(
     print(json.dumps(decoded))
     assert decoded["left"] != decoded["base"] and decoded["right"] != decoded["base"], "an adapter changed nothing"
     assert decoded["left"] != decoded["right"]
+
+
+def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_leaderboard(
+    served: VllmServer, trained: Trained, tmp_path: Path
+) -> None:
+    """The field's benchmarks converted from samples in their published layouts (VLMEvalKit's TSV: TreeBench with its
+    evidence boxes, HR-Bench, V*, MME-RealWorld-Lite; lmms-eval's RefCOCO Parquet), asked of the real vLLM serving the
+    export under stated protocols (shuffled options; Avg@2 sampled with vLLM's per-request seed), then one leaderboard
+    whose cells are each evaluation's numbers."""
+    from jobs.leaderboard import main as leaderboard_main
+    from tests.convert.test_convert_refcoco import refcoco_rows, write_split
+    from tests.evaluate.test_leaderboard import write_benchmarks
+    from vcot.convert import ConvertConfig, convert
+
+    data = write_benchmarks(tmp_path)  # TreeBench-like (evidence boxes) and HR-Bench-like (options only)
+    write_split(tmp_path / "RefCOCO" / "data", "val", refcoco_rows(0))
+    data["refcoco"] = str(tmp_path / "bench" / "refcoco")
+    convert(ConvertConfig(source="refcoco", input=str(tmp_path / "RefCOCO" / "data"), output=data["refcoco"],
+                          val_fraction=1.0))  # fmt: skip
+    params = json.dumps({"repetition_penalty": 1.0, "skip_special_tokens": False})
+    common = ["--server", served.url, "--model-card", str(trained.export), "--server-params", params, "--split", "all",
+              "--max-new-tokens", str(ANSWER_TOKENS)]  # fmt: skip
+    protocols = {"tree": ["--shuffle-options", "0"], "hr": ["--samples", "2", "--temperature", "1.0"], "refcoco": []}
+    for name, records in data.items():
+        assert evaluate_main([*common, "--data", records, "--output", str(tmp_path / "evals" / name),
+                              *protocols[name]]) == 0  # fmt: skip
+    assert leaderboard_main(["--evals", str(tmp_path / "evals"), "--output", str(tmp_path / "board")]) == 0
+
+    table = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    assert [row["model"] for row in table["rows"]] == [served.served_name]
+    columns = {column["benchmark"]: column for column in table["columns"]}
+    assert set(columns) == {"tree", "hr", "RefCOCO"}
+    assert "options shuffled (seed 0)" in columns["tree"]["protocol"] and "Avg@2" in columns["hr"]["protocol"]
+    assert columns["tree"]["grounded"] and columns["RefCOCO"]["grounded"] and not columns["hr"]["grounded"]
+    cells = table["rows"][0]["cells"]
+    for name, benchmark in (("tree", "tree"), ("hr", "hr"), ("refcoco", "RefCOCO")):
+        found = json.loads((tmp_path / "evals" / name / "metrics.json").read_text())
+        answer = (found.get("avg_at_k") or found)["overall"]["answer_accuracy"]
+        assert cells[columns[benchmark]["id"]]["answer"] == answer
+        assert found["overall"]["samples"] > 0 and found["details"]["served_model"] == served.served_name
+    sampled = json.loads((tmp_path / "evals" / "hr" / "metrics.json").read_text())
+    assert sampled["avg_at_k"]["k"] == 2 and sampled["details"]["generation"]["temperature"] == 1.0
+    refcoco = json.loads((tmp_path / "evals" / "refcoco" / "metrics.json").read_text())["overall"]
+    assert "best_of_two_acc_at_50" in refcoco and "box_missing_or_invalid" in refcoco

@@ -66,11 +66,15 @@ def evaluate_outputs(locations: list[str]) -> list[str]:
 
 
 def model_name(details: dict[str, Any]) -> str:
-    """The row an evaluation belongs to: the served model's name, else the run, adapter, model or predictions file.
+    """The row an evaluation belongs to: the served model's name, else the run (a run's ``adapter/`` counts as its
+    run, so model mode and the scheduled re-evaluation of one run share a row), model or predictions file.
 
-    >>> model_name({"mode": "served", "served_model": "r1"}), model_name({"adapter": "s3://b/runs/r2/adapter"})
-    ('r1', 's3://b/runs/r2/adapter')
+    >>> model_name({"mode": "served", "served_model": "r1"}), model_name({"adapter": "s3://b/runs/r2/train/adapter"})
+    ('r1', 's3://b/runs/r2/train')
     """
+    adapter = str(details.get("adapter") or "").rstrip("/")
+    if not details.get("run") and adapter.endswith("/adapter"):
+        details = {**details, "run": adapter.removesuffix("/adapter")}
     for key in ("served_model", "run", "adapter", "model", "predictions"):
         if details.get(key):
             return str(details[key])

@@ -104,7 +104,8 @@ def served_responses(
         endpoint = served_endpoint(config, output, model, sample)
         asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
                   for style in config.prompt_styles for record in records]  # fmt: skip
-        # Every prompt style in one run: the answer cache is read once, one ledger counts them all.
+        # Every prompt style of a sample in one run (one ledger counts them); samples one after another, each with
+        # its own seed, so a stopped run resumes sample by sample from the cache.
         got = ask_all(endpoint, api_key(), [(record_id, build) for _, record_id, build in asking], role="served",
                       flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
         responses: dict[str, dict[str, str]] = {style: {} for style in config.prompt_styles}

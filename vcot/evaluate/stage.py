@@ -409,6 +409,9 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
                                "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                                "protocol": protocol_details(config)}  # fmt: skip
     asked = sample_records(records, config.samples, config.shuffle_options)
+    if config.shuffle_options is not None and not any(record.get("choices") for record in records):
+        log.warning("nothing_to_shuffle", data=config.data, hint="no record has options: --shuffle-options changes "
+                    "nothing (and --samples K without --temperature asks the same question K times)")  # fmt: skip
     if config.predictions:
         loaded = load_predictions(config.predictions)
         answers, fmt = [{"cot": loaded.by_id}], score_mode_format(config)

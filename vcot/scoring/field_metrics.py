@@ -14,7 +14,8 @@ Per sample (:func:`field_scores`, from its valid predicted boxes and its ground-
   (out of range, inverted, ...): what a grounded answer may not do, and plain-text CoT always does.
 - **best_of_two_acc_at_50**: the first box's Acc@0.5 when the box is also read in the other frame (0-1000 and pixels)
   and the better reading kept, as some harnesses score RefCOCO; beside ``first_box_acc_at_50`` (one reading, the
-  model's own frame) it shows how much that protocol inflates. From rows with ``other_frame_first_box_iou``
+  model's own frame) it shows how much that protocol inflates (the other reading's first box is its first box that
+  is valid in that frame). From rows with ``other_frame_first_box_iou``
   (evaluate always writes it; train's held-out check does not).
 - **grounding_correct**: ``truth_mean_iou > 0.5`` (with one box each, the box's IoU > 0.5), the grounding
   half of MM-GCoT's **answer-grounding consistency** ``CR / (CR + CM + WR)`` (CR: answer right and grounded,
