@@ -77,6 +77,16 @@ def test_sampling_and_no_penalty_are_asked_as_set(card: tuple[Path, ModelFormat]
     assert "repetition_penalty" not in body  # 1.0: the server's default, not sent
 
 
+def test_structured_boxes_send_the_cards_response_regex(card: tuple[Path, ModelFormat], upload: Path) -> None:
+    folder, fmt = card
+    with FakeOpenAI(answer=lambda _: RESPONSE, api_key="", served_models=("r1",)) as server:
+        engine = connect_served(server.base_url, str(folder), structured_boxes=True)
+        "".join(engine.stream(engine.prepare(str(upload)), "Q?", Options()))
+        body = server.last_request
+    assert body["structured_outputs"] == {"regex": fmt.response_regex()}
+    assert re.fullmatch(body["structured_outputs"]["regex"], RESPONSE)
+
+
 def test_a_visitor_who_leaves_closes_the_stream(card: tuple[Path, ModelFormat], upload: Path) -> None:
     folder, fmt = card
     long_answer = "I look. " * 200 + RESPONSE

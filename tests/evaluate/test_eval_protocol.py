@@ -152,6 +152,25 @@ def test_predictions_cannot_be_shuffled_after_the_fact(tmp_path: Path, capsys: A
     assert stopped.value.code == 2 and "predictions were already answered" in capsys.readouterr().err
 
 
+def test_structured_boxes_ask_for_the_formats_regex_and_are_recorded(tmp_path: Path) -> None:
+    data, _ = choice_records(str(tmp_path), 3)
+    with FakeOpenAI(answer=always_a) as server:
+        assert served(server, data, tmp_path / "out", "--structured-boxes", "--server-params", '{"seed": 5}') == 0
+        body = server.last_request
+    regex = ModelFormat.for_family("qwen2.5-vl").response_regex()
+    assert body["structured_outputs"] == {"regex": regex} and body["seed"] == 5  # the user's params kept
+    assert re.fullmatch(regex, always_a(""))
+    assert metrics(tmp_path / "out")["details"]["generation"]["structured_boxes"] is True
+
+
+def test_structured_boxes_need_a_server_and_a_text_syntax(tmp_path: Path, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--model", "m", "--data", str(tmp_path), "--output", str(tmp_path / "o"), "--structured-boxes"])
+    assert stopped.value.code == 2 and "only with --server" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="special tokens"):
+        ModelFormat.for_family("qwen2.5-vl", box_syntax="qwen").response_regex()
+
+
 def test_best_of_two_reading_is_shown_beside_the_single_reading_it_inflates(tmp_path: Path) -> None:
     """Planted answers: half write their box in the model's frame (0-1000), half in the other one (pixels of the
     resized image). Read once, only the first half is right; read both ways keeping the better, all are."""

@@ -295,3 +295,59 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     assert sampled["avg_at_k"]["k"] == 2 and sampled["details"]["generation"]["temperature"] == 1.0
     refcoco = json.loads((tmp_path / "evals" / "refcoco" / "metrics.json").read_text())["overall"]
     assert "best_of_two_acc_at_50" in refcoco and "box_missing_or_invalid" in refcoco
+
+
+def test_structured_boxes_make_the_served_model_write_only_well_formed_boxes(
+    served: VllmServer, trained: Trained, record_data: str, tmp_path: Path
+) -> None:
+    """vLLM takes vcot's regex and holds the model to it. This random model never opens a box on its own, so one
+    request makes it: the regex of a mention, then the card's whole-response regex. Unconstrained it writes no box;
+    constrained, every box it writes is well formed and in range (its corners may be swapped). Then
+    ``vcot-evaluate --structured-boxes`` on the same server: every answer matches the card's regex, up to where the
+    token budget cut it."""
+    import re
+
+    from openai import OpenAI
+
+    from vcot.grounding.boxes import mention_regex
+    from vcot.grounding.prompts import build_messages
+    from vcot.io.images import load_rgb
+    from vcot.models.served import image_data_url, openai_messages
+
+    fmt = ModelFormat.from_dict(json.loads((trained.export / "vcot-model.json").read_text()))
+    whole = re.compile(fmt.response_regex())
+    client = OpenAI(base_url=served.url, api_key="EMPTY")
+    record = held_out(record_data)[0]
+    chat = build_messages(record, fmt, with_answer=False)
+    messages = openai_messages(chat, lambda uri: image_data_url(load_rgb(uri)))  # type: ignore[arg-type]
+    texts = {}
+    for name, extra in (("free", {}), ("forced", {"structured_outputs": {"regex": mention_regex(fmt.box_syntax)
+                                                                        + fmt.response_regex()}})):  # fmt: skip
+        reply = client.chat.completions.create(model=served.served_name, messages=messages, max_tokens=256,
+                                               temperature=0.0, extra_body={"repetition_penalty": 1.0, **extra})  # fmt: skip
+        texts[name] = reply.choices[0].message.content or ""
+    print(json.dumps(texts))
+    free, forced = (fmt.read(texts[name], record["width"], record["height"]) for name in ("free", "forced"))
+    assert free.boxes == [] and free.invalid == []  # on its own it writes no box
+    assert re.fullmatch(mention_regex(fmt.box_syntax), texts["forced"][: first_mention_end(texts["forced"], fmt)])
+    assert len(forced.boxes) + len(forced.invalid) >= 1
+    assert {box.reason for box in forced.invalid} <= {"inverted", "zero_area"}, texts["forced"]
+
+    common = ["--server", served.url, "--model-card", str(trained.export), "--data", record_data, "--max-samples", "6",
+              "--server-params", json.dumps({"repetition_penalty": 1.0}), "--max-new-tokens", "64"]  # fmt: skip
+    assert evaluate_main([*common, "--structured-boxes", "--output", str(tmp_path / "structured")]) == 0
+    rows = list(shards.read_jsonl(str(tmp_path / "structured" / "predictions" / "00000-of-00001.jsonl.gz")))
+    for row in rows:
+        text = row["prediction"]
+        complete = text if whole.fullmatch(text) else text.rsplit("<", 1)[0]  # cut mid-mention by the budget
+        assert whole.fullmatch(complete), text
+    details = json.loads((tmp_path / "structured" / "metrics.json").read_text())["details"]
+    assert details["generation"]["structured_boxes"] is True and len(rows) == 6
+
+
+def first_mention_end(text: str, fmt: ModelFormat) -> int:
+    """Where the first mention of ``text`` ends (its box's closing tag)."""
+    from vcot.grounding.boxes import BOX_TAGS
+
+    close = BOX_TAGS[fmt.box_syntax].box_close
+    return text.index(close) + len(close) if close in text else len(text)

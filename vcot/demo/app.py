@@ -229,7 +229,7 @@ def serve(config: DemoConfig) -> None:
     engine: Engine
     if config.server:
         engine = connect_served(config.server, config.model_card, served_model=config.served_model,
-                                params=config.server_params)  # fmt: skip
+                                params=config.server_params, structured_boxes=config.structured_boxes)  # fmt: skip
     else:
         engine = load_demo_model(str(config.model), config.adapter, config.coords)
     limits = QuestionLimits(chars=config.max_question_chars, tokens=config.max_question_tokens)

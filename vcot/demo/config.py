@@ -7,6 +7,7 @@ from typing import Any
 
 from vcot.config import option
 from vcot.grounding.model_format import Coords
+from vcot.models.served import STRUCTURED_BOXES_HELP
 
 
 @dataclass
@@ -32,6 +33,7 @@ class DemoConfig:
     server_params: dict[str, Any] = option(
         {}, help='With --server: more request parameters, a JSON object (vLLM: {"skip_special_tokens": false}).'
     )
+    structured_boxes: bool = option(False, help="With --server: " + STRUCTURED_BOXES_HELP)
     host: str = option("127.0.0.1", help="Address to serve on (0.0.0.0 in a container behind a Service).")
     port: int = option(7860, help="Port to serve on.")
     max_new_tokens: int = option(256, help="The page's default for the most tokens generated per answer.")
@@ -52,7 +54,8 @@ class DemoConfig:
         if self.server and in_process:
             raise ValueError(f"{', '.join(in_process)}: only with --model; with --server the card says (--model-card)")
         served_only = [flag for flag, value in (("--served-model", self.served_model), ("--model-card",
-                       self.model_card), ("--server-params", self.server_params)) if value]  # fmt: skip
+                       self.model_card), ("--server-params", self.server_params),
+                       ("--structured-boxes", self.structured_boxes)) if value]  # fmt: skip
         if served_only and not self.server:
             raise ValueError(f"{', '.join(served_only)}: only with --server")
         if self.server and not self.model_card:

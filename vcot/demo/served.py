@@ -20,7 +20,14 @@ from vcot.errors import ConfigError
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.log import get_logger
-from vcot.models.served import api_key, card_folder, image_data_url, openai_messages, served_model_name
+from vcot.models.served import (
+    api_key,
+    card_folder,
+    image_data_url,
+    openai_messages,
+    served_model_name,
+    with_structured_boxes,
+)
 
 log = get_logger(__name__)
 
@@ -97,9 +104,10 @@ class ServedModel:
 
 def connect_served(
     base_url: str, card: str | None, *, served_model: str | None = None, params: dict[str, Any] | None = None,
-    timeout: float = 300.0,
+    timeout: float = 300.0, structured_boxes: bool = False,
 ) -> ServedModel:
-    """The served model and its format, from its card (the export's folder, or its ``vcot-model.json``)."""
+    """The served model and its format, from its card (the export's folder, or its ``vcot-model.json``);
+    ``structured_boxes``: every answer decoded under the format's regex (vLLM's structured outputs)."""
     from vcot.models.loading import MODEL_CARD, adapter_format
 
     if not card:
@@ -111,4 +119,6 @@ def connect_served(
         raise ConfigError(f"no {MODEL_CARD} at {home}: pass the export's folder (vcot-export writes one)")
     name = served_model or served_model_name(base_url, timeout=timeout)
     log.info("demo_served_model", server=mask_url_credentials(base_url), model=name, coords=fmt.coords)
+    if structured_boxes:
+        params = with_structured_boxes(dict(params or {}), fmt)
     return ServedModel(base_url, name, fmt, params=params, timeout=timeout)

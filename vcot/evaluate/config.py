@@ -22,6 +22,7 @@ from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, Family
 from vcot.grounding.model_format import Coords, Mode
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
+from vcot.models.served import STRUCTURED_BOXES_HELP
 from vcot.scoring.field_metrics import FIELD_RATE_METRICS
 from vcot.scoring.metrics import RATE_METRICS
 
@@ -64,6 +65,7 @@ class EvaluateConfig:
         {}, help='Served mode: more request parameters, a JSON object (vLLM: {"repetition_penalty": 1.0} turns off '
         "the penalty a served generation_config.json sets); recorded with the results."
     )
+    structured_boxes: bool = option(False, help="Served mode: " + STRUCTURED_BOXES_HELP)
     server_concurrency: int = option(8, help="Served mode: most requests in flight at once.")
     server_max_attempts: int = option(6, help="Served mode: attempts per request on 429, 5xx, timeouts before the run stops.")
     server_timeout: float = option(300.0, help="Served mode: seconds before one request counts as timed out.")
@@ -175,7 +177,8 @@ class EvaluateConfig:
             raise ValueError("give exactly one of --predictions (score mode), --model (model mode), --server (served "
                              "mode) or --pointer (scheduled)")  # fmt: skip
         served_only = [flag for flag, value in (("--served-model", self.served_model), ("--model-card", self.model_card),
-                                                ("--server-params", self.server_params)) if value]  # fmt: skip
+                                                ("--server-params", self.server_params),
+                                                ("--structured-boxes", self.structured_boxes)) if value]  # fmt: skip
         if served_only and not self.server:
             raise ValueError(f"{', '.join(served_only)}: only with --server (served mode)")
         if self.server and (self.bin or self.quantize):

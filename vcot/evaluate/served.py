@@ -24,7 +24,7 @@ from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.llm.ask import Endpoint, ask_all, default_cache
 from vcot.log import get_logger
-from vcot.models.served import api_key, image_data_url, openai_messages, served_model_name
+from vcot.models.served import api_key, image_data_url, openai_messages, served_model_name, with_structured_boxes
 
 log = get_logger(__name__)
 
@@ -60,14 +60,15 @@ def _messages_or_none(
         return None
 
 
-def served_endpoint(config: EvaluateConfig, output: str, model: str, sample: int = 0) -> Endpoint:
+def served_endpoint(config: EvaluateConfig, output: str, model: str, fmt: ModelFormat, sample: int = 0) -> Endpoint:
     """The endpoint answer ``sample`` of each question is asked through: sampled answers carry their seed (so a
-    rerun draws, and the cache keeps, each one apart)."""
+    rerun draws, and the cache keeps, each one apart); ``--structured-boxes`` adds the format's regex."""
     params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
     if config.temperature:
         params.update(top_p=config.top_p, seed=config.seed + sample)
-    if config.server_params:
-        params["extra_body"] = config.server_params  # the openai client sends them as they are
+    extra = with_structured_boxes(config.server_params, fmt) if config.structured_boxes else config.server_params
+    if extra:
+        params["extra_body"] = extra  # the openai client sends them as they are
     return Endpoint(
         model=model,
         cache=(config.server_cache or default_cache(output, "_served_cache")).rstrip("/"),
@@ -101,7 +102,7 @@ def served_responses(
     answers: list[dict[str, dict[str, str]]] = []
     spent: list[dict[str, Any]] = []
     for sample, records in enumerate(asked):
-        endpoint = served_endpoint(config, output, model, sample)
+        endpoint = served_endpoint(config, output, model, fmt, sample)
         asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
                   for style in config.prompt_styles for record in records]  # fmt: skip
         # Every prompt style of a sample in one run (one ledger counts them); samples one after another, each with
@@ -117,7 +118,8 @@ def served_responses(
     seconds = time.perf_counter() - started
     answered = sum(len(by_id) for responses in answers for by_id in responses.values())
     generation = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
-                  "samples": config.samples, "server_params": config.server_params}  # fmt: skip
+                  "samples": config.samples, "server_params": config.server_params,
+                  "structured_boxes": config.structured_boxes}  # fmt: skip
     details = {
         "server": mask_url_credentials(str(config.server)),
         "served_model": model,

@@ -354,6 +354,56 @@ def render_grounded(ref: str | None, box: Sequence[int], fmt: BoxFormat = "house
     return (f"{tags.ref_open}{ref}{tags.ref_close}" if ref else "") + f"{tags.box_open}{coordinates}{tags.box_close}"
 
 
+def integer_regex(upper: int) -> str:
+    """A regex of the integers 0..``upper`` written without leading zeros (0..1000 exactly; a larger bound: every
+    integer of as many digits).
+
+    >>> integer_regex(1000)
+    '(?:1000|[1-9][0-9]{0,2}|0)'
+    >>> [bool(re.fullmatch(integer_regex(1000), s)) for s in ("0", "7", "999", "1000", "1001", "07")]
+    [True, True, True, True, False, False]
+    """
+    if upper == NORM:
+        return "(?:1000|[1-9][0-9]{0,2}|0)"
+    return f"(?:[1-9][0-9]{{0,{len(str(upper)) - 1}}}|0)"
+
+
+def response_regex(fmt: BoxFormat, upper: int = NORM) -> str:
+    """A regex every response whose mentions are well formed matches: free text, and mentions of ``fmt`` whose four
+    coordinates are integers in 0..``upper`` (:func:`integer_regex`). For constrained decoding (vLLM's structured
+    outputs): a model decoded under it cannot write a malformed box or a coordinate out of range; it can still
+    write a box whose corners are swapped. The text outside mentions may not hold the syntax's opening character
+    (``<``; for ``json``, ``{`` too).
+
+    >>> pattern = re.compile(response_regex("house"))
+    >>> bool(pattern.fullmatch("The <ref>cat</ref><box>[1, 2, 300, 1000]</box> sits. Answer: cat"))
+    True
+    >>> bool(pattern.fullmatch("<box>[1, 2, 3, 1001]</box>")), bool(pattern.fullmatch("<box>[1, 2, 3]</box>"))
+    (False, False)
+    >>> bool(re.fullmatch(response_regex("json"), 'I see {"bbox_2d": [1, 2, 3, 4], "label": "cat"}. Answer: cat'))
+    True
+    """
+    free = "[^<{]" if fmt == "json" else "[^<]"
+    return f"(?:{free}|{mention_regex(fmt, upper)})*"
+
+
+def mention_regex(fmt: BoxFormat, upper: int = NORM) -> str:
+    """A regex of one well-formed mention of ``fmt`` (optional label, then the box) with coordinates in 0..``upper``.
+
+    >>> bool(re.fullmatch(mention_regex("obj"), "<obj>cup</obj><bbox>[0, 10, 20, 1000]</bbox>"))
+    True
+    """
+    number = integer_regex(upper)
+    if fmt == "json":
+        return rf'\{{"{JSON_BOX_KEY}": \[{number}, {number}, {number}, {number}\](?:, "label": "[^"\\<{{}}]*")?\}}'
+    if fmt not in BOX_TAGS:
+        raise ValueError(f"unknown box format {fmt!r}; use one of {BOX_FORMATS}")
+    tags = BOX_TAGS[fmt]
+    coordinates = re.escape(tags.coordinates.format(x1="X", y1="X", x2="X", y2="X")).replace("X", number)
+    return (f"(?:{re.escape(tags.ref_open)}[^<]{{0,200}}{re.escape(tags.ref_close)})?"
+            f"{re.escape(tags.box_open)}{coordinates}{re.escape(tags.box_close)}")  # fmt: skip
+
+
 def mention_example(fmt: BoxFormat) -> str:
     """One mention of ``fmt`` with placeholders for the label and coordinates: how an instruction shows it.
 

@@ -45,6 +45,7 @@ from vcot.grounding.boxes import (
     norm1000_to_pixels,
     parse_grounded,
     pixels_to_norm1000,
+    response_regex,
     smart_resize,
     validate_box,
 )
@@ -298,6 +299,20 @@ class ModelFormat:
                 invalid.append(InvalidBox(found.ref, text[found.span[0] : found.span[1]], reason, found.span))
         invalid.sort(key=lambda item: item.span)
         return ParseResult(boxes, invalid)
+
+    def response_regex(self) -> str:
+        """The regex of this model's well-formed responses, for constrained decoding (``--structured-boxes``): its
+        box syntax, coordinates in its frame's range (0-1000; in pixels, as many digits as the longest side its pixel
+        budget allows). See :func:`vcot.grounding.boxes.response_regex`.
+
+        >>> ModelFormat.for_family().response_regex().count("1000|")
+        4
+        """
+        if self.box_syntax == "qwen":
+            raise ValueError("the qwen box syntax is written in special tokens, which a regex over text cannot "
+                             "constrain: constrain a model trained in the house, obj or json syntax")  # fmt: skip
+        upper = NORM if self.coords == "norm1000" else self.vision.max_pixels // self.vision.factor
+        return response_regex(self.box_syntax, upper)
 
     def other_frame(self) -> ModelFormat:
         """This format reading boxes in the other frame (0-1000 <-> pixels of the resized image): what a harness that

@@ -27,6 +27,27 @@ def api_key() -> str:
     return os.environ.get("OPENAI_API_KEY") or NO_KEY
 
 
+STRUCTURED_BOXES_HELP = (
+    "Constrain decoding to well-formed boxes (vLLM's structured outputs, a regex of the card's box syntax and frame: "
+    "no malformed box, no coordinate out of range; corners may still be swapped); the servers without them refuse it."
+)
+
+
+def with_structured_boxes(params: dict[str, Any], fmt: Any) -> dict[str, Any]:
+    """``params`` (the request's extra fields) with vLLM's structured outputs set to ``fmt``'s response regex
+    (:meth:`vcot.grounding.model_format.ModelFormat.response_regex`); a ``structured_outputs`` already given wins.
+
+    >>> from vcot.grounding.model_format import ModelFormat
+    >>> sorted(with_structured_boxes({"seed": 1}, ModelFormat.for_family())["structured_outputs"])
+    ['regex']
+    """
+    try:
+        regex = fmt.response_regex()
+    except ValueError as exc:
+        raise ConfigError(f"--structured-boxes: {exc}") from exc
+    return {"structured_outputs": {"regex": regex}, **params}
+
+
 def card_folder(card: str) -> str:
     """The folder of a served model's card, given as that folder (the export) or its ``vcot-model.json``.
 
