@@ -57,6 +57,7 @@ SMOKE: dict[str, tuple[list[str], str]] = {
          "--evaluate-tokens", "4", "--concurrency", "2", "--output", "{output}"],
         "evaluation",
     ),
+    "structured_bench.py": (["--records", "2", "--tokens", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "train_bench.py": (
         ["--records", "4", "--steps", "1", "--repeats", "1", "--warmup-steps", "0", "--output", "{output}"],
@@ -81,7 +82,7 @@ def test_every_benchmark_has_a_smoke_run() -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_benchmark_runs_at_its_smallest_sizes(script: str, tmp_path: Path) -> None:
-    if script == "served_bench.py" and not vllm_venv_ready(vllm_venv()):
+    if script in ("served_bench.py", "structured_bench.py") and not vllm_venv_ready(vllm_venv()):
         pytest.skip(f"NO vLLM ENVIRONMENT at {vllm_venv()}: `make vllm-env` builds it (make test tries first)")
     output = tmp_path / "results.json"
     flags, key = SMOKE[script]
