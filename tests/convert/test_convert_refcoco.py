@@ -65,6 +65,19 @@ def test_each_expression_is_a_record_with_its_box_and_split(tmp_path: Path) -> N
     assert {r["reason"] for r in committed(tmp_path / "out", "rejected/")} == {"box_outside_image"}
 
 
+def test_a_test_split_a_single_expression_and_broken_boxes(tmp_path: Path) -> None:
+    image = {"bytes": png(100, 100), "path": "x.jpg"}
+    rows = [{"question_id": "1", "image": image, "answer": "the dog", "bbox": [10.0, 10.0, 50.0, 50.0]},
+            {"question_id": "2", "image": image, "answer": "a cat", "bbox": [10.0, None, 5.0, 5.0]},
+            {"question_id": "3", "image": image, "answer": "a cow", "bbox": [50.0, 50.0, -10.0, 5.0]}]  # fmt: skip
+    write_split(tmp_path / "RefCOCOg" / "data", "test", rows)
+    convert(ConvertConfig(source="refcoco", input=str(tmp_path / "RefCOCOg" / "data"), output=str(tmp_path / "out"),
+                          val_fraction=1.0))  # fmt: skip
+    (record,) = committed(tmp_path / "out", "val/")
+    assert (record["id"], record["subset"], record["answer"]) == ("RefCOCOg:test:1:0", "RefCOCOg_test", "the dog")
+    assert sorted(r["reason"] for r in committed(tmp_path / "out", "rejected/")) == ["inverted_box", "missing_box"]
+
+
 def test_refcoco_is_scored_read_once_with_the_best_of_two_beside_it(tmp_path: Path) -> None:
     data = tmp_path / "RefCOCOg" / "data"
     write_split(data, "val", refcoco_rows(0))

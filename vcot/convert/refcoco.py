@@ -17,6 +17,8 @@ papers report). Acc@0.5 of the first box read once in the model's frame is the s
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,9 +38,13 @@ def split_of(file_uri: str) -> str:
 
     >>> split_of("s3://b/RefCOCO/data/testA-00000-of-00001.parquet"), split_of("x/test-1.parquet")
     ('testA', 'test')
+    >>> split_of("x/trainval-00000.parquet")
+    'trainval'
+    
     """
     name = file_uri.rsplit("/", 1)[-1]
-    return next((split for split in SPLITS if name.startswith(split)), name.split("-", 1)[0].removesuffix(".parquet"))
+    found = re.match(rf"({'|'.join(SPLITS)})(?=[-_.])", name)
+    return found.group(1) if found else name.split("-", 1)[0].removesuffix(".parquet")
 
 
 def house_box(bbox: Any, width: int, height: int) -> list[int] | str:
@@ -46,14 +52,23 @@ def house_box(bbox: Any, width: int, height: int) -> list[int] | str:
 
     >>> house_box([10, 20, 90, 30], 200, 100), house_box([150, 0, 90, 10], 200, 100)
     ([50, 200, 500, 500], 'box_outside_image')
+    >>> house_box([1, 2, None, 4], 200, 100), house_box([1, 2, float("nan"), 4], 200, 100), house_box([9, 9, -5, 4], 200, 100)
+    ('missing_box', 'not_finite_box', 'inverted_box')
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         return "missing_box"
+    if not all(isinstance(v, (int, float)) for v in bbox):
+        return "missing_box"
     x, y, w, h = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "not_finite_box"
+    if w < 0 or h < 0:
+        return "inverted_box"
     if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:  # COCO boxes may overrun by rounding
         return "box_outside_image"
     box = list(pixels_to_norm1000((x, y, min(x + w, width), min(y + h, height)), width, height))
-    return box if validate_box(box) is None else "zero_area_box"
+    reason = validate_box(box)
+    return box if reason is None else f"{reason}_box"
 
 
 def row_records(row: dict[str, Any], position: int, split: str, benchmark: str, images: str) -> Iterator[Item]:
@@ -106,9 +121,13 @@ def dataset_name(input_uri: str) -> str:
 
     >>> dataset_name("s3://b/raw/RefCOCOplus/data"), dataset_name("/raw/RefCOCOg/data/val-0.parquet")
     ('RefCOCOplus', 'RefCOCOg')
+    >>> dataset_name("/hf/hub/datasets--lmms-lab--RefCOCO/snapshots/0a1b2c3d/data")
+    'RefCOCO'
+    
     """
     parts = [p for p in input_uri.rstrip("/").split("/") if p and not p.endswith(".parquet") and p != "data"]
-    return parts[-1] if parts else SOURCE
+    cached = [p.rsplit("--", 1)[-1] for p in parts if p.startswith("datasets--")]  # the Hugging Face cache's layout
+    return cached[-1] if cached else parts[-1] if parts else SOURCE
 
 
 def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns, name: str | None) -> Iterator[Item]:

@@ -77,7 +77,7 @@ def model_name(details: dict[str, Any]) -> str:
         details = {**details, "run": adapter.removesuffix("/adapter")}
     for key in ("served_model", "run", "adapter", "model", "predictions"):
         if details.get(key):
-            return str(details[key])
+            return str(details[key]).rstrip("/")
     return "unknown"
 
 

@@ -28,6 +28,7 @@ row there (docs/models.md, "Adding a model family").
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -303,7 +304,7 @@ class ModelFormat:
     def response_regex(self) -> str:
         """The regex of this model's well-formed responses, for constrained decoding (``--structured-boxes``): its
         box syntax, coordinates in its frame's range (0-1000; in pixels, as many digits as the longest side its pixel
-        budget allows). See :func:`vcot.grounding.boxes.response_regex`.
+        budget allows: a bound on digits, not the image's size). See :func:`vcot.grounding.boxes.response_regex`.
 
         >>> ModelFormat.for_family().response_regex().count("1000|")
         4
@@ -311,7 +312,9 @@ class ModelFormat:
         if self.box_syntax == "qwen":
             raise ValueError("the qwen box syntax is written in special tokens, which a regex over text cannot "
                              "constrain: constrain a model trained in the house, obj or json syntax")  # fmt: skip
-        upper = NORM if self.coords == "norm1000" else self.vision.max_pixels // self.vision.factor
+        # the longest side a resized image can have: its area is at most max_pixels, its aspect at most 200
+        longest = max(self.vision.max_pixels // self.vision.factor, math.isqrt(200 * self.vision.max_pixels))
+        upper = NORM if self.coords == "norm1000" else longest + self.vision.factor
         return response_regex(self.box_syntax, upper)
 
     def other_frame(self) -> ModelFormat:

@@ -29,7 +29,8 @@ def api_key() -> str:
 
 STRUCTURED_BOXES_HELP = (
     "Constrain decoding to well-formed boxes (vLLM's structured outputs, a regex of the card's box syntax and frame: "
-    "no malformed box, no coordinate out of range; corners may still be swapped); the servers without them refuse it."
+    "no malformed box; coordinates within 0-1000, or for pixels within a bound on digits; corners may still be "
+    "swapped). A server that ignores the field (not vLLM 0.10 or later) decodes unconstrained."
 )
 
 
