@@ -225,6 +225,12 @@ _SPACES = re.compile(r"\s+")
 _NOT_WORD = re.compile(r"[^a-z0-9 ]+")
 
 
+def files_with_suffix(uri: str, suffix: str) -> list[str]:
+    """``uri`` itself when it names a ``suffix`` file, else every ``suffix`` file under it (sorted): an input given as
+    a file or as the folder holding them."""
+    return [uri] if uri.endswith(suffix) else storage.list_uris(uri, suffix=suffix)
+
+
 def iter_parquet_rows(uri: str, batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """The rows of one Parquet file as dicts, read a few at a time (embedded images stay out of memory)."""
     try:

@@ -22,7 +22,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from vcot.convert.common import Item, Owns, Rejection, clean_text, iter_parquet_rows, owned, require_input
+from vcot.convert.common import (
+    Item,
+    Owns,
+    Rejection,
+    clean_text,
+    files_with_suffix,
+    iter_parquet_rows,
+    owned,
+    require_input,
+)
 from vcot.convert.images import ImageProblem, size_from_bytes, store_content_addressed
 from vcot.grounding.boxes import format_box, pixels_to_norm1000, validate_box
 from vcot.io import storage
@@ -40,7 +49,6 @@ def split_of(file_uri: str) -> str:
     ('testA', 'test')
     >>> split_of("x/trainval-00000.parquet")
     'trainval'
-    
     """
     name = file_uri.rsplit("/", 1)[-1]
     found = re.match(rf"({'|'.join(SPLITS)})(?=[-_.])", name)
@@ -123,7 +131,6 @@ def dataset_name(input_uri: str) -> str:
     ('RefCOCOplus', 'RefCOCOg')
     >>> dataset_name("/hf/hub/datasets--lmms-lab--RefCOCO/snapshots/0a1b2c3d/data")
     'RefCOCO'
-    
     """
     parts = [p for p in input_uri.rstrip("/").split("/") if p and not p.endswith(".parquet") and p != "data"]
     cached = [p.rsplit("--", 1)[-1] for p in parts if p.startswith("datasets--")]  # the Hugging Face cache's layout
@@ -133,7 +140,7 @@ def dataset_name(input_uri: str) -> str:
 def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns, name: str | None) -> Iterator[Item]:
     """Every owned row of every Parquet file of ``input_uri`` (a file or a folder, e.g. the dataset's ``data/``)."""
     storage.check_access(input_uri)
-    files = [input_uri] if input_uri.endswith(".parquet") else storage.list_uris(input_uri, suffix=".parquet")
+    files = files_with_suffix(input_uri, ".parquet")
     if not files:
         require_input(storage.join(input_uri, "<split>-*.parquet"), "RefCOCO Parquet")
     benchmark = name or dataset_name(input_uri)

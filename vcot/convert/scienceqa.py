@@ -21,6 +21,7 @@ from vcot.convert.common import (
     Rejection,
     clean_text,
     dedup_key,
+    files_with_suffix,
     has_bad_encoding,
     iter_json_object,
     iter_parquet_rows,
@@ -132,13 +133,6 @@ def iter_problems_json(uri: str, *, images: str, owns: Owns) -> Iterator[Item]:
         )
 
 
-def parquet_files(uri: str) -> list[str]:
-    """The Parquet files of a Hugging Face layout: ``uri`` itself or every ``*.parquet`` under it (sorted)."""
-    if uri.endswith(".parquet"):
-        return [uri]
-    return storage.list_uris(uri, suffix=".parquet")
-
-
 def _split_of(file_uri: str) -> str:
     name = file_uri.rsplit("/", 1)[-1]
     for prefix, split in HF_SPLITS.items():
@@ -197,7 +191,7 @@ def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns) -
         images = images or storage.join(storage.parent(problems), "images")
         yield from iter_problems_json(problems, images=images, owns=owns)
         return
-    files = parquet_files(input_uri)
+    files = files_with_suffix(input_uri, ".parquet")
     if not files:
         require_input(problems, "ScienceQA problems.json (or Parquet files)")
     yield from iter_parquet(files, images=images or storage.join(output, "images"), owns=owns)

@@ -126,8 +126,8 @@ class ConvertConfig:
 
     @property
     def inputs(self) -> list[str | None]:
-        """What the stage reads (so the output must not overlap it). ScienceQA's (Parquet) and vlmevalkit's --images
-        are where their embedded images are written, so they are not counted."""
+        """What the stage reads (so the output must not overlap it). ScienceQA's (Parquet), vlmevalkit's and refcoco's
+        --images are where their embedded images are written, so they are not counted."""
         images = None if self.source in ("scienceqa", "vlmevalkit", "refcoco") else self.images
         return [self.input, self.metadata, images, *self.dedup_against]
 

@@ -32,7 +32,7 @@ import string
 import sys
 from collections.abc import Iterator
 
-from vcot.convert.common import Item, Owns, Rejection, clean_text, require_input
+from vcot.convert.common import Item, Owns, Rejection, clean_text, files_with_suffix, require_input
 from vcot.convert.images import ImageProblem, size_from_bytes, store_content_addressed
 from vcot.errors import ConfigError
 from vcot.grounding.boxes import format_box, pixels_to_norm1000, validate_box
@@ -43,11 +43,6 @@ REFERENCE_CHARS = 64
 """An image cell this short names another row's image (VLMEvalKit's rule)."""
 EVIDENCE_REF = "evidence"
 _LISTED_OPTION = re.compile(r"^\(([A-Z])\)\s*(.*)$", re.DOTALL)
-
-
-def tsv_files(uri: str) -> list[str]:
-    """The TSV files of ``--input``: the file itself, or every ``*.tsv`` under the folder (sorted)."""
-    return [uri] if uri.endswith(".tsv") else storage.list_uris(uri, suffix=".tsv")
 
 
 def benchmark_name(file_uri: str, given: str | None) -> str:
@@ -261,7 +256,7 @@ def _converted(row: dict[str, str], position: int, images: ImageStore, *, benchm
 def iter_items(input_uri: str, *, images: str | None, output: str, owns: Owns, name: str | None) -> Iterator[Item]:
     """Every owned row of every TSV file of ``input_uri``, file by file (a shard owns the same positions in each)."""
     storage.check_access(input_uri)
-    files = tsv_files(input_uri)
+    files = files_with_suffix(input_uri, ".tsv")
     if name and len(files) > 1:
         raise ConfigError(f"--benchmark-name {name} names one benchmark, but {input_uri} holds {len(files)} TSV files: "
                           "convert each file to its own output (each is one benchmark, named by its file)")  # fmt: skip

@@ -20,6 +20,7 @@ from typing import Any
 
 from vcot.config import option, redacted
 from vcot.errors import ConfigError
+from vcot.evaluate.benchmark import benchmark_name
 from vcot.io import manifest, shards, storage
 from vcot.log import get_logger
 
@@ -132,14 +133,13 @@ def evaluation_entry(output: str) -> dict[str, Any]:
     metrics = json.loads(manifest.read_listed(output, "metrics.json"))
     details = metrics.get("details", {})
     protocol = details.get("protocol") or {"split": details.get("split"), "samples": 1}
-    benchmark = details.get("benchmark_name") or str(details.get("data", "?")).rstrip("/").rsplit("/", 1)[-1]
+    benchmark = details.get("benchmark_name") or benchmark_name([], str(details.get("data", "?")))  # older outputs
     return {
         "model": model_name(details),
         "benchmark": benchmark,
         "protocol": protocol_label(protocol) + (", judge score" if "judge" in details else ""),
         "output": output,
         "evaluated_at": details.get("evaluated_at") or "",
-        "mode": details.get("mode"),
         "cell": cell(metrics),
     }
 

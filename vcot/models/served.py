@@ -17,6 +17,7 @@ from PIL import Image
 
 from vcot.config import mask_url_credentials
 from vcot.errors import ConfigError
+from vcot.grounding.model_format import ModelFormat
 
 NO_KEY = "EMPTY"
 """Sent when ``OPENAI_API_KEY`` is unset: a server started without a key (vLLM's default) takes any."""
@@ -34,7 +35,7 @@ STRUCTURED_BOXES_HELP = (
 )
 
 
-def with_structured_boxes(params: dict[str, Any], fmt: Any) -> dict[str, Any]:
+def with_structured_boxes(params: dict[str, Any], fmt: ModelFormat) -> dict[str, Any]:
     """``params`` (the request's extra fields) with vLLM's structured outputs set to ``fmt``'s response regex
     (:meth:`vcot.grounding.model_format.ModelFormat.response_regex`); a ``structured_outputs`` already given wins.
 
