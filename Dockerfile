@@ -98,15 +98,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
  && mkdir -p /cache && chown vcot:vcot /cache
 # The base image's CUDA torch stays when it is the pinned version (else PyPI's default Linux wheel,
-# a CUDA build, replaces it); the train extra's other pins are installed beside it, and the demo extra (gradio:
-# vcot-demo, k8s/components/demo).
+# a CUDA build, replaces it); the train extra's other pins are installed beside it, the demo extra (gradio:
+# vcot-demo, k8s/components/demo) and the benchmarks extra (evaluate's --benchmark ground-r1).
 RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
     || pip install "torch==${TORCH_VERSION}"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']; \
-print('\n'.join(d for d in p['dependencies'] + extras['train'] + extras['demo'] if not d.startswith('torch')))" \
+print('\n'.join(d for d in p['dependencies'] + extras['train'] + extras['demo'] + extras['benchmarks'] if not d.startswith('torch')))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

@@ -188,6 +188,12 @@ SKIPPED: dict[tuple[str, str], str] = {
     "tests/evaluate/test_leaderboard.py builds one and looks at it in a browser",
     ("docs/convert.md", "vcot-convert --source vlmevalkit --input s3://vcot/raw/TreeBench.tsv"): "the published "
     "TSV files are not here; tests/convert/test_convert_vlmevalkit.py converts samples written in their layout",
+    ("docs/convert.md", "vcot-convert --source ground-r1 --input s3://vcot/raw/ground-r1/"): "the published file "
+    "and its images are not here; tests/convert/test_convert_ground_r1.py converts real lines of it (26, two per "
+    "subset) with images written at their sizes",
+    ("docs/evaluate.md", "vcot-convert --source ground-r1 --input s3://vcot/raw/ground-r1/"): "the published file, "
+    "its images and a served model are not here; tests/evaluate/test_eval_ground_r1.py scores real lines of it and "
+    "tests/export/test_served.py asks a real vLLM",
     ("docs/evaluate.md", "lmms-eval --model vcot"): "downloads the textvqa task's data from the hub; "
     "tests/evaluate/test_eval_lmms.py runs the plugin on a local task",
     ("docs/first-week.md", "aws s3 sync s3://my-bucket/runs/exp1/train/tensorboard ./tb"): "tensorboard serves until "

@@ -259,8 +259,10 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     """The field's benchmarks converted from samples in their published layouts (VLMEvalKit's TSV: TreeBench with its
     evidence boxes, HR-Bench, V*, MME-RealWorld-Lite; lmms-eval's RefCOCO Parquet), asked of the real vLLM serving the
     export under stated protocols (shuffled options; Avg@2 sampled with vLLM's per-request seed), then one leaderboard
-    whose cells are each evaluation's numbers."""
+    whose cells are each evaluation's numbers. VisCoT's benchmark under Ground-R1's protocol too (its real lines, one
+    per subset, scored by its per-subset rules)."""
     from jobs.leaderboard import main as leaderboard_main
+    from tests.convert.test_convert_ground_r1 import SAMPLE, write_images
     from tests.convert.test_convert_refcoco import refcoco_rows, write_split
     from tests.evaluate.test_leaderboard import write_benchmarks
     from vcot.convert import ConvertConfig, convert
@@ -270,10 +272,14 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     data["refcoco"] = str(tmp_path / "bench" / "refcoco")
     convert(ConvertConfig(source="refcoco", input=str(tmp_path / "RefCOCO" / "data"), output=data["refcoco"],
                           val_fraction=1.0))  # fmt: skip
+    data["ground-r1"] = str(tmp_path / "bench" / "ground-r1")
+    convert(ConvertConfig(source="ground-r1", input=str(SAMPLE), images=str(write_images(tmp_path)),
+                          output=data["ground-r1"]))  # fmt: skip
     params = json.dumps({"repetition_penalty": 1.0, "skip_special_tokens": False})
     common = ["--server", served.url, "--model-card", str(trained.export), "--server-params", params, "--split", "all",
               "--max-new-tokens", str(ANSWER_TOKENS)]  # fmt: skip
-    protocols = {"tree": ["--shuffle-options", "0"], "hr": ["--samples", "2", "--temperature", "1.0"], "refcoco": []}
+    protocols = {"tree": ["--shuffle-options", "0"], "hr": ["--samples", "2", "--temperature", "1.0"], "refcoco": [],
+                 "ground-r1": ["--benchmark", "ground-r1", "--max-per-subset", "1"]}
     for name, records in data.items():
         assert evaluate_main([*common, "--data", records, "--output", str(tmp_path / "evals" / name),
                               *protocols[name]]) == 0  # fmt: skip
@@ -282,7 +288,7 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     table = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
     assert [row["model"] for row in table["rows"]] == [served.served_name]
     columns = {column["benchmark"]: column for column in table["columns"]}
-    assert set(columns) == {"tree", "hr", "RefCOCO"}
+    assert set(columns) == {"tree", "hr", "RefCOCO", "VisCoT (Ground-R1)"}
     assert "options shuffled (seed 0)" in columns["tree"]["protocol"] and "Avg@2" in columns["hr"]["protocol"]
     assert columns["tree"]["grounded"] and columns["RefCOCO"]["grounded"] and not columns["hr"]["grounded"]
     cells = table["rows"][0]["cells"]
@@ -295,6 +301,10 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     assert sampled["avg_at_k"]["k"] == 2 and sampled["details"]["generation"]["temperature"] == 1.0
     refcoco = json.loads((tmp_path / "evals" / "refcoco" / "metrics.json").read_text())["overall"]
     assert "best_of_two_acc_at_50" in refcoco and "box_missing_or_invalid" in refcoco
+    ground_r1 = json.loads((tmp_path / "evals" / "ground-r1" / "metrics.json").read_text())
+    assert ground_r1["overall"]["samples"] == 13 and ground_r1["benchmark"]["answer_score"] == "rule"
+    average = ground_r1["benchmark"]["average"]["answer_score"]
+    assert 0.0 <= average <= 1.0 and cells[columns["VisCoT (Ground-R1)"]["id"]]["answer"] == average
 
 
 def test_structured_boxes_make_the_served_model_write_only_well_formed_boxes(

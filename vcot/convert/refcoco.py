@@ -17,7 +17,6 @@ papers report). Acc@0.5 of the first box read once in the model's frame is the s
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +32,7 @@ from vcot.convert.common import (
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_bytes, store_content_addressed
-from vcot.grounding.boxes import format_box, pixels_to_norm1000, validate_box
+from vcot.grounding.boxes import format_box, pixel_box_to_house
 from vcot.io import storage
 
 SOURCE = "refcoco"
@@ -56,27 +55,19 @@ def split_of(file_uri: str) -> str:
 
 
 def house_box(bbox: Any, width: int, height: int) -> list[int] | str:
-    """COCO's ``[x, y, w, h]`` pixel box as a house box, or why it cannot be one.
+    """COCO's ``[x, y, w, h]`` pixel box as a house box, or why it cannot be one (COCO's boxes overrun the image by
+    rounding: half a pixel is allowed).
 
     >>> house_box([10, 20, 90, 30], 200, 100), house_box([150, 0, 90, 10], 200, 100)
     ([50, 200, 500, 500], 'box_outside_image')
     >>> house_box([1, 2, None, 4], 200, 100), house_box([1, 2, float("nan"), 4], 200, 100), house_box([9, 9, -5, 4], 200, 100)
     ('missing_box', 'not_finite_box', 'inverted_box')
     """
-    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
         return "missing_box"
-    if not all(isinstance(v, (int, float)) for v in bbox):
-        return "missing_box"
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
-        return "not_finite_box"
-    if w < 0 or h < 0:
-        return "inverted_box"
-    if x < 0 or y < 0 or x + w > width + 0.5 or y + h > height + 0.5:  # COCO boxes may overrun by rounding
-        return "box_outside_image"
-    box = list(pixels_to_norm1000((x, y, min(x + w, width), min(y + h, height)), width, height))
-    reason = validate_box(box)
-    return box if reason is None else f"{reason}_box"
+    x, y, w, h = bbox
+    box = pixel_box_to_house((x, y, x + w, y + h), width, height)
+    return box if isinstance(box, str) else list(box)
 
 
 def row_records(row: dict[str, Any], position: int, split: str, benchmark: str, images: str) -> Iterator[Item]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from vcot.config import option, redacted
-from vcot.convert import aokvqa, lacot, llava_cot, own_records, refcoco, scienceqa, viscot, vlmevalkit
+from vcot.convert import aokvqa, ground_r1, lacot, llava_cot, own_records, refcoco, scienceqa, viscot, vlmevalkit
 from vcot.convert.common import Item, Owns, require_input
 from vcot.convert.quality import render_markdown, report
 from vcot.convert.routing import OUTPUT_SPLITS, RoutedBlock, route_blocks
@@ -27,7 +27,7 @@ from vcot.progress import Progress
 log = get_logger(__name__)
 
 STAGE = "convert"
-Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "refcoco", "records"]
+Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "refcoco", "ground-r1", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
 
@@ -39,20 +39,22 @@ class ConvertConfig:
     source: Source = option(
         help="Which dataset --input holds: viscot, scienceqa, aokvqa, llava-cot, lacot (LaCoT's SFT or RL file), "
         "vlmevalkit (a benchmark in VLMEvalKit's TSV layout: TreeBench, V* Bench, HR-Bench, MME-RealWorld-Lite), "
-        "refcoco (RefCOCO, RefCOCO+ or RefCOCOg in lmms-eval's Parquet layout), or records (your own data)."
+        "refcoco (RefCOCO, RefCOCO+ or RefCOCOg in lmms-eval's Parquet layout), ground-r1 (VisCoT's benchmark as "
+        "Ground-R1 evaluates it: visualCoT_eval_subset150_choice.jsonl), or records (your own data)."
     )
     input: str = option(
         help="Input file or folder URI. viscot: the llava-format .json (or .jsonl), or a folder with viscot.json; "
         "scienceqa: problems.json, or a folder with it or with Hugging Face Parquet files; "
         "aokvqa: an aokvqa_v1p0_*.json or a folder of them; llava-cot, lacot: the .json/.jsonl file; "
         "vlmevalkit: a .tsv file or a folder of them; refcoco: a .parquet file or a folder of them (the dataset's data/); "
+        "ground-r1: the .jsonl file; "
         "records: a .jsonl/.json/.parquet file or a folder of them (docs/convert.md, your own data)."
     )
     output: str = option(help="Output URI (s3://bucket/prefix or a local path).")
     images: str | None = option(
         None,
         help="Images root URI that the source's image paths are relative to (default: <input folder>/images, "
-        "for records the input's folder; for ScienceQA Parquet, vlmevalkit and refcoco, where embedded images are written: "
+        "for ground-r1 <input folder>/cot_image_data, for records the input's folder; for ScienceQA Parquet, vlmevalkit and refcoco, where embedded images are written: "
         "<output>/images).",
     )
     metadata: str | None = option(
@@ -74,7 +76,8 @@ class ConvertConfig:
         True, help="viscot: read an image's header for its size when the metadata lacks it (else reject missing_size)."
     )
     check_images: bool = option(
-        False, help="viscot: open every image (header only) to check it exists and matches the metadata size."
+        False, help="viscot, ground-r1: open every image (header only) to check it exists and matches the size the "
+        "metadata (the line) gives."
     )
     box_string_frame: Literal["padded", "original"] = option(
         "padded",
@@ -180,6 +183,8 @@ def source_blocks(config: ConvertConfig, owns: Owns) -> Iterator[RoutedBlock]:
         items = llava_cot.iter_items(config.input, images=config.images, owns=owns, dedup_against=config.dedup_against)
     elif config.source == "lacot":
         items = lacot.iter_items(config.input, images=config.images, owns=owns)
+    elif config.source == "ground-r1":
+        items = ground_r1.iter_items(config.input, images=config.images, owns=owns, check_images=config.check_images)
     elif config.source == "refcoco":
         items = refcoco.iter_items(config.input, images=config.images, output=config.output, owns=owns,
                                    name=config.benchmark_name)  # fmt: skip
@@ -206,6 +211,7 @@ EXPECTED = {
     "lacot": "a JSON array (or JSONL) of LaCoT items ({image, conversations: [human, reason, gpt]})",
     "refcoco": "Parquet files named by split (val-*, testA-*, ...) with question_id, image, answer, bbox",
     "vlmevalkit": "TSV files with a header row (index, image, question, A, B, ..., answer, category)",
+    "ground-r1": "JSONL lines with image, width, height, bboxs, dataset, problem, solution (visualCoT_eval_subset150_choice.jsonl)",
     "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
 """What each source's input must hold, for the error on an input that parses but holds no items."""

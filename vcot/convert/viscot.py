@@ -8,7 +8,6 @@ Every conversion goes through :mod:`vcot.grounding.boxes`.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Iterator
 from contextlib import closing
@@ -37,6 +36,7 @@ from vcot.convert.common import (
 from vcot.convert.images import ImageProblem, size_from_uri
 from vcot.convert.routing import RoutedBlock, route_block, route_blocks
 from vcot.grounding.boxes import (
+    pixel_box_problem,
     pixels_to_norm1000,
     validate_box,
     viscot_padded_to_pixels,
@@ -206,21 +206,20 @@ def string_box_to_pixels(
     return viscot_padded_to_pixels(unit, width, height)
 
 
+def viscot_slack(width: int, height: int) -> tuple[float, float]:
+    """How far (pixels, x and y) a VisCOT box may poke out of its image and be clamped (:data:`OUTSIDE_TOLERANCE`, at
+    least 2 px and a 3-decimal padded string's precision).
+
+    >>> viscot_slack(100, 50), viscot_slack(4000, 3000)
+    ((2.0, 2.0), (80.0, 60.0))
+    """
+    string_step = 0.001 * (width if width > height else height)
+    return max(2.0, OUTSIDE_TOLERANCE * width, string_step), max(2.0, OUTSIDE_TOLERANCE * height, string_step)
+
+
 def box_problem(pixels: tuple[float, ...] | list[float], width: int, height: int) -> str | None:
     """Why a pixel box cannot be used on a ``width`` x ``height`` image (reason code), or ``None``."""
-    x1, y1, x2, y2 = pixels
-    if not (math.isfinite(x1) and math.isfinite(y1) and math.isfinite(x2) and math.isfinite(y2)):
-        return "not_finite_box"
-    string_step = 0.001 * (width if width > height else height)  # a 3-decimal padded string's precision, in px
-    tol_x = max(2.0, OUTSIDE_TOLERANCE * width, string_step)
-    tol_y = max(2.0, OUTSIDE_TOLERANCE * height, string_step)
-    low_x, high_x = (x1, x2) if x1 < x2 else (x2, x1)
-    low_y, high_y = (y1, y2) if y1 < y2 else (y2, y1)
-    if low_x < -tol_x or high_x > width + tol_x or low_y < -tol_y or high_y > height + tol_y:
-        return "box_outside_image"
-    if x2 < x1 or y2 < y1:
-        return "inverted_box"
-    return None
+    return pixel_box_problem(pixels, width, height, slack=viscot_slack(width, height))
 
 
 def _pixel_box(

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 from vcot.convert.common import Item, Owns, Rejection, clean_text, files_with_suffix, require_input
 from vcot.convert.images import ImageProblem, size_from_bytes, store_content_addressed
 from vcot.errors import ConfigError
-from vcot.grounding.boxes import format_box, pixels_to_norm1000, validate_box
+from vcot.grounding.boxes import format_box, pixel_box_to_house
 from vcot.io import storage
 
 SOURCE = "vlmevalkit"
@@ -112,13 +112,12 @@ def evidence_boxes(cell: str, width: int, height: int) -> list[list[int]] | str:
     for box in boxes:
         if not isinstance(box, (list, tuple)) or len(box) != 4:
             return "unreadable_evidence_boxes"
-        x1, y1, x2, y2 = (float(v) for v in box)
-        if min(x1, y1) < 0 or x2 > width or y2 > height:
-            return "evidence_box_outside_image"
-        converted = list(pixels_to_norm1000(box, width, height))
-        if validate_box(converted) is not None:
-            return "invalid_evidence_box"
-        house.append(converted)
+        converted = pixel_box_to_house(box, width, height, slack=(0, 0))  # as VLMEvalKit compares them: no overrun
+        if converted in ("not_a_number_box", "not_finite_box"):
+            return "unreadable_evidence_boxes"
+        if isinstance(converted, str):
+            return "evidence_box_outside_image" if converted == "box_outside_image" else "invalid_evidence_box"
+        house.append(list(converted))
     return house
 
 

@@ -1,11 +1,15 @@
-"""A benchmark table you can put next to the published ones: the VisCoT benchmark, per subset (``--benchmark viscot``).
+"""A benchmark table you can put next to the published ones: the VisCoT benchmark per subset, under VisCoT's protocol
+(``--benchmark viscot``) or Ground-R1's (``--benchmark ground-r1``).
 
-The records are the VisCoT benchmark file converted by ``vcot-convert --source viscot`` (its ``###`` boxes
-and subsets kept). Each subset row has the answer score (the judge's mean when ``--judge-model`` is on, as
-VisCoT and Ground-R1 report it; exact match otherwise), the detection Acc@0.5 of the reasoning's first box
-(VisCoT's detection metric: IoU > 0.5) and the mean IoU (TreeBench's, per question; one box each, that box's
-IoU). Subsets carry the names of VisCoT's table; the average is the mean of the subset scores over the subsets
-VisCoT's own scripts average (``tools/cot_get_result.py``: 11 of the benchmark's 13), as the papers do.
+``viscot``: the VisCoT benchmark file converted by ``vcot-convert --source viscot`` (its ``###`` boxes and subsets
+kept); the answer score is the judge's mean when ``--judge-model`` is on (as VisCoT reports it), exact match
+otherwise; the average is over the 11 subsets VisCoT's scripts average (``tools/cot_get_result.py``).
+``ground-r1``: Ground-R1's 150-per-subset file converted by ``vcot-convert --source ground-r1``; the answer score is
+the judge's when it is on (as Ground-R1's tables report it), else its per-subset rules (``rule_score``,
+:mod:`vcot.evaluate.ground_r1`); the average is over the 12 subsets of its table (VisCoT's 11 and Visual7W).
+
+Each subset row also has the detection Acc@0.5 of the reasoning's first box (VisCoT's detection metric: IoU > 0.5)
+and the mean IoU (TreeBench's, per question; one box each, that box's IoU), under the names of VisCoT's table.
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ VISCOT_NAMES = {
 VISCOT_AVERAGED = ("docvqa", "textcap", "textvqa", "dude", "sroie", "infographicsvqa", "flickr30k", "gqa",
                    "openimages", "vsr", "cub")
 """The subsets VisCoT's scripts score and average."""
-CSV_COLUMNS = ("subset", "name", "questions", "answer_score", "exact_match", "judge_score", "detection_acc_at_50",
-               "mean_iou", "in_average")
-BENCHMARKS = ("viscot",)
+GROUND_R1_AVERAGED = ("docvqa", "textcap", "textvqa", "dude", "sroie", "infographicsvqa", "flickr30k", "v7w", "gqa",
+                      "openimages", "vsr", "cub")
+"""The subsets of Ground-R1's VisCoT table and average, in its order."""
+AVERAGED = {"viscot": VISCOT_AVERAGED, "ground-r1": GROUND_R1_AVERAGED}
+BENCHMARKS = tuple(AVERAGED)
+CSV_COLUMNS = ("subset", "name", "questions", "answer_score", "exact_match", "judge_score", "rule_score",
+               "detection_acc_at_50", "mean_iou", "in_average")
 
 
 def benchmark_name(records: list[dict[str, Any]], data: str) -> str:
@@ -65,38 +73,42 @@ def check_records(records: list[dict[str, Any]], benchmark: str) -> None:
         )
 
 
-def _order(subset: str) -> tuple[int, str]:
+def _order(subset: str, averaged: tuple[str, ...]) -> tuple[int, int, str]:
     names = list(VISCOT_NAMES)
-    return (names.index(subset) if subset in names else len(names), subset)
+    return (averaged.index(subset) if subset in averaged else len(averaged),
+            names.index(subset) if subset in names else len(names), subset)  # fmt: skip
 
 
-def benchmark_table(metrics: dict[str, Any], *, judged: bool) -> dict[str, Any]:
-    """The per-subset rows and the average, from ``metrics["subsets"]`` (the field and judge metrics included)."""
+def benchmark_table(metrics: dict[str, Any], *, judged: bool, benchmark: str = "viscot") -> dict[str, Any]:
+    """The per-subset rows and the average, from ``metrics["subsets"]`` (the field, judge and rule metrics included)."""
+    averaged_subsets = AVERAGED[benchmark]
+    unjudged = "rule_score" if benchmark == "ground-r1" else "answer_accuracy"
     rows = []
-    for subset in sorted(metrics["subsets"], key=_order):
+    for subset in sorted(metrics["subsets"], key=lambda name: _order(name, averaged_subsets)):
         values = metrics["subsets"][subset]
         judge = values.get("judge_score") if judged else None
         rows.append({
             "subset": subset,
             "name": VISCOT_NAMES.get(subset, subset),
             "questions": values["samples"],
-            "answer_score": judge if judged else values["answer_accuracy"],
-            "exact_match": values["answer_accuracy"],
+            "answer_score": judge if judged else values.get(unjudged),
+            "exact_match": values.get("answer_accuracy"),
             "judge_score": judge,
-            "detection_acc_at_50": values["first_box_acc_at_50"],
-            "mean_iou": values["truth_mean_iou"],
-            "in_average": subset in VISCOT_AVERAGED,
+            "rule_score": values.get("rule_score"),
+            "detection_acc_at_50": values.get("first_box_acc_at_50"),
+            "mean_iou": values.get("truth_mean_iou"),
+            "in_average": subset in averaged_subsets,
         })
     averaged = [row for row in rows if row["in_average"]]
     average: dict[str, Any] = {"subset": "average", "name": "Average"}
     average["questions"] = sum(row["questions"] for row in averaged)
-    for key in ("answer_score", "exact_match", "judge_score", "detection_acc_at_50", "mean_iou"):
+    for key in ("answer_score", "exact_match", "judge_score", "rule_score", "detection_acc_at_50", "mean_iou"):
         values = [row[key] for row in averaged if row[key] is not None]
         average[key] = sum(values) / len(values) if values else None
     average["in_average"] = True
     return {
-        "benchmark": "viscot",
-        "answer_score": "judge" if judged else "exact_match",
+        "benchmark": benchmark,
+        "answer_score": "judge" if judged else "rule" if benchmark == "ground-r1" else "exact_match",
         "subsets": rows,
         "average": average,
         "averaged_subsets": [row["subset"] for row in averaged],
@@ -112,3 +124,44 @@ def benchmark_csv(table: dict[str, Any]) -> str:
         writer.writerow({k: ("" if row[k] is None else round(row[k], 4) if isinstance(row[k], float) else row[k])
                          for k in CSV_COLUMNS})
     return buffer.getvalue()
+
+
+def official_aggregates(rows: list[dict[str, Any]], records_by_id: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates a benchmark's own harness reports beside plain accuracy, where the records carry what they are
+    built from (``{}`` otherwise; of the first answer):
+
+    - ``cycles``, ``cycle_average``: HR-Bench's (VLMEvalKit's ``report_acc_hrbench``): answer accuracy per cycle
+      (``provenance.cycle_category``), overall (``all``) and per subset, then each averaged over the cycles;
+    - ``task_groups``: TreeBench's Perception and Reasoning (subsets ``<group>/<task>``): answer accuracy pooled over
+      each group's tasks.
+
+    >>> rows = [{"id": str(i), "subset": s, "answer_correct": c} for i, (s, c) in enumerate(
+    ...     [("FSP", True), ("FCP", False), ("FSP", True), ("FSP", False)])]
+    >>> records = {str(i): {"provenance": {"cycle_category": c}} for i, c in enumerate(["c1", "c1", "c2", "c2"])}
+    >>> official_aggregates(rows, records)["cycle_average"]
+    {'FCP': 0.0, 'FSP': 0.75, 'all': 0.5}
+    >>> official_aggregates([{"id": "0", "subset": "Perception/OCR", "answer_correct": True}], {"0": {}})
+    {'task_groups': {'Perception': {'samples': 1, 'answer_accuracy': 1.0}}}
+    """
+    found: dict[str, Any] = {}
+    cycles: dict[str, dict[str, list[bool]]] = {}
+    groups: dict[str, list[bool]] = {}
+    for row in rows:
+        correct = bool(row.get("answer_correct"))
+        cycle = (records_by_id[str(row["id"])].get("provenance") or {}).get("cycle_category")
+        if cycle:
+            by_type = cycles.setdefault(str(cycle), {})
+            by_type.setdefault("all", []).append(correct)
+            by_type.setdefault(str(row["subset"]), []).append(correct)
+        if "/" in str(row["subset"]):
+            groups.setdefault(str(row["subset"]).split("/", 1)[0], []).append(correct)
+    if cycles:
+        found["cycles"] = {cycle: {kind: sum(v) / len(v) for kind, v in sorted(by_type.items())}
+                           for cycle, by_type in sorted(cycles.items())}  # fmt: skip
+        kinds = sorted({kind for by_type in found["cycles"].values() for kind in by_type})
+        found["cycle_average"] = {kind: sum(c[kind] for c in found["cycles"].values() if kind in c)
+                                  / sum(kind in c for c in found["cycles"].values()) for kind in kinds}  # fmt: skip
+    if groups:
+        found["task_groups"] = {group: {"samples": len(v), "answer_accuracy": sum(v) / len(v)}
+                                for group, v in sorted(groups.items())}  # fmt: skip
+    return found

@@ -7,7 +7,7 @@
   a history and flag a regression (exit code 3). What the CronJob runs.
 
 Across modes: ``--judge-model`` scores answers with an LLM judge besides exact match, ``--benchmark viscot``
-adds the per-subset table of the VisCoT benchmark, and (model and scheduled mode) ``--prompt-style`` asks for
+(or ``ground-r1``) adds the per-subset table of the VisCoT benchmark, and (model and scheduled mode) ``--prompt-style`` asks for
 grounded reasoning, the answer alone, or both side by side. Except in score mode, ``--samples``, ``--temperature``
 and ``--shuffle-options`` state the protocol (Avg@k, shuffled options: :mod:`vcot.evaluate.protocol`).
 """
@@ -116,10 +116,12 @@ class EvaluateConfig:
     max_per_subset: int | None = option(
         None, help="Evaluate only the first N records of each subset (150: the slice Ground-R1's scripts take)."
     )
-    benchmark: Literal["viscot"] | None = option(
+    benchmark: Literal["viscot", "ground-r1"] | None = option(
         None,
-        help="viscot: the records are the converted VisCoT benchmark; add its per-subset table (answer score, "
-        "detection Acc@0.5 of the reasoning's first box, mean IoU) to metrics.json, the report and benchmark.csv.",
+        help="viscot: the records are the converted VisCoT benchmark (vcot-convert --source viscot); add its per-subset "
+        "table (answer score, detection Acc@0.5 of the reasoning's first box, mean IoU) to metrics.json, the report "
+        "and benchmark.csv. ground-r1: the same under Ground-R1's protocol (--source ground-r1; its per-subset rules "
+        "score the answers, averaged over the 12 subsets of its table).",
     )
     prompt_style: Literal["cot", "direct", "both"] = option(
         "cot",

@@ -111,18 +111,33 @@ def protocol_label(protocol: dict[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
+TABLE_SCORES = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}
+"""What a benchmark table's answer score is (``vcot.evaluate.benchmark``), in words."""
+
+
 def cell(metrics: dict[str, Any]) -> dict[str, Any]:
-    """One evaluation's numbers: the answer score (Avg@k's mean when k > 1, the judge's when one ran) and, when the
-    data has boxes, the traceability metrics (of the first answer, or their Avg@k)."""
+    """One evaluation's numbers: the answer score (Avg@k's mean when k > 1, the judge's when one ran; with a benchmark
+    table, its average over the subsets, and with HR-Bench's cycles, the average over them, as the papers report
+    them) and, when the data has boxes, the traceability
+    metrics (of the first answer, or their Avg@k)."""
     overall = metrics["overall"]
     averaged = (metrics.get("avg_at_k") or {}).get("overall") or {}
     judged = overall.get("judge_score") is not None
     answer_key = "judge_score" if judged else "answer_accuracy"
     found: dict[str, Any] = {
         "answer": averaged.get(answer_key, overall.get(answer_key)),
-        "answer_score": "judge" if judged else "exact match",
+        "answer_score": "judge score" if judged else "exact match",
         "samples": overall.get("samples"),
     }
+    table = (metrics.get("avg_at_k") or {}).get("benchmark") or metrics.get("benchmark")
+    cycles = (metrics.get("official") or {}).get("cycle_average")
+    if cycles and not averaged and not judged:  # HR-Bench: its score is the average over cycles
+        count = len(metrics["official"]["cycles"])
+        found.update(answer=cycles["all"], answer_score=f"exact match, mean of {count} cycles")
+    if table:
+        found["answer"] = table["average"]["answer_score"]
+        found["answer_score"] = (f"{TABLE_SCORES[table['answer_score']]}, mean of "
+                                 f"{len(table['averaged_subsets'])} subsets")  # fmt: skip
     if overall.get("grounded_samples"):
         found.update({key: averaged.get(key, overall.get(key)) for key in GROUNDING})
     return found
@@ -134,13 +149,15 @@ def evaluation_entry(output: str) -> dict[str, Any]:
     details = metrics.get("details", {})
     protocol = details.get("protocol") or {"split": details.get("split"), "samples": 1}
     benchmark = details.get("benchmark_name") or benchmark_name([], str(details.get("data", "?")))  # older outputs
+    numbers = cell(metrics)
+    scored_as = "" if numbers["answer_score"] == "exact match" else f", {numbers['answer_score']}"  # never mixed
     return {
         "model": model_name(details),
         "benchmark": benchmark,
-        "protocol": protocol_label(protocol) + (", judge score" if "judge" in details else ""),
+        "protocol": protocol_label(protocol) + scored_as,
         "output": output,
         "evaluated_at": details.get("evaluated_at") or "",
-        "cell": cell(metrics),
+        "cell": numbers,
     }
 
 
@@ -226,7 +243,8 @@ def table_html(table: dict[str, Any], title: str) -> str:
                 cells.append(f'<td{mark} data-column="{column["id"]}" data-metric="{key}">{shown}</td>')
         body.append(f'<tr data-model="{html.escape(row["model"])}">{"".join(cells)}</tr>')
     note = ("<p>Scores x 100. Answer: exact match (the judge's score where one ran), the mean over the k answers "
-            "for Avg@k. Boxes are read once, in each model's own frame. First-box Acc@0.5: VisCoT's detection; "
+            "for Avg@k; a column whose protocol names a table (viscot, ground-r1) has the table's average over its "
+            "subsets, as the papers report it. Boxes are read once, in each model's own frame. First-box Acc@0.5: VisCoT's detection; "
             "mIoU: TreeBench's; consistency: MM-GCoT's; boxes missing/invalid: lower is better. Bold: the column's "
             "best.</p>")  # fmt: skip
     return (

@@ -177,22 +177,27 @@ def judge_table(metrics: dict[str, Any]) -> str:
 
 def benchmark_section(table: dict[str, Any]) -> str:
     """The benchmark's per-subset table, as the paper names the subsets (``vcot.evaluate.benchmark``)."""
-    score = "answer score (judge)" if table["answer_score"] == "judge" else "answer score (exact match)"
-    header = ["subset", "questions", score, "detection Acc@0.5 (first box)", "mean IoU"]
+    kind = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}[table["answer_score"]]
+    header = ["subset", "questions", f"answer score ({kind})", "detection Acc@0.5 (first box)", "mean IoU"]
     body = [
         [html.escape(row["name"]) + ("" if row["in_average"] else " *"), str(row["questions"]),
          *(_fmt(row[key], "{:.3f}") for key in ("answer_score", "detection_acc_at_50", "mean_iou"))]
         for row in [*table["subsets"], table["average"]]
     ]
-    note = "<p>* not in VisCoT's average (its scripts average 11 subsets). Also in benchmark.csv.</p>"
+    ground_r1 = table["benchmark"] == "ground-r1"
+    averaged = "Ground-R1's table averages 12 subsets" if ground_r1 else "VisCoT's scripts average 11 subsets"
+    note = f"<p>* not in the average ({averaged}). Also in benchmark.csv.</p>"
     explained = [
         ("questions", "the subset's questions scored."),
-        ("answer score", "exact match, or the judge's mean score when a judge ran."),
+        ("answer score", "the judge's mean score when a judge ran; else Ground-R1's rule of the subset (option "
+         "letter, 1 - word error rate, ROUGE, containment)" if ground_r1 else "the judge's mean score when a judge "
+         "ran; else exact match."),
         ("detection Acc@0.5 (first box)", "share of questions whose first box has an IoU above 0.5 with a "
          "ground-truth box."),
         ("mean IoU", "as in the Metrics table."),
     ]
-    return "<h2>VisCoT benchmark</h2>" + _table("benchmark", header, body) + legend("benchmark-legend", explained) + note
+    title = "VisCoT benchmark, Ground-R1's protocol" if ground_r1 else "VisCoT benchmark"
+    return f"<h2>{title}</h2>" + _table("benchmark", header, body) + legend("benchmark-legend", explained) + note
 
 
 def styles_section(comparison: dict[str, Any]) -> str:
@@ -222,10 +227,30 @@ def field_sections(metrics: dict[str, Any]) -> list[str]:
         sections.append("<h2>LLM judge</h2>" + judge_table(metrics))
     if metrics.get("benchmark"):
         sections.append(benchmark_section(metrics["benchmark"]))
+    if metrics.get("official"):
+        sections.append(official_section(metrics["official"]))
     if metrics.get("prompt_styles"):
         sections.append(styles_section(metrics["prompt_styles"]))
     sections.append(protocol_section(metrics))
     return sections
+
+
+def official_section(official: dict[str, Any]) -> str:
+    """The aggregates the benchmark's own harness reports (``vcot.evaluate.benchmark.official_aggregates``)."""
+    parts = ["<h2>The benchmark's own aggregates</h2>"]
+    if official.get("cycles"):
+        kinds = list(official["cycle_average"])
+        body = [[html.escape(name), *(_fmt(values.get(kind), "{:.3f}") for kind in kinds)]
+                for name, values in [*official["cycles"].items(), ("average over cycles", official["cycle_average"])]]
+        parts.append("<p>Answer accuracy per cycle and its average over the cycles (HR-Bench's score, as "
+                     "VLMEvalKit reports it).</p>" + _table("cycles", ["cycle", *kinds], body))
+    if official.get("task_groups"):
+        body = [[html.escape(group), str(values["samples"]), _fmt(values["answer_accuracy"], "{:.3f}")]
+                for group, values in official["task_groups"].items()]
+        parts.append("<p>Answer accuracy pooled over each group's tasks (TreeBench's Perception and Reasoning; the "
+                     "tasks are the subsets above).</p>" + _table("task-groups", ["group", "questions", "answer acc."],
+                                                                  body))
+    return "".join(parts)
 
 
 AVG_COLUMNS = (("answer_accuracy", "answer acc."), ("first_box_acc_at_50", "first-box Acc@0.5"),

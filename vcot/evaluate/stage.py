@@ -26,8 +26,9 @@ from typing import Any, Literal
 from vcot.config import redacted
 from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
-from vcot.evaluate.benchmark import benchmark_csv, benchmark_name, benchmark_table, check_records
+from vcot.evaluate.benchmark import benchmark_csv, benchmark_name, benchmark_table, check_records, official_aggregates
 from vcot.evaluate.config import EvaluateConfig
+from vcot.evaluate.ground_r1 import add_rule_metrics, add_rule_scores
 from vcot.evaluate.judge import add_judge_metrics, judge_endpoint, judge_rows
 from vcot.evaluate.protocol import average_at_k, sample_records
 from vcot.evaluate.report import build_report, field_sections
@@ -305,6 +306,8 @@ def set_metrics(rows: list[dict[str, Any]], scores: list[Any], *, judged: bool) 
     add_field_metrics(metrics, rows)
     if judged:
         add_judge_metrics(metrics, rows)
+    if any("rule_score" in row for row in rows):
+        add_rule_metrics(metrics, rows)
     return metrics
 
 
@@ -324,7 +327,12 @@ def all_metrics(
     if more_samples:
         metrics["avg_at_k"] = average_at_k([metrics, *(set_metrics(*more[:2], judged=False) for more in more_samples)])
     if config.benchmark:
-        metrics["benchmark"] = benchmark_table(metrics, judged=judged)
+        metrics["benchmark"] = benchmark_table(metrics, judged=judged, benchmark=config.benchmark)
+        if "avg_at_k" in metrics:  # the same table of the k answers' means (a count is not averaged: the first's)
+            means = {name: {"samples": metrics["subsets"][name]["samples"], **values}
+                     for name, values in metrics["avg_at_k"]["subsets"].items()}  # fmt: skip
+            metrics["avg_at_k"]["benchmark"] = benchmark_table({"subsets": means}, judged=False,
+                                                               benchmark=config.benchmark)  # fmt: skip
     return metrics
 
 
@@ -430,10 +438,18 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     scored = {style: join_and_score(asked[0], responses, fmt) for style, responses in by_style.items()}
     more_samples = [join_and_score(asked[j], answers[j][config.prompt_style], fmt) for j in range(1, len(asked))]
     records_by_id = {str(record["id"]): record for record in asked[0]}
+    if config.benchmark == "ground-r1":
+        for rows, _, _ in scored.values():
+            add_rule_scores(rows, records_by_id)
+        for sample, (rows, _, _) in enumerate(more_samples, 1):
+            add_rule_scores(rows, {str(record["id"]): record for record in asked[sample]})
     if judge is not None:
         details["judge"] = judge_rows([row for rows, _, _ in scored.values() for row in rows], records_by_id, *judge)
     metrics = all_metrics(config, scored, details, judged=judge is not None, more_samples=more_samples)
     rows = scored[next(iter(scored))][0]
+    official = official_aggregates(rows, records_by_id)
+    if official:
+        metrics["official"] = official
 
     entry, timeline = compare_with_history(config, target, metrics, details) if target.history else (None, [])
 

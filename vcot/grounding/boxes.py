@@ -483,6 +483,53 @@ def pixels_to_norm1000(box: Sequence[float], width: float, height: float) -> Int
     )
 
 
+def pixel_box_problem(
+    pixels: Sequence[float], width: float, height: float, *, slack: tuple[float, float] = (0.5, 0.5)
+) -> str | None:
+    """Why ``[x1, y1, x2, y2]`` in pixels of a ``width`` x ``height`` image cannot be a box of it (a reason code:
+    ``not_a_number_box``, ``not_finite_box``, ``box_outside_image``, ``inverted_box``), or ``None``.
+
+    ``slack``: how far (pixels, along x and y) past an edge a box may reach and still be clamped onto the image;
+    annotations overrun by rounding (COCO's by half a pixel, VisCoT's by a few), further out the box or the size is
+    wrong. Every converter that reads pixel boxes checks them here, each with its dataset's slack.
+
+    >>> pixel_box_problem([0, 0, 100.4, 50], 100, 50), pixel_box_problem([0, 0, 102, 50], 100, 50)
+    (None, 'box_outside_image')
+    >>> pixel_box_problem([0, 0, 102, 50], 100, 50, slack=(2, 1)), pixel_box_problem([9, 9, 4, 13], 100, 50)
+    (None, 'inverted_box')
+    >>> pixel_box_problem([0, "a", 1, 2], 9, 9), pixel_box_problem([0, 0, float("nan"), 2], 9, 9)
+    ('not_a_number_box', 'not_finite_box')
+    """
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pixels):
+        return "not_a_number_box"
+    x1, y1, x2, y2 = pixels
+    if not all(math.isfinite(v) for v in pixels):
+        return "not_finite_box"
+    slack_x, slack_y = slack
+    if min(x1, x2) < -slack_x or max(x1, x2) > width + slack_x or min(y1, y2) < -slack_y or max(y1, y2) > height + slack_y:
+        return "box_outside_image"
+    return "inverted_box" if x2 < x1 or y2 < y1 else None
+
+
+def pixel_box_to_house(
+    pixels: Sequence[float], width: float, height: float, *, slack: tuple[float, float] = (0.5, 0.5)
+) -> IntBox | str:
+    """A pixel box of a ``width`` x ``height`` image as a house box (clamped onto the image), or why it cannot be
+    one (:func:`pixel_box_problem`'s reasons, or :func:`validate_box`'s with ``_box`` appended).
+
+    >>> pixel_box_to_house([10, 20, 200.3, 50], 200, 100), pixel_box_to_house([10, 20, 10.05, 50], 200, 100)
+    ((50, 200, 1000, 500), 'zero_area_box')
+    """
+    if len(pixels) != 4:
+        return "wrong_arity_box"
+    problem = pixel_box_problem(pixels, width, height, slack=slack)
+    if problem is not None:
+        return problem
+    box = pixels_to_norm1000(pixels, width, height)
+    reason = validate_box(box)
+    return box if reason is None else f"{reason}_box"
+
+
 def norm1000_to_pixels(box: Sequence[float], width: float, height: float) -> Box:
     """House coordinates to absolute pixels (floats)."""
     _check_size(width, height)
