@@ -60,12 +60,12 @@ def _messages_or_none(
         return None
 
 
-def served_endpoint(config: EvaluateConfig, output: str, model: str, fmt: ModelFormat, sample: int = 0) -> Endpoint:
-    """The endpoint answer ``sample`` of each question is asked through: sampled answers carry their seed (so a
-    rerun draws, and the cache keeps, each one apart); ``--structured-boxes`` adds the format's regex."""
+def served_endpoint(config: EvaluateConfig, output: str, model: str, fmt: ModelFormat) -> Endpoint:
+    """The endpoint every answer is asked through (:func:`sample_params` adds a sampled answer's seed);
+    ``--structured-boxes`` adds the format's regex."""
     params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_new_tokens}
     if config.temperature:
-        params.update(top_p=config.top_p, seed=config.seed + sample)
+        params.update(top_p=config.top_p)
     extra = with_structured_boxes(config.server_params, fmt) if config.structured_boxes else config.server_params
     if extra:
         params["extra_body"] = extra  # the openai client sends them as they are
@@ -78,6 +78,18 @@ def served_endpoint(config: EvaluateConfig, output: str, model: str, fmt: ModelF
         max_attempts=config.server_max_attempts,
         timeout=config.server_timeout,
     )
+
+
+def sample_params(config: EvaluateConfig, sample: int) -> dict[str, Any]:
+    """What answer ``sample`` of a question adds to the request: its seed when sampling, so a rerun draws, and the
+    cache keeps, each answer apart (vLLM honours a request's seed); nothing when greedy.
+
+    >>> from vcot.evaluate.config import EvaluateConfig
+    >>> config = EvaluateConfig(data="d", server="http://s/v1", output="o", samples=3, temperature=1.0, seed=10)
+    >>> sample_params(config, 2), sample_params(EvaluateConfig(data="d", server="http://s/v1", output="o"), 0)
+    ({'seed': 12}, {})
+    """
+    return {"seed": config.seed + sample} if config.temperature else {}
 
 
 def served_responses(
@@ -99,22 +111,16 @@ def served_responses(
     model = config.served_model or served_model_name(str(config.server), timeout=config.server_timeout)
     started = time.perf_counter()
     unreadable: set[str] = set()
-    answers: list[dict[str, dict[str, str]]] = []
-    spent: list[dict[str, Any]] = []
-    for sample, records in enumerate(asked):
-        endpoint = served_endpoint(config, output, model, fmt, sample)
-        asking = [(style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
-                  for style in config.prompt_styles for record in records]  # fmt: skip
-        # Every prompt style of a sample in one run (one ledger counts them); samples one after another, each with
-        # its own seed, so a stopped run resumes sample by sample from the cache.
-        got = ask_all(endpoint, api_key(), [(record_id, build) for _, record_id, build in asking], role="served",
-                      flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
-        responses: dict[str, dict[str, str]] = {style: {} for style in config.prompt_styles}
-        for (style, record_id, _), answer in zip(asking, got.completions, strict=True):
-            if answer is not None:
-                responses[style][record_id] = answer.text
-        answers.append(responses)
-        spent.append(got.spent)
+    asking = [(sample, style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
+              for sample, records in enumerate(asked) for style in config.prompt_styles for record in records]  # fmt: skip
+    # Every sample and prompt style in one run: one cache load and one ledger; each sample with its own seed.
+    got = ask_all(served_endpoint(config, output, model, fmt), api_key(),
+                  [(record_id, build, sample_params(config, sample)) for sample, _, record_id, build in asking],
+                  role="served", flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
+    answers: list[dict[str, dict[str, str]]] = [{style: {} for style in config.prompt_styles} for _ in asked]
+    for (sample, style, record_id, _), answer in zip(asking, got.completions, strict=True):
+        if answer is not None:
+            answers[sample][style][record_id] = answer.text
     seconds = time.perf_counter() - started
     answered = sum(len(by_id) for responses in answers for by_id in responses.values())
     generation = {"temperature": config.temperature, "top_p": config.top_p, "max_new_tokens": config.max_new_tokens,
@@ -129,6 +135,6 @@ def served_responses(
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
         "skipped_samples": {"image_unreadable": len(unreadable)} if unreadable else {},
-        "served": spent[0] if len(spent) == 1 else {"samples": spent},
+        "served": got.spent,
     }
     return answers, details

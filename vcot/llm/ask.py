@@ -23,9 +23,12 @@ from vcot.progress import Progress
 
 log = get_logger(__name__)
 
-Request = tuple[str, Callable[[], "list[dict[str, Any]] | None"]]
-"""``(record id, build)``: the record a question is about (kept in the cache for audits) and what builds its messages
-when its turn comes (``None``: nothing to ask), so that a split's images are not all held at once."""
+Request = tuple[str, Callable[[], "list[dict[str, Any]] | None"]] | tuple[
+    str, Callable[[], "list[dict[str, Any]] | None"], dict[str, Any]
+]
+"""``(record id, build[, params])``: the record a question is about (kept in the cache for audits), what builds its
+messages when its turn comes (``None``: nothing to ask), so that a split's images are not all held at once, and
+parameters of this request alone, added to the endpoint's (a sample's seed)."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,13 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
     progress = Progress(f"{role}_progress", len(requests), unit="answer")
     window = asyncio.Semaphore(2 * endpoint.concurrency)  # requests whose messages (images) are held at once
 
-    async def ask(record_id: str, build: Callable[[], list[dict[str, Any]] | None]) -> Completion | None:
+    async def ask(
+        record_id: str, build: Callable[[], list[dict[str, Any]] | None], params: dict[str, Any] | None = None
+    ) -> Completion | None:
         async with window:
             messages = await asyncio.to_thread(build)
-            completion = None if messages is None else await chat.ask(messages, record_id=record_id, purpose=role)
+            completion = None if messages is None else await chat.ask(messages, record_id=record_id, purpose=role,
+                                                                      params=params)  # fmt: skip
         progress.update()
         return completion
 

@@ -279,8 +279,13 @@ class CachedChat:
         self.waiting: dict[str, tuple[str, str]] = {}
         """``key -> (purpose, record_id)`` of requests the backend has not answered yet (batch mode)."""
 
-    async def ask(self, messages: list[dict[str, Any]], *, record_id: str, purpose: str) -> Completion:
-        key = request_key(self.model, messages, self.params)
+    async def ask(
+        self, messages: list[dict[str, Any]], *, record_id: str, purpose: str, params: dict[str, Any] | None = None
+    ) -> Completion:
+        """The answer to ``messages``; ``params`` adds to (or replaces) the chat's own for this request alone (a
+        sample's seed), in its cache key too."""
+        params = {**self.params, **params} if params else self.params
+        key = request_key(self.model, messages, params)
         entry = self.cache.get(key)
         if entry is not None:
             self.ledger.cache_hits += 1
@@ -291,7 +296,7 @@ class CachedChat:
         self._in_flight[key] = future
         self.waiting[key] = (purpose, record_id)
         try:
-            completion = await self.backend(key, self.model, messages, self.params)
+            completion = await self.backend(key, self.model, messages, params)
             del self.waiting[key]
             self.ledger.record(completion.prompt_tokens, completion.completion_tokens)
             await self.cache.add(answer_entry(key, self.model, purpose, record_id, completion))
