@@ -1,6 +1,7 @@
 """VisCoT's benchmark as Ground-R1 evaluates it (``--source ground-r1``): real lines of its
-``visualCoT_eval_subset150_choice.jsonl`` (two per subset, ``tests/fixtures/ground_r1``) into records, and broken
-lines rejected by reason."""
+``visualCoT_eval_subset150_choice.jsonl`` (two per subset, ``tests/fixtures/ground_r1``, then three odd ones: GQA
+options written ``A)``, a DUDE box past its image, an inverted DocVQA box) into records, and broken lines rejected by
+reason."""
 
 from __future__ import annotations
 
@@ -38,11 +39,10 @@ def test_every_subset_converts_with_its_boxes_options_and_images(tmp_path: Path)
     convert(ConvertConfig(source="ground-r1", input=str(SAMPLE), output=str(tmp_path / "out"),
                           images=str(tmp_path / "cot_image_data"), val_fraction=1.0))
     records = {r["id"]: r for r in committed(tmp_path / "out", "val/")}
-    assert len(records) == len(lines) == 26 and not committed(tmp_path / "out", "rejected/")
+    assert len(records) == len(lines) == 29 and not committed(tmp_path / "out", "rejected/")
     assert {r["subset"] for r in records.values()} == {json.loads(line)["dataset"] for line in lines}
 
-    gqa = records["ground-r1:gqa:0"] if "ground-r1:gqa:0" in records else next(
-        r for r in records.values() if r["subset"] == "gqa")
+    gqa = records["ground-r1:gqa:7"]
     assert gqa["question"] == "What are the tree branches in front of?"  # the stray quote and the options cut off
     assert gqa["choices"] == ["Door", "Wall", "Window", "Garage"]
     assert (gqa["answer"], gqa["answer_index"]) == ("Window", 2)  # <answer>C</answer>
@@ -54,9 +54,16 @@ def test_every_subset_converts_with_its_boxes_options_and_images(tmp_path: Path)
     assert textcap["choices"] is None and textcap["answer"] == "LANCOME"
     v7w = next(r for r in records.values() if r["subset"] == "v7w")
     assert v7w["choices"] is None and v7w["answer"] == "Foliage."  # open in this file
+    parenthesized = records["ground-r1:gqa:437"]  # "A) Hamburger" lines
+    assert parenthesized["question"] == "What kind of fast food is on the tray?"
+    assert (parenthesized["choices"], parenthesized["answer"]) == (["Hamburger", "Hot Dog", "Pizza", "Taco"], "Hot Dog")
+    for key, reason in (("ground-r1:dude:3", "box_outside_image"), ("ground-r1:docvqa:128", "inverted_box")):
+        kept = records[key]  # asked and scored like the others, with no box to score
+        assert kept["objects"] == [] and kept["needs_distillation"] and kept["provenance"]["box_problem"] == reason
     for record in records.values():
         assert record["provenance"]["benchmark"] == "VisCoT (Ground-R1)" and record["source"] == "ground-r1"
-        assert f"Answer: {record['answer']}" in record["rationale"] and not record["needs_distillation"]
+        if record["objects"]:
+            assert f"Answer: {record['answer']}" in record["rationale"] and not record["needs_distillation"]
 
 
 def test_broken_lines_are_rejected_by_reason(tmp_path: Path) -> None:
@@ -73,10 +80,12 @@ def test_broken_lines_are_rejected_by_reason(tmp_path: Path) -> None:
     data = tmp_path / "broken.jsonl"
     data.write_text("".join(json.dumps(item) + "\n" for item in [good, *broken]) + "{not json\n")
     convert(ConvertConfig(source="ground-r1", input=str(data), output=str(tmp_path / "out"), val_fraction=1.0))
-    assert len(committed(tmp_path / "out", "val/")) == 1
+    kept = {r["id"]: r for r in committed(tmp_path / "out", "val/")}
+    assert {key: r["provenance"]["box_problem"] for key, r in kept.items()} == {
+        f"ground-r1:flickr30k:{good['problem_id']}": None, "ground-r1:flickr30k:901": "box_outside_image",
+        "ground-r1:flickr30k:903": "missing_box", "ground-r1:flickr30k:905": "inverted_box"}  # fmt: skip
     reasons = sorted(r["reason"] for r in committed(tmp_path / "out", "rejected/"))
-    assert reasons == sorted(["bad_answer", "box_outside_image", "missing_size", "missing_box", "missing_answer",
-                              "inverted_box", "malformed_json"])
+    assert reasons == ["bad_answer", "malformed_json", "missing_answer", "missing_size"]
 
 
 def test_check_images_rejects_missing_images_and_wrong_sizes(tmp_path: Path) -> None:
@@ -87,5 +96,5 @@ def test_check_images_rejects_missing_images_and_wrong_sizes(tmp_path: Path) -> 
     data.write_text("".join(json.dumps(item) + "\n" for item in [*lines, {**lines[4], "width": 641, "problem_id": 9}]))
     convert(ConvertConfig(source="ground-r1", input=str(data), output=str(tmp_path / "out"), images=str(images),
                           val_fraction=1.0, check_images=True))
-    assert len(committed(tmp_path / "out", "val/")) == 25
+    assert len(committed(tmp_path / "out", "val/")) == len(lines) - 1
     assert sorted(r["reason"] for r in committed(tmp_path / "out", "rejected/")) == ["missing_image", "size_mismatch"]

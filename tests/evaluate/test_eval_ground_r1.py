@@ -27,20 +27,22 @@ def ground_r1_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[
     output = str(root / "converted")
     convert(ConvertConfig(source="ground-r1", input=str(SAMPLE), output=output))
     records = list(manifest.committed_records(output))
-    assert len(records) == 26 and {r["split"] for r in records} == {"train", "val"}  # --benchmark reads both
+    assert len(records) == 29 and {r["split"] for r in records} == {"train", "val"}  # --benchmark reads both
     return output, records
 
 
-def planted(record: dict[str, Any], first: bool) -> tuple[str, float | None]:
-    """A response to ``record`` and the score Ground-R1's rules give it, worked out here by hand from each rule."""
+def planted(record: dict[str, Any], nth: int) -> tuple[str, float | None]:
+    """A response to ``record`` (the subset's ``nth``) and the score Ground-R1's rules give it, worked out here by
+    hand from each rule."""
     subset, answer = record["subset"], record["answer"]
-    box = f"<ref>it</ref><box>{record['objects'][0]['box']}</box>"
+    box = f"<ref>it</ref><box>{record['objects'][0]['box']}</box>" if record["objects"] else "No box."
     if subset == "emotic":
         return f"{box} Answer: {answer}", None  # their script does not score it
-    if record.get("choices"):  # gqa, openimages: the letter decides
-        letter = "ABCD"[record["answer_index"]]
-        wrong = "ABCD"[record["answer_index"] - 1]
-        return (f"{box} Answer: {letter}", 1.0) if first else (f"{box} Answer: {wrong}", 0.0)
+    if record.get("choices"):  # gqa, openimages: the option named decides, as a letter, "(B)" or its text
+        right, wrong = record["answer_index"], record["answer_index"] - 1
+        return [(f"{box} Answer: {'ABCD'[right]}", 1.0), (f"{box} Answer: {record['choices'][wrong]}", 0.0),
+                (f"{box} Answer: ({'ABCD'[right]})", 1.0)][nth]  # fmt: skip
+    first = nth == 0
     if first:
         return f"{box} Answer: {answer.upper()}", 1.0  # case is ignored by every rule
     if subset in ("vsr", "cub"):
@@ -57,12 +59,10 @@ def test_each_subset_is_scored_by_its_rule_and_averaged_as_ground_r1_reports(
     ground_r1_data: tuple[str, list], tmp_path: Path
 ) -> None:
     data, records = ground_r1_data
-    seen: set[str] = set()
     expected: dict[str, list[float | None]] = {}
     lines = []
     for record in records:
-        response, score = planted(record, record["subset"] not in seen)
-        seen.add(record["subset"])
+        response, score = planted(record, len(expected.get(record["subset"], [])))
         expected.setdefault(record["subset"], []).append(score)
         lines.append(json.dumps({"id": record["id"], "prediction": response}) + "\n")
     predictions = tmp_path / "predictions.jsonl"
@@ -79,6 +79,7 @@ def test_each_subset_is_scored_by_its_rule_and_averaged_as_ground_r1_reports(
         scores = expected[row["subset"]]
         assert float(row["answer_score"]) == pytest.approx(sum(scores) / len(scores), abs=1e-4), row["subset"]
         assert row["rule_score"] == row["answer_score"] and row["in_average"] == "True"
+        assert int(row["questions"]) == len(scores)  # a question without a usable box is scored too
     emotic = table[-2]
     assert emotic["answer_score"] == "" and emotic["in_average"] == "False"
     subset_means = [float(row["answer_score"]) for row in table[:-2]]
@@ -100,7 +101,11 @@ def test_each_subset_is_scored_by_its_rule_and_averaged_as_ground_r1_reports(
 
 
 def test_the_rules_read_answers_as_ground_r1_s_script_does() -> None:
-    # the option letter: the first character of the answer when it is A-D, even at the start of a word
+    # an answer naming an option (vcot's "(A) text" style) is that option; the rest is read as their script reads it
+    choice = {"subset": "gqa", "choices": ["Door", "Wall", "Window", "Garage"], "answer_index": 2, "answer": "Window"}
+    assert [rule_score(choice, f"Answer: {a}") for a in ("(C)", "Window", "C. Window", "Door", "B")] == [1, 1, 1, 0, 0]
+    assert rule_score(choice, "It is the one marked C. that one") == 1.0  # names no option: an "X." anywhere
+    # their reading: the first character of the answer when it is A-D, even at the start of a word
     assert letter_score("Answer: Door", "Door", "D") == 1.0
     assert letter_score("Answer: Window", "Window", "C") == 0.0  # the option's text is not read
     assert letter_score("The branches are in front of C. the window", "x", "C") == 1.0

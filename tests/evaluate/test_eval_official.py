@@ -42,6 +42,8 @@ def test_hr_bench_is_averaged_over_its_cycles_and_treebench_grouped(tmp_path: Pa
     official = metrics["official"]
     assert official["cycles"] == {"cycle_1": {"FSP": 1.0, "all": 1.0}, "cycle_2": {"FCP": 0.0, "all": 0.0}}
     assert official["cycle_average"]["all"] == pytest.approx(0.5)  # HR-Bench's score: the mean of the cycles
+    # each subset summed over the cycles and divided by all of them, as VLMEvalKit does (FSP is in one of two)
+    assert official["cycle_average"] == {"FCP": 0.0, "FSP": 0.5, "all": 0.5}
 
     tree_header = ["index", "image", "question", "A", "B", "answer", "category", "target_instances"]
     categories = ["Perception/OCR", "Perception/Attributes", "Reasoning/Ordering"]

@@ -109,7 +109,8 @@ def test_avg_at_k_averages_k_sampled_answers_and_never_asks_twice(tmp_path: Path
         assert server.chat_requests == asked  # every sample came from the cache
     found = metrics(tmp_path / "k4")
     served_details = found["details"]["served"]  # one run asked all K samples: one cache load, one ledger
-    assert served_details["cache_answers"] == {"before": 24, "after": 24} and served_details["ledger"]["cache_hits"] == 24
+    assert served_details["cache_answers"] == {"before": 24, "after": 24}
+    assert served_details["ledger"]["cache_hits"] == 24
     assert found["overall"]["answer_accuracy"] == 1.0  # the first answer (seed 10)
     assert found["avg_at_k"]["k"] == 4
     assert found["avg_at_k"]["overall"]["answer_accuracy"] == 0.5

@@ -254,14 +254,15 @@ def test_served_adapters_answer_as_vcot_does_with_each_adapter(
 
 
 def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_leaderboard(
-    served: VllmServer, trained: Trained, tmp_path: Path
+    served: VllmServer, trained: Trained, chromium: str, tmp_path: Path
 ) -> None:
     """The field's benchmarks converted from samples in their published layouts (VLMEvalKit's TSV: TreeBench with its
     evidence boxes, HR-Bench, V*, MME-RealWorld-Lite; lmms-eval's RefCOCO Parquet), asked of the real vLLM serving the
     export under stated protocols (shuffled options; Avg@2 sampled with vLLM's per-request seed), then one leaderboard
     whose cells are each evaluation's numbers. VisCoT's benchmark under Ground-R1's protocol too (its real lines, one
-    per subset, scored by its per-subset rules)."""
+    per subset, scored by its per-subset rules). The page is looked at in chromium."""
     from jobs.leaderboard import main as leaderboard_main
+    from tests.evaluate.test_leaderboard import board_page
     from tests.convert.test_convert_ground_r1 import SAMPLE, write_images
     from tests.convert.test_convert_refcoco import refcoco_rows, write_split
     from tests.evaluate.test_leaderboard import write_benchmarks
@@ -303,8 +304,18 @@ def test_every_benchmark_layout_is_scored_on_the_served_export_and_shown_on_the_
     assert "best_of_two_acc_at_50" in refcoco and "box_missing_or_invalid" in refcoco
     ground_r1 = json.loads((tmp_path / "evals" / "ground-r1" / "metrics.json").read_text())
     assert ground_r1["overall"]["samples"] == 13 and ground_r1["benchmark"]["answer_score"] == "rule"
+    scored = [row for uri in manifest.committed_files(str(tmp_path / "evals" / "ground-r1"), "predictions/")
+              for row in shards.read_jsonl(uri)]  # fmt: skip
+    table = {row["subset"]: row for row in ground_r1["benchmark"]["subsets"]}
+    for subset, row in table.items():  # each subset's score is its answers' rule scores (none for EMOTIC)
+        rules = [r["rule_score"] for r in scored if r["subset"] == subset and r["rule_score"] is not None]
+        assert row["answer_score"] == (sum(rules) / len(rules) if rules else None), subset
     average = ground_r1["benchmark"]["average"]["answer_score"]
-    assert 0.0 <= average <= 1.0 and cells[columns["VisCoT (Ground-R1)"]["id"]]["answer"] == average
+    averaged = ground_r1["benchmark"]["averaged_subsets"]
+    assert len(averaged) == 12 and average == pytest.approx(sum(table[s]["answer_score"] for s in averaged) / 12)
+    assert cells[columns["VisCoT (Ground-R1)"]["id"]]["answer"] == average
+    with board_page(tmp_path / "board", chromium, tmp_path / "chromium-profile") as page:
+        assert "Ground-R1's rules, mean of 12 subsets" in " ".join(page.locator("th.group").all_inner_texts())
 
 
 def test_structured_boxes_make_the_served_model_write_only_well_formed_boxes(

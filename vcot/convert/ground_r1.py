@@ -12,7 +12,9 @@ and Open Images' into four-option multiple choice. One JSON object per line:
 
 Records: ``source`` ``ground-r1`` (``vcot-evaluate --benchmark ground-r1`` scores them by Ground-R1's rules,
 :mod:`vcot.evaluate.ground_r1`), multiple choice as ``choices`` + ``answer_index`` with ``answer`` the option's text,
-the boxes in the house frame with VisCoT's labels, the grounded rationale VisCoT's converter writes.
+the boxes in the house frame with VisCoT's labels, the grounded rationale VisCoT's converter writes. A question whose
+box is unusable (10 of DUDE's, 1 of DocVQA's in the published file) is kept without one (``provenance.box_problem``),
+since the rules score answers and Ground-R1 counts it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from vcot.io import storage
 
 SOURCE = "ground-r1"
 BENCHMARK = "VisCoT (Ground-R1)"
-_OPTION = re.compile(r"^\s*([A-Z])\.\s*(.*?)\s*$")
+_OPTION = re.compile(r"^\s*([A-Z])[.)]\s*(.*?)\s*$")
 _TAGGED = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)
 _IMAGE_FOLDERS = ("cot_image_data/", "cot/")
 
@@ -40,13 +42,17 @@ def split_problem(problem: str) -> tuple[str, list[str]]:
 
     >>> split_problem('What contains the tea?"  \\nA. Coffee cup  \\nB. Soup bowl  \\n')
     ('What contains the tea?', ['Coffee cup', 'Soup bowl'])
-    >>> split_problem("What is behind the bench?")
-    ('What is behind the bench?', [])
+    >>> split_problem('What is it?"\\nA) Hamburger\\nB) Pizza\\n')
+    ('What is it?', ['Hamburger', 'Pizza'])
+    >>> split_problem("What is behind the bench?"), split_problem("Is B. the answer?")
+    (('What is behind the bench?', []), ('Is B. the answer?', []))
     """
     lines = problem.splitlines()
-    options = [match.group(2) for match in map(_OPTION.match, lines) if match]
+    found = [match for match in map(_OPTION.match, lines) if match]
+    if [match.group(1) for match in found] != list(string.ascii_uppercase[: len(found)]):
+        return problem.strip(), []  # not an A, B, C... list: an open question that has such a line
     question = "\n".join(line for line in lines if not _OPTION.match(line)).strip()
-    return (question.rstrip('"').rstrip() if options else question), options
+    return (question.rstrip('"').rstrip() if found else question), [match.group(2) for match in found]
 
 
 def answer_of(solution: str, choices: list[str]) -> tuple[str, int | None] | None:
@@ -81,6 +87,20 @@ def image_path(path: str) -> str:
     return "/".join(path.replace("\\", "/").split("/")[-2:])
 
 
+def evidence(boxes: Any, size: tuple[int, int]) -> tuple[list[list[int]], str | None]:
+    """The evidence boxes in the house frame, or none and why: a question whose box is unusable is still asked (the
+    rules score answers only; Ground-R1 counts it), with no box to score.
+
+    >>> evidence([[0, 0, 50, 25]], (100, 50)), evidence([[0, 0, 150, 25]], (100, 50)), evidence([], (100, 50))
+    (([[0, 0, 500, 500]], None), ([], 'box_outside_image'), ([], 'missing_box'))
+    """
+    if not isinstance(boxes, list) or not boxes or not all(isinstance(box, list) and len(box) == 4 for box in boxes):
+        return [], "missing_box"
+    house = [pixel_box_to_house(box, *size, slack=viscot_slack(*size)) for box in boxes]
+    problems = [box for box in house if isinstance(box, str)]
+    return ([], problems[0]) if problems else ([list(box) for box in house if not isinstance(box, str)], None)
+
+
 def _size(item: dict[str, Any]) -> tuple[int, int] | None:
     width, height = item.get("width"), item.get("height")
     if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
@@ -112,13 +132,7 @@ def convert(item: Any, position: int, images: str, source_file: str, check_image
     size = _size(item)
     if size is None:
         return reject("missing_size", f"width {item.get('width')!r}, height {item.get('height')!r}")
-    boxes = item.get("bboxs")
-    if not isinstance(boxes, list) or not boxes or not all(isinstance(box, list) for box in boxes):
-        return reject("missing_box", f"bboxs {boxes!r}")
-    house = [pixel_box_to_house(box, *size, slack=viscot_slack(*size)) for box in boxes]
-    problems = [box for box in house if isinstance(box, str)]
-    if problems:
-        return reject(problems[0], f"bboxs {boxes!r} on a {size[0]}x{size[1]} image")
+    house, box_problem = evidence(item.get("bboxs"), size)
     image = storage.join(images, image_path(item["image"].strip()))
     if check_images:
         try:
@@ -139,11 +153,12 @@ def convert(item: Any, position: int, images: str, source_file: str, check_image
         "answer": answer[0],
         "choices": choices or None,
         "answer_index": answer[1],
-        "objects": [{"ref": label, "box": list(box)} for box in house],
-        "rationale": grounded_rationale(label, house[0], answer[0]),  # type: ignore[arg-type]
-        "needs_distillation": False,
+        "objects": [{"ref": label, "box": box} for box in house],
+        "rationale": grounded_rationale(label, house[0], answer[0]) if house else "",
+        "needs_distillation": not house,
         "provenance": {"dataset": subset, "benchmark": BENCHMARK, "source_file": source_file, "source_index": position,
-                       "problem_id": item.get("problem_id"), "box_source": "bboxs"},  # fmt: skip
+                       "problem_id": item.get("problem_id"), "box_source": "bboxs" if house else None,
+                       "box_problem": box_problem},  # fmt: skip
     }
 
 

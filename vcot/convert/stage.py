@@ -54,7 +54,8 @@ class ConvertConfig:
     images: str | None = option(
         None,
         help="Images root URI that the source's image paths are relative to (default: <input folder>/images, "
-        "for ground-r1 <input folder>/cot_image_data, for records the input's folder; for ScienceQA Parquet, vlmevalkit and refcoco, where embedded images are written: "
+        "for ground-r1 <input folder>/cot_image_data, "
+        "for records the input's folder; for ScienceQA Parquet, vlmevalkit and refcoco, where embedded images are written: "
         "<output>/images).",
     )
     metadata: str | None = option(
@@ -211,7 +212,8 @@ EXPECTED = {
     "lacot": "a JSON array (or JSONL) of LaCoT items ({image, conversations: [human, reason, gpt]})",
     "refcoco": "Parquet files named by split (val-*, testA-*, ...) with question_id, image, answer, bbox",
     "vlmevalkit": "TSV files with a header row (index, image, question, A, B, ..., answer, category)",
-    "ground-r1": "JSONL lines with image, width, height, bboxs, dataset, problem, solution (visualCoT_eval_subset150_choice.jsonl)",
+    "ground-r1": "JSONL lines with image, width, height, bboxs, dataset, problem, solution "
+                 "(visualCoT_eval_subset150_choice.jsonl)",
     "records": "JSONL, a JSON array or Parquet rows of records (our schema, ms-swift grounding or chat turns)",
 }
 """What each source's input must hold, for the error on an input that parses but holds no items."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from typing import Any
 
 from vcot.errors import VcotError
@@ -43,8 +44,32 @@ VISCOT_AVERAGED = ("docvqa", "textcap", "textvqa", "dude", "sroie", "infographic
 GROUND_R1_AVERAGED = ("docvqa", "textcap", "textvqa", "dude", "sroie", "infographicsvqa", "flickr30k", "v7w", "gqa",
                       "openimages", "vsr", "cub")
 """The subsets of Ground-R1's VisCoT table and average, in its order."""
-AVERAGED = {"viscot": VISCOT_AVERAGED, "ground-r1": GROUND_R1_AVERAGED}
-BENCHMARKS = tuple(AVERAGED)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What a benchmark's table averages, which score it shows without a judge, and how the report names them."""
+
+    title: str
+    averaged: tuple[str, ...]
+    unjudged: str  # the per-subset metric that is the answer score when no judge ran
+    unjudged_name: str  # its name in metrics.json's table (``answer_score``) and a key of SCORE_NAMES
+    answer_meaning: str
+    average_note: str
+
+
+SPECS = {
+    "viscot": TableSpec("VisCoT benchmark", VISCOT_AVERAGED, "answer_accuracy", "exact_match",
+                        "the judge's mean score when a judge ran; else exact match.",
+                        "VisCoT's scripts average 11 subsets"),
+    "ground-r1": TableSpec("VisCoT benchmark, Ground-R1's protocol", GROUND_R1_AVERAGED, "rule_score", "rule",
+                           "the judge's mean score when a judge ran; else Ground-R1's rule of the subset (option "
+                           "letter, 1 - word error rate, ROUGE, containment).",
+                           "Ground-R1's table averages 12 subsets"),
+}  # fmt: skip
+BENCHMARKS = tuple(SPECS)
+SCORE_NAMES = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}
+"""A table's answer score (``answer_score`` in its metrics) in words: the report's and the leaderboard's."""
 CSV_COLUMNS = ("subset", "name", "questions", "answer_score", "exact_match", "judge_score", "rule_score",
                "detection_acc_at_50", "mean_iou", "in_average")
 
@@ -81,8 +106,8 @@ def _order(subset: str, averaged: tuple[str, ...]) -> tuple[int, int, str]:
 
 def benchmark_table(metrics: dict[str, Any], *, judged: bool, benchmark: str = "viscot") -> dict[str, Any]:
     """The per-subset rows and the average, from ``metrics["subsets"]`` (the field, judge and rule metrics included)."""
-    averaged_subsets = AVERAGED[benchmark]
-    unjudged = "rule_score" if benchmark == "ground-r1" else "answer_accuracy"
+    spec = SPECS[benchmark]
+    averaged_subsets = spec.averaged
     rows = []
     for subset in sorted(metrics["subsets"], key=lambda name: _order(name, averaged_subsets)):
         values = metrics["subsets"][subset]
@@ -91,7 +116,7 @@ def benchmark_table(metrics: dict[str, Any], *, judged: bool, benchmark: str = "
             "subset": subset,
             "name": VISCOT_NAMES.get(subset, subset),
             "questions": values["samples"],
-            "answer_score": judge if judged else values.get(unjudged),
+            "answer_score": judge if judged else values.get(spec.unjudged),
             "exact_match": values.get("answer_accuracy"),
             "judge_score": judge,
             "rule_score": values.get("rule_score"),
@@ -108,10 +133,10 @@ def benchmark_table(metrics: dict[str, Any], *, judged: bool, benchmark: str = "
     average["in_average"] = True
     return {
         "benchmark": benchmark,
-        "answer_score": "judge" if judged else "rule" if benchmark == "ground-r1" else "exact_match",
+        "answer_score": "judge" if judged else spec.unjudged_name,
         "subsets": rows,
         "average": average,
-        "averaged_subsets": [row["subset"] for row in averaged],
+        "averaged_subsets": [row["subset"] for row in averaged if row["answer_score"] is not None],
     }
 
 
@@ -131,14 +156,15 @@ def official_aggregates(rows: list[dict[str, Any]], records_by_id: dict[str, dic
     built from (``{}`` otherwise; of the first answer):
 
     - ``cycles``, ``cycle_average``: HR-Bench's (VLMEvalKit's ``report_acc_hrbench``): answer accuracy per cycle
-      (``provenance.cycle_category``), overall (``all``) and per subset, then each averaged over the cycles;
-    - ``task_groups``: TreeBench's Perception and Reasoning (subsets ``<group>/<task>``): answer accuracy pooled over
-      each group's tasks.
+      (``provenance.cycle_category``), overall (``all``) and per subset, then each summed over the cycles and divided
+      by their number (a subset missing from a cycle counts 0 there, as VLMEvalKit counts it);
+    - ``task_groups``: subsets named ``<group>/<task>`` (TreeBench's and MME-RealWorld's Perception and Reasoning):
+      answer accuracy pooled over each group's tasks.
 
     >>> rows = [{"id": str(i), "subset": s, "answer_correct": c} for i, (s, c) in enumerate(
     ...     [("FSP", True), ("FCP", False), ("FSP", True), ("FSP", False)])]
     >>> records = {str(i): {"provenance": {"cycle_category": c}} for i, c in enumerate(["c1", "c1", "c2", "c2"])}
-    >>> official_aggregates(rows, records)["cycle_average"]
+    >>> official_aggregates(rows, records)["cycle_average"]  # FCP: 0 in c1, absent from c2
     {'FCP': 0.0, 'FSP': 0.75, 'all': 0.5}
     >>> official_aggregates([{"id": "0", "subset": "Perception/OCR", "answer_correct": True}], {"0": {}})
     {'task_groups': {'Perception': {'samples': 1, 'answer_accuracy': 1.0}}}
@@ -158,9 +184,10 @@ def official_aggregates(rows: list[dict[str, Any]], records_by_id: dict[str, dic
     if cycles:
         found["cycles"] = {cycle: {kind: sum(v) / len(v) for kind, v in sorted(by_type.items())}
                            for cycle, by_type in sorted(cycles.items())}  # fmt: skip
-        kinds = sorted({kind for by_type in found["cycles"].values() for kind in by_type})
-        found["cycle_average"] = {kind: sum(c[kind] for c in found["cycles"].values() if kind in c)
-                                  / sum(kind in c for c in found["cycles"].values()) for kind in kinds}  # fmt: skip
+        per_cycle = list(found["cycles"].values())
+        kinds = sorted({kind for by_type in per_cycle for kind in by_type})
+        # over every cycle, as VLMEvalKit divides: a subset a cycle lacks counts 0 there
+        found["cycle_average"] = {kind: sum(c.get(kind, 0.0) for c in per_cycle) / len(per_cycle) for kind in kinds}
     if groups:
         found["task_groups"] = {group: {"samples": len(v), "answer_accuracy": sum(v) / len(v)}
                                 for group, v in sorted(groups.items())}  # fmt: skip

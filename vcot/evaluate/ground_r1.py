@@ -6,7 +6,10 @@ VisCoT file (``vcot-convert --source ground-r1``) by its own rule, on the model'
 
 - Visual7W, GQA, Open Images: the option's letter, read as their script reads it: the first character of the answer
   when it is a letter A-D (so ``Door`` reads as ``D``), else an ``X.`` anywhere in the response, else the answer equal
-  to the right one, ignoring case (Visual7W's questions are open: this is exact match);
+  to the right one, ignoring case (Visual7W's questions are open: this is exact match). One deviation, because vcot
+  shows options as ``(A) text`` and its models answer with the option: an answer that names an option (by letter,
+  ``(A)``, or its text: :func:`vcot.grounding.answers.choice_index`) scores 1 when it is the right one, else 0;
+  their reading applies to answers that name none;
 - DocVQA, InfographicsVQA, TextCaps, TextVQA, DUDE, SROIE: 1 - word error rate, the smaller of the two directions,
   in [0, 1], on lower-cased words;
 - Flickr30k: the mean F-measure of ROUGE-1, ROUGE-2 and ROUGE-L with Porter stemming (Google's ``rouge-score``, the
@@ -19,6 +22,7 @@ The per-subset means and their average over the 12 subsets of Ground-R1's table 
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import string
 from collections.abc import Sequence
@@ -26,9 +30,9 @@ from functools import cache
 from typing import Any
 
 from vcot.errors import ConfigError
-from vcot.grounding.answers import final_answer
+from vcot.grounding.answers import choice_index, final_answer
 
-LETTER_SUBSETS = frozenset({"v7w", "visual7w", "gqa", "openimages"})
+LETTER_SUBSETS = frozenset({"v7w", "gqa", "openimages"})
 WER_SUBSETS = frozenset({"docvqa", "infographicsvqa", "textcap", "textvqa", "dude", "sroie"})
 ROUGE_SUBSETS = frozenset({"flickr30k"})
 CONTAINMENT_SUBSETS = frozenset({"vsr", "cub"})
@@ -64,15 +68,20 @@ def wer_score(truth: str, answer: str) -> float:
     return max(0.0, min(1.0, 1 - min(word_error_rate(truth, answer), word_error_rate(answer, truth))))
 
 
-@cache
-def _rouge() -> Any:
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError as exc:
+def require_rouge() -> None:
+    """Refuse ``--benchmark ground-r1`` before anything runs when the ROUGE package is missing."""
+    if importlib.util.find_spec("rouge_score") is None:
         raise ConfigError(
             "--benchmark ground-r1 scores Flickr30k with ROUGE (Google's rouge-score, as Ground-R1 does): "
             "pip install 'vcot[benchmarks]'"
-        ) from exc
+        )
+
+
+@cache
+def _rouge() -> Any:
+    require_rouge()
+    from rouge_score import rouge_scorer
+
     return rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
 
 
@@ -138,6 +147,9 @@ def rule_score(record: dict[str, Any], response: str) -> float | None:
     marked = final_answer(response)
     answer = marked if marked is not None else response.strip()
     if subset in LETTER_SUBSETS:
+        named = choice_index(answer, record["choices"]) if record.get("choices") else None
+        if named is not None:  # vcot's options are "(A) text": the option the answer names decides
+            return 1.0 if named == record.get("answer_index") else 0.0
         return letter_score(response, answer, truth)
     if subset in WER_SUBSETS:
         return wer_score(truth, answer)

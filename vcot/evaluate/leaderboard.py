@@ -20,7 +20,7 @@ from typing import Any
 
 from vcot.config import option, redacted
 from vcot.errors import ConfigError
-from vcot.evaluate.benchmark import benchmark_name
+from vcot.evaluate.benchmark import SCORE_NAMES, benchmark_name
 from vcot.io import manifest, shards, storage
 from vcot.log import get_logger
 
@@ -111,10 +111,6 @@ def protocol_label(protocol: dict[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
-TABLE_SCORES = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}
-"""What a benchmark table's answer score is (``vcot.evaluate.benchmark``), in words."""
-
-
 def cell(metrics: dict[str, Any]) -> dict[str, Any]:
     """One evaluation's numbers: the answer score (Avg@k's mean when k > 1, the judge's when one ran; with a benchmark
     table, its average over the subsets, and with HR-Bench's cycles, the average over them, as the papers report
@@ -129,14 +125,15 @@ def cell(metrics: dict[str, Any]) -> dict[str, Any]:
         "answer_score": "judge score" if judged else "exact match",
         "samples": overall.get("samples"),
     }
-    table = (metrics.get("avg_at_k") or {}).get("benchmark") or metrics.get("benchmark")
+    averaged_table = None if judged else (metrics.get("avg_at_k") or {}).get("benchmark")  # the judge's is the first's
+    table = averaged_table or metrics.get("benchmark")
     cycles = (metrics.get("official") or {}).get("cycle_average")
     if cycles and not averaged and not judged:  # HR-Bench: its score is the average over cycles
         count = len(metrics["official"]["cycles"])
         found.update(answer=cycles["all"], answer_score=f"exact match, mean of {count} cycles")
     if table:
         found["answer"] = table["average"]["answer_score"]
-        found["answer_score"] = (f"{TABLE_SCORES[table['answer_score']]}, mean of "
+        found["answer_score"] = (f"{SCORE_NAMES[table['answer_score']]}, mean of "
                                  f"{len(table['averaged_subsets'])} subsets")  # fmt: skip
     if overall.get("grounded_samples"):
         found.update({key: averaged.get(key, overall.get(key)) for key in GROUNDING})
@@ -243,8 +240,9 @@ def table_html(table: dict[str, Any], title: str) -> str:
                 cells.append(f'<td{mark} data-column="{column["id"]}" data-metric="{key}">{shown}</td>')
         body.append(f'<tr data-model="{html.escape(row["model"])}">{"".join(cells)}</tr>')
     note = ("<p>Scores x 100. Answer: exact match (the judge's score where one ran), the mean over the k answers "
-            "for Avg@k; a column whose protocol names a table (viscot, ground-r1) has the table's average over its "
-            "subsets, as the papers report it. Boxes are read once, in each model's own frame. First-box Acc@0.5: VisCoT's detection; "
+            "for Avg@k; with a benchmark table (viscot, ground-r1) the table's average over its subsets, on "
+            "HR-Bench the average over its cycles, as the papers report them (said under the column's name). "
+            "Boxes are read once, in each model's own frame. First-box Acc@0.5: VisCoT's detection; "
             "mIoU: TreeBench's; consistency: MM-GCoT's; boxes missing/invalid: lower is better. Bold: the column's "
             "best.</p>")  # fmt: skip
     return (

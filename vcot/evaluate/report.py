@@ -14,6 +14,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
+from vcot.evaluate.benchmark import SCORE_NAMES, SPECS
 from vcot.grounding.boxes import NORM
 from vcot.pages.html import box_rects as _box_rects
 from vcot.pages.html import highlight_tags, thumbnail_data_uri
@@ -177,27 +178,24 @@ def judge_table(metrics: dict[str, Any]) -> str:
 
 def benchmark_section(table: dict[str, Any]) -> str:
     """The benchmark's per-subset table, as the paper names the subsets (``vcot.evaluate.benchmark``)."""
-    kind = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}[table["answer_score"]]
-    header = ["subset", "questions", f"answer score ({kind})", "detection Acc@0.5 (first box)", "mean IoU"]
+    spec = SPECS[table["benchmark"]]
+    header = ["subset", "questions", f"answer score ({SCORE_NAMES[table['answer_score']]})",
+              "detection Acc@0.5 (first box)", "mean IoU"]  # fmt: skip
     body = [
         [html.escape(row["name"]) + ("" if row["in_average"] else " *"), str(row["questions"]),
          *(_fmt(row[key], "{:.3f}") for key in ("answer_score", "detection_acc_at_50", "mean_iou"))]
         for row in [*table["subsets"], table["average"]]
     ]
-    ground_r1 = table["benchmark"] == "ground-r1"
-    averaged = "Ground-R1's table averages 12 subsets" if ground_r1 else "VisCoT's scripts average 11 subsets"
-    note = f"<p>* not in the average ({averaged}). Also in benchmark.csv.</p>"
+    note = f"<p>* not in the average ({spec.average_note}). Also in benchmark.csv.</p>"
     explained = [
         ("questions", "the subset's questions scored."),
-        ("answer score", "the judge's mean score when a judge ran; else Ground-R1's rule of the subset (option "
-         "letter, 1 - word error rate, ROUGE, containment)" if ground_r1 else "the judge's mean score when a judge "
-         "ran; else exact match."),
+        ("answer score", spec.answer_meaning),
         ("detection Acc@0.5 (first box)", "share of questions whose first box has an IoU above 0.5 with a "
          "ground-truth box."),
         ("mean IoU", "as in the Metrics table."),
     ]
-    title = "VisCoT benchmark, Ground-R1's protocol" if ground_r1 else "VisCoT benchmark"
-    return f"<h2>{title}</h2>" + _table("benchmark", header, body) + legend("benchmark-legend", explained) + note
+    table_html = _table("benchmark", header, body) + legend("benchmark-legend", explained)
+    return f"<h2>{html.escape(spec.title)}</h2>{table_html}{note}"
 
 
 def styles_section(comparison: dict[str, Any]) -> str:
@@ -247,9 +245,9 @@ def official_section(official: dict[str, Any]) -> str:
     if official.get("task_groups"):
         body = [[html.escape(group), str(values["samples"]), _fmt(values["answer_accuracy"], "{:.3f}")]
                 for group, values in official["task_groups"].items()]
-        parts.append("<p>Answer accuracy pooled over each group's tasks (TreeBench's Perception and Reasoning; the "
-                     "tasks are the subsets above).</p>" + _table("task-groups", ["group", "questions", "answer acc."],
-                                                                  body))
+        parts.append("<p>Answer accuracy pooled over the tasks of each group of subsets named group/task (TreeBench's "
+                     "and MME-RealWorld's Perception and Reasoning).</p>"
+                     + _table("task-groups", ["group", "questions", "answer acc."], body))
     return "".join(parts)
 
 

@@ -112,7 +112,8 @@ def served_responses(
     started = time.perf_counter()
     unreadable: set[str] = set()
     asking = [(sample, style, str(record["id"]), functools.partial(_messages_or_none, record, fmt, style, unreadable))
-              for sample, records in enumerate(asked) for style in config.prompt_styles for record in records]  # fmt: skip
+              for sample, records in enumerate(asked)
+              for style in config.prompt_styles for record in records]  # fmt: skip
     # Every sample and prompt style in one run: one cache load and one ledger; each sample with its own seed.
     got = ask_all(served_endpoint(config, output, model, fmt), api_key(),
                   [(record_id, build, sample_params(config, sample)) for sample, _, record_id, build in asking],

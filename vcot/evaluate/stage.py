@@ -28,7 +28,7 @@ from vcot.errors import ConfigError
 from vcot.evaluate import history as hist
 from vcot.evaluate.benchmark import benchmark_csv, benchmark_name, benchmark_table, check_records, official_aggregates
 from vcot.evaluate.config import EvaluateConfig
-from vcot.evaluate.ground_r1 import add_rule_metrics, add_rule_scores
+from vcot.evaluate.ground_r1 import add_rule_metrics, add_rule_scores, require_rouge
 from vcot.evaluate.judge import add_judge_metrics, judge_endpoint, judge_rows
 from vcot.evaluate.protocol import average_at_k, sample_records
 from vcot.evaluate.report import build_report, field_sections
@@ -398,6 +398,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     """Evaluate per ``config``; returns the manifest (overall metrics in ``stats``), or ``None`` when the output was
     already committed. Raises :class:`RegressionError` (exit 3) on a regression, also then."""
     target = resolve_target(config)
+    if config.benchmark == "ground-r1":
+        require_rouge()
     inputs = [config.data, config.predictions, target.model, target.adapter, config.model_card]
     if not manifest.prepare_output(target.output, stage=STAGE, inputs=inputs, overwrite=config.overwrite):
         log.info("already_committed", output=target.output, hint="pass --overwrite to redo it")

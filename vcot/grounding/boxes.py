@@ -487,7 +487,8 @@ def pixel_box_problem(
     pixels: Sequence[float], width: float, height: float, *, slack: tuple[float, float] = (0.5, 0.5)
 ) -> str | None:
     """Why ``[x1, y1, x2, y2]`` in pixels of a ``width`` x ``height`` image cannot be a box of it (a reason code:
-    ``not_a_number_box``, ``not_finite_box``, ``box_outside_image``, ``inverted_box``), or ``None``.
+    ``wrong_arity_box``, ``not_a_number_box``, ``not_finite_box``, ``box_outside_image``, ``inverted_box``), or
+    ``None``.
 
     ``slack``: how far (pixels, along x and y) past an edge a box may reach and still be clamped onto the image;
     annotations overrun by rounding (COCO's by half a pixel, VisCoT's by a few), further out the box or the size is
@@ -500,13 +501,16 @@ def pixel_box_problem(
     >>> pixel_box_problem([0, "a", 1, 2], 9, 9), pixel_box_problem([0, 0, float("nan"), 2], 9, 9)
     ('not_a_number_box', 'not_finite_box')
     """
+    if len(pixels) != 4:
+        return "wrong_arity_box"
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pixels):
         return "not_a_number_box"
     x1, y1, x2, y2 = pixels
     if not all(math.isfinite(v) for v in pixels):
         return "not_finite_box"
     slack_x, slack_y = slack
-    if min(x1, x2) < -slack_x or max(x1, x2) > width + slack_x or min(y1, y2) < -slack_y or max(y1, y2) > height + slack_y:
+    outside_x = min(x1, x2) < -slack_x or max(x1, x2) > width + slack_x
+    if outside_x or min(y1, y2) < -slack_y or max(y1, y2) > height + slack_y:
         return "box_outside_image"
     return "inverted_box" if x2 < x1 or y2 < y1 else None
 
@@ -520,8 +524,6 @@ def pixel_box_to_house(
     >>> pixel_box_to_house([10, 20, 200.3, 50], 200, 100), pixel_box_to_house([10, 20, 10.05, 50], 200, 100)
     ((50, 200, 1000, 500), 'zero_area_box')
     """
-    if len(pixels) != 4:
-        return "wrong_arity_box"
     problem = pixel_box_problem(pixels, width, height, slack=slack)
     if problem is not None:
         return problem
