@@ -13,7 +13,7 @@ VisCoT file (``vcot-convert --source ground-r1``) by its own rule, on the model'
 - DocVQA, InfographicsVQA, TextCaps, TextVQA, DUDE, SROIE: 1 - word error rate, the smaller of the two directions,
   in [0, 1], on lower-cased words;
 - Flickr30k: the mean F-measure of ROUGE-1, ROUGE-2 and ROUGE-L with Porter stemming (Google's ``rouge-score``, the
-  package their script calls: ``pip install 'vcot[benchmarks]'``);
+  package their script calls: the ``benchmarks`` extra, ``make install`` or ``pip install -e '.[benchmarks]'``);
 - VSR, CUB: 1 for the right answer (ignoring case), 0.6 when the answer contains it, else 0;
 - EMOTIC: not scored (their script gives it 0 and their table leaves it out).
 
@@ -73,7 +73,7 @@ def require_rouge() -> None:
     if importlib.util.find_spec("rouge_score") is None:
         raise ConfigError(
             "--benchmark ground-r1 scores Flickr30k with ROUGE (Google's rouge-score, as Ground-R1 does): "
-            "pip install 'vcot[benchmarks]'"
+            "make install, or pip install -e '.[benchmarks]' in the clone"
         )
 
 
