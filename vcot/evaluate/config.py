@@ -9,7 +9,8 @@
 Across modes: ``--judge-model`` scores answers with an LLM judge besides exact match, ``--benchmark viscot``
 (or ``ground-r1``) adds the per-subset table of the VisCoT benchmark, and (model and scheduled mode)
 ``--prompt-style`` asks for grounded reasoning, the answer alone, or both side by side. Except in score mode,
-``--samples``, ``--temperature`` and ``--shuffle-options`` state the protocol (Avg@k, shuffled options: :mod:`vcot.evaluate.protocol`).
+``--samples``, ``--temperature`` and ``--shuffle-options`` state the protocol (Avg@k, shuffled options:
+:mod:`vcot.evaluate.protocol`).
 """
 
 from __future__ import annotations
