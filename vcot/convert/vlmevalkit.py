@@ -110,10 +110,10 @@ def evidence_boxes(cell: str, width: int, height: int) -> list[list[int]] | str:
         return "unreadable_evidence_boxes"
     house = []
     for box in boxes:
-        if not isinstance(box, (list, tuple)) or len(box) != 4:
+        if not isinstance(box, (list, tuple)):
             return "unreadable_evidence_boxes"
         converted = pixel_box_to_house(box, width, height, slack=(0, 0))  # as VLMEvalKit compares them: no overrun
-        if converted in ("not_a_number_box", "not_finite_box"):
+        if converted in ("wrong_arity_box", "not_a_number_box", "not_finite_box"):
             return "unreadable_evidence_boxes"
         if isinstance(converted, str):
             return "evidence_box_outside_image" if converted == "box_outside_image" else "invalid_evidence_box"

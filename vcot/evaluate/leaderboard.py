@@ -114,8 +114,7 @@ def protocol_label(protocol: dict[str, Any]) -> str:
 def cell(metrics: dict[str, Any]) -> dict[str, Any]:
     """One evaluation's numbers: the answer score (Avg@k's mean when k > 1, the judge's when one ran; with a benchmark
     table, its average over the subsets, and with HR-Bench's cycles, the average over them, as the papers report
-    them) and, when the data has boxes, the traceability
-    metrics (of the first answer, or their Avg@k)."""
+    them) and, when the data has boxes, the traceability metrics (of the first answer, or their Avg@k)."""
     overall = metrics["overall"]
     averaged = (metrics.get("avg_at_k") or {}).get("overall") or {}
     judged = overall.get("judge_score") is not None
