@@ -14,11 +14,14 @@ GRPO and RGFN cases measure their training step's forward and backward at the re
 
     PYTHONPATH=. .venv/bin/python bench/plan_bench.py [--cases qwen2.5-vl-7b-qlora@qwen2.5-vl-7b,...]
         [--batches 1,2] [--image-side 448] [--output results.json]
+    # on a GPU, the whole published models, with step times:
+    PYTHONPATH=. python3 bench/plan_bench.py --device cuda --full-depth --steps 5 --image-side 896 ...
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import platform
@@ -90,14 +93,24 @@ class LiveTensors:
         self.mode.__exit__(*exc)
 
 
-def model_folder(name: str, scratch: Path) -> Path:
-    """A slice of a published model (cached), or ``tiny``: the tests' tiny Qwen2.5-VL (the smoke run)."""
+def model_folder(name: str, scratch: Path, full_depth: bool = False, device: str = "cpu") -> Path:
+    """A slice of a published model (cached), the whole model (``full_depth``, built in ``scratch``), or ``tiny``:
+    the tests' tiny Qwen2.5-VL (the smoke run)."""
     if name == "tiny":
         from vcot.dev.tiny_model import build_tiny_qwen25vl
 
         return build_tiny_qwen25vl(scratch / "tiny")
-    from vcot.dev.model_slice import cached_slice
+    from vcot.dev.model_slice import build_model_slice, cached_slice
 
+    if full_depth:
+        dest = scratch / f"{name}-whole"
+        if not (dest / "config.json").exists():
+            build_model_slice(dest, name, layers=0, device=device)
+            if device == "cuda":  # the drawn weights' blocks, cached by this process, are not the steps' to count
+                import torch
+
+                torch.cuda.empty_cache()
+        return dest
     return cached_slice(name)
 
 
@@ -125,42 +138,70 @@ def write_records(root: str, count: int, side: int) -> str:
     return root
 
 
-def measure_step(model_dir: Path, tokens: str, recipe_name: str, batch: int) -> dict[str, Any]:
-    """One optimizer step's peak of live tensors, and what the plan predicts for the same batch."""
+def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[int], device: str = "cpu",
+                 steps: int = 0) -> list[dict[str, Any]]:
+    """One optimizer step's peak memory per micro-batch size in ``batches``, and what the plan predicts for it. On
+    the CPU the peak of live tensors (:class:`LiveTensors`); on a GPU the allocator's ``max_memory_allocated``, the
+    model loaded once (each step's optimizer and gradients freed before the next). ``steps`` more steps are timed
+    after the measured one (GPU only: a CPU's time says nothing about a GPU's)."""
     import torch
 
-    from vcot.train.common import load_policy, resolve_optimizer
-    from vcot.train.data import Collator, TokenizedDataset
+    from vcot.train.common import load_policy
     from vcot.train.sft import read_data_settings
 
-    method = load_recipe(recipe_name).method
-    # GRPO: ``batch`` completions per micro-batch; RGFN: one prompt's reference and ``batch - 1`` samples.
-    sizes = {
-        "gfn": f"explore_nums={batch - 1},per_device_train_batch_size=1",
-        "grpo": f"per_device_train_batch_size={batch},num_generations=2,gradient_accumulation_steps=2",
-    }.get(method, f"per_device_train_batch_size={batch}")
-    recipe = load_recipe(recipe_name, sizes + ",global_batch_size=0")
     fmt, _ = read_data_settings(tokens)
-    model, processor = load_policy(str(model_dir), recipe, fmt)
-    if recipe.gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
+    model, processor = load_policy(str(model_dir), load_recipe(recipe_name), fmt)
+    if load_recipe(recipe_name).gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
+    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
+    results = []
+    for batch in batches:
+        recipe = load_recipe(recipe_name, _sizes(recipe_name, batch) + ",global_batch_size=0")
+        results.append({"recipe": recipe_name, **_measure_batch(model, processor, shape, tokens, recipe, batch,
+                                                                device, steps)})
+        print(json.dumps(results[-1]), flush=True)
+        if device == "cuda":  # the step's optimizer and gradients, freed at return, leave the next step's peak
+            gc.collect()
+            torch.cuda.empty_cache()
+    return results
+
+
+def _sizes(recipe_name: str, batch: int) -> str:
+    """The recipe settings that make ``batch`` its micro-batch. GRPO: ``batch`` completions per micro-batch; RGFN:
+    one prompt's reference and ``batch - 1`` samples."""
+    return {
+        "gfn": f"explore_nums={batch - 1},per_device_train_batch_size=1",
+        "grpo": f"per_device_train_batch_size={batch},num_generations=2,gradient_accumulation_steps=2",
+    }.get(load_recipe(recipe_name).method, f"per_device_train_batch_size={batch}")
+
+
+def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, recipe: Any, batch: int,
+                   device: str, steps: int) -> dict[str, Any]:
+    import time
+
+    import torch
+
+    from vcot.train.common import resolve_optimizer
+    from vcot.train.data import Collator, TokenizedDataset
+
     rows = TokenizedDataset(tokens, "train")
     inputs = Collator(processor)([rows[i] for i in range(batch)])
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if resolve_optimizer(recipe.optim, "cpu") == "adamw_8bit":
+    if resolve_optimizer(recipe.optim, device) == "adamw_8bit":
         import bitsandbytes as bnb
 
         optimizer = bnb.optim.AdamW8bit(trainable, lr=recipe.learning_rate)
     else:
         optimizer = torch.optim.AdamW(trainable, lr=recipe.learning_rate)
     model_tensors = [*model.parameters(), *model.buffers()]
-    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
     grid = inputs["image_grid_thw"][0].tolist()
     image = grid[1] * grid[2] // shape.vision.merge**2
     completion = int(inputs["input_ids"].shape[1]) - image - PROMPT_TEXT_TOKENS
-    with LiveTensors(model_tensors) as live:
-        if method == "sft":
+    inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
+
+    def step() -> tuple[float, int]:
+        if recipe.method == "sft":
             loss = model(**inputs).loss
         else:  # a policy-gradient step: log-probabilities of the completion's tokens only, as TRL computes them
             unlabelled = {key: value for key, value in inputs.items() if key != "labels"}
@@ -171,29 +212,60 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batch: int) -> 
         loss.backward()
         gradients = sum(p.grad.untyped_storage().nbytes() for p in trainable if p.grad is not None)
         optimizer.step()
-        states = [t for state in optimizer.state.values() for t in _tensors(state)]
         optimizer.zero_grad(set_to_none=True)
+        return float(loss), gradients
+
     weights = sum(t.untyped_storage().nbytes() for t in model_tensors)
+    extra: dict[str, Any] = {}
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        loss, gradients = step()
+        torch.cuda.synchronize()
+        measured_total = torch.cuda.max_memory_allocated()
+        free, total = torch.cuda.mem_get_info()
+        extra = {"reserved_peak_gib": round(torch.cuda.max_memory_reserved() / GIB, 3),
+                 "device_used_gib": round((total - free) / GIB, 3), "gpu": torch.cuda.get_device_name()}
+        if steps:
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            seconds = sorted(times)[len(times) // 2]
+            extra |= {"step_seconds_median": round(seconds, 3), "step_seconds": [round(t, 3) for t in times],
+                      "tokens_per_second": round(batch * int(inputs["input_ids"].shape[1]) / seconds, 1)}
+    else:
+        with LiveTensors(model_tensors) as live:
+            loss, gradients = step()
+        measured_total = live.peak
+    states = [t for state in optimizer.state.values() for t in _tensors(state)]
     optimizer_bytes = sum(t.untyped_storage().nbytes() for t in states)
-    predicted = plan(shape, recipe, device="cpu", seq_len=int(inputs["input_ids"].shape[1]),
+    predicted = plan(shape, recipe, device=device, seq_len=int(inputs["input_ids"].shape[1]),
                      max_pixels=grid[1] * grid[2] * shape.vision.patch**2)  # fmt: skip
-    predicted.parts.pop("generation_kv_cache", None)  # sampling is planned, not measured here
-    measured_total = live.peak
+    for sampling in ("generation_kv_cache", "vllm"):  # sampling is planned, not measured here
+        predicted.parts.pop(sampling, None)
+    # The CUDA context and the allocator's slack are outside what the allocator counts as allocated.
+    overhead = predicted.parts.pop("framework_overhead", 0.0)
+    predicted_total = predicted.total
     measured = {"weights+adapter": weights, "gradients": gradients, "optimizer": optimizer_bytes,
                 "activations_and_temporaries": measured_total - weights - optimizer_bytes}  # fmt: skip
     return {
-        "recipe": recipe_name, "batch": batch, "tokens": int(inputs["input_ids"].shape[1]),
-        "image_tokens": image, "loss": float(loss),
+        "batch": batch, "tokens": int(inputs["input_ids"].shape[1]), "image_tokens": image, "loss": loss,
+        "device": device,
         "measured_gib": {k: round(v / GIB, 3) for k, v in measured.items()},
         "predicted_gib": predicted.to_dict()["parts_gib"],
+        "predicted_overhead_gib": round(overhead / GIB, 3),
         "measured_total_gib": round(measured_total / GIB, 3),
-        "predicted_total_gib": round(predicted.total / GIB, 3),
-        "predicted_over_measured": round(predicted.total / measured_total, 3),
+        "predicted_total_gib": round(predicted_total / GIB, 3),
+        "predicted_over_measured": round(predicted_total / measured_total, 3),
         "step_gib": {  # beyond the model and the optimizer: gradients, activations, temporaries
             "measured": round((measured_total - weights - optimizer_bytes) / GIB, 3),
             "predicted": round(sum(v for k, v in predicted.parts.items()
                                    if k not in ("weights", "adapter", "optimizer")) / GIB, 3),  # fmt: skip
         },
+        **extra,
     }
 
 
@@ -213,49 +285,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default=CASES, help="recipe@model pairs (model: a published name, or tiny)")
     parser.add_argument("--batches", default="1,2", help="micro-batch sizes to measure")
     parser.add_argument("--image-side", type=int, default=448, help="side of the square images (448: 256 tokens)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the steps run")
+    parser.add_argument("--full-depth", action="store_true",
+                        help="the whole published model (random weights, drawn on --device) instead of its slice")
+    parser.add_argument("--steps", type=int, default=0, help="steps timed after the measured one (cuda only)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
-    parser.add_argument("--measure", nargs=4, metavar=("MODEL", "TOKENS", "RECIPE", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=4, metavar=("MODEL", "TOKENS", "RECIPE", "BATCHES"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.measure:  # one step, in this process of its own
+    if args.measure:  # steps in this process of its own
         import torch
 
-        torch.set_num_threads(2)
-        model_dir, tokens, recipe_name, batch = args.measure
-        print(json.dumps(measure_step(Path(model_dir), tokens, recipe_name, int(batch))))
+        if args.device == "cpu":
+            torch.set_num_threads(2)
+        model_dir, tokens, recipe_name, batches = args.measure
+        measure_step(Path(model_dir), tokens, recipe_name, [int(b) for b in batches.split(",")], args.device,
+                     args.steps)  # fmt: skip
         return 0
-    runs = []
+    runs, failures = [], []
     with tempfile.TemporaryDirectory() as folder:
         scratch = Path(folder)
-        records = write_records(str(scratch / "records"), 4, args.image_side)
+        most = max(int(b) for b in args.batches.split(",")) + 1
+        records = write_records(str(scratch / "records"), most, args.image_side)
         for case in args.cases.split(","):
             recipe_name, model_name = case.split("@")
-            model_dir = model_folder(model_name, scratch)
+            model_dir = model_folder(model_name, scratch, args.full_depth, args.device)
             tokens = str(scratch / f"tokens-{model_name}")
             if not manifest.committed_stage(tokens):
                 from vcot.tokenize import TokenizeConfig, tokenize
 
                 tokenize(TokenizeConfig(input=[records], output=tokens, model=str(model_dir)))
             rgfn = load_recipe(recipe_name).method == "gfn"  # its micro-batch: a reference and at least one sample
-            for batch in (int(b) + rgfn for b in args.batches.split(",")):
-                # Each step in its own process: what one leaves allocated never counts in the next one's peak.
-                command = [sys.executable, __file__, "--measure", str(model_dir), tokens, recipe_name, str(batch)]
+            batches = [str(int(b) + rgfn) for b in args.batches.split(",")]
+            # On the CPU each step in its own process: what one leaves allocated never counts in the next one's
+            # peak. On a GPU the allocator's peak is reset per step, and loading a whole model once saves minutes.
+            for group in [batches] if args.device == "cuda" else [[b] for b in batches]:
+                command = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps),
+                           "--measure", str(model_dir), tokens, recipe_name, ",".join(group)]  # fmt: skip
                 done = subprocess.run(command, capture_output=True, text=True, check=False)
-                if done.returncode:
-                    raise SystemExit(f"{case} batch {batch} failed:\n{done.stderr[-3000:]}")
-                runs.append({"model": model_name, **json.loads(done.stdout.strip().splitlines()[-1])})
-                print(json.dumps(runs[-1]), flush=True)
-    print("\n| recipe | slice of | batch | tokens | measured GiB | predicted GiB | predicted / measured "
-          "| step's own, measured / predicted GiB |")
-    print("|---|---|---|---|---|---|---|---|")
+                if done.returncode:  # said, and the other cases still run
+                    failures.append(case)
+                    print(f"{case} batches {group} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+                    continue
+                lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                runs.extend({"model": model_name, **json.loads(line)} for line in lines[-len(group):])
+                for run in runs[-len(group):]:
+                    print(json.dumps(run), flush=True)
+    print("\n| recipe | model | batch | tokens | measured GiB | predicted GiB | predicted / measured "
+          "| step's own, measured / predicted GiB | step s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for run in runs:
-        print(f"| {run['recipe']} | {run['model']} | {run['batch']} | {run['tokens']} "
-              f"| {run['measured_total_gib']:.2f} | {run['predicted_total_gib']:.2f} "
+        print(f"| {run['recipe']} | {run['model']}{' (whole)' if args.full_depth else ''} | {run['batch']} "
+              f"| {run['tokens']} | {run['measured_total_gib']:.2f} | {run['predicted_total_gib']:.2f} "
               f"| {run['predicted_over_measured']:.2f} "
-              f"| {run['step_gib']['measured']:.2f} / {run['step_gib']['predicted']:.2f} |")  # fmt: skip
-    result = {"machine": platform.platform(), "threads": 2, "runs": runs}
+              f"| {run['step_gib']['measured']:.2f} / {run['step_gib']['predicted']:.2f} "
+              f"| {run.get('step_seconds_median', '')} |")  # fmt: skip
+    result = {"machine": platform.platform(), "device": args.device, "full_depth": args.full_depth, "runs": runs}
     if args.output:
         args.output.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

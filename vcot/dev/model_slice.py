@@ -92,13 +92,19 @@ def is_current(dest: Path, name: str, *, seed: int = 0, layers: int = 2, vision_
     return card == build_card(name, seed, layers, vision_depth)
 
 
-def build_model_slice(dest: Path, name: str, *, seed: int = 0, layers: int = 2, vision_depth: int = 2) -> Path:
+def build_model_slice(
+    dest: Path, name: str, *, seed: int = 0, layers: int = 2, vision_depth: int = 2, device: str = "cpu"
+) -> Path:
     """Write a hub-like folder at ``dest``: ``name``'s published configuration cut to ``layers`` decoder layers and
-    ``vision_depth`` vision blocks (:func:`slice_config`), random bf16 weights, the released processor settings."""
+    ``vision_depth`` vision blocks (:func:`slice_config`; ``layers=0``: the whole published model, uncut), random
+    bf16 weights, the released processor settings. ``device="cuda"`` draws the weights on a GPU: seconds, where a
+    whole 7B takes minutes on a CPU."""
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
 
-    config = slice_config(published_config(name), layers=layers, vision_depth=vision_depth)
+    config = published_config(name)
+    if layers:
+        config = slice_config(config, layers=layers, vision_depth=vision_depth)
     family = family_of_model_type(config["model_type"])
     with tempfile.TemporaryDirectory() as folder:  # a config.json, read as transformers reads a checkpoint's
         (Path(folder) / "config.json").write_text(json.dumps(config), encoding="utf-8")
@@ -108,7 +114,8 @@ def build_model_slice(dest: Path, name: str, *, seed: int = 0, layers: int = 2, 
     assert ids == list(range(QWEN_FIRST_SPECIAL_ID, QWEN_FIRST_SPECIAL_ID + len(ids))), ids
     assert ids[QWEN_SPECIAL_TOKENS.index("<|image_pad|>")] == model_config.image_token_id
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_config(model_config, dtype=torch.bfloat16)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(model_config, dtype=torch.bfloat16)
     model.generation_config = GenerationConfig(
         bos_token_id=QWEN_FIRST_SPECIAL_ID,
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), QWEN_FIRST_SPECIAL_ID],
@@ -141,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", type=Path, help="folder to write the slice into")
     parser.add_argument("--name", choices=published_names(), required=True, help="the published model to slice")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the tokenizer corpus")
-    parser.add_argument("--layers", type=int, default=2, help="decoder layers kept (at least one per DeepStack tap)")
+    parser.add_argument("--layers", type=int, default=2,
+                        help="decoder layers kept (at least one per DeepStack tap); 0: the whole model, uncut")
     parser.add_argument("--vision-depth", type=int, default=2, help="vision blocks kept")
+    parser.add_argument("--device", default="cpu", help="where the random weights are drawn (cuda: a GPU, faster)")
     parser.add_argument("--keep-current", action="store_true", help="do nothing when DEST holds this build already")
     args = parser.parse_args(argv)
     shape = {"seed": args.seed, "layers": args.layers, "vision_depth": args.vision_depth}
     if not (args.keep_current and is_current(args.dest, args.name, **shape)):
-        build_model_slice(args.dest, args.name, **shape)
+        build_model_slice(args.dest, args.name, **shape, device=args.device)
     print(args.dest)
     return 0
 
