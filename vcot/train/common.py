@@ -401,12 +401,24 @@ def _commit(
         card = model_card(config, fmt, trainer.model.config.to_dict(), recipe.method)  # a PeftModel's: its base's
         (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
+        log_serving(adapter_dir)
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
             merge_adapter(config, adapter_dir, out / "merged", card)
             storage.upload_dir(out / "merged", storage.join(config.output, "merged"))
             files += _files_of(out / "merged", "merged")
     return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
+
+
+def log_serving(adapter_dir: Path) -> None:
+    """Say how the adapter can be served: as a LoRA on its base, or only merged (docs/export.md)."""
+    from vcot.models.served import lora_serving_problem
+
+    problem = lora_serving_problem(adapter_dir)
+    if problem:
+        log.info("serving", how="merged only: vcot-export --run OUTPUT --output DIR, then serve DIR", why=problem)
+    else:
+        log.info("serving", how="as a LoRA on its base model (vllm serve BASE --enable-lora), or merged by vcot-export")
 
 
 def _state_dict(weights: dict[str, Any] | None) -> dict[str, Any]:
