@@ -1,17 +1,21 @@
 # syntax=docker/dockerfile:1
-# vcot images. Two targets from one file:
+# vcot images. Four targets from one file:
 #   cpu        convert, distill, tokenize and the chain controller (torch CPU build, no CUDA)
 #   cpu-train  cpu + the rest of the train extra and the demo extra: train, evaluate and the demo on CPU (dev
 #              clusters, tiny model)
-#   gpu        train, evaluate and the live demo (on a CUDA PyTorch base)
+#   gpu        train, evaluate and the live demo: torch's CUDA build, whose wheels carry the CUDA libraries (the
+#              node's driver is mounted by the NVIDIA container toolkit), so any Python base does
+#   vllm       vLLM's OpenAI-compatible server (k8s/components/vllm), nothing of vcot
 # Build:  podman build --target cpu -t vcot-cpu:0.1.0 .      (make image-smoke builds it offline)
-#         docker build --target gpu -t vcot-gpu:0.1.0 .
+#         docker build --target gpu -t vcot-gpu:0.1.0 .      (make image-gpu-smoke builds and checks it offline)
+#         docker build --target vllm -t vcot-vllm:0.1.0 .    (make image-vllm-smoke)
 # The base images are ARGs so the image builds from a local base offline (docs/k8s.md).
 # Dependencies are installed before the source is copied: editing code rebuilds only the last layers.
 
 ARG CPU_BASE=python:3.11-slim-bookworm
-# A CUDA PyTorch runtime image; pick the tag that matches TORCH_VERSION (the build checks it).
-ARG GPU_BASE=pytorch/pytorch:2.13.0-cuda12.8-cudnn9-runtime
+# The GPU image's base: a plain Python (torch's CUDA wheels bring CUDA), or a CUDA PyTorch image whose torch is
+# kept when it is TORCH_VERSION.
+ARG GPU_BASE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------------
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
@@ -90,23 +94,30 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/vcot \
+    PATH=/opt/vcot/bin:$PATH \
     HOME=/home/vcot \
     XDG_CACHE_HOME=/cache \
     HF_HOME=/cache/huggingface \
     TRITON_CACHE_DIR=/cache/triton \
     TMPDIR=/tmp
-RUN useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
- && mkdir -p /cache && chown vcot:vcot /cache
-# The base image's CUDA torch stays when it is the pinned version (else PyPI's default Linux wheel,
-# a CUDA build, replaces it); the train extra's other pins are installed beside it, the demo extra (gradio:
-# vcot-demo, k8s/components/demo) and the benchmarks extra (evaluate's --benchmark ground-r1).
-RUN python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
-    || pip install "torch==${TORCH_VERSION}"
+# A venv that sees the base's packages: a CUDA PyTorch base's torch stays when it is the pinned version; else
+# torch===VERSION (=== never takes a local +cpu build) is the index's Linux wheel, the CUDA build.
+RUN python3 -m venv --system-site-packages /opt/vcot \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/vcot --shell /usr/sbin/nologin vcot \
+ && mkdir -p /cache && chown vcot:vcot /cache \
+ && { python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
+      || pip install "torch===${TORCH_VERSION}"; }
+# The train extra's other pins beside it, the distill extra (openai: evaluate's judge and --server, the served
+# re-evaluation CronJob), the demo extra (gradio: vcot-demo, k8s/components/demo) and the benchmarks extra
+# (evaluate's --benchmark ground-r1). Unsloth is not installed: its releases pin transformers and trl below
+# vcot's (docs/k8s.md), so the loader takes its transformers path.
 WORKDIR /src
 COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 extras = p['optional-dependencies']; \
-print('\n'.join(d for d in p['dependencies'] + extras['train'] + extras['demo'] + extras['benchmarks'] if not d.startswith('torch')))" \
+wanted = p['dependencies'] + [d for e in ('train', 'distill', 'demo', 'benchmarks') for d in extras[e]]; \
+print('\n'.join(d for d in wanted if not d.startswith('torch')))" \
     > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
@@ -120,3 +131,31 @@ WORKDIR /home/vcot
 USER 10001:10001
 HEALTHCHECK NONE
 CMD ["vcot-train", "--help"]
+
+# ---------------------------------------------------------------------------------------------------
+# vLLM's OpenAI-compatible server for k8s/components/vllm, at the release vcot's tests serve with: its own venv
+# (vLLM pins a transformers below vcot's), torch's CUDA build as vLLM pins it. The model is the component's init
+# container's download (an export); nothing of vcot runs here.
+# checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
+FROM ${GPU_BASE} AS vllm
+ARG VLLM_VERSION=0.32.0
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/vllm \
+    PATH=/opt/vllm/bin:$PATH \
+    HOME=/home/vllm \
+    XDG_CACHE_HOME=/cache \
+    HF_HOME=/cache/huggingface \
+    VLLM_CACHE_ROOT=/cache/vllm \
+    TRITON_CACHE_DIR=/cache/triton \
+    TMPDIR=/tmp
+RUN python3 -m venv /opt/vllm \
+ && useradd --uid 10001 --user-group --create-home --home-dir /home/vllm --shell /usr/sbin/nologin vllm \
+ && mkdir -p /cache && chown vllm:vllm /cache \
+ && pip install "vllm==${VLLM_VERSION}"
+WORKDIR /home/vllm
+USER 10001:10001
+HEALTHCHECK NONE
+CMD ["python3", "-m", "vllm.entrypoints.openai.api_server", "--help"]

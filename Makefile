@@ -133,7 +133,7 @@ FROM ?=
 SET ?=
 UPDATE_POINTER ?=
 
-.PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-cpu-train image-smoke
+.PHONY: k8s-validate k8s-render k8s-run image-base image-cpu image-cpu-train image-smoke image-gpu image-gpu-smoke image-vllm image-vllm-smoke
 
 $(CHECKOV_VENV)/bin/checkov: # its own venv: checkov pins boto3 and more
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -216,6 +216,22 @@ image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (trai
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
+
+image-gpu: image-base ## Build the GPU image localhost/vcot-gpu:$(IMAGE_TAG) (train, evaluate, demo; torch's CUDA build)
+	$(IMAGE_BUILD) --target gpu --build-arg GPU_BASE=$(IMAGE_BASE) -t localhost/vcot-gpu:$(IMAGE_TAG) .
+	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+
+# Too slow for every CI run (a 6 GB image): run it after each change of the Dockerfile; docs/k8s.md records the last.
+image-gpu-smoke: image-gpu ## Build the GPU image and check it on this CPU: CUDA torch, every import, each --help
+	.ci/image-smoke-gpu.sh localhost/vcot-gpu:$(IMAGE_TAG)
+
+image-vllm: image-base ## Build localhost/vcot-vllm:$(IMAGE_TAG): vLLM's server at the tests' release (k8s/components/vllm)
+	$(IMAGE_BUILD) --target vllm --build-arg GPU_BASE=$(IMAGE_BASE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+		-t localhost/vcot-vllm:$(IMAGE_TAG) .
+	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+
+image-vllm-smoke: image-vllm ## Build the vLLM image and check it on this CPU: vLLM's CUDA build and its server's module load
+	.ci/image-smoke-gpu.sh --vllm localhost/vcot-vllm:$(IMAGE_TAG)
 
 # --- distill -------------------------------------------------------------------------------------
 .PHONY: bench-distill

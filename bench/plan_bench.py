@@ -100,16 +100,15 @@ def model_folder(name: str, scratch: Path, full_depth: bool = False, device: str
         from vcot.dev.tiny_model import build_tiny_qwen25vl
 
         return build_tiny_qwen25vl(scratch / "tiny")
-    from vcot.dev.model_slice import build_model_slice, cached_slice
+    from vcot.dev.model_slice import cached_slice
 
-    if full_depth:
+    if full_depth:  # drawn in a process of its own: what it holds on a GPU is gone before any step is measured
         dest = scratch / f"{name}-whole"
-        if not (dest / "config.json").exists():
-            build_model_slice(dest, name, layers=0, device=device)
-            if device == "cuda":  # the drawn weights' blocks, cached by this process, are not the steps' to count
-                import torch
-
-                torch.cuda.empty_cache()
+        command = [sys.executable, "-m", "vcot.dev.model_slice", str(dest), "--name", name, "--layers", "0",
+                   "--device", device, "--keep-current"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode:
+            raise SystemExit(f"drawing the whole {name} failed:\n{done.stderr[-3000:]}")
         return dest
     return cached_slice(name)
 

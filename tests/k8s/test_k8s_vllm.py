@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
-from tests.k8s.test_k8s_manifests import by_kind, listed_components, overlay_copy, render
+from tests.k8s.test_k8s_manifests import REPO_ROOT, by_kind, listed_components, overlay_copy, render
 from vcot.config import parse_config
 from vcot.distill.config import DistillConfig
 from vcot.evaluate.config import EvaluateConfig
@@ -70,7 +70,17 @@ def test_the_overlay_rules_hold(teacher: bool) -> None:
     (fetch,) = server["initContainers"]
     used = {var for arg in fetch["args"] for var in manifest_checks._VAR.findall(arg)}
     assert used <= set(config_map(rendered())), "the init container's $(VARS) come from the ConfigMap"
-    assert fetch["image"].startswith("ghcr.io/vcot/vcot-cpu:") and server["containers"][0]["image"].count(":") == 1
+    assert fetch["image"].startswith("ghcr.io/vcot/vcot-cpu:")
+    assert server["containers"][0]["image"] == "ghcr.io/vcot/vcot-vllm:0.1.0"  # the Dockerfile's vllm target
+
+
+def test_the_vllm_image_is_the_release_the_tests_serve_with() -> None:
+    from vcot.dev.vllm_server import VLLM_VERSION
+
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert f"FROM ${{GPU_BASE}} AS vllm\nARG VLLM_VERSION={VLLM_VERSION}\n" in dockerfile
+    component = (REPO_ROOT / "k8s" / "components" / "vllm" / "vllm.yaml").read_text()
+    assert f"the release vcot's tests serve with ({VLLM_VERSION})" in component
 
 
 @pytest.mark.parametrize("version", ["1.30", "1.33"])

@@ -190,8 +190,8 @@ def test_a_4bit_base_for_training_keeps_its_16_bit_weights_in_their_dtype(
 ) -> None:
     """On a bf16 GPU a QLoRA base keeps its embeddings, ``lm_head`` and norms in bf16, frozen. PEFT's
     ``prepare_model_for_kbit_training`` upcast them to fp32: 2 GiB more weights on a Qwen2.5-VL-7B and, through
-    fp32 norm outputs and logits, 4.6 GiB more at batch 4 (measured on an H200, docs/benchmarks.md). The CPU path's
-    precision is swapped for the GPU's to run it here."""
+    fp32 norm outputs and logits, 2.6 GiB more activations at batch 4 (4.6 GiB in all; measured on an H200,
+    docs/benchmarks.md). The CPU path's precision is swapped for the GPU's to run it here."""
     import bitsandbytes as bnb
 
     monkeypatch.setattr(loading, "machine_precision", lambda: Precision("cpu", torch.bfloat16))

@@ -77,19 +77,23 @@ def padded_tokenizer(vocab_size: int, *, seed: int = 0) -> Any:
     return tokenizer
 
 
-def build_card(name: str, seed: int, layers: int, vision_depth: int) -> dict[str, Any]:
-    """What a build records beside the model (a stale build is one whose card differs)."""
+def build_card(name: str, seed: int, layers: int, vision_depth: int, device: str = "cpu") -> dict[str, Any]:
+    """What a build records beside the model (a stale build is one whose card differs). ``layers=0``: the whole
+    model, whatever ``vision_depth``; a GPU draws other weights from the same seed than a CPU, so it is recorded."""
     source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    return {"slice_of": name, "seed": seed, "layers": layers, "vision_depth": vision_depth, "builder": source,
-            "source": provenance(name)["source"]}  # fmt: skip
+    card = {"slice_of": name, "seed": seed, "layers": layers, "vision_depth": vision_depth if layers else None,
+            "builder": source, "source": provenance(name)["source"]}  # fmt: skip
+    return card if device == "cpu" else {**card, "device": device}
 
 
-def is_current(dest: Path, name: str, *, seed: int = 0, layers: int = 2, vision_depth: int = 2) -> bool:
+def is_current(
+    dest: Path, name: str, *, seed: int = 0, layers: int = 2, vision_depth: int = 2, device: str = "cpu"
+) -> bool:
     try:
         card = json.loads((Path(dest) / SLICE_CARD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return card == build_card(name, seed, layers, vision_depth)
+    return card == build_card(name, seed, layers, vision_depth, device)
 
 
 def build_model_slice(
@@ -126,7 +130,8 @@ def build_model_slice(
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     build_processor(family=family, tokenizer=tokenizer, **provenance(name)["processor"]).save_pretrained(dest)
-    (dest / SLICE_CARD).write_text(json.dumps(build_card(name, seed, layers, vision_depth)) + "\n", encoding="utf-8")
+    card = build_card(name, seed, layers, vision_depth, device)
+    (dest / SLICE_CARD).write_text(json.dumps(card) + "\n", encoding="utf-8")
     return dest
 
 
@@ -154,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where the random weights are drawn (cuda: a GPU, faster)")
     parser.add_argument("--keep-current", action="store_true", help="do nothing when DEST holds this build already")
     args = parser.parse_args(argv)
-    shape = {"seed": args.seed, "layers": args.layers, "vision_depth": args.vision_depth}
+    shape = {"seed": args.seed, "layers": args.layers, "vision_depth": args.vision_depth, "device": args.device}
     if not (args.keep_current and is_current(args.dest, args.name, **shape)):
-        build_model_slice(args.dest, args.name, **shape, device=args.device)
+        build_model_slice(args.dest, args.name, **shape)
     print(args.dest)
     return 0
 

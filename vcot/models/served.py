@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -120,22 +119,21 @@ VISION_TOWER_WEIGHT = re.compile(r"\.visual\.")
 
 
 def lora_serving_problem(adapter: Path) -> str | None:
-    """Why vLLM (0.32) cannot serve ``adapter`` as a LoRA on its base model, or ``None`` when it can. vLLM loads the
-    LoRA matrices of the language model's layers; whole saved modules (``modules_to_save``) it does not load, and a
-    vision-tower LoRA it has for no Qwen2.5-VL (Qwen3-VL's ``--enable-tower-connector-lora`` is experimental). Such
-    an adapter is served merged: ``vcot-export`` writes the model."""
+    """Why vLLM (0.32) cannot serve ``adapter`` as a LoRA on its base model, or ``None`` when nothing vcot knows of
+    stops it. vLLM loads the LoRA matrices of the language model's layers: not whole saved modules
+    (``modules_to_save``), not a vision-tower LoRA for any Qwen2.5-VL (Qwen3-VL's ``--enable-tower-connector-lora``
+    is experimental), not DoRA or LoRA biases (a recipe's ``peft:`` extras). Such an adapter is served merged:
+    ``vcot-export`` writes the model."""
+    from safetensors import safe_open
+
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     if config.get("modules_to_save"):
         return f"it trains whole modules ({', '.join(config['modules_to_save'])}), which vLLM's LoRA does not load"
-    if any(VISION_TOWER_WEIGHT.search(name) for name in _weight_names(adapter / "adapter_model.safetensors")):
-        return "it adapts the vision tower, which vLLM serves as a LoRA for no Qwen-VL model"
+    if config.get("use_dora") or config.get("lora_bias") or config.get("bias", "none") != "none":
+        return "it uses DoRA or trains biases, which vLLM's LoRA refuses"
+    weights = adapter / "adapter_model.safetensors"
+    if weights.exists():
+        with safe_open(str(weights), "numpy") as names:
+            if any(VISION_TOWER_WEIGHT.search(name) for name in names.keys()):
+                return "it adapts the vision tower, which vLLM serves as a LoRA for no Qwen-VL model"
     return None
-
-
-def _weight_names(file: Path) -> list[str]:
-    """The tensor names in a safetensors file's header (8 bytes of length, then JSON), none when there is no file."""
-    if not file.exists():
-        return []
-    with file.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        return [name for name in json.loads(handle.read(length)) if name != "__metadata__"]

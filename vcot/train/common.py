@@ -401,7 +401,7 @@ def _commit(
         card = model_card(config, fmt, trainer.model.config.to_dict(), recipe.method)  # a PeftModel's: its base's
         (adapter_dir / MODEL_CARD).write_text(storage.dumps_json(card), encoding="utf-8")
         storage.upload_dir(adapter_dir, storage.join(config.output, "adapter"))
-        log_serving(adapter_dir)
+        log_serving(adapter_dir, config.output, merged=recipe.merge_adapter)
         files = _files_of(adapter_dir, "adapter")
         if recipe.merge_adapter:
             merge_adapter(config, adapter_dir, out / "merged", card)
@@ -410,15 +410,19 @@ def _commit(
     return _finish(config, recipe, fmt, trainer, folders, metrics, inputs, stats, files)
 
 
-def log_serving(adapter_dir: Path) -> None:
-    """Say how the adapter can be served: as a LoRA on its base, or only merged (docs/export.md)."""
+def log_serving(adapter_dir: Path, output: str, *, merged: bool) -> None:
+    """Say how the run's adapter can be served: as a LoRA on its base, or only merged (docs/export.md)."""
     from vcot.models.served import lora_serving_problem
 
     problem = lora_serving_problem(adapter_dir)
-    if problem:
-        log.info("serving", how="merged only: vcot-export --run OUTPUT --output DIR, then serve DIR", why=problem)
+    adapter, model = storage.join(output, "adapter"), storage.join(output, "merged")
+    if not problem:
+        log.info("serving", how=f"as a LoRA on its base model (vllm serve BASE --enable-lora --lora-modules "
+                 f"NAME={adapter}), or merged by vcot-export")  # fmt: skip
+    elif merged:
+        log.info("serving", how=f"merged only: serve {model}", why=problem)
     else:
-        log.info("serving", how="as a LoRA on its base model (vllm serve BASE --enable-lora), or merged by vcot-export")
+        log.info("serving", how=f"merged only: vcot-export --run {output} --output DIR, then serve DIR", why=problem)
 
 
 def _state_dict(weights: dict[str, Any] | None) -> dict[str, Any]:

@@ -286,7 +286,9 @@ def use_vllm(recipe: Recipe, precision: Precision) -> bool:
         return False
     if precision.device == "cuda" and importlib.util.find_spec("vllm") is not None:
         return True
-    log.warning("vllm_unavailable", device=precision.device, using="transformers generate", hint="pip install vllm on a GPU")
+    log.warning("vllm_unavailable", device=precision.device, using="transformers generate",
+                hint="vLLM needs a GPU and a vLLM release that accepts vcot's transformers (0.32 pins < 5.20, so "
+                "vcot's GPU image has none): docs/train.md, GRPO")  # fmt: skip
     return False
 
 
