@@ -14,13 +14,14 @@ import torch
 
 from jobs.evaluate import main as evaluate_main
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.families import is_vision
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.io import manifest, shards, storage
 from vcot.models.loading import MODEL_CARD, load_model_and_processor
 from vcot.train import TrainConfig, train
 from vcot.train.common import RunFolders, add_lora, load_policy
-from vcot.train.options import NO_VISION_TRAINS, is_vision, use_vision_learning_rate
+from vcot.train.options import NO_VISION_TRAINS, use_vision_learning_rate
 from vcot.train.recipe import load_recipe
 from vcot.train.sft import length_grouped_trainer, sft_arguments
 

@@ -86,3 +86,13 @@ families from it (hypothesis samples only from ordered collections)."""
 
 DEFAULT_FAMILY: Family = "qwen2.5-vl"
 """The family when nothing says (the house format, score mode, the tiny model)."""
+
+
+def is_vision(name: str) -> bool:
+    """Whether a parameter (or a saved weight) belongs to the vision tower or its merger: ``visual`` in every family
+    vcot knows, base checkpoints and adapters alike.
+
+    >>> is_vision("base_model.model.model.visual.merger.mlp.0.weight"), is_vision("model.language_model.embed_tokens.weight")
+    (True, False)
+    """
+    return ".visual." in f".{name}"

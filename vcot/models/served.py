@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from PIL import Image
 
 from vcot.config import mask_url_credentials
 from vcot.errors import ConfigError
+from vcot.grounding.families import is_vision
 from vcot.grounding.model_format import ModelFormat
 
 NO_KEY = "EMPTY"
@@ -42,7 +42,8 @@ def with_structured_boxes(params: dict[str, Any], fmt: ModelFormat) -> dict[str,
     """``params`` (the request's extra fields) with vLLM's structured outputs set to ``fmt``'s response regex
     (:meth:`vcot.grounding.model_format.ModelFormat.response_regex`); a ``structured_outputs`` already given wins.
 
-    >>> from vcot.grounding.model_format import ModelFormat
+    >>> from vcot.grounding.families import is_vision
+from vcot.grounding.model_format import ModelFormat
     >>> sorted(with_structured_boxes({"seed": 1}, ModelFormat.for_family())["structured_outputs"])
     ['regex']
     """
@@ -114,10 +115,6 @@ def served_model_name(base_url: str, *, timeout: float) -> str:
     return names[0]
 
 
-VISION_TOWER_WEIGHT = re.compile(r"\.visual\.")
-"""What names a weight of the vision tower (``model.visual.blocks.0.attn.qkv``) in both families' checkpoints."""
-
-
 def lora_serving_problem(adapter: Path) -> str | None:
     """Why vLLM (0.32) cannot serve ``adapter`` as a LoRA on its base model, or ``None`` when nothing vcot knows of
     stops it. vLLM loads the LoRA matrices of the language model's layers: not whole saved modules
@@ -134,6 +131,6 @@ def lora_serving_problem(adapter: Path) -> str | None:
     weights = adapter / "adapter_model.safetensors"
     if weights.exists():
         with safe_open(str(weights), "numpy") as names:
-            if any(VISION_TOWER_WEIGHT.search(name) for name in names.keys()):
+            if any(is_vision(name) for name in names.keys()):
                 return "it adapts the vision tower, which vLLM serves as a LoRA for no Qwen-VL model"
     return None

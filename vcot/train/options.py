@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.families import is_vision
 from vcot.log import get_logger
 
 log = get_logger(__name__)
@@ -136,15 +137,6 @@ def build_arguments(cls: type, arguments: dict[str, Any], recipe: Any) -> Any:
         raise ConfigError(
             f"recipe refused by {cls.__name__}: {problem}: fix the recipe or its trainer: section"
         ) from None
-
-
-def is_vision(name: str) -> bool:
-    """Whether a parameter belongs to the vision tower or its merger (Qwen2.5-VL's and Qwen3-VL's ``visual``).
-
-    >>> is_vision("base_model.model.model.visual.merger.mlp.0.weight"), is_vision("model.language_model.embed_tokens.weight")
-    (True, False)
-    """
-    return ".visual." in f".{name}"
 
 
 def prepare_full(model: Any, recipe: Any) -> Any:
