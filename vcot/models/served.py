@@ -42,8 +42,7 @@ def with_structured_boxes(params: dict[str, Any], fmt: ModelFormat) -> dict[str,
     """``params`` (the request's extra fields) with vLLM's structured outputs set to ``fmt``'s response regex
     (:meth:`vcot.grounding.model_format.ModelFormat.response_regex`); a ``structured_outputs`` already given wins.
 
-    >>> from vcot.grounding.families import is_vision
-from vcot.grounding.model_format import ModelFormat
+    >>> from vcot.grounding.model_format import ModelFormat
     >>> sorted(with_structured_boxes({"seed": 1}, ModelFormat.for_family())["structured_outputs"])
     ['regex']
     """
