@@ -32,7 +32,9 @@ from vcot.models.published import published_config
 from vcot.train.plan import ModelShape, recipe_lora_parameters
 from vcot.train.recipe import load_recipe, recipe_names
 
-pytestmark = pytest.mark.integration
+# A QLoRA slice's test (slice built, 3 steps, merge, evaluate) takes 5-8 minutes on 2 cores, past pytest's 600 s
+# when the machine is loaded (seen in a CI run beside an image build): these get 20 minutes each.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHORT = (
