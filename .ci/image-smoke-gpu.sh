@@ -42,8 +42,8 @@ pod python - <<'PYTHON'
 import importlib, importlib.metadata as metadata, torch
 assert torch.version.cuda, f"torch {torch.__version__} is not a CUDA build"
 modules = ["vcot.train.sft", "vcot.train.grpo", "vcot.train.rgfn", "vcot.train.sharding", "vcot.evaluate.stage",
-           "vcot.evaluate.served", "vcot.evaluate.judge", "vcot.export.stage", "vcot.demo.app", "vcot.models.loading", "bitsandbytes",
-           "peft", "trl", "gradio", "rouge_score", "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
+           "vcot.evaluate.served", "vcot.evaluate.judge", "vcot.export.stage", "vcot.demo.app", "vcot.models.loading",
+           "bitsandbytes", "peft", "trl", "gradio", "rouge_score", "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
            "transformers.models.qwen3_vl.modeling_qwen3_vl"]
 for name in modules:
     importlib.import_module(name)

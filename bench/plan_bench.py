@@ -149,14 +149,15 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[i
     from vcot.train.sft import read_data_settings
 
     fmt, _ = read_data_settings(tokens)
-    model, processor = load_policy(str(model_dir), load_recipe(recipe_name), fmt)
-    if load_recipe(recipe_name).gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
+    shipped = load_recipe(recipe_name)
+    model, processor = load_policy(str(model_dir), shipped, fmt)
+    if shipped.gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
     results = []
     for batch in batches:
-        recipe = load_recipe(recipe_name, _sizes(recipe_name, batch) + ",global_batch_size=0")
+        recipe = load_recipe(recipe_name, _sizes(shipped.method, batch) + ",global_batch_size=0")
         results.append({"recipe": recipe_name, **_measure_batch(model, processor, shape, tokens, recipe, batch,
                                                                 device, steps)})
         print(json.dumps(results[-1]), flush=True)
@@ -166,13 +167,13 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[i
     return results
 
 
-def _sizes(recipe_name: str, batch: int) -> str:
-    """The recipe settings that make ``batch`` its micro-batch. GRPO: ``batch`` completions per micro-batch; RGFN:
-    one prompt's reference and ``batch - 1`` samples."""
+def _sizes(method: str, batch: int) -> str:
+    """The recipe settings that make ``batch`` a ``method`` recipe's micro-batch. GRPO: ``batch`` completions per
+    micro-batch; RGFN: one prompt's reference and ``batch - 1`` samples."""
     return {
         "gfn": f"explore_nums={batch - 1},per_device_train_batch_size=1",
         "grpo": f"per_device_train_batch_size={batch},num_generations=2,gradient_accumulation_steps=2",
-    }.get(load_recipe(recipe_name).method, f"per_device_train_batch_size={batch}")
+    }.get(method, f"per_device_train_batch_size={batch}")
 
 
 def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, recipe: Any, batch: int,
@@ -196,7 +197,8 @@ def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, r
     model_tensors = [*model.parameters(), *model.buffers()]
     grid = inputs["image_grid_thw"][0].tolist()
     image = grid[1] * grid[2] // shape.vision.merge**2
-    completion = int(inputs["input_ids"].shape[1]) - image - PROMPT_TEXT_TOKENS
+    row_tokens = int(inputs["input_ids"].shape[1])
+    completion = row_tokens - image - PROMPT_TEXT_TOKENS
     inputs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in inputs.items()}
 
     def step() -> tuple[float, int]:
@@ -234,14 +236,14 @@ def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, r
                 times.append(time.perf_counter() - start)
             seconds = sorted(times)[len(times) // 2]
             extra |= {"step_seconds_median": round(seconds, 3), "step_seconds": [round(t, 3) for t in times],
-                      "tokens_per_second": round(batch * int(inputs["input_ids"].shape[1]) / seconds, 1)}
+                      "tokens_per_second": round(batch * row_tokens / seconds, 1)}
     else:
         with LiveTensors(model_tensors) as live:
             loss, gradients = step()
         measured_total = live.peak
     states = [t for state in optimizer.state.values() for t in _tensors(state)]
     optimizer_bytes = sum(t.untyped_storage().nbytes() for t in states)
-    predicted = plan(shape, recipe, device=device, seq_len=int(inputs["input_ids"].shape[1]),
+    predicted = plan(shape, recipe, device=device, seq_len=row_tokens,
                      max_pixels=grid[1] * grid[2] * shape.vision.patch**2)  # fmt: skip
     for sampling in ("generation_kv_cache", "vllm"):  # sampling is planned, not measured here
         predicted.parts.pop(sampling, None)
@@ -251,7 +253,7 @@ def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, r
     measured = {"weights+adapter": weights, "gradients": gradients, "optimizer": optimizer_bytes,
                 "activations_and_temporaries": measured_total - weights - optimizer_bytes}  # fmt: skip
     return {
-        "batch": batch, "tokens": int(inputs["input_ids"].shape[1]), "image_tokens": image, "loss": loss,
+        "batch": batch, "tokens": row_tokens, "image_tokens": image, "loss": loss,
         "device": device,
         "measured_gib": {k: round(v / GIB, 3) for k, v in measured.items()},
         "predicted_gib": predicted.to_dict()["parts_gib"],
