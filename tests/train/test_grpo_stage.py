@@ -26,6 +26,7 @@ from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.grpo import (
     PromptTransform,
     ZeroAdvantageWarning,
+    grpo_arguments,
     grpo_format,
     prompt_dataset,
     read_prompts,
@@ -265,6 +266,18 @@ def test_images_that_disagree_with_the_record_or_do_not_load_are_handled(
     assert [v[1] for v in values] == [None, None, None]  # unreadable: nothing applicable, TRL gives advantage 0
     assert logged["problems/image/size_mismatch"] == logged["problems/image/unreadable"] == pytest.approx(1 / 3)
     assert logged["completions/boxes_mean"] == 2.0
+
+
+@pytest.mark.parametrize("group", [4, 16, 32])
+def test_any_group_size_passes_grpo_config(group: int, tmp_path: Path) -> None:
+    """TRL checks that its evaluation batch holds whole groups (default 8: a group of 16 was refused); vcot replaces
+    that evaluation, so the batch is one group."""
+    from vcot.train.common import RunFolders
+    from vcot.train.recipe import load_recipe
+
+    recipe = load_recipe("tiny-cpu-grpo", f"num_generations={group}")
+    args = grpo_arguments(recipe, RunFolders(tmp_path, str(tmp_path / "out")), [1.0])
+    assert args.num_generations == group and args.per_device_eval_batch_size % group == 0
 
 
 def test_zero_advantage_steps_are_logged() -> None:

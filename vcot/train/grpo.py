@@ -311,6 +311,9 @@ def grpo_arguments(recipe: Recipe, folders: RunFolders, weights: list[float]) ->
         vllm_gpu_memory_utilization=recipe.vllm_gpu_memory_utilization,
         disable_dropout=True,  # the rollout, the reference and the update must score the same policy
         **held_out_arguments(recipe),  # greedy answers to held-out records, the checkpoint kept by their score
+        # TRL's own evaluation is replaced by that one (watch_held_out): its batch only has to pass GRPOConfig's check
+        # that it holds whole groups (TRL's default, 8, refuses num_generations 16)
+        per_device_eval_batch_size=recipe.num_generations,
         log_completions=False,
     )
     return build_arguments(GRPOConfig, arguments, recipe)  # the recipe's trainer: values last
