@@ -31,6 +31,11 @@ SMOKE: dict[str, tuple[list[str], str]] = {
         ["--size", "test", "--records", "8", "--sft-steps", "1", "--steps", "2", "--betas", "0.04", "--output", "{output}"],
         "runs",
     ),
+    "grpo_signal.py": (
+        ["--prepare", "24", "--size", "test", "--model", "tiny", "--data", "records", "--split", "train", "--records",
+         "2", "--samples", "2", "--max-new-tokens", "8", "--threads", "1", "--output", "{output}"],
+        "first_object_iou",
+    ),  # fmt: skip
     "train_data_bench.py": (["--rows", "200", "--tokens", "16", "--reads", "20", "--output", "{output}"], "runs"),
     "grounding_probe.py": (
         ["--size", "test", "--records", "4", "--val", "2", "--epochs", "1", "--eval-every", "1", "--output", "{output}"],

@@ -148,6 +148,8 @@ SKIPPED: dict[tuple[str, str], str] = {
     "which no block makes; tests/train/test_rgfn_stage.py runs that chain",
     ("docs/benchmarks.md", "PYTHONPATH=. .venv/bin/python bench/rl_bench.py"): "GRPO, SFT and RGFN runs on three "
     "seeds after make local-train and make local-rgfn (about an hour); tests/test_bench.py runs it at test size",
+    ("docs/benchmarks.md", "PYTHONPATH=. .venv/bin/python bench/grpo_signal.py"): "reads make local-train's SFT "
+    "adapter, which no block makes; tests/test_bench.py runs it at test size",
     ("docs/bench-convert.md", ".venv/bin/python bench/convert_bench.py"): "a benchmark of 300,000 to 1,000,000 "
     "records (minutes); tests/test_bench.py runs each benchmark at test size",
     ("docs/bench-distill.md", ".venv/bin/python bench/distill_bench.py"): "a benchmark (500 samples at 200 ms); "

@@ -1,0 +1,179 @@
+"""Is there something for GRPO to learn? What an adapter's own samples say about its boxes, before any RL step.
+
+For ``--records`` held-out records (the ``--split`` of committed records), on the CPU:
+
+- greedy: the first-object IoU of the answer the evaluation generates (greedy, the default repetition penalty);
+- samples: ``--samples`` K responses per record at ``--temperature``, as GRPO's rollouts are drawn (no repetition
+  penalty): their mean IoU, the best of K (what a perfect choice among them would score), and the spread of IoU
+  within a group (the signal GRPO's advantages are made of; 0 means a group teaches nothing), and the standard
+  deviation of each sampled coordinate within a group (house units, 0-1000);
+- the entropy, in nats, of the model's next-token distribution at each digit of the greedy boxes, by place
+  (hundreds, tens, units; a uniform digit is ln 10 = 2.303), beside every other token's: which digits the model
+  knows, and so which ones a policy gradient can move.
+
+    PYTHONPATH=. .venv/bin/python bench/grpo_signal.py --adapter s3://vcot/local/qwen2.5-vl-norm1000/train/adapter \\
+        --data s3://vcot/local/qwen2.5-vl-norm1000/records [--model .cache/tiny-qwen2.5-vl-local] [--records 48]
+        [--samples 8] [--temperature 0.7] [--output result.json]
+
+``--prepare N`` first makes what is missing, as ``make local-train`` does: the tiny model (``--size``) and N
+synthetic records converted to ``--data``; without ``--adapter`` the bare model is probed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vcot.grounding.model_format import HOUSE, ModelFormat
+from vcot.io import manifest
+from vcot.io.images import load_rgb
+from vcot.models.generation import GenerationSettings, generate_batch, prompt_text
+from vcot.models.loading import adapter_format, load_model_and_processor
+from vcot.scoring.field_metrics import first_box_iou
+
+PLACES = ("thousands", "hundreds", "tens", "units")
+
+
+def digit_places(pieces: Sequence[str]) -> list[str]:
+    """Each token's place in a number inside ``[...]`` (``hundreds``, ``tens``, ``units``, ...), else ``other``.
+
+    >>> digit_places(["<box>", "[", "5", "8", "2", ",", " ", "4", "0", "]", " 9"])
+    ['other', 'other', 'hundreds', 'tens', 'units', 'other', 'other', 'tens', 'units', 'other', 'other']
+    """
+    places, run, inside = ["other"] * len(pieces), [], False
+    for index, piece in enumerate([*pieces, " "]):
+        if inside and len(piece) == 1 and piece.isdigit():
+            run.append(index)
+            continue
+        for place, at in enumerate(reversed(run)):
+            places[at] = PLACES[max(0, len(PLACES) - 1 - place)]
+        run = []
+        inside = (inside or "[" in piece) and "]" not in piece
+    return places
+
+
+def first_box(text: str | Any, record: dict[str, Any], fmt: ModelFormat) -> tuple[int, ...] | None:
+    """The first box of a response in house coordinates (``None`` without one, or for a skipped record)."""
+    boxes = fmt.read(text, record["width"], record["height"]).boxes if isinstance(text, str) else []
+    return tuple(boxes[0].box) if boxes else None
+
+
+def first_iou(box: tuple[int, ...] | None, record: dict[str, Any]) -> float:
+    """The first box's best IoU with a true box (0 without a box)."""
+    return first_box_iou([box] if box else [], [tuple(obj["box"]) for obj in record["objects"]])
+
+
+def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response: str, settings: GenerationSettings,
+                    image: Any) -> dict[str, list[float]]:  # fmt: skip
+    """The entropy of the next-token distribution at each token of ``response``, grouped by :func:`digit_places`."""
+    prompt = prompt_text(processor, record, settings)
+    start = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
+    inputs = processor(text=[prompt + response], images=[image], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).logits[0, start - 1 : -1].float()
+    entropy = (-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)).tolist()
+    pieces = [processor.tokenizer.decode([token]) for token in inputs["input_ids"][0, start:].tolist()]
+    grouped: dict[str, list[float]] = defaultdict(list)
+    for place, value in zip(digit_places(pieces), entropy, strict=True):
+        grouped[place].append(value)
+    return grouped
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """The tiny model and ``--prepare`` synthetic records at ``--data``, where missing."""
+    steps = [["vcot.dev.tiny_model", args.model, "--size", args.size, "--keep-current"]]
+    if not manifest.is_committed(args.data):
+        synthetic = f"{args.data.rstrip('/')}-synthetic"
+        steps += [["vcot.dev.synthetic", synthetic, "--num-records", str(args.prepare)],
+                  ["jobs.convert", "--source", "viscot", "--input", synthetic, "--output", args.data]]  # fmt: skip
+    for step in steps:
+        subprocess.run([sys.executable, "-m", *step], check=True, stdout=subprocess.DEVNULL)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.prepare:
+        prepare(args)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model, processor = load_model_and_processor(args.model, adapter_uri=args.adapter)
+    model.eval()
+    fmt = (adapter_format(args.adapter) if args.adapter else None) or HOUSE
+    committed = manifest.committed_records(args.data, (f"{args.split}/",), expect_stage=manifest.RECORD_STAGES)
+    records = [record for record in committed if record.get("objects")][: args.records]
+    greedy_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, batch_size=args.records)
+    sample_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                         batch_size=args.records * args.samples, repetition_penalty=1.0)  # fmt: skip
+    started = time.perf_counter()
+    greedy = generate_batch(model, processor, records, greedy_settings)
+    sampled = generate_batch(model, processor, [r for r in records for _ in range(args.samples)], sample_settings)
+    greedy_ious, mean_ious, best_ious, spreads, coordinate_spreads = [], [], [], [], []
+    entropies: dict[str, list[float]] = defaultdict(list)
+    for n, record in enumerate(records):
+        boxes = [first_box(text, record, fmt) for text in sampled[n * args.samples : (n + 1) * args.samples]]
+        group = [first_iou(box, record) for box in boxes]
+        greedy_ious.append(first_iou(first_box(greedy[n], record, fmt), record))
+        mean_ious.append(statistics.mean(group))
+        best_ious.append(max(group))
+        spreads.append(statistics.pstdev(group))
+        found = [box for box in boxes if box]
+        if len(found) > 1:
+            coordinate_spreads += [statistics.pstdev(box[k] for box in found) for k in range(4)]
+        if isinstance(greedy[n], str):
+            image = load_rgb(record["image"])
+            for place, values in digit_entropies(model, processor, record, greedy[n], greedy_settings, image).items():
+                entropies[place] += values
+    return {
+        "adapter": args.adapter,
+        "records": len(records),
+        "samples": args.samples,
+        "temperature": args.temperature,
+        "first_object_iou": {
+            "greedy": round(statistics.mean(greedy_ious), 4),
+            "sampled_mean": round(statistics.mean(mean_ious), 4),
+            f"best_of_{args.samples}": round(statistics.mean(best_ious), 4),
+            "within_group_std": round(statistics.mean(spreads), 4),
+        },
+        "sampled_coordinate_std": round(statistics.mean(coordinate_spreads), 1) if coordinate_spreads else None,
+        "entropy_nats": {place: round(statistics.mean(v), 3) for place, v in sorted(entropies.items())},
+        "uniform_digit_nats": round(math.log(10), 3),
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": {"cpus": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--adapter", default=None, help="the adapter to probe (an SFT or GRPO run's adapter/)")
+    parser.add_argument("--data", required=True, help="committed records (convert's output)")
+    parser.add_argument("--model", default=".cache/tiny-qwen2.5-vl-local", help="the base model")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--records", type=int, default=48)
+    parser.add_argument("--samples", type=int, default=8, help="K: GRPO's group size")
+    parser.add_argument("--temperature", type=float, default=0.7, help="GRPO's sampling temperature")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="", help="also write the result here (JSON)")
+    parser.add_argument("--prepare", type=int, default=0, help="make the tiny model and N records first")
+    parser.add_argument("--size", default="local", help="the tiny model's size, with --prepare")
+    args = parser.parse_args()
+    result = measure(args)
+    print(json.dumps(result, indent=2))
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(result, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
