@@ -3,13 +3,14 @@
 For ``--records`` held-out records (the ``--split`` of committed records), on the CPU:
 
 - greedy: the first-object IoU of the answer the evaluation generates (greedy, the default repetition penalty);
-- samples: ``--samples`` K responses per record at ``--temperature``, as GRPO's rollouts are drawn (no repetition
-  penalty): their mean IoU, the best of K (what a perfect choice among them would score), and the spread of IoU
-  within a group (the signal GRPO's advantages are made of; 0 means a group teaches nothing), and the standard
+- samples: ``--samples`` K responses per record at ``--temperature``, as TRL draws GRPO's rollouts (no repetition
+  penalty, no top-k cut): their mean IoU, the best of K (what a perfect choice among them would score), the spread of
+  IoU within a group (the signal GRPO's advantages are made of; 0 means a group teaches nothing), and the standard
   deviation of each sampled coordinate within a group (house units, 0-1000);
-- the entropy, in nats, of the model's next-token distribution at each digit of the greedy boxes, by place
-  (hundreds, tens, units; a uniform digit is ln 10 = 2.303), beside every other token's: which digits the model
-  knows, and so which ones a policy gradient can move.
+- the entropy, in nats, of the model's next-token distribution at each digit of the greedy boxes, by place counted
+  from the right (the ``4`` of ``40`` is a tens digit; a uniform digit is ln 10 = 2.303), beside the mean of every
+  other token's: which digits the model knows, and so which ones a policy gradient can move. Two-turn models only:
+  a ``rationale_turn`` model answers in a second generation, which this does not score token by token.
 
     PYTHONPATH=. .venv/bin/python bench/grpo_signal.py --adapter s3://vcot/local/qwen2.5-vl-norm1000/train/adapter \\
         --data s3://vcot/local/qwen2.5-vl-norm1000/records [--model .cache/tiny-qwen2.5-vl-local] [--records 48]
@@ -38,18 +39,22 @@ import torch
 from vcot.grounding.model_format import HOUSE, ModelFormat
 from vcot.io import manifest
 from vcot.io.images import load_rgb
-from vcot.models.generation import GenerationSettings, generate_batch, prompt_text
+from vcot.models.generation import GenerationSettings, Skipped, generate_responses, prompt_text, two_phase
 from vcot.models.loading import adapter_format, load_model_and_processor
 from vcot.scoring.field_metrics import first_box_iou
+from vcot.scoring.response import truth_boxes
 
 PLACES = ("thousands", "hundreds", "tens", "units")
 
 
 def digit_places(pieces: Sequence[str]) -> list[str]:
-    """Each token's place in a number inside ``[...]`` (``hundreds``, ``tens``, ``units``, ...), else ``other``.
+    """Each token's place in a number inside ``[...]`` or ``(...)`` (every box syntax's brackets), counted from the
+    right (``hundreds``, ``tens``, ``units``, ...); any other token is ``other``.
 
     >>> digit_places(["<box>", "[", "5", "8", "2", ",", " ", "4", "0", "]", " 9"])
     ['other', 'other', 'hundreds', 'tens', 'units', 'other', 'other', 'tens', 'units', 'other', 'other']
+    >>> digit_places(["<|box_start|>", "(", "1", "2", ",", "3", ")"])
+    ['other', 'other', 'tens', 'units', 'other', 'units', 'other']
     """
     places, run, inside = ["other"] * len(pieces), [], False
     for index, piece in enumerate([*pieces, " "]):
@@ -59,19 +64,19 @@ def digit_places(pieces: Sequence[str]) -> list[str]:
         for place, at in enumerate(reversed(run)):
             places[at] = PLACES[max(0, len(PLACES) - 1 - place)]
         run = []
-        inside = (inside or "[" in piece) and "]" not in piece
+        inside = (inside or "[" in piece or "(" in piece) and "]" not in piece and ")" not in piece
     return places
 
 
-def first_box(text: str | Any, record: dict[str, Any], fmt: ModelFormat) -> tuple[int, ...] | None:
+def first_box(text: str | Skipped, record: dict[str, Any], fmt: ModelFormat) -> tuple[int, ...] | None:
     """The first box of a response in house coordinates (``None`` without one, or for a skipped record)."""
     boxes = fmt.read(text, record["width"], record["height"]).boxes if isinstance(text, str) else []
     return tuple(boxes[0].box) if boxes else None
 
 
 def first_iou(box: tuple[int, ...] | None, record: dict[str, Any]) -> float:
-    """The first box's best IoU with a true box (0 without a box)."""
-    return first_box_iou([box] if box else [], [tuple(obj["box"]) for obj in record["objects"]])
+    """The first box's best IoU with a true box (0 without a box), as the evaluation scores it."""
+    return first_box_iou([box] if box else [], truth_boxes(record))
 
 
 def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response: str, settings: GenerationSettings,
@@ -79,7 +84,7 @@ def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response
     """The entropy of the next-token distribution at each token of ``response``, grouped by :func:`digit_places`."""
     prompt = prompt_text(processor, record, settings)
     start = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
-    inputs = processor(text=[prompt + response], images=[image], return_tensors="pt")
+    inputs = processor(text=[prompt + response], images=[image], return_tensors="pt").to(model.device)
     with torch.no_grad():
         logits = model(**inputs).logits[0, start - 1 : -1].float()
     entropy = (-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)).tolist()
@@ -102,6 +107,7 @@ def prepare(args: argparse.Namespace) -> None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate, score and take the entropies (the module docstring); the result as JSON-ready values."""
     if args.prepare:
         prepare(args)
     torch.set_num_threads(args.threads)
@@ -110,13 +116,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     model.eval()
     fmt = (adapter_format(args.adapter) if args.adapter else None) or HOUSE
     committed = manifest.committed_records(args.data, (f"{args.split}/",), expect_stage=manifest.RECORD_STAGES)
-    records = [record for record in committed if record.get("objects")][: args.records]
-    greedy_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, batch_size=args.records)
+    records = [record for record in committed if truth_boxes(record)][: args.records]
+    if not records:
+        raise SystemExit(f"no {args.split} record with a box in {args.data}")
+    greedy_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     sample_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                         batch_size=args.records * args.samples, repetition_penalty=1.0)  # fmt: skip
+                                         batch_size=args.batch_size, repetition_penalty=1.0)  # fmt: skip
     started = time.perf_counter()
-    greedy = generate_batch(model, processor, records, greedy_settings)
-    sampled = generate_batch(model, processor, [r for r in records for _ in range(args.samples)], sample_settings)
+    greedy, _ = generate_responses(model, processor, records, greedy_settings)
+    model.generation_config.top_k = 0  # transformers' default cuts at 50; TRL's rollouts (top_k=0) do not cut
+    groups = [record for record in records for _ in range(args.samples)]
+    sampled, _ = generate_responses(model, processor, groups, sample_settings)
     greedy_ious, mean_ious, best_ious, spreads, coordinate_spreads = [], [], [], [], []
     entropies: dict[str, list[float]] = defaultdict(list)
     for n, record in enumerate(records):
@@ -129,7 +139,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         found = [box for box in boxes if box]
         if len(found) > 1:
             coordinate_spreads += [statistics.pstdev(box[k] for box in found) for k in range(4)]
-        if isinstance(greedy[n], str):
+        if isinstance(greedy[n], str) and not two_phase(greedy_settings):
             image = load_rgb(record["image"])
             for place, values in digit_entropies(model, processor, record, greedy[n], greedy_settings, image).items():
                 entropies[place] += values
@@ -153,6 +163,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Parse the flags, measure, print the result (and write it to ``--output``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--adapter", default=None, help="the adapter to probe (an SFT or GRPO run's adapter/)")
     parser.add_argument("--data", required=True, help="committed records (convert's output)")
@@ -162,6 +173,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="K: GRPO's group size")
     parser.add_argument("--temperature", type=float, default=0.7, help="GRPO's sampling temperature")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="responses generated at a time")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="", help="also write the result here (JSON)")
