@@ -83,8 +83,9 @@ def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response
                     image: Any) -> dict[str, list[float]]:  # fmt: skip
     """The entropy of the next-token distribution at each token of ``response``, grouped by :func:`digit_places`."""
     prompt = prompt_text(processor, record, settings)
-    start = processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"].shape[1]
-    inputs = processor(text=[prompt + response], images=[image], return_tensors="pt").to(model.device)
+    images = [image] if image is not None else None  # a text-mode model reads no image
+    start = processor(text=[prompt], images=images, return_tensors="pt")["input_ids"].shape[1]
+    inputs = processor(text=[prompt + response], images=images, return_tensors="pt").to(model.device)
     with torch.no_grad():
         logits = model(**inputs).logits[0, start - 1 : -1].float()
     entropy = (-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)).tolist()
@@ -140,7 +141,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         if len(found) > 1:
             coordinate_spreads += [statistics.pstdev(box[k] for box in found) for k in range(4)]
         if isinstance(greedy[n], str) and not two_phase(greedy_settings):
-            image = load_rgb(record["image"])
+            image = load_rgb(record["image"]) if fmt.mode == "multimodal" else None
             for place, values in digit_entropies(model, processor, record, greedy[n], greedy_settings, image).items():
                 entropies[place] += values
     return {
