@@ -36,47 +36,47 @@ from typing import Any
 
 import torch
 
+from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.model_format import HOUSE, ModelFormat
 from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.models.generation import GenerationSettings, Skipped, generate_responses, prompt_text, two_phase
 from vcot.models.loading import adapter_format, load_model_and_processor
-from vcot.scoring.field_metrics import first_box_iou
-from vcot.scoring.response import truth_boxes
+from vcot.models.penalty import inside_open_box
+from vcot.scoring.response import score_response, truth_boxes
 
 PLACES = ("thousands", "hundreds", "tens", "units")
 
 
-def digit_places(pieces: Sequence[str]) -> list[str]:
-    """Each token's place in a number inside ``[...]`` or ``(...)`` (every box syntax's brackets), counted from the
-    right (``hundreds``, ``tens``, ``units``, ...); any other token is ``other``.
+def digit_places(pieces: Sequence[str], box_syntax: BoxFormat = "house") -> list[str]:
+    """Each token's place in a number written inside an open box of ``box_syntax``, counted from the right
+    (``hundreds``, ``tens``, ``units``, ...); any other token is ``other``.
 
-    >>> digit_places(["<box>", "[", "5", "8", "2", ",", " ", "4", "0", "]", " 9"])
-    ['other', 'other', 'hundreds', 'tens', 'units', 'other', 'other', 'tens', 'units', 'other', 'other']
-    >>> digit_places(["<|box_start|>", "(", "1", "2", ",", "3", ")"])
-    ['other', 'other', 'tens', 'units', 'other', 'units', 'other']
+    >>> "".join(place[0] for place in digit_places(["<box>", "[", "5", "8", "2", ",", " ", "4", "0", "]", "</box>",
+    ...                                                  " (", "3", ")"]))  # o: other, h: hundreds, t: tens, u: units
+    'oohtuootuooooo'
+    >>> digit_places(["<|box_start|>", "(", "1", "2", ",", "3", ")", "<|box_end|>"], "qwen")
+    ['other', 'other', 'tens', 'units', 'other', 'units', 'other', 'other']
     """
-    places, run, inside = ["other"] * len(pieces), [], False
+    places, run, text = ["other"] * len(pieces), [], ""
     for index, piece in enumerate([*pieces, " "]):
-        if inside and len(piece) == 1 and piece.isdigit():
+        if len(piece) == 1 and piece.isdigit() and inside_open_box(text, box_syntax):
             run.append(index)
-            continue
-        for place, at in enumerate(reversed(run)):
-            places[at] = PLACES[max(0, len(PLACES) - 1 - place)]
-        run = []
-        inside = (inside or "[" in piece or "(" in piece) and "]" not in piece and ")" not in piece
+        else:
+            for place, at in enumerate(reversed(run)):
+                places[at] = PLACES[max(0, len(PLACES) - 1 - place)]
+            run = []
+        text += piece
     return places
 
 
-def first_box(text: str | Skipped, record: dict[str, Any], fmt: ModelFormat) -> tuple[int, ...] | None:
-    """The first box of a response in house coordinates (``None`` without one, or for a skipped record)."""
-    boxes = fmt.read(text, record["width"], record["height"]).boxes if isinstance(text, str) else []
-    return tuple(boxes[0].box) if boxes else None
-
-
-def first_iou(box: tuple[int, ...] | None, record: dict[str, Any]) -> float:
-    """The first box's best IoU with a true box (0 without a box), as the evaluation scores it."""
-    return first_box_iou([box] if box else [], truth_boxes(record))
+def first_box_scored(text: str | Skipped, record: dict[str, Any], fmt: ModelFormat) -> tuple[float, list[int] | None]:
+    """A response's first-object IoU as the evaluation scores it, and its first box in house coordinates (0 and
+    ``None`` without a box, or for a skipped record)."""
+    if not isinstance(text, str):
+        return 0.0, None
+    row, _ = score_response(record, text, fmt)
+    return row["first_box_iou"], row["boxes"][0]["box"] if row["boxes"] else None
 
 
 def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response: str, settings: GenerationSettings,
@@ -91,7 +91,7 @@ def digit_entropies(model: Any, processor: Any, record: dict[str, Any], response
     entropy = (-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)).tolist()
     pieces = [processor.tokenizer.decode([token]) for token in inputs["input_ids"][0, start:].tolist()]
     grouped: dict[str, list[float]] = defaultdict(list)
-    for place, value in zip(digit_places(pieces), entropy, strict=True):
+    for place, value in zip(digit_places(pieces, settings.fmt.box_syntax), entropy, strict=True):
         grouped[place].append(value)
     return grouped
 
@@ -131,13 +131,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     greedy_ious, mean_ious, best_ious, spreads, coordinate_spreads = [], [], [], [], []
     entropies: dict[str, list[float]] = defaultdict(list)
     for n, record in enumerate(records):
-        boxes = [first_box(text, record, fmt) for text in sampled[n * args.samples : (n + 1) * args.samples]]
-        group = [first_iou(box, record) for box in boxes]
-        greedy_ious.append(first_iou(first_box(greedy[n], record, fmt), record))
+        scored = [first_box_scored(text, record, fmt) for text in sampled[n * args.samples : (n + 1) * args.samples]]
+        group = [iou for iou, _ in scored]
+        greedy_ious.append(first_box_scored(greedy[n], record, fmt)[0])
         mean_ious.append(statistics.mean(group))
         best_ious.append(max(group))
         spreads.append(statistics.pstdev(group))
-        found = [box for box in boxes if box]
+        found = [box for _, box in scored if box]
         if len(found) > 1:
             coordinate_spreads += [statistics.pstdev(box[k] for box in found) for k in range(4)]
         if isinstance(greedy[n], str) and not two_phase(greedy_settings):
