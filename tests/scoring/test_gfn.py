@@ -120,6 +120,22 @@ def test_bin_returns_the_row_mean_argmax() -> None:
         gfn.bin_select(torch.empty(0, 3))
 
 
+def test_bin_shows_the_rationale_that_explains_its_answer_best() -> None:
+    scores = torch.tensor(
+        [
+            [-0.9, -0.4, -0.1, -0.6],  # answer 0 ("red") after each rationale
+            [-0.9, -0.4, -0.1, -0.6],
+            [-2.0, -2.0, -0.2, -2.0],  # "blue"
+            [-0.9, -0.4, -0.1, -0.6],
+        ]
+    )
+    answers = ["red", "red ", "blue", "red"]
+    # the likeliest of the rationales the SFT model answered "red" (not the first sampled, nor rationale 2: "blue")
+    assert gfn.bin_rationale(scores, answers, 0) == 1
+    assert gfn.bin_rationale(scores, answers, 3) == 1
+    assert gfn.bin_rationale(scores, answers, 2) == 2
+
+
 # --- convergence: the objective samples in proportion to the reward --------------------------------------
 ALPHABET, MAX_LEN = 2, 3
 RATIONALES = [z for n in range(MAX_LEN + 1) for z in itertools.product(range(ALPHABET), repeat=n)]

@@ -4,8 +4,10 @@ Per record: the policy (the adapter on) samples N responses at temperature 0.7; 
 ``Answer:`` into a rationale Z_i; the SFT model (:func:`load_sft_adapter`: the adapter an RGFN adapter continued, an
 SFT adapter itself, else the adapter disabled) continues ``Z_i Answer:`` greedily into
 an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
-X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`) with its own
-rationale: the answer the rationales agree explain best, not the one a single lucky rationale favours.
+X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`): the answer
+the rationales agree explain best, not the one a single lucky rationale favours. It shows that answer with the
+rationale that explains it best (:func:`vcot.scoring.gfn.bin_rationale`: of the rationales the SFT model answered
+so, the highest S[j, i]), whose boxes the report scores.
 Best-of-N returns the response whose answer tokens have the highest mean log-probability after their own
 rationale (the diagonal), so the report can compare the two with greedy decoding.
 
@@ -193,9 +195,15 @@ def bin_record(
         joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)
     chosen = gfn.bin_select(scores)
+    shown = gfn.bin_rationale(scores, answers, chosen)
     best = gfn.best_of_n(answer_only.view(n, n).diagonal())
-    respond = lambda k: f"{rationales[k].strip()} {answers[k].strip()}" if own_turn else rationales[k] + ANSWER_MARKER + answers[k]
-    return BinChoice(respond(chosen), respond(best), scores.tolist())
+
+    def respond(z: int, y: int) -> str:  # rationale z with answer y
+        if own_turn:
+            return f"{rationales[z].strip()} {answers[y].strip()}"
+        return rationales[z] + ANSWER_MARKER + answers[y]
+
+    return BinChoice(respond(shown, chosen), respond(best, best), scores.tolist())
 
 
 def bin_responses(

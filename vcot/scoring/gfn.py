@@ -10,14 +10,15 @@ Shapes, for a batch of B trajectories padded to N tokens: ``log_pf`` [B, N] (the
 sampled token, untempered), ``log_pt`` and ``log_r`` [B, N + 1] (the end-of-turn log-probability and the log
 reward at every state), ``lengths`` [B] (n per row). Everything past a row's length is ignored.
 
-No model here: the train stage (``vcot/train/rgfn.py``) computes these tensors, evaluate uses
-:func:`bin_select` / :func:`best_of_n`. Keeping them pure makes the objective testable exactly and in seconds.
+No model here: the train stage (``vcot/train/rgfn.py``) computes these tensors, evaluate uses :func:`bin_select`,
+:func:`bin_rationale` and :func:`best_of_n`. Keeping them pure makes the objective testable exactly and in seconds.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Sequence
 
 import torch
 
@@ -124,6 +125,19 @@ def bin_select(scores: torch.Tensor) -> int:
     if scores.ndim != 2 or scores.numel() == 0:
         raise ValueError("scores must be a non-empty [answers, rationales] matrix")
     return int(scores.mean(dim=1).argmax())
+
+
+def bin_rationale(scores: torch.Tensor, answers: Sequence[str], chosen: int) -> int:
+    """The rationale BiN shows with its answer ``chosen`` (a row of ``scores``): of the rationales after which the
+    SFT model gave that answer, the one that explains it best (the highest S[chosen, i], the likeliest rationale
+    given the inferred answer), not the first sampled.
+
+    >>> scores = torch.tensor([[-1.0, -0.5, -0.2], [-1.0, -0.5, -0.2], [-0.9, -0.6, -0.1]])
+    >>> bin_rationale(scores, ["red", "red", "blue"], 0)
+    1
+    """
+    same = [i for i, answer in enumerate(answers) if answer.strip() == answers[chosen].strip()]
+    return max(same, key=lambda i: float(scores[chosen, i]))
 
 
 def best_of_n(answer_log_probs: torch.Tensor) -> int:
