@@ -134,6 +134,8 @@ def test_bin_shows_the_rationale_that_explains_its_answer_best() -> None:
     assert gfn.bin_rationale(scores, answers, 0) == 1
     assert gfn.bin_rationale(scores, answers, 3) == 1
     assert gfn.bin_rationale(scores, answers, 2) == 2
+    with pytest.raises(ValueError):
+        gfn.bin_rationale(scores, answers[:3], 0)
 
 
 # --- convergence: the objective samples in proportion to the reward --------------------------------------
