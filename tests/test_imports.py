@@ -155,3 +155,24 @@ def test_no_import_cycle_in_vcot() -> None:
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_training_and_in_process_evaluation_need_no_distill_extra() -> None:
+    """``pip install 'vcot[train]'`` trains, evaluates and exports: only a teacher, a judge or a served model needs
+    the openai package, and asking for one without it says what to install."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['openai'] = None\n"
+        "import jobs.train, jobs.evaluate, jobs.export\n"
+        "from vcot.errors import ConfigError\n"
+        "from vcot.llm.chat import make_client\n"
+        "try:\n"
+        "    make_client(None, 'key', 1.0)\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "pip install 'vcot[distill]'" in done.stdout

@@ -23,9 +23,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import openai
+try:
+    import openai
+except ImportError:  # the distill extra: training and in-process evaluation run without it (make_client says so)
+    openai = None  # type: ignore[assignment]
 
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.llm.cache import AnswerCache, request_key
 from vcot.llm.ledger import Ledger
 from vcot.log import get_logger
@@ -258,6 +261,8 @@ class LiveBackend:
 
 def make_client(base_url: str | None, api_key: str, timeout: float) -> Any:
     """The async ``openai`` client with its own retries off (ours apply)."""
+    if openai is None:
+        raise ConfigError("an OpenAI-compatible endpoint needs the openai package: pip install 'vcot[distill]'")
     return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
