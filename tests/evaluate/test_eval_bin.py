@@ -11,6 +11,7 @@ import torch
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
+from vcot.errors import ConfigError
 from vcot.evaluate.bin import (
     BinSettings,
     bin_record,
@@ -83,6 +84,11 @@ def test_sft_scorer_of_a_continued_adapter_is_the_adapter_it_continued(
     # SFT continued from another SFT adapter (vcot-train sft --init-adapter) is itself the SFT model
     (continued / "vcot-model.json").write_text(json.dumps({**rgfn_card, "method": "sft"}))
     assert load_sft_adapter(policy, str(continued)) == "policy"
+
+    # the adapter it continued is gone (a relative path read from another folder): one line that says so
+    (continued / "vcot-model.json").write_text(json.dumps({**rgfn_card, "continued_from": str(tmp_path / "gone")}))
+    with pytest.raises(ConfigError, match="continued_from"):
+        load_sft_adapter(policy, str(continued))
 
 
 def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import torch
 
+from vcot.errors import ConfigError
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
@@ -98,7 +99,14 @@ def load_sft_adapter(model: Any, adapter_uri: str | None) -> SftModel:
     if not adapter_uri or trained_by(adapter_uri, card) == "sft":
         where = "policy"
     elif card.get("continued_from"):
-        load_named_adapter(model, local_model_path(card["continued_from"]), SFT_ADAPTER)
+        start = card["continued_from"]
+        if not storage.is_s3(start) and not storage.local_path(start).exists():
+            raise ConfigError(
+                f"BiN scores with the SFT adapter {adapter_uri} continued, {start} ('continued_from' in its "
+                "vcot-model.json; a relative path is read from where you run), and it is not there: run from the "
+                "folder training ran in, or copy that adapter there"
+            )
+        load_named_adapter(model, local_model_path(start), SFT_ADAPTER)
         where = "continued"
     else:
         where = "base"
