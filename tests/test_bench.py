@@ -36,6 +36,7 @@ SMOKE: dict[str, tuple[list[str], str]] = {
          "2", "--samples", "2", "--max-new-tokens", "8", "--threads", "1", "--output", "{output}"],
         "first_object_iou",
     ),  # fmt: skip
+    "gpu_pipeline_summary.py": (["run", "--json", "{output}"], "train"),  # no run: every row says so
     "train_data_bench.py": (["--rows", "200", "--tokens", "16", "--reads", "20", "--output", "{output}"], "runs"),
     "grounding_probe.py": (
         ["--size", "test", "--records", "4", "--val", "2", "--epochs", "1", "--eval-every", "1", "--output", "{output}"],
