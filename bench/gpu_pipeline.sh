@@ -13,9 +13,11 @@
 #
 # The runs after setup share the GPU at once (16 cores, one card): their times are not benchmarks. Each run is cut at
 # what is left of BUDGET, so a slow one reports the others. On an H100 (2026-11-26) everything but the two last
-# evaluations fitted 470 s; BiN's evaluation alone then took 159 s: give it BUDGET=540 (device call timeout_s 600). Results: $OUT/log and $OUT/runs.tar.gz (every run's
-# metrics.json, manifest and log). On a machine without network vcot's other needs travel as wheels in .whl.
-# SMOKE=1 runs a few steps of each (checks this script on a CPU).
+# evaluations fitted 470 s; BiN's evaluation alone then took 159 s: give it BUDGET=540 (device call timeout_s 600).
+# Results: $OUT/log, $OUT/summary.json and $OUT/runs.tar.gz (every run's metrics.json, manifest and log).
+# SMOKE=1 runs a few steps of each (checks this script on a CPU). Before: STARTS/sft and STARTS/sft3 hold the adapters
+# of `make local-train` and `make local-rgfn` (storage.download_prefix of LOCAL_RUN/train/adapter and
+# LOCAL_RUN-rgfn/train/adapter), and .whl the wheels of what the GPU machine lacks (`pip download --no-deps`).
 set -u
 OUT=${OUT:-/tmp/gpu-pipeline}
 BUDGET=${BUDGET:-540}       # seconds this script may take in all

@@ -162,6 +162,29 @@ def test_killed_run_resumes_to_the_same_final_loss(
     assert first_logged == 1  # the history spans the killed session too (restored from the checkpoint)
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("last", [30, 40])
+def test_a_run_resumed_from_its_last_checkpoint_trains_no_step_more(
+    reference_run: str, tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, last: int
+) -> None:
+    """A pod killed after its last checkpoint, before its commit: the rerun commits that checkpoint's model and
+    trains no step past ``max_steps``. At 30 (6 steps an epoch) the Trainer ends the epoch loop itself; at 40,
+    mid-epoch, it took one step more (it checks its budget after a step)."""
+    import shutil
+
+    checkpoint = Path(reference_run) / "checkpoints" / f"checkpoint-{last}"
+    output = tmp_path / "finished"
+    shutil.copytree(checkpoint, output / "checkpoints" / checkpoint.name)
+    run_set = RUN_SET.replace("max_steps=40", f"max_steps={last}")
+    assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output), recipe="tiny-cpu",
+                             set=run_set))  # fmt: skip
+    metrics = storage.read_json(str(output / "metrics.json"))
+    assert metrics["global_step"] == last
+    assert max(entry["step"] for entry in metrics["log_history"]) == last
+    assert sorted(complete_checkpoints(str(output / "checkpoints"))) == [last]
+    assert "train_loss" not in metrics["train"]  # no step ran: no mean loss to report
+
+
 def test_text_mode_trains_without_pixels(
     tiny_model_dir: Path, record_output: Callable[..., str], tmp_path: Path
 ) -> None:

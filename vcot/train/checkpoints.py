@@ -159,3 +159,21 @@ class SaveOnSigterm(TrainerCallback):
             log.warning("sigterm", step=state.global_step, action="saving a checkpoint, then stopping")
             control.should_save = True
             control.should_training_stop = True
+
+
+class RunFinished(Exception):
+    """The checkpoint the run resumed from is its last step: nothing is left to train (:class:`StopAtLastStep`)."""
+
+
+class StopAtLastStep(TrainerCallback):
+    """Stop a run resumed from its last checkpoint before it trains a step past ``max_steps``.
+
+    The Trainer checks its step budget after a step, so a run resumed from a checkpoint at ``max_steps`` that ends
+    mid-epoch (a pod killed after its last save, before its commit) would train one step more than an uninterrupted
+    run. Raised before that step computes anything; :func:`vcot.train.common.run_training` finishes as ``train()``
+    does."""
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if 0 < state.max_steps <= state.global_step:
+            log.info("resumed_at_last_step", step=state.global_step, max_steps=state.max_steps)
+            raise RunFinished

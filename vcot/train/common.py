@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -260,7 +261,14 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     from transformers import PrinterCallback, ProgressCallback
     from transformers.integrations import TensorBoardCallback
 
-    from vcot.train.checkpoints import CheckpointSync, SaveOnSigterm, TensorBoardSync
+    from vcot.train.checkpoints import (
+        CheckpointSync,
+        RunFinished,
+        SaveOnSigterm,
+        StopAtLastStep,
+        TensorBoardSync,
+        checkpoint_step,
+    )
     from vcot.train.divergence import StopOnDivergence, diverged_crash
     from vcot.train.progress import TrainProgress
 
@@ -275,8 +283,9 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         trainer.add_callback(TensorBoardSync(folders.tensorboard_dir, folders.remote_tensorboard))
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
     sync = CheckpointSync(folders.trainer_dir, folders.remote_checkpoints)
-    # StopOnDivergence last: a non-finite value is logged (TrainProgress) before it stops the run.
-    for callback in (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence()):
+    # StopOnDivergence after TrainProgress: a non-finite value is logged before it stops the run.
+    callbacks = (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence(), StopAtLastStep())
+    for callback in callbacks:
         trainer.add_callback(callback)
     if is_sharded(trainer):
         trainer.add_callback(ShardReport())
@@ -285,6 +294,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     sigterm.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except RunFinished:  # resumed from the last step: end as train() ends (best model loaded, on_train_end)
+        result = trainer._finalize_training(None, 0, time.time())
     except (RuntimeError, ValueError) as exc:
         cause = diverged_crash(exc, trainer)
         if cause is None:
@@ -292,6 +303,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         raise cause from exc
     finally:
         sigterm.uninstall()
+    if resume_from and checkpoint_step(resume_from.name) == trainer.state.global_step:
+        result.metrics.pop("train_loss", None)  # no step ran in this call: the Trainer's mean over none is 0
     # After the last step the ranks no longer agree at each step: a SIGTERM during the final save reached some only.
     if distributed.any_rank(sigterm.received, trainer.args.device):
         raise TrainingInterrupted(
