@@ -115,6 +115,25 @@ def test_peft_extras_reach_the_lora_config(tiny_model_dir: Path) -> None:
     assert not any("k_proj.lora_A" in name for name in names)
 
 
+def test_on_a_16_bit_gpu_what_trains_is_fp32_and_the_base_stays_16_bit(
+    tiny_model_dir: Path, tokenized_data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mixed precision's master weights: the tiny recipe's whole layers (``modules_to_save``) trained in bf16 lost
+    their small updates on an H100. The model is loaded in bf16 here as on such a GPU."""
+    import torch
+
+    from vcot.models import loading
+    from vcot.train.sft import read_data_settings
+
+    monkeypatch.setattr(loading, "machine_precision", lambda: loading.Precision("cpu", torch.bfloat16))
+    fmt, _ = read_data_settings(tokenized_data)
+    model, _ = load_policy(str(tiny_model_dir), load_recipe("tiny-cpu"), fmt)
+    trained = {name: p.dtype for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name: p.dtype for name, p in model.named_parameters() if not p.requires_grad}
+    assert any("modules_to_save" in name for name in trained) and set(trained.values()) == {torch.float32}
+    assert set(frozen.values()) == {torch.bfloat16}
+
+
 # --- the vision learning rate -------------------------------------------------------------------------
 
 

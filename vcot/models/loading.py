@@ -459,8 +459,8 @@ def freeze_for_kbit_training(model: Any) -> None:
     their dtype. PEFT's ``prepare_model_for_kbit_training`` also upcasts them to fp32: on a GPU that cost a
     Qwen2.5-VL-7B 2 GiB of frozen weights and more activations (fp32 norm outputs and logits; measured on an H200,
     docs/benchmarks.md), for no gain in bf16 while they are frozen. Only fp16, whose range is narrow, keeps the upcast.
-    A recipe's ``modules_to_save`` copies are made from these weights, so on a bf16 GPU they train in bf16 too, as
-    they do on a bf16 base without quantization.
+    A recipe's ``modules_to_save`` copies are made from these weights; the train stage keeps them in fp32
+    (:func:`vcot.train.common.upcast_trainable`).
     """
     import torch
 
