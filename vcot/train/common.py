@@ -103,7 +103,8 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
     elif not init_adapter:
         torch.manual_seed(recipe.seed)
         model = add_lora(model, recipe)
-    upcast = upcast_trainable(model) if recipe.sharding is None else 0  # sharded: accelerate does it
+    # An adapter's trainable copies in fp32 (a full fine-tune keeps its weights' dtype unless sharded: docs/train.md)
+    upcast = upcast_trainable(model) if recipe.finetune == "lora" and recipe.sharding is None else 0
     if hasattr(model, "peft_config"):  # PEFT records the folder it loaded from (a local cache of an s3:// model)
         model.peft_config["default"].base_model_name_or_path = model_uri  # the adapter names the user's model
     trainable, total = parameter_counts(model)
@@ -114,10 +115,9 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
 
 def upcast_trainable(model: Any) -> int:
     """Keep what trains in fp32 on a 16-bit GPU and return how many tensors moved: mixed precision's master weights,
-    as LLaMA-Factory keeps them and as FSDP2 does here. The frozen base stays 16-bit and the compute too (autocast).
-    LoRA's matrices are fp32 already; ``modules_to_save`` copies and a full fine-tune's weights are not, and trained
-    in 16 bits the updates smaller than a weight's rounding step are lost: on an H100 the tiny SFT, whose recipe
-    trains whole layers, scored well below the CPU's (docs/benchmarks.md, "The pipeline on a GPU").
+    as LLaMA-Factory keeps an adapter's by default and FSDP2 keeps them here. The frozen base and the compute stay
+    16-bit. LoRA's matrices are fp32 already; ``modules_to_save`` copies are made in the base's dtype, where an
+    update below a weight's rounding step is lost, and fp16's gradient scaler refuses fp16 weights outright.
 
     >>> import torch
     >>> layer = torch.nn.Linear(2, 2, dtype=torch.bfloat16)
@@ -468,32 +468,13 @@ def _state_dict(weights: dict[str, Any] | None) -> dict[str, Any]:
     return {} if weights is None else {"state_dict": weights}
 
 
-def as_loaded(state: dict[str, Any], dtype: Any) -> dict[str, Any]:
-    """A full fine-tune's weights in the dtype the model was loaded in: what trained in fp32 (master weights,
-    :func:`upcast_trainable`) is saved 16-bit like the rest, as the base was published.
-
-    >>> import torch
-    >>> state = {"trained": torch.ones(2), "frozen": torch.ones(2, dtype=torch.bfloat16), "ids": torch.arange(2)}
-    >>> {name: str(t.dtype) for name, t in as_loaded(state, torch.bfloat16).items()}
-    {'trained': 'torch.bfloat16', 'frozen': 'torch.bfloat16', 'ids': 'torch.int64'}
-    >>> as_loaded(state, torch.float32)["trained"].dtype
-    torch.float32
-    """
-    import torch
-
-    if dtype not in (torch.bfloat16, torch.float16):
-        return state
-    return {name: t.to(dtype) if t.dtype == torch.float32 else t for name, t in state.items()}
-
-
 def _save_full_model(
     config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path, weights: dict[str, Any] | None
 ) -> list[Any]:
     """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
     from vcot.models.loading import MODEL_CARD, load_processor, save_processor_for_serving
 
-    state = weights if weights is not None else trainer.model.state_dict()
-    trainer.model.save_pretrained(model_dir, state_dict=as_loaded(state, trainer.model.config.dtype))
+    trainer.model.save_pretrained(model_dir, **_state_dict(weights))
     save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM
     check_processor(load_processor(str(model_dir)), fmt)
     card = model_card(config, fmt, trainer.model.config.to_dict(), "sft")  # full fine-tuning is SFT-only

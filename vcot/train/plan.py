@@ -361,6 +361,18 @@ def gathered_bytes(shape: ModelShape, recipe: Recipe, dtype_bytes: int, shards: 
     return units * dtype_bytes * (1 - 1 / shards)
 
 
+def optimizer_bytes(recipe: Recipe, dtype_bytes: int) -> int:
+    """AdamW's state per trainable parameter: one byte a moment in 8-bit; in 32-bit, fp32 moments for LoRA's fp32
+    matrices, the weights' own dtype for a full fine-tune (no fp32 master copy is kept) unless sharded (fp32
+    master weights, fp32 moments).
+
+    >>> optimizer_bytes(Recipe(optim="adamw_torch"), 2), optimizer_bytes(Recipe(optim="adamw_8bit"), 2)
+    (8, 2)
+    """
+    state = recipe.optimizer_state_bytes
+    return 2 * dtype_bytes if recipe.finetune == "full" and state == 8 and not recipe.sharding else state
+
+
 def plan(
     shape: ModelShape,
     recipe: Recipe,
@@ -379,15 +391,16 @@ def plan(
     shards = gpus if recipe.sharding else 1
     trainable, lora = trainable_parameters(shape, recipe), recipe.finetune == "lora"
     load = workload(shape, recipe, max_pixels=max_pixels, seq_len=seq_len)
-    # What trains is kept in fp32 and computes in 16-bit (mixed precision's master weights: LoRA's matrices, or a
-    # full fine-tune's weights upcast, vcot.train.common.upcast_trainable, by accelerate when sharded), so its
-    # gradients and AdamW's 32-bit moments are fp32 too; a full fine-tune's frozen vision tower stays 16-bit.
-    master_copy = 0.0 if lora else trainable * (4 - dtype_bytes) / shards
+    # A full fine-tune trains the weights in their own dtype (no fp32 master copy), but sharded: FSDP2's mixed
+    # precision keeps what trains in fp32 (accelerate upcasts it) and computes in 16-bit.
+    master = not lora and recipe.sharding is not None
+    trained_bytes = 4 if lora or master else dtype_bytes
+    master_copy = trainable * (4 - dtype_bytes) / shards if master else 0.0
     parts = {
         "weights": weight_bytes(shape, recipe, dtype_bytes, gpus) + master_copy,
         "adapter": trainable * 4 / shards if lora else 0.0,  # LoRA's A and B in fp32
-        "gradients": trainable * 4 / shards,
-        "optimizer": trainable * recipe.optimizer_state_bytes / shards,
+        "gradients": trainable * trained_bytes / shards,
+        "optimizer": trainable * optimizer_bytes(recipe, dtype_bytes) / shards,
         "gathered_weights": gathered_bytes(shape, recipe, dtype_bytes, shards),
         **activation_bytes(shape, recipe, load, dtype_bytes),
         "generation_kv_cache": generation_bytes(shape, recipe, load, dtype_bytes),
