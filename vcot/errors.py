@@ -1,5 +1,8 @@
 """Errors a user can act on. Anything else is a bug and keeps its traceback."""
 
+import importlib
+from typing import Any
+
 
 class VcotError(Exception):
     """A problem the user can fix; the message says what to set or do. Entrypoints print it on one line.
@@ -25,3 +28,19 @@ class ConfigError(VcotError):
     """
 
     exit_code = 2
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency, or say which of vcot's extras installs it (:class:`ConfigError`).
+
+    >>> require("json", "core").__name__
+    'json'
+    >>> require("no_such_module_here", "distill")
+    Traceback (most recent call last):
+    ...
+    vcot.errors.ConfigError: this needs the no_such_module_here package: pip install 'vcot[distill]'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"this needs the {module} package: pip install 'vcot[{extra}]'") from exc

@@ -21,11 +21,13 @@ def known_data(tmp_path: Any) -> tuple[str, list[dict[str, Any]]]:
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter on the tiny model with a vcot-model.json in the flat layout earlier versions wrote."""
+    import torch
     from peft import LoraConfig, get_peft_model
 
     from vcot.models.loading import MODEL_CARD, load_model_and_processor
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
+    torch.manual_seed(0)  # random LoRA weights, the same whichever tests ran before (a test compares their scores)
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter = tmp_path_factory.mktemp("adapter")
     peft_model.save_pretrained(adapter)

@@ -183,6 +183,7 @@ def test_a_run_resumed_from_its_last_checkpoint_trains_no_step_more(
     assert max(entry["step"] for entry in metrics["log_history"]) == last
     assert sorted(complete_checkpoints(str(output / "checkpoints"))) == [last]
     assert "train_loss" not in metrics["train"]  # no step ran: no mean loss to report
+    assert all(entry.get("train_loss") != 0 for entry in metrics["log_history"])
 
 
 def test_text_mode_trains_without_pixels(

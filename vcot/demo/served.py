@@ -16,7 +16,7 @@ from typing import Any
 
 from vcot.config import mask_url_credentials
 from vcot.demo.engine import Options, Prepared, QuestionLimits, check_length, prepare_upload
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, require
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.log import get_logger
@@ -39,7 +39,7 @@ class ServedModel:
         self, base_url: str, model: str, fmt: ModelFormat, *, params: dict[str, Any] | None = None,
         timeout: float = 300.0,
     ) -> None:  # fmt: skip
-        import openai
+        openai = require("openai", "distill")
 
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key(), timeout=timeout, max_retries=2)
         self.server = mask_url_credentials(base_url)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
@@ -100,13 +100,15 @@ def load_sft_adapter(model: Any, adapter_uri: str | None) -> SftModel:
         where = "policy"
     elif card.get("continued_from"):
         start = card["continued_from"]
-        if not storage.is_s3(start) and not storage.local_path(start).exists():
+        try:
+            found = local_model_path(start)
+        except VcotError as exc:
             raise ConfigError(
                 f"BiN scores with the SFT adapter {adapter_uri} continued, {start} ('continued_from' in its "
                 "vcot-model.json; a relative path is read from where you run), and it is not there: run from the "
                 "folder training ran in, or copy that adapter there"
-            )
-        load_named_adapter(model, local_model_path(start), SFT_ADAPTER)
+            ) from exc
+        load_named_adapter(model, found, SFT_ADAPTER)
         where = "continued"
     else:
         where = "base"

@@ -28,7 +28,7 @@ try:
 except ImportError:  # the distill extra: training and in-process evaluation run without it (make_client says so)
     openai = None  # type: ignore[assignment]
 
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import VcotError, require
 from vcot.llm.cache import AnswerCache, request_key
 from vcot.llm.ledger import Ledger
 from vcot.log import get_logger
@@ -261,9 +261,8 @@ class LiveBackend:
 
 def make_client(base_url: str | None, api_key: str, timeout: float) -> Any:
     """The async ``openai`` client with its own retries off (ours apply)."""
-    if openai is None:
-        raise ConfigError("an OpenAI-compatible endpoint needs the openai package: pip install 'vcot[distill]'")
-    return openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
+    client = require("openai", "distill").AsyncOpenAI
+    return client(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0)
 
 
 class CachedChat:

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from vcot.config import mask_url_credentials
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, require
 from vcot.grounding.families import is_vision
 from vcot.grounding.model_format import ModelFormat
 
@@ -99,7 +99,7 @@ def openai_messages(messages: list[dict[str, Any]], image_url: Callable[[Any], s
 def served_model_name(base_url: str, *, timeout: float) -> str:
     """The one model the server lists (``GET /v1/models``); none reachable, or several, is a :class:`ConfigError`
     that says to pass ``--served-model``."""
-    import openai
+    openai = require("openai", "distill")
 
     client = openai.OpenAI(base_url=base_url, api_key=api_key(), timeout=timeout, max_retries=2)
     server = mask_url_credentials(base_url)  # what an error may name

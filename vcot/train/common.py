@@ -114,26 +114,45 @@ def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapte
 
 
 def upcast_trainable(model: Any) -> int:
-    """Keep what trains in fp32 on a 16-bit GPU and return how many tensors moved: mixed precision's master weights,
-    as LLaMA-Factory keeps an adapter's by default and FSDP2 keeps them here. The frozen base and the compute stay
-    16-bit. LoRA's matrices are fp32 already; ``modules_to_save`` copies are made in the base's dtype, where an
-    update below a weight's rounding step is lost, and fp16's gradient scaler refuses fp16 weights outright.
+    """Keep what trains in fp32 on a 16-bit GPU and return how many modules moved: mixed precision's master weights,
+    as LLaMA-Factory keeps an adapter's by default and FSDP2 keeps them here. LoRA's matrices are fp32 already;
+    ``modules_to_save`` copies are made in the base's dtype, where an update below a weight's rounding step is lost
+    (the tiny SFT's eval loss 0.682 against fp32's 0.661 after 400 steps in bf16; docs/benchmarks.md), and fp16's
+    gradient scaler refuses fp16 weights outright. Each such module computes in fp32 and hands the base's dtype on,
+    so its neighbours see what they saw before, also outside autocast (``generate``).
 
     >>> import torch
     >>> layer = torch.nn.Linear(2, 2, dtype=torch.bfloat16)
     >>> layer.bias.requires_grad_(False)  # doctest: +ELLIPSIS
     Parameter containing:...
-    >>> upcast_trainable(layer), layer.weight.dtype, layer.bias.dtype
+    >>> upcast_trainable(layer), layer.weight.dtype, layer(torch.ones(2, dtype=torch.bfloat16)).dtype
     (1, torch.float32, torch.bfloat16)
     """
     import torch
 
+    half = (torch.bfloat16, torch.float16)
     upcast = 0
-    for param in model.parameters():  # each parameter once, tied ones included
-        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
-            param.data = param.data.float()
-            upcast += 1
+    for module in model.modules():
+        trained = [p.dtype for p in module.parameters(recurse=False) if p.requires_grad and p.dtype in half]
+        if not trained:
+            continue
+        dtype = trained[0]
+        for param in module.parameters(recurse=False):  # a frozen bias too: one dtype inside the module
+            if param.dtype in half:
+                param.data = param.data.float()
+        module.register_forward_pre_hook(lambda _, args, kwargs: _floats_to((args, kwargs), torch.float32),
+                                         with_kwargs=True)  # fmt: skip
+        module.register_forward_hook(lambda _, args, output, dtype=dtype: _floats_to(output, dtype))
+        upcast += 1
     return upcast
+
+
+def _floats_to(value: Any, dtype: Any) -> Any:
+    """``value`` (tensors in any nesting of tuples, lists and dicts) with its floating tensors cast to ``dtype``."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda x: x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x, value)
 
 
 def resolve_optimizer(name: str, device: str) -> str:
@@ -330,7 +349,11 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     finally:
         sigterm.uninstall()
     if resume_from and checkpoint_step(resume_from.name) == trainer.state.global_step:
-        result.metrics.pop("train_loss", None)  # no step ran in this call: the Trainer's mean over none is 0
+        # No step ran in this call: the Trainer's mean loss over none is 0, in its result and its last log.
+        result.metrics.pop("train_loss", None)
+        summaries = [entry for entry in trainer.state.log_history if "train_runtime" in entry]
+        if summaries:
+            summaries[-1].pop("train_loss", None)
     # After the last step the ranks no longer agree at each step: a SIGTERM during the final save reached some only.
     if distributed.any_rank(sigterm.received, trainer.args.device):
         raise TrainingInterrupted(
