@@ -158,8 +158,8 @@ def test_no_import_cycle_in_vcot() -> None:
 
 
 def test_training_and_in_process_evaluation_need_no_distill_extra() -> None:
-    """``pip install 'vcot[train]'`` trains, evaluates and exports: only a teacher, a judge or a served model needs
-    the openai package, and asking for one without it says what to install."""
+    """The train extra alone (``pip install -e '.[train]'``) trains, evaluates and exports: only a teacher, a judge
+    or a served model needs the openai package, and asking for one without it says what to install."""
     import subprocess
     import sys
 
@@ -175,4 +175,4 @@ def test_training_and_in_process_evaluation_need_no_distill_extra() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "pip install 'vcot[distill]'" in done.stdout
+    assert "pip install -e '.[distill]'" in done.stdout

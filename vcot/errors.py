@@ -35,12 +35,14 @@ def require(module: str, extra: str) -> Any:
 
     >>> require("json", "core").__name__
     'json'
-    >>> require("no_such_module_here", "distill")
+    >>> require("no_such_module_here", "distill")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    vcot.errors.ConfigError: this needs the no_such_module_here package: pip install 'vcot[distill]'
+    vcot.errors.ConfigError: this needs the no_such_module_here package: make install, or pip install -e '.[distill]'...
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"this needs the {module} package: pip install 'vcot[{extra}]'") from exc
+        raise ConfigError(
+            f"this needs the {module} package: make install, or pip install -e '.[{extra}]' from the repository root"
+        ) from exc
