@@ -137,7 +137,8 @@ def measure(data: str, model: Path, recipe: tuple[str, str], work: Path, mode: s
     training = {rank: [rss for t, rss, _ in found if seen[0] <= t <= seen[-1]] for rank, found in samples.items()}
     again, _ = launch(data, model, work / "run", name, settings)
     resumed = next(e["_seen"] for e in again if e["event"] == "resume_from")
-    first = next(e["_seen"] for e in again if e["event"] == "train_log" and "loss" in e)
+    # None when the SIGTERM landed in the last step: its checkpoint is the end, and the rerun trains nothing more.
+    first = next((e["_seen"] for e in again if e["event"] == "train_log" and "loss" in e), None)
     sharded = {e["rank"]: e for e in events if e["event"] == "sharded"}
     return {
         "mode": mode,
@@ -145,7 +146,7 @@ def measure(data: str, model: Path, recipe: tuple[str, str], work: Path, mode: s
         "rss_training_gib": [round(max(training[r], default=0) / 2**20, 2) for r in (0, 1)],
         "rss_peak_gib": [round(max((h for _, _, h in samples[r]), default=0) / 2**20, 2) for r in (0, 1)],
         "checkpoint_save_seconds": round(synced - logged, 2),
-        "resume_seconds": round(first - resumed - step_s, 2),
+        "resume_seconds": round(first - resumed - step_s, 2) if first is not None else None,
         "parameters_per_rank": [sharded[r]["parameters"] for r in sorted(sharded)] if sharded else None,
     }
 
