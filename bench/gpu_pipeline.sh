@@ -24,6 +24,7 @@ BUDGET=${BUDGET:-540}       # seconds this script may take in all
 WORK=${WORK:-/tmp/vcot-gpu}  # local folders standing in for the bucket
 STARTS=${STARTS:-.gpu}       # the CPU's adapters: sft/ (make local-train), sft3/ (make local-rgfn's three-turn SFT)
 SMOKE=${SMOKE:-0}
+RUNS=${RUNS:-sft grpo rgfn dp fsdp resume qwen3}  # which runs start after setup (e.g. RUNS=sft)
 mkdir -p "$OUT" "$WORK/logs"
 exec > >(tee "$OUT/log") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false VCOT_LOG_FORMAT=console
@@ -44,6 +45,7 @@ else
   RECORDS=2250; SFT=""; GRPO=""; RGFN=""; SHORT=300; BIN=5; EVAL=""
 fi
 M25=$WORK/tiny-qwen2.5-vl; M3=$WORK/tiny-qwen3-vl; R=$WORK/run
+wanted() { [[ " $RUNS " == *" $1 "* ]]; }
 left() { echo $((BUDGET - SECONDS - 15)); }
 step() {  # NAME COMMAND...: one command under what is left, its output in logs/NAME.log, its status in the log
   local name=$1 limit; shift; limit=$(left)
@@ -67,30 +69,30 @@ torchrun_sft() {  # NAME OUTPUT SET: SFT under torchrun, one process (NCCL on a 
 jobs_started=()
 echo "== setup (at ${SECONDS}s)"
 step tiny-qwen2.5 $PY -m vcot.dev.tiny_model $M25 --family qwen2.5-vl --size local || exit 1
-step tiny-qwen3 $PY -m vcot.dev.tiny_model $M3 --family qwen3-vl --size local
+wanted qwen3 && step tiny-qwen3 $PY -m vcot.dev.tiny_model $M3 --family qwen3-vl --size local
 step synthetic $PY -m vcot.dev.synthetic $R/synthetic --num-records $RECORDS || exit 1
 step convert $PY -m jobs.convert --source viscot --input $R/synthetic --output $R/records || exit 1
 step tokenize $PY -m jobs.tokenize --input $R/records --output $R/tokenized --model $M25 --coords norm1000 || exit 1
 
-(step sft $PY -m jobs.train --data $R/tokenized --model $M25 --output $R/sft --recipe tiny-cpu --threads 2 $SFT \
+wanted sft && (step sft $PY -m jobs.train --data $R/tokenized --model $M25 --output $R/sft --recipe tiny-cpu --threads 2 $SFT \
   && evaluate sft-eval $M25 $R/records $R/sft-eval --adapter $R/sft/adapter \
   && step export $PY -m jobs.export --run $R/sft --output $R/export --evaluation $R/sft-eval \
   && evaluate export-eval $R/export $R/records $R/export-eval) & jobs_started+=($!)
-(step grpo $PY -m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" --output $R/grpo \
+wanted grpo && (step grpo $PY -m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" --output $R/grpo \
   --recipe tiny-cpu-grpo --threads 2 $GRPO \
   && evaluate grpo-eval $M25 $R/records $R/grpo-eval --adapter $R/grpo/adapter) & jobs_started+=($!)
-(step rgfn $PY -m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft3" --output $R/rgfn \
+wanted rgfn && (step rgfn $PY -m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft3" --output $R/rgfn \
   --recipe tiny-cpu-rgfn --threads 2 $RGFN \
   && evaluate rgfn-eval $M25 $R/records $R/rgfn-eval --adapter $R/rgfn/adapter --bin $BIN) & jobs_started+=($!)
-(torchrun_sft dp $R/dp "seed=42" ) & jobs_started+=($!)
-(torchrun_sft fsdp $R/fsdp "sharding=fsdp2,optim=adamw_torch") & jobs_started+=($!)
-(  # resume: SIGTERM once the first checkpoint is committed, then the same command again
+wanted dp && (torchrun_sft dp $R/dp "seed=42" ) & jobs_started+=($!)
+wanted fsdp && (torchrun_sft fsdp $R/fsdp "sharding=fsdp2,optim=adamw_torch") & jobs_started+=($!)
+wanted resume && (  # resume: SIGTERM once the first checkpoint is committed, then the same command again
   torchrun_sft resume-first $R/resume "sharding=fsdp2,optim=adamw_torch" &
   first=$!
   until ls $R/resume/checkpoints/*/_COMPLETE >/dev/null 2>&1 || ! kill -0 $first 2>/dev/null; do sleep 1; done
   pkill -TERM -f "output $R/resume " ; wait $first
   torchrun_sft resume-second $R/resume "sharding=fsdp2,optim=adamw_torch") & jobs_started+=($!)
-(step tokenize-qwen3 $PY -m jobs.tokenize --input $R/records --output $R/tokenized-qwen3 --model $M3 \
+wanted qwen3 && (step tokenize-qwen3 $PY -m jobs.tokenize --input $R/records --output $R/tokenized-qwen3 --model $M3 \
     --coords norm1000 \
   && step qwen3 $PY -m jobs.train --data $R/tokenized-qwen3 --model $M3 --output $R/qwen3 --recipe tiny-cpu \
     --threads 2 \
