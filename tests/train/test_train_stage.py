@@ -172,6 +172,8 @@ def test_a_run_resumed_from_its_last_checkpoint_trains_no_step_more(
     mid-epoch, it took one step more (it checks its budget after a step)."""
     import shutil
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     checkpoint = Path(reference_run) / "checkpoints" / f"checkpoint-{last}"
     output = tmp_path / "finished"
     shutil.copytree(checkpoint, output / "checkpoints" / checkpoint.name)
@@ -184,6 +186,11 @@ def test_a_run_resumed_from_its_last_checkpoint_trains_no_step_more(
     assert sorted(complete_checkpoints(str(output / "checkpoints"))) == [last]
     assert "train_loss" not in metrics["train"]  # no step ran: no mean loss to report
     assert all(entry.get("train_loss") != 0 for entry in metrics["log_history"])
+    (events,) = (output / "tensorboard").glob("events.out.tfevents.*")  # nor to the trackers
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    assert "train/train_runtime" in accumulator.Tags()["scalars"]
+    assert "train/train_loss" not in accumulator.Tags()["scalars"]
 
 
 def test_text_mode_trains_without_pixels(

@@ -177,3 +177,21 @@ class StopAtLastStep(TrainerCallback):
         if 0 < state.max_steps <= state.global_step:
             log.info("resumed_at_last_step", step=state.global_step, max_steps=state.max_steps)
             raise RunFinished
+
+
+class NoLossWithoutSteps(TrainerCallback):
+    """Drop the Trainer's mean train loss from the final log of a call that trained no step (resumed at its last
+    step): it is a mean over none, written as 0, which a curve would show as a collapse.
+
+    Placed first among the trainer's callbacks, it removes the value from the logged dict (also the run's result
+    metrics, the same dict) and from the log history's copy of it, before any tracker records it."""
+
+    def __init__(self, resumed_at: int | None) -> None:
+        self.resumed_at = resumed_at
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs is None or "train_runtime" not in logs or state.global_step != self.resumed_at:
+            return
+        logs.pop("train_loss", None)
+        if state.log_history and "train_runtime" in state.log_history[-1]:
+            state.log_history[-1].pop("train_loss", None)

@@ -308,6 +308,7 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
 
     from vcot.train.checkpoints import (
         CheckpointSync,
+        NoLossWithoutSteps,
         RunFinished,
         SaveOnSigterm,
         StopAtLastStep,
@@ -321,6 +322,10 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)  # a recipe's trainer: {disable_tqdm: false} would add it back
     trainer.remove_callback(TensorBoardCallback)  # the recipe's report_to added one writing into the trainer's folder
+    resume_from = restore(folders)
+    # First of all callbacks: the trackers (TensorBoard here, W&B or MLflow from report_to) log what it leaves.
+    resumed_at = checkpoint_step(resume_from.name) if resume_from else None
+    trainer.callback_handler.callbacks.insert(0, NoLossWithoutSteps(resumed_at))
     if "tensorboard" in trainer.args.report_to:  # ours, in a folder uploaded after every flush (each log)
         tensorboard = TensorBoardCallback(SummaryWriter(log_dir=str(folders.tensorboard_dir)))
         tensorboard.logging_dir = str(folders.tensorboard_dir)  # where it reopens one after training (final eval)
@@ -335,7 +340,6 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     if is_sharded(trainer):
         trainer.add_callback(ShardReport())
 
-    resume_from = restore(folders)
     sigterm.install()
     try:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -348,12 +352,6 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         raise cause from exc
     finally:
         sigterm.uninstall()
-    if resume_from and checkpoint_step(resume_from.name) == trainer.state.global_step:
-        # No step ran in this call: the Trainer's mean loss over none is 0, in its result and its last log.
-        result.metrics.pop("train_loss", None)
-        summaries = [entry for entry in trainer.state.log_history if "train_runtime" in entry]
-        if summaries:
-            summaries[-1].pop("train_loss", None)
     # After the last step the ranks no longer agree at each step: a SIGTERM during the final save reached some only.
     if distributed.any_rank(sigterm.received, trainer.args.device):
         raise TrainingInterrupted(
