@@ -1,16 +1,22 @@
 # Sourced by the bench/gpu_*.sh scripts: the set-up they share on a lent GPU machine (no network there).
 # Before sourcing: OUT (results), BUDGET (seconds the script may take), PY (python), WORK (step()'s logs/ folder).
-#   - the output goes to $OUT/log as well (the device tool brings $OUT back);
-#   - what vcot needs and the machine lacks travels as wheels in .whl: installed once into /tmp/site (a warm machine
-#     keeps /tmp between calls), then on PYTHONPATH before the repository;
+#   - the output goes to $OUT/log as well (the device tool brings $OUT back): scripts started together in one call
+#     each need their own OUT;
+#   - what vcot needs and the machine lacks travels as wheels in .whl: installed into /tmp/site once per set of
+#     wheels (a warm machine keeps /tmp between calls), then on PYTHONPATH before the repository;
 #   - left, wanted and step: each command runs under what is left of BUDGET, so a cut-off call still reports.
 mkdir -p "$OUT" "$WORK/logs"
 exec > >(tee "$OUT/log") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH=. TOKENIZERS_PARALLELISM=false VCOT_LOG_FORMAT=console
 if ! $PY -c 'import trl' 2>/dev/null; then  # not on a machine set up for vcot (a CPU with its venv is)
-  if [ -d .whl ] && [ ! -f /tmp/site/.installed ]; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && touch /tmp/site/.installed || exit 1
+  wheels=$(ls .whl 2>/dev/null)
+  if [ -n "$wheels" ]; then  # once per set of wheels; two scripts started at once install it once
+    (
+      flock 9
+      [ "$(cat /tmp/site/.installed 2>/dev/null)" = "$wheels" ] && exit 0
+      $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && echo "$wheels" >/tmp/site/.installed
+    ) 9>/tmp/site.lock || exit 1
   fi
   [ -f /tmp/site/.installed ] && export PYTHONPATH=/tmp/site:.
 fi

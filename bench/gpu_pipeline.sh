@@ -27,6 +27,7 @@ SMOKE=${SMOKE:-0}
 RUNS=${RUNS:-sft grpo rgfn dp fsdp resume qwen3}  # which runs start after setup (e.g. RUNS=sft)
 PY=${PY:-python3}
 source bench/gpu_common.sh
+echo $$ >"$WORK/pipeline.pid"  # gpu_vllm.sh, started beside it, waits for its setup
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c 'import importlib, torch; print("cuda", torch.cuda.is_available(), *(name + " " + importlib.import_module(
 name).__version__ for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "pyarrow", "fsspec")))'

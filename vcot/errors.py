@@ -39,10 +39,17 @@ def require(module: str, extra: str) -> Any:
     Traceback (most recent call last):
     ...
     vcot.errors.ConfigError: this needs the no_such_module_here package: make install, or pip install -e '.[distill]'...
+    >>> require("no_such_package.parquet", "convert")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    vcot.errors.ConfigError: this needs the no_such_package package: make install, or pip install -e '.[convert]'...
     """
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        if exc.name and module != exc.name and not module.startswith(exc.name + "."):
+            raise  # the package is there, but something it imports is not: not a missing extra
+        package = module.split(".")[0]
         raise ConfigError(
-            f"this needs the {module} package: make install, or pip install -e '.[{extra}]' from the repository root"
+            f"this needs the {package} package: make install, or pip install -e '.[{extra}]' from the repository root"
         ) from exc

@@ -15,6 +15,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
 from vcot.errors import VcotError
 from vcot.io import manifest, storage
 from vcot.models import loading
@@ -27,6 +28,7 @@ from vcot.models.loading import (
     load_processor_for,
     local_model_path,
     official_chat_template,
+    save_processor_for_serving,
 )
 from vcot.train.distributed import free_port
 
@@ -251,6 +253,39 @@ def test_a_stock_qwen3vl_folder_falls_back_to_its_image_only_processor_and_offic
     assert processor.image_processor.patch_size == 16
     assert processor.chat_template == official_chat_template("qwen3_vl")
     assert processor.chat_template == load_processor(str(tiny_qwen3vl_dir)).chat_template
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_a_folder_saved_for_serving_names_its_video_processor(
+    family: str, tiny_model_dir: Path, tiny_qwen3vl_dir: Path, tmp_path: Path
+) -> None:
+    """Saved where torchvision is absent, the folder still names the family's video processor, which transformers
+    5.23 (and so vLLM's processor loading) requires; vcot loads it back as before. Where transformers and torchvision
+    are both there (vLLM's venv), the whole processor loads with those patch sizes."""
+    import json
+
+    base = tiny_model_dir if family == "qwen2.5-vl" else tiny_qwen3vl_dir
+    folder = tmp_path / "served"
+    shutil.copytree(base, folder)
+    image_only = load_processor(str(base))
+    save_processor_for_serving(image_only, folder)
+    video = json.loads((folder / "video_preprocessor_config.json").read_text())
+    expected = {"qwen2.5-vl": "Qwen2VLVideoProcessor", "qwen3-vl": "Qwen3VLVideoProcessor"}[family]
+    assert video["video_processor_type"] == expected
+    assert video["patch_size"] == image_only.image_processor.patch_size == {"qwen2.5-vl": 14, "qwen3-vl": 16}[family]
+    assert type(load_processor(str(folder))) is type(image_only)
+    venv = vllm_venv()
+    if not vllm_venv_ready(venv):
+        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    probe = (
+        "import sys; from transformers import AutoProcessor; p = AutoProcessor.from_pretrained(sys.argv[1]); "
+        "v = p.video_processor; print(type(v).__name__, v.patch_size, v.temporal_patch_size, v.merge_size)"
+    )
+    command = [str(venv / "bin" / "python"), "-c", probe, str(folder)]
+    loaded = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    sizes = [video[name] for name in ("patch_size", "temporal_patch_size", "merge_size")]
+    assert loaded.stdout.split()[-4:] == [expected, *map(str, sizes)]
 
 
 def test_the_fallback_refuses_a_model_type_it_has_no_processor_for(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Output layout (the hub's, so ``vllm serve OUTPUT`` and ``huggingface-cli upload REPO OUTPUT`` take it as is)::
 
     OUTPUT/config.json, generation_config.json, model*.safetensors   the base with the adapter merged in, 16-bit
-    OUTPUT/processor_config.json, preprocessor_config.json, tokenizer*, chat_template.jinja
+    OUTPUT/processor_config.json, preprocessor_config.json, video_preprocessor_config.json, tokenizer*,
+    OUTPUT/chat_template.jinja
     OUTPUT/vcot-model.json     the adapter's card (base model, model format) and where the weights came from
     OUTPUT/README.md           the model card (vcot.export.card)
     OUTPUT/_SUCCESS            files, config, lineage (the run, and the evaluate output whose metrics the card shows)

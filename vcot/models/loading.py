@@ -114,7 +114,8 @@ def load_processor(path: str) -> Any:
     try:
         processor = AutoProcessor.from_pretrained(path)
     except (ImportError, ValueError, OSError) as exc:  # the video processor needs torchvision
-        log.info("processor_fallback", path=path, reason=str(exc).splitlines()[0][:200])
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.info("processor_fallback", path=path, reason=reason[:200])
         processor = None
     if isinstance(processor, ProcessorMixin) and getattr(processor, "image_processor", None) is not None:
         return processor
@@ -596,6 +597,9 @@ def empty_model(path: str, dtype: Any) -> Any:
 
 SERVING_DTYPES = ("bfloat16", "float16")
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+VIDEO_PREPROCESSOR_CONFIG = "video_preprocessor_config.json"
+VIDEO_PROCESSOR_TYPES = {"Qwen2_5_VLProcessor": "Qwen2VLVideoProcessor", "Qwen3VLProcessor": "Qwen3VLVideoProcessor"}
+"""The video processor each family's processor loads with it (transformers 5.23 refuses a folder without one)."""
 
 
 def save_processor_for_serving(processor: Any, dest: Path) -> None:
@@ -604,10 +608,18 @@ def save_processor_for_serving(processor: Any, dest: Path) -> None:
     Our image-only subclass is unknown outside vcot, so every saved config names the class it derives from
     (``Qwen2_5_VLProcessor``, ``Qwen3VLProcessor``); the image processor is also written as the legacy
     ``preprocessor_config.json`` with ``min_pixels``/``max_pixels`` (what older transformers, and the video
-    processor, read). vcot's :func:`load_processor` still loads the folder on a machine without torchvision.
+    processor, read). An image-only processor (saved where torchvision is absent) gets the family's video
+    processor config beside it, its patch sizes and the rest the class's defaults: vLLM loads the whole processor,
+    and transformers 5.23 refuses a folder without one. vcot's :func:`load_processor` still loads the folder on a
+    machine without torchvision.
     """
     processor.save_pretrained(dest)
     official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
+    if getattr(processor, "video_processor", None) is None and official in VIDEO_PROCESSOR_TYPES:
+        image = processor.image_processor
+        sizes = {name: getattr(image, name) for name in ("patch_size", "temporal_patch_size", "merge_size")}
+        video = {"video_processor_type": VIDEO_PROCESSOR_TYPES[official], **sizes}
+        _write_json(dest / VIDEO_PREPROCESSOR_CONFIG, video)
     size = processor.image_processor.size
     legacy = {
         **processor.image_processor.to_dict(),

@@ -183,8 +183,9 @@ class NoLossWithoutSteps(TrainerCallback):
     """Drop the Trainer's mean train loss from the final log of a call that trained no step (resumed at its last
     step): it is a mean over none, written as 0, which a curve would show as a collapse.
 
-    Placed first among the trainer's callbacks, it removes the value from the logged dict (also the run's result
-    metrics, the same dict) and from the log history's copy of it, before any tracker records it."""
+    Placed first among the trainer's callbacks, it removes the value from the logged dict and from the log
+    history's copy of it, before any tracker records it (:func:`vcot.train.common.run_training` also drops it from
+    the run's result, which a trainer whose ``log`` copies the dict keeps)."""
 
     def __init__(self, resumed_at: int | None) -> None:
         self.resumed_at = resumed_at

@@ -352,6 +352,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
         raise cause from exc
     finally:
         sigterm.uninstall()
+    if resumed_at == trainer.state.global_step:  # no step ran: RGFN's log() copies the dict the callback emptied
+        result.metrics.pop("train_loss", None)
     # After the last step the ranks no longer agree at each step: a SIGTERM during the final save reached some only.
     if distributed.any_rank(sigterm.received, trainer.args.device):
         raise TrainingInterrupted(
