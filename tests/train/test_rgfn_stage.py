@@ -50,6 +50,23 @@ def test_rgfn_steps_change_the_adapter_and_log_the_curves(rgfn_run: str, analyze
 
 
 @pytest.mark.integration
+def test_an_rgfn_run_resumed_at_its_last_step_reports_no_train_loss(
+    rgfn_run: str, record_data: str, tiny_model_dir: Path, analyzer_adapter: str, tmp_path: Path
+) -> None:
+    """Killed after its last checkpoint: the rerun trains no step, and RGFN's log (which copies the logged dict)
+    must not leave the Trainer's mean over no step, 0, in the run's metrics."""
+    import shutil
+
+    output = tmp_path / "finished"
+    shutil.copytree(Path(rgfn_run) / "checkpoints" / "checkpoint-4", output / "checkpoints" / "checkpoint-4")
+    assert train(rgfn_config(record_data, tiny_model_dir, str(output), analyzer_adapter))
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["global_step"] == 4
+    assert "train_loss" not in metrics["train"]
+    assert all(entry.get("train_loss") != 0 for entry in metrics["log_history"])
+
+
+@pytest.mark.integration
 def test_killed_rgfn_run_resumes_to_the_same_adapter(
     rgfn_run: str, record_data: str, tiny_model_dir: Path, analyzer_adapter: str, real_s3: str
 ) -> None:
