@@ -206,20 +206,24 @@ IMAGE_BUILD = time $(PODMAN) build --format docker --isolation chroot --network 
 	$$(test -d $(LOCAL_WHEELS) && echo "--build-arg PIP_FIND_LINKS=$(LOCAL_WHEELS) -v $(LOCAL_WHEELS):$(LOCAL_WHEELS):ro") \
 	-v $(HOST_CA):$(HOST_CA):ro
 
+# Drop the layers a build replaced (under vfs each is a whole copy). Not fatal: the image is built, and an interrupted
+# earlier build's leftover containers (buildah containers) keep their layers in use.
+PRUNE_LAYERS = $(PODMAN) image prune -f >/dev/null || echo "make: layers not pruned (above): 'buildah rm --all' drops leftover build containers"
+
 image-cpu: image-base ## Build the CPU image localhost/vcot-cpu:$(IMAGE_TAG) (convert, distill, tokenize, chain)
 	$(IMAGE_BUILD) --target cpu -t localhost/vcot-cpu:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+	$(PRUNE_LAYERS)
 
 image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (train/evaluate on CPU: dev clusters)
 	$(IMAGE_BUILD) --target cpu-train -t localhost/vcot-cpu-train:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+	$(PRUNE_LAYERS)
 
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
 
 image-gpu: image-base ## Build the GPU image localhost/vcot-gpu:$(IMAGE_TAG) (train, evaluate, demo; torch's CUDA build)
 	$(IMAGE_BUILD) --target gpu --build-arg GPU_BASE=$(IMAGE_BASE) -t localhost/vcot-gpu:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+	$(PRUNE_LAYERS)
 
 # Too slow for every CI run (a 6 GB image): run it after each change of the Dockerfile; docs/k8s.md records the last.
 image-gpu-smoke: image-gpu ## Build the GPU image and check it on this CPU: CUDA torch, every import, each --help
@@ -228,7 +232,7 @@ image-gpu-smoke: image-gpu ## Build the GPU image and check it on this CPU: CUDA
 image-vllm: image-base ## Build localhost/vcot-vllm:$(IMAGE_TAG): vLLM's server at the tests' release (k8s/components/vllm)
 	$(IMAGE_BUILD) --target vllm --build-arg GPU_BASE=$(IMAGE_BASE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
 		-t localhost/vcot-vllm:$(IMAGE_TAG) .
-	$(PODMAN) image prune -f >/dev/null # drop the layers this build replaced (under vfs each is a whole copy)
+	$(PRUNE_LAYERS)
 
 image-vllm-smoke: image-vllm ## Build the vLLM image and check it on this CPU: vLLM's CUDA build and its server's module load
 	.ci/image-smoke-gpu.sh --vllm localhost/vcot-vllm:$(IMAGE_TAG)
