@@ -35,16 +35,15 @@ source bench/gpu_common.sh
 # VLLM_USE_FLASHINFER_SAMPLER=0: vLLM 0.26's sampler imports FlashInfer unguarded otherwise (not carried: 100 MB)
 export VLLM_USE_FLASHINFER_SAMPLER=0
 M25=$WORK/tiny-qwen2.5-vl; R=$WORK/run; V=$WORK/vllm
-video_processor() {  # DIR: the tiny Qwen2.5-VL base's; vLLM loads a video processor too, a tiny model saves none
-  $PY -c 'import json, sys
-from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
-image = json.load(open(sys.argv[1] + "/processor_config.json")).get("image_processor", {})
-Qwen2VLVideoProcessor(**{k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size") if k in image}
-                      ).save_pretrained(sys.argv[1])' "$1" >>"$WORK/logs/video-processor.log" 2>&1 \
-    && echo "== video processor saved in $1" || echo "== no video processor saved in $1 (logs/video-processor.log)"
+video_processor() {  # DIR: a tiny base's; TRL's colocated vLLM loads a video processor too, a tiny model saves none
+  $PY -c 'import sys; from pathlib import Path
+from vcot.models.loading import load_processor, save_video_processor_config
+save_video_processor_config(load_processor(sys.argv[1]), Path(sys.argv[1]))' "$1" \
+    >>"$WORK/logs/video-processor.log" 2>&1 && echo "== video processor config saved in $1" \
+    || echo "== no video processor config saved in $1 (logs/video-processor.log)"
 }
-serve() {  # start the server on $V/export; returns once it answers /health (1 if it never does)
-  PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model $V/export \
+serve() {  # start the server on EXPORT; returns once it answers /health (1 if it never does)
+  PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model "$EXPORT" \
     --served-model-name export --host 127.0.0.1 --port $PORT --max-model-len 2048 \
     --limit-mm-per-prompt '{"image": 1}' --seed 0 --gpu-memory-utilization 0.15 >"$WORK/logs/vllm-server.log" 2>&1 &
   server=$!
@@ -73,12 +72,11 @@ fi
 
 if wanted serve; then
   echo "== serve (at ${SECONDS}s)"
-  mkdir -p $V && rm -rf $V/export && cp -r "$EXPORT" $V/export  # (vcot-export writes its video processor config)
   serve && step served-eval env PYTHONPATH=$PYTHONPATH:$VSITE $PY -m jobs.evaluate \
-    --server "http://127.0.0.1:$PORT/v1" --model-card $V/export --data $R/records --output $V/served \
+    --server "http://127.0.0.1:$PORT/v1" --model-card "$EXPORT" --data $R/records --output $V/served \
     --max-new-tokens 96 --server-params '{"repetition_penalty": 1.0}'
   kill -TERM -- -$server 2>/dev/null; wait $server 2>/dev/null
-  step inprocess-eval $PY -m jobs.evaluate --model $V/export --data $R/records --output $V/inprocess \
+  step inprocess-eval $PY -m jobs.evaluate --model "$EXPORT" --data $R/records --output $V/inprocess \
     --max-new-tokens 96 --repetition-penalty 1.0
 fi
 

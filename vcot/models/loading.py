@@ -614,12 +614,8 @@ def save_processor_for_serving(processor: Any, dest: Path) -> None:
     machine without torchvision.
     """
     processor.save_pretrained(dest)
-    official = next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
-    if getattr(processor, "video_processor", None) is None and official in VIDEO_PROCESSOR_TYPES:
-        image = processor.image_processor
-        sizes = {name: getattr(image, name) for name in ("patch_size", "temporal_patch_size", "merge_size")}
-        video = {"video_processor_type": VIDEO_PROCESSOR_TYPES[official], **sizes}
-        _write_json(dest / VIDEO_PREPROCESSOR_CONFIG, video)
+    official = official_processor_class(processor)
+    save_video_processor_config(processor, dest)
     size = processor.image_processor.size
     legacy = {
         **processor.image_processor.to_dict(),
@@ -631,6 +627,22 @@ def save_processor_for_serving(processor: Any, dest: Path) -> None:
         path = dest / name
         if path.exists():
             _write_json(path, {**json.loads(path.read_text(encoding="utf-8")), "processor_class": official})
+
+
+def official_processor_class(processor: Any) -> str:
+    """The transformers class ``processor`` is or derives from (``Qwen2_5_VLProcessor`` for our image-only one)."""
+    return next(cls.__name__ for cls in type(processor).__mro__ if cls.__module__.startswith("transformers."))
+
+
+def save_video_processor_config(processor: Any, dest: Path) -> None:
+    """Beside an image-only processor, the family's video processor config: its type and the image processor's
+    patch sizes (the class's defaults fill the rest). Nothing for a processor that has its video processor."""
+    official = official_processor_class(processor)
+    if getattr(processor, "video_processor", None) is not None or official not in VIDEO_PROCESSOR_TYPES:
+        return
+    image = processor.image_processor
+    sizes = {name: getattr(image, name) for name in ("patch_size", "temporal_patch_size", "merge_size")}
+    _write_json(dest / VIDEO_PREPROCESSOR_CONFIG, {"video_processor_type": VIDEO_PROCESSOR_TYPES[official], **sizes})
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
