@@ -270,3 +270,14 @@ def test_odd_uri_forms_are_one_clear_line_not_a_local_folder(
     [line] = [line for line in err.splitlines() if line and not line.startswith("{")]  # log lines aside
     assert line.startswith("vcot-convert: error: ") and says in line and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no folder named s3: (or gs:) was made
+
+
+def test_upload_dir_can_move_into_a_local_folder(tmp_path: Path) -> None:
+    """Export moves its merged model out of scratch: a second full copy of a large model may not fit the disk."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "model.safetensors").write_bytes(b"\x00\x01")
+    written = storage.upload_dir(source, str(tmp_path / "out"), move=True)
+    assert written == [str(tmp_path / "out" / "sub" / "model.safetensors")]
+    assert (tmp_path / "out" / "sub" / "model.safetensors").read_bytes() == b"\x00\x01"
+    assert not (source / "sub" / "model.safetensors").exists()

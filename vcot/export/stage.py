@@ -111,7 +111,7 @@ def export(config: ExportConfig) -> dict[str, Any] | None:
         )
         (folder / "README.md").write_text(readme, encoding="utf-8")
         files = [file_entry(p, p.relative_to(folder).as_posix()) for p in sorted(folder.rglob("*")) if p.is_file()]
-        storage.upload_dir(folder, config.output)
+        storage.upload_dir(folder, config.output, move=True)  # the scratch copy goes with the folder
     committed = manifest.commit(
         config.output,
         stage=STAGE,

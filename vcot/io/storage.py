@@ -507,8 +507,11 @@ def download_prefix(prefix: str, dest: Path, *, skip_suffixes: tuple[str, ...] =
     return dest
 
 
-def upload_dir(source: Path, prefix: str) -> list[str]:
-    """Copy the local folder ``source`` under ``prefix``; returns the URIs written."""
+def upload_dir(source: Path, prefix: str, *, move: bool = False) -> list[str]:
+    """Copy the local folder ``source`` under ``prefix``; returns the URIs written.
+
+    ``move=True`` moves each file to a local ``prefix`` instead (a rename on the same disk): a merged 7B model
+    written to a scratch folder then copied would need twice its size free."""
     written: list[str] = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         uri = join(prefix, path.relative_to(source).as_posix())
@@ -519,6 +522,6 @@ def upload_dir(source: Path, prefix: str) -> list[str]:
         else:
             target = local_path(uri)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
+            (shutil.move if move else shutil.copy2)(path, target)
         written.append(uri)
     return written
