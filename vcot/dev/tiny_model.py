@@ -357,6 +357,8 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
+    from vcot.models.loading import save_video_processor_config
+
     dest = Path(dest)
     processor = build_processor(seed=seed, family=family)
     config = tiny_config(processor.tokenizer, TINY_SIZES[size], family)
@@ -371,6 +373,7 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
+    save_video_processor_config(processor, dest)  # as a hub folder has: vLLM's processor loader requires it
     (dest / BUILD_CARD).write_text(json.dumps(build_card(family, size, seed)) + "\n", encoding="utf-8")
     return dest
 

