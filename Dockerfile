@@ -138,7 +138,7 @@ CMD ["vcot-train", "--help"]
 # container's download (an export); nothing of vcot runs here.
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${GPU_BASE} AS vllm
-ARG VLLM_VERSION=0.32.0
+ARG VLLM_VERSION=0.30.0
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
