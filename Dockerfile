@@ -90,6 +90,7 @@ CMD ["vcot-train", "--help"]
 # checkov:skip=CKV_DOCKER_7: the base is an ARG; its default above is pinned to a version tag
 FROM ${GPU_BASE} AS gpu
 ARG TORCH_VERSION=2.13.0
+ARG VLLM_VERSION=0.30.0
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -109,8 +110,9 @@ RUN python3 -m venv --system-site-packages /opt/vcot \
  && { python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
       || pip install "torch===${TORCH_VERSION}"; }
 # The train extra's other pins beside it, the distill extra (openai: evaluate's judge and --server, the served
-# re-evaluation CronJob), the demo extra (gradio: vcot-demo, k8s/components/demo) and the benchmarks extra
-# (evaluate's --benchmark ground-r1). Unsloth is not installed: its releases pin transformers and trl below
+# re-evaluation CronJob), the demo extra (gradio: vcot-demo, k8s/components/demo), the benchmarks extra
+# (evaluate's --benchmark ground-r1) and vLLM for GRPO's colocated rollouts (use_vllm; the release the tests run,
+# which takes vcot's torch and transformers). Unsloth is not installed: its releases pin transformers and trl below
 # vcot's (docs/k8s.md), so the loader takes its transformers path.
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -119,7 +121,7 @@ extras = p['optional-dependencies']; \
 wanted = p['dependencies'] + [d for e in ('train', 'distill', 'demo', 'benchmarks') for d in extras[e]]; \
 print('\n'.join(d for d in wanted if not d.startswith('torch')))" \
     > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt "vllm==${VLLM_VERSION}" \
  && rm /tmp/requirements.txt
 # .dockerignore lets only pyproject.toml, README.md, vcot/ and jobs/ through. The commit (recorded in
 # every manifest) is set after the dependency layers, so a new commit does not reinstall them.

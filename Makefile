@@ -101,7 +101,7 @@ $(VLLM_VENV)/.installed-$(VLLM_VERSION):
 	$(VLLM_VENV)/bin/pip install -q ".[train]" && $(VLLM_VENV)/bin/pip uninstall -q -y vcot
 	@rm -rf $(VLLM_VENV)/wheel && touch $@
 
-vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, for all clones; ~6 GB)
+vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, for all clones; ~7 GB)
 
 vllm-try: $(STAMP) # make test: build vLLM's venv when it can be (the served-model tests skip, loudly, when it cannot)
 	@$(MAKE) --no-print-directory vllm-env || echo "make: vLLM's venv could not be built (above): the served-model tests SKIP"
@@ -223,8 +223,9 @@ image-cpu-train: image-base ## Build localhost/vcot-cpu-train:$(IMAGE_TAG) (trai
 image-smoke: image-cpu $(STAMP) ## Build the CPU image and run a stage from it against the local S3 server
 	PY=$(PY) .ci/image-smoke.sh localhost/vcot-cpu:$(IMAGE_TAG)
 
-image-gpu: image-base ## Build the GPU image localhost/vcot-gpu:$(IMAGE_TAG) (train, evaluate, demo; torch's CUDA build)
-	$(IMAGE_BUILD) --target gpu --build-arg GPU_BASE=$(IMAGE_BASE) -t localhost/vcot-gpu:$(IMAGE_TAG) .
+image-gpu: image-base ## Build the GPU image localhost/vcot-gpu:$(IMAGE_TAG) (train, evaluate, demo, vLLM rollouts; torch's CUDA build)
+	$(IMAGE_BUILD) --target gpu --build-arg GPU_BASE=$(IMAGE_BASE) --build-arg VLLM_VERSION=$(VLLM_VERSION) \
+		-t localhost/vcot-gpu:$(IMAGE_TAG) .
 	$(PRUNE_LAYERS)
 
 # Too slow for every CI run (a 6 GB image): run it after each change of the Dockerfile; docs/k8s.md records the last.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make image-gpu-smoke / image-vllm-smoke: check a GPU image on a machine without a GPU, run as a pod runs it
 # (non-root, read-only root filesystem, /tmp and /cache as scratch).
-#   gpu:  torch is the CUDA build, every train, evaluate, export, demo and serving import loads, each GPU
+#   gpu:  torch is the CUDA build, every train, evaluate, export, demo, serving and vLLM import loads, each GPU
 #         entrypoint answers --help, the planner runs, and the tiny model takes a LoRA step on the CPU.
 #   vllm: vLLM is the release the tests serve with, on torch's CUDA build, its server's module loads and its engine
 #         takes the arguments k8s/components/vllm passes. (The server itself, even its --help, needs a GPU: vLLM's
@@ -44,10 +44,10 @@ assert torch.version.cuda, f"torch {torch.__version__} is not a CUDA build"
 modules = ["vcot.train.sft", "vcot.train.grpo", "vcot.train.rgfn", "vcot.train.sharding", "vcot.evaluate.stage",
            "vcot.evaluate.served", "vcot.evaluate.judge", "vcot.export.stage", "vcot.demo.app", "vcot.models.loading",
            "bitsandbytes", "peft", "trl", "gradio", "rouge_score", "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl",
-           "transformers.models.qwen3_vl.modeling_qwen3_vl"]
+           "transformers.models.qwen3_vl.modeling_qwen3_vl", "vllm", "trl.generation.vllm_generation"]
 for name in modules:
     importlib.import_module(name)
-versions = {name: metadata.version(name) for name in ("torch", "transformers", "trl", "peft", "bitsandbytes")}
+versions = {name: metadata.version(name) for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "vllm")}
 print(f"image-smoke-gpu: torch CUDA {torch.version.cuda}, {len(modules)} modules import, {versions}")
 PYTHON
 for entrypoint in vcot-train vcot-evaluate vcot-export vcot-demo vcot-plan vcot-tokenize vcot-leaderboard; do

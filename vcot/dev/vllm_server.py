@@ -125,7 +125,7 @@ class VllmServer:
     def up(self) -> str:
         """Start the server (unless it is up) and wait until it answers; its URL."""
         if not vllm_venv_ready(self.venv):
-            raise VcotError(f"no vLLM environment at {self.venv}: run `make vllm-env` first (~6 GB, ~10 minutes)")
+            raise VcotError(f"no vLLM environment at {self.venv}: run `make vllm-env` first (~7 GB, ~10 minutes)")
         if self.healthy():
             return self.url
         self.root.mkdir(parents=True, exist_ok=True)
