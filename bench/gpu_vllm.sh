@@ -45,7 +45,7 @@ save_video_processor_config(load_processor(sys.argv[1]), Path(sys.argv[1]))' "$1
 serve() {  # start the server on EXPORT; returns once it answers /health (1 if it never does)
   PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model "$EXPORT" \
     --served-model-name export --host 127.0.0.1 --port $PORT --max-model-len 2048 \
-    --limit-mm-per-prompt '{"image": 1}' --seed 0 --gpu-memory-utilization 0.15 >"$WORK/logs/vllm-server.log" 2>&1 &
+    --limit-mm-per-prompt '{"image": 1, "video": 0}' --seed 0 --gpu-memory-utilization 0.15 >"$WORK/logs/vllm-server.log" 2>&1 &
   server=$!
   local deadline=$((SECONDS + SERVER_WAIT))
   until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do

@@ -103,7 +103,7 @@ class VllmServer:
         command = [str(self.venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
                    "--model", str(self.model), "--served-model-name", self.served_name, "--host", "127.0.0.1",
                    "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
-                   "--limit-mm-per-prompt", json.dumps({"image": 1}), "--seed", "0"]  # fmt: skip
+                   "--limit-mm-per-prompt", json.dumps({"image": 1, "video": 0}), "--seed", "0"]  # fmt: skip
         if self.adapters:
             for name, folder in self.adapters.items():
                 if problem := lora_serving_problem(folder):
