@@ -228,7 +228,7 @@ image-gpu: image-base ## Build the GPU image localhost/vcot-gpu:$(IMAGE_TAG) (tr
 		-t localhost/vcot-gpu:$(IMAGE_TAG) .
 	$(PRUNE_LAYERS)
 
-# Too slow for every CI run (a 6 GB image): run it after each change of the Dockerfile; docs/k8s.md records the last.
+# Too slow for every CI run (a 9 GB image): run it after each change of the Dockerfile; docs/k8s.md records the last.
 image-gpu-smoke: image-gpu ## Build the GPU image and check it on this CPU: CUDA torch, every import, each --help
 	.ci/image-smoke-gpu.sh localhost/vcot-gpu:$(IMAGE_TAG)
 

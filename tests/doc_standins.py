@@ -4,7 +4,7 @@
 - ``aws s3 sync SRC DST``: the AWS CLI need not be installed; the same copy through vcot's storage layer, against the
   local S3 server the environment names;
 - ``vllm serve DIR [--served-model-name NAME] [--max-model-len N] [--limit-mm-per-prompt JSON]``: vLLM needs a GPU
-  (or a separate 5 GB CPU build). This checks that DIR holds what vLLM reads (config, weights, tokenizer, chat
+  (or a separate 7 GB CPU build). This checks that DIR holds what vLLM reads (config, weights, tokenizer, chat
   template, the processor's ``preprocessor_config.json`` with its pixel budget), then starts an OpenAI-compatible
   server in the background (``vcot.dev.fake_openai``) that answers chat requests for NAME only (another name: 404,
   as vLLM answers) on ``VLLM_STANDIN_PORT``, and returns once it listens (vLLM would keep the terminal: the docs

@@ -1,7 +1,7 @@
 """The GPU images (the Dockerfile's ``gpu`` and ``vllm`` targets), built and checked on this CPU by
 ``make image-gpu-smoke`` and ``make image-vllm-smoke``.
 
-Building them takes minutes and ~6 GB each (torch's CUDA build), too slow for every CI run: the build-and-check
+Building them takes minutes and ~9 GB each (torch's CUDA build, vLLM), too slow for every CI run: the build-and-check
 test runs when ``VCOT_IMAGE_TESTS=1`` (after each change of the Dockerfile), and a fast test holds docs/k8s.md to
 the Dockerfile they were last checked on, so a change of the Dockerfile without a new check fails CI.
 """
@@ -34,7 +34,7 @@ def test_the_docs_report_the_gpu_image_of_this_dockerfile() -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(os.environ.get("VCOT_IMAGE_TESTS") != "1", reason="builds two 6 GB GPU images: VCOT_IMAGE_TESTS=1")
+@pytest.mark.skipif(os.environ.get("VCOT_IMAGE_TESTS") != "1", reason="builds two 9 GB GPU images: VCOT_IMAGE_TESTS=1")
 def test_the_gpu_images_build_and_load_on_a_cpu() -> None:
     make = ["make", "image-gpu-smoke", "image-vllm-smoke"]
     done = subprocess.run(make, cwd=REPO_ROOT, capture_output=True, text=True, check=False)

@@ -79,6 +79,8 @@ def test_the_vllm_image_is_the_release_the_tests_serve_with() -> None:
 
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert f"FROM ${{GPU_BASE}} AS vllm\nARG VLLM_VERSION={VLLM_VERSION}\n" in dockerfile
+    # and GRPO's rollouts in the training image
+    assert f"FROM ${{GPU_BASE}} AS gpu\nARG TORCH_VERSION=2.13.0\nARG VLLM_VERSION={VLLM_VERSION}\n" in dockerfile
     component = (REPO_ROOT / "k8s" / "components" / "vllm" / "vllm.yaml").read_text()
     assert f"the release vcot's tests serve with ({VLLM_VERSION})" in component
 

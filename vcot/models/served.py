@@ -115,8 +115,8 @@ def served_model_name(base_url: str, *, timeout: float) -> str:
 
 
 def lora_serving_problem(adapter: Path) -> str | None:
-    """Why vLLM (the release the tests serve with) cannot serve ``adapter`` as a LoRA on its base model, or ``None``
-    when nothing vcot knows of stops it. vLLM loads the LoRA matrices of the language model's layers: not whole saved modules
+    """Why vLLM (the tests' release) cannot serve ``adapter`` as a LoRA on its base model, or ``None`` when nothing
+    vcot knows of stops it. vLLM loads the LoRA matrices of the language model's layers: not whole saved modules
     (``modules_to_save``), not a vision-tower LoRA for any Qwen2.5-VL (Qwen3-VL's ``--enable-tower-connector-lora``
     is experimental), not DoRA or LoRA biases (a recipe's ``peft:`` extras). Such an adapter is served merged:
     ``vcot-export`` writes the model."""

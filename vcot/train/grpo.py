@@ -32,7 +32,7 @@ from vcot.grounding.prompts import build_messages
 from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.models.adapters import reference_adapter
+from vcot.models.adapters import REFERENCE, reference_adapter
 from vcot.models.loading import (
     MODEL_CARD,
     Precision,
@@ -298,21 +298,28 @@ VLLM_INPUTS = {"image": 1, "video": 0}
 
 
 @contextlib.contextmanager
-def colocated_vllm(enabled: bool) -> Iterator[None]:
-    """While TRL builds its colocated vLLM engine: build it for :data:`VLLM_INPUTS`, and give a one-process run its
-    own rendezvous port. TRL passes no ``limit_mm_per_prompt``, so vLLM 0.30 profiles videos too, and a Qwen3-VL
-    engine fails there (its processor refuses vLLM's dummy video); vcot's models are given images only. vLLM's
-    process group takes ``MASTER_PORT``, which outside torchrun is the default 29500: a second run on the machine
-    failed with "address already in use"."""
+def colocated_vllm(enabled: bool, fmt: ModelFormat) -> Iterator[None]:
+    """While TRL builds its colocated vLLM engine (``LLM(model=the base folder)``), build it as the run sees images
+    and give a one-process run its own rendezvous port:
+
+    - the run's image budget (``fmt.vision``): vLLM would read the base's, and an image over the run's budget would
+      be cut into other patches (and ``qwen2.5-absolute`` boxes into another frame) than the trainer scores;
+    - :data:`VLLM_INPUTS`: TRL passes no ``limit_mm_per_prompt``, so vLLM 0.30 profiles videos too, and a Qwen3-VL
+      engine fails there (its processor refuses vLLM's dummy video);
+    - ``MASTER_PORT``, when unset outside torchrun: TRL then picks a free one trying 29500 first, and two runs
+      starting together both took it ("address already in use").
+    """
     if not enabled:
         yield
         return
     from trl.generation import vllm_generation
 
-    if distributed.world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+    alone = distributed.world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ
+    if alone and os.environ.get("MASTER_PORT", "").strip().lower() in {"", "0", "auto"}:
         os.environ["MASTER_PORT"] = str(distributed.free_port())
+    budget = {"min_pixels": fmt.vision.min_pixels, "max_pixels": fmt.vision.max_pixels}
     build = vllm_generation.LLM
-    vllm_generation.LLM = functools.partial(build, limit_mm_per_prompt=VLLM_INPUTS)
+    vllm_generation.LLM = functools.partial(build, limit_mm_per_prompt=VLLM_INPUTS, mm_processor_kwargs=budget)
     try:
         yield
     finally:
@@ -341,7 +348,8 @@ def vllm_rollouts_as_trained(trainer: Any) -> None:
 
     generation.generate = generate_from_placeholders
     # _iter_named_params merges the adapter, yields, then unmerges: the filter runs it to the end
-    generation._iter_named_params = lambda: ((n, p) for n, p in named() if ".modules_to_save." not in n)
+    reference = f".modules_to_save.{REFERENCE}."
+    generation._iter_named_params = lambda: ((n, p) for n, p in named() if reference not in n)
 
 
 def collapse_runs(ids: list[int], token: int) -> list[int]:
@@ -443,7 +451,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
                                    sharded=bool(recipe.sharding))
     zero_advantage = ZeroAdvantageWarning()
     trainer_class = sharded_trainer(GRPOTrainer) if recipe.sharding else GRPOTrainer
-    with colocated_vllm(args.use_vllm):
+    with colocated_vllm(args.use_vllm, fmt):
         trainer = trainer_class(
             model=model,
             reward_funcs=reward_funcs,
