@@ -311,3 +311,23 @@ def test_the_coords_variable_of_tokenize_and_evaluate_does_not_reach_training() 
     grpo = parse_config(TrainConfig, grpo_argv, environ={"VCOT_GRPO_COORDS": "qwen2.5-absolute"})
     assert grpo.grpo_coords == "qwen2.5-absolute"
     assert parse_config(TrainConfig, [*grpo_argv, "--grpo-coords", "qwen2.5-absolute"], environ={}) == grpo
+
+
+def test_vllm_gets_one_placeholder_per_image_and_only_the_policy_weights() -> None:
+    """What TRL's colocated vLLM is handed (the run itself: tests/train/test_grpo_vllm.py, in vLLM's venv)."""
+    from types import SimpleNamespace
+
+    from vcot.train.grpo import vllm_rollouts_as_trained
+
+    seen: list[list[list[int]]] = []
+    weights = [("model.visual.merger.mlp.0.weight", 1), ("model.visual.merger.modules_to_save.ref.mlp.0.weight", 2),
+               ("lm_head.weight", 3)]  # fmt: skip
+    generation = SimpleNamespace(generate=lambda prompts, *a, **k: seen.append(prompts),
+                                 _iter_named_params=lambda: iter(weights))  # fmt: skip
+    trainer = SimpleNamespace(vllm_generation=generation, processing_class=SimpleNamespace(image_token_id=7))
+    vllm_rollouts_as_trained(trainer)
+    generation.generate([[1, 5, 7, 7, 7, 7, 6, 2]], None, num_generations=2)
+    assert seen == [[[1, 5, 7, 6, 2]]]
+    synced = [name for name, _ in generation._iter_named_params()]
+    assert synced == ["model.visual.merger.mlp.0.weight", "lm_head.weight"]  # the KL reference's copy stays out
+    vllm_rollouts_as_trained(SimpleNamespace())  # no vLLM: nothing to do
