@@ -35,13 +35,6 @@ source bench/gpu_common.sh
 # VLLM_USE_FLASHINFER_SAMPLER=0: vLLM 0.26's sampler imports FlashInfer unguarded otherwise (not carried: 100 MB)
 export VLLM_USE_FLASHINFER_SAMPLER=0
 M25=$WORK/tiny-qwen2.5-vl; R=$WORK/run; V=$WORK/vllm
-video_processor() {  # DIR: a tiny base's; TRL's colocated vLLM loads a video processor too, a tiny model saves none
-  $PY -c 'import sys; from pathlib import Path
-from vcot.models.loading import load_processor, save_video_processor_config
-save_video_processor_config(load_processor(sys.argv[1]), Path(sys.argv[1]))' "$1" \
-    >>"$WORK/logs/video-processor.log" 2>&1 && echo "== video processor config saved in $1" \
-    || echo "== no video processor config saved in $1 (logs/video-processor.log)"
-}
 serve() {  # start the server on EXPORT; returns once it answers /health (1 if it never does)
   PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model "$EXPORT" \
     --served-model-name export --host 127.0.0.1 --port $PORT --max-model-len 2048 \
@@ -84,7 +77,6 @@ GRPO=(-m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" 
 GRPO_SET="max_steps=$GRPO_STEPS,eval_steps=$GRPO_STEPS,save_steps=$GRPO_STEPS,generation_eval_samples=16"
 wanted grpo-hf && step grpo-hf $PY "${GRPO[@]}" --output $V/grpo-hf --set "$GRPO_SET"
 if wanted grpo-vllm; then
-  video_processor $M25
   step grpo-vllm env PYTHONPATH=$PYTHONPATH:$VSITE $PY "${GRPO[@]}" --output $V/grpo-vllm \
     --set "$GRPO_SET,use_vllm=true,vllm_gpu_memory_utilization=0.2"
 fi
