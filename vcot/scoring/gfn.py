@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import torch
 
+from vcot.grounding.answers import normalize_answer
+
 MIN_LENGTH_LOG_REWARD = -99.0
 """log R of a state shorter than ``rat_min_len`` (but not empty): the released code's large negative constant."""
 
@@ -129,16 +131,19 @@ def bin_select(scores: torch.Tensor) -> int:
 
 def bin_rationale(scores: torch.Tensor, answers: Sequence[str], chosen: int) -> int:
     """The rationale BiN shows with its answer ``chosen`` (a row of ``scores``): of the rationales after which the
-    SFT model gave that answer (the same text, spaces stripped), the one that explains it best (the highest
-    S[chosen, i]: the highest per-token log-likelihood together with that answer), not the first sampled.
+    SFT model gave that answer (the same answer as scoring counts it: :func:`normalize_answer`), the one that
+    explains it best (the highest S[chosen, i]: the highest per-token log-likelihood together with that answer),
+    not the first sampled.
 
     >>> scores = torch.tensor([[-1.0, -0.5, -0.2], [-1.0, -0.5, -0.2], [-0.9, -0.6, -0.1]])
     >>> bin_rationale(scores, ["red", "red", "blue"], 0)
     1
+    >>> bin_rationale(scores, ["Red.", "blue", "red"], 0)  # "Red." and "red" are one answer
+    2
     """
     if scores.ndim != 2 or scores.shape[1] != len(answers) or not 0 <= chosen < scores.shape[0]:
         raise ValueError("scores must be [answers, rationales] with one answer per rationale and chosen a row of it")
-    same = [i for i, answer in enumerate(answers) if answer.strip() == answers[chosen].strip()]
+    same = [i for i, answer in enumerate(answers) if normalize_answer(answer) == normalize_answer(answers[chosen])]
     return max(same, key=lambda i: float(scores[chosen, i]))
 
 
