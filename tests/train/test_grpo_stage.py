@@ -99,6 +99,39 @@ def test_grpo_steps_change_the_adapter_and_log_every_reward(
     assert pointer == {"run": grpo_run, "base_model": str(tiny_model_dir), "adapter": f"{grpo_run}/adapter"}
 
 
+class _OneRollout(Exception):
+    """Stops a GRPO run after its first rollout has been looked at."""
+
+
+@pytest.mark.integration
+def test_the_update_places_images_where_the_rollout_did(
+    record_data: str, tiny_model_dir: Path, sft_adapter: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TRL scores a rollout's completions with image token types (``mm_token_type_ids``: where Qwen places image
+    positions) that it rebuilds for the left-padded prompts. With vcot's processor padding on the right they missed
+    a shorter prompt's image tokens: the update scored another model than the one that sampled (0.47 nats per token
+    apart on make local-train's model; TRL logs the gap only under vLLM)."""
+    import torch
+
+    from vcot.train import grpo
+
+    seen: dict[str, Any] = {}
+
+    def first_rollout_only(trainer: Any, folders: Any) -> None:
+        batch = next(iter(trainer.get_train_dataloader()))
+        seen.update(trainer._generate_and_score_completions(batch), image=trainer.processing_class.image_token_id)
+        raise _OneRollout
+
+    monkeypatch.setattr(grpo, "run_training", first_rollout_only)
+    four_prompts = f"per_device_train_batch_size=8,num_generations=2,{UNWATCHED}"  # of the 5 image sizes
+    with pytest.raises(_OneRollout):
+        train(TrainConfig(data=record_data, model=str(tiny_model_dir), output=str(tmp_path / "run"),
+                          recipe="tiny-cpu-grpo", set=four_prompts, init_adapter=sft_adapter, threads=1))  # fmt: skip
+    ids = torch.cat([seen["prompt_ids"], seen["completion_ids"]], dim=1)
+    assert (seen["prompt_mask"][:, 0] == 0).any()  # some prompts were padded: their images have fewer tokens
+    assert torch.equal(seen["mm_token_type_ids"] == 1, ids == seen["image"])
+
+
 @pytest.mark.integration
 def test_grpo_adapter_loads_as_evaluate_loads_it(grpo_run: str) -> None:
     from peft import PeftModel

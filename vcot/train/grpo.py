@@ -477,6 +477,12 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # the score of the model the pointer names (vcot.train.pointer); the trainer.
     announce_cpu_run(config.model, recipe, config.recipe, grpo_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
+    # TRL pads prompts on the left but re-runs the processor, at the tokenizer's own padding side, for the update's
+    # image token types (mm_token_type_ids: where Qwen places image positions). Padded on the right, a shorter
+    # prompt's types missed its image tokens, and the update scored another model than the one that sampled (0.47
+    # nats per token apart on make local-train's model). TRL's own processor is loaded left-padded; so is this one
+    # while it trains (the saved processor keeps its side).
+    padding_side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
@@ -502,6 +508,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # 5. Train (resuming from storage).
     use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
+    processor.tokenizer.padding_side = padding_side
 
     # 6. Commit.
     history = trainer.state.log_history
