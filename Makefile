@@ -84,9 +84,9 @@ clean: ## Remove the virtualenv, caches and local S3 data
 # again whenever pyproject.toml changes (its hash names that stamp). About 7 GB, in the user cache: every clone of a
 # vLLM version uses it.
 VLLM_VERSION := $(shell sed -n 's/^VLLM_VERSION = "\(.*\)"/\1/p' vcot/dev/vllm_server.py)
-VLLM_TRAIN_STAMP = $(VLLM_VENV)/.train-$(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest()[:12])")
 VLLM_VENV ?= $(or $(VCOT_VLLM_VENV),$(HOME)/.cache/vcot/venv-vllm-$(VLLM_VERSION))
 export VCOT_VLLM_VENV := $(VLLM_VENV)
+VLLM_TRAIN_STAMP := $(VLLM_VENV)/.train-$(shell $(PYTHON) -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest()[:12])")
 VLLM_TORCHVISION_VERSION := 0.28.0
 VLLM_MODEL ?=
 VLLM_ADAPTERS ?=

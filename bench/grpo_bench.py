@@ -165,7 +165,8 @@ def grpo_run(records: str, model: Path, adapter: str, output: Path, *, steps: in
         # loading, the trainer's set-up (vLLM's engine start) and the commit: the whole call minus the train loop
         "setup_s": round(wall - runtime, 2),
         "torch_threads_after": torch.get_num_threads(),  # vLLM's CPU worker may set the process's threads
-        "vllm_logp_gap_max": round(max(gaps), 4) if gaps else None,  # vLLM's log-probs against the trainer's
+        # vLLM's log-probs against the trainer's: the worst step's mean gap per token (TRL's .../mean)
+        "vllm_logp_gap_mean_max": round(max(gaps), 4) if gaps else None,
         "completions": completions,
         "train_runtime_s": round(runtime, 2),
         "steps_per_s": round(steps / runtime, 3),
@@ -184,7 +185,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed GRPO steps per run")
     parser.add_argument("--betas", default="0.04,0", help="KL coefficients to compare (0: no reference forward)")
     parser.add_argument("--rollouts", default="generate",
-                        help="rollout engines to compare, comma-separated: generate (transformers), vllm (colocated)")  # fmt: skip
+                        help="rollout engines, comma-separated: generate (transformers), vllm (colocated)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a busy shared CPU)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()

@@ -120,5 +120,5 @@ def test_grpo_benchmark_times_colocated_vllm_rollouts(tmp_path: Path) -> None:
     flags = ["--size", "local", "--records", "8", "--sft-steps", "1", "--steps", "1", "--betas", "0", "--rollouts",
              "vllm", "--output", "{output}"]  # fmt: skip  (local: vLLM's CPU attention needs heads of 32)
     (run,) = run_smallest("grpo_bench.py", flags, tmp_path, python=str(vllm_venv() / "bin" / "python"))["runs"]
-    assert run["rollouts"] == "vllm" and run["vllm_logp_gap_max"] is not None, run
+    assert run["rollouts"] == "vllm" and run["vllm_logp_gap_mean_max"] < 0.02, run  # vLLM sampled the trained policy
     assert run["phases_s"]["rollout.sync"] > 0 and run["phases_s"]["rollout.generate"] > 0, run

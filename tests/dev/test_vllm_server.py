@@ -70,6 +70,8 @@ def test_a_venv_counts_as_built_only_once_its_stamp_is_written(tmp_path: Path) -
     (tmp_path / ".installed-0.31.0").touch()  # another version's: make vllm-env installs this one over it
     assert not vllm_venv_ready(tmp_path)
     (tmp_path / f".installed-{VLLM_VERSION}").touch()
+    assert not vllm_venv_ready(tmp_path)  # vcot's training dependencies not installed there yet
+    (tmp_path / ".train-0123456789ab").touch()
     assert vllm_venv_ready(tmp_path)
 
 
@@ -87,7 +89,7 @@ def test_make_vllm_env_reinstalls_vcots_dependencies_when_pyproject_changes(tmp_
     assert stamp, planned()
     Path(stamp.group(1)).touch()
     assert "pip" not in planned()  # nothing left to do
-    (tmp_path / stamp.group(1)).rename(tmp_path / ".train-000000000000")  # an older pyproject.toml's
+    Path(stamp.group(1)).rename(tmp_path / ".train-000000000000")  # an older pyproject.toml's
     assert 'pip install -q ".[train]"' in planned()
 
 

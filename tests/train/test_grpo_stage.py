@@ -110,7 +110,7 @@ def test_the_update_places_images_where_the_rollout_did(
     """TRL scores a rollout's completions with image token types (``mm_token_type_ids``: where Qwen places image
     positions) that it rebuilds for the left-padded prompts. With vcot's processor padding on the right they missed
     a shorter prompt's image tokens: the update scored another model than the one that sampled (0.47 nats per token
-    apart on make local-train's model; TRL logs the gap only under vLLM)."""
+    apart in bench/grpo_bench.py's vLLM run; TRL logs the gap only under vLLM)."""
     import torch
 
     from vcot.train import grpo
@@ -356,7 +356,8 @@ def test_vllm_gets_one_placeholder_per_image_and_only_the_policy_weights() -> No
     weights = [("model.visual.merger.mlp.0.weight", 1), ("model.visual.merger.modules_to_save.ref.mlp.0.weight", 2),
                ("lm_head.weight", 3)]  # fmt: skip
     generation = SimpleNamespace(generate=lambda prompts, *a, **k: seen.append(prompts),
-                                 _iter_named_params=lambda: iter(weights), generation_kwargs={"top_k": 5})  # fmt: skip
+                                 _iter_named_params=lambda: iter(weights),
+                                 generation_kwargs={"top_k": 5, "logit_bias": {3: 1.0}})  # fmt: skip
     trainer = SimpleNamespace(vllm_generation=generation, processing_class=SimpleNamespace(image_token_id=7))
     vllm_rollouts_as_trained(trainer)
     generation.generate([[1, 5, 7, 7, 7, 7, 6, 2]], None, num_generations=2)
@@ -364,5 +365,5 @@ def test_vllm_gets_one_placeholder_per_image_and_only_the_policy_weights() -> No
     synced = [name for name, _ in generation._iter_named_params()]
     assert synced == ["model.visual.merger.mlp.0.weight", "lm_head.weight"]  # the KL reference's copy stays out
     # never sampled (as TRL's suppress_tokens does for generate); the user's sampling settings kept
-    assert generation.generation_kwargs == {"top_k": 5, "logit_bias": {7: -100.0}}
+    assert generation.generation_kwargs == {"top_k": 5, "logit_bias": {3: 1.0, 7: -100.0}}
     vllm_rollouts_as_trained(SimpleNamespace())  # no vLLM: nothing to do

@@ -77,8 +77,11 @@ def vllm_venv() -> Path:
 
 
 def vllm_venv_ready(venv: Path) -> bool:
-    """Whether ``make vllm-env`` finished building ``venv`` with this vLLM (it writes ``.installed-<version>`` last)."""
-    return (venv / "bin" / "python").exists() and (venv / f".installed-{VLLM_VERSION}").exists()
+    """Whether ``make vllm-env`` finished building ``venv``: this vLLM (``.installed-<version>``), then vcot's
+    training dependencies beside it (``.train-<hash of pyproject.toml>``, written last; any one: a change of
+    pyproject.toml is installed by ``make vllm-env``, which ``make test`` runs first)."""
+    built = (venv / "bin" / "python").exists() and (venv / f".installed-{VLLM_VERSION}").exists()
+    return built and any(venv.glob(".train-*"))
 
 
 @dataclass(frozen=True)

@@ -343,10 +343,14 @@ def cpu_layers_keep_their_weights() -> Iterator[None]:
         return
     import torch
 
+    dispatch = layers.dispatch_cpu_unquantized_gemm
+
     def plain(layer: Any, remove_weight: bool) -> None:
+        if layer.weight.ndim != 2:  # not a linear layer (vLLM's own handling)
+            dispatch(layer, remove_weight)
+            return
         layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
 
-    dispatch = layers.dispatch_cpu_unquantized_gemm
     layers.dispatch_cpu_unquantized_gemm = plain
     try:
         yield
@@ -477,18 +481,18 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # the score of the model the pointer names (vcot.train.pointer); the trainer.
     announce_cpu_run(config.model, recipe, config.recipe, grpo_workload(recipe, len(rows)))
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
-    # TRL pads prompts on the left but re-runs the processor, at the tokenizer's own padding side, for the update's
-    # image token types (mm_token_type_ids: where Qwen places image positions). Padded on the right, a shorter
-    # prompt's types missed its image tokens, and the update scored another model than the one that sampled (0.47
-    # nats per token apart on make local-train's model). TRL's own processor is loaded left-padded; so is this one
-    # while it trains (the saved processor keeps its side).
-    padding_side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
                                    sharded=bool(recipe.sharding))
     zero_advantage = ZeroAdvantageWarning()
     trainer_class = sharded_trainer(GRPOTrainer) if recipe.sharding else GRPOTrainer
+    # TRL pads prompts on the left but re-runs the processor, at the tokenizer's own padding side, for the update's
+    # image token types (mm_token_type_ids: where Qwen places image positions). Padded on the right, a shorter
+    # prompt's types missed its image tokens and the update scored another model than the one that sampled (0.47
+    # nats per token apart in bench/grpo_bench.py's vLLM run). TRL's own processor is loaded left-padded; so is
+    # this one while it trains (checkpoints save it so; the committed adapter's processor keeps its side).
+    padding_side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"
     with colocated_vllm(args.use_vllm, fmt):
         trainer = trainer_class(
             model=model,
