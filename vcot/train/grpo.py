@@ -491,8 +491,8 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # image token types (mm_token_type_ids: where Qwen places image positions). Padded on the right, a shorter
     # prompt's types missed its image tokens and the update scored another model than the one that sampled (0.47
     # nats per token apart in bench/grpo_bench.py's vLLM run). TRL's own processor is loaded left-padded; so is
-    # this one while it trains (checkpoints save it so; the committed adapter's processor keeps its side).
-    padding_side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"
+    # this one from here on, and the run saves it so (generation pads left too).
+    processor.tokenizer.padding_side = "left"
     with colocated_vllm(args.use_vllm, fmt):
         trainer = trainer_class(
             model=model,
@@ -512,7 +512,6 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # 5. Train (resuming from storage).
     use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
-    processor.tokenizer.padding_side = padding_side
 
     # 6. Commit.
     history = trainer.state.log_history
