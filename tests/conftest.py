@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
 from vcot.train.distributed import free_port
 
 # Shared CI machines have noisy timing: judge properties, not per-example speed.
@@ -22,6 +23,14 @@ settings.load_profile("vcot")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 """Every file a test reads lives in the repository (tests/test_build_files.py checks it): small samples here."""
+
+
+def built_vllm_venv() -> Path:
+    """``make vllm-env``'s venv, or a loud skip where it could not be built (``make test`` tries first)."""
+    venv = vllm_venv()
+    if not vllm_venv_ready(venv):
+        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    return venv
 
 
 def live_process_stat(pid: int) -> list[str] | None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
+from tests.conftest import built_vllm_venv
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "bench"
@@ -106,8 +106,8 @@ def run_smallest(script: str, flags: list[str], tmp_path: Path, python: str = sy
 @pytest.mark.integration
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_benchmark_runs_at_its_smallest_sizes(script: str, tmp_path: Path) -> None:
-    if script in ("served_bench.py", "structured_bench.py") and not vllm_venv_ready(vllm_venv()):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {vllm_venv()}: `make vllm-env` builds it (make test tries first)")
+    if script in ("served_bench.py", "structured_bench.py"):
+        built_vllm_venv()
     flags, key = SMOKE[script]
     assert run_smallest(script, flags, tmp_path)[key]
 
@@ -115,10 +115,9 @@ def test_benchmark_runs_at_its_smallest_sizes(script: str, tmp_path: Path) -> No
 @pytest.mark.integration
 def test_grpo_benchmark_times_colocated_vllm_rollouts(tmp_path: Path) -> None:
     """``make bench-grpo-vllm``'s path, in vLLM's venv: the engine is TRL's colocated vLLM, and it sampled."""
-    if not vllm_venv_ready(vllm_venv()):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {vllm_venv()}: `make vllm-env` builds it (make test tries first)")
+    venv = built_vllm_venv()
     flags = ["--size", "local", "--records", "8", "--sft-steps", "1", "--steps", "1", "--betas", "0", "--rollouts",
              "vllm", "--output", "{output}"]  # fmt: skip  (local: vLLM's CPU attention needs heads of 32)
-    (run,) = run_smallest("grpo_bench.py", flags, tmp_path, python=str(vllm_venv() / "bin" / "python"))["runs"]
+    (run,) = run_smallest("grpo_bench.py", flags, tmp_path, python=str(venv / "bin" / "python"))["runs"]
     assert run["rollouts"] == "vllm" and run["vllm_logp_gap_mean_max"] < 0.02, run  # vLLM sampled the trained policy
     assert run["phases_s"]["rollout.sync"] > 0 and run["phases_s"]["rollout.generate"] > 0, run

@@ -17,7 +17,8 @@ import torch
 
 from jobs.evaluate import main as evaluate_main
 from jobs.export import main as export_main
-from vcot.dev.vllm_server import VllmServer, vllm_venv, vllm_venv_ready
+from tests.conftest import built_vllm_venv
+from vcot.dev.vllm_server import VllmServer
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import question_text
 from vcot.io import manifest, shards, storage
@@ -66,9 +67,7 @@ def trained(request: pytest.FixtureRequest, record_data: str, tmp_path_factory: 
 
 
 def served_by(model: Path, adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
-    venv = vllm_venv()
-    if not vllm_venv_ready(venv):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    venv = built_vllm_venv()
     server = VllmServer(model=model, adapters=adapters, port=free_port(), venv=venv,
                         root=tmp_path_factory.mktemp("vllm"))  # fmt: skip
     server.up()

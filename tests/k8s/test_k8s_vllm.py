@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 import tests.k8s.test_k8s_manifests as manifest_checks  # a module, so pytest does not collect its tests twice
+from tests.conftest import built_vllm_venv
 from tests.k8s.test_k8s_manifests import REPO_ROOT, by_kind, listed_components, overlay_copy, render
 from vcot.config import parse_config
 from vcot.distill.config import DistillConfig
@@ -168,13 +169,11 @@ def healthy(port: int) -> bool:
 def server_pod(export: Path, real_s3: str, tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """The Deployment's pod: its init container fetches the export (uploaded to the local S3 server), then its main
     container (the rendered command and args, and the CPU build's --dtype) serves it; its port and the settings."""
-    from vcot.dev.vllm_server import START_SECONDS, vllm_venv, vllm_venv_ready
+    from vcot.dev.vllm_server import START_SECONDS
     from vcot.io import storage
     from vcot.train.distributed import free_port
 
-    venv = vllm_venv()
-    if not vllm_venv_ready(venv):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    venv = built_vllm_venv()
     storage.upload_dir(export, f"{real_s3}/models/r1")
     settings = {**config_map(rendered()), "SERVE_MODEL": f"{real_s3}/models/r1", "SERVE_NAME": "r1",
                 "AWS_ENDPOINT_URL_S3": os.environ["AWS_ENDPOINT_URL_S3"], "RUN_ROOT": f"{real_s3}/runs"}  # fmt: skip

@@ -15,7 +15,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
+from tests.conftest import built_vllm_venv
 from vcot.errors import VcotError
 from vcot.io import manifest, storage
 from vcot.models import loading
@@ -274,9 +274,7 @@ def test_a_folder_saved_for_serving_names_its_video_processor(
     assert video["video_processor_type"] == expected
     assert video["patch_size"] == image_only.image_processor.patch_size == {"qwen2.5-vl": 14, "qwen3-vl": 16}[family]
     assert type(load_processor(str(folder))) is type(image_only)
-    venv = vllm_venv()
-    if not vllm_venv_ready(venv):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
+    venv = built_vllm_venv()
     probe = (
         "import sys; from transformers import AutoProcessor; p = AutoProcessor.from_pretrained(sys.argv[1]); "
         "v = p.video_processor; print(type(v).__name__, v.patch_size, v.temporal_patch_size, v.merge_size)"

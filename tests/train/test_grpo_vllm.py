@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import built_vllm_venv
 from tests.train.conftest import SFT_FOR_RL
 from tests.train.train_helpers import UNWATCHED
-from vcot.dev.vllm_server import vllm_venv, vllm_venv_ready
 from vcot.io import storage
 from vcot.train import TrainConfig, train
 
@@ -32,10 +32,7 @@ AGREEMENT = 0.02
 
 @pytest.fixture(scope="module")
 def vllm_python() -> Path:
-    venv = vllm_venv()
-    if not vllm_venv_ready(venv):
-        pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
-    return venv / "bin" / "python"
+    return built_vllm_venv() / "bin" / "python"
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
