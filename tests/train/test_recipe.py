@@ -47,6 +47,12 @@ def test_default_recipe_is_the_seeds() -> None:
     assert recipe.logging_steps == 50 and recipe.gradient_checkpointing
 
 
+def test_a_warm_up_takes_a_schedule_that_has_one() -> None:
+    recipe = load_recipe("tiny-cpu-grpo", "lr_scheduler_type=constant_with_warmup,warmup_ratio=0.1")
+    assert (recipe.lr_scheduler_type, recipe.warmup_ratio) == ("constant_with_warmup", 0.1)
+    assert load_recipe("tiny-cpu-grpo").warmup_ratio == 0.0  # constant, no warm-up: as shipped
+
+
 def test_overrides_and_files(tmp_path: Path) -> None:
     recipe = load_recipe(
         "tiny-cpu", "lora_r=4, learning_rate=3e-4, quantize=null, lora_target_modules=[q_proj, v_proj]"
@@ -67,6 +73,7 @@ def test_overrides_and_files(tmp_path: Path) -> None:
         ("quantize=3bit", "quantize"),
         ("save_steps=15,eval_steps=10", "multiple of eval_steps"),
         ("lora_r", "not key=value"),
+        ("lr_scheduler_type=constant,warmup_ratio=0.1", "set lr_scheduler_type=constant_with_warmup"),
     ],
 )
 def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:

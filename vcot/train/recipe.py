@@ -177,6 +177,7 @@ class Recipe:
         if self.sharding not in (None, *SHARDINGS):
             raise ConfigError(f"recipe sharding={self.sharding!r} is not valid: use {', '.join(SHARDINGS)} or null")
         self._check_numbers()
+        self._check_warmup()
         self._check_sharding()
         if self.global_batch_size % self.per_device_train_batch_size:
             raise ConfigError(
@@ -221,6 +222,15 @@ class Recipe:
                 raise ConfigError(f"recipe {f.name}={value!r} is not a finite number: {f.name} must be {rule}")
             if not holds(value):
                 raise ConfigError(f"recipe {f.name}={value!r} is out of range: {f.name} must be {rule}")
+
+    def _check_warmup(self) -> None:
+        """A warm-up the schedule would ignore, refused: transformers' ``constant`` schedule has none, so a
+        ``warmup_ratio`` beside it trains exactly as without it, silently."""
+        if self.warmup_ratio > 0 and self.lr_scheduler_type == "constant":
+            raise ConfigError(
+                f"recipe lr_scheduler_type=constant has no warm-up, so warmup_ratio={self.warmup_ratio} would do "
+                "nothing: set lr_scheduler_type=constant_with_warmup, or warmup_ratio=0"
+            )
 
     def _check_sharding(self) -> None:
         """What FSDP2 cannot shard, refused before any model loads, with the data-parallel way named."""
