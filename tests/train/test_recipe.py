@@ -74,6 +74,7 @@ def test_overrides_and_files(tmp_path: Path) -> None:
         ("save_steps=15,eval_steps=10", "multiple of eval_steps"),
         ("lora_r", "not key=value"),
         ("lr_scheduler_type=constant,warmup_ratio=0.1", "set lr_scheduler_type=constant_with_warmup"),
+        ("lr_scheduler_type=reduce_lr_on_plateau", "warmup_ratio=0.02 would do nothing: set warmup_ratio=0"),
     ],
 )
 def test_bad_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:

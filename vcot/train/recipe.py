@@ -36,6 +36,8 @@ METHODS = ("sft", "grpo", "gfn")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 """TRL's GRPO loss formulations offered here (token-level aggregation variants of the clipped objective)."""
 WITHOUT_OBJECTS = ("skip", "format_accuracy")
+WITHOUT_WARMUP = ("constant", "reduce_lr_on_plateau", "greedy")
+"""transformers' schedules that take no warm-up (``get_scheduler`` builds them without ``num_warmup_steps``)."""
 GENERATION_METRICS = tuple(f"eval_gen_{name}" for name in RATE_METRICS)
 """What the generation evaluation logs (``vcot.train.generation_eval``; SFT, GRPO, RGFN): evaluate's metrics on a
 val slice."""
@@ -224,12 +226,13 @@ class Recipe:
                 raise ConfigError(f"recipe {f.name}={value!r} is out of range: {f.name} must be {rule}")
 
     def _check_warmup(self) -> None:
-        """A warm-up the schedule would ignore, refused: transformers' ``constant`` schedule has none, so a
-        ``warmup_ratio`` beside it trains exactly as without it, silently."""
-        if self.warmup_ratio > 0 and self.lr_scheduler_type == "constant":
+        """A warm-up the schedule would ignore, refused: transformers builds ``constant``, ``reduce_lr_on_plateau``
+        and ``greedy`` without one, so a ``warmup_ratio`` beside them trains exactly as without it, silently."""
+        if self.warmup_ratio > 0 and self.lr_scheduler_type in WITHOUT_WARMUP:
+            instead = "lr_scheduler_type=constant_with_warmup, or " if self.lr_scheduler_type == "constant" else ""
             raise ConfigError(
-                f"recipe lr_scheduler_type=constant has no warm-up, so warmup_ratio={self.warmup_ratio} would do "
-                "nothing: set lr_scheduler_type=constant_with_warmup, or warmup_ratio=0"
+                f"recipe lr_scheduler_type={self.lr_scheduler_type} has no warm-up, so warmup_ratio="
+                f"{self.warmup_ratio} would do nothing: set {instead}warmup_ratio=0"
             )
 
     def _check_sharding(self) -> None:
