@@ -36,19 +36,23 @@ INSTRUCTION = "Reason with boxes written as {box_pattern}; {coords_hint}. Finish
 
 def test_trainer_section_reaches_the_training_arguments(tmp_path: Path) -> None:
     recipe_file = tmp_path / "mine.yaml"
-    recipe_file.write_text("trainer: {label_smoothing_factor: 0.1, lr_scheduler_kwargs: {min_lr: 1.0e-6}}\n")
-    recipe = load_recipe(str(recipe_file), "trainer.adam_beta2=0.95")  # --set adds to the file's section
+    # 1e-6 as written (YAML 1.1 would read it as a string, and TrainingArguments would take the string)
+    recipe_file.write_text("trainer: {label_smoothing_factor: 0.1, lr_scheduler_kwargs: {min_lr: 1e-6}}\n")
+    recipe = load_recipe(str(recipe_file), "trainer.adam_beta2=0.95,trainer.adam_epsilon=1e-7")  # --set adds to it
     assert recipe.trainer == {
         "label_smoothing_factor": 0.1,
         "lr_scheduler_kwargs": {"min_lr": 1e-6},
         "adam_beta2": 0.95,
+        "adam_epsilon": 1e-7,
     }
     args = sft_arguments(recipe, RunFolders(tmp_path / "scratch", str(tmp_path / "out")), has_eval=True)
-    assert (args.label_smoothing_factor, args.adam_beta2, args.lr_scheduler_kwargs) == (
+    assert (args.label_smoothing_factor, args.adam_beta2, args.adam_epsilon, args.lr_scheduler_kwargs) == (
         0.1,
         0.95,
+        1e-7,
         {"min_lr": 1e-6},
     )
+    assert isinstance(args.adam_epsilon, float) and isinstance(args.lr_scheduler_kwargs["min_lr"], float)
     assert args.learning_rate == recipe.learning_rate and args.metric_for_best_model == "eval_loss"  # the rest kept
 
 
