@@ -210,13 +210,13 @@ def load_yaml(text: str, what: str) -> Any:
     r"""``text`` parsed as YAML (safe types only), for every YAML file or value vcot reads (recipes, ``--set``
     values, mixtures). A syntax error or a key given twice in one mapping is one :class:`ConfigError` line saying
     where: PyYAML keeps the last of two equal keys, so a duplicated source or knob would silently replace the first.
-    Numbers in exponent form are numbers, as in YAML 1.2 (PyYAML's YAML 1.1 reads ``1e-5`` as a string, which
-    a ``trainer:`` or ``peft:`` value would pass on to the library as one).
+    Numbers in exponent form are read as YAML 1.2 reads them (:data:`EXPONENT_NUMBER`; PyYAML's YAML 1.1 reads
+    ``1e-5`` as a string, which a ``trainer:`` or ``peft:`` value would pass on to the library as one).
 
     >>> load_yaml("a: 1\nb: {c: 2}", "recipe x")
     {'a': 1, 'b': {'c': 2}}
-    >>> load_yaml("trainer: {adam_epsilon: 1e-5, min_lr: 2.0E3, name: e5, version: '1e5'}", "recipe x")
-    {'trainer': {'adam_epsilon': 1e-05, 'min_lr': 2000.0, 'name': 'e5', 'version': '1e5'}}
+    >>> load_yaml("trainer: {adam_epsilon: 1e-5, min_lr: .5E3, name: e5, version: '1e5', steps: 10}", "recipe x")
+    {'trainer': {'adam_epsilon': 1e-05, 'min_lr': 500.0, 'name': 'e5', 'version': '1e5', 'steps': 10}}
     >>> load_yaml("sources:\n  a: {weight: 1}\n  a: {weight: 2}", "mixture m.yaml")
     Traceback (most recent call last):
     ...
@@ -242,6 +242,11 @@ class _DuplicateKey(Exception):
         self.key, self.line = key, line
 
 
+EXPONENT_NUMBER = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+"""A number in exponent form (``1e-5``, ``.5e3``, ``1.0E+5``): YAML 1.2 reads it as one, PyYAML's YAML 1.1 only
+with a dot and a signed exponent (``1.0e-5``). Quote a string that looks so (a digest like ``123e45``)."""
+
+
 @functools.cache
 def _unique_keys_loader() -> type:
     """A ``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` may still be
@@ -265,11 +270,6 @@ def _unique_keys_loader() -> type:
                         raise _DuplicateKey(key, key_node.start_mark.line + 1)
             return super().construct_mapping(node, deep=deep)
 
-    UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_NUMBER, list("-+0123456789"))
+    UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_NUMBER, list("-+.0123456789"))
     return UniqueKeyLoader
-
-
-EXPONENT_NUMBER = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-"""A number in exponent form, with or without a fraction or a sign after the ``e``: YAML 1.2 reads it as one,
-PyYAML's YAML 1.1 only with both (``1.0e-5``)."""
 

@@ -214,7 +214,7 @@ class Recipe:
             value, (rule, holds) = getattr(self, f.name), NUMBER_RULES[f.name]
             if value is None and "None" in str(f.type):
                 continue
-            if isinstance(value, str) and "float" in str(f.type):  # YAML reads 2e-5 (no dot) as a string
+            if isinstance(value, str) and "float" in str(f.type):  # a quoted '2e-5' is a string
                 value = _coerce(f.name, value, 0.0)
                 setattr(self, f.name, value)
             kind = "an integer" if str(f.type).startswith("int") else "a number"
@@ -457,7 +457,7 @@ def parse_overrides(text: str) -> dict[str, Any]:
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
-    """YAML reads ``1e-4`` as a string and ``2`` as an int: bring values to the field's type."""
+    """A quoted ``'1e-4'`` is a string and ``2`` an int: bring values to the field's type."""
     if value is None or default is None:
         return value
     try:
