@@ -116,9 +116,11 @@ def test_answers_given_inline_on_the_last_line_are_accepted_without_a_correction
 def test_transient_faults_are_retried_and_nothing_is_lost(
     input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:
-    server = teacher_server(fault=_flaky, retry_after="0.3", timeout_sleep=1.5)
+    # The client's timeout leaves room for a loaded CI machine: at 0.5 s, first requests that the server had
+    # not yet read timed out too and were counted as unscripted retries. The scripted timeout sleeps past it.
+    server = teacher_server(fault=_flaky, retry_after="0.3", timeout_sleep=4.0)
     config = fast_config(
-        input_records(8), str(tmp_path / "out"), server, request_timeout=0.5, backoff_base=0.001, backoff_max=1.0
+        input_records(8), str(tmp_path / "out"), server, request_timeout=3.0, backoff_base=0.001, backoff_max=1.0
     )
     started = time.monotonic()
     report = distill(config)["stats"]
