@@ -45,12 +45,14 @@ def test_json_lines_come_every_interval_and_a_short_loop_stays_quiet(
         progress.update(100)
     assert LogMode.lines(capsys.readouterr().err, "quiet_progress") == []
     monkeypatch.setenv("VCOT_PROGRESS_SECONDS", "0.05")
+    started = time.monotonic()
     with Progress("timed_progress", None, unit="B") as progress:  # no total: no ETA
         for _ in range(10):
             time.sleep(0.02)
             progress.update(7)
+    intervals = (time.monotonic() - started) / 0.05  # on a loaded machine the sleeps run long: counted, not assumed
     lines = LogMode.lines(capsys.readouterr().err, "timed_progress")
-    assert 2 <= len(lines) <= 6 and lines[-1]["done"] is True and lines[-1]["step"] == 70
+    assert 2 <= len(lines) <= min(10, intervals) + 1 and lines[-1]["done"] is True and lines[-1]["step"] == 70
     assert all(line["total"] is None and line["eta_s"] is None for line in lines)
 
 
