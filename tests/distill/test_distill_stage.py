@@ -144,7 +144,7 @@ def test_concurrency_never_exceeds_the_limit(
     input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
 ) -> None:
     server = teacher_server(
-        latency=0.03,
+        latency=0.3,  # long enough that three requests overlap on a busy machine
         fault=lambda text, attempt: "429" if attempt == 1 and question_number(text) % 3 == 0 else None,
         retry_after="0.01",
     )

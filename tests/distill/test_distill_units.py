@@ -9,11 +9,13 @@ import io
 import random
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
+import vcot.llm.cache
 from tests.distill.distill_helpers import commit_input, fast_config, make_record
 from vcot.distill import distill, prompts
 from vcot.distill.config import DistillConfig
@@ -126,14 +128,18 @@ def test_cache_parts_survive_and_corrupt_parts_are_skipped(tmp_path: Path) -> No
     assert reader.load() == 7 and reader.get("k6") == {"key": "k6", "text": "t6"}
 
 
-def test_cache_stores_answers_that_waited_too_long(tmp_path: Path) -> None:
+def test_cache_stores_answers_that_waited_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]  # the cache's clock, moved here: a busy machine's pauses cannot make an answer due early
+    monkeypatch.setattr(vcot.llm.cache, "time", SimpleNamespace(monotonic=lambda: now[0]))
+
     async def quiet_spell() -> AnswerCache:
-        cache = AnswerCache(str(tmp_path), "w", flush_every=100, flush_seconds=0.05)
+        cache = AnswerCache(str(tmp_path), "w", flush_every=100, flush_seconds=10)
         await cache.add({"key": "a", "text": "t"})
         assert cache.stored_parts == 0
+        now[0] += 9
         await cache.flush_due()  # what the stage's keeper task calls every --cache-flush-seconds
         assert cache.stored_parts == 0  # not due yet
-        await asyncio.sleep(0.06)
+        now[0] += 1
         await cache.flush_due()
         return cache
 

@@ -118,7 +118,7 @@ def test_a_rerun_asks_nothing_and_a_stopped_run_asks_only_for_the_rest(
 
 def test_requests_in_flight_keep_to_the_concurrency(server: FakeOpenAI, known_data: Any, tmp_path: Path) -> None:
     data, _ = known_data
-    server.latency = 0.2
+    server.latency = 1.0  # long enough that two requests overlap on a busy machine
     assert served(server, data, tmp_path / "eval", "--server-concurrency", "2") == 0
     assert server.max_in_flight == 2 and server.chat_requests == len(PLANTED)
 
