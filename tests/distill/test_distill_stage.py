@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import LogMode
 from tests.distill.distill_helpers import (
     commit_input,
     fast_config,
@@ -24,6 +24,7 @@ from vcot.grounding.records import grounding_problem
 from vcot.io import manifest, shards
 from vcot.llm.cache import AnswerCache
 from vcot.llm.chat import LLMError
+from vcot.log import configure_logging
 
 
 def _read(output: str, prefix: str) -> list[dict[str, Any]]:
@@ -114,7 +115,11 @@ def test_answers_given_inline_on_the_last_line_are_accepted_without_a_correction
 
 
 def test_transient_faults_are_retried_and_nothing_is_lost(
-    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+    input_records: Callable[..., str],
+    tmp_path: Path,
+    api_key: str,
+    teacher_server: Callable[..., Any],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # The client's timeout leaves room for a loaded CI machine: at 0.5 s, first requests that the server had
     # not yet read timed out too and were counted as unscripted retries. The scripted timeout sleeps past it.
@@ -122,12 +127,14 @@ def test_transient_faults_are_retried_and_nothing_is_lost(
     config = fast_config(
         input_records(8), str(tmp_path / "out"), server, request_timeout=3.0, backoff_base=0.001, backoff_max=1.0
     )
-    started = time.monotonic()
+    configure_logging("json")
     report = distill(config)["stats"]
     assert report["counts"] == {"input": 8, "distilled": 8}
     assert server.statuses == {"200": 8, "429": 2, "500": 3, "garbage": 1, "nochoices": 1, "timeout": 1}
     assert report["ledger"]["retries"] == 8 and report["ledger"]["requests"] == 8
-    assert time.monotonic() - started >= 0.3  # Retry-After was honoured (backoff alone would be ~1 ms)
+    retries = LogMode.lines(capsys.readouterr().err, "teacher_retry")
+    waits = [line["wait_s"] for line in retries if "RateLimitError" in line["error"]]
+    assert len(waits) == 2 and min(waits) >= 0.3  # Retry-After was honoured (backoff alone would be ~1 ms)
 
 
 def test_retries_give_up_with_a_clear_error_and_commit_nothing(

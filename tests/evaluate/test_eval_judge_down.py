@@ -25,7 +25,7 @@ def test_a_judge_that_never_answers_stops_the_run_with_one_line(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     data, _ = known_data
-    server = judge_server(fault=lambda text, attempt: fault if "light blue" in text else None, timeout_sleep=3.5)
+    server = judge_server(fault=lambda text, attempt: fault if "light blue" in text else None, timeout_sleep=5.0)
     # A timeout with room for a loaded CI machine, so that only the scripted fault times out.
     code = main([*_argv(data, tmp_path, server, "--judge-timeout", "3.0", "--judge-max-attempts", "2")])
     err = capsys.readouterr().err
