@@ -1,4 +1,10 @@
-"""Shared fixtures: a moto S3 server for fast tests, the real local S3 server for integration tests."""
+"""Shared fixtures: a moto S3 server for fast tests, the real local S3 server for integration tests.
+
+The suite runs on two busy cores, where a test can lose the CPU for seconds: no test may depend on how fast the
+machine is. Move a module's clock instead of sleeping (``tests/test_progress.py``'s ``clock``); give a client's timeout
+seconds of room, and a scripted fault's sleep more; count only what a late, abandoned request cannot change; send a
+signal steps before the run would end.
+"""
 
 from __future__ import annotations
 
