@@ -1,7 +1,7 @@
 """Shared fixtures: a moto S3 server for fast tests, the real local S3 server for integration tests.
 
 The suite runs on two busy cores, where a test can lose the CPU for seconds: no test may depend on how fast the
-machine is. Move a module's clock instead of sleeping (``tests/test_progress.py``'s ``clock``); give a client's timeout
+machine is. Move a module's clock instead of sleeping (:func:`moved_clock`); give a client's timeout
 seconds of room, and a scripted fault's sleep more; count only what a late, abandoned request cannot change; send a
 signal steps before the run would end.
 """
@@ -15,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
 from hypothesis import settings
@@ -37,6 +38,14 @@ def built_vllm_venv() -> Path:
     if not vllm_venv_ready(venv):
         pytest.skip(f"NO vLLM ENVIRONMENT at {venv}: `make vllm-env` builds it (make test tries first)")
     return venv
+
+
+def moved_clock(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[float]:
+    """``module``'s ``time.monotonic`` replaced by a clock the test moves (``clock[0] += seconds``), from 0: what the
+    module does after N seconds no longer depends on how fast a busy machine sleeps."""
+    now = [0.0]
+    monkeypatch.setattr(module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
 
 
 def live_process_stat(pid: int) -> list[str] | None:

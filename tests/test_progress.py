@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 import vcot.progress
-from tests.conftest import LogMode
+from tests.conftest import LogMode, moved_clock
 from vcot.log import configure_logging, get_logger
 from vcot.progress import Progress, track
 
@@ -23,11 +22,8 @@ def json_afterwards() -> Iterator[None]:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The progress module's clock, moved by the test (``clock[0] += s``): a loaded machine's late sleeps cannot change
-    what is logged."""
-    now = [0.0]
-    monkeypatch.setattr(vcot.progress, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    return now
+    """The progress module's clock, moved by the test: a loaded machine's late sleeps cannot change what is logged."""
+    return moved_clock(monkeypatch, vcot.progress)
 
 
 def test_json_lines_carry_step_total_and_eta(

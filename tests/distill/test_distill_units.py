@@ -9,13 +9,13 @@ import io
 import random
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
 import vcot.llm.cache
+from tests.conftest import moved_clock
 from tests.distill.distill_helpers import commit_input, fast_config, make_record
 from vcot.distill import distill, prompts
 from vcot.distill.config import DistillConfig
@@ -129,8 +129,7 @@ def test_cache_parts_survive_and_corrupt_parts_are_skipped(tmp_path: Path) -> No
 
 
 def test_cache_stores_answers_that_waited_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    now = [0.0]  # the cache's clock, moved here: a busy machine's pauses cannot make an answer due early
-    monkeypatch.setattr(vcot.llm.cache, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    now = moved_clock(monkeypatch, vcot.llm.cache)  # a busy machine's pauses cannot make an answer due early
 
     async def quiet_spell() -> AnswerCache:
         cache = AnswerCache(str(tmp_path), "w", flush_every=100, flush_seconds=10)
