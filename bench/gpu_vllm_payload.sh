@@ -47,7 +47,7 @@ mkdir -p "$WORK/wheels"
 python3 -m pip download -q --no-deps "${TARGET[@]}" -d "$WORK/wheels" $VLLM $NEEDS
 rm -rf "$WORK/site" && mkdir -p "$WORK/site"
 python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "${TARGET[@]}" \
-  $(ls "$WORK"/wheels/*.whl | grep -v '/vllm-')
+  $(ls "$WORK"/wheels/*.whl | grep -v '/wheels/vllm-')
 python3 -m zipfile -e "$WORK"/wheels/vllm-*.whl "$WORK/site"
 rm -f "$WORK/site/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so" "$WORK/site/vllm/_moe_C_stable_libtorch.abi3.so" \
   "$WORK/site/vllm/vllm-rs"
