@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# vLLM on one GPU (issue #31's GPU half; docs/benchmarks.md "The fp32 copies on a GPU, and vLLM there"), in one
-# call of a lent machine:
+# vLLM on one GPU (issue #31's GPU half; docs/benchmarks.md "vLLM on a GPU"), in one call of a lent machine or, as
+# there, RUNS split between a background run started in the first call and the last call:
 #
 #   serve     vLLM's OpenAI server serves an export (EXPORT: vcot-export's folder, bf16), and `vcot-evaluate --server`
 #             scores it as docs/export.md says
 #   inprocess the same folder evaluated in process (HF generate, bf16, no repetition penalty, as the served
 #             requests). Compared with serve: the metrics, and how many records the two answer with the same text.
 #   grpo-hf   tiny-cpu-grpo from the CPU's SFT adapter (STARTS/sft) for GRPO_STEPS steps, rollouts by HF generate
-#   grpo-vllm the same with use_vllm=true (TRL's colocated vLLM): the two runs' completions per second
+#   grpo-vllm the same with use_vllm=true (TRL's colocated vLLM). Compared: step times (TRL's step_time),
+#             rewards, and how far vLLM's samples are from the policy (TRL's sampling_logp_difference)
 #
 # The machine has no network and no vLLM: VSITE is a folder holding vLLM and what it needs beyond the machine's own
 # packages (bench/gpu_vllm_payload.sh makes it, in pieces that fit a call), put on the server's PYTHONPATH. The
@@ -85,7 +86,7 @@ fi
 
 echo "== results (at ${SECONDS}s)"
 $PY - "$V" "$OUT/vllm-summary.json" <<'EOF'
-import json, sys
+import json, statistics, sys
 from pathlib import Path
 
 from vcot.io import shards
@@ -102,9 +103,21 @@ for name in ("served", "inprocess"):
 common = texts["served"].keys() & texts["inprocess"].keys()
 summary["records_compared"] = len(common)
 summary["same_text"] = sum(texts["served"][i] == texts["inprocess"][i] for i in common)
-for name in ("grpo-hf", "grpo-vllm"):
+for name in ("grpo-hf", "grpo-vllm"):  # TRL's per-step logs: time, rewards, how far the sampler is from the policy
     metrics = root / name / "metrics.json"
-    summary[name] = json.loads(metrics.read_text()).get("train") if metrics.exists() else None
+    history = json.loads(metrics.read_text())["log_history"] if metrics.exists() else []
+    steps = [row for row in history if "step_time" in row]
+    times = [row["step_time"] for row in steps]
+
+    def mean(key: str) -> float | None:
+        values = [row[key] for row in steps if key in row]
+        return sum(values) / len(values) if values else None
+
+    summary[name] = {
+        "steps": len(steps), "step_time_median": statistics.median(times), "step_time_sum": sum(times),
+        "reward": mean("reward"), "box_reward": mean("rewards/bbox_reward/mean"),
+        "sampler_policy_logp_difference": mean("sampling/sampling_logp_difference/mean"),
+    } if steps else None
 out.write_text(json.dumps(summary, indent=1, default=str))
 print(json.dumps(summary, indent=1, default=str))
 EOF
