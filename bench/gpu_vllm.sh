@@ -103,20 +103,28 @@ for name in ("served", "inprocess"):
 common = texts["served"].keys() & texts["inprocess"].keys()
 summary["records_compared"] = len(common)
 summary["same_text"] = sum(texts["served"][i] == texts["inprocess"][i] for i in common)
+
+
+def column(steps: list[dict], key: str) -> list[float]:
+    return [row[key] for row in steps if key in row]
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 for name in ("grpo-hf", "grpo-vllm"):  # TRL's per-step logs: time, rewards, how far the sampler is from the policy
     metrics = root / name / "metrics.json"
-    history = json.loads(metrics.read_text())["log_history"] if metrics.exists() else []
-    steps = [row for row in history if "step_time" in row]
-    times = [row["step_time"] for row in steps]
-
-    def mean(key: str) -> float | None:
-        values = [row[key] for row in steps if key in row]
-        return sum(values) / len(values) if values else None
-
+    run = json.loads(metrics.read_text()) if metrics.exists() else {"log_history": [], "train": {}}
+    steps = [row for row in run["log_history"] if "step_time" in row]
     summary[name] = {
-        "steps": len(steps), "step_time_median": statistics.median(times), "step_time_sum": sum(times),
-        "reward": mean("reward"), "box_reward": mean("rewards/bbox_reward/mean"),
-        "sampler_policy_logp_difference": mean("sampling/sampling_logp_difference/mean"),
+        "train_runtime": run["train"].get("train_runtime"), "steps": len(steps),
+        "step_time_median": statistics.median(column(steps, "step_time")),
+        "step_time_sum": sum(column(steps, "step_time")),
+        "reward": mean(column(steps, "reward")), "box_reward": mean(column(steps, "rewards/bbox_reward/mean")),
+        "sampler_policy_logp_difference": mean(column(steps, "sampling/sampling_logp_difference/mean")),
+        "sampler_policy_logp_difference_largest": max(column(steps, "sampling/sampling_logp_difference/max"),
+                                                      default=None),
     } if steps else None
 out.write_text(json.dumps(summary, indent=1, default=str))
 print(json.dumps(summary, indent=1, default=str))
