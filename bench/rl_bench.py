@@ -42,6 +42,8 @@ from vcot.dev.local_s3 import LocalS3
 from vcot.io import manifest, storage
 
 KEYS = ("first_object_iou", "acc_at_50", "answer_accuracy")
+THREE_TURN_SFT_SET = "num_train_epochs=15"
+"""``make local-rgfn``'s ``LOCAL_RGFN_SFT_SET``: its three-turn SFT trains 15 epochs, not ``tiny-cpu``'s 10."""
 
 
 def run(argv: list[str], log: str) -> None:
@@ -128,6 +130,7 @@ def prepare(args: argparse.Namespace) -> None:
             run(["jobs.tokenize", "--input", f"{run_}/records", "--output", f"{root}/tokenized", "--model", args.model,
                  "--layout", layout], f"{logs}/tokenize-{layout}.log")  # fmt: skip
         sft = ["--data", f"{root}/tokenized", "--recipe", "tiny-cpu"]
+        sft += ["--set", THREE_TURN_SFT_SET] if layout == "rationale_turn" else []
         trained(args, sft, f"{root}/train", f"{logs}/sft-{layout}.log")
         start = "eval" if layout == "two_turn" else "eval-sft"
         evaluated(args, f"{root}/train/adapter", f"{root}/{start}", f"{logs}/eval-{layout}.log")
