@@ -402,12 +402,14 @@ bench-grpo-vllm: vllm-env ## The same GRPO steps with rollouts by transformers' 
 # --- RGFN -------------------------------------------------------------------------------------------
 # After `make local-train` (same LOCAL_RUN): its records tokenized in LaCoT's three-turn layout (--layout
 # rationale_turn), an SFT adapter on them trained as make local-train trains (recipe tiny-cpu) but for 15 epochs, not
-# 10 (LOCAL_RGFN_SFT_SET: in this layout the answers are learned later, and after 10 some seeds still mixed up
-# colours), evaluated on the full val split, RGFN from it (recipe tiny-cpu-rgfn, its checkpoint kept by held-out answers), then vcot-evaluate
-# --bin LOCAL_BIN on the RGFN adapter: the SFT start beside RGFN greedy, BiN and best-of-N (docs/train.md, "RGFN").
+# 10 (LOCAL_RGFN_SFT_SET: in this layout the answers can come late; after 10, one seed of three still mixed up
+# colours, in each of two measurements), evaluated on the full val split, RGFN from it (recipe tiny-cpu-rgfn, its
+# checkpoint kept by held-out answers), then vcot-evaluate --bin LOCAL_BIN on the RGFN adapter: the SFT start beside
+# RGFN greedy, BiN and best-of-N (docs/train.md, "RGFN").
 # LOCAL_RGFN_SET=key=value,... overrides RGFN recipe knobs. Its own run, LOCAL_RGFN_RUN (tokenized/, train/,
 # eval-sft/, rgfn/, eval/), reads LOCAL_RUN's records and leaves the pointer alone; each step skips work already
-# committed, so a rerun after a kill goes on where it stopped.
+# committed, so a rerun after a kill goes on where it stopped (and a run whose SFT was committed with other settings
+# keeps it: a fresh LOCAL_RGFN_RUN trains anew).
 LOCAL_RGFN_SET ?=
 LOCAL_RGFN_SFT_SET ?= num_train_epochs=15
 LOCAL_RGFN_RUN ?= $(LOCAL_RUN)-rgfn
@@ -425,7 +427,8 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: three-turn SFT, RGFN,
 	echo "== tokenize (--layout rationale_turn) -> $(LOCAL_RGFN_RUN)/tokenized"; \
 	$(PY) -m jobs.tokenize --input $(LOCAL_RUN)/records --output $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) \
 		--layout rationale_turn; \
-	echo "== SFT (recipe tiny-cpu, three-turn layout, $(LOCAL_RGFN_SFT_SET)) -> $(LOCAL_RGFN_RUN)/train"; \
+	echo "== SFT (recipe tiny-cpu, three-turn layout$(if $(LOCAL_RGFN_SFT_SET), with $(LOCAL_RGFN_SFT_SET)))" \
+		"-> $(LOCAL_RGFN_RUN)/train"; \
 	$(PY) -m jobs.train --data $(LOCAL_RGFN_RUN)/tokenized --model $(TINY_MODEL) --output $(LOCAL_RGFN_RUN)/train \
 		--recipe tiny-cpu --threads $(LOCAL_THREADS) $(if $(LOCAL_RGFN_SFT_SET),--set "$(LOCAL_RGFN_SFT_SET)"); \
 	echo "== evaluate the SFT start -> $(LOCAL_RGFN_RUN)/eval-sft"; \
