@@ -201,6 +201,21 @@ def test_make_help_shows_values_not_variable_names() -> None:
     assert "localhost/vcot-cpu:9.9.9" in shown and "localhost/vcot-cpu-train:9.9.9" in shown
 
 
+
+def test_make_local_rgfn_trains_its_three_turn_sft_for_15_epochs_as_rl_bench_does() -> None:
+    """The three-turn SFT of ``make local-rgfn`` gets ``num_train_epochs=15`` (docs/train.md, "The three-turn SFT
+    trained for 15 epochs"), and ``bench/rl_bench.py --prepare`` trains it with the same override."""
+    dry_run = subprocess.run(["make", "-n", "local-rgfn", "LOCAL_RGFN_RUN=/tmp/vcot-rgfn"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
+    sft = [line for line in dry_run.splitlines() if "-m jobs.train --data /tmp/vcot-rgfn/tokenized" in line]
+    assert len(sft) == 1 and '--set "num_train_epochs=15"' in sft[0]
+
+    spec = importlib.util.spec_from_file_location("rl_bench", REPO_ROOT / "bench" / "rl_bench.py")
+    assert spec and spec.loader
+    rl_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_bench)
+    assert rl_bench.THREE_TURN_SFT_SET == "num_train_epochs=15"
+
 # --- the docs' commands run as written from a clone ----------------------------------------------------------------
 
 
