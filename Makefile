@@ -278,7 +278,7 @@ LOCAL_POINTER ?= $(LOCAL_RUN)/latest.json
 tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
 	@$(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --family $(TINY_FAMILY) --size $(TINY_SIZE) --keep-current
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (~9 min)
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (7-20 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
@@ -452,5 +452,5 @@ local-rgfn: $(STAMP) tiny-model ## After make local-train: three-turn SFT, RGFN,
 
 # --- evaluate ---------------------------------------------------------------------------------------
 .PHONY: bench-evaluate
-bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching, repetition penalties (docs/bench-evaluate.md)
-	PYTHONPATH=. $(PY) bench/evaluate_bench.py
+bench-evaluate: $(STAMP) ## Benchmark evaluation on the tiny model: batching (one torch thread), repetition penalties (docs/bench-evaluate.md)
+	PYTHONPATH=. $(PY) bench/evaluate_bench.py --threads 1

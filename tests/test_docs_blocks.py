@@ -176,7 +176,7 @@ SKIPPED: dict[tuple[str, str], str] = {
     "tests/convert",
     ("docs/demo.md", "make local-train"): "make local-train trains for minutes and make demo serves until stopped; "
     "tests/demo drives the demo in a browser",
-    ("docs/demo.md", "pip install -e '.[train,demo]'"): "installs into the environment, then serves until stopped; "
+    ("docs/demo.md", "pip install -e '.[train,demo,distill]'"): "installs into the environment, then serves until stopped; "
     "tests/demo drives the demo in a browser",
     ("docs/demo.md", "kubectl apply -k k8s/overlays/gpu"): "needs a Kubernetes cluster (no API server here); "
     "tests/k8s renders the overlays",

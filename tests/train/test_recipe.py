@@ -12,6 +12,7 @@ from vcot.errors import ConfigError, VcotError
 from vcot.train.recipe import (
     DEFAULT_RECIPE,
     NUMBER_RULES,
+    SEED_ONLY,
     Recipe,
     load_recipe,
     lora_target_regex,
@@ -63,6 +64,12 @@ def test_overrides_and_files(tmp_path: Path) -> None:
     custom.write_text("lora_r: 2\nnum_train_epochs: 1\n")
     from_file = load_recipe(str(custom))
     assert from_file.lora_r == 2 and from_file.learning_rate == Recipe().learning_rate  # the rest: the seed's
+
+
+def test_the_defaults_are_the_seed_recipe_but_for_what_the_docs_name() -> None:
+    defaults, seed = Recipe(), load_recipe(DEFAULT_RECIPE)
+    differ = [f.name for f in dataclasses.fields(Recipe) if getattr(defaults, f.name) != getattr(seed, f.name)]
+    assert differ == list(SEED_ONLY)
 
 
 @pytest.mark.parametrize(

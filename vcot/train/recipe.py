@@ -2,7 +2,8 @@
 
 A recipe is resolved in three layers, later ones win:
 
-1. the defaults below: the seed's recipe (QLoRA on Qwen2.5-VL-7B);
+1. the defaults below: the seed's recipe (QLoRA on Qwen2.5-VL-7B), but with no fixed global batch, no held-out
+   generation watch and an 80 GiB card (``SEED_ONLY``: the preset sets those; a file that wants them sets them);
 2. a YAML file: a shipped preset by name (``vcot/train/recipes/<name>.yaml``) or any file path/URI;
 3. ``--set key=value`` overrides (values parsed as YAML: ``--set lora_r=16,quantize=null``).
 
@@ -31,6 +32,9 @@ SECTIONS = ("trainer", "peft")
 """Recipe keys that are mappings passed through to a library's config (``--set trainer.field=value`` adds one)."""
 RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
+SEED_ONLY = ("gpu_memory_gib", "global_batch_size", "generation_eval_samples", "generation_eval_steps")
+"""What the seed preset sets beyond :class:`Recipe`'s defaults: its 48 GiB card, a global batch of 16 kept on any
+number of GPUs, and the held-out generation watch. Off by default: they fit the seed's model and data, not any."""
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = ("sft", "grpo", "gfn")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -82,7 +86,8 @@ NUMBER_RULES: dict[str, Rule] = {
 
 @dataclass
 class Recipe:
-    """One training run's knobs. The defaults are the seed's recipe; see the YAML presets for their meaning."""
+    """One training run's knobs. The defaults are the seed's recipe but for ``SEED_ONLY``; the YAML presets say what
+    each means."""
 
     method: str = "sft"
     # What the recipe was planned for: its GPUs and their memory (vcot-plan's defaults), and the sharding it needs
