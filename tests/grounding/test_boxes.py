@@ -132,11 +132,6 @@ def test_norm1000_pixels_round_trip_is_exact(box: tuple, width: int, height: int
     assert boxes.pixels_to_norm1000(boxes.norm1000_to_pixels(box, width, height), width, height) == box
 
 
-@given(house_boxes())
-def test_unit_round_trip_is_exact(box: tuple) -> None:
-    assert boxes.unit_to_norm1000(boxes.norm1000_to_unit(box)) == box
-
-
 @given(pixel_boxes())
 def test_viscot_padded_round_trip(item: tuple) -> None:
     *box, width, height = item

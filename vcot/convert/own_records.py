@@ -45,9 +45,7 @@ from vcot.grounding.model_format import ModelFormat
 from vcot.io import storage
 
 Bbox2dFrame = Literal["norm1000", "pixels", "qwen2.5-resized"]
-BBOX_2D_FRAMES: tuple[Bbox2dFrame, ...] = ("norm1000", "pixels", "qwen2.5-resized")
 MissingAnswer = Literal["refs", "reject"]
-MISSING_ANSWERS: tuple[MissingAnswer, ...] = ("refs", "reject")
 """What an ms-swift or chat item with no answer of its own becomes: ``refs`` answers with the names of the objects
 it locates (a pure grounding item, "Find the cat" -> a box, answers ``cat``), counted as ``answers_from_refs`` in the
 quality report; ``reject`` rejects it as ``no_answer``."""

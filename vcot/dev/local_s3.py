@@ -20,6 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vcot.errors import VcotError
 
@@ -69,7 +70,7 @@ class LocalS3:
         return "".join(f"export {key}={value}\n" for key, value in self.env().items())
 
 
-def _client(server: LocalS3):  # type: ignore[no-untyped-def]
+def _client(server: LocalS3) -> Any:
     import boto3
     from botocore.config import Config
 

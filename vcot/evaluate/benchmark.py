@@ -67,7 +67,6 @@ SPECS = {
                            "letter, 1 - word error rate, ROUGE, containment).",
                            "Ground-R1's table averages 12 subsets"),
 }  # fmt: skip
-BENCHMARKS = tuple(SPECS)
 SCORE_NAMES = {"judge": "judge", "rule": "Ground-R1's rules", "exact_match": "exact match"}
 """A table's answer score (``answer_score`` in its metrics) in words: the report's and the leaderboard's."""
 CSV_COLUMNS = ("subset", "name", "questions", "answer_score", "exact_match", "judge_score", "rule_score",

@@ -32,7 +32,6 @@ SYSTEM_PROMPT = (
 )
 USER_TEMPLATE = "question: {question}\nstandard answer: {reference}\nmodel's answer: {prediction}\n"
 _SCORE = re.compile(r"score\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+))", re.IGNORECASE)
-FAILURES = ("empty_reply", "malformed_reply")
 
 
 JUDGE_PARAMS = {"temperature": 0.0, "max_tokens": 64}

@@ -23,9 +23,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from vcot.errors import ConfigError
 from vcot.grounding.answers import extract_answer
 from vcot.grounding.boxes import render_grounded
 from vcot.grounding.model_format import ModelFormat
+from vcot.grounding.prompts import PROMPT_STYLES
 from vcot.log import get_logger
 
 log = get_logger(__name__)
@@ -99,8 +101,9 @@ def _build_class() -> type:
             **_: Any,  # lmms-eval's device, max_batch_size...
         ) -> None:
             super().__init__()
-            if output not in OUTPUTS or prompt_style not in ("cot", "direct"):
-                raise ValueError(f"vcot: output must be one of {OUTPUTS} and prompt_style cot or direct")
+            if output not in OUTPUTS or prompt_style not in PROMPT_STYLES:
+                raise ConfigError(f"--model_args: output={output}, prompt_style={prompt_style}: set output to one "
+                                  f"of {', '.join(OUTPUTS)} and prompt_style to one of {', '.join(PROMPT_STYLES)}")
             overrides = {k: v for k, v in {"coords": coords, "box_syntax": box_format}.items() if v}
             adapter = str(adapter) if adapter else None
             self.model, self.processor, fmt = load_generator(str(pretrained), adapter, overrides)

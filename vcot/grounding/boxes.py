@@ -539,16 +539,6 @@ def norm1000_to_pixels(box: Sequence[float], width: float, height: float) -> Box
     return (x1 * width / NORM, y1 * height / NORM, x2 * width / NORM, y2 * height / NORM)
 
 
-def unit_to_norm1000(box: Sequence[float]) -> IntBox:
-    """0-1 floats to house integers (rounded, clamped)."""
-    return tuple(int(round(v)) for v in clamp_box([v * NORM for v in box], NORM))  # type: ignore[return-value]
-
-
-def norm1000_to_unit(box: Sequence[float]) -> Box:
-    """House integers to 0-1 floats."""
-    return tuple(v / NORM for v in box)  # type: ignore[return-value]
-
-
 def viscot_padding(width: int, height: int) -> tuple[int, int, int]:
     """VisCOT pads the image to a centered square: return ``(side, x_offset, y_offset)`` in pixels."""
     _check_size(width, height)

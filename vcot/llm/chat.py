@@ -176,7 +176,8 @@ async def call_with_retries(
                 f"{role} returned HTTP {error.status_code} for {what}: {hint} ({_describe(error, secret)[:300]})"
             ) from None
         if not is_retryable(error):
-            raise LLMError(f"{role} request for {what} failed: {_describe(error, secret)[:300]}") from None
+            raise LLMError(f"{role} request for {what} failed: {_describe(error, secret)[:300]}; check that the "
+                           "endpoint answers (its URL, key and model name), then rerun") from None
         if number == policy.max_attempts:
             break
         response_headers = getattr(getattr(error, "response", None), "headers", None)

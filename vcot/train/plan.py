@@ -128,7 +128,8 @@ class ModelShape:
         family = family_of_model_type(config["model_type"])
         text, vision = text_config(config), config["vision_config"]
         if text.get("num_experts"):
-            raise ConfigError(f"{config['model_type']} is a mixture of experts: the plan counts dense models only")
+            raise ConfigError(f"{config['model_type']} is a mixture of experts: the plan counts dense models only; "
+                              "plan a dense model of the family, or size this run by hand")
         qwen25 = family == "qwen2.5-vl"
         tied = bool(text.get("tie_word_embeddings", config.get("tie_word_embeddings", False)))
         heads = text["num_attention_heads"]

@@ -110,7 +110,8 @@ class RGFNTrainer(Trainer):
         reference = tokenizer(reasoning, add_special_tokens=False)["input_ids"][: self.recipe.rat_max_len]
         tail = tokenizer(full.split(CUE, 1)[1].rstrip("\n"), add_special_tokens=False)["input_ids"]
         if not tail or tail[0] != self.end_id:
-            raise VcotError("the chat template does not end the rationale turn with the end-of-turn token")
+            raise VcotError("the chat template does not end the rationale turn with the end-of-turn token: RGFN "
+                            "needs the family's own chat template (a Qwen2.5-VL or Qwen3-VL processor, as tokenize used)")
         return Prompt({k: v.to(self.args.device) for k, v in inputs.items()}, reference, tail)
 
     def batch_inputs(self, prompt: Prompt, continuations: list[list[int]]) -> dict[str, torch.Tensor]:
