@@ -52,6 +52,21 @@ def box_tags_match_objects(rationale: str, objects: list[dict[str, Any]]) -> boo
     return boxes > 0 and sum(rationale.count(tag) for tag in tags) == boxes
 
 
+def objects_problem(objects: list[Any]) -> str | None:
+    """``no_objects``, ``invalid_object_box`` (an object without a valid house box), or ``None``.
+
+    >>> objects_problem([{"ref": "cat", "box": [1, 2, 3, 4]}]), objects_problem([{"box": [5, 2, 3, 4]}])
+    (None, 'invalid_object_box')
+    """
+    if not objects:
+        return "no_objects"
+    for obj in objects:
+        box = obj.get("box") if isinstance(obj, dict) else None
+        if not isinstance(box, list) or validate_box(box) is not None:
+            return "invalid_object_box"
+    return None
+
+
 def grounding_problem(record: dict[str, Any]) -> str | None:
     """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
 
@@ -62,12 +77,9 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
         if record.get(name) in (None, ""):
             return f"missing_{name}"
     objects = record.get("objects") or []
-    if not objects:
-        return "no_objects"
-    for obj in objects:
-        box = obj.get("box") if isinstance(obj, dict) else None
-        if not isinstance(box, list) or validate_box(box) is not None:
-            return "invalid_object_box"
+    problem = objects_problem(objects)
+    if problem:
+        return problem
     rationale = record.get("rationale") or ""
     if not isinstance(rationale, str) or not rationale.strip():
         return "no_rationale"

@@ -20,15 +20,16 @@ import importlib.util
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from transformers import TrainerCallback
 
 from vcot.errors import ConfigError, VcotError
-from vcot.grounding.boxes import parse_grounded, validate_box
+from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
+from vcot.grounding.records import objects_problem
 from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
@@ -121,13 +122,7 @@ def record_problem(record: dict[str, Any], *, need_objects: bool) -> str | None:
     if not all(isinstance(record[side], int) and record[side] > 0 for side in ("width", "height")):
         return "bad_size"
     objects = record.get("objects") or []
-    if not objects:
-        return "no_objects" if need_objects else None
-    for item in objects:
-        box = item.get("box") if isinstance(item, dict) else None
-        if not isinstance(box, list) or validate_box(box) is not None:
-            return "invalid_object_box"
-    return None
+    return objects_problem(objects) if objects or need_objects else None
 
 
 def prompt_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -147,23 +142,33 @@ def prompt_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_prompts(data_uri: str, *, need_objects: bool) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """The usable train records of a committed convert or distill output, and the others counted by reason."""
+def usable_train_records(
+    data_uri: str, problem: Callable[[dict[str, Any]], str | None], method: str, needs: str
+) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The train records of a committed convert or distill output that ``problem`` passes, the rest counted by
+    reason; none usable is an error that says what ``method``'s records ``needs``."""
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for record in manifest.committed_records(data_uri, ("train/",), expect_stage=manifest.RECORD_STAGES):
-        problem = record_problem(record, need_objects=need_objects)
-        if problem is None:
-            rows.append(prompt_row(record))
+        reason = problem(record)
+        if reason is None:
+            rows.append(record)
         else:
-            skipped[problem] += 1
-    log.info("grpo_prompts", data=data_uri, used=len(rows), skipped=dict(skipped))
+            skipped[reason] += 1
+    log.info(f"{method.lower()}_records", data=data_uri, used=len(rows), skipped=dict(skipped))
     if not rows:
-        raise VcotError(
-            f"{data_uri} has no train record usable for GRPO (skipped: {dict(skipped)}): records need an image, "
-            "a question, an answer and (unless records_without_objects=format_accuracy) ground-truth objects"
-        )
+        raise VcotError(f"{data_uri} has no train record usable for {method} (skipped: {dict(skipped)}): {needs}")
     return rows, skipped
+
+
+def read_prompts(data_uri: str, *, need_objects: bool) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """GRPO's prompts: the usable train records as :func:`prompt_row`\ s, and the others counted by reason."""
+    rows, skipped = usable_train_records(
+        data_uri, lambda record: record_problem(record, need_objects=need_objects), "GRPO",
+        "records need an image, a question, an answer and (unless records_without_objects=format_accuracy) "
+        "ground-truth objects",
+    )  # fmt: skip
+    return [prompt_row(record) for record in rows], skipped
 
 
 class PromptTransform:

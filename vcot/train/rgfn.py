@@ -32,7 +32,6 @@ from transformers import Trainer
 from vcot.errors import VcotError
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
-from vcot.io import manifest
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
@@ -50,7 +49,7 @@ from vcot.train.common import (
 )
 from vcot.train.estimate import announce_cpu_run, rgfn_workload
 from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
-from vcot.train.grpo import grpo_format, record_problem
+from vcot.train.grpo import grpo_format, record_problem, usable_train_records
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 from vcot.train.sharding import is_sharded, sharded_trainer
@@ -60,21 +59,15 @@ log = get_logger(__name__)
 CUE = "\u2063vcot-rationale\u2063"
 
 
+def rgfn_problem(record: dict[str, Any]) -> str | None:
+    """GRPO's prompt checks (objects optional) plus RGFN's own need: a reference rationale."""
+    return record_problem(record, need_objects=False) or (None if record.get("rationale") else "missing_rationale")
+
+
 def read_records(data_uri: str) -> tuple[list[dict[str, Any]], Counter[str]]:
     """The train records usable for RGFN (a prompt, an answer and a reference rationale), the rest counted."""
-    rows: list[dict[str, Any]] = []
-    skipped: Counter[str] = Counter()
-    for record in manifest.committed_records(data_uri, ("train/",), expect_stage=manifest.RECORD_STAGES):
-        problem = record_problem(record, need_objects=False) or (None if record.get("rationale") else "missing_rationale")
-        if problem is None:
-            rows.append(record)
-        else:
-            skipped[problem] += 1
-    log.info("rgfn_records", data=data_uri, used=len(rows), skipped=dict(skipped))
-    if not rows:
-        raise VcotError(f"{data_uri} has no train record usable for RGFN (skipped: {dict(skipped)}): records need "
-                        "an image, a question, an answer and a reference rationale")
-    return rows, skipped
+    return usable_train_records(data_uri, rgfn_problem, "RGFN",
+                                "records need an image, a question, an answer and a reference rationale")
 
 
 @dataclasses.dataclass
