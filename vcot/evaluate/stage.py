@@ -394,6 +394,26 @@ def refuse_nothing_answered(
     )
 
 
+def collect_answers(
+    config: EvaluateConfig, target: Target, asked: list[list[dict[str, Any]]], details: dict[str, Any]
+) -> tuple[list[dict[str, dict[str, str]]], ModelFormat]:
+    """The answers to score, one ``{prompt style: responses}`` per sample, from the mode's source (predictions read
+    back, a server asked, or a model run here) and the format they are read in; ``details`` gets what each says."""
+    if config.predictions:
+        loaded = load_predictions(config.predictions)
+        answers, fmt = [{"cot": loaded.by_id}], score_mode_format(config)
+        details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
+    elif config.server:
+        fmt = served_format(config)
+        answers, generated = served_responses(config, asked, fmt, target.output)
+        details.update(generated)
+    else:
+        answers, fmt, generated = model_responses(config, target, asked)
+        details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
+    details["model_format"] = fmt.to_dict()
+    return answers, fmt
+
+
 def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     """Evaluate per ``config``; returns the manifest (overall metrics in ``stats``), or ``None`` when the output was
     already committed. Raises :class:`RegressionError` (exit 3) on a regression, also then."""
@@ -422,18 +442,7 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     if config.shuffle_options is not None and not any(record.get("choices") for record in records):
         log.warning("nothing_to_shuffle", data=config.data, hint="no record has options: --shuffle-options changes "
                     "nothing (and --samples K without --temperature asks the same question K times)")  # fmt: skip
-    if config.predictions:
-        loaded = load_predictions(config.predictions)
-        answers, fmt = [{"cot": loaded.by_id}], score_mode_format(config)
-        details.update(predictions=config.predictions, skipped_predictions=loaded.skipped)
-    elif config.server:
-        fmt = served_format(config)
-        answers, generated = served_responses(config, asked, fmt, target.output)
-        details.update(generated)
-    else:
-        answers, fmt, generated = model_responses(config, target, asked)
-        details.update(model=target.model, adapter=target.adapter, run=target.run, **generated)
-    details["model_format"] = fmt.to_dict()
+    answers, fmt = collect_answers(config, target, asked, details)
 
     by_style = answers[0]
     refuse_nothing_answered(records, by_style, details)
