@@ -118,8 +118,10 @@ def build_model_slice(
     assert ids == list(range(QWEN_FIRST_SPECIAL_ID, QWEN_FIRST_SPECIAL_ID + len(ids))), ids
     assert ids[QWEN_SPECIAL_TOKENS.index("<|image_pad|>")] == model_config.image_token_id
     torch.manual_seed(seed)
-    with torch.device(device):
+    with torch.device("meta"):  # built without weights: built on the device, every weight would be drawn twice
         model = AutoModelForImageTextToText.from_config(model_config, dtype=torch.bfloat16)
+    model.to_empty(device=device)
+    model.init_weights()  # one draw of every weight, as from_config's own initialization draws them
     model.generation_config = GenerationConfig(
         bos_token_id=QWEN_FIRST_SPECIAL_ID,
         eos_token_id=[tokenizer.convert_tokens_to_ids("<|im_end|>"), QWEN_FIRST_SPECIAL_ID],
@@ -137,7 +139,7 @@ def build_model_slice(
 
 SLICE_CACHE = Path(os.environ.get("VCOT_SLICE_CACHE", Path.home() / ".cache" / "vcot" / "slices")).expanduser()
 """Where the tests and the plan's benchmark keep their slices (``VCOT_SLICE_CACHE``; ~8 GB for the three the tests
-use): in the user cache, as vLLM's venv, so that every clone and every run reuses them (building one takes ~45 s)."""
+use): in the user cache, as vLLM's venv, so that every clone and every run reuses them (building one takes 20-40 s)."""
 
 
 def cached_slice(name: str, cache: Path = SLICE_CACHE) -> Path:
