@@ -143,16 +143,21 @@ def prompt_row(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def usable_train_records(
-    data_uri: str, problem: Callable[[dict[str, Any]], str | None], method: str, needs: str
+    data_uri: str,
+    problem: Callable[[dict[str, Any]], str | None],
+    method: str,
+    needs: str,
+    keep: Callable[[dict[str, Any]], dict[str, Any]] = lambda record: record,
 ) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """The train records of a committed convert or distill output that ``problem`` passes, the rest counted by
-    reason; none usable is an error that says what ``method``'s records ``needs``."""
+    """``keep`` of each train record of a committed convert or distill output that ``problem`` passes (as it is
+    read: only what is kept stays in memory), the rest counted by reason; none usable is an error that says what
+    ``method``'s records ``needs``."""
     rows: list[dict[str, Any]] = []
     skipped: Counter[str] = Counter()
     for record in manifest.committed_records(data_uri, ("train/",), expect_stage=manifest.RECORD_STAGES):
         reason = problem(record)
         if reason is None:
-            rows.append(record)
+            rows.append(keep(record))
         else:
             skipped[reason] += 1
     log.info(f"{method.lower()}_records", data=data_uri, used=len(rows), skipped=dict(skipped))
@@ -162,13 +167,12 @@ def usable_train_records(
 
 
 def read_prompts(data_uri: str, *, need_objects: bool) -> tuple[list[dict[str, Any]], Counter[str]]:
-    """GRPO's prompts: the usable train records as :func:`prompt_row`\ s, and the others counted by reason."""
-    rows, skipped = usable_train_records(
+    """GRPO's prompts: the usable train records, each as its :func:`prompt_row`, and the others counted by reason."""
+    return usable_train_records(
         data_uri, lambda record: record_problem(record, need_objects=need_objects), "GRPO",
         "records need an image, a question, an answer and (unless records_without_objects=format_accuracy) "
-        "ground-truth objects",
+        "ground-truth objects", keep=prompt_row,
     )  # fmt: skip
-    return [prompt_row(record) for record in rows], skipped
 
 
 class PromptTransform:

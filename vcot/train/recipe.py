@@ -34,7 +34,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = "qwen2.5-vl-7b-qlora"
 SEED_ONLY = ("gpu_memory_gib", "global_batch_size", "generation_eval_samples", "generation_eval_steps")
 """What the seed preset sets beyond :class:`Recipe`'s defaults: its 48 GiB card, a global batch of 16 kept on any
-number of GPUs, and the held-out generation watch. Off by default: they fit the seed's model and data, not any."""
+number of GPUs, and the held-out generation watch. Not in the defaults: they fit the seed's model and data, not any."""
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 METHODS = ("sft", "grpo", "gfn")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
@@ -130,7 +130,7 @@ class Recipe:
     early_stopping_patience: int = 3
     early_stopping_threshold: float = 0.001
     logging_steps: int = 50
-    # SFT: greedy answers to the first N val records every M steps, scored as evaluate scores them (0: off)
+    # SFT, GRPO, RGFN: greedy answers to the first N val records every M steps, scored as evaluate scores them (0: off)
     generation_eval_samples: int = 0
     generation_eval_steps: int = 0  # 0: at every evaluation; N: at the evaluations passing a multiple of N steps
     generation_eval_max_new_tokens: int = 512
