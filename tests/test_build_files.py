@@ -201,7 +201,6 @@ def test_make_help_shows_values_not_variable_names() -> None:
     assert "localhost/vcot-cpu:9.9.9" in shown and "localhost/vcot-cpu-train:9.9.9" in shown
 
 
-
 def test_make_local_rgfn_trains_its_three_turn_sft_for_15_epochs_as_rl_bench_does() -> None:
     """The three-turn SFT of ``make local-rgfn`` gets ``num_train_epochs=15`` (docs/train.md, "The three-turn SFT
     trained for 15 epochs"), and ``bench/rl_bench.py --prepare`` trains it with the same override."""
@@ -210,11 +209,8 @@ def test_make_local_rgfn_trains_its_three_turn_sft_for_15_epochs_as_rl_bench_doe
     sft = [line for line in dry_run.splitlines() if "-m jobs.train --data /tmp/vcot-rgfn/tokenized" in line]
     assert len(sft) == 1 and '--set "num_train_epochs=15"' in sft[0]
 
-    spec = importlib.util.spec_from_file_location("rl_bench", REPO_ROOT / "bench" / "rl_bench.py")
-    assert spec and spec.loader
-    rl_bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rl_bench)
-    assert rl_bench.THREE_TURN_SFT_SET == "num_train_epochs=15"
+    assert importlib.import_module("bench.rl_bench").THREE_TURN_SFT_SET == "num_train_epochs=15"
+
 
 # --- the docs' commands run as written from a clone ----------------------------------------------------------------
 
