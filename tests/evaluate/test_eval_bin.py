@@ -104,18 +104,22 @@ def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: P
 
 
 @pytest.mark.parametrize("layout", ["two_turn", "rationale_turn"])
-def test_bin_shows_its_answer_with_the_rationale_that_explains_it_best(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+@pytest.mark.parametrize("boxed", [True, False], ids=["boxes", "no-boxes"])
+def test_bin_shows_its_answer_with_the_rationale_the_samples_agree_on(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str, boxed: bool
 ) -> None:
     """Sampling and scoring fixed, so the response is the selection's alone: the answer by the row mean, shown with
-    the best-scoring rationale that gave it (not the first); best-of-N keeps its own sample."""
+    the rationale (of those that gave it) whose box the other samples agree with, not the likeliest one; without
+    boxes, the likeliest (not the first). Best-of-N keeps its own sample."""
     import dataclasses
 
     import vcot.evaluate.bin as bin_module
 
     model, processor = load_model_and_processor(str(tiny_model_dir))
     fmt = dataclasses.replace(_fmt(processor, tiny_model_dir), layout=layout)
-    sampled, answers = ["see zero", "see one", "see two"], ["red", "red", "blue"]
+    boxes = ["[0, 0, 20, 20]", "[30, 30, 40, 40]", "[0, 0, 20, 24]"] if boxed else ["", "", ""]
+    sampled = [f"see <ref>a</ref><box>{box}</box> {i}" if box else f"see {i}" for i, box in enumerate(boxes)]
+    answers = ["red", "red", "blue"]
     joint = [[-0.9, -0.4, -0.1], [-0.9, -0.4, -0.1], [-2.0, -2.0, -0.2]]  # row j: answer j after each rationale
     answer_only = [[-0.5, 0.0, 0.0], [0.0, -0.5, 0.0], [0.0, 0.0, -0.1]]  # the diagonal: best-of-N picks sample 2
     monkeypatch.setattr(bin_module, "_generate", lambda *a, do_sample, **k: sampled if do_sample else answers)
@@ -124,8 +128,11 @@ def test_bin_shows_its_answer_with_the_rationale_that_explains_it_best(
     record = make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")
     choice = bin_record(model, processor, record, GenerationSettings(fmt=fmt), BinSettings(samples=3))
     joiner = " " if layout == "rationale_turn" else " Answer:"
-    assert choice.bin_response == f"see one{joiner}red"
-    assert choice.best_response == f"see two{joiner}blue"
+    # "red" (rows 0 and 1 of S tie; row 2 is "blue"); rationale 1 is the likelier of the two that gave it, but
+    # rationale 0's box is the one rationale 2's nearly repeats
+    shown = sampled[0] if boxed else sampled[1]
+    assert choice.bin_response == f"{shown}{joiner}red"
+    assert choice.best_response == f"{sampled[2]}{joiner}blue"
 
 
 def test_rationale_is_cut_at_the_last_answer_marker() -> None:

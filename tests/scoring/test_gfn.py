@@ -120,7 +120,7 @@ def test_bin_returns_the_row_mean_argmax() -> None:
         gfn.bin_select(torch.empty(0, 3))
 
 
-def test_bin_shows_the_rationale_that_explains_its_answer_best() -> None:
+def test_bin_shows_the_rationale_whose_boxes_the_samples_agree_on() -> None:
     scores = torch.tensor(
         [
             [-0.9, -0.4, -0.1, -0.6],  # answer 0 ("red") after each rationale
@@ -130,12 +130,26 @@ def test_bin_shows_the_rationale_that_explains_its_answer_best() -> None:
         ]
     )
     answers = ["red", "red ", "blue", "red"]
-    # the likeliest of the rationales the SFT model answered "red" (not the first sampled, nor rationale 2: "blue")
-    assert gfn.bin_rationale(scores, answers, 0) == 1
-    assert gfn.bin_rationale(scores, answers, 3) == 1
-    assert gfn.bin_rationale(scores, answers, 2) == 2
+    near, near_too, far = [(0, 0, 100, 100)], [(0, 0, 100, 110)], [(500, 500, 600, 600)]
+    # of the rationales the SFT model answered "red" (0, 1, 3), the one whose box the others repeat (3 agrees with
+    # 0 and with the "blue" rationale 2), not the likeliest (1) nor the first
+    assert gfn.bin_rationale(scores, answers, 0, [near, far, near_too, near]) == 3
+    # no boxes anywhere (or none agreeing): the one that explains the answer best
+    assert gfn.bin_rationale(scores, answers, 0, [[], [], [], []]) == 1
+    assert gfn.bin_rationale(scores, answers, 3, [near, far, [], far]) == 1  # 1 and 3 agree alike: the likelier
+    assert gfn.bin_rationale(scores, answers, 2, [near, far, far, near]) == 2  # the only "blue" one
     with pytest.raises(ValueError):
-        gfn.bin_rationale(scores, answers[:3], 0)
+        gfn.bin_rationale(scores, answers[:3], 0, [near] * 3)
+    with pytest.raises(ValueError):
+        gfn.bin_rationale(scores, answers, 0, [near] * 3)
+
+
+def test_box_agreement_pairs_boxes_in_order_and_counts_a_missing_one_as_zero() -> None:
+    a, b = (0, 0, 10, 10), (100, 100, 110, 110)
+    assert gfn.box_agreement([a, b], [a, b]) == pytest.approx(1.0)
+    assert gfn.box_agreement([a, b], [b, a]) == pytest.approx(0.0)  # the same boxes named in another order
+    assert gfn.box_agreement([a], [a, b]) == pytest.approx(0.5)
+    assert gfn.box_agreement([a], []) == 0.0 and gfn.box_agreement([], []) == 0.0
 
 
 # --- convergence: the objective samples in proportion to the reward --------------------------------------

@@ -6,8 +6,8 @@ SFT adapter itself, else the adapter disabled) continues ``Z_i Answer:`` greedil
 an answer Y_i. The scorer then reads every answer after every rationale, S[j, i] = log p(Z_i, Answer: Y_j, end |
 X) / tokens, and BiN returns the answer with the highest row mean (:func:`vcot.scoring.gfn.bin_select`): the answer
 the rationales agree explain best, not the one a single lucky rationale favours. It shows that answer with the
-rationale that explains it best (:func:`vcot.scoring.gfn.bin_rationale`: of the rationales the SFT model answered
-so, the highest S[j, i]), whose boxes the report scores.
+rationale whose boxes the other samples agree with most (:func:`vcot.scoring.gfn.bin_rationale`: of the rationales
+the SFT model answered so; ties to the highest S[j, i]), whose boxes the report scores.
 Best-of-N returns the response whose answer tokens have the highest mean log-probability after their own
 rationale (the diagonal), so the report can compare the two with greedy decoding.
 
@@ -205,7 +205,8 @@ def bin_record(
         joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)
     chosen = gfn.bin_select(scores)
-    shown = gfn.bin_rationale(scores, answers, chosen)
+    boxes = [[found.box for found in settings.fmt.read(z, record["width"], record["height"]).boxes] for z in rationales]
+    shown = gfn.bin_rationale(scores, answers, chosen, boxes)
     best = gfn.best_of_n(answer_only.view(n, n).diagonal())
 
     def respond(z: int, y: int) -> str:  # rationale z with answer y

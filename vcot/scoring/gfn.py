@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import torch
 
 from vcot.grounding.answers import normalize_answer
+from vcot.grounding.boxes import iou
 
 MIN_LENGTH_LOG_REWARD = -99.0
 """log R of a state shorter than ``rat_min_len`` (but not empty): the released code's large negative constant."""
@@ -129,22 +130,48 @@ def bin_select(scores: torch.Tensor) -> int:
     return int(scores.mean(dim=1).argmax())
 
 
-def bin_rationale(scores: torch.Tensor, answers: Sequence[str], chosen: int) -> int:
+def box_agreement(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """How far two rationales' boxes agree: the IoU of their boxes paired in the order written, summed and divided
+    by the longer list's length (a box the other lacks counts 0); 0 when either has none.
+
+    >>> round(box_agreement([(0, 0, 10, 10), (50, 50, 60, 60)], [(0, 0, 10, 20)]), 4)
+    0.25
+    >>> box_agreement([], [(0, 0, 10, 10)])
+    0.0
+    """
+    if not a or not b:
+        return 0.0
+    return sum(iou(x, y) for x, y in zip(a, b)) / max(len(a), len(b))
+
+
+def bin_rationale(
+    scores: torch.Tensor, answers: Sequence[str], chosen: int, boxes: Sequence[Sequence[Sequence[float]]]
+) -> int:
     """The rationale BiN shows with its answer ``chosen`` (a row of ``scores``): of the rationales after which the
-    SFT model gave that answer (the same answer as scoring counts it: :func:`normalize_answer`), the one that
-    explains it best (the highest S[chosen, i]: the highest per-token log-likelihood together with that answer),
-    not the first sampled.
+    SFT model gave that answer (the same answer as scoring counts it: :func:`normalize_answer`), the one whose
+    ``boxes`` agree best with every other sample's (the highest summed :func:`box_agreement`), ties to the one
+    that explains the answer best (the highest S[chosen, i]).
+
+    The samples are draws from the policy's posterior over rationales, so the box they agree on is the choice of
+    least expected IoU loss (minimum Bayes risk), where any single sample, the likeliest included, lands wherever
+    its digits fell.
 
     >>> scores = torch.tensor([[-1.0, -0.5, -0.2], [-1.0, -0.5, -0.2], [-0.9, -0.6, -0.1]])
-    >>> bin_rationale(scores, ["red", "red", "blue"], 0)
-    1
-    >>> bin_rationale(scores, ["Red.", "blue", "red"], 0)  # "Red." and "red" are one answer
+    >>> near, far = [(0, 0, 10, 10)], [(80, 80, 90, 90)]
+    >>> bin_rationale(scores, ["red", "red", "blue"], 0, [near, far, near])  # rationale 0 agrees with rationale 2
+    0
+    >>> bin_rationale(scores, ["Red.", "blue", "red"], 0, [[], [], []])  # no boxes: the likeliest; "Red." is "red"
     2
     """
-    if scores.ndim != 2 or scores.shape[1] != len(answers) or not 0 <= chosen < scores.shape[0]:
-        raise ValueError("scores must be [answers, rationales] with one answer per rationale and chosen a row of it")
+    if scores.ndim != 2 or not scores.shape[1] == len(answers) == len(boxes) or not 0 <= chosen < scores.shape[0]:
+        raise ValueError("scores must be [answers, rationales] with one answer and one box list per rationale, and "
+                         "chosen a row of it")  # fmt: skip
     same = [i for i, answer in enumerate(answers) if normalize_answer(answer) == normalize_answer(answers[chosen])]
-    return max(same, key=lambda i: float(scores[chosen, i]))
+
+    def consensus(i: int) -> float:
+        return sum(box_agreement(boxes[i], other) for j, other in enumerate(boxes) if j != i)
+
+    return max(same, key=lambda i: (consensus(i), float(scores[chosen, i])))
 
 
 def best_of_n(answer_log_probs: torch.Tensor) -> int:
