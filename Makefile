@@ -18,6 +18,12 @@ PYTEST_ARGS ?=
 # fixtures are built once, and the real-shape slices' runs (several GiB each) never overlap.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+# Each worker's torch (and each job a test starts) gets the cores divided among the workers, and its idle threads
+# sleep instead of spinning: torch sizes its pool from every core and OpenMP's threads spin between operations, so
+# two workers of two threads each contended for the cores (tests/train/test_train_stage.py and
+# test_rl_learning.py at -n 2: 150-153 s as torch defaults, 92 s so; docs/benchmarks.md, "The test suite's time").
+TEST_THREADS ?= $(shell echo $$(( $$(nproc) / $(TEST_WORKERS) > 0 ? $$(nproc) / $(TEST_WORKERS) : 1 )))
+PYTEST_ENV := OMP_NUM_THREADS=$(TEST_THREADS) OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: help install chromium test test-fast s3-up s3-down s3-env clean
 
@@ -59,10 +65,10 @@ test: $(STAMP) chromium vllm-try ## Run the whole test suite (installs chromium 
 	@started=0; \
 	if ! $(PY) -m vcot.dev.local_s3 status >/dev/null 2>&1; then $(PY) -m vcot.dev.local_s3 up >/dev/null && started=1; fi; \
 	trap '[ $$started = 1 ] && $(PY) -m vcot.dev.local_s3 down >/dev/null' EXIT; \
-	$(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+	$(PYTEST_ENV) $(PY) -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Run only the fast tests (no integration marker)
-	$(PY) -m pytest -m "not integration" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+	$(PYTEST_ENV) $(PY) -m pytest -m "not integration" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 s3-up: $(STAMP) ## Start the local S3 server (MinIO if installed, else SeaweedFS) and print its env
 	@$(PY) -m vcot.dev.local_s3 up

@@ -112,7 +112,8 @@ def assert_ran(run: Path, recipe_name: str, model: Path) -> None:
 
 def job(stage: str, *args: str) -> None:
     """``vcot-<stage> ARGS`` as a user runs it, in its own process: each run's memory is returned when it ends
-    (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine)."""
+    (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine). Its
+    torch threads are torch's default, which ``make test`` sets to this worker's share of the cores."""
     env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
     done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=False)  # fmt: skip
@@ -125,7 +126,7 @@ def sft_run(recipe_name: str, root: str) -> Path:
     tokens, run = f"{root}/{recipe_name}/tokens", Path(root) / recipe_name / "run"
     job("tokenize", "--input", records(root), "--output", tokens, "--model", str(model))
     job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
-        "--set", SFT_SHORT, "--threads", "2")  # fmt: skip
+        "--set", SFT_SHORT)  # fmt: skip
     return run
 
 
@@ -171,8 +172,8 @@ def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: 
     # evaluate answers a batch with the adapter on the 4-bit base, as the recipe trained it.
     scored = Path(root) / recipe_name / "eval"
     job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"), "--output",
-        str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8", "--quantize", "4bit",
-        "--threads", "2")  # fmt: skip
+        str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8",
+        "--quantize", "4bit")  # fmt: skip
     predictions = list(shards.read_jsonl(str(next(scored.glob("predictions/*.jsonl.gz")))))
     assert len(predictions) == 2 and all(isinstance(row["prediction"], str) for row in predictions), predictions[:1]
 
@@ -209,7 +210,7 @@ def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, ro
     run = Path(root) / recipe_name / "run"
     assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
     job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", recipe_name,
-        "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"), "--threads", "2")  # fmt: skip
+        "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"))  # fmt: skip
     assert_ran(run, recipe_name, model)
 
 
@@ -217,7 +218,7 @@ def test_rgfn_recipe_trains_on_its_slice(root: str) -> None:
     model = slice_for("qwen2.5-vl-7b-rgfn")
     run = Path(root) / "rgfn" / "run"
     job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", "qwen2.5-vl-7b-rgfn",
-        "--set", RGFN_SHORT, "--threads", "2")  # fmt: skip
+        "--set", RGFN_SHORT)  # fmt: skip
     assert_ran(run, "qwen2.5-vl-7b-rgfn", model)
     grad_norms = log_losses(run, "grad_norm")
     assert grad_norms and all(math.isfinite(norm) and norm > 0 for norm in grad_norms)
