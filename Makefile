@@ -22,7 +22,9 @@ PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 # sleep instead of spinning: torch sizes its pool from every core and OpenMP's threads spin between operations, so
 # two workers of two threads each contended for the cores (tests/train/test_train_stage.py and
 # test_rl_learning.py at -n 2: 150-153 s as torch defaults, 92 s so; docs/benchmarks.md, "The test suite's time").
-TEST_THREADS ?= $(shell echo $$(( $$(nproc) / $(TEST_WORKERS) > 0 ? $$(nproc) / $(TEST_WORKERS) : 1 )))
+# TEST_WORKERS 0, auto or logical (not a count): every core.
+TEST_THREADS ?= $(shell w='$(TEST_WORKERS)'; n=$$(nproc); if [ "$$w" -ge 1 ] 2>/dev/null; then n=$$((n / w)); fi; \
+	echo $$(( n > 0 ? n : 1 )))
 PYTEST_ENV := OMP_NUM_THREADS=$(TEST_THREADS) OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: help install chromium test test-fast s3-up s3-down s3-env clean

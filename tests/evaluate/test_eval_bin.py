@@ -17,6 +17,7 @@ from vcot.evaluate.bin import (
     bin_record,
     comparison_lines,
     load_sft_adapter,
+    rationale_boxes,
     rationale_of,
     sequence_scores,
     sft_model,
@@ -133,6 +134,16 @@ def test_bin_shows_its_answer_with_the_rationale_the_samples_agree_on(
     shown = sampled[0] if boxed else sampled[1]
     assert choice.bin_response == f"{shown}{joiner}red"
     assert choice.best_response == f"{sampled[2]}{joiner}blue"
+
+
+def test_a_rationale_whose_record_size_cannot_map_its_boxes_has_none() -> None:
+    """Read in the model's frame as the scorer reads it; a size that frame cannot use gives no boxes, not an error
+    that would end the whole evaluation."""
+    absolute = GenerationSettings(fmt=ModelFormat.for_family(coords="qwen2.5-absolute"))
+    rationale = "the <ref>cup</ref><box>[217, 343, 242, 393]</box> "
+    assert rationale_boxes(rationale, {"width": 391, "height": 500}, absolute) == [(554, 681, 617, 780)]
+    assert rationale_boxes(rationale, {"width": 0, "height": None}, absolute) == []
+    assert rationale_boxes(rationale, {}, GenerationSettings(fmt=ModelFormat.for_family())) == [(217, 343, 242, 393)]
 
 
 def test_rationale_is_cut_at_the_last_answer_marker() -> None:

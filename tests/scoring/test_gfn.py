@@ -131,9 +131,12 @@ def test_bin_shows_the_rationale_whose_boxes_the_samples_agree_on() -> None:
     )
     answers = ["red", "red ", "blue", "red"]
     near, near_too, far = [(0, 0, 100, 100)], [(0, 0, 100, 110)], [(500, 500, 600, 600)]
-    # of the rationales the SFT model answered "red" (0, 1, 3), the one whose box the others repeat (3 agrees with
-    # 0 and with the "blue" rationale 2), not the likeliest (1) nor the first
+    # of the rationales the SFT model answered "red" (0, 1, 3), one whose box the others repeat (0 and 3 agree with
+    # each other and with the "blue" rationale 2 alike; 3 explains "red" better), not the likeliest (1)
     assert gfn.bin_rationale(scores, answers, 0, [near, far, near_too, near]) == 3
+    # the same boxes summed in another order still tie, and the tie goes to the likelier (1), not the first found
+    shifted, lower = [(1, 0, 101, 100)], [(0, 15, 100, 115)]
+    assert gfn.bin_rationale(scores, answers, 0, [shifted, near, lower, near]) == 1
     # no boxes anywhere (or none agreeing): the one that explains the answer best
     assert gfn.bin_rationale(scores, answers, 0, [[], [], [], []]) == 1
     assert gfn.bin_rationale(scores, answers, 3, [near, far, [], far]) == 1  # 1 and 3 agree alike: the likelier

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.boxes import IntBox
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
@@ -180,6 +181,16 @@ def sequence_scores(
     return mean(after_prompt).cpu(), mean(answer).cpu()
 
 
+def rationale_boxes(rationale: str, record: dict[str, Any], settings: GenerationSettings) -> list[IntBox]:
+    """The boxes of a sampled rationale in house coordinates, the record's size read as the scorer reads it
+    (:mod:`vcot.scoring.response`); none where that size cannot map them, so that sample gets no box agreement."""
+    try:
+        parsed = settings.fmt.read(rationale, int(record.get("width") or 0), int(record.get("height") or 0))
+    except (ValueError, TypeError):
+        return []
+    return [found.box for found in parsed.boxes]
+
+
 def bin_record(
     model: Any, processor: Any, record: dict[str, Any], settings: GenerationSettings, bin_settings: BinSettings
 ) -> BinChoice | Skipped:
@@ -205,8 +216,7 @@ def bin_record(
         joint, answer_only = sequence_scores(model, processor, prompt, pairs, image, joiner)
     scores = joint.view(n, n)
     chosen = gfn.bin_select(scores)
-    boxes = [[found.box for found in settings.fmt.read(z, record["width"], record["height"]).boxes] for z in rationales]
-    shown = gfn.bin_rationale(scores, answers, chosen, boxes)
+    shown = gfn.bin_rationale(scores, answers, chosen, [rationale_boxes(z, record, settings) for z in rationales])
     best = gfn.best_of_n(answer_only.view(n, n).diagonal())
 
     def respond(z: int, y: int) -> str:  # rationale z with answer y

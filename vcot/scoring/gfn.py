@@ -17,6 +17,7 @@ No model here: the train stage (``vcot/train/rgfn.py``) computes these tensors, 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Sequence
 
@@ -169,7 +170,8 @@ def bin_rationale(
     same = [i for i, answer in enumerate(answers) if normalize_answer(answer) == normalize_answer(answers[chosen])]
 
     def consensus(i: int) -> float:
-        return sum(box_agreement(boxes[i], other) for j, other in enumerate(boxes) if j != i)
+        # fsum: rationales with the same boxes get the same sum whatever their order, so a tie stays a tie
+        return math.fsum(box_agreement(boxes[i], other) for j, other in enumerate(boxes) if j != i)
 
     return max(same, key=lambda i: (consensus(i), float(scores[chosen, i])))
 
