@@ -38,6 +38,7 @@ from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.progress import track
 from vcot.scoring import gfn
+from vcot.scoring.response import read_boxes
 
 log = get_logger(__name__)
 
@@ -182,13 +183,13 @@ def sequence_scores(
 
 
 def rationale_boxes(rationale: str, record: dict[str, Any], settings: GenerationSettings) -> list[IntBox]:
-    """The boxes of a sampled rationale in house coordinates, the record's size read as the scorer reads it
-    (:mod:`vcot.scoring.response`); none where that size cannot map them, so that sample gets no box agreement."""
+    """The boxes of a sampled rationale in house coordinates, read as the scorer reads a response
+    (:func:`vcot.scoring.response.read_boxes`); none where the record's size cannot map them, so that sample gets no
+    box agreement."""
     try:
-        parsed = settings.fmt.read(rationale, int(record.get("width") or 0), int(record.get("height") or 0))
+        return [found.box for found in read_boxes(settings.fmt, rationale, record).boxes]
     except (ValueError, TypeError):
         return []
-    return [found.box for found in parsed.boxes]
 
 
 def bin_record(

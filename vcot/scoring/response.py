@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from vcot.grounding.answers import extract_answer, is_correct
-from vcot.grounding.boxes import validate_box
+from vcot.grounding.boxes import ParseResult, validate_box
 from vcot.grounding.model_format import ModelFormat
 from vcot.scoring.field_metrics import field_scores, first_box_iou
 from vcot.scoring.metrics import SampleScore, score_sample
@@ -30,6 +30,16 @@ def truth_boxes(record: dict[str, Any]) -> list[tuple[int, int, int, int]]:
     return boxes  # type: ignore[return-value]
 
 
+def read_boxes(fmt: ModelFormat, text: str, record: dict[str, Any]) -> ParseResult:
+    """``text``'s boxes in house coordinates, read in ``fmt`` at the record's image size (0 where it has none, which
+    only ``norm1000`` can read; the other frames raise ``ValueError``).
+
+    >>> read_boxes(ModelFormat.for_family(), "<box>[1, 2, 3, 4]</box>", {}).boxes[0].box
+    (1, 2, 3, 4)
+    """
+    return fmt.read(text, int(record.get("width") or 0), int(record.get("height") or 0))
+
+
 def score_response(
     record: dict[str, Any], response: str, fmt: ModelFormat, *, best_of_two: bool = False
 ) -> tuple[dict[str, Any], SampleScore]:
@@ -38,7 +48,7 @@ def score_response(
     ``best_of_two``: the row also holds ``other_frame_first_box_iou``, the first box read in the other frame
     (:meth:`ModelFormat.other_frame`), so that the best-of-two reading some harnesses score can be shown beside ours.
     """
-    parsed = fmt.read(response, int(record.get("width") or 0), int(record.get("height") or 0))
+    parsed = read_boxes(fmt, response, record)
     truth = truth_boxes(record)
     correct = is_correct(response, record)
     score = score_sample(
@@ -65,7 +75,6 @@ def score_response(
     if "options_order" in record:  # --shuffle-options: the order the options were shown in
         row["options_order"] = record["options_order"]
     if best_of_two and truth:
-        width, height = int(record.get("width") or 0), int(record.get("height") or 0)
-        other = fmt.other_frame().read(response, width, height)
+        other = read_boxes(fmt.other_frame(), response, record)
         row["other_frame_first_box_iou"] = first_box_iou([b.box for b in other.boxes], truth)
     return row, score
