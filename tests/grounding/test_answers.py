@@ -14,6 +14,7 @@ from vcot.grounding.answers import (
     normalize_answer,
 )
 
+PRESIDENTS = {"answer": "A. Lincoln", "choices": ["G. Washington", "A. Lincoln"], "answer_index": 1}
 GROUNDED = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is on the table.\nAnswer: {}"
 
 
@@ -35,6 +36,27 @@ GROUNDED = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is on the table.\nAn
         ("Answer: 2apples", {"answer": "2 apples"}, False),
         ("Answer: the <ref>red car</ref><box>[1, 2, 3, 4]</box>", {"answer": "red car"}, True),
         ("Answer: anything", {"answer": ""}, False),
+        # a letter as the answer itself (no choices), not read as the article "a"
+        ("Answer: A", {"answer": "A"}, True),
+        ("Answer: B", {"answer": "A"}, False),
+        # numbers keep their decimal point, fraction bar and sign
+        ("Answer: 3.5", {"answer": "3.5"}, True),
+        ("Answer: 35", {"answer": "3.5"}, False),
+        ("Answer: -3", {"answer": "3"}, False),
+        ("Answer: 1/4", {"answer": "14"}, False),
+        ("Answer: 2-3", {"answer": "23"}, False),
+        ("Answer: 1,000", {"answer": "1000"}, True),
+        ("Answer: 3.", {"answer": "3"}, True),
+        # choices without an answer_index: the index is read from the stored answer, as the GRPO reward reads it
+        ("Answer: dog", {"answer": "B", "choices": ["cat", "dog"]}, True),
+        ("Answer: (B) dog", {"answer": "B", "choices": ["cat", "dog"]}, True),
+        ("Answer: cat", {"answer": "B", "choices": ["cat", "dog"]}, False),
+        ("Answer: B", {"answer": "dog", "choices": ["cat", "dog"]}, True),
+        # a choice whose own text starts like a letter and its text
+        ("Answer: E. coli", {"answer": "E. coli", "choices": ["E. coli", "Salmonella"], "answer_index": 0}, True),
+        ("Answer: A. Lincoln", PRESIDENTS, True),
+        ("Answer: (B) A. Lincoln", PRESIDENTS, True),
+        ("Answer: A", PRESIDENTS, False),
     ],
 )
 def test_answer_judging(response: str, record: dict, correct: bool) -> None:

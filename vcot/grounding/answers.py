@@ -19,7 +19,12 @@ from typing import Any
 
 _ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
 _TAGS = re.compile(r"<ref>|</ref>|<box>[^<]*</box>|<[^>]*>")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_ARTICLES = {"a", "an", "the"}
+_PUNCTUATION = re.compile(
+    r"(?P<number>(?<=\d)[./-](?=\d)|(?<![\w.])-(?=\d))|[%s]" % re.escape(string.punctuation)
+)
+"""Punctuation to drop, except a number's own marks (``3.5``, ``1/4``, ``-3``, ``2-3``): without them 3.5 would
+equal 35."""
 _LETTER = re.compile(r"^\(?([a-z])\)?[.:)]?$", re.IGNORECASE)
 _LETTER_AND_TEXT = re.compile(r"^(?:\(([a-z])\)|([a-z])[.:)])\s*(.+)$", re.IGNORECASE | re.DOTALL)
 _NEGATIONS = {"not", "no", "never", "neither", "nor"}
@@ -53,21 +58,24 @@ def final_answer(response: str) -> str | None:
 def normalize_answer(text: str) -> str:
     """Lowercase, drop box tags, punctuation and articles, collapse spaces (SQuAD-style normalization).
 
+    A number keeps its decimal point, fraction bar and minus sign; an answer that is only an article (the letter
+    ``A``) keeps it.
+
     >>> normalize_answer("  The Red-Gear. ")
     'redgear'
-    >>> normalize_answer("2 apples")
-    '2 apples'
-    >>> normalize_answer("the <ref>red car</ref><box>[1, 2, 3, 4]</box>")
-    'red car'
+    >>> normalize_answer("2 apples"), normalize_answer("3.5."), normalize_answer("-1/4"), normalize_answer("1,000")
+    ('2 apples', '3.5', '-1/4', '1000')
+    >>> normalize_answer("the <ref>red car</ref><box>[1, 2, 3, 4]</box>"), normalize_answer("A")
+    ('red car', 'a')
     """
     text = _TAGS.sub(" ", text).lower()
-    text = "".join(ch for ch in text if ch not in string.punctuation)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+    words = _PUNCTUATION.sub(lambda mark: mark.group("number") or "", text).split()
+    return " ".join([word for word in words if word not in _ARTICLES] or words)
 
 
 def choice_index(answer: str, choices: Sequence[str]) -> int | None:
-    """Which choice an answer names: by letter (``B``, ``(b)``), by letter and its text (``(B) dog``), or by text.
+    """Which choice an answer names: by its text as written (``E. coli``), by letter (``B``, ``(b)``), by letter and
+    its text (``(B) dog``), or by its normalized text.
 
     ``None`` if it names none, or a letter with another choice's text.
 
@@ -76,8 +84,13 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
     (1, 1, 1)
     >>> choice_index("bird", ["cat", "dog"]) is None, choice_index("(A) dog", ["cat", "dog"]) is None
     (True, True)
+    >>> choice_index("a. lincoln", ["G. Washington", "A. Lincoln"])
+    1
     """
     answer = answer.strip()
+    written = [_as_written(choice) for choice in choices]
+    if _as_written(answer) in written:  # a choice whose own text looks like a letter and its text
+        return written.index(_as_written(answer))
     texts = [normalize_answer(choice) for choice in choices]
     lettered = _LETTER_AND_TEXT.match(answer)
     if lettered:  # the letter decides, and the text after it must be that choice's
@@ -94,6 +107,11 @@ def choice_index(answer: str, choices: Sequence[str]) -> int | None:
     return None
 
 
+def _as_written(text: str) -> str:
+    """Text compared as written: case, spacing and a final full stop aside."""
+    return " ".join(text.lower().split()).removesuffix(".")
+
+
 def answer_matches(final: str, record: dict[str, Any]) -> bool:
     """Whether a final answer is the record's answer (by choice for multiple choice); ``False`` without a truth.
 
@@ -101,10 +119,14 @@ def answer_matches(final: str, record: dict[str, Any]) -> bool:
     (True, False)
     >>> answer_matches("(B) blue", {"answer": "blue", "choices": ["red", "blue"], "answer_index": 1})
     True
+    >>> answer_matches("blue", {"answer": "B", "choices": ["red", "blue"]})  # the index read from the answer
+    True
     """
     choices = record.get("choices")
     answer_index = record.get("answer_index")
-    if choices and answer_index is not None:
+    if choices and answer_index is None and record.get("answer"):
+        answer_index = choice_index(str(record["answer"]), choices)  # only the answer's letter or text was stored
+    if choices and isinstance(answer_index, int) and 0 <= answer_index < len(choices):
         return choice_index(final, choices) == answer_index
     expected = normalize_answer(str(record.get("answer") or ""))
     return bool(expected) and normalize_answer(final) == expected

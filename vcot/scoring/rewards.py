@@ -37,7 +37,15 @@ from typing import Any
 
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding import answers
-from vcot.grounding.boxes import IntBox, ParseResult, best_match, match_optimal, parse_grounded, validate_box
+from vcot.grounding.boxes import (
+    BOX_TAGS,
+    IntBox,
+    ParseResult,
+    best_match,
+    match_optimal,
+    parse_grounded,
+    validate_box,
+)
 from vcot.grounding.model_format import ModelFormat
 
 Completion = str | list[dict[str, Any]]
@@ -92,12 +100,16 @@ def read_mentions(
 
     >>> read_mentions("<ref>a</ref><box>[1, 2, 3, 4]</box> <box>[9, 9, 1, 1]</box> <box>[5, 6")
     Mentions(boxes=[(1, 2, 3, 4)], refs=['a'], unparsable=2)
+    >>> read_mentions("<obj>a</obj><bbox>[5, 6", 100, 100, ModelFormat.for_family(box_syntax="obj")).unparsable
+    1
     """
     if model_format is None:
         parsed = parse_grounded(text)
     else:
         parsed = model_format.read(text, int(width), int(height))  # the one inverse
-    return _mentions(parsed, unclosed=max(0, text.count("<box>") - len(parsed.boxes) - len(parsed.invalid)))
+    tags = BOX_TAGS.get(model_format.box_syntax if model_format else "house")
+    opened = text.count(tags.box_open) if tags else 0  # json has no tag to leave open
+    return _mentions(parsed, unclosed=max(0, opened - len(parsed.boxes) - len(parsed.invalid)))
 
 
 def _mentions(parsed: ParseResult, unclosed: int) -> Mentions:
@@ -212,11 +224,11 @@ def _answer_record(answer: Any, choices: Any, answer_index: Any) -> dict[str, An
     """The fields :func:`vcot.grounding.answers.answer_matches` reads; ``None`` when there is no truth to compare with."""
     truth = str(answer or "").strip()
     choices = list(choices) if isinstance(choices, (list, tuple)) and choices else None
-    if choices and answer_index is None and truth:
-        answer_index = answers.choice_index(truth, choices)  # lets a letter count when only the text is stored
     if choices and isinstance(answer_index, int) and 0 <= answer_index < len(choices):
         return {"answer": truth, "choices": choices, "answer_index": answer_index}
-    return {"answer": truth} if answers.normalize_answer(truth) else None
+    if not answers.normalize_answer(truth):
+        return None
+    return {"answer": truth, "choices": choices} if choices else {"answer": truth}
 
 
 def _truth_boxes(objects: Any) -> list[IntBox] | None:
