@@ -19,12 +19,15 @@ def house_boxes(draw: st.DrawFn) -> tuple[int, int, int, int]:
     return x1, y1, draw(st.integers(x1 + 20, 1000)), draw(st.integers(y1 + 20, 1000))
 
 
-def _tolerance(fmt: ModelFormat, width: int, height: int) -> tuple[float, float]:
-    """House units one rounding to a resized pixel can move a coordinate: half a pixel each way, plus rounding."""
+def _tolerance(fmt: ModelFormat, box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, float]:
+    """House units one rounding to a resized pixel can move a coordinate: half a pixel each way, plus rounding;
+    a whole pixel on a side the box is thinner than a pixel on (it keeps one pixel there)."""
     if fmt.coords == "norm1000":
         return 0.0, 0.0
     resized_w, resized_h = fmt.vision.resized(width, height)
-    return 0.5 + 500 / resized_w, 0.5 + 500 / resized_h
+    pixels = [resized_w * (box[2] - box[0]) / 1000, resized_h * (box[3] - box[1]) / 1000]
+    sides = (resized_w, resized_h)
+    return tuple(0.5 + (1000 if extent < 1 else 500) / side for extent, side in zip(pixels, sides))  # type: ignore[return-value]
 
 
 @given(
@@ -42,11 +45,11 @@ def test_render_then_read_lands_on_the_house_box(
     assume(max(width, height) / min(width, height) < 200)
     fmt = ModelFormat.for_family(family, coords=coords, box_syntax=syntax, min_pixels=budget[0], max_pixels=budget[1])  # type: ignore[arg-type]
     model_box = fmt.to_model_box(box, width, height)
-    assume(model_box[2] > model_box[0] and model_box[3] > model_box[1])  # thinner than a resized pixel: no area
+    assert model_box[2] > model_box[0] and model_box[3] > model_box[1]  # thinner than a resized pixel: still one
     text = fmt.render(f"First the {render_grounded('red gear', box)} is red. Answer: red", width, height)
     parsed = fmt.read(text, width, height)
     assert not parsed.invalid and len(parsed.boxes) == 1 and parsed.boxes[0].ref == "red gear"
-    tol_x, tol_y = _tolerance(fmt, width, height)
+    tol_x, tol_y = _tolerance(fmt, box, width, height)
     assert all(abs(a - b) <= t for a, b, t in zip(parsed.boxes[0].box, box, (tol_x, tol_y, tol_x, tol_y)))
     if coords == "qwen2.5-absolute" and min(fmt.vision.resized(width, height)) >= 1000:
         assert all(abs(a - b) <= 1 for a, b in zip(parsed.boxes[0].box, box))  # within 1 unit on a large image
@@ -91,3 +94,15 @@ def test_invalid_values_are_refused_with_what_to_use() -> None:
         ModelFormat.for_family(min_pixels=20000, max_pixels=10000)
     with pytest.raises(ValueError, match="not a supported family"):
         family_of_model_type("llava")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "box"), [(1920, 1080, (100, 502, 400, 504)), (640, 480, (100, 500, 400, 501))]
+)
+def test_a_box_thinner_than_a_resized_pixel_renders_with_area_and_reads_back(width: int, height: int, box: tuple) -> None:
+    fmt = ModelFormat.for_family("qwen2.5-vl", coords="qwen2.5-absolute", max_pixels=28 * 28 * 256)
+    text = fmt.render(f"The {render_grounded('wire', box)}. Answer: wire", width, height)
+    parsed = fmt.read(text, width, height)
+    assert not parsed.invalid and len(parsed.boxes) == 1, text
+    read_back = parsed.boxes[0].box
+    assert read_back[0] == pytest.approx(box[0], abs=4) and read_back[2] == pytest.approx(box[2], abs=4)

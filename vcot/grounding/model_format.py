@@ -246,13 +246,20 @@ class ModelFormat:
     def to_model_box(self, box: IntBox, width: int, height: int) -> IntBox:
         """One house box in this model's frame.
 
+        A box thinner than a resized pixel keeps one pixel of width and height: rounded alone, both of its edges
+        would land on the same pixel, a zero-area box the model would be taught and :meth:`read` refuses.
+
         >>> ModelFormat.for_family(coords="qwen2.5-absolute").to_model_box((0, 0, 500, 500), 391, 500)
         (0, 0, 196, 252)
+        >>> ModelFormat.for_family(coords="qwen2.5-absolute").to_model_box((100, 500, 400, 501), 640, 480)
+        (64, 238, 258, 239)
         """
         if self.coords == "norm1000":
             return tuple(int(v) for v in box)  # type: ignore[return-value]
         resized_w, resized_h = self.vision.resized(width, height)
-        return tuple(int(round(v)) for v in norm1000_to_pixels(box, resized_w, resized_h))  # type: ignore[return-value]
+        x1, y1, x2, y2 = norm1000_to_pixels(box, resized_w, resized_h)
+        (x1, x2), (y1, y2) = _pixel_edges(x1, x2, resized_w), _pixel_edges(y1, y2, resized_h)
+        return x1, y1, x2, y2
 
     def render(self, house_text: str, width: int, height: int) -> str:
         """A house rationale (boxes 0-1000 of the original image) as this model writes it.
@@ -387,3 +394,20 @@ def _flat(data: dict[str, Any]) -> dict[str, Any]:
 
 HOUSE = ModelFormat.for_family()
 """The house format on the default family: what a record's boxes are when nothing else is said."""
+
+
+def _pixel_edges(low: float, high: float, side: int) -> tuple[int, int]:
+    """One side's two edges rounded to pixels, at least one pixel apart within ``[0, side]``: a box thinner than a
+    pixel gets the pixel nearer its middle on that side.
+
+    >>> _pixel_edges(100.2, 300.7, 336), _pixel_edges(238.0, 238.3, 336), _pixel_edges(237.7, 238.0, 336)
+    ((100, 301), (238, 239), (237, 238))
+    >>> _pixel_edges(335.8, 336.0, 336), _pixel_edges(0.0, 0.2, 336)
+    ((335, 336), (0, 1))
+    """
+    rounded_low, rounded_high = int(round(low)), int(round(high))
+    if rounded_high > rounded_low:
+        return rounded_low, rounded_high
+    below = (low + high) / 2 < rounded_low
+    start = rounded_low - 1 if (below and rounded_low > 0) or rounded_low >= side else rounded_low
+    return start, start + 1
