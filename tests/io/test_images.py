@@ -29,6 +29,24 @@ def test_any_mode_comes_back_rgb(tmp_path: Path, mode: str, color: int | tuple[i
         assert image.getpixel((0, 0)) == (128, 128, 128)
 
 
+@pytest.mark.parametrize(
+    ("mode", "color", "seen"),
+    [
+        ("RGBA", (0, 0, 0, 0), (255, 255, 255)),  # a transparent background is white, as transformers loads it
+        ("RGBA", (0, 0, 0, 255), (0, 0, 0)),
+        ("LA", (0, 128), (127, 127, 127)),  # half-transparent black over white
+        ("I;16", 65535, (255, 255, 255)),  # 16-bit grey scaled to 8 bits, not clipped
+        ("I;16", 257 * 40, (40, 40, 40)),
+    ],
+)
+def test_transparency_and_16_bit_grey_come_back_as_the_model_loaders_see_them(
+    tmp_path: Path, mode: str, color: int | tuple[int, ...], seen: tuple[int, int, int]
+) -> None:
+    path = tmp_path / "image.png"
+    path.write_bytes(_png(mode, (3, 2), color))
+    assert load_rgb(str(path)).getpixel((0, 0)) == seen
+
+
 def test_reads_from_s3(s3_bucket: str) -> None:
     uri = f"{s3_bucket}/images/a.png"
     storage.write_bytes(uri, _png("RGB", (4, 9), (200, 100, 50)))

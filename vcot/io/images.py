@@ -46,12 +46,34 @@ def load_rgb(uri: str | Image.Image) -> Image.Image:
     """The image at ``uri`` (local path or ``s3://``) decoded as RGB; an image already decoded, as RGB.
 
     Whole-object read then decode: S3 streams are not seekable, and PIL needs to seek. Palette, grey and
-    RGBA images come back as RGB, as the Qwen image processor expects. (The lmms-eval plugin hands in the
-    images its tasks decoded.) An image over PIL's limit (:func:`too_large`) raises ``Image.DecompressionBombError``.
+    RGBA images come back as RGB, as the Qwen image processor expects (:func:`to_rgb`). (The lmms-eval plugin hands
+    in the images its tasks decoded.) An image over PIL's limit (:func:`too_large`) raises
+    ``Image.DecompressionBombError``.
     """
     from PIL import Image
 
     if isinstance(uri, Image.Image):
-        return uri.convert("RGB")
+        return to_rgb(uri)
     with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB: transparency laid on white, as transformers' and qwen-vl-utils' loaders do (PIL's
+    own ``convert`` drops the alpha, so a transparent background turns black), and 16-bit grey scaled to 8 bits
+    (``convert`` clips it, so most of the image turns white).
+
+    >>> from PIL import Image
+    >>> to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0))).getpixel((0, 0))
+    (255, 255, 255)
+    >>> to_rgb(Image.new("I;16", (1, 1), 32896)).getpixel((0, 0))
+    (128, 128, 128)
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I") and (image.mode != "I" or image.getextrema()[1] > 255):  # 16-bit grey
+        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
