@@ -371,7 +371,8 @@ def sample_card(row: dict[str, Any], record: dict[str, Any], constant_box: Seque
         + "</svg>"
     )
     verdict = '<span class="correct">correct</span>' if row["answer_correct"] else '<span class="wrong">wrong</span>'
-    ious = ", ".join(f"{value:.2f}" for value in row["best_ious"]) or "no valid box"
+    no_iou = "no valid box" if row["truth_boxes"] else "no truth box"
+    ious = ", ".join(f"{value:.2f}" for value in row["best_ious"]) or no_iou
     invalid = f" &middot; {len(row['invalid_boxes'])} invalid box(es)" if row["invalid_boxes"] else ""
     return (
         f'<div class="sample" data-id="{html.escape(str(row["id"]))}">'

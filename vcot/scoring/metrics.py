@@ -89,8 +89,10 @@ def score_sample(
     >>> s = score_sample([(0, 0, 10, 10), (0, 0, 10, 10)], [(0, 0, 10, 10)])
     >>> [round(v, 3) for v in s.best_ious], s.accuracy_at(0.5)
     ([1.0, 1.0], 0.5)
+    >>> score_sample([(0, 0, 10, 10)], []).best_ious
+    []
     """
-    best = [best_match(box, truth)[1] for box in predicted]
+    best = [best_match(box, truth)[1] for box in predicted] if truth else []  # no truth: nothing to be near
     pairs = match_one_to_one(predicted, truth)
     return SampleScore(
         num_predicted=len(predicted),
