@@ -291,3 +291,19 @@ def test_rejected_lines_follow_the_one_record_output_contract() -> None:
     assert set(line) == set(convert_line) | {"answer"} and line["subset"] == "gqa"
     assert len(line["raw"]) == RAW_LIMIT + 3 and line["raw"].endswith("...")
     assert len(line["detail"]) == RAW_LIMIT and len(line["answer"]) == RAW_LIMIT + 3
+
+
+def test_a_photo_stored_turned_is_sent_and_cropped_upright() -> None:
+    """The teacher sees the image the records' boxes are of: EXIF orientation applied, as training loads it."""
+    stored = Image.new("RGB", (40, 30), (128, 128, 128))
+    stored.paste((255, 0, 0), (0, 0, 4, 30))  # the stored left edge: the displayed top edge at orientation 6
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", exif=exif.tobytes())
+    url = prompts.image_data_url(buffer.getvalue())
+    assert url.startswith("data:image/png;base64,")
+    sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert sent.size == (30, 40)
+    top = Image.open(io.BytesIO(prompts.crop_zoom(buffer.getvalue(), (0, 0, 1000, 100), size=30))).convert("RGB")
+    assert top.size == (30, 4) and top.getpixel((15, 1))[0] > 200  # the top tenth is the red stripe

@@ -60,3 +60,18 @@ def test_missing_or_broken_images_raise(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.raises(UnidentifiedImageError):
         load_rgb(str(tmp_path / "broken.png"))
+
+
+def test_a_photo_stored_turned_loads_upright(tmp_path: Path) -> None:
+    """EXIF orientation 6 (turn 90 degrees clockwise to display): the stored left column is the displayed top row,
+    as transformers' load_image and vLLM show it to the model."""
+    stored = Image.new("RGB", (40, 30), (128, 128, 128))
+    stored.paste((255, 0, 0), (0, 0, 4, 30))  # a red stripe down the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, "PNG", exif=exif.tobytes())
+    (tmp_path / "turned.png").write_bytes(buffer.getvalue())
+    image = load_rgb(str(tmp_path / "turned.png"))
+    assert image.size == (30, 40)
+    assert image.getpixel((15, 1)) == (255, 0, 0) and image.getpixel((15, 38)) == (128, 128, 128)

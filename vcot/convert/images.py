@@ -7,7 +7,7 @@ import io
 
 from vcot.errors import StorageError
 from vcot.io import storage
-from vcot.io.images import TOO_LARGE, too_large
+from vcot.io.images import TOO_LARGE, displayed_size, too_large
 
 
 class ImageProblem(Exception):
@@ -24,7 +24,8 @@ class ImageProblem(Exception):
 
 
 def size_from_bytes(data: bytes) -> tuple[int, int]:
-    """``(width, height)`` of encoded image bytes, read from the header only.
+    """``(width, height)`` of encoded image bytes as displayed (EXIF orientation applied, as every stage loads it:
+    :func:`vcot.io.images.upright`), read from the header only.
 
     >>> from PIL import Image
     >>> buffer = io.BytesIO(); Image.new("RGB", (7, 3)).save(buffer, "PNG")
@@ -35,7 +36,7 @@ def size_from_bytes(data: bytes) -> tuple[int, int]:
 
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header, decodes no pixels
-            width, height = image.size
+            width, height = displayed_size(image)
     except Image.DecompressionBombError as exc:  # an Exception, not an OSError: it would stop the stage
         raise ImageProblem(TOO_LARGE, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
@@ -44,12 +45,13 @@ def size_from_bytes(data: bytes) -> tuple[int, int]:
 
 
 def size_from_uri(uri: str) -> tuple[int, int]:
-    """``(width, height)`` of the image at ``uri``, reading only its first bytes where the format allows."""
+    """``(width, height)`` of the image at ``uri`` as displayed, reading only its first bytes where the format
+    allows."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
-            width, height = image.size  # PIL has read the header through the stream; pixels stay undecoded
+            width, height = displayed_size(image)  # PIL has read the header through the stream; no pixel decoded
     except StorageError as exc:
         if "does not exist" not in str(exc):
             raise  # unreachable storage or refused credentials: stop the stage, do not reject every image

@@ -14,6 +14,7 @@ from typing import Any
 from PIL import Image
 
 from vcot.grounding.boxes import format_box, norm1000_to_pixels
+from vcot.io.images import orientation, upright
 
 Message = dict[str, Any]
 
@@ -64,7 +65,8 @@ def image_data_url(data: bytes, *, max_side: int = 0) -> str:
     """``data:image/<fmt>;base64,...`` for image bytes.
 
     Formats the API may not take are re-encoded as PNG; with ``max_side``, a larger image is shrunk to fit
-    (PNG, deterministic), which costs fewer tokens and changes no box: boxes are relative to the image.
+    (PNG, deterministic), which costs fewer tokens and changes no box: boxes are relative to the image. An image
+    stored turned (EXIF orientation) is sent upright, as the records and the model see it.
 
     >>> image_data_url(_tiny_png())[:22]
     'data:image/png;base64,'
@@ -72,7 +74,9 @@ def image_data_url(data: bytes, *, max_side: int = 0) -> str:
     with Image.open(io.BytesIO(data)) as image:
         fmt = (image.format or "").lower()
         too_big = max_side > 0 and max(image.size) > max_side
-        if too_big or fmt not in ("png", "jpeg", "webp", "gif"):
+        turned = orientation(image) != 1  # sent upright: the boxes are of the image as displayed (vcot.io.images)
+        if too_big or turned or fmt not in ("png", "jpeg", "webp", "gif"):
+            image = upright(image)
             converted = image.convert("RGBA" if "A" in image.getbands() else "RGB")
             if too_big:
                 converted.thumbnail((max_side, max_side), Image.LANCZOS)
@@ -97,7 +101,7 @@ def crop_zoom(data: bytes, box: Sequence[int], *, size: int, margin: float = 0.1
     (32, 64)
     """
     with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
+        image = upright(image).convert("RGB")
         width, height = image.size
         x1, y1, x2, y2 = norm1000_to_pixels(box, width, height)
         dx, dy = (x2 - x1) * margin, (y2 - y1) * margin

@@ -55,7 +55,46 @@ def load_rgb(uri: str | Image.Image) -> Image.Image:
     if isinstance(uri, Image.Image):
         return to_rgb(uri)
     with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
-        return to_rgb(image)
+        return to_rgb(upright(image))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as it is displayed: its EXIF orientation (a phone's portrait photo is stored sideways) applied, as
+    transformers' ``load_image`` and vLLM apply it when they serve the model, so that training sees what serving
+    sees. Record sizes and boxes are in this orientation (:func:`displayed_size`).
+
+    >>> from PIL import Image
+    >>> sideways = Image.new("RGB", (4, 2)); sideways.getexif()[ORIENTATION] = 6
+    >>> upright(sideways).size
+    (2, 4)
+    """
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(image) if orientation(image) != 1 else image
+
+
+ORIENTATION = 0x0112
+"""The EXIF tag of an image's orientation: 1 as stored, 2-8 flipped or turned (5-8 swap width and height)."""
+
+
+def displayed_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of ``image`` as displayed (:func:`upright`), read from its header: no pixel decoded.
+
+    >>> from PIL import Image
+    >>> sideways = Image.new("RGB", (4, 2)); sideways.getexif()[ORIENTATION] = 8
+    >>> displayed_size(sideways), displayed_size(Image.new("RGB", (4, 2)))
+    ((2, 4), (4, 2))
+    """
+    width, height = image.size
+    return (height, width) if orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def orientation(image: Image.Image) -> int:
+    """``image``'s EXIF orientation from what its header held: 1 (as stored) without one. A PNG whose EXIF chunk
+    comes after its pixels counts as 1: reading it would decode the image, and sizes are read from headers alone."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return int(image.getexif().get(ORIENTATION, 1))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
