@@ -212,7 +212,7 @@ def test_bad_rows_are_rejected_with_a_reason_each_never_a_traceback(tmp_path: Pa
     import pyarrow.parquet as pq
 
     _write(tmp_path, [])  # the images
-    rows = _bad_rows()
+    rows = {name: ({**row, "id": name}, reason) for name, (row, reason) in _bad_rows().items()}  # ids: one each
     folder = tmp_path / "in"
     folder.mkdir()
     if layout == "parquet":
@@ -289,7 +289,8 @@ def test_a_shard_that_accepts_none_of_its_items_is_refused_one_that_owns_none_co
     Of a one-item input, shard 1 owns nothing: it commits its empty part so that the set completes."""
     good = json.loads(docs_example()[0])
     bad = {**good, "image": "photos/dog.png"}
-    data = _write(tmp_path, [bad, good, bad, good])
+    items = [{**item, "id": f"item-{n}"} for n, item in enumerate([bad, good, bad, good])]
+    data = _write(tmp_path, items)
     output = str(tmp_path.parent / f"{tmp_path.name}-sharded")
     config = ConvertConfig(source="records", input=data, output=output, num_shards=2, shard_index=0)
     refusal = r"none of the 2 items of .* \(shard 0 of 2\) was accepted as --source records: missing_image 2"

@@ -11,6 +11,7 @@ import codecs
 import gc
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,21 +68,49 @@ def ijson_backend() -> Any:
         return ijson
 
 
+_COUNTED_REPLACE = "vcot.counted_replace"
+"""The codec error handler :class:`Utf8Repair` decodes with: ``replace``, counting each replacement per thread, so
+that a stream knows whether it replaced a byte (a U+FFFD the file really holds is no replacement)."""
+_counts = threading.local()
+
+
+def _replace_counting(error: UnicodeError) -> tuple[str, int]:
+    _counts.replaced = _replacements_in_this_thread() + 1
+    return "\ufffd", error.end  # type: ignore[attr-defined]
+
+
+def _replacements_in_this_thread() -> int:
+    return getattr(_counts, "replaced", 0)
+
+
+codecs.register_error(_COUNTED_REPLACE, _replace_counting)
+
+
 class Utf8Repair:
-    """A byte stream re-encoded with undecodable bytes replaced by U+FFFD.
+    """A byte stream re-encoded with undecodable bytes replaced by U+FFFD (and a leading byte-order mark dropped).
 
     yajl stops the whole parse at the first invalid UTF-8 byte; behind this wrapper the parse goes on
     and only the record holding the bad bytes is rejected (``bad_encoding``). Valid UTF-8 passes
-    through unchanged.
+    through unchanged. ``repaired`` says whether a byte has been replaced so far: until then a U+FFFD in
+    the text is a real character of the file (an OCR result, say), not a sign of bad bytes.
+
+    >>> import io
+    >>> stream = Utf8Repair(io.BytesIO(codecs.BOM_UTF8 + "caf\ufffd".encode()))
+    >>> stream.read().decode(), stream.repaired
+    ('caf\ufffd', False)
+    >>> stream = Utf8Repair(io.BytesIO(b"caf\\xe9"))
+    >>> stream.read().decode(), stream.repaired
+    ('caf\ufffd', True)
     """
 
     def __init__(self, source: IO[bytes], chunk_size: int = 1 << 16) -> None:
         self._source = source
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")(errors=_COUNTED_REPLACE)  # -sig: a BOM goes
         self._chunk_size = chunk_size
         self._pending = b""
         self._offset = 0
         self._done = False
+        self.repaired = False
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
@@ -89,11 +118,14 @@ class Utf8Repair:
         while self._offset >= len(self._pending) and not self._done:
             chunk = self._source.read(self._chunk_size)
             self._done = not chunk
+            before = _replacements_in_this_thread()
             self._pending = self._decoder.decode(chunk, final=self._done).encode("utf-8")
+            self.repaired = self.repaired or _replacements_in_this_thread() != before
             self._offset = 0
         data = self._pending[self._offset : self._offset + size]
         self._offset += len(data)
         return data
+
 
 
 def require_input(uri: str, what: str) -> None:
@@ -123,8 +155,15 @@ def iter_json_array(uri: str, prefix: str = "item", *, start: int = 0) -> Iterat
     ``start``: the byte offset of an element to resume from (what :mod:`vcot.convert.array_chunks` found);
     the items before it are not read. A syntax error (a truncated download, a file that is not JSON)
     stops with a :class:`VcotError` naming the file: a partial conversion of a broken file must not be
-    committed as if it were complete.
+    committed as if it were complete. A leading UTF-8 byte-order mark is skipped.
     """
+    yield from _json_array(uri, prefix, start, None)
+
+
+def _json_array(
+    uri: str, prefix: str, start: int, seen: Callable[[Utf8Repair], None] | None
+) -> Iterator[Any]:
+    """:func:`iter_json_array`; ``seen`` is handed the repairing stream, to ask whether bytes were replaced."""
     import ijson
 
     backend = ijson_backend()
@@ -132,6 +171,8 @@ def iter_json_array(uri: str, prefix: str = "item", *, start: int = 0) -> Iterat
         if start:
             handle.seek(start)
         stream = Utf8Repair(_Prefixed(b"[", handle) if start else handle)
+        if seen is not None:
+            seen(stream)
         try:
             yield from backend.items(stream, prefix, use_float=True)
         except ijson.JSONError as exc:
@@ -189,6 +230,8 @@ def iter_jsonl(uri: str) -> Iterator[Any | BadLine]:
     """
     with storage.open_uri(uri, "rb", compression="infer_from_extension") as handle:
         for line_number, line in enumerate(handle, start=1):
+            if line_number == 1 and line.startswith(codecs.BOM_UTF8):  # Windows editors write one; JSON refuses it
+                line = line[len(codecs.BOM_UTF8) :]
             if not line.strip():
                 continue
             try:
@@ -215,6 +258,23 @@ def iter_json_items(uri: str) -> Iterator[Any | BadLine]:
     if name.endswith((".jsonl", ".jsonl.gz")):
         return iter_jsonl(uri)
     return iter_json_array(uri)
+
+
+def iter_json_items_marked(uri: str) -> Iterator[tuple[Any | BadLine, bool]]:
+    """:func:`iter_json_items` as ``(item, whether its strings may hold U+FFFD put in for invalid bytes)``.
+
+    A JSONL line with invalid bytes is a :class:`BadLine` (never an item); an array's bytes are repaired
+    (:class:`Utf8Repair`), so its items are marked once the file has had a byte replaced: a U+FFFD before
+    that is a character the file really holds.
+    """
+    name = uri.rsplit("/", 1)[-1]
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        for item in iter_jsonl(uri):
+            yield item, False
+        return
+    streams: list[Utf8Repair] = []
+    for item in _json_array(uri, "item", 0, streams.append):
+        yield item, streams[0].repaired
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import posixpath
 import re
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -32,7 +34,7 @@ from vcot.convert.common import (
     Rejection,
     clean_text,
     has_bad_encoding,
-    iter_json_items,
+    iter_json_items_marked,
     iter_parquet_rows,
     owned,
     require_input,
@@ -51,6 +53,8 @@ it locates (a pure grounding item, "Find the cat" -> a box, answers ``cat``), co
 quality report; ``reject`` rejects it as ``no_answer``."""
 SWIFT_BBOX_TYPES = {"real": "pixels", "norm1": "norm1", "norm1000": "norm1000"}
 """ms-swift's ``bbox_type`` -> the frame its values are read in (ms-swift itself knows ``real`` and ``norm1``)."""
+SWIFT_NORM1_FIX = 'give the item objects.bbox_type "norm1" (ms-swift reads a missing bbox_type as "real": pixels)'
+CHAT_NORM1_FIX = "--bbox-2d-frame has no 0-1 frame: multiply the values by 1000 and pass --bbox-2d-frame norm1000"
 QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
 """The image geometry Qwen2.5-VL's released processor resizes with: the frame of ``qwen2.5-resized`` boxes."""
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
@@ -85,12 +89,16 @@ def input_files(uri: str) -> list[str]:
     return files
 
 
-def iter_raw(files: list[str]) -> Iterator[tuple[str, int, Any]]:
-    """``(file, position in the file, item or BadLine)`` of every input item, file by file."""
+def iter_raw(files: list[str]) -> Iterator[tuple[str, int, Any, bool]]:
+    """``(file, position in the file, item or BadLine, whether it may hold repaired bytes)`` of every input item,
+    file by file. Parquet strings are valid UTF-8 (pyarrow refuses the file otherwise): never repaired."""
     for file_uri in files:
-        items = iter_parquet_rows(file_uri) if file_uri.endswith(".parquet") else iter_json_items(file_uri)
-        for position, item in enumerate(items):
-            yield file_uri, position, item
+        if file_uri.endswith(".parquet"):
+            items: Iterator[tuple[Any, bool]] = ((row, False) for row in iter_parquet_rows(file_uri))
+        else:
+            items = iter_json_items_marked(file_uri)
+        for position, (item, repaired) in enumerate(items):
+            yield file_uri, position, item, repaired
 
 
 def file_stem(uri: str) -> str:
@@ -105,29 +113,53 @@ def file_stem(uri: str) -> str:
     return name
 
 
+def file_key(uri: str, folder: str | None) -> str:
+    """What names ``uri`` in ids: its path under the input ``folder`` without the extension, so that
+    ``a/train.jsonl`` and ``b/train.jsonl`` differ; the stem for a file given as ``--input`` (``folder`` None).
+
+    >>> file_key("s3://b/own/a/train.jsonl", "s3://b/own/"), file_key("s3://b/own/x.json", None)
+    ('a/train', 'x')
+    """
+    if folder is None:
+        return file_stem(uri)
+    for root in {folder.rstrip("/"), storage.canonical(folder).rstrip("/"), str(storage.local_path(folder))}:
+        if uri.startswith(f"{root}/"):
+            inner = uri[len(root) + 1 :]
+            return posixpath.join(posixpath.dirname(inner), file_stem(inner))
+    return file_stem(uri)
+
+
 # --------------------------------------------------------------------------------------------------
 # Boxes
 # --------------------------------------------------------------------------------------------------
 
 
-def to_house(values: Any, frame: str, width: int, height: int) -> IntBox:
+def to_house(values: Any, frame: str, width: int, height: int, fix: str = "write them in the frame") -> IntBox:
     """One box read in ``frame`` (``pixels``, ``qwen2.5-resized``, ``norm1``, ``norm1000``) as a house box.
 
-    Values a little outside the image are clamped, more is ``box_outside_image`` (as for VisCOT).
+    Values a little outside the image are clamped, more is ``box_outside_image`` (as for VisCOT). 0-1 fractions in
+    any other frame than ``norm1`` are ``box_looks_normalized``, with ``fix`` (the setting that reads them) as the
+    detail: read as they are, they would be a box of a pixel or less.
 
     >>> to_house([50, 25, 100, 50], "pixels", 200, 100), to_house([0.25, 0.25, 0.5, 0.5], "norm1", 200, 100)
     ((250, 250, 500, 500), (250, 250, 500, 500))
     >>> to_house([56, 28, 112, 56], "qwen2.5-resized", 200, 100)  # Qwen2.5-VL resizes 200x100 to 196x112
     (286, 250, 571, 500)
+    >>> to_house([0.1, 0.2, 0.8, 0.9], "pixels", 200, 100, fix="set bbox_type: norm1")
+    Traceback (most recent call last):
+    ...
+    vcot.convert.own_records.Unusable: box [0.1, 0.2, 0.8, 0.9] (pixels) looks like 0-1 fractions: set bbox_type: norm1
     """
     if not isinstance(values, (list, tuple)) or len(values) != 4:
         raise Unusable("bad_box", f"a box must be 4 numbers, got {values!r}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise Unusable("bad_box", f"a box must be 4 numbers, got {values!r}")
+    if frame != "norm1" and looks_normalized(values):
+        raise Unusable("box_looks_normalized", f"box {list(values)} ({frame}) looks like 0-1 fractions: {fix}")
     if frame == "pixels":
         frame_w, frame_h = width, height
     elif frame == "qwen2.5-resized":
-        frame_w, frame_h = QWEN25_VISION.resized(width, height)
+        frame_w, frame_h = qwen25_resized(width, height)
     else:
         values = [v * 1000 for v in values] if frame == "norm1" else list(values)
         frame_w = frame_h = 1000
@@ -139,6 +171,32 @@ def to_house(values: Any, frame: str, width: int, height: int) -> IntBox:
     if reason is not None:
         raise Unusable(f"{reason}_box", f"box {list(values)} ({frame}) is {box} in 0-1000: {reason}")
     return box
+
+
+def looks_normalized(values: list[Any] | tuple[Any, ...]) -> bool:
+    """Whether four numbers are 0-1 fractions (all within 0-1, one at least not whole): no pixel or 0-1000 box.
+
+    >>> looks_normalized([0.1, 0.2, 0.8, 0.9]), looks_normalized([0, 0, 1, 1]), looks_normalized([10, 10, 10.4, 11])
+    (True, False, False)
+    """
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+    return (
+        len(numbers) == 4
+        and all(0 <= v <= 1 for v in numbers)
+        and any(not float(v).is_integer() for v in numbers)
+    )
+
+
+def qwen25_resized(width: int, height: int) -> tuple[int, int]:
+    """The image's size as Qwen2.5-VL's processor resizes it; ``extreme_aspect_ratio`` when it refuses the image."""
+    try:
+        return QWEN25_VISION.resized(width, height)
+    except ValueError as exc:  # one image's shape, not the stage's settings: reject the item, go on
+        raise Unusable(
+            "extreme_aspect_ratio",
+            f"the image is {width}x{height} ({exc}): Qwen's processor refuses an aspect ratio over 200, so it "
+            "has no qwen2.5-resized frame (crop or pad the image, or give its boxes in pixels)",
+        ) from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,7 +236,8 @@ _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "ass
 
 
 def _content(content: Any, images: list[Any]) -> str:
-    """A turn's text; image parts (``{"type": "image", "image": ...}``) are appended to ``images``."""
+    """A turn's text; image parts that name an image (``{"type": "image", "image": ...}``) are appended to
+    ``images``. A bare ``{"type": "image"}`` (Hugging Face, TRL) only marks where the ``images`` column's image goes."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -190,7 +249,9 @@ def _content(content: Any, images: list[Any]) -> str:
         if part.get("type") == "text":
             texts.append(str(part.get("text") or ""))
         elif part.get("type") == "image":
-            images.append(part.get("image") or part.get("url") or part.get("path"))
+            named = part.get("image") or part.get("url") or part.get("path")
+            if named:
+                images.append(named)
     return "".join(texts)
 
 
@@ -250,18 +311,56 @@ def answer_and_target(
 
 
 def vcot_fields(item: dict[str, Any]) -> dict[str, Any]:
-    """Our record schema: taken as it is (the quality filter checks its boxes and rationale)."""
+    """Our record schema: boxes rounded to integers, the answer and final ``Answer:`` line as for the other layouts
+    (:func:`answer_and_target`); the quality filter then checks its boxes and rationale."""
     objects = item.get("objects") or []
     if not isinstance(objects, list) or not all(isinstance(o, dict) for o in objects):
         raise Unusable("bad_objects", "objects is not a list of {ref, box}")
     answer = item.get("answer")
+    answer = str(answer).strip() if answer is not None else ""
+    rationale = _integer_mentions(str(item.get("rationale") or ""))
+    if rationale.strip():
+        answer, rationale, _ = answer_and_target(item, rationale, [])  # refs: [] -- no answer is missing_answer
     return {
         "question": clean_text(item.get("question")),
-        "answer": str(answer).strip() if answer is not None else "",
-        "objects": [{"ref": str(o.get("ref") or ""), "box": o.get("box")} for o in objects],
-        "rationale": str(item.get("rationale") or ""),
+        "answer": answer,
+        "objects": [{"ref": str(o.get("ref") or ""), "box": _integer_box(o.get("box"))} for o in objects],
+        "rationale": rationale,
         "needs_distillation": bool(item.get("needs_distillation")),
     }
+
+
+def _integer_box(box: Any) -> Any:
+    """Four finite numbers rounded to integers (the house frame is integers 0-1000); anything else as it is, for
+    the quality filter to reject. 0-1 fractions are ``box_looks_normalized``: rounded, they would be a dot.
+
+    >>> _integer_box([100.4, 200.6, 500, 600]), _integer_box([None, 1, 2, 3])
+    ([100, 201, 500, 600], [None, 1, 2, 3])
+    """
+    if not isinstance(box, list) or len(box) != 4:
+        return box
+    if looks_normalized(box):
+        raise Unusable("box_looks_normalized", f"box {box} looks like 0-1 fractions: our schema's boxes are 0-1000 "
+                       "of the original image (multiply by 1000)")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+    return [round(v) for v in box] if numbers else box
+
+
+def _integer_mentions(rationale: str) -> str:
+    """``rationale`` with each house box that holds a fraction rewritten with the integers it is read as.
+
+    >>> _integer_mentions("The <ref>cat</ref><box>[100.4, 200, 500, 600]</box> sits.")
+    'The <ref>cat</ref><box>[100, 200, 500, 600]</box> sits.'
+    """
+    if "." not in rationale:
+        return rationale
+    out, cursor = [], 0
+    for found in parse_grounded(rationale).boxes:
+        start, end = found.span
+        if "." in rationale[start:end]:
+            out += [rationale[cursor:start], render_grounded(found.ref, found.box)]
+            cursor = end
+    return "".join(out) + rationale[cursor:]
 
 
 def swift_fields(
@@ -277,7 +376,7 @@ def swift_fields(
         raise Unusable("bad_bbox_type", f"bbox_type {bbox_type!r} is not one of {', '.join(SWIFT_BBOX_TYPES)}")
     if any(image_id not in (0, None) for image_id in image_ids):
         raise Unusable("multiple_images", "objects refer to a second image: one image per record")
-    house = [to_house(box, SWIFT_BBOX_TYPES[bbox_type], width, height) for box in boxes]
+    house = [to_house(box, SWIFT_BBOX_TYPES[bbox_type], width, height, SWIFT_NORM1_FIX) for box in boxes]
     next_ref, next_box = itertools.count(), itertools.count()
 
     def ref_at(position: int) -> str:
@@ -315,17 +414,17 @@ def chat_fields(
 ) -> dict[str, Any]:
     """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions."""
     parsed = parse_grounded(assistant, "json", upper=float("inf"))
-    if parsed.invalid:
-        bad = parsed.invalid[0]
-        reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
-        raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
+    for bad in parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little past the edge is fine
+        if bad.reason != "out_of_range":
+            reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
+            raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
     spans: dict[tuple[int, int], list[str]] = {}
     objects = []
-    for found in parsed.boxes:  # the parse rounded values to integers: read the raw numbers again from the span
-        values = _raw_bbox_2d(assistant[found.span[0] : found.span[1]], len(spans.get(found.span, [])))
-        box = to_house(values, frame, width, height)
-        spans.setdefault(found.span, []).append(render_grounded(found.ref, box))
-        objects.append({"ref": found.ref or "", "box": list(box)})
+    for span in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]}):
+        for ref, values in _raw_bbox_2d(assistant[span[0] : span[1]]):  # unrounded, in the JSON's order
+            box = to_house(values, frame, width, height, CHAT_NORM1_FIX)
+            spans.setdefault(span, []).append(render_grounded(ref, box))
+            objects.append({"ref": ref or "", "box": list(box)})
     out, cursor = [], 0
     for (start, end), mentions in sorted(spans.items()):
         out += [assistant[cursor:start], " ".join(mentions)]
@@ -336,16 +435,37 @@ def chat_fields(
             "answer_from_refs": from_refs}
 
 
-def _raw_bbox_2d(json_text: str, which: int) -> list[Any]:
-    """The ``which``-th ``bbox_2d`` of one JSON value (a box object or a list of them), unrounded."""
+def _raw_bbox_2d(json_text: str) -> list[tuple[str | None, Any]]:
+    """``(label, bbox_2d)`` of each box of one JSON value (a box object or a list of them), unrounded, labels read
+    as :func:`vcot.grounding.boxes.parse_grounded` reads them."""
     value = json.loads(json_text)
     items = value if isinstance(value, list) else [value]
-    return [item["bbox_2d"] for item in items if isinstance(item, dict) and "bbox_2d" in item][which]
+    boxes = [item for item in items if isinstance(item, dict) and "bbox_2d" in item]
+    return [(str(box["label"]).strip() or None if box.get("label") is not None else None, box["bbox_2d"])
+            for box in boxes]
 
 
 # --------------------------------------------------------------------------------------------------
 # One item -> one record
 # --------------------------------------------------------------------------------------------------
+
+
+def resolve(root: str, relative: str) -> str:
+    """``relative`` under ``root`` with ``.`` and ``..`` worked out: S3 refuses keys holding them (and the refusal
+    stops the stage); ``bad_image_path`` for one that leads above the bucket.
+
+    >>> resolve("s3://b/own", "./photos/../x.png"), resolve("s3://b/own", "../x.png"), resolve("own", "./x.png")
+    ('s3://b/own/x.png', 's3://b/x.png', 'own/x.png')
+    """
+    joined = storage.join(root, relative)
+    scheme, found, rest = joined.partition("://")
+    if not found:
+        return posixpath.normpath(joined)
+    bucket, _, key = rest.partition("/")  # file:///tmp/x: no bucket, the key is tmp/x
+    key = posixpath.normpath(key)
+    if key == ".." or key.startswith("../"):
+        raise ImageProblem("bad_image_path", f"{relative} leads above {scheme}://{bucket} from {root}: fix the path")
+    return f"{scheme}://{bucket}/{key}"
 
 
 class OwnRecordConverter:
@@ -356,6 +476,9 @@ class OwnRecordConverter:
         self.embedded = embedded
         self.bbox_2d_frame = bbox_2d_frame
         self.missing_answer = missing_answer
+        self.first_with_id: dict[str, str] = {}
+        """Record id -> the item that had it first. Per process: a sharded run deals items round-robin to its shards,
+        so a repeat that falls to another shard is not seen here (within a shard, --workers does not split records)."""
 
     def image(self, value: Any) -> tuple[str, tuple[int, int]]:
         """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
@@ -372,19 +495,28 @@ class OwnRecordConverter:
         problem = storage.uri_problem(value)
         if problem is not None:  # s3:/bucket/x.png, s3://, gs://...: this item's path, not the stage's settings
             raise ImageProblem("bad_image_path", problem)
-        uri = storage.canonical(value) if "://" in value or value.startswith("/") else storage.join(self.images, value)
+        uri = storage.canonical(value) if "://" in value or value.startswith("/") else resolve(self.images, value)
         return uri, size_from_uri(uri)
 
-    def convert(self, index: int, item: Any, source_file: str, position: int) -> Item:
+    def convert(
+        self, index: int, item: Any, source_file: str, position: int, key: str | None = None, repaired: bool = False
+    ) -> Item:
+        """One item as a record or a rejection; ``key`` names the file in ids (:func:`file_key`), ``repaired``: the
+        item may hold U+FFFD put in for invalid bytes (:func:`vcot.convert.common.iter_json_items_marked`)."""
         stem = file_stem(source_file)
         if not isinstance(item, dict):
             return Rejection("not_an_object", f"item is {type(item).__name__}", index, subset=stem, raw=item)
         subset = str(item.get("subset") or stem)
         raw_id = item.get("id")
         has_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id)
-        record_id = f"records:{raw_id}" if has_id else f"records:{stem}:{position}"
+        record_id = f"records:{raw_id}" if has_id else f"records:{key or stem}:{position}"
+        where = f"item {position} of {source_file}"
+        first = self.first_with_id.setdefault(record_id, where)
         try:
-            record = self._record(item, record_id, subset)
+            if first != where:  # evaluation joins predictions to records by id: two records, one id, a wrong score
+                raise Unusable("duplicate_id", f"id {record_id} was already given to {first}: give every item an "
+                               "id of its own, unique across all the input files")
+            record = self._record(item, record_id, subset, repaired)
         except (Unusable, ImageProblem) as problem:
             return Rejection(problem.reason, problem.detail, index, id=record_id, subset=subset, raw=item)
         record["provenance"] = json_safe({
@@ -399,7 +531,7 @@ class OwnRecordConverter:
         })
         return record
 
-    def _record(self, item: dict[str, Any], record_id: str, subset: str) -> dict[str, Any]:
+    def _record(self, item: dict[str, Any], record_id: str, subset: str, repaired: bool) -> dict[str, Any]:
         layout = layout_of(item)
         if layout is None:
             raise Unusable("unknown_layout", "no rationale (our schema), objects.bbox (ms-swift) or messages (chat)")
@@ -423,8 +555,9 @@ class OwnRecordConverter:
             fields = swift_fields(item, user, assistant, width, height, self.missing_answer)
         else:
             fields = chat_fields(item, user, assistant, width, height, self.bbox_2d_frame, self.missing_answer)
-        if has_bad_encoding(fields["question"], fields["answer"], fields["rationale"]):
-            raise Unusable("bad_encoding", "the item holds bytes that are not valid UTF-8")
+        if repaired and has_bad_encoding(fields["question"], fields["answer"], fields["rationale"]):
+            raise Unusable("bad_encoding", "the item holds U+FFFD and its JSON file has bytes that are not valid UTF-8 "
+                           "(read as U+FFFD): write the file as UTF-8")
         choices = item.get("choices")
         choices_ok = isinstance(choices, list) and bool(choices) and all(isinstance(c, str) for c in choices)
         answer_index = item.get("answer_index")
@@ -480,15 +613,17 @@ def iter_items(
     missing_answer: MissingAnswer = "refs",
 ) -> Iterator[Item]:
     files = input_files(input_uri)
-    folder = storage.parent(input_uri) if input_uri.endswith(FILE_SUFFIXES) else input_uri
+    given_file = input_uri.endswith(FILE_SUFFIXES)
+    folder = storage.parent(input_uri) if given_file else input_uri
+    keys = {file_uri: file_key(file_uri, None if given_file else input_uri) for file_uri in files}
     converter = OwnRecordConverter(
         images=images or folder,
         embedded=storage.join(output, "images"),
         bbox_2d_frame=bbox_2d_frame,
         missing_answer=missing_answer,
     )
-    for index, (file_uri, position, item) in owned(iter_raw(files), owns):
+    for index, (file_uri, position, item, repaired) in owned(iter_raw(files), owns):
         if isinstance(item, BadLine):
             yield Rejection(item.reason, item.detail, index, subset=file_stem(file_uri), raw=item.raw)
         else:
-            yield converter.convert(index, item, file_uri, position)
+            yield converter.convert(index, item, file_uri, position, keys[file_uri], repaired)
