@@ -476,9 +476,10 @@ class OwnRecordConverter:
         self.embedded = embedded
         self.bbox_2d_frame = bbox_2d_frame
         self.missing_answer = missing_answer
-        self.first_with_id: dict[str, str] = {}
-        """Record id -> the item that had it first. Per process: a sharded run deals items round-robin to its shards,
-        so a repeat that falls to another shard is not seen here (within a shard, --workers does not split records)."""
+        self.first_with_id: dict[str, tuple[str, int]] = {}
+        """Record id -> (file, position) of the item that had it first (about 150 bytes a record). Per process: a
+        sharded run deals items round-robin to its shards, so a repeat that falls to another shard is not seen here
+        (within a shard, --workers does not split records)."""
 
     def image(self, value: Any) -> tuple[str, tuple[int, int]]:
         """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
@@ -510,12 +511,11 @@ class OwnRecordConverter:
         raw_id = item.get("id")
         has_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id)
         record_id = f"records:{raw_id}" if has_id else f"records:{key or stem}:{position}"
-        where = f"item {position} of {source_file}"
-        first = self.first_with_id.setdefault(record_id, where)
+        first = self.first_with_id.setdefault(record_id, (source_file, position))  # the file's one string, shared
         try:
-            if first != where:  # evaluation joins predictions to records by id: two records, one id, a wrong score
-                raise Unusable("duplicate_id", f"id {record_id} was already given to {first}: give every item an "
-                               "id of its own, unique across all the input files")
+            if first != (source_file, position):  # evaluation joins predictions to records by id: a wrong score
+                raise Unusable("duplicate_id", f"id {record_id} was already given to item {first[1]} of {first[0]}: "
+                               "give every item an id of its own, unique across all the input files")
             record = self._record(item, record_id, subset, repaired)
         except (Unusable, ImageProblem) as problem:
             return Rejection(problem.reason, problem.detail, index, id=record_id, subset=subset, raw=item)
