@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from vcot.grounding.boxes import format_box, norm1000_to_pixels
-from vcot.io.images import orientation, upright
+from vcot.io.images import orientation, to_rgb, upright
 
 Message = dict[str, Any]
 
@@ -76,8 +76,7 @@ def image_data_url(data: bytes, *, max_side: int = 0) -> str:
         too_big = max_side > 0 and max(image.size) > max_side
         turned = orientation(image) != 1  # sent upright: the boxes are of the image as displayed (vcot.io.images)
         if too_big or turned or fmt not in ("png", "jpeg", "webp", "gif"):
-            image = upright(image)
-            converted = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+            converted = to_rgb(upright(image))
             if too_big:
                 converted.thumbnail((max_side, max_side), Image.LANCZOS)
             buffer = io.BytesIO()
@@ -101,7 +100,7 @@ def crop_zoom(data: bytes, box: Sequence[int], *, size: int, margin: float = 0.1
     (32, 64)
     """
     with Image.open(io.BytesIO(data)) as image:
-        image = upright(image).convert("RGB")
+        image = to_rgb(upright(image))
         width, height = image.size
         x1, y1, x2, y2 = norm1000_to_pixels(box, width, height)
         dx, dy = (x2 - x1) * margin, (y2 - y1) * margin

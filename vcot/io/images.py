@@ -94,24 +94,21 @@ def orientation(image: Image.Image) -> int:
     comes after its pixels counts as 1: reading it would decode the image, and sizes are read from headers alone."""
     if image.format == "PNG" and "exif" not in image.info:
         return 1
-    return int(image.getexif().get(ORIENTATION, 1))
+    value = image.getexif().get(ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1  # what PIL's exif_transpose acts on
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB: transparency laid on white, as transformers' and qwen-vl-utils' loaders do (PIL's
-    own ``convert`` drops the alpha, so a transparent background turns black), and 16-bit grey scaled to 8 bits
-    (``convert`` clips it, so most of the image turns white).
+    """``image`` as RGB, transparency laid on white: as the Qwen image processors' ``convert_to_rgb``, vLLM and
+    qwen-vl-utils do when the model is served (PIL's own ``convert`` drops the alpha: a transparent background turns
+    black). Other modes as PIL converts them, as those loaders do too (16-bit grey is clipped, not scaled).
 
     >>> from PIL import Image
     >>> to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0))).getpixel((0, 0))
     (255, 255, 255)
-    >>> to_rgb(Image.new("I;16", (1, 1), 32896)).getpixel((0, 0))
-    (128, 128, 128)
     """
     from PIL import Image
 
-    if image.mode.startswith("I") and (image.mode != "I" or image.getextrema()[1] > 255):  # 16-bit grey
-        image = image.convert("I").point(lambda value: value * (1 / 257)).convert("L")
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
