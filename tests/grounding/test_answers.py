@@ -47,6 +47,9 @@ GROUNDED = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is on the table.\nAn
         ("Answer: 2-3", {"answer": "23"}, False),
         ("Answer: 1,000", {"answer": "1000"}, True),
         ("Answer: 3.", {"answer": "3"}, True),
+        ("Answer: .5", {"answer": "0.5"}, False),
+        ("Answer: -.5", {"answer": "5"}, False),
+        ("Answer: .5", {"answer": ".5"}, True),
         # choices without an answer_index: the index is read from the stored answer, as the GRPO reward reads it
         ("Answer: dog", {"answer": "B", "choices": ["cat", "dog"]}, True),
         ("Answer: (B) dog", {"answer": "B", "choices": ["cat", "dog"]}, True),
@@ -96,6 +99,10 @@ def test_contains_answer(final: str, truth: str, contained: bool) -> None:
         ("(A) dog", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}),
         ("A", {"answer": "dog", "choices": ["cat", "dog"], "answer_index": 1}),
         ("window", {"answer": "Window"}),
+        # choices without answer_index: a multiple-choice record all the same, never a verbose answer naming both
+        ("red or blue", {"answer": "blue", "choices": ["red", "blue"]}),
+        ("(B)", {"answer": "blue", "choices": ["red", "blue"]}),
+        ("A", {"answer": "A"}),
     ],
 )
 def test_distill_accepts_every_answer_evaluate_scores_correct_and_no_exact_answer_it_scores_wrong(

@@ -21,7 +21,7 @@ _ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
 _TAGS = re.compile(r"<ref>|</ref>|<box>[^<]*</box>|<[^>]*>")
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(
-    r"(?P<number>(?<=\d)[./-](?=\d)|(?<![\w.])-(?=\d))|[%s]" % re.escape(string.punctuation)
+    r"(?P<number>(?<=\d)[./-](?=\d)|(?<![\w.])-(?=\.?\d)|(?<![\w.])\.(?=\d))|[%s]" % re.escape(string.punctuation)
 )
 """Punctuation to drop, except a number's own marks (``3.5``, ``1/4``, ``-3``, ``2-3``): without them 3.5 would
 equal 35."""
@@ -65,6 +65,8 @@ def normalize_answer(text: str) -> str:
     'redgear'
     >>> normalize_answer("2 apples"), normalize_answer("3.5."), normalize_answer("-1/4"), normalize_answer("1,000")
     ('2 apples', '3.5', '-1/4', '1000')
+    >>> normalize_answer(".5"), normalize_answer("-.5")
+    ('.5', '-.5')
     >>> normalize_answer("the <ref>red car</ref><box>[1, 2, 3, 4]</box>"), normalize_answer("A")
     ('red car', 'a')
     """
