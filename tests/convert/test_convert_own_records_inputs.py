@@ -114,13 +114,15 @@ def test_dots_in_relative_image_paths_on_s3_do_not_stop_the_stage(real_s3: str) 
     storage.write_bytes(f"{real_s3}/shared/cat.png", png((300, 300)))
     items = [_swift([30, 60, 240, 270], id="dots", images=["sub/../photos/./cat.png"]),
              _swift([30, 60, 240, 270], id="above", images=["../shared/cat.png"]),
-             _swift([30, 60, 240, 270], id="bucket", images=["../../../../x.png"])]  # own, <test>, tests
+             _swift([30, 60, 240, 270], id="bucket", images=["../../../../x.png"]),  # own, <test>, tests
+             _swift([30, 60, 240, 270], id="absolute", images=[f"{real_s3}/own/sub/../photos/cat.png"])]
     storage.write_text(f"{real_s3}/own/own.jsonl", "".join(json.dumps(item) + "\n" for item in items))
     output = f"{real_s3}/out"
     convert(ConvertConfig(source="records", input=f"{real_s3}/own/own.jsonl", output=output, val_fraction=0.0))
     accepted, rejected = _read(output)
     assert {r["id"]: r["image"] for r in accepted} == {
-        "records:dots": f"{real_s3}/own/photos/cat.png", "records:above": f"{real_s3}/shared/cat.png"
+        "records:dots": f"{real_s3}/own/photos/cat.png", "records:above": f"{real_s3}/shared/cat.png",
+        "records:absolute": f"{real_s3}/own/photos/cat.png",
     }
     assert rejected["records:bucket"][0] == "bad_image_path"
 
@@ -212,6 +214,10 @@ def test_our_schema_gets_its_answer_line_and_integer_boxes(tmp_path: Path) -> No
         _ours([100.4, 200.6, 500.2, 600.9], "The <ref>cat</ref><box>[100.4, 200.6, 500.2, 600.9]</box>. Answer: left",
               id="floats", answer="left"),
         _ours([100, 200, 500, 600], "The <ref>cat</ref><box>[100, 200, 500, 600]</box> is on the left.", id="none"),
+        _ours([100, 200, 500, 600], "The <ref>cat</ref><box>[100, 200, 500, 600]</box> is left. answer : left",
+              id="lower-case-marker", answer="left"),  # read as evaluate reads it: no second Answer: line
+        _ours([100, 200, 500, 600], "The <ref>cat</ref><box>[0.1, 0.2, 0.8, 0.9]</box> is left. Answer: left",
+              id="fractions-in-rationale"),
     ]
     accepted, rejected = _run(tmp_path, items)
     by_id = {r["id"]: r for r in accepted}
@@ -222,6 +228,8 @@ def test_our_schema_gets_its_answer_line_and_integer_boxes(tmp_path: Path) -> No
     assert by_id["records:floats"]["objects"] == [{"ref": "cat", "box": [100, 201, 500, 601]}]
     assert by_id["records:floats"]["rationale"] == "The <ref>cat</ref><box>[100, 201, 500, 601]</box>. Answer: left"
     assert rejected["records:none"][0] == "missing_answer"
+    assert by_id["records:lower-case-marker"]["rationale"].endswith("is left. answer : left")
+    assert rejected["records:fractions-in-rationale"][0] == "box_looks_normalized"
 
 
 def test_a_phone_photo_stored_turned_is_read_as_displayed(tmp_path: Path) -> None:

@@ -42,6 +42,7 @@ from vcot.convert.common import (
 from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.answers import final_answer
 from vcot.grounding.boxes import IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import storage
@@ -287,13 +288,14 @@ def answer_and_target(
     ('red', 'It is red. Answer: red', False)
     """
     text = text.strip()
-    _, found, after = text.rpartition("Answer:")
+    after = final_answer(text)  # any case and spacing, as evaluate reads it
+    found = after is not None
     given = item.get("answer")
     from_refs = False
     if isinstance(given, (str, int, float)) and not isinstance(given, bool) and str(given).strip():
         answer = str(given).strip()
-    elif found:
-        answer = after.strip()
+    elif after is not None:
+        answer = after
     elif missing == "reject":
         raise Unusable(
             "no_answer", "no answer field and no 'Answer:' line (--missing-answer refs answers with the object names)"
@@ -354,8 +356,14 @@ def _integer_mentions(rationale: str) -> str:
     """
     if "." not in rationale:
         return rationale
+    parsed = parse_grounded(rationale)
+    for mention in [*parsed.boxes, *parsed.invalid]:  # rounded, 0-1 fractions are a dot (or no box at all)
+        written = rationale[mention.span[0] : mention.span[1]].split("<box>")[-1]
+        if looks_normalized([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", written)]):
+            raise Unusable("box_looks_normalized", f"the rationale's box {written.removesuffix('</box>')} looks like "
+                           "0-1 fractions: our schema's boxes are 0-1000 of the original image (multiply by 1000)")
     out, cursor = [], 0
-    for found in parse_grounded(rationale).boxes:
+    for found in parsed.boxes:
         start, end = found.span
         if "." in rationale[start:end]:
             out += [rationale[cursor:start], render_grounded(found.ref, found.box)]
@@ -450,22 +458,32 @@ def _raw_bbox_2d(json_text: str) -> list[tuple[str | None, Any]]:
 # --------------------------------------------------------------------------------------------------
 
 
-def resolve(root: str, relative: str) -> str:
-    """``relative`` under ``root`` with ``.`` and ``..`` worked out: S3 refuses keys holding them (and the refusal
-    stops the stage); ``bad_image_path`` for one that leads above the bucket.
+def resolve(uri: str) -> str:
+    """``uri`` with its ``.`` and ``..`` segments worked out (other segments, empty ones too, kept: on S3 ``a//b``
+    is a key of its own): S3 refuses keys holding them, and the refusal stops the stage; ``bad_image_path`` for one
+    that leads above its bucket (or above the root of an absolute local path).
 
-    >>> resolve("s3://b/own", "./photos/../x.png"), resolve("s3://b/own", "../x.png"), resolve("own", "./x.png")
-    ('s3://b/own/x.png', 's3://b/x.png', 'own/x.png')
+    >>> resolve("s3://b/own/./photos/../x.png"), resolve("s3://b/own/../x.png"), resolve("own/./a//x.png")
+    ('s3://b/own/x.png', 's3://b/x.png', 'own/a//x.png')
+    >>> resolve("../data/a/../x.png")
+    '../data/x.png'
+
     """
-    joined = storage.join(root, relative)
-    scheme, found, rest = joined.partition("://")
-    if not found:
-        return posixpath.normpath(joined)
-    bucket, _, key = rest.partition("/")  # file:///tmp/x: no bucket, the key is tmp/x
-    key = posixpath.normpath(key)
-    if key == ".." or key.startswith("../"):
-        raise ImageProblem("bad_image_path", f"{relative} leads above {scheme}://{bucket} from {root}: fix the path")
-    return f"{scheme}://{bucket}/{key}"
+    scheme, found, rest = uri.partition("://")
+    head, key = (f"{scheme}://" + rest.partition("/")[0] + "/", rest.partition("/")[2]) if found else ("", uri)
+    if not found and key.startswith("/"):
+        head, key = "/", key[1:]  # an absolute local path: its root is the "bucket"
+    kept: list[str] = []
+    for segment in key.split("/"):
+        if segment == ".." and (not kept or kept[-1] == ".."):
+            if head:
+                raise ImageProblem("bad_image_path", f"{uri} leads above {head}: fix the path")
+            kept.append(segment)  # a path relative to the working folder may start above it
+        elif segment == "..":
+            kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    return head + "/".join(kept)
 
 
 class OwnRecordConverter:
@@ -496,7 +514,8 @@ class OwnRecordConverter:
         problem = storage.uri_problem(value)
         if problem is not None:  # s3:/bucket/x.png, s3://, gs://...: this item's path, not the stage's settings
             raise ImageProblem("bad_image_path", problem)
-        uri = storage.canonical(value) if "://" in value or value.startswith("/") else resolve(self.images, value)
+        uri = storage.canonical(value) if "://" in value or value.startswith("/") else storage.join(self.images, value)
+        uri = resolve(uri)
         return uri, size_from_uri(uri)
 
     def convert(
