@@ -104,3 +104,25 @@ def test_an_image_that_cannot_be_decoded_trains_nothing_and_never_stops_the_batc
     patches = int(rows[1]["image_grid_thw"][1] * rows[1]["image_grid_thw"][2])
     assert torch.equal(batch["pixel_values"][first : first + patches], alone["pixel_values"])
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_an_image_of_another_size_than_its_record_trains_nothing(
+    tiny_model_dir: Path, one_record: Callable[..., dict], tmp_path: Path
+) -> None:
+    """A photo stored turned, converted before vcot read EXIF orientation: its record has the stored size, the image
+    now loads upright (width and height swapped, the same number of patches): its boxes would be of another image."""
+    from PIL import Image
+
+    from vcot.models.loading import load_model_and_processor
+
+    model, processor = load_model_and_processor(str(tiny_model_dir), for_training=True)
+    encoder = Encoder(processor, ModelFormat.for_processor(processor, "qwen2.5-vl"))
+    rows = [encoder.encode(one_record(i, seed=i)) for i in range(2)]
+    width, height = Image.open(rows[0]["image"]).size
+    assert (rows[0]["width"], rows[0]["height"]) == (width, height)
+    turned = (height, width) if width != height else (width * 2, height // 2)  # a square one: the same pixels count
+    Image.open(rows[0]["image"]).resize(turned).save(tmp_path / "turned.png")
+    rows[0]["image"] = str(tmp_path / "turned.png")
+    collator = Collator(processor)
+    batch = collator(rows)
+    assert collator.unloadable == 1 and (batch["labels"][0] == -100).all() and not (batch["labels"][1] == -100).all()

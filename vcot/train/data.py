@@ -187,17 +187,26 @@ class Collator:
         return {key: torch.cat([part[key] for part in parts]) for key in ("pixel_values", "image_grid_thw")}, unloadable
 
     def image(self, row: dict[str, Any], unloadable: set[int]) -> Any:
-        """The row's image; one that cannot be decoded (over PIL's decompression-bomb limit, corrupt, gone) is
-        replaced by a blank image of exactly the grid tokenize counted, and the row is added to ``unloadable``.
+        """The row's image; one that cannot be decoded (over PIL's decompression-bomb limit, corrupt, gone) or is not
+        the size its record says is replaced by a blank image of exactly the grid tokenize counted, and the row is
+        added to ``unloadable``.
         Storage that cannot be reached is not a bad image: it stops the run."""
         from PIL import Image, UnidentifiedImageError
 
         try:
-            return load_rgb(row["image"])
+            image = load_rgb(row["image"])
+            recorded = (row.get("width"), row.get("height"))
+            if None in recorded or image.size == recorded:
+                return image
+            error: Exception = ValueError(
+                f"the image is {image.size[0]}x{image.size[1]} but its record says {recorded[0]}x{recorded[1]}: its "
+                "boxes and grid are of another image (a photo stored turned is read upright since vcot applies its "
+                "EXIF orientation: re-run convert and tokenize)"
+            )
         except StorageError as exc:
             if "does not exist" not in str(exc):
                 raise
-            error: Exception = exc
+            error = exc
         except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             error = exc
         self.unloadable += 1
