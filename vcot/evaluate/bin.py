@@ -28,6 +28,7 @@ from typing import Any, Literal
 import torch
 
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.answers import ANSWER_MARKER as ANSWER_START
 from vcot.grounding.boxes import IntBox
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io import manifest, storage
@@ -74,13 +75,13 @@ def rationale_of(response: str, *, own_turn: bool = False) -> str:
     """The rationale Z of a sampled response: everything before its last ``Answer:`` (the whole text without one,
     or when the rationale is a turn of its own).
 
-    >>> rationale_of("The <ref>cup</ref> is red. Answer: red")
-    'The <ref>cup</ref> is red. '
+    >>> rationale_of("The <ref>cup</ref> is red. Answer: red"), rationale_of("It is red. answer : red")
+    ('The <ref>cup</ref> is red. ', 'It is red. ')
     """
     if own_turn:
         return response
-    head, marker, _ = response.rpartition(ANSWER_MARKER)
-    return head if marker else response.rstrip() + " "
+    markers = list(ANSWER_START.finditer(response))  # the marker as evaluate reads the answer after it
+    return response[: markers[-1].start()] if markers else response.rstrip() + " "
 
 
 SFT_ADAPTER = "sft"

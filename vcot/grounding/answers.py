@@ -17,7 +17,8 @@ import string
 from collections.abc import Sequence
 from typing import Any
 
-_ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
+ANSWER_MARKER = re.compile(r"answer\s*:", re.IGNORECASE)
+"""Where a final answer starts, as evaluate reads it: ``Answer:`` in any case and spacing."""
 _TAGS = re.compile(r"<ref>|</ref>|<box>[^<]*</box>|<[^>]*>")
 _ARTICLES = {"a", "an", "the"}
 _PUNCTUATION = re.compile(
@@ -51,7 +52,7 @@ def final_answer(response: str) -> str | None:
     >>> final_answer("I see it. Answer: Blue "), final_answer("Blue") is None
     ('Blue', True)
     """
-    markers = list(_ANSWER_MARKER.finditer(response))
+    markers = list(ANSWER_MARKER.finditer(response))
     return response[markers[-1].end() :].strip() if markers else None
 
 
