@@ -164,14 +164,16 @@ def test_a_repeated_id_is_rejected_as_duplicate_id(tmp_path: Path) -> None:
         "part-b.jsonl": [_swift([200, 200, 290, 290], id=0), _swift([10, 10, 20, 20], id=2)] * 2,
         "a/train.jsonl": [_swift([30, 60, 240, 270])],  # no ids: named by the path under --input
         "b/train.jsonl": [_swift([30, 60, 240, 270])],
+        "b/train.json": [_swift([30, 60, 240, 270])],  # differs from b/train.jsonl by its extension alone
     }.items():
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        (folder / path).write_text("".join(json.dumps(item) + "\n" for item in items))
+        text = json.dumps(items) if path.endswith(".json") else "".join(json.dumps(item) + "\n" for item in items)
+        (folder / path).write_text(text)
     output = str(tmp_path.parent / f"{tmp_path.name}-out")
     convert(ConvertConfig(source="records", input=str(folder), output=output, val_fraction=0.0, images=str(tmp_path)))
     accepted, _ = _read(output)
     assert sorted(r["id"] for r in accepted) == [
-        "records:0", "records:1", "records:2", "records:a/train:0", "records:b/train:0"
+        "records:0", "records:1", "records:2", "records:a/train:0", "records:b/train.json:0", "records:b/train.jsonl:0"
     ]
     rejections = [r for uri in manifest.committed_files(output, "rejected/") for r in shards.read_jsonl(uri)]
     assert [(r["id"], r["reason"]) for r in rejections] == [

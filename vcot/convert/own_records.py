@@ -24,6 +24,7 @@ import json
 import math
 import posixpath
 import re
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -128,6 +129,19 @@ def file_key(uri: str, folder: str | None) -> str:
             inner = uri[len(root) + 1 :]
             return posixpath.join(posixpath.dirname(inner), file_stem(inner))
     return file_stem(uri)
+
+
+def file_keys(files: list[str], folder: str | None) -> dict[str, str]:
+    """Each file's :func:`file_key`, with its extension where two files differ by it alone (``train.jsonl`` and
+    ``train.json`` would give their id-less items the same ids).
+
+    >>> file_keys(["own/a.jsonl", "own/a.json", "own/b.json"], "own")
+    {'own/a.jsonl': 'a.jsonl', 'own/a.json': 'a.json', 'own/b.json': 'b'}
+    """
+    keys = {uri: file_key(uri, folder) for uri in files}
+    taken = Counter(keys.values())
+    return {uri: key if taken[key] == 1 else key + uri.rsplit("/", 1)[-1][len(file_stem(uri)) :]
+            for uri, key in keys.items()}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -634,7 +648,7 @@ def iter_items(
     files = input_files(input_uri)
     given_file = input_uri.endswith(FILE_SUFFIXES)
     folder = storage.parent(input_uri) if given_file else input_uri
-    keys = {file_uri: file_key(file_uri, None if given_file else input_uri) for file_uri in files}
+    keys = file_keys(files, None if given_file else input_uri)
     converter = OwnRecordConverter(
         images=images or folder,
         embedded=storage.join(output, "images"),
