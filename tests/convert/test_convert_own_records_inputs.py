@@ -257,3 +257,17 @@ def test_a_phone_photo_stored_turned_is_read_as_displayed(tmp_path: Path) -> Non
     assert (by_id["records:phone"]["width"], by_id["records:phone"]["height"]) == (300, 400)
     assert by_id["records:phone"]["objects"] == [{"ref": "cup", "box": [100, 800, 900, 988]}]
     assert by_id["records:sized"]["objects"] == [{"ref": "cat", "box": [100, 100, 900, 700]}]
+
+
+def test_a_relative_input_gives_records_that_name_their_images_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converted from ``data/own.jsonl``, the records' images were ``data/photos/cat.png``: training from another
+    folder could not find them."""
+    (tmp_path / "data").mkdir()
+    _images(tmp_path / "data")
+    (tmp_path / "data" / "own.jsonl").write_text(json.dumps(_swift([30, 60, 240, 270], id="cat")) + "\n")
+    monkeypatch.chdir(tmp_path)
+    convert(ConvertConfig(source="records", input="data/own.jsonl", output="out", val_fraction=0.0))
+    accepted, _ = _read(str(tmp_path / "out"))
+    assert [r["image"] for r in accepted] == [str(tmp_path / "data" / "photos" / "cat.png")]

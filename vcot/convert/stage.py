@@ -108,6 +108,8 @@ class ConvertConfig:
     )
 
     def __post_init__(self) -> None:
+        self.input = storage.absolute(self.input)  # records name their images from these: found from any folder
+        self.images = storage.absolute(self.images) if self.images else None
         if not 0.0 <= self.val_fraction <= 1.0:
             raise ValueError(f"--val-fraction {self.val_fraction} must be between 0 and 1")
         if self.workers < 0:

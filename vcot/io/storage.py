@@ -200,6 +200,19 @@ def local_path(uri: str) -> Path:
     return Path(uri[len(FILE_SCHEME) :] if uri[: len(FILE_SCHEME)].lower() == FILE_SCHEME else uri)
 
 
+def absolute(uri: str) -> str:
+    """``uri`` with a relative local path made absolute, so that what records name from it (their images) is found
+    from any working folder; other URIs as they are.
+
+    >>> import os
+    >>> absolute("s3://b/x"), absolute("/data/x"), absolute("data/x") == os.path.join(os.getcwd(), "data/x")
+    ('s3://b/x', '/data/x', True)
+    """
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return os.path.abspath(uri) + ("/" if uri.endswith("/") else "")
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with single slashes: ``join("s3://b/run", "train", "x.jsonl")``."""
     out = _s3_lowered(base).rstrip("/")
