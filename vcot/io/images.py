@@ -94,7 +94,10 @@ def orientation(image: Image.Image) -> int:
     comes after its pixels counts as 1: reading it would decode the image, and sizes are read from headers alone."""
     if image.format == "PNG" and "exif" not in image.info:
         return 1
-    value = image.getexif().get(ORIENTATION, 1)
+    try:
+        value = image.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the pixels as stored, as vLLM then serves them
+        return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1  # what PIL's exif_transpose acts on
 
 
