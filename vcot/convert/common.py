@@ -91,16 +91,17 @@ class Utf8Repair:
 
     yajl stops the whole parse at the first invalid UTF-8 byte; behind this wrapper the parse goes on
     and only the record holding the bad bytes is rejected (``bad_encoding``). Valid UTF-8 passes
-    through unchanged. ``repaired`` says whether a byte has been replaced so far: until then a U+FFFD in
-    the text is a real character of the file (an OCR result, say), not a sign of bad bytes.
+    through unchanged. Each replacement is counted in the decoding thread (:func:`_replacements_in_this_thread`):
+    until one is, a U+FFFD in the text is a real character of the file (an OCR result, say), not a bad byte.
 
     >>> import io
-    >>> stream = Utf8Repair(io.BytesIO(codecs.BOM_UTF8 + "caf\ufffd".encode()))
-    >>> stream.read().decode(), stream.repaired
-    ('caf\ufffd', False)
-    >>> stream = Utf8Repair(io.BytesIO(b"caf\\xe9"))
-    >>> stream.read().decode(), stream.repaired
-    ('caf\ufffd', True)
+    >>> before = _replacements_in_this_thread()
+    >>> Utf8Repair(io.BytesIO(codecs.BOM_UTF8 + "caf\ufffd".encode())).read().decode()
+    'caf\ufffd'
+    >>> _replacements_in_this_thread() - before, Utf8Repair(io.BytesIO(b"caf\\xe9")).read().decode()
+    (0, 'caf\ufffd')
+    >>> _replacements_in_this_thread() - before
+    1
     """
 
     def __init__(self, source: IO[bytes], chunk_size: int = 1 << 16) -> None:
@@ -110,7 +111,6 @@ class Utf8Repair:
         self._pending = b""
         self._offset = 0
         self._done = False
-        self.repaired = False
 
     def read(self, size: int = -1) -> bytes:
         if size < 0:
@@ -118,14 +118,11 @@ class Utf8Repair:
         while self._offset >= len(self._pending) and not self._done:
             chunk = self._source.read(self._chunk_size)
             self._done = not chunk
-            before = _replacements_in_this_thread()
             self._pending = self._decoder.decode(chunk, final=self._done).encode("utf-8")
-            self.repaired = self.repaired or _replacements_in_this_thread() != before
             self._offset = 0
         data = self._pending[self._offset : self._offset + size]
         self._offset += len(data)
         return data
-
 
 
 def require_input(uri: str, what: str) -> None:
@@ -157,13 +154,6 @@ def iter_json_array(uri: str, prefix: str = "item", *, start: int = 0) -> Iterat
     stops with a :class:`VcotError` naming the file: a partial conversion of a broken file must not be
     committed as if it were complete. A leading UTF-8 byte-order mark is skipped.
     """
-    yield from _json_array(uri, prefix, start, None)
-
-
-def _json_array(
-    uri: str, prefix: str, start: int, seen: Callable[[Utf8Repair], None] | None
-) -> Iterator[Any]:
-    """:func:`iter_json_array`; ``seen`` is handed the repairing stream, to ask whether bytes were replaced."""
     import ijson
 
     backend = ijson_backend()
@@ -171,8 +161,6 @@ def _json_array(
         if start:
             handle.seek(start)
         stream = Utf8Repair(_Prefixed(b"[", handle) if start else handle)
-        if seen is not None:
-            seen(stream)
         try:
             yield from backend.items(stream, prefix, use_float=True)
         except ijson.JSONError as exc:
@@ -272,9 +260,9 @@ def iter_json_items_marked(uri: str) -> Iterator[tuple[Any | BadLine, bool]]:
         for item in iter_jsonl(uri):
             yield item, False
         return
-    streams: list[Utf8Repair] = []
-    for item in _json_array(uri, "item", 0, streams.append):
-        yield item, streams[0].repaired
+    before = _replacements_in_this_thread()  # the array is decoded in this thread, as its items are pulled
+    for item in iter_json_array(uri):
+        yield item, _replacements_in_this_thread() != before
 
 
 # --------------------------------------------------------------------------------------------------
