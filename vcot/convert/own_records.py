@@ -57,6 +57,7 @@ SWIFT_BBOX_TYPES = {"real": "pixels", "norm1": "norm1", "norm1000": "norm1000"}
 """ms-swift's ``bbox_type`` -> the frame its values are read in (ms-swift itself knows ``real`` and ``norm1``)."""
 SWIFT_NORM1_FIX = 'give the item objects.bbox_type "norm1" (ms-swift reads a missing bbox_type as "real": pixels)'
 CHAT_NORM1_FIX = "--bbox-2d-frame has no 0-1 frame: multiply the values by 1000 and pass --bbox-2d-frame norm1000"
+OURS_NORM1_FIX = "our schema's boxes are 0-1000 of the original image (multiply by 1000)"
 QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
 """The image geometry Qwen2.5-VL's released processor resizes with: the frame of ``qwen2.5-resized`` boxes."""
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
@@ -124,11 +125,8 @@ def file_key(uri: str, folder: str | None) -> str:
     """
     if folder is None:
         return file_stem(uri)
-    for root in {folder.rstrip("/"), storage.canonical(folder).rstrip("/"), str(storage.local_path(folder))}:
-        if uri.startswith(f"{root}/"):
-            inner = uri[len(root) + 1 :]
-            return posixpath.join(posixpath.dirname(inner), file_stem(inner))
-    return file_stem(uri)
+    inner = storage.relative(uri, folder)  # input_files lists the folder in the form it was given
+    return posixpath.join(posixpath.dirname(inner), file_stem(inner))
 
 
 def file_keys(files: list[str], folder: str | None) -> dict[str, str]:
@@ -356,8 +354,7 @@ def _integer_box(box: Any) -> Any:
     if not isinstance(box, list) or len(box) != 4:
         return box
     if looks_normalized(box):
-        raise Unusable("box_looks_normalized", f"box {box} looks like 0-1 fractions: our schema's boxes are 0-1000 "
-                       "of the original image (multiply by 1000)")
+        raise Unusable("box_looks_normalized", f"box {box} looks like 0-1 fractions: {OURS_NORM1_FIX}")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
     return [round(v) for v in box] if numbers else box
 
@@ -374,8 +371,9 @@ def _integer_mentions(rationale: str) -> str:
     for mention in [*parsed.boxes, *parsed.invalid]:  # rounded, 0-1 fractions are a dot (or no box at all)
         written = rationale[mention.span[0] : mention.span[1]].split("<box>")[-1]
         if looks_normalized([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", written)]):
-            raise Unusable("box_looks_normalized", f"the rationale's box {written.removesuffix('</box>')} looks like "
-                           "0-1 fractions: our schema's boxes are 0-1000 of the original image (multiply by 1000)")
+            box = written.removesuffix("</box>")
+            raise Unusable("box_looks_normalized", f"the rationale's box {box} looks like 0-1 fractions: "
+                           f"{OURS_NORM1_FIX}")
     out, cursor = [], 0
     for found in parsed.boxes:
         start, end = found.span
@@ -481,7 +479,6 @@ def resolve(uri: str) -> str:
     ('s3://b/own/x.png', 's3://b/x.png', 'own/a//x.png')
     >>> resolve("../data/a/../x.png")
     '../data/x.png'
-
     """
     scheme, found, rest = uri.partition("://")
     head, key = (f"{scheme}://" + rest.partition("/")[0] + "/", rest.partition("/")[2]) if found else ("", uri)
