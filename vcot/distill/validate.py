@@ -80,9 +80,8 @@ def answer_matches(final: str, record: dict[str, Any]) -> bool:
         return True  # nothing known to compare against
     if answers.answer_matches(final, record):
         return True
-    choices = record.get("choices")
-    multiple_choice = bool(choices) and (
-        record.get("answer_index") is not None or answers.choice_index(truth, choices) is not None
+    multiple_choice = bool(record.get("choices")) and (
+        record.get("answer_index") is not None or answers.right_choice(record) is not None
     )  # as evaluate judges it: by the choice, never a verbose answer that names several
     return not multiple_choice and answers.contains_answer(final, truth)
 

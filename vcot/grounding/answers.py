@@ -115,6 +115,20 @@ def _as_written(text: str) -> str:
     return " ".join(text.lower().split()).removesuffix(".")
 
 
+def right_choice(record: dict[str, Any]) -> int | None:
+    """The index of a multiple-choice record's right choice: its ``answer_index``, else the choice its stored answer
+    names (a letter or the text); ``None`` for a record without choices, or whose answer names none.
+
+    >>> right_choice({"answer": "B", "choices": ["red", "blue"]}), right_choice({"answer": "blue"})
+    (1, None)
+    """
+    choices = record.get("choices")
+    answer_index = record.get("answer_index")
+    if choices and answer_index is None and record.get("answer"):
+        answer_index = choice_index(str(record["answer"]), choices)  # only the answer's letter or text was stored
+    return answer_index if choices and isinstance(answer_index, int) and 0 <= answer_index < len(choices) else None
+
+
 def answer_matches(final: str, record: dict[str, Any]) -> bool:
     """Whether a final answer is the record's answer (by choice for multiple choice); ``False`` without a truth.
 
@@ -125,12 +139,9 @@ def answer_matches(final: str, record: dict[str, Any]) -> bool:
     >>> answer_matches("blue", {"answer": "B", "choices": ["red", "blue"]})  # the index read from the answer
     True
     """
-    choices = record.get("choices")
-    answer_index = record.get("answer_index")
-    if choices and answer_index is None and record.get("answer"):
-        answer_index = choice_index(str(record["answer"]), choices)  # only the answer's letter or text was stored
-    if choices and isinstance(answer_index, int) and 0 <= answer_index < len(choices):
-        return choice_index(final, choices) == answer_index
+    right = right_choice(record)
+    if right is not None:
+        return choice_index(final, record["choices"]) == right
     expected = normalize_answer(str(record.get("answer") or ""))
     return bool(expected) and normalize_answer(final) == expected
 
