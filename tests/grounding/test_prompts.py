@@ -52,3 +52,18 @@ def test_the_instruction_names_the_formats_frame_and_syntax() -> None:
     text = build_messages(RECORD, native)[0]["content"][1]["text"]
     assert '{"bbox_2d": [x1, y1, x2, y2], "label": "label"}' in text and "absolute pixels" in text
     assert HOUSE.instruction() in build_messages(RECORD)[0]["content"][1]["text"]
+
+
+def test_a_box_in_the_question_is_shown_in_the_models_frame_and_syntax_as_the_rationales() -> None:
+    record = {**RECORD, "question": "What is left of <box>[500, 200, 700, 400]</box>?"}
+    fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="json", min_pixels=56 * 56, max_pixels=112 * 112)
+    user, assistant = build_messages(record, fmt)
+    question = user["content"][1]["text"].split("\n")[0]
+    width, height = fmt.vision.resized(640, 480)
+    asked = parse_grounded(question, "json", upper=max(width, height)).boxes
+    answered = parse_grounded(assistant["content"][0]["text"], "json", upper=max(width, height)).boxes
+    assert "<box>" not in question and len(asked) == len(answered) == 1
+    assert asked[0].box == tuple(fmt.to_model_box((500, 200, 700, 400), 640, 480))
+    assert build_messages(record)[0]["content"][1]["text"].startswith(record["question"])  # house: as written
+    typed = build_messages({"image": "upload", "question": record["question"]}, fmt, with_answer=False)  # the demo's
+    assert typed[0]["content"][1]["text"].startswith(record["question"])  # no record size: as typed

@@ -41,6 +41,8 @@ def test_grounding_problem_reasons() -> None:
     assert grounding_problem({**GOOD, "objects": [{"ref": "x", "box": [5, 5, 5, 9]}]}) == "invalid_object_box"
     assert grounding_problem({**GOOD, "rationale": "Answer: circle"}) == "rationale_without_box"
     assert grounding_problem({**GOOD, "rationale": "<box>[9, 9, 1, 1]</box>"}) == "rationale_invalid_box"
+    assert grounding_problem({**GOOD, "question": "What is in <box>[9, 9, 1, 1]</box>?"}) == "question_invalid_box"
+    assert grounding_problem({**GOOD, "question": "What is in <box>[1, 1, 9, 9]</box>?"}) is None
 
 
 def _full_parse_problem(record: dict) -> str | None:

@@ -30,11 +30,19 @@ def format_choices(choices: Sequence[str]) -> str:
 
 def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: PromptStyle = "cot") -> str:
     """The question, its choices when it has some, and the instruction (grounded reasoning, or the answer alone).
+    A box a record's question names is shown in the model's frame and syntax, as its rationale's boxes are (a
+    question typed in the demo has no record size, and is shown as typed).
 
     >>> question_text({"question": "Color?"}, style="direct").endswith("no reasoning and no boxes.")
     True
+    >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
+    >>> question_text({"question": "What is in <box>[0, 0, 500, 500]</box>?", "width": 200, "height": 100}, fmt)[:36]
+    'What is in <box>[0, 0, 70, 28]</box>'
     """
-    parts = [str(record["question"]).strip()]
+    question = str(record["question"]).strip()
+    if "<box>" in question and record.get("width") and record.get("height"):
+        question = fmt.render(question, int(record["width"]), int(record["height"]))
+    parts = [question]
     if record.get("choices"):
         parts.append("Options:\n" + format_choices(record["choices"]))
     parts.append(fmt.instruction() if style == "cot" else DIRECT_INSTRUCTION)

@@ -70,12 +70,15 @@ def objects_problem(objects: list[Any]) -> str | None:
 def grounding_problem(record: dict[str, Any]) -> str | None:
     """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
 
-    Reason codes: ``missing_<field>``, ``no_objects``, ``invalid_object_box``, ``no_rationale``,
-    ``rationale_without_box``, ``rationale_invalid_box``.
+    Reason codes: ``missing_<field>``, ``question_invalid_box``, ``no_objects``, ``invalid_object_box``,
+    ``no_rationale``, ``rationale_without_box``, ``rationale_invalid_box``.
     """
     for name in REQUIRED_FIELDS:
         if record.get(name) in (None, ""):
             return f"missing_{name}"
+    question = str(record["question"])
+    if "<box>" in question and parse_grounded(question).invalid:  # it could not be shown in a model's frame
+        return "question_invalid_box"
     objects = record.get("objects") or []
     problem = objects_problem(objects)
     if problem:
