@@ -183,6 +183,17 @@ def test_a_repeated_id_is_rejected_as_duplicate_id(tmp_path: Path) -> None:
     assert "unique across all the input files" in rejections[0]["detail"]
 
 
+def test_an_item_that_is_rejected_holds_no_id(tmp_path: Path) -> None:
+    """A broken first try, fixed further down the file: the fixed item is the record, not a duplicate."""
+    items = [_swift([30, 60, 240, 270], id="cat", images=["photos/dog.png"]),  # no such image
+             _swift([30, 60, 240, 900], id="cat"),  # outside the image
+             _ours([100, 200, 800, 900], "The cat. Answer: cat", id="cat"),  # the quality filter: no box
+             _swift([30, 60, 240, 270], id="cat"), _swift([0, 0, 100, 100], id="cat")]
+    accepted, rejected = _run(tmp_path, items)
+    assert [r["objects"][0]["box"] for r in accepted] == [[100, 200, 800, 900]]
+    assert rejected["records:cat"][0] == "duplicate_id" and "item 3 of" in rejected["records:cat"][1]
+
+
 def test_ids_without_an_id_field_count_items_not_lines(tmp_path: Path) -> None:
     """docs/convert.md: ``records:<file>:<n>``, n the item's 0-based place in its file (blank lines do not count)."""
     text = json.dumps(_swift([30, 60, 240, 270])) + "\n\n" + json.dumps(_swift([0, 0, 100, 100])) + "\n"
@@ -271,3 +282,35 @@ def test_a_relative_input_gives_records_that_name_their_images_from_any_folder(
     convert(ConvertConfig(source="records", input="data/own.jsonl", output="out", val_fraction=0.0))
     accepted, _ = _read(str(tmp_path / "out"))
     assert [r["image"] for r in accepted] == [str(tmp_path / "data" / "photos" / "cat.png")]
+
+
+def test_a_box_in_the_question_becomes_a_house_box_and_is_not_an_object(tmp_path: Path) -> None:
+    """Region questions: ms-swift fills the user turn's <bbox> first, so the answer's box is the second; a box the
+    question gives is not one the model must find (no object), and a bare one is not named (it would give the
+    answer away)."""
+    left_of = [{"role": "user", "content": "<image>What is left of <bbox>?"},
+               {"role": "assistant", "content": "A <ref-object><bbox>. Answer: cat"}]
+    swift = {"messages": left_of, "images": ["photos/cat.png"], "id": "swift",
+             "objects": {"ref": ["cat"], "bbox": [[150, 60, 240, 270], [30, 60, 140, 270]]}}
+    chat = {"id": "chat", "images": ["photos/cat.png"], "messages": [
+        {"role": "user", "content": '<image>What is at {"bbox_2d": [30, 60, 240, 270]}?'},
+        {"role": "assistant", "content": 'A [{"bbox_2d": [30, 60, 240, 270], "label": "cat"}]. Answer: cat'}]}
+    ours = {**_ours([100, 200, 800, 900], "The <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
+            "id": "ours", "question": "What is in <box>[100.4, 200, 800, 900]</box>?"}
+    inverted = {**ours, "id": "inverted", "question": "What is in <box>[800, 200, 100, 900]</box>?"}
+    caption = {**swift, "id": "caption", "objects": {"ref": ["cat"], "bbox": [[30, 60, 240, 270]]},
+               "messages": [{"role": "user", "content": "<image>What is in <bbox>?"},
+                            {"role": "assistant", "content": "A <ref-object>. Answer: cat"}]}
+    accepted, rejected = _run(tmp_path, [swift, chat, ours, inverted, caption], bbox_2d_frame="pixels")
+    got = {r["id"]: (r["question"], r["objects"], r["rationale"]) for r in accepted}
+    assert got == {
+        "records:swift": ("What is left of <box>[500, 200, 800, 900]</box>?",
+                          [{"ref": "cat", "box": [100, 200, 467, 900]}],
+                          "A <ref>cat</ref><box>[100, 200, 467, 900]</box>. Answer: cat"),
+        "records:chat": ("What is at <box>[100, 200, 800, 900]</box>?", [{"ref": "cat", "box": [100, 200, 800, 900]}],
+                         "A <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
+        "records:ours": ("What is in <box>[100, 200, 800, 900]</box>?", [{"ref": "cat", "box": [100, 200, 800, 900]}],
+                         "The <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
+    }
+    assert {k: v[0] for k, v in rejected.items()} == {"records:inverted": "question_invalid_box",
+                                                      "records:caption": "no_objects"}

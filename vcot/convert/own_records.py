@@ -41,6 +41,7 @@ from vcot.convert.common import (
     require_input,
 )
 from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
+from vcot.convert.quality import quality_problem
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.answers import final_answer
@@ -336,7 +337,7 @@ def vcot_fields(item: dict[str, Any]) -> dict[str, Any]:
     if rationale.strip():
         answer, rationale, _ = answer_and_target(item, rationale, [])  # refs: [] -- no answer is missing_answer
     return {
-        "question": clean_text(item.get("question")),
+        "question": _integer_mentions(clean_text(item.get("question")), "question"),
         "answer": answer,
         "objects": [{"ref": str(o.get("ref") or ""), "box": _integer_box(o.get("box"))} for o in objects],
         "rationale": rationale,
@@ -359,8 +360,9 @@ def _integer_box(box: Any) -> Any:
     return [round(v) for v in box] if numbers else box
 
 
-def _integer_mentions(rationale: str) -> str:
-    """``rationale`` with each house box that holds a fraction rewritten with the integers it is read as.
+def _integer_mentions(rationale: str, where: str = "rationale") -> str:
+    """``rationale`` (or a question: ``where``) with each house box that holds a fraction rewritten with the
+    integers it is read as.
 
     >>> _integer_mentions("The <ref>cat</ref><box>[100.4, 200, 500, 600]</box> sits.")
     'The <ref>cat</ref><box>[100, 200, 500, 600]</box> sits.'
@@ -372,7 +374,7 @@ def _integer_mentions(rationale: str) -> str:
         written = rationale[mention.span[0] : mention.span[1]].split("<box>")[-1]
         if looks_normalized([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", written)]):
             box = written.removesuffix("</box>")
-            raise Unusable("box_looks_normalized", f"the rationale's box {box} looks like 0-1 fractions: "
+            raise Unusable("box_looks_normalized", f"the {where}'s box {box} looks like 0-1 fractions: "
                            f"{OURS_NORM1_FIX}")
     out, cursor = [], 0
     for found in parsed.boxes:
@@ -386,7 +388,9 @@ def _integer_mentions(rationale: str) -> str:
 def swift_fields(
     item: dict[str, Any], user: str, assistant: str, width: int, height: int, missing: MissingAnswer = "refs"
 ) -> dict[str, Any]:
-    """ms-swift's grounding layout: placeholders filled in order, ``<ref-object><bbox>`` as one house mention."""
+    """ms-swift's grounding layout: placeholders filled in order over both turns, as ms-swift fills them (the
+    question's first), ``<ref-object><bbox>`` as one house mention. A bare ``<bbox>`` in the question is the box
+    alone (a name there could give the answer away); the objects are the boxes the answer names."""
     objects = _maybe_json(item.get("objects"))
     refs, boxes = objects.get("ref") or [], objects.get("bbox") or []
     bbox_type, image_ids = objects.get("bbox_type") or "real", objects.get("image_id") or []
@@ -398,28 +402,30 @@ def swift_fields(
         raise Unusable("multiple_images", "objects refer to a second image: one image per record")
     house = [to_house(box, SWIFT_BBOX_TYPES[bbox_type], width, height, SWIFT_NORM1_FIX) for box in boxes]
     next_ref, next_box = itertools.count(), itertools.count()
+    named: list[dict[str, Any]] = []  # the answer's boxes, with the name each is given
 
     def ref_at(position: int) -> str:
         if position >= len(refs):
             raise Unusable("placeholder_mismatch", f"more <ref-object> placeholders than the {len(refs)} refs")
         return refs[position]
 
-    def fill(match: re.Match[str]) -> str:
+    def fill(match: re.Match[str], *, asked: bool) -> str:
         if match.group(0) == "<ref-object>":
             return ref_at(next(next_ref))
         position = next(next_box)
         if position >= len(house):
             raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
-        ref = ref_at(next(next_ref)) if match.group(1) else (refs[position] if position < len(refs) else None)
-        mentions.append(ref or "")
+        ref = ref_at(next(next_ref)) if match.group(1) else None
+        if not asked:
+            ref = ref if match.group(1) else (refs[position] if position < len(refs) else None)
+            named.append({"ref": ref or "", "box": list(house[position])})
         return render_grounded(ref or None, house[position])
 
-    mentions: list[str] = []
-    question = re.sub(r"<ref-object>", fill, clean_text(user))
-    text = re.sub(r"(<ref-object>)?<bbox>|<ref-object>", fill, assistant)
-    answer, rationale, from_refs = answer_and_target(item, text, [m for m in mentions if m], missing)
-    objects_out = [{"ref": refs[i] if i < len(refs) else "", "box": list(box)} for i, box in enumerate(house)]
-    return {"question": question, "answer": answer, "objects": objects_out, "rationale": rationale,
+    placeholders = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
+    question = placeholders.sub(lambda match: fill(match, asked=True), clean_text(user))
+    text = placeholders.sub(lambda match: fill(match, asked=False), assistant)
+    answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in named if o["ref"]], missing)
+    return {"question": question, "answer": answer, "objects": named, "rationale": rationale,
             "answer_from_refs": from_refs}
 
 
@@ -432,27 +438,33 @@ def chat_fields(
     frame: Bbox2dFrame,
     missing: MissingAnswer = "refs",
 ) -> dict[str, Any]:
-    """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions."""
-    parsed = parse_grounded(assistant, "json", upper=float("inf"))
+    """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions, in the question
+    as in the answer; the objects are the answer's boxes."""
+    question, _ = _house_bbox_2d(clean_text(user), width, height, frame)
+    text, objects = _house_bbox_2d(assistant, width, height, frame)
+    answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]], missing)
+    return {"question": question, "answer": answer, "objects": objects, "rationale": rationale,
+            "answer_from_refs": from_refs}
+
+
+def _house_bbox_2d(text: str, width: int, height: int, frame: Bbox2dFrame) -> tuple[str, list[dict[str, Any]]]:
+    """``text`` with each ``bbox_2d`` JSON value replaced by its boxes as house mentions (a code fence left holding
+    only them goes), and those boxes as objects, in order."""
+    parsed = parse_grounded(text, "json", upper=float("inf"))
     for bad in parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little past the edge is fine
         if bad.reason != "out_of_range":
             reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
             raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
-    spans: dict[tuple[int, int], list[str]] = {}
-    objects = []
-    for span in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]}):
-        for ref, values in _raw_bbox_2d(assistant[span[0] : span[1]]):  # unrounded, in the JSON's order
+    out, objects, cursor = [], [], 0
+    for start, end in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]}):
+        mentions = []
+        for ref, values in _raw_bbox_2d(text[start:end]):  # unrounded, in the JSON's order
             box = to_house(values, frame, width, height, CHAT_NORM1_FIX)
-            spans.setdefault(span, []).append(render_grounded(ref, box))
+            mentions.append(render_grounded(ref, box))
             objects.append({"ref": ref or "", "box": list(box)})
-    out, cursor = [], 0
-    for (start, end), mentions in sorted(spans.items()):
-        out += [assistant[cursor:start], " ".join(mentions)]
+        out += [text[cursor:start], " ".join(mentions) if mentions else text[start:end]]
         cursor = end
-    text = _FENCE.sub(r"\1", "".join(out) + assistant[cursor:])
-    answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]], missing)
-    return {"question": clean_text(user), "answer": answer, "objects": objects, "rationale": rationale,
-            "answer_from_refs": from_refs}
+    return _FENCE.sub(r"\1", "".join(out) + text[cursor:]), objects
 
 
 def _raw_bbox_2d(json_text: str) -> list[tuple[str | None, Any]]:
@@ -541,14 +553,17 @@ class OwnRecordConverter:
         raw_id = item.get("id")
         has_id = isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id)
         record_id = f"records:{raw_id}" if has_id else f"records:{key or stem}:{position}"
-        first = self.first_with_id.setdefault(record_id, (source_file, position))  # the file's one string, shared
+        first = self.first_with_id.get(record_id)
         try:
-            if first != (source_file, position):  # evaluation joins predictions to records by id: a wrong score
+            if first is not None:  # evaluation joins predictions to records by id: a wrong score
                 raise Unusable("duplicate_id", f"id {record_id} was already given to item {first[1]} of {first[0]}: "
                                "give every item an id of its own, unique across all the input files")
             record = self._record(item, record_id, subset, repaired)
         except (Unusable, ImageProblem) as problem:
             return Rejection(problem.reason, problem.detail, index, id=record_id, subset=subset, raw=item)
+        # Only a record the quality filter will accept holds its id (routing gives the split after this).
+        if quality_problem({**record, "split": "train"}) is None:
+            self.first_with_id[record_id] = (source_file, position)  # the file's one string, shared
         record["provenance"] = json_safe({
             **(item.get("provenance") if isinstance(item.get("provenance"), dict) else {}),
             "dataset": "records",
