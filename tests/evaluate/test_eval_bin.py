@@ -25,7 +25,7 @@ from vcot.evaluate.bin import (
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, shards, storage
 from vcot.io.images import load_rgb
-from vcot.models.generation import GenerationSettings, prompt_text
+from vcot.models.generation import GenerationSettings, Skipped, prompt_text
 from vcot.models.loading import load_model_and_processor, model_family
 from vcot.scoring import gfn
 
@@ -102,6 +102,20 @@ def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: P
     assert scores.shape == (3, 3) and torch.isfinite(scores).all() and (scores <= 0).all()
     assert "Answer:" in choice.bin_response and "Answer:" in choice.best_response
     assert gfn.bin_select(scores) == int(scores.mean(1).argmax())
+
+
+def test_bin_skips_a_record_whose_size_disagrees_with_its_image_for_absolute_boxes(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """As evaluate's greedy answers: qwen2.5-absolute boxes would be read back with the record's (wrong) size."""
+    record = make_record(str(tmp_path), 1, "gqa", [[100, 100, 400, 500]], "red")
+    turned = {**record, "width": record["height"], "height": record["width"]}
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    fmt = ModelFormat.for_processor(processor, model_family(str(tiny_model_dir)), coords="qwen2.5-absolute")
+    settings = GenerationSettings(fmt=fmt, max_new_tokens=4)
+    assert fmt.vision.grid(record["width"], record["height"]) != fmt.vision.grid(turned["width"], turned["height"])
+    assert bin_record(policy, processor, turned, settings, BinSettings(samples=2)) == Skipped("grid_mismatch")
+    assert not isinstance(bin_record(policy, processor, record, settings, BinSettings(samples=2)), Skipped)
 
 
 @pytest.mark.parametrize("layout", ["two_turn", "rationale_turn"])

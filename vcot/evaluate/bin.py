@@ -35,7 +35,7 @@ from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
 from vcot.models.adapters import active, load_named_adapter
-from vcot.models.generation import GenerationSettings, Skipped, prompt_text, two_phase
+from vcot.models.generation import GenerationSettings, Skipped, grid_mismatch, prompt_text, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.progress import track
 from vcot.scoring import gfn
@@ -202,6 +202,10 @@ def bin_record(
     except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
         log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
         return Skipped("image_unreadable")
+    fmt = settings.fmt
+    absolute = image is not None and fmt.coords == "qwen2.5-absolute"
+    if absolute and grid_mismatch(record, fmt.vision.grid(*image.size), fmt):  # as the greedy answers skip it
+        return Skipped("grid_mismatch")
     prompt = prompt_text(processor, record, settings)
     n = bin_settings.samples
     sampled = _generate(model, processor, [prompt] * n, image, do_sample=True,

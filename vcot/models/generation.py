@@ -152,17 +152,20 @@ def _readable_images(records: Sequence[dict[str, Any]], multimodal: bool) -> dic
 def _grid_mismatches(
     records: Sequence[dict[str, Any]], positions: list[int], grids: list[list[int]], fmt: ModelFormat
 ) -> set[int]:
-    """The positions whose image gives another patch grid than the record's ``width``/``height``: their
-    ``qwen2.5-absolute`` boxes would be read back with the wrong resize, so they are not scored."""
-    mismatched: set[int] = set()
-    for position, grid in zip(positions, grids, strict=True):
-        record = records[position]
-        if grid != list(fmt.vision.grid(int(record["width"]), int(record["height"]))):
-            mismatched.add(position)
-            log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=grid,
-                        width=record.get("width"), height=record.get("height"),
-                        hint="the record's width/height do not match its image: fix the data (convert)")
-    return mismatched
+    """The positions whose image gives another patch grid than the record's ``width``/``height``."""
+    return {position for position, grid in zip(positions, grids, strict=True)
+            if grid_mismatch(records[position], grid, fmt)}
+
+
+def grid_mismatch(record: dict[str, Any], grid: Sequence[int], fmt: ModelFormat) -> bool:
+    """Whether an image whose patch grid is ``grid`` is another size than its record says (logged): its
+    ``qwen2.5-absolute`` boxes would be read back with the wrong resize, so it is not scored."""
+    if list(grid) == list(fmt.vision.grid(int(record["width"]), int(record["height"]))):
+        return False
+    log.warning("grid_mismatch", id=record.get("id"), image=record.get("image"), grid=list(grid),
+                width=record.get("width"), height=record.get("height"),
+                hint="the record's width/height do not match its image: fix the data (convert)")
+    return True
 
 
 def _with_answers(
