@@ -53,3 +53,13 @@ def require(module: str, extra: str) -> Any:
         raise ConfigError(
             f"this needs the {package} package: make install, or pip install -e '.[{extra}]' from the repository root"
         ) from exc
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception in one short line, for a log field: its message's first line, else its type's name.
+
+    >>> first_line(OSError("cannot identify image file\\nmore")), first_line(KeyError())
+    ('cannot identify image file', 'KeyError')
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

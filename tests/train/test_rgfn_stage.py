@@ -122,6 +122,30 @@ def test_rgfn_scores_rationales_as_the_model_reads_them(
 
 
 @pytest.mark.integration
+def test_a_record_whose_image_cannot_be_used_runs_on_a_gray_one_and_teaches_nothing(
+    analyzer_adapter: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One missing or mis-sized image among many must not stop a run, nor teach the model boxes on the wrong
+    picture: a stand-in keeps every rank's passes the same, and that record's loss counts zero."""
+    config = rgfn_config(record_data, tiny_model_dir, str(tmp_path / "run"), analyzer_adapter)
+    trainer = rgfn_trainer(config, tmp_path / "trainer")
+    row = next(r for r in trainer.train_dataset.rows
+               if trainer.fmt.vision.grid(r["width"], r["height"]) != trainer.fmt.vision.grid(r["height"], r["width"]))
+    missing = {**row, "image": str(tmp_path / "no-such.png")}
+    turned = {**row, "width": row["height"], "height": row["width"]}
+    assert [trainer.prompt(r).image_problem for r in (row, missing, turned)] == [None, "unreadable", "size_mismatch"]
+    model = trainer.model
+    model.train()
+    loss = trainer.compute_loss(model, {"records": [missing, turned]})
+    loss.backward()
+    assert loss.item() == 0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters() if p.requires_grad)
+    assert trainer.image_problems == {"unreadable": 2, "size_mismatch": 2}
+    assert not trainer.logged  # no curve point from a stand-in
+    assert trainer.compute_loss(model, {"records": [row]}).item() != 0
+
+
+@pytest.mark.integration
 def test_rgfn_shows_its_progress_in_both_log_formats(
     log_mode: LogMode, record_data: str, tiny_model_dir: Path, analyzer_adapter: str, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError, VcotError, first_line
 from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
@@ -210,7 +210,7 @@ class PromptTransform:
         try:
             image = load_rgb(row["image_uri"])
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
-            self._problem(out, i, "unreadable", row, reason=str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
+            self._problem(out, i, "unreadable", row, reason=first_line(exc))
             for column in ("answer", "objects", "width", "height", "choices", "answer_index"):
                 out[column][i] = None
             return Image.new("RGB", (row["width"], row["height"]), "gray")

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot.errors import VcotError
+from vcot.errors import VcotError, first_line
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 from vcot.io.images import load_rgb
@@ -77,6 +77,8 @@ class Prompt:
     inputs: dict[str, torch.Tensor]
     reference: list[int]
     tail: list[int]
+    image_problem: str | None = None
+    """``unreadable`` or ``size_mismatch`` (another patch grid than the record's size): a gray image stood in."""
 
 
 class RGFNTrainer(Trainer):
@@ -87,6 +89,7 @@ class RGFNTrainer(Trainer):
         self.recipe, self.fmt = recipe, fmt
         self.end_id = int(self.processing_class.tokenizer.eos_token_id)
         self.logged: dict[str, list[float]] = defaultdict(list)
+        self.image_problems: Counter[str] = Counter()
 
     # -- inputs ------------------------------------------------------------------------------------
     def prompt(self, record: dict[str, Any]) -> Prompt:
@@ -94,7 +97,7 @@ class RGFNTrainer(Trainer):
         messages = build_messages(record, self.fmt)  # (system,) user, Analyzer, assistant: the rationale_turn layout
         prompt = prompt_turns(messages)
         x_text = turn_prefix(processor, prompt, RATIONALE_ROLE)
-        image = load_rgb(record["image"]) if self.fmt.mode == "multimodal" else None
+        image, problem = self.image(record) if self.fmt.mode == "multimodal" else (None, None)
         inputs = processor(text=[x_text], images=[image] if image is not None else None, return_tensors="pt")
         reasoning = messages[len(prompt)]["content"][0]["text"]
         full = processor.apply_chat_template([*prompt, {"role": RATIONALE_ROLE, "content": [
@@ -105,7 +108,26 @@ class RGFNTrainer(Trainer):
         if not tail or tail[0] != self.end_id:
             raise VcotError("the chat template does not end the rationale turn with the end-of-turn token: RGFN "
                             "needs the family's own chat template (a Qwen2.5-VL or Qwen3-VL processor, as tokenize used)")
-        return Prompt({k: v.to(self.args.device) for k, v in inputs.items()}, reference, tail)
+        return Prompt({k: v.to(self.args.device) for k, v in inputs.items()}, reference, tail, problem)
+
+    def image(self, record: dict[str, Any]) -> tuple[Any, str | None]:
+        """The record's image, else a gray one of the record's size and why (``unreadable``, ``size_mismatch``):
+        the record then runs every pass as usual, so every rank runs the same ones, and its loss counts zero."""
+        from PIL import Image
+
+        size = (int(record["width"]), int(record["height"]))
+        try:
+            image = load_rgb(record["image"])
+        except Exception as exc:  # noqa: BLE001 - one missing or corrupt image must not stop a run
+            problem, details = "unreadable", {"reason": first_line(exc)}
+        else:
+            if self.fmt.vision.grid(*image.size) == self.fmt.vision.grid(*size):
+                return image, None
+            problem, details = "size_mismatch", {"image_size": list(image.size)}
+        self.image_problems[problem] += 1
+        log.warning(f"image_{problem}", record=record.get("id"), image=record["image"], size=list(size), **details,
+                    hint="the record teaches nothing: fix its image or its width/height (convert)")
+        return Image.new("RGB", size, "gray"), problem
 
     def batch_inputs(self, prompt: Prompt, continuations: list[list[int]]) -> dict[str, torch.Tensor]:
         """X followed by each continuation, right padded, with X's image repeated per row."""
@@ -218,8 +240,12 @@ class RGFNTrainer(Trainer):
             keep = gfn.reference_filter(rewards, 0, tolerance)
             log_pf, log_pt = self.policy_terms(model, prompt, [z for z, k in zip(rationales, keep, strict=True) if k])
             kept_r = log_r[keep][:, : log_pt.shape[1]].to(log_pf.device, log_pf.dtype)  # as wide as the kept rows
-            losses.append(gfn.subtb_loss(log_pf, log_pt, kept_r, lengths[keep].to(log_pf.device), recipe.subtb_lambda))
-            self.note(keep, rewards, lengths, temperature, tolerance)
+            loss = gfn.subtb_loss(log_pf, log_pt, kept_r, lengths[keep].to(log_pf.device), recipe.subtb_lambda)
+            if prompt.image_problem:  # a stand-in image: the same passes as the other ranks, nothing learned
+                loss = loss * 0.0
+            else:
+                self.note(keep, rewards, lengths, temperature, tolerance)
+            losses.append(loss)
         loss = torch.stack(losses).mean()
         return (loss, None) if return_outputs else loss
 
@@ -310,7 +336,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     history = trainer.state.log_history
-    records = {"used": len(rows), "skipped": dict(skipped)}
+    records = {"used": len(rows), "skipped": dict(skipped), "image_problems": dict(trainer.image_problems)}
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
                "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
                "log_history": history}
