@@ -298,10 +298,16 @@ def test_a_box_in_the_question_becomes_a_house_box_and_is_not_an_object(tmp_path
     ours = {**_ours([100, 200, 800, 900], "The <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
             "id": "ours", "question": "What is in <box>[100.4, 200, 800, 900]</box>?"}
     inverted = {**ours, "id": "inverted", "question": "What is in <box>[800, 200, 100, 900]</box>?"}
+    to_distill = {"id": "to-distill", "image": "photos/cat.png", "question": inverted["question"], "answer": "cat",
+                  "rationale": "", "needs_distillation": True}
+    example = '<image>Find the cat, as {"bbox_2d": [0, 0, 0, 0], "label": "cat"}.'  # a format example: no box
+    chat_example = {**chat, "id": "chat-example", "messages": [{"role": "user", "content": example},
+                                                               chat["messages"][1]]}
     caption = {**swift, "id": "caption", "objects": {"ref": ["cat"], "bbox": [[30, 60, 240, 270]]},
                "messages": [{"role": "user", "content": "<image>What is in <bbox>?"},
                             {"role": "assistant", "content": "A <ref-object>. Answer: cat"}]}
-    accepted, rejected = _run(tmp_path, [swift, chat, ours, inverted, caption], bbox_2d_frame="pixels")
+    items = [swift, chat, ours, inverted, to_distill, chat_example, caption]
+    accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
     got = {r["id"]: (r["question"], r["objects"], r["rationale"]) for r in accepted}
     assert got == {
         "records:swift": ("What is left of <box>[500, 200, 800, 900]</box>?",
@@ -311,6 +317,11 @@ def test_a_box_in_the_question_becomes_a_house_box_and_is_not_an_object(tmp_path
                          "A <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
         "records:ours": ("What is in <box>[100, 200, 800, 900]</box>?", [{"ref": "cat", "box": [100, 200, 800, 900]}],
                          "The <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
+        "records:chat-example": ('Find the cat, as {"bbox_2d": [0, 0, 0, 0], "label": "cat"}.',
+                                 [{"ref": "cat", "box": [100, 200, 800, 900]}],
+                                 "A <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"),
     }
-    assert {k: v[0] for k, v in rejected.items()} == {"records:inverted": "question_invalid_box",
-                                                      "records:caption": "no_objects"}
+    assert {k: v[0] for k, v in rejected.items()} == {
+        "records:inverted": "question_invalid_box", "records:to-distill": "question_invalid_box",
+        "records:caption": "no_objects",
+    }

@@ -81,6 +81,13 @@ def test_an_inline_answer_is_accepted_onto_its_own_line_and_a_missing_one_shows_
     assert verdict.problem == "no_final_answer" and verdict.detail.endswith("so the colour is blue'")
 
 
+def test_a_region_the_question_gives_is_not_one_of_the_teachers_objects() -> None:
+    text = "The <ref>region</ref><box>[100, 200, 300, 400]</box> holds a <ref>cat</ref><box>[120, 220, 280, 380]</box>."
+    record = {"question": "What is in <box>[100, 200, 300, 400]</box>?", "answer": "cat", "objects": []}
+    accepted = accepted_record(record, text + " Answer: cat", distill_info={})
+    assert accepted["objects"] == [{"ref": "cat", "box": [120, 220, 280, 380]}]
+
+
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")

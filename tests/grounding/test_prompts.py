@@ -67,3 +67,10 @@ def test_a_box_in_the_question_is_shown_in_the_models_frame_and_syntax_as_the_ra
     assert build_messages(record)[0]["content"][1]["text"].startswith(record["question"])  # house: as written
     typed = build_messages({"image": "upload", "question": record["question"]}, fmt, with_answer=False)  # the demo's
     assert typed[0]["content"][1]["text"].startswith(record["question"])  # no record size: as typed
+
+
+def test_a_box_template_the_question_quotes_stays_as_written() -> None:
+    """Users copy the instruction's own pattern into questions: its letters are no coordinates."""
+    record = {**RECORD, "question": "Answer as <ref>name</ref><box>[x1, y1, x2, y2]</box>."}
+    fmt = ModelFormat.for_family(coords="qwen2.5-absolute", box_syntax="json", min_pixels=56 * 56, max_pixels=112 * 112)
+    assert build_messages(record, fmt)[0]["content"][1]["text"].startswith(record["question"])

@@ -43,6 +43,7 @@ def test_grounding_problem_reasons() -> None:
     assert grounding_problem({**GOOD, "rationale": "<box>[9, 9, 1, 1]</box>"}) == "rationale_invalid_box"
     assert grounding_problem({**GOOD, "question": "What is in <box>[9, 9, 1, 1]</box>?"}) == "question_invalid_box"
     assert grounding_problem({**GOOD, "question": "What is in <box>[1, 1, 9, 9]</box>?"}) is None
+    assert grounding_problem({**GOOD, "question": "Reply as <box>[x1, y1, x2, y2]</box>."}) is None  # a template
 
 
 def _full_parse_problem(record: dict) -> str | None:

@@ -415,9 +415,13 @@ def swift_fields(
         position = next(next_box)
         if position >= len(house):
             raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
-        ref = ref_at(next(next_ref)) if match.group(1) else None
+        if match.group(1):
+            ref = ref_at(next(next_ref))
+        elif asked:  # the box alone: a name could give the answer away
+            ref = None
+        else:
+            ref = refs[position] if position < len(refs) else None
         if not asked:
-            ref = ref if match.group(1) else (refs[position] if position < len(refs) else None)
             named.append({"ref": ref or "", "box": list(house[position])})
         return render_grounded(ref or None, house[position])
 
@@ -440,30 +444,38 @@ def chat_fields(
 ) -> dict[str, Any]:
     """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions, in the question
     as in the answer; the objects are the answer's boxes."""
-    question, _ = _house_bbox_2d(clean_text(user), width, height, frame)
+    question, _ = _house_bbox_2d(clean_text(user), width, height, frame, asked=True)
     text, objects = _house_bbox_2d(assistant, width, height, frame)
     answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]], missing)
     return {"question": question, "answer": answer, "objects": objects, "rationale": rationale,
             "answer_from_refs": from_refs}
 
 
-def _house_bbox_2d(text: str, width: int, height: int, frame: Bbox2dFrame) -> tuple[str, list[dict[str, Any]]]:
+def _house_bbox_2d(
+    text: str, width: int, height: int, frame: Bbox2dFrame, *, asked: bool = False
+) -> tuple[str, list[dict[str, Any]]]:
     """``text`` with each ``bbox_2d`` JSON value replaced by its boxes as house mentions (a code fence left holding
-    only them goes), and those boxes as objects, in order."""
+    only them goes), and those boxes as objects, in order. In a question (``asked``) a value that is no box of the
+    image (a format example such as ``[0, 0, 0, 0]``) stays as written instead of rejecting the item."""
     parsed = parse_grounded(text, "json", upper=float("inf"))
-    for bad in parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little past the edge is fine
-        if bad.reason != "out_of_range":
+    for bad in [] if asked else parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little
+        if bad.reason != "out_of_range":  # past the edge is fine
             reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
             raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
     out, objects, cursor = [], [], 0
-    for start, end in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]}):
-        mentions = []
-        for ref, values in _raw_bbox_2d(text[start:end]):  # unrounded, in the JSON's order
-            box = to_house(values, frame, width, height, CHAT_NORM1_FIX)
-            mentions.append(render_grounded(ref, box))
-            objects.append({"ref": ref or "", "box": list(box)})
-        out += [text[cursor:start], " ".join(mentions) if mentions else text[start:end]]
-        cursor = end
+    past_edge = [bad for bad in parsed.invalid if bad.reason == "out_of_range"]  # for to_house to clamp or refuse
+    for start, end in sorted({found.span for found in [*parsed.boxes, *past_edge]}):
+        try:
+            boxes = [(ref, to_house(values, frame, width, height, CHAT_NORM1_FIX))
+                     for ref, values in _raw_bbox_2d(text[start:end])]  # unrounded, in the JSON's order
+        except Unusable:
+            if asked:
+                continue
+            raise
+        if boxes:
+            out += [text[cursor:start], " ".join(render_grounded(ref, box) for ref, box in boxes)]
+            objects += [{"ref": ref or "", "box": list(box)} for ref, box in boxes]
+            cursor = end
     return _FENCE.sub(r"\1", "".join(out) + text[cursor:]), objects
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem, top_reasons
+from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem, question_problem, top_reasons
 
 COUNTERS = (
     "input",
@@ -37,7 +37,7 @@ def quality_problem(record: dict[str, Any]) -> str | None:
         for field in REQUIRED_FIELDS:
             if record.get(field) in (None, ""):
                 return f"missing_{field}"
-        return None
+        return question_problem(record)
     return grounding_problem(record)
 
 

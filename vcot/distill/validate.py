@@ -13,6 +13,7 @@ from typing import Any
 
 from vcot.grounding import answers
 from vcot.grounding.boxes import parse_grounded
+from vcot.grounding.records import question_boxes
 
 _ANSWER_MARKER = re.compile(r"\banswer\s*\**\s*:", re.IGNORECASE)
 
@@ -122,7 +123,8 @@ def accepted_record(record: dict[str, Any], text: str, *, distill_info: dict[str
     """The canonical grounded record for a valid answer.
 
     The answer goes on a last line of its own, rewritten to the record's answer (``Answer: <answer>``), so every
-    training target ends the same way; records without ground-truth objects take the teacher's boxes as their objects.
+    training target ends the same way; records without ground-truth objects take the teacher's boxes as their objects
+    (but for a region the question gives, which the teacher may repeat: it is no object to find).
     """
     reasoning, final = split_final_answer(text) or (text.strip(), "")
     truth = str(record.get("answer") or "") or final
@@ -135,9 +137,10 @@ def accepted_record(record: dict[str, Any], text: str, *, distill_info: dict[str
     if not objects:
         seen: set[tuple[str, tuple[int, ...]]] = set()
         objects = []
+        asked = question_boxes(str(record.get("question") or ""))
         for found in parse_grounded(rationale).boxes:
             key = (found.ref or "", found.box)
-            if key not in seen:
+            if key not in seen and found.box not in asked:
                 seen.add(key)
                 objects.append({"ref": found.ref or "", "box": list(found.box)})
         objects_from = "teacher"

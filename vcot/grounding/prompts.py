@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from vcot.grounding.answers import final_answer
 from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
+from vcot.grounding.records import question_mentions
 
 PromptStyle = Literal["cot", "direct"]
 PROMPT_STYLES: tuple[PromptStyle, ...] = ("cot", "direct")
@@ -36,13 +37,16 @@ def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: Promp
     >>> question_text({"question": "Color?"}, style="direct").endswith("no reasoning and no boxes.")
     True
     >>> fmt = ModelFormat.for_family(coords="qwen2.5-absolute", min_pixels=56 * 56, max_pixels=112 * 112)
-    >>> question_text({"question": "What is in <box>[0, 0, 500, 500]</box>?", "width": 200, "height": 100}, fmt)[:36]
-    'What is in <box>[0, 0, 70, 28]</box>'
+    >>> record = {"question": "What is in <box>[0, 0, 500, 500]</box>?", "width": 200, "height": 100}
+    >>> question_text(record, fmt).split("\\n")[0]
+    'What is in <box>[0, 0, 70, 28]</box>?'
     """
-    question = str(record["question"]).strip()
-    if "<box>" in question and record.get("width") and record.get("height"):
-        question = fmt.render(question, int(record["width"]), int(record["height"]))
-    parts = [question]
+    question, width, height = str(record["question"]).strip(), record.get("width"), record.get("height")
+    out, cursor = [], 0
+    for mention in question_mentions(question) if width and height else []:
+        out += [question[cursor : mention.start()], fmt.render(mention.group(0), int(width), int(height))]
+        cursor = mention.end()
+    parts = ["".join(out) + question[cursor:]]
     if record.get("choices"):
         parts.append("Options:\n" + format_choices(record["choices"]))
     parts.append(fmt.instruction() if style == "cot" else DIRECT_INSTRUCTION)

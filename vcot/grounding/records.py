@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,39 @@ def objects_problem(objects: list[Any]) -> str | None:
     return None
 
 
+_WRITTEN_MENTION = re.compile(r"(?:<ref>[^<]*</ref>)?<box>\[\s*-?\d+(?:\s*,\s*-?\d+){3}\s*\]</box>")
+
+
+def question_mentions(question: str) -> list[re.Match[str]]:
+    """The house mentions a record's question names, its box written as four integers (as convert writes them): a
+    template the question quotes, ``<box>[x1, y1, x2, y2]</box>``, is text, not a box.
+
+    >>> [m.group(0) for m in question_mentions("Is <box>[1, 2, 3, 4]</box> like <box>[x1, y1, x2, y2]</box>?")]
+    ['<box>[1, 2, 3, 4]</box>']
+    """
+    return list(_WRITTEN_MENTION.finditer(question)) if "<box>" in question else []
+
+
+def question_boxes(question: str) -> set[tuple[int, int, int, int]]:
+    """The valid house boxes a question names: regions it gives, not objects to find.
+
+    >>> question_boxes("What is left of <box>[500, 200, 800, 900]</box>?")
+    {(500, 200, 800, 900)}
+    """
+    return {found.box for mention in question_mentions(question) for found in parse_grounded(mention.group(0)).boxes}
+
+
+def question_problem(record: dict[str, Any]) -> str | None:
+    """``question_invalid_box`` when a box the question names is not a valid house box (no model frame could show
+    it), else ``None``.
+
+    >>> question_problem({"question": "What is in <box>[9, 9, 1, 1]</box>?"}), question_problem({"question": "Q?"})
+    ('question_invalid_box', None)
+    """
+    mentions = question_mentions(str(record.get("question") or ""))
+    return "question_invalid_box" if any(parse_grounded(m.group(0)).invalid for m in mentions) else None
+
+
 def grounding_problem(record: dict[str, Any]) -> str | None:
     """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
 
@@ -76,9 +110,9 @@ def grounding_problem(record: dict[str, Any]) -> str | None:
     for name in REQUIRED_FIELDS:
         if record.get(name) in (None, ""):
             return f"missing_{name}"
-    question = str(record["question"])
-    if "<box>" in question and parse_grounded(question).invalid:  # it could not be shown in a model's frame
-        return "question_invalid_box"
+    problem = question_problem(record)
+    if problem:
+        return problem
     objects = record.get("objects") or []
     problem = objects_problem(objects)
     if problem:
