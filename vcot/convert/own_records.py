@@ -360,18 +360,18 @@ def _integer_box(box: Any) -> Any:
     return [round(v) for v in box] if numbers else box
 
 
-def _integer_mentions(rationale: str, where: str = "rationale") -> str:
-    """``rationale`` (or a question: ``where``) with each house box that holds a fraction rewritten with the
-    integers it is read as.
+def _integer_mentions(text: str, where: str = "rationale") -> str:
+    """A rationale's ``text`` (or a question's: ``where``) with each house box that holds a fraction rewritten with
+    the integers it is read as.
 
     >>> _integer_mentions("The <ref>cat</ref><box>[100.4, 200, 500, 600]</box> sits.")
     'The <ref>cat</ref><box>[100, 200, 500, 600]</box> sits.'
     """
-    if "." not in rationale:
-        return rationale
-    parsed = parse_grounded(rationale)
+    if "." not in text:
+        return text
+    parsed = parse_grounded(text)
     for mention in [*parsed.boxes, *parsed.invalid]:  # rounded, 0-1 fractions are a dot (or no box at all)
-        written = rationale[mention.span[0] : mention.span[1]].split("<box>")[-1]
+        written = text[mention.span[0] : mention.span[1]].split("<box>")[-1]
         if looks_normalized([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", written)]):
             box = written.removesuffix("</box>")
             raise Unusable("box_looks_normalized", f"the {where}'s box {box} looks like 0-1 fractions: "
@@ -379,10 +379,10 @@ def _integer_mentions(rationale: str, where: str = "rationale") -> str:
     out, cursor = [], 0
     for found in parsed.boxes:
         start, end = found.span
-        if "." in rationale[start:end]:
-            out += [rationale[cursor:start], render_grounded(found.ref, found.box)]
+        if "." in text[start:end]:
+            out += [text[cursor:start], render_grounded(found.ref, found.box)]
             cursor = end
-    return "".join(out) + rationale[cursor:]
+    return "".join(out) + text[cursor:]
 
 
 def swift_fields(
