@@ -325,3 +325,17 @@ def test_a_box_in_the_question_becomes_a_house_box_and_is_not_an_object(tmp_path
         "records:inverted": "question_invalid_box", "records:to-distill": "question_invalid_box",
         "records:caption": "no_objects",
     }
+
+
+@pytest.mark.parametrize(("question", "reason"), [
+    ('Which is bigger, [{"bbox_2d": [64, 48, 120, 240]}, {"bbox_2d": [0, 0, 0, 0]}]?', "zero_area_box"),  # mixed
+    ('What color is {"bbox_2d": [0.1, 0.2, 0.5, 0.6]}?', "box_looks_normalized"),  # the frame named, as in answers
+    ('What is in {"bbox_2d": [200, 100, 600, 290]}?', "box_outside_image"),  # the image is 300x300
+])
+def test_a_real_box_in_the_question_is_checked_as_the_answers_are(tmp_path: Path, question: str, reason: str) -> None:
+    """Only a value that is no box at all (a format example) stays as written; a region the item gets wrong is no
+    example: left raw, it would reach the model in another frame, unseen."""
+    item = _chat([30, 60, 240, 270], id="asked")
+    item["messages"] = [{"role": "user", "content": "<image>" + question}, item["messages"][1]]
+    accepted, rejected = _run(tmp_path, [item, _chat([30, 60, 240, 270], id="plain")], bbox_2d_frame="pixels")
+    assert [r["id"] for r in accepted] == ["records:plain"] and rejected["records:asked"][0] == reason

@@ -84,8 +84,12 @@ def test_an_inline_answer_is_accepted_onto_its_own_line_and_a_missing_one_shows_
 def test_a_region_the_question_gives_is_not_one_of_the_teachers_objects() -> None:
     text = "The <ref>region</ref><box>[100, 200, 300, 400]</box> holds a <ref>cat</ref><box>[120, 220, 280, 380]</box>."
     record = {"question": "What is in <box>[100, 200, 300, 400]</box>?", "answer": "cat", "objects": []}
+    assert check_answer(text + " Answer: cat", record).problem is None
     accepted = accepted_record(record, text + " Answer: cat", distill_info={})
     assert accepted["objects"] == [{"ref": "cat", "box": [120, 220, 280, 380]}]
+    only = "The <ref>region</ref><box>[100, 200, 300, 400]</box> shows a cat. Answer: cat"
+    assert check_answer(only, record).problem == "only_question_box"  # corrected, else rejected: never paid for twice
+    assert check_answer(only, {**record, "objects": [{"ref": "cat", "box": [1, 2, 3, 4]}]}).problem is None
 
 
 def _png(color: tuple[int, int, int], size: tuple[int, int] = (8, 8)) -> bytes:

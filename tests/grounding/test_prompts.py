@@ -65,6 +65,8 @@ def test_a_box_in_the_question_is_shown_in_the_models_frame_and_syntax_as_the_ra
     assert "<box>" not in question and len(asked) == len(answered) == 1
     assert asked[0].box == tuple(fmt.to_model_box((500, 200, 700, 400), 640, 480))
     assert build_messages(record)[0]["content"][1]["text"].startswith(record["question"])  # house: as written
+    spaced = {**record, "question": "What is left of <box> [500, 200, 700, 400] </box>?"}  # as every reader reads it
+    assert build_messages(spaced, fmt)[0]["content"][1]["text"].split("\n")[0] == question
     typed = build_messages({"image": "upload", "question": record["question"]}, fmt, with_answer=False)  # the demo's
     assert typed[0]["content"][1]["text"].startswith(record["question"])  # no record size: as typed
 

@@ -455,23 +455,25 @@ def _house_bbox_2d(
     text: str, width: int, height: int, frame: Bbox2dFrame, *, asked: bool = False
 ) -> tuple[str, list[dict[str, Any]]]:
     """``text`` with each ``bbox_2d`` JSON value replaced by its boxes as house mentions (a code fence left holding
-    only them goes), and those boxes as objects, in order. In a question (``asked``) a value that is no box of the
-    image (a format example such as ``[0, 0, 0, 0]``) stays as written instead of rejecting the item."""
+    only them goes), and those boxes as objects, in order. In a question (``asked``) a value that is no box at all
+    (a format example such as ``[0, 0, 0, 0]``) stays as written; any other box is converted or rejects the item,
+    as in the answer."""
     parsed = parse_grounded(text, "json", upper=float("inf"))
-    for bad in [] if asked else parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little
-        if bad.reason != "out_of_range":  # past the edge is fine
+    examples: set[tuple[int, int]] = set()
+    for bad in parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little past the edge is fine
+        if bad.reason == "out_of_range":
+            continue
+        if not asked:
             reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
             raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
+        written = [values for _, values in _raw_bbox_2d(text[bad.span[0] : bad.span[1]])]
+        if not any(isinstance(values, list) and looks_normalized(values) for values in written):
+            examples.add(bad.span)  # 0-1 fractions are no example: to_house names the frame to set
+    examples -= {found.span for found in parsed.boxes}  # a list of a box and an example: to_house refuses it
     out, objects, cursor = [], [], 0
-    past_edge = [bad for bad in parsed.invalid if bad.reason == "out_of_range"]  # for to_house to clamp or refuse
-    for start, end in sorted({found.span for found in [*parsed.boxes, *past_edge]}):
-        try:
-            boxes = [(ref, to_house(values, frame, width, height, CHAT_NORM1_FIX))
-                     for ref, values in _raw_bbox_2d(text[start:end])]  # unrounded, in the JSON's order
-        except Unusable:
-            if asked:
-                continue
-            raise
+    for start, end in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]} - examples):
+        boxes = [(ref, to_house(values, frame, width, height, CHAT_NORM1_FIX))
+                 for ref, values in _raw_bbox_2d(text[start:end])]  # unrounded, in the JSON's order
         if boxes:
             out += [text[cursor:start], " ".join(render_grounded(ref, box) for ref, box in boxes)]
             objects += [{"ref": ref or "", "box": list(box)} for ref, box in boxes]

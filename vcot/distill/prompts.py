@@ -53,6 +53,7 @@ evidence does not support; you never invent new ones."""
 PROBLEM_HINTS = {
     "empty_answer": "the answer was empty",
     "no_boxes": "it mentions objects without any <ref>name</ref><box>[x1, y1, x2, y2]</box>",
+    "only_question_box": "it boxes only the region the question gives: also box what you see in it",
     "invalid_box": "a box is not four integers 0-1000 with x1 < x2 and y1 < y2",
     "box_without_ref": "a <box> is not preceded by its <ref>name</ref>",
     "malformed_tag": "a <ref> or <box> tag is unclosed or misplaced",

@@ -1,7 +1,8 @@
 """Is a teacher answer a usable grounded rationale? Pure checks with reason codes, plus the accepted record.
 
 Reason codes (see ``prompts.PROBLEM_HINTS`` for what the corrective message says about each):
-``empty_answer``, ``invalid_box``, ``no_boxes``, ``box_without_ref``, ``malformed_tag``, ``no_final_answer``,
+``empty_answer``, ``invalid_box``, ``no_boxes``, ``box_without_ref``, ``only_question_box`` (a record without
+objects whose rationale boxes only the region its question gives), ``malformed_tag``, ``no_final_answer``,
 ``wrong_answer``.
 """
 
@@ -107,6 +108,9 @@ def check_answer(text: str, record: dict[str, Any]) -> Verdict:
     for found in parsed.boxes:
         if not found.ref:
             return Verdict("box_without_ref", f"box {list(found.box)} has no <ref>")
+    asked = question_boxes(str(record.get("question") or ""))
+    if asked and not record.get("objects") and all(found.box in asked for found in parsed.boxes):
+        return Verdict("only_question_box", "its only boxes are the region the question gives: no object to learn")
     tags = {tag: text.count(tag) for tag in ("<ref>", "</ref>", "<box>", "</box>")}
     if len(set(tags.values())) != 1 or tags["<box>"] != len(parsed.boxes):
         return Verdict("malformed_tag", f"tag counts {tags} for {len(parsed.boxes)} grounded objects")

@@ -43,9 +43,9 @@ def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: Promp
     """
     question, width, height = str(record["question"]).strip(), record.get("width"), record.get("height")
     out, cursor = [], 0
-    for mention in question_mentions(question) if width and height else []:
-        out += [question[cursor : mention.start()], fmt.render(mention.group(0), int(width), int(height))]
-        cursor = mention.end()
+    for start, end in [found.span for found in question_mentions(question).boxes] if width and height else []:
+        out += [question[cursor:start], fmt.render(question[start:end], int(width), int(height))]
+        cursor = end
     parts = ["".join(out) + question[cursor:]]
     if record.get("choices"):
         parts.append("Options:\n" + format_choices(record["choices"]))

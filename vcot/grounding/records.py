@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vcot.grounding.boxes import format_box, parse_grounded, validate_box
+from vcot.grounding.boxes import ParseResult, format_box, parse_grounded, validate_box
 
 REQUIRED_FIELDS = ("id", "source", "subset", "split", "image", "width", "height", "question", "answer")
 
@@ -68,17 +68,26 @@ def objects_problem(objects: list[Any]) -> str | None:
     return None
 
 
-_WRITTEN_MENTION = re.compile(r"(?:<ref>[^<]*</ref>)?<box>\[\s*-?\d+(?:\s*,\s*-?\d+){3}\s*\]</box>")
+_LETTER = re.compile(r"[A-Za-z]")
 
 
-def question_mentions(question: str) -> list[re.Match[str]]:
-    """The house mentions a record's question names, its box written as four integers (as convert writes them): a
-    template the question quotes, ``<box>[x1, y1, x2, y2]</box>``, is text, not a box.
+def question_mentions(question: str) -> ParseResult:
+    """The house mentions a record's question names, read as every stage reads boxes (:func:`parse_grounded`),
+    but for a template the question quotes (``<box>[x1, y1, x2, y2]</box>``: letters in the box), which is text.
 
-    >>> [m.group(0) for m in question_mentions("Is <box>[1, 2, 3, 4]</box> like <box>[x1, y1, x2, y2]</box>?")]
-    ['<box>[1, 2, 3, 4]</box>']
+    >>> found = question_mentions("<box>[1, 2, 3, 4]</box>, <box>[5, 5, 1, 1]</box>, <box>[x1, y1, x2, y2]</box>")
+    >>> [m.box for m in found.boxes], [m.raw for m in found.invalid]
+    ([(1, 2, 3, 4)], ['[5, 5, 1, 1]'])
     """
-    return list(_WRITTEN_MENTION.finditer(question)) if "<box>" in question else []
+    if "<box>" not in question:
+        return ParseResult([], [])
+    parsed = parse_grounded(question)
+
+    def quoted(span: tuple[int, int]) -> bool:
+        return bool(_LETTER.search(question[span[0] : span[1]].rsplit("<box>", 1)[-1].removesuffix("</box>")))
+
+    return ParseResult([m for m in parsed.boxes if not quoted(m.span)],
+                       [m for m in parsed.invalid if not quoted(m.span)])
 
 
 def question_boxes(question: str) -> set[tuple[int, int, int, int]]:
@@ -87,7 +96,7 @@ def question_boxes(question: str) -> set[tuple[int, int, int, int]]:
     >>> question_boxes("What is left of <box>[500, 200, 800, 900]</box>?")
     {(500, 200, 800, 900)}
     """
-    return {found.box for mention in question_mentions(question) for found in parse_grounded(mention.group(0)).boxes}
+    return {found.box for found in question_mentions(question).boxes}
 
 
 def question_problem(record: dict[str, Any]) -> str | None:
@@ -97,8 +106,7 @@ def question_problem(record: dict[str, Any]) -> str | None:
     >>> question_problem({"question": "What is in <box>[9, 9, 1, 1]</box>?"}), question_problem({"question": "Q?"})
     ('question_invalid_box', None)
     """
-    mentions = question_mentions(str(record.get("question") or ""))
-    return "question_invalid_box" if any(parse_grounded(m.group(0)).invalid for m in mentions) else None
+    return "question_invalid_box" if question_mentions(str(record.get("question") or "")).invalid else None
 
 
 def grounding_problem(record: dict[str, Any]) -> str | None:
