@@ -17,6 +17,11 @@ class StorageError(VcotError):
     """Storage is unreachable, refuses our credentials, or lacks what we asked for."""
 
 
+class MissingError(StorageError):
+    """What we asked storage for is not there (no such file or key): one bad input, where an unreachable server or
+    refused credentials stop a stage."""
+
+
 class NotCommittedError(VcotError):
     """An input has no ``_SUCCESS`` manifest: its producer has not finished (or failed)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vcot.errors import ConfigError, NotCommittedError, StorageError
+from vcot.errors import ConfigError, MissingError, NotCommittedError, StorageError
 from vcot.io import manifest, shards, storage
 
 RECORDS = [{"id": f"r{i}", "text": "ünïcode ✓", "n": i} for i in range(25)]
@@ -137,15 +137,21 @@ def test_wrong_credentials_give_one_clear_error(real_s3: str, monkeypatch: pytes
 def test_unreachable_endpoint_gives_one_clear_error(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("VCOT_S3_MAX_ATTEMPTS", "1")
-    with pytest.raises(StorageError, match=r"cannot reach bucket .* at endpoint http://127.0.0.1:9"):
+    with pytest.raises(StorageError, match=r"cannot reach bucket .* at endpoint http://127.0.0.1:9") as info:
         storage.check_access(f"{s3_bucket}/x")
+    assert not isinstance(info.value, MissingError)
 
 
-def test_missing_bucket_and_missing_key(s3_bucket: str) -> None:
-    with pytest.raises(StorageError, match="bucket .no-such-bucket-vcot. does not exist at endpoint http"):
+def test_missing_bucket_and_missing_key(s3_bucket: str, tmp_path: Path) -> None:
+    """A missing key or file is one bad input (MissingError: a stage rejects that record); a missing bucket is a
+    setting to fix, and stops the stage."""
+    with pytest.raises(StorageError, match="bucket .no-such-bucket-vcot. does not exist at endpoint http") as info:
         storage.check_access("s3://no-such-bucket-vcot/x")
-    with pytest.raises(StorageError, match="does not exist|NoSuchKey"):
+    assert not isinstance(info.value, MissingError)
+    with pytest.raises(MissingError, match="does not exist|NoSuchKey"):
         storage.read_bytes(f"{s3_bucket}/missing.json")
+    with pytest.raises(MissingError, match="does not exist"):
+        storage.read_bytes(str(tmp_path / "missing.json"))
     assert storage.exists(f"{s3_bucket}/missing.json") is False
 
 

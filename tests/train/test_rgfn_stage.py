@@ -12,6 +12,7 @@ from safetensors.torch import load, load_file
 
 from tests.conftest import LogMode
 from tests.train.train_helpers import UNWATCHED, WATCH, assert_train_progress, rgfn_trainer, run_until_killed
+from vcot.errors import StorageError
 from vcot.io import manifest, storage
 from vcot.models.loading import read_model_card
 from vcot.train import TrainConfig, train
@@ -123,7 +124,7 @@ def test_rgfn_scores_rationales_as_the_model_reads_them(
 
 @pytest.mark.integration
 def test_a_record_whose_image_cannot_be_used_runs_on_a_gray_one_and_teaches_nothing(
-    analyzer_adapter: str, record_data: str, tiny_model_dir: Path, tmp_path: Path
+    analyzer_adapter: str, record_data: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One missing or mis-sized image among many must not stop a run, nor teach the model boxes on the wrong
     picture: a stand-in keeps every rank's passes the same, and that record's loss counts zero."""
@@ -140,9 +141,12 @@ def test_a_record_whose_image_cannot_be_used_runs_on_a_gray_one_and_teaches_noth
     loss.backward()
     assert loss.item() == 0
     assert all(p.grad is None or not p.grad.any() for p in model.parameters() if p.requires_grad)
-    assert trainer.image_problems == {"unreadable": 2, "size_mismatch": 2}
-    assert not trainer.logged  # no curve point from a stand-in
+    assert dict(trainer.logged) == {"rgfn/image_problems": [1.0, 1.0]}  # the share logged; no curve point from them
     assert trainer.compute_loss(model, {"records": [row]}).item() != 0
+    unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr("vcot.train.rgfn.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(StorageError, match="cannot reach"):  # not a bad image: every record would be one
+        trainer.prompt(row)
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 
-from vcot.errors import StorageError
+from vcot.errors import MissingError
 from vcot.io import storage
 from vcot.io.images import TOO_LARGE, displayed_size, too_large
 
@@ -52,9 +52,7 @@ def size_from_uri(uri: str) -> tuple[int, int]:
     try:
         with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
             width, height = displayed_size(image)  # PIL has read the header through the stream; no pixel decoded
-    except StorageError as exc:
-        if "does not exist" not in str(exc):
-            raise  # unreachable storage or refused credentials: stop the stage, do not reject every image
+    except MissingError as exc:  # unreachable storage or refused credentials stop the stage instead
         raise ImageProblem("missing_image", str(exc)) from exc
     except Image.DecompressionBombError as exc:
         raise ImageProblem(TOO_LARGE, f"{uri}: {exc}") from exc

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from vcot.config import mask_url_credentials
-from vcot.errors import ConfigError, StorageError
+from vcot.errors import ConfigError, MissingError, StorageError
 from vcot.log import get_logger
 from vcot.progress import Progress
 
@@ -295,7 +295,7 @@ def storage_errors(uri: str) -> Iterator[None]:
     except StorageError:
         raise
     except FileNotFoundError as exc:
-        raise StorageError(f"{_describe(uri)} does not exist ({exc.strerror or exc})") from exc
+        raise MissingError(f"{_describe(uri)} does not exist ({exc.strerror or exc})") from exc
     except PermissionError as exc:
         raise StorageError(f"no permission on {_describe(uri)}: {exc}") from exc
     except Exception as raised:  # botocore raises many types; classify by name and code, re-raise the rest
@@ -314,7 +314,7 @@ def storage_errors(uri: str) -> Iterator[None]:
             elif code in ("NoSuchBucket",):
                 hint = "create the bucket or fix the URI"
             elif code in ("NoSuchKey", "404", "NotFound"):
-                hint = "it does not exist"
+                raise MissingError(f"S3 refused access to {_describe(uri)}: {code}: it does not exist") from raised
             else:
                 hint = str(exc)
             raise StorageError(f"S3 refused access to {_describe(uri)}: {code}: {hint}") from raised

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from vcot.errors import StorageError, VcotError
+from vcot.errors import MissingError, VcotError
 from vcot.grounding.model_format import IGNORE_INDEX
 from vcot.io import manifest
 from vcot.io.images import load_rgb
@@ -203,9 +203,7 @@ class Collator:
                 "boxes and grid are of another image (a photo stored turned is read upright since vcot applies its "
                 "EXIF orientation: re-run convert and tokenize)"
             )
-        except StorageError as exc:
-            if "does not exist" not in str(exc):
-                raise
+        except MissingError as exc:  # unreachable storage or refused credentials stop the run instead
             error = exc
         except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             error = exc

@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.errors import ConfigError, VcotError, first_line
+from vcot.errors import ConfigError, MissingError, StorageError, VcotError, first_line
 from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
@@ -210,6 +210,8 @@ class PromptTransform:
         try:
             image = load_rgb(row["image_uri"])
         except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
+            if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
+                raise  # unreachable storage or refused credentials: every record would be "unreadable"
             self._problem(out, i, "unreadable", row, reason=first_line(exc))
             for column in ("answer", "objects", "width", "height", "choices", "answer_index"):
                 out[column][i] = None

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot.errors import VcotError, first_line
+from vcot.errors import MissingError, StorageError, VcotError, first_line
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
 from vcot.io.images import load_rgb
@@ -89,7 +89,7 @@ class RGFNTrainer(Trainer):
         self.recipe, self.fmt = recipe, fmt
         self.end_id = int(self.processing_class.tokenizer.eos_token_id)
         self.logged: dict[str, list[float]] = defaultdict(list)
-        self.image_problems: Counter[str] = Counter()
+        self.warned: set[str] = set()  # records whose image problem was logged (once per record and process)
 
     # -- inputs ------------------------------------------------------------------------------------
     def prompt(self, record: dict[str, Any]) -> Prompt:
@@ -112,21 +112,25 @@ class RGFNTrainer(Trainer):
 
     def image(self, record: dict[str, Any]) -> tuple[Any, str | None]:
         """The record's image, else a gray one of the record's size and why (``unreadable``, ``size_mismatch``):
-        the record then runs every pass as usual, so every rank runs the same ones, and its loss counts zero."""
+        the record then runs every pass as usual, so every rank runs the same ones, and its loss counts zero.
+        Storage that cannot be reached is not a bad image: it stops the run (as SFT's collator does)."""
         from PIL import Image
 
         size = (int(record["width"]), int(record["height"]))
         try:
             image = load_rgb(record["image"])
         except Exception as exc:  # noqa: BLE001 - one missing or corrupt image must not stop a run
+            if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
+                raise
             problem, details = "unreadable", {"reason": first_line(exc)}
         else:
             if self.fmt.vision.grid(*image.size) == self.fmt.vision.grid(*size):
                 return image, None
             problem, details = "size_mismatch", {"image_size": list(image.size)}
-        self.image_problems[problem] += 1
-        log.warning(f"image_{problem}", record=record.get("id"), image=record["image"], size=list(size), **details,
-                    hint="the record teaches nothing: fix its image or its width/height (convert)")
+        if record.get("id") not in self.warned:
+            self.warned.add(record.get("id"))
+            log.warning(f"image_{problem}", record=record.get("id"), image=record["image"], size=list(size), **details,
+                        hint="the record teaches nothing: fix its image or its width/height (convert)")
         return Image.new("RGB", size, "gray"), problem
 
     def batch_inputs(self, prompt: Prompt, continuations: list[list[int]]) -> dict[str, torch.Tensor]:
@@ -245,6 +249,7 @@ class RGFNTrainer(Trainer):
                 loss = loss * 0.0
             else:
                 self.note(keep, rewards, lengths, temperature, tolerance)
+            self.logged["rgfn/image_problems"].append(float(prompt.image_problem is not None))
             losses.append(loss)
         loss = torch.stack(losses).mean()
         return (loss, None) if return_outputs else loss
@@ -336,7 +341,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     use_vision_learning_rate(trainer, recipe)
     result = run_training(trainer, folders)
     history = trainer.state.log_history
-    records = {"used": len(rows), "skipped": dict(skipped), "image_problems": dict(trainer.image_problems)}
+    records = {"used": len(rows), "skipped": dict(skipped)}
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
                "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
                "log_history": history}
