@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import LogMode
 from tests.train.train_helpers import UNWATCHED, WATCH, assert_train_progress, run_until_killed
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError, StorageError, VcotError
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
 from vcot.scoring.rewards import reward_setup
@@ -331,6 +331,19 @@ def test_prompt_transform_in_text_mode_has_no_image() -> None:
     out = PromptTransform(dataclasses.replace(HOUSE, mode="text"))({key: [value] for key, value in row.items()})
     assert "image" not in out  # nothing is loaded, and TRL sees a text-only prompt
     assert [block["type"] for block in out["prompt"][0][0]["content"]] == ["text"]
+
+
+def test_unreachable_storage_stops_grpo_instead_of_making_every_image_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = {"id": "r", "image_uri": str(tmp_path / "gone.png"), "width": 10, "height": 10, "question": "Q?",
+           "choices": None, "answer": "a", "answer_index": None, "objects": []}  # fmt: skip
+    batch = {key: [value] for key, value in row.items()}
+    assert PromptTransform(HOUSE)(batch)["image_problem"] == ["unreadable"]  # a missing file: one bad record
+    unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr("vcot.train.grpo.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(StorageError, match="cannot reach"):
+        PromptTransform(HOUSE)(batch)
 
 
 def test_the_coords_variable_of_tokenize_and_evaluate_does_not_reach_training() -> None:
