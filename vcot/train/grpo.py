@@ -207,17 +207,14 @@ class PromptTransform:
     def image(self, row: dict[str, Any], out: dict[str, list[Any]], i: int) -> Any:
         from PIL import Image
 
-        try:
-            image = load_rgb(row["image_uri"])
-        except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
-            if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
-                raise  # unreachable storage or refused credentials: every record would be "unreadable"
-            self._problem(out, i, "unreadable", row, reason=first_line(exc))
+        image, problem, details = checked_image(row["image_uri"], row["width"], row["height"], self.fmt)
+        if problem is not None:
+            self._problem(out, i, problem, row, **details)
+        if problem == "unreadable":
             for column in ("answer", "objects", "width", "height", "choices", "answer_index"):
                 out[column][i] = None
             return Image.new("RGB", (row["width"], row["height"]), "gray")
-        if self.fmt.vision.grid(*image.size) != self.fmt.vision.grid(row["width"], row["height"]):
-            self._problem(out, i, "size_mismatch", row, image_size=list(image.size))
+        if problem == "size_mismatch":
             out["width"][i] = out["height"][i] = None
         return image
 
@@ -228,6 +225,21 @@ class PromptTransform:
             log.warning(
                 f"image_{kind}", record=row["id"], image=row["image_uri"], size=[row["width"], row["height"]], **details
             )
+
+
+def checked_image(uri: str, width: int, height: int, fmt: ModelFormat) -> tuple[Any, str | None, dict[str, Any]]:
+    """The image at ``uri``, what is wrong with it for a record of ``width`` x ``height`` (``unreadable``: no image;
+    ``size_mismatch``: another patch grid than the record's size, so its boxes would be in another frame; ``None``)
+    and the details to log. Storage that cannot be reached is not a bad image: it raises, as it stops SFT."""
+    try:
+        image = load_rgb(uri)
+    except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
+        if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
+            raise  # unreachable storage or refused credentials: every record would be "unreadable"
+        return None, "unreadable", {"reason": first_line(exc)}
+    if fmt.vision.grid(*image.size) != fmt.vision.grid(width, height):
+        return image, "size_mismatch", {"image_size": list(image.size)}
+    return image, None, {}
 
 
 def prompt_dataset(rows: list[dict[str, Any]], fmt: ModelFormat) -> Any:

@@ -29,10 +29,9 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot.errors import MissingError, StorageError, VcotError, first_line
+from vcot.errors import VcotError
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
-from vcot.io.images import load_rgb
 from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
 from vcot.models.loading import image_token_types, machine_precision, vision_token_ids
@@ -49,7 +48,7 @@ from vcot.train.common import (
 )
 from vcot.train.estimate import announce_cpu_run, rgfn_workload
 from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
-from vcot.train.grpo import grpo_format, record_problem, usable_train_records
+from vcot.train.grpo import checked_image, grpo_format, record_problem, usable_train_records
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
 from vcot.train.sharding import is_sharded, sharded_trainer
@@ -117,16 +116,9 @@ class RGFNTrainer(Trainer):
         from PIL import Image
 
         size = (int(record["width"]), int(record["height"]))
-        try:
-            image = load_rgb(record["image"])
-        except Exception as exc:  # noqa: BLE001 - one missing or corrupt image must not stop a run
-            if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
-                raise
-            problem, details = "unreadable", {"reason": first_line(exc)}
-        else:
-            if self.fmt.vision.grid(*image.size) == self.fmt.vision.grid(*size):
-                return image, None
-            problem, details = "size_mismatch", {"image_size": list(image.size)}
+        image, problem, details = checked_image(record["image"], *size, self.fmt)
+        if problem is None:
+            return image, None
         if record.get("id") not in self.warned:
             self.warned.add(record.get("id"))
             log.warning(f"image_{problem}", record=record.get("id"), image=record["image"], size=list(size), **details,
