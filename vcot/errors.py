@@ -22,6 +22,18 @@ class MissingError(StorageError):
     refused credentials stop a stage."""
 
 
+def storage_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` is storage failing the run (unreachable, refused credentials) rather than one input missing
+    or broken: a loop that skips bad inputs must re-raise it, or every input would be skipped as bad.
+
+    >>> storage_outage(StorageError("cannot reach bucket 'b'")), storage_outage(MissingError("no such key"))
+    (True, False)
+    >>> storage_outage(OSError("cannot identify image file"))
+    False
+    """
+    return isinstance(exc, StorageError) and not isinstance(exc, MissingError)
+
+
 class NotCommittedError(VcotError):
     """An input has no ``_SUCCESS`` manifest: its producer has not finished (or failed)."""
 

@@ -139,6 +139,20 @@ def test_cache_parts_survive_and_corrupt_parts_are_skipped(tmp_path: Path) -> No
     assert reader.load() == 7 and reader.get("k6") == {"key": "k6", "text": "t6"}
 
 
+def test_a_cache_part_storage_cannot_serve_stops_the_run_instead_of_paying_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri = str(tmp_path / "cache")
+    AnswerCache(uri, "w").add_now([{"key": "paid", "text": "t"}])
+    unreachable = storage.StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(storage.StorageError, match="cannot reach"):  # skipped, its answers would be bought again
+        AnswerCache(uri, "reader").load()
+    gone = storage.MissingError("the part does not exist")  # deleted between the listing and the read
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: (_ for _ in ()).throw(gone))
+    assert AnswerCache(uri, "reader").load() == 0
+
+
 def test_cache_stores_answers_that_waited_too_long(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     now = moved_clock(monkeypatch, vcot.llm.cache)  # a busy machine's pauses cannot make an answer due early
 

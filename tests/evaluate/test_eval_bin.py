@@ -11,7 +11,7 @@ import torch
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, StorageError
 from vcot.evaluate.bin import (
     BinSettings,
     bin_record,
@@ -102,6 +102,20 @@ def test_bin_record_answers_by_the_row_mean(tiny_model_dir: Path, adapter_dir: P
     assert scores.shape == (3, 3) and torch.isfinite(scores).all() and (scores <= 0).all()
     assert "Answer:" in choice.bin_response and "Answer:" in choice.best_response
     assert gfn.bin_select(scores) == int(scores.mean(1).argmax())
+
+
+def test_bin_skips_a_missing_image_but_stops_on_unreachable_storage(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = make_record(str(tmp_path), 1, "gqa", [[100, 100, 400, 500]], "red")
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    settings = GenerationSettings(fmt=_fmt(processor, tiny_model_dir), max_new_tokens=4)
+    gone = {**record, "image": str(tmp_path / "gone.png")}
+    assert bin_record(policy, processor, gone, settings, BinSettings(samples=2)) == Skipped("image_unreadable")
+    unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr("vcot.evaluate.bin.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(StorageError, match="cannot reach"):  # skipped, BiN's figures would cover none
+        bin_record(policy, processor, record, settings, BinSettings(samples=2))
 
 
 def test_bin_skips_a_record_whose_size_disagrees_with_its_image_for_absolute_boxes(

@@ -13,6 +13,7 @@ from transformers import AutoConfig
 
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
+from vcot.errors import StorageError
 from vcot.evaluate.history import read_history
 from vcot.io import manifest, shards, storage
 from vcot.models.loading import MODEL_CARD, architecture
@@ -69,6 +70,28 @@ def test_unreadable_images_are_counted_and_skipped(tiny_model_dir: Path, adapter
     assert metrics["overall"]["samples"] == 2 and metrics["join"]["records_without_prediction"] == 1
     assert metrics["details"]["skipped_samples"] == {"image_unreadable": 1}
     assert set(_predictions(out)) == {records[0]["id"], records[2]["id"]}
+
+
+def test_unreachable_storage_stops_the_evaluation_instead_of_skipping_its_records(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """One record's image behind an outage: skipped as unreadable, the run would commit metrics on the others."""
+    import vcot.models.generation
+
+    records = _records(str(tmp_path), 3)
+    data = commit_records(str(tmp_path), records)
+    real_load = vcot.models.generation.load_rgb
+
+    def flaky(uri: str) -> Any:
+        if uri == records[1]["image"]:
+            raise StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+        return real_load(uri)
+
+    monkeypatch.setattr(vcot.models.generation, "load_rgb", flaky)
+    out = str(tmp_path / "o")
+    assert main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out, *FAST]) == 1
+    assert "cannot reach bucket" in capsys.readouterr().err and not manifest.is_committed(out)
 
 
 def test_a_model_that_could_answer_no_record_commits_nothing(

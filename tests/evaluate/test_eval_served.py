@@ -177,10 +177,12 @@ def test_a_record_whose_image_cannot_be_read_is_skipped_and_counted(
 ) -> None:
     data, records = known_data
     Path(records[5]["image"]).write_bytes(b"not an image")
+    Path(records[4]["image"]).unlink()  # gone: skipped as in process, not the end of the run
     assert served(server, data, tmp_path / "eval") == 0
     details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
-    assert details["skipped_samples"] == {"image_unreadable": 1}
-    assert server.chat_requests == len(records) - 1 and "picture 5" not in "".join(server.answered)
+    assert details["skipped_samples"] == {"image_unreadable": 2}
+    answered = "".join(server.answered)
+    assert server.chat_requests == len(records) - 2 and "picture 5" not in answered and "picture 4" not in answered
 
 
 def test_both_prompt_styles_are_asked_in_one_run(server: FakeOpenAI, known_data: Any, tmp_path: Path) -> None:

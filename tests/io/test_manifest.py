@@ -155,6 +155,19 @@ def test_a_resumed_run_adopts_committed_shards_and_an_overwrite_run_drops_them(t
     assert storage.list_uris(f"{root}/_shards") == [manifest.shard_manifest_uri(root, manifest.ShardSpec(1, 3))]
 
 
+def test_a_shard_manifest_storage_cannot_serve_stops_the_pod_instead_of_redoing_the_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, spec = str(tmp_path / "out"), manifest.ShardSpec(0, 2, run="a")
+    assert _run_shard(root, spec, tag="a", overwrite=False)
+    unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr(storage, "read_json", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(StorageError, match="cannot reach"):  # read as "not committed", the shard would run again
+        manifest.is_committed(root, spec)
+    with pytest.raises(StorageError, match="cannot reach"):
+        manifest.prepare_output(root, stage="test", inputs=[], overwrite=False, shard=spec)
+
+
 def test_the_default_run_id_follows_what_the_run_makes() -> None:
     config = {"input": "s3://b/in", "output": "s3://b/out", "val_fraction": 0.1}
     same = manifest.default_run_id({**config, "shard_index": 3, "workers": 4, "overwrite": True, "run_id": None})

@@ -13,7 +13,15 @@ from vcot.io import manifest, storage
 from vcot.log import configure_logging
 from vcot.models.loading import MODEL_CARD
 from vcot.train import TrainConfig, train
-from vcot.train.pointer import comparable_pointer, decide, ensure_pointer, publish, rl_decision, run_pointer
+from vcot.train.pointer import (
+    comparable_pointer,
+    decide,
+    ensure_pointer,
+    publish,
+    read_pointer,
+    rl_decision,
+    run_pointer,
+)
 
 METRIC = "eval_gen_first_object_iou"
 
@@ -147,3 +155,19 @@ def test_a_grpo_run_that_ends_worse_than_its_start_is_committed_but_not_publishe
     assert storage.read_json(str(runs / "latest.json"))["run"] == sft_run
     steps = [e["step"] for e in metrics["log_history"] if "eval_gen_answer_accuracy" in e]
     assert steps[0] == 0 and 2 in steps and 4 in steps  # the start, then every eval_steps
+
+
+def test_a_pointer_storage_cannot_serve_stops_the_run_instead_of_reading_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read as "no pointer", an RL run would move it without scoring the model it names."""
+    pointer = tmp_path / "latest.json"
+    assert read_pointer(str(pointer)) is None
+    pointer.write_text("{not json")
+    assert read_pointer(str(pointer)) is None  # not a pointer: a rerun may write a good one
+    pointer.write_text(json.dumps(run_pointer("s3://b/runs/sft", "m")))
+    assert read_pointer(str(pointer)) == run_pointer("s3://b/runs/sft", "m")
+    unreachable = storage.StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
+    monkeypatch.setattr(storage, "read_bytes", lambda uri: (_ for _ in ()).throw(unreachable))
+    with pytest.raises(storage.StorageError, match="cannot reach"):
+        comparable_pointer(config(tmp_path, pointer=str(pointer)), ModelFormat.for_family("qwen2.5-vl"))

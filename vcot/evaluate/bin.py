@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import torch
 
-from vcot.errors import ConfigError, VcotError
+from vcot.errors import ConfigError, VcotError, storage_outage
 from vcot.grounding.answers import ANSWER_MARKER as ANSWER_START
 from vcot.grounding.boxes import IntBox
 from vcot.grounding.prompts import answer_cue, build_messages
@@ -200,6 +200,8 @@ def bin_record(
     try:
         image = load_rgb(record["image"]) if settings.fmt.mode == "multimodal" else None
     except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+        if storage_outage(exc):
+            raise  # unreachable storage: every record would be skipped
         log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
         return Skipped("image_unreadable")
     fmt = settings.fmt

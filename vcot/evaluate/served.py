@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from vcot.config import mask_url_credentials
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, MissingError
 from vcot.evaluate.config import EvaluateConfig
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
@@ -53,7 +53,7 @@ def _messages_or_none(
     """:func:`served_messages`, or ``None`` (the record's id added to ``unreadable``) when its image cannot be read."""
     try:
         return served_messages(record, fmt, style)
-    except (OSError, ValueError) as exc:  # PIL raises both
+    except (MissingError, OSError, ValueError) as exc:  # a missing image, or PIL's errors on a broken one
         if str(record["id"]) not in unreadable:
             log.warning("image_unreadable", id=record["id"], image=record.get("image"), error=str(exc)[:200])
         unreadable.add(str(record["id"]))

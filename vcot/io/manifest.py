@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from vcot import __version__
-from vcot.errors import ConfigError, NotCommittedError, StorageError
+from vcot.errors import ConfigError, MissingError, NotCommittedError, StorageError
 from vcot.io import storage
 from vcot.io.shards import ShardFile, read_jsonl, read_verified
 
@@ -523,8 +523,9 @@ def _prepare_shard(output: str, shard: ShardSpec, *, overwrite: bool) -> bool:
 
 
 def _read_if_there(uri: str) -> dict[str, Any] | None:
-    """A small JSON document, or ``None`` when it does not exist (or was just deleted by another pod)."""
+    """A small JSON document, or ``None`` when it does not exist (or was just deleted by another pod). Storage that
+    cannot be reached raises: read as "not there", a committed shard would be trained or converted again."""
     try:
-        return storage.read_json(uri) if storage.exists(uri) else None
-    except StorageError:
+        return storage.read_json(uri)
+    except MissingError:
         return None

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
-from vcot.errors import StorageError
+from vcot.errors import MissingError
 from vcot.io import storage
 from vcot.io.shards import dumps_record
 from vcot.llm.ledger import Ledger
@@ -94,7 +94,8 @@ class AnswerCache:
         return storage.join(self.uri, "parts")
 
     def load(self) -> int:
-        """Read every stored part; returns how many answers are known. A corrupt part is skipped with a warning."""
+        """Read every stored part; returns how many answers are known. A corrupt part is skipped with a warning;
+        storage that cannot be reached stops the run (skipping the parts it holds would pay for them again)."""
         uris = storage.list_uris(self.parts_uri, suffix=".jsonl.gz")
         with ThreadPoolExecutor(max_workers=8) as pool:
             for uri, entries in zip(uris, pool.map(_read_part, uris)):
@@ -155,9 +156,14 @@ class AnswerCache:
 
 
 def _read_part(uri: str) -> list[dict[str, Any]] | None:
+    """A part's answers; ``None`` when it is corrupt or was deleted since it was listed."""
     try:
-        return [json.loads(line) for line in gzip.decompress(storage.read_bytes(uri)).splitlines() if line.strip()]
-    except (OSError, EOFError, ValueError, StorageError):
+        data = storage.read_bytes(uri)
+    except MissingError:
+        return None
+    try:
+        return [json.loads(line) for line in gzip.decompress(data).splitlines() if line.strip()]
+    except (OSError, EOFError, ValueError):
         return None
 
 

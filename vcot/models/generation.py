@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from vcot.errors import storage_outage
 from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
@@ -145,6 +146,8 @@ def _readable_images(records: Sequence[dict[str, Any]], multimodal: bool) -> dic
         try:
             images[position] = load_rgb(record["image"]) if multimodal else None
         except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
+            if storage_outage(exc):
+                raise  # unreachable storage: every record would be skipped and the metrics computed on none
             log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
     return images
 

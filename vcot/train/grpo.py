@@ -25,7 +25,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.errors import ConfigError, MissingError, StorageError, VcotError, first_line
+from vcot.errors import ConfigError, VcotError, first_line, storage_outage
 from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
@@ -234,7 +234,7 @@ def checked_image(uri: str, width: int, height: int, fmt: ModelFormat) -> tuple[
     try:
         image = load_rgb(uri)
     except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
-        if isinstance(exc, StorageError) and not isinstance(exc, MissingError):
+        if storage_outage(exc):
             raise  # unreachable storage or refused credentials: every record would be "unreadable"
         return None, "unreadable", {"reason": first_line(exc)}
     if fmt.vision.grid(*image.size) != fmt.vision.grid(width, height):

@@ -12,12 +12,13 @@ committed output (:func:`ensure_pointer`) never moves a pointer the run was refu
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from vcot.errors import StorageError
+from vcot.errors import MissingError
 from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.train import distributed
@@ -93,10 +94,13 @@ def run_pointer(output: str, base_model: str, *, finetune: str = "lora") -> dict
 
 
 def read_pointer(uri: str) -> dict[str, Any] | None:
-    """The pointer at ``uri``; ``None`` when there is none or it is not a pointer (unreadable, not a mapping)."""
+    """The pointer at ``uri``; ``None`` when there is none or it is not a pointer (not JSON, not a mapping).
+
+    Storage that cannot be reached raises: read as "no pointer", the run would move it without scoring the
+    model it names."""
     try:
-        current = storage.read_json(uri) if storage.exists(uri) else None
-    except StorageError:
+        current = json.loads(storage.read_bytes(uri))
+    except (MissingError, ValueError):
         return None
     return current if isinstance(current, dict) else None
 
