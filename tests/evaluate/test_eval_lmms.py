@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import tomllib
 from PIL import Image, ImageDraw
 
 from tests.conftest import REPO_ROOT
-from vcot.evaluate.lmms import MODEL_ID, read_back
+from vcot.evaluate.lmms import MODEL_ID, generate_by_mode, read_back
 from vcot.grounding.model_format import HOUSE, ModelFormat
 
 TASK = "vcot_tiny_vqa"
@@ -123,3 +124,23 @@ def test_read_back_gives_the_answer_or_house_boxes_of_the_task_image() -> None:
         "<box>[0, 0, 999, 999]</box> beyond the resized image"  # an invalid box is left as written, not repaired
     )
     assert read_back("no marker\nblue", HOUSE, 10, 10) == "blue"
+
+
+def test_a_batch_that_mixes_questions_with_and_without_images_keeps_the_images(
+    tiny_model_dir: Path, adapter_dir: Path
+) -> None:
+    """ScienceQA mixes both: the questions with an image are answered as alone, not in text mode with the others."""
+    from vcot.models.generation import GenerationSettings, generate_batch
+    from vcot.models.loading import load_model_and_processor, model_family
+
+    model, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    fmt = ModelFormat.for_processor(processor, model_family(str(tiny_model_dir)), coords="norm1000")
+    settings = GenerationSettings(fmt=fmt, max_new_tokens=12)
+    image = Image.new("RGB", (96, 64), (235, 235, 235))
+    ImageDraw.Draw(image).rectangle([20, 10, 60, 50], fill=(200, 0, 0))
+    pictured = {"id": "a", "image": image, "width": 96, "height": 64, "question": "What color is the square?"}
+    unpictured = {"id": "b", "image": None, "width": 1, "height": 1, "question": "What color is the square?"}
+    as_text = dataclasses.replace(settings, fmt=dataclasses.replace(fmt, mode="text"))
+    alone = generate_batch(model, processor, [pictured], settings) + generate_batch(model, processor, [unpictured], as_text)
+    assert alone[0] != generate_batch(model, processor, [pictured], as_text)[0]  # the image changes the answer
+    assert generate_by_mode(model, processor, [unpictured, pictured], settings) == alone[::-1]

@@ -73,12 +73,28 @@ def _cut(text: str, until: Any) -> str:
     return text
 
 
+def generate_by_mode(model: Any, processor: Any, records: list[dict[str, Any]], settings: Any) -> list[Any]:
+    """Greedy responses to ``records`` (``generate_batch``'s, in order), those without an image in text mode: an
+    lmms-eval batch may mix both (ScienceQA), and one mode for all would drop the others' images."""
+    from vcot.models.generation import generate_batch
+
+    responses: list[Any] = [None] * len(records)
+    for with_image in (True, False):
+        positions = [i for i, record in enumerate(records) if (record["image"] is not None) == with_image]
+        if not positions:
+            continue
+        mode = settings if with_image else dataclasses.replace(settings, fmt=dataclasses.replace(settings.fmt, mode="text"))
+        for position, response in zip(positions, generate_batch(model, processor, [records[i] for i in positions], mode)):
+            responses[position] = response
+    return responses
+
+
 def _build_class() -> type:
     # Not split: its length is the class body (short methods), built here so the module imports without lmms-eval.
     from lmms_eval.api.model import lmms
 
     from vcot.evaluate.stage import load_generator
-    from vcot.models.generation import GenerationSettings, Skipped, generate_batch
+    from vcot.models.generation import GenerationSettings, Skipped
     from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
     class VcotLMM(lmms):  # type: ignore[misc, valid-type]
@@ -132,12 +148,10 @@ def _build_class() -> type:
                 batch = requests[start : start + size]
                 records = [self._record(request) for request in batch]
                 settings = self.settings
-                if any(record["image"] is None for record in records):  # a question without an image: text mode
-                    settings = dataclasses.replace(settings, fmt=dataclasses.replace(settings.fmt, mode="text"))
                 gen_kwargs = batch[0].args[1] or {}
                 if gen_kwargs.get("max_new_tokens"):
                     settings = dataclasses.replace(settings, max_new_tokens=int(gen_kwargs["max_new_tokens"]))
-                texts = generate_batch(self.model, self.processor, records, settings)
+                texts = generate_by_mode(self.model, self.processor, records, settings)
                 for request, record, text in zip(batch, records, texts):
                     if isinstance(text, Skipped):
                         log.warning("lmms_sample_skipped", id=record["id"], reason=text.reason)
