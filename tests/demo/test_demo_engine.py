@@ -58,6 +58,16 @@ def test_the_page_handler_draws_the_box_the_model_wrote(engine: DemoModel, train
     assert 0 < drawn_at < len(updates) - 1  # drawn while the text was still streaming, not only at the end
 
 
+def test_a_box_typed_in_the_question_reaches_the_model_in_its_frame(
+    engine: DemoModel, trained_adapter: TrainedAdapter
+) -> None:
+    prepared = engine.prepare(str(trained_adapter.image))
+    expected = engine.fmt.render("<box>[0, 0, 500, 500]</box>", *prepared.image.size)  # qwen2.5-absolute pixels
+    assert expected != "<box>[0, 0, 500, 500]</box>"
+    inputs = engine._inputs(prepared, "What is in <box>[0, 0, 500, 500]</box>?")
+    assert f"What is in {expected}?" in engine.processor.tokenizer.decode(inputs["input_ids"][0])
+
+
 def test_no_image_no_question_and_bad_settings_are_one_line_each(
     engine: DemoModel, trained_adapter: TrainedAdapter
 ) -> None:

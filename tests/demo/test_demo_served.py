@@ -65,6 +65,21 @@ def test_the_page_draws_the_boxes_of_the_served_stream(card: tuple[Path, ModelFo
     assert sent.tobytes() == Image.open(upload).convert("RGB").tobytes()
 
 
+def test_a_box_typed_in_the_question_reaches_the_model_in_its_frame(upload: Path) -> None:
+    """House coordinates of the upload (160x120), as a record's question box: a Qwen2.5-VL model in absolute pixels
+    is asked in pixels of the image as its processor resizes it."""
+    absolute = ModelFormat.for_family("qwen2.5-vl", coords="qwen2.5-absolute")
+    question = "What color is the shape in <box>[0, 0, 500, 500]</box>?"
+    expected = absolute.render("<box>[0, 0, 500, 500]</box>", 160, 120)
+    assert expected != "<box>[0, 0, 500, 500]</box>"
+    with FakeOpenAI(answer=lambda _: RESPONSE, api_key="") as server:
+        engine = ServedModel(server.base_url, "m", absolute)
+        "".join(engine.stream(engine.prepare(str(upload)), question, Options()))
+        body = server.last_request
+    asked = body["messages"][-1]["content"][-1]["text"]
+    assert asked.startswith(f"What color is the shape in {expected}?")
+
+
 def test_sampling_and_no_penalty_are_asked_as_set(card: tuple[Path, ModelFormat], upload: Path) -> None:
     folder, fmt = card
     with FakeOpenAI(answer=lambda _: RESPONSE, api_key="") as server:

@@ -113,6 +113,12 @@ def prepare_upload(path: str | None, fmt: ModelFormat) -> Prepared:
     return Prepared(image=image, model_size=(model_w, model_h), note=note + ".")
 
 
+def upload_record(prepared: Prepared, question: str) -> dict[str, Any]:
+    """The record a page question is prompted as: with the upload's size, so that a box typed in the question (house
+    coordinates, 0-1000 of the image) reaches the model in its own frame, as a record's question box does."""
+    return {"image": "upload", "question": question, "width": prepared.image.width, "height": prepared.image.height}
+
+
 def check_length(question: str | None, limits: QuestionLimits) -> str:
     """The question, stripped, or a :class:`VcotError` when it is empty or has more characters than ``limits``."""
     text = (question or "").strip()
@@ -211,8 +217,7 @@ class DemoModel:
             raise failures[0]
 
     def _inputs(self, prepared: Prepared, question: str) -> Any:
-        record = {"image": "upload", "question": question}
-        messages = build_messages(record, self.fmt, with_answer=False)
+        messages = build_messages(upload_record(prepared, question), self.fmt, with_answer=False)
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         images = [prepared.image] if self.fmt.mode == "multimodal" else None
         return self.processor(text=[text], images=images, return_tensors="pt").to(self.model.device)

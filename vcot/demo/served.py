@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from vcot.config import mask_url_credentials
-from vcot.demo.engine import Options, Prepared, QuestionLimits, check_length, prepare_upload
+from vcot.demo.engine import Options, Prepared, QuestionLimits, check_length, prepare_upload, upload_record
 from vcot.errors import ConfigError, require
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
@@ -65,7 +65,7 @@ class ServedModel:
 
     def request(self, prepared: Prepared, question: str, options: Options) -> dict[str, Any]:
         """The chat completion request for one answer (streamed)."""
-        chat = build_messages({"image": "upload", "question": question}, self.fmt, with_answer=False)
+        chat = build_messages(upload_record(prepared, question), self.fmt, with_answer=False)
         extra = dict(self.params)
         if options.repetition_penalty != 1.0:
             extra["repetition_penalty"] = options.repetition_penalty

@@ -32,7 +32,7 @@ def format_choices(choices: Sequence[str]) -> str:
 def question_text(record: dict[str, Any], fmt: ModelFormat = HOUSE, style: PromptStyle = "cot") -> str:
     """The question, its choices when it has some, and the instruction (grounded reasoning, or the answer alone).
     A box a record's question names is shown in the model's frame and syntax, as its rationale's boxes are (a
-    question typed in the demo has no record size, and is shown as typed).
+    record without a size is shown as typed).
 
     >>> question_text({"question": "Color?"}, style="direct").endswith("no reasoning and no boxes.")
     True
