@@ -339,3 +339,30 @@ def test_a_real_box_in_the_question_is_checked_as_the_answers_are(tmp_path: Path
     item["messages"] = [{"role": "user", "content": "<image>" + question}, item["messages"][1]]
     accepted, rejected = _run(tmp_path, [item, _chat([30, 60, 240, 270], id="plain")], bbox_2d_frame="pixels")
     assert [r["id"] for r in accepted] == ["records:plain"] and rejected["records:asked"][0] == reason
+
+
+def test_ms_swift_qwen_json_placeholders_become_house_mentions(tmp_path: Path) -> None:
+    """ms-swift's QWENVL_BBOX_FORMAT=new items (its custom-dataset docs): the placeholders sit inside Qwen's bbox_2d
+    JSON, which ms-swift fills with the values; each filled box object is one house mention, not JSON around one."""
+    two_sheep = '[\n\t{"bbox_2d": <bbox>, "label": "<ref-object>"},\n\t{"bbox_2d": <bbox>, "label": "<ref-object>"}\n]'
+    new_format = {"id": "new", "images": ["photos/cat.png"],
+                  "messages": [{"role": "user", "content": "<image>Locate the <ref-object> in the image"},
+                               {"role": "assistant", "content": two_sheep}],
+                  "objects": {"ref": ["sheep", "sheep", "sheep"], "bbox": [[90.9, 160.8, 135, 212.8],
+                                                                           [160.9, 180.8, 195, 232.8]]}}
+    quoted = {**new_format, "id": "quoted", "objects": {"ref": ['a "big" cat', 'a "big" cat'], "bbox": [[30, 60, 240, 270]]},
+              "messages": [new_format["messages"][0], {"role": "assistant", "content":
+                                                       '{"bbox_2d": <bbox>, "label": "<ref-object>"}. Answer: cat'}]}
+    written = {**quoted, "id": "written", "messages": [new_format["messages"][0], {"role": "assistant", "content":
+               '[{"bbox_2d": <bbox>, "label": "<ref-object>"}, {"bbox_2d": [1, 2, 30, 40], "label": "dog"}]'}]}
+    accepted, rejected = _run(tmp_path, [new_format, quoted, written])
+    got = {r["id"]: (r["question"], r["objects"], r["rationale"]) for r in accepted}
+    assert got == {
+        "records:new": ("Locate the sheep in the image",
+                        [{"ref": "sheep", "box": [303, 536, 450, 709]}, {"ref": "sheep", "box": [536, 603, 650, 776]}],
+                        "<ref>sheep</ref><box>[303, 536, 450, 709]</box> <ref>sheep</ref><box>[536, 603, 650, 776]</box>"
+                        " Answer: sheep"),
+        "records:quoted": ('Locate the a "big" cat in the image', [{"ref": 'a "big" cat', "box": [100, 200, 800, 900]}],
+                           '<ref>a "big" cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat'),
+    }
+    assert rejected["records:written"][0] == "bbox_2d_with_numbers"  # numbers in an unknown frame: never guessed

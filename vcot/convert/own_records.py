@@ -62,6 +62,9 @@ OURS_NORM1_FIX = "our schema's boxes are 0-1000 of the original image (multiply 
 QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
 """The image geometry Qwen2.5-VL's released processor resizes with: the frame of ``qwen2.5-resized`` boxes."""
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+_PLACEHOLDERS = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
+"""ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` names it."""
+_SWIFT_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*<bbox>')
 _MENTION = r"(?:<ref>[^<]*</ref>)?<box>[^<]*</box>"
 _FENCE = re.compile(rf"```(?:json)?\s*({_MENTION}(?:\s*{_MENTION})*)\s*```")
 """A code fence left holding only house mentions (where Qwen's JSON was): the fence goes, the mentions stay."""
@@ -409,12 +412,14 @@ def swift_fields(
             raise Unusable("placeholder_mismatch", f"more <ref-object> placeholders than the {len(refs)} refs")
         return refs[position]
 
-    def fill(match: re.Match[str], *, asked: bool) -> str:
+    def fill(match: re.Match[str], *, asked: bool, in_json: bool) -> str:
         if match.group(0) == "<ref-object>":
-            return ref_at(next(next_ref))
+            return json.dumps(ref_at(next(next_ref)))[1:-1] if in_json else ref_at(next(next_ref))
         position = next(next_box)
         if position >= len(house):
             raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
+        if in_json:  # the value itself: the filled JSON is read as chat's bbox_2d, in house (0-1000) values
+            return (json.dumps(ref_at(next(next_ref)))[1:-1] if match.group(1) else "") + json.dumps(list(house[position]))
         if match.group(1):
             ref = ref_at(next(next_ref))
         elif asked:  # the box alone: a name could give the answer away
@@ -425,9 +430,23 @@ def swift_fields(
             named.append({"ref": ref or "", "box": list(house[position])})
         return render_grounded(ref or None, house[position])
 
-    placeholders = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
-    question = placeholders.sub(lambda match: fill(match, asked=True), clean_text(user))
-    text = placeholders.sub(lambda match: fill(match, asked=False), assistant)
+    def turn(text: str, *, asked: bool) -> str:
+        """One turn filled; in ms-swift's Qwen JSON (``{"bbox_2d": <bbox>, "label": "<ref-object>"}``, its
+        QWENVL_BBOX_FORMAT=new) each filled box object becomes a house mention."""
+        in_json = _SWIFT_JSON_BOX.search(text) is not None
+        filled = _PLACEHOLDERS.sub(lambda match: fill(match, asked=asked, in_json=in_json), text)
+        if not in_json:
+            return filled
+        filled, objects = _house_bbox_2d(filled, width, height, "norm1000", asked=asked)
+        if len(objects) != text.count("<bbox>"):
+            raise Unusable("bbox_2d_with_numbers", "a bbox_2d with written numbers beside objects.bbox: give every "
+                           "box of the item as <bbox>, filled from objects.bbox")
+        if not asked:
+            named.extend(objects)
+        return filled
+
+    question = turn(clean_text(user), asked=True)
+    text = turn(assistant, asked=False)
     answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in named if o["ref"]], missing)
     return {"question": question, "answer": answer, "objects": named, "rationale": rationale,
             "answer_from_refs": from_refs}
