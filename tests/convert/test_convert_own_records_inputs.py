@@ -366,3 +366,19 @@ def test_ms_swift_qwen_json_placeholders_become_house_mentions(tmp_path: Path) -
                            '<ref>a "big" cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat'),
     }
     assert rejected["records:written"][0] == "bbox_2d_with_numbers"  # numbers in an unknown frame: never guessed
+
+
+def test_a_text_that_answers_in_prose_is_not_given_its_boxes_names_as_answer(tmp_path: Path) -> None:
+    """--missing-answer refs is for pure grounding items; a chain of thought that says its answer without the
+    Answer: marker would get a target that contradicts itself ("... the answer is yes. Answer: red sign")."""
+    sign = '{"bbox_2d": [56, 50, 192, 163], "label": "red sign"}'
+
+    def item(name: str, text: str) -> dict:
+        turns = [{"role": "user", "content": "<image>Is the shop open?"}, {"role": "assistant", "content": text}]
+        return {"id": name, "messages": turns, "images": ["photos/cat.png"]}
+
+    items = [item("prose", f"The {sign} reads OPEN, so the answer is yes."), item("bold", f"The {sign} reads OPEN.\n\n**Answer:** yes"),
+             item("grounding", f"The sign: {sign}.")]
+    accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
+    assert {r["id"]: r["answer"] for r in accepted} == {"records:bold": "yes", "records:grounding": "red sign"}
+    assert rejected["records:prose"][0] == "no_answer" and "states an answer in prose" in rejected["records:prose"][1]

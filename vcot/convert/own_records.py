@@ -66,6 +66,8 @@ _PLACEHOLDERS = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
 """ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` names it."""
 _SWIFT_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*<bbox>')
 _MENTION = r"(?:<ref>[^<]*</ref>)?<box>[^<]*</box>"
+_PROSE_ANSWER = re.compile(r"\banswer\b", re.IGNORECASE)
+"""A text that says "the answer is ..." without the ``Answer:`` marker: it answers something other than its boxes."""
 _FENCE = re.compile(rf"```(?:json)?\s*({_MENTION}(?:\s*{_MENTION})*)\s*```")
 """A code fence left holding only house mentions (where Qwen's JSON was): the fence goes, the mentions stay."""
 
@@ -296,7 +298,9 @@ def answer_and_target(
 ) -> tuple[str, str, bool]:
     """``(answer, rationale ending with 'Answer: ...', answered from the refs)``: the item's ``answer`` field, else the
     assistant's own ``Answer:`` line, else (``missing="refs"``) the grounded refs: a pure grounding item's answer is
-    what it located. That last one is a choice (``--missing-answer``), so it is reported, never silent.
+    what it located. That last one is a choice (``--missing-answer``), so it is reported, never silent; a text that
+    states an answer in its prose ("so the answer is yes") is no pure grounding item, and is rejected instead of
+    being given a contradicting ``Answer:`` line.
 
     >>> answer_and_target({}, "<ref>a</ref><box>[1, 2, 3, 4]</box>", ["a"])
     ('a', '<ref>a</ref><box>[1, 2, 3, 4]</box> Answer: a', True)
@@ -316,10 +320,14 @@ def answer_and_target(
         raise Unusable(
             "no_answer", "no answer field and no 'Answer:' line (--missing-answer refs answers with the object names)"
         )
+    elif _PROSE_ANSWER.search(re.sub(_MENTION, " ", text)):
+        raise Unusable("no_answer", "the text states an answer in prose but has no 'Answer:' line: end it with "
+                       "'Answer: <answer>' or give the item an answer field (its boxes' names would contradict it)")
     else:
         answer, from_refs = ", ".join(dict.fromkeys(refs)), True
     if not answer:
-        raise Unusable("missing_answer", "no answer field, no 'Answer:' line and no named box")
+        raise Unusable("missing_answer", "no answer field, no 'Answer:' line and no named box: give each box a name "
+                       '(bbox_2d\'s "label", ms-swift\'s <ref-object>) or the item an answer field')
     return answer, text if found else f"{text} Answer: {answer}", from_refs
 
 

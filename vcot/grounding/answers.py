@@ -47,13 +47,16 @@ def extract_answer(response: str) -> str:
 
 
 def final_answer(response: str) -> str | None:
-    """The text after the last ``Answer:`` (stripped), ``None`` when there is no such marker.
+    """The text after the last ``Answer:`` (stripped, and of the Markdown bold a chat model puts around it),
+    ``None`` when there is no such marker.
 
     >>> final_answer("I see it. Answer: Blue "), final_answer("Blue") is None
     ('Blue', True)
+    >>> final_answer("It reads OPEN. **Answer:** yes"), final_answer("**Answer: yes**")
+    ('yes', 'yes')
     """
     markers = list(ANSWER_MARKER.finditer(response))
-    return response[markers[-1].end() :].strip() if markers else None
+    return response[markers[-1].end() :].strip().strip("*").strip() if markers else None
 
 
 def normalize_answer(text: str) -> str:
