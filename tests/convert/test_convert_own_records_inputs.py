@@ -382,3 +382,27 @@ def test_a_text_that_answers_in_prose_is_not_given_its_boxes_names_as_answer(tmp
     accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
     assert {r["id"]: r["answer"] for r in accepted} == {"records:bold": "yes", "records:grounding": "red sign"}
     assert rejected["records:prose"][0] == "no_answer" and "states an answer in prose" in rejected["records:prose"][1]
+
+
+def test_qwen2_vl_special_token_boxes_are_read_as_bbox_2d_json_is(tmp_path: Path) -> None:
+    """Qwen2-VL's grounding syntax (ms-swift's and LLaMA-Factory's users write it): the same frame setting, the same
+    house mentions and objects, in the question as in the answer."""
+    def tokens(ref: str | None, x1: int, y1: int, x2: int, y2: int) -> str:
+        named = f"<|object_ref_start|>{ref}<|object_ref_end|>" if ref else ""
+        return f"{named}<|box_start|>({x1},{y1}),({x2},{y2})<|box_end|>"
+
+    turns = [{"role": "user", "content": f"<image>What is at {tokens(None, 100, 200, 800, 900)}?"},
+             {"role": "assistant", "content": f"The {tokens('cat', 100, 200, 800, 900)} sits. Answer: cat"}]
+    inverted = [turns[0], {"role": "assistant", "content": f"The {tokens('cat', 800, 200, 100, 900)}. Answer: cat"}]
+    items = [{"id": "tokens", "messages": turns, "images": ["photos/cat.png"]},
+             {"id": "inverted", "messages": inverted, "images": ["photos/cat.png"]}]
+    accepted, rejected = _run(tmp_path, items, bbox_2d_frame="norm1000")
+    assert [(r["question"], r["objects"], r["rationale"]) for r in accepted] == [(
+        "What is at <box>[100, 200, 800, 900]</box>?", [{"ref": "cat", "box": [100, 200, 800, 900]}],
+        "The <ref>cat</ref><box>[100, 200, 800, 900]</box> sits. Answer: cat")]
+    assert rejected["records:inverted"][0] == "inverted_box"
+    in_pixels = [{"role": "user", "content": "<image>Find the cat."},
+                 {"role": "assistant", "content": tokens("cat", 30, 60, 240, 270)}]  # of the 300x300 image
+    pixels, _ = _run(tmp_path, [{"id": "pixels", "messages": in_pixels, "images": ["photos/cat.png"]}],
+                     bbox_2d_frame="pixels")
+    assert pixels[0]["objects"] == [{"ref": "cat", "box": [100, 200, 800, 900]}]

@@ -7,9 +7,10 @@ Each item's layout is read from its keys (a fact of the item, not a guess about 
   ``<bbox>`` placeholders filled in order from ``objects: {ref, bbox, bbox_type}``; ``bbox_type`` says the frame
   (``real``: pixels of the original image, ms-swift's default; ``norm1``: 0-1; ``norm1000``: 0-1000);
 - ``chat`` (``messages`` or ``conversations`` and no such ``objects``): one user and one assistant turn, the
-  assistant's boxes written as Qwen's JSON ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}``. That JSON does not say
-  its frame (Qwen2.5-VL writes pixels, Qwen3-VL 0-1000), so ``--bbox-2d-frame`` must: the stage stops at the first
-  chat item without it.
+  assistant's boxes written as Qwen's JSON ``{"bbox_2d": [x1, y1, x2, y2], "label": ...}`` or Qwen2-VL's special
+  tokens (``<|object_ref_start|>cat<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``). Neither says its
+  frame (Qwen2.5-VL writes pixels, Qwen3-VL and Qwen2-VL 0-1000), so ``--bbox-2d-frame`` must: the stage stops at
+  the first chat item without it.
 
 Image paths are relative to ``--images`` (default: the input's folder) unless they are absolute (``s3://``,
 ``/``); Parquet's embedded images (``{"bytes": ...}``) are written content-addressed under ``<output>/images``.
@@ -45,7 +46,7 @@ from vcot.convert.quality import quality_problem
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.answers import final_answer
-from vcot.grounding.boxes import IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
+from vcot.grounding.boxes import BoxFormat, IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import storage
 
@@ -62,6 +63,9 @@ OURS_NORM1_FIX = "our schema's boxes are 0-1000 of the original image (multiply 
 QWEN25_VISION = ModelFormat.for_family("qwen2.5-vl").vision
 """The image geometry Qwen2.5-VL's released processor resizes with: the frame of ``qwen2.5-resized`` boxes."""
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
+_QWEN_SYNTAXES: tuple[BoxFormat, ...] = ("json", "qwen")
+"""The box syntaxes of chat turns: Qwen2.5-VL's and Qwen3-VL's ``bbox_2d`` JSON, and Qwen2-VL's special tokens."""
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PLACEHOLDERS = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
 """ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` names it."""
 _SWIFT_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*<bbox>')
@@ -383,7 +387,7 @@ def _integer_mentions(text: str, where: str = "rationale") -> str:
     parsed = parse_grounded(text)
     for mention in [*parsed.boxes, *parsed.invalid]:  # rounded, 0-1 fractions are a dot (or no box at all)
         written = text[mention.span[0] : mention.span[1]].split("<box>")[-1]
-        if looks_normalized([float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", written)]):
+        if looks_normalized([float(v) for v in _NUMBER.findall(written)]):
             box = written.removesuffix("</box>")
             raise Unusable("box_looks_normalized", f"the {where}'s box {box} looks like 0-1 fractions: "
                            f"{OURS_NORM1_FIX}")
@@ -469,8 +473,8 @@ def chat_fields(
     frame: Bbox2dFrame,
     missing: MissingAnswer = "refs",
 ) -> dict[str, Any]:
-    """Chat turns with Qwen ``bbox_2d`` JSON: each JSON value becomes its boxes as house mentions, in the question
-    as in the answer; the objects are the answer's boxes."""
+    """Chat turns with Qwen's boxes (``bbox_2d`` JSON or special tokens): each becomes house mentions, in the
+    question as in the answer; the objects are the answer's boxes."""
     question, _ = _house_bbox_2d(clean_text(user), width, height, frame, asked=True)
     text, objects = _house_bbox_2d(assistant, width, height, frame)
     answer, rationale, from_refs = answer_and_target(item, text, [o["ref"] for o in objects if o["ref"]], missing)
@@ -481,26 +485,28 @@ def chat_fields(
 def _house_bbox_2d(
     text: str, width: int, height: int, frame: Bbox2dFrame, *, asked: bool = False
 ) -> tuple[str, list[dict[str, Any]]]:
-    """``text`` with each ``bbox_2d`` JSON value replaced by its boxes as house mentions (a code fence left holding
-    only them goes), and those boxes as objects, in order. In a question (``asked``) a value that is no box at all
-    (a format example such as ``[0, 0, 0, 0]``) stays as written; any other box is converted or rejects the item,
-    as in the answer."""
-    parsed = parse_grounded(text, "json", upper=float("inf"))
+    """``text`` with each Qwen box replaced by house mentions (a code fence left holding only them goes), and those
+    boxes as objects, in order: each ``bbox_2d`` JSON value (one box object or a list) and each of Qwen2-VL's
+    special-token mentions (``<|object_ref_start|>cat<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>``).
+    In a question (``asked``) a value that is no box at all (a format example such as ``[0, 0, 0, 0]``) stays as
+    written; any other box is converted or rejects the item, as in the answer."""
+    found = {syntax: parse_grounded(text, syntax, upper=float("inf")) for syntax in _QWEN_SYNTAXES}
+    syntax_at = {mention.span: syntax for syntax, parsed in found.items() for mention in [*parsed.boxes, *parsed.invalid]}
     examples: set[tuple[int, int]] = set()
-    for bad in parsed.invalid:  # a negative value (out_of_range) is left to to_house: a little past the edge is fine
-        if bad.reason == "out_of_range":
+    for bad in [bad for parsed in found.values() for bad in parsed.invalid]:
+        if bad.reason == "out_of_range":  # a negative value is left to to_house: a little past the edge is fine
             continue
         if not asked:
             reason = {"inverted": "inverted_box", "zero_area": "zero_area_box", "not_finite": "not_finite_box"}
-            raise Unusable(reason.get(bad.reason, "bad_box"), f"bbox_2d {bad.raw} is not a box ({bad.reason})")
-        written = [values for _, values in _raw_bbox_2d(text[bad.span[0] : bad.span[1]])]
+            raise Unusable(reason.get(bad.reason, "bad_box"), f"box {bad.raw} is not a box ({bad.reason})")
+        written = [values for _, values in _raw_boxes(text[bad.span[0] : bad.span[1]], syntax_at[bad.span])]
         if not any(isinstance(values, list) and looks_normalized(values) for values in written):
             examples.add(bad.span)  # 0-1 fractions are no example: to_house names the frame to set
-    examples -= {found.span for found in parsed.boxes}  # a list of a box and an example: to_house refuses it
+    examples -= {mention.span for parsed in found.values() for mention in parsed.boxes}  # a box and an example: refused
     out, objects, cursor = [], [], 0
-    for start, end in sorted({found.span for found in [*parsed.boxes, *parsed.invalid]} - examples):
+    for start, end in sorted(set(syntax_at) - examples):
         boxes = [(ref, to_house(values, frame, width, height, CHAT_NORM1_FIX))
-                 for ref, values in _raw_bbox_2d(text[start:end])]  # unrounded, in the JSON's order
+                 for ref, values in _raw_boxes(text[start:end], syntax_at[(start, end)])]  # unrounded, in order
         if boxes:
             out += [text[cursor:start], " ".join(render_grounded(ref, box) for ref, box in boxes)]
             objects += [{"ref": ref or "", "box": list(box)} for ref, box in boxes]
@@ -508,10 +514,14 @@ def _house_bbox_2d(
     return _FENCE.sub(r"\1", "".join(out) + text[cursor:]), objects
 
 
-def _raw_bbox_2d(json_text: str) -> list[tuple[str | None, Any]]:
-    """``(label, bbox_2d)`` of each box of one JSON value (a box object or a list of them), unrounded, labels read
-    as :func:`vcot.grounding.boxes.parse_grounded` reads them."""
-    value = json.loads(json_text)
+def _raw_boxes(mention: str, syntax: BoxFormat) -> list[tuple[str | None, Any]]:
+    """``(label, values)`` of each box of one mention, unrounded: a ``bbox_2d`` JSON value (a box object or a list
+    of them) or one special-token mention; labels read as :func:`vcot.grounding.boxes.parse_grounded` reads them."""
+    if syntax == "qwen":
+        ref = re.search(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", mention, re.DOTALL)
+        box = mention[mention.index("<|box_start|>") :]
+        return [(ref.group(1).strip() or None if ref else None, [float(v) for v in _NUMBER.findall(box)])]
+    value = json.loads(mention)
     items = value if isinstance(value, list) else [value]
     boxes = [item for item in items if isinstance(item, dict) and "bbox_2d" in item]
     return [(str(box["label"]).strip() or None if box.get("label") is not None else None, box["bbox_2d"])
@@ -623,8 +633,8 @@ class OwnRecordConverter:
             raise Unusable("unknown_layout", "no rationale (our schema), objects.bbox (ms-swift) or messages (chat)")
         if layout == "chat" and self.bbox_2d_frame is None:
             raise ConfigError(
-                "the records hold chat turns with Qwen bbox_2d boxes, whose frame the file does not say: pass "
-                "--bbox-2d-frame norm1000 (Qwen3-VL, Qwen2-VL: 0-1000), pixels (of the original image) or "
+                "the records hold chat turns with Qwen boxes (bbox_2d JSON or <|box_start|> tokens), whose frame the "
+                "file does not say: pass --bbox-2d-frame norm1000 (Qwen3-VL, Qwen2-VL: 0-1000), pixels (of the original image) or "
                 "qwen2.5-resized (Qwen2.5-VL's own output: pixels of its resized image) (nothing was committed)"
             )
         user = assistant = ""
