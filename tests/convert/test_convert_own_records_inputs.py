@@ -350,7 +350,8 @@ def test_ms_swift_qwen_json_placeholders_become_house_mentions(tmp_path: Path) -
                                {"role": "assistant", "content": two_sheep}],
                   "objects": {"ref": ["sheep", "sheep", "sheep"], "bbox": [[90.9, 160.8, 135, 212.8],
                                                                            [160.9, 180.8, 195, 232.8]]}}
-    quoted = {**new_format, "id": "quoted", "objects": {"ref": ['a "big" cat', 'a "big" cat'], "bbox": [[30, 60, 240, 270]]},
+    quoted = {**new_format, "id": "quoted",
+              "objects": {"ref": ['a "big" cat', 'a "big" cat'], "bbox": [[30, 60, 240, 270]]},
               "messages": [new_format["messages"][0], {"role": "assistant", "content":
                                                        '{"bbox_2d": <bbox>, "label": "<ref-object>"}. Answer: cat'}]}
     written = {**quoted, "id": "written", "messages": [new_format["messages"][0], {"role": "assistant", "content":
@@ -360,8 +361,8 @@ def test_ms_swift_qwen_json_placeholders_become_house_mentions(tmp_path: Path) -
     assert got == {
         "records:new": ("Locate the sheep in the image",
                         [{"ref": "sheep", "box": [303, 536, 450, 709]}, {"ref": "sheep", "box": [536, 603, 650, 776]}],
-                        "<ref>sheep</ref><box>[303, 536, 450, 709]</box> <ref>sheep</ref><box>[536, 603, 650, 776]</box>"
-                        " Answer: sheep"),
+                        "<ref>sheep</ref><box>[303, 536, 450, 709]</box> "
+                        "<ref>sheep</ref><box>[536, 603, 650, 776]</box> Answer: sheep"),
         "records:quoted": ('Locate the a "big" cat in the image', [{"ref": 'a "big" cat', "box": [100, 200, 800, 900]}],
                            '<ref>a "big" cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat'),
     }
@@ -377,8 +378,8 @@ def test_a_text_that_answers_in_prose_is_not_given_its_boxes_names_as_answer(tmp
         turns = [{"role": "user", "content": "<image>Is the shop open?"}, {"role": "assistant", "content": text}]
         return {"id": name, "messages": turns, "images": ["photos/cat.png"]}
 
-    items = [item("prose", f"The {sign} reads OPEN, so the answer is yes."), item("bold", f"The {sign} reads OPEN.\n\n**Answer:** yes"),
-             item("grounding", f"The sign: {sign}.")]
+    items = [item("prose", f"The {sign} reads OPEN, so the answer is yes."),
+             item("bold", f"The {sign} reads OPEN.\n\n**Answer:** yes"), item("grounding", f"The sign: {sign}.")]
     accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
     assert {r["id"]: r["answer"] for r in accepted} == {"records:bold": "yes", "records:grounding": "red sign"}
     assert rejected["records:prose"][0] == "no_answer" and "states an answer in prose" in rejected["records:prose"][1]

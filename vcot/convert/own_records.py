@@ -431,7 +431,8 @@ def swift_fields(
         if position >= len(house):
             raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
         if in_json:  # the value itself: the filled JSON is read as chat's bbox_2d, in house (0-1000) values
-            return (json.dumps(ref_at(next(next_ref)))[1:-1] if match.group(1) else "") + json.dumps(list(house[position]))
+            named_first = json.dumps(ref_at(next(next_ref)))[1:-1] if match.group(1) else ""
+            return named_first + json.dumps(list(house[position]))
         if match.group(1):
             ref = ref_at(next(next_ref))
         elif asked:  # the box alone: a name could give the answer away
@@ -491,7 +492,8 @@ def _house_bbox_2d(
     In a question (``asked``) a value that is no box at all (a format example such as ``[0, 0, 0, 0]``) stays as
     written; any other box is converted or rejects the item, as in the answer."""
     found = {syntax: parse_grounded(text, syntax, upper=float("inf")) for syntax in _QWEN_SYNTAXES}
-    syntax_at = {mention.span: syntax for syntax, parsed in found.items() for mention in [*parsed.boxes, *parsed.invalid]}
+    syntax_at = {mention.span: syntax
+                 for syntax, parsed in found.items() for mention in [*parsed.boxes, *parsed.invalid]}
     examples: set[tuple[int, int]] = set()
     for bad in [bad for parsed in found.values() for bad in parsed.invalid]:
         if bad.reason == "out_of_range":  # a negative value is left to to_house: a little past the edge is fine
@@ -633,8 +635,9 @@ class OwnRecordConverter:
             raise Unusable("unknown_layout", "no rationale (our schema), objects.bbox (ms-swift) or messages (chat)")
         if layout == "chat" and self.bbox_2d_frame is None:
             raise ConfigError(
-                "the records hold chat turns with Qwen boxes (bbox_2d JSON or <|box_start|> tokens), whose frame the "
-                "file does not say: pass --bbox-2d-frame norm1000 (Qwen3-VL, Qwen2-VL: 0-1000), pixels (of the original image) or "
+                "the records hold chat turns with Qwen boxes (bbox_2d JSON or <|box_start|> tokens), whose frame "
+                "the file does not say: pass --bbox-2d-frame norm1000 (Qwen3-VL, Qwen2-VL: 0-1000), pixels (of the "
+                "original image) or "
                 "qwen2.5-resized (Qwen2.5-VL's own output: pixels of its resized image) (nothing was committed)"
             )
         user = assistant = ""

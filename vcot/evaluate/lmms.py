@@ -84,7 +84,8 @@ def generate_by_mode(model: Any, processor: Any, records: list[dict[str, Any]], 
         if not positions:
             continue
         mode = settings if with_image else dataclasses.replace(settings, fmt=dataclasses.replace(settings.fmt, mode="text"))
-        for position, response in zip(positions, generate_batch(model, processor, [records[i] for i in positions], mode)):
+        answered = generate_batch(model, processor, [records[i] for i in positions], mode)
+        for position, response in zip(positions, answered):
             responses[position] = response
     return responses
 
