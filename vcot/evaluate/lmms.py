@@ -83,7 +83,8 @@ def generate_by_mode(model: Any, processor: Any, records: list[dict[str, Any]], 
         positions = [i for i, record in enumerate(records) if (record["image"] is not None) == with_image]
         if not positions:
             continue
-        mode = settings if with_image else dataclasses.replace(settings, fmt=dataclasses.replace(settings.fmt, mode="text"))
+        text = dataclasses.replace(settings.fmt, mode="text")
+        mode = settings if with_image else dataclasses.replace(settings, fmt=text)
         answered = generate_batch(model, processor, [records[i] for i in positions], mode)
         for position, response in zip(positions, answered):
             responses[position] = response
