@@ -54,6 +54,16 @@ def test_a_warm_up_takes_a_schedule_that_has_one() -> None:
     assert load_recipe("tiny-cpu-grpo").warmup_ratio == 0.0  # constant, no warm-up: as shipped
 
 
+def test_an_accumulation_the_global_batch_would_override_is_refused() -> None:
+    """The large presets derive the accumulation from global_batch_size on any GPU count: an override of the
+    accumulation alone would train with the preset's batch while the run's manifest records the asked one."""
+    with pytest.raises(ConfigError, match="set global_batch_size=N"):
+        load_recipe("qwen2.5-vl-7b-qlora", "gradient_accumulation_steps=8")
+    assert load_recipe("qwen2.5-vl-7b-qlora", "gradient_accumulation_steps=8,global_batch_size=0").accumulation_for(1) == 8
+    assert load_recipe("qwen2.5-vl-7b-qlora", "global_batch_size=32").accumulation_for(1) == 8
+    assert load_recipe("tiny-cpu", "gradient_accumulation_steps=2").accumulation_for(1) == 2  # no global batch
+
+
 def test_overrides_and_files(tmp_path: Path) -> None:
     recipe = load_recipe(
         "tiny-cpu", "lora_r=4, learning_rate=3e-4, quantize=null, lora_target_modules=[q_proj, v_proj]"

@@ -484,7 +484,15 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
 def load_recipe(name_or_path: str = DEFAULT_RECIPE, overrides: str | dict[str, Any] = "") -> Recipe:
     """Defaults, then the preset/file, then the overrides."""
     values = _read_recipe_file(name_or_path)
-    for key, value in (parse_overrides(overrides) if isinstance(overrides, str) else overrides).items():
+    overrides = parse_overrides(overrides) if isinstance(overrides, str) else overrides
+    if values.get("global_batch_size") and "gradient_accumulation_steps" in overrides and "global_batch_size" not in overrides:
+        raise ConfigError(
+            f"gradient_accumulation_steps would change nothing: recipe {name_or_path} sets global_batch_size="
+            f"{values['global_batch_size']}, from which the accumulation is derived on any GPU count; set "
+            "global_batch_size=N (per_device_train_batch_size x accumulation x GPUs) instead, or also "
+            "global_batch_size=0 to use gradient_accumulation_steps as given"
+        )
+    for key, value in overrides.items():
         if key in SECTIONS and isinstance(value, dict) and isinstance(values.get(key), dict):
             value = {**values[key], **value}  # --set trainer.x=1 adds to the file's trainer: section
         values[key] = value
