@@ -256,10 +256,55 @@ def test_early_stopping_ends_a_run_that_stopped_improving(
     settings = "learning_rate=1e-12,max_steps=40,num_train_epochs=10,eval_steps=2,save_steps=2,"
     settings += "early_stopping_patience=2"
     output = str(tmp_path / "run")
-    committed = train(
-        TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
-    )
+    config = TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=output, recipe="tiny-cpu", set=settings)
+    committed = train(config)
     assert committed is not None and committed["stats"]["global_step"] == 6
+    # Killed after its last checkpoint, before its commit: the rerun ends where it had stopped, not at the next
+    # evaluation (or later, had its metric improved).
+    _as_if_killed_before_its_commit(Path(output))
+    again = train(config)
+    assert again is not None and again["stats"]["global_step"] == 6
+    assert max(entry["step"] for entry in storage.read_json(f"{output}/metrics.json")["log_history"]) == 6
+
+
+def _as_if_killed_before_its_commit(output: Path) -> None:
+    """What a pod killed after its last checkpoint and before its commit leaves: checkpoints, nothing committed."""
+    import shutil
+
+    for name in ("_SUCCESS", "metrics.json"):
+        (output / name).unlink(missing_ok=True)
+    shutil.rmtree(output / "adapter", ignore_errors=True)
+
+
+def test_a_rerun_with_other_settings_does_not_resume_the_checkpoints_as_if_they_were_its_own(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Resumed, a new learning rate would be ignored (the schedule is restored) and a new LoRA rank would fail on the
+    saved weights; a longer run, or one logging more often, resumes."""
+    from vcot.errors import ConfigError
+    from vcot.train.common import RunFolders
+
+    output = tmp_path / "run"
+    settings = "max_steps=4,num_train_epochs=10,save_steps=2,eval_steps=2,generation_eval_samples=0"
+
+    def run(extra: str = "") -> dict[str, Any] | None:
+        return train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output),
+                                 recipe="tiny-cpu", set=settings + extra))  # fmt: skip
+
+    stale = RunFolders.for_output(str(output)).tensorboard_dir / "events.out.tfevents.stale"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"")  # a killed run's events in the scratch folder: not this run's
+    assert run()
+    assert [path.name for path in (output / "tensorboard").iterdir() if "stale" in path.name] == []
+    _as_if_killed_before_its_commit(output)
+    with pytest.raises(ConfigError, match=r"learning_rate: 0\.002 -> 1e-06.*--overwrite"):
+        run(",learning_rate=1e-6")
+    with pytest.raises(ConfigError, match=r"lora_r: 128 -> 8"):
+        run(",lora_r=8")
+    resumed = run(",max_steps=6,logging_steps=2")
+    assert resumed is not None and resumed["stats"]["global_step"] == 6
+    first = min(entry["step"] for entry in storage.read_json(f"{output}/metrics.json")["log_history"] if "loss" in entry)
+    assert first == 1  # resumed: the history is the first session's too
 
 
 def test_threads_must_not_be_negative(tokenized_data: str, tiny_model_dir: Path, tmp_path: Path) -> None:

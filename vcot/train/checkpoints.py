@@ -14,6 +14,7 @@ TensorBoard event files are uploaded to ``OUTPUT/tensorboard/`` after every log 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -22,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from vcot.errors import MissingError
 from vcot.io import storage
 from vcot.log import get_logger
 from vcot.train import distributed
@@ -52,6 +54,45 @@ def complete_checkpoints(remote: str) -> dict[int, str]:
         if step is not None:
             found[step] = folder
     return dict(sorted(found.items()))
+
+
+SETTINGS = "_settings.json"
+"""What the run whose checkpoints these are trains with (:func:`settings_change`)."""
+FREE_ON_RESUME = frozenset({
+    "max_steps", "num_train_epochs",  # a run extended or shortened
+    "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",  # the global batch is compared
+    "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing",
+    "logging_steps", "save_steps", "eval_steps", "save_total_limit", "report_to", "dataloader_num_workers",
+    "per_device_eval_batch_size", "generation_eval_samples", "generation_eval_steps", "generation_eval_max_new_tokens",
+    "early_stopping_patience", "early_stopping_threshold", "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
+})
+"""Settings a resumed run may change: its length, how it is laid out on the GPUs, what it logs, keeps and reports.
+Any other change would continue the checkpoints' optimizer, schedule, adapter or data order as another run."""
+
+
+def settings_change(remote: str, settings: dict[str, Any]) -> str | None:
+    """Pin ``settings`` beside the checkpoints under ``remote``, or say how they differ from those of the run whose
+    checkpoints a rerun would resume (``key: was -> now``, ``None`` when they agree): resumed, a changed learning
+    rate would be ignored (the schedule is restored) and a changed LoRA rank would fail on the saved weights.
+
+    >>> import tempfile
+    >>> remote = tempfile.mkdtemp()
+    >>> settings_change(remote, {"learning_rate": 2e-3, "max_steps": 10}) is None  # no checkpoint yet: pinned
+    True
+    """
+    uri = storage.join(remote, SETTINGS)
+    if complete_checkpoints(remote):
+        try:
+            pinned = storage.read_json(uri)
+        except MissingError:  # checkpoints of a run from before settings were pinned: nothing to compare with
+            pinned = None
+        if isinstance(pinned, dict):
+            now = json.loads(json.dumps(settings))  # tuples as the pinned JSON holds them
+            keys = sorted({*pinned, *now} - FREE_ON_RESUME)
+            changed = [f"{k}: {pinned.get(k)!r} -> {now.get(k)!r}" for k in keys if pinned.get(k) != now.get(k)]
+            return "; ".join(changed) or None
+    storage.write_json(uri, settings)
+    return None
 
 
 def mark_complete(uri: str) -> None:
@@ -166,17 +207,28 @@ class RunFinished(Exception):
 
 
 class StopAtLastStep(TrainerCallback):
-    """Stop a run resumed from its last checkpoint before it trains a step past ``max_steps``.
+    """Stop a run resumed from its last checkpoint before it trains a step past ``max_steps``, or past the step at
+    which early stopping ended it (the patience of an ``EarlyStoppingCallback`` among ``callbacks``, the trainer's
+    callback handler, as restored from the checkpoint).
 
     The Trainer checks its step budget after a step, so a run resumed from a checkpoint at ``max_steps`` that ends
     mid-epoch (a pod killed after its last save, before its commit) would train one step more than an uninterrupted
-    run. Raised before that step computes anything; :func:`vcot.train.common.run_training` finishes as ``train()``
-    does."""
+    run; early stopping is only asked at the next evaluation, so an early-stopped run would train on until then, and
+    on if its metric improved. Raised before that step computes anything; :func:`vcot.train.common.run_training`
+    finishes as ``train()`` does."""
+
+    def __init__(self, callbacks: Any | None = None) -> None:
+        self.callbacks = callbacks  # the handler: resuming replaces its early stopping by a restored one
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if 0 < state.max_steps <= state.global_step:
             log.info("resumed_at_last_step", step=state.global_step, max_steps=state.max_steps)
             raise RunFinished
+        for early in self.callbacks.callbacks if self.callbacks is not None else []:
+            patience = getattr(early, "early_stopping_patience", None)
+            if patience is not None and early.early_stopping_patience_counter >= patience:
+                log.info("resumed_after_early_stop", step=state.global_step, patience=patience)
+                raise RunFinished
 
 
 class NoLossWithoutSteps(TrainerCallback):

@@ -334,7 +334,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     batch = trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * distributed.world_size()
     sync = CheckpointSync(folders.trainer_dir, folders.remote_checkpoints)
     # StopOnDivergence after TrainProgress: a non-finite value is logged before it stops the run.
-    callbacks = (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence(), StopAtLastStep())
+    last_step = StopAtLastStep(trainer.callback_handler)
+    callbacks = (sync, sigterm, TrainProgress(), Throughput(batch), StopOnDivergence(), last_step)
     for callback in callbacks:
         trainer.add_callback(callback)
     if is_sharded(trainer):
@@ -371,6 +372,8 @@ def restore(folders: RunFolders) -> Path | None:
     newest = None
     if distributed.local_rank() == 0:
         newest = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
+        # The scratch folder outlives a killed or overwritten run: its events would be uploaded with this run's.
+        shutil.rmtree(folders.tensorboard_dir, ignore_errors=True)
         if newest is not None and storage.list_uris(folders.remote_tensorboard):
             storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
     distributed.barrier()

@@ -13,7 +13,7 @@ Both use the shared machinery of :mod:`vcot.train.common`. Output layout (``OUTP
     adapter/        PEFT adapter, processor files, vcot-model.json (base model + model format)
     merged/         optional: the base with the adapter merged in
     model/          instead of adapter/ with the recipe's finetune: full: the trained model, processor, card
-    checkpoints/    checkpoint-<step>/ (+ _COMPLETE marker once fully uploaded)
+    checkpoints/    checkpoint-<step>/ (+ _COMPLETE marker once fully uploaded), _settings.json (what they resume as)
     tensorboard/    event files
     metrics.json    final metrics, the log history and the run's throughput (vcot.train.throughput)
     _SUCCESS        manifest: files, config (recipe included), lineage of the data
@@ -23,14 +23,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from vcot.io import manifest
+from vcot.errors import ConfigError
+from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.train import distributed
+from vcot.train.checkpoints import settings_change
 from vcot.train.common import TrainConfig
 from vcot.train.grpo import grpo
 from vcot.train.plan import log_plan
 from vcot.train.pointer import ensure_pointer
-from vcot.train.recipe import load_recipe
+from vcot.train.recipe import Recipe, load_recipe
 from vcot.train.rgfn import rgfn
 from vcot.train.sft import sft
 
@@ -52,6 +54,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         if distributed.is_main() and config.update_pointer:
             ensure_pointer(config)
         return None
+    check_resume(config, recipe)
     log.info("recipe", **recipe.to_dict())
     if distributed.is_main():
         log_plan(config.model, recipe, world_size=distributed.world_size())
@@ -61,3 +64,21 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
         torch.set_num_threads(config.threads)  # torch sizes its pool from the node's cores, not the pod's CPU limit
     method = {"grpo": grpo, "gfn": rgfn}.get(recipe.method, sft)
     return method(config, recipe)
+
+
+def check_resume(config: TrainConfig, recipe: Recipe) -> None:
+    """Refuse a rerun that would resume the checkpoints of a run with other settings (exit 2: no retry helps); the
+    first start pins its settings beside its checkpoints (:func:`vcot.train.checkpoints.settings_change`)."""
+    world = distributed.world_size()
+    settings = {**recipe.to_dict(), "data": config.data, "model": config.model, "init_adapter": config.init_adapter,
+                "global_batch": recipe.per_device_train_batch_size * recipe.accumulation_for(world) * world}
+    changed = None
+    if distributed.is_main():
+        changed = settings_change(storage.join(config.output, "checkpoints"), settings)
+    changed = distributed.from_main(changed)
+    if changed:
+        raise ConfigError(
+            f"{config.output} holds checkpoints of a run with other settings, which a resume would continue as if "
+            f"they were these ({changed}): rerun with the run's settings to resume it, or pass --overwrite to start "
+            "over with these"
+        )
