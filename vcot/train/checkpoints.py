@@ -60,7 +60,7 @@ SETTINGS = "_settings.json"
 """What the run whose checkpoints these are trains with (:func:`settings_change`)."""
 FREE_ON_RESUME = frozenset({
     "max_steps", "num_train_epochs",  # a run extended or shortened
-    "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",  # the global batch is compared
+    "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",  # another GPU count
     "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing",
     "logging_steps", "save_steps", "eval_steps", "save_total_limit", "report_to", "dataloader_num_workers",
     "per_device_eval_batch_size", "generation_eval_samples", "generation_eval_steps", "generation_eval_max_new_tokens",

@@ -69,9 +69,7 @@ def train(config: TrainConfig) -> dict[str, Any] | None:
 def check_resume(config: TrainConfig, recipe: Recipe) -> None:
     """Refuse a rerun that would resume the checkpoints of a run with other settings (exit 2: no retry helps); the
     first start pins its settings beside its checkpoints (:func:`vcot.train.checkpoints.settings_change`)."""
-    world = distributed.world_size()
-    settings = {**recipe.to_dict(), "data": config.data, "model": config.model, "init_adapter": config.init_adapter,
-                "global_batch": recipe.per_device_train_batch_size * recipe.accumulation_for(world) * world}
+    settings = {**recipe.to_dict(), "data": config.data, "model": config.model, "init_adapter": config.init_adapter}
     changed = None
     if distributed.is_main():
         changed = settings_change(storage.join(config.output, "checkpoints"), settings)
