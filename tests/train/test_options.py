@@ -238,6 +238,15 @@ def test_vision_learning_rate_of_a_new_grpo_lora_is_refused_early_and_of_a_conti
     assert TrainConfig(**config, init_adapter="s3://vcot/runs/exp1/train/adapter").init_adapter
 
 
+def test_a_full_fine_tune_that_would_continue_an_adapter_is_refused_before_loading() -> None:
+    """It trained every step and then failed at its commit (a PEFT model saved as a whole one), retried as exit 1."""
+    config = {"data": "d", "model": "no-such-model", "output": "o", "recipe": "qwen2.5-vl-7b-qlora",
+              "set": "finetune=full,quantize=null", "init_adapter": "s3://vcot/runs/exp1/train/adapter"}
+    with pytest.raises(ValueError, match="finetune=full trains the whole model: drop --init-adapter"):
+        TrainConfig(**config)
+    assert TrainConfig(**{**config, "init_adapter": ""}).recipe == "qwen2.5-vl-7b-qlora"
+
+
 # --- length-grouped batches ---------------------------------------------------------------------------
 
 

@@ -69,6 +69,10 @@ class TrainConfig:
         recipe = load_recipe(self.recipe, self.set)  # a bad recipe or override fails here, before any model loads (exit 2)
         if recipe.method == "sft" and self.grpo_coords:
             raise ValueError("--grpo-coords is for methods grpo and gfn; sft reads its model format from the tokenize output")
+        if recipe.finetune == "full" and self.init_adapter:
+            raise ValueError("--init-adapter continues a LoRA adapter, and finetune=full trains the whole model: drop "
+                             "--init-adapter (a full fine-tune starts from --model; merge an adapter into a model with "
+                             "vcot-export to start from it), or keep finetune=lora")
         if recipe.method != "sft" and not self.init_adapter:  # a new LoRA: the recipe decides what trains
             check_vision_learning_rate(recipe)
         unchecked = not recipe.generation_eval_samples and not self.force_pointer
