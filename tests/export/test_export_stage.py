@@ -158,3 +158,27 @@ def test_the_cards_prompt_is_cued_where_the_model_writes(tiny_model_dir: Path, l
     fmt = dataclasses.replace(ModelFormat.for_family(), layout=layout)
     assert exact_prompt(load_processor(str(tiny_model_dir)), fmt).endswith(cue)
     assert ("Generate twice" in turns_note(fmt)) == (layout == "rationale_turn")
+
+
+@pytest.mark.integration
+def test_the_card_shows_no_evaluation_of_an_earlier_version_of_the_run(
+    s3_run: str, real_s3: str, record_data: str, tokenized_data: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retrained with --overwrite, the run's sibling eval/ scored the adapter it replaced: its rerun is skipped (it
+    is committed), saying so, and the card leaves its numbers out until the run is evaluated again."""
+    evaluation = f"{real_s3}/runs/r1/eval"
+    args = ["--model", f"{real_s3}/models/tiny", "--adapter", f"{s3_run}/adapter", "--data", record_data,
+            "--output", evaluation, "--max-samples", "3", "--max-new-tokens", "8", "--threads", "1"]  # fmt: skip
+    assert evaluate_main(args) == 0
+    retrain = TrainConfig(data=tokenized_data, model=f"{real_s3}/models/tiny", output=s3_run, recipe="tiny-cpu",
+                          set=SETTINGS + ",seed=7", overwrite=True)  # fmt: skip
+    assert train(retrain)
+    capsys.readouterr()
+    assert evaluate_main(args) == 0  # committed: skipped
+    assert "committed_from_changed_inputs" in capsys.readouterr().err
+    output = f"{real_s3}/models/r1-merged"
+    assert export_main(["--run", s3_run, "--output", output]) == 0
+    assert "| evaluate:" not in storage.read_text(f"{output}/README.md")
+    assert evaluate_main([*args, "--overwrite"]) == 0
+    assert export_main(["--run", s3_run, "--output", output, "--overwrite"]) == 0
+    assert "| evaluate: samples | 3 |" in storage.read_text(f"{output}/README.md")

@@ -290,6 +290,14 @@ def report_details(details: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def scored_run(target: Target) -> list[str]:
+    """The train run whose adapter (or full fine-tune's ``model/``) was scored, when it is a committed one: recorded
+    in the lineage, so that export shows these metrics only for that version of the run."""
+    scored = target.adapter or target.model
+    run = storage.parent(scored) if scored else ""
+    return [run] if run and manifest.committed_stage(run) == "train" else []
+
+
 def check_adapter(adapter: str) -> None:
     """Refuse an adapter that is not a train output's ``adapter/`` folder but another stage's committed output."""
     stage = manifest.committed_stage(adapter)
@@ -478,9 +486,8 @@ def evaluate(config: EvaluateConfig) -> dict[str, Any] | None:
     files = write_outputs(target.output, metrics, scored, report, more_samples)
     if target.history and entry is not None:
         hist.append_history(target.history, entry)  # before _SUCCESS: a rerun replaces this entry
-    committed = manifest.commit(
-        target.output, stage=STAGE, files=files, config=redacted(config), inputs=[config.data], stats=metrics["overall"]
-    )
+    committed = manifest.commit(target.output, stage=STAGE, files=files, config=redacted(config),
+                                inputs=[config.data, *scored_run(target)], stats=metrics["overall"])
     log.info("evaluated", output=target.output, **{k: metrics["overall"][k] for k in ("samples", "mean_iou", "acc_at_50")})
     _raise_on_regression(metrics.get("regression"), target.output)
     return committed

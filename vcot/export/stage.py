@@ -57,14 +57,24 @@ class ExportConfig:
 
 def find_evaluation(config: ExportConfig) -> str | None:
     """The evaluate output whose metrics the card shows: ``--evaluation``, else the run's sibling ``eval/`` when
-    it scored this adapter (a run's eval/ may have scored another method's adapter)."""
+    it scored this version of this run's adapter (a run's eval/ may have scored another method's adapter, or the
+    run before an ``--overwrite`` retrained it)."""
     uri = config.evaluation or storage.join(storage.parent(config.run), layout.EVAL)
     if manifest.committed_stage(uri) != "evaluate":
         if config.evaluation:
             raise VcotError(f"--evaluation {uri} is not a committed evaluate output: pass one, or leave it empty")
         return None
+    if config.evaluation:
+        return uri
     scored = str(manifest.read_manifest(uri).get("config", {}).get("adapter") or "").rstrip("/")
-    if not config.evaluation and scored != config.adapter.rstrip("/"):
+    if scored != config.adapter.rstrip("/"):
+        return None
+    run = manifest.lineage(config.run)
+    recorded = [i for i in manifest.read_manifest(uri).get("inputs") or [] if i.get("uri") == run["uri"]]
+    if not recorded or recorded[0].get("manifest_sha256") != run.get("manifest_sha256"):
+        log.warning("evaluation_not_shown", evaluation=uri, run=config.run,
+                    why="it scored another version of this run (retrained since), or does not say which",
+                    hint="evaluate the run again (--overwrite), or name an evaluation with --evaluation")  # fmt: skip
         return None
     return uri
 

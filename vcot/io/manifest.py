@@ -34,6 +34,9 @@ from vcot import __version__
 from vcot.errors import ConfigError, MissingError, NotCommittedError, StorageError
 from vcot.io import storage
 from vcot.io.shards import ShardFile, read_jsonl, read_verified
+from vcot.log import get_logger
+
+log = get_logger(__name__)
 
 SUCCESS = "_SUCCESS"
 SHARDS_DIR = "_shards"
@@ -171,6 +174,17 @@ def lineage(input_uri: str) -> dict[str, Any]:
         "code_version": manifest.get("code_version"),
         "inputs": manifest.get("inputs", []),
     }
+
+
+def changed_inputs(output: str) -> list[str]:
+    """The inputs of committed ``output`` whose manifest is not the one it recorded (:func:`lineage`): written again
+    (an ``--overwrite`` rerun) or gone since. A rerun without ``--overwrite`` skips the output all the same."""
+    changed = []
+    for recorded in read_manifest(output).get("inputs") or []:
+        sha = recorded.get("manifest_sha256") if isinstance(recorded, dict) else None
+        if sha and lineage(str(recorded.get("uri"))).get("manifest_sha256") != sha:
+            changed.append(str(recorded.get("uri")))
+    return changed
 
 
 def build_manifest(
@@ -482,7 +496,13 @@ def prepare_output(
             complete_shard_set(output, finalize, shard=shard)
         return False
     if not overwrite:
-        return not (is_committed(output) or _shard_manifests(output) is not None)
+        if is_committed(output):
+            changed = changed_inputs(output)
+            if changed:
+                log.warning("committed_from_changed_inputs", output=output, changed=changed,
+                            hint="they were written again since this output was: pass --overwrite to redo it on them")
+            return False
+        return _shard_manifests(output) is None
     storage.delete(manifest_uri(output))
     storage.delete_prefix(output)
     return True

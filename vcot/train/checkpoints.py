@@ -123,9 +123,22 @@ def restore_checkpoints(remote: str, local_dir: Path) -> Path | None:
         (local / COMPLETE).unlink(missing_ok=True)
     if not complete:
         return None
+    for state_file in local_dir.glob("checkpoint-*/trainer_state.json"):
+        _point_best_here(state_file, local_dir)
     newest = local_dir / f"checkpoint-{max(complete)}"
     log.info("resume_from", checkpoint=complete[max(complete)], kept=list(complete))
     return newest
+
+
+def _point_best_here(state_file: Path, local_dir: Path) -> None:
+    """Name the best checkpoint by its path in this node's folder. The trainer state records the folder of the node
+    that saved it (``...-node0``); resumed elsewhere (one process after two) the Trainer would drop it as gone and
+    end a run resumed at its last step with the last checkpoint instead of the best."""
+    state = json.loads(state_file.read_text())
+    best = state.get("best_global_step")
+    if best is not None and state.get("best_model_checkpoint"):
+        state["best_model_checkpoint"] = str(local_dir / f"checkpoint-{best}")
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 class CheckpointSync(TrainerCallback):
