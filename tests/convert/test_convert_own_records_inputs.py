@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.convert.own_data import png
+from vcot.convert.quality import QualityStats, render_markdown, report
 from vcot.convert import ConvertConfig, convert
 from vcot.io import manifest, shards, storage
 
@@ -268,6 +269,16 @@ def test_a_phone_photo_stored_turned_is_read_as_displayed(tmp_path: Path) -> Non
     assert (by_id["records:phone"]["width"], by_id["records:phone"]["height"]) == (300, 400)
     assert by_id["records:phone"]["objects"] == [{"ref": "cup", "box": [100, 800, 900, 988]}]
     assert by_id["records:sized"]["objects"] == [{"ref": "cat", "box": [100, 100, 900, 700]}]
+    # Said, not silent: boxes drawn on the stored pixels (ms-swift ignores the tag) would be wrong here.
+    assert [by_id[i]["provenance"].get("exif_orientation") for i in ("records:phone", "records:sized")] == [6, 6]
+    upright, _ = _run(tmp_path, [_swift([30, 60, 240, 270], id="upright")])
+    assert "exif_orientation" not in upright[0]["provenance"]
+    stats = QualityStats()
+    for record in [*accepted, *upright]:
+        stats.accepted(record)
+    quality = report(stats.to_dict(), source="records", shards=1)
+    assert quality["total"]["exif_turned"] == 2
+    assert "with an EXIF orientation (read upright, as displayed): 2 of 3 accepted" in render_markdown(quality)
 
 
 def test_a_relative_input_gives_records_that_name_their_images_from_any_folder(

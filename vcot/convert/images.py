@@ -7,7 +7,7 @@ import io
 
 from vcot.errors import MissingError
 from vcot.io import storage
-from vcot.io.images import TOO_LARGE, displayed_size, too_large
+from vcot.io.images import TOO_LARGE, displayed_size, orientation, too_large
 
 
 class ImageProblem(Exception):
@@ -32,33 +32,46 @@ def size_from_bytes(data: bytes) -> tuple[int, int]:
     >>> size_from_bytes(buffer.getvalue())
     (7, 3)
     """
+    width, height, _ = header_from_bytes(data)
+    return width, height
+
+
+def header_from_bytes(data: bytes) -> tuple[int, int, int]:
+    """:func:`size_from_bytes` and the EXIF orientation it applied (1: stored upright)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:  # lazy: parses the header, decodes no pixels
-            width, height = displayed_size(image)
+            (width, height), turned = displayed_size(image), orientation(image)
     except Image.DecompressionBombError as exc:  # an Exception, not an OSError: it would stop the stage
         raise ImageProblem(TOO_LARGE, str(exc)) from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("unreadable_image", f"not a readable image: {exc}") from exc
-    return checked_size(width, height, "image")
+    return (*checked_size(width, height, "image"), turned)
 
 
 def size_from_uri(uri: str) -> tuple[int, int]:
     """``(width, height)`` of the image at ``uri`` as displayed, reading only its first bytes where the format
     allows."""
+    width, height, _ = header_from_uri(uri)
+    return width, height
+
+
+def header_from_uri(uri: str) -> tuple[int, int, int]:
+    """:func:`size_from_uri` and the EXIF orientation it applied (1: stored upright)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
-            width, height = displayed_size(image)  # PIL has read the header through the stream; no pixel decoded
+            # PIL has read the header through the stream; no pixel decoded
+            (width, height), turned = displayed_size(image), orientation(image)
     except MissingError as exc:  # unreachable storage or refused credentials stop the stage instead
         raise ImageProblem("missing_image", str(exc)) from exc
     except Image.DecompressionBombError as exc:
         raise ImageProblem(TOO_LARGE, f"{uri}: {exc}") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageProblem("unreadable_image", f"{uri} is not a readable image: {exc}") from exc
-    return checked_size(width, height, uri)
+    return (*checked_size(width, height, uri), turned)
 
 
 def checked_size(width: int, height: int, what: str, limit: int | None = None) -> tuple[int, int]:

@@ -41,7 +41,7 @@ from vcot.convert.common import (
     owned,
     require_input,
 )
-from vcot.convert.images import ImageProblem, size_from_bytes, size_from_uri, store_content_addressed
+from vcot.convert.images import ImageProblem, header_from_bytes, header_from_uri, store_content_addressed
 from vcot.convert.quality import quality_problem
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
@@ -575,14 +575,15 @@ class OwnRecordConverter:
         sharded run deals items round-robin to its shards, so a repeat that falls to another shard is not seen here
         (within a shard, --workers does not split records)."""
 
-    def image(self, value: Any) -> tuple[str, tuple[int, int]]:
-        """``(URI, (width, height))`` of an image path (relative to --images unless absolute) or embedded bytes."""
+    def image(self, value: Any) -> tuple[str, tuple[int, int, int]]:
+        """``(URI, (width, height, EXIF orientation))`` of an image path (relative to --images unless absolute) or
+        embedded bytes; the size is as displayed (the orientation applied)."""
         if isinstance(value, dict) and value.get("bytes"):
             if not isinstance(value["bytes"], (bytes, bytearray, memoryview)):  # bytes(5) would be five zero bytes
                 raise ImageProblem("unreadable_image", f"embedded image bytes are a {type(value['bytes']).__name__}")
             data = bytes(value["bytes"])
-            size = size_from_bytes(data)
-            return store_content_addressed(data, self.embedded), size
+            header = header_from_bytes(data)
+            return store_content_addressed(data, self.embedded), header
         if isinstance(value, dict):
             value = value.get("path") or value.get("url")
         if not isinstance(value, str) or not value.strip():
@@ -592,7 +593,7 @@ class OwnRecordConverter:
             raise ImageProblem("bad_image_path", problem)
         uri = storage.canonical(value) if "://" in value or value.startswith("/") else storage.join(self.images, value)
         uri = resolve(uri)
-        return uri, size_from_uri(uri)
+        return uri, header_from_uri(uri)
 
     def convert(
         self, index: int, item: Any, source_file: str, position: int, key: str | None = None, repaired: bool = False
@@ -617,11 +618,13 @@ class OwnRecordConverter:
         # Only a record the quality filter will accept holds its id (routing gives the split after this).
         if quality_problem({**record, "split": "train"}) is None:
             self.first_with_id[record_id] = (source_file, position)  # the file's one string, shared
+        turned = record.pop("exif_orientation")  # shown turned: its boxes are right if drawn as displayed
         record["provenance"] = json_safe({
             **(item.get("provenance") if isinstance(item.get("provenance"), dict) else {}),
             "dataset": "records",
             "layout": record.pop("layout"),
             **({"answer_from": "refs"} if record.pop("answer_from_refs", False) else {}),
+            **({"exif_orientation": turned} if turned != 1 else {}),
             "source_file": source_file.rsplit("/", 1)[-1],
             "source_index": index,
             "source_id": raw_id if has_id else None,
@@ -644,7 +647,7 @@ class OwnRecordConverter:
         parts: list[Any] = []
         if layout != "vcot":
             user, assistant, parts = chat_turns(item)
-        image, (width, height) = self.image(_one_image(item, parts))
+        image, (width, height, turned) = self.image(_one_image(item, parts))
         given = (item.get("width"), item.get("height"))
         if given != (None, None) and given != (width, height):
             raise Unusable("size_mismatch", f"width/height {given} but the image is {width}x{height}")
@@ -673,6 +676,7 @@ class OwnRecordConverter:
             "needs_distillation": False,
             **fields,
             "layout": layout,
+            "exif_orientation": turned,
         }
 
 

@@ -26,6 +26,7 @@ COUNTERS = (
     "string_box_checked",
     "string_box_disagrees",
     "answers_from_refs",
+    "exif_turned",
 )
 STRING_BOX_TOLERANCE = 2
 """Units (0-1000) by which the padded-string box may differ from the absolute box before it counts as disagreeing."""
@@ -66,6 +67,7 @@ class QualityStats:
         counts["response_chars"] += len(rationale)
         provenance = record.get("provenance") or {}
         counts["answers_from_refs"] += provenance.get("answer_from") == "refs"
+        counts["exif_turned"] += provenance.get("exif_orientation", 1) != 1
         delta = provenance.get("string_box_delta")
         if delta is not None:
             counts["string_box_checked"] += 1
@@ -155,5 +157,12 @@ def render_markdown(quality: dict[str, Any]) -> str:
             "",
             f"Answers made from the object names (items with no answer of their own, `--missing-answer refs`): "
             f"{total['answers_from_refs']} of {total['accepted']} accepted.",
+        ]
+    if total["exif_turned"]:
+        lines += [
+            "",
+            f"Images stored turned, with an EXIF orientation (read upright, as displayed): {total['exif_turned']} of "
+            f"{total['accepted']} accepted. Their boxes are right only if drawn on the image as displayed "
+            "(docs/convert.md).",
         ]
     return "\n".join(lines) + "\n"

@@ -367,4 +367,13 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
             meaning="no answer of their own: their answer is the names of the objects they locate",
             hint="--missing-answer reject rejects them instead (docs/convert.md)",
         )
+    if total["exif_turned"]:
+        log.warning(
+            "exif_turned_images",
+            records=total["exif_turned"],
+            of=total["accepted"],
+            meaning="their images are stored turned with an EXIF orientation, and read upright as displayed",
+            hint="their boxes are right only if drawn on the images as displayed; boxes drawn on the stored pixels "
+            "(ms-swift and qwen-vl-utils ignore the tag) need the tag removed first (docs/convert.md)",
+        )
     return committed
