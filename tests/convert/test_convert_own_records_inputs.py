@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.convert.own_data import png
-from vcot.convert.quality import QualityStats, render_markdown, report
 from vcot.convert import ConvertConfig, convert
+from vcot.convert.quality import QualityStats, render_markdown, report
 from vcot.io import manifest, shards, storage
 
 FIND_CAT = [{"role": "user", "content": "<image>Find the <ref-object>."}, {"role": "assistant", "content": "<bbox>"}]
@@ -68,10 +68,11 @@ def test_a_bare_image_part_is_a_placeholder_for_the_images_column(tmp_path: Path
         turns = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
         return {"id": id_, "messages": turns, **image}
 
-    two = {**hf("two", images=["photos/cat.png"]), "image": "photos/cat.png"}
+    two = {**hf("two", images=["photos/cat.png"]), "image": "photos/dog.png"}
+    twice = {**hf("twice", images=["photos/cat.png"]), "image": "photos/cat.png"}  # one image, named twice
     accepted, rejected = _run(tmp_path, [hf("images", images=["photos/cat.png"]), hf("image", image="photos/cat.png"),
-                                         hf("none"), two], bbox_2d_frame="pixels")
-    assert sorted(r["id"] for r in accepted) == ["records:image", "records:images"]
+                                         hf("none"), two, twice], bbox_2d_frame="pixels")
+    assert sorted(r["id"] for r in accepted) == ["records:image", "records:images", "records:twice"]
     assert accepted[0]["objects"] == [{"ref": "cat", "box": [100, 200, 800, 900]}]
     assert {i: reason for i, (reason, _) in rejected.items()} == {
         "records:none": "missing_image", "records:two": "multiple_images"
@@ -418,3 +419,31 @@ def test_qwen2_vl_special_token_boxes_are_read_as_bbox_2d_json_is(tmp_path: Path
     pixels, _ = _run(tmp_path, [{"id": "pixels", "messages": in_pixels, "images": ["photos/cat.png"]}],
                      bbox_2d_frame="pixels")
     assert pixels[0]["objects"] == [{"ref": "cat", "box": [100, 200, 800, 900]}]
+
+
+def test_trl_prompt_completion_and_openai_image_url_items_are_chat_items(tmp_path: Path) -> None:
+    """TRL's prompt-completion datasets (conversational, or two texts) and OpenAI's image_url parts (a path, or a
+    data: URL) were unknown_layout and missing_image."""
+    import base64
+
+    answer = json.dumps({"bbox_2d": [30, 60, 240, 270], "label": "cat"})
+    asked = [{"type": "image"}, {"type": "text", "text": "Find the cat."}]
+    conversational = {"id": "trl", "images": ["photos/cat.png"], "prompt": [{"role": "user", "content": asked}],
+                      "completion": [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+    standard = {"id": "texts", "images": ["photos/cat.png"], "prompt": "Find the cat.", "completion": answer}
+    data_url = "data:image/png;base64," + base64.b64encode(png((300, 300))).decode()
+
+    def openai(id_: str, url: str, **extra: object) -> dict:
+        user = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Find the cat."}]
+        return {"id": id_, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+                **extra}
+
+    items = [conversational, standard, openai("path", "photos/cat.png"), openai("data", data_url),
+             openai("same", "photos/cat.png", images=["photos/cat.png"])]
+    accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
+    assert rejected == {}
+    names = ("trl", "texts", "path", "data", "same")
+    assert {r["id"]: r["objects"] for r in accepted} == {
+        f"records:{name}": [{"ref": "cat", "box": [100, 200, 800, 900]}] for name in names
+    }
+    assert {r["id"]: r["question"] for r in accepted}["records:trl"] == "Find the cat."

@@ -20,6 +20,7 @@ quality filter, split and report as any other source (``vcot.convert.routing``).
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import math
@@ -232,15 +233,15 @@ def layout_of(item: dict[str, Any]) -> str | None:
 
     >>> layout_of({"rationale": "..."}), layout_of({"messages": [], "objects": {"bbox": []}})
     ('vcot', 'swift')
-    >>> layout_of({"messages": []}), layout_of({"question": "?"})
-    ('chat', None)
+    >>> layout_of({"messages": []}), layout_of({"prompt": [], "completion": []}), layout_of({"question": "?"})
+    ('chat', 'chat', None)
     """
     if "rationale" in item:
         return "vcot"
     objects = _maybe_json(item.get("objects"))
     if isinstance(objects, dict) and "bbox" in objects:
         return "swift"
-    if "messages" in item or "conversations" in item:
+    if "messages" in item or "conversations" in item or ("prompt" in item and "completion" in item):
         return "chat"
     return None
 
@@ -253,6 +254,13 @@ def _maybe_json(value: Any) -> Any:
         except ValueError:
             return value
     return value
+
+
+def _turns_or_text(value: Any) -> Any:
+    """A list of turns (maybe stored as JSON text, as Parquet writers do), else the value as it is: a text, which may
+    itself be JSON (Qwen's boxes)."""
+    parsed = _maybe_json(value)
+    return parsed if isinstance(parsed, list) else value
 
 
 _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
@@ -275,12 +283,37 @@ def _content(content: Any, images: list[Any]) -> str:
             named = part.get("image") or part.get("url") or part.get("path")
             if named:
                 images.append(named)
+        elif part.get("type") == "image_url":  # OpenAI's: {"image_url": {"url": path, URL or data: URL}}
+            url = part.get("image_url")
+            images.append(_data_url_bytes(url.get("url") if isinstance(url, dict) else url))
     return "".join(texts)
 
 
+def _data_url_bytes(url: Any) -> Any:
+    """An OpenAI image URL: a ``data:`` URL's image as embedded bytes (``{"bytes": ...}``), any other as it is.
+
+    >>> _data_url_bytes("data:image/png;base64,iVBO"), _data_url_bytes("photos/cat.png")
+    ({'bytes': b'\\x89PN'}, 'photos/cat.png')
+    """
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return url
+    header, _, payload = url.partition(",")
+    try:
+        return {"bytes": base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()}
+    except ValueError as exc:
+        raise ImageProblem("unreadable_image", f"the data: URL is not valid base64: {exc}") from exc
+
+
 def chat_turns(item: dict[str, Any]) -> tuple[str, str, list[Any]]:
-    """``(user text, assistant text, image parts of the turns)`` of a single-turn chat (system turns are dropped)."""
+    """``(user text, assistant text, image parts of the turns)`` of a single-turn chat (system turns are dropped):
+    ``messages`` (OpenAI, Hugging Face), ``conversations`` (LLaVA, LLaMA-Factory) or TRL's ``prompt`` and
+    ``completion`` (turns, or two texts)."""
     turns = _maybe_json(item.get("messages") if "messages" in item else item.get("conversations"))
+    if "messages" not in item and "conversations" not in item:
+        prompt, completion = _turns_or_text(item.get("prompt")), _turns_or_text(item.get("completion"))
+        if isinstance(prompt, str) and isinstance(completion, str):
+            prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
+        turns = [*prompt, *completion] if isinstance(prompt, list) and isinstance(completion, list) else None
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise Unusable("bad_conversations", "messages/conversations is not a list of turns")
     images: list[Any] = []
@@ -696,8 +729,9 @@ def json_safe(value: Any) -> Any:
 def _one_image(item: dict[str, Any], parts: list[Any]) -> Any:
     """The item's one image: ``images`` (a list), ``image``, or an image part of the turns."""
     images = _maybe_json(item.get("images"))
-    found = [*(images if isinstance(images, list) else [images] if images else []), *parts]
-    if item.get("image") is not None:
+    found = [*(images if isinstance(images, list) else [images] if images else [])]
+    found += [part for part in parts if part not in found]  # a part naming the images column's image: the same one
+    if item.get("image") is not None and item["image"] not in found:
         found.append(item["image"])
     if len(found) > 1:
         raise Unusable("multiple_images", f"{len(found)} images: one image per record")
