@@ -421,9 +421,10 @@ def test_qwen2_vl_special_token_boxes_are_read_as_bbox_2d_json_is(tmp_path: Path
     assert pixels[0]["objects"] == [{"ref": "cat", "box": [100, 200, 800, 900]}]
 
 
-def test_trl_prompt_completion_and_openai_image_url_items_are_chat_items(tmp_path: Path) -> None:
-    """TRL's prompt-completion datasets (conversational, or two texts) and OpenAI's image_url parts (a path, or a
-    data: URL) were unknown_layout and missing_image."""
+def test_trl_prompt_completion_swift_query_response_and_openai_image_url_items_are_read(tmp_path: Path) -> None:
+    """TRL's prompt-completion datasets (conversational, or two texts), ms-swift's query-response ones (with its
+    grounding objects or not) and OpenAI's image_url parts (a path, or a data: URL) were unknown_layout,
+    bad_conversations and missing_image."""
     import base64
 
     answer = json.dumps({"bbox_2d": [30, 60, 240, 270], "label": "cat"})
@@ -438,11 +439,15 @@ def test_trl_prompt_completion_and_openai_image_url_items_are_chat_items(tmp_pat
         return {"id": id_, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
                 **extra}
 
+    swift_query = {"id": "query", "images": ["photos/cat.png"], "query": "<image>Find the cat.", "response": answer}
+    swift_objects = {**_swift([30, 60, 240, 270]), "id": "swift-query", "query": "<image>Find the <ref-object>.",
+                     "response": "<bbox>"}
+    del swift_objects["messages"]
     items = [conversational, standard, openai("path", "photos/cat.png"), openai("data", data_url),
-             openai("same", "photos/cat.png", images=["photos/cat.png"])]
+             openai("same", "photos/cat.png", images=["photos/cat.png"]), swift_query, swift_objects]
     accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
     assert rejected == {}
-    names = ("trl", "texts", "path", "data", "same")
+    names = ("trl", "texts", "path", "data", "same", "query", "swift-query")
     assert {r["id"]: r["objects"] for r in accepted} == {
         f"records:{name}": [{"ref": "cat", "box": [100, 200, 800, 900]}] for name in names
     }

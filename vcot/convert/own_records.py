@@ -243,6 +243,8 @@ def layout_of(item: dict[str, Any]) -> str | None:
         return "swift"
     if "messages" in item or "conversations" in item or ("prompt" in item and "completion" in item):
         return "chat"
+    if "query" in item and "response" in item:  # ms-swift's other layout: no objects, so not its grounding one
+        return "chat"
     return None
 
 
@@ -306,11 +308,12 @@ def _data_url_bytes(url: Any) -> Any:
 
 def chat_turns(item: dict[str, Any]) -> tuple[str, str, list[Any]]:
     """``(user text, assistant text, image parts of the turns)`` of a single-turn chat (system turns are dropped):
-    ``messages`` (OpenAI, Hugging Face), ``conversations`` (LLaVA, LLaMA-Factory) or TRL's ``prompt`` and
-    ``completion`` (turns, or two texts)."""
+    ``messages`` (OpenAI, Hugging Face), ``conversations`` (LLaVA, LLaMA-Factory), TRL's ``prompt`` and
+    ``completion`` (turns, or two texts) or ms-swift's ``query`` and ``response``."""
     turns = _maybe_json(item.get("messages") if "messages" in item else item.get("conversations"))
     if "messages" not in item and "conversations" not in item:
-        prompt, completion = _turns_or_text(item.get("prompt")), _turns_or_text(item.get("completion"))
+        asked, answered = ("prompt", "completion") if "prompt" in item else ("query", "response")
+        prompt, completion = _turns_or_text(item.get(asked)), _turns_or_text(item.get(answered))
         if isinstance(prompt, str) and isinstance(completion, str):
             prompt, completion = [{"role": "user", "content": prompt}], [{"role": "assistant", "content": completion}]
         turns = [*prompt, *completion] if isinstance(prompt, list) and isinstance(completion, list) else None
