@@ -379,6 +379,11 @@ def test_ms_swift_qwen_json_placeholders_become_house_mentions(tmp_path: Path) -
                            '<ref>a "big" cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat'),
     }
     assert rejected["records:written"][0] == "bbox_2d_with_numbers"  # numbers in an unknown frame: never guessed
+    spaced = {**_swift([30, 60, 240, 270], id="spaced"),
+              "objects": {"ref": ["cat", "cat"], "bbox": [[30, 60, 240, 270]]},
+              "messages": [FIND_CAT[0], {"role": "assistant", "content": "The <ref-object> <bbox>. Answer: cat"}]}
+    accepted, _ = _run(tmp_path, [spaced])  # a space between them: still the one named box, its name not doubled
+    assert accepted[0]["rationale"] == "The <ref>cat</ref><box>[100, 200, 800, 900]</box>. Answer: cat"
 
 
 def test_a_text_that_answers_in_prose_is_not_given_its_boxes_names_as_answer(tmp_path: Path) -> None:

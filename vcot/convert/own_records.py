@@ -67,8 +67,8 @@ FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 _QWEN_SYNTAXES: tuple[BoxFormat, ...] = ("json", "qwen")
 """The box syntaxes of chat turns: Qwen2.5-VL's and Qwen3-VL's ``bbox_2d`` JSON, and Qwen2-VL's special tokens."""
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_PLACEHOLDERS = re.compile(r"(<ref-object>)?<bbox>|<ref-object>")
-"""ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` names it."""
+_PLACEHOLDERS = re.compile(r"(<ref-object>[ \t]*)?<bbox>|<ref-object>")
+"""ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` (or a space before it) names it."""
 _SWIFT_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*<bbox>')
 _MENTION = r"(?:<ref>[^<]*</ref>)?<box>[^<]*</box>"
 _PROSE_ANSWER = re.compile(r"\banswer\b", re.IGNORECASE)
