@@ -241,16 +241,29 @@ class _Outputs:
         self.shards.abort()
 
 
+SIGTERM_DRAIN_SECONDS = 20.0
+"""How long the requests already on the wire may finish after SIGTERM (their answers are paid for): inside
+Kubernetes' default grace period of 30 s, with time left to store them."""
+
+
 @contextlib.contextmanager
-def _sigterm_cancels(task: asyncio.Task[Any] | None) -> Iterator[list[bool]]:
-    """On SIGTERM (a pod being stopped), cancel ``task`` so cleanup runs; yields ``[terminated]``."""
+def _sigterm_stops(task: asyncio.Task[Any] | None, stop_sending: Callable[[], None] | None) -> Iterator[list[bool]]:
+    """On SIGTERM (a pod being stopped): ``stop_sending``, let the requests on the wire finish for at most
+    :data:`SIGTERM_DRAIN_SECONDS` (their answers reach the cache, so the rerun does not pay for them again), then
+    cancel ``task`` so cleanup runs. Without ``stop_sending`` (batch mode, whose requests run on the provider's side)
+    at once. Yields ``[terminated]``."""
     terminated = [False]
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
         terminated[0] = True
-        if task is not None:
+        if task is None:
+            return
+        if stop_sending is None:
             task.cancel()
+            return
+        stop_sending()
+        loop.call_later(SIGTERM_DRAIN_SECONDS, task.cancel)
 
     try:
         loop.add_signal_handler(signal.SIGTERM, stop)
@@ -375,7 +388,8 @@ async def _distill(
     outputs = _Outputs(config.output, shard)
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
     every = max(1.0, config.cache_flush_seconds)
-    with _sigterm_cancels(asyncio.current_task()) as terminated:
+    stop_sending = None if config.mode == "batch" else live.stopped.set
+    with _sigterm_stops(asyncio.current_task(), stop_sending) as terminated:
         async with stored_while_running(cache, ledger, ledger_uri, client, every=every):
             try:
                 if config.mode == "batch":
@@ -395,15 +409,12 @@ async def _distill(
                     window = max(64, 8 * config.concurrency)
                     async for result in in_order(work, items, window, on_failure=live.stopped.set):
                         outputs.add(result)
-            except asyncio.CancelledError:
+            except BaseException:  # a SIGTERM's drain ends as the requests it stopped fail ("not sent")
                 outputs.abort()
                 if terminated[0]:
                     raise VcotError(
                         f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume"
                     ) from None
-                raise
-            except BaseException:
-                outputs.abort()
                 raise
     if outputs.counts["input"] and not outputs.counts["distilled"] + outputs.counts["passed_through"]:
         outputs.abort()
