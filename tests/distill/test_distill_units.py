@@ -36,6 +36,8 @@ GOOD = "The <ref>cup</ref><box>[10, 20, 300, 400]</box> is blue.\nAnswer: blue"
         (GOOD.replace("Answer: blue", "Answer: The blue one"), {"answer": "blue"}, None),
         ("", {"answer": "blue"}, "empty_answer"),
         (GOOD.replace("300", "1300"), {"answer": "blue"}, "invalid_box"),
+        (GOOD.replace("[10, 20, 300, 400]", "[0.01, 0.02, 0.3, 1.0]"), {"answer": "blue"}, "invalid_box"),  # 0-1
+        (GOOD.replace("[10, 20, 300, 400]", "[10.5, 20, 300, 400]"), {"answer": "blue"}, "invalid_box"),  # decimals
         (GOOD.replace("<ref>cup</ref>", "cup "), {"answer": "blue"}, "box_without_ref"),
         (GOOD.replace("</ref>", ""), {"answer": "blue"}, "box_without_ref"),
         (GOOD.replace(" is", " and the <ref>plate</ref> are"), {"answer": "blue"}, "malformed_tag"),

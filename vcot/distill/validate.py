@@ -106,6 +106,9 @@ def check_answer(text: str, record: dict[str, Any]) -> Verdict:
     if not parsed.boxes:
         return Verdict("no_boxes", "no <ref>..</ref><box>[..]</box> in the answer")
     for found in parsed.boxes:
+        written = text[found.span[0] : found.span[1]].rsplit("<box>", 1)[-1].removesuffix("</box>")
+        if "." in written:  # 0-1 fractions read as 0-1000 are a dot; any decimal is not the frame asked for
+            return Verdict("invalid_box", f"box {written} is not four integers 0-1000 (fractions or decimals)")
         if not found.ref:
             return Verdict("box_without_ref", f"box {list(found.box)} has no <ref>")
     asked = question_boxes(str(record.get("question") or ""))
