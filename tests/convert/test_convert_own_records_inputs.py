@@ -396,9 +396,11 @@ def test_a_text_that_answers_in_prose_is_not_given_its_boxes_names_as_answer(tmp
         return {"id": name, "messages": turns, "images": ["photos/cat.png"]}
 
     items = [item("prose", f"The {sign} reads OPEN, so the answer is yes."),
-             item("bold", f"The {sign} reads OPEN.\n\n**Answer:** yes"), item("grounding", f"The sign: {sign}.")]
+             item("bold", f"The {sign} reads OPEN.\n\n**Answer:** yes"), item("grounding", f"The sign: {sign}."),
+             item("sheet", f"The answer sheet, with its {sign}.")]  # the word alone states nothing
     accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
-    assert {r["id"]: r["answer"] for r in accepted} == {"records:bold": "yes", "records:grounding": "red sign"}
+    assert {r["id"]: r["answer"] for r in accepted} == {
+        "records:bold": "yes", "records:grounding": "red sign", "records:sheet": "red sign"}
     assert rejected["records:prose"][0] == "no_answer" and "states an answer in prose" in rejected["records:prose"][1]
 
 
@@ -444,14 +446,18 @@ def test_trl_prompt_completion_swift_query_response_and_openai_image_url_items_a
         return {"id": id_, "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
                 **extra}
 
-    swift_query = {"id": "query", "images": ["photos/cat.png"], "query": "<image>Find the cat.", "response": answer}
+    swift_query = {"id": "query", "images": ["photos/cat.png"], "query": "<image>Find the cat.",
+                   "response": f"[{answer}]"}  # a JSON list of boxes: the text, not turns
     swift_objects = {**_swift([30, 60, 240, 270]), "id": "swift-query", "query": "<image>Find the <ref-object>.",
                      "response": "<bbox>"}
     del swift_objects["messages"]
-    items = [conversational, standard, openai("path", "photos/cat.png"), openai("data", data_url),
-             openai("same", "photos/cat.png", images=["photos/cat.png"]), swift_query, swift_objects]
+    history = {**swift_query, "id": "history", "history": [["<image>What is here?", "A cat."]]}
+    wrapped = data_url[:40] + "\n" + data_url[40:]  # base64 over lines, as some encoders write it
+    items = [conversational, standard, openai("path", "photos/cat.png"), openai("data", wrapped),
+             openai("same", "photos/cat.png", images=["photos/cat.png", "photos/cat.png"]), swift_query, swift_objects,
+             history]
     accepted, rejected = _run(tmp_path, items, bbox_2d_frame="pixels")
-    assert rejected == {}
+    assert {i: reason for i, (reason, _) in rejected.items()} == {"records:history": "multi_turn"}  # not its last turn
     names = ("trl", "texts", "path", "data", "same", "query", "swift-query")
     assert {r["id"]: r["objects"] for r in accepted} == {
         f"records:{name}": [{"ref": "cat", "box": [100, 200, 800, 900]}] for name in names

@@ -264,3 +264,21 @@ def test_a_committed_file_replaced_after_commit_is_an_error_naming_it(real_s3: s
     storage.write_bytes(f"{root}/train/00000-of-00001.jsonl.gz", data[: len(data) // 2])
     with pytest.raises(StorageError, match="train/00000-of-00001.jsonl.gz"):
         list(manifest.committed_records(root, ("train/",)))
+
+
+def test_a_skipped_rerun_says_when_its_inputs_were_written_again_or_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, made = str(tmp_path / "records"), str(tmp_path / "tokens")
+    manifest.commit(source, stage="convert", files=[shards.write_jsonl(source, "train/a.jsonl.gz", RECORDS[:2])],
+                    config={})  # fmt: skip
+    manifest.commit(made, stage="tokenize", files=[], config={}, inputs=[source])
+    assert manifest.changed_inputs(made) == []
+    manifest.commit(source, stage="convert", files=[shards.write_jsonl(source, "train/a.jsonl.gz", RECORDS[:3])],
+                    config={})  # an --overwrite rerun of the input  # fmt: skip
+    assert manifest.changed_inputs(made) == [source]
+    storage.delete_prefix(source)
+    assert manifest.changed_inputs(made) == [source]
+    unreadable = StorageError("cannot reach bucket 'b'")
+    monkeypatch.setattr(manifest, "changed_inputs", lambda output: (_ for _ in ()).throw(unreadable))
+    assert not manifest.prepare_output(made, stage="tokenize", inputs=[source], overwrite=False)  # skipped all the same

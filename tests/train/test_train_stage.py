@@ -294,6 +294,8 @@ def test_a_rerun_with_other_settings_does_not_resume_the_checkpoints_as_if_they_
     stale = RunFolders.for_output(str(output)).tensorboard_dir / "events.out.tfevents.stale"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"")  # a killed run's events in the scratch folder: not this run's
+    (output / "tensorboard").mkdir(parents=True)
+    (output / "tensorboard" / "events.out.tfevents.stored-stale").write_bytes(b"")  # synced before its first save
     assert run()
     assert [path.name for path in (output / "tensorboard").iterdir() if "stale" in path.name] == []
     _as_if_killed_before_its_commit(output)
@@ -303,7 +305,8 @@ def test_a_rerun_with_other_settings_does_not_resume_the_checkpoints_as_if_they_
         run(",lora_r=8")
     resumed = run(",max_steps=6,logging_steps=2")
     assert resumed is not None and resumed["stats"]["global_step"] == 6
-    first = min(entry["step"] for entry in storage.read_json(f"{output}/metrics.json")["log_history"] if "loss" in entry)
+    history = storage.read_json(f"{output}/metrics.json")["log_history"]
+    first = min(entry["step"] for entry in history if "loss" in entry)
     assert first == 1  # resumed: the history is the first session's too
 
 

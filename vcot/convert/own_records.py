@@ -71,7 +71,7 @@ _PLACEHOLDERS = re.compile(r"(<ref-object>[ \t]*)?<bbox>|<ref-object>")
 """ms-swift's grounding placeholders: a ``<ref-object>`` right before a ``<bbox>`` (or a space before it) names it."""
 _SWIFT_JSON_BOX = re.compile(r'"bbox_2d"\s*:\s*<bbox>')
 _MENTION = r"(?:<ref>[^<]*</ref>)?<box>[^<]*</box>"
-_PROSE_ANSWER = re.compile(r"\banswer\b", re.IGNORECASE)
+_PROSE_ANSWER = re.compile(r"\banswer\s+(?:is|was|would be|will be)\b", re.IGNORECASE)
 """A text that says "the answer is ..." without the ``Answer:`` marker: it answers something other than its boxes."""
 _FENCE = re.compile(rf"```(?:json)?\s*({_MENTION}(?:\s*{_MENTION})*)\s*```")
 """A code fence left holding only house mentions (where Qwen's JSON was): the fence goes, the mentions stay."""
@@ -260,9 +260,10 @@ def _maybe_json(value: Any) -> Any:
 
 def _turns_or_text(value: Any) -> Any:
     """A list of turns (maybe stored as JSON text, as Parquet writers do), else the value as it is: a text, which may
-    itself be JSON (Qwen's boxes)."""
+    itself be JSON (Qwen's boxes, a list of them too)."""
     parsed = _maybe_json(value)
-    return parsed if isinstance(parsed, list) else value
+    turns = isinstance(parsed, list) and all(isinstance(t, dict) and ("role" in t or "from" in t) for t in parsed)
+    return parsed if turns else value
 
 
 _ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
@@ -301,7 +302,8 @@ def _data_url_bytes(url: Any) -> Any:
         return url
     header, _, payload = url.partition(",")
     try:
-        return {"bytes": base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()}
+        encoded = "".join(payload.split())  # some encoders wrap base64 over lines
+        return {"bytes": base64.b64decode(encoded, validate=True) if header.endswith(";base64") else payload.encode()}
     except ValueError as exc:
         raise ImageProblem("unreadable_image", f"the data: URL is not valid base64: {exc}") from exc
 
@@ -312,6 +314,8 @@ def chat_turns(item: dict[str, Any]) -> tuple[str, str, list[Any]]:
     ``completion`` (turns, or two texts) or ms-swift's ``query`` and ``response``."""
     turns = _maybe_json(item.get("messages") if "messages" in item else item.get("conversations"))
     if "messages" not in item and "conversations" not in item:
+        if item.get("history"):  # ms-swift's earlier turns
+            raise Unusable("multi_turn", "the item has a history: one user turn then one assistant turn")
         asked, answered = ("prompt", "completion") if "prompt" in item else ("query", "response")
         prompt, completion = _turns_or_text(item.get(asked)), _turns_or_text(item.get(answered))
         if isinstance(prompt, str) and isinstance(completion, str):
@@ -732,10 +736,10 @@ def json_safe(value: Any) -> Any:
 def _one_image(item: dict[str, Any], parts: list[Any]) -> Any:
     """The item's one image: ``images`` (a list), ``image``, or an image part of the turns."""
     images = _maybe_json(item.get("images"))
-    found = [*(images if isinstance(images, list) else [images] if images else [])]
-    found += [part for part in parts if part not in found]  # a part naming the images column's image: the same one
-    if item.get("image") is not None and item["image"] not in found:
-        found.append(item["image"])
+    named = [*(images if isinstance(images, list) else [images] if images else []), *parts]
+    if item.get("image") is not None:
+        named.append(item["image"])
+    found = [image for i, image in enumerate(named) if image not in named[:i]]  # one image named twice is one
     if len(found) > 1:
         raise Unusable("multiple_images", f"{len(found)} images: one image per record")
     if not found:

@@ -176,6 +176,19 @@ def lineage(input_uri: str) -> dict[str, Any]:
     }
 
 
+def _say_if_inputs_changed(output: str) -> None:
+    """Warn that a committed output a rerun skips was made from inputs written again or removed since; an input that
+    cannot be read now is no reason to fail the skip."""
+    try:
+        changed = changed_inputs(output)
+    except StorageError as exc:
+        log.info("inputs_not_compared", output=output, reason=str(exc).splitlines()[0][:200])
+        return
+    if changed:
+        log.warning("committed_from_changed_inputs", output=output, changed=changed,
+                    hint="they were written again or removed since this output was: pass --overwrite to redo it")
+
+
 def changed_inputs(output: str) -> list[str]:
     """The inputs of committed ``output`` whose manifest is not the one it recorded (:func:`lineage`): written again
     (an ``--overwrite`` rerun) or gone since. A rerun without ``--overwrite`` skips the output all the same."""
@@ -497,10 +510,7 @@ def prepare_output(
         return False
     if not overwrite:
         if is_committed(output):
-            changed = changed_inputs(output)
-            if changed:
-                log.warning("committed_from_changed_inputs", output=output, changed=changed,
-                            hint="they were written again since this output was: pass --overwrite to redo it on them")
+            _say_if_inputs_changed(output)
             return False
         return _shard_manifests(output) is None
     storage.delete(manifest_uri(output))

@@ -64,10 +64,11 @@ FREE_ON_RESUME = frozenset({
     "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing",
     "logging_steps", "save_steps", "eval_steps", "save_total_limit", "report_to", "dataloader_num_workers",
     "per_device_eval_batch_size", "generation_eval_samples", "generation_eval_steps", "generation_eval_max_new_tokens",
-    "early_stopping_patience", "early_stopping_threshold", "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
+    "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
 })
 """Settings a resumed run may change: its length, how it is laid out on the GPUs, what it logs, keeps and reports.
-Any other change would continue the checkpoints' optimizer, schedule, adapter or data order as another run."""
+Any other change would continue the checkpoints' optimizer, schedule, adapter, data order or early stopping (its
+patience and threshold are restored with it) as another run."""
 
 
 def settings_change(remote: str, settings: dict[str, Any]) -> str | None:

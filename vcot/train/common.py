@@ -372,8 +372,11 @@ def restore(folders: RunFolders) -> Path | None:
     newest = None
     if distributed.local_rank() == 0:
         newest = restore_checkpoints(folders.remote_checkpoints, folders.trainer_dir)
-        # The scratch folder outlives a killed or overwritten run: its events would be uploaded with this run's.
+        # The scratch folder outlives a killed or overwritten run: its events would be uploaded with this run's. So
+        # do the stored ones of a run killed before its first checkpoint, which a fresh start does not continue.
         shutil.rmtree(folders.tensorboard_dir, ignore_errors=True)
+        if newest is None and distributed.is_main():
+            storage.delete_prefix(folders.remote_tensorboard)
         if newest is not None and storage.list_uris(folders.remote_tensorboard):
             storage.download_prefix(folders.remote_tensorboard, folders.tensorboard_dir)
     distributed.barrier()
