@@ -114,6 +114,23 @@ def test_answers_given_inline_on_the_last_line_are_accepted_without_a_correction
         assert record["rationale"].endswith(f"shows it.\nAnswer: {record['answer']}")
 
 
+def test_records_no_rationale_can_fix_are_rejected_before_any_request(
+    tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    """A record without its answer or size, or whose question names an invalid box, was sent to the teacher (paid
+    for) and rejected afterwards as not grounded."""
+    good, no_answer, no_width, bad_region = (make_record(tmp_path / "data", i) for i in range(4))
+    no_answer["answer"], no_width["width"] = "", None
+    bad_region["question"] = "What is in <box>[800, 200, 100, 900]</box>?"
+    server = teacher_server()
+    output = str(tmp_path / "out")
+    report = distill(fast_config(commit_input(str(tmp_path / "in"), [good, no_answer, no_width, bad_region]), output,
+                                 server))["stats"]  # fmt: skip
+    assert server.chat_requests == 1  # the good record's alone
+    assert report["rejected_reasons"] == {"missing_answer": 1, "missing_width": 1, "question_invalid_box": 1}
+    assert {line["reason"] for line in _read(output, "rejected/")} == set(report["rejected_reasons"])
+
+
 def test_transient_faults_are_retried_and_nothing_is_lost(
     input_records: Callable[..., str],
     tmp_path: Path,

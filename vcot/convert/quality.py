@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from vcot.grounding.records import REQUIRED_FIELDS, grounding_problem, question_problem, top_reasons
+from vcot.grounding.records import grounding_problem, record_problem, top_reasons
 
 COUNTERS = (
     "input",
@@ -34,12 +34,7 @@ STRING_BOX_TOLERANCE = 2
 
 def quality_problem(record: dict[str, Any]) -> str | None:
     """Why ``record`` is not accepted (a reason code), or ``None``."""
-    if record.get("needs_distillation"):
-        for field in REQUIRED_FIELDS:
-            if record.get(field) in (None, ""):
-                return f"missing_{field}"
-        return question_problem(record)
-    return grounding_problem(record)
+    return record_problem(record) if record.get("needs_distillation") else grounding_problem(record)
 
 
 class QualityStats:

@@ -41,7 +41,15 @@ from vcot.distill.direct import direct_rationale
 from vcot.distill.validate import accepted_record
 from vcot.distill.zoom import zoom_and_verify
 from vcot.errors import ConfigError, VcotError
-from vcot.grounding.records import RAW_LIMIT, Rejection, grounding_problem, merge_counts, top_reasons, truncate_raw
+from vcot.grounding.records import (
+    RAW_LIMIT,
+    Rejection,
+    grounding_problem,
+    merge_counts,
+    record_problem,
+    top_reasons,
+    truncate_raw,
+)
 from vcot.io import manifest, storage
 from vcot.io.manifest import ShardSpec
 from vcot.io.shards import ShardFile, SplitWriters, read_verified, write_file
@@ -111,6 +119,9 @@ class Distiller:
         position, record = item
         if not needs_teacher(record):
             return Result("passed_through", record=record)
+        problem = record_problem(record)
+        if problem is not None:  # before any request: no rationale fixes it
+            return Result("rejected", rejected=rejected_line(record, position, problem, "no rationale can fix it"))
         image_uri = str(record.get("image") or "")
         if not image_uri or not await asyncio.to_thread(storage.exists, image_uri):
             return Result(

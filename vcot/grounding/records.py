@@ -109,16 +109,26 @@ def question_problem(record: dict[str, Any]) -> str | None:
     return "question_invalid_box" if question_mentions(str(record.get("question") or "")).invalid else None
 
 
-def grounding_problem(record: dict[str, Any]) -> str | None:
-    """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
+def record_problem(record: dict[str, Any]) -> str | None:
+    """What no rationale can fix in a record (``missing_<field>``, ``question_invalid_box``), or ``None``: a record
+    still to distill needs only this much.
 
-    Reason codes: ``missing_<field>``, ``question_invalid_box``, ``no_objects``, ``invalid_object_box``,
-    ``no_rationale``, ``rationale_without_box``, ``rationale_invalid_box``.
+    >>> record_problem({"question": "Q?"})
+    'missing_id'
     """
     for name in REQUIRED_FIELDS:
         if record.get(name) in (None, ""):
             return f"missing_{name}"
-    problem = question_problem(record)
+    return question_problem(record)
+
+
+def grounding_problem(record: dict[str, Any]) -> str | None:
+    """Why a record cannot be used as a *grounded* training example, or ``None`` if it can.
+
+    Reason codes: ``missing_<field>``, ``question_invalid_box`` (:func:`record_problem`), ``no_objects``,
+    ``invalid_object_box``, ``no_rationale``, ``rationale_without_box``, ``rationale_invalid_box``.
+    """
+    problem = record_problem(record)
     if problem:
         return problem
     objects = record.get("objects") or []
