@@ -98,8 +98,16 @@ class Mixture:
 
 
 def of_inputs(inputs: list[str]) -> Mixture:
-    """Plain ``--input``: one source, every record once (what tokenize always did)."""
-    return Mixture((MixtureSource(INPUT, tuple(inputs)),))
+    """Plain ``--input``: one source, every record once (what tokenize always did); one output named twice refused.
+
+    >>> of_inputs(["s3://b/a", "s3://b/a/"])
+    Traceback (most recent call last):
+    ...
+    vcot.errors.ConfigError: --input: source 'input' reads s3://b/a, so its val records would count twice: ...
+    """
+    sources = (MixtureSource(INPUT, tuple(inputs)),)
+    check_sources(sources, label="--input")
+    return Mixture(sources)
 
 
 def _number(name: str, key: str, value: Any, kind: type, minimum: float) -> Any:
@@ -148,15 +156,16 @@ def parse_source(name: str, spec: Any, inputs: list[str]) -> MixtureSource:
     return source
 
 
-def check_sources(sources: tuple[MixtureSource, ...], uri: str | None = None) -> None:
+def check_sources(sources: tuple[MixtureSource, ...], uri: str | None = None, *, label: str = "") -> None:
     """What no single source shows: a record output read twice (its val records would count twice in
     ``eval_loss``, its train records get two weights), and a mixture that selects no train row at all."""
-    label = f"mixture {uri}" if uri else "the mixture"
+    label = label or (f"mixture {uri}" if uri else "the mixture")
     owner: dict[str, str] = {}
     for source in sources:
+        named = [data.rstrip("/") for data in source.data]
         for data in source.data:
             first = owner.setdefault(data.rstrip("/"), source.name)
-            if first != source.name or source.data.count(data) > 1:
+            if first != source.name or named.count(data.rstrip("/")) > 1:
                 who = f"source {first!r} reads" if first == source.name else f"sources {first!r} and {source.name!r} both read"
                 raise ConfigError(
                     f"{label}: {who} {data}, so its val records would count twice: name each record output once "
