@@ -95,6 +95,7 @@ def test_batch_mode_rounds_retry_failures_and_corrections(
     # Round 1: six requests (Q2 fails with a 500, Q3 has no box); round 2: Q2 again and Q3's correction.
     assert len(server.batches) == 2 and server.batch_lines == 8
     assert report["ledger"]["batch_requests"] == 7 and report["ledger"]["requests"] == 0
+    assert report["ledger"]["cache_hits"] == 0  # round 2 reads round 1's answers again: bought, not saved
     assert report["ledger"]["estimated_cost_usd"] > 0
 
     again = distill(fast_config(input_uri, str(tmp_path / "b"), server, mode="batch"))["stats"]
@@ -139,3 +140,31 @@ def test_zoom_in_batch_mode_takes_one_round_per_step(
     assert report["counts"] == {"input": 2, "distilled": 2}
     assert len(server.batches) == 4  # caption, branches, merge, verify
     assert server.batch_lines == 2 * 5 and server.chat_requests == 0
+
+
+def test_a_batch_creation_retried_after_a_late_response_does_not_create_a_second_batch(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server made the batch but answered after the client's timeout: retried blindly, the creation made a
+    second batch over the same requests, which the provider would run and bill again."""
+    import asyncio
+
+    from vcot.dev.fake_openai import FakeOpenAI
+
+    real_create = FakeOpenAI._create_batch
+    late = [True]
+
+    async def made_then_late(self: FakeOpenAI, request: Any) -> Any:
+        response = await real_create(self, request)
+        if late[0]:
+            late[0] = False
+            await asyncio.sleep(2)  # past the client's 1 s timeout: it retries
+        return response
+
+    monkeypatch.setattr(FakeOpenAI, "_create_batch", made_then_late)
+    with FakeOpenAI(answer=good_answer, api_key=api_key) as server:
+        config = fast_config(input_records(3), str(tmp_path / "out"), server, mode="batch", request_timeout=1.0)
+        report = distill(config)["stats"]
+    assert report["counts"] == {"input": 3, "distilled": 3}
+    assert [batch["input_file_id"] for batch in server.batches.values()] == ["file-1"]  # one batch, picked up
+    assert report["ledger"]["batch_requests"] == 3 and report["ledger"]["retries"] == 1

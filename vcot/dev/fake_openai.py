@@ -153,6 +153,7 @@ class FakeOpenAI:
         app.router.add_get("/v1/files/{file_id}/content", self._file_content)
         app.router.add_get("/v1/files/{file_id}", self._file)
         app.router.add_post("/v1/batches", self._create_batch)
+        app.router.add_get("/v1/batches", self._list_batches)
         app.router.add_get("/v1/batches/{batch_id}", self._batch)
         app.router.add_get("/stats", self._stats)
         return app
@@ -281,6 +282,12 @@ class FakeOpenAI:
             "request_counts": {"total": 0, "completed": 0, "failed": 0},
         }
         return web.json_response(self.batches[batch_id])
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        """Newest first, as the real service lists them (one page: ``has_more`` false)."""
+        data = list(reversed(self.batches.values()))[: int(request.query.get("limit", 20))]
+        return web.json_response({"object": "list", "data": data, "has_more": False,
+                                  "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
     async def _batch(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["batch_id"])

@@ -135,12 +135,7 @@ class BatchRunner:
                 ),
                 "file upload",
             )
-            batch = await self._api(
-                lambda file_id=uploaded.id: self.client.batches.create(
-                    completion_window="24h", endpoint=ENDPOINT, input_file_id=file_id
-                ),
-                "batch creation",
-            )
+            batch = await self._create(uploaded.id)
             batch_ids.append(batch.id)
             self.batches_submitted += 1
             storage.write_json(self.state_uri, {"batches": batch_ids})  # before waiting: a rerun resumes these
@@ -150,6 +145,24 @@ class BatchRunner:
             ingested += await self._wait_and_ingest(batch_id, labels)
         storage.delete(self.state_uri)
         return ingested
+
+    async def _create(self, file_id: str) -> Any:
+        """The batch of ``file_id``. Creating one is not idempotent: a call that timed out or failed may have made it
+        (and it would run and bill), so every retry first looks for a batch on this file among the newest."""
+        tried = False
+
+        async def create() -> Any:
+            nonlocal tried
+            if tried:
+                listed = await self.client.batches.list(limit=100)
+                made = next((batch for batch in listed.data if batch.input_file_id == file_id), None)
+                if made is not None:
+                    log.info("batch_found", batch=made.id, file=file_id, why="the creation that made it was retried")
+                    return made
+            tried = True
+            return await self.client.batches.create(completion_window="24h", endpoint=ENDPOINT, input_file_id=file_id)
+
+        return await self._api(create, "batch creation")
 
     async def _wait_and_ingest(self, batch_id: str, labels: dict[str, tuple[str, str]]) -> int:
         deadline = time.monotonic() + self.max_hours * 3600

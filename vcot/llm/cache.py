@@ -83,6 +83,8 @@ class AnswerCache:
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.entries: dict[str, dict[str, Any]] = {}
+        self.added: set[str] = set()
+        """Keys of the answers this run bought: read again (batch mode replays its records each round), no saving."""
         self.stored_parts = 0
         self._pending: list[dict[str, Any]] = []
         self._oldest_pending = 0.0
@@ -113,6 +115,7 @@ class AnswerCache:
     async def add(self, entry: dict[str, Any]) -> None:
         """Keep one answer; store the buffered answers when the batch is full or the oldest has waited too long."""
         self.entries[entry["key"]] = entry
+        self.added.add(entry["key"])
         if not self._pending:
             self._oldest_pending = time.monotonic()
         self._pending.append(entry)
@@ -134,6 +137,7 @@ class AnswerCache:
         """Store answers at once (batch-API ingest): they are already paid for."""
         for entry in entries:
             self.entries[entry["key"]] = entry
+            self.added.add(entry["key"])
         if entries:
             self._write_part(entries, self._next_part())
 

@@ -293,7 +293,7 @@ class CachedChat:
         key = request_key(self.model, messages, params)
         entry = self.cache.get(key)
         if entry is not None:
-            self.ledger.cache_hits += 1
+            self.ledger.cache_hits += key not in self.cache.added  # stored before this run: a request not paid
             return Completion.from_entry(entry)
         if key in self._in_flight:
             return await asyncio.shield(self._in_flight[key])

@@ -44,6 +44,7 @@ class Ledger:
     requests: int = 0
     batch_requests: int = 0
     cache_hits: int = 0
+    """Answers stored by earlier runs, reused instead of paid for (not this run's own, read again)."""
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
