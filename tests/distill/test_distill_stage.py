@@ -19,7 +19,7 @@ from tests.distill.distill_helpers import (
     question_number,
 )
 from vcot.distill import distill
-from vcot.errors import ConfigError
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.records import grounding_problem
 from vcot.io import manifest, shards
 from vcot.llm.cache import AnswerCache
@@ -129,6 +129,28 @@ def test_records_no_rationale_can_fix_are_rejected_before_any_request(
     assert server.chat_requests == 1  # the good record's alone
     assert report["rejected_reasons"] == {"missing_answer": 1, "missing_width": 1, "question_invalid_box": 1}
     assert {line["reason"] for line in _read(output, "rejected/")} == set(report["rejected_reasons"])
+
+
+def test_a_sigterm_whose_drain_finishes_every_record_still_commits_nothing(
+    input_records: Callable[..., str], tmp_path: Path, api_key: str, teacher_server: Callable[..., Any]
+) -> None:
+    """SIGTERM while the last records are on the wire: they finish and are cached, and the stop is still a stop
+    (exit 1, nothing committed); the rerun commits from the cache without a request."""
+    import os
+    import signal
+
+    def stopped_at_the_last(text: str) -> str:
+        if question_number(text) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # the pod is stopped while every record's request is on the wire
+        return good_answer(text)
+
+    server = teacher_server(answer=stopped_at_the_last, latency=0.3)
+    input_uri, output = input_records(4), str(tmp_path / "out")
+    with pytest.raises(VcotError, match="stopped by SIGTERM: 4 new answers are cached"):
+        distill(fast_config(input_uri, output, server))
+    assert not manifest.is_committed(output) and server.chat_requests == 4
+    report = distill(fast_config(input_uri, output, server))["stats"]
+    assert report["counts"] == {"input": 4, "distilled": 4} and server.chat_requests == 4
 
 
 def test_transient_faults_are_retried_and_nothing_is_lost(

@@ -154,8 +154,7 @@ class BatchRunner:
         async def create() -> Any:
             nonlocal tried
             if tried:
-                listed = await self.client.batches.list(limit=100)
-                made = next((batch for batch in listed.data if batch.input_file_id == file_id), None)
+                made = await self._made_for(file_id)
                 if made is not None:
                     log.info("batch_found", batch=made.id, file=file_id, why="the creation that made it was retried")
                     return made
@@ -163,6 +162,19 @@ class BatchRunner:
             return await self.client.batches.create(completion_window="24h", endpoint=ENDPOINT, input_file_id=file_id)
 
         return await self._api(create, "batch creation")
+
+    async def _made_for(self, file_id: str) -> Any | None:
+        """The newest batch on ``file_id``, if any; ``None`` too from an endpoint that cannot list batches (it
+        gets the creation retried as before)."""
+        import openai
+
+        try:
+            listed = await self.client.batches.list(limit=100)
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        return next((batch for batch in listed.data if batch.input_file_id == file_id), None)
 
     async def _wait_and_ingest(self, batch_id: str, labels: dict[str, tuple[str, str]]) -> int:
         deadline = time.monotonic() + self.max_hours * 3600

@@ -119,14 +119,14 @@ class Distiller:
         position, record = item
         if not needs_teacher(record):
             return Result("passed_through", record=record)
-        problem = record_problem(record)
-        if problem is not None:  # before any request: no rationale fixes it
-            return Result("rejected", rejected=rejected_line(record, position, problem, "no rationale can fix it"))
         image_uri = str(record.get("image") or "")
         if not image_uri or not await asyncio.to_thread(storage.exists, image_uri):
             return Result(
                 "rejected", rejected=rejected_line(record, position, "image_missing", f"no image at {image_uri!r}")
             )
+        problem = record_problem(record)
+        if problem is not None:  # before any request: no rationale fixes it
+            return Result("rejected", rejected=rejected_line(record, position, problem, "no rationale can fix it"))
         try:
             image, image_url = await asyncio.to_thread(_load_image, image_uri, self.config.max_image_side)
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
@@ -257,24 +257,37 @@ SIGTERM_DRAIN_SECONDS = 20.0
 Kubernetes' default grace period of 30 s, with time left to store them."""
 
 
+@dataclass
+class Sigterm:
+    """Whether SIGTERM came, and the timer that will cancel the run if its drain outlasts the grace period."""
+
+    received: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    def disarm(self) -> None:
+        """The drain is over: no cancel may land in the cleanup that follows (the cache's last flush)."""
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 @contextlib.contextmanager
-def _sigterm_stops(task: asyncio.Task[Any] | None, stop_sending: Callable[[], None] | None) -> Iterator[list[bool]]:
+def _sigterm_stops(task: asyncio.Task[Any] | None, stop_sending: Callable[[], None] | None) -> Iterator[Sigterm]:
     """On SIGTERM (a pod being stopped): ``stop_sending``, let the requests on the wire finish for at most
     :data:`SIGTERM_DRAIN_SECONDS` (their answers reach the cache, so the rerun does not pay for them again), then
     cancel ``task`` so cleanup runs. Without ``stop_sending`` (batch mode, whose requests run on the provider's side)
-    at once. Yields ``[terminated]``."""
-    terminated = [False]
+    at once."""
+    sigterm = Sigterm()
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
-        terminated[0] = True
+        sigterm.received = True
         if task is None:
             return
         if stop_sending is None:
             task.cancel()
             return
         stop_sending()
-        loop.call_later(SIGTERM_DRAIN_SECONDS, task.cancel)
+        sigterm.timer = loop.call_later(SIGTERM_DRAIN_SECONDS, task.cancel)
 
     try:
         loop.add_signal_handler(signal.SIGTERM, stop)
@@ -282,8 +295,9 @@ def _sigterm_stops(task: asyncio.Task[Any] | None, stop_sending: Callable[[], No
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
         installed = False
     try:
-        yield terminated
+        yield sigterm
     finally:
+        sigterm.disarm()
         if installed:
             loop.remove_signal_handler(signal.SIGTERM)
 
@@ -400,7 +414,7 @@ async def _distill(
     ledger_uri = storage.join(config.cache_uri, "ledger", f"{writer}.json")
     every = max(1.0, config.cache_flush_seconds)
     stop_sending = None if config.mode == "batch" else live.stopped.set
-    with _sigterm_stops(asyncio.current_task(), stop_sending) as terminated:
+    with _sigterm_stops(asyncio.current_task(), stop_sending) as sigterm:
         async with stored_while_running(cache, ledger, ledger_uri, client, every=every):
             try:
                 if config.mode == "batch":
@@ -421,18 +435,25 @@ async def _distill(
                     async for result in in_order(work, items, window, on_failure=live.stopped.set):
                         outputs.add(result)
             except BaseException:  # a SIGTERM's drain ends as the requests it stopped fail ("not sent")
+                sigterm.disarm()
                 outputs.abort()
-                if terminated[0]:
-                    raise VcotError(
-                        f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume"
-                    ) from None
+                if sigterm.received:
+                    raise _stopped_by_sigterm(cache, cached_before) from None
                 raise
+            sigterm.disarm()
+    if sigterm.received:  # the drain finished every record: still a stop, which commits nothing (the rerun does)
+        outputs.abort()
+        raise _stopped_by_sigterm(cache, cached_before)
     if outputs.counts["input"] and not outputs.counts["distilled"] + outputs.counts["passed_through"]:
         outputs.abort()
         refuse_nothing_accepted(config, shard, outputs)
     files = outputs.close()
     report = _shard_report(config, shard, outputs, ledger, cache, cached_before, started)
     return _commit_shard(config, shard, files, report, ledger)
+
+
+def _stopped_by_sigterm(cache: AnswerCache, cached_before: int) -> VcotError:
+    return VcotError(f"stopped by SIGTERM: {len(cache.entries) - cached_before} new answers are cached; rerun to resume")
 
 
 def refuse_nothing_accepted(config: DistillConfig, shard: ShardSpec, outputs: _Outputs) -> None:
