@@ -71,22 +71,13 @@ def find_evaluation(config: ExportConfig) -> str | None:
         return None
     run = manifest.lineage(config.run)
     inputs = manifest.read_manifest(uri).get("inputs") or []
-    recorded = [i for i in inputs if _same_place(str(i.get("uri")), run["uri"])]
+    recorded = [i for i in inputs if storage.place(str(i.get("uri"))) == storage.place(run["uri"])]
     if not recorded or recorded[0].get("manifest_sha256") != run.get("manifest_sha256"):
         log.warning("evaluation_not_shown", evaluation=uri, run=config.run,
                     why="it scored another version of this run (retrained since), or does not say which",
                     hint="evaluate the run again (--overwrite), or name an evaluation with --evaluation")  # fmt: skip
         return None
     return uri
-
-
-def _same_place(a: str, b: str) -> bool:
-    """Whether two URIs name one place (``S3://`` and ``s3://``, a relative and an absolute path, a trailing ``/``).
-
-    >>> _same_place("S3://b/runs/r1/", "s3://b/runs/r1"), _same_place("s3://b/r1", "s3://b/r2")
-    (True, False)
-    """
-    return storage.absolute(storage.canonical(a)).rstrip("/") == storage.absolute(storage.canonical(b)).rstrip("/")
 
 
 def export(config: ExportConfig) -> dict[str, Any] | None:

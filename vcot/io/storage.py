@@ -213,6 +213,16 @@ def absolute(uri: str) -> str:
     return os.path.abspath(uri) + ("/" if uri.endswith("/") else "")
 
 
+def place(uri: str) -> str:
+    """What ``uri`` names, to compare two spellings of it: the S3 scheme lowered, a relative path made absolute, no
+    trailing ``/``.
+
+    >>> place("S3://b/runs/r1/") == place("s3://b/runs/r1"), place("s3://b/r1") == place("s3://b/r2")
+    (True, False)
+    """
+    return absolute(canonical(uri)).rstrip("/")
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with single slashes: ``join("s3://b/run", "train", "x.jsonl")``."""
     out = _s3_lowered(base).rstrip("/")

@@ -162,10 +162,10 @@ def check_sources(sources: tuple[MixtureSource, ...], uri: str | None = None, *,
     label = label or (f"mixture {uri}" if uri else "the mixture")
     owner: dict[str, str] = {}
     for source in sources:
-        named = [data.rstrip("/") for data in source.data]
-        for data in source.data:
-            first = owner.setdefault(data.rstrip("/"), source.name)
-            if first != source.name or named.count(data.rstrip("/")) > 1:
+        named = [storage.place(data) for data in source.data]  # S3:// or s3://, a trailing /, relative or absolute
+        for data, place in zip(source.data, named):
+            first = owner.setdefault(place, source.name)
+            if first != source.name or named.count(place) > 1:
                 who = f"source {first!r} reads" if first == source.name else f"sources {first!r} and {source.name!r} both read"
                 raise ConfigError(
                     f"{label}: {who} {data}, so its val records would count twice: name each record output once "
