@@ -13,6 +13,7 @@ import pytest
 
 from vcot.errors import ConfigError
 from vcot.io import storage
+from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.recipe import load_recipe
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_event_files_are_on_storage_after_a_log_step_before_any_checkpoint(
                 break
         else:
             raise AssertionError("vcot-train ended before step 2:\n" + "".join(lines)[-3000:])
-        assert storage.list_uris(storage.join(output, "checkpoints")) == []  # no checkpoint yet
+        assert complete_checkpoints(storage.join(output, "checkpoints")) == {}  # no checkpoint yet
         storage.download_prefix(storage.join(output, "tensorboard"), tmp_path / "tensorboard")
     finally:
         process.kill()
