@@ -113,7 +113,7 @@ def test_bin_skips_a_missing_image_but_stops_on_unreachable_storage(
     gone = {**record, "image": str(tmp_path / "gone.png")}
     assert bin_record(policy, processor, gone, settings, BinSettings(samples=2)) == Skipped("image_unreadable")
     unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
-    monkeypatch.setattr("vcot.evaluate.bin.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    monkeypatch.setattr("vcot.io.images.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
     with pytest.raises(StorageError, match="cannot reach"):  # skipped, BiN's figures would cover none
         bin_record(policy, processor, record, settings, BinSettings(samples=2))
 

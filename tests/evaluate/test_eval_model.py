@@ -77,18 +77,18 @@ def test_unreachable_storage_stops_the_evaluation_instead_of_skipping_its_record
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """One record's image behind an outage: skipped as unreadable, the run would commit metrics on the others."""
-    import vcot.models.generation
+    import vcot.io.images
 
     records = _records(str(tmp_path), 3)
     data = commit_records(str(tmp_path), records)
-    real_load = vcot.models.generation.load_rgb
+    real_load = vcot.io.images.load_rgb
 
     def flaky(uri: str) -> Any:
         if uri == records[1]["image"]:
             raise StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
         return real_load(uri)
 
-    monkeypatch.setattr(vcot.models.generation, "load_rgb", flaky)
+    monkeypatch.setattr(vcot.io.images, "load_rgb", flaky)
     out = str(tmp_path / "o")
     assert main(["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out, *FAST]) == 1
     assert "cannot reach bucket" in capsys.readouterr().err and not manifest.is_committed(out)

@@ -341,7 +341,7 @@ def test_unreachable_storage_stops_grpo_instead_of_making_every_image_unreadable
     batch = {key: [value] for key, value in row.items()}
     assert PromptTransform(HOUSE)(batch)["image_problem"] == ["unreadable"]  # a missing file: one bad record
     unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
-    monkeypatch.setattr("vcot.train.grpo.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    monkeypatch.setattr("vcot.io.images.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
     with pytest.raises(StorageError, match="cannot reach"):
         PromptTransform(HOUSE)(batch)
 

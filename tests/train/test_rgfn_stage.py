@@ -144,7 +144,7 @@ def test_a_record_whose_image_cannot_be_used_runs_on_a_gray_one_and_teaches_noth
     assert dict(trainer.logged) == {"rgfn/image_problems": [1.0, 1.0]}  # the share logged; no curve point from them
     assert trainer.compute_loss(model, {"records": [row]}).item() != 0
     unreachable = StorageError("cannot reach bucket 'b' at endpoint http://s3: check AWS_ENDPOINT_URL_S3")
-    monkeypatch.setattr("vcot.train.grpo.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
+    monkeypatch.setattr("vcot.io.images.load_rgb", lambda uri: (_ for _ in ()).throw(unreachable))
     with pytest.raises(StorageError, match="cannot reach"):  # not a bad image: every record would be one
         trainer.prompt(row)
 

@@ -27,12 +27,12 @@ from typing import Any, Literal
 
 import torch
 
-from vcot.errors import ConfigError, VcotError, storage_outage
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.answers import ANSWER_MARKER as ANSWER_START
 from vcot.grounding.boxes import IntBox
 from vcot.grounding.prompts import answer_cue, build_messages
 from vcot.io import manifest, storage
-from vcot.io.images import load_rgb
+from vcot.io.images import load_rgb_or_error
 from vcot.log import get_logger
 from vcot.models.adapters import active, load_named_adapter
 from vcot.models.generation import GenerationSettings, Skipped, grid_mismatch, prompt_text, two_phase
@@ -197,12 +197,9 @@ def bin_record(
     model: Any, processor: Any, record: dict[str, Any], settings: GenerationSettings, bin_settings: BinSettings
 ) -> BinChoice | Skipped:
     """BiN and best-of-N for one record (see the module docstring)."""
-    try:
-        image = load_rgb(record["image"]) if settings.fmt.mode == "multimodal" else None
-    except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
-        if storage_outage(exc):
-            raise  # unreachable storage: every record would be skipped
-        log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+    image, error = load_rgb_or_error(record["image"]) if settings.fmt.mode == "multimodal" else (None, None)
+    if error is not None:  # a bad image skips its record, counted by the caller
+        log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(error))
         return Skipped("image_unreadable")
     fmt = settings.fmt
     absolute = image is not None and fmt.coords == "qwen2.5-absolute"

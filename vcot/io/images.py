@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
+from vcot.errors import storage_outage
 from vcot.io import storage
 
 if TYPE_CHECKING:
@@ -56,6 +57,18 @@ def load_rgb(uri: str | Image.Image) -> Image.Image:
         return to_rgb(uri)
     with Image.open(io.BytesIO(storage.read_bytes(uri))) as image:
         return to_rgb(upright(image))
+
+
+def load_rgb_or_error(uri: str) -> tuple[Image.Image | None, Exception | None]:
+    """:func:`load_rgb`, or ``None`` and why the image cannot be used (missing, not an image, too large): for a loop
+    that skips a bad image's record. Storage that cannot be reached raises instead, or every record would be
+    skipped as bad."""
+    try:
+        return load_rgb(uri), None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for one broken image
+        if storage_outage(exc):
+            raise
+        return None, exc
 
 
 def upright(image: Image.Image) -> Image.Image:

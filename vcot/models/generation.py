@@ -18,11 +18,10 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from vcot.errors import storage_outage
 from vcot.grounding.boxes import BoxFormat
 from vcot.grounding.model_format import HOUSE, RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import PromptStyle, answer_cue, build_messages, turn_prefix
-from vcot.io.images import load_rgb
+from vcot.io.images import load_rgb_or_error
 from vcot.log import get_logger
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.models.penalty import (
@@ -143,12 +142,11 @@ def _readable_images(records: Sequence[dict[str, Any]], multimodal: bool) -> dic
     record instead of failing the batch."""
     images: dict[int, Any] = {}
     for position, record in enumerate(records):
-        try:
-            images[position] = load_rgb(record["image"]) if multimodal else None
-        except Exception as exc:  # noqa: BLE001 - a bad image skips its record, counted by the caller
-            if storage_outage(exc):
-                raise  # unreachable storage: every record would be skipped and the metrics computed on none
-            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(exc))
+        image, error = load_rgb_or_error(record["image"]) if multimodal else (None, None)
+        if error is not None:  # a bad image skips its record, counted by the caller
+            log.warning("image_unreadable", id=record.get("id"), image=record.get("image"), error=str(error))
+            continue
+        images[position] = image
     return images
 
 

@@ -25,13 +25,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from vcot.errors import ConfigError, VcotError, first_line, storage_outage
+from vcot.errors import ConfigError, VcotError, first_line
 from vcot.grounding.boxes import parse_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages
 from vcot.grounding.records import objects_problem
 from vcot.io import manifest
-from vcot.io.images import load_rgb
+from vcot.io.images import load_rgb_or_error
 from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, reference_adapter
 from vcot.models.loading import (
@@ -231,12 +231,9 @@ def checked_image(uri: str, width: int, height: int, fmt: ModelFormat) -> tuple[
     """The image at ``uri``, what is wrong with it for a record of ``width`` x ``height`` (``unreadable``: no image;
     ``size_mismatch``: another patch grid than the record's size, so its boxes would be in another frame; ``None``)
     and the details to log. Storage that cannot be reached is not a bad image: it raises, as it stops SFT."""
-    try:
-        image = load_rgb(uri)
-    except Exception as exc:  # noqa: BLE001 - a missing or corrupt image must not stop a run
-        if storage_outage(exc):
-            raise  # unreachable storage or refused credentials: every record would be "unreadable"
-        return None, "unreadable", {"reason": first_line(exc)}
+    image, error = load_rgb_or_error(uri)
+    if image is None:
+        return None, "unreadable", {"reason": first_line(error)}
     if fmt.vision.grid(*image.size) != fmt.vision.grid(width, height):
         return image, "size_mismatch", {"image_size": list(image.size)}
     return image, None, {}
