@@ -66,13 +66,12 @@ def find_evaluation(config: ExportConfig) -> str | None:
         return None
     if config.evaluation:
         return uri
-    scored = str(manifest.read_manifest(uri).get("config", {}).get("adapter") or "").rstrip("/")
-    if scored != config.adapter.rstrip("/"):
+    evaluated = manifest.read_manifest(uri)
+    if str(evaluated.get("config", {}).get("adapter") or "").rstrip("/") != config.adapter.rstrip("/"):
         return None
-    run = manifest.lineage(config.run)
-    inputs = manifest.read_manifest(uri).get("inputs") or []
-    recorded = [i for i in inputs if storage.place(str(i.get("uri"))) == storage.place(run["uri"])]
-    if not recorded or recorded[0].get("manifest_sha256") != run.get("manifest_sha256"):
+    run = storage.place(config.run)
+    recorded = [i for i in evaluated.get("inputs") or [] if storage.place(str(i.get("uri"))) == run]
+    if not recorded or not manifest.is_current(recorded[0]):
         log.warning("evaluation_not_shown", evaluation=uri, run=config.run,
                     why="it scored another version of this run (retrained since), or does not say which",
                     hint="evaluate the run again (--overwrite), or name an evaluation with --evaluation")  # fmt: skip

@@ -192,12 +192,15 @@ def _say_if_inputs_changed(output: str) -> None:
 def changed_inputs(output: str) -> list[str]:
     """The inputs of committed ``output`` whose manifest is not the one it recorded (:func:`lineage`): written again
     (an ``--overwrite`` rerun) or gone since. A rerun without ``--overwrite`` skips the output all the same."""
-    changed = []
-    for recorded in read_manifest(output).get("inputs") or []:
-        sha = recorded.get("manifest_sha256") if isinstance(recorded, dict) else None
-        if sha and lineage(str(recorded.get("uri"))).get("manifest_sha256") != sha:
-            changed.append(str(recorded.get("uri")))
-    return changed
+    recorded = [entry for entry in read_manifest(output).get("inputs") or []
+                if isinstance(entry, dict) and entry.get("manifest_sha256")]  # fmt: skip
+    return [str(entry.get("uri")) for entry in recorded if not is_current(entry)]
+
+
+def is_current(recorded: dict[str, Any]) -> bool:
+    """Whether an input a manifest recorded (:func:`lineage`) is as it was then: its manifest the same one."""
+    sha = recorded.get("manifest_sha256")
+    return bool(sha) and lineage(str(recorded.get("uri"))).get("manifest_sha256") == sha
 
 
 def build_manifest(
