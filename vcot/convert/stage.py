@@ -30,6 +30,17 @@ STAGE = "convert"
 Source = Literal["viscot", "scienceqa", "aokvqa", "llava-cot", "lacot", "vlmevalkit", "refcoco", "ground-r1", "records"]
 SHARD_COMPRESSLEVEL = 3
 """gzip level of the record shards: 2.5x faster than the default 6 for files ~20% larger (``docs/bench-convert.md``)."""
+NOTED_CHOICES = (
+    ("answers_from_refs", "answers_from_refs",
+     "no answer of their own: their answer is the names of the objects they locate",
+     "--missing-answer reject rejects them instead (docs/convert.md)"),
+    ("exif_turned", "exif_turned_images",
+     "their images are stored turned with an EXIF orientation, and read upright as displayed",
+     "their boxes are right only if drawn on the images as displayed; boxes drawn on the stored pixels "
+     "(ms-swift and qwen-vl-utils ignore the tag) need the tag removed first (docs/convert.md)"),
+)
+"""Accepted records a choice was made for, said in a warning at the end of the run: (quality counter, event,
+meaning, hint)."""
 
 
 @dataclass
@@ -359,21 +370,7 @@ def convert(config: ConvertConfig) -> dict[str, Any] | None:
         rejected=total["rejected"],
         reasons=total["reasons"],
     )
-    if total["answers_from_refs"]:
-        log.warning(
-            "answers_from_refs",
-            records=total["answers_from_refs"],
-            of=total["accepted"],
-            meaning="no answer of their own: their answer is the names of the objects they locate",
-            hint="--missing-answer reject rejects them instead (docs/convert.md)",
-        )
-    if total["exif_turned"]:
-        log.warning(
-            "exif_turned_images",
-            records=total["exif_turned"],
-            of=total["accepted"],
-            meaning="their images are stored turned with an EXIF orientation, and read upright as displayed",
-            hint="their boxes are right only if drawn on the images as displayed; boxes drawn on the stored pixels "
-            "(ms-swift and qwen-vl-utils ignore the tag) need the tag removed first (docs/convert.md)",
-        )
+    for counter, event, meaning, hint in NOTED_CHOICES:
+        if total[counter]:
+            log.warning(event, records=total[counter], of=total["accepted"], meaning=meaning, hint=hint)
     return committed
