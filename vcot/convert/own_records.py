@@ -47,7 +47,15 @@ from vcot.convert.quality import quality_problem
 from vcot.convert.viscot import box_problem
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.answers import final_answer
-from vcot.grounding.boxes import BoxFormat, IntBox, parse_grounded, pixels_to_norm1000, render_grounded, validate_box
+from vcot.grounding.boxes import (
+    BOX_TAGS,
+    BoxFormat,
+    IntBox,
+    parse_grounded,
+    pixels_to_norm1000,
+    render_grounded,
+    validate_box,
+)
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import storage
 
@@ -464,15 +472,18 @@ def swift_fields(
             raise Unusable("placeholder_mismatch", f"more <ref-object> placeholders than the {len(refs)} refs")
         return refs[position]
 
+    def next_ref_text(in_json: bool) -> str:
+        ref = ref_at(next(next_ref))
+        return json.dumps(ref)[1:-1] if in_json else ref  # inside a JSON string: its quotes escaped
+
     def fill(match: re.Match[str], *, asked: bool, in_json: bool) -> str:
         if match.group(0) == "<ref-object>":
-            return json.dumps(ref_at(next(next_ref)))[1:-1] if in_json else ref_at(next(next_ref))
+            return next_ref_text(in_json)
         position = next(next_box)
         if position >= len(house):
             raise Unusable("placeholder_mismatch", f"more <bbox> placeholders than the {len(house)} boxes")
         if in_json:  # the value itself: the filled JSON is read as chat's bbox_2d, in house (0-1000) values
-            named_first = json.dumps(ref_at(next(next_ref)))[1:-1] if match.group(1) else ""
-            return named_first + json.dumps(list(house[position]))
+            return (next_ref_text(in_json) if match.group(1) else "") + json.dumps(list(house[position]))
         if match.group(1):
             ref = ref_at(next(next_ref))
         elif asked:  # the box alone: a name could give the answer away
@@ -560,8 +571,9 @@ def _raw_boxes(mention: str, syntax: BoxFormat) -> list[tuple[str | None, Any]]:
     """``(label, values)`` of each box of one mention, unrounded: a ``bbox_2d`` JSON value (a box object or a list
     of them) or one special-token mention; labels read as :func:`vcot.grounding.boxes.parse_grounded` reads them."""
     if syntax == "qwen":
-        ref = re.search(r"<\|object_ref_start\|>(.*?)<\|object_ref_end\|>", mention, re.DOTALL)
-        box = mention[mention.index("<|box_start|>") :]
+        tags = BOX_TAGS["qwen"]
+        ref = re.search(f"{re.escape(tags.ref_open)}(.*?){re.escape(tags.ref_close)}", mention, re.DOTALL)
+        box = mention[mention.index(tags.box_open) :]
         return [(ref.group(1).strip() or None if ref else None, [float(v) for v in _NUMBER.findall(box)])]
     value = json.loads(mention)
     items = value if isinstance(value, list) else [value]
