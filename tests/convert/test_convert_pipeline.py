@@ -126,11 +126,13 @@ def test_shard_index_defaults_to_the_job_completion_index(monkeypatch: pytest.Mo
 
 
 def test_bad_items_are_rejected_and_every_item_is_accounted_for(synthetic: dict, tmp_path: Path) -> None:
-    items = json.loads(Path(synthetic["json"]).read_text())[:6]
+    items = json.loads(Path(synthetic["json"]).read_text())[:7]
     items[1]["conversations"] = "oops"
     items[2]["image"] = ["cot/synthetic/missing.png"]
     items[3] = [1, 2]
     items[4]["conversations"][1]["value"] = "[0.1, 0.2, 0.9]"
+    # viscot_mixed_2m.json's LLaVA items: the first question's box and the last question's answer do not belong together
+    items[6]["conversations"][2:] = [{"from": "human", "value": "What shape is it?"}, {"from": "gpt", "value": "round"}]
     data = tmp_path / "in" / "viscot.json"
     data.parent.mkdir()
     raw = json.dumps(items).encode("utf-8").replace(b"What color", b"\xff\xfeWhat color", 1)  # item 0: bad UTF-8
@@ -144,6 +146,7 @@ def test_bad_items_are_rejected_and_every_item_is_accounted_for(synthetic: dict,
         2: "missing_image",
         3: "not_an_object",
         4: "missing_box",
+        6: "not_viscot_item",
     }
     assert [r["provenance"]["source_index"] for r in _all_records(output)] == [5]
 

@@ -348,6 +348,22 @@ def _split_image_field(image: Any) -> tuple[str | None, str | None]:
     return path, box_text
 
 
+def _viscot_shape(conversations: list[dict[str, Any]]) -> bool:
+    """Whether the turns are VisCoT's: a question asking for the box, the box, the image again, the answer.
+
+    ``viscot_mixed_2m.json`` also holds LLaVA-1.5's and Shikra's items: several question/answer pairs, so the first
+    question, first box and last answer would belong to different exchanges.
+
+    >>> turn = lambda who, text: {"from": who, "value": text}
+    >>> _viscot_shape([turn("human", "Q?"), turn("gpt", "[1, 2, 3, 4]"), turn("human", "<image>"), turn("gpt", "A")])
+    True
+    >>> _viscot_shape([turn("human", "Q?"), turn("gpt", "[1, 2, 3, 4]"), turn("human", "Q2?"), turn("gpt", "A2")])
+    False
+    """
+    roles = [turn.get("from") for turn in conversations]
+    return roles == ["human", "gpt", "human", "gpt"] and conversations[2]["value"].replace("<image>", "").strip() == ""
+
+
 def _turns(conversations: Any) -> tuple[list[str], list[str]] | None:
     """Human and gpt turn texts, or ``None`` when the conversation is not a list of turns."""
     if not isinstance(conversations, list):
@@ -458,6 +474,9 @@ class VisCotConverter:
         turns = _turns(item.get("conversations"))
         if turns is None:
             return reject("bad_conversations", "conversations is not a list of {from, value} turns")
+        if not _viscot_shape(item["conversations"]):
+            return reject("not_viscot_item", "not VisCoT's four turns (question, box, <image>, answer): a LLaVA or "
+                          "Shikra item of the mixed file, whose box is no reasoning step for its answer")
         human, gpt = turns
         question = strip_prompt(clean_text(human[0])) if human else ""
         answer = gpt[-1].strip() if len(gpt) >= 2 else ""
