@@ -143,6 +143,24 @@ def test_cells_pandas_wrote_as_nan_are_empty_and_a_broken_option_list_is_one_rej
     assert rejected(tmp_path / "out") == {"bench:1": "unreadable_options"}
 
 
+def test_a_cell_listing_images_is_its_one_image_or_multiple_images(tmp_path: Path) -> None:
+    """VLMEvalKit's multi-image rows (BLINK, MUIRBench) hold a list literal of base64 strings; decoded leniently its
+    images' bytes ran together, and the record silently got the first image alone."""
+    header = ["index", "image", "question", "A", "B", "answer"]
+    red, blue = png64(64, 32, (255, 0, 0)), png64(30, 90, (0, 0, 255))
+    source = write_tsv(tmp_path / "multi.tsv", header, [
+        {"index": 0, "image": str([red, blue]), "question": "Which image is red?", "A": "first", "B": "second",
+         "answer": "A"},
+        {"index": 1, "image": str([blue]), "question": "Is it blue?", "A": "yes", "B": "no", "answer": "A"},
+        {"index": 2, "image": red[:40] + "!?" + red[40:], "question": "Q?", "A": "yes", "B": "no", "answer": "A"},
+    ])  # fmt: skip
+    run(source, tmp_path / "out", val_fraction=1.0)
+    assert rejected(tmp_path / "out") == {"multi:0": "multiple_images", "multi:2": "unreadable_image"}
+    only = records(tmp_path / "out")["multi:1"]
+    assert (only["width"], only["height"]) == (30, 90)
+    assert Path(only["image"]).read_bytes() == base64.b64decode(blue)
+
+
 def test_one_benchmark_name_for_several_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "raw").mkdir()
     for name in ("a", "b"):

@@ -150,13 +150,36 @@ class ImageStore:
 
     def store(self, index: str, cell: str) -> tuple[str, tuple[int, int]]:
         """Decode, measure and write one image cell; raises :class:`ImageProblem`."""
-        try:
-            data = base64.b64decode(cell, validate=False)
-        except (binascii.Error, ValueError) as exc:
-            raise ImageProblem("unreadable_image", f"the image cell is not base64: {exc}") from exc
+        data = _image_bytes(cell)
         size = size_from_bytes(data)
         self.by_index[index] = (store_content_addressed(data, self.root), size)
         return self.by_index[index]
+
+
+def _image_bytes(cell: str) -> bytes:
+    """The one image of a cell; raises :class:`ImageProblem`. A cell ``['<base64>', ...]`` is VLMEvalKit's list of
+    images (``toliststr``: BLINK, MUIRBench): one of them is that image, more are ``multiple_images``.
+
+    >>> _image_bytes("aGk="), _image_bytes("['aGk=']")
+    (b'hi', b'hi')
+    >>> _image_bytes("['aGk=', 'aGk=']")
+    Traceback (most recent call last):
+    vcot.convert.images.ImageProblem: the image cell holds 2 images: one image per record
+    """
+    if cell.startswith("[") and cell.endswith("]"):
+        try:
+            images = ast.literal_eval(cell)
+        except (ValueError, SyntaxError) as exc:
+            raise ImageProblem("unreadable_image", "the image cell looks like a list but is not one") from exc
+        if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
+            raise ImageProblem("unreadable_image", "the image cell is a list, but not of base64 strings")
+        if len(images) > 1:
+            raise ImageProblem("multiple_images", f"the image cell holds {len(images)} images: one image per record")
+        cell = images[0]
+    try:
+        return base64.b64decode("".join(cell.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageProblem("unreadable_image", f"the image cell is not base64: {exc}") from exc
 
 
 def row_record(row: dict[str, str], position: int, image: tuple[str, tuple[int, int]], *, benchmark: str,
