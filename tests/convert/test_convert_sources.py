@@ -99,6 +99,31 @@ def test_scienceqa_parquet_layout_writes_images_content_addressed(tmp_path: Path
     assert sorted(r["reason"] for r in _records(output, ("rejected/",))) == ["no_image", "unreadable_image"]
 
 
+def test_scienceqa_parquet_ids_count_rows_within_their_split(tmp_path: Path) -> None:
+    """A row's id is its place in its split (the docs' promise): the same problem from the folder and from its
+    split's file alone, even though the test split's file sorts first; a split in two files counts on."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, questions in {"test-00000-of-00001": ["t0?", "t1?", "t2?"], "train-00000-of-00002": ["a0?", "a1?"],
+                            "train-00001-of-00002": ["a2?"], "validation-00000-of-00001": ["v0?"]}.items():  # fmt: skip
+        rows = [{**_problem(q, None), "image": {"bytes": _png(24 + i, 16), "path": None}} for i, q in enumerate(questions)]
+        pq.write_table(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "split"} for row in rows]),
+                       folder / f"{name}.parquet")  # fmt: skip
+    convert(ConvertConfig(source="scienceqa", input=str(folder), output=str(tmp_path / "all"), val_fraction=0.5))
+    ids = {r["question"].split("\n")[0]: r["id"] for r in _records(str(tmp_path / "all"))}
+    assert ids == {"t0?": "scienceqa:test:0", "t1?": "scienceqa:test:1", "t2?": "scienceqa:test:2",
+                   "a0?": "scienceqa:train:0", "a1?": "scienceqa:train:1", "a2?": "scienceqa:train:2",
+                   "v0?": "scienceqa:val:0"}  # fmt: skip
+    alone = str(tmp_path / "train-only")
+    convert(ConvertConfig(source="scienceqa", input=str(folder / "train-00000-of-00002.parquet"), output=alone,
+                          val_fraction=0.5))  # fmt: skip
+    assert {r["question"].split("\n")[0]: r["id"] for r in _records(alone)} == {
+        "a0?": "scienceqa:train:0", "a1?": "scienceqa:train:1"}
+
+
 @pytest.fixture
 def aokvqa_input(tmp_path: Path) -> Path:
     root = tmp_path / "aokvqa"

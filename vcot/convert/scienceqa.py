@@ -12,6 +12,7 @@ Problems without an image are rejected (``no_image``): there is nothing to groun
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,16 +145,24 @@ def _split_of(file_uri: str) -> str:
 def iter_parquet(files: list[str], *, images: str, owns: Owns, batch_size: int = 64) -> Iterator[Item]:
     """The Hugging Face layout: rows read in small batches, embedded images written content-addressed."""
 
-    def rows() -> Iterator[tuple[str, dict[str, Any]]]:
+    def rows() -> Iterator[tuple[str, int, dict[str, Any]]]:
+        """``(file, the row's position in its split, row)``: a split's files (``train-00000-of-00002``, ...) in
+        order, so a problem's id is the same whether its split is converted alone or beside the others."""
+        in_split: Counter[str] = Counter()
         for file_uri in files:
-            yield from ((file_uri, problem) for problem in iter_parquet_rows(file_uri, batch_size))
+            split = _split_of(file_uri)
+            for problem in iter_parquet_rows(file_uri, batch_size):
+                yield file_uri, in_split[split], problem
+                in_split[split] += 1
 
-    for index, (file_uri, problem) in owned(rows(), owns):
-        yield _parquet_row(problem, index, _split_of(file_uri), file_uri, images)
+    for index, (file_uri, position, problem) in owned(rows(), owns):
+        split = _split_of(file_uri)
+        yield _parquet_row(problem, index, f"scienceqa:{split}:{position}", split, file_uri, images)
 
 
-def _parquet_row(problem: dict[str, Any], index: int, split: str, file_uri: str, images: str) -> Item:
-    record_id = f"scienceqa:{split}:{index}"
+def _parquet_row(
+    problem: dict[str, Any], index: int, record_id: str, split: str, file_uri: str, images: str
+) -> Item:
     image = problem.pop("image", None)
     data = image.get("bytes") if isinstance(image, dict) else None
     image_uri = size = None
