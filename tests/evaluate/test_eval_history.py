@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from vcot.errors import VcotError
+from vcot.evaluate import history as hist
+from vcot.evaluate.config import EvaluateConfig
 from vcot.evaluate.history import append_history, comparable, compare, read_history, read_pointer
 
 
@@ -62,3 +65,9 @@ def test_pointer_contract(tmp_path: Path) -> None:
     path.write_text('{"adapter": "x"}')
     with pytest.raises(VcotError, match="not a model pointer"):
         read_pointer(str(path))
+
+
+def test_the_settings_that_make_runs_comparable_default_as_evaluate_does() -> None:
+    """``ASKED``'s defaults are what an entry without a protocol was asked with: they must be EvaluateConfig's."""
+    defaults = {f.name: f.default for f in dataclasses.fields(EvaluateConfig)}
+    assert {key: defaults[key] for key in hist.ASKED} == hist.ASKED

@@ -211,3 +211,19 @@ def test_a_history_compares_a_run_only_with_runs_asked_the_same_way(tmp_path: Pa
     assert accuracy < 0.6
     again = metrics(tmp_path / "shuffled-again")["regression"]["values"]["answer_accuracy"]
     assert again["previous"] == again["best"] == accuracy  # compared with the shuffled run only
+
+
+@pytest.mark.parametrize("asked", [("--max-samples", "5"), ("--prompt-style", "direct"), ("--max-new-tokens", "64")])
+def test_a_slice_direct_answers_or_another_budget_start_their_own_timeline(tmp_path: Path, asked: tuple) -> None:
+    """A quick check on 5 records, or direct answers (no boxes), was compared with the whole split's chain-of-thought
+    runs: a scheduled evaluation whose settings changed flagged a regression (exit 3) that measured nothing."""
+    data, _ = choice_records(str(tmp_path), 20)
+    history = tmp_path / "eval-history.jsonl"
+    with FakeOpenAI(answer=always_a) as server:
+        assert served(server, data, tmp_path / "whole", "--history", str(history)) == 0
+        assert served(server, data, tmp_path / "other", *asked, "--history", str(history)) == 0
+        assert served(server, data, tmp_path / "again", *asked, "--history", str(history)) == 0
+    entries = [json.loads(line) for line in history.read_text().splitlines()]
+    assert "protocol" not in entries[0] and set(entries[1]["protocol"]) == {asked[0][2:].replace("-", "_")}
+    assert metrics(tmp_path / "other")["regression"]["values"]["answer_accuracy"]["previous"] is None
+    assert metrics(tmp_path / "again")["regression"]["values"]["answer_accuracy"]["previous"] is not None

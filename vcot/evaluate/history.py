@@ -79,14 +79,36 @@ def append_history(uri: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
+ASKED = {"prompt_style": "cot", "max_samples": None, "max_per_subset": None, "samples": 1, "temperature": 0.0,
+         "top_p": 1.0, "shuffle_options": None, "max_new_tokens": 512}  # fmt: skip
+"""The settings that change what a run's numbers measure, and their defaults (EvaluateConfig's): a direct-answer run
+writes no boxes, a slice or another budget scores other responses. Not the sampling seed: Avg@k under another seed
+estimates the same figure."""
+
+
+def asked_otherwise(protocol: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``protocol`` asks otherwise than one greedy chain-of-thought answer per record of the whole split, at the
+    default budget, options in their given order: two entries are comparable when these are equal. An entry without
+    a protocol (or with a full one: the form written before) reads the same way.
+
+    >>> asked_otherwise({"split": "val", "samples": 1, "temperature": 0.0, "max_samples": 20, "seed": 3})
+    {'max_samples': 20}
+    >>> asked_otherwise(None)
+    {}
+    """
+    given = protocol or {}
+    return {key: given[key] for key, default in ASKED.items() if given.get(key, default) != default}
+
+
 def comparable(entries: Sequence[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
-    """Earlier entries on the same data and split, asked the same way (``protocol``; entries written before it was
-    recorded count as the default greedy protocol), as ``entry`` (other outputs only)."""
+    """Earlier entries on the same data and split, asked the same way (:func:`asked_otherwise`), as ``entry`` (other
+    outputs only)."""
+    asked = asked_otherwise(entry.get("protocol"))
     return [
         e
         for e in entries
         if e.get("data") == entry.get("data") and e.get("split") == entry.get("split")
-        and e.get("protocol") == entry.get("protocol") and e.get("output") != entry.get("output")
+        and asked_otherwise(e.get("protocol")) == asked and e.get("output") != entry.get("output")
     ]
 
 

@@ -256,7 +256,7 @@ def compare_with_history(
         **({"server": details["server"], "model_card": config.model_card} if config.server else {}),
         "data": config.data,
         "split": config.split,
-        **({"protocol": details["protocol"]} if protocol_differs(config) else {}),  # greedy: as entries before it
+        **({"protocol": asked} if (asked := hist.asked_otherwise(details["protocol"])) else {}),  # the default: none
         "output": target.output,
         "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "metrics": _numbers(metrics["overall"]),
@@ -379,12 +379,6 @@ def protocol_details(config: EvaluateConfig) -> dict[str, Any]:
     return {**questions, "prompt_style": config.prompt_style, "samples": config.samples,
             "temperature": config.temperature, "top_p": config.top_p, "seed": config.seed,
             "shuffle_options": config.shuffle_options, "max_new_tokens": config.max_new_tokens}  # fmt: skip
-
-
-def protocol_differs(config: EvaluateConfig) -> bool:
-    """Whether the questions are asked otherwise than one greedy answer in the given option order (the history then
-    compares this run only with runs asked the same way)."""
-    return config.samples > 1 or bool(config.temperature) or config.shuffle_options is not None
 
 
 def refuse_nothing_answered(
