@@ -126,6 +126,20 @@ def test_read_back_gives_the_answer_or_house_boxes_of_the_task_image() -> None:
     assert read_back("no marker\nblue", HOUSE, 10, 10) == "blue"
 
 
+def test_response_norm1_is_scored_right_by_lmms_evals_refcoco_task() -> None:
+    """lmms-eval's RefCOCO grounding tasks read the first box as fractions of the image: a perfect house box
+    (0-1000) scored IoU 0 there."""
+    rec = pytest.importorskip("lmms_eval.tasks.refcoco.utils_rec")
+    width, height = 640, 480
+    doc = {"question_id": 1, "answer": "the man", "bbox": [64 / width, 48 / height, 320 / width, 240 / height]}
+    response = "The <ref>man</ref><box>[100, 100, 500, 500]</box> is on the left. Answer: the man"
+    scored = {}
+    for output in ("response", "response_norm1"):
+        result = rec.refcoco_bbox_rec_process_result(doc, [read_back(response, HOUSE, width, height, output)])
+        scored[output] = rec.refcoco_bbox_rec_iou([result["refcoco_IoU"]])
+    assert scored == {"response": 0.0, "response_norm1": pytest.approx(1.0)}
+
+
 def test_a_batch_that_mixes_questions_with_and_without_images_keeps_the_images(
     tiny_model_dir: Path, adapter_dir: Path
 ) -> None:

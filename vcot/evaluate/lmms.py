@@ -11,9 +11,12 @@ with the same batched greedy decoding. What goes back to the task (``output=``):
 
 - ``answer`` (default): the final answer (``vcot.grounding.answers.extract_answer``), what VQA-style tasks score;
 - ``response``: the whole response with every valid box read back through ``ModelFormat.read`` and written
-  as a house box (``<ref>..</ref><box>[x1, y1, x2, y2]</box>``, 0-1000 of the task's image), for grounding tasks.
+  as a house box (``<ref>..</ref><box>[x1, y1, x2, y2]</box>``, 0-1000 of the task's image), for grounding tasks;
+- ``response_norm1``: the same with the boxes as fractions of the image (``[0.100, 0.250, 0.500, 0.750]``), the
+  frame lmms-eval's RefCOCO grounding tasks (``refcoco_bbox_rec_*``) read the first box in.
 
-Other model args: ``prompt_style`` (cot or direct), ``box_format``, ``max_new_tokens`` (512, or the task's),
+Other model args: ``prompt_style`` (cot or direct), ``box_format``, ``max_new_tokens`` (512; a task's own budget
+replaces it for direct answers, and for a chain of thought only when larger: :func:`token_budget`),
 ``batch_size``, ``repetition_penalty`` (1.2), ``box_aware_penalty`` (true: coordinates inside a box are spared). The class is built on first use, so this module imports without
 lmms-eval installed.
 """
@@ -25,7 +28,7 @@ from typing import Any
 
 from vcot.errors import ConfigError
 from vcot.grounding.answers import extract_answer
-from vcot.grounding.boxes import render_grounded
+from vcot.grounding.boxes import BOX_TAGS, render_grounded
 from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import PROMPT_STYLES
 from vcot.log import get_logger
@@ -34,7 +37,7 @@ log = get_logger(__name__)
 
 MODEL_ID = "vcot"
 CLASS_PATH = "vcot.evaluate.lmms.VcotLMM"
-OUTPUTS = ("answer", "response")
+OUTPUTS = ("answer", "response", "response_norm1")
 
 
 def manifest() -> Any:
@@ -53,6 +56,8 @@ def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str 
     >>> text = "See <|object_ref_start|>cup<|object_ref_end|><|box_start|>(0,0),(70,28)<|box_end|>. Answer: a cup"
     >>> read_back(text, fmt, 200, 100, "response"), read_back(text, fmt, 200, 100)
     ('See <ref>cup</ref><box>[0, 0, 500, 500]</box>. Answer: a cup', 'a cup')
+    >>> read_back(text, fmt, 200, 100, "response_norm1")
+    'See <ref>cup</ref><box>[0.000, 0.000, 0.500, 0.500]</box>. Answer: a cup'
     """
     if output == "answer":
         return extract_answer(text)
@@ -60,9 +65,29 @@ def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str 
     parts, cursor = [], 0
     for found in parsed.boxes:
         start, end = found.span
-        parts += [text[cursor:start], render_grounded(found.ref, found.box)]
+        mention = render_grounded(found.ref, found.box)
+        if output == "response_norm1":  # the house tags around fractions instead of 0-1000 integers
+            tags = BOX_TAGS["house"]
+            fractions = "[" + ", ".join(f"{value / 1000:.3f}" for value in found.box) + "]"
+            named = f"{tags.ref_open}{found.ref}{tags.ref_close}" if found.ref else ""
+            mention = f"{named}{tags.box_open}{fractions}{tags.box_close}"
+        parts += [text[cursor:start], mention]
         cursor = end
     return "".join(parts) + text[cursor:]
+
+
+def token_budget(task_tokens: Any, own: int, prompt_style: str) -> int:
+    """The most tokens one response may take. A task's ``max_new_tokens`` is sized for a direct answer (16 for GQA,
+    MME, ChartQA...): a chain of thought cut there never reaches its ``Answer:`` line, so it keeps the larger budget.
+
+    >>> token_budget(16, 512, "cot"), token_budget(1024, 512, "cot"), token_budget(16, 512, "direct")
+    (512, 1024, 16)
+    >>> token_budget(None, 512, "direct")
+    512
+    """
+    if not task_tokens:
+        return own
+    return int(task_tokens) if prompt_style == "direct" else max(int(task_tokens), own)
 
 
 def _cut(text: str, until: Any) -> str:
@@ -149,10 +174,9 @@ def _build_class() -> type:
             for start in range(0, len(requests), size):
                 batch = requests[start : start + size]
                 records = [self._record(request) for request in batch]
-                settings = self.settings
-                gen_kwargs = batch[0].args[1] or {}
-                if gen_kwargs.get("max_new_tokens"):
-                    settings = dataclasses.replace(settings, max_new_tokens=int(gen_kwargs["max_new_tokens"]))
+                task_tokens = (batch[0].args[1] or {}).get("max_new_tokens")
+                budget = token_budget(task_tokens, self.settings.max_new_tokens, self.settings.prompt_style)
+                settings = dataclasses.replace(self.settings, max_new_tokens=budget)
                 texts = generate_by_mode(self.model, self.processor, records, settings)
                 for request, record, text in zip(batch, records, texts):
                     if isinstance(text, Skipped):
