@@ -153,6 +153,39 @@ def test_every_pod_is_hardened_and_bounded(rendered: dict[str, list[dict[str, An
             assert "/cache" in {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}, name
 
 
+def dockerfile_env(stage: str) -> dict[str, str]:
+    """The ``ENV`` values a Dockerfile stage sets (its own ``ENV`` instructions, continuation lines joined)."""
+    text = (REPO_ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    body = text.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+    env: dict[str, str] = {}
+    for line in body.splitlines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line[4:].split() if "=" in pair)
+    return env
+
+
+@pytest.mark.parametrize("stage", ["cpu-deps", "gpu"])
+def test_the_model_cache_is_on_a_writable_volume_of_the_pods(
+    rendered: dict[str, list[dict[str, Any]]], stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pods' root (their home included) is read-only: a model synced from storage must land on a volume. It
+    went to ~/.cache, so every stage that loads a model failed on the cluster (tokenize first)."""
+    from vcot.models.loading import cache_root
+
+    env = dockerfile_env(stage)
+    monkeypatch.delenv("VCOT_MODEL_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    for name in ("HOME", "XDG_CACHE_HOME", "VCOT_MODEL_CACHE"):
+        if name in env:
+            monkeypatch.setenv(name, env[name])
+    cache = cache_root()
+    assert not cache.is_relative_to(env["HOME"]), cache
+    for name, template in pod_templates(rendered["k8s/overlays/gpu"]):
+        if name.startswith("vcot-") and name != "vcot-chain":
+            mounts = {m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]}
+            assert any(cache.is_relative_to(mount) for mount in mounts), (name, cache, mounts)
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_chain_order_suspension_and_failure_policy(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     jobs = chain_jobs(rendered[overlay])

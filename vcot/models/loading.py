@@ -143,8 +143,11 @@ def load_processor(path: str) -> Any:
 
 
 def cache_root() -> Path:
-    """Local cache for models synced from S3 (``VCOT_MODEL_CACHE``, default ``~/.cache/vcot/models``)."""
-    return Path(os.environ.get("VCOT_MODEL_CACHE") or Path.home() / ".cache" / "vcot" / "models")
+    """Local cache for models synced from S3: ``VCOT_MODEL_CACHE``, else ``$XDG_CACHE_HOME/vcot/models`` (the
+    image points it at the pods' writable ``/cache``: their home is read-only), else ``~/.cache/vcot/models``."""
+    if os.environ.get("VCOT_MODEL_CACHE"):
+        return Path(os.environ["VCOT_MODEL_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vcot" / "models"
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
