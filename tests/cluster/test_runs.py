@@ -7,6 +7,8 @@ are expanded with the environment Kubernetes would give it (the run's ConfigMap,
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,3 +154,12 @@ def test_a_retrain_does_not_score_another_runs_grpo_adapter(scoring_overlay: tup
         args, _ = commands(docs)["evaluate"]
         assert f"--adapter=s3://vcot/runs/{scored}/{component}/adapter" in args, (stages, sources)
         assert "--data=s3://vcot/runs/exp1/distilled" in args
+
+
+def test_make_k8s_run_needs_only_the_standard_library() -> None:
+    """``make k8s-run`` runs the module with a plain ``python3`` (no venv): an import of an installed package
+    (structlog, through vcot.io.storage) stopped it for every user without one."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-S", "-m", "vcot.cluster.runs", "--help"], cwd=root, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr

@@ -24,8 +24,6 @@ tests/io/test_layout.py keeps those copies equal to :data:`RUN_FOLDERS`.
 
 from __future__ import annotations
 
-from vcot.io import storage
-
 RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, EVAL = "records", "distilled", "tokenized", "train", "grpo", "eval"
 RGFN, EVAL_SFT = "rgfn", "eval-sft"
 RUN_FOLDERS = (RECORDS, DISTILLED, TOKENIZED, TRAIN, GRPO, RGFN, EVAL, EVAL_SFT)
@@ -45,4 +43,6 @@ def stage_output(root: str, run_id: str, folder: str) -> str:
     """
     if folder not in RUN_FOLDERS:
         raise ValueError(f"{folder!r} is not a run folder: use one of {', '.join(RUN_FOLDERS)}")
+    from vcot.io import storage  # here: the names above serve vcot.cluster.runs, which needs no installed package
+
     return storage.join(root, run_id, folder)
