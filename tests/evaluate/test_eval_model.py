@@ -261,6 +261,8 @@ def test_scheduled_mode_evaluates_each_new_run_even_when_runs_share_a_folder_nam
     root = tmp_path / "runs"
     root.mkdir()
     pointer = root / "latest.json"
+    assert main(["--pointer", str(pointer), "--data", data, *FAST]) == 0  # a new cluster's nights before a model
+    assert sorted(root.iterdir()) == []  # nothing evaluated, nothing written
     outputs = []
     for run_id in ("exp1", "exp2"):  # train moves the pointer to the newest run
         pointer.write_text(json.dumps({"run": str(root / run_id / "train"), "base_model": str(tiny_model_dir),
