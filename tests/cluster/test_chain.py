@@ -11,7 +11,7 @@ from kubernetes.client.exceptions import ApiException
 from tests.k8s.k8s_helpers import STAGES, FakeCluster, make_job, make_trainjob, pipeline
 from vcot.cluster import chain
 from vcot.cluster.chain import ChainConfig, Step, decide, follow_chain, step_from_job, step_from_trainjob
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 
 CONFIG = ChainConfig(run="r1", namespace="ns", poll_seconds=1)
 
@@ -116,7 +116,7 @@ def test_transient_api_errors_are_retried_and_refusals_explained() -> None:
     assert follow_chain(CONFIG, cluster, cluster, sleep=cluster.advance) == 0
 
     forbidden = Flaky(pipeline(), [ApiException(status=403, reason="Forbidden")])
-    with pytest.raises(VcotError, match="vcot-chain Role"):
+    with pytest.raises(ConfigError, match="vcot-chain Role"):
         follow_chain(CONFIG, forbidden, forbidden, sleep=lambda _: None)
 
     down = Flaky(pipeline(), [ConnectionError("refused")] * 3)
@@ -228,7 +228,7 @@ class NoTrainer(FakeCluster):
 def test_a_cluster_without_the_trainer_is_a_clear_error() -> None:
     jobs, trainjobs = trainer_pipeline()
     cluster = NoTrainer(jobs, trainjobs=trainjobs)
-    with pytest.raises(VcotError, match="install Kubeflow Trainer v2.2 or later"):
+    with pytest.raises(ConfigError, match="install Kubeflow Trainer v2.2 or later"):
         follow_chain(TRAINJOBS, cluster, cluster, cluster, sleep=cluster.advance)
 
 
@@ -256,6 +256,6 @@ def test_nothing_is_released_before_the_trainjobs_exist() -> None:
 
     never = LateTrainJobs(*trainer_pipeline(), after_lists=10**6)
     waiting = ChainConfig(run="r1", namespace="ns", poll_seconds=30, trainjobs=True, trainjob_wait_seconds=90)
-    with pytest.raises(VcotError, match="no TrainJobs of run r1 in namespace ns after 90 s: apply them"):
+    with pytest.raises(ConfigError, match="no TrainJobs of run r1 in namespace ns after 90 s: apply them"):
         follow_chain(waiting, never, never, never, sleep=never.advance)
     assert never.resumed == [], "evaluate was not released in training's place"

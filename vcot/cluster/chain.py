@@ -40,7 +40,7 @@ from typing import Any
 
 from vcot.cluster import TRAINJOB_API, TRAINJOB_GROUP, TRAINJOB_PLURAL, TRAINJOB_VERSION
 from vcot.config import option, parse_config, redacted
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.log import configure_logging, get_logger
 
 RUN_LABEL = "vcot.dev/run"
@@ -119,7 +119,7 @@ def _step(
     try:
         order = int(labels[STEP_LABEL])
     except (KeyError, ValueError):
-        raise VcotError(f"{kind} {name} has no integer {STEP_LABEL} label: every chained {kind} needs one") from None
+        raise ConfigError(f"{kind} {name} has no integer {STEP_LABEL} label: every chained {kind} needs one") from None
     true = {type_: (reason, message) for type_, status, reason, message in conditions if status == "True"}
     reason, message = true.get("Failed", (None, None))
     return Step(
@@ -284,7 +284,7 @@ def list_trainjobs(custom: Any, namespace: str, selector: str) -> list[dict[str,
         )
     except ApiException as exc:
         if exc.status == 404:
-            raise VcotError(
+            raise ConfigError(
                 f"the cluster serves no TrainJobs ({TRAINJOB_GROUP}/{TRAINJOB_VERSION}): install Kubeflow Trainer "
                 "v2.2 or later, or build the overlay without components/kubeflow-trainer"
             ) from exc
@@ -304,7 +304,7 @@ def follow_chain(
     """Poll the run's Jobs (and TrainJobs: ``custom``, a CustomObjectsApi, needed with ``--trainjobs``) and act until
     the chain is done (0) or stopped (3); ``--once`` may return 4."""
     if config.trainjobs and custom is None:
-        raise VcotError("--trainjobs needs the custom objects API: pass a CustomObjectsApi")
+        raise ConfigError("--trainjobs needs the custom objects API: pass a CustomObjectsApi")
     custom = custom if config.trainjobs else None
     api_errors = 0
     waited = 0.0  # for the TrainJobs to exist
@@ -316,7 +316,7 @@ def follow_chain(
                 # Applied after their runtime (the Trainer refuses them before it): a step released now could be
                 # the one after training.
                 if waited >= config.trainjob_wait_seconds:
-                    raise VcotError(
+                    raise ConfigError(
                         f"no TrainJobs of run {config.run} in namespace {config.namespace} after {waited:.0f} s: apply "
                         "them (kubectl apply -k <overlay>, after its TrainingRuntime exists: docs/k8s.md \"Kubeflow "
                         "Trainer\"), or build the run without components/kubeflow-trainer"
@@ -351,7 +351,7 @@ def follow_chain(
             from kubernetes.client.exceptions import ApiException
 
             if isinstance(exc, ApiException) and exc.status in (401, 403):
-                raise VcotError(
+                raise ConfigError(
                     f"the API server refused the chain controller ({exc.status} {exc.reason}): "
                     "check the vcot-chain Role and RoleBinding (k8s/base/rbac.yaml; TrainJobs: "
                     "components/kubeflow-trainer)"
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VcotError as exc:
         log.error("failed", error=str(exc))
         print(f"vcot-chain: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code  # 2 (settings no retry fixes: the Job fails at once) or 1
 
 
 if __name__ == "__main__":
