@@ -351,6 +351,9 @@ def test_dev_pods_fit_a_laptop_node_and_never_pull_local_images(rendered: dict[s
             for resource, node in LAPTOP_NODE.items():
                 assert quantity(container["resources"]["requests"][resource]) <= node / 2, (name, resource)
                 assert quantity(container["resources"]["limits"][resource]) <= node, (name, resource)
+            if name in ("vcot-train", "vcot-evaluate", "vcot-reevaluate"):  # torch: a thread per node core otherwise
+                threads = {e["name"]: e.get("value") for e in container.get("env", [])}.get("VCOT_THREADS")
+                assert threads == str(int(quantity(container["resources"]["limits"]["cpu"]))), (name, threads)
 
 
 def test_a_second_run_gets_its_own_names_and_run_id(tmp_path: Path) -> None:
