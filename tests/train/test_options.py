@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -407,6 +408,47 @@ def test_full_finetune_refuses_what_it_cannot_do(overrides: str, message: str) -
 def test_full_finetune_is_sft_only() -> None:
     with pytest.raises(ConfigError, match="needs method sft"):
         load_recipe("tiny-cpu-grpo", "finetune=full")
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    """A saved model's weights by their in-memory names, whichever naming the folder was written with."""
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(folder)).state_dict()
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+FOUR_STEPS = "finetune=full,max_steps=4,save_steps=2,eval_steps=2,logging_steps=1,generation_eval_samples=0"
+
+
+def test_a_full_finetune_keeps_its_best_checkpoint_and_resumes_from_its_weights(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The Trainer reloads its checkpoints by the model's in-memory weight names; they were saved under
+    transformers' older names, so nothing loaded: model/ held the last step, and a resume restarted from the base."""
+    diverging = tmp_path / "best"  # a step too large for the weights: the eval loss is best at step 2, not 4
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(diverging), recipe="tiny-cpu",
+                      set=f"{FOUR_STEPS},learning_rate=2.0"))  # fmt: skip
+    assert json.loads((diverging / "metrics.json").read_text())["best_metric"]["step"] == 2
+    kept = _weights(diverging / "model")
+    assert _same_weights(kept, _weights(diverging / "checkpoints" / "checkpoint-2"))
+    assert not _same_weights(kept, _weights(diverging / "checkpoints" / "checkpoint-4"))
+
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for run in (whole, resumed):
+        train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(run), recipe="tiny-cpu",
+                          set=FOUR_STEPS))  # fmt: skip
+    for done in ("_SUCCESS", "metrics.json"):  # as if the pod died after step 2's checkpoint
+        (resumed / done).unlink()
+    for folder in ("model", "checkpoints/checkpoint-4"):
+        shutil.rmtree(resumed / folder)
+    train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(resumed), recipe="tiny-cpu",
+                      set=FOUR_STEPS))  # fmt: skip
+    step_4 = "checkpoints/checkpoint-4"
+    assert _same_weights(_weights(resumed / step_4), _weights(whole / step_4))
 
 
 def test_rerun_of_a_committed_full_finetune_writes_its_model_pointer(

@@ -9,6 +9,9 @@ committed by the shared machinery (:mod:`vcot.train.common`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 from vcot.errors import ConfigError, VcotError
@@ -110,7 +113,28 @@ def length_grouped_trainer() -> type:
             seeded = torch.Generator().manual_seed(self.args.seed)  # the same eval batches at every evaluation
             return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths(), generator=seeded)
 
+        def _save(self, output_dir: str | None = None, state_dict: Any = None) -> None:
+            with names_as_loaded(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)):
+                super()._save(output_dir, state_dict)
+
     return SFTTrainer
+
+
+@contextlib.contextmanager
+def names_as_loaded(model: Any) -> Iterator[None]:
+    """A full model's checkpoints keep the weight names it has in memory. ``save_pretrained`` writes transformers'
+    older names for the Qwen VL families (``visual.*``, not ``model.visual.*``), and the Trainer reloads its own
+    checkpoints (resume, the best model at the end) by ``load_state_dict`` without mapping them back: every weight
+    was left unloaded, so a resumed full fine-tune went on from the base model's weights and ``model/`` held the
+    last step's instead of the best checkpoint's. ``from_pretrained`` reads both namings; an adapter is unaffected."""
+    if not hasattr(model, "save_pretrained") or hasattr(model, "peft_config"):
+        yield
+        return
+    model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained  # the class's method again
 
 
 def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
