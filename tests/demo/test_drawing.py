@@ -43,6 +43,15 @@ def test_the_absolute_frame_is_not_the_house_frame() -> None:
     assert [b.box for b in ABSOLUTE.read(model_text, WIDTH, HEIGHT).boxes][0] == (250, 250, 750, 750)
 
 
+def test_a_box_along_the_edge_of_a_thin_image_is_drawn_on_that_edge() -> None:
+    """A 4000x300 upload is shown 1024x77: a valid box ending at the bottom rounded to an inverted outline, and PIL's
+    error stopped the answer's stream."""
+    shown = display_copy(Image.new("RGB", (4000, 300), "white"))
+    (box,) = parse_grounded("<ref>rail</ref><box>[100, 995, 400, 1000]</box>").boxes
+    drawn = draw_boxes(shown, [box])
+    assert shown.size == (1024, 77) and drawn.getpixel((250, 76)) == _rgb(PALETTE[0])
+
+
 def test_labels_sit_above_a_box_or_inside_one_at_the_top() -> None:
     shown = Image.new("RGB", (512, 512), "white")
     text = "<ref>a</ref><box>[100, 0, 300, 200]</box><ref>b</ref><box>[500, 500, 900, 900]</box>"

@@ -49,6 +49,21 @@ def display_copy(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS) if scale != 1.0 else image.copy()
 
 
+def outline_corners(box: Sequence[int], width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixel corners an outline of the 0-1000 ``box`` is drawn on: inside the image (its outer edge on the box's
+    edge) and never inverted, so a box along the edge of a thin image is a line on that edge.
+
+    >>> outline_corners((0, 0, 1000, 1000), 200, 100)
+    (0, 0, 199, 99)
+    >>> outline_corners((100, 995, 400, 1000), 1024, 77)  # y1 rounds to 77, past the last row
+    (102, 76, 410, 76)
+    """
+    x1, y1, x2, y2 = (round(v) for v in norm1000_to_pixels(box, width, height))
+    x1, x2 = (min(max(v, 0), width - 1) for v in (x1, x2))
+    y1, y2 = (min(max(v, 0), height - 1) for v in (y1, y2))
+    return x1, y1, max(x1, x2), max(y1, y2)
+
+
 def draw_boxes(image: Image.Image, boxes: Sequence[GroundedBox]) -> Image.Image:
     """A copy of ``image`` with every box outlined in its colour and labelled (above the box when there is room)."""
     out = image.copy()
@@ -56,8 +71,7 @@ def draw_boxes(image: Image.Image, boxes: Sequence[GroundedBox]) -> Image.Image:
     width = max(2, round(max(out.size) / 200))
     font = ImageFont.load_default(size=max(12, width * 6))
     for index, found in enumerate(boxes):
-        x1, y1, x2, y2 = (round(v) for v in norm1000_to_pixels(found.box, out.width, out.height))
-        x2, y2 = min(x2, out.width - 1), min(y2, out.height - 1)  # the outline's outer edge on the box's edge
+        x1, y1, x2, y2 = outline_corners(found.box, out.width, out.height)
         fill = colour(index)
         draw.rectangle((x1, y1, x2, y2), outline=fill, width=width)
         text = label(index, found)
