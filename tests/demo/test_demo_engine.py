@@ -93,6 +93,10 @@ def test_corrupt_and_oversized_files_are_refused_readably(engine: DemoModel, tmp
     Image.new("1", (20_000, 10_000)).save(bomb)  # 200 M pixels, a few kB on disk
     with pytest.raises(VcotError, match="bomb.png is too large to open safely"):
         engine.prepare(str(bomb))
+    strip = tmp_path / "strip.png"  # over 200:1, which the Qwen processors refuse: a bare ValueError reached the page
+    Image.new("RGB", (3000, 12)).save(strip)
+    with pytest.raises(VcotError, match="strip.png is 3000×12: the model cannot take it .*crop or pad it"):
+        engine.prepare(str(strip))
 
 
 def test_a_huge_image_is_downscaled_to_the_budget_and_the_page_says_so(engine: DemoModel, tmp_path: Path) -> None:
@@ -146,6 +150,11 @@ def test_a_model_without_a_card_needs_coords(
 ) -> None:
     with pytest.raises(VcotError, match="no adapter at .*missing .no adapter_config.json.: pass the adapter/ folder"):
         load_demo_model(str(tiny_model_dir), str(tmp_path / "missing"))
+    full = tmp_path / "full-run"  # a full fine-tune's run: model/ with its card, no adapter/
+    shutil.copytree(tiny_model_dir, full / "model")
+    shutil.copy(trained_adapter.path / MODEL_CARD, full / "model" / MODEL_CARD)
+    with pytest.raises(ConfigError, match=f"{full} is a full fine-tune: pass --model {full}/model without --adapter"):
+        load_demo_model(str(tiny_model_dir), str(full / "adapter"))
     bare = shutil.copytree(trained_adapter.path, tmp_path / "bare")
     (bare / MODEL_CARD).unlink()
     with pytest.raises(VcotError, match="no vcot-model.json next to adapter .*: pass --coords"):

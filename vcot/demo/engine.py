@@ -35,6 +35,7 @@ from vcot.models.loading import (
     load_model_and_processor,
     model_family,
     read_model_card,
+    refuse_full_finetune,
     stop_token_ids,
 )
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
@@ -103,7 +104,11 @@ def prepare_upload(path: str | None, fmt: ModelFormat) -> Prepared:
         raise VcotError(f"{name} is not an image this demo can read ({why}): upload a PNG, JPEG or WebP") from exc
     width, height = image.size
     vision = fmt.vision
-    model_w, model_h = vision.resized(width, height)
+    try:
+        model_w, model_h = vision.resized(width, height)
+    except ValueError as exc:  # an aspect ratio the Qwen processors refuse (over 200:1)
+        raise VcotError(f"{name} is {width}×{height}: the model cannot take it ({exc}): crop or pad it and upload "
+                        "it again") from exc  # fmt: skip
     tokens = vision.image_tokens(width, height)
     note = f"{width}×{height} image: the model sees it at {model_w}×{model_h} ({tokens} image tokens)"
     if width * height > vision.max_pixels:
@@ -279,6 +284,8 @@ def cut_at_stop(chunk: str, stop_texts: tuple[str, ...]) -> tuple[str, bool]:
 def load_demo_model(model_uri: str, adapter_uri: str | None = None, coords: Coords | None = None) -> DemoModel:
     """Load the model and settle its format, as evaluate does: the card's format, checked against the flags and
     the base model before any weight loads; an adapter from another base model is a one-line :class:`ConfigError`."""
+    if adapter_uri:
+        refuse_full_finetune(adapter_uri, flag="--adapter")
     if adapter_uri and not storage.exists(storage.join(adapter_uri, "adapter_config.json")):
         raise ConfigError(
             f"no adapter at {adapter_uri} (no adapter_config.json): pass the adapter/ folder of a train run"
