@@ -49,7 +49,7 @@ def test_the_page_draws_the_boxes_of_the_served_stream(card: tuple[Path, ModelFo
     folder, fmt = card
     with FakeOpenAI(answer=lambda _: RESPONSE, api_key="", served_models=("r1",)) as server:
         engine = connect_served(server.base_url, str(folder))  # the name: the one the server lists
-        updates = list(answer(engine, str(upload), "What color is the square?", 64, 1.1, True, False, 0.7, 0.9))
+        updates = list(answer(engine, str(upload), "What color is the square?", 64, 1.1, False, False, 0.7, 0.9))
         body = server.last_request
     image, reasoning, final, status = updates[-1]
     assert final == "red" and "1 box drawn" in status
@@ -89,7 +89,19 @@ def test_sampling_and_no_penalty_are_asked_as_set(card: tuple[Path, ModelFormat]
         body = server.last_request
     assert text == RESPONSE
     assert (body["temperature"], body["top_p"], body["skip_special_tokens"]) == (0.5, 0.9, False)
-    assert "repetition_penalty" not in body  # 1.0: the server's default, not sent
+    assert body["repetition_penalty"] == 1.0  # sent: left out, vLLM takes the export's generation_config.json's
+
+
+def test_the_box_aware_penalty_asks_the_server_for_none(card: tuple[Path, ModelFormat], upload: Path) -> None:
+    """A server has no box-aware penalty; a plain 1.2 (the page's default with box-aware on) was sent instead, the
+    setting that pushes coordinate digits off the right numbers."""
+    folder, fmt = card
+    with FakeOpenAI(answer=lambda _: RESPONSE, api_key="") as server:
+        engine = ServedModel(server.base_url, "m", fmt)
+        "".join(engine.stream(engine.prepare(str(upload)), "Q?", Options(repetition_penalty=1.2)))
+        assert server.last_request["repetition_penalty"] == 1.0
+        "".join(engine.stream(engine.prepare(str(upload)), "Q?", Options(repetition_penalty=1.2, box_aware_penalty=False)))
+        assert server.last_request["repetition_penalty"] == 1.2
 
 
 def test_structured_boxes_send_the_cards_response_regex(card: tuple[Path, ModelFormat], upload: Path) -> None:

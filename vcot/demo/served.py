@@ -53,7 +53,8 @@ class ServedModel:
         return (
             f"**Served model** `{self.model}` at `{self.server}` · family {self.fmt.family} · boxes as "
             f"`{self.fmt.box_syntax}` in `{self.fmt.coords}` · images {vision.min_pixels:,}-{vision.max_pixels:,} "
-            f"pixels · {self.fmt.mode} prompts · the box-aware penalty is in-process only"
+            f"pixels · {self.fmt.mode} prompts · the box-aware penalty is in-process only: with it on, the server is "
+            "asked for none"
         )
 
     def prepare(self, path: str | None) -> Prepared:
@@ -66,9 +67,7 @@ class ServedModel:
     def request(self, prepared: Prepared, question: str, options: Options) -> dict[str, Any]:
         """The chat completion request for one answer (streamed)."""
         chat = build_messages(upload_record(prepared, question), self.fmt, with_answer=False)
-        extra = dict(self.params)
-        if options.repetition_penalty != 1.0:
-            extra["repetition_penalty"] = options.repetition_penalty
+        extra = {**self.params, "repetition_penalty": served_penalty(options)}
         request: dict[str, Any] = {
             "model": self.model,
             "messages": openai_messages(chat, lambda _: image_data_url(prepared.image)),  # type: ignore[arg-type]
@@ -100,6 +99,17 @@ class ServedModel:
                     yield text
         finally:
             response.close()
+
+
+def served_penalty(options: Options) -> float:
+    """The ``repetition_penalty`` a server is asked for. Always sent: left out, vLLM takes the exported
+    ``generation_config.json``'s (Qwen's own set one). A server has no box-aware penalty, and a plain one pushes the
+    coordinate digits away from the right numbers (docs/evaluate.md), so with box-aware on none is applied.
+
+    >>> served_penalty(Options(repetition_penalty=1.2)), served_penalty(Options(repetition_penalty=1.2, box_aware_penalty=False))
+    (1.0, 1.2)
+    """
+    return 1.0 if options.box_aware_penalty else options.repetition_penalty
 
 
 def connect_served(
