@@ -101,8 +101,8 @@ def test_a_rerun_asks_nothing_and_a_stopped_run_asks_only_for_the_rest(
     monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     cache = ["--server-cache", str(tmp_path / "cache"), "--server-concurrency", "1"]
 
-    def refused(text: str, attempt: int) -> str | None:  # the endpoint refuses one record's request
-        return "400" if "picture 4" in text else None
+    def refused(text: str, attempt: int) -> str | None:  # the endpoint refuses the key for one record's request
+        return "401" if "picture 4" in text else None
 
     with FakeOpenAI(answer=planted, fault=refused) as server:
         assert served(server, data, tmp_path / "stopped", *cache) == 1  # the refusal stops the run, answers kept
@@ -183,6 +183,23 @@ def test_a_record_whose_image_cannot_be_read_is_skipped_and_counted(
     assert details["skipped_samples"] == {"image_unreadable": 2}
     answered = "".join(server.answered)
     assert server.chat_requests == len(records) - 2 and "picture 5" not in answered and "picture 4" not in answered
+
+
+def test_a_record_the_server_refuses_is_skipped_and_counted_unless_it_refuses_all(
+    known_data: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """vLLM answers 400 for one prompt over its context or an image it cannot take: that stopped the run, and every
+    rerun stopped on the same record, so nothing was ever scored."""
+    data, records = known_data
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    with FakeOpenAI(answer=planted, fault=lambda text, _: "400" if "picture 4" in text else None) as server:
+        assert served(server, data, tmp_path / "eval", "--server-concurrency", "1") == 0
+    details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
+    assert details["skipped_samples"] == {"server_rejected": 1}
+    assert overall(tmp_path / "eval")["samples"] == len(records) - 1
+    with FakeOpenAI(answer=planted, fault=lambda text, _: "400") as server:  # the model takes no images, say
+        assert served(server, data, tmp_path / "none", "--server-cache", str(tmp_path / "fresh-cache")) == 1
+    assert not (tmp_path / "none" / "metrics.json").exists()
 
 
 def test_both_prompt_styles_are_asked_in_one_run(server: FakeOpenAI, known_data: Any, tmp_path: Path) -> None:

@@ -117,7 +117,8 @@ def served_responses(
     # Every sample and prompt style in one run: one cache load and one ledger; each sample with its own seed.
     got = ask_all(served_endpoint(config, output, model, fmt), api_key(),
                   [(record_id, build, sample_params(config, sample)) for sample, _, record_id, build in asking],
-                  role="served", flags="--server-max-attempts / lower --server-concurrency")  # fmt: skip
+                  role="served", flags="--server-max-attempts / lower --server-concurrency",
+                  skip_rejected=True)  # fmt: skip
     answers: list[dict[str, dict[str, str]]] = [{style: {} for style in config.prompt_styles} for _ in asked]
     for (sample, style, record_id, _), answer in zip(asking, got.completions, strict=True):
         if answer is not None:
@@ -135,7 +136,8 @@ def served_responses(
             "seconds": round(seconds, 3),
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
-        "skipped_samples": {"image_unreadable": len(unreadable)} if unreadable else {},
+        "skipped_samples": {reason: count for reason, count in (("image_unreadable", len(unreadable)),
+                                                                ("server_rejected", len(got.rejected))) if count},
         "served": got.spent,
     }
     return answers, details

@@ -10,6 +10,7 @@ run's ledger beside the cache. A refusal (401, 404, ...) or a request that keeps
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +55,9 @@ class Asked:
 
     completions: list[Completion | None]
     spent: dict[str, Any]
+    rejected: list[str] = dataclasses.field(default_factory=list)
+    """The record ids of requests the endpoint refused (HTTP 400/413/422), with ``skip_rejected`` (else they stop
+    the run); their completions are ``None``."""
 
 
 def default_cache(output: str, name: str) -> str:
@@ -68,15 +72,20 @@ def default_cache(output: str, name: str) -> str:
     return storage.join(storage.parent(output), name)
 
 
-def ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request], *, role: str, flags: str) -> Asked:
+def ask_all(
+    endpoint: Endpoint, api_key: str, requests: Sequence[Request], *, role: str, flags: str, skip_rejected: bool = False
+) -> Asked:
     """Ask every request; ``role`` names the caller in logs, errors, the cache and the progress bar (``judge``),
-    ``flags`` the options a user turns when the endpoint keeps failing."""
-    return asyncio.run(_ask_all(endpoint, api_key, requests, role=role, flags=flags))
+    ``flags`` the options a user turns when the endpoint keeps failing. ``skip_rejected``: a request the endpoint
+    refuses as invalid fails alone (:attr:`Asked.rejected`) unless every one is refused, which stops the run."""
+    return asyncio.run(_ask_all(endpoint, api_key, requests, role=role, flags=flags, skip_rejected=skip_rejected))
 
 
-async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request], *, role: str, flags: str) -> Asked:
+async def _ask_all(
+    endpoint: Endpoint, api_key: str, requests: Sequence[Request], *, role: str, flags: str, skip_rejected: bool
+) -> Asked:
     from vcot.llm.cache import AnswerCache, stored_while_running
-    from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RetryPolicy, make_client
+    from vcot.llm.chat import CachedChat, LiveBackend, LLMError, RequestRejected, RetryPolicy, make_client
     from vcot.llm.ledger import Ledger
 
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
@@ -87,7 +96,10 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
     cached_before = len(cache.entries)
     client = make_client(endpoint.base_url, api_key, endpoint.timeout)
     policy = RetryPolicy(endpoint.max_attempts, endpoint.backoff_base, endpoint.backoff_max)
-    backend = LiveBackend(client, policy, endpoint.concurrency, ledger, secret=api_key, role=role, flags=flags)
+    backend = LiveBackend(client, policy, endpoint.concurrency, ledger, secret=api_key, role=role, flags=flags,
+                          skip_rejected=skip_rejected)  # fmt: skip
+    rejected: list[RequestRejected] = []
+    rejected_ids: list[str] = []
     chat = CachedChat(endpoint.model, endpoint.params, cache, ledger, backend)
     ledger_uri = storage.join(endpoint.cache, "ledger", f"{writer}.json")
     progress = Progress(f"{role}_progress", len(requests), unit="answer")
@@ -98,8 +110,16 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
     ) -> Completion | None:
         async with window:
             messages = await asyncio.to_thread(build)
-            completion = None if messages is None else await chat.ask(messages, record_id=record_id, purpose=role,
-                                                                      params=params)  # fmt: skip
+            try:
+                completion = None if messages is None else await chat.ask(messages, record_id=record_id, purpose=role,
+                                                                          params=params)  # fmt: skip
+            except RequestRejected as refused:
+                if not skip_rejected:
+                    raise
+                log.warning(f"{role}_request_rejected", record_id=record_id, error=str(refused)[:300])
+                rejected.append(refused)
+                rejected_ids.append(record_id)
+                completion = None
         progress.update()
         return completion
 
@@ -107,10 +127,12 @@ async def _ask_all(endpoint: Endpoint, api_key: str, requests: Sequence[Request]
         async with stored_while_running(cache, ledger, ledger_uri, client, every=cache.flush_seconds):
             outcomes = await asyncio.gather(*(ask(*request) for request in requests), return_exceptions=True)
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+    if rejected and not any(isinstance(outcome, Completion) for outcome in outcomes):
+        errors.append(rejected[0])  # every request refused: the endpoint's problem, not the records'
     if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
         raise min(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))
     spent = {"model": endpoint.model, "cache": endpoint.cache, "ledger": ledger.to_dict(),
              "cache_answers": {"before": cached_before, "after": len(cache.entries)}}  # fmt: skip
     log.info(f"{role}_done", answers=len(requests), requests=ledger.requests, cache_hits=ledger.cache_hits,
              cost_usd=ledger.estimated_cost_usd())  # fmt: skip
-    return Asked(outcomes, spent)  # type: ignore[arg-type]  # no exception is left among them
+    return Asked(outcomes, spent, rejected_ids)  # type: ignore[arg-type]  # no exception is left among them

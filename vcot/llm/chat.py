@@ -6,7 +6,8 @@ The ``openai`` client is built with ``max_retries=0`` so the policy here is the 
 - at most ``concurrency`` requests in flight (an ``asyncio.Semaphore``; backoff waits outside it);
 - 429, 408, 409, 5xx, timeouts, connection errors and malformed responses are retried with exponential
   backoff and jitter, honouring ``Retry-After`` / ``retry-after-ms``, up to ``max_attempts``;
-- 401/403 (credentials), 400/404/422 (a request or model the endpoint refuses) stop the run at once, and so
+- 401/403 (credentials), 400/404/422 (a request or model the endpoint refuses) stop the run at once (400, 413
+  and 422 only fail their own record where the caller says so: served evaluation), and so
   does a request that keeps failing: an :class:`LLMError` (a ``VcotError``: one clear line, exit 1).
   Nothing more is sent or retried; requests already on the wire finish so their answers reach the cache,
   and a rerun resumes where this one stopped.
@@ -47,6 +48,15 @@ RETRYABLE_STATUS = {408, 409, 429}
 
 class LLMError(VcotError):
     """The endpoint refused us or kept failing: the run stops; answers received so far are cached."""
+
+
+class RequestRejected(LLMError):
+    """The endpoint refused this request's content (HTTP 400, 413 or 422: a prompt over the server's context, an
+    image it cannot take). Where the caller allows it (``LiveBackend(skip_rejected=True)``), one such request is
+    that record's failure, not the run's."""
+
+
+REJECTED_REQUEST_STATUS = {400, 413, 422}
 
 
 class MalformedResponse(Exception):
@@ -172,7 +182,8 @@ async def call_with_retries(
             error: BaseException = raised
         if isinstance(error, openai.APIStatusError) and not is_retryable(error):
             hint = FATAL_STATUS_HINTS.get(error.status_code, "the endpoint refused the request")
-            raise LLMError(
+            refused = RequestRejected if error.status_code in REJECTED_REQUEST_STATUS else LLMError
+            raise refused(
                 f"{role} returned HTTP {error.status_code} for {what}: {hint} ({_describe(error, secret)[:300]})"
             ) from None
         if not is_retryable(error):
@@ -216,6 +227,7 @@ class LiveBackend:
         secret: str = "",
         role: str = "teacher",
         flags: str = "--max-attempts / lower --concurrency",
+        skip_rejected: bool = False,
     ) -> None:
         self.client = client
         self.policy = policy
@@ -224,7 +236,15 @@ class LiveBackend:
         self._secret = secret
         self.role = role
         self.flags = flags
+        self.skip_rejected = skip_rejected
         self.stopped = asyncio.Event()
+
+    def _fatal(self, error: BaseException) -> bool:
+        """Whether ``error`` stops the run (else it is one request's: :class:`RequestRejected` when skipped)."""
+        if isinstance(error, openai.APIStatusError):
+            one_request = self.skip_rejected and error.status_code in REJECTED_REQUEST_STATUS
+            return not is_retryable(error) and not one_request
+        return not (self.skip_rejected and isinstance(error, RequestRejected))
 
     async def __call__(
         self, key: str, model: str, messages: list[dict[str, Any]], params: dict[str, Any]
@@ -239,7 +259,7 @@ class LiveBackend:
                     raise MalformedResponse(f"response body is not JSON: {exc}") from exc
                 except openai.APIStatusError as exc:
                     # Decided before the slot is released, so no waiting request goes out after a fatal error.
-                    if not is_retryable(exc):
+                    if self._fatal(exc):
                         self.stopped.set()
                     raise
             return Completion.from_api(response)
@@ -255,8 +275,9 @@ class LiveBackend:
                 role=self.role,
                 flags=self.flags,
             )
-        except LLMError:
-            self.stopped.set()
+        except LLMError as exc:
+            if self._fatal(exc):
+                self.stopped.set()
             raise
 
 
