@@ -2,9 +2,11 @@
 
 An inference server (vLLM, SGLang, TGI) reads a model from a local folder or the hub, not from ``s3://``: the init
 container of ``k8s/components/vllm`` runs ``python -m vcot.export.fetch SOURCE DEST`` into a volume the server then
-serves. A committed export (its ``_SUCCESS`` written last by ``vcot-export``) or a plain model folder (a hub model
+serves. A committed export (its ``_SUCCESS`` written last by ``vcot-export``), a committed train run's own model
+folder (``model/`` of a full fine-tune, ``merged/`` of ``merge_adapter: true``) or a plain model folder (a hub model
 copied to storage, served as a teacher) is fetched; another stage's output or an export that never committed is
-refused (exit 2) instead of served. Files already in DEST unchanged are kept.
+refused (exit 2) instead of served. Files already in DEST unchanged are kept; files the source does not hold are
+removed, so a model fetched over another is never served with the other's leftover shards.
 """
 
 from __future__ import annotations
@@ -32,18 +34,32 @@ def servable_problem(source: str) -> str | None:
     if storage.exists(storage.join(source, "adapter_config.json")):
         return f"{source} is an adapter: merge it into a model folder with vcot-export, then serve that"
     if storage.exists(storage.join(source, MODEL_CARD)):
-        return f"{source} is an export that was never committed (no _SUCCESS): run vcot-export again"
+        return None if run_model_folder(source) else (
+            f"{source} is an export that was never committed (no _SUCCESS): run vcot-export again")  # fmt: skip
     if not storage.exists(storage.join(source, "config.json")):
         return f"{source} holds no model (no config.json): give an export or a model folder"
     return None
 
 
+def run_model_folder(source: str) -> bool:
+    """Whether ``source`` is a model folder a committed train run lists as its own (``RUN/model``, ``RUN/merged``):
+    the run's ``_SUCCESS`` commits it, as an export's commits the export."""
+    run, name = storage.parent(source), source.rstrip("/").rsplit("/", 1)[-1]
+    if manifest.committed_stage(run) != "train":
+        return False
+    return any(entry["path"].startswith(f"{name}/") for entry in manifest.read_manifest(run)["files"])
+
+
 def fetch_export(source: str, dest: Path) -> Path:
-    """Copy the export (or model folder) at ``source`` into ``dest``; returns ``dest``."""
+    """Copy the export (or model folder) at ``source`` into ``dest``, leaving nothing else there; returns ``dest``."""
     problem = servable_problem(source)
     if problem:
         raise ConfigError(problem)
     storage.download_prefix(source, dest)
+    held = {storage.relative(uri, source) for uri in storage.list_uris(source)}
+    for stale in [path for path in dest.rglob("*") if path.is_file() and path.relative_to(dest).as_posix() not in held]:
+        stale.unlink()  # an earlier model's shard index would make the server load the earlier shards
+        log.info("stale_file_removed", path=str(stale))
     log.info("fetched", source=source, dest=str(dest), export=manifest.committed_stage(source) == "export")
     return dest
 
