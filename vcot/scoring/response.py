@@ -75,6 +75,9 @@ def score_response(
     if "options_order" in record:  # --shuffle-options: the order the options were shown in
         row["options_order"] = record["options_order"]
     if best_of_two and truth:
-        other = read_boxes(fmt.other_frame(), response, record)
+        try:
+            other = read_boxes(fmt.other_frame(), response, record)
+        except ValueError:  # the other frame resizes the image, and refuses an aspect over 200:1: no second reading
+            return row, score
         row["other_frame_first_box_iou"] = first_box_iou([b.box for b in other.boxes], truth)
     return row, score
