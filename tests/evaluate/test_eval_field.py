@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from jobs.evaluate import main
 from tests.evaluate.evaluate_helpers import commit_records, make_record
 from vcot.scoring.field_metrics import dual_iou, field_scores, summarize_field, truth_mean_iou, union_iou
+from vcot.scoring.metrics import score_sample, summarize
 
 SIDE = 40  # boxes on a small grid, so every metric can be recomputed by counting pixels
 
@@ -94,7 +95,11 @@ def test_consistency_counts_on_a_hand_made_table() -> None:
     assert summary["consistency_counts"] == {"CR": 3, "CM": 2, "WR": 1, "WW": 2}
     assert summary["consistency"] == pytest.approx(3 / (3 + 2 + 1))
     assert summary["first_box_acc_at_50"] == pytest.approx(4 / 8)
-    assert summarize_field([])["consistency"] == 0.0
+    assert summarize_field(rows[-3:-1])["consistency"] == 0.0  # only WW: grounded rows, none decided
+    # Nothing to ground (a text-only subset): not measured. 0.000 in the report read as a model that fails to ground.
+    assert summarize_field(rows[-1:])["truth_mean_iou"] is None and summarize_field([])["consistency"] is None
+    assert summarize([score_sample([], [], answer_correct=True)])["mean_iou"] is None
+    assert summarize([score_sample([], [(0, 0, 5, 5)])])["mean_iou"] == 0.0  # boxes to find, none predicted
 
 
 def test_metrics_json_has_the_field_metrics_overall_and_per_subset(tmp_path: Path) -> None:

@@ -63,22 +63,23 @@ def reference_metrics(items: list[tuple[list, list]]) -> dict[str, float]:
         for threshold in accs:
             accs[threshold].append(sum(v >= threshold for v in pairs) / max(len(preds), len(truths)))
     best_arr = np.array(best)
-    return {
-        "box_detection_rate": float(np.mean(detections)) if grounded else 0.0,
+    measured = {  # nothing to ground: not measured
+        "box_detection_rate": float(np.mean(detections)) if grounded else None,
         "mean_iou": float(best_arr.mean()) if best else 0.0,
         "iou_success_rate": float((best_arr > 0.5).mean()) if best else 0.0,
-        "acc_at_50": float(np.mean(accs[0.5])) if grounded else 0.0,
-        "acc_at_75": float(np.mean(accs[0.75])) if grounded else 0.0,
-        "grounded_samples": grounded,
-        "predicted_boxes": len(best),
+        "acc_at_50": float(np.mean(accs[0.5])) if grounded else None,
+        "acc_at_75": float(np.mean(accs[0.75])) if grounded else None,
     }
+    if not grounded:
+        measured.update(mean_iou=None, iou_success_rate=None)
+    return {**measured, "grounded_samples": grounded, "predicted_boxes": len(best)}
 
 
 @given(samples)
 def test_metrics_agree_with_numpy(items: list[tuple[list, list]]) -> None:
     metrics = summarize(score_sample(preds, truths) for preds, truths in items)
     for name, value in reference_metrics(items).items():
-        assert metrics[name] == pytest.approx(value, abs=1e-9), name
+        assert metrics[name] == (None if value is None else pytest.approx(value, abs=1e-9)), name
 
 
 def _max_matching(matrix: np.ndarray, threshold: float) -> int:
@@ -128,7 +129,8 @@ def test_samples_without_ground_truth_count_only_for_answers() -> None:
     assert metrics["overall"]["grounded_samples"] == 1 and metrics["overall"]["predicted_boxes"] == 0
     assert metrics["overall"]["answer_accuracy"] == 0.5
     assert metrics["subsets"]["a"]["answer_accuracy"] == 1.0 and metrics["subsets"]["b"]["box_detection_rate"] == 0.0
-    assert summarize([])["mean_iou"] == 0.0
+    assert metrics["subsets"]["a"]["mean_iou"] is None and metrics["subsets"]["a"]["acc_at_50"] is None  # n/a
+    assert summarize([])["mean_iou"] is None
 
 
 # --- first box and the best constant box -------------------------------------------------------------------------

@@ -194,7 +194,9 @@ def test_an_adapter_on_another_base_model_is_refused_in_one_line(
 
 
 def _entry(data: str, output: str, value: float) -> dict[str, Any]:
-    return {"data": data, "split": "val", "output": output, "run": output, "metrics": {name: value for name in WATCHED}}
+    """An earlier entry asked as these tests ask (``FAST``'s budget)."""
+    return {"data": data, "split": "val", "output": output, "run": output, "protocol": {"max_new_tokens": 12},
+            "metrics": {name: value for name in WATCHED}}  # fmt: skip
 
 
 def test_scheduled_mode_flags_a_planted_regression(

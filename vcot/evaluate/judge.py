@@ -121,12 +121,14 @@ def summarize_judge(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     >>> summarize_judge([{"judge_score": 1.0}, {"judge_score": 0.5},
     ...                  {"judge_score": None, "judge_failure": "empty_reply"}])
     {'judge_score': 0.75, 'judge_scored': 2, 'judge_failures': {'empty_reply': 1}}
+    >>> summarize_judge([{"judge_score": None, "judge_failure": "empty_reply"}])["judge_score"] is None  # not a 0
+    True
     """
     rows = list(rows)
     scores = [row["judge_score"] for row in rows if row.get("judge_score") is not None]
     failures = Counter(row["judge_failure"] for row in rows if row.get("judge_failure"))
     return {
-        "judge_score": sum(scores) / len(scores) if scores else 0.0,
+        "judge_score": sum(scores) / len(scores) if scores else None,  # nothing judged: no score, not a zero
         "judge_scored": len(scores),
         "judge_failures": dict(sorted(failures.items())),
     }

@@ -166,6 +166,10 @@ def summarize_field(rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
     grounded = [row for row in rows if row.get("truth_mean_iou") is not None]
     counts = Counter(row["consistency_case"] for row in grounded)
     decided = counts["CR"] + counts["CM"] + counts["WR"]
+    if not grounded:  # a text-only subset: nothing measured (0.0 would read as a model that fails to ground)
+        return {"truth_mean_iou": None, "dual_iou": None, "union_iou": None, "first_box_acc_at_50": None,
+                "first_box_mean_iou": None, "consistency": None,
+                "consistency_counts": {case: 0 for case in CONSISTENCY_CASES}, "box_missing_or_invalid": None}
     return {
         "truth_mean_iou": _mean([row["truth_mean_iou"] for row in grounded]),
         "dual_iou": _mean([row["dual_iou"] for row in grounded]),

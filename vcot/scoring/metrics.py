@@ -136,7 +136,15 @@ def summarize(scores: Iterable[SampleScore]) -> dict[str, Any]:
     for threshold in ACC_THRESHOLDS:
         metrics[f"acc_at_{round(threshold * 100)}"] = _rate(sum(s.accuracy_at(threshold) for s in grounded), len(grounded))
     metrics.update(first_object_metrics(grounded))
+    if not grounded:  # nothing to ground (a text-only subset): not measured, which 0.0 would read as a failure
+        metrics.update({name: None for name in GROUNDING_METRICS})
     return metrics
+
+
+GROUNDING_METRICS = ("box_detection_rate", "mean_iou", "iou_success_rate",
+                     *(f"acc_at_{round(t * 100)}" for t in ACC_THRESHOLDS),
+                     "first_object_iou", "first_object_acc_at_50", "constant_box_iou")  # fmt: skip
+"""What :func:`summarize` measures on samples with ground-truth boxes only: ``None`` for a set without any."""
 
 
 def first_object_metrics(grounded: Sequence[SampleScore]) -> dict[str, Any]:
