@@ -67,15 +67,21 @@ def evaluate_outputs(locations: list[str]) -> list[str]:
 
 
 def model_name(details: dict[str, Any]) -> str:
-    """The row an evaluation belongs to: the served model's name, else the run (a run's ``adapter/`` counts as its
-    run, so model mode and the scheduled re-evaluation of one run share a row), model or predictions file.
+    """The row an evaluation belongs to: the served model's name, else the run (a run's ``adapter/``, or a full
+    fine-tune's ``model/``, counts as its run, so model mode and the scheduled re-evaluation of one run share a row),
+    model or predictions file.
 
     >>> model_name({"mode": "served", "served_model": "r1"}), model_name({"adapter": "s3://b/runs/r2/train/adapter"})
     ('r1', 's3://b/runs/r2/train')
+    >>> model_name({"model": "s3://b/runs/r3/train/model"})
+    's3://b/runs/r3/train'
     """
     adapter = str(details.get("adapter") or "").rstrip("/")
+    model = str(details.get("model") or "").rstrip("/")
     if not details.get("run") and adapter.endswith("/adapter"):
         details = {**details, "run": adapter.removesuffix("/adapter")}
+    elif not details.get("run") and not adapter and model.endswith("/model"):
+        details = {**details, "run": model.removesuffix("/model")}
     for key in ("served_model", "run", "adapter", "model", "predictions"):
         if details.get(key):
             return str(details[key]).rstrip("/")

@@ -192,7 +192,8 @@ def benchmark_section(table: dict[str, Any]) -> str:
         ("answer score", spec.answer_meaning),
         ("detection Acc@0.5 (first box)", "share of questions whose first box has an IoU above 0.5 with a "
          "ground-truth box."),
-        ("mean IoU", "as in the Metrics table."),
+        ("mean IoU", "TreeBench's mIoU: the mean over ground-truth boxes of the best IoU among the predicted ones "
+         "(0 when none was predicted); not the Metrics table's mean IoU, which averages over predicted boxes."),
     ]
     table_html = _table("benchmark", header, body) + legend("benchmark-legend", explained)
     return f"<h2>{html.escape(spec.title)}</h2>{table_html}{note}"
