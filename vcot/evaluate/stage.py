@@ -140,6 +140,10 @@ def served_format(config: EvaluateConfig) -> ModelFormat:
         raise ConfigError("served mode reads boxes in the served model's frame: pass --model-card (the folder of "
                           "its vcot-model.json: the export, or the run's adapter/), or --coords (and --family)")  # fmt: skip
     recorded = recorded_format(None, overrides, card) if card else None
+    if {"min_pixels", "max_pixels"} & overrides.keys():
+        log.warning("served_pixel_budget", hint="the server resizes images with its own processor settings: "
+                    "--min-pixels/--max-pixels only say how vcot reads its boxes back, so give the budget the server "
+                    "uses (vLLM: --mm-processor-kwargs), or boxes in the qwen2.5-absolute frame land elsewhere")  # fmt: skip
     return recorded or ModelFormat.for_family(config.family, **overrides)
 
 
