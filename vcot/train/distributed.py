@@ -122,6 +122,25 @@ def most_over_ranks(count: int, device: Any) -> int:
     return int(value.item())
 
 
+def rendezvous_host(argv: list[str], index: str | None) -> list[str]:
+    """``argv`` saying which pod of an indexed Job hosts the c10d rendezvous store: index 0, whose pod the endpoint
+    names (``components/multi-node``). Left to torch, an agent hosts it only if the endpoint's name resolves to one
+    of its own addresses, which fails while index 0's DNS record is not yet published: then no pod hosts it, and
+    every pod fails after the read timeout. A ``--rdzv-conf`` given on the command line is left as it is.
+
+    >>> rendezvous_host(["--rdzv-backend=c10d", "--rdzv-endpoint=j-0.j:29400", "vcot-train"], "0")
+    ['--rdzv-conf=is_host=1', '--rdzv-backend=c10d', '--rdzv-endpoint=j-0.j:29400', 'vcot-train']
+    >>> rendezvous_host(["--rdzv-backend", "c10d", "vcot-train"], "2")[0], rendezvous_host(["--standalone"], "0")
+    ('--rdzv-conf=is_host=0', ['--standalone'])
+    """
+    options = [token.replace("_", "-") for token in argv]
+    c10d = "--rdzv-backend=c10d" in options or any(
+        a == "--rdzv-backend" and b == "c10d" for a, b in zip(options, options[1:]))  # fmt: skip
+    if index is None or not c10d or any(token.startswith("--rdzv-conf") for token in options):
+        return argv
+    return [f"--rdzv-conf=is_host={int(index == '0')}", *argv]
+
+
 def torchrun(argv: list[str] | None = None) -> int:
     """``vcot-torchrun``: ``torchrun`` with these arguments (the command line's by default), whose exit code keeps
     the ranks' meaning: 2 when a rank exited 2 (invalid settings, a diverged run: a retry cannot help), 1 on any
@@ -132,8 +151,9 @@ def torchrun(argv: list[str] | None = None) -> int:
 
     from vcot.errors import ConfigError
 
+    args = rendezvous_host(sys.argv[1:] if argv is None else argv, os.environ.get("JOB_COMPLETION_INDEX"))
     try:
-        run(parse_args(sys.argv[1:] if argv is None else argv))
+        run(parse_args(args))
     except ChildFailedError as failed:
         codes = sorted({failure.exitcode for failure in failed.failures.values()})
         print(f"{failed}\nvcot-torchrun: ranks failed with exit codes {codes}", file=sys.stderr)
