@@ -59,13 +59,16 @@ def test_the_page_handler_draws_the_box_the_model_wrote(engine: DemoModel, train
 
 
 def test_a_box_typed_in_the_question_reaches_the_model_in_its_frame(
-    engine: DemoModel, trained_adapter: TrainedAdapter
+    engine: DemoModel, trained_adapter: TrainedAdapter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     prepared = engine.prepare(str(trained_adapter.image))
     expected = engine.fmt.render("<box>[0, 0, 500, 500]</box>", *prepared.image.size)  # qwen2.5-absolute pixels
     assert expected != "<box>[0, 0, 500, 500]</box>"
-    inputs = engine._inputs(prepared, "What is in <box>[0, 0, 500, 500]</box>?")
-    assert f"What is in {expected}?" in engine.processor.tokenizer.decode(inputs["input_ids"][0])
+    encoded: list[Any] = []
+    asked = engine._inputs
+    monkeypatch.setattr(engine, "_inputs", lambda prepared, prompt: encoded.append(asked(prepared, prompt)) or encoded[-1])
+    "".join(engine.stream(prepared, "What is in <box>[0, 0, 500, 500]</box>?", Options(max_new_tokens=1)))
+    assert f"What is in {expected}?" in engine.processor.tokenizer.decode(encoded[0]["input_ids"][0])
 
 
 def test_no_image_no_question_and_bad_settings_are_one_line_each(
@@ -79,6 +82,27 @@ def test_no_image_no_question_and_bad_settings_are_one_line_each(
     for path, question, settings, expected in cases:
         updates = list(answer(engine, path, question, *settings))
         assert len(updates) == 1 and expected in updates[0][-1] and updates[0][-1].startswith("⚠️")
+
+
+def test_a_rationale_turn_model_reasons_in_its_analyzer_turn_then_answers(
+    tiny_model_dir: Path, trained_adapter: TrainedAdapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LaCoT's layout (RGFN's runs) as evaluate asks it: the reasoning streamed from the Analyzer turn, then the
+    answer turn after it. The demo cued the assistant turn, where such a model writes only its answer."""
+    three_turn = shutil.copytree(trained_adapter.path, tmp_path / "three-turn")
+    card = json.loads((three_turn / MODEL_CARD).read_text())
+    card["model_format"]["layout"] = "rationale_turn"
+    (three_turn / MODEL_CARD).write_text(json.dumps(card))
+    model = load_demo_model(str(tiny_model_dir), str(three_turn))
+    prompts: list[str] = []
+    asked = model._inputs
+    monkeypatch.setattr(model, "_inputs", lambda prepared, prompt: prompts.append(prompt) or asked(prepared, prompt))
+    text = "".join(model.stream(model.prepare(str(trained_adapter.image)), EXAMPLE.question, Options(max_new_tokens=8)))
+    reasoning, answer_turn = prompts
+    cue = "<|im_end|>\n<|im_start|>assistant\n"
+    assert reasoning.endswith("<|im_start|>Analyzer\n")
+    assert answer_turn.startswith(reasoning) and answer_turn.endswith(cue)
+    assert text.startswith(answer_turn[len(reasoning) : -len(cue)] + " ")  # the reasoning streamed, then the answer
 
 
 def test_corrupt_and_oversized_files_are_refused_readably(engine: DemoModel, tmp_path: Path) -> None:

@@ -92,6 +92,18 @@ def test_sampling_and_no_penalty_are_asked_as_set(card: tuple[Path, ModelFormat]
     assert body["repetition_penalty"] == 1.0  # sent: left out, vLLM takes the export's generation_config.json's
 
 
+def test_a_rationale_turn_model_is_refused_as_served_evaluate_refuses_it(
+    card: tuple[Path, ModelFormat], tmp_path: Path
+) -> None:
+    """A server is asked for one answer turn; such a model writes only its answer there: no reasoning, no boxes."""
+    _, fmt = card
+    three_turn = tmp_path / "three-turn"
+    three_turn.mkdir()
+    (three_turn / "vcot-model.json").write_text(json.dumps(dataclasses.replace(fmt, layout="rationale_turn").to_dict()))
+    with pytest.raises(ConfigError, match="rationale_turn layout .* run the demo in process"):
+        connect_served("http://127.0.0.1:9/v1", str(three_turn), served_model="m")
+
+
 def test_the_box_aware_penalty_asks_the_server_for_none(card: tuple[Path, ModelFormat], upload: Path) -> None:
     """A server has no box-aware penalty; a plain 1.2 (the page's default with box-aware on) was sent instead, the
     setting that pushes coordinate digits off the right numbers."""

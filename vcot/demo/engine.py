@@ -22,12 +22,12 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from vcot.errors import ConfigError, VcotError
-from vcot.grounding.model_format import Coords, ModelFormat
-from vcot.grounding.prompts import build_messages
+from vcot.grounding.model_format import RATIONALE_ROLE, Coords, ModelFormat
+from vcot.grounding.prompts import answer_cue, build_messages, turn_prefix
 from vcot.io import storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.models.generation import BoxAwareRepetitionPenalty
+from vcot.models.generation import ANSWER_TOKENS, BoxAwareRepetitionPenalty
 from vcot.models.loading import (
     MODEL_CARD,
     adapter_format,
@@ -37,6 +37,7 @@ from vcot.models.loading import (
     read_model_card,
     refuse_full_finetune,
     stop_token_ids,
+    vision_token_ids,
 )
 from vcot.models.penalty import BOX_AWARE, REPETITION_PENALTY
 
@@ -174,17 +175,41 @@ class DemoModel:
     def stream(
         self, prepared: Prepared, question: str, options: Options, cancel: threading.Event | None = None
     ) -> Iterator[str]:
-        """The answer's text as it is generated, up to the end-of-turn token.
+        """The answer's text as it is generated, up to the end-of-turn token. A ``rationale_turn`` model (LaCoT's
+        layout, RGFN's runs) reasons in an Analyzer turn, then answers in the assistant turn, as evaluate asks it:
+        both turns are streamed, one after the other.
 
         Closing the iterator early (the reader is gone) or setting ``cancel`` (the visitor left: the page's unload
         event, from any thread) stops generation at its next layer, in the prompt's forward pass too; nothing starts
         once ``cancel`` is set. An error in generation is raised here, in the caller's thread.
         """
+        messages = build_messages(upload_record(prepared, question), self.fmt, with_answer=False)
+        if self.fmt.layout != "rationale_turn":
+            prompt = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            yield from self._stream_turn(prepared, prompt, options, cancel)
+            return
+        prompt = turn_prefix(self.processor, messages, RATIONALE_ROLE)
+        rationale: list[str] = []
+        no_vision = {"suppress_tokens": vision_token_ids(self.processor.tokenizer)}  # re-read with the image next
+        for chunk in self._stream_turn(prepared, prompt, options, cancel, **no_vision):
+            rationale.append(chunk)
+            yield chunk
+        if cancel is not None and cancel.is_set():
+            return
+        answer_prompt = prompt + "".join(rationale) + answer_cue(self.processor, messages)
+        greedy = Options(max_new_tokens=ANSWER_TOKENS, repetition_penalty=1.0, box_aware_penalty=False)
+        yield " "
+        yield from self._stream_turn(prepared, answer_prompt, greedy, cancel)
+
+    def _stream_turn(
+        self, prepared: Prepared, prompt: str, options: Options, cancel: threading.Event | None, **extra: Any
+    ) -> Iterator[str]:
+        """One turn's text as it is generated after ``prompt`` (chat-templated text), up to its end-of-turn token."""
         stop = threading.Event()
         gone = cancel if cancel is not None else threading.Event()
         if gone.is_set():
             return
-        inputs = self._inputs(prepared, question)
+        inputs = self._inputs(prepared, prompt)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=False)
         failures: list[BaseException] = []
         hooks = _stop_between_layers(self.model, lambda: stop.is_set() or gone.is_set())
@@ -195,7 +220,7 @@ class DemoModel:
                     self.model.generate(
                         **inputs, streamer=streamer,
                         stopping_criteria=StoppingCriteriaList([_StopWhenSet(stop), _StopWhenSet(gone)]),
-                        **self._generation_kwargs(options),
+                        **self._generation_kwargs(options), **extra,
                     )
             except _Stopped:
                 log.info("generation_stopped", reason="visitor left" if gone.is_set() else "reader closed")
@@ -221,11 +246,9 @@ class DemoModel:
         if failures:
             raise failures[0]
 
-    def _inputs(self, prepared: Prepared, question: str) -> Any:
-        messages = build_messages(upload_record(prepared, question), self.fmt, with_answer=False)
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def _inputs(self, prepared: Prepared, prompt: str) -> Any:
         images = [prepared.image] if self.fmt.mode == "multimodal" else None
-        return self.processor(text=[text], images=images, return_tensors="pt").to(self.model.device)
+        return self.processor(text=[prompt], images=images, return_tensors="pt").to(self.model.device)
 
     def _generation_kwargs(self, options: Options) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": options.max_new_tokens, "do_sample": options.sample, "num_beams": 1}

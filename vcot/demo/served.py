@@ -106,8 +106,10 @@ def served_penalty(options: Options) -> float:
     ``generation_config.json``'s (Qwen's own set one). A server has no box-aware penalty, and a plain one pushes the
     coordinate digits away from the right numbers (docs/evaluate.md), so with box-aware on none is applied.
 
-    >>> served_penalty(Options(repetition_penalty=1.2)), served_penalty(Options(repetition_penalty=1.2, box_aware_penalty=False))
-    (1.0, 1.2)
+    >>> served_penalty(Options(repetition_penalty=1.2))
+    1.0
+    >>> served_penalty(Options(repetition_penalty=1.2, box_aware_penalty=False))
+    1.2
     """
     return 1.0 if options.box_aware_penalty else options.repetition_penalty
 
@@ -127,6 +129,13 @@ def connect_served(
     fmt = adapter_format(home)
     if fmt is None:
         raise ConfigError(f"no {MODEL_CARD} at {home}: pass the export's folder (vcot-export writes one)")
+    if fmt.layout != "two_turn":  # as served evaluate refuses it
+        raise ConfigError(f"the model answers in the {fmt.layout} layout (a rationale turn, then the answer): a "
+                          "server is asked for one answer turn; run the demo in process (--model, --adapter)")  # fmt: skip
+    if fmt.box_syntax == "qwen" and (params or {}).get("skip_special_tokens") is not False:
+        log.warning("special_tokens_dropped", hint='the qwen box syntax is written in special tokens a server drops '
+                    'by default, so no box would be drawn: on vLLM pass --server-params \'{"skip_special_tokens": '
+                    'false}\'')  # fmt: skip
     name = served_model or served_model_name(base_url, timeout=timeout)
     log.info("demo_served_model", server=mask_url_credentials(base_url), model=name, coords=fmt.coords)
     if structured_boxes:
