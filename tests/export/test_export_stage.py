@@ -55,6 +55,8 @@ def test_export_loads_with_plain_transformers_and_generates(
     assert evaluate_main(["--model", f"{real_s3}/models/tiny", "--adapter", f"{s3_run}/adapter", "--data", record_data,
                           "--output", evaluation, *flags]) == 0  # fmt: skip
     output = f"{real_s3}/models/r1-merged"
+    base_generation = f"{real_s3}/models/tiny/generation_config.json"  # Qwen's own sets a plain penalty
+    storage.write_json(base_generation, {**storage.read_json(base_generation), "repetition_penalty": 1.05})
     assert export_main(["--run", s3_run, "--output", output]) == 0
     committed = manifest.read_manifest(output, expect_stage="export")
     assert {"config.json", "model.safetensors", "README.md", "vcot-model.json", "chat_template.jinja"} <= {
@@ -64,6 +66,8 @@ def test_export_loads_with_plain_transformers_and_generates(
     assert export_main(["--run", s3_run, "--output", output]) == 0  # committed: the rerun is a no-op
     assert manifest.read_manifest(output) == committed
     folder = storage.download_prefix(output, tmp_path / "export")
+    # vLLM takes generation_config.json as every request's default: not the plain penalty that moves box digits
+    assert json.loads((folder / "generation_config.json").read_text()).get("repetition_penalty", 1.0) == 1.0
 
     # The layout vLLM and the hub read: the family's own classes, 16-bit weights.
     assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == "Qwen2_5_VLProcessor"
@@ -177,6 +181,8 @@ def test_the_card_shows_no_evaluation_of_an_earlier_version_of_the_run(
     assert evaluate_main(args) == 0  # committed: skipped
     assert "committed_from_changed_inputs" in capsys.readouterr().err
     output = f"{real_s3}/models/r1-merged"
+    base_generation = f"{real_s3}/models/tiny/generation_config.json"  # Qwen's own sets a plain penalty
+    storage.write_json(base_generation, {**storage.read_json(base_generation), "repetition_penalty": 1.05})
     assert export_main(["--run", s3_run, "--output", output]) == 0
     assert "| evaluate:" not in storage.read_text(f"{output}/README.md")
     assert evaluate_main([*args, "--overwrite"]) == 0

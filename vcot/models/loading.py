@@ -652,6 +652,16 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def without_plain_penalty(model: Any) -> None:
+    """A model to be served without the base's plain repetition penalty in its ``generation_config.json``: servers
+    take it as every request's default (vLLM does; Qwen's own sets 1.05), and a plain penalty pushes coordinate
+    digits off the right numbers. vcot decodes with the box-aware penalty in process and asks servers for none."""
+    config = getattr(model, "generation_config", None)
+    if config is not None and config.repetition_penalty not in (None, 1.0):
+        log.info("plain_repetition_penalty_left_out", base=config.repetition_penalty, saved=1.0)
+        config.repetition_penalty = 1.0
+
+
 def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str | None = "bfloat16") -> Any:
     """The base (never a quantized one) with the adapter merged in, saved with its processor for serving
     (:func:`save_processor_for_serving`); returns the processor. Merged at the machine's precision, then cast to
@@ -664,6 +674,7 @@ def save_merged(model_uri: str, adapter_uri: str, dest: Path, *, dtype: str | No
     merged = model.merge_and_unload()
     if dtype is not None:
         merged = merged.to(getattr(torch, dtype))
+    without_plain_penalty(merged)
     merged.save_pretrained(dest)
     save_processor_for_serving(processor, dest)
     return processor

@@ -501,8 +501,9 @@ def _save_full_model(
     config: TrainConfig, fmt: ModelFormat, trainer: Any, processor: Any, model_dir: Path, weights: dict[str, Any] | None
 ) -> list[Any]:
     """``finetune: full``: the trained model, its processor and card in ``OUTPUT/model`` (no adapter)."""
-    from vcot.models.loading import MODEL_CARD, load_processor, save_processor_for_serving
+    from vcot.models.loading import MODEL_CARD, load_processor, save_processor_for_serving, without_plain_penalty
 
+    without_plain_penalty(trainer.model)  # model/ is served as it is
     trainer.model.save_pretrained(model_dir, **_state_dict(weights))
     save_processor_for_serving(processor, model_dir)  # loadable by plain transformers and vLLM
     check_processor(load_processor(str(model_dir)), fmt)
