@@ -155,6 +155,24 @@ def test_a_resumed_run_adopts_committed_shards_and_an_overwrite_run_drops_them(t
     assert storage.list_uris(f"{root}/_shards") == [manifest.shard_manifest_uri(root, manifest.ShardSpec(1, 3))]
 
 
+def test_a_resumed_run_with_changed_settings_makes_its_shards_again(tmp_path: Path) -> None:
+    """A Job applied again after a settings change (a new uid, other settings): adopting the old shards committed a
+    set that mixed two settings (two box frames, say) under a _SUCCESS naming the first shard's."""
+    root = str(tmp_path / "out")
+    for index in (0, 1):
+        assert _run_shard(root, manifest.ShardSpec(index, 3, run="a", made="frame-1"), tag="a", overwrite=False)
+    rerun = [manifest.ShardSpec(index, 3, run="b", made="frame-2") for index in range(3)]
+    assert _run_shard(root, rerun[1], tag="b", overwrite=False)  # made again, not adopted
+    assert _run_shard(root, rerun[2], tag="b", overwrite=False)
+    assert not manifest.is_committed(root)  # shard 0 is still only run a's, of the old settings
+    assert _run_shard(root, rerun[0], tag="b", overwrite=False)
+    assert manifest.read_manifest(root)["config"] == {"tag": "b"}
+    # The same settings under a new uid are still adopted (a Job deleted and applied again).
+    again = str(tmp_path / "again")
+    assert _run_shard(again, manifest.ShardSpec(0, 2, run="a", made="m"), tag="a", overwrite=False)
+    assert not _run_shard(again, manifest.ShardSpec(0, 2, run="b", made="m"), tag="a", overwrite=False)
+
+
 def test_a_shard_manifest_storage_cannot_serve_stops_the_pod_instead_of_redoing_the_shard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -75,6 +75,28 @@ def test_weights_and_sample_counts_give_those_rows_the_same_for_a_seed(
     assert [r["image"] for r in other] != [r["image"] for r in rows] and len(other) == len(rows)
 
 
+def test_a_mixture_file_edited_in_place_is_another_run_of_a_sharded_tokenize(
+    record_output: Callable[..., str], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The default run id hashed the file's path only: after an edit, one pod's --overwrite rerun completed the set
+    with the other pod's shard of the old weights, under a _SUCCESS that named the new ones."""
+    a = record_output(24, seed=0, root=str(tmp_path / "a"))
+    mix, output = tmp_path / "mix.yaml", tmp_path / "tok"
+    mix.write_text(f"sources:\n  a: {{data: {a}, weight: 1}}\n")
+
+    def pod(index: int, **flags: object) -> None:
+        tokenize(TokenizeConfig(mixture=str(mix), output=str(output), model=str(tiny_model_dir), shard_index=index,
+                                num_shards=2, **flags))  # fmt: skip
+
+    pod(0), pod(1)
+    assert manifest.read_manifest(str(output))["config"]["mixture"]["sources"]["a"]["weight"] == 1
+    mix.write_text(f"sources:\n  a: {{data: {a}, weight: 3}}\n")
+    pod(0, overwrite=True)
+    assert not manifest.is_committed(str(output))  # shard 1 is still of the old weights
+    pod(1, overwrite=True)
+    assert manifest.read_manifest(str(output))["config"]["mixture"]["sources"]["a"]["weight"] == 3
+
+
 def test_a_source_s_own_pixel_budget_and_length_limit(
     record_output: Callable[..., str], tiny_model_dir: Path, tmp_path: Path
 ) -> None:

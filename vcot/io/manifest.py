@@ -62,6 +62,9 @@ class ShardSpec:
     index: int = 0
     count: int = 1
     run: str = ""
+    made: str = ""
+    """What the shard is made of (:func:`default_run_id` of the settings and code): a committed shard of another run
+    is adopted only when it was made of the same."""
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
@@ -78,7 +81,7 @@ class ShardSpec:
         return position % self.count == self.index
 
     @classmethod
-    def resolve(cls, index: int | None, count: int, run: str = "") -> ShardSpec:
+    def resolve(cls, index: int | None, count: int, run: str = "", made: str = "") -> ShardSpec:
         """This pod's shard: ``index``, else ``$JOB_COMPLETION_INDEX`` (a Kubernetes Indexed Job), else 0.
 
         Raises ``ValueError`` saying what to set when the index is not a valid one.
@@ -91,18 +94,19 @@ class ShardSpec:
             if not raw.isdigit():
                 raise ValueError(f"{JOB_INDEX_ENV}={raw!r} is not a shard index: set --shard-index")
             index = int(raw)
-        return cls(index, count, run)
+        return cls(index, count, run, made)
 
 
-def shard_of(config: Any) -> ShardSpec:
+def shard_of(config: Any, made_of: dict[str, Any] | None = None) -> ShardSpec:
     """The shard of a sharded stage's config: its ``shard_index``, ``num_shards`` and ``run_id``.
 
-    Without a ``run_id`` the run is :func:`default_run_id` of the config as it is now.
+    Without a ``run_id`` the run is :func:`default_run_id` of the config as it is now; ``made_of``: what else the
+    output is made of besides the flags (the content of a file a flag names: tokenize's mixture).
     """
     from vcot.config import redacted
 
-    run = config.run_id or default_run_id(redacted(config))
-    return ShardSpec.resolve(config.shard_index, config.num_shards, run)
+    made = default_run_id({**redacted(config), **(made_of or {})})
+    return ShardSpec.resolve(config.shard_index, config.num_shards, config.run_id or made, made)
 
 
 RUN_ID_HELP = (
@@ -223,7 +227,7 @@ def build_manifest(
         "stats": stats or {},
     }
     if shard is not None:
-        manifest["shard"] = {"index": shard.index, "count": shard.count, "run": shard.run}
+        manifest["shard"] = {"index": shard.index, "count": shard.count, "run": shard.run, "made": shard.made}
     return manifest
 
 
@@ -305,7 +309,8 @@ def _shard_manifests(output: str, shard: ShardSpec | None = None) -> list[dict[s
             continue
         parts = [storage.read_json(found[index]) for index in range(count)]
         runs = {_run_of(part) for part in parts}
-        if len(runs) == 1 and (shard is None or runs == {shard.run}):
+        made = {part.get("shard", {}).get("made") for part in parts}
+        if len(runs) == 1 and len(made) == 1 and (shard is None or runs == {shard.run}):
             return parts
     return None
 
@@ -525,8 +530,10 @@ def _prepare_shard(output: str, shard: ShardSpec, *, overwrite: bool) -> bool:
     """:func:`prepare_output` for one pod of a sharded run.
 
     Without ``overwrite`` it skips a committed output (``_SUCCESS``, or a complete set of one run's shards)
-    and its shard if some run committed it: a shard of another run (a Job deleted and applied again) is
-    *adopted*, its manifest relabelled with this run, so that the resumed run's set can complete.
+    and its shard if some run committed it from the same settings and code: a shard of another run (a Job deleted
+    and applied again) is *adopted*, its manifest relabelled with this run, so that the resumed run's set can
+    complete. A shard made otherwise (a setting changed in between) is made again: adopted, the set would mix two
+    settings under a ``_SUCCESS`` that names one.
 
     With ``overwrite`` it removes ``_SUCCESS``, its own shard's manifest and every manifest of *another* run or
     shard count, even when its own shard was never committed: else the old set stays complete and is what
@@ -538,7 +545,7 @@ def _prepare_shard(output: str, shard: ShardSpec, *, overwrite: bool) -> bool:
             return False
         own = shard_manifest_uri(output, shard)
         part = _read_if_there(own)
-        if part is None:
+        if part is None or part.get("shard", {}).get("made") != shard.made:
             return True
         if _run_of(part) != shard.run:
             storage.write_json(own, {**part, "shard": {**part.get("shard", {}), "run": shard.run}})

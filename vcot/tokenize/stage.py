@@ -525,8 +525,9 @@ def _commit(
 
 def tokenize(config: TokenizeConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    shard = config.shard
     mixture = resolve_mixture(config)
+    # The mixture file's content is part of what the shards are made of: edited in place, it is another run.
+    shard = manifest.shard_of(config, {"mixture_sha256": mixture.sha256} if mixture.sha256 else None)
     _check_inputs(config, mixture)
     # The processor (no weights) before the output is claimed: a source budget it cannot take fails before
     # --overwrite deletes anything or a record is read.
