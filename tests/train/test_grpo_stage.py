@@ -168,9 +168,18 @@ def test_killed_grpo_run_resumes_to_the_same_adapter(
         resumed = load(handle.read())
     reference = load_file(f"{grpo_run}/adapter/adapter_model.safetensors")
     assert max((resumed[name] - reference[name]).abs().max().item() for name in reference) < 1e-6
-    curve = [(e["step"], e["reward"]) for e in storage.read_json(f"{output}/metrics.json")["log_history"] if "reward" in e]
-    expected = [(e["step"], e["reward"]) for e in json.loads((Path(grpo_run) / "metrics.json").read_text())["log_history"] if "reward" in e]  # fmt: skip
+    metrics = storage.read_json(f"{output}/metrics.json")
+    reference_metrics = json.loads((Path(grpo_run) / "metrics.json").read_text())
+    curve = [(e["step"], e["reward"]) for e in metrics["log_history"] if "reward" in e]
+    expected = [(e["step"], e["reward"]) for e in reference_metrics["log_history"] if "reward" in e]
     assert curve == expected  # the history spans the killed session too, and the resumed rollouts are the same
+    # The pointer's decision reads the kept checkpoint's score: the resumed weights (step 2) were scored again at the
+    # restart, never kept, and their score counted as the run's end.
+    metric = metrics["held_out"]["metric"]
+    assert [e["step"] for e in metrics["log_history"] if metric in e] == [
+        e["step"] for e in reference_metrics["log_history"] if metric in e]  # fmt: skip
+    held, reference_held = metrics["held_out"], reference_metrics["held_out"]
+    assert (held["start"], held["end"]) == pytest.approx((reference_held["start"], reference_held["end"]))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -323,6 +323,8 @@ def run_training(trainer: Any, folders: RunFolders) -> Any:
     trainer.remove_callback(ProgressCallback)  # a recipe's trainer: {disable_tqdm: false} would add it back
     trainer.remove_callback(TensorBoardCallback)  # the recipe's report_to added one writing into the trainer's folder
     resume_from = restore(folders)
+    if resume_from is not None:  # the start was scored in the first session (its score is in the restored history)
+        trainer.args.eval_on_start = False
     # First of all callbacks: the trackers (TensorBoard here, W&B or MLflow from report_to) log what it leaves.
     resumed_at = checkpoint_step(resume_from.name) if resume_from else None
     trainer.callback_handler.callbacks.insert(0, NoLossWithoutSteps(resumed_at))

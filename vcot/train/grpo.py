@@ -541,7 +541,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "records": records,
         "zero_advantage_logs": zero_advantage.count,
-        "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
+        "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed, trainer.state.best_metric),
         "log_history": history,
     }
     stats = {"global_step": trainer.state.global_step, "records": records, "rewards": reward_curves(history)}

@@ -219,10 +219,14 @@ def pointed_score(
     return score
 
 
-def held_out_summary(log_history: list[dict[str, Any]], metric: str, pointed: float | None) -> dict[str, Any]:
+def held_out_summary(
+    log_history: list[dict[str, Any]], metric: str, pointed: float | None, kept: float | None
+) -> dict[str, Any]:
     """What :func:`decide` reads from an RL run's metrics: the held-out ``metric`` at the start, at the kept
-    checkpoint, and of the model the pointer named."""
+    checkpoint (``kept``: the trainer's ``state.best_metric``, the score of the weights it commits), and of the
+    model the pointer named. Not the best score logged: a resumed run also scores the weights it resumed from,
+    which are never kept."""
     from vcot.train.generation_eval import held_out_scores
 
-    start, end = held_out_scores(log_history, metric)
-    return {"metric": metric, "start": start, "end": end, "pointed": pointed}
+    start, _ = held_out_scores(log_history, metric)
+    return {"metric": metric, "start": start, "end": kept, "pointed": pointed}

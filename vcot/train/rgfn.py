@@ -335,7 +335,8 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     history = trainer.state.log_history
     records = {"used": len(rows), "skipped": dict(skipped)}
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
-               "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed),
+               "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed,
+                                                  trainer.state.best_metric),
                "log_history": history}
     stats = {"global_step": trainer.state.global_step, "records": records, "train_loss": result.metrics.get("train_loss")}
     return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats)
