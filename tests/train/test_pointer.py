@@ -76,6 +76,42 @@ def test_a_rerun_never_moves_a_pointer_the_run_was_refused(tmp_path: Path) -> No
     assert storage.read_json(pointer_uri)["run"] == run.output
 
 
+def test_a_run_overtaken_while_it_trained_does_not_overwrite_the_pointer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two RL runs of a sweep start from the SFT run the pointer names; A ends first, better, and moves it; B beats
+    the SFT run but not A, and overwrote A."""
+    configure_logging("console")
+    run_b, sft = config(tmp_path), str(tmp_path / "runs" / "sft")
+    storage.write_json(run_b.pointer_uri, run_pointer(sft, "m"))
+    held_out = {"held_out": {"metric": METRIC, "start": 0.50, "end": 0.55, "pointed": None, "named": sft}}
+    decision = decide(run_b, "grpo", held_out)
+    assert decision.move and decision.replaces == sft
+    run_a = str(tmp_path / "runs" / "grpo-a")
+    storage.write_json(run_b.pointer_uri, run_pointer(run_a, "m"))  # A finished meanwhile
+    publish(run_b, decision, "lora")
+    assert storage.read_json(run_b.pointer_uri)["run"] == run_a
+    line = next(line for line in capsys.readouterr().err.splitlines() if "pointer not moved" in line)
+    assert "another run moved it meanwhile" in line and run_a in line
+    publish(config(tmp_path, force_pointer=True), decision, "lora")
+    assert storage.read_json(run_b.pointer_uri)["run"] == run_b.output
+
+
+def test_a_rerun_publishes_a_run_killed_before_it_moved_the_pointer(tmp_path: Path) -> None:
+    """Killed between _SUCCESS and the pointer write: the pointer still names the run this one was to replace, which
+    the rerun kept as "another run's", so a run decided to move it was never published."""
+    run, sft = config(tmp_path), str(tmp_path / "runs" / "sft")
+    storage.write_json(run.pointer_uri, run_pointer(sft, "m"))
+    decision = decide(run, "grpo", {"held_out": {"metric": METRIC, "start": 0.5, "end": 0.6, "pointed": None,
+                                                 "named": sft}})  # fmt: skip
+    manifest.commit(run.output, stage="train", files=[], config={"model": "m"}, stats={"pointer": decision.to_dict()})
+    ensure_pointer(run)
+    assert storage.read_json(run.pointer_uri)["run"] == run.output
+    storage.write_json(run.pointer_uri, run_pointer(str(tmp_path / "runs" / "newer"), "m"))
+    ensure_pointer(run)  # a pointer naming any other run is left alone
+    assert storage.read_json(run.pointer_uri)["run"] == str(tmp_path / "runs" / "newer")
+
+
 def test_a_rerun_of_an_rl_run_committed_without_a_decision_keeps_the_pointer(tmp_path: Path) -> None:
     """Committed without --update-pointer, the run's held-out check was never made: a rerun with it cannot publish."""
     run = config(tmp_path)

@@ -503,6 +503,7 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     model, processor = load_policy(config.model, recipe, fmt, init_adapter=config.init_adapter)
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
+    named = pointer.named_run(config)  # the run the pointer names when this run is compared with it
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
                                    sharded=bool(recipe.sharding))
     zero_advantage = ZeroAdvantageWarning()
@@ -541,7 +542,9 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         "global_step": trainer.state.global_step,
         "records": records,
         "zero_advantage_logs": zero_advantage.count,
-        "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed, trainer.state.best_metric),
+        "held_out": pointer.held_out_summary(
+            history, recipe.metric_for_best_model, pointed, trainer.state.best_metric, named
+        ),
         "log_history": history,
     }
     stats = {"global_step": trainer.state.global_step, "records": records, "rewards": reward_curves(history)}

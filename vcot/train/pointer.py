@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vcot.errors import MissingError
@@ -45,6 +45,9 @@ class PointerDecision:
     start: float | None = None
     end: float | None = None
     pointed: float | None = None
+    replaces: str | None = None
+    """The run the pointer named when this run was compared with it (``None``: no pointer): the pointer moves only
+    from that run, so a run that another run overtook meanwhile (a sweep) does not overwrite it."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,17 +144,30 @@ def pointed_metrics(model: Any, measure: Callable[[Any], dict[str, float]], adap
         model.delete_adapter(POINTER_ADAPTER)
 
 
+def named_run(config: TrainConfig) -> str | None:
+    """The run the pointer names now (``None``: no pointer, or none asked for: no ``--update-pointer``)."""
+    current = read_pointer(config.pointer_uri) if config.update_pointer else None
+    return str(current["run"]) if current and current.get("run") else None
+
+
 def decide(config: TrainConfig, method: str, metrics: dict[str, Any]) -> PointerDecision:
     """Whether this run moves the pointer (only asked with ``--update-pointer``)."""
     if method not in RL_METHODS:
-        return PointerDecision(True, "sft run")
+        return PointerDecision(True, "sft run", replaces=named_run(config))
     held_out = metrics.get("held_out") or {}
-    return rl_decision(held_out.get("metric"), held_out.get("start"), held_out.get("end"), held_out.get("pointed"),
-                       force=config.force_pointer)  # fmt: skip
+    decision = rl_decision(held_out.get("metric"), held_out.get("start"), held_out.get("end"),
+                           held_out.get("pointed"), force=config.force_pointer)  # fmt: skip
+    return replace(decision, replaces=held_out.get("named"))
 
 
 def publish(config: TrainConfig, decision: PointerDecision, finetune: str) -> None:
     """Move the pointer as decided, or say in one line why it stays."""
+    current = named_run(config)
+    if decision.move and current != decision.replaces and not config.force_pointer:
+        log.warning(f"pointer not moved: it named {decision.replaces or 'no run'} when this run was compared with it "
+                    f"and names {current or 'no run'} now (another run moved it meanwhile); the run is committed at "
+                    f"{config.output}, --force-pointer moves it anyway", pointer=config.pointer_uri)  # fmt: skip
+        return
     if decision.move:
         storage.write_json(config.pointer_uri, run_pointer(config.output, config.model, finetune=finetune))
         log.info("pointer_moved", pointer=config.pointer_uri, run=config.output, why=decision.reason)
@@ -167,10 +183,10 @@ def ensure_pointer(config: TrainConfig) -> None:
     ``--force-pointer`` writes it in every case.
 
     A pod killed between ``_SUCCESS`` and the pointer write left a finished run that scheduled evaluation
-    may never see; the retried pod skips training and writes the pointer here. A pointer that names another
-    run is left alone: nothing tells an older run from a newer one, and moving the pointer back would have
-    the next scheduled evaluation score an older model (and flag a regression). The base model is the one
-    the committed run recorded.
+    may never see; the retried pod skips training and writes the pointer here, also over the run the decision
+    recorded it would replace (``stats.pointer.replaces``). A pointer that names any other run is left alone:
+    nothing tells an older run from a newer one, and moving the pointer back would have the next scheduled
+    evaluation score an older model (and flag a regression). The base model is the one the committed run recorded.
     """
     committed = manifest.read_manifest(config.output)
     recorded = committed.get("config", {})
@@ -188,7 +204,8 @@ def ensure_pointer(config: TrainConfig) -> None:
     if current == expected:
         return
     names_another = current is not None and str(current.get("run", "")).rstrip("/") != config.output.rstrip("/")
-    if names_another and not config.force_pointer:
+    replaced = current is not None and decided.get("replaces") == current.get("run")  # killed before it moved it
+    if names_another and not replaced and not config.force_pointer:
         log.info("pointer_kept", pointer=config.pointer_uri, run=config.output, points_to=current.get("run"))
         return
     storage.write_json(config.pointer_uri, expected)
@@ -220,13 +237,13 @@ def pointed_score(
 
 
 def held_out_summary(
-    log_history: list[dict[str, Any]], metric: str, pointed: float | None, kept: float | None
+    log_history: list[dict[str, Any]], metric: str, pointed: float | None, kept: float | None, named: str | None
 ) -> dict[str, Any]:
     """What :func:`decide` reads from an RL run's metrics: the held-out ``metric`` at the start, at the kept
-    checkpoint (``kept``: the trainer's ``state.best_metric``, the score of the weights it commits), and of the
-    model the pointer named. Not the best score logged: a resumed run also scores the weights it resumed from,
-    which are never kept."""
+    checkpoint (``kept``: the trainer's ``state.best_metric``, the score of the weights it commits), of the model
+    the pointer named (``pointed``), and which run it named then (``named``: :func:`named_run` at the start). Not
+    the best score logged: a resumed run also scored the weights it resumed from, which are never kept."""
     from vcot.train.generation_eval import held_out_scores
 
     start, _ = held_out_scores(log_history, metric)
-    return {"metric": metric, "start": start, "end": kept, "pointed": pointed}
+    return {"metric": metric, "start": start, "end": kept, "pointed": pointed, "named": named}

@@ -319,6 +319,7 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     # the trainer: RGFN's loss.
     check_scratch(folders, recipe, model)
     watched = held_out(processor, fmt, recipe, [config.data]) if recipe.generation_eval_samples else None
+    named = pointer.named_run(config)  # the run the pointer names when this run is compared with it
     pointed = pointer.pointed_score(config, model, watched, recipe.metric_for_best_model,
                                    sharded=bool(recipe.sharding))
     trainer_class = sharded_trainer(RGFNTrainer) if recipe.sharding else RGFNTrainer
@@ -335,8 +336,9 @@ def rgfn(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
     history = trainer.state.log_history
     records = {"used": len(rows), "skipped": dict(skipped)}
     metrics = {"train": result.metrics, "global_step": trainer.state.global_step, "records": records,
-               "held_out": pointer.held_out_summary(history, recipe.metric_for_best_model, pointed,
-                                                  trainer.state.best_metric),
+               "held_out": pointer.held_out_summary(
+                   history, recipe.metric_for_best_model, pointed, trainer.state.best_metric, named
+               ),
                "log_history": history}
     stats = {"global_step": trainer.state.global_step, "records": records, "train_loss": result.metrics.get("train_loss")}
     return commit_run(config, recipe, fmt, trainer, processor, folders, metrics=metrics, inputs=config.input_runs, stats=stats)
