@@ -3,6 +3,7 @@ is committed but does not move the pointer; --force-pointer moves it; a rerun ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -133,6 +134,8 @@ def test_only_another_adapter_of_the_same_base_and_format_is_compared(
     assert comparable_pointer(run, house) == f"{other}/adapter"
     assert comparable_pointer(run, ModelFormat.for_family("qwen2.5-vl", coords="qwen2.5-absolute")) is None
     assert "another model format" in capsys.readouterr().err
+    # An RGFN run (its Analyzer turn) against a published two-turn adapter: compared, each asked in its own layout.
+    assert comparable_pointer(run, dataclasses.replace(house, layout="rationale_turn")) == f"{other}/adapter"
     storage.write_json(run.pointer_uri, run_pointer(other, "another-base"))
     assert comparable_pointer(run, house) is None
     storage.write_json(run.pointer_uri, run_pointer(run.output, "m"))  # this output's own run (--overwrite)
@@ -158,6 +161,25 @@ def test_a_sharded_run_of_several_ranks_does_not_score_the_pointed_model_and_say
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert pointed_score(run, object(), watched, METRIC, sharded=True) is None
     assert scored == [] and "a sharded run does not score the pointed model" in capsys.readouterr().err
+
+
+def test_the_pointed_adapter_is_asked_in_its_own_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RGFN run is watched in its Analyzer-turn layout; the published two-turn adapter it must beat answers in the
+    assistant turn, so it is scored asked that way. Before, the formats differed and it was never compared."""
+    from vcot.train.generation_eval import HeldOut
+    from vcot.train.pointer import pointed_score
+
+    run, house = config(tmp_path), ModelFormat.for_family("qwen2.5-vl")
+    other = str(tmp_path / "runs" / "other")
+    storage.write_json(f"{other}/adapter/{MODEL_CARD}", house.to_dict())
+    storage.write_json(run.pointer_uri, run_pointer(other, "m"))
+    asked: list[str] = []
+    watched = HeldOut(records=[], measure=lambda model: {}, fmt=dataclasses.replace(house, layout="rationale_turn"),
+                      measure_in=lambda model, fmt: asked.append(fmt.layout) or {METRIC: 0.61})  # fmt: skip
+    # The measurement alone: loading the adapter beside a real policy is test_train_stage's.
+    monkeypatch.setattr("vcot.train.pointer.pointed_metrics", lambda model, measure, adapter: measure(model))
+    assert pointed_score(run, object(), watched, METRIC) == 0.61
+    assert asked == ["two_turn"]
 
 
 def test_update_pointer_on_an_rl_run_needs_its_held_out_evaluation(tmp_path: Path) -> None:

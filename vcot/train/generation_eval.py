@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from transformers import TrainerCallback
@@ -140,6 +140,8 @@ class HeldOut:
     records: list[dict[str, Any]]
     measure: Callable[[Any], dict[str, float]]
     fmt: ModelFormat
+    measure_in: Callable[[Any, ModelFormat], dict[str, float]] | None = None
+    """The same measurement with the model asked in another format (another model's layout: the pointed adapter)."""
 
 
 def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: Sequence[str]) -> HeldOut:
@@ -158,7 +160,11 @@ def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: S
         box_aware_penalty=True,
     )
     log.info("generation_eval_slice", samples=len(records), every=recipe.generation_eval_steps or "every evaluation")
-    return HeldOut(records, lambda model: generation_metrics(model, processor, records, settings), fmt)
+
+    def measure_in(model: Any, other: ModelFormat) -> dict[str, float]:
+        return generation_metrics(model, processor, records, replace(settings, fmt=other))
+
+    return HeldOut(records, lambda model: measure_in(model, fmt), fmt, measure_in)
 
 
 def generation_eval(

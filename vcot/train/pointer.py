@@ -110,7 +110,8 @@ def read_pointer(uri: str) -> dict[str, Any] | None:
 
 def comparable_pointer(config: TrainConfig, fmt: ModelFormat) -> str | None:
     """The adapter the pointer names when an RL run must also beat it: another adapter on the run's base model
-    that writes boxes in the run's format ``fmt`` (the adapter the run continues is its start, scored anyway).
+    that writes boxes in the run's format ``fmt``, whatever its turn layout (an RGFN run's Analyzer turn against a
+    published two-turn model: each is asked in its own; the adapter the run continues is its start, scored anyway).
     ``None`` otherwise, said once when not comparable."""
     from vcot.models.loading import adapter_format
 
@@ -122,7 +123,7 @@ def comparable_pointer(config: TrainConfig, fmt: ModelFormat) -> str | None:
         return None
     if not adapter or current.get("base_model") != config.model:
         why = "it names a model on another base" if adapter else "it names a full fine-tune"
-    elif adapter_format(str(adapter)) != fmt:
+    elif (found := adapter_format(str(adapter))) is None or replace(found, layout=fmt.layout) != fmt:
         why = "its adapter writes boxes in another model format"
     else:
         return str(adapter)
@@ -229,8 +230,13 @@ def pointed_score(
         log.warning("pointer_not_compared", pointer=config.pointer_uri, names=adapter,
                     hint="a sharded run does not score the pointed model: only the run's start is compared")  # fmt: skip
         return None
+    from vcot.models.loading import adapter_format
+
+    own = adapter_format(adapter)
+    measure = watched.measure if own == watched.fmt or watched.measure_in is None else (
+        lambda policy: watched.measure_in(policy, own))  # fmt: skip  # asked in its own layout
     # Rank 0 alone (the others wait for its score): data-parallel ranks would all compute the same score.
-    score = pointed_metrics(model, watched.measure, adapter)[metric] if distributed.is_main() else math.nan
+    score = pointed_metrics(model, measure, adapter)[metric] if distributed.is_main() else math.nan
     score = distributed.from_main(score)
     log.info("pointer_scored", adapter=adapter, **{metric: round(score, 4)})
     return score
