@@ -7,6 +7,7 @@ format, so the GRPO runs continue a short SFT run's adapter, as ``make local-grp
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -279,6 +280,23 @@ def test_model_format_from_the_card_of_a_full_finetune(tmp_path: Path) -> None:
     run = tmp_path / "train"
     with pytest.raises(ConfigError, match=f"^{run} is a full fine-tune: pass --model {model} without --init-adapter$"):
         grpo_format(config(init_adapter=f"{run}/adapter"))
+
+
+def test_an_adapter_trained_on_another_base_is_refused_before_the_model_loads(
+    sft_adapter: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A Qwen3-VL SFT adapter continued on a Qwen2.5-VL --model (GRPO and RGFN read the card the same way) ended in
+    PEFT's KeyError after the model loaded, exit 1: a Job retried it."""
+    foreign = shutil.copytree(sft_adapter, tmp_path / "adapter")
+    card = json.loads((foreign / "vcot-model.json").read_text())
+    card["base_model"] = "s3://elsewhere/qwen3-vl"
+    card["base_architecture"] = {**card["base_architecture"], "model_type": "qwen3_vl"}
+    (foreign / "vcot-model.json").write_text(json.dumps(card))
+    config = TrainConfig(data="d", model=str(tiny_model_dir), output=str(tmp_path / "out"), recipe="tiny-cpu-grpo",
+                         init_adapter=str(foreign))  # fmt: skip
+    with pytest.raises(ConfigError, match="is not the base model the adapter was trained on .*qwen3_vl.*pass --model "
+                                          "s3://elsewhere/qwen3-vl"):  # fmt: skip
+        grpo_format(config)
 
 
 def test_images_that_disagree_with_the_record_or_do_not_load_are_handled(

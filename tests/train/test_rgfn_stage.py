@@ -12,7 +12,7 @@ from safetensors.torch import load, load_file
 
 from tests.conftest import LogMode
 from tests.train.train_helpers import UNWATCHED, WATCH, assert_train_progress, rgfn_trainer, run_until_killed
-from vcot.errors import StorageError
+from vcot.errors import ConfigError, StorageError
 from vcot.io import manifest, storage
 from vcot.models.loading import read_model_card
 from vcot.train import TrainConfig, train
@@ -161,3 +161,13 @@ def test_rgfn_shows_its_progress_in_both_log_formats(
             "--threads", "1"]
     assert main(argv) == 0
     assert_train_progress(capsys.readouterr().err, log_mode.fmt, total=2)
+
+
+def test_a_model_whose_chat_template_drops_the_analyzer_turn_is_refused_before_it_loads(tiny_qwen3vl_dir: Path) -> None:
+    """Qwen3-VL's template renders no Analyzer turn: the run loaded the model and crashed in its first step (exit 1,
+    retried by a Job); tokenize already refuses the layout."""
+    from vcot.train.rgfn import rgfn_format
+
+    config = TrainConfig(data="d", model=str(tiny_qwen3vl_dir), output="o", recipe="tiny-cpu-rgfn")
+    with pytest.raises(ConfigError, match="cannot render one: its chat template drops turns of the Analyzer role"):
+        rgfn_format(config)

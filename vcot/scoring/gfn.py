@@ -62,11 +62,16 @@ def interpolate_log_rewards(anchors: list[int], values: list[float], length: int
     linear in between, so every state up to the terminal one has a reward (the released code left the
     states after the last anchor at 0). Non-empty states shorter than ``min_length`` get
     :data:`MIN_LENGTH_LOG_REWARD`, except the terminal one.
+
+    >>> interpolate_log_rewards([0, 4], [-8.0, -4.0], 4).tolist()
+    [-8.0, -7.0, -6.0, -5.0, -4.0]
+    >>> interpolate_log_rewards([0], [-7.5], 0).tolist()  # an empty rationale: its one state's own reward
+    [-7.5]
     """
     if not anchors or anchors[0] != 0 or anchors[-1] != length or len(values) != len(anchors):
         raise ValueError("anchors must start at 0, end at length and match values one to one")
     states = torch.arange(length + 1, dtype=torch.float64)
-    out = torch.empty(length + 1, dtype=torch.float64)
+    out = torch.full((length + 1,), float(values[0]), dtype=torch.float64)  # length 0: no span below sets it
     for (left, right), (v_left, v_right) in zip(itertools.pairwise(anchors), itertools.pairwise(values), strict=True):
         span = states[left : right + 1]
         out[left : right + 1] = v_left + (v_right - v_left) * (span - left) / (right - left)

@@ -38,6 +38,7 @@ from vcot.models.loading import (
     MODEL_CARD,
     Precision,
     adapter_format,
+    check_base_model,
     load_processor_for,
     machine_precision,
     model_family,
@@ -89,9 +90,11 @@ def grpo_format(config: TrainConfig) -> ModelFormat:
     fmt = adapter_format(config.init_adapter)
     if fmt is None:
         raise VcotError(f"{config.init_adapter} has no {MODEL_CARD}: pass the adapter/ folder of a committed train run")
-    trained_on = read_model_card(config.init_adapter).get("base_model")
-    if trained_on != config.model:
-        log.warning("model_differs", adapter_base=trained_on, training=config.model, hint="the adapter needs its base")
+    card = read_model_card(config.init_adapter)
+    if card.get("base_model") != config.model:
+        check_base_model(card, config.model)  # another family or size: one line, not PEFT's KeyError after loading
+        log.warning("model_differs", adapter_base=card.get("base_model"), training=config.model,
+                    hint="the adapter needs its base")  # fmt: skip
     return _coords_repeat(config, fmt, config.init_adapter)
 
 

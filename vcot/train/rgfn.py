@@ -29,12 +29,12 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from vcot.errors import VcotError
+from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
-from vcot.grounding.prompts import build_messages, prompt_turns, turn_prefix
+from vcot.grounding.prompts import build_messages, prompt_turns, rationale_turn_problem, turn_prefix
 from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
-from vcot.models.loading import image_token_types, machine_precision, vision_token_ids
+from vcot.models.loading import image_token_types, load_processor_for, machine_precision, vision_token_ids
 from vcot.scoring import gfn
 from vcot.train import distributed, pointer
 from vcot.train.common import (
@@ -291,6 +291,10 @@ def rgfn_format(config: TrainConfig) -> ModelFormat:
     """GRPO's format rules (the continued adapter's card, else the card of a --model vcot wrote, else the base's), in
     the rationale_turn layout."""
     fmt = grpo_format(config)
+    problem = rationale_turn_problem(load_processor_for(config.model))
+    if problem is not None:  # before any weight loads; as tokenize refuses the layout
+        raise ConfigError(f"RGFN asks the model in an {RATIONALE_ROLE} turn, and {config.model} ({fmt.family}) "
+                          f"cannot render one: {problem}. Use a Qwen2.5-VL model for RGFN (docs/train.md, RGFN)")  # fmt: skip
     if fmt.layout != "rationale_turn":
         log.warning("layout_differs", adapter=config.init_adapter or None, layout=fmt.layout,
                     hint="RGFN's rewards assume an SFT model trained with tokenize --layout rationale_turn")
