@@ -38,6 +38,8 @@ def test_settings_are_pinned_by_the_first_start_and_compared_on_a_resume(tmp_pat
     _checkpoint(remote, 2, {})
     assert settings_change(str(remote), {**first, "learning_rate": 1.0}) is None  # the second start's own
     assert settings_change(str(remote), {**first, "learning_rate": 1.0, "max_steps": 20}) is None  # longer: free
+    slice_ = settings_change(str(remote), {**first, "learning_rate": 1.0, "generation_eval_samples": 64})
+    assert slice_ == "generation_eval_samples: None -> 64"  # the scores so far, and an RL run's start, are on the old one
     patience = settings_change(str(remote), {**first, "learning_rate": 1.0, "early_stopping_patience": 5})
     assert patience == "early_stopping_patience: None -> 5"  # restored with the checkpoint: a new one would be ignored
     changed = settings_change(str(remote), {**first, "lora_target_modules": ("q_proj", "v_proj"), "data": "s3://b/e"})

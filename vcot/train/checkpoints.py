@@ -63,12 +63,13 @@ FREE_ON_RESUME = frozenset({
     "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",  # another GPU count
     "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing",
     "logging_steps", "save_steps", "eval_steps", "save_total_limit", "report_to", "dataloader_num_workers",
-    "per_device_eval_batch_size", "generation_eval_samples", "generation_eval_steps", "generation_eval_max_new_tokens",
-    "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
+    "per_device_eval_batch_size", "generation_eval_steps", "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
 })
 """Settings a resumed run may change: its length, how it is laid out on the GPUs, what it logs, keeps and reports.
 Any other change would continue the checkpoints' optimizer, schedule, adapter, data order or early stopping (its
-patience and threshold are restored with it) as another run."""
+patience and threshold are restored with it) as another run. Not the held-out slice or its token budget
+(``generation_eval_samples``, ``..._max_new_tokens``): the checkpoints' scores, the best one kept and an RL run's
+start would then be measured on another slice than the rest."""
 
 
 def settings_change(remote: str, settings: dict[str, Any]) -> str | None:
