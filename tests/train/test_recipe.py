@@ -287,6 +287,15 @@ def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) 
         load_recipe("tiny-cpu-grpo", overrides)
 
 
+def test_grpo_groups_are_checked_against_the_global_batch_when_one_is_set() -> None:
+    """With global_batch_size the accumulation is derived from it: 4 a device and groups of 8 in a global batch of
+    16 generate whole groups, and were refused for 4 x the (ignored) accumulation of 1."""
+    overrides = "per_device_train_batch_size=4,gradient_accumulation_steps=1,num_generations=8"
+    assert load_recipe("tiny-cpu-grpo", f"{overrides},global_batch_size=16").global_batch_size == 16
+    with pytest.raises(VcotError, match="global_batch_size=12 must be a multiple of num_generations=8"):
+        load_recipe("tiny-cpu-grpo", f"{overrides},global_batch_size=12")
+
+
 def test_rgfn_recipes_say_why_for_every_knob() -> None:
     for name in ("qwen2.5-vl-7b-rgfn", "tiny-cpu-rgfn"):
         recipe = load_recipe(name)

@@ -341,7 +341,8 @@ class Recipe:
 
     def _check_grpo(self) -> None:
         """What TRL would refuse later (or silently ignore), refused before any model is loaded."""
-        if (self.per_device_train_batch_size * self.gradient_accumulation_steps) % self.num_generations:
+        per_step = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if not self.global_batch_size and per_step % self.num_generations:  # else the accumulation is derived
             raise ConfigError(
                 "recipe per_device_train_batch_size x gradient_accumulation_steps must be a multiple of "
                 f"num_generations={self.num_generations}: each step generates whole groups"
