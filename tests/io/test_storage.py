@@ -142,6 +142,26 @@ def test_unreachable_endpoint_gives_one_clear_error(s3_bucket: str, monkeypatch:
     assert not isinstance(info.value, MissingError)
 
 
+def test_a_streamed_write_s3_refuses_is_a_storage_error(real_s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read-only credentials pass the bucket check; a shard writer then learns it may not write when the upload
+    starts or, for a small object, when it is closed. Both escaped as botocore's own errors: logged as a crash (a
+    bug) with a traceback, and not an outage to the loops that must stop on one."""
+    from botocore.exceptions import ClientError
+
+    from vcot.errors import storage_outage
+
+    def refused(**kwargs: object) -> None:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject")
+
+    for call in ("put_object", "create_multipart_upload", "upload_part", "complete_multipart_upload"):
+        monkeypatch.setattr(storage.s3_client(), call, refused)
+    with pytest.raises(StorageError, match="S3 refused access to bucket 'vcot'.*AccessDenied") as info:
+        shards.write_jsonl(f"{real_s3}/refused", "train/00000-of-00001.jsonl.gz", [{"a": 1}])
+    assert storage_outage(info.value)
+    with pytest.raises(StorageError, match="AccessDenied"), storage.open_uri(f"{real_s3}/refused/x.bin", "wb") as out:
+        out.write(b"x")
+
+
 def test_missing_bucket_and_missing_key(s3_bucket: str, tmp_path: Path) -> None:
     """A missing key or file is one bad input (MissingError: a stage rejects that record); a missing bucket is a
     setting to fix, and stops the stage."""

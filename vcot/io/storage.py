@@ -311,7 +311,9 @@ def storage_errors(uri: str) -> Iterator[None]:
     except Exception as raised:  # botocore raises many types; classify by name and code, re-raise the rest
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-        exc = getattr(raised, "backend_error", raised)  # smart_open wraps botocore errors in OSError
+        exc = getattr(raised, "backend_error", raised)  # smart_open wraps botocore errors in OSError...
+        if not isinstance(exc, (ClientError, BotoCoreError)) and isinstance(raised.__cause__, (ClientError, BotoCoreError)):
+            exc = raised.__cause__  # ...or in a ValueError ("the bucket ... does not exist, or is forbidden")
 
         if isinstance(exc, NoCredentialsError):
             raise StorageError(
@@ -344,6 +346,7 @@ def storage_errors(uri: str) -> Iterator[None]:
 def open_uri(uri: str, mode: str = "rb", *, compression: str = "disable") -> Iterator[IO[Any]]:
     """Open a URI like ``open``. Compression is off unless asked (``"infer_from_extension"``)."""
     import smart_open
+    import smart_open.s3
 
     if not is_s3(uri):
         path = local_path(uri)
@@ -354,10 +357,12 @@ def open_uri(uri: str, mode: str = "rb", *, compression: str = "disable") -> Ite
     else:
         split_s3(uri)
         params = {"client": s3_client()}
-    with storage_errors(uri):
+        # Our client retries (VCOT_S3_MAX_ATTEMPTS): smart_open would retry each failed connection 6 times more,
+        # 10 s apart, and then raise a bare OSError that names no endpoint.
+        smart_open.s3.RETRY.exceptions = []
+    with storage_errors(uri):  # closing too: an S3 write's last part and its completion are sent on close
         handle = smart_open.open(uri, mode, compression=compression, transport_params=params)
-    with handle:
-        with storage_errors(uri):
+        with handle:
             yield handle
 
 
