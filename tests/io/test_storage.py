@@ -173,6 +173,11 @@ def test_missing_bucket_and_missing_key(s3_bucket: str, tmp_path: Path) -> None:
     with pytest.raises(MissingError, match="does not exist"):
         storage.read_bytes(str(tmp_path / "missing.json"))
     assert storage.exists(f"{s3_bucket}/missing.json") is False
+    # HEAD answers 404 for a key in a bucket that does not exist too: not "no such file" (distill rejected every
+    # record's image as missing instead of stopping on a wrong bucket)
+    with pytest.raises(StorageError, match="bucket .no-such-bucket-vcot. does not exist") as info:
+        storage.exists("s3://no-such-bucket-vcot/images/1.png")
+    assert not isinstance(info.value, MissingError)
 
 
 def test_invalid_addressing_style_is_explained(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -307,3 +312,33 @@ def test_upload_dir_can_move_into_a_local_folder(tmp_path: Path) -> None:
     assert written == [str(tmp_path / "out" / "sub" / "model.safetensors")]
     assert (tmp_path / "out" / "sub" / "model.safetensors").read_bytes() == b"\x00\x01"
     assert not (source / "sub" / "model.safetensors").exists()
+
+
+def test_local_writers_of_one_file_in_one_process_never_share_a_temporary_file(tmp_path: Path) -> None:
+    """The temporary file was named by pid alone: threads (and pods on a shared volume, each pid 1) shared it, one
+    failed with FileNotFoundError and a reader could see a half-written file."""
+    import threading
+
+    path, document = tmp_path / "_SUCCESS", b"{" + b" " * 2_000_000 + b"}"
+    storage.write_bytes(str(path), document)
+    errors: list[BaseException] = []
+    torn: list[int] = []
+
+    def write() -> None:
+        for _ in range(20):
+            try:
+                storage.write_bytes(str(path), document)
+            except BaseException as exc:  # noqa: BLE001 - counted: none may fail
+                errors.append(exc)
+
+    def read() -> None:
+        for _ in range(200):
+            if (data := path.read_bytes()) != document:
+                torn.append(len(data))
+
+    threads = [threading.Thread(target=write) for _ in range(3)] + [threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and torn == []

@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import re
+import secrets
 import shutil
 import urllib.parse
 from collections.abc import Iterator
@@ -380,7 +381,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # A name of its own per writer: threads share a pid, and so do pods on a shared volume (each is pid 1).
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(8)}")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -420,9 +422,15 @@ def exists(uri: str) -> bool:
             s3_client().head_object(Bucket=bucket, Key=key)
             return True
         except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+            if str(exc.response.get("Error", {}).get("Code")) not in ("404", "NoSuchKey", "NotFound"):
+                raise
+    if bucket not in _FOUND_BUCKETS:  # HEAD's 404 does not say which is missing: a bucket is a setting to fix
+        check_access(f"s3://{bucket}")
+    return False
+
+
+_FOUND_BUCKETS: set[str] = set()
+"""Buckets :func:`check_access` found in this process."""
 
 
 def list_uris(prefix: str, suffix: str = "") -> list[str]:
@@ -485,6 +493,7 @@ def check_access(uri: str) -> None:
     with storage_errors(uri):
         try:
             s3_client().head_bucket(Bucket=bucket)
+            _FOUND_BUCKETS.add(bucket)
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
                 raise StorageError(
