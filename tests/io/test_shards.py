@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 from hypothesis import given, settings
@@ -94,3 +95,13 @@ def test_blocks_and_records_interleave_in_order_and_an_empty_shard_is_valid_gzip
     with shards.JsonlShardWriter(str(tmp_path), "empty.jsonl.gz") as empty:
         pass
     assert gzip.decompress((tmp_path / "empty.jsonl.gz").read_bytes()) == b"" and empty.close().records == 0
+
+
+def test_an_aborted_s3_shard_is_not_published(real_s3: str) -> None:
+    """abort() closed the upload as if done: a truncated, whole-looking gzip sat at the shard's final name (listed in
+    no manifest, but seen by anything that lists the prefix)."""
+    writer = shards.JsonlShardWriter(f"{real_s3}/aborted", "train/00000-of-00001.jsonl.gz")
+    for index in range(20_000):  # past the first multipart part: the upload is under way
+        writer.write({"i": index, "noise": os.urandom(64).hex()})
+    writer.abort()
+    assert storage.list_uris(f"{real_s3}/aborted") == []

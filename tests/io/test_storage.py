@@ -342,3 +342,13 @@ def test_local_writers_of_one_file_in_one_process_never_share_a_temporary_file(t
     for thread in threads:
         thread.join()
     assert errors == [] and torn == []
+
+
+@pytest.mark.parametrize("spelling", ["{root}//own", "{root}/./own", "file://{root}/own", "{root}/own/"])
+def test_a_local_listing_is_under_the_prefix_as_written(tmp_path: Path, spelling: str) -> None:
+    """rglob's paths are normalized: under `$DATA/own` with DATA ending in `/`, relative() of each listed file
+    failed, and converting a user's own folder stopped with a traceback."""
+    (tmp_path / "own" / "sub").mkdir(parents=True)
+    (tmp_path / "own" / "sub" / "a.jsonl").write_text("{}")
+    prefix = spelling.format(root=tmp_path)
+    assert [storage.relative(uri, prefix) for uri in storage.list_uris(prefix)] == ["sub/a.jsonl"]

@@ -106,6 +106,10 @@ def dumps_record(record: dict[str, Any]) -> str:
     return encode_record(record)[:-1].decode("utf-8")
 
 
+class ShardAborted(Exception):
+    """What an aborted shard writer closes its file with, so that an S3 upload is aborted, not completed."""
+
+
 class JsonlShardWriter:
     """Write records to ``root/path`` as JSON lines, gzipped when ``path`` ends in ``.gz``.
 
@@ -165,9 +169,11 @@ class JsonlShardWriter:
         return self.result
 
     def abort(self) -> None:
-        """Stop without finishing: whatever was written is not listed in any manifest."""
+        """Stop without finishing: whatever was written is listed in no manifest, and an S3 upload is aborted
+        rather than completed (closed as if done, the truncated shard would sit at its final name, whole-looking)."""
+        stopped = ShardAborted(self.path)
         try:
-            self._raw_cm.__exit__(None, None, None)
+            self._raw_cm.__exit__(ShardAborted, stopped, None)
         except Exception:  # noqa: BLE001 - best effort on an already failing path
             pass
 

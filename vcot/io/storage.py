@@ -440,8 +440,8 @@ def list_uris(prefix: str, suffix: str = "") -> list[str]:
         root = local_path(prefix)
         if not root.is_dir():
             return []
-        found = [
-            str(path) if not prefix.startswith(FILE_SCHEME) else FILE_SCHEME + str(path)
+        found = [  # under the prefix as written (relative() of each must work: rglob's paths are normalized)
+            f"{prefix}/{path.relative_to(root).as_posix()}"
             for path in root.rglob("*")
             if path.is_file() and not path.name.startswith(".") and path.name.endswith(suffix)
         ]
