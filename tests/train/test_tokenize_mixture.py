@@ -147,6 +147,8 @@ def test_a_source_s_own_pixel_budget_and_length_limit(
         ("sources: {a: {data: [s3://b/a, s3://b/a]}}", [], "source 'a' reads s3://b/a, so its val records"),
         ("sources: {a: {data: [s3://b/a, s3://b/a/]}}", [], "source 'a' reads s3://b/a, so its val records"),
         ("sources: {a: {data: [s3://b/a, S3://b/a]}}", [], "source 'a' reads s3://b/a, so its val records"),
+        ("sources: {a: {data: /data/a}, b: {data: 'file:///data//a'}}", [], "sources 'a' and 'b' both read"),
+        ("sources: {a: {data: [/data/a, /data/./a]}}", [], "source 'a' reads /data/a, so its val records"),
         ("sources: {input: {}, a: {data: s3://b/r/d}}", ["s3://b/r/d"], "sources 'input' and 'a' both read"),
         ("sources: {a: {data: s3://b/a, weight: 0}, b: {data: s3://b/b, samples: 0}}", [], "selects nothing"),
     ],

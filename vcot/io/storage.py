@@ -215,13 +215,17 @@ def absolute(uri: str) -> str:
 
 
 def place(uri: str) -> str:
-    """What ``uri`` names, to compare two spellings of it: the S3 scheme lowered, a relative path made absolute, no
-    trailing ``/``.
+    """What ``uri`` names, to compare two spellings of it: the S3 scheme lowered, no trailing ``/``; a local path
+    resolved (absolute, ``file://``, ``//``, ``./`` and symlinks). An S3 key's ``//`` is a key of its own.
 
     >>> place("S3://b/runs/r1/") == place("s3://b/runs/r1"), place("s3://b/r1") == place("s3://b/r2")
     (True, False)
+    >>> place("/tmp//x/./y/") == place("file:///tmp/x/y")
+    True
     """
-    return absolute(canonical(uri)).rstrip("/")
+    if is_s3(uri):
+        return canonical(uri).rstrip("/")
+    return os.path.realpath(local_path(check_uri(uri)))
 
 
 def join(base: str, *parts: str) -> str:
