@@ -197,6 +197,11 @@ def test_a_record_the_server_refuses_is_skipped_and_counted_unless_it_refuses_al
     details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
     assert details["skipped_samples"] == {"server_rejected": 1}
     assert overall(tmp_path / "eval")["samples"] == len(records) - 1
+    with FakeOpenAI(answer=planted, fault=lambda text, _: "400" if "picture 4" in text else None) as server:
+        asked_twice = ("--prompt-style", "both", "--server-cache", str(tmp_path / "both-cache"))
+        assert served(server, data, tmp_path / "both", *asked_twice) == 0
+    both = json.loads((tmp_path / "both" / "metrics.json").read_text())["details"]
+    assert both["skipped_samples"] == {"server_rejected": 1}  # records, as image_unreadable: not its two requests
     with FakeOpenAI(answer=planted, fault=lambda text, _: "400") as server:  # the model takes no images, say
         assert served(server, data, tmp_path / "none", "--server-cache", str(tmp_path / "fresh-cache")) == 1
     assert not (tmp_path / "none" / "metrics.json").exists()

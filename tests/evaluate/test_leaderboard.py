@@ -184,3 +184,14 @@ def test_the_page_shows_each_models_scores_in_chromium(built: Any, chromium: str
         assert best.get_attribute("class") == "best"
         assert best.evaluate("td => getComputedStyle(td).fontWeight") == "700"
         assert page.locator("#leaderboard").bounding_box()["width"] > 600
+
+
+def test_a_full_fine_tunes_model_shares_its_runs_row_and_another_model_folder_does_not(tmp_path: Path) -> None:
+    """A full fine-tune is evaluated as RUN/model (model mode) and as the run (the pointer's scheduled evaluation):
+    one row. A base model that merely lives in a folder named model/ keeps its own name."""
+    from vcot.evaluate.leaderboard import model_name
+
+    run = tmp_path / "runs" / "r3" / "train"
+    manifest.commit(str(run), stage="train", files=[], config={})
+    assert model_name({"model": f"{run}/model"}) == model_name({"run": str(run)}) == str(run)
+    assert model_name({"model": str(tmp_path / "base" / "model")}) == str(tmp_path / "base" / "model")

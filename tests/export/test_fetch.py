@@ -66,7 +66,7 @@ def test_a_committed_train_runs_own_model_folders_are_fetched(tmp_path: Path, ca
 def test_fetching_over_another_model_leaves_none_of_its_files(tmp_path: Path) -> None:
     """A sharded model's index left in DEST made the server load the earlier model's shards."""
     older = folder(tmp_path / "older", "config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors")
-    newer = folder(tmp_path / "newer", "config.json", "model.safetensors")
+    newer = folder(tmp_path / "newer", "config.json", "model.safetensors", ".gitattributes")
     dest = tmp_path / "served"
     assert main([str(older), str(dest)]) == 0 and main([str(newer), str(dest)]) == 0
-    assert sorted(p.name for p in dest.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in dest.iterdir()) == [".gitattributes", "config.json", "model.safetensors"]

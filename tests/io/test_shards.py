@@ -101,7 +101,7 @@ def test_an_aborted_s3_shard_is_not_published(real_s3: str) -> None:
     """abort() closed the upload as if done: a truncated, whole-looking gzip sat at the shard's final name (listed in
     no manifest, but seen by anything that lists the prefix)."""
     writer = shards.JsonlShardWriter(f"{real_s3}/aborted", "train/00000-of-00001.jsonl.gz")
-    for index in range(20_000):  # past the first multipart part: the upload is under way
+    for index in range(20_000):  # some 2 MB, under smart_open's first part: sent whole on close, had it been closed
         writer.write({"i": index, "noise": os.urandom(64).hex()})
     writer.abort()
     assert storage.list_uris(f"{real_s3}/aborted") == []

@@ -73,15 +73,15 @@ def model_name(details: dict[str, Any]) -> str:
 
     >>> model_name({"mode": "served", "served_model": "r1"}), model_name({"adapter": "s3://b/runs/r2/train/adapter"})
     ('r1', 's3://b/runs/r2/train')
-    >>> model_name({"model": "s3://b/runs/r3/train/model"})
-    's3://b/runs/r3/train'
     """
     adapter = str(details.get("adapter") or "").rstrip("/")
     model = str(details.get("model") or "").rstrip("/")
     if not details.get("run") and adapter.endswith("/adapter"):
         details = {**details, "run": adapter.removesuffix("/adapter")}
     elif not details.get("run") and not adapter and model.endswith("/model"):
-        details = {**details, "run": model.removesuffix("/model")}
+        run = model.removesuffix("/model")
+        if manifest.committed_stage(run) == "train":  # a full fine-tune's model/, not any folder named model
+            details = {**details, "run": run}
     for key in ("served_model", "run", "adapter", "model", "predictions"):
         if details.get(key):
             return str(details[key]).rstrip("/")

@@ -137,7 +137,7 @@ def served_responses(
             "samples_per_second": round(answered / seconds, 3) if seconds else 0.0,
         },
         "skipped_samples": {reason: count for reason, count in (("image_unreadable", len(unreadable)),
-                                                                ("server_rejected", len(got.rejected))) if count},
+                                                                ("server_rejected", len(set(got.rejected)))) if count},
         "served": got.spent,
     }
     return answers, details

@@ -23,6 +23,10 @@ def compare_styles(by_style: dict[str, dict[str, Any]]) -> dict[str, Any]:
     >>> table = compare_styles({"cot": cot, "direct": direct})
     >>> table["rows"][0]["answer_accuracy"], table["rows"][0]["answer_accuracy_difference"]
     ({'cot': 0.5, 'direct': 1.0}, -0.5)
+    >>> unjudged = {**cot, "overall": {**cot["overall"], "judge_score": None}}  # the judge scored none of them
+    >>> compare_styles({"cot": unjudged, "direct": {**direct, "overall": {**direct["overall"], "judge_score": 1.0}}}
+    ...                )["rows"][0]["judge_score_difference"] is None
+    True
     """
     styles = list(by_style)
     subsets = sorted({name for metrics in by_style.values() for name in metrics["subsets"]})
@@ -37,7 +41,8 @@ def compare_styles(by_style: dict[str, dict[str, Any]]) -> dict[str, Any]:
             if all(name in v for v in values.values()):
                 row[name] = {style: v[name] for style, v in values.items()}
                 if {"cot", "direct"} <= set(styles):
-                    row[f"{name}_difference"] = values["cot"][name] - values["direct"][name]
+                    cot, direct = values["cot"][name], values["direct"][name]
+                    row[f"{name}_difference"] = None if cot is None or direct is None else cot - direct
         rows.append(row)
     return {
         "styles": styles,

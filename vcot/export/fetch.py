@@ -56,12 +56,21 @@ def fetch_export(source: str, dest: Path) -> Path:
     if problem:
         raise ConfigError(problem)
     storage.download_prefix(source, dest)
-    held = {storage.relative(uri, source) for uri in storage.list_uris(source)}
+    held = _held(source)
     for stale in [path for path in dest.rglob("*") if path.is_file() and path.relative_to(dest).as_posix() not in held]:
         stale.unlink()  # an earlier model's shard index would make the server load the earlier shards
         log.info("stale_file_removed", path=str(stale))
     log.info("fetched", source=source, dest=str(dest), export=manifest.committed_stage(source) == "export")
     return dest
+
+
+def _held(source: str) -> set[str]:
+    """The relative paths of the files at ``source``, as :func:`storage.download_prefix` copies them (a local folder
+    whole, hidden files too)."""
+    if storage.is_s3(source):
+        return {storage.relative(uri, source) for uri in storage.list_uris(source)}
+    root = storage.local_path(source)
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
