@@ -93,11 +93,14 @@ def asked_otherwise(protocol: dict[str, Any] | None) -> dict[str, Any]:
 
     >>> asked_otherwise({"split": "val", "samples": 1, "temperature": 0.0, "max_samples": 20, "seed": 3})
     {'max_samples': 20}
-    >>> asked_otherwise(None)
-    {}
+    >>> asked_otherwise(None), asked_otherwise({"temperature": 0.0, "top_p": 0.9})  # greedy: top-p changes nothing
+    ({}, {})
     """
     given = protocol or {}
-    return {key: given[key] for key, default in ASKED.items() if given.get(key, default) != default}
+    differs = {key: given[key] for key, default in ASKED.items() if given.get(key, default) != default}
+    if not given.get("temperature"):
+        differs.pop("top_p", None)
+    return differs
 
 
 def comparable(entries: Sequence[dict[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
