@@ -157,7 +157,7 @@ def test_a_sharded_run_of_several_ranks_does_not_score_the_pointed_model_and_say
     storage.write_json(f"{other}/adapter/{MODEL_CARD}", house.to_dict())
     storage.write_json(run.pointer_uri, run_pointer(other, "m"))
     scored: list[object] = []
-    watched = HeldOut(records=[], measure=lambda model: scored.append(model) or {}, fmt=house)
+    watched = HeldOut(records=[], fmt=house, measure_in=lambda model, fmt: scored.append(model) or {})
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert pointed_score(run, object(), watched, METRIC, sharded=True) is None
     assert scored == [] and "a sharded run does not score the pointed model" in capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_the_pointed_adapter_is_asked_in_its_own_layout(tmp_path: Path, monkeypa
     storage.write_json(f"{other}/adapter/{MODEL_CARD}", house.to_dict())
     storage.write_json(run.pointer_uri, run_pointer(other, "m"))
     asked: list[str] = []
-    watched = HeldOut(records=[], measure=lambda model: {}, fmt=dataclasses.replace(house, layout="rationale_turn"),
+    watched = HeldOut(records=[], fmt=dataclasses.replace(house, layout="rationale_turn"),
                       measure_in=lambda model, fmt: asked.append(fmt.layout) or {METRIC: 0.61})  # fmt: skip
     # The measurement alone: loading the adapter beside a real policy is test_train_stage's.
     monkeypatch.setattr("vcot.train.pointer.pointed_metrics", lambda model, measure, adapter: measure(model))

@@ -65,12 +65,13 @@ def read_back(text: str, fmt: ModelFormat, width: int, height: int, output: str 
     parts, cursor = [], 0
     for found in parsed.boxes:
         start, end = found.span
-        mention = render_grounded(found.ref, found.box)
         if output == "response_norm1":  # the house tags around fractions instead of 0-1000 integers
             tags = BOX_TAGS["house"]
             fractions = "[" + ", ".join(f"{value / 1000:.3f}" for value in found.box) + "]"
             named = f"{tags.ref_open}{found.ref}{tags.ref_close}" if found.ref else ""
             mention = f"{named}{tags.box_open}{fractions}{tags.box_close}"
+        else:
+            mention = render_grounded(found.ref, found.box)
         parts += [text[cursor:start], mention]
         cursor = end
     return "".join(parts) + text[cursor:]

@@ -98,8 +98,7 @@ async def _ask_all(
     policy = RetryPolicy(endpoint.max_attempts, endpoint.backoff_base, endpoint.backoff_max)
     backend = LiveBackend(client, policy, endpoint.concurrency, ledger, secret=api_key, role=role, flags=flags,
                           skip_rejected=skip_rejected)  # fmt: skip
-    rejected: list[RequestRejected] = []
-    rejected_ids: list[str] = []
+    rejected: list[tuple[str, RequestRejected]] = []  # (record id, refusal)
     chat = CachedChat(endpoint.model, endpoint.params, cache, ledger, backend)
     ledger_uri = storage.join(endpoint.cache, "ledger", f"{writer}.json")
     progress = Progress(f"{role}_progress", len(requests), unit="answer")
@@ -117,8 +116,7 @@ async def _ask_all(
                 if not skip_rejected:
                     raise
                 log.warning(f"{role}_request_rejected", record_id=record_id, error=str(refused)[:300])
-                rejected.append(refused)
-                rejected_ids.append(record_id)
+                rejected.append((record_id, refused))
                 completion = None
         progress.update()
         return completion
@@ -128,11 +126,11 @@ async def _ask_all(
             outcomes = await asyncio.gather(*(ask(*request) for request in requests), return_exceptions=True)
     errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
     if rejected and not any(isinstance(outcome, Completion) for outcome in outcomes):
-        errors.append(rejected[0])  # every request refused: the endpoint's problem, not the records'
+        errors.append(rejected[0][1])  # every request refused: the endpoint's problem, not the records'
     if errors:  # a stop (SIGTERM) first, else the refusal or persistent failure that stopped the rest
         raise min(errors, key=lambda e: (isinstance(e, Exception), not isinstance(e, LLMError)))
     spent = {"model": endpoint.model, "cache": endpoint.cache, "ledger": ledger.to_dict(),
              "cache_answers": {"before": cached_before, "after": len(cache.entries)}}  # fmt: skip
     log.info(f"{role}_done", answers=len(requests), requests=ledger.requests, cache_hits=ledger.cache_hits,
              cost_usd=ledger.estimated_cost_usd())  # fmt: skip
-    return Asked(outcomes, spent, rejected_ids)  # type: ignore[arg-type]  # no exception is left among them
+    return Asked(outcomes, spent, [record_id for record_id, _ in rejected])  # type: ignore[arg-type]  # no exception is left among them

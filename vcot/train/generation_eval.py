@@ -134,14 +134,16 @@ def record_outputs_of(tokenized: str) -> list[str]:
 
 @dataclass(frozen=True)
 class HeldOut:
-    """The val slice a run is scored on, ``measure(model) -> {eval_gen_<metric>: value}`` on it, and the model
-    format its answers are read in."""
+    """The val slice a run is scored on, the model format its answers are read in, and ``measure_in(model, fmt) ->
+    {eval_gen_<metric>: value}`` on it, the model asked in ``fmt`` (another model's layout: the pointed adapter)."""
 
     records: list[dict[str, Any]]
-    measure: Callable[[Any], dict[str, float]]
     fmt: ModelFormat
-    measure_in: Callable[[Any, ModelFormat], dict[str, float]] | None = None
-    """The same measurement with the model asked in another format (another model's layout: the pointed adapter)."""
+    measure_in: Callable[[Any, ModelFormat], dict[str, float]]
+
+    def measure(self, model: Any) -> dict[str, float]:
+        """The run's own measurement: ``model`` asked in the run's format."""
+        return self.measure_in(model, self.fmt)
 
 
 def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: Sequence[str]) -> HeldOut:
@@ -164,7 +166,7 @@ def held_out(processor: Any, fmt: ModelFormat, recipe: Recipe, record_outputs: S
     def measure_in(model: Any, other: ModelFormat) -> dict[str, float]:
         return generation_metrics(model, processor, records, replace(settings, fmt=other))
 
-    return HeldOut(records, lambda model: measure_in(model, fmt), fmt, measure_in)
+    return HeldOut(records, fmt, measure_in)
 
 
 def generation_eval(
@@ -204,14 +206,11 @@ def watch_held_out(trainer: Any, slice_: HeldOut, recipe: Recipe) -> None:
     trainer.evaluate = evaluate
 
 
-def held_out_scores(log_history: Sequence[dict[str, Any]], metric: str) -> tuple[float | None, float | None]:
-    """``metric`` at the start (step 0) and the best after it, from a run's log history (``None``: not evaluated).
+def held_out_start(log_history: Sequence[dict[str, Any]], metric: str) -> float | None:
+    """``metric`` at the start (step 0), from a run's log history (``None``: not evaluated).
 
-    >>> held_out_scores([{"step": 0, "eval_gen_iou": 0.5}, {"step": 20, "eval_gen_iou": 0.6},
-    ...                  {"step": 40, "eval_gen_iou": 0.55}], "eval_gen_iou")
-    (0.5, 0.6)
+    >>> held_out_start([{"step": 0, "eval_gen_iou": 0.5}, {"step": 20, "eval_gen_iou": 0.6}], "eval_gen_iou")
+    0.5
     """
-    values = [(entry.get("step", 0), entry[metric]) for entry in log_history if isinstance(entry.get(metric), float)]
-    start = next((value for step, value in values if step == 0), None)
-    later = [value for step, value in values if step > 0]
-    return start, max(later) if later else None
+    return next((entry[metric] for entry in log_history
+                 if entry.get("step", 0) == 0 and isinstance(entry.get(metric), float)), None)  # fmt: skip

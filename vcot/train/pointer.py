@@ -232,9 +232,11 @@ def pointed_score(
         return None
     from vcot.models.loading import adapter_format
 
-    own = adapter_format(adapter)
-    measure = watched.measure if own == watched.fmt or watched.measure_in is None else (
-        lambda policy: watched.measure_in(policy, own))  # fmt: skip  # asked in its own layout
+    own = adapter_format(adapter)  # its format, its layout included: asked as it was trained
+
+    def measure(policy: Any) -> dict[str, float]:
+        return watched.measure_in(policy, own)
+
     # Rank 0 alone (the others wait for its score): data-parallel ranks would all compute the same score.
     score = pointed_metrics(model, measure, adapter)[metric] if distributed.is_main() else math.nan
     score = distributed.from_main(score)
@@ -249,7 +251,7 @@ def held_out_summary(
     checkpoint (``kept``: the trainer's ``state.best_metric``, the score of the weights it commits), of the model
     the pointer named (``pointed``), and which run it named then (``named``: :func:`named_run` at the start). Not
     the best score logged: a resumed run also scored the weights it resumed from, which are never kept."""
-    from vcot.train.generation_eval import held_out_scores
+    from vcot.train.generation_eval import held_out_start
 
-    start, _ = held_out_scores(log_history, metric)
+    start = held_out_start(log_history, metric)
     return {"metric": metric, "start": start, "end": kept, "pointed": pointed, "named": named}
