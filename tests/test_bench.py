@@ -63,6 +63,11 @@ SMOKE: dict[str, tuple[list[str], str]] = {
          "--evaluate-tokens", "4", "--concurrency", "2", "--output", "{output}"],
         "evaluation",
     ),
+    "sft_baseline_bench.py": (
+        ["--model", "tiny", "--recipe", "tiny-cpu", "--records", "12", "--batch", "4", "--max-side", "112",
+         "--warmup-steps", "1", "--output", "{output}"],
+        "same_tokens",
+    ),  # fmt: skip
     "structured_bench.py": (["--records", "2", "--tokens", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "sharding_bench.py": (["--model", "tiny", "--steps", "4", "--repeats", "1", "--output", "{output}"], "best"),
     "train_bench.py": (
