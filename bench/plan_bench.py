@@ -94,8 +94,10 @@ class LiveTensors:
 
 
 def model_folder(name: str, scratch: Path, full_depth: bool = False, device: str = "cpu") -> Path:
-    """A slice of a published model (cached), the whole model (``full_depth``, built in ``scratch``), or ``tiny``:
-    the tests' tiny Qwen2.5-VL (the smoke run)."""
+    """A slice of a published model (cached), the whole model (``full_depth``, built in ``scratch``), a model folder
+    (``name`` is its path), or ``tiny``: the tests' tiny Qwen2.5-VL (the smoke run)."""
+    if Path(name).is_dir():  # a model folder already built (bench/gpu_speed.sh's whole 7B)
+        return Path(name)
     if name == "tiny":
         from vcot.dev.tiny_model import build_tiny_qwen25vl
 
@@ -153,13 +155,18 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[i
     model, processor = load_policy(str(model_dir), shipped, fmt)
     if shipped.gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fused = shipped.method == "sft" and shipped.fused_lm_head
+    if fused:  # as the train stage scores SFT's loss (vcot.train.sft.use_fused_lm_head)
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
     model.train()
     shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
     results = []
     for batch in batches:
         recipe = load_recipe(recipe_name, _sizes(shipped.method, batch) + ",global_batch_size=0")
-        results.append({"recipe": recipe_name, **_measure_batch(model, processor, shape, tokens, recipe, batch,
-                                                                device, steps)})
+        results.append({"recipe": recipe_name, "fused_lm_head": fused,
+                        **_measure_batch(model, processor, shape, tokens, recipe, batch, device, steps)})
         print(json.dumps(results[-1]), flush=True)
         if device == "cuda":  # the step's optimizer and gradients, freed at return, leave the next step's peak
             gc.collect()
@@ -203,7 +210,7 @@ def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, r
 
     def step() -> tuple[float, int]:
         if recipe.method == "sft":
-            loss = model(**inputs).loss
+            loss = model(**inputs, **({"fused_lm_head": True} if recipe.fused_lm_head else {})).loss
         else:  # a policy-gradient step: log-probabilities of the completion's tokens only, as TRL computes them
             unlabelled = {key: value for key, value in inputs.items() if key != "labels"}
             logits = model(**unlabelled, logits_to_keep=completion + 1).logits[:, :-1]
@@ -283,7 +290,8 @@ def _tensors(value: Any) -> list[Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=CASES, help="recipe@model pairs (model: a published name, or tiny)")
+    parser.add_argument("--cases", default=CASES,
+                        help="recipe@model pairs (model: a published name, a model folder, or tiny)")
     parser.add_argument("--batches", default="1,2", help="micro-batch sizes to measure")
     parser.add_argument("--image-side", type=int, default=448, help="side of the square images (448: 256 tokens)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the steps run")
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases.split(","):
             recipe_name, model_name = case.split("@")
             model_dir = model_folder(model_name, scratch, args.full_depth, args.device)
-            tokens = str(scratch / f"tokens-{model_name}")
+            tokens = str(scratch / f"tokens-{Path(model_name).name}")
             if not manifest.committed_stage(tokens):
                 from vcot.tokenize import TokenizeConfig, tokenize
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+from trl.trainer.utils import add_fused_lm_head
 
 from vcot.grounding.model_format import ModelFormat
 from vcot.models.loading import load_model_and_processor, model_family
@@ -65,6 +66,9 @@ def test_a_packed_row_gives_each_sample_its_unpacked_logits_and_loss(
         start = end
     assert start == packed["input_ids"].shape[1]  # no padding at all in a single packed row
     assert torch.allclose(together.loss, alone.loss, atol=1e-4)  # the same tokens learned, the same mean
+    add_fused_lm_head(model)  # SFT's fused LM head (recipe fused_lm_head) reads the packed positions too
+    with torch.no_grad():
+        assert torch.allclose(model(**packed, fused_lm_head=True).loss, alone.loss, atol=1e-4)
 
 
 def test_no_sample_attends_to_its_neighbour(model_dir: Path, one_record: Callable[..., dict]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from jobs.plan import main
 from vcot.models.published import published_config
-from vcot.train.plan import GIB, NF4_BYTES, ModelShape, plan, smallest_fix
+from vcot.train.plan import FUSED_TILE, GIB, NF4_BYTES, ModelShape, fused_head, plan, smallest_fix
 from vcot.train.recipe import load_recipe, recipe_names
 
 SEVEN_B = ModelShape.from_config(published_config("qwen2.5-vl-7b"))
@@ -43,6 +43,22 @@ def test_activations_follow_batch_length_pixels_and_checkpointing() -> None:
     assert unchecked["activations_language_model"] > 5 * base["activations_language_model"]
 
 
+def test_sfts_fused_lm_head_holds_a_tile_of_logits_over_the_labelled_positions() -> None:
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils
+
+    assert FUSED_TILE == (chunked_logprob.TOKEN_CHUNK_SIZE, utils._CHUNKED_LOGPROB_CHUNK_SIZE)  # TRL's tile
+    fused = load_recipe("qwen2.5-vl-7b-qlora")
+    unfused = plan(SEVEN_B, replace(fused, fused_lm_head=False)).parts["activations_logits"]
+    # 4 rows x 2,048 positions x 152k vocabulary: logits, their fp32 copy and the log-softmax
+    assert unfused == 4 * 2048 * SEVEN_B.text.vocab * (2 + 4 + 4)
+    labelled = 4 * (2048 - 1280 - 128)  # the answer's positions: not the 1,280 image tokens nor the prompt's text
+    two_tiles = 2 * labelled * 32768 * 2  # the forward's and the backward's, bf16
+    assert plan(SEVEN_B, fused).parts["activations_logits"] == two_tiles + labelled * SEVEN_B.text.hidden * 6
+    assert plan(SEVEN_B, fused).total < plan(SEVEN_B, replace(fused, fused_lm_head=False)).total - 9 * GIB
+    assert load_recipe("qwen2.5-vl-72b-lora").fused_lm_head and not fused_head(load_recipe("qwen2.5-vl-72b-lora"))
+
+
 def test_8bit_adamw_keeps_a_quarter_of_the_32bit_states_and_vllm_takes_its_share() -> None:
     recipe = load_recipe("qwen2.5-vl-7b-grpo")
     adamw_32bit = plan(SEVEN_B, replace(recipe, optim="adamw_torch")).parts["optimizer"]
@@ -54,8 +70,8 @@ def test_8bit_adamw_keeps_a_quarter_of_the_32bit_states_and_vllm_takes_its_share
 
 def test_a_plan_that_does_not_fit_names_the_smallest_change_that_does() -> None:
     recipe = load_recipe("qwen2.5-vl-7b-qlora")
-    assert not plan(SEVEN_B, recipe, gpu_memory_gib=20).fits
-    assert smallest_fix(SEVEN_B, recipe, gpu_memory_gib=20) == (
+    assert not plan(SEVEN_B, recipe, gpu_memory_gib=12).fits
+    assert smallest_fix(SEVEN_B, recipe, gpu_memory_gib=12) == (
         "per_device_train_batch_size=2 (global_batch_size=16 kept by accumulation)")
     assert smallest_fix(SEVEN_B, recipe, gpu_memory_gib=8) is None  # no one change is enough: said, not guessed
     grpo = smallest_fix(SEVEN_B, load_recipe("qwen2.5-vl-7b-grpo"), gpu_memory_gib=40)

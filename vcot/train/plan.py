@@ -9,7 +9,8 @@ a vision-language model's image tokens. The plan adds up what a step holds at it
 - **adapter, gradients, optimizer states** of what trains (LoRA's A and B in fp32; AdamW's two moments in fp32, or
   one byte each with 8-bit AdamW);
 - **activations** at the recipe's micro-batch, sequence length and pixel budget, the language model and the vision
-  tower separately, with or without gradient checkpointing, and the logits of the loss over the whole vocabulary;
+  tower separately, with or without gradient checkpointing, and the logits of the loss: over the whole vocabulary
+  at every position, or with SFT's fused LM head one tile of them over the labelled positions;
 - **overhead**: the framework's own (the CUDA context and allocator slack) as a fixed figure.
 
 The parts are counted from the model's shape (:class:`ModelShape`), never from a name, so a user's own checkpoint
@@ -251,8 +252,11 @@ def workload(
         trajectories = recipe.explore_nums + 1
         return Workload(trajectories * recipe.per_device_train_batch_size, tokens, image, patches, tokens - prompt,
                         generated=recipe.explore_min_bs)  # fmt: skip
-    tokens = seq_len or 2048  # the model computes logits at every position, the loss masks them afterwards
-    return Workload(recipe.per_device_train_batch_size, tokens, min(image, tokens), patches, tokens)
+    tokens = seq_len or 2048
+    # Without the fused head the model computes logits at every position and the loss masks them afterwards; the
+    # fused head scores the answer's positions only (the prompt and image tokens have no label).
+    loss_tokens = max(tokens - image - PROMPT_TEXT_TOKENS, 1) if fused_head(recipe) else tokens
+    return Workload(recipe.per_device_train_batch_size, tokens, min(image, tokens), patches, loss_tokens)
 
 
 @dataclass(frozen=True)
@@ -311,7 +315,9 @@ def text_layer_activation_bytes(shape: ModelShape, recipe: Recipe, tokens: int, 
     return tokens * (dense + lora) * dtype_bytes
 
 
-def activation_bytes(shape: ModelShape, recipe: Recipe, load: Workload, dtype_bytes: int) -> dict[str, float]:
+def activation_bytes(
+    shape: ModelShape, recipe: Recipe, load: Workload, dtype_bytes: int, device: str = "cuda"
+) -> dict[str, float]:
     """The language model's stored activations (every layer's input with gradient checkpointing, plus one layer
     recomputed), the logits of the loss (the model's dtype, their fp32 copy unless they are fp32 already, and the
     log-softmax the loss keeps for its backward pass), and the vision
@@ -323,13 +329,44 @@ def activation_bytes(shape: ModelShape, recipe: Recipe, load: Workload, dtype_by
         text = layers * tokens * shape.text.hidden * dtype_bytes + layer
     else:
         text = layers * layer
-    logit_bytes = dtype_bytes + (4 if dtype_bytes < 4 else 0) + 4  # the logits, their fp32 copy, the log-softmax
-    logits = load.batch * load.loss_tokens * shape.text.vocab * logit_bytes
+    if fused_head(recipe):
+        logits = fused_head_bytes(shape, load, dtype_bytes, triton=device == "cuda")
+    else:
+        logit_bytes = dtype_bytes + (4 if dtype_bytes < 4 else 0) + 4  # the logits, their fp32 copy, the log-softmax
+        logits = load.batch * load.loss_tokens * shape.text.vocab * logit_bytes
     v = shape.vision
     block = load.batch * load.patches * (6 * v.hidden + (3 if v.gated else 2) * v.intermediate) * dtype_bytes
     trains_vision = recipe.tune_vision or recipe.finetune == "full"
     vision = (v.depth if trains_vision and not recipe.gradient_checkpointing else 1) * block
     return {"activations_language_model": text, "activations_logits": logits, "activations_vision": vision}
+
+
+FUSED_TILE = (4096, 32768)
+"""Positions and vocabulary entries of one tile of TRL's fused LM head (``TOKEN_CHUNK_SIZE`` and
+``_CHUNKED_LOGPROB_CHUNK_SIZE`` in TRL; a test checks they still are)."""
+
+
+def fused_head(recipe: Recipe) -> bool:
+    """Whether the run scores its loss through the fused LM head: SFT with ``fused_lm_head``, not sharded."""
+    return recipe.method == "sft" and recipe.fused_lm_head and not recipe.sharding
+
+
+def fused_head_bytes(shape: ModelShape, load: Workload, dtype_bytes: int, *, triton: bool = True) -> float:
+    """What SFT's fused LM head holds at its peak (the backward pass): tiles of logits, the positions' hidden states
+    it gathered, and their fp32 gradient; no ``(batch, tokens, vocab)`` logits. With Triton (a GPU) it scores the
+    labelled positions alone and folds each tile in a kernel: two tiles (the forward's and the backward's). Without
+    (a CPU) it scores every position, and its torch fallback holds about four tiles at once (measured on slices).
+
+    >>> from vcot.models.published import published_config
+    >>> shape = ModelShape.from_config(published_config("qwen2.5-vl-7b"))
+    >>> round(fused_head_bytes(shape, Workload(4, 2048, 1024, 4096, 600), 2) / GIB, 3)
+    0.341
+    >>> round(fused_head_bytes(shape, Workload(1, 1634, 1024, 4096, 482), 4, triton=False) / GIB, 2)
+    0.84
+    """
+    positions = load.batch * (load.loss_tokens if triton else load.tokens)
+    tile = min(positions, FUSED_TILE[0]) * min(shape.text.vocab, FUSED_TILE[1]) * dtype_bytes
+    return (2 if triton else 4) * tile + positions * shape.text.hidden * (dtype_bytes + 4)
 
 
 def generation_bytes(shape: ModelShape, recipe: Recipe, load: Workload, dtype_bytes: int) -> float:
@@ -403,7 +440,7 @@ def plan(
         "gradients": trainable * trained_bytes / shards,
         "optimizer": trainable * optimizer_bytes(recipe, dtype_bytes) / shards,
         "gathered_weights": gathered_bytes(shape, recipe, dtype_bytes, shards),
-        **activation_bytes(shape, recipe, load, dtype_bytes),
+        **activation_bytes(shape, recipe, load, dtype_bytes, device),
         "generation_kv_cache": generation_bytes(shape, recipe, load, dtype_bytes),
     }
     if device == "cuda":

@@ -170,6 +170,7 @@ class Recipe:
     vision_learning_rate: float | None = None
     group_by_length: bool = False
     packing: int = 0
+    fused_lm_head: bool = True
     peft: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
 
@@ -293,8 +294,8 @@ class Recipe:
             )
 
     def _check_open(self) -> None:
-        """``finetune``, ``vision_learning_rate``, ``group_by_length``, ``packing``; ``peft:`` and ``trainer:`` by their
-        fields."""
+        """``finetune``, ``vision_learning_rate``, ``group_by_length``, ``packing``, ``fused_lm_head``; ``peft:`` and
+        ``trainer:`` by their fields."""
         from vcot.train import options
 
         if self.finetune not in FINETUNES:
@@ -309,6 +310,9 @@ class Recipe:
         if self.packing and self.method != "sft":
             raise ConfigError("recipe packing is SFT-only (GRPO and RGFN sample prompts, not tokenized rows): set "
                               "packing=0")  # fmt: skip
+        if not self.fused_lm_head and self.method != "sft":
+            raise ConfigError("recipe fused_lm_head is SFT's (TRL's GRPO always scores through its own fused head; "
+                              "RGFN scores sampled rationales): leave it true")  # fmt: skip
         for name in ("peft", "trainer"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"recipe {name} must be a mapping of field: value (got {getattr(self, name)!r})")
