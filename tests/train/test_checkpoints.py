@@ -45,3 +45,13 @@ def test_settings_are_pinned_by_the_first_start_and_compared_on_a_resume(tmp_pat
     changed = settings_change(str(remote), {**first, "lora_target_modules": ("q_proj", "v_proj"), "data": "s3://b/e"})
     assert changed == ("data: 's3://b/d' -> 's3://b/e'; learning_rate: 1.0 -> 0.002; "
                        "lora_target_modules: ['q_proj'] -> ['q_proj', 'v_proj']")
+
+
+def test_a_run_pinned_before_the_fused_lm_head_knob_resumes_after_the_upgrade(tmp_path: Path) -> None:
+    """``fused_lm_head`` changes how the loss is computed, not what it is: a run whose pinned settings predate the
+    knob (no such key) resumes; a change to what it trains is still refused."""
+    remote = str(tmp_path / "checkpoints")
+    assert settings_change(remote, {"learning_rate": 1e-4, "lora_r": 8}) is None  # pinned by the older code
+    mark_complete(f"{remote}/checkpoint-2")
+    assert settings_change(remote, {"learning_rate": 1e-4, "lora_r": 8, "fused_lm_head": True}) is None
+    assert settings_change(remote, {"learning_rate": 1e-4, "lora_r": 16, "fused_lm_head": False}) == "lora_r: 8 -> 16"

@@ -53,8 +53,10 @@ def test_sfts_fused_lm_head_holds_a_tile_of_logits_over_the_labelled_positions()
     # 4 rows x 2,048 positions x 152k vocabulary: logits, their fp32 copy and the log-softmax
     assert unfused == 4 * 2048 * SEVEN_B.text.vocab * (2 + 4 + 4)
     labelled = 4 * (2048 - 1280 - 128)  # the answer's positions: not the 1,280 image tokens nor the prompt's text
-    two_tiles = 2 * labelled * 32768 * 2  # the forward's and the backward's, bf16
-    assert plan(SEVEN_B, fused).parts["activations_logits"] == two_tiles + labelled * SEVEN_B.text.hidden * 6
+    tile = labelled * 32768 * 2  # one tile of the fused head's logits, bf16
+    assert plan(SEVEN_B, fused).parts["activations_logits"] == tile + labelled * SEVEN_B.text.hidden * 6
+    smoothed = load_recipe("qwen2.5-vl-7b-qlora", "trainer={label_smoothing_factor: 0.1}")  # needs the logits
+    assert plan(SEVEN_B, smoothed).parts["activations_logits"] == unfused
     assert plan(SEVEN_B, fused).total < plan(SEVEN_B, replace(fused, fused_lm_head=False)).total - 9 * GIB
     assert load_recipe("qwen2.5-vl-72b-lora").fused_lm_head and not fused_head(load_recipe("qwen2.5-vl-72b-lora"))
 

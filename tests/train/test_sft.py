@@ -15,11 +15,10 @@ from vcot.train.recipe import load_recipe
 from vcot.train.sft import length_grouped_trainer, read_data_settings, sft_arguments, use_fused_lm_head
 
 
-def _trainer(tiny_model_dir: Path, tokenized_data: str, tmp_path: Path) -> Any:
+def _trainer(tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str = "") -> Any:
     from vcot.train.data import Collator, TokenizedDataset
 
-    recipe = load_recipe("tiny-cpu")  # trains lm_head in full (modules_to_save): the fused head must use its copy
-    assert "lm_head" in recipe.modules_to_save
+    recipe = load_recipe("tiny-cpu", overrides)  # trains lm_head in full (modules_to_save): the head uses its copy
     fmt, _ = read_data_settings(tokenized_data)
     torch.manual_seed(0)
     model, processor = load_policy(str(tiny_model_dir), recipe, fmt)
@@ -44,6 +43,7 @@ def test_the_fused_lm_head_gives_the_models_loss_and_gradients(
     tiny_model_dir: Path, tokenized_data: str, tmp_path: Path
 ) -> None:
     trainer = _trainer(tiny_model_dir, tokenized_data, tmp_path)
+    assert "lm_head" in load_recipe("tiny-cpu").modules_to_save
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert (batch["labels"] == -100).any() and (batch["labels"] != -100).any()  # prompt tokens have no label
     plain_loss, plain_grads, plain_outputs = _loss_and_gradients(trainer, batch)
@@ -61,6 +61,18 @@ def test_the_fused_lm_head_gives_the_models_loss_and_gradients(
         assert trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits is not None
 
 
+@pytest.mark.parametrize("overrides", [
+    "modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}",  # a LoRA on the output layer
+    "trainer={label_smoothing_factor: 0.1}",  # a loss that needs the logits
+])  # fmt: skip
+def test_the_fused_head_stays_off_where_it_would_leave_something_out(
+    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str
+) -> None:
+    trainer = _trainer(tiny_model_dir, tokenized_data, tmp_path, overrides)
+    assert not use_fused_lm_head(trainer)
+    assert not getattr(trainer, "fused_lm_head", False)
+
+
 def test_fused_lm_head_is_on_for_the_gpu_recipes_and_sfts_alone() -> None:
     assert all(load_recipe(name).fused_lm_head for name in ("qwen2.5-vl-7b-qlora", "qwen3-vl-8b-qlora"))
     assert load_recipe("tiny-cpu").fused_lm_head is False  # a tiny vocabulary and no Triton: nothing to save
@@ -68,7 +80,9 @@ def test_fused_lm_head_is_on_for_the_gpu_recipes_and_sfts_alone() -> None:
         load_recipe("tiny-cpu-grpo", "fused_lm_head=false")
 
 
-@pytest.mark.parametrize("settings", ["", "finetune=full,generation_eval_samples=0", "sharding=fsdp2,optim=adamw_torch"])
+@pytest.mark.parametrize(
+    "settings", ["", "finetune=full,generation_eval_samples=0", "sharding=fsdp2,optim=adamw_torch"]
+)
 def test_the_train_stage_trains_through_the_fused_head_unless_sharded(
     tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, settings: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

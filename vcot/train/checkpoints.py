@@ -61,7 +61,7 @@ SETTINGS = "_settings.json"
 FREE_ON_RESUME = frozenset({
     "max_steps", "num_train_epochs",  # a run extended or shortened
     "per_device_train_batch_size", "gradient_accumulation_steps", "global_batch_size",  # another GPU count
-    "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing",
+    "gpus", "gpu_memory_gib", "cpu_offload", "reshard_after_forward", "gradient_checkpointing", "fused_lm_head",
     "logging_steps", "save_steps", "eval_steps", "save_total_limit", "report_to", "dataloader_num_workers",
     "per_device_eval_batch_size", "generation_eval_steps", "merge_adapter", "use_vllm", "vllm_gpu_memory_utilization",
 })

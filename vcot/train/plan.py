@@ -330,7 +330,8 @@ def activation_bytes(
     else:
         text = layers * layer
     if fused_head(recipe):
-        logits = fused_head_bytes(shape, load, dtype_bytes, triton=device == "cuda")
+        trains_head = recipe.finetune == "full" or "lm_head" in (recipe.modules_to_save or [])
+        logits = fused_head_bytes(shape, load, dtype_bytes, triton=device == "cuda", trains_head=trains_head)
     else:
         logit_bytes = dtype_bytes + (4 if dtype_bytes < 4 else 0) + 4  # the logits, their fp32 copy, the log-softmax
         logits = load.batch * load.loss_tokens * shape.text.vocab * logit_bytes
@@ -347,26 +348,32 @@ FUSED_TILE = (4096, 32768)
 
 
 def fused_head(recipe: Recipe) -> bool:
-    """Whether the run scores its loss through the fused LM head: SFT with ``fused_lm_head``, not sharded."""
-    return recipe.method == "sft" and recipe.fused_lm_head and not recipe.sharding
+    """Whether the run scores its loss through the fused LM head: SFT with ``fused_lm_head``, not sharded, not with
+    label smoothing (which needs the logits; ``vcot.train.sft.fused_head_problem``)."""
+    smoothing = recipe.trainer.get("label_smoothing_factor")
+    return recipe.method == "sft" and recipe.fused_lm_head and not recipe.sharding and not smoothing
 
 
-def fused_head_bytes(shape: ModelShape, load: Workload, dtype_bytes: int, *, triton: bool = True) -> float:
+def fused_head_bytes(
+    shape: ModelShape, load: Workload, dtype_bytes: int, *, triton: bool = True, trains_head: bool = False
+) -> float:
     """What SFT's fused LM head holds at its peak (the backward pass): tiles of logits, the positions' hidden states
-    it gathered, and their fp32 gradient; no ``(batch, tokens, vocab)`` logits. With Triton (a GPU) it scores the
-    labelled positions alone and folds each tile in a kernel: two tiles (the forward's and the backward's). Without
-    (a CPU) it scores every position, and its torch fallback holds about four tiles at once (measured on slices).
+    it gathered, their fp32 gradient, and the output layer's fp32 gradient when it trains (``trains_head``); no
+    ``(batch, tokens, vocab)`` logits. With Triton (a GPU) it scores the labelled positions alone and folds each
+    tile in a kernel: one tile at a time. Without (a CPU) it scores every position, and its torch fallback holds
+    about four tiles at once (measured on slices).
 
     >>> from vcot.models.published import published_config
     >>> shape = ModelShape.from_config(published_config("qwen2.5-vl-7b"))
     >>> round(fused_head_bytes(shape, Workload(4, 2048, 1024, 4096, 600), 2) / GIB, 3)
-    0.341
+    0.195
     >>> round(fused_head_bytes(shape, Workload(1, 1634, 1024, 4096, 482), 4, triton=False) / GIB, 2)
     0.84
     """
     positions = load.batch * (load.loss_tokens if triton else load.tokens)
     tile = min(positions, FUSED_TILE[0]) * min(shape.text.vocab, FUSED_TILE[1]) * dtype_bytes
-    return (2 if triton else 4) * tile + positions * shape.text.hidden * (dtype_bytes + 4)
+    head_gradient = shape.text.vocab * shape.text.hidden * 4 if trains_head else 0
+    return (1 if triton else 4) * tile + positions * shape.text.hidden * (dtype_bytes + 4) + head_gradient
 
 
 def generation_bytes(shape: ModelShape, recipe: Recipe, load: Workload, dtype_bytes: int) -> float:

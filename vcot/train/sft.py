@@ -133,13 +133,32 @@ def use_fused_lm_head(trainer: Any) -> bool:
     smoothing, a ``compute_loss_func``); whether it was used is returned."""
     from trl.trainer.utils import add_fused_lm_head
 
-    if trainer.label_smoother is not None or trainer.compute_loss_func is not None:
-        log.warning("fused_lm_head_off", reason="the loss needs the logits (label smoothing or compute_loss_func)")
-        return False
     model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
-    add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    problem = fused_head_problem(trainer, model)
+    if problem:
+        log.warning("fused_lm_head_off", reason=problem)
+        return False
+    add_fused_lm_head(model)
     trainer.fused_lm_head = True
     return True
+
+
+def fused_head_problem(trainer: Any, model: Any) -> str | None:
+    """Why the fused head cannot score this run's loss, if it cannot. It reads the output layer's ``weight`` alone:
+    a LoRA on the output layer (``peft.target_modules``) or PEFT's trainable tokens of a tied output layer would be
+    left out of the loss or fail."""
+    import torch
+
+    if trainer.label_smoother is not None or trainer.compute_loss_func is not None:
+        return "the loss needs the logits (label smoothing or compute_loss_func)"
+    head = model.get_output_embeddings()
+    copies = getattr(head, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper: the trained copy is what counts
+    if isinstance(copies, torch.nn.ModuleDict) and head.active_adapter in copies:
+        head = copies[head.active_adapter]
+    if type(head) is not torch.nn.Linear:
+        return f"the output layer is a {type(head).__name__} (an adapter on it), not a plain linear layer"
+    return None
 
 
 @contextlib.contextmanager
