@@ -57,6 +57,8 @@ def test_sfts_fused_lm_head_holds_a_tile_of_logits_over_the_labelled_positions()
     assert plan(SEVEN_B, fused).parts["activations_logits"] == tile + labelled * SEVEN_B.text.hidden * 6
     smoothed = load_recipe("qwen2.5-vl-7b-qlora", "trainer={label_smoothing_factor: 0.1}")  # needs the logits
     assert plan(SEVEN_B, smoothed).parts["activations_logits"] == unfused
+    head_lora = load_recipe("qwen2.5-vl-7b-qlora", "peft={target_modules: [q_proj, lm_head]}")  # the head is adapted
+    assert plan(SEVEN_B, head_lora).parts["activations_logits"] == unfused
     assert plan(SEVEN_B, fused).total < plan(SEVEN_B, replace(fused, fused_lm_head=False)).total - 9 * GIB
     assert load_recipe("qwen2.5-vl-72b-lora").fused_lm_head and not fused_head(load_recipe("qwen2.5-vl-72b-lora"))
 
