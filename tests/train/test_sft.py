@@ -30,6 +30,11 @@ def _trainer(tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, override
     )  # fmt: skip
 
 
+def _first_batch(trainer: Any) -> dict[str, Any]:
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return {key: value for key, value in batch.items() if key != "labels"}
+
+
 def _loss_and_gradients(trainer: Any, batch: dict[str, Any]) -> tuple[float, dict[str, torch.Tensor], Any]:
     trainer.model.zero_grad()
     trainer.model.eval()  # no dropout: the two passes must see the same network
@@ -61,16 +66,18 @@ def test_the_fused_lm_head_gives_the_models_loss_and_gradients(
         assert trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits is not None
 
 
-@pytest.mark.parametrize("overrides", [
-    "modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}",  # a LoRA on the output layer
-    "trainer={label_smoothing_factor: 0.1}",  # a loss that needs the logits
+@pytest.mark.parametrize("overrides, sharded", [
+    ("modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}", False),  # a LoRA on the output layer
+    ("trainer={label_smoothing_factor: 0.1}", False),  # a loss that needs the logits
+    ("", True),  # FSDP2: the model's own loss
 ])  # fmt: skip
 def test_the_fused_head_stays_off_where_it_would_leave_something_out(
-    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str
+    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str, sharded: bool
 ) -> None:
     trainer = _trainer(tiny_model_dir, tokenized_data, tmp_path, overrides)
-    assert not use_fused_lm_head(trainer)
+    assert not use_fused_lm_head(trainer, sharded=sharded)
     assert not getattr(trainer, "fused_lm_head", False)
+    assert getattr(trainer.model(**_first_batch(trainer)), "logits", None) is not None  # the model's own forward
 
 
 def test_fused_lm_head_is_on_for_the_gpu_recipes_and_sfts_alone() -> None:
@@ -80,10 +87,8 @@ def test_fused_lm_head_is_on_for_the_gpu_recipes_and_sfts_alone() -> None:
         load_recipe("tiny-cpu-grpo", "fused_lm_head=false")
 
 
-@pytest.mark.parametrize(
-    "settings", ["", "finetune=full,generation_eval_samples=0", "sharding=fsdp2,optim=adamw_torch"]
-)
-def test_the_train_stage_trains_through_the_fused_head_unless_sharded(
+@pytest.mark.parametrize("settings", ["", "finetune=full,generation_eval_samples=0"])
+def test_the_train_stage_trains_through_the_fused_head(
     tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, settings: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
@@ -91,12 +96,12 @@ def test_the_train_stage_trains_through_the_fused_head_unless_sharded(
     from vcot.train import TrainConfig, sft, train
 
     used: list[bool] = []
-    monkeypatch.setattr(sft, "use_fused_lm_head", lambda trainer: used.append(True) or use_fused_lm_head(trainer))
+    monkeypatch.setattr(sft, "use_fused_lm_head", lambda trainer, **kw: used.append(True) or use_fused_lm_head(trainer))
     steps = "fused_lm_head=true,max_steps=3,save_steps=3,eval_steps=3,logging_steps=1"
     output = tmp_path / "run"
     assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output), recipe="tiny-cpu",
                              set=",".join(filter(None, [steps, settings])), threads=1))  # fmt: skip
     metrics = json.loads((output / "metrics.json").read_text())
-    assert used == ([] if "sharding" in settings else [True])
+    assert used == [True]
     assert all(math.isfinite(entry["loss"]) for entry in metrics["log_history"] if "loss" in entry)
     assert math.isfinite(metrics["eval"]["eval_loss"])

@@ -125,17 +125,18 @@ def length_grouped_trainer() -> type:
     return SFTTrainer
 
 
-def use_fused_lm_head(trainer: Any) -> bool:
+def use_fused_lm_head(trainer: Any, *, sharded: bool = False) -> bool:
     """Score the loss through TRL's fused LM head (recipe ``fused_lm_head``): only the positions with a label go
     through the head, in tiles, so the ``(batch, tokens, vocab)`` logits and their fp32 copy are never built (on a
     7B with 152k tokens of vocabulary, gigabytes a step, most of them for image and prompt tokens that have no
-    label). The model's own forward is kept for generation. Not with a loss that needs the logits themselves (label
-    smoothing, a ``compute_loss_func``); whether it was used is returned."""
+    label). The model's own forward is kept for generation. Not when ``sharded`` (two FSDP2 gloo ranks then differed
+    from one process by 1.5-2% on the loss), nor where :func:`fused_head_problem` says; whether it was used is
+    returned."""
     from trl.trainer.utils import add_fused_lm_head
 
     model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    problem = fused_head_problem(trainer, model)
+    problem = "sharding: FSDP2 runs the model's own loss" if sharded else fused_head_problem(trainer, model)
     if problem:
         log.warning("fused_lm_head_off", reason=problem)
         return False
@@ -227,10 +228,8 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         data_collator=collator,
         processing_class=processor,
     )
-    if recipe.fused_lm_head and recipe.sharding:  # a 2-rank CPU run differed from one process by 1.5% with it
-        log.info("fused_lm_head_off", reason="sharding: FSDP2 runs the model's own loss")
-    elif recipe.fused_lm_head:
-        use_fused_lm_head(trainer)
+    if recipe.fused_lm_head:
+        use_fused_lm_head(trainer, sharded=bool(recipe.sharding))
     if args.eval_strategy != "no" and recipe.generation_eval_samples:  # before early stopping: it reads its metrics
         trainer.add_callback(generation_eval(trainer, processor, fmt, recipe, record_outputs_of(config.data)))
     if early_stopping:
