@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw
 from vcot.grounding.boxes import pixels_to_norm1000
 from vcot.grounding.records import split_for
 from vcot.io import manifest, shards, storage
-from vcot.train.plan import GIB, PROMPT_TEXT_TOKENS, ModelShape, plan
+from vcot.train.plan import GIB, PROMPT_TEXT_TOKENS, ModelShape, fused_head, plan
 from vcot.train.recipe import load_recipe
 
 CASES = ("qwen2.5-vl-7b-qlora@qwen2.5-vl-7b,qwen2.5-vl-3b-qlora@qwen2.5-vl-3b,qwen3-vl-8b-qlora@qwen3-vl-8b,"
@@ -155,8 +155,8 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[i
     model, processor = load_policy(str(model_dir), shipped, fmt)
     if shipped.gradient_checkpointing:  # as the Trainer turns it on (common_arguments)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fused = shipped.method == "sft" and shipped.fused_lm_head
-    if fused:  # as the train stage scores SFT's loss (vcot.train.sft.use_fused_lm_head)
+    fused = fused_head(shipped)  # what the plan predicts for; as the train stage scores SFT's loss
+    if fused:
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
@@ -166,7 +166,7 @@ def measure_step(model_dir: Path, tokens: str, recipe_name: str, batches: list[i
     for batch in batches:
         recipe = load_recipe(recipe_name, _sizes(shipped.method, batch) + ",global_batch_size=0")
         results.append({"recipe": recipe_name, "fused_lm_head": fused,
-                        **_measure_batch(model, processor, shape, tokens, recipe, batch, device, steps)})
+                        **_measure_batch(model, processor, shape, tokens, recipe, batch, device, steps, fused)})
         print(json.dumps(results[-1]), flush=True)
         if device == "cuda":  # the step's optimizer and gradients, freed at return, leave the next step's peak
             gc.collect()
@@ -184,7 +184,7 @@ def _sizes(method: str, batch: int) -> str:
 
 
 def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, recipe: Any, batch: int,
-                   device: str, steps: int) -> dict[str, Any]:
+                   device: str, steps: int, fused: bool) -> dict[str, Any]:
     import time
 
     import torch
@@ -210,7 +210,7 @@ def _measure_batch(model: Any, processor: Any, shape: ModelShape, tokens: str, r
 
     def step() -> tuple[float, int]:
         if recipe.method == "sft":
-            loss = model(**inputs, **({"fused_lm_head": True} if recipe.fused_lm_head else {})).loss
+            loss = model(**inputs, **({"fused_lm_head": True} if fused else {})).loss
         else:  # a policy-gradient step: log-probabilities of the completion's tokens only, as TRL computes them
             unlabelled = {key: value for key, value in inputs.items() if key != "labels"}
             logits = model(**unlabelled, logits_to_keep=completion + 1).logits[:, :-1]
