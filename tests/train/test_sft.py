@@ -66,16 +66,18 @@ def test_the_fused_lm_head_gives_the_models_loss_and_gradients(
         assert trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits is not None
 
 
-@pytest.mark.parametrize("overrides, sharded", [
-    ("modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}", False),  # a LoRA on the output layer
-    ("trainer={label_smoothing_factor: 0.1}", False),  # a loss that needs the logits
-    ("", True),  # FSDP2: the model's own loss
+@pytest.mark.parametrize("overrides, gathered", [
+    ("modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}", True),  # a LoRA on the output layer
+    ("trainer={label_smoothing_factor: 0.1}", True),  # a loss that needs the logits
+    ("", False),  # sharded, with no final norm to gather the output layer with (vcot.train.sharding)
 ])  # fmt: skip
 def test_the_fused_head_stays_off_where_it_would_leave_something_out(
-    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str, sharded: bool
+    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str, gathered: bool
 ) -> None:
     trainer = _trainer(tiny_model_dir, tokenized_data, tmp_path, overrides)
-    assert not use_fused_lm_head(trainer, sharded=sharded)
+    if not gathered:
+        trainer.output_layer_gathered = False  # as a sharded trainer sets it for such a model
+    assert not use_fused_lm_head(trainer)
     assert not getattr(trainer, "fused_lm_head", False)
     assert getattr(trainer.model(**_first_batch(trainer)), "logits", None) is not None  # the model's own forward
 
@@ -96,7 +98,7 @@ def test_the_train_stage_trains_through_the_fused_head(
     from vcot.train import TrainConfig, sft, train
 
     used: list[bool] = []
-    monkeypatch.setattr(sft, "use_fused_lm_head", lambda trainer, **kw: used.append(True) or use_fused_lm_head(trainer))
+    monkeypatch.setattr(sft, "use_fused_lm_head", lambda trainer: used.append(True) or use_fused_lm_head(trainer))
     steps = "fused_lm_head=true,max_steps=3,save_steps=3,eval_steps=3,logging_steps=1"
     output = tmp_path / "run"
     assert train(TrainConfig(data=tokenized_data, model=str(tiny_model_dir), output=str(output), recipe="tiny-cpu",

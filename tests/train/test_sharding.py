@@ -41,6 +41,9 @@ LOSS_TOLERANCE = 0.01
 float sums differs (the gradients are reduce-scattered instead of all-reduced)."""
 WEIGHT_TOLERANCE = 0.01
 """Per saved tensor after those 10 steps, ||sharded - whole|| / ||whole|| (seen: < 0.003)."""
+FUSED_TOLERANCE = 1e-3
+"""Per logged step, |loss(sharded, fused LM head) - loss(sharded, the model's own loss)|: the same ranks and rows,
+only the head's tiling differs (seen: < 1e-4)."""
 RESUME_TOLERANCE = 1e-4
 """Per logged step after a resume on the same world size: the same computation from the same saved state."""
 
@@ -182,6 +185,22 @@ def test_one_process_checkpoint_resumes_on_two_sharded_ranks(
 
 
 
+def test_sfts_fused_lm_head_trains_a_sharded_model_as_the_models_own_loss_does(
+    tokenized_data: str, tiny_model_dir: Path, tmp_path: Path, reference: tuple[str, list[str]]
+) -> None:
+    """The fused head reads the output layer's weight without calling the layer; sharded, that layer is gathered
+    when the final norm runs (``vcot.train.sharding.gather_output_layer_with_final_norm``). Without it each rank's
+    output layer learned from that rank's rows alone: the loss was 0.005 off the reference's at step 3, 0.034 at
+    step 6. tiny-cpu trains that layer (``modules_to_save``), so a gradient left unreduced shows in the loss."""
+    fused, lines = str(tmp_path / "fused"), []
+    assert finish(two_ranks(tokenized_data, tiny_model_dir, fused, RUN_SET + ",fused_lm_head=true"), lines) == 0, (
+        "".join(lines[-40:]))
+    assert len(events(lines, "fused_lm_head")) == 2 and not events(lines, "fused_lm_head_off")  # on, on both ranks
+    assert len(losses(fused)) == 10
+    for (step, loss), (step_own, loss_own) in zip(losses(fused), losses(reference[0]), strict=True):
+        assert step == step_own and abs(loss - loss_own) < FUSED_TOLERANCE, (step, loss, loss_own)
+
+
 def test_a_sharded_full_finetune_matches_one_whole_process(
     tokenized_data: str, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -260,13 +279,22 @@ def test_sharded_grpo_matches_data_parallel_grpo_with_its_reference_sharded_too(
     for whole, sharded in zip(histories["ddp"], histories["fsdp2"], strict=True):
         for key in ("loss", "grad_norm", "reward", "kl", "completions/mean_length"):
             assert abs(whole[key] - sharded[key]) < LOSS_TOLERANCE, (whole["step"], key, whole[key], sharded[key])
+    import torch
     from safetensors.torch import load_file
 
     sharded = load_file(Path(outputs["fsdp2"]) / "adapter" / "adapter_model.safetensors")
     whole = load_file(Path(outputs["ddp"]) / "adapter" / "adapter_model.safetensors")
     assert sharded.keys() == whole.keys()
-    for key in whole:
-        assert ((sharded[key] - whole[key]).norm() / whole[key].norm()).item() < WEIGHT_TOLERANCE, key
+    # Each tensor's change over the 4 steps is compared, not the weights: a wrong update hides in their norm. The
+    # output layer trains (TRL's fused head reads its weight: vcot.train.sharding.gather_output_layer_with_final_norm).
+    start = load_file(Path(sft_adapter) / "adapter_model.safetensors")
+    changes = {key: (whole[key] - start[key]).norm() for key in whole}
+    assert changes["base_model.model.lm_head.weight"] > 0
+    for key, change in changes.items():
+        if change > 0:  # frozen tensors PEFT saves beside the adapter (the base embeddings) stay equal anyway
+            assert ((sharded[key] - whole[key]).norm() / change).item() < WEIGHT_TOLERANCE, key
+        else:
+            assert torch.equal(sharded[key], whole[key]), key
 
 
 def resident_mib() -> float:

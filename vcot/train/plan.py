@@ -348,11 +348,11 @@ FUSED_TILE = (4096, 32768)
 
 
 def fused_head(recipe: Recipe) -> bool:
-    """Whether the run scores its loss through the fused LM head: SFT with ``fused_lm_head``, not sharded, not with
-    label smoothing (which needs the logits) or a LoRA on the output layer (``vcot.train.sft.fused_head_problem``)."""
+    """Whether the run scores its loss through the fused LM head: SFT with ``fused_lm_head``, not with label
+    smoothing (which needs the logits) or a LoRA on the output layer (``vcot.train.sft.fused_head_problem``)."""
     smoothing = recipe.trainer.get("label_smoothing_factor")
     head_adapter = "lm_head" in str(recipe.peft.get("target_modules", ""))
-    return recipe.method == "sft" and recipe.fused_lm_head and not (recipe.sharding or smoothing or head_adapter)
+    return recipe.method == "sft" and recipe.fused_lm_head and not (smoothing or head_adapter)
 
 
 def fused_head_bytes(

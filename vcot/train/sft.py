@@ -125,23 +125,23 @@ def length_grouped_trainer() -> type:
     return SFTTrainer
 
 
-def use_fused_lm_head(trainer: Any, *, sharded: bool = False) -> bool:
+def use_fused_lm_head(trainer: Any) -> bool:
     """Score the loss through TRL's fused LM head (recipe ``fused_lm_head``): only the positions with a label go
     through the head, in tiles, so the ``(batch, tokens, vocab)`` logits and their fp32 copy are never built (on a
     7B with 152k tokens of vocabulary, gigabytes a step, most of them for image and prompt tokens that have no
-    label). The model's own forward is kept for generation. Not when ``sharded`` (two FSDP2 gloo ranks then differed
-    from one process by 1.5-2% on the loss), nor where :func:`fused_head_problem` says; whether it was used is
-    returned."""
+    label). The model's own forward is kept for generation. Not where :func:`fused_head_problem` says; whether it
+    was used is returned."""
     from trl.trainer.utils import add_fused_lm_head
 
     model = trainer.accelerator.unwrap_model(trainer.model, keep_torch_compile=False)
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    problem = "sharding: FSDP2 runs the model's own loss" if sharded else fused_head_problem(trainer, model)
+    problem = fused_head_problem(trainer, model)
     if problem:
         log.warning("fused_lm_head_off", reason=problem)
         return False
     add_fused_lm_head(model)
     trainer.fused_lm_head = True
+    log.info("fused_lm_head", scored="the labelled positions only")
     return True
 
 
@@ -153,6 +153,8 @@ def fused_head_problem(trainer: Any, model: Any) -> str | None:
 
     if trainer.label_smoother is not None or trainer.compute_loss_func is not None:
         return "the loss needs the logits (label smoothing or compute_loss_func)"
+    if not getattr(trainer, "output_layer_gathered", True):  # sharded (vcot.train.sharding)
+        return "sharded, and no final norm before the output layer to gather it with"
     head = model.get_output_embeddings()
     copies = getattr(head, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper: the trained copy is what counts
     if isinstance(copies, torch.nn.ModuleDict) and head.active_adapter in copies:
@@ -229,7 +231,7 @@ def sft(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
         processing_class=processor,
     )
     if recipe.fused_lm_head:
-        use_fused_lm_head(trainer, sharded=bool(recipe.sharding))
+        use_fused_lm_head(trainer)
     if args.eval_strategy != "no" and recipe.generation_eval_samples:  # before early stopping: it reads its metrics
         trainer.add_callback(generation_eval(trainer, processor, fmt, recipe, record_outputs_of(config.data)))
     if early_stopping:
