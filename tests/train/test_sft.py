@@ -66,17 +66,17 @@ def test_the_fused_lm_head_gives_the_models_loss_and_gradients(
         assert trainer.model(**{k: v for k, v in batch.items() if k != "labels"}).logits is not None
 
 
-@pytest.mark.parametrize("overrides, gathered", [
-    ("modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}", True),  # a LoRA on the output layer
-    ("trainer={label_smoothing_factor: 0.1}", True),  # a loss that needs the logits
-    ("", False),  # sharded, with no final norm to gather the output layer with (vcot.train.sharding)
+@pytest.mark.parametrize("overrides, sharded_without_norm", [
+    ("modules_to_save=[],peft={target_modules: [q_proj, v_proj, lm_head]}", False),  # a LoRA on the output layer
+    ("trainer={label_smoothing_factor: 0.1}", False),  # a loss that needs the logits
+    ("", True),  # sharded, with no final norm to gather the output layer with (vcot.train.sharding)
 ])  # fmt: skip
 def test_the_fused_head_stays_off_where_it_would_leave_something_out(
-    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str, gathered: bool
+    tiny_model_dir: Path, tokenized_data: str, tmp_path: Path, overrides: str, sharded_without_norm: bool
 ) -> None:
     trainer = _trainer(tiny_model_dir, tokenized_data, tmp_path, overrides)
-    if not gathered:
-        trainer.output_layer_gathered = False  # as a sharded trainer sets it for such a model
+    if sharded_without_norm:  # as a sharded trainer records a model whose final norm it did not find
+        trainer.is_fsdp_enabled, trainer.output_layer_gathered = True, False
     assert not use_fused_lm_head(trainer)
     assert not getattr(trainer, "fused_lm_head", False)
     assert getattr(trainer.model(**_first_batch(trainer)), "logits", None) is not None  # the model's own forward

@@ -254,6 +254,7 @@ def test_sharded_grpo_matches_data_parallel_grpo_with_its_reference_sharded_too(
     does; this short SFT start's greedy answers hold no box yet, so the scores agree at 0 (the lockstep generation
     itself is compared token for token in the test above)."""
     run_set = ("max_steps=4,save_steps=2,eval_steps=2,per_device_train_batch_size=4,num_generations=4,"
+               "gradient_accumulation_steps=2,"  # one rollout, two backward passes: the second reads a resharded head
                "generation_eval_samples=4,generation_eval_max_new_tokens=32,optim=adamw_torch")  # fmt: skip
     histories, held_out, outputs = {}, {}, {}
     for mode, sharding in (("ddp", ""), ("fsdp2", ",sharding=fsdp2")):
@@ -299,6 +300,29 @@ def test_sharded_grpo_matches_data_parallel_grpo_with_its_reference_sharded_too(
 
 def resident_mib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_the_output_layer_is_gathered_from_each_familys_final_norm_through_peft(family: str) -> None:
+    """Where the hook goes (the sharded runs above check what it does): the text model's final norm of a PEFT
+    model with a trained output layer, for both families; a model with no such norm is reported, not guessed."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from vcot.dev import tiny_model
+    from vcot.train.sharding import gather_output_layer_with_final_norm
+
+    config = tiny_model.tiny_config(tiny_model.build_tokenizer(), family=family)
+    model_class = {"qwen2.5-vl": transformers.Qwen2_5_VLForConditionalGeneration,
+                   "qwen3-vl": transformers.Qwen3VLForConditionalGeneration}[family]  # fmt: skip
+    model = get_peft_model(model_class._from_config(config), LoraConfig(target_modules=["q_proj"],
+                                                                        modules_to_save=["lm_head"]))  # fmt: skip
+    norm = model.get_base_model().model.language_model.norm
+    assert not norm._forward_pre_hooks
+    assert gather_output_layer_with_final_norm(model)
+    assert len(norm._forward_pre_hooks) == 1
+    assert not gather_output_layer_with_final_norm(torch.nn.Linear(2, 2))
 
 
 def test_a_receiving_rank_upcasts_its_trainable_weights_without_writing_them() -> None:

@@ -60,7 +60,7 @@ from vcot.train.estimate import announce_cpu_run, grpo_workload
 from vcot.train.generation_eval import held_out, held_out_arguments, watch_held_out
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
-from vcot.train.sharding import sharded_trainer
+from vcot.train.sharding import fused_head_trains_on_every_rank, sharded_trainer
 
 log = get_logger(__name__)
 
@@ -527,6 +527,9 @@ def grpo(config: TrainConfig, recipe: Recipe) -> dict[str, Any]:
             processing_class=processor,
             callbacks=[zero_advantage],
         )
+    if not fused_head_trains_on_every_rank(trainer):  # TRL scores GRPO's loss through a fused LM head
+        log.warning("output_layer_not_gathered", reason="sharded, and no final norm before the output layer",
+                    effect="a trained output layer (modules_to_save, a full fine-tune) learns from each rank's rows")
     if recipe.beta > 0:  # the KL reference: the policy as RL found it (TRL's own copy misses embedding LoRA)
         reference_adapter(trainer.model)
     vllm_rollouts_as_trained(trainer)

@@ -33,7 +33,7 @@ from vcot.train.common import (
 from vcot.train.estimate import announce_cpu_run, sft_workload
 from vcot.train.options import build_arguments, use_vision_learning_rate
 from vcot.train.recipe import Recipe
-from vcot.train.sharding import sharded_trainer
+from vcot.train.sharding import fused_head_trains_on_every_rank, sharded_trainer
 from vcot.train.throughput import TOKEN_COUNTING
 
 log = get_logger(__name__)
@@ -153,8 +153,8 @@ def fused_head_problem(trainer: Any, model: Any) -> str | None:
 
     if trainer.label_smoother is not None or trainer.compute_loss_func is not None:
         return "the loss needs the logits (label smoothing or compute_loss_func)"
-    if not getattr(trainer, "output_layer_gathered", True):  # sharded (vcot.train.sharding)
-        return "sharded, and no final norm before the output layer to gather it with"
+    if not fused_head_trains_on_every_rank(trainer):
+        return "sharded, and no final norm before the output layer to gather that layer with"
     head = model.get_output_embeddings()
     copies = getattr(head, "modules_to_save", None)  # PEFT's ModulesToSaveWrapper: the trained copy is what counts
     if isinstance(copies, torch.nn.ModuleDict) and head.active_adapter in copies:

@@ -82,9 +82,6 @@ def sharded_trainer(trainer_class: type) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.output_layer_gathered = gather_output_layer_with_final_norm(self.model)
-            if not self.output_layer_gathered:
-                log.warning("output_layer_not_gathered", reason="no final norm found before the output layer",
-                            effect="a fused LM head (GRPO's, SFT's) would train that layer on each rank's rows alone")
 
         def train(self, *args: Any, **kwargs: Any) -> Any:
             if distributed.rank() > 0 and self.accelerator.mixed_precision != "no":
@@ -112,9 +109,11 @@ def gather_output_layer_with_final_norm(model: Any) -> bool:
     which runs just before, but looks for the norm among the base model's direct children only; a Qwen VL model
     keeps it under ``model.language_model``, so the output layer was a unit of its own and still sharded when the
     fused head read it. TRL then gathered it with ``full_tensor()``, whose backward keeps each rank's own gradient:
-    the output layer trained on one rank's rows (two gloo ranks' SFT loss 1.5-2% off one process's by step 10).
-    Gathered here, its gradient is reduce-scattered with the others at the end of the backward pass (FSDP2 runs the
-    post-backward of a unit that was gathered without its forward), and the same ranks agree to float-sum order."""
+    the output layer trained on one rank's rows (two gloo ranks' SFT loss 1.5-2% off one process's by step 10;
+    GRPO's only from a rollout's second backward pass on: its rollouts call the layer, which gathers it until the
+    first). Gathered here, its gradient is reduce-scattered with the others at the end of the backward pass (FSDP2
+    runs the post-backward of a unit that was gathered without its forward), and the ranks agree with one process
+    to float-sum order. A second trainer on the same model adds a second hook, which finds the layer gathered."""
     from torch.distributed.fsdp import FSDPModule
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -163,6 +162,12 @@ def upcast_unwritten(model: Any) -> int:
 
 def is_sharded(trainer: Any) -> bool:
     return bool(getattr(trainer, "is_fsdp_enabled", False))
+
+
+def fused_head_trains_on_every_rank(trainer: Any) -> bool:
+    """Whether a fused LM head would train this trainer's output layer on every rank's rows: not sharded, or
+    sharded with the layer gathered (:func:`gather_output_layer_with_final_norm` found the final norm)."""
+    return not is_sharded(trainer) or bool(getattr(trainer, "output_layer_gathered", False))
 
 
 def gathered_state_dict(trainer: Any) -> dict[str, Any] | None:
