@@ -82,6 +82,20 @@ def test_sizes_keep_the_structure_and_the_local_one_is_larger(family: str) -> No
     assert counts["test"] < 500_000 < 1_000_000 < counts["local"] < 2_000_000
 
 
+@pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
+def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family: str) -> None:
+    """`make local-train`'s model gets 16x16 patches (64 image tokens) where the tests' gets 8x8 (docs/train.md)."""
+    from vcot.dev.tiny_model import build_processor
+
+    image = Image.new("RGB", (256, 256), "blue")
+    merged = {}
+    for size in ("test", "local"):
+        processor = build_processor(seed=0, family=family, size=size).image_processor
+        grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
+        merged[size] = int(grid.prod()) // processor.merge_size**2
+    assert merged == {"test": 16, "local": 64}
+
+
 def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:
     from vcot.dev.tiny_model import build_tiny_model
 

@@ -28,18 +28,6 @@ from typing import Any
 from vcot.grounding.families import DEFAULT_FAMILY, FAMILIES, ModelFamily
 
 
-def tiny_pixels(family: str) -> tuple[int, int]:
-    """The tiny pixel budget: small images keep CPU training fast. The largest is 8x8 patches merged 2x2 into 16
-    image tokens (112 px at Qwen2.5-VL's 14 px patches, 128 px at Qwen3-VL's 16 px), the smallest 4x4 patches.
-
-    >>> tiny_pixels("qwen2.5-vl"), tiny_pixels("qwen3-vl")
-    ((3136, 12544), (4096, 16384))
-    """
-    patch = FAMILIES[family].patch_size
-    return (4 * patch) ** 2, (8 * patch) ** 2
-
-
-TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY)
 TINY_VOCAB_SIZE = 1024
 
 
@@ -58,6 +46,9 @@ class TinySize:
     """Qwen2.5-VL's language-model rope base (the released 1e6 by default). Its mrope gives the width position the
     lowest frequencies of a head: at 1e6 and these head sizes an image token's column turns its rotation by under
     a thousandth of a radian, so the language model cannot tell image columns apart (docs/train.md)."""
+    image_patches: int = 8
+    """The largest image is this many patches a side (:func:`tiny_pixels`). At 8 (16 image tokens, each a quarter of
+    the image a side) GRPO found little to learn below the SFT's boxes; at 16 it gains (docs/train.md)."""
 
 
 TINY_SIZES = {
@@ -65,10 +56,32 @@ TINY_SIZES = {
     "test": TinySize(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2),
     # ~1.3M parameters (Qwen3-VL: 1.5M): `make local-train`'s, learns to point in CPU minutes (docs/train.md).
     "local": TinySize(
-        hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, vision_hidden=64, qwen25_rope_theta=10.0
+        hidden=128,
+        intermediate=384,
+        layers=4,
+        heads=4,
+        kv_heads=2,
+        vision_hidden=64,
+        qwen25_rope_theta=10.0,
+        image_patches=16,
     ),
 }
 DEFAULT_SIZE = "test"
+
+
+def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
+    """The tiny pixel budget of a size: from 4x4 patches up to ``image_patches`` a side (:class:`TinySize`),
+    merged 2x2 into image tokens. The test size's largest image is 8x8 patches (16 image tokens: 112 px at
+    Qwen2.5-VL's 14 px patches, 128 px at Qwen3-VL's 16 px), the local size's 16x16 (64 image tokens).
+
+    >>> tiny_pixels("qwen2.5-vl"), tiny_pixels("qwen3-vl"), tiny_pixels("qwen2.5-vl", "local")
+    ((3136, 12544), (4096, 16384), (3136, 50176))
+    """
+    patch = FAMILIES[family].patch_size
+    return (4 * patch) ** 2, (TINY_SIZES[size].image_patches * patch) ** 2
+
+
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY, DEFAULT_SIZE)
 
 # Qwen2.5-VL's special tokens in the released order; `<|endoftext|>` comes first, as in Qwen. Qwen3-VL has the
 # same ones (its config's default image/video/vision ids are Qwen2.5-VL's).
@@ -193,19 +206,20 @@ def build_processor(
     *,
     seed: int = 0,
     family: str = DEFAULT_FAMILY,
+    size: str = DEFAULT_SIZE,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     tokenizer: Any = None,
 ) -> Any:
     """Tokenizer + PIL image processor in the family's image-only processor (no torchvision needed).
 
-    The pixel budget defaults to the family's tiny one (:func:`tiny_pixels`); the tokenizer to the tiny one of
+    The pixel budget defaults to the family's tiny one of ``size`` (:func:`tiny_pixels`); the tokenizer to the tiny one of
     ``seed`` (:func:`build_tokenizer`).
     """
     from vcot.models.loading import IMAGE_ONLY_PROCESSORS
 
     _check_family(family)
-    default_min, default_max = tiny_pixels(family)
+    default_min, default_max = tiny_pixels(family, size)
     image_processor = build_image_processor(family, min_pixels or default_min, max_pixels or default_max)
     return IMAGE_ONLY_PROCESSORS[FAMILIES[family].model_type](
         image_processor=image_processor,
@@ -360,7 +374,7 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     from vcot.models.loading import save_video_processor_config
 
     dest = Path(dest)
-    processor = build_processor(seed=seed, family=family)
+    processor = build_processor(seed=seed, family=family, size=size)
     config = tiny_config(processor.tokenizer, TINY_SIZES[size], family)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
