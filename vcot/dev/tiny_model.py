@@ -213,8 +213,8 @@ def build_processor(
 ) -> Any:
     """Tokenizer + PIL image processor in the family's image-only processor (no torchvision needed).
 
-    The pixel budget defaults to the family's tiny one of ``size`` (:func:`tiny_pixels`); the tokenizer to the tiny one of
-    ``seed`` (:func:`build_tokenizer`).
+    The pixel budget defaults to the family's tiny one of ``size`` (:func:`tiny_pixels`); the tokenizer to the tiny
+    one of ``seed`` (:func:`build_tokenizer`).
     """
     from vcot.models.loading import IMAGE_ONLY_PROCESSORS
 
