@@ -286,7 +286,7 @@ LOCAL_POINTER ?= $(LOCAL_RUN)/latest.json
 tiny-model: $(STAMP) ## Build the tiny offline model (TINY_MODEL; TINY_FAMILY=qwen2.5-vl or qwen3-vl; TINY_SIZE=local or test)
 	@$(PY) -m vcot.dev.tiny_model $(TINY_MODEL) --family $(TINY_FAMILY) --size $(TINY_SIZE) --keep-current
 
-local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (7-22 min)
+local-train: $(STAMP) tiny-model ## Tiny end-to-end run on local S3, learns to point: data -> convert -> tokenize -> train -> evaluate (16-22 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
