@@ -64,8 +64,9 @@ def build_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from vcot.dev.tiny_model import TINY_SIZES, build_processor, tiny_config
 
-    processor = build_processor(family=args.family)
     size = dataclasses.replace(TINY_SIZES[args.size], **json.loads(args.shape or "{}"))
+    min_pixels, max_pixels = size.pixels(args.family)
+    processor = build_processor(family=args.family, min_pixels=min_pixels, max_pixels=max_pixels)
     config = tiny_config(processor.tokenizer, size, args.family)
     for key, values in json.loads(args.config or "{}").items():
         sub = getattr(config, key)

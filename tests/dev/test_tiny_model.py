@@ -83,9 +83,10 @@ def test_sizes_keep_the_structure_and_the_local_one_is_larger(family: str) -> No
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])
-def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family: str) -> None:
-    """`make local-train`'s model gets 16x16 patches (64 image tokens) where the tests' gets 8x8 (docs/train.md)."""
-    from vcot.dev.tiny_model import build_processor
+def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family: str, tmp_path: Path) -> None:
+    """`make local-train`'s model gets 16x16 patches (64 image tokens) where the tests' gets 8x8 (docs/train.md), and
+    its folder keeps that budget."""
+    from vcot.dev.tiny_model import build_processor, build_tiny_model, tiny_pixels
 
     image = Image.new("RGB", (256, 256), "blue")
     merged = {}
@@ -94,6 +95,8 @@ def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family
         grid = processor(images=[image], return_tensors="pt")["image_grid_thw"][0]
         merged[size] = int(grid.prod()) // processor.merge_size**2
     assert merged == {"test": 16, "local": 64}
+    saved = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "local", family=family, size="local"))
+    assert saved.image_processor.size.longest_edge == tiny_pixels(family, "local")[1]
 
 
 def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:

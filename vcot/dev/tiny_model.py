@@ -50,6 +50,11 @@ class TinySize:
     """The largest image is this many patches a side (:func:`tiny_pixels`). At 8 (16 image tokens, each a quarter of
     the image a side) GRPO found little to learn below the SFT's boxes; at 16 it gains (docs/train.md)."""
 
+    def pixels(self, family: str) -> tuple[int, int]:
+        """The processor's ``min_pixels``, ``max_pixels`` for ``family``: 4x4 patches up to ``image_patches`` a side."""
+        patch = FAMILIES[family].patch_size
+        return (4 * patch) ** 2, (self.image_patches * patch) ** 2
+
 
 TINY_SIZES = {
     # ~0.26M parameters (Qwen3-VL: 0.33M): the tests' model, a training step in milliseconds. Too small to learn.
@@ -77,8 +82,7 @@ def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     >>> tiny_pixels("qwen2.5-vl"), tiny_pixels("qwen3-vl"), tiny_pixels("qwen2.5-vl", "local")
     ((3136, 12544), (4096, 16384), (3136, 50176))
     """
-    patch = FAMILIES[family].patch_size
-    return (4 * patch) ** 2, (TINY_SIZES[size].image_patches * patch) ** 2
+    return TINY_SIZES[size].pixels(family)
 
 
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY, DEFAULT_SIZE)
@@ -340,7 +344,7 @@ def _qwen3vl_config(vocab_size: int, ids: dict[str, int], size: TinySize, row: M
             "patch_size": row.patch_size,
             "spatial_merge_size": row.merge_size,
             "temporal_patch_size": 2,
-            "num_position_embeddings": 64,  # an 8x8 grid: the largest tiny image's patches (the real: 48x48)
+            "num_position_embeddings": 64,  # an 8x8 table, interpolated to each image's patch grid (the real: 48x48)
             "deepstack_visual_indexes": list(range(size.vision_depth)),
         },
         image_token_id=ids["<|image_pad|>"],
