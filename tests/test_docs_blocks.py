@@ -142,7 +142,7 @@ RUN: dict[str, list[str]] = {
 """The blocks run, per document in the order they are run, each named by how its first command starts."""
 
 SKIPPED: dict[tuple[str, str], str] = {
-    ("README.md", "make local-train"): "make local-train trains for 7-22 minutes on 2 cores, and make test is this "
+    ("README.md", "make local-train"): "make local-train trains for 16-22 minutes on 2 cores, and make test is this "
     "suite: the same chain runs at test size in docs/first-week.md's blocks",
     ("README.md", "vcot-train --recipe qwen2.5-vl-7b-rgfn"): "RGFN continues an SFT run in the three-turn layout (r2), "
     "which no block makes; tests/train/test_rgfn_stage.py runs that chain",
