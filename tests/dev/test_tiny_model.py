@@ -100,10 +100,12 @@ def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family
 
 
 def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:
-    from vcot.dev.tiny_model import build_tiny_model
+    from vcot.dev.tiny_model import build_processor, build_tiny_model
 
     with pytest.raises(ValueError, match="local"):
         build_tiny_model(tmp_path / "model", size="huge")
+    with pytest.raises(ValueError, match="local"):
+        build_processor(size="huge")
     with pytest.raises(ValueError, match="qwen3-vl"):
         build_tiny_model(tmp_path / "model", family="qwen4-vl")
 

@@ -74,6 +74,11 @@ TINY_SIZES = {
 DEFAULT_SIZE = "test"
 
 
+def _check_size(size: str) -> None:
+    if size not in TINY_SIZES:
+        raise ValueError(f"size={size!r} is not one of {', '.join(TINY_SIZES)}")
+
+
 def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     """The tiny pixel budget of a size: from 4x4 patches up to ``image_patches`` a side (:class:`TinySize`),
     merged 2x2 into image tokens. The test size's largest image is 8x8 patches (16 image tokens: 112 px at
@@ -82,6 +87,7 @@ def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     >>> tiny_pixels("qwen2.5-vl"), tiny_pixels("qwen3-vl"), tiny_pixels("qwen2.5-vl", "local")
     ((3136, 12544), (4096, 16384), (3136, 50176))
     """
+    _check_size(size)
     return TINY_SIZES[size].pixels(family)
 
 
@@ -370,8 +376,7 @@ def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0,
     tests) or ``local`` (``make local-train``).
     """
     _check_family(family)
-    if size not in TINY_SIZES:
-        raise ValueError(f"size={size!r} is not one of {', '.join(TINY_SIZES)}")
+    _check_size(size)
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig
 
