@@ -169,6 +169,26 @@ def test_lora_targets_only_the_language_model(tiny_model_dir: Path) -> None:
     assert re.fullmatch(with_vision, "model.visual.blocks.0.mlp.gate_proj")
 
 
+@pytest.mark.parametrize(("family_dir", "recipe", "layer"), [
+    ("tiny_model_dir", "tiny-cpu", "qkv"),  # its one LoRA target is embed_tokens
+    ("tiny_qwen3vl_dir", "qwen3-vl-8b-qlora", "linear_fc1"),  # Qwen3-VL's vision MLP is not named as the LM's
+])
+def test_tune_vision_that_adapts_no_vision_layer_is_refused(
+    family_dir: str, recipe: str, layer: str, request: pytest.FixtureRequest
+) -> None:
+    from vcot.models.loading import load_model_and_processor
+    from vcot.train.common import add_lora
+
+    model_dir = request.getfixturevalue(family_dir)
+    model, _ = load_model_and_processor(str(model_dir), for_training=True)
+    with pytest.raises(ConfigError, match=rf"adapts nothing of the vision tower: .*\b{layer}\b"):
+        add_lora(model, load_recipe(recipe, "tune_vision=true,quantize=null"))
+    model, _ = load_model_and_processor(str(model_dir), for_training=True)
+    wrapped = add_lora(model, load_recipe(recipe, f"tune_vision=true,quantize=null,lora_target_modules=[{layer}]"))
+    tower = [name for name, param in wrapped.named_parameters() if param.requires_grad and ".visual.blocks." in name]
+    assert tower and all(f".{layer}.lora_" in name for name in tower)
+
+
 def test_tiny_cpu_trains_the_language_model_in_full_and_the_vision_tower_not(tiny_model_dir: Path) -> None:
     """make local-train's recipe: random weights have nothing low-rank to adapt (docs/train.md)."""
     from vcot.models.loading import load_model_and_processor

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from vcot.config import redacted
 from vcot.errors import ConfigError, VcotError
+from vcot.grounding.families import is_vision
 from vcot.grounding.model_format import ModelFormat
 from vcot.io import manifest, storage
 from vcot.log import get_logger
@@ -79,7 +80,26 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
             **recipe.peft,  # the recipe's peft: extras (use_dora, use_rslora, target_modules, ...), checked by name
         }
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    if recipe.tune_vision:
+        check_vision_tower_trains(model)
+    return model
+
+
+def check_vision_tower_trains(model: Any) -> None:
+    """``tune_vision`` that adapts nothing of the vision tower is refused: Qwen3-VL's blocks, and Qwen2.5-VL's
+    attention, have their own projection names (``qkv``, ``proj``, ``linear_fc1``), which the language model's
+    ``lora_target_modules`` do not match, and the run would otherwise train exactly what it trains without it."""
+    import torch
+
+    tower = [(name, module) for name, module in model.named_modules() if is_vision(name) and "merger" not in name]
+    if any(param.requires_grad for _, module in tower for param in module.parameters(recurse=False)):
+        return
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in tower if isinstance(module, torch.nn.Linear)})
+    raise ConfigError(
+        f"tune_vision=true adapts nothing of the vision tower: none of its layers ({', '.join(linear)}) is in "
+        "lora_target_modules: add the ones to adapt, or set tune_vision=false"
+    )
 
 
 def load_policy(model_uri: str, recipe: Recipe, fmt: ModelFormat, *, init_adapter: str = "") -> tuple[Any, Any]:
