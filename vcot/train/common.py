@@ -87,9 +87,9 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
 
 
 def check_vision_tower_trains(model: Any) -> None:
-    """``tune_vision`` that adapts nothing of the vision tower is refused: Qwen3-VL's blocks, and Qwen2.5-VL's
-    attention, have their own projection names (``qkv``, ``proj``, ``linear_fc1``), which the language model's
-    ``lora_target_modules`` do not match, and the run would otherwise train exactly what it trains without it."""
+    """``tune_vision`` that adapts nothing of the vision tower is refused: Qwen3-VL's blocks name their layers
+    ``qkv``, ``proj``, ``linear_fc1``, ``linear_fc2`` (Qwen2.5-VL's attention ``qkv``, ``proj``), which the
+    language model's ``lora_target_modules`` do not match, and the run would train just what it trains without."""
     import torch
 
     tower = [(name, module) for name, module in model.named_modules() if is_vision(name) and "merger" not in name]
