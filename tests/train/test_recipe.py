@@ -182,9 +182,9 @@ def test_tune_vision_that_adapts_no_vision_layer_is_refused(
     model_dir = request.getfixturevalue(family_dir)
     model, _ = load_model_and_processor(str(model_dir), for_training=True)
     with pytest.raises(ConfigError, match=rf"adapts nothing of the vision tower: .*\b{layer}\b"):
-        add_lora(model, load_recipe(recipe, "tune_vision=true,quantize=null"))
+        add_lora(model, load_recipe(recipe, "tune_vision=true"))
     model, _ = load_model_and_processor(str(model_dir), for_training=True)
-    wrapped = add_lora(model, load_recipe(recipe, f"tune_vision=true,quantize=null,lora_target_modules=[{layer}]"))
+    wrapped = add_lora(model, load_recipe(recipe, f"tune_vision=true,lora_target_modules=[{layer}]"))
     tower = [name for name, param in wrapped.named_parameters() if param.requires_grad and ".visual.blocks." in name]
     assert tower and all(f".{layer}.lora_" in name for name in tower)
 

@@ -82,23 +82,26 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
     )
     model = get_peft_model(model, lora)
     if recipe.tune_vision:
-        check_vision_tower_trains(model)
+        targets = "peft.target_modules" if "target_modules" in recipe.peft else "lora_target_modules"
+        check_vision_tower_trains(model, targets)
     return model
 
 
-def check_vision_tower_trains(model: Any) -> None:
+def check_vision_tower_trains(model: Any, targets: str = "lora_target_modules") -> None:
     """``tune_vision`` that adapts nothing of the vision tower is refused: Qwen3-VL's blocks name their layers
-    ``qkv``, ``proj``, ``linear_fc1``, ``linear_fc2`` (Qwen2.5-VL's attention ``qkv``, ``proj``), which the
-    language model's ``lora_target_modules`` do not match, and the run would train just what it trains without."""
+    ``attn.qkv``, ``attn.proj``, ``linear_fc1``, ``linear_fc2`` (Qwen2.5-VL's attention ``attn.qkv``, ``attn.proj``),
+    which the language model's LoRA names do not match, and the run would train just what it trains without."""
     import torch
 
     tower = [(name, module) for name, module in model.named_modules() if is_vision(name) and "merger" not in name]
+    if not tower:
+        raise ConfigError("tune_vision=true, but the model has no vision tower: set tune_vision=false")
     if any(param.requires_grad for _, module in tower for param in module.parameters(recurse=False)):
         return
-    linear = sorted({name.rsplit(".", 1)[-1] for name, module in tower if isinstance(module, torch.nn.Linear)})
+    layers = {".".join(name.split(".")[-2:]) for name, module in tower if isinstance(module, torch.nn.Linear)}
     raise ConfigError(
-        f"tune_vision=true adapts nothing of the vision tower: none of its layers ({', '.join(linear)}) is in "
-        "lora_target_modules: add the ones to adapt, or set tune_vision=false"
+        f"tune_vision=true adapts nothing of the vision tower: none of its layers ({', '.join(sorted(layers))}) is "
+        f"in {targets}: add the ones to adapt, or set tune_vision=false"
     )
 
 
