@@ -155,3 +155,23 @@ def test_the_train_stages_plan_is_advice_and_never_fails_a_run(monkeypatch: pyte
     assert plan_module.log_plan("qwen2.5-vl-7b", load_recipe("qwen2.5-vl-7b-qlora")) is None
     monkeypatch.setattr(plan_module, "machine_memory_gib", lambda: ("cuda", 8.0))
     assert not plan_module.log_plan("qwen2.5-vl-7b", load_recipe("qwen2.5-vl-7b-qlora")).fits  # a warning, no error
+
+
+@pytest.mark.parametrize(("family_dir", "recipe"), [
+    ("tiny_model_dir", "qwen2.5-vl-7b-qlora"), ("tiny_qwen3vl_dir", "qwen3-vl-8b-qlora"),
+])
+def test_a_vision_lora_is_counted_as_peft_makes_it(
+    family_dir: str, recipe: str, request: pytest.FixtureRequest
+) -> None:
+    """The plan's count of a ``tune_vision`` adapter is the built one's, whichever names the family's tower uses."""
+    from vcot.models.loading import load_model_and_processor
+    from vcot.train.common import add_lora
+    from vcot.train.plan import recipe_lora_parameters
+
+    model_dir = request.getfixturevalue(family_dir)
+    targets = "[q_proj, v_proj, down_proj, qkv, attn.proj, linear_fc1, linear_fc2]"
+    chosen = load_recipe(recipe, f"tune_vision=true,lora_target_modules={targets}")
+    model, _ = load_model_and_processor(str(model_dir), for_training=True)
+    built = sum(p.numel() for name, p in add_lora(model, chosen).named_parameters() if ".lora_" in name)
+    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
+    assert built == recipe_lora_parameters(shape, chosen)

@@ -103,6 +103,19 @@ class VisionShape:
         """The merger into the language model and, in Qwen3-VL, each DeepStack tap's own."""
         return self.merger_parameters() + self.deepstack * self.merger_parameters(postshuffle=True)
 
+    def projections(self) -> dict[str, tuple[int, int]]:
+        """Each vision block's linear layers: name (as LoRA's targets end) -> (in features, out features)."""
+        h, i = self.hidden, self.intermediate
+        mlp = ({"mlp.gate_proj": (h, i), "mlp.up_proj": (h, i), "mlp.down_proj": (i, h)} if self.gated
+               else {"mlp.linear_fc1": (h, i), "mlp.linear_fc2": (i, h)})  # fmt: skip
+        return {"attn.qkv": (h, 3 * h), "attn.proj": (h, h), **mlp}
+
+    def merger_projections(self) -> dict[str, tuple[int, int]]:
+        """Each merger's linear layers where a LoRA target can name them: Qwen3-VL's are ``linear_fc1`` and
+        ``linear_fc2``, as its blocks' MLP (Qwen2.5-VL's, ``mlp.0`` and ``mlp.2``, are left out)."""
+        wide = self.hidden * self.merge**2
+        return {} if self.gated else {"linear_fc1": (wide, wide), "linear_fc2": (wide, self.out_hidden)}
+
     def linear_parameters(self) -> int:
         """The parameters of the tower's and the mergers' linear layers: what 4-bit quantization packs."""
         h, i, wide = self.hidden, self.intermediate, self.hidden * self.merge**2
@@ -162,20 +175,24 @@ class ModelShape:
 
     def lora_parameters(self, r: int, targets: list[str], *, tune_vision: bool = False) -> int:
         """LoRA's trainable parameters: ``r x (in + out)`` for every targeted projection of every decoder layer
-        (and, with ``tune_vision``, of the vision blocks' MLP where its names match, Qwen2.5-VL's).
+        and, with ``tune_vision``, of every vision block's and merger's layer that the targets name (Qwen2.5-VL's
+        MLP shares the language model's names; ``attn.qkv``, ``mlp.linear_fc1``, ... name the rest; a bare
+        ``linear_fc1`` also names Qwen3-VL's mergers'). The patch embedding, which a bare ``proj`` also matches,
+        is left out: a few thousand parameters a rank.
 
         >>> from vcot.models.published import published_config
         >>> shape = ModelShape.from_config(published_config("qwen2.5-vl-7b"))
         >>> shape.lora_parameters(64, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
         161480704
+        >>> shape.lora_parameters(64, ["qkv", "attn.proj"], tune_vision=True)  # 32 blocks x 64 x (1280 x 4 + 1280 x 2)
+        15728640
         """
         per_layer = sum(r * (a + b) for name, (a, b) in self.text.projections().items() if name in targets)
-        vision = 0
-        if tune_vision and self.vision.gated:
-            h, i = self.vision.hidden, self.vision.intermediate
-            mlp = [name for name in ("gate_proj", "up_proj", "down_proj") if name in targets]
-            vision = self.vision.depth * len(mlp) * r * (h + i)
-        return self.text.layers * per_layer + vision
+        if not tune_vision:
+            return self.text.layers * per_layer
+        block = sum(r * (a + b) for name, (a, b) in self.vision.projections().items() if _targeted(name, targets))
+        merger = sum(r * (a + b) for name, (a, b) in self.vision.merger_projections().items() if name in targets)
+        return self.text.layers * per_layer + self.vision.depth * block + (1 + self.vision.deepstack) * merger
 
     def quantized_parameters(self) -> int:
         """The parameters 4-bit quantization packs: every linear layer's weight but the output layer's."""
@@ -187,6 +204,15 @@ class ModelShape:
         vision_linear = 5 if self.vision.gated else 4
         mergers = 2 * (1 + self.vision.deepstack)
         return self.text.layers * len(self.text.projections()) + self.vision.depth * vision_linear + mergers
+
+
+def _targeted(name: str, targets: list[str]) -> bool:
+    """Whether a LoRA target names this layer: PEFT's regex here matches a module name's end at a dot.
+
+    >>> _targeted("attn.proj", ["proj"]), _targeted("attn.proj", ["o_proj"]), _targeted("mlp.linear_fc1", ["fc1"])
+    (True, False, False)
+    """
+    return any(name == target or name.endswith("." + target) for target in targets)
 
 
 def recipe_lora_parameters(shape: ModelShape, recipe: Recipe) -> int:
