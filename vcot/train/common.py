@@ -89,8 +89,8 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
 
 def check_vision_tower_trains(model: Any, targets: str = "lora_target_modules") -> None:
     """``tune_vision`` that adapts nothing of the vision tower is refused: Qwen3-VL's blocks name their layers
-    ``attn.qkv``, ``attn.proj``, ``linear_fc1``, ``linear_fc2`` (Qwen2.5-VL's attention ``attn.qkv``, ``attn.proj``),
-    which the language model's LoRA names do not match, and the run would train just what it trains without."""
+    ``attn.qkv``, ``attn.proj``, ``mlp.linear_fc1``, ``mlp.linear_fc2`` (Qwen2.5-VL's attention ``attn.qkv``,
+    ``attn.proj``), which the language model's LoRA names do not match: the run would train what it trains without."""
     import torch
 
     tower = [(name, module) for name, module in model.named_modules() if is_vision(name) and "merger" not in name]

@@ -20,6 +20,7 @@ figures are checked against the allocator on true-width slices (``bench/plan_ben
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +28,7 @@ from vcot.config import option
 from vcot.errors import ConfigError, VcotError
 from vcot.grounding.model_format import family_of_model_type
 from vcot.models.published import text_config
-from vcot.train.recipe import DEFAULT_RECIPE, LORA_TARGETS, Recipe
+from vcot.train.recipe import DEFAULT_RECIPE, LORA_TARGETS, Recipe, lora_target_regex
 
 
 @dataclass(frozen=True)
@@ -177,8 +178,8 @@ class ModelShape:
         """LoRA's trainable parameters: ``r x (in + out)`` for every targeted projection of every decoder layer
         and, with ``tune_vision``, of every vision block's and merger's layer that the targets name (Qwen2.5-VL's
         MLP shares the language model's names; ``attn.qkv``, ``mlp.linear_fc1``, ... name the rest; a bare
-        ``linear_fc1`` also names Qwen3-VL's mergers'). The patch embedding, which a bare ``proj`` also matches,
-        is left out: a few thousand parameters a rank.
+        ``linear_fc1`` also names Qwen3-VL's mergers'), matched as PEFT matches them (:func:`lora_target_regex`).
+        The patch embedding, which a bare ``proj`` also matches, is left out: a few thousand parameters a rank.
 
         >>> from vcot.models.published import published_config
         >>> shape = ModelShape.from_config(published_config("qwen2.5-vl-7b"))
@@ -190,9 +191,14 @@ class ModelShape:
         per_layer = sum(r * (a + b) for name, (a, b) in self.text.projections().items() if name in targets)
         if not tune_vision:
             return self.text.layers * per_layer
-        block = sum(r * (a + b) for name, (a, b) in self.vision.projections().items() if _targeted(name, targets))
-        merger = sum(r * (a + b) for name, (a, b) in self.vision.merger_projections().items() if name in targets)
-        return self.text.layers * per_layer + self.vision.depth * block + (1 + self.vision.deepstack) * merger
+        targeted = re.compile(lora_target_regex(targets, include_vision=True)).fullmatch  # PEFT's match, as trained
+
+        def adapted(layers: dict[str, tuple[int, int]], prefix: str) -> int:
+            return sum(r * (a + b) for name, (a, b) in layers.items() if targeted(f"model.visual.{prefix}.{name}"))
+
+        mergers = self.vision.merger_projections()
+        return (self.text.layers * per_layer + self.vision.depth * adapted(self.vision.projections(), "blocks.0")
+                + adapted(mergers, "merger") + self.vision.deepstack * adapted(mergers, "deepstack_merger_list.0"))
 
     def quantized_parameters(self) -> int:
         """The parameters 4-bit quantization packs: every linear layer's weight but the output layer's."""
@@ -204,15 +210,6 @@ class ModelShape:
         vision_linear = 5 if self.vision.gated else 4
         mergers = 2 * (1 + self.vision.deepstack)
         return self.text.layers * len(self.text.projections()) + self.vision.depth * vision_linear + mergers
-
-
-def _targeted(name: str, targets: list[str]) -> bool:
-    """Whether a LoRA target names this layer: PEFT's regex here matches a module name's end at a dot.
-
-    >>> _targeted("attn.proj", ["proj"]), _targeted("attn.proj", ["o_proj"]), _targeted("mlp.linear_fc1", ["fc1"])
-    (True, False, False)
-    """
-    return any(name == target or name.endswith("." + target) for target in targets)
 
 
 def recipe_lora_parameters(shape: ModelShape, recipe: Recipe) -> int:
