@@ -100,7 +100,7 @@ def test_the_local_size_sees_a_large_image_in_four_times_the_image_tokens(family
 
 
 def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:
-    from vcot.dev.tiny_model import build_processor, build_tiny_model
+    from vcot.dev.tiny_model import build_processor, build_tiny_model, tiny_pixels
 
     with pytest.raises(ValueError, match="local"):
         build_tiny_model(tmp_path / "model", size="huge")
@@ -108,6 +108,8 @@ def test_unknown_size_or_family_is_refused(tmp_path: Path) -> None:
         build_processor(size="huge")
     with pytest.raises(ValueError, match="qwen3-vl"):
         build_tiny_model(tmp_path / "model", family="qwen4-vl")
+    with pytest.raises(ValueError, match="qwen3-vl"):
+        tiny_pixels("qwen4-vl")
 
 
 def test_prompt_words_are_whole_tokens(tiny_model_dir: Path) -> None:

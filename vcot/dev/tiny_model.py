@@ -88,6 +88,8 @@ def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     ((3136, 12544), (4096, 16384), (3136, 50176))
     """
     _check_size(size)
+    if family not in FAMILIES:
+        raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
     return TINY_SIZES[size].pixels(family)
 
 
