@@ -424,7 +424,7 @@ LOCAL_RGFN_RUN ?= $(LOCAL_RUN)-rgfn
 LOCAL_BIN ?= 5
 .PHONY: local-rgfn
 
-local-rgfn: $(STAMP) tiny-model ## After make local-train: three-turn SFT, RGFN, the SFT start vs greedy vs BiN vs best-of-N (~21 min)
+local-rgfn: $(STAMP) tiny-model ## After make local-train: three-turn SFT, RGFN, the SFT start vs greedy vs BiN vs best-of-N (~36 min)
 	@set -euo pipefail; \
 	start=$$(date +%s); \
 	$(PY) -m vcot.dev.local_s3 up >/dev/null; \
