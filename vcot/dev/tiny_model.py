@@ -79,6 +79,11 @@ def _check_size(size: str) -> None:
         raise ValueError(f"size={size!r} is not one of {', '.join(TINY_SIZES)}")
 
 
+def _check_family(family: str) -> None:
+    if family not in TINY_CONFIGS:
+        raise ValueError(f"family={family!r} is not one of {', '.join(TINY_CONFIGS)}")
+
+
 def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     """The tiny pixel budget of a size: from 4x4 patches up to ``image_patches`` a side (:class:`TinySize`),
     merged 2x2 into image tokens. The test size's largest image is 8x8 patches (16 image tokens: 112 px at
@@ -88,12 +93,9 @@ def tiny_pixels(family: str, size: str = DEFAULT_SIZE) -> tuple[int, int]:
     ((3136, 12544), (4096, 16384), (3136, 50176))
     """
     _check_size(size)
-    if family not in FAMILIES:
-        raise ValueError(f"family={family!r} is not one of {', '.join(FAMILIES)}")
+    _check_family(family)
     return TINY_SIZES[size].pixels(family)
 
-
-TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY, DEFAULT_SIZE)
 
 # Qwen2.5-VL's special tokens in the released order; `<|endoftext|>` comes first, as in Qwen. Qwen3-VL has the
 # same ones (its config's default image/video/vision ids are Qwen2.5-VL's).
@@ -182,11 +184,6 @@ def qwen_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Any:
 def build_tokenizer(*, seed: int = 0, vocab_size: int = TINY_VOCAB_SIZE) -> Any:
     """A ``Qwen2Tokenizer`` over a byte-level BPE trained on a synthetic corpus with Qwen's pre-tokenizer."""
     return qwen_tokenizer(*train_bpe(seed=seed, vocab_size=vocab_size))
-
-
-def _check_family(family: str) -> None:
-    if family not in TINY_CONFIGS:
-        raise ValueError(f"family={family!r} is not one of {', '.join(TINY_CONFIGS)}")
 
 
 def chat_template(family: str = DEFAULT_FAMILY) -> str:
@@ -369,6 +366,8 @@ TINY_CONFIGS: dict[str, Callable[[int, dict[str, int], TinySize, ModelFamily], A
 }
 """The families a tiny model can be built of, each with its config builder: the one family-specific part (its
 transformers config class and structure); everything else is read from the family's row of ``FAMILIES``."""
+
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = tiny_pixels(DEFAULT_FAMILY, DEFAULT_SIZE)
 
 
 def build_tiny_model(dest: Path, *, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = DEFAULT_SIZE) -> Path:

@@ -119,8 +119,8 @@ class VisionShape:
 
     def linear_parameters(self) -> int:
         """The parameters of the tower's and the mergers' linear layers: what 4-bit quantization packs."""
-        h, i, wide = self.hidden, self.intermediate, self.hidden * self.merge**2
-        block = 4 * h * h + (3 if self.gated else 2) * h * i
+        block = sum(a * b for a, b in self.projections().values())
+        wide = self.hidden * self.merge**2
         return self.depth * block + (1 + self.deepstack) * (wide * wide + wide * self.out_hidden)
 
 
