@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from structlog.testing import capture_logs
 
 from tests.conftest import built_vllm_venv
 from vcot.errors import VcotError
@@ -163,8 +164,11 @@ def test_adapter_is_applied_and_its_processor_preferred(tiny_model_dir: Path, tm
     processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 84 * 84}
     processor.save_pretrained(adapter)
 
-    loaded, loaded_processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter))
+    with capture_logs() as logs:
+        loaded, loaded_processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter))
     assert type(loaded).__name__ == "PeftModel" and not loaded.training
+    saved = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert [entry["lora_parameters"] for entry in logs if entry["event"] == "adapter_loaded"] == [saved]
     assert loaded_processor.image_processor.size.longest_edge == 84 * 84
     lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
     assert lora and not any(p.requires_grad for p in lora)
@@ -177,10 +181,15 @@ def test_4bit_quantization_runs_on_cpu(tiny_model_dir: Path) -> None:
     AVX512-BF16 kernel on CPUs that have one, and crash (``one_cpu_4bit_kernel``)."""
     import bitsandbytes as bnb
 
-    model, _ = load_model_and_processor(str(tiny_model_dir), quantize="4bit")
+    with capture_logs() as logs:
+        model, _ = load_model_and_processor(str(tiny_model_dir), quantize="4bit")
     assert getattr(model, "is_loaded_in_4bit", False)
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    linear = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")]
+    quantized = next(entry for entry in logs if entry["event"] == "quantized")  # what the run says it quantized
+    assert quantized == {"event": "quantized", "log_level": "info", "layers_4bit": len(linear), "layers_8bit": 0,
+                         "quant_types": ["nf4"], "double_quant": True}
     ids = torch.tensor([[1, 2, 3]])
     assert torch.isfinite(model(input_ids=ids).logits).all()
     with torch.no_grad():

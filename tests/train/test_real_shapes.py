@@ -5,13 +5,12 @@ Only what makes a run short differs from the shipped recipe: steps, lengths, bat
 the data loader's workers. The quantization, optimizer, LoRA targets, gradient checkpointing, learning rates and
 every method knob are the recipe's. What a tiny model cannot show is checked here: NF4 with double quantization on
 every linear layer but the output one, 8-bit AdamW's states, LoRA's trainable count from the shape's formula, finite
-losses for 3 optimizer steps, the adapter loaded with plain peft, the merge for export, evaluate answering.
+losses for 2 optimizer steps, the adapter loaded with plain peft, the merge for export, evaluate answering.
 """
 
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import math
 import os
@@ -32,16 +31,18 @@ from vcot.models.published import published_config
 from vcot.train.plan import ModelShape, recipe_lora_parameters
 from vcot.train.recipe import load_recipe, recipe_names
 
-# A QLoRA slice's test (slice built, 3 steps, merge, evaluate) takes 5-8 minutes on 2 cores, past pytest's 600 s
+# A QLoRA slice's test (slice built, 2 steps, merge, evaluate) takes 4-7 minutes on 2 cores, past pytest's 600 s
 # when the machine is loaded (seen in a CI run beside an image build): these get 20 minutes each.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+STEPS = 2
 SHORT = (
-    "max_steps=3,logging_steps=1,dataloader_num_workers=0,report_to=[],per_device_train_batch_size={batch},"
-    "gradient_accumulation_steps=1,global_batch_size=0,eval_steps=3,save_steps=3,generation_eval_samples=0"
+    f"max_steps={STEPS},logging_steps=1,dataloader_num_workers=0,report_to=[],per_device_train_batch_size={{batch}},"
+    f"gradient_accumulation_steps=1,global_batch_size=0,eval_steps={STEPS},save_steps={STEPS},generation_eval_samples=0"
 )
-"""What makes a run short (the rest is the recipe's)."""
+"""What makes a run short (the rest is the recipe's): two optimizer steps, the second after a first update, and
+an evaluation; each step of an 8B slice takes ~35 s on one core (its 152k x 4096 output layer)."""
 SFT_SHORT = SHORT.format(batch=1) + ",per_device_eval_batch_size=2"
 GRPO_SHORT = SHORT.format(batch=2) + ",num_generations=2,max_completion_length=12,metric_for_best_model=eval_loss"
 RGFN_SHORT = (SHORT.format(batch=1) + ",explore_nums=2,explore_min_bs=2,rat_min_len=4,rat_max_len=12,reward_every=4,"
@@ -101,33 +102,45 @@ def assert_8bit_adamw(run: Path) -> None:
 
 
 def assert_ran(run: Path, recipe_name: str, model: Path) -> None:
-    """3 optimizer steps with finite losses, LoRA's count from the formula, the recipe's optimizer."""
+    """``STEPS`` optimizer steps with finite losses, LoRA's count from the formula, the recipe's optimizer."""
     losses = log_losses(run)
-    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses), losses
+    assert len(losses) == STEPS and all(math.isfinite(loss) for loss in losses), losses
     shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
     assert adapter_parameters(run) == recipe_lora_parameters(shape, load_recipe(recipe_name))
     if load_recipe(recipe_name).optim == "adamw_8bit":
         assert_8bit_adamw(run)
 
 
-def job(stage: str, *args: str) -> None:
+def job(stage: str, *args: str) -> dict[str, dict[str, Any]]:
     """``vcot-<stage> ARGS`` as a user runs it, in its own process: each run's memory is returned when it ends
     (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine). Its
-    torch threads are torch's default, which ``make test`` sets to this worker's share of the cores."""
+    torch threads are torch's default, which ``make test`` sets to this worker's share of the cores. Returns the
+    last entry of each event it logged."""
     env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
     done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
+    return {entry["event"]: entry for entry in map(json_line, done.stderr.splitlines()) if "event" in entry}
+
+
+def json_line(line: str) -> dict[str, Any]:
+    """A JSON log line as a dict; anything else (a warning, a traceback) as an empty one."""
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 @functools.cache
-def sft_run(recipe_name: str, root: str) -> Path:
+def sft_run(recipe_name: str, root: str) -> tuple[Path, dict[str, Any]]:
+    """The SFT run of ``recipe_name`` on its slice, and what its model loading said it quantized."""
     model = slice_for(recipe_name)
     tokens, run = f"{root}/{recipe_name}/tokens", Path(root) / recipe_name / "run"
     job("tokenize", "--input", records(root), "--output", tokens, "--model", str(model))
-    job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
-        "--set", SFT_SHORT)  # fmt: skip
-    return run
+    logged = job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
+                 "--set", SFT_SHORT)  # fmt: skip
+    return run, logged.get("quantized", {})
 
 
 @pytest.fixture(scope="module")
@@ -140,26 +153,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-7b-qlora", "qwen2.5-vl-3b-qlora", "qwen3-vl-8b-qlora"])
 def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: str, root: str) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, BitsAndBytesConfig
-
     model = slice_for(recipe_name)
-    run = sft_run(recipe_name, root)
+    run, quantized = sft_run(recipe_name, root)
     assert_ran(run, recipe_name, model)
     assert load_recipe(recipe_name).quantize == "4bit" and load_recipe(recipe_name).gradient_checkpointing
 
-    # NF4 with double quantization on every linear layer but the output one; the adapter through plain peft.
-    nf4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                             bnb_4bit_compute_dtype=torch.float32)  # fmt: skip
-    base = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32, quantization_config=nf4)
-    packed = [module for module in base.modules() if type(module).__name__ == "Linear4bit"]
+    # NF4 with double quantization on every linear layer but the output one, as the run's loading logged it.
     shape = ModelShape.from_config(json.loads((model / "config.json").read_text()))
-    assert len(packed) == shape.quantized_modules()
-    assert all(module.weight.quant_state.nested for module in packed)  # double quantization: the scales quantized
-    tuned = PeftModel.from_pretrained(base, run / "adapter")
-    assert sum(p.numel() for name, p in tuned.named_parameters() if "lora_" in name) == adapter_parameters(run)
-    del base, tuned, packed
-    gc.collect()
+    assert {key: quantized.get(key) for key in ("layers_4bit", "layers_8bit", "quant_types", "double_quant")} == {
+        "layers_4bit": shape.quantized_modules(), "layers_8bit": 0, "quant_types": ["nf4"], "double_quant": True}
     if recipe_name not in EXPORTED:
         return  # the merge and evaluate of its family run on the 7B's slice: the same code at other widths
 
@@ -169,11 +171,13 @@ def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: 
     assert_merged(model, run / "adapter", merged)
     shutil.rmtree(merged)  # a whole 16-bit model (3-4 GB); the adapter and run stay for the GRPO tests
 
-    # evaluate answers a batch with the adapter on the 4-bit base, as the recipe trained it.
+    # evaluate answers a batch with the adapter loaded by plain peft on the 4-bit base, as the recipe trained it.
     scored = Path(root) / recipe_name / "eval"
-    job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"), "--output",
-        str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8",
-        "--quantize", "4bit")  # fmt: skip
+    logged = job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"),
+                 "--output", str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8",
+                 "--quantize", "4bit")  # fmt: skip
+    assert logged["adapter_loaded"]["lora_parameters"] == adapter_parameters(run)
+    assert logged["quantized"]["layers_4bit"] == shape.quantized_modules()
     predictions = list(shards.read_jsonl(str(next(scored.glob("predictions/*.jsonl.gz")))))
     assert len(predictions) == 2 and all(isinstance(row["prediction"], str) for row in predictions), predictions[:1]
 
@@ -206,7 +210,7 @@ def _tensor(folder: Path, suffix: str, safe_open: Any) -> torch.Tensor:
 @pytest.mark.parametrize("recipe_name", ["qwen2.5-vl-7b-grpo", "qwen3-vl-8b-grpo"])
 def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, root: str) -> None:
     model = slice_for(recipe_name)
-    sft = sft_run(SFT_OF[recipe_name], root)
+    sft, _ = sft_run(SFT_OF[recipe_name], root)
     run = Path(root) / recipe_name / "run"
     assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
     job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", recipe_name,

@@ -538,6 +538,8 @@ def load_model_and_processor(
                 )
     if precision.device == "cpu":  # a 4-bit base of ours, or a checkpoint saved in 4 bits
         one_cpu_4bit_kernel(model)
+    if quantize is not None:
+        log.info("quantized", **quantized_layers(model))
     if for_training:
         model.config.use_cache = False
         if quantize is not None:
@@ -547,6 +549,7 @@ def load_model_and_processor(
 
         with load_errors(str(adapter_uri), what="adapter"), _adapter_fits(str(adapter_uri), model_uri):
             model = PeftModel.from_pretrained(model, adapter_path, is_trainable=for_training)
+        log.info("adapter_loaded", adapter=adapter_uri, lora_parameters=lora_parameters(model))
     if not for_training:
         model.eval()
 
@@ -554,6 +557,24 @@ def load_model_and_processor(
     with load_errors(str(adapter_uri) if has_processor else model_uri, what="adapter" if has_processor else "model"):
         processor = load_processor(adapter_path if has_processor else base_path)
     return model, processor
+
+
+def quantized_layers(model: Any) -> dict[str, Any]:
+    """What quantization made of ``model``: how many linear layers bitsandbytes holds in 4 or 8 bits, and whether
+    every 4-bit one has its scales quantized too (double quantization). Logged after loading, so a run says what it
+    quantized: every linear layer but the output one, as ``vcot-plan`` counts them."""
+    four = [module.weight for module in model.modules() if type(module).__name__ == "Linear4bit"]
+    return {
+        "layers_4bit": len(four),
+        "layers_8bit": sum(type(module).__name__ == "Linear8bitLt" for module in model.modules()),
+        "quant_types": sorted({weight.quant_type for weight in four}),
+        "double_quant": bool(four) and all(weight.quant_state.nested for weight in four),
+    }
+
+
+def lora_parameters(model: Any) -> int:
+    """The LoRA parameters of ``model``'s adapters (what a loaded adapter added)."""
+    return sum(parameter.numel() for name, parameter in model.named_parameters() if "lora_" in name)
 
 
 def one_cpu_4bit_kernel(model: Any) -> int:
