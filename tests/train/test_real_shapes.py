@@ -5,7 +5,8 @@ Only what makes a run short differs from the shipped recipe: steps, lengths, bat
 the data loader's workers. The quantization, optimizer, LoRA targets, gradient checkpointing, learning rates and
 every method knob are the recipe's. What a tiny model cannot show is checked here: NF4 with double quantization on
 every linear layer but the output one, 8-bit AdamW's states, LoRA's trainable count from the shape's formula, finite
-losses for 2 optimizer steps, the adapter loaded with plain peft, the merge for export, evaluate answering.
+losses for 2 optimizer steps; for one QLoRA recipe per family the adapter loaded with plain peft, the merge for
+export and evaluate answering.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ MODEL_OF = {
 }
 """Every shipped non-tiny recipe and the published model it was written for."""
 EXPORTED = ("qwen2.5-vl-7b-qlora", "qwen3-vl-8b-qlora")
-"""The QLoRA recipes also merged for export and evaluated here: one per family (CI's time; the 3B's differs from the
-7B's in widths only)."""
+"""The QLoRA recipes also merged for export, evaluated and loaded with plain peft here: one per family (CI's
+time; the 3B's differs from the 7B's in widths only)."""
 SFT_OF = {"qwen2.5-vl-7b-grpo": "qwen2.5-vl-7b-qlora", "qwen3-vl-8b-grpo": "qwen3-vl-8b-qlora"}
 """GRPO recipes continue their family's SFT adapter, as documented."""
 
@@ -116,7 +117,7 @@ def job(stage: str, *args: str) -> dict[str, dict[str, Any]]:
     (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine). Its
     torch threads are torch's default, which ``make test`` sets to this worker's share of the cores. Returns the
     last entry of each event it logged."""
-    env = {**os.environ, "VCOT_LOG_FORMAT": "json"}
+    env = {**os.environ, "VCOT_LOG_FORMAT": "json", "VCOT_LOG_LEVEL": "INFO"}  # the events read below
     done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -213,9 +214,10 @@ def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, ro
     sft, _ = sft_run(SFT_OF[recipe_name], root)
     run = Path(root) / recipe_name / "run"
     assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
-    job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe", recipe_name,
-        "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"))  # fmt: skip
+    logged = job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe",
+                 recipe_name, "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"))  # fmt: skip
     assert_ran(run, recipe_name, model)
+    assert logged["adapter_loaded"]["lora_parameters"] == adapter_parameters(sft)  # the SFT adapter, every matrix
 
 
 def test_rgfn_recipe_trains_on_its_slice(root: str) -> None:

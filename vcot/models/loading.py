@@ -568,7 +568,7 @@ def quantized_layers(model: Any) -> dict[str, Any]:
         "layers_4bit": len(four),
         "layers_8bit": sum(type(module).__name__ == "Linear8bitLt" for module in model.modules()),
         "quant_types": sorted({weight.quant_type for weight in four}),
-        "double_quant": bool(four) and all(weight.quant_state.nested for weight in four),
+        "double_quant": bool(four) and all(getattr(weight.quant_state, "nested", False) for weight in four),
     }
 
 
