@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from tests.train.conftest import write_record_output
+from tests.train.test_distributed import events
 from vcot.dev.model_slice import cached_slice
 from vcot.io import shards
 from vcot.models.published import published_config
@@ -112,25 +113,21 @@ def assert_ran(run: Path, recipe_name: str, model: Path) -> None:
         assert_8bit_adamw(run)
 
 
-def job(stage: str, *args: str) -> dict[str, dict[str, Any]]:
+def job(stage: str, *args: str) -> list[str]:
     """``vcot-<stage> ARGS`` as a user runs it, in its own process: each run's memory is returned when it ends
     (a 7B slice's step holds several GiB; one process running them all in turn would not fit this machine). Its
-    torch threads are torch's default, which ``make test`` sets to this worker's share of the cores. Returns the
-    last entry of each event it logged."""
+    torch threads are torch's default, which ``make test`` sets to this worker's share of the cores. Returns its
+    log lines (JSON)."""
     env = {**os.environ, "VCOT_LOG_FORMAT": "json", "VCOT_LOG_LEVEL": "INFO"}  # the events read below
     done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=900, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    return {entry["event"]: entry for entry in map(json_line, done.stderr.splitlines()) if "event" in entry}
+    return done.stderr.splitlines()
 
 
-def json_line(line: str) -> dict[str, Any]:
-    """A JSON log line as a dict; anything else (a warning, a traceback) as an empty one."""
-    try:
-        entry = json.loads(line)
-    except json.JSONDecodeError:
-        return {}
-    return entry if isinstance(entry, dict) else {}
+def logged(lines: list[str], name: str) -> dict[str, Any]:
+    """The last ``name`` event of a job's log lines."""
+    return events(lines, name)[-1]
 
 
 @functools.cache
@@ -139,9 +136,9 @@ def sft_run(recipe_name: str, root: str) -> tuple[Path, dict[str, Any]]:
     model = slice_for(recipe_name)
     tokens, run = f"{root}/{recipe_name}/tokens", Path(root) / recipe_name / "run"
     job("tokenize", "--input", records(root), "--output", tokens, "--model", str(model))
-    logged = job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
-                 "--set", SFT_SHORT)  # fmt: skip
-    return run, logged.get("quantized", {})
+    lines = job("train", "--data", tokens, "--model", str(model), "--output", str(run), "--recipe", recipe_name,
+                "--set", SFT_SHORT)  # fmt: skip
+    return run, logged(lines, "quantized")
 
 
 @pytest.fixture(scope="module")
@@ -174,11 +171,11 @@ def test_qlora_recipe_trains_loads_merges_and_answers_on_its_slice(recipe_name: 
 
     # evaluate answers a batch with the adapter loaded by plain peft on the 4-bit base, as the recipe trained it.
     scored = Path(root) / recipe_name / "eval"
-    logged = job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"),
-                 "--output", str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8",
-                 "--quantize", "4bit")  # fmt: skip
-    assert logged["adapter_loaded"]["lora_parameters"] == adapter_parameters(run)
-    assert logged["quantized"]["layers_4bit"] == shape.quantized_modules()
+    lines = job("evaluate", "--data", records(root), "--model", str(model), "--adapter", str(run / "adapter"),
+                "--output", str(scored), "--max-samples", "2", "--batch-size", "2", "--max-new-tokens", "8",
+                "--quantize", "4bit")  # fmt: skip
+    assert logged(lines, "adapter_loaded")["lora_parameters"] == adapter_parameters(run)
+    assert logged(lines, "quantized")["layers_4bit"] == shape.quantized_modules()
     predictions = list(shards.read_jsonl(str(next(scored.glob("predictions/*.jsonl.gz")))))
     assert len(predictions) == 2 and all(isinstance(row["prediction"], str) for row in predictions), predictions[:1]
 
@@ -214,10 +211,10 @@ def test_grpo_recipe_continues_the_sft_adapter_on_its_slice(recipe_name: str, ro
     sft, _ = sft_run(SFT_OF[recipe_name], root)
     run = Path(root) / recipe_name / "run"
     assert load_recipe(recipe_name).quantize is None  # bf16 policy on a GPU (fp32 on this CPU)
-    logged = job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe",
-                 recipe_name, "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"))  # fmt: skip
+    lines = job("train", "--data", records(root), "--model", str(model), "--output", str(run), "--recipe",
+                recipe_name, "--set", GRPO_SHORT, "--init-adapter", str(sft / "adapter"))  # fmt: skip
     assert_ran(run, recipe_name, model)
-    assert logged["adapter_loaded"]["lora_parameters"] == adapter_parameters(sft)  # the SFT adapter, every matrix
+    assert logged(lines, "adapter_loaded")["lora_parameters"] == adapter_parameters(sft)  # the SFT adapter, whole
 
 
 def test_rgfn_recipe_trains_on_its_slice(root: str) -> None:
