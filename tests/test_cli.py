@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
 from dataclasses import dataclass
+from typing import Any
 
+from vcot import cli
 from vcot.cli import run_stage
 from vcot.config import option
+from vcot.errors import VcotError
 from vcot.io import storage
 
 
@@ -53,3 +59,62 @@ def test_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys) -> None:  # ty
     assert len(crashed) == 1 and "Traceback" in crashed[0]["exception"]
     assert "RuntimeError: a bug" in crashed[0]["exception"]
     assert all(line.startswith("{") for line in err.splitlines() if line)  # logged once, inside the JSON line
+
+
+class _Writes:
+    """``sys.stderr`` that keeps each ``write`` apart."""
+
+    def __init__(self) -> None:
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _refuse(config: EchoConfig) -> None:
+    raise VcotError("nothing to do here: pass --output elsewhere")
+
+
+def test_a_failure_is_written_a_whole_line_at_a_time(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # Under torchrun the ranks write unbuffered to one pipe: a line in two writes can be split by another rank's.
+    monkeypatch.setenv("VCOT_LOG_FORMAT", "json")
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert run_stage("echo", EchoConfig, _refuse, ["--output", str(tmp_path)]) == 1
+    assert stderr.chunks and all(chunk.endswith("\n") and chunk.count("\n") == 1 for chunk in stderr.chunks)
+    assert stderr.chunks[-1] == "vcot-echo: error: nothing to do here: pass --output elsewhere\n"
+
+
+def test_a_sigterm_while_a_failure_is_reported_does_not_cut_it_short(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch, capsys
+) -> None:
+    # torchrun sends SIGTERM to the ranks left once one has exited: the others may be reporting the same failure.
+    real_get_logger = cli.get_logger
+
+    class TerminatedWhileLogging:
+        def __init__(self, log: Any) -> None:
+            self.log = log
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.log, name)
+
+        def error(self, *args: Any, **kwargs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.log.error(*args, **kwargs)
+
+    monkeypatch.setenv("VCOT_LOG_FORMAT", "json")
+    monkeypatch.setattr(cli, "get_logger", lambda *a, **k: TerminatedWhileLogging(real_get_logger(*a, **k)))
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_stage("echo", EchoConfig, _refuse, ["--output", str(tmp_path)]) == 1
+    assert signal.getsignal(signal.SIGTERM) == before
+    err = capsys.readouterr().err
+    failed = [json.loads(line) for line in err.splitlines() if '"failed"' in line]
+    assert [event["error"] for event in failed] == ["nothing to do here: pass --output elsewhere"]
+    assert "vcot-echo: error: nothing to do here" in err and "Traceback" not in err

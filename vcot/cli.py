@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, TypeVar
 
 from vcot.config import parse_config, redacted
@@ -71,12 +71,23 @@ def run_stage(stage: str, config_cls: type[C], main: Callable[[C], Any], argv: S
             log.warning("terminated", signal="SIGTERM")
             return _failed(log, stage, "stopped by SIGTERM before finishing: run the same command again", 1)
         except Exception:
+            _ignore_sigterm()
             log.exception("crashed")
             return 1
     return 0
 
 
+def _ignore_sigterm() -> None:
+    """The stage is ending: a SIGTERM now must not cut its report short. Under torchrun it comes when another rank
+    exited first (the agent stops the ranks left), and it would leave a traceback instead of the error line."""
+    with suppress(ValueError):  # not the main thread: leave signals alone
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _failed(log: Any, stage: str, message: str, code: int) -> int:
+    _ignore_sigterm()
     log.error("failed", error=message, exit_code=code)
-    print(mask_secrets(f"vcot-{stage}: error: {message}"), file=sys.stderr)
+    # One write per line: torchrun runs its ranks unbuffered (python -u) on one pipe, and print's two writes (the
+    # text, then the newline) let another rank's line land between them.
+    sys.stderr.write(mask_secrets(f"vcot-{stage}: error: {message}") + "\n")
     return code
