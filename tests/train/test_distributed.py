@@ -19,7 +19,7 @@ import pytest
 from tests.train.train_helpers import WATCH
 from vcot.dev.torchrun_workers import rank_pids
 from vcot.io import manifest, storage
-from vcot.train import TrainConfig, train
+from vcot.train import TrainConfig, distributed, train
 from vcot.train.checkpoints import complete_checkpoints
 from vcot.train.distributed import free_port
 
@@ -284,3 +284,43 @@ def test_generation_evaluation_under_torchrun_keeps_one_best_checkpoint_on_every
     assert [event["step"] for event in events(lines, "generation_eval")] == [2, 4]  # rank 0's, none at the end
     best = manifest.read_manifest(output)["stats"]["best_metric"]
     assert best["name"] == "eval_gen_answer_accuracy" and best["step"] in (2, 4)
+
+
+@pytest.fixture
+def group_of_one_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables :func:`distributed.init` sets for a group of one, set here so the test undoes them."""
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "GROUP_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.usefixtures("group_of_one_env")
+def test_a_stage_leaves_its_process_group_when_it_ends_or_every_rank_stopped() -> None:
+    # A process that exits still in a gloo group can abort at shutdown (SIGABRT instead of its exit code).
+    import torch.distributed as dist
+
+    with distributed.process_group(group_of_one=True):
+        assert dist.is_initialized()
+    assert not dist.is_initialized()
+    stopped = (KeyboardInterrupt,)  # as a SIGTERM stop every rank agreed on
+    with pytest.raises(KeyboardInterrupt), distributed.process_group(group_of_one=True, stopped_together=stopped):
+        raise KeyboardInterrupt
+    assert not dist.is_initialized()
+    with pytest.raises(ValueError), distributed.process_group(group_of_one=True):  # no other rank to wait for
+        raise ValueError("a world of one")
+    assert not dist.is_initialized()
+
+
+@pytest.mark.usefixtures("group_of_one_env")
+def test_after_an_error_of_its_own_a_rank_of_many_stays_in_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Leaving would wait on the ranks still in a collective: the process exits in the group, torchrun stops the rest.
+    import torch.distributed as dist
+
+    with pytest.raises(ValueError), distributed.process_group(group_of_one=True):
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        raise ValueError("this rank only")
+    try:
+        assert dist.is_initialized()
+    finally:
+        distributed.leave()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -57,6 +59,37 @@ def init(*, group_of_one: bool = False) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo", timeout=collective_timeout())
+
+
+def leave() -> None:
+    """Leave the process group, if this process is in one. A process that exits still in a gloo group can abort
+    as the interpreter shuts down (SIGABRT, "terminate called without an active exception": the group's threads
+    outlive it), which turns the stage's exit code into a crash; NCCL warns of a leak. NCCL's destroy is
+    collective: every rank must call it, none waiting in a collective."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(
+    *, group_of_one: bool = False, stopped_together: tuple[type[BaseException], ...] = ()
+) -> Iterator[None]:
+    """:func:`init`, then :func:`leave` when the block ends: normally, by one of ``stopped_together`` (errors every
+    rank raises at the same point, such as a stop they agreed on), or by any error in a world of one. After another
+    error a rank exits in the group: leaving could wait forever on ranks still in a collective."""
+    init(group_of_one=group_of_one)
+    try:
+        yield
+    except stopped_together:
+        leave()
+        raise
+    except BaseException:
+        if world_size() == 1:
+            leave()
+        raise
+    leave()
 
 
 def collective_timeout() -> Any:

@@ -28,7 +28,7 @@ from vcot.io import manifest, storage
 from vcot.log import get_logger
 from vcot.train import distributed
 from vcot.train.checkpoints import settings_change
-from vcot.train.common import TrainConfig
+from vcot.train.common import TrainConfig, TrainingInterrupted
 from vcot.train.grpo import grpo
 from vcot.train.plan import log_plan
 from vcot.train.pointer import ensure_pointer
@@ -41,11 +41,16 @@ log = get_logger(__name__)
 
 def train(config: TrainConfig) -> dict[str, Any] | None:
     """Run the stage; returns the manifest written, or ``None`` when the output was already committed."""
-    inputs = [config.data, config.model, *([config.init_adapter] if config.init_adapter else [])]
     recipe = load_recipe(config.recipe, config.set)
-    # Under torchrun: rank 0 alone prepares (and may delete) the output, the others follow. A sharded recipe joins a
-    # group of one outside torchrun: its checkpoints are sharded ones, which any world size resumes.
-    distributed.init(group_of_one=recipe.sharding is not None)
+    # A sharded recipe joins a group of one outside torchrun: its checkpoints are sharded ones, which any world size
+    # resumes. A SIGTERM stops every rank at the same step: they all leave the group then.
+    with distributed.process_group(group_of_one=recipe.sharding is not None, stopped_together=(TrainingInterrupted,)):
+        return _train(config, recipe)
+
+
+def _train(config: TrainConfig, recipe: Recipe) -> dict[str, Any] | None:
+    """Under torchrun: rank 0 alone prepares (and may delete) the output, the others follow."""
+    inputs = [config.data, config.model, *([config.init_adapter] if config.init_adapter else [])]
     todo = None
     if distributed.is_main():
         todo = manifest.prepare_output(config.output, stage="train", inputs=inputs, overwrite=config.overwrite)
