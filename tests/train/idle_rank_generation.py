@@ -39,6 +39,7 @@ def main(model_dir: str, folder: str) -> None:
     (answer,) = generate_batch(model.eval(), processor, [record], GenerationSettings(fmt=fmt, max_new_tokens=6))
     print(json.dumps({"rank": rank, "skipped": isinstance(answer, Skipped), "answer": str(answer)}), flush=True)
     distributed.barrier()
+    distributed.leave()  # a process that exits in a gloo group can abort at shutdown
 
 
 if __name__ == "__main__":

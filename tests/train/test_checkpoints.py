@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
-from vcot.train.checkpoints import mark_complete, restore_checkpoints, settings_change
+from vcot.train.checkpoints import SaveOnSigterm, mark_complete, restore_checkpoints, settings_change
 
 
 def _checkpoint(remote: Path, step: int, state: dict) -> None:
@@ -55,3 +57,21 @@ def test_a_run_pinned_before_the_fused_lm_head_knob_resumes_after_the_upgrade(tm
     mark_complete(f"{remote}/checkpoint-2")
     assert settings_change(remote, {"learning_rate": 1e-4, "lora_r": 8, "fused_lm_head": True}) is None
     assert settings_change(remote, {"learning_rate": 1e-4, "lora_r": 16, "fused_lm_head": False}) == "lora_r: 8 -> 16"
+
+
+def test_a_sigterm_stop_ignores_more_sigterms_and_a_run_without_one_restores_its_handler() -> None:
+    # Under torchrun the ranks left get SIGTERM once one has exited: it must not cut their own stop's report short.
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        quiet = SaveOnSigterm()
+        quiet.install()
+        quiet.uninstall()
+        assert signal.getsignal(signal.SIGTERM) == before
+        stopped = SaveOnSigterm()
+        stopped.install()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped.received
+        stopped.uninstall()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -287,28 +288,32 @@ def test_generation_evaluation_under_torchrun_keeps_one_best_checkpoint_on_every
 
 
 @pytest.fixture
-def group_of_one_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The variables :func:`distributed.init` sets for a group of one, set here so the test undoes them."""
+def group_of_one_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The variables :func:`distributed.init` sets for a group of one, set here so the test undoes them; a group the
+    test left behind is left."""
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     monkeypatch.setenv("MASTER_PORT", str(free_port()))
     for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "GROUP_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
+    yield
+    distributed.leave()
 
 
 @pytest.mark.usefixtures("group_of_one_env")
-def test_a_stage_leaves_its_process_group_when_it_ends_or_every_rank_stopped() -> None:
+def test_the_process_group_is_left_when_the_block_ends_or_every_rank_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
     # A process that exits still in a gloo group can abort at shutdown (SIGABRT instead of its exit code).
     import torch.distributed as dist
 
     with distributed.process_group(group_of_one=True):
         assert dist.is_initialized()
     assert not dist.is_initialized()
-    stopped = (KeyboardInterrupt,)  # as a SIGTERM stop every rank agreed on
-    with pytest.raises(KeyboardInterrupt), distributed.process_group(group_of_one=True, stopped_together=stopped):
-        raise KeyboardInterrupt
-    assert not dist.is_initialized()
     with pytest.raises(ValueError), distributed.process_group(group_of_one=True):  # no other rank to wait for
         raise ValueError("a world of one")
+    assert not dist.is_initialized()
+    stopped = (KeyboardInterrupt,)  # as a SIGTERM stop every rank agreed on
+    with pytest.raises(KeyboardInterrupt), distributed.process_group(group_of_one=True, stopped_together=stopped):
+        monkeypatch.setattr(distributed, "world_size", lambda: 2)
+        raise KeyboardInterrupt
     assert not dist.is_initialized()
 
 
@@ -320,7 +325,33 @@ def test_after_an_error_of_its_own_a_rank_of_many_stays_in_the_group(monkeypatch
     with pytest.raises(ValueError), distributed.process_group(group_of_one=True):
         monkeypatch.setattr(distributed, "world_size", lambda: 2)
         raise ValueError("this rank only")
-    try:
-        assert dist.is_initialized()
-    finally:
-        distributed.leave()
+    assert dist.is_initialized()
+
+
+@pytest.mark.usefixtures("group_of_one_env")
+def test_a_group_the_caller_joined_is_the_callers_to_leave() -> None:
+    import torch.distributed as dist
+
+    distributed.init(group_of_one=True)
+    with distributed.process_group(group_of_one=True):
+        pass
+    assert dist.is_initialized()
+
+
+@pytest.mark.usefixtures("group_of_one_env")
+def test_a_sharded_run_stopped_by_sigterm_leaves_its_group(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from vcot.train import stage
+    from vcot.train.common import TrainingInterrupted
+
+    def stopped(config: TrainConfig, recipe: Any) -> None:
+        assert dist.is_initialized()  # the sharded recipe's group of one
+        raise TrainingInterrupted("stopped by SIGTERM at step 3")
+
+    monkeypatch.setattr(stage, "_train", stopped)
+    config = TrainConfig(data=str(tmp_path / "data"), model=str(tmp_path / "model"), output=str(tmp_path / "out"),
+                         recipe="tiny-cpu", set="sharding=fsdp2,optim=adamw_torch")  # fmt: skip
+    with pytest.raises(TrainingInterrupted):
+        train(config)
+    assert not dist.is_initialized()

@@ -202,8 +202,11 @@ class SaveOnSigterm(TrainerCallback):
         self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def uninstall(self) -> None:
+        """Put the previous handler back, unless a SIGTERM came: the stop is then under way, and another one (torchrun
+        stopping the ranks left once one has exited) must not cut its report short. It is ignored until the
+        entrypoint puts its own caller's handler back as it exits."""
         if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN if self.received else self._previous)
 
     def _handle(self, signum: int, frame: Any) -> None:
         # Only set a flag: a handler that logs could wait forever on the lock of a write it interrupted.

@@ -14,7 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from vcot.log import get_logger
+
 T = TypeVar("T")
+log = get_logger(__name__)
 
 COLLECTIVE_TIMEOUT_MINUTES = 120
 """How long a rank waits in a collective for the others before the run fails. Torch's NCCL default is 10 minutes,
@@ -76,20 +79,36 @@ def leave() -> None:
 def process_group(
     *, group_of_one: bool = False, stopped_together: tuple[type[BaseException], ...] = ()
 ) -> Iterator[None]:
-    """:func:`init`, then :func:`leave` when the block ends: normally, by one of ``stopped_together`` (errors every
-    rank raises at the same point, such as a stop they agreed on), or by any error in a world of one. After another
-    error a rank exits in the group: leaving could wait forever on ranks still in a collective."""
+    """:func:`init` for the block, then leave the group it joined when the block ends: normally or by one of
+    ``stopped_together`` (errors every rank raises at the same point, such as a stop they agreed on) after a
+    barrier, so no rank tears the group down while another still talks to it; by any error in a world of one. After
+    another error a rank exits in the group: a barrier or a collective destroy would wait, until the collective
+    timeout or torchrun stops it, on ranks still in a collective. A group that cannot be left is logged, not raised:
+    the stage's outcome (its result, or the error that ended it) is decided."""
+    import torch.distributed as dist
+
+    joined = not dist.is_initialized()  # a caller's own group is the caller's to leave
     init(group_of_one=group_of_one)
     try:
         yield
     except stopped_together:
-        leave()
+        _leave_after_the_others(joined)
         raise
     except BaseException:
-        if world_size() == 1:
-            leave()
+        if joined and world_size() == 1:
+            _leave_after_the_others(joined)
         raise
-    leave()
+    _leave_after_the_others(joined)
+
+
+def _leave_after_the_others(joined: bool) -> None:
+    if not joined:
+        return
+    try:
+        barrier()
+        leave()
+    except Exception as exc:  # cleanup: the stage's own outcome must come through
+        log.warning("process_group_not_left", error=str(exc))
 
 
 def collective_timeout() -> Any:
