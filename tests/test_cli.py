@@ -9,6 +9,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
+
 from vcot import cli
 from vcot.cli import run_stage
 from vcot.config import option
@@ -92,8 +94,16 @@ def test_a_failure_is_written_a_whole_line_at_a_time(tmp_path, monkeypatch) -> N
     assert stderr.chunks[-1] == "vcot-echo: error: nothing to do here: pass --output elsewhere\n"
 
 
+def _crash(config: EchoConfig) -> None:
+    raise RuntimeError("a bug")
+
+
+@pytest.mark.parametrize(("main", "event", "logged"), [
+    (_refuse, "failed", "nothing to do here: pass --output elsewhere"),
+    (_crash, "crashed", "RuntimeError: a bug"),
+])  # fmt: skip
 def test_a_sigterm_while_a_failure_is_reported_does_not_cut_it_short(  # type: ignore[no-untyped-def]
-    tmp_path, monkeypatch, capsys
+    main, event, logged, tmp_path, monkeypatch, capsys
 ) -> None:
     # torchrun sends SIGTERM to the ranks left once one has exited: the others may be reporting the same failure.
     real_get_logger = cli.get_logger
@@ -109,12 +119,16 @@ def test_a_sigterm_while_a_failure_is_reported_does_not_cut_it_short(  # type: i
             os.kill(os.getpid(), signal.SIGTERM)
             self.log.error(*args, **kwargs)
 
+        def exception(self, *args: Any, **kwargs: Any) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)
+            self.log.exception(*args, **kwargs)
+
     monkeypatch.setenv("VCOT_LOG_FORMAT", "json")
     monkeypatch.setattr(cli, "get_logger", lambda *a, **k: TerminatedWhileLogging(real_get_logger(*a, **k)))
     before = signal.getsignal(signal.SIGTERM)
-    assert run_stage("echo", EchoConfig, _refuse, ["--output", str(tmp_path)]) == 1
+    assert run_stage("echo", EchoConfig, main, ["--output", str(tmp_path)]) == 1
     assert signal.getsignal(signal.SIGTERM) == before
     err = capsys.readouterr().err
-    failed = [json.loads(line) for line in err.splitlines() if '"failed"' in line]
-    assert [event["error"] for event in failed] == ["nothing to do here: pass --output elsewhere"]
-    assert "vcot-echo: error: nothing to do here" in err and "Traceback" not in err
+    reported = [json.loads(line) for line in err.splitlines() if f'"{event}"' in line]
+    assert len(reported) == 1 and logged in json.dumps(reported[0])
+    assert "terminated" not in err and "_Terminated" not in err
