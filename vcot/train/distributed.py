@@ -95,7 +95,7 @@ def process_group(
         _leave_after_the_others(joined)
         raise
     except BaseException:
-        if joined and world_size() == 1:
+        if world_size() == 1:
             _leave_after_the_others(joined)
         raise
     _leave_after_the_others(joined)
