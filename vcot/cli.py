@@ -37,7 +37,7 @@ def _sigterm_unwinds() -> Iterator[None]:
     at once, an S3 stream within its read timeout)."""
 
     def handle(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second SIGTERM must not interrupt the cleanup
+        _ignore_sigterm()  # once: a second SIGTERM must not interrupt the cleanup
         raise _Terminated
 
     try:

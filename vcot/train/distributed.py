@@ -87,23 +87,23 @@ def process_group(
     the stage's outcome (its result, or the error that ended it) is decided."""
     import torch.distributed as dist
 
-    joined = not dist.is_initialized()  # a caller's own group is the caller's to leave
+    if dist.is_initialized():  # a caller's own group is the caller's to leave
+        yield
+        return
     init(group_of_one=group_of_one)
     try:
         yield
     except stopped_together:
-        _leave_after_the_others(joined)
+        _leave_after_the_others()
         raise
     except BaseException:
         if world_size() == 1:
-            _leave_after_the_others(joined)
+            _leave_after_the_others()
         raise
-    _leave_after_the_others(joined)
+    _leave_after_the_others()
 
 
-def _leave_after_the_others(joined: bool) -> None:
-    if not joined:
-        return
+def _leave_after_the_others() -> None:
     try:
         barrier()
         leave()
