@@ -77,7 +77,7 @@ wanted inprocess && step inprocess-eval $PY -m jobs.evaluate --model "$EXPORT" -
   --output $V/inprocess --max-new-tokens 96 --repetition-penalty 1.0
 
 GRPO=(-m jobs.train --data $R/records --model $M25 --init-adapter "$STARTS/sft" --recipe tiny-cpu-grpo --threads 2)
-GRPO_SET="max_steps=$GRPO_STEPS,eval_steps=$GRPO_STEPS,save_steps=$GRPO_STEPS,generation_eval_samples=16"
+GRPO_SET="max_steps=$GRPO_STEPS,eval_steps=$GRPO_STEPS,save_steps=$GRPO_STEPS,generation_eval_samples=16,top_p=1.0"  # vLLM: no nucleus cut
 wanted grpo-hf && step grpo-hf $PY "${GRPO[@]}" --output $V/grpo-hf --set "$GRPO_SET"
 if wanted grpo-vllm; then
   step grpo-vllm env PYTHONPATH=$PYTHONPATH:$VSITE $PY "${GRPO[@]}" --output $V/grpo-vllm \

@@ -143,7 +143,8 @@ def grpo_run(records: str, model: Path, adapter: str, output: Path, *, steps: in
     """One timed GRPO run of ``steps`` steps; its throughput and phase breakdown."""
     # Throughput only: no held-out watch (its generation would be timed as "other").
     unwatched = "generation_eval_samples=0,metric_for_best_model=eval_loss"
-    settings = f"max_steps={steps},save_steps={steps},beta={beta},use_vllm={rollouts == 'vllm'},{unwatched}"
+    # top_p=1.0 for both: TRL's importance correction of vLLM's rollouts takes no nucleus cut (docs/train.md)
+    settings = f"max_steps={steps},save_steps={steps},beta={beta},use_vllm={rollouts == 'vllm'},top_p=1.0,{unwatched}"
     timer = PhaseTimer()
     started = time.perf_counter()
     with timer.installed():

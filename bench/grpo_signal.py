@@ -3,10 +3,10 @@
 For ``--records`` held-out records (the ``--split`` of committed records), on the CPU:
 
 - greedy: the first-object IoU of the answer the evaluation generates (greedy, the default repetition penalty);
-- samples: ``--samples`` K responses per record at ``--temperature``, as TRL draws GRPO's rollouts (no repetition
-  penalty, no top-k cut): their mean IoU, the best of K (what a perfect choice among them would score), the spread of
-  IoU within a group (the signal GRPO's advantages are made of; 0 means a group teaches nothing), and the standard
-  deviation of each sampled coordinate within a group (house units, 0-1000);
+- samples: ``--samples`` K responses per record at ``--temperature`` and ``--top-p``, as TRL draws GRPO's rollouts
+  (no repetition penalty, no top-k cut): their mean IoU, the best of K (what a perfect choice among them would
+  score), the spread of IoU within a group (the signal GRPO's advantages are made of; 0 means a group teaches
+  nothing), and the standard deviation of each sampled coordinate within a group (house units, 0-1000);
 - the entropy, in nats, of the model's next-token distribution at each digit of the greedy boxes, by place counted
   from the right (the ``4`` of ``40`` is a tens digit; a uniform digit is ln 10 = 2.303), beside the mean of every
   other token's: which digits the model knows, and so which ones a policy gradient can move. Two-turn models only:
@@ -14,7 +14,7 @@ For ``--records`` held-out records (the ``--split`` of committed records), on th
 
     PYTHONPATH=. .venv/bin/python bench/grpo_signal.py --adapter s3://vcot/local/qwen2.5-vl-norm1000/train/adapter \\
         --data s3://vcot/local/qwen2.5-vl-norm1000/records [--model .cache/tiny-qwen2.5-vl-local] [--records 48]
-        [--samples 8] [--temperature 0.7] [--output result.json]
+        [--samples 8] [--temperature 0.7] [--top-p 0.9] [--output result.json]
 
 ``--prepare N`` first makes what is missing, as ``make local-train`` does: the tiny model (``--size``) and N
 synthetic records converted to ``--data``; without ``--adapter`` the bare model is probed.
@@ -122,7 +122,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no {args.split} record with a box in {args.data}")
     greedy_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     sample_settings = GenerationSettings(fmt=fmt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                         batch_size=args.batch_size, repetition_penalty=1.0)  # fmt: skip
+                                         top_p=args.top_p, batch_size=args.batch_size,
+                                         repetition_penalty=1.0)  # fmt: skip
     started = time.perf_counter()
     greedy, _ = generate_responses(model, processor, records, greedy_settings)
     model.generation_config.top_k = 0  # transformers' default cuts at 50; TRL's rollouts (top_k=0) do not cut
@@ -149,6 +150,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "records": len(records),
         "samples": args.samples,
         "temperature": args.temperature,
+        "top_p": args.top_p,
         "first_object_iou": {
             "greedy": round(statistics.mean(greedy_ious), 4),
             "sampled_mean": round(statistics.mean(mean_ious), 4),
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=48)
     parser.add_argument("--samples", type=int, default=8, help="K: GRPO's group size")
     parser.add_argument("--temperature", type=float, default=0.7, help="GRPO's sampling temperature")
+    parser.add_argument("--top-p", type=float, default=0.9, help="GRPO's nucleus cut (tiny-cpu-grpo's top_p)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64, help="responses generated at a time")
     parser.add_argument("--threads", type=int, default=2)

@@ -51,7 +51,7 @@ def test_grpo_rollouts_through_colocated_vllm_sample_the_trained_policy(
     run = tmp_path / "grpo"
     command = [str(vllm_python), "-m", "jobs.train", "--data", record_data, "--model", str(model),
                "--output", str(run), "--recipe", "tiny-cpu-grpo", "--init-adapter", str(tmp_path / "sft" / "adapter"),
-               "--set", f"max_steps=2,save_steps=2,per_device_train_batch_size=8,use_vllm=true,{UNWATCHED}",
+               "--set", f"max_steps=2,save_steps=2,per_device_train_batch_size=8,use_vllm=true,top_p=1.0,{UNWATCHED}",
                "--threads", "1"]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VCOT_LOG_FORMAT": "json"}
     done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=500, check=False)

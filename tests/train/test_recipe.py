@@ -300,11 +300,21 @@ def test_grpo_recipes_say_why_for_every_knob() -> None:
         ("neftune_noise_alpha=5", "SFT-only"),
         ("early_stopping_patience=2,eval_steps=20", "SFT-only"),
         ("save_steps=40", "save_steps=40 must equal eval_steps=20 for grpo"),
+        ("use_vllm=true,top_p=0.9", "set top_p=1.0, or use_vllm=false"),
     ],
 )
 def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:
     with pytest.raises(VcotError, match=re.escape(message)):
         load_recipe("tiny-cpu-grpo", overrides)
+
+
+def test_a_nucleus_cut_takes_vllm_rollouts_only_without_trls_importance_correction() -> None:
+    """TRL corrects vLLM's rollouts by the ratio of two log-probabilities that a nucleus cut makes disagree."""
+    assert load_recipe("tiny-cpu-grpo", "top_p=0.9").top_p == 0.9  # generate's samples: no correction to bias
+    assert load_recipe("tiny-cpu-grpo", "use_vllm=true,top_p=1.0").use_vllm
+    uncorrected = "use_vllm=true,top_p=0.9,trainer.vllm_importance_sampling_correction=false"
+    unchecked = load_recipe("tiny-cpu-grpo", uncorrected)
+    assert unchecked.trainer["vllm_importance_sampling_correction"] is False
 
 
 def test_grpo_groups_are_checked_against_the_global_batch_when_one_is_set() -> None:

@@ -23,9 +23,10 @@ from vcot.train import TrainConfig, train
 
 # GRPO on the answer reward alone, on records whose square is always red: the short SFT adapter (trained on four
 # colours) names the right one in ~15% of its answers, so groups differ, and saying "red" more often is a gradient the
-# policy can follow from its output distribution alone: a known direction. 2 prompts x 8 completions a step.
+# policy can follow from its output distribution alone: a known direction. 2 prompts x 8 completions a step, with no
+# nucleus cut (the recipe's top_p could cut the rare right answer out of every sample).
 GRPO_SET = (
-    "max_steps=16,save_steps=16,learning_rate=3e-4,per_device_train_batch_size=16,num_generations=8,"
+    "max_steps=16,save_steps=16,learning_rate=3e-4,per_device_train_batch_size=16,num_generations=8,top_p=1.0,"
     "reward_weights={accuracy: 1.0},generation_eval_samples=0,metric_for_best_model=eval_loss,beta=0.0,"
     "logging_steps=1,trainer={scale_rewards: group}"
 )

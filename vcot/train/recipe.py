@@ -368,6 +368,13 @@ class Recipe:
                 "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (GRPO has no eval_loss): "
                 "set neftune_noise_alpha=null and early_stopping_patience=0 for method grpo"
             )
+        if self.use_vllm and self.top_p < 1 and self.trainer.get("vllm_importance_sampling_correction", True):
+            raise ConfigError(  # TRL issue 6789
+                f"recipe top_p={self.top_p} with use_vllm=true: vLLM reports a sampled token's log-probability within "
+                "the nucleus and TRL's trainer over the whole vocabulary, so TRL's importance-sampling correction "
+                "weighs (or masks) every completion wrongly: set top_p=1.0, or use_vllm=false (rollouts by "
+                "generate), or trainer.vllm_importance_sampling_correction=false"
+            )
 
     def _check_gfn(self) -> None:
         """RGFN's knobs, refused before any model is loaded."""
