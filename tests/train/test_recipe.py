@@ -300,7 +300,9 @@ def test_grpo_recipes_say_why_for_every_knob() -> None:
         ("neftune_noise_alpha=5", "SFT-only"),
         ("early_stopping_patience=2,eval_steps=20", "SFT-only"),
         ("save_steps=40", "save_steps=40 must equal eval_steps=20 for grpo"),
-        ("use_vllm=true,top_p=0.9", "set top_p=1.0, or use_vllm=false"),
+        ("use_vllm=true,top_p=0.9", "recipe top_p=0.9 with use_vllm=true"),
+        ("use_vllm=true,top_p=1.0,trainer.top_k=20", "recipe trainer.top_k=20 with use_vllm=true"),
+        ("use_vllm=true,top_p=1.0,trainer.min_p=0.05", "sample without a cut (top_p=1.0, no trainer.top_k or min_p)"),
     ],
 )
 def test_bad_grpo_recipes_are_refused_with_a_hint(overrides: str, message: str) -> None:

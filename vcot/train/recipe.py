@@ -84,6 +84,16 @@ NUMBER_RULES: dict[str, Rule] = {
 """Every numeric knob's range (whatever the method: a value a method ignores is still refused if absurd)."""
 
 
+def sampling_cuts(top_p: float, trainer: dict[str, Any]) -> list[str]:
+    """The settings that cut GRPO's sampled distribution (nucleus, top-k, min-p), as ``key=value``.
+
+    >>> sampling_cuts(0.9, {"top_k": 0, "min_p": 0.05})
+    ['top_p=0.9', 'trainer.min_p=0.05']
+    """
+    cuts = [f"top_p={top_p}"] if top_p < 1 else []
+    return cuts + [f"trainer.{key}={trainer[key]}" for key in ("top_k", "min_p") if trainer.get(key)]
+
+
 @dataclass
 class Recipe:
     """One training run's knobs. The defaults are the seed's recipe but for ``SEED_ONLY``; the YAML presets say what
@@ -368,12 +378,13 @@ class Recipe:
                 "recipe neftune_noise_alpha and early_stopping_patience are SFT-only (GRPO has no eval_loss): "
                 "set neftune_noise_alpha=null and early_stopping_patience=0 for method grpo"
             )
-        if self.use_vllm and self.top_p < 1 and self.trainer.get("vllm_importance_sampling_correction", True):
+        cuts = sampling_cuts(self.top_p, self.trainer)
+        if self.use_vllm and cuts and self.trainer.get("vllm_importance_sampling_correction", True):
             raise ConfigError(  # TRL issue 6789
-                f"recipe top_p={self.top_p} with use_vllm=true: vLLM reports a sampled token's log-probability within "
-                "the nucleus and TRL's trainer over the whole vocabulary, so TRL's importance-sampling correction "
-                "weighs (or masks) every completion wrongly: set top_p=1.0, or use_vllm=false (rollouts by "
-                "generate), or trainer.vllm_importance_sampling_correction=false"
+                f"recipe {', '.join(cuts)} with use_vllm=true: vLLM reports a sampled token's log-probability within "
+                "its cut and TRL's trainer over the whole vocabulary, so TRL's importance-sampling correction "
+                "weighs every completion wrongly: sample without a cut (top_p=1.0, no trainer.top_k or min_p), or "
+                "use_vllm=false (rollouts by generate), or trainer.vllm_importance_sampling_correction=false"
             )
 
     def _check_gfn(self) -> None:
