@@ -44,6 +44,7 @@ from vcot.models.generation import GenerationSettings, Skipped, generate_respons
 from vcot.models.loading import adapter_format, load_model_and_processor
 from vcot.models.penalty import inside_open_box
 from vcot.scoring.response import score_response, truth_boxes
+from vcot.train.recipe import load_recipe
 
 PLACES = ("thousands", "hundreds", "tens", "units")
 
@@ -173,9 +174,10 @@ def main() -> None:
     parser.add_argument("--model", default=".cache/tiny-qwen2.5-vl-local", help="the base model")
     parser.add_argument("--split", default="val")
     parser.add_argument("--records", type=int, default=48)
-    parser.add_argument("--samples", type=int, default=8, help="K: GRPO's group size")
-    parser.add_argument("--temperature", type=float, default=0.7, help="GRPO's sampling temperature")
-    parser.add_argument("--top-p", type=float, default=0.9, help="GRPO's nucleus cut (tiny-cpu-grpo's top_p)")
+    grpo = load_recipe("tiny-cpu-grpo")  # the defaults are its rollouts' own, so the two cannot drift apart
+    parser.add_argument("--samples", type=int, default=grpo.num_generations, help="K: GRPO's group size")
+    parser.add_argument("--temperature", type=float, default=grpo.temperature, help="GRPO's sampling temperature")
+    parser.add_argument("--top-p", type=float, default=grpo.top_p, help="GRPO's nucleus cut")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64, help="responses generated at a time")
     parser.add_argument("--threads", type=int, default=2)
