@@ -71,6 +71,25 @@ def test_a_box_typed_in_the_question_reaches_the_model_in_its_frame(
     assert f"What is in {expected}?" in engine.processor.tokenizer.decode(encoded[0]["input_ids"][0])
 
 
+def test_sampling_samples_although_the_base_decodes_greedily_by_default(
+    engine: DemoModel, trained_adapter: TrainedAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen2.5-VL's generation_config.json sets top_k 1: "Sample" must not quietly give the greedy answer."""
+    import torch
+
+    from tests.evaluate.test_eval_bin import QWEN25_VL_GENERATION
+
+    for key, value in QWEN25_VL_GENERATION.items():  # the base's own config (the adapter's wrapper forwards to it)
+        monkeypatch.setattr(engine.model.generation_config, key, value)
+    prepared = engine.prepare(str(trained_adapter.image))
+    options = Options(max_new_tokens=8, repetition_penalty=1.0, sample=True, temperature=2.0, top_p=1.0)
+    answers = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        answers.add("".join(engine.stream(prepared, EXAMPLE.question, options)))
+    assert len(answers) > 1, answers
+
+
 def test_no_image_no_question_and_bad_settings_are_one_line_each(
     engine: DemoModel, trained_adapter: TrainedAdapter
 ) -> None:

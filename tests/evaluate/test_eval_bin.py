@@ -184,10 +184,10 @@ def test_evaluate_bin_adds_bin_and_best_of_n_beside_greedy(tiny_model_dir: Path,
     data = commit_records(str(tmp_path), records)
     out = str(tmp_path / "o")
     args = ["--model", str(tiny_model_dir), "--adapter", str(adapter_dir), "--data", data, "--output", out]
-    assert main([*args, "--max-new-tokens", "8", "--bin", "2", "--bin-scorer", "policy"]) == 0
+    assert main([*args, "--max-new-tokens", "8", "--bin", "2", "--bin-scorer", "policy", "--bin-top-p", "0.9"]) == 0
     metrics = storage.read_json(f"{out}/metrics.json")
     assert metrics["prompt_styles"]["styles"] == ["cot", "bin", "best_of_n"]
-    assert metrics["details"]["bin"]["scorer"] == "policy" and metrics["details"]["bin"]["samples"] == 2
+    assert metrics["details"]["bin"] | {"scorer": "policy", "samples": 2, "top_p": 0.9} == metrics["details"]["bin"]
     for style in ("bin", "best_of_n"):
         rows = list(shards.read_jsonl(manifest.committed_files(out, f"predictions-{style}/")[0]))
         assert len(rows) == 2
@@ -218,6 +218,11 @@ def test_bin_needs_a_model_and_two_samples(tmp_path: Path, capsys: pytest.Captur
         with pytest.raises(SystemExit) as exited:
             main([*common, *given])
         assert exited.value.code == 2 and "--bin N needs N >= 2" in capsys.readouterr().err
+    for given in (["--bin-temperature", "0"], ["--bin-top-p", "0"], ["--bin-top-p", "1.5"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*common, "--model", str(tmp_path), "--bin", "5", *given])
+        message = "--bin-temperature must be positive and --bin-top-p in (0, 1]"
+        assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_a_rationale_turn_model_reasons_in_the_analyzer_turn_then_answers(
@@ -262,3 +267,22 @@ def test_vision_placeholders_are_never_sampled(tiny_model_dir: Path) -> None:
     tokenizer = processor.tokenizer
     ids = vision_token_ids(tokenizer)
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) == 4
+
+
+QWEN25_VL_GENERATION = {"do_sample": True, "temperature": 0.01, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
+"""Qwen2.5-VL-Instruct's generation_config.json: ``generate`` keeps what its arguments leave out."""
+
+
+def test_bin_samples_although_the_base_decodes_greedily_by_default(
+    tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
+) -> None:
+    """A base whose generation_config.json sets top_k 1 (Qwen2.5-VL's) must not turn BiN's N samples into N copies
+    of the greedy response: every rationale would then be scored alike (equal columns of S)."""
+    record = make_record(str(tmp_path), 2, "gqa", [[100, 100, 400, 500]], "red")
+    policy, processor = load_model_and_processor(str(tiny_model_dir), adapter_uri=str(adapter_dir))
+    policy.generation_config.update(**QWEN25_VL_GENERATION)
+    settings = GenerationSettings(fmt=_fmt(processor, tiny_model_dir), max_new_tokens=12)
+    torch.manual_seed(0)
+    scores = torch.tensor(bin_record(policy, processor, record, settings, BinSettings(samples=4)).scores)
+    columns = {tuple(round(v, 5) for v in scores[:, i].tolist()) for i in range(4)}
+    assert len(columns) > 1, scores

@@ -27,7 +27,7 @@ from vcot.grounding.prompts import answer_cue, build_messages, turn_prefix
 from vcot.io import storage
 from vcot.io.images import load_rgb
 from vcot.log import get_logger
-from vcot.models.generation import ANSWER_TOKENS, BoxAwareRepetitionPenalty
+from vcot.models.generation import ANSWER_TOKENS, BoxAwareRepetitionPenalty, sampled
 from vcot.models.loading import (
     MODEL_CARD,
     adapter_format,
@@ -253,7 +253,7 @@ class DemoModel:
     def _generation_kwargs(self, options: Options) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"max_new_tokens": options.max_new_tokens, "do_sample": options.sample, "num_beams": 1}
         if options.sample:
-            kwargs.update(temperature=options.temperature, top_p=options.top_p)
+            kwargs.update(sampled(options.temperature, options.top_p))
         if options.box_aware_penalty and options.repetition_penalty != 1.0:
             box_aware = self._box_aware(options.repetition_penalty)  # replaces the standard penalty
             kwargs.update(repetition_penalty=1.0, logits_processor=LogitsProcessorList([box_aware]))

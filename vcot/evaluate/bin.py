@@ -35,7 +35,7 @@ from vcot.io import manifest, storage
 from vcot.io.images import load_rgb_or_error
 from vcot.log import get_logger
 from vcot.models.adapters import active, load_named_adapter
-from vcot.models.generation import GenerationSettings, Skipped, grid_mismatch, prompt_text, two_phase
+from vcot.models.generation import GenerationSettings, Skipped, grid_mismatch, prompt_text, sampled, two_phase
 from vcot.models.loading import stop_token_ids, vision_token_ids
 from vcot.progress import track
 from vcot.scoring import gfn
@@ -57,6 +57,7 @@ class BinSettings:
 
     samples: int = 5
     temperature: float = 0.7
+    top_p: float = 1.0
     scorer: Scorer = "sft"
     seed: int = 0
     sft_model: SftModel = "base"
@@ -149,9 +150,12 @@ def _encode(processor: Any, texts: list[str], image: Any, *, padding_side: str) 
 
 
 def _generate(model: Any, processor: Any, texts: list[str], image: Any, **kwargs: Any) -> list[str]:
+    """The responses to ``texts``, without a repetition penalty: the base's ``generation_config.json`` may set one
+    (Qwen's: 1.05), and BiN reads the policy's and the SFT model's own distributions."""
     inputs = _encode(processor, texts, image, padding_side="left").to(model.device)
     with torch.inference_mode():
-        output = model.generate(**inputs, num_beams=1, suppress_tokens=vision_token_ids(processor.tokenizer), **kwargs)
+        output = model.generate(**inputs, num_beams=1, suppress_tokens=vision_token_ids(processor.tokenizer),
+                                repetition_penalty=1.0, **kwargs)
     stops = stop_token_ids(model, processor.tokenizer)
     texts_out = []
     for row in output[:, inputs["input_ids"].shape[1] :].tolist():
@@ -207,11 +211,11 @@ def bin_record(
         return Skipped("grid_mismatch")
     prompt = prompt_text(processor, record, settings)
     n = bin_settings.samples
-    sampled = _generate(model, processor, [prompt] * n, image, do_sample=True,
-                        temperature=bin_settings.temperature, max_new_tokens=settings.max_new_tokens)
+    responses = _generate(model, processor, [prompt] * n, image, max_new_tokens=settings.max_new_tokens,
+                          **sampled(bin_settings.temperature, bin_settings.top_p))
     own_turn = two_phase(settings)  # rationale_turn: Z is the Analyzer turn, the answer turn follows its end
     joiner = answer_cue(processor, build_messages(record, settings.fmt, with_answer=False)) if own_turn else ANSWER_MARKER
-    rationales = [rationale_of(text, own_turn=own_turn) for text in sampled]
+    rationales = [rationale_of(text, own_turn=own_turn) for text in responses]
     with sft_model(model, bin_settings.sft_model):
         answers = _generate(model, processor, [prompt + z + joiner for z in rationales], image,
                             do_sample=False, max_new_tokens=ANSWER_TOKENS)
@@ -248,7 +252,7 @@ def bin_responses(
             continue
         by_bin[str(record["id"])] = choice.bin_response
         by_best[str(record["id"])] = choice.best_response
-    details = {"samples": bin_settings.samples, "temperature": bin_settings.temperature,
+    details = {"samples": bin_settings.samples, "temperature": bin_settings.temperature, "top_p": bin_settings.top_p,
                "scorer": bin_settings.scorer, "sft_model": bin_settings.sft_model, "seed": bin_settings.seed,
                "skipped_samples": skipped}
     log.info("bin_done", records=len(records), **{k: v for k, v in details.items() if k != "skipped_samples"})

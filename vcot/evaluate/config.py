@@ -139,6 +139,7 @@ class EvaluateConfig:
         "sft", help="BiN: who scores answers after rationales: sft (adapter off, the paper's) or policy (the released code's)."
     )
     bin_temperature: float = option(0.7, help="BiN: the temperature the policy samples rationales at.")
+    bin_top_p: float = option(1.0, help="BiN: nucleus sampling's top-p for the rationales (1.0: no cut).")
     samples: int = option(
         1, help="Answer every question this many times and report each metric's mean over them (Avg@k, with its range) "
         "beside the first answer's: sampled at --temperature, or greedy over --shuffle-options orders."
@@ -220,8 +221,8 @@ class EvaluateConfig:
             raise ValueError("--judge-backoff-base and --judge-backoff-max must not be negative")
         if self.bin and (self.predictions or self.bin < 2):
             raise ValueError("--bin N needs N >= 2 and a model (--model or --pointer), not --predictions")
-        if self.bin_temperature <= 0:
-            raise ValueError("--bin-temperature must be positive")
+        if self.bin_temperature <= 0 or not 0 < self.bin_top_p <= 1:
+            raise ValueError("--bin-temperature must be positive and --bin-top-p in (0, 1]")
         self._check_protocol()
         self.split = (self.split or ("all" if self.benchmark else "val")).strip("/")
 

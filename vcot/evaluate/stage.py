@@ -239,8 +239,8 @@ def bin_answers(
     from vcot.models.generation import GenerationSettings
 
     settings = GenerationSettings(fmt=fmt, max_new_tokens=config.max_new_tokens)
-    choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, scorer=config.bin_scorer,
-                         sft_model=load_sft_adapter(model, adapter))  # fmt: skip
+    choice = BinSettings(samples=config.bin, temperature=config.bin_temperature, top_p=config.bin_top_p,
+                         scorer=config.bin_scorer, sft_model=load_sft_adapter(model, adapter))  # fmt: skip
     return bin_responses(model, processor, records, settings, choice)
 
 

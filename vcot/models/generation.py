@@ -56,14 +56,26 @@ ANSWER_TOKENS = 32  # the answer turn of the rationale_turn layout: a word or a 
 
 
 def sampling(settings: GenerationSettings) -> dict[str, Any]:
-    """``generate``'s sampling arguments: greedy at temperature 0.
+    """``generate``'s sampling arguments: greedy at temperature 0, else :func:`sampled`.
 
-    >>> sampling(GenerationSettings()), sampling(GenerationSettings(temperature=0.7, top_p=0.9))
-    ({'do_sample': False}, {'do_sample': True, 'temperature': 0.7, 'top_p': 0.9})
+    >>> sampling(GenerationSettings())
+    {'do_sample': False}
     """
     if settings.temperature <= 0:
         return {"do_sample": False}
-    return {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+    return sampled(settings.temperature, settings.top_p)
+
+
+def sampled(temperature: float, top_p: float) -> dict[str, Any]:
+    """``generate``'s arguments to sample at ``temperature`` with a nucleus cut at ``top_p`` and no other cut.
+
+    ``top_k`` is set to 0 (none) because ``generate`` keeps every setting of the model's ``generation_config.json``
+    that its arguments leave out, and Qwen2.5-VL's sets ``top_k: 1``: sampling would silently be greedy decoding.
+
+    >>> sampled(0.7, 0.9)
+    {'do_sample': True, 'temperature': 0.7, 'top_p': 0.9, 'top_k': 0}
+    """
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
 
 
 def two_phase(settings: GenerationSettings) -> bool:

@@ -1,0 +1,28 @@
+"""Sampled generation in process (``vcot.models.generation``): what the base's generation_config.json cannot change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tests.evaluate.evaluate_helpers import make_record
+from tests.evaluate.test_eval_bin import QWEN25_VL_GENERATION
+from vcot.grounding.model_format import ModelFormat
+from vcot.models.generation import GenerationSettings, generate_batch, penalty_processors
+from vcot.models.loading import load_model_and_processor, model_family
+
+
+def test_sampled_answers_stay_sampled_when_the_base_decodes_greedily_by_default(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Qwen2.5-VL's generation_config.json sets top_k 1: left in place, --temperature (Avg@k) would draw the greedy
+    answer every time."""
+    model, processor = load_model_and_processor(str(tiny_model_dir))
+    model.generation_config.update(**QWEN25_VL_GENERATION)
+    fmt = ModelFormat.for_processor(processor, model_family(str(tiny_model_dir)), coords="norm1000")
+    records = [make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")] * 4
+    settings = GenerationSettings(fmt=fmt, max_new_tokens=12, temperature=1.0, repetition_penalty=1.0)
+    torch.manual_seed(0)
+    answers = generate_batch(model, processor, records, settings, penalty_processors(settings, processor.tokenizer))
+    assert len(set(answers)) > 1, answers
