@@ -178,3 +178,8 @@ def tiny_qwen3vl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vcot.dev.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen3vl"), family="qwen3-vl", seed=0)
+
+
+QWEN25_VL_GENERATION = {"do_sample": True, "temperature": 0.01, "top_p": 0.001, "top_k": 1, "repetition_penalty": 1.05}
+"""Qwen2.5-VL-Instruct's generation_config.json, which ``generate`` keeps for whatever its arguments leave out: the
+tests that sample put it on the tiny model."""

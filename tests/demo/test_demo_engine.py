@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from jobs.demo import main as demo_main
+from tests.conftest import QWEN25_VL_GENERATION
 from tests.demo.conftest import EXAMPLE, TrainedAdapter
 from vcot.config import parse_config
 from vcot.demo.app import answer, build_app, serve
@@ -76,8 +77,6 @@ def test_sampling_samples_although_the_base_decodes_greedily_by_default(
 ) -> None:
     """Qwen2.5-VL's generation_config.json sets top_k 1: "Sample" must not quietly give the greedy answer."""
     import torch
-
-    from tests.evaluate.test_eval_bin import QWEN25_VL_GENERATION
 
     for key, value in QWEN25_VL_GENERATION.items():  # the base's own config (the adapter's wrapper forwards to it)
         monkeypatch.setattr(engine.model.generation_config, key, value)

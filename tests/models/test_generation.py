@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
+from tests.conftest import QWEN25_VL_GENERATION
 from tests.evaluate.evaluate_helpers import make_record
-from tests.evaluate.test_eval_bin import QWEN25_VL_GENERATION
 from vcot.grounding.model_format import ModelFormat
-from vcot.models.generation import GenerationSettings, generate_batch, penalty_processors
+from vcot.models.generation import GenerationSettings, generate_batch
 from vcot.models.loading import load_model_and_processor, model_family
 
 
@@ -24,5 +24,5 @@ def test_sampled_answers_stay_sampled_when_the_base_decodes_greedily_by_default(
     records = [make_record(str(tmp_path), 0, "gqa", [[100, 100, 400, 500]], "red")] * 4
     settings = GenerationSettings(fmt=fmt, max_new_tokens=12, temperature=1.0, repetition_penalty=1.0)
     torch.manual_seed(0)
-    answers = generate_batch(model, processor, records, settings, penalty_processors(settings, processor.tokenizer))
+    answers = generate_batch(model, processor, records, settings)
     assert len(set(answers)) > 1, answers

@@ -67,10 +67,11 @@ def sampling(settings: GenerationSettings) -> dict[str, Any]:
 
 
 def sampled(temperature: float, top_p: float) -> dict[str, Any]:
-    """``generate``'s arguments to sample at ``temperature`` with a nucleus cut at ``top_p`` and no other cut.
+    """``generate``'s arguments to sample at ``temperature`` with a nucleus cut at ``top_p`` and no top-k cut.
 
     ``top_k`` is set to 0 (none) because ``generate`` keeps every setting of the model's ``generation_config.json``
-    that its arguments leave out, and Qwen2.5-VL's sets ``top_k: 1``: sampling would silently be greedy decoding.
+    that its arguments leave out, and Qwen2.5-VL's sets ``top_k: 1``: sampling would silently be greedy decoding
+    (unset, transformers cuts at 50). Other cuts a base could set (``min_p``, ``typical_p``) are left: Qwen's set none.
 
     >>> sampled(0.7, 0.9)
     {'do_sample': True, 'temperature': 0.7, 'top_p': 0.9, 'top_k': 0}
@@ -190,12 +191,14 @@ def _with_answers(
     positions: list[int],
     texts: list[str],
 ) -> list[str]:
-    """Each rationale followed by the answer turn a two-phase model gives after it (greedy), as one response;
+    """Each rationale followed by the answer turn a two-phase model gives after it (greedy, without a repetition
+    penalty whatever the base's ``generation_config.json`` sets, as BiN and the demo answer), as one response;
     ``record``: any record of the batch (the answer cue is the same for all)."""
     cue = answer_cue(processor, build_messages(record, fmt, with_answer=False))
     inputs = encode(positions, {p: text + cue for p, text in zip(positions, texts, strict=True)}).to(model.device)
     with torch.no_grad():  # not inference_mode (see generate_batch)
-        output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS)
+        output = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=ANSWER_TOKENS,
+                                repetition_penalty=1.0)
     answers = decode_responses(processor.tokenizer, output[:, inputs["input_ids"].shape[1] :],
                                stop_token_ids(model, processor.tokenizer))
     return [f"{text.strip()} {answer.strip()}" for text, answer in zip(texts, answers, strict=True)]

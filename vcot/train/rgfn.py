@@ -34,6 +34,7 @@ from vcot.grounding.model_format import RATIONALE_ROLE, ModelFormat
 from vcot.grounding.prompts import build_messages, prompt_turns, rationale_turn_problem, turn_prefix
 from vcot.log import get_logger
 from vcot.models.adapters import REFERENCE, active, reference_adapter
+from vcot.models.generation import sampled
 from vcot.models.loading import image_token_types, load_processor_for, machine_precision, vision_token_ids
 from vcot.scoring import gfn
 from vcot.train import distributed, pointer
@@ -155,8 +156,8 @@ class RGFNTrainer(Trainer):
             was_training = model.training
             model.eval()  # sampling: no dropout, and the KV cache even when training checkpoints activations
             with torch.no_grad():
-                out = model.generate(**batch, do_sample=True, temperature=gfn.sampling_temperature(rng),
-                                     top_k=0, top_p=1.0, min_new_tokens=recipe.rat_min_len,
+                out = model.generate(**batch, **sampled(gfn.sampling_temperature(rng), 1.0), repetition_penalty=1.0,
+                                     min_new_tokens=recipe.rat_min_len,
                                      max_new_tokens=recipe.rat_max_len, eos_token_id=self.end_id,
                                      pad_token_id=self.processing_class.tokenizer.pad_token_id, use_cache=True,
                                      suppress_tokens=vision_token_ids(self.processing_class.tokenizer))
