@@ -46,6 +46,7 @@ from vcot.grounding.model_format import ModelFormat
 from vcot.grounding.prompts import build_messages, question_text
 from vcot.io import manifest, storage
 from vcot.io.images import load_rgb
+from vcot.models.generation import sampled
 from vcot.models.loading import load_model_and_processor, load_processor, save_processor_for_serving
 from vcot.train.distributed import free_port
 
@@ -63,9 +64,9 @@ def time_hf(model: Any, processor: Any, records: list[dict[str, Any]], fmt: Mode
                                            add_generation_prompt=True) for r in records]  # fmt: skip
     images = [load_rgb(record["image"]) for record in records]
     inputs = processor(text=texts, images=images, return_tensors="pt", padding=True)
-    with torch.inference_mode():  # top_k=0: no top-k cut, as vLLM's default (transformers' is 50)
-        output = model.generate(**inputs, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_tokens,
-                                min_new_tokens=max_tokens, num_return_sequences=generations)  # fmt: skip
+    with torch.inference_mode():  # no top-k cut, as vLLM's default (transformers' is 50)
+        output = model.generate(**inputs, **sampled(1.0, 1.0), max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                                num_return_sequences=generations)  # fmt: skip
     seconds = time.perf_counter() - started
     assert output.shape == (len(records) * generations, inputs["input_ids"].shape[1] + max_tokens), output.shape
     return seconds

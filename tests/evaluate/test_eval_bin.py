@@ -270,7 +270,6 @@ def test_vision_placeholders_are_never_sampled(tiny_model_dir: Path) -> None:
     assert tokenizer.convert_tokens_to_ids("<|image_pad|>") in ids and len(ids) == 4
 
 
-
 def test_bin_samples_although_the_base_decodes_greedily_by_default(
     tiny_model_dir: Path, adapter_dir: Path, tmp_path: Path
 ) -> None:
